@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Installs what is missing (Debian packages) and starts the real servers that tests and
+# the demo use, all on 127.0.0.1:
+#   - OpenSSH sshd: the stand-in "Services machine" (own host key, own client key)
+#   - Redis
+# Writes dev/.state/env with the endpoints. Idempotent: running servers are kept.
+# Stop everything with dev/services-down.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+D=$ROOT/dev/.state
+SSH_PORT=${CIRCLECI_DEV_SSH_PORT:-52222}
+REDIS_PORT=${CIRCLECI_DEV_REDIS_PORT:-56379}
+mkdir -p "$D"
+
+say() { echo "services-up: $*" >&2; }
+
+# ---------------------------------------------------------------- install
+need=()
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v ssh-keygen >/dev/null || need+=(openssh-client)
+if ((${#need[@]})); then
+  say "installing ${need[*]}"
+  # Keep package scripts from starting system-wide daemons (no systemd here, and
+  # we want nothing on 0.0.0.0): policy-rc.d exit 101 forbids service starts.
+  policy=/usr/sbin/policy-rc.d
+  created_policy=0
+  if [ ! -e $policy ]; then printf '#!/bin/sh\nexit 101\n' > $policy; chmod +x $policy; created_policy=1; fi
+  apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
+  [ $created_policy = 1 ] && rm -f $policy
+fi
+
+alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# ---------------------------------------------------------------- sshd
+[ -f "$D/host_key" ] || ssh-keygen -q -t ed25519 -N '' -C circleci-dev-host -f "$D/host_key"
+[ -f "$D/client_key" ] || ssh-keygen -q -t ed25519 -N '' -C circleci-dev-client -f "$D/client_key"
+cp "$D/client_key.pub" "$D/authorized_keys"
+echo "[127.0.0.1]:$SSH_PORT $(cut -d' ' -f1,2 "$D/host_key.pub")" > "$D/known_hosts"
+mkdir -p /run/sshd
+cat > "$D/sshd_config" <<CFG
+ListenAddress 127.0.0.1
+Port $SSH_PORT
+HostKey $D/host_key
+PidFile $D/sshd.pid
+AuthorizedKeysFile $D/authorized_keys
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+UsePAM no
+StrictModes no
+Subsystem sftp internal-sftp
+MaxStartups 100:30:200
+CFG
+if ! alive "$D/sshd.pid"; then
+  /usr/sbin/sshd -t -f "$D/sshd_config"
+  /usr/sbin/sshd -f "$D/sshd_config" -E "$D/sshd.log"
+  for _ in $(seq 50); do alive "$D/sshd.pid" && break; sleep 0.1; done
+  alive "$D/sshd.pid" || { say "sshd did not start; see $D/sshd.log"; exit 1; }
+  say "sshd on 127.0.0.1:$SSH_PORT (pid $(cat "$D/sshd.pid"))"
+fi
+
+# ---------------------------------------------------------------- redis
+if ! alive "$D/redis.pid"; then
+  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --daemonize yes --dir "$D" \
+    --pidfile "$D/redis.pid" --logfile "$D/redis.log" --save "" --appendonly no
+  for _ in $(seq 50); do alive "$D/redis.pid" && break; sleep 0.1; done
+  alive "$D/redis.pid" || { say "redis did not start; see $D/redis.log"; exit 1; }
+  say "redis on 127.0.0.1:$REDIS_PORT (pid $(cat "$D/redis.pid"))"
+fi
+
+# ---------------------------------------------------------------- endpoints
+mkdir -p "$D/services-root"
+cat > "$D/env" <<ENV
+# Written by dev/services-up.sh: endpoints of the servers on loopback.
+CIRCLECI_TEST_SSH_HOST=127.0.0.1
+CIRCLECI_TEST_SSH_PORT=$SSH_PORT
+CIRCLECI_TEST_SSH_USER=root
+CIRCLECI_TEST_SSH_KEY_FILE=$D/client_key
+CIRCLECI_TEST_SSH_KNOWN_HOSTS=$D/known_hosts
+CIRCLECI_TEST_SSH_HOST_KEY="$(cut -d' ' -f1,2 "$D/host_key.pub")"
+CIRCLECI_TEST_REDIS_HOST=127.0.0.1
+CIRCLECI_TEST_REDIS_PORT=$REDIS_PORT
+CIRCLECI_TEST_SERVICES_ROOT=$D/services-root
+ENV
+say "endpoints in dev/.state/env"

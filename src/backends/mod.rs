@@ -1,0 +1,4 @@
+//! One module per external system. Nothing in here knows about Terraform.
+
+pub mod redis;
+pub mod ssh;

@@ -1,0 +1,830 @@
+//! The CircleCI Services machine over SSH: read, write (atomically) and delete files.
+//!
+//! One SSH connection per host per provider process, opened on first use and shared by
+//! every concurrent caller; all file work goes over one SFTP channel on it (SFTP
+//! multiplexes requests), so Terraform's ten parallel operations never hit sshd's
+//! MaxSessions. No shell command is ever built from user input: files are handled with
+//! SFTP requests. With `sudo`, the SFTP server itself is started through `sudo -n`
+//! (a fixed command line), so the same requests run as root.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use russh_sftp::client::error::Error as SftpError;
+use russh_sftp::client::RawSftpSession;
+use russh_sftp::protocol::{FileAttributes, OpenFlags, Packet, StatusCode};
+use tokio::sync::Mutex;
+
+/// The fixed command used to run the SFTP server as root. Debian/Ubuntu and RHEL keep
+/// sftp-server in different places; no user input goes into this line.
+const SUDO_SFTP: &str = "sudo -n sh -c 'for p in /usr/lib/openssh/sftp-server /usr/libexec/openssh/sftp-server /usr/lib/ssh/sftp-server /usr/libexec/sftp-server; do [ -x \"$p\" ] && exec \"$p\"; done; echo sftp-server not found >&2; exit 127'";
+
+/// Largest config file we read back; the runbook's files are a few hundred bytes.
+const MAX_READ: u64 = 4 * 1024 * 1024;
+const CHUNK: usize = 32 * 1024;
+
+/// A secret string: never printed by Debug or Display.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum SshAuth {
+    /// A private key in OpenSSH or PEM format.
+    Key(Secret),
+    KeyFile(PathBuf),
+    /// Keys offered by the agent at SSH_AUTH_SOCK.
+    Agent,
+}
+
+#[derive(Clone, Debug)]
+pub enum HostKeyPolicy {
+    /// Accept only these keys (one `known_hosts`-style key per entry).
+    Pinned(Vec<PublicKey>),
+    KnownHosts(PathBuf),
+    /// Accept any key. Explicit opt-in only; the provider warns at plan.
+    Insecure,
+}
+
+#[derive(Clone, Debug)]
+pub struct SshConfig {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub auth: SshAuth,
+    pub host_key: HostKeyPolicy,
+    pub sudo: bool,
+    pub timeout: Duration,
+}
+
+impl SshConfig {
+    /// `user@host:port`, for messages.
+    pub fn target(&self) -> String {
+        if self.host.contains(':') {
+            format!("{}@[{}]:{}", self.user, self.host, self.port)
+        } else {
+            format!("{}@{}:{}", self.user, self.host, self.port)
+        }
+    }
+}
+
+/// What went wrong, where. Never contains key material.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshError {
+    pub kind: SshErrorKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SshErrorKind {
+    Connect,
+    HostKey,
+    Auth,
+    Io,
+}
+
+impl fmt::Display for SshError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for SshError {}
+
+fn err(kind: SshErrorKind, message: impl Into<String>) -> SshError {
+    SshError {
+        kind,
+        message: message.into(),
+    }
+}
+
+/// A file read back from the Services machine.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RemoteFile {
+    pub content: Vec<u8>,
+    /// Permission bits (e.g. 0o600).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl fmt::Debug for RemoteFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteFile")
+            .field("content", &format_args!("<{} bytes>", self.content.len()))
+            .field("mode", &format_args!("{:o}", self.mode))
+            .field("uid", &self.uid)
+            .field("gid", &self.gid)
+            .finish()
+    }
+}
+
+pub fn fingerprint(k: &PublicKey) -> String {
+    format!(
+        "{} {}",
+        k.algorithm().as_str(),
+        k.fingerprint(HashAlg::Sha256)
+    )
+}
+
+/// Parses a pinned host key: `ssh-ed25519 AAAA...` with an optional comment, or a whole
+/// known_hosts line (`host ssh-ed25519 AAAA...`).
+pub fn parse_host_key(s: &str) -> Result<PublicKey, String> {
+    let words: Vec<&str> = s.split_whitespace().collect();
+    for i in 0..words.len().saturating_sub(1) {
+        if words[i].starts_with("ssh-")
+            || words[i].starts_with("ecdsa-")
+            || words[i].starts_with("sk-")
+        {
+            return russh::keys::parse_public_key_base64(words[i + 1]).map_err(|e| {
+                format!(
+                    "the key after {:?} is not valid base64 key data: {e}",
+                    words[i]
+                )
+            });
+        }
+    }
+    Err("expected an OpenSSH public key such as \"ssh-ed25519 AAAA...\" (the output of ssh-keyscan)".into())
+}
+
+/// russh's callback object: checks the host key before anything else happens.
+struct Client {
+    host: String,
+    port: u16,
+    policy: HostKeyPolicy,
+    /// Why the key was refused, for the error message.
+    refusal: Arc<StdMutex<Option<String>>>,
+}
+
+impl Client {
+    fn check(&self, key: &PublicKey) -> Result<(), String> {
+        let offered = fingerprint(key);
+        let target = format!("{}:{}", self.host, self.port);
+        match &self.policy {
+            HostKeyPolicy::Insecure => {
+                log::warn!("accepting host key {offered} of {target} without checking (insecure_ignore_host_key)");
+                Ok(())
+            }
+            HostKeyPolicy::Pinned(keys) => {
+                if keys.iter().any(|k| k.key_data() == key.key_data()) {
+                    Ok(())
+                } else {
+                    let expected: Vec<String> = keys.iter().map(fingerprint).collect();
+                    Err(format!(
+                        "host key mismatch for {target}: the server offered {offered}, but host_key pins {}. \
+                         Nothing was written. If the Services machine was rebuilt, update host_key \
+                         (ssh-keyscan -p {} {}); otherwise someone may be intercepting the connection.",
+                        expected.join(", "),
+                        self.port,
+                        self.host
+                    ))
+                }
+            }
+            HostKeyPolicy::KnownHosts(path) => {
+                match russh::keys::check_known_hosts_path(&self.host, self.port, key, path) {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(format!(
+                        "{target} is not in {} (the server offered {offered}). Nothing was written. \
+                         Add it with: ssh-keyscan -p {} {} >> {}",
+                        path.display(),
+                        self.port,
+                        self.host,
+                        path.display()
+                    )),
+                    Err(russh::keys::Error::KeyChanged { line }) => {
+                        let recorded = russh::keys::known_hosts::known_host_keys_path(&self.host, self.port, path)
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(_, k)| fingerprint(&k))
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        Err(format!(
+                            "host key mismatch for {target}: the server offered {offered}, but {} line {line} records {recorded}. \
+                             Nothing was written.",
+                            path.display()
+                        ))
+                    }
+                    Err(e) => Err(format!("reading known_hosts file {}: {e}", path.display())),
+                }
+            }
+        }
+    }
+}
+
+impl russh::client::Handler for Client {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        server_key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let key = match server_key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => key,
+            PublicKeyOrCertificate::Certificate(_) => {
+                if matches!(self.policy, HostKeyPolicy::Insecure) {
+                    return Ok(true);
+                }
+                *self.refusal.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
+                    "{}:{} presented an SSH host certificate; pin its plain host key instead",
+                    self.host, self.port
+                ));
+                return Ok(false);
+            }
+        };
+        match self.check(key) {
+            Ok(()) => Ok(true),
+            Err(why) => {
+                *self.refusal.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+                Ok(false)
+            }
+        }
+    }
+}
+
+struct Session {
+    handle: russh::client::Handle<Client>,
+    sftp: RawSftpSession,
+    posix_rename: bool,
+    fsync: bool,
+}
+
+/// The Services machine. Cheap to create; connects on first use.
+pub struct ServicesHost {
+    cfg: SshConfig,
+    session: Mutex<Option<Arc<Session>>>,
+    counter: AtomicU64,
+}
+
+impl fmt::Debug for ServicesHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServicesHost")
+            .field("cfg", &self.cfg)
+            .finish()
+    }
+}
+
+fn sftp_status(e: &SftpError) -> Option<StatusCode> {
+    match e {
+        SftpError::Status(s) => Some(s.status_code),
+        _ => None,
+    }
+}
+
+async fn rsa_hash(handle: &russh::client::Handle<Client>) -> Option<HashAlg> {
+    handle
+        .best_supported_rsa_hash()
+        .await
+        .ok()
+        .flatten()
+        .flatten()
+}
+
+fn ssh_string(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn parent_of(path: &str) -> &str {
+    match path.rfind('/') {
+        Some(0) => "/",
+        Some(i) => &path[..i],
+        None => ".",
+    }
+}
+
+impl ServicesHost {
+    pub fn new(cfg: SshConfig) -> Self {
+        ServicesHost {
+            cfg,
+            session: Mutex::new(None),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    pub fn config(&self) -> &SshConfig {
+        &self.cfg
+    }
+
+    async fn session(&self) -> Result<Arc<Session>, SshError> {
+        let mut guard = self.session.lock().await;
+        if let Some(s) = guard.as_ref() {
+            if !s.handle.is_closed() {
+                return Ok(s.clone());
+            }
+            log::debug!(
+                "SSH connection to {} was closed; reconnecting",
+                self.cfg.target()
+            );
+        }
+        let s = Arc::new(self.connect().await?);
+        *guard = Some(s.clone());
+        Ok(s)
+    }
+
+    async fn connect(&self) -> Result<Session, SshError> {
+        let cfg = &self.cfg;
+        let target = cfg.target();
+        log::debug!("connecting to {target}");
+        let refusal = Arc::new(StdMutex::new(None));
+        let client = Client {
+            host: cfg.host.clone(),
+            port: cfg.port,
+            policy: cfg.host_key.clone(),
+            refusal: refusal.clone(),
+        };
+        let ssh_cfg = Arc::new(russh::client::Config {
+            keepalive_interval: Some(Duration::from_secs(30)),
+            ..Default::default()
+        });
+        let connect = russh::client::connect(ssh_cfg, (cfg.host.as_str(), cfg.port), client);
+        let mut handle = match tokio::time::timeout(cfg.timeout, connect).await {
+            Err(_) => {
+                return Err(err(
+                    SshErrorKind::Connect,
+                    format!(
+                        "connecting to {target}: no answer within {}",
+                        humantime::format_duration(cfg.timeout)
+                    ),
+                ))
+            }
+            Ok(Err(e)) => {
+                if let Some(why) = refusal.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    return Err(err(SshErrorKind::HostKey, why));
+                }
+                return Err(err(
+                    SshErrorKind::Connect,
+                    format!("connecting to {target}: {e}"),
+                ));
+            }
+            Ok(Ok(h)) => h,
+        };
+
+        let authed = tokio::time::timeout(cfg.timeout, self.authenticate(&mut handle))
+            .await
+            .map_err(|_| {
+                err(
+                    SshErrorKind::Auth,
+                    format!("authenticating to {target}: timed out"),
+                )
+            })??;
+        if !authed {
+            return Err(err(
+                SshErrorKind::Auth,
+                format!(
+                    "{target} refused public-key authentication for user {:?} with {}",
+                    cfg.user,
+                    match &cfg.auth {
+                        SshAuth::Key(_) => "the configured private_key".to_string(),
+                        SshAuth::KeyFile(p) => format!("the key in {}", p.display()),
+                        SshAuth::Agent => "the keys of the ssh-agent".to_string(),
+                    }
+                ),
+            ));
+        }
+
+        let channel = handle.channel_open_session().await.map_err(|e| {
+            err(
+                SshErrorKind::Connect,
+                format!("opening a session on {target}: {e}"),
+            )
+        })?;
+        let use_sudo = cfg.sudo && cfg.user != "root";
+        if use_sudo {
+            channel.exec(true, SUDO_SFTP).await
+        } else {
+            channel.request_subsystem(true, "sftp").await
+        }
+        .map_err(|e| {
+            err(
+                SshErrorKind::Connect,
+                format!("starting SFTP on {target}: {e}"),
+            )
+        })?;
+        let sftp = RawSftpSession::new(channel.into_stream());
+        sftp.set_timeout(cfg.timeout.as_secs().max(1));
+        let version = sftp.init().await.map_err(|e| {
+            let hint = if use_sudo {
+                format!(
+                    " (sudo = true: can {:?} run sudo without a password there?)",
+                    cfg.user
+                )
+            } else {
+                String::new()
+            };
+            err(
+                SshErrorKind::Connect,
+                format!("starting SFTP on {target}: {e}{hint}"),
+            )
+        })?;
+        let posix_rename = version
+            .extensions
+            .get("posix-rename@openssh.com")
+            .is_some_and(|v| v == "1");
+        let fsync = version
+            .extensions
+            .get("fsync@openssh.com")
+            .is_some_and(|v| v == "1");
+        log::debug!("connected to {target} (posix-rename: {posix_rename}, fsync: {fsync})");
+        Ok(Session {
+            handle,
+            sftp,
+            posix_rename,
+            fsync,
+        })
+    }
+
+    async fn authenticate(
+        &self,
+        handle: &mut russh::client::Handle<Client>,
+    ) -> Result<bool, SshError> {
+        let cfg = &self.cfg;
+        let target = cfg.target();
+        match &cfg.auth {
+            SshAuth::Key(_) | SshAuth::KeyFile(_) => {
+                let key = match &cfg.auth {
+                    SshAuth::Key(k) => russh::keys::decode_secret_key(&k.0, None).map_err(|e| {
+                        err(
+                            SshErrorKind::Auth,
+                            format!("private_key could not be read: {e}"),
+                        )
+                    })?,
+                    SshAuth::KeyFile(p) => russh::keys::load_secret_key(p, None).map_err(|e| {
+                        err(
+                            SshErrorKind::Auth,
+                            format!("private_key_file {}: {e}", p.display()),
+                        )
+                    })?,
+                    SshAuth::Agent => unreachable!(),
+                };
+                let hash = if key.algorithm().is_rsa() {
+                    rsa_hash(handle).await
+                } else {
+                    None
+                };
+                let key = PrivateKeyWithHashAlg::new(Arc::new(key), hash);
+                let r = handle
+                    .authenticate_publickey(cfg.user.clone(), key)
+                    .await
+                    .map_err(|e| {
+                        err(
+                            SshErrorKind::Auth,
+                            format!("authenticating to {target}: {e}"),
+                        )
+                    })?;
+                Ok(r.success())
+            }
+            SshAuth::Agent => {
+                let mut agent = russh::keys::agent::client::AgentClient::connect_env().await.map_err(|e| {
+                    err(
+                        SshErrorKind::Auth,
+                        format!("no private_key or private_key_file is set and the ssh-agent (SSH_AUTH_SOCK) is not usable: {e}"),
+                    )
+                })?;
+                let ids = agent
+                    .request_identities()
+                    .await
+                    .map_err(|e| err(SshErrorKind::Auth, format!("listing ssh-agent keys: {e}")))?;
+                for id in ids {
+                    let key = match &id {
+                        russh::keys::agent::AgentIdentity::PublicKey { key, .. } => key.clone(),
+                        _ => continue,
+                    };
+                    let hash = if key.algorithm().is_rsa() {
+                        rsa_hash(handle).await
+                    } else {
+                        None
+                    };
+                    match handle
+                        .authenticate_publickey_with(cfg.user.clone(), key, hash, &mut agent)
+                        .await
+                    {
+                        Ok(r) if r.success() => return Ok(true),
+                        Ok(_) => continue,
+                        Err(e) => {
+                            return Err(err(
+                                SshErrorKind::Auth,
+                                format!("ssh-agent signing for {target}: {e}"),
+                            ))
+                        }
+                    }
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    fn io_err(&self, what: &str, path: &str, e: SftpError) -> SshError {
+        let why = match sftp_status(&e) {
+            Some(StatusCode::PermissionDenied) => {
+                if self.cfg.user != "root" && !self.cfg.sudo {
+                    "permission denied (set sudo = true to write as root)".to_string()
+                } else {
+                    "permission denied".to_string()
+                }
+            }
+            Some(StatusCode::NoSuchFile) => "no such file or directory".to_string(),
+            _ => e.to_string(),
+        };
+        err(
+            SshErrorKind::Io,
+            format!("{what} {path} on {}: {why}", self.cfg.target()),
+        )
+    }
+
+    /// Connects now (if not yet connected). Used by tests and benchmarks.
+    pub async fn check(&self) -> Result<(), SshError> {
+        self.session().await.map(|_| ())
+    }
+
+    /// Reads a whole file; `Ok(None)` when it does not exist.
+    pub async fn read_file(&self, path: &str) -> Result<Option<RemoteFile>, SshError> {
+        let s = self.session().await?;
+        let attrs = match s.sftp.stat(path).await {
+            Ok(a) => a.attrs,
+            Err(e) if sftp_status(&e) == Some(StatusCode::NoSuchFile) => return Ok(None),
+            Err(e) => return Err(self.io_err("reading", path, e)),
+        };
+        if attrs.is_dir() {
+            return Err(err(
+                SshErrorKind::Io,
+                format!("reading {path} on {}: it is a directory", self.cfg.target()),
+            ));
+        }
+        if attrs.size.unwrap_or(0) > MAX_READ {
+            return Err(err(
+                SshErrorKind::Io,
+                format!(
+                    "reading {path} on {}: larger than {MAX_READ} bytes; not a config file",
+                    self.cfg.target()
+                ),
+            ));
+        }
+        let handle = match s
+            .sftp
+            .open(path, OpenFlags::READ, FileAttributes::default())
+            .await
+        {
+            Ok(h) => h.handle,
+            Err(e) if sftp_status(&e) == Some(StatusCode::NoSuchFile) => return Ok(None),
+            Err(e) => return Err(self.io_err("reading", path, e)),
+        };
+        let mut content = Vec::new();
+        let result = loop {
+            match s
+                .sftp
+                .read(handle.as_str(), content.len() as u64, CHUNK as u32)
+                .await
+            {
+                Ok(d) if d.data.is_empty() => break Ok(()),
+                Ok(d) => {
+                    content.extend_from_slice(&d.data);
+                    if content.len() as u64 > MAX_READ {
+                        break Err(err(
+                            SshErrorKind::Io,
+                            format!("reading {path}: file grew past {MAX_READ} bytes"),
+                        ));
+                    }
+                }
+                Err(e) if sftp_status(&e) == Some(StatusCode::Eof) => break Ok(()),
+                Err(e) => break Err(self.io_err("reading", path, e)),
+            }
+        };
+        let _ = s.sftp.close(handle).await;
+        result?;
+        Ok(Some(RemoteFile {
+            content,
+            mode: attrs.permissions.unwrap_or(0) & 0o7777,
+            uid: attrs.uid.unwrap_or(0),
+            gid: attrs.gid.unwrap_or(0),
+        }))
+    }
+
+    /// Creates `dir` and its missing parents (mode 0755).
+    async fn mkdir_p(&self, s: &Session, dir: &str) -> Result<(), SshError> {
+        let mut missing = Vec::new();
+        let mut d = dir;
+        loop {
+            match s.sftp.stat(d).await {
+                Ok(a) if a.attrs.is_dir() => break,
+                Ok(_) => {
+                    return Err(err(
+                        SshErrorKind::Io,
+                        format!(
+                            "creating directory {d} on {}: a file of that name exists",
+                            self.cfg.target()
+                        ),
+                    ))
+                }
+                Err(e) if sftp_status(&e) == Some(StatusCode::NoSuchFile) => {
+                    missing.push(d.to_string());
+                    let p = parent_of(d);
+                    if p == d {
+                        break;
+                    }
+                    d = p;
+                }
+                Err(e) => return Err(self.io_err("checking directory", d, e)),
+            }
+        }
+        for m in missing.iter().rev() {
+            let attrs = FileAttributes {
+                permissions: Some(0o755),
+                ..Default::default()
+            };
+            if let Err(e) = s.sftp.mkdir(m.as_str(), attrs).await {
+                // Another writer may have created it meanwhile.
+                if !matches!(s.sftp.stat(m.as_str()).await, Ok(a) if a.attrs.is_dir()) {
+                    return Err(self.io_err("creating directory", m, e));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces `path` with `content` atomically: a temporary file in the same directory
+    /// (created with `mode`, so a secret is never readable by others), fsync, chmod,
+    /// chown to the old file's owner when replacing one, then rename over the target.
+    /// Readers see the old file or the new one, never a mix. Parents are created.
+    pub async fn write_file(&self, path: &str, content: &[u8], mode: u32) -> Result<(), SshError> {
+        if !path.starts_with('/') {
+            return Err(err(
+                SshErrorKind::Io,
+                format!("{path:?} is not an absolute path"),
+            ));
+        }
+        let s = self.session().await?;
+        let dir = parent_of(path);
+        self.mkdir_p(&s, dir).await?;
+        let old_owner = match s.sftp.stat(path).await {
+            Ok(a) if a.attrs.is_dir() => {
+                return Err(err(
+                    SshErrorKind::Io,
+                    format!("writing {path} on {}: it is a directory", self.cfg.target()),
+                ))
+            }
+            Ok(a) => a.attrs.uid.zip(a.attrs.gid),
+            Err(_) => None,
+        };
+        let name = &path[dir.len()..].trim_start_matches('/');
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = format!(
+            "{}/.{name}.tf-{}-{n}.tmp",
+            if dir == "/" { "" } else { dir },
+            std::process::id()
+        );
+        let r = self
+            .write_tmp_and_rename(&s, &tmp, path, content, mode, old_owner)
+            .await;
+        if r.is_err() {
+            let _ = s.sftp.remove(tmp.as_str()).await;
+        }
+        r
+    }
+
+    async fn write_tmp_and_rename(
+        &self,
+        s: &Session,
+        tmp: &str,
+        path: &str,
+        content: &[u8],
+        mode: u32,
+        owner: Option<(u32, u32)>,
+    ) -> Result<(), SshError> {
+        let attrs = FileAttributes {
+            permissions: Some(mode),
+            ..Default::default()
+        };
+        let flags = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::EXCLUDE | OpenFlags::TRUNCATE;
+        let handle = s
+            .sftp
+            .open(tmp, flags, attrs)
+            .await
+            .map_err(|e| self.io_err("creating", tmp, e))?
+            .handle;
+        let body = async {
+            let mut off = 0usize;
+            for chunk in content.chunks(CHUNK) {
+                s.sftp
+                    .write(handle.as_str(), off as u64, chunk.to_vec())
+                    .await
+                    .map_err(|e| self.io_err("writing", tmp, e))?;
+                off += chunk.len();
+            }
+            // The mode given at open is reduced by the server's umask; set it exactly.
+            let mut set = FileAttributes {
+                permissions: Some(mode),
+                ..Default::default()
+            };
+            if let Some((uid, gid)) = owner {
+                set.uid = Some(uid);
+                set.gid = Some(gid);
+            }
+            if let Err(e) = s.sftp.fsetstat(handle.as_str(), set).await {
+                if owner.is_none() {
+                    return Err(self.io_err("setting the mode of", tmp, e));
+                }
+                // Changing owner needs root; keep at least the mode right.
+                let only_mode = FileAttributes {
+                    permissions: Some(mode),
+                    ..Default::default()
+                };
+                s.sftp
+                    .fsetstat(handle.as_str(), only_mode)
+                    .await
+                    .map_err(|e| self.io_err("setting the mode of", tmp, e))?;
+            }
+            if s.fsync {
+                s.sftp
+                    .fsync(handle.as_str())
+                    .await
+                    .map_err(|e| self.io_err("syncing", tmp, e))?;
+            }
+            Ok::<_, SshError>(())
+        }
+        .await;
+        let closed = s.sftp.close(handle).await;
+        body?;
+        closed.map_err(|e| self.io_err("closing", tmp, e))?;
+        self.rename(s, tmp, path).await
+    }
+
+    async fn rename(&self, s: &Session, from: &str, to: &str) -> Result<(), SshError> {
+        if s.posix_rename {
+            let mut data = Vec::new();
+            ssh_string(&mut data, from);
+            ssh_string(&mut data, to);
+            match s.sftp.extended("posix-rename@openssh.com", data).await {
+                Ok(Packet::Status(st)) if st.status_code == StatusCode::Ok => Ok(()),
+                Ok(Packet::Status(st)) => Err(err(
+                    SshErrorKind::Io,
+                    format!(
+                        "renaming {from} to {to} on {}: {}",
+                        self.cfg.target(),
+                        st.error_message
+                    ),
+                )),
+                Ok(_) => Err(err(
+                    SshErrorKind::Io,
+                    format!("renaming {from} to {to}: unexpected SFTP reply"),
+                )),
+                Err(e) => Err(self.io_err("renaming", from, e)),
+            }
+        } else {
+            // Plain SFTP rename refuses to replace an existing file on most servers.
+            let _ = s.sftp.remove(to).await;
+            s.sftp
+                .rename(from, to)
+                .await
+                .map(|_| ())
+                .map_err(|e| self.io_err("renaming", from, e))
+        }
+    }
+
+    /// Deletes a file; `Ok(false)` when it was already gone.
+    pub async fn remove_file(&self, path: &str) -> Result<bool, SshError> {
+        let s = self.session().await?;
+        match s.sftp.remove(path).await {
+            Ok(_) => Ok(true),
+            Err(e) if sftp_status(&e) == Some(StatusCode::NoSuchFile) => Ok(false),
+            Err(e) => Err(self.io_err("deleting", path, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parent_paths() {
+        assert_eq!(
+            parent_of("/etc/circleconfig/shared/redis"),
+            "/etc/circleconfig/shared"
+        );
+        assert_eq!(parent_of("/redis"), "/");
+    }
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        let a = SshAuth::Key(Secret("-----BEGIN OPENSSH PRIVATE KEY-----".into()));
+        assert!(!format!("{a:?}").contains("BEGIN"));
+    }
+
+    #[test]
+    fn host_key_parsing() {
+        let line = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl comment";
+        assert!(parse_host_key(line).is_ok());
+        assert!(parse_host_key(&format!("[127.0.0.1]:2222 {line}")).is_ok());
+        assert!(parse_host_key("nonsense").is_err());
+        assert!(parse_host_key("ssh-ed25519 !!!").is_err());
+    }
+}

@@ -1,0 +1,4 @@
+//! The runbook's knowledge as pure functions: config-file formats and defaults.
+
+pub mod envfile;
+pub mod redis;

@@ -1,0 +1,98 @@
+//! What a provider and its resources implement. Nothing here mentions protobuf or tonic.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::diag::{AttrPath, Diagnostics};
+use super::schema::Schema;
+use super::value::Value;
+
+/// What Terraform told us about itself in ConfigureProvider.
+#[derive(Clone, Debug, Default)]
+pub struct ClientInfo {
+    pub terraform_version: String,
+    /// Terraform ≥ 1.11 sets this; older versions cannot send write-only attributes.
+    pub write_only_allowed: bool,
+}
+
+/// The provider: its own configuration, and the resources it offers.
+#[async_trait]
+pub trait Provider: Send + Sync + 'static {
+    fn schema(&self) -> Schema;
+
+    /// Every managed resource type, created once at start-up.
+    fn resources(&self) -> Vec<Arc<dyn Resource>>;
+
+    /// Static checks of the provider configuration; values may be unknown here.
+    fn validate(&self, _config: &Value) -> Diagnostics {
+        Diagnostics::new()
+    }
+
+    /// Stores the configuration for later use. Must not connect anywhere: Terraform
+    /// configures the provider for every plan, even when nothing needs a connection.
+    async fn configure(&self, config: &Value, client: &ClientInfo) -> Diagnostics;
+}
+
+/// The change Terraform proposes for one resource instance.
+pub struct PlanRequest<'a> {
+    /// Null when the resource is being created.
+    pub prior: &'a Value,
+    /// The configuration, with write-only values still in it.
+    pub config: &'a Value,
+}
+
+impl PlanRequest<'_> {
+    pub fn is_create(&self) -> bool {
+        self.prior.is_null()
+    }
+}
+
+/// One managed resource type.
+#[async_trait]
+pub trait Resource: Send + Sync + 'static {
+    /// The full type name, e.g. `circleci_external_redis`.
+    fn type_name(&self) -> &'static str;
+
+    fn schema(&self) -> Schema;
+
+    /// Static checks of one configuration; values may be unknown here.
+    fn validate(&self, _config: &Value) -> Diagnostics {
+        Diagnostics::new()
+    }
+
+    /// Completes a plan. `planned` arrives as Terraform's proposed new state with
+    /// write-only attributes nulled and, on create, every computed attribute the
+    /// configuration leaves unset marked unknown. Fill in defaults and the computed
+    /// values that can be known now, mark the ones that will change unknown, and return
+    /// the attributes whose change forces replacement.
+    async fn plan(
+        &self,
+        req: &PlanRequest<'_>,
+        planned: &mut Value,
+        diags: &mut Diagnostics,
+    ) -> Vec<AttrPath>;
+
+    /// Creates the object. `config` carries write-only values.
+    async fn create(&self, planned: &Value, config: &Value) -> Result<Value, Diagnostics>;
+
+    /// Refreshes the state from the real object; `Ok(None)` when it is gone.
+    async fn read(&self, state: &Value) -> Result<Option<Value>, Diagnostics>;
+
+    async fn update(
+        &self,
+        prior: &Value,
+        planned: &Value,
+        config: &Value,
+    ) -> Result<Value, Diagnostics>;
+
+    async fn delete(&self, prior: &Value) -> Result<(), Diagnostics>;
+
+    /// Builds a state from an import ID; Terraform calls `read` on it next.
+    async fn import(&self, id: &str) -> Result<Value, Diagnostics>;
+}
+
+/// True when attribute `name` differs between two object values.
+pub fn changed(a: &Value, b: &Value, name: &str) -> bool {
+    a.get(name) != b.get(name)
+}

@@ -1,0 +1,44 @@
+//! One file per Terraform resource, named after it. Resources glue the protocol layer
+//! to the backends and stay thin.
+
+use std::sync::Arc;
+
+use crate::backends::ssh::{SshError, SshErrorKind};
+use crate::plugin::{Diagnostic, Diagnostics, Resource};
+use crate::provider::ProviderData;
+
+pub mod external_redis;
+pub mod validate;
+
+/// Every resource type this provider offers.
+pub fn all(data: Arc<ProviderData>) -> Vec<Arc<dyn Resource>> {
+    vec![Arc::new(external_redis::ExternalRedis::new(data))]
+}
+
+/// Lower-case hex SHA-256 of a file's bytes.
+pub fn file_sha256(content: &[u8]) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, content);
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An SSH failure as a diagnostic; the message already says what failed where.
+pub fn ssh_diag(summary: &str, e: SshError) -> Diagnostics {
+    let summary = match e.kind {
+        SshErrorKind::HostKey => "Services machine host key not trusted",
+        SshErrorKind::Auth => "Could not log in to the Services machine",
+        SshErrorKind::Connect => "Could not reach the Services machine",
+        SshErrorKind::Io => summary,
+    };
+    Diagnostic::error(summary, e.message).into()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sha256_hex() {
+        assert_eq!(
+            super::file_sha256(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}
