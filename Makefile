@@ -1,0 +1,54 @@
+# The commands a person types. README.md explains each.
+SHELL := /bin/bash
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+# Where `make install` puts the provider: a local filesystem mirror, laid out as
+# HOSTNAME/NAMESPACE/TYPE/VERSION/OS_ARCH. Set PLUGIN_DIR=~/.terraform.d/plugins to
+# install into Terraform's implicit mirror instead.
+PLUGIN_DIR ?= $(CURDIR)/dev/.state/plugins
+INSTALL_DIR := $(PLUGIN_DIR)/registry.terraform.io/circleci/circleci/$(VERSION)/linux_amd64
+
+.PHONY: build install demo test bench services-up services-down docs docs-check lint clean
+
+build:
+	cargo build --locked
+
+install: build
+	mkdir -p "$(INSTALL_DIR)"
+	cp target/debug/terraform-provider-circleci "$(INSTALL_DIR)/terraform-provider-circleci_v$(VERSION)"
+	@echo "installed into $(INSTALL_DIR)"
+
+# Starts the real servers, builds and installs the provider, applies examples/complete
+# and shows the files it wrote.
+demo:
+	dev/demo.sh
+
+# Every test, against real servers (started here, stopped at the end).
+test:
+	dev/test.sh
+
+# Timing and memory figures (release build).
+bench:
+	dev/bench.sh
+
+services-up:
+	dev/services-up.sh
+
+services-down:
+	dev/services-down.sh
+
+# Regenerates docs/ from the schema and examples/.
+docs:
+	UPDATE_DOCS=1 cargo test --locked --test docs
+
+# Fails when docs/ is stale (part of `make test`).
+docs-check:
+	cargo test --locked --test docs
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --locked --all-targets -- -D warnings
+	terraform fmt -check -recursive examples
+
+clean:
+	dev/services-down.sh
+	rm -rf dev/.state

@@ -1,0 +1,92 @@
+# Everything this provider manages, in one configuration. `make demo` applies it
+# against real servers on loopback, with config_root pointing into dev/.state so the
+# files land there instead of /etc on the machine running the demo.
+
+terraform {
+  required_version = ">= 1.11"
+  required_providers {
+    circleci = {
+      source = "circleci/circleci"
+    }
+  }
+}
+
+variable "services_host" {
+  type        = string
+  description = "Address of the CircleCI Services machine."
+}
+
+variable "services_port" {
+  type    = number
+  default = 22
+}
+
+variable "services_user" {
+  type    = string
+  default = "ubuntu"
+}
+
+variable "private_key_file" {
+  type    = string
+  default = "~/.ssh/id_ed25519"
+}
+
+variable "known_hosts_file" {
+  type        = string
+  default     = "~/.ssh/known_hosts"
+  description = "A known_hosts file that lists the Services machine."
+}
+
+variable "redis_host" {
+  type = string
+}
+
+variable "redis_port" {
+  type    = number
+  default = 6379
+}
+
+variable "slanger_redis_host" {
+  type = string
+}
+
+variable "slanger_redis_port" {
+  type    = number
+  default = 6379
+}
+
+variable "config_root" {
+  type        = string
+  default     = ""
+  description = "Prefix for every config path. Leave empty on a real Services machine."
+}
+
+provider "circleci" {
+  services_host {
+    host             = var.services_host
+    port             = var.services_port
+    user             = var.services_user
+    private_key_file = var.private_key_file
+    known_hosts_file = var.known_hosts_file
+  }
+}
+
+resource "circleci_external_redis" "shared" {
+  host        = var.redis_host
+  port        = var.redis_port
+  config_path = "${var.config_root}/etc/circleconfig/shared/redis"
+}
+
+resource "circleci_external_redis" "slanger" {
+  host        = var.slanger_redis_host
+  port        = var.slanger_redis_port
+  purpose     = "slanger"
+  config_path = "${var.config_root}/etc/circleconfig/slanger/customizations"
+}
+
+output "config_files" {
+  value = {
+    redis_shared  = circleci_external_redis.shared.id
+    redis_slanger = circleci_external_redis.slanger.id
+  }
+}

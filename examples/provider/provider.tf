@@ -1,0 +1,21 @@
+terraform {
+  required_version = ">= 1.11"
+  required_providers {
+    circleci = {
+      source = "circleci/circleci"
+    }
+  }
+}
+
+# The Services machine of the CircleCI Server 2.17 install, reached over SSH.
+provider "circleci" {
+  services_host {
+    host             = "10.0.1.5"          # or env CIRCLECI_SERVICES_HOST
+    port             = 22                  # or env CIRCLECI_SERVICES_PORT
+    user             = "ubuntu"            # or env CIRCLECI_SERVICES_USER
+    private_key_file = "~/.ssh/id_ed25519" # or private_key; neither: ssh-agent
+    host_key         = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJc9zr8I8mO4FA3ZgGgVHV8WNk6WgWATmaVzZMBIPbNn"
+    sudo             = true # write /etc/circleconfig as root via sudo -n
+    timeout          = "30s"
+  }
+}

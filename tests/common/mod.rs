@@ -1,0 +1,197 @@
+//! Shared by the integration and end-to-end tests: the endpoints of the real servers
+//! that dev/services-up.sh started, and a harness that drives the real terraform CLI.
+//!
+//! A test whose server is missing fails with a message saying how to start it; it never
+//! skips.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The endpoints in dev/.state/env.
+pub struct Servers {
+    vars: HashMap<String, String>,
+}
+
+impl Servers {
+    pub fn get(&self, k: &str) -> &str {
+        self.vars
+            .get(k)
+            .unwrap_or_else(|| panic!("{k} is missing from dev/.state/env; run `make services-up`"))
+    }
+
+    pub fn ssh_port(&self) -> u16 {
+        self.get("CIRCLECI_TEST_SSH_PORT").parse().unwrap()
+    }
+
+    pub fn redis_port(&self) -> u16 {
+        self.get("CIRCLECI_TEST_REDIS_PORT").parse().unwrap()
+    }
+
+    /// The provider block for these servers; `extra` goes inside services_host.
+    pub fn provider_block(&self, extra: &str) -> String {
+        let extra = if extra.is_empty() {
+            format!("known_hosts_file = {:?}", self.get("CIRCLECI_TEST_SSH_KNOWN_HOSTS"))
+        } else {
+            extra.to_string()
+        };
+        format!(
+            r#"
+terraform {{
+  required_providers {{
+    circleci = {{ source = "circleci/circleci" }}
+  }}
+}}
+
+provider "circleci" {{
+  services_host {{
+    host             = "127.0.0.1"
+    port             = {port}
+    user             = "root"
+    private_key_file = {key:?}
+    timeout          = "10s"
+    {extra}
+  }}
+}}
+"#,
+            port = self.ssh_port(),
+            key = self.get("CIRCLECI_TEST_SSH_KEY_FILE"),
+        )
+    }
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Reads dev/.state/env and checks the servers answer; panics with instructions if not.
+pub fn servers() -> Servers {
+    let path = repo_root().join("dev/.state/env");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        panic!(
+            "{} not found: the real servers are not running. Run `make services-up` (or `make test`, which starts them)",
+            path.display()
+        )
+    });
+    let mut vars = HashMap::new();
+    for line in text.lines() {
+        if line.starts_with('#') || !line.contains('=') {
+            continue;
+        }
+        let (k, v) = line.split_once('=').unwrap();
+        vars.insert(k.to_string(), v.trim_matches('"').to_string());
+    }
+    let s = Servers { vars };
+    for (name, port) in [("sshd", s.ssh_port()), ("redis", s.redis_port())] {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            panic!("{name} is not listening on 127.0.0.1:{port}; run `make services-up`");
+        }
+    }
+    s
+}
+
+/// One Terraform working directory using the provider binary built for this test run
+/// through dev_overrides (no registry, no init).
+pub struct Tf {
+    pub dir: tempfile::TempDir,
+    cli_config: PathBuf,
+}
+
+impl Tf {
+    pub fn new(main_tf: &str) -> Tf {
+        let dir = tempfile::Builder::new().prefix("tf-e2e-").tempdir().unwrap();
+        let bin = PathBuf::from(env!("CARGO_BIN_EXE_terraform-provider-circleci"));
+        let cli_config = dir.path().join("cli.tfrc");
+        std::fs::write(
+            &cli_config,
+            format!(
+                "provider_installation {{\n  dev_overrides {{\n    \"registry.terraform.io/circleci/circleci\" = {:?}\n  }}\n  direct {{}}\n}}\n",
+                bin.parent().unwrap()
+            ),
+        )
+        .unwrap();
+        let tf = Tf { dir, cli_config };
+        tf.write_main(main_tf);
+        tf
+    }
+
+    pub fn write_main(&self, main_tf: &str) {
+        std::fs::write(self.dir.path().join("main.tf"), main_tf).unwrap();
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("terraform");
+        c.args(args)
+            .current_dir(self.dir.path())
+            .env("TF_CLI_CONFIG_FILE", &self.cli_config)
+            .env("CHECKPOINT_DISABLE", "1")
+            .env("TF_IN_AUTOMATION", "1")
+            .env_remove("TF_LOG")
+            .env_remove("TF_LOG_PROVIDER");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        let out = self.cmd(args).output().expect("terraform is not installed (it must be on PATH)");
+        eprintln!(
+            "$ terraform {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Runs and asserts success.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "terraform {} failed", args.join(" "));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn apply(&self) -> String {
+        self.ok(&["apply", "-auto-approve", "-no-color", "-input=false"])
+    }
+
+    /// Exit code of `plan -detailed-exitcode`: 0 no changes, 2 changes, 1 error.
+    pub fn plan_code(&self) -> i32 {
+        self.run(&["plan", "-detailed-exitcode", "-no-color", "-input=false"]).status.code().unwrap_or(-1)
+    }
+
+    /// Runs a command expected to fail; returns its combined output.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(!out.status.success(), "terraform {} succeeded but should have failed", args.join(" "));
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    }
+
+    /// The state as JSON (`terraform show -json`).
+    pub fn state_json(&self) -> serde_json::Value {
+        let s = self.ok(&["show", "-json", "-no-color"]);
+        serde_json::from_str(&s).unwrap()
+    }
+}
+
+/// Runs a bash snippet and returns stdout.
+pub fn bash(script: &str) -> Vec<u8> {
+    let out = Command::new("bash").arg("-c").arg(script).output().unwrap();
+    assert!(out.status.success(), "bash failed: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+/// A port on 127.0.0.1 where nothing listens.
+pub fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+pub fn mode_of(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}

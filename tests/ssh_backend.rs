@@ -1,0 +1,133 @@
+//! The Services-machine layer against a real OpenSSH sshd on loopback.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use terraform_provider_circleci::backends::ssh::{
+    parse_host_key, HostKeyPolicy, Secret, ServicesHost, SshAuth, SshConfig, SshErrorKind,
+};
+use terraform_provider_circleci::circleci::envfile::{render, Style};
+
+fn host(s: &common::Servers, policy: HostKeyPolicy) -> ServicesHost {
+    ServicesHost::new(SshConfig {
+        host: "127.0.0.1".into(),
+        port: s.ssh_port(),
+        user: "root".into(),
+        auth: SshAuth::KeyFile(s.get("CIRCLECI_TEST_SSH_KEY_FILE").into()),
+        host_key: policy,
+        sudo: true,
+        timeout: Duration::from_secs(10),
+    })
+}
+
+fn pinned(s: &common::Servers) -> HostKeyPolicy {
+    HostKeyPolicy::Pinned(vec![parse_host_key(s.get("CIRCLECI_TEST_SSH_HOST_KEY")).unwrap()])
+}
+
+#[tokio::test]
+async fn write_read_delete_round_trip() {
+    let s = common::servers();
+    let h = host(&s, pinned(&s));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a/b/c/file");
+    let p = path.to_str().unwrap();
+
+    assert_eq!(h.read_file(p).await.unwrap(), None);
+    h.write_file(p, b"one\n", 0o600).await.unwrap();
+    let f = h.read_file(p).await.unwrap().unwrap();
+    assert_eq!(f.content, b"one\n");
+    assert_eq!(f.mode, 0o600);
+    assert_eq!(common::mode_of(&path), 0o600);
+    assert_eq!(common::mode_of(path.parent().unwrap()), 0o755);
+
+    // Replacing keeps the mode asked for and leaves no temporary file behind.
+    h.write_file(p, b"two\n", 0o640).await.unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"two\n");
+    assert_eq!(common::mode_of(&path), 0o640);
+    let names: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+
+    assert!(h.remove_file(p).await.unwrap());
+    assert!(!h.remove_file(p).await.unwrap());
+    assert!(!path.exists());
+}
+
+#[tokio::test]
+async fn tricky_values_survive_ssh_and_bash() {
+    let s = common::servers();
+    let h = host(&s, HostKeyPolicy::KnownHosts(s.get("CIRCLECI_TEST_SSH_KNOWN_HOSTS").into()));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("customizations");
+    let value = "p@ss \"quoted\" $HOME `id` \\back\nnewline ünï 'single' !bang";
+    let text = render(&[("VAULT__TOKEN", value)], Style::Export).unwrap();
+    h.write_file(path.to_str().unwrap(), text.as_bytes(), 0o600).await.unwrap();
+    let got = common::bash(&format!("source {:?}; printf '%s' \"$VAULT__TOKEN\"", path));
+    assert_eq!(String::from_utf8(got).unwrap(), value);
+}
+
+#[tokio::test]
+async fn one_connection_serves_many_concurrent_calls() {
+    let s = common::servers();
+    let h = Arc::new(host(&s, pinned(&s)));
+    let dir = tempfile::tempdir().unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let h = h.clone();
+        let p = dir.path().join(format!("f{i}")).to_str().unwrap().to_string();
+        tasks.push(tokio::spawn(async move {
+            let body = format!("file {i}\n").repeat(1000);
+            h.write_file(&p, body.as_bytes(), 0o600).await.unwrap();
+            let back = h.read_file(&p).await.unwrap().unwrap();
+            assert_eq!(back.content, body.as_bytes());
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 40);
+}
+
+#[tokio::test]
+async fn errors_say_what_failed_where() {
+    let s = common::servers();
+    let h = host(&s, pinned(&s));
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, "x").unwrap();
+    let bad = blocker.join("child");
+    let e = h.write_file(bad.to_str().unwrap(), b"x", 0o600).await.unwrap_err();
+    assert_eq!(e.kind, SshErrorKind::Io);
+    assert!(e.message.contains(blocker.to_str().unwrap()), "{e}");
+    assert!(e.message.contains(&format!("root@127.0.0.1:{}", s.ssh_port())), "{e}");
+
+    // A key the server does not accept.
+    let other = tempfile::tempdir().unwrap();
+    let key = other.path().join("k");
+    let st = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let h2 = ServicesHost::new(SshConfig {
+        auth: SshAuth::Key(Secret(std::fs::read_to_string(&key).unwrap())),
+        ..h.config().clone()
+    });
+    let e = h2.check().await.unwrap_err();
+    assert_eq!(e.kind, SshErrorKind::Auth);
+    assert!(!e.message.contains("PRIVATE KEY"), "the key must never appear in errors: {e}");
+
+    // Nothing listening.
+    let h3 = ServicesHost::new(SshConfig { port: common::closed_port(), ..h.config().clone() });
+    assert_eq!(h3.check().await.unwrap_err().kind, SshErrorKind::Connect);
+
+    // A known_hosts file that does not list the host.
+    let empty = other.path().join("known_hosts");
+    std::fs::write(&empty, "").unwrap();
+    let h4 = ServicesHost::new(SshConfig { host_key: HostKeyPolicy::KnownHosts(empty), ..h.config().clone() });
+    let e = h4.check().await.unwrap_err();
+    assert_eq!(e.kind, SshErrorKind::HostKey);
+    assert!(e.message.contains("is not in"), "{e}");
+}
