@@ -49,11 +49,18 @@ fn block_md(out: &mut String, b: &Block, anchor_prefix: &str) {
     let groups: [(&str, Box<dyn Fn(&Attribute) -> bool>); 3] = [
         ("Required", Box::new(|a: &Attribute| a.required)),
         ("Optional", Box::new(|a: &Attribute| a.optional)),
-        ("Read-Only", Box::new(|a: &Attribute| a.computed && !a.optional && !a.required)),
+        (
+            "Read-Only",
+            Box::new(|a: &Attribute| a.computed && !a.optional && !a.required),
+        ),
     ];
     for (title, pred) in groups.iter() {
         let attrs: Vec<&Attribute> = b.attributes.iter().filter(|a| pred(a)).collect();
-        let blocks: Vec<_> = if *title == "Optional" { b.blocks.iter().collect() } else { vec![] };
+        let blocks: Vec<_> = if *title == "Optional" {
+            b.blocks.iter().collect()
+        } else {
+            vec![]
+        };
         if attrs.is_empty() && blocks.is_empty() {
             continue;
         }
@@ -77,9 +84,17 @@ fn block_md(out: &mut String, b: &Block, anchor_prefix: &str) {
         out.push('\n');
     }
     for nb in &b.blocks {
-        let _ = writeln!(out, "<a id=\"{anchor_prefix}{}\"></a>\n### Nested Schema for `{}`\n", nb.name, nb.name);
+        let _ = writeln!(
+            out,
+            "<a id=\"{anchor_prefix}{}\"></a>\n### Nested Schema for `{}`\n",
+            nb.name, nb.name
+        );
         let mut inner = String::new();
-        block_md(&mut inner, &nb.block, &format!("{anchor_prefix}{}--", nb.name));
+        block_md(
+            &mut inner,
+            &nb.block,
+            &format!("{anchor_prefix}{}--", nb.name),
+        );
         out.push_str(&inner.replace("### ", "#### "));
     }
 }
@@ -100,27 +115,48 @@ fn provider_doc() -> String {
         let short = n.trim_start_matches("circleci_");
         let _ = writeln!(out, "- [`{n}`](resources/{short}.md)");
     }
-    let _ = writeln!(out, "\n## Example Usage\n\n```terraform\n{}```\n\n## Schema\n", read("examples/provider/provider.tf"));
+    let _ = writeln!(
+        out,
+        "\n## Example Usage\n\n```terraform\n{}```\n\n## Schema\n",
+        read("examples/provider/provider.tf")
+    );
     block_md(&mut out, &schema.block, "nestedblock--");
     out.trim_end().to_string() + "\n"
 }
 
 fn resource_doc(name: &str) -> String {
     let p = CircleCiProvider::new();
-    let r = p.resources().into_iter().find(|r| r.type_name() == name).unwrap();
+    let r = p
+        .resources()
+        .into_iter()
+        .find(|r| r.type_name() == name)
+        .unwrap();
     let schema = r.schema();
     let ex = format!("examples/resources/{name}");
     let mut out = String::new();
-    let first_sentence = schema.block.description.split(". ").next().unwrap_or_default();
+    let first_sentence = schema
+        .block
+        .description
+        .split(". ")
+        .next()
+        .unwrap_or_default();
     let _ = writeln!(
         out,
         "---\npage_title: \"{name} Resource - circleci\"\ndescription: |-\n  {first_sentence}.\n---\n\n# {name} (Resource)\n\n{}\n",
         schema.block.description
     );
-    let _ = writeln!(out, "## Example Usage\n\n```terraform\n{}```\n\n## Schema\n", read(&format!("{ex}/resource.tf")));
+    let _ = writeln!(
+        out,
+        "## Example Usage\n\n```terraform\n{}```\n\n## Schema\n",
+        read(&format!("{ex}/resource.tf"))
+    );
     block_md(&mut out, &schema.block, "nestedblock--");
     if Path::new(&root().join(format!("{ex}/import.sh"))).exists() {
-        let _ = writeln!(out, "## Import\n\nImport is supported using the following syntax:\n\n```shell\n{}```", read(&format!("{ex}/import.sh")));
+        let _ = writeln!(
+            out,
+            "## Import\n\nImport is supported using the following syntax:\n\n```shell\n{}```",
+            read(&format!("{ex}/import.sh"))
+        );
     }
     out.trim_end().to_string() + "\n"
 }
@@ -147,10 +183,21 @@ fn docs_are_up_to_date() {
         let name = r.type_name();
         let short = name.trim_start_matches("circleci_");
         // Every resource has its examples, named after it.
-        assert!(root().join(format!("examples/resources/{name}/resource.tf")).exists(), "examples for {name}");
-        stale.extend(check_or_update(&format!("docs/resources/{short}.md"), &resource_doc(name)));
+        assert!(
+            root()
+                .join(format!("examples/resources/{name}/resource.tf"))
+                .exists(),
+            "examples for {name}"
+        );
+        stale.extend(check_or_update(
+            &format!("docs/resources/{short}.md"),
+            &resource_doc(name),
+        ));
     }
-    assert!(stale.is_empty(), "stale docs: {stale:?}; run `make docs` and commit the result");
+    assert!(
+        stale.is_empty(),
+        "stale docs: {stale:?}; run `make docs` and commit the result"
+    );
 }
 
 #[test]
@@ -158,7 +205,11 @@ fn every_attribute_is_described() {
     let p = CircleCiProvider::new();
     fn walk(b: &Block, at: &str) {
         for a in &b.attributes {
-            assert!(!a.description.is_empty(), "{at}.{} has no description", a.name);
+            assert!(
+                !a.description.is_empty(),
+                "{at}.{} has no description",
+                a.name
+            );
         }
         for nb in &b.blocks {
             walk(&nb.block, &format!("{at}.{}", nb.name));

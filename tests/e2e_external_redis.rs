@@ -27,8 +27,20 @@ fn lifecycle_apply_drift_repair_import_destroy() {
     let main = format!(
         "{}{}{}",
         s.provider_block(""),
-        resource("shared", "127.0.0.1", s.redis_port(), shared.to_str().unwrap(), ""),
-        resource("slanger", "127.0.0.1", s.redis_port(), slanger.to_str().unwrap(), "purpose = \"slanger\""),
+        resource(
+            "shared",
+            "127.0.0.1",
+            s.redis_port(),
+            shared.to_str().unwrap(),
+            ""
+        ),
+        resource(
+            "slanger",
+            "127.0.0.1",
+            s.redis_port(),
+            slanger.to_str().unwrap(),
+            "purpose = \"slanger\""
+        ),
     );
     let tf = Tf::new(&main);
 
@@ -45,37 +57,66 @@ fn lifecycle_apply_drift_repair_import_destroy() {
     );
     assert_eq!(mode_of(&shared), 0o600);
     // bash reads back what we meant.
-    let got = common::bash(&format!("source {:?}; printf '%s:%s' \"$REDIS_HOST\" \"$REDIS_PORT\"", shared));
+    let got = common::bash(&format!(
+        "source {:?}; printf '%s:%s' \"$REDIS_HOST\" \"$REDIS_PORT\"",
+        shared
+    ));
     assert_eq!(String::from_utf8(got).unwrap(), format!("127.0.0.1:{port}"));
 
     // Nothing to do on a second plan.
     assert_eq!(tf.plan_code(), 0, "a fresh apply must plan no changes");
 
     // Edit the file out of band: plan sees drift, apply repairs it.
-    std::fs::write(&shared, "export REDIS_HOST=\"elsewhere\"\nexport REDIS_PORT=\"1\"\n").unwrap();
+    std::fs::write(
+        &shared,
+        "export REDIS_HOST=\"elsewhere\"\nexport REDIS_PORT=\"1\"\n",
+    )
+    .unwrap();
     assert_eq!(tf.plan_code(), 2, "an edited file must show as a change");
     tf.apply();
-    assert!(std::fs::read_to_string(&shared).unwrap().contains("127.0.0.1"));
+    assert!(std::fs::read_to_string(&shared)
+        .unwrap()
+        .contains("127.0.0.1"));
     assert_eq!(tf.plan_code(), 0);
 
     // Remove the file: plan wants to create it again.
     std::fs::remove_file(&slanger).unwrap();
     let out = tf.run(&["plan", "-no-color", "-detailed-exitcode"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("circleci_external_redis.slanger will be created"));
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("circleci_external_redis.slanger will be created"));
     tf.apply();
     assert!(slanger.exists());
 
     // Forget and import both: the plan afterwards is empty.
-    tf.ok(&["state", "rm", "circleci_external_redis.shared", "circleci_external_redis.slanger"]);
-    tf.ok(&["import", "-no-color", "circleci_external_redis.shared", shared.to_str().unwrap()]);
-    tf.ok(&["import", "-no-color", "circleci_external_redis.slanger", slanger.to_str().unwrap()]);
+    tf.ok(&[
+        "state",
+        "rm",
+        "circleci_external_redis.shared",
+        "circleci_external_redis.slanger",
+    ]);
+    tf.ok(&[
+        "import",
+        "-no-color",
+        "circleci_external_redis.shared",
+        shared.to_str().unwrap(),
+    ]);
+    tf.ok(&[
+        "import",
+        "-no-color",
+        "circleci_external_redis.slanger",
+        slanger.to_str().unwrap(),
+    ]);
     let st = tf.state_json();
     let res = st["values"]["root_module"]["resources"].as_array().unwrap();
     let slanger_state = res.iter().find(|r| r["name"] == "slanger").unwrap();
     assert_eq!(slanger_state["values"]["purpose"], "slanger");
     assert_eq!(slanger_state["values"]["port"], port as i64);
-    assert_eq!(tf.plan_code(), 0, "imported resources must match the configuration");
+    assert_eq!(
+        tf.plan_code(),
+        0,
+        "imported resources must match the configuration"
+    );
 
     // Destroy removes the files and only them.
     let keep = root.path().join("etc/circleconfig/shared/other");
@@ -105,12 +146,18 @@ fn wrong_pinned_host_key_fails_and_writes_nothing() {
     assert!(out.matches("SHA256:").count() >= 2, "{out}");
     assert!(out.contains("Nothing was"), "{out}");
     assert!(!path.exists());
-    assert!(!path.parent().unwrap().exists(), "not even the directory may be created");
+    assert!(
+        !path.parent().unwrap().exists(),
+        "not even the directory may be created"
+    );
 
     // The right pinned key works.
     let main = format!(
         "{}{}",
-        s.provider_block(&format!("host_key = {:?}", s.get("CIRCLECI_TEST_SSH_HOST_KEY"))),
+        s.provider_block(&format!(
+            "host_key = {:?}",
+            s.get("CIRCLECI_TEST_SSH_HOST_KEY")
+        )),
         resource("r", "127.0.0.1", s.redis_port(), path.to_str().unwrap(), "")
     );
     tf.write_main(&main);
@@ -138,7 +185,13 @@ fn unreachable_redis_fails_naming_host_port_and_writes_nothing() {
     tf.write_main(&format!(
         "{}{}",
         s.provider_block(""),
-        resource("r", "127.0.0.1", port, path.to_str().unwrap(), "verify = false")
+        resource(
+            "r",
+            "127.0.0.1",
+            port,
+            path.to_str().unwrap(),
+            "verify = false"
+        )
     ));
     tf.apply();
     assert!(path.exists());
@@ -160,7 +213,13 @@ resource "circleci_external_redis" "r" {
 "#
     ));
     let out = tf.fails(&["plan", "-no-color"]);
-    for needle in ["Invalid host", "Invalid port", "Invalid purpose", "Invalid path", "with circleci_external_redis.r"] {
+    for needle in [
+        "Invalid host",
+        "Invalid port",
+        "Invalid purpose",
+        "Invalid path",
+        "with circleci_external_redis.r",
+    ] {
         assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
     }
     // Terraform shows the attribute each error points at.
@@ -173,12 +232,22 @@ fn changing_purpose_replaces_and_removes_the_old_file() {
     let root = tempfile::tempdir().unwrap();
     let a = root.path().join("a");
     let b = root.path().join("b");
-    let tf = Tf::new(&format!("{}{}", s.provider_block(""), resource("r", "127.0.0.1", s.redis_port(), a.to_str().unwrap(), "")));
+    let tf = Tf::new(&format!(
+        "{}{}",
+        s.provider_block(""),
+        resource("r", "127.0.0.1", s.redis_port(), a.to_str().unwrap(), "")
+    ));
     tf.apply();
     tf.write_main(&format!(
         "{}{}",
         s.provider_block(""),
-        resource("r", "127.0.0.1", s.redis_port(), b.to_str().unwrap(), "purpose = \"slanger\"")
+        resource(
+            "r",
+            "127.0.0.1",
+            s.redis_port(),
+            b.to_str().unwrap(),
+            "purpose = \"slanger\""
+        )
     ));
     let plan = tf.ok(&["plan", "-no-color"]);
     assert!(plan.contains("must be replaced"), "{plan}");
@@ -207,7 +276,11 @@ resource "circleci_external_redis" "r" {
     let mut c = tf.cmd(&["apply", "-auto-approve", "-no-color"]);
     c.env_remove("CIRCLECI_SERVICES_HOST");
     let out = c.output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!out.status.success());
     assert!(text.contains("services_host not configured"), "{text}");
 }

@@ -13,18 +13,25 @@ fn bash_value(file: &std::path::Path, key: &str) -> Vec<u8> {
         .env("LC_ALL", "C.UTF-8")
         .output()
         .expect("bash must be installed");
-    assert!(out.status.success(), "bash failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "bash failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 
 fn tricky() -> impl Strategy<Value = String> {
     // Weighted towards the characters that matter to the shell, plus any Unicode.
     let special = prop::sample::select(vec![
-        "\"", "'", "$", "`", "\\", "\n", " ", "\t", "!", "$(id)", "${HOME}", "*", "#", ";", "&", "|", "~", "é", "日本",
-        "\\\"", "$'x'", "\r",
+        "\"", "'", "$", "`", "\\", "\n", " ", "\t", "!", "$(id)", "${HOME}", "*", "#", ";", "&",
+        "|", "~", "é", "日本", "\\\"", "$'x'", "\r",
     ]);
-    prop::collection::vec(prop_oneof![special.prop_map(String::from), "[^\\x00]{0,4}"], 0..12)
-        .prop_map(|parts| parts.concat())
+    prop::collection::vec(
+        prop_oneof![special.prop_map(String::from), "[^\\x00]{0,4}"],
+        0..12,
+    )
+    .prop_map(|parts| parts.concat())
 }
 
 proptest! {

@@ -23,7 +23,9 @@ fn host(s: &common::Servers, policy: HostKeyPolicy) -> ServicesHost {
 }
 
 fn pinned(s: &common::Servers) -> HostKeyPolicy {
-    HostKeyPolicy::Pinned(vec![parse_host_key(s.get("CIRCLECI_TEST_SSH_HOST_KEY")).unwrap()])
+    HostKeyPolicy::Pinned(vec![
+        parse_host_key(s.get("CIRCLECI_TEST_SSH_HOST_KEY")).unwrap()
+    ])
 }
 
 #[tokio::test]
@@ -46,7 +48,10 @@ async fn write_read_delete_round_trip() {
     h.write_file(p, b"two\n", 0o640).await.unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), b"two\n");
     assert_eq!(common::mode_of(&path), 0o640);
-    let names: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names.len(), 1, "{names:?}");
 
     assert!(h.remove_file(p).await.unwrap());
@@ -57,12 +62,17 @@ async fn write_read_delete_round_trip() {
 #[tokio::test]
 async fn tricky_values_survive_ssh_and_bash() {
     let s = common::servers();
-    let h = host(&s, HostKeyPolicy::KnownHosts(s.get("CIRCLECI_TEST_SSH_KNOWN_HOSTS").into()));
+    let h = host(
+        &s,
+        HostKeyPolicy::KnownHosts(s.get("CIRCLECI_TEST_SSH_KNOWN_HOSTS").into()),
+    );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("customizations");
     let value = "p@ss \"quoted\" $HOME `id` \\back\nnewline ünï 'single' !bang";
     let text = render(&[("VAULT__TOKEN", value)], Style::Export).unwrap();
-    h.write_file(path.to_str().unwrap(), text.as_bytes(), 0o600).await.unwrap();
+    h.write_file(path.to_str().unwrap(), text.as_bytes(), 0o600)
+        .await
+        .unwrap();
     let got = common::bash(&format!("source {:?}; printf '%s' \"$VAULT__TOKEN\"", path));
     assert_eq!(String::from_utf8(got).unwrap(), value);
 }
@@ -75,7 +85,12 @@ async fn one_connection_serves_many_concurrent_calls() {
     let mut tasks = Vec::new();
     for i in 0..40 {
         let h = h.clone();
-        let p = dir.path().join(format!("f{i}")).to_str().unwrap().to_string();
+        let p = dir
+            .path()
+            .join(format!("f{i}"))
+            .to_str()
+            .unwrap()
+            .to_string();
         tasks.push(tokio::spawn(async move {
             let body = format!("file {i}\n").repeat(1000);
             h.write_file(&p, body.as_bytes(), 0o600).await.unwrap();
@@ -97,10 +112,17 @@ async fn errors_say_what_failed_where() {
     let blocker = dir.path().join("file");
     std::fs::write(&blocker, "x").unwrap();
     let bad = blocker.join("child");
-    let e = h.write_file(bad.to_str().unwrap(), b"x", 0o600).await.unwrap_err();
+    let e = h
+        .write_file(bad.to_str().unwrap(), b"x", 0o600)
+        .await
+        .unwrap_err();
     assert_eq!(e.kind, SshErrorKind::Io);
     assert!(e.message.contains(blocker.to_str().unwrap()), "{e}");
-    assert!(e.message.contains(&format!("root@127.0.0.1:{}", s.ssh_port())), "{e}");
+    assert!(
+        e.message
+            .contains(&format!("root@127.0.0.1:{}", s.ssh_port())),
+        "{e}"
+    );
 
     // A key the server does not accept.
     let other = tempfile::tempdir().unwrap();
@@ -117,16 +139,25 @@ async fn errors_say_what_failed_where() {
     });
     let e = h2.check().await.unwrap_err();
     assert_eq!(e.kind, SshErrorKind::Auth);
-    assert!(!e.message.contains("PRIVATE KEY"), "the key must never appear in errors: {e}");
+    assert!(
+        !e.message.contains("PRIVATE KEY"),
+        "the key must never appear in errors: {e}"
+    );
 
     // Nothing listening.
-    let h3 = ServicesHost::new(SshConfig { port: common::closed_port(), ..h.config().clone() });
+    let h3 = ServicesHost::new(SshConfig {
+        port: common::closed_port(),
+        ..h.config().clone()
+    });
     assert_eq!(h3.check().await.unwrap_err().kind, SshErrorKind::Connect);
 
     // A known_hosts file that does not list the host.
     let empty = other.path().join("known_hosts");
     std::fs::write(&empty, "").unwrap();
-    let h4 = ServicesHost::new(SshConfig { host_key: HostKeyPolicy::KnownHosts(empty), ..h.config().clone() });
+    let h4 = ServicesHost::new(SshConfig {
+        host_key: HostKeyPolicy::KnownHosts(empty),
+        ..h.config().clone()
+    });
     let e = h4.check().await.unwrap_err();
     assert_eq!(e.kind, SshErrorKind::HostKey);
     assert!(e.message.contains("is not in"), "{e}");

@@ -33,7 +33,10 @@ impl Servers {
     /// The provider block for these servers; `extra` goes inside services_host.
     pub fn provider_block(&self, extra: &str) -> String {
         let extra = if extra.is_empty() {
-            format!("known_hosts_file = {:?}", self.get("CIRCLECI_TEST_SSH_KNOWN_HOSTS"))
+            format!(
+                "known_hosts_file = {:?}",
+                self.get("CIRCLECI_TEST_SSH_KNOWN_HOSTS")
+            )
         } else {
             extra.to_string()
         };
@@ -101,7 +104,10 @@ pub struct Tf {
 
 impl Tf {
     pub fn new(main_tf: &str) -> Tf {
-        let dir = tempfile::Builder::new().prefix("tf-e2e-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("tf-e2e-")
+            .tempdir()
+            .unwrap();
         let bin = PathBuf::from(env!("CARGO_BIN_EXE_terraform-provider-circleci"));
         let cli_config = dir.path().join("cli.tfrc");
         std::fs::write(
@@ -138,7 +144,10 @@ impl Tf {
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
-        let out = self.cmd(args).output().expect("terraform is not installed (it must be on PATH)");
+        let out = self
+            .cmd(args)
+            .output()
+            .expect("terraform is not installed (it must be on PATH)");
         eprintln!(
             "$ terraform {}\n{}{}",
             args.join(" "),
@@ -161,14 +170,25 @@ impl Tf {
 
     /// Exit code of `plan -detailed-exitcode`: 0 no changes, 2 changes, 1 error.
     pub fn plan_code(&self) -> i32 {
-        self.run(&["plan", "-detailed-exitcode", "-no-color", "-input=false"]).status.code().unwrap_or(-1)
+        self.run(&["plan", "-detailed-exitcode", "-no-color", "-input=false"])
+            .status
+            .code()
+            .unwrap_or(-1)
     }
 
     /// Runs a command expected to fail; returns its combined output.
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(!out.status.success(), "terraform {} succeeded but should have failed", args.join(" "));
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        assert!(
+            !out.status.success(),
+            "terraform {} succeeded but should have failed",
+            args.join(" ")
+        );
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
     }
 
     /// The state as JSON (`terraform show -json`).
@@ -181,7 +201,11 @@ impl Tf {
 /// Runs a bash snippet and returns stdout.
 pub fn bash(script: &str) -> Vec<u8> {
     let out = Command::new("bash").arg("-c").arg(script).output().unwrap();
-    assert!(out.status.success(), "bash failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "bash failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 
