@@ -20,6 +20,7 @@ need=()
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
+command -v sudo >/dev/null || need+=(sudo)
 if ((${#need[@]})); then
   say "installing ${need[*]}"
   # Keep package scripts from starting system-wide daemons (no systemd here, and
@@ -40,6 +41,15 @@ alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 cp "$D/client_key.pub" "$D/authorized_keys"
 echo "[127.0.0.1]:$SSH_PORT $(cut -d' ' -f1,2 "$D/host_key.pub")" > "$D/known_hosts"
 mkdir -p /run/sshd
+# A non-root login with passwordless sudo, like the `ubuntu` user of a real Services
+# machine, to test sudo = true. It logs in with the same client key.
+SUDO_USER_NAME=circleci-dev
+if ! id "$SUDO_USER_NAME" >/dev/null 2>&1; then
+  useradd --no-create-home --home-dir /nonexistent --shell /bin/sh "$SUDO_USER_NAME"
+fi
+usermod -p '*' "$SUDO_USER_NAME"   # no password, but not locked (sshd refuses locked accounts)
+echo "$SUDO_USER_NAME ALL=(root) NOPASSWD: ALL" > /etc/sudoers.d/circleci-dev
+chmod 0440 /etc/sudoers.d/circleci-dev
 cat > "$D/sshd_config" <<CFG
 ListenAddress 127.0.0.1
 Port $SSH_PORT
@@ -78,6 +88,7 @@ cat > "$D/env" <<ENV
 CIRCLECI_TEST_SSH_HOST=127.0.0.1
 CIRCLECI_TEST_SSH_PORT=$SSH_PORT
 CIRCLECI_TEST_SSH_USER=root
+CIRCLECI_TEST_SSH_SUDO_USER=$SUDO_USER_NAME
 CIRCLECI_TEST_SSH_KEY_FILE=$D/client_key
 CIRCLECI_TEST_SSH_KNOWN_HOSTS=$D/known_hosts
 CIRCLECI_TEST_SSH_HOST_KEY="$(cut -d' ' -f1,2 "$D/host_key.pub")"

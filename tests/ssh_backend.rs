@@ -162,3 +162,43 @@ async fn errors_say_what_failed_where() {
     assert_eq!(e.kind, SshErrorKind::HostKey);
     assert!(e.message.contains("is not in"), "{e}");
 }
+
+#[tokio::test]
+async fn sudo_writes_as_root_for_a_non_root_user() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let s = common::servers();
+    let base = host(&s, pinned(&s));
+    // A directory only root may enter, like /etc/circleconfig's parents for `ubuntu`.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let path = dir.path().join("circleconfig/shared/redis");
+    let p = path.to_str().unwrap();
+
+    let as_user = |sudo| {
+        ServicesHost::new(SshConfig {
+            user: s.get("CIRCLECI_TEST_SSH_SUDO_USER").into(),
+            sudo,
+            ..base.config().clone()
+        })
+    };
+
+    // Without sudo the non-root user is refused, and the message says what to do.
+    let e = as_user(false).write_file(p, b"x", 0o600).await.unwrap_err();
+    assert!(e.message.contains("permission denied"), "{e}");
+    assert!(e.message.contains("sudo = true"), "{e}");
+    assert!(!path.exists());
+
+    // With sudo the same user writes as root.
+    let h = as_user(true);
+    h.write_file(p, b"export REDIS_HOST=\"r\"\n", 0o600)
+        .await
+        .unwrap();
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.uid(), 0);
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+    assert_eq!(
+        h.read_file(p).await.unwrap().unwrap().content,
+        b"export REDIS_HOST=\"r\"\n"
+    );
+    assert!(h.remove_file(p).await.unwrap());
+}
