@@ -836,6 +836,42 @@ mod tests {
         })
     }
 
+    /// Plans creating `cfg` (proposed = config).
+    async fn plan_create(
+        s: &ProviderService,
+        cfg: &Value,
+        wo: bool,
+    ) -> pb::plan_resource_change::Response {
+        s.plan_resource_change(Request::new(pb::plan_resource_change::Request {
+            type_name: "test_slow".into(),
+            prior_state: dv(&Value::Null),
+            proposed_new_state: dv(cfg),
+            config: dv(cfg),
+            client_capabilities: caps(wo),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+    }
+
+    async fn apply_create(
+        s: &ProviderService,
+        planned: Value,
+        cfg: Value,
+    ) -> pb::apply_resource_change::Response {
+        s.apply_resource_change(Request::new(pb::apply_resource_change::Request {
+            type_name: "test_slow".into(),
+            prior_state: dv(&Value::Null),
+            planned_state: dv(&planned),
+            config: dv(&cfg),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+    }
+
     #[tokio::test]
     async fn plan_nulls_write_only_and_marks_computed_unknown() {
         let s = svc();
@@ -844,18 +880,7 @@ mod tests {
             ("name", Value::string("n")),
             ("secret_wo", Value::string("s3cret")),
         ]);
-        let r = s
-            .plan_resource_change(Request::new(pb::plan_resource_change::Request {
-                type_name: "test_slow".into(),
-                prior_state: dv(&Value::Null),
-                proposed_new_state: dv(&cfg),
-                config: dv(&cfg),
-                client_capabilities: caps(true),
-                ..Default::default()
-            }))
-            .await
-            .unwrap()
-            .into_inner();
+        let r = plan_create(&s, &cfg, true).await;
         assert!(r.diagnostics.is_empty(), "{:?}", r.diagnostics);
         let planned = Value::from_msgpack(&r.planned_state.unwrap().msgpack).unwrap();
         assert_eq!(planned.get("secret_wo"), &Value::Null);
@@ -871,18 +896,7 @@ mod tests {
             ("name", Value::string("n")),
             ("secret_wo", Value::string("s")),
         ]);
-        let r = s
-            .plan_resource_change(Request::new(pb::plan_resource_change::Request {
-                type_name: "test_slow".into(),
-                prior_state: dv(&Value::Null),
-                proposed_new_state: dv(&cfg),
-                config: dv(&cfg),
-                client_capabilities: caps(false),
-                ..Default::default()
-            }))
-            .await
-            .unwrap()
-            .into_inner();
+        let r = plan_create(&s, &cfg, false).await;
         assert_eq!(r.diagnostics.len(), 1);
         assert_eq!(
             r.diagnostics[0].severity,
@@ -904,17 +918,7 @@ mod tests {
             ("name", Value::string("n")),
             ("secret_wo", Value::string("s3cret")),
         ]);
-        let r = s
-            .apply_resource_change(Request::new(pb::apply_resource_change::Request {
-                type_name: "test_slow".into(),
-                prior_state: dv(&Value::Null),
-                planned_state: dv(&planned),
-                config: dv(&cfg),
-                ..Default::default()
-            }))
-            .await
-            .unwrap()
-            .into_inner();
+        let r = apply_create(&s, planned, cfg).await;
         assert!(r.diagnostics.is_empty());
         let bytes = r.new_state.unwrap().msgpack;
         assert!(!bytes.windows(6).any(|w| w == b"s3cret"));
@@ -938,18 +942,7 @@ mod tests {
             ("secret_wo", Value::string("wait")),
         ]);
         let s2 = s.clone();
-        let apply = tokio::spawn(async move {
-            s2.apply_resource_change(Request::new(pb::apply_resource_change::Request {
-                type_name: "test_slow".into(),
-                prior_state: dv(&Value::Null),
-                planned_state: dv(&planned),
-                config: dv(&cfg),
-                ..Default::default()
-            }))
-            .await
-            .unwrap()
-            .into_inner()
-        });
+        let apply = tokio::spawn(async move { apply_create(&s2, planned, cfg).await });
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(!apply.is_finished());
         s.stop_provider(Request::new(pb::stop_provider::Request {}))

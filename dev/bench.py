@@ -1,0 +1,202 @@
+#!/usr/bin/env python3
+"""`make bench`: what the provider costs Terraform, measured with the real CLI.
+
+In one run, median of N (default 5) each:
+  (a) terraform plan of 50 terraform_data resources (Terraform alone, no plugin)
+  (b) the same plus our provider, configured, with zero resources of its own
+  (c) 1 and 50 circleci_external_redis resources after apply (distinct files, refresh on)
+Prints the times, the provider's fixed cost per plan (b - a), its marginal cost per
+resource ((c50 - c1) / 49), the handshake time, the provider's peak RSS and the number
+of SSH logins one plan makes. Targets: fixed <= 0.05 s, marginal <= 4 ms/resource.
+
+Needs the servers of dev/services-up.sh and a release build (dev/bench.sh does both).
+"""
+
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+STATE = os.path.join(ROOT, "dev", ".state")
+BIN = os.path.join(ROOT, "target", "release", "terraform-provider-circleci")
+RUNS = int(os.environ.get("BENCH_RUNS", "5"))
+COOKIE = "d602bf8f470bc67ca7faa0386276bbdd4330efaf76d1a219cb4d6991ca9872b2"
+
+
+def env_file():
+    out = {}
+    with open(os.path.join(STATE, "env")) as f:
+        for line in f:
+            if "=" in line and not line.startswith("#"):
+                k, v = line.rstrip("\n").split("=", 1)
+                out[k] = v.strip('"')
+    return out
+
+
+E = env_file()
+
+
+def cli_config(d, plugin_dir):
+    p = os.path.join(d, "cli.tfrc")
+    with open(p, "w") as f:
+        f.write(
+            'provider_installation {\n  dev_overrides {\n'
+            f'    "registry.terraform.io/circleci/circleci" = "{plugin_dir}"\n'
+            "  }\n  direct {}\n}\n"
+        )
+    return p
+
+
+def tf(d, cfg, *args, check=True):
+    env = dict(os.environ, TF_CLI_CONFIG_FILE=cfg, CHECKPOINT_DISABLE="1", TF_IN_AUTOMATION="1")
+    env.pop("TF_LOG", None)
+    r = subprocess.run(["terraform", *args], cwd=d, env=env, capture_output=True, text=True)
+    if check and r.returncode not in (0, 2):
+        sys.exit(f"terraform {' '.join(args)} failed in {d}:\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+PROVIDER = f'''
+terraform {{
+  required_providers {{
+    circleci = {{ source = "circleci/circleci" }}
+  }}
+}}
+provider "circleci" {{
+  services_host {{
+    host             = "127.0.0.1"
+    port             = {E["CIRCLECI_TEST_SSH_PORT"]}
+    user             = "root"
+    private_key_file = "{E["CIRCLECI_TEST_SSH_KEY_FILE"]}"
+    known_hosts_file = "{E["CIRCLECI_TEST_SSH_KNOWN_HOSTS"]}"
+  }}
+}}
+'''
+
+
+def data_resources(n):
+    return "".join(f'resource "terraform_data" "r{i}" {{\n  input = {i}\n}}\n' for i in range(n))
+
+
+def redis_resources(n, root):
+    return "".join(
+        f'resource "circleci_external_redis" "r{i}" {{\n'
+        f'  host        = "127.0.0.1"\n  port        = {E["CIRCLECI_TEST_REDIS_PORT"]}\n'
+        f'  config_path = "{root}/r{i}/redis"\n}}\n'
+        for i in range(n)
+    )
+
+
+def workspace(main_tf, plugin_dir):
+    d = tempfile.mkdtemp(prefix="bench-", dir=STATE)
+    with open(os.path.join(d, "main.tf"), "w") as f:
+        f.write(main_tf)
+    cfg = cli_config(d, plugin_dir)
+    tf(d, cfg, "apply", "-auto-approve", "-input=false", "-no-color")
+    return d, cfg
+
+
+def median_plan(d, cfg):
+    times = []
+    for _ in range(RUNS):
+        t = time.perf_counter()
+        r = tf(d, cfg, "plan", "-input=false", "-no-color", "-detailed-exitcode")
+        times.append(time.perf_counter() - t)
+        if r.returncode != 0:
+            sys.exit(f"plan in {d} was not empty:\n{r.stdout}")
+    return statistics.median(times)
+
+
+def handshake_time():
+    pem = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-521", "-sha512",
+         "-nodes", "-keyout", "/dev/null", "-subj", "/O=HashiCorp/CN=localhost", "-days", "1"],
+        capture_output=True, text=True, check=True).stdout
+    env = dict(os.environ, TF_PLUGIN_MAGIC_COOKIE=COOKIE, PLUGIN_PROTOCOL_VERSIONS="5,6", PLUGIN_CLIENT_CERT=pem)
+    times = []
+    for _ in range(RUNS):
+        t = time.perf_counter()
+        p = subprocess.Popen([BIN], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        line = p.stdout.readline()
+        times.append(time.perf_counter() - t)
+        p.terminate()
+        p.wait()
+        assert line.startswith(b"1|6|tcp|127.0.0.1:"), line
+    return statistics.median(times)
+
+
+def rss_wrapper_dir():
+    """A plugin dir whose 'binary' runs the real one and records its peak RSS."""
+    d = tempfile.mkdtemp(prefix="rss-", dir=STATE)
+    log = os.path.join(d, "maxrss")
+    w = os.path.join(d, "terraform-provider-circleci")
+    with open(w, "w") as f:
+        f.write(
+            f"#!{sys.executable}\n"
+            "import resource, subprocess, sys\n"
+            f"rc = subprocess.call([{BIN!r}] + sys.argv[1:])\n"
+            f"open({log!r}, 'a').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) + '\\n')\n"
+            "sys.exit(rc)\n"
+        )
+    os.chmod(w, 0o755)
+    return d, log
+
+
+def ssh_logins():
+    try:
+        with open(os.path.join(STATE, "sshd.log")) as f:
+            return len(re.findall(r"Accepted publickey", f.read()))
+    except FileNotFoundError:
+        return 0
+
+
+def main():
+    plugin_dir = os.path.dirname(BIN)
+    files = tempfile.mkdtemp(prefix="files-", dir=STATE)
+    a_dir, a_cfg = workspace(data_resources(50), plugin_dir)
+    b_dir, b_cfg = workspace(PROVIDER + data_resources(50), plugin_dir)
+    c1_dir, c1_cfg = workspace(PROVIDER + redis_resources(1, files + "/c1"), plugin_dir)
+    c50_dir, c50_cfg = workspace(PROVIDER + redis_resources(50, files + "/c50"), plugin_dir)
+
+    a = median_plan(a_dir, a_cfg)
+    b = median_plan(b_dir, b_cfg)
+    c1 = median_plan(c1_dir, c1_cfg)
+    c50 = median_plan(c50_dir, c50_cfg)
+    hs = handshake_time()
+
+    before = ssh_logins()
+    tf(c50_dir, c50_cfg, "plan", "-input=false", "-no-color")
+    logins = ssh_logins() - before
+
+    rss_dir, rss_log = rss_wrapper_dir()
+    rss_cfg = cli_config(c50_dir, rss_dir)
+    tf(c50_dir, rss_cfg, "plan", "-input=false", "-no-color")
+    with open(rss_log) as f:
+        rss = [int(x) for x in f.read().split()]
+
+    fixed = b - a
+    marginal = (c50 - c1) / 49
+    print(f"runs per case (median): {RUNS}")
+    print(f"(a) plan, 50 terraform_data, no plugin:          {a:.3f} s")
+    print(f"(b) (a) + circleci provider, 0 own resources:    {b:.3f} s")
+    print(f"(c1) plan, 1 circleci_external_redis (refresh):  {c1:.3f} s")
+    print(f"(c50) plan, 50 circleci_external_redis:          {c50:.3f} s")
+    print(f"fixed cost per plan (b - a):                     {fixed:.3f} s   (target <= 0.050 s)")
+    print(f"marginal cost per resource ((c50 - c1) / 49):    {marginal * 1000:.2f} ms (target <= 4 ms)")
+    print(f"handshake (start to handshake line, AutoMTLS):   {hs * 1000:.1f} ms")
+    print(f"provider processes in one c50 plan:              {len(rss)}")
+    print(f"provider peak RSS (max over those processes):    {max(rss) / 1024:.1f} MiB")
+    print(f"SSH logins during one c50 plan:                  {logins}")
+    ok = fixed <= 0.05 and marginal <= 0.004
+    print("targets met" if ok else "TARGETS MISSED")
+    for d, cfg in ((c1_dir, c1_cfg), (c50_dir, c50_cfg)):
+        tf(d, cfg, "destroy", "-auto-approve", "-input=false", "-no-color")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
