@@ -46,13 +46,20 @@ fn attr_line(a: &Attribute) -> String {
 
 /// The Required / Optional / Read-Only lists of one block, then its nested blocks.
 fn block_md(out: &mut String, b: &Block, anchor_prefix: &str) {
-    let groups: [(&str, Box<dyn Fn(&Attribute) -> bool>); 3] = [
-        ("Required", Box::new(|a: &Attribute| a.required)),
-        ("Optional", Box::new(|a: &Attribute| a.optional)),
-        (
-            "Read-Only",
-            Box::new(|a: &Attribute| a.computed && !a.optional && !a.required),
-        ),
+    fn required(a: &Attribute) -> bool {
+        a.required
+    }
+    fn optional(a: &Attribute) -> bool {
+        a.optional
+    }
+    fn read_only(a: &Attribute) -> bool {
+        a.computed && !a.optional && !a.required
+    }
+    type Pred = fn(&Attribute) -> bool;
+    let groups: [(&str, Pred); 3] = [
+        ("Required", required),
+        ("Optional", optional),
+        ("Read-Only", read_only),
     ];
     for (title, pred) in groups.iter() {
         let attrs: Vec<&Attribute> = b.attributes.iter().filter(|a| pred(a)).collect();
