@@ -5,6 +5,7 @@ In one run, median of N (default 5) each:
   (a) terraform plan of 50 terraform_data resources (Terraform alone, no plugin)
   (b) the same plus our provider, configured, with zero resources of its own
   (c) 1 and 50 circleci_external_redis resources after apply (distinct files, refresh on)
+  (d) the complete example (examples/complete: Redis x2 + PostgreSQL) after apply
 Prints the times, the provider's fixed cost per plan (b - a), its marginal cost per
 resource ((c50 - c1) / 49), the handshake time, the provider's peak RSS and the number
 of SSH logins one plan makes. Targets: fixed <= 0.05 s, marginal <= 4 ms/resource.
@@ -100,6 +101,28 @@ def workspace(main_tf, plugin_dir):
     return d, cfg
 
 
+def complete_example(plugin_dir, files):
+    """examples/complete against the dev servers, applied."""
+    d = tempfile.mkdtemp(prefix="bench-complete-", dir=STATE)
+    with open(os.path.join(ROOT, "examples", "complete", "main.tf")) as f:
+        main = f.read()
+    with open(os.path.join(d, "main.tf"), "w") as f:
+        f.write(main)
+    with open(os.path.join(d, "terraform.tfvars"), "w") as f:
+        f.write(
+            f'services_host = "127.0.0.1"\nservices_port = {E["CIRCLECI_TEST_SSH_PORT"]}\nservices_user = "root"\n'
+            f'private_key_file = "{E["CIRCLECI_TEST_SSH_KEY_FILE"]}"\nknown_hosts_file = "{E["CIRCLECI_TEST_SSH_KNOWN_HOSTS"]}"\n'
+            f'redis_host = "127.0.0.1"\nredis_port = {E["CIRCLECI_TEST_REDIS_PORT"]}\n'
+            f'slanger_redis_host = "127.0.0.1"\nslanger_redis_port = {E["CIRCLECI_TEST_REDIS_PORT"]}\n'
+            f'postgres_host = "127.0.0.1"\npostgres_port = {E["CIRCLECI_TEST_PG_PORT"]}\n'
+            f'postgres_ca_file = "{E["CIRCLECI_TEST_PG_CA"]}"\npostgres_admin_password = "{E["CIRCLECI_TEST_PG_PASSWORD"]}"\n'
+            f'circle_db_password = "bench-password"\nconfig_root = "{files}/complete"\n'
+        )
+    cfg = cli_config(d, plugin_dir)
+    tf(d, cfg, "apply", "-auto-approve", "-input=false", "-no-color")
+    return d, cfg
+
+
 def median_plan(d, cfg):
     times = []
     for _ in range(RUNS):
@@ -166,6 +189,8 @@ def main():
     b = median_plan(b_dir, b_cfg)
     c1 = median_plan(c1_dir, c1_cfg)
     c50 = median_plan(c50_dir, c50_cfg)
+    d_dir, d_cfg = complete_example(plugin_dir, files)
+    d = median_plan(d_dir, d_cfg)
     hs = handshake_time()
 
     before = ssh_logins()
@@ -185,6 +210,7 @@ def main():
     print(f"(b) (a) + circleci provider, 0 own resources:    {b:.3f} s")
     print(f"(c1) plan, 1 circleci_external_redis (refresh):  {c1:.3f} s")
     print(f"(c50) plan, 50 circleci_external_redis:          {c50:.3f} s")
+    print(f"(d) plan, examples/complete (2 Redis + Postgres): {d:.3f} s   ({d - a:+.3f} s vs (a))")
     print(f"fixed cost per plan (b - a):                     {fixed:.3f} s   (target <= 0.050 s)")
     print(f"marginal cost per resource ((c50 - c1) / 49):    {marginal * 1000:.2f} ms (target <= 4 ms)")
     print(f"handshake (start to handshake line, AutoMTLS):   {hs * 1000:.1f} ms")
@@ -193,8 +219,8 @@ def main():
     print(f"SSH logins during one c50 plan:                  {logins}")
     ok = fixed <= 0.05 and marginal <= 0.004
     print("targets met" if ok else "TARGETS MISSED")
-    for d, cfg in ((c1_dir, c1_cfg), (c50_dir, c50_cfg)):
-        tf(d, cfg, "destroy", "-auto-approve", "-input=false", "-no-color")
+    for w, cfg in ((c1_dir, c1_cfg), (c50_dir, c50_cfg), (d_dir, d_cfg)):
+        tf(w, cfg, "destroy", "-auto-approve", "-input=false", "-no-color")
     return 0 if ok else 1
 
 

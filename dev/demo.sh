@@ -41,7 +41,13 @@ redis_port         = $CIRCLECI_TEST_REDIS_PORT
 slanger_redis_host = "$CIRCLECI_TEST_REDIS_HOST"
 slanger_redis_port = $CIRCLECI_TEST_REDIS_PORT
 config_root        = "$CIRCLECI_TEST_SERVICES_ROOT"
+postgres_host      = "$CIRCLECI_TEST_PG_HOST"
+postgres_port      = $CIRCLECI_TEST_PG_PORT
+postgres_ca_file   = "$CIRCLECI_TEST_PG_CA"
 VARS
+# Secrets through the environment, as in a CI pipeline.
+export TF_VAR_postgres_admin_password="$CIRCLECI_TEST_PG_PASSWORD"
+export TF_VAR_circle_db_password="demo 'circle' password \$1"
 
 export TF_CLI_CONFIG_FILE=$D/demo.tfrc CHECKPOINT_DISABLE=1
 cd "$W"
@@ -55,6 +61,13 @@ find "$CIRCLECI_TEST_SERVICES_ROOT" -type f | sort | while read -r f; do
   echo
   echo "-- ${f#"$CIRCLECI_TEST_SERVICES_ROOT"} ($(stat -c '%A %U' "$f"))"
   cat "$f"
+done
+echo
+echo "== The databases on PostgreSQL (127.0.0.1:$CIRCLECI_TEST_PG_PORT), owner and extensions:"
+for db in $(PGPASSWORD=$CIRCLECI_TEST_PG_PASSWORD psql -X -tA -h 127.0.0.1 -p "$CIRCLECI_TEST_PG_PORT" -U postgres -d postgres \
+    -c "SELECT datname FROM pg_database WHERE pg_get_userbyid(datdba) = 'circle' ORDER BY 1"); do
+  printf '  %-28s %s\n' "$db" "$(PGPASSWORD=$CIRCLECI_TEST_PG_PASSWORD psql -X -tA -h 127.0.0.1 -p "$CIRCLECI_TEST_PG_PORT" \
+    -U postgres -d "$db" -c "SELECT 'owner circle; ' || string_agg(extname, ', ' ORDER BY extname) FROM pg_extension WHERE extname <> 'plpgsql'")"
 done
 echo
 echo "== A second plan finds nothing to change:"

@@ -15,3 +15,7 @@ for name in sshd redis; do
   fi
   rm -f "$f"
 done
+if [ -f "$D/pg/data/postmaster.pid" ]; then
+  runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$D/pg/data" -m fast -w stop >/dev/null \
+    && echo "services-down: stopped postgresql" >&2
+fi

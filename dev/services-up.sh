@@ -11,6 +11,8 @@ ROOT=$PWD
 D=$ROOT/dev/.state
 SSH_PORT=${CIRCLECI_DEV_SSH_PORT:-52222}
 REDIS_PORT=${CIRCLECI_DEV_REDIS_PORT:-56379}
+PG_PORT=${CIRCLECI_DEV_PG_PORT:-55432}
+PG_BIN=/usr/lib/postgresql/15/bin
 mkdir -p "$D"
 
 say() { echo "services-up: $*" >&2; }
@@ -21,6 +23,8 @@ need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
 command -v sudo >/dev/null || need+=(sudo)
+[ -x $PG_BIN/initdb ] || need+=(postgresql-15)
+command -v openssl >/dev/null || need+=(openssl)
 if ((${#need[@]})); then
   say "installing ${need[*]}"
   # Keep package scripts from starting system-wide daemons (no systemd here, and
@@ -81,6 +85,44 @@ if ! alive "$D/redis.pid"; then
   say "redis on 127.0.0.1:$REDIS_PORT (pid $(cat "$D/redis.pid"))"
 fi
 
+# ---------------------------------------------------------------- postgresql
+# PostgreSQL 15 with scram-sha-256 and TLS (a CA and server certificate made here;
+# a second, unrelated CA lets tests check that a wrong CA is refused). initdb refuses
+# root, so the cluster belongs to the postgres user.
+PGD=$D/pg
+PG_PASSWORD=circleci-dev-admin
+if [ ! -f "$PGD/data/PG_VERSION" ]; then
+  rm -rf "$PGD"; mkdir -p "$PGD/tls"
+  printf '%s\n' "$PG_PASSWORD" > "$PGD/pwfile"
+  chown -R postgres:postgres "$PGD"
+  chmod 0755 "$D" "$PGD"
+  runuser -u postgres -- test -r "$PGD" || {
+    say "the postgres user cannot reach $PGD: a parent directory of the checkout is not world-searchable (chmod o+x it)"
+    exit 1
+  }
+  runuser -u postgres -- $PG_BIN/initdb -D "$PGD/data" -A scram-sha-256 -U postgres \
+    --pwfile="$PGD/pwfile" --no-sync >"$PGD/initdb.log"
+  rm -f "$PGD/pwfile"
+  ( cd "$PGD/tls"
+    for ca in ca wrong-ca; do
+      openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+        -subj "/CN=circleci-dev $ca" -keyout $ca.key -out $ca.pem 2>/dev/null
+    done
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+      -keyout server.key -out server.csr 2>/dev/null
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > san.ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile san.ext -out server.pem 2>/dev/null
+    chown postgres:postgres server.key server.pem; chmod 0600 server.key )
+fi
+if ! runuser -u postgres -- $PG_BIN/pg_ctl -D "$PGD/data" status >/dev/null 2>&1; then
+  runuser -u postgres -- $PG_BIN/pg_ctl -D "$PGD/data" -l "$PGD/log" -w -o \
+    "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $PGD -c fsync=off -c ssl=on \
+     -c ssl_cert_file=$PGD/tls/server.pem -c ssl_key_file=$PGD/tls/server.key \
+     -c max_connections=200" start >&2
+  say "postgresql on 127.0.0.1:$PG_PORT"
+fi
+
 # ---------------------------------------------------------------- endpoints
 mkdir -p "$D/services-root"
 cat > "$D/env" <<ENV
@@ -95,5 +137,11 @@ CIRCLECI_TEST_SSH_HOST_KEY="$(cut -d' ' -f1,2 "$D/host_key.pub")"
 CIRCLECI_TEST_REDIS_HOST=127.0.0.1
 CIRCLECI_TEST_REDIS_PORT=$REDIS_PORT
 CIRCLECI_TEST_SERVICES_ROOT=$D/services-root
+CIRCLECI_TEST_PG_HOST=127.0.0.1
+CIRCLECI_TEST_PG_PORT=$PG_PORT
+CIRCLECI_TEST_PG_USER=postgres
+CIRCLECI_TEST_PG_PASSWORD=$PG_PASSWORD
+CIRCLECI_TEST_PG_CA=$PGD/tls/ca.pem
+CIRCLECI_TEST_PG_WRONG_CA=$PGD/tls/wrong-ca.pem
 ENV
 say "endpoints in dev/.state/env"

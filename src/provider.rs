@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::backends::postgres::{PgAdmin, PgConfig, SslMode};
 use crate::backends::ssh::{self, HostKeyPolicy, Secret, ServicesHost, SshAuth, SshConfig};
 use crate::plugin::{
     AttrPath, Attribute, Block, ClientInfo, Diagnostic, Diagnostics, NestedBlock, Nesting,
@@ -15,11 +16,13 @@ use crate::plugin::{
 use crate::resources::{self, validate};
 
 pub const SERVICES_HOST: &str = "services_host";
+pub const POSTGRES: &str = "postgres";
 
 /// What resources get from the configured provider.
 #[derive(Default)]
 pub struct ProviderData {
     services: RwLock<Option<Result<Arc<ServicesHost>, Diagnostics>>>,
+    postgres: RwLock<Option<Result<Arc<PgAdmin>, Diagnostics>>>,
     client: RwLock<ClientInfo>,
 }
 
@@ -31,6 +34,19 @@ impl ProviderData {
             None => Err(Diagnostic::error(
                 "Provider not configured",
                 "the provider was not configured before this resource was used (a bug in Terraform or this provider)",
+            )
+            .into()),
+        }
+    }
+
+    /// The PostgreSQL admin connection settings, or why there are none.
+    pub fn postgres(&self) -> Result<Arc<PgAdmin>, Diagnostics> {
+        match &*self.postgres.read().unwrap_or_else(|e| e.into_inner()) {
+            Some(r) => r.clone(),
+            None => Err(Diagnostic::error(
+                "postgres not configured",
+                "add a postgres block (the admin connection used to create the role and databases) to the \
+                 provider \"circleci\" configuration, or set PGHOST and the other libpq environment variables",
             )
             .into()),
         }
@@ -109,6 +125,133 @@ fn services_host_block() -> Block {
         .attr(Attribute::new("timeout", Type::String).optional().description(
             "Time allowed to connect, and for each file operation and check, e.g. `30s` (default).",
         ))
+}
+
+fn postgres_block() -> Block {
+    Block::new()
+        .description(
+            "The PostgreSQL administrator connection used to create the CircleCI role, databases and \
+             extensions. Nothing connects until a resource needs it. Each attribute falls back to the \
+             libpq environment variable named in its description.",
+        )
+        .attr(Attribute::new("host", Type::String).optional().description("Server address. Default: env `PGHOST`."))
+        .attr(Attribute::new("port", Type::Number).optional().description("Port. Default: env `PGPORT`, else `5432`."))
+        .attr(Attribute::new("username", Type::String).optional().description(
+            "Administrator role (needs CREATEROLE and CREATEDB, or superuser). Default: env `PGUSER`, else `postgres`.",
+        ))
+        .attr(Attribute::new("password", Type::String).optional().sensitive().description(
+            "Administrator password. Default: env `PGPASSWORD`.",
+        ))
+        .attr(Attribute::new("database", Type::String).optional().description(
+            "Maintenance database to connect to. Default: env `PGDATABASE`, else `postgres`.",
+        ))
+        .attr(Attribute::new("sslmode", Type::String).optional().description(
+            "`disable`, `prefer` (default), `require`, `verify-ca` or `verify-full`, with libpq's meanings: \
+             `prefer` and `require` do not check the certificate; `verify-ca` checks it was signed by \
+             `sslrootcert`; `verify-full` also checks the host name. Default: env `PGSSLMODE`.",
+        ))
+        .attr(Attribute::new("sslrootcert", Type::String).optional().description(
+            "CA certificate file (PEM) for `verify-ca` and `verify-full`. Default: env `PGSSLROOTCERT`.",
+        ))
+        .attr(Attribute::new("connect_timeout", Type::String).optional().description(
+            "Time allowed to connect, e.g. `15s` (default). Default: env `PGCONNECT_TIMEOUT` (seconds).",
+        ))
+}
+
+fn pg_path(attr: &str) -> AttrPath {
+    AttrPath::root(POSTGRES).attr(attr)
+}
+
+fn validate_postgres(b: &Value, diags: &mut Diagnostics) {
+    if b.is_null() || b.is_unknown() {
+        return;
+    }
+    if let Some(h) = b.get("host").as_str() {
+        validate::host(h, pg_path("host"), diags);
+    }
+    validate::port(b.get("port"), pg_path("port"), diags);
+    if let Some(m) = b.get("sslmode").as_str() {
+        if SslMode::parse(m).is_none() {
+            diags.attr_error(
+                pg_path("sslmode"),
+                "Invalid sslmode",
+                format!("{m:?} is not one of {}", SslMode::ALL.join(", ")),
+            );
+        }
+    }
+    if let Some(t) = b.get("connect_timeout").as_str() {
+        validate::duration(t, pg_path("connect_timeout"), diags);
+    }
+    if matches!(b.get("sslmode").as_str(), Some("verify-ca" | "verify-full"))
+        && b.get("sslrootcert").is_null()
+        && std::env::var("PGSSLROOTCERT").is_err()
+    {
+        diags.attr_error(
+            pg_path("sslrootcert"),
+            "CA certificate needed",
+            "sslmode verify-ca and verify-full check the server's certificate against sslrootcert; set it \
+             to the PEM file of the CA that signed the server's certificate",
+        );
+    }
+}
+
+fn pg_config(b: &Value) -> Result<PgConfig, Diagnostics> {
+    let mut diags = Diagnostics::new();
+    let host = env_or(b.get("host"), "PGHOST").unwrap_or_default();
+    if host.is_empty() {
+        diags.attr_error(
+            pg_path("host"),
+            "PostgreSQL address missing",
+            "set postgres.host or PGHOST",
+        );
+    } else {
+        validate::host(&host, pg_path("host"), &mut diags);
+    }
+    let port = match b.get("port") {
+        Value::Null => match std::env::var("PGPORT").ok().filter(|s| !s.is_empty()) {
+            Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0).unwrap_or_else(|| {
+                diags.attr_error(
+                    pg_path("port"),
+                    "Invalid port",
+                    format!("PGPORT={p:?} is not a port number"),
+                );
+                5432
+            }),
+            None => 5432,
+        },
+        v => validate::port(v, pg_path("port"), &mut diags).unwrap_or(5432),
+    };
+    let sslmode_s = env_or(b.get("sslmode"), "PGSSLMODE").unwrap_or_else(|| "prefer".into());
+    let sslmode = SslMode::parse(&sslmode_s).unwrap_or_else(|| {
+        diags.attr_error(
+            pg_path("sslmode"),
+            "Invalid sslmode",
+            format!("{sslmode_s:?} is not one of {}", SslMode::ALL.join(", ")),
+        );
+        SslMode::Prefer
+    });
+    let connect_timeout = match b.get("connect_timeout").as_str() {
+        Some(t) => validate::duration(t, pg_path("connect_timeout"), &mut diags),
+        None => std::env::var("PGCONNECT_TIMEOUT")
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs),
+    }
+    .unwrap_or(Duration::from_secs(15));
+    if diags.has_errors() {
+        return Err(diags);
+    }
+    Ok(PgConfig {
+        host,
+        port,
+        user: env_or(b.get("username"), "PGUSER").unwrap_or_else(|| "postgres".into()),
+        password: Secret(env_or(b.get("password"), "PGPASSWORD").unwrap_or_default()),
+        database: env_or(b.get("database"), "PGDATABASE").unwrap_or_else(|| "postgres".into()),
+        sslmode,
+        sslrootcert: env_or(b.get("sslrootcert"), "PGSSLROOTCERT").map(|p| expand_home(&p)),
+        connect_timeout,
+    })
 }
 
 fn path(attr: &str) -> AttrPath {
@@ -270,6 +413,33 @@ fn ssh_config(b: &Value) -> Result<SshConfig, Diagnostics> {
     })
 }
 
+impl CircleCiProvider {
+    fn configure_postgres(&self, b: &Value) -> Diagnostics {
+        let slot = &self.data.postgres;
+        if !b.is_fully_known() {
+            let d: Diagnostics = Diagnostic::error(
+                "Provider configuration not known yet",
+                "postgres depends on values known only after apply; apply those resources first (-target)",
+            )
+            .at(AttrPath::root(POSTGRES))
+            .into();
+            *slot.write().unwrap_or_else(|e| e.into_inner()) = Some(Err(d));
+            return Diagnostics::new();
+        }
+        if b.is_null() && std::env::var("PGHOST").is_err() {
+            *slot.write().unwrap_or_else(|e| e.into_inner()) = None;
+            return Diagnostics::new();
+        }
+        let r = pg_config(b).map(|c| Arc::new(PgAdmin::new(c)));
+        let diags = match &r {
+            Err(d) if !b.is_null() => d.clone(),
+            _ => Diagnostics::new(),
+        };
+        *slot.write().unwrap_or_else(|e| e.into_inner()) = Some(r);
+        diags
+    }
+}
+
 #[async_trait]
 impl Provider for CircleCiProvider {
     fn schema(&self) -> Schema {
@@ -280,7 +450,8 @@ impl Provider for CircleCiProvider {
                     "Moves CircleCI Server 2.17's datastores to external services, following the runbook \
                      *Adding External Services to CircleCI Server v2.17*.",
                 )
-                .block(NestedBlock::new(SERVICES_HOST, Nesting::Single, services_host_block())),
+                .block(NestedBlock::new(SERVICES_HOST, Nesting::Single, services_host_block()))
+                .block(NestedBlock::new(POSTGRES, Nesting::Single, postgres_block())),
         )
     }
 
@@ -291,10 +462,12 @@ impl Provider for CircleCiProvider {
     fn validate(&self, config: &Value) -> Diagnostics {
         let mut diags = Diagnostics::new();
         validate_services_host(config.get(SERVICES_HOST), &mut diags);
+        validate_postgres(config.get(POSTGRES), &mut diags);
         diags
     }
 
     async fn configure(&self, config: &Value, client: &ClientInfo) -> Diagnostics {
+        let mut pg_diags = self.configure_postgres(config.get(POSTGRES));
         *self.data.client.write().unwrap_or_else(|e| e.into_inner()) = client.clone();
         let b = config.get(SERVICES_HOST);
         if !b.is_fully_known() {
@@ -308,8 +481,9 @@ impl Provider for CircleCiProvider {
                 .data
                 .services
                 .write()
-                .unwrap_or_else(|e| e.into_inner()) = Some(Err(d.clone()));
-            return d;
+                .unwrap_or_else(|e| e.into_inner()) = Some(Err(d));
+            // Not an error yet: a plan that creates resources needs no connection.
+            return pg_diags;
         }
         let result = if b.is_null() && std::env::var("CIRCLECI_SERVICES_HOST").is_err() {
             Err(Diagnostic::error(
@@ -333,7 +507,8 @@ impl Provider for CircleCiProvider {
             .services
             .write()
             .unwrap_or_else(|e| e.into_inner()) = Some(result);
-        diags
+        pg_diags.extend(diags);
+        pg_diags
     }
 }
 

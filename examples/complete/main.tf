@@ -55,6 +55,31 @@ variable "slanger_redis_port" {
   default = 6379
 }
 
+variable "postgres_host" {
+  type        = string
+  description = "PostgreSQL, as both Terraform and the Services machine reach it."
+}
+
+variable "postgres_port" {
+  type    = number
+  default = 5432
+}
+
+variable "postgres_admin_password" {
+  type      = string
+  sensitive = true
+}
+
+variable "postgres_ca_file" {
+  type        = string
+  description = "CA certificate that signed the PostgreSQL server's certificate."
+}
+
+variable "circle_db_password" {
+  type      = string
+  sensitive = true
+}
+
 variable "config_root" {
   type        = string
   default     = ""
@@ -68,6 +93,14 @@ provider "circleci" {
     user             = var.services_user
     private_key_file = var.private_key_file
     known_hosts_file = var.known_hosts_file
+  }
+  postgres {
+    host        = var.postgres_host
+    port        = var.postgres_port
+    username    = "postgres"
+    password    = var.postgres_admin_password
+    sslmode     = "verify-full"
+    sslrootcert = var.postgres_ca_file
   }
 }
 
@@ -84,8 +117,17 @@ resource "circleci_external_redis" "slanger" {
   config_path = "${var.config_root}/etc/circleconfig/slanger/customizations"
 }
 
+resource "circleci_postgres_databases" "circle" {
+  host                = var.postgres_host
+  port                = var.postgres_port
+  password_wo         = var.circle_db_password
+  password_wo_version = 1
+  config_path         = "${var.config_root}/etc/circleconfig/shared/postgresql"
+}
+
 output "config_files" {
   value = {
+    postgresql    = circleci_postgres_databases.circle.id
     redis_shared  = circleci_external_redis.shared.id
     redis_slanger = circleci_external_redis.slanger.id
   }

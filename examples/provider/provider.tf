@@ -18,4 +18,19 @@ provider "circleci" {
     sudo             = true # write /etc/circleconfig as root via sudo -n
     timeout          = "30s"
   }
+
+  # The PostgreSQL administrator used to create the role and databases.
+  postgres {
+    host        = "db.internal" # or env PGHOST
+    port        = 5432
+    username    = "postgres"
+    password    = var.postgres_admin_password # or env PGPASSWORD
+    sslmode     = "verify-full"
+    sslrootcert = "/etc/ssl/certs/db-ca.pem"
+  }
+}
+
+variable "postgres_admin_password" {
+  type      = string
+  sensitive = true
 }

@@ -1,4 +1,5 @@
 //! One module per external system. Nothing in here knows about Terraform.
 
+pub mod postgres;
 pub mod redis;
 pub mod ssh;

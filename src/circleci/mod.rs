@@ -1,4 +1,5 @@
 //! The runbook's knowledge as pure functions: config-file formats and defaults.
 
 pub mod envfile;
+pub mod postgres;
 pub mod redis;

@@ -8,11 +8,15 @@ use crate::plugin::{Diagnostic, Diagnostics, Resource};
 use crate::provider::ProviderData;
 
 pub mod external_redis;
+pub mod postgres_databases;
 pub mod validate;
 
 /// Every resource type this provider offers.
 pub fn all(data: Arc<ProviderData>) -> Vec<Arc<dyn Resource>> {
-    vec![Arc::new(external_redis::ExternalRedis::new(data))]
+    vec![
+        Arc::new(external_redis::ExternalRedis::new(data.clone())),
+        Arc::new(postgres_databases::PostgresDatabases::new(data)),
+    ]
 }
 
 /// Lower-case hex SHA-256 of a file's bytes.

@@ -30,8 +30,82 @@ impl Servers {
         self.get("CIRCLECI_TEST_REDIS_PORT").parse().unwrap()
     }
 
+    pub fn pg_port(&self) -> u16 {
+        self.get("CIRCLECI_TEST_PG_PORT").parse().unwrap()
+    }
+
+    /// The provider's postgres block: admin over TLS, verify-full against the dev CA.
+    pub fn pg_block(&self) -> String {
+        format!(
+            r#"
+  postgres {{
+    host        = "127.0.0.1"
+    port        = {}
+    username    = "postgres"
+    password    = {:?}
+    sslmode     = "verify-full"
+    sslrootcert = {:?}
+  }}"#,
+            self.pg_port(),
+            self.get("CIRCLECI_TEST_PG_PASSWORD"),
+            self.get("CIRCLECI_TEST_PG_CA")
+        )
+    }
+
+    /// Runs SQL as the admin with psql; returns the unaligned, tuples-only output.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = Command::new("psql")
+            .args([
+                "-X",
+                "-tA",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+            ])
+            .arg("-p")
+            .arg(self.pg_port().to_string())
+            .arg("-d")
+            .arg(db)
+            .arg("-c")
+            .arg(sql)
+            .env("PGPASSWORD", self.get("CIRCLECI_TEST_PG_PASSWORD"))
+            .output()
+            .expect("psql (postgresql-client) must be installed");
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// True when `user` can log in to `db` with `password`.
+    pub fn can_login(&self, user: &str, password: &str, db: &str) -> bool {
+        Command::new("psql")
+            .args(["-X", "-tA", "-h", "127.0.0.1", "-c", "select 1"])
+            .arg("-p")
+            .arg(self.pg_port().to_string())
+            .arg("-U")
+            .arg(user)
+            .arg("-d")
+            .arg(db)
+            .env("PGPASSWORD", password)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    }
+
     /// The provider block for these servers; `extra` goes inside services_host.
     pub fn provider_block(&self, extra: &str) -> String {
+        self.provider_block_with(extra, &self.pg_block())
+    }
+
+    /// As provider_block, with `pg` in place of the postgres block.
+    pub fn provider_block_with(&self, extra: &str, pg: &str) -> String {
         let extra = if extra.is_empty() {
             format!(
                 "known_hosts_file = {:?}",
@@ -57,6 +131,7 @@ provider "circleci" {{
     timeout          = "10s"
     {extra}
   }}
+{pg}
 }}
 "#,
             port = self.ssh_port(),
@@ -87,7 +162,11 @@ pub fn servers() -> Servers {
         vars.insert(k.to_string(), v.trim_matches('"').to_string());
     }
     let s = Servers { vars };
-    for (name, port) in [("sshd", s.ssh_port()), ("redis", s.redis_port())] {
+    for (name, port) in [
+        ("sshd", s.ssh_port()),
+        ("redis", s.redis_port()),
+        ("postgresql", s.pg_port()),
+    ] {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             panic!("{name} is not listening on 127.0.0.1:{port}; run `make services-up`");
         }
@@ -218,4 +297,26 @@ pub fn closed_port() -> u16 {
 pub fn mode_of(p: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+/// `s` as an HCL string literal: quotes, backslashes and template sequences escaped.
+pub fn hcl_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '$' | '%' if chars.peek() == Some(&'{') => {
+                out.push(c);
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }

@@ -1,0 +1,592 @@
+//! PostgreSQL: the admin connection that creates the role, databases and extensions,
+//! and the logins that verify the result. tokio-postgres with rustls (AWS-LC) for TLS.
+//!
+//! One connection per database per provider process, opened on first use and shared
+//! (tokio-postgres pipelines concurrent queries on one connection). Every identifier
+//! is quoted; passwords are sent as SCRAM-SHA-256 verifiers computed here, so the
+//! plaintext never reaches the server (or its statement log).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+use tokio_postgres::Client;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::ssh::Secret;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    pub const ALL: [&'static str; 5] = ["disable", "prefer", "require", "verify-ca", "verify-full"];
+
+    pub fn parse(s: &str) -> Option<SslMode> {
+        Some(match s {
+            "disable" => SslMode::Disable,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            _ => return None,
+        })
+    }
+}
+
+/// How to reach a PostgreSQL server as an administrator.
+#[derive(Clone, Debug)]
+pub struct PgConfig {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Secret,
+    pub database: String,
+    pub sslmode: SslMode,
+    pub sslrootcert: Option<PathBuf>,
+    pub connect_timeout: Duration,
+}
+
+/// What failed, where. Never contains a password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgError(pub String);
+
+impl fmt::Display for PgError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PgError {}
+
+impl PgError {
+    /// True when the server could not be reached or refused the connection (every
+    /// such message starts with "connecting to", see [`Tls::connect`]).
+    pub fn is_connect(&self) -> bool {
+        self.0.starts_with("connecting to ")
+    }
+}
+
+/// `"name"` with inner quotes doubled: safe for any name without NUL.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `'text'` with inner quotes doubled (standard_conforming_strings is on since 9.1).
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut m = format!("{}: {}", db.severity(), db.message());
+        if let Some(d) = db.detail() {
+            m.push_str(&format!(" ({d})"));
+        }
+        return m;
+    }
+    // Walk the source chain: "error connecting to server: Connection refused".
+    let mut m = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !m.contains(&t) {
+            m.push_str(&format!(": {t}"));
+        }
+        src = s.source();
+    }
+    m
+}
+
+fn target(user: &str, host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("{user}@[{host}]:{port}")
+    } else {
+        format!("{user}@{host}:{port}")
+    }
+}
+
+// ------------------------------------------------------------------------------ TLS
+
+/// Checks nothing but the handshake signature: libpq's `prefer` and `require`.
+#[derive(Debug)]
+struct NoCertCheck(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for NoCertCheck {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// libpq's `verify-ca`: the chain must lead to the CA; the name is not checked.
+#[derive(Debug)]
+struct ChainOnly(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(m, c, d)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(m, c, d)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// The TLS side of every connection, built once from sslmode and sslrootcert.
+#[derive(Clone)]
+pub struct Tls {
+    mode: SslMode,
+    connector: MakeRustlsConnect,
+}
+
+impl Tls {
+    pub fn new(mode: SslMode, rootcert: Option<&std::path::Path>) -> Result<Tls, PgError> {
+        use rustls::pki_types::pem::PemObject;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| PgError(format!("TLS set-up: {e}")))?;
+        let verifier: Arc<dyn ServerCertVerifier> = match mode {
+            SslMode::Disable | SslMode::Prefer | SslMode::Require => {
+                Arc::new(NoCertCheck(provider.clone()))
+            }
+            SslMode::VerifyCa | SslMode::VerifyFull => {
+                let path = rootcert.ok_or_else(|| {
+                    PgError("sslmode verify-ca and verify-full need sslrootcert: the CA certificate (PEM) that signed the server's".into())
+                })?;
+                let mut roots = rustls::RootCertStore::empty();
+                let certs = CertificateDer::pem_file_iter(path)
+                    .map_err(|e| PgError(format!("sslrootcert {}: {e}", path.display())))?;
+                for c in certs {
+                    let c =
+                        c.map_err(|e| PgError(format!("sslrootcert {}: {e}", path.display())))?;
+                    roots
+                        .add(c)
+                        .map_err(|e| PgError(format!("sslrootcert {}: {e}", path.display())))?;
+                }
+                if roots.is_empty() {
+                    return Err(PgError(format!(
+                        "sslrootcert {} holds no certificate",
+                        path.display()
+                    )));
+                }
+                let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .map_err(|e| PgError(format!("sslrootcert {}: {e}", path.display())))?;
+                if mode == SslMode::VerifyCa {
+                    Arc::new(ChainOnly(webpki))
+                } else {
+                    webpki
+                }
+            }
+        };
+        let cfg = builder
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        Ok(Tls {
+            mode,
+            connector: MakeRustlsConnect::new(cfg),
+        })
+    }
+
+    /// Opens one connection; the task driving it is returned so callers can wait for
+    /// it to end.
+    pub async fn connect(
+        &self,
+        host: &str,
+        port: u16,
+        user: &str,
+        password: &str,
+        dbname: &str,
+        timeout: Duration,
+    ) -> Result<(Client, JoinHandle<()>), PgError> {
+        let mut c = tokio_postgres::Config::new();
+        c.host(host)
+            .port(port)
+            .user(user)
+            .password(password)
+            .dbname(dbname)
+            .application_name("terraform-provider-circleci")
+            .connect_timeout(timeout)
+            .ssl_mode(match self.mode {
+                SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+                SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+                _ => tokio_postgres::config::SslMode::Require,
+            });
+        let who = target(user, host, port);
+        let (client, conn) = match tokio::time::timeout(timeout, c.connect(self.connector.clone()))
+            .await
+        {
+            Err(_) => {
+                return Err(PgError(format!(
+                    "connecting to {who} (database {dbname:?}): no answer within {}",
+                    humantime::format_duration(timeout)
+                )))
+            }
+            Ok(Err(e)) => {
+                let mut m = format!(
+                    "connecting to {who} (database {dbname:?}): {}",
+                    describe(&e)
+                );
+                if m.contains("invalid peer certificate") {
+                    m.push_str(" (is sslrootcert the CA that signed the server's certificate, and host the name in it?)");
+                }
+                return Err(PgError(m));
+            }
+            Ok(Ok(x)) => x,
+        };
+        let handle = tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                log::debug!("PostgreSQL connection ended: {e}");
+            }
+        });
+        Ok((client, handle))
+    }
+}
+
+// ------------------------------------------------------------------------------ admin
+
+struct Conn {
+    client: Arc<Client>,
+    task: JoinHandle<()>,
+}
+
+/// The administrator's connections, one per database, opened on first use.
+pub struct PgAdmin {
+    cfg: PgConfig,
+    tls: std::sync::OnceLock<Result<Tls, PgError>>,
+    conns: Mutex<HashMap<String, Conn>>,
+}
+
+impl fmt::Debug for PgAdmin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgAdmin").field("cfg", &self.cfg).finish()
+    }
+}
+
+impl PgAdmin {
+    pub fn new(cfg: PgConfig) -> Self {
+        PgAdmin {
+            cfg,
+            tls: std::sync::OnceLock::new(),
+            conns: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn config(&self) -> &PgConfig {
+        &self.cfg
+    }
+
+    /// `user@host:port`, for messages.
+    pub fn target(&self) -> String {
+        target(&self.cfg.user, &self.cfg.host, self.cfg.port)
+    }
+
+    pub fn tls(&self) -> Result<Tls, PgError> {
+        self.tls
+            .get_or_init(|| Tls::new(self.cfg.sslmode, self.cfg.sslrootcert.as_deref()))
+            .clone()
+    }
+
+    fn err(&self, what: &str, e: &tokio_postgres::Error) -> PgError {
+        PgError(format!("{what} on {}: {}", self.target(), describe(e)))
+    }
+
+    /// The admin connection to `db` (the configured maintenance database when None).
+    async fn client(&self, db: Option<&str>) -> Result<Arc<Client>, PgError> {
+        let db = db.unwrap_or(&self.cfg.database).to_string();
+        let mut conns = self.conns.lock().await;
+        if let Some(c) = conns.get(&db) {
+            if !c.client.is_closed() {
+                return Ok(c.client.clone());
+            }
+        }
+        let tls = self.tls()?;
+        let c = &self.cfg;
+        let (client, task) = tls
+            .connect(
+                &c.host,
+                c.port,
+                &c.user,
+                &c.password.0,
+                &db,
+                c.connect_timeout,
+            )
+            .await?;
+        let client = Arc::new(client);
+        conns.insert(
+            db,
+            Conn {
+                client: client.clone(),
+                task,
+            },
+        );
+        Ok(client)
+    }
+
+    /// Closes our own connection to `db`, waiting until the server has seen it go.
+    async fn close(&self, db: &str) {
+        let conn = self.conns.lock().await.remove(db);
+        if let Some(Conn { client, task }) = conn {
+            drop(client);
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+    }
+
+    pub async fn check(&self) -> Result<(), PgError> {
+        self.client(None).await.map(|_| ())
+    }
+
+    pub async fn role_exists(&self, role: &str) -> Result<bool, PgError> {
+        let c = self.client(None).await?;
+        let rows = c
+            .query(
+                "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1",
+                &[&role],
+            )
+            .await
+            .map_err(|e| self.err(&format!("looking up role {role:?}"), &e))?;
+        Ok(!rows.is_empty())
+    }
+
+    /// Creates the role (LOGIN) or, when it exists, makes sure it can log in; either
+    /// way its password becomes `password`.
+    pub async fn ensure_role(&self, role: &str, password: &str) -> Result<bool, PgError> {
+        let exists = self.role_exists(role).await?;
+        let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+        let sql = format!(
+            "{} ROLE {} WITH LOGIN PASSWORD {}",
+            if exists { "ALTER" } else { "CREATE" },
+            quote_ident(role),
+            quote_literal(&verifier)
+        );
+        let c = self.client(None).await?;
+        c.batch_execute(&sql).await.map_err(|e| {
+            self.err(
+                &format!(
+                    "{} role {role:?}",
+                    if exists { "updating" } else { "creating" }
+                ),
+                &e,
+            )
+        })?;
+        Ok(!exists)
+    }
+
+    /// Which of `names` exist, with their owners.
+    pub async fn databases(&self, names: &[String]) -> Result<HashMap<String, String>, PgError> {
+        let c = self.client(None).await?;
+        let rows = c
+            .query(
+                "SELECT datname::text, pg_catalog.pg_get_userbyid(datdba)::text FROM pg_catalog.pg_database WHERE datname = ANY($1)",
+                &[&names],
+            )
+            .await
+            .map_err(|e| self.err("listing databases", &e))?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+            .collect())
+    }
+
+    /// CREATE DATABASE from template0 (so parallel creates never contend for template1).
+    pub async fn create_database(&self, name: &str, owner: &str) -> Result<(), PgError> {
+        let c = self.client(None).await?;
+        let sql = format!(
+            "CREATE DATABASE {} OWNER {} TEMPLATE template0",
+            quote_ident(name),
+            quote_ident(owner)
+        );
+        c.batch_execute(&sql)
+            .await
+            .map_err(|e| self.err(&format!("creating database {name:?}"), &e))
+    }
+
+    pub async fn set_owner(&self, name: &str, owner: &str) -> Result<(), PgError> {
+        let c = self.client(None).await?;
+        let sql = format!(
+            "ALTER DATABASE {} OWNER TO {}",
+            quote_ident(name),
+            quote_ident(owner)
+        );
+        c.batch_execute(&sql)
+            .await
+            .map_err(|e| self.err(&format!("changing the owner of database {name:?}"), &e))
+    }
+
+    /// CREATE EXTENSION IF NOT EXISTS for each, connected to `db`.
+    pub async fn ensure_extensions(&self, db: &str, extensions: &[String]) -> Result<(), PgError> {
+        if extensions.is_empty() {
+            return Ok(());
+        }
+        let c = self.client(Some(db)).await?;
+        for e in extensions {
+            let sql = format!("CREATE EXTENSION IF NOT EXISTS {}", quote_ident(e));
+            c.batch_execute(&sql).await.map_err(|err| {
+                self.err(
+                    &format!("creating extension {e:?} in database {db:?}"),
+                    &err,
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    pub async fn installed_extensions(&self, db: &str) -> Result<Vec<String>, PgError> {
+        let c = self.client(Some(db)).await?;
+        let rows = c
+            .query("SELECT extname::text FROM pg_catalog.pg_extension", &[])
+            .await
+            .map_err(|e| self.err(&format!("listing extensions of database {db:?}"), &e))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Other sessions connected to `db` (ours is closed first).
+    pub async fn live_connections(&self, db: &str) -> Result<i64, PgError> {
+        self.close(db).await;
+        let c = self.client(None).await?;
+        let row = c
+            .query_one(
+                "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE datname = $1 AND pid <> pg_catalog.pg_backend_pid()",
+                &[&db],
+            )
+            .await
+            .map_err(|e| self.err(&format!("counting connections to database {db:?}"), &e))?;
+        Ok(row.get(0))
+    }
+
+    pub async fn drop_database(&self, db: &str) -> Result<(), PgError> {
+        self.close(db).await;
+        let c = self.client(None).await?;
+        c.batch_execute(&format!("DROP DATABASE IF EXISTS {}", quote_ident(db)))
+            .await
+            .map_err(|e| self.err(&format!("dropping database {db:?}"), &e))
+    }
+
+    pub async fn drop_role(&self, role: &str) -> Result<(), PgError> {
+        let c = self.client(None).await?;
+        c.batch_execute(&format!("DROP ROLE IF EXISTS {}", quote_ident(role)))
+            .await
+            .map_err(|e| self.err(&format!("dropping role {role:?}"), &e))
+    }
+}
+
+/// Logs in as `user` to `db` and runs `SELECT 1`, the way CircleCI's services will.
+pub async fn verify_login(
+    tls: &Tls,
+    host: &str,
+    port: u16,
+    user: &str,
+    password: &str,
+    db: &str,
+    timeout: Duration,
+) -> Result<(), PgError> {
+    let (client, task) = tls.connect(host, port, user, password, db, timeout).await?;
+    let r = client.simple_query("SELECT 1").await;
+    drop(client);
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    r.map(|_| ()).map_err(|e| {
+        PgError(format!(
+            "querying database {db:?} as {}: {}",
+            target(user, host, port),
+            describe(&e)
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(
+            quote_ident("x\"; DROP DATABASE circle; --"),
+            "\"x\"\"; DROP DATABASE circle; --\""
+        );
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn sslmodes() {
+        for m in SslMode::ALL {
+            assert!(SslMode::parse(m).is_some());
+        }
+        assert!(SslMode::parse("allow-ish").is_none());
+        assert!(Tls::new(SslMode::VerifyFull, None).is_err());
+        assert!(Tls::new(SslMode::Require, None).is_ok());
+    }
+}

@@ -1,0 +1,414 @@
+//! circleci_postgres_databases end to end: the real terraform CLI, a real PostgreSQL 15
+//! (scram-sha-256, TLS verified against the dev CA) and the real sshd.
+
+mod common;
+
+use common::{closed_port, hcl_str, mode_of, servers, Tf};
+
+const NINE: [&str; 9] = [
+    "circle",
+    "contexts",
+    "conductor_production",
+    "contexts_service_production",
+    "cron_service_production",
+    "domain",
+    "federations",
+    "permissions",
+    "vms",
+];
+
+fn sourced(path: &std::path::Path, var: &str) -> String {
+    String::from_utf8(common::bash(&format!(
+        "source {path:?}; printf '%s' \"${var}\""
+    )))
+    .unwrap()
+}
+
+fn state_text(tf: &Tf) -> String {
+    std::fs::read_to_string(tf.path().join("terraform.tfstate")).unwrap_or_default()
+}
+
+/// The runbook's defaults: nine databases, role `circle`. The only test that uses those
+/// names (tests run in parallel on one server).
+#[test]
+fn defaults_drift_rotation_import_and_retain() {
+    let s = servers();
+    // A clean slate, whatever earlier runs left (deletion_policy = "retain" keeps things).
+    for db in NINE {
+        s.psql(
+            "postgres",
+            &format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"),
+        );
+    }
+    s.psql("postgres", "DROP ROLE IF EXISTS circle");
+    let root = tempfile::tempdir().unwrap();
+    let path = root.path().join("etc/circleconfig/shared/postgresql");
+    let main = |pw: &str, version: i32| {
+        format!(
+            "{}\nresource \"circleci_postgres_databases\" \"circle\" {{\n  host = \"127.0.0.1\"\n  port = {}\n  \
+             password_wo = {}\n  password_wo_version = {version}\n  config_path = {:?}\n}}\n",
+            s.provider_block(""),
+            s.pg_port(),
+            hcl_str(pw),
+            path
+        )
+    };
+    let pw1 = "first \"pass\" $word; ünï";
+    let tf = Tf::new(&main(pw1, 1));
+    tf.apply();
+
+    // Nine databases owned by circle, uuid-ossp everywhere, pgcrypto in circle.
+    let owners = s.psql(
+        "postgres",
+        "SELECT datname || ':' || pg_get_userbyid(datdba) FROM pg_database WHERE datname NOT IN ('postgres','template0','template1') ORDER BY 1",
+    );
+    let mut want: Vec<String> = NINE.iter().map(|d| format!("{d}:circle")).collect();
+    want.sort();
+    for w in &want {
+        assert!(owners.lines().any(|l| l == w), "{w} missing in:\n{owners}");
+    }
+    for db in NINE {
+        let exts = s.psql(db, "SELECT extname FROM pg_extension ORDER BY 1");
+        assert!(exts.lines().any(|l| l == "uuid-ossp"), "{db}: {exts}");
+        assert_eq!(
+            exts.lines().any(|l| l == "pgcrypto"),
+            db == "circle",
+            "{db}: {exts}"
+        );
+    }
+    // The file, as bash sources it.
+    assert_eq!(mode_of(&path), 0o600);
+    assert_eq!(sourced(&path, "POSTGRES_HOST"), "127.0.0.1");
+    assert_eq!(sourced(&path, "POSTGRES_PORT"), s.pg_port().to_string());
+    assert_eq!(sourced(&path, "POSTGRES_USER"), "circle");
+    assert_eq!(sourced(&path, "POSTGRES_PASSWORD"), pw1);
+    assert!(s.can_login("circle", pw1, "vms"));
+    // Write-only: the password is nowhere in the state.
+    assert!(
+        !state_text(&tf).contains("first"),
+        "password leaked into the state"
+    );
+    assert_eq!(tf.plan_code(), 0);
+
+    // Drift: a database and an extension dropped out of band.
+    s.psql("postgres", "DROP DATABASE vms");
+    s.psql("domain", "DROP EXTENSION \"uuid-ossp\"");
+    let plan = tf.run(&["plan", "-no-color", "-detailed-exitcode"]);
+    assert_eq!(plan.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&plan.stdout);
+    assert!(text.contains(r#"database \"vms\" is missing"#), "{text}");
+    assert!(
+        text.contains(r#"extension \"uuid-ossp\" is missing in database \"domain\""#),
+        "{text}"
+    );
+    tf.apply();
+    assert_eq!(
+        s.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname = 'vms'"
+        )
+        .trim(),
+        "1"
+    );
+    assert!(s
+        .psql("domain", "SELECT extname FROM pg_extension")
+        .contains("uuid-ossp"));
+    assert_eq!(tf.plan_code(), 0);
+
+    // The file edited out of band is repaired too.
+    std::fs::write(&path, "export POSTGRES_HOST=\"elsewhere\"\n").unwrap();
+    assert_eq!(tf.plan_code(), 2);
+    tf.apply();
+    assert_eq!(sourced(&path, "POSTGRES_PASSWORD"), pw1);
+
+    // Rotation: new password_wo and a new version change the role and the file.
+    let pw2 = "second 'pass' `word`";
+    tf.write_main(&main(pw2, 2));
+    tf.apply();
+    assert!(s.can_login("circle", pw2, "circle"));
+    assert!(!s.can_login("circle", pw1, "circle"));
+    assert_eq!(sourced(&path, "POSTGRES_PASSWORD"), pw2);
+    assert!(
+        !state_text(&tf).contains("second"),
+        "password leaked into the state"
+    );
+    assert_eq!(tf.plan_code(), 0);
+
+    // Import by config path. The file and the server match the configuration; only
+    // password_wo_version, which no server records, is new to the state.
+    tf.ok(&["state", "rm", "circleci_postgres_databases.circle"]);
+    tf.ok(&[
+        "import",
+        "-no-color",
+        "circleci_postgres_databases.circle",
+        path.to_str().unwrap(),
+    ]);
+    let plan = tf.run(&["plan", "-no-color", "-detailed-exitcode"]);
+    let text = String::from_utf8_lossy(&plan.stdout);
+    assert!(text.contains("+ password_wo_version  = 2"), "{text}");
+    assert!(text.contains("(13 unchanged attributes hidden)"), "{text}");
+    tf.apply();
+    assert_eq!(tf.plan_code(), 0);
+    assert!(s.can_login("circle", pw2, "circle"));
+
+    // Destroy with the default "retain": the file goes, databases and role stay.
+    tf.ok(&["destroy", "-auto-approve", "-no-color"]);
+    assert!(!path.exists());
+    assert_eq!(
+        s.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE pg_get_userbyid(datdba) = 'circle'"
+        )
+        .trim(),
+        "9"
+    );
+    assert!(s.can_login("circle", pw2, "vms"));
+}
+
+#[test]
+fn hostile_names_and_passwords_round_trip_and_drop_policy() {
+    let s = servers();
+    let user = "e2e we\"ird $user; --";
+    let dbs = [
+        "e2e_x\"; DROP DATABASE circle; --",
+        "e2e ünï côdé",
+        "e2e_plain",
+    ];
+    let pw = "p'a\"s$s;w `o` rd \\ ünï ${x}";
+    for db in dbs {
+        s.psql(
+            "postgres",
+            &format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                db.replace('"', "\"\"")
+            ),
+        );
+    }
+    s.psql(
+        "postgres",
+        &format!("DROP ROLE IF EXISTS \"{}\"", user.replace('"', "\"\"")),
+    );
+    let root = tempfile::tempdir().unwrap();
+    let path = root.path().join("postgresql");
+    let list = dbs
+        .iter()
+        .map(|d| hcl_str(d))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let tf = Tf::new(&format!(
+        r#"{}
+resource "circleci_postgres_databases" "weird" {{
+  host                 = "127.0.0.1"
+  port                 = {}
+  user                 = {}
+  password             = {}
+  databases            = [{list}]
+  extensions           = {{ "*" = ["uuid-ossp"], {} = ["pgcrypto"] }}
+  create_user_database = false
+  deletion_policy      = "drop"
+  config_path          = {:?}
+}}
+"#,
+        s.provider_block(""),
+        s.pg_port(),
+        hcl_str(user),
+        hcl_str(pw),
+        hcl_str(dbs[1]),
+        path
+    ));
+    tf.apply();
+    for db in dbs {
+        let n = s.psql(
+            "postgres",
+            &format!(
+                "SELECT count(*) FROM pg_database WHERE datname = '{}'",
+                db.replace('\'', "''")
+            ),
+        );
+        assert_eq!(n.trim(), "1", "{db} must exist literally");
+        assert!(s.can_login(user, pw, db), "login to {db}");
+    }
+    // The injection attempt did nothing: the role database list is exactly ours.
+    assert!(s
+        .psql(dbs[1], "SELECT extname FROM pg_extension")
+        .contains("pgcrypto"));
+    assert_eq!(sourced(&path, "POSTGRES_USER"), user);
+    assert_eq!(sourced(&path, "POSTGRES_PASSWORD"), pw);
+    assert_eq!(tf.plan_code(), 0);
+
+    // A live connection blocks the drop, and nothing is dropped or deleted.
+    let mut holder = std::process::Command::new("psql")
+        .args(["-X", "-h", "127.0.0.1", "-c", "select pg_sleep(60)"])
+        .arg("-p")
+        .arg(s.pg_port().to_string())
+        .arg("-U")
+        .arg(user)
+        .arg("-d")
+        .arg(dbs[2])
+        .env("PGPASSWORD", pw)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the session is visible.
+    for _ in 0..100 {
+        let n = s.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = 'e2e_plain'",
+        );
+        if n.trim() != "0" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = tf.fails(&["destroy", "-auto-approve", "-no-color"]);
+    assert!(out.contains("live connections"), "{out}");
+    assert!(
+        path.exists(),
+        "nothing may be deleted when the drop is refused"
+    );
+    for db in dbs {
+        let n = s.psql(
+            "postgres",
+            &format!(
+                "SELECT count(*) FROM pg_database WHERE datname = '{}'",
+                db.replace('\'', "''")
+            ),
+        );
+        assert_eq!(n.trim(), "1");
+    }
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    // The server notices a vanished client only when pg_sleep ends: end the session.
+    s.psql(
+        "postgres",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'e2e_plain'",
+    );
+    for _ in 0..100 {
+        let n = s.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = 'e2e_plain'",
+        );
+        if n.trim() == "0" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    tf.ok(&["destroy", "-auto-approve", "-no-color"]);
+    assert!(!path.exists());
+    for db in dbs {
+        let n = s.psql(
+            "postgres",
+            &format!(
+                "SELECT count(*) FROM pg_database WHERE datname = '{}'",
+                db.replace('\'', "''")
+            ),
+        );
+        assert_eq!(n.trim(), "0", "{db} must be dropped");
+    }
+    let roles = s.psql(
+        "postgres",
+        &format!(
+            "SELECT count(*) FROM pg_roles WHERE rolname = '{}'",
+            user.replace('\'', "''")
+        ),
+    );
+    assert_eq!(roles.trim(), "0");
+}
+
+fn one_db(s: &common::Servers, pg_block: &str, path: &std::path::Path) -> String {
+    format!(
+        r#"{}
+resource "circleci_postgres_databases" "r" {{
+  host                 = "127.0.0.1"
+  port                 = {}
+  user                 = "e2e_unreach"
+  password_wo          = "pw"
+  databases            = ["e2e_unreach"]
+  create_user_database = false
+  config_path          = {:?}
+}}
+"#,
+        s.provider_block_with(
+            &format!(
+                "known_hosts_file = {:?}",
+                s.get("CIRCLECI_TEST_SSH_KNOWN_HOSTS")
+            ),
+            pg_block
+        ),
+        s.pg_port(),
+        path
+    )
+}
+
+#[test]
+fn unreachable_postgres_names_host_port_and_writes_nothing() {
+    let s = servers();
+    let root = tempfile::tempdir().unwrap();
+    let path = root.path().join("postgresql");
+    let port = closed_port();
+    let pg = format!(
+        "  postgres {{\n    host = \"127.0.0.1\"\n    port = {port}\n    password = \"x\"\n    sslmode = \"disable\"\n    connect_timeout = \"3s\"\n  }}"
+    );
+    let tf = Tf::new(&one_db(&s, &pg, &path));
+    let out = tf.fails(&["apply", "-auto-approve", "-no-color"]);
+    assert!(out.contains(&format!("127.0.0.1:{port}")), "{out}");
+    assert!(!path.exists());
+}
+
+#[test]
+fn wrong_ca_is_refused_and_nothing_is_written() {
+    let s = servers();
+    let root = tempfile::tempdir().unwrap();
+    let path = root.path().join("postgresql");
+    let pg = format!(
+        "  postgres {{\n    host = \"127.0.0.1\"\n    port = {}\n    password = {:?}\n    sslmode = \"verify-full\"\n    sslrootcert = {:?}\n  }}",
+        s.pg_port(),
+        s.get("CIRCLECI_TEST_PG_PASSWORD"),
+        s.get("CIRCLECI_TEST_PG_WRONG_CA")
+    );
+    let tf = Tf::new(&one_db(&s, &pg, &path));
+    let out = tf.fails(&["apply", "-auto-approve", "-no-color"]);
+    assert!(out.to_lowercase().contains("certificate"), "{out}");
+    assert!(!path.exists());
+    assert_eq!(
+        s.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_roles WHERE rolname = 'e2e_unreach'"
+        )
+        .trim(),
+        "0"
+    );
+}
+
+#[test]
+fn bad_input_is_refused_at_plan() {
+    let s = servers();
+    let long = "d".repeat(64);
+    let tf = Tf::new(&format!(
+        r#"{}
+resource "circleci_postgres_databases" "r" {{
+  host        = "127.0.0.1"
+  password    = "a"
+  password_wo = "b"
+  databases   = ["ok", "{long}", "ok"]
+  extensions  = {{ "*" = ["uuid-osspl"], "nope" = ["pgcrypto"] }}
+  deletion_policy = "maybe"
+}}
+"#,
+        s.provider_block("")
+    ));
+    let out = tf.fails(&["plan", "-no-color"]);
+    for needle in [
+        "Conflicting passwords",
+        "Invalid database name",
+        "Duplicate database",
+        "No such extension",
+        "uuid-ossp",
+        "Extensions for an unmanaged database",
+        "Invalid deletion_policy",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+}
