@@ -93,6 +93,7 @@ fn defaults_drift_rotation_import_and_retain() {
     // Drift: a database and an extension dropped out of band.
     s.psql("postgres", "DROP DATABASE vms");
     s.psql("domain", "DROP EXTENSION \"uuid-ossp\"");
+    s.psql("postgres", "ALTER DATABASE contexts OWNER TO postgres");
     let plan = tf.run(&["plan", "-no-color", "-detailed-exitcode"]);
     assert_eq!(plan.status.code(), Some(2));
     let text = String::from_utf8_lossy(&plan.stdout);
@@ -101,7 +102,16 @@ fn defaults_drift_rotation_import_and_retain() {
         text.contains(r#"extension \"uuid-ossp\" is missing in database \"domain\""#),
         "{text}"
     );
+    assert!(
+        text.contains(r#"database \"contexts\" is owned by \"postgres\""#),
+        "{text}"
+    );
     tf.apply();
+    let owner = s.psql(
+        "postgres",
+        "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'contexts'",
+    );
+    assert_eq!(owner.trim(), "circle");
     assert_eq!(
         s.psql(
             "postgres",

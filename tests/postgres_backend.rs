@@ -1,0 +1,121 @@
+//! The PostgreSQL backend against the real server: every sslmode, and the admin calls.
+
+mod common;
+
+use std::time::Duration;
+
+use terraform_provider_circleci::backends::postgres::{
+    verify_login, PgAdmin, PgConfig, SslMode, Tls,
+};
+use terraform_provider_circleci::backends::ssh::Secret;
+
+fn admin(s: &common::Servers, mode: SslMode, ca: Option<&str>) -> PgAdmin {
+    PgAdmin::new(PgConfig {
+        host: "127.0.0.1".into(),
+        port: s.pg_port(),
+        user: "postgres".into(),
+        password: Secret(s.get("CIRCLECI_TEST_PG_PASSWORD").into()),
+        database: "postgres".into(),
+        sslmode: mode,
+        sslrootcert: ca.map(|c| s.get(c).into()),
+        connect_timeout: Duration::from_secs(5),
+    })
+}
+
+#[tokio::test]
+async fn every_sslmode_behaves_like_libpq() {
+    let s = common::servers();
+    for mode in [SslMode::Disable, SslMode::Prefer, SslMode::Require] {
+        admin(&s, mode, None)
+            .check()
+            .await
+            .unwrap_or_else(|e| panic!("{mode:?}: {e}"));
+    }
+    for mode in [SslMode::VerifyCa, SslMode::VerifyFull] {
+        admin(&s, mode, Some("CIRCLECI_TEST_PG_CA"))
+            .check()
+            .await
+            .unwrap_or_else(|e| panic!("{mode:?}: {e}"));
+        let e = admin(&s, mode, Some("CIRCLECI_TEST_PG_WRONG_CA"))
+            .check()
+            .await
+            .unwrap_err();
+        assert!(e.is_connect(), "{e}");
+        assert!(e.0.contains("certificate"), "{e}");
+        assert!(e.0.contains(&format!("127.0.0.1:{}", s.pg_port())), "{e}");
+    }
+    // Without a CA the verifying modes refuse to start at all.
+    assert!(admin(&s, SslMode::VerifyFull, None).check().await.is_err());
+}
+
+#[tokio::test]
+async fn wrong_admin_password_is_a_clear_error_without_the_password() {
+    let s = common::servers();
+    let mut cfg = admin(&s, SslMode::Require, None).config().clone();
+    cfg.password = Secret("not-the-password-xyzzy".into());
+    let e = PgAdmin::new(cfg).check().await.unwrap_err();
+    assert!(e.0.contains("password authentication failed"), "{e}");
+    assert!(!e.0.contains("xyzzy"), "{e}");
+}
+
+#[tokio::test]
+async fn role_database_extension_calls_are_idempotent() {
+    let s = common::servers();
+    let a = admin(&s, SslMode::VerifyFull, Some("CIRCLECI_TEST_PG_CA"));
+    let (role, db) = ("it_backend_role", "it_backend db");
+    s.psql(
+        "postgres",
+        "DROP DATABASE IF EXISTS \"it_backend db\" WITH (FORCE)",
+    );
+    s.psql("postgres", "DROP ROLE IF EXISTS it_backend_role");
+
+    assert!(
+        a.ensure_role(role, "pw 1").await.unwrap(),
+        "first call creates"
+    );
+    assert!(
+        !a.ensure_role(role, "pw 2").await.unwrap(),
+        "second call updates"
+    );
+    a.create_database(db, role).await.unwrap();
+    assert_eq!(a.databases(&[db.to_string()]).await.unwrap()[db], role);
+    a.ensure_extensions(db, &["uuid-ossp".into(), "pgcrypto".into()])
+        .await
+        .unwrap();
+    a.ensure_extensions(db, &["uuid-ossp".into()])
+        .await
+        .unwrap();
+    let exts = a.installed_extensions(db).await.unwrap();
+    assert!(exts.contains(&"uuid-ossp".to_string()) && exts.contains(&"pgcrypto".to_string()));
+
+    // The role logs in with the latest password only; the verifier was hashed here.
+    let tls = Tls::new(
+        SslMode::VerifyFull,
+        Some(std::path::Path::new(s.get("CIRCLECI_TEST_PG_CA"))),
+    )
+    .unwrap();
+    let t = Duration::from_secs(5);
+    verify_login(&tls, "127.0.0.1", s.pg_port(), role, "pw 2", db, t)
+        .await
+        .unwrap();
+    assert!(
+        verify_login(&tls, "127.0.0.1", s.pg_port(), role, "pw 1", db, t)
+            .await
+            .is_err()
+    );
+    let stored = s.psql(
+        "postgres",
+        "SELECT rolpassword FROM pg_authid WHERE rolname = 'it_backend_role'",
+    );
+    assert!(stored.starts_with("SCRAM-SHA-256$4096:"), "{stored}");
+
+    assert_eq!(
+        a.live_connections(db).await.unwrap(),
+        0,
+        "our own connection is closed first"
+    );
+    a.drop_database(db).await.unwrap();
+    a.drop_role(role).await.unwrap();
+    assert!(a.databases(&[db.to_string()]).await.unwrap().is_empty());
+    assert!(!a.role_exists(role).await.unwrap());
+}
