@@ -5,7 +5,7 @@ In one run, median of N (default 5) each:
   (a) terraform plan of 50 terraform_data resources (Terraform alone, no plugin)
   (b) the same plus our provider, configured, with zero resources of its own
   (c) 1 and 50 circleci_external_redis resources after apply (distinct files, refresh on)
-  (d) the complete example (examples/complete: Redis x2 + PostgreSQL) after apply
+  (d) the complete example (examples/complete: Redis x2, PostgreSQL, Vault) after apply
 Prints the times, the provider's fixed cost per plan (b - a), its marginal cost per
 resource ((c50 - c1) / 49), the handshake time, the provider's peak RSS and the number
 of SSH logins one plan makes. Targets: fixed <= 0.05 s, marginal <= 4 ms/resource.
@@ -117,6 +117,8 @@ def complete_example(plugin_dir, files):
             f'postgres_host = "127.0.0.1"\npostgres_port = {E["CIRCLECI_TEST_PG_PORT"]}\n'
             f'postgres_ca_file = "{E["CIRCLECI_TEST_PG_CA"]}"\npostgres_admin_password = "{E["CIRCLECI_TEST_PG_PASSWORD"]}"\n'
             f'circle_db_password = "bench-password"\nconfig_root = "{files}/complete"\n'
+            f'vault_address = "{E["CIRCLECI_TEST_VAULT_ADDR"]}"\nvault_token = "{E["CIRCLECI_TEST_VAULT_TOKEN"]}"\n'
+            f'vault_ca_file = "{E["CIRCLECI_TEST_VAULT_CA"]}"\n'
         )
     cfg = cli_config(d, plugin_dir)
     tf(d, cfg, "apply", "-auto-approve", "-input=false", "-no-color")
@@ -210,7 +212,7 @@ def main():
     print(f"(b) (a) + circleci provider, 0 own resources:    {b:.3f} s")
     print(f"(c1) plan, 1 circleci_external_redis (refresh):  {c1:.3f} s")
     print(f"(c50) plan, 50 circleci_external_redis:          {c50:.3f} s")
-    print(f"(d) plan, examples/complete (2 Redis + Postgres): {d:.3f} s   ({d - a:+.3f} s vs (a))")
+    print(f"(d) plan, examples/complete (Redis x2, PG, Vault): {d:.3f} s   ({d - a:+.3f} s vs (a))")
     print(f"fixed cost per plan (b - a):                     {fixed:.3f} s   (target <= 0.050 s)")
     print(f"marginal cost per resource ((c50 - c1) / 49):    {marginal * 1000:.2f} ms (target <= 4 ms)")
     print(f"handshake (start to handshake line, AutoMTLS):   {hs * 1000:.1f} ms")

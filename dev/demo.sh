@@ -44,9 +44,12 @@ config_root        = "$CIRCLECI_TEST_SERVICES_ROOT"
 postgres_host      = "$CIRCLECI_TEST_PG_HOST"
 postgres_port      = $CIRCLECI_TEST_PG_PORT
 postgres_ca_file   = "$CIRCLECI_TEST_PG_CA"
+vault_address      = "$CIRCLECI_TEST_VAULT_ADDR"
+vault_ca_file      = "$CIRCLECI_TEST_VAULT_CA"
 VARS
 # Secrets through the environment, as in a CI pipeline.
 export TF_VAR_postgres_admin_password="$CIRCLECI_TEST_PG_PASSWORD"
+export TF_VAR_vault_token="$CIRCLECI_TEST_VAULT_TOKEN"
 export TF_VAR_circle_db_password="demo 'circle' password \$1"
 
 export TF_CLI_CONFIG_FILE=$D/demo.tfrc CHECKPOINT_DISABLE=1

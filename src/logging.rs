@@ -55,9 +55,18 @@ pub fn format_line(
     obj.to_string()
 }
 
+/// Below `warn`, only these crates may log. HTTP and database client libraries log
+/// request bodies and statements at debug and trace, and those carry tokens and
+/// password verifiers: they are kept out even under TF_LOG=trace.
+const VERBOSE_TARGETS: [&str; 3] = ["terraform_provider_circleci", "russh", "rustls"];
+
+pub fn target_allowed(level: Level, target: &str) -> bool {
+    level <= Level::Warn || VERBOSE_TARGETS.iter().any(|p| target.starts_with(p))
+}
+
 impl Log for HcLogger {
     fn enabled(&self, m: &Metadata) -> bool {
-        m.level() <= self.level
+        m.level() <= self.level && target_allowed(m.level(), m.target())
     }
 
     fn log(&self, record: &Record) {
@@ -96,6 +105,17 @@ pub fn init() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chatty_libraries_are_silenced_below_warn() {
+        assert!(target_allowed(
+            Level::Trace,
+            "terraform_provider_circleci::backends::ssh"
+        ));
+        assert!(!target_allowed(Level::Debug, "tokio_postgres::query"));
+        assert!(!target_allowed(Level::Trace, "reqwest::connect"));
+        assert!(target_allowed(Level::Warn, "reqwest::connect"));
+    }
 
     #[test]
     fn line_has_hclog_shape() {

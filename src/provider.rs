@@ -9,6 +9,7 @@ use async_trait::async_trait;
 
 use crate::backends::postgres::{PgAdmin, PgConfig, SslMode};
 use crate::backends::ssh::{self, HostKeyPolicy, Secret, ServicesHost, SshAuth, SshConfig};
+use crate::backends::vault::{Vault, VaultConfig};
 use crate::plugin::{
     AttrPath, Attribute, Block, ClientInfo, Diagnostic, Diagnostics, NestedBlock, Nesting,
     Provider, Resource, Schema, Type, Value,
@@ -17,12 +18,14 @@ use crate::resources::{self, validate};
 
 pub const SERVICES_HOST: &str = "services_host";
 pub const POSTGRES: &str = "postgres";
+pub const VAULT: &str = "vault";
 
 /// What resources get from the configured provider.
 #[derive(Default)]
 pub struct ProviderData {
     services: RwLock<Option<Result<Arc<ServicesHost>, Diagnostics>>>,
     postgres: RwLock<Option<Result<Arc<PgAdmin>, Diagnostics>>>,
+    vault: RwLock<Option<Result<Arc<Vault>, Diagnostics>>>,
     client: RwLock<ClientInfo>,
 }
 
@@ -47,6 +50,19 @@ impl ProviderData {
                 "postgres not configured",
                 "add a postgres block (the admin connection used to create the role and databases) to the \
                  provider \"circleci\" configuration, or set PGHOST and the other libpq environment variables",
+            )
+            .into()),
+        }
+    }
+
+    /// The Vault admin client, or why there is none.
+    pub fn vault(&self) -> Result<Arc<Vault>, Diagnostics> {
+        match &*self.vault.read().unwrap_or_else(|e| e.into_inner()) {
+            Some(r) => r.clone(),
+            None => Err(Diagnostic::error(
+                "vault not configured",
+                "add a vault block (address and a token allowed to manage transit keys, policies and tokens) to \
+                 the provider \"circleci\" configuration, or set VAULT_ADDR and VAULT_TOKEN",
             )
             .into()),
         }
@@ -156,6 +172,88 @@ fn postgres_block() -> Block {
         .attr(Attribute::new("connect_timeout", Type::String).optional().description(
             "Time allowed to connect, e.g. `15s` (default). Default: env `PGCONNECT_TIMEOUT` (seconds).",
         ))
+}
+
+fn vault_block() -> Block {
+    Block::new()
+        .description(
+            "The Vault (or OpenBao) used by `circleci_vault_transit_client`, with a token that may manage \
+             transit keys, policies and orphan tokens (the runbook uses the root token). Nothing connects \
+             until a resource needs it.",
+        )
+        .attr(Attribute::new("address", Type::String).optional().description(
+            "Vault address, e.g. `https://vault.internal:8200`. Default: env `VAULT_ADDR`.",
+        ))
+        .attr(Attribute::new("token", Type::String).optional().sensitive().description(
+            "Token to manage Vault with. Default: env `VAULT_TOKEN`.",
+        ))
+        .attr(Attribute::new("ca_cert_file", Type::String).optional().description(
+            "CA certificate (PEM) that signed Vault's certificate. Default: env `VAULT_CACERT`; else the system's CAs.",
+        ))
+        .attr(Attribute::new("namespace", Type::String).optional().description(
+            "Vault Enterprise namespace. Default: env `VAULT_NAMESPACE`.",
+        ))
+        .attr(Attribute::new("skip_tls_verify", Type::Bool).optional().description(
+            "Do not check Vault's certificate. Only for throw-away test set-ups; the provider warns on every plan.",
+        ))
+}
+
+fn vault_path(attr: &str) -> AttrPath {
+    AttrPath::root(VAULT).attr(attr)
+}
+
+fn validate_vault(b: &Value, diags: &mut Diagnostics) {
+    if b.is_null() || b.is_unknown() {
+        return;
+    }
+    if let Some(a) = b.get("address").as_str() {
+        if let Err(e) = crate::circleci::vault::Address::parse(a) {
+            diags.attr_error(vault_path("address"), "Invalid Vault address", e);
+        }
+    }
+    if b.get("skip_tls_verify").as_bool() == Some(true) {
+        diags.push(
+            Diagnostic::warning(
+                "Vault TLS verification is off",
+                "skip_tls_verify = true: the Vault token is sent to whatever answers at this address. Use \
+                 ca_cert_file instead for anything but a throw-away test set-up.",
+            )
+            .at(vault_path("skip_tls_verify")),
+        );
+    }
+}
+
+fn vault_config(b: &Value, timeout: Duration) -> Result<VaultConfig, Diagnostics> {
+    let mut diags = Diagnostics::new();
+    let address = env_or(b.get("address"), "VAULT_ADDR").unwrap_or_default();
+    if address.is_empty() {
+        diags.attr_error(
+            vault_path("address"),
+            "Vault address missing",
+            "set vault.address or VAULT_ADDR",
+        );
+    } else if let Err(e) = crate::circleci::vault::Address::parse(&address) {
+        diags.attr_error(vault_path("address"), "Invalid Vault address", e);
+    }
+    let token = env_or(b.get("token"), "VAULT_TOKEN").unwrap_or_default();
+    if token.is_empty() {
+        diags.attr_error(
+            vault_path("token"),
+            "Vault token missing",
+            "set vault.token or VAULT_TOKEN",
+        );
+    }
+    if diags.has_errors() {
+        return Err(diags);
+    }
+    Ok(VaultConfig {
+        address: address.trim_end_matches('/').to_string(),
+        token: Secret(token),
+        ca_cert_file: env_or(b.get("ca_cert_file"), "VAULT_CACERT").map(|p| expand_home(&p)),
+        namespace: env_or(b.get("namespace"), "VAULT_NAMESPACE").filter(|s| !s.is_empty()),
+        skip_tls_verify: b.get("skip_tls_verify").as_bool().unwrap_or(false),
+        timeout,
+    })
 }
 
 fn pg_path(attr: &str) -> AttrPath {
@@ -414,6 +512,31 @@ fn ssh_config(b: &Value) -> Result<SshConfig, Diagnostics> {
 }
 
 impl CircleCiProvider {
+    fn configure_vault(&self, b: &Value) -> Diagnostics {
+        let slot = &self.data.vault;
+        if !b.is_fully_known() {
+            let d: Diagnostics = Diagnostic::error(
+                "Provider configuration not known yet",
+                "vault depends on values known only after apply; apply those resources first (-target)",
+            )
+            .at(AttrPath::root(VAULT))
+            .into();
+            *slot.write().unwrap_or_else(|e| e.into_inner()) = Some(Err(d));
+            return Diagnostics::new();
+        }
+        if b.is_null() && std::env::var("VAULT_ADDR").is_err() {
+            *slot.write().unwrap_or_else(|e| e.into_inner()) = None;
+            return Diagnostics::new();
+        }
+        let r = vault_config(b, Duration::from_secs(30)).map(|c| Arc::new(Vault::new(c)));
+        let diags = match &r {
+            Err(d) if !b.is_null() => d.clone(),
+            _ => Diagnostics::new(),
+        };
+        *slot.write().unwrap_or_else(|e| e.into_inner()) = Some(r);
+        diags
+    }
+
     fn configure_postgres(&self, b: &Value) -> Diagnostics {
         let slot = &self.data.postgres;
         if !b.is_fully_known() {
@@ -451,7 +574,8 @@ impl Provider for CircleCiProvider {
                      *Adding External Services to CircleCI Server v2.17*.",
                 )
                 .block(NestedBlock::new(SERVICES_HOST, Nesting::Single, services_host_block()))
-                .block(NestedBlock::new(POSTGRES, Nesting::Single, postgres_block())),
+                .block(NestedBlock::new(POSTGRES, Nesting::Single, postgres_block()))
+                .block(NestedBlock::new(VAULT, Nesting::Single, vault_block())),
         )
     }
 
@@ -463,11 +587,13 @@ impl Provider for CircleCiProvider {
         let mut diags = Diagnostics::new();
         validate_services_host(config.get(SERVICES_HOST), &mut diags);
         validate_postgres(config.get(POSTGRES), &mut diags);
+        validate_vault(config.get(VAULT), &mut diags);
         diags
     }
 
     async fn configure(&self, config: &Value, client: &ClientInfo) -> Diagnostics {
         let mut pg_diags = self.configure_postgres(config.get(POSTGRES));
+        pg_diags.extend(self.configure_vault(config.get(VAULT)));
         *self.data.client.write().unwrap_or_else(|e| e.into_inner()) = client.clone();
         let b = config.get(SERVICES_HOST);
         if !b.is_fully_known() {

@@ -80,6 +80,20 @@ variable "circle_db_password" {
   sensitive = true
 }
 
+variable "vault_address" {
+  type        = string
+  description = "Vault, as both Terraform and the Services machine reach it."
+}
+
+variable "vault_token" {
+  type      = string
+  sensitive = true
+}
+
+variable "vault_ca_file" {
+  type = string
+}
+
 variable "config_root" {
   type        = string
   default     = ""
@@ -101,6 +115,11 @@ provider "circleci" {
     password    = var.postgres_admin_password
     sslmode     = "verify-full"
     sslrootcert = var.postgres_ca_file
+  }
+  vault {
+    address      = var.vault_address
+    token        = var.vault_token
+    ca_cert_file = var.vault_ca_file
   }
 }
 
@@ -125,10 +144,15 @@ resource "circleci_postgres_databases" "circle" {
   config_path         = "${var.config_root}/etc/circleconfig/shared/postgresql"
 }
 
+resource "circleci_vault_transit_client" "context_service" {
+  config_path = "${var.config_root}/etc/circleconfig/context-service/customizations"
+}
+
 output "config_files" {
   value = {
-    postgresql    = circleci_postgres_databases.circle.id
-    redis_shared  = circleci_external_redis.shared.id
-    redis_slanger = circleci_external_redis.slanger.id
+    context_service = circleci_vault_transit_client.context_service.id
+    postgresql      = circleci_postgres_databases.circle.id
+    redis_shared    = circleci_external_redis.shared.id
+    redis_slanger   = circleci_external_redis.slanger.id
   }
 }

@@ -28,6 +28,18 @@ provider "circleci" {
     sslmode     = "verify-full"
     sslrootcert = "/etc/ssl/certs/db-ca.pem"
   }
+
+  # The Vault (or OpenBao) that holds the transit key for contexts.
+  vault {
+    address      = "https://vault.internal:8200" # or env VAULT_ADDR
+    token        = var.vault_admin_token         # or env VAULT_TOKEN
+    ca_cert_file = "/etc/ssl/certs/vault-ca.pem" # or env VAULT_CACERT
+  }
+}
+
+variable "vault_admin_token" {
+  type      = string
+  sensitive = true
 }
 
 variable "postgres_admin_password" {

@@ -3,3 +3,4 @@
 pub mod envfile;
 pub mod postgres;
 pub mod redis;
+pub mod vault;

@@ -10,12 +10,14 @@ use crate::provider::ProviderData;
 pub mod external_redis;
 pub mod postgres_databases;
 pub mod validate;
+pub mod vault_transit_client;
 
 /// Every resource type this provider offers.
 pub fn all(data: Arc<ProviderData>) -> Vec<Arc<dyn Resource>> {
     vec![
         Arc::new(external_redis::ExternalRedis::new(data.clone())),
-        Arc::new(postgres_databases::PostgresDatabases::new(data)),
+        Arc::new(postgres_databases::PostgresDatabases::new(data.clone())),
+        Arc::new(vault_transit_client::VaultTransitClient::new(data)),
     ]
 }
 

@@ -101,7 +101,7 @@ impl Servers {
 
     /// The provider block for these servers; `extra` goes inside services_host.
     pub fn provider_block(&self, extra: &str) -> String {
-        self.provider_block_with(extra, &self.pg_block())
+        self.provider_block_with(extra, &format!("{}{}", self.pg_block(), self.vault_block()))
     }
 
     /// As provider_block, with `pg` in place of the postgres block.
@@ -319,4 +319,39 @@ pub fn hcl_str(s: &str) -> String {
     }
     out.push('"');
     out
+}
+
+impl Servers {
+    /// The provider's vault block for the dev OpenBao (TLS, dev CA).
+    pub fn vault_block(&self) -> String {
+        format!(
+            "\n  vault {{\n    address      = {:?}\n    token        = {:?}\n    ca_cert_file = {:?}\n  }}",
+            self.get("CIRCLECI_TEST_VAULT_ADDR"),
+            self.get("CIRCLECI_TEST_VAULT_TOKEN"),
+            self.get("CIRCLECI_TEST_VAULT_CA")
+        )
+    }
+
+    /// Runs the real `bao` CLI against the dev server with `token`.
+    pub fn bao(&self, token: &str, args: &[&str]) -> Output {
+        Command::new(self.get("CIRCLECI_TEST_BAO"))
+            .args(args)
+            .env("BAO_ADDR", self.get("CIRCLECI_TEST_VAULT_ADDR"))
+            .env("BAO_CACERT", self.get("CIRCLECI_TEST_VAULT_CA"))
+            .env("BAO_TOKEN", token)
+            .env_remove("VAULT_ADDR")
+            .output()
+            .expect("the bao CLI from dev/services-up.sh")
+    }
+
+    /// `bao` as root; panics on failure; returns stdout.
+    pub fn bao_ok(&self, args: &[&str]) -> String {
+        let out = self.bao(self.get("CIRCLECI_TEST_VAULT_TOKEN"), args);
+        assert!(
+            out.status.success(),
+            "bao {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
 }

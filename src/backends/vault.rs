@@ -1,0 +1,438 @@
+//! Vault (or OpenBao, which speaks the same API): transit keys, policies and tokens.
+//! `vaultrs` makes the calls. Tokens are handled as [`Secret`]s and never logged; the
+//! provider's own logger also drops everything below `warn` from HTTP libraries.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use base64::Engine;
+use vaultrs::api::transit::KeyType;
+use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
+use vaultrs::error::ClientError;
+
+use super::ssh::Secret;
+
+#[derive(Clone, Debug)]
+pub struct VaultConfig {
+    pub address: String,
+    pub token: Secret,
+    pub ca_cert_file: Option<PathBuf>,
+    pub namespace: Option<String>,
+    pub skip_tls_verify: bool,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultError {
+    pub message: String,
+    /// The server answered 404.
+    pub not_found: bool,
+}
+
+impl fmt::Display for VaultError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for VaultError {}
+
+/// A token fresh from Vault: the secret and what may be stored about it.
+pub struct NewToken {
+    pub token: Secret,
+    pub accessor: String,
+    pub ttl: Duration,
+}
+
+impl fmt::Debug for NewToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewToken")
+            .field("accessor", &self.accessor)
+            .field("ttl", &self.ttl)
+            .finish()
+    }
+}
+
+/// What a lookup tells about a token (never the token itself).
+#[derive(Debug, Clone)]
+pub struct TokenInfo {
+    pub accessor: String,
+    pub ttl: Duration,
+    pub expire_time: Option<String>,
+    pub policies: Vec<String>,
+    pub orphan: bool,
+}
+
+/// The encryption key types transit offers for encrypt/decrypt.
+pub const KEY_TYPES: [&str; 3] = ["aes256-gcm96", "aes128-gcm96", "chacha20-poly1305"];
+
+fn key_type(s: &str) -> Option<KeyType> {
+    match s {
+        "aes256-gcm96" => Some(KeyType::Aes256Gcm96),
+        "aes128-gcm96" => Some(KeyType::Aes128Gcm96),
+        "chacha20-poly1305" => Some(KeyType::Chacha20Poly1305),
+        _ => None,
+    }
+}
+
+pub struct Vault {
+    cfg: VaultConfig,
+    admin: OnceLock<Result<VaultClient, VaultError>>,
+}
+
+impl fmt::Debug for Vault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vault").field("cfg", &self.cfg).finish()
+    }
+}
+
+impl Vault {
+    pub fn new(cfg: VaultConfig) -> Self {
+        Vault {
+            cfg,
+            admin: OnceLock::new(),
+        }
+    }
+
+    pub fn config(&self) -> &VaultConfig {
+        &self.cfg
+    }
+
+    fn err(&self, what: &str, e: ClientError) -> VaultError {
+        let (detail, not_found) = match &e {
+            ClientError::APIError { code, errors } => {
+                let msg = if errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", errors.join("; "))
+                };
+                let hint = match code {
+                    403 => {
+                        " (permission denied: check the provider's vault token and its policies)"
+                    }
+                    _ => "",
+                };
+                (format!("HTTP {code}{msg}{hint}"), *code == 404)
+            }
+            ClientError::RestClientError { source } => {
+                let mut m = source.to_string();
+                let mut src = std::error::Error::source(source);
+                while let Some(s) = src {
+                    let t = s.to_string();
+                    if !m.contains(&t) {
+                        m.push_str(&format!(": {t}"));
+                    }
+                    src = s.source();
+                }
+                (m, false)
+            }
+            other => (other.to_string(), false),
+        };
+        VaultError {
+            message: format!("{what} at {}: {detail}", self.cfg.address),
+            not_found,
+        }
+    }
+
+    /// A client for `token`, with the provider's address, CA and namespace.
+    fn client_for(&self, token: &str) -> Result<VaultClient, VaultError> {
+        // reqwest's rustls needs a process-wide crypto provider: ours is AWS-LC.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let mut b = VaultClientSettingsBuilder::default();
+        b.address(&self.cfg.address)
+            .token(token)
+            .verify(!self.cfg.skip_tls_verify)
+            .timeout(Some(self.cfg.timeout))
+            .ca_certs(
+                self.cfg
+                    .ca_cert_file
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>(),
+            );
+        if let Some(ns) = &self.cfg.namespace {
+            b.set_namespace(ns.clone());
+        }
+        let settings = b.build().map_err(|e| VaultError {
+            message: format!("Vault address {:?}: {e}", self.cfg.address),
+            not_found: false,
+        })?;
+        VaultClient::new(settings).map_err(|e| self.err("setting up the Vault client", e))
+    }
+
+    fn admin(&self) -> Result<&VaultClient, VaultError> {
+        self.admin
+            .get_or_init(|| self.client_for(&self.cfg.token.0))
+            .as_ref()
+            .map_err(|e| e.clone())
+    }
+
+    pub async fn mount_exists(&self, mount: &str) -> Result<bool, VaultError> {
+        let c = self.admin()?;
+        let mounts = vaultrs::sys::mount::list(c)
+            .await
+            .map_err(|e| self.err("listing secret engines", e))?;
+        Ok(mounts.contains_key(&format!("{}/", mount.trim_end_matches('/'))))
+    }
+
+    pub async fn enable_transit(&self, mount: &str) -> Result<(), VaultError> {
+        let c = self.admin()?;
+        vaultrs::sys::mount::enable(c, mount, "transit", None)
+            .await
+            .map_err(|e| self.err(&format!("enabling transit at {mount:?}"), e))
+    }
+
+    pub async fn key_exists(&self, mount: &str, key: &str) -> Result<bool, VaultError> {
+        let c = self.admin()?;
+        match vaultrs::transit::key::read(c, mount, key).await {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                let e = self.err(&format!("reading transit key {mount}/{key}"), e);
+                if e.not_found {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    pub async fn create_key(&self, mount: &str, key: &str, kind: &str) -> Result<(), VaultError> {
+        let c = self.admin()?;
+        let kt = key_type(kind).ok_or_else(|| VaultError {
+            message: format!("{kind:?} is not one of {}", KEY_TYPES.join(", ")),
+            not_found: false,
+        })?;
+        let mut opts = vaultrs::api::transit::requests::CreateKeyRequest::builder();
+        opts.key_type(kt);
+        vaultrs::transit::key::create(c, mount, key, Some(&mut opts))
+            .await
+            .map_err(|e| self.err(&format!("creating transit key {mount}/{key}"), e))
+    }
+
+    /// Transit refuses to delete a key until `deletion_allowed` is set.
+    pub async fn delete_key(&self, mount: &str, key: &str) -> Result<(), VaultError> {
+        let c = self.admin()?;
+        let mut opts = vaultrs::api::transit::requests::UpdateKeyConfigurationRequest::builder();
+        opts.deletion_allowed(true);
+        vaultrs::transit::key::update(c, mount, key, Some(&mut opts))
+            .await
+            .map_err(|e| {
+                self.err(
+                    &format!("allowing deletion of transit key {mount}/{key}"),
+                    e,
+                )
+            })?;
+        vaultrs::transit::key::delete(c, mount, key)
+            .await
+            .map_err(|e| self.err(&format!("deleting transit key {mount}/{key}"), e))
+    }
+
+    pub async fn read_policy(&self, name: &str) -> Result<Option<String>, VaultError> {
+        let c = self.admin()?;
+        match vaultrs::sys::policy::read(c, name).await {
+            Ok(p) => Ok(Some(p.rules)),
+            Err(e) => {
+                let e = self.err(&format!("reading policy {name:?}"), e);
+                if e.not_found {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    pub async fn write_policy(&self, name: &str, rules: &str) -> Result<(), VaultError> {
+        let c = self.admin()?;
+        vaultrs::sys::policy::set(c, name, rules)
+            .await
+            .map_err(|e| self.err(&format!("writing policy {name:?}"), e))
+    }
+
+    pub async fn delete_policy(&self, name: &str) -> Result<(), VaultError> {
+        let c = self.admin()?;
+        vaultrs::sys::policy::delete(c, name)
+            .await
+            .map_err(|e| self.err(&format!("deleting policy {name:?}"), e))
+    }
+
+    /// An orphan periodic token with `default` and `policy`: it outlives the token that
+    /// created it (a child would be revoked with its parent).
+    pub async fn create_token(
+        &self,
+        policy: &str,
+        period: &str,
+        display_name: &str,
+    ) -> Result<NewToken, VaultError> {
+        let c = self.admin()?;
+        let mut opts = vaultrs::api::token::requests::CreateOrphanTokenRequest::builder();
+        opts.policies(vec!["default".to_string(), policy.to_string()])
+            .period(period)
+            .renewable(true)
+            .no_parent(true)
+            .display_name(display_name);
+        let auth = vaultrs::token::new_orphan(c, Some(&mut opts))
+            .await
+            .map_err(|e| self.err("creating the client token", e))?;
+        Ok(NewToken {
+            token: Secret(auth.client_token),
+            accessor: auth.accessor,
+            ttl: Duration::from_secs(auth.lease_duration),
+        })
+    }
+
+    fn info(r: vaultrs::api::token::responses::LookupTokenResponse) -> TokenInfo {
+        TokenInfo {
+            accessor: r.accessor,
+            ttl: Duration::from_secs(r.ttl),
+            expire_time: r.expire_time,
+            policies: r.policies,
+            orphan: r.orphan,
+        }
+    }
+
+    /// `Ok(None)` when the accessor no longer names a token (revoked or expired).
+    pub async fn lookup_accessor(&self, accessor: &str) -> Result<Option<TokenInfo>, VaultError> {
+        if accessor.is_empty() {
+            return Ok(None);
+        }
+        let c = self.admin()?;
+        match vaultrs::token::lookup_accessor(c, accessor).await {
+            Ok(r) => Ok(Some(Self::info(r))),
+            // Vault answers 400 "invalid accessor" for unknown accessors.
+            Err(ClientError::APIError {
+                code: 400 | 403 | 404,
+                ..
+            }) => Ok(None),
+            Err(e) => Err(self.err("looking up the client token by accessor", e)),
+        }
+    }
+
+    /// Looks a token up by its value (import: the token comes from the file).
+    pub async fn lookup_token(&self, token: &Secret) -> Result<Option<TokenInfo>, VaultError> {
+        let c = self.admin()?;
+        match vaultrs::token::lookup(c, &token.0).await {
+            Ok(r) => Ok(Some(Self::info(r))),
+            Err(ClientError::APIError {
+                code: 400 | 403 | 404,
+                ..
+            }) => Ok(None),
+            Err(e) => Err(self.err("looking up the client token", e)),
+        }
+    }
+
+    pub async fn renew_accessor(
+        &self,
+        accessor: &str,
+        increment: &str,
+    ) -> Result<Duration, VaultError> {
+        let c = self.admin()?;
+        let auth = vaultrs::token::renew_accessor(c, accessor, Some(increment))
+            .await
+            .map_err(|e| self.err("renewing the client token", e))?;
+        Ok(Duration::from_secs(auth.lease_duration))
+    }
+
+    /// Revokes by accessor; an already-gone token is fine.
+    pub async fn revoke_accessor(&self, accessor: &str) -> Result<(), VaultError> {
+        if accessor.is_empty() {
+            return Ok(());
+        }
+        let c = self.admin()?;
+        match vaultrs::token::revoke_accessor(c, accessor).await {
+            Ok(())
+            | Err(ClientError::APIError {
+                code: 400 | 404, ..
+            }) => Ok(()),
+            Err(e) => Err(self.err("revoking the client token", e)),
+        }
+    }
+
+    /// Encrypts and decrypts a probe with `token`, as CircleCI's context service will.
+    pub async fn probe(&self, token: &Secret, mount: &str, key: &str) -> Result<(), VaultError> {
+        let c = self.client_for(&token.0)?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let probe = b64.encode(b"terraform-provider-circleci probe");
+        let ct = vaultrs::transit::data::encrypt(&c, mount, key, &probe, None)
+            .await
+            .map_err(|e| {
+                self.err(
+                    &format!("encrypting with {mount}/{key} using the new token"),
+                    e,
+                )
+            })?;
+        let pt = vaultrs::transit::data::decrypt(&c, mount, key, &ct.ciphertext, None)
+            .await
+            .map_err(|e| {
+                self.err(
+                    &format!("decrypting with {mount}/{key} using the new token"),
+                    e,
+                )
+            })?;
+        if pt.plaintext != probe {
+            return Err(VaultError {
+                message: format!("{mount}/{key} decrypted the probe to something else"),
+                not_found: false,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The policy CircleCI's token gets: `update` on encrypt and decrypt of one key. (The
+/// runbook's `decrypt` capability does not exist, and its `*` covers every key.)
+pub fn policy_hcl(mount: &str, key: &str) -> String {
+    let m = mount.trim_matches('/');
+    format!(
+        "# Managed by Terraform (circleci_vault_transit_client): encrypt and decrypt with one key.\n\
+         path \"{m}/encrypt/{key}\" {{\n  capabilities = [\"update\"]\n}}\n\n\
+         path \"{m}/decrypt/{key}\" {{\n  capabilities = [\"update\"]\n}}\n"
+    )
+}
+
+/// The key named in a policy written by [`policy_hcl`] (for import).
+pub fn key_from_policy(rules: &str, mount: &str) -> Option<String> {
+    let prefix = format!("path \"{}/encrypt/", mount.trim_matches('/'));
+    let start = rules.find(&prefix)? + prefix.len();
+    let end = rules[start..].find('"')? + start;
+    Some(rules[start..end].to_string())
+}
+
+/// Splits the policies of a token lookup into `default` and the rest.
+pub fn non_default_policies(p: &[String]) -> Vec<String> {
+    p.iter()
+        .filter(|x| *x != "default" && *x != "root")
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_grants_update_on_one_key() {
+        let p = policy_hcl("transit", "context-service");
+        assert!(p.contains("path \"transit/encrypt/context-service\""));
+        assert!(p.contains("path \"transit/decrypt/context-service\""));
+        assert!(!p.contains("\"decrypt\"]"), "no such capability as decrypt");
+        assert!(!p.contains('*'));
+        assert_eq!(
+            key_from_policy(&p, "transit").as_deref(),
+            Some("context-service")
+        );
+    }
+
+    #[test]
+    fn new_token_debug_hides_the_token() {
+        let t = NewToken {
+            token: Secret("s.abcdef".into()),
+            accessor: "acc".into(),
+            ttl: Duration::ZERO,
+        };
+        assert!(!format!("{t:?}").contains("abcdef"));
+    }
+}

@@ -1,0 +1,178 @@
+//! "Configuring External Vault": the context service's customizations file.
+
+use super::envfile::{self, Style};
+
+pub const DEFAULT_PATH: &str = "/etc/circleconfig/context-service/customizations";
+pub const DEFAULT_MOUNT: &str = "transit";
+pub const DEFAULT_KEY: &str = "context-service";
+pub const DEFAULT_KEY_TYPE: &str = "aes256-gcm96";
+pub const DEFAULT_PERIOD: &str = "168h";
+pub const DEFAULT_RENEW_BEFORE: &str = "72h";
+
+/// The policy name the runbook uses for a key: `<key>_policy`.
+pub fn default_policy_name(key: &str) -> String {
+    format!("{key}_policy")
+}
+
+/// Scheme, host and port of a Vault address, as the file spells them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Address {
+    pub scheme: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Address {
+    /// Parses `https://vault.internal:8200`. Vault's default port 8200 applies when
+    /// none is given. Paths, queries and credentials are refused.
+    pub fn parse(s: &str) -> Result<Address, String> {
+        let u = url::Url::parse(s).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+        let scheme = u.scheme().to_string();
+        if scheme != "http" && scheme != "https" {
+            return Err(format!("{s:?} must start with https:// (or http://)"));
+        }
+        if !u.username().is_empty()
+            || u.password().is_some()
+            || u.query().is_some()
+            || u.fragment().is_some()
+        {
+            return Err(format!("{s:?} must be scheme://host:port only"));
+        }
+        if u.path() != "/" && !u.path().is_empty() {
+            return Err(format!("{s:?} must not have a path"));
+        }
+        let host = match u.host() {
+            Some(url::Host::Ipv6(a)) => a.to_string(),
+            Some(h) => h.to_string(),
+            None => return Err(format!("{s:?} has no host")),
+        };
+        Ok(Address {
+            scheme,
+            host,
+            port: u.port().unwrap_or(8200),
+        })
+    }
+
+    /// `scheme://host:port`, IPv6 hosts in brackets.
+    pub fn url(&self) -> String {
+        if self.host.contains(':') {
+            format!("{}://[{}]:{}", self.scheme, self.host, self.port)
+        } else {
+            format!("{}://{}:{}", self.scheme, self.host, self.port)
+        }
+    }
+}
+
+/// The file. VAULT__URL is written out in full rather than as the runbook's
+/// `$VAULT__SCHEME://...`; sourcing gives the same value.
+pub fn render(addr: &Address, token: &str, mount: &str) -> Result<String, envfile::EnvFileError> {
+    let port = addr.port.to_string();
+    let url = addr.url();
+    envfile::render(
+        &[
+            ("VAULT__SCHEME", &addr.scheme),
+            ("VAULT__HOST", &addr.host),
+            ("VAULT__PORT", &port),
+            ("VAULT__URL", &url),
+            ("VAULT__TOKEN", token),
+            ("VAULT__MOUNT__TRANSIT", mount),
+        ],
+        Style::Export,
+    )
+}
+
+/// What the file says. Debug hides the token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct VaultFile {
+    pub address: Address,
+    pub token: String,
+    pub mount: String,
+}
+
+impl std::fmt::Debug for VaultFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultFile")
+            .field("address", &self.address)
+            .field("token", &"<redacted>")
+            .field("mount", &self.mount)
+            .finish()
+    }
+}
+
+/// Reads the file back; accepts the runbook's hand-written form too (VAULT__URL built
+/// from the other three variables is not needed: scheme, host and port are read).
+pub fn parse(text: &str) -> Result<VaultFile, String> {
+    // The runbook writes `export VAULT__URL=$VAULT__SCHEME://...`, an expansion our
+    // parser refuses on purpose; drop that one line, it adds nothing.
+    let filtered: String = text
+        .split_inclusive('\n')
+        .filter(|l| {
+            !l.trim_start()
+                .trim_start_matches("export ")
+                .trim_start()
+                .starts_with("VAULT__URL=$")
+        })
+        .collect();
+    let a = envfile::parse(&filtered).map_err(|e| e.to_string())?;
+    let get = |k: &str| {
+        envfile::lookup(&a, k)
+            .map(str::to_string)
+            .ok_or(format!("{k} is not set in the file"))
+    };
+    let scheme = get("VAULT__SCHEME")?;
+    let host = get("VAULT__HOST")?;
+    let port = get("VAULT__PORT")?;
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| format!("VAULT__PORT {port:?} is not a port number"))?;
+    Ok(VaultFile {
+        address: Address { scheme, host, port },
+        token: get("VAULT__TOKEN")?,
+        mount: get("VAULT__MOUNT__TRANSIT")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        let a = Address::parse("https://vault.internal:8200").unwrap();
+        assert_eq!(
+            a,
+            Address {
+                scheme: "https".into(),
+                host: "vault.internal".into(),
+                port: 8200
+            }
+        );
+        assert_eq!(Address::parse("https://vault.internal").unwrap().port, 8200);
+        assert_eq!(
+            Address::parse("https://[::1]:9200").unwrap().url(),
+            "https://[::1]:9200"
+        );
+        for bad in [
+            "vault.internal:8200",
+            "ftp://v",
+            "https://v:8200/v1",
+            "https://u:p@v:1",
+        ] {
+            assert!(Address::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn file_round_trip_and_runbook_form() {
+        let a = Address::parse("https://vault.internal:8200").unwrap();
+        let text = render(&a, "s.token\"$", "transit").unwrap();
+        let f = parse(&text).unwrap();
+        assert_eq!(f.token, "s.token\"$");
+        assert_eq!(f.address, a);
+        assert!(!format!("{f:?}").contains("s.token"));
+        let runbook = "export VAULT__SCHEME=\"https\"\nexport VAULT__HOST=\"v\"\nexport VAULT__PORT=\"8200\"\n\
+                       export VAULT__URL=$VAULT__SCHEME://$VAULT__HOST:$VAULT__PORT\nexport VAULT__TOKEN=\"t\"\n\
+                       export VAULT__MOUNT__TRANSIT=\"transit\"\n";
+        assert_eq!(parse(runbook).unwrap().token, "t");
+    }
+}

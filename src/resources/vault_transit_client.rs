@@ -1,0 +1,649 @@
+//! `circleci_vault_transit_client`: the runbook's "Configuring External Vault". A
+//! transit key, a policy that may only encrypt and decrypt with it, and an orphan
+//! periodic token with that policy, written straight from Vault into the context
+//! service's customizations file. The token never enters the Terraform state: the
+//! state keeps its accessor and the file's hash.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::{file_sha256, ssh_diag, validate};
+use crate::backends::ssh::Secret;
+use crate::backends::vault::{self as vb, Vault, VaultError};
+use crate::circleci::vault::{self as file, Address};
+use crate::plugin::{
+    resource::changed, AttrPath, Attribute, Block, Diagnostic, Diagnostics, PlanRequest, Resource,
+    Schema, Type, Value,
+};
+use crate::provider::ProviderData;
+
+pub struct VaultTransitClient {
+    data: Arc<ProviderData>,
+}
+
+impl VaultTransitClient {
+    pub fn new(data: Arc<ProviderData>) -> Self {
+        VaultTransitClient { data }
+    }
+}
+
+/// Attributes whose change makes a new key/policy pairing: replace the resource.
+const REPLACE: [&str; 5] = [
+    "transit_mount",
+    "key_name",
+    "key_type",
+    "policy_name",
+    "config_path",
+];
+
+struct Inputs {
+    mount: String,
+    create_mount: bool,
+    key: String,
+    key_type: String,
+    policy_name: String,
+    period: String,
+    renew_before: std::time::Duration,
+    address: String,
+    delete_key: bool,
+    path: String,
+    verify: bool,
+}
+
+fn s(v: &Value, name: &str, default: &str) -> String {
+    v.get(name).as_str().unwrap_or(default).to_string()
+}
+
+fn inputs(v: &Value) -> Inputs {
+    let key = s(v, "key_name", file::DEFAULT_KEY);
+    Inputs {
+        mount: s(v, "transit_mount", file::DEFAULT_MOUNT),
+        create_mount: v.get("create_mount").as_bool().unwrap_or(false),
+        policy_name: v
+            .get("policy_name")
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| file::default_policy_name(&key)),
+        key,
+        key_type: s(v, "key_type", file::DEFAULT_KEY_TYPE),
+        period: s(v, "token_period", file::DEFAULT_PERIOD),
+        renew_before: humantime::parse_duration(&s(
+            v,
+            "token_renew_before",
+            file::DEFAULT_RENEW_BEFORE,
+        ))
+        .unwrap_or(std::time::Duration::from_secs(72 * 3600)),
+        address: s(v, "address_for_services", ""),
+        delete_key: v.get("delete_key_on_destroy").as_bool().unwrap_or(false),
+        path: s(v, "config_path", file::DEFAULT_PATH),
+        verify: v.get("verify").as_bool().unwrap_or(true),
+    }
+}
+
+fn vault_diag(summary: &str, e: VaultError) -> Diagnostics {
+    Diagnostic::error(summary, e.message).into()
+}
+
+/// A name Vault accepts in a path segment: no slashes, spaces or control characters.
+fn check_name(v: &str) -> Result<(), String> {
+    if v.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if v.chars()
+        .any(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err("may contain only letters, digits, '-', '_' and '.'".into());
+    }
+    Ok(())
+}
+
+impl VaultTransitClient {
+    async fn apply(&self, prior: Option<&Value>, planned: &Value) -> Result<Value, Diagnostics> {
+        let i = inputs(planned);
+        let vault = self.data.vault()?;
+        let services = self.data.services()?;
+        let addr = Address::parse(&i.address).map_err(|e| {
+            Diagnostics::from(
+                Diagnostic::error("Invalid address", e).at(AttrPath::root("address_for_services")),
+            )
+        })?;
+
+        if !vault
+            .mount_exists(&i.mount)
+            .await
+            .map_err(|e| vault_diag("Could not reach Vault", e))?
+        {
+            if !i.create_mount {
+                return Err(Diagnostic::error(
+                    "Transit engine not enabled",
+                    format!(
+                        "there is no secrets engine at {:?} on {}. The runbook expects transit to be enabled \
+                         (`vault secrets enable transit`); or set create_mount = true.",
+                        i.mount,
+                        vault.config().address
+                    ),
+                )
+                .at(AttrPath::root("transit_mount"))
+                .into());
+            }
+            vault
+                .enable_transit(&i.mount)
+                .await
+                .map_err(|e| vault_diag("Could not enable the transit engine", e))?;
+        }
+        if !vault
+            .key_exists(&i.mount, &i.key)
+            .await
+            .map_err(|e| vault_diag("Could not read the transit key", e))?
+        {
+            vault
+                .create_key(&i.mount, &i.key, &i.key_type)
+                .await
+                .map_err(|e| vault_diag("Could not create the transit key", e))?;
+            log::info!("created transit key {}/{}", i.mount, i.key);
+        }
+        let hcl = vb::policy_hcl(&i.mount, &i.key);
+        vault
+            .write_policy(&i.policy_name, &hcl)
+            .await
+            .map_err(|e| vault_diag("Could not write the policy", e))?;
+
+        let mut state = planned.clone();
+        state.set("id", Value::string(&i.path));
+        state.set("policy", Value::string(&hcl));
+        state.set("drift", Value::string(""));
+        if planned.get("token_accessor").is_unknown() {
+            let new = vault
+                .create_token(&i.policy_name, &i.period, &format!("circleci-{}", i.key))
+                .await
+                .map_err(|e| vault_diag("Could not create the client token", e))?;
+            let written = self
+                .verify_and_write(&vault, &services, &i, &addr, &new.token)
+                .await;
+            let content = match written {
+                Ok(c) => c,
+                Err(d) => {
+                    // Leave nothing half-done: the new token goes away again.
+                    if let Err(e) = vault.revoke_accessor(&new.accessor).await {
+                        log::warn!("revoking the unused new token: {e}");
+                    }
+                    return Err(d);
+                }
+            };
+            if let Some(old) = prior.and_then(|p| p.get("token_accessor").as_str()) {
+                if !old.is_empty() && old != new.accessor {
+                    if let Err(e) = vault.revoke_accessor(old).await {
+                        log::warn!(
+                            "the new token is in place, but revoking the old one failed: {e}"
+                        );
+                    }
+                }
+            }
+            let expire = vault
+                .lookup_accessor(&new.accessor)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|t| t.expire_time)
+                .unwrap_or_default();
+            state.set("token_accessor", Value::string(&new.accessor));
+            state.set("token_expire_time", Value::string(expire));
+            state.set(
+                "file_sha256",
+                Value::string(file_sha256(content.as_bytes())),
+            );
+            log::info!("new client token {} written to {}", new.accessor, i.path);
+        }
+        Ok(state)
+    }
+
+    /// Probe the token (if asked), then write the file; returns what was written.
+    async fn verify_and_write(
+        &self,
+        vault: &Vault,
+        services: &crate::backends::ssh::ServicesHost,
+        i: &Inputs,
+        addr: &Address,
+        token: &Secret,
+    ) -> Result<String, Diagnostics> {
+        if i.verify {
+            vault.probe(token, &i.mount, &i.key).await.map_err(|e| {
+                Diagnostics::from(
+                    Diagnostic::error(
+                        "The new token cannot use the key",
+                        format!("{e}. The token was revoked and nothing was written."),
+                    )
+                    .at(AttrPath::root("verify")),
+                )
+            })?;
+        }
+        let content = file::render(addr, &token.0, &i.mount).map_err(|e| {
+            Diagnostics::from(Diagnostic::error(
+                "Could not render the Vault config file",
+                e.to_string(),
+            ))
+        })?;
+        services
+            .write_file(&i.path, content.as_bytes(), 0o600)
+            .await
+            .map_err(|e| ssh_diag("Could not write the Vault config file", e))?;
+        Ok(content)
+    }
+}
+
+#[async_trait]
+impl Resource for VaultTransitClient {
+    fn type_name(&self) -> &'static str {
+        "circleci_vault_transit_client"
+    }
+
+    fn schema(&self) -> Schema {
+        Schema::new(
+            0,
+            Block::new()
+                .description(
+                    "Connects CircleCI's context service to an external Vault (runbook: *Configuring External \
+                     Vault*). Creates the transit key (kept on destroy by default), a policy allowing only \
+                     `update` on `<mount>/encrypt/<key>` and `<mount>/decrypt/<key>`, and an orphan periodic \
+                     client token with that policy; checks the token can encrypt and decrypt; and writes \
+                     `VAULT__SCHEME`, `VAULT__HOST`, `VAULT__PORT`, `VAULT__URL`, `VAULT__TOKEN` and \
+                     `VAULT__MOUNT__TRANSIT` to the customizations file (mode 0600). **The token never enters \
+                     the Terraform state**: it goes from Vault straight into the file; the state keeps its \
+                     accessor. Refresh renews the token when less than `token_renew_before` is left, and \
+                     reports a revoked token, a missing key, a changed policy and a changed or missing file.",
+                )
+                .attr(Attribute::new("id", Type::String).computed().description("The config file's path."))
+                .attr(Attribute::new("transit_mount", Type::String).optional().computed().description(
+                    "Path of the transit secrets engine. Default `transit`. It must exist unless `create_mount` is set.",
+                ))
+                .attr(Attribute::new("create_mount", Type::Bool).optional().computed().description(
+                    "Enable the transit engine at `transit_mount` if it is missing. Default `false`.",
+                ))
+                .attr(Attribute::new("key_name", Type::String).optional().computed().description(
+                    "Transit key name. Default `context-service`. An existing key is adopted.",
+                ))
+                .attr(Attribute::new("key_type", Type::String).optional().computed().description(
+                    "`aes256-gcm96` (default), `aes128-gcm96` or `chacha20-poly1305`; used when the key is created.",
+                ))
+                .attr(Attribute::new("policy_name", Type::String).optional().computed().description(
+                    "Name of the policy. Default `<key_name>_policy` (the runbook's `context-service_policy`).",
+                ))
+                .attr(Attribute::new("token_period", Type::String).optional().computed().description(
+                    "Period of the client token, e.g. `168h` (default): it lives as long as it is renewed within it.",
+                ))
+                .attr(Attribute::new("token_renew_before", Type::String).optional().computed().description(
+                    "Refresh renews the token when less than this is left, e.g. `72h` (default).",
+                ))
+                .attr(Attribute::new("address_for_services", Type::String).optional().computed().description(
+                    "The Vault URL the Services machine uses, written to the file. Default: the provider's `vault.address`.",
+                ))
+                .attr(Attribute::new("delete_key_on_destroy", Type::Bool).optional().computed().description(
+                    "Delete the transit key on destroy. Default `false`: losing the key makes every stored \
+                     context unreadable.",
+                ))
+                .attr(Attribute::new("config_path", Type::String).optional().computed().description(
+                    "Path of the file on the Services machine. Default `/etc/circleconfig/context-service/customizations`.",
+                ))
+                .attr(Attribute::new("verify", Type::Bool).optional().computed().description(
+                    "Encrypt and decrypt a probe with the new token before writing the file. Default `true`.",
+                ))
+                .attr(Attribute::new("token_accessor", Type::String).computed().description(
+                    "Accessor of the client token (not the token). Empty after refresh when the token was \
+                     revoked or expired; the next apply then creates a new one.",
+                ))
+                .attr(Attribute::new("token_expire_time", Type::String).computed().description(
+                    "When the client token expires unless renewed (RFC 3339).",
+                ))
+                .attr(Attribute::new("policy", Type::String).computed().description(
+                    "The policy's HCL, as written to Vault; refresh shows it as Vault has it.",
+                ))
+                .attr(Attribute::new("file_sha256", Type::String).computed().description(
+                    "SHA-256 of the file as written.",
+                ))
+                .attr(Attribute::new("drift", Type::String).computed().description(
+                    "What refresh found wrong (token revoked or expired, key missing, file changed or gone); \
+                     empty when all is well. A non-empty value plans a new token and a rewritten file.",
+                )),
+        )
+    }
+
+    fn validate(&self, config: &Value) -> Diagnostics {
+        let mut diags = Diagnostics::new();
+        for name in ["transit_mount", "key_name", "policy_name"] {
+            if let Some(v) = config.get(name).as_str() {
+                if let Err(e) = check_name(v.trim_matches('/')) {
+                    diags.attr_error(AttrPath::root(name), "Invalid name", format!("{v:?} {e}"));
+                }
+            }
+        }
+        if let Some(k) = config.get("key_type").as_str() {
+            if !vb::KEY_TYPES.contains(&k) {
+                diags.attr_error(
+                    AttrPath::root("key_type"),
+                    "Invalid key_type",
+                    format!(
+                        "{k:?} is not one of {} (transit key types that encrypt and decrypt)",
+                        vb::KEY_TYPES.join(", ")
+                    ),
+                );
+            }
+        }
+        let period = config.get("token_period").as_str().map(|p| {
+            (
+                p,
+                validate::duration(p, AttrPath::root("token_period"), &mut diags),
+            )
+        });
+        let before = config
+            .get("token_renew_before")
+            .as_str()
+            .map(|p| validate::duration(p, AttrPath::root("token_renew_before"), &mut diags));
+        let period_d = period
+            .and_then(|(_, d)| d)
+            .or_else(|| humantime::parse_duration(file::DEFAULT_PERIOD).ok());
+        let before_d = before
+            .flatten()
+            .or_else(|| humantime::parse_duration(file::DEFAULT_RENEW_BEFORE).ok());
+        if let (Some(p), Some(b)) = (period_d, before_d) {
+            if b >= p
+                && !config.get("token_period").is_unknown()
+                && !config.get("token_renew_before").is_unknown()
+            {
+                diags.attr_error(
+                    AttrPath::root("token_renew_before"),
+                    "Renewal window too long",
+                    "token_renew_before must be shorter than token_period, or every refresh renews the token",
+                );
+            }
+        }
+        if let Some(a) = config.get("address_for_services").as_str() {
+            if let Err(e) = Address::parse(a) {
+                diags.attr_error(AttrPath::root("address_for_services"), "Invalid address", e);
+            }
+        }
+        if let Some(p) = config.get("config_path").as_str() {
+            validate::remote_path(p, AttrPath::root("config_path"), &mut diags);
+        }
+        diags
+    }
+
+    async fn plan(
+        &self,
+        req: &PlanRequest<'_>,
+        planned: &mut Value,
+        diags: &mut Diagnostics,
+    ) -> Vec<AttrPath> {
+        let cfg = req.config;
+        let defaults = [
+            ("transit_mount", Value::string(file::DEFAULT_MOUNT)),
+            ("create_mount", Value::Bool(false)),
+            ("key_name", Value::string(file::DEFAULT_KEY)),
+            ("key_type", Value::string(file::DEFAULT_KEY_TYPE)),
+            ("token_period", Value::string(file::DEFAULT_PERIOD)),
+            (
+                "token_renew_before",
+                Value::string(file::DEFAULT_RENEW_BEFORE),
+            ),
+            ("delete_key_on_destroy", Value::Bool(false)),
+            ("config_path", Value::string(file::DEFAULT_PATH)),
+            ("verify", Value::Bool(true)),
+        ];
+        for (name, default) in defaults {
+            if cfg.get(name).is_null() {
+                planned.set(name, default);
+            }
+        }
+        if cfg.get("policy_name").is_null() {
+            let p = match planned.get("key_name").as_str() {
+                Some(k) => Value::string(file::default_policy_name(k)),
+                None => Value::Unknown,
+            };
+            planned.set("policy_name", p);
+        }
+        if cfg.get("address_for_services").is_null() {
+            let a = match self.data.vault() {
+                Ok(v) => Value::string(&v.config().address),
+                Err(d) => {
+                    diags.extend(d);
+                    Value::Unknown
+                }
+            };
+            planned.set("address_for_services", a);
+        }
+        planned.set("id", planned.get("config_path").clone());
+        planned.set("drift", Value::string(""));
+        let policy = match (
+            planned.get("transit_mount").as_str(),
+            planned.get("key_name").as_str(),
+        ) {
+            (Some(m), Some(k)) => Value::string(vb::policy_hcl(m, k)),
+            _ => Value::Unknown,
+        };
+        planned.set("policy", policy);
+        let prior = req.prior;
+        let new_token = req.is_create()
+            || prior
+                .get("token_accessor")
+                .as_str()
+                .unwrap_or_default()
+                .is_empty()
+            || !prior.get("drift").as_str().unwrap_or_default().is_empty()
+            || ["token_period", "address_for_services"]
+                .iter()
+                .any(|a| changed(prior, planned, a));
+        if new_token {
+            for a in ["token_accessor", "token_expire_time", "file_sha256"] {
+                planned.set(a, Value::Unknown);
+            }
+        }
+        if req.is_create() {
+            return vec![];
+        }
+        REPLACE
+            .iter()
+            .filter(|a| changed(prior, planned, a))
+            .map(|a| AttrPath::root(a))
+            .collect()
+    }
+
+    async fn create(&self, planned: &Value, _config: &Value) -> Result<Value, Diagnostics> {
+        self.apply(None, planned).await
+    }
+
+    async fn read(&self, state: &Value) -> Result<Option<Value>, Diagnostics> {
+        let i = inputs(state);
+        let vault = self.data.vault()?;
+        let services = self.data.services()?;
+        let mut fresh = state.clone();
+        let mut drift = Vec::new();
+        let accessor = state
+            .get("token_accessor")
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        match vault
+            .lookup_accessor(&accessor)
+            .await
+            .map_err(|e| vault_diag("Could not look up the client token", e))?
+        {
+            None => {
+                drift.push("the client token was revoked or has expired".to_string());
+                fresh.set("token_accessor", Value::string(""));
+                fresh.set("token_expire_time", Value::string(""));
+            }
+            Some(mut info) => {
+                if info.ttl < i.renew_before {
+                    vault
+                        .renew_accessor(&accessor, &i.period)
+                        .await
+                        .map_err(|e| vault_diag("Could not renew the client token", e))?;
+                    log::info!(
+                        "renewed client token {accessor} (had {}s left)",
+                        info.ttl.as_secs()
+                    );
+                    if let Ok(Some(after)) = vault.lookup_accessor(&accessor).await {
+                        info = after;
+                    }
+                }
+                fresh.set(
+                    "token_expire_time",
+                    Value::string(info.expire_time.unwrap_or_default()),
+                );
+            }
+        }
+        if !vault
+            .key_exists(&i.mount, &i.key)
+            .await
+            .map_err(|e| vault_diag("Could not read the transit key", e))?
+        {
+            drift.push(format!("transit key {}/{} is missing", i.mount, i.key));
+        }
+        let policy = vault
+            .read_policy(&i.policy_name)
+            .await
+            .map_err(|e| vault_diag("Could not read the policy", e))?;
+        fresh.set("policy", Value::string(policy.unwrap_or_default()));
+        match services
+            .read_file(&i.path)
+            .await
+            .map_err(|e| ssh_diag("Could not read the Vault config file", e))?
+        {
+            None => {
+                drift.push(format!("{} is missing on the Services machine", i.path));
+                fresh.set("file_sha256", Value::string(""));
+            }
+            Some(f) => {
+                let h = file_sha256(&f.content);
+                if Some(h.as_str()) != state.get("file_sha256").as_str() {
+                    drift.push(format!("{} was changed on the Services machine", i.path));
+                }
+                fresh.set("file_sha256", Value::string(h));
+            }
+        }
+        fresh.set("drift", Value::string(drift.join("; ")));
+        Ok(Some(fresh))
+    }
+
+    async fn update(
+        &self,
+        prior: &Value,
+        planned: &Value,
+        _config: &Value,
+    ) -> Result<Value, Diagnostics> {
+        self.apply(Some(prior), planned).await
+    }
+
+    async fn delete(&self, prior: &Value) -> Result<(), Diagnostics> {
+        let i = inputs(prior);
+        let vault = self.data.vault()?;
+        let services = self.data.services()?;
+        let accessor = prior.get("token_accessor").as_str().unwrap_or_default();
+        vault
+            .revoke_accessor(accessor)
+            .await
+            .map_err(|e| vault_diag("Could not revoke the client token", e))?;
+        vault
+            .delete_policy(&i.policy_name)
+            .await
+            .map_err(|e| vault_diag("Could not delete the policy", e))?;
+        services
+            .remove_file(&i.path)
+            .await
+            .map_err(|e| ssh_diag("Could not delete the Vault config file", e))?;
+        if i.delete_key {
+            vault
+                .delete_key(&i.mount, &i.key)
+                .await
+                .map_err(|e| vault_diag("Could not delete the transit key", e))?;
+            log::info!("deleted transit key {}/{}", i.mount, i.key);
+        }
+        Ok(())
+    }
+
+    async fn import(&self, id: &str) -> Result<Value, Diagnostics> {
+        let mut diags = Diagnostics::new();
+        validate::remote_path(id, AttrPath::root("config_path"), &mut diags);
+        if diags.has_errors() {
+            return Err(Diagnostic::error(
+                "Invalid import ID",
+                format!(
+                    "the import ID is the config file's absolute path, e.g. {}; got {id:?}",
+                    file::DEFAULT_PATH
+                ),
+            )
+            .into());
+        }
+        let vault = self.data.vault()?;
+        let services = self.data.services()?;
+        let f = services
+            .read_file(id)
+            .await
+            .map_err(|e| ssh_diag("Could not read the Vault config file", e))?
+            .ok_or_else(|| {
+                Diagnostics::from(Diagnostic::error(
+                    "Nothing to import",
+                    format!("there is no file {id} on {}", services.config().target()),
+                ))
+            })?;
+        let parsed = std::str::from_utf8(&f.content)
+            .map_err(|e| e.to_string())
+            .and_then(file::parse)
+            .map_err(|e| {
+                Diagnostics::from(Diagnostic::error(
+                    "Cannot import this file",
+                    format!("{id}: {e}"),
+                ))
+            })?;
+        let info = vault
+            .lookup_token(&Secret(parsed.token.clone()))
+            .await
+            .map_err(|e| vault_diag("Could not look up the token from the file", e))?
+            .ok_or_else(|| {
+                Diagnostics::from(Diagnostic::error(
+                    "The token in the file is not valid",
+                    format!(
+                        "Vault does not know the VAULT__TOKEN in {id} (revoked or expired). Remove the file and \
+                         let Terraform create the resource instead of importing it."
+                    ),
+                ))
+            })?;
+        let policy_name = vb::non_default_policies(&info.policies)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| file::default_policy_name(file::DEFAULT_KEY));
+        let rules = vault
+            .read_policy(&policy_name)
+            .await
+            .map_err(|e| vault_diag("Could not read the policy", e))?
+            .unwrap_or_default();
+        let key = vb::key_from_policy(&rules, &parsed.mount)
+            .unwrap_or_else(|| file::DEFAULT_KEY.to_string());
+        let mut v = Value::Null;
+        for (k, x) in [
+            ("id", id.to_string()),
+            ("config_path", id.to_string()),
+            ("transit_mount", parsed.mount.clone()),
+            ("key_name", key),
+            ("key_type", file::DEFAULT_KEY_TYPE.to_string()),
+            ("policy_name", policy_name),
+            ("token_period", file::DEFAULT_PERIOD.to_string()),
+            ("token_renew_before", file::DEFAULT_RENEW_BEFORE.to_string()),
+            ("address_for_services", parsed.address.url()),
+            ("token_accessor", info.accessor.clone()),
+            (
+                "token_expire_time",
+                info.expire_time.clone().unwrap_or_default(),
+            ),
+            ("policy", rules),
+            ("file_sha256", file_sha256(&f.content)),
+            ("drift", String::new()),
+        ] {
+            v.set(k, Value::string(x));
+        }
+        v.set("create_mount", Value::Bool(false));
+        v.set("delete_key_on_destroy", Value::Bool(false));
+        v.set("verify", Value::Bool(true));
+        Ok(v)
+    }
+}
