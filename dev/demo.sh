@@ -46,9 +46,15 @@ postgres_port      = $CIRCLECI_TEST_PG_PORT
 postgres_ca_file   = "$CIRCLECI_TEST_PG_CA"
 vault_address      = "$CIRCLECI_TEST_VAULT_ADDR"
 vault_ca_file      = "$CIRCLECI_TEST_VAULT_CA"
+rabbitmq_host      = "127.0.0.1"
+rabbitmq_port      = $CIRCLECI_TEST_MQ_PORT
+nomad_endpoint     = "$CIRCLECI_TEST_NOMAD_ADDR"
+nomad_ca_file      = "$CIRCLECI_TEST_TLS_CA"
 VARS
 # Secrets through the environment, as in a CI pipeline.
 export TF_VAR_postgres_admin_password="$CIRCLECI_TEST_PG_PASSWORD"
+export TF_VAR_rabbitmq_password="$CIRCLECI_TEST_MQ_PASSWORD"
+export TF_VAR_nomad_token="$CIRCLECI_TEST_NOMAD_TOKEN"
 export TF_VAR_vault_token="$CIRCLECI_TEST_VAULT_TOKEN"
 export TF_VAR_circle_db_password="demo 'circle' password \$1"
 

@@ -3,7 +3,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 D=$PWD/dev/.state
-for name in sshd redis bao; do
+for name in sshd redis bao nomad; do
   f=$D/$name.pid
   [ -f "$f" ] || continue
   pid=$(cat "$f")
@@ -15,6 +15,15 @@ for name in sshd redis bao; do
   fi
   rm -f "$f"
 done
+MQD=$D/rabbitmq
+if [ -f "$MQD/rabbitmq.pid" ] && kill -0 "$(cat "$MQD/rabbitmq.pid")" 2>/dev/null; then
+  MQ_PORT=$(sed -n 's/^listeners.tcp.default = 127.0.0.1://p' "$MQD/rabbitmq.conf")
+  env HOME="$MQD" RABBITMQ_NODENAME=circleci-dev@localhost ERL_EPMD_PORT=$((MQ_PORT + 1)) \
+    /usr/lib/rabbitmq/bin/rabbitmqctl shutdown >/dev/null 2>&1 || kill "$(cat "$MQD/rabbitmq.pid")"
+  epmd -port $((MQ_PORT + 1)) -kill >/dev/null 2>&1 || true
+  rm -f "$MQD/rabbitmq.pid"
+  echo "services-down: stopped rabbitmq" >&2
+fi
 if [ -f "$D/pg/data/postmaster.pid" ]; then
   runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$D/pg/data" -m fast -w stop >/dev/null \
     && echo "services-down: stopped postgresql" >&2

@@ -14,6 +14,8 @@ REDIS_PORT=${CIRCLECI_DEV_REDIS_PORT:-56379}
 PG_PORT=${CIRCLECI_DEV_PG_PORT:-55432}
 PG_BIN=/usr/lib/postgresql/15/bin
 VAULT_PORT=${CIRCLECI_DEV_VAULT_PORT:-58201}
+MQ_PORT=${CIRCLECI_DEV_MQ_PORT:-55672}
+NOMAD_PORT=${CIRCLECI_DEV_NOMAD_PORT:-54646}
 mkdir -p "$D"
 
 say() { echo "services-up: $*" >&2; }
@@ -26,6 +28,7 @@ command -v ssh-keygen >/dev/null || need+=(openssh-client)
 command -v sudo >/dev/null || need+=(sudo)
 [ -x $PG_BIN/initdb ] || need+=(postgresql-15)
 command -v openssl >/dev/null || need+=(openssl)
+[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need+=(rabbitmq-server)
 if ((${#need[@]})); then
   say "installing ${need[*]}"
   # Keep package scripts from starting system-wide daemons (no systemd here, and
@@ -146,6 +149,51 @@ if ! alive "$D/bao.pid"; then
   say "openbao on https://127.0.0.1:$VAULT_PORT (pid $(cat "$D/bao.pid"))"
 fi
 
+# ---------------------------------------------------------------- rabbitmq
+# The real Debian rabbitmq-server, run from its own scripts (not /usr/sbin's wrapper,
+# which switches user and hard-codes /var/lib) with its own node name, ports, epmd
+# port and directories, all on 127.0.0.1. User circle/circle-dev-password is added.
+MQD=$D/rabbitmq
+MQ_EPMD_PORT=$((MQ_PORT + 1))
+MQ_DIST_PORT=$((MQ_PORT + 2))
+mq_env() {
+  env HOME="$MQD" RABBITMQ_NODENAME=circleci-dev@localhost RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
+    RABBITMQ_NODE_PORT="$MQ_PORT" RABBITMQ_DIST_PORT="$MQ_DIST_PORT" ERL_EPMD_ADDRESS=127.0.0.1 \
+    ERL_EPMD_PORT="$MQ_EPMD_PORT" RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" \
+    RABBITMQ_CONFIG_FILE="$MQD/rabbitmq" RABBITMQ_ENABLED_PLUGINS_FILE="$MQD/enabled_plugins" \
+    RABBITMQ_MNESIA_BASE="$MQD/mnesia" RABBITMQ_LOG_BASE="$MQD/log" RABBITMQ_PID_FILE="$MQD/rabbitmq.pid" "$@"
+}
+if ! alive "$MQD/rabbitmq.pid"; then
+  mkdir -p "$MQD/mnesia" "$MQD/log"
+  printf 'listeners.tcp.default = 127.0.0.1:%s\nloopback_users = none\n' "$MQ_PORT" > "$MQD/rabbitmq.conf"
+  echo '[].' > "$MQD/enabled_plugins"
+  mq_env /usr/lib/rabbitmq/bin/rabbitmq-server >"$MQD/stdout.log" 2>&1 &
+  mq_env /usr/lib/rabbitmq/bin/rabbitmqctl wait --timeout 90 "$MQD/rabbitmq.pid" >/dev/null
+  mq_env /usr/lib/rabbitmq/bin/rabbitmqctl add_user circle circle-dev-password >/dev/null 2>&1 || true
+  mq_env /usr/lib/rabbitmq/bin/rabbitmqctl set_permissions -p / circle '.*' '.*' '.*' >/dev/null
+  say "rabbitmq on 127.0.0.1:$MQ_PORT (pid $(cat "$MQD/rabbitmq.pid"))"
+fi
+
+# ---------------------------------------------------------------- nomad (stand-in)
+# No Nomad agent installs from the registries we reach: dev/nomad-standin.py answers
+# the few API calls circleci_external_nomad makes (see its header), over TLS with a
+# certificate from the dev CA above, and requires an ACL token.
+NOMAD_TOKEN=circleci-dev-nomad-token
+if [ ! -f "$PGD/tls/nomad.pem" ]; then
+  ( cd "$PGD/tls"
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+      -keyout nomad.key -out nomad.csr 2>/dev/null
+    openssl x509 -req -in nomad.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile san.ext -out nomad.pem 2>/dev/null )
+fi
+if ! alive "$D/nomad.pid"; then
+  python3 dev/nomad-standin.py --port "$NOMAD_PORT" --token "$NOMAD_TOKEN" \
+    --tls-cert "$PGD/tls/nomad.pem" --tls-key "$PGD/tls/nomad.key" --pidfile "$D/nomad.pid" \
+    >"$D/nomad.log" 2>&1 &
+  for _ in $(seq 50); do alive "$D/nomad.pid" && break; sleep 0.1; done
+  say "nomad stand-in on https://127.0.0.1:$NOMAD_PORT (pid $(cat "$D/nomad.pid"))"
+fi
+
 # ---------------------------------------------------------------- endpoints
 mkdir -p "$D/services-root"
 cat > "$D/env" <<ENV
@@ -170,5 +218,14 @@ CIRCLECI_TEST_VAULT_ADDR=https://127.0.0.1:$VAULT_PORT
 CIRCLECI_TEST_VAULT_TOKEN=root
 CIRCLECI_TEST_VAULT_CA=$D/bao-tls/vault-ca.pem
 CIRCLECI_TEST_BAO=$D/venv/bin/bao
+CIRCLECI_TEST_MQ_PORT=$MQ_PORT
+CIRCLECI_TEST_MQ_USER=circle
+CIRCLECI_TEST_MQ_PASSWORD=circle-dev-password
+CIRCLECI_TEST_NOMAD_ADDR=https://127.0.0.1:$NOMAD_PORT
+CIRCLECI_TEST_NOMAD_TOKEN=$NOMAD_TOKEN
+CIRCLECI_TEST_NOMAD_STANDIN=$ROOT/dev/nomad-standin.py
+CIRCLECI_TEST_TLS_CA=$PGD/tls/ca.pem
+CIRCLECI_TEST_TLS_CERT=$PGD/tls/nomad.pem
+CIRCLECI_TEST_TLS_KEY=$PGD/tls/nomad.key
 ENV
 say "endpoints in dev/.state/env"

@@ -94,6 +94,36 @@ variable "vault_ca_file" {
   type = string
 }
 
+variable "rabbitmq_host" {
+  type = string
+}
+
+variable "rabbitmq_port" {
+  type    = number
+  default = 5672
+}
+
+variable "rabbitmq_password" {
+  type      = string
+  sensitive = true
+}
+
+variable "nomad_endpoint" {
+  type        = string
+  description = "Nomad's HTTP API, e.g. https://nomad.internal:4646."
+}
+
+variable "nomad_ca_file" {
+  type    = string
+  default = null
+}
+
+variable "nomad_token" {
+  type      = string
+  sensitive = true
+  default   = null
+}
+
 variable "config_root" {
   type        = string
   default     = ""
@@ -148,8 +178,25 @@ resource "circleci_vault_transit_client" "context_service" {
   config_path = "${var.config_root}/etc/circleconfig/context-service/customizations"
 }
 
+resource "circleci_external_rabbitmq" "this" {
+  host        = var.rabbitmq_host
+  port        = var.rabbitmq_port
+  username    = "circle"
+  password_wo = var.rabbitmq_password
+  config_path = "${var.config_root}/etc/circleconfig/shared/rabbitmq"
+}
+
+resource "circleci_external_nomad" "this" {
+  endpoint     = var.nomad_endpoint
+  ca_cert_file = var.nomad_ca_file
+  acl_token_wo = var.nomad_token
+  config_path  = "${var.config_root}/etc/circleconfig/shared/nomad"
+}
+
 output "config_files" {
   value = {
+    nomad           = circleci_external_nomad.this.id
+    rabbitmq        = circleci_external_rabbitmq.this.id
     context_service = circleci_vault_transit_client.context_service.id
     postgresql      = circleci_postgres_databases.circle.id
     redis_shared    = circleci_external_redis.shared.id

@@ -1,6 +1,14 @@
 //! One module per external system. Nothing in here knows about Terraform.
 
+pub mod nomad;
 pub mod postgres;
+pub mod rabbitmq;
 pub mod redis;
 pub mod ssh;
 pub mod vault;
+
+/// reqwest (Vault, Nomad) runs rustls without choosing a crypto provider itself; ours
+/// is AWS-LC, as for every other TLS connection of the provider.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

@@ -138,8 +138,7 @@ impl Vault {
 
     /// A client for `token`, with the provider's address, CA and namespace.
     fn client_for(&self, token: &str) -> Result<VaultClient, VaultError> {
-        // reqwest's rustls needs a process-wide crypto provider: ours is AWS-LC.
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        super::install_crypto_provider();
         let mut b = VaultClientSettingsBuilder::default();
         b.address(&self.cfg.address)
             .token(token)

@@ -1,6 +1,8 @@
 //! The runbook's knowledge as pure functions: config-file formats and defaults.
 
 pub mod envfile;
+pub mod nomad;
 pub mod postgres;
+pub mod rabbitmq;
 pub mod redis;
 pub mod vault;

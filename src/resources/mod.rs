@@ -7,7 +7,10 @@ use crate::backends::ssh::{SshError, SshErrorKind};
 use crate::plugin::{Diagnostic, Diagnostics, Resource};
 use crate::provider::ProviderData;
 
+pub mod external_nomad;
+pub mod external_rabbitmq;
 pub mod external_redis;
+pub mod managed_file;
 pub mod postgres_databases;
 pub mod validate;
 pub mod vault_transit_client;
@@ -16,6 +19,8 @@ pub mod vault_transit_client;
 pub fn all(data: Arc<ProviderData>) -> Vec<Arc<dyn Resource>> {
     vec![
         Arc::new(external_redis::ExternalRedis::new(data.clone())),
+        Arc::new(external_rabbitmq::ExternalRabbitmq::new(data.clone())),
+        Arc::new(external_nomad::ExternalNomad::new(data.clone())),
         Arc::new(postgres_databases::PostgresDatabases::new(data.clone())),
         Arc::new(vault_transit_client::VaultTransitClient::new(data)),
     ]

@@ -355,3 +355,55 @@ impl Servers {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
+
+impl Servers {
+    pub fn mq_port(&self) -> u16 {
+        self.get("CIRCLECI_TEST_MQ_PORT").parse().unwrap()
+    }
+}
+
+/// A private Nomad stand-in (dev/nomad-standin.py) for one test, stopped by PID on drop.
+pub struct NomadStandin {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl NomadStandin {
+    /// `args` as for the script, e.g. `["--no-leader"]`; TLS with the dev certificate.
+    pub fn start(s: &Servers, args: &[&str]) -> NomadStandin {
+        let port = closed_port();
+        let child = Command::new("python3")
+            .arg(s.get("CIRCLECI_TEST_NOMAD_STANDIN"))
+            .arg("--port")
+            .arg(port.to_string())
+            .args([
+                "--tls-cert",
+                s.get("CIRCLECI_TEST_TLS_CERT"),
+                "--tls-key",
+                s.get("CIRCLECI_TEST_TLS_KEY"),
+            ])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 must be installed");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        NomadStandin { child, port }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for NomadStandin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,240 @@
+//! circleci_external_rabbitmq (real RabbitMQ) and circleci_external_nomad (the Nomad
+//! stand-in, dev/nomad-standin.py) end to end through the terraform CLI.
+
+mod common;
+
+use common::{closed_port, hcl_str, mode_of, servers, NomadStandin, Tf};
+
+fn mq(path: &std::path::Path, port: u16, pw: &str) -> String {
+    format!(
+        "\nresource \"circleci_external_rabbitmq\" \"mq\" {{\n  host        = \"127.0.0.1\"\n  port        = {port}\n  \
+         username    = \"circle\"\n  password_wo = {}\n  password_wo_version = 1\n  config_path = {path:?}\n}}\n",
+        hcl_str(pw)
+    )
+}
+
+fn nomad(endpoint: &str, ca: &str, token: &str, path: &std::path::Path) -> String {
+    format!(
+        "\nresource \"circleci_external_nomad\" \"nomad\" {{\n  endpoint     = {endpoint:?}\n  ca_cert_file = {ca:?}\n  \
+         acl_token_wo = {token:?}\n  config_path  = {path:?}\n}}\n"
+    )
+}
+
+fn sourced(path: &std::path::Path, var: &str) -> String {
+    String::from_utf8(common::bash(&format!(
+        "source {path:?}; printf '%s' \"${var}\""
+    )))
+    .unwrap()
+}
+
+#[test]
+fn both_lifecycles_apply_drift_import_destroy() {
+    let s = servers();
+    let root = tempfile::tempdir().unwrap();
+    let mq_path = root.path().join("etc/circleconfig/shared/rabbitmq");
+    let nomad_path = root.path().join("etc/circleconfig/shared/nomad");
+    let pw = s.get("CIRCLECI_TEST_MQ_PASSWORD");
+    let main = format!(
+        "{}{}{}",
+        s.provider_block(""),
+        mq(&mq_path, s.mq_port(), pw),
+        nomad(
+            s.get("CIRCLECI_TEST_NOMAD_ADDR"),
+            s.get("CIRCLECI_TEST_TLS_CA"),
+            s.get("CIRCLECI_TEST_NOMAD_TOKEN"),
+            &nomad_path
+        )
+    );
+    let tf = Tf::new(&main);
+    tf.apply();
+    assert_eq!(mode_of(&mq_path), 0o600);
+    assert_eq!(sourced(&mq_path, "RABBITMQ_HOST"), "127.0.0.1");
+    assert_eq!(sourced(&mq_path, "RABBITMQ_PORT"), s.mq_port().to_string());
+    assert_eq!(sourced(&mq_path, "RABBITMQ_USERNAME"), "circle");
+    assert_eq!(sourced(&mq_path, "RABBITMQ_PASSWORD"), pw);
+    assert_eq!(
+        sourced(&nomad_path, "NOMAD_API_ENDPOINT"),
+        s.get("CIRCLECI_TEST_NOMAD_ADDR")
+    );
+    let state = std::fs::read_to_string(tf.path().join("terraform.tfstate")).unwrap();
+    assert!(
+        !state.contains(pw),
+        "the write-only password is in the state"
+    );
+    assert!(
+        !state.contains(s.get("CIRCLECI_TEST_NOMAD_TOKEN")),
+        "the write-only token is in the state"
+    );
+    assert!(state.contains("\"leader\": \"127.0.0.1:4647\""), "{state}");
+    assert_eq!(tf.plan_code(), 0);
+
+    // Out-of-band edits are drift; apply repairs them.
+    std::fs::write(&mq_path, "export RABBITMQ_HOST=\"elsewhere\"\n").unwrap();
+    std::fs::write(
+        &nomad_path,
+        "export NOMAD_API_ENDPOINT=\"https://other:4646\"\n",
+    )
+    .unwrap();
+    assert_eq!(tf.plan_code(), 2);
+    tf.apply();
+    assert_eq!(sourced(&mq_path, "RABBITMQ_HOST"), "127.0.0.1");
+    assert_eq!(
+        sourced(&nomad_path, "NOMAD_API_ENDPOINT"),
+        s.get("CIRCLECI_TEST_NOMAD_ADDR")
+    );
+    assert_eq!(tf.plan_code(), 0);
+
+    // A removed file is created again.
+    std::fs::remove_file(&nomad_path).unwrap();
+    assert_eq!(tf.plan_code(), 2);
+    tf.apply();
+    assert!(nomad_path.exists());
+
+    // Import both by path.
+    tf.ok(&[
+        "state",
+        "rm",
+        "circleci_external_rabbitmq.mq",
+        "circleci_external_nomad.nomad",
+    ]);
+    tf.ok(&[
+        "import",
+        "-no-color",
+        "circleci_external_rabbitmq.mq",
+        mq_path.to_str().unwrap(),
+    ]);
+    tf.ok(&[
+        "import",
+        "-no-color",
+        "circleci_external_nomad.nomad",
+        nomad_path.to_str().unwrap(),
+    ]);
+    let plan = tf.run(&["plan", "-no-color", "-detailed-exitcode"]);
+    let text = String::from_utf8_lossy(&plan.stdout);
+    // Only what no file records may differ (the rotation counter of the write-only
+    // password, the CA file the check uses); the files themselves match.
+    assert!(!text.contains("file_sha256"), "{text}");
+    assert!(!text.contains("must be replaced"), "{text}");
+    assert!(text.contains("+ password_wo_version = 1"), "{text}");
+    assert!(text.contains("+ ca_cert_file"), "{text}");
+    tf.apply();
+    assert_eq!(tf.plan_code(), 0);
+
+    tf.ok(&["destroy", "-auto-approve", "-no-color"]);
+    assert!(!mq_path.exists());
+    assert!(!nomad_path.exists());
+}
+
+#[test]
+fn rabbitmq_bad_password_or_down_is_clear_and_writes_nothing() {
+    let s = servers();
+    let root = tempfile::tempdir().unwrap();
+    let path = root.path().join("rabbitmq");
+    let tf = Tf::new(&format!(
+        "{}{}",
+        s.provider_block(""),
+        mq(&path, s.mq_port(), "not-the-password")
+    ));
+    let out = tf.fails(&["apply", "-auto-approve", "-no-color"]);
+    assert!(out.contains("RabbitMQ login refused"), "{out}");
+    assert!(
+        out.contains("password_wo"),
+        "the error points at the password: {out}"
+    );
+    // Only Terraform's quote of the configuration line shows the password; our message does not.
+    assert_eq!(out.matches("not-the-password").count(), 1, "{out}");
+    assert!(!path.exists());
+
+    let port = closed_port();
+    tf.write_main(&format!("{}{}", s.provider_block(""), mq(&path, port, "x")));
+    let out = tf.fails(&["apply", "-auto-approve", "-no-color"]);
+    assert!(out.contains("RabbitMQ is not reachable"), "{out}");
+    assert!(out.contains(&format!("127.0.0.1:{port}")), "{out}");
+    assert!(!path.exists());
+}
+
+#[test]
+fn nomad_no_leader_403_tls_and_down_each_have_their_message() {
+    let s = servers();
+    let root = tempfile::tempdir().unwrap();
+    let path = root.path().join("nomad");
+    let ca = s.get("CIRCLECI_TEST_TLS_CA");
+    let try_apply = |endpoint: &str, ca: &str, token: &str| {
+        let tf = Tf::new(&format!(
+            "{}{}",
+            s.provider_block(""),
+            nomad(endpoint, ca, token, &path)
+        ));
+        let out = tf.fails(&["apply", "-auto-approve", "-no-color"]);
+        assert!(!path.exists(), "nothing may be written: {out}");
+        out
+    };
+
+    let no_leader = NomadStandin::start(&s, &["--no-leader"]);
+    let out = try_apply(&no_leader.endpoint(), ca, "t");
+    assert!(out.contains("Nomad has no cluster leader"), "{out}");
+
+    let guarded = NomadStandin::start(&s, &["--token", "right"]);
+    let out = try_apply(&guarded.endpoint(), ca, "wrong");
+    assert!(out.contains("Nomad refused the request (403)"), "{out}");
+    assert_eq!(
+        out.matches("\"wrong\"").count(),
+        1,
+        "only the configuration line shows the token: {out}"
+    );
+
+    let out = try_apply(
+        &guarded.endpoint(),
+        s.get("CIRCLECI_TEST_PG_WRONG_CA"),
+        "right",
+    );
+    assert!(out.contains("TLS certificate is not trusted"), "{out}");
+
+    let port = closed_port();
+    let out = try_apply(&format!("https://127.0.0.1:{port}"), ca, "right");
+    assert!(out.contains("Nomad is not reachable"), "{out}");
+    assert!(out.contains(&format!("127.0.0.1:{port}")), "{out}");
+
+    // The stand-in refuses what it does not implement.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+            ca,
+        ])
+        .arg(format!("{}/v1/jobs", guarded.endpoint()))
+        .output();
+    if let Ok(o) = out {
+        if o.status.success() {
+            assert_eq!(String::from_utf8_lossy(&o.stdout), "404");
+        }
+    }
+}
+
+#[test]
+fn bad_input_is_refused_at_plan() {
+    let s = servers();
+    let tf = Tf::new(&format!(
+        "{}{}",
+        s.provider_block(""),
+        r#"
+resource "circleci_external_rabbitmq" "mq" {
+  host        = "bad host"
+  username    = "circle"
+  password    = "a"
+  password_wo = "b"
+}
+resource "circleci_external_nomad" "n" {
+  endpoint = "nomad.internal:4646"
+}
+"#
+    ));
+    let out = tf.fails(&["plan", "-no-color"]);
+    for needle in ["Invalid host", "Conflicting passwords", "Invalid endpoint"] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+}
