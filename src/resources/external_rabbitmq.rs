@@ -64,20 +64,7 @@ fn inputs(v: &Value) -> Inputs {
     }
 }
 
-fn password(config: &Value) -> Option<&str> {
-    config
-        .get("password_wo")
-        .as_str()
-        .or_else(|| config.get("password").as_str())
-}
-
-fn password_attr(config: &Value) -> AttrPath {
-    AttrPath::root(if config.get("password_wo").is_null() {
-        "password"
-    } else {
-        "password_wo"
-    })
-}
+use super::{configured_password as password, password_attr};
 
 fn render(i: &Inputs, pw: &str) -> Result<String, Diagnostics> {
     file::render(&i.host, i.port, &i.user, pw).map_err(|e| {
@@ -199,25 +186,7 @@ impl Resource for ExternalRabbitmq {
                 "must not be empty",
             );
         }
-        let (pw, wo) = (config.get("password"), config.get("password_wo"));
-        if !pw.is_unknown() && !wo.is_unknown() {
-            match (pw.is_null(), wo.is_null()) {
-                (false, false) => diags.attr_error(AttrPath::root("password_wo"), "Conflicting passwords", "set password_wo or password, not both"),
-                (true, true) => diags.attr_error(
-                    AttrPath::root("password_wo"),
-                    "Password missing",
-                    "set password_wo (write-only, Terraform 1.11 or later) or password (stored in state)",
-                ),
-                _ => {}
-            }
-        }
-        if !config.get("password_wo_version").is_null() && wo.is_null() {
-            diags.attr_error(
-                AttrPath::root("password_wo_version"),
-                "password_wo_version without password_wo",
-                "password_wo_version only rotates a password_wo",
-            );
-        }
+        super::validate_password_pair(config, &mut diags);
         if config.get("tls_ca_file").as_str().is_some()
             && config.get("tls").as_bool() == Some(false)
         {

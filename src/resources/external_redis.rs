@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{file_sha256, ssh_diag, validate};
+use super::{file_sha256, managed_file, ssh_diag, validate};
 use crate::backends;
 use crate::circleci::redis::{self as file, Purpose};
 use crate::plugin::{
@@ -266,35 +266,15 @@ impl Resource for ExternalRedis {
     }
 
     async fn import(&self, id: &str) -> Result<Value, Diagnostics> {
-        let mut diags = Diagnostics::new();
-        validate::remote_path(id, AttrPath::root("config_path"), &mut diags);
-        if diags.has_errors() {
-            return Err(Diagnostic::error(
-                "Invalid import ID",
-                format!("the import ID is the config file's absolute path, e.g. /etc/circleconfig/shared/redis; got {id:?}"),
-            )
-            .into());
-        }
-        let services = self.data.services()?;
-        let f = services
-            .read_file(id)
-            .await
-            .map_err(|e| ssh_diag("Could not read the Redis config file", e))?
-            .ok_or_else(|| {
-                Diagnostics::from(Diagnostic::error(
-                    "Nothing to import",
-                    format!("there is no file {id} on {}", services.config().target()),
-                ))
-            })?;
-        let parsed = std::str::from_utf8(&f.content)
-            .map_err(|e| e.to_string())
-            .and_then(file::parse)
-            .map_err(|e| {
-                Diagnostics::from(Diagnostic::error(
-                    "Cannot import this file",
-                    format!("{id}: {e}"),
-                ))
-            })?;
+        let (text, hash) =
+            managed_file::read_for_import(&self.data, id, Purpose::Shared.default_path(), "Redis")
+                .await?;
+        let parsed = file::parse(&text).map_err(|e| {
+            Diagnostics::from(Diagnostic::error(
+                "Cannot import this file",
+                format!("{id}: {e}"),
+            ))
+        })?;
         let purpose = if id == Purpose::Slanger.default_path() {
             Purpose::Slanger
         } else {
@@ -307,7 +287,7 @@ impl Resource for ExternalRedis {
         v.set("port", Value::int(parsed.port as i64));
         v.set("purpose", Value::string(purpose.as_str()));
         v.set("verify", Value::Bool(true));
-        v.set("file_sha256", Value::string(file_sha256(&f.content)));
+        v.set("file_sha256", Value::string(hash));
         Ok(v)
     }
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::backends::ssh::{SshError, SshErrorKind};
-use crate::plugin::{Diagnostic, Diagnostics, Resource};
+use crate::plugin::{AttrPath, Diagnostic, Diagnostics, Resource, Value};
 use crate::provider::ProviderData;
 
 pub mod external_nomad;
@@ -30,6 +30,62 @@ pub fn all(data: Arc<ProviderData>) -> Vec<Arc<dyn Resource>> {
 pub fn file_sha256(content: &[u8]) -> String {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, content);
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The password from the configuration: `password_wo` (write-only) or `password`.
+pub fn configured_password(config: &Value) -> Option<&str> {
+    config
+        .get("password_wo")
+        .as_str()
+        .or_else(|| config.get("password").as_str())
+}
+
+/// The attribute the password came from, for diagnostics.
+pub fn password_attr(config: &Value) -> AttrPath {
+    AttrPath::root(if config.get("password_wo").is_null() {
+        "password"
+    } else {
+        "password_wo"
+    })
+}
+
+/// Exactly one of `password` and `password_wo`, neither empty nor holding NUL, and
+/// `password_wo_version` only together with `password_wo`.
+pub fn validate_password_pair(config: &Value, diags: &mut Diagnostics) {
+    let (pw, wo) = (config.get("password"), config.get("password_wo"));
+    if !pw.is_unknown() && !wo.is_unknown() {
+        match (pw.is_null(), wo.is_null()) {
+            (false, false) => diags.attr_error(
+                AttrPath::root("password_wo"),
+                "Conflicting passwords",
+                "set password_wo or password, not both",
+            ),
+            (true, true) => diags.attr_error(
+                AttrPath::root("password_wo"),
+                "Password missing",
+                "set password_wo (write-only, Terraform 1.11 or later) or password (stored in state)",
+            ),
+            _ => {}
+        }
+    }
+    for (name, v) in [("password", pw), ("password_wo", wo)] {
+        if let Some(p) = v.as_str() {
+            if p.is_empty() || p.contains('\0') {
+                diags.attr_error(
+                    AttrPath::root(name),
+                    "Invalid password",
+                    "must be non-empty and contain no NUL character",
+                );
+            }
+        }
+    }
+    if !config.get("password_wo_version").is_null() && wo.is_null() {
+        diags.attr_error(
+            AttrPath::root("password_wo_version"),
+            "password_wo_version without password_wo",
+            "password_wo_version only rotates a password_wo",
+        );
+    }
 }
 
 /// An SSH failure as a diagnostic; the message already says what failed where.

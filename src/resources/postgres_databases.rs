@@ -9,7 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::task::JoinSet;
 
-use super::{file_sha256, ssh_diag, validate};
+use super::{file_sha256, managed_file, ssh_diag, validate};
 use crate::backends::postgres::{self as pgb, PgAdmin, PgError};
 use crate::circleci::postgres::{self as file, DEFAULT_DATABASES};
 use crate::plugin::{
@@ -108,13 +108,7 @@ fn inputs(v: &Value) -> Inputs {
     }
 }
 
-/// The password from the configuration: `password_wo` or `password`.
-fn password(config: &Value) -> Option<&str> {
-    config
-        .get("password_wo")
-        .as_str()
-        .or_else(|| config.get("password").as_str())
-}
+use super::configured_password as password;
 
 fn pg_diag(summary: &str, e: PgError) -> Diagnostics {
     let summary = if e.is_connect() {
@@ -417,41 +411,7 @@ impl Resource for PostgresDatabases {
                 );
             }
         }
-        let pw = config.get("password");
-        let wo = config.get("password_wo");
-        if !pw.is_unknown() && !wo.is_unknown() {
-            match (pw.is_null(), wo.is_null()) {
-                (false, false) => diags.attr_error(
-                    AttrPath::root("password_wo"),
-                    "Conflicting passwords",
-                    "set password_wo or password, not both",
-                ),
-                (true, true) => diags.attr_error(
-                    AttrPath::root("password_wo"),
-                    "Password missing",
-                    "set password_wo (write-only, Terraform 1.11 or later) or password (stored in state)",
-                ),
-                _ => {}
-            }
-        }
-        for (name, v) in [("password", pw), ("password_wo", wo)] {
-            if let Some(p) = v.as_str() {
-                if p.is_empty() || p.contains('\0') {
-                    diags.attr_error(
-                        AttrPath::root(name),
-                        "Invalid password",
-                        "must be non-empty and contain no NUL character",
-                    );
-                }
-            }
-        }
-        if !config.get("password_wo_version").is_null() && wo.is_null() {
-            diags.attr_error(
-                AttrPath::root("password_wo_version"),
-                "password_wo_version without password_wo",
-                "password_wo_version only rotates a password_wo",
-            );
-        }
+        super::validate_password_pair(config, &mut diags);
         let mut dbs = Vec::new();
         if let Some(list) = config.get("databases").as_list() {
             for (n, d) in list.iter().enumerate() {
@@ -668,38 +628,14 @@ impl Resource for PostgresDatabases {
     }
 
     async fn import(&self, id: &str) -> Result<Value, Diagnostics> {
-        let mut diags = Diagnostics::new();
-        validate::remote_path(id, AttrPath::root("config_path"), &mut diags);
-        if diags.has_errors() {
-            return Err(Diagnostic::error(
-                "Invalid import ID",
-                format!(
-                    "the import ID is the config file's absolute path, e.g. {}; got {id:?}",
-                    file::DEFAULT_PATH
-                ),
-            )
-            .into());
-        }
-        let services = self.data.services()?;
-        let f = services
-            .read_file(id)
-            .await
-            .map_err(|e| ssh_diag("Could not read the PostgreSQL config file", e))?
-            .ok_or_else(|| {
-                Diagnostics::from(Diagnostic::error(
-                    "Nothing to import",
-                    format!("there is no file {id} on {}", services.config().target()),
-                ))
-            })?;
-        let parsed = std::str::from_utf8(&f.content)
-            .map_err(|e| e.to_string())
-            .and_then(file::parse)
-            .map_err(|e| {
-                Diagnostics::from(Diagnostic::error(
-                    "Cannot import this file",
-                    format!("{id}: {e}"),
-                ))
-            })?;
+        let (text, hash) =
+            managed_file::read_for_import(&self.data, id, file::DEFAULT_PATH, "PostgreSQL").await?;
+        let parsed = file::parse(&text).map_err(|e| {
+            Diagnostics::from(Diagnostic::error(
+                "Cannot import this file",
+                format!("{id}: {e}"),
+            ))
+        })?;
         let mut v = Value::Null;
         v.set("id", Value::string(id));
         v.set("config_path", Value::string(id));
@@ -711,7 +647,7 @@ impl Resource for PostgresDatabases {
         v.set("create_user_database", Value::Bool(true));
         v.set("deletion_policy", Value::string("retain"));
         v.set("verify", Value::Bool(true));
-        v.set("file_sha256", Value::string(file_sha256(&f.content)));
+        v.set("file_sha256", Value::string(hash));
         v.set("adopted", Value::List(vec![]));
         v.set("drift", Value::string(""));
         Ok(v)

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{file_sha256, ssh_diag, validate};
+use super::{file_sha256, managed_file, ssh_diag, validate};
 use crate::backends::ssh::Secret;
 use crate::backends::vault::{self as vb, Vault, VaultError};
 use crate::circleci::vault::{self as file, Address};
@@ -562,39 +562,15 @@ impl Resource for VaultTransitClient {
     }
 
     async fn import(&self, id: &str) -> Result<Value, Diagnostics> {
-        let mut diags = Diagnostics::new();
-        validate::remote_path(id, AttrPath::root("config_path"), &mut diags);
-        if diags.has_errors() {
-            return Err(Diagnostic::error(
-                "Invalid import ID",
-                format!(
-                    "the import ID is the config file's absolute path, e.g. {}; got {id:?}",
-                    file::DEFAULT_PATH
-                ),
-            )
-            .into());
-        }
+        let (text, hash) =
+            managed_file::read_for_import(&self.data, id, file::DEFAULT_PATH, "Vault").await?;
+        let parsed = file::parse(&text).map_err(|e| {
+            Diagnostics::from(Diagnostic::error(
+                "Cannot import this file",
+                format!("{id}: {e}"),
+            ))
+        })?;
         let vault = self.data.vault()?;
-        let services = self.data.services()?;
-        let f = services
-            .read_file(id)
-            .await
-            .map_err(|e| ssh_diag("Could not read the Vault config file", e))?
-            .ok_or_else(|| {
-                Diagnostics::from(Diagnostic::error(
-                    "Nothing to import",
-                    format!("there is no file {id} on {}", services.config().target()),
-                ))
-            })?;
-        let parsed = std::str::from_utf8(&f.content)
-            .map_err(|e| e.to_string())
-            .and_then(file::parse)
-            .map_err(|e| {
-                Diagnostics::from(Diagnostic::error(
-                    "Cannot import this file",
-                    format!("{id}: {e}"),
-                ))
-            })?;
         let info = vault
             .lookup_token(&Secret(parsed.token.clone()))
             .await
@@ -636,7 +612,7 @@ impl Resource for VaultTransitClient {
                 info.expire_time.clone().unwrap_or_default(),
             ),
             ("policy", rules),
-            ("file_sha256", file_sha256(&f.content)),
+            ("file_sha256", hash),
             ("drift", String::new()),
         ] {
             v.set(k, Value::string(x));
