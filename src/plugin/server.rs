@@ -322,6 +322,11 @@ pub async fn serve(provider: Arc<dyn Provider>, env: HandshakeEnv) -> Result<(),
         ))
         .add_service(goplugin::grpc_stdio_server::GrpcStdioServer::new(Stdio));
 
+    // Listen for SIGTERM before announcing ourselves, so a stop right after the
+    // handshake is a clean shutdown rather than the default kill.
+    let mut sigterm =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+
     // The one and only thing this process writes to stdout.
     {
         let mut out = io::stdout().lock();
@@ -332,9 +337,17 @@ pub async fn serve(provider: Arc<dyn Provider>, env: HandshakeEnv) -> Result<(),
     log::debug!("plugin server listening on {addr}");
 
     let shutdown = async move {
+        let term = async {
+            match sigterm.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
         tokio::select! {
             _ = shutdown_rx.recv() => {}
-            _ = terminate_signal() => {}
+            _ = term => {}
         }
     };
     router
@@ -343,16 +356,6 @@ pub async fn serve(provider: Arc<dyn Provider>, env: HandshakeEnv) -> Result<(),
         .map_err(|e| ServeError(format!("gRPC server: {e}")))?;
     log::debug!("plugin server stopped");
     Ok(())
-}
-
-async fn terminate_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut s) => {
-            s.recv().await;
-        }
-        Err(_) => std::future::pending::<()>().await,
-    }
 }
 
 async fn accept_plain(listener: TcpListener, tx: tokio::sync::mpsc::Sender<io::Result<Conn>>) {
