@@ -46,7 +46,7 @@ docs-check:
 
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --locked --all-targets -- -D warnings
+	cargo clippy --locked --workspace --all-targets -- -D warnings
 	terraform fmt -check -recursive examples
 
 clean:

@@ -16,6 +16,7 @@ PG_BIN=/usr/lib/postgresql/15/bin
 VAULT_PORT=${CIRCLECI_DEV_VAULT_PORT:-58201}
 MQ_PORT=${CIRCLECI_DEV_MQ_PORT:-55672}
 NOMAD_PORT=${CIRCLECI_DEV_NOMAD_PORT:-54646}
+MONGO_PORT=${CIRCLECI_DEV_MONGO_PORT:-57017}
 mkdir -p "$D"
 
 say() { echo "services-up: $*" >&2; }
@@ -194,6 +195,20 @@ if ! alive "$D/nomad.pid"; then
   say "nomad stand-in on https://127.0.0.1:$NOMAD_PORT (pid $(cat "$D/nomad.pid"))"
 fi
 
+# ---------------------------------------------------------------- mongodb (stand-in)
+# No MongoDB server installs from the registries we reach: dev/mongo-standin (a small
+# Rust server from MongoDB's wire-protocol docs; see its header) stands in for it.
+MONGO_PASSWORD=circleci-dev-mongo-admin
+if ! alive "$D/mongo.pid"; then
+  cargo build -q -p mongo-standin >&2
+  "$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/mongo-standin" \
+    --port "$MONGO_PORT" --admin-user admin --admin-password "$MONGO_PASSWORD" --pidfile "$D/mongo.pid" \
+    >"$D/mongo.log" 2>&1 &
+  for _ in $(seq 50); do alive "$D/mongo.pid" && break; sleep 0.1; done
+  alive "$D/mongo.pid" || { say "mongo-standin did not start; see $D/mongo.log"; exit 1; }
+  say "mongodb stand-in on 127.0.0.1:$MONGO_PORT (pid $(cat "$D/mongo.pid"))"
+fi
+
 # ---------------------------------------------------------------- endpoints
 mkdir -p "$D/services-root"
 cat > "$D/env" <<ENV
@@ -227,5 +242,8 @@ CIRCLECI_TEST_NOMAD_STANDIN=$ROOT/dev/nomad-standin.py
 CIRCLECI_TEST_TLS_CA=$PGD/tls/ca.pem
 CIRCLECI_TEST_TLS_CERT=$PGD/tls/nomad.pem
 CIRCLECI_TEST_TLS_KEY=$PGD/tls/nomad.key
+CIRCLECI_TEST_MONGO_PORT=$MONGO_PORT
+CIRCLECI_TEST_MONGO_USER=admin
+CIRCLECI_TEST_MONGO_PASSWORD=$MONGO_PASSWORD
 ENV
 say "endpoints in dev/.state/env"

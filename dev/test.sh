@@ -10,8 +10,8 @@ if [ ! -f dev/.state/sshd.pid ] || ! kill -0 "$(cat dev/.state/sshd.pid)" 2>/dev
 cleanup() { if [ $started = 1 ]; then dev/services-down.sh; fi; }
 trap cleanup EXIT
 dev/services-up.sh
-cargo test --locked --all-targets 2>&1
+cargo test --locked --workspace --all-targets 2>&1
 # The habits CI enforces: formatting, clippy without warnings, formatted examples.
 cargo fmt --all -- --check
-cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets -- -D warnings
 terraform fmt -check -recursive examples

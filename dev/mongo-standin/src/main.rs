@@ -1,0 +1,726 @@
+//! # A MongoDB STAND-IN — not MongoDB
+//!
+//! No MongoDB server can be installed from the package registries terraform-provider-
+//! circleci's machines reach, so its tests talk to this: a small server written from
+//! MongoDB's public wire-protocol and command documentation. It speaks just enough for
+//! the official driver to connect, authenticate and manage users:
+//!
+//! - wire protocol: OP_MSG (with or without checksum), and OP_QUERY/OP_REPLY for the
+//!   drivers' first handshake; TCP on 127.0.0.1 only, no TLS, no compression;
+//! - `hello` / `isMaster` (standalone, or a one-member replica set with `--replica-set`),
+//!   `ping`, `buildInfo`, `endSessions`;
+//! - SCRAM-SHA-256 (`saslStart` / `saslContinue`) with real verification of the proof;
+//!   before authentication every other command fails with code 13 (Unauthorized);
+//! - `createUser`, `updateUser`, `grantRolesToUser`, `revokeRolesFromUser`, `dropUser`,
+//!   `usersInfo`, `connectionStatus`, `listDatabases`, with MongoDB's error codes
+//!   (51003 user exists, 11 UserNotFound, 13 Unauthorized, 18 AuthenticationFailed);
+//! - every other command fails with code 59 (CommandNotFound): never a silent ok.
+//!
+//! It stores no data (there are no collections), keeps users in memory, supports no
+//! SCRAM-SHA-1, x.509, sessions, transactions or TLS.
+//!
+//! Usage: `mongo-standin --port N --admin-user U --admin-password P [--replica-set NAME]
+//! [--pidfile F]`. The admin user lives in `admin` with the `root` role.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use aws_lc_rs::{digest, hmac, pbkdf2, rand::SecureRandom};
+use base64::Engine;
+use bson::{doc, spec::BinarySubtype, Binary, Bson, Document};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const OP_REPLY: i32 = 1;
+const OP_QUERY: i32 = 2004;
+const OP_MSG: i32 = 2013;
+const ITERATIONS: u32 = 15000;
+const MAX_MESSAGE: usize = 48_000_000;
+
+#[derive(Clone)]
+struct User {
+    salt: Vec<u8>,
+    iterations: u32,
+    stored_key: Vec<u8>,
+    server_key: Vec<u8>,
+    roles: Vec<(String, String)>,
+}
+
+struct Server {
+    users: Mutex<BTreeMap<(String, String), User>>,
+    replica_set: Option<String>,
+    me: String,
+    connections: AtomicI32,
+}
+
+/// A command's failure, as mongod reports it.
+struct CmdError {
+    code: i32,
+    name: &'static str,
+    msg: String,
+}
+
+fn fail(code: i32, name: &'static str, msg: impl Into<String>) -> CmdError {
+    CmdError {
+        code,
+        name,
+        msg: msg.into(),
+    }
+}
+
+fn b64() -> base64::engine::GeneralPurpose {
+    base64::engine::general_purpose::STANDARD
+}
+
+fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
+    hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data)
+        .as_ref()
+        .to_vec()
+}
+
+fn sha256(data: &[u8]) -> Vec<u8> {
+    digest::digest(&digest::SHA256, data).as_ref().to_vec()
+}
+
+fn make_user(password: &str, roles: Vec<(String, String)>) -> User {
+    let mut salt = vec![0u8; 28];
+    aws_lc_rs::rand::SystemRandom::new()
+        .fill(&mut salt)
+        .expect("random");
+    let mut salted = [0u8; 32];
+    pbkdf2::derive(
+        pbkdf2::PBKDF2_HMAC_SHA256,
+        std::num::NonZeroU32::new(ITERATIONS).unwrap(),
+        &salt,
+        password.as_bytes(),
+        &mut salted,
+    );
+    let client_key = hmac_sha256(&salted, b"Client Key");
+    User {
+        salt,
+        iterations: ITERATIONS,
+        stored_key: sha256(&client_key),
+        server_key: hmac_sha256(&salted, b"Server Key"),
+        roles,
+    }
+}
+
+/// Roles as `[{role, db}]` or `["role"]` (meaning the command's database).
+fn parse_roles(v: Option<&Bson>, db: &str) -> Result<Vec<(String, String)>, CmdError> {
+    let Some(Bson::Array(items)) = v else {
+        return Err(fail(2, "BadValue", "roles must be an array"));
+    };
+    let mut out = Vec::new();
+    for r in items {
+        match r {
+            Bson::String(s) => out.push((s.clone(), db.to_string())),
+            Bson::Document(d) => {
+                let role = d
+                    .get_str("role")
+                    .map_err(|_| fail(2, "BadValue", "role must be a string"))?;
+                let rdb = d
+                    .get_str("db")
+                    .map_err(|_| fail(2, "BadValue", "role db must be a string"))?;
+                out.push((role.to_string(), rdb.to_string()));
+            }
+            _ => {
+                return Err(fail(
+                    2,
+                    "BadValue",
+                    "each role must be a string or {role, db}",
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn roles_bson(roles: &[(String, String)]) -> Bson {
+    Bson::Array(
+        roles
+            .iter()
+            .map(|(r, d)| Bson::Document(doc! {"role": r, "db": d}))
+            .collect(),
+    )
+}
+
+/// SCRAM attribute parsing: `n=user,r=nonce` style.
+fn attrs(s: &str) -> HashMap<char, String> {
+    s.split(',')
+        .filter_map(|kv| {
+            let mut c = kv.chars();
+            let k = c.next()?;
+            (c.next() == Some('=')).then(|| (k, kv[2..].to_string()))
+        })
+        .collect()
+}
+
+struct Scram {
+    db: String,
+    user: String,
+    client_first_bare: String,
+    server_first: String,
+    nonce: String,
+    record: Option<User>,
+    done: bool,
+    /// saslStart's `options.skipEmptyExchange`: finish on the second round.
+    skip_empty: bool,
+}
+
+#[derive(Default)]
+struct Conn {
+    auth: Option<(String, String)>,
+    scram: Option<Scram>,
+}
+
+impl Server {
+    fn can_admin_users(&self, who: &Option<(String, String)>, db: &str) -> bool {
+        let Some(key) = who else { return false };
+        let users = self.users.lock().unwrap();
+        let Some(u) = users.get(key) else {
+            return false;
+        };
+        u.roles.iter().any(|(r, d)| {
+            (d == "admin" && (r == "root" || r == "userAdminAnyDatabase"))
+                || (d == db && (r == "userAdmin" || r == "dbOwner"))
+        })
+    }
+
+    fn hello(&self, body: &Document, conn_id: i32) -> Document {
+        let mut d = doc! {
+            "helloOk": true,
+            "isWritablePrimary": true,
+            "ismaster": true,
+            "maxBsonObjectSize": 16_777_216,
+            "maxMessageSizeBytes": MAX_MESSAGE as i32,
+            "maxWriteBatchSize": 100_000,
+            "localTime": bson::DateTime::now(),
+            "logicalSessionTimeoutMinutes": 30,
+            "connectionId": conn_id,
+            "minWireVersion": 0,
+            "maxWireVersion": 17,
+            "readOnly": false,
+        };
+        if let Some(rs) = &self.replica_set {
+            d.insert("setName", rs.clone());
+            d.insert("setVersion", 1);
+            d.insert("hosts", vec![self.me.clone()]);
+            d.insert("primary", self.me.clone());
+            d.insert("me", self.me.clone());
+            d.insert("secondary", false);
+        }
+        if let Ok(who) = body.get_str("saslSupportedMechs") {
+            if let Some((db, user)) = who.split_once('.') {
+                if self
+                    .users
+                    .lock()
+                    .unwrap()
+                    .contains_key(&(db.to_string(), user.to_string()))
+                {
+                    d.insert("saslSupportedMechs", vec!["SCRAM-SHA-256"]);
+                }
+            }
+        }
+        d
+    }
+
+    fn command(
+        &self,
+        conn: &mut Conn,
+        body: &Document,
+        conn_id: i32,
+    ) -> Result<Document, CmdError> {
+        let name = body.keys().next().cloned().unwrap_or_default();
+        let db = body.get_str("$db").unwrap_or("admin").to_string();
+        match name.as_str() {
+            "hello" | "isMaster" | "ismaster" => return Ok(self.hello(body, conn_id)),
+            "ping" => return Ok(doc! {}),
+            "buildInfo" | "buildinfo" => {
+                return Ok(
+                    doc! {"version": "6.0.0-standin", "versionArray": [6, 0, 0, 0], "maxBsonObjectSize": 16_777_216},
+                )
+            }
+            "endSessions" => return Ok(doc! {}),
+            "saslStart" => return self.sasl_start(conn, body, &db),
+            "saslContinue" => return self.sasl_continue(conn, body),
+            _ => {}
+        }
+        if conn.auth.is_none() {
+            return Err(fail(
+                13,
+                "Unauthorized",
+                format!("command {name} requires authentication"),
+            ));
+        }
+        let target = |field: &str| -> Result<String, CmdError> {
+            body.get_str(field)
+                .map(str::to_string)
+                .map_err(|_| fail(2, "BadValue", format!("{field} must be a user name")))
+        };
+        let admin = |s: &Self| -> Result<(), CmdError> {
+            if s.can_admin_users(&conn.auth, &db) {
+                Ok(())
+            } else {
+                Err(fail(
+                    13,
+                    "Unauthorized",
+                    format!("not authorized on {db} to execute command {{ {name}: ... }}"),
+                ))
+            }
+        };
+        match name.as_str() {
+            "connectionStatus" => {
+                let (adb, au) = conn.auth.clone().unwrap();
+                let roles = self
+                    .users
+                    .lock()
+                    .unwrap()
+                    .get(&(adb.clone(), au.clone()))
+                    .map(|u| u.roles.clone())
+                    .unwrap_or_default();
+                Ok(
+                    doc! {"authInfo": {"authenticatedUsers": [{"user": au, "db": adb}], "authenticatedUserRoles": roles_bson(&roles)}},
+                )
+            }
+            "listDatabases" => {
+                admin(self).or_else(|_| {
+                    if db == "admin" {
+                        Ok(())
+                    } else {
+                        Err(fail(13, "Unauthorized", "listDatabases runs on admin"))
+                    }
+                })?;
+                let users = self.users.lock().unwrap();
+                let mut names: Vec<String> = users.keys().map(|(d, _)| d.clone()).collect();
+                names.extend(
+                    users
+                        .values()
+                        .flat_map(|u| u.roles.iter().map(|(_, d)| d.clone())),
+                );
+                names.sort();
+                names.dedup();
+                let dbs: Vec<Bson> = names
+                    .into_iter()
+                    .map(|n| Bson::Document(doc! {"name": n, "sizeOnDisk": 0_i64, "empty": true}))
+                    .collect();
+                Ok(doc! {"databases": dbs, "totalSize": 0_i64})
+            }
+            "createUser" => {
+                admin(self)?;
+                let user = target("createUser")?;
+                let pwd = body.get_str("pwd").map_err(|_| {
+                    fail(
+                        2,
+                        "BadValue",
+                        "pwd is required (only SCRAM users exist here)",
+                    )
+                })?;
+                let roles = parse_roles(body.get("roles"), &db)?;
+                let mut users = self.users.lock().unwrap();
+                let key = (db.clone(), user.clone());
+                if users.contains_key(&key) {
+                    return Err(fail(
+                        51003,
+                        "Location51003",
+                        format!("User \"{user}@{db}\" already exists"),
+                    ));
+                }
+                users.insert(key, make_user(pwd, roles));
+                Ok(doc! {})
+            }
+            "updateUser" | "grantRolesToUser" | "revokeRolesFromUser" => {
+                admin(self)?;
+                let user = target(&name)?;
+                let key = (db.clone(), user.clone());
+                let mut users = self.users.lock().unwrap();
+                let Some(u) = users.get_mut(&key) else {
+                    return Err(fail(
+                        11,
+                        "UserNotFound",
+                        format!("Could not find user \"{user}\" for db \"{db}\""),
+                    ));
+                };
+                match name.as_str() {
+                    "updateUser" => {
+                        if let Ok(pwd) = body.get_str("pwd") {
+                            let roles = u.roles.clone();
+                            *u = make_user(pwd, roles);
+                        }
+                        if body.contains_key("roles") {
+                            u.roles = parse_roles(body.get("roles"), &db)?;
+                        }
+                    }
+                    "grantRolesToUser" => {
+                        for r in parse_roles(body.get("roles"), &db)? {
+                            if !u.roles.contains(&r) {
+                                u.roles.push(r);
+                            }
+                        }
+                    }
+                    _ => {
+                        let revoke = parse_roles(body.get("roles"), &db)?;
+                        u.roles.retain(|r| !revoke.contains(r));
+                    }
+                }
+                Ok(doc! {})
+            }
+            "dropUser" => {
+                admin(self)?;
+                let user = target("dropUser")?;
+                if self
+                    .users
+                    .lock()
+                    .unwrap()
+                    .remove(&(db.clone(), user.clone()))
+                    .is_none()
+                {
+                    return Err(fail(
+                        11,
+                        "UserNotFound",
+                        format!("User \"{user}@{db}\" not found"),
+                    ));
+                }
+                Ok(doc! {})
+            }
+            "usersInfo" => {
+                let wanted: Vec<(String, String)> = match body.get("usersInfo") {
+                    Some(Bson::String(u)) => vec![(db.clone(), u.clone())],
+                    Some(Bson::Document(d)) => vec![(
+                        d.get_str("db").unwrap_or(&db).to_string(),
+                        d.get_str("user").unwrap_or_default().to_string(),
+                    )],
+                    _ => {
+                        let users = self.users.lock().unwrap();
+                        users.keys().filter(|(d, _)| *d == db).cloned().collect()
+                    }
+                };
+                let is_self = wanted.len() == 1 && conn.auth.as_ref() == Some(&wanted[0]);
+                if !is_self {
+                    admin(self)?;
+                }
+                let users = self.users.lock().unwrap();
+                let found: Vec<Bson> = wanted
+                    .iter()
+                    .filter_map(|k| {
+                        users.get(k).map(|u| {
+                            Bson::Document(doc! {
+                                "_id": format!("{}.{}", k.0, k.1), "user": &k.1, "db": &k.0,
+                                "roles": roles_bson(&u.roles), "mechanisms": ["SCRAM-SHA-256"],
+                            })
+                        })
+                    })
+                    .collect();
+                Ok(doc! {"users": found})
+            }
+            other => Err(fail(
+                59,
+                "CommandNotFound",
+                format!("no such command: '{other}' (this is a MongoDB stand-in)"),
+            )),
+        }
+    }
+
+    fn sasl_start(&self, conn: &mut Conn, body: &Document, db: &str) -> Result<Document, CmdError> {
+        let mech = body.get_str("mechanism").unwrap_or_default();
+        if mech != "SCRAM-SHA-256" {
+            return Err(fail(18, "AuthenticationFailed", "Authentication failed."));
+        }
+        let payload = match body.get("payload") {
+            Some(Bson::Binary(b)) => String::from_utf8_lossy(&b.bytes).into_owned(),
+            Some(Bson::String(s)) => s.clone(),
+            _ => return Err(fail(2, "BadValue", "payload missing")),
+        };
+        let bare = payload
+            .strip_prefix("n,,")
+            .ok_or_else(|| fail(18, "AuthenticationFailed", "channel binding not supported"))?;
+        let a = attrs(bare);
+        let user = a
+            .get(&'n')
+            .cloned()
+            .unwrap_or_default()
+            .replace("=2C", ",")
+            .replace("=3D", "=");
+        let client_nonce = a
+            .get(&'r')
+            .cloned()
+            .ok_or_else(|| fail(18, "AuthenticationFailed", "Authentication failed."))?;
+        let record = self
+            .users
+            .lock()
+            .unwrap()
+            .get(&(db.to_string(), user.clone()))
+            .cloned();
+        let mut rnd = [0u8; 24];
+        aws_lc_rs::rand::SystemRandom::new()
+            .fill(&mut rnd)
+            .expect("random");
+        let nonce = format!("{client_nonce}{}", b64().encode(rnd));
+        // Unknown users get a fake salt so the answer does not reveal who exists.
+        let (salt, iters) = match &record {
+            Some(u) => (u.salt.clone(), u.iterations),
+            None => (sha256(user.as_bytes())[..28].to_vec(), ITERATIONS),
+        };
+        let server_first = format!("r={nonce},s={},i={iters}", b64().encode(salt));
+        conn.scram = Some(Scram {
+            db: db.to_string(),
+            user,
+            client_first_bare: bare.to_string(),
+            server_first: server_first.clone(),
+            nonce,
+            record,
+            done: false,
+            skip_empty: body
+                .get_document("options")
+                .ok()
+                .and_then(|o| o.get_bool("skipEmptyExchange").ok())
+                .unwrap_or(false),
+        });
+        Ok(doc! {
+            "conversationId": 1,
+            "done": false,
+            "payload": Binary { subtype: BinarySubtype::Generic, bytes: server_first.into_bytes() },
+        })
+    }
+
+    fn sasl_continue(&self, conn: &mut Conn, body: &Document) -> Result<Document, CmdError> {
+        let denied = || fail(18, "AuthenticationFailed", "Authentication failed.");
+        let Some(st) = conn.scram.as_mut() else {
+            return Err(denied());
+        };
+        let payload = match body.get("payload") {
+            Some(Bson::Binary(b)) => String::from_utf8_lossy(&b.bytes).into_owned(),
+            _ => String::new(),
+        };
+        if st.done {
+            // The optional empty last round.
+            conn.auth = Some((st.db.clone(), st.user.clone()));
+            conn.scram = None;
+            return Ok(
+                doc! {"conversationId": 1, "done": true, "payload": Binary { subtype: BinarySubtype::Generic, bytes: vec![] }},
+            );
+        }
+        let a = attrs(&payload);
+        let proof = a
+            .get(&'p')
+            .and_then(|p| b64().decode(p).ok())
+            .ok_or_else(denied)?;
+        if a.get(&'r') != Some(&st.nonce) {
+            return Err(denied());
+        }
+        let without_proof = payload
+            .rsplit_once(",p=")
+            .map(|(w, _)| w.to_string())
+            .ok_or_else(denied)?;
+        let auth_message = format!(
+            "{},{},{}",
+            st.client_first_bare, st.server_first, without_proof
+        );
+        let Some(user) = st.record.clone() else {
+            return Err(denied());
+        };
+        let signature = hmac_sha256(&user.stored_key, auth_message.as_bytes());
+        if proof.len() != signature.len() {
+            return Err(denied());
+        }
+        let client_key: Vec<u8> = proof.iter().zip(&signature).map(|(p, s)| p ^ s).collect();
+        if sha256(&client_key) != user.stored_key {
+            conn.scram = None;
+            return Err(denied());
+        }
+        let server_sig = hmac_sha256(&user.server_key, auth_message.as_bytes());
+        let final_msg = format!("v={}", b64().encode(server_sig));
+        let skip_empty = st.skip_empty;
+        if skip_empty {
+            conn.auth = Some((st.db.clone(), st.user.clone()));
+            conn.scram = None;
+        } else {
+            st.done = true;
+        }
+        Ok(doc! {
+            "conversationId": 1,
+            "done": skip_empty,
+            "payload": Binary { subtype: BinarySubtype::Generic, bytes: final_msg.into_bytes() },
+        })
+    }
+}
+
+fn reply_doc(result: Result<Document, CmdError>) -> Document {
+    match result {
+        Ok(mut d) => {
+            d.insert("ok", 1.0);
+            d
+        }
+        Err(e) => doc! {"ok": 0.0, "errmsg": e.msg, "code": e.code, "codeName": e.name},
+    }
+}
+
+fn cstring(buf: &[u8], at: &mut usize) -> Option<String> {
+    let end = buf[*at..].iter().position(|b| *b == 0)? + *at;
+    let s = String::from_utf8_lossy(&buf[*at..end]).into_owned();
+    *at = end + 1;
+    Some(s)
+}
+
+fn read_doc(buf: &[u8], at: &mut usize) -> Option<Document> {
+    let len = i32::from_le_bytes(buf.get(*at..*at + 4)?.try_into().ok()?) as usize;
+    let d = Document::from_reader(buf.get(*at..*at + len)?).ok()?;
+    *at += len;
+    Some(d)
+}
+
+async fn serve(server: Arc<Server>, mut sock: TcpStream) -> std::io::Result<()> {
+    let conn_id = server.connections.fetch_add(1, Ordering::Relaxed) + 1;
+    let mut conn = Conn::default();
+    loop {
+        let mut header = [0u8; 16];
+        if sock.read_exact(&mut header).await.is_err() {
+            return Ok(());
+        }
+        let len = i32::from_le_bytes(header[0..4].try_into().unwrap()) as usize;
+        let request_id = i32::from_le_bytes(header[4..8].try_into().unwrap());
+        let op = i32::from_le_bytes(header[12..16].try_into().unwrap());
+        if !(16..=MAX_MESSAGE).contains(&len) {
+            return Ok(());
+        }
+        let mut body = vec![0u8; len - 16];
+        sock.read_exact(&mut body).await?;
+        let (reply_op, payload) = match op {
+            OP_MSG => {
+                let flags = u32::from_le_bytes(body[0..4].try_into().unwrap());
+                let end = if flags & 1 == 1 {
+                    body.len() - 4
+                } else {
+                    body.len()
+                };
+                let mut at = 4;
+                let mut cmd = None;
+                let mut sequences: Vec<(String, Vec<Document>)> = Vec::new();
+                while at < end {
+                    let kind = body[at];
+                    at += 1;
+                    if kind == 0 {
+                        cmd = read_doc(&body, &mut at);
+                    } else {
+                        let size =
+                            i32::from_le_bytes(body[at..at + 4].try_into().unwrap()) as usize;
+                        let stop = at + size;
+                        at += 4;
+                        let id = cstring(&body, &mut at).unwrap_or_default();
+                        let mut docs = Vec::new();
+                        while at < stop {
+                            match read_doc(&body, &mut at) {
+                                Some(d) => docs.push(d),
+                                None => break,
+                            }
+                        }
+                        at = stop;
+                        sequences.push((id, docs));
+                    }
+                }
+                let mut cmd = cmd.unwrap_or_default();
+                for (id, docs) in sequences {
+                    cmd.insert(id, docs);
+                }
+                let reply = reply_doc(server.command(&mut conn, &cmd, conn_id));
+                let mut out = Vec::new();
+                out.extend_from_slice(&0u32.to_le_bytes());
+                out.push(0);
+                reply.to_writer(&mut out).expect("bson");
+                (OP_MSG, out)
+            }
+            OP_QUERY => {
+                let mut at = 4;
+                let collection = cstring(&body, &mut at).unwrap_or_default();
+                at += 8;
+                let mut query = read_doc(&body, &mut at).unwrap_or_default();
+                if let Ok(inner) = query.get_document("$query") {
+                    query = inner.clone();
+                }
+                let db = collection.split('.').next().unwrap_or("admin").to_string();
+                query.insert("$db", db);
+                let name = query.keys().next().cloned().unwrap_or_default();
+                let reply = if matches!(name.as_str(), "isMaster" | "ismaster" | "hello") {
+                    reply_doc(server.command(&mut conn, &query, conn_id))
+                } else {
+                    reply_doc(Err(fail(
+                        352,
+                        "UnsupportedOpQueryCommand",
+                        "OP_QUERY is only for the handshake",
+                    )))
+                };
+                let mut out = Vec::new();
+                out.extend_from_slice(&0i32.to_le_bytes());
+                out.extend_from_slice(&0i64.to_le_bytes());
+                out.extend_from_slice(&0i32.to_le_bytes());
+                out.extend_from_slice(&1i32.to_le_bytes());
+                reply.to_writer(&mut out).expect("bson");
+                (OP_REPLY, out)
+            }
+            _ => return Ok(()), // OP_COMPRESSED and legacy opcodes: not spoken here.
+        };
+        let mut msg = Vec::with_capacity(16 + payload.len());
+        msg.extend_from_slice(&((16 + payload.len()) as i32).to_le_bytes());
+        msg.extend_from_slice(
+            &conn_id
+                .wrapping_mul(1_000_000)
+                .wrapping_add(request_id)
+                .to_le_bytes(),
+        );
+        msg.extend_from_slice(&request_id.to_le_bytes());
+        msg.extend_from_slice(&reply_op.to_le_bytes());
+        msg.extend_from_slice(&payload);
+        sock.write_all(&msg).await?;
+    }
+}
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let usage = "usage: mongo-standin --port N --admin-user U --admin-password P [--replica-set NAME] [--pidfile F]";
+    let (Some(port), Some(user), Some(pw)) = (
+        arg(&args, "--port"),
+        arg(&args, "--admin-user"),
+        arg(&args, "--admin-password"),
+    ) else {
+        eprintln!("{usage}");
+        std::process::exit(2);
+    };
+    let listener = TcpListener::bind(("127.0.0.1", port.parse::<u16>().expect("port")))
+        .await
+        .expect("bind");
+    let me = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let mut users = BTreeMap::new();
+    users.insert(
+        ("admin".to_string(), user),
+        make_user(&pw, vec![("root".into(), "admin".into())]),
+    );
+    let server = Arc::new(Server {
+        users: Mutex::new(users),
+        replica_set: arg(&args, "--replica-set"),
+        me: me.clone(),
+        connections: AtomicI32::new(0),
+    });
+    if let Some(p) = arg(&args, "--pidfile") {
+        std::fs::write(p, std::process::id().to_string()).expect("pidfile");
+    }
+    eprintln!("mongo-standin (a MongoDB STAND-IN, not MongoDB) listening on {me}");
+    loop {
+        tokio::select! {
+            r = listener.accept() => {
+                if let Ok((sock, _)) = r {
+                    let s = server.clone();
+                    tokio::spawn(async move { let _ = serve(s, sock).await; });
+                }
+            }
+            _ = tokio::signal::ctrl_c() => return,
+        }
+    }
+}
