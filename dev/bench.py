@@ -122,6 +122,8 @@ def complete_example(plugin_dir, files):
             f'rabbitmq_host = "127.0.0.1"\nrabbitmq_port = {E["CIRCLECI_TEST_MQ_PORT"]}\n'
             f'rabbitmq_password = "{E["CIRCLECI_TEST_MQ_PASSWORD"]}"\nnomad_endpoint = "{E["CIRCLECI_TEST_NOMAD_ADDR"]}"\n'
             f'nomad_ca_file = "{E["CIRCLECI_TEST_TLS_CA"]}"\nnomad_token = "{E["CIRCLECI_TEST_NOMAD_TOKEN"]}"\n'
+            f'mongo_hosts = ["127.0.0.1:{E["CIRCLECI_TEST_MONGO_PORT"]}"]\nmongo_tls = false\nmongo_password = "bench-mongo"\n'
+            f'mongo_admin_uri = "mongodb://{E["CIRCLECI_TEST_MONGO_USER"]}:{E["CIRCLECI_TEST_MONGO_PASSWORD"]}@127.0.0.1:{E["CIRCLECI_TEST_MONGO_PORT"]}/?authSource=admin"\n'
         )
     cfg = cli_config(d, plugin_dir)
     tf(d, cfg, "apply", "-auto-approve", "-input=false", "-no-color")
@@ -215,7 +217,7 @@ def main():
     print(f"(b) (a) + circleci provider, 0 own resources:    {b:.3f} s")
     print(f"(c1) plan, 1 circleci_external_redis (refresh):  {c1:.3f} s")
     print(f"(c50) plan, 50 circleci_external_redis:          {c50:.3f} s")
-    print(f"(d) plan, examples/complete (all 6 resources):     {d:.3f} s   ({d - a:+.3f} s vs (a))")
+    print(f"(d) plan, examples/complete (all 7 resources):     {d:.3f} s   ({d - a:+.3f} s vs (a))")
     print(f"fixed cost per plan (b - a):                     {fixed:.3f} s   (target <= 0.050 s)")
     print(f"marginal cost per resource ((c50 - c1) / 49):    {marginal * 1000:.2f} ms (target <= 4 ms)")
     print(f"handshake (start to handshake line, AutoMTLS):   {hs * 1000:.1f} ms")

@@ -50,15 +50,23 @@ rabbitmq_host      = "127.0.0.1"
 rabbitmq_port      = $CIRCLECI_TEST_MQ_PORT
 nomad_endpoint     = "$CIRCLECI_TEST_NOMAD_ADDR"
 nomad_ca_file      = "$CIRCLECI_TEST_TLS_CA"
+mongo_hosts        = ["127.0.0.1:$CIRCLECI_TEST_MONGO_PORT"]
+mongo_tls          = false # the MongoDB stand-in has no TLS
 VARS
 # Secrets through the environment, as in a CI pipeline.
 export TF_VAR_postgres_admin_password="$CIRCLECI_TEST_PG_PASSWORD"
+export TF_VAR_mongo_admin_uri="mongodb://$CIRCLECI_TEST_MONGO_USER:$CIRCLECI_TEST_MONGO_PASSWORD@127.0.0.1:$CIRCLECI_TEST_MONGO_PORT/?authSource=admin"
+export TF_VAR_mongo_password="demo mongo p@ss"
 export TF_VAR_rabbitmq_password="$CIRCLECI_TEST_MQ_PASSWORD"
 export TF_VAR_nomad_token="$CIRCLECI_TEST_NOMAD_TOKEN"
 export TF_VAR_vault_token="$CIRCLECI_TEST_VAULT_TOKEN"
 export TF_VAR_circle_db_password="demo 'circle' password \$1"
 
 export TF_CLI_CONFIG_FILE=$D/demo.tfrc CHECKPOINT_DISABLE=1
+# The customizations file already holds the operator's own lines: they must survive.
+mkdir -p "$CIRCLECI_TEST_SERVICES_ROOT/etc"
+[ -f "$CIRCLECI_TEST_SERVICES_ROOT/etc/circle-installation-customizations" ] ||
+  printf '# settings of my own, kept by Terraform\nexport JVM_OPTS="-Xmx4g"\n' > "$CIRCLECI_TEST_SERVICES_ROOT/etc/circle-installation-customizations"
 cd "$W"
 rm -f .terraform.lock.hcl   # the binary changes with every build
 terraform init -input=false -no-color >/dev/null

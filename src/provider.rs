@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::backends::mongo::MongoAdmin;
 use crate::backends::postgres::{PgAdmin, PgConfig, SslMode};
 use crate::backends::ssh::{self, HostKeyPolicy, Secret, ServicesHost, SshAuth, SshConfig};
 use crate::backends::vault::{Vault, VaultConfig};
@@ -19,6 +20,7 @@ use crate::resources::{self, validate};
 pub const SERVICES_HOST: &str = "services_host";
 pub const POSTGRES: &str = "postgres";
 pub const VAULT: &str = "vault";
+pub const MONGODB: &str = "mongodb";
 
 /// What resources get from the configured provider.
 #[derive(Default)]
@@ -26,6 +28,7 @@ pub struct ProviderData {
     services: RwLock<Option<Result<Arc<ServicesHost>, Diagnostics>>>,
     postgres: RwLock<Option<Result<Arc<PgAdmin>, Diagnostics>>>,
     vault: RwLock<Option<Result<Arc<Vault>, Diagnostics>>>,
+    mongo: RwLock<Option<Result<Arc<MongoAdmin>, Diagnostics>>>,
     client: RwLock<ClientInfo>,
 }
 
@@ -63,6 +66,19 @@ impl ProviderData {
                 "vault not configured",
                 "add a vault block (address and a token allowed to manage transit keys, policies and tokens) to \
                  the provider \"circleci\" configuration, or set VAULT_ADDR and VAULT_TOKEN",
+            )
+            .into()),
+        }
+    }
+
+    /// The MongoDB admin client, or why there is none.
+    pub fn mongo(&self) -> Result<Arc<MongoAdmin>, Diagnostics> {
+        match &*self.mongo.read().unwrap_or_else(|e| e.into_inner()) {
+            Some(r) => r.clone(),
+            None => Err(Diagnostic::error(
+                "mongodb not configured",
+                "add a mongodb block (a connection string for a user that may manage users) to the provider \
+                 \"circleci\" configuration, or set MONGODB_URI",
             )
             .into()),
         }
@@ -195,6 +211,21 @@ fn vault_block() -> Block {
         ))
         .attr(Attribute::new("skip_tls_verify", Type::Bool).optional().description(
             "Do not check Vault's certificate. Only for throw-away test set-ups; the provider warns on every plan.",
+        ))
+}
+
+fn mongodb_block() -> Block {
+    Block::new()
+        .description(
+            "The MongoDB used by `circleci_external_mongo`: a connection string for a user that may manage \
+             users (e.g. `root` or `userAdminAnyDatabase`). Nothing connects until a resource needs it.",
+        )
+        .attr(Attribute::new("uri", Type::String).optional().sensitive().description(
+            "Connection string, e.g. `mongodb://admin:PASSWORD@m1:27017,m2:27017/?replicaSet=rs0&tls=true`. \
+             Default: env `MONGODB_URI`.",
+        ))
+        .attr(Attribute::new("tls_ca_file", Type::String).optional().description(
+            "CA certificate (PEM) that signed the servers' certificates; turns TLS on.",
         ))
 }
 
@@ -512,6 +543,29 @@ fn ssh_config(b: &Value) -> Result<SshConfig, Diagnostics> {
 }
 
 impl CircleCiProvider {
+    fn configure_mongo(&self, b: &Value) {
+        let uri = if b.get("uri").is_unknown() {
+            None
+        } else {
+            env_or(b.get("uri"), "MONGODB_URI")
+        };
+        let r = match uri {
+            Some(u) => Some(Ok(Arc::new(MongoAdmin::new(
+                Secret(u),
+                b.get("tls_ca_file").as_str().map(expand_home),
+                Duration::from_secs(15),
+            )))),
+            None if b.is_null() => None,
+            None => Some(Err(Diagnostic::error(
+                "MongoDB connection string missing or not known yet",
+                "set mongodb.uri (or MONGODB_URI) to a value known at plan time",
+            )
+            .at(AttrPath::root(MONGODB).attr("uri"))
+            .into())),
+        };
+        *self.data.mongo.write().unwrap_or_else(|e| e.into_inner()) = r;
+    }
+
     fn configure_vault(&self, b: &Value) -> Diagnostics {
         let slot = &self.data.vault;
         if !b.is_fully_known() {
@@ -575,7 +629,8 @@ impl Provider for CircleCiProvider {
                 )
                 .block(NestedBlock::new(SERVICES_HOST, Nesting::Single, services_host_block()))
                 .block(NestedBlock::new(POSTGRES, Nesting::Single, postgres_block()))
-                .block(NestedBlock::new(VAULT, Nesting::Single, vault_block())),
+                .block(NestedBlock::new(VAULT, Nesting::Single, vault_block()))
+                .block(NestedBlock::new(MONGODB, Nesting::Single, mongodb_block())),
         )
     }
 
@@ -588,12 +643,22 @@ impl Provider for CircleCiProvider {
         validate_services_host(config.get(SERVICES_HOST), &mut diags);
         validate_postgres(config.get(POSTGRES), &mut diags);
         validate_vault(config.get(VAULT), &mut diags);
+        if let Some(u) = config.get(MONGODB).get("uri").as_str() {
+            if !u.starts_with("mongodb://") && !u.starts_with("mongodb+srv://") {
+                diags.attr_error(
+                    AttrPath::root(MONGODB).attr("uri"),
+                    "Invalid connection string",
+                    "it must start with mongodb:// (mongodb+srv:// is not supported: no DNS SRV resolver is built in)",
+                );
+            }
+        }
         diags
     }
 
     async fn configure(&self, config: &Value, client: &ClientInfo) -> Diagnostics {
         let mut pg_diags = self.configure_postgres(config.get(POSTGRES));
         pg_diags.extend(self.configure_vault(config.get(VAULT)));
+        self.configure_mongo(config.get(MONGODB));
         *self.data.client.write().unwrap_or_else(|e| e.into_inner()) = client.clone();
         let b = config.get(SERVICES_HOST);
         if !b.is_fully_known() {

@@ -124,6 +124,25 @@ variable "nomad_token" {
   default   = null
 }
 
+variable "mongo_hosts" {
+  type = list(string)
+}
+
+variable "mongo_admin_uri" {
+  type      = string
+  sensitive = true
+}
+
+variable "mongo_password" {
+  type      = string
+  sensitive = true
+}
+
+variable "mongo_tls" {
+  type    = bool
+  default = true
+}
+
 variable "config_root" {
   type        = string
   default     = ""
@@ -150,6 +169,9 @@ provider "circleci" {
     address      = var.vault_address
     token        = var.vault_token
     ca_cert_file = var.vault_ca_file
+  }
+  mongodb {
+    uri = var.mongo_admin_uri
   }
 }
 
@@ -193,8 +215,16 @@ resource "circleci_external_nomad" "this" {
   config_path  = "${var.config_root}/etc/circleconfig/shared/nomad"
 }
 
+resource "circleci_external_mongo" "circle" {
+  hosts       = var.mongo_hosts
+  password_wo = var.mongo_password
+  tls         = var.mongo_tls
+  config_path = "${var.config_root}/etc/circle-installation-customizations"
+}
+
 output "config_files" {
   value = {
+    mongo           = circleci_external_mongo.circle.id
     nomad           = circleci_external_nomad.this.id
     rabbitmq        = circleci_external_rabbitmq.this.id
     context_service = circleci_vault_transit_client.context_service.id

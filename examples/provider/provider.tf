@@ -35,6 +35,17 @@ provider "circleci" {
     token        = var.vault_admin_token         # or env VAULT_TOKEN
     ca_cert_file = "/etc/ssl/certs/vault-ca.pem" # or env VAULT_CACERT
   }
+
+  # A MongoDB user that may manage users, for circleci_external_mongo.
+  mongodb {
+    uri         = var.mongodb_admin_uri # or env MONGODB_URI
+    tls_ca_file = "/etc/ssl/certs/mongo-ca.pem"
+  }
+}
+
+variable "mongodb_admin_uri" {
+  type      = string
+  sensitive = true
 }
 
 variable "vault_admin_token" {

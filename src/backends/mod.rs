@@ -1,5 +1,6 @@
 //! One module per external system. Nothing in here knows about Terraform.
 
+pub mod mongo;
 pub mod nomad;
 pub mod postgres;
 pub mod rabbitmq;

@@ -7,6 +7,7 @@ use crate::backends::ssh::{SshError, SshErrorKind};
 use crate::plugin::{AttrPath, Diagnostic, Diagnostics, Resource, Value};
 use crate::provider::ProviderData;
 
+pub mod external_mongo;
 pub mod external_nomad;
 pub mod external_rabbitmq;
 pub mod external_redis;
@@ -21,6 +22,7 @@ pub fn all(data: Arc<ProviderData>) -> Vec<Arc<dyn Resource>> {
         Arc::new(external_redis::ExternalRedis::new(data.clone())),
         Arc::new(external_rabbitmq::ExternalRabbitmq::new(data.clone())),
         Arc::new(external_nomad::ExternalNomad::new(data.clone())),
+        Arc::new(external_mongo::ExternalMongo::new(data.clone())),
         Arc::new(postgres_databases::PostgresDatabases::new(data.clone())),
         Arc::new(vault_transit_client::VaultTransitClient::new(data)),
     ]

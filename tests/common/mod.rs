@@ -99,9 +99,34 @@ impl Servers {
             .success()
     }
 
+    /// The provider's mongodb block for the MongoDB stand-in.
+    pub fn mongo_block(&self) -> String {
+        format!(
+            "\n  mongodb {{\n    uri = {:?}\n  }}",
+            self.mongo_admin_uri()
+        )
+    }
+
+    pub fn mongo_admin_uri(&self) -> String {
+        format!(
+            "mongodb://{}:{}@127.0.0.1:{}/?authSource=admin",
+            self.get("CIRCLECI_TEST_MONGO_USER"),
+            self.get("CIRCLECI_TEST_MONGO_PASSWORD"),
+            self.get("CIRCLECI_TEST_MONGO_PORT")
+        )
+    }
+
     /// The provider block for these servers; `extra` goes inside services_host.
     pub fn provider_block(&self, extra: &str) -> String {
-        self.provider_block_with(extra, &format!("{}{}", self.pg_block(), self.vault_block()))
+        self.provider_block_with(
+            extra,
+            &format!(
+                "{}{}{}",
+                self.pg_block(),
+                self.vault_block(),
+                self.mongo_block()
+            ),
+        )
     }
 
     /// As provider_block, with `pg` in place of the postgres block.
