@@ -195,14 +195,20 @@ fn refresh_renews_a_token_near_expiry_and_destroy_can_delete_the_key() {
     let key = "e2e-renew";
     let root = tempfile::tempdir().unwrap();
     let path = root.path().join("customizations");
-    let extra =
-        "token_period = \"10m\"\n  token_renew_before = \"9m58s\"\n  delete_key_on_destroy = true";
+    // Its own transit engine, enabled by the resource (create_mount).
+    let extra = "token_period = \"10m\"\n  token_renew_before = \"9m58s\"\n  delete_key_on_destroy = true\n  \
+                 transit_mount = \"e2e-transit-renew\"\n  create_mount = true";
     let tf = Tf::new(&format!(
         "{}{}",
         s.provider_block(""),
         resource(key, &path, extra)
     ));
     tf.apply();
+    assert!(
+        s.bao_ok(&["secrets", "list"])
+            .contains("e2e-transit-renew/"),
+        "create_mount enables the engine"
+    );
     let token = token_in(&path);
     let ttl = |s: &Servers| -> i64 {
         let j: serde_json::Value =
@@ -224,7 +230,7 @@ fn refresh_renews_a_token_near_expiry_and_destroy_can_delete_the_key() {
     assert!(!s
         .bao(
             s.get("CIRCLECI_TEST_VAULT_TOKEN"),
-            &["read", &format!("transit/keys/{key}")]
+            &["read", &format!("e2e-transit-renew/keys/{key}")]
         )
         .status
         .success());
