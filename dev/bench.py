@@ -217,7 +217,7 @@ def main():
     print(f"(b) (a) + circleci provider, 0 own resources:    {b:.3f} s")
     print(f"(c1) plan, 1 circleci_external_redis (refresh):  {c1:.3f} s")
     print(f"(c50) plan, 50 circleci_external_redis:          {c50:.3f} s")
-    print(f"(d) plan, examples/complete (all 7 resources):     {d:.3f} s   ({d - a:+.3f} s vs (a))")
+    print(f"(d) plan, examples/complete (all 7 resources): {d:.3f} s   ({d - a:+.3f} s vs (a))")
     print(f"fixed cost per plan (b - a):                     {fixed:.3f} s   (target <= 0.050 s)")
     print(f"marginal cost per resource ((c50 - c1) / 49):    {marginal * 1000:.2f} ms (target <= 4 ms)")
     print(f"handshake (start to handshake line, AutoMTLS):   {hs * 1000:.1f} ms")

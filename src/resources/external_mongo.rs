@@ -144,15 +144,7 @@ impl ExternalMongo {
         config: &Value,
     ) -> Result<Value, Diagnostics> {
         let i = inputs(planned);
-        let pw = configured_password(config).ok_or_else(|| {
-            Diagnostics::from(
-                Diagnostic::error(
-                    "Password missing",
-                    "set password_wo (Terraform 1.11 or later) or password",
-                )
-                .at(AttrPath::root("password_wo")),
-            )
-        })?;
+        let pw = super::required_password(config)?;
         let admin = self.data.mongo()?;
         let services = self.data.services()?;
         let block = i.block(pw)?;

@@ -75,15 +75,7 @@ fn render(i: &Inputs, pw: &str) -> Result<String, Diagnostics> {
 impl ExternalRabbitmq {
     async fn write(&self, planned: &Value, config: &Value) -> Result<Value, Diagnostics> {
         let i = inputs(planned);
-        let pw = password(config).ok_or_else(|| {
-            Diagnostics::from(
-                Diagnostic::error(
-                    "Password missing",
-                    "set password_wo (Terraform 1.11 or later) or password",
-                )
-                .at(AttrPath::root("password_wo")),
-            )
-        })?;
+        let pw = super::required_password(config)?;
         let content = render(&i, pw)?;
         if i.verify {
             let login = mq::Login {

@@ -42,6 +42,18 @@ pub fn configured_password(config: &Value) -> Option<&str> {
         .or_else(|| config.get("password").as_str())
 }
 
+/// The configured password, or an error on `password_wo` saying to set one.
+pub fn required_password(config: &Value) -> Result<&str, Diagnostics> {
+    configured_password(config).ok_or_else(|| {
+        Diagnostic::error(
+            "Password missing",
+            "set password_wo (Terraform 1.11 or later) or password",
+        )
+        .at(AttrPath::root("password_wo"))
+        .into()
+    })
+}
+
 /// The attribute the password came from, for diagnostics.
 pub fn password_attr(config: &Value) -> AttrPath {
     AttrPath::root(if config.get("password_wo").is_null() {

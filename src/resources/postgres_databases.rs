@@ -161,15 +161,7 @@ impl PostgresDatabases {
         config: &Value,
     ) -> Result<Value, Diagnostics> {
         let i = inputs(planned);
-        let password = password(config).ok_or_else(|| {
-            Diagnostics::from(
-                Diagnostic::error(
-                    "Password missing",
-                    "set password_wo (Terraform 1.11 or later) or password",
-                )
-                .at(AttrPath::root("password_wo")),
-            )
-        })?;
+        let password = super::required_password(config)?;
         let pg = self.data.postgres()?;
         let services = self.data.services()?;
         let content = render(&i, password)?;
