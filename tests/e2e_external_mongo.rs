@@ -227,3 +227,33 @@ fn unreachable_mongodb_is_a_clear_error_and_nothing_is_written() {
     );
     assert!(!path.exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drop_user_on_destroy_drops_only_when_asked() {
+    let s = servers();
+    let user = "e2e-mongo-drop";
+    let _ = admin(&s)
+        .await
+        .database("admin")
+        .run_command(doc! {"dropUser": user})
+        .await;
+    let root = tempfile::tempdir().unwrap();
+    let path = root.path().join("customizations");
+    let tf = Tf::new(&format!(
+        "{}{}",
+        s.provider_block(""),
+        resource(&s, user, &path, "drop_user_on_destroy = true")
+    ));
+    tf.apply();
+    assert!(roles(&s, user).await.is_some());
+    tf.ok(&["destroy", "-auto-approve", "-no-color"]);
+    assert!(
+        roles(&s, user).await.is_none(),
+        "drop_user_on_destroy = true drops the user"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "",
+        "only the block was in the file"
+    );
+}
