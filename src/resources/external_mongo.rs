@@ -8,7 +8,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{configured_password, file_sha256, ssh_diag, validate, validate_password_pair};
+use super::{
+    configured_password, file_sha256, ssh_diag, string_list, strings, validate,
+    validate_password_pair,
+};
 use crate::backends::mongo::{self as mb, Role};
 use crate::circleci::envfile;
 use crate::circleci::mongo::{self as file, UriParts};
@@ -26,18 +29,6 @@ impl ExternalMongo {
     pub fn new(data: Arc<ProviderData>) -> Self {
         ExternalMongo { data }
     }
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_list()
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|x| x.as_str().map(str::to_string))
-        .collect()
-}
-
-fn list(items: &[String]) -> Value {
-    Value::List(items.iter().map(Value::string).collect())
 }
 
 struct Inputs {
@@ -367,19 +358,19 @@ impl Resource for ExternalMongo {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        for (name, default) in [
-            ("username", Value::string(file::DEFAULT_USER)),
-            ("auth_source", Value::string(file::DEFAULT_AUTH_SOURCE)),
-            ("tls", Value::Bool(true)),
-            ("databases", list(&dbs)),
-            ("config_path", Value::string(file::DEFAULT_PATH)),
-            ("verify", Value::Bool(true)),
-            ("drop_user_on_destroy", Value::Bool(false)),
-        ] {
-            if cfg.get(name).is_null() {
-                planned.set(name, default);
-            }
-        }
+        super::set_defaults(
+            cfg,
+            planned,
+            [
+                ("username", Value::string(file::DEFAULT_USER)),
+                ("auth_source", Value::string(file::DEFAULT_AUTH_SOURCE)),
+                ("tls", Value::Bool(true)),
+                ("databases", string_list(&dbs)),
+                ("config_path", Value::string(file::DEFAULT_PATH)),
+                ("verify", Value::Bool(true)),
+                ("drop_user_on_destroy", Value::Bool(false)),
+            ],
+        );
         planned.set("id", planned.get("config_path").clone());
         planned.set("drift", Value::string(""));
         let known = [
@@ -534,7 +525,7 @@ impl Resource for ExternalMongo {
         let mut v = Value::Null;
         v.set("id", Value::string(id));
         v.set("config_path", Value::string(id));
-        v.set("hosts", list(&main.hosts));
+        v.set("hosts", string_list(&main.hosts));
         v.set("replica_set", rs.map(Value::string).unwrap_or(Value::Null));
         v.set("username", Value::string(&main.username));
         v.set("auth_source", Value::string(auth));
@@ -547,7 +538,7 @@ impl Resource for ExternalMongo {
                 Value::Map(q.into_iter().map(|(k, x)| (k, Value::string(x))).collect())
             },
         );
-        v.set("databases", list(&dbs));
+        v.set("databases", string_list(&dbs));
         v.set("verify", Value::Bool(true));
         v.set("drop_user_on_destroy", Value::Bool(false));
         v.set("file_sha256", Value::string(file_sha256(block.as_bytes())));

@@ -140,14 +140,14 @@ impl Resource for ExternalNomad {
         _diags: &mut Diagnostics,
     ) -> Vec<AttrPath> {
         let cfg = req.config;
-        for (name, default) in [
-            ("config_path", Value::string(file::DEFAULT_PATH)),
-            ("verify", Value::Bool(true)),
-        ] {
-            if cfg.get(name).is_null() {
-                planned.set(name, default);
-            }
-        }
+        super::set_defaults(
+            cfg,
+            planned,
+            [
+                ("config_path", Value::string(file::DEFAULT_PATH)),
+                ("verify", Value::Bool(true)),
+            ],
+        );
         planned.set("id", planned.get("config_path").clone());
         let hash = match planned.get("endpoint").as_str().map(file::render) {
             Some(Ok(c)) => Value::string(file_sha256(c.as_bytes())),

@@ -212,15 +212,15 @@ impl Resource for ExternalRabbitmq {
             };
             planned.set("port", p);
         }
-        for (name, default) in [
-            ("vhost", Value::string("/")),
-            ("config_path", Value::string(file::DEFAULT_PATH)),
-            ("verify", Value::Bool(true)),
-        ] {
-            if cfg.get(name).is_null() {
-                planned.set(name, default);
-            }
-        }
+        super::set_defaults(
+            cfg,
+            planned,
+            [
+                ("vhost", Value::string("/")),
+                ("config_path", Value::string(file::DEFAULT_PATH)),
+                ("verify", Value::Bool(true)),
+            ],
+        );
         planned.set("id", planned.get("config_path").clone());
         let known = ["host", "port", "username"]
             .iter()

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::task::JoinSet;
 
-use super::{file_sha256, managed_file, ssh_diag, validate};
+use super::{file_sha256, managed_file, ssh_diag, string_list, strings, validate};
 use crate::backends::postgres::{self as pgb, PgAdmin, PgError};
 use crate::circleci::postgres::{self as file, DEFAULT_DATABASES};
 use crate::plugin::{
@@ -26,18 +26,6 @@ impl PostgresDatabases {
     pub fn new(data: Arc<ProviderData>) -> Self {
         PostgresDatabases { data }
     }
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_list()
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|x| x.as_str().map(str::to_string))
-        .collect()
-}
-
-fn string_list(items: &[String]) -> Value {
-    Value::List(items.iter().map(Value::string).collect())
 }
 
 fn ext_map(v: &Value) -> BTreeMap<String, Vec<String>> {
@@ -498,11 +486,7 @@ impl Resource for PostgresDatabases {
             ("config_path", Value::string(file::DEFAULT_PATH)),
             ("verify", Value::Bool(true)),
         ];
-        for (name, default) in defaults {
-            if cfg.get(name).is_null() {
-                planned.set(name, default);
-            }
-        }
+        super::set_defaults(cfg, planned, defaults);
         planned.set("id", planned.get("config_path").clone());
         planned.set("drift", Value::string(""));
         let known = ["host", "port", "user"]

@@ -389,11 +389,7 @@ impl Resource for VaultTransitClient {
             ("config_path", Value::string(file::DEFAULT_PATH)),
             ("verify", Value::Bool(true)),
         ];
-        for (name, default) in defaults {
-            if cfg.get(name).is_null() {
-                planned.set(name, default);
-            }
-        }
+        super::set_defaults(cfg, planned, defaults);
         if cfg.get("policy_name").is_null() {
             let p = match planned.get("key_name").as_str() {
                 Some(k) => Value::string(file::default_policy_name(k)),
