@@ -503,14 +503,24 @@ impl pb::provider_server::Provider for ProviderService {
             let prior = decode(&req.prior_state, "prior state")?;
             let planned = decode(&req.planned_state, "planned state")?;
             let config = decode(&req.config, "configuration")?;
-            let new = if planned.is_null() {
-                self.cancellable(r.delete(&prior)).await?;
-                Value::Null
-            } else if prior.is_null() {
-                self.cancellable(r.create(&planned, &config)).await?
-            } else {
-                self.cancellable(r.update(&prior, &planned, &config))
-                    .await?
+            let applied = self
+                .cancellable(async {
+                    Ok(if planned.is_null() {
+                        r.apply_delete(&prior).await
+                    } else if prior.is_null() {
+                        r.apply_create(&planned, &config).await
+                    } else {
+                        r.apply_update(&prior, &planned, &config).await
+                    })
+                })
+                .await?;
+            let mut diags = applied.diags;
+            let new = match applied.state {
+                Some(v) => v,
+                // Deleted.
+                None if planned.is_null() && !diags.has_errors() => Value::Null,
+                // Failed before changing anything: the prior state is still the truth.
+                None => return Err(diags),
             };
             let mut new = if new.is_null() {
                 new
@@ -519,22 +529,23 @@ impl pb::provider_server::Provider for ProviderService {
             };
             null_write_only(&mut new, &schema.block);
             if !new.is_fully_known() {
-                return Err(Diagnostic::error(
+                diags.push(Diagnostic::error(
                     "Provider bug: unknown value after apply",
                     format!(
                         "{} left a value unknown after apply; please report this",
                         req.type_name
                     ),
-                )
-                .into());
+                ));
+                return Err(diags);
             }
-            Ok(new)
+            Ok((new, diags))
         }
         .await;
         Ok(Response::new(match result {
-            Ok(v) => pb::apply_resource_change::Response {
+            Ok((v, d)) => pb::apply_resource_change::Response {
                 new_state: encode(&v),
                 private: req.planned_private,
+                diagnostics: diags_to_pb(&d),
                 ..Default::default()
             },
             // On failure Terraform keeps the prior state, which is still the truth:

@@ -21,7 +21,7 @@ pub(crate) mod goplugin {
 }
 
 pub use diag::{AttrPath, Diagnostic, Diagnostics};
-pub use resource::{ClientInfo, PlanRequest, Provider, Resource};
+pub use resource::{Applied, ClientInfo, PlanRequest, Provider, Resource};
 pub use schema::{Attribute, Block, NestedBlock, Nesting, Schema, Type};
 pub use server::{serve, HandshakeEnv};
 pub use value::Value;

@@ -48,6 +48,31 @@ impl PlanRequest<'_> {
     }
 }
 
+/// The outcome of an apply step when a resource needs more than `Result`: warnings on
+/// success, or a failure after something was already changed, with `state` recording
+/// what now exists so Terraform keeps track of it.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// `None` keeps the prior state (on error) or removes the object (on delete).
+    pub state: Option<Value>,
+    pub diags: Diagnostics,
+}
+
+impl Applied {
+    pub fn from_result(r: Result<Value, Diagnostics>) -> Self {
+        match r {
+            Ok(v) => Applied {
+                state: Some(v),
+                diags: Diagnostics::new(),
+            },
+            Err(d) => Applied {
+                state: None,
+                diags: d,
+            },
+        }
+    }
+}
+
 /// One managed resource type.
 #[async_trait]
 pub trait Resource: Send + Sync + 'static {
@@ -90,6 +115,27 @@ pub trait Resource: Send + Sync + 'static {
 
     /// Builds a state from an import ID; Terraform calls `read` on it next.
     async fn import(&self, id: &str) -> Result<Value, Diagnostics>;
+
+    /// `create` with room for warnings and partial states; the protocol layer calls this.
+    async fn apply_create(&self, planned: &Value, config: &Value) -> Applied {
+        Applied::from_result(self.create(planned, config).await)
+    }
+
+    /// `update` with room for warnings and partial states.
+    async fn apply_update(&self, prior: &Value, planned: &Value, config: &Value) -> Applied {
+        Applied::from_result(self.update(prior, planned, config).await)
+    }
+
+    /// `delete` with room for warnings; a state in the result keeps the object.
+    async fn apply_delete(&self, prior: &Value) -> Applied {
+        match self.delete(prior).await {
+            Ok(()) => Applied::default(),
+            Err(d) => Applied {
+                state: Some(prior.clone()),
+                diags: d,
+            },
+        }
+    }
 }
 
 /// True when attribute `name` differs between two object values.
