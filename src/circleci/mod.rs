@@ -3,6 +3,7 @@
 pub mod envfile;
 pub mod mongo;
 pub mod nomad;
+pub mod nomad_user_data;
 pub mod postgres;
 pub mod rabbitmq;
 pub mod redis;
