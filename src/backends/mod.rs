@@ -1,5 +1,8 @@
 //! One module per external system. Nothing in here knows about Terraform.
 
+pub mod autoscaling;
+pub mod aws;
+pub mod ec2;
 pub mod mongo;
 pub mod nomad;
 pub mod postgres;
