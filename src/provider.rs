@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::backends::aws::{Aws, AwsSettings};
 use crate::backends::mongo::MongoAdmin;
 use crate::backends::postgres::{PgAdmin, PgConfig, SslMode};
 use crate::backends::ssh::{self, HostKeyPolicy, Secret, ServicesHost, SshAuth, SshConfig};
@@ -21,6 +22,7 @@ pub const SERVICES_HOST: &str = "services_host";
 pub const POSTGRES: &str = "postgres";
 pub const VAULT: &str = "vault";
 pub const MONGODB: &str = "mongodb";
+pub const AWS: &str = "aws";
 
 /// What resources get from the configured provider.
 #[derive(Default)]
@@ -29,6 +31,7 @@ pub struct ProviderData {
     postgres: RwLock<Option<Result<Arc<PgAdmin>, Diagnostics>>>,
     vault: RwLock<Option<Result<Arc<Vault>, Diagnostics>>>,
     mongo: RwLock<Option<Result<Arc<MongoAdmin>, Diagnostics>>>,
+    aws: RwLock<Option<Result<Arc<Aws>, Diagnostics>>>,
     client: RwLock<ClientInfo>,
 }
 
@@ -79,6 +82,18 @@ impl ProviderData {
                 "mongodb not configured",
                 "add a mongodb block (a connection string for a user that may manage users) to the provider \
                  \"circleci\" configuration, or set MONGODB_URI",
+            )
+            .into()),
+        }
+    }
+
+    /// The AWS settings (the chain is loaded on first use), or why they are unusable.
+    pub fn aws(&self) -> Result<Arc<Aws>, Diagnostics> {
+        match &*self.aws.read().unwrap_or_else(|e| e.into_inner()) {
+            Some(r) => r.clone(),
+            None => Err(Diagnostic::error(
+                "Provider not configured",
+                "the provider was not configured before this resource was used (a bug in Terraform or this provider)",
             )
             .into()),
         }
@@ -227,6 +242,57 @@ fn mongodb_block() -> Block {
         .attr(Attribute::new("tls_ca_file", Type::String).optional().description(
             "CA certificate (PEM) that signed the servers' certificates; turns TLS on.",
         ))
+}
+
+fn aws_block() -> Block {
+    Block::new()
+        .description(
+            "AWS, for `circleci_nomad_client_launch_config` (EC2 Auto Scaling and launch templates). Unset \
+             attributes fall back to the standard AWS chain: environment variables, the shared config and \
+             credentials files (profiles, SSO), container and instance metadata. Nothing connects until a \
+             resource needs it.",
+        )
+        .attr(Attribute::new("region", Type::String).optional().description(
+            "AWS region of the Nomad client Auto Scaling group, e.g. `us-east-1`. Default: env `AWS_REGION`, \
+             else the profile's region.",
+        ))
+        .attr(Attribute::new("profile", Type::String).optional().description(
+            "Named profile of the shared AWS config and credentials files. Default: env `AWS_PROFILE`, else \
+             `default`.",
+        ))
+        .attr(Attribute::new("endpoint", Type::String).optional().description(
+            "Send every AWS request (Auto Scaling and EC2) to this URL instead of AWS's public endpoints: for \
+             tests (moto) and private endpoints. Empty means unset. Default: env `AWS_ENDPOINT_URL`.",
+        ))
+}
+
+fn aws_path(attr: &str) -> AttrPath {
+    AttrPath::root(AWS).attr(attr)
+}
+
+fn validate_aws(b: &Value, diags: &mut Diagnostics) {
+    if let Some(e) = b.get("endpoint").as_str().filter(|e| !e.is_empty()) {
+        match url::Url::parse(e) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+            _ => diags.attr_error(
+                aws_path("endpoint"),
+                "Invalid endpoint",
+                format!("{e:?} is not an http:// or https:// URL"),
+            ),
+        }
+    }
+    if let Some(r) = b.get("region").as_str() {
+        let ok = !r.is_empty()
+            && r.bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-');
+        if !ok {
+            diags.attr_error(
+                aws_path("region"),
+                "Invalid region",
+                format!("{r:?} is not an AWS region name (e.g. us-east-1)"),
+            );
+        }
+    }
 }
 
 fn vault_path(attr: &str) -> AttrPath {
@@ -543,6 +609,31 @@ fn ssh_config(b: &Value) -> Result<SshConfig, Diagnostics> {
 }
 
 impl CircleCiProvider {
+    fn configure_aws(&self, b: &Value, timeout: Duration) {
+        let r = if !b.is_fully_known() {
+            Err(Diagnostic::error(
+                "Provider configuration not known yet",
+                "aws depends on values known only after apply; apply those resources first (-target)",
+            )
+            .at(AttrPath::root(AWS))
+            .into())
+        } else {
+            let s = |n: &str| {
+                b.get(n)
+                    .as_str()
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_string)
+            };
+            Ok(Arc::new(Aws::new(AwsSettings {
+                region: s("region"),
+                profile: s("profile"),
+                endpoint: s("endpoint"),
+                timeout,
+            })))
+        };
+        *self.data.aws.write().unwrap_or_else(|e| e.into_inner()) = Some(r);
+    }
+
     fn configure_mongo(&self, b: &Value) {
         let uri = if b.get("uri").is_unknown() {
             None
@@ -630,7 +721,8 @@ impl Provider for CircleCiProvider {
                 .block(NestedBlock::new(SERVICES_HOST, Nesting::Single, services_host_block()))
                 .block(NestedBlock::new(POSTGRES, Nesting::Single, postgres_block()))
                 .block(NestedBlock::new(VAULT, Nesting::Single, vault_block()))
-                .block(NestedBlock::new(MONGODB, Nesting::Single, mongodb_block())),
+                .block(NestedBlock::new(MONGODB, Nesting::Single, mongodb_block()))
+                .block(NestedBlock::new(AWS, Nesting::Single, aws_block())),
         )
     }
 
@@ -643,6 +735,7 @@ impl Provider for CircleCiProvider {
         validate_services_host(config.get(SERVICES_HOST), &mut diags);
         validate_postgres(config.get(POSTGRES), &mut diags);
         validate_vault(config.get(VAULT), &mut diags);
+        validate_aws(config.get(AWS), &mut diags);
         if let Some(u) = config.get(MONGODB).get("uri").as_str() {
             if !u.starts_with("mongodb://") && !u.starts_with("mongodb+srv://") {
                 diags.attr_error(
@@ -659,6 +752,7 @@ impl Provider for CircleCiProvider {
         let mut pg_diags = self.configure_postgres(config.get(POSTGRES));
         pg_diags.extend(self.configure_vault(config.get(VAULT)));
         self.configure_mongo(config.get(MONGODB));
+        self.configure_aws(config.get(AWS), Duration::from_secs(30));
         *self.data.client.write().unwrap_or_else(|e| e.into_inner()) = client.clone();
         let b = config.get(SERVICES_HOST);
         if !b.is_fully_known() {

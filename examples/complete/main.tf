@@ -143,6 +143,28 @@ variable "mongo_tls" {
   default = true
 }
 
+variable "aws_region" {
+  type    = string
+  default = "us-east-1"
+}
+
+variable "aws_endpoint" {
+  type        = string
+  default     = ""
+  description = "Leave empty for AWS itself; the demo points it at moto."
+}
+
+variable "nomad_clients_asg" {
+  type        = string
+  default     = "circleci_nomad_clients_asg"
+  description = "The Nomad client Auto Scaling group enterprise-setup created."
+}
+
+variable "nomad_servers" {
+  type        = list(string)
+  description = "The external Nomad servers' RPC addresses, host:4647."
+}
+
 variable "config_root" {
   type        = string
   default     = ""
@@ -172,6 +194,10 @@ provider "circleci" {
   }
   mongodb {
     uri = var.mongo_admin_uri
+  }
+  aws {
+    region   = var.aws_region
+    endpoint = var.aws_endpoint
   }
 }
 
@@ -220,6 +246,24 @@ resource "circleci_external_mongo" "circle" {
   password_wo = var.mongo_password
   tls         = var.mongo_tls
   config_path = "${var.config_root}/etc/circle-installation-customizations"
+}
+
+# Last: the clients restart against the external servers once those are configured.
+resource "circleci_nomad_client_launch_config" "clients" {
+  autoscaling_group_name = var.nomad_clients_asg
+  nomad_servers          = var.nomad_servers
+  rollout                = "terminate"
+  rollout_batch_size     = 1
+
+  depends_on = [circleci_external_nomad.this]
+}
+
+output "nomad_clients" {
+  value = {
+    launch_configuration = circleci_nomad_client_launch_config.clients.launch_configuration_name
+    servers_before       = circleci_nomad_client_launch_config.clients.previous_servers
+    replaced_instances   = circleci_nomad_client_launch_config.clients.replaced_instance_ids
+  }
 }
 
 output "config_files" {

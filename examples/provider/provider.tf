@@ -41,6 +41,14 @@ provider "circleci" {
     uri         = var.mongodb_admin_uri # or env MONGODB_URI
     tls_ca_file = "/etc/ssl/certs/mongo-ca.pem"
   }
+
+  # AWS, for circleci_nomad_client_launch_config. Credentials come from the standard
+  # chain: env AWS_ACCESS_KEY_ID/..., the profile (SSO too), or the instance role.
+  aws {
+    region  = "us-east-1" # or env AWS_REGION
+    profile = "ops"       # or env AWS_PROFILE
+    # endpoint = "https://vpce-0123.autoscaling.us-east-1.vpce.amazonaws.com" # private endpoints, tests
+  }
 }
 
 variable "mongodb_admin_uri" {

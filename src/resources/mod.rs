@@ -12,6 +12,7 @@ pub mod external_nomad;
 pub mod external_rabbitmq;
 pub mod external_redis;
 pub mod managed_file;
+pub mod nomad_client_launch_config;
 pub mod postgres_databases;
 pub mod validate;
 pub mod vault_transit_client;
@@ -22,6 +23,9 @@ pub fn all(data: Arc<ProviderData>) -> Vec<Arc<dyn Resource>> {
         Arc::new(external_redis::ExternalRedis::new(data.clone())),
         Arc::new(external_rabbitmq::ExternalRabbitmq::new(data.clone())),
         Arc::new(external_nomad::ExternalNomad::new(data.clone())),
+        Arc::new(nomad_client_launch_config::NomadClientLaunchConfig::new(
+            data.clone(),
+        )),
         Arc::new(external_mongo::ExternalMongo::new(data.clone())),
         Arc::new(postgres_databases::PostgresDatabases::new(data.clone())),
         Arc::new(vault_transit_client::VaultTransitClient::new(data)),

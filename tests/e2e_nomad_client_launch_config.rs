@@ -1,0 +1,535 @@
+//! circleci_nomad_client_launch_config end to end: terraform CLI → provider → moto (EC2 and
+//! Auto Scaling). Groups are built, and the provider's work checked, with boto3 through
+//! dev/aws-fixture.py: a second AWS client that shares no code with the provider.
+
+mod common;
+
+use std::process::{Child, Command};
+
+use common::{closed_port, servers, Servers, Tf};
+use serde_json::Value as Json;
+
+const SERVERS: [&str; 3] = [
+    "nomad-1.internal:4647",
+    "nomad-2.internal:4647",
+    "nomad-3.internal:4647",
+];
+
+fn fixture_at(s: &Servers, endpoint: &str, args: &[&str]) -> Json {
+    let out = Command::new(s.get("CIRCLECI_TEST_AWS_PYTHON"))
+        .arg(s.get("CIRCLECI_TEST_AWS_FIXTURE"))
+        .args(args)
+        .env("CIRCLECI_TEST_AWS_ENDPOINT", endpoint)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .output()
+        .expect("dev/aws-fixture.py (run `make services-up`)");
+    assert!(
+        out.status.success(),
+        "aws-fixture {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn fixture(s: &Servers, args: &[&str]) -> Json {
+    fixture_at(s, s.get("CIRCLECI_TEST_AWS_ENDPOINT"), args)
+}
+
+/// A name no other test (or earlier run against the same moto) uses.
+fn unique(base: &str) -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{base}-{}-{}", std::process::id(), n % 1_000_000_000)
+}
+
+fn provider(endpoint: &str) -> String {
+    format!(
+        "terraform {{\n  required_providers {{\n    circleci = {{ source = \"circleci/circleci\" }}\n  }}\n}}\n\
+         provider \"circleci\" {{\n  aws {{\n    region   = \"us-east-1\"\n    endpoint = {endpoint:?}\n  }}\n}}\n"
+    )
+}
+
+fn resource(group: &str, servers: &[&str], extra: &str) -> String {
+    let list: Vec<String> = servers.iter().map(|s| format!("{s:?}")).collect();
+    format!(
+        "\nresource \"circleci_nomad_client_launch_config\" \"clients\" {{\n  autoscaling_group_name = {group:?}\n  \
+         nomad_servers          = [{}]\n  name_prefix            = \"{group}-copy-\"\n{extra}}}\n",
+        list.join(", ")
+    )
+}
+
+fn attr(tf: &Tf, name: &str) -> Json {
+    let state = tf.state_json();
+    let resources = state["values"]["root_module"]["resources"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    resources
+        .iter()
+        .find(|r| r["type"] == "circleci_nomad_client_launch_config")
+        .map(|r| r["values"][name].clone())
+        .unwrap_or(Json::Null)
+}
+
+fn strs(v: &Json) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn instance_ids(group: &Json) -> Vec<String> {
+    group["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Terraform wraps diagnostics; this joins them back into one line of words.
+fn flat(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The lines that differ between two texts of the same length in lines.
+fn changed_lines(a: &str, b: &str) -> Vec<(String, String)> {
+    assert_eq!(a.lines().count(), b.lines().count(), "line count changed");
+    a.lines()
+        .zip(b.lines())
+        .filter(|(x, y)| x != y)
+        .map(|(x, y)| (x.to_string(), y.to_string()))
+        .collect()
+}
+
+fn copies(s: &Servers, group: &str) -> Vec<String> {
+    strs(&fixture(s, &["lcs"])["names"])
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("{group}-copy-")))
+        .collect()
+}
+
+#[test]
+fn launch_configuration_group_apply_update_drift_import_destroy() {
+    let s = servers();
+    let endpoint = s.get("CIRCLECI_TEST_AWS_ENDPOINT");
+    let group = unique("nomad-lc");
+    let setup = fixture(
+        &s,
+        &[
+            "setup",
+            "--name",
+            &group,
+            "--kind",
+            "lc",
+            "--user-data-file",
+            s.get("CIRCLECI_TEST_NOMAD_USER_DATA"),
+        ],
+    );
+    let original = setup["launch_configuration"].as_str().unwrap().to_string();
+    let old_ids = instance_ids(&setup);
+    assert_eq!(old_ids.len(), 2);
+
+    let tf = Tf::new(&format!(
+        "{}{}",
+        provider(endpoint),
+        resource(&group, &SERVERS, "")
+    ));
+    // The plan shows the servers change as lists, read from the group's user_data.
+    let plan = tf.ok(&["plan", "-no-color", "-input=false"]);
+    assert!(
+        plan.contains("previous_servers") && plan.contains("\"10.0.1.150:4647\""),
+        "{plan}"
+    );
+    tf.apply();
+
+    let ours = attr(&tf, "launch_configuration_name")
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(ours.starts_with(&format!("{group}-copy-")), "{ours}");
+    assert_eq!(
+        attr(&tf, "original_launch_configuration_name"),
+        original.as_str()
+    );
+    assert_eq!(strs(&attr(&tf, "previous_servers")), ["10.0.1.150:4647"]);
+    let mut replaced = strs(&attr(&tf, "replaced_instance_ids"));
+    replaced.sort();
+    let mut expected = old_ids.clone();
+    expected.sort();
+    assert_eq!(replaced, expected, "both old clients were terminated");
+
+    // The group uses the copy, and its two clients are new ones, InService.
+    let g = fixture(&s, &["group", "--name", &group]);
+    assert_eq!(g["launch_configuration"], ours.as_str());
+    let now = instance_ids(&g);
+    assert_eq!(now.len(), 2);
+    assert!(
+        now.iter().all(|i| !old_ids.contains(i)),
+        "{now:?} {old_ids:?}"
+    );
+    assert!(g["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| i["state"] == "InService"));
+
+    // The copy differs from the original in the servers line only.
+    let orig_lc = fixture(&s, &["lc", "--name", &original]);
+    let copy_lc = fixture(&s, &["lc", "--name", &ours]);
+    assert_eq!(
+        copy_lc["fields"], orig_lc["fields"],
+        "every other field copied"
+    );
+    assert_eq!(
+        changed_lines(
+            orig_lc["user_data"].as_str().unwrap(),
+            copy_lc["user_data"].as_str().unwrap()
+        ),
+        vec![(
+            "    servers = [\"10.0.1.150:4647\"]".to_string(),
+            "    servers = [\"nomad-1.internal:4647\", \"nomad-2.internal:4647\", \"nomad-3.internal:4647\"]"
+                .to_string()
+        )]
+    );
+    assert_eq!(tf.plan_code(), 0, "plan after apply is empty");
+
+    // Changing the servers: a new copy, the group switched, our previous copy deleted.
+    tf.write_main(&format!(
+        "{}{}",
+        provider(endpoint),
+        resource(&group, &SERVERS[..2], "  rollout = \"none\"\n")
+    ));
+    let plan = tf.ok(&["plan", "-no-color", "-input=false"]);
+    assert!(plan.contains("- \"nomad-3.internal:4647\""), "{plan}");
+    assert!(plan.contains("1 to change, 0 to destroy"), "{plan}");
+    tf.apply();
+    let second = attr(&tf, "launch_configuration_name")
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(second, ours);
+    assert_eq!(
+        copies(&s, &group),
+        vec![second.clone()],
+        "first copy deleted"
+    );
+    assert_eq!(strs(&attr(&tf, "previous_servers")), SERVERS);
+    assert_eq!(
+        attr(&tf, "original_launch_configuration_name"),
+        original.as_str()
+    );
+    let g2 = fixture(&s, &["group", "--name", &group]);
+    assert_eq!(g2["launch_configuration"], second.as_str());
+    assert_eq!(instance_ids(&g2), now, "rollout = none leaves the clients");
+    assert!(fixture(&s, &["lc", "--name", &second])["user_data"]
+        .as_str()
+        .unwrap()
+        .contains("servers = [\"nomad-1.internal:4647\", \"nomad-2.internal:4647\"]"));
+    assert_eq!(tf.plan_code(), 0);
+
+    // Drift: someone points the group back at the original.
+    fixture(&s, &["point", "--name", &group, "--lc", &original]);
+    let plan = tf.run(&["plan", "-no-color", "-input=false"]);
+    let text = String::from_utf8_lossy(&plan.stdout).to_string();
+    assert!(text.contains("drift"), "{text}");
+    assert!(
+        text.contains(&format!("the group uses launch configuration {original}")),
+        "{text}"
+    );
+    assert!(
+        text.contains("\"10.0.1.150:4647\""),
+        "the servers diff shows: {text}"
+    );
+    tf.apply();
+    let third = attr(&tf, "launch_configuration_name")
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        fixture(&s, &["group", "--name", &group])["launch_configuration"],
+        third.as_str()
+    );
+    assert_eq!(copies(&s, &group), vec![third.clone()]);
+    assert_eq!(tf.plan_code(), 0);
+
+    // Import by group name finds our copy; no new copy is planned.
+    tf.ok(&["state", "rm", "circleci_nomad_client_launch_config.clients"]);
+    tf.ok(&[
+        "import",
+        "-no-color",
+        "circleci_nomad_client_launch_config.clients",
+        &group,
+    ]);
+    assert_eq!(attr(&tf, "launch_configuration_name"), third.as_str());
+    assert_eq!(strs(&attr(&tf, "nomad_servers")), &SERVERS[..2]);
+    let plan = tf.ok(&["plan", "-no-color", "-input=false"]);
+    assert!(!plan.contains("launch_configuration_name"), "{plan}");
+    assert!(
+        plan.contains("0 to add, 1 to change, 0 to destroy"),
+        "{plan}"
+    );
+    tf.apply();
+    // Imported, the original is unknown: write it back through a fresh create instead.
+    tf.ok(&["state", "rm", "circleci_nomad_client_launch_config.clients"]);
+    fixture(&s, &["point", "--name", &group, "--lc", &original]);
+    fixture(&s, &["delete-lc", "--name", &third]);
+    tf.apply();
+    let fourth = attr(&tf, "launch_configuration_name")
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Destroy: the group back on the original, our copy deleted, the original kept.
+    tf.ok(&["destroy", "-auto-approve", "-no-color", "-input=false"]);
+    let g = fixture(&s, &["group", "--name", &group]);
+    assert_eq!(g["launch_configuration"], original.as_str());
+    assert!(copies(&s, &group).is_empty(), "{fourth} deleted");
+    assert_eq!(fixture(&s, &["lc", "--name", &original])["exists"], true);
+}
+
+#[test]
+fn launch_template_group_gets_a_new_version() {
+    let s = servers();
+    let endpoint = s.get("CIRCLECI_TEST_AWS_ENDPOINT");
+    let group = unique("nomad-lt");
+    let setup = fixture(
+        &s,
+        &[
+            "setup",
+            "--name",
+            &group,
+            "--kind",
+            "lt",
+            "--user-data-file",
+            s.get("CIRCLECI_TEST_NOMAD_USER_DATA"),
+        ],
+    );
+    let template = setup["template_id"].as_str().unwrap().to_string();
+    let old_ids = instance_ids(&setup);
+    // rollout = "none": moto 5.2 cannot launch instances from a version made by
+    // CreateLaunchTemplateVersion (it keeps that version's UserData undecoded and fails
+    // an assertion). The rollout itself is the same code for both kinds of group and is
+    // covered by the launch configuration test.
+    let tf = Tf::new(&format!(
+        "{}{}",
+        provider(endpoint),
+        resource(&group, &SERVERS[..1], "  rollout = \"none\"\n")
+    ));
+    tf.apply();
+    assert_eq!(attr(&tf, "launch_template_id"), template.as_str());
+    assert_eq!(attr(&tf, "launch_template_version"), "2");
+    assert_eq!(attr(&tf, "original_launch_template_version"), "$Latest");
+    assert_eq!(attr(&tf, "launch_configuration_name"), "");
+
+    let g = fixture(&s, &["group", "--name", &group]);
+    assert_eq!(g["launch_template"]["LaunchTemplateId"], template.as_str());
+    assert_eq!(g["launch_template"]["Version"], "2");
+    assert_eq!(
+        instance_ids(&g),
+        old_ids,
+        "rollout = none keeps the clients"
+    );
+    assert!(strs(&attr(&tf, "replaced_instance_ids")).is_empty());
+
+    // The new version carries the full data of the first, user_data aside.
+    let v1 = fixture(&s, &["lt", "--id", &template, "--version", "1"]);
+    let v2 = fixture(&s, &["lt", "--id", &template, "--version", "2"]);
+    assert_eq!(v2["data"], v1["data"]);
+    assert_eq!(
+        changed_lines(
+            v1["user_data"].as_str().unwrap(),
+            v2["user_data"].as_str().unwrap()
+        ),
+        vec![(
+            "    servers = [\"10.0.1.150:4647\"]".to_string(),
+            "    servers = [\"nomad-1.internal:4647\"]".to_string()
+        )]
+    );
+    assert_eq!(tf.plan_code(), 0);
+
+    // Destroy points the group back at "$Latest", as it was.
+    let out = tf.ok(&["destroy", "-auto-approve", "-no-color", "-input=false"]);
+    let g = fixture(&s, &["group", "--name", &group]);
+    assert_eq!(g["launch_template"]["Version"], "$Latest", "{out}");
+}
+
+#[test]
+fn user_data_without_servers_is_refused_and_nothing_changes() {
+    let s = servers();
+    let endpoint = s.get("CIRCLECI_TEST_AWS_ENDPOINT");
+    let group = unique("nomad-noservers");
+    let dir = tempfile::tempdir().unwrap();
+    let ud = dir.path().join("user-data.sh");
+    std::fs::write(
+        &ud,
+        "#!/bin/bash\ncat <<EOT > /etc/nomad/config.hcl\nclient {\n  enabled = true\n}\nEOT\n",
+    )
+    .unwrap();
+    let setup = fixture(
+        &s,
+        &[
+            "setup",
+            "--name",
+            &group,
+            "--user-data-file",
+            ud.to_str().unwrap(),
+        ],
+    );
+    let tf = Tf::new(&format!(
+        "{}{}",
+        provider(endpoint),
+        resource(&group, &SERVERS, "")
+    ));
+    let out = flat(&tf.fails(&["apply", "-auto-approve", "-no-color", "-input=false"]));
+    assert!(
+        out.contains("No Nomad servers list in the user_data"),
+        "{out}"
+    );
+    assert!(
+        out.contains("the `client {` block at line 3 has neither a servers list nor"),
+        "{out}"
+    );
+    assert!(
+        out.contains("autoscaling_group_name"),
+        "names the attribute: {out}"
+    );
+    let g = fixture(&s, &["group", "--name", &group]);
+    assert_eq!(g["launch_configuration"], setup["launch_configuration"]);
+    assert_eq!(instance_ids(&g), instance_ids(&setup));
+    assert!(copies(&s, &group).is_empty());
+
+    // A group that does not exist is named as such.
+    tf.write_main(&format!(
+        "{}{}",
+        provider(endpoint),
+        resource(&format!("{group}-missing"), &SERVERS, "")
+    ));
+    let out = tf.fails(&["apply", "-auto-approve", "-no-color", "-input=false"]);
+    assert!(out.contains("Auto Scaling group not found"), "{out}");
+}
+
+#[test]
+fn bad_input_is_refused_at_plan_with_the_attribute() {
+    let tf = Tf::new(&format!(
+        "{}{}",
+        provider("http://127.0.0.1:1"),
+        resource(
+            "g",
+            &["nomad-1:4647", "bad host\"; rm -rf /"],
+            "  rollout = \"rolling\"\n"
+        )
+    ));
+    let out = tf.fails(&["plan", "-no-color", "-input=false"]);
+    assert!(out.contains("Invalid Nomad server address"), "{out}");
+    assert!(
+        out.contains("in resource \"circleci_nomad_client_launch_config\""),
+        "{out}"
+    );
+    assert!(out.contains("Invalid rollout"), "{out}");
+}
+
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Moto {
+    fn start(s: &Servers) -> Moto {
+        let port = closed_port();
+        let child = Command::new(s.get("CIRCLECI_TEST_AWS_MOTO_SERVER"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto_server (run `make services-up`)");
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Moto { child, port };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("moto_server did not start on port {port}");
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn aws_stopped_is_a_clear_error() {
+    let s = servers();
+    let mut moto = Moto::start(&s);
+    let endpoint = moto.endpoint();
+    let group = unique("nomad-stopped");
+    fixture_at(
+        &s,
+        &endpoint,
+        &[
+            "setup",
+            "--name",
+            &group,
+            "--user-data-file",
+            s.get("CIRCLECI_TEST_NOMAD_USER_DATA"),
+        ],
+    );
+    let tf = Tf::new(&format!(
+        "{}{}",
+        provider(&endpoint),
+        resource(&group, &SERVERS, "")
+    ));
+    tf.apply();
+    let _ = moto.child.kill();
+    let _ = moto.child.wait();
+    let out = tf.fails(&["plan", "-no-color", "-input=false"]);
+    assert!(out.contains("AWS is not reachable"), "{out}");
+    assert!(out.contains("DescribeAutoScalingGroups"), "{out}");
+
+    // And on a first apply: nothing in the state, a clear error.
+    let tf2 = Tf::new(&format!(
+        "{}{}",
+        provider(&endpoint),
+        resource(&group, &SERVERS, "")
+    ));
+    let out = tf2.fails(&["apply", "-auto-approve", "-no-color", "-input=false"]);
+    assert!(out.contains("AWS is not reachable"), "{out}");
+    assert!(!tf2.path().join("terraform.tfstate").exists() || tf2.state_json()["values"].is_null());
+}
+
+#[test]
+fn missing_credentials_are_named() {
+    let s = servers();
+    let tf = Tf::new(&format!(
+        "{}{}",
+        provider(s.get("CIRCLECI_TEST_AWS_ENDPOINT")),
+        resource(&unique("nomad-nocreds"), &SERVERS, "")
+    ));
+    let out = tf
+        .cmd(&["apply", "-auto-approve", "-no-color", "-input=false"])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = flat(&String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains("AWS credentials missing or refused"),
+        "{text}"
+    );
+}
