@@ -37,6 +37,34 @@ fn fixture(s: &Servers, args: &[&str]) -> Json {
     fixture_at(s, s.get("CIRCLECI_TEST_AWS_ENDPOINT"), args)
 }
 
+/// An Auto Scaling group with two clients on a launch configuration (`lc`) or template
+/// (`lt`) whose user_data is the file at `user_data`.
+fn setup_at(s: &Servers, endpoint: &str, group: &str, kind: &str, user_data: &str) -> Json {
+    fixture_at(
+        s,
+        endpoint,
+        &[
+            "setup",
+            "--name",
+            group,
+            "--kind",
+            kind,
+            "--user-data-file",
+            user_data,
+        ],
+    )
+}
+
+fn setup(s: &Servers, group: &str, kind: &str, user_data: &str) -> Json {
+    setup_at(
+        s,
+        s.get("CIRCLECI_TEST_AWS_ENDPOINT"),
+        group,
+        kind,
+        user_data,
+    )
+}
+
 /// A name no other test (or earlier run against the same moto) uses.
 fn unique(base: &str) -> String {
     let n = std::time::SystemTime::now()
@@ -119,20 +147,9 @@ fn launch_configuration_group_apply_update_drift_import_destroy() {
     let s = servers();
     let endpoint = s.get("CIRCLECI_TEST_AWS_ENDPOINT");
     let group = unique("nomad-lc");
-    let setup = fixture(
-        &s,
-        &[
-            "setup",
-            "--name",
-            &group,
-            "--kind",
-            "lc",
-            "--user-data-file",
-            s.get("CIRCLECI_TEST_NOMAD_USER_DATA"),
-        ],
-    );
-    let original = setup["launch_configuration"].as_str().unwrap().to_string();
-    let old_ids = instance_ids(&setup);
+    let made = setup(&s, &group, "lc", s.get("CIRCLECI_TEST_NOMAD_USER_DATA"));
+    let original = made["launch_configuration"].as_str().unwrap().to_string();
+    let old_ids = instance_ids(&made);
     assert_eq!(old_ids.len(), 2);
 
     let tf = Tf::new(&format!(
@@ -298,20 +315,9 @@ fn launch_template_group_gets_a_new_version() {
     let s = servers();
     let endpoint = s.get("CIRCLECI_TEST_AWS_ENDPOINT");
     let group = unique("nomad-lt");
-    let setup = fixture(
-        &s,
-        &[
-            "setup",
-            "--name",
-            &group,
-            "--kind",
-            "lt",
-            "--user-data-file",
-            s.get("CIRCLECI_TEST_NOMAD_USER_DATA"),
-        ],
-    );
-    let template = setup["template_id"].as_str().unwrap().to_string();
-    let old_ids = instance_ids(&setup);
+    let made = setup(&s, &group, "lt", s.get("CIRCLECI_TEST_NOMAD_USER_DATA"));
+    let template = made["template_id"].as_str().unwrap().to_string();
+    let old_ids = instance_ids(&made);
     // rollout = "none": moto 5.2 cannot launch instances from a version made by
     // CreateLaunchTemplateVersion (it keeps that version's UserData undecoded and fails
     // an assertion). The rollout itself is the same code for both kinds of group and is
@@ -371,16 +377,7 @@ fn user_data_without_servers_is_refused_and_nothing_changes() {
         "#!/bin/bash\ncat <<EOT > /etc/nomad/config.hcl\nclient {\n  enabled = true\n}\nEOT\n",
     )
     .unwrap();
-    let setup = fixture(
-        &s,
-        &[
-            "setup",
-            "--name",
-            &group,
-            "--user-data-file",
-            ud.to_str().unwrap(),
-        ],
-    );
+    let made = setup(&s, &group, "lc", ud.to_str().unwrap());
     let tf = Tf::new(&format!(
         "{}{}",
         provider(endpoint),
@@ -400,8 +397,8 @@ fn user_data_without_servers_is_refused_and_nothing_changes() {
         "names the attribute: {out}"
     );
     let g = fixture(&s, &["group", "--name", &group]);
-    assert_eq!(g["launch_configuration"], setup["launch_configuration"]);
-    assert_eq!(instance_ids(&g), instance_ids(&setup));
+    assert_eq!(g["launch_configuration"], made["launch_configuration"]);
+    assert_eq!(instance_ids(&g), instance_ids(&made));
     assert!(copies(&s, &group).is_empty());
 
     // A group that does not exist is named as such.
@@ -478,16 +475,12 @@ fn aws_stopped_is_a_clear_error() {
     let mut moto = Moto::start(&s);
     let endpoint = moto.endpoint();
     let group = unique("nomad-stopped");
-    fixture_at(
+    setup_at(
         &s,
         &endpoint,
-        &[
-            "setup",
-            "--name",
-            &group,
-            "--user-data-file",
-            s.get("CIRCLECI_TEST_NOMAD_USER_DATA"),
-        ],
+        &group,
+        "lc",
+        s.get("CIRCLECI_TEST_NOMAD_USER_DATA"),
     );
     let tf = Tf::new(&format!(
         "{}{}",
@@ -532,4 +525,71 @@ fn missing_credentials_are_named() {
         text.contains("AWS credentials missing or refused"),
         "{text}"
     );
+}
+
+#[test]
+fn a_plan_made_stale_by_a_changed_group_is_refused() {
+    let s = servers();
+    let endpoint = s.get("CIRCLECI_TEST_AWS_ENDPOINT");
+    let group = unique("nomad-stale");
+    setup(&s, &group, "lc", s.get("CIRCLECI_TEST_NOMAD_USER_DATA"));
+    // A second group whose launch configuration names other servers.
+    let dir = tempfile::tempdir().unwrap();
+    let other_ud = dir.path().join("user-data.sh");
+    let text = std::fs::read_to_string(s.get("CIRCLECI_TEST_NOMAD_USER_DATA")).unwrap();
+    std::fs::write(&other_ud, text.replace("10.0.1.150:4647", "10.0.9.9:4647")).unwrap();
+    let other = setup(
+        &s,
+        &format!("{group}-other"),
+        "lc",
+        other_ud.to_str().unwrap(),
+    );
+    let other_lc = other["launch_configuration"].as_str().unwrap();
+
+    let original = fixture(&s, &["group", "--name", &group])["launch_configuration"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // A new resource: Terraform plans again at apply time, sees previous_servers changed
+    // and stops before the provider changes anything.
+    let tf = Tf::new(&format!(
+        "{}{}",
+        provider(endpoint),
+        resource(&group, &SERVERS, "")
+    ));
+    tf.ok(&["plan", "-no-color", "-input=false", "-out=plan.bin"]);
+    fixture(&s, &["point", "--name", &group, "--lc", other_lc]);
+    let out = flat(&tf.fails(&["apply", "-no-color", "-input=false", "plan.bin"]));
+    assert!(out.contains(".previous_servers"), "{out}");
+    assert!(out.contains("10.0.9.9:4647"), "{out}");
+    assert_eq!(
+        fixture(&s, &["group", "--name", &group])["launch_configuration"],
+        other_lc
+    );
+    assert!(copies(&s, &group).is_empty());
+
+    // An existing one: the provider checks before it copies, and says what changed.
+    fixture(&s, &["point", "--name", &group, "--lc", &original]);
+    tf.apply();
+    let ours = attr(&tf, "launch_configuration_name");
+    tf.write_main(&format!(
+        "{}{}",
+        provider(endpoint),
+        resource(&group, &SERVERS[..1], "")
+    ));
+    tf.ok(&["plan", "-no-color", "-input=false", "-out=plan.bin"]);
+    fixture(&s, &["point", "--name", &group, "--lc", other_lc]);
+    let out = flat(&tf.fails(&["apply", "-no-color", "-input=false", "plan.bin"]));
+    assert!(
+        out.contains("Launch configuration changed since plan"),
+        "{out}"
+    );
+    assert!(out.contains("10.0.9.9:4647"), "{out}");
+    assert!(out.contains("Run terraform plan again"), "{out}");
+    assert_eq!(
+        fixture(&s, &["group", "--name", &group])["launch_configuration"],
+        other_lc
+    );
+    assert_eq!(copies(&s, &group), vec![ours.as_str().unwrap().to_string()]);
 }

@@ -8,6 +8,8 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use tokio::sync::OnceCell;
 
+use super::chain;
+
 use super::autoscaling::Autoscaling;
 use super::ec2::Ec2;
 
@@ -76,20 +78,6 @@ impl fmt::Display for AwsError {
 }
 
 impl std::error::Error for AwsError {}
-
-/// An error and its sources on one line.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut m = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        let t = s.to_string();
-        if !m.contains(&t) {
-            m.push_str(&format!(": {t}"));
-        }
-        src = s.source();
-    }
-    m
-}
 
 /// What the provider's `aws` block says; unset fields fall back to the AWS chain.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -52,7 +52,7 @@ impl Ec2 {
             .timeout(timeout)
             .connect_timeout(timeout)
             .build()
-            .map_err(|e| AwsError::new(AwsErrorKind::Other, None, super::aws::chain(&e)))?;
+            .map_err(|e| AwsError::new(AwsErrorKind::Other, None, super::chain(&e)))?;
         Ok(Ec2 {
             http,
             endpoint,
@@ -181,11 +181,7 @@ impl Ec2 {
             AwsError::new(
                 kind,
                 None,
-                format!(
-                    "EC2 {action} at {}: {}",
-                    self.endpoint,
-                    super::aws::chain(&e)
-                ),
+                format!("EC2 {action} at {}: {}", self.endpoint, super::chain(&e)),
             )
         })?;
         let status = resp.status();
@@ -193,10 +189,7 @@ impl Ec2 {
             AwsError::new(
                 AwsErrorKind::Unreachable,
                 None,
-                format!(
-                    "EC2 {action}: reading the answer: {}",
-                    super::aws::chain(&e)
-                ),
+                format!("EC2 {action}: reading the answer: {}", super::chain(&e)),
             )
         })?;
         if status.is_success() {
@@ -248,7 +241,7 @@ impl Ec2 {
             AwsError::new(
                 AwsErrorKind::Credentials,
                 None,
-                format!("loading AWS credentials: {}", super::aws::chain(&e)),
+                format!("loading AWS credentials: {}", super::chain(&e)),
             )
         })?;
         let identity = Identity::from(creds);

@@ -16,3 +16,17 @@ pub mod vault;
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
+
+/// An error and its sources on one line, each source once.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut m = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !m.contains(&t) {
+            m.push_str(&format!(": {t}"));
+        }
+        src = s.source();
+    }
+    m
+}

@@ -4,6 +4,8 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
+use super::chain;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NomadErrorKind {
     NoLeader,
@@ -26,19 +28,6 @@ impl fmt::Display for NomadError {
 }
 
 impl std::error::Error for NomadError {}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut m = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        let t = s.to_string();
-        if !m.contains(&t) {
-            m.push_str(&format!(": {t}"));
-        }
-        src = s.source();
-    }
-    m
-}
 
 /// The leader's address as Nomad reports it (`"10.0.0.1:4647"`).
 pub async fn leader(

@@ -453,34 +453,31 @@ impl NomadClientLaunchConfig {
     ) -> Result<Vec<String>, RolloutFailure> {
         let deadline = Instant::now() + timeout;
         let mut replaced: Vec<String> = Vec::new();
+        const LEFT: &str =
+            "The group already uses the new configuration; pending_instance_ids lists the \
+                            instances not yet replaced";
         let fail =
             |replaced: &[String], done: usize, summary: &str, detail: String| RolloutFailure {
                 replaced: replaced.to_vec(),
                 pending: old[done..].to_vec(),
-                diags: Diagnostic::error(summary, detail).into(),
+                diags: Diagnostic::error(summary, format!("{detail}. {LEFT}.")).into(),
             };
+        let describe = || async {
+            match c.autoscaling.group(group).await {
+                Ok(Some(g)) => Ok(g),
+                Ok(None) => Err((
+                    "Auto Scaling group disappeared during the rollout",
+                    format!("group {group} no longer exists"),
+                )),
+                Err(e) => Err(("Rollout interrupted", e.to_string())),
+            }
+        };
         let mut done = 0;
         for chunk in old.chunks(batch.max(1)) {
-            let current = match c.autoscaling.group(group).await {
-                Ok(Some(g)) => g,
-                Ok(None) => {
-                    return Err(fail(
-                        &replaced,
-                        done,
-                        "Auto Scaling group disappeared during the rollout",
-                        format!("group {group} no longer exists"),
-                    ))
-                }
-                Err(e) => {
-                    return Err(fail(
-                        &replaced,
-                        done,
-                        "Rollout interrupted",
-                        format!("{e}. The group already uses the new configuration; the next apply replaces the remaining instances"),
-                    ))
-                }
+            let live = match describe().await {
+                Ok(g) => live_instances(&g),
+                Err((summary, detail)) => return Err(fail(&replaced, done, summary, detail)),
             };
-            let live = live_instances(&current);
             for id in chunk {
                 if !live.contains(id) {
                     continue;
@@ -490,7 +487,7 @@ impl NomadClientLaunchConfig {
                         &replaced,
                         done,
                         "Rollout interrupted",
-                        format!("terminating {id}: {e}. The group already uses the new configuration; the next apply replaces the remaining instances"),
+                        format!("terminating {id}: {e}"),
                     ));
                 }
                 replaced.push(id.clone());
@@ -498,24 +495,9 @@ impl NomadClientLaunchConfig {
             done += chunk.len();
             let mut pause = Duration::from_millis(250);
             loop {
-                let g = match c.autoscaling.group(group).await {
-                    Ok(Some(g)) => g,
-                    Ok(None) => {
-                        return Err(fail(
-                            &replaced,
-                            done,
-                            "Auto Scaling group disappeared during the rollout",
-                            format!("group {group} no longer exists"),
-                        ))
-                    }
-                    Err(e) => {
-                        return Err(fail(
-                            &replaced,
-                            done,
-                            "Rollout interrupted",
-                            format!("{e}. The next apply replaces the remaining instances"),
-                        ))
-                    }
+                let g = match describe().await {
+                    Ok(g) => g,
+                    Err((summary, detail)) => return Err(fail(&replaced, done, summary, detail)),
                 };
                 let (fresh, need) = replacements(&g, old, replaced.len());
                 if fresh >= need {
@@ -527,9 +509,7 @@ impl NomadClientLaunchConfig {
                         done,
                         "Rollout timed out",
                         format!(
-                            "after {}: {fresh} of {need} replacement instances are InService in {group}. The group \
-                             already uses the new configuration; the instances not yet replaced are listed in \
-                             pending_instance_ids and the next apply replaces them",
+                            "after {}: {fresh} of {need} replacement instances are InService in {group}",
                             humantime::format_duration(timeout)
                         ),
                     ));
@@ -595,6 +575,24 @@ impl NomadClientLaunchConfig {
             Ok(r) => r,
             Err(e) => return Applied::from_result(Err(not_found_diag(&what, &e))),
         };
+        // The plan showed previous_servers; if the group's configuration changed since,
+        // the plan is stale: say so before touching anything.
+        if let Some(planned_prev) = planned.get("previous_servers").as_list() {
+            let planned_prev = strings(&Value::List(planned_prev.to_vec()));
+            if planned_prev != rewritten.previous {
+                return Applied::from_result(Err(Diagnostic::error(
+                    "Launch configuration changed since plan",
+                    format!(
+                        "the plan was made when {} named the Nomad servers {planned_prev:?}; it now names {:?}. \
+                         {NOTHING_CHANGED}. Run terraform plan again.",
+                        source.launch.describe(),
+                        rewritten.previous
+                    ),
+                )
+                .at(group_attr())
+                .into()));
+            }
+        }
         // Recorded before the switch: afterwards some APIs report old instances under
         // the new configuration's name.
         let old = live_instances(group);
@@ -645,15 +643,14 @@ impl NomadClientLaunchConfig {
         }
     }
 
-    /// Best effort at plan time: the servers the group's configuration names now, and the
-    /// hash of the rewritten user_data. Content errors are reported; AWS being
-    /// unreachable is left to apply.
+    /// Best effort at plan time: the servers the group's configuration names now. Content
+    /// errors are reported; AWS being unreachable is left to apply.
     async fn preview(
         &self,
         name: &str,
         servers: &[String],
         diags: &mut Diagnostics,
-    ) -> Option<(Vec<String>, String)> {
+    ) -> Option<Vec<String>> {
         let aws = self.aws().await.ok()?;
         let c = aws.clients().await.ok()?;
         let g = c.autoscaling.group(name).await.ok()??;
@@ -676,7 +673,7 @@ impl NomadClientLaunchConfig {
             }
         };
         match ud::rewrite(&loaded.user_data, servers) {
-            Ok(r) => Some((r.previous, file_sha256(r.text.as_bytes()))),
+            Ok(r) => Some(r.previous),
             Err(e) => {
                 diags.extend(not_found_diag(&launch.describe(), &e));
                 None
@@ -891,8 +888,10 @@ fn schema_block() -> Block {
              `servers = [...]` list (or `server_join { retry_join = [...] }`) inside the `client { ... }` block of \
              its user_data, creates a copy with every other field unchanged, points the group at the copy, then \
              replaces the running clients batch by batch so new ones start with the new servers. Groups that use \
-             a launch template get a new template version instead. Destroying it points the group back at the \
-             original and deletes the copy.",
+             a launch template get a new template version instead. The plan shows the servers the group's \
+             configuration names now (`previous_servers`) next to `nomad_servers`; if that configuration changes \
+             between plan and apply, the apply stops before changing anything. Destroying it points the group \
+             back at the original and deletes the copy.",
         )
         .attr(s("id").computed().description("The Auto Scaling group's name."))
         .attr(s("autoscaling_group_name").required().description(
@@ -1092,9 +1091,11 @@ impl Resource for NomadClientLaunchConfig {
             let servers = planned.get("nomad_servers");
             if let (Some(name), true) = (name, servers.is_fully_known()) {
                 let servers = strings(servers);
-                if let Some((prev, hash)) = self.preview(&name, &servers, diags).await {
+                // previous_servers only: apply checks it is still true before changing
+                // anything (a hash of the new user_data would fail Terraform's
+                // consistency check instead, should the group change meanwhile).
+                if let Some(prev) = self.preview(&name, &servers, diags).await {
                     planned.set("previous_servers", string_list(&prev));
-                    planned.set("user_data_sha256", Value::string(hash));
                 }
             }
             return vec![];
