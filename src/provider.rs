@@ -281,10 +281,11 @@ fn validate_aws(b: &Value, diags: &mut Diagnostics) {
             ),
         }
     }
-    if let Some(r) = b.get("region").as_str() {
-        let ok = !r.is_empty()
-            && r.bytes()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-');
+    // Empty strings mean "unset" (the standard chain decides), as for endpoint.
+    if let Some(r) = b.get("region").as_str().filter(|r| !r.is_empty()) {
+        let ok = r
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-');
         if !ok {
             diags.attr_error(
                 aws_path("region"),
@@ -807,6 +808,41 @@ mod tests {
             v.set(k, x.clone());
         }
         v
+    }
+
+    #[test]
+    fn aws_block_checks_name_their_attribute() {
+        let mut d = Diagnostics::new();
+        validate_aws(
+            &obj(&[
+                ("region", Value::string("US East")),
+                ("endpoint", Value::string("127.0.0.1:5000")),
+            ]),
+            &mut d,
+        );
+        let paths: Vec<String> =
+            d.0.iter()
+                .filter_map(|x| x.path.as_ref().map(|p| p.to_string()))
+                .collect();
+        assert_eq!(paths, vec!["aws.endpoint", "aws.region"]);
+        let mut d = Diagnostics::new();
+        validate_aws(
+            &obj(&[
+                ("region", Value::string("")),
+                ("endpoint", Value::string("")),
+                ("profile", Value::string("ops")),
+            ]),
+            &mut d,
+        );
+        assert!(d.is_empty(), "empty means unset: {d}");
+        validate_aws(
+            &obj(&[
+                ("region", Value::string("eu-west-3")),
+                ("endpoint", Value::string("http://127.0.0.1:55000")),
+            ]),
+            &mut d,
+        );
+        assert!(d.is_empty(), "{d}");
     }
 
     #[test]
