@@ -6,7 +6,7 @@ In one run, median of N (default 5) each:
   (b) the same plus our provider, configured, with zero resources of its own
   (c) 1 and 50 circleci_external_redis resources after apply (distinct files, refresh on)
   (d) the complete example (examples/complete: all 8 resources) after apply
-  (e) 1 circleci_nomad_client_launch_config after apply (refresh: 3 AWS calls to moto)
+  (e) 1 circleci_nomad_client_launch_config after apply (refresh: 2 AWS calls to moto)
 Prints the times, the provider's fixed cost per plan (b - a), its marginal cost per
 resource ((c50 - c1) / 49), the handshake time, the provider's peak RSS and the number
 of SSH logins one plan makes. Targets: fixed <= 0.05 s, marginal <= 4 ms/resource.
@@ -251,7 +251,7 @@ def main():
     print(f"(c1) plan, 1 circleci_external_redis (refresh):  {c1:.3f} s")
     print(f"(c50) plan, 50 circleci_external_redis:          {c50:.3f} s")
     print(f"(d) plan, examples/complete (all 8 resources): {d:.3f} s   ({d - a:+.3f} s vs (a))")
-    print(f"(e) plan, 1 circleci_nomad_client_launch_config: {e:.3f} s   ({e - a:+.3f} s vs (a); AWS chain + 3 calls)")
+    print(f"(e) plan, 1 circleci_nomad_client_launch_config: {e:.3f} s   (refresh: AWS chain + 2 calls to moto)")
     print(f"fixed cost per plan (b - a):                     {fixed:.3f} s   (target <= 0.050 s)")
     print(f"marginal cost per resource ((c50 - c1) / 49):    {marginal * 1000:.2f} ms (target <= 4 ms)")
     print(f"handshake (start to handshake line, AutoMTLS):   {hs * 1000:.1f} ms")

@@ -154,6 +154,12 @@ fn not_found_diag(what: &str, e: &ud::NotFound) -> Diagnostics {
     .into()
 }
 
+/// Errors about what a configuration holds carry the group attribute; AWS failures
+/// carry none.
+fn is_content_error(d: &Diagnostics) -> bool {
+    d.0.iter().any(|x| x.path.is_some())
+}
+
 fn current_launch(g: &Group) -> Result<Launch, Diagnostics> {
     if g.mixed_instances_policy {
         return Err(Diagnostic::error(
@@ -334,6 +340,21 @@ impl NomadClientLaunchConfig {
                     user_data,
                 }))
             }
+        }
+    }
+
+    /// For refresh: (exists, loaded). AWS failures are errors; a configuration whose
+    /// user_data cannot be read is reported as existing but not loaded.
+    async fn load_for_read(
+        &self,
+        c: &AwsClients,
+        launch: &Launch,
+    ) -> Result<(bool, Option<Loaded>), Diagnostics> {
+        match self.load(c, launch).await {
+            Ok(Some(l)) => Ok((true, Some(l))),
+            Ok(None) => Ok((false, None)),
+            Err(d) if is_content_error(&d) => Ok((true, None)),
+            Err(d) => Err(d),
         }
     }
 
@@ -665,8 +686,8 @@ impl NomadClientLaunchConfig {
             Ok(Some(l)) => l,
             Ok(None) => return None,
             Err(d) => {
-                // Decoding problems are content errors; AWS failures wait for apply.
-                if d.0.iter().any(|x| x.path.is_some()) {
+                // Content errors now; AWS failures wait for apply.
+                if is_content_error(&d) {
                     diags.extend(d);
                 }
                 return None;
@@ -1176,26 +1197,33 @@ impl Resource for NomadClientLaunchConfig {
                     o.describe()
                 ));
             }
-            match self.load(c, o).await {
-                Ok(Some(l)) => {
-                    if current.as_ref() == Some(o) {
-                        fresh.set(
-                            "user_data_sha256",
-                            Value::string(file_sha256(l.user_data.as_bytes())),
-                        );
-                    }
-                }
-                Ok(None) => drift.push(format!("{} was deleted", o.describe())),
-                Err(_) => {}
-            }
         }
-        // What the group's clients will actually be told: the servers in the config
-        // it uses now.
-        if let Some(cur) = &current {
-            if let Ok(Some(l)) = self.load(c, cur).await {
-                if let Ok(lists) = ud::find(&l.user_data) {
-                    fresh.set("nomad_servers", string_list(&lists[0].items));
+        // Our copy, and what the group's clients are actually told: the servers in the
+        // configuration it uses now (one request when that is ours).
+        let ours_loaded = match &ours {
+            Some(o) => {
+                let (exists, loaded) = self.load_for_read(c, o).await?;
+                if !exists {
+                    drift.push(format!("{} was deleted", o.describe()));
                 }
+                loaded
+            }
+            None => None,
+        };
+        let current_loaded = match &current {
+            Some(cur) if Some(cur) == ours.as_ref() => ours_loaded,
+            Some(cur) => self.load_for_read(c, cur).await?.1,
+            None => None,
+        };
+        if let Some(l) = current_loaded {
+            if Some(&l.launch) == ours.as_ref() {
+                fresh.set(
+                    "user_data_sha256",
+                    Value::string(file_sha256(l.user_data.as_bytes())),
+                );
+            }
+            if let Ok(lists) = ud::find(&l.user_data) {
+                fresh.set("nomad_servers", string_list(&lists[0].items));
             }
         }
         let live = group.instance_ids();
