@@ -593,3 +593,40 @@ fn a_plan_made_stale_by_a_changed_group_is_refused() {
     );
     assert_eq!(copies(&s, &group), vec![ours.as_str().unwrap().to_string()]);
 }
+
+#[test]
+fn restore_on_destroy_false_leaves_the_group_on_the_copy() {
+    let s = servers();
+    let endpoint = s.get("CIRCLECI_TEST_AWS_ENDPOINT");
+    let group = unique("nomad-keep");
+    let made = setup(&s, &group, "lc", s.get("CIRCLECI_TEST_NOMAD_USER_DATA"));
+    let tf = Tf::new(&format!(
+        "{}{}",
+        provider(endpoint),
+        resource(
+            &group,
+            &SERVERS,
+            "  rollout = \"none\"\n  restore_on_destroy = false\n"
+        )
+    ));
+    tf.apply();
+    let ours = attr(&tf, "launch_configuration_name")
+        .as_str()
+        .unwrap()
+        .to_string();
+    tf.ok(&["destroy", "-auto-approve", "-no-color", "-input=false"]);
+    let g = fixture(&s, &["group", "--name", &group]);
+    assert_eq!(g["launch_configuration"], ours.as_str());
+    assert_eq!(copies(&s, &group), vec![ours]);
+    assert_eq!(
+        fixture(
+            &s,
+            &[
+                "lc",
+                "--name",
+                made["launch_configuration"].as_str().unwrap()
+            ]
+        )["exists"],
+        true
+    );
+}

@@ -954,7 +954,8 @@ fn schema_block() -> Block {
         ))
         .attr(s("launch_template_version").computed().description(
             "The template version this resource created and the group now uses (empty for a launch \
-             configuration group).",
+             configuration group). It becomes the template's latest version, so other groups that launch \
+             from the same template at `$Latest` get the new servers too until it is deleted.",
         ))
         .attr(s("original_launch_configuration_name").computed().description(
             "The launch configuration the group used before; destroy restores it. Empty after import.",
