@@ -511,6 +511,7 @@ impl NomadClientLaunchConfig {
                         format!("terminating {id}: {e}"),
                     ));
                 }
+                log::info!("rollout of {group}: terminated {id}");
                 replaced.push(id.clone());
             }
             done += chunk.len();
@@ -521,6 +522,7 @@ impl NomadClientLaunchConfig {
                     Err((summary, detail)) => return Err(fail(&replaced, done, summary, detail)),
                 };
                 let (fresh, need) = replacements(&g, old, replaced.len());
+                log::debug!("rollout of {group}: {fresh} of {need} replacements InService");
                 if fresh >= need {
                     break;
                 }
@@ -621,6 +623,11 @@ impl NomadClientLaunchConfig {
             Ok(l) => l,
             Err(d) => return Applied::from_result(Err(d)),
         };
+        log::info!(
+            "{}: created {} from {what}; switching the group",
+            group.name,
+            ours.describe()
+        );
         if let Err(e) = self.switch(c, &group.name, &ours).await {
             let mut d = aws_diag(
                 e,
