@@ -97,17 +97,8 @@ fn describe(e: &tokio_postgres::Error) -> String {
         }
         return m;
     }
-    // Walk the source chain: "error connecting to server: Connection refused".
-    let mut m = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        let t = s.to_string();
-        if !m.contains(&t) {
-            m.push_str(&format!(": {t}"));
-        }
-        src = s.source();
-    }
-    m
+    // The source chain: "error connecting to server: Connection refused".
+    super::chain(e)
 }
 
 fn target(user: &str, host: &str, port: u16) -> String {

@@ -116,18 +116,7 @@ impl Vault {
                 };
                 (format!("HTTP {code}{msg}{hint}"), *code == 404)
             }
-            ClientError::RestClientError { source } => {
-                let mut m = source.to_string();
-                let mut src = std::error::Error::source(source);
-                while let Some(s) = src {
-                    let t = s.to_string();
-                    if !m.contains(&t) {
-                        m.push_str(&format!(": {t}"));
-                    }
-                    src = s.source();
-                }
-                (m, false)
-            }
+            ClientError::RestClientError { source } => (super::chain(source), false),
             other => (other.to_string(), false),
         };
         VaultError {

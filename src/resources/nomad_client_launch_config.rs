@@ -301,10 +301,6 @@ struct RolloutFailure {
 }
 
 impl NomadClientLaunchConfig {
-    async fn aws(&self) -> Result<Arc<crate::backends::aws::Aws>, Diagnostics> {
-        self.data.aws()
-    }
-
     async fn load(&self, c: &AwsClients, launch: &Launch) -> Result<Option<Loaded>, Diagnostics> {
         let what = launch.describe();
         match launch {
@@ -679,7 +675,7 @@ impl NomadClientLaunchConfig {
         servers: &[String],
         diags: &mut Diagnostics,
     ) -> Option<Vec<String>> {
-        let aws = self.aws().await.ok()?;
+        let aws = self.data.aws().ok()?;
         let c = aws.clients().await.ok()?;
         let g = c.autoscaling.group(name).await.ok()??;
         let launch = match current_launch(&g) {
@@ -711,7 +707,7 @@ impl NomadClientLaunchConfig {
 
     async fn create_applied(&self, planned: &Value) -> Applied {
         let r = async {
-            let aws = self.aws().await?;
+            let aws = self.data.aws()?;
             let c = aws.clients().await.map_err(|e| aws_diag(e, NOTHING_CHANGED))?;
             let name = planned
                 .get("autoscaling_group_name")
@@ -740,7 +736,7 @@ impl NomadClientLaunchConfig {
 
     async fn update_applied(&self, prior: &Value, planned: &Value) -> Applied {
         let r = async {
-            let aws = self.aws().await?;
+            let aws = self.data.aws()?;
             let c = aws.clients().await.map_err(|e| aws_diag(e, NOTHING_CHANGED))?;
             let name = planned
                 .get("autoscaling_group_name")
@@ -808,7 +804,7 @@ impl NomadClientLaunchConfig {
             return Applied::default();
         }
         let r = async {
-            let aws = self.aws().await?;
+            let aws = self.data.aws()?;
             let c = aws
                 .clients()
                 .await
@@ -1156,11 +1152,7 @@ impl Resource for NomadClientLaunchConfig {
     }
 
     async fn create(&self, planned: &Value, _config: &Value) -> Result<Value, Diagnostics> {
-        let a = self.create_applied(planned).await;
-        match (a.state, a.diags.has_errors()) {
-            (Some(s), false) => Ok(s),
-            (_, _) => Err(a.diags),
-        }
+        self.create_applied(planned).await.into_result()
     }
 
     async fn apply_create(&self, planned: &Value, _config: &Value) -> Applied {
@@ -1176,7 +1168,7 @@ impl Resource for NomadClientLaunchConfig {
     }
 
     async fn read(&self, state: &Value) -> Result<Option<Value>, Diagnostics> {
-        let aws = self.aws().await?;
+        let aws = self.data.aws()?;
         let c = aws.clients().await.map_err(|e| aws_diag(e, ""))?;
         let name = state
             .get("autoscaling_group_name")
@@ -1250,11 +1242,7 @@ impl Resource for NomadClientLaunchConfig {
         planned: &Value,
         _config: &Value,
     ) -> Result<Value, Diagnostics> {
-        let a = self.update_applied(prior, planned).await;
-        match (a.state, a.diags.has_errors()) {
-            (Some(s), false) => Ok(s),
-            (_, _) => Err(a.diags),
-        }
+        self.update_applied(prior, planned).await.into_result()
     }
 
     async fn delete(&self, prior: &Value) -> Result<(), Diagnostics> {
@@ -1267,7 +1255,7 @@ impl Resource for NomadClientLaunchConfig {
     }
 
     async fn import(&self, id: &str) -> Result<Value, Diagnostics> {
-        let aws = self.aws().await?;
+        let aws = self.data.aws()?;
         let c = aws.clients().await.map_err(|e| aws_diag(e, ""))?;
         let group = c
             .autoscaling
