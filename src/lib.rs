@@ -9,3 +9,4 @@ pub mod logging;
 pub mod plugin;
 pub mod provider;
 pub mod resources;
+pub mod secret;

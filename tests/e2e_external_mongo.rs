@@ -1,6 +1,8 @@
 //! circleci_external_mongo end to end: the terraform CLI, the MongoDB stand-in
 //! (dev/mongo-standin) through the official driver, and the real sshd.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
+
 mod common;
 
 use common::{closed_port, hcl_str, servers, Servers, Tf};

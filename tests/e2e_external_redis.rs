@@ -1,6 +1,8 @@
 //! circleci_external_redis end to end: the real terraform CLI, the provider binary, a
 //! real sshd as the Services machine and a real Redis.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
+
 mod common;
 
 use common::{closed_port, mode_of, servers, Tf};
@@ -79,12 +81,20 @@ fn lifecycle_apply_drift_repair_import_destroy() {
         .contains("127.0.0.1"));
     assert_eq!(tf.plan_code(), 0);
 
-    // Remove the file: plan wants to create it again.
+    // Remove the file: refresh reports it as drift and the plan writes it again in
+    // place (the same for every file-writing resource).
     std::fs::remove_file(&slanger).unwrap();
     let out = tf.run(&["plan", "-no-color", "-detailed-exitcode"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stdout)
-        .contains("circleci_external_redis.slanger will be created"));
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        plan.contains("circleci_external_redis.slanger will be updated in-place"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("is missing on the Services machine"),
+        "{plan}"
+    );
     tf.apply();
     assert!(slanger.exists());
 

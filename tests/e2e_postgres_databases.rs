@@ -1,6 +1,8 @@
 //! circleci_postgres_databases end to end: the real terraform CLI, a real PostgreSQL 15
 //! (scram-sha-256, TLS verified against the dev CA) and the real sshd.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
+
 mod common;
 
 use common::{closed_port, hcl_str, mode_of, servers, Tf};

@@ -1,5 +1,7 @@
 //! Property: every value we render comes back byte for byte when bash sources the file.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
+
 use proptest::prelude::*;
 use std::process::Command;
 use terraform_provider_circleci::circleci::envfile::{parse, render, Style};

@@ -1,5 +1,7 @@
 //! The MongoDB stand-in (dev/mongo-standin) against the official driver, unmodified.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
+
 mod common;
 
 use mongodb::bson::{doc, Document};

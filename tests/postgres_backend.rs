@@ -1,5 +1,7 @@
 //! The PostgreSQL backend against the real server: every sslmode, and the admin calls.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
+
 mod common;
 
 use std::time::Duration;
@@ -7,7 +9,7 @@ use std::time::Duration;
 use terraform_provider_circleci::backends::postgres::{
     verify_login, PgAdmin, PgConfig, SslMode, Tls,
 };
-use terraform_provider_circleci::backends::ssh::Secret;
+use terraform_provider_circleci::secret::Secret;
 
 fn admin(s: &common::Servers, mode: SslMode, ca: Option<&str>) -> PgAdmin {
     PgAdmin::new(PgConfig {
@@ -41,8 +43,12 @@ async fn every_sslmode_behaves_like_libpq() {
             .await
             .unwrap_err();
         assert!(e.is_connect(), "{e}");
-        assert!(e.0.contains("certificate"), "{e}");
-        assert!(e.0.contains(&format!("127.0.0.1:{}", s.pg_port())), "{e}");
+        assert!(e.to_string().contains("certificate"), "{e}");
+        assert!(
+            e.to_string()
+                .contains(&format!("127.0.0.1:{}", s.pg_port())),
+            "{e}"
+        );
     }
     // Without a CA the verifying modes refuse to start at all.
     assert!(admin(&s, SslMode::VerifyFull, None).check().await.is_err());
@@ -54,8 +60,11 @@ async fn wrong_admin_password_is_a_clear_error_without_the_password() {
     let mut cfg = admin(&s, SslMode::Require, None).config().clone();
     cfg.password = Secret("not-the-password-xyzzy".into());
     let e = PgAdmin::new(cfg).check().await.unwrap_err();
-    assert!(e.0.contains("password authentication failed"), "{e}");
-    assert!(!e.0.contains("xyzzy"), "{e}");
+    assert!(
+        e.to_string().contains("password authentication failed"),
+        "{e}"
+    );
+    assert!(!e.to_string().contains("xyzzy"), "{e}");
 }
 
 #[tokio::test]

@@ -1,14 +1,17 @@
 //! The Services-machine layer against a real OpenSSH sshd on loopback.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
+
 mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use terraform_provider_circleci::backends::ssh::{
-    parse_host_key, HostKeyPolicy, Secret, ServicesHost, SshAuth, SshConfig, SshErrorKind,
+    parse_host_key, HostKeyPolicy, ServicesHost, SshAuth, SshConfig, SshErrorKind,
 };
 use terraform_provider_circleci::circleci::envfile::{render, Style};
+use terraform_provider_circleci::secret::Secret;
 
 fn host(s: &common::Servers, policy: HostKeyPolicy) -> ServicesHost {
     ServicesHost::new(SshConfig {
@@ -116,10 +119,10 @@ async fn errors_say_what_failed_where() {
         .write_file(bad.to_str().unwrap(), b"x", 0o600)
         .await
         .unwrap_err();
-    assert_eq!(e.kind, SshErrorKind::Io);
-    assert!(e.message.contains(blocker.to_str().unwrap()), "{e}");
+    assert_eq!(e.kind(), SshErrorKind::Io);
+    assert!(e.to_string().contains(blocker.to_str().unwrap()), "{e}");
     assert!(
-        e.message
+        e.to_string()
             .contains(&format!("root@127.0.0.1:{}", s.ssh_port())),
         "{e}"
     );
@@ -138,9 +141,9 @@ async fn errors_say_what_failed_where() {
         ..h.config().clone()
     });
     let e = h2.check().await.unwrap_err();
-    assert_eq!(e.kind, SshErrorKind::Auth);
+    assert_eq!(e.kind(), SshErrorKind::Auth);
     assert!(
-        !e.message.contains("PRIVATE KEY"),
+        !e.to_string().contains("PRIVATE KEY"),
         "the key must never appear in errors: {e}"
     );
 
@@ -149,7 +152,7 @@ async fn errors_say_what_failed_where() {
         port: common::closed_port(),
         ..h.config().clone()
     });
-    assert_eq!(h3.check().await.unwrap_err().kind, SshErrorKind::Connect);
+    assert_eq!(h3.check().await.unwrap_err().kind(), SshErrorKind::Connect);
 
     // A known_hosts file that does not list the host.
     let empty = other.path().join("known_hosts");
@@ -159,8 +162,8 @@ async fn errors_say_what_failed_where() {
         ..h.config().clone()
     });
     let e = h4.check().await.unwrap_err();
-    assert_eq!(e.kind, SshErrorKind::HostKey);
-    assert!(e.message.contains("is not in"), "{e}");
+    assert_eq!(e.kind(), SshErrorKind::HostKey);
+    assert!(e.to_string().contains("is not in"), "{e}");
 }
 
 #[tokio::test]
@@ -182,10 +185,12 @@ async fn sudo_writes_as_root_for_a_non_root_user() {
         })
     };
 
-    // Without sudo the non-root user is refused, and the message says what to do.
+    // Without sudo the non-root user is refused, typed as such (the resource layer
+    // tells the user to set sudo = true), and the message says as whom.
     let e = as_user(false).write_file(p, b"x", 0o600).await.unwrap_err();
-    assert!(e.message.contains("permission denied"), "{e}");
-    assert!(e.message.contains("sudo = true"), "{e}");
+    assert!(e.to_string().contains("permission denied"), "{e}");
+    assert!(e.is_permission_denied(), "{e:?}");
+    assert!(e.to_string().contains("not as root"), "{e}");
     assert!(!path.exists());
 
     // With sudo the same user writes as root.

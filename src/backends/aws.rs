@@ -1,7 +1,6 @@
 //! AWS: the standard configuration chain (environment, profile, SSO, IMDS) loaded once,
 //! lazily, and the clients built on it.
 
-use std::fmt;
 use std::time::Duration;
 
 use aws_config::timeout::TimeoutConfig;
@@ -27,7 +26,9 @@ pub enum AwsErrorKind {
     Other,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What AWS (or the configuration chain) said, classified by the AWS error code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
 pub struct AwsError {
     pub kind: AwsErrorKind,
     /// The AWS error code (`ValidationError`, `AccessDenied`, ...), when AWS answered.
@@ -70,14 +71,6 @@ impl AwsError {
         AwsError::new(kind, code.filter(|c| !c.is_empty()), message)
     }
 }
-
-impl fmt::Display for AwsError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for AwsError {}
 
 /// What the provider's `aws` block says; unset fields fall back to the AWS chain.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -144,9 +137,7 @@ async fn load(s: &AwsSettings) -> Result<AwsClients, AwsError> {
         return Err(AwsError::new(
             AwsErrorKind::Config,
             None,
-            "no AWS region: set aws.region in the provider configuration, or AWS_REGION, or a region in \
-             the AWS profile"
-                .into(),
+            "no AWS region: none configured, none in AWS_REGION, none in the AWS profile".into(),
         ));
     };
     let ec2_endpoint = s
@@ -192,7 +183,7 @@ pub fn sdk_error<E, R>(
 ) -> AwsError
 where
     E: aws_sdk_autoscaling::error::ProvideErrorMetadata + std::error::Error + 'static,
-    R: fmt::Debug,
+    R: std::fmt::Debug,
 {
     use aws_sdk_autoscaling::error::SdkError;
     // The chain of sources reads "dispatch failure: io error: ...: Connection refused";

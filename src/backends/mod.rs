@@ -30,3 +30,46 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     }
     m
 }
+
+/// The first error of type `T` in `e`'s source chain, looking inside `std::io::Error`s
+/// too (their `source()` skips the error they wrap). Classification by type, never by
+/// message text.
+pub fn find_in_chain<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut cur: Option<&'a (dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<T>() {
+            return Some(t);
+        }
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if let Some(t) = find_in_chain::<T>(inner) {
+                return Some(t);
+            }
+        }
+        cur = err.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("inner")]
+    struct Inner;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn finds_errors_wrapped_in_io_errors() {
+        let e = Outer(std::io::Error::other(Inner));
+        assert!(super::find_in_chain::<Inner>(&e).is_some());
+        assert!(super::find_in_chain::<std::fmt::Error>(&e).is_none());
+        assert_eq!(super::chain(&e), "outer: inner");
+    }
+}

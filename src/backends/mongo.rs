@@ -11,18 +11,43 @@ use mongodb::options::{ClientOptions, Tls, TlsOptions};
 use mongodb::Client;
 use tokio::sync::OnceCell;
 
-use super::ssh::Secret;
+use crate::secret::Secret;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MongoError(pub String);
-
-impl fmt::Display for MongoError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+/// What failed, on which hosts (never the connection string: it carries a password).
+/// `code` is MongoDB's error code when the server answered a command with one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MongoError {
+    #[error("the MongoDB connection string for {hosts} is not valid: {detail}")]
+    BadUri { hosts: String, detail: String },
+    #[error("{what} on MongoDB at {hosts}: {detail}")]
+    Command {
+        what: String,
+        hosts: String,
+        code: Option<i32>,
+        detail: String,
+    },
+    #[error("{user:?} logged in to {hosts} but lacks {}", .missing.join(", "))]
+    MissingRoles {
+        user: String,
+        hosts: String,
+        missing: Vec<String>,
+    },
 }
 
-impl std::error::Error for MongoError {}
+impl MongoError {
+    fn command(
+        what: impl Into<String>,
+        hosts: impl Into<String>,
+        e: &mongodb::error::Error,
+    ) -> Self {
+        MongoError::Command {
+            what: what.into(),
+            hosts: hosts.into(),
+            code: code(e),
+            detail: describe(e),
+        }
+    }
+}
 
 /// A role: (role, database).
 pub type Role = (String, String);
@@ -67,12 +92,12 @@ pub async fn client_for(
     timeout: Duration,
 ) -> Result<Client, MongoError> {
     let hosts = hosts_of(uri);
-    let mut o = ClientOptions::parse(uri).await.map_err(|e| {
-        MongoError(format!(
-            "the MongoDB connection string for {hosts} is not valid: {}",
-            describe(&e)
-        ))
-    })?;
+    let mut o = ClientOptions::parse(uri)
+        .await
+        .map_err(|e| MongoError::BadUri {
+            hosts: hosts.clone(),
+            detail: describe(&e),
+        })?;
     // Settings in the connection string win; otherwise the provider's timeout applies.
     o.server_selection_timeout.get_or_insert(timeout);
     o.connect_timeout.get_or_insert(timeout);
@@ -85,7 +110,7 @@ pub async fn client_for(
         t.ca_file_path = Some(ca.clone());
         o.tls = Some(Tls::Enabled(t));
     }
-    Client::with_options(o).map_err(|e| MongoError(format!("MongoDB at {hosts}: {}", describe(&e))))
+    Client::with_options(o).map_err(|e| MongoError::command("opening a client", hosts, &e))
 }
 
 pub struct MongoAdmin {
@@ -135,13 +160,10 @@ impl MongoAdmin {
             .client
             .get_or_try_init(|| client_for(&self.uri.0, self.ca.as_ref(), self.timeout))
             .await?;
-        c.database(db).run_command(cmd).await.map_err(|e| {
-            MongoError(format!(
-                "{what} on MongoDB at {}: {}",
-                self.hosts(),
-                describe(&e)
-            ))
-        })
+        c.database(db)
+            .run_command(cmd)
+            .await
+            .map_err(|e| MongoError::command(what, self.hosts(), &e))
     }
 
     /// The user's roles, or None when there is no such user.
@@ -238,11 +260,11 @@ impl MongoAdmin {
         match c.database(db).run_command(doc! {"dropUser": name}).await {
             Ok(_) => Ok(true),
             Err(e) if code(&e) == Some(11) => Ok(false),
-            Err(e) => Err(MongoError(format!(
-                "dropping user {name:?} on MongoDB at {}: {}",
+            Err(e) => Err(MongoError::command(
+                format!("dropping user {name:?}"),
                 self.hosts(),
-                describe(&e)
-            ))),
+                &e,
+            )),
         }
     }
 }
@@ -263,12 +285,7 @@ pub async fn verify(
         .database(auth_db)
         .run_command(doc! {"usersInfo": {"user": user, "db": auth_db}})
         .await
-        .map_err(|e| {
-            MongoError(format!(
-                "logging in to MongoDB at {hosts} as {user:?}: {}",
-                describe(&e)
-            ))
-        })?;
+        .map_err(|e| MongoError::command(format!("logging in as {user:?}"), hosts.clone(), &e))?;
     let have: Vec<Role> = r
         .get_array("users")
         .ok()
@@ -293,10 +310,11 @@ pub async fn verify(
         .map(|(r, d)| format!("{r}@{d}"))
         .collect();
     if !missing.is_empty() {
-        return Err(MongoError(format!(
-            "{user:?} logged in to {hosts} but lacks {}",
-            missing.join(", ")
-        )));
+        return Err(MongoError::MissingRoles {
+            user: user.to_string(),
+            hosts,
+            missing,
+        });
     }
     Ok(())
 }

@@ -1,33 +1,43 @@
 //! Nomad: `GET /v1/status/leader` over HTTP(S), as CircleCI's services will reach it.
 
-use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::chain;
+use super::{chain, find_in_chain};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NomadErrorKind {
-    NoLeader,
-    PermissionDenied,
-    Tls,
-    Unreachable,
-    Other,
+/// Why the leader check failed; TLS failures are told apart by the rustls error in the
+/// source chain, never by message text.
+#[derive(Debug, thiserror::Error)]
+pub enum NomadError {
+    #[error("Nomad at {endpoint} has no cluster leader{}", if *.elections { ": the servers have not elected one (are enough of them up?)" } else { "" })]
+    NoLeader { endpoint: String, elections: bool },
+    #[error("Nomad at {endpoint} answered 403 Permission denied: {}", if *.with_token { "the ACL token was refused" } else { "ACLs are on and no ACL token was given" })]
+    PermissionDenied { endpoint: String, with_token: bool },
+    #[error("Nomad at {endpoint} is not reachable: {}", chain(.source))]
+    Tls {
+        endpoint: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("Nomad at {endpoint} is not reachable: {}", chain(.source))]
+    Unreachable {
+        endpoint: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("CA certificate file {}: {detail}", path.display())]
+    CaFile { path: PathBuf, detail: String },
+    #[error("Nomad at {endpoint} answered HTTP {status}: {body}")]
+    Http {
+        endpoint: String,
+        status: u16,
+        body: String,
+    },
+    #[error("Nomad at {endpoint} answered {body:?} to /v1/status/leader")]
+    BadAnswer { endpoint: String, body: String },
+    #[error("HTTP client: {}", chain(.0))]
+    Client(#[source] reqwest::Error),
 }
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NomadError {
-    pub kind: NomadErrorKind,
-    pub message: String,
-}
-
-impl fmt::Display for NomadError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for NomadError {}
 
 /// The leader's address as Nomad reports it (`"10.0.0.1:4647"`).
 pub async fn leader(
@@ -37,73 +47,63 @@ pub async fn leader(
     timeout: Duration,
 ) -> Result<String, NomadError> {
     super::install_crypto_provider();
-    let err = |kind, message: String| NomadError { kind, message };
+    let endpoint_s = endpoint.to_string();
     let mut b = reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout);
     if let Some(p) = ca_file {
-        let pem = std::fs::read(p).map_err(|e| {
-            err(
-                NomadErrorKind::Other,
-                format!("ca_cert_file {}: {e}", p.display()),
-            )
-        })?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-            err(
-                NomadErrorKind::Other,
-                format!("ca_cert_file {}: {e}", p.display()),
-            )
-        })?;
+        let ca = |detail: String| NomadError::CaFile {
+            path: p.to_path_buf(),
+            detail,
+        };
+        let pem = std::fs::read(p).map_err(|e| ca(e.to_string()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca(chain(&e)))?;
         b = b.tls_certs_merge(certs);
     }
-    let client = b
-        .build()
-        .map_err(|e| err(NomadErrorKind::Other, format!("HTTP client: {}", chain(&e))))?;
+    let client = b.build().map_err(NomadError::Client)?;
     let url = format!("{}/v1/status/leader", endpoint.trim_end_matches('/'));
     let mut req = client.get(&url);
     if let Some(t) = token {
         req = req.header("X-Nomad-Token", t);
     }
     let resp = req.send().await.map_err(|e| {
-        let m = chain(&e);
-        let kind = if m.contains("certificate") || m.contains("tls") || m.contains("TLS") {
-            NomadErrorKind::Tls
+        let endpoint = endpoint_s.clone();
+        if find_in_chain::<rustls::Error>(&e).is_some() {
+            NomadError::Tls {
+                endpoint,
+                source: e,
+            }
         } else {
-            NomadErrorKind::Unreachable
-        };
-        let hint = if kind == NomadErrorKind::Tls {
-            " (is ca_cert_file the CA that signed Nomad's certificate?)"
-        } else {
-            ""
-        };
-        err(
-            kind,
-            format!("Nomad at {endpoint} is not reachable: {m}{hint}"),
-        )
+            NomadError::Unreachable {
+                endpoint,
+                source: e,
+            }
+        }
     })?;
     let status = resp.status().as_u16();
     let body = resp.text().await.unwrap_or_default();
+    let endpoint = endpoint_s;
     match status {
-        200 => serde_json::from_str::<String>(&body)
-            .map_err(|_| err(NomadErrorKind::Other, format!("Nomad at {endpoint} answered {body:?} to /v1/status/leader")))
-            .and_then(|l| {
-                if l.is_empty() {
-                    Err(err(NomadErrorKind::NoLeader, format!("Nomad at {endpoint} has no cluster leader")))
-                } else {
-                    Ok(l)
-                }
+        200 => match serde_json::from_str::<String>(&body) {
+            Ok(l) if l.is_empty() => Err(NomadError::NoLeader {
+                endpoint,
+                elections: false,
             }),
-        403 => Err(err(
-            NomadErrorKind::PermissionDenied,
-            format!(
-                "Nomad at {endpoint} answered 403 Permission denied: {}",
-                if token.is_some() { "the ACL token was refused" } else { "ACLs are on; set acl_token_wo" }
-            ),
-        )),
-        500 if body.contains("No cluster leader") => Err(err(
-            NomadErrorKind::NoLeader,
-            format!("Nomad at {endpoint} has no cluster leader: the servers have not elected one (are enough of them up?)"),
-        )),
-        _ => Err(err(NomadErrorKind::Other, format!("Nomad at {endpoint} answered HTTP {status}: {}", body.trim()))),
+            Ok(l) => Ok(l),
+            Err(_) => Err(NomadError::BadAnswer { endpoint, body }),
+        },
+        403 => Err(NomadError::PermissionDenied {
+            endpoint,
+            with_token: token.is_some(),
+        }),
+        500 if body.contains("No cluster leader") => Err(NomadError::NoLeader {
+            endpoint,
+            elections: true,
+        }),
+        _ => Err(NomadError::Http {
+            endpoint,
+            status,
+            body: body.trim().to_string(),
+        }),
     }
 }

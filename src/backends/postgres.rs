@@ -17,10 +17,11 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::ssh::Secret;
+use crate::secret::Secret;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SslMode {
@@ -59,23 +60,58 @@ pub struct PgConfig {
     pub connect_timeout: Duration,
 }
 
-/// What failed, where. Never contains a password.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PgError(pub String);
-
-impl fmt::Display for PgError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+/// What failed, where. Never contains a password. Classified by variant and SQLSTATE,
+/// never by message text.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PgError {
+    /// The server could not be reached, refused the login, or its certificate was not
+    /// trusted (`cert`).
+    #[error("connecting to {target} (database {database:?}): {detail}{}", if *.cert { " (is the CA certificate the one that signed the server's certificate, and the host the name in it?)" } else { "" })]
+    Connect {
+        target: String,
+        database: String,
+        detail: String,
+        code: Option<SqlState>,
+        cert: bool,
+    },
+    #[error("connecting to {target} (database {database:?}): no answer within {}", humantime::format_duration(*.after))]
+    Timeout {
+        target: String,
+        database: String,
+        after: Duration,
+    },
+    /// A statement failed once connected.
+    #[error("{what} on {target}: {detail}")]
+    Statement {
+        what: String,
+        target: String,
+        detail: String,
+        code: Option<SqlState>,
+    },
+    /// The TLS settings (sslmode, sslrootcert) cannot be used.
+    #[error("{0}")]
+    TlsSettings(String),
+    /// Several databases failed at once, one line each.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Many(Vec<PgError>),
 }
 
-impl std::error::Error for PgError {}
-
 impl PgError {
-    /// True when the server could not be reached or refused the connection (every
-    /// such message starts with "connecting to", see [`Tls::connect`]).
+    /// True when the server could not be reached or refused the connection.
     pub fn is_connect(&self) -> bool {
-        self.0.starts_with("connecting to ")
+        match self {
+            PgError::Connect { .. } | PgError::Timeout { .. } => true,
+            PgError::Many(all) => all.iter().any(PgError::is_connect),
+            _ => false,
+        }
+    }
+
+    /// The SQLSTATE the server answered with, if it answered.
+    pub fn code(&self) -> Option<&SqlState> {
+        match self {
+            PgError::Connect { code, .. } | PgError::Statement { code, .. } => code.as_ref(),
+            _ => None,
+        }
     }
 }
 
@@ -87,6 +123,10 @@ pub fn quote_ident(name: &str) -> String {
 /// `'text'` with inner quotes doubled (standard_conforming_strings is on since 9.1).
 pub fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
+}
+
+fn code_of(e: &tokio_postgres::Error) -> Option<SqlState> {
+    e.code().cloned()
 }
 
 fn describe(e: &tokio_postgres::Error) -> String {
@@ -205,27 +245,29 @@ impl Tls {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| PgError(format!("TLS set-up: {e}")))?;
+            .map_err(|e| PgError::TlsSettings(format!("TLS set-up: {e}")))?;
         let verifier: Arc<dyn ServerCertVerifier> = match mode {
             SslMode::Disable | SslMode::Prefer | SslMode::Require => {
                 Arc::new(NoCertCheck(provider.clone()))
             }
             SslMode::VerifyCa | SslMode::VerifyFull => {
                 let path = rootcert.ok_or_else(|| {
-                    PgError("sslmode verify-ca and verify-full need sslrootcert: the CA certificate (PEM) that signed the server's".into())
+                    PgError::TlsSettings("sslmode verify-ca and verify-full need sslrootcert: the CA certificate (PEM) that signed the server's".into())
                 })?;
                 let mut roots = rustls::RootCertStore::empty();
-                let certs = CertificateDer::pem_file_iter(path)
-                    .map_err(|e| PgError(format!("sslrootcert {}: {e}", path.display())))?;
+                let certs = CertificateDer::pem_file_iter(path).map_err(|e| {
+                    PgError::TlsSettings(format!("sslrootcert {}: {e}", path.display()))
+                })?;
                 for c in certs {
-                    let c =
-                        c.map_err(|e| PgError(format!("sslrootcert {}: {e}", path.display())))?;
-                    roots
-                        .add(c)
-                        .map_err(|e| PgError(format!("sslrootcert {}: {e}", path.display())))?;
+                    let c = c.map_err(|e| {
+                        PgError::TlsSettings(format!("sslrootcert {}: {e}", path.display()))
+                    })?;
+                    roots.add(c).map_err(|e| {
+                        PgError::TlsSettings(format!("sslrootcert {}: {e}", path.display()))
+                    })?;
                 }
                 if roots.is_empty() {
-                    return Err(PgError(format!(
+                    return Err(PgError::TlsSettings(format!(
                         "sslrootcert {} holds no certificate",
                         path.display()
                     )));
@@ -235,7 +277,9 @@ impl Tls {
                     provider,
                 )
                 .build()
-                .map_err(|e| PgError(format!("sslrootcert {}: {e}", path.display())))?;
+                .map_err(|e| {
+                    PgError::TlsSettings(format!("sslrootcert {}: {e}", path.display()))
+                })?;
                 if mode == SslMode::VerifyCa {
                     Arc::new(ChainOnly(webpki))
                 } else {
@@ -278,27 +322,26 @@ impl Tls {
                 _ => tokio_postgres::config::SslMode::Require,
             });
         let who = target(user, host, port);
-        let (client, conn) = match tokio::time::timeout(timeout, c.connect(self.connector.clone()))
-            .await
-        {
-            Err(_) => {
-                return Err(PgError(format!(
-                    "connecting to {who} (database {dbname:?}): no answer within {}",
-                    humantime::format_duration(timeout)
-                )))
-            }
-            Ok(Err(e)) => {
-                let mut m = format!(
-                    "connecting to {who} (database {dbname:?}): {}",
-                    describe(&e)
-                );
-                if m.contains("invalid peer certificate") {
-                    m.push_str(" (is sslrootcert the CA that signed the server's certificate, and host the name in it?)");
+        let (client, conn) =
+            match tokio::time::timeout(timeout, c.connect(self.connector.clone())).await {
+                Err(_) => {
+                    return Err(PgError::Timeout {
+                        target: who,
+                        database: dbname.to_string(),
+                        after: timeout,
+                    })
                 }
-                return Err(PgError(m));
-            }
-            Ok(Ok(x)) => x,
-        };
+                Ok(Err(e)) => {
+                    return Err(PgError::Connect {
+                        target: who,
+                        database: dbname.to_string(),
+                        detail: describe(&e),
+                        code: code_of(&e),
+                        cert: super::find_in_chain::<rustls::Error>(&e).is_some(),
+                    })
+                }
+                Ok(Ok(x)) => x,
+            };
         let handle = tokio::spawn(async move {
             if let Err(e) = conn.await {
                 log::debug!("PostgreSQL connection ended: {e}");
@@ -353,7 +396,12 @@ impl PgAdmin {
     }
 
     fn err(&self, what: &str, e: &tokio_postgres::Error) -> PgError {
-        PgError(format!("{what} on {}: {}", self.target(), describe(e)))
+        PgError::Statement {
+            what: what.to_string(),
+            target: self.target(),
+            detail: describe(e),
+            code: code_of(e),
+        }
     }
 
     /// The admin connection to `db` (the configured maintenance database when None).
@@ -549,12 +597,11 @@ pub async fn verify_login(
     let r = client.simple_query("SELECT 1").await;
     drop(client);
     let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
-    r.map(|_| ()).map_err(|e| {
-        PgError(format!(
-            "querying database {db:?} as {}: {}",
-            target(user, host, port),
-            describe(&e)
-        ))
+    r.map(|_| ()).map_err(|e| PgError::Statement {
+        what: format!("querying database {db:?}"),
+        target: target(user, host, port),
+        detail: describe(&e),
+        code: code_of(&e),
     })
 }
 

@@ -2,33 +2,56 @@
 //! 0-9-1 with lapin) with the same credentials and close again.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lapin::uri::{AMQPAuthority, AMQPScheme, AMQPUri, AMQPUserInfo};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MqErrorKind {
-    /// The broker refused the credentials or the vhost.
-    Refused,
+/// Why a login failed. Classified by the AMQP reply code, never by message text.
+#[derive(Debug, thiserror::Error)]
+pub enum MqError {
+    /// The broker refused the credentials (403 ACCESS_REFUSED) or the vhost (530
+    /// NOT_ALLOWED).
+    #[error("RabbitMQ at {target} refused the login: {source}")]
+    Refused {
+        target: String,
+        #[source]
+        source: lapin::Error,
+    },
     /// Nothing answered, or the connection broke before login.
-    Unreachable,
-    Other,
+    #[error("RabbitMQ at {target} is not reachable: {source}")]
+    Unreachable {
+        target: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("RabbitMQ at {target} did not answer within {}", humantime::format_duration(*.after))]
+    Timeout { target: String, after: Duration },
+    #[error("CA certificate file {}: {source}", path.display())]
+    CaFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("RabbitMQ at {target} failed: {source}")]
+    Other {
+        target: String,
+        #[source]
+        source: lapin::Error,
+    },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MqError {
-    pub kind: MqErrorKind,
-    pub message: String,
-}
+impl MqError {
+    /// The broker answered but said no.
+    pub fn is_refused(&self) -> bool {
+        matches!(self, MqError::Refused { .. })
+    }
 
-impl fmt::Display for MqError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
+    /// Nothing (usable) answered.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, MqError::Unreachable { .. } | MqError::Timeout { .. })
     }
 }
-
-impl std::error::Error for MqError {}
 
 /// Where and as whom to log in. Debug hides the password.
 pub struct Login<'a> {
@@ -70,23 +93,18 @@ impl Login<'_> {
     }
 }
 
-fn classify(e: &lapin::Error) -> MqErrorKind {
-    let text = e.to_string().to_ascii_lowercase();
+/// ACCESS_REFUSED (403) and NOT_ALLOWED (530, e.g. an unknown vhost).
+const REFUSED_CODES: [u16; 2] = [403, 530];
+
+fn classify(target: String, e: lapin::Error) -> MqError {
     match e.kind() {
-        lapin::ErrorKind::ProtocolError(_)
-            if text.contains("access") || text.contains("refused") =>
-        {
-            MqErrorKind::Refused
+        lapin::ErrorKind::ProtocolError(p) if REFUSED_CODES.contains(&p.get_id()) => {
+            MqError::Refused { target, source: e }
         }
-        lapin::ErrorKind::ProtocolError(_) => MqErrorKind::Other,
-        lapin::ErrorKind::IOError(_) if text.contains("refused") && !text.contains("access") => {
-            MqErrorKind::Unreachable
+        lapin::ErrorKind::IOError(_) | lapin::ErrorKind::InvalidConnectionState(_) => {
+            MqError::Unreachable { target, source: e }
         }
-        lapin::ErrorKind::IOError(_) => MqErrorKind::Unreachable,
-        _ if text.contains("access_refused") || text.contains("access refused") => {
-            MqErrorKind::Refused
-        }
-        _ => MqErrorKind::Other,
+        _ => MqError::Other { target, source: e },
     }
 }
 
@@ -111,9 +129,9 @@ pub async fn login(l: &Login<'_>) -> Result<(), MqError> {
         query: Default::default(),
     };
     let cert_chain = match l.ca_file {
-        Some(p) => Some(std::fs::read_to_string(p).map_err(|e| MqError {
-            kind: MqErrorKind::Other,
-            message: format!("tls_ca_file {}: {e}", p.display()),
+        Some(p) => Some(std::fs::read_to_string(p).map_err(|e| MqError::CaFile {
+            path: p.to_path_buf(),
+            source: e,
         })?),
         None => None,
     };
@@ -121,9 +139,9 @@ pub async fn login(l: &Login<'_>) -> Result<(), MqError> {
         identity: None,
         cert_chain,
     };
-    let runtime = lapin::runtime::default_runtime().map_err(|e| MqError {
-        kind: MqErrorKind::Other,
-        message: format!("AMQP runtime: {e}"),
+    let runtime = lapin::runtime::default_runtime().map_err(|e| MqError::Other {
+        target: target.clone(),
+        source: e,
     })?;
     let connect = lapin::Connection::connect_uri_with_config(
         uri,
@@ -133,26 +151,12 @@ pub async fn login(l: &Login<'_>) -> Result<(), MqError> {
     );
     let conn = match tokio::time::timeout(l.timeout, connect).await {
         Err(_) => {
-            return Err(MqError {
-                kind: MqErrorKind::Unreachable,
-                message: format!(
-                    "RabbitMQ at {target} did not answer within {}",
-                    humantime::format_duration(l.timeout)
-                ),
+            return Err(MqError::Timeout {
+                target,
+                after: l.timeout,
             })
         }
-        Ok(Err(e)) => {
-            let kind = classify(&e);
-            let what = match kind {
-                MqErrorKind::Refused => "refused the login",
-                MqErrorKind::Unreachable => "is not reachable",
-                MqErrorKind::Other => "failed",
-            };
-            return Err(MqError {
-                kind,
-                message: format!("RabbitMQ at {target} {what}: {e}"),
-            });
-        }
+        Ok(Err(e)) => return Err(classify(target, e)),
         Ok(Ok(c)) => c,
     };
     let _ = conn

@@ -2,9 +2,35 @@
 
 use std::time::Duration;
 
+/// Why PING failed; every variant names `host:port`.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    #[error("Redis at {target}: {source}")]
+    Client {
+        target: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error("Redis at {target} is not reachable: {source}")]
+    Unreachable {
+        target: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error("Redis at {target} did not answer PING: {source}")]
+    Ping {
+        target: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error("Redis at {target} answered PING with {answer:?} instead of PONG")]
+    Unexpected { target: String, answer: String },
+    #[error("Redis at {target} did not answer PING within {}", humantime::format_duration(*.after))]
+    Timeout { target: String, after: Duration },
+}
+
 /// Connects to `host:port` and sends PING; Ok when the server answers PONG.
-/// The error names host:port and says what happened.
-pub async fn ping(host: &str, port: u16, timeout: Duration) -> Result<(), String> {
+pub async fn ping(host: &str, port: u16, timeout: Duration) -> Result<(), RedisError> {
     let target = if host.contains(':') {
         format!("[{host}]:{port}")
     } else {
@@ -14,28 +40,38 @@ pub async fn ping(host: &str, port: u16, timeout: Duration) -> Result<(), String
         addr: redis::ConnectionAddr::Tcp(host.to_string(), port),
         redis: redis::RedisConnectionInfo::default(),
     };
-    let client = redis::Client::open(info).map_err(|e| format!("Redis at {target}: {e}"))?;
+    let client = redis::Client::open(info).map_err(|source| RedisError::Client {
+        target: target.clone(),
+        source,
+    })?;
     let work = async {
         let mut con = client
             .get_multiplexed_async_connection()
             .await
-            .map_err(|e| format!("Redis at {target} is not reachable: {e}"))?;
+            .map_err(|source| RedisError::Unreachable {
+                target: target.clone(),
+                source,
+            })?;
         let pong: String = redis::cmd("PING")
             .query_async(&mut con)
             .await
-            .map_err(|e| format!("Redis at {target} did not answer PING: {e}"))?;
+            .map_err(|source| RedisError::Ping {
+                target: target.clone(),
+                source,
+            })?;
         if pong != "PONG" {
-            return Err(format!(
-                "Redis at {target} answered PING with {pong:?} instead of PONG"
-            ));
+            return Err(RedisError::Unexpected {
+                target: target.clone(),
+                answer: pong,
+            });
         }
         Ok(())
     };
     match tokio::time::timeout(timeout, work).await {
         Ok(r) => r,
-        Err(_) => Err(format!(
-            "Redis at {target} did not answer PING within {}",
-            humantime::format_duration(timeout)
-        )),
+        Err(_) => Err(RedisError::Timeout {
+            target,
+            after: timeout,
+        }),
     }
 }

@@ -19,6 +19,8 @@ use russh_sftp::client::RawSftpSession;
 use russh_sftp::protocol::{FileAttributes, OpenFlags, Packet, StatusCode};
 use tokio::sync::Mutex;
 
+use crate::secret::Secret;
+
 /// The fixed command used to run the SFTP server as root. Debian/Ubuntu and RHEL keep
 /// sftp-server in different places; no user input goes into this line.
 const SUDO_SFTP: &str = "sudo -n sh -c 'for p in /usr/lib/openssh/sftp-server /usr/libexec/openssh/sftp-server /usr/lib/ssh/sftp-server /usr/libexec/sftp-server; do [ -x \"$p\" ] && exec \"$p\"; done; echo sftp-server not found >&2; exit 127'";
@@ -26,16 +28,6 @@ const SUDO_SFTP: &str = "sudo -n sh -c 'for p in /usr/lib/openssh/sftp-server /u
 /// Largest config file we read back; the runbook's files are a few hundred bytes.
 const MAX_READ: u64 = 4 * 1024 * 1024;
 const CHUNK: usize = 32 * 1024;
-
-/// A secret string: never printed by Debug or Display.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(pub String);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
 
 #[derive(Clone, Debug)]
 pub enum SshAuth {
@@ -77,11 +69,29 @@ impl SshConfig {
     }
 }
 
-/// What went wrong, where. Never contains key material.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SshError {
-    pub kind: SshErrorKind,
-    pub message: String,
+/// What went wrong, where. Never contains key material. Every message names the
+/// target (`user@host:port`) and, for file operations, the path.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SshError {
+    /// The machine could not be reached, or the SSH session or SFTP could not start.
+    #[error("{0}")]
+    Connect(String),
+    /// The host key is not the one configured.
+    #[error("{0}")]
+    HostKey(String),
+    /// The login was refused, or the key could not be used.
+    #[error("{0}")]
+    Auth(String),
+    /// A file operation failed; `status` is the SFTP status code, when the server
+    /// sent one.
+    #[error("{op} {path} on {target}: {detail}")]
+    Io {
+        op: String,
+        path: String,
+        target: String,
+        status: Option<StatusCode>,
+        detail: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,18 +102,25 @@ pub enum SshErrorKind {
     Io,
 }
 
-impl fmt::Display for SshError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
+impl SshError {
+    pub fn kind(&self) -> SshErrorKind {
+        match self {
+            SshError::Connect(_) => SshErrorKind::Connect,
+            SshError::HostKey(_) => SshErrorKind::HostKey,
+            SshError::Auth(_) => SshErrorKind::Auth,
+            SshError::Io { .. } => SshErrorKind::Io,
+        }
     }
-}
 
-impl std::error::Error for SshError {}
-
-fn err(kind: SshErrorKind, message: impl Into<String>) -> SshError {
-    SshError {
-        kind,
-        message: message.into(),
+    /// The Services machine refused a file operation for lack of rights.
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(
+            self,
+            SshError::Io {
+                status: Some(StatusCode::PermissionDenied),
+                ..
+            }
+        )
     }
 }
 
@@ -348,82 +365,58 @@ impl ServicesHost {
         let connect = russh::client::connect(ssh_cfg, (cfg.host.as_str(), cfg.port), client);
         let mut handle = match tokio::time::timeout(cfg.timeout, connect).await {
             Err(_) => {
-                return Err(err(
-                    SshErrorKind::Connect,
-                    format!(
-                        "connecting to {target}: no answer within {}",
-                        humantime::format_duration(cfg.timeout)
-                    ),
-                ))
+                return Err(SshError::Connect(format!(
+                    "connecting to {target}: no answer within {}",
+                    humantime::format_duration(cfg.timeout)
+                )))
             }
             Ok(Err(e)) => {
                 if let Some(why) = refusal.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                    return Err(err(SshErrorKind::HostKey, why));
+                    return Err(SshError::HostKey(why));
                 }
-                return Err(err(
-                    SshErrorKind::Connect,
-                    format!("connecting to {target}: {e}"),
-                ));
+                return Err(SshError::Connect(format!("connecting to {target}: {e}")));
             }
             Ok(Ok(h)) => h,
         };
 
         let authed = tokio::time::timeout(cfg.timeout, self.authenticate(&mut handle))
             .await
-            .map_err(|_| {
-                err(
-                    SshErrorKind::Auth,
-                    format!("authenticating to {target}: timed out"),
-                )
-            })??;
+            .map_err(|_| SshError::Auth(format!("authenticating to {target}: timed out")))??;
         if !authed {
-            return Err(err(
-                SshErrorKind::Auth,
-                format!(
-                    "{target} refused public-key authentication for user {:?} with {}",
-                    cfg.user,
-                    match &cfg.auth {
-                        SshAuth::Key(_) => "the configured private_key".to_string(),
-                        SshAuth::KeyFile(p) => format!("the key in {}", p.display()),
-                        SshAuth::Agent => "the keys of the ssh-agent".to_string(),
-                    }
-                ),
-            ));
+            return Err(SshError::Auth(format!(
+                "{target} refused public-key authentication for user {:?} with {}",
+                cfg.user,
+                match &cfg.auth {
+                    SshAuth::Key(_) => "the configured private key".to_string(),
+                    SshAuth::KeyFile(p) => format!("the key in {}", p.display()),
+                    SshAuth::Agent => "the keys of the ssh-agent".to_string(),
+                }
+            )));
         }
 
-        let channel = handle.channel_open_session().await.map_err(|e| {
-            err(
-                SshErrorKind::Connect,
-                format!("opening a session on {target}: {e}"),
-            )
-        })?;
+        let channel = handle
+            .channel_open_session()
+            .await
+            .map_err(|e| SshError::Connect(format!("opening a session on {target}: {e}")))?;
         let use_sudo = cfg.sudo && cfg.user != "root";
         if use_sudo {
             channel.exec(true, SUDO_SFTP).await
         } else {
             channel.request_subsystem(true, "sftp").await
         }
-        .map_err(|e| {
-            err(
-                SshErrorKind::Connect,
-                format!("starting SFTP on {target}: {e}"),
-            )
-        })?;
+        .map_err(|e| SshError::Connect(format!("starting SFTP on {target}: {e}")))?;
         let sftp = RawSftpSession::new(channel.into_stream());
         sftp.set_timeout(cfg.timeout.as_secs().max(1));
         let version = sftp.init().await.map_err(|e| {
             let hint = if use_sudo {
                 format!(
-                    " (sudo = true: can {:?} run sudo without a password there?)",
+                    " (SFTP runs through sudo: can {:?} run `sudo -n` without a password there?)",
                     cfg.user
                 )
             } else {
                 String::new()
             };
-            err(
-                SshErrorKind::Connect,
-                format!("starting SFTP on {target}: {e}{hint}"),
-            )
+            SshError::Connect(format!("starting SFTP on {target}: {e}{hint}"))
         })?;
         let posix_rename = version
             .extensions
@@ -452,16 +445,10 @@ impl ServicesHost {
             SshAuth::Key(_) | SshAuth::KeyFile(_) => {
                 let key = match &cfg.auth {
                     SshAuth::Key(k) => russh::keys::decode_secret_key(&k.0, None).map_err(|e| {
-                        err(
-                            SshErrorKind::Auth,
-                            format!("private_key could not be read: {e}"),
-                        )
+                        SshError::Auth(format!("the private key could not be read: {e}"))
                     })?,
                     SshAuth::KeyFile(p) => russh::keys::load_secret_key(p, None).map_err(|e| {
-                        err(
-                            SshErrorKind::Auth,
-                            format!("private_key_file {}: {e}", p.display()),
-                        )
+                        SshError::Auth(format!("private key file {}: {e}", p.display()))
                     })?,
                     SshAuth::Agent => unreachable!(),
                 };
@@ -474,25 +461,17 @@ impl ServicesHost {
                 let r = handle
                     .authenticate_publickey(cfg.user.clone(), key)
                     .await
-                    .map_err(|e| {
-                        err(
-                            SshErrorKind::Auth,
-                            format!("authenticating to {target}: {e}"),
-                        )
-                    })?;
+                    .map_err(|e| SshError::Auth(format!("authenticating to {target}: {e}")))?;
                 Ok(r.success())
             }
             SshAuth::Agent => {
                 let mut agent = russh::keys::agent::client::AgentClient::connect_env().await.map_err(|e| {
-                    err(
-                        SshErrorKind::Auth,
-                        format!("no private_key or private_key_file is set and the ssh-agent (SSH_AUTH_SOCK) is not usable: {e}"),
-                    )
+                    SshError::Auth(format!("no private key is configured and the ssh-agent (SSH_AUTH_SOCK) is not usable: {e}"))
                 })?;
                 let ids = agent
                     .request_identities()
                     .await
-                    .map_err(|e| err(SshErrorKind::Auth, format!("listing ssh-agent keys: {e}")))?;
+                    .map_err(|e| SshError::Auth(format!("listing ssh-agent keys: {e}")))?;
                 for id in ids {
                     let key = match &id {
                         russh::keys::agent::AgentIdentity::PublicKey { key, .. } => key.clone(),
@@ -510,10 +489,9 @@ impl ServicesHost {
                         Ok(r) if r.success() => return Ok(true),
                         Ok(_) => continue,
                         Err(e) => {
-                            return Err(err(
-                                SshErrorKind::Auth,
-                                format!("ssh-agent signing for {target}: {e}"),
-                            ))
+                            return Err(SshError::Auth(format!(
+                                "ssh-agent signing for {target}: {e}"
+                            )))
                         }
                     }
                 }
@@ -523,10 +501,11 @@ impl ServicesHost {
     }
 
     fn io_err(&self, what: &str, path: &str, e: SftpError) -> SshError {
-        let why = match sftp_status(&e) {
+        let status = sftp_status(&e);
+        let detail = match status {
             Some(StatusCode::PermissionDenied) => {
                 if self.cfg.user != "root" && !self.cfg.sudo {
-                    "permission denied (set sudo = true to write as root)".to_string()
+                    format!("permission denied (user {:?}, not as root)", self.cfg.user)
                 } else {
                     "permission denied".to_string()
                 }
@@ -534,10 +513,17 @@ impl ServicesHost {
             Some(StatusCode::NoSuchFile) => "no such file or directory".to_string(),
             _ => e.to_string(),
         };
-        err(
-            SshErrorKind::Io,
-            format!("{what} {path} on {}: {why}", self.cfg.target()),
-        )
+        self.io(what, path, status, detail)
+    }
+
+    fn io(&self, op: &str, path: &str, status: Option<StatusCode>, detail: String) -> SshError {
+        SshError::Io {
+            op: op.to_string(),
+            path: path.to_string(),
+            target: self.cfg.target(),
+            status,
+            detail,
+        }
     }
 
     /// Connects now (if not yet connected). Used by tests and benchmarks.
@@ -554,18 +540,14 @@ impl ServicesHost {
             Err(e) => return Err(self.io_err("reading", path, e)),
         };
         if attrs.is_dir() {
-            return Err(err(
-                SshErrorKind::Io,
-                format!("reading {path} on {}: it is a directory", self.cfg.target()),
-            ));
+            return Err(self.io("reading", path, None, "it is a directory".into()));
         }
         if attrs.size.unwrap_or(0) > MAX_READ {
-            return Err(err(
-                SshErrorKind::Io,
-                format!(
-                    "reading {path} on {}: larger than {MAX_READ} bytes; not a config file",
-                    self.cfg.target()
-                ),
+            return Err(self.io(
+                "reading",
+                path,
+                None,
+                format!("larger than {MAX_READ} bytes; not a config file"),
             ));
         }
         let handle = match s
@@ -588,9 +570,11 @@ impl ServicesHost {
                 Ok(d) => {
                     content.extend_from_slice(&d.data);
                     if content.len() as u64 > MAX_READ {
-                        break Err(err(
-                            SshErrorKind::Io,
-                            format!("reading {path}: file grew past {MAX_READ} bytes"),
+                        break Err(self.io(
+                            "reading",
+                            path,
+                            None,
+                            format!("the file grew past {MAX_READ} bytes"),
                         ));
                     }
                 }
@@ -616,12 +600,11 @@ impl ServicesHost {
             match s.sftp.stat(d).await {
                 Ok(a) if a.attrs.is_dir() => break,
                 Ok(_) => {
-                    return Err(err(
-                        SshErrorKind::Io,
-                        format!(
-                            "creating directory {d} on {}: a file of that name exists",
-                            self.cfg.target()
-                        ),
+                    return Err(self.io(
+                        "creating directory",
+                        d,
+                        None,
+                        "a file of that name exists".into(),
                     ))
                 }
                 Err(e) if sftp_status(&e) == Some(StatusCode::NoSuchFile) => {
@@ -656,20 +639,14 @@ impl ServicesHost {
     /// Readers see the old file or the new one, never a mix. Parents are created.
     pub async fn write_file(&self, path: &str, content: &[u8], mode: u32) -> Result<(), SshError> {
         if !path.starts_with('/') {
-            return Err(err(
-                SshErrorKind::Io,
-                format!("{path:?} is not an absolute path"),
-            ));
+            return Err(self.io("writing", path, None, "not an absolute path".into()));
         }
         let s = self.session().await?;
         let dir = parent_of(path);
         self.mkdir_p(&s, dir).await?;
         let old_owner = match s.sftp.stat(path).await {
             Ok(a) if a.attrs.is_dir() => {
-                return Err(err(
-                    SshErrorKind::Io,
-                    format!("writing {path} on {}: it is a directory", self.cfg.target()),
-                ))
+                return Err(self.io("writing", path, None, "it is a directory".into()))
             }
             Ok(a) => a.attrs.uid.zip(a.attrs.gid),
             Err(_) => None,
@@ -764,17 +741,17 @@ impl ServicesHost {
             ssh_string(&mut data, to);
             match s.sftp.extended("posix-rename@openssh.com", data).await {
                 Ok(Packet::Status(st)) if st.status_code == StatusCode::Ok => Ok(()),
-                Ok(Packet::Status(st)) => Err(err(
-                    SshErrorKind::Io,
-                    format!(
-                        "renaming {from} to {to} on {}: {}",
-                        self.cfg.target(),
-                        st.error_message
-                    ),
+                Ok(Packet::Status(st)) => Err(self.io(
+                    "renaming",
+                    from,
+                    Some(st.status_code),
+                    format!("to {to}: {}", st.error_message),
                 )),
-                Ok(_) => Err(err(
-                    SshErrorKind::Io,
-                    format!("renaming {from} to {to}: unexpected SFTP reply"),
+                Ok(_) => Err(self.io(
+                    "renaming",
+                    from,
+                    None,
+                    format!("to {to}: unexpected SFTP reply"),
                 )),
                 Err(e) => Err(self.io_err("renaming", from, e)),
             }
@@ -803,6 +780,7 @@ impl ServicesHost {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secret::Secret;
 
     #[test]
     fn parent_paths() {

@@ -12,7 +12,7 @@ use vaultrs::api::transit::KeyType;
 use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 
-use super::ssh::Secret;
+use crate::secret::Secret;
 
 #[derive(Clone, Debug)]
 pub struct VaultConfig {
@@ -24,20 +24,38 @@ pub struct VaultConfig {
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VaultError {
-    pub message: String,
-    /// The server answered 404.
-    pub not_found: bool,
+/// What failed, at which Vault. Classified by the HTTP status Vault answered with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VaultError {
+    /// Vault answered with an error status.
+    #[error("{what} at {address}: HTTP {status}{}{}", if .errors.is_empty() { String::new() } else { format!(": {}", .errors.join("; ")) }, if *.status == 403 { " (permission denied: check the provider's vault token and its policies)" } else { "" })]
+    Api {
+        what: String,
+        address: String,
+        status: u16,
+        errors: Vec<String>,
+    },
+    /// No answer, or not one Vault's API gives.
+    #[error("{what} at {address}: {detail}")]
+    Transport {
+        what: String,
+        address: String,
+        detail: String,
+    },
+    /// The client settings cannot be used.
+    #[error("Vault address {address:?}: {detail}")]
+    Settings { address: String, detail: String },
+    /// A request we refuse to send, or an answer that makes no sense.
+    #[error("{0}")]
+    Invalid(String),
 }
 
-impl fmt::Display for VaultError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
+impl VaultError {
+    /// Vault answered 404.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, VaultError::Api { status: 404, .. })
     }
 }
-
-impl std::error::Error for VaultError {}
 
 /// A token fresh from Vault: the secret and what may be stored about it.
 pub struct NewToken {
@@ -101,27 +119,24 @@ impl Vault {
     }
 
     fn err(&self, what: &str, e: ClientError) -> VaultError {
-        let (detail, not_found) = match &e {
-            ClientError::APIError { code, errors } => {
-                let msg = if errors.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", errors.join("; "))
-                };
-                let hint = match code {
-                    403 => {
-                        " (permission denied: check the provider's vault token and its policies)"
-                    }
-                    _ => "",
-                };
-                (format!("HTTP {code}{msg}{hint}"), *code == 404)
-            }
-            ClientError::RestClientError { source } => (super::chain(source), false),
-            other => (other.to_string(), false),
-        };
-        VaultError {
-            message: format!("{what} at {}: {detail}", self.cfg.address),
-            not_found,
+        let (what, address) = (what.to_string(), self.cfg.address.clone());
+        match e {
+            ClientError::APIError { code, errors } => VaultError::Api {
+                what,
+                address,
+                status: code,
+                errors,
+            },
+            ClientError::RestClientError { source } => VaultError::Transport {
+                what,
+                address,
+                detail: super::chain(&source),
+            },
+            other => VaultError::Transport {
+                what,
+                address,
+                detail: other.to_string(),
+            },
         }
     }
 
@@ -143,9 +158,9 @@ impl Vault {
         if let Some(ns) = &self.cfg.namespace {
             b.set_namespace(ns.clone());
         }
-        let settings = b.build().map_err(|e| VaultError {
-            message: format!("Vault address {:?}: {e}", self.cfg.address),
-            not_found: false,
+        let settings = b.build().map_err(|e| VaultError::Settings {
+            address: self.cfg.address.clone(),
+            detail: e.to_string(),
         })?;
         VaultClient::new(settings).map_err(|e| self.err("setting up the Vault client", e))
     }
@@ -178,7 +193,7 @@ impl Vault {
             Ok(_) => Ok(true),
             Err(e) => {
                 let e = self.err(&format!("reading transit key {mount}/{key}"), e);
-                if e.not_found {
+                if e.is_not_found() {
                     Ok(false)
                 } else {
                     Err(e)
@@ -189,9 +204,8 @@ impl Vault {
 
     pub async fn create_key(&self, mount: &str, key: &str, kind: &str) -> Result<(), VaultError> {
         let c = self.admin()?;
-        let kt = key_type(kind).ok_or_else(|| VaultError {
-            message: format!("{kind:?} is not one of {}", KEY_TYPES.join(", ")),
-            not_found: false,
+        let kt = key_type(kind).ok_or_else(|| {
+            VaultError::Invalid(format!("{kind:?} is not one of {}", KEY_TYPES.join(", ")))
         })?;
         let mut opts = vaultrs::api::transit::requests::CreateKeyRequest::builder();
         opts.key_type(kt);
@@ -224,7 +238,7 @@ impl Vault {
             Ok(p) => Ok(Some(p.rules)),
             Err(e) => {
                 let e = self.err(&format!("reading policy {name:?}"), e);
-                if e.not_found {
+                if e.is_not_found() {
                     Ok(None)
                 } else {
                     Err(e)
@@ -361,58 +375,17 @@ impl Vault {
                 )
             })?;
         if pt.plaintext != probe {
-            return Err(VaultError {
-                message: format!("{mount}/{key} decrypted the probe to something else"),
-                not_found: false,
-            });
+            return Err(VaultError::Invalid(format!(
+                "{mount}/{key} decrypted the probe to something else"
+            )));
         }
         Ok(())
     }
 }
 
-/// The policy CircleCI's token gets: `update` on encrypt and decrypt of one key. (The
-/// runbook's `decrypt` capability does not exist, and its `*` covers every key.)
-pub fn policy_hcl(mount: &str, key: &str) -> String {
-    let m = mount.trim_matches('/');
-    format!(
-        "# Managed by Terraform (circleci_vault_transit_client): encrypt and decrypt with one key.\n\
-         path \"{m}/encrypt/{key}\" {{\n  capabilities = [\"update\"]\n}}\n\n\
-         path \"{m}/decrypt/{key}\" {{\n  capabilities = [\"update\"]\n}}\n"
-    )
-}
-
-/// The key named in a policy written by [`policy_hcl`] (for import).
-pub fn key_from_policy(rules: &str, mount: &str) -> Option<String> {
-    let prefix = format!("path \"{}/encrypt/", mount.trim_matches('/'));
-    let start = rules.find(&prefix)? + prefix.len();
-    let end = rules[start..].find('"')? + start;
-    Some(rules[start..end].to_string())
-}
-
-/// Splits the policies of a token lookup into `default` and the rest.
-pub fn non_default_policies(p: &[String]) -> Vec<String> {
-    p.iter()
-        .filter(|x| *x != "default" && *x != "root")
-        .cloned()
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn policy_grants_update_on_one_key() {
-        let p = policy_hcl("transit", "context-service");
-        assert!(p.contains("path \"transit/encrypt/context-service\""));
-        assert!(p.contains("path \"transit/decrypt/context-service\""));
-        assert!(!p.contains("\"decrypt\"]"), "no such capability as decrypt");
-        assert!(!p.contains('*'));
-        assert_eq!(
-            key_from_policy(&p, "transit").as_deref(),
-            Some("context-service")
-        );
-    }
 
     #[test]
     fn new_token_debug_hides_the_token() {

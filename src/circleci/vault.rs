@@ -132,9 +132,49 @@ pub fn parse(text: &str) -> Result<VaultFile, String> {
     })
 }
 
+/// The policy CircleCI's token gets: `update` on encrypt and decrypt of one key. (The
+/// runbook's `decrypt` capability does not exist, and its `*` covers every key.)
+pub fn policy_hcl(mount: &str, key: &str) -> String {
+    let m = mount.trim_matches('/');
+    format!(
+        "# Managed by Terraform (circleci_vault_transit_client): encrypt and decrypt with one key.\n\
+         path \"{m}/encrypt/{key}\" {{\n  capabilities = [\"update\"]\n}}\n\n\
+         path \"{m}/decrypt/{key}\" {{\n  capabilities = [\"update\"]\n}}\n"
+    )
+}
+
+/// The key named in a policy written by [`policy_hcl`] (for import).
+pub fn key_from_policy(rules: &str, mount: &str) -> Option<String> {
+    let prefix = format!("path \"{}/encrypt/", mount.trim_matches('/'));
+    let start = rules.find(&prefix)? + prefix.len();
+    let end = rules[start..].find('"')? + start;
+    Some(rules[start..end].to_string())
+}
+
+/// Splits the policies of a token lookup into `default` and the rest.
+pub fn non_default_policies(p: &[String]) -> Vec<String> {
+    p.iter()
+        .filter(|x| *x != "default" && *x != "root")
+        .cloned()
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn policy_grants_update_on_one_key() {
+        let p = policy_hcl("transit", "context-service");
+        assert!(p.contains("path \"transit/encrypt/context-service\""));
+        assert!(p.contains("path \"transit/decrypt/context-service\""));
+        assert!(!p.contains("\"decrypt\"]"), "no such capability as decrypt");
+        assert!(!p.contains('*'));
+        assert_eq!(
+            key_from_policy(&p, "transit").as_deref(),
+            Some("context-service")
+        );
+    }
 
     #[test]
     fn addresses() {

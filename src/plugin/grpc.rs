@@ -506,11 +506,11 @@ impl pb::provider_server::Provider for ProviderService {
             let applied = self
                 .cancellable(async {
                     Ok(if planned.is_null() {
-                        r.apply_delete(&prior).await
+                        r.delete(&prior).await
                     } else if prior.is_null() {
-                        r.apply_create(&planned, &config).await
+                        r.create(&planned, &config).await
                     } else {
-                        r.apply_update(&prior, &planned, &config).await
+                        r.update(&prior, &planned, &config).await
                     })
                 })
                 .await?;
@@ -753,6 +753,7 @@ impl goplugin::grpc_stdio_server::GrpcStdio for Stdio {
 mod tests {
     use super::*;
     use crate::plugin::schema::Type;
+    use crate::plugin::Applied;
     use async_trait::async_trait;
     use pb::provider_server::Provider as _;
 
@@ -785,7 +786,7 @@ mod tests {
         ) -> Vec<AttrPath> {
             vec![]
         }
-        async fn create(&self, planned: &Value, config: &Value) -> Result<Value, Diagnostics> {
+        async fn create(&self, planned: &Value, config: &Value) -> Applied {
             if config.get("secret_wo").as_str() == Some("wait") {
                 std::future::pending::<()>().await;
             }
@@ -793,16 +794,16 @@ mod tests {
             v.set("id", Value::string("x"));
             // Even if a resource copied the secret, it must not reach the state.
             v.set("secret_wo", config.get("secret_wo").clone());
-            Ok(v)
+            Applied::from_result(Ok(v))
         }
         async fn read(&self, s: &Value) -> Result<Option<Value>, Diagnostics> {
             Ok(Some(s.clone()))
         }
-        async fn update(&self, _: &Value, p: &Value, _: &Value) -> Result<Value, Diagnostics> {
-            Ok(p.clone())
+        async fn update(&self, _: &Value, p: &Value, _: &Value) -> Applied {
+            Applied::from_result(Ok(p.clone()))
         }
-        async fn delete(&self, _: &Value) -> Result<(), Diagnostics> {
-            Ok(())
+        async fn delete(&self, _: &Value) -> Applied {
+            Applied::deleted(Diagnostics::new())
         }
         async fn import(&self, _: &str) -> Result<Value, Diagnostics> {
             Err(Diagnostic::error("no", "no").into())

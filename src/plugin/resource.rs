@@ -59,6 +59,19 @@ pub struct Applied {
 }
 
 impl Applied {
+    /// A failed delete: the object stays, as it was.
+    pub fn kept(prior: &Value, diags: Diagnostics) -> Self {
+        Applied {
+            state: Some(prior.clone()),
+            diags,
+        }
+    }
+
+    /// A finished delete.
+    pub fn deleted(diags: Diagnostics) -> Self {
+        Applied { state: None, diags }
+    }
+
     pub fn from_result(r: Result<Value, Diagnostics>) -> Self {
         match r {
             Ok(v) => Applied {
@@ -106,44 +119,21 @@ pub trait Resource: Send + Sync + 'static {
         diags: &mut Diagnostics,
     ) -> Vec<AttrPath>;
 
-    /// Creates the object. `config` carries write-only values.
-    async fn create(&self, planned: &Value, config: &Value) -> Result<Value, Diagnostics>;
+    /// Creates the object. `config` carries write-only values. A failure after something
+    /// was already changed returns a state that records it, with the error.
+    async fn create(&self, planned: &Value, config: &Value) -> Applied;
 
     /// Refreshes the state from the real object; `Ok(None)` when it is gone.
     async fn read(&self, state: &Value) -> Result<Option<Value>, Diagnostics>;
 
-    async fn update(
-        &self,
-        prior: &Value,
-        planned: &Value,
-        config: &Value,
-    ) -> Result<Value, Diagnostics>;
+    /// Changes the object in place; `config` carries write-only values.
+    async fn update(&self, prior: &Value, planned: &Value, config: &Value) -> Applied;
 
-    async fn delete(&self, prior: &Value) -> Result<(), Diagnostics>;
+    /// Deletes the object. A state in the result keeps it (in whatever shape remains).
+    async fn delete(&self, prior: &Value) -> Applied;
 
     /// Builds a state from an import ID; Terraform calls `read` on it next.
     async fn import(&self, id: &str) -> Result<Value, Diagnostics>;
-
-    /// `create` with room for warnings and partial states; the protocol layer calls this.
-    async fn apply_create(&self, planned: &Value, config: &Value) -> Applied {
-        Applied::from_result(self.create(planned, config).await)
-    }
-
-    /// `update` with room for warnings and partial states.
-    async fn apply_update(&self, prior: &Value, planned: &Value, config: &Value) -> Applied {
-        Applied::from_result(self.update(prior, planned, config).await)
-    }
-
-    /// `delete` with room for warnings; a state in the result keeps the object.
-    async fn apply_delete(&self, prior: &Value) -> Applied {
-        match self.delete(prior).await {
-            Ok(()) => Applied::default(),
-            Err(d) => Applied {
-                state: Some(prior.clone()),
-                diags: d,
-            },
-        }
-    }
 }
 
 /// True when attribute `name` differs between two object values.

@@ -8,16 +8,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{
-    configured_password, file_sha256, ssh_diag, string_list, strings, validate,
-    validate_password_pair,
-};
+use super::config_file::{cannot_import, FileResource, Placement, PlannedContent, Prepared, Spec};
+use super::validate::{self, Check};
+use super::{configured_password, string_list, strings};
 use crate::backends::mongo::{self as mb, Role};
-use crate::circleci::envfile;
 use crate::circleci::mongo::{self as file, UriParts};
 use crate::plugin::{
-    resource::changed, AttrPath, Attribute, Block, Diagnostic, Diagnostics, PlanRequest, Resource,
-    Schema, Type, Value,
+    AttrPath, Attribute, Block, Diagnostic, Diagnostics, PlanRequest, Type, Value,
 };
 use crate::provider::ProviderData;
 
@@ -116,15 +113,7 @@ impl Inputs {
 }
 
 fn mongo_diag(summary: &str, e: mb::MongoError) -> Diagnostics {
-    Diagnostic::error(summary, e.0).into()
-}
-
-fn block_error(path: &str, e: envfile::EnvFileError) -> Diagnostics {
-    Diagnostic::error(
-        "The managed block in the file is damaged",
-        format!("{path}: {e}. Fix the marker lines by hand."),
-    )
-    .into()
+    Diagnostic::error(summary, e.to_string()).into()
 }
 
 impl ExternalMongo {
@@ -133,11 +122,10 @@ impl ExternalMongo {
         prior: Option<&Value>,
         planned: &Value,
         config: &Value,
-    ) -> Result<Value, Diagnostics> {
+    ) -> Result<Prepared<()>, Diagnostics> {
         let i = inputs(planned);
         let pw = super::required_password(config)?;
         let admin = self.data.mongo()?;
-        let services = self.data.services()?;
         let block = i.block(pw)?;
         let want = i.roles();
 
@@ -195,38 +183,34 @@ impl ExternalMongo {
                 })?;
         }
 
-        let current = services
-            .read_file(&i.path)
-            .await
-            .map_err(|e| ssh_diag("Could not read the customizations file", e))?
-            .map(|f| String::from_utf8_lossy(&f.content).into_owned())
-            .unwrap_or_default();
-        let next = envfile::upsert_block(&current, file::BLOCK, &block)
-            .map_err(|e| block_error(&i.path, e))?;
-        services
-            .write_file(&i.path, next.as_bytes(), 0o600)
-            .await
-            .map_err(|e| ssh_diag("Could not write the customizations file", e))?;
-        log::info!("wrote the MongoDB block of {}", i.path);
-
-        let mut state = planned.clone();
-        state.set("id", Value::string(&i.path));
-        state.set("file_sha256", Value::string(file_sha256(block.as_bytes())));
-        state.set("drift", Value::string(""));
-        Ok(state)
+        Ok(Prepared {
+            state: planned.clone(),
+            content: Some(block),
+            pending: (),
+        })
     }
 }
 
 #[async_trait]
-impl Resource for ExternalMongo {
-    fn type_name(&self) -> &'static str {
-        "circleci_external_mongo"
-    }
+impl FileResource for ExternalMongo {
+    type Pending = ();
 
-    fn schema(&self) -> Schema {
-        Schema::new(
-            0,
-            Block::new()
+    const SPEC: Spec = Spec {
+        type_name: "circleci_external_mongo",
+        what: "MongoDB",
+        placement: Placement::Block(file::BLOCK),
+        default_path: file::DEFAULT_PATH,
+        default_path_doc: "`/etc/circle-installation-customizations`",
+        verify_doc: "Log in with the main URI and check the roles before writing. Default `true`.",
+        drift_doc: ", the user missing, a role missing",
+        checks: &[
+            ("username", Check::NonEmpty),
+            ("password_wo", Check::PasswordPair),
+        ],
+    };
+
+    fn block(&self) -> Block {
+        Block::new()
                 .description(
                     "Points CircleCI Server at an external MongoDB (runbook: *Setting up External MongoDB*). \
                      Ensures the user with `readWrite` on each database (created if missing; password and roles \
@@ -235,7 +219,6 @@ impl Resource for ExternalMongo {
                      `/etc/circle-installation-customizations`: every line outside the block is left as it was. \
                      Needs the provider's `mongodb` block.",
                 )
-                .attr(Attribute::new("id", Type::String).computed().description("The customizations file's path."))
                 .attr(Attribute::new("hosts", Type::list(Type::String)).required().description(
                     "`host:port` of each member, as the Services machine reaches them.",
                 ))
@@ -268,27 +251,12 @@ impl Resource for ExternalMongo {
                      containers. Default `[\"circle_ghe\", \"build_state_dev_ghe\", \"containers_dev_ghe\", \
                      \"remote_containers_dev_ghe\"]`. The user gets `readWrite` on each.",
                 ))
-                .attr(Attribute::new("config_path", Type::String).optional().computed().description(
-                    "The customizations file. Default `/etc/circle-installation-customizations`. Changing it replaces the resource.",
-                ))
-                .attr(Attribute::new("verify", Type::Bool).optional().computed().description(
-                    "Log in with the main URI and check the roles before writing. Default `true`.",
-                ))
                 .attr(Attribute::new("drop_user_on_destroy", Type::Bool).optional().computed().description(
                     "Drop the user on destroy. Default `false`: destroy removes only the block.",
                 ))
-                .attr(Attribute::new("file_sha256", Type::String).computed().description(
-                    "SHA-256 of the managed block's content; refresh compares the block in the file with it.",
-                ))
-                .attr(Attribute::new("drift", Type::String).computed().description(
-                    "What refresh found different (user missing, a role missing, the block gone); empty when all \
-                     is as configured. A non-empty value plans an update that repairs it.",
-                )),
-        )
     }
 
-    fn validate(&self, config: &Value) -> Diagnostics {
-        let mut diags = Diagnostics::new();
+    fn validate(&self, config: &Value, diags: &mut Diagnostics) {
         if let Some(hosts) = config.get("hosts").as_list() {
             if hosts.is_empty() {
                 diags.attr_error(
@@ -310,7 +278,6 @@ impl Resource for ExternalMongo {
                 }
             }
         }
-        validate_password_pair(config, &mut diags);
         if let Some(d) = config.get("databases").as_list() {
             if d.len() != 4 {
                 diags.attr_error(
@@ -334,17 +301,6 @@ impl Resource for ExternalMongo {
                 }
             }
         }
-        if config.get("username").as_str() == Some("") {
-            diags.attr_error(
-                AttrPath::root("username"),
-                "Invalid username",
-                "must not be empty",
-            );
-        }
-        if let Some(p) = config.get("config_path").as_str() {
-            validate::remote_path(p, AttrPath::root("config_path"), &mut diags);
-        }
-        diags
     }
 
     async fn plan(
@@ -352,27 +308,26 @@ impl Resource for ExternalMongo {
         req: &PlanRequest<'_>,
         planned: &mut Value,
         _diags: &mut Diagnostics,
-    ) -> Vec<AttrPath> {
-        let cfg = req.config;
+    ) -> Vec<&'static str> {
         let dbs: Vec<String> = file::DEFAULT_DATABASES
             .iter()
             .map(|s| s.to_string())
             .collect();
         super::set_defaults(
-            cfg,
+            req.config,
             planned,
             [
                 ("username", Value::string(file::DEFAULT_USER)),
                 ("auth_source", Value::string(file::DEFAULT_AUTH_SOURCE)),
                 ("tls", Value::Bool(true)),
                 ("databases", string_list(&dbs)),
-                ("config_path", Value::string(file::DEFAULT_PATH)),
-                ("verify", Value::Bool(true)),
                 ("drop_user_on_destroy", Value::Bool(false)),
             ],
         );
-        planned.set("id", planned.get("config_path").clone());
-        planned.set("drift", Value::string(""));
+        vec!["username", "auth_source"]
+    }
+
+    fn planned_content(&self, planned: &Value, config: &Value) -> PlannedContent {
         let known = [
             "hosts",
             "replica_set",
@@ -384,52 +339,33 @@ impl Resource for ExternalMongo {
         ]
         .iter()
         .all(|n| planned.get(n).is_fully_known());
-        let hash = match (known, configured_password(cfg)) {
+        match (known, configured_password(config)) {
             (true, Some(pw)) => inputs(planned)
                 .block(pw)
-                .map(|b| Value::string(file_sha256(b.as_bytes())))
-                .unwrap_or(Value::Unknown),
-            _ => Value::Unknown,
-        };
-        planned.set("file_sha256", hash);
-        if req.is_create() {
-            return vec![];
+                .map(PlannedContent::Known)
+                .unwrap_or(PlannedContent::Unknown),
+            _ => PlannedContent::Unknown,
         }
-        ["config_path", "username", "auth_source"]
-            .iter()
-            .filter(|a| changed(req.prior, planned, a))
-            .map(|a| AttrPath::root(a))
-            .collect()
     }
 
-    async fn create(&self, planned: &Value, config: &Value) -> Result<Value, Diagnostics> {
-        self.apply(None, planned, config).await
+    async fn prepare(
+        &self,
+        prior: Option<&Value>,
+        planned: &Value,
+        config: &Value,
+    ) -> Result<Prepared<()>, Diagnostics> {
+        self.apply(prior, planned, config).await
     }
 
-    async fn read(&self, state: &Value) -> Result<Option<Value>, Diagnostics> {
+    async fn refresh(
+        &self,
+        state: &Value,
+        _fresh: &mut Value,
+        _file: Option<&str>,
+        drift: &mut Vec<String>,
+    ) -> Result<(), Diagnostics> {
         let i = inputs(state);
         let admin = self.data.mongo()?;
-        let services = self.data.services()?;
-        let mut drift = Vec::new();
-        let mut fresh = state.clone();
-        let text = services
-            .read_file(&i.path)
-            .await
-            .map_err(|e| ssh_diag("Could not read the customizations file", e))?
-            .map(|f| String::from_utf8_lossy(&f.content).into_owned());
-        let block = match &text {
-            Some(t) => {
-                envfile::extract_block(t, file::BLOCK).map_err(|e| block_error(&i.path, e))?
-            }
-            None => None,
-        };
-        match block {
-            Some(b) => fresh.set("file_sha256", Value::string(file_sha256(b.as_bytes()))),
-            None => {
-                drift.push(format!("the MongoDB block is missing from {}", i.path));
-                fresh.set("file_sha256", Value::string(""));
-            }
-        }
         match admin
             .user(&i.auth_source, &i.username)
             .await
@@ -445,37 +381,11 @@ impl Resource for ExternalMongo {
                 }
             }
         }
-        fresh.set("drift", Value::string(drift.join("; ")));
-        Ok(Some(fresh))
+        Ok(())
     }
 
-    async fn update(
-        &self,
-        prior: &Value,
-        planned: &Value,
-        config: &Value,
-    ) -> Result<Value, Diagnostics> {
-        self.apply(Some(prior), planned, config).await
-    }
-
-    async fn delete(&self, prior: &Value) -> Result<(), Diagnostics> {
+    async fn delete_backend(&self, prior: &Value) -> Result<(), Diagnostics> {
         let i = inputs(prior);
-        let services = self.data.services()?;
-        if let Some(f) = services
-            .read_file(&i.path)
-            .await
-            .map_err(|e| ssh_diag("Could not read the customizations file", e))?
-        {
-            let text = String::from_utf8_lossy(&f.content).into_owned();
-            let next =
-                envfile::remove_block(&text, file::BLOCK).map_err(|e| block_error(&i.path, e))?;
-            if next != text {
-                services
-                    .write_file(&i.path, next.as_bytes(), f.mode)
-                    .await
-                    .map_err(|e| ssh_diag("Could not write the customizations file", e))?;
-            }
-        }
         if i.drop_user {
             let admin = self.data.mongo()?;
             admin
@@ -486,28 +396,8 @@ impl Resource for ExternalMongo {
         Ok(())
     }
 
-    async fn import(&self, id: &str) -> Result<Value, Diagnostics> {
-        let (text, _) = super::managed_file::read_for_import(
-            &self.data,
-            id,
-            file::DEFAULT_PATH,
-            "customizations",
-        )
-        .await?;
-        let block = envfile::extract_block(&text, file::BLOCK)
-            .map_err(|e| block_error(id, e))?
-            .ok_or_else(|| {
-                Diagnostics::from(Diagnostic::error(
-                    "Nothing to import",
-                    format!("{id} has no block managed by this provider (no \"# BEGIN terraform-provider-circleci {}\" line)", file::BLOCK),
-                ))
-            })?;
-        let uris = file::parse_block(&block).map_err(|e| {
-            Diagnostics::from(Diagnostic::error(
-                "Cannot import this block",
-                format!("{id}: {e}"),
-            ))
-        })?;
+    async fn import(&self, id: &str, text: &str) -> Result<Value, Diagnostics> {
+        let uris = file::parse_block(text).map_err(|e| cannot_import(id, e))?;
         let main = &uris[0].1;
         let mut q = main.query.clone();
         let auth = q
@@ -523,8 +413,6 @@ impl Resource for ExternalMongo {
             .map(|n| uris[*n].1.database.clone())
             .collect();
         let mut v = Value::Null;
-        v.set("id", Value::string(id));
-        v.set("config_path", Value::string(id));
         v.set("hosts", string_list(&main.hosts));
         v.set("replica_set", rs.map(Value::string).unwrap_or(Value::Null));
         v.set("username", Value::string(&main.username));
@@ -539,10 +427,7 @@ impl Resource for ExternalMongo {
             },
         );
         v.set("databases", string_list(&dbs));
-        v.set("verify", Value::Bool(true));
         v.set("drop_user_on_destroy", Value::Bool(false));
-        v.set("file_sha256", Value::string(file_sha256(block.as_bytes())));
-        v.set("drift", Value::string(""));
         Ok(v)
     }
 }

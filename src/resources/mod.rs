@@ -6,12 +6,13 @@ use std::sync::Arc;
 use crate::backends::ssh::{SshError, SshErrorKind};
 use crate::plugin::{AttrPath, Diagnostic, Diagnostics, Resource, Value};
 use crate::provider::ProviderData;
+use config_file::ConfigFile;
 
+pub mod config_file;
 pub mod external_mongo;
 pub mod external_nomad;
 pub mod external_rabbitmq;
 pub mod external_redis;
-pub mod managed_file;
 pub mod nomad_client_launch_config;
 pub mod postgres_databases;
 pub mod validate;
@@ -19,16 +20,33 @@ pub mod vault_transit_client;
 
 /// Every resource type this provider offers.
 pub fn all(data: Arc<ProviderData>) -> Vec<Arc<dyn Resource>> {
+    let d = || data.clone();
     vec![
-        Arc::new(external_redis::ExternalRedis::new(data.clone())),
-        Arc::new(external_rabbitmq::ExternalRabbitmq::new(data.clone())),
-        Arc::new(external_nomad::ExternalNomad::new(data.clone())),
-        Arc::new(nomad_client_launch_config::NomadClientLaunchConfig::new(
-            data.clone(),
+        Arc::new(ConfigFile::new(
+            external_redis::ExternalRedis::new(d()),
+            d(),
         )),
-        Arc::new(external_mongo::ExternalMongo::new(data.clone())),
-        Arc::new(postgres_databases::PostgresDatabases::new(data.clone())),
-        Arc::new(vault_transit_client::VaultTransitClient::new(data)),
+        Arc::new(ConfigFile::new(
+            external_rabbitmq::ExternalRabbitmq::new(d()),
+            d(),
+        )),
+        Arc::new(ConfigFile::new(
+            external_nomad::ExternalNomad::new(d()),
+            d(),
+        )),
+        Arc::new(nomad_client_launch_config::NomadClientLaunchConfig::new(d())),
+        Arc::new(ConfigFile::new(
+            external_mongo::ExternalMongo::new(d()),
+            d(),
+        )),
+        Arc::new(ConfigFile::new(
+            postgres_databases::PostgresDatabases::new(d()),
+            d(),
+        )),
+        Arc::new(ConfigFile::new(
+            vault_transit_client::VaultTransitClient::new(d()),
+            d(),
+        )),
     ]
 }
 
@@ -94,58 +112,46 @@ pub fn password_attr(config: &Value) -> AttrPath {
     })
 }
 
-/// Exactly one of `password` and `password_wo`, neither empty nor holding NUL, and
-/// `password_wo_version` only together with `password_wo`.
-pub fn validate_password_pair(config: &Value, diags: &mut Diagnostics) {
-    let (pw, wo) = (config.get("password"), config.get("password_wo"));
-    if !pw.is_unknown() && !wo.is_unknown() {
-        match (pw.is_null(), wo.is_null()) {
-            (false, false) => diags.attr_error(
-                AttrPath::root("password_wo"),
-                "Conflicting passwords",
-                "set password_wo or password, not both",
-            ),
-            (true, true) => diags.attr_error(
-                AttrPath::root("password_wo"),
-                "Password missing",
-                "set password_wo (write-only, Terraform 1.11 or later) or password (stored in state)",
-            ),
-            _ => {}
-        }
-    }
-    for (name, v) in [("password", pw), ("password_wo", wo)] {
-        if let Some(p) = v.as_str() {
-            if p.is_empty() || p.contains('\0') {
-                diags.attr_error(
-                    AttrPath::root(name),
-                    "Invalid password",
-                    "must be non-empty and contain no NUL character",
-                );
-            }
-        }
-    }
-    if !config.get("password_wo_version").is_null() && wo.is_null() {
-        diags.attr_error(
-            AttrPath::root("password_wo_version"),
-            "password_wo_version without password_wo",
-            "password_wo_version only rotates a password_wo",
-        );
-    }
-}
-
 /// An SSH failure as a diagnostic; the message already says what failed where.
 pub fn ssh_diag(summary: &str, e: SshError) -> Diagnostics {
-    let summary = match e.kind {
+    let summary = match e.kind() {
         SshErrorKind::HostKey => "Services machine host key not trusted",
         SshErrorKind::Auth => "Could not log in to the Services machine",
         SshErrorKind::Connect => "Could not reach the Services machine",
         SshErrorKind::Io => summary,
     };
-    Diagnostic::error(summary, e.message).into()
+    let mut detail = e.to_string();
+    if e.is_permission_denied() {
+        detail.push_str(
+            ". If the SSH user is not root, set sudo = true in the provider's services_host block \
+             to write as root",
+        );
+    }
+    Diagnostic::error(summary, detail).into()
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn every_schema_names_each_attribute_once() {
+        for r in all(Arc::new(ProviderData::default())) {
+            let schema = r.schema();
+            let mut names: Vec<&str> = schema
+                .block
+                .attributes
+                .iter()
+                .map(|a| a.name.as_str())
+                .collect();
+            let n = names.len();
+            names.sort();
+            names.dedup();
+            assert_eq!(names.len(), n, "{}: {names:?}", r.type_name());
+            assert!(names.contains(&"id"), "{}", r.type_name());
+        }
+    }
+
     #[test]
     fn sha256_hex() {
         assert_eq!(

@@ -9,12 +9,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::task::JoinSet;
 
-use super::{file_sha256, managed_file, ssh_diag, string_list, strings, validate};
+use super::config_file::{cannot_import, FileResource, Placement, PlannedContent, Prepared, Spec};
+use super::validate::Check;
+use super::{string_list, strings};
 use crate::backends::postgres::{self as pgb, PgAdmin, PgError};
 use crate::circleci::postgres::{self as file, DEFAULT_DATABASES};
 use crate::plugin::{
-    resource::changed, AttrPath, Attribute, Block, Diagnostic, Diagnostics, PlanRequest, Resource,
-    Schema, Type, Value,
+    resource::changed, AttrPath, Attribute, Block, Diagnostic, Diagnostics, PlanRequest, Type,
+    Value,
 };
 use crate::provider::ProviderData;
 
@@ -54,6 +56,11 @@ struct Inputs {
     drop_on_destroy: bool,
     path: String,
     verify: bool,
+}
+
+/// A role name PostgreSQL accepts, for the `user` check.
+fn role_name(u: &str) -> Result<(), String> {
+    file::check_identifier(u).map_err(|e| format!("{u:?} {e}"))
 }
 
 impl Inputs {
@@ -96,15 +103,13 @@ fn inputs(v: &Value) -> Inputs {
     }
 }
 
-use super::configured_password as password;
-
 fn pg_diag(summary: &str, e: PgError) -> Diagnostics {
     let summary = if e.is_connect() {
         "Could not connect to PostgreSQL"
     } else {
         summary
     };
-    Diagnostic::error(summary, e.0).into()
+    Diagnostic::error(summary, e.to_string()).into()
 }
 
 fn render(i: &Inputs, password: &str) -> Result<String, Diagnostics> {
@@ -127,31 +132,32 @@ where
     while let Some(r) = set.join_next().await {
         match r {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => errors.push(e.0),
-            Err(e) => errors.push(format!("internal error: {e}")),
+            Ok(Err(e)) => errors.push(e),
+            Err(e) => errors.push(PgError::TlsSettings(format!("internal error: {e}"))),
         }
     }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        errors.sort();
-        Err(PgError(errors.join("\n")))
+    match errors.len() {
+        0 => Ok(()),
+        1 => Err(errors.remove(0)),
+        _ => {
+            errors.sort_by_key(|e| e.to_string());
+            Err(PgError::Many(errors))
+        }
     }
 }
 
 impl PostgresDatabases {
-    /// Create and update: role, databases, extensions, verification, file, in that
-    /// order; the file is written last so it never names a login that does not work.
+    /// Create and update: role, databases, extensions, verification, in that order;
+    /// the core writes the file last so it never names a login that does not work.
     async fn apply(
         &self,
         prior: Option<&Value>,
         planned: &Value,
         config: &Value,
-    ) -> Result<Value, Diagnostics> {
+    ) -> Result<Prepared<()>, Diagnostics> {
         let i = inputs(planned);
         let password = super::required_password(config)?;
         let pg = self.data.postgres()?;
-        let services = self.data.services()?;
         let content = render(&i, password)?;
 
         let created = pg
@@ -232,21 +238,13 @@ impl PostgresDatabases {
             })?;
         }
 
-        services
-            .write_file(&i.path, content.as_bytes(), 0o600)
-            .await
-            .map_err(|e| ssh_diag("Could not write the PostgreSQL config file", e))?;
-        log::info!("wrote {}", i.path);
-
         let mut state = planned.clone();
-        state.set("id", Value::string(&i.path));
-        state.set(
-            "file_sha256",
-            Value::string(file_sha256(content.as_bytes())),
-        );
         state.set("adopted", string_list(&adopted));
-        state.set("drift", Value::string(""));
-        Ok(state)
+        Ok(Prepared {
+            state,
+            content: Some(content),
+            pending: (),
+        })
     }
 
     /// What differs on the server from the state, one clause each.
@@ -288,7 +286,7 @@ impl PostgresDatabases {
         }
         let mut ext_drift = Vec::new();
         while let Some(r) = set.join_next().await {
-            ext_drift.extend(r.map_err(|e| PgError(format!("internal error: {e}")))??);
+            ext_drift.extend(r.map_err(|e| PgError::TlsSettings(format!("internal error: {e}")))??);
         }
         ext_drift.sort();
         drift.extend(ext_drift);
@@ -297,16 +295,31 @@ impl PostgresDatabases {
 }
 
 #[async_trait]
-impl Resource for PostgresDatabases {
-    fn type_name(&self) -> &'static str {
-        "circleci_postgres_databases"
-    }
+impl FileResource for PostgresDatabases {
+    type Pending = ();
 
-    fn schema(&self) -> Schema {
+    const SPEC: Spec = Spec {
+        type_name: "circleci_postgres_databases",
+        what: "PostgreSQL",
+        placement: Placement::Whole,
+        default_path: file::DEFAULT_PATH,
+        default_path_doc: "`/etc/circleconfig/shared/postgresql`",
+        verify_doc:
+            "Log in as `user` with the password to every database (from where Terraform runs, to \
+                     `host:port`) before writing the file. Default `true`.",
+        drift_doc: ", a missing role, database or extension, a database with another owner",
+        checks: &[
+            ("host", Check::Host),
+            ("port", Check::Port),
+            ("user", Check::Text("Invalid role name", role_name)),
+            ("password_wo", Check::PasswordPair),
+            ("deletion_policy", Check::OneOf(&["retain", "drop"])),
+        ],
+    };
+
+    fn block(&self) -> Block {
         let names = DEFAULT_DATABASES.map(|d| format!("`{d}`")).join(", ");
-        Schema::new(
-            0,
-            Block::new()
+        Block::new()
                 .description(
                     "Sets up CircleCI's PostgreSQL (runbook: *Setting up External PostgreSQL*, *Confirming Tables*). \
                      Creates the role (LOGIN) and the databases it owns, or adopts existing ones; enables \
@@ -317,7 +330,6 @@ impl Resource for PostgresDatabases {
                      a changed or missing file in `drift`; the next apply repairs them. Nothing is dropped unless \
                      `deletion_policy = \"drop\"`.",
                 )
-                .attr(Attribute::new("id", Type::String).computed().description("The config file's path."))
                 .attr(Attribute::new("host", Type::String).required().description(
                     "PostgreSQL host as the Services machine reaches it (written to the file).",
                 ))
@@ -353,45 +365,12 @@ impl Resource for PostgresDatabases {
                      `drop`: destroy also drops the databases and the role, refusing while any database has \
                      live connections.",
                 ))
-                .attr(Attribute::new("config_path", Type::String).optional().computed().description(
-                    "Path of the file on the Services machine. Default `/etc/circleconfig/shared/postgresql`. \
-                     Changing it replaces the resource.",
-                ))
-                .attr(Attribute::new("verify", Type::Bool).optional().computed().description(
-                    "Log in as `user` with the password to every database (from where Terraform runs, to \
-                     `host:port`) before writing the file. Default `true`.",
-                ))
-                .attr(Attribute::new("file_sha256", Type::String).computed().description(
-                    "SHA-256 of the file as written; refresh compares the file on the Services machine with it. \
-                     The password itself is never read back.",
-                ))
                 .attr(Attribute::new("adopted", Type::list(Type::String)).computed().description(
                     "Databases that existed before this resource managed them and were taken over.",
                 ))
-                .attr(Attribute::new("drift", Type::String).computed().description(
-                    "What refresh found different on the server (missing role, database or extension, another \
-                     owner) or on the Services machine; empty when everything is as configured. A non-empty \
-                     value plans an update that repairs it.",
-                )),
-        )
     }
 
-    fn validate(&self, config: &Value) -> Diagnostics {
-        let mut diags = Diagnostics::new();
-        if let Some(h) = config.get("host").as_str() {
-            validate::host(h, AttrPath::root("host"), &mut diags);
-        }
-        validate::port(config.get("port"), AttrPath::root("port"), &mut diags);
-        if let Some(u) = config.get("user").as_str() {
-            if let Err(e) = file::check_identifier(u) {
-                diags.attr_error(
-                    AttrPath::root("user"),
-                    "Invalid role name",
-                    format!("{u:?} {e}"),
-                );
-            }
-        }
-        super::validate_password_pair(config, &mut diags);
+    fn validate(&self, config: &Value, diags: &mut Diagnostics) {
         let mut dbs = Vec::new();
         if let Some(list) = config.get("databases").as_list() {
             for (n, d) in list.iter().enumerate() {
@@ -454,19 +433,6 @@ impl Resource for PostgresDatabases {
                 }
             }
         }
-        if let Some(p) = config.get("deletion_policy").as_str() {
-            if p != "retain" && p != "drop" {
-                diags.attr_error(
-                    AttrPath::root("deletion_policy"),
-                    "Invalid deletion_policy",
-                    format!("{p:?} is not one of \"retain\", \"drop\""),
-                );
-            }
-        }
-        if let Some(p) = config.get("config_path").as_str() {
-            validate::remote_path(p, AttrPath::root("config_path"), &mut diags);
-        }
-        diags
     }
 
     async fn plan(
@@ -474,8 +440,7 @@ impl Resource for PostgresDatabases {
         req: &PlanRequest<'_>,
         planned: &mut Value,
         _diags: &mut Diagnostics,
-    ) -> Vec<AttrPath> {
-        let cfg = req.config;
+    ) -> Vec<&'static str> {
         let defaults = [
             ("port", Value::int(file::DEFAULT_PORT as i64)),
             ("user", Value::string(file::DEFAULT_USER)),
@@ -483,22 +448,8 @@ impl Resource for PostgresDatabases {
             ("extensions", ext_value(&file::default_extensions())),
             ("create_user_database", Value::Bool(true)),
             ("deletion_policy", Value::string("retain")),
-            ("config_path", Value::string(file::DEFAULT_PATH)),
-            ("verify", Value::Bool(true)),
         ];
-        super::set_defaults(cfg, planned, defaults);
-        planned.set("id", planned.get("config_path").clone());
-        planned.set("drift", Value::string(""));
-        let known = ["host", "port", "user"]
-            .iter()
-            .all(|n| planned.get(n).is_fully_known());
-        let hash = match (known, password(cfg)) {
-            (true, Some(pw)) => render(&inputs(planned), pw)
-                .map(|c| Value::string(file_sha256(c.as_bytes())))
-                .unwrap_or(Value::Unknown),
-            _ => Value::Unknown,
-        };
-        planned.set("file_sha256", hash);
+        super::set_defaults(req.config, planned, defaults);
         if req.is_create()
             || ["databases", "user", "create_user_database"]
                 .iter()
@@ -506,115 +457,94 @@ impl Resource for PostgresDatabases {
         {
             planned.set("adopted", Value::Unknown);
         }
-        let mut replace = Vec::new();
-        if !req.is_create() && changed(req.prior, planned, "config_path") {
-            replace.push(AttrPath::root("config_path"));
-        }
-        replace
+        vec![]
     }
 
-    async fn create(&self, planned: &Value, config: &Value) -> Result<Value, Diagnostics> {
-        self.apply(None, planned, config).await
+    fn planned_content(&self, planned: &Value, config: &Value) -> PlannedContent {
+        let known = ["host", "port", "user"]
+            .iter()
+            .all(|n| planned.get(n).is_fully_known());
+        match (known, super::configured_password(config)) {
+            (true, Some(pw)) => render(&inputs(planned), pw)
+                .map(PlannedContent::Known)
+                .unwrap_or(PlannedContent::Unknown),
+            _ => PlannedContent::Unknown,
+        }
     }
 
-    async fn read(&self, state: &Value) -> Result<Option<Value>, Diagnostics> {
-        let i = inputs(state);
-        let services = self.data.services()?;
-        let pg = self.data.postgres()?;
-        let f = services
-            .read_file(&i.path)
-            .await
-            .map_err(|e| ssh_diag("Could not read the PostgreSQL config file", e))?;
-        let mut drift = self
-            .server_drift(&pg, &i)
-            .await
-            .map_err(|e| pg_diag("Could not check PostgreSQL", e))?;
-        let mut fresh = state.clone();
-        match f {
-            Some(f) => fresh.set("file_sha256", Value::string(file_sha256(&f.content))),
-            None => {
-                drift.push(format!("{} is missing on the Services machine", i.path));
-                fresh.set("file_sha256", Value::string(""));
-            }
-        }
-        if !drift.is_empty() {
-            log::info!("{}: {}", i.path, drift.join("; "));
-        }
-        fresh.set("drift", Value::string(drift.join("; ")));
-        Ok(Some(fresh))
-    }
-
-    async fn update(
+    async fn prepare(
         &self,
-        prior: &Value,
+        prior: Option<&Value>,
         planned: &Value,
         config: &Value,
-    ) -> Result<Value, Diagnostics> {
-        self.apply(Some(prior), planned, config).await
+    ) -> Result<Prepared<()>, Diagnostics> {
+        self.apply(prior, planned, config).await
     }
 
-    async fn delete(&self, prior: &Value) -> Result<(), Diagnostics> {
-        let i = inputs(prior);
-        let services = self.data.services()?;
-        if i.drop_on_destroy {
-            let pg = self.data.postgres()?;
-            let all = i.all_databases();
-            let existing = pg
-                .databases(&all)
+    async fn refresh(
+        &self,
+        state: &Value,
+        _fresh: &mut Value,
+        _file: Option<&str>,
+        drift: &mut Vec<String>,
+    ) -> Result<(), Diagnostics> {
+        let pg = self.data.postgres()?;
+        drift.extend(
+            self.server_drift(&pg, &inputs(state))
                 .await
-                .map_err(|e| pg_diag("Could not list the databases", e))?;
-            let mut busy = Vec::new();
-            for db in all.iter().filter(|d| existing.contains_key(*d)) {
-                let n = pg
-                    .live_connections(db)
-                    .await
-                    .map_err(|e| pg_diag("Could not check for connections", e))?;
-                if n > 0 {
-                    busy.push(format!("{db:?} ({n})"));
-                }
-            }
-            if !busy.is_empty() {
-                return Err(Diagnostic::error(
-                    "Databases in use: nothing dropped",
-                    format!(
-                        "deletion_policy = \"drop\", but these databases have live connections: {}. Nothing was \
-                         dropped and the config file was kept. Stop CircleCI (or whatever is connected) first, or \
-                         set deletion_policy = \"retain\".",
-                        busy.join(", ")
-                    ),
-                )
-                .at(AttrPath::root("deletion_policy"))
-                .into());
-            }
-            for db in all.iter().filter(|d| existing.contains_key(*d)) {
-                pg.drop_database(db)
-                    .await
-                    .map_err(|e| pg_diag("Could not drop a database", e))?;
-                log::info!("dropped database {db:?}");
-            }
-            pg.drop_role(&i.user)
-                .await
-                .map_err(|e| pg_diag("Could not drop the role", e))?;
-        }
-        services
-            .remove_file(&i.path)
-            .await
-            .map_err(|e| ssh_diag("Could not delete the PostgreSQL config file", e))?;
+                .map_err(|e| pg_diag("Could not check PostgreSQL", e))?,
+        );
         Ok(())
     }
 
-    async fn import(&self, id: &str) -> Result<Value, Diagnostics> {
-        let (text, hash) =
-            managed_file::read_for_import(&self.data, id, file::DEFAULT_PATH, "PostgreSQL").await?;
-        let parsed = file::parse(&text).map_err(|e| {
-            Diagnostics::from(Diagnostic::error(
-                "Cannot import this file",
-                format!("{id}: {e}"),
-            ))
-        })?;
+    async fn delete_backend(&self, prior: &Value) -> Result<(), Diagnostics> {
+        let i = inputs(prior);
+        if !i.drop_on_destroy {
+            return Ok(());
+        }
+        let pg = self.data.postgres()?;
+        let all = i.all_databases();
+        let existing = pg
+            .databases(&all)
+            .await
+            .map_err(|e| pg_diag("Could not list the databases", e))?;
+        let mut busy = Vec::new();
+        for db in all.iter().filter(|d| existing.contains_key(*d)) {
+            let n = pg
+                .live_connections(db)
+                .await
+                .map_err(|e| pg_diag("Could not check for connections", e))?;
+            if n > 0 {
+                busy.push(format!("{db:?} ({n})"));
+            }
+        }
+        if !busy.is_empty() {
+            return Err(Diagnostic::error(
+                "Databases in use: nothing dropped",
+                format!(
+                    "deletion_policy = \"drop\", but these databases have live connections: {}. Nothing was \
+                     dropped and the config file was kept. Stop CircleCI (or whatever is connected) first, or \
+                     set deletion_policy = \"retain\".",
+                    busy.join(", ")
+                ),
+            )
+            .at(AttrPath::root("deletion_policy"))
+            .into());
+        }
+        for db in all.iter().filter(|d| existing.contains_key(*d)) {
+            pg.drop_database(db)
+                .await
+                .map_err(|e| pg_diag("Could not drop a database", e))?;
+            log::info!("dropped database {db:?}");
+        }
+        pg.drop_role(&i.user)
+            .await
+            .map_err(|e| pg_diag("Could not drop the role", e))
+    }
+
+    async fn import(&self, id: &str, text: &str) -> Result<Value, Diagnostics> {
+        let parsed = file::parse(text).map_err(|e| cannot_import(id, e))?;
         let mut v = Value::Null;
-        v.set("id", Value::string(id));
-        v.set("config_path", Value::string(id));
         v.set("host", Value::string(parsed.host));
         v.set("port", Value::int(parsed.port as i64));
         v.set("user", Value::string(parsed.user));
@@ -622,10 +552,7 @@ impl Resource for PostgresDatabases {
         v.set("extensions", ext_value(&file::default_extensions()));
         v.set("create_user_database", Value::Bool(true));
         v.set("deletion_policy", Value::string("retain"));
-        v.set("verify", Value::Bool(true));
-        v.set("file_sha256", Value::string(hash));
         v.set("adopted", Value::List(vec![]));
-        v.set("drift", Value::string(""));
         Ok(v)
     }
 }

@@ -1,8 +1,140 @@
 //! Plan-time checks shared by resources. Each reports on the attribute it was given.
+//! Resources declare their recurring checks as a table of `(attribute, Check)` pairs and
+//! keep only their cross-attribute rules in code.
 
 use std::time::Duration;
 
 use crate::plugin::{AttrPath, Diagnostics, Value};
+
+/// A check on one attribute's configured value. Null and unknown values pass: the
+/// value is checked again once it is known.
+#[derive(Clone, Copy)]
+pub enum Check {
+    /// A hostname or an IP address.
+    Host,
+    /// A TCP port, 1-65535.
+    Port,
+    /// An absolute path of a file on the Services machine.
+    RemotePath,
+    /// A duration such as `30s`, within `[min, max]` seconds (0 = no bound).
+    Duration { min_secs: u64, max_secs: u64 },
+    /// One of a fixed set of strings.
+    OneOf(&'static [&'static str]),
+    /// A string that must not be empty.
+    NonEmpty,
+    /// A string checked by a function that returns the whole detail on failure, under
+    /// the given summary.
+    Text(&'static str, fn(&str) -> Result<(), String>),
+    /// `password` / `password_wo` / `password_wo_version` (put it on `password_wo`).
+    PasswordPair,
+}
+
+/// Runs every check of `table` on `config`.
+pub fn run(config: &Value, table: &[(&str, Check)], diags: &mut Diagnostics) {
+    for (name, check) in table {
+        check_one(config, name, *check, diags);
+    }
+}
+
+fn check_one(config: &Value, name: &str, check: Check, diags: &mut Diagnostics) {
+    let v = config.get(name);
+    let at = AttrPath::root(name);
+    match check {
+        Check::Port => {
+            port(v, at, diags);
+        }
+        Check::PasswordPair => validate_password_pair(config, diags),
+        _ => {
+            let Some(s) = v.as_str() else { return };
+            match check {
+                Check::Host => host(s, at, diags),
+                Check::RemotePath => remote_path(s, at, diags),
+                Check::Duration { min_secs, max_secs } => {
+                    if let Some(d) = duration(s, at.clone(), diags) {
+                        bounds(d, min_secs, max_secs, at, diags);
+                    }
+                }
+                Check::OneOf(allowed) => {
+                    if !allowed.contains(&s) {
+                        let list: Vec<String> = allowed.iter().map(|a| format!("{a:?}")).collect();
+                        diags.attr_error(
+                            at,
+                            format!("Invalid {name}"),
+                            format!("{s:?} is not one of {}", list.join(", ")),
+                        );
+                    }
+                }
+                Check::NonEmpty => {
+                    if s.is_empty() {
+                        diags.attr_error(at, format!("Invalid {name}"), "must not be empty");
+                    }
+                }
+                Check::Text(summary, f) => {
+                    if let Err(detail) = f(s) {
+                        diags.attr_error(at, summary, detail);
+                    }
+                }
+                Check::Port | Check::PasswordPair => {}
+            }
+        }
+    }
+}
+
+fn bounds(d: Duration, min_secs: u64, max_secs: u64, at: AttrPath, diags: &mut Diagnostics) {
+    let show = |s: u64| humantime::format_duration(Duration::from_secs(s)).to_string();
+    if min_secs > 0 && d < Duration::from_secs(min_secs) {
+        diags.attr_error(
+            at,
+            "Invalid duration",
+            format!("must be at least {}", show(min_secs)),
+        );
+    } else if max_secs > 0 && d > Duration::from_secs(max_secs) {
+        diags.attr_error(
+            at,
+            "Invalid duration",
+            format!("must be at most {}", show(max_secs)),
+        );
+    }
+}
+
+/// Exactly one of `password` and `password_wo`, neither empty nor holding NUL, and
+/// `password_wo_version` only together with `password_wo`.
+pub fn validate_password_pair(config: &Value, diags: &mut Diagnostics) {
+    let (pw, wo) = (config.get("password"), config.get("password_wo"));
+    if !pw.is_unknown() && !wo.is_unknown() {
+        match (pw.is_null(), wo.is_null()) {
+            (false, false) => diags.attr_error(
+                AttrPath::root("password_wo"),
+                "Conflicting passwords",
+                "set password_wo or password, not both",
+            ),
+            (true, true) => diags.attr_error(
+                AttrPath::root("password_wo"),
+                "Password missing",
+                "set password_wo (write-only, Terraform 1.11 or later) or password (stored in state)",
+            ),
+            _ => {}
+        }
+    }
+    for (name, v) in [("password", pw), ("password_wo", wo)] {
+        if let Some(p) = v.as_str() {
+            if p.is_empty() || p.contains('\0') {
+                diags.attr_error(
+                    AttrPath::root(name),
+                    "Invalid password",
+                    "must be non-empty and contain no NUL character",
+                );
+            }
+        }
+    }
+    if !config.get("password_wo_version").is_null() && wo.is_null() {
+        diags.attr_error(
+            AttrPath::root("password_wo_version"),
+            "password_wo_version without password_wo",
+            "password_wo_version only rotates a password_wo",
+        );
+    }
+}
 
 /// A hostname (RFC 1123 labels; `_` tolerated) or an IPv4/IPv6 address.
 pub fn is_host(h: &str) -> bool {
@@ -139,5 +271,71 @@ mod tests {
             remote_path(bad, AttrPath::root("config_path"), &mut d);
         }
         assert_eq!(d.0.len(), 4);
+    }
+
+    fn cfg(pairs: &[(&str, Value)]) -> Value {
+        let mut v = Value::Null;
+        for (k, x) in pairs {
+            v.set(k, x.clone());
+        }
+        v
+    }
+
+    #[test]
+    fn table_checks_name_their_attribute() {
+        let table = [
+            ("host", Check::Host),
+            ("port", Check::Port),
+            ("mode", Check::OneOf(&["a", "b"])),
+            ("user", Check::NonEmpty),
+            (
+                "every",
+                Check::Duration {
+                    min_secs: 10,
+                    max_secs: 3600,
+                },
+            ),
+            (
+                "name",
+                Check::Text("Invalid name", |s| {
+                    if s.contains('/') {
+                        Err(format!("{s:?} has a slash"))
+                    } else {
+                        Ok(())
+                    }
+                }),
+            ),
+        ];
+        let good = cfg(&[
+            ("host", Value::string("db.internal")),
+            ("port", Value::int(5432)),
+            ("mode", Value::string("b")),
+            ("user", Value::string("circle")),
+            ("every", Value::string("5m")),
+            ("name", Value::string("x")),
+        ]);
+        let mut d = Diagnostics::new();
+        run(&good, &table, &mut d);
+        assert!(d.is_empty(), "{d:?}");
+        let bad = cfg(&[
+            ("host", Value::string("a b")),
+            ("port", Value::int(0)),
+            ("mode", Value::string("c")),
+            ("user", Value::string("")),
+            ("every", Value::string("2h")),
+            ("name", Value::string("x/y")),
+        ]);
+        run(&bad, &table, &mut d);
+        let at: Vec<String> = d.0.iter().map(|x| format!("{:?}", x.path)).collect();
+        assert_eq!(d.0.len(), 6, "{at:?}");
+        for (n, (name, _)) in table.iter().enumerate() {
+            assert!(at[n].contains(name), "{n}: {at:?}");
+        }
+        assert!(d.0[2].detail.contains(r#""c" is not one of "a", "b""#));
+        assert!(d.0[4].detail.contains("at most 1h"));
+        // Unknown and null values pass.
+        let mut d = Diagnostics::new();
+        run(&cfg(&[("host", Value::Unknown)]), &table, &mut d);
+        assert!(d.is_empty());
     }
 }

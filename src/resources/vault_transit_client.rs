@@ -8,15 +8,16 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{file_sha256, managed_file, ssh_diag, validate};
-use crate::backends::ssh::Secret;
-use crate::backends::vault::{self as vb, Vault, VaultError};
+use super::config_file::{cannot_import, FileResource, Placement, PlannedContent, Prepared, Spec};
+use super::validate::{self, Check};
+use crate::backends::vault::{self as vb, NewToken, Vault, VaultError};
 use crate::circleci::vault::{self as file, Address};
 use crate::plugin::{
-    resource::changed, AttrPath, Attribute, Block, Diagnostic, Diagnostics, PlanRequest, Resource,
-    Schema, Type, Value,
+    resource::changed, AttrPath, Attribute, Block, Diagnostic, Diagnostics, PlanRequest, Type,
+    Value,
 };
 use crate::provider::ProviderData;
+use crate::secret::Secret;
 
 pub struct VaultTransitClient {
     data: Arc<ProviderData>,
@@ -29,13 +30,7 @@ impl VaultTransitClient {
 }
 
 /// Attributes whose change makes a new key/policy pairing: replace the resource.
-const REPLACE: [&str; 5] = [
-    "transit_mount",
-    "key_name",
-    "key_type",
-    "policy_name",
-    "config_path",
-];
+const REPLACE: [&str; 4] = ["transit_mount", "key_name", "key_type", "policy_name"];
 
 struct Inputs {
     mount: String,
@@ -47,7 +42,6 @@ struct Inputs {
     renew_before: std::time::Duration,
     address: String,
     delete_key: bool,
-    path: String,
     verify: bool,
 }
 
@@ -76,39 +70,46 @@ fn inputs(v: &Value) -> Inputs {
         .unwrap_or(std::time::Duration::from_secs(72 * 3600)),
         address: s(v, "address_for_services", ""),
         delete_key: v.get("delete_key_on_destroy").as_bool().unwrap_or(false),
-        path: s(v, "config_path", file::DEFAULT_PATH),
         verify: v.get("verify").as_bool().unwrap_or(true),
     }
 }
 
 fn vault_diag(summary: &str, e: VaultError) -> Diagnostics {
-    Diagnostic::error(summary, e.message).into()
+    Diagnostic::error(summary, e.to_string()).into()
 }
 
-/// A name Vault accepts in a path segment: no slashes, spaces or control characters.
-fn check_name(v: &str) -> Result<(), String> {
+/// A name Vault accepts in a path segment: no slashes, spaces or control characters
+/// (leading and trailing slashes are tolerated).
+fn check_name(raw: &str) -> Result<(), String> {
+    let v = raw.trim_matches('/');
     if v.is_empty() {
-        return Err("must not be empty".into());
+        return Err(format!("{raw:?} must not be empty"));
     }
     if v.chars()
         .any(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
     {
-        return Err("may contain only letters, digits, '-', '_' and '.'".into());
+        return Err(format!(
+            "{raw:?} may contain only letters, digits, '-', '_' and '.'"
+        ));
     }
     Ok(())
 }
 
+fn check_address(a: &str) -> Result<(), String> {
+    Address::parse(a).map(|_| ())
+}
+
 impl VaultTransitClient {
-    async fn apply(&self, prior: Option<&Value>, planned: &Value) -> Result<Value, Diagnostics> {
+    /// Mount, key and policy; then, when the plan asks for one, a new token, checked and
+    /// rendered into the file (the core writes it; `finish` revokes what must go).
+    async fn apply(&self, planned: &Value) -> Result<Prepared<Option<NewToken>>, Diagnostics> {
         let i = inputs(planned);
         let vault = self.data.vault()?;
-        let services = self.data.services()?;
         let addr = Address::parse(&i.address).map_err(|e| {
             Diagnostics::from(
                 Diagnostic::error("Invalid address", e).at(AttrPath::root("address_for_services")),
             )
         })?;
-
         if !vault
             .mount_exists(&i.mount)
             .await
@@ -143,66 +144,43 @@ impl VaultTransitClient {
                 .map_err(|e| vault_diag("Could not create the transit key", e))?;
             log::info!("created transit key {}/{}", i.mount, i.key);
         }
-        let hcl = vb::policy_hcl(&i.mount, &i.key);
+        let hcl = file::policy_hcl(&i.mount, &i.key);
         vault
             .write_policy(&i.policy_name, &hcl)
             .await
             .map_err(|e| vault_diag("Could not write the policy", e))?;
 
         let mut state = planned.clone();
-        state.set("id", Value::string(&i.path));
         state.set("policy", Value::string(&hcl));
-        state.set("drift", Value::string(""));
-        if planned.get("token_accessor").is_unknown() {
-            let new = vault
-                .create_token(&i.policy_name, &i.period, &format!("circleci-{}", i.key))
-                .await
-                .map_err(|e| vault_diag("Could not create the client token", e))?;
-            let written = self
-                .verify_and_write(&vault, &services, &i, &addr, &new.token)
-                .await;
-            let content = match written {
-                Ok(c) => c,
-                Err(d) => {
-                    // Leave nothing half-done: the new token goes away again.
-                    if let Err(e) = vault.revoke_accessor(&new.accessor).await {
-                        log::warn!("revoking the unused new token: {e}");
-                    }
-                    return Err(d);
-                }
-            };
-            if let Some(old) = prior.and_then(|p| p.get("token_accessor").as_str()) {
-                if !old.is_empty() && old != new.accessor {
-                    if let Err(e) = vault.revoke_accessor(old).await {
-                        log::warn!(
-                            "the new token is in place, but revoking the old one failed: {e}"
-                        );
-                    }
-                }
-            }
-            let expire = vault
-                .lookup_accessor(&new.accessor)
-                .await
-                .ok()
-                .flatten()
-                .and_then(|t| t.expire_time)
-                .unwrap_or_default();
-            state.set("token_accessor", Value::string(&new.accessor));
-            state.set("token_expire_time", Value::string(expire));
-            state.set(
-                "file_sha256",
-                Value::string(file_sha256(content.as_bytes())),
-            );
-            log::info!("new client token {} written to {}", new.accessor, i.path);
+        if !planned.get("token_accessor").is_unknown() {
+            return Ok(Prepared {
+                state,
+                content: None,
+                pending: None,
+            });
         }
-        Ok(state)
+        let new = vault
+            .create_token(&i.policy_name, &i.period, &format!("circleci-{}", i.key))
+            .await
+            .map_err(|e| vault_diag("Could not create the client token", e))?;
+        match self.check_and_render(&vault, &i, &addr, &new.token).await {
+            Ok(content) => Ok(Prepared {
+                state,
+                content: Some(content),
+                pending: Some(new),
+            }),
+            Err(d) => {
+                // Leave nothing half-done: the new token goes away again.
+                revoke_unused(&vault, &new).await;
+                Err(d)
+            }
+        }
     }
 
-    /// Probe the token (if asked), then write the file; returns what was written.
-    async fn verify_and_write(
+    /// Probe the token (if asked), then render the file.
+    async fn check_and_render(
         &self,
         vault: &Vault,
-        services: &crate::backends::ssh::ServicesHost,
         i: &Inputs,
         addr: &Address,
         token: &Secret,
@@ -218,30 +196,45 @@ impl VaultTransitClient {
                 )
             })?;
         }
-        let content = file::render(addr, &token.0, &i.mount).map_err(|e| {
+        file::render(addr, token.expose(), &i.mount).map_err(|e| {
             Diagnostics::from(Diagnostic::error(
                 "Could not render the Vault config file",
                 e.to_string(),
             ))
-        })?;
-        services
-            .write_file(&i.path, content.as_bytes(), 0o600)
-            .await
-            .map_err(|e| ssh_diag("Could not write the Vault config file", e))?;
-        Ok(content)
+        })
+    }
+}
+
+async fn revoke_unused(vault: &Vault, new: &NewToken) {
+    if let Err(e) = vault.revoke_accessor(&new.accessor).await {
+        log::warn!("revoking the unused new token: {e}");
     }
 }
 
 #[async_trait]
-impl Resource for VaultTransitClient {
-    fn type_name(&self) -> &'static str {
-        "circleci_vault_transit_client"
-    }
+impl FileResource for VaultTransitClient {
+    type Pending = Option<NewToken>;
 
-    fn schema(&self) -> Schema {
-        Schema::new(
-            0,
-            Block::new()
+    const SPEC: Spec = Spec {
+        type_name: "circleci_vault_transit_client",
+        what: "Vault",
+        placement: Placement::Whole,
+        default_path: file::DEFAULT_PATH,
+        default_path_doc: "`/etc/circleconfig/context-service/customizations`",
+        verify_doc: "Encrypt and decrypt a probe with the new token before writing the file. Default `true`.",
+        drift_doc: ", the client token revoked or expired, the transit key missing; a non-empty value \
+                    also makes a new token",
+        checks: &[
+            ("transit_mount", Check::Text("Invalid name", check_name)),
+            ("key_name", Check::Text("Invalid name", check_name)),
+            ("policy_name", Check::Text("Invalid name", check_name)),
+            ("key_type", Check::OneOf(&vb::KEY_TYPES)),
+            ("address_for_services", Check::Text("Invalid address", check_address)),
+        ],
+    };
+
+    fn block(&self) -> Block {
+        Block::new()
                 .description(
                     "Connects CircleCI's context service to an external Vault (runbook: *Configuring External \
                      Vault*). Creates the transit key (kept on destroy by default), a policy allowing only \
@@ -253,7 +246,6 @@ impl Resource for VaultTransitClient {
                      accessor. Refresh renews the token when less than `token_renew_before` is left, and \
                      reports a revoked token, a missing key, a changed policy and a changed or missing file.",
                 )
-                .attr(Attribute::new("id", Type::String).computed().description("The config file's path."))
                 .attr(Attribute::new("transit_mount", Type::String).optional().computed().description(
                     "Path of the transit secrets engine. Default `transit`. It must exist unless `create_mount` is set.",
                 ))
@@ -282,12 +274,6 @@ impl Resource for VaultTransitClient {
                     "Delete the transit key on destroy. Default `false`: losing the key makes every stored \
                      context unreadable.",
                 ))
-                .attr(Attribute::new("config_path", Type::String).optional().computed().description(
-                    "Path of the file on the Services machine. Default `/etc/circleconfig/context-service/customizations`.",
-                ))
-                .attr(Attribute::new("verify", Type::Bool).optional().computed().description(
-                    "Encrypt and decrypt a probe with the new token before writing the file. Default `true`.",
-                ))
                 .attr(Attribute::new("token_accessor", Type::String).computed().description(
                     "Accessor of the client token (not the token). Empty after refresh when the token was \
                      revoked or expired; the next apply then creates a new one.",
@@ -298,47 +284,19 @@ impl Resource for VaultTransitClient {
                 .attr(Attribute::new("policy", Type::String).computed().description(
                     "The policy's HCL, as written to Vault; refresh shows it as Vault has it.",
                 ))
-                .attr(Attribute::new("file_sha256", Type::String).computed().description(
-                    "SHA-256 of the file as written.",
-                ))
-                .attr(Attribute::new("drift", Type::String).computed().description(
-                    "What refresh found wrong (token revoked or expired, key missing, file changed or gone); \
-                     empty when all is well. A non-empty value plans a new token and a rewritten file.",
-                )),
-        )
     }
 
-    fn validate(&self, config: &Value) -> Diagnostics {
-        let mut diags = Diagnostics::new();
-        for name in ["transit_mount", "key_name", "policy_name"] {
-            if let Some(v) = config.get(name).as_str() {
-                if let Err(e) = check_name(v.trim_matches('/')) {
-                    diags.attr_error(AttrPath::root(name), "Invalid name", format!("{v:?} {e}"));
-                }
-            }
-        }
-        if let Some(k) = config.get("key_type").as_str() {
-            if !vb::KEY_TYPES.contains(&k) {
-                diags.attr_error(
-                    AttrPath::root("key_type"),
-                    "Invalid key_type",
-                    format!(
-                        "{k:?} is not one of {} (transit key types that encrypt and decrypt)",
-                        vb::KEY_TYPES.join(", ")
-                    ),
-                );
-            }
-        }
+    fn validate(&self, config: &Value, diags: &mut Diagnostics) {
         let period = config.get("token_period").as_str().map(|p| {
             (
                 p,
-                validate::duration(p, AttrPath::root("token_period"), &mut diags),
+                validate::duration(p, AttrPath::root("token_period"), diags),
             )
         });
         let before = config
             .get("token_renew_before")
             .as_str()
-            .map(|p| validate::duration(p, AttrPath::root("token_renew_before"), &mut diags));
+            .map(|p| validate::duration(p, AttrPath::root("token_renew_before"), diags));
         let period_d = period
             .and_then(|(_, d)| d)
             .or_else(|| humantime::parse_duration(file::DEFAULT_PERIOD).ok());
@@ -357,15 +315,6 @@ impl Resource for VaultTransitClient {
                 );
             }
         }
-        if let Some(a) = config.get("address_for_services").as_str() {
-            if let Err(e) = Address::parse(a) {
-                diags.attr_error(AttrPath::root("address_for_services"), "Invalid address", e);
-            }
-        }
-        if let Some(p) = config.get("config_path").as_str() {
-            validate::remote_path(p, AttrPath::root("config_path"), &mut diags);
-        }
-        diags
     }
 
     async fn plan(
@@ -373,7 +322,7 @@ impl Resource for VaultTransitClient {
         req: &PlanRequest<'_>,
         planned: &mut Value,
         diags: &mut Diagnostics,
-    ) -> Vec<AttrPath> {
+    ) -> Vec<&'static str> {
         let cfg = req.config;
         let defaults = [
             ("transit_mount", Value::string(file::DEFAULT_MOUNT)),
@@ -386,8 +335,6 @@ impl Resource for VaultTransitClient {
                 Value::string(file::DEFAULT_RENEW_BEFORE),
             ),
             ("delete_key_on_destroy", Value::Bool(false)),
-            ("config_path", Value::string(file::DEFAULT_PATH)),
-            ("verify", Value::Bool(true)),
         ];
         super::set_defaults(cfg, planned, defaults);
         if cfg.get("policy_name").is_null() {
@@ -407,13 +354,11 @@ impl Resource for VaultTransitClient {
             };
             planned.set("address_for_services", a);
         }
-        planned.set("id", planned.get("config_path").clone());
-        planned.set("drift", Value::string(""));
         let policy = match (
             planned.get("transit_mount").as_str(),
             planned.get("key_name").as_str(),
         ) {
-            (Some(m), Some(k)) => Value::string(vb::policy_hcl(m, k)),
+            (Some(m), Some(k)) => Value::string(file::policy_hcl(m, k)),
             _ => Value::Unknown,
         };
         planned.set("policy", policy);
@@ -425,7 +370,7 @@ impl Resource for VaultTransitClient {
                 .unwrap_or_default()
                 .is_empty()
             || !prior.get("drift").as_str().unwrap_or_default().is_empty()
-            || ["token_period", "address_for_services"]
+            || ["token_period", "address_for_services", "config_path"]
                 .iter()
                 .any(|a| changed(prior, planned, a));
         if new_token {
@@ -433,26 +378,71 @@ impl Resource for VaultTransitClient {
                 planned.set(a, Value::Unknown);
             }
         }
-        if req.is_create() {
-            return vec![];
+        REPLACE.to_vec()
+    }
+
+    fn planned_content(&self, _planned: &Value, _config: &Value) -> PlannedContent {
+        // The file holds a token Vault makes during apply: `plan` marks the hash unknown
+        // when a new token is coming, and keeps it otherwise.
+        PlannedContent::Keep
+    }
+
+    async fn prepare(
+        &self,
+        _prior: Option<&Value>,
+        planned: &Value,
+        _config: &Value,
+    ) -> Result<Prepared<Option<NewToken>>, Diagnostics> {
+        self.apply(planned).await
+    }
+
+    async fn finish(
+        &self,
+        pending: Option<NewToken>,
+        prior: Option<&Value>,
+        state: &mut Value,
+        written: Result<(), &Diagnostics>,
+    ) -> Diagnostics {
+        let Some(new) = pending else {
+            return Diagnostics::new();
+        };
+        let vault = match self.data.vault() {
+            Ok(v) => v,
+            Err(d) => return d,
+        };
+        if written.is_err() {
+            revoke_unused(&vault, &new).await;
+            return Diagnostics::new();
         }
-        REPLACE
-            .iter()
-            .filter(|a| changed(prior, planned, a))
-            .map(|a| AttrPath::root(a))
-            .collect()
+        if let Some(old) = prior.and_then(|p| p.get("token_accessor").as_str()) {
+            if !old.is_empty() && old != new.accessor {
+                if let Err(e) = vault.revoke_accessor(old).await {
+                    log::warn!("the new token is in place, but revoking the old one failed: {e}");
+                }
+            }
+        }
+        let expire = vault
+            .lookup_accessor(&new.accessor)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|t| t.expire_time)
+            .unwrap_or_default();
+        state.set("token_accessor", Value::string(&new.accessor));
+        state.set("token_expire_time", Value::string(expire));
+        log::info!("new client token {} written", new.accessor);
+        Diagnostics::new()
     }
 
-    async fn create(&self, planned: &Value, _config: &Value) -> Result<Value, Diagnostics> {
-        self.apply(None, planned).await
-    }
-
-    async fn read(&self, state: &Value) -> Result<Option<Value>, Diagnostics> {
+    async fn refresh(
+        &self,
+        state: &Value,
+        fresh: &mut Value,
+        _file: Option<&str>,
+        drift: &mut Vec<String>,
+    ) -> Result<(), Diagnostics> {
         let i = inputs(state);
         let vault = self.data.vault()?;
-        let services = self.data.services()?;
-        let mut fresh = state.clone();
-        let mut drift = Vec::new();
         let accessor = state
             .get("token_accessor")
             .as_str()
@@ -500,40 +490,12 @@ impl Resource for VaultTransitClient {
             .await
             .map_err(|e| vault_diag("Could not read the policy", e))?;
         fresh.set("policy", Value::string(policy.unwrap_or_default()));
-        match services
-            .read_file(&i.path)
-            .await
-            .map_err(|e| ssh_diag("Could not read the Vault config file", e))?
-        {
-            None => {
-                drift.push(format!("{} is missing on the Services machine", i.path));
-                fresh.set("file_sha256", Value::string(""));
-            }
-            Some(f) => {
-                let h = file_sha256(&f.content);
-                if Some(h.as_str()) != state.get("file_sha256").as_str() {
-                    drift.push(format!("{} was changed on the Services machine", i.path));
-                }
-                fresh.set("file_sha256", Value::string(h));
-            }
-        }
-        fresh.set("drift", Value::string(drift.join("; ")));
-        Ok(Some(fresh))
+        Ok(())
     }
 
-    async fn update(
-        &self,
-        prior: &Value,
-        planned: &Value,
-        _config: &Value,
-    ) -> Result<Value, Diagnostics> {
-        self.apply(Some(prior), planned).await
-    }
-
-    async fn delete(&self, prior: &Value) -> Result<(), Diagnostics> {
+    async fn delete_backend(&self, prior: &Value) -> Result<(), Diagnostics> {
         let i = inputs(prior);
         let vault = self.data.vault()?;
-        let services = self.data.services()?;
         let accessor = prior.get("token_accessor").as_str().unwrap_or_default();
         vault
             .revoke_accessor(accessor)
@@ -543,10 +505,6 @@ impl Resource for VaultTransitClient {
             .delete_policy(&i.policy_name)
             .await
             .map_err(|e| vault_diag("Could not delete the policy", e))?;
-        services
-            .remove_file(&i.path)
-            .await
-            .map_err(|e| ssh_diag("Could not delete the Vault config file", e))?;
         if i.delete_key {
             vault
                 .delete_key(&i.mount, &i.key)
@@ -557,15 +515,8 @@ impl Resource for VaultTransitClient {
         Ok(())
     }
 
-    async fn import(&self, id: &str) -> Result<Value, Diagnostics> {
-        let (text, hash) =
-            managed_file::read_for_import(&self.data, id, file::DEFAULT_PATH, "Vault").await?;
-        let parsed = file::parse(&text).map_err(|e| {
-            Diagnostics::from(Diagnostic::error(
-                "Cannot import this file",
-                format!("{id}: {e}"),
-            ))
-        })?;
+    async fn import(&self, id: &str, text: &str) -> Result<Value, Diagnostics> {
+        let parsed = file::parse(text).map_err(|e| cannot_import(id, e))?;
         let vault = self.data.vault()?;
         let info = vault
             .lookup_token(&Secret(parsed.token.clone()))
@@ -580,7 +531,7 @@ impl Resource for VaultTransitClient {
                     ),
                 ))
             })?;
-        let policy_name = vb::non_default_policies(&info.policies)
+        let policy_name = file::non_default_policies(&info.policies)
             .into_iter()
             .next()
             .unwrap_or_else(|| file::default_policy_name(file::DEFAULT_KEY));
@@ -589,12 +540,10 @@ impl Resource for VaultTransitClient {
             .await
             .map_err(|e| vault_diag("Could not read the policy", e))?
             .unwrap_or_default();
-        let key = vb::key_from_policy(&rules, &parsed.mount)
+        let key = file::key_from_policy(&rules, &parsed.mount)
             .unwrap_or_else(|| file::DEFAULT_KEY.to_string());
         let mut v = Value::Null;
         for (k, x) in [
-            ("id", id.to_string()),
-            ("config_path", id.to_string()),
             ("transit_mount", parsed.mount.clone()),
             ("key_name", key),
             ("key_type", file::DEFAULT_KEY_TYPE.to_string()),
@@ -608,14 +557,11 @@ impl Resource for VaultTransitClient {
                 info.expire_time.clone().unwrap_or_default(),
             ),
             ("policy", rules),
-            ("file_sha256", hash),
-            ("drift", String::new()),
         ] {
             v.set(k, Value::string(x));
         }
         v.set("create_mount", Value::Bool(false));
         v.set("delete_key_on_destroy", Value::Bool(false));
-        v.set("verify", Value::Bool(true));
         Ok(v)
     }
 }

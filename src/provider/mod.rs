@@ -1,0 +1,286 @@
+//! The provider's own configuration, and the clients it hands to resources. Nothing
+//! connects during configure: Terraform configures the provider on every run. One
+//! module per configuration block; each offers `block()`, `validate()` and `build()`.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::backends::aws::Aws;
+use crate::backends::mongo::MongoAdmin;
+use crate::backends::postgres::PgAdmin;
+use crate::backends::ssh::ServicesHost;
+use crate::backends::vault::Vault;
+use crate::plugin::{
+    AttrPath, Block, ClientInfo, Diagnostic, Diagnostics, NestedBlock, Nesting, Provider, Resource,
+    Schema, Value,
+};
+use crate::resources;
+
+mod aws;
+mod mongodb;
+mod postgres;
+mod services_host;
+mod vault;
+
+pub const SERVICES_HOST: &str = "services_host";
+pub const POSTGRES: &str = "postgres";
+pub const VAULT: &str = "vault";
+pub const MONGODB: &str = "mongodb";
+pub const AWS: &str = "aws";
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One client, made from one configuration block: set by configure, read by resources.
+/// Empty means the block (and its environment variables) is absent; `missing` then
+/// says how to add it.
+struct Slot<T> {
+    value: RwLock<Option<Result<Arc<T>, Diagnostics>>>,
+    missing: (&'static str, &'static str),
+}
+
+impl<T> Slot<T> {
+    const fn new(summary: &'static str, detail: &'static str) -> Self {
+        Slot {
+            value: RwLock::new(None),
+            missing: (summary, detail),
+        }
+    }
+
+    fn get(&self) -> Result<Arc<T>, Diagnostics> {
+        match &*self.value.read().unwrap_or_else(|e| e.into_inner()) {
+            Some(r) => r.clone(),
+            None => Err(Diagnostic::error(self.missing.0, self.missing.1).into()),
+        }
+    }
+
+    fn set(&self, v: Option<Result<Arc<T>, Diagnostics>>) {
+        *self.value.write().unwrap_or_else(|e| e.into_inner()) = v;
+    }
+
+    /// Configures the slot from block `name`: a block not known yet fails only when a
+    /// resource uses it; an absent block (with no `env` fallback set) leaves the slot
+    /// empty; otherwise `build` decides, and its errors on a written block are returned
+    /// now.
+    fn configure(
+        &self,
+        name: &str,
+        b: &Value,
+        env: Option<&str>,
+        build: impl FnOnce(&Value) -> Result<T, Diagnostics>,
+    ) -> Diagnostics {
+        if !b.is_fully_known() {
+            self.set(Some(Err(Diagnostic::error(
+                "Provider configuration not known yet",
+                format!(
+                    "{name} depends on values known only after apply; apply those resources first (-target)"
+                ),
+            )
+            .at(AttrPath::root(name))
+            .into())));
+            return Diagnostics::new();
+        }
+        if b.is_null() && env.is_some_and(|v| std::env::var(v).is_err()) {
+            self.set(None);
+            return Diagnostics::new();
+        }
+        let r = build(b).map(Arc::new);
+        let diags = match &r {
+            Err(d) if !b.is_null() => d.clone(),
+            _ => Diagnostics::new(),
+        };
+        self.set(Some(r));
+        diags
+    }
+}
+
+/// What resources get from the configured provider.
+pub struct ProviderData {
+    services: Slot<ServicesHost>,
+    postgres: Slot<PgAdmin>,
+    vault: Slot<Vault>,
+    mongo: Slot<MongoAdmin>,
+    aws: Slot<Aws>,
+    client: RwLock<ClientInfo>,
+}
+
+impl Default for ProviderData {
+    fn default() -> Self {
+        ProviderData {
+            services: Slot::new(
+                "services_host not configured",
+                "add a services_host block to the provider \"circleci\" configuration: every resource writes a \
+                 config file on the CircleCI Services machine over SSH",
+            ),
+            postgres: Slot::new(
+                "postgres not configured",
+                "add a postgres block (the admin connection used to create the role and databases) to the \
+                 provider \"circleci\" configuration, or set PGHOST and the other libpq environment variables",
+            ),
+            vault: Slot::new(
+                "vault not configured",
+                "add a vault block (address and a token allowed to manage transit keys, policies and tokens) to \
+                 the provider \"circleci\" configuration, or set VAULT_ADDR and VAULT_TOKEN",
+            ),
+            mongo: Slot::new(
+                "mongodb not configured",
+                "add a mongodb block (a connection string for a user that may manage users) to the provider \
+                 \"circleci\" configuration, or set MONGODB_URI",
+            ),
+            aws: Slot::new(
+                "Provider not configured",
+                "the provider was not configured before this resource was used (a bug in Terraform or this provider)",
+            ),
+            client: RwLock::new(ClientInfo::default()),
+        }
+    }
+}
+
+impl ProviderData {
+    /// The Services machine, or an error saying why it is not usable.
+    pub fn services(&self) -> Result<Arc<ServicesHost>, Diagnostics> {
+        self.services.get()
+    }
+
+    /// The PostgreSQL admin connection settings, or why there are none.
+    pub fn postgres(&self) -> Result<Arc<PgAdmin>, Diagnostics> {
+        self.postgres.get()
+    }
+
+    /// The Vault admin client, or why there is none.
+    pub fn vault(&self) -> Result<Arc<Vault>, Diagnostics> {
+        self.vault.get()
+    }
+
+    /// The MongoDB admin client, or why there is none.
+    pub fn mongo(&self) -> Result<Arc<MongoAdmin>, Diagnostics> {
+        self.mongo.get()
+    }
+
+    /// The AWS settings (the chain is loaded on first use), or why they are unusable.
+    pub fn aws(&self) -> Result<Arc<Aws>, Diagnostics> {
+        self.aws.get()
+    }
+
+    pub fn client(&self) -> ClientInfo {
+        self.client
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The SSH timeout, also used for the checks resources make.
+    pub fn timeout(&self) -> Duration {
+        match self.services.get() {
+            Ok(h) => h.config().timeout,
+            Err(_) => DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+pub struct CircleCiProvider {
+    data: Arc<ProviderData>,
+}
+
+impl Default for CircleCiProvider {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CircleCiProvider {
+    pub fn new() -> Self {
+        CircleCiProvider {
+            data: Arc::new(ProviderData::default()),
+        }
+    }
+}
+
+/// A string attribute, or else the environment variable (empty counts as unset).
+fn env_or(v: &Value, env: &str) -> Option<String> {
+    match v.as_str() {
+        Some(s) => Some(s.to_string()),
+        None => std::env::var(env).ok().filter(|s| !s.is_empty()),
+    }
+}
+
+fn expand_home(p: &str) -> PathBuf {
+    match (p.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => PathBuf::from(p),
+    }
+}
+
+#[async_trait]
+impl Provider for CircleCiProvider {
+    fn schema(&self) -> Schema {
+        let nested = |name, b| NestedBlock::new(name, Nesting::Single, b);
+        Schema::new(
+            0,
+            Block::new()
+                .description(
+                    "Moves CircleCI Server 2.17's datastores to external services, following the runbook \
+                     *Adding External Services to CircleCI Server v2.17*.",
+                )
+                .block(nested(SERVICES_HOST, services_host::block()))
+                .block(nested(POSTGRES, postgres::block()))
+                .block(nested(VAULT, vault::block()))
+                .block(nested(MONGODB, mongodb::block()))
+                .block(nested(AWS, aws::block())),
+        )
+    }
+
+    fn resources(&self) -> Vec<Arc<dyn Resource>> {
+        resources::all(self.data.clone())
+    }
+
+    fn validate(&self, config: &Value) -> Diagnostics {
+        let mut diags = Diagnostics::new();
+        services_host::validate(config.get(SERVICES_HOST), &mut diags);
+        postgres::validate(config.get(POSTGRES), &mut diags);
+        vault::validate(config.get(VAULT), &mut diags);
+        aws::validate(config.get(AWS), &mut diags);
+        mongodb::validate(config.get(MONGODB), &mut diags);
+        diags
+    }
+
+    async fn configure(&self, config: &Value, client: &ClientInfo) -> Diagnostics {
+        let d = &self.data;
+        *d.client.write().unwrap_or_else(|e| e.into_inner()) = client.clone();
+        let mut diags = Diagnostics::new();
+        diags.extend(
+            d.postgres
+                .configure(POSTGRES, config.get(POSTGRES), Some("PGHOST"), |b| {
+                    postgres::build(b).map(PgAdmin::new)
+                }),
+        );
+        diags.extend(
+            d.vault
+                .configure(VAULT, config.get(VAULT), Some("VAULT_ADDR"), |b| {
+                    vault::build(b, DEFAULT_TIMEOUT).map(Vault::new)
+                }),
+        );
+        // A MongoDB block is checked when a resource uses it.
+        let _ = d.mongo.configure(
+            MONGODB,
+            config.get(MONGODB),
+            Some("MONGODB_URI"),
+            mongodb::build,
+        );
+        diags.extend(d.aws.configure(AWS, config.get(AWS), None, |b| {
+            aws::build(b, DEFAULT_TIMEOUT)
+        }));
+        // A missing services_host block surfaces only when a resource needs the Services
+        // machine, so a configuration with no resources yet still plans; a wrong block
+        // fails here.
+        diags.extend(d.services.configure(
+            SERVICES_HOST,
+            config.get(SERVICES_HOST),
+            Some("CIRCLECI_SERVICES_HOST"),
+            |b| services_host::build(b).map(ServicesHost::new),
+        ));
+        diags
+    }
+}

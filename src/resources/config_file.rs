@@ -1,0 +1,548 @@
+//! The lifecycle every resource that writes a config file on the Services machine
+//! shares. A resource supplies what is its own (schema, inputs -> rendered file, the
+//! backend step, parse for import) by implementing [`FileResource`]; [`ConfigFile`]
+//! turns that into a Terraform [`Resource`]:
+//!
+//! - **plan**: the resource's defaults, then `config_path` (default), `verify`
+//!   (default `true`), `id = config_path`, `drift = ""` and `file_sha256` (the hash of
+//!   the rendered file when every input is known); changing `config_path` replaces.
+//! - **create / update**: the backend step (which may refuse and write nothing), then
+//!   the file, replaced atomically with mode 0600; a resource may finish work after
+//!   the write (or undo its step when the write failed).
+//! - **read**: a file changed or removed out of band is *drift*: it is named in the
+//!   `drift` attribute and `file_sha256` shows the difference (empty when the file is
+//!   gone), so the next plan is an in-place update that writes it again. Refresh never
+//!   drops the resource from the state because of its file: the backend objects it
+//!   manages (roles, tokens, users) still exist and must not be orphaned.
+//! - **delete**: the backend clean-up, then the file (or the managed block).
+//! - **import** by the file's path: read, parse, and the common attributes.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::{file_sha256, ssh_diag, validate};
+use crate::circleci::envfile;
+use crate::plugin::{
+    resource::changed, Applied, AttrPath, Attribute, Block, Diagnostic, Diagnostics, PlanRequest,
+    Resource, Schema, Type, Value,
+};
+use crate::provider::ProviderData;
+
+/// Where a resource's settings live in its file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// The resource owns the whole file.
+    Whole,
+    /// The resource owns one marked block; every other line of the file is the
+    /// operator's and is kept byte for byte.
+    Block(&'static str),
+}
+
+/// The static facts of one file-writing resource.
+pub struct Spec {
+    pub type_name: &'static str,
+    /// What the file configures, for messages: "Redis" -> "the Redis config file".
+    pub what: &'static str,
+    pub placement: Placement,
+    /// The runbook's path, also the example in import errors.
+    pub default_path: &'static str,
+    /// How the default path is described in the docs (Markdown).
+    pub default_path_doc: &'static str,
+    /// What `verify` checks (Markdown, the whole description).
+    pub verify_doc: &'static str,
+    /// What refresh checks beyond the file, for the `drift` description.
+    pub drift_doc: &'static str,
+    /// Declarative plan-time checks; `config_path` is always checked.
+    pub checks: &'static [(&'static str, validate::Check)],
+}
+
+/// The file content known at plan time.
+pub enum PlannedContent {
+    /// Every input is known: the file will be exactly this.
+    Known(String),
+    /// Some input is not known yet.
+    Unknown,
+    /// The resource plans `file_sha256` itself.
+    Keep,
+}
+
+/// What the backend step of an apply produced.
+pub struct Prepared<P> {
+    /// The new state; the core fills in `id`, `config_path`, `file_sha256`, `drift`.
+    pub state: Value,
+    /// What to write; `None` leaves the file as it is.
+    pub content: Option<String>,
+    /// Carried to [`FileResource::finish`].
+    pub pending: P,
+}
+
+/// What a file-writing resource supplies.
+#[async_trait]
+pub trait FileResource: Send + Sync + 'static {
+    /// What the backend step hands to `finish` (e.g. a token to revoke if the write fails).
+    type Pending: Send + 'static;
+
+    const SPEC: Spec;
+
+    /// The resource's description and its own attributes. The core adds `id`,
+    /// `config_path`, `verify`, `file_sha256` and `drift`.
+    fn block(&self) -> Block;
+
+    /// Cross-attribute checks beyond `SPEC.checks`.
+    fn validate(&self, _config: &Value, _diags: &mut Diagnostics) {}
+
+    /// The default `config_path` for these (planned) values; `Value::Unknown` when it
+    /// depends on something not known yet.
+    fn default_path(&self, _planned: &Value) -> Value {
+        Value::string(Self::SPEC.default_path)
+    }
+
+    /// Defaults and computed values of the resource's own attributes. Returns the
+    /// attributes (besides `config_path`) whose change forces replacement.
+    async fn plan(
+        &self,
+        req: &PlanRequest<'_>,
+        planned: &mut Value,
+        diags: &mut Diagnostics,
+    ) -> Vec<&'static str>;
+
+    /// The file (or block) these values render to, for `file_sha256` at plan time.
+    fn planned_content(&self, planned: &Value, config: &Value) -> PlannedContent;
+
+    /// The backend step: check, create or change what the file will point at, and
+    /// render the file. An error here means nothing was written.
+    async fn prepare(
+        &self,
+        prior: Option<&Value>,
+        planned: &Value,
+        config: &Value,
+    ) -> Result<Prepared<Self::Pending>, Diagnostics>;
+
+    /// After the write: `written` is the write's error, if it failed. Returns warnings
+    /// (or errors) to report; may change the state.
+    async fn finish(
+        &self,
+        _pending: Self::Pending,
+        _prior: Option<&Value>,
+        _state: &mut Value,
+        _written: Result<(), &Diagnostics>,
+    ) -> Diagnostics {
+        Diagnostics::new()
+    }
+
+    /// Refresh beyond the file: `file` is its text (the block's, for a block), when it
+    /// exists and is UTF-8. Push what differs to `drift`.
+    async fn refresh(
+        &self,
+        _state: &Value,
+        _fresh: &mut Value,
+        _file: Option<&str>,
+        _drift: &mut Vec<String>,
+    ) -> Result<(), Diagnostics> {
+        Ok(())
+    }
+
+    /// Clean-up on the backend side before the file goes. An error keeps the file and
+    /// the state.
+    async fn delete_backend(&self, _prior: &Value) -> Result<(), Diagnostics> {
+        Ok(())
+    }
+
+    /// The state for an imported file (or block) `text`; the core sets `id`,
+    /// `config_path`, `verify`, `file_sha256` and `drift`.
+    async fn import(&self, id: &str, text: &str) -> Result<Value, Diagnostics>;
+}
+
+/// The Terraform resource made of a [`FileResource`].
+pub struct ConfigFile<R> {
+    inner: R,
+    data: Arc<ProviderData>,
+}
+
+impl<R: FileResource> ConfigFile<R> {
+    pub fn new(inner: R, data: Arc<ProviderData>) -> Self {
+        ConfigFile { inner, data }
+    }
+
+    fn path_of(&self, v: &Value) -> String {
+        v.get("config_path")
+            .as_str()
+            .map(str::to_string)
+            .or_else(|| self.inner.default_path(v).as_str().map(str::to_string))
+            .unwrap_or_else(|| R::SPEC.default_path.to_string())
+    }
+
+    fn file_word() -> &'static str {
+        match R::SPEC.placement {
+            Placement::Whole => "config file",
+            Placement::Block(_) => "block",
+        }
+    }
+
+    /// The file's current text for a block update: UTF-8, or an error (bytes that are
+    /// not UTF-8 are never rewritten).
+    async fn current_text(&self, path: &str) -> Result<Option<(String, u32)>, Diagnostics> {
+        let services = self.data.services()?;
+        let Some(f) = services
+            .read_file(path)
+            .await
+            .map_err(|e| ssh_diag(&format!("Could not read {path}"), e))?
+        else {
+            return Ok(None);
+        };
+        let text = String::from_utf8(f.content).map_err(|_| {
+            Diagnostics::from(Diagnostic::error(
+                format!("{path} is not UTF-8 text"),
+                format!(
+                    "the {} settings go into a managed block of {path}, but the file holds bytes that are not \
+                     UTF-8; it was left as it is. Fix the file by hand.",
+                    R::SPEC.what
+                ),
+            ))
+        })?;
+        Ok(Some((text, f.mode)))
+    }
+
+    /// Writes `content` (the file, or the block) and returns its hash.
+    async fn write(&self, path: &str, content: &str) -> Result<String, Diagnostics> {
+        let services = self.data.services()?;
+        let what = R::SPEC.what;
+        let bytes = match R::SPEC.placement {
+            Placement::Whole => content.to_string(),
+            Placement::Block(id) => {
+                let current = self.current_text(path).await?.map(|(t, _)| t);
+                envfile::upsert_block(current.as_deref().unwrap_or(""), id, content)
+                    .map_err(|e| block_error(path, e))?
+            }
+        };
+        services
+            .write_file(path, bytes.as_bytes(), 0o600)
+            .await
+            .map_err(|e| {
+                ssh_diag(
+                    &format!("Could not write the {what} {}", Self::file_word()),
+                    e,
+                )
+            })?;
+        log::info!(
+            "wrote the {what} {} {path} ({} bytes)",
+            Self::file_word(),
+            bytes.len()
+        );
+        Ok(file_sha256(content.as_bytes()))
+    }
+
+    /// Removes the file, or only the block.
+    async fn remove(&self, path: &str) -> Result<(), Diagnostics> {
+        let services = self.data.services()?;
+        let what = R::SPEC.what;
+        let fail = |e| {
+            ssh_diag(
+                &format!("Could not delete the {what} {}", Self::file_word()),
+                e,
+            )
+        };
+        match R::SPEC.placement {
+            Placement::Whole => {
+                let existed = services.remove_file(path).await.map_err(fail)?;
+                log::info!("deleted {path} (existed: {existed})");
+            }
+            Placement::Block(id) => {
+                if let Some((text, mode)) = self.current_text(path).await? {
+                    let next =
+                        envfile::remove_block(&text, id).map_err(|e| block_error(path, e))?;
+                    if next != text {
+                        services
+                            .write_file(path, next.as_bytes(), mode)
+                            .await
+                            .map_err(fail)?;
+                        log::info!("removed the {what} block from {path}");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The file's text and hash as they are now (for a block: the block's), `None`
+    /// when it (or the block) is missing. A whole file that is not UTF-8 has a hash
+    /// but no text.
+    async fn current(&self, path: &str) -> Result<Option<(Option<String>, String)>, Diagnostics> {
+        match R::SPEC.placement {
+            Placement::Whole => {
+                let services = self.data.services()?;
+                let f = services.read_file(path).await.map_err(|e| {
+                    ssh_diag(
+                        &format!("Could not read the {} config file", R::SPEC.what),
+                        e,
+                    )
+                })?;
+                Ok(f.map(|f| {
+                    let hash = file_sha256(&f.content);
+                    (String::from_utf8(f.content).ok(), hash)
+                }))
+            }
+            Placement::Block(id) => {
+                let Some((text, _)) = self.current_text(path).await? else {
+                    return Ok(None);
+                };
+                let block = envfile::extract_block(&text, id).map_err(|e| block_error(path, e))?;
+                Ok(block.map(|b| {
+                    let hash = file_sha256(b.as_bytes());
+                    (Some(b), hash)
+                }))
+            }
+        }
+    }
+
+    async fn apply(&self, prior: Option<&Value>, planned: &Value, config: &Value) -> Applied {
+        let path = self.path_of(planned);
+        // Nothing changes on a backend when the file could not be written anyway.
+        if let Err(d) = self.data.services() {
+            return Applied::from_result(Err(d));
+        }
+        let prepared = match self.inner.prepare(prior, planned, config).await {
+            Ok(p) => p,
+            Err(d) => return Applied::from_result(Err(d)),
+        };
+        let mut state = prepared.state;
+        let written = match &prepared.content {
+            Some(c) => self.write(&path, c).await.map(Some),
+            None => Ok(None),
+        };
+        let after = self
+            .inner
+            .finish(
+                prepared.pending,
+                prior,
+                &mut state,
+                written.as_ref().map(|_| ()),
+            )
+            .await;
+        let mut diags = Diagnostics::new();
+        match written {
+            Err(d) => {
+                diags.extend(d);
+                diags.extend(after);
+                return Applied::from_result(Err(diags));
+            }
+            Ok(Some(hash)) => state.set("file_sha256", Value::string(hash)),
+            Ok(None) => {}
+        }
+        diags.extend(after);
+        state.set("id", Value::string(&path));
+        state.set("config_path", Value::string(&path));
+        state.set("drift", Value::string(""));
+        Applied {
+            state: Some(state),
+            diags,
+        }
+    }
+}
+
+fn block_error(path: &str, e: envfile::EnvFileError) -> Diagnostics {
+    Diagnostic::error(
+        "The managed block in the file is damaged",
+        format!("{path}: {e}. Fix the marker lines by hand."),
+    )
+    .into()
+}
+
+/// An import whose file does not parse.
+pub fn cannot_import(id: &str, e: impl std::fmt::Display) -> Diagnostics {
+    Diagnostic::error("Cannot import this file", format!("{id}: {e}")).into()
+}
+
+/// The attributes every file-writing resource has, around the resource's own.
+fn schema_of<R: FileResource>(own: Block) -> Block {
+    let s = &R::SPEC;
+    let (file, hash_of) = match s.placement {
+        Placement::Whole => ("the file", "the file as written"),
+        Placement::Block(_) => (
+            "the file that holds the managed block",
+            "the managed block's content",
+        ),
+    };
+    let mut b = own;
+    b.attributes.insert(
+        0,
+        Attribute::new("id", Type::String)
+            .computed()
+            .description("The config file's path (the same as `config_path`)."),
+    );
+    b.attr(Attribute::new("config_path", Type::String).optional().computed().description(&format!(
+        "Absolute path of {file} on the Services machine. Default {}. Changing it replaces the resource \
+         (the old {} is removed).",
+        s.default_path_doc,
+        match s.placement {
+            Placement::Whole => "file",
+            Placement::Block(_) => "block",
+        }
+    )))
+    .attr(Attribute::new("verify", Type::Bool).optional().computed().description(s.verify_doc))
+    .attr(Attribute::new("file_sha256", Type::String).computed().description(&format!(
+        "SHA-256 of {hash_of}. Refresh reads it back: a change made out of band, or a missing file, \
+         shows in `drift` and the next apply writes it again (empty when the file is gone)."
+    )))
+    .attr(Attribute::new("drift", Type::String).computed().description(&format!(
+        "What refresh found different from the last apply, one clause each: {file} changed or missing on \
+         the Services machine{}. Empty when all is as configured; a non-empty value plans an in-place \
+         update that repairs it.",
+        s.drift_doc
+    )))
+}
+
+#[async_trait]
+impl<R: FileResource> Resource for ConfigFile<R> {
+    fn type_name(&self) -> &'static str {
+        R::SPEC.type_name
+    }
+
+    fn schema(&self) -> Schema {
+        Schema::new(0, schema_of::<R>(self.inner.block()))
+    }
+
+    fn validate(&self, config: &Value) -> Diagnostics {
+        let mut diags = Diagnostics::new();
+        validate::run(config, R::SPEC.checks, &mut diags);
+        validate::run(
+            config,
+            &[("config_path", validate::Check::RemotePath)],
+            &mut diags,
+        );
+        self.inner.validate(config, &mut diags);
+        diags
+    }
+
+    async fn plan(
+        &self,
+        req: &PlanRequest<'_>,
+        planned: &mut Value,
+        diags: &mut Diagnostics,
+    ) -> Vec<AttrPath> {
+        let replace = self.inner.plan(req, planned, diags).await;
+        let cfg = req.config;
+        if cfg.get("config_path").is_null() {
+            planned.set("config_path", self.inner.default_path(planned));
+        }
+        if cfg.get("verify").is_null() {
+            planned.set("verify", Value::Bool(true));
+        }
+        planned.set("id", planned.get("config_path").clone());
+        planned.set("drift", Value::string(""));
+        match self.inner.planned_content(planned, cfg) {
+            PlannedContent::Known(c) => {
+                planned.set("file_sha256", Value::string(file_sha256(c.as_bytes())))
+            }
+            PlannedContent::Unknown => planned.set("file_sha256", Value::Unknown),
+            PlannedContent::Keep => {}
+        }
+        if req.is_create() {
+            return vec![];
+        }
+        std::iter::once("config_path")
+            .chain(replace)
+            .filter(|a| changed(req.prior, planned, a))
+            .map(AttrPath::root)
+            .collect()
+    }
+
+    async fn create(&self, planned: &Value, config: &Value) -> Applied {
+        self.apply(None, planned, config).await
+    }
+
+    async fn read(&self, state: &Value) -> Result<Option<Value>, Diagnostics> {
+        let path = self.path_of(state);
+        let current = self.current(&path).await?;
+        let mut fresh = state.clone();
+        let mut drift = Vec::new();
+        let text = current.as_ref().and_then(|(t, _)| t.as_deref());
+        self.inner
+            .refresh(state, &mut fresh, text, &mut drift)
+            .await?;
+        let what = R::SPEC.what;
+        match &current {
+            None => {
+                drift.push(match R::SPEC.placement {
+                    Placement::Whole => format!("{path} is missing on the Services machine"),
+                    Placement::Block(_) => format!("the {what} block is missing from {path}"),
+                });
+                fresh.set("file_sha256", Value::string(""));
+            }
+            Some((_, hash)) => {
+                let before = state.get("file_sha256").as_str().unwrap_or_default();
+                if !before.is_empty() && before != hash {
+                    drift.push(match R::SPEC.placement {
+                        Placement::Whole => format!("{path} was changed on the Services machine"),
+                        Placement::Block(_) => format!("the {what} block in {path} was changed"),
+                    });
+                }
+                fresh.set("file_sha256", Value::string(hash));
+            }
+        }
+        if !drift.is_empty() {
+            log::info!("{}: {}", R::SPEC.type_name, drift.join("; "));
+        }
+        fresh.set("drift", Value::string(drift.join("; ")));
+        Ok(Some(fresh))
+    }
+
+    async fn update(&self, prior: &Value, planned: &Value, config: &Value) -> Applied {
+        self.apply(Some(prior), planned, config).await
+    }
+
+    async fn delete(&self, prior: &Value) -> Applied {
+        let path = self.path_of(prior);
+        if let Err(d) = self.inner.delete_backend(prior).await {
+            return Applied::kept(prior, d);
+        }
+        match self.remove(&path).await {
+            Ok(()) => Applied::deleted(Diagnostics::new()),
+            Err(d) => Applied::kept(prior, d),
+        }
+    }
+
+    async fn import(&self, id: &str) -> Result<Value, Diagnostics> {
+        let mut diags = Diagnostics::new();
+        validate::remote_path(id, AttrPath::root("config_path"), &mut diags);
+        if diags.has_errors() {
+            return Err(Diagnostic::error(
+                "Invalid import ID",
+                format!(
+                    "the import ID is the config file's absolute path, e.g. {}; got {id:?}",
+                    R::SPEC.default_path
+                ),
+            )
+            .into());
+        }
+        let nothing = |why: String| Diagnostics::from(Diagnostic::error("Nothing to import", why));
+        let (text, hash) = match self.current(id).await? {
+            Some((Some(t), h)) => (t, h),
+            Some((None, _)) => {
+                return Err(Diagnostic::error(
+                    "Cannot import this file",
+                    format!("{id} is not UTF-8 text"),
+                )
+                .into())
+            }
+            None => {
+                let target = self.data.services()?.config().target();
+                return Err(nothing(match R::SPEC.placement {
+                    Placement::Whole => format!("there is no file {id} on {target}"),
+                    Placement::Block(b) => format!(
+                        "there is no {id} on {target}, or it has no block managed by this provider (no \
+                         \"# BEGIN terraform-provider-circleci {b}\" line)"
+                    ),
+                }));
+            }
+        };
+        let mut v = self.inner.import(id, &text).await?;
+        v.set("id", Value::string(id));
+        v.set("config_path", Value::string(id));
+        v.set("verify", Value::Bool(true));
+        v.set("file_sha256", Value::string(hash));
+        v.set("drift", Value::string(""));
+        Ok(v)
+    }
+}

@@ -1,0 +1,507 @@
+//! Loading, copying, switching and deleting launch configurations and template
+//! versions: the apply side of the resource.
+
+use super::rollout::*;
+use super::*;
+
+impl NomadClientLaunchConfig {
+    pub(super) async fn load(
+        &self,
+        c: &AwsClients,
+        launch: &Launch,
+    ) -> Result<Option<Loaded>, Diagnostics> {
+        let what = launch.describe();
+        match launch {
+            Launch::Config(n) => {
+                let Some(lc) = c
+                    .autoscaling
+                    .launch_configuration(n)
+                    .await
+                    .map_err(|e| aws_diag(e, NOTHING_CHANGED))?
+                else {
+                    return Ok(None);
+                };
+                let user_data = decode_user_data(lc.user_data(), &what)?;
+                Ok(Some(Loaded {
+                    launch: launch.clone(),
+                    source: Source::Config(Box::new(lc)),
+                    user_data,
+                }))
+            }
+            Launch::Template { id, version } => {
+                let Some(v) = c
+                    .ec2
+                    .describe_version(id, version)
+                    .await
+                    .map_err(|e| aws_diag(e, NOTHING_CHANGED))?
+                else {
+                    return Ok(None);
+                };
+                let user_data = decode_user_data(v.user_data.as_deref(), &what)?;
+                Ok(Some(Loaded {
+                    launch: launch.clone(),
+                    source: Source::Template(v),
+                    user_data,
+                }))
+            }
+        }
+    }
+
+    /// For refresh: (exists, loaded). AWS failures are errors; a configuration whose
+    /// user_data cannot be read is reported as existing but not loaded.
+    pub(super) async fn load_for_read(
+        &self,
+        c: &AwsClients,
+        launch: &Launch,
+    ) -> Result<(bool, Option<Loaded>), Diagnostics> {
+        match self.load(c, launch).await {
+            Ok(Some(l)) => Ok((true, Some(l))),
+            Ok(None) => Ok((false, None)),
+            Err(d) if is_content_error(&d) => Ok((true, None)),
+            Err(d) => Err(d),
+        }
+    }
+
+    pub(super) async fn group(&self, c: &AwsClients, name: &str) -> Result<Group, Diagnostics> {
+        c.autoscaling
+            .group(name)
+            .await
+            .map_err(|e| aws_diag(e, NOTHING_CHANGED))?
+            .ok_or_else(|| {
+                Diagnostic::error(
+                    "Auto Scaling group not found",
+                    format!(
+                        "there is no Auto Scaling group named {name:?} in region {}. {NOTHING_CHANGED}.",
+                        c.region
+                    ),
+                )
+                .at(group_attr())
+                .into()
+            })
+    }
+
+    /// Creates our copy of `from` with `text` as user_data.
+    pub(super) async fn copy(
+        &self,
+        c: &AwsClients,
+        from: &Loaded,
+        text: &str,
+        prefix: &str,
+    ) -> Result<Launch, Diagnostics> {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
+        match &from.source {
+            Source::Config(lc) => {
+                let name = unique_name(prefix);
+                c.autoscaling
+                    .copy_launch_configuration(lc, &name, &b64)
+                    .await
+                    .map_err(|e| aws_diag(e, NOTHING_CHANGED))?;
+                Ok(Launch::Config(name))
+            }
+            Source::Template(v) => {
+                let desc = format!(
+                    "circleci_nomad_client_launch_config: version {} with the Nomad servers rewritten",
+                    v.number
+                );
+                let n = c
+                    .ec2
+                    .create_version(&v.template_id, v.number, &desc, &v.params, &b64)
+                    .await
+                    .map_err(|e| aws_diag(e, NOTHING_CHANGED))?;
+                Ok(Launch::Template {
+                    id: v.template_id.clone(),
+                    version: n.to_string(),
+                })
+            }
+        }
+    }
+
+    pub(super) async fn switch(
+        &self,
+        c: &AwsClients,
+        group: &str,
+        to: &Launch,
+    ) -> Result<(), AwsError> {
+        match to {
+            Launch::Config(n) => c.autoscaling.use_launch_configuration(group, n).await,
+            Launch::Template { id, version } => {
+                c.autoscaling.use_launch_template(group, id, version).await
+            }
+        }
+    }
+
+    /// Deletes one of our copies unless a group still uses it; says why not otherwise.
+    pub(super) async fn remove(
+        &self,
+        c: &AwsClients,
+        launch: &Launch,
+    ) -> Result<Option<String>, AwsError> {
+        match launch {
+            Launch::Config(n) => {
+                let users = c.autoscaling.groups_using_launch_configuration(n).await?;
+                if !users.is_empty() {
+                    return Ok(Some(format!(
+                        "launch configuration {n} was not deleted: Auto Scaling group(s) {} still use it",
+                        users.join(", ")
+                    )));
+                }
+                c.autoscaling.delete_launch_configuration(n).await?;
+            }
+            Launch::Template { id, version } => {
+                let Ok(number) = version.parse::<i64>() else {
+                    return Ok(None);
+                };
+                let users = c
+                    .autoscaling
+                    .groups_using_template_version(id, number)
+                    .await?;
+                if !users.is_empty() {
+                    return Ok(Some(format!(
+                        "launch template {id} version {number} was not deleted: Auto Scaling group(s) {} still use it",
+                        users.join(", ")
+                    )));
+                }
+                if let Some(v) = c.ec2.describe_version(id, version).await? {
+                    if v.is_default {
+                        return Ok(Some(format!(
+                            "launch template {id} version {number} was not deleted: it has been made the template's \
+                             default version"
+                        )));
+                    }
+                    c.ec2.delete_version(id, number).await?;
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Copies `source`, switches the group to the copy, and rolls the instances.
+    /// `retire` is our previous copy, deleted after the switch.
+    pub(super) async fn replace_config(
+        &self,
+        c: &AwsClients,
+        planned: &Value,
+        group: &Group,
+        source: &Loaded,
+        original: Option<&Launch>,
+        retire: Option<&Launch>,
+    ) -> Applied {
+        let servers = strings(planned.get("nomad_servers"));
+        let prefix = planned
+            .get("name_prefix")
+            .as_str()
+            .unwrap_or(DEFAULT_PREFIX)
+            .to_string();
+        let what = source.launch.describe();
+        let rewritten = match ud::rewrite(&source.user_data, &servers) {
+            Ok(r) => r,
+            Err(e) => return Applied::from_result(Err(not_found_diag(&what, &e))),
+        };
+        // The plan showed previous_servers; if the group's configuration changed since,
+        // the plan is stale: say so before touching anything.
+        if let Some(planned_prev) = planned.get("previous_servers").as_list() {
+            let planned_prev = strings(&Value::List(planned_prev.to_vec()));
+            if planned_prev != rewritten.previous {
+                return Applied::from_result(Err(Diagnostic::error(
+                    "Launch configuration changed since plan",
+                    format!(
+                        "the plan was made when {} named the Nomad servers {planned_prev:?}; it now names {:?}. \
+                         {NOTHING_CHANGED}. Run terraform plan again.",
+                        source.launch.describe(),
+                        rewritten.previous
+                    ),
+                )
+                .at(group_attr())
+                .into()));
+            }
+        }
+        // Recorded before the switch: afterwards some APIs report old instances under
+        // the new configuration's name.
+        let old = live_instances(group);
+        let ours = match self.copy(c, source, &rewritten.text, &prefix).await {
+            Ok(l) => l,
+            Err(d) => return Applied::from_result(Err(d)),
+        };
+        log::info!(
+            "{}: created {} from {what}; switching the group",
+            group.name,
+            ours.describe()
+        );
+        if let Err(e) = self.switch(c, &group.name, &ours).await {
+            let mut d = aws_diag(
+                e,
+                &format!(
+                    "The group still uses {what}; the new copy ({}) was deleted again",
+                    ours.describe()
+                ),
+            );
+            if let Err(e2) = self.remove(c, &ours).await {
+                d.push(Diagnostic::warning(
+                    "Could not delete the unused copy",
+                    format!("{}: {e2}", ours.describe()),
+                ));
+            }
+            return Applied::from_result(Err(d));
+        }
+        let mut state = planned.clone();
+        let mut diags = Diagnostics::new();
+        state.set("id", Value::string(&group.name));
+        set_launches(&mut state, &ours, original);
+        state.set("previous_servers", string_list(&rewritten.previous));
+        state.set(
+            "user_data_sha256",
+            Value::string(file_sha256(rewritten.text.as_bytes())),
+        );
+        state.set("drift", Value::string(""));
+        if let Some(prev) = retire.filter(|p| **p != ours) {
+            match self.remove(c, prev).await {
+                Ok(None) => {}
+                Ok(Some(why)) => diags.push(Diagnostic::warning("Previous copy kept", why)),
+                Err(e) => diags.push(Diagnostic::warning(
+                    "Previous copy not deleted",
+                    format!("{}: {e}", prev.describe()),
+                )),
+            }
+        }
+        self.roll(c, &mut state, &old, &mut diags).await;
+        Applied {
+            state: Some(state),
+            diags,
+        }
+    }
+
+    /// Best effort at plan time: the servers the group's configuration names now. Content
+    /// errors are reported; AWS being unreachable is left to apply.
+    pub(super) async fn preview(
+        &self,
+        name: &str,
+        servers: &[String],
+        diags: &mut Diagnostics,
+    ) -> Option<Vec<String>> {
+        let aws = self.data.aws().ok()?;
+        let c = aws.clients().await.ok()?;
+        let g = c.autoscaling.group(name).await.ok()??;
+        let launch = match current_launch(&g) {
+            Ok(l) => l,
+            Err(d) => {
+                diags.extend(d);
+                return None;
+            }
+        };
+        let loaded = match self.load(c, &launch).await {
+            Ok(Some(l)) => l,
+            Ok(None) => return None,
+            Err(d) => {
+                // Content errors now; AWS failures wait for apply.
+                if is_content_error(&d) {
+                    diags.extend(d);
+                }
+                return None;
+            }
+        };
+        match ud::rewrite(&loaded.user_data, servers) {
+            Ok(r) => Some(r.previous),
+            Err(e) => {
+                diags.extend(not_found_diag(&launch.describe(), &e));
+                None
+            }
+        }
+    }
+
+    pub(super) async fn create_applied(&self, planned: &Value) -> Applied {
+        let r = async {
+            let aws = self.data.aws()?;
+            let c = aws.clients().await.map_err(|e| aws_diag(e, NOTHING_CHANGED))?;
+            let name = planned
+                .get("autoscaling_group_name")
+                .as_str()
+                .unwrap_or_default();
+            let group = self.group(c, name).await?;
+            let launch = current_launch(&group)?;
+            let Some(source) = self.load(c, &launch).await? else {
+                return Err(Diagnostic::error(
+                    "Launch configuration not found",
+                    format!(
+                        "Auto Scaling group {name} names {}, which does not exist. {NOTHING_CHANGED}.",
+                        launch.describe()
+                    ),
+                )
+                .at(group_attr())
+                .into());
+            };
+            Ok(self
+                .replace_config(c, planned, &group, &source, Some(&launch), None)
+                .await)
+        }
+        .await;
+        r.unwrap_or_else(|d| Applied::from_result(Err(d)))
+    }
+
+    pub(super) async fn update_applied(&self, prior: &Value, planned: &Value) -> Applied {
+        let r = async {
+            let aws = self.data.aws()?;
+            let c = aws.clients().await.map_err(|e| aws_diag(e, NOTHING_CHANGED))?;
+            let name = planned
+                .get("autoscaling_group_name")
+                .as_str()
+                .unwrap_or_default();
+            if !planned.get("user_data_sha256").is_unknown() {
+                // No new copy: settings only, and any rollout left over.
+                let mut state = planned.clone();
+                let mut diags = Diagnostics::new();
+                let pending = strings(prior.get("pending_instance_ids"));
+                if planned.get("pending_instance_ids").is_unknown() {
+                    self.roll(c, &mut state, &pending, &mut diags).await;
+                }
+                state.set("drift", Value::string(""));
+                return Ok(Applied {
+                    state: Some(state),
+                    diags,
+                });
+            }
+            let group = self.group(c, name).await?;
+            let current = current_launch(&group)?;
+            let ours = ours_from(prior);
+            let prior_original = original_from(prior);
+            // The group on our copy: copy it again, the original stays what it was. On
+            // anything else (someone re-pointed it): that becomes the original.
+            let (source_launch, original) = if Some(&current) == ours.as_ref() {
+                (current.clone(), prior_original.clone())
+            } else {
+                (current.clone(), Some(current.clone()))
+            };
+            let source = match self.load(c, &source_launch).await? {
+                Some(s) => s,
+                None => {
+                    let fallback = match &prior_original {
+                        Some(o) => self.load(c, o).await?,
+                        None => None,
+                    };
+                    fallback.ok_or_else(|| {
+                        Diagnostics::from(
+                            Diagnostic::error(
+                                "Nothing to copy",
+                                format!(
+                                    "Auto Scaling group {name} uses {}, which does not exist, and the original \
+                                     configuration is gone too. {NOTHING_CHANGED}.",
+                                    source_launch.describe()
+                                ),
+                            )
+                            .at(group_attr()),
+                        )
+                    })?
+                }
+            };
+            // Every live instance is rolled, including any an earlier interrupted rollout
+            // left pending.
+            Ok(self
+                .replace_config(c, planned, &group, &source, original.as_ref(), ours.as_ref())
+                .await)
+        }
+        .await;
+        r.unwrap_or_else(|d| Applied::from_result(Err(d)))
+    }
+
+    pub(super) async fn delete_applied(&self, prior: &Value) -> Applied {
+        if prior.get("restore_on_destroy").as_bool() == Some(false) {
+            return Applied::default();
+        }
+        let r = async {
+            let aws = self.data.aws()?;
+            let c = aws
+                .clients()
+                .await
+                .map_err(|e| aws_diag(e, "Nothing was changed"))?;
+            let name = prior
+                .get("autoscaling_group_name")
+                .as_str()
+                .unwrap_or_default();
+            let Some(ours) = ours_from(prior) else {
+                return Ok(Diagnostics::new());
+            };
+            let mut diags = Diagnostics::new();
+            let group = c
+                .autoscaling
+                .group(name)
+                .await
+                .map_err(|e| aws_diag(e, NOTHING_CHANGED))?;
+            if let Some(g) = &group {
+                let on_ours = current_launch(g).ok().as_ref() == Some(&ours);
+                if on_ours {
+                    match original_from(prior) {
+                        Some(orig) => {
+                            let exists = match &orig {
+                                Launch::Config(n) => c
+                                    .autoscaling
+                                    .launch_configuration(n)
+                                    .await
+                                    .map_err(|e| aws_diag(e, NOTHING_CHANGED))?
+                                    .is_some(),
+                                Launch::Template { id, version } => c
+                                    .ec2
+                                    .describe_version(id, version)
+                                    .await
+                                    .map_err(|e| aws_diag(e, NOTHING_CHANGED))?
+                                    .is_some(),
+                            };
+                            if exists {
+                                self.switch(c, name, &orig)
+                                    .await
+                                    .map_err(|e| aws_diag(e, NOTHING_CHANGED))?;
+                            } else {
+                                diags.push(Diagnostic::warning(
+                                    "Original configuration gone",
+                                    format!(
+                                        "{} no longer exists, so Auto Scaling group {name} stays on {}",
+                                        orig.describe(),
+                                        ours.describe()
+                                    ),
+                                ));
+                            }
+                        }
+                        None => diags.push(Diagnostic::warning(
+                            "Original configuration unknown",
+                            format!(
+                                "this resource was imported, so the configuration the group used before is not \
+                                 known; Auto Scaling group {name} stays on {}",
+                                ours.describe()
+                            ),
+                        )),
+                    }
+                }
+            }
+            match self.remove(c, &ours).await {
+                Ok(None) => {}
+                Ok(Some(why)) => diags.push(Diagnostic::warning("Copy kept", why)),
+                // An unused template version is harmless and lives in the user's own
+                // template; not every endpoint can delete one. Say so, do not fail.
+                Err(e) if matches!(ours, Launch::Template { .. }) => diags.push(Diagnostic::warning(
+                    "Template version not deleted",
+                    format!(
+                        "Auto Scaling group {name} was pointed back at the original, but {} could not be deleted \
+                         ({e}); delete it by hand",
+                        ours.describe()
+                    ),
+                )),
+                Err(e) => {
+                    return Err(aws_diag(
+                        e,
+                        &format!(
+                            "Auto Scaling group {name} was pointed back at the original; {} was not deleted",
+                            ours.describe()
+                        ),
+                    ))
+                }
+            }
+            Ok(diags)
+        }
+        .await;
+        match r {
+            Ok(diags) => Applied { state: None, diags },
+            Err(d) => Applied {
+                state: Some(prior.clone()),
+                diags: d,
+            },
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Replacing the running Nomad clients batch by batch after the group was switched.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+
+/// Instances to replace: everything in the group that is not already going away.
+pub(super) fn live_instances(g: &Group) -> Vec<String> {
+    g.instances
+        .iter()
+        .filter(|i| !i.state.starts_with("Terminat") && !i.state.starts_with("Detach"))
+        .map(|i| i.id.clone())
+        .collect()
+}
+
+/// (new instances InService, how many are needed) once `replaced` old instances have
+/// been terminated: as many as were replaced, capped by the desired capacity.
+pub(super) fn replacements(g: &Group, old: &[String], replaced: usize) -> (usize, usize) {
+    let fresh = g
+        .instances
+        .iter()
+        .filter(|i| i.state == "InService" && !old.contains(&i.id))
+        .count();
+    (fresh, replaced.min(g.desired_capacity.max(0) as usize))
+}
+
+pub(super) struct RolloutFailure {
+    pub(super) replaced: Vec<String>,
+    pub(super) pending: Vec<String>,
+    pub(super) diags: Diagnostics,
+}
+
+impl NomadClientLaunchConfig {
+    /// Replaces `old` instances in batches; each batch waits until as many new instances
+    /// are InService as have been replaced so far (capped by the desired capacity).
+    pub(super) async fn rollout(
+        &self,
+        c: &AwsClients,
+        group: &str,
+        old: &[String],
+        batch: usize,
+        timeout: Duration,
+    ) -> Result<Vec<String>, RolloutFailure> {
+        let deadline = Instant::now() + timeout;
+        let mut replaced: Vec<String> = Vec::new();
+        const LEFT: &str =
+            "The group already uses the new configuration; pending_instance_ids lists the \
+                            instances not yet replaced";
+        let fail =
+            |replaced: &[String], done: usize, summary: &str, detail: String| RolloutFailure {
+                replaced: replaced.to_vec(),
+                pending: old[done..].to_vec(),
+                diags: Diagnostic::error(summary, format!("{detail}. {LEFT}.")).into(),
+            };
+        let describe = || async {
+            match c.autoscaling.group(group).await {
+                Ok(Some(g)) => Ok(g),
+                Ok(None) => Err((
+                    "Auto Scaling group disappeared during the rollout",
+                    format!("group {group} no longer exists"),
+                )),
+                Err(e) => Err(("Rollout interrupted", e.to_string())),
+            }
+        };
+        let mut done = 0;
+        for chunk in old.chunks(batch.max(1)) {
+            let live = match describe().await {
+                Ok(g) => live_instances(&g),
+                Err((summary, detail)) => return Err(fail(&replaced, done, summary, detail)),
+            };
+            for id in chunk {
+                if !live.contains(id) {
+                    continue;
+                }
+                if let Err(e) = c.autoscaling.replace_instance(id).await {
+                    return Err(fail(
+                        &replaced,
+                        done,
+                        "Rollout interrupted",
+                        format!("terminating {id}: {e}"),
+                    ));
+                }
+                log::info!("rollout of {group}: terminated {id}");
+                replaced.push(id.clone());
+            }
+            done += chunk.len();
+            let mut pause = Duration::from_millis(250);
+            loop {
+                let g = match describe().await {
+                    Ok(g) => g,
+                    Err((summary, detail)) => return Err(fail(&replaced, done, summary, detail)),
+                };
+                let (fresh, need) = replacements(&g, old, replaced.len());
+                log::debug!("rollout of {group}: {fresh} of {need} replacements InService");
+                if fresh >= need {
+                    break;
+                }
+                if Instant::now() + pause > deadline {
+                    return Err(fail(
+                        &replaced,
+                        done,
+                        "Rollout timed out",
+                        format!(
+                            "after {}: {fresh} of {need} replacement instances are InService in {group}",
+                            humantime::format_duration(timeout)
+                        ),
+                    ));
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+        Ok(replaced)
+    }
+
+    /// Runs the rollout (if configured) and records its outcome in `state`.
+    pub(super) async fn roll(
+        &self,
+        c: &AwsClients,
+        state: &mut Value,
+        old: &[String],
+        diags: &mut Diagnostics,
+    ) {
+        let (terminate, batch, timeout) = rollout_settings(state);
+        let group = state
+            .get("autoscaling_group_name")
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if !terminate || old.is_empty() {
+            state.set("replaced_instance_ids", string_list(&[]));
+            state.set("pending_instance_ids", string_list(&[]));
+            return;
+        }
+        match self.rollout(c, &group, old, batch, timeout).await {
+            Ok(replaced) => {
+                state.set("replaced_instance_ids", string_list(&replaced));
+                state.set("pending_instance_ids", string_list(&[]));
+            }
+            Err(f) => {
+                state.set("replaced_instance_ids", string_list(&f.replaced));
+                state.set("pending_instance_ids", string_list(&f.pending));
+                diags.extend(f.diags);
+            }
+        }
+    }
+}
