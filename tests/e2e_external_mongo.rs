@@ -178,6 +178,21 @@ async fn lifecycle_block_user_roles_in_place_import_destroy() {
     );
     assert!(sourced(&path, "CIRCLE_SECRETS_MONGODB_MAIN_URI").contains("900000"));
 
+    // The block removed out of band (the operator's lines kept): drift, repaired in
+    // place, the operator's lines still there.
+    let without_block = format!("{mine}export AFTER=1\n");
+    std::fs::write(&path, &without_block).unwrap();
+    let out = tf.run(&["plan", "-no-color", "-detailed-exitcode"]);
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{plan}");
+    assert!(plan.contains("will be updated in-place"), "{plan}");
+    assert!(plan.contains("the MongoDB block is missing from"), "{plan}");
+    tf.apply();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.starts_with(&without_block), "{text}");
+    assert!(text.contains("CIRCLE_SECRETS_MONGODB_MAIN_URI"), "{text}");
+    assert_eq!(tf.plan_code(), 0);
+
     // Import by path.
     tf.ok(&["state", "rm", "circleci_external_mongo.circle"]);
     tf.ok(&[

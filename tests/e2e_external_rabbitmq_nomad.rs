@@ -86,9 +86,15 @@ fn both_lifecycles_apply_drift_import_destroy() {
     );
     assert_eq!(tf.plan_code(), 0);
 
-    // A removed file is created again.
+    // A removed file is drift, written again by an in-place update.
     std::fs::remove_file(&nomad_path).unwrap();
-    assert_eq!(tf.plan_code(), 2);
+    let out = tf.run(&["plan", "-no-color", "-detailed-exitcode"]);
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{plan}");
+    assert!(
+        plan.contains("circleci_external_nomad.nomad will be updated in-place"),
+        "{plan}"
+    );
     tf.apply();
     assert!(nomad_path.exists());
 

@@ -119,77 +119,8 @@ pub fn parse(text: &str) -> Result<Vec<Assignment>, EnvFileError> {
         if !is_var_name(key) {
             return Err(err(&format!("{key:?} is not a shell variable name")));
         }
-        let mut chars = body[eq + 1..].char_indices().peekable();
         let vstart = &body[eq + 1..];
-        let mut value = String::new();
-        let mut consumed = vstart.len();
-        while let Some((i, c)) = chars.next() {
-            match c {
-                '"' => loop {
-                    match chars.next() {
-                        Some((_, '"')) => break,
-                        Some((_, '\\')) => match chars.peek() {
-                            Some(&(_, n @ ('\\' | '"' | '$' | '`'))) => {
-                                value.push(n);
-                                chars.next();
-                            }
-                            Some(&(_, '\n')) => {
-                                chars.next();
-                                line_no += 1;
-                            }
-                            _ => value.push('\\'),
-                        },
-                        Some((_, '$')) | Some((_, '`')) => {
-                            return Err(err("expansion ($ or `) inside a double-quoted value"))
-                        }
-                        Some((_, ch)) => {
-                            if ch == '\n' {
-                                line_no += 1;
-                            }
-                            value.push(ch)
-                        }
-                        None => return Err(err("unterminated double quote")),
-                    }
-                },
-                '\'' => loop {
-                    match chars.next() {
-                        Some((_, '\'')) => break,
-                        Some((_, ch)) => {
-                            if ch == '\n' {
-                                line_no += 1;
-                            }
-                            value.push(ch)
-                        }
-                        None => return Err(err("unterminated single quote")),
-                    }
-                },
-                '\\' => match chars.next() {
-                    Some((_, '\n')) => line_no += 1,
-                    Some((_, ch)) => value.push(ch),
-                    None => return Err(err("backslash at end of file")),
-                },
-                ' ' | '\t' => {
-                    // Only a comment may follow the value.
-                    let tail = vstart[i..].trim_start_matches([' ', '\t']);
-                    let tail_len = tail.find('\n').unwrap_or(tail.len());
-                    if !tail[..tail_len].is_empty() && !tail.starts_with('#') {
-                        return Err(err("more than one word after ="));
-                    }
-                    consumed = vstart.len() - tail.len() + tail_len;
-                    break;
-                }
-                '\n' => {
-                    consumed = i;
-                    break;
-                }
-                '$' | '`' | ';' | '&' | '|' | '<' | '>' | '(' | ')' => {
-                    return Err(err(&format!(
-                        "unsupported shell syntax {c:?} in the value of {key}"
-                    )))
-                }
-                ch => value.push(ch),
-            }
-        }
+        let (value, consumed) = parse_value(vstart, key, &mut line_no).map_err(|m| err(&m))?;
         out.push(Assignment {
             key: key.to_string(),
             value,
@@ -205,6 +136,89 @@ pub fn parse(text: &str) -> Result<Vec<Assignment>, EnvFileError> {
         };
     }
     Ok(out)
+}
+
+type Chars<'a> = std::iter::Peekable<std::str::CharIndices<'a>>;
+
+/// One value after `=`: the value and how many bytes of `vstart` it took (up to the
+/// end of its line, a trailing comment included). Counts the newlines it crosses.
+fn parse_value(vstart: &str, key: &str, line_no: &mut usize) -> Result<(String, usize), String> {
+    let mut chars = vstart.char_indices().peekable();
+    let mut value = String::new();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => double_quoted(&mut chars, &mut value, line_no)?,
+            '\'' => single_quoted(&mut chars, &mut value, line_no)?,
+            '\\' => match chars.next() {
+                Some((_, '\n')) => *line_no += 1,
+                Some((_, ch)) => value.push(ch),
+                None => return Err("backslash at end of file".into()),
+            },
+            ' ' | '\t' => {
+                // Only a comment may follow the value.
+                let tail = vstart[i..].trim_start_matches([' ', '\t']);
+                let tail_len = tail.find('\n').unwrap_or(tail.len());
+                if !tail[..tail_len].is_empty() && !tail.starts_with('#') {
+                    return Err("more than one word after =".into());
+                }
+                return Ok((value, vstart.len() - tail.len() + tail_len));
+            }
+            '\n' => return Ok((value, i)),
+            '$' | '`' | ';' | '&' | '|' | '<' | '>' | '(' | ')' => {
+                return Err(format!(
+                    "unsupported shell syntax {c:?} in the value of {key}"
+                ))
+            }
+            ch => value.push(ch),
+        }
+    }
+    Ok((value, vstart.len()))
+}
+
+/// The rest of a double-quoted string, with the escapes [`quote`] writes.
+fn double_quoted(chars: &mut Chars, value: &mut String, line_no: &mut usize) -> Result<(), String> {
+    loop {
+        match chars.next() {
+            Some((_, '"')) => return Ok(()),
+            Some((_, '\\')) => match chars.peek() {
+                Some(&(_, n @ ('\\' | '"' | '$' | '`'))) => {
+                    value.push(n);
+                    chars.next();
+                }
+                Some(&(_, '\n')) => {
+                    chars.next();
+                    *line_no += 1;
+                }
+                _ => value.push('\\'),
+            },
+            Some((_, '$')) | Some((_, '`')) => {
+                return Err("expansion ($ or `) inside a double-quoted value".into())
+            }
+            Some((_, ch)) => {
+                if ch == '\n' {
+                    *line_no += 1;
+                }
+                value.push(ch)
+            }
+            None => return Err("unterminated double quote".into()),
+        }
+    }
+}
+
+/// The rest of a single-quoted string: every character literal.
+fn single_quoted(chars: &mut Chars, value: &mut String, line_no: &mut usize) -> Result<(), String> {
+    loop {
+        match chars.next() {
+            Some((_, '\'')) => return Ok(()),
+            Some((_, ch)) => {
+                if ch == '\n' {
+                    *line_no += 1;
+                }
+                value.push(ch)
+            }
+            None => return Err("unterminated single quote".into()),
+        }
+    }
 }
 
 /// The last value assigned to `key`, as bash would see it after sourcing.

@@ -1,7 +1,9 @@
 //! The Terraform plugin protocol (go-plugin handshake, tfplugin6 over gRPC) and nothing
 //! about CircleCI. This is the only module that sees tonic or protobuf types.
 
+mod convert;
 pub mod diag;
+pub mod goplugin_services;
 pub mod grpc;
 pub mod resource;
 pub mod schema;

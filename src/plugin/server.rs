@@ -16,7 +16,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::grpc::{Controller, ProviderService, Stdio};
+use super::goplugin_services::{Controller, Stdio};
+use super::grpc::ProviderService;
 use super::resource::Provider;
 use super::{goplugin, tfplugin6 as pb};
 

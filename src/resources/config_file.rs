@@ -67,6 +67,42 @@ pub enum PlannedContent {
     Keep,
 }
 
+impl PlannedContent {
+    /// What `render` makes with the configured password, once the password and every
+    /// attribute in `inputs` are known; an input that does not render is left to apply
+    /// to report.
+    pub fn with_password<E>(
+        planned: &Value,
+        config: &Value,
+        inputs: &[&str],
+        render: impl FnOnce(&str) -> Result<String, E>,
+    ) -> Self {
+        let known = inputs.iter().all(|n| planned.get(n).is_fully_known());
+        match (known, super::configured_password(config)) {
+            (true, Some(pw)) => render(pw)
+                .map(PlannedContent::Known)
+                .unwrap_or(PlannedContent::Unknown),
+            _ => PlannedContent::Unknown,
+        }
+    }
+}
+
+/// One create or update: `prior` is `None` on create; `config` carries write-only values.
+#[derive(Clone, Copy)]
+pub struct Change<'a> {
+    pub prior: Option<&'a Value>,
+    pub planned: &'a Value,
+    pub config: &'a Value,
+}
+
+/// One refresh of the backend side: `fresh` starts as a copy of `state`; push what
+/// differs to `drift`.
+pub struct Refresh<'a> {
+    pub state: &'a Value,
+    pub fresh: &'a mut Value,
+    pub drift: &'a mut Vec<String>,
+}
+
 /// What the backend step of an apply produced.
 pub struct Prepared<P> {
     /// The new state; the core fills in `id`, `config_path`, `file_sha256`, `drift`.
@@ -112,34 +148,26 @@ pub trait FileResource: Send + Sync + 'static {
 
     /// The backend step: check, create or change what the file will point at, and
     /// render the file. An error here means nothing was written.
-    async fn prepare(
-        &self,
-        prior: Option<&Value>,
-        planned: &Value,
-        config: &Value,
-    ) -> Result<Prepared<Self::Pending>, Diagnostics>;
+    async fn prepare(&self, c: Change<'_>) -> Result<Prepared<Self::Pending>, Diagnostics>;
 
     /// After the write: `written` is the write's error, if it failed. Returns warnings
     /// (or errors) to report; may change the state.
     async fn finish(
         &self,
         _pending: Self::Pending,
-        _prior: Option<&Value>,
+        _c: Change<'_>,
         _state: &mut Value,
         _written: Result<(), &Diagnostics>,
     ) -> Diagnostics {
         Diagnostics::new()
     }
 
-    /// Refresh beyond the file: `file` is its text (the block's, for a block), when it
-    /// exists and is UTF-8. Push what differs to `drift`.
-    async fn refresh(
-        &self,
-        _state: &Value,
-        _fresh: &mut Value,
-        _file: Option<&str>,
-        _drift: &mut Vec<String>,
-    ) -> Result<(), Diagnostics> {
+    /// Refresh from the file's text (the block's, for a block) as it is on the
+    /// Services machine, e.g. the host it names now.
+    fn refresh_from_file(&self, _text: &str, _fresh: &mut Value) {}
+
+    /// Refresh of the backend side (roles, users, tokens).
+    async fn refresh(&self, _r: Refresh<'_>) -> Result<(), Diagnostics> {
         Ok(())
     }
 
@@ -296,13 +324,13 @@ impl<R: FileResource> ConfigFile<R> {
         }
     }
 
-    async fn apply(&self, prior: Option<&Value>, planned: &Value, config: &Value) -> Applied {
-        let path = self.path_of(planned);
+    async fn apply(&self, c: Change<'_>) -> Applied {
+        let path = self.path_of(c.planned);
         // Nothing changes on a backend when the file could not be written anyway.
         if let Err(d) = self.data.services() {
             return Applied::from_result(Err(d));
         }
-        let prepared = match self.inner.prepare(prior, planned, config).await {
+        let prepared = match self.inner.prepare(c).await {
             Ok(p) => p,
             Err(d) => return Applied::from_result(Err(d)),
         };
@@ -315,7 +343,7 @@ impl<R: FileResource> ConfigFile<R> {
             .inner
             .finish(
                 prepared.pending,
-                prior,
+                c,
                 &mut state,
                 written.as_ref().map(|_| ()),
             )
@@ -449,7 +477,12 @@ impl<R: FileResource> Resource for ConfigFile<R> {
     }
 
     async fn create(&self, planned: &Value, config: &Value) -> Applied {
-        self.apply(None, planned, config).await
+        self.apply(Change {
+            prior: None,
+            planned,
+            config,
+        })
+        .await
     }
 
     async fn read(&self, state: &Value) -> Result<Option<Value>, Diagnostics> {
@@ -457,9 +490,15 @@ impl<R: FileResource> Resource for ConfigFile<R> {
         let current = self.current(&path).await?;
         let mut fresh = state.clone();
         let mut drift = Vec::new();
-        let text = current.as_ref().and_then(|(t, _)| t.as_deref());
+        if let Some(text) = current.as_ref().and_then(|(t, _)| t.as_deref()) {
+            self.inner.refresh_from_file(text, &mut fresh);
+        }
         self.inner
-            .refresh(state, &mut fresh, text, &mut drift)
+            .refresh(Refresh {
+                state,
+                fresh: &mut fresh,
+                drift: &mut drift,
+            })
             .await?;
         let what = R::SPEC.what;
         match &current {
@@ -489,7 +528,12 @@ impl<R: FileResource> Resource for ConfigFile<R> {
     }
 
     async fn update(&self, prior: &Value, planned: &Value, config: &Value) -> Applied {
-        self.apply(Some(prior), planned, config).await
+        self.apply(Change {
+            prior: Some(prior),
+            planned,
+            config,
+        })
+        .await
     }
 
     async fn delete(&self, prior: &Value) -> Applied {

@@ -8,9 +8,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::config_file::{cannot_import, FileResource, Placement, PlannedContent, Prepared, Spec};
+use super::config_file::{
+    cannot_import, Change, FileResource, Placement, PlannedContent, Prepared, Refresh, Spec,
+};
 use super::validate::{self, Check};
-use super::{configured_password, string_list, strings};
+use super::{string_list, strings};
 use crate::backends::mongo::{self as mb, Role};
 use crate::circleci::mongo::{self as file, UriParts};
 use crate::plugin::{
@@ -116,81 +118,6 @@ fn mongo_diag(summary: &str, e: mb::MongoError) -> Diagnostics {
     Diagnostic::error(summary, e.to_string()).into()
 }
 
-impl ExternalMongo {
-    async fn apply(
-        &self,
-        prior: Option<&Value>,
-        planned: &Value,
-        config: &Value,
-    ) -> Result<Prepared<()>, Diagnostics> {
-        let i = inputs(planned);
-        let pw = super::required_password(config)?;
-        let admin = self.data.mongo()?;
-        let block = i.block(pw)?;
-        let want = i.roles();
-
-        match admin
-            .user(&i.auth_source, &i.username)
-            .await
-            .map_err(|e| mongo_diag("Could not look up the MongoDB user", e))?
-        {
-            None => {
-                admin
-                    .create_user(&i.auth_source, &i.username, pw, &want)
-                    .await
-                    .map_err(|e| mongo_diag("Could not create the MongoDB user", e))?;
-                log::info!("created MongoDB user {}@{}", i.username, i.auth_source);
-            }
-            Some(have) => {
-                // In place: password, then the roles that differ. Never drop and recreate.
-                admin
-                    .set_password(&i.auth_source, &i.username, pw)
-                    .await
-                    .map_err(|e| mongo_diag("Could not set the MongoDB user's password", e))?;
-                let grant: Vec<Role> = want.iter().filter(|r| !have.contains(r)).cloned().collect();
-                admin
-                    .grant(&i.auth_source, &i.username, &grant)
-                    .await
-                    .map_err(|e| mongo_diag("Could not grant roles", e))?;
-                let ours_before: Vec<Role> = prior.map(|p| inputs(p).roles()).unwrap_or_default();
-                let revoke: Vec<Role> = ours_before
-                    .into_iter()
-                    .filter(|r| !want.contains(r) && have.contains(r))
-                    .collect();
-                admin
-                    .revoke(&i.auth_source, &i.username, &revoke)
-                    .await
-                    .map_err(|e| mongo_diag("Could not revoke roles", e))?;
-            }
-        }
-
-        if i.verify {
-            let uri = file::uri(&i.parts(pw), &i.databases[0]);
-            mb::verify(&uri, admin.ca(), &i.auth_source, &i.username, &want, self.data.timeout())
-                .await
-                .map_err(|e| {
-                    Diagnostics::from(
-                        Diagnostic::error(
-                            "The CircleCI user cannot log in",
-                            format!(
-                                "{e}. The user is set up, but {} was not changed. Set verify = false if Terraform \
-                                 cannot reach the hosts the way the Services machine does.",
-                                i.path
-                            ),
-                        )
-                        .at(AttrPath::root("verify")),
-                    )
-                })?;
-        }
-
-        Ok(Prepared {
-            state: planned.clone(),
-            content: Some(block),
-            pending: (),
-        })
-    }
-}
-
 #[async_trait]
 impl FileResource for ExternalMongo {
     type Pending = ();
@@ -210,7 +137,7 @@ impl FileResource for ExternalMongo {
     };
 
     fn block(&self) -> Block {
-        Block::new()
+        super::password_attrs(Block::new()
                 .description(
                     "Points CircleCI Server at an external MongoDB (runbook: *Setting up External MongoDB*). \
                      Ensures the user with `readWrite` on each database (created if missing; password and roles \
@@ -227,16 +154,7 @@ impl FileResource for ExternalMongo {
                 ))
                 .attr(Attribute::new("username", Type::String).optional().computed().description(
                     "The user CircleCI logs in as. Default `circle`. Changing it replaces the resource.",
-                ))
-                .attr(Attribute::new("password", Type::String).optional().sensitive().description(
-                    "The user's password, kept (sensitive) in the state. Prefer `password_wo`; set exactly one.",
-                ))
-                .attr(Attribute::new("password_wo", Type::String).optional().sensitive().write_only().description(
-                    "The user's password, write-only: never stored in plan or state (Terraform 1.11 or later).",
-                ))
-                .attr(Attribute::new("password_wo_version", Type::Number).optional().description(
-                    "Any number; changing it applies the current `password_wo`.",
-                ))
+                )), "The user's password", "the user's password and the block")
                 .attr(Attribute::new("auth_source", Type::String).optional().computed().description(
                     "Database the user is defined in. Default `admin`. Changing it replaces the resource.",
                 ))
@@ -328,7 +246,7 @@ impl FileResource for ExternalMongo {
     }
 
     fn planned_content(&self, planned: &Value, config: &Value) -> PlannedContent {
-        let known = [
+        let inputs_known = [
             "hosts",
             "replica_set",
             "username",
@@ -336,34 +254,83 @@ impl FileResource for ExternalMongo {
             "tls",
             "options",
             "databases",
-        ]
-        .iter()
-        .all(|n| planned.get(n).is_fully_known());
-        match (known, configured_password(config)) {
-            (true, Some(pw)) => inputs(planned)
-                .block(pw)
-                .map(PlannedContent::Known)
-                .unwrap_or(PlannedContent::Unknown),
-            _ => PlannedContent::Unknown,
+        ];
+        PlannedContent::with_password(planned, config, &inputs_known, |pw| {
+            inputs(planned).block(pw)
+        })
+    }
+
+    async fn prepare(&self, c: Change<'_>) -> Result<Prepared<()>, Diagnostics> {
+        let (prior, planned, config) = (c.prior, c.planned, c.config);
+        let i = inputs(planned);
+        let pw = super::required_password(config)?;
+        let admin = self.data.mongo()?;
+        let block = i.block(pw)?;
+        let want = i.roles();
+
+        match admin
+            .user(&i.auth_source, &i.username)
+            .await
+            .map_err(|e| mongo_diag("Could not look up the MongoDB user", e))?
+        {
+            None => {
+                admin
+                    .create_user(&i.auth_source, &i.username, pw, &want)
+                    .await
+                    .map_err(|e| mongo_diag("Could not create the MongoDB user", e))?;
+                log::info!("created MongoDB user {}@{}", i.username, i.auth_source);
+            }
+            Some(have) => {
+                // In place: password, then the roles that differ. Never drop and recreate.
+                admin
+                    .set_password(&i.auth_source, &i.username, pw)
+                    .await
+                    .map_err(|e| mongo_diag("Could not set the MongoDB user's password", e))?;
+                let grant: Vec<Role> = want.iter().filter(|r| !have.contains(r)).cloned().collect();
+                admin
+                    .grant(&i.auth_source, &i.username, &grant)
+                    .await
+                    .map_err(|e| mongo_diag("Could not grant roles", e))?;
+                let ours_before: Vec<Role> = prior.map(|p| inputs(p).roles()).unwrap_or_default();
+                let revoke: Vec<Role> = ours_before
+                    .into_iter()
+                    .filter(|r| !want.contains(r) && have.contains(r))
+                    .collect();
+                admin
+                    .revoke(&i.auth_source, &i.username, &revoke)
+                    .await
+                    .map_err(|e| mongo_diag("Could not revoke roles", e))?;
+            }
         }
+
+        if i.verify {
+            let uri = file::uri(&i.parts(pw), &i.databases[0]);
+            mb::verify(&uri, admin.ca(), &i.auth_source, &i.username, &want, self.data.timeout())
+                .await
+                .map_err(|e| {
+                    Diagnostics::from(
+                        Diagnostic::error(
+                            "The CircleCI user cannot log in",
+                            format!(
+                                "{e}. The user is set up, but {} was not changed. Set verify = false if Terraform \
+                                 cannot reach the hosts the way the Services machine does.",
+                                i.path
+                            ),
+                        )
+                        .at(AttrPath::root("verify")),
+                    )
+                })?;
+        }
+
+        Ok(Prepared {
+            state: planned.clone(),
+            content: Some(block),
+            pending: (),
+        })
     }
 
-    async fn prepare(
-        &self,
-        prior: Option<&Value>,
-        planned: &Value,
-        config: &Value,
-    ) -> Result<Prepared<()>, Diagnostics> {
-        self.apply(prior, planned, config).await
-    }
-
-    async fn refresh(
-        &self,
-        state: &Value,
-        _fresh: &mut Value,
-        _file: Option<&str>,
-        drift: &mut Vec<String>,
-    ) -> Result<(), Diagnostics> {
+    async fn refresh(&self, r: Refresh<'_>) -> Result<(), Diagnostics> {
+        let (state, drift) = (r.state, r.drift);
         let i = inputs(state);
         let admin = self.data.mongo()?;
         match admin

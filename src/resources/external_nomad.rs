@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::config_file::{cannot_import, FileResource, Placement, PlannedContent, Prepared, Spec};
+use super::config_file::{
+    cannot_import, Change, FileResource, Placement, PlannedContent, Prepared, Spec,
+};
 use super::validate::Check;
 use crate::backends::nomad::{self as nb, NomadError};
 use crate::circleci::nomad as file;
@@ -129,12 +131,8 @@ impl FileResource for ExternalNomad {
         }
     }
 
-    async fn prepare(
-        &self,
-        _prior: Option<&Value>,
-        planned: &Value,
-        config: &Value,
-    ) -> Result<Prepared<()>, Diagnostics> {
+    async fn prepare(&self, c: Change<'_>) -> Result<Prepared<()>, Diagnostics> {
+        let (planned, config) = (c.planned, c.config);
         let endpoint = planned.get("endpoint").as_str().unwrap_or_default();
         let content = render(endpoint)?;
         let mut state = planned.clone();
@@ -155,17 +153,10 @@ impl FileResource for ExternalNomad {
         })
     }
 
-    async fn refresh(
-        &self,
-        _state: &Value,
-        fresh: &mut Value,
-        file: Option<&str>,
-        _drift: &mut Vec<String>,
-    ) -> Result<(), Diagnostics> {
-        if let Some(Ok(e)) = file.map(file::parse) {
+    fn refresh_from_file(&self, text: &str, fresh: &mut Value) {
+        if let Ok(e) = file::parse(text) {
             fresh.set("endpoint", Value::string(e));
         }
-        Ok(())
     }
 
     async fn import(&self, id: &str, text: &str) -> Result<Value, Diagnostics> {

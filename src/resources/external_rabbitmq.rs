@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::config_file::{cannot_import, FileResource, Placement, PlannedContent, Prepared, Spec};
+use super::config_file::{
+    cannot_import, Change, FileResource, Placement, PlannedContent, Prepared, Spec,
+};
 use super::validate::Check;
-use super::{configured_password, password_attr, required_password};
+use super::{password_attr, required_password};
 use crate::backends::rabbitmq::{self as mq, MqError};
 use crate::circleci::rabbitmq as file;
 use crate::plugin::{
@@ -87,7 +89,7 @@ impl FileResource for ExternalRabbitmq {
     };
 
     fn block(&self) -> Block {
-        Block::new()
+        super::password_attrs(Block::new()
             .description(
                 "Points CircleCI Server at an external RabbitMQ (runbook: *Setting up External RabbitMQ*). \
                  Logs in over AMQP with the credentials first (a refused login writes nothing), then writes \
@@ -98,16 +100,7 @@ impl FileResource for ExternalRabbitmq {
             .attr(Attribute::new("port", Type::Number).optional().computed().description(
                 "AMQP port. Default `5672`, or `5671` with `tls`.",
             ))
-            .attr(Attribute::new("username", Type::String).required().description("The user CircleCI logs in as."))
-            .attr(Attribute::new("password", Type::String).optional().sensitive().description(
-                "The password, kept (sensitive) in the state. Prefer `password_wo`; set exactly one.",
-            ))
-            .attr(Attribute::new("password_wo", Type::String).optional().sensitive().write_only().description(
-                "The password, write-only: never stored in plan or state (Terraform 1.11 or later).",
-            ))
-            .attr(Attribute::new("password_wo_version", Type::Number).optional().description(
-                "Any number; changing it rewrites the file with the current `password_wo`.",
-            ))
+            .attr(Attribute::new("username", Type::String).required().description("The user CircleCI logs in as.")), "The password", "the file")
             .attr(Attribute::new("vhost", Type::String).optional().computed().description(
                 "Virtual host the check logs in to. Default `/`. Not written: CircleCI uses the default.",
             ))
@@ -154,20 +147,13 @@ impl FileResource for ExternalRabbitmq {
     }
 
     fn planned_content(&self, planned: &Value, config: &Value) -> PlannedContent {
-        match (inputs(planned), configured_password(config)) {
-            (Some(i), Some(pw)) => render(&i, pw)
-                .map(PlannedContent::Known)
-                .unwrap_or(PlannedContent::Unknown),
-            _ => PlannedContent::Unknown,
-        }
+        PlannedContent::with_password(planned, config, &["host", "port", "username"], |pw| {
+            inputs(planned).map_or(Err(()), |i| render(&i, pw).map_err(|_| ()))
+        })
     }
 
-    async fn prepare(
-        &self,
-        _prior: Option<&Value>,
-        planned: &Value,
-        config: &Value,
-    ) -> Result<Prepared<()>, Diagnostics> {
+    async fn prepare(&self, c: Change<'_>) -> Result<Prepared<()>, Diagnostics> {
+        let (planned, config) = (c.planned, c.config);
         let pw = required_password(config)?;
         let i = inputs(planned).ok_or_else(|| {
             Diagnostics::from(Diagnostic::error(
@@ -200,19 +186,12 @@ impl FileResource for ExternalRabbitmq {
         })
     }
 
-    async fn refresh(
-        &self,
-        _state: &Value,
-        fresh: &mut Value,
-        file: Option<&str>,
-        _drift: &mut Vec<String>,
-    ) -> Result<(), Diagnostics> {
-        if let Some(Ok((host, port, user))) = file.map(file::parse) {
+    fn refresh_from_file(&self, text: &str, fresh: &mut Value) {
+        if let Ok((host, port, user)) = file::parse(text) {
             fresh.set("host", Value::string(host));
             fresh.set("port", Value::int(port as i64));
             fresh.set("username", Value::string(user));
         }
-        Ok(())
     }
 
     async fn import(&self, id: &str, text: &str) -> Result<Value, Diagnostics> {

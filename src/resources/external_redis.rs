@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::config_file::{cannot_import, FileResource, Placement, PlannedContent, Prepared, Spec};
+use super::config_file::{
+    cannot_import, Change, FileResource, Placement, PlannedContent, Prepared, Spec,
+};
 use super::validate::Check;
 use crate::backends;
 use crate::circleci::redis::{self as file, Purpose};
@@ -112,12 +114,8 @@ impl FileResource for ExternalRedis {
         }
     }
 
-    async fn prepare(
-        &self,
-        _prior: Option<&Value>,
-        planned: &Value,
-        _config: &Value,
-    ) -> Result<Prepared<()>, Diagnostics> {
+    async fn prepare(&self, c: Change<'_>) -> Result<Prepared<()>, Diagnostics> {
+        let planned = c.planned;
         let content = render(planned).unwrap_or_else(|| {
             Err(Diagnostic::error("Redis host or port missing", "set host").into())
         })?;
@@ -146,24 +144,16 @@ impl FileResource for ExternalRedis {
         })
     }
 
-    async fn refresh(
-        &self,
-        _state: &Value,
-        fresh: &mut Value,
-        file: Option<&str>,
-        _drift: &mut Vec<String>,
-    ) -> Result<(), Diagnostics> {
-        match file.map(file::parse) {
-            Some(Ok(parsed)) => {
+    fn refresh_from_file(&self, text: &str, fresh: &mut Value) {
+        match file::parse(text) {
+            Ok(parsed) => {
                 fresh.set("host", Value::string(parsed.host));
                 fresh.set("port", Value::int(parsed.port as i64));
             }
-            Some(Err(e)) => log::warn!(
+            Err(e) => log::warn!(
                 "the Redis config file no longer parses ({e}); the next apply rewrites it"
             ),
-            None => {}
         }
-        Ok(())
     }
 
     async fn import(&self, id: &str, text: &str) -> Result<Value, Diagnostics> {

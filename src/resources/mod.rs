@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::backends::ssh::{SshError, SshErrorKind};
-use crate::plugin::{AttrPath, Diagnostic, Diagnostics, Resource, Value};
+use crate::plugin::{AttrPath, Attribute, Block, Diagnostic, Diagnostics, Resource, Type, Value};
 use crate::provider::ProviderData;
 use config_file::ConfigFile;
 
@@ -81,6 +81,37 @@ pub fn set_defaults<const N: usize>(
             planned.set(name, default);
         }
     }
+}
+
+/// `password` (kept in the state), `password_wo` (write-only) and
+/// `password_wo_version`; `whose` starts the descriptions ("The role's password"),
+/// `applies_to` says what a rotation changes.
+pub fn password_attrs(b: Block, whose: &str, applies_to: &str) -> Block {
+    b.attr(
+        Attribute::new("password", Type::String)
+            .optional()
+            .sensitive()
+            .description(&format!(
+                "{whose}, kept (sensitive) in the Terraform state. Prefer `password_wo`; set exactly one."
+            )),
+    )
+    .attr(
+        Attribute::new("password_wo", Type::String)
+            .optional()
+            .sensitive()
+            .write_only()
+            .description(&format!(
+                "{whose}, write-only: never stored in the plan or state (Terraform 1.11 or later). Change \
+                 `password_wo_version` to rotate it."
+            )),
+    )
+    .attr(
+        Attribute::new("password_wo_version", Type::Number)
+            .optional()
+            .description(&format!(
+                "Any number; changing it applies the current `password_wo` ({applies_to})."
+            )),
+    )
 }
 
 /// The password from the configuration: `password_wo` (write-only) or `password`.

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::task::JoinSet;
 
-use super::config_file::{cannot_import, FileResource, Placement, PlannedContent, Prepared, Spec};
+use super::config_file::{
+    cannot_import, Change, FileResource, Placement, PlannedContent, Prepared, Refresh, Spec,
+};
 use super::validate::Check;
 use super::{string_list, strings};
 use crate::backends::postgres::{self as pgb, PgAdmin, PgError};
@@ -146,107 +148,76 @@ where
     }
 }
 
-impl PostgresDatabases {
-    /// Create and update: role, databases, extensions, verification, in that order;
-    /// the core writes the file last so it never names a login that does not work.
-    async fn apply(
-        &self,
-        prior: Option<&Value>,
-        planned: &Value,
-        config: &Value,
-    ) -> Result<Prepared<()>, Diagnostics> {
-        let i = inputs(planned);
-        let password = super::required_password(config)?;
-        let pg = self.data.postgres()?;
-        let content = render(&i, password)?;
-
-        let created = pg
-            .ensure_role(&i.user, password)
-            .await
-            .map_err(|e| pg_diag("Could not set up the PostgreSQL role", e))?;
-        log::info!(
-            "role {:?} {}",
-            i.user,
-            if created { "created" } else { "updated" }
-        );
-
-        let all = i.all_databases();
-        let managed_before: Vec<String> =
-            prior.map(|p| inputs(p).all_databases()).unwrap_or_default();
-        let mut adopted: Vec<String> = prior.map(|p| strings(p.get("adopted"))).unwrap_or_default();
-        adopted.retain(|d| all.contains(d));
-        let existing = pg
-            .databases(&all)
-            .await
-            .map_err(|e| pg_diag("Could not list the databases", e))?;
-        for db in &all {
-            match existing.get(db) {
-                None => {
-                    pg.create_database(db, &i.user)
+/// Creates the missing databases and gives every one to the role; returns the
+/// databases adopted (found existing) so far.
+async fn ensure_databases(
+    pg: &PgAdmin,
+    i: &Inputs,
+    prior: Option<&Value>,
+) -> Result<Vec<String>, Diagnostics> {
+    let all = i.all_databases();
+    let managed_before: Vec<String> = prior.map(|p| inputs(p).all_databases()).unwrap_or_default();
+    let mut adopted: Vec<String> = prior.map(|p| strings(p.get("adopted"))).unwrap_or_default();
+    adopted.retain(|d| all.contains(d));
+    let existing = pg
+        .databases(&all)
+        .await
+        .map_err(|e| pg_diag("Could not list the databases", e))?;
+    for db in &all {
+        match existing.get(db) {
+            None => {
+                pg.create_database(db, &i.user)
+                    .await
+                    .map_err(|e| pg_diag("Could not create a database", e))?;
+                log::info!("created database {db:?}");
+            }
+            Some(owner) => {
+                if owner != &i.user {
+                    pg.set_owner(db, &i.user)
                         .await
-                        .map_err(|e| pg_diag("Could not create a database", e))?;
-                    log::info!("created database {db:?}");
+                        .map_err(|e| pg_diag("Could not change a database's owner", e))?;
                 }
-                Some(owner) => {
-                    if owner != &i.user {
-                        pg.set_owner(db, &i.user)
-                            .await
-                            .map_err(|e| pg_diag("Could not change a database's owner", e))?;
-                    }
-                    if !managed_before.contains(db) && !adopted.contains(db) {
-                        log::info!("adopted existing database {db:?}");
-                        adopted.push(db.clone());
-                    }
+                if !managed_before.contains(db) && !adopted.contains(db) {
+                    log::info!("adopted existing database {db:?}");
+                    adopted.push(db.clone());
                 }
             }
         }
-
-        let exts = i.extensions.clone();
-        let pg2 = pg.clone();
-        for_each_db(&all, move |db| {
-            let pg = pg2.clone();
-            let want = file::extensions_for(&db, &exts);
-            async move { pg.ensure_extensions(&db, &want).await }
-        })
-        .await
-        .map_err(|e| pg_diag("Could not enable the extensions", e))?;
-
-        if i.verify {
-            let tls = pg
-                .tls()
-                .map_err(|e| pg_diag("PostgreSQL TLS settings", e))?;
-            let timeout = pg.config().connect_timeout;
-            let (host, port, user, pw) =
-                (i.host.clone(), i.port, i.user.clone(), password.to_string());
-            for_each_db(&all, move |db| {
-                let (tls, host, user, pw) = (tls.clone(), host.clone(), user.clone(), pw.clone());
-                async move { pgb::verify_login(&tls, &host, port, &user, &pw, &db, timeout).await }
-            })
-            .await
-            .map_err(|e| {
-                Diagnostics::from(
-                    Diagnostic::error(
-                        "The CircleCI role cannot log in",
-                        format!(
-                            "{e}\nThe role and databases are set up, but {} was not written. Set verify = false \
-                             if Terraform cannot reach {}:{} the way the Services machine does.",
-                            i.path, i.host, i.port
-                        ),
-                    )
-                    .at(AttrPath::root("verify")),
-                )
-            })?;
-        }
-
-        let mut state = planned.clone();
-        state.set("adopted", string_list(&adopted));
-        Ok(Prepared {
-            state,
-            content: Some(content),
-            pending: (),
-        })
     }
 
+    Ok(adopted)
+}
+
+/// Logs in as the role to every database, the way CircleCI will.
+async fn verify_logins(pg: &PgAdmin, i: &Inputs, password: &str) -> Result<(), Diagnostics> {
+    let all = i.all_databases();
+    let tls = pg
+        .tls()
+        .map_err(|e| pg_diag("PostgreSQL TLS settings", e))?;
+    let timeout = pg.config().connect_timeout;
+    let (host, port, user, pw) = (i.host.clone(), i.port, i.user.clone(), password.to_string());
+    for_each_db(&all, move |db| {
+            let (tls, host, user, pw) = (tls.clone(), host.clone(), user.clone(), pw.clone());
+            async move { pgb::verify_login(&tls, &host, port, &user, &pw, &db, timeout).await }
+        })
+        .await
+        .map_err(|e| {
+            Diagnostics::from(
+                Diagnostic::error(
+                    "The CircleCI role cannot log in",
+                    format!(
+                        "{e}\nThe role and databases are set up, but {} was not written. Set verify = false \
+                         if Terraform cannot reach {}:{} the way the Services machine does.",
+                        i.path, i.host, i.port
+                    ),
+                )
+                .at(AttrPath::root("verify")),
+            )
+        })?;
+    Ok(())
+}
+
+impl PostgresDatabases {
     /// What differs on the server from the state, one clause each.
     async fn server_drift(&self, pg: &Arc<PgAdmin>, i: &Inputs) -> Result<Vec<String>, PgError> {
         let mut drift = Vec::new();
@@ -319,7 +290,7 @@ impl FileResource for PostgresDatabases {
 
     fn block(&self) -> Block {
         let names = DEFAULT_DATABASES.map(|d| format!("`{d}`")).join(", ");
-        Block::new()
+        super::password_attrs(Block::new()
                 .description(
                     "Sets up CircleCI's PostgreSQL (runbook: *Setting up External PostgreSQL*, *Confirming Tables*). \
                      Creates the role (LOGIN) and the databases it owns, or adopts existing ones; enables \
@@ -337,17 +308,7 @@ impl FileResource for PostgresDatabases {
                 .attr(Attribute::new("user", Type::String).optional().computed().description(
                     "The role CircleCI logs in as; created with LOGIN if missing, and owner of the databases. \
                      Default `circle` (the runbook advises not to change it).",
-                ))
-                .attr(Attribute::new("password", Type::String).optional().sensitive().description(
-                    "The role's password, kept (sensitive) in the Terraform state. Prefer `password_wo`; set exactly one.",
-                ))
-                .attr(Attribute::new("password_wo", Type::String).optional().sensitive().write_only().description(
-                    "The role's password, write-only: never stored in the plan or state (Terraform 1.11 or later). \
-                     Change `password_wo_version` to rotate it.",
-                ))
-                .attr(Attribute::new("password_wo_version", Type::Number).optional().description(
-                    "Any number; changing it applies the current `password_wo` (role password and file).",
-                ))
+                )), "The role's password", "the role's password and the file")
                 .attr(Attribute::new("databases", Type::list(Type::String)).optional().computed().description(
                     &format!("Databases to create or adopt, owned by `user`. Default: the runbook's nine, {names}."),
                 ))
@@ -461,33 +422,57 @@ impl FileResource for PostgresDatabases {
     }
 
     fn planned_content(&self, planned: &Value, config: &Value) -> PlannedContent {
-        let known = ["host", "port", "user"]
-            .iter()
-            .all(|n| planned.get(n).is_fully_known());
-        match (known, super::configured_password(config)) {
-            (true, Some(pw)) => render(&inputs(planned), pw)
-                .map(PlannedContent::Known)
-                .unwrap_or(PlannedContent::Unknown),
-            _ => PlannedContent::Unknown,
+        PlannedContent::with_password(planned, config, &["host", "port", "user"], |pw| {
+            render(&inputs(planned), pw)
+        })
+    }
+
+    /// Create and update: role, databases, extensions, verification, in that order;
+    /// the core writes the file last so it never names a login that does not work.
+    async fn prepare(&self, c: Change<'_>) -> Result<Prepared<()>, Diagnostics> {
+        let (prior, planned, config) = (c.prior, c.planned, c.config);
+        let i = inputs(planned);
+        let password = super::required_password(config)?;
+        let pg = self.data.postgres()?;
+        let content = render(&i, password)?;
+
+        let created = pg
+            .ensure_role(&i.user, password)
+            .await
+            .map_err(|e| pg_diag("Could not set up the PostgreSQL role", e))?;
+        log::info!(
+            "role {:?} {}",
+            i.user,
+            if created { "created" } else { "updated" }
+        );
+
+        let all = i.all_databases();
+        let adopted = ensure_databases(&pg, &i, prior).await?;
+        let exts = i.extensions.clone();
+        let pg2 = pg.clone();
+        for_each_db(&all, move |db| {
+            let pg = pg2.clone();
+            let want = file::extensions_for(&db, &exts);
+            async move { pg.ensure_extensions(&db, &want).await }
+        })
+        .await
+        .map_err(|e| pg_diag("Could not enable the extensions", e))?;
+
+        if i.verify {
+            verify_logins(&pg, &i, password).await?;
         }
+
+        let mut state = planned.clone();
+        state.set("adopted", string_list(&adopted));
+        Ok(Prepared {
+            state,
+            content: Some(content),
+            pending: (),
+        })
     }
 
-    async fn prepare(
-        &self,
-        prior: Option<&Value>,
-        planned: &Value,
-        config: &Value,
-    ) -> Result<Prepared<()>, Diagnostics> {
-        self.apply(prior, planned, config).await
-    }
-
-    async fn refresh(
-        &self,
-        state: &Value,
-        _fresh: &mut Value,
-        _file: Option<&str>,
-        drift: &mut Vec<String>,
-    ) -> Result<(), Diagnostics> {
+    async fn refresh(&self, r: Refresh<'_>) -> Result<(), Diagnostics> {
+        let (state, drift) = (r.state, r.drift);
         let pg = self.data.postgres()?;
         drift.extend(
             self.server_drift(&pg, &inputs(state))

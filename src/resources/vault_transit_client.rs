@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::config_file::{cannot_import, FileResource, Placement, PlannedContent, Prepared, Spec};
+use super::config_file::{
+    cannot_import, Change, FileResource, Placement, PlannedContent, Prepared, Refresh, Spec,
+};
 use super::validate::{self, Check};
 use crate::backends::vault::{self as vb, NewToken, Vault, VaultError};
 use crate::circleci::vault::{self as file, Address};
@@ -387,19 +389,14 @@ impl FileResource for VaultTransitClient {
         PlannedContent::Keep
     }
 
-    async fn prepare(
-        &self,
-        _prior: Option<&Value>,
-        planned: &Value,
-        _config: &Value,
-    ) -> Result<Prepared<Option<NewToken>>, Diagnostics> {
-        self.apply(planned).await
+    async fn prepare(&self, c: Change<'_>) -> Result<Prepared<Option<NewToken>>, Diagnostics> {
+        self.apply(c.planned).await
     }
 
     async fn finish(
         &self,
         pending: Option<NewToken>,
-        prior: Option<&Value>,
+        c: Change<'_>,
         state: &mut Value,
         written: Result<(), &Diagnostics>,
     ) -> Diagnostics {
@@ -414,7 +411,7 @@ impl FileResource for VaultTransitClient {
             revoke_unused(&vault, &new).await;
             return Diagnostics::new();
         }
-        if let Some(old) = prior.and_then(|p| p.get("token_accessor").as_str()) {
+        if let Some(old) = c.prior.and_then(|p| p.get("token_accessor").as_str()) {
             if !old.is_empty() && old != new.accessor {
                 if let Err(e) = vault.revoke_accessor(old).await {
                     log::warn!("the new token is in place, but revoking the old one failed: {e}");
@@ -434,13 +431,8 @@ impl FileResource for VaultTransitClient {
         Diagnostics::new()
     }
 
-    async fn refresh(
-        &self,
-        state: &Value,
-        fresh: &mut Value,
-        _file: Option<&str>,
-        drift: &mut Vec<String>,
-    ) -> Result<(), Diagnostics> {
+    async fn refresh(&self, r: Refresh<'_>) -> Result<(), Diagnostics> {
+        let (state, fresh, drift) = (r.state, r.fresh, r.drift);
         let i = inputs(state);
         let vault = self.data.vault()?;
         let accessor = state

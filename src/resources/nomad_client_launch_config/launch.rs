@@ -175,6 +175,34 @@ impl NomadClientLaunchConfig {
         Ok(None)
     }
 
+    /// Switches group `name` to `ours`; when that fails, deletes `ours` again so nothing
+    /// is left behind (`what` is what the group still uses).
+    async fn switch_or_undo(
+        &self,
+        c: &AwsClients,
+        name: &str,
+        ours: &Launch,
+        what: &str,
+    ) -> Result<(), Diagnostics> {
+        let Err(e) = self.switch(c, name, ours).await else {
+            return Ok(());
+        };
+        let mut d = aws_diag(
+            e,
+            &format!(
+                "The group still uses {what}; the new copy ({}) was deleted again",
+                ours.describe()
+            ),
+        );
+        if let Err(e2) = self.remove(c, ours).await {
+            d.push(Diagnostic::warning(
+                "Could not delete the unused copy",
+                format!("{}: {e2}", ours.describe()),
+            ));
+        }
+        Err(d)
+    }
+
     /// Copies `source`, switches the group to the copy, and rolls the instances.
     /// `retire` is our previous copy, deleted after the switch.
     pub(super) async fn replace_config(
@@ -193,28 +221,10 @@ impl NomadClientLaunchConfig {
             .unwrap_or(DEFAULT_PREFIX)
             .to_string();
         let what = source.launch.describe();
-        let rewritten = match ud::rewrite(&source.user_data, &servers) {
+        let rewritten = match rewrite_as_planned(planned, source, &servers) {
             Ok(r) => r,
-            Err(e) => return Applied::from_result(Err(not_found_diag(&what, &e))),
+            Err(d) => return Applied::from_result(Err(d)),
         };
-        // The plan showed previous_servers; if the group's configuration changed since,
-        // the plan is stale: say so before touching anything.
-        if let Some(planned_prev) = planned.get("previous_servers").as_list() {
-            let planned_prev = strings(&Value::List(planned_prev.to_vec()));
-            if planned_prev != rewritten.previous {
-                return Applied::from_result(Err(Diagnostic::error(
-                    "Launch configuration changed since plan",
-                    format!(
-                        "the plan was made when {} named the Nomad servers {planned_prev:?}; it now names {:?}. \
-                         {NOTHING_CHANGED}. Run terraform plan again.",
-                        source.launch.describe(),
-                        rewritten.previous
-                    ),
-                )
-                .at(group_attr())
-                .into()));
-            }
-        }
         // Recorded before the switch: afterwards some APIs report old instances under
         // the new configuration's name.
         let old = live_instances(group);
@@ -227,20 +237,7 @@ impl NomadClientLaunchConfig {
             group.name,
             ours.describe()
         );
-        if let Err(e) = self.switch(c, &group.name, &ours).await {
-            let mut d = aws_diag(
-                e,
-                &format!(
-                    "The group still uses {what}; the new copy ({}) was deleted again",
-                    ours.describe()
-                ),
-            );
-            if let Err(e2) = self.remove(c, &ours).await {
-                d.push(Diagnostic::warning(
-                    "Could not delete the unused copy",
-                    format!("{}: {e2}", ours.describe()),
-                ));
-            }
+        if let Err(d) = self.switch_or_undo(c, &group.name, &ours, &what).await {
             return Applied::from_result(Err(d));
         }
         let mut state = planned.clone();
@@ -402,6 +399,59 @@ impl NomadClientLaunchConfig {
         r.unwrap_or_else(|d| Applied::from_result(Err(d)))
     }
 
+    /// Destroy: points group `name` back at the configuration it used before this
+    /// resource, when that still exists; otherwise warns and leaves it on `ours`.
+    async fn restore_original(
+        &self,
+        c: &AwsClients,
+        name: &str,
+        prior: &Value,
+        ours: &Launch,
+    ) -> Result<Diagnostics, Diagnostics> {
+        let mut diags = Diagnostics::new();
+        match original_from(prior) {
+            Some(orig) => {
+                let exists = match &orig {
+                    Launch::Config(n) => c
+                        .autoscaling
+                        .launch_configuration(n)
+                        .await
+                        .map_err(|e| aws_diag(e, NOTHING_CHANGED))?
+                        .is_some(),
+                    Launch::Template { id, version } => c
+                        .ec2
+                        .describe_version(id, version)
+                        .await
+                        .map_err(|e| aws_diag(e, NOTHING_CHANGED))?
+                        .is_some(),
+                };
+                if exists {
+                    self.switch(c, name, &orig)
+                        .await
+                        .map_err(|e| aws_diag(e, NOTHING_CHANGED))?;
+                } else {
+                    diags.push(Diagnostic::warning(
+                        "Original configuration gone",
+                        format!(
+                            "{} no longer exists, so Auto Scaling group {name} stays on {}",
+                            orig.describe(),
+                            ours.describe()
+                        ),
+                    ));
+                }
+            }
+            None => diags.push(Diagnostic::warning(
+                "Original configuration unknown",
+                format!(
+                    "this resource was imported, so the configuration the group used before is not \
+                     known; Auto Scaling group {name} stays on {}",
+                    ours.describe()
+                ),
+            )),
+        }
+        Ok(diags)
+    }
+
     pub(super) async fn delete_applied(&self, prior: &Value) -> Applied {
         if prior.get("restore_on_destroy").as_bool() == Some(false) {
             return Applied::default();
@@ -426,48 +476,8 @@ impl NomadClientLaunchConfig {
                 .await
                 .map_err(|e| aws_diag(e, NOTHING_CHANGED))?;
             if let Some(g) = &group {
-                let on_ours = current_launch(g).ok().as_ref() == Some(&ours);
-                if on_ours {
-                    match original_from(prior) {
-                        Some(orig) => {
-                            let exists = match &orig {
-                                Launch::Config(n) => c
-                                    .autoscaling
-                                    .launch_configuration(n)
-                                    .await
-                                    .map_err(|e| aws_diag(e, NOTHING_CHANGED))?
-                                    .is_some(),
-                                Launch::Template { id, version } => c
-                                    .ec2
-                                    .describe_version(id, version)
-                                    .await
-                                    .map_err(|e| aws_diag(e, NOTHING_CHANGED))?
-                                    .is_some(),
-                            };
-                            if exists {
-                                self.switch(c, name, &orig)
-                                    .await
-                                    .map_err(|e| aws_diag(e, NOTHING_CHANGED))?;
-                            } else {
-                                diags.push(Diagnostic::warning(
-                                    "Original configuration gone",
-                                    format!(
-                                        "{} no longer exists, so Auto Scaling group {name} stays on {}",
-                                        orig.describe(),
-                                        ours.describe()
-                                    ),
-                                ));
-                            }
-                        }
-                        None => diags.push(Diagnostic::warning(
-                            "Original configuration unknown",
-                            format!(
-                                "this resource was imported, so the configuration the group used before is not \
-                                 known; Auto Scaling group {name} stays on {}",
-                                ours.describe()
-                            ),
-                        )),
-                    }
+                if current_launch(g).ok().as_ref() == Some(&ours) {
+                    diags.extend(self.restore_original(c, name, prior, &ours).await?);
                 }
             }
             match self.remove(c, &ours).await {
@@ -504,4 +514,33 @@ impl NomadClientLaunchConfig {
             },
         }
     }
+}
+
+/// The user_data with the servers list rewritten, refusing a stale plan: the plan
+/// showed previous_servers, and if the group's configuration names others now, nothing
+/// is touched.
+fn rewrite_as_planned(
+    planned: &Value,
+    source: &Loaded,
+    servers: &[String],
+) -> Result<ud::Rewritten, Diagnostics> {
+    let what = source.launch.describe();
+    let rewritten =
+        ud::rewrite(&source.user_data, servers).map_err(|e| not_found_diag(&what, &e))?;
+    if let Some(planned_prev) = planned.get("previous_servers").as_list() {
+        let planned_prev = strings(&Value::List(planned_prev.to_vec()));
+        if planned_prev != rewritten.previous {
+            return Err(Diagnostic::error(
+                "Launch configuration changed since plan",
+                format!(
+                    "the plan was made when {what} named the Nomad servers {planned_prev:?}; it now names {:?}. \
+                     {NOTHING_CHANGED}. Run terraform plan again.",
+                    rewritten.previous
+                ),
+            )
+            .at(group_attr())
+            .into());
+        }
+    }
+    Ok(rewritten)
 }

@@ -1,0 +1,215 @@
+//! TLS for every PostgreSQL connection, with libpq's sslmode meanings: `prefer` and
+//! `require` check only the handshake, `verify-ca` the chain, `verify-full` the chain
+//! and the host name.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::task::JoinHandle;
+use tokio_postgres::Client;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::{code_of, describe, target, PgError, SslMode};
+
+/// Checks nothing but the handshake signature: libpq's `prefer` and `require`.
+#[derive(Debug)]
+struct NoCertCheck(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for NoCertCheck {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// libpq's `verify-ca`: the chain must lead to the CA; the name is not checked.
+#[derive(Debug)]
+struct ChainOnly(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(m, c, d)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(m, c, d)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// The TLS side of every connection, built once from sslmode and sslrootcert.
+#[derive(Clone)]
+pub struct Tls {
+    mode: SslMode,
+    connector: MakeRustlsConnect,
+}
+
+impl Tls {
+    pub fn new(mode: SslMode, rootcert: Option<&std::path::Path>) -> Result<Tls, PgError> {
+        use rustls::pki_types::pem::PemObject;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| PgError::TlsSettings(format!("TLS set-up: {e}")))?;
+        let verifier: Arc<dyn ServerCertVerifier> = match mode {
+            SslMode::Disable | SslMode::Prefer | SslMode::Require => {
+                Arc::new(NoCertCheck(provider.clone()))
+            }
+            SslMode::VerifyCa | SslMode::VerifyFull => {
+                let path = rootcert.ok_or_else(|| {
+                    PgError::TlsSettings("sslmode verify-ca and verify-full need sslrootcert: the CA certificate (PEM) that signed the server's".into())
+                })?;
+                let mut roots = rustls::RootCertStore::empty();
+                let certs = CertificateDer::pem_file_iter(path).map_err(|e| {
+                    PgError::TlsSettings(format!("sslrootcert {}: {e}", path.display()))
+                })?;
+                for c in certs {
+                    let c = c.map_err(|e| {
+                        PgError::TlsSettings(format!("sslrootcert {}: {e}", path.display()))
+                    })?;
+                    roots.add(c).map_err(|e| {
+                        PgError::TlsSettings(format!("sslrootcert {}: {e}", path.display()))
+                    })?;
+                }
+                if roots.is_empty() {
+                    return Err(PgError::TlsSettings(format!(
+                        "sslrootcert {} holds no certificate",
+                        path.display()
+                    )));
+                }
+                let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .map_err(|e| {
+                    PgError::TlsSettings(format!("sslrootcert {}: {e}", path.display()))
+                })?;
+                if mode == SslMode::VerifyCa {
+                    Arc::new(ChainOnly(webpki))
+                } else {
+                    webpki
+                }
+            }
+        };
+        let cfg = builder
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        Ok(Tls {
+            mode,
+            connector: MakeRustlsConnect::new(cfg),
+        })
+    }
+
+    /// Opens one connection; the task driving it is returned so callers can wait for
+    /// it to end.
+    pub async fn connect(
+        &self,
+        host: &str,
+        port: u16,
+        user: &str,
+        password: &str,
+        dbname: &str,
+        timeout: Duration,
+    ) -> Result<(Client, JoinHandle<()>), PgError> {
+        let mut c = tokio_postgres::Config::new();
+        c.host(host)
+            .port(port)
+            .user(user)
+            .password(password)
+            .dbname(dbname)
+            .application_name("terraform-provider-circleci")
+            .connect_timeout(timeout)
+            .ssl_mode(match self.mode {
+                SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+                SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+                _ => tokio_postgres::config::SslMode::Require,
+            });
+        let who = target(user, host, port);
+        let (client, conn) =
+            match tokio::time::timeout(timeout, c.connect(self.connector.clone())).await {
+                Err(_) => {
+                    return Err(PgError::Timeout {
+                        target: who,
+                        database: dbname.to_string(),
+                        after: timeout,
+                    })
+                }
+                Ok(Err(e)) => {
+                    return Err(PgError::Connect {
+                        target: who,
+                        database: dbname.to_string(),
+                        detail: describe(&e),
+                        code: code_of(&e),
+                        cert: crate::backends::find_in_chain::<rustls::Error>(&e).is_some(),
+                    })
+                }
+                Ok(Ok(x)) => x,
+            };
+        let handle = tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                log::debug!("PostgreSQL connection ended: {e}");
+            }
+        });
+        Ok((client, handle))
+    }
+}
