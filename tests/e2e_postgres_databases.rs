@@ -424,3 +424,67 @@ resource "circleci_postgres_databases" "r" {{
         assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
     }
 }
+
+/// PostgreSQL 9.5 keeps passwords as MD5 verifiers and checks them with md5 auth. The
+/// md5-mode cluster (password_encryption = md5, md5 in pg_hba.conf) does the same: the
+/// role's stored verifier must be md5(password || username), and the role must log in.
+#[test]
+fn md5_mode_cluster_stores_an_md5_verifier_and_the_role_logs_in() {
+    let s = servers();
+    let port: u16 = s.get("CIRCLECI_TEST_PG_MD5_PORT").parse().unwrap();
+    s.psql_at(
+        port,
+        "postgres",
+        "DROP DATABASE IF EXISTS md5_builds WITH (FORCE)",
+    );
+    s.psql_at(port, "postgres", "DROP ROLE IF EXISTS circle_md5");
+    let root = tempfile::tempdir().unwrap();
+    let path = root.path().join("etc/circleconfig/shared/postgresql");
+    let pg = format!(
+        "\n  postgres {{\n    host     = \"127.0.0.1\"\n    port     = {port}\n    username = \"postgres\"\n    \
+         password = {:?}\n    sslmode  = \"disable\"\n  }}",
+        s.get("CIRCLECI_TEST_PG_PASSWORD")
+    );
+    let pw = "md5 mode pass";
+    let tf = Tf::new(&format!(
+        "{}\nresource \"circleci_postgres_databases\" \"circle\" {{\n  host = \"127.0.0.1\"\n  port = {port}\n  \
+         user = \"circle_md5\"\n  databases = [\"md5_builds\"]\n  create_user_database = false\n  \
+         extensions = {{ \"*\" = [\"uuid-ossp\"] }}\n  password_wo = {}\n  password_wo_version = 1\n  \
+         config_path = {:?}\n}}\n",
+        s.provider_block_with("", &pg),
+        hcl_str(pw),
+        path
+    ));
+    tf.apply();
+    let stored = s.psql_at(
+        port,
+        "postgres",
+        "SELECT rolpassword FROM pg_authid WHERE rolname = 'circle_md5'",
+    );
+    // md5 over "md5 mode pass" + "circle_md5", computed by coreutils, not by the provider.
+    let expected = String::from_utf8(common::bash(
+        "printf 'md5%s' \"$(printf '%s' 'md5 mode passcircle_md5' | md5sum | cut -d' ' -f1)\"",
+    ))
+    .unwrap();
+    assert_eq!(stored.trim(), expected, "the stored verifier must be MD5");
+    assert!(s.can_login_at(port, "circle_md5", pw, "md5_builds"));
+    assert!(!s.can_login_at(port, "circle_md5", "wrong", "md5_builds"));
+    let hba = s.psql_at(
+        port,
+        "postgres",
+        "SELECT DISTINCT auth_method FROM pg_hba_file_rules WHERE type = 'host'",
+    );
+    assert_eq!(
+        hba.trim(),
+        "md5",
+        "the cluster must check passwords with md5 auth"
+    );
+    assert_eq!(tf.plan_code(), 0);
+    tf.ok(&["destroy", "-auto-approve", "-no-color"]);
+    s.psql_at(
+        port,
+        "postgres",
+        "DROP DATABASE IF EXISTS md5_builds WITH (FORCE)",
+    );
+    s.psql_at(port, "postgres", "DROP ROLE IF EXISTS circle_md5");
+}

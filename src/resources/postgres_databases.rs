@@ -108,6 +108,8 @@ fn inputs(v: &Value) -> Inputs {
 fn pg_diag(summary: &str, e: PgError) -> Diagnostics {
     let summary = if e.is_connect() {
         "Could not connect to PostgreSQL"
+    } else if matches!(e, PgError::Unsupported { .. }) {
+        "PostgreSQL version not supported"
     } else {
         summary
     };

@@ -54,6 +54,11 @@ impl Servers {
 
     /// Runs SQL as the admin with psql; returns the unaligned, tuples-only output.
     pub fn psql(&self, db: &str, sql: &str) -> String {
+        self.psql_at(self.pg_port(), db, sql)
+    }
+
+    /// psql against the cluster on `port`.
+    pub fn psql_at(&self, port: u16, db: &str, sql: &str) -> String {
         let out = Command::new("psql")
             .args([
                 "-X",
@@ -66,7 +71,7 @@ impl Servers {
                 "postgres",
             ])
             .arg("-p")
-            .arg(self.pg_port().to_string())
+            .arg(port.to_string())
             .arg("-d")
             .arg(db)
             .arg("-c")
@@ -84,10 +89,15 @@ impl Servers {
 
     /// True when `user` can log in to `db` with `password`.
     pub fn can_login(&self, user: &str, password: &str, db: &str) -> bool {
+        self.can_login_at(self.pg_port(), user, password, db)
+    }
+
+    /// can_login against the cluster on `port`.
+    pub fn can_login_at(&self, port: u16, user: &str, password: &str, db: &str) -> bool {
         Command::new("psql")
             .args(["-X", "-tA", "-h", "127.0.0.1", "-c", "select 1"])
             .arg("-p")
-            .arg(self.pg_port().to_string())
+            .arg(port.to_string())
             .arg("-U")
             .arg(user)
             .arg("-d")

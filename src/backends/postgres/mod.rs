@@ -84,6 +84,9 @@ pub enum PgError {
         detail: String,
         code: Option<SqlState>,
     },
+    /// The server is older than the provider supports.
+    #[error("PostgreSQL {version} at {target} is not supported: CircleCI Server 2.17 needs 9.5 or later, and so does this provider")]
+    Unsupported { target: String, version: String },
     /// The TLS settings (sslmode, sslrootcert) cannot be used.
     #[error("{0}")]
     TlsSettings(String),
@@ -160,6 +163,61 @@ pub struct PgAdmin {
     cfg: PgConfig,
     tls: std::sync::OnceLock<Result<Tls, PgError>>,
     conns: Mutex<HashMap<String, Conn>>,
+    server: tokio::sync::OnceCell<ServerInfo>,
+}
+
+/// The oldest server the provider supports: CircleCI Server 2.17 runs 9.5.
+pub const MIN_SERVER_VERSION: i32 = 90500;
+
+/// What the admin connection learned about the server, once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// `server_version_num`, e.g. 90508 or 150004.
+    pub version_num: i32,
+    /// `server_version`, e.g. "9.5.8", for messages.
+    pub version: String,
+    /// `password_encryption` (10 and later; empty before).
+    pub password_encryption: String,
+}
+
+/// How a password is sent: always as a verifier, never in plain text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifierKind {
+    /// `md5` + md5(password || username): the only form before 10.
+    Md5,
+    /// SCRAM-SHA-256 (10 and later, when `password_encryption` says so).
+    Scram,
+}
+
+impl ServerInfo {
+    /// The verifier the server stores for a new password: MD5 before 10; from 10 on
+    /// whatever `password_encryption` says (`on` meant md5 until 14).
+    pub fn verifier_kind(&self) -> VerifierKind {
+        if self.version_num < 100000 || self.password_encryption != "scram-sha-256" {
+            VerifierKind::Md5
+        } else {
+            VerifierKind::Scram
+        }
+    }
+}
+
+/// Refuses a server older than [`MIN_SERVER_VERSION`], naming it and its version.
+pub fn check_version(version_num: i32, version: &str, target: &str) -> Result<(), PgError> {
+    if version_num < MIN_SERVER_VERSION {
+        return Err(PgError::Unsupported {
+            target: target.to_string(),
+            version: version.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// The verifier for `password` of `role`, of the given kind.
+pub fn verifier(kind: VerifierKind, role: &str, password: &str) -> String {
+    match kind {
+        VerifierKind::Md5 => postgres_protocol::password::md5(password.as_bytes(), role),
+        VerifierKind::Scram => postgres_protocol::password::scram_sha_256(password.as_bytes()),
+    }
 }
 
 impl fmt::Debug for PgAdmin {
@@ -174,6 +232,7 @@ impl PgAdmin {
             cfg,
             tls: std::sync::OnceLock::new(),
             conns: Mutex::new(HashMap::new()),
+            server: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -258,11 +317,58 @@ impl PgAdmin {
         Ok(!rows.is_empty())
     }
 
+    /// The server's version and password settings (read once), or an error when the
+    /// version is older than [`MIN_SERVER_VERSION`].
+    pub async fn server_info(&self) -> Result<&ServerInfo, PgError> {
+        self.server
+            .get_or_try_init(|| async {
+                let c = self.client(None).await?;
+                let show = |name: &'static str| {
+                    let c = c.clone();
+                    async move {
+                        let rows = c
+                            .simple_query(&format!("SHOW {name}"))
+                            .await
+                            .map_err(|e| self.err(&format!("reading {name}"), &e))?;
+                        Ok::<_, PgError>(
+                            rows.iter()
+                                .find_map(|m| match m {
+                                    tokio_postgres::SimpleQueryMessage::Row(r) => {
+                                        r.get(0).map(str::to_string)
+                                    }
+                                    _ => None,
+                                })
+                                .unwrap_or_default(),
+                        )
+                    }
+                };
+                let version = show("server_version").await?;
+                let version_num = show("server_version_num").await?.parse().unwrap_or(0);
+                check_version(version_num, &version, &self.target())?;
+                let password_encryption = if version_num >= 100000 {
+                    show("password_encryption").await?
+                } else {
+                    String::new()
+                };
+                log::debug!(
+                    "PostgreSQL {version} at {} (password_encryption {password_encryption:?})",
+                    self.target()
+                );
+                Ok(ServerInfo {
+                    version_num,
+                    version,
+                    password_encryption,
+                })
+            })
+            .await
+    }
+
     /// Creates the role (LOGIN) or, when it exists, makes sure it can log in; either
-    /// way its password becomes `password`.
+    /// way its password becomes `password`, sent as the verifier the server stores.
     pub async fn ensure_role(&self, role: &str, password: &str) -> Result<bool, PgError> {
+        let kind = self.server_info().await?.verifier_kind();
         let exists = self.role_exists(role).await?;
-        let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+        let verifier = verifier(kind, role, password);
         let sql = format!(
             "{} ROLE {} WITH LOGIN PASSWORD {}",
             if exists { "ALTER" } else { "CREATE" },
@@ -413,6 +519,49 @@ mod tests {
             "\"x\"\"; DROP DATABASE circle; --\""
         );
         assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn servers_before_9_5_are_refused_by_name_and_version() {
+        assert!(check_version(90508, "9.5.8", "a@db:5432").is_ok());
+        assert!(check_version(150004, "15.4", "a@db:5432").is_ok());
+        let e = check_version(90425, "9.4.25", "admin@db.internal:5432").unwrap_err();
+        let m = e.to_string();
+        assert!(
+            m.contains("9.4.25") && m.contains("admin@db.internal:5432"),
+            "{m}"
+        );
+        assert!(m.contains("9.5 or later"), "{m}");
+    }
+
+    #[test]
+    fn verifier_follows_version_and_password_encryption() {
+        let info = |n: i32, enc: &str| ServerInfo {
+            version_num: n,
+            version: n.to_string(),
+            password_encryption: enc.into(),
+        };
+        // 9.5: md5 only (password_encryption is a boolean there and not read).
+        assert_eq!(info(90508, "").verifier_kind(), VerifierKind::Md5);
+        // 10: what password_encryption says; "on" meant md5.
+        assert_eq!(info(100023, "md5").verifier_kind(), VerifierKind::Md5);
+        assert_eq!(info(100023, "on").verifier_kind(), VerifierKind::Md5);
+        assert_eq!(
+            info(100023, "scram-sha-256").verifier_kind(),
+            VerifierKind::Scram
+        );
+        // 15: scram by default, md5 when configured.
+        assert_eq!(
+            info(150004, "scram-sha-256").verifier_kind(),
+            VerifierKind::Scram
+        );
+        assert_eq!(info(150004, "md5").verifier_kind(), VerifierKind::Md5);
+        // The md5 form PostgreSQL documents: "md5" + md5(password || username).
+        let v = verifier(VerifierKind::Md5, "circle", "secret");
+        // (echo -n secretcircle | md5sum)
+        assert_eq!(v, "md5fdbb047a2ccd45fbd3209b55f9607d04");
+        let s = verifier(VerifierKind::Scram, "circle", "secret");
+        assert!(s.starts_with("SCRAM-SHA-256$4096:"), "{s}");
     }
 
     #[test]
