@@ -19,6 +19,7 @@ VAULT_PORT=${CIRCLECI_DEV_VAULT_PORT:-58201}
 MQ_PORT=${CIRCLECI_DEV_MQ_PORT:-55672}
 NOMAD_PORT=${CIRCLECI_DEV_NOMAD_PORT:-54646}
 MONGO_PORT=${CIRCLECI_DEV_MONGO_PORT:-57017}
+PYMONGO_VERSION=4.8.0
 AWS_PORT=${CIRCLECI_DEV_AWS_PORT:-55000}
 MOTO_VERSION=5.2.1
 mkdir -p "$D"
@@ -222,14 +223,25 @@ fi
 # No MongoDB server installs from the registries we reach: dev/mongo-standin (a small
 # Rust server from MongoDB's wire-protocol docs; see its header) stands in for it.
 MONGO_PASSWORD=circleci-dev-mongo-admin
-if ! alive "$D/mongo.pid"; then
-  cargo build -q -p mongo-standin >&2
-  "$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/mongo-standin" \
-    --port "$MONGO_PORT" --admin-user admin --admin-password "$MONGO_PASSWORD" --pidfile "$D/mongo.pid" \
-    >"$D/mongo.log" 2>&1 &
-  for _ in $(seq 50); do alive "$D/mongo.pid" && break; sleep 0.1; done
-  alive "$D/mongo.pid" || { say "mongo-standin did not start; see $D/mongo.log"; exit 1; }
-  say "mongodb stand-in on 127.0.0.1:$MONGO_PORT (pid $(cat "$D/mongo.pid"))"
+# Two instances: current MongoDB (6.0's wire version, SCRAM-SHA-1 and -256) and MongoDB
+# 3.6, the version CircleCI Server 2.17 runs (wire version 6, SCRAM-SHA-1 only).
+cargo build -q -p mongo-standin >&2
+MONGO_BIN="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/mongo-standin"
+MONGO36_PORT=$((MONGO_PORT + 1))
+for spec in "mongo current $MONGO_PORT" "mongo36 3.6 $MONGO36_PORT"; do
+  set -- $spec
+  if ! alive "$D/$1.pid"; then
+    "$MONGO_BIN" --port "$3" --mode "$2" --admin-user admin --admin-password "$MONGO_PASSWORD" \
+      --pidfile "$D/$1.pid" >"$D/$1.log" 2>&1 &
+    for _ in $(seq 50); do alive "$D/$1.pid" && break; sleep 0.1; done
+    alive "$D/$1.pid" || { say "mongo-standin ($2) did not start; see $D/$1.log"; exit 1; }
+    say "mongodb stand-in ($2 mode) on 127.0.0.1:$3 (pid $(cat "$D/$1.pid"))"
+  fi
+done
+# PyMongo, MongoDB's own Python driver, checks the stand-ins in the tests independently
+# of the provider's client. 4.8 is the last release that supports MongoDB 3.6.
+if ! "$D/venv/bin/python" -c "import pymongo, sys; sys.exit(pymongo.version != '$PYMONGO_VERSION')" 2>/dev/null; then
+  "$D/venv/bin/pip" install -q --disable-pip-version-check "pymongo==$PYMONGO_VERSION" >&2
 fi
 
 # ---------------------------------------------------------------- aws (moto)
@@ -285,6 +297,9 @@ CIRCLECI_TEST_TLS_CA=$PGD/tls/ca.pem
 CIRCLECI_TEST_TLS_CERT=$PGD/tls/nomad.pem
 CIRCLECI_TEST_TLS_KEY=$PGD/tls/nomad.key
 CIRCLECI_TEST_MONGO_PORT=$MONGO_PORT
+CIRCLECI_TEST_MONGO36_PORT=$MONGO36_PORT
+CIRCLECI_TEST_MONGO_CLIENT=$ROOT/dev/mongo-client.py
+CIRCLECI_TEST_PYTHON=$D/venv/bin/python
 CIRCLECI_TEST_MONGO_USER=admin
 CIRCLECI_TEST_MONGO_PASSWORD=$MONGO_PASSWORD
 CIRCLECI_TEST_AWS_ENDPOINT=http://127.0.0.1:$AWS_PORT

@@ -126,8 +126,9 @@ fn provider_doc() -> String {
     }
     let _ = writeln!(
         out,
-        "\n## Example Usage\n\n```terraform\n{}```\n\n## Schema\n",
-        read("examples/provider/provider.tf")
+        "\n## Example Usage\n\n```terraform\n{}```\n\n## Server versions\n\n{}\n## Schema\n",
+        read("examples/provider/provider.tf"),
+        read("examples/provider/COMPATIBILITY.md")
     );
     block_md(&mut out, &schema.block, "nestedblock--");
     out.trim_end().to_string() + "\n"
@@ -228,4 +229,14 @@ fn every_attribute_is_described() {
     for r in p.resources() {
         walk(&r.schema().block, r.type_name());
     }
+}
+
+/// The README shows the same compatibility table as the docs, word for word.
+#[test]
+fn readme_has_the_compatibility_table() {
+    let table = read("examples/provider/COMPATIBILITY.md");
+    assert!(
+        read("README.md").contains(table.trim()),
+        "README.md must contain examples/provider/COMPATIBILITY.md"
+    );
 }

@@ -1,16 +1,58 @@
 //! circleci_external_mongo end to end: the terraform CLI, the MongoDB stand-in
-//! (dev/mongo-standin) through the official driver, and the real sshd.
+//! (dev/mongo-standin) in both its modes (current MongoDB, and MongoDB 3.6 as CircleCI
+//! Server 2.17 runs it), and the real sshd. What the provider did is checked with
+//! PyMongo, MongoDB's own Python driver (dev/mongo-client.py), not with the provider's
+//! client.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
 
 mod common;
 
 use common::{closed_port, hcl_str, servers, Servers, Tf};
-use mongodb::bson::doc;
+use serde_json::{json, Value};
 
 const PW: &str = "m0ng@:/?#% \"$pw`";
 
-fn resource(s: &Servers, user: &str, path: &std::path::Path, extra: &str) -> String {
+/// Which stand-in: current MongoDB or 3.6.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Current,
+    V36,
+}
+
+impl Mode {
+    fn port(self, s: &Servers) -> String {
+        s.get(match self {
+            Mode::Current => "CIRCLECI_TEST_MONGO_PORT",
+            Mode::V36 => "CIRCLECI_TEST_MONGO36_PORT",
+        })
+        .to_string()
+    }
+
+    fn admin_uri(self, s: &Servers) -> String {
+        format!(
+            "mongodb://{}:{}@127.0.0.1:{}/?authSource=admin",
+            s.get("CIRCLECI_TEST_MONGO_USER"),
+            s.get("CIRCLECI_TEST_MONGO_PASSWORD"),
+            self.port(s)
+        )
+    }
+
+    /// The provider block with this stand-in as the mongodb admin connection.
+    fn provider(self, s: &Servers) -> String {
+        s.provider_block_with(
+            "",
+            &format!(
+                "{}{}\n  mongodb {{\n    uri = {:?}\n  }}",
+                s.pg_block(),
+                s.vault_block(),
+                self.admin_uri(s)
+            ),
+        )
+    }
+}
+
+fn resource(s: &Servers, mode: Mode, user: &str, path: &std::path::Path, extra: &str) -> String {
     format!(
         r#"
 resource "circleci_external_mongo" "circle" {{
@@ -23,7 +65,7 @@ resource "circleci_external_mongo" "circle" {{
   {extra}
 }}
 "#,
-        s.get("CIRCLECI_TEST_MONGO_PORT"),
+        mode.port(s),
         hcl_str(PW)
     )
 }
@@ -35,53 +77,82 @@ fn sourced(path: &std::path::Path, var: &str) -> String {
     .unwrap()
 }
 
-async fn admin(s: &Servers) -> mongodb::Client {
-    mongodb::Client::with_uri_str(s.mongo_admin_uri())
-        .await
-        .unwrap()
+/// One command through PyMongo: Ok(reply) or Err((exit code, output)).
+fn pymongo(s: &Servers, uri: &str, db: &str, cmd: Value) -> Result<Value, (i32, String)> {
+    let out = std::process::Command::new(s.get("CIRCLECI_TEST_PYTHON"))
+        .arg(s.get("CIRCLECI_TEST_MONGO_CLIENT"))
+        .args([uri, db, &cmd.to_string()])
+        .output()
+        .expect("the venv's python runs dev/mongo-client.py");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    match out.status.code() {
+        Some(0) => Ok(serde_json::from_str(&text).unwrap()),
+        c => Err((
+            c.unwrap_or(-1),
+            format!("{text}{}", String::from_utf8_lossy(&out.stderr)),
+        )),
+    }
 }
 
-async fn roles(s: &Servers, user: &str) -> Option<Vec<(String, String)>> {
-    let r = admin(s)
-        .await
-        .database("admin")
-        .run_command(doc! {"usersInfo": {"user": user, "db": "admin"}})
-        .await
-        .unwrap();
-    let users = r.get_array("users").unwrap();
-    let u = users.first()?.as_document()?;
+fn admin(s: &Servers, mode: Mode, cmd: Value) -> Result<Value, (i32, String)> {
+    pymongo(s, &mode.admin_uri(s), "admin", cmd)
+}
+
+/// The user's document from usersInfo, as the server has it.
+fn user_doc(s: &Servers, mode: Mode, user: &str) -> Option<Value> {
+    let r = admin(s, mode, json!({"usersInfo": {"user": user, "db": "admin"}})).unwrap();
+    r["users"].as_array().unwrap().first().cloned()
+}
+
+fn roles(s: &Servers, mode: Mode, user: &str) -> Option<Vec<(String, String)>> {
+    let u = user_doc(s, mode, user)?;
     Some(
-        u.get_array("roles")
+        u["roles"]
+            .as_array()
             .unwrap()
             .iter()
             .map(|r| {
-                let r = r.as_document().unwrap();
                 (
-                    r.get_str("role").unwrap().to_string(),
-                    r.get_str("db").unwrap().to_string(),
+                    r["role"].as_str().unwrap().to_string(),
+                    r["db"].as_str().unwrap().to_string(),
                 )
             })
             .collect(),
     )
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn lifecycle_block_user_roles_in_place_import_destroy() {
+#[test]
+fn lifecycle_current_mongodb() {
+    lifecycle(Mode::Current, "e2e-mongo");
+}
+
+#[test]
+fn lifecycle_mongodb_3_6() {
+    lifecycle(Mode::V36, "e2e-mongo36");
+}
+
+#[test]
+fn drop_user_on_destroy_current_mongodb() {
+    drop_user_on_destroy(Mode::Current, "e2e-mongo-drop");
+}
+
+#[test]
+fn drop_user_on_destroy_mongodb_3_6() {
+    drop_user_on_destroy(Mode::V36, "e2e-mongo36-drop");
+}
+
+/// Apply, in-place role and password changes, drift, import, destroy.
+fn lifecycle(mode: Mode, user: &str) {
     let s = servers();
-    let user = "e2e-mongo";
-    let _ = admin(&s)
-        .await
-        .database("admin")
-        .run_command(doc! {"dropUser": user})
-        .await;
+    let _ = admin(&s, mode, json!({"dropUser": user}));
     let root = tempfile::tempdir().unwrap();
     let path = root.path().join("circle-installation-customizations");
     let mine = "# the operator's own settings\nexport JVM_OPTS='-Xmx2g'\n";
     std::fs::write(&path, mine).unwrap();
     let tf = Tf::new(&format!(
         "{}{}",
-        s.provider_block(""),
-        resource(&s, user, &path, "")
+        mode.provider(&s),
+        resource(&s, mode, user, &path, "")
     ));
     tf.apply();
 
@@ -97,12 +168,21 @@ async fn lifecycle_block_user_roles_in_place_import_destroy() {
     .iter()
     .map(|d| ("readWrite".to_string(), d.to_string()))
     .collect();
-    let mut have = roles(&s, user).await.expect("user created");
+    let mut have = roles(&s, mode, user).expect("user created");
     have.sort();
     want.sort();
     assert_eq!(have, want);
 
-    // Every URI, as bash sources it, parses with the driver and logs in.
+    // The credentials the server keeps: SCRAM-SHA-1 on 3.6 (the only kind it has), both
+    // kinds on current MongoDB (no `mechanisms` was sent, so CircleCI's older drivers
+    // can log in with SCRAM-SHA-1 too).
+    let u = user_doc(&s, mode, user).unwrap();
+    match mode {
+        Mode::V36 => assert!(u.get("mechanisms").is_none(), "{u}"),
+        Mode::Current => assert_eq!(u["mechanisms"], json!(["SCRAM-SHA-1", "SCRAM-SHA-256"])),
+    }
+
+    // Every URI, as bash sources it, parses with PyMongo and logs in.
     for var in [
         "CIRCLE_SECRETS_MONGODB_MAIN_URI",
         "CIRCLE_SECRETS_MONGODB_ACTION_LOGS_URI",
@@ -112,11 +192,12 @@ async fn lifecycle_block_user_roles_in_place_import_destroy() {
     ] {
         let uri = sourced(&path, var);
         assert!(uri.contains("maxIdleTimeMS=600000"), "{uri}");
-        let c = mongodb::Client::with_uri_str(&uri).await.unwrap();
-        c.database("admin")
-            .run_command(doc! {"usersInfo": user})
-            .await
-            .unwrap_or_else(|e| panic!("{var}: {e}"));
+        let r = pymongo(&s, &uri, "admin", json!({"connectionStatus": 1}))
+            .unwrap_or_else(|e| panic!("{var}: {e:?}"));
+        assert_eq!(
+            r["authInfo"]["authenticatedUsers"][0]["user"], user,
+            "{var}: {r}"
+        );
     }
     let state = std::fs::read_to_string(tf.path().join("terraform.tfstate")).unwrap();
     assert!(
@@ -127,17 +208,18 @@ async fn lifecycle_block_user_roles_in_place_import_destroy() {
 
     // A role revoked out of band shows as drift and comes back in place: a role added
     // by someone else survives, so the user was not dropped and recreated.
-    let a = admin(&s).await;
-    a.database("admin")
-        .run_command(
-            doc! {"grantRolesToUser": user, "roles": [{"role": "read", "db": "reporting"}]},
-        )
-        .await
-        .unwrap();
-    a.database("admin")
-        .run_command(doc! {"revokeRolesFromUser": user, "roles": [{"role": "readWrite", "db": "containers_dev_ghe"}]})
-        .await
-        .unwrap();
+    admin(
+        &s,
+        mode,
+        json!({"grantRolesToUser": user, "roles": [{"role": "read", "db": "reporting"}]}),
+    )
+    .unwrap();
+    admin(
+        &s,
+        mode,
+        json!({"revokeRolesFromUser": user, "roles": [{"role": "readWrite", "db": "containers_dev_ghe"}]}),
+    )
+    .unwrap();
     let plan = tf.run(&["plan", "-no-color", "-detailed-exitcode"]);
     assert_eq!(plan.status.code(), Some(2));
     assert!(
@@ -145,7 +227,7 @@ async fn lifecycle_block_user_roles_in_place_import_destroy() {
         "drift names the role"
     );
     tf.apply();
-    let have = roles(&s, user).await.unwrap();
+    let have = roles(&s, mode, user).unwrap();
     assert!(have.contains(&("readWrite".into(), "containers_dev_ghe".into())));
     assert!(
         have.contains(&("read".into(), "reporting".into())),
@@ -165,8 +247,8 @@ async fn lifecycle_block_user_roles_in_place_import_destroy() {
     tf.write_main(
         &format!(
             "{}{}",
-            s.provider_block(""),
-            resource(&s, user, &path, "replica_set = null")
+            mode.provider(&s),
+            resource(&s, mode, user, &path, "replica_set = null")
         )
         .replace("600000", "900000"),
     );
@@ -213,7 +295,7 @@ async fn lifecycle_block_user_roles_in_place_import_destroy() {
         std::fs::read_to_string(&path).unwrap(),
         format!("{mine}export AFTER=1\n")
     );
-    assert!(roles(&s, user).await.is_some());
+    assert!(roles(&s, mode, user).is_some());
 }
 
 #[test]
@@ -234,7 +316,7 @@ fn unreachable_mongodb_is_a_clear_error_and_nothing_is_written() {
             ),
             &block
         ),
-        resource(&s, "e2e-down", &path, "")
+        resource(&s, Mode::Current, "e2e-down", &path, "")
     ));
     let out = tf.fails(&["apply", "-auto-approve", "-no-color"]);
     assert!(out.contains(&format!("127.0.0.1:{port}")), "{out}");
@@ -245,27 +327,21 @@ fn unreachable_mongodb_is_a_clear_error_and_nothing_is_written() {
     assert!(!path.exists());
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn drop_user_on_destroy_drops_only_when_asked() {
+fn drop_user_on_destroy(mode: Mode, user: &str) {
     let s = servers();
-    let user = "e2e-mongo-drop";
-    let _ = admin(&s)
-        .await
-        .database("admin")
-        .run_command(doc! {"dropUser": user})
-        .await;
+    let _ = admin(&s, mode, json!({"dropUser": user}));
     let root = tempfile::tempdir().unwrap();
     let path = root.path().join("customizations");
     let tf = Tf::new(&format!(
         "{}{}",
-        s.provider_block(""),
-        resource(&s, user, &path, "drop_user_on_destroy = true")
+        mode.provider(&s),
+        resource(&s, mode, user, &path, "drop_user_on_destroy = true")
     ));
     tf.apply();
-    assert!(roles(&s, user).await.is_some());
+    assert!(roles(&s, mode, user).is_some());
     tf.ok(&["destroy", "-auto-approve", "-no-color"]);
     assert!(
-        roles(&s, user).await.is_none(),
+        roles(&s, mode, user).is_none(),
         "drop_user_on_destroy = true drops the user"
     );
     assert_eq!(

@@ -1,168 +1,204 @@
-//! The MongoDB stand-in (dev/mongo-standin) against the official driver, unmodified.
+//! The MongoDB stand-in (dev/mongo-standin), in both modes, against PyMongo 4.8 —
+//! MongoDB's own Python driver, the last release that still supports MongoDB 3.6 —
+//! unmodified. What PyMongo accepts, negotiates and refuses shows the stand-in speaks
+//! MongoDB's protocol, and that its 3.6 mode looks like 3.6 to a real driver.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
 
 mod common;
 
-use mongodb::bson::{doc, Document};
-use mongodb::Client;
+use serde_json::{json, Value};
 
-fn uri(s: &common::Servers, user: &str, pw: &str, extra: &str) -> String {
-    let enc = |x: &str| {
-        x.bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect::<String>()
-    };
+fn enc(x: &str) -> String {
+    x.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn uri(port: &str, user: &str, pw: &str, extra: &str) -> String {
     format!(
-        "mongodb://{}:{}@127.0.0.1:{}/?authSource=admin{extra}",
+        "mongodb://{}:{}@127.0.0.1:{port}/?authSource=admin{extra}",
         enc(user),
-        enc(pw),
-        s.get("CIRCLECI_TEST_MONGO_PORT")
+        enc(pw)
     )
 }
 
-async fn run(c: &Client, db: &str, cmd: Document) -> Result<Document, mongodb::error::Error> {
-    c.database(db).run_command(cmd).await
-}
-
-fn code(e: &mongodb::error::Error) -> i32 {
-    match *e.kind {
-        mongodb::error::ErrorKind::Command(ref c) => c.code,
-        _ => -1,
+/// Ok(reply), or Err((exit code, output)): 3 = the server said no, 4 = no login.
+fn run(s: &common::Servers, uri: &str, cmd: Value) -> Result<Value, (i32, String)> {
+    let out = std::process::Command::new(s.get("CIRCLECI_TEST_PYTHON"))
+        .arg(s.get("CIRCLECI_TEST_MONGO_CLIENT"))
+        .args([uri, "admin", &cmd.to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    match out.status.code() {
+        Some(0) => Ok(serde_json::from_str(&text).unwrap()),
+        c => Err((
+            c.unwrap_or(-1),
+            format!("{text}{}", String::from_utf8_lossy(&out.stderr)),
+        )),
     }
 }
 
-#[tokio::test]
-async fn driver_authenticates_and_manages_users() {
-    let s = common::servers();
-    let admin = Client::with_uri_str(uri(
-        &s,
-        s.get("CIRCLECI_TEST_MONGO_USER"),
-        s.get("CIRCLECI_TEST_MONGO_PASSWORD"),
-        "&serverSelectionTimeoutMS=5000",
-    ))
-    .await
-    .unwrap();
-    run(&admin, "admin", doc! {"ping": 1}).await.unwrap();
-    let st = run(&admin, "admin", doc! {"connectionStatus": 1})
-        .await
-        .unwrap();
-    assert_eq!(
-        st.get_document("authInfo")
-            .unwrap()
-            .get_array("authenticatedUsers")
-            .unwrap()
-            .len(),
-        1
-    );
-
-    let _ = run(&admin, "admin", doc! {"dropUser": "it-standin"}).await;
-    let pw = "p@ss:/?#% \"$`";
-    run(&admin, "admin", doc! {"createUser": "it-standin", "pwd": pw, "roles": [{"role": "readWrite", "db": "circle_ghe"}]})
-        .await
-        .unwrap();
-    let dup = run(
-        &admin,
-        "admin",
-        doc! {"createUser": "it-standin", "pwd": "x", "roles": []},
-    )
-    .await
-    .unwrap_err();
-    assert_eq!(code(&dup), 51003);
-    run(
-        &admin,
-        "admin",
-        doc! {"grantRolesToUser": "it-standin", "roles": [{"role": "readWrite", "db": "vms"}]},
-    )
-    .await
-    .unwrap();
-    run(
-        &admin,
-        "admin",
-        doc! {"revokeRolesFromUser": "it-standin", "roles": [{"role": "readWrite", "db": "vms"}]},
-    )
-    .await
-    .unwrap();
-    let info = run(
-        &admin,
-        "admin",
-        doc! {"usersInfo": {"user": "it-standin", "db": "admin"}},
-    )
-    .await
-    .unwrap();
-    let users = info.get_array("users").unwrap();
-    assert_eq!(users.len(), 1);
-    let roles = users[0].as_document().unwrap().get_array("roles").unwrap();
-    assert_eq!(roles.len(), 1);
-
-    // The new user logs in with a hostile password through a percent-encoded URI.
-    let user = Client::with_uri_str(uri(&s, "it-standin", pw, "&serverSelectionTimeoutMS=5000"))
-        .await
-        .unwrap();
-    run(&user, "admin", doc! {"ping": 1}).await.unwrap();
-    let me = run(&user, "admin", doc! {"usersInfo": "it-standin"})
-        .await
-        .unwrap();
-    assert_eq!(me.get_array("users").unwrap().len(), 1);
-    // It may not manage users, and unknown commands are refused, never "ok".
-    let e = run(
-        &user,
-        "admin",
-        doc! {"createUser": "x", "pwd": "y", "roles": []},
-    )
-    .await
-    .unwrap_err();
-    assert_eq!(code(&e), 13);
-    let e = run(&user, "admin", doc! {"find": "things"})
-        .await
-        .unwrap_err();
-    assert_eq!(code(&e), 59);
-
-    // A wrong password is refused.
-    let bad = Client::with_uri_str(uri(
-        &s,
-        "it-standin",
-        "wrong",
-        "&serverSelectionTimeoutMS=3000",
-    ))
-    .await
-    .unwrap();
-    let e = run(&bad, "admin", doc! {"ping": 1}).await.unwrap_err();
-    assert!(
-        e.to_string().contains("Authentication failed") || e.to_string().contains("auth"),
-        "{e}"
-    );
-
-    let e = run(&admin, "admin", doc! {"dropUser": "nobody"})
-        .await
-        .unwrap_err();
-    assert_eq!(code(&e), 11);
-    run(&admin, "admin", doc! {"dropUser": "it-standin"})
-        .await
-        .unwrap();
+fn code(e: &(i32, String)) -> i64 {
+    let v: Value = serde_json::from_str(e.1.lines().next().unwrap_or("{}")).unwrap_or_default();
+    v["code"].as_i64().unwrap_or(-1)
 }
 
-#[tokio::test]
-async fn without_authentication_everything_but_the_handshake_is_refused() {
+fn manages_users(port_var: &str, user: &str) {
     let s = common::servers();
-    let anon = Client::with_uri_str(format!(
-        "mongodb://127.0.0.1:{}/?serverSelectionTimeoutMS=5000",
-        s.get("CIRCLECI_TEST_MONGO_PORT")
-    ))
-    .await
+    let port = s.get(port_var).to_string();
+    let admin = uri(
+        &port,
+        s.get("CIRCLECI_TEST_MONGO_USER"),
+        s.get("CIRCLECI_TEST_MONGO_PASSWORD"),
+        "",
+    );
+    let st = run(&s, &admin, json!({"connectionStatus": 1})).unwrap();
+    assert_eq!(st["authInfo"]["authenticatedUsers"][0]["user"], "admin");
+
+    let _ = run(&s, &admin, json!({"dropUser": user}));
+    let pw = "p@ss:/?#% \"$`";
+    run(&s, &admin, json!({"createUser": user, "pwd": pw, "roles": [{"role": "readWrite", "db": "circle_ghe"}]}))
+        .unwrap();
+    let dup = run(
+        &s,
+        &admin,
+        json!({"createUser": user, "pwd": "x", "roles": []}),
+    )
+    .unwrap_err();
+    assert_eq!(code(&dup), 51003, "{dup:?}");
+    run(
+        &s,
+        &admin,
+        json!({"grantRolesToUser": user, "roles": [{"role": "readWrite", "db": "vms"}]}),
+    )
     .unwrap();
-    let e = run(&anon, "admin", doc! {"listDatabases": 1})
-        .await
-        .unwrap_err();
-    assert_eq!(code(&e), 13);
-    let e = run(&anon, "admin", doc! {"usersInfo": 1})
-        .await
-        .unwrap_err();
-    assert_eq!(code(&e), 13);
+    run(
+        &s,
+        &admin,
+        json!({"revokeRolesFromUser": user, "roles": [{"role": "readWrite", "db": "vms"}]}),
+    )
+    .unwrap();
+    let info = run(
+        &s,
+        &admin,
+        json!({"usersInfo": {"user": user, "db": "admin"}}),
+    )
+    .unwrap();
+    assert_eq!(info["users"].as_array().unwrap().len(), 1);
+    assert_eq!(info["users"][0]["roles"].as_array().unwrap().len(), 1);
+
+    // The new user logs in with a hostile password through a percent-encoded URI.
+    let me = uri(&port, user, pw, "");
+    let r = run(&s, &me, json!({"usersInfo": user})).unwrap();
+    assert_eq!(r["users"].as_array().unwrap().len(), 1);
+    // It may not manage users, and unknown commands are refused, never "ok".
+    let e = run(&s, &me, json!({"createUser": "x", "pwd": "y", "roles": []})).unwrap_err();
+    assert_eq!(code(&e), 13, "{e:?}");
+    let e = run(&s, &me, json!({"find": "things"})).unwrap_err();
+    assert_eq!(code(&e), 59, "{e:?}");
+    // A wrong password is refused.
+    let e = run(&s, &uri(&port, user, "wrong", ""), json!({"ping": 1})).unwrap_err();
+    assert_eq!(e.0, 4, "{e:?}");
+    assert!(e.1.contains("Authentication failed"), "{e:?}");
+
+    let e = run(&s, &admin, json!({"dropUser": "nobody"})).unwrap_err();
+    assert_eq!(code(&e), 11, "{e:?}");
+    run(&s, &admin, json!({"dropUser": user})).unwrap();
+
+    // Without authentication everything but the handshake is refused.
+    let anon = format!("mongodb://127.0.0.1:{port}/");
+    for cmd in [json!({"listDatabases": 1}), json!({"usersInfo": 1})] {
+        let e = run(&s, &anon, cmd).unwrap_err();
+        assert_eq!(code(&e), 13, "{e:?}");
+    }
+}
+
+#[test]
+fn pymongo_manages_users_on_current_mode() {
+    manages_users("CIRCLECI_TEST_MONGO_PORT", "it-standin");
+}
+
+#[test]
+fn pymongo_manages_users_on_3_6_mode() {
+    manages_users("CIRCLECI_TEST_MONGO36_PORT", "it-standin36");
+}
+
+/// What tells 3.6 from later versions, as PyMongo sees it.
+#[test]
+fn mode_3_6_looks_like_mongodb_3_6() {
+    let s = common::servers();
+    let admin = |port_var: &str, extra: &str| {
+        uri(
+            s.get(port_var),
+            s.get("CIRCLECI_TEST_MONGO_USER"),
+            s.get("CIRCLECI_TEST_MONGO_PASSWORD"),
+            extra,
+        )
+    };
+    let v36 = admin("CIRCLECI_TEST_MONGO36_PORT", "");
+    let cur = admin("CIRCLECI_TEST_MONGO_PORT", "");
+    // Wire version 6 and no `hello` (CommandNotFound), against 17 and `hello`.
+    let im = run(&s, &v36, json!({"isMaster": 1})).unwrap();
+    assert_eq!(im["maxWireVersion"], 6);
+    assert!(im.get("isWritablePrimary").is_none());
+    let e = run(&s, &v36, json!({"hello": 1})).unwrap_err();
+    assert_eq!(code(&e), 59, "{e:?}");
+    assert_eq!(
+        run(&s, &cur, json!({"hello": 1})).unwrap()["maxWireVersion"],
+        17
+    );
+    assert_eq!(
+        run(&s, &v36, json!({"buildInfo": 1})).unwrap()["versionArray"],
+        json!([3, 6, 12, 0])
+    );
+    // SCRAM-SHA-1 only: PyMongo's SCRAM-SHA-256 is refused; the admin has no SHA-256.
+    let e = run(
+        &s,
+        &admin("CIRCLECI_TEST_MONGO36_PORT", "&authMechanism=SCRAM-SHA-256"),
+        json!({"ping": 1}),
+    )
+    .unwrap_err();
+    assert!(e.1.contains("SCRAM-SHA-256"), "{e:?}");
+    run(
+        &s,
+        &admin("CIRCLECI_TEST_MONGO36_PORT", "&authMechanism=SCRAM-SHA-1"),
+        json!({"ping": 1}),
+    )
+    .unwrap();
+    // Current mode does both.
+    for m in ["SCRAM-SHA-1", "SCRAM-SHA-256"] {
+        run(
+            &s,
+            &admin("CIRCLECI_TEST_MONGO_PORT", &format!("&authMechanism={m}")),
+            json!({"ping": 1}),
+        )
+        .unwrap_or_else(|e| panic!("{m}: {e:?}"));
+    }
+    // `mechanisms` is a field 3.6 does not know: BadValue, not silently ignored.
+    let e = run(
+        &s,
+        &v36,
+        json!({"createUser": "mech36", "pwd": "x", "roles": [], "mechanisms": ["SCRAM-SHA-1"]}),
+    )
+    .unwrap_err();
+    assert_eq!(code(&e), 2, "{e:?}");
+    assert!(e.1.contains("mechanisms"), "{e:?}");
+    let _ = run(&s, &cur, json!({"dropUser": "mech-cur"}));
+    run(
+        &s,
+        &cur,
+        json!({"createUser": "mech-cur", "pwd": "x", "roles": [], "mechanisms": ["SCRAM-SHA-256"]}),
+    )
+    .unwrap();
+    let u = run(&s, &cur, json!({"usersInfo": "mech-cur"})).unwrap();
+    assert_eq!(u["users"][0]["mechanisms"], json!(["SCRAM-SHA-256"]));
+    run(&s, &cur, json!({"dropUser": "mech-cur"})).unwrap();
 }

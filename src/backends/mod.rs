@@ -9,6 +9,7 @@ pub mod postgres;
 pub mod rabbitmq;
 pub mod redis;
 pub mod ssh;
+pub mod tls;
 pub mod vault;
 
 /// reqwest (Vault, Nomad) runs rustls without choosing a crypto provider itself; ours

@@ -115,6 +115,12 @@ impl Inputs {
 }
 
 fn mongo_diag(summary: &str, e: mb::MongoError) -> Diagnostics {
+    let summary = match e {
+        mb::MongoError::Unsupported { .. } => "MongoDB version not supported",
+        mb::MongoError::NoPrimary { .. } => "MongoDB is not reachable",
+        mb::MongoError::Auth { .. } => "MongoDB refused the admin login",
+        _ => summary,
+    };
     Diagnostic::error(summary, e.to_string()).into()
 }
 

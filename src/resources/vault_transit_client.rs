@@ -258,7 +258,7 @@ impl FileResource for VaultTransitClient {
                     "Transit key name. Default `context-service`. An existing key is adopted.",
                 ))
                 .attr(Attribute::new("key_type", Type::String).optional().computed().description(
-                    "`aes256-gcm96` (default), `aes128-gcm96` or `chacha20-poly1305`; used when the key is created.",
+                    "`aes256-gcm96` (default), `aes128-gcm96` (Vault 1.4 or later) or `chacha20-poly1305`; used when the key is created.",
                 ))
                 .attr(Attribute::new("policy_name", Type::String).optional().computed().description(
                     "Name of the policy. Default `<key_name>_policy` (the runbook's `context-service_policy`).",

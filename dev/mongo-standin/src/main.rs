@@ -9,18 +9,30 @@
 //!   drivers' first handshake; TCP on 127.0.0.1 only, no TLS, no compression;
 //! - `hello` / `isMaster` (standalone, or a one-member replica set with `--replica-set`),
 //!   `ping`, `buildInfo`, `endSessions`;
-//! - SCRAM-SHA-256 (`saslStart` / `saslContinue`) with real verification of the proof;
-//!   before authentication every other command fails with code 13 (Unauthorized);
+//! - SCRAM-SHA-1 (over MongoDB's password digest, hex MD5 of `user:mongo:password`) and
+//!   SCRAM-SHA-256 (`saslStart` / `saslContinue`) with real verification of the proof
+//!   and the server signature; before authentication every other command fails with
+//!   code 13 (Unauthorized);
 //! - `createUser`, `updateUser`, `grantRolesToUser`, `revokeRolesFromUser`, `dropUser`,
 //!   `usersInfo`, `connectionStatus`, `listDatabases`, with MongoDB's error codes
 //!   (51003 user exists, 11 UserNotFound, 13 Unauthorized, 18 AuthenticationFailed);
 //! - every other command fails with code 59 (CommandNotFound): never a silent ok.
 //!
-//! It stores no data (there are no collections), keeps users in memory, supports no
-//! SCRAM-SHA-1, x.509, sessions, transactions or TLS.
+//! Two modes (`--mode`), from MongoDB's documentation of each version:
+//! - `current` (default): wire version 17 (6.0); `hello` and `isMaster`;
+//!   `saslSupportedMechs`; users get SCRAM-SHA-1 and SCRAM-SHA-256 credentials unless
+//!   `createUser` names `mechanisms`; `usersInfo` lists the mechanisms.
+//! - `3.6`: wire version 6; `isMaster` only (`hello` is CommandNotFound, as before 4.4.2);
+//!   no `saslSupportedMechs`; SCRAM-SHA-1 only, 10000 iterations; `mechanisms` in
+//!   `createUser` / `updateUser` is refused with BadValue like any field 3.6 does not
+//!   know; `usersInfo` has no `mechanisms`.
 //!
-//! Usage: `mongo-standin --port N --admin-user U --admin-password P [--replica-set NAME]
-//! [--pidfile F]`. The admin user lives in `admin` with the `root` role.
+//! It stores no data (there are no collections), keeps users in memory, supports no
+//! x.509, sessions, transactions or TLS.
+//!
+//! Usage: `mongo-standin --port N --admin-user U --admin-password P [--mode current|3.6]
+//! [--replica-set NAME] [--pidfile F]`. The admin user lives in `admin` with the `root`
+//! role.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -29,25 +41,80 @@ use std::sync::{Arc, Mutex};
 use aws_lc_rs::{digest, hmac, pbkdf2, rand::SecureRandom};
 use base64::Engine;
 use bson::{doc, spec::BinarySubtype, Binary, Bson, Document};
+use md5::Digest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const OP_REPLY: i32 = 1;
 const OP_QUERY: i32 = 2004;
 const OP_MSG: i32 = 2013;
-const ITERATIONS: u32 = 15000;
+/// MongoDB's default scramIterationCount and scramSHA256IterationCount.
+const SHA1_ITERATIONS: u32 = 10000;
+const SHA256_ITERATIONS: u32 = 15000;
 const MAX_MESSAGE: usize = 48_000_000;
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Current,
+    V36,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mech {
+    Sha1,
+    Sha256,
+}
+
+impl Mech {
+    fn parse(s: &str) -> Option<Mech> {
+        match s {
+            "SCRAM-SHA-1" => Some(Mech::Sha1),
+            "SCRAM-SHA-256" => Some(Mech::Sha256),
+            _ => None,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Mech::Sha1 => "SCRAM-SHA-1",
+            Mech::Sha256 => "SCRAM-SHA-256",
+        }
+    }
+}
+
+/// One mechanism's stored credential, as mongod keeps it: never the password.
 #[derive(Clone)]
-struct User {
+struct Cred {
     salt: Vec<u8>,
     iterations: u32,
     stored_key: Vec<u8>,
     server_key: Vec<u8>,
+}
+
+#[derive(Clone)]
+struct User {
+    sha1: Option<Cred>,
+    sha256: Option<Cred>,
     roles: Vec<(String, String)>,
 }
 
+impl User {
+    fn cred(&self, m: Mech) -> Option<&Cred> {
+        match m {
+            Mech::Sha1 => self.sha1.as_ref(),
+            Mech::Sha256 => self.sha256.as_ref(),
+        }
+    }
+    fn mechanisms(&self) -> Vec<&'static str> {
+        [Mech::Sha1, Mech::Sha256]
+            .into_iter()
+            .filter(|m| self.cred(*m).is_some())
+            .map(Mech::name)
+            .collect()
+    }
+}
+
 struct Server {
+    mode: Mode,
     users: Mutex<BTreeMap<(String, String), User>>,
     replica_set: Option<String>,
     me: String,
@@ -73,37 +140,140 @@ fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
 }
 
-fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
-    hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data)
+fn mac(m: Mech, key: &[u8], data: &[u8]) -> Vec<u8> {
+    let alg = match m {
+        Mech::Sha1 => hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+        Mech::Sha256 => hmac::HMAC_SHA256,
+    };
+    hmac::sign(&hmac::Key::new(alg, key), data)
         .as_ref()
         .to_vec()
 }
 
-fn sha256(data: &[u8]) -> Vec<u8> {
-    digest::digest(&digest::SHA256, data).as_ref().to_vec()
+fn hash(m: Mech, data: &[u8]) -> Vec<u8> {
+    let alg = match m {
+        Mech::Sha1 => &digest::SHA1_FOR_LEGACY_USE_ONLY,
+        Mech::Sha256 => &digest::SHA256,
+    };
+    digest::digest(alg, data).as_ref().to_vec()
 }
 
-fn make_user(password: &str, roles: Vec<(String, String)>) -> User {
-    let mut salt = vec![0u8; 28];
+/// The credential mongod derives: SCRAM-SHA-1 over hex MD5 of `user:mongo:password`
+/// (16-byte salt), SCRAM-SHA-256 over the password itself (28-byte salt).
+fn make_cred(m: Mech, user: &str, password: &str) -> Cred {
+    let (input, salt_len, iterations, alg, len) = match m {
+        Mech::Sha1 => {
+            let d = md5::Md5::digest(format!("{user}:mongo:{password}").as_bytes());
+            let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
+            (hex, 16, SHA1_ITERATIONS, pbkdf2::PBKDF2_HMAC_SHA1, 20)
+        }
+        Mech::Sha256 => (
+            password.to_string(),
+            28,
+            SHA256_ITERATIONS,
+            pbkdf2::PBKDF2_HMAC_SHA256,
+            32,
+        ),
+    };
+    let mut salt = vec![0u8; salt_len];
     aws_lc_rs::rand::SystemRandom::new()
         .fill(&mut salt)
         .expect("random");
-    let mut salted = [0u8; 32];
+    let mut salted = vec![0u8; len];
     pbkdf2::derive(
-        pbkdf2::PBKDF2_HMAC_SHA256,
-        std::num::NonZeroU32::new(ITERATIONS).unwrap(),
+        alg,
+        std::num::NonZeroU32::new(iterations).unwrap(),
         &salt,
-        password.as_bytes(),
+        input.as_bytes(),
         &mut salted,
     );
-    let client_key = hmac_sha256(&salted, b"Client Key");
-    User {
+    let client_key = mac(m, &salted, b"Client Key");
+    Cred {
         salt,
-        iterations: ITERATIONS,
-        stored_key: sha256(&client_key),
-        server_key: hmac_sha256(&salted, b"Server Key"),
+        iterations,
+        stored_key: hash(m, &client_key),
+        server_key: mac(m, &salted, b"Server Key"),
+    }
+}
+
+/// A user's credentials for this mode: 3.6 knows SCRAM-SHA-1 only; later versions make
+/// both unless `mechanisms` narrows them.
+fn make_user(
+    mode: Mode,
+    user: &str,
+    password: &str,
+    mechanisms: Option<&[Mech]>,
+    roles: Vec<(String, String)>,
+) -> User {
+    let wanted: Vec<Mech> = match (mode, mechanisms) {
+        (Mode::V36, _) => vec![Mech::Sha1],
+        (Mode::Current, Some(m)) => m.to_vec(),
+        (Mode::Current, None) => vec![Mech::Sha1, Mech::Sha256],
+    };
+    User {
+        sha1: wanted
+            .contains(&Mech::Sha1)
+            .then(|| make_cred(Mech::Sha1, user, password)),
+        sha256: wanted
+            .contains(&Mech::Sha256)
+            .then(|| make_cred(Mech::Sha256, user, password)),
         roles,
     }
+}
+
+/// `mechanisms` of createUser/updateUser: refused by 3.6 (an unknown field), checked
+/// by later versions.
+fn mechanisms_arg(mode: Mode, body: &Document, cmd: &str) -> Result<Option<Vec<Mech>>, CmdError> {
+    let Some(v) = body.get("mechanisms") else {
+        return Ok(None);
+    };
+    if mode == Mode::V36 {
+        return Err(fail(
+            2,
+            "BadValue",
+            format!("\"mechanisms\" is not a valid argument to {cmd}"),
+        ));
+    }
+    let Bson::Array(items) = v else {
+        return Err(fail(2, "BadValue", "mechanisms field must be an array"));
+    };
+    let mut out = Vec::new();
+    for i in items {
+        match i.as_str().and_then(Mech::parse) {
+            Some(m) => out.push(m),
+            None => return Err(fail(2, "BadValue", format!("Unknown auth mechanism '{i}'"))),
+        }
+    }
+    if out.is_empty() {
+        return Err(fail(2, "BadValue", "mechanisms field must not be empty"));
+    }
+    Ok(Some(out))
+}
+
+/// The fields 3.6's user management commands accept; any other is BadValue there.
+fn check_fields_36(mode: Mode, body: &Document, cmd: &str) -> Result<(), CmdError> {
+    if mode != Mode::V36 {
+        return Ok(());
+    }
+    const KNOWN: [&str; 6] = [
+        "pwd",
+        "customData",
+        "roles",
+        "digestPassword",
+        "writeConcern",
+        "authenticationRestrictions",
+    ];
+    for k in body.keys() {
+        if k == cmd || k.starts_with('$') || k == "lsid" || KNOWN.contains(&k.as_str()) {
+            continue;
+        }
+        return Err(fail(
+            2,
+            "BadValue",
+            format!("\"{k}\" is not a valid argument to {cmd}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Roles as `[{role, db}]` or `["role"]` (meaning the command's database).
@@ -157,12 +327,13 @@ fn attrs(s: &str) -> HashMap<char, String> {
 }
 
 struct Scram {
+    mech: Mech,
     db: String,
     user: String,
     client_first_bare: String,
     server_first: String,
     nonce: String,
-    record: Option<User>,
+    record: Option<Cred>,
     done: bool,
     /// saslStart's `options.skipEmptyExchange`: finish on the second round.
     skip_empty: bool,
@@ -199,9 +370,14 @@ impl Server {
             "logicalSessionTimeoutMinutes": 30,
             "connectionId": conn_id,
             "minWireVersion": 0,
-            "maxWireVersion": 17,
+            "maxWireVersion": if self.mode == Mode::V36 { 6 } else { 17 },
             "readOnly": false,
         };
+        if self.mode == Mode::V36 {
+            // isWritablePrimary and helloOk came with 4.4.2 / 5.0.
+            d.remove("helloOk");
+            d.remove("isWritablePrimary");
+        }
         if let Some(rs) = &self.replica_set {
             d.insert("setName", rs.clone());
             d.insert("setVersion", 1);
@@ -210,15 +386,16 @@ impl Server {
             d.insert("me", self.me.clone());
             d.insert("secondary", false);
         }
-        if let Ok(who) = body.get_str("saslSupportedMechs") {
+        // saslSupportedMechs came with 4.0; 3.6 ignores the field.
+        if let (Mode::Current, Ok(who)) = (self.mode, body.get_str("saslSupportedMechs")) {
             if let Some((db, user)) = who.split_once('.') {
-                if self
+                if let Some(u) = self
                     .users
                     .lock()
                     .unwrap()
-                    .contains_key(&(db.to_string(), user.to_string()))
+                    .get(&(db.to_string(), user.to_string()))
                 {
-                    d.insert("saslSupportedMechs", vec!["SCRAM-SHA-256"]);
+                    d.insert("saslSupportedMechs", u.mechanisms());
                 }
             }
         }
@@ -234,12 +411,20 @@ impl Server {
         let name = body.keys().next().cloned().unwrap_or_default();
         let db = body.get_str("$db").unwrap_or("admin").to_string();
         match name.as_str() {
+            "hello" if self.mode == Mode::V36 => {
+                return Err(fail(59, "CommandNotFound", "no such command: 'hello'"))
+            }
             "hello" | "isMaster" | "ismaster" => return Ok(self.hello(body, conn_id)),
             "ping" => return Ok(doc! {}),
             "buildInfo" | "buildinfo" => {
-                return Ok(
-                    doc! {"version": "6.0.0-standin", "versionArray": [6, 0, 0, 0], "maxBsonObjectSize": 16_777_216},
-                )
+                return Ok(match self.mode {
+                    Mode::V36 => {
+                        doc! {"version": "3.6.12-standin", "versionArray": [3, 6, 12, 0], "maxBsonObjectSize": 16_777_216}
+                    }
+                    Mode::Current => {
+                        doc! {"version": "6.0.0-standin", "versionArray": [6, 0, 0, 0], "maxBsonObjectSize": 16_777_216}
+                    }
+                })
             }
             "endSessions" => return Ok(doc! {}),
             "saslStart" => return self.sasl_start(conn, body, &db),
@@ -308,6 +493,8 @@ impl Server {
             }
             "createUser" => {
                 admin(self)?;
+                check_fields_36(self.mode, body, "createUser")?;
+                let mechanisms = mechanisms_arg(self.mode, body, "createUser")?;
                 let user = target("createUser")?;
                 let pwd = body.get_str("pwd").map_err(|_| {
                     fail(
@@ -326,11 +513,20 @@ impl Server {
                         format!("User \"{user}@{db}\" already exists"),
                     ));
                 }
-                users.insert(key, make_user(pwd, roles));
+                users.insert(
+                    key,
+                    make_user(self.mode, &user, pwd, mechanisms.as_deref(), roles),
+                );
                 Ok(doc! {})
             }
             "updateUser" | "grantRolesToUser" | "revokeRolesFromUser" => {
                 admin(self)?;
+                let mechanisms = if name == "updateUser" {
+                    check_fields_36(self.mode, body, "updateUser")?;
+                    mechanisms_arg(self.mode, body, "updateUser")?
+                } else {
+                    None
+                };
                 let user = target(&name)?;
                 let key = (db.clone(), user.clone());
                 let mut users = self.users.lock().unwrap();
@@ -345,7 +541,7 @@ impl Server {
                     "updateUser" => {
                         if let Ok(pwd) = body.get_str("pwd") {
                             let roles = u.roles.clone();
-                            *u = make_user(pwd, roles);
+                            *u = make_user(self.mode, &user, pwd, mechanisms.as_deref(), roles);
                         }
                         if body.contains_key("roles") {
                             u.roles = parse_roles(body.get("roles"), &db)?;
@@ -404,10 +600,14 @@ impl Server {
                     .iter()
                     .filter_map(|k| {
                         users.get(k).map(|u| {
-                            Bson::Document(doc! {
+                            let mut d = doc! {
                                 "_id": format!("{}.{}", k.0, k.1), "user": &k.1, "db": &k.0,
-                                "roles": roles_bson(&u.roles), "mechanisms": ["SCRAM-SHA-256"],
-                            })
+                                "roles": roles_bson(&u.roles),
+                            };
+                            if self.mode == Mode::Current {
+                                d.insert("mechanisms", u.mechanisms());
+                            }
+                            Bson::Document(d)
                         })
                     })
                     .collect();
@@ -422,10 +622,19 @@ impl Server {
     }
 
     fn sasl_start(&self, conn: &mut Conn, body: &Document, db: &str) -> Result<Document, CmdError> {
-        let mech = body.get_str("mechanism").unwrap_or_default();
-        if mech != "SCRAM-SHA-256" {
-            return Err(fail(18, "AuthenticationFailed", "Authentication failed."));
-        }
+        let name = body.get_str("mechanism").unwrap_or_default();
+        let mech = match (self.mode, Mech::parse(name)) {
+            (Mode::V36, Some(Mech::Sha1)) | (Mode::Current, Some(_)) => Mech::parse(name).unwrap(),
+            _ => {
+                return Err(fail(
+                    2,
+                    "BadValue",
+                    format!(
+                    "Received authentication for mechanism {name} which is unknown or not enabled"
+                ),
+                ))
+            }
+        };
         let payload = match body.get("payload") {
             Some(Bson::Binary(b)) => String::from_utf8_lossy(&b.bytes).into_owned(),
             Some(Bson::String(s)) => s.clone(),
@@ -450,7 +659,7 @@ impl Server {
             .lock()
             .unwrap()
             .get(&(db.to_string(), user.clone()))
-            .cloned();
+            .and_then(|u| u.cred(mech).cloned());
         let mut rnd = [0u8; 24];
         aws_lc_rs::rand::SystemRandom::new()
             .fill(&mut rnd)
@@ -459,10 +668,17 @@ impl Server {
         // Unknown users get a fake salt so the answer does not reveal who exists.
         let (salt, iters) = match &record {
             Some(u) => (u.salt.clone(), u.iterations),
-            None => (sha256(user.as_bytes())[..28].to_vec(), ITERATIONS),
+            None => match mech {
+                Mech::Sha1 => (hash(mech, user.as_bytes())[..16].to_vec(), SHA1_ITERATIONS),
+                Mech::Sha256 => (
+                    hash(mech, user.as_bytes())[..28].to_vec(),
+                    SHA256_ITERATIONS,
+                ),
+            },
         };
         let server_first = format!("r={nonce},s={},i={iters}", b64().encode(salt));
         conn.scram = Some(Scram {
+            mech,
             db: db.to_string(),
             user,
             client_first_bare: bare.to_string(),
@@ -519,16 +735,17 @@ impl Server {
         let Some(user) = st.record.clone() else {
             return Err(denied());
         };
-        let signature = hmac_sha256(&user.stored_key, auth_message.as_bytes());
+        let m = st.mech;
+        let signature = mac(m, &user.stored_key, auth_message.as_bytes());
         if proof.len() != signature.len() {
             return Err(denied());
         }
         let client_key: Vec<u8> = proof.iter().zip(&signature).map(|(p, s)| p ^ s).collect();
-        if sha256(&client_key) != user.stored_key {
+        if hash(m, &client_key) != user.stored_key {
             conn.scram = None;
             return Err(denied());
         }
-        let server_sig = hmac_sha256(&user.server_key, auth_message.as_bytes());
+        let server_sig = mac(m, &user.server_key, auth_message.as_bytes());
         let final_msg = format!("v={}", b64().encode(server_sig));
         let skip_empty = st.skip_empty;
         if skip_empty {
@@ -684,7 +901,7 @@ fn arg(args: &[String], name: &str) -> Option<String> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: mongo-standin --port N --admin-user U --admin-password P [--replica-set NAME] [--pidfile F]";
+    let usage = "usage: mongo-standin --port N --admin-user U --admin-password P [--mode current|3.6] [--replica-set NAME] [--pidfile F]";
     let (Some(port), Some(user), Some(pw)) = (
         arg(&args, "--port"),
         arg(&args, "--admin-user"),
@@ -697,12 +914,25 @@ async fn main() {
         .await
         .expect("bind");
     let me = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let mode = match arg(&args, "--mode").as_deref() {
+        None | Some("current") => Mode::Current,
+        Some("3.6") => Mode::V36,
+        Some(other) => {
+            eprintln!("--mode {other}: expected current or 3.6\n{usage}");
+            std::process::exit(2);
+        }
+    };
     let mut users = BTreeMap::new();
-    users.insert(
-        ("admin".to_string(), user),
-        make_user(&pw, vec![("root".into(), "admin".into())]),
+    let admin = make_user(
+        mode,
+        &user,
+        &pw,
+        None,
+        vec![("root".into(), "admin".into())],
     );
+    users.insert(("admin".to_string(), user), admin);
     let server = Arc::new(Server {
+        mode,
         users: Mutex::new(users),
         replica_set: arg(&args, "--replica-set"),
         me: me.clone(),
@@ -711,7 +941,10 @@ async fn main() {
     if let Some(p) = arg(&args, "--pidfile") {
         std::fs::write(p, std::process::id().to_string()).expect("pidfile");
     }
-    eprintln!("mongo-standin (a MongoDB STAND-IN, not MongoDB) listening on {me}");
+    eprintln!(
+        "mongo-standin (a MongoDB STAND-IN, not MongoDB) in {} mode listening on {me}",
+        if mode == Mode::V36 { "3.6" } else { "current" }
+    );
     loop {
         tokio::select! {
             r = listener.accept() => {

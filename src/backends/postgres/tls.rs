@@ -13,42 +13,7 @@ use tokio_postgres::Client;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{code_of, describe, target, PgError, SslMode};
-
-/// Checks nothing but the handshake signature: libpq's `prefer` and `require`.
-#[derive(Debug)]
-struct NoCertCheck(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for NoCertCheck {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
+use crate::backends::tls::NoCertCheck;
 
 /// libpq's `verify-ca`: the chain must lead to the CA; the name is not checked.
 #[derive(Debug)]
@@ -111,7 +76,7 @@ impl Tls {
             .map_err(|e| PgError::TlsSettings(format!("TLS set-up: {e}")))?;
         let verifier: Arc<dyn ServerCertVerifier> = match mode {
             SslMode::Disable | SslMode::Prefer | SslMode::Require => {
-                Arc::new(NoCertCheck(provider.clone()))
+                Arc::new(NoCertCheck::new(provider.clone()))
             }
             SslMode::VerifyCa | SslMode::VerifyFull => {
                 let path = rootcert.ok_or_else(|| {

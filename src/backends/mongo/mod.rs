@@ -1,0 +1,517 @@
+//! MongoDB: the CircleCI user and its roles. A small client of our own (OP_MSG and
+//! SCRAM over one connection to the primary), because no release of the official Rust
+//! driver supports both MongoDB 3.6, which CircleCI Server 2.17 runs, and current
+//! servers on a maintained line (3.1 and later refuse 3.6). The admin connection string
+//! is a secret (it carries the admin password): it is never logged or put in an error;
+//! messages name the hosts only.
+
+use std::collections::{HashSet, VecDeque};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bson::{doc, Bson, Document};
+use tokio::sync::Mutex;
+
+use crate::secret::Secret;
+
+mod scram;
+pub mod uri;
+mod wire;
+
+use uri::ConnString;
+use wire::{Conn, TlsSettings, WireError, MIN_WIRE_VERSION};
+
+/// What failed, on which hosts (never the connection string: it carries a password).
+/// `code` is MongoDB's error code when the server answered a command with one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MongoError {
+    #[error("the MongoDB connection string for {hosts} is not valid: {detail}")]
+    BadUri { hosts: String, detail: String },
+    #[error("MongoDB TLS settings for {hosts}: {detail}")]
+    Tls { hosts: String, detail: String },
+    #[error("no usable MongoDB primary at {hosts}: {}", .tried.join("; "))]
+    NoPrimary { hosts: String, tried: Vec<String> },
+    #[error("MongoDB at {host} speaks wire version {wire_version}, older than MongoDB 3.6 (wire version 6): CircleCI Server 2.17 and this provider need 3.6 or later")]
+    Unsupported { host: String, wire_version: i32 },
+    #[error("logging in as {user:?} to MongoDB at {hosts} with {mechanism} failed: {detail}")]
+    Auth {
+        user: String,
+        hosts: String,
+        mechanism: &'static str,
+        detail: String,
+    },
+    #[error("{what} on MongoDB at {hosts}: {detail}")]
+    Command {
+        what: String,
+        hosts: String,
+        code: Option<i32>,
+        detail: String,
+    },
+    #[error("{user:?} logged in to {hosts} but lacks {}", .missing.join(", "))]
+    MissingRoles {
+        user: String,
+        hosts: String,
+        missing: Vec<String>,
+    },
+}
+
+/// A role: (role, database).
+pub type Role = (String, String);
+
+/// The hosts of a connection string, without credentials, for messages.
+pub fn hosts_of(uri: &str) -> String {
+    let rest = uri.split_once("://").map(|(_, r)| r).unwrap_or(uri);
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    authority
+        .rsplit_once('@')
+        .map(|(_, h)| h)
+        .unwrap_or(authority)
+        .to_string()
+}
+
+/// An authenticated connection to the primary.
+struct Session {
+    conn: Conn,
+    host: String,
+}
+
+fn host_text(h: &str, p: u16) -> String {
+    if h.contains(':') {
+        format!("[{h}]:{p}")
+    } else {
+        format!("{h}:{p}")
+    }
+}
+
+/// Finds the primary among the seeds and the members they name.
+async fn find_primary(
+    cs: &ConnString,
+    tls: &TlsSettings,
+    per_host: Duration,
+) -> Result<(Conn, String), MongoError> {
+    let sasl_user = cs
+        .username
+        .as_ref()
+        .map(|u| format!("{}.{u}", cs.auth_source));
+    let mut queue: VecDeque<(String, u16)> = cs.hosts.iter().cloned().collect();
+    let mut seen = HashSet::new();
+    let mut tried = Vec::new();
+    while let Some((h, p)) = queue.pop_front() {
+        let name = host_text(&h, p);
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        let c = match wire::within(per_host, Conn::open(&h, p, tls, sasl_user.as_deref())).await {
+            Ok(c) => c,
+            Err(e) => {
+                tried.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        if c.max_wire_version() < MIN_WIRE_VERSION {
+            return Err(MongoError::Unsupported {
+                host: name,
+                wire_version: c.max_wire_version(),
+            });
+        }
+        let set = c.hello.get_str("setName").ok();
+        if let Some(want) = &cs.replica_set {
+            if set != Some(want.as_str()) {
+                tried.push(format!(
+                    "{name}: not a member of replica set {want:?} (it says {set:?})"
+                ));
+                continue;
+            }
+        }
+        if c.is_primary() {
+            return Ok((c, name));
+        }
+        tried.push(format!("{name}: not the primary"));
+        // Members the server knows, the primary first: names only it may resolve.
+        let mut next: Vec<String> = c
+            .hello
+            .get_str("primary")
+            .map(str::to_string)
+            .into_iter()
+            .collect();
+        if let Ok(hosts) = c.hello.get_array("hosts") {
+            next.extend(hosts.iter().filter_map(|x| x.as_str().map(str::to_string)));
+        }
+        for n in next.into_iter().rev() {
+            if let Ok(parsed) = uri::parse(&format!("mongodb://{n}")) {
+                if let Some(hp) = parsed.hosts.into_iter().next() {
+                    queue.push_front(hp);
+                }
+            }
+        }
+    }
+    Err(MongoError::NoPrimary {
+        hosts: cs.hosts_text(),
+        tried,
+    })
+}
+
+/// Connects to the primary of `uri` and logs in as its user (if it names one).
+async fn connect(
+    uri: &str,
+    ca: Option<&PathBuf>,
+    timeout: Duration,
+) -> Result<Session, MongoError> {
+    let hosts = hosts_of(uri);
+    let cs = uri::parse(uri).map_err(|detail| MongoError::BadUri {
+        hosts: hosts.clone(),
+        detail,
+    })?;
+    let tls = TlsSettings {
+        enabled: cs.tls || ca.is_some() || cs.tls_ca_file.is_some(),
+        ca_file: ca.cloned().or_else(|| cs.tls_ca_file.clone()),
+        insecure: cs.tls_insecure,
+    };
+    wire::check_tls(&tls).map_err(|detail| MongoError::Tls {
+        hosts: hosts.clone(),
+        detail,
+    })?;
+    let per_host = cs.connect_timeout.unwrap_or(timeout);
+    let selection = cs.server_selection_timeout.unwrap_or(timeout);
+    let (mut conn, host) =
+        match tokio::time::timeout(selection, find_primary(&cs, &tls, per_host)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(MongoError::NoPrimary {
+                    hosts: cs.hosts_text(),
+                    tried: vec![format!(
+                        "none found within {}",
+                        humantime::format_duration(selection)
+                    )],
+                })
+            }
+        };
+    if let Some(user) = &cs.username {
+        let mechanism = conn.mechanism(cs.mechanism);
+        let pw = cs.password.as_ref().map(Secret::expose).unwrap_or_default();
+        wire::within(
+            timeout,
+            conn.authenticate(&cs.auth_source, user, pw, mechanism),
+        )
+        .await
+        .map_err(|e| MongoError::Auth {
+            user: user.clone(),
+            hosts: host.clone(),
+            mechanism: mechanism.name(),
+            detail: e.to_string(),
+        })?;
+    }
+    Ok(Session { conn, host })
+}
+
+fn command_error(what: &str, hosts: &str, e: WireError) -> MongoError {
+    let code = match &e {
+        WireError::Command { code, .. } => *code,
+        _ => None,
+    };
+    MongoError::Command {
+        what: what.to_string(),
+        hosts: hosts.to_string(),
+        code,
+        detail: e.to_string(),
+    }
+}
+
+/// The admin connection: opened on first use, kept, and opened again after a
+/// connection-level failure.
+pub struct MongoAdmin {
+    uri: Secret,
+    ca: Option<PathBuf>,
+    timeout: Duration,
+    session: Mutex<Option<Session>>,
+}
+
+impl std::fmt::Debug for MongoAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MongoAdmin")
+            .field("hosts", &self.hosts())
+            .field("ca", &self.ca)
+            .finish()
+    }
+}
+
+fn roles_doc(roles: &[Role]) -> Vec<Document> {
+    roles
+        .iter()
+        .map(|(r, d)| doc! {"role": r, "db": d})
+        .collect()
+}
+
+fn roles_of(user: &Document) -> Vec<Role> {
+    user.get_array("roles")
+        .map(|rs| {
+            rs.iter()
+                .filter_map(|r| r.as_document())
+                .filter_map(|r| {
+                    Some((
+                        r.get_str("role").ok()?.to_string(),
+                        r.get_str("db").ok()?.to_string(),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl MongoAdmin {
+    pub fn new(uri: Secret, ca: Option<PathBuf>, timeout: Duration) -> Self {
+        MongoAdmin {
+            uri,
+            ca,
+            timeout,
+            session: Mutex::new(None),
+        }
+    }
+
+    pub fn ca(&self) -> Option<&PathBuf> {
+        self.ca.as_ref()
+    }
+
+    pub fn hosts(&self) -> String {
+        hosts_of(self.uri.expose())
+    }
+
+    /// Runs a command on the primary, as the admin.
+    async fn run(&self, db: &str, cmd: Document, what: &str) -> Result<Document, MongoError> {
+        let mut guard = self.session.lock().await;
+        if guard.is_none() {
+            *guard = Some(connect(self.uri.expose(), self.ca.as_ref(), self.timeout).await?);
+        }
+        let Some(s) = guard.as_mut() else {
+            return Err(command_error(
+                what,
+                &self.hosts(),
+                WireError::Io("no connection".into()),
+            ));
+        };
+        let host = s.host.clone();
+        match wire::within(self.timeout, s.conn.command(db, cmd)).await {
+            Ok(d) => Ok(d),
+            Err(e) => {
+                if !matches!(e, WireError::Command { .. }) {
+                    // The connection is in an unknown state: a new one next time.
+                    *guard = None;
+                }
+                Err(command_error(what, &host, e))
+            }
+        }
+    }
+
+    /// The user's roles, or None when there is no such user.
+    pub async fn user(&self, db: &str, name: &str) -> Result<Option<Vec<Role>>, MongoError> {
+        let r = self
+            .run(
+                db,
+                doc! {"usersInfo": {"user": name, "db": db}},
+                &format!("looking up user {name:?}"),
+            )
+            .await?;
+        let Ok(users) = r.get_array("users") else {
+            return Ok(None);
+        };
+        let Some(Bson::Document(u)) = users.first() else {
+            return Ok(None);
+        };
+        Ok(Some(roles_of(u)))
+    }
+
+    /// Creates the user. No `mechanisms` field: 3.6 does not know it, and 4.0 and later
+    /// then keep both SCRAM-SHA-1 and SCRAM-SHA-256 credentials, so CircleCI's own
+    /// (older) drivers can log in too.
+    pub async fn create_user(
+        &self,
+        db: &str,
+        name: &str,
+        pwd: &str,
+        roles: &[Role],
+    ) -> Result<(), MongoError> {
+        self.run(
+            db,
+            doc! {"createUser": name, "pwd": pwd, "roles": roles_doc(roles)},
+            &format!("creating user {name:?}"),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Sets the password in place (updateUser), keeping the user and its roles.
+    pub async fn set_password(&self, db: &str, name: &str, pwd: &str) -> Result<(), MongoError> {
+        self.run(
+            db,
+            doc! {"updateUser": name, "pwd": pwd},
+            &format!("setting the password of user {name:?}"),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn grant(&self, db: &str, name: &str, roles: &[Role]) -> Result<(), MongoError> {
+        if roles.is_empty() {
+            return Ok(());
+        }
+        self.run(
+            db,
+            doc! {"grantRolesToUser": name, "roles": roles_doc(roles)},
+            &format!("granting roles to {name:?}"),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn revoke(&self, db: &str, name: &str, roles: &[Role]) -> Result<(), MongoError> {
+        if roles.is_empty() {
+            return Ok(());
+        }
+        self.run(
+            db,
+            doc! {"revokeRolesFromUser": name, "roles": roles_doc(roles)},
+            &format!("revoking roles from {name:?}"),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Drops the user; Ok(false) when it did not exist (code 11, UserNotFound).
+    pub async fn drop_user(&self, db: &str, name: &str) -> Result<bool, MongoError> {
+        match self
+            .run(
+                db,
+                doc! {"dropUser": name},
+                &format!("dropping user {name:?}"),
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(MongoError::Command { code: Some(11), .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Logs in with `uri` (the file's own connection string) and checks the user holds
+/// `roles`, the way CircleCI will connect.
+pub async fn verify(
+    uri: &str,
+    ca: Option<&PathBuf>,
+    auth_db: &str,
+    user: &str,
+    roles: &[Role],
+    timeout: Duration,
+) -> Result<(), MongoError> {
+    let mut s = connect(uri, ca, timeout).await?;
+    let r = wire::within(
+        timeout,
+        s.conn
+            .command(auth_db, doc! {"usersInfo": {"user": user, "db": auth_db}}),
+    )
+    .await
+    .map_err(|e| command_error(&format!("reading the roles of {user:?}"), &s.host, e))?;
+    let have: Vec<Role> = r
+        .get_array("users")
+        .ok()
+        .and_then(|u| u.first())
+        .and_then(|u| u.as_document())
+        .map(roles_of)
+        .unwrap_or_default();
+    let missing: Vec<String> = roles
+        .iter()
+        .filter(|r| !have.contains(r))
+        .map(|(r, d)| format!("{r}@{d}"))
+        .collect();
+    if !missing.is_empty() {
+        return Err(MongoError::MissingRoles {
+            user: user.to_string(),
+            hosts: s.host,
+            missing,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server that answers the handshake as MongoDB 3.4 would (wire version 5).
+    async fn old_server() -> u16 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut sock, _) = l.accept().await.unwrap();
+            let mut header = [0u8; 16];
+            sock.read_exact(&mut header).await.unwrap();
+            let len = i32::from_le_bytes(header[0..4].try_into().unwrap()) as usize;
+            let mut body = vec![0u8; len - 16];
+            sock.read_exact(&mut body).await.unwrap();
+            let mut reply = Vec::new();
+            reply.extend_from_slice(&[0u8; 20]);
+            reply[16..20].copy_from_slice(&1i32.to_le_bytes());
+            bson::doc! {"ok": 1.0, "ismaster": true, "maxWireVersion": 5}
+                .to_writer(&mut reply)
+                .unwrap();
+            let mut msg = Vec::new();
+            msg.extend_from_slice(&((16 + reply.len()) as i32).to_le_bytes());
+            msg.extend_from_slice(&1i32.to_le_bytes());
+            msg.extend_from_slice(&header[4..8]);
+            msg.extend_from_slice(&1i32.to_le_bytes());
+            msg.extend_from_slice(&reply);
+            sock.write_all(&msg).await.unwrap();
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn servers_older_than_3_6_are_refused_by_name_and_version() {
+        let port = old_server().await;
+        let uri = format!("mongodb://admin:secret@127.0.0.1:{port}/?authSource=admin");
+        let e = super::connect(&uri, None, std::time::Duration::from_secs(5))
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(
+                e,
+                super::MongoError::Unsupported {
+                    wire_version: 5,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let m = e.to_string();
+        assert!(
+            m.contains(&format!("127.0.0.1:{port}")) && m.contains("3.6"),
+            "{m}"
+        );
+        assert!(!m.contains("secret"), "{m}");
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_names_the_host() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        let uri = format!("mongodb://u:secret@127.0.0.1:{port}/");
+        let e = super::connect(&uri, None, std::time::Duration::from_secs(2))
+            .await
+            .err()
+            .unwrap();
+        let m = e.to_string();
+        assert!(m.contains(&format!("127.0.0.1:{port}")), "{m}");
+        assert!(!m.contains("secret"), "{m}");
+    }
+
+    #[test]
+    fn hosts_without_credentials() {
+        assert_eq!(
+            super::hosts_of("mongodb://a:p%40w@m1:27017,m2:27017/db?x=1"),
+            "m1:27017,m2:27017"
+        );
+        assert_eq!(super::hosts_of("mongodb://m1/?x"), "m1");
+    }
+}

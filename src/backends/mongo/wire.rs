@@ -1,0 +1,376 @@
+//! One connection to one MongoDB server: TCP (and TLS), the `isMaster` handshake over
+//! OP_QUERY (every server version answers it, so an old server is told apart from a
+//! broken one), then commands over OP_MSG (MongoDB 3.6, wire version 6, and later),
+//! and SCRAM authentication.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bson::{doc, spec::BinarySubtype, Binary, Bson, Document};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::scram::Conversation;
+use super::uri::Mechanism;
+
+const OP_REPLY: i32 = 1;
+const OP_QUERY: i32 = 2004;
+const OP_MSG: i32 = 2013;
+/// MongoDB 3.6: the first version with OP_MSG, and the oldest CircleCI 2.17 runs.
+pub const MIN_WIRE_VERSION: i32 = 6;
+const MAX_MESSAGE: usize = 48_000_000;
+
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// What can go wrong on one connection.
+#[derive(Debug)]
+pub enum WireError {
+    /// Connecting, TLS, or reading/writing failed.
+    Io(String),
+    /// The server answered something that is not MongoDB's protocol.
+    Protocol(String),
+    /// The server answered a command with `ok: 0`.
+    Command {
+        code: Option<i32>,
+        code_name: String,
+        message: String,
+    },
+}
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WireError::Io(m) | WireError::Protocol(m) => f.write_str(m),
+            WireError::Command {
+                code,
+                code_name,
+                message,
+            } => match code {
+                Some(c) => write!(f, "{message} (code {c}, {code_name})"),
+                None => f.write_str(message),
+            },
+        }
+    }
+}
+
+/// TLS settings for a connection.
+#[derive(Clone, Default)]
+pub struct TlsSettings {
+    pub enabled: bool,
+    pub ca_file: Option<std::path::PathBuf>,
+    pub insecure: bool,
+}
+
+/// A connected, handshaken server.
+pub struct Conn {
+    io: Box<dyn Io>,
+    next_id: i32,
+    /// The `isMaster` reply.
+    pub hello: Document,
+}
+
+fn tls_config(t: &TlsSettings) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS set-up: {e}"))?;
+    let cfg = if t.insecure {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(crate::backends::tls::NoCertCheck::new(
+                provider,
+            )))
+            .with_no_client_auth()
+    } else if let Some(p) = &t.ca_file {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(p)
+            .map_err(|e| format!("CA certificate file {}: {e}", p.display()))?
+        {
+            let c = c.map_err(|e| format!("CA certificate file {}: {e}", p.display()))?;
+            roots
+                .add(c)
+                .map_err(|e| format!("CA certificate file {}: {e}", p.display()))?;
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    } else {
+        let v = rustls_platform_verifier::Verifier::new(provider)
+            .map_err(|e| format!("the system's CA certificates: {e}"))?;
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(v))
+            .with_no_client_auth()
+    };
+    Ok(cfg)
+}
+
+/// Reads the CA file now, so that a missing file is reported as such.
+pub fn check_tls(t: &TlsSettings) -> Result<(), String> {
+    if t.enabled {
+        tls_config(t).map(|_| ())
+    } else {
+        Ok(())
+    }
+}
+
+async fn open_io(host: &str, port: u16, tls: &TlsSettings) -> Result<Box<dyn Io>, WireError> {
+    let tcp = TcpStream::connect((host, port))
+        .await
+        .map_err(|e| WireError::Io(e.to_string()))?;
+    let _ = tcp.set_nodelay(true);
+    if !tls.enabled {
+        return Ok(Box::new(tcp));
+    }
+    let cfg = tls_config(tls).map_err(WireError::Io)?;
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| WireError::Io(format!("{host} is not a TLS server name: {e}")))?;
+    let s = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| WireError::Io(format!("TLS: {}", crate::backends::chain(&e))))?;
+    Ok(Box::new(s))
+}
+
+fn reply_error(d: &Document) -> Option<WireError> {
+    let ok = match d.get("ok") {
+        Some(Bson::Double(x)) => *x == 1.0,
+        Some(Bson::Int32(x)) => *x == 1,
+        Some(Bson::Int64(x)) => *x == 1,
+        Some(Bson::Boolean(b)) => *b,
+        _ => false,
+    };
+    if ok {
+        return None;
+    }
+    Some(WireError::Command {
+        code: d.get_i32("code").ok(),
+        code_name: d.get_str("codeName").unwrap_or_default().to_string(),
+        message: d
+            .get_str("errmsg")
+            .unwrap_or("the server answered ok: 0")
+            .to_string(),
+    })
+}
+
+impl Conn {
+    /// Connects to `host:port` and makes the `isMaster` handshake. `sasl_user` is
+    /// `db.user`, to learn the mechanisms the server offers that user.
+    pub async fn open(
+        host: &str,
+        port: u16,
+        tls: &TlsSettings,
+        sasl_user: Option<&str>,
+    ) -> Result<Conn, WireError> {
+        let io = open_io(host, port, tls).await?;
+        let mut c = Conn {
+            io,
+            next_id: 1,
+            hello: Document::new(),
+        };
+        let mut hello = doc! {
+            "isMaster": 1,
+            "client": {
+                "driver": {"name": "terraform-provider-circleci", "version": env!("CARGO_PKG_VERSION")},
+                "os": {"type": std::env::consts::OS},
+            },
+        };
+        if let Some(u) = sasl_user {
+            hello.insert("saslSupportedMechs", u);
+        }
+        let reply = c.query_command("admin", hello).await?;
+        if let Some(e) = reply_error(&reply) {
+            return Err(e);
+        }
+        c.hello = reply;
+        Ok(c)
+    }
+
+    pub fn max_wire_version(&self) -> i32 {
+        self.hello.get_i32("maxWireVersion").unwrap_or(0)
+    }
+
+    pub fn is_primary(&self) -> bool {
+        self.hello.get_bool("ismaster").unwrap_or(false)
+            || self.hello.get_bool("isWritablePrimary").unwrap_or(false)
+    }
+
+    /// The mechanism to use: the configured one, else SCRAM-SHA-256 when the server
+    /// offers it for this user, else SCRAM-SHA-1 (all 3.6 has).
+    pub fn mechanism(&self, configured: Option<Mechanism>) -> Mechanism {
+        if let Some(m) = configured {
+            return m;
+        }
+        let offered = self
+            .hello
+            .get_array("saslSupportedMechs")
+            .map(|a| a.iter().any(|m| m.as_str() == Some("SCRAM-SHA-256")))
+            .unwrap_or(false);
+        if offered {
+            Mechanism::ScramSha256
+        } else {
+            Mechanism::ScramSha1
+        }
+    }
+
+    fn header(&mut self, len: usize, op: i32) -> Result<Vec<u8>, WireError> {
+        if len > MAX_MESSAGE {
+            return Err(WireError::Protocol("message too large".into()));
+        }
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let mut h = Vec::with_capacity(16 + len);
+        h.extend_from_slice(&((16 + len) as i32).to_le_bytes());
+        h.extend_from_slice(&id.to_le_bytes());
+        h.extend_from_slice(&0i32.to_le_bytes());
+        h.extend_from_slice(&op.to_le_bytes());
+        Ok(h)
+    }
+
+    async fn read_message(&mut self) -> Result<(i32, Vec<u8>), WireError> {
+        let io_err = |e: std::io::Error| WireError::Io(format!("reading the reply: {e}"));
+        let mut header = [0u8; 16];
+        self.io.read_exact(&mut header).await.map_err(io_err)?;
+        let len = i32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let op = i32::from_le_bytes([header[12], header[13], header[14], header[15]]);
+        if !(16..=MAX_MESSAGE).contains(&len) {
+            return Err(WireError::Protocol(format!("a reply of {len} bytes")));
+        }
+        let mut body = vec![0u8; len - 16];
+        self.io.read_exact(&mut body).await.map_err(io_err)?;
+        Ok((op, body))
+    }
+
+    /// A command over OP_QUERY on `db.$cmd`: only for the handshake.
+    async fn query_command(&mut self, db: &str, cmd: Document) -> Result<Document, WireError> {
+        let mut body = Vec::new();
+        body.extend_from_slice(&0i32.to_le_bytes());
+        body.extend_from_slice(format!("{db}.$cmd").as_bytes());
+        body.push(0);
+        body.extend_from_slice(&0i32.to_le_bytes());
+        body.extend_from_slice(&(-1i32).to_le_bytes());
+        cmd.to_writer(&mut body)
+            .map_err(|e| WireError::Protocol(e.to_string()))?;
+        let mut msg = self.header(body.len(), OP_QUERY)?;
+        msg.extend_from_slice(&body);
+        self.io
+            .write_all(&msg)
+            .await
+            .map_err(|e| WireError::Io(format!("sending the handshake: {e}")))?;
+        let (op, body) = self.read_message().await?;
+        if op != OP_REPLY || body.len() < 20 {
+            return Err(WireError::Protocol(format!(
+                "the handshake reply is not OP_REPLY (opcode {op})"
+            )));
+        }
+        Document::from_reader(&body[20..])
+            .map_err(|e| WireError::Protocol(format!("the handshake reply: {e}")))
+    }
+
+    /// Runs `cmd` on database `db` over OP_MSG; `ok: 0` is an error.
+    pub async fn command(&mut self, db: &str, mut cmd: Document) -> Result<Document, WireError> {
+        cmd.insert("$db", db);
+        let mut body = Vec::new();
+        body.extend_from_slice(&0u32.to_le_bytes());
+        body.push(0);
+        cmd.to_writer(&mut body)
+            .map_err(|e| WireError::Protocol(e.to_string()))?;
+        let mut msg = self.header(body.len(), OP_MSG)?;
+        msg.extend_from_slice(&body);
+        self.io
+            .write_all(&msg)
+            .await
+            .map_err(|e| WireError::Io(format!("sending a command: {e}")))?;
+        let (op, body) = self.read_message().await?;
+        if op != OP_MSG || body.len() < 5 || body[4] != 0 {
+            return Err(WireError::Protocol(format!(
+                "the reply is not a one-document OP_MSG (opcode {op})"
+            )));
+        }
+        let reply = Document::from_reader(&body[5..])
+            .map_err(|e| WireError::Protocol(format!("the reply: {e}")))?;
+        match reply_error(&reply) {
+            Some(e) => Err(e),
+            None => Ok(reply),
+        }
+    }
+
+    /// SCRAM authentication as `user` against `source`.
+    pub async fn authenticate(
+        &mut self,
+        source: &str,
+        user: &str,
+        password: &str,
+        mechanism: Mechanism,
+    ) -> Result<(), WireError> {
+        let proto = |m: String| WireError::Command {
+            code: Some(18),
+            code_name: "AuthenticationFailed".into(),
+            message: m,
+        };
+        let bin = |b: Vec<u8>| Binary {
+            subtype: BinarySubtype::Generic,
+            bytes: b,
+        };
+        let payload = |d: &Document| -> Vec<u8> {
+            match d.get("payload") {
+                Some(Bson::Binary(b)) => b.bytes.clone(),
+                _ => Vec::new(),
+            }
+        };
+        let mut conv = Conversation::new(mechanism, user).map_err(proto)?;
+        let start = self
+            .command(
+                source,
+                doc! {
+                    "saslStart": 1,
+                    "mechanism": mechanism.name(),
+                    "payload": bin(conv.client_first()),
+                    "autoAuthorize": 1,
+                    "options": {"skipEmptyExchange": true},
+                },
+            )
+            .await?;
+        let id = start
+            .get("conversationId")
+            .cloned()
+            .unwrap_or(Bson::Int32(1));
+        let fin = conv
+            .client_final(&payload(&start), password)
+            .map_err(proto)?;
+        let mut step = self
+            .command(
+                source,
+                doc! {"saslContinue": 1, "conversationId": id.clone(), "payload": bin(fin)},
+            )
+            .await?;
+        conv.verify_server(&payload(&step)).map_err(proto)?;
+        // Servers that ignore skipEmptyExchange want one more, empty round.
+        for _ in 0..2 {
+            if step.get_bool("done").unwrap_or(false) {
+                return Ok(());
+            }
+            step = self
+                .command(
+                    source,
+                    doc! {"saslContinue": 1, "conversationId": id.clone(), "payload": bin(Vec::new())},
+                )
+                .await?;
+        }
+        Err(proto("the SCRAM conversation did not finish".into()))
+    }
+}
+
+/// Bounds one step.
+pub async fn within<T>(
+    after: Duration,
+    f: impl std::future::Future<Output = Result<T, WireError>>,
+) -> Result<T, WireError> {
+    match tokio::time::timeout(after, f).await {
+        Ok(r) => r,
+        Err(_) => Err(WireError::Io(format!(
+            "no answer within {}",
+            humantime::format_duration(after)
+        ))),
+    }
+}
