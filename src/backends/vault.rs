@@ -304,12 +304,17 @@ impl Vault {
         let c = self.admin()?;
         match vaultrs::token::lookup_accessor(c, accessor).await {
             Ok(r) => Ok(Some(Self::info(r))),
-            // Vault answers 400 "invalid accessor" for unknown accessors.
+            // Vault answers 400 "invalid accessor" for unknown accessors. A 403 is the
+            // admin token lacking a permission, never "the token is gone": reading it
+            // as gone would mint a new token on every refresh.
             Err(ClientError::APIError {
-                code: 400 | 403 | 404,
-                ..
+                code: 400 | 404, ..
             }) => Ok(None),
-            Err(e) => Err(self.err("looking up the client token by accessor", e)),
+            Err(e) => Err(self.err(
+                "looking up the client token by accessor (the provider's token needs `update` on \
+                 auth/token/lookup-accessor)",
+                e,
+            )),
         }
     }
 

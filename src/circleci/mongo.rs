@@ -77,7 +77,7 @@ pub fn uri(p: &UriParts<'_>, database: &str) -> String {
         utf8_percent_encode(p.username, USERINFO),
         utf8_percent_encode(p.password, USERINFO),
         p.hosts.join(","),
-        database,
+        utf8_percent_encode(database, USERINFO),
         q.join("&")
     )
 }
@@ -87,6 +87,12 @@ pub fn render_block(
     p: &UriParts<'_>,
     databases: &[String],
 ) -> Result<String, envfile::EnvFileError> {
+    if databases.len() != DEFAULT_DATABASES.len() {
+        return Err(envfile::EnvFileError(format!(
+            "four databases are needed (main, build state, containers, remote containers); got {}",
+            databases.len()
+        )));
+    }
     let uris: Vec<(&str, String)> = VARIABLES
         .iter()
         .map(|(k, i)| (*k, uri(p, &databases[*i])))
@@ -117,7 +123,7 @@ pub fn parse_uri(s: &str) -> Result<ParsedUri, String> {
     Ok(ParsedUri {
         hosts: hosts.split(',').map(str::to_string).collect(),
         username: decode(user),
-        database: db.to_string(),
+        database: decode(db),
         query: query
             .split('&')
             .filter(|kv| !kv.is_empty())
@@ -172,5 +178,28 @@ mod tests {
         let parsed = parse_block(&block).unwrap();
         assert_eq!(parsed.len(), 5);
         assert_eq!(parsed[4].1.database, "remote_containers_dev_ghe");
+    }
+
+    #[test]
+    fn database_names_are_encoded_and_the_list_is_checked() {
+        let hosts = vec!["m1:27017".to_string()];
+        let opts = BTreeMap::new();
+        let p = UriParts {
+            hosts: &hosts,
+            username: "circle",
+            password: "pw",
+            auth_source: "admin",
+            replica_set: None,
+            tls: false,
+            options: &opts,
+        };
+        let u = uri(&p, "odd?name#x%");
+        assert!(u.contains("/odd%3Fname%23x%25?"), "{u}");
+        assert_eq!(parse_uri(&u).unwrap().database, "odd?name#x%");
+        let three: Vec<String> = DEFAULT_DATABASES[..3]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert!(render_block(&p, &three).is_err());
     }
 }

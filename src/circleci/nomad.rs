@@ -56,5 +56,11 @@ mod tests {
             parse(&render("https://n:4646").unwrap()).unwrap(),
             "https://n:4646"
         );
+        // An explicit default port stays as written.
+        assert!(check_endpoint("https://nomad.example.com:443").is_ok());
+        assert_eq!(
+            parse(&render("https://nomad.example.com:443").unwrap()).unwrap(),
+            "https://nomad.example.com:443"
+        );
     }
 }

@@ -414,12 +414,20 @@ fn list_items(inner: &str) -> Vec<String> {
     while i < b.len() {
         match b[i] {
             b'"' => {
-                let end = skip_string(b, i).unwrap_or(b.len() - 1);
+                // An unterminated string runs to the end (never into half a character).
+                let end = skip_string(b, i).unwrap_or(b.len());
                 current.push_str(&unescape(&inner[i + 1..end.max(i + 1)]));
                 i = end;
             }
             b'#' => i = skip_line(b, i),
             b'/' if b.get(i + 1) == Some(&b'/') => i = skip_line(b, i),
+            // A block comment, as `matching` skips it.
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i = inner[i + 2..]
+                    .find("*/")
+                    .map(|e| i + 2 + e + 1)
+                    .unwrap_or(b.len());
+            }
             b',' => flush(&mut current, &mut items),
             _ => {
                 let ch = inner[i..].chars().next().unwrap_or(' ');
@@ -455,6 +463,32 @@ fn unescape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        // Fixed case count; proptest prints the seed and the minimal failing input.
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// Hostile user_data never panics the rewriter, and a rewrite keeps every byte
+        /// outside the list.
+        #[test]
+        fn hostile_user_data_never_panics(
+            head in "[a-z{}\\[\\]\"#/*,= \n\\\\éü€😀]{0,60}",
+            list in "[a-z0-9.:\"#/*,= \n\\\\éü€😀]{0,40}",
+            tail in "[a-z{}\\[\\]\"#/*,= \n\\\\éü€😀]{0,60}",
+        ) {
+            for text in [
+                format!("{head}client {{ servers = [{list}] }}{tail}"),
+                format!("{head}client {{\n server_join {{ retry_join = [{list}\n]}}}}{tail}"),
+                format!("{head}{list}{tail}"),
+                format!("client {{ servers = [ /* {head} */ {list}] }}"),
+            ] {
+                if let Ok(r) = rewrite(&text, &["10.0.0.1:4647".to_string()]) {
+                    prop_assert!(r.text.starts_with(&text[..text.find('[').unwrap_or(0)]));
+                }
+            }
+        }
+    }
 
     /// Shaped like enterprise-setup's nomad_user_data.tpl once rendered; the e2e tests'
     /// launch configurations carry the same file.
@@ -515,6 +549,14 @@ mod tests {
         let t = "client {\n  servers = [\n    \"a:4647\", # first\n    \"b:4647\",\n  ]\n}\n";
         let r = find(t).unwrap();
         assert_eq!(r[0].items, s(&["a:4647", "b:4647"]));
+    }
+
+    /// A quote inside a block comment, and a multi-byte character at the end of the
+    /// list: the list parser must not cut that character in two.
+    #[test]
+    fn block_comment_with_a_quote_before_a_multibyte_character() {
+        let t = "client { servers = [ /* \"a */ \u{e9}] }";
+        let _ = rewrite(t, &["x.internal:4647".to_string()]);
     }
 
     #[test]

@@ -22,6 +22,15 @@ pub struct Address {
     pub port: u16,
 }
 
+/// The port written in `scheme://host:port`, if any (IPv6 hosts in brackets).
+fn explicit_port(s: &str) -> Option<u16> {
+    let rest = s.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let after_host = host_port.rsplit_once(']').map_or(host_port, |(_, p)| p);
+    after_host.rsplit_once(':')?.1.parse().ok()
+}
+
 impl Address {
     /// Parses `https://vault.internal:8200`. Vault's default port 8200 applies when
     /// none is given. Paths, queries and credentials are refused.
@@ -49,7 +58,9 @@ impl Address {
         Ok(Address {
             scheme,
             host,
-            port: u.port().unwrap_or(8200),
+            // The url crate drops a scheme's default port (`https://v:443` has no port
+            // for it): an explicit port is kept as written; none means Vault's 8200.
+            port: u.port().or_else(|| explicit_port(s)).unwrap_or(8200),
         })
     }
 
@@ -162,6 +173,27 @@ pub fn non_default_policies(p: &[String]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn explicit_default_ports_are_kept() {
+        for (addr, port) in [
+            ("https://vault.example.com:443", 443),
+            ("http://vault.example.com:80", 80),
+            ("https://vault.example.com", 8200),
+            ("https://vault.example.com:8201", 8201),
+            ("https://[::1]:443", 443),
+            ("https://[::1]", 8200),
+        ] {
+            let a = Address::parse(addr).unwrap();
+            assert_eq!(a.port, port, "{addr}");
+        }
+        assert_eq!(
+            Address::parse("https://vault.example.com:443")
+                .unwrap()
+                .url(),
+            "https://vault.example.com:443"
+        );
+    }
 
     #[test]
     fn policy_grants_update_on_one_key() {

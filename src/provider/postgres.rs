@@ -10,6 +10,9 @@ use crate::secret::Secret;
 
 use super::{env_or, expand_home, POSTGRES};
 
+/// The longest PostgreSQL connect_timeout accepted.
+const MAX_CONNECT: Duration = Duration::from_secs(3600);
+
 pub(super) fn block() -> Block {
     Block::new()
         .description(
@@ -63,7 +66,7 @@ pub(super) fn validate(b: &Value, diags: &mut Diagnostics) {
         }
     }
     if let Some(t) = b.get("connect_timeout").as_str() {
-        validate::duration(t, pg_path("connect_timeout"), diags);
+        validate::duration_at_most(t, MAX_CONNECT, pg_path("connect_timeout"), diags);
     }
     if matches!(b.get("sslmode").as_str(), Some("verify-ca" | "verify-full"))
         && b.get("sslrootcert").is_null()
@@ -114,7 +117,9 @@ pub(super) fn build(b: &Value) -> Result<PgConfig, Diagnostics> {
         SslMode::Prefer
     });
     let connect_timeout = match b.get("connect_timeout").as_str() {
-        Some(t) => validate::duration(t, pg_path("connect_timeout"), &mut diags),
+        Some(t) => {
+            validate::duration_at_most(t, MAX_CONNECT, pg_path("connect_timeout"), &mut diags)
+        }
         None => std::env::var("PGCONNECT_TIMEOUT")
             .ok()
             .and_then(|s| s.parse::<u64>().ok())

@@ -7,6 +7,9 @@ use crate::secret::Secret;
 
 use super::{env_or, expand_home, DEFAULT_TIMEOUT, SERVICES_HOST};
 
+/// The longest SSH timeout accepted.
+const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+
 pub(super) fn block() -> Block {
     Block::new()
         .description("How to reach the CircleCI **Services machine** over SSH. Every resource writes its config file there.")
@@ -61,7 +64,7 @@ pub(super) fn validate(b: &Value, diags: &mut Diagnostics) {
         validate::port(b.get("port"), path("port"), diags);
     }
     if let Some(t) = b.get("timeout").as_str() {
-        validate::duration(t, path("timeout"), diags);
+        validate::duration_at_most(t, MAX_TIMEOUT, path("timeout"), diags);
     }
     if b.get("private_key").as_str().is_some() && b.get("private_key_file").as_str().is_some() {
         diags.attr_error(
@@ -174,7 +177,8 @@ pub(super) fn build(b: &Value) -> Result<SshConfig, Diagnostics> {
         HostKeyPolicy::Pinned(vec![])
     };
     let timeout = match b.get("timeout").as_str() {
-        Some(t) => validate::duration(t, path("timeout"), &mut diags).unwrap_or(DEFAULT_TIMEOUT),
+        Some(t) => validate::duration_at_most(t, MAX_TIMEOUT, path("timeout"), &mut diags)
+            .unwrap_or(DEFAULT_TIMEOUT),
         None => DEFAULT_TIMEOUT,
     };
     if diags.has_errors() {

@@ -171,10 +171,10 @@ pub trait FileResource: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Clean-up on the backend side before the file goes. An error keeps the file and
-    /// the state.
-    async fn delete_backend(&self, _prior: &Value) -> Result<(), Diagnostics> {
-        Ok(())
+    /// Clean-up on the backend side before the file goes; returns warnings. An error
+    /// keeps the file and the state.
+    async fn delete_backend(&self, _prior: &Value) -> Result<Diagnostics, Diagnostics> {
+        Ok(Diagnostics::new())
     }
 
     /// The state for an imported file (or block) `text`; the core sets `id`,
@@ -538,12 +538,16 @@ impl<R: FileResource> Resource for ConfigFile<R> {
 
     async fn delete(&self, prior: &Value) -> Applied {
         let path = self.path_of(prior);
-        if let Err(d) = self.inner.delete_backend(prior).await {
-            return Applied::kept(prior, d);
-        }
+        let warnings = match self.inner.delete_backend(prior).await {
+            Ok(w) => w,
+            Err(d) => return Applied::kept(prior, d),
+        };
         match self.remove(&path).await {
-            Ok(()) => Applied::deleted(Diagnostics::new()),
-            Err(d) => Applied::kept(prior, d),
+            Ok(()) => Applied::deleted(warnings),
+            Err(mut d) => {
+                d.extend(warnings);
+                Applied::kept(prior, d)
+            }
         }
     }
 

@@ -211,6 +211,13 @@ impl FileResource for ExternalMongo {
                 );
             }
             for (n, x) in d.iter().enumerate() {
+                if x.is_null() {
+                    diags.attr_error(
+                        AttrPath::root("databases").index(n as i64),
+                        "Invalid database name",
+                        "a database name must not be null",
+                    );
+                }
                 if let Some(x) = x.as_str() {
                     if x.is_empty()
                         || x.len() > 63
@@ -357,7 +364,7 @@ impl FileResource for ExternalMongo {
         Ok(())
     }
 
-    async fn delete_backend(&self, prior: &Value) -> Result<(), Diagnostics> {
+    async fn delete_backend(&self, prior: &Value) -> Result<Diagnostics, Diagnostics> {
         let i = inputs(prior);
         if i.drop_user {
             let admin = self.data.mongo()?;
@@ -366,7 +373,7 @@ impl FileResource for ExternalMongo {
                 .await
                 .map_err(|e| mongo_diag("Could not drop the MongoDB user", e))?;
         }
-        Ok(())
+        Ok(Diagnostics::new())
     }
 
     async fn import(&self, id: &str, text: &str) -> Result<Value, Diagnostics> {

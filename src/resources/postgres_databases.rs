@@ -56,6 +56,7 @@ struct Inputs {
     extensions: BTreeMap<String, Vec<String>>,
     create_user_database: bool,
     drop_on_destroy: bool,
+    drop_adopted: bool,
     path: String,
     verify: bool,
 }
@@ -96,6 +97,7 @@ fn inputs(v: &Value) -> Inputs {
         },
         create_user_database: v.get("create_user_database").as_bool().unwrap_or(true),
         drop_on_destroy: v.get("deletion_policy").as_str() == Some("drop"),
+        drop_adopted: v.get("drop_adopted_databases").as_bool().unwrap_or(false),
         path: v
             .get("config_path")
             .as_str()
@@ -328,6 +330,11 @@ impl FileResource for PostgresDatabases {
                      `drop`: destroy also drops the databases and the role, refusing while any database has \
                      live connections.",
                 ))
+                .attr(Attribute::new("drop_adopted_databases", Type::Bool).optional().computed().description(
+                    "With `deletion_policy = \"drop\"`, also drop the databases in `adopted` (they existed \
+                     before this resource, and may hold data nobody meant to lose). Default `false`: adopted \
+                     databases are kept, and so is the role while it owns them.",
+                ))
                 .attr(Attribute::new("adopted", Type::list(Type::String)).computed().description(
                     "Databases that existed before this resource managed them and were taken over.",
                 ))
@@ -411,6 +418,7 @@ impl FileResource for PostgresDatabases {
             ("extensions", ext_value(&file::default_extensions())),
             ("create_user_database", Value::Bool(true)),
             ("deletion_policy", Value::string("retain")),
+            ("drop_adopted_databases", Value::Bool(false)),
         ];
         super::set_defaults(req.config, planned, defaults);
         if req.is_create()
@@ -484,13 +492,17 @@ impl FileResource for PostgresDatabases {
         Ok(())
     }
 
-    async fn delete_backend(&self, prior: &Value) -> Result<(), Diagnostics> {
+    async fn delete_backend(&self, prior: &Value) -> Result<Diagnostics, Diagnostics> {
         let i = inputs(prior);
         if !i.drop_on_destroy {
-            return Ok(());
+            return Ok(Diagnostics::new());
         }
         let pg = self.data.postgres()?;
-        let all = i.all_databases();
+        let adopted = strings(prior.get("adopted"));
+        let (kept, all): (Vec<String>, Vec<String>) = i
+            .all_databases()
+            .into_iter()
+            .partition(|d| adopted.contains(d) && !i.drop_adopted);
         let existing = pg
             .databases(&all)
             .await
@@ -524,9 +536,24 @@ impl FileResource for PostgresDatabases {
                 .map_err(|e| pg_diag("Could not drop a database", e))?;
             log::info!("dropped database {db:?}");
         }
+        if !kept.is_empty() {
+            // The role owns the kept databases: dropping it would fail, and it is theirs.
+            return Ok(Diagnostic::warning(
+                "Adopted databases kept",
+                format!(
+                    "{} existed before this resource adopted them, so destroy kept them and the role {:?} \
+                     that owns them. Set drop_adopted_databases = true to drop them too.",
+                    kept.iter().map(|d| format!("{d:?}")).collect::<Vec<_>>().join(", "),
+                    i.user
+                ),
+            )
+            .at(AttrPath::root("drop_adopted_databases"))
+            .into());
+        }
         pg.drop_role(&i.user)
             .await
-            .map_err(|e| pg_diag("Could not drop the role", e))
+            .map_err(|e| pg_diag("Could not drop the role", e))?;
+        Ok(Diagnostics::new())
     }
 
     async fn import(&self, id: &str, text: &str) -> Result<Value, Diagnostics> {
@@ -539,6 +566,7 @@ impl FileResource for PostgresDatabases {
         v.set("extensions", ext_value(&file::default_extensions()));
         v.set("create_user_database", Value::Bool(true));
         v.set("deletion_policy", Value::string("retain"));
+        v.set("drop_adopted_databases", Value::Bool(false));
         v.set("adopted", Value::List(vec![]));
         Ok(v)
     }

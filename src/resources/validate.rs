@@ -182,6 +182,20 @@ pub fn port(v: &Value, path: AttrPath, diags: &mut Diagnostics) -> Option<u16> {
     }
 }
 
+/// A duration such as `30s`, `5m` or `1h30m`, at most `max`: every wait has a bound,
+/// and no deadline computed from it can overflow.
+pub fn duration_at_most(
+    s: &str,
+    max: Duration,
+    path: AttrPath,
+    diags: &mut Diagnostics,
+) -> Option<Duration> {
+    let d = duration(s, path.clone(), diags)?;
+    let before = diags.0.len();
+    bounds(d, 0, max.as_secs(), path, diags);
+    (diags.0.len() == before).then_some(d)
+}
+
 /// A duration such as `30s`, `5m` or `1h30m`.
 pub fn duration(s: &str, path: AttrPath, diags: &mut Diagnostics) -> Option<Duration> {
     match humantime::parse_duration(s) {

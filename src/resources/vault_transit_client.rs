@@ -21,6 +21,9 @@ use crate::plugin::{
 use crate::provider::ProviderData;
 use crate::secret::Secret;
 
+/// The longest token period accepted: a year.
+const MAX_PERIOD: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+
 pub struct VaultTransitClient {
     data: Arc<ProviderData>,
 }
@@ -171,9 +174,9 @@ impl VaultTransitClient {
                 content: Some(content),
                 pending: Some(new),
             }),
-            Err(d) => {
+            Err(mut d) => {
                 // Leave nothing half-done: the new token goes away again.
-                revoke_unused(&vault, &new).await;
+                d.extend(revoke_unused(&vault, &new).await);
                 Err(d)
             }
         }
@@ -207,9 +210,20 @@ impl VaultTransitClient {
     }
 }
 
-async fn revoke_unused(vault: &Vault, new: &NewToken) {
-    if let Err(e) = vault.revoke_accessor(&new.accessor).await {
-        log::warn!("revoking the unused new token: {e}");
+/// Revokes a token that was made but is not used; a failure is a warning naming the
+/// accessor, so the operator can revoke it by hand.
+async fn revoke_unused(vault: &Vault, new: &NewToken) -> Diagnostics {
+    match vault.revoke_accessor(&new.accessor).await {
+        Ok(()) => Diagnostics::new(),
+        Err(e) => Diagnostic::warning(
+            "Unused client token not revoked",
+            format!(
+                "a client token (accessor {}) was created but not used, and revoking it failed: {e}. \
+                 Revoke it by hand: vault token revoke -accessor {}",
+                new.accessor, new.accessor
+            ),
+        )
+        .into(),
     }
 }
 
@@ -292,13 +306,12 @@ impl FileResource for VaultTransitClient {
         let period = config.get("token_period").as_str().map(|p| {
             (
                 p,
-                validate::duration(p, AttrPath::root("token_period"), diags),
+                validate::duration_at_most(p, MAX_PERIOD, AttrPath::root("token_period"), diags),
             )
         });
-        let before = config
-            .get("token_renew_before")
-            .as_str()
-            .map(|p| validate::duration(p, AttrPath::root("token_renew_before"), diags));
+        let before = config.get("token_renew_before").as_str().map(|p| {
+            validate::duration_at_most(p, MAX_PERIOD, AttrPath::root("token_renew_before"), diags)
+        });
         let period_d = period
             .and_then(|(_, d)| d)
             .or_else(|| humantime::parse_duration(file::DEFAULT_PERIOD).ok());
@@ -403,18 +416,30 @@ impl FileResource for VaultTransitClient {
         let Some(new) = pending else {
             return Diagnostics::new();
         };
+        if written.is_ok() {
+            // Recorded first: whatever fails below, the state knows the token in the file.
+            state.set("token_accessor", Value::string(&new.accessor));
+            state.set("token_expire_time", Value::string(""));
+        }
         let vault = match self.data.vault() {
             Ok(v) => v,
             Err(d) => return d,
         };
         if written.is_err() {
-            revoke_unused(&vault, &new).await;
-            return Diagnostics::new();
+            return revoke_unused(&vault, &new).await;
         }
+        let mut diags = Diagnostics::new();
         if let Some(old) = c.prior.and_then(|p| p.get("token_accessor").as_str()) {
             if !old.is_empty() && old != new.accessor {
                 if let Err(e) = vault.revoke_accessor(old).await {
-                    log::warn!("the new token is in place, but revoking the old one failed: {e}");
+                    diags.push(Diagnostic::warning(
+                        "Previous client token not revoked",
+                        format!(
+                            "the new token (accessor {}) is in place, but revoking the previous one (accessor \
+                             {old}) failed: {e}. Revoke it by hand: vault token revoke -accessor {old}",
+                            new.accessor
+                        ),
+                    ));
                 }
             }
         }
@@ -428,7 +453,7 @@ impl FileResource for VaultTransitClient {
         state.set("token_accessor", Value::string(&new.accessor));
         state.set("token_expire_time", Value::string(expire));
         log::info!("new client token {} written", new.accessor);
-        Diagnostics::new()
+        diags
     }
 
     async fn refresh(&self, r: Refresh<'_>) -> Result<(), Diagnostics> {
@@ -485,7 +510,7 @@ impl FileResource for VaultTransitClient {
         Ok(())
     }
 
-    async fn delete_backend(&self, prior: &Value) -> Result<(), Diagnostics> {
+    async fn delete_backend(&self, prior: &Value) -> Result<Diagnostics, Diagnostics> {
         let i = inputs(prior);
         let vault = self.data.vault()?;
         let accessor = prior.get("token_accessor").as_str().unwrap_or_default();
@@ -504,7 +529,7 @@ impl FileResource for VaultTransitClient {
                 .map_err(|e| vault_diag("Could not delete the transit key", e))?;
             log::info!("deleted transit key {}/{}", i.mount, i.key);
         }
-        Ok(())
+        Ok(Diagnostics::new())
     }
 
     async fn import(&self, id: &str, text: &str) -> Result<Value, Diagnostics> {

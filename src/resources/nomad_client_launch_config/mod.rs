@@ -266,6 +266,9 @@ fn unique_name(prefix: &str) -> String {
     format!("{prefix}{ts}{hex}")
 }
 
+/// The longest rollout_timeout accepted: a day (plan refuses more).
+pub(crate) const MAX_ROLLOUT: Duration = Duration::from_secs(24 * 3600);
+
 fn rollout_settings(v: &Value) -> (bool, usize, Duration) {
     let terminate = v.get("rollout").as_str().unwrap_or("terminate") == "terminate";
     let batch = v
@@ -277,7 +280,8 @@ fn rollout_settings(v: &Value) -> (bool, usize, Duration) {
         .get("rollout_timeout")
         .as_str()
         .and_then(|t| humantime::parse_duration(t).ok())
-        .unwrap_or(Duration::from_secs(20 * 60));
+        .unwrap_or(Duration::from_secs(20 * 60))
+        .min(MAX_ROLLOUT);
     (terminate, batch, timeout)
 }
 

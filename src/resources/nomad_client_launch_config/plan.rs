@@ -158,8 +158,19 @@ pub(super) fn validate(config: &Value) -> Diagnostics {
             ),
         }
     }
-    if let Some(t) = config.get("rollout_timeout").as_str() {
-        crate::resources::validate::duration(t, AttrPath::root("rollout_timeout"), &mut diags);
+    if config.get("rollout_timeout").as_str().is_some() {
+        let max_secs = MAX_ROLLOUT.as_secs();
+        crate::resources::validate::run(
+            config,
+            &[(
+                "rollout_timeout",
+                crate::resources::validate::Check::Duration {
+                    min_secs: 1,
+                    max_secs,
+                },
+            )],
+            &mut diags,
+        );
     }
     diags
 }

@@ -41,7 +41,8 @@ impl NomadClientLaunchConfig {
         batch: usize,
         timeout: Duration,
     ) -> Result<Vec<String>, RolloutFailure> {
-        let deadline = Instant::now() + timeout;
+        let now = Instant::now();
+        let deadline = now.checked_add(timeout).unwrap_or(now + MAX_ROLLOUT);
         let mut replaced: Vec<String> = Vec::new();
         const LEFT: &str =
             "The group already uses the new configuration; pending_instance_ids lists the \
@@ -95,7 +96,10 @@ impl NomadClientLaunchConfig {
                 if fresh >= need {
                     break;
                 }
-                if Instant::now() + pause > deadline {
+                if Instant::now()
+                    .checked_add(pause)
+                    .is_none_or(|t| t > deadline)
+                {
                     return Err(fail(
                         &replaced,
                         done,
