@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::backends::postgres::{PgConfig, SslMode};
-use crate::plugin::{AttrPath, Attribute, Block, Diagnostics, Type, Value};
+use crate::plugin::{AttrPath, Attribute, Block, Diagnostic, Diagnostics, Type, Value};
 use crate::resources::validate;
 use crate::secret::Secret;
 
@@ -67,6 +67,29 @@ pub(super) fn validate(b: &Value, diags: &mut Diagnostics) {
     }
     if let Some(t) = b.get("connect_timeout").as_str() {
         validate::duration_at_most(t, MAX_CONNECT, pg_path("connect_timeout"), diags);
+    }
+    // A weak sslmode with a password: the admin password, and the role passwords the
+    // provider sets, may go to a server nobody checked.
+    let mode = b.get("sslmode").as_str().unwrap_or("prefer");
+    let password = !b.get("password").is_null() || std::env::var("PGPASSWORD").is_ok();
+    if mode != "verify-full" && password && !b.get("sslmode").is_unknown() {
+        diags.push(
+            Diagnostic::warning(
+                "PostgreSQL server identity not checked",
+                format!(
+                    "sslmode = {mode:?}{}: the admin password and the CircleCI role's password verifier \
+                     are sent without checking that the server is the one you meant ({}). Use sslmode = \
+                     \"verify-full\" with sslrootcert.",
+                    if b.get("sslmode").is_null() { " (the default)" } else { "" },
+                    match mode {
+                        "disable" => "and in plain text",
+                        "verify-ca" => "the certificate's host name is not checked",
+                        _ => "any certificate is accepted, or none",
+                    }
+                ),
+            )
+            .at(pg_path("sslmode")),
+        );
     }
     if matches!(b.get("sslmode").as_str(), Some("verify-ca" | "verify-full"))
         && b.get("sslrootcert").is_null()

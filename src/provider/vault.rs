@@ -45,6 +45,19 @@ pub(super) fn validate(b: &Value, diags: &mut Diagnostics) {
             diags.attr_error(vault_path("address"), "Invalid Vault address", e);
         }
     }
+    if b.get("address")
+        .as_str()
+        .is_some_and(|a| a.starts_with("http://"))
+    {
+        diags.push(
+            Diagnostic::warning(
+                "Vault address without TLS",
+                "the Vault admin token and the client token the provider creates travel in plain text \
+                 over http://; use https://",
+            )
+            .at(vault_path("address")),
+        );
+    }
     if b.get("skip_tls_verify").as_bool() == Some(true) {
         diags.push(
             Diagnostic::warning(

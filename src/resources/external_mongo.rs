@@ -238,7 +238,7 @@ impl FileResource for ExternalMongo {
         &self,
         req: &PlanRequest<'_>,
         planned: &mut Value,
-        _diags: &mut Diagnostics,
+        diags: &mut Diagnostics,
     ) -> Vec<&'static str> {
         let dbs: Vec<String> = file::DEFAULT_DATABASES
             .iter()
@@ -255,6 +255,28 @@ impl FileResource for ExternalMongo {
                 ("drop_user_on_destroy", Value::Bool(false)),
             ],
         );
+        let password_changes = req.is_create()
+            || ["password", "password_wo_version"]
+                .iter()
+                .any(|a| crate::plugin::resource::changed(req.prior, planned, a));
+        if password_changes {
+            if let Ok(admin) = self.data.mongo() {
+                if !admin.uses_tls() {
+                    diags.push(
+                        Diagnostic::warning(
+                            "MongoDB admin connection without TLS",
+                            format!(
+                                "the provider's mongodb.uri for {} does not use TLS, so the CircleCI user's new \
+                                 password travels to MongoDB in plain text (whatever this resource's tls says). \
+                                 Add tls=true to the connection string, or set mongodb.tls_ca_file.",
+                                admin.hosts()
+                            ),
+                        )
+                        .at(super::password_attr(req.config)),
+                    );
+                }
+            }
+        }
         vec!["username", "auth_source"]
     }
 

@@ -104,6 +104,23 @@ impl FileResource for ExternalNomad {
             ))
     }
 
+    fn validate(&self, config: &Value, diags: &mut Diagnostics) {
+        if config
+            .get("endpoint")
+            .as_str()
+            .is_some_and(|e| e.starts_with("http://"))
+        {
+            diags.push(
+                Diagnostic::warning(
+                    "Nomad endpoint without TLS",
+                    "CircleCI (and the check, with acl_token_wo) will talk to Nomad in plain text over \
+                     http://; use https:// with Nomad's TLS",
+                )
+                .at(AttrPath::root("endpoint")),
+            );
+        }
+    }
+
     async fn plan(
         &self,
         req: &PlanRequest<'_>,

@@ -303,6 +303,20 @@ impl FileResource for VaultTransitClient {
     }
 
     fn validate(&self, config: &Value, diags: &mut Diagnostics) {
+        if config
+            .get("address_for_services")
+            .as_str()
+            .is_some_and(|a| a.starts_with("http://"))
+        {
+            diags.push(
+                Diagnostic::warning(
+                    "Vault address without TLS",
+                    "CircleCI's context service will send its Vault token in plain text over http://; use \
+                     https://",
+                )
+                .at(AttrPath::root("address_for_services")),
+            );
+        }
         let period = config.get("token_period").as_str().map(|p| {
             (
                 p,

@@ -276,6 +276,15 @@ impl MongoAdmin {
         hosts_of(self.uri.expose())
     }
 
+    /// Whether the admin connection uses TLS (a connection string that does not parse
+    /// counts as TLS here: connecting reports it).
+    pub fn uses_tls(&self) -> bool {
+        self.ca.is_some()
+            || uri::parse(self.uri.expose())
+                .map(|c| c.tls || c.tls_ca_file.is_some())
+                .unwrap_or(true)
+    }
+
     /// Runs a command on the primary, as the admin.
     async fn run(&self, db: &str, cmd: Document, what: &str) -> Result<Document, MongoError> {
         let mut guard = self.session.lock().await;
