@@ -77,25 +77,8 @@ fn sourced(path: &std::path::Path, var: &str) -> String {
     .unwrap()
 }
 
-/// One command through PyMongo: Ok(reply) or Err((exit code, output)).
-fn pymongo(s: &Servers, uri: &str, db: &str, cmd: Value) -> Result<Value, (i32, String)> {
-    let out = std::process::Command::new(s.get("CIRCLECI_TEST_PYTHON"))
-        .arg(s.get("CIRCLECI_TEST_MONGO_CLIENT"))
-        .args([uri, db, &cmd.to_string()])
-        .output()
-        .expect("the venv's python runs dev/mongo-client.py");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    match out.status.code() {
-        Some(0) => Ok(serde_json::from_str(&text).unwrap()),
-        c => Err((
-            c.unwrap_or(-1),
-            format!("{text}{}", String::from_utf8_lossy(&out.stderr)),
-        )),
-    }
-}
-
 fn admin(s: &Servers, mode: Mode, cmd: Value) -> Result<Value, (i32, String)> {
-    pymongo(s, &mode.admin_uri(s), "admin", cmd)
+    s.pymongo(&mode.admin_uri(s), "admin", cmd)
 }
 
 /// The user's document from usersInfo, as the server has it.
@@ -192,7 +175,8 @@ fn lifecycle(mode: Mode, user: &str) {
     ] {
         let uri = sourced(&path, var);
         assert!(uri.contains("maxIdleTimeMS=600000"), "{uri}");
-        let r = pymongo(&s, &uri, "admin", json!({"connectionStatus": 1}))
+        let r = s
+            .pymongo(&uri, "admin", json!({"connectionStatus": 1}))
             .unwrap_or_else(|e| panic!("{var}: {e:?}"));
         assert_eq!(
             r["authInfo"]["authenticatedUsers"][0]["user"], user,

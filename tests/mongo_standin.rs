@@ -31,19 +31,7 @@ fn uri(port: &str, user: &str, pw: &str, extra: &str) -> String {
 
 /// Ok(reply), or Err((exit code, output)): 3 = the server said no, 4 = no login.
 fn run(s: &common::Servers, uri: &str, cmd: Value) -> Result<Value, (i32, String)> {
-    let out = std::process::Command::new(s.get("CIRCLECI_TEST_PYTHON"))
-        .arg(s.get("CIRCLECI_TEST_MONGO_CLIENT"))
-        .args([uri, "admin", &cmd.to_string()])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    match out.status.code() {
-        Some(0) => Ok(serde_json::from_str(&text).unwrap()),
-        c => Err((
-            c.unwrap_or(-1),
-            format!("{text}{}", String::from_utf8_lossy(&out.stderr)),
-        )),
-    }
+    s.pymongo(uri, "admin", cmd)
 }
 
 fn code(e: &(i32, String)) -> i64 {

@@ -109,6 +109,29 @@ impl Servers {
             .success()
     }
 
+    /// One MongoDB command through PyMongo (dev/mongo-client.py): Ok(reply), or
+    /// Err((exit code, output)) — 3 when the server said no, 4 when no login.
+    pub fn pymongo(
+        &self,
+        uri: &str,
+        db: &str,
+        cmd: serde_json::Value,
+    ) -> Result<serde_json::Value, (i32, String)> {
+        let out = Command::new(self.get("CIRCLECI_TEST_PYTHON"))
+            .arg(self.get("CIRCLECI_TEST_MONGO_CLIENT"))
+            .args([uri, db, &cmd.to_string()])
+            .output()
+            .expect("the venv's python runs dev/mongo-client.py");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        match out.status.code() {
+            Some(0) => Ok(serde_json::from_str(&text).unwrap()),
+            c => Err((
+                c.unwrap_or(-1),
+                format!("{text}{}", String::from_utf8_lossy(&out.stderr)),
+            )),
+        }
+    }
+
     /// The provider's mongodb block for the MongoDB stand-in.
     pub fn mongo_block(&self) -> String {
         format!(
