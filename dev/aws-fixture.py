@@ -153,8 +153,9 @@ def main():
     elif a.cmd == "lc":
         out = lc_info(a.name)
     elif a.cmd == "lcs":
-        lcs = client("autoscaling").describe_launch_configurations()["LaunchConfigurations"]
-        out = {"names": [lc["LaunchConfigurationName"] for lc in lcs]}
+        # Every page: a long-lived moto (make demo, repeated runs) holds more than one.
+        pages = client("autoscaling").get_paginator("describe_launch_configurations").paginate()
+        out = {"names": [lc["LaunchConfigurationName"] for p in pages for lc in p["LaunchConfigurations"]]}
     elif a.cmd == "lt":
         v = client("ec2").describe_launch_template_versions(LaunchTemplateId=a.id, Versions=[a.version])[
             "LaunchTemplateVersions"

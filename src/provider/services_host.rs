@@ -115,17 +115,14 @@ pub(super) fn validate(b: &Value, diags: &mut Diagnostics) {
 
 pub(super) fn build(b: &Value) -> Result<SshConfig, Diagnostics> {
     let mut diags = Diagnostics::new();
-    let host = match env_or(b.get("host"), "CIRCLECI_SERVICES_HOST") {
-        Some(h) => h,
-        None => {
-            diags.attr_error(
-                path("host"),
-                "Services machine address missing",
-                "set services_host.host or the environment variable CIRCLECI_SERVICES_HOST",
-            );
-            String::new()
-        }
-    };
+    let host = env_or(b.get("host"), "CIRCLECI_SERVICES_HOST").unwrap_or_default();
+    if host.is_empty() {
+        diags.attr_error(
+            path("host"),
+            "Services machine address missing",
+            "set services_host.host or the environment variable CIRCLECI_SERVICES_HOST",
+        );
+    }
     if !host.is_empty() {
         validate::host(&host, path("host"), &mut diags);
     }

@@ -112,6 +112,38 @@ fn parse_host(h: &str) -> Result<(String, u16), String> {
     Ok((decode(&host)?, port))
 }
 
+/// One `key=value` option of the connection string.
+fn apply_option(c: &mut ConnString, k: &str, v: String) -> Result<(), String> {
+    match k.to_ascii_lowercase().as_str() {
+        "authsource" => c.auth_source = v,
+        "authmechanism" => {
+            c.mechanism = Some(match v.as_str() {
+                "SCRAM-SHA-1" => Mechanism::ScramSha1,
+                "SCRAM-SHA-256" => Mechanism::ScramSha256,
+                other => {
+                    return Err(format!(
+                        "authMechanism={other}: only SCRAM-SHA-1 and SCRAM-SHA-256 are supported"
+                    ))
+                }
+            })
+        }
+        "replicaset" => c.replica_set = Some(v),
+        "tls" | "ssl" => c.tls = parse_bool(k, &v)?,
+        "tlscafile" => {
+            c.tls = true;
+            c.tls_ca_file = Some(PathBuf::from(v));
+        }
+        "tlsinsecure" | "tlsallowinvalidcertificates" => c.tls_insecure = parse_bool(k, &v)?,
+        "connecttimeoutms" => c.connect_timeout = Some(parse_ms(k, &v)?),
+        "serverselectiontimeoutms" => c.server_selection_timeout = Some(parse_ms(k, &v)?),
+        "tlscertificatekeyfile" | "authmechanismproperties" | "loadbalanced" | "proxyhost" => {
+            return Err(format!("option {k} is not supported"))
+        }
+        _ => log::debug!("MongoDB connection string option {k} ignored"),
+    }
+    Ok(())
+}
+
 /// Parses a `mongodb://` connection string. Errors never quote the password.
 pub fn parse(s: &str) -> Result<ConnString, String> {
     if s.starts_with("mongodb+srv://") {
@@ -171,34 +203,7 @@ pub fn parse(s: &str) -> Result<ConnString, String> {
         let (k, v) = kv
             .split_once('=')
             .ok_or_else(|| format!("option {kv:?} has no value"))?;
-        let (k, v) = (decode(k)?, decode(v)?);
-        match k.to_ascii_lowercase().as_str() {
-            "authsource" => c.auth_source = v,
-            "authmechanism" => {
-                c.mechanism = Some(match v.as_str() {
-                    "SCRAM-SHA-1" => Mechanism::ScramSha1,
-                    "SCRAM-SHA-256" => Mechanism::ScramSha256,
-                    other => {
-                        return Err(format!(
-                        "authMechanism={other}: only SCRAM-SHA-1 and SCRAM-SHA-256 are supported"
-                    ))
-                    }
-                })
-            }
-            "replicaset" => c.replica_set = Some(v),
-            "tls" | "ssl" => c.tls = parse_bool(&k, &v)?,
-            "tlscafile" => {
-                c.tls = true;
-                c.tls_ca_file = Some(PathBuf::from(v));
-            }
-            "tlsinsecure" | "tlsallowinvalidcertificates" => c.tls_insecure = parse_bool(&k, &v)?,
-            "connecttimeoutms" => c.connect_timeout = Some(parse_ms(&k, &v)?),
-            "serverselectiontimeoutms" => c.server_selection_timeout = Some(parse_ms(&k, &v)?),
-            "tlscertificatekeyfile" | "authmechanismproperties" | "loadbalanced" | "proxyhost" => {
-                return Err(format!("option {k} is not supported"))
-            }
-            _ => log::debug!("MongoDB connection string option {k} ignored"),
-        }
+        apply_option(&mut c, &decode(k)?, decode(v)?)?;
     }
     if c.password.is_some() && c.username.is_none() {
         return Err("a password without a user name".into());

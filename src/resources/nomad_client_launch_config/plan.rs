@@ -158,20 +158,12 @@ pub(super) fn validate(config: &Value) -> Diagnostics {
             ),
         }
     }
-    if config.get("rollout_timeout").as_str().is_some() {
-        let max_secs = MAX_ROLLOUT.as_secs();
-        crate::resources::validate::run(
-            config,
-            &[(
-                "rollout_timeout",
-                crate::resources::validate::Check::Duration {
-                    min_secs: 1,
-                    max_secs,
-                },
-            )],
-            &mut diags,
-        );
-    }
+    let max_secs = MAX_ROLLOUT.as_secs();
+    let timeout = crate::resources::validate::Check::Duration {
+        min_secs: 1,
+        max_secs,
+    };
+    crate::resources::validate::run(config, &[("rollout_timeout", timeout)], &mut diags);
     diags
 }
 

@@ -41,8 +41,7 @@ impl NomadClientLaunchConfig {
         batch: usize,
         timeout: Duration,
     ) -> Result<Vec<String>, RolloutFailure> {
-        let now = Instant::now();
-        let deadline = now.checked_add(timeout).unwrap_or(now + MAX_ROLLOUT);
+        let deadline = Instant::now() + timeout.min(MAX_ROLLOUT);
         let mut replaced: Vec<String> = Vec::new();
         const LEFT: &str =
             "The group already uses the new configuration; pending_instance_ids lists the \
