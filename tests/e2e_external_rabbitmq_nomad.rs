@@ -70,6 +70,23 @@ fn both_lifecycles_apply_drift_import_destroy() {
     assert!(state.contains("\"leader\": \"127.0.0.1:4647\""), "{state}");
     assert_eq!(tf.plan_code(), 0);
 
+    // The file holds the password: the state keeps a salted, slow digest of it, never
+    // its plain SHA-256 (computed here by coreutils), which would let a reader of the
+    // state test password guesses offline.
+    let plain = String::from_utf8(common::bash(&format!(
+        "sha256sum {mq_path:?} | cut -d' ' -f1"
+    )))
+    .unwrap();
+    assert_eq!(plain.trim().len(), 64);
+    assert!(
+        !state.contains(plain.trim()),
+        "the plain SHA-256 of the file is in the state"
+    );
+    assert!(
+        state.contains("\"file_sha256\": \"pbkdf2-sha256$600000$"),
+        "{state}"
+    );
+
     // Out-of-band edits are drift; apply repairs them.
     std::fs::write(&mq_path, "export RABBITMQ_HOST=\"elsewhere\"\n").unwrap();
     std::fs::write(

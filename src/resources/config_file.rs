@@ -21,7 +21,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{file_sha256, ssh_diag, validate};
+use super::file_digest::{self, Kind};
+use super::{ssh_diag, validate};
 use crate::circleci::envfile;
 use crate::plugin::{
     resource::changed, Applied, AttrPath, Attribute, Block, Diagnostic, Diagnostics, PlanRequest,
@@ -53,6 +54,9 @@ pub struct Spec {
     pub verify_doc: &'static str,
     /// What refresh checks beyond the file, for the `drift` description.
     pub drift_doc: &'static str,
+    /// The file holds a password or token: `file_sha256` is then a salted, slow digest
+    /// (see `file_digest`), never a plain hash.
+    pub secret_in_file: bool,
     /// Declarative plan-time checks; `config_path` is always checked.
     pub checks: &'static [(&'static str, validate::Check)],
 }
@@ -232,8 +236,22 @@ impl<R: FileResource> ConfigFile<R> {
         Ok(Some((text, f.mode)))
     }
 
-    /// Writes `content` (the file, or the block) and returns its hash.
-    async fn write(&self, path: &str, content: &str) -> Result<String, Diagnostics> {
+    fn kind() -> Kind {
+        if R::SPEC.secret_in_file {
+            Kind::Salted
+        } else {
+            Kind::Plain
+        }
+    }
+
+    /// Writes `content` (the file, or the block) and returns its digest (with the salt
+    /// of `previous`, the prior state's digest, when there is one).
+    async fn write(
+        &self,
+        path: &str,
+        content: &str,
+        previous: Option<&str>,
+    ) -> Result<String, Diagnostics> {
         let services = self.data.services()?;
         let what = R::SPEC.what;
         let bytes = match R::SPEC.placement {
@@ -258,7 +276,11 @@ impl<R: FileResource> ConfigFile<R> {
             Self::file_word(),
             bytes.len()
         );
-        Ok(file_sha256(content.as_bytes()))
+        Ok(file_digest::digest(
+            Self::kind(),
+            content.as_bytes(),
+            previous,
+        ))
     }
 
     /// Removes the file, or only the block.
@@ -293,10 +315,10 @@ impl<R: FileResource> ConfigFile<R> {
         Ok(())
     }
 
-    /// The file's text and hash as they are now (for a block: the block's), `None`
-    /// when it (or the block) is missing. A whole file that is not UTF-8 has a hash
-    /// but no text.
-    async fn current(&self, path: &str) -> Result<Option<(Option<String>, String)>, Diagnostics> {
+    /// The file's text and bytes as they are now (for a block: the block's), `None`
+    /// when it (or the block) is missing. A whole file that is not UTF-8 has bytes but
+    /// no text.
+    async fn current(&self, path: &str) -> Result<Option<(Option<String>, Vec<u8>)>, Diagnostics> {
         match R::SPEC.placement {
             Placement::Whole => {
                 let services = self.data.services()?;
@@ -306,10 +328,7 @@ impl<R: FileResource> ConfigFile<R> {
                         e,
                     )
                 })?;
-                Ok(f.map(|f| {
-                    let hash = file_sha256(&f.content);
-                    (String::from_utf8(f.content).ok(), hash)
-                }))
+                Ok(f.map(|f| (String::from_utf8(f.content.clone()).ok(), f.content)))
             }
             Placement::Block(id) => {
                 let Some((text, _)) = self.current_text(path).await? else {
@@ -317,8 +336,8 @@ impl<R: FileResource> ConfigFile<R> {
                 };
                 let block = envfile::extract_block(&text, id).map_err(|e| block_error(path, e))?;
                 Ok(block.map(|b| {
-                    let hash = file_sha256(b.as_bytes());
-                    (Some(b), hash)
+                    let bytes = b.as_bytes().to_vec();
+                    (Some(b), bytes)
                 }))
             }
         }
@@ -336,7 +355,10 @@ impl<R: FileResource> ConfigFile<R> {
         };
         let mut state = prepared.state;
         let written = match &prepared.content {
-            Some(c) => self.write(&path, c).await.map(Some),
+            Some(content) => {
+                let previous = c.prior.and_then(|p| p.get("file_sha256").as_str());
+                self.write(&path, content, previous).await.map(Some)
+            }
             None => Ok(None),
         };
         let after = self
@@ -410,8 +432,14 @@ fn schema_of<R: FileResource>(own: Block) -> Block {
     )))
     .attr(Attribute::new("verify", Type::Bool).optional().computed().description(s.verify_doc))
     .attr(Attribute::new("file_sha256", Type::String).computed().description(&format!(
-        "SHA-256 of {hash_of}. Refresh reads it back: a change made out of band, or a missing file, \
-         shows in `drift` and the next apply writes it again (empty when the file is gone)."
+        "{} of {hash_of}. Refresh reads it back: a change made out of band, or a missing file, \
+         shows in `drift` and the next apply writes it again (empty when the file is gone).",
+        if s.secret_in_file {
+            "A salted, slow digest (`pbkdf2-sha256$ITERATIONS$SALT$DIGEST`, never a plain hash: the \
+             file holds a secret)"
+        } else {
+            "SHA-256"
+        }
     )))
     .attr(Attribute::new("drift", Type::String).computed().description(&format!(
         "What refresh found different from the last apply, one clause each: {file} changed or missing on \
@@ -461,7 +489,12 @@ impl<R: FileResource> Resource for ConfigFile<R> {
         planned.set("drift", Value::string(""));
         match self.inner.planned_content(planned, cfg) {
             PlannedContent::Known(c) => {
-                planned.set("file_sha256", Value::string(file_sha256(c.as_bytes())))
+                let previous = req.prior.get("file_sha256").as_str();
+                planned.set(
+                    "file_sha256",
+                    file_digest::planned(Self::kind(), c.as_bytes(), previous)
+                        .map_or(Value::Unknown, Value::string),
+                )
             }
             PlannedContent::Unknown => planned.set("file_sha256", Value::Unknown),
             PlannedContent::Keep => {}
@@ -509,8 +542,9 @@ impl<R: FileResource> Resource for ConfigFile<R> {
                 });
                 fresh.set("file_sha256", Value::string(""));
             }
-            Some((_, hash)) => {
+            Some((_, bytes)) => {
                 let before = state.get("file_sha256").as_str().unwrap_or_default();
+                let hash = file_digest::current(Self::kind(), bytes, Some(before));
                 if !before.is_empty() && before != hash {
                     drift.push(match R::SPEC.placement {
                         Placement::Whole => format!("{path} was changed on the Services machine"),
@@ -566,7 +600,7 @@ impl<R: FileResource> Resource for ConfigFile<R> {
         }
         let nothing = |why: String| Diagnostics::from(Diagnostic::error("Nothing to import", why));
         let (text, hash) = match self.current(id).await? {
-            Some((Some(t), h)) => (t, h),
+            Some((Some(t), b)) => (t, file_digest::digest(Self::kind(), &b, None)),
             Some((None, _)) => {
                 return Err(Diagnostic::error(
                     "Cannot import this file",

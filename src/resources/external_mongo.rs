@@ -136,6 +136,7 @@ impl FileResource for ExternalMongo {
         default_path_doc: "`/etc/circle-installation-customizations`",
         verify_doc: "Log in with the main URI and check the roles before writing. Default `true`.",
         drift_doc: ", the user missing, a role missing",
+        secret_in_file: true,
         checks: &[
             ("username", Check::NonEmpty),
             ("password_wo", Check::PasswordPair),

@@ -79,6 +79,7 @@ impl FileResource for ExternalNomad {
         default_path_doc: "`/etc/circleconfig/shared/nomad`",
         verify_doc: "Check the cluster has a leader (from where Terraform runs) before writing. Default `true`.",
         drift_doc: "",
+        secret_in_file: false,
         checks: &[("endpoint", Check::Text("Invalid endpoint", file::check_endpoint))],
     };
 

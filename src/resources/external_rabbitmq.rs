@@ -80,6 +80,7 @@ impl FileResource for ExternalRabbitmq {
         default_path_doc: "`/etc/circleconfig/shared/rabbitmq`",
         verify_doc: "Log in with these credentials (from where Terraform runs) before writing. Default `true`.",
         drift_doc: "",
+        secret_in_file: true,
         checks: &[
             ("host", Check::Host),
             ("port", Check::Port),

@@ -57,6 +57,7 @@ impl FileResource for ExternalRedis {
             "Check that Redis answers `PING` at `host:port` (from where Terraform runs) before \
                      writing. Default `true`.",
         drift_doc: "",
+        secret_in_file: false,
         checks: &[
             ("host", Check::Host),
             ("port", Check::Port),

@@ -283,6 +283,7 @@ impl FileResource for PostgresDatabases {
             "Log in as `user` with the password to every database (from where Terraform runs, to \
                      `host:port`) before writing the file. Default `true`.",
         drift_doc: ", a missing role, database or extension, a database with another owner",
+        secret_in_file: true,
         checks: &[
             ("host", Check::Host),
             ("port", Check::Port),

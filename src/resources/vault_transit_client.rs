@@ -240,6 +240,7 @@ impl FileResource for VaultTransitClient {
         verify_doc: "Encrypt and decrypt a probe with the new token before writing the file. Default `true`.",
         drift_doc: ", the client token revoked or expired, the transit key missing; a non-empty value \
                     also makes a new token",
+        secret_in_file: true,
         checks: &[
             ("transit_mount", Check::Text("Invalid name", check_name)),
             ("key_name", Check::Text("Invalid name", check_name)),
