@@ -145,8 +145,14 @@ fn both_lifecycles_apply_drift_import_destroy() {
     tf.apply();
     assert_eq!(tf.plan_code(), 0);
 
+    // Destroy removes the blocks. The lines written into the RabbitMQ file out of band
+    // are not the provider's and stay; the Nomad file (re-created by the provider after
+    // it was removed) held only the block and goes.
     tf.ok(&["destroy", "-auto-approve", "-no-color"]);
-    assert!(!mq_path.exists());
+    assert_eq!(
+        std::fs::read_to_string(&mq_path).unwrap(),
+        "export RABBITMQ_HOST=\"elsewhere\"\n"
+    );
     assert!(!nomad_path.exists());
 }
 

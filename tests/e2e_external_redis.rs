@@ -49,13 +49,16 @@ fn lifecycle_apply_drift_repair_import_destroy() {
     // Apply writes both files, 0600, in the runbook's two forms.
     tf.apply();
     let port = s.redis_port();
+    let redis = |c: String| common::block("circleci_external_redis", &c);
     assert_eq!(
         std::fs::read_to_string(&shared).unwrap(),
-        format!("export REDIS_HOST=\"127.0.0.1\"\nexport REDIS_PORT=\"{port}\"\n")
+        redis(format!(
+            "export REDIS_HOST=\"127.0.0.1\"\nexport REDIS_PORT=\"{port}\"\n"
+        ))
     );
     assert_eq!(
         std::fs::read_to_string(&slanger).unwrap(),
-        format!("export REDIS_HOST=\"127.0.0.1\"\nREDIS_HOST=\"127.0.0.1\"\nexport REDIS_PORT=\"{port}\"\nREDIS_PORT=\"{port}\"\n")
+        redis(format!("export REDIS_HOST=\"127.0.0.1\"\nREDIS_HOST=\"127.0.0.1\"\nexport REDIS_PORT=\"{port}\"\nREDIS_PORT=\"{port}\"\n"))
     );
     assert_eq!(mode_of(&shared), 0o600);
     // bash reads back what we meant.
@@ -128,11 +131,16 @@ fn lifecycle_apply_drift_repair_import_destroy() {
         "imported resources must match the configuration"
     );
 
-    // Destroy removes the files and only them.
+    // Destroy removes only the provider's blocks: the lines written into the shared
+    // file out of band are not the provider's and stay; the slanger file held only the
+    // block and goes; other files are untouched.
     let keep = root.path().join("etc/circleconfig/shared/other");
     std::fs::write(&keep, "x").unwrap();
     tf.ok(&["destroy", "-auto-approve", "-no-color"]);
-    assert!(!shared.exists());
+    assert_eq!(
+        std::fs::read_to_string(&shared).unwrap(),
+        "export REDIS_HOST=\"elsewhere\"\nexport REDIS_PORT=\"1\"\n"
+    );
     assert!(!slanger.exists());
     assert!(keep.exists());
 }

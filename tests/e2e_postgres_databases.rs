@@ -164,9 +164,13 @@ fn defaults_drift_rotation_import_and_retain() {
     assert_eq!(tf.plan_code(), 0);
     assert!(s.can_login("circle", pw2, "circle"));
 
-    // Destroy with the default "retain": the file goes, databases and role stay.
+    // Destroy with the default "retain": the provider's block goes (the line written
+    // out of band is not the provider's and stays), databases and role stay.
     tf.ok(&["destroy", "-auto-approve", "-no-color"]);
-    assert!(!path.exists());
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "export POSTGRES_HOST=\"elsewhere\"\n"
+    );
     assert_eq!(
         s.psql(
             "postgres",

@@ -1,28 +1,32 @@
 //! The lifecycle every resource that writes a config file on the Services machine
-//! shares. A resource supplies what is its own (schema, inputs -> rendered file, the
-//! backend step, parse for import) by implementing [`FileResource`]; [`ConfigFile`]
-//! turns that into a Terraform [`Resource`]:
+//! shares. A resource supplies what is its own (schema, inputs -> rendered settings,
+//! the backend step, parse for import) by implementing [`FileResource`]; [`ConfigFile`]
+//! turns that into a Terraform [`Resource`]. Every file holds the provider's settings
+//! as a managed block (`managed_block`): every other byte is the operator's and is kept.
 //!
 //! - **plan**: the resource's defaults, then `config_path` (default), `verify`
-//!   (default `true`), `id = config_path`, `drift = ""` and `file_sha256` (the hash of
-//!   the rendered file when every input is known); changing `config_path` replaces.
+//!   (default `true`), `id = config_path`, `drift = ""` and `file_sha256` (the block's
+//!   digest when every input is known, see `file_digest`); changing `config_path`
+//!   replaces.
 //! - **create / update**: the backend step (which may refuse and write nothing), then
-//!   the file, replaced atomically with mode 0600; a resource may finish work after
-//!   the write (or undo its step when the write failed).
-//! - **read**: a file changed or removed out of band is *drift*: it is named in the
-//!   `drift` attribute and `file_sha256` shows the difference (empty when the file is
-//!   gone), so the next plan is an in-place update that writes it again. Refresh never
-//!   drops the resource from the state because of its file: the backend objects it
-//!   manages (roles, tokens, users) still exist and must not be orphaned.
-//! - **delete**: the backend clean-up, then the file (or the managed block).
-//! - **import** by the file's path: read, parse, and the common attributes.
+//!   the block, the file replaced atomically with mode 0600; a resource may finish work
+//!   after the write (or undo its step when the write failed).
+//! - **read**: a block changed or removed out of band (or a missing file) is *drift*:
+//!   named in the `drift` attribute, with `file_sha256` showing the difference (empty
+//!   when the block is gone), so the next plan is an in-place update that writes it
+//!   again. Refresh never drops the resource from the state because of its file: the
+//!   backend objects it manages (roles, tokens, users) still exist.
+//! - **delete**: the backend clean-up, then the block; the file too when nothing else
+//!   is in it.
+//! - **import** by the file's path: the block (or, for a file written by hand, the
+//!   whole file) parsed, and the common attributes.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
 use super::file_digest::{self, Kind};
-use super::{ssh_diag, validate};
+use super::{managed_block, ssh_diag, validate};
 use crate::circleci::envfile;
 use crate::plugin::{
     resource::changed, Applied, AttrPath, Attribute, Block, Diagnostic, Diagnostics, PlanRequest,
@@ -30,22 +34,11 @@ use crate::plugin::{
 };
 use crate::provider::ProviderData;
 
-/// Where a resource's settings live in its file.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Placement {
-    /// The resource owns the whole file.
-    Whole,
-    /// The resource owns one marked block; every other line of the file is the
-    /// operator's and is kept byte for byte.
-    Block(&'static str),
-}
-
 /// The static facts of one file-writing resource.
 pub struct Spec {
     pub type_name: &'static str,
     /// What the file configures, for messages: "Redis" -> "the Redis config file".
     pub what: &'static str,
-    pub placement: Placement,
     /// The runbook's path, also the example in import errors.
     pub default_path: &'static str,
     /// How the default path is described in the docs (Markdown).
@@ -205,35 +198,14 @@ impl<R: FileResource> ConfigFile<R> {
             .unwrap_or_else(|| R::SPEC.default_path.to_string())
     }
 
-    fn file_word() -> &'static str {
-        match R::SPEC.placement {
-            Placement::Whole => "config file",
-            Placement::Block(_) => "block",
-        }
-    }
-
-    /// The file's current text for a block update: UTF-8, or an error (bytes that are
-    /// not UTF-8 are never rewritten).
-    async fn current_text(&self, path: &str) -> Result<Option<(String, u32)>, Diagnostics> {
+    /// The file's bytes and mode, `None` when there is no file.
+    async fn file(&self, path: &str) -> Result<Option<(Vec<u8>, u32)>, Diagnostics> {
         let services = self.data.services()?;
-        let Some(f) = services
+        Ok(services
             .read_file(path)
             .await
             .map_err(|e| ssh_diag(&format!("Could not read {path}"), e))?
-        else {
-            return Ok(None);
-        };
-        let text = String::from_utf8(f.content).map_err(|_| {
-            Diagnostics::from(Diagnostic::error(
-                format!("{path} is not UTF-8 text"),
-                format!(
-                    "the {} settings go into a managed block of {path}, but the file holds bytes that are not \
-                     UTF-8; it was left as it is. Fix the file by hand.",
-                    R::SPEC.what
-                ),
-            ))
-        })?;
-        Ok(Some((text, f.mode)))
+            .map(|f| (f.content, f.mode)))
     }
 
     fn kind() -> Kind {
@@ -254,26 +226,16 @@ impl<R: FileResource> ConfigFile<R> {
     ) -> Result<String, Diagnostics> {
         let services = self.data.services()?;
         let what = R::SPEC.what;
-        let bytes = match R::SPEC.placement {
-            Placement::Whole => content.to_string(),
-            Placement::Block(id) => {
-                let current = self.current_text(path).await?.map(|(t, _)| t);
-                envfile::upsert_block(current.as_deref().unwrap_or(""), id, content)
-                    .map_err(|e| block_error(path, e))?
-            }
-        };
+        let _turn = managed_block::lock(path).await;
+        let current = self.file(path).await?.map(|(b, _)| b).unwrap_or_default();
+        let bytes = managed_block::upsert(&current, R::SPEC.type_name, content)
+            .map_err(|e| block_error(path, e))?;
         services
-            .write_file(path, bytes.as_bytes(), 0o600)
+            .write_file(path, &bytes, 0o600)
             .await
-            .map_err(|e| {
-                ssh_diag(
-                    &format!("Could not write the {what} {}", Self::file_word()),
-                    e,
-                )
-            })?;
+            .map_err(|e| ssh_diag(&format!("Could not write the {what} block of {path}"), e))?;
         log::info!(
-            "wrote the {what} {} {path} ({} bytes)",
-            Self::file_word(),
+            "wrote the {what} block of {path} ({} bytes in the file)",
             bytes.len()
         );
         Ok(file_digest::digest(
@@ -283,64 +245,36 @@ impl<R: FileResource> ConfigFile<R> {
         ))
     }
 
-    /// Removes the file, or only the block.
+    /// Removes the block; the file too when nothing else is in it.
     async fn remove(&self, path: &str) -> Result<(), Diagnostics> {
         let services = self.data.services()?;
         let what = R::SPEC.what;
-        let fail = |e| {
-            ssh_diag(
-                &format!("Could not delete the {what} {}", Self::file_word()),
-                e,
-            )
+        let fail = |e| ssh_diag(&format!("Could not remove the {what} block of {path}"), e);
+        let _turn = managed_block::lock(path).await;
+        let Some((bytes, mode)) = self.file(path).await? else {
+            return Ok(());
         };
-        match R::SPEC.placement {
-            Placement::Whole => {
-                let existed = services.remove_file(path).await.map_err(fail)?;
-                log::info!("deleted {path} (existed: {existed})");
-            }
-            Placement::Block(id) => {
-                if let Some((text, mode)) = self.current_text(path).await? {
-                    let next =
-                        envfile::remove_block(&text, id).map_err(|e| block_error(path, e))?;
-                    if next != text {
-                        services
-                            .write_file(path, next.as_bytes(), mode)
-                            .await
-                            .map_err(fail)?;
-                        log::info!("removed the {what} block from {path}");
-                    }
-                }
-            }
+        let next =
+            managed_block::remove(&bytes, R::SPEC.type_name).map_err(|e| block_error(path, e))?;
+        if next.is_empty() {
+            services.remove_file(path).await.map_err(fail)?;
+            log::info!("deleted {path}: the {what} block was all it held");
+        } else if next != bytes {
+            services.write_file(path, &next, mode).await.map_err(fail)?;
+            log::info!("removed the {what} block from {path}; the rest of the file is kept");
         }
         Ok(())
     }
 
-    /// The file's text and bytes as they are now (for a block: the block's), `None`
-    /// when it (or the block) is missing. A whole file that is not UTF-8 has bytes but
-    /// no text.
-    async fn current(&self, path: &str) -> Result<Option<(Option<String>, Vec<u8>)>, Diagnostics> {
-        match R::SPEC.placement {
-            Placement::Whole => {
-                let services = self.data.services()?;
-                let f = services.read_file(path).await.map_err(|e| {
-                    ssh_diag(
-                        &format!("Could not read the {} config file", R::SPEC.what),
-                        e,
-                    )
-                })?;
-                Ok(f.map(|f| (String::from_utf8(f.content.clone()).ok(), f.content)))
-            }
-            Placement::Block(id) => {
-                let Some((text, _)) = self.current_text(path).await? else {
-                    return Ok(None);
-                };
-                let block = envfile::extract_block(&text, id).map_err(|e| block_error(path, e))?;
-                Ok(block.map(|b| {
-                    let bytes = b.as_bytes().to_vec();
-                    (Some(b), bytes)
-                }))
-            }
-        }
+    /// The file as it is now: `None` without a file; else the block's bytes (when the
+    /// file has it) and the whole file's bytes.
+    async fn current(&self, path: &str) -> Result<Option<(Option<Vec<u8>>, Vec<u8>)>, Diagnostics> {
+        let Some((bytes, _)) = self.file(path).await? else {
+            return Ok(None);
+        };
+        let block =
+            managed_block::extract(&bytes, R::SPEC.type_name).map_err(|e| block_error(path, e))?;
+        Ok(Some((block, bytes)))
     }
 
     async fn apply(&self, c: Change<'_>) -> Applied {
@@ -407,13 +341,7 @@ pub fn cannot_import(id: &str, e: impl std::fmt::Display) -> Diagnostics {
 /// The attributes every file-writing resource has, around the resource's own.
 fn schema_of<R: FileResource>(own: Block) -> Block {
     let s = &R::SPEC;
-    let (file, hash_of) = match s.placement {
-        Placement::Whole => ("the file", "the file as written"),
-        Placement::Block(_) => (
-            "the file that holds the managed block",
-            "the managed block's content",
-        ),
-    };
+    let (file, hash_of) = ("the file", "the provider's block of the file");
     let mut b = own;
     b.attributes.insert(
         0,
@@ -422,13 +350,12 @@ fn schema_of<R: FileResource>(own: Block) -> Block {
             .description("The config file's path (the same as `config_path`)."),
     );
     b.attr(Attribute::new("config_path", Type::String).optional().computed().description(&format!(
-        "Absolute path of {file} on the Services machine. Default {}. Changing it replaces the resource \
-         (the old {} is removed).",
+        "Absolute path of {file} on the Services machine. Default {}. The provider writes only its \
+         own block of the file (between `# BEGIN terraform-provider-circleci {}` and `# END …` lines); \
+         every other line is kept as it is. Changing it replaces the resource (the block leaves the old \
+         file, and so does the file if nothing else was in it).",
         s.default_path_doc,
-        match s.placement {
-            Placement::Whole => "file",
-            Placement::Block(_) => "block",
-        }
+        s.type_name
     )))
     .attr(Attribute::new("verify", Type::Bool).optional().computed().description(s.verify_doc))
     .attr(Attribute::new("file_sha256", Type::String).computed().description(&format!(
@@ -521,9 +448,10 @@ impl<R: FileResource> Resource for ConfigFile<R> {
     async fn read(&self, state: &Value) -> Result<Option<Value>, Diagnostics> {
         let path = self.path_of(state);
         let current = self.current(&path).await?;
+        let block = current.as_ref().and_then(|(b, _)| b.as_ref());
         let mut fresh = state.clone();
         let mut drift = Vec::new();
-        if let Some(text) = current.as_ref().and_then(|(t, _)| t.as_deref()) {
+        if let Some(text) = block.and_then(|b| std::str::from_utf8(b).ok()) {
             self.inner.refresh_from_file(text, &mut fresh);
         }
         self.inner
@@ -534,22 +462,20 @@ impl<R: FileResource> Resource for ConfigFile<R> {
             })
             .await?;
         let what = R::SPEC.what;
-        match &current {
-            None => {
-                drift.push(match R::SPEC.placement {
-                    Placement::Whole => format!("{path} is missing on the Services machine"),
-                    Placement::Block(_) => format!("the {what} block is missing from {path}"),
+        match (&current, block) {
+            (None, _) | (Some(_), None) => {
+                drift.push(if current.is_none() {
+                    format!("{path} is missing on the Services machine")
+                } else {
+                    format!("the {what} block is missing from {path}")
                 });
                 fresh.set("file_sha256", Value::string(""));
             }
-            Some((_, bytes)) => {
+            (Some(_), Some(bytes)) => {
                 let before = state.get("file_sha256").as_str().unwrap_or_default();
                 let hash = file_digest::current(Self::kind(), bytes, Some(before));
                 if !before.is_empty() && before != hash {
-                    drift.push(match R::SPEC.placement {
-                        Placement::Whole => format!("{path} was changed on the Services machine"),
-                        Placement::Block(_) => format!("the {what} block in {path} was changed"),
-                    });
+                    drift.push(format!("the {what} block of {path} was changed"));
                 }
                 fresh.set("file_sha256", Value::string(hash));
             }
@@ -599,26 +525,25 @@ impl<R: FileResource> Resource for ConfigFile<R> {
             .into());
         }
         let nothing = |why: String| Diagnostics::from(Diagnostic::error("Nothing to import", why));
+        // A file without the provider's block (written by hand, as the runbook says) is
+        // read whole; its digest stays empty, so the next apply adds the block.
         let (text, hash) = match self.current(id).await? {
-            Some((Some(t), b)) => (t, file_digest::digest(Self::kind(), &b, None)),
-            Some((None, _)) => {
-                return Err(Diagnostic::error(
-                    "Cannot import this file",
-                    format!("{id} is not UTF-8 text"),
-                )
-                .into())
+            Some((Some(b), _)) => {
+                let hash = file_digest::digest(Self::kind(), &b, None);
+                (String::from_utf8(b), hash)
             }
+            Some((None, whole)) => (String::from_utf8(whole), String::new()),
             None => {
                 let target = self.data.services()?.config().target();
-                return Err(nothing(match R::SPEC.placement {
-                    Placement::Whole => format!("there is no file {id} on {target}"),
-                    Placement::Block(b) => format!(
-                        "there is no {id} on {target}, or it has no block managed by this provider (no \
-                         \"# BEGIN terraform-provider-circleci {b}\" line)"
-                    ),
-                }));
+                return Err(nothing(format!("there is no file {id} on {target}")));
             }
         };
+        let text = text.map_err(|_| {
+            Diagnostics::from(Diagnostic::error(
+                "Cannot import this file",
+                format!("the settings in {id} are not UTF-8 text"),
+            ))
+        })?;
         let mut v = self.inner.import(id, &text).await?;
         v.set("id", Value::string(id));
         v.set("config_path", Value::string(id));

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::config_file::{
-    cannot_import, Change, FileResource, Placement, PlannedContent, Prepared, Refresh, Spec,
+    cannot_import, Change, FileResource, PlannedContent, Prepared, Refresh, Spec,
 };
 use super::validate::{self, Check};
 use super::{string_list, strings};
@@ -131,7 +131,6 @@ impl FileResource for ExternalMongo {
     const SPEC: Spec = Spec {
         type_name: "circleci_external_mongo",
         what: "MongoDB",
-        placement: Placement::Block(file::BLOCK),
         default_path: file::DEFAULT_PATH,
         default_path_doc: "`/etc/circle-installation-customizations`",
         verify_doc: "Log in with the main URI and check the roles before writing. Default `true`.",

@@ -6,9 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::config_file::{
-    cannot_import, Change, FileResource, Placement, PlannedContent, Prepared, Spec,
-};
+use super::config_file::{cannot_import, Change, FileResource, PlannedContent, Prepared, Spec};
 use super::validate::Check;
 use crate::backends::nomad::{self as nb, NomadError};
 use crate::circleci::nomad as file;
@@ -74,7 +72,6 @@ impl FileResource for ExternalNomad {
     const SPEC: Spec = Spec {
         type_name: "circleci_external_nomad",
         what: "Nomad",
-        placement: Placement::Whole,
         default_path: file::DEFAULT_PATH,
         default_path_doc: "`/etc/circleconfig/shared/nomad`",
         verify_doc: "Check the cluster has a leader (from where Terraform runs) before writing. Default `true`.",

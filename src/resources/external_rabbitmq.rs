@@ -6,9 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::config_file::{
-    cannot_import, Change, FileResource, Placement, PlannedContent, Prepared, Spec,
-};
+use super::config_file::{cannot_import, Change, FileResource, PlannedContent, Prepared, Spec};
 use super::validate::Check;
 use super::{password_attr, required_password};
 use crate::backends::rabbitmq::{self as mq, MqError};
@@ -75,7 +73,6 @@ impl FileResource for ExternalRabbitmq {
     const SPEC: Spec = Spec {
         type_name: "circleci_external_rabbitmq",
         what: "RabbitMQ",
-        placement: Placement::Whole,
         default_path: file::DEFAULT_PATH,
         default_path_doc: "`/etc/circleconfig/shared/rabbitmq`",
         verify_doc: "Log in with these credentials (from where Terraform runs) before writing. Default `true`.",

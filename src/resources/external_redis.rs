@@ -6,9 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::config_file::{
-    cannot_import, Change, FileResource, Placement, PlannedContent, Prepared, Spec,
-};
+use super::config_file::{cannot_import, Change, FileResource, PlannedContent, Prepared, Spec};
 use super::validate::Check;
 use crate::backends;
 use crate::circleci::redis::{self as file, Purpose};
@@ -49,7 +47,6 @@ impl FileResource for ExternalRedis {
     const SPEC: Spec = Spec {
         type_name: "circleci_external_redis",
         what: "Redis",
-        placement: Placement::Whole,
         default_path: "/etc/circleconfig/shared/redis",
         default_path_doc: "the runbook's path for `purpose`: `/etc/circleconfig/shared/redis`, or \
                            `/etc/circleconfig/slanger/customizations` for `slanger`",

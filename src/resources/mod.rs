@@ -14,6 +14,7 @@ pub mod external_nomad;
 pub mod external_rabbitmq;
 pub mod external_redis;
 pub mod file_digest;
+pub mod managed_block;
 pub mod nomad_client_launch_config;
 pub mod postgres_databases;
 pub mod validate;

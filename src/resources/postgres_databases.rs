@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use tokio::task::JoinSet;
 
 use super::config_file::{
-    cannot_import, Change, FileResource, Placement, PlannedContent, Prepared, Refresh, Spec,
+    cannot_import, Change, FileResource, PlannedContent, Prepared, Refresh, Spec,
 };
 use super::validate::Check;
 use super::{string_list, strings};
@@ -276,7 +276,6 @@ impl FileResource for PostgresDatabases {
     const SPEC: Spec = Spec {
         type_name: "circleci_postgres_databases",
         what: "PostgreSQL",
-        placement: Placement::Whole,
         default_path: file::DEFAULT_PATH,
         default_path_doc: "`/etc/circleconfig/shared/postgresql`",
         verify_doc:

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::config_file::{
-    cannot_import, Change, FileResource, Placement, PlannedContent, Prepared, Refresh, Spec,
+    cannot_import, Change, FileResource, PlannedContent, Prepared, Refresh, Spec,
 };
 use super::validate::{self, Check};
 use crate::backends::vault::{self as vb, NewToken, Vault, VaultError};
@@ -234,7 +234,6 @@ impl FileResource for VaultTransitClient {
     const SPEC: Spec = Spec {
         type_name: "circleci_vault_transit_client",
         what: "Vault",
-        placement: Placement::Whole,
         default_path: file::DEFAULT_PATH,
         default_path_doc: "`/etc/circleconfig/context-service/customizations`",
         verify_doc: "Encrypt and decrypt a probe with the new token before writing the file. Default `true`.",

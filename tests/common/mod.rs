@@ -198,6 +198,15 @@ provider "circleci" {{
     }
 }
 
+/// `content` between the provider's markers for resource type `id`: how every file
+/// the provider writes holds its settings.
+pub fn block(id: &str, content: &str) -> String {
+    format!(
+        "# BEGIN terraform-provider-circleci {id} (managed by Terraform; edit outside this block)\n\
+         {content}# END terraform-provider-circleci {id}\n"
+    )
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
