@@ -20,6 +20,8 @@ use crate::plugin::{
 use crate::resources;
 
 mod aws;
+#[cfg(test)]
+mod fuzz_tests;
 mod mongodb;
 mod postgres;
 mod services_host;
