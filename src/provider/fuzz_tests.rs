@@ -170,7 +170,6 @@ fn hostile_configurations_never_panic_and_errors_name_attributes() {
                             pb::validate_resource_config::Request {
                                 type_name: type_name.to_string(),
                                 config: dv(&cfg),
-                                ..Default::default()
                             },
                         )),
                     )
