@@ -27,7 +27,10 @@ fn sourced(path: &std::path::Path, var: &str) -> String {
 }
 
 fn state_text(tf: &Tf) -> String {
-    std::fs::read_to_string(tf.path().join("terraform.tfstate")).unwrap_or_default()
+    // A missing state must fail the test, never pass a "secret not in the state" check.
+    let st = std::fs::read_to_string(tf.path().join("terraform.tfstate")).unwrap();
+    assert!(st.contains("\"resources\""), "not a state: {st}");
+    st
 }
 
 /// The runbook's defaults: nine databases, role `circle`. The only test that uses those

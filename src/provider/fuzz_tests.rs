@@ -154,11 +154,24 @@ fn hostile_configurations_never_panic_and_errors_name_attributes() {
     )
     .unwrap();
     for (type_name, block) in resources {
-        let mut runner = TestRunner::new(Config {
+        // A fixed seed (FUZZ_SEED overrides it), printed with any failure, so a failure
+        // is reproduced by running the test again.
+        let seed: u64 = std::env::var("FUZZ_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0x00c1_7c1e_2017_u64);
+        let config = Config {
             cases: 128,
             failure_persistence: None,
             ..Config::default()
-        });
+        };
+        let mut bytes = [0u8; 32];
+        bytes[..8].copy_from_slice(&seed.to_le_bytes());
+        let rng = proptest::test_runner::TestRng::from_seed(
+            proptest::test_runner::RngAlgorithm::ChaCha,
+            &bytes,
+        );
+        let mut runner = TestRunner::new_with_rng(config, rng);
         let svc = svc.clone();
         let rt = &rt;
         runner
@@ -216,6 +229,6 @@ fn hostile_configurations_never_panic_and_errors_name_attributes() {
                 prop_assert!(planned.is_ok(), "{type_name}: plan hung");
                 Ok(())
             })
-            .unwrap_or_else(|e| panic!("{type_name}: {e}"));
+            .unwrap_or_else(|e| panic!("{type_name} (FUZZ_SEED={seed}): {e}"));
     }
 }
