@@ -352,7 +352,8 @@ fn schema_of<R: FileResource>(own: Block) -> Block {
     b.attr(Attribute::new("config_path", Type::String).optional().computed().description(&format!(
         "Absolute path of {file} on the Services machine. Default {}. The provider writes only its \
          own block of the file (between `# BEGIN terraform-provider-circleci {}` and `# END …` lines); \
-         every other line is kept as it is. Changing it replaces the resource (the block leaves the old \
+         every other line is kept as it is. One resource of a type per file: two would share \
+         the block. Changing it replaces the resource (the block leaves the old \
          file, and so does the file if nothing else was in it).",
         s.default_path_doc,
         s.type_name
