@@ -84,14 +84,6 @@ impl Applied {
             },
         }
     }
-
-    /// Back to a `Result`: the state when there is one and no error (warnings dropped).
-    pub fn into_result(self) -> Result<Value, Diagnostics> {
-        match (self.state, self.diags.has_errors()) {
-            (Some(s), false) => Ok(s),
-            _ => Err(self.diags),
-        }
-    }
 }
 
 /// One managed resource type.

@@ -67,6 +67,15 @@ impl fmt::Display for DecodeError {
 impl std::error::Error for DecodeError {}
 
 impl Value {
+    /// An object of these attributes (later names win).
+    pub fn object(pairs: &[(&str, Value)]) -> Value {
+        let mut v = Value::Null;
+        for (k, x) in pairs {
+            v.set(k, x.clone());
+        }
+        v
+    }
+
     pub fn string(s: impl Into<String>) -> Value {
         Value::String(s.into())
     }

@@ -79,19 +79,11 @@ pub(super) fn build(b: &Value, timeout: Duration) -> Result<Aws, Diagnostics> {
 mod tests {
     use super::*;
 
-    fn obj(pairs: &[(&str, Value)]) -> Value {
-        let mut v = Value::Null;
-        for (k, x) in pairs {
-            v.set(k, x.clone());
-        }
-        v
-    }
-
     #[test]
     fn aws_block_checks_name_their_attribute() {
         let mut d = Diagnostics::new();
         validate(
-            &obj(&[
+            &Value::object(&[
                 ("region", Value::string("US East")),
                 ("endpoint", Value::string("127.0.0.1:5000")),
             ]),
@@ -104,7 +96,7 @@ mod tests {
         assert_eq!(paths, vec!["aws.endpoint", "aws.region"]);
         let mut d = Diagnostics::new();
         validate(
-            &obj(&[
+            &Value::object(&[
                 ("region", Value::string("")),
                 ("endpoint", Value::string("")),
                 ("profile", Value::string("ops")),
@@ -113,7 +105,7 @@ mod tests {
         );
         assert!(d.is_empty(), "empty means unset: {d}");
         validate(
-            &obj(&[
+            &Value::object(&[
                 ("region", Value::string("eu-west-3")),
                 ("endpoint", Value::string("http://127.0.0.1:55000")),
             ]),

@@ -136,12 +136,12 @@ fn hostile_configurations_never_panic_and_errors_name_attributes() {
         .collect();
     let svc = Arc::new(ProviderService::new(provider));
     // Configured with nothing reachable: plans must still answer.
-    let mut pc = Value::Null;
-    let mut sh = Value::Null;
-    sh.set("host", Value::string("127.0.0.1"));
-    sh.set("port", Value::int(1));
-    sh.set("insecure_ignore_host_key", Value::Bool(true));
-    pc.set("services_host", sh);
+    let sh = Value::object(&[
+        ("host", Value::string("127.0.0.1")),
+        ("port", Value::int(1)),
+        ("insecure_ignore_host_key", Value::Bool(true)),
+    ]);
+    let pc = Value::object(&[("services_host", sh)]);
     rt.block_on(
         svc.configure_provider(Request::new(pb::configure_provider::Request {
             config: dv(&pc),

@@ -196,18 +196,13 @@ pub(super) fn build(b: &Value) -> Result<SshConfig, Diagnostics> {
 mod tests {
     use super::*;
 
-    fn obj(pairs: &[(&str, Value)]) -> Value {
-        let mut v = Value::Null;
-        for (k, x) in pairs {
-            v.set(k, x.clone());
-        }
-        v
-    }
-
     #[test]
     fn host_key_setting_is_required() {
         let mut d = Diagnostics::new();
-        validate(&obj(&[("host", Value::string("10.0.1.5"))]), &mut d);
+        validate(
+            &Value::object(&[("host", Value::string("10.0.1.5"))]),
+            &mut d,
+        );
         assert!(d.has_errors());
         assert_eq!(d.0[0].path, Some(AttrPath::root(SERVICES_HOST)));
     }
@@ -216,7 +211,7 @@ mod tests {
     fn insecure_warns() {
         let mut d = Diagnostics::new();
         validate(
-            &obj(&[
+            &Value::object(&[
                 ("host", Value::string("h")),
                 ("insecure_ignore_host_key", Value::Bool(true)),
             ]),
@@ -230,7 +225,7 @@ mod tests {
     fn bad_values_name_their_attribute() {
         let mut d = Diagnostics::new();
         validate(
-            &obj(&[
+            &Value::object(&[
                 ("host", Value::string("bad host!")),
                 ("port", Value::int(70000)),
                 ("timeout", Value::string("soon")),

@@ -287,14 +287,6 @@ mod tests {
         assert_eq!(d.0.len(), 4);
     }
 
-    fn cfg(pairs: &[(&str, Value)]) -> Value {
-        let mut v = Value::Null;
-        for (k, x) in pairs {
-            v.set(k, x.clone());
-        }
-        v
-    }
-
     #[test]
     fn table_checks_name_their_attribute() {
         let table = [
@@ -320,7 +312,7 @@ mod tests {
                 }),
             ),
         ];
-        let good = cfg(&[
+        let good = Value::object(&[
             ("host", Value::string("db.internal")),
             ("port", Value::int(5432)),
             ("mode", Value::string("b")),
@@ -331,7 +323,7 @@ mod tests {
         let mut d = Diagnostics::new();
         run(&good, &table, &mut d);
         assert!(d.is_empty(), "{d:?}");
-        let bad = cfg(&[
+        let bad = Value::object(&[
             ("host", Value::string("a b")),
             ("port", Value::int(0)),
             ("mode", Value::string("c")),
@@ -349,7 +341,7 @@ mod tests {
         assert!(d.0[4].detail.contains("at most 1h"));
         // Unknown and null values pass.
         let mut d = Diagnostics::new();
-        run(&cfg(&[("host", Value::Unknown)]), &table, &mut d);
+        run(&Value::object(&[("host", Value::Unknown)]), &table, &mut d);
         assert!(d.is_empty());
     }
 }

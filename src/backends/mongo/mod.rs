@@ -86,7 +86,7 @@ fn host_text(h: &str, p: u16) -> String {
 /// Finds the primary among the seeds and the members they name.
 async fn find_primary(
     cs: &ConnString,
-    tls: &TlsSettings,
+    tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
     per_host: Duration,
 ) -> Result<(Conn, String), MongoError> {
     let sasl_user = cs
@@ -167,14 +167,14 @@ async fn connect(
         ca_file: ca.cloned().or_else(|| cs.tls_ca_file.clone()),
         insecure: cs.tls_insecure,
     };
-    wire::check_tls(&tls).map_err(|detail| MongoError::Tls {
+    let tls = wire::client_tls(&tls).map_err(|detail| MongoError::Tls {
         hosts: hosts.clone(),
         detail,
     })?;
     let per_host = cs.connect_timeout.unwrap_or(timeout);
     let selection = cs.server_selection_timeout.unwrap_or(timeout);
     let (mut conn, host) =
-        match tokio::time::timeout(selection, find_primary(&cs, &tls, per_host)).await {
+        match tokio::time::timeout(selection, find_primary(&cs, tls.as_ref(), per_host)).await {
             Ok(r) => r?,
             Err(_) => {
                 return Err(MongoError::NoPrimary {

@@ -105,27 +105,32 @@ fn tls_config(t: &TlsSettings) -> Result<rustls::ClientConfig, String> {
     Ok(cfg)
 }
 
-/// Reads the CA file now, so that a missing file is reported as such.
-pub fn check_tls(t: &TlsSettings) -> Result<(), String> {
+/// The TLS client configuration, built once per connection string (the CA file is
+/// read here, so a missing one is reported before any host is tried); `None` without
+/// TLS.
+pub fn client_tls(t: &TlsSettings) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
     if t.enabled {
-        tls_config(t).map(|_| ())
+        tls_config(t).map(|c| Some(Arc::new(c)))
     } else {
-        Ok(())
+        Ok(None)
     }
 }
 
-async fn open_io(host: &str, port: u16, tls: &TlsSettings) -> Result<Box<dyn Io>, WireError> {
+async fn open_io(
+    host: &str,
+    port: u16,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<Box<dyn Io>, WireError> {
     let tcp = TcpStream::connect((host, port))
         .await
         .map_err(|e| WireError::Io(e.to_string()))?;
     let _ = tcp.set_nodelay(true);
-    if !tls.enabled {
+    let Some(cfg) = tls else {
         return Ok(Box::new(tcp));
-    }
-    let cfg = tls_config(tls).map_err(WireError::Io)?;
+    };
     let name = rustls::pki_types::ServerName::try_from(host.to_string())
         .map_err(|e| WireError::Io(format!("{host} is not a TLS server name: {e}")))?;
-    let s = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    let s = tokio_rustls::TlsConnector::from(cfg.clone())
         .connect(name, tcp)
         .await
         .map_err(|e| WireError::Io(format!("TLS: {}", crate::backends::chain(&e))))?;
@@ -159,7 +164,7 @@ impl Conn {
     pub async fn open(
         host: &str,
         port: u16,
-        tls: &TlsSettings,
+        tls: Option<&Arc<rustls::ClientConfig>>,
         sasl_user: Option<&str>,
     ) -> Result<Conn, WireError> {
         let io = open_io(host, port, tls).await?;

@@ -72,14 +72,6 @@ impl Provider for P {
     }
 }
 
-fn obj(pairs: &[(&str, Value)]) -> Value {
-    let mut v = Value::Null;
-    for (k, x) in pairs {
-        v.set(k, x.clone());
-    }
-    v
-}
-
 fn dv(v: &Value) -> Option<pb::DynamicValue> {
     encode(v)
 }
@@ -134,7 +126,7 @@ async fn apply_create(
 #[tokio::test]
 async fn plan_nulls_write_only_and_marks_computed_unknown() {
     let s = svc();
-    let cfg = obj(&[
+    let cfg = Value::object(&[
         ("id", Value::Null),
         ("name", Value::string("n")),
         ("secret_wo", Value::string("s3cret")),
@@ -150,7 +142,7 @@ async fn plan_nulls_write_only_and_marks_computed_unknown() {
 #[tokio::test]
 async fn write_only_needs_a_terraform_that_supports_it() {
     let s = svc();
-    let cfg = obj(&[
+    let cfg = Value::object(&[
         ("id", Value::Null),
         ("name", Value::string("n")),
         ("secret_wo", Value::string("s")),
@@ -167,12 +159,12 @@ async fn write_only_needs_a_terraform_that_supports_it() {
 #[tokio::test]
 async fn apply_never_returns_write_only_values() {
     let s = svc();
-    let planned = obj(&[
+    let planned = Value::object(&[
         ("id", Value::Unknown),
         ("name", Value::string("n")),
         ("secret_wo", Value::Null),
     ]);
-    let cfg = obj(&[
+    let cfg = Value::object(&[
         ("id", Value::Null),
         ("name", Value::string("n")),
         ("secret_wo", Value::string("s3cret")),
@@ -190,12 +182,12 @@ async fn apply_never_returns_write_only_values() {
 #[tokio::test]
 async fn stop_provider_cancels_in_flight_apply() {
     let s = svc();
-    let planned = obj(&[
+    let planned = Value::object(&[
         ("id", Value::Unknown),
         ("name", Value::string("n")),
         ("secret_wo", Value::Null),
     ]);
-    let cfg = obj(&[
+    let cfg = Value::object(&[
         ("id", Value::Null),
         ("name", Value::string("n")),
         ("secret_wo", Value::string("wait")),
