@@ -21,6 +21,8 @@ fn admin(s: &common::Servers, mode: SslMode, ca: Option<&str>) -> PgAdmin {
         sslmode: mode,
         sslrootcert: ca.map(|c| s.get(c).into()),
         connect_timeout: Duration::from_secs(5),
+        statement_timeout: Duration::from_secs(60),
+        lock_timeout: Duration::from_secs(1),
     })
 }
 
@@ -127,4 +129,66 @@ async fn role_database_extension_calls_are_idempotent() {
     a.drop_role(role).await.unwrap();
     assert!(a.databases(&[db.to_string()]).await.unwrap().is_empty());
     assert!(!a.role_exists(role).await.unwrap());
+}
+
+/// A role change blocked by another session's open transaction gives up after the
+/// admin session's lock_timeout (1s here), with an error that says so, instead of
+/// waiting for as long as that transaction stays open.
+#[tokio::test]
+async fn a_lock_wait_ends_at_lock_timeout() {
+    let s = common::servers();
+    let pg = admin(&s, SslMode::Disable, None);
+    let role = "circleci_lock_wait_test";
+    pg.ensure_role(role, "first-password").await.unwrap();
+    // Another session updates the role and keeps its transaction open.
+    let mut holder = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "{{ echo 'BEGIN; ALTER ROLE {role} CONNECTION LIMIT 5;'; sleep 20; }} | \
+             PGPASSWORD={} psql -h 127.0.0.1 -p {} -U postgres -d postgres -q",
+            s.get("CIRCLECI_TEST_PG_PASSWORD"),
+            s.pg_port()
+        ))
+        .spawn()
+        .unwrap();
+    // Wait until that transaction holds the row.
+    let mut held = false;
+    for _ in 0..100 {
+        let n = s.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction'",
+        );
+        if n.trim() != "0" {
+            held = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(held, "the holding transaction did not start");
+    let started = std::time::Instant::now();
+    let e = pg
+        .ensure_role(role, "second-password")
+        .await
+        .expect_err("the role is locked by another transaction");
+    let took = started.elapsed();
+    s.psql(
+        "postgres",
+        &format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE state = 'idle in transaction' AND query LIKE '%{role}%'"
+        ),
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(took < Duration::from_secs(10), "waited {took:?}");
+    assert_eq!(
+        e.code(),
+        Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE),
+        "{e}"
+    );
+    let m = e.to_string();
+    assert!(m.contains("lock_timeout, 1s"), "{m}");
+    assert!(m.contains(role), "{m}");
+    assert!(!m.contains("second-password"), "{m}");
+    pg.drop_role(role).await.unwrap();
 }

@@ -27,6 +27,8 @@ pub enum NomadError {
     },
     #[error("CA certificate file {}: {detail}", path.display())]
     CaFile { path: PathBuf, detail: String },
+    #[error("Nomad at {endpoint} gave no answer within {}", humantime::format_duration(*.after))]
+    Timeout { endpoint: String, after: Duration },
     #[error("Nomad at {endpoint} answered HTTP {status}: {body}")]
     Http {
         endpoint: String,
@@ -72,6 +74,11 @@ pub async fn leader(
             NomadError::Tls {
                 endpoint,
                 source: e,
+            }
+        } else if e.is_timeout() {
+            NomadError::Timeout {
+                endpoint,
+                after: timeout,
             }
         } else {
             NomadError::Unreachable {

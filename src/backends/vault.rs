@@ -130,7 +130,16 @@ impl Vault {
             ClientError::RestClientError { source } => VaultError::Transport {
                 what,
                 address,
-                detail: super::chain(&source),
+                detail: if super::find_in_chain::<reqwest::Error>(&source)
+                    .is_some_and(reqwest::Error::is_timeout)
+                {
+                    format!(
+                        "no answer within {}",
+                        humantime::format_duration(self.cfg.timeout)
+                    )
+                } else {
+                    super::chain(&source)
+                },
             },
             other => VaultError::Transport {
                 what,

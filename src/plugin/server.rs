@@ -327,6 +327,18 @@ pub async fn serve(provider: Arc<dyn Provider>, env: HandshakeEnv) -> Result<(),
     // handshake is a clean shutdown rather than the default kill.
     let mut sigterm =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    // Ctrl-C in a terminal reaches the whole process group, this plugin too. Terraform
+    // answers it by calling StopProvider and waiting for the operations in flight to
+    // return what they changed; dying here would lose that. So SIGINT is only logged.
+    if let Ok(mut sigint) =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+    {
+        tokio::spawn(async move {
+            while sigint.recv().await.is_some() {
+                log::debug!("SIGINT received: waiting for Terraform's StopProvider instead");
+            }
+        });
+    }
 
     // The one and only thing this process writes to stdout.
     {
@@ -359,30 +371,65 @@ pub async fn serve(provider: Arc<dyn Provider>, env: HandshakeEnv) -> Result<(),
     Ok(())
 }
 
+/// Pauses after a failed accept (e.g. out of file descriptors), longer each time in a
+/// row, so a persistent error does not spin a core.
+struct AcceptBackoff(std::time::Duration);
+
+impl AcceptBackoff {
+    const FIRST: std::time::Duration = std::time::Duration::from_millis(10);
+    const MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
+    fn new() -> Self {
+        AcceptBackoff(Self::FIRST)
+    }
+
+    async fn failed(&mut self, e: &io::Error) {
+        log::warn!(
+            "accept: {e}; retrying in {}",
+            humantime::format_duration(self.0)
+        );
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(Self::MAX);
+    }
+
+    fn succeeded(&mut self) {
+        self.0 = Self::FIRST;
+    }
+}
+
 async fn accept_plain(listener: TcpListener, tx: tokio::sync::mpsc::Sender<io::Result<Conn>>) {
+    let mut backoff = AcceptBackoff::new();
     loop {
         match listener.accept().await {
             Ok((s, _)) => {
+                backoff.succeeded();
                 let _ = s.set_nodelay(true);
                 if tx.send(Ok(Conn::Plain(s))).await.is_err() {
                     return;
                 }
             }
-            Err(e) => log::warn!("accept: {e}"),
+            Err(e) => backoff.failed(&e).await,
         }
     }
 }
+
+/// Longest a client may take over the TLS handshake.
+const HANDSHAKE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
 async fn accept_tls(
     listener: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     tx: tokio::sync::mpsc::Sender<io::Result<Conn>>,
 ) {
+    let mut backoff = AcceptBackoff::new();
     loop {
         let (s, peer) = match listener.accept().await {
-            Ok(x) => x,
+            Ok(x) => {
+                backoff.succeeded();
+                x
+            }
             Err(e) => {
-                log::warn!("accept: {e}");
+                backoff.failed(&e).await;
                 continue;
             }
         };
@@ -391,11 +438,15 @@ async fn accept_tls(
         let tx = tx.clone();
         // Handshakes run in their own tasks so a slow or hostile client cannot stall others.
         tokio::spawn(async move {
-            match acceptor.accept(s).await {
-                Ok(tls) => {
+            match tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(s)).await {
+                Ok(Ok(tls)) => {
                     let _ = tx.send(Ok(Conn::Tls(Box::new(tls)))).await;
                 }
-                Err(e) => log::warn!("refused TLS connection from {peer}: {e}"),
+                Ok(Err(e)) => log::warn!("refused TLS connection from {peer}: {e}"),
+                Err(_) => log::warn!(
+                    "dropped a connection from {peer}: no TLS handshake within {}",
+                    humantime::format_duration(HANDSHAKE_DEADLINE)
+                ),
             }
         });
     }

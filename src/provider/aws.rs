@@ -1,7 +1,5 @@
 //! The `aws` block: region, profile and endpoint over the standard AWS chain.
 
-use std::time::Duration;
-
 use crate::backends::aws::{Aws, AwsSettings};
 use crate::plugin::{AttrPath, Attribute, Block, Diagnostics, Type, Value};
 
@@ -27,6 +25,12 @@ pub(super) fn block() -> Block {
             "Send every AWS request (Auto Scaling and EC2) to this URL instead of AWS's public endpoints: for \
              tests (moto) and private endpoints. Empty means unset. Default: env `AWS_ENDPOINT_URL`.",
         ))
+        .attr(super::deadline_attr(
+            "timeout",
+            "Time allowed to connect and for each attempt of each AWS request (the SDK retries \
+             up to 3 attempts); the rollout has its own `rollout_timeout`",
+            "30s",
+        ))
 }
 
 fn aws_path(attr: &str) -> AttrPath {
@@ -34,6 +38,7 @@ fn aws_path(attr: &str) -> AttrPath {
 }
 
 pub(super) fn validate(b: &Value, diags: &mut Diagnostics) {
+    super::validate_deadlines(b, AWS, &["timeout"], diags);
     if let Some(e) = b.get("endpoint").as_str().filter(|e| !e.is_empty()) {
         match url::Url::parse(e) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
@@ -60,7 +65,12 @@ pub(super) fn validate(b: &Value, diags: &mut Diagnostics) {
 }
 
 /// The settings; the chain itself is loaded on first use.
-pub(super) fn build(b: &Value, timeout: Duration) -> Result<Aws, Diagnostics> {
+pub(super) fn build(b: &Value) -> Result<Aws, Diagnostics> {
+    let mut diags = Diagnostics::new();
+    let timeout = super::deadline(b, AWS, "timeout", super::DEFAULT_TIMEOUT, &mut diags);
+    if diags.has_errors() {
+        return Err(diags);
+    }
     let s = |n: &str| {
         b.get(n)
             .as_str()

@@ -200,6 +200,47 @@ impl CircleCiProvider {
     }
 }
 
+/// The longest deadline accepted for any single operation.
+const MAX_DEADLINE: Duration = Duration::from_secs(3600);
+
+/// A deadline attribute of block `block`: `name = "30s"`, at most an hour.
+fn deadline_attr(name: &str, what: &str, default: &str) -> crate::plugin::Attribute {
+    crate::plugin::Attribute::new(name, crate::plugin::Type::String)
+        .optional()
+        .description(&format!(
+            "{what}, e.g. `{default}` (default). At most `1h`. An operation that takes longer fails with an \
+             error naming the server, the operation and this deadline."
+        ))
+}
+
+/// The value of deadline attribute `name` of block `block` (already validated: a bad
+/// value adds an error and gives the default).
+fn deadline(
+    b: &Value,
+    block: &str,
+    name: &str,
+    default: Duration,
+    diags: &mut Diagnostics,
+) -> Duration {
+    match b.get(name).as_str() {
+        Some(t) => crate::resources::validate::duration_at_most(
+            t,
+            MAX_DEADLINE,
+            AttrPath::root(block).attr(name),
+            diags,
+        )
+        .unwrap_or(default),
+        None => default,
+    }
+}
+
+/// Plan-time check of deadline attributes `names` of block `block`.
+fn validate_deadlines(b: &Value, block: &str, names: &[&str], diags: &mut Diagnostics) {
+    for n in names {
+        let _ = deadline(b, block, n, Duration::ZERO, diags);
+    }
+}
+
 /// A string attribute, or else the environment variable (empty counts as unset).
 fn env_or(v: &Value, env: &str) -> Option<String> {
     match v.as_str() {
@@ -261,7 +302,7 @@ impl Provider for CircleCiProvider {
         diags.extend(
             d.vault
                 .configure(VAULT, config.get(VAULT), Some("VAULT_ADDR"), |b| {
-                    vault::build(b, DEFAULT_TIMEOUT).map(Vault::new)
+                    vault::build(b).map(Vault::new)
                 }),
         );
         // A MongoDB block is checked when a resource uses it.
@@ -271,9 +312,7 @@ impl Provider for CircleCiProvider {
             Some("MONGODB_URI"),
             mongodb::build,
         );
-        diags.extend(d.aws.configure(AWS, config.get(AWS), None, |b| {
-            aws::build(b, DEFAULT_TIMEOUT)
-        }));
+        diags.extend(d.aws.configure(AWS, config.get(AWS), None, aws::build));
         // A missing services_host block surfaces only when a resource needs the Services
         // machine, so a configuration with no resources yet still plans; a wrong block
         // fails here.

@@ -21,9 +21,16 @@ pub(super) fn block() -> Block {
         .attr(Attribute::new("tls_ca_file", Type::String).optional().description(
             "CA certificate (PEM) that signed the servers' certificates; turns TLS on.",
         ))
+        .attr(super::deadline_attr(
+            "timeout",
+            "Time allowed for each MongoDB command, and to connect and find the primary (unless the \
+             connection string sets `connectTimeoutMS` / `serverSelectionTimeoutMS`)",
+            "15s",
+        ))
 }
 
 pub(super) fn validate(b: &Value, diags: &mut Diagnostics) {
+    super::validate_deadlines(b, MONGODB, &["timeout"], diags);
     if let Some(u) = b.get("uri").as_str() {
         if !u.starts_with("mongodb://") && !u.starts_with("mongodb+srv://") {
             diags.attr_error(
@@ -36,11 +43,16 @@ pub(super) fn validate(b: &Value, diags: &mut Diagnostics) {
 }
 
 pub(super) fn build(b: &Value) -> Result<MongoAdmin, Diagnostics> {
+    let mut diags = Diagnostics::new();
+    let timeout = super::deadline(b, MONGODB, "timeout", Duration::from_secs(15), &mut diags);
+    if diags.has_errors() {
+        return Err(diags);
+    }
     match env_or(b.get("uri"), "MONGODB_URI") {
         Some(u) => Ok(MongoAdmin::new(
             Secret(u),
             b.get("tls_ca_file").as_str().map(expand_home),
-            Duration::from_secs(15),
+            timeout,
         )),
         None => Err(Diagnostic::error(
             "MongoDB connection string missing",

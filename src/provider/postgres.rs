@@ -42,6 +42,18 @@ pub(super) fn block() -> Block {
         .attr(Attribute::new("connect_timeout", Type::String).optional().description(
             "Time allowed to connect, e.g. `15s` (default). Default: env `PGCONNECT_TIMEOUT` (seconds).",
         ))
+        .attr(super::deadline_attr(
+            "statement_timeout",
+            "The admin session's `statement_timeout`: time allowed for each statement (CREATE DATABASE, \
+             CREATE EXTENSION, role changes). The provider also gives up 5 seconds after it on a server that \
+             does not answer at all",
+            "2m",
+        ))
+        .attr(super::deadline_attr(
+            "lock_timeout",
+            "The admin session's `lock_timeout`: the longest wait for a lock another session holds",
+            "30s",
+        ))
 }
 
 fn pg_path(attr: &str) -> AttrPath {
@@ -68,6 +80,7 @@ pub(super) fn validate(b: &Value, diags: &mut Diagnostics) {
     if let Some(t) = b.get("connect_timeout").as_str() {
         validate::duration_at_most(t, MAX_CONNECT, pg_path("connect_timeout"), diags);
     }
+    super::validate_deadlines(b, POSTGRES, &["statement_timeout", "lock_timeout"], diags);
     // A weak sslmode with a password: the admin password, and the role passwords the
     // provider sets, may go to a server nobody checked.
     let mode = b.get("sslmode").as_str().unwrap_or("prefer");
@@ -150,6 +163,14 @@ pub(super) fn build(b: &Value) -> Result<PgConfig, Diagnostics> {
             .map(Duration::from_secs),
     }
     .unwrap_or(Duration::from_secs(15));
+    let statement_timeout = super::deadline(
+        b,
+        POSTGRES,
+        "statement_timeout",
+        Duration::from_secs(120),
+        &mut diags,
+    );
+    let lock_timeout = super::deadline(b, POSTGRES, "lock_timeout", Duration::from_secs(30), &mut diags);
     if diags.has_errors() {
         return Err(diags);
     }
@@ -162,5 +183,7 @@ pub(super) fn build(b: &Value) -> Result<PgConfig, Diagnostics> {
         sslmode,
         sslrootcert: env_or(b.get("sslrootcert"), "PGSSLROOTCERT").map(|p| expand_home(&p)),
         connect_timeout,
+        statement_timeout,
+        lock_timeout,
     })
 }

@@ -1,12 +1,10 @@
 //! The `vault` block: the Vault (or OpenBao) admin client settings.
 
-use std::time::Duration;
-
 use crate::backends::vault::VaultConfig;
 use crate::plugin::{AttrPath, Attribute, Block, Diagnostic, Diagnostics, Type, Value};
 use crate::secret::Secret;
 
-use super::{env_or, expand_home, VAULT};
+use super::{env_or, expand_home, DEFAULT_TIMEOUT, VAULT};
 
 pub(super) fn block() -> Block {
     Block::new()
@@ -30,6 +28,7 @@ pub(super) fn block() -> Block {
         .attr(Attribute::new("skip_tls_verify", Type::Bool).optional().description(
             "Do not check Vault's certificate. Only for throw-away test set-ups; the provider warns on every plan.",
         ))
+        .attr(super::deadline_attr("timeout", "Time allowed for each Vault request", "30s"))
 }
 
 fn vault_path(attr: &str) -> AttrPath {
@@ -40,6 +39,7 @@ pub(super) fn validate(b: &Value, diags: &mut Diagnostics) {
     if b.is_null() || b.is_unknown() {
         return;
     }
+    super::validate_deadlines(b, VAULT, &["timeout"], diags);
     if let Some(a) = b.get("address").as_str() {
         if let Err(e) = crate::circleci::vault::Address::parse(a) {
             diags.attr_error(vault_path("address"), "Invalid Vault address", e);
@@ -70,8 +70,9 @@ pub(super) fn validate(b: &Value, diags: &mut Diagnostics) {
     }
 }
 
-pub(super) fn build(b: &Value, timeout: Duration) -> Result<VaultConfig, Diagnostics> {
+pub(super) fn build(b: &Value) -> Result<VaultConfig, Diagnostics> {
     let mut diags = Diagnostics::new();
+    let timeout = super::deadline(b, VAULT, "timeout", DEFAULT_TIMEOUT, &mut diags);
     let address = env_or(b.get("address"), "VAULT_ADDR").unwrap_or_default();
     if address.is_empty() {
         diags.attr_error(

@@ -54,7 +54,16 @@ pub struct PgConfig {
     pub sslmode: SslMode,
     pub sslrootcert: Option<PathBuf>,
     pub connect_timeout: Duration,
+    /// The admin session's `statement_timeout`; the provider also gives up on a
+    /// statement unanswered this long (plus [`GRACE`]), e.g. on a frozen server.
+    pub statement_timeout: Duration,
+    /// The admin session's `lock_timeout`: the longest wait for a lock.
+    pub lock_timeout: Duration,
 }
+
+/// How long past `statement_timeout` the provider waits for the server's own cancel
+/// before it gives up on the connection.
+pub const GRACE: Duration = Duration::from_secs(5);
 
 /// What failed, where. Never contains a password. Classified by variant and SQLSTATE,
 /// never by message text.
@@ -74,6 +83,13 @@ pub enum PgError {
     Timeout {
         target: String,
         database: String,
+        after: Duration,
+    },
+    /// A statement got no answer within the deadline (the server may be frozen).
+    #[error("{what} on {target}: no answer within {}", humantime::format_duration(*.after))]
+    Late {
+        what: String,
+        target: String,
         after: Duration,
     },
     /// A statement failed once connected.
@@ -252,11 +268,51 @@ impl PgAdmin {
     }
 
     fn err(&self, what: &str, e: &tokio_postgres::Error) -> PgError {
+        let code = code_of(e);
+        let mut detail = describe(e);
+        let fmt = humantime::format_duration;
+        if code == Some(SqlState::QUERY_CANCELED) {
+            detail.push_str(&format!(
+                " (the admin session's statement_timeout is {})",
+                fmt(self.cfg.statement_timeout)
+            ));
+        } else if code == Some(SqlState::LOCK_NOT_AVAILABLE) {
+            detail.push_str(&format!(
+                " (waited for a lock longer than the admin session's lock_timeout, {})",
+                fmt(self.cfg.lock_timeout)
+            ));
+        }
         PgError::Statement {
             what: what.to_string(),
             target: self.target(),
-            detail: describe(e),
-            code: code_of(e),
+            detail,
+            code,
+        }
+    }
+
+    /// One statement on the admin connection to `db`, bounded: the server cancels it
+    /// after `statement_timeout`; when even that answer does not come (a frozen
+    /// server), the provider gives up [`GRACE`] later and drops the connection.
+    async fn run<T>(
+        &self,
+        db: Option<&str>,
+        what: &str,
+        f: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, PgError> {
+        let after = self.cfg.statement_timeout + GRACE;
+        match tokio::time::timeout(after, f).await {
+            Ok(r) => r.map_err(|e| self.err(what, &e)),
+            Err(_) => {
+                let db = db.unwrap_or(&self.cfg.database).to_string();
+                if let Some(c) = self.conns.lock().await.remove(&db) {
+                    c.task.abort();
+                }
+                Err(PgError::Late {
+                    what: what.to_string(),
+                    target: self.target(),
+                    after,
+                })
+            }
         }
     }
 
@@ -281,6 +337,22 @@ impl PgAdmin {
                 c.connect_timeout,
             )
             .await?;
+        let limits = format!(
+            "SET statement_timeout = {}; SET lock_timeout = {}",
+            c.statement_timeout.as_millis().max(1),
+            c.lock_timeout.as_millis().max(1)
+        );
+        match tokio::time::timeout(c.connect_timeout, client.batch_execute(&limits)).await {
+            Ok(r) => r.map_err(|e| self.err("setting the session's timeouts", &e))?,
+            Err(_) => {
+                task.abort();
+                return Err(PgError::Timeout {
+                    target: self.target(),
+                    database: db,
+                    after: c.connect_timeout,
+                });
+            }
+        }
         let client = Arc::new(client);
         conns.insert(
             db,
@@ -307,13 +379,16 @@ impl PgAdmin {
 
     pub async fn role_exists(&self, role: &str) -> Result<bool, PgError> {
         let c = self.client(None).await?;
-        let rows = c
-            .query(
-                "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1",
-                &[&role],
+        let rows = self
+            .run(
+                None,
+                &format!("looking up role {role:?}"),
+                c.query(
+                    "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1",
+                    &[&role],
+                ),
             )
-            .await
-            .map_err(|e| self.err(&format!("looking up role {role:?}"), &e))?;
+            .await?;
         Ok(!rows.is_empty())
     }
 
@@ -326,10 +401,10 @@ impl PgAdmin {
                 let show = |name: &'static str| {
                     let c = c.clone();
                     async move {
-                        let rows = c
-                            .simple_query(&format!("SHOW {name}"))
-                            .await
-                            .map_err(|e| self.err(&format!("reading {name}"), &e))?;
+                        let sql = format!("SHOW {name}");
+                        let rows = self
+                            .run(None, &format!("reading {name}"), c.simple_query(&sql))
+                            .await?;
                         Ok::<_, PgError>(
                             rows.iter()
                                 .find_map(|m| match m {
@@ -376,28 +451,27 @@ impl PgAdmin {
             quote_literal(&verifier)
         );
         let c = self.client(None).await?;
-        c.batch_execute(&sql).await.map_err(|e| {
-            self.err(
-                &format!(
-                    "{} role {role:?}",
-                    if exists { "updating" } else { "creating" }
-                ),
-                &e,
-            )
-        })?;
+        let what = format!(
+            "{} role {role:?}",
+            if exists { "updating" } else { "creating" }
+        );
+        self.run(None, &what, c.batch_execute(&sql)).await?;
         Ok(!exists)
     }
 
     /// Which of `names` exist, with their owners.
     pub async fn databases(&self, names: &[String]) -> Result<HashMap<String, String>, PgError> {
         let c = self.client(None).await?;
-        let rows = c
-            .query(
-                "SELECT datname::text, pg_catalog.pg_get_userbyid(datdba)::text FROM pg_catalog.pg_database WHERE datname = ANY($1)",
-                &[&names],
+        let rows = self
+            .run(
+                None,
+                "listing databases",
+                c.query(
+                    "SELECT datname::text, pg_catalog.pg_get_userbyid(datdba)::text FROM pg_catalog.pg_database WHERE datname = ANY($1)",
+                    &[&names],
+                ),
             )
-            .await
-            .map_err(|e| self.err("listing databases", &e))?;
+            .await?;
         Ok(rows
             .iter()
             .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
@@ -412,9 +486,12 @@ impl PgAdmin {
             quote_ident(name),
             quote_ident(owner)
         );
-        c.batch_execute(&sql)
-            .await
-            .map_err(|e| self.err(&format!("creating database {name:?}"), &e))
+        self.run(
+            None,
+            &format!("creating database {name:?}"),
+            c.batch_execute(&sql),
+        )
+        .await
     }
 
     pub async fn set_owner(&self, name: &str, owner: &str) -> Result<(), PgError> {
@@ -424,9 +501,12 @@ impl PgAdmin {
             quote_ident(name),
             quote_ident(owner)
         );
-        c.batch_execute(&sql)
-            .await
-            .map_err(|e| self.err(&format!("changing the owner of database {name:?}"), &e))
+        self.run(
+            None,
+            &format!("changing the owner of database {name:?}"),
+            c.batch_execute(&sql),
+        )
+        .await
     }
 
     /// CREATE EXTENSION IF NOT EXISTS for each, connected to `db`.
@@ -437,22 +517,21 @@ impl PgAdmin {
         let c = self.client(Some(db)).await?;
         for e in extensions {
             let sql = format!("CREATE EXTENSION IF NOT EXISTS {}", quote_ident(e));
-            c.batch_execute(&sql).await.map_err(|err| {
-                self.err(
-                    &format!("creating extension {e:?} in database {db:?}"),
-                    &err,
-                )
-            })?;
+            let what = format!("creating extension {e:?} in database {db:?}");
+            self.run(Some(db), &what, c.batch_execute(&sql)).await?;
         }
         Ok(())
     }
 
     pub async fn installed_extensions(&self, db: &str) -> Result<Vec<String>, PgError> {
         let c = self.client(Some(db)).await?;
-        let rows = c
-            .query("SELECT extname::text FROM pg_catalog.pg_extension", &[])
-            .await
-            .map_err(|e| self.err(&format!("listing extensions of database {db:?}"), &e))?;
+        let rows = self
+            .run(
+                Some(db),
+                &format!("listing extensions of database {db:?}"),
+                c.query("SELECT extname::text FROM pg_catalog.pg_extension", &[]),
+            )
+            .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
@@ -460,29 +539,36 @@ impl PgAdmin {
     pub async fn live_connections(&self, db: &str) -> Result<i64, PgError> {
         self.close(db).await;
         let c = self.client(None).await?;
-        let row = c
-            .query_one(
-                "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE datname = $1 AND pid <> pg_catalog.pg_backend_pid()",
-                &[&db],
+        let row = self
+            .run(
+                None,
+                &format!("counting connections to database {db:?}"),
+                c.query_one(
+                    "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE datname = $1 AND pid <> pg_catalog.pg_backend_pid()",
+                    &[&db],
+                ),
             )
-            .await
-            .map_err(|e| self.err(&format!("counting connections to database {db:?}"), &e))?;
+            .await?;
         Ok(row.get(0))
     }
 
     pub async fn drop_database(&self, db: &str) -> Result<(), PgError> {
         self.close(db).await;
         let c = self.client(None).await?;
-        c.batch_execute(&format!("DROP DATABASE IF EXISTS {}", quote_ident(db)))
-            .await
-            .map_err(|e| self.err(&format!("dropping database {db:?}"), &e))
+        let sql = format!("DROP DATABASE IF EXISTS {}", quote_ident(db));
+        self.run(
+            None,
+            &format!("dropping database {db:?}"),
+            c.batch_execute(&sql),
+        )
+        .await
     }
 
     pub async fn drop_role(&self, role: &str) -> Result<(), PgError> {
         let c = self.client(None).await?;
-        c.batch_execute(&format!("DROP ROLE IF EXISTS {}", quote_ident(role)))
+        let sql = format!("DROP ROLE IF EXISTS {}", quote_ident(role));
+        self.run(None, &format!("dropping role {role:?}"), c.batch_execute(&sql))
             .await
-            .map_err(|e| self.err(&format!("dropping role {role:?}"), &e))
     }
 }
 
@@ -497,7 +583,17 @@ pub async fn verify_login(
     timeout: Duration,
 ) -> Result<(), PgError> {
     let (client, task) = tls.connect(host, port, user, password, db, timeout).await?;
-    let r = client.simple_query("SELECT 1").await;
+    let r = match tokio::time::timeout(timeout, client.simple_query("SELECT 1")).await {
+        Ok(r) => r,
+        Err(_) => {
+            task.abort();
+            return Err(PgError::Late {
+                what: format!("querying database {db:?}"),
+                target: target(user, host, port),
+                after: timeout,
+            });
+        }
+    };
     drop(client);
     let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     r.map(|_| ()).map_err(|e| PgError::Statement {

@@ -209,17 +209,28 @@ impl ServicesHost {
     async fn start_sftp(&self, handle: russh::client::Handle<Client>) -> Result<Session, SshError> {
         let cfg = &self.cfg;
         let target = cfg.target();
-        let channel = handle
-            .channel_open_session()
+        let late = |what: &str| {
+            SshError::Connect(format!(
+                "{what} on {target}: no answer within {}",
+                humantime::format_duration(cfg.timeout)
+            ))
+        };
+        let channel = tokio::time::timeout(cfg.timeout, handle.channel_open_session())
             .await
+            .map_err(|_| late("opening a session"))?
             .map_err(|e| SshError::Connect(format!("opening a session on {target}: {e}")))?;
         let use_sudo = cfg.sudo && cfg.user != "root";
-        if use_sudo {
-            channel.exec(true, SUDO_SFTP).await
-        } else {
-            channel.request_subsystem(true, "sftp").await
-        }
-        .map_err(|e| SshError::Connect(format!("starting SFTP on {target}: {e}")))?;
+        let start = async {
+            if use_sudo {
+                channel.exec(true, SUDO_SFTP).await
+            } else {
+                channel.request_subsystem(true, "sftp").await
+            }
+        };
+        tokio::time::timeout(cfg.timeout, start)
+            .await
+            .map_err(|_| late("starting SFTP"))?
+            .map_err(|e| SshError::Connect(format!("starting SFTP on {target}: {e}")))?;
         let sftp = RawSftpSession::new(channel.into_stream());
         sftp.set_timeout(cfg.timeout.as_secs().max(1));
         let version = sftp.init().await.map_err(|e| {

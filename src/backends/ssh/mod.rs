@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -161,6 +161,10 @@ pub struct ServicesHost {
     cfg: SshConfig,
     session: Mutex<Option<Arc<Session>>>,
     counter: AtomicU64,
+    /// Set when a request went unanswered within the timeout: the connection is in an
+    /// unknown state (the machine or sshd may be frozen), so the next caller opens a
+    /// new one.
+    stale: AtomicBool,
 }
 
 impl fmt::Debug for ServicesHost {
@@ -197,6 +201,7 @@ impl ServicesHost {
             cfg,
             session: Mutex::new(None),
             counter: AtomicU64::new(0),
+            stale: AtomicBool::new(false),
         }
     }
 
@@ -206,8 +211,9 @@ impl ServicesHost {
 
     async fn session(&self) -> Result<Arc<Session>, SshError> {
         let mut guard = self.session.lock().await;
+        let stale = self.stale.swap(false, Ordering::Relaxed);
         if let Some(s) = guard.as_ref() {
-            if !s.handle.is_closed() {
+            if !s.handle.is_closed() && !stale {
                 return Ok(s.clone());
             }
             log::debug!(
@@ -231,6 +237,13 @@ impl ServicesHost {
                 }
             }
             Some(StatusCode::NoSuchFile) => "no such file or directory".to_string(),
+            _ if matches!(e, SftpError::Timeout) => {
+                self.stale.store(true, Ordering::Relaxed);
+                format!(
+                    "no answer within {}",
+                    humantime::format_duration(self.cfg.timeout)
+                )
+            }
             _ => e.to_string(),
         };
         self.io(what, path, status, detail)
