@@ -7,7 +7,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 PLUGIN_DIR ?= $(CURDIR)/dev/.state/plugins
 INSTALL_DIR := $(PLUGIN_DIR)/registry.terraform.io/circleci/circleci/$(VERSION)/linux_amd64
 
-.PHONY: build install demo test bench services-up services-down docs docs-check lint clean
+.PHONY: build install demo test bench faults services-up services-down docs docs-check lint clean
 
 build:
 	cargo build --locked
@@ -25,6 +25,10 @@ demo:
 # Every test, against real servers (started here, stopped at the end).
 test:
 	dev/test.sh
+
+# The fault suite alone, with its table (also part of `make test`).
+faults:
+	dev/faults.sh
 
 # Timing and memory figures (release build).
 bench:

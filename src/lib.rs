@@ -5,6 +5,7 @@
 
 pub mod backends;
 pub mod circleci;
+pub mod fault_point;
 pub mod logging;
 pub mod plugin;
 pub mod provider;

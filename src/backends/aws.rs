@@ -121,6 +121,7 @@ async fn load(s: &AwsSettings) -> Result<AwsClients, AwsError> {
         TimeoutConfig::builder()
             .connect_timeout(s.timeout)
             .operation_attempt_timeout(s.timeout)
+            .operation_timeout(s.timeout)
             .build(),
     );
     if let Some(r) = &s.region {

@@ -59,7 +59,8 @@ impl ProviderService {
         }
     }
 
-    /// Runs `fut` unless or until StopProvider is called.
+    /// Runs `fut` unless or until StopProvider is called. Only for calls that change
+    /// nothing (read, plan, import): apply steps see the stop through `stop`.
     async fn cancellable<T>(
         &self,
         fut: impl std::future::Future<Output = Result<T, Diagnostics>>,
@@ -362,17 +363,22 @@ impl pb::provider_server::Provider for ProviderService {
             let prior = decode(&req.prior_state, "prior state")?;
             let planned = decode(&req.planned_state, "planned state")?;
             let config = decode(&req.config, "configuration")?;
-            let applied = self
-                .cancellable(async {
-                    Ok(if planned.is_null() {
-                        r.delete(&prior).await
-                    } else if prior.is_null() {
-                        r.create(&planned, &config).await
-                    } else {
-                        r.update(&prior, &planned, &config).await
-                    })
-                })
-                .await?;
+            // Not cancellable: a step stopped half-way must still return what it
+            // changed. Steps look at the stop signal at their own safe points.
+            let rx = self.stop.subscribe();
+            if *rx.borrow() {
+                return Err(stopped());
+            }
+            let applied = super::stop::scope(rx, async {
+                if planned.is_null() {
+                    r.delete(&prior).await
+                } else if prior.is_null() {
+                    r.create(&planned, &config).await
+                } else {
+                    r.update(&prior, &planned, &config).await
+                }
+            })
+            .await;
             let mut diags = applied.diags;
             let new = match applied.state {
                 Some(v) => v,
@@ -407,8 +413,8 @@ impl pb::provider_server::Provider for ProviderService {
                 diagnostics: diags_to_pb(&d),
                 ..Default::default()
             },
-            // On failure Terraform keeps the prior state, which is still the truth:
-            // nothing is half-written because files are replaced atomically.
+            // A failure that changed something returned a state above; here nothing
+            // was changed, so the prior state is still the truth.
             Err(d) => pb::apply_resource_change::Response {
                 new_state: req.prior_state,
                 diagnostics: diags_to_pb(&d),

@@ -8,6 +8,7 @@ pub mod grpc;
 pub mod resource;
 pub mod schema;
 pub mod server;
+pub mod stop;
 pub mod value;
 
 /// Generated from proto/tfplugin6.proto.

@@ -27,8 +27,8 @@ pub(super) fn block() -> Block {
         ))
         .attr(super::deadline_attr(
             "timeout",
-            "Time allowed to connect and for each attempt of each AWS request (the SDK retries \
-             up to 3 attempts); the rollout has its own `rollout_timeout`",
+            "Time allowed for each AWS request, its retries included (the rollout as a whole has \
+             `rollout_timeout`)",
             "30s",
         ))
 }

@@ -170,7 +170,13 @@ pub(super) fn build(b: &Value) -> Result<PgConfig, Diagnostics> {
         Duration::from_secs(120),
         &mut diags,
     );
-    let lock_timeout = super::deadline(b, POSTGRES, "lock_timeout", Duration::from_secs(30), &mut diags);
+    let lock_timeout = super::deadline(
+        b,
+        POSTGRES,
+        "lock_timeout",
+        Duration::from_secs(30),
+        &mut diags,
+    );
     if diags.has_errors() {
         return Err(diags);
     }

@@ -28,6 +28,8 @@ use async_trait::async_trait;
 use super::file_digest::{self, Kind};
 use super::{managed_block, ssh_diag, validate};
 use crate::circleci::envfile;
+use crate::fault_point;
+use crate::plugin::stop;
 use crate::plugin::{
     resource::changed, Applied, AttrPath, Attribute, Block, Diagnostic, Diagnostics, PlanRequest,
     Resource, Schema, Type, Value,
@@ -50,6 +52,11 @@ pub struct Spec {
     /// The file holds a password or token: `file_sha256` is then a salted, slow digest
     /// (see `file_digest`), never a plain hash.
     pub secret_in_file: bool,
+    /// What the backend step changes before the file is written (for messages when the
+    /// write then fails: "the role's password and the databases"), or `None` when it
+    /// only checks. With `Some`, a failed write returns a state that records the
+    /// change and plans the write again.
+    pub changes: Option<&'static str>,
     /// Declarative plan-time checks; `config_path` is always checked.
     pub checks: &'static [(&'static str, validate::Check)],
 }
@@ -110,6 +117,25 @@ pub struct Prepared<P> {
     pub pending: P,
 }
 
+/// A backend step that stopped after changing something: `state` records what now
+/// exists (unknown attributes are filled from the prior state), with the error or the
+/// stop notice in `diags`. The file is not written, and the next plan writes it.
+pub struct Halted {
+    pub state: Option<Value>,
+    pub diags: Diagnostics,
+}
+
+impl From<Diagnostics> for Halted {
+    /// A failure before anything was changed.
+    fn from(diags: Diagnostics) -> Self {
+        Halted { state: None, diags }
+    }
+}
+
+/// `file_sha256` of a resource whose file an apply did not get to write: it matches no
+/// file, so refresh reports drift and the next plan writes the file.
+pub const NOT_WRITTEN: &str = "not-written";
+
 /// What a file-writing resource supplies.
 #[async_trait]
 pub trait FileResource: Send + Sync + 'static {
@@ -144,8 +170,9 @@ pub trait FileResource: Send + Sync + 'static {
     fn planned_content(&self, planned: &Value, config: &Value) -> PlannedContent;
 
     /// The backend step: check, create or change what the file will point at, and
-    /// render the file. An error here means nothing was written.
-    async fn prepare(&self, c: Change<'_>) -> Result<Prepared<Self::Pending>, Diagnostics>;
+    /// render the file. An error here means the file was not written; a [`Halted`]
+    /// with a state records what the step changed before it stopped.
+    async fn prepare(&self, c: Change<'_>) -> Result<Prepared<Self::Pending>, Halted>;
 
     /// After the write: `written` is the write's error, if it failed. Returns warnings
     /// (or errors) to report; may change the state.
@@ -277,16 +304,61 @@ impl<R: FileResource> ConfigFile<R> {
         Ok(Some((block, bytes)))
     }
 
+    /// The common attributes of a state this apply returns.
+    fn finish_state(&self, state: &mut Value, path: &str) {
+        state.set("id", Value::string(path));
+        state.set("config_path", Value::string(path));
+        state.set("drift", Value::string(""));
+    }
+
+    /// The state of an apply that changed something on the backend side but did not
+    /// write the file: unknowns filled from the prior state, and a `file_sha256` that
+    /// makes the next plan write the file.
+    fn unwritten(&self, mut state: Value, c: Change<'_>, path: &str, why: &str) -> Value {
+        settle(&mut state, c.prior);
+        self.finish_state(&mut state, path);
+        state.set("file_sha256", Value::string(NOT_WRITTEN));
+        state.set(
+            "drift",
+            Value::string(format!("{path} was not written: {why}")),
+        );
+        state
+    }
+
     async fn apply(&self, c: Change<'_>) -> Applied {
         let path = self.path_of(c.planned);
+        let (what, type_name) = (R::SPEC.what, R::SPEC.type_name);
         // Nothing changes on a backend when the file could not be written anyway.
-        if let Err(d) = self.data.services() {
-            return Applied::from_result(Err(d));
-        }
-        let prepared = match self.inner.prepare(c).await {
-            Ok(p) => p,
+        let services = match self.data.services() {
+            Ok(s) => s,
             Err(d) => return Applied::from_result(Err(d)),
         };
+        if let Err(e) = services.check_writable(&path).await {
+            let d = ssh_diag(
+                &format!("Cannot write the {what} file: nothing was changed"),
+                e,
+            );
+            return Applied::from_result(Err(d));
+        }
+        if stop::requested() {
+            return Applied::from_result(Err(stopped_before()));
+        }
+        fault_point::point(&format!("{type_name}.before_backend")).await;
+        let prepared = match self.inner.prepare(c).await {
+            Ok(p) => p,
+            Err(Halted { state: None, diags }) => return Applied::from_result(Err(diags)),
+            Err(Halted {
+                state: Some(st),
+                diags,
+            }) => {
+                let st = self.unwritten(st, c, &path, "the apply stopped before it");
+                return Applied {
+                    state: Some(st),
+                    diags,
+                };
+            }
+        };
+        fault_point::point(&format!("{type_name}.after_backend")).await;
         let mut state = prepared.state;
         let written = match &prepared.content {
             Some(content) => {
@@ -309,20 +381,56 @@ impl<R: FileResource> ConfigFile<R> {
             Err(d) => {
                 diags.extend(d);
                 diags.extend(after);
-                return Applied::from_result(Err(diags));
+                let Some(changes) = R::SPEC.changes else {
+                    return Applied::from_result(Err(diags));
+                };
+                diags.push(Diagnostic::error(
+                    "Changed, but the file was not written",
+                    format!(
+                        "{changes} were already changed when writing {path} failed (above). The state \
+                         records the change; the next terraform apply writes the file."
+                    ),
+                ));
+                let st = self.unwritten(state, c, &path, "the write failed");
+                return Applied {
+                    state: Some(st),
+                    diags,
+                };
             }
             Ok(Some(hash)) => state.set("file_sha256", Value::string(hash)),
             Ok(None) => {}
         }
         diags.extend(after);
-        state.set("id", Value::string(&path));
-        state.set("config_path", Value::string(&path));
-        state.set("drift", Value::string(""));
+        self.finish_state(&mut state, &path);
         Applied {
             state: Some(state),
             diags,
         }
     }
+}
+
+/// Fills the unknown attributes of `state` from `prior` (null where there is none):
+/// a state returned after a partial apply must be fully known.
+fn settle(state: &mut Value, prior: Option<&Value>) {
+    let Value::Map(m) = state else { return };
+    for (k, v) in m.iter_mut() {
+        if !v.is_fully_known() {
+            *v = prior
+                .map(|p| p.get(k).clone())
+                .filter(Value::is_fully_known)
+                .unwrap_or(Value::Null);
+        }
+    }
+}
+
+/// The stop notice when nothing was changed yet.
+fn stopped_before() -> Diagnostics {
+    Diagnostic::error(
+        "Stopped",
+        "Terraform asked the provider to stop before this resource changed anything; run terraform apply \
+         again.",
+    )
+    .into()
 }
 
 fn block_error(path: &str, e: envfile::EnvFileError) -> Diagnostics {
@@ -471,6 +579,13 @@ impl<R: FileResource> Resource for ConfigFile<R> {
                     format!("the {what} block is missing from {path}")
                 });
                 fresh.set("file_sha256", Value::string(""));
+            }
+            (Some(_), Some(_)) if state.get("file_sha256").as_str() == Some(NOT_WRITTEN) => {
+                drift.push(format!(
+                    "the last apply did not write the {what} block of {path}"
+                ));
+                // Left as it is: a digest of the file as it is now would need a
+                // salt that is not drawn yet, and the next apply writes the block.
             }
             (Some(_), Some(bytes)) => {
                 let before = state.get("file_sha256").as_str().unwrap_or_default();

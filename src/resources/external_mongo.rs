@@ -9,7 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::config_file::{
-    cannot_import, Change, FileResource, PlannedContent, Prepared, Refresh, Spec,
+    cannot_import, Change, FileResource, Halted, PlannedContent, Prepared, Refresh, Spec,
 };
 use super::validate::{self, Check};
 use super::{string_list, strings};
@@ -136,6 +136,7 @@ impl FileResource for ExternalMongo {
         verify_doc: "Log in with the main URI and check the roles before writing. Default `true`.",
         drift_doc: ", the user missing, a role missing",
         secret_in_file: true,
+        changes: Some("The MongoDB user (its password and roles)"),
         checks: &[
             ("username", Check::NonEmpty),
             ("password_wo", Check::PasswordPair),
@@ -295,7 +296,7 @@ impl FileResource for ExternalMongo {
         })
     }
 
-    async fn prepare(&self, c: Change<'_>) -> Result<Prepared<()>, Diagnostics> {
+    async fn prepare(&self, c: Change<'_>) -> Result<Prepared<()>, Halted> {
         let (prior, planned, config) = (c.prior, c.planned, c.config);
         let i = inputs(planned);
         let pw = super::required_password(config)?;

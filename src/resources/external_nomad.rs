@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::config_file::{cannot_import, Change, FileResource, PlannedContent, Prepared, Spec};
+use super::config_file::{
+    cannot_import, Change, FileResource, Halted, PlannedContent, Prepared, Spec,
+};
 use super::validate::Check;
 use crate::backends::nomad::{self as nb, NomadError};
 use crate::circleci::nomad as file;
@@ -77,6 +79,7 @@ impl FileResource for ExternalNomad {
         verify_doc: "Check the cluster has a leader (from where Terraform runs) before writing. Default `true`.",
         drift_doc: "",
         secret_in_file: false,
+        changes: None,
         checks: &[("endpoint", Check::Text("Invalid endpoint", file::check_endpoint))],
     };
 
@@ -146,7 +149,7 @@ impl FileResource for ExternalNomad {
         }
     }
 
-    async fn prepare(&self, c: Change<'_>) -> Result<Prepared<()>, Diagnostics> {
+    async fn prepare(&self, c: Change<'_>) -> Result<Prepared<()>, Halted> {
         let (planned, config) = (c.planned, c.config);
         let endpoint = planned.get("endpoint").as_str().unwrap_or_default();
         let content = render(endpoint)?;

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::config_file::{cannot_import, Change, FileResource, PlannedContent, Prepared, Spec};
+use super::config_file::{
+    cannot_import, Change, FileResource, Halted, PlannedContent, Prepared, Spec,
+};
 use super::validate::Check;
 use super::{password_attr, required_password};
 use crate::backends::rabbitmq::{self as mq, MqError};
@@ -78,6 +80,7 @@ impl FileResource for ExternalRabbitmq {
         verify_doc: "Log in with these credentials (from where Terraform runs) before writing. Default `true`.",
         drift_doc: "",
         secret_in_file: true,
+        changes: None,
         checks: &[
             ("host", Check::Host),
             ("port", Check::Port),
@@ -150,7 +153,7 @@ impl FileResource for ExternalRabbitmq {
         })
     }
 
-    async fn prepare(&self, c: Change<'_>) -> Result<Prepared<()>, Diagnostics> {
+    async fn prepare(&self, c: Change<'_>) -> Result<Prepared<()>, Halted> {
         let (planned, config) = (c.planned, c.config);
         let pw = required_password(config)?;
         let i = inputs(planned).ok_or_else(|| {

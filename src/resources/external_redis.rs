@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::config_file::{cannot_import, Change, FileResource, PlannedContent, Prepared, Spec};
+use super::config_file::{
+    cannot_import, Change, FileResource, Halted, PlannedContent, Prepared, Spec,
+};
 use super::validate::Check;
 use crate::backends;
 use crate::circleci::redis::{self as file, Purpose};
@@ -55,6 +57,7 @@ impl FileResource for ExternalRedis {
                      writing. Default `true`.",
         drift_doc: "",
         secret_in_file: false,
+        changes: None,
         checks: &[
             ("host", Check::Host),
             ("port", Check::Port),
@@ -112,7 +115,7 @@ impl FileResource for ExternalRedis {
         }
     }
 
-    async fn prepare(&self, c: Change<'_>) -> Result<Prepared<()>, Diagnostics> {
+    async fn prepare(&self, c: Change<'_>) -> Result<Prepared<()>, Halted> {
         let planned = c.planned;
         let content = render(planned).unwrap_or_else(|| {
             Err(Diagnostic::error("Redis host or port missing", "set host").into())

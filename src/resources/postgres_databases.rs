@@ -10,12 +10,14 @@ use async_trait::async_trait;
 use tokio::task::JoinSet;
 
 use super::config_file::{
-    cannot_import, Change, FileResource, PlannedContent, Prepared, Refresh, Spec,
+    cannot_import, Change, FileResource, Halted, PlannedContent, Prepared, Refresh, Spec,
 };
 use super::validate::Check;
 use super::{string_list, strings};
 use crate::backends::postgres::{self as pgb, PgAdmin, PgError};
 use crate::circleci::postgres::{self as file, DEFAULT_DATABASES};
+use crate::fault_point;
+use crate::plugin::stop;
 use crate::plugin::{
     resource::changed, AttrPath, Attribute, Block, Diagnostic, Diagnostics, PlanRequest, Type,
     Value,
@@ -153,42 +155,56 @@ where
 }
 
 /// Creates the missing databases and gives every one to the role; returns the
-/// databases adopted (found existing) so far.
+/// databases adopted (found existing). On a failure, or when Terraform asks to stop
+/// (checked before each database), returns the databases adopted so far with the error.
 async fn ensure_databases(
     pg: &PgAdmin,
     i: &Inputs,
     prior: Option<&Value>,
-) -> Result<Vec<String>, Diagnostics> {
+) -> Result<Vec<String>, (Vec<String>, Diagnostics)> {
     let all = i.all_databases();
     let managed_before: Vec<String> = prior.map(|p| inputs(p).all_databases()).unwrap_or_default();
     let mut adopted: Vec<String> = prior.map(|p| strings(p.get("adopted"))).unwrap_or_default();
     adopted.retain(|d| all.contains(d));
-    let existing = pg
-        .databases(&all)
-        .await
-        .map_err(|e| pg_diag("Could not list the databases", e))?;
-    for db in &all {
-        match existing.get(db) {
-            None => {
-                pg.create_database(db, &i.user)
-                    .await
-                    .map_err(|e| pg_diag("Could not create a database", e))?;
+    let existing = match pg.databases(&all).await {
+        Ok(e) => e,
+        Err(e) => return Err((adopted, pg_diag("Could not list the databases", e))),
+    };
+    for (n, db) in all.iter().enumerate() {
+        if stop::requested() {
+            let d = Diagnostic::error(
+                "Stopped",
+                format!(
+                    "Terraform asked the provider to stop after {n} of {} databases were set up. The role and \
+                     those databases are recorded in the state, {} was not written; run terraform apply again \
+                     to finish.",
+                    all.len(),
+                    i.path
+                ),
+            );
+            return Err((adopted, d.into()));
+        }
+        let step = match existing.get(db) {
+            None => pg.create_database(db, &i.user).await.map(|()| {
                 log::info!("created database {db:?}");
-            }
+            }),
             Some(owner) => {
-                if owner != &i.user {
-                    pg.set_owner(db, &i.user)
-                        .await
-                        .map_err(|e| pg_diag("Could not change a database's owner", e))?;
-                }
                 if !managed_before.contains(db) && !adopted.contains(db) {
                     log::info!("adopted existing database {db:?}");
                     adopted.push(db.clone());
                 }
+                if owner != &i.user {
+                    pg.set_owner(db, &i.user).await
+                } else {
+                    Ok(())
+                }
             }
+        };
+        if let Err(e) = step {
+            return Err((adopted, pg_diag("Could not set up a database", e)));
         }
+        fault_point::point("circleci_postgres_databases.database_loop").await;
     }
-
     Ok(adopted)
 }
 
@@ -283,6 +299,7 @@ impl FileResource for PostgresDatabases {
                      `host:port`) before writing the file. Default `true`.",
         drift_doc: ", a missing role, database or extension, a database with another owner",
         secret_in_file: true,
+        changes: Some("The PostgreSQL role (its password), the databases and their extensions"),
         checks: &[
             ("host", Check::Host),
             ("port", Check::Port),
@@ -439,7 +456,7 @@ impl FileResource for PostgresDatabases {
 
     /// Create and update: role, databases, extensions, verification, in that order;
     /// the core writes the file last so it never names a login that does not work.
-    async fn prepare(&self, c: Change<'_>) -> Result<Prepared<()>, Diagnostics> {
+    async fn prepare(&self, c: Change<'_>) -> Result<Prepared<()>, Halted> {
         let (prior, planned, config) = (c.prior, c.planned, c.config);
         let i = inputs(planned);
         let password = super::required_password(config)?;
@@ -456,8 +473,20 @@ impl FileResource for PostgresDatabases {
             if created { "created" } else { "updated" }
         );
 
+        // From here on the role has changed: every failure returns a state saying so.
+        let mut state = planned.clone();
+        let halt = |state: &Value, diags: Diagnostics| Halted {
+            state: Some(state.clone()),
+            diags,
+        };
         let all = i.all_databases();
-        let adopted = ensure_databases(&pg, &i, prior).await?;
+        match ensure_databases(&pg, &i, prior).await {
+            Ok(adopted) => state.set("adopted", string_list(&adopted)),
+            Err((adopted, d)) => {
+                state.set("adopted", string_list(&adopted));
+                return Err(halt(&state, d));
+            }
+        }
         let exts = i.extensions.clone();
         let pg2 = pg.clone();
         for_each_db(&all, move |db| {
@@ -466,14 +495,14 @@ impl FileResource for PostgresDatabases {
             async move { pg.ensure_extensions(&db, &want).await }
         })
         .await
-        .map_err(|e| pg_diag("Could not enable the extensions", e))?;
+        .map_err(|e| halt(&state, pg_diag("Could not enable the extensions", e)))?;
 
         if i.verify {
-            verify_logins(&pg, &i, password).await?;
+            verify_logins(&pg, &i, password)
+                .await
+                .map_err(|d| halt(&state, d))?;
         }
 
-        let mut state = planned.clone();
-        state.set("adopted", string_list(&adopted));
         Ok(Prepared {
             state,
             content: Some(content),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::config_file::{
-    cannot_import, Change, FileResource, PlannedContent, Prepared, Refresh, Spec,
+    cannot_import, Change, FileResource, Halted, PlannedContent, Prepared, Refresh, Spec,
 };
 use super::validate::{self, Check};
 use crate::backends::vault::{self as vb, NewToken, Vault, VaultError};
@@ -240,6 +240,7 @@ impl FileResource for VaultTransitClient {
         drift_doc: ", the client token revoked or expired, the transit key missing; a non-empty value \
                     also makes a new token",
         secret_in_file: true,
+        changes: Some("The transit key and the policy"),
         checks: &[
             ("transit_mount", Check::Text("Invalid name", check_name)),
             ("key_name", Check::Text("Invalid name", check_name)),
@@ -416,8 +417,8 @@ impl FileResource for VaultTransitClient {
         PlannedContent::Keep
     }
 
-    async fn prepare(&self, c: Change<'_>) -> Result<Prepared<Option<NewToken>>, Diagnostics> {
-        self.apply(c.planned).await
+    async fn prepare(&self, c: Change<'_>) -> Result<Prepared<Option<NewToken>>, Halted> {
+        self.apply(c.planned).await.map_err(Halted::from)
     }
 
     async fn finish(

@@ -567,8 +567,12 @@ impl PgAdmin {
     pub async fn drop_role(&self, role: &str) -> Result<(), PgError> {
         let c = self.client(None).await?;
         let sql = format!("DROP ROLE IF EXISTS {}", quote_ident(role));
-        self.run(None, &format!("dropping role {role:?}"), c.batch_execute(&sql))
-            .await
+        self.run(
+            None,
+            &format!("dropping role {role:?}"),
+            c.batch_execute(&sql),
+        )
+        .await
     }
 }
 

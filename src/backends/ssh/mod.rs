@@ -400,6 +400,47 @@ impl ServicesHost {
         r
     }
 
+    /// Checks, before anything changes elsewhere, that `path` can be written: its
+    /// directory is created if missing, and a probe file is created there (with the
+    /// same flags and mode as a real write) and removed again.
+    pub async fn check_writable(&self, path: &str) -> Result<(), SshError> {
+        if !path.starts_with('/') {
+            return Err(self.io("writing", path, None, "not an absolute path".into()));
+        }
+        let s = self.session().await?;
+        let dir = parent_of(path);
+        self.mkdir_p(&s, dir).await?;
+        if let Ok(a) = s.sftp.stat(path).await {
+            if a.attrs.is_dir() {
+                return Err(self.io("writing", path, None, "it is a directory".into()));
+            }
+        }
+        let name = &path[dir.len()..].trim_start_matches('/');
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let probe = format!(
+            "{}/.{name}.tf-{}-{n}.probe",
+            if dir == "/" { "" } else { dir },
+            std::process::id()
+        );
+        let attrs = FileAttributes {
+            permissions: Some(0o600),
+            ..Default::default()
+        };
+        let flags = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::EXCLUDE;
+        let handle = s
+            .sftp
+            .open(probe.as_str(), flags, attrs)
+            .await
+            .map_err(|e| self.io_err("creating a file in", dir, e))?
+            .handle;
+        let _ = s.sftp.close(handle).await;
+        s.sftp
+            .remove(probe.as_str())
+            .await
+            .map_err(|e| self.io_err("removing", &probe, e))?;
+        Ok(())
+    }
+
     async fn write_tmp_and_rename(
         &self,
         s: &Session,

@@ -34,11 +34,18 @@ impl Resource for Slow {
         vec![]
     }
     async fn create(&self, planned: &Value, config: &Value) -> Applied {
-        if config.get("secret_wo").as_str() == Some("wait") {
-            std::future::pending::<()>().await;
-        }
         let mut v = planned.clone();
         v.set("id", Value::string("x"));
+        if config.get("secret_wo").as_str() == Some("wait") {
+            // Something was made; then the wait for the rest ends at the stop request,
+            // and the state records what exists.
+            crate::plugin::stop::signalled().await;
+            v.set("name", Value::string("partial"));
+            return Applied {
+                state: Some(v),
+                diags: Diagnostic::error("Stopped", "stopped after creating x").into(),
+            };
+        }
         // Even if a resource copied the secret, it must not reach the state.
         v.set("secret_wo", config.get("secret_wo").clone());
         Applied::from_result(Ok(v))
@@ -180,7 +187,7 @@ async fn apply_never_returns_write_only_values() {
 }
 
 #[tokio::test]
-async fn stop_provider_cancels_in_flight_apply() {
+async fn stop_provider_lets_an_apply_return_what_it_changed() {
     let s = svc();
     let planned = Value::object(&[
         ("id", Value::Unknown),
@@ -204,7 +211,28 @@ async fn stop_provider_cancels_in_flight_apply() {
         .unwrap()
         .unwrap();
     assert_eq!(r.diagnostics.len(), 1);
+    assert_eq!(r.diagnostics[0].summary, "Stopped");
+    // The partial state, not the prior (null) one.
+    let v = Value::from_msgpack(&r.new_state.unwrap().msgpack).unwrap();
+    assert_eq!(v.get("id"), &Value::string("x"));
+    assert_eq!(v.get("name"), &Value::string("partial"));
+
+    // After the stop, a new apply changes nothing and says so.
+    let planned = Value::object(&[
+        ("id", Value::Unknown),
+        ("name", Value::string("m")),
+        ("secret_wo", Value::Null),
+    ]);
+    let cfg = Value::object(&[
+        ("id", Value::Null),
+        ("name", Value::string("m")),
+        ("secret_wo", Value::Null),
+    ]);
+    let r = apply_create(&s, planned, cfg).await;
     assert_eq!(r.diagnostics[0].summary, "Operation cancelled");
+    assert!(r
+        .new_state
+        .is_none_or(|st| Value::from_msgpack(&st.msgpack).unwrap().is_null()));
 }
 
 #[tokio::test]

@@ -260,6 +260,7 @@ impl NomadClientLaunchConfig {
                 )),
             }
         }
+        crate::fault_point::point("circleci_nomad_client_launch_config.after_switch").await;
         self.roll(c, &mut state, &old, &mut diags).await;
         Applied {
             state: Some(state),

@@ -212,8 +212,13 @@ impl NomadClientLaunchConfig {
                 // previous_servers only: apply checks it is still true before changing
                 // anything (a hash of the new user_data would fail Terraform's
                 // consistency check instead, should the group change meanwhile).
+                // A group that already names these servers is on a copy of ours being
+                // replaced (a tainted resource): its destroy puts the original back
+                // first, so what comes before is known only then.
                 if let Some(prev) = self.preview(&name, &servers, diags).await {
-                    planned.set("previous_servers", string_list(&prev));
+                    if prev != servers {
+                        planned.set("previous_servers", string_list(&prev));
+                    }
                 }
             }
             return vec![];

@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::plugin::stop;
 
 /// Instances to replace: everything in the group that is not already going away.
 pub(super) fn live_instances(g: &Group) -> Vec<String> {
@@ -62,8 +63,24 @@ impl NomadClientLaunchConfig {
                 Err(e) => Err(("Rollout interrupted", e.to_string())),
             }
         };
+        let stopped = |replaced: &[String], done: usize| {
+            fail(
+                replaced,
+                done,
+                "Stopped during the rollout",
+                format!(
+                    "Terraform asked the provider to stop after {} of {} instances of {group} were replaced; \
+                     run terraform apply again to replace the rest",
+                    replaced.len(),
+                    old.len()
+                ),
+            )
+        };
         let mut done = 0;
         for chunk in old.chunks(batch.max(1)) {
+            if stop::requested() {
+                return Err(stopped(&replaced, done));
+            }
             let live = match describe().await {
                 Ok(g) => live_instances(&g),
                 Err((summary, detail)) => return Err(fail(&replaced, done, summary, detail)),
@@ -109,7 +126,9 @@ impl NomadClientLaunchConfig {
                         ),
                     ));
                 }
-                tokio::time::sleep(pause).await;
+                if stop::or_stop(tokio::time::sleep(pause)).await.is_none() {
+                    return Err(stopped(&replaced, done));
+                }
                 pause = (pause * 2).min(Duration::from_secs(5));
             }
         }
