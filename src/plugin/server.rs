@@ -451,3 +451,28 @@ async fn accept_tls(
         });
     }
 }
+
+#[cfg(test)]
+mod accept_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_persistent_accept_error_backs_off_instead_of_spinning() {
+        let mut b = AcceptBackoff::new();
+        let e = io::Error::other("too many open files");
+        let start = std::time::Instant::now();
+        for _ in 0..5 {
+            b.failed(&e).await;
+        }
+        // 10 + 20 + 40 + 80 + 160 ms for five errors in a row (then up to 1 s each),
+        // where a spinning loop would take none.
+        let waited = start.elapsed();
+        assert!(
+            waited >= std::time::Duration::from_millis(300),
+            "{waited:?}"
+        );
+        assert_eq!(b.0, std::time::Duration::from_millis(320));
+        b.succeeded();
+        assert_eq!(b.0, AcceptBackoff::FIRST);
+    }
+}
