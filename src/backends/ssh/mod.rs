@@ -384,13 +384,7 @@ impl ServicesHost {
             Ok(a) => a.attrs.uid.zip(a.attrs.gid),
             Err(_) => None,
         };
-        let name = &path[dir.len()..].trim_start_matches('/');
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = format!(
-            "{}/.{name}.tf-{}-{n}.tmp",
-            if dir == "/" { "" } else { dir },
-            std::process::id()
-        );
+        let tmp = self.sibling(path, "tmp");
         let r = self
             .write_tmp_and_rename(&s, &tmp, path, content, mode, old_owner)
             .await;
@@ -398,6 +392,19 @@ impl ServicesHost {
             let _ = s.sftp.remove(tmp.as_str()).await;
         }
         r
+    }
+
+    /// A hidden file next to `path`, unique to this process and call:
+    /// `DIR/.NAME.tf-PID-N.SUFFIX`.
+    fn sibling(&self, path: &str, suffix: &str) -> String {
+        let dir = parent_of(path);
+        let name = path[dir.len()..].trim_start_matches('/');
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!(
+            "{}/.{name}.tf-{}-{n}.{suffix}",
+            if dir == "/" { "" } else { dir },
+            std::process::id()
+        )
     }
 
     /// Checks, before anything changes elsewhere, that `path` can be written: its
@@ -415,13 +422,7 @@ impl ServicesHost {
                 return Err(self.io("writing", path, None, "it is a directory".into()));
             }
         }
-        let name = &path[dir.len()..].trim_start_matches('/');
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let probe = format!(
-            "{}/.{name}.tf-{}-{n}.probe",
-            if dir == "/" { "" } else { dir },
-            std::process::id()
-        );
+        let probe = self.sibling(path, "probe");
         let attrs = FileAttributes {
             permissions: Some(0o600),
             ..Default::default()
