@@ -77,6 +77,9 @@ UsePAM no
 StrictModes no
 Subsystem sftp internal-sftp
 MaxStartups 100:30:200
+# The CircleCI Services-machine simulator's replicatedctl, docker and
+# update-ca-certificates come first for the SSH sessions (never for the host itself).
+SetEnv PATH=$D/sim/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 CFG
 if ! alive "$D/sshd.pid"; then
   /usr/sbin/sshd -t -f "$D/sshd_config"
@@ -262,6 +265,30 @@ if ! alive "$D/moto.pid"; then
   say "moto on http://127.0.0.1:$AWS_PORT (pid $(cat "$D/moto.pid"))"
 fi
 
+# ---------------------------------------------------------------- circleci (simulator)
+# CircleCI's Services machine cannot be installed: dev/circleci-sim.py simulates
+# Replicated's replicatedctl, docker and CircleCI's containers (see its header). The
+# wrappers below are on the test sshd's PATH only (SetEnv above). Its "/" for config
+# files is $D/services-root; pika (a real AMQP client) joins PyMongo in the venv.
+PIKA_VERSION=1.3.2
+if ! "$D/venv/bin/python" -c "import pika, sys; sys.exit(pika.__version__ != '$PIKA_VERSION')" 2>/dev/null; then
+  "$D/venv/bin/pip" install -q --disable-pip-version-check "pika==$PIKA_VERSION" >&2
+fi
+mkdir -p "$D/sim/bin" "$D/sim/state" "$D/services-root"
+for tool in replicatedctl docker update-ca-certificates; do
+  cat > "$D/sim/bin/$tool" <<WRAP
+#!/bin/sh
+export CIRCLECI_SIM_STATE="$D/sim/state" CIRCLECI_SIM_ROOT="$D/services-root"
+exec "$D/venv/bin/python" "$ROOT/dev/circleci-sim.py" $tool "\$@"
+WRAP
+  chmod 0755 "$D/sim/bin/$tool"
+done
+chmod 0755 "$D/sim" "$D/sim/state"
+if [ ! -f "$D/sim/state/app.json" ]; then
+  "$D/sim/bin/replicatedctl" app start
+  say "circleci simulator: app started (embedded services)"
+fi
+
 # ---------------------------------------------------------------- endpoints
 mkdir -p "$D/services-root"
 cat > "$D/env" <<ENV
@@ -307,5 +334,7 @@ CIRCLECI_TEST_AWS_PYTHON=$D/venv/bin/python
 CIRCLECI_TEST_AWS_FIXTURE=$ROOT/dev/aws-fixture.py
 CIRCLECI_TEST_AWS_MOTO_SERVER=$D/venv/bin/moto_server
 CIRCLECI_TEST_NOMAD_USER_DATA=$ROOT/dev/nomad-client-user-data.sh
+CIRCLECI_TEST_SIM_STATE=$D/sim/state
+CIRCLECI_TEST_SIM=$D/sim/bin
 ENV
 say "endpoints in dev/.state/env"

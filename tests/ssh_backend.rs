@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use terraform_provider_circleci::backends::ssh::{
-    parse_host_key, HostKeyPolicy, ServicesHost, SshAuth, SshConfig, SshErrorKind,
+    parse_host_key, HostKeyPolicy, Program, RemoteCommand, ServicesHost, SshAuth, SshConfig,
+    SshError, SshErrorKind,
 };
 use terraform_provider_circleci::circleci::envfile::{render, Style};
 use terraform_provider_circleci::secret::Secret;
@@ -206,4 +207,64 @@ async fn sudo_writes_as_root_for_a_non_root_user() {
         b"export REDIS_HOST=\"r\"\n"
     );
     assert!(h.remove_file(p).await.unwrap());
+}
+
+/// Commands run over the same connection: the simulator's replicatedctl and docker
+/// (first on the test sshd's PATH) answer; an argument full of shell syntax reaches the
+/// program as one literal argument; a secret goes on stdin; a deadline ends a command.
+#[tokio::test]
+async fn commands_run_quoted_with_stdin_and_a_deadline() {
+    let s = common::servers();
+    let h = host(&s, pinned(&s));
+    let t = Duration::from_secs(10);
+    let status = h
+        .run(
+            &RemoteCommand::new(Program::Replicatedctl, ["app", "status", "-o", "json"]).unwrap(),
+            None,
+            t,
+        )
+        .await
+        .unwrap();
+    assert!(status.success(), "{}", status.evidence());
+    assert!(status.stdout_text().contains("\"DesiredState\""));
+
+    let scratch = tempfile::tempdir().unwrap();
+    let marker = scratch.path().join("pwned");
+    let hostile = format!("x; touch {0} $(touch {0}) `touch {0}`", marker.display());
+    let out = h
+        .run(
+            &RemoteCommand::new(Program::Docker, ["logs", hostile.as_str()]).unwrap(),
+            None,
+            t,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.status, Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("No such container: {hostile}")),
+        "{out:?} {}",
+        out.evidence()
+    );
+    assert!(!marker.exists(), "the remote shell ran part of an argument");
+
+    let secret = b"on-stdin-never-argv";
+    let echo =
+        RemoteCommand::new(Program::Docker, ["exec", "slanger", "bash", "-c", "cat"]).unwrap();
+    let out = h.run(&echo, Some(secret), t).await.unwrap();
+    assert_eq!(out.stdout, secret);
+    assert!(!format!("{echo:?} {echo}").contains("on-stdin"));
+
+    let slow = RemoteCommand::new(
+        Program::Docker,
+        ["exec", "slanger", "bash", "-c", "sleep 3"],
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let e = h
+        .run(&slow, None, Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(matches!(e, SshError::Command { .. }), "{e}");
+    assert!(e.to_string().contains("no result within 1s"), "{e}");
 }

@@ -7,4 +7,5 @@ pub mod nomad_user_data;
 pub mod postgres;
 pub mod rabbitmq;
 pub mod redis;
+pub mod restart;
 pub mod vault;

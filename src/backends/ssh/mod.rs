@@ -22,8 +22,10 @@ use tokio::sync::Mutex;
 use crate::secret::Secret;
 
 mod connect;
+mod exec;
 use connect::Client;
 pub use connect::{fingerprint, parse_host_key};
+pub use exec::{shell_quote, CommandOutput, Program, RemoteCommand};
 
 /// The fixed command used to run the SFTP server as root. Debian/Ubuntu and RHEL keep
 /// sftp-server in different places; no user input goes into this line.
@@ -88,6 +90,12 @@ pub enum SshError {
     Auth(String),
     /// A file operation failed; `status` is the SFTP status code, when the server
     /// sent one.
+    #[error("running `{command}` on {target}: {detail}")]
+    Command {
+        command: String,
+        target: String,
+        detail: String,
+    },
     #[error("{op} {path} on {target}: {detail}")]
     Io {
         op: String,
@@ -112,7 +120,7 @@ impl SshError {
             SshError::Connect(_) => SshErrorKind::Connect,
             SshError::HostKey(_) => SshErrorKind::HostKey,
             SshError::Auth(_) => SshErrorKind::Auth,
-            SshError::Io { .. } => SshErrorKind::Io,
+            SshError::Io { .. } | SshError::Command { .. } => SshErrorKind::Io,
         }
     }
 

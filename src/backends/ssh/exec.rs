@@ -1,0 +1,262 @@
+//! Commands on the Services machine, over the same SSH connection as the files: one
+//! exec channel per command. Only the programs in [`Program`] can be run; every
+//! argument is validated and single-quoted, so the remote shell never interprets
+//! anything of the caller's. A secret goes on stdin, never on the command line (other
+//! users of the machine can read process arguments). Each command has a deadline.
+
+use std::fmt;
+use std::time::Duration;
+
+use russh::ChannelMsg;
+
+use super::{ServicesHost, SshError};
+
+/// The most output kept of each stream; the rest is dropped (and said so).
+const MAX_OUTPUT: usize = 1024 * 1024;
+/// The longest argument accepted.
+const MAX_ARG: usize = 4096;
+
+/// The programs the provider runs on the Services machine: nothing else can be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Program {
+    /// Replicated's CLI: the CircleCI app's status, stop and start.
+    Replicatedctl,
+    /// The Docker CLI: `ps`, `logs`, `exec` into CircleCI's containers.
+    Docker,
+    /// Debian's trust-store update after a CA certificate is added or removed.
+    UpdateCaCertificates,
+}
+
+impl Program {
+    pub fn name(self) -> &'static str {
+        match self {
+            Program::Replicatedctl => "replicatedctl",
+            Program::Docker => "docker",
+            Program::UpdateCaCertificates => "update-ca-certificates",
+        }
+    }
+}
+
+/// One command: a program from the fixed set and its arguments.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RemoteCommand {
+    program: Program,
+    args: Vec<String>,
+}
+
+impl fmt::Debug for RemoteCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.line())
+    }
+}
+
+impl fmt::Display for RemoteCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.line())
+    }
+}
+
+/// `s` in POSIX single quotes: the shell takes every byte literally.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+impl RemoteCommand {
+    /// A command; refuses an argument with a NUL or a control character other than
+    /// tab and newline, or longer than 4 KiB.
+    pub fn new<I, S>(program: Program, args: I) -> Result<Self, String>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let args: Vec<String> = args.into_iter().map(Into::into).collect();
+        for a in &args {
+            if a.len() > MAX_ARG {
+                return Err(format!(
+                    "an argument of {} is longer than {MAX_ARG} bytes",
+                    program.name()
+                ));
+            }
+            if a.chars().any(|c| c.is_control() && c != '\t' && c != '\n') {
+                return Err(format!(
+                    "an argument of {} holds a control character: {a:?}",
+                    program.name()
+                ));
+            }
+        }
+        Ok(RemoteCommand { program, args })
+    }
+
+    pub fn program(&self) -> Program {
+        self.program
+    }
+
+    /// The command line as the remote shell gets it (without sudo).
+    pub fn line(&self) -> String {
+        std::iter::once(self.program.name().to_string())
+            .chain(self.args.iter().map(|a| shell_quote(a)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// What a command printed, and how it ended.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CommandOutput {
+    /// The exit status; `None` when the command was killed by a signal.
+    pub status: Option<u32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl fmt::Debug for CommandOutput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CommandOutput")
+            .field("status", &self.status)
+            .field("stdout", &format_args!("<{} bytes>", self.stdout.len()))
+            .field("stderr", &format_args!("<{} bytes>", self.stderr.len()))
+            .finish()
+    }
+}
+
+impl CommandOutput {
+    pub fn success(&self) -> bool {
+        self.status == Some(0)
+    }
+
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// The last lines of stderr (else stdout), for an error message.
+    pub fn evidence(&self) -> String {
+        let text = if self.stderr.iter().any(|b| !b.is_ascii_whitespace()) {
+            String::from_utf8_lossy(&self.stderr)
+        } else {
+            String::from_utf8_lossy(&self.stdout)
+        };
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        lines[lines.len().saturating_sub(5)..].join("\n")
+    }
+}
+
+fn keep(buf: &mut Vec<u8>, data: &[u8]) {
+    let room = MAX_OUTPUT.saturating_sub(buf.len());
+    buf.extend_from_slice(&data[..data.len().min(room)]);
+}
+
+impl ServicesHost {
+    /// Runs `cmd` (through `sudo -n` when the configuration asks for it), feeding it
+    /// `stdin`, within `deadline`. A non-zero exit is returned, not an error: the
+    /// caller knows what it means.
+    pub async fn run(
+        &self,
+        cmd: &RemoteCommand,
+        stdin: Option<&[u8]>,
+        deadline: Duration,
+    ) -> Result<CommandOutput, SshError> {
+        let line = if self.cfg.sudo && self.cfg.user != "root" {
+            format!("sudo -n -- {}", cmd.line())
+        } else {
+            cmd.line()
+        };
+        let fail = |detail: String| SshError::Command {
+            command: cmd.line(),
+            target: self.cfg.target(),
+            detail,
+        };
+        let s = self.session().await?;
+        let work = async {
+            let mut ch = s
+                .handle
+                .channel_open_session()
+                .await
+                .map_err(|e| fail(format!("opening a session: {e}")))?;
+            ch.exec(true, line.as_bytes())
+                .await
+                .map_err(|e| fail(format!("starting it: {e}")))?;
+            if let Some(input) = stdin {
+                ch.data(input)
+                    .await
+                    .map_err(|e| fail(format!("sending its input: {e}")))?;
+            }
+            ch.eof()
+                .await
+                .map_err(|e| fail(format!("closing its input: {e}")))?;
+            let mut out = CommandOutput {
+                status: None,
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+            };
+            while let Some(msg) = ch.wait().await {
+                match msg {
+                    ChannelMsg::Data { data } => keep(&mut out.stdout, &data),
+                    ChannelMsg::ExtendedData { data, ext: 1 } => keep(&mut out.stderr, &data),
+                    ChannelMsg::ExitStatus { exit_status } => out.status = Some(exit_status),
+                    ChannelMsg::Failure => {
+                        return Err(fail("the Services machine refused to run it".into()))
+                    }
+                    _ => {}
+                }
+            }
+            Ok(out)
+        };
+        match tokio::time::timeout(deadline, work).await {
+            Ok(r) => {
+                let r = r?;
+                log::debug!(
+                    "{}: `{}` exited with {:?}",
+                    self.cfg.target(),
+                    cmd.line(),
+                    r.status
+                );
+                Ok(r)
+            }
+            Err(_) => Err(fail(format!(
+                "no result within {}",
+                humantime::format_duration(deadline)
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_are_quoted_and_checked() {
+        let c = RemoteCommand::new(
+            Program::Docker,
+            ["logs", "front end", "it's; rm -rf / $(x) `y`"],
+        )
+        .unwrap();
+        assert_eq!(
+            c.line(),
+            "docker 'logs' 'front end' 'it'\\''s; rm -rf / $(x) `y`'"
+        );
+        assert!(RemoteCommand::new(Program::Docker, ["a\0b"]).is_err());
+        assert!(RemoteCommand::new(Program::Docker, ["a\x1bb"]).is_err());
+        assert!(RemoteCommand::new(Program::Docker, ["x".repeat(5000)]).is_err());
+        assert!(RemoteCommand::new(Program::Docker, ["two\nlines\tand tab"]).is_ok());
+    }
+
+    #[test]
+    fn evidence_is_the_last_lines_of_stderr_else_stdout() {
+        let o = CommandOutput {
+            status: Some(1),
+            stdout: b"a\nb\n".to_vec(),
+            stderr: b"\n".to_vec(),
+        };
+        assert_eq!(o.evidence(), "a\nb");
+        let o = CommandOutput {
+            status: Some(1),
+            stdout: b"a\n".to_vec(),
+            stderr: (1..=8)
+                .map(|i| format!("e{i}\n"))
+                .collect::<String>()
+                .into_bytes(),
+        };
+        assert_eq!(o.evidence(), "e4\ne5\ne6\ne7\ne8");
+    }
+}

@@ -1,0 +1,483 @@
+//! Restarting CircleCI and the runbook's checks afterwards, as data: Replicated's
+//! `replicatedctl` answers, which container to look at for each externalized service,
+//! and which lines prove what. The resource runs them; nothing here does I/O.
+
+use serde::Deserialize;
+
+use super::{envfile, mongo, postgres, rabbitmq, redis};
+
+/// One entry of `replicatedctl app status` (a JSON array of one object).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct AppStatus {
+    #[serde(rename = "State")]
+    pub state: String,
+    #[serde(rename = "DesiredState")]
+    pub desired: String,
+    #[serde(rename = "IsTransitioning", default)]
+    pub transitioning: bool,
+    #[serde(rename = "Error", default)]
+    pub error: String,
+}
+
+impl AppStatus {
+    /// Done moving, and in `state`.
+    pub fn settled_in(&self, state: &str) -> bool {
+        !self.transitioning && self.state == state
+    }
+}
+
+#[derive(Deserialize)]
+struct AppInfo {
+    #[serde(rename = "VersionLabel")]
+    version: String,
+}
+
+fn first<T: for<'de> Deserialize<'de>>(json: &str, what: &str) -> Result<T, String> {
+    let mut all: Vec<T> = serde_json::from_str(json.trim())
+        .map_err(|e| format!("{what} did not print the JSON Replicated prints: {e}"))?;
+    if all.is_empty() {
+        return Err(format!("{what} listed no app"));
+    }
+    Ok(all.swap_remove(0))
+}
+
+/// `replicatedctl app status -o json`.
+pub fn parse_status(json: &str) -> Result<AppStatus, String> {
+    first(json, "replicatedctl app status")
+}
+
+/// The app's version from `replicatedctl app inspect -o json` (its `VersionLabel`).
+pub fn parse_version(json: &str) -> Result<String, String> {
+    first::<AppInfo>(json, "replicatedctl app inspect").map(|a| a.version)
+}
+
+/// A version pattern: dot-separated parts, each a number or `x` / `*` (any).
+pub fn check_pattern(p: &str) -> Result<(), String> {
+    let ok = !p.is_empty()
+        && p.split('.').all(|part| {
+            part == "x"
+                || part == "*"
+                || (!part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{p:?} is not a version pattern (parts are numbers, or x for any: e.g. 2.17.x)"
+        ))
+    }
+}
+
+/// True when `version` (e.g. `2.17.3`, or `2.17.3-beta`) matches one of `patterns`: a
+/// pattern's parts match the version's first parts.
+pub fn version_allowed(version: &str, patterns: &[String]) -> bool {
+    let core = version.split(['-', '+', ' ']).next().unwrap_or_default();
+    let parts: Vec<&str> = core.split('.').collect();
+    patterns.iter().any(|p| {
+        let want: Vec<&str> = p.split('.').collect();
+        want.len() <= parts.len()
+            && want
+                .iter()
+                .zip(&parts)
+                .all(|(w, v)| *w == "x" || *w == "*" || w == v)
+    })
+}
+
+/// The runbook's config files, relative to the Services machine's root.
+pub mod files {
+    pub const POSTGRES: &str = "etc/circleconfig/shared/postgresql";
+    pub const MONGO: &str = "etc/circle-installation-customizations";
+    pub const VAULT: &str = "etc/circleconfig/context-service/customizations";
+    pub const REDIS: &str = "etc/circleconfig/shared/redis";
+    pub const SLANGER: &str = "etc/circleconfig/slanger/customizations";
+    pub const RABBITMQ: &str = "etc/circleconfig/shared/rabbitmq";
+    pub const NOMAD: &str = "etc/circleconfig/shared/nomad";
+    pub const ALL: [&str; 7] = [POSTGRES, MONGO, VAULT, REDIS, SLANGER, RABBITMQ, NOMAD];
+}
+
+/// What the files on the Services machine externalize (read there, not from Terraform).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct External {
+    pub postgres_host: Option<String>,
+    pub mongo_hosts: Option<Vec<String>>,
+    pub vault: bool,
+    pub redis: Option<(String, u16)>,
+    pub slanger_redis: Option<(String, u16)>,
+    pub rabbitmq_host: Option<String>,
+    pub nomad_endpoint: Option<String>,
+}
+
+impl External {
+    /// From each file's text (`None`: no such file). A file that does not parse is an
+    /// error naming it.
+    pub fn read(text_of: impl Fn(&str) -> Option<String>) -> Result<External, String> {
+        let mut e = External::default();
+        let bad = |f: &str, err: String| format!("/{f}: {err}");
+        if let Some(t) = text_of(files::POSTGRES) {
+            e.postgres_host = Some(
+                postgres::parse(&t)
+                    .map_err(|x| bad(files::POSTGRES, x))?
+                    .host,
+            );
+        }
+        if let Some(t) = text_of(files::MONGO) {
+            let a = envfile::parse(&t).map_err(|x| bad(files::MONGO, x.to_string()))?;
+            if let Some(uri) = envfile::lookup(&a, "CIRCLE_SECRETS_MONGODB_MAIN_URI") {
+                let parsed = mongo::parse_uri(uri).map_err(|x| bad(files::MONGO, x))?;
+                e.mongo_hosts = Some(parsed.hosts);
+            }
+        }
+        if let Some(t) = text_of(files::VAULT) {
+            let a = envfile::parse(&t).map_err(|x| bad(files::VAULT, x.to_string()))?;
+            e.vault = envfile::lookup(&a, "VAULT__TOKEN").is_some();
+        }
+        if let Some(t) = text_of(files::REDIS) {
+            let r = redis::parse(&t).map_err(|x| bad(files::REDIS, x))?;
+            e.redis = Some((r.host, r.port));
+        }
+        if let Some(t) = text_of(files::SLANGER) {
+            let r = redis::parse(&t).map_err(|x| bad(files::SLANGER, x))?;
+            e.slanger_redis = Some((r.host, r.port));
+        }
+        if let Some(t) = text_of(files::RABBITMQ) {
+            e.rabbitmq_host = Some(rabbitmq::parse(&t).map_err(|x| bad(files::RABBITMQ, x))?.0);
+        }
+        if let Some(t) = text_of(files::NOMAD) {
+            e.nomad_endpoint = Some(super::nomad::parse(&t).map_err(|x| bad(files::NOMAD, x))?);
+        }
+        Ok(e)
+    }
+}
+
+/// What a check reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// `docker logs NAME`.
+    Logs(&'static str),
+    /// `docker exec NAME bash -c 'source /.circlerc; printf "%s\n" "$A" ...'`: one line
+    /// per variable.
+    Env(&'static str, Vec<&'static str>),
+}
+
+impl Probe {
+    pub fn container(&self) -> &'static str {
+        match self {
+            Probe::Logs(c) | Probe::Env(c, _) => c,
+        }
+    }
+
+    /// The `docker` arguments.
+    pub fn docker_args(&self) -> Vec<String> {
+        match self {
+            Probe::Logs(c) => vec!["logs".into(), c.to_string()],
+            Probe::Env(c, vars) => {
+                let list: Vec<String> = vars.iter().map(|v| format!("\"${v}\"")).collect();
+                vec![
+                    "exec".into(),
+                    c.to_string(),
+                    "bash".into(),
+                    "-c".into(),
+                    format!("source /.circlerc; printf '%s\\n' {}", list.join(" ")),
+                ]
+            }
+        }
+    }
+}
+
+/// What the probe's output must show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rule {
+    /// Some line contains it.
+    Contains(String),
+    /// Some line contains all of them.
+    LineWithAll(Vec<String>),
+    /// No line contains it.
+    Absent(String),
+    /// The last line containing the first contains the second too.
+    LastWith(String, String),
+    /// The output's lines are exactly these.
+    Lines(Vec<String>),
+}
+
+/// One of the runbook's checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub service: &'static str,
+    /// What it proves, for the list of checks passed and for errors.
+    pub what: String,
+    pub probe: Probe,
+    pub rules: Vec<Rule>,
+    /// Lines with this (case-insensitive) are the evidence when the check fails.
+    pub evidence: &'static str,
+}
+
+/// The runbook's checks for what `e` externalizes.
+pub fn checks(e: &External) -> Vec<Check> {
+    let mut out = Vec::new();
+    let c = |service, what: String, probe, rules, evidence| Check {
+        service,
+        what,
+        probe,
+        rules,
+        evidence,
+    };
+    if let Some(h) = &e.postgres_host {
+        out.push(c(
+            "postgresql",
+            format!("frontend's last POSTGRES_HOST line names {h}, and no org.postgresql.util.PSQLException"),
+            Probe::Logs("frontend"),
+            vec![
+                Rule::LastWith("POSTGRES_HOST".into(), h.clone()),
+                Rule::Absent("org.postgresql.util.PSQLException".into()),
+            ],
+            "PSQLException",
+        ));
+    }
+    if let Some(hosts) = &e.mongo_hosts {
+        let with_port = |h: &String| {
+            let has_port = if h.starts_with('[') {
+                h.contains("]:")
+            } else {
+                h.contains(':')
+            };
+            if has_port {
+                h.clone()
+            } else {
+                format!("{h}:27017")
+            }
+        };
+        out.push(c(
+            "mongodb",
+            format!("frontend opened a connection to {}", hosts.join(", ")),
+            Probe::Logs("frontend"),
+            hosts
+                .iter()
+                .map(|h| {
+                    Rule::LineWithAll(vec![
+                        "Opened connection".into(),
+                        format!("to {}", with_port(h)),
+                    ])
+                })
+                .collect(),
+            "mongo",
+        ));
+    }
+    if e.vault {
+        out.push(c(
+            "vault",
+            "context-service: Successfully retrieved current auth token".into(),
+            Probe::Logs("context-service"),
+            vec![Rule::Contains(
+                "circleci.backplane.secrets.backend.vault Successfully retrieved current auth token".into(),
+            )],
+            "vault",
+        ));
+    }
+    if let Some((h, p)) = &e.redis {
+        out.push(c(
+            "redis",
+            format!("domain-service: Reconnected to {h}:{p}"),
+            Probe::Logs("domain-service"),
+            vec![Rule::Contains(format!("Reconnected to {h}:{p}"))],
+            "redis",
+        ));
+        out.push(c(
+            "redis",
+            format!(
+                "picard-output-processor: OUTPUT_PROCESSOR_SIGNALS_REDIS is redis://{h}:{p}/10"
+            ),
+            Probe::Env(
+                "picard-output-processor",
+                vec!["OUTPUT_PROCESSOR_SIGNALS_REDIS"],
+            ),
+            vec![Rule::Lines(vec![format!("redis://{h}:{p}/10")])],
+            "redis",
+        ));
+    }
+    // Slanger uses its own Redis when it has one, else the shared one.
+    if let Some((h, p)) = e.slanger_redis.as_ref().or(e.redis.as_ref()) {
+        out.push(c(
+            if e.slanger_redis.is_some() {
+                "slanger"
+            } else {
+                "redis"
+            },
+            format!("slanger: REDIS_PORT_6379_TCP_ADDR/PORT are {h} and {p}"),
+            Probe::Env(
+                "slanger",
+                vec!["REDIS_PORT_6379_TCP_ADDR", "REDIS_PORT_6379_TCP_PORT"],
+            ),
+            vec![Rule::Lines(vec![h.clone(), p.to_string()])],
+            "redis",
+        ));
+    }
+    if let Some(h) = &e.rabbitmq_host {
+        let on = |what: &str| Rule::Contains(format!("{what} on host {h}"));
+        out.push(c(
+            "rabbitmq",
+            format!("workflows-conductor configured its queues on host {h}"),
+            Probe::Logs("workflows-conductor"),
+            vec![
+                on("Configuring workflow-messages queue"),
+                on("Configuring workflow-notifications queue"),
+            ],
+            "rabbit",
+        ));
+        out.push(c(
+            "rabbitmq",
+            format!("frontend configured its queue and exchange on host {h}"),
+            Probe::Logs("frontend"),
+            vec![
+                on("Configuring usage-queue-events queue"),
+                on("Configuring exchange picard-build-signals"),
+            ],
+            "rabbit",
+        ));
+    }
+    out
+}
+
+/// Whether `output` passes `check`; the evidence lines when not.
+pub fn evaluate(check: &Check, output: &str) -> Result<(), Vec<String>> {
+    let lines: Vec<&str> = output.lines().collect();
+    let pass = check.rules.iter().all(|r| match r {
+        Rule::Contains(n) => lines.iter().any(|l| l.contains(n.as_str())),
+        Rule::LineWithAll(all) => lines
+            .iter()
+            .any(|l| all.iter().all(|n| l.contains(n.as_str()))),
+        Rule::Absent(n) => !lines.iter().any(|l| l.contains(n.as_str())),
+        Rule::LastWith(key, n) => lines
+            .iter()
+            .rev()
+            .find(|l| l.contains(key.as_str()))
+            .is_some_and(|l| l.contains(n.as_str())),
+        Rule::Lines(want) => {
+            let got: Vec<&str> = lines.iter().map(|l| l.trim_end()).collect();
+            got == want.iter().map(String::as_str).collect::<Vec<_>>()
+        }
+    });
+    if pass {
+        return Ok(());
+    }
+    let hint = check.evidence.to_ascii_lowercase();
+    let mut ev: Vec<String> = lines
+        .iter()
+        .filter(|l| l.to_ascii_lowercase().contains(&hint))
+        .map(|l| l.to_string())
+        .collect();
+    if ev.is_empty() {
+        ev = lines.iter().map(|l| l.to_string()).collect();
+    }
+    let from = ev.len().saturating_sub(5);
+    Err(ev.split_off(from))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicated_json_is_read() {
+        let s = parse_status(
+            r#"[{"AppID":"a","Sequence":3,"State":"stopping","DesiredState":"stopped","Error":"","IsCancellable":true,"IsTransitioning":true,"LastModifiedAt":"t"}]"#,
+        )
+        .unwrap();
+        assert_eq!(s.state, "stopping");
+        assert!(!s.settled_in("stopped"));
+        assert!(parse_status("[]").is_err());
+        assert!(parse_status("Error: cannot connect to Replicated").is_err());
+        assert_eq!(
+            parse_version(r#"[{"ID":"a","Sequence":3,"VersionLabel":"2.17.3"}]"#).unwrap(),
+            "2.17.3"
+        );
+    }
+
+    #[test]
+    fn version_patterns() {
+        let p = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(version_allowed("2.17.3", &p(&["2.17.x"])));
+        assert!(version_allowed("2.17.3-beta", &p(&["2.17.*"])));
+        assert!(!version_allowed("2.18.0", &p(&["2.17.x"])));
+        assert!(!version_allowed("2.1", &p(&["2.17.x"])));
+        assert!(version_allowed("2.19.1", &p(&["2.17.x", "2.19.x"])));
+        assert!(check_pattern("2.17.x").is_ok());
+        assert!(check_pattern("2.17.").is_err());
+        assert!(check_pattern("v2").is_err());
+    }
+
+    #[test]
+    fn external_services_come_from_the_files() {
+        let text = |f: &str| {
+            match f {
+            files::POSTGRES => Some("export POSTGRES_HOST=\"db\"\nexport POSTGRES_PORT=\"5432\"\nexport POSTGRES_USER=\"circle\"\nexport POSTGRES_PASSWORD=\"x\"\n".to_string()),
+            files::REDIS => Some("export REDIS_HOST=\"r\"\nexport REDIS_PORT=6380\n".to_string()),
+            _ => None,
+        }
+        };
+        let e = External::read(text).unwrap();
+        assert_eq!(e.postgres_host.as_deref(), Some("db"));
+        assert_eq!(e.redis, Some(("r".into(), 6380)));
+        let all = checks(&e);
+        let services: Vec<&str> = all.iter().map(|c| c.service).collect();
+        assert_eq!(services, vec!["postgresql", "redis", "redis", "redis"]);
+        let bad = External::read(|f| (f == files::REDIS).then(|| "REDIS_PORT=1\n".into()));
+        assert!(bad.unwrap_err().contains("/etc/circleconfig/shared/redis"));
+    }
+
+    #[test]
+    fn postgres_check_reads_the_last_host_line_and_refuses_exceptions() {
+        let e = External {
+            postgres_host: Some("db".into()),
+            ..Default::default()
+        };
+        let c = &checks(&e)[0];
+        assert!(evaluate(c, "x POSTGRES_HOST=old\ny POSTGRES_HOST=db\n").is_ok());
+        assert!(evaluate(c, "y POSTGRES_HOST=db\nx POSTGRES_HOST=old\n").is_err());
+        let ev = evaluate(
+            c,
+            "POSTGRES_HOST=db\nERROR org.postgresql.util.PSQLException: FATAL: password authentication failed\n",
+        )
+        .unwrap_err();
+        assert_eq!(ev.len(), 1);
+        assert!(ev[0].contains("password authentication failed"));
+    }
+
+    #[test]
+    fn mongo_check_wants_a_connection_to_every_host() {
+        let e = External {
+            mongo_hosts: Some(vec!["m1".into(), "m2:27018".into()]),
+            ..Default::default()
+        };
+        let c = &checks(&e)[0];
+        let line = |h: &str| {
+            format!("INFO org.mongodb.driver.connection Opened connection [connectionId{{localValue:1}}] to {h}\n")
+        };
+        assert!(evaluate(c, &(line("m1:27017") + &line("m2:27018"))).is_ok());
+        assert!(evaluate(c, &line("m1:27017")).is_err());
+    }
+
+    #[test]
+    fn env_probe_is_quoted_for_bash_and_compared_line_by_line() {
+        let p = Probe::Env("slanger", vec!["A", "B"]);
+        assert_eq!(
+            p.docker_args(),
+            vec![
+                "exec",
+                "slanger",
+                "bash",
+                "-c",
+                "source /.circlerc; printf '%s\\n' \"$A\" \"$B\""
+            ]
+        );
+        let e = External {
+            redis: Some(("r".into(), 6379)),
+            ..Default::default()
+        };
+        let slanger = checks(&e)
+            .into_iter()
+            .find(|c| c.probe.container() == "slanger")
+            .unwrap();
+        assert!(evaluate(&slanger, "r\n6379\n").is_ok());
+        assert!(evaluate(&slanger, "redis\n6379\n").is_err());
+    }
+}
