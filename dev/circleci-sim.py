@@ -40,7 +40,7 @@ Commands (JSON shapes from Replicated's replicatedctl reference; CircleCI's 2.x 
   docker exec NAME bash -c 'source /.circlerc; ...'   (/.circlerc is the container's env)
 
 Environment: CIRCLECI_SIM_STATE (state directory), CIRCLECI_SIM_ROOT (the machine's
-"/"). Settings (STATE/settings.json, else CIRCLECI_SIM_<NAME>): transition (seconds,
+"/"). Settings (STATE/settings.json, else CIRCLECI_SIM_<NAME>): root (as CIRCLECI_SIM_ROOT), transition (seconds,
 default 1), version (default 2.17.3), stuck ("started" or "stopped": the app never gets
 there). Usage: circleci-sim.py replicatedctl|docker|boot ARGS...
 """
@@ -57,7 +57,6 @@ import urllib.parse
 import urllib.request
 
 STATE = os.environ.get("CIRCLECI_SIM_STATE", "/nonexistent")
-ROOT = os.environ.get("CIRCLECI_SIM_ROOT", "/")
 
 
 def setting(name, default):
@@ -72,13 +71,15 @@ def setting(name, default):
     return os.environ.get(f"CIRCLECI_SIM_{name.upper()}", default)
 
 
+ROOT = str(setting("root", "/"))
 TRANSITION = float(setting("transition", "1"))
 VERSION = str(setting("version", "2.17.3"))
 # "never": the app does not reach the state asked for (to test deadlines).
 STUCK = str(setting("stuck", ""))
 APP_ID = "4f9c2a67d1e3b8a0c5d2e1f07a6b9c3d"
-DATABASES = ["circle", "conductor_production", "contexts_service_production", "cron_service_production",
-             "domain", "federations", "permissions", "vms", "vault"]
+# The runbook's nine databases.
+DATABASES = ["circle", "contexts", "conductor_production", "contexts_service_production",
+             "cron_service_production", "domain", "federations", "permissions", "vms"]
 CONTAINERS = ["frontend", "context-service", "domain-service", "picard-output-processor", "slanger",
               "workflows-conductor"]
 CHECK_TIMEOUT = 5

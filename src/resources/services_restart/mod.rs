@@ -1,0 +1,282 @@
+//! `circleci_services_restart`: the step every section of the runbook ends with. Stops
+//! CircleCI through Replicated (`replicatedctl app stop`), waits until it is stopped,
+//! starts it, waits until it is started, then runs the runbook's checks on the Services
+//! machine for every service whose external config is there.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{string_list, strings, validate};
+use crate::circleci::restart::{self as rs, check_pattern};
+use crate::plugin::{
+    resource::changed, Applied, AttrPath, Attribute, Block, Diagnostic, Diagnostics, PlanRequest,
+    Resource, Schema, Type, Value,
+};
+use crate::provider::ProviderData;
+
+mod run;
+
+const DEFAULT_VERSIONS: &str = "2.17.x";
+const STOP_TIMEOUT: &str = "10m";
+const START_TIMEOUT: &str = "20m";
+const VERIFY_TIMEOUT: &str = "5m";
+
+pub struct ServicesRestart {
+    data: Arc<ProviderData>,
+}
+
+impl ServicesRestart {
+    pub fn new(data: Arc<ProviderData>) -> Self {
+        ServicesRestart { data }
+    }
+}
+
+/// The settings of one restart, from a planned state.
+pub(super) struct Settings {
+    pub root: String,
+    pub stop: Duration,
+    pub start: Duration,
+    pub verify: Duration,
+    pub versions: Vec<String>,
+}
+
+fn duration_of(v: &Value, name: &str, default: &str) -> Duration {
+    v.get(name)
+        .as_str()
+        .and_then(|s| humantime::parse_duration(s).ok())
+        .or_else(|| humantime::parse_duration(default).ok())
+        .unwrap_or(Duration::from_secs(60))
+}
+
+impl Settings {
+    fn of(v: &Value) -> Settings {
+        let versions = strings(v.get("allowed_versions"));
+        Settings {
+            root: v.get("config_root").as_str().unwrap_or("/").to_string(),
+            stop: duration_of(v, "stop_timeout", STOP_TIMEOUT),
+            start: duration_of(v, "start_timeout", START_TIMEOUT),
+            verify: duration_of(v, "verify_timeout", VERIFY_TIMEOUT),
+            versions: if versions.is_empty() {
+                vec![DEFAULT_VERSIONS.to_string()]
+            } else {
+                versions
+            },
+        }
+    }
+}
+
+fn block() -> Block {
+    let dur = |name: &str, default: &str, what: &str| {
+        Attribute::new(name, Type::String)
+            .optional()
+            .computed()
+            .description(&format!("{what}, e.g. `{default}` (default)."))
+    };
+    Block::new()
+        .description(
+            "Restarts CircleCI on the Services machine the way the runbook's sections end (\"Stop Now, wait, \
+             Start\" in the Management Console), through Replicated's `replicatedctl`, then runs the runbook's \
+             checks there for every service whose external configuration is present on the machine (read from \
+             the files, not from Terraform): PostgreSQL (frontend's `POSTGRES_HOST` line, no \
+             `org.postgresql.util.PSQLException`), MongoDB (frontend opened a connection to each host), Vault \
+             (context-service \"Successfully retrieved current auth token\"), Redis (domain-service \"Reconnected \
+             to host:port\", `OUTPUT_PROCESSOR_SIGNALS_REDIS` in picard-output-processor, slanger's \
+             `REDIS_PORT_6379_TCP_ADDR/PORT`), RabbitMQ (workflows-conductor's and frontend's \"Configuring … on \
+             host …\"). The runbook gives no check for Nomad after the restart, so none is made.\n\n\
+             Nothing stops before the preflight passes: the Services machine answers, `replicatedctl` is there, \
+             the app's version is allowed, and the config files parse. Once CircleCI is stopped, the restart \
+             runs to its end even when Terraform is interrupted (CircleCI is never left stopped by choice); the \
+             checks may be cut short. A change of `triggers` restarts again; so does an app found stopped on \
+             refresh. Destroy changes nothing on the machine.\n\n\
+             Commands run over the provider's SSH connection, through `sudo -n` when `sudo = true` (then \
+             sudo's `secure_path` decides where `replicatedctl` and `docker` are found).",
+        )
+        .attr(Attribute::new("id", Type::String).computed().description("Always `circleci`."))
+        .attr(Attribute::new("triggers", Type::map(Type::String)).optional().description(
+            "Values whose change restarts CircleCI again, e.g. the `file_sha256` of every config file resource.",
+        ))
+        .attr(Attribute::new("config_root", Type::String).optional().computed().description(
+            "The directory the runbook's paths (`/etc/circleconfig/...`, `/etc/circle-installation-customizations`) \
+             are under on the Services machine. Default `/`; only tests and demos change it.",
+        ))
+        .attr(dur("stop_timeout", STOP_TIMEOUT, "How long CircleCI may take to stop"))
+        .attr(dur("start_timeout", START_TIMEOUT, "How long CircleCI may take to start"))
+        .attr(dur(
+            "verify_timeout",
+            VERIFY_TIMEOUT,
+            "How long the checks are retried after the start (containers log their connections as they come up)",
+        ))
+        .attr(Attribute::new("allowed_versions", Type::list(Type::String)).optional().computed().description(
+            "CircleCI versions (Replicated's `VersionLabel`) this restart may run on; `x` matches any part. \
+             Default `[\"2.17.x\"]`: the runbook is for 2.17.",
+        ))
+        .attr(Attribute::new("version", Type::String).computed().description("The CircleCI version found."))
+        .attr(Attribute::new("app_state", Type::String).computed().description(
+            "The app's state as Replicated reports it (`started`, `stopped`, …). Anything but `started` on \
+             refresh plans a restart.",
+        ))
+        .attr(Attribute::new("checks", Type::list(Type::String)).computed().description(
+            "The checks that passed at the last restart, one `service: what` each.",
+        ))
+        .attr(Attribute::new("failed_checks", Type::list(Type::String)).computed().description(
+            "The checks that failed at the last restart. Not empty: the next plan restarts again.",
+        ))
+        .attr(Attribute::new("restarted_at", Type::String).computed().description(
+            "When the last restart's checks passed (RFC 3339, UTC).",
+        ))
+        .attr(Attribute::new("downtime", Type::String).computed().description(
+            "From the stop to the checks passing at the last restart, e.g. `42.5s`.",
+        ))
+}
+
+const OUTCOME: [&str; 6] = [
+    "version",
+    "app_state",
+    "checks",
+    "failed_checks",
+    "restarted_at",
+    "downtime",
+];
+
+fn validate_config(config: &Value) -> Diagnostics {
+    let mut diags = Diagnostics::new();
+    let d = |min, max| validate::Check::Duration {
+        min_secs: min,
+        max_secs: max,
+    };
+    validate::run(
+        config,
+        &[
+            ("stop_timeout", d(1, 24 * 3600)),
+            ("start_timeout", d(1, 24 * 3600)),
+            ("verify_timeout", d(1, 24 * 3600)),
+            ("config_root", validate::Check::RemotePath),
+        ],
+        &mut diags,
+    );
+    if let Some(list) = config.get("allowed_versions").as_list() {
+        if list.is_empty() {
+            diags.attr_error(
+                AttrPath::root("allowed_versions"),
+                "No versions allowed",
+                "list at least one version pattern, e.g. \"2.17.x\"",
+            );
+        }
+        for (i, v) in list.iter().enumerate() {
+            if let Some(p) = v.as_str() {
+                if let Err(e) = check_pattern(p) {
+                    diags.attr_error(
+                        AttrPath::root("allowed_versions").index(i as i64),
+                        "Invalid version pattern",
+                        e,
+                    );
+                }
+            }
+        }
+    }
+    diags
+}
+
+#[async_trait]
+impl Resource for ServicesRestart {
+    fn type_name(&self) -> &'static str {
+        "circleci_services_restart"
+    }
+
+    fn schema(&self) -> Schema {
+        Schema::new(0, block())
+    }
+
+    fn validate(&self, config: &Value) -> Diagnostics {
+        validate_config(config)
+    }
+
+    async fn plan(
+        &self,
+        req: &PlanRequest<'_>,
+        planned: &mut Value,
+        diags: &mut Diagnostics,
+    ) -> Vec<AttrPath> {
+        super::set_defaults(
+            req.config,
+            planned,
+            [
+                ("config_root", Value::string("/")),
+                ("stop_timeout", Value::string(STOP_TIMEOUT)),
+                ("start_timeout", Value::string(START_TIMEOUT)),
+                ("verify_timeout", Value::string(VERIFY_TIMEOUT)),
+                (
+                    "allowed_versions",
+                    string_list(&[DEFAULT_VERSIONS.to_string()]),
+                ),
+            ],
+        );
+        planned.set("id", Value::string("circleci"));
+        let restart = req.is_create()
+            || changed(req.prior, planned, "triggers")
+            || req.prior.get("app_state").as_str() != Some("started")
+            || !strings(req.prior.get("failed_checks")).is_empty();
+        if restart {
+            for a in OUTCOME {
+                planned.set(a, Value::Unknown);
+            }
+            // Best effort now; apply repeats it before anything stops.
+            let known = ["allowed_versions", "config_root"]
+                .iter()
+                .all(|a| planned.get(a).is_fully_known());
+            if known {
+                self.preview(planned, diags).await;
+            }
+        }
+        vec![]
+    }
+
+    async fn create(&self, planned: &Value, _config: &Value) -> Applied {
+        self.restart(planned).await
+    }
+
+    async fn update(&self, _prior: &Value, planned: &Value, _config: &Value) -> Applied {
+        self.restart(planned).await
+    }
+
+    async fn read(&self, state: &Value) -> Result<Option<Value>, Diagnostics> {
+        let status = self.status().await?;
+        let mut fresh = state.clone();
+        fresh.set("app_state", Value::string(&status.state));
+        Ok(Some(fresh))
+    }
+
+    async fn delete(&self, _prior: &Value) -> Applied {
+        Applied::deleted(Diagnostics::new())
+    }
+
+    async fn import(&self, _id: &str) -> Result<Value, Diagnostics> {
+        let version = self.version().await?;
+        let mut v = Value::Null;
+        v.set("id", Value::string("circleci"));
+        v.set("config_root", Value::string("/"));
+        v.set("stop_timeout", Value::string(STOP_TIMEOUT));
+        v.set("start_timeout", Value::string(START_TIMEOUT));
+        v.set("verify_timeout", Value::string(VERIFY_TIMEOUT));
+        v.set(
+            "allowed_versions",
+            string_list(&[DEFAULT_VERSIONS.to_string()]),
+        );
+        v.set("version", Value::string(version));
+        v.set("app_state", Value::string(""));
+        v.set("checks", string_list(&[]));
+        v.set("failed_checks", string_list(&[]));
+        v.set("restarted_at", Value::string(""));
+        v.set("downtime", Value::string(""));
+        Ok(v)
+    }
+}
+
+/// An error on an attribute, as diagnostics.
+fn attr_error(attr: &str, summary: &str, detail: String) -> Diagnostics {
+    Diagnostic::error(summary, detail)
+        .at(AttrPath::root(attr))
+        .into()
+}

@@ -1,0 +1,329 @@
+//! Talking to Replicated and the containers: the preflight, the stop and start with
+//! their waits, and the checks.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::backends::ssh::{Program, RemoteCommand, ServicesHost};
+use crate::circleci::restart::{AppStatus, Check, External};
+use crate::plugin::stop;
+use crate::resources::ssh_diag;
+
+/// How often the app's status is read while it moves, and the checks retried.
+const POLL: Duration = Duration::from_secs(1);
+
+/// What the preflight learned.
+struct Preflight {
+    version: String,
+    status: AppStatus,
+    external: External,
+}
+
+impl ServicesRestart {
+    fn services(&self) -> Result<Arc<ServicesHost>, Diagnostics> {
+        self.data.services()
+    }
+
+    /// Runs one fixed command; a non-zero exit is an error with its output.
+    async fn command(&self, program: Program, args: &[&str]) -> Result<String, Diagnostics> {
+        let h = self.services()?;
+        let cmd = RemoteCommand::new(program, args.iter().copied())
+            .map_err(|e| Diagnostics::from(Diagnostic::error("Invalid command", e)))?;
+        let out = h
+            .run(&cmd, None, self.data.timeout())
+            .await
+            .map_err(|e| ssh_diag(&format!("Could not run `{cmd}`"), e))?;
+        if out.success() {
+            return Ok(out.stdout_text());
+        }
+        let target = h.config().target();
+        // 127 from the shell; sudo says it in words and exits with 1.
+        let not_found = out.status == Some(127)
+            || (out.status == Some(1)
+                && String::from_utf8_lossy(&out.stderr).contains("command not found"));
+        if not_found {
+            return Err(Diagnostic::error(
+                format!("{} not found on the Services machine", program.name()),
+                format!(
+                    "`{cmd}` on {target}: command not found. Is this the CircleCI Services machine (Replicated \
+                     installs replicatedctl in /usr/local/bin)?{}",
+                    if h.config().sudo && h.config().user != "root" {
+                        " With sudo = true, sudo's secure_path decides where commands are found."
+                    } else {
+                        ""
+                    }
+                ),
+            )
+            .into());
+        }
+        Err(Diagnostic::error(
+            format!("`{}` failed", cmd.program().name()),
+            format!(
+                "`{cmd}` on {target} exited with {}:\n{}",
+                out.status
+                    .map_or("a signal".to_string(), |s| format!("status {s}")),
+                out.evidence()
+            ),
+        )
+        .into())
+    }
+
+    pub(super) async fn status(&self) -> Result<AppStatus, Diagnostics> {
+        let json = self
+            .command(Program::Replicatedctl, &["app", "status", "-o", "json"])
+            .await?;
+        rs::parse_status(&json)
+            .map_err(|e| Diagnostic::error("Unexpected answer from Replicated", e).into())
+    }
+
+    pub(super) async fn version(&self) -> Result<String, Diagnostics> {
+        let json = self
+            .command(Program::Replicatedctl, &["app", "inspect", "-o", "json"])
+            .await?;
+        rs::parse_version(&json)
+            .map_err(|e| Diagnostic::error("Unexpected answer from Replicated", e).into())
+    }
+
+    /// The runbook's files under `root`, as the Services machine has them.
+    async fn external(&self, root: &str) -> Result<External, Diagnostics> {
+        let h = self.services()?;
+        let mut texts = std::collections::HashMap::new();
+        for f in rs::files::ALL {
+            let path = format!("{}/{f}", root.trim_end_matches('/'));
+            let file = h
+                .read_file(&path)
+                .await
+                .map_err(|e| ssh_diag(&format!("Could not read {path}"), e))?;
+            if let Some(file) = file {
+                texts.insert(f, String::from_utf8_lossy(&file.content).into_owned());
+            }
+        }
+        External::read(|f| texts.get(f).cloned()).map_err(|e| {
+            Diagnostic::error(
+                "A config file on the Services machine does not parse",
+                format!("{e}. Nothing was restarted."),
+            )
+            .into()
+        })
+    }
+
+    /// Everything checked before CircleCI stops.
+    async fn preflight(&self, s: &Settings) -> Result<Preflight, Diagnostics> {
+        let version = self.version().await?;
+        if !rs::version_allowed(&version, &s.versions) {
+            return Err(attr_error(
+                "allowed_versions",
+                "CircleCI version not allowed",
+                format!(
+                    "the Services machine runs CircleCI {version}, which allowed_versions ({}) does not list; the \
+                     runbook is for 2.17. Nothing was restarted.",
+                    s.versions.join(", ")
+                ),
+            ));
+        }
+        let status = self.status().await?;
+        let external = self.external(&s.root).await?;
+        Ok(Preflight {
+            version,
+            status,
+            external,
+        })
+    }
+
+    /// At plan time, when the Services machine answers: the same preflight, whose
+    /// errors are reported now. An unreachable machine is left to apply.
+    pub(super) async fn preview(&self, planned: &Value, diags: &mut Diagnostics) {
+        if self.services().is_err() {
+            return;
+        }
+        let s = Settings::of(planned);
+        if let Err(d) = self.preflight(&s).await {
+            let about_input = d.0.iter().any(|x| x.path.is_some())
+                || d.0.iter().any(|x| x.summary.contains("does not parse"));
+            if about_input {
+                diags.extend(d);
+            }
+        }
+    }
+
+    /// Waits until the app has settled in `state`, within `within`. Never abandoned on
+    /// a stop request: CircleCI must not be left half-way.
+    async fn wait_for(&self, state: &str, within: Duration) -> Result<AppStatus, Diagnostics> {
+        let started = Instant::now();
+        loop {
+            let st = self.status().await?;
+            if st.settled_in(state) {
+                log::info!(
+                    "CircleCI {state} after {}",
+                    humantime::format_duration(round(started.elapsed()))
+                );
+                return Ok(st);
+            }
+            if started.elapsed() >= within {
+                let attr = if state == "stopped" {
+                    "stop_timeout"
+                } else {
+                    "start_timeout"
+                };
+                return Err(attr_error(
+                    attr,
+                    &format!("CircleCI did not get {state} in time"),
+                    format!(
+                        "Replicated still reports state {:?} (desired {:?}{}) after {}. {}",
+                        st.state,
+                        st.desired,
+                        if st.error.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", error {:?}", st.error)
+                        },
+                        humantime::format_duration(within),
+                        if state == "stopped" {
+                            "Nothing was started; CircleCI may be stopping still. Check the Management Console."
+                        } else {
+                            "CircleCI may still be starting; check the Management Console."
+                        }
+                    ),
+                ));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Runs `checks` until all pass or `within` passes (or Terraform asks to stop).
+    /// Returns the passed ones, and an error per failed one.
+    async fn verify(&self, checks: &[Check], within: Duration) -> Verified {
+        let started = Instant::now();
+        loop {
+            let mut passed = Vec::new();
+            let mut failed_labels = Vec::new();
+            let mut failed = Diagnostics::new();
+            for c in checks {
+                let args = c.probe.docker_args();
+                let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+                let label = format!("{}: {}", c.service, c.what);
+                let result = self.command(Program::Docker, &argv).await;
+                if !matches!(&result, Ok(out) if rs::evaluate(c, out).is_ok()) {
+                    failed_labels.push(label.clone());
+                }
+                match result {
+                    Ok(out) => match rs::evaluate(c, &out) {
+                        Ok(()) => passed.push(label),
+                        Err(evidence) => failed.push(Diagnostic::error(
+                            format!("CircleCI check failed: {}", c.service),
+                            format!(
+                                "{} — not seen in `docker {}` after {}. Evidence:\n{}",
+                                c.what,
+                                argv[..2].join(" "),
+                                humantime::format_duration(round(started.elapsed())),
+                                if evidence.is_empty() {
+                                    "(no output)".to_string()
+                                } else {
+                                    evidence.join("\n")
+                                }
+                            ),
+                        )),
+                    },
+                    Err(d) => failed.extend(d),
+                }
+            }
+            let done = Verified {
+                passed,
+                failed: failed_labels,
+                diags: failed,
+            };
+            if !done.diags.has_errors() || started.elapsed() >= within {
+                return done;
+            }
+            if stop::or_stop(tokio::time::sleep(POLL * 2)).await.is_none() {
+                let mut done = done;
+                done.diags.push(Diagnostic::error(
+                    "Stopped before the checks passed",
+                    "Terraform asked the provider to stop; CircleCI was restarted, the checks above had not \
+                     passed yet. Run terraform apply again to check again.",
+                ));
+                return done;
+            }
+        }
+    }
+
+    pub(super) async fn restart(&self, planned: &Value) -> Applied {
+        let s = Settings::of(planned);
+        let pre = match self.preflight(&s).await {
+            Ok(p) => p,
+            Err(d) => return Applied::from_result(Err(d)),
+        };
+        if stop::requested() {
+            return Applied::from_result(Err(Diagnostic::error(
+                "Stopped",
+                "Terraform asked the provider to stop before CircleCI was restarted; nothing was changed.",
+            )
+            .into()));
+        }
+        let mut state = planned.clone();
+        state.set("version", Value::string(&pre.version));
+        let stopping = Instant::now();
+        log::info!(
+            "stopping CircleCI {} (state {})",
+            pre.version,
+            pre.status.state
+        );
+        let moved = async {
+            if !pre.status.settled_in("stopped") {
+                self.command(Program::Replicatedctl, &["app", "stop"])
+                    .await?;
+                self.wait_for("stopped", s.stop).await?;
+            }
+            log::info!("starting CircleCI");
+            self.command(Program::Replicatedctl, &["app", "start"])
+                .await?;
+            self.wait_for("started", s.start).await
+        }
+        .await;
+        if let Err(d) = moved {
+            let now = self.status().await.map(|st| st.state).unwrap_or_default();
+            let none = Verified::default();
+            finish(&mut state, &now, &none, None);
+            return Applied {
+                state: Some(state),
+                diags: d,
+            };
+        }
+        let checks = rs::checks(&pre.external);
+        log::info!("CircleCI started; {} checks", checks.len());
+        let v = self.verify(&checks, s.verify).await;
+        finish(&mut state, "started", &v, Some(stopping.elapsed()));
+        Applied {
+            state: Some(state),
+            diags: v.diags,
+        }
+    }
+}
+
+fn round(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64 / 100 * 100)
+}
+
+/// The checks' outcome.
+#[derive(Default)]
+struct Verified {
+    passed: Vec<String>,
+    failed: Vec<String>,
+    diags: Diagnostics,
+}
+
+/// The outcome attributes.
+fn finish(state: &mut Value, app_state: &str, v: &Verified, downtime: Option<Duration>) {
+    state.set("app_state", Value::string(app_state));
+    state.set("checks", string_list(&v.passed));
+    state.set("failed_checks", string_list(&v.failed));
+    let (at, down) = match downtime {
+        Some(d) => (
+            humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            format!("{:.1}s", d.as_secs_f64()),
+        ),
+        None => (String::new(), String::new()),
+    };
+    state.set("restarted_at", Value::string(at));
+    state.set("downtime", Value::string(down));
+}

@@ -1,0 +1,376 @@
+//! circleci_services_restart through terraform, against the CircleCI Services-machine
+//! simulator (dev/circleci-sim.py) on the test sshd: every config file resource, then
+//! the restart and the runbook's checks, with the simulator's containers connecting
+//! for real to the test servers. The simulator is shared: these tests take turns and
+//! leave it started, on its default root.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::Mutex;
+
+use common::{servers, Servers, Tf};
+use serde_json::{json, Value as Json};
+
+static SIMULATOR: Mutex<()> = Mutex::new(());
+
+/// The simulator pointed at `root` (and fast transitions) for one test; put back on drop.
+struct Sim {
+    settings: PathBuf,
+    bin: PathBuf,
+}
+
+impl Sim {
+    fn new(s: &Servers, settings: Json) -> Sim {
+        let sim = Sim {
+            settings: Path::new(s.get("CIRCLECI_TEST_SIM_STATE")).join("settings.json"),
+            bin: PathBuf::from(s.get("CIRCLECI_TEST_SIM")),
+        };
+        sim.set(settings);
+        sim
+    }
+
+    fn set(&self, settings: Json) {
+        std::fs::write(&self.settings, settings.to_string()).unwrap();
+    }
+
+    fn replicatedctl(&self, args: &[&str]) -> Json {
+        let out = Command::new(self.bin.join("replicatedctl"))
+            .args(args)
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or(Json::Null)
+    }
+
+    fn docker_logs(&self, name: &str) -> String {
+        let out = Command::new(self.bin.join("docker"))
+            .args(["logs", name])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.settings);
+        let _ = Command::new(self.bin.join("replicatedctl"))
+            .args(["app", "start"])
+            .status();
+    }
+}
+
+/// A second Redis, on its own port, stopped by PID on drop.
+struct Redis2 {
+    child: Child,
+    port: u16,
+}
+
+impl Redis2 {
+    fn start(dir: &Path) -> Redis2 {
+        let port = common::closed_port();
+        let child = Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                dir.to_str().unwrap(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..50 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Redis2 { child, port }
+    }
+}
+
+impl Drop for Redis2 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn root_dir() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        d.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    d
+}
+
+fn main_tf(s: &Servers, root: &Path, redis_port: u16, generation: u32) -> String {
+    let r = |p: &str| root.join(p).to_str().unwrap().to_string();
+    format!(
+        r#"{provider}
+resource "circleci_external_redis" "r" {{
+  host        = "127.0.0.1"
+  port        = {redis_port}
+  config_path = {redis:?}
+}}
+resource "circleci_postgres_databases" "pg" {{
+  host                   = "127.0.0.1"
+  port                   = {pg}
+  password_wo            = "restart-Pg-pw-1"
+  password_wo_version    = 1
+  deletion_policy        = "drop"
+  drop_adopted_databases = true
+  config_path            = {pgf:?}
+}}
+resource "circleci_external_mongo" "m" {{
+  hosts                = ["127.0.0.1:{mongo}"]
+  username             = "restart-circle"
+  password_wo          = "restart-Mongo-pw-1"
+  password_wo_version  = 1
+  tls                  = false
+  drop_user_on_destroy = true
+  config_path          = {mongof:?}
+}}
+resource "circleci_vault_transit_client" "v" {{
+  key_name    = "context-service"
+  config_path = {vaultf:?}
+}}
+resource "circleci_external_rabbitmq" "mq" {{
+  host                = "127.0.0.1"
+  port                = {mq}
+  username            = "circle"
+  password_wo         = {mqpw:?}
+  password_wo_version = 1
+  config_path         = {mqf:?}
+}}
+resource "circleci_external_nomad" "n" {{
+  endpoint     = {nomad:?}
+  ca_cert_file = {ca:?}
+  acl_token_wo = {ntoken:?}
+  config_path  = {nomadf:?}
+}}
+resource "circleci_services_restart" "restart" {{
+  config_root    = {root:?}
+  stop_timeout   = "30s"
+  start_timeout  = "60s"
+  verify_timeout = "20s"
+  triggers = {{
+    redis      = circleci_external_redis.r.file_sha256
+    postgres   = circleci_postgres_databases.pg.file_sha256
+    mongo      = circleci_external_mongo.m.file_sha256
+    vault      = circleci_vault_transit_client.v.file_sha256
+    rabbitmq   = circleci_external_rabbitmq.mq.file_sha256
+    nomad      = circleci_external_nomad.n.file_sha256
+    generation = "{generation}"
+  }}
+}}
+output "checks" {{
+  value = circleci_services_restart.restart.checks
+}}
+output "downtime" {{
+  value = circleci_services_restart.restart.downtime
+}}
+"#,
+        provider = s.provider_block(""),
+        redis = r("etc/circleconfig/shared/redis"),
+        pg = s.pg_port(),
+        pgf = r("etc/circleconfig/shared/postgresql"),
+        mongo = s.get("CIRCLECI_TEST_MONGO_PORT"),
+        mongof = r("etc/circle-installation-customizations"),
+        vaultf = r("etc/circleconfig/context-service/customizations"),
+        mq = s.mq_port(),
+        mqpw = s.get("CIRCLECI_TEST_MQ_PASSWORD"),
+        mqf = r("etc/circleconfig/shared/rabbitmq"),
+        nomad = s.get("CIRCLECI_TEST_NOMAD_ADDR"),
+        ca = s.get("CIRCLECI_TEST_TLS_CA"),
+        ntoken = s.get("CIRCLECI_TEST_NOMAD_TOKEN"),
+        nomadf = r("etc/circleconfig/shared/nomad"),
+        root = root.to_str().unwrap(),
+    )
+}
+
+fn checks_of(tf: &Tf) -> Vec<String> {
+    let out = tf.ok(&["output", "-json", "checks"]);
+    serde_json::from_str(&out).unwrap()
+}
+
+/// The runbook's Troubleshooting: CircleCI trusts a CA put in
+/// /usr/local/share/ca-certificates. The dev Vault's CA goes there.
+fn trust_vault_ca(s: &Servers, root: &Path) {
+    let d = root.join("usr/local/share/ca-certificates");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::copy(s.get("CIRCLECI_TEST_VAULT_CA"), d.join("dev-vault.crt")).unwrap();
+}
+
+fn flat(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[test]
+fn restart_checks_every_service_and_restarts_on_change() {
+    let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let s = servers();
+    let root = root_dir();
+    let sim = Sim::new(&s, json!({"root": root.path(), "transition": 1}));
+    trust_vault_ca(&s, root.path());
+    let redis2 = Redis2::start(root.path());
+
+    let tf = Tf::new(&main_tf(&s, root.path(), s.redis_port(), 1));
+    let out = tf.apply();
+    assert!(
+        out.contains("circleci_services_restart.restart: Creation complete"),
+        "{out}"
+    );
+    let checks = checks_of(&tf);
+    for service in ["postgresql", "mongodb", "vault", "redis", "rabbitmq"] {
+        assert!(
+            checks
+                .iter()
+                .any(|c| c.starts_with(&format!("{service}: "))),
+            "{service} not checked: {checks:?}"
+        );
+    }
+    assert_eq!(checks.len(), 8, "{checks:?}");
+    let downtime: String = serde_json::from_str(&tf.ok(&["output", "-json", "downtime"])).unwrap();
+    assert!(downtime.ends_with('s') && downtime.len() > 1, "{downtime}");
+    // The simulator's containers really connected: frontend logged the PostgreSQL
+    // logins, context-service the Vault round trip.
+    assert!(sim
+        .docker_logs("frontend")
+        .contains("connected to database vms"));
+    assert_eq!(tf.plan_code(), 0, "a second plan restarts nothing");
+
+    // A new Redis port: the file changes, so the trigger, so the restart runs again
+    // and its check names the new port.
+    tf.write_main(&main_tf(&s, root.path(), redis2.port, 1));
+    let out = tf.apply();
+    assert!(
+        out.contains("circleci_services_restart.restart: Modifying"),
+        "{out}"
+    );
+    let checks = checks_of(&tf);
+    assert!(
+        checks.contains(&format!(
+            "redis: domain-service: Reconnected to 127.0.0.1:{}",
+            redis2.port
+        )),
+        "{checks:?}"
+    );
+    assert!(sim
+        .docker_logs("domain-service")
+        .contains(&format!("Reconnected to 127.0.0.1:{}", redis2.port)));
+
+    // A wrong PostgreSQL password edited in by hand, then only the restart (without
+    // refresh, or the PostgreSQL resource would see the drift and write the file back
+    // first): the check fails with the PSQLException CircleCI would log.
+    let pgf = root.path().join("etc/circleconfig/shared/postgresql");
+    let text = std::fs::read_to_string(&pgf).unwrap();
+    std::fs::write(&pgf, text.replace("restart-Pg-pw-1", "not-the-password")).unwrap();
+    tf.write_main(&main_tf(&s, root.path(), redis2.port, 2));
+    let out = tf.fails(&[
+        "apply",
+        "-auto-approve",
+        "-no-color",
+        "-refresh=false",
+        "-target=circleci_services_restart.restart",
+    ]);
+    let f = flat(&out);
+    assert!(f.contains("CircleCI check failed: postgresql"), "{out}");
+    assert!(f.contains("org.postgresql.util.PSQLException"), "{out}");
+    assert!(f.contains("password authentication failed"), "{out}");
+    assert!(
+        !out.contains("not-the-password"),
+        "the password is in the output"
+    );
+    // The full apply writes the file again (drift), which restarts and passes.
+    tf.apply();
+    assert!(checks_of(&tf).iter().any(|c| c.starts_with("postgresql: ")));
+    assert_eq!(tf.plan_code(), 0);
+
+    tf.ok(&["destroy", "-auto-approve", "-no-color"]);
+    let status = sim.replicatedctl(&["app", "status"]);
+    assert_eq!(
+        status[0]["State"], "started",
+        "destroy leaves CircleCI running"
+    );
+}
+
+#[test]
+fn preflight_and_deadlines_refuse_clearly() {
+    let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let s = servers();
+    let root = root_dir();
+    let sim = Sim::new(
+        &s,
+        json!({"root": root.path(), "transition": 1, "version": "2.19.1"}),
+    );
+    let restart = |extra: &str| {
+        format!(
+            "{}\nresource \"circleci_services_restart\" \"r\" {{\n  config_root = {:?}\n{extra}}}\n",
+            s.provider_block(""),
+            root.path().to_str().unwrap()
+        )
+    };
+    let before = sim.replicatedctl(&["app", "status"])[0]["LastModifiedAt"].clone();
+
+    // A version the runbook is not for: refused at plan, on allowed_versions.
+    let tf = Tf::new(&restart(""));
+    let out = flat(&tf.fails(&["plan", "-no-color"]));
+    assert!(out.contains("CircleCI version not allowed"), "{out}");
+    assert!(out.contains("runs CircleCI 2.19.1"), "{out}");
+    assert!(out.contains("allowed_versions"), "{out}");
+    let out = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
+    assert!(out.contains("Nothing was restarted"), "{out}");
+    assert_eq!(
+        sim.replicatedctl(&["app", "status"])[0]["LastModifiedAt"],
+        before,
+        "the app was touched"
+    );
+
+    // Bad patterns and durations: errors on the attribute, at plan.
+    let tf = Tf::new(&restart(
+        "  allowed_versions = [\"2.17.x\", \"2.17.\"]\n  stop_timeout = \"soon\"\n",
+    ));
+    let out = flat(&tf.fails(&["plan", "-no-color"]));
+    assert!(out.contains("Invalid version pattern"), "{out}");
+    assert!(out.contains("Invalid duration"), "{out}");
+
+    // A config file that does not parse: refused before anything stops.
+    sim.set(json!({"root": root.path(), "transition": 1}));
+    let redis = root.path().join("etc/circleconfig/shared/redis");
+    std::fs::create_dir_all(redis.parent().unwrap()).unwrap();
+    std::fs::write(&redis, "export REDIS_PORT=6379\n").unwrap();
+    let tf = Tf::new(&restart("  allowed_versions = [\"2.17.x\"]\n"));
+    let out = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
+    assert!(out.contains("does not parse"), "{out}");
+    assert!(out.contains("REDIS_HOST"), "{out}");
+    assert_eq!(
+        sim.replicatedctl(&["app", "status"])[0]["LastModifiedAt"],
+        before
+    );
+    std::fs::remove_file(&redis).unwrap();
+
+    // An app that never stops: the deadline ends the wait, named, on stop_timeout.
+    sim.set(json!({"root": root.path(), "transition": 1, "stuck": "stopped"}));
+    let tf = Tf::new(&restart("  stop_timeout = \"3s\"\n"));
+    let started = std::time::Instant::now();
+    let out = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    assert!(
+        out.contains("CircleCI did not get stopped in time"),
+        "{out}"
+    );
+    assert!(out.contains("stop_timeout"), "{out}");
+    assert!(out.contains("after 3s"), "{out}");
+}
