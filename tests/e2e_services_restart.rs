@@ -160,6 +160,11 @@ resource "circleci_external_nomad" "n" {{
   acl_token_wo = {ntoken:?}
   config_path  = {nomadf:?}
 }}
+resource "circleci_services_ca_certificate" "vault" {{
+  name            = "dev-vault"
+  certificate_pem = file({vca:?})
+  config_root     = {root:?}
+}}
 resource "circleci_services_restart" "restart" {{
   config_root    = {root:?}
   stop_timeout   = "30s"
@@ -172,6 +177,7 @@ resource "circleci_services_restart" "restart" {{
     vault      = circleci_vault_transit_client.v.file_sha256
     rabbitmq   = circleci_external_rabbitmq.mq.file_sha256
     nomad      = circleci_external_nomad.n.file_sha256
+    ca         = circleci_services_ca_certificate.vault.fingerprint_sha256
     generation = "{generation}"
   }}
 }}
@@ -197,20 +203,13 @@ output "downtime" {{
         ntoken = s.get("CIRCLECI_TEST_NOMAD_TOKEN"),
         nomadf = r("etc/circleconfig/shared/nomad"),
         root = root.to_str().unwrap(),
+        vca = s.get("CIRCLECI_TEST_VAULT_CA"),
     )
 }
 
 fn checks_of(tf: &Tf) -> Vec<String> {
     let out = tf.ok(&["output", "-json", "checks"]);
     serde_json::from_str(&out).unwrap()
-}
-
-/// The runbook's Troubleshooting: CircleCI trusts a CA put in
-/// /usr/local/share/ca-certificates. The dev Vault's CA goes there.
-fn trust_vault_ca(s: &Servers, root: &Path) {
-    let d = root.join("usr/local/share/ca-certificates");
-    std::fs::create_dir_all(&d).unwrap();
-    std::fs::copy(s.get("CIRCLECI_TEST_VAULT_CA"), d.join("dev-vault.crt")).unwrap();
 }
 
 fn flat(s: &str) -> String {
@@ -223,7 +222,6 @@ fn restart_checks_every_service_and_restarts_on_change() {
     let s = servers();
     let root = root_dir();
     let sim = Sim::new(&s, json!({"root": root.path(), "transition": 1}));
-    trust_vault_ca(&s, root.path());
     let redis2 = Redis2::start(root.path());
 
     let tf = Tf::new(&main_tf(&s, root.path(), s.redis_port(), 1));
@@ -373,4 +371,143 @@ fn preflight_and_deadlines_refuse_clearly() {
     );
     assert!(out.contains("stop_timeout"), "{out}");
     assert!(out.contains("after 3s"), "{out}");
+}
+
+fn openssl(args: &[&str]) -> std::process::Output {
+    Command::new("openssl").args(args).output().unwrap()
+}
+
+/// The CA resource: after apply, `openssl verify` with the bundle update-ca-certificates
+/// made on the Services machine accepts a certificate that CA signed, and the runbook's
+/// JVM_OPTS line is in /etc/environment next to the operator's lines; after destroy,
+/// neither. The host's own trust store is never touched.
+#[test]
+fn ca_certificate_is_trusted_then_untrusted() {
+    let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let s = servers();
+    let root = root_dir();
+    let _sim = Sim::new(&s, json!({"root": root.path(), "transition": 1}));
+    let work = tempfile::tempdir().unwrap();
+    let w = |f: &str| work.path().join(f).to_str().unwrap().to_string();
+    let ok = |o: std::process::Output| {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr))
+    };
+    ok(openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=restart test CA",
+        "-keyout",
+        &w("ca.key"),
+        "-out",
+        &w("ca.pem"),
+    ]));
+    ok(openssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        "/CN=db.internal",
+        "-keyout",
+        &w("leaf.key"),
+        "-out",
+        &w("leaf.csr"),
+    ]));
+    ok(openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &w("leaf.csr"),
+        "-CA",
+        &w("ca.pem"),
+        "-CAkey",
+        &w("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-out",
+        &w("leaf.pem"),
+    ]));
+    let host_bundle = std::fs::metadata("/etc/ssl/certs/ca-certificates.crt")
+        .and_then(|m| m.modified())
+        .ok();
+    let env = root.path().join("etc/environment");
+    std::fs::create_dir_all(env.parent().unwrap()).unwrap();
+    std::fs::write(&env, "PATH=\"/usr/local/sbin:/usr/bin\"\nLANG=C.UTF-8\n").unwrap();
+    let bundle = root.path().join("etc/ssl/certs/ca-certificates.crt");
+    let verify = || {
+        openssl(&[
+            "verify",
+            "-no-CApath",
+            "-CAfile",
+            bundle.to_str().unwrap(),
+            &w("leaf.pem"),
+        ])
+        .status
+        .success()
+    };
+
+    let tf = Tf::new(&format!(
+        "{}\nresource \"circleci_services_ca_certificate\" \"db\" {{\n  name = \"db-ca\"\n  \
+         certificate_pem = file({:?})\n  jvm_trust_name_service = true\n  config_root = {:?}\n}}\n",
+        s.provider_block(""),
+        w("ca.pem"),
+        root.path().to_str().unwrap()
+    ));
+    tf.apply();
+    let crt = root
+        .path()
+        .join("usr/local/share/ca-certificates/db-ca.crt");
+    assert_eq!(common::mode_of(&crt), 0o644);
+    assert!(verify(), "the CA is not trusted after apply");
+    let text = std::fs::read_to_string(&env).unwrap();
+    assert!(
+        text.starts_with("PATH=\"/usr/local/sbin:/usr/bin\"\nLANG=C.UTF-8\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("export JVM_OPTS='-Djdk.tls.trustNameService=true'"),
+        "{text}"
+    );
+    assert_eq!(tf.plan_code(), 0);
+
+    // Removed by hand: drift, and the next apply puts it back.
+    std::fs::remove_file(&crt).unwrap();
+    assert_eq!(tf.plan_code(), 2);
+    tf.apply();
+    assert!(crt.exists());
+
+    tf.ok(&["destroy", "-auto-approve", "-no-color"]);
+    assert!(!crt.exists());
+    assert!(!verify(), "the CA is still trusted after destroy");
+    assert_eq!(
+        std::fs::read_to_string(&env).unwrap(),
+        "PATH=\"/usr/local/sbin:/usr/bin\"\nLANG=C.UTF-8\n",
+        "the operator's lines are not as they were"
+    );
+    let after = std::fs::metadata("/etc/ssl/certs/ca-certificates.crt")
+        .and_then(|m| m.modified())
+        .ok();
+    assert_eq!(host_bundle, after, "the host's trust store changed");
+
+    // Not a certificate: refused at plan, on the attribute.
+    let tf = Tf::new(&format!(
+        "{}\nresource \"circleci_services_ca_certificate\" \"x\" {{\n  name = \"x.crt\"\n  \
+         certificate_pem = \"-----BEGIN CERTIFICATE-----\\naGVsbG8=\\n-----END CERTIFICATE-----\\n\"\n}}\n",
+        s.provider_block("")
+    ));
+    let out = flat(&tf.fails(&["plan", "-no-color"]));
+    assert!(out.contains("Invalid CA certificate"), "{out}");
+    assert!(out.contains("not an X.509 certificate"), "{out}");
+    assert!(out.contains("leave out .crt"), "{out}");
 }

@@ -17,6 +17,7 @@ pub mod file_digest;
 pub mod managed_block;
 pub mod nomad_client_launch_config;
 pub mod postgres_databases;
+pub mod services_ca_certificate;
 pub mod services_restart;
 pub mod validate;
 pub mod vault_transit_client;
@@ -50,6 +51,7 @@ pub fn all(data: Arc<ProviderData>) -> Vec<Arc<dyn Resource>> {
             vault_transit_client::VaultTransitClient::new(d()),
             d(),
         )),
+        Arc::new(services_ca_certificate::ServicesCaCertificate::new(d())),
         Arc::new(services_restart::ServicesRestart::new(d())),
     ]
 }

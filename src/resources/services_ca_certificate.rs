@@ -1,0 +1,427 @@
+//! `circleci_services_ca_certificate`: the runbook's Troubleshooting fix for TLS to the
+//! external services. The CA certificate goes to
+//! `/usr/local/share/ca-certificates/<name>.crt` and `update-ca-certificates` runs; with
+//! `jvm_trust_name_service`, `/etc/environment` gets the runbook's `JVM_OPTS` line in a
+//! managed block (every other line is the operator's). Destroy undoes both.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
+use super::{file_sha256, managed_block, ssh_diag, validate};
+use crate::backends::ssh::{Program, RemoteCommand, ServicesHost};
+use crate::plugin::{
+    Applied, AttrPath, Attribute, Block, Diagnostic, Diagnostics, PlanRequest, Resource, Schema,
+    Type, Value,
+};
+use crate::provider::ProviderData;
+
+const TYPE: &str = "circleci_services_ca_certificate";
+const CA_DIR: &str = "usr/local/share/ca-certificates";
+const ENVIRONMENT: &str = "etc/environment";
+/// The runbook's line, as it gives it.
+const JVM_LINE: &str = "export JVM_OPTS='-Djdk.tls.trustNameService=true'\n";
+
+pub struct ServicesCaCertificate {
+    data: Arc<ProviderData>,
+}
+
+impl ServicesCaCertificate {
+    pub fn new(data: Arc<ProviderData>) -> Self {
+        ServicesCaCertificate { data }
+    }
+}
+
+/// The one certificate in `pem`, as DER, or why not.
+pub fn parse_ca(pem: &str) -> Result<CertificateDer<'static>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("not PEM: {e}"))?;
+    let [cert] = <[CertificateDer<'static>; 1]>::try_from(certs).map_err(|v| {
+        if v.is_empty() {
+            "no CERTIFICATE block in it".to_string()
+        } else {
+            format!("{} certificates in it; give one per resource", v.len())
+        }
+    })?;
+    webpki::anchor_from_trusted_cert(&cert)
+        .map_err(|e| format!("not an X.509 certificate: {e:?}"))?;
+    Ok(cert)
+}
+
+fn check_name(n: &str) -> Result<(), String> {
+    let ok = n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && n.len() <= 200;
+    if !ok {
+        return Err(format!(
+            "{n:?}: letters, digits, '.', '_' and '-' only, starting with a letter or digit"
+        ));
+    }
+    if n.ends_with(".crt") {
+        return Err(format!("{n:?}: leave out .crt, the provider adds it"));
+    }
+    Ok(())
+}
+
+fn under(root: &str, rel: &str) -> String {
+    format!("{}/{rel}", root.trim_end_matches('/'))
+}
+
+struct Paths {
+    cert: String,
+    environment: String,
+}
+
+fn paths(v: &Value) -> Paths {
+    let root = v.get("config_root").as_str().unwrap_or("/");
+    let name = v.get("name").as_str().unwrap_or_default();
+    Paths {
+        cert: under(root, &format!("{CA_DIR}/{name}.crt")),
+        environment: under(root, ENVIRONMENT),
+    }
+}
+
+fn block() -> Block {
+    Block::new()
+        .description(
+            "Makes the Services machine trust a CA, as the runbook's Troubleshooting says: the certificate is \
+             written to `/usr/local/share/ca-certificates/<name>.crt` (mode 0644) and `update-ca-certificates` \
+             runs. With `jvm_trust_name_service = true` the runbook's `export \
+             JVM_OPTS='-Djdk.tls.trustNameService=true'` line goes into `/etc/environment`, in a managed block \
+             (the file's other lines are kept). Set that on one resource only. Destroy removes the certificate, \
+             runs `update-ca-certificates` again and removes the block. CircleCI reads both when it starts: put \
+             this resource in `circleci_services_restart`'s triggers.",
+        )
+        .attr(Attribute::new("id", Type::String).computed().description("The certificate file's path."))
+        .attr(Attribute::new("name", Type::String).required().description(
+            "File name without `.crt`, e.g. `internal-ca`. Changing it replaces the resource.",
+        ))
+        .attr(Attribute::new("certificate_pem", Type::String).required().description(
+            "The CA certificate, PEM (one `CERTIFICATE` block), checked as X.509 at plan.",
+        ))
+        .attr(Attribute::new("jvm_trust_name_service", Type::Bool).optional().computed().description(
+            "Also add the runbook's `JVM_OPTS='-Djdk.tls.trustNameService=true'` line to `/etc/environment`. \
+             Default `false`.",
+        ))
+        .attr(Attribute::new("config_root", Type::String).optional().computed().description(
+            "The directory `/usr/local/share/ca-certificates` and `/etc/environment` are under on the Services \
+             machine. Default `/`; only tests and demos change it.",
+        ))
+        .attr(Attribute::new("fingerprint_sha256", Type::String).computed().description(
+            "SHA-256 of the certificate (DER), lower-case hex.",
+        ))
+        .attr(Attribute::new("drift", Type::String).computed().description(
+            "What refresh found different: the certificate file changed or missing, or the JVM_OPTS block \
+             missing. Not empty: the next plan writes them again.",
+        ))
+}
+
+impl ServicesCaCertificate {
+    async fn update_ca_certificates(&self, h: &ServicesHost) -> Result<(), Diagnostics> {
+        let cmd = RemoteCommand::new(Program::UpdateCaCertificates, Vec::<String>::new())
+            .map_err(|e| Diagnostics::from(Diagnostic::error("Invalid command", e)))?;
+        let out = h
+            .run(&cmd, None, self.data.timeout())
+            .await
+            .map_err(|e| ssh_diag("Could not run update-ca-certificates", e))?;
+        if out.success() {
+            return Ok(());
+        }
+        Err(Diagnostic::error(
+            "update-ca-certificates failed",
+            format!(
+                "on {} it exited with {:?}:\n{}",
+                h.config().target(),
+                out.status,
+                out.evidence()
+            ),
+        )
+        .into())
+    }
+
+    /// Adds (`want`) or removes the JVM_OPTS block of /etc/environment.
+    async fn environment(
+        &self,
+        h: &ServicesHost,
+        path: &str,
+        want: bool,
+    ) -> Result<(), Diagnostics> {
+        let _turn = managed_block::lock(path).await;
+        let fail = |e| ssh_diag(&format!("Could not update {path}"), e);
+        let file = h.read_file(path).await.map_err(fail)?;
+        let bytes = file.as_ref().map(|f| f.content.clone()).unwrap_or_default();
+        let bad = |e: crate::circleci::envfile::EnvFileError| {
+            Diagnostics::from(Diagnostic::error(
+                "The managed block in the file is damaged",
+                format!("{path}: {e}. Fix the marker lines by hand."),
+            ))
+        };
+        let next = if want {
+            managed_block::upsert(&bytes, TYPE, JVM_LINE).map_err(bad)?
+        } else {
+            managed_block::remove(&bytes, TYPE).map_err(bad)?
+        };
+        if next == bytes {
+            return Ok(());
+        }
+        // /etc/environment is read by every login: keep its mode (0644 when new).
+        let mode = file.map_or(0o644, |f| f.mode);
+        h.write_file(path, &next, mode).await.map_err(fail)
+    }
+
+    async fn apply(&self, planned: &Value) -> Applied {
+        let r = async {
+            let h = self.data.services()?;
+            let p = paths(planned);
+            let pem = planned.get("certificate_pem").as_str().unwrap_or_default();
+            let cert = parse_ca(pem).map_err(|e| {
+                Diagnostics::from(
+                    Diagnostic::error("Invalid CA certificate", e).at(AttrPath::root("certificate_pem")),
+                )
+            })?;
+            h.check_writable(&p.cert)
+                .await
+                .map_err(|e| ssh_diag("Cannot write the certificate: nothing was changed", e))?;
+            let mut text = pem.trim().to_string();
+            text.push('\n');
+            h.write_file(&p.cert, text.as_bytes(), 0o644)
+                .await
+                .map_err(|e| ssh_diag(&format!("Could not write {}", p.cert), e))?;
+            let mut state = planned.clone();
+            state.set("id", Value::string(&p.cert));
+            state.set("fingerprint_sha256", Value::string(file_sha256(cert.as_ref())));
+            state.set("drift", Value::string(""));
+            let rest = async {
+                self.update_ca_certificates(&h).await?;
+                let jvm = planned.get("jvm_trust_name_service").as_bool() == Some(true);
+                self.environment(&h, &p.environment, jvm).await
+            }
+            .await;
+            Ok(match rest {
+                Ok(()) => Applied {
+                    state: Some(state),
+                    diags: Diagnostics::new(),
+                },
+                // The certificate is in place: recorded, with the step left to do as drift.
+                Err(d) => {
+                    state.set(
+                        "drift",
+                        Value::string("the last apply did not finish: update-ca-certificates or /etc/environment"),
+                    );
+                    Applied {
+                        state: Some(state),
+                        diags: d,
+                    }
+                }
+            })
+        }
+        .await;
+        r.unwrap_or_else(|d: Diagnostics| Applied::from_result(Err(d)))
+    }
+}
+
+#[async_trait]
+impl Resource for ServicesCaCertificate {
+    fn type_name(&self) -> &'static str {
+        TYPE
+    }
+
+    fn schema(&self) -> Schema {
+        Schema::new(0, block())
+    }
+
+    fn validate(&self, config: &Value) -> Diagnostics {
+        let mut diags = Diagnostics::new();
+        validate::run(
+            config,
+            &[
+                ("name", validate::Check::Text("Invalid name", check_name)),
+                ("config_root", validate::Check::RemotePath),
+            ],
+            &mut diags,
+        );
+        if let Some(pem) = config.get("certificate_pem").as_str() {
+            if let Err(e) = parse_ca(pem) {
+                diags.attr_error(
+                    AttrPath::root("certificate_pem"),
+                    "Invalid CA certificate",
+                    e,
+                );
+            }
+        }
+        diags
+    }
+
+    async fn plan(
+        &self,
+        req: &PlanRequest<'_>,
+        planned: &mut Value,
+        _diags: &mut Diagnostics,
+    ) -> Vec<AttrPath> {
+        super::set_defaults(
+            req.config,
+            planned,
+            [
+                ("jvm_trust_name_service", Value::Bool(false)),
+                ("config_root", Value::string("/")),
+            ],
+        );
+        let known = ["name", "config_root"]
+            .iter()
+            .all(|a| planned.get(a).is_fully_known());
+        planned.set(
+            "id",
+            if known {
+                Value::string(paths(planned).cert)
+            } else {
+                Value::Unknown
+            },
+        );
+        let fp = planned
+            .get("certificate_pem")
+            .as_str()
+            .and_then(|p| parse_ca(p).ok())
+            .map_or(Value::Unknown, |c| Value::string(file_sha256(c.as_ref())));
+        planned.set("fingerprint_sha256", fp);
+        planned.set("drift", Value::string(""));
+        if req.is_create() {
+            return vec![];
+        }
+        ["name", "config_root"]
+            .iter()
+            .filter(|a| crate::plugin::resource::changed(req.prior, planned, a))
+            .map(|a| AttrPath::root(a))
+            .collect()
+    }
+
+    async fn create(&self, planned: &Value, _config: &Value) -> Applied {
+        self.apply(planned).await
+    }
+
+    async fn update(&self, _prior: &Value, planned: &Value, _config: &Value) -> Applied {
+        self.apply(planned).await
+    }
+
+    async fn read(&self, state: &Value) -> Result<Option<Value>, Diagnostics> {
+        let h = self.data.services()?;
+        let p = paths(state);
+        let mut drift = Vec::new();
+        let file = h
+            .read_file(&p.cert)
+            .await
+            .map_err(|e| ssh_diag(&format!("Could not read {}", p.cert), e))?;
+        let found = file
+            .as_ref()
+            .and_then(|f| parse_ca(&String::from_utf8_lossy(&f.content)).ok())
+            .map(|c| file_sha256(c.as_ref()));
+        match found {
+            None => drift.push(format!("{} is missing or not a certificate", p.cert)),
+            Some(fp) if Some(fp.as_str()) != state.get("fingerprint_sha256").as_str() => {
+                drift.push(format!("{} holds another certificate", p.cert))
+            }
+            Some(_) => {}
+        }
+        if state.get("jvm_trust_name_service").as_bool() == Some(true) {
+            let env = h
+                .read_file(&p.environment)
+                .await
+                .map_err(|e| ssh_diag(&format!("Could not read {}", p.environment), e))?;
+            let block = env
+                .and_then(|f| managed_block::extract(&f.content, TYPE).ok().flatten())
+                .unwrap_or_default();
+            if block != JVM_LINE.as_bytes() {
+                drift.push(format!(
+                    "the JVM_OPTS block of {} is missing or changed",
+                    p.environment
+                ));
+            }
+        }
+        let mut fresh = state.clone();
+        fresh.set("drift", Value::string(drift.join("; ")));
+        Ok(Some(fresh))
+    }
+
+    async fn delete(&self, prior: &Value) -> Applied {
+        let r = async {
+            let h = self.data.services()?;
+            let p = paths(prior);
+            h.remove_file(&p.cert)
+                .await
+                .map_err(|e| ssh_diag(&format!("Could not delete {}", p.cert), e))?;
+            self.update_ca_certificates(&h).await?;
+            self.environment(&h, &p.environment, false).await
+        }
+        .await;
+        match r {
+            Ok(()) => Applied::deleted(Diagnostics::new()),
+            Err(d) => Applied::kept(prior, d),
+        }
+    }
+
+    async fn import(&self, id: &str) -> Result<Value, Diagnostics> {
+        let h = self.data.services()?;
+        let invalid = || {
+            Diagnostics::from(Diagnostic::error(
+                "Invalid import ID",
+                format!("the import ID is the certificate's path, e.g. /{CA_DIR}/internal-ca.crt; got {id:?}"),
+            ))
+        };
+        let (root, name) = id
+            .strip_suffix(".crt")
+            .and_then(|p| p.rsplit_once(&format!("/{CA_DIR}/")))
+            .ok_or_else(invalid)?;
+        check_name(name).map_err(|_| invalid())?;
+        let file = h
+            .read_file(id)
+            .await
+            .map_err(|e| ssh_diag(&format!("Could not read {id}"), e))?
+            .ok_or_else(|| {
+                Diagnostics::from(Diagnostic::error(
+                    "Nothing to import",
+                    format!("there is no file {id}"),
+                ))
+            })?;
+        let pem = String::from_utf8_lossy(&file.content).into_owned();
+        let cert = parse_ca(&pem).map_err(|e| {
+            Diagnostics::from(Diagnostic::error(
+                "Cannot import this file",
+                format!("{id}: {e}"),
+            ))
+        })?;
+        let mut v = Value::Null;
+        v.set("id", Value::string(id));
+        v.set("name", Value::string(name));
+        v.set("certificate_pem", Value::string(pem));
+        v.set("jvm_trust_name_service", Value::Bool(false));
+        v.set(
+            "config_root",
+            Value::string(if root.is_empty() { "/" } else { root }),
+        );
+        v.set(
+            "fingerprint_sha256",
+            Value::string(file_sha256(cert.as_ref())),
+        );
+        v.set("drift", Value::string(""));
+        Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_certificates_are_checked() {
+        assert!(check_name("internal-ca").is_ok());
+        assert!(check_name("../x").is_err());
+        assert!(check_name("ca.crt").is_err());
+        assert!(check_name("").is_err());
+        assert!(parse_ca("hello").unwrap_err().contains("no CERTIFICATE"));
+        let junk = "-----BEGIN CERTIFICATE-----\naGVsbG8=\n-----END CERTIFICATE-----\n";
+        assert!(parse_ca(junk).unwrap_err().contains("not an X.509"));
+    }
+}
