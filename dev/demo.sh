@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: start the real servers on loopback, build and install the provider into
 # a local filesystem mirror, `terraform init` + `apply` examples/complete against them,
-# and show the files it wrote on the (loopback) Services machine.
+# show the files it wrote on the (loopback) Services machine, and CircleCI restarted
+# on the Services-machine simulator with the runbook's checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -54,6 +55,8 @@ mongo_hosts        = ["127.0.0.1:$CIRCLECI_TEST_MONGO_PORT"]
 mongo_tls          = false # the MongoDB stand-in has no TLS
 aws_endpoint       = "$CIRCLECI_TEST_AWS_ENDPOINT" # moto
 nomad_servers      = ["nomad-1.internal:4647", "nomad-2.internal:4647", "nomad-3.internal:4647"]
+# The simulated CircleCI reaches Vault and Nomad over TLS with the dev CAs.
+services_ca_files  = { "dev-vault" = "$CIRCLECI_TEST_VAULT_CA", "dev-services" = "$CIRCLECI_TEST_TLS_CA" }
 VARS
 # moto holds the Nomad client Auto Scaling group enterprise-setup would have made: two
 # clients on a launch configuration whose user_data names the Services machine.
@@ -84,7 +87,7 @@ terraform apply -auto-approve -input=false -no-color
 
 echo
 echo "== Files written on the Services machine (sshd on 127.0.0.1:$CIRCLECI_TEST_SSH_PORT; root is $CIRCLECI_TEST_SERVICES_ROOT):"
-find "$CIRCLECI_TEST_SERVICES_ROOT" -type f | sort | while read -r f; do
+find "$CIRCLECI_TEST_SERVICES_ROOT" -type f -not -path "*/etc/ssl/*" | sort | while read -r f; do
   echo
   echo "-- ${f#"$CIRCLECI_TEST_SERVICES_ROOT"} ($(stat -c '%A %U' "$f"))"
   cat "$f"
@@ -108,6 +111,15 @@ echo "  its user_data, against the original enterprise-setup one:"
 LC=$(aws_fixture group --name $ASG | python3 -c 'import json,sys; print(json.load(sys.stdin)["launch_configuration"])')
 aws_fixture lc --name "$LC" | python3 -c 'import json,sys; sys.stdout.write(json.load(sys.stdin)["user_data"])' > "$D/demo-user-data.sh"
 diff "$CIRCLECI_TEST_NOMAD_USER_DATA" "$D/demo-user-data.sh" | sed 's/^/    /' || true
+echo
+echo "== CircleCI restarted (the Services-machine simulator, dev/circleci-sim.py), the runbook's checks:"
+terraform output -json restart | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+print("  CircleCI", r["version"], "- downtime", r["downtime"], "- checks passed at", r["restarted_at"])
+for c in r["checks_passed"]:
+    service, what = c.split(": ", 1)
+    print(f"  {service:<11} ok  {what}")'
 echo
 echo "== A second plan finds nothing to change:"
 terraform plan -detailed-exitcode -input=false -no-color | tail -n 3

@@ -165,6 +165,12 @@ variable "nomad_servers" {
   description = "The external Nomad servers' RPC addresses, host:4647."
 }
 
+variable "services_ca_files" {
+  type        = map(string)
+  default     = {}
+  description = "CA certificates (PEM files) the Services machine must trust to reach the external services over TLS, by name."
+}
+
 variable "config_root" {
   type        = string
   default     = ""
@@ -248,6 +254,32 @@ resource "circleci_external_mongo" "circle" {
   config_path = "${var.config_root}/etc/circle-installation-customizations"
 }
 
+# The runbook's Troubleshooting: the CAs that signed the external services' certificates.
+resource "circleci_services_ca_certificate" "trusted" {
+  for_each        = var.services_ca_files
+  name            = each.key
+  certificate_pem = file(each.value)
+  config_root     = var.config_root == "" ? "/" : var.config_root
+}
+
+# Then what ends every section of the runbook: restart CircleCI and check each service
+# the way the runbook does. Any config file changing restarts again.
+resource "circleci_services_restart" "this" {
+  config_root = var.config_root == "" ? "/" : var.config_root
+  triggers = merge(
+    {
+      redis_shared    = circleci_external_redis.shared.file_sha256
+      redis_slanger   = circleci_external_redis.slanger.file_sha256
+      postgresql      = circleci_postgres_databases.circle.file_sha256
+      context_service = circleci_vault_transit_client.context_service.file_sha256
+      rabbitmq        = circleci_external_rabbitmq.this.file_sha256
+      nomad           = circleci_external_nomad.this.file_sha256
+      mongo           = circleci_external_mongo.circle.file_sha256
+    },
+    { for k, c in circleci_services_ca_certificate.trusted : "ca_${k}" => c.fingerprint_sha256 },
+  )
+}
+
 # Last: the clients restart against the external servers once those are configured.
 resource "circleci_nomad_client_launch_config" "clients" {
   autoscaling_group_name = var.nomad_clients_asg
@@ -275,5 +307,14 @@ output "config_files" {
     postgresql      = circleci_postgres_databases.circle.id
     redis_shared    = circleci_external_redis.shared.id
     redis_slanger   = circleci_external_redis.slanger.id
+  }
+}
+
+output "restart" {
+  value = {
+    version       = circleci_services_restart.this.version
+    checks_passed = circleci_services_restart.this.checks
+    downtime      = circleci_services_restart.this.downtime
+    restarted_at  = circleci_services_restart.this.restarted_at
   }
 }
