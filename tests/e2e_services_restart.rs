@@ -359,6 +359,62 @@ fn preflight_and_deadlines_refuse_clearly() {
     );
     std::fs::remove_file(&redis).unwrap();
 
+    // No replicatedctl where the commands run: through sudo (the non-root user with
+    // sudo = true), sudo's secure_path does not have the simulator's directory.
+    sim.set(json!({"root": root.path(), "transition": 1}));
+    let sudo_block = s
+        .provider_block(&format!(
+            "known_hosts_file = {:?}\n    sudo = true",
+            s.get("CIRCLECI_TEST_SSH_KNOWN_HOSTS")
+        ))
+        .replace(
+            "user             = \"root\"",
+            &format!(
+                "user             = {:?}",
+                s.get("CIRCLECI_TEST_SSH_SUDO_USER")
+            ),
+        );
+    let tf = Tf::new(&format!(
+        "{sudo_block}\nresource \"circleci_services_restart\" \"r\" {{\n  config_root = {:?}\n}}\n",
+        root.path().to_str().unwrap()
+    ));
+    let out = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
+    assert!(
+        out.contains("replicatedctl not found on the Services machine"),
+        "{out}"
+    );
+    assert!(out.contains("secure_path"), "{out}");
+
+    // A restart that works, then CircleCI stopped out of band: refresh sees it and the
+    // next plan restarts it.
+    let tf = Tf::new(&restart("  verify_timeout = \"5s\"\n"));
+    tf.apply();
+    assert_eq!(tf.plan_code(), 0);
+    sim.replicatedctl(&["app", "stop"]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let plan = tf.run(&["plan", "-no-color", "-detailed-exitcode"]);
+    assert_eq!(plan.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&plan.stdout).contains("\"stopped\" -> (known after apply)"));
+    tf.apply();
+    assert_eq!(sim.replicatedctl(&["app", "status"])[0]["State"], "started");
+
+    // An app that never finishes starting: start_timeout ends the wait; the state says
+    // it is not started, so the next plan restarts again.
+    sim.set(json!({"root": root.path(), "transition": 1, "stuck": "started"}));
+    tf.write_main(&restart(
+        "  verify_timeout = \"5s\"\n  start_timeout = \"3s\"\n  triggers = { n = \"2\" }\n",
+    ));
+    let out = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
+    assert!(
+        out.contains("CircleCI did not get started in time"),
+        "{out}"
+    );
+    assert!(out.contains("start_timeout"), "{out}");
+    sim.set(json!({"root": root.path(), "transition": 1}));
+    assert_eq!(tf.plan_code(), 2, "an app left starting plans a restart");
+    tf.apply();
+    assert_eq!(tf.plan_code(), 0);
+
     // An app that never stops: the deadline ends the wait, named, on stop_timeout.
     sim.set(json!({"root": root.path(), "transition": 1, "stuck": "stopped"}));
     let tf = Tf::new(&restart("  stop_timeout = \"3s\"\n"));

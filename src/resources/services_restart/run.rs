@@ -282,7 +282,11 @@ impl ServicesRestart {
         .await;
         if let Err(d) = moved {
             let now = self.status().await.map(|st| st.state).unwrap_or_default();
-            let none = Verified::default();
+            // The checks never ran: recorded as failed, so the next plan restarts.
+            let none = Verified {
+                failed: vec!["the restart did not finish; no check ran".into()],
+                ..Verified::default()
+            };
             finish(&mut state, &now, &none, None);
             return Applied {
                 state: Some(state),
