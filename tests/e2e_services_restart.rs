@@ -10,58 +10,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::sync::Mutex;
 
+use common::sim::{Sim, SIMULATOR};
 use common::{servers, Servers, Tf};
 use serde_json::{json, Value as Json};
-
-static SIMULATOR: Mutex<()> = Mutex::new(());
-
-/// The simulator pointed at `root` (and fast transitions) for one test; put back on drop.
-struct Sim {
-    settings: PathBuf,
-    bin: PathBuf,
-}
-
-impl Sim {
-    fn new(s: &Servers, settings: Json) -> Sim {
-        let sim = Sim {
-            settings: Path::new(s.get("CIRCLECI_TEST_SIM_STATE")).join("settings.json"),
-            bin: PathBuf::from(s.get("CIRCLECI_TEST_SIM")),
-        };
-        sim.set(settings);
-        sim
-    }
-
-    fn set(&self, settings: Json) {
-        std::fs::write(&self.settings, settings.to_string()).unwrap();
-    }
-
-    fn replicatedctl(&self, args: &[&str]) -> Json {
-        let out = Command::new(self.bin.join("replicatedctl"))
-            .args(args)
-            .output()
-            .unwrap();
-        serde_json::from_slice(&out.stdout).unwrap_or(Json::Null)
-    }
-
-    fn docker_logs(&self, name: &str) -> String {
-        let out = Command::new(self.bin.join("docker"))
-            .args(["logs", name])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.settings);
-        let _ = Command::new(self.bin.join("replicatedctl"))
-            .args(["app", "start"])
-            .status();
-    }
-}
 
 /// A second Redis, on its own port, stopped by PID on drop.
 struct Redis2 {

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod sim;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

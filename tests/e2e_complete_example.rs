@@ -1,0 +1,170 @@
+//! examples/complete, exactly as shipped, applied through terraform against the real
+//! servers and the CircleCI Services-machine simulator: every config file, the CAs, the
+//! Nomad clients, then the restart, whose runbook checks must all pass and be listed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
+
+mod common;
+
+use std::process::Command;
+
+use common::sim::{Sim, SIMULATOR};
+use common::{servers, Tf};
+use serde_json::{json, Value as Json};
+
+#[test]
+fn the_complete_example_externalizes_and_every_check_passes() {
+    let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let s = servers();
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        root.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let sim = Sim::new(&s, json!({"root": root.path(), "transition": 1}));
+    let main =
+        std::fs::read_to_string(common::repo_root().join("examples/complete/main.tf")).unwrap();
+    let tf = Tf::new(&main);
+
+    // The Nomad client group enterprise-setup would have made, on moto.
+    let group = format!("complete-example-{}", std::process::id());
+    let fixture = Command::new(s.get("CIRCLECI_TEST_AWS_PYTHON"))
+        .arg(s.get("CIRCLECI_TEST_AWS_FIXTURE"))
+        .args([
+            "setup",
+            "--name",
+            &group,
+            "--kind",
+            "lc",
+            "--user-data-file",
+        ])
+        .arg(s.get("CIRCLECI_TEST_NOMAD_USER_DATA"))
+        .env(
+            "CIRCLECI_TEST_AWS_ENDPOINT",
+            s.get("CIRCLECI_TEST_AWS_ENDPOINT"),
+        )
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .output()
+        .unwrap();
+    assert!(
+        fixture.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fixture.stderr)
+    );
+
+    let g = |k: &str| s.get(k).to_string();
+    std::fs::write(
+        tf.path().join("terraform.tfvars"),
+        format!(
+            r#"services_host      = "127.0.0.1"
+services_port      = {ssh}
+services_user      = "root"
+private_key_file   = {key:?}
+known_hosts_file   = {known:?}
+redis_host         = "127.0.0.1"
+redis_port         = {redis}
+slanger_redis_host = "127.0.0.1"
+slanger_redis_port = {redis}
+config_root        = {root:?}
+postgres_host      = "127.0.0.1"
+postgres_port      = {pg}
+postgres_ca_file   = {pgca:?}
+vault_address      = {vault:?}
+vault_ca_file      = {vca:?}
+rabbitmq_host      = "127.0.0.1"
+rabbitmq_port      = {mq}
+nomad_endpoint     = {nomad:?}
+nomad_ca_file      = {ca:?}
+mongo_hosts        = ["127.0.0.1:{mongo}"]
+mongo_tls          = false
+aws_endpoint       = {aws:?}
+nomad_clients_asg  = {group:?}
+nomad_servers      = ["nomad-1.internal:4647", "nomad-2.internal:4647"]
+services_ca_files  = {{ "dev-vault" = {vca:?}, "dev-services" = {ca:?} }}
+"#,
+            ssh = g("CIRCLECI_TEST_SSH_PORT"),
+            key = g("CIRCLECI_TEST_SSH_KEY_FILE"),
+            known = g("CIRCLECI_TEST_SSH_KNOWN_HOSTS"),
+            redis = g("CIRCLECI_TEST_REDIS_PORT"),
+            root = root.path().to_str().unwrap(),
+            pg = g("CIRCLECI_TEST_PG_PORT"),
+            pgca = g("CIRCLECI_TEST_PG_CA"),
+            vault = g("CIRCLECI_TEST_VAULT_ADDR"),
+            vca = g("CIRCLECI_TEST_VAULT_CA"),
+            mq = g("CIRCLECI_TEST_MQ_PORT"),
+            nomad = g("CIRCLECI_TEST_NOMAD_ADDR"),
+            ca = g("CIRCLECI_TEST_TLS_CA"),
+            mongo = g("CIRCLECI_TEST_MONGO_PORT"),
+            aws = g("CIRCLECI_TEST_AWS_ENDPOINT"),
+        ),
+    )
+    .unwrap();
+    let secrets = [
+        (
+            "TF_VAR_postgres_admin_password",
+            g("CIRCLECI_TEST_PG_PASSWORD"),
+        ),
+        ("TF_VAR_mongo_admin_uri", s.mongo_admin_uri()),
+        ("TF_VAR_mongo_password", "complete example p@ss".to_string()),
+        ("TF_VAR_rabbitmq_password", g("CIRCLECI_TEST_MQ_PASSWORD")),
+        ("TF_VAR_nomad_token", g("CIRCLECI_TEST_NOMAD_TOKEN")),
+        ("TF_VAR_vault_token", g("CIRCLECI_TEST_VAULT_TOKEN")),
+        (
+            "TF_VAR_circle_db_password",
+            "complete 'circle' password $1".to_string(),
+        ),
+    ];
+    let run = |args: &[&str]| {
+        let mut c = tf.cmd(args);
+        for (k, v) in &secrets {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        eprintln!(
+            "$ terraform {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+
+    let apply = run(&["apply", "-auto-approve", "-no-color", "-input=false"]);
+    assert!(apply.status.success(), "the complete example did not apply");
+    let out = run(&["output", "-json", "restart"]);
+    let restart: Json = serde_json::from_slice(&out.stdout).unwrap();
+    let checks: Vec<String> = serde_json::from_value(restart["checks_passed"].clone()).unwrap();
+    for service in [
+        "postgresql",
+        "mongodb",
+        "vault",
+        "redis",
+        "slanger",
+        "rabbitmq",
+    ] {
+        assert!(
+            checks
+                .iter()
+                .any(|c| c.starts_with(&format!("{service}: "))),
+            "{service} not checked: {checks:?}"
+        );
+    }
+    assert_eq!(checks.len(), 8, "{checks:?}");
+    assert_eq!(restart["version"], "2.17.3");
+    assert!(restart["downtime"].as_str().unwrap().ends_with('s'));
+    assert!(sim
+        .docker_logs("context-service")
+        .contains("Successfully retrieved current auth token"));
+
+    let plan = run(&["plan", "-detailed-exitcode", "-no-color", "-input=false"]);
+    assert_eq!(
+        plan.status.code(),
+        Some(0),
+        "a second plan changes something"
+    );
+    let destroy = run(&["destroy", "-auto-approve", "-no-color", "-input=false"]);
+    assert!(destroy.status.success());
+}
