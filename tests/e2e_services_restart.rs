@@ -8,12 +8,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command};
 
 use common::sim::{Sim, SIMULATOR};
 use common::{servers, Servers, Tf};
-use serde_json::{json, Value as Json};
+use serde_json::json;
 
 /// A second Redis, on its own port, stopped by PID on drop.
 struct Redis2 {
