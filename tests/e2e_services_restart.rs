@@ -349,6 +349,15 @@ fn preflight_and_deadlines_refuse_clearly() {
     assert!(String::from_utf8_lossy(&plan.stdout).contains("\"stopped\" -> (known after apply)"));
     tf.apply();
     assert_eq!(sim.replicatedctl(&["app", "status"])[0]["State"], "started");
+    // A new deadline alone restarts nothing.
+    let modified = sim.replicatedctl(&["app", "status"])[0]["LastModifiedAt"].clone();
+    tf.write_main(&restart("  verify_timeout = \"7s\"\n"));
+    let out = tf.apply();
+    assert!(out.contains("1 changed"), "{out}");
+    assert_eq!(
+        sim.replicatedctl(&["app", "status"])[0]["LastModifiedAt"],
+        modified
+    );
 
     // An app that never finishes starting: start_timeout ends the wait; the state says
     // it is not started, so the next plan restarts again.

@@ -238,6 +238,11 @@ impl Resource for ServicesRestart {
     }
 
     async fn update(&self, _prior: &Value, planned: &Value, _config: &Value) -> Applied {
+        // Only a plan that restarts leaves the outcome unknown; a change of a timeout
+        // or of allowed_versions alone restarts nothing.
+        if !planned.get("restarted_at").is_unknown() {
+            return Applied::from_result(Ok(planned.clone()));
+        }
         self.restart(planned).await
     }
 
