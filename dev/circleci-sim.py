@@ -38,6 +38,7 @@ Commands (JSON shapes from Replicated's replicatedctl reference; CircleCI's 2.x 
   docker ps [-q] [--filter name=N] [--format '{{.Names}}']
   docker logs NAME
   docker exec NAME bash -c 'source /.circlerc; ...'   (/.circlerc is the container's env)
+  docker run / exec / rm of postgres:9.5.8 over ROOT/data/circle/...: see circleci_sim_run.py
 
 Environment: CIRCLECI_SIM_STATE (state directory), CIRCLECI_SIM_ROOT (the machine's
 "/"). Settings (STATE/settings.json, else CIRCLECI_SIM_<NAME>): root (as CIRCLECI_SIM_ROOT), transition (seconds,
@@ -55,6 +56,8 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+
+import circleci_sim_run as temporary  # temporary containers (postgres:9.5.8), next to this file
 
 STATE = os.environ.get("CIRCLECI_SIM_STATE", "/nonexistent")
 
@@ -405,8 +408,15 @@ def docker(args):
     if not args:
         refuse("docker")
     cmd, rest = args[0], args[1:]
+    if cmd == "run":
+        return temporary.run(STATE, refuse, [a.replace("/data/circle", path("/data/circle"), 1)
+                                             if a.startswith("/data/circle") else a for a in rest])
+    if cmd == "exec" and rest and temporary.exec_(STATE, refuse, rest) is not False:
+        return
+    if cmd == "rm" and temporary.rm(STATE, refuse, rest):
+        return
     if cmd == "ps":
-        names = list(CONTAINERS) if running() else []
+        names = (list(CONTAINERS) if running() else []) + temporary.names(STATE)
         quiet, fmt, i = False, None, 0
         while i < len(rest):
             a = rest[i]

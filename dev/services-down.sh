@@ -15,6 +15,14 @@ for name in sshd redis bao nomad mongo mongo36 moto; do
   fi
   rm -f "$f"
 done
+# Temporary containers the CircleCI simulator started (a PostgreSQL server each).
+for f in "$D"/sim/state/run/*.json; do
+  [ -f "$f" ] || continue
+  data=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["host"])' "$f")
+  runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$data" -m fast -w stop >/dev/null 2>&1 || true
+  rm -f "$f"
+  echo "services-down: stopped the simulator's $(basename "$f" .json)" >&2
+done
 MQD=$D/rabbitmq
 if [ -f "$MQD/rabbitmq.pid" ] && kill -0 "$(cat "$MQD/rabbitmq.pid")" 2>/dev/null; then
   MQ_PORT=$(sed -n 's/^listeners.tcp.default = 127.0.0.1://p' "$MQD/rabbitmq.conf")

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The embedded PostgreSQL of a CircleCI 2.17 Services machine, for the simulator: a real
+# data directory at ROOT/data/circle/postgres/9.5/data (made by PostgreSQL 15's initdb,
+# not 9.5.8's: a named gap) holding the runbook's nine databases with CircleCI-shaped
+# tables (circle_migrations, build_jobs, contexts, qrtz_blob_triggers, tasks, the ones
+# CircleCI's export script checks for, and others) and ROWS rows in each big table.
+# Usage: dev/embedded-fixture.sh ROOT [ROWS]   (ROOT must be world-searchable)
+set -euo pipefail
+ROOT=${1:?usage: embedded-fixture.sh ROOT [ROWS]}
+ROWS=${2:-1000}
+PG_BIN=/usr/lib/postgresql/15/bin
+DATA=$ROOT/data/circle/postgres/9.5/data
+[ -f "$DATA/PG_VERSION" ] && { echo "embedded-fixture: $DATA exists" >&2; exit 0; }
+mkdir -p "$DATA"
+for d in "$ROOT/data" "$ROOT/data/circle" "$ROOT/data/circle/postgres" "$ROOT/data/circle/postgres/9.5"; do chmod 0755 "$d"; done
+chown postgres:postgres "$DATA"; chmod 0700 "$DATA"
+runuser -u postgres -- $PG_BIN/initdb -D "$DATA" -A trust -U postgres --no-sync >/dev/null
+SOCK=$(mktemp -d); chmod 0777 "$SOCK"
+runuser -u postgres -- $PG_BIN/pg_ctl -D "$DATA" -w -o "-c listen_addresses='' -k $SOCK -c fsync=off" -l "$SOCK/log" start >/dev/null
+trap 'runuser -u postgres -- $PG_BIN/pg_ctl -D "$DATA" -m fast -w stop >/dev/null; rm -rf "$SOCK"' EXIT
+q() { runuser -u postgres -- $PG_BIN/psql -X -q -v ON_ERROR_STOP=1 -h "$SOCK" -U postgres -d "$1" -c "$2"; }
+for db in circle contexts conductor_production contexts_service_production cron_service_production domain federations permissions vms; do
+  q postgres "CREATE DATABASE $db"
+done
+q circle "CREATE EXTENSION IF NOT EXISTS \"uuid-ossp\";
+  CREATE TABLE circle_migrations (id text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now());
+  INSERT INTO circle_migrations SELECT 'migration-' || g FROM generate_series(1, 120) g;
+  CREATE TABLE builds (id bigserial PRIMARY KEY, project text, num int, status text, log text);
+  INSERT INTO builds (project, num, status, log) SELECT 'gh/acme/app-' || (g % 17), g, (ARRAY['success','failed','canceled'])[1 + g % 3], repeat(md5(g::text), 8) FROM generate_series(1, $ROWS) g;"
+q conductor_production "CREATE TABLE build_jobs (id uuid PRIMARY KEY, build_id bigint, name text, payload jsonb);
+  INSERT INTO build_jobs SELECT md5(g::text)::uuid, g, 'job-' || (g % 5), jsonb_build_object('step', g, 'ok', g % 2 = 0) FROM generate_series(1, $ROWS) g;"
+q contexts_service_production "CREATE TABLE contexts (id uuid PRIMARY KEY, org text, name text);
+  INSERT INTO contexts SELECT md5('ctx' || g)::uuid, 'acme', 'context-' || g FROM generate_series(1, 25) g;
+  CREATE TABLE env_vars (context_id uuid REFERENCES contexts, name text, ciphertext text, PRIMARY KEY (context_id, name));"
+q cron_service_production "CREATE TABLE qrtz_blob_triggers (sched_name text, trigger_name text, trigger_group text, blob_data bytea);
+  INSERT INTO qrtz_blob_triggers SELECT 'scheduler', 'trigger-' || g, 'group', decode(md5(g::text), 'hex') FROM generate_series(1, 40) g;"
+q vms "CREATE TABLE tasks (id bigserial PRIMARY KEY, vm text, state text, created timestamptz DEFAULT now());
+  INSERT INTO tasks (vm, state) SELECT 'vm-' || g, 'done' FROM generate_series(1, $ROWS) g;"
+q domain "CREATE TABLE projects (id bigserial PRIMARY KEY, slug text UNIQUE); INSERT INTO projects (slug) SELECT 'gh/acme/app-' || g FROM generate_series(1, 17) g;"
+q permissions "CREATE TABLE grants (id bigserial PRIMARY KEY, subject text, permission text); INSERT INTO grants (subject, permission) SELECT 'user-' || g, 'read' FROM generate_series(1, 50) g;"
+echo "embedded-fixture: $DATA ($ROWS rows per big table)" >&2
