@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::sim::{Sim, SIMULATOR};
 use common::{servers, Tf};
 use serde_json::{json, Value as Json};
@@ -29,31 +27,16 @@ fn the_complete_example_externalizes_and_every_check_passes() {
 
     // The Nomad client group enterprise-setup would have made, on moto.
     let group = format!("complete-example-{}", std::process::id());
-    let fixture = Command::new(s.get("CIRCLECI_TEST_AWS_PYTHON"))
-        .arg(s.get("CIRCLECI_TEST_AWS_FIXTURE"))
-        .args([
-            "setup",
-            "--name",
-            &group,
-            "--kind",
-            "lc",
-            "--user-data-file",
-        ])
-        .arg(s.get("CIRCLECI_TEST_NOMAD_USER_DATA"))
-        .env(
-            "CIRCLECI_TEST_AWS_ENDPOINT",
-            s.get("CIRCLECI_TEST_AWS_ENDPOINT"),
-        )
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .output()
-        .unwrap();
-    assert!(
-        fixture.status.success(),
-        "{}",
-        String::from_utf8_lossy(&fixture.stderr)
-    );
+    let user_data = s.get("CIRCLECI_TEST_NOMAD_USER_DATA").to_string();
+    s.aws_fixture(&[
+        "setup",
+        "--name",
+        &group,
+        "--kind",
+        "lc",
+        "--user-data-file",
+        &user_data,
+    ]);
 
     let g = |k: &str| s.get(k).to_string();
     std::fs::write(

@@ -348,24 +348,7 @@ provider "circleci" {{
 }
 
 fn fixture(s: &Servers, args: &[&str]) -> Json {
-    let out = Command::new(s.get("CIRCLECI_TEST_AWS_PYTHON"))
-        .arg(s.get("CIRCLECI_TEST_AWS_FIXTURE"))
-        .args(args)
-        .env(
-            "CIRCLECI_TEST_AWS_ENDPOINT",
-            s.get("CIRCLECI_TEST_AWS_ENDPOINT"),
-        )
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "aws-fixture {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    s.aws_fixture(args)
 }
 
 impl<'a> Scenario<'a> {

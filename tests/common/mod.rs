@@ -437,6 +437,29 @@ impl Servers {
 }
 
 impl Servers {
+    /// dev/aws-fixture.py against moto (boto3: shares no code with the provider);
+    /// its JSON answer. Panics when it fails.
+    pub fn aws_fixture(&self, args: &[&str]) -> serde_json::Value {
+        let out = Command::new(self.get("CIRCLECI_TEST_AWS_PYTHON"))
+            .arg(self.get("CIRCLECI_TEST_AWS_FIXTURE"))
+            .args(args)
+            .env(
+                "CIRCLECI_TEST_AWS_ENDPOINT",
+                self.get("CIRCLECI_TEST_AWS_ENDPOINT"),
+            )
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .output()
+            .expect("dev/aws-fixture.py (run `make services-up`)");
+        assert!(
+            out.status.success(),
+            "aws-fixture {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     pub fn mq_port(&self) -> u16 {
         self.get("CIRCLECI_TEST_MQ_PORT").parse().unwrap()
     }
