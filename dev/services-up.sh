@@ -64,7 +64,7 @@ fi
 usermod -p '*' "$SUDO_USER_NAME"   # no password, but not locked (sshd refuses locked accounts)
 echo "$SUDO_USER_NAME ALL=(root) NOPASSWD: ALL" > /etc/sudoers.d/circleci-dev
 chmod 0440 /etc/sudoers.d/circleci-dev
-cat > "$D/sshd_config" <<CFG
+cat > "$D/sshd_config.new" <<CFG
 ListenAddress 127.0.0.1
 Port $SSH_PORT
 HostKey $D/host_key
@@ -81,6 +81,13 @@ MaxStartups 100:30:200
 # update-ca-certificates come first for the SSH sessions (never for the host itself).
 SetEnv PATH=$D/sim/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 CFG
+# A running sshd started with another configuration (an older checkout) is restarted.
+if ! cmp -s "$D/sshd_config.new" "$D/sshd_config" && alive "$D/sshd.pid"; then
+  say "sshd configuration changed: restarting sshd"
+  kill "$(cat "$D/sshd.pid")"
+  for _ in $(seq 50); do alive "$D/sshd.pid" || break; sleep 0.1; done
+fi
+mv "$D/sshd_config.new" "$D/sshd_config"
 if ! alive "$D/sshd.pid"; then
   /usr/sbin/sshd -t -f "$D/sshd_config"
   /usr/sbin/sshd -f "$D/sshd_config" -E "$D/sshd.log"
