@@ -409,8 +409,7 @@ def docker(args):
         refuse("docker")
     cmd, rest = args[0], args[1:]
     if cmd == "run":
-        return temporary.run(STATE, refuse, [a.replace("/data/circle", path("/data/circle"), 1)
-                                             if a.startswith("/data/circle") else a for a in rest])
+        return temporary.run(STATE, refuse, rest, path)
     if cmd == "exec" and rest and temporary.exec_(STATE, refuse, rest) is not False:
         return
     if cmd == "rm" and temporary.rm(STATE, refuse, rest):

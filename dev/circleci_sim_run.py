@@ -2,12 +2,13 @@
 what CircleCI's own export script (server-scripts, migrate/2.19-export.sh) starts over
 the embedded data with the app stopped.
 
-  docker run [--rm] --name N -d -v HOSTDIR:/var/lib/postgresql/data postgres:9.5.8
+  docker run [--rm] --name N -d -v HOSTDIR:/var/lib/postgresql/data [-v HOSTDIR:/DIR ...] postgres:9.5.8
       -> the REAL PostgreSQL server installed here (15, not 9.5.8: a named gap) on that
          data directory, as user postgres, listening on a Unix socket only
   docker exec [-i] N psql|pg_dump|pg_dumpall|pg_restore ARGS...
-      -> the real client binaries against it; a container path under
-         /var/lib/postgresql/data in ARGS is mapped to the host directory
+      -> the real client binaries against it; a container path under a mount in
+         ARGS is mapped to the host directory (other mounts are made writable for the
+         server's user, as root's would be in a container)
   docker exec [-i] N bash -c SCRIPT [ARG...]
       -> bash with PGHOST/PGPORT pointing at it and the PostgreSQL binaries on PATH
   docker rm -f N        -> pg_ctl stop -m fast
@@ -49,8 +50,8 @@ def _as_postgres(argv, env=None, **kw):
     return subprocess.run([RUNUSER, "-u", "postgres", "--"] + argv, env=env, cwd="/tmp", **kw)
 
 
-def run(state, refuse, args):
-    name, detach, volume, image, rest = None, False, None, None, list(args)
+def run(state, refuse, args, to_host):
+    name, detach, mounts, image, rest = None, False, {}, None, list(args)
     while rest:
         a = rest.pop(0)
         if a == "--name" and rest:
@@ -60,17 +61,24 @@ def run(state, refuse, args):
         elif a == "--rm":
             pass
         elif a == "-v" and rest:
-            volume = rest.pop(0)
+            host_dir, _, inside = rest.pop(0).partition(":")
+            if not inside.startswith("/") or not host_dir.startswith("/"):
+                refuse("docker run -v " + host_dir)
+            mounts[inside] = to_host(host_dir)
         elif not a.startswith("-") and image is None:
             image = a
             if rest:
                 refuse("docker run ... " + " ".join(rest))
         else:
             refuse("docker run " + " ".join(args))
-    if image != PG_IMAGE or not name or not detach or not volume:
+    if image != PG_IMAGE or not name or not detach or PG_MOUNT not in mounts:
         refuse("docker run " + " ".join(args))
-    host, _, inside = volume.partition(":")
-    if inside != PG_MOUNT or not os.path.isfile(os.path.join(host, "PG_VERSION")):
+    host = mounts[PG_MOUNT]
+    for inside, d in mounts.items():
+        if inside != PG_MOUNT:
+            os.makedirs(d, exist_ok=True)
+            os.chmod(d, 0o777)  # the server's user writes dumps there, as root would in a container
+    if not os.path.isfile(os.path.join(host, "PG_VERSION")):
         print(f"docker: the simulator runs {PG_IMAGE} only over a data directory mounted at {PG_MOUNT} "
               f"({host} holds none)", file=sys.stderr)
         sys.exit(125)
@@ -78,8 +86,9 @@ def run(state, refuse, args):
         print(f'docker: Error response from daemon: Conflict. The container name "/{name}" is already in use.',
               file=sys.stderr)
         sys.exit(125)
-    sock = os.path.join(_dir(state), f"{name}.sock")
-    os.makedirs(sock, exist_ok=True)
+    # A fresh socket directory per run: a lock file a crashed server left cannot block.
+    sock = os.path.join(_dir(state), f"{name}-{time.time_ns()}.sock")
+    os.makedirs(sock)
     os.chmod(sock, 0o777)
     log = os.path.join(_dir(state), f"{name}.log")
     open(log, "a").close()
@@ -89,7 +98,7 @@ def run(state, refuse, args):
     if r.returncode != 0:
         print(f"docker: the simulated {PG_IMAGE} did not start: {r.stdout}{r.stderr}", file=sys.stderr)
         sys.exit(125)
-    json.dump({"image": image, "host": host, "sock": sock, "started": time.time()},
+    json.dump({"image": image, "host": host, "mounts": mounts, "sock": sock, "started": time.time()},
               open(os.path.join(_dir(state), f"{name}.json"), "w"))
     print(f"{name}0123456789abcdef")
 
@@ -103,7 +112,11 @@ def exec_(state, refuse, args):
         return False
     tool, targs = rest[1] if len(rest) > 1 else "", rest[2:]
     env = {"PATH": f"{PG_BIN}:/usr/bin:/bin", "PGHOST": rec["sock"], "PGPORT": "5432", "HOME": "/tmp"}
-    mapped = [a.replace(PG_MOUNT, rec["host"]) for a in targs]
+    def map_paths(a):
+        for inside, d in sorted(rec.get("mounts", {PG_MOUNT: rec["host"]}).items(), key=lambda m: -len(m[0])):
+            a = a.replace(inside, d)
+        return a
+    mapped = [map_paths(a) for a in targs]
     if tool in PG_TOOLS:
         r = _as_postgres([f"{PG_BIN}/{tool}"] + mapped, env=env)
     elif tool == "bash" and targs[:1] == ["-c"] and len(targs) >= 2:
@@ -121,6 +134,7 @@ def rm(state, refuse, args):
     if rec is None:
         return False
     _as_postgres([f"{PG_BIN}/pg_ctl", "-D", rec["host"], "-m", "fast", "-w", "stop"], capture_output=True)
+    shutil.rmtree(rec["sock"], ignore_errors=True)
     os.remove(os.path.join(_dir(state), f"{rest[0]}.json"))
     print(rest[0])
     return True

@@ -10,7 +10,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::sim::Sim;
+use common::sim::{Sim, SIMULATOR};
 use serde_json::json;
 use terraform_provider_circleci::backends::ssh::{
     parse_host_key, HostKeyPolicy, Program, RemoteCommand, ServicesHost, SshAuth, SshConfig,
@@ -43,9 +43,15 @@ fn docker(args: &[&str]) -> RemoteCommand {
     RemoteCommand::new(Program::Docker, args.iter().copied()).unwrap()
 }
 
-#[tokio::test]
-async fn a_temporary_postgres_container_dumps_the_embedded_databases() {
-    // The only test in this binary: no other test changes the simulator meanwhile.
+#[test]
+fn a_temporary_postgres_container_dumps_the_embedded_databases() {
+    let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(dumps_the_embedded_databases());
+}
+
+async fn dumps_the_embedded_databases() {
     let s = common::servers();
     let root = tempfile::tempdir().unwrap();
     std::fs::set_permissions(
@@ -152,4 +158,137 @@ async fn a_temporary_postgres_container_dumps_the_embedded_databases() {
         .unwrap();
     let toc = String::from_utf8_lossy(&toc.stdout);
     assert!(toc.contains("TABLE DATA public build_jobs"), "{toc}");
+}
+
+/// Export two embedded databases into the export directory, import them into
+/// pre-created databases of the external PostgreSQL as their owner (no superuser), and
+/// compare every table's row count and content digest on both sides.
+#[test]
+fn export_import_and_verify_every_table() {
+    let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
+    use terraform_provider_circleci::backends::postgres::{PgAdmin, PgConfig, SslMode};
+    use terraform_provider_circleci::circleci::migration::{self as mig, TableStat};
+    use terraform_provider_circleci::resources::data_migration::embedded_postgres::{
+        EmbeddedPostgres, Target,
+    };
+    use terraform_provider_circleci::secret::Secret;
+
+    let s = common::servers();
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        root.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let fixture = Command::new(common::repo_root().join("dev/embedded-fixture.sh"))
+        .arg(root.path())
+        .arg("500")
+        .output()
+        .unwrap();
+    assert!(
+        fixture.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fixture.stderr)
+    );
+    let _sim = Sim::new(&s, json!({"root": root.path(), "transition": 1}));
+    let n = std::process::id();
+    let role = format!("mig_{n}");
+    let password = Secret(format!("mig-pw-{n}-'\"$x"));
+    let pg = PgAdmin::new(PgConfig {
+        host: "127.0.0.1".into(),
+        port: s.pg_port(),
+        user: "postgres".into(),
+        password: Secret(s.get("CIRCLECI_TEST_PG_PASSWORD").into()),
+        database: "postgres".into(),
+        sslmode: SslMode::Disable,
+        sslrootcert: None,
+        connect_timeout: Duration::from_secs(5),
+        statement_timeout: Duration::from_secs(60),
+        lock_timeout: Duration::from_secs(10),
+    });
+    let name = "circle-postgres-migrate";
+    let _rm = Removed(
+        std::path::Path::new(s.get("CIRCLECI_TEST_SIM")).join("docker"),
+        name,
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        pg.ensure_role(&role, password.expose()).await.unwrap();
+        let h = host(&s);
+        let t = Duration::from_secs(60);
+        let export = format!("/var/lib/circleci-export-{n}");
+        let e = EmbeddedPostgres::start(&h, name, &export, t, t)
+            .await
+            .unwrap();
+        let target = Target {
+            host: "127.0.0.1",
+            port: s.pg_port(),
+            user: &role,
+            password: &password,
+            sslmode: "prefer",
+        };
+        for db in ["circle", "conductor_production"] {
+            let into = format!("mig_{n}_{db}");
+            pg.create_database(&into, &role).await.unwrap();
+            // As circleci_postgres_databases leaves them: the extensions already there.
+            pg.ensure_extensions(&into, &["uuid-ossp".to_string()])
+                .await
+                .unwrap();
+            e.dump(db).await.unwrap();
+            e.restore(db, &into, &target).await.unwrap();
+            let source = e.table_stats(db).await.unwrap();
+            assert!(source.iter().any(|t| t.rows >= 120), "{source:?}");
+            let mut target_stats = Vec::new();
+            for row in pg
+                .text_rows(&into, "listing tables", mig::TABLES_SQL)
+                .await
+                .unwrap()
+            {
+                let r = pg
+                    .text_rows(&into, "counting", &mig::table_stat_sql(&row[0]))
+                    .await
+                    .unwrap();
+                target_stats.push(TableStat {
+                    table: row[0].clone(),
+                    rows: r[0][0].parse().unwrap(),
+                    md5: r[0][1].clone(),
+                });
+            }
+            assert_eq!(
+                mig::compare(db, &source, &target_stats),
+                Vec::<String>::new()
+            );
+            assert_eq!(source.len(), target_stats.len());
+            // The tables belong to the role, not to postgres: restored without ownership.
+            let owners = pg
+                .text_rows(
+                    &into,
+                    "owners",
+                    "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'",
+                )
+                .await
+                .unwrap();
+            assert_eq!(owners, vec![vec![role.clone()]]);
+            // A second import into the same database fails as a whole.
+            let again = e.restore(db, &into, &target).await.unwrap_err();
+            assert!(
+                again.to_string().contains("Could not import database"),
+                "{again}"
+            );
+            assert!(
+                !again.to_string().contains("mig-pw-"),
+                "the password leaked: {again}"
+            );
+        }
+        // The dumps stay in the export directory on the Services machine.
+        let kept = root
+            .path()
+            .join(format!("var/lib/circleci-export-{n}/circle.dump"));
+        assert!(kept.exists());
+        e.stop().await;
+        for db in ["circle", "conductor_production"] {
+            pg.drop_database(&format!("mig_{n}_{db}")).await.unwrap();
+        }
+        pg.drop_role(&role).await.unwrap();
+    });
 }

@@ -1,6 +1,7 @@
 //! The runbook's knowledge as pure functions: config-file formats and defaults.
 
 pub mod envfile;
+pub mod migration;
 pub mod mongo;
 pub mod nomad;
 pub mod nomad_user_data;

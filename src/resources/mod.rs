@@ -9,6 +9,7 @@ use crate::provider::ProviderData;
 use config_file::ConfigFile;
 
 pub mod config_file;
+pub mod data_migration;
 pub mod external_mongo;
 pub mod external_nomad;
 pub mod external_rabbitmq;

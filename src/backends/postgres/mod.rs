@@ -450,6 +450,28 @@ impl PgAdmin {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
+    /// The rows of a read-only `sql` in `db`, every value as text (NULL as empty).
+    pub async fn text_rows(
+        &self,
+        db: &str,
+        what: &str,
+        sql: &str,
+    ) -> Result<Vec<Vec<String>>, PgError> {
+        let c = self.client(Some(db)).await?;
+        let msgs = self.run(Some(db), what, c.simple_query(sql)).await?;
+        Ok(msgs
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                    (0..r.len())
+                        .map(|i| r.get(i).unwrap_or_default().to_string())
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// Other sessions connected to `db` (ours is closed first).
     pub async fn live_connections(&self, db: &str) -> Result<i64, PgError> {
         self.close(db).await;
