@@ -14,12 +14,7 @@ use serde_json::{json, Value as Json};
 fn the_complete_example_externalizes_and_every_check_passes() {
     let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
     let s = servers();
-    let root = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        root.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let root = common::searchable_tempdir();
     let sim = Sim::new(&s, json!({"root": root.path(), "transition": 1}));
     let main =
         std::fs::read_to_string(common::repo_root().join("examples/complete/main.tf")).unwrap();

@@ -57,16 +57,6 @@ impl Drop for Redis2 {
     }
 }
 
-fn root_dir() -> tempfile::TempDir {
-    let d = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        d.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    d
-}
-
 fn main_tf(s: &Servers, root: &Path, redis_port: u16, generation: u32) -> String {
     let r = |p: &str| root.join(p).to_str().unwrap().to_string();
     format!(
@@ -172,7 +162,7 @@ fn flat(s: &str) -> String {
 fn restart_checks_every_service_and_restarts_on_change() {
     let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
     let s = servers();
-    let root = root_dir();
+    let root = common::searchable_tempdir();
     let sim = Sim::new(&s, json!({"root": root.path(), "transition": 1}));
     let redis2 = Redis2::start(root.path());
 
@@ -260,7 +250,7 @@ fn restart_checks_every_service_and_restarts_on_change() {
 fn preflight_and_deadlines_refuse_clearly() {
     let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
     let s = servers();
-    let root = root_dir();
+    let root = common::searchable_tempdir();
     let sim = Sim::new(
         &s,
         json!({"root": root.path(), "transition": 1, "version": "2.19.1"}),
@@ -402,7 +392,7 @@ fn openssl(args: &[&str]) -> std::process::Output {
 fn ca_certificate_is_trusted_then_untrusted() {
     let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
     let s = servers();
-    let root = root_dir();
+    let root = common::searchable_tempdir();
     let _sim = Sim::new(&s, json!({"root": root.path(), "transition": 1}));
     let work = tempfile::tempdir().unwrap();
     let w = |f: &str| work.path().join(f).to_str().unwrap().to_string();

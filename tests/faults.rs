@@ -819,12 +819,7 @@ fn every_fault_at_every_phase_converges() {
     let _one = serial();
     let s = servers();
     let _thaw = Thaw;
-    let root = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        root.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let root = common::searchable_tempdir();
     let only = std::env::var("CIRCLECI_FAULTS_ONLY").unwrap_or_default();
     let mut rows = Vec::new();
     let mut n = 0;

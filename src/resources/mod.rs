@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use crate::backends::ssh::{SshError, SshErrorKind};
+use crate::backends::ssh::{
+    CommandOutput, Program, RemoteCommand, ServicesHost, SshError, SshErrorKind,
+};
 use crate::plugin::{AttrPath, Attribute, Block, Diagnostic, Diagnostics, Resource, Type, Value};
 use crate::provider::ProviderData;
 use config_file::ConfigFile;
@@ -151,6 +153,25 @@ pub fn password_attr(config: &Value) -> AttrPath {
 }
 
 /// An SSH failure as a diagnostic; the message already says what failed where.
+/// Runs one of the fixed commands on the Services machine within `deadline`: the
+/// command (for messages) and its output. An invalid argument or an SSH failure is an
+/// error; a non-zero exit is the caller's to judge.
+pub async fn run_command(
+    h: &ServicesHost,
+    program: Program,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    deadline: std::time::Duration,
+) -> Result<(RemoteCommand, CommandOutput), Diagnostics> {
+    let cmd = RemoteCommand::new(program, args.iter().copied())
+        .map_err(|e| Diagnostics::from(Diagnostic::error("Invalid command", e)))?;
+    let out = h
+        .run(&cmd, stdin, deadline)
+        .await
+        .map_err(|e| ssh_diag(&format!("Could not run `{cmd}`"), e))?;
+    Ok((cmd, out))
+}
+
 pub fn ssh_diag(summary: &str, e: SshError) -> Diagnostics {
     let summary = match e.kind() {
         SshErrorKind::HostKey => "Services machine host key not trusted",

@@ -10,8 +10,9 @@ use async_trait::async_trait;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
-use super::{file_sha256, managed_block, ssh_diag, validate};
-use crate::backends::ssh::{Program, RemoteCommand, ServicesHost};
+use super::config_file::block_error;
+use super::{file_sha256, managed_block, run_command, ssh_diag, validate};
+use crate::backends::ssh::{Program, ServicesHost};
 use crate::plugin::{
     Applied, AttrPath, Attribute, Block, Diagnostic, Diagnostics, PlanRequest, Resource, Schema,
     Type, Value,
@@ -122,12 +123,14 @@ fn block() -> Block {
 
 impl ServicesCaCertificate {
     async fn update_ca_certificates(&self, h: &ServicesHost) -> Result<(), Diagnostics> {
-        let cmd = RemoteCommand::new(Program::UpdateCaCertificates, Vec::<String>::new())
-            .map_err(|e| Diagnostics::from(Diagnostic::error("Invalid command", e)))?;
-        let out = h
-            .run(&cmd, None, self.data.timeout())
-            .await
-            .map_err(|e| ssh_diag("Could not run update-ca-certificates", e))?;
+        let (_, out) = run_command(
+            h,
+            Program::UpdateCaCertificates,
+            &[],
+            None,
+            self.data.timeout(),
+        )
+        .await?;
         if out.success() {
             return Ok(());
         }
@@ -154,12 +157,7 @@ impl ServicesCaCertificate {
         let fail = |e| ssh_diag(&format!("Could not update {path}"), e);
         let file = h.read_file(path).await.map_err(fail)?;
         let bytes = file.as_ref().map(|f| f.content.clone()).unwrap_or_default();
-        let bad = |e: crate::circleci::envfile::EnvFileError| {
-            Diagnostics::from(Diagnostic::error(
-                "The managed block in the file is damaged",
-                format!("{path}: {e}. Fix the marker lines by hand."),
-            ))
-        };
+        let bad = |e| block_error(path, e);
         let next = if want {
             managed_block::upsert(&bytes, TYPE, JVM_LINE).map_err(bad)?
         } else {

@@ -357,6 +357,18 @@ impl Tf {
     }
 }
 
+/// A temporary directory others may search (0755): the simulator's root, where the
+/// postgres user and the SSH user must reach files.
+pub fn searchable_tempdir() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        d.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    d
+}
+
 /// Runs a bash snippet and returns stdout.
 pub fn bash(script: &str) -> Vec<u8> {
     let out = Command::new("bash").arg("-c").arg(script).output().unwrap();

@@ -255,7 +255,8 @@ impl<R: FileResource> ConfigFile<R> {
     }
 }
 
-fn block_error(path: &str, e: envfile::EnvFileError) -> Diagnostics {
+/// A file whose managed block's markers are broken.
+pub(crate) fn block_error(path: &str, e: envfile::EnvFileError) -> Diagnostics {
     Diagnostic::error(
         "The managed block in the file is damaged",
         format!("{path}: {e}. Fix the marker lines by hand."),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::backends::ssh::{CommandOutput, Program, RemoteCommand, ServicesHost};
 use crate::circleci::migration::{self as mig, TableStat};
 use crate::plugin::{Diagnostic, Diagnostics};
-use crate::resources::ssh_diag;
+use crate::resources::run_command;
 use crate::secret::Secret;
 
 /// Where the export directory is mounted in the temporary container.
@@ -61,7 +61,7 @@ impl<'a> EmbeddedPostgres<'a> {
         &self,
         args: &[&str],
         stdin: Option<&[u8]>,
-    ) -> Result<CommandOutput, Diagnostics> {
+    ) -> Result<(RemoteCommand, CommandOutput), Diagnostics> {
         docker(self.h, args, stdin, self.deadline).await
     }
 
@@ -87,9 +87,8 @@ impl<'a> EmbeddedPostgres<'a> {
             &export,
             mig::PG_IMAGE,
         ];
-        let out = docker(h, &args, None, deadline).await?;
+        let (cmd, out) = docker(h, &args, None, deadline).await?;
         if !out.success() {
-            let cmd = command(&args)?;
             return Err(fail("Could not start the embedded PostgreSQL", &cmd, &out));
         }
         let pg = EmbeddedPostgres {
@@ -99,7 +98,7 @@ impl<'a> EmbeddedPostgres<'a> {
         };
         let started = Instant::now();
         loop {
-            let probe = pg
+            let (_, probe) = pg
                 .docker(
                     &["exec", name, "psql", "-U", "postgres", "-Atc", "SELECT 1"],
                     None,
@@ -131,11 +130,11 @@ impl<'a> EmbeddedPostgres<'a> {
             "exec", &self.name, "psql", "-U", "postgres", "-X", "-At", "-F", "\t", "-d", db, "-c",
             sql,
         ];
-        let out = self.docker(&args, None).await?;
+        let (cmd, out) = self.docker(&args, None).await?;
         if !out.success() {
             return Err(fail(
                 "A query on the embedded PostgreSQL failed",
-                &command(&args)?,
+                &cmd,
                 &out,
             ));
         }
@@ -168,13 +167,9 @@ impl<'a> EmbeddedPostgres<'a> {
         let args = [
             "exec", &self.name, "pg_dump", "-U", "postgres", "-Fc", "-f", &file, db,
         ];
-        let out = self.docker(&args, None).await?;
+        let (cmd, out) = self.docker(&args, None).await?;
         if !out.success() {
-            return Err(fail(
-                &format!("Could not export database {db}"),
-                &command(&args)?,
-                &out,
-            ));
+            return Err(fail(&format!("Could not export database {db}"), &cmd, &out));
         }
         log::info!("exported database {db} to the export directory");
         Ok(file)
@@ -190,11 +185,11 @@ impl<'a> EmbeddedPostgres<'a> {
         ];
         let mut stdin = t.password.expose().as_bytes().to_vec();
         stdin.push(b'\n');
-        let out = self.docker(&args, Some(&stdin)).await?;
+        let (cmd, out) = self.docker(&args, Some(&stdin)).await?;
         if !out.success() {
             return Err(fail(
                 &format!("Could not import database {db} into {}:{}", t.host, t.port),
-                &command(&args)?,
+                &cmd,
                 &out,
             ));
         }
@@ -214,19 +209,11 @@ impl<'a> EmbeddedPostgres<'a> {
     }
 }
 
-fn command(args: &[&str]) -> Result<RemoteCommand, Diagnostics> {
-    RemoteCommand::new(Program::Docker, args.iter().copied())
-        .map_err(|e| Diagnostics::from(Diagnostic::error("Invalid command", e)))
-}
-
 async fn docker(
     h: &ServicesHost,
     args: &[&str],
     stdin: Option<&[u8]>,
     deadline: Duration,
-) -> Result<CommandOutput, Diagnostics> {
-    let cmd = command(args)?;
-    h.run(&cmd, stdin, deadline)
-        .await
-        .map_err(|e| ssh_diag(&format!("Could not run `{cmd}`"), e))
+) -> Result<(RemoteCommand, CommandOutput), Diagnostics> {
+    run_command(h, Program::Docker, args, stdin, deadline).await
 }

@@ -4,10 +4,10 @@
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::backends::ssh::{Program, RemoteCommand, ServicesHost};
+use crate::backends::ssh::{Program, ServicesHost};
 use crate::circleci::restart::{AppStatus, Check, External};
 use crate::plugin::stop;
-use crate::resources::ssh_diag;
+use crate::resources::{run_command, ssh_diag};
 
 /// How often the app's status is read while it moves, and the checks retried.
 const POLL: Duration = Duration::from_secs(1);
@@ -27,12 +27,7 @@ impl ServicesRestart {
     /// Runs one fixed command; a non-zero exit is an error with its output.
     async fn command(&self, program: Program, args: &[&str]) -> Result<String, Diagnostics> {
         let h = self.services()?;
-        let cmd = RemoteCommand::new(program, args.iter().copied())
-            .map_err(|e| Diagnostics::from(Diagnostic::error("Invalid command", e)))?;
-        let out = h
-            .run(&cmd, None, self.data.timeout())
-            .await
-            .map_err(|e| ssh_diag(&format!("Could not run `{cmd}`"), e))?;
+        let (cmd, out) = run_command(&h, program, args, None, self.data.timeout()).await?;
         if out.success() {
             return Ok(out.stdout_text());
         }
@@ -202,29 +197,31 @@ impl ServicesRestart {
                 let args = c.probe.docker_args();
                 let argv: Vec<&str> = args.iter().map(String::as_str).collect();
                 let label = format!("{}: {}", c.service, c.what);
-                let result = self.command(Program::Docker, &argv).await;
-                if !matches!(&result, Ok(out) if rs::evaluate(c, out).is_ok()) {
-                    failed_labels.push(label.clone());
-                }
-                match result {
+                match self.command(Program::Docker, &argv).await {
                     Ok(out) => match rs::evaluate(c, &out) {
                         Ok(()) => passed.push(label),
-                        Err(evidence) => failed.push(Diagnostic::error(
-                            format!("CircleCI check failed: {}", c.service),
-                            format!(
-                                "{} — not seen in `docker {}` after {}. Evidence:\n{}",
-                                c.what,
-                                argv[..2].join(" "),
-                                humantime::format_duration(round(started.elapsed())),
-                                if evidence.is_empty() {
-                                    "(no output)".to_string()
-                                } else {
-                                    evidence.join("\n")
-                                }
-                            ),
-                        )),
+                        Err(evidence) => {
+                            failed_labels.push(label);
+                            failed.push(Diagnostic::error(
+                                format!("CircleCI check failed: {}", c.service),
+                                format!(
+                                    "{} — not seen in `docker {}` after {}. Evidence:\n{}",
+                                    c.what,
+                                    argv[..2].join(" "),
+                                    humantime::format_duration(round(started.elapsed())),
+                                    if evidence.is_empty() {
+                                        "(no output)".to_string()
+                                    } else {
+                                        evidence.join("\n")
+                                    }
+                                ),
+                            ))
+                        }
                     },
-                    Err(d) => failed.extend(d),
+                    Err(d) => {
+                        failed_labels.push(label);
+                        failed.extend(d);
+                    }
                 }
             }
             let done = Verified {
