@@ -414,6 +414,11 @@ def docker(args):
         return
     if cmd == "rm" and temporary.rm(STATE, refuse, rest):
         return
+    if cmd == "rm" and len([a for a in rest if a != "-f"]) == 1 \
+            and [a for a in rest if a != "-f"][0] not in CONTAINERS:
+        name = [a for a in rest if a != "-f"][0]
+        print(f"Error: No such container: {name}", file=sys.stderr)
+        sys.exit(1)
     if cmd == "ps":
         names = (list(CONTAINERS) if running() else []) + temporary.names(STATE)
         quiet, fmt, i = False, None, 0

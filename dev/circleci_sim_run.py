@@ -11,7 +11,7 @@ the embedded data with the app stopped.
          server's user, as root's would be in a container)
   docker exec [-i] N bash -c SCRIPT [ARG...]
       -> bash with PGHOST/PGPORT pointing at it and the PostgreSQL binaries on PATH
-  docker rm -f N        -> pg_ctl stop -m fast
+  docker rm -f N        -> pg_ctl stop -m fast ("No such container", status 1, for an unknown N)
   docker ps             -> also lists these
 
 Anything else (other images, other mounts, other options) is refused with status 64.
@@ -77,7 +77,9 @@ def run(state, refuse, args, to_host):
     for inside, d in mounts.items():
         if inside != PG_MOUNT:
             os.makedirs(d, exist_ok=True)
-            os.chmod(d, 0o777)  # the server's user writes dumps there, as root would in a container
+            # The tools run as the server's user here, as root in a real container: that
+            # user owns the mount, so it may write dumps there and chmod it, as root could.
+            shutil.chown(d, "postgres", "postgres")
     if not os.path.isfile(os.path.join(host, "PG_VERSION")):
         print(f"docker: the simulator runs {PG_IMAGE} only over a data directory mounted at {PG_MOUNT} "
               f"({host} holds none)", file=sys.stderr)

@@ -4,6 +4,10 @@
 # not 9.5.8's: a named gap) holding the runbook's nine databases with CircleCI-shaped
 # tables (circle_migrations, build_jobs, contexts, qrtz_blob_triggers, tasks, the ones
 # CircleCI's export script checks for, and others) and ROWS rows in each big table.
+# With EMBEDDED_VAULT_ADDR, EMBEDDED_VAULT_TOKEN and BAO (the bao binary) set, each of
+# six contexts gets a secret FIXTURE_SECRET_<n> encrypted by that Vault's transit key
+# context-service (the odd ones with version 1, the even with the latest), its
+# ciphertext in contexts_service_production.env_vars, as the context service stores them.
 # Usage: dev/embedded-fixture.sh ROOT [ROWS]   (ROOT must be world-searchable)
 set -euo pipefail
 ROOT=${1:?usage: embedded-fixture.sh ROOT [ROWS]}
@@ -38,4 +42,12 @@ q vms "CREATE TABLE tasks (id bigserial PRIMARY KEY, vm text, state text, create
   INSERT INTO tasks (vm, state) SELECT 'vm-' || g, 'done' FROM generate_series(1, $ROWS) g;"
 q domain "CREATE TABLE projects (id bigserial PRIMARY KEY, slug text UNIQUE); INSERT INTO projects (slug) SELECT 'gh/acme/app-' || g FROM generate_series(1, 17) g;"
 q permissions "CREATE TABLE grants (id bigserial PRIMARY KEY, subject text, permission text); INSERT INTO grants (subject, permission) SELECT 'user-' || g, 'read' FROM generate_series(1, 50) g;"
+if [ -n "${EMBEDDED_VAULT_ADDR:-}" ]; then
+  for n in 1 2 3 4 5 6; do
+    pt=$(printf 'context secret %s of the embedded install' "$n" | base64 -w0)
+    ct=$(BAO_ADDR=$EMBEDDED_VAULT_ADDR BAO_TOKEN=$EMBEDDED_VAULT_TOKEN "$BAO" write -field=ciphertext \
+      transit/encrypt/context-service plaintext="$pt" key_version=$((2 - n % 2)))
+    q contexts_service_production "INSERT INTO env_vars VALUES (md5('ctx' || $n)::uuid, 'FIXTURE_SECRET_$n', '$ct')"
+  done
+fi
 echo "embedded-fixture: $DATA ($ROWS rows per big table)" >&2

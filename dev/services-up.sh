@@ -16,6 +16,7 @@ REDIS_PORT=${CIRCLECI_DEV_REDIS_PORT:-56379}
 PG_PORT=${CIRCLECI_DEV_PG_PORT:-55432}
 PG_BIN=/usr/lib/postgresql/15/bin
 VAULT_PORT=${CIRCLECI_DEV_VAULT_PORT:-58201}
+EMBEDDED_VAULT_PORT=${CIRCLECI_DEV_EMBEDDED_VAULT_PORT:-58203}
 MQ_PORT=${CIRCLECI_DEV_MQ_PORT:-55672}
 NOMAD_PORT=${CIRCLECI_DEV_NOMAD_PORT:-54646}
 MONGO_PORT=${CIRCLECI_DEV_MONGO_PORT:-57017}
@@ -183,6 +184,22 @@ if ! alive "$D/bao.pid"; then
   "$D/venv/bin/bao" secrets enable transit >/dev/null
   say "openbao on https://127.0.0.1:$VAULT_PORT (pid $(cat "$D/bao.pid"))"
 fi
+# A second OpenBao plays the Services machine's embedded Vault for the data migration:
+# plain http, as inside the Services machine, with the transit key CircleCI's context
+# service encrypts contexts' secrets with.
+if ! alive "$D/bao-embedded.pid"; then
+  "$D/venv/bin/bao" server -dev -dev-root-token-id=embedded-root -dev-no-store-token \
+    -dev-listen-address="127.0.0.1:$EMBEDDED_VAULT_PORT" >"$D/bao-embedded.log" 2>&1 &
+  echo $! > "$D/bao-embedded.pid"
+  export BAO_ADDR="http://127.0.0.1:$EMBEDDED_VAULT_PORT" BAO_TOKEN=embedded-root
+  unset BAO_CACERT
+  for _ in $(seq 100); do "$D/venv/bin/bao" status >/dev/null 2>&1 && break; sleep 0.1; done
+  "$D/venv/bin/bao" status >/dev/null || { say "the embedded openbao did not start; see $D/bao-embedded.log"; exit 1; }
+  "$D/venv/bin/bao" secrets enable transit >/dev/null
+  "$D/venv/bin/bao" write -f transit/keys/context-service >/dev/null
+  "$D/venv/bin/bao" write -f transit/keys/context-service/rotate >/dev/null
+  say "embedded openbao on http://127.0.0.1:$EMBEDDED_VAULT_PORT (pid $(cat "$D/bao-embedded.pid"))"
+fi
 
 # ---------------------------------------------------------------- rabbitmq
 # The real Debian rabbitmq-server, run from its own scripts (not /usr/sbin's wrapper,
@@ -321,6 +338,8 @@ CIRCLECI_TEST_VAULT_ADDR=https://127.0.0.1:$VAULT_PORT
 CIRCLECI_TEST_VAULT_TOKEN=root
 CIRCLECI_TEST_VAULT_CA=$D/bao-tls/vault-ca.pem
 CIRCLECI_TEST_BAO=$D/venv/bin/bao
+CIRCLECI_TEST_EMBEDDED_VAULT_ADDR=http://127.0.0.1:$EMBEDDED_VAULT_PORT
+CIRCLECI_TEST_EMBEDDED_VAULT_TOKEN=embedded-root
 CIRCLECI_TEST_MQ_PORT=$MQ_PORT
 CIRCLECI_TEST_MQ_USER=circle
 CIRCLECI_TEST_MQ_PASSWORD=circle-dev-password

@@ -169,9 +169,9 @@ async fn dumps_the_embedded_databases() {
 fn export_import_and_verify_every_table() {
     let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
     use terraform_provider_circleci::backends::postgres::{PgAdmin, PgConfig, SslMode};
-    use terraform_provider_circleci::circleci::migration::{self as mig, TableStat};
+    use terraform_provider_circleci::circleci::migration::{self as mig};
     use terraform_provider_circleci::resources::data_migration::embedded_postgres::{
-        EmbeddedPostgres, Target,
+        EmbeddedPostgres, Source, Target,
     };
     use terraform_provider_circleci::secret::Secret;
 
@@ -204,7 +204,12 @@ fn export_import_and_verify_every_table() {
         let h = host(&s);
         let t = Duration::from_secs(60);
         let export = format!("/var/lib/circleci-export-{n}");
-        let e = EmbeddedPostgres::start(&h, name, &export, t, t)
+        let source = Source {
+            image: mig::PG_IMAGE,
+            data_dir: mig::PG_DATA,
+            container: name,
+        };
+        let e = EmbeddedPostgres::start(&h, &source, &export, t, t)
             .await
             .unwrap();
         let target = Target {
@@ -222,25 +227,11 @@ fn export_import_and_verify_every_table() {
                 .await
                 .unwrap();
             e.dump(db).await.unwrap();
-            e.restore(db, &into, &target).await.unwrap();
-            let source = e.table_stats(db).await.unwrap();
+            e.restore(db, &into, &target, false).await.unwrap();
+            let source = e.source_stats(db).await.unwrap();
             assert!(source.iter().any(|t| t.rows >= 120), "{source:?}");
-            let mut target_stats = Vec::new();
-            for row in pg
-                .text_rows(&into, "listing tables", mig::TABLES_SQL)
-                .await
-                .unwrap()
-            {
-                let r = pg
-                    .text_rows(&into, "counting", &mig::table_stat_sql(&row[0]))
-                    .await
-                    .unwrap();
-                target_stats.push(TableStat {
-                    table: row[0].clone(),
-                    rows: r[0][0].parse().unwrap(),
-                    md5: r[0][1].clone(),
-                });
-            }
+            // The target, read as the role from the container (the Services machine's side).
+            let target_stats = e.target_stats(&into, &target).await.unwrap();
             assert_eq!(
                 mig::compare(db, &source, &target_stats),
                 Vec::<String>::new()
@@ -257,7 +248,7 @@ fn export_import_and_verify_every_table() {
                 .unwrap();
             assert_eq!(owners, vec![vec![role.clone()]]);
             // A second import into the same database fails as a whole.
-            let again = e.restore(db, &into, &target).await.unwrap_err();
+            let again = e.restore(db, &into, &target, false).await.unwrap_err();
             assert!(
                 again.to_string().contains("Could not import database"),
                 "{again}"
@@ -272,6 +263,28 @@ fn export_import_and_verify_every_table() {
             .path()
             .join(format!("var/lib/circleci-export-{n}/circle.dump"));
         assert!(kept.exists());
+        // Sealed: the directory 0700, the files 0600, their SHA-256 as sha2 computes it.
+        let files = vec![
+            "circle.dump".to_string(),
+            "conductor_production.dump".to_string(),
+        ];
+        let sealed = e.seal(&files).await.unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(kept.parent().unwrap()), 0o700);
+        assert_eq!(mode(&kept), 0o600);
+        let bytes = std::fs::read(&kept).unwrap();
+        assert_eq!(sealed[0].size, bytes.len() as u64);
+        assert_eq!(
+            sealed[0].sha256,
+            terraform_provider_circleci::resources::file_sha256(&bytes)
+        );
+        assert!(
+            !kept.with_extension("dump.list").exists(),
+            "the restore list stayed"
+        );
+        e.remove(&files[..1]).await.unwrap();
+        assert!(!kept.exists());
         e.stop().await;
         for db in ["circle", "conductor_production"] {
             pg.drop_database(&format!("mig_{n}_{db}")).await.unwrap();

@@ -13,14 +13,60 @@ pub const TABLES_SQL: &str =
     "SELECT format('%I.%I', schemaname, tablename) FROM pg_catalog.pg_tables \
      WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1";
 
-/// Row count and a content digest of one table (`qualified` as [`TABLES_SQL`] gives
-/// it): md5 over the rows' text forms in sorted order, so the physical order of the
-/// rows does not matter. The same text on both servers gives the same digest.
-pub fn table_stat_sql(qualified: &str) -> String {
-    format!(
-        "SELECT count(*), md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) FROM {qualified} t"
-    )
+/// Session settings that make a row's text form the same on both servers, whatever
+/// their defaults or versions: UTC ISO timestamps, hex bytea, and floats printed as
+/// 9.5 prints them (`extra_float_digits = 0` means the same before and after 12).
+pub const STAT_SETTINGS: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; \
+     SET IntervalStyle = 'postgres'; SET bytea_output = 'hex'; SET extra_float_digits = 0;";
+
+/// Row count and content checksum of every table in `qualified` (as [`TABLES_SQL`]
+/// gives them), in one statement: per table, its name, its row count and the sum of
+/// the first 60 bits of each row's md5. A sum does not depend on the rows' physical
+/// order and needs no memory for the table, so it serves tables of any size; the same
+/// rows give the same sum on both servers.
+pub fn stats_sql(qualified: &[String]) -> Option<String> {
+    if qualified.is_empty() {
+        return None;
+    }
+    let parts: Vec<String> = qualified
+        .iter()
+        .map(|t| {
+            format!(
+                "SELECT {}, count(*), coalesce(sum(('x' || substr(md5(t::text), 1, 15))::bit(60)::bigint), 0) FROM {t} t",
+                quote_literal(t)
+            )
+        })
+        .collect();
+    Some(format!("{STAT_SETTINGS} {}", parts.join(" UNION ALL ")))
 }
+
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Tables (as `TableStat`s) from the rows [`stats_sql`] returns.
+pub fn parse_stats(rows: &[Vec<String>]) -> Result<Vec<TableStat>, String> {
+    let mut out = Vec::new();
+    for r in rows {
+        let [table, count, sum] = r.as_slice() else {
+            return Err(format!(
+                "unexpected row {r:?} (want table, count, checksum)"
+            ));
+        };
+        out.push(TableStat {
+            table: table.clone(),
+            rows: count
+                .parse()
+                .map_err(|_| format!("row count {count:?} of {table} is not a number"))?,
+            checksum: sum.clone(),
+        });
+    }
+    out.sort_by(|a, b| a.table.cmp(&b.table));
+    Ok(out)
+}
+
+/// The total size of a database, for throughput figures.
+pub const DATABASE_SIZE_SQL: &str = "SELECT pg_database_size(current_database())";
 
 /// The tables CircleCI's export script checks a dump for, by database.
 pub const EXPECTED_TABLES: [(&str, &str); 5] = [
@@ -31,12 +77,12 @@ pub const EXPECTED_TABLES: [(&str, &str); 5] = [
     ("vms", "tasks"),
 ];
 
-/// One table's count and digest.
+/// One table's row count and content checksum.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableStat {
     pub table: String,
     pub rows: i64,
-    pub md5: String,
+    pub checksum: String,
 }
 
 /// Differences between the source's and the target's tables, one line each, naming
@@ -53,9 +99,9 @@ pub fn compare(db: &str, source: &[TableStat], target: &[TableStat]) -> Vec<Stri
                 "{db}.{}: {} rows in the source, {} in the target",
                 s.table, s.rows, t.rows
             )),
-            Some(t) if t.md5 != s.md5 => out.push(format!(
-                "{db}.{}: {} rows on both sides, but their content differs (md5 {} and {})",
-                s.table, s.rows, s.md5, t.md5
+            Some(t) if t.checksum != s.checksum => out.push(format!(
+                "{db}.{}: {} rows on both sides, but their content differs (checksums {} and {})",
+                s.table, s.rows, s.checksum, t.checksum
             )),
             Some(_) => {}
         }
@@ -71,7 +117,7 @@ mod tests {
         TableStat {
             table: t.into(),
             rows,
-            md5: md5.into(),
+            checksum: md5.into(),
         }
     }
 
@@ -99,10 +145,27 @@ mod tests {
     }
 
     #[test]
-    fn stat_sql_quotes_nothing_itself() {
-        assert_eq!(
-            table_stat_sql("public.\"Odd\"\"Name\""),
-            "SELECT count(*), md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) FROM public.\"Odd\"\"Name\" t"
+    fn stats_sql_quotes_the_label_and_keeps_the_name() {
+        let sql = stats_sql(&["public.\"it's\"".to_string(), "public.b".to_string()]).unwrap();
+        assert!(sql.starts_with(STAT_SETTINGS));
+        assert!(sql.contains("SELECT 'public.\"it''s\"', count(*)"), "{sql}");
+        assert!(
+            sql.contains("FROM public.\"it's\" t UNION ALL SELECT 'public.b'"),
+            "{sql}"
         );
+        assert_eq!(stats_sql(&[]), None);
+    }
+
+    #[test]
+    fn parse_stats_sorts_and_rejects_odd_rows() {
+        let rows = vec![
+            vec!["public.b".to_string(), "2".to_string(), "7".to_string()],
+            vec!["public.a".to_string(), "0".to_string(), "0".to_string()],
+        ];
+        let s = parse_stats(&rows).unwrap();
+        assert_eq!(s[0].table, "public.a");
+        assert_eq!(s[1].rows, 2);
+        assert!(parse_stats(&[vec!["x".to_string()]]).is_err());
+        assert!(parse_stats(&[vec!["t".into(), "n".into(), "0".into()]]).is_err());
     }
 }

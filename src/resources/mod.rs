@@ -56,6 +56,7 @@ pub fn all(data: Arc<ProviderData>) -> Vec<Arc<dyn Resource>> {
         )),
         Arc::new(services_ca_certificate::ServicesCaCertificate::new(d())),
         Arc::new(services_restart::ServicesRestart::new(d())),
+        Arc::new(data_migration::DataMigration::new(d())),
     ]
 }
 

@@ -32,18 +32,37 @@ pub enum Check {
 /// Runs every check of `table` on `config`.
 pub fn run(config: &Value, table: &[(&str, Check)], diags: &mut Diagnostics) {
     for (name, check) in table {
-        check_one(config, name, *check, diags);
+        check_one(config, name, *check, &AttrPath::root, diags);
     }
 }
 
-fn check_one(config: &Value, name: &str, check: Check, diags: &mut Diagnostics) {
+/// Runs every check of `table` on the attributes of the single nested block `block`
+/// (nothing when the block is absent or unknown); errors name `block.attr`.
+pub fn run_in(config: &Value, block: &str, table: &[(&str, Check)], diags: &mut Diagnostics) {
+    let b = config.get(block);
+    if b.is_null() || b.is_unknown() {
+        return;
+    }
+    let at = |name: &str| AttrPath::root(block).attr(name);
+    for (name, check) in table {
+        check_one(b, name, *check, &at, diags);
+    }
+}
+
+fn check_one(
+    config: &Value,
+    name: &str,
+    check: Check,
+    path: &dyn Fn(&str) -> AttrPath,
+    diags: &mut Diagnostics,
+) {
     let v = config.get(name);
-    let at = AttrPath::root(name);
+    let at = path(name);
     match check {
         Check::Port => {
             port(v, at, diags);
         }
-        Check::PasswordPair => validate_password_pair(config, diags),
+        Check::PasswordPair => password_pair_at(config, path, diags),
         _ => {
             let Some(s) = v.as_str() else { return };
             match check {
@@ -100,16 +119,20 @@ fn bounds(d: Duration, min_secs: u64, max_secs: u64, at: AttrPath, diags: &mut D
 /// Exactly one of `password` and `password_wo`, neither empty nor holding NUL, and
 /// `password_wo_version` only together with `password_wo`.
 pub fn validate_password_pair(config: &Value, diags: &mut Diagnostics) {
+    password_pair_at(config, &AttrPath::root, diags)
+}
+
+fn password_pair_at(config: &Value, path: &dyn Fn(&str) -> AttrPath, diags: &mut Diagnostics) {
     let (pw, wo) = (config.get("password"), config.get("password_wo"));
     if !pw.is_unknown() && !wo.is_unknown() {
         match (pw.is_null(), wo.is_null()) {
             (false, false) => diags.attr_error(
-                AttrPath::root("password_wo"),
+                path("password_wo"),
                 "Conflicting passwords",
                 "set password_wo or password, not both",
             ),
             (true, true) => diags.attr_error(
-                AttrPath::root("password_wo"),
+                path("password_wo"),
                 "Password missing",
                 "set password_wo (write-only, Terraform 1.11 or later) or password (stored in state)",
             ),
@@ -120,7 +143,7 @@ pub fn validate_password_pair(config: &Value, diags: &mut Diagnostics) {
         if let Some(p) = v.as_str() {
             if p.is_empty() || p.contains('\0') {
                 diags.attr_error(
-                    AttrPath::root(name),
+                    path(name),
                     "Invalid password",
                     "must be non-empty and contain no NUL character",
                 );
@@ -129,7 +152,7 @@ pub fn validate_password_pair(config: &Value, diags: &mut Diagnostics) {
     }
     if !config.get("password_wo_version").is_null() && wo.is_null() {
         diags.attr_error(
-            AttrPath::root("password_wo_version"),
+            path("password_wo_version"),
             "password_wo_version without password_wo",
             "password_wo_version only rotates a password_wo",
         );

@@ -85,7 +85,7 @@ fn vault_diag(summary: &str, e: VaultError) -> Diagnostics {
 
 /// A name Vault accepts in a path segment: no slashes, spaces or control characters
 /// (leading and trailing slashes are tolerated).
-fn check_name(raw: &str) -> Result<(), String> {
+pub(crate) fn check_name(raw: &str) -> Result<(), String> {
     let v = raw.trim_matches('/');
     if v.is_empty() {
         return Err(format!("{raw:?} must not be empty"));

@@ -21,10 +21,28 @@ pub const EXPORT_MOUNT: &str = "/export";
 /// connection and file arrive as positional arguments, never spliced into the script.
 /// Extensions are left out of the restore: the target's databases already have them
 /// (`circleci_postgres_databases` made them), and only a superuser may create some.
+/// `$7` is `clean` to drop the dump's objects in the target first (overwrite_existing).
+/// The restore's list stays next to the dump until [`EmbeddedPostgres::seal`].
 const RESTORE: &str = "IFS= read -r PGPASSWORD; export PGPASSWORD PGSSLMODE=\"$6\"; \
-     pg_restore -l \"$5\" | grep -v -e ' EXTENSION ' > \"$5.list\" && \
-     exec pg_restore --no-owner --no-privileges --single-transaction --exit-on-error \
+     pg_restore -l \"$5\" | grep -v -e ' EXTENSION ' > \"$5.list\" || exit 1; \
+     C=; [ \"$7\" = clean ] && C='--clean --if-exists'; \
+     exec pg_restore $C --no-owner --no-privileges --single-transaction --exit-on-error \
      -L \"$5.list\" -h \"$1\" -p \"$2\" -U \"$3\" -d \"$4\" \"$5\"";
+
+/// A query on the target, as the target's user: the password from stdin, the SQL as an
+/// argument (it is the provider's own, never the user's), tab-separated rows out.
+const TARGET_QUERY: &str = "IFS= read -r PGPASSWORD; export PGPASSWORD PGSSLMODE=\"$5\"; \
+     exec psql -X -q -At -v ON_ERROR_STOP=1 -F \"$7\" -h \"$1\" -p \"$2\" -U \"$3\" -d \"$4\" -c \"$6\"";
+
+/// Seals the export: the directory 0700, each file named in the arguments 0600, then
+/// `name<TAB>size<TAB>sha256` per file.
+const SEAL: &str = "cd \"$1\" && chmod 0700 . && shift && for f in \"$@\"; do \
+     chmod 0600 \"$f\" && rm -f \"$f.list\" && \
+     printf '%s\\t%s\\t%s\\n' \"$f\" \"$(stat -c %s \"$f\")\" \"$(sha256sum \"$f\" | cut -d ' ' -f 1)\" \
+     || exit 1; done";
+
+/// Removes the files named in the arguments from the export directory.
+const REMOVE: &str = "cd \"$1\" && shift && rm -f -- \"$@\"";
 
 /// Where the external server is, as the Services machine reaches it.
 pub struct Target<'a> {
@@ -34,6 +52,14 @@ pub struct Target<'a> {
     pub password: &'a Secret,
     /// libpq's sslmode for the restore's connection.
     pub sslmode: &'a str,
+}
+
+/// The embedded server: which image over which data directory, in a container of
+/// which name.
+pub struct Source<'a> {
+    pub image: &'a str,
+    pub data_dir: &'a str,
+    pub container: &'a str,
 }
 
 /// A running temporary container.
@@ -56,6 +82,21 @@ fn fail(summary: &str, cmd: &RemoteCommand, out: &CommandOutput) -> Diagnostics 
     .into()
 }
 
+/// One exported file, as sealed on the Services machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportFile {
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+fn rows_of(out: &CommandOutput) -> Vec<Vec<String>> {
+    out.stdout_text()
+        .lines()
+        .map(|l| l.split('\t').map(str::to_string).collect())
+        .collect()
+}
+
 impl<'a> EmbeddedPostgres<'a> {
     async fn docker(
         &self,
@@ -65,16 +106,20 @@ impl<'a> EmbeddedPostgres<'a> {
         docker(self.h, args, stdin, self.deadline).await
     }
 
-    /// Starts the container `name` over the embedded data with `export_dir` mounted,
-    /// and waits (within `ready_within`) until it answers.
+    /// Starts the container `name` over the embedded data at `data_dir` (image
+    /// `image`) with `export_dir` mounted, and waits (within `ready_within`) until it
+    /// answers. A container of that name left by an interrupted run is removed first.
     pub async fn start(
         h: &'a ServicesHost,
-        name: &str,
+        source: &Source<'_>,
         export_dir: &str,
         deadline: Duration,
         ready_within: Duration,
     ) -> Result<EmbeddedPostgres<'a>, Diagnostics> {
-        let data = format!("{}:{}", mig::PG_DATA, mig::PG_MOUNT);
+        let name = source.container;
+        // Best effort: "no such container" is the usual answer.
+        let _ = docker(h, &["rm", "-f", name], None, deadline).await;
+        let data = format!("{}:{}", source.data_dir, mig::PG_MOUNT);
         let export = format!("{export_dir}:{EXPORT_MOUNT}");
         let args = [
             "run",
@@ -85,7 +130,7 @@ impl<'a> EmbeddedPostgres<'a> {
             &data,
             "-v",
             &export,
-            mig::PG_IMAGE,
+            source.image,
         ];
         let (cmd, out) = docker(h, &args, None, deadline).await?;
         if !out.success() {
@@ -112,7 +157,8 @@ impl<'a> EmbeddedPostgres<'a> {
                 let e = Diagnostic::error(
                     "The embedded PostgreSQL did not start",
                     format!(
-                        "container {name} did not answer within {}:\n{}",
+                        "container {name} ({}) did not answer within {}:\n{}",
+                        source.image,
                         humantime::format_duration(ready_within),
                         probe.evidence()
                     ),
@@ -127,43 +173,134 @@ impl<'a> EmbeddedPostgres<'a> {
     /// One query in `db` through psql in the container; rows of tab-separated text.
     async fn psql(&self, db: &str, sql: &str) -> Result<Vec<Vec<String>>, Diagnostics> {
         let args = [
-            "exec", &self.name, "psql", "-U", "postgres", "-X", "-At", "-F", "\t", "-d", db, "-c",
+            "exec",
+            &self.name,
+            "psql",
+            "-U",
+            "postgres",
+            "-X",
+            "-q",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-F",
+            "\t",
+            "-d",
+            db,
+            "-c",
             sql,
         ];
         let (cmd, out) = self.docker(&args, None).await?;
         if !out.success() {
             return Err(fail(
-                "A query on the embedded PostgreSQL failed",
+                &format!("A query in the embedded database {db} failed"),
                 &cmd,
                 &out,
             ));
         }
-        Ok(out
-            .stdout_text()
-            .lines()
-            .map(|l| l.split('\t').map(str::to_string).collect())
+        Ok(rows_of(&out))
+    }
+
+    /// The databases the embedded server has.
+    pub async fn databases(&self) -> Result<Vec<String>, Diagnostics> {
+        let rows = self
+            .psql(
+                "postgres",
+                "SELECT datname FROM pg_database WHERE NOT datistemplate ORDER BY 1",
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| r.into_iter().next())
             .collect())
     }
 
-    /// Each user table's row count and content digest.
-    pub async fn table_stats(&self, db: &str) -> Result<Vec<TableStat>, Diagnostics> {
-        let mut stats = Vec::new();
-        for row in self.psql(db, mig::TABLES_SQL).await? {
-            let table = row.first().cloned().unwrap_or_default();
-            let r = self.psql(db, &mig::table_stat_sql(&table)).await?;
-            let cols = r.first().cloned().unwrap_or_default();
-            stats.push(TableStat {
-                table,
-                rows: cols.first().and_then(|n| n.parse().ok()).unwrap_or(-1),
-                md5: cols.get(1).cloned().unwrap_or_default(),
-            });
-        }
-        Ok(stats)
+    /// Each user table's row count and content checksum in the embedded `db`.
+    pub async fn source_stats(&self, db: &str) -> Result<Vec<TableStat>, Diagnostics> {
+        let tables: Vec<String> = self
+            .psql(db, mig::TABLES_SQL)
+            .await?
+            .into_iter()
+            .filter_map(|r| r.into_iter().next())
+            .collect();
+        let Some(sql) = mig::stats_sql(&tables) else {
+            return Ok(Vec::new());
+        };
+        mig::parse_stats(&self.psql(db, &sql).await?).map_err(|e| {
+            Diagnostic::error("Unexpected answer from the embedded PostgreSQL", e).into()
+        })
     }
 
-    /// `pg_dump -Fc` of `db` to EXPORT/<db>.dump.
+    /// The embedded `db`'s size in bytes.
+    pub async fn source_size(&self, db: &str) -> Result<u64, Diagnostics> {
+        let rows = self.psql(db, mig::DATABASE_SIZE_SQL).await?;
+        Ok(rows
+            .first()
+            .and_then(|r| r.first())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// One query in database `db` of the target, as its user, from the container (the
+    /// Services machine's side of the network).
+    async fn target_query(
+        &self,
+        db: &str,
+        t: &Target<'_>,
+        sql: &str,
+    ) -> Result<Vec<Vec<String>>, Diagnostics> {
+        let port = t.port.to_string();
+        let args = [
+            "exec",
+            "-i",
+            &self.name,
+            "bash",
+            "-c",
+            TARGET_QUERY,
+            "query",
+            t.host,
+            &port,
+            t.user,
+            db,
+            t.sslmode,
+            sql,
+            "\t",
+        ];
+        let (cmd, out) = self.docker(&args, Some(&password_line(t))).await?;
+        if !out.success() {
+            return Err(fail(
+                &format!("A query in database {db} at {}:{} failed", t.host, t.port),
+                &cmd,
+                &out,
+            ));
+        }
+        Ok(rows_of(&out))
+    }
+
+    /// Each user table's row count and content checksum in the target's `db`.
+    pub async fn target_stats(
+        &self,
+        db: &str,
+        t: &Target<'_>,
+    ) -> Result<Vec<TableStat>, Diagnostics> {
+        let tables: Vec<String> = self
+            .target_query(db, t, mig::TABLES_SQL)
+            .await?
+            .into_iter()
+            .filter_map(|r| r.into_iter().next())
+            .collect();
+        let Some(sql) = mig::stats_sql(&tables) else {
+            return Ok(Vec::new());
+        };
+        mig::parse_stats(&self.target_query(db, t, &sql).await?).map_err(|e| {
+            Diagnostic::error(format!("Unexpected answer from {}:{}", t.host, t.port), e).into()
+        })
+    }
+
+    /// `pg_dump -Fc` of `db` to EXPORT/<db>.dump; the file's name.
     pub async fn dump(&self, db: &str) -> Result<String, Diagnostics> {
-        let file = format!("{EXPORT_MOUNT}/{db}.dump");
+        let name = format!("{db}.dump");
+        let file = format!("{EXPORT_MOUNT}/{name}");
         let args = [
             "exec", &self.name, "pg_dump", "-U", "postgres", "-Fc", "-f", &file, db,
         ];
@@ -171,21 +308,26 @@ impl<'a> EmbeddedPostgres<'a> {
         if !out.success() {
             return Err(fail(&format!("Could not export database {db}"), &cmd, &out));
         }
-        log::info!("exported database {db} to the export directory");
-        Ok(file)
+        Ok(name)
     }
 
-    /// Restores EXPORT/<db>.dump into database `into` of the target, as its user.
-    pub async fn restore(&self, db: &str, into: &str, t: &Target<'_>) -> Result<(), Diagnostics> {
+    /// Restores EXPORT/<db>.dump into database `into` of the target, as its user;
+    /// with `clean`, the dump's objects already there are dropped first.
+    pub async fn restore(
+        &self,
+        db: &str,
+        into: &str,
+        t: &Target<'_>,
+        clean: bool,
+    ) -> Result<(), Diagnostics> {
         let file = format!("{EXPORT_MOUNT}/{db}.dump");
         let port = t.port.to_string();
+        let mode = if clean { "clean" } else { "keep" };
         let args = [
             "exec", "-i", &self.name, "bash", "-c", RESTORE, "restore", t.host, &port, t.user,
-            into, &file, t.sslmode,
+            into, &file, t.sslmode, mode,
         ];
-        let mut stdin = t.password.expose().as_bytes().to_vec();
-        stdin.push(b'\n');
-        let (cmd, out) = self.docker(&args, Some(&stdin)).await?;
+        let (cmd, out) = self.docker(&args, Some(&password_line(t))).await?;
         if !out.success() {
             return Err(fail(
                 &format!("Could not import database {db} into {}:{}", t.host, t.port),
@@ -193,11 +335,58 @@ impl<'a> EmbeddedPostgres<'a> {
                 &out,
             ));
         }
-        log::info!(
-            "imported database {db} into {into} at {}:{}",
-            t.host,
-            t.port
-        );
+        Ok(())
+    }
+
+    /// Makes the export directory 0700 and `files` in it 0600; their sizes and SHA-256.
+    pub async fn seal(&self, files: &[String]) -> Result<Vec<ExportFile>, Diagnostics> {
+        let mut args = vec!["exec", &self.name, "bash", "-c", SEAL, "seal", EXPORT_MOUNT];
+        args.extend(files.iter().map(String::as_str));
+        let (cmd, out) = self.docker(&args, None).await?;
+        if !out.success() {
+            return Err(fail("Could not seal the export", &cmd, &out));
+        }
+        let mut sealed = Vec::new();
+        for r in rows_of(&out) {
+            if let [name, size, sha] = r.as_slice() {
+                sealed.push(ExportFile {
+                    name: name.clone(),
+                    size: size.parse().unwrap_or(0),
+                    sha256: sha.clone(),
+                });
+            }
+        }
+        if sealed.len() != files.len() {
+            return Err(Diagnostic::error(
+                "Could not seal the export",
+                format!(
+                    "`{cmd}` listed {} of {} files:\n{}",
+                    sealed.len(),
+                    files.len(),
+                    out.evidence()
+                ),
+            )
+            .into());
+        }
+        Ok(sealed)
+    }
+
+    /// Deletes `files` from the export directory.
+    pub async fn remove(&self, files: &[String]) -> Result<(), Diagnostics> {
+        let mut args = vec![
+            "exec",
+            &self.name,
+            "bash",
+            "-c",
+            REMOVE,
+            "remove",
+            EXPORT_MOUNT,
+        ];
+        args.extend(files.iter().map(String::as_str));
+        let (cmd, out) = self.docker(&args, None).await?;
+        if !out.success() {
+            return Err(fail("Could not remove the export", &cmd, &out));
+        }
         Ok(())
     }
 
@@ -207,6 +396,13 @@ impl<'a> EmbeddedPostgres<'a> {
             log::warn!("removing container {}: {d}", self.name);
         }
     }
+}
+
+/// The target's password and a newline: what the fixed scripts read first on stdin.
+fn password_line(t: &Target<'_>) -> Vec<u8> {
+    let mut stdin = t.password.expose().as_bytes().to_vec();
+    stdin.push(b'\n');
+    stdin
 }
 
 async fn docker(

@@ -1,5 +1,459 @@
-//! `circleci_data_migration` (in progress): carrying the embedded PostgreSQL, MongoDB
-//! and Vault transit key over to the external services. The pieces land first, each
-//! tested against the Services-machine simulator; the resource follows.
+//! `circleci_data_migration`: carries the data of the embedded PostgreSQL and the
+//! embedded Vault's transit key over to the external services, the step the runbook
+//! requires ("the content of the databases currently in use on the Services machine
+//! must be exported and then imported into the external databases") and never spells
+//! out. Create runs the migration once; nothing else does, unless `triggers` change.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{string_list, validate};
+use crate::circleci::migration as mig;
+use crate::circleci::postgres::{check_identifier, DEFAULT_DATABASES, DEFAULT_USER};
+use crate::plugin::schema::{NestedBlock, Nesting};
+use crate::plugin::{
+    resource::changed, Applied, AttrPath, Attribute, Block, Diagnostic, Diagnostics, PlanRequest,
+    Resource, Schema, Type, Value,
+};
+use crate::provider::ProviderData;
 
 pub mod embedded_postgres;
+mod run;
+pub mod vault_key;
+
+const ID: &str = "circleci-data-migration";
+const POSTGRES: &str = "postgres";
+const VAULT: &str = vault_key::BLOCK;
+const EXPORT_DIR: &str = "/data/circle/external-services-export";
+const STOP_TIMEOUT: &str = "10m";
+const COMMAND_TIMEOUT: &str = "6h";
+const SSLMODES: [&str; 4] = ["disable", "allow", "prefer", "require"];
+/// The container the embedded PostgreSQL runs in during the export.
+const CONTAINER: &str = "circleci-data-migration-postgres";
+
+/// What the last migration did; unknown in a plan that migrates.
+const OUTCOME: [&str; 10] = [
+    "app_stopped_at",
+    "migrated_at",
+    "elapsed",
+    "throughput",
+    "export_sha256",
+    "export_bytes",
+    "postgres_tables",
+    "postgres_rows",
+    "postgres_bytes",
+    "skipped",
+];
+
+pub struct DataMigration {
+    data: Arc<ProviderData>,
+}
+
+impl DataMigration {
+    pub fn new(data: Arc<ProviderData>) -> Self {
+        DataMigration { data }
+    }
+}
+
+fn duration_of(v: &Value, name: &str, default: &str) -> Duration {
+    v.get(name)
+        .as_str()
+        .and_then(|s| humantime::parse_duration(s).ok())
+        .or_else(|| humantime::parse_duration(default).ok())
+        .unwrap_or(Duration::from_secs(600))
+}
+
+fn postgres_block() -> Block {
+    let names = DEFAULT_DATABASES.map(|d| format!("`{d}`")).join(", ");
+    super::password_attrs(
+        Block::new()
+            .description(
+                "The embedded PostgreSQL and where its databases go. Each database is exported with `pg_dump -Fc` \
+                 from a temporary container of the embedded version over the embedded data directory (as \
+                 CircleCI's own export script does), then restored with `pg_restore --no-owner \
+                 --no-privileges --single-transaction` into the database of the same name on the external \
+                 server, logged in as `user` (the role `circleci_postgres_databases` made owner of them: no \
+                 superuser is needed). Extensions are left as `circleci_postgres_databases` created them.",
+            )
+            .attr(Attribute::new("image", Type::String).optional().computed().description(&format!(
+                "The embedded PostgreSQL's image. Default `{}` (CircleCI 2.17's).",
+                mig::PG_IMAGE
+            )))
+            .attr(Attribute::new("data_dir", Type::String).optional().computed().description(&format!(
+                "The embedded data directory on the Services machine. Default `{}`.",
+                mig::PG_DATA
+            )))
+            .attr(Attribute::new("databases", Type::list(Type::String)).optional().computed().description(
+                &format!("The databases to carry over. Default: the runbook's nine, {names}."),
+            ))
+            .attr(Attribute::new("host", Type::String).required().description(
+                "The external PostgreSQL, as the Services machine reaches it (the restore runs there).",
+            ))
+            .attr(Attribute::new("port", Type::Number).optional().computed().description("Its port. Default `5432`."))
+            .attr(Attribute::new("user", Type::String).optional().computed().description(
+                "The role the data is restored as, owner of the target databases. Default `circle`.",
+            ))
+            .attr(Attribute::new("sslmode", Type::String).optional().computed().description(
+                "libpq's sslmode for the restore's connection from the Services machine: `disable`, `allow`, \
+                 `prefer` (default) or `require`.",
+            )),
+        "The password of `user`",
+        "nothing: the password is only used when the migration runs",
+    )
+}
+
+fn vault_block() -> Block {
+    Block::new()
+        .description(
+            "The embedded Vault's transit key CircleCI encrypts contexts' secrets with. Without it, the external \
+             Vault's fresh key cannot decrypt a single existing context secret. Moved with Vault's transit \
+             backup and restore into the provider's `vault`. **This changes the source key for good**: Vault \
+             hands out a backup only of a key marked `exportable` with `allow_plaintext_backup`, and neither \
+             flag can ever be turned off again.",
+        )
+        .attr(Attribute::new("source_address", Type::String).required().description(
+            "The embedded Vault's address, as Terraform reaches it, e.g. `http://services.internal:8200`.",
+        ))
+        .attr(Attribute::new("source_token_wo", Type::String).required().sensitive().write_only().description(
+            "A token of the embedded Vault that may update, back up and use the key (its root token), \
+             write-only: never stored in the plan or state.",
+        ))
+        .attr(Attribute::new("source_ca_cert_file", Type::String).optional().description(
+            "CA certificate (PEM) of the embedded Vault's certificate, when it uses https.",
+        ))
+        .attr(Attribute::new("source_mount", Type::String).optional().computed().description(
+            "The transit mount in the embedded Vault. Default `transit`.",
+        ))
+        .attr(Attribute::new("key", Type::String).optional().computed().description(
+            "The key's name, kept on the external Vault. Default `context-service`.",
+        ))
+        .attr(Attribute::new("target_mount", Type::String).optional().computed().description(
+            "The transit mount in the external Vault (enabled if missing). Default `transit`.",
+        ))
+}
+
+fn block() -> Block {
+    let dur = |name: &str, default: &str, what: &str| {
+        Attribute::new(name, Type::String)
+            .optional()
+            .computed()
+            .description(&format!("{what}, e.g. `{default}` (default)."))
+    };
+    let flag = |name: &str, what: &str| {
+        Attribute::new(name, Type::Bool)
+            .optional()
+            .computed()
+            .description(what)
+    };
+    Block::new()
+        .description(include_str!("about.md"))
+        .attr(Attribute::new("id", Type::String).computed().description("Always `circleci-data-migration`."))
+        .attr(Attribute::new("triggers", Type::map(Type::String)).optional().description(
+            "Values whose change runs the migration again (against targets that now hold data, that needs \
+             `overwrite_existing`). Nothing else does.",
+        ))
+        .attr(flag(
+            "stop_app",
+            "Stop CircleCI through `replicatedctl app stop` before the export and leave it stopped for \
+             `circleci_services_restart`. Default `true`. With `false`, the migration refuses while CircleCI runs.",
+        ))
+        .attr(dur("stop_timeout", STOP_TIMEOUT, "How long CircleCI may take to stop"))
+        .attr(dur("command_timeout", COMMAND_TIMEOUT, "The deadline of each export, import and check command"))
+        .attr(flag(
+            "overwrite_existing",
+            "Restore into target databases that already hold tables, and over a transit key of the same name \
+             (the dump's objects are dropped first). Default `false`: such a target is refused before anything \
+             changes, unless it already holds exactly the embedded data (then it is left as it is).",
+        ))
+        .attr(flag(
+            "keep_export",
+            "Keep the export on the Services machine as the backup before the change (mode 0600, in a 0700 \
+             directory). Default `true`; `false` deletes it once the import is verified.",
+        ))
+        .attr(flag(
+            "remove_export_on_destroy",
+            "Delete the export files when this resource is destroyed. Default `false`.",
+        ))
+        .attr(Attribute::new("export_dir", Type::String).optional().computed().description(&format!(
+            "Where the export is written on the Services machine (on the data volume). Default `{EXPORT_DIR}`."
+        )))
+        .attr(Attribute::new("config_root", Type::String).optional().computed().description(
+            "The directory the machine's paths are under, for removing the export on destroy. Default `/`; only \
+             tests and demos change it.",
+        ))
+        .attr(Attribute::new("app_stopped_at", Type::String).computed().description(
+            "When CircleCI was stopped for the migration (RFC 3339, UTC); empty when it already was.",
+        ))
+        .attr(Attribute::new("migrated_at", Type::String).computed().description(
+            "When the migration was verified (RFC 3339, UTC).",
+        ))
+        .attr(Attribute::new("elapsed", Type::String).computed().description("How long the migration took, e.g. `42.5s`."))
+        .attr(Attribute::new("throughput", Type::String).computed().description(
+            "The embedded databases' size and rows over the PostgreSQL part's time, e.g. `12.3 MB/s, 45000 rows/s`.",
+        ))
+        .attr(Attribute::new("export_sha256", Type::map(Type::String)).computed().description(
+            "Each export file on the Services machine (full path) and its SHA-256.",
+        ))
+        .attr(Attribute::new("export_bytes", Type::Number).computed().description("The export's total size in bytes."))
+        .attr(Attribute::new("postgres_tables", Type::map(Type::String)).computed().description(
+            "Every table carried over (`database.schema.table`) with its row count and content checksum, equal \
+             on both sides: `N rows, checksum C`.",
+        ))
+        .attr(Attribute::new("postgres_rows", Type::Number).computed().description("Rows carried over in all."))
+        .attr(Attribute::new("postgres_bytes", Type::Number).computed().description(
+            "The embedded databases' size in bytes (`pg_database_size`).",
+        ))
+        .attr(Attribute::new("skipped", Type::list(Type::String)).computed().description(
+            "Targets found already holding exactly the embedded data, left as they were (e.g. after an \
+             interrupted apply).",
+        ))
+        .block(NestedBlock::new(POSTGRES, Nesting::Single, postgres_block()))
+        .block(NestedBlock::new(VAULT, Nesting::Single, vault_block()))
+}
+
+fn check_image(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 255
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | ':' | '@'))
+        && !s.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is not a Docker image reference such as \"postgres:9.5.8\""
+        ))
+    }
+}
+
+fn check_vault_name(s: &str) -> Result<(), String> {
+    super::vault_transit_client::check_name(s)
+}
+
+fn check_address(s: &str) -> Result<(), String> {
+    crate::circleci::vault::Address::parse(s).map(|_| ())
+}
+
+fn validate_config(config: &Value) -> Diagnostics {
+    use validate::Check;
+    let mut diags = Diagnostics::new();
+    let d = |min, max| Check::Duration {
+        min_secs: min,
+        max_secs: max,
+    };
+    validate::run(
+        config,
+        &[
+            ("stop_timeout", d(1, 24 * 3600)),
+            ("command_timeout", d(1, 48 * 3600)),
+            ("export_dir", Check::RemotePath),
+            ("config_root", Check::RemotePath),
+        ],
+        &mut diags,
+    );
+    validate::run_in(
+        config,
+        POSTGRES,
+        &[
+            ("image", Check::Text("Invalid image", check_image)),
+            ("data_dir", Check::RemotePath),
+            ("host", Check::Host),
+            ("port", Check::Port),
+            ("user", Check::Text("Invalid role name", check_identifier)),
+            ("sslmode", Check::OneOf(&SSLMODES)),
+            ("password_wo", Check::PasswordPair),
+        ],
+        &mut diags,
+    );
+    validate::run_in(
+        config,
+        VAULT,
+        &[
+            (
+                "source_address",
+                Check::Text("Invalid Vault address", check_address),
+            ),
+            (
+                "source_mount",
+                Check::Text("Invalid mount", check_vault_name),
+            ),
+            (
+                "target_mount",
+                Check::Text("Invalid mount", check_vault_name),
+            ),
+            ("key", Check::Text("Invalid key name", check_vault_name)),
+        ],
+        &mut diags,
+    );
+    if let Some(list) = config.get(POSTGRES).get("databases").as_list() {
+        let mut seen = Vec::new();
+        for (i, v) in list.iter().enumerate() {
+            let Some(db) = v.as_str() else { continue };
+            let at = AttrPath::root(POSTGRES).attr("databases").index(i as i64);
+            if let Err(e) = check_identifier(db) {
+                diags.attr_error(at, "Invalid database name", format!("{db:?} {e}"));
+            } else if seen.contains(&db) {
+                diags.attr_error(at, "Duplicate database", format!("{db:?} is listed twice"));
+            }
+            seen.push(db);
+        }
+        if list.is_empty() {
+            diags.attr_error(
+                AttrPath::root(POSTGRES).attr("databases"),
+                "No databases",
+                "list at least one database, or leave databases out for the runbook's nine",
+            );
+        }
+    }
+    let given = |b: &str| !config.get(b).is_null();
+    if !given(POSTGRES) && !given(VAULT) {
+        diags.error(
+            "Nothing to migrate",
+            "add a postgres block, a vault_transit_key block, or both",
+        );
+    }
+    diags
+}
+
+/// Fills the defaults of the nested blocks that are present.
+fn nested_defaults(planned: &mut Value) {
+    let fill = |b: &mut Value, pairs: Vec<(&str, Value)>| {
+        for (k, v) in pairs {
+            if b.get(k).is_null() {
+                b.set(k, v);
+            }
+        }
+    };
+    let mut pg = planned.get(POSTGRES).clone();
+    if !pg.is_null() && !pg.is_unknown() {
+        let dbs: Vec<String> = DEFAULT_DATABASES.iter().map(|s| s.to_string()).collect();
+        fill(
+            &mut pg,
+            vec![
+                ("image", Value::string(mig::PG_IMAGE)),
+                ("data_dir", Value::string(mig::PG_DATA)),
+                ("databases", string_list(&dbs)),
+                ("port", Value::int(5432)),
+                ("user", Value::string(DEFAULT_USER)),
+                ("sslmode", Value::string("prefer")),
+            ],
+        );
+        planned.set(POSTGRES, pg);
+    }
+    let mut v = planned.get(VAULT).clone();
+    if !v.is_null() && !v.is_unknown() {
+        fill(
+            &mut v,
+            vec![
+                ("source_mount", Value::string("transit")),
+                ("key", Value::string("context-service")),
+                ("target_mount", Value::string("transit")),
+            ],
+        );
+        planned.set(VAULT, v);
+    }
+}
+
+fn top_defaults() -> [(&'static str, Value); 8] {
+    [
+        ("stop_app", Value::Bool(true)),
+        ("stop_timeout", Value::string(STOP_TIMEOUT)),
+        ("command_timeout", Value::string(COMMAND_TIMEOUT)),
+        ("overwrite_existing", Value::Bool(false)),
+        ("keep_export", Value::Bool(true)),
+        ("remove_export_on_destroy", Value::Bool(false)),
+        ("export_dir", Value::string(EXPORT_DIR)),
+        ("config_root", Value::string("/")),
+    ]
+}
+
+#[async_trait]
+impl Resource for DataMigration {
+    fn type_name(&self) -> &'static str {
+        "circleci_data_migration"
+    }
+
+    fn schema(&self) -> Schema {
+        Schema::new(0, block())
+    }
+
+    fn validate(&self, config: &Value) -> Diagnostics {
+        validate_config(config)
+    }
+
+    async fn plan(
+        &self,
+        req: &PlanRequest<'_>,
+        planned: &mut Value,
+        _diags: &mut Diagnostics,
+    ) -> Vec<AttrPath> {
+        super::set_defaults(req.config, planned, top_defaults());
+        nested_defaults(planned);
+        planned.set("id", Value::string(ID));
+        // An imported migration (made by other means) records no triggers: the first
+        // plan adopts the configured ones rather than migrating again.
+        let imported = req.prior.get("migrated_at").as_str() == Some("")
+            && req.prior.get("triggers").is_null();
+        let migrate = req.is_create() || (changed(req.prior, planned, "triggers") && !imported);
+        for a in OUTCOME {
+            let v = if migrate {
+                Value::Unknown
+            } else {
+                req.prior.get(a).clone()
+            };
+            planned.set(a, v);
+        }
+        vec![]
+    }
+
+    async fn create(&self, planned: &Value, config: &Value) -> Applied {
+        self.migrate(planned, config).await
+    }
+
+    async fn update(&self, _prior: &Value, planned: &Value, config: &Value) -> Applied {
+        if !planned.get("migrated_at").is_unknown() {
+            return Applied::from_result(Ok(planned.clone()));
+        }
+        self.migrate(planned, config).await
+    }
+
+    async fn read(&self, state: &Value) -> Result<Option<Value>, Diagnostics> {
+        // A migration is an event: nothing on the servers says whether it still holds.
+        Ok(Some(state.clone()))
+    }
+
+    async fn delete(&self, prior: &Value) -> Applied {
+        if prior.get("remove_export_on_destroy").as_bool() != Some(true) {
+            return Applied::deleted(Diagnostics::new());
+        }
+        match self.remove_export(prior).await {
+            Ok(()) => Applied::deleted(Diagnostics::new()),
+            Err(d) => Applied::kept(prior, d),
+        }
+    }
+
+    async fn import(&self, id: &str) -> Result<Value, Diagnostics> {
+        if id != ID {
+            return Err(Diagnostic::error(
+                "Invalid import ID",
+                format!(
+                    "import a migration made by other means as {ID:?} (got {id:?}); the resource then records \
+                     that it happened and never runs it"
+                ),
+            )
+            .into());
+        }
+        let mut v = Value::Null;
+        v.set("id", Value::string(ID));
+        for (k, d) in top_defaults() {
+            v.set(k, d);
+        }
+        for a in OUTCOME {
+            v.set(a, Value::Null);
+        }
+        v.set("migrated_at", Value::string(""));
+        Ok(v)
+    }
+}

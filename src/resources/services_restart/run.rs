@@ -63,7 +63,7 @@ impl ServicesRestart {
         .into())
     }
 
-    pub(super) async fn status(&self) -> Result<AppStatus, Diagnostics> {
+    pub(crate) async fn status(&self) -> Result<AppStatus, Diagnostics> {
         let json = self
             .command(Program::Replicatedctl, &["app", "status", "-o", "json"])
             .await?;
@@ -183,6 +183,20 @@ impl ServicesRestart {
             }
             tokio::time::sleep(POLL).await;
         }
+    }
+
+    /// Stops CircleCI, unless Replicated already reports it stopped, and waits until it
+    /// is (within `within`; an error names `stop_timeout`). For the data migration,
+    /// which leaves it stopped for `circleci_services_restart`.
+    pub(crate) async fn stop_app(&self, within: Duration) -> Result<(), Diagnostics> {
+        let st = self.status().await?;
+        if st.settled_in("stopped") {
+            return Ok(());
+        }
+        log::info!("stopping CircleCI (state {})", st.state);
+        self.command(Program::Replicatedctl, &["app", "stop"])
+            .await?;
+        self.wait_for("stopped", within).await.map(|_| ())
     }
 
     /// Runs `checks` until all pass or `within` passes (or Terraform asks to stop).

@@ -1,0 +1,56 @@
+# Carry the embedded data over before CircleCI is pointed at the external services:
+# the PostgreSQL databases circleci_postgres_databases created receive the embedded
+# ones, and the external Vault receives the embedded Vault's context-service key, so
+# that every existing context secret still decrypts. CircleCI is stopped here and left
+# stopped; circleci_services_restart starts it once every file is in place.
+variable "circle_db_password" {
+  type      = string
+  sensitive = true
+}
+
+variable "embedded_vault_token" {
+  type      = string
+  sensitive = true
+}
+
+resource "circleci_postgres_databases" "circle" {
+  host                = "postgres.internal"
+  password_wo         = var.circle_db_password
+  password_wo_version = 1
+}
+
+resource "circleci_data_migration" "this" {
+  postgres {
+    host        = circleci_postgres_databases.circle.host
+    port        = circleci_postgres_databases.circle.port
+    user        = circleci_postgres_databases.circle.user
+    password_wo = var.circle_db_password
+    sslmode     = "require"
+  }
+
+  vault_transit_key {
+    source_address  = "http://services.internal:8200" # the embedded Vault
+    source_token_wo = var.embedded_vault_token
+  }
+}
+
+# The Vault client resource finds the key already there and uses it.
+resource "circleci_vault_transit_client" "contexts" {
+  depends_on = [circleci_data_migration.this]
+}
+
+resource "circleci_services_restart" "this" {
+  triggers = {
+    migration = circleci_data_migration.this.migrated_at
+    postgres  = circleci_postgres_databases.circle.file_sha256
+    vault     = circleci_vault_transit_client.contexts.file_sha256
+  }
+}
+
+output "migration" {
+  value = {
+    rows       = circleci_data_migration.this.postgres_rows
+    throughput = circleci_data_migration.this.throughput
+    export     = circleci_data_migration.this.export_sha256
+  }
+}

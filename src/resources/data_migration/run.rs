@@ -1,0 +1,537 @@
+//! The migration itself: preflight, stop, PostgreSQL, Vault, record.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::embedded_postgres::{EmbeddedPostgres, ExportFile, Source, Target};
+use super::vault_key::{Found, KeyMove};
+use super::*;
+use crate::backends::vault::{Vault, VaultConfig};
+use crate::circleci::migration::{compare, TableStat, EXPECTED_TABLES};
+use crate::plugin::stop;
+use crate::resources::services_restart::ServicesRestart;
+use crate::resources::{ssh_diag, strings};
+use crate::secret::Secret;
+
+/// The `postgres` block, resolved.
+struct PgSettings {
+    image: String,
+    data_dir: String,
+    databases: Vec<String>,
+    host: String,
+    port: u16,
+    user: String,
+    password: Secret,
+    sslmode: String,
+}
+
+/// Everything a migration needs, from the planned state and (for the write-only
+/// values) the configuration.
+struct Settings {
+    stop_app: bool,
+    stop_timeout: Duration,
+    command_timeout: Duration,
+    overwrite: bool,
+    keep_export: bool,
+    export_dir: String,
+    postgres: Option<PgSettings>,
+    vault: Option<(VaultConfig, String, String, String)>,
+}
+
+fn settings(planned: &Value, config: &Value, timeout: Duration) -> Result<Settings, Diagnostics> {
+    let pg = planned.get(POSTGRES);
+    let postgres = if pg.is_null() {
+        None
+    } else {
+        let c = config.get(POSTGRES);
+        let password = super::super::required_password(c).map_err(|d| {
+            let mut out = Diagnostics::new();
+            for x in d.0 {
+                out.push(x.at(AttrPath::root(POSTGRES).attr("password_wo")));
+            }
+            out
+        })?;
+        Some(PgSettings {
+            image: pg.get("image").as_str().unwrap_or(mig::PG_IMAGE).into(),
+            data_dir: pg.get("data_dir").as_str().unwrap_or(mig::PG_DATA).into(),
+            databases: strings(pg.get("databases")),
+            host: pg.get("host").as_str().unwrap_or_default().into(),
+            port: pg.get("port").as_i64().unwrap_or(5432) as u16,
+            user: pg.get("user").as_str().unwrap_or(DEFAULT_USER).into(),
+            password: Secret(password.to_string()),
+            sslmode: pg.get("sslmode").as_str().unwrap_or("prefer").into(),
+        })
+    };
+    let v = planned.get(VAULT);
+    let vault = if v.is_null() {
+        None
+    } else {
+        let token = config
+            .get(VAULT)
+            .get("source_token_wo")
+            .as_str()
+            .unwrap_or_default();
+        let cfg = VaultConfig {
+            address: v
+                .get("source_address")
+                .as_str()
+                .unwrap_or_default()
+                .trim_end_matches('/')
+                .into(),
+            token: Secret(token.to_string()),
+            ca_cert_file: v
+                .get("source_ca_cert_file")
+                .as_str()
+                .map(crate::provider::expand_home),
+            namespace: None,
+            skip_tls_verify: false,
+            timeout,
+        };
+        let s = |k: &str, d: &str| v.get(k).as_str().unwrap_or(d).to_string();
+        Some((
+            cfg,
+            s("source_mount", "transit"),
+            s("key", "context-service"),
+            s("target_mount", "transit"),
+        ))
+    };
+    Ok(Settings {
+        stop_app: planned.get("stop_app").as_bool().unwrap_or(true),
+        stop_timeout: duration_of(planned, "stop_timeout", STOP_TIMEOUT),
+        command_timeout: duration_of(planned, "command_timeout", COMMAND_TIMEOUT),
+        overwrite: planned.get("overwrite_existing").as_bool() == Some(true),
+        keep_export: planned.get("keep_export").as_bool() != Some(false),
+        export_dir: planned
+            .get("export_dir")
+            .as_str()
+            .unwrap_or(EXPORT_DIR)
+            .into(),
+        postgres,
+        vault,
+    })
+}
+
+/// What the PostgreSQL part found and did.
+#[derive(Default)]
+struct PgOutcome {
+    tables: BTreeMap<String, Value>,
+    rows: i64,
+    bytes: u64,
+    files: Vec<ExportFile>,
+    skipped: Vec<String>,
+    took: Duration,
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+fn stopped_error(what: &str) -> Diagnostics {
+    Diagnostic::error(
+        "Stopped",
+        format!(
+            "Terraform asked the provider to stop {what}. Run terraform apply again to migrate."
+        ),
+    )
+    .into()
+}
+
+impl DataMigration {
+    pub(super) async fn migrate(&self, planned: &Value, config: &Value) -> Applied {
+        Applied::from_result(self.migrate_inner(planned, config).await)
+    }
+
+    async fn migrate_inner(&self, planned: &Value, config: &Value) -> Result<Value, Diagnostics> {
+        let s = settings(planned, config, self.data.timeout())?;
+        let started = Instant::now();
+        let restart = ServicesRestart::new(self.data.clone());
+        let app = restart.status().await?;
+        let running = !app.settled_in("stopped");
+        if running && !s.stop_app {
+            return Err(Diagnostic::error(
+                "CircleCI is running",
+                format!(
+                    "Replicated reports CircleCI {:?}; the embedded data must not change during the export. \
+                     Stop it (Management Console: Stop Now), or set stop_app = true. Nothing was changed.",
+                    app.state
+                ),
+            )
+            .at(AttrPath::root("stop_app"))
+            .into());
+        }
+        let occupied = match &s.postgres {
+            Some(p) => self.pg_preflight(p, s.overwrite, running).await?,
+            None => Vec::new(),
+        };
+        let vault_target = match &s.vault {
+            Some(_) => Some(self.data.vault()?),
+            None => None,
+        };
+        let key_move = match (&s.vault, &vault_target) {
+            (Some((cfg, sm, key, tm)), Some(t)) => Some(KeyMove {
+                source: Vault::new(cfg.clone()),
+                target: t,
+                source_mount: sm.clone(),
+                target_mount: tm.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        };
+        let found = match &key_move {
+            Some(k) => Some(k.preflight().await?),
+            None => None,
+        };
+        if found == Some(Found::Different) && !s.overwrite {
+            return Err(Diagnostic::error(
+                "The external Vault already has another key of that name",
+                "its transit key does not decrypt what the embedded Vault's key encrypts; restoring over it \
+                 loses whatever it encrypted. Set overwrite_existing = true to replace it. Nothing was changed.",
+            )
+            .at(AttrPath::root(VAULT).attr("key"))
+            .into());
+        }
+        if stop::requested() {
+            return Err(stopped_error("before anything changed"));
+        }
+        let mut state = planned.clone();
+        state.set("app_stopped_at", Value::string(""));
+        if running {
+            restart.stop_app(s.stop_timeout).await?;
+            state.set("app_stopped_at", Value::string(now()));
+        }
+        let pg = match &s.postgres {
+            Some(p) => self.migrate_postgres(&s, p, &occupied).await?,
+            None => PgOutcome::default(),
+        };
+        let mut skipped = pg.skipped.clone();
+        if let (Some(k), Some(found)) = (&key_move, found) {
+            if found == Found::Same && !s.overwrite {
+                log::info!(
+                    "the external Vault already has transit key {}: left as it is",
+                    k.key
+                );
+                skipped.push(format!("vault:{}/{}", k.target_mount, k.key));
+            } else {
+                k.run(found != Found::Absent).await?;
+            }
+            k.verify().await?;
+            log::info!(
+                "transit key {} verified: a ciphertext of the source decrypts on the target",
+                k.key
+            );
+        }
+        record(&mut state, &s, &pg, skipped, started.elapsed());
+        Ok(state)
+    }
+
+    /// Before anything changes: every target database exists and is owned by the
+    /// restore's role; those already holding tables (returned) are refused unless
+    /// overwrite_existing, or unless CircleCI is stopped (they are compared with the
+    /// embedded data once it can be read).
+    async fn pg_preflight(
+        &self,
+        p: &PgSettings,
+        overwrite: bool,
+        running: bool,
+    ) -> Result<Vec<String>, Diagnostics> {
+        let admin = self.data.postgres()?;
+        let diag = |summary: &str, e: crate::backends::postgres::PgError| -> Diagnostics {
+            Diagnostic::error(summary, e.to_string()).into()
+        };
+        let owners = admin
+            .databases(&p.databases)
+            .await
+            .map_err(|e| diag("Could not read the external PostgreSQL's databases", e))?;
+        let at = AttrPath::root(POSTGRES).attr("databases");
+        let mut occupied = Vec::new();
+        for db in &p.databases {
+            match owners.get(db) {
+                None => {
+                    return Err(Diagnostic::error(
+                        "Target database missing",
+                        format!(
+                            "{} has no database {db:?}; create the databases first (circleci_postgres_databases, \
+                             and reference it from this resource). Nothing was changed.",
+                            admin.target()
+                        ),
+                    )
+                    .at(at)
+                    .into())
+                }
+                Some(owner) if owner != &p.user => {
+                    return Err(Diagnostic::error(
+                        "Target database owned by another role",
+                        format!(
+                            "database {db:?} at {} is owned by {owner:?}, not by {:?} (postgres.user), which the \
+                             data is restored as. Nothing was changed.",
+                            admin.target(),
+                            p.user
+                        ),
+                    )
+                    .at(at)
+                    .into())
+                }
+                Some(_) => {}
+            }
+            let tables = admin
+                .text_rows(db, "listing tables", mig::TABLES_SQL)
+                .await
+                .map_err(|e| diag("Could not list the target's tables", e))?;
+            if tables.is_empty() {
+                continue;
+            }
+            if !overwrite && running {
+                let names: Vec<String> = tables
+                    .iter()
+                    .take(5)
+                    .filter_map(|r| r.first().cloned())
+                    .collect();
+                return Err(Diagnostic::error(
+                    "Target database not empty",
+                    format!(
+                        "database {db:?} at {} already holds {} tables ({}{}), and CircleCI is running. Nothing \
+                         was changed. Set overwrite_existing = true to restore over them.",
+                        admin.target(),
+                        tables.len(),
+                        names.join(", "),
+                        if tables.len() > 5 { ", …" } else { "" }
+                    ),
+                )
+                .at(AttrPath::root("overwrite_existing"))
+                .into());
+            }
+            occupied.push(db.clone());
+        }
+        Ok(occupied)
+    }
+
+    async fn migrate_postgres(
+        &self,
+        s: &Settings,
+        p: &PgSettings,
+        occupied: &[String],
+    ) -> Result<PgOutcome, Diagnostics> {
+        let h = self.data.services()?;
+        let source = Source {
+            image: &p.image,
+            data_dir: &p.data_dir,
+            container: CONTAINER,
+        };
+        let started = Instant::now();
+        let e = EmbeddedPostgres::start(
+            &h,
+            &source,
+            &s.export_dir,
+            s.command_timeout,
+            Duration::from_secs(120),
+        )
+        .await?;
+        let r = self.each_database(&e, s, p, occupied).await;
+        let r = match r {
+            Ok(mut out) => {
+                let names: Vec<String> = out.files.iter().map(|f| f.name.clone()).collect();
+                let sealed = e.seal(&names).await;
+                match sealed {
+                    Ok(files) if !s.keep_export => e.remove(&names).await.map(|()| {
+                        log::info!("export removed (keep_export = false)");
+                        out.files = files
+                            .into_iter()
+                            .map(|f| ExportFile {
+                                sha256: String::new(),
+                                ..f
+                            })
+                            .collect();
+                        out
+                    }),
+                    Ok(files) => {
+                        out.files = files;
+                        Ok(out)
+                    }
+                    Err(d) => Err(d),
+                }
+            }
+            Err(d) => Err(d),
+        };
+        e.stop().await;
+        let mut out = r?;
+        out.took = started.elapsed();
+        Ok(out)
+    }
+
+    async fn each_database(
+        &self,
+        e: &EmbeddedPostgres<'_>,
+        s: &Settings,
+        p: &PgSettings,
+        occupied: &[String],
+    ) -> Result<PgOutcome, Diagnostics> {
+        let target = Target {
+            host: &p.host,
+            port: p.port,
+            user: &p.user,
+            password: &p.password,
+            sslmode: &p.sslmode,
+        };
+        let present = e.databases().await?;
+        let mut out = PgOutcome::default();
+        for db in &p.databases {
+            if stop::requested() {
+                return Err(stopped_error(&format!("before database {db}")));
+            }
+            if !present.contains(db) {
+                return Err(Diagnostic::error(
+                    "Database missing in the embedded PostgreSQL",
+                    format!(
+                        "the embedded server over {} has no database {db:?}. Is this the Services machine's data \
+                         directory? Nothing was imported into {db:?}.",
+                        p.data_dir
+                    ),
+                )
+                .at(AttrPath::root(POSTGRES).attr("databases"))
+                .into());
+            }
+            let size = e.source_size(db).await?;
+            let source = e.source_stats(db).await?;
+            sanity_check(db, &source)?;
+            let rows: i64 = source.iter().map(|t| t.rows).sum();
+            log::info!(
+                "database {db}: {} tables, {rows} rows, {size} bytes; exporting",
+                source.len()
+            );
+            let file = e.dump(db).await?;
+            out.files.push(ExportFile {
+                name: file,
+                size: 0,
+                sha256: String::new(),
+            });
+            let clean = occupied.contains(db);
+            if clean {
+                let before = e.target_stats(db, &target).await?;
+                if compare(db, &source, &before).is_empty() && before.len() == source.len() {
+                    log::info!(
+                        "database {db}: the target already holds exactly this data; left as it is"
+                    );
+                    out.skipped.push(format!("postgres:{db}"));
+                    add_tables(&mut out, db, &source, size);
+                    continue;
+                }
+                if !s.overwrite {
+                    return Err(Diagnostic::error(
+                        "Target database not empty",
+                        format!(
+                            "database {db:?} at {}:{} already holds {} tables that differ from the embedded \
+                             data. Nothing was written to it. Set overwrite_existing = true to restore over them.",
+                            p.host,
+                            p.port,
+                            before.len()
+                        ),
+                    )
+                    .at(AttrPath::root("overwrite_existing"))
+                    .into());
+                }
+            }
+            log::info!("database {db}: importing into {}:{}", p.host, p.port);
+            e.restore(db, db, &target, clean).await?;
+            let after = e.target_stats(db, &target).await?;
+            let diffs = compare(db, &source, &after);
+            if !diffs.is_empty() {
+                return Err(Diagnostic::error(
+                    format!("Database {db} differs after the import"),
+                    format!("{}\nCircleCI was left stopped.", diffs.join("\n")),
+                )
+                .into());
+            }
+            for t in &source {
+                log::info!("database {db}: table {} verified, {} rows", t.table, t.rows);
+            }
+            add_tables(&mut out, db, &source, size);
+        }
+        Ok(out)
+    }
+
+    /// Destroy with remove_export_on_destroy: deletes the recorded export files.
+    pub(super) async fn remove_export(&self, prior: &Value) -> Result<(), Diagnostics> {
+        let h = self.data.services()?;
+        let root = prior
+            .get("config_root")
+            .as_str()
+            .unwrap_or("/")
+            .trim_end_matches('/');
+        if let Value::Map(files) = prior.get("export_sha256") {
+            for path in files.keys() {
+                let full = format!("{root}{path}");
+                h.remove_file(&full).await.map_err(|e| {
+                    ssh_diag(&format!("Could not delete the export file {full}"), e)
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The tables CircleCI's export script insists on, where they belong.
+fn sanity_check(db: &str, source: &[TableStat]) -> Result<(), Diagnostics> {
+    for (d, table) in EXPECTED_TABLES {
+        if d == db && !source.iter().any(|t| t.table == format!("public.{table}")) {
+            return Err(Diagnostic::error(
+                "The embedded data lacks a table CircleCI needs",
+                format!(
+                    "database {db} has no table {table}, which CircleCI's own export script checks for. Is this \
+                     CircleCI's data directory? Nothing was imported into {db}."
+                ),
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+fn add_tables(out: &mut PgOutcome, db: &str, tables: &[TableStat], size: u64) {
+    for t in tables {
+        out.tables.insert(
+            format!("{db}.{}", t.table),
+            Value::string(format!("{} rows, checksum {}", t.rows, t.checksum)),
+        );
+        out.rows += t.rows;
+    }
+    out.bytes += size;
+}
+
+fn record(state: &mut Value, s: &Settings, pg: &PgOutcome, skipped: Vec<String>, took: Duration) {
+    let dir = s.export_dir.trim_end_matches('/');
+    let files: BTreeMap<String, Value> = pg
+        .files
+        .iter()
+        .filter(|_| s.keep_export)
+        .map(|f| (format!("{dir}/{}", f.name), Value::string(&f.sha256)))
+        .collect();
+    let bytes: u64 = if s.keep_export {
+        pg.files.iter().map(|f| f.size).sum()
+    } else {
+        0
+    };
+    state.set("export_sha256", Value::Map(files));
+    state.set("export_bytes", Value::int(bytes as i64));
+    state.set("postgres_tables", Value::Map(pg.tables.clone()));
+    state.set("postgres_rows", Value::int(pg.rows));
+    state.set("postgres_bytes", Value::int(pg.bytes as i64));
+    state.set("skipped", string_list(&skipped));
+    state.set("migrated_at", Value::string(now()));
+    state.set(
+        "elapsed",
+        Value::string(format!("{:.1}s", took.as_secs_f64())),
+    );
+    let secs = pg.took.as_secs_f64().max(0.001);
+    state.set(
+        "throughput",
+        Value::string(if s.postgres.is_some() {
+            format!(
+                "{:.1} MB/s, {:.0} rows/s",
+                pg.bytes as f64 / 1e6 / secs,
+                pg.rows as f64 / secs
+            )
+        } else {
+            String::new()
+        }),
+    );
+}

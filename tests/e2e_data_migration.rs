@@ -1,0 +1,341 @@
+//! circleci_data_migration through terraform, on the Services-machine simulator: the
+//! embedded PostgreSQL is a real data directory (dev/embedded-fixture.sh) served by a
+//! real server in the simulator's temporary container, the embedded Vault is a second
+//! OpenBao whose context-service key encrypted the fixture's context secrets, the
+//! targets are the test PostgreSQL and the dev OpenBao.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::sim::{Sim, SIMULATOR};
+use common::{servers, Servers, Tf};
+use serde_json::json;
+
+const PW: &str = "migr-Pw-1-'\"$x";
+
+/// A simulator root with the embedded data, whose context secrets the embedded Vault
+/// encrypted.
+fn embedded_root(s: &Servers, rows: &str) -> tempfile::TempDir {
+    let root = common::searchable_tempdir();
+    let out = Command::new(common::repo_root().join("dev/embedded-fixture.sh"))
+        .arg(root.path())
+        .arg(rows)
+        .env(
+            "EMBEDDED_VAULT_ADDR",
+            s.get("CIRCLECI_TEST_EMBEDDED_VAULT_ADDR"),
+        )
+        .env(
+            "EMBEDDED_VAULT_TOKEN",
+            s.get("CIRCLECI_TEST_EMBEDDED_VAULT_TOKEN"),
+        )
+        .env("BAO", s.get("CIRCLECI_TEST_BAO"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    root
+}
+
+fn main_tf(s: &Servers, root: &Path, mount: &str, extra: &str) -> String {
+    format!(
+        r#"{provider}
+resource "circleci_postgres_databases" "pg" {{
+  host                   = "127.0.0.1"
+  port                   = {pg}
+  password_wo            = {pw}
+  password_wo_version    = 1
+  deletion_policy        = "drop"
+  drop_adopted_databases = true
+  config_path            = "{root}/etc/circleconfig/shared/postgresql"
+}}
+resource "circleci_data_migration" "m" {{
+  config_root  = "{root}"
+  stop_timeout = "30s"
+  {extra}
+  postgres {{
+    host        = circleci_postgres_databases.pg.host
+    port        = circleci_postgres_databases.pg.port
+    user        = circleci_postgres_databases.pg.user
+    password_wo = {pw}
+  }}
+  vault_transit_key {{
+    source_address  = {vaddr:?}
+    source_token_wo = {vtoken:?}
+    target_mount    = {mount:?}
+  }}
+}}
+output "m" {{
+  value     = circleci_data_migration.m
+  sensitive = true
+}}
+"#,
+        provider = s.provider_block(""),
+        pg = s.pg_port(),
+        pw = common::hcl_str(PW),
+        root = root.to_str().unwrap(),
+        vaddr = s.get("CIRCLECI_TEST_EMBEDDED_VAULT_ADDR"),
+        vtoken = s.get("CIRCLECI_TEST_EMBEDDED_VAULT_TOKEN"),
+    )
+}
+
+fn app_state(sim: &Sim) -> String {
+    sim.replicatedctl(&["app", "status", "-o", "json"])[0]["State"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn start_app(sim: &Sim) {
+    sim.replicatedctl(&["app", "start"]);
+    for _ in 0..100 {
+        if app_state(sim) == "started" {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    panic!("the simulated app did not start");
+}
+
+/// Terraform wraps diagnostics; words are compared without the line breaks.
+fn flat(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn output(tf: &Tf) -> serde_json::Value {
+    serde_json::from_str(&tf.ok(&["output", "-json", "m"])).unwrap()
+}
+
+fn count(s: &Servers, db: &str, table: &str) -> i64 {
+    s.psql(db, &format!("SELECT count(*) FROM {table}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn migrates_verifies_refuses_to_overwrite_and_converges() {
+    let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let s = servers();
+    // The runbook's databases, as a failed earlier run may have left them.
+    for db in [
+        "circle",
+        "contexts",
+        "conductor_production",
+        "contexts_service_production",
+        "cron_service_production",
+        "domain",
+        "federations",
+        "permissions",
+        "vms",
+    ] {
+        s.psql(
+            "postgres",
+            &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+        );
+    }
+    let root = embedded_root(&s, "700");
+    let sim = Sim::new(&s, json!({"root": root.path(), "transition": 1}));
+    start_app(&sim);
+    let mount = format!("transit-mig-{}", std::process::id());
+    let tf = Tf::new(&main_tf(&s, root.path(), &mount, ""));
+
+    let out = tf.apply();
+    assert!(
+        out.contains("circleci_data_migration.m: Creation complete"),
+        "{out}"
+    );
+    assert_eq!(
+        app_state(&sim),
+        "stopped",
+        "the migration leaves CircleCI stopped"
+    );
+    let m = output(&tf);
+    let tables = m["postgres_tables"].as_object().unwrap();
+    for t in [
+        "circle.public.circle_migrations",
+        "circle.public.builds",
+        "conductor_production.public.build_jobs",
+        "contexts_service_production.public.env_vars",
+        "cron_service_production.public.qrtz_blob_triggers",
+        "vms.public.tasks",
+    ] {
+        assert!(tables.contains_key(t), "{t} not recorded: {tables:?}");
+    }
+    assert_eq!(
+        tables["vms.public.tasks"]
+            .as_str()
+            .unwrap()
+            .split(' ')
+            .next(),
+        Some("700")
+    );
+    // The rows are really in the external server, owned by the role.
+    assert_eq!(count(&s, "circle", "builds"), 700);
+    assert_eq!(count(&s, "conductor_production", "build_jobs"), 700);
+    assert_eq!(
+        s.psql(
+            "vms",
+            "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'"
+        )
+        .trim(),
+        "circle"
+    );
+    let total: i64 = tables
+        .values()
+        .map(|v| {
+            v.as_str()
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+                .parse::<i64>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(m["postgres_rows"].as_i64(), Some(total));
+    assert!(m["throughput"].as_str().unwrap().contains("MB/s"), "{m}");
+    assert_eq!(m["skipped"], json!([]));
+
+    // The export stays, sealed, with the SHA-256 recorded.
+    let files = m["export_sha256"].as_object().unwrap();
+    assert_eq!(files.len(), 9, "{files:?}");
+    for (path, sha) in files {
+        let local = root.path().join(path.trim_start_matches('/'));
+        let bytes = std::fs::read(&local).unwrap();
+        assert_eq!(
+            sha.as_str().unwrap(),
+            terraform_provider_circleci::resources::file_sha256(&bytes)
+        );
+        assert_eq!(common::mode_of(&local), 0o600, "{path}");
+        assert_eq!(common::mode_of(local.parent().unwrap()), 0o700);
+    }
+
+    // Every context secret the embedded Vault encrypted (key versions 1 and 2)
+    // decrypts through the external Vault, read from the external database.
+    let rows = s.psql(
+        "contexts_service_production",
+        "SELECT name || ' ' || ciphertext FROM env_vars ORDER BY name",
+    );
+    let lines: Vec<&str> = rows.lines().collect();
+    assert_eq!(lines.len(), 6, "{rows}");
+    for l in lines {
+        let (name, ct) = l.split_once(' ').unwrap();
+        let n = name.trim_start_matches("FIXTURE_SECRET_");
+        let b64 = s.bao_ok(&[
+            "write",
+            "-field=plaintext",
+            &format!("{mount}/decrypt/context-service"),
+            &format!("ciphertext={ct}"),
+        ]);
+        use base64::Engine;
+        let plain = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(plain).unwrap(),
+            format!("context secret {n} of the embedded install")
+        );
+    }
+    assert_eq!(tf.plan_code(), 0, "a second plan migrates nothing");
+
+    // CircleCI ran on the external database (a row more), and runs: a new migration
+    // is refused before anything changes.
+    start_app(&sim);
+    s.psql(
+        "vms",
+        "INSERT INTO tasks (vm, state) VALUES ('new-vm', 'running')",
+    );
+    tf.write_main(&main_tf(
+        &s,
+        root.path(),
+        &mount,
+        "triggers = { n = \"2\" }",
+    ));
+    let err = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
+    assert!(err.contains("Target database not empty"), "{err}");
+    assert!(err.contains("CircleCI is running"), "{err}");
+    assert!(err.contains("overwrite_existing"), "{err}");
+    assert_eq!(count(&s, "vms", "tasks"), 701, "nothing was changed");
+    assert_eq!(app_state(&sim), "started", "CircleCI was not stopped");
+
+    // Stopped, and the target differs from the embedded data: refused again.
+    sim.replicatedctl(&["app", "stop"]);
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let err = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
+    assert!(err.contains("differ from the embedded"), "{err}");
+    assert_eq!(count(&s, "vms", "tasks"), 701);
+
+    // The same data on both sides (as after an interrupted apply): left as it is.
+    s.psql("vms", "DELETE FROM tasks WHERE vm = 'new-vm'");
+    let out = tf.apply();
+    assert!(out.contains("Modifications complete"), "{out}");
+    let skipped = output(&tf)["skipped"].as_array().unwrap().clone();
+    // The seven databases with tables, and the key (contexts and federations hold no
+    // tables: nothing to compare, they were simply restored again).
+    assert_eq!(skipped.len(), 8, "{skipped:?}");
+    assert!(skipped.contains(&json!("postgres:vms")), "{skipped:?}");
+    assert!(
+        skipped.contains(&json!(format!("vault:{mount}/context-service"))),
+        "{skipped:?}"
+    );
+
+    // overwrite_existing restores over a changed target.
+    s.psql("circle", "DELETE FROM builds WHERE num <= 100");
+    tf.write_main(&main_tf(
+        &s,
+        root.path(),
+        &mount,
+        "triggers = { n = \"3\" }\n  overwrite_existing = true",
+    ));
+    tf.apply();
+    assert_eq!(count(&s, "circle", "builds"), 700);
+    assert_eq!(tf.plan_code(), 0);
+
+    // Destroy touches no data and keeps the export.
+    tf.ok(&[
+        "destroy",
+        "-auto-approve",
+        "-target",
+        "circleci_data_migration.m",
+    ]);
+    assert_eq!(count(&s, "circle", "builds"), 700);
+    assert!(root
+        .path()
+        .join("data/circle/external-services-export/circle.dump")
+        .exists());
+    tf.ok(&["destroy", "-auto-approve"]);
+    drop(sim);
+}
+
+#[test]
+fn bad_input_names_the_attribute() {
+    let s = servers();
+    let root = common::searchable_tempdir();
+    let tf = Tf::new(&main_tf(
+        &s,
+        root.path(),
+        "transit",
+        "export_dir = \"relative/dir\"",
+    ));
+    let err = tf.fails(&["validate", "-no-color"]);
+    assert!(err.contains("export_dir"), "{err}");
+    let bad = main_tf(&s, root.path(), "transit", "").replace(
+        "    password_wo = ",
+        "    image       = \"postgres:9.5.8; rm -rf /\"\n    sslmode     = \"verify-full\"\n    password_wo = ",
+    );
+    tf.write_main(&bad);
+    let err = tf.fails(&["validate", "-no-color"]);
+    assert!(err.contains("Invalid image"), "{err}");
+    assert!(
+        err.contains("image       = \"postgres:9.5.8; rm -rf /\""),
+        "{err}"
+    );
+    assert!(err.contains("Invalid sslmode"), "{err}");
+}
