@@ -57,6 +57,8 @@ aws_endpoint       = "$CIRCLECI_TEST_AWS_ENDPOINT" # moto
 nomad_servers      = ["nomad-1.internal:4647", "nomad-2.internal:4647", "nomad-3.internal:4647"]
 # The simulated CircleCI reaches Vault and Nomad over TLS with the dev CAs.
 services_ca_files  = { "dev-vault" = "$CIRCLECI_TEST_VAULT_CA", "dev-services" = "$CIRCLECI_TEST_TLS_CA" }
+# The simulator's embedded Vault: a second OpenBao on loopback.
+embedded_vault_address = "$CIRCLECI_TEST_EMBEDDED_VAULT_ADDR"
 VARS
 # moto holds the Nomad client Auto Scaling group enterprise-setup would have made: two
 # clients on a launch configuration whose user_data names the Services machine.
@@ -74,6 +76,25 @@ export TF_VAR_rabbitmq_password="$CIRCLECI_TEST_MQ_PASSWORD"
 export TF_VAR_nomad_token="$CIRCLECI_TEST_NOMAD_TOKEN"
 export TF_VAR_vault_token="$CIRCLECI_TEST_VAULT_TOKEN"
 export TF_VAR_circle_db_password="demo 'circle' password \$1"
+export TF_VAR_embedded_vault_token="$CIRCLECI_TEST_EMBEDDED_VAULT_TOKEN"
+
+# The embedded data the migration carries over: on a first run (no demo state), a fresh
+# fixture under the simulator's root whose context secrets the embedded OpenBao (in
+# memory, so as old as this services-up) encrypted, and targets as a new external
+# server has them: none of the runbook's databases, no context-service key.
+if [ ! -f "$W/terraform.tfstate" ]; then
+  EMB=$CIRCLECI_TEST_SERVICES_ROOT/data/circle
+  rm -rf "$EMB/postgres" "$EMB/external-services-export"
+  EMBEDDED_VAULT_ADDR=$CIRCLECI_TEST_EMBEDDED_VAULT_ADDR EMBEDDED_VAULT_TOKEN=$CIRCLECI_TEST_EMBEDDED_VAULT_TOKEN \
+    BAO=$CIRCLECI_TEST_BAO dev/embedded-fixture.sh "$CIRCLECI_TEST_SERVICES_ROOT" 2000
+  for db in circle contexts conductor_production contexts_service_production cron_service_production domain federations permissions vms; do
+    PGPASSWORD=$CIRCLECI_TEST_PG_PASSWORD psql -X -q -h 127.0.0.1 -p "$CIRCLECI_TEST_PG_PORT" -U postgres -d postgres \
+      -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" 2>/dev/null
+  done
+  bao_dev() { BAO_ADDR=$CIRCLECI_TEST_VAULT_ADDR BAO_CACERT=$CIRCLECI_TEST_VAULT_CA BAO_TOKEN=$CIRCLECI_TEST_VAULT_TOKEN "$CIRCLECI_TEST_BAO" "$@"; }
+  bao_dev write transit/keys/context-service/config deletion_allowed=true >/dev/null 2>&1 || true
+  bao_dev delete transit/keys/context-service >/dev/null 2>&1 || true
+fi
 
 export TF_CLI_CONFIG_FILE=$D/demo.tfrc CHECKPOINT_DISABLE=1
 # The customizations file already holds the operator's own lines: they must survive.
@@ -111,6 +132,22 @@ echo "  its user_data, against the original enterprise-setup one:"
 LC=$(aws_fixture group --name $ASG | python3 -c 'import json,sys; print(json.load(sys.stdin)["launch_configuration"])')
 aws_fixture lc --name "$LC" | python3 -c 'import json,sys; sys.stdout.write(json.load(sys.stdin)["user_data"])' > "$D/demo-user-data.sh"
 diff "$CIRCLECI_TEST_NOMAD_USER_DATA" "$D/demo-user-data.sh" | sed 's/^/    /' || true
+echo
+echo "== The embedded data carried over (the simulator's embedded PostgreSQL and Vault):"
+terraform output -json migration | python3 -c '
+import json, sys
+m = json.load(sys.stdin)
+print("  ", m["rows"], "rows in", len(m["tables"]), "tables verified on both sides, in", m["elapsed"], "(" + m["throughput"] + ")")
+for t, v in sorted(m["tables"].items()):
+    print(f"  {t:<52} {v}")
+print("  export kept on the Services machine:")
+for f, sha in sorted(m["export"].items()):
+    print(f"    {f}  sha256 {sha[:16]}...")'
+CT=$(PGPASSWORD=$CIRCLECI_TEST_PG_PASSWORD psql -X -tA -h 127.0.0.1 -p "$CIRCLECI_TEST_PG_PORT" -U postgres \
+  -d contexts_service_production -c "SELECT ciphertext FROM env_vars WHERE name = 'FIXTURE_SECRET_1'")
+PT=$(BAO_ADDR=$CIRCLECI_TEST_VAULT_ADDR BAO_CACERT=$CIRCLECI_TEST_VAULT_CA BAO_TOKEN=$CIRCLECI_TEST_VAULT_TOKEN \
+  "$CIRCLECI_TEST_BAO" write -field=plaintext transit/decrypt/context-service ciphertext="$CT" | base64 -d)
+echo "  a context secret the embedded Vault encrypted (${CT:0:24}...), decrypted by the external Vault: \"$PT\""
 echo
 echo "== CircleCI restarted (the Services-machine simulator, dev/circleci-sim.py), the runbook's checks:"
 terraform output -json restart | python3 -c '

@@ -1,6 +1,7 @@
 //! examples/complete, exactly as shipped, applied through terraform against the real
 //! servers and the CircleCI Services-machine simulator: every config file, the CAs, the
-//! Nomad clients, then the restart, whose runbook checks must all pass and be listed.
+//! Nomad clients, the data migration from the simulator's embedded PostgreSQL and
+//! Vault, then the restart, whose runbook checks must all pass and be listed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
 
@@ -14,7 +15,8 @@ use serde_json::{json, Value as Json};
 fn the_complete_example_externalizes_and_every_check_passes() {
     let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
     let s = servers();
-    let root = common::searchable_tempdir();
+    s.fresh_runbook_targets();
+    let root = s.embedded_root("300");
     let sim = Sim::new(&s, json!({"root": root.path(), "transition": 1}));
     let main =
         std::fs::read_to_string(common::repo_root().join("examples/complete/main.tf")).unwrap();
@@ -62,6 +64,7 @@ aws_endpoint       = {aws:?}
 nomad_clients_asg  = {group:?}
 nomad_servers      = ["nomad-1.internal:4647", "nomad-2.internal:4647"]
 services_ca_files  = {{ "dev-vault" = {vca:?}, "dev-services" = {ca:?} }}
+embedded_vault_address = {evault:?}
 "#,
             ssh = g("CIRCLECI_TEST_SSH_PORT"),
             key = g("CIRCLECI_TEST_SSH_KEY_FILE"),
@@ -77,6 +80,7 @@ services_ca_files  = {{ "dev-vault" = {vca:?}, "dev-services" = {ca:?} }}
             ca = g("CIRCLECI_TEST_TLS_CA"),
             mongo = g("CIRCLECI_TEST_MONGO_PORT"),
             aws = g("CIRCLECI_TEST_AWS_ENDPOINT"),
+            evault = g("CIRCLECI_TEST_EMBEDDED_VAULT_ADDR"),
         ),
     )
     .unwrap();
@@ -90,6 +94,10 @@ services_ca_files  = {{ "dev-vault" = {vca:?}, "dev-services" = {ca:?} }}
         ("TF_VAR_rabbitmq_password", g("CIRCLECI_TEST_MQ_PASSWORD")),
         ("TF_VAR_nomad_token", g("CIRCLECI_TEST_NOMAD_TOKEN")),
         ("TF_VAR_vault_token", g("CIRCLECI_TEST_VAULT_TOKEN")),
+        (
+            "TF_VAR_embedded_vault_token",
+            g("CIRCLECI_TEST_EMBEDDED_VAULT_TOKEN"),
+        ),
         (
             "TF_VAR_circle_db_password",
             "complete 'circle' password $1".to_string(),
@@ -137,6 +145,23 @@ services_ca_files  = {{ "dev-vault" = {vca:?}, "dev-services" = {ca:?} }}
         .docker_logs("context-service")
         .contains("Successfully retrieved current auth token"));
 
+    // The embedded data is in the external PostgreSQL, every table verified, and the
+    // context secrets the embedded Vault encrypted decrypt through the external one.
+    let out = run(&["output", "-json", "migration"]);
+    let migration: Json = serde_json::from_slice(&out.stdout).unwrap();
+    let tables = migration["tables"].as_object().unwrap();
+    assert_eq!(tables.len(), 9, "{tables:?}");
+    assert!(tables["vms.public.tasks"]
+        .as_str()
+        .unwrap()
+        .starts_with("300 rows, checksum "));
+    assert_eq!(s.psql("vms", "SELECT count(*) FROM tasks").trim(), "300");
+    let secrets = s.decrypted_context_secrets("transit");
+    assert_eq!(secrets.len(), 6, "{secrets:?}");
+    assert!(secrets
+        .iter()
+        .all(|(_, p)| p.ends_with("of the embedded install")));
+
     let plan = run(&["plan", "-detailed-exitcode", "-no-color", "-input=false"]);
     assert_eq!(
         plan.status.code(),
@@ -145,4 +170,8 @@ services_ca_files  = {{ "dev-vault" = {vca:?}, "dev-services" = {ca:?} }}
     );
     let destroy = run(&["destroy", "-auto-approve", "-no-color", "-input=false"]);
     assert!(destroy.status.success());
+    // The databases were retained (deletion_policy), with the data: destroy never
+    // touches data. Dropped here, as a fresh server would have none.
+    assert_eq!(s.psql("vms", "SELECT count(*) FROM tasks").trim(), "300");
+    s.fresh_runbook_targets();
 }

@@ -9,39 +9,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::sim::{Sim, SIMULATOR};
 use common::{servers, Servers, Tf};
 use serde_json::json;
 
 const PW: &str = "migr-Pw-1-'\"$x";
-
-/// A simulator root with the embedded data, whose context secrets the embedded Vault
-/// encrypted.
-fn embedded_root(s: &Servers, rows: &str) -> tempfile::TempDir {
-    let root = common::searchable_tempdir();
-    let out = Command::new(common::repo_root().join("dev/embedded-fixture.sh"))
-        .arg(root.path())
-        .arg(rows)
-        .env(
-            "EMBEDDED_VAULT_ADDR",
-            s.get("CIRCLECI_TEST_EMBEDDED_VAULT_ADDR"),
-        )
-        .env(
-            "EMBEDDED_VAULT_TOKEN",
-            s.get("CIRCLECI_TEST_EMBEDDED_VAULT_TOKEN"),
-        )
-        .env("BAO", s.get("CIRCLECI_TEST_BAO"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    root
-}
 
 fn main_tf(s: &Servers, root: &Path, mount: &str, extra: &str) -> String {
     format!(
@@ -123,24 +96,8 @@ fn count(s: &Servers, db: &str, table: &str) -> i64 {
 fn migrates_verifies_refuses_to_overwrite_and_converges() {
     let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
     let s = servers();
-    // The runbook's databases, as a failed earlier run may have left them.
-    for db in [
-        "circle",
-        "contexts",
-        "conductor_production",
-        "contexts_service_production",
-        "cron_service_production",
-        "domain",
-        "federations",
-        "permissions",
-        "vms",
-    ] {
-        s.psql(
-            "postgres",
-            &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
-        );
-    }
-    let root = embedded_root(&s, "700");
+    s.fresh_runbook_targets();
+    let root = s.embedded_root("700");
     let sim = Sim::new(&s, json!({"root": root.path(), "transition": 1}));
     start_app(&sim);
     let mount = format!("transit-mig-{}", std::process::id());
@@ -219,29 +176,11 @@ fn migrates_verifies_refuses_to_overwrite_and_converges() {
 
     // Every context secret the embedded Vault encrypted (key versions 1 and 2)
     // decrypts through the external Vault, read from the external database.
-    let rows = s.psql(
-        "contexts_service_production",
-        "SELECT name || ' ' || ciphertext FROM env_vars ORDER BY name",
-    );
-    let lines: Vec<&str> = rows.lines().collect();
-    assert_eq!(lines.len(), 6, "{rows}");
-    for l in lines {
-        let (name, ct) = l.split_once(' ').unwrap();
+    let secrets = s.decrypted_context_secrets(&mount);
+    assert_eq!(secrets.len(), 6, "{secrets:?}");
+    for (name, plain) in secrets {
         let n = name.trim_start_matches("FIXTURE_SECRET_");
-        let b64 = s.bao_ok(&[
-            "write",
-            "-field=plaintext",
-            &format!("{mount}/decrypt/context-service"),
-            &format!("ciphertext={ct}"),
-        ]);
-        use base64::Engine;
-        let plain = base64::engine::general_purpose::STANDARD
-            .decode(b64.trim())
-            .unwrap();
-        assert_eq!(
-            String::from_utf8(plain).unwrap(),
-            format!("context secret {n} of the embedded install")
-        );
+        assert_eq!(plain, format!("context secret {n} of the embedded install"));
     }
     assert_eq!(tf.plan_code(), 0, "a second plan migrates nothing");
 

@@ -171,6 +171,18 @@ variable "services_ca_files" {
   description = "CA certificates (PEM files) the Services machine must trust to reach the external services over TLS, by name."
 }
 
+variable "embedded_vault_address" {
+  type        = string
+  default     = null
+  description = "The Services machine's embedded Vault, as Terraform reaches it. Default: http://SERVICES_HOST:8200."
+}
+
+variable "embedded_vault_token" {
+  type        = string
+  sensitive   = true
+  description = "A token of the embedded Vault that may back up the context-service key (its root token)."
+}
+
 variable "config_root" {
   type        = string
   default     = ""
@@ -228,8 +240,34 @@ resource "circleci_postgres_databases" "circle" {
   config_path         = "${var.config_root}/etc/circleconfig/shared/postgresql"
 }
 
+# The embedded data, carried over before CircleCI is pointed at the external services:
+# CircleCI is stopped here and stays stopped until circleci_services_restart starts it.
+# The databases go into those circleci_postgres_databases made, restored as the circle
+# role; the embedded Vault's context-service key moves too, so that every existing
+# context secret still decrypts. The export stays on the Services machine as the backup.
+resource "circleci_data_migration" "this" {
+  config_root = var.config_root == "" ? "/" : var.config_root
+
+  postgres {
+    host        = circleci_postgres_databases.circle.host
+    port        = circleci_postgres_databases.circle.port
+    user        = circleci_postgres_databases.circle.user
+    databases   = circleci_postgres_databases.circle.databases
+    password_wo = var.circle_db_password
+    sslmode     = "require"
+  }
+
+  vault_transit_key {
+    source_address  = coalesce(var.embedded_vault_address, "http://${var.services_host}:8200")
+    source_token_wo = var.embedded_vault_token
+  }
+}
+
+# Uses the key the migration restored (it creates one only when there is none).
 resource "circleci_vault_transit_client" "context_service" {
   config_path = "${var.config_root}/etc/circleconfig/context-service/customizations"
+
+  depends_on = [circleci_data_migration.this]
 }
 
 resource "circleci_external_rabbitmq" "this" {
@@ -268,6 +306,7 @@ resource "circleci_services_restart" "this" {
   config_root = var.config_root == "" ? "/" : var.config_root
   triggers = merge(
     {
+      migration       = circleci_data_migration.this.migrated_at
       redis_shared    = circleci_external_redis.shared.file_sha256
       redis_slanger   = circleci_external_redis.slanger.file_sha256
       postgresql      = circleci_postgres_databases.circle.file_sha256
@@ -307,6 +346,16 @@ output "config_files" {
     postgresql      = circleci_postgres_databases.circle.id
     redis_shared    = circleci_external_redis.shared.id
     redis_slanger   = circleci_external_redis.slanger.id
+  }
+}
+
+output "migration" {
+  value = {
+    tables     = circleci_data_migration.this.postgres_tables
+    rows       = circleci_data_migration.this.postgres_rows
+    elapsed    = circleci_data_migration.this.elapsed
+    throughput = circleci_data_migration.this.throughput
+    export     = circleci_data_migration.this.export_sha256
   }
 }
 

@@ -522,3 +522,93 @@ impl Drop for NomadStandin {
         let _ = self.child.wait();
     }
 }
+
+/// The runbook's nine database names.
+pub const RUNBOOK_DATABASES: [&str; 9] = [
+    "circle",
+    "contexts",
+    "conductor_production",
+    "contexts_service_production",
+    "cron_service_production",
+    "domain",
+    "federations",
+    "permissions",
+    "vms",
+];
+
+impl Servers {
+    /// The targets of a data migration as a fresh external service has them: none of
+    /// the runbook's databases in the test PostgreSQL (an earlier run, or one that
+    /// failed, may have left them holding data), no context-service key in the dev
+    /// OpenBao's transit mount.
+    pub fn fresh_runbook_targets(&self) {
+        for db in RUNBOOK_DATABASES {
+            self.psql(
+                "postgres",
+                &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+            );
+        }
+        let token = self.get("CIRCLECI_TEST_VAULT_TOKEN");
+        let _ = self.bao(
+            token,
+            &[
+                "write",
+                "transit/keys/context-service/config",
+                "deletion_allowed=true",
+            ],
+        );
+        let _ = self.bao(token, &["delete", "transit/keys/context-service"]);
+    }
+
+    /// A simulator root holding the embedded PostgreSQL (dev/embedded-fixture.sh) with
+    /// `rows` rows in each big table and context secrets encrypted by the embedded
+    /// OpenBao's context-service key.
+    pub fn embedded_root(&self, rows: &str) -> tempfile::TempDir {
+        let root = searchable_tempdir();
+        let out = Command::new(repo_root().join("dev/embedded-fixture.sh"))
+            .arg(root.path())
+            .arg(rows)
+            .env(
+                "EMBEDDED_VAULT_ADDR",
+                self.get("CIRCLECI_TEST_EMBEDDED_VAULT_ADDR"),
+            )
+            .env(
+                "EMBEDDED_VAULT_TOKEN",
+                self.get("CIRCLECI_TEST_EMBEDDED_VAULT_TOKEN"),
+            )
+            .env("BAO", self.get("CIRCLECI_TEST_BAO"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        root
+    }
+
+    /// The fixture's context secrets, read from the external `contexts_service_production`
+    /// and decrypted through the dev OpenBao's `mount`: (name, plaintext) each.
+    pub fn decrypted_context_secrets(&self, mount: &str) -> Vec<(String, String)> {
+        use base64::Engine;
+        let rows = self.psql(
+            "contexts_service_production",
+            "SELECT name || ' ' || ciphertext FROM env_vars ORDER BY name",
+        );
+        rows.lines()
+            .map(|l| {
+                let (name, ct) = l.split_once(' ').unwrap();
+                let b64 = self.bao_ok(&[
+                    "write",
+                    "-field=plaintext",
+                    &format!("{mount}/decrypt/context-service"),
+                    &format!("ciphertext={ct}"),
+                ]);
+                let plain = base64::engine::general_purpose::STANDARD
+                    .decode(b64.trim())
+                    .unwrap();
+                (name.to_string(), String::from_utf8(plain).unwrap())
+            })
+            .collect()
+    }
+}
