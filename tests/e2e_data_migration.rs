@@ -253,6 +253,92 @@ fn migrates_verifies_refuses_to_overwrite_and_converges() {
     drop(sim);
 }
 
+/// Ctrl-C in the middle (after the third database): the apply stops before the next
+/// database, removes its container and records nothing; the next apply leaves the
+/// databases already imported as they are and imports the rest.
+#[test]
+fn an_interrupted_migration_converges() {
+    use std::os::unix::process::CommandExt;
+    let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let s = servers();
+    s.fresh_runbook_targets();
+    let root = s.embedded_root("400");
+    let sim = Sim::new(&s, json!({"root": root.path(), "transition": 1}));
+    let mount = format!("transit-int-{}", std::process::id());
+    let tf = Tf::new(&main_tf(&s, root.path(), &mount, ""));
+    let faults = tempfile::tempdir().unwrap();
+    let point = "circleci_data_migration.database_loop";
+    std::fs::write(faults.path().join(format!("{point}.armed")), b"").unwrap();
+    // Let two databases pass first: the point is re-armed after each is reached.
+    let child = {
+        let mut c = tf.cmd(&["apply", "-auto-approve", "-no-color", "-input=false"]);
+        c.env("CIRCLECI_PROVIDER_FAULT_DIR", faults.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0);
+        c.spawn().unwrap()
+    };
+    let reached = faults.path().join(format!("{point}.reached"));
+    for round in 0..3 {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while !reached.exists() {
+            assert!(std::time::Instant::now() < until, "never reached {point}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::fs::remove_file(&reached).unwrap();
+        if round < 2 {
+            std::fs::write(faults.path().join(format!("{point}.armed")), b"").unwrap();
+            std::fs::write(faults.path().join(format!("{point}.go")), b"").unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            std::fs::remove_file(faults.path().join(format!("{point}.go"))).unwrap();
+        }
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", "--", &format!("-{}", child.id())])
+        .status();
+    std::fs::write(faults.path().join(format!("{point}.go")), b"").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = flat(&format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ));
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("asked the provider to stop before database"),
+        "{text}"
+    );
+    let ps = std::process::Command::new(Path::new(s.get("CIRCLECI_TEST_SIM")).join("docker"))
+        .args(["ps", "--format", "{{.Names}}"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&ps.stdout).contains("circleci-data-migration"),
+        "the temporary container was left running"
+    );
+    // The first three databases are in; the fourth (cron_service_production) is not.
+    assert_eq!(count(&s, "circle", "builds"), 400);
+    assert_eq!(
+        s.psql(
+            "cron_service_production",
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        )
+        .trim(),
+        "0"
+    );
+
+    let out = tf.apply();
+    assert!(out.contains("Creation complete"), "{out}");
+    let m = output(&tf);
+    let skipped = m["skipped"].as_array().unwrap();
+    assert!(skipped.contains(&json!("postgres:circle")), "{m}");
+    assert!(!skipped.contains(&json!("postgres:vms")), "{m}");
+    assert_eq!(count(&s, "vms", "tasks"), 400);
+    assert_eq!(tf.plan_code(), 0);
+    tf.ok(&["destroy", "-auto-approve"]);
+    drop(sim);
+}
+
 #[test]
 fn bad_input_names_the_attribute() {
     let s = servers();

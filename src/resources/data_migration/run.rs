@@ -445,6 +445,7 @@ impl DataMigration {
                 log::info!("database {db}: table {} verified, {} rows", t.table, t.rows);
             }
             add_tables(&mut out, db, &source, size);
+            crate::fault_point::point("circleci_data_migration.database_loop").await;
         }
         Ok(out)
     }
