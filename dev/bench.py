@@ -5,8 +5,10 @@ In one run, median of N (default 5) each:
   (a) terraform plan of 50 terraform_data resources (Terraform alone, no plugin)
   (b) the same plus our provider, configured, with zero resources of its own
   (c) 1 and 50 circleci_external_redis resources after apply (distinct files, refresh on)
-  (d) the complete example (examples/complete: all 8 resources) after apply
+  (d) the complete example (examples/complete: every resource type) after apply
   (e) 1 circleci_nomad_client_launch_config after apply (refresh: 2 AWS calls to moto)
+  (f) the data migration against a plain pg_dump | pg_restore pipe, and the cutover's
+      downtime (dev/bench_migration.py, once: it moves over a gigabyte)
 Prints the times, the provider's fixed cost per plan (b - a), its marginal cost per
 resource ((c50 - c1) / 49), the handshake time, the provider's peak RSS and the number
 of SSH logins one plan makes. Targets: fixed <= 0.05 s, marginal <= 4 ms/resource.
@@ -21,6 +23,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import bench_migration
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 STATE = os.path.join(ROOT, "dev", ".state")
@@ -131,8 +135,13 @@ def workspace(main_tf, plugin_dir):
 
 
 def complete_example(plugin_dir, files):
-    """examples/complete against the dev servers, applied."""
+    """examples/complete against the dev servers, applied: the simulator's root holds
+    the embedded data its migration carries over."""
     d = tempfile.mkdtemp(prefix="bench-complete-", dir=STATE)
+    sim_root = f"{files}/complete"
+    bench_migration.fixture(sim_root, 300)
+    bench_migration.simulator(sim_root)
+    bench_migration.fresh_targets()
     with open(os.path.join(ROOT, "examples", "complete", "main.tf")) as f:
         main = f.read()
     with open(os.path.join(d, "main.tf"), "w") as f:
@@ -154,6 +163,9 @@ def complete_example(plugin_dir, files):
             f'mongo_hosts = ["127.0.0.1:{E["CIRCLECI_TEST_MONGO_PORT"]}"]\nmongo_tls = false\nmongo_password = "bench-mongo"\n'
             f'aws_endpoint = "{E["CIRCLECI_TEST_AWS_ENDPOINT"]}"\nnomad_servers = ["nomad-1.internal:4647"]\n'
             f'nomad_clients_asg = "{nomad_group(f"bench-complete-{os.getpid()}")}"\n'
+            f'services_ca_files = {{ "dev-vault" = "{E["CIRCLECI_TEST_VAULT_CA"]}", "dev-services" = "{E["CIRCLECI_TEST_TLS_CA"]}" }}\n'
+            f'embedded_vault_address = "{E["CIRCLECI_TEST_EMBEDDED_VAULT_ADDR"]}"\n'
+            f'embedded_vault_token = "{E["CIRCLECI_TEST_EMBEDDED_VAULT_TOKEN"]}"\n'
             f'mongo_admin_uri = "mongodb://{E["CIRCLECI_TEST_MONGO_USER"]}:{E["CIRCLECI_TEST_MONGO_PASSWORD"]}@127.0.0.1:{E["CIRCLECI_TEST_MONGO_PORT"]}/?authSource=admin"\n'
         )
     cfg = cli_config(d, plugin_dir)
@@ -250,7 +262,7 @@ def main():
     print(f"(b) (a) + circleci provider, 0 own resources:    {b:.3f} s")
     print(f"(c1) plan, 1 circleci_external_redis (refresh):  {c1:.3f} s")
     print(f"(c50) plan, 50 circleci_external_redis:          {c50:.3f} s")
-    print(f"(d) plan, examples/complete (all 8 resources): {d:.3f} s   ({d - a:+.3f} s vs (a))")
+    print(f"(d) plan, examples/complete (every type):      {d:.3f} s   ({d - a:+.3f} s vs (a))")
     print(f"(e) plan, 1 circleci_nomad_client_launch_config: {e:.3f} s   (refresh: AWS chain + 2 calls to moto)")
     print(f"fixed cost per plan (b - a):                     {fixed:.3f} s   (target <= 0.050 s)")
     print(f"marginal cost per resource ((c50 - c1) / 49):    {marginal * 1000:.2f} ms (target <= 4 ms)")
@@ -262,7 +274,12 @@ def main():
     print("targets met" if ok else "TARGETS MISSED")
     for w, cfg in ((c1_dir, c1_cfg), (c50_dir, c50_cfg), (d_dir, d_cfg), (e_dir, e_cfg)):
         tf(w, cfg, "destroy", "-auto-approve", "-input=false", "-no-color")
-    return 0 if ok else 1
+    bench_migration.fresh_targets()
+    bench_migration.simulator_reset()
+    print()
+    migration_ok = bench_migration.run(plugin_dir)
+    print("migration target met" if migration_ok else "MIGRATION TARGET MISSED")
+    return 0 if ok and migration_ok else 1
 
 
 if __name__ == "__main__":

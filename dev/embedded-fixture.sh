@@ -8,6 +8,8 @@
 # six contexts gets a secret FIXTURE_SECRET_<n> encrypted by that Vault's transit key
 # context-service (the odd ones with version 1, the even with the latest), its
 # ciphertext in contexts_service_production.env_vars, as the context service stores them.
+# Its tables use the types CircleCI's do (bigint, int, text, uuid, jsonb, bytea,
+# timestamptz, float, numeric, bool, arrays, NULLs), and builds has a dropped column.
 # Usage: dev/embedded-fixture.sh ROOT [ROWS]   (ROOT must be world-searchable)
 set -euo pipefail
 ROOT=${1:?usage: embedded-fixture.sh ROOT [ROWS]}
@@ -29,7 +31,8 @@ done
 q circle "CREATE EXTENSION IF NOT EXISTS \"uuid-ossp\";
   CREATE TABLE circle_migrations (id text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now());
   INSERT INTO circle_migrations SELECT 'migration-' || g FROM generate_series(1, 120) g;
-  CREATE TABLE builds (id bigserial PRIMARY KEY, project text, num int, status text, log text);
+  CREATE TABLE builds (id bigserial PRIMARY KEY, legacy text, project text, num int, status text, log text);
+  ALTER TABLE builds DROP COLUMN legacy;
   INSERT INTO builds (project, num, status, log) SELECT 'gh/acme/app-' || (g % 17), g, (ARRAY['success','failed','canceled'])[1 + g % 3], repeat(md5(g::text), 8) FROM generate_series(1, $ROWS) g;"
 q conductor_production "CREATE TABLE build_jobs (id uuid PRIMARY KEY, build_id bigint, name text, payload jsonb);
   INSERT INTO build_jobs SELECT md5(g::text)::uuid, g, 'job-' || (g % 5), jsonb_build_object('step', g, 'ok', g % 2 = 0) FROM generate_series(1, $ROWS) g;"
@@ -40,7 +43,9 @@ q cron_service_production "CREATE TABLE qrtz_blob_triggers (sched_name text, tri
   INSERT INTO qrtz_blob_triggers SELECT 'scheduler', 'trigger-' || g, 'group', decode(md5(g::text), 'hex') FROM generate_series(1, 40) g;"
 q vms "CREATE TABLE tasks (id bigserial PRIMARY KEY, vm text, state text, created timestamptz DEFAULT now());
   INSERT INTO tasks (vm, state) SELECT 'vm-' || g, 'done' FROM generate_series(1, $ROWS) g;"
-q domain "CREATE TABLE projects (id bigserial PRIMARY KEY, slug text UNIQUE); INSERT INTO projects (slug) SELECT 'gh/acme/app-' || g FROM generate_series(1, 17) g;"
+q domain "CREATE TABLE projects (id bigserial PRIMARY KEY, slug text UNIQUE, score float8, cost numeric(12,4), public bool, settings jsonb, tags text[]);
+  INSERT INTO projects (slug, score, cost, public, settings, tags) SELECT 'gh/acme/app-' || g, g / 3.0, g * 1.25, g % 2 = 0,
+    CASE WHEN g % 4 = 0 THEN NULL ELSE jsonb_build_object('parallelism', g) END, ARRAY['t' || g, 'x'] FROM generate_series(1, 17) g;"
 q permissions "CREATE TABLE grants (id bigserial PRIMARY KEY, subject text, permission text); INSERT INTO grants (subject, permission) SELECT 'user-' || g, 'read' FROM generate_series(1, 50) g;"
 if [ -n "${EMBEDDED_VAULT_ADDR:-}" ]; then
   for n in 1 2 3 4 5 6; do

@@ -21,13 +21,28 @@ pub const EXPORT_MOUNT: &str = "/export";
 /// connection and file arrive as positional arguments, never spliced into the script.
 /// Extensions are left out of the restore: the target's databases already have them
 /// (`circleci_postgres_databases` made them), and only a superuser may create some.
-/// `$7` is `clean` to drop the dump's objects in the target first (overwrite_existing).
-/// The restore's list stays next to the dump until [`EmbeddedPostgres::seal`].
-const RESTORE: &str = "IFS= read -r PGPASSWORD; export PGPASSWORD PGSSLMODE=\"$6\"; \
-     pg_restore -l \"$5\" | grep -v -e ' EXTENSION ' > \"$5.list\" || exit 1; \
+/// One database exported, as one command: `pg_dump -Fc` into the export directory
+/// while psql reads the database's size, then every table's count and checksum
+/// (`$1` database, `$2` file, `$3` field separator, `$4` size query, `$5` stats query).
+/// zlib level 1: a third of the CPU of the default level (the dump is on the
+/// migration's critical path), for files about a fifth larger.
+const EXPORT: &str = "pg_dump -U postgres -Fc -Z 1 -f \"$2\" \"$1\" & p=$!; \
+     psql -U postgres -X -q -At -v ON_ERROR_STOP=1 -F \"$3\" -d \"$1\" -c \"$4\" && \
+     psql -U postgres -X -q -At -v ON_ERROR_STOP=1 -F \"$3\" -d \"$1\" -c \"$5\"; s=$?; \
+     wait $p || exit 91; exit $s";
+
+/// One database imported, as one command, then every table's count and checksum read
+/// back from the target as its user: the password from stdin, the connection and
+/// file as arguments. Extensions are left out of the restore: the target's databases
+/// already have them (`circleci_postgres_databases` made them), and only a superuser
+/// may create some. `$7` is `clean` to drop the dump's objects in the target first
+/// (overwrite_existing). Exit 90: the restore failed (nothing of it was committed).
+const IMPORT: &str = "IFS= read -r PGPASSWORD; export PGPASSWORD PGSSLMODE=\"$6\"; \
+     pg_restore -l \"$5\" | grep -v -e ' EXTENSION ' > \"$5.list\" || exit 90; \
      C=; [ \"$7\" = clean ] && C='--clean --if-exists'; \
-     exec pg_restore $C --no-owner --no-privileges --single-transaction --exit-on-error \
-     -L \"$5.list\" -h \"$1\" -p \"$2\" -U \"$3\" -d \"$4\" \"$5\"";
+     pg_restore $C --no-owner --no-privileges --single-transaction --exit-on-error \
+     -L \"$5.list\" -h \"$1\" -p \"$2\" -U \"$3\" -d \"$4\" \"$5\" || exit 90; \
+     exec psql -X -q -At -v ON_ERROR_STOP=1 -F \"$8\" -h \"$1\" -p \"$2\" -U \"$3\" -d \"$4\" -c \"$9\"";
 
 /// A query on the target, as the target's user: the password from stdin, the SQL as an
 /// argument (it is the provider's own, never the user's), tab-separated rows out.
@@ -80,6 +95,15 @@ fn fail(summary: &str, cmd: &RemoteCommand, out: &CommandOutput) -> Diagnostics 
         ),
     )
     .into()
+}
+
+/// One database exported: its dump in the export directory, its size and tables.
+pub struct Exported {
+    pub db: String,
+    pub size: u64,
+    pub source: Vec<TableStat>,
+    /// The dump's name in the export directory.
+    pub file: String,
 }
 
 /// One exported file, as sealed on the Services machine.
@@ -166,7 +190,7 @@ impl<'a> EmbeddedPostgres<'a> {
                 pg.stop().await;
                 return Err(e.into());
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 
@@ -201,44 +225,63 @@ impl<'a> EmbeddedPostgres<'a> {
         Ok(rows_of(&out))
     }
 
-    /// The databases the embedded server has.
-    pub async fn databases(&self) -> Result<Vec<String>, Diagnostics> {
+    /// The databases the embedded server has, with their sizes in bytes.
+    pub async fn databases(&self) -> Result<Vec<(String, u64)>, Diagnostics> {
         let rows = self
             .psql(
                 "postgres",
-                "SELECT datname FROM pg_database WHERE NOT datistemplate ORDER BY 1",
+                "SELECT datname, pg_database_size(datname) FROM pg_database WHERE NOT datistemplate ORDER BY 1",
             )
             .await?;
         Ok(rows
             .into_iter()
-            .filter_map(|r| r.into_iter().next())
+            .filter_map(|r| match r.as_slice() {
+                [name, size] => Some((name.clone(), size.parse().unwrap_or(0))),
+                _ => None,
+            })
             .collect())
     }
 
-    /// Each user table's row count and content checksum in the embedded `db`.
-    pub async fn source_stats(&self, db: &str) -> Result<Vec<TableStat>, Diagnostics> {
-        let tables: Vec<String> = self
-            .psql(db, mig::TABLES_SQL)
-            .await?
-            .into_iter()
-            .filter_map(|r| r.into_iter().next())
-            .collect();
-        let Some(sql) = mig::stats_sql(&tables) else {
-            return Ok(Vec::new());
-        };
-        mig::parse_stats(&self.psql(db, &sql).await?).map_err(|e| {
-            Diagnostic::error("Unexpected answer from the embedded PostgreSQL", e).into()
-        })
-    }
-
-    /// The embedded `db`'s size in bytes.
-    pub async fn source_size(&self, db: &str) -> Result<u64, Diagnostics> {
-        let rows = self.psql(db, mig::DATABASE_SIZE_SQL).await?;
-        Ok(rows
+    /// Exports `db` to EXPORT/<db>.dump; its size, its tables and the file's name.
+    pub async fn export(&self, db: &str) -> Result<Exported, Diagnostics> {
+        let name = format!("{db}.dump");
+        let file = format!("{EXPORT_MOUNT}/{name}");
+        let args = [
+            "exec",
+            &self.name,
+            "bash",
+            "-c",
+            EXPORT,
+            "export",
+            db,
+            &file,
+            "\t",
+            mig::DATABASE_SIZE_SQL,
+            mig::STATS_SQL,
+        ];
+        let (cmd, out) = self.docker(&args, None).await?;
+        if !out.success() {
+            return Err(fail(&format!("Could not export database {db}"), &cmd, &out));
+        }
+        let rows = rows_of(&out);
+        let size = rows
             .first()
             .and_then(|r| r.first())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0))
+            .and_then(|n| n.parse().ok());
+        let (Some(size), Ok(tables)) = (size, mig::parse_stats(rows.get(1..).unwrap_or_default()))
+        else {
+            return Err(Diagnostic::error(
+                "Unexpected answer from the embedded PostgreSQL",
+                format!("`{cmd}` printed:\n{}", out.evidence()),
+            )
+            .into());
+        };
+        Ok(Exported {
+            db: db.to_string(),
+            size,
+            source: tables,
+            file: name,
+        })
     }
 
     /// One query in database `db` of the target, as its user, from the container (the
@@ -283,59 +326,63 @@ impl<'a> EmbeddedPostgres<'a> {
         db: &str,
         t: &Target<'_>,
     ) -> Result<Vec<TableStat>, Diagnostics> {
-        let tables: Vec<String> = self
-            .target_query(db, t, mig::TABLES_SQL)
-            .await?
-            .into_iter()
-            .filter_map(|r| r.into_iter().next())
-            .collect();
-        let Some(sql) = mig::stats_sql(&tables) else {
-            return Ok(Vec::new());
-        };
-        mig::parse_stats(&self.target_query(db, t, &sql).await?).map_err(|e| {
+        mig::parse_stats(&self.target_query(db, t, mig::STATS_SQL).await?).map_err(|e| {
             Diagnostic::error(format!("Unexpected answer from {}:{}", t.host, t.port), e).into()
         })
     }
 
-    /// `pg_dump -Fc` of `db` to EXPORT/<db>.dump; the file's name.
-    pub async fn dump(&self, db: &str) -> Result<String, Diagnostics> {
-        let name = format!("{db}.dump");
-        let file = format!("{EXPORT_MOUNT}/{name}");
-        let args = [
-            "exec", &self.name, "pg_dump", "-U", "postgres", "-Fc", "-f", &file, db,
-        ];
-        let (cmd, out) = self.docker(&args, None).await?;
-        if !out.success() {
-            return Err(fail(&format!("Could not export database {db}"), &cmd, &out));
-        }
-        Ok(name)
-    }
-
-    /// Restores EXPORT/<db>.dump into database `into` of the target, as its user;
-    /// with `clean`, the dump's objects already there are dropped first.
-    pub async fn restore(
+    /// Restores EXPORT/<db>.dump into database `into` of the target, as its user (with
+    /// `clean`, the dump's objects already there are dropped first); then every
+    /// table's count and checksum there.
+    pub async fn import(
         &self,
         db: &str,
         into: &str,
         t: &Target<'_>,
         clean: bool,
-    ) -> Result<(), Diagnostics> {
+    ) -> Result<Vec<TableStat>, Diagnostics> {
         let file = format!("{EXPORT_MOUNT}/{db}.dump");
         let port = t.port.to_string();
         let mode = if clean { "clean" } else { "keep" };
         let args = [
-            "exec", "-i", &self.name, "bash", "-c", RESTORE, "restore", t.host, &port, t.user,
-            into, &file, t.sslmode, mode,
+            "exec",
+            "-i",
+            &self.name,
+            "bash",
+            "-c",
+            IMPORT,
+            "import",
+            t.host,
+            &port,
+            t.user,
+            into,
+            &file,
+            t.sslmode,
+            mode,
+            "\t",
+            mig::STATS_SQL,
         ];
         let (cmd, out) = self.docker(&args, Some(&password_line(t))).await?;
-        if !out.success() {
+        if out.status == Some(90) {
             return Err(fail(
                 &format!("Could not import database {db} into {}:{}", t.host, t.port),
                 &cmd,
                 &out,
             ));
         }
-        Ok(())
+        if !out.success() {
+            return Err(fail(
+                &format!(
+                    "Could not check database {into} at {}:{} after the import",
+                    t.host, t.port
+                ),
+                &cmd,
+                &out,
+            ));
+        }
+        mig::parse_stats(&rows_of(&out)).map_err(|e| {
+            Diagnostic::error(format!("Unexpected answer from {}:{}", t.host, t.port), e).into()
+        })
     }
 
     /// Makes the export directory 0700 and `files` in it 0600; their sizes and SHA-256.

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::embedded_postgres::{EmbeddedPostgres, ExportFile, Source, Target};
+use super::embedded_postgres::{EmbeddedPostgres, ExportFile, Exported, Source, Target};
 use super::vault_key::{Found, KeyMove};
 use super::*;
 use crate::backends::vault::{Vault, VaultConfig};
@@ -358,6 +358,9 @@ impl DataMigration {
         Ok(out)
     }
 
+    /// The databases through two overlapping stages, so that both cores work: the
+    /// exports (dump, size and source checksums, one command each) run ahead of the
+    /// imports (restore, then the target's checksums, one command each).
     async fn each_database(
         &self,
         e: &EmbeddedPostgres<'_>,
@@ -373,79 +376,56 @@ impl DataMigration {
             sslmode: &p.sslmode,
         };
         let present = e.databases().await?;
-        let mut out = PgOutcome::default();
-        for db in &p.databases {
-            if stop::requested() {
-                return Err(stopped_error(&format!("before database {db}")));
-            }
-            if !present.contains(db) {
-                return Err(Diagnostic::error(
-                    "Database missing in the embedded PostgreSQL",
-                    format!(
-                        "the embedded server over {} has no database {db:?}. Is this the Services machine's data \
-                         directory? Nothing was imported into {db:?}.",
-                        p.data_dir
-                    ),
-                )
-                .at(AttrPath::root(POSTGRES).attr("databases"))
-                .into());
-            }
-            let size = e.source_size(db).await?;
-            let source = e.source_stats(db).await?;
-            sanity_check(db, &source)?;
-            let rows: i64 = source.iter().map(|t| t.rows).sum();
-            log::info!(
-                "database {db}: {} tables, {rows} rows, {size} bytes; exporting",
-                source.len()
-            );
-            let file = e.dump(db).await?;
-            out.files.push(ExportFile {
-                name: file,
-                size: 0,
-                sha256: String::new(),
-            });
-            let clean = occupied.contains(db);
-            if clean {
-                let before = e.target_stats(db, &target).await?;
-                if compare(db, &source, &before).is_empty() && before.len() == source.len() {
-                    log::info!(
-                        "database {db}: the target already holds exactly this data; left as it is"
-                    );
-                    out.skipped.push(format!("postgres:{db}"));
-                    add_tables(&mut out, db, &source, size);
-                    continue;
+        // The largest first: its import, the longest step, starts as early as it can,
+        // and the small ones fill the gaps.
+        let size_of = |db: &str| present.iter().find(|(d, _)| d == db).map_or(0, |(_, n)| *n);
+        let mut order: Vec<&String> = p.databases.iter().collect();
+        order.sort_by_key(|db| std::cmp::Reverse(size_of(db)));
+        let (tx, rx) = tokio::sync::mpsc::channel::<Exported>(p.databases.len().max(1));
+        let exports = async {
+            for db in order {
+                if stop::requested() {
+                    break;
                 }
-                if !s.overwrite {
-                    return Err(Diagnostic::error(
-                        "Target database not empty",
-                        format!(
-                            "database {db:?} at {}:{} already holds {} tables that differ from the embedded \
-                             data. Nothing was written to it. Set overwrite_existing = true to restore over them.",
-                            p.host,
-                            p.port,
-                            before.len()
-                        ),
-                    )
-                    .at(AttrPath::root("overwrite_existing"))
-                    .into());
+                let x = export_one(e, p, &present, db).await?;
+                if tx.send(x).await.is_err() {
+                    break; // the imports stopped
                 }
             }
-            log::info!("database {db}: importing into {}:{}", p.host, p.port);
-            e.restore(db, db, &target, clean).await?;
-            let after = e.target_stats(db, &target).await?;
-            let diffs = compare(db, &source, &after);
-            if !diffs.is_empty() {
-                return Err(Diagnostic::error(
-                    format!("Database {db} differs after the import"),
-                    format!("{}\nCircleCI was left stopped.", diffs.join("\n")),
-                )
-                .into());
+            drop(tx);
+            Ok::<(), Diagnostics>(())
+        };
+        // Two imports at a time: a restore alternates between the client and the
+        // server, so one alone leaves a core idle once the exports are done.
+        let rx = tokio::sync::Mutex::new(rx);
+        let out = std::sync::Mutex::new(PgOutcome::default());
+        let importer = || async {
+            loop {
+                let Some(x) = rx.lock().await.recv().await else {
+                    return Ok::<(), Diagnostics>(());
+                };
+                if stop::requested() {
+                    return Err(stopped_error(&format!("before database {}", x.db)));
+                }
+                import_one(e, s, p, &target, occupied, x, &out).await?;
             }
-            for t in &source {
-                log::info!("database {db}: table {} verified, {} rows", t.table, t.rows);
-            }
-            add_tables(&mut out, db, &source, size);
-            crate::fault_point::point("circleci_data_migration.database_loop").await;
+        };
+        let imports = async {
+            let (a, b) = tokio::join!(importer(), importer());
+            a.and(b)?;
+            Ok::<PgOutcome, Diagnostics>(std::mem::take(
+                &mut *out.lock().unwrap_or_else(|e| e.into_inner()),
+            ))
+        };
+        let (exported, imported) = tokio::join!(exports, imports);
+        let mut out = imported?;
+        out.files.sort_by(|a, b| a.name.cmp(&b.name));
+        out.skipped.sort();
+        exported?;
+        if out.files.len() < p.databases.len() {
+            // The exports stopped first; the imports had nothing left to refuse.
+            let done: Vec<&str> = out.files.iter().map(|f| f.name.as_str()).collect();
+            return Err(stopped_error(&format!("after {}", done.join(", "))));
         }
         Ok(out)
     }
@@ -468,6 +448,100 @@ impl DataMigration {
         }
         Ok(())
     }
+}
+
+async fn export_one(
+    e: &EmbeddedPostgres<'_>,
+    p: &PgSettings,
+    present: &[(String, u64)],
+    db: &str,
+) -> Result<Exported, Diagnostics> {
+    if !present.iter().any(|(d, _)| d == db) {
+        return Err(Diagnostic::error(
+            "Database missing in the embedded PostgreSQL",
+            format!(
+                "the embedded server over {} has no database {db:?}. Is this the Services machine's data \
+                 directory? Nothing was imported into {db:?}.",
+                p.data_dir
+            ),
+        )
+        .at(AttrPath::root(POSTGRES).attr("databases"))
+        .into());
+    }
+    let x = e.export(db).await?;
+    sanity_check(db, &x.source)?;
+    let rows: i64 = x.source.iter().map(|t| t.rows).sum();
+    log::info!(
+        "database {db}: exported, {} tables, {rows} rows, {} bytes",
+        x.source.len(),
+        x.size
+    );
+    Ok(x)
+}
+
+/// Imports one exported database into the target, unless it already holds exactly
+/// that data, and compares every table on both sides.
+async fn import_one(
+    e: &EmbeddedPostgres<'_>,
+    s: &Settings,
+    p: &PgSettings,
+    target: &Target<'_>,
+    occupied: &[String],
+    x: Exported,
+    out: &std::sync::Mutex<PgOutcome>,
+) -> Result<(), Diagnostics> {
+    let db = x.db.as_str();
+    let record = |skipped: bool| {
+        let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
+        out.files.push(ExportFile {
+            name: x.file.clone(),
+            size: 0,
+            sha256: String::new(),
+        });
+        if skipped {
+            out.skipped.push(format!("postgres:{db}"));
+        }
+        add_tables(&mut out, db, &x.source, x.size);
+    };
+    let clean = occupied.iter().any(|d| d == db);
+    if clean {
+        let before = e.target_stats(db, target).await?;
+        if compare(db, &x.source, &before).is_empty() && before.len() == x.source.len() {
+            log::info!("database {db}: the target already holds exactly this data; left as it is");
+            record(true);
+            return Ok(());
+        }
+        if !s.overwrite {
+            return Err(Diagnostic::error(
+                "Target database not empty",
+                format!(
+                    "database {db:?} at {}:{} already holds {} tables that differ from the embedded data. \
+                     Nothing was written to it. Set overwrite_existing = true to restore over them.",
+                    p.host,
+                    p.port,
+                    before.len()
+                ),
+            )
+            .at(AttrPath::root("overwrite_existing"))
+            .into());
+        }
+    }
+    log::info!("database {db}: importing into {}:{}", p.host, p.port);
+    let after = e.import(db, db, target, clean).await?;
+    let diffs = compare(db, &x.source, &after);
+    if !diffs.is_empty() {
+        return Err(Diagnostic::error(
+            format!("Database {db} differs after the import"),
+            format!("{}\nCircleCI was left stopped.", diffs.join("\n")),
+        )
+        .into());
+    }
+    for t in &x.source {
+        log::info!("database {db}: table {} verified, {} rows", t.table, t.rows);
+    }
+    record(false);
+    crate::fault_point::point("circleci_data_migration.database_loop").await;
+    Ok(())
 }
 
 /// The tables CircleCI's export script insists on, where they belong.
@@ -523,6 +597,14 @@ fn record(state: &mut Value, s: &Settings, pg: &PgOutcome, skipped: Vec<String>,
         Value::string(format!("{:.1}s", took.as_secs_f64())),
     );
     let secs = pg.took.as_secs_f64().max(0.001);
+    state.set(
+        "postgres_elapsed",
+        Value::string(if s.postgres.is_some() {
+            format!("{secs:.1}s")
+        } else {
+            String::new()
+        }),
+    );
     state.set(
         "throughput",
         Value::string(if s.postgres.is_some() {

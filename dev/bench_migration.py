@@ -1,0 +1,265 @@
+#!/usr/bin/env python3
+"""`make bench`, the data migration: circleci_data_migration against a plain pipe.
+
+On the Services-machine simulator, over the embedded PostgreSQL fixture of
+dev/embedded-fixture.sh with BENCH_MIGRATION_ROWS rows per big table (default 1,700,000:
+1.07 GB in pg_database_size; less than 1 GB fails the benchmark), in the same run:
+  (m) terraform apply of circleci_postgres_databases + circleci_data_migration +
+      circleci_services_restart: the provider's migration (export kept, every table
+      counted and checksummed on both sides, sealed) and the whole cutover, from
+      CircleCI stopped to the restart's checks passing
+  (p) the plain pipe over the same data, in the same temporary container:
+      pg_dump -Fc DB | pg_restore --no-owner --no-privileges -d DB, per database,
+      into fresh databases, nothing kept, nothing verified
+Both timed from the temporary container's start to its removal (the provider's
+postgres_elapsed; its whole elapsed also stops CircleCI).
+Prints MB/s and rows/s of both, the ratio (p time / m time; target >= 0.9), and the
+cutover's downtime. Imported by dev/bench.py; runnable alone with a built provider
+(BIN=path/to/terraform-provider-circleci).
+"""
+
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+STATE = os.path.join(ROOT, "dev", ".state")
+DATABASES = ["circle", "contexts", "conductor_production", "contexts_service_production",
+             "cron_service_production", "domain", "federations", "permissions", "vms"]
+CONTAINER = "bench-plain-pipe"
+
+
+def env_file():
+    out = {}
+    with open(os.path.join(STATE, "env")) as f:
+        for line in f:
+            if "=" in line and not line.startswith("#"):
+                k, v = line.rstrip("\n").split("=", 1)
+                out[k] = v.strip('"')
+    return out
+
+
+E = env_file()
+
+
+def psql(db, sql):
+    r = subprocess.run(
+        ["psql", "-X", "-q", "-tA", "-h", "127.0.0.1", "-p", E["CIRCLECI_TEST_PG_PORT"], "-U", "postgres",
+         "-d", db, "-c", sql],
+        env=dict(os.environ, PGPASSWORD=E["CIRCLECI_TEST_PG_PASSWORD"]), capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"psql {db}: {sql}: {r.stderr}")
+    return r.stdout.strip()
+
+
+def bao(*args):
+    return subprocess.run(
+        [E["CIRCLECI_TEST_BAO"], *args], capture_output=True, text=True,
+        env=dict(os.environ, BAO_ADDR=E["CIRCLECI_TEST_VAULT_ADDR"], BAO_CACERT=E["CIRCLECI_TEST_VAULT_CA"],
+                 BAO_TOKEN=E["CIRCLECI_TEST_VAULT_TOKEN"]))
+
+
+def fresh_targets(prefix=""):
+    """No runbook database (with `prefix`) in the dev PostgreSQL, no context-service key."""
+    for db in DATABASES:
+        psql("postgres", f"DROP DATABASE IF EXISTS {prefix}{db} WITH (FORCE)")
+    if not prefix:
+        bao("write", "transit/keys/context-service/config", "deletion_allowed=true")
+        bao("delete", "transit/keys/context-service")
+
+
+def fixture(root, rows):
+    """The embedded data under simulator root `root` (made once, then reused)."""
+    os.makedirs(root, exist_ok=True)
+    # The server runs as postgres: every directory down to the data must be searchable.
+    d = root
+    while d.startswith(STATE) and d != STATE:
+        os.chmod(d, os.stat(d).st_mode | 0o755)
+        d = os.path.dirname(d)
+    subprocess.run(
+        [os.path.join(ROOT, "dev", "embedded-fixture.sh"), root, str(rows)], check=True,
+        env=dict(os.environ, EMBEDDED_VAULT_ADDR=E["CIRCLECI_TEST_EMBEDDED_VAULT_ADDR"],
+                 EMBEDDED_VAULT_TOKEN=E["CIRCLECI_TEST_EMBEDDED_VAULT_TOKEN"], BAO=E["CIRCLECI_TEST_BAO"]))
+
+
+def simulator(root):
+    """Points the simulator at `root`, with one-second transitions, and starts CircleCI."""
+    with open(os.path.join(E["CIRCLECI_TEST_SIM_STATE"], "settings.json"), "w") as f:
+        json.dump({"root": root, "transition": 1}, f)
+    sim(["replicatedctl", "app", "start"])
+    for _ in range(100):
+        st = json.loads(sim(["replicatedctl", "app", "status", "-o", "json"]))[0]
+        if st["State"] == "started" and not st["IsTransitioning"]:
+            return
+        time.sleep(0.2)
+    sys.exit("the simulated CircleCI did not start")
+
+
+def sim(argv, stdin=None):
+    r = subprocess.run([os.path.join(E["CIRCLECI_TEST_SIM"], argv[0]), *argv[1:]], input=stdin,
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"{' '.join(argv[:3])}: {r.stderr}")
+    return r.stdout
+
+
+def simulator_reset():
+    try:
+        os.remove(os.path.join(E["CIRCLECI_TEST_SIM_STATE"], "settings.json"))
+    except FileNotFoundError:
+        pass
+
+
+def plain_pipe():
+    """pg_dump -Fc | pg_restore per database, in a temporary container over the same data."""
+    for db in DATABASES:
+        psql("postgres", f"CREATE DATABASE bench_plain_{db} TEMPLATE template0")
+    export = tempfile.mkdtemp(prefix="bench-plain-", dir="/tmp")
+    subprocess.run([os.path.join(E["CIRCLECI_TEST_SIM"], "docker"), "rm", "-f", CONTAINER], capture_output=True)
+    script = ('IFS= read -r PGPASSWORD; export PGPASSWORD; for db in "${@:3}"; do '
+              'pg_dump -U postgres -Fc "$db" | pg_restore --no-owner --no-privileges --exit-on-error '
+              '-h "$1" -p "$2" -U postgres -d "bench_plain_$db" || exit 1; done')
+    t = time.perf_counter()
+    sim(["docker", "run", "--name", CONTAINER, "-d", "-v",
+         "/data/circle/postgres/9.5/data:/var/lib/postgresql/data", "-v", f"{export}:/export", "postgres:9.5.8"])
+    sim(["docker", "exec", "-i", CONTAINER, "bash", "-c", script, "pipe", "127.0.0.1", E["CIRCLECI_TEST_PG_PORT"],
+         *DATABASES], stdin=E["CIRCLECI_TEST_PG_PASSWORD"] + "\n")
+    sim(["docker", "rm", "-f", CONTAINER])
+    took = time.perf_counter() - t
+    shutil.rmtree(export, ignore_errors=True)
+    rows = sum(int(psql(f"bench_plain_{db}", f"SELECT count(*) FROM {t}"))
+               for db, t in [("circle", "builds"), ("circle", "circle_migrations"),
+                             ("conductor_production", "build_jobs"), ("vms", "tasks")])
+    fresh_targets("bench_plain_")
+    return took, rows
+
+
+def main_tf(root):
+    return f'''
+terraform {{
+  required_providers {{
+    circleci = {{ source = "circleci/circleci" }}
+  }}
+}}
+provider "circleci" {{
+  services_host {{
+    host             = "127.0.0.1"
+    port             = {E["CIRCLECI_TEST_SSH_PORT"]}
+    user             = "root"
+    private_key_file = "{E["CIRCLECI_TEST_SSH_KEY_FILE"]}"
+    known_hosts_file = "{E["CIRCLECI_TEST_SSH_KNOWN_HOSTS"]}"
+  }}
+  postgres {{
+    host     = "127.0.0.1"
+    port     = {E["CIRCLECI_TEST_PG_PORT"]}
+    password = "{E["CIRCLECI_TEST_PG_PASSWORD"]}"
+    sslmode  = "require"
+  }}
+}}
+resource "circleci_postgres_databases" "pg" {{
+  host        = "127.0.0.1"
+  port        = {E["CIRCLECI_TEST_PG_PORT"]}
+  password    = "bench-circle-pw"
+  config_path = "{root}/etc/circleconfig/shared/postgresql"
+}}
+resource "circleci_data_migration" "m" {{
+  config_root = "{root}"
+  postgres {{
+    host     = circleci_postgres_databases.pg.host
+    port     = circleci_postgres_databases.pg.port
+    password = "bench-circle-pw"
+  }}
+}}
+resource "circleci_services_restart" "r" {{
+  config_root    = "{root}"
+  stop_timeout   = "1m"
+  start_timeout  = "2m"
+  verify_timeout = "1m"
+  triggers = {{
+    migration = circleci_data_migration.m.migrated_at
+    postgres  = circleci_postgres_databases.pg.file_sha256
+  }}
+}}
+output "m" {{
+  value     = circleci_data_migration.m
+  sensitive = true
+}}
+output "r" {{
+  value = circleci_services_restart.r
+}}
+'''
+
+
+def tf(d, cfg, *args):
+    env = dict(os.environ, TF_CLI_CONFIG_FILE=cfg, CHECKPOINT_DISABLE="1", TF_IN_AUTOMATION="1")
+    env.pop("TF_LOG", None)
+    r = subprocess.run(["terraform", *args], cwd=d, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"terraform {' '.join(args)} failed in {d}:\n{r.stdout}\n{r.stderr}")
+    return r.stdout
+
+
+def provider_migration(plugin_dir, root):
+    d = tempfile.mkdtemp(prefix="bench-migration-", dir=STATE)
+    with open(os.path.join(d, "main.tf"), "w") as f:
+        f.write(main_tf(root))
+    cfg = os.path.join(d, "cli.tfrc")
+    with open(cfg, "w") as f:
+        f.write('provider_installation {\n  dev_overrides {\n'
+                f'    "registry.terraform.io/circleci/circleci" = "{plugin_dir}"\n  }}\n  direct {{}}\n}}\n')
+    t = time.perf_counter()
+    tf(d, cfg, "apply", "-auto-approve", "-input=false", "-no-color")
+    apply = time.perf_counter() - t
+    m = json.loads(tf(d, cfg, "output", "-json", "m"))
+    r = json.loads(tf(d, cfg, "output", "-json", "r"))
+    tf(d, cfg, "destroy", "-auto-approve", "-input=false", "-no-color")
+    shutil.rmtree(os.path.join(root, "data", "circle", "external-services-export"), ignore_errors=True)
+    return apply, m, r
+
+
+def seconds(s):
+    return float(s.rstrip("s"))
+
+
+def run(plugin_dir):
+    rows = int(os.environ.get("BENCH_MIGRATION_ROWS", "1700000"))
+    root = os.path.join(STATE, f"bench-embedded-{rows}")
+    fixture(root, rows)
+    simulator(root)
+    fresh_targets()
+    fresh_targets("bench_plain_")
+    try:
+        plain, plain_rows = plain_pipe()
+        apply, m, r = provider_migration(plugin_dir, root)
+    finally:
+        fresh_targets()
+        simulator_reset()
+    took = seconds(m["postgres_elapsed"])
+    mb = m["postgres_bytes"] / 1e6
+    stopped = datetime.datetime.fromisoformat(m["app_stopped_at"].replace("Z", "+00:00"))
+    restarted = datetime.datetime.fromisoformat(r["restarted_at"].replace("Z", "+00:00"))
+    ratio = plain / took
+    big_enough = m["postgres_bytes"] >= 1e9
+    print(f"migration fixture: {mb:.0f} MB in the nine databases (pg_database_size), {m['postgres_rows']} rows, "
+          f"export {m['export_bytes'] / 1e6:.0f} MB")
+    print(f"(p) plain pg_dump -Fc | pg_restore, 9 databases: {plain:7.1f} s   {mb / plain:6.1f} MB/s  "
+          f"{m['postgres_rows'] / plain:9.0f} rows/s  ({plain_rows} rows in the big tables)")
+    print(f"(m) circleci_data_migration (kept, verified):   {took:7.1f} s   {mb / took:6.1f} MB/s  "
+          f"{m['postgres_rows'] / took:9.0f} rows/s  (its own figure: {m['throughput']})")
+    print(f"ratio plain / provider:                         {ratio:7.2f}     (target >= 0.90)")
+    print(f"cutover: CircleCI stopped {m['app_stopped_at']} -> checks passed {r['restarted_at']}: "
+          f"{(restarted - stopped).total_seconds():.0f} s (migration {m['elapsed']} + restart {r['downtime']}; "
+          f"whole apply {apply:.1f} s); {len(r['checks'])} checks passed")
+    if not big_enough:
+        print(f"the fixture is under 1 GB ({mb:.0f} MB): raise BENCH_MIGRATION_ROWS")
+    return ratio >= 0.9 and big_enough
+
+
+if __name__ == "__main__":
+    binary = os.environ.get("BIN", os.path.join(ROOT, "target", "release", "terraform-provider-circleci"))
+    sys.exit(0 if run(os.path.dirname(binary)) else 1)
