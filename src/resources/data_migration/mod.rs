@@ -313,7 +313,8 @@ fn validate_config(config: &Value) -> Diagnostics {
     }
     let given = |b: &str| !config.get(b).is_null();
     if !given(POSTGRES) && !given(VAULT) {
-        diags.error(
+        diags.attr_error(
+            AttrPath::root(POSTGRES),
             "Nothing to migrate",
             "add a postgres block, a vault_transit_key block, or both",
         );
