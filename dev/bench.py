@@ -33,17 +33,7 @@ RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 COOKIE = "d602bf8f470bc67ca7faa0386276bbdd4330efaf76d1a219cb4d6991ca9872b2"
 
 
-def env_file():
-    out = {}
-    with open(os.path.join(STATE, "env")) as f:
-        for line in f:
-            if "=" in line and not line.startswith("#"):
-                k, v = line.rstrip("\n").split("=", 1)
-                out[k] = v.strip('"')
-    return out
-
-
-E = env_file()
+E = bench_migration.E
 # moto takes any credentials; nothing from the machine's own AWS set-up.
 os.environ.update(
     AWS_ACCESS_KEY_ID="testing",

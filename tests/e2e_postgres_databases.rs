@@ -7,17 +7,7 @@ mod common;
 
 use common::{closed_port, hcl_str, mode_of, servers, Tf};
 
-const NINE: [&str; 9] = [
-    "circle",
-    "contexts",
-    "conductor_production",
-    "contexts_service_production",
-    "cron_service_production",
-    "domain",
-    "federations",
-    "permissions",
-    "vms",
-];
+use common::RUNBOOK_DATABASES as NINE;
 
 fn sourced(path: &std::path::Path, var: &str) -> String {
     String::from_utf8(common::bash(&format!(

@@ -30,23 +30,6 @@ fn host(s: &common::Servers) -> ServicesHost {
     })
 }
 
-/// A simulator root holding the embedded PostgreSQL (dev/embedded-fixture.sh), with
-/// `rows` rows in each big table.
-fn embedded_root(rows: &str) -> tempfile::TempDir {
-    let root = common::searchable_tempdir();
-    let fixture = Command::new(common::repo_root().join("dev/embedded-fixture.sh"))
-        .arg(root.path())
-        .arg(rows)
-        .output()
-        .unwrap();
-    assert!(
-        fixture.status.success(),
-        "{}",
-        String::from_utf8_lossy(&fixture.stderr)
-    );
-    root
-}
-
 /// Removes the temporary container (stopping its server) even when a check fails.
 struct Removed(std::path::PathBuf, &'static str);
 
@@ -70,7 +53,7 @@ fn a_temporary_postgres_container_dumps_the_embedded_databases() {
 
 async fn dumps_the_embedded_databases() {
     let s = common::servers();
-    let root = embedded_root("300");
+    let root = s.embedded_root("300");
     let _sim = Sim::new(&s, json!({"root": root.path(), "transition": 1}));
     let h = host(&s);
     let t = Duration::from_secs(60);
@@ -176,7 +159,7 @@ fn export_import_and_verify_every_table() {
     use terraform_provider_circleci::secret::Secret;
 
     let s = common::servers();
-    let root = embedded_root("500");
+    let root = s.embedded_root("500");
     let _sim = Sim::new(&s, json!({"root": root.path(), "transition": 1}));
     let n = std::process::id();
     let role = format!("mig_{n}");

@@ -523,18 +523,8 @@ impl Drop for NomadStandin {
     }
 }
 
-/// The runbook's nine database names.
-pub const RUNBOOK_DATABASES: [&str; 9] = [
-    "circle",
-    "contexts",
-    "conductor_production",
-    "contexts_service_production",
-    "cron_service_production",
-    "domain",
-    "federations",
-    "permissions",
-    "vms",
-];
+/// The runbook's nine database names (the provider's own list).
+pub use terraform_provider_circleci::circleci::postgres::DEFAULT_DATABASES as RUNBOOK_DATABASES;
 
 impl Servers {
     /// The targets of a data migration as a fresh external service has them: none of

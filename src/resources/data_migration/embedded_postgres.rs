@@ -385,14 +385,36 @@ impl<'a> EmbeddedPostgres<'a> {
         })
     }
 
-    /// Makes the export directory 0700 and `files` in it 0600; their sizes and SHA-256.
-    pub async fn seal(&self, files: &[String]) -> Result<Vec<ExportFile>, Diagnostics> {
-        let mut args = vec!["exec", &self.name, "bash", "-c", SEAL, "seal", EXPORT_MOUNT];
+    /// Runs `script` in the export directory (its `$1`) on `files`; a failure is an
+    /// error under `summary`.
+    async fn in_export(
+        &self,
+        script: &str,
+        files: &[String],
+        summary: &str,
+    ) -> Result<(RemoteCommand, CommandOutput), Diagnostics> {
+        let mut args = vec![
+            "exec",
+            &self.name,
+            "bash",
+            "-c",
+            script,
+            "export",
+            EXPORT_MOUNT,
+        ];
         args.extend(files.iter().map(String::as_str));
         let (cmd, out) = self.docker(&args, None).await?;
         if !out.success() {
-            return Err(fail("Could not seal the export", &cmd, &out));
+            return Err(fail(summary, &cmd, &out));
         }
+        Ok((cmd, out))
+    }
+
+    /// Makes the export directory 0700 and `files` in it 0600; their sizes and SHA-256.
+    pub async fn seal(&self, files: &[String]) -> Result<Vec<ExportFile>, Diagnostics> {
+        let (cmd, out) = self
+            .in_export(SEAL, files, "Could not seal the export")
+            .await?;
         let mut sealed = Vec::new();
         for r in rows_of(&out) {
             if let [name, size, sha] = r.as_slice() {
@@ -420,21 +442,9 @@ impl<'a> EmbeddedPostgres<'a> {
 
     /// Deletes `files` from the export directory.
     pub async fn remove(&self, files: &[String]) -> Result<(), Diagnostics> {
-        let mut args = vec![
-            "exec",
-            &self.name,
-            "bash",
-            "-c",
-            REMOVE,
-            "remove",
-            EXPORT_MOUNT,
-        ];
-        args.extend(files.iter().map(String::as_str));
-        let (cmd, out) = self.docker(&args, None).await?;
-        if !out.success() {
-            return Err(fail("Could not remove the export", &cmd, &out));
-        }
-        Ok(())
+        self.in_export(REMOVE, files, "Could not remove the export")
+            .await
+            .map(|_| ())
     }
 
     /// Removes the container (its server stops; the data directory stays as it was).
