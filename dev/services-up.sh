@@ -257,6 +257,10 @@ MONGO_BIN="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import js
 MONGO36_PORT=$((MONGO_PORT + 1))
 for spec in "mongo current $MONGO_PORT" "mongo36 3.6 $MONGO36_PORT"; do
   set -- $spec
+  # A stand-in started from an older build is replaced (it keeps nothing on disk).
+  if alive "$D/$1.pid" && [ "$MONGO_BIN" -nt "$D/$1.pid" ]; then
+    kill "$(cat "$D/$1.pid")"; for _ in $(seq 50); do alive "$D/$1.pid" || break; sleep 0.1; done
+  fi
   if ! alive "$D/$1.pid"; then
     "$MONGO_BIN" --port "$3" --mode "$2" --admin-user admin --admin-password "$MONGO_PASSWORD" \
       --pidfile "$D/$1.pid" >"$D/$1.log" 2>&1 &
@@ -352,6 +356,7 @@ CIRCLECI_TEST_TLS_KEY=$PGD/tls/nomad.key
 CIRCLECI_TEST_MONGO_PORT=$MONGO_PORT
 CIRCLECI_TEST_MONGO36_PORT=$MONGO36_PORT
 CIRCLECI_TEST_MONGO_CLIENT=$ROOT/dev/mongo-client.py
+CIRCLECI_TEST_MONGO_STANDIN=$MONGO_BIN
 CIRCLECI_TEST_PYTHON=$D/venv/bin/python
 CIRCLECI_TEST_MONGO_USER=admin
 CIRCLECI_TEST_MONGO_PASSWORD=$MONGO_PASSWORD

@@ -90,7 +90,12 @@ fn manages_users(port_var: &str, user: &str) {
     // It may not manage users, and unknown commands are refused, never "ok".
     let e = run(&s, &me, json!({"createUser": "x", "pwd": "y", "roles": []})).unwrap_err();
     assert_eq!(code(&e), 13, "{e:?}");
-    let e = run(&s, &me, json!({"find": "things"})).unwrap_err();
+    let e = run(
+        &s,
+        &me,
+        json!({"aggregate": "things", "pipeline": [], "cursor": {}}),
+    )
+    .unwrap_err();
     assert_eq!(code(&e), 59, "{e:?}");
     // A wrong password is refused.
     let e = run(&s, &uri(&port, user, "wrong", ""), json!({"ping": 1})).unwrap_err();
@@ -189,4 +194,184 @@ fn mode_3_6_looks_like_mongodb_3_6() {
     let u = run(&s, &cur, json!({"usersInfo": "mech-cur"})).unwrap();
     assert_eq!(u["users"][0]["mechanisms"], json!(["SCRAM-SHA-256"]));
     run(&s, &cur, json!({"dropUser": "mech-cur"})).unwrap();
+}
+
+/// PyMongo's own API (insert_many's document sequences, cursors fetched in batches,
+/// create_index) against a stand-in in 3.6 mode over a data directory, without a
+/// login as CircleCI's embedded MongoDB runs: the documents, indexes and dbHash are
+/// the same after the stand-in is killed and started again over that directory, and
+/// the files hold the documents as real BSON.
+#[test]
+fn documents_persist_across_restarts() {
+    let s = common::servers();
+    let dir = tempfile::tempdir().unwrap();
+    let script = r#"
+import json, sys
+import bson, pymongo
+uri, phase, dbpath = sys.argv[1:]
+c = pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000)
+db = c["circle_ghe"]
+out = {}
+if phase == "write":
+    db.builds.insert_many([{"n": i, "log": "x" * (i % 50), "tags": ["a", i]} for i in range(250)])
+    db.users.insert_many([{"_id": i, "name": "user-%d" % i} for i in range(7)])
+    db.builds.create_index([("n", 1)], name="n_1")
+    c["build_state_dev_ghe"].states.insert_one({"_id": "s1", "ok": True})
+got = list(db.builds.find({}, batch_size=40))
+out["found"] = len(got)
+out["distinct_n"] = len({d["n"] for d in got})
+out["eq"] = [d["name"] for d in db.users.find({"_id": 3})]
+out["count"] = db.command("count", "builds")["n"]
+out["collections"] = sorted(db.list_collection_names())
+out["indexes"] = sorted(i["name"] for i in db.builds.list_indexes())
+h = db.command("dbHash")
+out["hash"] = h["collections"]
+out["md5"] = h["md5"]
+out["dbs"] = sorted(d["name"] for d in c.list_databases())
+with open(dbpath + "/circle_ghe/builds.bson", "rb") as f:
+    out["file_docs"] = sum(1 for _ in bson.decode_file_iter(f))
+try:
+    db.builds.find_one({"n": {"$gt": 3}})
+    out["gt"] = "accepted"
+except pymongo.errors.OperationFailure as e:
+    out["gt"] = e.code
+print(json.dumps(out))
+"#;
+    let run = |port: u16, phase: &str| -> serde_json::Value {
+        let out = std::process::Command::new(s.get("CIRCLECI_TEST_PYTHON"))
+            .args(["-c", script])
+            .arg(format!("mongodb://127.0.0.1:{port}/"))
+            .arg(phase)
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let start = || {
+        let port = common::closed_port();
+        let child = std::process::Command::new(s.get("CIRCLECI_TEST_MONGO_STANDIN"))
+            .args([
+                "--port",
+                &port.to_string(),
+                "--mode",
+                "3.6",
+                "--noauth",
+                "--dbpath",
+            ])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        (port, Killed(child))
+    };
+    let (port, first) = start();
+    let before = run(port, "write");
+    assert_eq!(before["found"], 250, "{before}");
+    assert_eq!(before["distinct_n"], 250);
+    assert_eq!(before["eq"], json!(["user-3"]));
+    assert_eq!(before["count"], 250);
+    assert_eq!(before["collections"], json!(["builds", "users"]));
+    assert_eq!(before["indexes"], json!(["_id_", "n_1"]));
+    assert_eq!(before["file_docs"], 250);
+    assert_eq!(
+        before["gt"], 2,
+        "an operator filter is refused, not ignored"
+    );
+    assert!(before["dbs"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("build_state_dev_ghe")));
+    drop(first); // SIGKILL: every write was already on disk
+
+    let (port, _second) = start();
+    let after = run(port, "read");
+    for k in [
+        "found",
+        "count",
+        "collections",
+        "indexes",
+        "hash",
+        "md5",
+        "file_docs",
+    ] {
+        assert_eq!(after[k], before[k], "{k} changed across the restart");
+    }
+}
+
+/// A child process killed (SIGKILL) and reaped on drop.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// On the shared stand-in (with logins): documents need a role on the database, read
+/// roles cannot write, and nothing is served before a login.
+#[test]
+fn documents_need_a_role() {
+    let s = common::servers();
+    let port = s.get("CIRCLECI_TEST_MONGO_PORT").to_string();
+    let admin = uri(
+        &port,
+        s.get("CIRCLECI_TEST_MONGO_USER"),
+        s.get("CIRCLECI_TEST_MONGO_PASSWORD"),
+        "",
+    );
+    let n = std::process::id();
+    let (writer, reader) = (format!("docs-w-{n}"), format!("docs-r-{n}"));
+    for (u, role) in [(&writer, "readWrite"), (&reader, "read")] {
+        run(
+            &s,
+            &admin,
+            json!({"createUser": u, "pwd": "pw", "roles": [{"role": role, "db": "circle_ghe"}]}),
+        )
+        .unwrap();
+    }
+    let coll = format!("c{n}");
+    let w = uri(&port, &writer, "pw", "");
+    let r = uri(&port, &reader, "pw", "");
+    let ins = json!({"insert": coll, "documents": [{"_id": 1, "a": "b"}]});
+    let db = |u: &str, cmd: Value| s.pymongo(u, "circle_ghe", cmd);
+    assert_eq!(db(&w, ins.clone()).unwrap()["n"], 1);
+    assert_eq!(
+        code(&db(&r, ins.clone()).unwrap_err()),
+        13,
+        "read cannot insert"
+    );
+    let found = db(&r, json!({"find": coll, "filter": {}})).unwrap();
+    assert_eq!(found["cursor"]["firstBatch"][0]["a"], "b");
+    assert_eq!(
+        code(
+            &s.pymongo(&w, "containers_dev_ghe", json!({"find": coll}))
+                .unwrap_err()
+        ),
+        13,
+        "no role on that database"
+    );
+    let dup = db(&w, ins).unwrap_err();
+    assert_eq!(code(&dup), 11000, "{dup:?}");
+    db(&w, json!({"drop": coll})).unwrap();
+    let anon = s.pymongo(
+        &format!("mongodb://127.0.0.1:{port}/"),
+        "circle_ghe",
+        json!({"find": coll}),
+    );
+    assert_eq!(code(&anon.unwrap_err()), 13);
+    for u in [&writer, &reader] {
+        run(&s, &admin, json!({"dropUser": u})).unwrap();
+    }
 }

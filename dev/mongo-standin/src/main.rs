@@ -27,12 +27,22 @@
 //!   `createUser` / `updateUser` is refused with BadValue like any field 3.6 does not
 //!   know; `usersInfo` has no `mechanisms`.
 //!
-//! It stores no data (there are no collections), keeps users in memory, supports no
-//! x.509, sessions, transactions or TLS.
+//! Documents (src/store.rs), for the data migration: `insert`, `find` (an empty filter
+//! or top-level equality; no sort or projection), `getMore`, `killCursors`, `count`,
+//! `listCollections`, `listIndexes`, `createIndexes`, `drop`, `dropDatabase`, `dbHash`,
+//! and the databases in `listDatabases`; with `--dbpath DIR` they persist there (each
+//! collection's documents one after another, as mongodump writes them), else in memory.
+//! Reading needs a role on the database (read, readWrite, dbOwner) or root /
+//! readAnyDatabase / readWriteAnyDatabase; writing needs readWrite, dbOwner, root or
+//! readWriteAnyDatabase. `--noauth` serves every command without a login, as the
+//! embedded MongoDB of CircleCI's Services machine does inside its container.
 //!
-//! Usage: `mongo-standin --port N --admin-user U --admin-password P [--mode current|3.6]
-//! [--replica-set NAME] [--pidfile F]`. The admin user lives in `admin` with the `root`
-//! role.
+//! It keeps users in memory, supports no x.509, sessions, transactions, updates,
+//! deletes, aggregation or TLS.
+//!
+//! Usage: `mongo-standin --port N (--admin-user U --admin-password P | --noauth)
+//! [--mode current|3.6] [--replica-set NAME] [--dbpath DIR] [--pidfile F]`. The admin
+//! user lives in `admin` with the `root` role.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -44,6 +54,8 @@ use bson::{doc, spec::BinarySubtype, Binary, Bson, Document};
 use md5::Digest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+mod store;
 
 const OP_REPLY: i32 = 1;
 const OP_QUERY: i32 = 2004;
@@ -119,6 +131,8 @@ struct Server {
     replica_set: Option<String>,
     me: String,
     connections: AtomicI32,
+    store: store::Store,
+    noauth: bool,
 }
 
 /// A command's failure, as mongod reports it.
@@ -358,6 +372,25 @@ impl Server {
         })
     }
 
+    /// May `who` read (or, with `write`, change) documents in `db`?
+    fn can_use(&self, who: &Option<(String, String)>, db: &str, write: bool) -> bool {
+        if self.noauth {
+            return true;
+        }
+        let Some(key) = who else { return false };
+        let users = self.users.lock().unwrap();
+        let Some(u) = users.get(key) else {
+            return false;
+        };
+        u.roles.iter().any(|(r, d)| {
+            let any = d == "admin"
+                && (r == "root"
+                    || r == "readWriteAnyDatabase"
+                    || (!write && r == "readAnyDatabase"));
+            any || (d == db && (r == "readWrite" || r == "dbOwner" || (!write && r == "read")))
+        })
+    }
+
     fn hello(&self, body: &Document, conn_id: i32) -> Document {
         let mut d = doc! {
             "helloOk": true,
@@ -431,7 +464,34 @@ impl Server {
             "saslContinue" => return self.sasl_continue(conn, body),
             _ => {}
         }
-        if conn.auth.is_none() {
+        if conn.auth.is_none() && !self.noauth {
+            return Err(fail(
+                13,
+                "Unauthorized",
+                format!("command {name} requires authentication"),
+            ));
+        }
+        let write = matches!(
+            name.as_str(),
+            "insert" | "createIndexes" | "drop" | "dropDatabase"
+        );
+        if let Some(r) = {
+            let allowed = self.can_use(&conn.auth, &db, write);
+            self.store.command(&name, body, &db).map(|r| {
+                if allowed {
+                    r
+                } else {
+                    Err(fail(
+                        13,
+                        "Unauthorized",
+                        format!("not authorized on {db} to execute command {{ {name}: ... }}"),
+                    ))
+                }
+            })
+        } {
+            return r;
+        }
+        if conn.auth.is_none() && !self.noauth {
             return Err(fail(
                 13,
                 "Unauthorized",
@@ -456,7 +516,11 @@ impl Server {
         };
         match name.as_str() {
             "connectionStatus" => {
-                let (adb, au) = conn.auth.clone().unwrap();
+                let Some((adb, au)) = conn.auth.clone() else {
+                    return Ok(
+                        doc! {"authInfo": {"authenticatedUsers": [], "authenticatedUserRoles": []}},
+                    );
+                };
                 let roles = self
                     .users
                     .lock()
@@ -483,13 +547,20 @@ impl Server {
                         .values()
                         .flat_map(|u| u.roles.iter().map(|(_, d)| d.clone())),
                 );
+                let stored = self.store.databases();
+                names.extend(stored.iter().map(|(n, _)| n.clone()));
                 names.sort();
                 names.dedup();
+                let mut total = 0_i64;
                 let dbs: Vec<Bson> = names
                     .into_iter()
-                    .map(|n| Bson::Document(doc! {"name": n, "sizeOnDisk": 0_i64, "empty": true}))
+                    .map(|n| {
+                        let size = stored.iter().find(|(d, _)| *d == n).map_or(0, |(_, s)| *s);
+                        total += size;
+                        Bson::Document(doc! {"name": n, "sizeOnDisk": size, "empty": size == 0})
+                    })
                     .collect();
-                Ok(doc! {"databases": dbs, "totalSize": 0_i64})
+                Ok(doc! {"databases": dbs, "totalSize": total})
             }
             "createUser" => {
                 admin(self)?;
@@ -901,14 +972,19 @@ fn arg(args: &[String], name: &str) -> Option<String> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: mongo-standin --port N --admin-user U --admin-password P [--mode current|3.6] [--replica-set NAME] [--pidfile F]";
-    let (Some(port), Some(user), Some(pw)) = (
-        arg(&args, "--port"),
-        arg(&args, "--admin-user"),
-        arg(&args, "--admin-password"),
-    ) else {
+    let usage = "usage: mongo-standin --port N (--admin-user U --admin-password P | --noauth) [--mode current|3.6] [--replica-set NAME] [--dbpath DIR] [--pidfile F]";
+    let noauth = args.iter().any(|a| a == "--noauth");
+    let admin = arg(&args, "--admin-user").zip(arg(&args, "--admin-password"));
+    let Some(port) = arg(&args, "--port").filter(|_| noauth || admin.is_some()) else {
         eprintln!("{usage}");
         std::process::exit(2);
+    };
+    let store = match store::Store::open(arg(&args, "--dbpath").map(std::path::PathBuf::from)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("--dbpath: {e}");
+            std::process::exit(2);
+        }
     };
     let listener = TcpListener::bind(("127.0.0.1", port.parse::<u16>().expect("port")))
         .await
@@ -923,20 +999,24 @@ async fn main() {
         }
     };
     let mut users = BTreeMap::new();
-    let admin = make_user(
-        mode,
-        &user,
-        &pw,
-        None,
-        vec![("root".into(), "admin".into())],
-    );
-    users.insert(("admin".to_string(), user), admin);
+    if let Some((user, pw)) = admin {
+        let admin = make_user(
+            mode,
+            &user,
+            &pw,
+            None,
+            vec![("root".into(), "admin".into())],
+        );
+        users.insert(("admin".to_string(), user), admin);
+    }
     let server = Arc::new(Server {
         mode,
         users: Mutex::new(users),
         replica_set: arg(&args, "--replica-set"),
         me: me.clone(),
         connections: AtomicI32::new(0),
+        store,
+        noauth,
     });
     if let Some(p) = arg(&args, "--pidfile") {
         std::fs::write(p, std::process::id().to_string()).expect("pidfile");

@@ -1,0 +1,419 @@
+//! Documents, for the data migration's embedded MongoDB: collections held in memory and,
+//! with `--dbpath DIR`, kept in DIR/<db>/<collection>.bson (the documents one after
+//! another, as mongodump writes them) and DIR/<db>/<collection>.indexes.bson, rewritten
+//! whole (through a temporary file and a rename) after every write. Written from
+//! MongoDB's command documentation: insert, find (an empty filter or top-level
+//! equality), getMore, killCursors, count, listCollections, listIndexes,
+//! createIndexes, drop, dropDatabase, dbHash. Anything else a filter or command asks
+//! for is refused, never ignored.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Mutex;
+
+use bson::{doc, Bson, Document};
+use md5::Digest;
+
+use crate::{fail, CmdError};
+
+/// The most a reply batch holds, as MongoDB's 16 MB message limit asks.
+const BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+#[derive(Default, Clone)]
+struct Collection {
+    docs: Vec<Document>,
+    indexes: Vec<Document>,
+}
+
+pub struct Store {
+    dir: Option<PathBuf>,
+    dbs: Mutex<BTreeMap<String, BTreeMap<String, Collection>>>,
+    cursors: Mutex<HashMap<i64, (String, VecDeque<Document>)>>,
+    next_cursor: AtomicI64,
+}
+
+fn id_index(ns: &str) -> Document {
+    doc! {"v": 2, "key": {"_id": 1}, "name": "_id_", "ns": ns}
+}
+
+fn read_docs(p: &std::path::Path) -> std::io::Result<Vec<Document>> {
+    let bytes = std::fs::read(p)?;
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 4 <= bytes.len() {
+        let len = i32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or([0; 4])) as usize;
+        let Some(slice) = bytes.get(at..at + len) else {
+            break;
+        };
+        match Document::from_reader(slice) {
+            Ok(d) => out.push(d),
+            Err(_) => break,
+        }
+        at += len;
+    }
+    Ok(out)
+}
+
+fn write_docs(p: &std::path::Path, docs: &[Document]) -> std::io::Result<()> {
+    let mut bytes = Vec::new();
+    for d in docs {
+        d.to_writer(&mut bytes).map_err(std::io::Error::other)?;
+    }
+    let tmp = p.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(tmp, p)
+}
+
+/// A filter this store can apply: empty, or top-level fields each equal to a value.
+fn matches(d: &Document, filter: &Document) -> Result<bool, CmdError> {
+    for (k, v) in filter {
+        if k.starts_with('$')
+            || matches!(v, Bson::Document(sub) if sub.keys().any(|s| s.starts_with('$')))
+        {
+            return Err(fail(
+                2,
+                "BadValue",
+                format!("the stand-in supports only equality on top-level fields, not {k}: {v}"),
+            ));
+        }
+        if d.get(k) != Some(v) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The order of `_id`s in dbHash: the index order for the types CircleCI's documents
+/// use as ids (numbers, strings, ObjectIds), then the raw bytes.
+fn id_key(d: &Document) -> (u8, f64, String, Vec<u8>) {
+    match d.get("_id") {
+        Some(Bson::Int32(n)) => (1, *n as f64, String::new(), vec![]),
+        Some(Bson::Int64(n)) => (1, *n as f64, String::new(), vec![]),
+        Some(Bson::Double(n)) => (1, *n, String::new(), vec![]),
+        Some(Bson::String(s)) => (2, 0.0, s.clone(), vec![]),
+        Some(Bson::ObjectId(o)) => (4, 0.0, String::new(), o.bytes().to_vec()),
+        Some(other) => {
+            let mut b = Vec::new();
+            let _ = doc! {"k": other.clone()}.to_writer(&mut b);
+            (9, 0.0, String::new(), b)
+        }
+        None => (0, 0.0, String::new(), vec![]),
+    }
+}
+
+impl Store {
+    /// The store, loaded from `dir` when there is one.
+    pub fn open(dir: Option<PathBuf>) -> std::io::Result<Store> {
+        let mut dbs: BTreeMap<String, BTreeMap<String, Collection>> = BTreeMap::new();
+        if let Some(dir) = &dir {
+            std::fs::create_dir_all(dir)?;
+            for db in std::fs::read_dir(dir)? {
+                let db = db?;
+                if !db.file_type()?.is_dir() {
+                    continue;
+                }
+                let name = db.file_name().to_string_lossy().into_owned();
+                for f in std::fs::read_dir(db.path())? {
+                    let p = f?.path();
+                    let file = p
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    let Some(coll) = file.strip_suffix(".bson") else {
+                        continue;
+                    };
+                    if coll.ends_with(".indexes") {
+                        continue;
+                    }
+                    let mut c = Collection {
+                        docs: read_docs(&p)?,
+                        indexes: vec![id_index(&format!("{name}.{coll}"))],
+                    };
+                    let idx = db.path().join(format!("{coll}.indexes.bson"));
+                    if idx.exists() {
+                        c.indexes = read_docs(&idx)?;
+                    }
+                    dbs.entry(name.clone())
+                        .or_default()
+                        .insert(coll.to_string(), c);
+                }
+            }
+        }
+        Ok(Store {
+            dir,
+            dbs: Mutex::new(dbs),
+            cursors: Mutex::new(HashMap::new()),
+            next_cursor: AtomicI64::new(1),
+        })
+    }
+
+    /// Database names and their sizes (the BSON bytes of their documents).
+    pub fn databases(&self) -> Vec<(String, i64)> {
+        let dbs = self.dbs.lock().unwrap();
+        dbs.iter()
+            .map(|(n, colls)| {
+                let size = colls
+                    .values()
+                    .flat_map(|c| c.docs.iter())
+                    .map(|d| bson::to_vec(d).map(|v| v.len()).unwrap_or(0) as i64)
+                    .sum();
+                (n.clone(), size)
+            })
+            .collect()
+    }
+
+    fn persist(&self, db: &str, coll: &str, c: Option<&Collection>) -> Result<(), CmdError> {
+        let Some(dir) = &self.dir else { return Ok(()) };
+        let d = dir.join(db);
+        let data = d.join(format!("{coll}.bson"));
+        let idx = d.join(format!("{coll}.indexes.bson"));
+        let r = match c {
+            Some(c) => std::fs::create_dir_all(&d)
+                .and_then(|_| write_docs(&data, &c.docs))
+                .and_then(|_| write_docs(&idx, &c.indexes)),
+            None => {
+                let _ = std::fs::remove_file(&idx);
+                match std::fs::remove_file(&data) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                    _ => Ok(()),
+                }
+            }
+        };
+        r.map_err(|e| {
+            fail(
+                1,
+                "InternalError",
+                format!("writing {}: {e}", data.display()),
+            )
+        })
+    }
+
+    fn cursor_reply(
+        &self,
+        ns: &str,
+        mut docs: VecDeque<Document>,
+        first: bool,
+        batch: usize,
+    ) -> Document {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        while let Some(d) = docs.pop_front() {
+            bytes += bson::to_vec(&d).map(|v| v.len()).unwrap_or(0);
+            out.push(Bson::Document(d));
+            if out.len() >= batch || bytes >= BATCH_BYTES {
+                break;
+            }
+        }
+        let id = if docs.is_empty() {
+            0
+        } else {
+            let id = self.next_cursor.fetch_add(1, Ordering::Relaxed);
+            self.cursors
+                .lock()
+                .unwrap()
+                .insert(id, (ns.to_string(), docs));
+            id
+        };
+        let key = if first { "firstBatch" } else { "nextBatch" };
+        doc! {"cursor": {"id": id, "ns": ns, key: out}}
+    }
+
+    /// The document commands; `None` for any other command.
+    pub fn command(
+        &self,
+        name: &str,
+        body: &Document,
+        db: &str,
+    ) -> Option<Result<Document, CmdError>> {
+        let coll = || -> Result<String, CmdError> {
+            body.get_str(name)
+                .map(str::to_string)
+                .map_err(|_| fail(2, "BadValue", format!("{name} needs a collection name")))
+        };
+        let batch = |b: &Document| -> usize {
+            b.get_document("cursor")
+                .ok()
+                .and_then(|c| {
+                    c.get("batchSize")
+                        .and_then(Bson::as_i64)
+                        .or_else(|| c.get_i32("batchSize").ok().map(i64::from))
+                })
+                .or_else(|| b.get_i32("batchSize").ok().map(i64::from))
+                .or_else(|| b.get_i64("batchSize").ok())
+                .filter(|n| *n > 0)
+                .map_or(101, |n| n as usize)
+        };
+        let r = match name {
+            "insert" => coll().and_then(|c| {
+                let docs = body.get_array("documents").map_err(|_| fail(2, "BadValue", "insert needs documents"))?;
+                let mut dbs = self.dbs.lock().unwrap();
+                let entry = dbs.entry(db.to_string()).or_default().entry(c.clone()).or_insert_with(|| Collection {
+                    docs: vec![],
+                    indexes: vec![id_index(&format!("{db}.{c}"))],
+                });
+                let mut n = 0;
+                for d in docs {
+                    let Bson::Document(d) = d else { continue };
+                    let mut d = d.clone();
+                    if !d.contains_key("_id") {
+                        let mut with_id = doc! {"_id": bson::oid::ObjectId::new()};
+                        with_id.extend(d);
+                        d = with_id;
+                    }
+                    if entry.docs.iter().any(|x| x.get("_id") == d.get("_id")) {
+                        return Err(fail(11000, "DuplicateKey", format!("E11000 duplicate key error collection: {db}.{c} index: _id_")));
+                    }
+                    entry.docs.push(d);
+                    n += 1;
+                }
+                let snapshot = entry.clone();
+                drop(dbs);
+                self.persist(db, &c, Some(&snapshot))?;
+                Ok(doc! {"n": n})
+            }),
+            "find" => coll().and_then(|c| {
+                let filter = body.get_document("filter").cloned().unwrap_or_default();
+                for unsupported in ["sort", "projection", "skip", "hint", "min", "max"] {
+                    if body.get(unsupported).is_some_and(|v| !matches!(v, Bson::Document(d) if d.is_empty())) {
+                        return Err(fail(2, "BadValue", format!("the stand-in's find takes no {unsupported}")));
+                    }
+                }
+                let dbs = self.dbs.lock().unwrap();
+                let mut out = VecDeque::new();
+                if let Some(col) = dbs.get(db).and_then(|d| d.get(&c)) {
+                    for d in &col.docs {
+                        if matches(d, &filter)? {
+                            out.push_back(d.clone());
+                        }
+                    }
+                }
+                drop(dbs);
+                if let Some(limit) = body.get("limit").and_then(Bson::as_i64).or_else(|| body.get_i32("limit").ok().map(i64::from)) {
+                    if limit > 0 {
+                        out.truncate(limit as usize);
+                    }
+                }
+                let b = if body.get("batchSize").is_some() { batch(body) } else { 101 };
+                Ok(self.cursor_reply(&format!("{db}.{c}"), out, true, b))
+            }),
+            "getMore" => {
+                let id = body.get_i64("getMore").unwrap_or(0);
+                let cursor = self.cursors.lock().unwrap().remove(&id);
+                match cursor {
+                    Some((ns, docs)) => Ok(self.cursor_reply(&ns, docs, false, batch(body))),
+                    None => Err(fail(43, "CursorNotFound", format!("cursor id {id} not found"))),
+                }
+            }
+            "killCursors" => {
+                let ids: Vec<i64> = body.get_array("cursors").map(|a| a.iter().filter_map(Bson::as_i64).collect()).unwrap_or_default();
+                let mut cursors = self.cursors.lock().unwrap();
+                for id in &ids {
+                    cursors.remove(id);
+                }
+                Ok(doc! {"cursorsKilled": ids, "cursorsNotFound": [], "cursorsAlive": [], "cursorsUnknown": []})
+            }
+            "count" => coll().and_then(|c| {
+                let q = body.get_document("query").cloned().unwrap_or_default();
+                let dbs = self.dbs.lock().unwrap();
+                let mut n = 0;
+                if let Some(col) = dbs.get(db).and_then(|d| d.get(&c)) {
+                    for d in &col.docs {
+                        if matches(d, &q)? {
+                            n += 1;
+                        }
+                    }
+                }
+                Ok(doc! {"n": n})
+            }),
+            "listCollections" => {
+                let dbs = self.dbs.lock().unwrap();
+                let names: VecDeque<Document> = dbs
+                    .get(db)
+                    .map(|d| {
+                        d.keys()
+                            .map(|n| doc! {"name": n, "type": "collection", "options": {}, "info": {"readOnly": false}, "idIndex": id_index(&format!("{db}.{n}"))})
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                drop(dbs);
+                Ok(self.cursor_reply(&format!("{db}.$cmd.listCollections"), names, true, batch(body)))
+            }
+            "listIndexes" => coll().and_then(|c| {
+                let dbs = self.dbs.lock().unwrap();
+                match dbs.get(db).and_then(|d| d.get(&c)) {
+                    Some(col) => {
+                        let idx = col.indexes.iter().cloned().collect();
+                        drop(dbs);
+                        Ok(self.cursor_reply(&format!("{db}.{c}"), idx, true, batch(body)))
+                    }
+                    None => Err(fail(26, "NamespaceNotFound", format!("ns does not exist: {db}.{c}"))),
+                }
+            }),
+            "createIndexes" => coll().and_then(|c| {
+                let specs = body.get_array("indexes").map_err(|_| fail(2, "BadValue", "createIndexes needs indexes"))?;
+                let mut dbs = self.dbs.lock().unwrap();
+                let entry = dbs.entry(db.to_string()).or_default().entry(c.clone()).or_insert_with(|| Collection {
+                    docs: vec![],
+                    indexes: vec![id_index(&format!("{db}.{c}"))],
+                });
+                let before = entry.indexes.len() as i32;
+                for s in specs {
+                    let Bson::Document(s) = s else { continue };
+                    let name = s.get_str("name").unwrap_or_default().to_string();
+                    if !entry.indexes.iter().any(|i| i.get_str("name").ok() == Some(name.as_str())) {
+                        let mut s = s.clone();
+                        s.insert("ns", format!("{db}.{c}"));
+                        entry.indexes.push(s);
+                    }
+                }
+                let after = entry.indexes.len() as i32;
+                let snapshot = entry.clone();
+                drop(dbs);
+                self.persist(db, &c, Some(&snapshot))?;
+                Ok(doc! {"numIndexesBefore": before, "numIndexesAfter": after, "createdCollectionAutomatically": before == 1 && snapshot.docs.is_empty()})
+            }),
+            "drop" => coll().and_then(|c| {
+                let removed = self.dbs.lock().unwrap().get_mut(db).and_then(|d| d.remove(&c));
+                match removed {
+                    Some(_) => {
+                        self.persist(db, &c, None)?;
+                        Ok(doc! {"ns": format!("{db}.{c}"), "nIndexesWas": 1})
+                    }
+                    None => Err(fail(26, "NamespaceNotFound", "ns not found")),
+                }
+            }),
+            "dropDatabase" => {
+                let removed = self.dbs.lock().unwrap().remove(db);
+                for c in removed.map(|d| d.into_keys().collect::<Vec<_>>()).unwrap_or_default() {
+                    if let Err(e) = self.persist(db, &c, None) {
+                        return Some(Err(e));
+                    }
+                }
+                Ok(doc! {"dropped": db})
+            }
+            "dbHash" => {
+                let dbs = self.dbs.lock().unwrap();
+                let mut all = md5::Md5::new();
+                let mut colls = Document::new();
+                if let Some(d) = dbs.get(db) {
+                    for (n, c) in d {
+                        let mut docs: Vec<&Document> = c.docs.iter().collect();
+                        docs.sort_by(|a, b| id_key(a).partial_cmp(&id_key(b)).unwrap_or(std::cmp::Ordering::Equal));
+                        let mut h = md5::Md5::new();
+                        for d in docs {
+                            h.update(bson::to_vec(d).unwrap_or_default());
+                        }
+                        let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+                        all.update(hex.as_bytes());
+                        colls.insert(n.clone(), hex);
+                    }
+                }
+                let md5: String = all.finalize().iter().map(|b| format!("{b:02x}")).collect();
+                Ok(doc! {"numCollections": colls.len() as i32, "host": "standin", "collections": colls, "md5": md5})
+            }
+            _ => return None,
+        };
+        Some(r)
+    }
+}
