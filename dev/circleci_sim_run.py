@@ -11,7 +11,12 @@ the embedded data with the app stopped.
          server's user, as root's would be in a container)
   docker exec [-i] N bash -c SCRIPT [ARG...]
       -> bash with PGHOST/PGPORT pointing at it and the PostgreSQL binaries on PATH
-  docker rm -f N        -> pg_ctl stop -m fast ("No such container", status 1, for an unknown N)
+  docker run [--rm] --name N -d -v HOSTDIR:/data/db [-v HOSTDIR:/DIR ...] mongo:3.6.6
+      -> the MongoDB STAND-IN (dev/mongo-standin) in 3.6 mode over that directory
+         (--dbpath), without logins as the embedded MongoDB runs, on a free loopback port
+  docker exec [-i] N mongodump|mongorestore|mongo ARGS...
+      -> dev/mongo_tools_standin.py: PyMongo stand-ins for those tools (see its header)
+  docker rm -f N        -> pg_ctl stop -m fast (PostgreSQL), or the stand-in killed (MongoDB) ("No such container", status 1, for an unknown N)
   docker ps             -> also lists these
 
 Anything else (other images, other mounts, other options) is refused with status 64.
@@ -28,6 +33,10 @@ PG_BIN = "/usr/lib/postgresql/15/bin"
 PG_IMAGE = "postgres:9.5.8"
 PG_MOUNT = "/var/lib/postgresql/data"
 PG_TOOLS = ("psql", "pg_dump", "pg_dumpall", "pg_restore")
+MONGO_IMAGE = "mongo:3.6.6"
+MONGO_MOUNT = "/data/db"
+MONGO_TOOLS = ("mongodump", "mongorestore", "mongo")
+HERE = os.path.dirname(os.path.abspath(__file__))
 RUNUSER = shutil.which("runuser") or "/usr/sbin/runuser"
 
 
@@ -71,6 +80,8 @@ def run(state, refuse, args, to_host):
                 refuse("docker run ... " + " ".join(rest))
         else:
             refuse("docker run " + " ".join(args))
+    if image == MONGO_IMAGE and name and detach and MONGO_MOUNT in mounts:
+        return _run_mongo(state, name, mounts)
     if image != PG_IMAGE or not name or not detach or PG_MOUNT not in mounts:
         refuse("docker run " + " ".join(args))
     host = mounts[PG_MOUNT]
@@ -105,6 +116,42 @@ def run(state, refuse, args, to_host):
     print(f"{name}0123456789abcdef")
 
 
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_mongo(state, name, mounts):
+    if _record(state, name):
+        print(f'docker: Error response from daemon: Conflict. The container name "/{name}" is already in use.',
+              file=sys.stderr)
+        sys.exit(125)
+    standin = os.environ.get("CIRCLECI_SIM_MONGO_STANDIN", "")
+    if not os.access(standin, os.X_OK):
+        print(f"docker: the simulator needs the MongoDB stand-in (CIRCLECI_SIM_MONGO_STANDIN={standin!r})",
+              file=sys.stderr)
+        sys.exit(125)
+    for d in mounts.values():
+        os.makedirs(d, exist_ok=True)
+    port = _free_port()
+    log = open(os.path.join(_dir(state), f"{name}.log"), "a")
+    p = subprocess.Popen([standin, "--port", str(port), "--mode", "3.6", "--noauth", "--dbpath",
+                          mounts[MONGO_MOUNT]], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                         start_new_session=True)
+    import socket
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    json.dump({"image": MONGO_IMAGE, "pid": p.pid, "port": port, "mounts": mounts, "started": time.time()},
+              open(os.path.join(_dir(state), f"{name}.json"), "w"))
+    print(f"{name}0123456789abcdef")
+
+
 def exec_(state, refuse, args):
     rest = [a for a in args if a != "-i"]
     if not rest:
@@ -113,6 +160,17 @@ def exec_(state, refuse, args):
     if rec is None:
         return False
     tool, targs = rest[1] if len(rest) > 1 else "", rest[2:]
+    if rec.get("image") == MONGO_IMAGE:
+        if tool not in MONGO_TOOLS:
+            refuse("docker exec " + " ".join(args))
+        def map_mongo(a):
+            for inside, d in sorted(rec["mounts"].items(), key=lambda m: -len(m[0])):
+                a = a.replace(inside, d)
+            return a
+        env = dict(os.environ, CIRCLECI_SIM_MONGO_PORT=str(rec["port"]))
+        r = subprocess.run([sys.executable, os.path.join(HERE, "mongo_tools_standin.py"), tool]
+                           + [map_mongo(a) for a in targs], env=env)
+        sys.exit(r.returncode)
     env = {"PATH": f"{PG_BIN}:/usr/bin:/bin", "PGHOST": rec["sock"], "PGPORT": "5432", "HOME": "/tmp"}
     def map_paths(a):
         for inside, d in sorted(rec.get("mounts", {PG_MOUNT: rec["host"]}).items(), key=lambda m: -len(m[0])):
@@ -135,6 +193,14 @@ def rm(state, refuse, args):
     rec = _record(state, rest[0])
     if rec is None:
         return False
+    if rec.get("image") == MONGO_IMAGE:
+        try:
+            os.kill(rec["pid"], 9)
+        except ProcessLookupError:
+            pass
+        os.remove(os.path.join(_dir(state), f"{rest[0]}.json"))
+        print(rest[0])
+        return True
     _as_postgres([f"{PG_BIN}/pg_ctl", "-D", rec["host"], "-m", "fast", "-w", "stop"], capture_output=True)
     shutil.rmtree(rec["sock"], ignore_errors=True)
     os.remove(os.path.join(_dir(state), f"{rest[0]}.json"))

@@ -10,6 +10,10 @@
 # ciphertext in contexts_service_production.env_vars, as the context service stores them.
 # Its tables use the types CircleCI's do (bigint, int, text, uuid, jsonb, bytea,
 # timestamptz, float, numeric, bool, arrays, NULLs), and builds has a dropped column.
+# With MONGO_STANDIN (dev/mongo-standin's binary) and PYTHON (with PyMongo) set, it also
+# fills the embedded MongoDB's directory, ROOT/data/circle/mongo, through the stand-in
+# (--noauth --dbpath): the runbook's four databases with ROWS/10 documents in
+# circle_ghe.builds and a few in the others.
 # Usage: dev/embedded-fixture.sh ROOT [ROWS]   (ROOT must be world-searchable)
 set -euo pipefail
 ROOT=${1:?usage: embedded-fixture.sh ROOT [ROWS]}
@@ -54,5 +58,29 @@ if [ -n "${EMBEDDED_VAULT_ADDR:-}" ]; then
       transit/encrypt/context-service plaintext="$pt" key_version=$((2 - n % 2)))
     q contexts_service_production "INSERT INTO env_vars VALUES (md5('ctx' || $n)::uuid, 'FIXTURE_SECRET_$n', '$ct')"
   done
+fi
+if [ -n "${MONGO_STANDIN:-}" ]; then
+  MDATA=$ROOT/data/circle/mongo
+  mkdir -p "$MDATA"
+  MPORT=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  "$MONGO_STANDIN" --port "$MPORT" --mode 3.6 --noauth --dbpath "$MDATA" 2>/dev/null &
+  MPID=$!
+  "$PYTHON" - "$MPORT" "$ROWS" <<'PY'
+import sys, time
+import pymongo
+port, rows = int(sys.argv[1]), int(sys.argv[2])
+c = pymongo.MongoClient("127.0.0.1", port, serverSelectionTimeoutMS=10000, directConnection=True)
+g = c["circle_ghe"]
+g.builds.insert_many([{"build_num": i, "vcs_url": "https://github.com/acme/app-%d" % (i % 17),
+                       "steps": [{"name": "step-%d" % k, "ok": k % 3 != 0} for k in range(3)],
+                       "outcome": None if i % 9 == 0 else "success"} for i in range(max(rows // 10, 10))])
+g.builds.create_index([("build_num", 1)], name="build_num_1")
+g.users.insert_many([{"_id": "user-%d" % i, "login": "dev%d" % i, "admin": i == 0} for i in range(12)])
+c["build_state_dev_ghe"].states.insert_many([{"_id": i, "state": "finished"} for i in range(30)])
+c["containers_dev_ghe"].containers.insert_many([{"name": "c%d" % i} for i in range(5)])
+c["remote_containers_dev_ghe"].remote.insert_one({"name": "r0"})
+PY
+  kill -9 "$MPID"; wait "$MPID" 2>/dev/null || true
+  echo "embedded-fixture: $MDATA (the MongoDB stand-in's documents)" >&2
 fi
 echo "embedded-fixture: $DATA ($ROWS rows per big table)" >&2

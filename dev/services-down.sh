@@ -18,8 +18,13 @@ done
 # Temporary containers the CircleCI simulator started (a PostgreSQL server each).
 for f in "$D"/sim/state/run/*.json; do
   [ -f "$f" ] || continue
-  data=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["host"])' "$f")
-  runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$data" -m fast -w stop >/dev/null 2>&1 || true
+  pid=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("pid", ""))' "$f")
+  if [ -n "$pid" ]; then
+    kill -9 "$pid" 2>/dev/null || true   # the simulator's MongoDB stand-in
+  else
+    data=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["host"])' "$f")
+    runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$data" -m fast -w stop >/dev/null 2>&1 || true
+  fi
   rm -f "$f"
   echo "services-down: stopped the simulator's $(basename "$f" .json)" >&2
 done

@@ -306,7 +306,7 @@ mkdir -p "$D/sim/bin" "$D/sim/state" "$D/services-root"
 for tool in replicatedctl docker update-ca-certificates; do
   cat > "$D/sim/bin/$tool" <<WRAP
 #!/bin/sh
-export CIRCLECI_SIM_STATE="$D/sim/state" CIRCLECI_SIM_ROOT="$D/services-root"
+export CIRCLECI_SIM_STATE="$D/sim/state" CIRCLECI_SIM_ROOT="$D/services-root" CIRCLECI_SIM_MONGO_STANDIN="$MONGO_BIN"
 exec "$D/venv/bin/python" "$ROOT/dev/circleci-sim.py" $tool "\$@"
 WRAP
   chmod 0755 "$D/sim/bin/$tool"

@@ -552,7 +552,7 @@ impl Servers {
 
     /// A simulator root holding the embedded PostgreSQL (dev/embedded-fixture.sh) with
     /// `rows` rows in each big table and context secrets encrypted by the embedded
-    /// OpenBao's context-service key.
+    /// OpenBao's context-service key, and the embedded MongoDB's documents.
     pub fn embedded_root(&self, rows: &str) -> tempfile::TempDir {
         let root = searchable_tempdir();
         let out = Command::new(repo_root().join("dev/embedded-fixture.sh"))
@@ -567,6 +567,8 @@ impl Servers {
                 self.get("CIRCLECI_TEST_EMBEDDED_VAULT_TOKEN"),
             )
             .env("BAO", self.get("CIRCLECI_TEST_BAO"))
+            .env("MONGO_STANDIN", self.get("CIRCLECI_TEST_MONGO_STANDIN"))
+            .env("PYTHON", self.get("CIRCLECI_TEST_PYTHON"))
             .output()
             .unwrap();
         assert!(

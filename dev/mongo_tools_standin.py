@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""STAND-INS for MongoDB's mongodump, mongorestore and mongo shell, as the CircleCI
+Services-machine simulator runs them in its temporary `mongo:3.6.6` container
+(dev/circleci_sim_run.py). Not MongoDB's tools: small PyMongo programs written from
+their documentation, for the options the data migration uses; anything else is refused
+with status 64.
+
+  mongodump [--host H] [--port P] --db D --out DIR
+      every collection of D as DIR/D/C.bson (the documents' BSON one after another,
+      byte for byte as the server sent them) and DIR/D/C.metadata.json
+      ({"options": {}, "indexes": [...]}), as mongodump lays them out
+  mongorestore [--host H] [--port P] [--username U --authenticationDatabase A] [--ssl]
+               [--drop] --db D DIR
+      DIR's collections into D (indexes from the metadata); with a username and no
+      --password, the password is read from standard input up to the first newline,
+      as mongo-tools do when standard input is not a terminal
+  mongo --quiet --norc [--host H] [--port P] D --eval SCRIPT
+      only the data migration's own SCRIPT (STATS_SCRIPT below): one line per
+      collection, `name<TAB>count<TAB>dbHash md5`
+
+The host defaults to the container's own server (localhost:27017 inside a real
+container: here the stand-in's port, from CIRCLECI_SIM_MONGO_PORT).
+"""
+
+import json
+import os
+import sys
+
+import pymongo
+from bson.codec_options import CodecOptions
+from bson.raw_bson import RawBSONDocument
+
+STATS_SCRIPT = ("var h = db.runCommand({dbHash: 1}); db.getCollectionNames().forEach(function (c) "
+                "{ print(c + '\\t' + db.getCollection(c).count() + '\\t' + h.collections[c]); });")
+
+
+def refuse(what):
+    print(f"mongo-tools stand-in: {what}: not implemented by the stand-in", file=sys.stderr)
+    sys.exit(64)
+
+
+def options(args, flags, valued):
+    """(options, positional) from `args`; anything unknown is refused."""
+    opts, pos, i = {}, [], 0
+    while i < len(args):
+        a = args[i]
+        if a in flags:
+            opts[a] = True
+        elif a in valued and i + 1 < len(args):
+            opts[a] = args[i + 1]
+            i += 1
+        elif "=" in a and a.split("=", 1)[0] in valued:
+            k, v = a.split("=", 1)
+            opts[k] = v
+        elif a.startswith("-"):
+            refuse(a)
+        else:
+            pos.append(a)
+        i += 1
+    return opts, pos
+
+
+def client(opts, password=None):
+    host = opts.get("--host", "127.0.0.1")
+    port = int(opts.get("--port", os.environ.get("CIRCLECI_SIM_MONGO_PORT", "27017")))
+    kw = {"serverSelectionTimeoutMS": 10000, "directConnection": True}
+    if "--username" in opts:
+        kw.update(username=opts["--username"], password=password,
+                  authSource=opts.get("--authenticationDatabase", "admin"))
+    if "--ssl" in opts:
+        kw["tls"] = True
+    return pymongo.MongoClient(host, port, **kw)
+
+
+def mongodump(args):
+    opts, pos = options(args, set(), {"--host", "--port", "--db", "--out"})
+    if pos or "--db" not in opts or "--out" not in opts:
+        refuse("mongodump " + " ".join(args))
+    c = client(opts)
+    db = c.get_database(opts["--db"], codec_options=CodecOptions(document_class=RawBSONDocument))
+    out = os.path.join(opts["--out"], opts["--db"])
+    os.makedirs(out, exist_ok=True)
+    for name in sorted(db.list_collection_names()):
+        n = 0
+        with open(os.path.join(out, f"{name}.bson"), "wb") as f:
+            for d in db[name].find({}, batch_size=1000):
+                f.write(d.raw)
+                n += 1
+        indexes = [json.loads(json.dumps(dict(i), default=str)) for i in c[opts["--db"]][name].list_indexes()]
+        with open(os.path.join(out, f"{name}.metadata.json"), "w") as f:
+            json.dump({"options": {}, "indexes": indexes}, f)
+        print(f"done dumping {opts['--db']}.{name} ({n} documents)", file=sys.stderr)
+
+
+def read_password():
+    """Up to the first newline of standard input, as mongo-tools read it off a pipe."""
+    print("Enter password:", file=sys.stderr)
+    raw = sys.stdin.buffer.readline()
+    return raw.rstrip(b"\r\n").decode()
+
+
+def mongorestore(args):
+    opts, pos = options(args, {"--ssl", "--drop"},
+                        {"--host", "--port", "--username", "--authenticationDatabase", "--db"})
+    if len(pos) != 1 or "--db" not in opts or "--password" in opts:
+        refuse("mongorestore " + " ".join(a for a in args))
+    password = read_password() if "--username" in opts else None
+    c = client(opts, password)
+    db = c.get_database(opts["--db"])
+    src = pos[0]
+    total = 0
+    for f in sorted(os.listdir(src)):
+        if not f.endswith(".bson"):
+            continue
+        name = f[:-5]
+        if "--drop" in opts:
+            db.drop_collection(name)
+        with open(os.path.join(src, f), "rb") as fh:
+            data = fh.read()
+        docs, at = [], 0
+        while at + 4 <= len(data):
+            size = int.from_bytes(data[at:at + 4], "little")
+            docs.append(RawBSONDocument(data[at:at + size]))
+            at += size
+        for i in range(0, len(docs), 1000):
+            db[name].insert_many(docs[i:i + 1000], ordered=True)
+        total += len(docs)
+        meta = os.path.join(src, f"{name}.metadata.json")
+        if os.path.exists(meta):
+            for ix in json.load(open(meta)).get("indexes", []):
+                if ix.get("name") != "_id_":
+                    db[name].create_index(list(ix["key"].items()), name=ix["name"])
+        print(f"restored {opts['--db']}.{name} ({len(docs)} documents)", file=sys.stderr)
+    print(f"{total} document(s) restored successfully. 0 document(s) failed to restore.", file=sys.stderr)
+
+
+def mongo(args):
+    opts, pos = options(args, {"--quiet", "--norc"}, {"--host", "--port", "--eval"})
+    if len(pos) != 1 or opts.get("--eval") != STATS_SCRIPT:
+        refuse("mongo " + " ".join(args)[:200])
+    db = client(opts)[pos[0]]
+    h = db.command("dbHash")["collections"]
+    for name in sorted(db.list_collection_names()):
+        n = db.command("count", name)["n"]
+        print(f"{name}\t{n}\t{h.get(name, '')}")
+
+
+def main():
+    if len(sys.argv) < 2:
+        refuse("no tool")
+    tool, args = sys.argv[1], sys.argv[2:]
+    {"mongodump": mongodump, "mongorestore": mongorestore, "mongo": mongo}.get(
+        tool, lambda a: refuse(tool))(args)
+
+
+if __name__ == "__main__":
+    main()
