@@ -12,23 +12,7 @@ use std::time::Duration;
 
 use common::sim::{Sim, SIMULATOR};
 use serde_json::json;
-use terraform_provider_circleci::backends::ssh::{
-    parse_host_key, HostKeyPolicy, Program, RemoteCommand, ServicesHost, SshAuth, SshConfig,
-};
-
-fn host(s: &common::Servers) -> ServicesHost {
-    ServicesHost::new(SshConfig {
-        host: "127.0.0.1".into(),
-        port: s.ssh_port(),
-        user: "root".into(),
-        auth: SshAuth::KeyFile(s.get("CIRCLECI_TEST_SSH_KEY_FILE").into()),
-        host_key: HostKeyPolicy::Pinned(vec![
-            parse_host_key(s.get("CIRCLECI_TEST_SSH_HOST_KEY")).unwrap()
-        ]),
-        sudo: true,
-        timeout: Duration::from_secs(10),
-    })
-}
+use terraform_provider_circleci::backends::ssh::{Program, RemoteCommand};
 
 /// Removes the temporary container (stopping its server) even when a check fails.
 struct Removed(std::path::PathBuf, &'static str);
@@ -55,7 +39,7 @@ async fn dumps_the_embedded_databases() {
     let s = common::servers();
     let root = s.embedded_root("300");
     let _sim = Sim::new(&s, json!({"root": root.path(), "transition": 1}));
-    let h = host(&s);
+    let h = s.services_host();
     let t = Duration::from_secs(60);
     let name = "circle-postgres-export";
     let _rm = Removed(
@@ -184,7 +168,7 @@ fn export_import_and_verify_every_table() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         pg.ensure_role(&role, password.expose()).await.unwrap();
-        let h = host(&s);
+        let h = s.services_host();
         let t = Duration::from_secs(60);
         let export = format!("/var/lib/circleci-export-{n}");
         let source = Source {

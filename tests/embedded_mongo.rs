@@ -12,29 +12,13 @@ use std::time::Duration;
 
 use common::sim::{Sim, SIMULATOR};
 use serde_json::json;
-use terraform_provider_circleci::backends::ssh::{
-    parse_host_key, HostKeyPolicy, Program, RemoteCommand, ServicesHost, SshAuth, SshConfig,
-};
+use terraform_provider_circleci::backends::ssh::{Program, RemoteCommand};
 
 /// What the data migration will send the container's `mongo` shell: one line per
 /// collection, name, count and dbHash.
 const STATS: &str =
     "var h = db.runCommand({dbHash: 1}); db.getCollectionNames().forEach(function (c) \
      { print(c + '\\t' + db.getCollection(c).count() + '\\t' + h.collections[c]); });";
-
-fn host(s: &common::Servers) -> ServicesHost {
-    ServicesHost::new(SshConfig {
-        host: "127.0.0.1".into(),
-        port: s.ssh_port(),
-        user: "root".into(),
-        auth: SshAuth::KeyFile(s.get("CIRCLECI_TEST_SSH_KEY_FILE").into()),
-        host_key: HostKeyPolicy::Pinned(vec![
-            parse_host_key(s.get("CIRCLECI_TEST_SSH_HOST_KEY")).unwrap()
-        ]),
-        sudo: true,
-        timeout: Duration::from_secs(10),
-    })
-}
 
 fn docker(args: &[&str]) -> RemoteCommand {
     RemoteCommand::new(Program::Docker, args.iter().copied()).unwrap()
@@ -66,7 +50,7 @@ fn dump_restore_and_compare_the_embedded_mongodb() {
     .unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let h = host(&s);
+        let h = s.services_host();
         let t = Duration::from_secs(60);
         let run = |args: Vec<String>, stdin: Option<Vec<u8>>| {
             let h = &h;

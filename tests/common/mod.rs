@@ -604,3 +604,24 @@ impl Servers {
             .collect()
     }
 }
+
+impl Servers {
+    /// The test sshd as the provider's Services machine: root, sudo, the pinned host key.
+    pub fn services_host(&self) -> terraform_provider_circleci::backends::ssh::ServicesHost {
+        use terraform_provider_circleci::backends::ssh::{
+            parse_host_key, HostKeyPolicy, ServicesHost, SshAuth, SshConfig,
+        };
+        ServicesHost::new(SshConfig {
+            host: "127.0.0.1".into(),
+            port: self.ssh_port(),
+            user: "root".into(),
+            auth: SshAuth::KeyFile(self.get("CIRCLECI_TEST_SSH_KEY_FILE").into()),
+            host_key: HostKeyPolicy::Pinned(vec![parse_host_key(
+                self.get("CIRCLECI_TEST_SSH_HOST_KEY"),
+            )
+            .unwrap()]),
+            sudo: true,
+            timeout: std::time::Duration::from_secs(10),
+        })
+    }
+}
