@@ -14,11 +14,7 @@ use common::sim::{Sim, SIMULATOR};
 use serde_json::json;
 use terraform_provider_circleci::backends::ssh::{Program, RemoteCommand};
 
-/// What the data migration will send the container's `mongo` shell: one line per
-/// collection, name, count and dbHash.
-const STATS: &str =
-    "var h = db.runCommand({dbHash: 1}); db.getCollectionNames().forEach(function (c) \
-     { print(c + '\\t' + db.getCollection(c).count() + '\\t' + h.collections[c]); });";
+use terraform_provider_circleci::circleci::migration::{self as mig, MONGO_STATS_SCRIPT as STATS};
 
 fn docker(args: &[&str]) -> RemoteCommand {
     RemoteCommand::new(Program::Docker, args.iter().copied()).unwrap()
@@ -129,6 +125,28 @@ fn dump_restore_and_compare_the_embedded_mongodb() {
         run(restore.clone(), Some(line.clone())).await;
 
         // The same documents on both sides: counts and dbHash per collection.
+        // As the migration will compare them: the source through the container's shell,
+        // the target through the provider's own client.
+        let target = terraform_provider_circleci::backends::mongo::MongoAdmin::new(
+            terraform_provider_circleci::secret::Secret(admin.clone()),
+            None,
+            t,
+        )
+        .collection_stats(&target_db)
+        .await
+        .unwrap();
+        let source_stats = mig::parse_stats(
+            &source
+                .lines()
+                .map(|l| l.split('\t').map(str::to_string).collect())
+                .collect::<Vec<Vec<String>>>(),
+        )
+        .unwrap();
+        assert_eq!(
+            mig::compare(&target_db, &source_stats, &target),
+            Vec::<String>::new()
+        );
+        assert_eq!(source_stats.len(), target.len());
         let hash = s.pymongo(&admin, &target_db, json!({"dbHash": 1})).unwrap();
         for l in &lines {
             let mut f = l.split('\t');

@@ -75,6 +75,19 @@ pub fn parse_stats(rows: &[Vec<String>]) -> Result<Vec<TableStat>, String> {
 /// The total size of a database, for throughput figures.
 pub const DATABASE_SIZE_SQL: &str = "SELECT pg_database_size(current_database())";
 
+/// The embedded MongoDB's image and data directory on a 2.17 Services machine, and the
+/// databases the runbook names.
+pub const MONGO_IMAGE: &str = "mongo:3.6.6";
+pub const MONGO_DATA: &str = "/data/circle/mongo";
+pub const MONGO_MOUNT: &str = "/data/db";
+
+/// What the data migration sends the container's `mongo` shell for one database: a
+/// line per collection, `name<TAB>count<TAB>dbHash md5`, the form
+/// [`parse_stats`] reads (and `MongoAdmin::collection_stats` returns for the target).
+pub const MONGO_STATS_SCRIPT: &str = "var h = db.runCommand({dbHash: 1}); \
+     db.getCollectionNames().forEach(function (c) \
+     { print(c + '\\t' + db.getCollection(c).count() + '\\t' + h.collections[c]); });";
+
 /// The tables CircleCI's export script checks a dump for, by database.
 pub const EXPECTED_TABLES: [(&str, &str); 5] = [
     ("circle", "circle_migrations"),

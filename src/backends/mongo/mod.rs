@@ -385,6 +385,69 @@ impl MongoAdmin {
         .map(|_| ())
     }
 
+    /// Every collection of `db` with its document count and its `dbHash` md5, sorted
+    /// by name: what the data migration compares on both sides.
+    pub async fn collection_stats(
+        &self,
+        db: &str,
+    ) -> Result<Vec<crate::circleci::migration::TableStat>, MongoError> {
+        let what = format!("listing the collections of {db}");
+        let mut reply = self
+            .run(db, doc! {"listCollections": 1, "nameOnly": true}, &what)
+            .await?;
+        let mut names = Vec::new();
+        loop {
+            let cursor = reply.get_document("cursor").cloned().unwrap_or_default();
+            let batch = cursor
+                .get_array("firstBatch")
+                .or_else(|_| cursor.get_array("nextBatch"))
+                .cloned()
+                .unwrap_or_default();
+            names.extend(batch.iter().filter_map(|c| match c {
+                Bson::Document(d) => d.get_str("name").ok().map(str::to_string),
+                _ => None,
+            }));
+            let id = cursor.get_i64("id").unwrap_or(0);
+            if id == 0 {
+                break;
+            }
+            reply = self
+                .run(
+                    db,
+                    doc! {"getMore": id, "collection": "$cmd.listCollections"},
+                    &what,
+                )
+                .await?;
+        }
+        names.retain(|n| !n.starts_with("system."));
+        names.sort();
+        let hash = self
+            .run(db, doc! {"dbHash": 1}, &format!("hashing {db}"))
+            .await?;
+        let hashes = hash
+            .get_document("collections")
+            .cloned()
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for n in names {
+            let c = self
+                .run(db, doc! {"count": &n}, &format!("counting {db}.{n}"))
+                .await?;
+            let rows = match c.get("n") {
+                Some(Bson::Int32(v)) => i64::from(*v),
+                Some(Bson::Int64(v)) => *v,
+                Some(Bson::Double(v)) => *v as i64,
+                _ => -1,
+            };
+            out.push(crate::circleci::migration::TableStat {
+                checksum: hashes.get_str(&n).unwrap_or_default().to_string(),
+                table: n,
+                rows,
+            });
+        }
+        Ok(out)
+    }
+
     /// Drops the user; Ok(false) when it did not exist (code 11, UserNotFound).
     pub async fn drop_user(&self, db: &str, name: &str) -> Result<bool, MongoError> {
         match self
