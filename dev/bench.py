@@ -25,15 +25,12 @@ import tempfile
 import time
 
 import bench_migration
+from bench_common import E, ROOT, STATE, cli_config, provider, tf
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-STATE = os.path.join(ROOT, "dev", ".state")
 BIN = os.path.join(ROOT, "target", "release", "terraform-provider-circleci")
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 COOKIE = "d602bf8f470bc67ca7faa0386276bbdd4330efaf76d1a219cb4d6991ca9872b2"
 
-
-E = bench_migration.E
 # moto takes any credentials; nothing from the machine's own AWS set-up.
 os.environ.update(
     AWS_ACCESS_KEY_ID="testing",
@@ -64,42 +61,7 @@ def launch_config_resource(group):
     )
 
 
-def cli_config(d, plugin_dir):
-    p = os.path.join(d, "cli.tfrc")
-    with open(p, "w") as f:
-        f.write(
-            'provider_installation {\n  dev_overrides {\n'
-            f'    "registry.terraform.io/circleci/circleci" = "{plugin_dir}"\n'
-            "  }\n  direct {}\n}\n"
-        )
-    return p
-
-
-def tf(d, cfg, *args, check=True):
-    env = dict(os.environ, TF_CLI_CONFIG_FILE=cfg, CHECKPOINT_DISABLE="1", TF_IN_AUTOMATION="1")
-    env.pop("TF_LOG", None)
-    r = subprocess.run(["terraform", *args], cwd=d, env=env, capture_output=True, text=True)
-    if check and r.returncode not in (0, 2):
-        sys.exit(f"terraform {' '.join(args)} failed in {d}:\n{r.stdout}\n{r.stderr}")
-    return r
-
-
-PROVIDER = f'''
-terraform {{
-  required_providers {{
-    circleci = {{ source = "circleci/circleci" }}
-  }}
-}}
-provider "circleci" {{
-  services_host {{
-    host             = "127.0.0.1"
-    port             = {E["CIRCLECI_TEST_SSH_PORT"]}
-    user             = "root"
-    private_key_file = "{E["CIRCLECI_TEST_SSH_KEY_FILE"]}"
-    known_hosts_file = "{E["CIRCLECI_TEST_SSH_KNOWN_HOSTS"]}"
-  }}
-}}
-'''
+PROVIDER = provider()
 
 
 def data_resources(n):

@@ -27,24 +27,13 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-STATE = os.path.join(ROOT, "dev", ".state")
+from bench_common import E, ROOT, STATE, cli_config, provider, tf
+
 DATABASES = ["circle", "contexts", "conductor_production", "contexts_service_production",
              "cron_service_production", "domain", "federations", "permissions", "vms"]
 CONTAINER = "bench-plain-pipe"
 
 
-def env_file():
-    out = {}
-    with open(os.path.join(STATE, "env")) as f:
-        for line in f:
-            if "=" in line and not line.startswith("#"):
-                k, v = line.rstrip("\n").split("=", 1)
-                out[k] = v.strip('"')
-    return out
-
-
-E = env_file()
 
 
 def psql(db, sql):
@@ -140,27 +129,14 @@ def plain_pipe():
 
 
 def main_tf(root):
-    return f'''
-terraform {{
-  required_providers {{
-    circleci = {{ source = "circleci/circleci" }}
-  }}
-}}
-provider "circleci" {{
-  services_host {{
-    host             = "127.0.0.1"
-    port             = {E["CIRCLECI_TEST_SSH_PORT"]}
-    user             = "root"
-    private_key_file = "{E["CIRCLECI_TEST_SSH_KEY_FILE"]}"
-    known_hosts_file = "{E["CIRCLECI_TEST_SSH_KNOWN_HOSTS"]}"
-  }}
-  postgres {{
+    pg = f'''  postgres {{
     host     = "127.0.0.1"
     port     = {E["CIRCLECI_TEST_PG_PORT"]}
     password = "{E["CIRCLECI_TEST_PG_PASSWORD"]}"
     sslmode  = "require"
   }}
-}}
+'''
+    return provider(pg) + f'''
 resource "circleci_postgres_databases" "pg" {{
   host        = "127.0.0.1"
   port        = {E["CIRCLECI_TEST_PG_PORT"]}
@@ -195,28 +171,16 @@ output "r" {{
 '''
 
 
-def tf(d, cfg, *args):
-    env = dict(os.environ, TF_CLI_CONFIG_FILE=cfg, CHECKPOINT_DISABLE="1", TF_IN_AUTOMATION="1")
-    env.pop("TF_LOG", None)
-    r = subprocess.run(["terraform", *args], cwd=d, env=env, capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"terraform {' '.join(args)} failed in {d}:\n{r.stdout}\n{r.stderr}")
-    return r.stdout
-
-
 def provider_migration(plugin_dir, root):
     d = tempfile.mkdtemp(prefix="bench-migration-", dir=STATE)
     with open(os.path.join(d, "main.tf"), "w") as f:
         f.write(main_tf(root))
-    cfg = os.path.join(d, "cli.tfrc")
-    with open(cfg, "w") as f:
-        f.write('provider_installation {\n  dev_overrides {\n'
-                f'    "registry.terraform.io/circleci/circleci" = "{plugin_dir}"\n  }}\n  direct {{}}\n}}\n')
+    cfg = cli_config(d, plugin_dir)
     t = time.perf_counter()
     tf(d, cfg, "apply", "-auto-approve", "-input=false", "-no-color")
     apply = time.perf_counter() - t
-    m = json.loads(tf(d, cfg, "output", "-json", "m"))
-    r = json.loads(tf(d, cfg, "output", "-json", "r"))
+    m = json.loads(tf(d, cfg, "output", "-json", "m").stdout)
+    r = json.loads(tf(d, cfg, "output", "-json", "r").stdout)
     tf(d, cfg, "destroy", "-auto-approve", "-input=false", "-no-color")
     shutil.rmtree(os.path.join(root, "data", "circle", "external-services-export"), ignore_errors=True)
     return apply, m, r

@@ -60,6 +60,16 @@ pub fn all(data: Arc<ProviderData>) -> Vec<Arc<dyn Resource>> {
     ]
 }
 
+/// The duration attribute `name` of a planned state, else `default` (a valid
+/// humantime string, as every resource's defaults are).
+pub fn duration_or(v: &Value, name: &str, default: &str) -> std::time::Duration {
+    v.get(name)
+        .as_str()
+        .and_then(|s| humantime::parse_duration(s).ok())
+        .or_else(|| humantime::parse_duration(default).ok())
+        .unwrap_or(std::time::Duration::from_secs(60))
+}
+
 /// Lower-case hex SHA-256 of a file's bytes.
 pub fn file_sha256(content: &[u8]) -> String {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, content);

@@ -17,10 +17,6 @@ use crate::secret::Secret;
 /// Where the export directory is mounted in the temporary container.
 pub const EXPORT_MOUNT: &str = "/export";
 
-/// The restore, as one fixed bash script: the password is read from stdin; the
-/// connection and file arrive as positional arguments, never spliced into the script.
-/// Extensions are left out of the restore: the target's databases already have them
-/// (`circleci_postgres_databases` made them), and only a superuser may create some.
 /// One database exported, as one command: `pg_dump -Fc` into the export directory
 /// while psql reads the database's size, then every table's count and checksum
 /// (`$1` database, `$2` file, `$3` field separator, `$4` size query, `$5` stats query).
@@ -31,23 +27,23 @@ const EXPORT: &str = "pg_dump -U postgres -Fc -Z 1 -f \"$2\" \"$1\" & p=$!; \
      psql -U postgres -X -q -At -v ON_ERROR_STOP=1 -F \"$3\" -d \"$1\" -c \"$5\"; s=$?; \
      wait $p || exit 91; exit $s";
 
-/// One database imported, as one command, then every table's count and checksum read
-/// back from the target as its user: the password from stdin, the connection and
-/// file as arguments. Extensions are left out of the restore: the target's databases
-/// already have them (`circleci_postgres_databases` made them), and only a superuser
-/// may create some. `$7` is `clean` to drop the dump's objects in the target first
-/// (overwrite_existing). Exit 90: the restore failed (nothing of it was committed).
-const IMPORT: &str = "IFS= read -r PGPASSWORD; export PGPASSWORD PGSSLMODE=\"$6\"; \
-     pg_restore -l \"$5\" | grep -v -e ' EXTENSION ' > \"$5.list\" || exit 90; \
-     C=; [ \"$7\" = clean ] && C='--clean --if-exists'; \
-     pg_restore $C --no-owner --no-privileges --single-transaction --exit-on-error \
-     -L \"$5.list\" -h \"$1\" -p \"$2\" -U \"$3\" -d \"$4\" \"$5\" || exit 90; \
-     exec psql -X -q -At -v ON_ERROR_STOP=1 -F \"$8\" -h \"$1\" -p \"$2\" -U \"$3\" -d \"$4\" -c \"$9\"";
+/// The target's scripts run as its user: the password from stdin; `$1`..`$4` host,
+/// port, user, database, `$5` sslmode, `$6` field separator, `$7` the provider's own
+/// checksum SQL (never the user's). This one prints every table's count and checksum.
+const STATS_ON_TARGET: &str = "IFS= read -r PGPASSWORD; export PGPASSWORD PGSSLMODE=\"$5\"; \
+     exec psql -X -q -At -v ON_ERROR_STOP=1 -F \"$6\" -h \"$1\" -p \"$2\" -U \"$3\" -d \"$4\" -c \"$7\"";
 
-/// A query on the target, as the target's user: the password from stdin, the SQL as an
-/// argument (it is the provider's own, never the user's), tab-separated rows out.
-const TARGET_QUERY: &str = "IFS= read -r PGPASSWORD; export PGPASSWORD PGSSLMODE=\"$5\"; \
-     exec psql -X -q -At -v ON_ERROR_STOP=1 -F \"$7\" -h \"$1\" -p \"$2\" -U \"$3\" -d \"$4\" -c \"$6\"";
+/// One database imported, as one command (`$8` the dump, `$9` `clean` to drop the
+/// dump's objects in the target first, for overwrite_existing), then the same as
+/// [`STATS_ON_TARGET`]. Extensions are left out of the restore: the target's databases
+/// already have them (`circleci_postgres_databases` made them), and only a superuser
+/// may create some. Exit 90: the restore failed (nothing of it was committed).
+const IMPORT: &str = "IFS= read -r PGPASSWORD; export PGPASSWORD PGSSLMODE=\"$5\"; \
+     pg_restore -l \"$8\" | grep -v -e ' EXTENSION ' > \"$8.list\" || exit 90; \
+     C=; [ \"$9\" = clean ] && C='--clean --if-exists'; \
+     pg_restore $C --no-owner --no-privileges --single-transaction --exit-on-error \
+     -L \"$8.list\" -h \"$1\" -p \"$2\" -U \"$3\" -d \"$4\" \"$8\" || exit 90; \
+     exec psql -X -q -At -v ON_ERROR_STOP=1 -F \"$6\" -h \"$1\" -p \"$2\" -U \"$3\" -d \"$4\" -c \"$7\"";
 
 /// Seals the export: the directory 0700, each file named in the arguments 0600, then
 /// `name<TAB>size<TAB>sha256` per file.
@@ -284,40 +280,43 @@ impl<'a> EmbeddedPostgres<'a> {
         })
     }
 
-    /// One query in database `db` of the target, as its user, from the container (the
-    /// Services machine's side of the network).
-    async fn target_query(
+    /// Runs `script` (one of the target's scripts above) for database `db` of the
+    /// target from the container, the Services machine's side of the network, `rest`
+    /// after the common arguments; the tables' figures it printed. A failure is an
+    /// error under the summary `failed` makes of the output.
+    async fn on_target(
         &self,
+        script: &str,
         db: &str,
         t: &Target<'_>,
-        sql: &str,
-    ) -> Result<Vec<Vec<String>>, Diagnostics> {
+        rest: &[&str],
+        failed: impl Fn(&CommandOutput) -> String,
+    ) -> Result<Vec<TableStat>, Diagnostics> {
         let port = t.port.to_string();
-        let args = [
+        let mut args = vec![
             "exec",
             "-i",
             &self.name,
             "bash",
             "-c",
-            TARGET_QUERY,
-            "query",
+            script,
+            "target",
             t.host,
             &port,
             t.user,
             db,
             t.sslmode,
-            sql,
             "\t",
+            mig::STATS_SQL,
         ];
+        args.extend_from_slice(rest);
         let (cmd, out) = self.docker(&args, Some(&password_line(t))).await?;
         if !out.success() {
-            return Err(fail(
-                &format!("A query in database {db} at {}:{} failed", t.host, t.port),
-                &cmd,
-                &out,
-            ));
+            return Err(fail(&failed(&out), &cmd, &out));
         }
-        Ok(rows_of(&out))
+        mig::parse_stats(&rows_of(&out)).map_err(|e| {
+            Diagnostic::error(format!("Unexpected answer from {}:{}", t.host, t.port), e).into()
+        })
     }
 
     /// Each user table's row count and content checksum in the target's `db`.
@@ -326,9 +325,10 @@ impl<'a> EmbeddedPostgres<'a> {
         db: &str,
         t: &Target<'_>,
     ) -> Result<Vec<TableStat>, Diagnostics> {
-        mig::parse_stats(&self.target_query(db, t, mig::STATS_SQL).await?).map_err(|e| {
-            Diagnostic::error(format!("Unexpected answer from {}:{}", t.host, t.port), e).into()
+        self.on_target(STATS_ON_TARGET, db, t, &[], |_| {
+            format!("A query in database {db} at {}:{} failed", t.host, t.port)
         })
+        .await
     }
 
     /// Restores EXPORT/<db>.dump into database `into` of the target, as its user (with
@@ -342,47 +342,18 @@ impl<'a> EmbeddedPostgres<'a> {
         clean: bool,
     ) -> Result<Vec<TableStat>, Diagnostics> {
         let file = format!("{EXPORT_MOUNT}/{db}.dump");
-        let port = t.port.to_string();
         let mode = if clean { "clean" } else { "keep" };
-        let args = [
-            "exec",
-            "-i",
-            &self.name,
-            "bash",
-            "-c",
-            IMPORT,
-            "import",
-            t.host,
-            &port,
-            t.user,
-            into,
-            &file,
-            t.sslmode,
-            mode,
-            "\t",
-            mig::STATS_SQL,
-        ];
-        let (cmd, out) = self.docker(&args, Some(&password_line(t))).await?;
-        if out.status == Some(90) {
-            return Err(fail(
-                &format!("Could not import database {db} into {}:{}", t.host, t.port),
-                &cmd,
-                &out,
-            ));
-        }
-        if !out.success() {
-            return Err(fail(
-                &format!(
+        self.on_target(IMPORT, into, t, &[&file, mode], |out| {
+            if out.status == Some(90) {
+                format!("Could not import database {db} into {}:{}", t.host, t.port)
+            } else {
+                format!(
                     "Could not check database {into} at {}:{} after the import",
                     t.host, t.port
-                ),
-                &cmd,
-                &out,
-            ));
-        }
-        mig::parse_stats(&rows_of(&out)).map_err(|e| {
-            Diagnostic::error(format!("Unexpected answer from {}:{}", t.host, t.port), e).into()
+                )
+            }
         })
+        .await
     }
 
     /// Runs `script` in the export directory (its `$1`) on `files`; a failure is an

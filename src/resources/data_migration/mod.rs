@@ -5,7 +5,6 @@
 //! out. Create runs the migration once; nothing else does, unless `triggers` change.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -56,14 +55,6 @@ impl DataMigration {
     pub fn new(data: Arc<ProviderData>) -> Self {
         DataMigration { data }
     }
-}
-
-fn duration_of(v: &Value, name: &str, default: &str) -> Duration {
-    v.get(name)
-        .as_str()
-        .and_then(|s| humantime::parse_duration(s).ok())
-        .or_else(|| humantime::parse_duration(default).ok())
-        .unwrap_or(Duration::from_secs(600))
 }
 
 fn postgres_block() -> Block {
@@ -232,10 +223,6 @@ fn check_image(s: &str) -> Result<(), String> {
     }
 }
 
-fn check_vault_name(s: &str) -> Result<(), String> {
-    super::vault_transit_client::check_name(s)
-}
-
 fn check_address(s: &str) -> Result<(), String> {
     crate::circleci::vault::Address::parse(s).map(|_| ())
 }
@@ -281,13 +268,16 @@ fn validate_config(config: &Value) -> Diagnostics {
             ),
             (
                 "source_mount",
-                Check::Text("Invalid mount", check_vault_name),
+                Check::Text("Invalid mount", super::vault_transit_client::check_name),
             ),
             (
                 "target_mount",
-                Check::Text("Invalid mount", check_vault_name),
+                Check::Text("Invalid mount", super::vault_transit_client::check_name),
             ),
-            ("key", Check::Text("Invalid key name", check_vault_name)),
+            (
+                "key",
+                Check::Text("Invalid key name", super::vault_transit_client::check_name),
+            ),
         ],
         &mut diags,
     );

@@ -97,8 +97,8 @@ fn settings(planned: &Value, config: &Value, timeout: Duration) -> Result<Settin
     };
     Ok(Settings {
         stop_app: planned.get("stop_app").as_bool().unwrap_or(true),
-        stop_timeout: duration_of(planned, "stop_timeout", STOP_TIMEOUT),
-        command_timeout: duration_of(planned, "command_timeout", COMMAND_TIMEOUT),
+        stop_timeout: super::super::duration_or(planned, "stop_timeout", STOP_TIMEOUT),
+        command_timeout: super::super::duration_or(planned, "command_timeout", COMMAND_TIMEOUT),
         overwrite: planned.get("overwrite_existing").as_bool() == Some(true),
         keep_export: planned.get("keep_export").as_bool() != Some(false),
         export_dir: planned
@@ -163,19 +163,15 @@ impl DataMigration {
             Some(p) => self.pg_preflight(p, s.overwrite, running).await?,
             None => Vec::new(),
         };
-        let vault_target = match &s.vault {
-            Some(_) => Some(self.data.vault()?),
-            None => None,
-        };
-        let key_move = match (&s.vault, &vault_target) {
-            (Some((cfg, sm, key, tm)), Some(t)) => Some(KeyMove {
+        let key_move = match &s.vault {
+            Some((cfg, sm, key, tm)) => Some(KeyMove {
                 source: Vault::new(cfg.clone()),
-                target: t,
+                target: self.data.vault()?,
                 source_mount: sm.clone(),
                 target_mount: tm.clone(),
                 key: key.clone(),
             }),
-            _ => None,
+            None => None,
         };
         let found = match &key_move {
             Some(k) => Some(k.preflight().await?),
@@ -326,32 +322,17 @@ impl DataMigration {
             Duration::from_secs(120),
         )
         .await?;
-        let r = self.each_database(&e, s, p, occupied).await;
-        let r = match r {
-            Ok(mut out) => {
-                let names: Vec<String> = out.files.iter().map(|f| f.name.clone()).collect();
-                let sealed = e.seal(&names).await;
-                match sealed {
-                    Ok(files) if !s.keep_export => e.remove(&names).await.map(|()| {
-                        log::info!("export removed (keep_export = false)");
-                        out.files = files
-                            .into_iter()
-                            .map(|f| ExportFile {
-                                sha256: String::new(),
-                                ..f
-                            })
-                            .collect();
-                        out
-                    }),
-                    Ok(files) => {
-                        out.files = files;
-                        Ok(out)
-                    }
-                    Err(d) => Err(d),
-                }
+        let r = async {
+            let mut out = self.each_database(&e, s, p, occupied).await?;
+            let names: Vec<String> = out.files.iter().map(|f| f.name.clone()).collect();
+            out.files = e.seal(&names).await?;
+            if !s.keep_export {
+                e.remove(&names).await?;
+                log::info!("export removed (keep_export = false)");
             }
-            Err(d) => Err(d),
-        };
+            Ok::<PgOutcome, Diagnostics>(out)
+        }
+        .await;
         e.stop().await;
         let mut out = r?;
         out.took = started.elapsed();

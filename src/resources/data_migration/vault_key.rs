@@ -4,6 +4,8 @@
 //! either be undone), backed up, and restored under the same name. Verified by a
 //! ciphertext of the source key decrypting on the target.
 
+use std::sync::Arc;
+
 use crate::backends::vault::{Vault, VaultError};
 use crate::plugin::{AttrPath, Diagnostic, Diagnostics};
 
@@ -11,9 +13,9 @@ use crate::plugin::{AttrPath, Diagnostic, Diagnostics};
 pub const BLOCK: &str = "vault_transit_key";
 
 /// One key's move.
-pub struct KeyMove<'a> {
+pub struct KeyMove {
     pub source: Vault,
-    pub target: &'a Vault,
+    pub target: Arc<Vault>,
     pub source_mount: String,
     pub target_mount: String,
     pub key: String,
@@ -34,7 +36,7 @@ fn diag(summary: &str, e: VaultError) -> Diagnostics {
     Diagnostic::error(summary, e.to_string()).into()
 }
 
-impl KeyMove<'_> {
+impl KeyMove {
     fn probe() -> Vec<u8> {
         let mut p = vec![0u8; 24];
         let _ = aws_lc_rs::rand::fill(&mut p);
@@ -100,7 +102,7 @@ impl KeyMove<'_> {
     /// replaces a key of that name there), enabling the target's transit mount first
     /// when it is missing.
     pub async fn run(&self, force: bool) -> Result<(), Diagnostics> {
-        let t = self.target;
+        let t = &self.target;
         let mounted = t
             .mount_exists(&self.target_mount)
             .await

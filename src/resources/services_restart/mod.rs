@@ -42,22 +42,14 @@ pub(super) struct Settings {
     pub versions: Vec<String>,
 }
 
-fn duration_of(v: &Value, name: &str, default: &str) -> Duration {
-    v.get(name)
-        .as_str()
-        .and_then(|s| humantime::parse_duration(s).ok())
-        .or_else(|| humantime::parse_duration(default).ok())
-        .unwrap_or(Duration::from_secs(60))
-}
-
 impl Settings {
     fn of(v: &Value) -> Settings {
         let versions = strings(v.get("allowed_versions"));
         Settings {
             root: v.get("config_root").as_str().unwrap_or("/").to_string(),
-            stop: duration_of(v, "stop_timeout", STOP_TIMEOUT),
-            start: duration_of(v, "start_timeout", START_TIMEOUT),
-            verify: duration_of(v, "verify_timeout", VERIFY_TIMEOUT),
+            stop: super::duration_or(v, "stop_timeout", STOP_TIMEOUT),
+            start: super::duration_or(v, "start_timeout", START_TIMEOUT),
+            verify: super::duration_or(v, "verify_timeout", VERIFY_TIMEOUT),
             versions: if versions.is_empty() {
                 vec![DEFAULT_VERSIONS.to_string()]
             } else {
