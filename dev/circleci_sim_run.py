@@ -25,6 +25,7 @@ Anything else (other images, other mounts, other options) is refused with status
 import json
 import os
 import shutil
+import tempfile
 import subprocess
 import sys
 import time
@@ -99,9 +100,11 @@ def run(state, refuse, args, to_host):
         print(f'docker: Error response from daemon: Conflict. The container name "/{name}" is already in use.',
               file=sys.stderr)
         sys.exit(125)
-    # A fresh socket directory per run: a lock file a crashed server left cannot block.
-    sock = os.path.join(_dir(state), f"{name}-{time.time_ns()}.sock")
-    os.makedirs(sock)
+    # A fresh socket directory per run: a lock file a crashed server left cannot block. It is
+    # a short temporary path, not under the state directory: a Unix socket's path is limited
+    # to 107 bytes, which a clone in a deep directory would pass (`docker rm` and
+    # services-down remove it).
+    sock = tempfile.mkdtemp(prefix="ccsim-pg-")
     os.chmod(sock, 0o777)
     log = os.path.join(_dir(state), f"{name}.log")
     open(log, "a").close()

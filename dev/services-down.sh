@@ -23,7 +23,9 @@ for f in "$D"/sim/state/run/*.json; do
     kill -9 "$pid" 2>/dev/null || true   # the simulator's MongoDB stand-in
   else
     data=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["host"])' "$f")
+    sock=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["sock"])' "$f")
     runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$data" -m fast -w stop >/dev/null 2>&1 || true
+    case "$sock" in */ccsim-pg-*) rm -rf "$sock" ;; esac
   fi
   rm -f "$f"
   echo "services-down: stopped the simulator's $(basename "$f" .json)" >&2
