@@ -16,6 +16,9 @@ the embedded data with the app stopped.
          (--dbpath), without logins as the embedded MongoDB runs, on a free loopback port
   docker exec [-i] N mongodump|mongorestore|mongo ARGS...
       -> dev/mongo_tools_standin.py: PyMongo stand-ins for those tools (see its header)
+  docker exec [-i] N bash -c SCRIPT [ARG...]   (mongo:3.6.6)
+      -> bash as root, the image's shell (the export's seal)
+A mount given as HOSTDIR:/DIR:ro is mounted as is (nothing here writes to it).
   docker rm -f N        -> pg_ctl stop -m fast (PostgreSQL), or the stand-in killed (MongoDB) ("No such container", status 1, for an unknown N)
   docker ps             -> also lists these
 
@@ -71,9 +74,12 @@ def run(state, refuse, args, to_host):
         elif a == "--rm":
             pass
         elif a == "-v" and rest:
-            host_dir, _, inside = rest.pop(0).partition(":")
-            if not inside.startswith("/") or not host_dir.startswith("/"):
-                refuse("docker run -v " + host_dir)
+            spec = rest.pop(0)
+            host_dir, _, inside = spec.partition(":")
+            if inside.endswith(":ro"):
+                inside = inside[:-3]  # read-only: the tools here only read such mounts
+            if not inside.startswith("/") or not host_dir.startswith("/") or ":" in inside:
+                refuse("docker run -v " + spec)
             mounts[inside] = to_host(host_dir)
         elif not a.startswith("-") and image is None:
             image = a
@@ -164,13 +170,18 @@ def exec_(state, refuse, args):
         return False
     tool, targs = rest[1] if len(rest) > 1 else "", rest[2:]
     if rec.get("image") == MONGO_IMAGE:
-        if tool not in MONGO_TOOLS:
-            refuse("docker exec " + " ".join(args))
         def map_mongo(a):
             for inside, d in sorted(rec["mounts"].items(), key=lambda m: -len(m[0])):
                 a = a.replace(inside, d)
             return a
         env = dict(os.environ, CIRCLECI_SIM_MONGO_PORT=str(rec["port"]))
+        if tool == "bash" and targs[:1] == ["-c"] and len(targs) >= 2:
+            # The image's shell, as root (the export's seal): the script as given, its
+            # arguments with the container's paths mapped to the mounts.
+            r = subprocess.run(["bash", "-c", targs[1]] + [map_mongo(a) for a in targs[2:]], env=env)
+            sys.exit(r.returncode)
+        if tool not in MONGO_TOOLS:
+            refuse("docker exec " + " ".join(args))
         r = subprocess.run([sys.executable, os.path.join(HERE, "mongo_tools_standin.py"), tool]
                            + [map_mongo(a) for a in targs], env=env)
         sys.exit(r.returncode)

@@ -9,8 +9,8 @@ with status 64.
       every collection of D as DIR/D/C.bson (the documents' BSON one after another,
       byte for byte as the server sent them) and DIR/D/C.metadata.json
       ({"options": {}, "indexes": [...]}), as mongodump lays them out
-  mongorestore [--host H] [--port P] [--username U --authenticationDatabase A] [--ssl]
-               [--drop] --db D DIR
+  mongorestore [--host H] [--port P] [--username U --authenticationDatabase A]
+               [--ssl [--sslCAFile F]] [--drop] --db D DIR
       DIR's collections into D (indexes from the metadata); with a username and no
       --password, the password is read from standard input up to the first newline,
       as mongo-tools do when standard input is not a terminal
@@ -18,7 +18,8 @@ with status 64.
       only the data migration's own SCRIPT (STATS_SCRIPT below): one line per
       collection, `name<TAB>count<TAB>dbHash md5`
 
-The host defaults to the container's own server (localhost:27017 inside a real
+--host is HOST[:PORT] or [SET/]HOST:PORT,HOST:PORT as the tools take it. The host
+defaults to the container's own server (localhost:27017 inside a real
 container: here the stand-in's port, from CIRCLECI_SIM_MONGO_PORT).
 """
 
@@ -61,15 +62,24 @@ def options(args, flags, valued):
 
 
 def client(opts, password=None):
-    host = opts.get("--host", "127.0.0.1")
-    port = int(opts.get("--port", os.environ.get("CIRCLECI_SIM_MONGO_PORT", "27017")))
-    kw = {"serverSelectionTimeoutMS": 10000, "directConnection": True}
+    """--host as the tools take it: HOST[:PORT], or [SET/]HOST:PORT,HOST:PORT,..."""
+    spec = opts.get("--host", "127.0.0.1")
+    rs, _, seeds = spec.rpartition("/")
+    port = opts.get("--port", os.environ.get("CIRCLECI_SIM_MONGO_PORT", "27017"))
+    hosts = [h if ":" in h else f"{h}:{port}" for h in seeds.split(",")]
+    kw = {"serverSelectionTimeoutMS": 10000}
+    if rs:
+        kw["replicaSet"] = rs
+    elif len(hosts) == 1:
+        kw["directConnection"] = True
     if "--username" in opts:
         kw.update(username=opts["--username"], password=password,
                   authSource=opts.get("--authenticationDatabase", "admin"))
     if "--ssl" in opts:
         kw["tls"] = True
-    return pymongo.MongoClient(host, port, **kw)
+        if "--sslCAFile" in opts:
+            kw["tlsCAFile"] = opts["--sslCAFile"]
+    return pymongo.MongoClient(hosts, **kw)
 
 
 def mongodump(args):
@@ -101,7 +111,7 @@ def read_password():
 
 def mongorestore(args):
     opts, pos = options(args, {"--ssl", "--drop"},
-                        {"--host", "--port", "--username", "--authenticationDatabase", "--db"})
+                        {"--host", "--port", "--username", "--authenticationDatabase", "--sslCAFile", "--db"})
     if len(pos) != 1 or "--db" not in opts or "--password" in opts:
         refuse("mongorestore " + " ".join(a for a in args))
     password = read_password() if "--username" in opts else None

@@ -156,6 +156,21 @@ embedded_vault_address = {evault:?}
         .unwrap()
         .starts_with("300 rows, checksum "));
     assert_eq!(s.psql("vms", "SELECT count(*) FROM tasks").trim(), "300");
+    // MongoDB's four databases, every collection counted and hashed on both sides.
+    let collections = migration["collections"].as_object().unwrap();
+    assert_eq!(collections.len(), 5, "{collections:?}");
+    assert!(collections["circle_ghe.builds"]
+        .as_str()
+        .unwrap()
+        .starts_with("30 documents, checksum "));
+    let n = s
+        .pymongo(
+            &s.mongo_admin_uri(),
+            "circle_ghe",
+            serde_json::json!({"count": "builds"}),
+        )
+        .unwrap();
+    assert_eq!(n["n"], 30, "{n}");
     let secrets = s.decrypted_context_secrets("transit");
     assert_eq!(secrets.len(), 6, "{secrets:?}");
     assert!(secrets

@@ -2,7 +2,9 @@
 //! embedded PostgreSQL is a real data directory (dev/embedded-fixture.sh) served by a
 //! real server in the simulator's temporary container, the embedded Vault is a second
 //! OpenBao whose context-service key encrypted the fixture's context secrets, the
-//! targets are the test PostgreSQL and the dev OpenBao.
+//! embedded MongoDB is the MongoDB stand-in over the fixture's directory (with the
+//! stand-ins of mongodump, mongorestore and the mongo shell), the targets are the test
+//! PostgreSQL, the dev MongoDB stand-in (logins on) and the dev OpenBao.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
 
@@ -28,6 +30,15 @@ resource "circleci_postgres_databases" "pg" {{
   drop_adopted_databases = true
   config_path            = "{root}/etc/circleconfig/shared/postgresql"
 }}
+resource "circleci_external_mongo" "mongo" {{
+  hosts                = ["127.0.0.1:{mport}"]
+  username             = "circle-migr"
+  password_wo          = {pw}
+  password_wo_version  = 1
+  tls                  = false
+  drop_user_on_destroy = true
+  config_path          = "{root}/etc/circle-installation-customizations"
+}}
 resource "circleci_data_migration" "m" {{
   config_root  = "{root}"
   stop_timeout = "30s"
@@ -37,6 +48,12 @@ resource "circleci_data_migration" "m" {{
     port        = circleci_postgres_databases.pg.port
     user        = circleci_postgres_databases.pg.user
     password_wo = {pw}
+  }}
+  mongo {{
+    hosts       = circleci_external_mongo.mongo.hosts
+    username    = circleci_external_mongo.mongo.username
+    password_wo = {pw}
+    tls         = false
   }}
   vault_transit_key {{
     source_address  = {vaddr:?}
@@ -51,6 +68,7 @@ output "m" {{
 "#,
         provider = s.provider_block(""),
         pg = s.pg_port(),
+        mport = s.get("CIRCLECI_TEST_MONGO_PORT"),
         pw = common::hcl_str(PW),
         root = root.to_str().unwrap(),
         vaddr = s.get("CIRCLECI_TEST_EMBEDDED_VAULT_ADDR"),
@@ -83,6 +101,13 @@ fn flat(s: &str) -> String {
 
 fn output(tf: &Tf) -> serde_json::Value {
     serde_json::from_str(&tf.ok(&["output", "-json", "m"])).unwrap()
+}
+
+fn documents(s: &Servers, db: &str, collection: &str) -> i64 {
+    s.pymongo(&s.mongo_admin_uri(), db, json!({"count": collection}))
+        .unwrap()["n"]
+        .as_i64()
+        .unwrap()
 }
 
 fn count(s: &Servers, db: &str, table: &str) -> i64 {
@@ -160,9 +185,43 @@ fn migrates_verifies_refuses_to_overwrite_and_converges() {
     assert!(m["throughput"].as_str().unwrap().contains("MB/s"), "{m}");
     assert_eq!(m["skipped"], json!([]));
 
-    // The export stays, sealed, with the SHA-256 recorded.
+    // MongoDB: every collection of the four databases, counted and hashed on both
+    // sides; the documents are in the external MongoDB.
+    let collections = m["mongo_collections"].as_object().unwrap();
+    assert_eq!(collections.len(), 5, "{collections:?}");
+    assert!(
+        collections["circle_ghe.builds"]
+            .as_str()
+            .unwrap()
+            .starts_with("70 documents, checksum "),
+        "{collections:?}"
+    );
+    assert_eq!(m["mongo_documents"].as_i64(), Some(70 + 12 + 30 + 5 + 1));
+    assert_eq!(documents(&s, "circle_ghe", "builds"), 70);
+    assert_eq!(documents(&s, "remote_containers_dev_ghe", "remote"), 1);
+    let indexes = s
+        .pymongo(
+            &s.mongo_admin_uri(),
+            "circle_ghe",
+            json!({"listIndexes": "builds"}),
+        )
+        .unwrap()
+        .to_string();
+    assert!(indexes.contains("build_num_1"), "{indexes}");
+
+    // The export stays, sealed, with the SHA-256 recorded: a dump per PostgreSQL
+    // database, and mongodump's files per collection.
     let files = m["export_sha256"].as_object().unwrap();
-    assert_eq!(files.len(), 9, "{files:?}");
+    assert_eq!(
+        files.keys().filter(|f| f.ends_with(".dump")).count(),
+        9,
+        "{files:?}"
+    );
+    assert!(
+        files.contains_key("/data/circle/external-services-export/mongo/circle_ghe/builds.bson"),
+        "{files:?}"
+    );
+    assert_eq!(files.len(), 9 + 2 * 5, "{files:?}");
     for (path, sha) in files {
         let local = root.path().join(path.trim_start_matches('/'));
         let bytes = std::fs::read(&local).unwrap();
@@ -171,7 +230,7 @@ fn migrates_verifies_refuses_to_overwrite_and_converges() {
             terraform_provider_circleci::resources::file_sha256(&bytes)
         );
         assert_eq!(common::mode_of(&local), 0o600, "{path}");
-        assert_eq!(common::mode_of(local.parent().unwrap()), 0o700);
+        assert_eq!(common::mode_of(local.parent().unwrap()), 0o700, "{path}");
     }
 
     // Every context secret the embedded Vault encrypted (key versions 1 and 2)
@@ -216,14 +275,34 @@ fn migrates_verifies_refuses_to_overwrite_and_converges() {
     let out = tf.apply();
     assert!(out.contains("Modifications complete"), "{out}");
     let skipped = output(&tf)["skipped"].as_array().unwrap().clone();
-    // The seven databases with tables, and the key (contexts and federations hold no
-    // tables: nothing to compare, they were simply restored again).
-    assert_eq!(skipped.len(), 8, "{skipped:?}");
+    // The seven databases with tables, the four MongoDB databases and the key
+    // (contexts and federations hold no tables: nothing to compare, they were simply
+    // restored again).
+    assert_eq!(skipped.len(), 12, "{skipped:?}");
     assert!(skipped.contains(&json!("postgres:vms")), "{skipped:?}");
+    assert!(skipped.contains(&json!("mongo:circle_ghe")), "{skipped:?}");
     assert!(
         skipped.contains(&json!(format!("vault:{mount}/context-service"))),
         "{skipped:?}"
     );
+
+    // A MongoDB target that differs, CircleCI stopped: refused, naming the database.
+    s.pymongo(
+        &s.mongo_admin_uri(),
+        "circle_ghe",
+        json!({"insert": "builds", "documents": [{"build_num": 9999, "outcome": "failed"}]}),
+    )
+    .unwrap();
+    tf.write_main(&main_tf(
+        &s,
+        root.path(),
+        &mount,
+        "triggers = { n = \"2b\" }",
+    ));
+    let err = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
+    assert!(err.contains("MongoDB database \"circle_ghe\""), "{err}");
+    assert!(err.contains("differ from the embedded"), "{err}");
+    assert_eq!(documents(&s, "circle_ghe", "builds"), 71);
 
     // overwrite_existing restores over a changed target.
     s.psql("circle", "DELETE FROM builds WHERE num <= 100");
@@ -235,6 +314,7 @@ fn migrates_verifies_refuses_to_overwrite_and_converges() {
     ));
     tf.apply();
     assert_eq!(count(&s, "circle", "builds"), 700);
+    assert_eq!(documents(&s, "circle_ghe", "builds"), 70);
     assert_eq!(tf.plan_code(), 0);
 
     // Destroy touches no data and keeps the export.
@@ -342,6 +422,7 @@ fn an_interrupted_migration_converges() {
         40
     );
     assert_eq!(count(&s, "vms", "tasks"), 400);
+    assert_eq!(documents(&s, "circle_ghe", "builds"), 40);
     assert_eq!(tf.plan_code(), 0);
     tf.ok(&["destroy", "-auto-approve"]);
     drop(sim);
@@ -359,9 +440,10 @@ fn bad_input_names_the_attribute() {
     ));
     let err = tf.fails(&["validate", "-no-color"]);
     assert!(err.contains("export_dir"), "{err}");
-    let bad = main_tf(&s, root.path(), "transit", "").replace(
+    let bad = main_tf(&s, root.path(), "transit", "").replacen(
         "    password_wo = ",
         "    image       = \"postgres:9.5.8; rm -rf /\"\n    sslmode     = \"verify-full\"\n    password_wo = ",
+        1,
     );
     tf.write_main(&bad);
     let err = tf.fails(&["validate", "-no-color"]);
@@ -371,4 +453,18 @@ fn bad_input_names_the_attribute() {
         "{err}"
     );
     assert!(err.contains("Invalid sslmode"), "{err}");
+
+    let bad = main_tf(&s, root.path(), "transit", "").replace(
+        "    hosts       = circleci_external_mongo.mongo.hosts",
+        "    hosts       = [\"a:27017\", \"b:27017\"]\n    databases   = [\"circle_ghe\", \"admin\"]\n    data_dir    = \"/data/x:/etc\"",
+    );
+    tf.write_main(&bad);
+    let err = flat(&tf.fails(&["validate", "-no-color"]));
+    assert!(err.contains("Replica set name missing"), "{err}");
+    assert!(err.contains("\"admin\" is MongoDB's own database"), "{err}");
+    assert!(err.contains("must not contain \":\""), "{err}");
+    assert!(
+        err.contains("databases = [\"circle_ghe\", \"admin\"]"),
+        "{err}"
+    );
 }

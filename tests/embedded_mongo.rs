@@ -181,6 +181,29 @@ fn dump_restore_and_compare_the_embedded_mongodb() {
         let other = h.run(&docker(&argv), None, t).await.unwrap();
         assert_eq!(other.status, Some(64), "{}", other.evidence());
         run(v(&["rm", "-f", name]), None).await;
+
+        // What undoes a failed restore: the collections it wrote dropped, others kept.
+        let a = terraform_provider_circleci::backends::mongo::MongoAdmin::new(
+            terraform_provider_circleci::secret::Secret(admin.clone()),
+            None,
+            t,
+        );
+        s.pymongo(
+            &admin,
+            &target_db,
+            json!({"insert": "operator_notes", "documents": [{"n": 1}]}),
+        )
+        .unwrap();
+        a.drop_collections(
+            &target_db,
+            &["builds".into(), "users".into(), "gone".into()],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            a.collection_names(&target_db).await.unwrap(),
+            vec!["operator_notes".to_string()]
+        );
     });
     s.pymongo(&admin, &target_db, json!({"dropDatabase": 1}))
         .unwrap();

@@ -143,6 +143,13 @@ variable "mongo_tls" {
   default = true
 }
 
+# The CA that signed the external MongoDB's certificate, as a file on the Services
+# machine (the restore runs there); null: the CA bundle of the embedded mongo image.
+variable "mongo_services_ca_file" {
+  type    = string
+  default = null
+}
+
 variable "aws_region" {
   type    = string
   default = "us-east-1"
@@ -243,8 +250,9 @@ resource "circleci_postgres_databases" "circle" {
 # The embedded data, carried over before CircleCI is pointed at the external services:
 # CircleCI is stopped here and stays stopped until circleci_services_restart starts it.
 # The databases go into those circleci_postgres_databases made, restored as the circle
-# role; the embedded Vault's context-service key moves too, so that every existing
-# context secret still decrypts. The export stays on the Services machine as the backup.
+# role; MongoDB's four databases are restored as the user circleci_external_mongo made;
+# the embedded Vault's context-service key moves too, so that every existing context
+# secret still decrypts. The export stays on the Services machine as the backup.
 resource "circleci_data_migration" "this" {
   config_root = var.config_root == "" ? "/" : var.config_root
 
@@ -255,6 +263,17 @@ resource "circleci_data_migration" "this" {
     databases   = circleci_postgres_databases.circle.databases
     password_wo = var.circle_db_password
     sslmode     = "require"
+  }
+
+  mongo {
+    hosts       = circleci_external_mongo.circle.hosts
+    replica_set = circleci_external_mongo.circle.replica_set
+    username    = circleci_external_mongo.circle.username
+    auth_source = circleci_external_mongo.circle.auth_source
+    databases   = circleci_external_mongo.circle.databases
+    password_wo = var.mongo_password
+    tls         = circleci_external_mongo.circle.tls
+    ca_file     = var.mongo_services_ca_file
   }
 
   vault_transit_key {
@@ -351,11 +370,13 @@ output "config_files" {
 
 output "migration" {
   value = {
-    tables     = circleci_data_migration.this.postgres_tables
-    rows       = circleci_data_migration.this.postgres_rows
-    elapsed    = circleci_data_migration.this.elapsed
-    throughput = circleci_data_migration.this.throughput
-    export     = circleci_data_migration.this.export_sha256
+    tables      = circleci_data_migration.this.postgres_tables
+    rows        = circleci_data_migration.this.postgres_rows
+    collections = circleci_data_migration.this.mongo_collections
+    documents   = circleci_data_migration.this.mongo_documents
+    elapsed     = circleci_data_migration.this.elapsed
+    throughput  = circleci_data_migration.this.throughput
+    export      = circleci_data_migration.this.export_sha256
   }
 }
 

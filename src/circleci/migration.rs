@@ -88,6 +88,28 @@ pub const MONGO_STATS_SCRIPT: &str = "var h = db.runCommand({dbHash: 1}); \
      db.getCollectionNames().forEach(function (c) \
      { print(c + '\\t' + db.getCollection(c).count() + '\\t' + h.collections[c]); });";
 
+/// A MongoDB database the migration may carry: letters, digits, `_` and `-`, not
+/// starting with `-`, at most 63 bytes; never `admin`, `local` or `config` (CircleCI's
+/// script drops `admin` from the dump; the others are the server's own).
+pub fn check_mongo_database(s: &str) -> Result<(), String> {
+    if matches!(s, "admin" | "local" | "config") {
+        return Err("is MongoDB's own database, never carried over".into());
+    }
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && !s.starts_with('-')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err("is not a database name of letters, digits, _ and - (at most 63)".into())
+    }
+}
+
+/// The MongoDB database CircleCI's export script checks a dump for.
+pub const EXPECTED_MONGO_DATABASE: &str = "circle_ghe";
+
 /// The tables CircleCI's export script checks a dump for, by database.
 pub const EXPECTED_TABLES: [(&str, &str); 5] = [
     ("circle", "circle_migrations"),
@@ -108,19 +130,29 @@ pub struct TableStat {
 /// Differences between the source's and the target's tables, one line each, naming
 /// the table and both sides.
 pub fn compare(db: &str, source: &[TableStat], target: &[TableStat]) -> Vec<String> {
+    differences(db, source, target, "rows")
+}
+
+/// As [`compare`], for what counts `noun` (`rows`, `documents`).
+pub fn differences(
+    db: &str,
+    source: &[TableStat],
+    target: &[TableStat],
+    noun: &str,
+) -> Vec<String> {
     let mut out = Vec::new();
     for s in source {
         match target.iter().find(|t| t.table == s.table) {
             None => out.push(format!(
-                "{db}.{}: {} rows in the source, missing in the target",
+                "{db}.{}: {} {noun} in the source, missing in the target",
                 s.table, s.rows
             )),
             Some(t) if t.rows != s.rows => out.push(format!(
-                "{db}.{}: {} rows in the source, {} in the target",
+                "{db}.{}: {} {noun} in the source, {} in the target",
                 s.table, s.rows, t.rows
             )),
             Some(t) if t.checksum != s.checksum => out.push(format!(
-                "{db}.{}: {} rows on both sides, but their content differs (checksums {} and {})",
+                "{db}.{}: {} {noun} on both sides, but their content differs (checksums {} and {})",
                 s.table, s.rows, s.checksum, t.checksum
             )),
             Some(_) => {}
@@ -162,6 +194,11 @@ mod tests {
         assert!(d[1].starts_with("circle.public.c: 1 rows on both sides"));
         assert!(compare("circle", &src, &src).is_empty());
         assert!(compare("circle", &src, &[])[0].contains("missing in the target"));
+        let d = differences("circle_ghe", &src, &dst, "documents");
+        assert_eq!(
+            d[0],
+            "circle_ghe.public.b: 2 documents in the source, 1 in the target"
+        );
     }
 
     #[test]

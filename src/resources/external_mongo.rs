@@ -183,25 +183,7 @@ impl FileResource for ExternalMongo {
 
     fn validate(&self, config: &Value, diags: &mut Diagnostics) {
         if let Some(hosts) = config.get("hosts").as_list() {
-            if hosts.is_empty() {
-                diags.attr_error(
-                    AttrPath::root("hosts"),
-                    "No hosts",
-                    "list at least one host:port",
-                );
-            }
-            for (n, h) in hosts.iter().enumerate() {
-                let Some(h) = h.as_str() else { continue };
-                let (host, port) = h.rsplit_once(':').unwrap_or((h, "27017"));
-                let host = host.trim_start_matches('[').trim_end_matches(']');
-                if !validate::is_host(host) || port.parse::<u16>().map_or(true, |p| p == 0) {
-                    diags.attr_error(
-                        AttrPath::root("hosts").index(n as i64),
-                        "Invalid host",
-                        format!("{h:?} is not host:port"),
-                    );
-                }
-            }
+            validate::host_ports(hosts, &AttrPath::root("hosts"), diags);
         }
         if let Some(d) = config.get("databases").as_list() {
             if d.len() != 4 {

@@ -16,6 +16,9 @@ pub enum Check {
     Port,
     /// An absolute path of a file on the Services machine.
     RemotePath,
+    /// As `RemotePath`, and mounted into a container with `docker run -v PATH:...`:
+    /// no `:` (docker would read the rest as the mount's target and options).
+    MountPath,
     /// A duration such as `30s`, within `[min, max]` seconds (0 = no bound).
     Duration { min_secs: u64, max_secs: u64 },
     /// One of a fixed set of strings.
@@ -68,6 +71,17 @@ fn check_one(
             match check {
                 Check::Host => host(s, at, diags),
                 Check::RemotePath => remote_path(s, at, diags),
+                Check::MountPath => {
+                    if s.contains(':') {
+                        diags.attr_error(
+                            at,
+                            "Invalid path",
+                            format!("{s:?} must not contain \":\": it is mounted into a container with docker run -v"),
+                        );
+                    } else {
+                        remote_path(s, at, diags)
+                    }
+                }
                 Check::Duration { min_secs, max_secs } => {
                     if let Some(d) = duration(s, at.clone(), diags) {
                         bounds(d, min_secs, max_secs, at, diags);
@@ -156,6 +170,26 @@ fn password_pair_at(config: &Value, path: &dyn Fn(&str) -> AttrPath, diags: &mut
             "password_wo_version without password_wo",
             "password_wo_version only rotates a password_wo",
         );
+    }
+}
+
+/// A MongoDB seed list at `at`: at least one entry, each `host:port` (IPv6 in
+/// brackets; the port may be left out for 27017).
+pub fn host_ports(list: &[Value], at: &AttrPath, diags: &mut Diagnostics) {
+    if list.is_empty() {
+        diags.attr_error(at.clone(), "No hosts", "list at least one host:port");
+    }
+    for (n, h) in list.iter().enumerate() {
+        let Some(h) = h.as_str() else { continue };
+        let (host, port) = h.rsplit_once(':').unwrap_or((h, "27017"));
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if !is_host(host) || port.parse::<u16>().map_or(true, |p| p == 0) {
+            diags.attr_error(
+                at.clone().index(n as i64),
+                "Invalid host",
+                format!("{h:?} is not host:port"),
+            );
+        }
     }
 }
 

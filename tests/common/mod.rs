@@ -523,6 +523,7 @@ impl Drop for NomadStandin {
     }
 }
 
+pub use terraform_provider_circleci::circleci::mongo::DEFAULT_DATABASES as MONGO_RUNBOOK_DATABASES;
 /// The runbook's nine database names (the provider's own list).
 pub use terraform_provider_circleci::circleci::postgres::DEFAULT_DATABASES as RUNBOOK_DATABASES;
 
@@ -548,6 +549,14 @@ impl Servers {
             ],
         );
         let _ = self.bao(token, &["delete", "transit/keys/context-service"]);
+        for db in MONGO_RUNBOOK_DATABASES {
+            self.pymongo(
+                &self.mongo_admin_uri(),
+                db,
+                serde_json::json!({"dropDatabase": 1}),
+            )
+            .unwrap();
+        }
     }
 
     /// A simulator root holding the embedded PostgreSQL (dev/embedded-fixture.sh) with

@@ -1,9 +1,16 @@
 # Carry the embedded data over before CircleCI is pointed at the external services:
 # the PostgreSQL databases circleci_postgres_databases created receive the embedded
-# ones, and the external Vault receives the embedded Vault's context-service key, so
-# that every existing context secret still decrypts. CircleCI is stopped here and left
+# ones, the external MongoDB receives the embedded one's four databases (restored as
+# the user circleci_external_mongo created), and the external Vault receives the
+# embedded Vault's context-service key, so that every existing context secret still
+# decrypts. CircleCI is stopped here and left
 # stopped; circleci_services_restart starts it once every file is in place.
 variable "circle_db_password" {
+  type      = string
+  sensitive = true
+}
+
+variable "mongo_password" {
   type      = string
   sensitive = true
 }
@@ -19,6 +26,12 @@ resource "circleci_postgres_databases" "circle" {
   password_wo_version = 1
 }
 
+resource "circleci_external_mongo" "circle" {
+  hosts       = ["mongo-0.internal:27017", "mongo-1.internal:27017", "mongo-2.internal:27017"]
+  replica_set = "rs0"
+  password_wo = var.mongo_password
+}
+
 resource "circleci_data_migration" "this" {
   postgres {
     host        = circleci_postgres_databases.circle.host
@@ -26,6 +39,14 @@ resource "circleci_data_migration" "this" {
     user        = circleci_postgres_databases.circle.user
     password_wo = var.circle_db_password
     sslmode     = "require"
+  }
+
+  mongo {
+    hosts       = circleci_external_mongo.circle.hosts
+    replica_set = circleci_external_mongo.circle.replica_set
+    username    = circleci_external_mongo.circle.username
+    password_wo = var.mongo_password
+    ca_file     = "/etc/ssl/mongo-ca.pem" # on the Services machine
   }
 
   vault_transit_key {
@@ -43,6 +64,7 @@ resource "circleci_services_restart" "this" {
   triggers = {
     migration = circleci_data_migration.this.migrated_at
     postgres  = circleci_postgres_databases.circle.file_sha256
+    mongo     = circleci_external_mongo.circle.file_sha256
     vault     = circleci_vault_transit_client.contexts.file_sha256
   }
 }
@@ -50,6 +72,7 @@ resource "circleci_services_restart" "this" {
 output "migration" {
   value = {
     rows       = circleci_data_migration.this.postgres_rows
+    documents  = circleci_data_migration.this.mongo_documents
     throughput = circleci_data_migration.this.throughput
     export     = circleci_data_migration.this.export_sha256
   }

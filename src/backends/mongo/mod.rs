@@ -385,12 +385,9 @@ impl MongoAdmin {
         .map(|_| ())
     }
 
-    /// Every collection of `db` with its document count and its `dbHash` md5, sorted
-    /// by name: what the data migration compares on both sides.
-    pub async fn collection_stats(
-        &self,
-        db: &str,
-    ) -> Result<Vec<crate::circleci::migration::TableStat>, MongoError> {
+    /// The collections of `db` (without `system.*`), sorted: listCollections, with
+    /// getMore for long lists.
+    pub async fn collection_names(&self, db: &str) -> Result<Vec<String>, MongoError> {
         let what = format!("listing the collections of {db}");
         let mut reply = self
             .run(db, doc! {"listCollections": 1, "nameOnly": true}, &what)
@@ -421,6 +418,27 @@ impl MongoAdmin {
         }
         names.retain(|n| !n.starts_with("system."));
         names.sort();
+        Ok(names)
+    }
+
+    /// Drops collections `names` of `db` (those missing are no error): what undoes a
+    /// restore that failed half-way into a database that was empty.
+    pub async fn drop_collections(&self, db: &str, names: &[String]) -> Result<(), MongoError> {
+        let present = self.collection_names(db).await?;
+        for n in names.iter().filter(|n| present.contains(n)) {
+            self.run(db, doc! {"drop": n}, &format!("dropping {db}.{n}"))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Every collection of `db` with its document count and its `dbHash` md5, sorted
+    /// by name: what the data migration compares on both sides.
+    pub async fn collection_stats(
+        &self,
+        db: &str,
+    ) -> Result<Vec<crate::circleci::migration::TableStat>, MongoError> {
+        let names = self.collection_names(db).await?;
         let hash = self
             .run(db, doc! {"dbHash": 1}, &format!("hashing {db}"))
             .await?;

@@ -8,14 +8,12 @@
 
 use std::time::{Duration, Instant};
 
-use crate::backends::ssh::{CommandOutput, Program, RemoteCommand, ServicesHost};
+use super::container::{fail, rows_of, Container};
+pub use super::container::{ExportFile, EXPORT_MOUNT};
+use crate::backends::ssh::{CommandOutput, ServicesHost};
 use crate::circleci::migration::{self as mig, TableStat};
 use crate::plugin::{Diagnostic, Diagnostics};
-use crate::resources::run_command;
 use crate::secret::Secret;
-
-/// Where the export directory is mounted in the temporary container.
-pub const EXPORT_MOUNT: &str = "/export";
 
 /// One database exported, as one command: `pg_dump -Fc` into the export directory
 /// while psql reads the database's size, then every table's count and checksum
@@ -45,16 +43,6 @@ const IMPORT: &str = "IFS= read -r PGPASSWORD; export PGPASSWORD PGSSLMODE=\"$5\
      -L \"$8.list\" -h \"$1\" -p \"$2\" -U \"$3\" -d \"$4\" \"$8\" || exit 90; \
      exec psql -X -q -At -v ON_ERROR_STOP=1 -F \"$6\" -h \"$1\" -p \"$2\" -U \"$3\" -d \"$4\" -c \"$7\"";
 
-/// Seals the export: the directory 0700, each file named in the arguments 0600, then
-/// `name<TAB>size<TAB>sha256` per file.
-const SEAL: &str = "cd \"$1\" && chmod 0700 . && shift && for f in \"$@\"; do \
-     chmod 0600 \"$f\" && rm -f \"$f.list\" && \
-     printf '%s\\t%s\\t%s\\n' \"$f\" \"$(stat -c %s \"$f\")\" \"$(sha256sum \"$f\" | cut -d ' ' -f 1)\" \
-     || exit 1; done";
-
-/// Removes the files named in the arguments from the export directory.
-const REMOVE: &str = "cd \"$1\" && shift && rm -f -- \"$@\"";
-
 /// Where the external server is, as the Services machine reaches it.
 pub struct Target<'a> {
     pub host: &'a str,
@@ -73,24 +61,16 @@ pub struct Source<'a> {
     pub container: &'a str,
 }
 
-/// A running temporary container.
+/// A running temporary container of the embedded PostgreSQL.
 pub struct EmbeddedPostgres<'a> {
-    h: &'a ServicesHost,
-    name: String,
-    deadline: Duration,
+    c: Container<'a>,
 }
 
-fn fail(summary: &str, cmd: &RemoteCommand, out: &CommandOutput) -> Diagnostics {
-    Diagnostic::error(
-        summary,
-        format!(
-            "`{cmd}` exited with {}:\n{}",
-            out.status
-                .map_or("a signal".into(), |s| format!("status {s}")),
-            out.evidence()
-        ),
-    )
-    .into()
+impl<'a> std::ops::Deref for EmbeddedPostgres<'a> {
+    type Target = Container<'a>;
+    fn deref(&self) -> &Container<'a> {
+        &self.c
+    }
 }
 
 /// One database exported: its dump in the export directory, its size and tables.
@@ -102,30 +82,7 @@ pub struct Exported {
     pub file: String,
 }
 
-/// One exported file, as sealed on the Services machine.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExportFile {
-    pub name: String,
-    pub size: u64,
-    pub sha256: String,
-}
-
-fn rows_of(out: &CommandOutput) -> Vec<Vec<String>> {
-    out.stdout_text()
-        .lines()
-        .map(|l| l.split('\t').map(str::to_string).collect())
-        .collect()
-}
-
 impl<'a> EmbeddedPostgres<'a> {
-    async fn docker(
-        &self,
-        args: &[&str],
-        stdin: Option<&[u8]>,
-    ) -> Result<(RemoteCommand, CommandOutput), Diagnostics> {
-        docker(self.h, args, stdin, self.deadline).await
-    }
-
     /// Starts the container `name` over the embedded data at `data_dir` (image
     /// `image`) with `export_dir` mounted, and waits (within `ready_within`) until it
     /// answers. A container of that name left by an interrupted run is removed first.
@@ -137,30 +94,20 @@ impl<'a> EmbeddedPostgres<'a> {
         ready_within: Duration,
     ) -> Result<EmbeddedPostgres<'a>, Diagnostics> {
         let name = source.container;
-        // Best effort: "no such container" is the usual answer.
-        let _ = docker(h, &["rm", "-f", name], None, deadline).await;
-        let data = format!("{}:{}", source.data_dir, mig::PG_MOUNT);
-        let export = format!("{export_dir}:{EXPORT_MOUNT}");
-        let args = [
-            "run",
-            "--name",
-            name,
-            "-d",
-            "-v",
-            &data,
-            "-v",
-            &export,
-            source.image,
+        let mounts = [
+            format!("{}:{}", source.data_dir, mig::PG_MOUNT),
+            format!("{export_dir}:{EXPORT_MOUNT}"),
         ];
-        let (cmd, out) = docker(h, &args, None, deadline).await?;
-        if !out.success() {
-            return Err(fail("Could not start the embedded PostgreSQL", &cmd, &out));
-        }
-        let pg = EmbeddedPostgres {
+        let c = Container::run(
             h,
-            name: name.to_string(),
+            name,
+            source.image,
+            &mounts,
             deadline,
-        };
+            "the embedded PostgreSQL",
+        )
+        .await?;
+        let pg = EmbeddedPostgres { c };
         let started = Instant::now();
         loop {
             let (_, probe) = pg
@@ -355,74 +302,12 @@ impl<'a> EmbeddedPostgres<'a> {
         })
         .await
     }
+}
 
-    /// Runs `script` in the export directory (its `$1`) on `files`; a failure is an
-    /// error under `summary`.
-    async fn in_export(
-        &self,
-        script: &str,
-        files: &[String],
-        summary: &str,
-    ) -> Result<(RemoteCommand, CommandOutput), Diagnostics> {
-        let mut args = vec![
-            "exec",
-            &self.name,
-            "bash",
-            "-c",
-            script,
-            "export",
-            EXPORT_MOUNT,
-        ];
-        args.extend(files.iter().map(String::as_str));
-        let (cmd, out) = self.docker(&args, None).await?;
-        if !out.success() {
-            return Err(fail(summary, &cmd, &out));
-        }
-        Ok((cmd, out))
-    }
-
-    /// Makes the export directory 0700 and `files` in it 0600; their sizes and SHA-256.
-    pub async fn seal(&self, files: &[String]) -> Result<Vec<ExportFile>, Diagnostics> {
-        let (cmd, out) = self
-            .in_export(SEAL, files, "Could not seal the export")
-            .await?;
-        let mut sealed = Vec::new();
-        for r in rows_of(&out) {
-            if let [name, size, sha] = r.as_slice() {
-                sealed.push(ExportFile {
-                    name: name.clone(),
-                    size: size.parse().unwrap_or(0),
-                    sha256: sha.clone(),
-                });
-            }
-        }
-        if sealed.len() != files.len() {
-            return Err(Diagnostic::error(
-                "Could not seal the export",
-                format!(
-                    "`{cmd}` listed {} of {} files:\n{}",
-                    sealed.len(),
-                    files.len(),
-                    out.evidence()
-                ),
-            )
-            .into());
-        }
-        Ok(sealed)
-    }
-
-    /// Deletes `files` from the export directory.
-    pub async fn remove(&self, files: &[String]) -> Result<(), Diagnostics> {
-        self.in_export(REMOVE, files, "Could not remove the export")
-            .await
-            .map(|_| ())
-    }
-
+impl EmbeddedPostgres<'_> {
     /// Removes the container (its server stops; the data directory stays as it was).
     pub async fn stop(self) {
-        if let Err(d) = self.docker(&["rm", "-f", &self.name], None).await {
-            log::warn!("removing container {}: {d}", self.name);
-        }
+        self.c.stop().await
     }
 }
 
@@ -431,13 +316,4 @@ fn password_line(t: &Target<'_>) -> Vec<u8> {
     let mut stdin = t.password.expose().as_bytes().to_vec();
     stdin.push(b'\n');
     stdin
-}
-
-async fn docker(
-    h: &ServicesHost,
-    args: &[&str],
-    stdin: Option<&[u8]>,
-    deadline: Duration,
-) -> Result<(RemoteCommand, CommandOutput), Diagnostics> {
-    run_command(h, Program::Docker, args, stdin, deadline).await
 }

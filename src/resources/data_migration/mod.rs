@@ -10,6 +10,10 @@ use async_trait::async_trait;
 
 use super::{string_list, validate};
 use crate::circleci::migration as mig;
+use crate::circleci::mongo::{
+    DEFAULT_AUTH_SOURCE as MONGO_AUTH_SOURCE, DEFAULT_DATABASES as MONGO_DATABASES,
+    DEFAULT_USER as MONGO_USER,
+};
 use crate::circleci::postgres::{check_identifier, DEFAULT_DATABASES, DEFAULT_USER};
 use crate::plugin::schema::{NestedBlock, Nesting};
 use crate::plugin::{
@@ -18,12 +22,17 @@ use crate::plugin::{
 };
 use crate::provider::ProviderData;
 
+mod container;
+pub mod embedded_mongo;
 pub mod embedded_postgres;
 mod run;
+mod run_mongo;
+mod settings;
 pub mod vault_key;
 
 const ID: &str = "circleci-data-migration";
 const POSTGRES: &str = "postgres";
+const MONGO: &str = "mongo";
 const VAULT: &str = vault_key::BLOCK;
 const EXPORT_DIR: &str = "/data/circle/external-services-export";
 const STOP_TIMEOUT: &str = "10m";
@@ -33,7 +42,7 @@ const SSLMODES: [&str; 4] = ["disable", "allow", "prefer", "require"];
 const CONTAINER: &str = "circleci-data-migration-postgres";
 
 /// What the last migration did; unknown in a plan that migrates.
-const OUTCOME: [&str; 11] = [
+const OUTCOME: [&str; 13] = [
     "app_stopped_at",
     "migrated_at",
     "elapsed",
@@ -44,6 +53,8 @@ const OUTCOME: [&str; 11] = [
     "postgres_tables",
     "postgres_rows",
     "postgres_bytes",
+    "mongo_collections",
+    "mongo_documents",
     "skipped",
 ];
 
@@ -92,6 +103,60 @@ fn postgres_block() -> Block {
                  `prefer` (default) or `require`.",
             )),
         "The password of `user`",
+        "nothing: the password is only used when the migration runs",
+    )
+}
+
+fn mongo_block() -> Block {
+    let names = MONGO_DATABASES.map(|d| format!("`{d}`")).join(", ");
+    super::password_attrs(
+        Block::new()
+            .description(
+                "The embedded MongoDB and where its databases go. Each database is exported with `mongodump` from \
+                 a temporary container of the embedded version over the embedded data directory (as CircleCI's \
+                 own export script does; `admin` is never carried), then restored with `mongorestore` into the \
+                 database of the same name on the external MongoDB, logged in as `username` (the user \
+                 `circleci_external_mongo` created with `readWrite` on them). The provider's `mongodb` block \
+                 checks the targets before and counts and hashes them after.",
+            )
+            .attr(Attribute::new("image", Type::String).optional().computed().description(&format!(
+                "The embedded MongoDB's image. Default `{}` (CircleCI 2.17's).",
+                mig::MONGO_IMAGE
+            )))
+            .attr(Attribute::new("data_dir", Type::String).optional().computed().description(&format!(
+                "The embedded data directory on the Services machine. Default `{}`.",
+                mig::MONGO_DATA
+            )))
+            .attr(Attribute::new("databases", Type::list(Type::String)).optional().computed().description(
+                &format!(
+                    "The databases to carry over. Default: the runbook's four, {names}. One empty in the embedded \
+                     MongoDB is left out; `{}` empty is an error (CircleCI's script checks for it).",
+                    mig::EXPECTED_MONGO_DATABASE
+                ),
+            ))
+            .attr(Attribute::new("hosts", Type::list(Type::String)).required().description(
+                "`host:port` of each member of the external MongoDB, as the Services machine reaches them (the \
+                 restore runs there). More than one needs `replica_set`.",
+            ))
+            .attr(Attribute::new("replica_set", Type::String).optional().description(
+                "The replica set's name, when `hosts` are its members.",
+            ))
+            .attr(Attribute::new("username", Type::String).optional().computed().description(
+                "The user the data is restored as. Default `circle`.",
+            ))
+            .attr(Attribute::new("auth_source", Type::String).optional().computed().description(
+                "The database the user is defined in. Default `admin`.",
+            ))
+            .attr(Attribute::new("tls", Type::Bool).optional().computed().description(
+                "Connect with TLS, as the runbook's `ssl=true`. Default `true`. The server's certificate is always \
+                 verified: against `ca_file`, or the image's CA bundle (MongoDB's tools verify nothing without a \
+                 CA file, so the provider always gives one).",
+            ))
+            .attr(Attribute::new("ca_file", Type::String).optional().description(
+                "A CA certificate (PEM) **on the Services machine** that signed the external MongoDB's certificate, \
+                 mounted read-only into the container.",
+            )),
+        "The password of `username`",
         "nothing: the password is only used when the migration runs",
     )
 }
@@ -200,11 +265,17 @@ fn block() -> Block {
         .attr(Attribute::new("postgres_bytes", Type::Number).computed().description(
             "The embedded databases' size in bytes (`pg_database_size`).",
         ))
+        .attr(Attribute::new("mongo_collections", Type::map(Type::String)).computed().description(
+            "Every MongoDB collection carried over (`database.collection`) with its document count and `dbHash` \
+             md5, equal on both sides: `N documents, checksum C`.",
+        ))
+        .attr(Attribute::new("mongo_documents", Type::Number).computed().description("MongoDB documents carried over in all."))
         .attr(Attribute::new("skipped", Type::list(Type::String)).computed().description(
             "Targets found already holding exactly the embedded data, left as they were (e.g. after an \
              interrupted apply).",
         ))
         .block(NestedBlock::new(POSTGRES, Nesting::Single, postgres_block()))
+        .block(NestedBlock::new(MONGO, Nesting::Single, mongo_block()))
         .block(NestedBlock::new(VAULT, Nesting::Single, vault_block()))
 }
 
@@ -223,6 +294,13 @@ fn check_image(s: &str) -> Result<(), String> {
     }
 }
 
+fn check_auth_source(s: &str) -> Result<(), String> {
+    if s == "admin" {
+        return Ok(());
+    }
+    mig::check_mongo_database(s).map_err(|e| format!("{s:?} {e}"))
+}
+
 fn check_address(s: &str) -> Result<(), String> {
     crate::circleci::vault::Address::parse(s).map(|_| ())
 }
@@ -239,7 +317,7 @@ fn validate_config(config: &Value) -> Diagnostics {
         &[
             ("stop_timeout", d(1, 24 * 3600)),
             ("command_timeout", d(1, 48 * 3600)),
-            ("export_dir", Check::RemotePath),
+            ("export_dir", Check::MountPath),
             ("config_root", Check::RemotePath),
         ],
         &mut diags,
@@ -249,11 +327,27 @@ fn validate_config(config: &Value) -> Diagnostics {
         POSTGRES,
         &[
             ("image", Check::Text("Invalid image", check_image)),
-            ("data_dir", Check::RemotePath),
+            ("data_dir", Check::MountPath),
             ("host", Check::Host),
             ("port", Check::Port),
             ("user", Check::Text("Invalid role name", check_identifier)),
             ("sslmode", Check::OneOf(&SSLMODES)),
+            ("password_wo", Check::PasswordPair),
+        ],
+        &mut diags,
+    );
+    validate::run_in(
+        config,
+        MONGO,
+        &[
+            ("image", Check::Text("Invalid image", check_image)),
+            ("data_dir", Check::MountPath),
+            ("username", Check::NonEmpty),
+            (
+                "auth_source",
+                Check::Text("Invalid database name", check_auth_source),
+            ),
+            ("ca_file", Check::MountPath),
             ("password_wo", Check::PasswordPair),
         ],
         &mut diags,
@@ -281,35 +375,71 @@ fn validate_config(config: &Value) -> Diagnostics {
         ],
         &mut diags,
     );
-    if let Some(list) = config.get(POSTGRES).get("databases").as_list() {
-        let mut seen = Vec::new();
-        for (i, v) in list.iter().enumerate() {
-            let Some(db) = v.as_str() else { continue };
-            let at = AttrPath::root(POSTGRES).attr("databases").index(i as i64);
-            if let Err(e) = check_identifier(db) {
-                diags.attr_error(at, "Invalid database name", format!("{db:?} {e}"));
-            } else if seen.contains(&db) {
-                diags.attr_error(at, "Duplicate database", format!("{db:?} is listed twice"));
-            }
-            seen.push(db);
-        }
-        if list.is_empty() {
+    databases(
+        config,
+        POSTGRES,
+        "the runbook's nine",
+        check_identifier,
+        &mut diags,
+    );
+    databases(
+        config,
+        MONGO,
+        "the runbook's four",
+        mig::check_mongo_database,
+        &mut diags,
+    );
+    if let Some(hosts) = config.get(MONGO).get("hosts").as_list() {
+        validate::host_ports(hosts, &AttrPath::root(MONGO).attr("hosts"), &mut diags);
+        if hosts.len() > 1 && config.get(MONGO).get("replica_set").is_null() {
             diags.attr_error(
-                AttrPath::root(POSTGRES).attr("databases"),
-                "No databases",
-                "list at least one database, or leave databases out for the runbook's nine",
+                AttrPath::root(MONGO).attr("replica_set"),
+                "Replica set name missing",
+                "several hosts are the members of a replica set: give its name (mongorestore connects to a set \
+                 as NAME/host:port,...)",
             );
         }
     }
     let given = |b: &str| !config.get(b).is_null();
-    if !given(POSTGRES) && !given(VAULT) {
+    if !given(POSTGRES) && !given(MONGO) && !given(VAULT) {
         diags.attr_error(
             AttrPath::root(POSTGRES),
             "Nothing to migrate",
-            "add a postgres block, a vault_transit_key block, or both",
+            "add a postgres, mongo or vault_transit_key block (or several)",
         );
     }
     diags
+}
+
+/// The `databases` list of `block`: each name valid and listed once, at least one.
+fn databases(
+    config: &Value,
+    block: &str,
+    default: &str,
+    check: fn(&str) -> Result<(), String>,
+    diags: &mut Diagnostics,
+) {
+    let Some(list) = config.get(block).get("databases").as_list() else {
+        return;
+    };
+    let mut seen = Vec::new();
+    for (i, v) in list.iter().enumerate() {
+        let Some(db) = v.as_str() else { continue };
+        let at = AttrPath::root(block).attr("databases").index(i as i64);
+        if let Err(e) = check(db) {
+            diags.attr_error(at, "Invalid database name", format!("{db:?} {e}"));
+        } else if seen.contains(&db) {
+            diags.attr_error(at, "Duplicate database", format!("{db:?} is listed twice"));
+        }
+        seen.push(db);
+    }
+    if list.is_empty() {
+        diags.attr_error(
+            AttrPath::root(block).attr("databases"),
+            "No databases",
+            format!("list at least one database, or leave databases out for {default}"),
+        );
+    }
 }
 
 /// Fills the defaults of the nested blocks that are present.
@@ -336,6 +466,22 @@ fn nested_defaults(planned: &mut Value) {
             ],
         );
         planned.set(POSTGRES, pg);
+    }
+    let mut m = planned.get(MONGO).clone();
+    if !m.is_null() && !m.is_unknown() {
+        let dbs: Vec<String> = MONGO_DATABASES.iter().map(|s| s.to_string()).collect();
+        fill(
+            &mut m,
+            vec![
+                ("image", Value::string(mig::MONGO_IMAGE)),
+                ("data_dir", Value::string(mig::MONGO_DATA)),
+                ("databases", string_list(&dbs)),
+                ("username", Value::string(MONGO_USER)),
+                ("auth_source", Value::string(MONGO_AUTH_SOURCE)),
+                ("tls", Value::Bool(true)),
+            ],
+        );
+        planned.set(MONGO, m);
     }
     let mut v = planned.get(VAULT).clone();
     if !v.is_null() && !v.is_unknown() {

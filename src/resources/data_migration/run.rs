@@ -4,112 +4,15 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::embedded_postgres::{EmbeddedPostgres, ExportFile, Exported, Source, Target};
+use super::run_mongo::MongoOutcome;
+use super::settings::{settings, PgSettings, Settings};
 use super::vault_key::{Found, KeyMove};
 use super::*;
-use crate::backends::vault::{Vault, VaultConfig};
+use crate::backends::vault::Vault;
 use crate::circleci::migration::{compare, TableStat, EXPECTED_TABLES};
 use crate::plugin::stop;
 use crate::resources::services_restart::ServicesRestart;
-use crate::resources::{ssh_diag, strings};
-use crate::secret::Secret;
-
-/// The `postgres` block, resolved.
-struct PgSettings {
-    image: String,
-    data_dir: String,
-    databases: Vec<String>,
-    host: String,
-    port: u16,
-    user: String,
-    password: Secret,
-    sslmode: String,
-}
-
-/// Everything a migration needs, from the planned state and (for the write-only
-/// values) the configuration.
-struct Settings {
-    stop_app: bool,
-    stop_timeout: Duration,
-    command_timeout: Duration,
-    overwrite: bool,
-    keep_export: bool,
-    export_dir: String,
-    postgres: Option<PgSettings>,
-    vault: Option<(VaultConfig, String, String, String)>,
-}
-
-fn settings(planned: &Value, config: &Value, timeout: Duration) -> Result<Settings, Diagnostics> {
-    let pg = planned.get(POSTGRES);
-    let postgres = if pg.is_null() {
-        None
-    } else {
-        let c = config.get(POSTGRES);
-        let password = super::super::required_password(c).map_err(|d| {
-            let mut out = Diagnostics::new();
-            for x in d.0 {
-                out.push(x.at(AttrPath::root(POSTGRES).attr("password_wo")));
-            }
-            out
-        })?;
-        Some(PgSettings {
-            image: pg.get("image").as_str().unwrap_or(mig::PG_IMAGE).into(),
-            data_dir: pg.get("data_dir").as_str().unwrap_or(mig::PG_DATA).into(),
-            databases: strings(pg.get("databases")),
-            host: pg.get("host").as_str().unwrap_or_default().into(),
-            port: pg.get("port").as_i64().unwrap_or(5432) as u16,
-            user: pg.get("user").as_str().unwrap_or(DEFAULT_USER).into(),
-            password: Secret(password.to_string()),
-            sslmode: pg.get("sslmode").as_str().unwrap_or("prefer").into(),
-        })
-    };
-    let v = planned.get(VAULT);
-    let vault = if v.is_null() {
-        None
-    } else {
-        let token = config
-            .get(VAULT)
-            .get("source_token_wo")
-            .as_str()
-            .unwrap_or_default();
-        let cfg = VaultConfig {
-            address: v
-                .get("source_address")
-                .as_str()
-                .unwrap_or_default()
-                .trim_end_matches('/')
-                .into(),
-            token: Secret(token.to_string()),
-            ca_cert_file: v
-                .get("source_ca_cert_file")
-                .as_str()
-                .map(crate::provider::expand_home),
-            namespace: None,
-            skip_tls_verify: false,
-            timeout,
-        };
-        let s = |k: &str, d: &str| v.get(k).as_str().unwrap_or(d).to_string();
-        Some((
-            cfg,
-            s("source_mount", "transit"),
-            s("key", "context-service"),
-            s("target_mount", "transit"),
-        ))
-    };
-    Ok(Settings {
-        stop_app: planned.get("stop_app").as_bool().unwrap_or(true),
-        stop_timeout: super::super::duration_or(planned, "stop_timeout", STOP_TIMEOUT),
-        command_timeout: super::super::duration_or(planned, "command_timeout", COMMAND_TIMEOUT),
-        overwrite: planned.get("overwrite_existing").as_bool() == Some(true),
-        keep_export: planned.get("keep_export").as_bool() != Some(false),
-        export_dir: planned
-            .get("export_dir")
-            .as_str()
-            .unwrap_or(EXPORT_DIR)
-            .into(),
-        postgres,
-        vault,
-    })
-}
+use crate::resources::ssh_diag;
 
 /// What the PostgreSQL part found and did.
 #[derive(Default)]
@@ -126,7 +29,7 @@ fn now() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
-fn stopped_error(what: &str) -> Diagnostics {
+pub(super) fn stopped_error(what: &str) -> Diagnostics {
     Diagnostic::error(
         "Stopped",
         format!(
@@ -161,6 +64,10 @@ impl DataMigration {
         }
         let occupied = match &s.postgres {
             Some(p) => self.pg_preflight(p, s.overwrite, running).await?,
+            None => Vec::new(),
+        };
+        let mongo_occupied = match &s.mongo {
+            Some(m) => self.mongo_preflight(m, s.overwrite, running).await?,
             None => Vec::new(),
         };
         let key_move = match &s.vault {
@@ -199,7 +106,26 @@ impl DataMigration {
             Some(p) => self.migrate_postgres(&s, p, &occupied).await?,
             None => PgOutcome::default(),
         };
+        let mongo = match &s.mongo {
+            Some(m) => {
+                let t = Instant::now();
+                let out = self
+                    .migrate_mongo(
+                        &s.export_dir,
+                        s.command_timeout,
+                        s.overwrite,
+                        s.keep_export,
+                        m,
+                        &mongo_occupied,
+                    )
+                    .await?;
+                super::run_mongo::log_done(t, &out);
+                out
+            }
+            None => MongoOutcome::default(),
+        };
         let mut skipped = pg.skipped.clone();
+        skipped.extend(mongo.skipped.iter().cloned());
         if let (Some(k), Some(found)) = (&key_move, found) {
             if found == Found::Same && !s.overwrite {
                 log::info!(
@@ -216,7 +142,7 @@ impl DataMigration {
                 k.key
             );
         }
-        record(&mut state, &s, &pg, skipped, started.elapsed());
+        record(&mut state, &s, &pg, &mongo, skipped, started.elapsed());
         Ok(state)
     }
 
@@ -553,19 +479,28 @@ fn add_tables(out: &mut PgOutcome, db: &str, tables: &[TableStat], size: u64) {
     out.bytes += size;
 }
 
-fn record(state: &mut Value, s: &Settings, pg: &PgOutcome, skipped: Vec<String>, took: Duration) {
+fn record(
+    state: &mut Value,
+    s: &Settings,
+    pg: &PgOutcome,
+    mongo: &MongoOutcome,
+    skipped: Vec<String>,
+    took: Duration,
+) {
     let dir = s.export_dir.trim_end_matches('/');
-    let files: BTreeMap<String, Value> = pg
+    let kept: Vec<&ExportFile> = pg
         .files
         .iter()
+        .chain(&mongo.files)
         .filter(|_| s.keep_export)
+        .collect();
+    let files: BTreeMap<String, Value> = kept
+        .iter()
         .map(|f| (format!("{dir}/{}", f.name), Value::string(&f.sha256)))
         .collect();
-    let bytes: u64 = if s.keep_export {
-        pg.files.iter().map(|f| f.size).sum()
-    } else {
-        0
-    };
+    let bytes: u64 = kept.iter().map(|f| f.size).sum();
+    state.set("mongo_collections", Value::Map(mongo.collections.clone()));
+    state.set("mongo_documents", Value::int(mongo.documents));
     state.set("export_sha256", Value::Map(files));
     state.set("export_bytes", Value::int(bytes as i64));
     state.set("postgres_tables", Value::Map(pg.tables.clone()));

@@ -1,0 +1,204 @@
+//! A temporary container on the Services machine over the embedded data, as CircleCI's
+//! export script starts them: `docker run` of the embedded image with the data and the
+//! export directory mounted, fixed `docker exec` command lines while it runs, and
+//! `docker rm -f` at the end. The export directory is sealed (0700, files 0600, a
+//! SHA-256 each) from inside it, as root in the container.
+
+use std::time::Duration;
+
+use crate::backends::ssh::{CommandOutput, Program, RemoteCommand, ServicesHost};
+use crate::plugin::{Diagnostic, Diagnostics};
+use crate::resources::run_command;
+
+/// Where the export directory is mounted in the temporary containers.
+pub const EXPORT_MOUNT: &str = "/export";
+
+/// Seals the export: the directory 0700; each entry named in the arguments (a file, or a
+/// directory with everything under it) 0600 for files and 0700 for directories, its
+/// restore list (`ENTRY.list`) removed; then `path<TAB>size<TAB>sha256` per file.
+const SEAL: &str = "cd \"$1\" && chmod 0700 . && shift && for a in \"$@\"; do rm -f \"$a.list\" || exit 1; done \
+     && find \"$@\" -type d -exec chmod 0700 {} + && find \"$@\" -type f | LC_ALL=C sort | \
+     while IFS= read -r f; do chmod 0600 \"$f\" && \
+     printf '%s\\t%s\\t%s\\n' \"$f\" \"$(stat -c %s \"$f\")\" \"$(sha256sum \"$f\" | cut -d ' ' -f 1)\" \
+     || exit 1; done";
+
+/// Removes the entries named in the arguments from the export directory.
+const REMOVE: &str = "cd \"$1\" && shift && rm -rf -- \"$@\"";
+
+/// One exported file, as sealed on the Services machine (its path under the export
+/// directory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportFile {
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// A running temporary container.
+pub struct Container<'a> {
+    pub(super) h: &'a ServicesHost,
+    pub name: String,
+    pub deadline: Duration,
+}
+
+/// The error of a command that failed: the command (no secret is ever on one) and
+/// what it printed.
+pub fn fail(summary: &str, cmd: &RemoteCommand, out: &CommandOutput) -> Diagnostics {
+    Diagnostic::error(
+        summary,
+        format!(
+            "`{cmd}` exited with {}:\n{}",
+            out.status
+                .map_or("a signal".into(), |s| format!("status {s}")),
+            out.evidence()
+        ),
+    )
+    .into()
+}
+
+/// Lines of tab-separated fields.
+pub fn rows_of(out: &CommandOutput) -> Vec<Vec<String>> {
+    out.stdout_text()
+        .lines()
+        .map(|l| l.split('\t').map(str::to_string).collect())
+        .collect()
+}
+
+async fn docker(
+    h: &ServicesHost,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    deadline: Duration,
+) -> Result<(RemoteCommand, CommandOutput), Diagnostics> {
+    run_command(h, Program::Docker, args, stdin, deadline).await
+}
+
+impl<'a> Container<'a> {
+    /// Starts container `name` of `image` detached with `mounts` (`host:inside[:ro]`);
+    /// a container of that name left by an interrupted run is removed first. `what`
+    /// names the server in the error.
+    pub async fn run(
+        h: &'a ServicesHost,
+        name: &str,
+        image: &str,
+        mounts: &[String],
+        deadline: Duration,
+        what: &str,
+    ) -> Result<Container<'a>, Diagnostics> {
+        // Best effort: "no such container" is the usual answer.
+        let _ = docker(h, &["rm", "-f", name], None, deadline).await;
+        let mut args = vec!["run", "--name", name, "-d"];
+        for m in mounts {
+            args.push("-v");
+            args.push(m);
+        }
+        args.push(image);
+        let (cmd, out) = docker(h, &args, None, deadline).await?;
+        if !out.success() {
+            return Err(fail(&format!("Could not start {what}"), &cmd, &out));
+        }
+        Ok(Container {
+            h,
+            name: name.to_string(),
+            deadline,
+        })
+    }
+
+    /// `docker ARGS` on the Services machine, within the deadline.
+    pub async fn docker(
+        &self,
+        args: &[&str],
+        stdin: Option<&[u8]>,
+    ) -> Result<(RemoteCommand, CommandOutput), Diagnostics> {
+        docker(self.h, args, stdin, self.deadline).await
+    }
+
+    /// `docker exec [-i] NAME ARGS` (with `-i` when there is standard input); a failure
+    /// is an error under `summary`.
+    pub async fn exec(
+        &self,
+        args: &[&str],
+        stdin: Option<&[u8]>,
+        summary: &str,
+    ) -> Result<(RemoteCommand, CommandOutput), Diagnostics> {
+        let mut all = vec!["exec"];
+        if stdin.is_some() {
+            all.push("-i");
+        }
+        all.push(&self.name);
+        all.extend_from_slice(args);
+        let (cmd, out) = self.docker(&all, stdin).await?;
+        if !out.success() {
+            return Err(fail(summary, &cmd, &out));
+        }
+        Ok((cmd, out))
+    }
+
+    /// Runs `script` in the export directory (its `$1`) on `entries`.
+    async fn in_export(
+        &self,
+        script: &str,
+        entries: &[String],
+        summary: &str,
+    ) -> Result<(RemoteCommand, CommandOutput), Diagnostics> {
+        let mut args = vec!["bash", "-c", script, "export", EXPORT_MOUNT];
+        args.extend(entries.iter().map(String::as_str));
+        self.exec(&args, None, summary).await
+    }
+
+    /// Makes the export directory 0700 and `entries` in it (files, or directories and
+    /// all under them) 0600; every file's path, size and SHA-256.
+    pub async fn seal(&self, entries: &[String]) -> Result<Vec<ExportFile>, Diagnostics> {
+        let (cmd, out) = self
+            .in_export(SEAL, entries, "Could not seal the export")
+            .await?;
+        let mut sealed = Vec::new();
+        for r in rows_of(&out) {
+            if let [name, size, sha] = r.as_slice() {
+                sealed.push(ExportFile {
+                    name: name.clone(),
+                    size: size.parse().unwrap_or(0),
+                    sha256: sha.clone(),
+                });
+            }
+        }
+        let missing: Vec<&String> = entries
+            .iter()
+            .filter(|e| {
+                !sealed
+                    .iter()
+                    .any(|f| &f.name == *e || f.name.starts_with(&format!("{e}/")))
+            })
+            .collect();
+        if !missing.is_empty() {
+            return Err(Diagnostic::error(
+                "Could not seal the export",
+                format!(
+                    "`{cmd}` listed no file of {}:\n{}",
+                    missing
+                        .iter()
+                        .map(|m| m.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    out.evidence()
+                ),
+            )
+            .into());
+        }
+        Ok(sealed)
+    }
+
+    /// Deletes `entries` (files or directories) from the export directory.
+    pub async fn remove(&self, entries: &[String]) -> Result<(), Diagnostics> {
+        self.in_export(REMOVE, entries, "Could not remove the export")
+            .await
+            .map(|_| ())
+    }
+
+    /// Removes the container (its server stops; the data directory stays as it was).
+    pub async fn stop(self) {
+        if let Err(d) = self.docker(&["rm", "-f", &self.name], None).await {
+            log::warn!("removing container {}: {d}", self.name);
+        }
+    }
+}

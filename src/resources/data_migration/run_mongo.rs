@@ -1,0 +1,282 @@
+//! The MongoDB part of the migration: the preflight on the target (through the
+//! provider's admin client) and the databases carried over one after another through
+//! the temporary container, each compared collection by collection afterwards.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use super::embedded_mongo::{EmbeddedMongo, MongoTarget, DUMP_DIR};
+use super::run::stopped_error;
+use super::settings::{at, MongoSettings};
+use super::*;
+use crate::backends::mongo::{MongoAdmin, MongoError};
+use crate::circleci::migration::{differences, TableStat, EXPECTED_MONGO_DATABASE};
+use crate::plugin::stop;
+
+/// The container the embedded MongoDB runs in during the export.
+const CONTAINER: &str = "circleci-data-migration-mongo";
+
+/// What the MongoDB part found and did.
+#[derive(Default)]
+pub(super) struct MongoOutcome {
+    pub collections: BTreeMap<String, Value>,
+    pub documents: i64,
+    pub files: Vec<super::container::ExportFile>,
+    pub skipped: Vec<String>,
+}
+
+fn diag(summary: &str, e: MongoError) -> Diagnostics {
+    Diagnostic::error(summary, e.to_string()).into()
+}
+
+impl DataMigration {
+    /// Before anything changes: the restore's user exists on the target; target
+    /// databases already holding collections (returned) are refused unless
+    /// overwrite_existing, or unless CircleCI is stopped (then they are compared with
+    /// the embedded data once it can be read).
+    pub(super) async fn mongo_preflight(
+        &self,
+        m: &MongoSettings,
+        overwrite: bool,
+        running: bool,
+    ) -> Result<Vec<String>, Diagnostics> {
+        let admin = self.data.mongo()?;
+        let user = admin
+            .user(&m.auth_source, &m.username)
+            .await
+            .map_err(|e| diag("Could not read the external MongoDB's users", e))?;
+        if user.is_none() {
+            return Err(Diagnostic::error(
+                "MongoDB user missing",
+                format!(
+                    "{} has no user {:?} in {:?}, which the data is restored as; create it first \
+                     (circleci_external_mongo, and reference it from this resource). Nothing was changed.",
+                    admin.hosts(),
+                    m.username,
+                    m.auth_source
+                ),
+            )
+            .at(at("username"))
+            .into());
+        }
+        let mut occupied = Vec::new();
+        for db in &m.databases {
+            let names = admin
+                .collection_names(db)
+                .await
+                .map_err(|e| diag("Could not list the target's collections", e))?;
+            if names.is_empty() {
+                continue;
+            }
+            if !overwrite && running {
+                let shown: Vec<&str> = names.iter().take(5).map(String::as_str).collect();
+                return Err(Diagnostic::error(
+                    "Target database not empty",
+                    format!(
+                        "MongoDB database {db:?} at {} already holds {} collections ({}{}), and CircleCI is \
+                         running. Nothing was changed. Set overwrite_existing = true to restore over them.",
+                        admin.hosts(),
+                        names.len(),
+                        shown.join(", "),
+                        if names.len() > 5 { ", …" } else { "" }
+                    ),
+                )
+                .at(AttrPath::root("overwrite_existing"))
+                .into());
+            }
+            occupied.push(db.clone());
+        }
+        Ok(occupied)
+    }
+
+    pub(super) async fn migrate_mongo(
+        &self,
+        export_dir: &str,
+        deadline: Duration,
+        overwrite: bool,
+        keep_export: bool,
+        m: &MongoSettings,
+        occupied: &[String],
+    ) -> Result<MongoOutcome, Diagnostics> {
+        let h = self.data.services()?;
+        let admin = self.data.mongo()?;
+        let e = EmbeddedMongo::start(
+            &h,
+            (CONTAINER, &m.image, &m.data_dir),
+            export_dir,
+            m.ca_file.as_deref(),
+            deadline,
+            Duration::from_secs(120),
+        )
+        .await?;
+        let r = async {
+            let mut out = MongoOutcome::default();
+            let mut dumped = false;
+            for db in &m.databases {
+                if stop::requested() {
+                    return Err(stopped_error(&format!("before MongoDB database {db}")));
+                }
+                dumped |= one_database(&e, &admin, m, overwrite, occupied, db, &mut out).await?;
+            }
+            if dumped {
+                out.files = e.seal(&[DUMP_DIR.to_string()]).await?;
+                if !keep_export {
+                    e.remove(&[DUMP_DIR.to_string()]).await?;
+                    log::info!("MongoDB export removed (keep_export = false)");
+                }
+            }
+            Ok(out)
+        }
+        .await;
+        e.stop().await;
+        r
+    }
+}
+
+/// One database: counted in the container; compared with a target already holding
+/// collections (identical: skipped); dumped, restored and compared. Whether it was
+/// dumped.
+async fn one_database(
+    e: &EmbeddedMongo<'_>,
+    admin: &MongoAdmin,
+    m: &MongoSettings,
+    overwrite: bool,
+    occupied: &[String],
+    db: &str,
+    out: &mut MongoOutcome,
+) -> Result<bool, Diagnostics> {
+    let target = MongoTarget {
+        hosts: &m.hosts,
+        replica_set: m.replica_set.as_deref(),
+        username: &m.username,
+        auth_source: &m.auth_source,
+        password: &m.password,
+        tls: m.tls,
+        ca_file: m.ca_file.is_some(),
+    };
+    let source = e.stats(db).await?;
+    if source.is_empty() {
+        if db == EXPECTED_MONGO_DATABASE {
+            return Err(Diagnostic::error(
+                "The embedded data lacks a database CircleCI needs",
+                format!(
+                    "the embedded MongoDB over {} has no collection in {db}, which CircleCI's own export \
+                     script checks for. Is this CircleCI's data directory? Nothing was imported.",
+                    m.data_dir
+                ),
+            )
+            .at(at("data_dir"))
+            .into());
+        }
+        log::info!("MongoDB database {db}: empty in the embedded MongoDB, nothing to carry over");
+        return Ok(false);
+    }
+    let documents: i64 = source.iter().map(|c| c.rows).sum();
+    let clean = occupied.iter().any(|d| d == db);
+    if clean {
+        let before = stats_of(admin, db).await?;
+        if differences(db, &source, &before, "documents").is_empty() && before.len() == source.len()
+        {
+            log::info!(
+                "MongoDB database {db}: the target already holds exactly this data; left as it is"
+            );
+            out.skipped.push(format!("mongo:{db}"));
+            add(out, db, &source);
+            return Ok(false);
+        }
+        if !overwrite {
+            return Err(Diagnostic::error(
+                "Target database not empty",
+                format!(
+                    "MongoDB database {db:?} at {} already holds {} collections that differ from the embedded \
+                     data. Nothing was written to it. Set overwrite_existing = true to restore over them.",
+                    target.describe(),
+                    before.len()
+                ),
+            )
+            .at(AttrPath::root("overwrite_existing"))
+            .into());
+        }
+    }
+    e.dump(db).await?;
+    log::info!(
+        "MongoDB database {db}: exported, {} collections, {documents} documents",
+        source.len()
+    );
+    log::info!(
+        "MongoDB database {db}: importing into {}",
+        target.describe()
+    );
+    let restored = async {
+        e.restore(db, &target, clean).await?;
+        let after = stats_of(admin, db).await?;
+        let diffs = differences(db, &source, &after, "documents");
+        if !diffs.is_empty() {
+            return Err(Diagnostic::error(
+                format!("MongoDB database {db} differs after the import"),
+                format!("{}\nCircleCI was left stopped.", diffs.join("\n")),
+            )
+            .into());
+        }
+        Ok::<(), Diagnostics>(())
+    }
+    .await;
+    if let Err(mut d) = restored {
+        if !clean {
+            // mongorestore writes collection by collection, not in one transaction: a
+            // database that was empty is emptied again, so that the next apply starts
+            // over instead of finding a partial copy.
+            let names: Vec<String> = source.iter().map(|c| c.table.clone()).collect();
+            match admin.drop_collections(db, &names).await {
+                Ok(()) => log::warn!("MongoDB database {db}: the partial import was dropped"),
+                Err(x) => d.push(Diagnostic::warning(
+                    format!("The partial import of MongoDB database {db} is still there"),
+                    format!(
+                        "dropping what the failed import wrote failed ({x}); the next apply will find it \
+                         differing: drop it, or set overwrite_existing = true"
+                    ),
+                )),
+            }
+        }
+        return Err(d);
+    }
+    for c in &source {
+        log::info!(
+            "MongoDB database {db}: collection {} verified, {} documents",
+            c.table,
+            c.rows
+        );
+    }
+    add(out, db, &source);
+    crate::fault_point::point("circleci_data_migration.database_loop").await;
+    Ok(true)
+}
+
+async fn stats_of(admin: &MongoAdmin, db: &str) -> Result<Vec<TableStat>, Diagnostics> {
+    admin.collection_stats(db).await.map_err(|e| {
+        diag(
+            &format!("Could not count MongoDB database {db} on the target"),
+            e,
+        )
+    })
+}
+
+fn add(out: &mut MongoOutcome, db: &str, collections: &[TableStat]) {
+    for c in collections {
+        out.collections.insert(
+            format!("{db}.{}", c.table),
+            Value::string(format!("{} documents, checksum {}", c.rows, c.checksum)),
+        );
+        out.documents += c.rows;
+    }
+}
+
+/// How long the MongoDB part took, for the log.
+pub(super) fn log_done(started: Instant, out: &MongoOutcome) {
+    log::info!(
+        "MongoDB: {} collections, {} documents carried over in {:.1}s",
+        out.collections.len(),
+        out.documents,
+        started.elapsed().as_secs_f64()
+    );
+}

@@ -1,0 +1,162 @@
+//! The migration's settings: the planned state resolved, with the write-only
+//! passwords and token from the configuration.
+
+use std::time::Duration;
+
+use super::*;
+use crate::backends::vault::VaultConfig;
+use crate::resources::strings;
+use crate::secret::Secret;
+
+/// The `postgres` block, resolved.
+pub(super) struct PgSettings {
+    pub image: String,
+    pub data_dir: String,
+    pub databases: Vec<String>,
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Secret,
+    pub sslmode: String,
+}
+
+/// Everything a migration needs, from the planned state and (for the write-only
+/// values) the configuration.
+pub(super) struct Settings {
+    pub stop_app: bool,
+    pub stop_timeout: Duration,
+    pub command_timeout: Duration,
+    pub overwrite: bool,
+    pub keep_export: bool,
+    pub export_dir: String,
+    pub postgres: Option<PgSettings>,
+    pub mongo: Option<MongoSettings>,
+    pub vault: Option<(VaultConfig, String, String, String)>,
+}
+
+pub(super) fn settings(
+    planned: &Value,
+    config: &Value,
+    timeout: Duration,
+) -> Result<Settings, Diagnostics> {
+    let pg = planned.get(POSTGRES);
+    let postgres = if pg.is_null() {
+        None
+    } else {
+        let c = config.get(POSTGRES);
+        let password = super::super::required_password(c).map_err(|d| {
+            let mut out = Diagnostics::new();
+            for x in d.0 {
+                out.push(x.at(AttrPath::root(POSTGRES).attr("password_wo")));
+            }
+            out
+        })?;
+        Some(PgSettings {
+            image: pg.get("image").as_str().unwrap_or(mig::PG_IMAGE).into(),
+            data_dir: pg.get("data_dir").as_str().unwrap_or(mig::PG_DATA).into(),
+            databases: strings(pg.get("databases")),
+            host: pg.get("host").as_str().unwrap_or_default().into(),
+            port: pg.get("port").as_i64().unwrap_or(5432) as u16,
+            user: pg.get("user").as_str().unwrap_or(DEFAULT_USER).into(),
+            password: Secret(password.to_string()),
+            sslmode: pg.get("sslmode").as_str().unwrap_or("prefer").into(),
+        })
+    };
+    let v = planned.get(VAULT);
+    let vault = if v.is_null() {
+        None
+    } else {
+        let token = config
+            .get(VAULT)
+            .get("source_token_wo")
+            .as_str()
+            .unwrap_or_default();
+        let cfg = VaultConfig {
+            address: v
+                .get("source_address")
+                .as_str()
+                .unwrap_or_default()
+                .trim_end_matches('/')
+                .into(),
+            token: Secret(token.to_string()),
+            ca_cert_file: v
+                .get("source_ca_cert_file")
+                .as_str()
+                .map(crate::provider::expand_home),
+            namespace: None,
+            skip_tls_verify: false,
+            timeout,
+        };
+        let s = |k: &str, d: &str| v.get(k).as_str().unwrap_or(d).to_string();
+        Some((
+            cfg,
+            s("source_mount", "transit"),
+            s("key", "context-service"),
+            s("target_mount", "transit"),
+        ))
+    };
+    Ok(Settings {
+        stop_app: planned.get("stop_app").as_bool().unwrap_or(true),
+        stop_timeout: super::super::duration_or(planned, "stop_timeout", STOP_TIMEOUT),
+        command_timeout: super::super::duration_or(planned, "command_timeout", COMMAND_TIMEOUT),
+        overwrite: planned.get("overwrite_existing").as_bool() == Some(true),
+        keep_export: planned.get("keep_export").as_bool() != Some(false),
+        export_dir: planned
+            .get("export_dir")
+            .as_str()
+            .unwrap_or(EXPORT_DIR)
+            .into(),
+        postgres,
+        mongo: mongo_settings(planned, config)?,
+        vault,
+    })
+}
+
+/// The `mongo` block, resolved.
+pub(super) struct MongoSettings {
+    pub image: String,
+    pub data_dir: String,
+    pub databases: Vec<String>,
+    pub hosts: Vec<String>,
+    pub replica_set: Option<String>,
+    pub username: String,
+    pub auth_source: String,
+    pub password: Secret,
+    pub tls: bool,
+    pub ca_file: Option<String>,
+}
+
+/// An attribute of the `mongo` block.
+pub(super) fn at(attr: &str) -> AttrPath {
+    AttrPath::root(MONGO).attr(attr)
+}
+
+pub(super) fn mongo_settings(
+    planned: &Value,
+    config: &Value,
+) -> Result<Option<MongoSettings>, Diagnostics> {
+    let m = planned.get(MONGO);
+    if m.is_null() {
+        return Ok(None);
+    }
+    let password = super::super::required_password(config.get(MONGO)).map_err(|d| {
+        let mut out = Diagnostics::new();
+        for x in d.0 {
+            out.push(x.at(at("password_wo")));
+        }
+        out
+    })?;
+    let s = |k: &str, d: &str| m.get(k).as_str().unwrap_or(d).to_string();
+    Ok(Some(MongoSettings {
+        image: s("image", mig::MONGO_IMAGE),
+        data_dir: s("data_dir", mig::MONGO_DATA),
+        databases: strings(m.get("databases")),
+        hosts: strings(m.get("hosts")),
+        replica_set: m.get("replica_set").as_str().map(str::to_string),
+        username: s("username", MONGO_USER),
+        auth_source: s("auth_source", MONGO_AUTH_SOURCE),
+        password: Secret(password.to_string()),
+        tls: m.get("tls").as_bool() != Some(false),
+        ca_file: m.get("ca_file").as_str().map(str::to_string),
+    }))
+}
