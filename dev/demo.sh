@@ -84,9 +84,13 @@ export TF_VAR_embedded_vault_token="$CIRCLECI_TEST_EMBEDDED_VAULT_TOKEN"
 # server has them: none of the runbook's databases, no context-service key.
 if [ ! -f "$W/terraform.tfstate" ]; then
   EMB=$CIRCLECI_TEST_SERVICES_ROOT/data/circle
-  rm -rf "$EMB/postgres" "$EMB/external-services-export"
+  rm -rf "$EMB/postgres" "$EMB/mongo" "$EMB/external-services-export"
   EMBEDDED_VAULT_ADDR=$CIRCLECI_TEST_EMBEDDED_VAULT_ADDR EMBEDDED_VAULT_TOKEN=$CIRCLECI_TEST_EMBEDDED_VAULT_TOKEN \
-    BAO=$CIRCLECI_TEST_BAO dev/embedded-fixture.sh "$CIRCLECI_TEST_SERVICES_ROOT" 2000
+    BAO=$CIRCLECI_TEST_BAO MONGO_STANDIN=$CIRCLECI_TEST_MONGO_STANDIN PYTHON=$CIRCLECI_TEST_PYTHON \
+    dev/embedded-fixture.sh "$CIRCLECI_TEST_SERVICES_ROOT" 2000
+  for db in circle_ghe build_state_dev_ghe containers_dev_ghe remote_containers_dev_ghe; do
+    "$CIRCLECI_TEST_PYTHON" "$CIRCLECI_TEST_MONGO_CLIENT" "$TF_VAR_mongo_admin_uri" "$db" '{"dropDatabase": 1}' >/dev/null
+  done
   for db in circle contexts conductor_production contexts_service_production cron_service_production domain federations permissions vms; do
     PGPASSWORD=$CIRCLECI_TEST_PG_PASSWORD psql -X -q -h 127.0.0.1 -p "$CIRCLECI_TEST_PG_PORT" -U postgres -d postgres \
       -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" 2>/dev/null
@@ -108,7 +112,8 @@ terraform apply -auto-approve -input=false -no-color
 
 echo
 echo "== Files written on the Services machine (sshd on 127.0.0.1:$CIRCLECI_TEST_SSH_PORT; root is $CIRCLECI_TEST_SERVICES_ROOT):"
-find "$CIRCLECI_TEST_SERVICES_ROOT" -type f -not -path "*/etc/ssl/*" | sort | while read -r f; do
+# Not the embedded data or the export under /data (binary; the migration's figures follow).
+find "$CIRCLECI_TEST_SERVICES_ROOT" -type f -not -path "*/etc/ssl/*" -not -path "$CIRCLECI_TEST_SERVICES_ROOT/data/*" | sort | while read -r f; do
   echo
   echo "-- ${f#"$CIRCLECI_TEST_SERVICES_ROOT"} ($(stat -c '%A %U' "$f"))"
   cat "$f"
@@ -133,13 +138,16 @@ LC=$(aws_fixture group --name $ASG | python3 -c 'import json,sys; print(json.loa
 aws_fixture lc --name "$LC" | python3 -c 'import json,sys; sys.stdout.write(json.load(sys.stdin)["user_data"])' > "$D/demo-user-data.sh"
 diff "$CIRCLECI_TEST_NOMAD_USER_DATA" "$D/demo-user-data.sh" | sed 's/^/    /' || true
 echo
-echo "== The embedded data carried over (the simulator's embedded PostgreSQL and Vault):"
+echo "== The embedded data carried over (the simulator's embedded PostgreSQL, MongoDB and Vault):"
 terraform output -json migration | python3 -c '
 import json, sys
 m = json.load(sys.stdin)
 print("  ", m["rows"], "rows in", len(m["tables"]), "tables verified on both sides, in", m["elapsed"], "(" + m["throughput"] + ")")
 for t, v in sorted(m["tables"].items()):
     print(f"  {t:<52} {v}")
+print("  ", m["documents"], "MongoDB documents in", len(m["collections"]), "collections verified on both sides:")
+for c, v in sorted(m["collections"].items()):
+    print(f"  {c:<52} {v}")
 print("  export kept on the Services machine:")
 for f, sha in sorted(m["export"].items()):
     print(f"    {f}  sha256 {sha[:16]}...")'
