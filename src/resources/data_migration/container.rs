@@ -64,6 +64,13 @@ pub fn rows_of(out: &CommandOutput) -> Vec<Vec<String>> {
         .collect()
 }
 
+fn capitalized(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
+}
+
 async fn docker(
     h: &ServicesHost,
     args: &[&str],
@@ -102,6 +109,40 @@ impl<'a> Container<'a> {
             name: name.to_string(),
             deadline,
         })
+    }
+
+    /// Probes with `docker EXEC_ARGS` every 250 ms until it succeeds; past
+    /// `ready_within` the container is removed and the error names `what` (the server)
+    /// and `image`.
+    pub async fn wait_ready(
+        self,
+        probe: &[&str],
+        ready_within: Duration,
+        what: &str,
+        image: &str,
+    ) -> Result<Container<'a>, Diagnostics> {
+        let started = std::time::Instant::now();
+        loop {
+            let (_, out) = self.docker(probe, None).await?;
+            if out.success() {
+                log::info!("{what} answers in container {}", self.name);
+                return Ok(self);
+            }
+            if started.elapsed() >= ready_within {
+                let e = Diagnostic::error(
+                    format!("{} did not start", capitalized(what)),
+                    format!(
+                        "container {} ({image}) did not answer within {}:\n{}",
+                        self.name,
+                        humantime::format_duration(ready_within),
+                        out.evidence()
+                    ),
+                );
+                self.stop().await;
+                return Err(e.into());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// `docker ARGS` on the Services machine, within the deadline.

@@ -6,7 +6,7 @@
 //! quoted arguments; the target's password reaches `mongorestore` on stdin (the tools
 //! read it from there when it is not on the command line and stdin is no terminal).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::container::{rows_of, Container, EXPORT_MOUNT};
 use crate::backends::ssh::ServicesHost;
@@ -74,6 +74,20 @@ pub fn restore_args(t: &MongoTarget<'_>, db: &str, dir: &str, drop: bool) -> Vec
     a
 }
 
+/// `docker exec NAME mongo ...` with the migration's counting script for `db`.
+fn shell_args<'s>(name: &'s str, db: &'s str) -> [&'s str; 8] {
+    [
+        "exec",
+        name,
+        "mongo",
+        "--quiet",
+        "--norc",
+        db,
+        "--eval",
+        mig::MONGO_STATS_SCRIPT,
+    ]
+}
+
 /// A running temporary container of the embedded MongoDB.
 pub struct EmbeddedMongo<'a> {
     c: Container<'a>,
@@ -106,48 +120,17 @@ impl<'a> EmbeddedMongo<'a> {
             mounts.push(format!("{ca}:{CA_MOUNT}:ro"));
         }
         let c = Container::run(h, name, image, &mounts, deadline, "the embedded MongoDB").await?;
-        let m = EmbeddedMongo { c };
-        let started = Instant::now();
-        loop {
-            let (_, probe) = m.docker(&m.shell_args("admin"), None).await?;
-            if probe.success() {
-                log::info!("embedded MongoDB answers in container {name}");
-                return Ok(m);
-            }
-            if started.elapsed() >= ready_within {
-                let e = Diagnostic::error(
-                    "The embedded MongoDB did not start",
-                    format!(
-                        "container {name} ({image}) did not answer within {}:\n{}",
-                        humantime::format_duration(ready_within),
-                        probe.evidence()
-                    ),
-                );
-                m.stop().await;
-                return Err(e.into());
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-
-    fn shell_args<'s>(&'s self, db: &'s str) -> [&'s str; 8] {
-        let name = self.c.name.as_str();
-        [
-            "exec",
-            name,
-            "mongo",
-            "--quiet",
-            "--norc",
-            db,
-            "--eval",
-            mig::MONGO_STATS_SCRIPT,
-        ]
+        let probe = shell_args(name, "admin");
+        let c = c
+            .wait_ready(&probe, ready_within, "the embedded MongoDB", image)
+            .await?;
+        Ok(EmbeddedMongo { c })
     }
 
     /// Every collection of the embedded `db` with its document count and dbHash md5
     /// (none when the database does not exist).
     pub async fn stats(&self, db: &str) -> Result<Vec<TableStat>, Diagnostics> {
-        let args = self.shell_args(db);
+        let args = shell_args(&self.c.name, db);
         let (cmd, out) = self
             .exec(
                 &args[2..],

@@ -6,7 +6,7 @@
 //! fixed `docker` command line with quoted arguments; the target's password reaches
 //! `pg_restore` on stdin, never on a command line.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::container::{fail, rows_of, Container};
 pub use super::container::{ExportFile, EXPORT_MOUNT};
@@ -107,34 +107,16 @@ impl<'a> EmbeddedPostgres<'a> {
             "the embedded PostgreSQL",
         )
         .await?;
-        let pg = EmbeddedPostgres { c };
-        let started = Instant::now();
-        loop {
-            let (_, probe) = pg
-                .docker(
-                    &["exec", name, "psql", "-U", "postgres", "-Atc", "SELECT 1"],
-                    None,
-                )
-                .await?;
-            if probe.success() {
-                log::info!("embedded PostgreSQL answers in container {name}");
-                return Ok(pg);
-            }
-            if started.elapsed() >= ready_within {
-                let e = Diagnostic::error(
-                    "The embedded PostgreSQL did not start",
-                    format!(
-                        "container {name} ({}) did not answer within {}:\n{}",
-                        source.image,
-                        humantime::format_duration(ready_within),
-                        probe.evidence()
-                    ),
-                );
-                pg.stop().await;
-                return Err(e.into());
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        let probe = ["exec", name, "psql", "-U", "postgres", "-Atc", "SELECT 1"];
+        let c = c
+            .wait_ready(
+                &probe,
+                ready_within,
+                "the embedded PostgreSQL",
+                source.image,
+            )
+            .await?;
+        Ok(EmbeddedPostgres { c })
     }
 
     /// One query in `db` through psql in the container; rows of tab-separated text.

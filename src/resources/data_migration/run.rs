@@ -203,24 +203,9 @@ impl DataMigration {
                 continue;
             }
             if !overwrite && running {
-                let names: Vec<String> = tables
-                    .iter()
-                    .take(5)
-                    .filter_map(|r| r.first().cloned())
-                    .collect();
-                return Err(Diagnostic::error(
-                    "Target database not empty",
-                    format!(
-                        "database {db:?} at {} already holds {} tables ({}{}), and CircleCI is running. Nothing \
-                         was changed. Set overwrite_existing = true to restore over them.",
-                        admin.target(),
-                        tables.len(),
-                        names.join(", "),
-                        if tables.len() > 5 { ", …" } else { "" }
-                    ),
-                )
-                .at(AttrPath::root("overwrite_existing"))
-                .into());
+                let names: Vec<String> = tables.iter().filter_map(|r| r.first().cloned()).collect();
+                let at = format!("database {db:?} at {}", admin.target());
+                return Err(not_empty_while_running(&at, &names, "tables"));
             }
             occupied.push(db.clone());
         }
@@ -449,6 +434,24 @@ async fn import_one(
     record(false);
     crate::fault_point::point("circleci_data_migration.database_loop").await;
     Ok(())
+}
+
+/// The refusal of a target (`what`, e.g. `database "x" at host:port`) that holds
+/// `names` (tables, collections: `kind`) while CircleCI runs.
+pub(super) fn not_empty_while_running(what: &str, names: &[String], kind: &str) -> Diagnostics {
+    let shown: Vec<&str> = names.iter().take(5).map(String::as_str).collect();
+    Diagnostic::error(
+        "Target database not empty",
+        format!(
+            "{what} already holds {} {kind} ({}{}), and CircleCI is running. Nothing was changed. Set \
+             overwrite_existing = true to restore over them.",
+            names.len(),
+            shown.join(", "),
+            if names.len() > 5 { ", …" } else { "" }
+        ),
+    )
+    .at(AttrPath::root("overwrite_existing"))
+    .into()
 }
 
 /// The tables CircleCI's export script insists on, where they belong.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::embedded_mongo::{EmbeddedMongo, MongoTarget, DUMP_DIR};
-use super::run::stopped_error;
+use super::run::{not_empty_while_running, stopped_error};
 use super::settings::{at, MongoSettings};
 use super::*;
 use crate::backends::mongo::{MongoAdmin, MongoError};
@@ -69,20 +69,8 @@ impl DataMigration {
                 continue;
             }
             if !overwrite && running {
-                let shown: Vec<&str> = names.iter().take(5).map(String::as_str).collect();
-                return Err(Diagnostic::error(
-                    "Target database not empty",
-                    format!(
-                        "MongoDB database {db:?} at {} already holds {} collections ({}{}), and CircleCI is \
-                         running. Nothing was changed. Set overwrite_existing = true to restore over them.",
-                        admin.hosts(),
-                        names.len(),
-                        shown.join(", "),
-                        if names.len() > 5 { ", …" } else { "" }
-                    ),
-                )
-                .at(AttrPath::root("overwrite_existing"))
-                .into());
+                let at = format!("MongoDB database {db:?} at {}", admin.hosts());
+                return Err(not_empty_while_running(&at, &names, "collections"));
             }
             occupied.push(db.clone());
         }
