@@ -91,7 +91,7 @@ def complete_example(plugin_dir, files):
     the embedded data its migration carries over."""
     d = tempfile.mkdtemp(prefix="bench-complete-", dir=STATE)
     sim_root = f"{files}/complete"
-    bench_migration.fixture(sim_root, 300)
+    bench_migration.fixture(sim_root, 300, mongo=True)
     bench_migration.simulator(sim_root)
     bench_migration.fresh_targets()
     with open(os.path.join(ROOT, "examples", "complete", "main.tf")) as f:

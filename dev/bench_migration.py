@@ -53,17 +53,27 @@ def bao(*args):
                  BAO_TOKEN=E["CIRCLECI_TEST_VAULT_TOKEN"]))
 
 
+MONGO_DATABASES = ["circle_ghe", "build_state_dev_ghe", "containers_dev_ghe", "remote_containers_dev_ghe"]
+
+
 def fresh_targets(prefix=""):
-    """No runbook database (with `prefix`) in the dev PostgreSQL, no context-service key."""
+    """No runbook database (with `prefix`) in the dev PostgreSQL, no context-service key,
+    none of the four MongoDB databases in the dev MongoDB stand-in."""
     for db in DATABASES:
         psql("postgres", f"DROP DATABASE IF EXISTS {prefix}{db} WITH (FORCE)")
     if not prefix:
         bao("write", "transit/keys/context-service/config", "deletion_allowed=true")
         bao("delete", "transit/keys/context-service")
+        uri = (f"mongodb://{E['CIRCLECI_TEST_MONGO_USER']}:{E['CIRCLECI_TEST_MONGO_PASSWORD']}"
+               f"@127.0.0.1:{E['CIRCLECI_TEST_MONGO_PORT']}/?authSource=admin")
+        for db in MONGO_DATABASES:
+            subprocess.run([E["CIRCLECI_TEST_PYTHON"], E["CIRCLECI_TEST_MONGO_CLIENT"], uri, db,
+                            '{"dropDatabase": 1}'], check=True, stdout=subprocess.DEVNULL)
 
 
-def fixture(root, rows):
-    """The embedded data under simulator root `root` (made once, then reused)."""
+def fixture(root, rows, mongo=False):
+    """The embedded data under simulator root `root` (made once, then reused); with
+    `mongo`, the embedded MongoDB's documents too."""
     os.makedirs(root, exist_ok=True)
     # The server runs as postgres: every directory down to the data must be searchable.
     d = root
@@ -73,7 +83,9 @@ def fixture(root, rows):
     subprocess.run(
         [os.path.join(ROOT, "dev", "embedded-fixture.sh"), root, str(rows)], check=True,
         env=dict(os.environ, EMBEDDED_VAULT_ADDR=E["CIRCLECI_TEST_EMBEDDED_VAULT_ADDR"],
-                 EMBEDDED_VAULT_TOKEN=E["CIRCLECI_TEST_EMBEDDED_VAULT_TOKEN"], BAO=E["CIRCLECI_TEST_BAO"]))
+                 EMBEDDED_VAULT_TOKEN=E["CIRCLECI_TEST_EMBEDDED_VAULT_TOKEN"], BAO=E["CIRCLECI_TEST_BAO"],
+                 **({"MONGO_STANDIN": E["CIRCLECI_TEST_MONGO_STANDIN"], "PYTHON": E["CIRCLECI_TEST_PYTHON"]}
+                    if mongo else {})))
 
 
 def simulator(root):

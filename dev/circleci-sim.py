@@ -46,6 +46,7 @@ default 1), version (default 2.17.3), stuck ("started" or "stopped": the app nev
 there). Usage: circleci-sim.py replicatedctl|docker|boot ARGS...
 """
 
+import fcntl
 import json
 import os
 import shlex
@@ -471,6 +472,11 @@ def update_ca_certificates(args):
     becomes the system's CAs plus ROOT/usr/local/share/ca-certificates/*.crt."""
     if args not in ([], ["--fresh"]):
         refuse("update-ca-certificates " + " ".join(args))
+    # Two resources may run it at once (Terraform applies in parallel): one at a time,
+    # each writing the whole bundle from the directory as it then is.
+    os.makedirs(STATE, exist_ok=True)
+    lock = open(os.path.join(STATE, "update-ca-certificates.lock"), "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
     local = path("/usr/local/share/ca-certificates")
     crts = sorted(n for n in os.listdir(local) if n.endswith(".crt")) if os.path.isdir(local) else []
     out = path("/etc/ssl/certs/ca-certificates.crt")
@@ -483,8 +489,8 @@ def update_ca_certificates(args):
     with open(out + ".tmp", "w") as f:
         f.write("\n".join(parts))
     os.replace(out + ".tmp", out)
-    os.makedirs(STATE, exist_ok=True)
-    json.dump(crts, open(listed, "w"))
+    with open(listed, "w") as f:
+        json.dump(crts, f)
     print("Updating certificates in /etc/ssl/certs...")
     print(f"{len(set(crts) - before)} added, {len(before - set(crts))} removed; done.")
 

@@ -20,7 +20,7 @@ ROOT=${1:?usage: embedded-fixture.sh ROOT [ROWS]}
 ROWS=${2:-1000}
 PG_BIN=/usr/lib/postgresql/15/bin
 DATA=$ROOT/data/circle/postgres/9.5/data
-[ -f "$DATA/PG_VERSION" ] && { echo "embedded-fixture: $DATA exists" >&2; exit 0; }
+make_pg() {
 mkdir -p "$DATA"
 for d in "$ROOT/data" "$ROOT/data/circle" "$ROOT/data/circle/postgres" "$ROOT/data/circle/postgres/9.5"; do chmod 0755 "$d"; done
 chown postgres:postgres "$DATA"; chmod 0700 "$DATA"
@@ -59,8 +59,15 @@ if [ -n "${EMBEDDED_VAULT_ADDR:-}" ]; then
     q contexts_service_production "INSERT INTO env_vars VALUES (md5('ctx' || $n)::uuid, 'FIXTURE_SECRET_$n', '$ct')"
   done
 fi
-if [ -n "${MONGO_STANDIN:-}" ]; then
-  MDATA=$ROOT/data/circle/mongo
+runuser -u postgres -- $PG_BIN/pg_ctl -D "$DATA" -m fast -w stop >/dev/null; rm -rf "$SOCK"; trap - EXIT
+echo "embedded-fixture: $DATA ($ROWS rows per big table)" >&2
+}
+# Each part is made once: an existing one is reused as it is.
+if [ -f "$DATA/PG_VERSION" ]; then echo "embedded-fixture: $DATA exists" >&2; else make_pg; fi
+MDATA=$ROOT/data/circle/mongo
+if [ -n "${MONGO_STANDIN:-}" ] && [ -d "$MDATA" ]; then
+  echo "embedded-fixture: $MDATA exists" >&2
+elif [ -n "${MONGO_STANDIN:-}" ]; then
   mkdir -p "$MDATA"
   MPORT=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   "$MONGO_STANDIN" --port "$MPORT" --mode 3.6 --noauth --dbpath "$MDATA" 2>/dev/null &
@@ -83,4 +90,3 @@ PY
   kill -9 "$MPID"; wait "$MPID" 2>/dev/null || true
   echo "embedded-fixture: $MDATA (the MongoDB stand-in's documents)" >&2
 fi
-echo "embedded-fixture: $DATA ($ROWS rows per big table)" >&2
