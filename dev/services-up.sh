@@ -22,6 +22,8 @@ NOMAD_PORT=${CIRCLECI_DEV_NOMAD_PORT:-54646}
 MONGO_PORT=${CIRCLECI_DEV_MONGO_PORT:-57017}
 PYMONGO_VERSION=4.8.0
 AWS_PORT=${CIRCLECI_DEV_AWS_PORT:-55000}
+# Nothing listens here: the tunnel tests' unreachable backend.
+CLOSED_PORT=$((SSH_PORT + 1))
 MOTO_VERSION=5.2.1
 mkdir -p "$D"
 
@@ -81,6 +83,14 @@ MaxStartups 100:30:200
 # The CircleCI Services-machine simulator's replicatedctl, docker and
 # update-ca-certificates come first for the SSH sessions (never for the host itself).
 SetEnv PATH=$D/sim/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# Tunnels (via_services_host): direct-tcpip only to the dev servers' ports, and to
+# $CLOSED_PORT where nothing listens; DEBUG1 logs each channel open ("target ... port").
+# circleci-dev may open none: the tests' refused tunnel.
+LogLevel DEBUG1
+AllowTcpForwarding local
+PermitOpen 127.0.0.1:$PG_PORT 127.0.0.1:$((PG_PORT + 1)) 127.0.0.1:$MONGO_PORT 127.0.0.1:$((MONGO_PORT + 1)) 127.0.0.1:$REDIS_PORT 127.0.0.1:$VAULT_PORT 127.0.0.1:$MQ_PORT 127.0.0.1:$NOMAD_PORT 127.0.0.1:$CLOSED_PORT
+Match User $SUDO_USER_NAME
+  PermitOpen none
 CFG
 # A running sshd started with another configuration (an older checkout) is restarted.
 if ! cmp -s "$D/sshd_config.new" "$D/sshd_config" && alive "$D/sshd.pid"; then
@@ -323,6 +333,8 @@ cat > "$D/env" <<ENV
 # Written by dev/services-up.sh: endpoints of the servers on loopback.
 CIRCLECI_TEST_SSH_HOST=127.0.0.1
 CIRCLECI_TEST_SSH_PORT=$SSH_PORT
+CIRCLECI_TEST_CLOSED_PORT=$CLOSED_PORT
+CIRCLECI_TEST_SSH_LOG=$D/sshd.log
 CIRCLECI_TEST_SSH_USER=root
 CIRCLECI_TEST_SSH_SUDO_USER=$SUDO_USER_NAME
 CIRCLECI_TEST_SSH_KEY_FILE=$D/client_key

@@ -159,6 +159,7 @@ fn export_import_and_verify_every_table() {
         connect_timeout: Duration::from_secs(5),
         statement_timeout: Duration::from_secs(60),
         lock_timeout: Duration::from_secs(10),
+        route: Default::default(),
     });
     let name = "circle-postgres-migrate";
     let _rm = Removed(

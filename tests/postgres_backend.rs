@@ -23,6 +23,7 @@ fn admin(s: &common::Servers, mode: SslMode, ca: Option<&str>) -> PgAdmin {
         connect_timeout: Duration::from_secs(5),
         statement_timeout: Duration::from_secs(60),
         lock_timeout: Duration::from_secs(1),
+        route: Default::default(),
     })
 }
 

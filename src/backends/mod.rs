@@ -10,6 +10,7 @@ pub mod rabbitmq;
 pub mod redis;
 pub mod ssh;
 pub mod tls;
+pub mod tunnel;
 pub mod vault;
 
 /// reqwest (Vault, Nomad) runs rustls without choosing a crypto provider itself; ours

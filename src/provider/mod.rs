@@ -12,6 +12,7 @@ use crate::backends::aws::Aws;
 use crate::backends::mongo::MongoAdmin;
 use crate::backends::postgres::PgAdmin;
 use crate::backends::ssh::ServicesHost;
+use crate::backends::tunnel::Route;
 use crate::backends::vault::Vault;
 use crate::plugin::{
     AttrPath, Block, ClientInfo, Diagnostic, Diagnostics, NestedBlock, Nesting, Provider, Resource,
@@ -32,6 +33,7 @@ pub const POSTGRES: &str = "postgres";
 pub const VAULT: &str = "vault";
 pub const MONGODB: &str = "mongodb";
 pub const AWS: &str = "aws";
+pub const VIA: &str = "via_services_host";
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -241,6 +243,27 @@ fn validate_deadlines(b: &Value, block: &str, names: &[&str], diags: &mut Diagno
     }
 }
 
+/// `via_services_host` of a backend block.
+fn via_attr() -> crate::plugin::Attribute {
+    crate::plugin::Attribute::new(VIA, crate::plugin::Type::Bool)
+        .optional()
+        .description(
+            "Reach these servers through the Services machine (SSH `direct-tcpip` channels of the provider's SSH \
+             connection), with host names resolved on its side. Default: the provider's `via_services_host`.",
+        )
+}
+
+/// Whether block `block` goes through the Services machine: its own setting, else the
+/// provider-wide one.
+fn via(config: &Value, block: &str) -> bool {
+    config
+        .get(block)
+        .get(VIA)
+        .as_bool()
+        .or_else(|| config.get(VIA).as_bool())
+        .unwrap_or(false)
+}
+
 /// A string attribute, or else the environment variable (empty counts as unset).
 fn env_or(v: &Value, env: &str) -> Option<String> {
     match v.as_str() {
@@ -267,6 +290,12 @@ impl Provider for CircleCiProvider {
                     "Moves CircleCI Server 2.17's datastores to external services, following the runbook \
                      *Adding External Services to CircleCI Server v2.17*.",
                 )
+                .attr(crate::plugin::Attribute::new(VIA, crate::plugin::Type::Bool).optional().description(
+                    "Reach the backends (the `postgres` and `mongodb` blocks' servers) through the Services machine: \
+                     each connection is an SSH `direct-tcpip` channel of the provider's one SSH connection to it, the \
+                     host name resolved there, TLS still verifying the server's own name. For backends only the \
+                     Services machine can reach. Each block's own `via_services_host` overrides it. Default `false`.",
+                ))
                 .block(nested(SERVICES_HOST, services_host::block()))
                 .block(nested(POSTGRES, postgres::block()))
                 .block(nested(VAULT, vault::block()))
@@ -286,6 +315,22 @@ impl Provider for CircleCiProvider {
         vault::validate(config.get(VAULT), &mut diags);
         aws::validate(config.get(AWS), &mut diags);
         mongodb::validate(config.get(MONGODB), &mut diags);
+        for block in [POSTGRES, MONGODB] {
+            let services = !config.get(SERVICES_HOST).is_null()
+                || std::env::var("CIRCLECI_SERVICES_HOST").is_ok();
+            if via(config, block) && !config.get(block).is_null() && !services {
+                let at = if config.get(block).get(VIA).is_null() {
+                    AttrPath::root(VIA)
+                } else {
+                    AttrPath::root(block).attr(VIA)
+                };
+                diags.attr_error(
+                    at,
+                    "No Services machine to go through",
+                    format!("{block} goes through the Services machine (via_services_host), but there is no services_host block"),
+                );
+            }
+        }
         diags
     }
 
@@ -293,10 +338,28 @@ impl Provider for CircleCiProvider {
         let d = &self.data;
         *d.client.write().unwrap_or_else(|e| e.into_inner()) = client.clone();
         let mut diags = Diagnostics::new();
+        // A missing services_host block surfaces only when a resource needs the Services
+        // machine, so a configuration with no resources yet still plans; a wrong block
+        // fails here. It comes first: the other blocks may go through it.
+        diags.extend(d.services.configure(
+            SERVICES_HOST,
+            config.get(SERVICES_HOST),
+            Some("CIRCLECI_SERVICES_HOST"),
+            |b| services_host::build(b).map(ServicesHost::new),
+        ));
+        let route = |block: &str| -> Result<Route, Diagnostics> {
+            if via(config, block) {
+                d.services.get().map(Route::Tunnel)
+            } else {
+                Ok(Route::Direct)
+            }
+        };
         diags.extend(
             d.postgres
                 .configure(POSTGRES, config.get(POSTGRES), Some("PGHOST"), |b| {
-                    postgres::build(b).map(PgAdmin::new)
+                    let mut cfg = postgres::build(b)?;
+                    cfg.route = route(POSTGRES)?;
+                    Ok(PgAdmin::new(cfg))
                 }),
         );
         diags.extend(
@@ -306,22 +369,12 @@ impl Provider for CircleCiProvider {
                 }),
         );
         // A MongoDB block is checked when a resource uses it.
-        let _ = d.mongo.configure(
-            MONGODB,
-            config.get(MONGODB),
-            Some("MONGODB_URI"),
-            mongodb::build,
-        );
+        let _ = d
+            .mongo
+            .configure(MONGODB, config.get(MONGODB), Some("MONGODB_URI"), |b| {
+                Ok(mongodb::build(b)?.with_route(route(MONGODB)?))
+            });
         diags.extend(d.aws.configure(AWS, config.get(AWS), None, aws::build));
-        // A missing services_host block surfaces only when a resource needs the Services
-        // machine, so a configuration with no resources yet still plans; a wrong block
-        // fails here.
-        diags.extend(d.services.configure(
-            SERVICES_HOST,
-            config.get(SERVICES_HOST),
-            Some("CIRCLECI_SERVICES_HOST"),
-            |b| services_host::build(b).map(ServicesHost::new),
-        ));
         diags
     }
 }

@@ -14,6 +14,7 @@ pub(super) fn block() -> Block {
             "The MongoDB used by `circleci_external_mongo`: a connection string for a user that may manage \
              users (e.g. `root` or `userAdminAnyDatabase`). Nothing connects until a resource needs it.",
         )
+        .attr(super::via_attr())
         .attr(Attribute::new("uri", Type::String).optional().sensitive().description(
             "Connection string, e.g. `mongodb://admin:PASSWORD@m1:27017,m2:27017/?replicaSet=rs0&tls=true`. \
              Default: env `MONGODB_URI`.",

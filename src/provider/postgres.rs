@@ -20,6 +20,7 @@ pub(super) fn block() -> Block {
              extensions. Nothing connects until a resource needs it. Each attribute falls back to the \
              libpq environment variable named in its description.",
         )
+        .attr(super::via_attr())
         .attr(Attribute::new("host", Type::String).optional().description("Server address. Default: env `PGHOST`."))
         .attr(Attribute::new("port", Type::Number).optional().description("Port. Default: env `PGPORT`, else `5432`."))
         .attr(Attribute::new("username", Type::String).optional().description(
@@ -191,5 +192,6 @@ pub(super) fn build(b: &Value) -> Result<PgConfig, Diagnostics> {
         connect_timeout,
         statement_timeout,
         lock_timeout,
+        route: Default::default(),
     })
 }

@@ -323,7 +323,7 @@ impl FileResource for ExternalMongo {
 
         if i.verify {
             let uri = file::uri(&i.parts(pw), &i.databases[0]);
-            mb::verify(&uri, admin.ca(), &i.auth_source, &i.username, &want, self.data.timeout())
+            mb::verify(&uri, (admin.ca(), admin.route()), &i.auth_source, &i.username, &want, self.data.timeout())
                 .await
                 .map_err(|e| {
                     Diagnostics::from(

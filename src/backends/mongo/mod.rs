@@ -12,6 +12,7 @@ use std::time::Duration;
 use bson::{doc, Bson, Document};
 use tokio::sync::Mutex;
 
+use crate::backends::tunnel::Route;
 use crate::secret::Secret;
 
 mod scram;
@@ -86,6 +87,7 @@ fn host_text(h: &str, p: u16) -> String {
 /// Finds the primary among the seeds and the members they name.
 async fn find_primary(
     cs: &ConnString,
+    route: &Route,
     tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
     per_host: Duration,
 ) -> Result<(Conn, String), MongoError> {
@@ -101,7 +103,8 @@ async fn find_primary(
         if !seen.insert(name.clone()) {
             continue;
         }
-        let c = match wire::within(per_host, Conn::open(&h, p, tls, sasl_user.as_deref())).await {
+        let open = Conn::open(route, (&h, p), tls, sasl_user.as_deref(), per_host);
+        let c = match wire::within(per_host, open).await {
             Ok(c) => c,
             Err(e) => {
                 tried.push(format!("{name}: {e}"));
@@ -156,6 +159,7 @@ async fn connect(
     uri: &str,
     ca: Option<&PathBuf>,
     timeout: Duration,
+    route: &Route,
 ) -> Result<Session, MongoError> {
     let hosts = hosts_of(uri);
     let cs = uri::parse(uri).map_err(|detail| MongoError::BadUri {
@@ -174,7 +178,9 @@ async fn connect(
     let per_host = cs.connect_timeout.unwrap_or(timeout);
     let selection = cs.server_selection_timeout.unwrap_or(timeout);
     let (mut conn, host) =
-        match tokio::time::timeout(selection, find_primary(&cs, tls.as_ref(), per_host)).await {
+        match tokio::time::timeout(selection, find_primary(&cs, route, tls.as_ref(), per_host))
+            .await
+        {
             Ok(r) => r?,
             Err(_) => {
                 return Err(MongoError::NoPrimary {
@@ -223,6 +229,7 @@ pub struct MongoAdmin {
     uri: Secret,
     ca: Option<PathBuf>,
     timeout: Duration,
+    route: Route,
     session: Mutex<Option<Session>>,
 }
 
@@ -231,6 +238,7 @@ impl std::fmt::Debug for MongoAdmin {
         f.debug_struct("MongoAdmin")
             .field("hosts", &self.hosts())
             .field("ca", &self.ca)
+            .field("route", &self.route)
             .finish()
     }
 }
@@ -264,8 +272,20 @@ impl MongoAdmin {
             uri,
             ca,
             timeout,
+            route: Route::Direct,
             session: Mutex::new(None),
         }
+    }
+
+    /// The same, reaching the servers by `route`.
+    pub fn with_route(mut self, route: Route) -> Self {
+        self.route = route;
+        self
+    }
+
+    /// How the servers are reached.
+    pub fn route(&self) -> &Route {
+        &self.route
     }
 
     pub fn ca(&self) -> Option<&PathBuf> {
@@ -289,7 +309,15 @@ impl MongoAdmin {
     async fn run(&self, db: &str, cmd: Document, what: &str) -> Result<Document, MongoError> {
         let mut guard = self.session.lock().await;
         if guard.is_none() {
-            *guard = Some(connect(self.uri.expose(), self.ca.as_ref(), self.timeout).await?);
+            *guard = Some(
+                connect(
+                    self.uri.expose(),
+                    self.ca.as_ref(),
+                    self.timeout,
+                    &self.route,
+                )
+                .await?,
+            );
         }
         let Some(s) = guard.as_mut() else {
             return Err(command_error(
@@ -487,13 +515,13 @@ impl MongoAdmin {
 /// `roles`, the way CircleCI will connect.
 pub async fn verify(
     uri: &str,
-    ca: Option<&PathBuf>,
+    (ca, route): (Option<&PathBuf>, &Route),
     auth_db: &str,
     user: &str,
     roles: &[Role],
     timeout: Duration,
 ) -> Result<(), MongoError> {
-    let mut s = connect(uri, ca, timeout).await?;
+    let mut s = connect(uri, ca, timeout, route).await?;
     let r = wire::within(
         timeout,
         s.conn
@@ -559,10 +587,15 @@ mod tests {
     async fn servers_older_than_3_6_are_refused_by_name_and_version() {
         let port = old_server().await;
         let uri = format!("mongodb://admin:secret@127.0.0.1:{port}/?authSource=admin");
-        let e = super::connect(&uri, None, std::time::Duration::from_secs(5))
-            .await
-            .err()
-            .unwrap();
+        let e = super::connect(
+            &uri,
+            None,
+            std::time::Duration::from_secs(5),
+            &super::Route::Direct,
+        )
+        .await
+        .err()
+        .unwrap();
         assert!(
             matches!(
                 e,
@@ -587,10 +620,15 @@ mod tests {
         let port = l.local_addr().unwrap().port();
         drop(l);
         let uri = format!("mongodb://u:secret@127.0.0.1:{port}/");
-        let e = super::connect(&uri, None, std::time::Duration::from_secs(2))
-            .await
-            .err()
-            .unwrap();
+        let e = super::connect(
+            &uri,
+            None,
+            std::time::Duration::from_secs(2),
+            &super::Route::Direct,
+        )
+        .await
+        .err()
+        .unwrap();
         let m = e.to_string();
         assert!(m.contains(&format!("127.0.0.1:{port}")), "{m}");
         assert!(!m.contains("secret"), "{m}");

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bson::{doc, spec::BinarySubtype, Binary, Bson, Document};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::scram::Conversation;
 use super::uri::Mechanism;
@@ -20,8 +19,8 @@ const OP_MSG: i32 = 2013;
 pub const MIN_WIRE_VERSION: i32 = 6;
 const MAX_MESSAGE: usize = 48_000_000;
 
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+pub use crate::backends::tunnel::Io;
+use crate::backends::tunnel::Route;
 
 /// What can go wrong on one connection.
 #[derive(Debug)]
@@ -117,21 +116,23 @@ pub fn client_tls(t: &TlsSettings) -> Result<Option<Arc<rustls::ClientConfig>>, 
 }
 
 async fn open_io(
+    route: &Route,
     host: &str,
     port: u16,
     tls: Option<&Arc<rustls::ClientConfig>>,
+    timeout: std::time::Duration,
 ) -> Result<Box<dyn Io>, WireError> {
-    let tcp = TcpStream::connect((host, port))
+    let io = route
+        .dial(host, port, timeout)
         .await
         .map_err(|e| WireError::Io(e.to_string()))?;
-    let _ = tcp.set_nodelay(true);
     let Some(cfg) = tls else {
-        return Ok(Box::new(tcp));
+        return Ok(io);
     };
     let name = rustls::pki_types::ServerName::try_from(host.to_string())
         .map_err(|e| WireError::Io(format!("{host} is not a TLS server name: {e}")))?;
     let s = tokio_rustls::TlsConnector::from(cfg.clone())
-        .connect(name, tcp)
+        .connect(name, io)
         .await
         .map_err(|e| WireError::Io(format!("TLS: {}", crate::backends::chain(&e))))?;
     Ok(Box::new(s))
@@ -162,12 +163,13 @@ impl Conn {
     /// Connects to `host:port` and makes the `isMaster` handshake. `sasl_user` is
     /// `db.user`, to learn the mechanisms the server offers that user.
     pub async fn open(
-        host: &str,
-        port: u16,
+        route: &Route,
+        (host, port): (&str, u16),
         tls: Option<&Arc<rustls::ClientConfig>>,
         sasl_user: Option<&str>,
+        timeout: std::time::Duration,
     ) -> Result<Conn, WireError> {
-        let io = open_io(host, port, tls).await?;
+        let io = open_io(route, host, port, tls, timeout).await?;
         let mut c = Conn {
             io,
             next_id: 1,

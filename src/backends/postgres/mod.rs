@@ -59,6 +59,8 @@ pub struct PgConfig {
     pub statement_timeout: Duration,
     /// The admin session's `lock_timeout`: the longest wait for a lock.
     pub lock_timeout: Duration,
+    /// Straight from where Terraform runs, or through the Services machine.
+    pub route: crate::backends::tunnel::Route,
 }
 
 /// How long past `statement_timeout` the provider waits for the server's own cancel
@@ -180,7 +182,10 @@ impl PgAdmin {
 
     pub fn tls(&self) -> Result<Tls, PgError> {
         self.tls
-            .get_or_init(|| Tls::new(self.cfg.sslmode, self.cfg.sslrootcert.as_deref()))
+            .get_or_init(|| {
+                Tls::new(self.cfg.sslmode, self.cfg.sslrootcert.as_deref())
+                    .map(|t| t.with_route(self.cfg.route.clone()))
+            })
             .clone()
     }
 

@@ -14,6 +14,11 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{code_of, describe, target, PgError, SslMode};
 use crate::backends::tls::NoCertCheck;
+use crate::backends::tunnel::Route;
+
+/// A channel through the Services machine.
+type Tunnel = russh::ChannelStream<russh::client::Msg>;
+use tokio_postgres::tls::MakeTlsConnect;
 
 /// libpq's `verify-ca`: the chain must lead to the CA; the name is not checked.
 #[derive(Debug)]
@@ -60,11 +65,13 @@ impl ServerCertVerifier for ChainOnly {
     }
 }
 
-/// The TLS side of every connection, built once from sslmode and sslrootcert.
+/// The TLS side of every connection, built once from sslmode and sslrootcert, and the
+/// route to the server (straight, or through the Services machine).
 #[derive(Clone)]
 pub struct Tls {
     mode: SslMode,
     connector: MakeRustlsConnect,
+    route: Route,
 }
 
 impl Tls {
@@ -122,7 +129,14 @@ impl Tls {
         Ok(Tls {
             mode,
             connector: MakeRustlsConnect::new(cfg),
+            route: Route::Direct,
         })
+    }
+
+    /// The same, reaching the server by `route`.
+    pub fn with_route(mut self, route: Route) -> Self {
+        self.route = route;
+        self
     }
 
     /// Opens one connection; the task driving it is returned so callers can wait for
@@ -150,8 +164,18 @@ impl Tls {
                 _ => tokio_postgres::config::SslMode::Require,
             });
         let who = target(user, host, port);
-        let (client, conn) =
-            match tokio::time::timeout(timeout, c.connect(self.connector.clone())).await {
+        if let Route::Tunnel(h) = &self.route {
+            // The stream is a channel through the Services machine; TLS still checks
+            // the server's own name, `host`.
+            let open = tokio::time::timeout(timeout, h.open_tunnel(host, port));
+            let stream = match open.await {
+                Ok(r) => r.map_err(|e| PgError::Connect {
+                    target: who.clone(),
+                    database: dbname.to_string(),
+                    detail: e.to_string(),
+                    code: None,
+                    cert: false,
+                })?,
                 Err(_) => {
                     return Err(PgError::Timeout {
                         target: who,
@@ -159,22 +183,51 @@ impl Tls {
                         after: timeout,
                     })
                 }
-                Ok(Err(e)) => {
-                    return Err(PgError::Connect {
-                        target: who,
-                        database: dbname.to_string(),
-                        detail: describe(&e),
-                        code: code_of(&e),
-                        cert: crate::backends::find_in_chain::<rustls::Error>(&e).is_some(),
-                    })
-                }
-                Ok(Ok(x)) => x,
             };
-        let handle = tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                log::debug!("PostgreSQL connection ended: {e}");
-            }
-        });
-        Ok((client, handle))
+            let tls = MakeTlsConnect::<Tunnel>::make_tls_connect(&mut self.connector.clone(), host)
+                .map_err(|e| PgError::TlsSettings(format!("TLS for {host}: {e}")))?;
+            let r = tokio::time::timeout(timeout, c.connect_raw(stream, tls)).await;
+            let (client, conn) = connected(r, who, dbname, timeout)?;
+            return Ok((client, spawn_connection(conn)));
+        }
+        let r = tokio::time::timeout(timeout, c.connect(self.connector.clone())).await;
+        let (client, conn) = connected(r, who, dbname, timeout)?;
+        Ok((client, spawn_connection(conn)))
     }
+}
+
+/// The connection attempt's outcome, as the provider reports it.
+fn connected<T>(
+    r: Result<Result<T, tokio_postgres::Error>, tokio::time::error::Elapsed>,
+    who: String,
+    dbname: &str,
+    timeout: Duration,
+) -> Result<T, PgError> {
+    match r {
+        Err(_) => Err(PgError::Timeout {
+            target: who,
+            database: dbname.to_string(),
+            after: timeout,
+        }),
+        Ok(Err(e)) => Err(PgError::Connect {
+            target: who,
+            database: dbname.to_string(),
+            detail: describe(&e),
+            code: code_of(&e),
+            cert: crate::backends::find_in_chain::<rustls::Error>(&e).is_some(),
+        }),
+        Ok(Ok(x)) => Ok(x),
+    }
+}
+
+/// Drives a connection in its own task until it ends.
+fn spawn_connection<F>(conn: F) -> JoinHandle<()>
+where
+    F: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            log::debug!("PostgreSQL connection ended: {e}");
+        }
+    })
 }

@@ -19,6 +19,7 @@ use russh_sftp::client::RawSftpSession;
 use russh_sftp::protocol::{FileAttributes, OpenFlags, Packet, StatusCode};
 use tokio::sync::Mutex;
 
+use crate::backends::tunnel::{self, DialError};
 use crate::secret::Secret;
 
 mod connect;
@@ -264,6 +265,59 @@ impl ServicesHost {
             target: self.cfg.target(),
             status,
             detail,
+        }
+    }
+
+    /// A `direct-tcpip` channel to `host:port` from the Services machine, on the shared
+    /// SSH connection: sshd resolves the name and connects. The channel open's failure
+    /// reason tells the hops apart: sshd's refusal (`AllowTcpForwarding`, `PermitOpen`),
+    /// or the backend it could not reach.
+    pub async fn open_tunnel(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<russh::ChannelStream<russh::client::Msg>, DialError> {
+        use russh::ChannelOpenFailure as F;
+        let target = tunnel::host_port(host, port);
+        let s = self.session().await.map_err(|source| DialError::Ssh {
+            target: target.clone(),
+            source,
+        })?;
+        let services = self.cfg.target();
+        match s
+            .handle
+            .channel_open_direct_tcpip(host.to_string(), u32::from(port), "127.0.0.1".to_string(), 0)
+            .await
+        {
+            Ok(ch) => Ok(ch.into_stream()),
+            Err(russh::Error::ChannelOpenFailure(F::AdministrativelyProhibited)) => {
+                Err(DialError::Refused {
+                    services,
+                    target,
+                    reason: "administratively prohibited".into(),
+                })
+            }
+            Err(russh::Error::ChannelOpenFailure(F::ConnectFailed)) => Err(DialError::Unreachable {
+                services,
+                target,
+                reason: "connect failed (the server is down there, or its name or address is unknown or \
+                         unreachable from the Services machine)"
+                    .into(),
+            }),
+            Err(russh::Error::ChannelOpenFailure(f)) => Err(DialError::Unreachable {
+                services,
+                target,
+                reason: format!("channel open failure {} ({f:?})", f.code()),
+            }),
+            Err(e) => {
+                self.stale.store(true, Ordering::Relaxed);
+                Err(DialError::Ssh {
+                    target,
+                    source: SshError::Connect(format!(
+                        "opening a channel on the SSH connection to {services}: {e}"
+                    )),
+                })
+            }
         }
     }
 

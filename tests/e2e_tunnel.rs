@@ -1,0 +1,226 @@
+//! `via_services_host` through terraform: the provider's PostgreSQL and MongoDB admin
+//! connections (and the checks made with them) go through the test sshd as
+//! `direct-tcpip` channels. That sshd allows root tunnels only to the dev servers'
+//! ports (`PermitOpen`) and its sudo user none, and logs each channel open (DEBUG1),
+//! so the tests see which hop carried what and which one refused.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
+
+mod common;
+
+use common::{servers, Servers, Tf};
+
+fn flat(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The provider block with `via_services_host = true`, as `user` (root, or the sudo
+/// user whose tunnels sshd refuses).
+fn provider(s: &Servers, sudo_user: bool) -> String {
+    let extra = format!(
+        "known_hosts_file = {:?}{}",
+        s.get("CIRCLECI_TEST_SSH_KNOWN_HOSTS"),
+        if sudo_user { "\n    sudo = true" } else { "" }
+    );
+    let mut p = s.provider_block(&extra).replace(
+        "provider \"circleci\" {",
+        "provider \"circleci\" {\n  via_services_host = true",
+    );
+    if sudo_user {
+        p = p.replace(
+            "user             = \"root\"",
+            &format!(
+                "user             = {:?}",
+                s.get("CIRCLECI_TEST_SSH_SUDO_USER")
+            ),
+        );
+    }
+    p
+}
+
+fn resources(s: &Servers, root: &std::path::Path, tag: &str, pg_port: &str) -> String {
+    format!(
+        r#"
+resource "circleci_postgres_databases" "pg" {{
+  host                = "127.0.0.1"
+  port                = {pg_port}
+  user                = "tun_{tag}"
+  databases           = ["tun_{tag}_a", "tun_{tag}_b"]
+  extensions          = {{}}
+  password_wo         = "tunnel pw {tag}"
+  password_wo_version = 1
+  deletion_policy     = "drop"
+  config_path         = "{root}/etc/circleconfig/shared/postgresql"
+}}
+resource "circleci_external_mongo" "m" {{
+  hosts                = ["127.0.0.1:{mongo}"]
+  username             = "tun-{tag}"
+  password_wo          = "tunnel mongo pw {tag}"
+  password_wo_version  = 1
+  tls                  = false
+  drop_user_on_destroy = true
+  config_path          = "{root}/etc/circle-installation-customizations"
+}}
+"#,
+        root = root.to_str().unwrap(),
+        mongo = s.get("CIRCLECI_TEST_MONGO_PORT"),
+    )
+}
+
+/// What sshd logged from byte `from` on.
+fn sshd_log_since(s: &Servers, from: u64) -> String {
+    let all = std::fs::read(s.get("CIRCLECI_TEST_SSH_LOG")).unwrap();
+    String::from_utf8_lossy(&all[from as usize..]).into_owned()
+}
+
+fn log_len(s: &Servers) -> u64 {
+    std::fs::metadata(s.get("CIRCLECI_TEST_SSH_LOG"))
+        .unwrap()
+        .len()
+}
+
+#[test]
+fn postgres_and_mongodb_admin_go_through_the_services_machine() {
+    let s = servers();
+    let root = common::searchable_tempdir();
+    let tag = std::process::id().to_string();
+    let pg = s.pg_port().to_string();
+    let before = log_len(&s);
+    let tf = Tf::new(&format!(
+        "{}{}",
+        provider(&s, false),
+        resources(&s, root.path(), &tag, &pg)
+    ));
+    tf.apply();
+    // The roles, databases and user exist, made through the tunnel.
+    assert_eq!(
+        s.psql(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_database WHERE datname LIKE 'tun\\_{tag}\\_%'")
+        )
+        .trim(),
+        "2"
+    );
+    let users = s
+        .pymongo(
+            &s.mongo_admin_uri(),
+            "admin",
+            serde_json::json!({"usersInfo": format!("tun-{tag}")}),
+        )
+        .unwrap();
+    assert_eq!(users["users"].as_array().unwrap().len(), 1, "{users}");
+    // sshd carried a channel to each backend: PostgreSQL (admin and the role's own
+    // login check) and MongoDB.
+    let log = sshd_log_since(&s, before);
+    for port in [pg.as_str(), s.get("CIRCLECI_TEST_MONGO_PORT")] {
+        assert!(
+            log.contains(&format!("target 127.0.0.1 port {port}")),
+            "no direct-tcpip open to port {port} in sshd's log:\n{}",
+            log.lines()
+                .filter(|l| l.contains("direct"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    assert_eq!(
+        tf.plan_code(),
+        0,
+        "refresh through the tunnel sees no drift"
+    );
+    tf.ok(&["destroy", "-auto-approve", "-no-color"]);
+}
+
+#[test]
+fn a_refused_or_unreachable_tunnel_names_the_hop_and_writes_nothing() {
+    let s = servers();
+    let root = common::searchable_tempdir();
+    let tag = format!("r{}", std::process::id());
+    let pg = s.pg_port().to_string();
+    // The sudo user's tunnels: PermitOpen none.
+    let tf = Tf::new(&format!(
+        "{}{}",
+        provider(&s, true),
+        resources(&s, root.path(), &tag, &pg)
+    ));
+    let err = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
+    assert!(
+        err.contains(&format!("refused the tunnel to 127.0.0.1:{pg}")),
+        "{err}"
+    );
+    assert!(err.contains("PermitOpen"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "refused the tunnel to 127.0.0.1:{}",
+            s.get("CIRCLECI_TEST_MONGO_PORT")
+        )),
+        "{err}"
+    );
+    let written: Vec<_> = walk(root.path());
+    assert!(written.is_empty(), "written: {written:?}\n{err}");
+    assert_eq!(
+        s.psql(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_roles WHERE rolname = 'tun_{tag}'")
+        )
+        .trim(),
+        "0"
+    );
+
+    // Allowed by sshd, but nothing listens there: the backend hop.
+    let closed = s.get("CIRCLECI_TEST_CLOSED_PORT").to_string();
+    let tf = Tf::new(&format!(
+        "{}{}",
+        provider(&s, false).replace(
+            &format!("port        = {pg}"),
+            &format!("port        = {closed}")
+        ),
+        resources(&s, root.path(), &format!("{tag}c"), &closed)
+    ));
+    let err = flat(&tf.fails(&[
+        "apply",
+        "-auto-approve",
+        "-no-color",
+        "-target",
+        "circleci_postgres_databases.pg",
+    ]));
+    assert!(
+        err.contains(&format!("could not connect to 127.0.0.1:{closed}")),
+        "{err}"
+    );
+    let written: Vec<_> = walk(root.path());
+    assert!(written.is_empty(), "written: {written:?}\n{err}");
+}
+
+fn walk(d: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(d).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn via_services_host_needs_a_services_machine() {
+    let s = servers();
+    let p = s.provider_block("");
+    let start = p.find("  services_host {").unwrap();
+    let end = start + p[start..].find("\n  }\n").unwrap() + 5;
+    let without = format!(
+        "{}{}",
+        &p[..start].replace(
+            "provider \"circleci\" {",
+            "provider \"circleci\" {\n  via_services_host = true"
+        ),
+        &p[end..]
+    );
+    let tf = Tf::new(&format!(
+        "{without}\nresource \"circleci_external_redis\" \"r\" {{\n  host = \"127.0.0.1\"\n}}\n"
+    ));
+    let err = flat(&tf.fails(&["validate", "-no-color"]));
+    assert!(err.contains("No Services machine to go through"), "{err}");
+}
