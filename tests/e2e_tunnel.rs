@@ -52,6 +52,11 @@ resource "circleci_postgres_databases" "pg" {{
   deletion_policy     = "drop"
   config_path         = "{root}/etc/circleconfig/shared/postgresql"
 }}
+resource "circleci_external_redis" "r" {{
+  host        = "127.0.0.1"
+  port        = {redis}
+  config_path = "{root}/etc/circleconfig/shared/redis"
+}}
 resource "circleci_external_mongo" "m" {{
   hosts                = ["127.0.0.1:{mongo}"]
   username             = "tun-{tag}"
@@ -64,6 +69,7 @@ resource "circleci_external_mongo" "m" {{
 "#,
         root = root.to_str().unwrap(),
         mongo = s.get("CIRCLECI_TEST_MONGO_PORT"),
+        redis = s.get("CIRCLECI_TEST_REDIS_PORT"),
     )
 }
 
@@ -91,7 +97,11 @@ fn postgres_and_mongodb_admin_go_through_the_services_machine() {
         provider(&s, false),
         resources(&s, root.path(), &tag, &pg)
     ));
-    tf.apply();
+    let out = tf.apply();
+    assert!(
+        flat(&out).contains("via_services_host does not cover every server yet"),
+        "{out}"
+    );
     // The roles, databases and user exist, made through the tunnel.
     assert_eq!(
         s.psql(
@@ -110,9 +120,13 @@ fn postgres_and_mongodb_admin_go_through_the_services_machine() {
         .unwrap();
     assert_eq!(users["users"].as_array().unwrap().len(), 1, "{users}");
     // sshd carried a channel to each backend: PostgreSQL (admin and the role's own
-    // login check) and MongoDB.
+    // login check), MongoDB and Redis (the resource's PING).
     let log = sshd_log_since(&s, before);
-    for port in [pg.as_str(), s.get("CIRCLECI_TEST_MONGO_PORT")] {
+    for port in [
+        pg.as_str(),
+        s.get("CIRCLECI_TEST_MONGO_PORT"),
+        s.get("CIRCLECI_TEST_REDIS_PORT"),
+    ] {
         assert!(
             log.contains(&format!("target 127.0.0.1 port {port}")),
             "no direct-tcpip open to port {port} in sshd's log:\n{}",
@@ -148,13 +162,16 @@ fn a_refused_or_unreachable_tunnel_names_the_hop_and_writes_nothing() {
         "{err}"
     );
     assert!(err.contains("PermitOpen"), "{err}");
-    assert!(
-        err.contains(&format!(
-            "refused the tunnel to 127.0.0.1:{}",
-            s.get("CIRCLECI_TEST_MONGO_PORT")
-        )),
-        "{err}"
-    );
+    for port in [
+        s.get("CIRCLECI_TEST_MONGO_PORT"),
+        s.get("CIRCLECI_TEST_REDIS_PORT"),
+    ] {
+        assert!(
+            err.contains(&format!("refused the tunnel to 127.0.0.1:{port}")),
+            "{err}"
+        );
+    }
+    assert!(err.contains("Nothing was written"), "{err}");
     let written: Vec<_> = walk(root.path());
     assert!(written.is_empty(), "written: {written:?}\n{err}");
     assert_eq!(

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::backends::tunnel::Route;
+
 /// Why PING failed; every variant names `host:port`.
 #[derive(Debug, thiserror::Error)]
 pub enum RedisError {
@@ -27,10 +29,19 @@ pub enum RedisError {
     Unexpected { target: String, answer: String },
     #[error("Redis at {target} did not answer PING within {}", humantime::format_duration(*.after))]
     Timeout { target: String, after: Duration },
+    /// The way through the Services machine failed (the message names the hop).
+    #[error("Redis at {target} is not reachable: {detail}")]
+    Tunnel { target: String, detail: String },
 }
 
-/// Connects to `host:port` and sends PING; Ok when the server answers PONG.
-pub async fn ping(host: &str, port: u16, timeout: Duration) -> Result<(), RedisError> {
+/// Connects to `host:port` (by `route`) and sends PING; Ok when the server answers
+/// PONG.
+pub async fn ping(
+    route: &Route,
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> Result<(), RedisError> {
     let target = if host.contains(':') {
         format!("[{host}]:{port}")
     } else {
@@ -45,13 +56,32 @@ pub async fn ping(host: &str, port: u16, timeout: Duration) -> Result<(), RedisE
         source,
     })?;
     let work = async {
-        let mut con = client
-            .get_multiplexed_async_connection()
+        let unreachable = |source| RedisError::Unreachable {
+            target: target.clone(),
+            source,
+        };
+        let mut con = if route.is_tunnel() {
+            let stream = route
+                .dial(host, port, timeout)
+                .await
+                .map_err(|e| RedisError::Tunnel {
+                    target: target.clone(),
+                    detail: e.to_string(),
+                })?;
+            let (con, driver) = redis::aio::MultiplexedConnection::new(
+                &redis::RedisConnectionInfo::default(),
+                stream,
+            )
             .await
-            .map_err(|source| RedisError::Unreachable {
-                target: target.clone(),
-                source,
-            })?;
+            .map_err(unreachable)?;
+            tokio::spawn(driver);
+            con
+        } else {
+            client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(unreachable)?
+        };
         let pong: String = redis::cmd("PING")
             .query_async(&mut con)
             .await

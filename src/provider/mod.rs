@@ -108,6 +108,8 @@ pub struct ProviderData {
     mongo: Slot<MongoAdmin>,
     aws: Slot<Aws>,
     client: RwLock<ClientInfo>,
+    /// The provider-wide `via_services_host`: how resources' own checks reach servers.
+    via: std::sync::atomic::AtomicBool,
 }
 
 impl Default for ProviderData {
@@ -138,6 +140,7 @@ impl Default for ProviderData {
                 "the provider was not configured before this resource was used (a bug in Terraform or this provider)",
             ),
             client: RwLock::new(ClientInfo::default()),
+            via: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -166,6 +169,16 @@ impl ProviderData {
     /// The AWS settings (the chain is loaded on first use), or why they are unusable.
     pub fn aws(&self) -> Result<Arc<Aws>, Diagnostics> {
         self.aws.get()
+    }
+
+    /// How a resource's own check reaches a server: through the Services machine when
+    /// the provider's `via_services_host` says so.
+    pub fn route(&self) -> Result<Route, Diagnostics> {
+        if self.via.load(std::sync::atomic::Ordering::Relaxed) {
+            self.services().map(Route::Tunnel)
+        } else {
+            Ok(Route::Direct)
+        }
     }
 
     pub fn client(&self) -> ClientInfo {
@@ -291,7 +304,8 @@ impl Provider for CircleCiProvider {
                      *Adding External Services to CircleCI Server v2.17*.",
                 )
                 .attr(crate::plugin::Attribute::new(VIA, crate::plugin::Type::Bool).optional().description(
-                    "Reach the backends (the `postgres` and `mongodb` blocks' servers) through the Services machine: \
+                    "Reach the backends (the `postgres` and `mongodb` blocks' servers, and the Redis servers \
+                     `circleci_external_redis` checks) through the Services machine: \
                      each connection is an SSH `direct-tcpip` channel of the provider's one SSH connection to it, the \
                      host name resolved there, TLS still verifying the server's own name. For backends only the \
                      Services machine can reach. Each block's own `via_services_host` overrides it. Default `false`.",
@@ -315,6 +329,16 @@ impl Provider for CircleCiProvider {
         vault::validate(config.get(VAULT), &mut diags);
         aws::validate(config.get(AWS), &mut diags);
         mongodb::validate(config.get(MONGODB), &mut diags);
+        if config.get(VIA).as_bool() == Some(true) {
+            diags.push(
+                Diagnostic::warning(
+                    "via_services_host does not cover every server yet",
+                    "PostgreSQL, MongoDB and Redis are reached through the Services machine; Vault, RabbitMQ and \
+                     Nomad are still reached from where Terraform runs.",
+                )
+                .at(AttrPath::root(VIA)),
+            );
+        }
         for block in [POSTGRES, MONGODB] {
             let services = !config.get(SERVICES_HOST).is_null()
                 || std::env::var("CIRCLECI_SERVICES_HOST").is_ok();
@@ -347,6 +371,10 @@ impl Provider for CircleCiProvider {
             Some("CIRCLECI_SERVICES_HOST"),
             |b| services_host::build(b).map(ServicesHost::new),
         ));
+        d.via.store(
+            config.get(VIA).as_bool().unwrap_or(false),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let route = |block: &str| -> Result<Route, Diagnostics> {
             if via(config, block) {
                 d.services.get().map(Route::Tunnel)

@@ -123,7 +123,8 @@ impl FileResource for ExternalRedis {
         let host = planned.get("host").as_str().unwrap_or_default();
         let port = planned.get("port").as_i64().unwrap_or_default() as u16;
         if planned.get("verify").as_bool().unwrap_or(true) {
-            backends::redis::ping(host, port, self.data.timeout())
+            let route = self.data.route().map_err(Halted::from)?;
+            backends::redis::ping(&route, host, port, self.data.timeout())
                 .await
                 .map_err(|e| {
                     Diagnostics::from(
