@@ -57,6 +57,12 @@ resource "circleci_external_redis" "r" {{
   port        = {redis}
   config_path = "{root}/etc/circleconfig/shared/redis"
 }}
+resource "circleci_external_nomad" "n" {{
+  endpoint     = "{nomad}"
+  ca_cert_file = "{nomad_ca}"
+  acl_token_wo = "{nomad_token}"
+  config_path  = "{root}/etc/circleconfig/shared/nomad"
+}}
 resource "circleci_external_mongo" "m" {{
   hosts                = ["127.0.0.1:{mongo}"]
   username             = "tun-{tag}"
@@ -70,7 +76,19 @@ resource "circleci_external_mongo" "m" {{
         root = root.to_str().unwrap(),
         mongo = s.get("CIRCLECI_TEST_MONGO_PORT"),
         redis = s.get("CIRCLECI_TEST_REDIS_PORT"),
+        nomad = s.get("CIRCLECI_TEST_NOMAD_ADDR"),
+        nomad_ca = s.get("CIRCLECI_TEST_TLS_CA"),
+        nomad_token = s.get("CIRCLECI_TEST_NOMAD_TOKEN"),
     )
+}
+
+fn nomad_port(s: &Servers) -> String {
+    s.get("CIRCLECI_TEST_NOMAD_ADDR")
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_string()
 }
 
 /// What sshd logged from byte `from` on.
@@ -120,12 +138,14 @@ fn postgres_and_mongodb_admin_go_through_the_services_machine() {
         .unwrap();
     assert_eq!(users["users"].as_array().unwrap().len(), 1, "{users}");
     // sshd carried a channel to each backend: PostgreSQL (admin and the role's own
-    // login check), MongoDB and Redis (the resource's PING).
+    // login check), MongoDB, Redis (the resource's PING) and Nomad (the leader check,
+    // HTTPS through the local SOCKS5 end of the tunnel).
     let log = sshd_log_since(&s, before);
     for port in [
         pg.as_str(),
         s.get("CIRCLECI_TEST_MONGO_PORT"),
         s.get("CIRCLECI_TEST_REDIS_PORT"),
+        &nomad_port(&s),
     ] {
         assert!(
             log.contains(&format!("target 127.0.0.1 port {port}")),
@@ -136,6 +156,12 @@ fn postgres_and_mongodb_admin_go_through_the_services_machine() {
                 .join("\n")
         );
     }
+    // Nomad's request itself went through the SOCKS5 end, not only the check that
+    // names the hop: two channels to its port.
+    let opens = log
+        .matches(&format!("target 127.0.0.1 port {}", nomad_port(&s)))
+        .count();
+    assert!(opens >= 2, "{opens} channel(s) to Nomad");
     assert_eq!(
         tf.plan_code(),
         0,
@@ -165,6 +191,7 @@ fn a_refused_or_unreachable_tunnel_names_the_hop_and_writes_nothing() {
     for port in [
         s.get("CIRCLECI_TEST_MONGO_PORT"),
         s.get("CIRCLECI_TEST_REDIS_PORT"),
+        &nomad_port(&s),
     ] {
         assert!(
             err.contains(&format!("refused the tunnel to 127.0.0.1:{port}")),
@@ -240,4 +267,68 @@ fn via_services_host_needs_a_services_machine() {
     ));
     let err = flat(&tf.fails(&["validate", "-no-color"]));
     assert!(err.contains("No Services machine to go through"), "{err}");
+}
+
+/// The local SOCKS5 end of the tunnel serves only who knows its per-process password,
+/// and only username/password authentication; with it, a CONNECT carries bytes to the
+/// backend (a Redis PING here).
+#[test]
+fn the_local_socks_end_wants_its_password() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    let s = servers();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let h = std::sync::Arc::new(s.services_host());
+        let url = h.socks_proxy().await.unwrap();
+        let rest = url.expose().trim_start_matches("socks5h://").to_string();
+        let (creds, addr) = rest.rsplit_once('@').unwrap();
+        let (user, pass) = creds.split_once(':').unwrap();
+        assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+        assert!(pass.len() >= 32, "a short password");
+        let login = |u: &str, p: &str| {
+            let mut m = vec![1u8, u.len() as u8];
+            m.extend_from_slice(u.as_bytes());
+            m.push(p.len() as u8);
+            m.extend_from_slice(p.as_bytes());
+            m
+        };
+
+        // No authentication offered: refused.
+        let mut t = TcpStream::connect(addr).await.unwrap();
+        t.write_all(&[5, 1, 0]).await.unwrap();
+        let mut r = [0u8; 2];
+        t.read_exact(&mut r).await.unwrap();
+        assert_eq!(r, [5, 0xff]);
+
+        // A wrong password: refused.
+        let mut t = TcpStream::connect(addr).await.unwrap();
+        t.write_all(&[5, 1, 2]).await.unwrap();
+        t.read_exact(&mut r).await.unwrap();
+        assert_eq!(r, [5, 2]);
+        t.write_all(&login(user, "not-the-password")).await.unwrap();
+        t.read_exact(&mut r).await.unwrap();
+        assert_eq!(r, [1, 1]);
+
+        // The right one, then CONNECT 127.0.0.1:REDIS (by name, as socks5h sends it).
+        let mut t = TcpStream::connect(addr).await.unwrap();
+        t.write_all(&[5, 1, 2]).await.unwrap();
+        t.read_exact(&mut r).await.unwrap();
+        t.write_all(&login(user, pass)).await.unwrap();
+        t.read_exact(&mut r).await.unwrap();
+        assert_eq!(r, [1, 0]);
+        let port: u16 = s.get("CIRCLECI_TEST_REDIS_PORT").parse().unwrap();
+        let name = b"127.0.0.1";
+        let mut req = vec![5u8, 1, 0, 3, name.len() as u8];
+        req.extend_from_slice(name);
+        req.extend_from_slice(&port.to_be_bytes());
+        t.write_all(&req).await.unwrap();
+        let mut reply = [0u8; 10];
+        t.read_exact(&mut reply).await.unwrap();
+        assert_eq!(reply[..2], [5, 0], "{reply:?}");
+        t.write_all(b"PING\r\n").await.unwrap();
+        let mut pong = [0u8; 7];
+        t.read_exact(&mut pong).await.unwrap();
+        assert_eq!(&pong, b"+PONG\r\n");
+    });
 }

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{chain, find_in_chain};
+use crate::backends::tunnel::Route;
 
 /// Why the leader check failed; TLS failures are told apart by the rustls error in the
 /// source chain, never by message text.
@@ -39,10 +40,14 @@ pub enum NomadError {
     BadAnswer { endpoint: String, body: String },
     #[error("HTTP client: {}", chain(.0))]
     Client(#[source] reqwest::Error),
+    /// The way through the Services machine failed (the message names the hop).
+    #[error("Nomad at {endpoint} is not reachable: {detail}")]
+    Tunnel { endpoint: String, detail: String },
 }
 
 /// The leader's address as Nomad reports it (`"10.0.0.1:4647"`).
 pub async fn leader(
+    route: &Route,
     endpoint: &str,
     ca_file: Option<&Path>,
     token: Option<&str>,
@@ -53,6 +58,19 @@ pub async fn leader(
     let mut b = reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout);
+    if route.is_tunnel() {
+        let tunnel = |detail: String| NomadError::Tunnel {
+            endpoint: endpoint_s.clone(),
+            detail,
+        };
+        let url = reqwest::Url::parse(endpoint).map_err(|e| tunnel(e.to_string()))?;
+        let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']);
+        let port = url.port_or_known_default().unwrap_or(4646);
+        if let Some(p) = route.proxy_for(host, port, timeout).await.map_err(tunnel)? {
+            let proxy = reqwest::Proxy::all(p.expose()).map_err(NomadError::Client)?;
+            b = b.proxy(proxy);
+        }
+    }
     if let Some(p) = ca_file {
         let ca = |detail: String| NomadError::CaFile {
             path: p.to_path_buf(),

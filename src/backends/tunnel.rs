@@ -89,6 +89,25 @@ impl Route {
         matches!(self, Route::Tunnel(_))
     }
 
+    /// For a client that only takes a proxy: first a channel to `host:port` opened and
+    /// closed (so that a failure names its hop), then the proxy URL; `None` direct.
+    pub async fn proxy_for(
+        &self,
+        host: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<Option<crate::secret::Secret>, String> {
+        let Route::Tunnel(h) = self else {
+            return Ok(None);
+        };
+        drop(
+            self.dial(host, port, timeout)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+        h.socks_proxy().await.map(Some)
+    }
+
     /// " through the Services machine user@host:port", or nothing.
     pub fn via(&self) -> String {
         match self {
@@ -132,5 +151,152 @@ impl Route {
                 }),
             }
         })
+    }
+}
+
+/// A SOCKS5 endpoint on 127.0.0.1 whose CONNECTs become `direct-tcpip` channels
+/// through the Services machine: how clients that only take a proxy (reqwest, for
+/// Vault and Nomad) use the tunnel. `socks5h`: the name travels to the Services
+/// machine unresolved. A random username and password (RFC 1929), made per process,
+/// keep other local users out.
+pub struct SocksBridge {
+    addr: std::net::SocketAddr,
+    user: String,
+    pass: crate::secret::Secret,
+}
+
+impl fmt::Debug for SocksBridge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SocksBridge({})", self.addr)
+    }
+}
+
+fn random_hex(n: usize) -> Result<String, String> {
+    let mut b = vec![0u8; n];
+    rustls::crypto::aws_lc_rs::default_provider()
+        .secure_random
+        .fill(&mut b)
+        .map_err(|_| "no random numbers".to_string())?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+impl SocksBridge {
+    /// Listens on a free loopback port; each accepted connection is served in a task.
+    pub async fn start(host: Arc<ServicesHost>) -> Result<SocksBridge, String> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("the local end of the tunnel: {e}"))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| format!("the local end of the tunnel: {e}"))?;
+        let bridge = SocksBridge {
+            addr,
+            user: random_hex(8)?,
+            pass: crate::secret::Secret(random_hex(16)?),
+        };
+        let creds = (bridge.user.clone(), bridge.pass.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (h, creds) = (host.clone(), creds.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = serve(tcp, &h, &creds.0, creds.1.expose()).await {
+                        log::debug!("tunnel proxy: {e}");
+                    }
+                });
+            }
+        });
+        Ok(bridge)
+    }
+
+    /// The proxy URL for reqwest (it holds the per-process password: never log it).
+    pub fn proxy_url(&self) -> crate::secret::Secret {
+        crate::secret::Secret(format!(
+            "socks5h://{}:{}@{}",
+            self.user,
+            self.pass.expose(),
+            self.addr
+        ))
+    }
+}
+
+/// One SOCKS5 client: greeting, username/password, CONNECT, then bytes both ways.
+async fn serve(
+    mut tcp: TcpStream,
+    host: &ServicesHost,
+    user: &str,
+    pass: &str,
+) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let io = |e: std::io::Error| e.to_string();
+    let mut head = [0u8; 2];
+    tcp.read_exact(&mut head).await.map_err(io)?;
+    let mut methods = vec![0u8; usize::from(head[1])];
+    tcp.read_exact(&mut methods).await.map_err(io)?;
+    if head[0] != 5 || !methods.contains(&2) {
+        let _ = tcp.write_all(&[5, 0xff]).await;
+        return Err("a client without username/password authentication".into());
+    }
+    tcp.write_all(&[5, 2]).await.map_err(io)?;
+    let mut v = [0u8; 2];
+    tcp.read_exact(&mut v).await.map_err(io)?;
+    let mut u = vec![0u8; usize::from(v[1])];
+    tcp.read_exact(&mut u).await.map_err(io)?;
+    let mut plen = [0u8; 1];
+    tcp.read_exact(&mut plen).await.map_err(io)?;
+    let mut p = vec![0u8; usize::from(plen[0])];
+    tcp.read_exact(&mut p).await.map_err(io)?;
+    let ok = v[0] == 1 && u == user.as_bytes() && p == pass.as_bytes();
+    tcp.write_all(&[1, if ok { 0 } else { 1 }])
+        .await
+        .map_err(io)?;
+    if !ok {
+        return Err("wrong credentials".into());
+    }
+    let mut req = [0u8; 4];
+    tcp.read_exact(&mut req).await.map_err(io)?;
+    let target = match req[3] {
+        1 => {
+            let mut a = [0u8; 4];
+            tcp.read_exact(&mut a).await.map_err(io)?;
+            std::net::Ipv4Addr::from(a).to_string()
+        }
+        3 => {
+            let mut n = [0u8; 1];
+            tcp.read_exact(&mut n).await.map_err(io)?;
+            let mut name = vec![0u8; usize::from(n[0])];
+            tcp.read_exact(&mut name).await.map_err(io)?;
+            String::from_utf8(name).map_err(|_| "a host name that is not UTF-8".to_string())?
+        }
+        4 => {
+            let mut a = [0u8; 16];
+            tcp.read_exact(&mut a).await.map_err(io)?;
+            std::net::Ipv6Addr::from(a).to_string()
+        }
+        _ => return Err("an unknown address type".into()),
+    };
+    let mut port = [0u8; 2];
+    tcp.read_exact(&mut port).await.map_err(io)?;
+    let port = u16::from_be_bytes(port);
+    if req[0] != 5 || req[1] != 1 {
+        let _ = tcp.write_all(&[5, 7, 0, 1, 0, 0, 0, 0, 0, 0]).await;
+        return Err("only CONNECT is served".into());
+    }
+    match host.open_tunnel(&target, port).await {
+        Ok(mut ch) => {
+            tcp.write_all(&[5, 0, 0, 1, 0, 0, 0, 0, 0, 0])
+                .await
+                .map_err(io)?;
+            let _ = tokio::io::copy_bidirectional(&mut tcp, &mut ch).await;
+            Ok(())
+        }
+        Err(e) => {
+            let code = match e {
+                DialError::Refused { .. } => 2,
+                DialError::Unreachable { .. } => 5,
+                _ => 1,
+            };
+            let _ = tcp.write_all(&[5, code, 0, 1, 0, 0, 0, 0, 0, 0]).await;
+            Err(e.to_string())
+        }
     }
 }

@@ -304,8 +304,9 @@ impl Provider for CircleCiProvider {
                      *Adding External Services to CircleCI Server v2.17*.",
                 )
                 .attr(crate::plugin::Attribute::new(VIA, crate::plugin::Type::Bool).optional().description(
-                    "Reach the backends (the `postgres` and `mongodb` blocks' servers, and the Redis servers \
-                     `circleci_external_redis` checks) through the Services machine: \
+                    "Reach the backends (the `postgres` and `mongodb` blocks' servers, and the Redis and Nomad \
+                     servers `circleci_external_redis` and `circleci_external_nomad` check) through the Services \
+                     machine: \
                      each connection is an SSH `direct-tcpip` channel of the provider's one SSH connection to it, the \
                      host name resolved there, TLS still verifying the server's own name. For backends only the \
                      Services machine can reach. Each block's own `via_services_host` overrides it. Default `false`.",
@@ -333,8 +334,8 @@ impl Provider for CircleCiProvider {
             diags.push(
                 Diagnostic::warning(
                     "via_services_host does not cover every server yet",
-                    "PostgreSQL, MongoDB and Redis are reached through the Services machine; Vault, RabbitMQ and \
-                     Nomad are still reached from where Terraform runs.",
+                    "PostgreSQL, MongoDB, Redis and Nomad are reached through the Services machine; Vault and \
+                     RabbitMQ are still reached from where Terraform runs.",
                 )
                 .at(AttrPath::root(VIA)),
             );

@@ -159,7 +159,8 @@ impl FileResource for ExternalNomad {
             let ca = planned.get("ca_cert_file").as_str().map(PathBuf::from);
             let token = config.get("acl_token_wo").as_str();
             let path = planned.get("config_path").as_str().unwrap_or_default();
-            leader = nb::leader(endpoint, ca.as_deref(), token, self.data.timeout())
+            let route = self.data.route().map_err(Halted::from)?;
+            leader = nb::leader(&route, endpoint, ca.as_deref(), token, self.data.timeout())
                 .await
                 .map_err(|e| leader_diag(e, path))?;
         }

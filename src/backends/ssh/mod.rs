@@ -174,6 +174,8 @@ pub struct ServicesHost {
     /// unknown state (the machine or sshd may be frozen), so the next caller opens a
     /// new one.
     stale: AtomicBool,
+    /// The local SOCKS5 end of the tunnel, started on first use.
+    socks: tokio::sync::OnceCell<tunnel::SocksBridge>,
 }
 
 impl fmt::Debug for ServicesHost {
@@ -211,6 +213,7 @@ impl ServicesHost {
             session: Mutex::new(None),
             counter: AtomicU64::new(0),
             stale: AtomicBool::new(false),
+            socks: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -319,6 +322,16 @@ impl ServicesHost {
                 })
             }
         }
+    }
+
+    /// The URL of a local SOCKS5 proxy whose connections go through this machine (for
+    /// clients that only take a proxy); it holds a per-process password.
+    pub async fn socks_proxy(self: &Arc<Self>) -> Result<Secret, String> {
+        let b = self
+            .socks
+            .get_or_try_init(|| tunnel::SocksBridge::start(self.clone()))
+            .await?;
+        Ok(b.proxy_url())
     }
 
     /// Connects now (if not yet connected). Used by tests and benchmarks.
