@@ -63,6 +63,12 @@ resource "circleci_external_nomad" "n" {{
   acl_token_wo = "{nomad_token}"
   config_path  = "{root}/etc/circleconfig/shared/nomad"
 }}
+resource "circleci_vault_transit_client" "v" {{
+  key_name              = "tun-{tag}"
+  policy_name           = "tun-{tag}"
+  delete_key_on_destroy = true
+  config_path           = "{root}/etc/circleconfig/context-service/customizations"
+}}
 resource "circleci_external_mongo" "m" {{
   hosts                = ["127.0.0.1:{mongo}"]
   username             = "tun-{tag}"
@@ -77,18 +83,26 @@ resource "circleci_external_mongo" "m" {{
         mongo = s.get("CIRCLECI_TEST_MONGO_PORT"),
         redis = s.get("CIRCLECI_TEST_REDIS_PORT"),
         nomad = s.get("CIRCLECI_TEST_NOMAD_ADDR"),
+        // vault_transit_client's address_for_services defaults to the provider's.
         nomad_ca = s.get("CIRCLECI_TEST_TLS_CA"),
         nomad_token = s.get("CIRCLECI_TEST_NOMAD_TOKEN"),
     )
 }
 
-fn nomad_port(s: &Servers) -> String {
-    s.get("CIRCLECI_TEST_NOMAD_ADDR")
-        .rsplit(':')
+fn port_of(url: &str) -> String {
+    url.rsplit(':')
         .next()
         .unwrap()
         .trim_end_matches('/')
         .to_string()
+}
+
+fn nomad_port(s: &Servers) -> String {
+    port_of(s.get("CIRCLECI_TEST_NOMAD_ADDR"))
+}
+
+fn vault_port(s: &Servers) -> String {
+    port_of(s.get("CIRCLECI_TEST_VAULT_ADDR"))
 }
 
 /// What sshd logged from byte `from` on.
@@ -146,6 +160,7 @@ fn postgres_and_mongodb_admin_go_through_the_services_machine() {
         s.get("CIRCLECI_TEST_MONGO_PORT"),
         s.get("CIRCLECI_TEST_REDIS_PORT"),
         &nomad_port(&s),
+        &vault_port(&s),
     ] {
         assert!(
             log.contains(&format!("target 127.0.0.1 port {port}")),
@@ -192,6 +207,7 @@ fn a_refused_or_unreachable_tunnel_names_the_hop_and_writes_nothing() {
         s.get("CIRCLECI_TEST_MONGO_PORT"),
         s.get("CIRCLECI_TEST_REDIS_PORT"),
         &nomad_port(&s),
+        &vault_port(&s),
     ] {
         assert!(
             err.contains(&format!("refused the tunnel to 127.0.0.1:{port}")),
@@ -280,7 +296,7 @@ fn the_local_socks_end_wants_its_password() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let h = std::sync::Arc::new(s.services_host());
-        let url = h.socks_proxy().await.unwrap();
+        let url = h.socks_proxy().unwrap();
         let rest = url.expose().trim_start_matches("socks5h://").to_string();
         let (creds, addr) = rest.rsplit_once('@').unwrap();
         let (user, pass) = creds.split_once(':').unwrap();

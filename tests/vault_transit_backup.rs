@@ -20,6 +20,7 @@ fn vault(s: &common::Servers) -> Vault {
         namespace: None,
         skip_tls_verify: false,
         timeout: Duration::from_secs(10),
+        route: Default::default(),
     })
 }
 

@@ -105,7 +105,7 @@ impl Route {
                 .await
                 .map_err(|e| e.to_string())?,
         );
-        h.socks_proxy().await.map(Some)
+        h.socks_proxy().map(Some)
     }
 
     /// " through the Services machine user@host:port", or nothing.
@@ -163,6 +163,8 @@ pub struct SocksBridge {
     addr: std::net::SocketAddr,
     user: String,
     pass: crate::secret::Secret,
+    /// The last failure per target, for the error of the client that asked.
+    failures: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
 }
 
 impl fmt::Debug for SocksBridge {
@@ -182,30 +184,47 @@ fn random_hex(n: usize) -> Result<String, String> {
 
 impl SocksBridge {
     /// Listens on a free loopback port; each accepted connection is served in a task.
-    pub async fn start(host: Arc<ServicesHost>) -> Result<SocksBridge, String> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| format!("the local end of the tunnel: {e}"))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| format!("the local end of the tunnel: {e}"))?;
+    /// Must run inside the Tokio runtime.
+    pub fn start(host: Arc<ServicesHost>) -> Result<SocksBridge, String> {
+        let local = |e: std::io::Error| format!("the local end of the tunnel: {e}");
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(local)?;
+        std_listener.set_nonblocking(true).map_err(local)?;
+        let addr = std_listener.local_addr().map_err(local)?;
+        let listener = tokio::net::TcpListener::from_std(std_listener).map_err(local)?;
         let bridge = SocksBridge {
             addr,
             user: random_hex(8)?,
             pass: crate::secret::Secret(random_hex(16)?),
+            failures: Arc::default(),
         };
         let creds = (bridge.user.clone(), bridge.pass.clone());
+        let failures = bridge.failures.clone();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let (h, creds) = (host.clone(), creds.clone());
+                let (h, creds, failures) = (host.clone(), creds.clone(), failures.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = serve(tcp, &h, &creds.0, creds.1.expose()).await {
+                    if let Err((target, e)) = serve(tcp, &h, &creds.0, creds.1.expose()).await {
                         log::debug!("tunnel proxy: {e}");
+                        if let Some(t) = target {
+                            failures
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .insert(t, e);
+                        }
                     }
                 });
             }
         });
         Ok(bridge)
+    }
+
+    /// Why the last tunnel to `target` failed, if it did.
+    pub fn failure(&self, target: &str) -> Option<String> {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(target)
+            .cloned()
     }
 
     /// The proxy URL for reqwest (it holds the per-process password: never log it).
@@ -225,16 +244,19 @@ async fn serve(
     host: &ServicesHost,
     user: &str,
     pass: &str,
-) -> Result<(), String> {
+) -> Result<(), (Option<String>, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let io = |e: std::io::Error| e.to_string();
+    let io = |e: std::io::Error| (None, e.to_string());
     let mut head = [0u8; 2];
     tcp.read_exact(&mut head).await.map_err(io)?;
     let mut methods = vec![0u8; usize::from(head[1])];
     tcp.read_exact(&mut methods).await.map_err(io)?;
     if head[0] != 5 || !methods.contains(&2) {
         let _ = tcp.write_all(&[5, 0xff]).await;
-        return Err("a client without username/password authentication".into());
+        return Err((
+            None,
+            "a client without username/password authentication".into(),
+        ));
     }
     tcp.write_all(&[5, 2]).await.map_err(io)?;
     let mut v = [0u8; 2];
@@ -250,7 +272,7 @@ async fn serve(
         .await
         .map_err(io)?;
     if !ok {
-        return Err("wrong credentials".into());
+        return Err((None, "wrong credentials".into()));
     }
     let mut req = [0u8; 4];
     tcp.read_exact(&mut req).await.map_err(io)?;
@@ -265,21 +287,22 @@ async fn serve(
             tcp.read_exact(&mut n).await.map_err(io)?;
             let mut name = vec![0u8; usize::from(n[0])];
             tcp.read_exact(&mut name).await.map_err(io)?;
-            String::from_utf8(name).map_err(|_| "a host name that is not UTF-8".to_string())?
+            String::from_utf8(name)
+                .map_err(|_| (None, "a host name that is not UTF-8".to_string()))?
         }
         4 => {
             let mut a = [0u8; 16];
             tcp.read_exact(&mut a).await.map_err(io)?;
             std::net::Ipv6Addr::from(a).to_string()
         }
-        _ => return Err("an unknown address type".into()),
+        _ => return Err((None, "an unknown address type".into())),
     };
     let mut port = [0u8; 2];
     tcp.read_exact(&mut port).await.map_err(io)?;
     let port = u16::from_be_bytes(port);
     if req[0] != 5 || req[1] != 1 {
         let _ = tcp.write_all(&[5, 7, 0, 1, 0, 0, 0, 0, 0, 0]).await;
-        return Err("only CONNECT is served".into());
+        return Err((None, "only CONNECT is served".into()));
     }
     match host.open_tunnel(&target, port).await {
         Ok(mut ch) => {
@@ -296,7 +319,7 @@ async fn serve(
                 _ => 1,
             };
             let _ = tcp.write_all(&[5, code, 0, 1, 0, 0, 0, 0, 0, 0]).await;
-            Err(e.to_string())
+            Err((Some(host_port(&target, port)), e.to_string()))
         }
     }
 }

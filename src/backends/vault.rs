@@ -22,6 +22,8 @@ pub struct VaultConfig {
     pub namespace: Option<String>,
     pub skip_tls_verify: bool,
     pub timeout: Duration,
+    /// Straight from where Terraform runs, or through the Services machine.
+    pub route: crate::backends::tunnel::Route,
 }
 
 /// What failed, at which Vault. Classified by the HTTP status Vault answered with.
@@ -127,6 +129,13 @@ impl Vault {
                 status: code,
                 errors,
             },
+            ClientError::RestClientError { .. } if self.tunnel_failure().is_some() => {
+                VaultError::Transport {
+                    what,
+                    address,
+                    detail: self.tunnel_failure().unwrap_or_default(),
+                }
+            }
             ClientError::RestClientError { source } => VaultError::Transport {
                 what,
                 address,
@@ -171,7 +180,53 @@ impl Vault {
             address: self.cfg.address.clone(),
             detail: e.to_string(),
         })?;
-        VaultClient::new(settings).map_err(|e| self.err("setting up the Vault client", e))
+        let mut client =
+            VaultClient::new(settings).map_err(|e| self.err("setting up the Vault client", e))?;
+        if let crate::backends::tunnel::Route::Tunnel(h) = &self.cfg.route {
+            client.http.http = self.proxied_http(h)?;
+        }
+        Ok(client)
+    }
+
+    /// The HTTP client vaultrs would build from these settings, through the local
+    /// SOCKS5 end of the tunnel (vaultrs takes no proxy of its own).
+    fn proxied_http(
+        &self,
+        h: &std::sync::Arc<crate::backends::ssh::ServicesHost>,
+    ) -> Result<reqwest::Client, VaultError> {
+        let settings = |detail: String| VaultError::Settings {
+            address: self.cfg.address.clone(),
+            detail,
+        };
+        let proxy = h.socks_proxy().map_err(settings)?;
+        let mut b = reqwest::ClientBuilder::new()
+            .tls_backend_rustls()
+            .timeout(self.cfg.timeout)
+            .tls_danger_accept_invalid_certs(self.cfg.skip_tls_verify)
+            .proxy(reqwest::Proxy::all(proxy.expose()).map_err(|e| settings(super::chain(&e)))?);
+        if self.cfg.address.starts_with("http://") {
+            b = b.tls_certs_only(Vec::new());
+        } else {
+            if let Some(path) = &self.cfg.ca_cert_file {
+                let pem = std::fs::read(path)
+                    .map_err(|e| settings(format!("{}: {e}", path.display())))?;
+                let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                    .map_err(|e| settings(format!("{}: {}", path.display(), super::chain(&e))))?;
+                b = b.tls_certs_merge(certs);
+            }
+        }
+        b.build().map_err(|e| settings(super::chain(&e)))
+    }
+
+    /// Why the tunnel to this Vault failed last, naming the hop (through the tunnel).
+    fn tunnel_failure(&self) -> Option<String> {
+        let crate::backends::tunnel::Route::Tunnel(h) = &self.cfg.route else {
+            return None;
+        };
+        let url = reqwest::Url::parse(&self.cfg.address).ok()?;
+        let host = url.host_str()?.trim_matches(['[', ']']).to_string();
+        let port = url.port_or_known_default()?;
+        h.tunnel_failure(&crate::backends::tunnel::host_port(&host, port))
     }
 
     fn admin(&self) -> Result<&VaultClient, VaultError> {

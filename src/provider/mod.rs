@@ -304,7 +304,7 @@ impl Provider for CircleCiProvider {
                      *Adding External Services to CircleCI Server v2.17*.",
                 )
                 .attr(crate::plugin::Attribute::new(VIA, crate::plugin::Type::Bool).optional().description(
-                    "Reach the backends (the `postgres` and `mongodb` blocks' servers, and the Redis and Nomad \
+                    "Reach the backends (the `postgres`, `mongodb` and `vault` blocks' servers, and the Redis and Nomad \
                      servers `circleci_external_redis` and `circleci_external_nomad` check) through the Services \
                      machine: \
                      each connection is an SSH `direct-tcpip` channel of the provider's one SSH connection to it, the \
@@ -334,13 +334,13 @@ impl Provider for CircleCiProvider {
             diags.push(
                 Diagnostic::warning(
                     "via_services_host does not cover every server yet",
-                    "PostgreSQL, MongoDB, Redis and Nomad are reached through the Services machine; Vault and \
-                     RabbitMQ are still reached from where Terraform runs.",
+                    "PostgreSQL, MongoDB, Vault, Redis and Nomad are reached through the Services machine; \
+                     RabbitMQ is still reached from where Terraform runs.",
                 )
                 .at(AttrPath::root(VIA)),
             );
         }
-        for block in [POSTGRES, MONGODB] {
+        for block in [POSTGRES, MONGODB, VAULT] {
             let services = !config.get(SERVICES_HOST).is_null()
                 || std::env::var("CIRCLECI_SERVICES_HOST").is_ok();
             if via(config, block) && !config.get(block).is_null() && !services {
@@ -394,7 +394,9 @@ impl Provider for CircleCiProvider {
         diags.extend(
             d.vault
                 .configure(VAULT, config.get(VAULT), Some("VAULT_ADDR"), |b| {
-                    vault::build(b).map(Vault::new)
+                    let mut cfg = vault::build(b)?;
+                    cfg.route = route(VAULT)?;
+                    Ok(Vault::new(cfg))
                 }),
         );
         // A MongoDB block is checked when a resource uses it.

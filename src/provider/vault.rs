@@ -13,6 +13,7 @@ pub(super) fn block() -> Block {
              transit keys, policies and orphan tokens (the runbook uses the root token). Nothing connects \
              until a resource needs it.",
         )
+        .attr(super::via_attr())
         .attr(Attribute::new("address", Type::String).optional().description(
             "Vault address, e.g. `https://vault.internal:8200`. Default: env `VAULT_ADDR`.",
         ))
@@ -101,5 +102,6 @@ pub(super) fn build(b: &Value) -> Result<VaultConfig, Diagnostics> {
         namespace: env_or(b.get("namespace"), "VAULT_NAMESPACE").filter(|s| !s.is_empty()),
         skip_tls_verify: b.get("skip_tls_verify").as_bool().unwrap_or(false),
         timeout,
+        route: Default::default(),
     })
 }

@@ -175,7 +175,7 @@ pub struct ServicesHost {
     /// new one.
     stale: AtomicBool,
     /// The local SOCKS5 end of the tunnel, started on first use.
-    socks: tokio::sync::OnceCell<tunnel::SocksBridge>,
+    socks: std::sync::OnceLock<Result<tunnel::SocksBridge, String>>,
 }
 
 impl fmt::Debug for ServicesHost {
@@ -213,7 +213,7 @@ impl ServicesHost {
             session: Mutex::new(None),
             counter: AtomicU64::new(0),
             stale: AtomicBool::new(false),
-            socks: tokio::sync::OnceCell::new(),
+            socks: std::sync::OnceLock::new(),
         }
     }
 
@@ -325,13 +325,22 @@ impl ServicesHost {
     }
 
     /// The URL of a local SOCKS5 proxy whose connections go through this machine (for
-    /// clients that only take a proxy); it holds a per-process password.
-    pub async fn socks_proxy(self: &Arc<Self>) -> Result<Secret, String> {
-        let b = self
-            .socks
-            .get_or_try_init(|| tunnel::SocksBridge::start(self.clone()))
-            .await?;
-        Ok(b.proxy_url())
+    /// clients that only take a proxy); it holds a per-process password. Binds a
+    /// loopback port on first use (inside the runtime); connects nothing.
+    pub fn socks_proxy(self: &Arc<Self>) -> Result<Secret, String> {
+        self.socks
+            .get_or_init(|| tunnel::SocksBridge::start(self.clone()))
+            .as_ref()
+            .map(tunnel::SocksBridge::proxy_url)
+            .map_err(Clone::clone)
+    }
+
+    /// Why the proxy's last tunnel to `target` (`host:port`) failed, naming the hop.
+    pub fn tunnel_failure(&self, target: &str) -> Option<String> {
+        match self.socks.get() {
+            Some(Ok(b)) => b.failure(target),
+            _ => None,
+        }
     }
 
     /// Connects now (if not yet connected). Used by tests and benchmarks.

@@ -86,6 +86,7 @@ pub(super) fn settings(
             namespace: None,
             skip_tls_verify: false,
             timeout,
+            route: Default::default(),
         };
         let s = |k: &str, d: &str| v.get(k).as_str().unwrap_or(d).to_string();
         Some((
