@@ -63,10 +63,13 @@ pub async fn leader(
             endpoint: endpoint_s.clone(),
             detail,
         };
-        let url = reqwest::Url::parse(endpoint).map_err(|e| tunnel(e.to_string()))?;
-        let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']);
-        let port = url.port_or_known_default().unwrap_or(4646);
-        if let Some(p) = route.proxy_for(host, port, timeout).await.map_err(tunnel)? {
+        let (host, port) = crate::backends::tunnel::url_host_port(endpoint).map_err(tunnel)?;
+        let port = port.unwrap_or(4646);
+        if let Some(p) = route
+            .proxy_for(&host, port, timeout)
+            .await
+            .map_err(tunnel)?
+        {
             let proxy = reqwest::Proxy::all(p.expose()).map_err(NomadError::Client)?;
             b = b.proxy(proxy);
         }

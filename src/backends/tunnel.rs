@@ -84,6 +84,13 @@ pub fn host_port(host: &str, port: u16) -> String {
     }
 }
 
+/// The host (without IPv6 brackets) and port (the scheme's default if none) of a URL.
+pub fn url_host_port(url: &str) -> Result<(String, Option<u16>), String> {
+    let u = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
+    let host = u.host_str().unwrap_or_default().trim_matches(['[', ']']);
+    Ok((host.to_string(), u.port_or_known_default()))
+}
+
 impl Route {
     pub fn is_tunnel(&self) -> bool {
         matches!(self, Route::Tunnel(_))

@@ -223,9 +223,8 @@ impl Vault {
         let crate::backends::tunnel::Route::Tunnel(h) = &self.cfg.route else {
             return None;
         };
-        let url = reqwest::Url::parse(&self.cfg.address).ok()?;
-        let host = url.host_str()?.trim_matches(['[', ']']).to_string();
-        let port = url.port_or_known_default()?;
+        let (host, port) = crate::backends::tunnel::url_host_port(&self.cfg.address).ok()?;
+        let port = port?;
         h.tunnel_failure(&crate::backends::tunnel::host_port(&host, port))
     }
 

@@ -44,13 +44,7 @@ pub(super) fn settings(
         None
     } else {
         let c = config.get(POSTGRES);
-        let password = super::super::required_password(c).map_err(|d| {
-            let mut out = Diagnostics::new();
-            for x in d.0 {
-                out.push(x.at(AttrPath::root(POSTGRES).attr("password_wo")));
-            }
-            out
-        })?;
+        let password = password_at(c, AttrPath::root(POSTGRES).attr("password_wo"))?;
         Some(PgSettings {
             image: pg.get("image").as_str().unwrap_or(mig::PG_IMAGE).into(),
             data_dir: pg.get("data_dir").as_str().unwrap_or(mig::PG_DATA).into(),
@@ -140,13 +134,7 @@ pub(super) fn mongo_settings(
     if m.is_null() {
         return Ok(None);
     }
-    let password = super::super::required_password(config.get(MONGO)).map_err(|d| {
-        let mut out = Diagnostics::new();
-        for x in d.0 {
-            out.push(x.at(at("password_wo")));
-        }
-        out
-    })?;
+    let password = password_at(config.get(MONGO), at("password_wo"))?;
     let s = |k: &str, d: &str| m.get(k).as_str().unwrap_or(d).to_string();
     Ok(Some(MongoSettings {
         image: s("image", mig::MONGO_IMAGE),
@@ -160,4 +148,16 @@ pub(super) fn mongo_settings(
         tls: m.get("tls").as_bool() != Some(false),
         ca_file: m.get("ca_file").as_str().map(str::to_string),
     }))
+}
+
+/// The block's password (`password` or `password_wo`); a missing one is an error on
+/// `path`.
+fn password_at(block: &Value, path: AttrPath) -> Result<&str, Diagnostics> {
+    super::super::required_password(block).map_err(|d| {
+        let mut out = Diagnostics::new();
+        for x in d.0 {
+            out.push(x.at(path.clone()));
+        }
+        out
+    })
 }
