@@ -69,6 +69,13 @@ resource "circleci_vault_transit_client" "v" {{
   delete_key_on_destroy = true
   config_path           = "{root}/etc/circleconfig/context-service/customizations"
 }}
+resource "circleci_external_rabbitmq" "mq" {{
+  host        = "127.0.0.1"
+  port        = {mq}
+  username    = "{mq_user}"
+  password_wo = "{mq_pw}"
+  config_path = "{root}/etc/circleconfig/shared/rabbitmq"
+}}
 resource "circleci_external_mongo" "m" {{
   hosts                = ["127.0.0.1:{mongo}"]
   username             = "tun-{tag}"
@@ -82,6 +89,9 @@ resource "circleci_external_mongo" "m" {{
         root = root.to_str().unwrap(),
         mongo = s.get("CIRCLECI_TEST_MONGO_PORT"),
         redis = s.get("CIRCLECI_TEST_REDIS_PORT"),
+        mq = s.get("CIRCLECI_TEST_MQ_PORT"),
+        mq_user = s.get("CIRCLECI_TEST_MQ_USER"),
+        mq_pw = s.get("CIRCLECI_TEST_MQ_PASSWORD"),
         nomad = s.get("CIRCLECI_TEST_NOMAD_ADDR"),
         // vault_transit_client's address_for_services defaults to the provider's.
         nomad_ca = s.get("CIRCLECI_TEST_TLS_CA"),
@@ -106,11 +116,12 @@ fn vault_port(s: &Servers) -> String {
 }
 
 /// The ports of every backend the test's resources reach through the tunnel.
-fn backend_ports(s: &Servers) -> [String; 5] {
+fn backend_ports(s: &Servers) -> [String; 6] {
     [
         s.pg_port().to_string(),
         s.get("CIRCLECI_TEST_MONGO_PORT").to_string(),
         s.get("CIRCLECI_TEST_REDIS_PORT").to_string(),
+        s.get("CIRCLECI_TEST_MQ_PORT").to_string(),
         nomad_port(s),
         vault_port(s),
     ]
@@ -129,7 +140,7 @@ fn log_len(s: &Servers) -> u64 {
 }
 
 #[test]
-fn postgres_and_mongodb_admin_go_through_the_services_machine() {
+fn every_backend_goes_through_the_services_machine() {
     let s = servers();
     let root = common::searchable_tempdir();
     let tag = std::process::id().to_string();
@@ -141,10 +152,7 @@ fn postgres_and_mongodb_admin_go_through_the_services_machine() {
         resources(&s, root.path(), &tag, &pg)
     ));
     let out = tf.apply();
-    assert!(
-        flat(&out).contains("via_services_host does not cover every server yet"),
-        "{out}"
-    );
+    assert!(!flat(&out).contains("does not cover"), "{out}");
     // The roles, databases and user exist, made through the tunnel.
     assert_eq!(
         s.psql(
@@ -176,12 +184,14 @@ fn postgres_and_mongodb_admin_go_through_the_services_machine() {
                 .join("\n")
         );
     }
-    // Nomad's request itself went through the SOCKS5 end, not only the check that
-    // names the hop: two channels to its port.
-    let opens = log
-        .matches(&format!("target 127.0.0.1 port {}", nomad_port(&s)))
-        .count();
-    assert!(opens >= 2, "{opens} channel(s) to Nomad");
+    // Nomad's and RabbitMQ's connections themselves went through the SOCKS5 end, not
+    // only the check that names the hop: two channels to each port.
+    for port in [nomad_port(&s), s.get("CIRCLECI_TEST_MQ_PORT").to_string()] {
+        let opens = log
+            .matches(&format!("target 127.0.0.1 port {port}"))
+            .count();
+        assert!(opens >= 2, "{opens} channel(s) to port {port}");
+    }
     assert_eq!(
         tf.plan_code(),
         0,

@@ -9,6 +9,8 @@ use lapin::uri::{
     AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo, SASLMechanism,
 };
 
+use crate::backends::tunnel::Route;
+
 /// Why a login failed. Classified by the AMQP reply code, never by message text.
 #[derive(Debug, thiserror::Error)]
 pub enum MqError {
@@ -27,6 +29,9 @@ pub enum MqError {
         #[source]
         source: lapin::Error,
     },
+    /// The tunnel through the Services machine failed (the message names the hop).
+    #[error("RabbitMQ at {target}: {detail}")]
+    Tunnel { target: String, detail: String },
     #[error("RabbitMQ at {target} did not answer within {}", humantime::format_duration(*.after))]
     Timeout { target: String, after: Duration },
     #[error("CA certificate file {}: {source}", path.display())]
@@ -51,7 +56,10 @@ impl MqError {
 
     /// Nothing (usable) answered.
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, MqError::Unreachable { .. } | MqError::Timeout { .. })
+        matches!(
+            self,
+            MqError::Unreachable { .. } | MqError::Timeout { .. } | MqError::Tunnel { .. }
+        )
     }
 }
 
@@ -65,6 +73,8 @@ pub struct Login<'a> {
     pub tls: bool,
     pub ca_file: Option<&'a Path>,
     pub timeout: Duration,
+    /// Straight, or through the Services machine.
+    pub route: &'a Route,
 }
 
 impl fmt::Debug for Login<'_> {
@@ -76,6 +86,7 @@ impl fmt::Debug for Login<'_> {
             .field("password", &"<redacted>")
             .field("vhost", &self.vhost)
             .field("tls", &self.tls)
+            .field("route", &self.route)
             .finish()
     }
 }
@@ -108,6 +119,35 @@ fn classify(target: String, e: lapin::Error) -> MqError {
         }
         _ => MqError::Other { target, source: e },
     }
+}
+
+/// Opens the AMQP connection: lapin's own TCP (and TLS) connect, or, through the
+/// Services machine, a stream of the tunnel's SOCKS5 end with TLS on top to the real
+/// server name (lapin takes no proxy, but lets the caller make its transport).
+async fn connect(
+    uri: AMQPUri,
+    tls: lapin::tcp::OwnedTLSConfig,
+    route: Route,
+    host: String,
+    port: u16,
+) -> lapin::Result<lapin::Connection> {
+    let runtime = lapin::runtime::default_runtime()?;
+    let props = lapin::ConnectionProperties::default();
+    let Route::Tunnel(services) = route else {
+        return lapin::Connection::connect_uri_with_config(uri, props, tls, runtime).await;
+    };
+    let is_tls = uri.scheme == AMQPScheme::AMQPS;
+    let transport = async move |_: AMQPUri, _| {
+        use async_compat::CompatExt;
+        let bridge = services.socks_bridge().map_err(std::io::Error::other)?;
+        let stream = lapin::AsyncTcpStream::Plain(bridge.connect(&host, port).await?.compat());
+        Ok(if is_tls {
+            stream.into_tls(&host, tls.as_ref()).await?
+        } else {
+            stream
+        })
+    };
+    lapin::Connection::connector(uri, runtime, transport, props).await
 }
 
 /// Logs in and closes; Ok when the broker accepted the credentials for the vhost.
@@ -145,16 +185,17 @@ pub async fn login(l: &Login<'_>) -> Result<(), MqError> {
         identity: None,
         cert_chain,
     };
-    let runtime = lapin::runtime::default_runtime().map_err(|e| MqError::Other {
-        target: target.clone(),
-        source: e,
-    })?;
-    let connect = lapin::Connection::connect_uri_with_config(
-        uri,
-        lapin::ConnectionProperties::default(),
-        tls,
-        runtime,
-    );
+    if l.route.is_tunnel() {
+        // One channel opened and closed first, so that a failure names its hop.
+        l.route
+            .proxy_for(l.host, l.port, l.timeout)
+            .await
+            .map_err(|detail| MqError::Tunnel {
+                target: target.clone(),
+                detail,
+            })?;
+    }
+    let connect = connect(uri, tls, l.route.clone(), l.host.to_string(), l.port);
     let conn = match tokio::time::timeout(l.timeout, connect).await {
         Err(_) => {
             return Err(MqError::Timeout {

@@ -234,6 +234,49 @@ impl SocksBridge {
             .cloned()
     }
 
+    /// A TCP connection to `host:port` through this bridge: the client side of SOCKS5
+    /// (RFC 1928/1929), for a client that connects its own socket but takes no proxy
+    /// (lapin). The failure, if the tunnel failed, names its hop.
+    pub async fn connect(&self, host: &str, port: u16) -> std::io::Result<TcpStream> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let fail = |what: &str| {
+            let target = host_port(host, port);
+            let why = self.failure(&target).unwrap_or_else(|| what.to_string());
+            std::io::Error::other(why)
+        };
+        let name = u8::try_from(host.len()).map_err(|_| fail("a host name over 255 bytes"))?;
+        let mut tcp = TcpStream::connect(self.addr).await?;
+        let _ = tcp.set_nodelay(true);
+        tcp.write_all(&[5, 1, 2]).await?;
+        let mut reply = [0u8; 2];
+        tcp.read_exact(&mut reply).await?;
+        if reply != [5, 2] {
+            return Err(fail(
+                "the tunnel's SOCKS5 end refused the authentication method",
+            ));
+        }
+        let (user, pass) = (self.user.as_bytes(), self.pass.expose().as_bytes());
+        let mut auth = vec![1, user.len() as u8];
+        auth.extend_from_slice(user);
+        auth.push(pass.len() as u8);
+        auth.extend_from_slice(pass);
+        tcp.write_all(&auth).await?;
+        tcp.read_exact(&mut reply).await?;
+        if reply[1] != 0 {
+            return Err(fail("the tunnel's SOCKS5 end refused the credentials"));
+        }
+        let mut req = vec![5, 1, 0, 3, name];
+        req.extend_from_slice(host.as_bytes());
+        req.extend_from_slice(&port.to_be_bytes());
+        tcp.write_all(&req).await?;
+        let mut head = [0u8; 10];
+        tcp.read_exact(&mut head).await?;
+        if head[1] != 0 {
+            return Err(fail("the tunnel failed"));
+        }
+        Ok(tcp)
+    }
+
     /// The proxy URL for reqwest (it holds the per-process password: never log it).
     pub fn proxy_url(&self) -> crate::secret::Secret {
         crate::secret::Secret(format!(

@@ -304,8 +304,9 @@ impl Provider for CircleCiProvider {
                      *Adding External Services to CircleCI Server v2.17*.",
                 )
                 .attr(crate::plugin::Attribute::new(VIA, crate::plugin::Type::Bool).optional().description(
-                    "Reach the backends (the `postgres`, `mongodb` and `vault` blocks' servers, and the Redis and Nomad \
-                     servers `circleci_external_redis` and `circleci_external_nomad` check) through the Services \
+                    "Reach the backends (the `postgres`, `mongodb` and `vault` blocks' servers, and the Redis, RabbitMQ \
+                     and Nomad servers `circleci_external_redis`, `circleci_external_rabbitmq` and \
+                     `circleci_external_nomad` check) through the Services \
                      machine: \
                      each connection is an SSH `direct-tcpip` channel of the provider's one SSH connection to it, the \
                      host name resolved there, TLS still verifying the server's own name. For backends only the \
@@ -330,16 +331,6 @@ impl Provider for CircleCiProvider {
         vault::validate(config.get(VAULT), &mut diags);
         aws::validate(config.get(AWS), &mut diags);
         mongodb::validate(config.get(MONGODB), &mut diags);
-        if config.get(VIA).as_bool() == Some(true) {
-            diags.push(
-                Diagnostic::warning(
-                    "via_services_host does not cover every server yet",
-                    "PostgreSQL, MongoDB, Vault, Redis and Nomad are reached through the Services machine; \
-                     RabbitMQ is still reached from where Terraform runs.",
-                )
-                .at(AttrPath::root(VIA)),
-            );
-        }
         for block in [POSTGRES, MONGODB, VAULT] {
             let services = !config.get(SERVICES_HOST).is_null()
                 || std::env::var("CIRCLECI_SERVICES_HOST").is_ok();

@@ -165,6 +165,7 @@ impl FileResource for ExternalRabbitmq {
         let content = render(&i, pw)?;
         if planned.get("verify").as_bool().unwrap_or(true) {
             let ca = planned.get("tls_ca_file").as_str().map(PathBuf::from);
+            let route = self.data.route().map_err(Halted::from)?;
             let login = mq::Login {
                 host: i.host,
                 port: i.port,
@@ -174,6 +175,7 @@ impl FileResource for ExternalRabbitmq {
                 tls: planned.get("tls").as_bool().unwrap_or(false),
                 ca_file: ca.as_deref(),
                 timeout: self.data.timeout(),
+                route: &route,
             };
             let path = planned.get("config_path").as_str().unwrap_or_default();
             mq::login(&login)

@@ -328,10 +328,14 @@ impl ServicesHost {
     /// clients that only take a proxy); it holds a per-process password. Binds a
     /// loopback port on first use (inside the runtime); connects nothing.
     pub fn socks_proxy(self: &Arc<Self>) -> Result<Secret, String> {
+        self.socks_bridge().map(tunnel::SocksBridge::proxy_url)
+    }
+
+    /// The local SOCKS5 end of the tunnel, started on first use (inside the runtime).
+    pub fn socks_bridge(self: &Arc<Self>) -> Result<&tunnel::SocksBridge, String> {
         self.socks
             .get_or_init(|| tunnel::SocksBridge::start(self.clone()))
             .as_ref()
-            .map(tunnel::SocksBridge::proxy_url)
             .map_err(Clone::clone)
     }
 
