@@ -7,8 +7,11 @@
 //!
 //! - wire protocol: OP_MSG (with or without checksum), and OP_QUERY/OP_REPLY for the
 //!   drivers' first handshake; TCP on 127.0.0.1 only, no TLS, no compression;
-//! - `hello` / `isMaster` (standalone, or a one-member replica set with `--replica-set`),
-//!   `ping`, `buildInfo`, `endSessions`;
+//! - `hello` / `isMaster` (standalone, or a replica-set member with `--replica-set`),
+//!   `ping`, `buildInfo`, `endSessions`; `--advertise HOST:PORT` is the member's name in
+//!   the answer (default 127.0.0.1:PORT), and `--primary HOST:PORT` makes it a secondary
+//!   that names that primary: a secondary refuses every command past the login with code
+//!   10107 (NotWritablePrimary / "not master"), as a driver asking it to write would see;
 //! - SCRAM-SHA-1 (over MongoDB's password digest, hex MD5 of `user:mongo:password`) and
 //!   SCRAM-SHA-256 (`saslStart` / `saslContinue`) with real verification of the proof
 //!   and the server signature; before authentication every other command fails with
@@ -41,7 +44,8 @@
 //! deletes, aggregation or TLS.
 //!
 //! Usage: `mongo-standin --port N (--admin-user U --admin-password P | --noauth)
-//! [--mode current|3.6] [--replica-set NAME] [--dbpath DIR] [--pidfile F]`. The admin
+//! [--mode current|3.6] [--replica-set NAME [--advertise H:P] [--primary H:P]] [--dbpath DIR]
+//! [--pidfile F]`. The admin
 //! user lives in `admin` with the `root` role.
 
 use std::collections::{BTreeMap, HashMap};
@@ -130,6 +134,8 @@ struct Server {
     users: Mutex<BTreeMap<(String, String), User>>,
     replica_set: Option<String>,
     me: String,
+    /// The primary this member names, when it is a secondary.
+    primary: Option<String>,
     connections: AtomicI32,
     store: store::Store,
     noauth: bool,
@@ -412,12 +418,21 @@ impl Server {
             d.remove("isWritablePrimary");
         }
         if let Some(rs) = &self.replica_set {
+            let primary = self.primary.clone().unwrap_or_else(|| self.me.clone());
+            let mut hosts = vec![primary.clone()];
+            if self.primary.is_some() {
+                hosts.push(self.me.clone());
+                d.insert("ismaster", false);
+                if d.contains_key("isWritablePrimary") {
+                    d.insert("isWritablePrimary", false);
+                }
+            }
             d.insert("setName", rs.clone());
             d.insert("setVersion", 1);
-            d.insert("hosts", vec![self.me.clone()]);
-            d.insert("primary", self.me.clone());
+            d.insert("hosts", hosts);
+            d.insert("primary", primary);
             d.insert("me", self.me.clone());
-            d.insert("secondary", false);
+            d.insert("secondary", self.primary.is_some());
         }
         // saslSupportedMechs came with 4.0; 3.6 ignores the field.
         if let (Mode::Current, Ok(who)) = (self.mode, body.get_str("saslSupportedMechs")) {
@@ -463,6 +478,13 @@ impl Server {
             "saslStart" => return self.sasl_start(conn, body, &db),
             "saslContinue" => return self.sasl_continue(conn, body),
             _ => {}
+        }
+        if self.primary.is_some() {
+            let (what, msg) = match self.mode {
+                Mode::V36 => ("NotMaster", "not master"),
+                Mode::Current => ("NotWritablePrimary", "not primary"),
+            };
+            return Err(fail(10107, what, msg));
         }
         if conn.auth.is_none() && !self.noauth {
             return Err(fail(
@@ -972,7 +994,7 @@ fn arg(args: &[String], name: &str) -> Option<String> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: mongo-standin --port N (--admin-user U --admin-password P | --noauth) [--mode current|3.6] [--replica-set NAME] [--dbpath DIR] [--pidfile F]";
+    let usage = "usage: mongo-standin --port N (--admin-user U --admin-password P | --noauth) [--mode current|3.6] [--replica-set NAME [--advertise H:P] [--primary H:P]] [--dbpath DIR] [--pidfile F]";
     let noauth = args.iter().any(|a| a == "--noauth");
     let admin = arg(&args, "--admin-user").zip(arg(&args, "--admin-password"));
     let Some(port) = arg(&args, "--port").filter(|_| noauth || admin.is_some()) else {
@@ -989,7 +1011,15 @@ async fn main() {
     let listener = TcpListener::bind(("127.0.0.1", port.parse::<u16>().expect("port")))
         .await
         .expect("bind");
-    let me = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let me = arg(&args, "--advertise")
+        .unwrap_or_else(|| format!("127.0.0.1:{}", listener.local_addr().unwrap().port()));
+    let primary = arg(&args, "--primary");
+    if (primary.is_some() || arg(&args, "--advertise").is_some())
+        && arg(&args, "--replica-set").is_none()
+    {
+        eprintln!("--advertise and --primary need --replica-set\n{usage}");
+        std::process::exit(2);
+    }
     let mode = match arg(&args, "--mode").as_deref() {
         None | Some("current") => Mode::Current,
         Some("3.6") => Mode::V36,
@@ -1014,6 +1044,7 @@ async fn main() {
         users: Mutex::new(users),
         replica_set: arg(&args, "--replica-set"),
         me: me.clone(),
+        primary,
         connections: AtomicI32::new(0),
         store,
         noauth,

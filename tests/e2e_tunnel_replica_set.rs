@@ -1,0 +1,249 @@
+//! A MongoDB replica set whose members' names only the Services machine can resolve,
+//! reached through it (`via_services_host`), through terraform.
+//!
+//! The "Services machine" here is a second sshd, started by the test in its own mount
+//! namespace (`unshare -m`) where a bind-mounted `/etc/hosts` knows the names
+//! `mongo-a.rs.internal` and `mongo-b.rs.internal`; the Terraform side (this process,
+//! terraform, the provider) cannot resolve them. Two MongoDB stand-ins form the set
+//! `rs0`: the seed in the connection string is the secondary, which names the primary
+//! only by its internal name, so the provider must discover it and reach it through
+//! the tunnel too. Every process the test starts is stopped by its PID.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
+
+mod common;
+
+use std::net::ToSocketAddrs;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{servers, Servers, Tf};
+
+const PRIMARY: &str = "mongo-a.rs.internal";
+const SECONDARY: &str = "mongo-b.rs.internal";
+
+/// A process the test started, stopped (and reaped) by its PID when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    common::closed_port()
+}
+
+fn wait_listening(port: u16, what: &str, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} is not listening on 127.0.0.1:{port} after 20s: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A mongo stand-in member of `rs0` advertised as `name:port`.
+fn member(s: &Servers, dir: &Path, name: &str, port: u16, primary: Option<String>) -> Proc {
+    let log = dir.join(format!("{name}.log"));
+    let mut cmd = Command::new(s.get("CIRCLECI_TEST_MONGO_STANDIN"));
+    cmd.args(["--port", &port.to_string(), "--mode", "3.6"])
+        .args(["--admin-user", s.get("CIRCLECI_TEST_MONGO_USER")])
+        .args(["--admin-password", s.get("CIRCLECI_TEST_MONGO_PASSWORD")])
+        .args([
+            "--replica-set",
+            "rs0",
+            "--advertise",
+            &format!("{name}:{port}"),
+        ]);
+    if let Some(p) = primary {
+        cmd.args(["--primary", &p]);
+    }
+    let p = Proc(
+        cmd.stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(port, name, &log);
+    p
+}
+
+/// The dev sshd's configuration on another port, its tunnels allowed only to the two
+/// members by name, run in a mount namespace whose /etc/hosts knows them.
+fn services_sshd(dir: &Path, port: u16, allowed: &str) -> (Proc, std::path::PathBuf) {
+    let state = common::repo_root().join("dev/.state");
+    let base = std::fs::read_to_string(state.join("sshd_config")).unwrap();
+    let mut cfg = String::new();
+    for line in base.lines() {
+        let line = if line.starts_with("Port ") {
+            format!("Port {port}")
+        } else if line.starts_with("PidFile ") {
+            format!("PidFile {}", dir.join("sshd.pid").display())
+        } else if line.starts_with("PermitOpen ") {
+            format!("PermitOpen {allowed}")
+        } else {
+            line.to_string()
+        };
+        cfg.push_str(&line);
+        cfg.push('\n');
+    }
+    let cfg_path = dir.join("sshd_config");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let hosts = dir.join("hosts");
+    std::fs::write(
+        &hosts,
+        format!("127.0.0.1 localhost\n127.0.0.1 {PRIMARY} {SECONDARY}\n"),
+    )
+    .unwrap();
+    let log = dir.join("sshd.log");
+    std::fs::write(&log, "").unwrap();
+    // `exec` keeps one PID: unshare's, then sh's, then sshd's (-D: no daemon).
+    let script = format!(
+        "mount --bind {} /etc/hosts && exec /usr/sbin/sshd -D -f {} -E {}",
+        hosts.display(),
+        cfg_path.display(),
+        log.display()
+    );
+    let p = Proc(
+        Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", &script])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(port, "the second sshd", &log);
+    (p, log)
+}
+
+#[test]
+fn a_replica_set_named_only_on_the_services_machine_is_reached_through_it() {
+    let s = servers();
+    let dir = common::searchable_tempdir();
+    for name in [PRIMARY, SECONDARY] {
+        assert!(
+            (name, 27017).to_socket_addrs().is_err(),
+            "{name} resolves here: the test needs it known only on the Services machine's side"
+        );
+    }
+    let (pa, pb, ssh_port) = (free_port(), free_port(), free_port());
+    let _primary = member(&s, dir.path(), PRIMARY, pa, None);
+    let _secondary = member(
+        &s,
+        dir.path(),
+        SECONDARY,
+        pb,
+        Some(format!("{PRIMARY}:{pa}")),
+    );
+    let allowed = format!("{PRIMARY}:{pa} {SECONDARY}:{pb}");
+    let (_sshd, sshd_log) = services_sshd(dir.path(), ssh_port, &allowed);
+    let known_hosts = dir.path().join("known_hosts");
+    std::fs::write(
+        &known_hosts,
+        format!(
+            "[127.0.0.1]:{ssh_port} {}\n",
+            s.get("CIRCLECI_TEST_SSH_HOST_KEY")
+        ),
+    )
+    .unwrap();
+
+    let root = common::searchable_tempdir();
+    let tag = std::process::id();
+    // Only the secondary is named: the primary is found from its answer.
+    let seed = format!(
+        "mongodb://{}:{}@{SECONDARY}:{pb}/?authSource=admin&replicaSet=rs0",
+        s.get("CIRCLECI_TEST_MONGO_USER"),
+        s.get("CIRCLECI_TEST_MONGO_PASSWORD"),
+    );
+    let main_tf = format!(
+        r#"
+terraform {{
+  required_providers {{
+    circleci = {{ source = "circleci/circleci" }}
+  }}
+}}
+provider "circleci" {{
+  via_services_host = true
+  services_host {{
+    host             = "127.0.0.1"
+    port             = {ssh_port}
+    user             = "root"
+    private_key_file = {key:?}
+    known_hosts_file = {known_hosts:?}
+    timeout          = "10s"
+  }}
+  mongodb {{
+    uri = {seed:?}
+  }}
+}}
+resource "circleci_external_mongo" "m" {{
+  hosts                = ["{PRIMARY}:{pa}", "{SECONDARY}:{pb}"]
+  replica_set          = "rs0"
+  username             = "rs-{tag}"
+  password_wo          = "replica set pw {tag}"
+  password_wo_version  = 1
+  tls                  = false
+  drop_user_on_destroy = true
+  config_path          = "{root}/etc/circle-installation-customizations"
+}}
+"#,
+        key = s.get("CIRCLECI_TEST_SSH_KEY_FILE"),
+        root = root.path().display(),
+    );
+    let tf = Tf::new(&main_tf);
+    let out = tf.apply();
+    assert!(out.contains("Apply complete"), "{out}");
+
+    // The user was made on the primary (asked directly, by its loopback port).
+    let direct = |port: u16| {
+        format!(
+            "mongodb://{}:{}@127.0.0.1:{port}/?authSource=admin&directConnection=true",
+            s.get("CIRCLECI_TEST_MONGO_USER"),
+            s.get("CIRCLECI_TEST_MONGO_PASSWORD"),
+        )
+    };
+    let users = s
+        .pymongo(
+            &direct(pa),
+            "admin",
+            serde_json::json!({"usersInfo": format!("rs-{tag}")}),
+        )
+        .unwrap();
+    assert_eq!(users["users"].as_array().unwrap().len(), 1, "{users}");
+    // The file names the members as CircleCI on the Services machine reaches them.
+    let file = std::fs::read_to_string(root.path().join("etc/circle-installation-customizations"))
+        .unwrap();
+    assert!(
+        file.contains(&format!("{PRIMARY}:{pa},{SECONDARY}:{pb}")),
+        "{file}"
+    );
+    // sshd got the names unresolved and resolved them itself: a channel to each.
+    let log = std::fs::read_to_string(&sshd_log).unwrap();
+    for (name, port) in [(SECONDARY, pb), (PRIMARY, pa)] {
+        assert!(
+            log.contains(&format!("target {name} port {port}")),
+            "no direct-tcpip open to {name}:{port} in the second sshd's log:\n{log}"
+        );
+    }
+    assert_eq!(
+        tf.plan_code(),
+        0,
+        "refresh through the tunnel sees no drift"
+    );
+    tf.ok(&["destroy", "-auto-approve", "-no-color"]);
+    let users = s
+        .pymongo(
+            &direct(pa),
+            "admin",
+            serde_json::json!({"usersInfo": format!("rs-{tag}")}),
+        )
+        .unwrap();
+    assert_eq!(users["users"].as_array().unwrap().len(), 0, "{users}");
+}
