@@ -7,6 +7,8 @@ In one run, median of N (default 5) each:
   (c) 1 and 50 circleci_external_redis resources after apply (distinct files, refresh on)
   (d) the complete example (examples/complete: every resource type) after apply
   (e) 1 circleci_nomad_client_launch_config after apply (refresh: 2 AWS calls to moto)
+  (g) the marginal cost per resource with and without via_services_host, side by side,
+      and 40 resources in parallel on the one SSH connection (dev/bench_tunnel.py)
   (f) the data migration against a plain pg_dump | pg_restore pipe, and the cutover's
       downtime (dev/bench_migration.py, once: it moves over a gigabyte)
 Prints the times, the provider's fixed cost per plan (b - a), its marginal cost per
@@ -18,6 +20,7 @@ Needs the servers of dev/services-up.sh and a release build (dev/bench.sh does b
 
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -25,6 +28,7 @@ import tempfile
 import time
 
 import bench_migration
+import bench_tunnel
 from bench_common import E, ROOT, STATE, cli_config, provider, tf
 
 BIN = os.path.join(ROOT, "target", "release", "terraform-provider-circleci")
@@ -226,12 +230,17 @@ def main():
     print("targets met" if ok else "TARGETS MISSED")
     for w, cfg in ((c1_dir, c1_cfg), (c50_dir, c50_cfg), (d_dir, d_cfg), (e_dir, e_cfg)):
         tf(w, cfg, "destroy", "-auto-approve", "-input=false", "-no-color")
+    print()
+    tunnel_ok = bench_tunnel.run(plugin_dir, files)
+    print("tunnel: every resource had its channel" if tunnel_ok else "TUNNEL: RESOURCES WITHOUT A CHANNEL")
+    for w in (a_dir, b_dir, c1_dir, c50_dir, d_dir, e_dir, rss_dir, files):
+        shutil.rmtree(w, ignore_errors=True)
     bench_migration.fresh_targets()
     bench_migration.simulator_reset()
     print()
     migration_ok = bench_migration.run(plugin_dir)
     print("migration target met" if migration_ok else "MIGRATION TARGET MISSED")
-    return 0 if ok and migration_ok else 1
+    return 0 if ok and migration_ok and tunnel_ok else 1
 
 
 if __name__ == "__main__":
