@@ -257,6 +257,100 @@ fn a_refused_or_unreachable_tunnel_names_the_hop_and_writes_nothing() {
     assert!(written.is_empty(), "written: {written:?}\n{err}");
 }
 
+#[test]
+fn a_resource_check_takes_its_own_route() {
+    let s = servers();
+    let root = common::searchable_tempdir();
+    let redis = s.get("CIRCLECI_TEST_REDIS_PORT");
+    let resource = |via: bool| {
+        format!(
+            r#"
+resource "circleci_external_redis" "r" {{
+  host                     = "127.0.0.1"
+  port                     = {redis}
+  verify_via_services_host = {via}
+  config_path              = "{root}/etc/circleconfig/shared/redis"
+}}
+"#,
+            root = root.path().display()
+        )
+    };
+    // The provider goes direct, the resource's check through the Services machine,
+    // whose sshd refuses the sudo user's tunnels: refused, named, nothing written.
+    // PostgreSQL's and MongoDB's admin connections go direct (their blocks), their
+    // resources' login checks through the tunnel.
+    let direct = provider(&s, true).replace("  via_services_host = true\n", "");
+    assert!(!direct.contains("via_services_host"), "{direct}");
+    let tag = format!("o{}", std::process::id());
+    let checked_through = format!(
+        r#"
+resource "circleci_postgres_databases" "pg" {{
+  host                     = "127.0.0.1"
+  port                     = {pg}
+  user                     = "tun_{tag}"
+  databases                = ["tun_{tag}_a"]
+  extensions               = {{}}
+  password_wo              = "tunnel pw {tag}"
+  password_wo_version      = 1
+  deletion_policy          = "drop"
+  verify_via_services_host = true
+  config_path              = "{root}/etc/circleconfig/shared/postgresql"
+}}
+resource "circleci_external_mongo" "m" {{
+  hosts                    = ["127.0.0.1:{mongo}"]
+  username                 = "tun-{tag}"
+  password_wo              = "tunnel mongo pw {tag}"
+  password_wo_version      = 1
+  tls                      = false
+  drop_user_on_destroy     = true
+  verify_via_services_host = true
+  config_path              = "{root}/etc/circle-installation-customizations"
+}}
+resource "circleci_vault_transit_client" "v" {{
+  key_name                 = "tun-{tag}"
+  policy_name              = "tun-{tag}"
+  delete_key_on_destroy    = true
+  verify_via_services_host = true
+  config_path              = "{root}/etc/circleconfig/context-service/customizations"
+}}
+"#,
+        pg = s.pg_port(),
+        mongo = s.get("CIRCLECI_TEST_MONGO_PORT"),
+        root = root.path().display()
+    );
+    let tf = Tf::new(&format!("{direct}{}{checked_through}", resource(true)));
+    let err = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
+    for port in [
+        redis.to_string(),
+        s.pg_port().to_string(),
+        s.get("CIRCLECI_TEST_MONGO_PORT").to_string(),
+        vault_port(&s),
+    ] {
+        assert!(
+            err.contains(&format!("refused the tunnel to 127.0.0.1:{port}")),
+            "{port}: {err}"
+        );
+    }
+    assert!(walk(root.path()).is_empty(), "{err}");
+    // The role and the user were made (directly) before their checks failed.
+    tf.ok(&["destroy", "-auto-approve", "-no-color"]);
+    assert_eq!(
+        s.psql(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_roles WHERE rolname = 'tun_{tag}'")
+        )
+        .trim(),
+        "0"
+    );
+    // The provider goes through the Services machine, the resource's check direct:
+    // no tunnel is asked for, so the refusing sshd does not matter.
+    tf.write_main(&format!("{}{}", provider(&s, true), resource(false)));
+    let out = tf.apply();
+    assert!(out.contains("Apply complete"), "{out}");
+    assert_eq!(walk(root.path()).len(), 1);
+    tf.ok(&["destroy", "-auto-approve", "-no-color"]);
+}
+
 fn walk(d: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(d).unwrap() {

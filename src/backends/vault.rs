@@ -120,6 +120,14 @@ impl Vault {
         &self.cfg
     }
 
+    /// The same Vault reached by `route` (a resource's own check).
+    pub fn with_route(&self, route: crate::backends::tunnel::Route) -> Vault {
+        Vault::new(VaultConfig {
+            route,
+            ..self.cfg.clone()
+        })
+    }
+
     fn err(&self, what: &str, e: ClientError) -> VaultError {
         let (what, address) = (what.to_string(), self.cfg.address.clone());
         match e {

@@ -181,6 +181,20 @@ impl ProviderData {
         }
     }
 
+    /// How a resource's check (`verify`) reaches its server: as its own
+    /// `verify_via_services_host` says, else `default` (how the provider reaches it).
+    pub fn check_route(
+        &self,
+        planned: &Value,
+        default: impl FnOnce() -> Result<Route, Diagnostics>,
+    ) -> Result<Route, Diagnostics> {
+        match planned.get(crate::resources::VERIFY_VIA).as_bool() {
+            Some(true) => self.services().map(Route::Tunnel),
+            Some(false) => Ok(Route::Direct),
+            None => default(),
+        }
+    }
+
     pub fn client(&self) -> ClientInfo {
         self.client
             .read()

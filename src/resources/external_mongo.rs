@@ -323,7 +323,10 @@ impl FileResource for ExternalMongo {
 
         if i.verify {
             let uri = file::uri(&i.parts(pw), &i.databases[0]);
-            mb::verify(&uri, (admin.ca(), admin.route()), &i.auth_source, &i.username, &want, self.data.timeout())
+            let route = self
+                .data
+                .check_route(planned, || Ok(admin.route().clone()))?;
+            mb::verify(&uri, (admin.ca(), &route), &i.auth_source, &i.username, &want, self.data.timeout())
                 .await
                 .map_err(|e| {
                     Diagnostics::from(

@@ -76,7 +76,7 @@ impl FileResource for ExternalNomad {
         what: "Nomad",
         default_path: file::DEFAULT_PATH,
         default_path_doc: "`/etc/circleconfig/shared/nomad`",
-        verify_doc: "Check the cluster has a leader (from where Terraform runs) before writing. Default `true`.",
+        verify_doc: "Check the cluster has a leader (see `verify_via_services_host` for from where) before writing. Default `true`.",
         drift_doc: "",
         secret_in_file: false,
         changes: None,
@@ -159,7 +159,10 @@ impl FileResource for ExternalNomad {
             let ca = planned.get("ca_cert_file").as_str().map(PathBuf::from);
             let token = config.get("acl_token_wo").as_str();
             let path = planned.get("config_path").as_str().unwrap_or_default();
-            let route = self.data.route().map_err(Halted::from)?;
+            let route = self
+                .data
+                .check_route(planned, || self.data.route())
+                .map_err(Halted::from)?;
             leader = nb::leader(&route, endpoint, ca.as_deref(), token, self.data.timeout())
                 .await
                 .map_err(|e| leader_diag(e, path))?;

@@ -77,7 +77,7 @@ impl FileResource for ExternalRabbitmq {
         what: "RabbitMQ",
         default_path: file::DEFAULT_PATH,
         default_path_doc: "`/etc/circleconfig/shared/rabbitmq`",
-        verify_doc: "Log in with these credentials (from where Terraform runs) before writing. Default `true`.",
+        verify_doc: "Log in with these credentials (see `verify_via_services_host` for from where) before writing. Default `true`.",
         drift_doc: "",
         secret_in_file: true,
         changes: None,
@@ -165,7 +165,10 @@ impl FileResource for ExternalRabbitmq {
         let content = render(&i, pw)?;
         if planned.get("verify").as_bool().unwrap_or(true) {
             let ca = planned.get("tls_ca_file").as_str().map(PathBuf::from);
-            let route = self.data.route().map_err(Halted::from)?;
+            let route = self
+                .data
+                .check_route(planned, || self.data.route())
+                .map_err(Halted::from)?;
             let login = mq::Login {
                 host: i.host,
                 port: i.port,

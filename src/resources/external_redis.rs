@@ -53,7 +53,7 @@ impl FileResource for ExternalRedis {
         default_path_doc: "the runbook's path for `purpose`: `/etc/circleconfig/shared/redis`, or \
                            `/etc/circleconfig/slanger/customizations` for `slanger`",
         verify_doc:
-            "Check that Redis answers `PING` at `host:port` (from where Terraform runs) before \
+            "Check that Redis answers `PING` at `host:port` (see `verify_via_services_host` for from where) before \
                      writing. Default `true`.",
         drift_doc: "",
         secret_in_file: false,
@@ -123,7 +123,10 @@ impl FileResource for ExternalRedis {
         let host = planned.get("host").as_str().unwrap_or_default();
         let port = planned.get("port").as_i64().unwrap_or_default() as u16;
         if planned.get("verify").as_bool().unwrap_or(true) {
-            let route = self.data.route().map_err(Halted::from)?;
+            let route = self
+                .data
+                .check_route(planned, || self.data.route())
+                .map_err(Halted::from)?;
             backends::redis::ping(&route, host, port, self.data.timeout())
                 .await
                 .map_err(|e| {

@@ -10,6 +10,9 @@ use crate::plugin::{AttrPath, Attribute, Block, Diagnostic, Diagnostics, Resourc
 use crate::provider::ProviderData;
 use config_file::ConfigFile;
 
+/// A resource's own choice of route for its check (`verify`).
+pub const VERIFY_VIA: &str = "verify_via_services_host";
+
 pub mod config_file;
 pub mod data_migration;
 pub mod external_mongo;

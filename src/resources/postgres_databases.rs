@@ -15,6 +15,7 @@ use super::config_file::{
 use super::validate::Check;
 use super::{string_list, strings};
 use crate::backends::postgres::{self as pgb, PgAdmin, PgError};
+use crate::backends::tunnel::Route;
 use crate::circleci::postgres::{self as file, DEFAULT_DATABASES};
 use crate::fault_point;
 use crate::plugin::stop;
@@ -209,11 +210,20 @@ async fn ensure_databases(
 }
 
 /// Logs in as the role to every database, the way CircleCI will.
-async fn verify_logins(pg: &PgAdmin, i: &Inputs, password: &str) -> Result<(), Diagnostics> {
+async fn verify_logins(
+    pg: &PgAdmin,
+    i: &Inputs,
+    password: &str,
+    route: impl FnOnce(&Route) -> Result<Route, Diagnostics>,
+) -> Result<(), Diagnostics> {
     let all = i.all_databases();
     let tls = pg
         .tls()
         .map_err(|e| pg_diag("PostgreSQL TLS settings", e))?;
+    let tls = {
+        let r = route(tls.route())?;
+        tls.with_route(r)
+    };
     let timeout = pg.config().connect_timeout;
     let (host, port, user, pw) = (i.host.clone(), i.port, i.user.clone(), password.to_string());
     for_each_db(&all, move |db| {
@@ -295,8 +305,8 @@ impl FileResource for PostgresDatabases {
         default_path: file::DEFAULT_PATH,
         default_path_doc: "`/etc/circleconfig/shared/postgresql`",
         verify_doc:
-            "Log in as `user` with the password to every database (from where Terraform runs, to \
-                     `host:port`) before writing the file. Default `true`.",
+            "Log in as `user` with the password to every database (to `host:port`, from where \
+                     Terraform runs or through the Services machine: see `verify_via_services_host`) before writing the file. Default `true`.",
         drift_doc: ", a missing role, database or extension, a database with another owner",
         secret_in_file: true,
         changes: Some("The PostgreSQL role (its password), the databases and their extensions"),
@@ -498,9 +508,12 @@ impl FileResource for PostgresDatabases {
         .map_err(|e| halt(&state, pg_diag("Could not enable the extensions", e)))?;
 
         if i.verify {
-            verify_logins(&pg, &i, password)
-                .await
-                .map_err(|d| halt(&state, d))?;
+            let data = &self.data;
+            verify_logins(&pg, &i, password, |default| {
+                data.check_route(planned, || Ok(default.clone()))
+            })
+            .await
+            .map_err(|d| halt(&state, d))?;
         }
 
         Ok(Prepared {

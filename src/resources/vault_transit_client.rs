@@ -164,11 +164,15 @@ impl VaultTransitClient {
                 pending: None,
             });
         }
+        let check = vault.with_route(
+            self.data
+                .check_route(planned, || Ok(vault.config().route.clone()))?,
+        );
         let new = vault
             .create_token(&i.policy_name, &i.period, &format!("circleci-{}", i.key))
             .await
             .map_err(|e| vault_diag("Could not create the client token", e))?;
-        match self.check_and_render(&vault, &i, &addr, &new.token).await {
+        match self.check_and_render(&check, &i, &addr, &new.token).await {
             Ok(content) => Ok(Prepared {
                 state,
                 content: Some(content),

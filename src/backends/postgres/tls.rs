@@ -134,6 +134,11 @@ impl Tls {
     }
 
     /// The same, reaching the server by `route`.
+    /// How the connections are made.
+    pub fn route(&self) -> &Route {
+        &self.route
+    }
+
     pub fn with_route(mut self, route: Route) -> Self {
         self.route = route;
         self

@@ -290,6 +290,12 @@ fn schema_of<R: FileResource>(own: Block) -> Block {
         s.type_name
     )))
     .attr(Attribute::new("verify", Type::Bool).optional().computed().description(s.verify_doc))
+    .attr(Attribute::new(super::VERIFY_VIA, Type::Bool).optional().description(
+        "Make this resource's check (`verify`) through the Services machine (`true`: an SSH \
+         `direct-tcpip` channel, the name resolved there, as CircleCI will reach the server) or from \
+         where Terraform runs (`false`). Default: the way the provider reaches this server (its \
+         `via_services_host`, or the backend block's own).",
+    ))
     .attr(Attribute::new("file_sha256", Type::String).computed().description(&format!(
         "{} of {hash_of}. Refresh reads it back: a change made out of band, or a missing file, \
          shows in `drift` and the next apply writes it again (empty when the file is gone).",
