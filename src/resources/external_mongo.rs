@@ -14,6 +14,8 @@ use super::config_file::{
 use super::validate::{self, Check};
 use super::{string_list, strings};
 use crate::backends::mongo::{self as mb, Role};
+use crate::backends::ssh::ServicesHost;
+use crate::backends::tunnel::Route;
 use crate::circleci::mongo::{self as file, UriParts};
 use crate::plugin::{
     AttrPath, Attribute, Block, Diagnostic, Diagnostics, PlanRequest, Type, Value,
@@ -114,6 +116,43 @@ impl Inputs {
     }
 }
 
+const SERVICES_CA_BUNDLE: &str = "services_ca_bundle";
+/// Where Debian's (and Ubuntu's) `update-ca-certificates` writes the CA bundle.
+const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The Services machine's CA bundle: where it was read (for messages) and its PEM.
+async fn services_store(
+    h: &ServicesHost,
+    planned: &Value,
+    path: &str,
+) -> Result<(String, Vec<u8>), Diagnostics> {
+    let bundle = planned
+        .get(SERVICES_CA_BUNDLE)
+        .as_str()
+        .unwrap_or(SYSTEM_CA_BUNDLE);
+    let origin = format!("the Services machine's CA store {bundle}");
+    let at = AttrPath::root(SERVICES_CA_BUNDLE);
+    match h.read_file(bundle).await {
+        Ok(Some(f)) => Ok((origin, f.content)),
+        Ok(None) => Err(Diagnostic::error(
+            "The Services machine has no CA store there",
+            format!(
+                "{bundle} is missing on {}, so CircleCI there could not verify MongoDB's certificate. Run \
+                 update-ca-certificates there, or set services_ca_bundle. Nothing was written to {path}.",
+                h.config().target()
+            ),
+        )
+        .at(at)
+        .into()),
+        Err(e) => Err(Diagnostic::error(
+            "Could not read the Services machine's CA store",
+            format!("{bundle}: {e}. Nothing was written to {path}."),
+        )
+        .at(at)
+        .into()),
+    }
+}
+
 fn mongo_diag(summary: &str, e: mb::MongoError) -> Diagnostics {
     let summary = match e {
         mb::MongoError::Unsupported { .. } => "MongoDB version not supported",
@@ -140,6 +179,7 @@ impl FileResource for ExternalMongo {
         checks: &[
             ("username", Check::NonEmpty),
             ("password_wo", Check::PasswordPair),
+            (SERVICES_CA_BUNDLE, Check::RemotePath),
         ],
     };
 
@@ -178,6 +218,14 @@ impl FileResource for ExternalMongo {
                 ))
                 .attr(Attribute::new("drop_user_on_destroy", Type::Bool).optional().computed().description(
                     "Drop the user on destroy. Default `false`: destroy removes only the block.",
+                ))
+                .attr(Attribute::new(SERVICES_CA_BUNDLE, Type::String).optional().computed().description(
+                    "The Services machine's CA store, the bundle `update-ca-certificates` writes. Default \
+                     `/etc/ssl/certs/ca-certificates.crt`. With `tls` and the check made through the Services \
+                     machine (`verify_via_services_host`, or the `mongodb` block's `via_services_host`), the \
+                     check trusts exactly this bundle, read over SFTP: the runbook's `openssl s_client` on the \
+                     services box, since CircleCI there trusts nothing else. A CA missing from it is saved by \
+                     `circleci_services_ca_certificate`.",
                 ))
     }
 
@@ -236,6 +284,7 @@ impl FileResource for ExternalMongo {
                 ("tls", Value::Bool(true)),
                 ("databases", string_list(&dbs)),
                 ("drop_user_on_destroy", Value::Bool(false)),
+                (SERVICES_CA_BUNDLE, Value::string(SYSTEM_CA_BUNDLE)),
             ],
         );
         let password_changes = req.is_create()
@@ -326,15 +375,32 @@ impl FileResource for ExternalMongo {
             let route = self
                 .data
                 .check_route(planned, || Ok(admin.route().clone()))?;
-            mb::verify(&uri, (admin.ca(), &route), &i.auth_source, &i.username, &want, self.data.timeout())
+            // Through the Services machine, TLS trusts what CircleCI there trusts.
+            let store = match (&route, i.tls) {
+                (Route::Tunnel(h), true) => Some(services_store(h, planned, &i.path).await?),
+                _ => None,
+            };
+            let trust = match &store {
+                Some((origin, pem)) => mb::Trust::Pem { origin, pem },
+                None => mb::Trust::Ca(admin.ca()),
+            };
+            mb::verify(&uri, (trust, &route), &i.auth_source, &i.username, &want, self.data.timeout())
                 .await
                 .map_err(|e| {
+                    let hint = match &store {
+                        Some((origin, _)) if matches!(e, mb::MongoError::NoPrimary { .. }) => format!(
+                            " If the certificate is not trusted: CircleCI on the Services machine trusts only \
+                             {origin}; save the CA there as /usr/local/share/ca-certificates/NAME.crt and run \
+                             update-ca-certificates (circleci_services_ca_certificate does both)."
+                        ),
+                        _ => String::new(),
+                    };
                     Diagnostics::from(
                         Diagnostic::error(
                             "The CircleCI user cannot log in",
                             format!(
-                                "{e}. The user is set up, but {} was not changed. Set verify = false if Terraform \
-                                 cannot reach the hosts the way the Services machine does.",
+                                "{e}. The user is set up, but {} was not changed.{hint} Set verify = false if \
+                                 Terraform cannot reach the hosts the way the Services machine does.",
                                 i.path
                             ),
                         )
@@ -406,6 +472,7 @@ impl FileResource for ExternalMongo {
         v.set("username", Value::string(&main.username));
         v.set("auth_source", Value::string(auth));
         v.set("tls", Value::Bool(tls));
+        v.set(SERVICES_CA_BUNDLE, Value::string(SYSTEM_CA_BUNDLE));
         v.set(
             "options",
             if q.is_empty() {

@@ -6,7 +6,8 @@
 //! the official driver to connect, authenticate and manage users:
 //!
 //! - wire protocol: OP_MSG (with or without checksum), and OP_QUERY/OP_REPLY for the
-//!   drivers' first handshake; TCP on 127.0.0.1 only, no TLS, no compression;
+//!   drivers' first handshake; TCP on 127.0.0.1 only, no compression; TLS from the first
+//!   byte (as mongod's `net.tls.mode: requireTLS`) with `--tls-cert F --tls-key F`;
 //! - `hello` / `isMaster` (standalone, or a replica-set member with `--replica-set`),
 //!   `ping`, `buildInfo`, `endSessions`; `--advertise HOST:PORT` is the member's name in
 //!   the answer (default 127.0.0.1:PORT), and `--primary HOST:PORT` makes it a secondary
@@ -41,11 +42,11 @@
 //! embedded MongoDB of CircleCI's Services machine does inside its container.
 //!
 //! It keeps users in memory, supports no x.509, sessions, transactions, updates,
-//! deletes, aggregation or TLS.
+//! deletes, aggregation, client certificates or a mix of TLS and plain connections.
 //!
 //! Usage: `mongo-standin --port N (--admin-user U --admin-password P | --noauth)
-//! [--mode current|3.6] [--replica-set NAME [--advertise H:P] [--primary H:P]] [--dbpath DIR]
-//! [--pidfile F]`. The admin
+//! [--mode current|3.6] [--replica-set NAME [--advertise H:P] [--primary H:P]] [--tls-cert F --tls-key F]
+//! [--dbpath DIR] [--pidfile F]`. The admin
 //! user lives in `admin` with the `root` role.
 
 use std::collections::{BTreeMap, HashMap};
@@ -56,8 +57,8 @@ use aws_lc_rs::{digest, hmac, pbkdf2, rand::SecureRandom};
 use base64::Engine;
 use bson::{doc, spec::BinarySubtype, Binary, Bson, Document};
 use md5::Digest;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 mod store;
 
@@ -879,7 +880,10 @@ fn read_doc(buf: &[u8], at: &mut usize) -> Option<Document> {
     Some(d)
 }
 
-async fn serve(server: Arc<Server>, mut sock: TcpStream) -> std::io::Result<()> {
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    server: Arc<Server>,
+    mut sock: S,
+) -> std::io::Result<()> {
     let conn_id = server.connections.fetch_add(1, Ordering::Relaxed) + 1;
     let mut conn = Conn::default();
     loop {
@@ -991,10 +995,28 @@ fn arg(args: &[String], name: &str) -> Option<String> {
         .cloned()
 }
 
+/// TLS for every connection, with this certificate chain and key (PEM files).
+fn tls_acceptor(cert: &str, key: &str) -> tokio_rustls::TlsAcceptor {
+    use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .expect("--tls-cert")
+        .collect::<Result<_, _>>()
+        .expect("--tls-cert");
+    let key = PrivateKeyDer::from_pem_file(key).expect("--tls-key");
+    let provider = Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
+    let cfg = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("--tls-cert / --tls-key");
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: mongo-standin --port N (--admin-user U --admin-password P | --noauth) [--mode current|3.6] [--replica-set NAME [--advertise H:P] [--primary H:P]] [--dbpath DIR] [--pidfile F]";
+    let usage = "usage: mongo-standin --port N (--admin-user U --admin-password P | --noauth) [--mode current|3.6] [--replica-set NAME [--advertise H:P] [--primary H:P]] [--tls-cert F --tls-key F] [--dbpath DIR] [--pidfile F]";
     let noauth = args.iter().any(|a| a == "--noauth");
     let admin = arg(&args, "--admin-user").zip(arg(&args, "--admin-password"));
     let Some(port) = arg(&args, "--port").filter(|_| noauth || admin.is_some()) else {
@@ -1049,6 +1071,14 @@ async fn main() {
         store,
         noauth,
     });
+    let tls = match (arg(&args, "--tls-cert"), arg(&args, "--tls-key")) {
+        (Some(c), Some(k)) => Some(tls_acceptor(&c, &k)),
+        (None, None) => None,
+        _ => {
+            eprintln!("--tls-cert and --tls-key go together\n{usage}");
+            std::process::exit(2);
+        }
+    };
     if let Some(p) = arg(&args, "--pidfile") {
         std::fs::write(p, std::process::id().to_string()).expect("pidfile");
     }
@@ -1061,7 +1091,19 @@ async fn main() {
             r = listener.accept() => {
                 if let Ok((sock, _)) = r {
                     let s = server.clone();
-                    tokio::spawn(async move { let _ = serve(s, sock).await; });
+                    let tls = tls.clone();
+                    tokio::spawn(async move {
+                        let _ = match tls {
+                            Some(acceptor) => match acceptor.accept(sock).await {
+                                Ok(t) => serve(s, t).await,
+                                Err(e) => {
+                                    eprintln!("TLS handshake: {e}");
+                                    Ok(())
+                                }
+                            },
+                            None => serve(s, sock).await,
+                        };
+                    });
                 }
             }
             _ = tokio::signal::ctrl_c() => return,

@@ -20,6 +20,7 @@ pub mod uri;
 mod wire;
 
 use uri::ConnString;
+pub use wire::Trust;
 use wire::{Conn, TlsSettings, WireError, MIN_WIRE_VERSION};
 
 /// What failed, on which hosts (never the connection string: it carries a password).
@@ -157,7 +158,7 @@ async fn find_primary(
 /// Connects to the primary of `uri` and logs in as its user (if it names one).
 async fn connect(
     uri: &str,
-    ca: Option<&PathBuf>,
+    trust: Trust<'_>,
     timeout: Duration,
     route: &Route,
 ) -> Result<Session, MongoError> {
@@ -166,10 +167,19 @@ async fn connect(
         hosts: hosts.clone(),
         detail,
     })?;
-    let tls = TlsSettings {
-        enabled: cs.tls || ca.is_some() || cs.tls_ca_file.is_some(),
-        ca_file: ca.cloned().or_else(|| cs.tls_ca_file.clone()),
-        insecure: cs.tls_insecure,
+    let tls = match trust {
+        Trust::Ca(ca) => TlsSettings {
+            enabled: cs.tls || ca.is_some() || cs.tls_ca_file.is_some(),
+            ca_file: ca.cloned().or_else(|| cs.tls_ca_file.clone()),
+            ca_pem: None,
+            insecure: cs.tls_insecure,
+        },
+        Trust::Pem { origin, pem } => TlsSettings {
+            enabled: cs.tls || cs.tls_ca_file.is_some(),
+            ca_file: None,
+            ca_pem: Some((origin.to_string(), pem.to_vec())),
+            insecure: cs.tls_insecure,
+        },
     };
     let tls = wire::client_tls(&tls).map_err(|detail| MongoError::Tls {
         hosts: hosts.clone(),
@@ -312,7 +322,7 @@ impl MongoAdmin {
             *guard = Some(
                 connect(
                     self.uri.expose(),
-                    self.ca.as_ref(),
+                    Trust::Ca(self.ca.as_ref()),
                     self.timeout,
                     &self.route,
                 )
@@ -515,13 +525,13 @@ impl MongoAdmin {
 /// `roles`, the way CircleCI will connect.
 pub async fn verify(
     uri: &str,
-    (ca, route): (Option<&PathBuf>, &Route),
+    (trust, route): (Trust<'_>, &Route),
     auth_db: &str,
     user: &str,
     roles: &[Role],
     timeout: Duration,
 ) -> Result<(), MongoError> {
-    let mut s = connect(uri, ca, timeout, route).await?;
+    let mut s = connect(uri, trust, timeout, route).await?;
     let r = wire::within(
         timeout,
         s.conn
@@ -589,7 +599,7 @@ mod tests {
         let uri = format!("mongodb://admin:secret@127.0.0.1:{port}/?authSource=admin");
         let e = super::connect(
             &uri,
-            None,
+            super::Trust::Ca(None),
             std::time::Duration::from_secs(5),
             &super::Route::Direct,
         )
@@ -622,7 +632,7 @@ mod tests {
         let uri = format!("mongodb://u:secret@127.0.0.1:{port}/");
         let e = super::connect(
             &uri,
-            None,
+            super::Trust::Ca(None),
             std::time::Duration::from_secs(2),
             &super::Route::Direct,
         )

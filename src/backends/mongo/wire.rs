@@ -58,7 +58,20 @@ impl std::fmt::Display for WireError {
 pub struct TlsSettings {
     pub enabled: bool,
     pub ca_file: Option<std::path::PathBuf>,
+    /// Exactly these PEM certificates (before `ca_file`), and where they came from.
+    pub ca_pem: Option<(String, Vec<u8>)>,
     pub insecure: bool,
+}
+
+/// Whose certificates a connection trusts.
+#[derive(Clone, Copy, Debug)]
+pub enum Trust<'a> {
+    /// The connection string's `tlsCAFile`, else this file (the provider's), else the
+    /// system's CAs where Terraform runs.
+    Ca(Option<&'a std::path::PathBuf>),
+    /// Exactly these PEM certificates, read from `origin` (the Services machine's CA
+    /// store: what CircleCI there trusts).
+    Pem { origin: &'a str, pem: &'a [u8] },
 }
 
 /// A connected, handshaken server.
@@ -82,6 +95,16 @@ fn tls_config(t: &TlsSettings) -> Result<rustls::ClientConfig, String> {
                 provider,
             )))
             .with_no_client_auth()
+    } else if let Some((origin, pem)) = &t.ca_pem {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(pem) {
+            let c = c.map_err(|e| format!("{origin}: {e}"))?;
+            roots.add(c).map_err(|e| format!("{origin}: {e}"))?;
+        }
+        if roots.is_empty() {
+            return Err(format!("{origin} holds no CA certificate"));
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
     } else if let Some(p) = &t.ca_file {
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_file_iter(p)
