@@ -88,7 +88,7 @@ SetEnv PATH=$D/sim/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/
 # circleci-dev may open none: the tests' refused tunnel.
 LogLevel DEBUG1
 AllowTcpForwarding local
-PermitOpen 127.0.0.1:$PG_PORT 127.0.0.1:$((PG_PORT + 1)) 127.0.0.1:$MONGO_PORT 127.0.0.1:$((MONGO_PORT + 1)) 127.0.0.1:$REDIS_PORT 127.0.0.1:$VAULT_PORT 127.0.0.1:$MQ_PORT 127.0.0.1:$NOMAD_PORT 127.0.0.1:$CLOSED_PORT
+PermitOpen 127.0.0.1:$PG_PORT 127.0.0.1:$((PG_PORT + 1)) 127.0.0.1:$MONGO_PORT 127.0.0.1:$((MONGO_PORT + 1)) 127.0.0.1:$REDIS_PORT 127.0.0.1:$VAULT_PORT 127.0.0.1:$EMBEDDED_VAULT_PORT 127.0.0.1:$MQ_PORT 127.0.0.1:$NOMAD_PORT 127.0.0.1:$CLOSED_PORT
 Match User $SUDO_USER_NAME
   PermitOpen none
 CFG

@@ -56,9 +56,11 @@ resource "circleci_data_migration" "m" {{
     tls         = false
   }}
   vault_transit_key {{
-    source_address  = {vaddr:?}
-    source_token_wo = {vtoken:?}
-    target_mount    = {mount:?}
+    # The embedded Vault as the Services machine reaches it, through it.
+    source_address    = {vaddr:?}
+    source_token_wo   = {vtoken:?}
+    target_mount      = {mount:?}
+    via_services_host = true
   }}
 }}
 output "m" {{
@@ -128,10 +130,24 @@ fn migrates_verifies_refuses_to_overwrite_and_converges() {
     let mount = format!("transit-mig-{}", std::process::id());
     let tf = Tf::new(&main_tf(&s, root.path(), &mount, ""));
 
+    let ssh_log = s.get("CIRCLECI_TEST_SSH_LOG");
+    let log_from = std::fs::metadata(ssh_log).unwrap().len() as usize;
     let out = tf.apply();
     assert!(
         out.contains("circleci_data_migration.m: Creation complete"),
         "{out}"
+    );
+    // The embedded Vault was reached through the Services machine.
+    let embedded_port = s
+        .get("CIRCLECI_TEST_EMBEDDED_VAULT_ADDR")
+        .rsplit(':')
+        .next()
+        .unwrap();
+    let log = std::fs::read(ssh_log).unwrap();
+    assert!(
+        String::from_utf8_lossy(&log[log_from..])
+            .contains(&format!("target 127.0.0.1 port {embedded_port}")),
+        "no channel to the embedded Vault in sshd's log"
     );
     assert_eq!(
         app_state(&sim),

@@ -171,7 +171,8 @@ fn vault_block() -> Block {
              flag can ever be turned off again.",
         )
         .attr(Attribute::new("source_address", Type::String).required().description(
-            "The embedded Vault's address, as Terraform reaches it, e.g. `http://services.internal:8200`.",
+            "The embedded Vault's address, as Terraform reaches it (or the Services machine, with \
+             `via_services_host`), e.g. `http://services.internal:8200`.",
         ))
         .attr(Attribute::new("source_token_wo", Type::String).required().sensitive().write_only().description(
             "A token of the embedded Vault that may update, back up and use the key (its root token), \
@@ -179,6 +180,11 @@ fn vault_block() -> Block {
         ))
         .attr(Attribute::new("source_ca_cert_file", Type::String).optional().description(
             "CA certificate (PEM) of the embedded Vault's certificate, when it uses https.",
+        ))
+        .attr(Attribute::new("via_services_host", Type::Bool).optional().description(
+            "Reach the embedded Vault through the Services machine (an SSH `direct-tcpip` channel): then \
+             `source_address` is as the Services machine reaches it, e.g. `http://127.0.0.1:8200`. Default: the \
+             provider's `via_services_host`.",
         ))
         .attr(Attribute::new("source_mount", Type::String).optional().computed().description(
             "The transit mount in the embedded Vault. Default `transit`.",

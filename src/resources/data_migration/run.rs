@@ -45,7 +45,7 @@ impl DataMigration {
     }
 
     async fn migrate_inner(&self, planned: &Value, config: &Value) -> Result<Value, Diagnostics> {
-        let s = settings(planned, config, self.data.timeout())?;
+        let s = settings(planned, config, &self.data)?;
         let started = Instant::now();
         let restart = ServicesRestart::new(self.data.clone());
         let app = restart.status().await?;

@@ -37,8 +37,9 @@ pub(super) struct Settings {
 pub(super) fn settings(
     planned: &Value,
     config: &Value,
-    timeout: Duration,
+    data: &crate::provider::ProviderData,
 ) -> Result<Settings, Diagnostics> {
+    let timeout = data.timeout();
     let pg = planned.get(POSTGRES);
     let postgres = if pg.is_null() {
         None
@@ -80,7 +81,11 @@ pub(super) fn settings(
             namespace: None,
             skip_tls_verify: false,
             timeout,
-            route: Default::default(),
+            route: match v.get("via_services_host").as_bool() {
+                Some(true) => crate::backends::tunnel::Route::Tunnel(data.services()?),
+                Some(false) => crate::backends::tunnel::Route::Direct,
+                None => data.route()?,
+            },
         };
         let s = |k: &str, d: &str| v.get(k).as_str().unwrap_or(d).to_string();
         Some((
