@@ -9,6 +9,10 @@ terraform {
 
 # The Services machine of the CircleCI Server 2.17 install, reached over SSH.
 provider "circleci" {
+  # The databases sit in a network only the Services machine reaches: every connection
+  # and check goes through it (SSH direct-tcpip channels; names resolved there).
+  via_services_host = true
+
   services_host {
     host             = "10.0.1.5"          # or env CIRCLECI_SERVICES_HOST
     port             = 22                  # or env CIRCLECI_SERVICES_PORT
