@@ -65,6 +65,7 @@ nomad_clients_asg  = {group:?}
 nomad_servers      = ["nomad-1.internal:4647", "nomad-2.internal:4647"]
 services_ca_files  = {{ "dev-vault" = {vca:?}, "dev-services" = {ca:?} }}
 embedded_vault_address = {evault:?}
+via_services_host  = true
 "#,
             ssh = g("CIRCLECI_TEST_SSH_PORT"),
             key = g("CIRCLECI_TEST_SSH_KEY_FILE"),
@@ -118,8 +119,31 @@ embedded_vault_address = {evault:?}
         out
     };
 
+    let ssh_log = g("CIRCLECI_TEST_SSH_LOG");
+    let log_from = std::fs::metadata(&ssh_log).unwrap().len() as usize;
     let apply = run(&["apply", "-auto-approve", "-no-color", "-input=false"]);
     assert!(apply.status.success(), "the complete example did not apply");
+    // Every backend was reached through the Services machine (via_services_host).
+    let log = std::fs::read(&ssh_log).unwrap();
+    let log = String::from_utf8_lossy(&log[log_from..]);
+    let port_of = |url: String| url.rsplit(':').next().unwrap().to_string();
+    for (what, port) in [
+        ("PostgreSQL", g("CIRCLECI_TEST_PG_PORT")),
+        ("MongoDB", g("CIRCLECI_TEST_MONGO_PORT")),
+        ("Redis", g("CIRCLECI_TEST_REDIS_PORT")),
+        ("RabbitMQ", g("CIRCLECI_TEST_MQ_PORT")),
+        ("Vault", port_of(g("CIRCLECI_TEST_VAULT_ADDR"))),
+        (
+            "the embedded Vault",
+            port_of(g("CIRCLECI_TEST_EMBEDDED_VAULT_ADDR")),
+        ),
+        ("Nomad", port_of(g("CIRCLECI_TEST_NOMAD_ADDR"))),
+    ] {
+        assert!(
+            log.contains(&format!("target 127.0.0.1 port {port}")),
+            "no channel to {what} (port {port}) in sshd's log"
+        );
+    }
     let out = run(&["output", "-json", "restart"]);
     let restart: Json = serde_json::from_slice(&out.stdout).unwrap();
     let checks: Vec<String> = serde_json::from_value(restart["checks_passed"].clone()).unwrap();

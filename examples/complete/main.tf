@@ -181,7 +181,13 @@ variable "services_ca_files" {
 variable "embedded_vault_address" {
   type        = string
   default     = null
-  description = "The Services machine's embedded Vault, as Terraform reaches it. Default: http://SERVICES_HOST:8200."
+  description = "The Services machine's embedded Vault, as Terraform reaches it (or the Services machine itself, with via_services_host). Default: http://SERVICES_HOST:8200 (http://127.0.0.1:8200 with via_services_host)."
+}
+
+variable "via_services_host" {
+  type        = bool
+  default     = false
+  description = "Reach every database, Vault, Redis, RabbitMQ and Nomad through the Services machine (SSH channels), for servers only it can reach."
 }
 
 variable "embedded_vault_token" {
@@ -197,6 +203,7 @@ variable "config_root" {
 }
 
 provider "circleci" {
+  via_services_host = var.via_services_host
   services_host {
     host             = var.services_host
     port             = var.services_port
@@ -277,7 +284,7 @@ resource "circleci_data_migration" "this" {
   }
 
   vault_transit_key {
-    source_address  = coalesce(var.embedded_vault_address, "http://${var.services_host}:8200")
+    source_address  = coalesce(var.embedded_vault_address, var.via_services_host ? "http://127.0.0.1:8200" : "http://${var.services_host}:8200")
     source_token_wo = var.embedded_vault_token
   }
 }
