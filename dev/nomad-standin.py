@@ -6,22 +6,62 @@ implements just what circleci_external_nomad uses, and refuses everything else:
   GET /v1/status/leader  -> "127.0.0.1:4647" (a JSON string), or 500 "No cluster leader"
   GET /v1/status/peers   -> ["127.0.0.1:4647"], or [] without a leader
   GET /v1/agent/self     -> a minimal agent description
+  GET /v1/nodes          -> with --nodes-dir D: one node stub per D/NAME.json, as the
+                            nodes list of Nomad's HTTP API documents it (ID, Name,
+                            Address, Status, ModifyIndex, ...). D/NAME.json is written by
+                            dev/nomad-agent-standin.py, the systemctl/service stand-in on
+                            the test client machines, each time it "restarts" the agent:
+                            {"Name", "Address", "Restarts", "RestartedAt"}. A node is
+                            "initializing" for REGISTER_SECONDS after a restart, then
+                            "ready"; its ModifyIndex grows with each restart and again
+                            when it becomes ready.
   X-Nomad-Token          -> checked when --token is given: 403 "Permission denied"
   anything else          -> 404; methods other than GET -> 405
 
 Usage: nomad-standin.py --port N [--token T] [--no-leader] [--tls-cert F --tls-key F]
-                        [--pidfile F]
+                        [--nodes-dir D] [--pidfile F]
 Binds 127.0.0.1 only.
 """
 
 import argparse
+import glob
 import json
 import os
 import ssl
 import sys
+import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 LEADER = "127.0.0.1:4647"
+REGISTER_SECONDS = 0.6
+
+
+def node_stubs(nodes_dir):
+    out = []
+    for path in sorted(glob.glob(os.path.join(nodes_dir, "*.json"))):
+        try:
+            with open(path) as f:
+                n = json.load(f)
+        except (OSError, ValueError):
+            continue  # being written
+        ready = time.time() - n.get("RestartedAt", 0) >= REGISTER_SECONDS
+        restarts = int(n.get("Restarts", 0))
+        out.append({
+            "ID": str(uuid.uuid5(uuid.NAMESPACE_DNS, n["Name"])),
+            "Datacenter": "dc1",
+            "Name": n["Name"],
+            "NodeClass": "",
+            "Address": n.get("Address", "127.0.0.1"),
+            "Drain": False,
+            "SchedulingEligibility": "eligible",
+            "Status": "ready" if ready else "initializing",
+            "StatusDescription": "",
+            "Version": "0.5.6",
+            "CreateIndex": 10,
+            "ModifyIndex": 100 + 2 * restarts + (1 if ready else 0),
+        })
+    return out
 
 
 def handler(args):
@@ -49,6 +89,8 @@ def handler(args):
         def do_GET(self):
             path = self.path.split("?", 1)[0]
             routes = {"/v1/status/leader", "/v1/status/peers", "/v1/agent/self"}
+            if args.nodes_dir:
+                routes.add("/v1/nodes")
             if path not in routes:
                 return self.send(404, "404 page not found\n", "text/plain")
             if not self.authorized():
@@ -57,6 +99,8 @@ def handler(args):
                 if args.no_leader:
                     return self.send(500, "No cluster leader\n", "text/plain")
                 return self.send(200, json.dumps(LEADER))
+            if path == "/v1/nodes":
+                return self.send(200, json.dumps(node_stubs(args.nodes_dir)))
             if path == "/v1/status/peers":
                 return self.send(200, json.dumps([] if args.no_leader else [LEADER]))
             return self.send(200, json.dumps({
@@ -80,6 +124,7 @@ def main():
     p.add_argument("--no-leader", action="store_true")
     p.add_argument("--tls-cert")
     p.add_argument("--tls-key")
+    p.add_argument("--nodes-dir")
     p.add_argument("--pidfile")
     args = p.parse_args()
     srv = ThreadingHTTPServer(("127.0.0.1", args.port), handler(args))

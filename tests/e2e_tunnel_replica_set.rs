@@ -22,38 +22,16 @@ mod common;
 
 use std::net::ToSocketAddrs;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
+use common::sshd::{self, Proc};
 use common::{servers, Servers, Tf};
 
 const PRIMARY: &str = "mongo-a.rs.internal";
 const SECONDARY: &str = "mongo-b.rs.internal";
 
-/// A process the test started, stopped (and reaped) by its PID when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn free_port() -> u16 {
     common::closed_port()
-}
-
-fn wait_listening(port: u16, what: &str, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} is not listening on 127.0.0.1:{port} after 20s: {}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// A mongo stand-in member of `rs0` advertised as `name:port`.
@@ -84,69 +62,22 @@ fn standin(s: &Servers, dir: &Path, name: &str, port: u16, args: &[String]) -> P
             .spawn()
             .unwrap(),
     );
-    wait_listening(port, name, &log);
+    sshd::wait_listening(port, name, &log);
     p
 }
 
-/// The dev sshd's configuration on another port, its tunnels allowed only to the two
-/// members by name, run in a mount namespace whose /etc/hosts knows them.
+/// The Services machine: tunnels allowed only to `allowed`, in a mount namespace whose
+/// /etc/hosts alone knows the members' names.
 fn services_sshd(dir: &Path, port: u16, allowed: &str) -> (Proc, std::path::PathBuf) {
-    let state = common::repo_root().join("dev/.state");
-    let base = std::fs::read_to_string(state.join("sshd_config")).unwrap();
-    let mut cfg = String::new();
-    for line in base.lines() {
-        let line = if line.starts_with("Port ") {
-            format!("Port {port}")
-        } else if line.starts_with("PidFile ") {
-            format!("PidFile {}", dir.join("sshd.pid").display())
-        } else if line.starts_with("PermitOpen ") {
-            format!("PermitOpen {allowed}")
-        } else {
-            line.to_string()
-        };
-        cfg.push_str(&line);
-        cfg.push('\n');
-    }
-    let cfg_path = dir.join("sshd_config");
-    std::fs::write(&cfg_path, cfg).unwrap();
-    let hosts = dir.join("hosts");
-    std::fs::write(
-        &hosts,
-        format!("127.0.0.1 localhost\n127.0.0.1 {PRIMARY} {SECONDARY}\n"),
+    let permit = format!("PermitOpen {allowed}");
+    sshd::start(
+        dir,
+        port,
+        &|line: &str| line.starts_with("PermitOpen ").then(|| permit.clone()),
+        Some(&format!(
+            "127.0.0.1 localhost\n127.0.0.1 {PRIMARY} {SECONDARY}\n"
+        )),
     )
-    .unwrap();
-    let log = dir.join("sshd.log");
-    std::fs::write(&log, "").unwrap();
-    // `exec` keeps one PID: unshare's, then sh's, then sshd's (-D: no daemon).
-    let script = format!(
-        "mount --bind {} /etc/hosts && exec /usr/sbin/sshd -D -f {} -E {}",
-        hosts.display(),
-        cfg_path.display(),
-        log.display()
-    );
-    let p = Proc(
-        Command::new("unshare")
-            .args(["-m", "--propagation", "private", "sh", "-c", &script])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    wait_listening(port, "the second sshd", &log);
-    (p, log)
-}
-
-fn known_hosts(s: &Servers, dir: &Path, ssh_port: u16) -> std::path::PathBuf {
-    let known_hosts = dir.join("known_hosts");
-    std::fs::write(
-        &known_hosts,
-        format!(
-            "[127.0.0.1]:{ssh_port} {}\n",
-            s.get("CIRCLECI_TEST_SSH_HOST_KEY")
-        ),
-    )
-    .unwrap();
-    known_hosts
 }
 
 /// The provider, through the second sshd, its MongoDB admin connection to `uri`.
@@ -198,7 +129,7 @@ fn a_replica_set_named_only_on_the_services_machine_is_reached_through_it() {
     );
     let allowed = format!("{PRIMARY}:{pa} {SECONDARY}:{pb}");
     let (_sshd, sshd_log) = services_sshd(dir.path(), ssh_port, &allowed);
-    let known_hosts = known_hosts(&s, dir.path(), ssh_port);
+    let known_hosts = sshd::known_hosts(&s, dir.path(), &[ssh_port]);
 
     let root = common::searchable_tempdir();
     let tag = std::process::id();
@@ -319,7 +250,7 @@ fn tls_is_checked_against_the_services_machines_own_ca_store() {
         ],
     );
     let (_sshd, _log) = services_sshd(dir.path(), ssh_port, &format!("{PRIMARY}:{port}"));
-    let known_hosts = known_hosts(&s, dir.path(), ssh_port);
+    let known_hosts = sshd::known_hosts(&s, dir.path(), &[ssh_port]);
     let root = common::searchable_tempdir();
     let _sim = common::sim::Sim::new(
         &s,

@@ -1,4 +1,5 @@
-//! Nomad: `GET /v1/status/leader` over HTTP(S), as CircleCI's services will reach it.
+//! Nomad's HTTP API: `GET /v1/status/leader` (the cluster has a leader, as CircleCI's
+//! services will reach it) and `GET /v1/nodes` (a restarted client is ready again).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -36,7 +37,7 @@ pub enum NomadError {
         status: u16,
         body: String,
     },
-    #[error("Nomad at {endpoint} answered {body:?} to /v1/status/leader")]
+    #[error("Nomad at {endpoint} answered {body:?}, which is not what its API documents")]
     BadAnswer { endpoint: String, body: String },
     #[error("HTTP client: {}", chain(.0))]
     Client(#[source] reqwest::Error),
@@ -45,14 +46,16 @@ pub enum NomadError {
     Tunnel { endpoint: String, detail: String },
 }
 
-/// The leader's address as Nomad reports it (`"10.0.0.1:4647"`).
-pub async fn leader(
+/// One GET of the Nomad HTTP API `path` (`/v1/...`): the status and the body. Through
+/// the Services machine when `route` says so; `ca_file` added to the system's CAs.
+async fn get(
     route: &Route,
     endpoint: &str,
+    path: &str,
     ca_file: Option<&Path>,
     token: Option<&str>,
     timeout: Duration,
-) -> Result<String, NomadError> {
+) -> Result<(u16, String), NomadError> {
     super::install_crypto_provider();
     let endpoint_s = endpoint.to_string();
     let mut b = reqwest::Client::builder()
@@ -84,7 +87,7 @@ pub async fn leader(
         b = b.tls_certs_merge(certs);
     }
     let client = b.build().map_err(NomadError::Client)?;
-    let url = format!("{}/v1/status/leader", endpoint.trim_end_matches('/'));
+    let url = format!("{}{path}", endpoint.trim_end_matches('/'));
     let mut req = client.get(&url);
     if let Some(t) = token {
         req = req.header("X-Nomad-Token", t);
@@ -110,7 +113,33 @@ pub async fn leader(
     })?;
     let status = resp.status().as_u16();
     let body = resp.text().await.unwrap_or_default();
-    let endpoint = endpoint_s;
+    match status {
+        403 => Err(NomadError::PermissionDenied {
+            endpoint: endpoint_s,
+            with_token: token.is_some(),
+        }),
+        _ => Ok((status, body)),
+    }
+}
+
+/// The leader's address as Nomad reports it (`"10.0.0.1:4647"`).
+pub async fn leader(
+    route: &Route,
+    endpoint: &str,
+    ca_file: Option<&Path>,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<String, NomadError> {
+    let (status, body) = get(
+        route,
+        endpoint,
+        "/v1/status/leader",
+        ca_file,
+        token,
+        timeout,
+    )
+    .await?;
+    let endpoint = endpoint.to_string();
     match status {
         200 => match serde_json::from_str::<String>(&body) {
             Ok(l) if l.is_empty() => Err(NomadError::NoLeader {
@@ -120,13 +149,50 @@ pub async fn leader(
             Ok(l) => Ok(l),
             Err(_) => Err(NomadError::BadAnswer { endpoint, body }),
         },
-        403 => Err(NomadError::PermissionDenied {
-            endpoint,
-            with_token: token.is_some(),
-        }),
         500 if body.contains("No cluster leader") => Err(NomadError::NoLeader {
             endpoint,
             elections: true,
+        }),
+        _ => Err(NomadError::Http {
+            endpoint,
+            status,
+            body: body.trim().to_string(),
+        }),
+    }
+}
+
+/// A client node as `GET /v1/nodes` lists it (the fields the provider reads).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+pub struct Node {
+    #[serde(rename = "ID")]
+    pub id: String,
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "Address", default)]
+    pub address: String,
+    /// `initializing`, `ready` or `down`.
+    #[serde(rename = "Status")]
+    pub status: String,
+    /// Raft index of the node's last change: a client that registers again (after a
+    /// restart) gets a higher one.
+    #[serde(rename = "ModifyIndex", default)]
+    pub modify_index: u64,
+}
+
+/// The client nodes the Nomad servers know (`GET /v1/nodes`).
+pub async fn nodes(
+    route: &Route,
+    endpoint: &str,
+    ca_file: Option<&Path>,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<Vec<Node>, NomadError> {
+    let (status, body) = get(route, endpoint, "/v1/nodes", ca_file, token, timeout).await?;
+    let endpoint = endpoint.to_string();
+    match status {
+        200 => serde_json::from_str(&body).map_err(|_| NomadError::BadAnswer {
+            endpoint,
+            body: body.chars().take(200).collect(),
         }),
         _ => Err(NomadError::Http {
             endpoint,

@@ -22,6 +22,7 @@ pub mod external_redis;
 pub mod file_digest;
 pub mod managed_block;
 pub mod nomad_client_launch_config;
+pub mod nomad_client_static;
 pub mod postgres_databases;
 pub mod services_ca_certificate;
 pub mod services_restart;
@@ -45,6 +46,7 @@ pub fn all(data: Arc<ProviderData>) -> Vec<Arc<dyn Resource>> {
             d(),
         )),
         Arc::new(nomad_client_launch_config::NomadClientLaunchConfig::new(d())),
+        Arc::new(nomad_client_static::NomadClientStatic::new(d())),
         Arc::new(ConfigFile::new(
             external_mongo::ExternalMongo::new(d()),
             d(),

@@ -52,6 +52,23 @@ pub fn run_in(config: &Value, block: &str, table: &[(&str, Check)], diags: &mut 
     }
 }
 
+/// Runs every check of `table` on each element of the list block `block`; errors name
+/// `block[i].attr`.
+pub fn run_in_each(config: &Value, block: &str, table: &[(&str, Check)], diags: &mut Diagnostics) {
+    let Some(items) = config.get(block).as_list() else {
+        return;
+    };
+    for (i, b) in items.iter().enumerate() {
+        if b.is_null() || b.is_unknown() {
+            continue;
+        }
+        let at = |name: &str| AttrPath::root(block).index(i as i64).attr(name);
+        for (name, check) in table {
+            check_one(b, name, *check, &at, diags);
+        }
+    }
+}
+
 fn check_one(
     config: &Value,
     name: &str,

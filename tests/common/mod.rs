@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod sim;
+pub mod sshd;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -25,6 +25,10 @@ pub enum Program {
     Docker,
     /// Debian's trust-store update after a CA certificate is added or removed.
     UpdateCaCertificates,
+    /// systemd: restarts the Nomad agent on a Nomad client (`systemctl restart UNIT`).
+    Systemctl,
+    /// SysV init's wrapper: restarts the Nomad agent (`service NAME restart`).
+    Service,
 }
 
 impl Program {
@@ -33,6 +37,8 @@ impl Program {
             Program::Replicatedctl => "replicatedctl",
             Program::Docker => "docker",
             Program::UpdateCaCertificates => "update-ca-certificates",
+            Program::Systemctl => "systemctl",
+            Program::Service => "service",
         }
     }
 }

@@ -1,0 +1,805 @@
+//! `circleci_nomad_client_static`: the runbook's "Nomad Clients" step for static
+//! installations. On every client machine (over SSH, with the Services machine's
+//! credentials and rules) only the servers list of the Nomad agent's configuration file
+//! is rewritten, the agent restarted with one fixed command, and, when the Nomad
+//! servers' API is given, the node awaited ready again; `batch_size` clients at a time.
+
+mod roll;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::validate::{self, Check};
+use super::{string_list, strings};
+use crate::backends::ssh::{self, HostKeyPolicy, SshConfig};
+use crate::backends::tunnel::Route;
+use crate::circleci::nomad_user_data as ud;
+use crate::plugin::{
+    resource::changed, Applied, AttrPath, Attribute, Block, Diagnostic, Diagnostics, NestedBlock,
+    Nesting, PlanRequest, Resource, Schema, Type, Value,
+};
+use crate::provider::ProviderData;
+use roll::{Client, Found, NomadApi, Restart};
+
+const CLIENT: &str = "client";
+const DEFAULT_CONFIG: &str = "/etc/nomad/config.hcl";
+const STATUS: &str = "client_status";
+const PREVIOUS: &str = "previous_servers";
+const OK: &str = "ok";
+/// What makes a client's file or agent differ from the last apply.
+const ROLLING: [&str; 5] = [
+    CLIENT,
+    "config_path",
+    "nomad_servers",
+    "restart",
+    "service_name",
+];
+
+pub struct NomadClientStatic {
+    data: Arc<ProviderData>,
+}
+
+impl NomadClientStatic {
+    pub fn new(data: Arc<ProviderData>) -> Self {
+        NomadClientStatic { data }
+    }
+}
+
+fn client_block() -> Block {
+    Block::new()
+        .description("One Nomad client machine, reached over SSH.")
+        .attr(Attribute::new("host", Type::String).required().description("Address of the client machine."))
+        .attr(Attribute::new("port", Type::Number).optional().description("SSH port. Default `22`."))
+        .attr(Attribute::new("user", Type::String).optional().description(
+            "SSH user. Default: the provider's `services_host.user`. With `services_host.sudo`, commands and \
+             writes go through `sudo -n` here too.",
+        ))
+        .attr(Attribute::new("host_key", Type::String).optional().description(
+            "The machine's public host key (`ssh-ed25519 AAAA…`). Default: the provider's `known_hosts_file` \
+             (or `insecure_ignore_host_key`); required when the provider pins the Services machine's \
+             `host_key`.",
+        ))
+        .attr(Attribute::new("config_path", Type::String).optional().description(
+            "This client's configuration file, when it is not the resource's `config_path`.",
+        ))
+        .attr(Attribute::new("node_name", Type::String).optional().description(
+            "The node's name in Nomad, to see it ready again. Default: the node whose name or address is `host`.",
+        ))
+}
+
+fn block() -> Block {
+    Block::new()
+        .description(
+            "The runbook's \"Nomad Clients\" step for static installations: on each Nomad client machine (over \
+             SSH, with the Services machine's credentials, host-key rules and sudo), rewrites **only** the servers \
+             list of the Nomad agent's configuration (`client { servers = [...] }` or `server_join { retry_join = \
+             [...] }`), keeping every other byte; writes it atomically; restarts the agent with one fixed command; \
+             and, with `nomad_endpoint`, waits until the servers list the node `ready` again. `batch_size` \
+             clients at a time: the first failure stops the roll, the state records which clients are done \
+             (`client_status`), and the next apply continues with the rest. A first apply checks every client \
+             (reachable, file readable, a servers list in it) before it changes any. Refresh reports each \
+             client's list (`client_status`): a client that drifted plans an update that rolls it again. \
+             Destroy puts each client's previous list back (`previous_servers`) unless `restore_on_destroy = \
+             false`. Import with `host[:port][=CONFIG_PATH],…` (the clients; `nomad_servers` is read from the first).",
+        )
+        .attr(Attribute::new("id", Type::String).computed().description("The first client's `host:port` at create."))
+        .attr(Attribute::new("config_path", Type::String).optional().computed().description(
+            "The Nomad agent's configuration file on each client, as enterprise-setup's provisioning writes it. \
+             Default `/etc/nomad/config.hcl`.",
+        ))
+        .attr(Attribute::new("nomad_servers", Type::list(Type::String)).required().description(
+            "The external Nomad servers, `host` or `host:port` (e.g. `[\"nomad-1.internal:4647\"]`).",
+        ))
+        .attr(Attribute::new("restart", Type::String).optional().computed().description(
+            "How the agent is restarted after its file changed: `systemctl` (`systemctl restart SERVICE`), \
+             `service` (`service SERVICE restart`) or `none`. Default `systemctl`.",
+        ))
+        .attr(Attribute::new("service_name", Type::String).optional().computed().description(
+            "The agent's service. Default `nomad`.",
+        ))
+        .attr(Attribute::new("batch_size", Type::Number).optional().computed().description(
+            "Clients rewritten and restarted at a time. Default `1`.",
+        ))
+        .attr(Attribute::new("nomad_endpoint", Type::String).optional().description(
+            "The Nomad servers' HTTP API (e.g. `circleci_external_nomad`'s `endpoint`). When set, each restarted \
+             client's node must be listed `ready` again (`GET /v1/nodes`, a higher `ModifyIndex`) within \
+             `ready_timeout` before the roll goes on. Through the Services machine with the provider's \
+             `via_services_host`.",
+        ))
+        .attr(Attribute::new("nomad_ca_file", Type::String).optional().description(
+            "CA certificate (PEM) of the Nomad API's certificate; default: the system's CAs.",
+        ))
+        .attr(Attribute::new("nomad_token_wo", Type::String).optional().sensitive().write_only().description(
+            "Nomad ACL token that may read nodes (`node:read`), write-only.",
+        ))
+        .attr(Attribute::new("ready_timeout", Type::String).optional().computed().description(
+            "How long a restarted node may take to be ready again. Default `5m`.",
+        ))
+        .attr(Attribute::new("restore_on_destroy", Type::Bool).optional().computed().description(
+            "Destroy (and a client removed from the list) puts back the servers list the client had before. \
+             Default `true`.",
+        ))
+        .attr(Attribute::new(STATUS, Type::map(Type::String)).computed().description(
+            "Per client (`host:port`): `ok` when its file names `nomad_servers`; else what refresh found (`servers \
+             list is [...]`, the file missing, unreachable) or why the roll did not finish it (`pending: …`).",
+        ))
+        .attr(Attribute::new(PREVIOUS, Type::map(Type::list(Type::String))).computed().description(
+            "Per client: the servers list its file held before this resource first rewrote it.",
+        ))
+        .block(NestedBlock::new(CLIENT, Nesting::List, client_block()).items(1, 0))
+}
+
+fn host_port(host: &str, port: u16) -> String {
+    crate::backends::tunnel::host_port(host, port)
+}
+
+fn port_of(c: &Value) -> u16 {
+    c.get("port")
+        .as_i64()
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or(22)
+}
+
+/// The clients' keys, in order.
+fn keys_of(v: &Value) -> Vec<String> {
+    v.get(CLIENT)
+        .as_list()
+        .unwrap_or_default()
+        .iter()
+        .map(|c| host_port(c.get("host").as_str().unwrap_or_default(), port_of(c)))
+        .collect()
+}
+
+fn check_service(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && !s.starts_with('-')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "@._-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is not a service name: letters, digits, @ . _ - (not first)"
+        ))
+    }
+}
+
+/// The clients as SSH targets, from the provider's `services_host` settings.
+fn clients(v: &Value, base: &SshConfig) -> Result<Vec<Client>, Diagnostics> {
+    let path = v.get("config_path").as_str().unwrap_or(DEFAULT_CONFIG);
+    let mut out = Vec::new();
+    for (i, c) in v
+        .get(CLIENT)
+        .as_list()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        let host = c.get("host").as_str().unwrap_or_default().to_string();
+        let host_key = match (c.get("host_key").as_str(), &base.host_key) {
+            (Some(k), _) => HostKeyPolicy::Pinned(vec![ssh::parse_host_key(k).map_err(|e| {
+                Diagnostics::from(
+                    Diagnostic::error("Invalid host key", e)
+                        .at(AttrPath::root(CLIENT).index(i as i64).attr("host_key")),
+                )
+            })?]),
+            (None, HostKeyPolicy::Pinned(_)) => {
+                return Err(Diagnostic::error(
+                    "No host key for the client",
+                    format!(
+                        "the provider's services_host.host_key pins the Services machine's key, not {host}'s: set \
+                         this client's host_key (or the provider's known_hosts_file)"
+                    ),
+                )
+                .at(AttrPath::root(CLIENT).index(i as i64).attr("host_key"))
+                .into())
+            }
+            (None, other) => other.clone(),
+        };
+        let port = port_of(c);
+        out.push(Client {
+            key: host_port(&host, port),
+            ssh: SshConfig {
+                host,
+                port,
+                user: c
+                    .get("user")
+                    .as_str()
+                    .map_or_else(|| base.user.clone(), str::to_string),
+                auth: base.auth.clone(),
+                host_key,
+                sudo: base.sudo,
+                timeout: base.timeout,
+            },
+            config_path: c.get("config_path").as_str().unwrap_or(path).to_string(),
+            node_name: c.get("node_name").as_str().map(str::to_string),
+        });
+    }
+    Ok(out)
+}
+
+fn warnings(w: &[String]) -> Diagnostics {
+    let mut d = Diagnostics::new();
+    for x in w {
+        d.push(Diagnostic::warning("Nomad nodes not checked", x.clone()));
+    }
+    d
+}
+
+fn status_map(v: &Value) -> BTreeMap<String, String> {
+    match v.get(STATUS) {
+        Value::Map(m) => m
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+            .collect(),
+        _ => BTreeMap::new(),
+    }
+}
+
+fn previous_map(v: &Value) -> BTreeMap<String, Vec<String>> {
+    match v.get(PREVIOUS) {
+        Value::Map(m) => m.iter().map(|(k, v)| (k.clone(), strings(v))).collect(),
+        _ => BTreeMap::new(),
+    }
+}
+
+fn status_value(m: &BTreeMap<String, String>) -> Value {
+    Value::Map(
+        m.iter()
+            .map(|(k, v)| (k.clone(), Value::string(v)))
+            .collect(),
+    )
+}
+
+fn previous_value(m: &BTreeMap<String, Vec<String>>) -> Value {
+    Value::Map(m.iter().map(|(k, v)| (k.clone(), string_list(v))).collect())
+}
+
+impl NomadClientStatic {
+    fn roll_plan(&self, planned: &Value, config: &Value) -> Result<roll::Plan, Diagnostics> {
+        let nomad = planned.get("nomad_endpoint").as_str().map(|e| NomadApi {
+            endpoint: e.trim_end_matches('/').to_string(),
+            ca_file: planned
+                .get("nomad_ca_file")
+                .as_str()
+                .map(crate::provider::expand_home),
+            token: config
+                .get("nomad_token_wo")
+                .as_str()
+                .map(|t| crate::secret::Secret(t.to_string())),
+            ready_timeout: super::duration_or(planned, "ready_timeout", "5m"),
+            route: self.data.route().unwrap_or(Route::Direct),
+            optional: config.is_null(),
+        });
+        Ok(roll::Plan {
+            restart: Restart::parse(planned.get("restart").as_str().unwrap_or("systemctl"))
+                .unwrap_or(Restart::Systemctl),
+            service: planned
+                .get("service_name")
+                .as_str()
+                .unwrap_or("nomad")
+                .to_string(),
+            batch: planned.get("batch_size").as_i64().unwrap_or(1).max(1) as usize,
+            nomad,
+            timeout: self.data.timeout(),
+        })
+    }
+
+    fn base(&self) -> Result<SshConfig, Diagnostics> {
+        Ok(self.data.services()?.config().clone())
+    }
+
+    /// Rolls `todo` to `servers` from `prior`'s record; the state after, and the error
+    /// naming where the roll stopped.
+    async fn roll_to(
+        &self,
+        prior: &Value,
+        planned: &Value,
+        config: &Value,
+        todo: Vec<Client>,
+    ) -> Applied {
+        let plan = match self.roll_plan(planned, config) {
+            Ok(p) => p,
+            Err(d) => {
+                return Applied {
+                    state: None,
+                    diags: d,
+                }
+            }
+        };
+        let servers = strings(planned.get("nomad_servers"));
+        let mut status = status_map(prior);
+        let mut previous = previous_map(prior);
+        let keys = keys_of(planned);
+        status.retain(|k, _| keys.contains(k));
+        previous.retain(|k, _| keys.contains(k));
+        for c in &todo {
+            status.insert(c.key.clone(), "pending: not rolled yet".into());
+        }
+        let items: Vec<(Client, Vec<String>)> =
+            todo.iter().map(|c| (c.clone(), servers.clone())).collect();
+        let rolled = roll::roll(&items, &plan).await;
+        let mut diags = warnings(&rolled.warnings);
+        for (k, prev) in rolled.previous {
+            previous.entry(k).or_insert(prev);
+        }
+        for k in &rolled.done {
+            status.insert(k.clone(), OK.into());
+        }
+        let mut state = planned.clone();
+        if state.get("id").is_unknown() {
+            state.set(
+                "id",
+                Value::string(keys.first().cloned().unwrap_or_default()),
+            );
+        }
+        match rolled.stopped {
+            None => {}
+            Some(stop) => {
+                for f in &stop.failures {
+                    if let Some((k, why)) = f.split_once(": ") {
+                        let k = k.split(" (").next().unwrap_or(k);
+                        if status.contains_key(k) {
+                            status.insert(k.to_string(), format!("pending: {why}"));
+                        }
+                    }
+                }
+                let left: Vec<&String> = status
+                    .iter()
+                    .filter(|(_, s)| *s != OK)
+                    .map(|(k, _)| k)
+                    .collect();
+                diags.push(Diagnostic::error(
+                    "The roll over the Nomad clients stopped",
+                    format!(
+                        "{}.\nDone: {}. Not done: {}. The state records this; the next terraform apply continues \
+                         with the clients not done.",
+                        stop.failures.join("\n"),
+                        if rolled.done.is_empty() { "none".to_string() } else { rolled.done.join(", ") },
+                        left.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+        }
+        state.set(STATUS, status_value(&status));
+        state.set(PREVIOUS, previous_value(&previous));
+        Applied {
+            state: Some(state),
+            diags,
+        }
+    }
+
+    /// Before a first apply changes anything: every client reachable, its file there
+    /// with a servers list.
+    async fn preflight(&self, clients: &[Client]) -> Result<(), Diagnostics> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for c in clients {
+            let c = c.clone();
+            tasks.spawn(async move {
+                (
+                    c.key.clone(),
+                    c.config_path.clone(),
+                    roll::inspect(&c).await,
+                )
+            });
+        }
+        let mut bad = Vec::new();
+        while let Some(j) = tasks.join_next().await {
+            match j {
+                Ok((k, path, Ok(Found::Servers(_)))) => {
+                    log::debug!("{k}: {path} has a servers list")
+                }
+                Ok((k, path, r)) => bad.push(format!("{k}: {}", roll::status_of(&r, &[], &path))),
+                Err(e) => bad.push(format!("a client's check failed: {e}")),
+            }
+        }
+        if bad.is_empty() {
+            return Ok(());
+        }
+        bad.sort();
+        Err(Diagnostic::error(
+            "Not every Nomad client is ready to be rewritten",
+            format!("{}.\nNothing was changed on any client.", bad.join("\n")),
+        )
+        .at(AttrPath::root(CLIENT))
+        .into())
+    }
+}
+
+#[async_trait]
+impl Resource for NomadClientStatic {
+    fn type_name(&self) -> &'static str {
+        "circleci_nomad_client_static"
+    }
+
+    fn schema(&self) -> Schema {
+        Schema::new(0, block())
+    }
+
+    fn validate(&self, config: &Value) -> Diagnostics {
+        let mut diags = Diagnostics::new();
+        validate::run(
+            config,
+            &[
+                ("config_path", Check::RemotePath),
+                ("restart", Check::OneOf(&["systemctl", "service", "none"])),
+                (
+                    "service_name",
+                    Check::Text("Invalid service name", check_service),
+                ),
+                (
+                    "ready_timeout",
+                    Check::Duration {
+                        min_secs: 1,
+                        max_secs: 86_400,
+                    },
+                ),
+                ("nomad_ca_file", Check::NonEmpty),
+            ],
+            &mut diags,
+        );
+        validate::run_in_each(
+            config,
+            CLIENT,
+            &[
+                ("host", Check::Host),
+                ("port", Check::Port),
+                ("config_path", Check::RemotePath),
+                (
+                    "host_key",
+                    Check::Text("Invalid host key", |k| ssh::parse_host_key(k).map(|_| ())),
+                ),
+            ],
+            &mut diags,
+        );
+        if let Some(n) = config.get("batch_size").as_i64() {
+            if n < 1 {
+                diags.attr_error(
+                    AttrPath::root("batch_size"),
+                    "Invalid batch size",
+                    "at least 1",
+                );
+            }
+        }
+        if let Some(list) = config.get("nomad_servers").as_list() {
+            if list.is_empty() {
+                diags.attr_error(
+                    AttrPath::root("nomad_servers"),
+                    "No Nomad servers",
+                    "list at least one",
+                );
+            }
+            for (i, s) in list.iter().enumerate() {
+                if let Some(s) = s.as_str() {
+                    if let Err(e) = ud::check_server(s) {
+                        diags.attr_error(
+                            AttrPath::root("nomad_servers").index(i as i64),
+                            "Invalid Nomad server",
+                            e,
+                        );
+                    }
+                }
+            }
+        }
+        if let Some(e) = config.get("nomad_endpoint").as_str() {
+            if !(e.starts_with("https://") || e.starts_with("http://"))
+                || url::Url::parse(e).is_err()
+            {
+                diags.attr_error(
+                    AttrPath::root("nomad_endpoint"),
+                    "Invalid Nomad endpoint",
+                    format!("{e:?} is not an http(s) URL such as https://nomad.internal:4646"),
+                );
+            }
+        }
+        let all_known = config.get(CLIENT).as_list().is_some_and(|l| {
+            l.iter()
+                .all(|c| c.get("host").is_fully_known() && !c.get("port").is_unknown())
+        });
+        if all_known {
+            let keys = keys_of(config);
+            for (i, k) in keys.iter().enumerate() {
+                if keys[..i].contains(k) {
+                    diags.attr_error(
+                        AttrPath::root(CLIENT).index(i as i64).attr("host"),
+                        "Duplicate client",
+                        format!("{k} is listed twice"),
+                    );
+                }
+            }
+        }
+        diags
+    }
+
+    async fn plan(
+        &self,
+        req: &PlanRequest<'_>,
+        planned: &mut Value,
+        _diags: &mut Diagnostics,
+    ) -> Vec<AttrPath> {
+        super::set_defaults(
+            req.config,
+            planned,
+            [
+                ("config_path", Value::string(DEFAULT_CONFIG)),
+                ("restart", Value::string("systemctl")),
+                ("service_name", Value::string("nomad")),
+                ("batch_size", Value::int(1)),
+                ("ready_timeout", Value::string("5m")),
+                ("restore_on_destroy", Value::Bool(true)),
+            ],
+        );
+        if req.is_create() {
+            planned.set("id", Value::Unknown);
+            planned.set(STATUS, Value::Unknown);
+            planned.set(PREVIOUS, Value::Unknown);
+            return vec![];
+        }
+        planned.set("id", req.prior.get("id").clone());
+        let rolls = ROLLING.iter().any(|a| changed(req.prior, planned, a))
+            || status_map(req.prior).values().any(|s| s != OK)
+            || status_map(req.prior).len() != keys_of(req.prior).len();
+        if rolls {
+            planned.set(STATUS, Value::Unknown);
+            planned.set(PREVIOUS, Value::Unknown);
+        } else {
+            planned.set(STATUS, req.prior.get(STATUS).clone());
+            planned.set(PREVIOUS, req.prior.get(PREVIOUS).clone());
+        }
+        vec![]
+    }
+
+    async fn create(&self, planned: &Value, config: &Value) -> Applied {
+        let todo = match self.base().and_then(|b| clients(planned, &b)) {
+            Ok(c) => c,
+            Err(d) => {
+                return Applied {
+                    state: None,
+                    diags: d,
+                }
+            }
+        };
+        if let Err(d) = self.preflight(&todo).await {
+            return Applied {
+                state: None,
+                diags: d,
+            };
+        }
+        self.roll_to(&Value::Null, planned, config, todo).await
+    }
+
+    async fn update(&self, prior: &Value, planned: &Value, config: &Value) -> Applied {
+        let kept = |d: Diagnostics| Applied {
+            state: Some(prior.clone()),
+            diags: d,
+        };
+        let base = match self.base() {
+            Ok(b) => b,
+            Err(d) => return kept(d),
+        };
+        let (now, before) = match (clients(planned, &base), clients(prior, &base)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(d), _) | (_, Err(d)) => return kept(d),
+        };
+        // Clients that left the list get their own list back first (when asked).
+        let keys: Vec<String> = now.iter().map(|c| c.key.clone()).collect();
+        let gone: Vec<Client> = before
+            .into_iter()
+            .filter(|c| !keys.contains(&c.key))
+            .collect();
+        if !gone.is_empty() && planned.get("restore_on_destroy").as_bool() != Some(false) {
+            let restored = self.restore(prior, planned, config, &gone).await;
+            if restored.diags.has_errors() {
+                return restored;
+            }
+        }
+        let everything = ROLLING
+            .iter()
+            .filter(|a| **a != CLIENT)
+            .any(|a| changed(prior, planned, a));
+        let status = status_map(prior);
+        let old_clients = prior.get(CLIENT).as_list().unwrap_or_default().to_vec();
+        let todo: Vec<Client> = now
+            .into_iter()
+            .enumerate()
+            .filter(|(i, c)| {
+                everything
+                    || status.get(&c.key).is_none_or(|s| s != OK)
+                    || planned.get(CLIENT).as_list().and_then(|l| l.get(*i))
+                        != old_clients.iter().find(|o| {
+                            host_port(o.get("host").as_str().unwrap_or_default(), port_of(o))
+                                == c.key
+                        })
+            })
+            .map(|(_, c)| c)
+            .collect();
+        self.roll_to(prior, planned, config, todo).await
+    }
+
+    async fn read(&self, state: &Value) -> Result<Option<Value>, Diagnostics> {
+        let cs = clients(state, &self.base()?)?;
+        let servers = strings(state.get("nomad_servers"));
+        let prior = status_map(state);
+        let mut tasks = tokio::task::JoinSet::new();
+        for c in cs {
+            tasks.spawn(async move {
+                (
+                    c.key.clone(),
+                    c.config_path.clone(),
+                    roll::inspect(&c).await,
+                )
+            });
+        }
+        let mut status = BTreeMap::new();
+        while let Some(j) = tasks.join_next().await {
+            let Ok((k, path, found)) = j else { continue };
+            let now = roll::status_of(&found, &servers, &path);
+            // A client the roll did not finish stays pending while its file looks right.
+            let s = match prior.get(&k) {
+                Some(p) if p.starts_with("pending") && now == OK => p.clone(),
+                _ => now,
+            };
+            status.insert(k, s);
+        }
+        let mut v = state.clone();
+        v.set(STATUS, status_value(&status));
+        Ok(Some(v))
+    }
+
+    async fn delete(&self, prior: &Value) -> Applied {
+        if prior.get("restore_on_destroy").as_bool() == Some(false) {
+            return Applied {
+                state: None,
+                diags: Diagnostics::new(),
+            };
+        }
+        let cs = match self.base().and_then(|b| clients(prior, &b)) {
+            Ok(c) => c,
+            Err(d) => return Applied::kept(prior, d),
+        };
+        let r = self.restore(prior, prior, &Value::Null, &cs).await;
+        if r.diags.has_errors() {
+            return r;
+        }
+        Applied {
+            state: None,
+            diags: r.diags,
+        }
+    }
+
+    async fn import(&self, id: &str) -> Result<Value, Diagnostics> {
+        let bad = |why: String| -> Diagnostics {
+            Diagnostic::error(
+                "Invalid import ID",
+                format!(
+                    "{why}. Expected host[:port][=CONFIG_PATH],host[:port][=CONFIG_PATH],… (the client machines)"
+                ),
+            )
+            .into()
+        };
+        let mut list = Vec::new();
+        for part in id.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (part, path) = match part.split_once('=') {
+                Some((p, path)) => (p, Value::string(path)),
+                None => (part, Value::Null),
+            };
+            let (host, port) = match part.rsplit_once(':') {
+                Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+                    let p = p
+                        .parse::<u16>()
+                        .map_err(|_| bad(format!("{part:?}: not a port")))?;
+                    (h.trim_matches(['[', ']']).to_string(), p)
+                }
+                _ => (part.to_string(), 22),
+            };
+            list.push(Value::object(&[
+                ("host", Value::string(host)),
+                ("port", Value::int(port.into())),
+                ("config_path", path),
+            ]));
+        }
+        if list.is_empty() {
+            return Err(bad("no client".into()));
+        }
+        let mut v = Value::Null;
+        v.set(CLIENT, Value::List(list));
+        v.set("config_path", Value::string(DEFAULT_CONFIG));
+        v.set("restart", Value::string("systemctl"));
+        v.set("service_name", Value::string("nomad"));
+        v.set("batch_size", Value::int(1));
+        v.set("ready_timeout", Value::string("5m"));
+        v.set("restore_on_destroy", Value::Bool(true));
+        v.set(PREVIOUS, Value::Map(BTreeMap::new()));
+        let cs = clients(&v, &self.base()?)?;
+        v.set("id", Value::string(cs[0].key.clone()));
+        let found = roll::inspect(&cs[0]).await;
+        match found {
+            Ok(Found::Servers(items)) => v.set("nomad_servers", string_list(&items)),
+            other => {
+                return Err(Diagnostic::error(
+                    "Cannot import",
+                    format!(
+                        "{}: {}",
+                        cs[0].key,
+                        roll::status_of(&other, &[], &cs[0].config_path)
+                    ),
+                )
+                .into())
+            }
+        }
+        Ok(v)
+    }
+}
+
+impl NomadClientStatic {
+    /// Puts back each of `cs`'s recorded previous list (clients without one are named in a
+    /// warning). On failure the state keeps what is not restored.
+    async fn restore(
+        &self,
+        prior: &Value,
+        planned: &Value,
+        config: &Value,
+        cs: &[Client],
+    ) -> Applied {
+        let previous = previous_map(prior);
+        let plan = match self.roll_plan(planned, config) {
+            Ok(p) => p,
+            Err(d) => return Applied::kept(prior, d),
+        };
+        let mut diags = Diagnostics::new();
+        let mut items = Vec::new();
+        for c in cs {
+            match previous.get(&c.key) {
+                Some(p) => items.push((c.clone(), p.clone())),
+                None => diags.push(Diagnostic::warning(
+                    "No previous servers list recorded",
+                    format!("{} ({}) keeps its servers list: this resource never rewrote it (imported?)", c.key, c.config_path),
+                )),
+            }
+        }
+        let rolled = roll::roll(&items, &plan).await;
+        diags.extend(warnings(&rolled.warnings));
+        if let Some(stop) = rolled.stopped {
+            diags.push(Diagnostic::error(
+                "Could not put every Nomad client's servers list back",
+                format!(
+                    "{}.\nPut back: {}. The resource stays in the state; run the destroy again.",
+                    stop.failures.join("\n"),
+                    if rolled.done.is_empty() {
+                        "none".to_string()
+                    } else {
+                        rolled.done.join(", ")
+                    }
+                ),
+            ));
+            return Applied {
+                state: Some(prior.clone()),
+                diags,
+            };
+        }
+        Applied { state: None, diags }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_names_are_checked() {
+        assert!(check_service("nomad").is_ok());
+        assert!(check_service("nomad-client@1.service").is_ok());
+        for bad in ["", "-x", "a b", "a;b", "$(x)", "a/b"] {
+            assert!(check_service(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn restart_commands_are_fixed() {
+        assert_eq!(Restart::parse("systemctl"), Some(Restart::Systemctl));
+        assert_eq!(Restart::parse("reboot"), None);
+    }
+}

@@ -1,0 +1,343 @@
+//! One Nomad client machine over SSH: read its configuration file, rewrite only the
+//! servers list, restart the agent with one fixed command, and wait until the Nomad
+//! servers see the node ready again; and the roll over the fleet, batch by batch.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::backends::nomad::{self as nb, Node};
+use crate::backends::ssh::{Program, RemoteCommand, ServicesHost, SshConfig};
+use crate::backends::tunnel::Route;
+use crate::circleci::nomad_user_data as ud;
+
+/// How the Nomad agent is restarted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Restart {
+    Systemctl,
+    Service,
+    None,
+}
+
+impl Restart {
+    pub fn parse(s: &str) -> Option<Restart> {
+        match s {
+            "systemctl" => Some(Restart::Systemctl),
+            "service" => Some(Restart::Service),
+            "none" => Some(Restart::None),
+            _ => None,
+        }
+    }
+
+    /// The one command, or none.
+    fn command(self, service: &str) -> Result<Option<RemoteCommand>, String> {
+        match self {
+            Restart::Systemctl => {
+                RemoteCommand::new(Program::Systemctl, ["restart", service]).map(Some)
+            }
+            Restart::Service => {
+                RemoteCommand::new(Program::Service, [service, "restart"]).map(Some)
+            }
+            Restart::None => Ok(None),
+        }
+    }
+}
+
+/// One client machine as configured.
+#[derive(Clone, Debug)]
+pub struct Client {
+    /// `host:port`, the client's key in the computed maps.
+    pub key: String,
+    pub ssh: SshConfig,
+    pub config_path: String,
+    /// The node's name in Nomad; else the node whose name or address is the host.
+    pub node_name: Option<String>,
+}
+
+impl Client {
+    fn is_node(&self, n: &Node) -> bool {
+        match &self.node_name {
+            Some(name) => &n.name == name,
+            None => n.name == self.ssh.host || n.address == self.ssh.host,
+        }
+    }
+
+    fn node_text(&self) -> String {
+        match &self.node_name {
+            Some(n) => format!("node {n:?}"),
+            None => format!("the node named or addressed {:?}", self.ssh.host),
+        }
+    }
+}
+
+/// The Nomad servers' API, to see a restarted node ready again.
+#[derive(Clone, Debug)]
+pub struct NomadApi {
+    pub endpoint: String,
+    pub ca_file: Option<std::path::PathBuf>,
+    pub token: Option<crate::secret::Secret>,
+    pub ready_timeout: Duration,
+    pub route: Route,
+    /// When the nodes cannot be read (a destroy has no token: Terraform sends no
+    /// configuration then), roll on without waiting, with a warning.
+    pub optional: bool,
+}
+
+impl NomadApi {
+    async fn nodes(&self, timeout: Duration) -> Result<Vec<Node>, String> {
+        nb::nodes(
+            &self.route,
+            &self.endpoint,
+            self.ca_file.as_deref(),
+            self.token.as_ref().map(|t| t.expose()),
+            timeout,
+        )
+        .await
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// How the roll treats every client.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub restart: Restart,
+    pub service: String,
+    pub batch: usize,
+    pub nomad: Option<NomadApi>,
+    /// The deadline of each SSH command.
+    pub timeout: Duration,
+}
+
+/// What one client's file holds now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Found {
+    /// The servers list's items (the first list, if the file has several).
+    Servers(Vec<String>),
+    Missing,
+    NoList(String),
+}
+
+/// Reads the client's file and finds its servers list.
+pub async fn inspect(c: &Client) -> Result<Found, String> {
+    let h = ServicesHost::new(c.ssh.clone());
+    let f = h
+        .read_file(&c.config_path)
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some(f) = f else {
+        return Ok(Found::Missing);
+    };
+    let text = String::from_utf8_lossy(&f.content);
+    Ok(match ud::find(&text) {
+        Ok(lists) => Found::Servers(lists[0].items.clone()),
+        Err(e) => Found::NoList(e.to_string()),
+    })
+}
+
+/// One client's status for the computed map: `ok` when its file names `servers`.
+pub fn status_of(found: &Result<Found, String>, servers: &[String], path: &str) -> String {
+    match found {
+        Ok(Found::Servers(items)) if items == servers => "ok".into(),
+        Ok(Found::Servers(items)) => format!("servers list is {}", ud::render_list(items)),
+        Ok(Found::Missing) => format!("{path} is missing"),
+        Ok(Found::NoList(why)) => format!("no servers list in {path}: {why}"),
+        Err(e) => format!("unreachable: {e}"),
+    }
+}
+
+/// Rewrites the client's list to `servers` and restarts its agent (when the file
+/// changed). Returns the list it held before.
+async fn rewrite_and_restart(
+    c: &Client,
+    plan: &Plan,
+    servers: &[String],
+) -> Result<(Vec<String>, bool), String> {
+    let h = ServicesHost::new(c.ssh.clone());
+    let f = h
+        .read_file(&c.config_path)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{} is missing", c.config_path))?;
+    let text = String::from_utf8_lossy(&f.content).into_owned();
+    let r = ud::rewrite(&text, servers).map_err(|e| format!("{}: {e}", c.config_path))?;
+    if r.text == text {
+        return Ok((r.previous, false));
+    }
+    h.write_file(&c.config_path, r.text.as_bytes(), f.mode & 0o7777)
+        .await
+        .map_err(|e| e.to_string())?;
+    log::info!(
+        "{}: {} now names {}",
+        c.ssh.target(),
+        c.config_path,
+        ud::render_list(servers)
+    );
+    if let Some(cmd) = plan.restart.command(&plan.service)? {
+        let out = h
+            .run(&cmd, None, plan.timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !out.success() {
+            return Err(format!(
+                "the file was rewritten, but `{cmd}` exited with {:?}: {}",
+                out.status,
+                out.evidence()
+            ));
+        }
+        log::info!("{}: `{cmd}` done", c.ssh.target());
+    }
+    Ok((r.previous, true))
+}
+
+/// Waits until the client's node is ready with a higher ModifyIndex than `before`.
+async fn wait_ready(
+    c: &Client,
+    api: &NomadApi,
+    before: Option<u64>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let started = Instant::now();
+    let mut last = String::from("not listed");
+    loop {
+        match api.nodes(timeout).await {
+            Ok(nodes) => {
+                if let Some(n) = nodes.iter().find(|n| c.is_node(n)) {
+                    let fresh = before.is_none_or(|b| n.modify_index > b);
+                    if n.status == "ready" && fresh {
+                        return Ok(());
+                    }
+                    last = format!(
+                        "{} (ModifyIndex {}{})",
+                        n.status,
+                        n.modify_index,
+                        if fresh {
+                            ""
+                        } else {
+                            ", not registered again yet"
+                        }
+                    );
+                }
+            }
+            Err(e) => last = e,
+        }
+        if started.elapsed() >= api.ready_timeout {
+            return Err(format!(
+                "the agent was restarted, but Nomad at {} did not list {} as ready again within {} (last seen: {last})",
+                api.endpoint,
+                c.node_text(),
+                humantime::format_duration(api.ready_timeout)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Where the roll stopped.
+pub struct Stopped {
+    /// `client key: why`, for each client of the batch that failed.
+    pub failures: Vec<String>,
+}
+
+/// The roll's result: each client reached, with the list it held before (when its file
+/// changed or was checked), and the first stop.
+pub struct Rolled {
+    pub previous: BTreeMap<String, Vec<String>>,
+    pub done: Vec<String>,
+    pub stopped: Option<Stopped>,
+    pub warnings: Vec<String>,
+}
+
+/// Sets each client's list to the one paired with it, `plan.batch` clients at a time.
+/// The first batch with a failure ends the roll (its other clients finish).
+pub async fn roll(clients: &[(Client, Vec<String>)], plan: &Plan) -> Rolled {
+    let mut out = Rolled {
+        previous: BTreeMap::new(),
+        done: Vec::new(),
+        stopped: None,
+        warnings: Vec::new(),
+    };
+    let plan = Arc::new(plan.clone());
+    for batch in clients.chunks(plan.batch.max(1)) {
+        if crate::plugin::stop::requested() {
+            out.stopped = Some(Stopped {
+                failures: vec![format!(
+                    "stopped (Terraform was interrupted) before {}",
+                    keys(batch)
+                )],
+            });
+            return out;
+        }
+        let mut wait = plan.nomad.is_some();
+        let before: BTreeMap<String, Option<u64>> = match &plan.nomad {
+            Some(api) => match api.nodes(plan.timeout).await {
+                Err(e) if api.optional => {
+                    out.warnings.push(format!(
+                        "{} restarted without waiting for their nodes: {e}",
+                        keys(batch)
+                    ));
+                    wait = false;
+                    BTreeMap::new()
+                }
+                Ok(nodes) => batch
+                    .iter()
+                    .map(|(c, _)| {
+                        let idx = nodes.iter().find(|n| c.is_node(n)).map(|n| n.modify_index);
+                        (c.key.clone(), idx)
+                    })
+                    .collect(),
+                Err(e) => {
+                    out.stopped = Some(Stopped {
+                        failures: vec![format!(
+                            "reading the nodes before restarting {}: {e}",
+                            keys(batch)
+                        )],
+                    });
+                    return out;
+                }
+            },
+            None => BTreeMap::new(),
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        for (c, servers) in batch {
+            let (c, plan, servers) = (c.clone(), plan.clone(), servers.clone());
+            let api = plan.nomad.clone().filter(|_| wait);
+            let before = before.get(&c.key).copied().flatten();
+            tasks.spawn(async move {
+                let r = async {
+                    let (previous, restarted) = rewrite_and_restart(&c, &plan, &servers).await?;
+                    if let (true, Some(api)) = (restarted && plan.restart != Restart::None, &api) {
+                        wait_ready(&c, api, before, plan.timeout).await?;
+                    }
+                    Ok::<_, String>(previous)
+                }
+                .await;
+                (c.key.clone(), c.ssh.target(), r)
+            });
+        }
+        let mut failures = Vec::new();
+        while let Some(j) = tasks.join_next().await {
+            match j {
+                Ok((key, _, Ok(previous))) => {
+                    out.previous.insert(key.clone(), previous);
+                    out.done.push(key);
+                }
+                Ok((key, target, Err(e))) => failures.push(format!("{key} ({target}): {e}")),
+                Err(e) => failures.push(format!("a client's task failed: {e}")),
+            }
+        }
+        if !failures.is_empty() {
+            failures.sort();
+            out.stopped = Some(Stopped { failures });
+            return out;
+        }
+    }
+    out
+}
+
+fn keys(batch: &[(Client, Vec<String>)]) -> String {
+    batch
+        .iter()
+        .map(|(c, _)| c.key.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

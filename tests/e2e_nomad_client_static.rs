@@ -1,0 +1,339 @@
+//! `circleci_nomad_client_static` through terraform, against a fleet of Nomad client
+//! machines: one sshd per client on loopback (the dev sshd's configuration, its own
+//! port), each with its own `/etc/nomad/config.hcl` (enterprise-setup's, as its
+//! user_data writes it) and, first on its sessions' PATH only, the `systemctl` /
+//! `service` stand-in (dev/nomad-agent-standin.py). A "restart" re-registers the node
+//! with a private Nomad stand-in (`--nodes-dir`), which lists it `initializing`, then
+//! `ready` with a higher ModifyIndex; the tests count each client's restarts.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::sshd::{self, Proc};
+use common::{servers, NomadStandin, Servers, Tf};
+
+const OLD: &str = r#"["10.0.1.150:4647"]"#;
+
+/// The config.hcl enterprise-setup's user_data writes, for the client at `ip`.
+fn config_hcl(s: &Servers, ip: &str) -> String {
+    let ud = std::fs::read_to_string(s.get("CIRCLECI_TEST_NOMAD_USER_DATA")).unwrap();
+    let start = ud.find("cat <<EOT > /etc/nomad/config.hcl\n").unwrap();
+    let body = &ud[start..];
+    let body = &body[body.find('\n').unwrap() + 1..];
+    let end = body.find("\nEOT\n").unwrap();
+    format!("{}\n", &body[..end]).replace("$PRIVATE_IP", ip)
+}
+
+struct Client {
+    name: String,
+    port: u16,
+    config: PathBuf,
+    original: String,
+    sshd: Option<Proc>,
+}
+
+struct Fleet {
+    dir: tempfile::TempDir,
+    nodes: PathBuf,
+    bin: PathBuf,
+    clients: Vec<Client>,
+    nomad: NomadStandin,
+    known_hosts: PathBuf,
+}
+
+impl Fleet {
+    fn new(s: &Servers, n: usize) -> Fleet {
+        let dir = common::searchable_tempdir();
+        let bin = dir.path().join("bin");
+        let nodes = dir.path().join("nodes");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&nodes).unwrap();
+        let agent = common::repo_root().join("dev/nomad-agent-standin.py");
+        for tool in ["systemctl", "service"] {
+            std::os::unix::fs::symlink(&agent, bin.join(tool)).unwrap();
+        }
+        let nomad = NomadStandin::start(s, &["--nodes-dir", nodes.to_str().unwrap()]);
+        let mut clients = Vec::new();
+        for i in 1..=n {
+            let name = format!("client-{i}");
+            let ip = format!("10.0.0.{i}");
+            let config = dir.path().join(&name).join("etc/nomad/config.hcl");
+            std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+            let original = config_hcl(s, &ip);
+            assert!(original.contains(&format!("servers = {OLD}")), "{original}");
+            std::fs::write(&config, &original).unwrap();
+            // Registered and ready, as a running client is.
+            std::fs::write(
+                nodes.join(format!("{name}.json")),
+                serde_json::json!({"Name": name, "Address": ip, "Restarts": 0, "RestartedAt": 0})
+                    .to_string(),
+            )
+            .unwrap();
+            clients.push(Client {
+                name,
+                port: common::closed_port(),
+                config,
+                original,
+                sshd: None,
+            });
+        }
+        // The clients, and the Services machine the provider block names.
+        let mut ports: Vec<u16> = clients.iter().map(|c| c.port).collect();
+        ports.push(s.ssh_port());
+        let known_hosts = sshd::known_hosts(s, dir.path(), &ports);
+        let mut f = Fleet {
+            dir,
+            nodes,
+            bin,
+            clients,
+            nomad,
+            known_hosts,
+        };
+        for i in 0..n {
+            f.up(i);
+        }
+        f
+    }
+
+    /// Starts client `i`'s sshd: the stand-ins first on its sessions' PATH, its node name
+    /// in their environment.
+    fn up(&mut self, i: usize) {
+        let env = format!(
+            "SetEnv PATH={}:/usr/local/bin:/usr/bin:/bin NOMAD_STANDIN_NODES={} NOMAD_STANDIN_NODE={}",
+            self.bin.display(),
+            self.nodes.display(),
+            self.clients[i].name
+        );
+        let c = &mut self.clients[i];
+        let (p, _) = sshd::start(
+            self.dir.path(),
+            c.port,
+            &|line: &str| line.starts_with("SetEnv ").then(|| env.clone()),
+            None,
+        );
+        c.sshd = Some(p);
+    }
+
+    /// Stops client `i`'s sshd (by PID): the machine is unreachable.
+    fn down(&mut self, i: usize) {
+        self.clients[i].sshd = None;
+    }
+
+    fn restarts(&self, i: usize) -> usize {
+        std::fs::read_to_string(
+            self.nodes
+                .join(format!("{}.restarts", self.clients[i].name)),
+        )
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+    }
+
+    fn file(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.clients[i].config).unwrap()
+    }
+
+    /// The provider, and the resource over clients `which`.
+    fn main_tf(&self, s: &Servers, which: &[usize], servers: &str, extra: &str) -> String {
+        let clients: String = which
+            .iter()
+            .map(|i| {
+                let c = &self.clients[*i];
+                format!(
+                    "  client {{\n    host        = \"127.0.0.1\"\n    port        = {}\n    config_path = {:?}\n    node_name   = {:?}\n  }}\n",
+                    c.port, c.config, c.name
+                )
+            })
+            .collect();
+        format!(
+            r#"{provider}
+resource "circleci_nomad_client_static" "fleet" {{
+  nomad_servers  = {servers}
+  nomad_endpoint = {endpoint:?}
+  nomad_ca_file  = {ca:?}
+  ready_timeout  = "20s"
+{extra}
+{clients}}}
+"#,
+            provider = s.provider_block(&format!("known_hosts_file = {:?}", self.known_hosts)),
+            endpoint = self.nomad.endpoint(),
+            ca = s.get("CIRCLECI_TEST_TLS_CA"),
+        )
+    }
+
+    fn key(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.clients[i].port)
+    }
+}
+
+fn flat(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The original file with only the servers list's bytes changed.
+fn with_servers(original: &str, list: &str) -> String {
+    original.replacen(OLD, list, 1)
+}
+
+#[test]
+fn a_fleet_is_rolled_in_batches_continued_after_a_failure_and_restored() {
+    let s = servers();
+    let mut f = Fleet::new(&s, 3);
+    let new = r#"["nomad-1.internal:4647", "nomad-2.internal:4647"]"#;
+
+    // A first apply checks every client before it changes any: one machine that does not
+    // answer stops it with nothing changed.
+    f.down(2);
+    let tf = Tf::new(&f.main_tf(&s, &[0, 1, 2], new, "  batch_size = 2"));
+    let err = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
+    assert!(err.contains("Not every Nomad client is ready"), "{err}");
+    assert!(err.contains(&f.key(2)), "{err}");
+    assert!(err.contains("Nothing was changed on any client"), "{err}");
+    for i in 0..3 {
+        assert_eq!(f.file(i), f.clients[i].original);
+        assert_eq!(f.restarts(i), 0);
+    }
+    f.up(2);
+
+    // Three clients, two at a time: only the servers bytes change, each agent restarts
+    // once and is seen ready again.
+    let out = tf.apply();
+    assert!(out.contains("Apply complete! Resources: 1 added"), "{out}");
+    for i in 0..3 {
+        assert_eq!(
+            f.file(i),
+            with_servers(&f.clients[i].original, new),
+            "client {i}"
+        );
+        assert_eq!(f.restarts(i), 1, "client {i}");
+    }
+    let state = tf.state_json();
+    let attrs = &state["values"]["root_module"]["resources"][0]["values"];
+    for i in 0..3 {
+        assert_eq!(attrs["client_status"][f.key(i)], "ok", "{attrs}");
+        assert_eq!(
+            attrs["previous_servers"][f.key(i)],
+            serde_json::json!(["10.0.1.150:4647"])
+        );
+    }
+    assert_eq!(tf.plan_code(), 0, "the next plan is empty");
+
+    // A client edited by hand: the plan names it, the apply rolls only it again.
+    std::fs::write(&f.clients[1].config, &f.clients[1].original).unwrap();
+    let plan = flat(&tf.ok(&["plan", "-no-color"]));
+    assert!(
+        plan.contains(r#"servers list is [\"10.0.1.150:4647\"]"#)
+            || plan.contains(r#"servers list is ["10.0.1.150:4647"]"#),
+        "{plan}"
+    );
+    tf.apply();
+    assert_eq!(
+        [f.restarts(0), f.restarts(1), f.restarts(2)],
+        [1, 2, 1],
+        "only the drifted client restarted"
+    );
+    assert_eq!(f.file(1), with_servers(&f.clients[1].original, new));
+
+    // New servers, one client at a time, the second machine down: the roll stops there,
+    // the state records the first as done.
+    let newer = r#"["nomad-3.internal:4647"]"#;
+    f.down(1);
+    tf.write_main(&f.main_tf(&s, &[0, 1, 2], newer, ""));
+    let err = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
+    assert!(
+        err.contains("The roll over the Nomad clients stopped"),
+        "{err}"
+    );
+    assert!(err.contains(&f.key(1)), "{err}");
+    assert_eq!(f.file(0), with_servers(&f.clients[0].original, newer));
+    assert_eq!(
+        f.file(2),
+        with_servers(&f.clients[2].original, new),
+        "not reached"
+    );
+    let restarts = [f.restarts(0), f.restarts(1), f.restarts(2)];
+    assert_eq!(restarts, [2, 2, 1]);
+    // Back up: the next apply finishes only what was left.
+    f.up(1);
+    tf.apply();
+    assert_eq!([f.restarts(0), f.restarts(1), f.restarts(2)], [2, 3, 2]);
+    for i in 0..3 {
+        assert_eq!(
+            f.file(i),
+            with_servers(&f.clients[i].original, newer),
+            "client {i}"
+        );
+    }
+    assert_eq!(tf.plan_code(), 0);
+
+    // Destroy puts every client's previous list back: the original files, byte for byte.
+    tf.ok(&["destroy", "-auto-approve", "-no-color"]);
+    for i in 0..3 {
+        assert_eq!(f.file(i), f.clients[i].original, "client {i}");
+    }
+    assert_eq!([f.restarts(0), f.restarts(1), f.restarts(2)], [3, 4, 3]);
+
+    // Import: the clients (with their files' paths); nomad_servers read from the first.
+    let tf = Tf::new(&f.main_tf(&s, &[0, 1, 2], OLD, ""));
+    let id: Vec<String> = (0..3)
+        .map(|i| format!("{}={}", f.key(i), f.clients[i].config.display()))
+        .collect();
+    tf.ok(&[
+        "import",
+        "-no-color",
+        "circleci_nomad_client_static.fleet",
+        &id.join(","),
+    ]);
+    let state = tf.state_json();
+    let attrs = &state["values"]["root_module"]["resources"][0]["values"];
+    assert_eq!(
+        attrs["nomad_servers"],
+        serde_json::json!(["10.0.1.150:4647"])
+    );
+    for i in 0..3 {
+        assert_eq!(attrs["client_status"][f.key(i)], "ok", "{attrs}");
+    }
+    // The configuration adds node names: an update that finds every file right and
+    // restarts nothing.
+    tf.apply();
+    assert_eq!([f.restarts(0), f.restarts(1), f.restarts(2)], [3, 4, 3]);
+    assert_eq!(tf.plan_code(), 0);
+    tf.ok(&["destroy", "-auto-approve", "-no-color"]);
+    for i in 0..3 {
+        assert_eq!(f.file(i), f.clients[i].original, "client {i}");
+    }
+}
+
+#[test]
+fn bad_input_names_the_attribute() {
+    let s = servers();
+    let tf = Tf::new(&format!(
+        "{}{}",
+        s.provider_block(""),
+        r#"
+resource "circleci_nomad_client_static" "fleet" {
+  nomad_servers = ["nomad 1"]
+  restart       = "reboot"
+  service_name  = "nomad; rm -rf /"
+  batch_size    = 0
+  client {
+    host        = "bad host"
+    config_path = "relative/config.hcl"
+  }
+}
+"#
+    ));
+    let out = flat(&tf.fails(&["plan", "-no-color"]));
+    for needle in [
+        "Invalid Nomad server",
+        "restart",
+        "Invalid service name",
+        "Invalid batch size",
+        "Invalid host",
+        "must be an absolute path",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+}
