@@ -4,7 +4,9 @@
 //! is rewritten, the agent restarted with one fixed command, and, when the Nomad
 //! servers' API is given, the node awaited ready again; `batch_size` clients at a time.
 
+mod apply;
 mod roll;
+mod schema;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,14 +16,13 @@ use async_trait::async_trait;
 use super::validate::{self, Check};
 use super::{string_list, strings};
 use crate::backends::ssh::{self, HostKeyPolicy, SshConfig};
-use crate::backends::tunnel::Route;
 use crate::circleci::nomad_user_data as ud;
 use crate::plugin::{
-    resource::changed, Applied, AttrPath, Attribute, Block, Diagnostic, Diagnostics, NestedBlock,
-    Nesting, PlanRequest, Resource, Schema, Type, Value,
+    resource::changed, Applied, AttrPath, Diagnostic, Diagnostics, PlanRequest, Resource, Schema,
+    Value,
 };
 use crate::provider::ProviderData;
-use roll::{Client, Found, NomadApi, Restart};
+use roll::{Client, Found};
 
 const CLIENT: &str = "client";
 const DEFAULT_CONFIG: &str = "/etc/nomad/config.hcl";
@@ -45,90 +46,6 @@ impl NomadClientStatic {
     pub fn new(data: Arc<ProviderData>) -> Self {
         NomadClientStatic { data }
     }
-}
-
-fn client_block() -> Block {
-    Block::new()
-        .description("One Nomad client machine, reached over SSH.")
-        .attr(Attribute::new("host", Type::String).required().description("Address of the client machine."))
-        .attr(Attribute::new("port", Type::Number).optional().description("SSH port. Default `22`."))
-        .attr(Attribute::new("user", Type::String).optional().description(
-            "SSH user. Default: the provider's `services_host.user`. With `services_host.sudo`, commands and \
-             writes go through `sudo -n` here too.",
-        ))
-        .attr(Attribute::new("host_key", Type::String).optional().description(
-            "The machine's public host key (`ssh-ed25519 AAAA…`). Default: the provider's `known_hosts_file` \
-             (or `insecure_ignore_host_key`); required when the provider pins the Services machine's \
-             `host_key`.",
-        ))
-        .attr(Attribute::new("config_path", Type::String).optional().description(
-            "This client's configuration file, when it is not the resource's `config_path`.",
-        ))
-        .attr(Attribute::new("node_name", Type::String).optional().description(
-            "The node's name in Nomad, to see it ready again. Default: the node whose name or address is `host`.",
-        ))
-}
-
-fn block() -> Block {
-    Block::new()
-        .description(
-            "The runbook's \"Nomad Clients\" step for static installations: on each Nomad client machine (over \
-             SSH, with the Services machine's credentials, host-key rules and sudo), rewrites **only** the servers \
-             list of the Nomad agent's configuration (`client { servers = [...] }` or `server_join { retry_join = \
-             [...] }`), keeping every other byte; writes it atomically; restarts the agent with one fixed command; \
-             and, with `nomad_endpoint`, waits until the servers list the node `ready` again. `batch_size` \
-             clients at a time: the first failure stops the roll, the state records which clients are done \
-             (`client_status`), and the next apply continues with the rest. A first apply checks every client \
-             (reachable, file readable, a servers list in it) before it changes any. Refresh reports each \
-             client's list (`client_status`): a client that drifted plans an update that rolls it again. \
-             Destroy puts each client's previous list back (`previous_servers`) unless `restore_on_destroy = \
-             false`. Import with `host[:port][=CONFIG_PATH],…` (the clients; `nomad_servers` is read from the first).",
-        )
-        .attr(Attribute::new("id", Type::String).computed().description("The first client's `host:port` at create."))
-        .attr(Attribute::new("config_path", Type::String).optional().computed().description(
-            "The Nomad agent's configuration file on each client, as enterprise-setup's provisioning writes it. \
-             Default `/etc/nomad/config.hcl`.",
-        ))
-        .attr(Attribute::new("nomad_servers", Type::list(Type::String)).required().description(
-            "The external Nomad servers, `host` or `host:port` (e.g. `[\"nomad-1.internal:4647\"]`).",
-        ))
-        .attr(Attribute::new("restart", Type::String).optional().computed().description(
-            "How the agent is restarted after its file changed: `systemctl` (`systemctl restart SERVICE`), \
-             `service` (`service SERVICE restart`) or `none`. Default `systemctl`.",
-        ))
-        .attr(Attribute::new("service_name", Type::String).optional().computed().description(
-            "The agent's service. Default `nomad`.",
-        ))
-        .attr(Attribute::new("batch_size", Type::Number).optional().computed().description(
-            "Clients rewritten and restarted at a time. Default `1`.",
-        ))
-        .attr(Attribute::new("nomad_endpoint", Type::String).optional().description(
-            "The Nomad servers' HTTP API (e.g. `circleci_external_nomad`'s `endpoint`). When set, each restarted \
-             client's node must be listed `ready` again (`GET /v1/nodes`, a higher `ModifyIndex`) within \
-             `ready_timeout` before the roll goes on. Through the Services machine with the provider's \
-             `via_services_host`.",
-        ))
-        .attr(Attribute::new("nomad_ca_file", Type::String).optional().description(
-            "CA certificate (PEM) of the Nomad API's certificate; default: the system's CAs.",
-        ))
-        .attr(Attribute::new("nomad_token_wo", Type::String).optional().sensitive().write_only().description(
-            "Nomad ACL token that may read nodes (`node:read`), write-only.",
-        ))
-        .attr(Attribute::new("ready_timeout", Type::String).optional().computed().description(
-            "How long a restarted node may take to be ready again. Default `5m`.",
-        ))
-        .attr(Attribute::new("restore_on_destroy", Type::Bool).optional().computed().description(
-            "Destroy (and a client removed from the list) puts back the servers list the client had before. \
-             Default `true`.",
-        ))
-        .attr(Attribute::new(STATUS, Type::map(Type::String)).computed().description(
-            "Per client (`host:port`): `ok` when its file names `nomad_servers`; else what refresh found (`servers \
-             list is [...]`, the file missing, unreachable) or why the roll did not finish it (`pending: …`).",
-        ))
-        .attr(Attribute::new(PREVIOUS, Type::map(Type::list(Type::String))).computed().description(
-            "Per client: the servers list its file held before this resource first rewrote it.",
-        ))
-        .block(NestedBlock::new(CLIENT, Nesting::List, client_block()).items(1, 0))
 }
 
 fn host_port(host: &str, port: u16) -> String {
@@ -258,157 +175,6 @@ fn previous_value(m: &BTreeMap<String, Vec<String>>) -> Value {
     Value::Map(m.iter().map(|(k, v)| (k.clone(), string_list(v))).collect())
 }
 
-impl NomadClientStatic {
-    fn roll_plan(&self, planned: &Value, config: &Value) -> Result<roll::Plan, Diagnostics> {
-        let nomad = planned.get("nomad_endpoint").as_str().map(|e| NomadApi {
-            endpoint: e.trim_end_matches('/').to_string(),
-            ca_file: planned
-                .get("nomad_ca_file")
-                .as_str()
-                .map(crate::provider::expand_home),
-            token: config
-                .get("nomad_token_wo")
-                .as_str()
-                .map(|t| crate::secret::Secret(t.to_string())),
-            ready_timeout: super::duration_or(planned, "ready_timeout", "5m"),
-            route: self.data.route().unwrap_or(Route::Direct),
-            optional: config.is_null(),
-        });
-        Ok(roll::Plan {
-            restart: Restart::parse(planned.get("restart").as_str().unwrap_or("systemctl"))
-                .unwrap_or(Restart::Systemctl),
-            service: planned
-                .get("service_name")
-                .as_str()
-                .unwrap_or("nomad")
-                .to_string(),
-            batch: planned.get("batch_size").as_i64().unwrap_or(1).max(1) as usize,
-            nomad,
-            timeout: self.data.timeout(),
-        })
-    }
-
-    fn base(&self) -> Result<SshConfig, Diagnostics> {
-        Ok(self.data.services()?.config().clone())
-    }
-
-    /// Rolls `todo` to `servers` from `prior`'s record; the state after, and the error
-    /// naming where the roll stopped.
-    async fn roll_to(
-        &self,
-        prior: &Value,
-        planned: &Value,
-        config: &Value,
-        todo: Vec<Client>,
-    ) -> Applied {
-        let plan = match self.roll_plan(planned, config) {
-            Ok(p) => p,
-            Err(d) => {
-                return Applied {
-                    state: None,
-                    diags: d,
-                }
-            }
-        };
-        let servers = strings(planned.get("nomad_servers"));
-        let mut status = status_map(prior);
-        let mut previous = previous_map(prior);
-        let keys = keys_of(planned);
-        status.retain(|k, _| keys.contains(k));
-        previous.retain(|k, _| keys.contains(k));
-        for c in &todo {
-            status.insert(c.key.clone(), "pending: not rolled yet".into());
-        }
-        let items: Vec<(Client, Vec<String>)> =
-            todo.iter().map(|c| (c.clone(), servers.clone())).collect();
-        let rolled = roll::roll(&items, &plan).await;
-        let mut diags = warnings(&rolled.warnings);
-        for (k, prev) in rolled.previous {
-            previous.entry(k).or_insert(prev);
-        }
-        for k in &rolled.done {
-            status.insert(k.clone(), OK.into());
-        }
-        let mut state = planned.clone();
-        if state.get("id").is_unknown() {
-            state.set(
-                "id",
-                Value::string(keys.first().cloned().unwrap_or_default()),
-            );
-        }
-        match rolled.stopped {
-            None => {}
-            Some(stop) => {
-                for f in &stop.failures {
-                    if let Some((k, why)) = f.split_once(": ") {
-                        let k = k.split(" (").next().unwrap_or(k);
-                        if status.contains_key(k) {
-                            status.insert(k.to_string(), format!("pending: {why}"));
-                        }
-                    }
-                }
-                let left: Vec<&String> = status
-                    .iter()
-                    .filter(|(_, s)| *s != OK)
-                    .map(|(k, _)| k)
-                    .collect();
-                diags.push(Diagnostic::error(
-                    "The roll over the Nomad clients stopped",
-                    format!(
-                        "{}.\nDone: {}. Not done: {}. The state records this; the next terraform apply continues \
-                         with the clients not done.",
-                        stop.failures.join("\n"),
-                        if rolled.done.is_empty() { "none".to_string() } else { rolled.done.join(", ") },
-                        left.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
-                    ),
-                ));
-            }
-        }
-        state.set(STATUS, status_value(&status));
-        state.set(PREVIOUS, previous_value(&previous));
-        Applied {
-            state: Some(state),
-            diags,
-        }
-    }
-
-    /// Before a first apply changes anything: every client reachable, its file there
-    /// with a servers list.
-    async fn preflight(&self, clients: &[Client]) -> Result<(), Diagnostics> {
-        let mut tasks = tokio::task::JoinSet::new();
-        for c in clients {
-            let c = c.clone();
-            tasks.spawn(async move {
-                (
-                    c.key.clone(),
-                    c.config_path.clone(),
-                    roll::inspect(&c).await,
-                )
-            });
-        }
-        let mut bad = Vec::new();
-        while let Some(j) = tasks.join_next().await {
-            match j {
-                Ok((k, path, Ok(Found::Servers(_)))) => {
-                    log::debug!("{k}: {path} has a servers list")
-                }
-                Ok((k, path, r)) => bad.push(format!("{k}: {}", roll::status_of(&r, &[], &path))),
-                Err(e) => bad.push(format!("a client's check failed: {e}")),
-            }
-        }
-        if bad.is_empty() {
-            return Ok(());
-        }
-        bad.sort();
-        Err(Diagnostic::error(
-            "Not every Nomad client is ready to be rewritten",
-            format!("{}.\nNothing was changed on any client.", bad.join("\n")),
-        )
-        .at(AttrPath::root(CLIENT))
-        .into())
-    }
-}
-
 #[async_trait]
 impl Resource for NomadClientStatic {
     fn type_name(&self) -> &'static str {
@@ -416,7 +182,7 @@ impl Resource for NomadClientStatic {
     }
 
     fn schema(&self) -> Schema {
-        Schema::new(0, block())
+        Schema::new(0, schema::block())
     }
 
     fn validate(&self, config: &Value) -> Diagnostics {
@@ -734,58 +500,9 @@ impl Resource for NomadClientStatic {
     }
 }
 
-impl NomadClientStatic {
-    /// Puts back each of `cs`'s recorded previous list (clients without one are named in a
-    /// warning). On failure the state keeps what is not restored.
-    async fn restore(
-        &self,
-        prior: &Value,
-        planned: &Value,
-        config: &Value,
-        cs: &[Client],
-    ) -> Applied {
-        let previous = previous_map(prior);
-        let plan = match self.roll_plan(planned, config) {
-            Ok(p) => p,
-            Err(d) => return Applied::kept(prior, d),
-        };
-        let mut diags = Diagnostics::new();
-        let mut items = Vec::new();
-        for c in cs {
-            match previous.get(&c.key) {
-                Some(p) => items.push((c.clone(), p.clone())),
-                None => diags.push(Diagnostic::warning(
-                    "No previous servers list recorded",
-                    format!("{} ({}) keeps its servers list: this resource never rewrote it (imported?)", c.key, c.config_path),
-                )),
-            }
-        }
-        let rolled = roll::roll(&items, &plan).await;
-        diags.extend(warnings(&rolled.warnings));
-        if let Some(stop) = rolled.stopped {
-            diags.push(Diagnostic::error(
-                "Could not put every Nomad client's servers list back",
-                format!(
-                    "{}.\nPut back: {}. The resource stays in the state; run the destroy again.",
-                    stop.failures.join("\n"),
-                    if rolled.done.is_empty() {
-                        "none".to_string()
-                    } else {
-                        rolled.done.join(", ")
-                    }
-                ),
-            ));
-            return Applied {
-                state: Some(prior.clone()),
-                diags,
-            };
-        }
-        Applied { state: None, diags }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::roll::Restart;
     use super::*;
 
     #[test]

@@ -1,0 +1,212 @@
+//! The roll behind create, update and delete of `circleci_nomad_client_static`: the
+//! Nomad API settings, the first apply's check of every client, the roll recorded in
+//! the state, and the restore of the previous lists.
+
+use super::roll::{self, Client, Found, NomadApi, Restart};
+use super::*;
+use crate::backends::tunnel::Route;
+
+impl NomadClientStatic {
+    pub(super) fn roll_plan(
+        &self,
+        planned: &Value,
+        config: &Value,
+    ) -> Result<roll::Plan, Diagnostics> {
+        let nomad = planned.get("nomad_endpoint").as_str().map(|e| NomadApi {
+            endpoint: e.trim_end_matches('/').to_string(),
+            ca_file: planned
+                .get("nomad_ca_file")
+                .as_str()
+                .map(crate::provider::expand_home),
+            token: config
+                .get("nomad_token_wo")
+                .as_str()
+                .map(|t| crate::secret::Secret(t.to_string())),
+            ready_timeout: crate::resources::duration_or(planned, "ready_timeout", "5m"),
+            route: self.data.route().unwrap_or(Route::Direct),
+            optional: config.is_null(),
+        });
+        Ok(roll::Plan {
+            restart: Restart::parse(planned.get("restart").as_str().unwrap_or("systemctl"))
+                .unwrap_or(Restart::Systemctl),
+            service: planned
+                .get("service_name")
+                .as_str()
+                .unwrap_or("nomad")
+                .to_string(),
+            batch: planned.get("batch_size").as_i64().unwrap_or(1).max(1) as usize,
+            nomad,
+            timeout: self.data.timeout(),
+        })
+    }
+
+    pub(super) fn base(&self) -> Result<SshConfig, Diagnostics> {
+        Ok(self.data.services()?.config().clone())
+    }
+
+    /// Rolls `todo` to `servers` from `prior`'s record; the state after, and the error
+    /// naming where the roll stopped.
+    pub(super) async fn roll_to(
+        &self,
+        prior: &Value,
+        planned: &Value,
+        config: &Value,
+        todo: Vec<Client>,
+    ) -> Applied {
+        let plan = match self.roll_plan(planned, config) {
+            Ok(p) => p,
+            Err(d) => {
+                return Applied {
+                    state: None,
+                    diags: d,
+                }
+            }
+        };
+        let servers = strings(planned.get("nomad_servers"));
+        let mut status = status_map(prior);
+        let mut previous = previous_map(prior);
+        let keys = keys_of(planned);
+        status.retain(|k, _| keys.contains(k));
+        previous.retain(|k, _| keys.contains(k));
+        for c in &todo {
+            status.insert(c.key.clone(), "pending: not rolled yet".into());
+        }
+        let items: Vec<(Client, Vec<String>)> =
+            todo.iter().map(|c| (c.clone(), servers.clone())).collect();
+        let rolled = roll::roll(&items, &plan).await;
+        let mut diags = warnings(&rolled.warnings);
+        for (k, prev) in rolled.previous {
+            previous.entry(k).or_insert(prev);
+        }
+        for k in &rolled.done {
+            status.insert(k.clone(), OK.into());
+        }
+        let mut state = planned.clone();
+        if state.get("id").is_unknown() {
+            state.set(
+                "id",
+                Value::string(keys.first().cloned().unwrap_or_default()),
+            );
+        }
+        match rolled.stopped {
+            None => {}
+            Some(stop) => {
+                for f in &stop.failures {
+                    if let Some((k, why)) = f.split_once(": ") {
+                        let k = k.split(" (").next().unwrap_or(k);
+                        if status.contains_key(k) {
+                            status.insert(k.to_string(), format!("pending: {why}"));
+                        }
+                    }
+                }
+                let left: Vec<&String> = status
+                    .iter()
+                    .filter(|(_, s)| *s != OK)
+                    .map(|(k, _)| k)
+                    .collect();
+                diags.push(Diagnostic::error(
+                    "The roll over the Nomad clients stopped",
+                    format!(
+                        "{}.\nDone: {}. Not done: {}. The state records this; the next terraform apply continues \
+                         with the clients not done.",
+                        stop.failures.join("\n"),
+                        if rolled.done.is_empty() { "none".to_string() } else { rolled.done.join(", ") },
+                        left.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+        }
+        state.set(STATUS, status_value(&status));
+        state.set(PREVIOUS, previous_value(&previous));
+        Applied {
+            state: Some(state),
+            diags,
+        }
+    }
+
+    /// Before a first apply changes anything: every client reachable, its file there
+    /// with a servers list.
+    pub(super) async fn preflight(&self, clients: &[Client]) -> Result<(), Diagnostics> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for c in clients {
+            let c = c.clone();
+            tasks.spawn(async move {
+                (
+                    c.key.clone(),
+                    c.config_path.clone(),
+                    roll::inspect(&c).await,
+                )
+            });
+        }
+        let mut bad = Vec::new();
+        while let Some(j) = tasks.join_next().await {
+            match j {
+                Ok((k, path, Ok(Found::Servers(_)))) => {
+                    log::debug!("{k}: {path} has a servers list")
+                }
+                Ok((k, path, r)) => bad.push(format!("{k}: {}", roll::status_of(&r, &[], &path))),
+                Err(e) => bad.push(format!("a client's check failed: {e}")),
+            }
+        }
+        if bad.is_empty() {
+            return Ok(());
+        }
+        bad.sort();
+        Err(Diagnostic::error(
+            "Not every Nomad client is ready to be rewritten",
+            format!("{}.\nNothing was changed on any client.", bad.join("\n")),
+        )
+        .at(AttrPath::root(CLIENT))
+        .into())
+    }
+}
+
+impl NomadClientStatic {
+    /// Puts back each of `cs`'s recorded previous list (clients without one are named in a
+    /// warning). On failure the state keeps what is not restored.
+    pub(super) async fn restore(
+        &self,
+        prior: &Value,
+        planned: &Value,
+        config: &Value,
+        cs: &[Client],
+    ) -> Applied {
+        let previous = previous_map(prior);
+        let plan = match self.roll_plan(planned, config) {
+            Ok(p) => p,
+            Err(d) => return Applied::kept(prior, d),
+        };
+        let mut diags = Diagnostics::new();
+        let mut items = Vec::new();
+        for c in cs {
+            match previous.get(&c.key) {
+                Some(p) => items.push((c.clone(), p.clone())),
+                None => diags.push(Diagnostic::warning(
+                    "No previous servers list recorded",
+                    format!("{} ({}) keeps its servers list: this resource never rewrote it (imported?)", c.key, c.config_path),
+                )),
+            }
+        }
+        let rolled = roll::roll(&items, &plan).await;
+        diags.extend(warnings(&rolled.warnings));
+        if let Some(stop) = rolled.stopped {
+            diags.push(Diagnostic::error(
+                "Could not put every Nomad client's servers list back",
+                format!(
+                    "{}.\nPut back: {}. The resource stays in the state; run the destroy again.",
+                    stop.failures.join("\n"),
+                    if rolled.done.is_empty() {
+                        "none".to_string()
+                    } else {
+                        rolled.done.join(", ")
+                    }
+                ),
+            ));
+            return Applied {
+                state: Some(prior.clone()),
+                diags,
+            };
+        }
+        Applied { state: None, diags }
+    }
+}
