@@ -307,6 +307,33 @@ fn a_fleet_is_rolled_in_batches_continued_after_a_failure_and_restored() {
 }
 
 #[test]
+fn a_node_that_is_not_ready_again_stops_the_roll() {
+    let s = servers();
+    let f = Fleet::new(&s, 1);
+    // The Nomad servers never list this node: the agent was restarted, the wait ends.
+    let main = f
+        .main_tf(&s, &[0], r#"["nomad-9.internal:4647"]"#, "")
+        .replace(
+            "node_name   = \"client-1\"",
+            "node_name   = \"not-in-nomad\"",
+        )
+        .replace("ready_timeout  = \"20s\"", "ready_timeout  = \"2s\"");
+    assert!(
+        main.contains("not-in-nomad") && main.contains("\"2s\""),
+        "{main}"
+    );
+    let tf = Tf::new(&main);
+    let err = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
+    assert!(
+        err.contains(
+            r#"did not list node "not-in-nomad" as ready again within 2s (last seen: not listed)"#
+        ),
+        "{err}"
+    );
+    assert_eq!(f.restarts(0), 1, "the agent was restarted before the wait");
+}
+
+#[test]
 fn bad_input_names_the_attribute() {
     let s = servers();
     let tf = Tf::new(&format!(
