@@ -29,7 +29,7 @@ import time
 
 import bench_migration
 import bench_tunnel
-from bench_common import E, ROOT, STATE, cli_config, provider, tf
+from bench_common import E, ROOT, STATE, cli_config, provider, redis_resources, tf
 
 BIN = os.path.join(ROOT, "target", "release", "terraform-provider-circleci")
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
@@ -70,15 +70,6 @@ PROVIDER = provider()
 
 def data_resources(n):
     return "".join(f'resource "terraform_data" "r{i}" {{\n  input = {i}\n}}\n' for i in range(n))
-
-
-def redis_resources(n, root):
-    return "".join(
-        f'resource "circleci_external_redis" "r{i}" {{\n'
-        f'  host        = "127.0.0.1"\n  port        = {E["CIRCLECI_TEST_REDIS_PORT"]}\n'
-        f'  config_path = "{root}/r{i}/redis"\n}}\n'
-        for i in range(n)
-    )
 
 
 def workspace(main_tf, plugin_dir):

@@ -64,3 +64,13 @@ provider "circleci" {{
   }}
 {extra}}}
 '''
+
+
+def redis_resources(n, root):
+    """n circleci_external_redis resources on the dev Redis, their files under root."""
+    return "".join(
+        f'resource "circleci_external_redis" "r{i}" {{\n'
+        f'  host        = "127.0.0.1"\n  port        = {E["CIRCLECI_TEST_REDIS_PORT"]}\n'
+        f'  config_path = "{root}/r{i}/redis"\n}}\n'
+        for i in range(n)
+    )

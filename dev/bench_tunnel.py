@@ -17,19 +17,10 @@ import statistics
 import tempfile
 import time
 
-from bench_common import E, STATE, cli_config, provider, tf
+from bench_common import E, STATE, cli_config, provider, redis_resources, tf
 
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 N = 40
-
-
-def redis_resources(n, root):
-    return "".join(
-        f'resource "circleci_external_redis" "r{i}" {{\n'
-        f'  host        = "127.0.0.1"\n  port        = {E["CIRCLECI_TEST_REDIS_PORT"]}\n'
-        f'  config_path = "{root}/r{i}/redis"\n}}\n'
-        for i in range(n)
-    )
 
 
 def sshd_log_size():

@@ -82,30 +82,28 @@ fn services_sshd(dir: &Path, port: u16, allowed: &str) -> (Proc, std::path::Path
 
 /// The provider, through the second sshd, its MongoDB admin connection to `uri`.
 fn provider(s: &Servers, ssh_port: u16, known_hosts: &Path, uri: &str) -> String {
-    format!(
-        r#"
-terraform {{
-  required_providers {{
-    circleci = {{ source = "circleci/circleci" }}
-  }}
-}}
-provider "circleci" {{
-  via_services_host = true
-  services_host {{
-    host             = "127.0.0.1"
-    port             = {ssh_port}
-    user             = "root"
-    private_key_file = {key:?}
-    known_hosts_file = {known_hosts:?}
-    timeout          = "10s"
-  }}
-  mongodb {{
-    uri = {uri:?}
-  }}
-}}
-"#,
-        key = s.get("CIRCLECI_TEST_SSH_KEY_FILE"),
+    s.provider_block_on(
+        ssh_port,
+        &format!("known_hosts_file = {known_hosts:?}"),
+        &format!("  mongodb {{\n    uri = {uri:?}\n  }}"),
     )
+    .replace(
+        "provider \"circleci\" {",
+        "provider \"circleci\" {\n  via_services_host = true",
+    )
+}
+
+/// How many users named `user` the MongoDB stand-in on `port` has.
+fn users_named(s: &Servers, port: u16, user: &str) -> usize {
+    let uri = format!(
+        "mongodb://{}:{}@127.0.0.1:{port}/?authSource=admin&directConnection=true",
+        s.get("CIRCLECI_TEST_MONGO_USER"),
+        s.get("CIRCLECI_TEST_MONGO_PASSWORD"),
+    );
+    let r = s
+        .pymongo(&uri, "admin", serde_json::json!({ "usersInfo": user }))
+        .unwrap();
+    r["users"].as_array().unwrap().len()
 }
 
 #[test]
@@ -160,21 +158,7 @@ resource "circleci_external_mongo" "m" {{
     assert!(out.contains("Apply complete"), "{out}");
 
     // The user was made on the primary (asked directly, by its loopback port).
-    let direct = |port: u16| {
-        format!(
-            "mongodb://{}:{}@127.0.0.1:{port}/?authSource=admin&directConnection=true",
-            s.get("CIRCLECI_TEST_MONGO_USER"),
-            s.get("CIRCLECI_TEST_MONGO_PASSWORD"),
-        )
-    };
-    let users = s
-        .pymongo(
-            &direct(pa),
-            "admin",
-            serde_json::json!({"usersInfo": format!("rs-{tag}")}),
-        )
-        .unwrap();
-    assert_eq!(users["users"].as_array().unwrap().len(), 1, "{users}");
+    assert_eq!(users_named(&s, pa, &format!("rs-{tag}")), 1);
     // The file names the members as CircleCI on the Services machine reaches them.
     let file = std::fs::read_to_string(root.path().join("etc/circle-installation-customizations"))
         .unwrap();
@@ -196,14 +180,7 @@ resource "circleci_external_mongo" "m" {{
         "refresh through the tunnel sees no drift"
     );
     tf.ok(&["destroy", "-auto-approve", "-no-color"]);
-    let users = s
-        .pymongo(
-            &direct(pa),
-            "admin",
-            serde_json::json!({"usersInfo": format!("rs-{tag}")}),
-        )
-        .unwrap();
-    assert_eq!(users["users"].as_array().unwrap().len(), 0, "{users}");
+    assert_eq!(users_named(&s, pa, &format!("rs-{tag}")), 0);
 }
 
 /// A CA and a server certificate for `name` (PEM): (ca, cert, key).

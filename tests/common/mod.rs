@@ -167,6 +167,12 @@ impl Servers {
 
     /// As provider_block, with `pg` in place of the postgres block.
     pub fn provider_block_with(&self, extra: &str, pg: &str) -> String {
+        self.provider_block_on(self.ssh_port(), extra, pg)
+    }
+
+    /// The provider with the Services machine's sshd on `port`, `extra` in its
+    /// services_host block (default: the dev known_hosts file) and `blocks` after it.
+    pub fn provider_block_on(&self, port: u16, extra: &str, blocks: &str) -> String {
         let extra = if extra.is_empty() {
             format!(
                 "known_hosts_file = {:?}",
@@ -192,10 +198,9 @@ provider "circleci" {{
     timeout          = "10s"
     {extra}
   }}
-{pg}
+{blocks}
 }}
 "#,
-            port = self.ssh_port(),
             key = self.get("CIRCLECI_TEST_SSH_KEY_FILE"),
         )
     }
