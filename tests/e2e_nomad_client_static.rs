@@ -307,6 +307,102 @@ fn a_fleet_is_rolled_in_batches_continued_after_a_failure_and_restored() {
 }
 
 #[test]
+fn an_interrupted_or_frozen_roll_converges() {
+    use std::os::unix::process::CommandExt;
+    let s = servers();
+    let f = Fleet::new(&s, 3);
+    let a = r#"["nomad-1.internal:4647"]"#;
+    let tf = Tf::new(&f.main_tf(&s, &[0, 1, 2], a, ""));
+    tf.apply();
+    let restarts = |f: &Fleet| [f.restarts(0), f.restarts(1), f.restarts(2)];
+    assert_eq!(restarts(&f), [1, 1, 1]);
+
+    // Ctrl-C between two batches of an update: the roll stops there, the state says so.
+    let b = r#"["nomad-2.internal:4647"]"#;
+    tf.write_main(&f.main_tf(&s, &[0, 1, 2], b, ""));
+    let faults = tempfile::tempdir().unwrap();
+    let point = "circleci_nomad_client_static.between_batches";
+    std::fs::write(faults.path().join(format!("{point}.armed")), "").unwrap();
+    let mut cmd = tf.cmd(&["apply", "-auto-approve", "-no-color", "-input=false"]);
+    cmd.env("CIRCLECI_PROVIDER_FAULT_DIR", faults.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0);
+    let child = cmd.spawn().unwrap();
+    let reached = faults.path().join(format!("{point}.reached"));
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !reached.exists() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the apply never reached {point}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::process::Command::new("kill")
+        .args(["-INT", "--", &format!("-{}", child.id())])
+        .status()
+        .unwrap();
+    std::fs::write(faults.path().join(format!("{point}.go")), "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = flat(&format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ));
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!(
+            "stopped (Terraform was interrupted) before {}",
+            f.key(1)
+        )),
+        "{text}"
+    );
+    assert_eq!(restarts(&f), [2, 1, 1]);
+    assert_eq!(f.file(0), with_servers(&f.clients[0].original, b));
+    assert_eq!(f.file(1), with_servers(&f.clients[1].original, a));
+    tf.apply();
+    assert_eq!(
+        restarts(&f),
+        [2, 2, 2],
+        "the next apply rolls only the rest"
+    );
+    assert_eq!(tf.plan_code(), 0);
+
+    // A frozen client machine (its sshd stopped with SIGSTOP): the roll fails within the
+    // SSH deadline (10 s here), naming it; thawed, the next apply converges.
+    let c = r#"["nomad-3.internal:4647"]"#;
+    tf.write_main(&f.main_tf(&s, &[0, 1, 2], c, ""));
+    let pid = f.clients[1].sshd.as_ref().unwrap().0.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let err = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
+    let took = started.elapsed();
+    std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap();
+    assert!(err.contains(&f.key(1)), "{err}");
+    assert!(
+        took < std::time::Duration::from_secs(25),
+        "the frozen client held the apply {took:?}"
+    );
+    assert_eq!(restarts(&f), [3, 2, 2]);
+    tf.apply();
+    assert_eq!(restarts(&f), [3, 3, 3]);
+    for i in 0..3 {
+        assert_eq!(
+            f.file(i),
+            with_servers(&f.clients[i].original, c),
+            "client {i}"
+        );
+    }
+    assert_eq!(tf.plan_code(), 0);
+}
+
+#[test]
 fn a_node_that_is_not_ready_again_stops_the_roll() {
     let s = servers();
     let f = Fleet::new(&s, 1);

@@ -257,7 +257,10 @@ pub async fn roll(clients: &[(Client, Vec<String>)], plan: &Plan) -> Rolled {
         warnings: Vec::new(),
     };
     let plan = Arc::new(plan.clone());
-    for batch in clients.chunks(plan.batch.max(1)) {
+    for (n, batch) in clients.chunks(plan.batch.max(1)).enumerate() {
+        if n > 0 {
+            crate::fault_point::point("circleci_nomad_client_static.between_batches").await;
+        }
         if crate::plugin::stop::requested() {
             out.stopped = Some(Stopped {
                 failures: vec![format!(
