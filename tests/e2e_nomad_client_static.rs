@@ -137,6 +137,12 @@ impl Fleet {
 
     /// The provider, and the resource over clients `which`.
     fn main_tf(&self, s: &Servers, which: &[usize], servers: &str, extra: &str) -> String {
+        let provider = s.provider_block(&format!("known_hosts_file = {:?}", self.known_hosts));
+        format!("{provider}{}", self.resource_tf(s, which, servers, extra))
+    }
+
+    /// The resource over clients `which`, with `extra` attributes.
+    fn resource_tf(&self, s: &Servers, which: &[usize], servers: &str, extra: &str) -> String {
         let clients: String = which
             .iter()
             .map(|i| {
@@ -148,7 +154,7 @@ impl Fleet {
             })
             .collect();
         format!(
-            r#"{provider}
+            r#"
 resource "circleci_nomad_client_static" "fleet" {{
   nomad_servers  = {servers}
   nomad_endpoint = {endpoint:?}
@@ -157,7 +163,6 @@ resource "circleci_nomad_client_static" "fleet" {{
 {extra}
 {clients}}}
 "#,
-            provider = s.provider_block(&format!("known_hosts_file = {:?}", self.known_hosts)),
             endpoint = self.nomad.endpoint(),
             ca = s.get("CIRCLECI_TEST_TLS_CA"),
         )
@@ -400,6 +405,60 @@ fn an_interrupted_or_frozen_roll_converges() {
         );
     }
     assert_eq!(tf.plan_code(), 0);
+}
+
+#[test]
+fn clients_only_the_services_machine_reaches_are_rolled_through_it() {
+    let s = servers();
+    let f = Fleet::new(&s, 2);
+    // A Services machine whose sshd forwards only to the first client (and Nomad's API).
+    let services_port = common::closed_port();
+    let permit = format!(
+        "PermitOpen 127.0.0.1:{} 127.0.0.1:{}",
+        f.clients[0].port, f.nomad.port
+    );
+    let (_services, log) = sshd::start(
+        f.dir.path(),
+        services_port,
+        &|line: &str| line.starts_with("PermitOpen ").then(|| permit.clone()),
+        None,
+    );
+    let known = sshd::known_hosts(
+        &s,
+        f.dir.path(),
+        &[services_port, f.clients[0].port, f.clients[1].port],
+    );
+    let provider = s
+        .provider_block_on(services_port, &format!("known_hosts_file = {known:?}"), "")
+        .replace(
+            "provider \"circleci\" {",
+            "provider \"circleci\" {\n  via_services_host = true",
+        );
+    let new = r#"["nomad-1.internal:4647"]"#;
+    // The second client is not permitted: the first apply names that hop, changes nothing.
+    let tf = Tf::new(&format!(
+        "{provider}{}",
+        f.resource_tf(&s, &[0, 1], new, "")
+    ));
+    let err = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
+    assert!(
+        err.contains(&format!("refused the tunnel to {}", f.key(1))),
+        "{err}"
+    );
+    assert_eq!([f.restarts(0), f.restarts(1)], [0, 0]);
+    // The first alone goes through: the Services machine's sshd carried its SSH.
+    tf.write_main(&format!("{provider}{}", f.resource_tf(&s, &[0], new, "")));
+    tf.apply();
+    assert_eq!(f.file(0), with_servers(&f.clients[0].original, new));
+    assert_eq!([f.restarts(0), f.restarts(1)], [1, 0]);
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(
+        log.contains(&format!("target 127.0.0.1 port {}", f.clients[0].port)),
+        "{log}"
+    );
+    assert_eq!(tf.plan_code(), 0);
+    tf.ok(&["destroy", "-auto-approve", "-no-color"]);
+    assert_eq!(f.file(0), f.clients[0].original);
 }
 
 #[test]

@@ -165,7 +165,21 @@ impl ServicesHost {
             keepalive_interval: Some(Duration::from_secs(30)),
             ..Default::default()
         });
-        let connect = russh::client::connect(ssh_cfg, (cfg.host.as_str(), cfg.port), client);
+        let connect = async {
+            match &self.jump {
+                None => {
+                    russh::client::connect(ssh_cfg, (cfg.host.as_str(), cfg.port), client).await
+                }
+                Some(via) => {
+                    let stream = via.open_tunnel_boxed(&cfg.host, cfg.port).await.map_err(
+                        |e: super::super::tunnel::DialError| {
+                            russh::Error::IO(std::io::Error::other(e.to_string()))
+                        },
+                    )?;
+                    russh::client::connect_stream(ssh_cfg, stream, client).await
+                }
+            }
+        };
         let handle = match tokio::time::timeout(cfg.timeout, connect).await {
             Err(_) => {
                 return Err(SshError::Connect(format!(

@@ -176,6 +176,9 @@ pub struct ServicesHost {
     stale: AtomicBool,
     /// The local SOCKS5 end of the tunnel, started on first use.
     socks: std::sync::OnceLock<Result<tunnel::SocksBridge, String>>,
+    /// Reached through this machine's SSH connection (a `direct-tcpip` channel) instead
+    /// of a TCP connection from where Terraform runs.
+    jump: Option<Arc<ServicesHost>>,
 }
 
 impl fmt::Debug for ServicesHost {
@@ -214,7 +217,14 @@ impl ServicesHost {
             counter: AtomicU64::new(0),
             stale: AtomicBool::new(false),
             socks: std::sync::OnceLock::new(),
+            jump: None,
         }
+    }
+
+    /// The same machine, reached through `via`'s SSH connection (as `ssh -J`).
+    pub fn through(mut self, via: Arc<ServicesHost>) -> Self {
+        self.jump = Some(via);
+        self
     }
 
     pub fn config(&self) -> &SshConfig {
@@ -269,6 +279,24 @@ impl ServicesHost {
             status,
             detail,
         }
+    }
+
+    /// [`Self::open_tunnel`], boxed: a machine reached through another (`through`)
+    /// opens its connection with it, a recursion of future types the compiler can only
+    /// check for `Send` when the type is named here.
+    pub fn open_tunnel_boxed<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<russh::ChannelStream<russh::client::Msg>, DialError>,
+                > + Send
+                + 'a,
+        >,
+    > {
+        Box::pin(self.open_tunnel(host, port))
     }
 
     /// A `direct-tcpip` channel to `host:port` from the Services machine, on the shared

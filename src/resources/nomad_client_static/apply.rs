@@ -40,8 +40,19 @@ impl NomadClientStatic {
         })
     }
 
-    pub(super) fn base(&self) -> Result<SshConfig, Diagnostics> {
-        Ok(self.data.services()?.config().clone())
+    /// The clients of `v` as SSH targets: the provider's `services_host` settings, and
+    /// through the Services machine when `via_services_host` (or the provider's) says so.
+    pub(super) fn clients_of(&self, v: &Value) -> Result<Vec<Client>, Diagnostics> {
+        let services = self.data.services()?;
+        let via = match v.get("via_services_host").as_bool() {
+            Some(true) => Some(services.clone()),
+            Some(false) => None,
+            None => match self.data.route()? {
+                Route::Tunnel(h) => Some(h),
+                Route::Direct => None,
+            },
+        };
+        clients(v, services.config(), via.as_ref())
     }
 
     /// Rolls `todo` to `servers` from `prior`'s record; the state after, and the error
@@ -126,7 +137,12 @@ impl NomadClientStatic {
 
     /// Before a first apply changes anything: every client reachable, its file there
     /// with a servers list.
-    pub(super) async fn preflight(&self, clients: &[Client]) -> Result<(), Diagnostics> {
+    pub(super) async fn preflight(
+        &self,
+        clients: &[Client],
+        planned: &Value,
+        config: &Value,
+    ) -> Result<(), Diagnostics> {
         let mut tasks = tokio::task::JoinSet::new();
         for c in clients {
             let c = c.clone();
@@ -139,6 +155,12 @@ impl NomadClientStatic {
             });
         }
         let mut bad = Vec::new();
+        // The nodes must be readable too: the roll waits on them.
+        if let Some(api) = self.roll_plan(planned, config)?.nomad {
+            if let Err(e) = api.nodes(self.data.timeout()).await {
+                bad.push(format!("the Nomad API, to see restarted nodes ready: {e}"));
+            }
+        }
         while let Some(j) = tasks.join_next().await {
             match j {
                 Ok((k, path, Ok(Found::Servers(_)))) => {

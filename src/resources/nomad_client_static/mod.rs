@@ -15,7 +15,7 @@ use async_trait::async_trait;
 
 use super::validate::{self, Check};
 use super::{string_list, strings};
-use crate::backends::ssh::{self, HostKeyPolicy, SshConfig};
+use crate::backends::ssh::{self, HostKeyPolicy, ServicesHost, SshConfig};
 use crate::circleci::nomad_user_data as ud;
 use crate::plugin::{
     resource::changed, Applied, AttrPath, Diagnostic, Diagnostics, PlanRequest, Resource, Schema,
@@ -85,7 +85,11 @@ fn check_service(s: &str) -> Result<(), String> {
 }
 
 /// The clients as SSH targets, from the provider's `services_host` settings.
-fn clients(v: &Value, base: &SshConfig) -> Result<Vec<Client>, Diagnostics> {
+fn clients(
+    v: &Value,
+    base: &SshConfig,
+    via: Option<&Arc<ServicesHost>>,
+) -> Result<Vec<Client>, Diagnostics> {
     let path = v.get("config_path").as_str().unwrap_or(DEFAULT_CONFIG);
     let mut out = Vec::new();
     for (i, c) in v
@@ -133,6 +137,7 @@ fn clients(v: &Value, base: &SshConfig) -> Result<Vec<Client>, Diagnostics> {
             },
             config_path: c.get("config_path").as_str().unwrap_or(path).to_string(),
             node_name: c.get("node_name").as_str().map(str::to_string),
+            via: via.cloned(),
         });
     }
     Ok(out)
@@ -319,7 +324,7 @@ impl Resource for NomadClientStatic {
     }
 
     async fn create(&self, planned: &Value, config: &Value) -> Applied {
-        let todo = match self.base().and_then(|b| clients(planned, &b)) {
+        let todo = match self.clients_of(planned) {
             Ok(c) => c,
             Err(d) => {
                 return Applied {
@@ -328,7 +333,7 @@ impl Resource for NomadClientStatic {
                 }
             }
         };
-        if let Err(d) = self.preflight(&todo).await {
+        if let Err(d) = self.preflight(&todo, planned, config).await {
             return Applied {
                 state: None,
                 diags: d,
@@ -342,11 +347,7 @@ impl Resource for NomadClientStatic {
             state: Some(prior.clone()),
             diags: d,
         };
-        let base = match self.base() {
-            Ok(b) => b,
-            Err(d) => return kept(d),
-        };
-        let (now, before) = match (clients(planned, &base), clients(prior, &base)) {
+        let (now, before) = match (self.clients_of(planned), self.clients_of(prior)) {
             (Ok(a), Ok(b)) => (a, b),
             (Err(d), _) | (_, Err(d)) => return kept(d),
         };
@@ -386,7 +387,7 @@ impl Resource for NomadClientStatic {
     }
 
     async fn read(&self, state: &Value) -> Result<Option<Value>, Diagnostics> {
-        let cs = clients(state, &self.base()?)?;
+        let cs = self.clients_of(state)?;
         let servers = strings(state.get("nomad_servers"));
         let prior = status_map(state);
         let mut tasks = tokio::task::JoinSet::new();
@@ -422,7 +423,7 @@ impl Resource for NomadClientStatic {
                 diags: Diagnostics::new(),
             };
         }
-        let cs = match self.base().and_then(|b| clients(prior, &b)) {
+        let cs = match self.clients_of(prior) {
             Ok(c) => c,
             Err(d) => return Applied::kept(prior, d),
         };
@@ -479,7 +480,7 @@ impl Resource for NomadClientStatic {
         v.set("ready_timeout", Value::string("5m"));
         v.set("restore_on_destroy", Value::Bool(true));
         v.set(PREVIOUS, Value::Map(BTreeMap::new()));
-        let cs = clients(&v, &self.base()?)?;
+        let cs = self.clients_of(&v)?;
         v.set("id", Value::string(cs[0].key.clone()));
         let found = roll::inspect(&cs[0]).await;
         match found {

@@ -52,9 +52,20 @@ pub struct Client {
     pub config_path: String,
     /// The node's name in Nomad; else the node whose name or address is the host.
     pub node_name: Option<String>,
+    /// The Services machine, when the client is reached through it.
+    pub via: Option<Arc<ServicesHost>>,
 }
 
 impl Client {
+    /// An SSH connection to this machine (made on first use).
+    fn host(&self) -> ServicesHost {
+        let h = ServicesHost::new(self.ssh.clone());
+        match &self.via {
+            Some(v) => h.through(v.clone()),
+            None => h,
+        }
+    }
+
     fn is_node(&self, n: &Node) -> bool {
         match &self.node_name {
             Some(name) => &n.name == name,
@@ -84,7 +95,8 @@ pub struct NomadApi {
 }
 
 impl NomadApi {
-    async fn nodes(&self, timeout: Duration) -> Result<Vec<Node>, String> {
+    /// The nodes the Nomad servers list.
+    pub async fn nodes(&self, timeout: Duration) -> Result<Vec<Node>, String> {
         nb::nodes(
             &self.route,
             &self.endpoint,
@@ -119,7 +131,7 @@ pub enum Found {
 
 /// Reads the client's file and finds its servers list.
 pub async fn inspect(c: &Client) -> Result<Found, String> {
-    let h = ServicesHost::new(c.ssh.clone());
+    let h = c.host();
     let f = h
         .read_file(&c.config_path)
         .await
@@ -152,7 +164,7 @@ async fn rewrite_and_restart(
     plan: &Plan,
     servers: &[String],
 ) -> Result<(Vec<String>, bool), String> {
-    let h = ServicesHost::new(c.ssh.clone());
+    let h = c.host();
     let f = h
         .read_file(&c.config_path)
         .await

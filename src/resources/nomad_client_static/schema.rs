@@ -58,6 +58,11 @@ pub(super) fn block() -> Block {
         .attr(Attribute::new("batch_size", Type::Number).optional().computed().description(
             "Clients rewritten and restarted at a time. Default `1`.",
         ))
+        .attr(Attribute::new("via_services_host", Type::Bool).optional().description(
+            "Reach the client machines through the Services machine (each SSH connection inside a \
+             `direct-tcpip` channel of the provider's connection to it, as `ssh -J`): for clients only \
+             its network reaches. Default: the provider's `via_services_host`.",
+        ))
         .attr(Attribute::new("nomad_endpoint", Type::String).optional().description(
             "The Nomad servers' HTTP API (e.g. `circleci_external_nomad`'s `endpoint`). When set, each restarted \
              client's node must be listed `ready` again (`GET /v1/nodes`, a higher `ModifyIndex`) within \
