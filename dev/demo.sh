@@ -78,10 +78,26 @@ export TF_VAR_vault_token="$CIRCLECI_TEST_VAULT_TOKEN"
 export TF_VAR_circle_db_password="demo 'circle' password \$1"
 export TF_VAR_embedded_vault_token="$CIRCLECI_TEST_EMBEDDED_VAULT_TOKEN"
 
-# The embedded data the migration carries over: on a first run (no demo state), a fresh
-# fixture under the simulator's root whose context secrets the embedded OpenBao (in
-# memory, so as old as this services-up) encrypted, and targets as a new external
-# server has them: none of the runbook's databases, no context-service key.
+export TF_CLI_CONFIG_FILE=$D/demo.tfrc CHECKPOINT_DISABLE=1
+cd "$W"
+rm -f .terraform.lock.hcl   # the binary changes with every build
+terraform init -input=false -no-color >/dev/null
+# Every run starts from scratch: a previous demo is destroyed first (its Nomad client
+# group put back, its files removed). `make test` in between resets the same servers,
+# so a previous state may no longer describe them; whatever its destroy cannot undo,
+# the reset below does.
+if [ -s "$W/terraform.tfstate" ]; then
+  echo "== Destroying the previous demo first" >&2
+  terraform destroy -auto-approve -input=false -no-color >"$D/demo-destroy.log" 2>&1 ||
+    echo "   (its destroy failed, see $D/demo-destroy.log; the reset below starts over anyway)" >&2
+  rm -f "$W/terraform.tfstate" "$W/terraform.tfstate.backup"
+fi
+cd "$ROOT"
+
+# The embedded data the migration carries over: a fresh fixture under the simulator's
+# root whose context secrets the embedded OpenBao (in memory, so as old as this
+# services-up) encrypted, and targets as a new external server has them: none of the
+# runbook's databases, no context-service key.
 if [ ! -f "$W/terraform.tfstate" ]; then
   EMB=$CIRCLECI_TEST_SERVICES_ROOT/data/circle
   rm -rf "$EMB/postgres" "$EMB/mongo" "$EMB/external-services-export"
@@ -100,14 +116,11 @@ if [ ! -f "$W/terraform.tfstate" ]; then
   bao_dev delete transit/keys/context-service >/dev/null 2>&1 || true
 fi
 
-export TF_CLI_CONFIG_FILE=$D/demo.tfrc CHECKPOINT_DISABLE=1
 # The customizations file already holds the operator's own lines: they must survive.
 mkdir -p "$CIRCLECI_TEST_SERVICES_ROOT/etc"
 [ -f "$CIRCLECI_TEST_SERVICES_ROOT/etc/circle-installation-customizations" ] ||
   printf '# settings of my own, kept by Terraform\nexport JVM_OPTS="-Xmx4g"\n' > "$CIRCLECI_TEST_SERVICES_ROOT/etc/circle-installation-customizations"
 cd "$W"
-rm -f .terraform.lock.hcl   # the binary changes with every build
-terraform init -input=false -no-color >/dev/null
 terraform apply -auto-approve -input=false -no-color
 
 echo
