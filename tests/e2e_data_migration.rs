@@ -13,7 +13,7 @@ mod common;
 use std::path::Path;
 
 use common::sim::{Sim, SIMULATOR};
-use common::{servers, Servers, Tf};
+use common::{flat, servers, Servers, Tf};
 use serde_json::json;
 
 const PW: &str = "migr-Pw-1-'\"$x";
@@ -94,11 +94,6 @@ fn start_app(sim: &Sim) {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     panic!("the simulated app did not start");
-}
-
-/// Terraform wraps diagnostics; words are compared without the line breaks.
-fn flat(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn output(tf: &Tf) -> serde_json::Value {
@@ -354,7 +349,6 @@ fn migrates_verifies_refuses_to_overwrite_and_converges() {
 /// apply leaves the databases already imported as they are and imports the rest.
 #[test]
 fn an_interrupted_migration_converges() {
-    use std::os::unix::process::CommandExt;
     let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
     let s = servers();
     s.fresh_runbook_targets();
@@ -366,21 +360,10 @@ fn an_interrupted_migration_converges() {
     let point = "circleci_data_migration.database_loop";
     std::fs::write(faults.path().join(format!("{point}.armed")), b"").unwrap();
     // Let two databases pass first: the point is re-armed after each is reached.
-    let child = {
-        let mut c = tf.cmd(&["apply", "-auto-approve", "-no-color", "-input=false"]);
-        c.env("CIRCLECI_PROVIDER_FAULT_DIR", faults.path())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .process_group(0);
-        c.spawn().unwrap()
-    };
+    let child = common::spawn_apply_with_faults(&tf, faults.path());
     let reached = faults.path().join(format!("{point}.reached"));
     for round in 0..3 {
-        let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
-        while !reached.exists() {
-            assert!(std::time::Instant::now() < until, "never reached {point}");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        common::wait_reached(faults.path(), point, 120);
         std::fs::remove_file(&reached).unwrap();
         if round < 2 {
             std::fs::write(faults.path().join(format!("{point}.armed")), b"").unwrap();
@@ -389,17 +372,8 @@ fn an_interrupted_migration_converges() {
             std::fs::remove_file(faults.path().join(format!("{point}.go"))).unwrap();
         }
     }
-    let _ = std::process::Command::new("kill")
-        .args(["-INT", "--", &format!("-{}", child.id())])
-        .status();
-    std::fs::write(faults.path().join(format!("{point}.go")), b"").unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = flat(&format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    ));
-    assert!(!out.status.success(), "{text}");
+    let (ok, text) = common::interrupt(child, faults.path(), point);
+    assert!(!ok, "{text}");
     assert!(
         text.contains("asked the provider to stop before database"),
         "{text}"

@@ -8,7 +8,7 @@ mod common;
 
 use std::process::{Child, Command};
 
-use common::{closed_port, servers, Servers, Tf};
+use common::{closed_port, flat, servers, Servers, Tf};
 use serde_json::Value as Json;
 
 const SERVERS: [&str; 3] = [
@@ -120,11 +120,6 @@ fn instance_ids(group: &Json) -> Vec<String> {
         .iter()
         .map(|i| i["id"].as_str().unwrap().to_string())
         .collect()
-}
-
-/// Terraform wraps diagnostics; this joins them back into one line of words.
-fn flat(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// The lines that differ between two texts of the same length in lines.

@@ -13,7 +13,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::sshd::{self, Proc};
-use common::{servers, NomadStandin, Servers, Tf};
+use common::{flat, servers, NomadStandin, Servers, Tf};
 
 const OLD: &str = r#"["10.0.1.150:4647"]"#;
 
@@ -173,10 +173,6 @@ resource "circleci_nomad_client_static" "fleet" {{
     }
 }
 
-fn flat(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
 /// The original file with only the servers list's bytes changed.
 fn with_servers(original: &str, list: &str) -> String {
     original.replacen(OLD, list, 1)
@@ -313,7 +309,6 @@ fn a_fleet_is_rolled_in_batches_continued_after_a_failure_and_restored() {
 
 #[test]
 fn an_interrupted_or_frozen_roll_converges() {
-    use std::os::unix::process::CommandExt;
     let s = servers();
     let f = Fleet::new(&s, 3);
     let a = r#"["nomad-1.internal:4647"]"#;
@@ -328,33 +323,10 @@ fn an_interrupted_or_frozen_roll_converges() {
     let faults = tempfile::tempdir().unwrap();
     let point = "circleci_nomad_client_static.between_batches";
     std::fs::write(faults.path().join(format!("{point}.armed")), "").unwrap();
-    let mut cmd = tf.cmd(&["apply", "-auto-approve", "-no-color", "-input=false"]);
-    cmd.env("CIRCLECI_PROVIDER_FAULT_DIR", faults.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .process_group(0);
-    let child = cmd.spawn().unwrap();
-    let reached = faults.path().join(format!("{point}.reached"));
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !reached.exists() {
-        assert!(
-            std::time::Instant::now() < until,
-            "the apply never reached {point}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    std::process::Command::new("kill")
-        .args(["-INT", "--", &format!("-{}", child.id())])
-        .status()
-        .unwrap();
-    std::fs::write(faults.path().join(format!("{point}.go")), "").unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = flat(&format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    ));
-    assert!(!out.status.success(), "{text}");
+    let child = common::spawn_apply_with_faults(&tf, faults.path());
+    common::wait_reached(faults.path(), point, 60);
+    let (ok, text) = common::interrupt(child, faults.path(), point);
+    assert!(!ok, "{text}");
     assert!(
         text.contains(&format!(
             "stopped (Terraform was interrupted) before {}",

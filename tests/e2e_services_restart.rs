@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Child, Command};
 
 use common::sim::{Sim, SIMULATOR};
-use common::{servers, Servers, Tf};
+use common::{flat, servers, Servers, Tf};
 use serde_json::json;
 
 /// A second Redis, on its own port, stopped by PID on drop.
@@ -152,10 +152,6 @@ output "downtime" {{
 fn checks_of(tf: &Tf) -> Vec<String> {
     let out = tf.ok(&["output", "-json", "checks"]);
     serde_json::from_str(&out).unwrap()
-}
-
-fn flat(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[test]

@@ -8,11 +8,7 @@
 
 mod common;
 
-use common::{servers, Servers, Tf};
-
-fn flat(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
+use common::{flat, servers, Servers, Tf};
 
 /// The provider block with `via_services_host = true`, as `user` (root, or the sudo
 /// user whose tunnels sshd refuses).

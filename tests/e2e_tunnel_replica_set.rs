@@ -25,7 +25,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::sshd::{self, Proc};
-use common::{servers, Servers, Tf};
+use common::{flat, servers, Servers, Tf};
 
 const PRIMARY: &str = "mongo-a.rs.internal";
 const SECONDARY: &str = "mongo-b.rs.internal";
@@ -315,8 +315,4 @@ resource "circleci_services_ca_certificate" "ca" {{
         .contains(&format!("{PRIMARY}:{port}")),);
     assert_eq!(tf.plan_code(), 0);
     tf.ok(&["destroy", "-auto-approve", "-no-color"]);
-}
-
-fn flat(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }

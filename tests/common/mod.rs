@@ -386,6 +386,52 @@ pub fn bash(script: &str) -> Vec<u8> {
     out.stdout
 }
 
+/// `s` with every run of whitespace one space: terraform folds long lines of output.
+pub fn flat(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Runs `terraform apply` in `tf` in its own process group with the provider's fault
+/// points in `dir` (arm them first), so that a test can interrupt it as Ctrl-C does.
+pub fn spawn_apply_with_faults(tf: &Tf, dir: &Path) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    let mut c = tf.cmd(&["apply", "-auto-approve", "-no-color", "-input=false"]);
+    c.env("CIRCLECI_PROVIDER_FAULT_DIR", dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0);
+    c.spawn().unwrap()
+}
+
+/// Waits (at most `secs`) until an apply holds at fault point `point` in `dir`.
+pub fn wait_reached(dir: &Path, point: &str, secs: u64) {
+    let reached = dir.join(format!("{point}.reached"));
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !reached.exists() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the apply never reached {point}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Ctrl-C to the apply's process group, then `point` released: whether the apply
+/// succeeded, and its output, flattened.
+pub fn interrupt(child: std::process::Child, dir: &Path, point: &str) -> (bool, String) {
+    let _ = Command::new("kill")
+        .args(["-INT", "--", &format!("-{}", child.id())])
+        .status();
+    std::fs::write(dir.join(format!("{point}.go")), b"").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = flat(&format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ));
+    (out.status.success(), text)
+}
+
 /// A port on 127.0.0.1 where nothing listens.
 pub fn closed_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -102,12 +102,9 @@ impl NomadClientStatic {
         match rolled.stopped {
             None => {}
             Some(stop) => {
-                for f in &stop.failures {
-                    if let Some((k, why)) = f.split_once(": ") {
-                        let k = k.split(" (").next().unwrap_or(k);
-                        if status.contains_key(k) {
-                            status.insert(k.to_string(), format!("pending: {why}"));
-                        }
+                for (k, why) in &stop.failed {
+                    if status.contains_key(k) {
+                        status.insert(k.clone(), format!("pending: {why}"));
                     }
                 }
                 let left: Vec<&String> = status

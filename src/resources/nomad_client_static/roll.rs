@@ -246,8 +246,10 @@ async fn wait_ready(
 
 /// Where the roll stopped.
 pub struct Stopped {
-    /// `client key: why`, for each client of the batch that failed.
+    /// What stopped it, one line each (`client key (target): why`), for the message.
     pub failures: Vec<String>,
+    /// Each client of the batch that failed, and why.
+    pub failed: BTreeMap<String, String>,
 }
 
 /// The roll's result: each client reached, with the list it held before (when its file
@@ -279,6 +281,7 @@ pub async fn roll(clients: &[(Client, Vec<String>)], plan: &Plan) -> Rolled {
                     "stopped (Terraform was interrupted) before {}",
                     keys(batch)
                 )],
+                failed: BTreeMap::new(),
             });
             return out;
         }
@@ -306,6 +309,7 @@ pub async fn roll(clients: &[(Client, Vec<String>)], plan: &Plan) -> Rolled {
                             "reading the nodes before restarting {}: {e}",
                             keys(batch)
                         )],
+                        failed: BTreeMap::new(),
                     });
                     return out;
                 }
@@ -330,19 +334,23 @@ pub async fn roll(clients: &[(Client, Vec<String>)], plan: &Plan) -> Rolled {
             });
         }
         let mut failures = Vec::new();
+        let mut failed = BTreeMap::new();
         while let Some(j) = tasks.join_next().await {
             match j {
                 Ok((key, _, Ok(previous))) => {
                     out.previous.insert(key.clone(), previous);
                     out.done.push(key);
                 }
-                Ok((key, target, Err(e))) => failures.push(format!("{key} ({target}): {e}")),
+                Ok((key, target, Err(e))) => {
+                    failures.push(format!("{key} ({target}): {e}"));
+                    failed.insert(key, e);
+                }
                 Err(e) => failures.push(format!("a client's task failed: {e}")),
             }
         }
         if !failures.is_empty() {
             failures.sort();
-            out.stopped = Some(Stopped { failures });
+            out.stopped = Some(Stopped { failures, failed });
             return out;
         }
     }
