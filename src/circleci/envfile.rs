@@ -79,10 +79,16 @@ pub struct Assignment {
     pub exported: bool,
 }
 
-/// Parses a file of assignments. Blank lines and `#` comments are skipped. Values may be
-/// double-quoted (with the escapes [`quote`] writes, and literal newlines), single-quoted,
-/// or bare words. Anything else (command substitution, several assignments on a line)
-/// is an error naming the line: we will not guess what bash would do.
+/// Parses a file of assignments as bash `source` would read it. Blank lines and `#`
+/// comments are skipped. Values may be double-quoted (with the escapes [`quote`] writes,
+/// and literal newlines), single-quoted, or bare words, and may be several of these side
+/// by side. `$NAME` and `${NAME}`, bare or inside double quotes, expand to a variable
+/// assigned earlier in the same file (the runbook's MongoDB section builds its five URIs
+/// from `MONGO_BASE_URI` this way). Anything else that needs a shell (command
+/// substitution, backticks, arithmetic, special parameters, `${NAME:-...}` and the other
+/// `${...}` forms, a variable the file does not assign, tilde expansion, several
+/// assignments or a command on one line) is an error naming the line: we will not guess
+/// what bash would do.
 pub fn parse(text: &str) -> Result<Vec<Assignment>, EnvFileError> {
     let mut out = Vec::new();
     let mut rest = text;
@@ -120,7 +126,8 @@ pub fn parse(text: &str) -> Result<Vec<Assignment>, EnvFileError> {
             return Err(err(&format!("{key:?} is not a shell variable name")));
         }
         let vstart = &body[eq + 1..];
-        let (value, consumed) = parse_value(vstart, key, &mut line_no).map_err(|m| err(&m))?;
+        let (value, consumed) =
+            parse_value(vstart, key, &out, &mut line_no).map_err(|m| err(&m))?;
         out.push(Assignment {
             key: key.to_string(),
             value,
@@ -142,12 +149,18 @@ type Chars<'a> = std::iter::Peekable<std::str::CharIndices<'a>>;
 
 /// One value after `=`: the value and how many bytes of `vstart` it took (up to the
 /// end of its line, a trailing comment included). Counts the newlines it crosses.
-fn parse_value(vstart: &str, key: &str, line_no: &mut usize) -> Result<(String, usize), String> {
+/// `vars` are the assignments before this one, for `$NAME` expansion.
+fn parse_value(
+    vstart: &str,
+    key: &str,
+    vars: &[Assignment],
+    line_no: &mut usize,
+) -> Result<(String, usize), String> {
     let mut chars = vstart.char_indices().peekable();
     let mut value = String::new();
     while let Some((i, c)) = chars.next() {
         match c {
-            '"' => double_quoted(&mut chars, &mut value, line_no)?,
+            '"' => double_quoted(&mut chars, &mut value, key, vars, line_no)?,
             '\'' => single_quoted(&mut chars, &mut value, line_no)?,
             '\\' => match chars.next() {
                 Some((_, '\n')) => *line_no += 1,
@@ -164,7 +177,21 @@ fn parse_value(vstart: &str, key: &str, line_no: &mut usize) -> Result<(String, 
                 return Ok((value, vstart.len() - tail.len() + tail_len));
             }
             '\n' => return Ok((value, i)),
-            '$' | '`' | ';' | '&' | '|' | '<' | '>' | '(' | ')' => {
+            '$' => {
+                if matches!(chars.peek(), Some((_, '\'' | '"'))) {
+                    return Err(format!(
+                        "unsupported shell syntax $' or $\" in the value of {key}"
+                    ));
+                }
+                expand(&mut chars, &mut value, key, vars)?
+            }
+            // Bash expands a leading `~` (and one after `:`) in an assignment.
+            '~' if i == 0 || vstart[..i].ends_with(':') => {
+                return Err(format!(
+                    "unsupported shell syntax: tilde expansion in the value of {key}"
+                ))
+            }
+            '`' | ';' | '&' | '|' | '<' | '>' | '(' | ')' => {
                 return Err(format!(
                     "unsupported shell syntax {c:?} in the value of {key}"
                 ))
@@ -175,8 +202,78 @@ fn parse_value(vstart: &str, key: &str, line_no: &mut usize) -> Result<(String, 
     Ok((value, vstart.len()))
 }
 
-/// The rest of a double-quoted string, with the escapes [`quote`] writes.
-fn double_quoted(chars: &mut Chars, value: &mut String, line_no: &mut usize) -> Result<(), String> {
+/// What follows a `$` (already taken), as bash expands it in an assignment: `$NAME` and
+/// `${NAME}` give the value of a variable assigned earlier in the file; a `$` before
+/// anything that cannot start an expansion stands for itself; every other form is
+/// refused.
+fn expand(
+    chars: &mut Chars,
+    value: &mut String,
+    key: &str,
+    vars: &[Assignment],
+) -> Result<(), String> {
+    let refuse = |form: &str| {
+        Err(format!(
+            "unsupported shell expansion {form} in the value of {key}: only $NAME and \
+             ${{NAME}} of a variable assigned earlier in the file are read"
+        ))
+    };
+    let name = match chars.peek().map(|&(_, c)| c) {
+        Some('{') => {
+            chars.next();
+            let mut inner = String::new();
+            loop {
+                match chars.next() {
+                    Some((_, '}')) => break,
+                    Some((_, '\n')) | None => return refuse(&format!("${{{inner}")),
+                    Some((_, ch)) => inner.push(ch),
+                }
+            }
+            if !is_var_name(&inner) {
+                return refuse(&format!("${{{inner}}}"));
+            }
+            inner
+        }
+        Some(c) if c == '_' || c.is_ascii_alphabetic() => {
+            let mut name = String::new();
+            while let Some(&(_, ch)) = chars.peek() {
+                if ch == '_' || ch.is_ascii_alphanumeric() {
+                    name.push(ch);
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+            name
+        }
+        Some('(') => return refuse("$( )"),
+        Some(c) if c.is_ascii_digit() || "@*#?-$!".contains(c) => return refuse(&format!("${c}")),
+        _ => {
+            value.push('$');
+            return Ok(());
+        }
+    };
+    match lookup(vars, &name) {
+        Some(v) => {
+            value.push_str(v);
+            Ok(())
+        }
+        None => Err(format!(
+            "the value of {key} uses ${name}, which is not assigned earlier in the file \
+             (bash would take it from its environment)"
+        )),
+    }
+}
+
+/// The rest of a double-quoted string, with the escapes [`quote`] writes and `$NAME`
+/// expansion.
+fn double_quoted(
+    chars: &mut Chars,
+    value: &mut String,
+    key: &str,
+    vars: &[Assignment],
+    line_no: &mut usize,
+) -> Result<(), String> {
     loop {
         match chars.next() {
             Some((_, '"')) => return Ok(()),
@@ -191,8 +288,11 @@ fn double_quoted(chars: &mut Chars, value: &mut String, line_no: &mut usize) -> 
                 }
                 _ => value.push('\\'),
             },
-            Some((_, '$')) | Some((_, '`')) => {
-                return Err("expansion ($ or `) inside a double-quoted value".into())
+            Some((_, '$')) => expand(chars, value, key, vars)?,
+            Some((_, '`')) => {
+                return Err(format!(
+                    "unsupported shell syntax: backtick inside the value of {key}"
+                ))
             }
             Some((_, ch)) => {
                 if ch == '\n' {
@@ -379,6 +479,57 @@ mod tests {
         assert!(parse("A=\"open\n").is_err());
         let e = parse("OK=1\nnot an assignment\n").unwrap_err();
         assert!(e.0.starts_with("line 2"), "{e}");
+    }
+
+    /// The runbook's MongoDB section, as an operator pastes it (replica-set form).
+    const RUNBOOK_MONGO: &str = "# Configure the single endpoint
+# OR for a replica set
+MONGO_BASE_URI='mongodb://circle:s3cr3t-p4ss@mongo-1.internal:27017,mongo-2.internal:27017,mongo-3.internal:27017'
+# When using replica sets, add query parameter '&replicaSet=name' to each URI
+export CIRCLE_SECRETS_MONGODB_MAIN_URI=\"$MONGO_BASE_URI/circle_ghe?ssl=true&authSource=admin&replicaSet=rs0\"
+export CIRCLE_SECRETS_MONGODB_ACTION_LOGS_URI=\"$MONGO_BASE_URI/circle_ghe?ssl=true&authSource=admin&replicaSet=rs0\"
+export CIRCLE_SECRETS_MONGODB_BUILD_STATE_URI=\"$MONGO_BASE_URI/build_state_dev_ghe?ssl=true&authSource=admin&replicaSet=rs0\"
+export CIRCLE_SECRETS_MONGODB_CONTAINERS_URI=\"$MONGO_BASE_URI/containers_dev_ghe?ssl=true&authSource=admin&replicaSet=rs0\"
+export CIRCLE_SECRETS_MONGODB_REMOTE_CONTAINERS_URI=\"$MONGO_BASE_URI/remote_containers_dev_ghe?ssl=true&authSource=admin&replicaSet=rs0\"
+";
+
+    #[test]
+    fn expands_variables_assigned_earlier_as_the_runbook_does() {
+        let a = parse(RUNBOOK_MONGO).unwrap();
+        assert_eq!(
+            lookup(&a, "CIRCLE_SECRETS_MONGODB_BUILD_STATE_URI"),
+            Some(
+                "mongodb://circle:s3cr3t-p4ss@mongo-1.internal:27017,mongo-2.internal:27017,\
+                 mongo-3.internal:27017/build_state_dev_ghe?ssl=true&authSource=admin&replicaSet=rs0"
+            )
+        );
+        let a = parse("B=x\nA=${B}y$B\"$B\"'$B'\\$B\nC=\"a$ b$/$\"\nB=z\nD=$B\n").unwrap();
+        assert_eq!(lookup(&a, "A"), Some("xyxx$B$B"));
+        assert_eq!(lookup(&a, "C"), Some("a$ b$/$"));
+        assert_eq!(lookup(&a, "D"), Some("z"));
+    }
+
+    #[test]
+    fn refuses_expansions_that_need_a_shell_naming_the_line() {
+        for (text, what) in [
+            ("A=1\nB=\"$UNSET\"\n", "not assigned earlier"),
+            ("A=1\nB=$(id)\n", "$( )"),
+            ("A=1\nB=\"$(id)\"\n", "$( )"),
+            ("A=1\nB=\"$((1+2))\"\n", "$( )"),
+            ("A=1\nB=\"`id`\"\n", "backtick"),
+            ("A=1\nB=\"${A:-x}\"\n", "${A:-x}"),
+            ("A=1\nB=${#A}\n", "${#A}"),
+            ("A=1\nB=\"${A\n", "${A"),
+            ("A=1\nB=\"$1\"\n", "$1"),
+            ("A=1\nB=$$\n", "$$"),
+            ("A=1\nB=$'x'\n", "$'"),
+            ("A=1\nB=~/x\n", "tilde"),
+            ("A=1\nB=\"$B\"\n", "not assigned earlier"),
+        ] {
+            let e = parse(text).unwrap_err().0;
+            assert!(e.starts_with("line 2: "), "{text:?}: {e}");
+            assert!(e.contains(what), "{text:?}: {e}");
+        }
     }
 
     #[test]

@@ -180,6 +180,36 @@ mod tests {
         assert_eq!(parsed[4].1.database, "remote_containers_dev_ghe");
     }
 
+    /// The runbook's "Service Box Setup" text, pasted with real values.
+    #[test]
+    fn the_runbooks_own_file_reads_back() {
+        let text = "# Configure the single endpoint
+MONGO_BASE_URI='mongodb://circle:pa$$w@rd@mongo.internal:27017'
+# When using replica sets, add query parameter '&replicaSet=name' to each URI
+export CIRCLE_SECRETS_MONGODB_MAIN_URI=\"$MONGO_BASE_URI/circle_ghe?ssl=true&authSource=admin&replicaSet=rs0\"
+export CIRCLE_SECRETS_MONGODB_ACTION_LOGS_URI=\"$MONGO_BASE_URI/circle_ghe?ssl=true&authSource=admin&replicaSet=rs0\"
+export CIRCLE_SECRETS_MONGODB_BUILD_STATE_URI=\"$MONGO_BASE_URI/build_state_dev_ghe?ssl=true&authSource=admin&replicaSet=rs0\"
+export CIRCLE_SECRETS_MONGODB_CONTAINERS_URI=\"$MONGO_BASE_URI/containers_dev_ghe?ssl=true&authSource=admin&replicaSet=rs0\"
+export CIRCLE_SECRETS_MONGODB_REMOTE_CONTAINERS_URI=\"$MONGO_BASE_URI/remote_containers_dev_ghe?ssl=true&authSource=admin&replicaSet=rs0\"
+";
+        let uris = parse_block(text).unwrap();
+        assert_eq!(uris[0].1.hosts, vec!["mongo.internal:27017".to_string()]);
+        assert_eq!(uris[0].1.username, "circle");
+        assert_eq!(uris[0].1.query["replicaSet"], "rs0");
+        assert_eq!(uris[0].1.query["ssl"], "true");
+        let dbs: Vec<&str> = uris.iter().map(|(_, u)| u.database.as_str()).collect();
+        assert_eq!(
+            dbs,
+            [
+                "circle_ghe",
+                "circle_ghe",
+                "build_state_dev_ghe",
+                "containers_dev_ghe",
+                "remote_containers_dev_ghe"
+            ]
+        );
+    }
+
     #[test]
     fn database_names_are_encoded_and_the_list_is_checked() {
         let hosts = vec!["m1:27017".to_string()];
