@@ -75,6 +75,44 @@ pub(super) fn path_to_pb(p: &AttrPath) -> pb::AttributePath {
     }
 }
 
+/// How many leading steps of `path` come before a sensitive or write-only attribute of
+/// `block`; None when the path names no such attribute.
+fn secret_step(block: &Block, path: &AttrPath) -> Option<usize> {
+    let mut block = block;
+    for (i, step) in path.0.iter().enumerate() {
+        // Index and key steps select an element of the nested block just passed.
+        let Step::Attr(name) = step else { continue };
+        if let Some(a) = block.attributes.iter().find(|a| &a.name == name) {
+            return (a.sensitive || a.write_only).then_some(i);
+        }
+        block = &block.blocks.iter().find(|b| &b.name == name)?.block;
+    }
+    None
+}
+
+/// Diagnostics for a response about `block` (the provider's or a resource's schema).
+/// Terraform prints the source line of the attribute a diagnostic is attached to, so a
+/// diagnostic on a sensitive or write-only attribute would print its literal value:
+/// such a diagnostic is attached to the enclosing block instead (the resource itself
+/// at the top), and its detail names the attribute.
+pub(super) fn diags_to_pb_shielded(d: &Diagnostics, block: &Block) -> Vec<pb::Diagnostic> {
+    let mut d = d.clone();
+    for x in &mut d.0 {
+        let Some(path) = &x.path else { continue };
+        let Some(keep) = secret_step(block, path) else {
+            continue;
+        };
+        let whole = path.to_string();
+        x.detail = format!(
+            "{} (This is about {whole}, which is sensitive: Terraform would print its line, \
+             so this message points at the enclosing block.)",
+            x.detail.trim_end()
+        );
+        x.path = (keep > 0).then(|| AttrPath(path.0[..keep].to_vec()));
+    }
+    diags_to_pb(&d)
+}
+
 pub(super) fn diags_to_pb(d: &Diagnostics) -> Vec<pb::Diagnostic> {
     d.0.iter()
         .map(|d| pb::Diagnostic {
@@ -149,5 +187,46 @@ pub(super) fn check_write_only(
                 ),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::schema::Type;
+
+    #[test]
+    fn diagnostics_on_secrets_point_at_the_enclosing_block() {
+        let inner = Block::new()
+            .attr(Attribute::new("host", Type::String).optional())
+            .attr(Attribute::new("uri", Type::String).optional().sensitive());
+        let block = Block::new()
+            .attr(
+                Attribute::new("password_wo", Type::String)
+                    .optional()
+                    .write_only(),
+            )
+            .attr(Attribute::new("name", Type::String).optional())
+            .block(NestedBlock::new("mongodb", Nesting::List, inner));
+        let d = Diagnostics(vec![
+            Diagnostic::error("a", "x").at(AttrPath::root("password_wo")),
+            Diagnostic::warning("b", "y").at(AttrPath::root("mongodb").index(0).attr("uri")),
+            Diagnostic::error("c", "z").at(AttrPath::root("mongodb").index(0).attr("host")),
+            Diagnostic::error("d", "w").at(AttrPath::root("name")),
+        ]);
+        let pb = diags_to_pb_shielded(&d, &block);
+        assert_eq!(pb[0].attribute, None);
+        assert!(
+            pb[0].detail.contains("about password_wo"),
+            "{}",
+            pb[0].detail
+        );
+        assert_eq!(
+            pb[1].attribute,
+            Some(path_to_pb(&AttrPath::root("mongodb").index(0)))
+        );
+        assert!(pb[1].detail.contains("mongodb[0].uri"), "{}", pb[1].detail);
+        assert_eq!(pb[2], diags_to_pb(&d)[2]);
+        assert_eq!(pb[3], diags_to_pb(&d)[3]);
     }
 }

@@ -8,7 +8,8 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use super::convert::{
-    check_write_only, decode, diags_to_pb, encode, null_write_only, path_to_pb, schema_to_pb,
+    check_write_only, decode, diags_to_pb, diags_to_pb_shielded, encode, null_write_only,
+    path_to_pb, schema_to_pb,
 };
 use super::diag::{Diagnostic, Diagnostics};
 use super::resource::{ClientInfo, PlanRequest, Provider, Resource};
@@ -23,6 +24,7 @@ pub struct ProviderService {
     provider: Arc<dyn Provider>,
     resources: HashMap<&'static str, Arc<dyn Resource>>,
     schemas: HashMap<&'static str, Schema>,
+    provider_schema: Schema,
     /// Built once, on first request: the provider starts several times per plan and
     /// most starts never ask for the schema.
     schema_response: Mutex<Option<pb::get_provider_schema::Response>>,
@@ -40,6 +42,7 @@ impl ProviderService {
         }
         let (stop, _) = watch::channel(false);
         ProviderService {
+            provider_schema: provider.schema(),
             provider,
             resources,
             schemas,
@@ -56,6 +59,19 @@ impl ProviderService {
                 format!("this provider has no resource type {type_name:?}"),
             )
             .into()),
+        }
+    }
+
+    /// Diagnostics about the provider's configuration (`type_name` None) or a
+    /// resource's, never attached to a sensitive or write-only attribute.
+    fn diags(&self, type_name: Option<&str>, d: &Diagnostics) -> Vec<pb::Diagnostic> {
+        let schema = match type_name {
+            None => Some(&self.provider_schema),
+            Some(t) => self.schemas.get(t),
+        };
+        match schema {
+            Some(s) => diags_to_pb_shielded(d, &s.block),
+            None => diags_to_pb(d),
         }
     }
 
@@ -156,7 +172,7 @@ impl pb::provider_server::Provider for ProviderService {
             Err(d) => d,
         };
         Ok(Response::new(pb::validate_provider_config::Response {
-            diagnostics: diags_to_pb(&diags),
+            diagnostics: self.diags(None, &diags),
         }))
     }
 
@@ -173,7 +189,7 @@ impl pb::provider_server::Provider for ProviderService {
             (Err(d), _) | (_, Err(d)) => d,
         };
         Ok(Response::new(pb::validate_resource_config::Response {
-            diagnostics: diags_to_pb(&diags),
+            diagnostics: self.diags(Some(&req.type_name), &diags),
         }))
     }
 
@@ -226,7 +242,7 @@ impl pb::provider_server::Provider for ProviderService {
             },
             Err(d) => pb::upgrade_resource_state::Response {
                 upgraded_state: None,
-                diagnostics: diags_to_pb(&d),
+                diagnostics: self.diags(Some(&req.type_name), &d),
             },
         };
         Ok(Response::new(resp))
@@ -250,7 +266,7 @@ impl pb::provider_server::Provider for ProviderService {
             Err(d) => d,
         };
         Ok(Response::new(pb::configure_provider::Response {
-            diagnostics: diags_to_pb(&diags),
+            diagnostics: self.diags(None, &diags),
         }))
     }
 
@@ -284,7 +300,7 @@ impl pb::provider_server::Provider for ProviderService {
             },
             Err(d) => pb::read_resource::Response {
                 new_state: req.current_state,
-                diagnostics: diags_to_pb(&d),
+                diagnostics: self.diags(Some(&req.type_name), &d),
                 private,
                 ..Default::default()
             },
@@ -339,13 +355,13 @@ impl pb::provider_server::Provider for ProviderService {
                 planned_state: encode(&planned),
                 requires_replace: replace.iter().map(path_to_pb).collect(),
                 planned_private: req.prior_private,
-                diagnostics: diags_to_pb(&diags),
+                diagnostics: self.diags(Some(&req.type_name), &diags),
                 ..Default::default()
             },
             Err(d) => {
                 diags.extend(d);
                 pb::plan_resource_change::Response {
-                    diagnostics: diags_to_pb(&diags),
+                    diagnostics: self.diags(Some(&req.type_name), &diags),
                     ..Default::default()
                 }
             }
@@ -410,14 +426,14 @@ impl pb::provider_server::Provider for ProviderService {
             Ok((v, d)) => pb::apply_resource_change::Response {
                 new_state: encode(&v),
                 private: req.planned_private,
-                diagnostics: diags_to_pb(&d),
+                diagnostics: self.diags(Some(&req.type_name), &d),
                 ..Default::default()
             },
             // A failure that changed something returned a state above; here nothing
             // was changed, so the prior state is still the truth.
             Err(d) => pb::apply_resource_change::Response {
                 new_state: req.prior_state,
-                diagnostics: diags_to_pb(&d),
+                diagnostics: self.diags(Some(&req.type_name), &d),
                 ..Default::default()
             },
         }))
@@ -448,7 +464,7 @@ impl pb::provider_server::Provider for ProviderService {
                 ..Default::default()
             },
             Err(d) => pb::import_resource_state::Response {
-                diagnostics: diags_to_pb(&d),
+                diagnostics: self.diags(Some(&req.type_name), &d),
                 ..Default::default()
             },
         }))

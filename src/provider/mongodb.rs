@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::backends::mongo::MongoAdmin;
+use crate::backends::mongo::{uri, MongoAdmin};
 use crate::plugin::{AttrPath, Attribute, Block, Diagnostic, Diagnostics, Type, Value};
 use crate::secret::Secret;
 
@@ -32,13 +32,49 @@ pub(super) fn block() -> Block {
 
 pub(super) fn validate(b: &Value, diags: &mut Diagnostics) {
     super::validate_deadlines(b, MONGODB, &["timeout"], diags);
-    if let Some(u) = b.get("uri").as_str() {
-        if !u.starts_with("mongodb://") && !u.starts_with("mongodb+srv://") {
-            diags.attr_error(
-                AttrPath::root(MONGODB).attr("uri"),
+    // The connection string holds the admin password, so its diagnostics are attached
+    // to the block: Terraform prints the line of the attribute a diagnostic is on.
+    let (uri, origin) = match b.get("uri").as_str() {
+        Some(u) => (Some(u.to_string()), "mongodb.uri"),
+        None if b.get("uri").is_unknown() => (None, ""),
+        None => (std::env::var("MONGODB_URI").ok(), "MONGODB_URI"),
+    };
+    let Some(u) = uri else { return };
+    let at = AttrPath::root(MONGODB);
+    // A bad MONGODB_URI is reported when something connects: it may not be used at all.
+    let from_config = origin == "mongodb.uri";
+    if !u.starts_with("mongodb://") && from_config {
+        diags.push(
+            Diagnostic::error(
                 "Invalid connection string",
-                "it must start with mongodb:// (mongodb+srv:// is not supported: no DNS SRV resolver is built in)",
-            );
+                format!(
+                    "{origin} must start with mongodb:// (mongodb+srv:// is not supported: no DNS SRV \
+                     resolver is built in)"
+                ),
+            )
+            .at(at),
+        );
+        return;
+    }
+    match uri::parse(&u) {
+        Err(e) if from_config => diags
+            .push(Diagnostic::error("Invalid connection string", format!("{origin}: {e}")).at(at)),
+        Err(_) => {}
+        Ok(c) => {
+            for what in c.weakened_checks() {
+                diags.push(
+                    Diagnostic::warning(
+                        "MongoDB certificate checks turned off",
+                        format!(
+                            "{origin} sets {what}: the admin connection to {} would accept a server that \
+                             is not who it claims to be, and send it the admin password. Give the CA \
+                             instead (tlsCAFile, or mongodb.tls_ca_file).",
+                            c.hosts_text()
+                        ),
+                    )
+                    .at(at.clone()),
+                );
+            }
         }
     }
 }
@@ -59,7 +95,7 @@ pub(super) fn build(b: &Value) -> Result<MongoAdmin, Diagnostics> {
             "MongoDB connection string missing",
             "set mongodb.uri (or MONGODB_URI)",
         )
-        .at(AttrPath::root(MONGODB).attr("uri"))
+        .at(AttrPath::root(MONGODB))
         .into()),
     }
 }

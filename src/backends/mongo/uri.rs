@@ -41,11 +41,26 @@ pub struct ConnString {
     pub tls: bool,
     pub tls_ca_file: Option<PathBuf>,
     pub tls_insecure: bool,
+    /// `tlsAllowInvalidHostnames`: the chain is checked, the name is not.
+    pub tls_any_name: bool,
     pub connect_timeout: Option<Duration>,
     pub server_selection_timeout: Option<Duration>,
 }
 
 impl ConnString {
+    /// The options in this connection string that turn certificate checks off, as
+    /// written in it.
+    pub fn weakened_checks(&self) -> Vec<&'static str> {
+        let mut out = vec![];
+        if self.tls_insecure {
+            out.push("tlsInsecure / tlsAllowInvalidCertificates (no certificate is checked)");
+        }
+        if self.tls_any_name && !self.tls_insecure {
+            out.push("tlsAllowInvalidHostnames (a certificate for any name is accepted)");
+        }
+        out
+    }
+
     /// `h1:27017,h2:27017`, for messages (never the credentials).
     pub fn hosts_text(&self) -> String {
         self.hosts
@@ -134,6 +149,7 @@ fn apply_option(c: &mut ConnString, k: &str, v: String) -> Result<(), String> {
             c.tls_ca_file = Some(PathBuf::from(v));
         }
         "tlsinsecure" | "tlsallowinvalidcertificates" => c.tls_insecure = parse_bool(k, &v)?,
+        "tlsallowinvalidhostnames" => c.tls_any_name = parse_bool(k, &v)?,
         "connecttimeoutms" => c.connect_timeout = Some(parse_ms(k, &v)?),
         "serverselectiontimeoutms" => c.server_selection_timeout = Some(parse_ms(k, &v)?),
         "tlscertificatekeyfile" | "authmechanismproperties" | "loadbalanced" | "proxyhost" => {
@@ -153,8 +169,17 @@ pub fn parse(s: &str) -> Result<ConnString, String> {
         .strip_prefix("mongodb://")
         .ok_or("a connection string starts with mongodb://")?;
     // The authority ends at the first '/' or '?': both must be percent-encoded in the
-    // user information.
+    // user information. An '@' after that point means they were not (or an option
+    // holds an '@'): refuse without quoting anything, as the text may hold a password.
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    if rest[end..].contains('@') {
+        return Err(
+            "the text after the first / or ? holds an @: percent-encode / ? # @ in the \
+                    user name and password (%2F %3F %23 %40); the connection string is not \
+                    quoted here as it may hold a password"
+                .into(),
+        );
+    }
     let (authority, tail) = rest.split_at(end);
     let (userinfo, hosts) = match authority.rsplit_once('@') {
         Some((u, h)) => (Some(u), h),
@@ -196,6 +221,7 @@ pub fn parse(s: &str) -> Result<ConnString, String> {
         tls: false,
         tls_ca_file: None,
         tls_insecure: false,
+        tls_any_name: false,
         connect_timeout: None,
         server_selection_timeout: None,
     };
@@ -262,6 +288,43 @@ mod tests {
         ] {
             let e = parse(bad).unwrap_err();
             assert!(!e.contains(":p@"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn options_that_turn_checks_off_are_named() {
+        let w = |u: &str| parse(u).unwrap().weakened_checks();
+        assert!(w("mongodb://u:p@h/?tls=true").is_empty());
+        assert_eq!(w("mongodb://u:p@h/?tls=true&tlsInsecure=true").len(), 1);
+        assert_eq!(
+            w("mongodb://u:p@h/?ssl=true&tlsAllowInvalidCertificates=true").len(),
+            1
+        );
+        let any = w("mongodb://u:p@h/?tls=true&tlsAllowInvalidHostnames=true");
+        assert!(any[0].starts_with("tlsAllowInvalidHostnames"), "{any:?}");
+        assert!(
+            parse("mongodb://u:p@h/?tlsAllowInvalidHostnames=true")
+                .unwrap()
+                .tls_any_name
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever characters a password holds, encoded or not, no part of it is in
+        /// an error.
+        #[test]
+        fn no_part_of_a_password_is_in_an_error(
+            pw in "[A-Za-z0-9/?#@:%&=,.\\[\\]!$ -]{6,24}",
+            tail in proptest::sample::select(vec!["", "/", "/db", "/?tls=true", "/?ssl=maybe", "/?x"]),
+            host in proptest::sample::select(vec!["h:27017", "h:0", "", "h:x", "[::1", "a,b:99999"]),
+        ) {
+            let uri = format!("mongodb://user:{pw}@{host}{tail}");
+            if let Err(e) = parse(&uri) {
+                for w in pw.as_bytes().windows(6) {
+                    let w = String::from_utf8_lossy(w);
+                    proptest::prop_assert!(!e.contains(&*w), "{uri:?} -> {e:?} holds {w:?}");
+                }
+            }
         }
     }
 }

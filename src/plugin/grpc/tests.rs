@@ -160,7 +160,14 @@ async fn write_only_needs_a_terraform_that_supports_it() {
         r.diagnostics[0].severity,
         pb::diagnostic::Severity::Error as i32
     );
-    assert!(r.diagnostics[0].attribute.is_some());
+    // On the resource, not on the write-only attribute (Terraform would print its
+    // line), which the detail names.
+    assert!(r.diagnostics[0].attribute.is_none());
+    assert!(
+        r.diagnostics[0].detail.contains("about secret_wo"),
+        "{}",
+        r.diagnostics[0].detail
+    );
 }
 
 #[tokio::test]
