@@ -36,7 +36,8 @@ Commands (JSON shapes from Replicated's replicatedctl reference; CircleCI's 2.x 
                                                    CIRCLECI_SIM_TRANSITION seconds (and,
                                                    for start, the containers' checks)
   docker ps [-q] [--filter name=N] [--format '{{.Names}}']
-  docker logs NAME
+  docker logs [--timestamps] [--since RFC3339] NAME   (stdout and stderr apart, as Docker)
+  docker inspect --format '{{.State.StartedAt}}' NAME
   docker exec NAME bash -c 'source /.circlerc; ...'   (/.circlerc is the container's env)
   docker run / exec / rm of postgres:9.5.8 over ROOT/data/circle/...: see circleci_sim_run.py
 
@@ -258,7 +259,17 @@ def check_mongo(env, log):
                                          connectTimeoutMS=CHECK_TIMEOUT * 1000, tlsCAFile=ca_file()
                                          if "ssl=true" in uri or "tls=true" in uri else None)
             client.get_default_database().command("ping")
-            for h in hosts.split(","):
+            # As the Java driver logs it: servers the seed's member list names are
+            # "discovered", and connections are opened to the names the driver uses
+            # (a replica set's own names, which may not be the seed list's).
+            seeds = hosts.split(",")
+            nodes = sorted(f"{h}:{p}" for h, p in client.nodes)
+            for h in nodes:
+                if h not in seeds:
+                    log(f"INFO org.mongodb.driver.cluster Adding discovered server {h} to client view of cluster")
+            if client.primary and "replicaSet=" in uri:
+                log(f"INFO org.mongodb.driver.cluster Discovered replica set primary {client.primary[0]}:{client.primary[1]}")
+            for h in nodes:
                 n += 1
                 log(f"INFO org.mongodb.driver.connection Opened connection [connectionId{{localValue:{n}}}] to {h}")
             client.close()
@@ -337,12 +348,33 @@ def check_nomad(env, log):
         log(f"ERROR circle.nomad Could not reach Nomad at {endpoint}: {e}")
 
 
+def rfc3339_nano(ns):
+    """Docker's timestamp form (RFC 3339, nanoseconds, UTC), from this machine's clock."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10**9)) + f".{ns % 10**9:09d}Z"
+
+
+def parse_rfc3339(t):
+    """Nanoseconds since the epoch of an RFC 3339 UTC timestamp (any number of fraction digits)."""
+    import calendar
+    base, _, frac = t.rstrip("Z").partition(".")
+    secs = calendar.timegm(time.strptime(base, "%Y-%m-%dT%H:%M:%S"))
+    return secs * 10**9 + int((frac + "000000000")[:9] or 0)
+
+
 def boot_container(name, d):
     env = source(config_files(name))
-    logf = open(os.path.join(d, "log"), "w")
+    # Like a container restarted rather than recreated, the log keeps the lines of
+    # earlier starts: `docker logs` shows them unless given --since. Each record keeps
+    # its stream: a JVM logs exceptions (ERROR lines here) on stderr.
+    started = time.time_ns()
+    with open(os.path.join(d, "started_at"), "w") as f:
+        f.write(rfc3339_nano(started))
+    logf = open(os.path.join(d, "log"), "a")
 
     def log(line):
-        logf.write(f"{time.strftime('%b %d %H:%M:%S', time.gmtime())}.000:+0000 {line}\n")
+        stream = "stderr" if line.startswith(("ERROR", "FATAL")) else "stdout"
+        text = f"{time.strftime('%b %d %H:%M:%S', time.gmtime())}.000:+0000 {line}"
+        logf.write(json.dumps({"t": time.time_ns(), "stream": stream, "line": text}) + "\n")
         logf.flush()
 
     log(f"INFO {name} starting (CircleCI Server {VERSION}, simulated)")
@@ -394,7 +426,8 @@ def boot(token):
             boot_container(name, d)
         except Exception as e:  # noqa: BLE001 -- a container that crashes logs why
             with open(os.path.join(d, "log"), "a") as f:
-                f.write(f"FATAL {name} crashed: {type(e).__name__}: {e}\n")
+                f.write(json.dumps({"t": time.time_ns(), "stream": "stderr",
+                                    "line": f"FATAL {name} crashed: {type(e).__name__}: {e}"}) + "\n")
     open(os.path.join(STATE, f"boot-{token}.done"), "w").close()
 
 
@@ -446,6 +479,29 @@ def docker(args):
             for n in names:
                 print(f"{n:<14} circleci/{n}   Up   {n}")
         return
+    timestamps, since = False, None
+    if cmd == "logs":
+        while rest and rest[0].startswith("-"):
+            if rest[0] in ("-t", "--timestamps"):
+                timestamps, rest = True, rest[1:]
+            elif rest[0] == "--since" and len(rest) > 1:
+                try:
+                    since = parse_rfc3339(rest[1])
+                except ValueError:
+                    refuse(f"docker logs --since {rest[1]} (only RFC 3339 UTC timestamps)")
+                rest = rest[2:]
+            else:
+                refuse("docker logs " + " ".join(rest))
+    if cmd == "inspect":
+        if rest[:2] != ["--format", "{{.State.StartedAt}}"] or len(rest) != 3:
+            refuse("docker inspect " + " ".join(rest))
+        name = rest[2]
+        d = os.path.join(STATE, "containers", name)
+        if name not in CONTAINERS or not running() or not os.path.isdir(d):
+            print(f"Error: No such object: {name}", file=sys.stderr)
+            sys.exit(1)
+        print(open(os.path.join(d, "started_at")).read())
+        return
     if cmd in ("logs", "exec"):
         if not rest or rest[0].startswith("-"):
             refuse(f"docker {cmd} " + " ".join(rest))
@@ -457,7 +513,18 @@ def docker(args):
         if cmd == "logs":
             if len(rest) != 1:
                 refuse("docker logs " + " ".join(rest))
-            sys.stdout.write(open(os.path.join(d, "log")).read())
+            # Each stream on its own, as Docker replays them; --timestamps prefixes
+            # each line with its time, --since leaves out what came before.
+            for raw in open(os.path.join(d, "log")):
+                try:
+                    rec = json.loads(raw)
+                except ValueError:  # a log from before records had streams
+                    rec = {"t": 0, "stream": "stdout", "line": raw.rstrip("\n")}
+                if since is not None and rec["t"] < since:
+                    continue
+                out = sys.stderr if rec["stream"] == "stderr" else sys.stdout
+                out.write((rfc3339_nano(rec["t"]) + " " if timestamps else "") + rec["line"] + "\n")
+                out.flush()
             return
         if rest[1:3] != ["bash", "-c"] or len(rest) != 4:
             refuse("docker exec " + " ".join(rest))

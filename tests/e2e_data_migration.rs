@@ -458,3 +458,42 @@ fn bad_input_names_the_attribute() {
         "{err}"
     );
 }
+
+/// A CircleCI version the runbook is not for: the migration refuses on
+/// allowed_versions, as the restart does, before it stops or reads anything.
+#[test]
+fn another_circleci_version_is_refused_before_anything_stops() {
+    let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let s = servers();
+    let root = common::searchable_tempdir();
+    let sim = Sim::new(
+        &s,
+        json!({"root": root.path(), "transition": 1, "version": "2.19.1"}),
+    );
+    start_app(&sim);
+    let before = sim.replicatedctl(&["app", "status"])[0]["LastModifiedAt"].clone();
+    let config = |extra: &str| {
+        format!(
+            "{}\nresource \"circleci_data_migration\" \"m\" {{\n  config_root = {:?}\n{extra}  postgres {{\n    \
+             host        = \"127.0.0.1\"\n    port        = {}\n    password_wo = \"x\"\n  }}\n}}\n",
+            s.provider_block(""),
+            root.path().to_str().unwrap(),
+            s.pg_port()
+        )
+    };
+    let tf = Tf::new(&config(""));
+    let out = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
+    assert!(out.contains("CircleCI version not allowed"), "{out}");
+    assert!(out.contains("runs CircleCI 2.19.1"), "{out}");
+    assert!(out.contains("Nothing was stopped or changed"), "{out}");
+    assert_eq!(app_state(&sim), "started");
+    assert_eq!(
+        sim.replicatedctl(&["app", "status"])[0]["LastModifiedAt"],
+        before,
+        "the app was touched"
+    );
+    // A bad pattern is an error at plan, on the attribute.
+    tf.write_main(&config("  allowed_versions = [\"2.17.\"]\n"));
+    let out = flat(&tf.fails(&["validate", "-no-color"]));
+    assert!(out.contains("Invalid version pattern"), "{out}");
+}

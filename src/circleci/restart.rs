@@ -167,9 +167,32 @@ impl Probe {
     }
 
     /// The `docker` arguments.
-    pub fn docker_args(&self) -> Vec<String> {
+    /// `docker inspect` for when a log probe's container started (Docker's
+    /// `StartedAt`, from the Services machine's clock); None for other probes.
+    pub fn started_at_args(&self) -> Option<Vec<String>> {
         match self {
-            Probe::Logs(c) => vec!["logs".into(), c.to_string()],
+            Probe::Logs(c) => Some(vec![
+                "inspect".into(),
+                "--format".into(),
+                "{{.State.StartedAt}}".into(),
+                c.to_string(),
+            ]),
+            Probe::Env(..) => None,
+        }
+    }
+
+    /// The command; a log probe reads both streams, each line with its time, from
+    /// `since` (the container's `StartedAt`) on.
+    pub fn docker_args(&self, since: Option<&str>) -> Vec<String> {
+        match self {
+            Probe::Logs(c) => {
+                let mut a = vec!["logs".to_string(), "--timestamps".into()];
+                if let Some(t) = since {
+                    a.extend(["--since".into(), t.to_string()]);
+                }
+                a.push(c.to_string());
+                a
+            }
             Probe::Env(c, vars) => {
                 let list: Vec<String> = vars.iter().map(|v| format!("\"${v}\"")).collect();
                 vec![
@@ -197,6 +220,11 @@ pub enum Rule {
     LastWith(String, String),
     /// The output's lines are exactly these.
     Lines(Vec<String>),
+    /// The MongoDB Java driver opened a connection to a member of the set: a seed host
+    /// (these, with their ports), or a server it discovered from the members' own
+    /// list ("Adding discovered server H to client view of cluster", "Discovered
+    /// replica set primary H"), under the names the set itself uses.
+    MongoMember(Vec<String>),
 }
 
 /// One of the runbook's checks.
@@ -248,17 +276,12 @@ pub fn checks(e: &External) -> Vec<Check> {
         };
         out.push(c(
             "mongodb",
-            format!("frontend opened a connection to {}", hosts.join(", ")),
+            format!(
+                "frontend opened a connection to a member of the set (seed list {}, or a member it names)",
+                hosts.join(", ")
+            ),
             Probe::Logs("frontend"),
-            hosts
-                .iter()
-                .map(|h| {
-                    Rule::LineWithAll(vec![
-                        "Opened connection".into(),
-                        format!("to {}", with_port(h)),
-                    ])
-                })
-                .collect(),
+            vec![Rule::MongoMember(hosts.iter().map(with_port).collect())],
             "mongo",
         ));
     }
@@ -351,6 +374,26 @@ pub fn evaluate(check: &Check, output: &str) -> Result<(), Vec<String>> {
             .rev()
             .find(|l| l.contains(key.as_str()))
             .is_some_and(|l| l.contains(n.as_str())),
+        Rule::MongoMember(seeds) => {
+            let mut members: Vec<&str> = seeds.iter().map(String::as_str).collect();
+            for l in &lines {
+                for marker in [
+                    "Adding discovered server ",
+                    "Discovered replica set primary ",
+                ] {
+                    if let Some(rest) = l.split_once(marker).map(|(_, r)| r) {
+                        if let Some(h) = rest.split_whitespace().next() {
+                            members.push(h);
+                        }
+                    }
+                }
+            }
+            lines.iter().any(|l| {
+                l.split_once("Opened connection")
+                    .and_then(|(_, r)| r.rsplit_once(" to "))
+                    .is_some_and(|(_, h)| members.contains(&h.trim()))
+            })
+        }
         Rule::Lines(want) => {
             let got: Vec<&str> = lines.iter().map(|l| l.trim_end()).collect();
             got == want.iter().map(String::as_str).collect::<Vec<_>>()
@@ -370,6 +413,72 @@ pub fn evaluate(check: &Check, output: &str) -> Result<(), Vec<String>> {
     }
     let from = ev.len().saturating_sub(5);
     Err(ev.split_off(from))
+}
+
+/// A line of `docker logs --timestamps`: its time as (seconds part, nanoseconds), for
+/// ordering, and the line without it. Docker writes RFC 3339 with up to nine fraction
+/// digits, trailing zeros dropped, so the text alone does not sort.
+fn stamped(line: &str) -> Option<((&str, u32), &str)> {
+    let (t, rest) = line.split_once(' ')?;
+    let t = t.strip_suffix('Z')?;
+    let (secs, frac) = t.split_once('.').unwrap_or((t, ""));
+    if secs.len() != 19 || frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let nanos = format!("{frac:0<9}").parse().ok()?;
+    Some(((secs, nanos), rest))
+}
+
+/// Both streams of `docker logs --timestamps` as one text, in the order the container
+/// wrote them, timestamps removed: the runbook reads them as `docker logs … 2>&1`. A
+/// line without a timestamp keeps its place after the one before it.
+pub fn merge_streams(stdout: &str, stderr: &str) -> String {
+    let keyed = |text: &str| -> Vec<((String, u32), String)> {
+        let mut last = (String::new(), 0);
+        text.lines()
+            .map(|l| match stamped(l) {
+                Some(((s, n), rest)) => {
+                    last = (s.to_string(), n);
+                    (last.clone(), rest.to_string())
+                }
+                None => (last.clone(), l.to_string()),
+            })
+            .collect()
+    };
+    let (a, b) = (keyed(stdout), keyed(stderr));
+    let (mut i, mut j) = (0, 0);
+    let mut out = String::new();
+    while i < a.len() || j < b.len() {
+        let take_a = j >= b.len() || (i < a.len() && a[i].0 <= b[j].0);
+        let line = if take_a {
+            i += 1;
+            &a[i - 1].1
+        } else {
+            j += 1;
+            &b[j - 1].1
+        };
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// `docker inspect`'s `StartedAt`, checked to be a timestamp before it goes back on a
+/// command line.
+pub fn parse_started_at(text: &str) -> Result<String, String> {
+    let t = text.trim();
+    let ok = !t.is_empty()
+        && t.len() <= 40
+        && t.bytes()
+            .all(|b| b.is_ascii_digit() || b"-:.TZ+".contains(&b))
+        && !t.starts_with("0001-");
+    if ok {
+        Ok(t.to_string())
+    } else {
+        Err(format!(
+            "docker inspect gave {t:?} for StartedAt, not a start time"
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -443,7 +552,7 @@ mod tests {
     }
 
     #[test]
-    fn mongo_check_wants_a_connection_to_every_host() {
+    fn mongo_check_wants_a_connection_to_a_member_under_the_sets_names() {
         let e = External {
             mongo_hosts: Some(vec!["m1".into(), "m2:27018".into()]),
             ..Default::default()
@@ -452,15 +561,72 @@ mod tests {
         let line = |h: &str| {
             format!("INFO org.mongodb.driver.connection Opened connection [connectionId{{localValue:1}}] to {h}\n")
         };
-        assert!(evaluate(c, &(line("m1:27017") + &line("m2:27018"))).is_ok());
-        assert!(evaluate(c, &line("m1:27017")).is_err());
+        assert!(evaluate(c, &line("m1:27017")).is_ok());
+        assert!(evaluate(c, &line("m2:27018")).is_ok());
+        // The set knows its members by other names: those the driver discovered count.
+        let discovered = "INFO org.mongodb.driver.cluster Adding discovered server mongo-a.rs.internal:27017 to \
+                          client view of cluster\n";
+        assert!(evaluate(c, &line("mongo-a.rs.internal:27017")).is_err());
+        assert!(evaluate(
+            c,
+            &(discovered.to_string() + &line("mongo-a.rs.internal:27017"))
+        )
+        .is_ok());
+        let primary =
+            "INFO org.mongodb.driver.cluster Discovered replica set primary p.internal:27017\n";
+        assert!(evaluate(c, &(primary.to_string() + &line("p.internal:27017"))).is_ok());
+        // A connection to anything else (the embedded MongoDB) is no proof.
+        assert!(evaluate(c, &line("mongo:27017")).is_err());
+        assert!(evaluate(c, "").is_err());
+    }
+
+    #[test]
+    fn log_probes_read_both_streams_since_the_start() {
+        let p = Probe::Logs("frontend");
+        assert_eq!(
+            p.docker_args(Some("2026-12-03T10:00:00.5Z")),
+            vec![
+                "logs",
+                "--timestamps",
+                "--since",
+                "2026-12-03T10:00:00.5Z",
+                "frontend"
+            ]
+        );
+        assert_eq!(
+            p.started_at_args().unwrap(),
+            vec!["inspect", "--format", "{{.State.StartedAt}}", "frontend"]
+        );
+        // Interleaved by time, fraction digits compared as numbers.
+        let out = "2026-12-03T10:00:00.5Z a\n2026-12-03T10:00:01Z c\n";
+        let err = "2026-12-03T10:00:00.123456789Z first\n2026-12-03T10:00:00.6Z b\n  at x\n";
+        assert_eq!(merge_streams(out, err), "first\na\nb\n  at x\nc\n");
+        assert!(parse_started_at("2026-12-03T10:00:00.123456789Z\n").is_ok());
+        assert!(parse_started_at("0001-01-01T00:00:00Z").is_err());
+        assert!(parse_started_at("Error: no such object").is_err());
+    }
+
+    /// The runbook's own check reads `docker logs … 2>&1`: an exception on stderr fails
+    /// the PostgreSQL check once both streams are read.
+    #[test]
+    fn an_exception_on_stderr_fails_the_postgres_check() {
+        let e = External {
+            postgres_host: Some("db".into()),
+            ..Default::default()
+        };
+        let c = &checks(&e)[0];
+        let out = "2026-12-03T10:00:00Z INFO POSTGRES_HOST=db\n";
+        let err = "2026-12-03T10:00:01Z ERROR org.postgresql.util.PSQLException: FATAL: password authentication failed\n";
+        assert!(evaluate(c, &merge_streams(out, "")).is_ok());
+        let ev = evaluate(c, &merge_streams(out, err)).unwrap_err();
+        assert!(ev[0].contains("PSQLException"), "{ev:?}");
     }
 
     #[test]
     fn env_probe_is_quoted_for_bash_and_compared_line_by_line() {
         let p = Probe::Env("slanger", vec!["A", "B"]);
         assert_eq!(
-            p.docker_args(),
+            p.docker_args(None),
             vec![
                 "exec",
                 "slanger",

@@ -41,12 +41,17 @@ impl Sim {
         serde_json::from_slice(&out.stdout).unwrap_or(Json::Null)
     }
 
+    /// Both streams of `docker logs NAME` (every start's lines), stdout first.
     pub fn docker_logs(&self, name: &str) -> String {
         let out = Command::new(self.bin.join("docker"))
             .args(["logs", name])
             .output()
             .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
     }
 }
 

@@ -11,7 +11,8 @@ use russh::ChannelMsg;
 
 use super::{ServicesHost, SshError};
 
-/// The most output kept of each stream; the rest is dropped (and said so).
+/// The most output kept of each stream by default; the rest is dropped, and
+/// [`CommandOutput::truncated`] says so.
 const MAX_OUTPUT: usize = 1024 * 1024;
 /// The longest argument accepted.
 const MAX_ARG: usize = 4096;
@@ -48,6 +49,7 @@ impl Program {
 pub struct RemoteCommand {
     program: Program,
     args: Vec<String>,
+    max_output: usize,
 }
 
 impl fmt::Debug for RemoteCommand {
@@ -90,7 +92,17 @@ impl RemoteCommand {
                 ));
             }
         }
-        Ok(RemoteCommand { program, args })
+        Ok(RemoteCommand {
+            program,
+            args,
+            max_output: MAX_OUTPUT,
+        })
+    }
+
+    /// The same command, keeping up to `bytes` of each output stream.
+    pub fn keeping(mut self, bytes: usize) -> Self {
+        self.max_output = bytes;
+        self
     }
 
     pub fn program(&self) -> Program {
@@ -113,6 +125,8 @@ pub struct CommandOutput {
     pub status: Option<u32>,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
+    /// A stream printed more than the command keeps: its end is missing.
+    pub truncated: bool,
 }
 
 impl fmt::Debug for CommandOutput {
@@ -146,9 +160,11 @@ impl CommandOutput {
     }
 }
 
-fn keep(buf: &mut Vec<u8>, data: &[u8]) {
-    let room = MAX_OUTPUT.saturating_sub(buf.len());
+/// Appends what fits of `data` under `max`; true when some of it did not.
+fn keep(buf: &mut Vec<u8>, data: &[u8], max: usize) -> bool {
+    let room = max.saturating_sub(buf.len());
     buf.extend_from_slice(&data[..data.len().min(room)]);
+    data.len() > room
 }
 
 impl ServicesHost {
@@ -193,11 +209,15 @@ impl ServicesHost {
                 status: None,
                 stdout: Vec::new(),
                 stderr: Vec::new(),
+                truncated: false,
             };
+            let max = cmd.max_output;
             while let Some(msg) = ch.wait().await {
                 match msg {
-                    ChannelMsg::Data { data } => keep(&mut out.stdout, &data),
-                    ChannelMsg::ExtendedData { data, ext: 1 } => keep(&mut out.stderr, &data),
+                    ChannelMsg::Data { data } => out.truncated |= keep(&mut out.stdout, &data, max),
+                    ChannelMsg::ExtendedData { data, ext: 1 } => {
+                        out.truncated |= keep(&mut out.stderr, &data, max)
+                    }
                     ChannelMsg::ExitStatus { exit_status } => out.status = Some(exit_status),
                     ChannelMsg::Failure => {
                         return Err(fail("the Services machine refused to run it".into()))
@@ -253,6 +273,7 @@ mod tests {
             status: Some(1),
             stdout: b"a\nb\n".to_vec(),
             stderr: b"\n".to_vec(),
+            truncated: false,
         };
         assert_eq!(o.evidence(), "a\nb");
         let o = CommandOutput {
@@ -262,6 +283,7 @@ mod tests {
                 .map(|i| format!("e{i}\n"))
                 .collect::<String>()
                 .into_bytes(),
+            truncated: false,
         };
         assert_eq!(o.evidence(), "e4\ne5\ne6\ne7\ne8");
     }

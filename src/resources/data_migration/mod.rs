@@ -222,6 +222,7 @@ fn block() -> Block {
             "Stop CircleCI through `replicatedctl app stop` before the export and leave it stopped for \
              `circleci_services_restart`. Default `true`. With `false`, the migration refuses while CircleCI runs.",
         ))
+        .attr(super::services_restart::allowed_versions_attr("the migration"))
         .attr(dur("stop_timeout", STOP_TIMEOUT, "How long CircleCI may take to stop"))
         .attr(dur("command_timeout", COMMAND_TIMEOUT, "The deadline of each export, import and check command"))
         .attr(flag(
@@ -328,6 +329,7 @@ fn validate_config(config: &Value) -> Diagnostics {
         ],
         &mut diags,
     );
+    super::services_restart::validate_versions(config, &mut diags);
     validate::run_in(
         config,
         POSTGRES,
@@ -503,9 +505,13 @@ fn nested_defaults(planned: &mut Value) {
     }
 }
 
-fn top_defaults() -> [(&'static str, Value); 8] {
+fn top_defaults() -> [(&'static str, Value); 9] {
     [
         ("stop_app", Value::Bool(true)),
+        (
+            "allowed_versions",
+            super::string_list(&[super::services_restart::DEFAULT_VERSIONS.to_string()]),
+        ),
         ("stop_timeout", Value::string(STOP_TIMEOUT)),
         ("command_timeout", Value::string(COMMAND_TIMEOUT)),
         ("overwrite_existing", Value::Bool(false)),

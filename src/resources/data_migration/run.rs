@@ -48,6 +48,10 @@ impl DataMigration {
         let s = settings(planned, config, &self.data)?;
         let started = Instant::now();
         let restart = ServicesRestart::new(self.data.clone());
+        // The same rule as the restart's, before anything is read or stopped.
+        restart
+            .allowed_version(&s.versions, "Nothing was stopped or changed.")
+            .await?;
         let app = restart.status().await?;
         let running = !app.settled_in("stopped");
         if running && !s.stop_app {

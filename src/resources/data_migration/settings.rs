@@ -24,6 +24,7 @@ pub(super) struct PgSettings {
 /// values) the configuration.
 pub(super) struct Settings {
     pub stop_app: bool,
+    pub versions: Vec<String>,
     pub stop_timeout: Duration,
     pub command_timeout: Duration,
     pub overwrite: bool,
@@ -97,6 +98,7 @@ pub(super) fn settings(
     };
     Ok(Settings {
         stop_app: planned.get("stop_app").as_bool().unwrap_or(true),
+        versions: super::super::services_restart::allowed_versions(planned),
         stop_timeout: super::super::duration_or(planned, "stop_timeout", STOP_TIMEOUT),
         command_timeout: super::super::duration_or(planned, "command_timeout", COMMAND_TIMEOUT),
         overwrite: planned.get("overwrite_existing").as_bool() == Some(true),

@@ -18,7 +18,53 @@ use crate::provider::ProviderData;
 
 mod run;
 
-const DEFAULT_VERSIONS: &str = "2.17.x";
+pub(crate) const DEFAULT_VERSIONS: &str = "2.17.x";
+
+/// `allowed_versions`, for each resource that stops CircleCI (`what` may run).
+pub(crate) fn allowed_versions_attr(what: &str) -> Attribute {
+    Attribute::new("allowed_versions", Type::list(Type::String))
+        .optional()
+        .computed()
+        .description(&format!(
+            "CircleCI versions (Replicated's `VersionLabel`) {what} may run on; `x` matches any part. \
+             Default `[\"2.17.x\"]`: the runbook is for 2.17. Checked before CircleCI is stopped."
+        ))
+}
+
+/// The patterns of `allowed_versions`, or the default.
+pub(crate) fn allowed_versions(v: &Value) -> Vec<String> {
+    let versions = strings(v.get("allowed_versions"));
+    if versions.is_empty() {
+        vec![DEFAULT_VERSIONS.to_string()]
+    } else {
+        versions
+    }
+}
+
+/// `allowed_versions` at plan: at least one pattern, each valid.
+pub(crate) fn validate_versions(config: &Value, diags: &mut Diagnostics) {
+    if let Some(list) = config.get("allowed_versions").as_list() {
+        if list.is_empty() {
+            diags.attr_error(
+                AttrPath::root("allowed_versions"),
+                "No versions allowed",
+                "list at least one version pattern, e.g. \"2.17.x\"",
+            );
+        }
+        for (i, v) in list.iter().enumerate() {
+            if let Some(p) = v.as_str() {
+                if let Err(e) = check_pattern(p) {
+                    diags.attr_error(
+                        AttrPath::root("allowed_versions").index(i as i64),
+                        "Invalid version pattern",
+                        e,
+                    );
+                }
+            }
+        }
+    }
+}
+
 const STOP_TIMEOUT: &str = "10m";
 const START_TIMEOUT: &str = "20m";
 const VERIFY_TIMEOUT: &str = "5m";
@@ -44,17 +90,12 @@ pub(super) struct Settings {
 
 impl Settings {
     fn of(v: &Value) -> Settings {
-        let versions = strings(v.get("allowed_versions"));
         Settings {
             root: v.get("config_root").as_str().unwrap_or("/").to_string(),
             stop: super::duration_or(v, "stop_timeout", STOP_TIMEOUT),
             start: super::duration_or(v, "start_timeout", START_TIMEOUT),
             verify: super::duration_or(v, "verify_timeout", VERIFY_TIMEOUT),
-            versions: if versions.is_empty() {
-                vec![DEFAULT_VERSIONS.to_string()]
-            } else {
-                versions
-            },
+            versions: allowed_versions(v),
         }
     }
 }
@@ -72,11 +113,15 @@ fn block() -> Block {
              Start\" in the Management Console), through Replicated's `replicatedctl`, then runs the runbook's \
              checks there for every service whose external configuration is present on the machine (read from \
              the files, not from Terraform): PostgreSQL (frontend's `POSTGRES_HOST` line, no \
-             `org.postgresql.util.PSQLException`), MongoDB (frontend opened a connection to each host), Vault \
+             `org.postgresql.util.PSQLException`), MongoDB (frontend opened a connection to a member of the set: \
+             a seed host, or a server the driver discovered from the set's own member list, under that name), Vault \
              (context-service \"Successfully retrieved current auth token\"), Redis (domain-service \"Reconnected \
              to host:port\", `OUTPUT_PROCESSOR_SIGNALS_REDIS` in picard-output-processor, slanger's \
              `REDIS_PORT_6379_TCP_ADDR/PORT`), RabbitMQ (workflows-conductor's and frontend's \"Configuring … on \
-             host …\"). The runbook gives no check for Nomad after the restart, so none is made.\n\n\
+             host …\"). The runbook gives no check for Nomad after the restart, so none is made. Each log check \
+             reads both of `docker logs`' streams (the runbook's `2>&1`), and only what the container logged \
+             since it last started (`--since` its `StartedAt`, by the Services machine's clock), in the order \
+             logged; a log longer than 64 MiB a stream fails the check rather than being read in part.\n\n\
              Nothing stops before the preflight passes: the Services machine answers, `replicatedctl` is there, \
              the app's version is allowed, and the config files parse. Once CircleCI is stopped, the restart \
              runs to its end even when Terraform is interrupted (CircleCI is never left stopped by choice); the \
@@ -100,10 +145,7 @@ fn block() -> Block {
             VERIFY_TIMEOUT,
             "How long the checks are retried after the start (containers log their connections as they come up)",
         ))
-        .attr(Attribute::new("allowed_versions", Type::list(Type::String)).optional().computed().description(
-            "CircleCI versions (Replicated's `VersionLabel`) this restart may run on; `x` matches any part. \
-             Default `[\"2.17.x\"]`: the runbook is for 2.17.",
-        ))
+        .attr(allowed_versions_attr("this restart"))
         .attr(Attribute::new("version", Type::String).computed().description("The CircleCI version found."))
         .attr(Attribute::new("app_state", Type::String).computed().description(
             "The app's state as Replicated reports it (`started`, `stopped`, …). Anything but `started` on \
@@ -148,26 +190,7 @@ fn validate_config(config: &Value) -> Diagnostics {
         ],
         &mut diags,
     );
-    if let Some(list) = config.get("allowed_versions").as_list() {
-        if list.is_empty() {
-            diags.attr_error(
-                AttrPath::root("allowed_versions"),
-                "No versions allowed",
-                "list at least one version pattern, e.g. \"2.17.x\"",
-            );
-        }
-        for (i, v) in list.iter().enumerate() {
-            if let Some(p) = v.as_str() {
-                if let Err(e) = check_pattern(p) {
-                    diags.attr_error(
-                        AttrPath::root("allowed_versions").index(i as i64),
-                        "Invalid version pattern",
-                        e,
-                    );
-                }
-            }
-        }
-    }
+    validate_versions(config, &mut diags);
     diags
 }
 

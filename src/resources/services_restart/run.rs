@@ -4,13 +4,15 @@
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::backends::ssh::{Program, ServicesHost};
+use crate::backends::ssh::{Program, RemoteCommand, ServicesHost};
 use crate::circleci::restart::{AppStatus, Check, External};
 use crate::plugin::stop;
 use crate::resources::{run_command, ssh_diag};
 
 /// How often the app's status is read while it moves, and the checks retried.
 const POLL: Duration = Duration::from_secs(1);
+/// The most of each stream of one container's log (since its start) a check reads.
+const MAX_LOGS: usize = 64 << 20;
 
 /// What the preflight learned.
 struct Preflight {
@@ -102,20 +104,33 @@ impl ServicesRestart {
         })
     }
 
-    /// Everything checked before CircleCI stops.
-    async fn preflight(&self, s: &Settings) -> Result<Preflight, Diagnostics> {
+    /// The CircleCI version the Services machine runs, when `versions` allow it; else
+    /// an error on `allowed_versions` ending with `nothing` (what was left alone).
+    pub(crate) async fn allowed_version(
+        &self,
+        versions: &[String],
+        nothing: &str,
+    ) -> Result<String, Diagnostics> {
         let version = self.version().await?;
-        if !rs::version_allowed(&version, &s.versions) {
+        if !rs::version_allowed(&version, versions) {
             return Err(attr_error(
                 "allowed_versions",
                 "CircleCI version not allowed",
                 format!(
                     "the Services machine runs CircleCI {version}, which allowed_versions ({}) does not list; the \
-                     runbook is for 2.17. Nothing was restarted.",
-                    s.versions.join(", ")
+                     runbook is for 2.17. {nothing}",
+                    versions.join(", ")
                 ),
             ));
         }
+        Ok(version)
+    }
+
+    /// Everything checked before CircleCI stops.
+    async fn preflight(&self, s: &Settings) -> Result<Preflight, Diagnostics> {
+        let version = self
+            .allowed_version(&s.versions, "Nothing was restarted.")
+            .await?;
         let status = self.status().await?;
         let external = self.external(&s.root).await?;
         Ok(Preflight {
@@ -199,6 +214,58 @@ impl ServicesRestart {
         self.wait_for("stopped", within).await.map(|_| ())
     }
 
+    /// What a check's probe shows: for a log probe, both streams of everything the
+    /// container logged since it started (by the Services machine's clock: Docker's
+    /// `StartedAt`), in order; for an env probe, its output. More output than the
+    /// bound is an error, never a check on part of it.
+    async fn probe(&self, probe: &rs::Probe) -> Result<String, Diagnostics> {
+        let since = match probe.started_at_args() {
+            Some(args) => {
+                let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+                let out = self.command(Program::Docker, &argv).await?;
+                Some(rs::parse_started_at(&out).map_err(|e| {
+                    Diagnostics::from(Diagnostic::error("Unexpected answer from Docker", e))
+                })?)
+            }
+            None => None,
+        };
+        let args = probe.docker_args(since.as_deref());
+        if since.is_none() {
+            let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+            return self.command(Program::Docker, &argv).await;
+        }
+        let h = self.services()?;
+        let cmd = RemoteCommand::new(Program::Docker, args.iter().map(String::as_str))
+            .map_err(|e| Diagnostics::from(Diagnostic::error("Invalid command", e)))?
+            .keeping(MAX_LOGS);
+        let out = h
+            .run(&cmd, None, self.data.timeout())
+            .await
+            .map_err(|e| ssh_diag(&format!("Could not run `{cmd}`"), e))?;
+        if !out.success() {
+            return Err(Diagnostic::error(
+                format!("`{cmd}` failed"),
+                format!("it exited with {:?}: {}", out.status, out.evidence()),
+            )
+            .into());
+        }
+        if out.truncated {
+            return Err(Diagnostic::error(
+                "CircleCI's log is too long to check",
+                format!(
+                    "`{cmd}` printed more than {} MiB on a stream since the container started; the check \
+                     reads every line or none, so it cannot pass or fail on what it saw",
+                    MAX_LOGS >> 20
+                ),
+            )
+            .into());
+        }
+        Ok(rs::merge_streams(
+            &String::from_utf8_lossy(&out.stdout),
+            &String::from_utf8_lossy(&out.stderr),
+        ))
+    }
+
     /// Runs `checks` until all pass or `within` passes (or Terraform asks to stop).
     /// Returns the passed ones, and an error per failed one.
     async fn verify(&self, checks: &[Check], within: Duration) -> Verified {
@@ -208,10 +275,12 @@ impl ServicesRestart {
             let mut failed_labels = Vec::new();
             let mut failed = Diagnostics::new();
             for c in checks {
-                let args = c.probe.docker_args();
-                let argv: Vec<&str> = args.iter().map(String::as_str).collect();
                 let label = format!("{}: {}", c.service, c.what);
-                match self.command(Program::Docker, &argv).await {
+                let how = match c.probe {
+                    rs::Probe::Logs(n) => format!("logs {n}"),
+                    rs::Probe::Env(n, _) => format!("exec {n}"),
+                };
+                match self.probe(&c.probe).await {
                     Ok(out) => match rs::evaluate(c, &out) {
                         Ok(()) => passed.push(label),
                         Err(evidence) => {
@@ -221,7 +290,7 @@ impl ServicesRestart {
                                 format!(
                                     "{} — not seen in `docker {}` after {}. Evidence:\n{}",
                                     c.what,
-                                    argv[..2].join(" "),
+                                    how,
                                     humantime::format_duration(round(started.elapsed())),
                                     if evidence.is_empty() {
                                         "(no output)".to_string()
