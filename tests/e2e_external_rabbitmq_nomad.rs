@@ -269,3 +269,31 @@ resource "circleci_external_nomad" "n" {
         assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
     }
 }
+
+/// CircleCI 2.17's RabbitMQ file has no TLS setting: `tls = true` would write a TLS port
+/// into a file CircleCI reads as plain AMQP. Refused at plan, on `tls`, nothing written.
+#[test]
+fn rabbitmq_tls_is_refused_at_plan_and_nothing_is_written() {
+    let s = servers();
+    let root = tempfile::tempdir().unwrap();
+    let path = root.path().join("rabbitmq");
+    let tf = Tf::new(&format!(
+        "{}{}",
+        s.provider_block(""),
+        mq(&path, s.mq_port(), "pw").replace(
+            "  password_wo_version = 1\n",
+            "  password_wo_version = 1\n  tls = true\n"
+        )
+    ));
+    let out = common::flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
+    assert!(
+        out.contains("CircleCI Server 2.17 cannot use TLS to RabbitMQ"),
+        "{out}"
+    );
+    assert!(out.contains("plain AMQP"), "{out}");
+    assert!(
+        out.contains("tls = true"),
+        "the diagnostic is on tls: {out}"
+    );
+    assert!(!path.exists(), "a file was written");
+}

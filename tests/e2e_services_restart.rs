@@ -234,6 +234,25 @@ fn restart_checks_every_service_and_restarts_on_change() {
     assert!(checks_of(&tf).iter().any(|c| c.starts_with("postgresql: ")));
     assert_eq!(tf.plan_code(), 0);
 
+    // Redis goes away, then only the restart: this start's domain-service cannot
+    // connect. The previous start's "Reconnected to" line is still in `docker logs`
+    // (the container was restarted, not recreated) and must not pass the check.
+    let gone = redis2.port;
+    drop(redis2);
+    tf.write_main(&main_tf(&s, root.path(), gone, 3));
+    let out = flat(&tf.fails(&[
+        "apply",
+        "-auto-approve",
+        "-no-color",
+        "-refresh=false",
+        "-target=circleci_services_restart.restart",
+    ]));
+    assert!(out.contains("CircleCI check failed: redis"), "{out}");
+    assert!(out.contains("Could not connect to Redis"), "{out}");
+    assert!(sim
+        .docker_logs("domain-service")
+        .contains(&format!("Reconnected to 127.0.0.1:{gone}")));
+
     tf.ok(&["destroy", "-auto-approve", "-no-color"]);
     let status = sim.replicatedctl(&["app", "status"]);
     assert_eq!(
@@ -513,4 +532,275 @@ fn ca_certificate_is_trusted_then_untrusted() {
     assert!(out.contains("Invalid CA certificate"), "{out}");
     assert!(out.contains("not an X.509 certificate"), "{out}");
     assert!(out.contains("leave out .crt"), "{out}");
+}
+
+/// Several CA resources in one configuration (for_each), some asking for the runbook's
+/// JVM_OPTS line: the line is there while any instance asks for it, the second plan is
+/// empty, and it goes only with the last instance that wanted it. A PEM holding a key,
+/// or anything but one certificate, is refused at plan, the key never quoted.
+#[test]
+fn ca_certificates_share_the_jvm_opts_line_and_refuse_keys() {
+    let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let s = servers();
+    let root = common::searchable_tempdir();
+    let _sim = Sim::new(&s, json!({"root": root.path(), "transition": 1}));
+    let work = tempfile::tempdir().unwrap();
+    let w = |f: &str| work.path().join(f).to_str().unwrap().to_string();
+    for n in ["a", "b", "c"] {
+        let o = openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN=ca {n}"),
+            "-keyout",
+            &w(&format!("{n}.key")),
+            "-out",
+            &w(&format!("{n}.pem")),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let env = root.path().join("etc/environment");
+    std::fs::create_dir_all(env.parent().unwrap()).unwrap();
+    let mine = "LANG=C.UTF-8\n";
+    std::fs::write(&env, mine).unwrap();
+    let config = |jvm: &[(&str, bool)]| {
+        let entries: Vec<String> = jvm.iter().map(|(n, j)| format!("    {n} = {j}")).collect();
+        format!(
+            "{}\nlocals {{\n  jvm = {{\n{}\n  }}\n}}\nresource \"circleci_services_ca_certificate\" \"ca\" {{\n  \
+             for_each = local.jvm\n  name = \"ca-${{each.key}}\"\n  certificate_pem = file(\"{}/${{each.key}}.pem\")\n  \
+             jvm_trust_name_service = each.value\n  config_root = {:?}\n}}\n",
+            s.provider_block(""),
+            entries.join("\n"),
+            work.path().to_str().unwrap(),
+            root.path().to_str().unwrap()
+        )
+    };
+    let jvm_lines = || {
+        std::fs::read_to_string(&env)
+            .unwrap()
+            .matches("export JVM_OPTS='-Djdk.tls.trustNameService=true'")
+            .count()
+    };
+
+    let tf = Tf::new(&config(&[("a", true), ("b", false), ("c", false)]));
+    tf.apply();
+    assert_eq!(jvm_lines(), 1, "{}", std::fs::read_to_string(&env).unwrap());
+    assert!(std::fs::read_to_string(&env).unwrap().starts_with(mine));
+    assert_eq!(tf.plan_code(), 0, "the second plan is not empty");
+
+    tf.write_main(&config(&[("a", true), ("b", true), ("c", false)]));
+    tf.apply();
+    assert_eq!(jvm_lines(), 1);
+    assert_eq!(tf.plan_code(), 0);
+
+    // The first owner goes: b still wants the line.
+    tf.write_main(&config(&[("b", true), ("c", false)]));
+    tf.apply();
+    assert_eq!(jvm_lines(), 1, "the line went while b still wants it");
+    assert_eq!(tf.plan_code(), 0);
+
+    // The last owner stops asking: the line goes, the operator's line stays.
+    tf.write_main(&config(&[("b", false), ("c", false)]));
+    tf.apply();
+    assert_eq!(std::fs::read_to_string(&env).unwrap(), mine);
+    assert_eq!(tf.plan_code(), 0);
+    tf.ok(&["destroy", "-auto-approve", "-no-color"]);
+    assert_eq!(std::fs::read_to_string(&env).unwrap(), mine);
+
+    // A certificate with its key, or two certificates: refused at plan, naming what was
+    // found, the key never printed.
+    let key = std::fs::read_to_string(w("a.key")).unwrap();
+    let key_line = key.lines().nth(1).unwrap().to_string();
+    for (files, what) in [
+        (vec!["a.pem", "a.key"], "PRIVATE KEY block"),
+        (vec!["a.pem", "b.pem"], "2 certificates"),
+    ] {
+        let text: String = files
+            .iter()
+            .map(|f| std::fs::read_to_string(w(f)).unwrap())
+            .collect();
+        std::fs::write(w("bundle.pem"), text).unwrap();
+        let tf = Tf::new(&format!(
+            "{}\nresource \"circleci_services_ca_certificate\" \"x\" {{\n  name = \"x\"\n  \
+             certificate_pem = file({:?})\n  config_root = {:?}\n}}\n",
+            s.provider_block(""),
+            w("bundle.pem"),
+            root.path().to_str().unwrap()
+        ));
+        let out = tf.fails(&["plan", "-no-color"]);
+        assert!(flat(&out).contains(what), "{out}");
+        assert!(!out.contains(&key_line), "the key is in the output: {out}");
+        assert!(!root
+            .path()
+            .join("usr/local/share/ca-certificates/x.crt")
+            .exists());
+    }
+}
+
+/// The runbook's MongoDB section, pasted verbatim into the Services machine's
+/// /etc/circle-installation-customizations with real values (a replica set over TLS
+/// whose only member knows itself as localhost, while the file seeds 127.0.0.1): the
+/// restart's preflight reads it (`$MONGO_BASE_URI` expanded as bash does) and its
+/// MongoDB check passes on the name the set uses; circleci_external_mongo imports it
+/// with the right hosts, replica set, TLS and databases; an apply on top keeps every
+/// operator line, and bash, sourcing the file, gets the provider's values.
+#[test]
+fn the_runbooks_own_mongo_file_imports_and_restarts() {
+    let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let s = servers();
+    let root = common::searchable_tempdir();
+    let _sim = Sim::new(&s, json!({"root": root.path(), "transition": 1}));
+    let work = common::searchable_tempdir();
+    let ca = s.get("CIRCLECI_TEST_TLS_CA");
+    // The Services machine trusts the dev CA, as the runbook's Troubleshooting says.
+    let cas = root.path().join("usr/local/share/ca-certificates");
+    std::fs::create_dir_all(&cas).unwrap();
+    std::fs::copy(ca, cas.join("dev-ca.crt")).unwrap();
+    let port = common::closed_port();
+    let log = work.path().join("mongo.log");
+    let _mongo = common::sshd::Proc(
+        Command::new(s.get("CIRCLECI_TEST_MONGO_STANDIN"))
+            .args(["--port", &port.to_string(), "--mode", "3.6"])
+            .args(["--admin-user", s.get("CIRCLECI_TEST_MONGO_USER")])
+            .args(["--admin-password", s.get("CIRCLECI_TEST_MONGO_PASSWORD")])
+            .args([
+                "--replica-set",
+                "rs0",
+                "--advertise",
+                &format!("localhost:{port}"),
+            ])
+            .args(["--tls-cert", s.get("CIRCLECI_TEST_TLS_CERT")])
+            .args(["--tls-key", s.get("CIRCLECI_TEST_TLS_KEY")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    common::sshd::wait_listening(port, "the TLS MongoDB stand-in", &log);
+    let admin = format!(
+        "mongodb://{}:{}@localhost:{port}/?authSource=admin&replicaSet=rs0&tls=true&tlsCAFile={ca}",
+        s.get("CIRCLECI_TEST_MONGO_USER"),
+        s.get("CIRCLECI_TEST_MONGO_PASSWORD"),
+    );
+    // The operator followed the runbook by hand: the user, then the file.
+    let pw = "Runbook-Mongo-pw-1";
+    let roles: Vec<_> = [
+        "circle_ghe",
+        "build_state_dev_ghe",
+        "containers_dev_ghe",
+        "remote_containers_dev_ghe",
+    ]
+    .iter()
+    .map(|d| json!({"role": "readWrite", "db": d}))
+    .collect();
+    s.pymongo(
+        &admin,
+        "admin",
+        json!({"createUser": "circle", "pwd": pw, "roles": roles}),
+    )
+    .unwrap();
+    let file = root.path().join("etc/circle-installation-customizations");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    let seed = format!("127.0.0.1:{port}");
+    let runbook = format!(
+        "# Configure the single endpoint\n\
+         MONGO_BASE_URI='mongodb://circle:{pw}@{seed}'\n\
+         # OR for a replica set\n\
+         MONGO_BASE_URI='mongodb://circle:{pw}@{seed}'\n\
+         # When using replica sets, add query parameter '&replicaSet=name' to each URI\n\
+         export CIRCLE_SECRETS_MONGODB_MAIN_URI=\"$MONGO_BASE_URI/circle_ghe?ssl=true&authSource=admin&replicaSet=rs0\"\n\
+         export CIRCLE_SECRETS_MONGODB_ACTION_LOGS_URI=\"$MONGO_BASE_URI/circle_ghe?ssl=true&authSource=admin&replicaSet=rs0\"\n\
+         export CIRCLE_SECRETS_MONGODB_BUILD_STATE_URI=\"$MONGO_BASE_URI/build_state_dev_ghe?ssl=true&authSource=admin&replicaSet=rs0\"\n\
+         export CIRCLE_SECRETS_MONGODB_CONTAINERS_URI=\"$MONGO_BASE_URI/containers_dev_ghe?ssl=true&authSource=admin&replicaSet=rs0\"\n\
+         export CIRCLE_SECRETS_MONGODB_REMOTE_CONTAINERS_URI=\"$MONGO_BASE_URI/remote_containers_dev_ghe?ssl=true&authSource=admin&replicaSet=rs0\"\n"
+    );
+    std::fs::write(&file, &runbook).unwrap();
+
+    let provider = s.provider_block_with(
+        "",
+        &format!("\n  mongodb {{\n    uri         = {admin:?}\n    tls_ca_file = {ca:?}\n  }}"),
+    );
+    let restart = |generation: &str| {
+        format!(
+            "resource \"circleci_services_restart\" \"r\" {{\n  config_root = {:?}\n  verify_timeout = \"20s\"\n  \
+             triggers = {{ g = {generation} }}\n}}\noutput \"checks\" {{\n  value = circleci_services_restart.r.checks\n}}\n",
+            root.path().to_str().unwrap()
+        )
+    };
+    // The restart reads the hand-written file and checks MongoDB under the set's names.
+    let tf = Tf::new(&format!("{provider}\n{}", restart("\"1\"")));
+    tf.apply();
+    let checks: Vec<String> = serde_json::from_str(&tf.ok(&["output", "-json", "checks"])).unwrap();
+    assert!(
+        checks.iter().any(|c| c.starts_with("mongodb: ")),
+        "{checks:?}"
+    );
+
+    // Import: the file as the runbook wrote it.
+    let mongo = format!(
+        "resource \"circleci_external_mongo\" \"m\" {{\n  hosts       = [{seed:?}]\n  replica_set = \"rs0\"\n  \
+         password_wo = {pw:?}\n  password_wo_version = 1\n  tls = true\n  options = {{ maxIdleTimeMS = \"600000\" }}\n  \
+         config_path = {:?}\n}}\n",
+        file.to_str().unwrap()
+    );
+    tf.write_main(&format!(
+        "{provider}\n{mongo}\n{}",
+        restart("circleci_external_mongo.m.file_sha256")
+    ));
+    tf.ok(&[
+        "import",
+        "-no-color",
+        "circleci_external_mongo.m",
+        file.to_str().unwrap(),
+    ]);
+    let state = tf.state_json();
+    let m = state["values"]["root_module"]["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["address"] == "circleci_external_mongo.m")
+        .unwrap()["values"]
+        .clone();
+    assert_eq!(m["hosts"], json!([seed]), "{m}");
+    assert_eq!(m["replica_set"], "rs0");
+    assert_eq!(m["username"], "circle");
+    assert_eq!(m["tls"], true);
+    assert_eq!(m["auth_source"], "admin");
+    assert_eq!(
+        m["databases"],
+        json!([
+            "circle_ghe",
+            "build_state_dev_ghe",
+            "containers_dev_ghe",
+            "remote_containers_dev_ghe"
+        ])
+    );
+
+    // An apply on top: the operator's lines kept byte for byte, the provider's block
+    // after them, and bash sourcing the file gets the provider's values.
+    tf.apply();
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.starts_with(&runbook), "{text}");
+    let sourced = String::from_utf8(common::bash(&format!(
+        "source {file:?}; printf '%s' \"$CIRCLE_SECRETS_MONGODB_BUILD_STATE_URI\""
+    )))
+    .unwrap();
+    assert!(sourced.contains("maxIdleTimeMS=600000"), "{sourced}");
+    assert!(sourced.contains("/build_state_dev_ghe?"), "{sourced}");
+    let checks: Vec<String> = serde_json::from_str(&tf.ok(&["output", "-json", "checks"])).unwrap();
+    assert!(
+        checks.iter().any(|c| c.starts_with("mongodb: ")),
+        "{checks:?}"
+    );
+    assert_eq!(tf.plan_code(), 0, "the second plan is not empty");
+
+    tf.ok(&["destroy", "-auto-approve", "-no-color"]);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), runbook);
 }

@@ -99,28 +99,36 @@ impl FileResource for ExternalRabbitmq {
             )
             .attr(Attribute::new("host", Type::String).required().description("RabbitMQ host, as the Services machine reaches it."))
             .attr(Attribute::new("port", Type::Number).optional().computed().description(
-                "AMQP port. Default `5672`, or `5671` with `tls`.",
+                "AMQP port. Default `5672`.",
             ))
             .attr(Attribute::new("username", Type::String).required().description("The user CircleCI logs in as.")), "The password", "the file")
             .attr(Attribute::new("vhost", Type::String).optional().computed().description(
                 "Virtual host the check logs in to. Default `/`. Not written: CircleCI uses the default.",
             ))
             .attr(Attribute::new("tls", Type::Bool).optional().computed().description(
-                "Check over AMQPS (TLS). Default `false`.",
+                "Must be `false` (the default): CircleCI Server 2.17's RabbitMQ file has no TLS setting, so \
+                 CircleCI speaks plain AMQP to the port written, and `true` is refused at plan.",
             ))
             .attr(Attribute::new("tls_ca_file", Type::String).optional().description(
-                "CA certificate (PEM) for the TLS check; default: the system's CAs.",
+                "Refused: there is no TLS check (see `tls`).",
             ))
     }
 
     fn validate(&self, config: &Value, diags: &mut Diagnostics) {
-        if config.get("tls_ca_file").as_str().is_some()
-            && config.get("tls").as_bool() == Some(false)
-        {
+        if config.get("tls").as_bool() == Some(true) {
+            diags.attr_error(
+                AttrPath::root("tls"),
+                "CircleCI Server 2.17 cannot use TLS to RabbitMQ",
+                "the runbook's /etc/circleconfig/shared/rabbitmq holds only RABBITMQ_HOST, RABBITMQ_PORT, \
+                 RABBITMQ_USERNAME and RABBITMQ_PASSWORD, and neither the runbook nor CircleCI's 2.x \
+                 documentation gives a setting that turns TLS on: CircleCI would speak plain AMQP to the \
+                 port written here. Point it at a plain AMQP listener (tls = false, port 5672 by default).",
+            );
+        } else if config.get("tls_ca_file").as_str().is_some() {
             diags.attr_error(
                 AttrPath::root("tls_ca_file"),
                 "tls_ca_file without tls",
-                "set tls = true to use a CA file",
+                "a CA file is only for a TLS check, and CircleCI Server 2.17 cannot use TLS to RabbitMQ",
             );
         }
     }
@@ -207,7 +215,7 @@ impl FileResource for ExternalRabbitmq {
         v.set("port", Value::int(port as i64));
         v.set("username", Value::string(user));
         v.set("vhost", Value::string("/"));
-        v.set("tls", Value::Bool(port == file::DEFAULT_TLS_PORT));
+        v.set("tls", Value::Bool(false));
         Ok(v)
     }
 }

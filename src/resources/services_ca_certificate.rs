@@ -24,6 +24,28 @@ const CA_DIR: &str = "usr/local/share/ca-certificates";
 const ENVIRONMENT: &str = "etc/environment";
 /// The runbook's line, as it gives it.
 const JVM_LINE: &str = "export JVM_OPTS='-Djdk.tls.trustNameService=true'\n";
+/// Before each owner's name in the JVM_OPTS block: every instance of this resource with
+/// `jvm_trust_name_service = true` adds its line, and the block (with the runbook's
+/// line) goes only when the last owner removes its own.
+const OWNER: &str = "# wanted by circleci_services_ca_certificate ";
+
+/// The owners named in a JVM_OPTS block.
+fn owners(block: &[u8]) -> std::collections::BTreeSet<String> {
+    String::from_utf8_lossy(block)
+        .lines()
+        .filter_map(|l| l.strip_prefix(OWNER))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The block's content for these owners (none: no block).
+fn jvm_block(owners: &std::collections::BTreeSet<String>) -> String {
+    let mut out = JVM_LINE.to_string();
+    for o in owners {
+        out.push_str(&format!("{OWNER}{o}\n"));
+    }
+    out
+}
 
 pub struct ServicesCaCertificate {
     data: Arc<ProviderData>,
@@ -35,8 +57,55 @@ impl ServicesCaCertificate {
     }
 }
 
-/// The one certificate in `pem`, as DER, or why not.
+/// The one certificate in `pem`, as DER, or why not. Nothing else may be in the text:
+/// no other PEM block (a private key would be written world-readable into the trust
+/// store, and kept in the plan and state), no second certificate, no other text. The
+/// text is never quoted back: it may be a key.
 pub fn parse_ca(pem: &str) -> Result<CertificateDer<'static>, String> {
+    let mut found: Vec<String> = vec![];
+    let mut open: Option<&str> = None;
+    for (n, line) in pem.lines().enumerate() {
+        let line = line.trim();
+        match open {
+            None if line.is_empty() => {}
+            None => match line
+                .strip_prefix("-----BEGIN ")
+                .and_then(|l| l.strip_suffix("-----"))
+            {
+                Some(label) => open = Some(label),
+                None => {
+                    return Err(format!(
+                        "line {}: text outside a PEM block; give exactly one CERTIFICATE block",
+                        n + 1
+                    ))
+                }
+            },
+            Some(label) => {
+                if line.starts_with("-----END ") {
+                    if line != format!("-----END {label}-----") {
+                        return Err(format!(
+                            "line {}: the {label} block ends with another label",
+                            n + 1
+                        ));
+                    }
+                    found.push(label.to_string());
+                    open = None;
+                }
+            }
+        }
+    }
+    if let Some(label) = open {
+        return Err(format!("the {label} block has no END line"));
+    }
+    let others: Vec<&String> = found.iter().filter(|l| *l != "CERTIFICATE").collect();
+    if !others.is_empty() {
+        let names: Vec<&str> = others.iter().map(|l| l.as_str()).collect();
+        return Err(format!(
+            "it holds a {} block besides the certificate: give exactly one CERTIFICATE block (a key must \
+             never go into the trust store, the plan or the state)",
+            names.join(" and a ")
+        ));
+    }
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(|e| format!("not PEM: {e}"))?;
@@ -68,6 +137,10 @@ fn check_name(n: &str) -> Result<(), String> {
     Ok(())
 }
 
+fn name_of(v: &Value) -> &str {
+    v.get("name").as_str().unwrap_or_default()
+}
+
 fn under(root: &str, rel: &str) -> String {
     format!("{}/{rel}", root.trim_end_matches('/'))
 }
@@ -93,7 +166,8 @@ fn block() -> Block {
              written to `/usr/local/share/ca-certificates/<name>.crt` (mode 0644) and `update-ca-certificates` \
              runs. With `jvm_trust_name_service = true` the runbook's `export \
              JVM_OPTS='-Djdk.tls.trustNameService=true'` line goes into `/etc/environment`, in a managed block \
-             (the file's other lines are kept). Set that on one resource only. Destroy removes the certificate, \
+             (the file's other lines are kept), with a comment line naming each instance that asked for it: \
+             the line stays while any instance asks for it. Destroy removes the certificate, \
              runs `update-ca-certificates` again and removes the block. CircleCI reads both when it starts: put \
              this resource in `circleci_services_restart`'s triggers.",
         )
@@ -146,11 +220,13 @@ impl ServicesCaCertificate {
         .into())
     }
 
-    /// Adds (`want`) or removes the JVM_OPTS block of /etc/environment.
+    /// Adds (`want`) or removes `owner`'s claim on the JVM_OPTS block of
+    /// /etc/environment: the block is there while any instance claims it.
     async fn environment(
         &self,
         h: &ServicesHost,
         path: &str,
+        owner: &str,
         want: bool,
     ) -> Result<(), Diagnostics> {
         let _turn = managed_block::lock(path).await;
@@ -158,10 +234,18 @@ impl ServicesCaCertificate {
         let file = h.read_file(path).await.map_err(fail)?;
         let bytes = file.as_ref().map(|f| f.content.clone()).unwrap_or_default();
         let bad = |e| block_error(path, e);
+        let block = managed_block::extract(&bytes, TYPE).map_err(bad)?;
+        let mut who = block.as_deref().map(owners).unwrap_or_default();
         let next = if want {
-            managed_block::upsert(&bytes, TYPE, JVM_LINE).map_err(bad)?
-        } else {
+            who.insert(owner.to_string());
+            managed_block::upsert(&bytes, TYPE, &jvm_block(&who)).map_err(bad)?
+        } else if !who.remove(owner) {
+            // Not ours: a block another instance (or an earlier version) made stays.
+            return Ok(());
+        } else if who.is_empty() {
             managed_block::remove(&bytes, TYPE).map_err(bad)?
+        } else {
+            managed_block::upsert(&bytes, TYPE, &jvm_block(&who)).map_err(bad)?
         };
         if next == bytes {
             return Ok(());
@@ -196,7 +280,8 @@ impl ServicesCaCertificate {
             let rest = async {
                 self.update_ca_certificates(&h).await?;
                 let jvm = planned.get("jvm_trust_name_service").as_bool() == Some(true);
-                self.environment(&h, &p.environment, jvm).await
+                self.environment(&h, &p.environment, name_of(planned), jvm)
+                    .await
             }
             .await;
             Ok(match rest {
@@ -331,7 +416,7 @@ impl Resource for ServicesCaCertificate {
             let block = env
                 .and_then(|f| managed_block::extract(&f.content, TYPE).ok().flatten())
                 .unwrap_or_default();
-            if block != JVM_LINE.as_bytes() {
+            if !block.starts_with(JVM_LINE.as_bytes()) || !owners(&block).contains(name_of(state)) {
                 drift.push(format!(
                     "the JVM_OPTS block of {} is missing or changed",
                     p.environment
@@ -351,7 +436,8 @@ impl Resource for ServicesCaCertificate {
                 .await
                 .map_err(|e| ssh_diag(&format!("Could not delete {}", p.cert), e))?;
             self.update_ca_certificates(&h).await?;
-            self.environment(&h, &p.environment, false).await
+            self.environment(&h, &p.environment, name_of(prior), false)
+                .await
         }
         .await;
         match r {
@@ -418,8 +504,47 @@ mod tests {
         assert!(check_name("../x").is_err());
         assert!(check_name("ca.crt").is_err());
         assert!(check_name("").is_err());
-        assert!(parse_ca("hello").unwrap_err().contains("no CERTIFICATE"));
+        assert!(parse_ca("hello")
+            .unwrap_err()
+            .contains("text outside a PEM block"));
+        assert!(parse_ca("").unwrap_err().contains("no CERTIFICATE"));
         let junk = "-----BEGIN CERTIFICATE-----\naGVsbG8=\n-----END CERTIFICATE-----\n";
         assert!(parse_ca(junk).unwrap_err().contains("not an X.509"));
+    }
+
+    /// Anything but exactly one certificate is refused, naming what was found and
+    /// never quoting it.
+    #[test]
+    fn only_exactly_one_certificate_is_accepted() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![]).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap().pem();
+        assert!(parse_ca(&cert).is_ok());
+        assert!(parse_ca(&format!("\n{cert}\n")).is_ok());
+        let key_pem = key.serialize_pem();
+        let secret_line = key_pem.lines().nth(1).unwrap().to_string();
+        for (text, what) in [
+            (format!("{cert}{key_pem}"), "a PRIVATE KEY block"),
+            (format!("{key_pem}{cert}"), "a PRIVATE KEY block"),
+            (format!("{cert}{cert}"), "2 certificates"),
+            (format!("{cert}trailing junk\n"), "text outside a PEM block"),
+            (format!("{cert}{}", &key_pem[..40]), "has no END line"),
+        ] {
+            let e = parse_ca(&text).unwrap_err();
+            assert!(e.contains(what), "{e}");
+            assert!(!e.contains(&secret_line), "the key is quoted: {e}");
+        }
+    }
+
+    #[test]
+    fn the_jvm_block_names_its_owners() {
+        let mut who = std::collections::BTreeSet::new();
+        who.insert("b".to_string());
+        who.insert("a".to_string());
+        let block = jvm_block(&who);
+        assert!(block.starts_with(JVM_LINE));
+        assert_eq!(owners(block.as_bytes()), who);
+        assert!(owners(JVM_LINE.as_bytes()).is_empty());
     }
 }
