@@ -165,13 +165,97 @@ impl Route {
 /// through the Services machine: how clients that only take a proxy (reqwest, for
 /// Vault and Nomad) use the tunnel. `socks5h`: the name travels to the Services
 /// machine unresolved. A random username and password (RFC 1929), made per process,
-/// keep other local users out.
+/// keep other local users out (compared in constant time). Each client is served in its
+/// own task and has [`HANDSHAKE_DEADLINE`] to finish its handshake; a failed `accept`
+/// is retried after a back-off and never ends the bridge.
 pub struct SocksBridge {
     addr: std::net::SocketAddr,
     user: String,
     pass: crate::secret::Secret,
     /// The last failure per target, for the error of the client that asked.
-    failures: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
+    failures: Failures,
+    /// The accept loop, ended when the bridge goes.
+    accepting: tokio::task::AbortHandle,
+}
+
+impl Drop for SocksBridge {
+    fn drop(&mut self) {
+        self.accepting.abort();
+    }
+}
+
+type Failures = Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>;
+
+/// Opens the stream a client's CONNECT asks for (a `direct-tcpip` channel).
+type Connector = Arc<dyn Fn(String, u16) -> Dialing + Send + Sync>;
+
+/// How long a client of the bridge has for its greeting, authentication and CONNECT
+/// request. The bridge's clients are this process's own (reqwest, lapin), which send
+/// all three at once; one that has not finished in this time never will, and its
+/// connection is closed so that it holds no task or file descriptor.
+const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Where incoming connections come from: the bridge's listener (a trait so that a
+/// test can make `accept` fail).
+trait Accept: Send + 'static {
+    fn accept(&mut self) -> impl Future<Output = std::io::Result<TcpStream>> + Send;
+}
+
+impl Accept for tokio::net::TcpListener {
+    async fn accept(&mut self) -> std::io::Result<TcpStream> {
+        tokio::net::TcpListener::accept(self).await.map(|(s, _)| s)
+    }
+}
+
+/// The first pause after a failed `accept`; it doubles with each failure in a row.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// The longest pause between two `accept`s that fail.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Accepts clients, each served in its own task, for as long as the bridge lives. A
+/// failed `accept` (too many open files, a connection reset before it was taken) is
+/// logged and tried again after a pause: the bridge's address stays handed out, so it
+/// must keep answering.
+async fn accept_loop(
+    mut listener: impl Accept,
+    addr: std::net::SocketAddr,
+    connector: Connector,
+    creds: Arc<(String, crate::secret::Secret)>,
+    failures: Failures,
+    deadline: Duration,
+) {
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    loop {
+        let tcp = match listener.accept().await {
+            Ok(tcp) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                tcp
+            }
+            Err(e) => {
+                log::warn!(
+                    "the tunnel's SOCKS5 end on {addr} could not accept a connection: {e}; trying again in {}",
+                    humantime::format_duration(backoff)
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                continue;
+            }
+        };
+        let (connector, creds, failures) = (connector.clone(), creds.clone(), failures.clone());
+        tokio::spawn(async move {
+            if let Err((target, e)) =
+                serve(tcp, &connector, &creds.0, creds.1.expose(), deadline).await
+            {
+                log::debug!("tunnel proxy: {e}");
+                if let Some(t) = target {
+                    failures
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(t, e);
+                }
+            }
+        });
+    }
 }
 
 impl fmt::Debug for SocksBridge {
@@ -190,39 +274,56 @@ fn random_hex(n: usize) -> Result<String, String> {
 }
 
 impl SocksBridge {
-    /// Listens on a free loopback port; each accepted connection is served in a task.
-    /// Must run inside the Tokio runtime.
+    /// Listens on a free loopback port; each accepted connection is served in its own
+    /// task. Must run inside the Tokio runtime.
     pub fn start(host: Arc<ServicesHost>) -> Result<SocksBridge, String> {
+        let connector: Connector = Arc::new(move |name: String, port: u16| -> Dialing {
+            let host = host.clone();
+            Box::pin(async move {
+                host.open_tunnel(&name, port)
+                    .await
+                    .map(|s| Box::new(s) as Box<dyn Io>)
+            })
+        });
+        Self::start_with(connector, HANDSHAKE_DEADLINE)
+    }
+
+    /// [`Self::start`] with the channel opener and the handshake deadline given.
+    fn start_with(connector: Connector, deadline: Duration) -> Result<SocksBridge, String> {
         let local = |e: std::io::Error| format!("the local end of the tunnel: {e}");
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(local)?;
         std_listener.set_nonblocking(true).map_err(local)?;
         let addr = std_listener.local_addr().map_err(local)?;
         let listener = tokio::net::TcpListener::from_std(std_listener).map_err(local)?;
-        let bridge = SocksBridge {
+        Self::start_on(listener, addr, connector, deadline)
+    }
+
+    /// [`Self::start_with`] on a listener already bound to `addr`.
+    fn start_on(
+        listener: impl Accept,
+        addr: std::net::SocketAddr,
+        connector: Connector,
+        deadline: Duration,
+    ) -> Result<SocksBridge, String> {
+        let user = random_hex(8)?;
+        let pass = crate::secret::Secret(random_hex(16)?);
+        let failures: Failures = Arc::default();
+        let creds = Arc::new((user.clone(), pass.clone()));
+        let accepting = tokio::spawn(accept_loop(
+            listener,
             addr,
-            user: random_hex(8)?,
-            pass: crate::secret::Secret(random_hex(16)?),
-            failures: Arc::default(),
-        };
-        let creds = (bridge.user.clone(), bridge.pass.clone());
-        let failures = bridge.failures.clone();
-        tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let (h, creds, failures) = (host.clone(), creds.clone(), failures.clone());
-                tokio::spawn(async move {
-                    if let Err((target, e)) = serve(tcp, &h, &creds.0, creds.1.expose()).await {
-                        log::debug!("tunnel proxy: {e}");
-                        if let Some(t) = target {
-                            failures
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .insert(t, e);
-                        }
-                    }
-                });
-            }
-        });
-        Ok(bridge)
+            connector,
+            creds,
+            failures.clone(),
+            deadline,
+        ));
+        Ok(SocksBridge {
+            addr,
+            user,
+            pass,
+            failures,
+            accepting: accepting.abort_handle(),
+        })
     }
 
     /// Why the last tunnel to `target` failed, if it did.
@@ -288,13 +389,74 @@ impl SocksBridge {
     }
 }
 
-/// One SOCKS5 client: greeting, username/password, CONNECT, then bytes both ways.
+/// RFC 1929's version byte and both fields against the bridge's credentials, in
+/// constant time: both fields are always compared, and neither comparison stops at
+/// the first differing byte. (A length that differs is refused at once; the lengths
+/// are the same for every process and no secret.)
+fn credentials_match(
+    version: u8,
+    user: &[u8],
+    pass: &[u8],
+    want_user: &str,
+    want_pass: &str,
+) -> bool {
+    use aws_lc_rs::constant_time::verify_slices_are_equal;
+    let user_ok = verify_slices_are_equal(user, want_user.as_bytes()).is_ok();
+    let pass_ok = verify_slices_are_equal(pass, want_pass.as_bytes()).is_ok();
+    (version == 1) & user_ok & pass_ok
+}
+
+/// One SOCKS5 client: greeting, username/password and CONNECT request within
+/// `deadline` (else the connection is closed), then the channel, then bytes both ways.
 async fn serve(
     mut tcp: TcpStream,
-    host: &ServicesHost,
+    connector: &Connector,
     user: &str,
     pass: &str,
+    deadline: Duration,
 ) -> Result<(), (Option<String>, String)> {
+    use tokio::io::AsyncWriteExt;
+    let io = |e: std::io::Error| (None, e.to_string());
+    let (target, port) = match tokio::time::timeout(deadline, handshake(&mut tcp, user, pass)).await
+    {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err((
+                None,
+                format!(
+                    "a client that did not finish the SOCKS5 handshake within {} was disconnected",
+                    humantime::format_duration(deadline)
+                ),
+            ))
+        }
+    };
+    match connector(target.clone(), port).await {
+        Ok(mut ch) => {
+            tcp.write_all(&[5, 0, 0, 1, 0, 0, 0, 0, 0, 0])
+                .await
+                .map_err(io)?;
+            let _ = tokio::io::copy_bidirectional(&mut tcp, &mut ch).await;
+            Ok(())
+        }
+        Err(e) => {
+            let code = match e {
+                DialError::Refused { .. } => 2,
+                DialError::Unreachable { .. } => 5,
+                _ => 1,
+            };
+            let _ = tcp.write_all(&[5, code, 0, 1, 0, 0, 0, 0, 0, 0]).await;
+            Err((Some(host_port(&target, port)), e.to_string()))
+        }
+    }
+}
+
+/// The client's side of the handshake, up to its CONNECT request: the target it asks
+/// for.
+async fn handshake(
+    tcp: &mut TcpStream,
+    user: &str,
+    pass: &str,
+) -> Result<(String, u16), (Option<String>, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let io = |e: std::io::Error| (None, e.to_string());
     let mut head = [0u8; 2];
@@ -317,7 +479,7 @@ async fn serve(
     tcp.read_exact(&mut plen).await.map_err(io)?;
     let mut p = vec![0u8; usize::from(plen[0])];
     tcp.read_exact(&mut p).await.map_err(io)?;
-    let ok = v[0] == 1 && u == user.as_bytes() && p == pass.as_bytes();
+    let ok = credentials_match(v[0], &u, &p, user, pass);
     tcp.write_all(&[1, if ok { 0 } else { 1 }])
         .await
         .map_err(io)?;
@@ -354,22 +516,187 @@ async fn serve(
         let _ = tcp.write_all(&[5, 7, 0, 1, 0, 0, 0, 0, 0, 0]).await;
         return Err((None, "only CONNECT is served".into()));
     }
-    match host.open_tunnel(&target, port).await {
-        Ok(mut ch) => {
-            tcp.write_all(&[5, 0, 0, 1, 0, 0, 0, 0, 0, 0])
+    Ok((target, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A connector that opens a plain TCP connection (instead of an SSH channel).
+    fn tcp_connector() -> Connector {
+        Arc::new(|name: String, port: u16| -> Dialing {
+            Box::pin(async move {
+                let target = host_port(&name, port);
+                TcpStream::connect(&target)
+                    .await
+                    .map(|s| Box::new(s) as Box<dyn Io>)
+                    .map_err(|e| DialError::Tcp {
+                        target,
+                        detail: e.to_string(),
+                    })
+            })
+        })
+    }
+
+    /// An echo server on loopback: the backend the bridge tunnels to.
+    async fn echo_server() -> u16 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        port
+    }
+
+    async fn echoes(bridge: &SocksBridge, port: u16) {
+        let mut s = tokio::time::timeout(Duration::from_secs(2), bridge.connect("127.0.0.1", port))
+            .await
+            .expect("the handshake did not finish")
+            .unwrap();
+        s.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut got))
+            .await
+            .expect("no echo")
+            .unwrap();
+        assert_eq!(&got, b"ping");
+    }
+
+    /// Reads until the bridge closes the connection.
+    async fn closed_within(s: &mut TcpStream, within: Duration) {
+        let mut buf = [0u8; 16];
+        loop {
+            match tokio::time::timeout(within, s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(_)) => continue,
+                Err(_) => panic!("the bridge kept the connection open for {within:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_handshake_neither_blocks_others_nor_lives_past_its_deadline() {
+        let port = echo_server().await;
+        let deadline = Duration::from_millis(400);
+        let bridge = SocksBridge::start_with(tcp_connector(), deadline).unwrap();
+        // One client sends nothing, another half a greeting.
+        let t0 = std::time::Instant::now();
+        let mut silent = TcpStream::connect(bridge.addr).await.unwrap();
+        let mut half = TcpStream::connect(bridge.addr).await.unwrap();
+        half.write_all(&[5]).await.unwrap();
+        // Others are served meanwhile.
+        echoes(&bridge, port).await;
+        echoes(&bridge, port).await;
+        // The stalled ones are closed at the deadline, not before and not much after.
+        closed_within(&mut silent, Duration::from_millis(1500)).await;
+        closed_within(&mut half, Duration::from_millis(1500)).await;
+        let waited = t0.elapsed();
+        assert!(
+            waited + Duration::from_millis(50) >= deadline,
+            "closed after {waited:?}, before the deadline"
+        );
+        // And a client served before the deadline is not cut at it.
+        let mut s = bridge.connect("127.0.0.1", port).await.unwrap();
+        tokio::time::sleep(deadline + Duration::from_millis(200)).await;
+        s.write_all(b"late").await.unwrap();
+        let mut got = [0u8; 4];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"late");
+    }
+
+    /// A listener whose first `accept`s fail as with too many open files.
+    struct Flaky {
+        inner: tokio::net::TcpListener,
+        failures: usize,
+    }
+
+    impl Accept for Flaky {
+        async fn accept(&mut self) -> std::io::Result<TcpStream> {
+            if self.failures > 0 {
+                self.failures -= 1;
+                return Err(std::io::Error::from_raw_os_error(24));
+            }
+            tokio::net::TcpListener::accept(&self.inner)
                 .await
-                .map_err(io)?;
-            let _ = tokio::io::copy_bidirectional(&mut tcp, &mut ch).await;
-            Ok(())
+                .map(|(s, _)| s)
         }
-        Err(e) => {
-            let code = match e {
-                DialError::Refused { .. } => 2,
-                DialError::Unreachable { .. } => 5,
-                _ => 1,
-            };
-            let _ = tcp.write_all(&[5, code, 0, 1, 0, 0, 0, 0, 0, 0]).await;
-            Err((Some(host_port(&target, port)), e.to_string()))
-        }
+    }
+
+    #[tokio::test]
+    async fn accept_errors_do_not_end_the_bridge() {
+        let port = echo_server().await;
+        let inner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = inner.local_addr().unwrap();
+        let flaky = Flaky { inner, failures: 5 };
+        let bridge =
+            SocksBridge::start_on(flaky, addr, tcp_connector(), HANDSHAKE_DEADLINE).unwrap();
+        echoes(&bridge, port).await;
+        echoes(&bridge, port).await;
+    }
+
+    /// The bridge's answer to a username/password sub-negotiation.
+    async fn auth_reply(bridge: &SocksBridge, user: &[u8], pass: &[u8]) -> [u8; 2] {
+        let mut s = TcpStream::connect(bridge.addr).await.unwrap();
+        s.write_all(&[5, 1, 2]).await.unwrap();
+        let mut r = [0u8; 2];
+        s.read_exact(&mut r).await.unwrap();
+        assert_eq!(r, [5, 2]);
+        let mut auth = vec![1, user.len() as u8];
+        auth.extend_from_slice(user);
+        auth.push(pass.len() as u8);
+        auth.extend_from_slice(pass);
+        s.write_all(&auth).await.unwrap();
+        s.read_exact(&mut r).await.unwrap();
+        r
+    }
+
+    #[tokio::test]
+    async fn wrong_credentials_are_refused() {
+        let bridge = SocksBridge::start_with(tcp_connector(), HANDSHAKE_DEADLINE).unwrap();
+        let user = bridge.user.clone().into_bytes();
+        let pass = bridge.pass.expose().as_bytes().to_vec();
+        assert_eq!(auth_reply(&bridge, &user, &pass).await, [1, 0]);
+        // The same length, one byte off (last, then first).
+        let mut p = pass.clone();
+        let last = p.len() - 1;
+        p[last] ^= 1;
+        assert_eq!(auth_reply(&bridge, &user, &p).await, [1, 1]);
+        let mut p = pass.clone();
+        p[0] ^= 1;
+        assert_eq!(auth_reply(&bridge, &user, &p).await, [1, 1]);
+        // Another length: a prefix, and the password with a byte more.
+        assert_eq!(auth_reply(&bridge, &user, &pass[..4]).await, [1, 1]);
+        let mut p = pass.clone();
+        p.push(b'0');
+        assert_eq!(auth_reply(&bridge, &user, &p).await, [1, 1]);
+        assert_eq!(auth_reply(&bridge, &user, b"").await, [1, 1]);
+        // The right password with a wrong user.
+        let mut u = user.clone();
+        u[0] ^= 1;
+        assert_eq!(auth_reply(&bridge, &u, &pass).await, [1, 1]);
+    }
+
+    #[test]
+    fn credentials_compare_both_fields() {
+        let ok = |u: &[u8], p: &[u8]| credentials_match(1, u, p, "user", "secret-pass");
+        assert!(ok(b"user", b"secret-pass"));
+        assert!(!ok(b"user", b"secret-pasS"));
+        assert!(!ok(b"user", b"secret"));
+        assert!(!ok(b"usex", b"secret-pass"));
+        assert!(!ok(b"", b""));
+        assert!(!credentials_match(
+            2,
+            b"user",
+            b"secret-pass",
+            "user",
+            "secret-pass"
+        ));
     }
 }

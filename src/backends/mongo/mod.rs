@@ -173,12 +173,14 @@ async fn connect(
             ca_file: ca.cloned().or_else(|| cs.tls_ca_file.clone()),
             ca_pem: None,
             insecure: cs.tls_insecure,
+            any_name: cs.tls_any_name,
         },
         Trust::Pem { origin, pem } => TlsSettings {
             enabled: cs.tls || cs.tls_ca_file.is_some(),
             ca_file: None,
             ca_pem: Some((origin.to_string(), pem.to_vec())),
             insecure: cs.tls_insecure,
+            any_name: cs.tls_any_name,
         },
     };
     let tls = wire::client_tls(&tls).map_err(|detail| MongoError::Tls {

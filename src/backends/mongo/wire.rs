@@ -61,6 +61,8 @@ pub struct TlsSettings {
     /// Exactly these PEM certificates (before `ca_file`), and where they came from.
     pub ca_pem: Option<(String, Vec<u8>)>,
     pub insecure: bool,
+    /// Accept a certificate issued for another name (`tlsAllowInvalidHostnames`).
+    pub any_name: bool,
 }
 
 /// Whose certificates a connection trusts.
@@ -83,18 +85,22 @@ pub struct Conn {
 }
 
 fn tls_config(t: &TlsSettings) -> Result<rustls::ClientConfig, String> {
+    use rustls::client::danger::ServerCertVerifier;
     use rustls::pki_types::{pem::PemObject, CertificateDer};
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS set-up: {e}"))?;
-    let cfg = if t.insecure {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(crate::backends::tls::NoCertCheck::new(
-                provider,
-            )))
-            .with_no_client_auth()
+    let chain = |roots: rustls::RootCertStore, origin: &str| {
+        rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| format!("{origin}: {e}"))
+    };
+    let verifier: Arc<dyn ServerCertVerifier> = if t.insecure {
+        Arc::new(crate::backends::tls::NoCertCheck::new(provider.clone()))
     } else if let Some((origin, pem)) = &t.ca_pem {
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_slice_iter(pem) {
@@ -104,27 +110,30 @@ fn tls_config(t: &TlsSettings) -> Result<rustls::ClientConfig, String> {
         if roots.is_empty() {
             return Err(format!("{origin} holds no CA certificate"));
         }
-        builder.with_root_certificates(roots).with_no_client_auth()
+        chain(roots, origin)?
     } else if let Some(p) = &t.ca_file {
+        let origin = format!("CA certificate file {}", p.display());
         let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_file_iter(p)
-            .map_err(|e| format!("CA certificate file {}: {e}", p.display()))?
-        {
-            let c = c.map_err(|e| format!("CA certificate file {}: {e}", p.display()))?;
-            roots
-                .add(c)
-                .map_err(|e| format!("CA certificate file {}: {e}", p.display()))?;
+        for c in CertificateDer::pem_file_iter(p).map_err(|e| format!("{origin}: {e}"))? {
+            let c = c.map_err(|e| format!("{origin}: {e}"))?;
+            roots.add(c).map_err(|e| format!("{origin}: {e}"))?;
         }
-        builder.with_root_certificates(roots).with_no_client_auth()
+        chain(roots, &origin)?
     } else {
-        let v = rustls_platform_verifier::Verifier::new(provider)
-            .map_err(|e| format!("the system's CA certificates: {e}"))?;
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(v))
-            .with_no_client_auth()
+        Arc::new(
+            rustls_platform_verifier::Verifier::new(provider.clone())
+                .map_err(|e| format!("the system's CA certificates: {e}"))?,
+        )
     };
-    Ok(cfg)
+    let verifier = if t.any_name && !t.insecure {
+        Arc::new(crate::backends::tls::AnyName(verifier))
+    } else {
+        verifier
+    };
+    Ok(builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth())
 }
 
 /// The TLS client configuration, built once per connection string (the CA file is
@@ -367,6 +376,7 @@ impl Conn {
             .unwrap_or(Bson::Int32(1));
         let fin = conv
             .client_final(&payload(&start), password)
+            .await
             .map_err(proto)?;
         let mut step = self
             .command(

@@ -28,11 +28,9 @@ impl<R: FileResource> ConfigFile<R> {
             "wrote the {what} block of {path} ({} bytes in the file)",
             bytes.len()
         );
-        Ok(file_digest::digest(
-            Self::kind(),
-            content.as_bytes(),
-            previous,
-        ))
+        file_digest::digest(Self::kind(), content.as_bytes(), previous)
+            .await
+            .map_err(|e| digest_error(path, e))
     }
 
     /// Removes the block; the file too when nothing else is in it.

@@ -264,6 +264,15 @@ pub(crate) fn block_error(path: &str, e: envfile::EnvFileError) -> Diagnostics {
     .into()
 }
 
+/// A file's digest that could not be computed (no random salt, say).
+fn digest_error(path: &str, e: String) -> Diagnostics {
+    Diagnostic::error(
+        "Could not compute the file's digest",
+        format!("{path}: {e}"),
+    )
+    .into()
+}
+
 /// An import whose file does not parse.
 pub fn cannot_import(id: &str, e: impl std::fmt::Display) -> Diagnostics {
     Diagnostic::error("Cannot import this file", format!("{id}: {e}")).into()
@@ -355,11 +364,10 @@ impl<R: FileResource> Resource for ConfigFile<R> {
         match self.inner.planned_content(planned, cfg) {
             PlannedContent::Known(c) => {
                 let previous = req.prior.get("file_sha256").as_str();
-                planned.set(
-                    "file_sha256",
-                    file_digest::planned(Self::kind(), c.as_bytes(), previous)
-                        .map_or(Value::Unknown, Value::string),
-                )
+                match file_digest::planned(Self::kind(), c.as_bytes(), previous).await {
+                    Ok(d) => planned.set("file_sha256", d.map_or(Value::Unknown, Value::string)),
+                    Err(e) => diags.extend(digest_error(&self.path_of(planned), e)),
+                }
             }
             PlannedContent::Unknown => planned.set("file_sha256", Value::Unknown),
             PlannedContent::Keep => {}
@@ -418,7 +426,9 @@ impl<R: FileResource> Resource for ConfigFile<R> {
             }
             (Some(_), Some(bytes)) => {
                 let before = state.get("file_sha256").as_str().unwrap_or_default();
-                let hash = file_digest::current(Self::kind(), bytes, Some(before));
+                let hash = file_digest::current(Self::kind(), bytes, Some(before))
+                    .await
+                    .map_err(|e| digest_error(&path, e))?;
                 if !before.is_empty() && before != hash {
                     drift.push(format!("the {what} block of {path} was changed"));
                 }
@@ -474,7 +484,9 @@ impl<R: FileResource> Resource for ConfigFile<R> {
         // read whole; its digest stays empty, so the next apply adds the block.
         let (text, hash) = match self.current(id).await? {
             Some((Some(b), _)) => {
-                let hash = file_digest::digest(Self::kind(), &b, None);
+                let hash = file_digest::digest(Self::kind(), &b, None)
+                    .await
+                    .map_err(|e| digest_error(id, e))?;
                 (String::from_utf8(b), hash)
             }
             Some((None, whole)) => (String::from_utf8(whole), String::new()),

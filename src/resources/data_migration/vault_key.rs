@@ -36,16 +36,26 @@ fn diag(summary: &str, e: VaultError) -> Diagnostics {
     Diagnostic::error(summary, e.to_string()).into()
 }
 
-impl KeyMove {
-    fn probe() -> Vec<u8> {
-        let mut p = vec![0u8; 24];
-        let _ = aws_lc_rs::rand::fill(&mut p);
-        p
-    }
+/// Fills a buffer with random bytes: the system's generator, or a test's.
+type Fill = fn(&mut [u8]) -> Result<(), aws_lc_rs::error::Unspecified>;
 
+/// 24 random bytes, encrypted with the source key and decrypted on the target.
+fn probe_from(fill: Fill) -> Result<Vec<u8>, Diagnostics> {
+    let mut p = vec![0u8; 24];
+    fill(&mut p).map_err(|_| {
+        Diagnostic::error(
+            "Could not check the transit key",
+            "the system's random number generator failed, so no probe could be made to \
+             encrypt with the source key and decrypt on the target",
+        )
+    })?;
+    Ok(p)
+}
+
+impl KeyMove {
     /// Does a ciphertext of the source key decrypt on the target, to the same bytes?
     async fn decrypts_on_target(&self) -> Result<bool, Diagnostics> {
-        let probe = Self::probe();
+        let probe = probe_from(aws_lc_rs::rand::fill)?;
         let ct = self
             .source
             .encrypt(&self.source_mount, &self.key, &probe)
@@ -152,5 +162,20 @@ impl KeyMove {
             ),
         )
         .into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_random_generator_is_an_error() {
+        let d = probe_from(|_| Err(aws_lc_rs::error::Unspecified)).unwrap_err();
+        let text = format!("{d:?}");
+        assert!(text.contains("random"), "{text}");
+        let a = probe_from(aws_lc_rs::rand::fill).unwrap();
+        assert_eq!(a.len(), 24);
+        assert_ne!(a, probe_from(aws_lc_rs::rand::fill).unwrap());
     }
 }

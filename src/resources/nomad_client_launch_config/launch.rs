@@ -91,7 +91,7 @@ impl NomadClientLaunchConfig {
         let b64 = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
         match &from.source {
             Source::Config(lc) => {
-                let name = unique_name(prefix);
+                let name = unique_name(prefix)?;
                 c.autoscaling
                     .copy_launch_configuration(lc, &name, &b64)
                     .await

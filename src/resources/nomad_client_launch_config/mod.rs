@@ -254,16 +254,31 @@ fn set_launches(v: &mut Value, ours: &Launch, original: Option<&Launch>) {
 }
 
 /// `name_prefix` followed by a UTC timestamp to the millisecond and 8 random hex digits.
-fn unique_name(prefix: &str) -> String {
+fn unique_name(prefix: &str) -> Result<String, Diagnostics> {
+    unique_name_from(prefix, aws_lc_rs::rand::fill)
+}
+
+/// Fills a buffer with random bytes: the system's generator, or a test's.
+type Fill = fn(&mut [u8]) -> Result<(), aws_lc_rs::error::Unspecified>;
+
+fn unique_name_from(prefix: &str, fill: Fill) -> Result<String, Diagnostics> {
     let ts: String = humantime::format_rfc3339_millis(std::time::SystemTime::now())
         .to_string()
         .chars()
         .filter(char::is_ascii_digit)
         .collect();
     let mut r = [0u8; 4];
-    let _ = aws_lc_rs::rand::fill(&mut r);
+    fill(&mut r).map_err(|_| {
+        Diagnostic::error(
+            "Could not name the new launch configuration",
+            format!(
+                "the system's random number generator failed, so no unique name could be made \
+                 (name_prefix {prefix:?}). {NOTHING_CHANGED}."
+            ),
+        )
+    })?;
     let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{prefix}{ts}{hex}")
+    Ok(format!("{prefix}{ts}{hex}"))
 }
 
 /// The longest rollout_timeout accepted: a day (plan refuses more).
@@ -432,10 +447,17 @@ mod tests {
 
     #[test]
     fn names_fit_the_limit() {
-        let n = unique_name(DEFAULT_PREFIX);
+        let n = unique_name(DEFAULT_PREFIX).unwrap();
         assert_eq!(n.len(), DEFAULT_PREFIX.len() + SUFFIX_LEN, "{n}");
         assert!(n.starts_with(DEFAULT_PREFIX));
-        assert_ne!(unique_name("x"), unique_name("x"));
+        assert_ne!(unique_name("x").unwrap(), unique_name("x").unwrap());
+    }
+
+    #[test]
+    fn a_failing_random_generator_is_an_error() {
+        let d = unique_name_from("x", |_| Err(aws_lc_rs::error::Unspecified)).unwrap_err();
+        let text = format!("{d:?}");
+        assert!(text.contains("random"), "{text}");
     }
 
     #[test]
