@@ -11,6 +11,8 @@ It does exactly what circleci_nomad_client_static asks of it, and refuses the re
 and D/NAME.restarts one more line, which the tests count. D and NAME come from the
 session's environment: NOMAD_STANDIN_NODES and NOMAD_STANDIN_NODE (the client sshd sets
 them with SetEnv). Any other command exits 1 with "not implemented by the stand-in".
+While D/NAME.fail exists, a restart fails as a broken agent's would: it exits 1 with that
+file's text on stderr and changes nothing.
 """
 
 import json
@@ -29,6 +31,12 @@ def main():
     if not nodes or not name:
         print("NOMAD_STANDIN_NODES / NOMAD_STANDIN_NODE not set", file=sys.stderr)
         return 1
+    try:
+        with open(os.path.join(nodes, name + ".fail")) as f:
+            print(f"Job for nomad.service failed: {f.read().strip()}", file=sys.stderr)
+        return 1
+    except FileNotFoundError:
+        pass
     path = os.path.join(nodes, name + ".json")
     try:
         with open(path) as f:

@@ -135,6 +135,33 @@ impl Fleet {
         std::fs::read_to_string(&self.clients[i].config).unwrap()
     }
 
+    fn bytes(&self, i: usize) -> Vec<u8> {
+        std::fs::read(&self.clients[i].config).unwrap()
+    }
+
+    /// Where the resource keeps client `i`'s original file, next to it.
+    fn kept(&self, i: usize) -> PathBuf {
+        let mut p = self.clients[i].config.clone().into_os_string();
+        p.push(".circleci-original");
+        PathBuf::from(p)
+    }
+
+    /// While set, client `i`'s agent fails to restart (the stand-in exits 1).
+    fn break_agent(&self, i: usize, broken: bool) {
+        let marker = self.nodes.join(format!("{}.fail", self.clients[i].name));
+        if broken {
+            std::fs::write(marker, "agent broken by the test").unwrap();
+        } else {
+            std::fs::remove_file(marker).unwrap();
+        }
+    }
+
+    fn previous(&self, tf: &Tf, i: usize) -> serde_json::Value {
+        let state = tf.state_json();
+        state["values"]["root_module"]["resources"][0]["values"]["previous_servers"][self.key(i)]
+            .clone()
+    }
+
     /// The provider, and the resource over clients `which`.
     fn main_tf(&self, s: &Servers, which: &[usize], servers: &str, extra: &str) -> String {
         let provider = s.provider_block(&format!("known_hosts_file = {:?}", self.known_hosts));
@@ -458,6 +485,184 @@ fn a_node_that_is_not_ready_again_stops_the_roll() {
         "{err}"
     );
     assert_eq!(f.restarts(0), 1, "the agent was restarted before the wait");
+}
+
+/// `bytes` with every `from` replaced by `to`.
+fn replace_bytes(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i..].starts_with(from) {
+            out.extend_from_slice(to);
+            i += from.len();
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn bytes_that_are_not_utf8_and_each_list_come_back_exactly() {
+    let s = servers();
+    let f = Fleet::new(&s, 1);
+    // The operator's file: Latin-1 bytes (0xE9, 0xE0: not UTF-8) outside the lists, and a
+    // second list (server_join.retry_join) with its own servers and spacing.
+    let second = r#"[ "10.0.1.151:4647" ]"#;
+    let original = [
+        b"# Nomad client, \xe9dit\xe9 \xe0 la main (Latin-1)\n".as_slice(),
+        f.clients[0]
+            .original
+            .replace(
+                "    node_class",
+                &format!(
+                    "    server_join {{\n        retry_join = {second} # caf\u{e9}\n    }}\n    node_class"
+                ),
+            )
+            .as_bytes(),
+    ]
+    .concat();
+    assert!(std::str::from_utf8(&original).is_err());
+    std::fs::write(&f.clients[0].config, &original).unwrap();
+    let new = r#"["nomad-1.internal:4647"]"#;
+    let tf = Tf::new(&f.main_tf(&s, &[0], new, ""));
+    tf.apply();
+    // Only the servers bytes differ.
+    let rewritten = replace_bytes(
+        &replace_bytes(&original, OLD.as_bytes(), new.as_bytes()),
+        second.as_bytes(),
+        new.as_bytes(),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&f.bytes(0)),
+        String::from_utf8_lossy(&rewritten)
+    );
+    assert_eq!(f.bytes(0), rewritten);
+    // The original is kept next to the file, owner-only.
+    assert_eq!(std::fs::read(f.kept(0)).unwrap(), original);
+    assert_eq!(common::mode_of(&f.kept(0)), 0o600);
+    assert_eq!(f.previous(&tf, 0), serde_json::json!(["10.0.1.150:4647"]));
+    assert_eq!(tf.plan_code(), 0);
+    // Destroy: the original file byte for byte, each list its own; the copy gone.
+    tf.ok(&["destroy", "-auto-approve", "-no-color"]);
+    assert_eq!(
+        String::from_utf8_lossy(&f.bytes(0)),
+        String::from_utf8_lossy(&original)
+    );
+    assert_eq!(f.bytes(0), original);
+    assert!(!f.kept(0).exists());
+    assert_eq!(f.restarts(0), 2);
+}
+
+#[test]
+fn a_create_that_failed_after_the_write_or_a_replacement_keeps_the_original() {
+    let s = servers();
+    let f = Fleet::new(&s, 1);
+    let new = r#"["nomad-1.internal:4647"]"#;
+    // The file is rewritten, then the agent does not restart: the create fails (tainted).
+    f.break_agent(0, true);
+    let tf = Tf::new(&f.main_tf(&s, &[0], new, ""));
+    let err = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
+    assert!(
+        err.contains("the file was rewritten, but `systemctl 'restart' 'nomad'` exited"),
+        "{err}"
+    );
+    assert!(err.contains("agent broken by the test"), "{err}");
+    assert_eq!(f.file(0), with_servers(&f.clients[0].original, new));
+    assert_eq!(f.restarts(0), 0);
+    // Fixed, the next apply replaces the tainted resource: the original list is still
+    // the one recorded, though the file held the new one when this apply began.
+    f.break_agent(0, false);
+    tf.apply();
+    assert_eq!(f.file(0), with_servers(&f.clients[0].original, new));
+    assert_eq!(f.previous(&tf, 0), serde_json::json!(["10.0.1.150:4647"]));
+    assert_eq!(tf.plan_code(), 0);
+    // A replacement asked for by hand (its create starts with no prior state either).
+    tf.ok(&[
+        "apply",
+        "-auto-approve",
+        "-no-color",
+        "-input=false",
+        "-replace=circleci_nomad_client_static.fleet",
+    ]);
+    assert_eq!(f.previous(&tf, 0), serde_json::json!(["10.0.1.150:4647"]));
+    tf.ok(&["destroy", "-auto-approve", "-no-color"]);
+    assert_eq!(f.file(0), f.clients[0].original);
+    assert!(!f.kept(0).exists());
+}
+
+/// SIGKILL to the provider processes terraform (`child`) started.
+fn kill_provider(child: &std::process::Child) {
+    let out = std::process::Command::new("pgrep")
+        .args(["-P", &child.id().to_string()])
+        .output()
+        .unwrap();
+    let pids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|c| c.starts_with("terraform-prov"))
+        })
+        .map(str::to_string)
+        .collect();
+    assert!(!pids.is_empty(), "no provider process under {}", child.id());
+    for p in pids {
+        std::process::Command::new("kill")
+            .args(["-KILL", &p])
+            .status()
+            .unwrap();
+    }
+}
+
+#[test]
+fn a_provider_killed_after_the_write_keeps_the_original() {
+    let s = servers();
+    let f = Fleet::new(&s, 1);
+    let new = r#"["nomad-1.internal:4647"]"#;
+    let tf = Tf::new(&f.main_tf(&s, &[0], new, ""));
+    let faults = tempfile::tempdir().unwrap();
+    let point = "circleci_nomad_client_static.after_write";
+    std::fs::write(faults.path().join(format!("{point}.armed")), "").unwrap();
+    let child = common::spawn_apply_with_faults(&tf, faults.path());
+    common::wait_reached(faults.path(), point, 60);
+    kill_provider(&child);
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    // Written, not restarted, and Terraform recorded nothing.
+    assert_eq!(f.file(0), with_servers(&f.clients[0].original, new));
+    assert_eq!(f.restarts(0), 0);
+    tf.apply();
+    assert_eq!(f.previous(&tf, 0), serde_json::json!(["10.0.1.150:4647"]));
+    assert_eq!(
+        f.restarts(0),
+        1,
+        "the agent the killed apply left is restarted"
+    );
+    assert_eq!(tf.plan_code(), 0);
+
+    // A state from before the kept copies (the copy gone): the next roll keeps the file
+    // with the list the state records as its original.
+    std::fs::remove_file(f.kept(0)).unwrap();
+    let newer = r#"["nomad-2.internal:4647"]"#;
+    tf.write_main(&f.main_tf(&s, &[0], newer, ""));
+    tf.apply();
+    assert_eq!(
+        std::fs::read(f.kept(0)).unwrap(),
+        f.clients[0].original.as_bytes()
+    );
+    assert_eq!(f.previous(&tf, 0), serde_json::json!(["10.0.1.150:4647"]));
+    tf.ok(&["destroy", "-auto-approve", "-no-color"]);
+    assert_eq!(f.file(0), f.clients[0].original);
+    assert!(!f.kept(0).exists());
+
+    // restore_on_destroy = false: the list stays, the copy goes.
+    tf.write_main(&f.main_tf(&s, &[0], new, "  restore_on_destroy = false"));
+    tf.apply();
+    assert!(f.kept(0).exists());
+    tf.ok(&["destroy", "-auto-approve", "-no-color"]);
+    assert_eq!(f.file(0), with_servers(&f.clients[0].original, new));
+    assert!(!f.kept(0).exists());
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! Nomad API settings, the first apply's check of every client, the roll recorded in
 //! the state, and the restore of the previous lists.
 
-use super::roll::{self, Client, Found, NomadApi, Restart};
+use super::roll::{self, Client, Found, Goal, NomadApi, Restart};
 use super::*;
 use crate::backends::tunnel::Route;
 
@@ -82,13 +82,23 @@ impl NomadClientStatic {
         for c in &todo {
             status.insert(c.key.clone(), "pending: not rolled yet".into());
         }
-        let items: Vec<(Client, Vec<String>)> =
-            todo.iter().map(|c| (c.clone(), servers.clone())).collect();
+        let settled = status_map(prior);
+        let items: Vec<(Client, Goal)> = todo
+            .iter()
+            .map(|c| {
+                let goal = Goal::Servers {
+                    servers: servers.clone(),
+                    recorded: previous.get(&c.key).cloned(),
+                    settled: settled.get(&c.key).is_some_and(|s| s == OK),
+                };
+                (c.clone(), goal)
+            })
+            .collect();
         let rolled = roll::roll(&items, &plan).await;
         let mut diags = warnings(&rolled.warnings);
-        for (k, prev) in rolled.previous {
-            previous.entry(k).or_insert(prev);
-        }
+        // The kept originals say what each client held before this resource (or one it
+        // replaces) first touched it.
+        previous.extend(rolled.previous);
         for k in &rolled.done {
             status.insert(k.clone(), OK.into());
         }
@@ -181,8 +191,10 @@ impl NomadClientStatic {
 }
 
 impl NomadClientStatic {
-    /// Puts back each of `cs`'s recorded previous list (clients without one are named in a
-    /// warning). On failure the state keeps what is not restored.
+    /// Puts each servers list of `cs`'s files back to its own original (kept next to the
+    /// file; without that copy, the list the state records; clients with neither are
+    /// named in a warning), then removes the copies. On failure the state keeps what is
+    /// not restored.
     pub(super) async fn restore(
         &self,
         prior: &Value,
@@ -195,19 +207,19 @@ impl NomadClientStatic {
             Ok(p) => p,
             Err(d) => return Applied::kept(prior, d),
         };
-        let mut diags = Diagnostics::new();
-        let mut items = Vec::new();
-        for c in cs {
-            match previous.get(&c.key) {
-                Some(p) => items.push((c.clone(), p.clone())),
-                None => diags.push(Diagnostic::warning(
-                    "No previous servers list recorded",
-                    format!("{} ({}) keeps its servers list: this resource never rewrote it (imported?)", c.key, c.config_path),
-                )),
-            }
-        }
+        let applied = strings(prior.get("nomad_servers"));
+        let items: Vec<(Client, Goal)> = cs
+            .iter()
+            .map(|c| {
+                let goal = Goal::Original {
+                    applied: applied.clone(),
+                    recorded: previous.get(&c.key).cloned(),
+                };
+                (c.clone(), goal)
+            })
+            .collect();
         let rolled = roll::roll(&items, &plan).await;
-        diags.extend(warnings(&rolled.warnings));
+        let mut diags = warnings(&rolled.warnings);
         if let Some(stop) = rolled.stopped {
             diags.push(Diagnostic::error(
                 "Could not put every Nomad client's servers list back",
@@ -227,5 +239,29 @@ impl NomadClientStatic {
             };
         }
         Applied { state: None, diags }
+    }
+
+    /// With `restore_on_destroy = false`: the lists stay, the kept originals of `cs` are
+    /// removed (a client that cannot be reached is named in a warning).
+    pub(super) async fn forget(&self, cs: &[Client]) -> Diagnostics {
+        let mut tasks = tokio::task::JoinSet::new();
+        for c in cs {
+            let c = c.clone();
+            tasks.spawn(async move {
+                let kept = super::file::kept_path(&c.config_path);
+                let r = roll::remove_kept(&c, &kept).await;
+                (c.key.clone(), kept, r)
+            });
+        }
+        let mut diags = Diagnostics::new();
+        while let Some(j) = tasks.join_next().await {
+            let why = match j {
+                Ok((_, _, Ok(()))) => continue,
+                Ok((k, kept, Err(e))) => format!("{k}: {kept} stays: {e}"),
+                Err(e) => format!("a client's task failed: {e}"),
+            };
+            diags.push(Diagnostic::warning("Kept original not removed", why));
+        }
+        diags
     }
 }

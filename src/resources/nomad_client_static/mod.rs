@@ -5,6 +5,7 @@
 //! servers' API is given, the node awaited ready again; `batch_size` clients at a time.
 
 mod apply;
+mod file;
 mod roll;
 mod schema;
 
@@ -143,10 +144,10 @@ fn clients(
     Ok(out)
 }
 
-fn warnings(w: &[String]) -> Diagnostics {
+fn warnings(w: &[(&'static str, String)]) -> Diagnostics {
     let mut d = Diagnostics::new();
-    for x in w {
-        d.push(Diagnostic::warning("Nomad nodes not checked", x.clone()));
+    for (title, x) in w {
+        d.push(Diagnostic::warning(*title, x.clone()));
     }
     d
 }
@@ -351,18 +352,23 @@ impl Resource for NomadClientStatic {
             (Ok(a), Ok(b)) => (a, b),
             (Err(d), _) | (_, Err(d)) => return kept(d),
         };
-        // Clients that left the list get their own list back first (when asked).
+        // Clients that left the list get their own lists back first (when asked).
         let keys: Vec<String> = now.iter().map(|c| c.key.clone()).collect();
         let gone: Vec<Client> = before
             .into_iter()
             .filter(|c| !keys.contains(&c.key))
             .collect();
-        if !gone.is_empty() && planned.get("restore_on_destroy").as_bool() != Some(false) {
+        let mut left = if gone.is_empty() {
+            Diagnostics::new()
+        } else if planned.get("restore_on_destroy").as_bool() == Some(false) {
+            self.forget(&gone).await
+        } else {
             let restored = self.restore(prior, planned, config, &gone).await;
             if restored.diags.has_errors() {
                 return restored;
             }
-        }
+            restored.diags
+        };
         let everything = ROLLING
             .iter()
             .filter(|a| **a != CLIENT)
@@ -383,7 +389,10 @@ impl Resource for NomadClientStatic {
             })
             .map(|(_, c)| c)
             .collect();
-        self.roll_to(prior, planned, config, todo).await
+        let mut rolled = self.roll_to(prior, planned, config, todo).await;
+        left.extend(rolled.diags);
+        rolled.diags = left;
+        rolled
     }
 
     async fn read(&self, state: &Value) -> Result<Option<Value>, Diagnostics> {
@@ -418,10 +427,12 @@ impl Resource for NomadClientStatic {
 
     async fn delete(&self, prior: &Value) -> Applied {
         if prior.get("restore_on_destroy").as_bool() == Some(false) {
-            return Applied {
-                state: None,
-                diags: Diagnostics::new(),
+            // The lists stay; the kept originals go, where the clients can be reached.
+            let diags = match self.clients_of(prior) {
+                Ok(cs) => self.forget(&cs).await,
+                Err(_) => Diagnostics::new(),
             };
+            return Applied { state: None, diags };
         }
         let cs = match self.clients_of(prior) {
             Ok(c) => c,

@@ -11,6 +11,13 @@ use crate::backends::ssh::{Program, RemoteCommand, ServicesHost, SshConfig};
 use crate::backends::tunnel::Route;
 use crate::circleci::nomad_user_data as ud;
 
+use super::file;
+
+/// Warning titles.
+pub const NOT_CHECKED: &str = "Nomad nodes not checked";
+pub const KEPT_LIST: &str = "Servers list not put back";
+pub const OTHER_LISTS: &str = "Servers lists not as in the original";
+
 /// How the Nomad agent is restarted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Restart {
@@ -139,8 +146,7 @@ pub async fn inspect(c: &Client) -> Result<Found, String> {
     let Some(f) = f else {
         return Ok(Found::Missing);
     };
-    let text = String::from_utf8_lossy(&f.content);
-    Ok(match ud::find(&text) {
+    Ok(match file::lists(&f.content) {
         Ok(lists) => Found::Servers(lists[0].items.clone()),
         Err(e) => Found::NoList(e.to_string()),
     })
@@ -157,48 +163,171 @@ pub fn status_of(found: &Result<Found, String>, servers: &[String], path: &str) 
     }
 }
 
-/// Rewrites the client's list to `servers` and restarts its agent (when the file
-/// changed). Returns the list it held before.
-async fn rewrite_and_restart(
+/// Removes the client's kept original (`kept`), if there.
+pub async fn remove_kept(c: &Client, kept: &str) -> Result<(), String> {
+    c.host()
+        .remove_file(kept)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// What the roll sets one client's file to.
+#[derive(Clone, Debug)]
+pub enum Goal {
+    /// Every servers list to `servers`. Before anything changes, the file as found is
+    /// kept next to it (once: a copy already there is the original). `recorded`: the
+    /// previous list a state from before these copies records (the copy then gets it);
+    /// `settled`: the state says this client's last roll finished.
+    Servers {
+        servers: Vec<String>,
+        recorded: Option<Vec<String>>,
+        settled: bool,
+    },
+    /// Every servers list back to its own list in the kept original (without a copy: to
+    /// `recorded`); the copy removed once the agent runs it. `applied`: the list this
+    /// resource set.
+    Original {
+        applied: Vec<String>,
+        recorded: Option<Vec<String>>,
+    },
+}
+
+/// One client through to its goal: the file written (when it changes), the agent
+/// restarted and its node seen ready again. `previous` gets the original list as soon as
+/// it is known (a failure later does not lose it); `Ok` carries a warning, if any
+/// (title, detail).
+async fn step(
     c: &Client,
     plan: &Plan,
-    servers: &[String],
-) -> Result<(Vec<String>, bool), String> {
+    goal: &Goal,
+    ready: Option<(&NomadApi, Option<u64>)>,
+    previous: &mut Option<Vec<String>>,
+) -> Result<Option<(&'static str, String)>, String> {
     let h = c.host();
+    let path = &c.config_path;
+    let kept = file::kept_path(path);
     let f = h
-        .read_file(&c.config_path)
+        .read_file(path)
         .await
         .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("{} is missing", c.config_path))?;
-    let text = String::from_utf8_lossy(&f.content).into_owned();
-    let r = ud::rewrite(&text, servers).map_err(|e| format!("{}: {e}", c.config_path))?;
-    if r.text == text {
-        return Ok((r.previous, false));
-    }
-    h.write_file(&c.config_path, r.text.as_bytes(), f.mode & 0o7777)
+        .ok_or_else(|| format!("{path} is missing"))?;
+    let lists = file::lists(&f.content).map_err(|e| format!("{path}: {e}"))?;
+    let copy = h
+        .read_file(&kept)
         .await
-        .map_err(|e| e.to_string())?;
-    log::info!(
-        "{}: {} now names {}",
-        c.ssh.target(),
-        c.config_path,
-        ud::render_list(servers)
-    );
-    if let Some(cmd) = plan.restart.command(&plan.service)? {
-        let out = h
-            .run(&cmd, None, plan.timeout)
+        .map_err(|e| e.to_string())?
+        .map(|k| k.content);
+    let had_copy = copy.is_some();
+    let kept_lists = |o: &[u8]| {
+        file::lists(o).map_err(|e| {
+            format!("{kept} (the original of {path}, kept by this resource; remove it if it is not): {e}")
+        })
+    };
+    let render = |l: &[String]| ud::render_list(l).into_bytes();
+    let mut warning = None;
+    // The bytes to write, and whether to restart even when they are already there (an
+    // earlier apply may have written them and stopped before its restart).
+    let (bytes, force) = match goal {
+        Goal::Servers {
+            servers,
+            recorded,
+            settled,
+        } => {
+            let original = match copy {
+                Some(o) => o,
+                None => {
+                    let o = match recorded {
+                        Some(r) if lists[0].items != *r => {
+                            file::splice(&f.content, &lists, |_| render(r))
+                        }
+                        _ => f.content.clone(),
+                    };
+                    h.write_file(&kept, &o, 0o600)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    log::info!("{}: {path} kept as it was in {kept}", c.ssh.target());
+                    o
+                }
+            };
+            *previous = Some(kept_lists(&original)?[0].items.clone());
+            let to = render(servers);
+            (
+                file::splice(&f.content, &lists, |_| to.clone()),
+                had_copy && !settled,
+            )
+        }
+        Goal::Original { applied, recorded } => match (copy, recorded) {
+            (Some(o), _) => {
+                let ol = kept_lists(&o)?;
+                let bytes = if ol.len() == lists.len() {
+                    file::splice(&f.content, &lists, |i| o[ol[i].span.clone()].to_vec())
+                } else {
+                    warning = Some((
+                        OTHER_LISTS,
+                        format!(
+                            "{path} has {} servers lists and its original ({kept}) {}: each got the original's first",
+                            lists.len(),
+                            ol.len()
+                        ),
+                    ));
+                    file::splice(&f.content, &lists, |_| o[ol[0].span.clone()].to_vec())
+                };
+                (bytes, ol.iter().any(|l| l.items != *applied))
+            }
+            (None, Some(r)) => (file::splice(&f.content, &lists, |_| render(r)), false),
+            (None, None) => {
+                return Ok(Some((
+                    KEPT_LIST,
+                    format!(
+                        "{path} keeps its servers list: no original of it was kept ({kept}) or recorded (imported?)"
+                    ),
+                )))
+            }
+        },
+    };
+    let changed = bytes != f.content;
+    if changed {
+        h.write_file(path, &bytes, f.mode & 0o7777)
             .await
             .map_err(|e| e.to_string())?;
-        if !out.success() {
-            return Err(format!(
-                "the file was rewritten, but `{cmd}` exited with {:?}: {}",
-                out.status,
-                out.evidence()
-            ));
-        }
-        log::info!("{}: `{cmd}` done", c.ssh.target());
+        log::info!(
+            "{}: {path} rewritten ({} servers lists)",
+            c.ssh.target(),
+            lists.len()
+        );
+        crate::fault_point::point("circleci_nomad_client_static.after_write").await;
     }
-    Ok((r.previous, true))
+    if changed || force {
+        if let Some(cmd) = plan.restart.command(&plan.service)? {
+            let out = h
+                .run(&cmd, None, plan.timeout)
+                .await
+                .map_err(|e| e.to_string())?;
+            if !out.success() {
+                return Err(format!(
+                    "{}, but `{cmd}` exited with {:?}: {}",
+                    if changed {
+                        "the file was rewritten"
+                    } else {
+                        "the file was already rewritten (the agent not restarted since)"
+                    },
+                    out.status,
+                    out.evidence()
+                ));
+            }
+            log::info!("{}: `{cmd}` done", c.ssh.target());
+            if let Some((api, before)) = ready {
+                wait_ready(c, api, before, plan.timeout).await?;
+            }
+        }
+    }
+    if had_copy && matches!(goal, Goal::Original { .. }) {
+        h.remove_file(&kept).await.map_err(|e| {
+            format!("{path} has its original servers lists back, but removing {kept}: {e}")
+        })?;
+    }
+    Ok(warning)
 }
 
 /// Waits until the client's node is ready with a higher ModifyIndex than `before`.
@@ -252,18 +381,18 @@ pub struct Stopped {
     pub failed: BTreeMap<String, String>,
 }
 
-/// The roll's result: each client reached, with the list it held before (when its file
-/// changed or was checked), and the first stop.
+/// The roll's result: each client's original list (once known: also for a client that
+/// failed after), the clients done, the first stop, and warnings (title, detail).
 pub struct Rolled {
     pub previous: BTreeMap<String, Vec<String>>,
     pub done: Vec<String>,
     pub stopped: Option<Stopped>,
-    pub warnings: Vec<String>,
+    pub warnings: Vec<(&'static str, String)>,
 }
 
-/// Sets each client's list to the one paired with it, `plan.batch` clients at a time.
-/// The first batch with a failure ends the roll (its other clients finish).
-pub async fn roll(clients: &[(Client, Vec<String>)], plan: &Plan) -> Rolled {
+/// Takes each client to the goal paired with it, `plan.batch` clients at a time. The
+/// first batch with a failure ends the roll (its other clients finish).
+pub async fn roll(clients: &[(Client, Goal)], plan: &Plan) -> Rolled {
     let mut out = Rolled {
         previous: BTreeMap::new(),
         done: Vec::new(),
@@ -289,9 +418,12 @@ pub async fn roll(clients: &[(Client, Vec<String>)], plan: &Plan) -> Rolled {
         let before: BTreeMap<String, Option<u64>> = match &plan.nomad {
             Some(api) => match api.nodes(plan.timeout).await {
                 Err(e) if api.optional => {
-                    out.warnings.push(format!(
-                        "{} restarted without waiting for their nodes: {e}",
-                        keys(batch)
+                    out.warnings.push((
+                        NOT_CHECKED,
+                        format!(
+                            "{} restarted without waiting for their nodes: {e}",
+                            keys(batch)
+                        ),
                     ));
                     wait = false;
                     BTreeMap::new()
@@ -317,33 +449,37 @@ pub async fn roll(clients: &[(Client, Vec<String>)], plan: &Plan) -> Rolled {
             None => BTreeMap::new(),
         };
         let mut tasks = tokio::task::JoinSet::new();
-        for (c, servers) in batch {
-            let (c, plan, servers) = (c.clone(), plan.clone(), servers.clone());
+        for (c, goal) in batch {
+            let (c, plan, goal) = (c.clone(), plan.clone(), goal.clone());
             let api = plan.nomad.clone().filter(|_| wait);
             let before = before.get(&c.key).copied().flatten();
             tasks.spawn(async move {
-                let r = async {
-                    let (previous, restarted) = rewrite_and_restart(&c, &plan, &servers).await?;
-                    if let (true, Some(api)) = (restarted && plan.restart != Restart::None, &api) {
-                        wait_ready(&c, api, before, plan.timeout).await?;
-                    }
-                    Ok::<_, String>(previous)
-                }
-                .await;
-                (c.key.clone(), c.ssh.target(), r)
+                let mut previous = None;
+                let ready = api.as_ref().map(|a| (a, before));
+                let r = step(&c, &plan, &goal, ready, &mut previous).await;
+                (c.key.clone(), c.ssh.target(), previous, r)
             });
         }
         let mut failures = Vec::new();
         let mut failed = BTreeMap::new();
         while let Some(j) = tasks.join_next().await {
             match j {
-                Ok((key, _, Ok(previous))) => {
-                    out.previous.insert(key.clone(), previous);
-                    out.done.push(key);
-                }
-                Ok((key, target, Err(e))) => {
-                    failures.push(format!("{key} ({target}): {e}"));
-                    failed.insert(key, e);
+                Ok((key, target, previous, r)) => {
+                    if let Some(p) = previous {
+                        out.previous.insert(key.clone(), p);
+                    }
+                    match r {
+                        Ok(warning) => {
+                            if let Some((title, w)) = warning {
+                                out.warnings.push((title, format!("{key}: {w}")));
+                            }
+                            out.done.push(key);
+                        }
+                        Err(e) => {
+                            failures.push(format!("{key} ({target}): {e}"));
+                            failed.insert(key, e);
+                        }
+                    }
                 }
                 Err(e) => failures.push(format!("a client's task failed: {e}")),
             }
@@ -357,7 +493,7 @@ pub async fn roll(clients: &[(Client, Vec<String>)], plan: &Plan) -> Rolled {
     out
 }
 
-fn keys(batch: &[(Client, Vec<String>)]) -> String {
+fn keys(batch: &[(Client, Goal)]) -> String {
     batch
         .iter()
         .map(|(c, _)| c.key.as_str())

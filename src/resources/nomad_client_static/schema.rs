@@ -31,14 +31,24 @@ pub(super) fn block() -> Block {
             "The runbook's \"Nomad Clients\" step for static installations: on each Nomad client machine (over \
              SSH, with the Services machine's credentials, host-key rules and sudo), rewrites **only** the servers \
              list of the Nomad agent's configuration (`client { servers = [...] }` or `server_join { retry_join = \
-             [...] }`), keeping every other byte; writes it atomically; restarts the agent with one fixed command; \
-             and, with `nomad_endpoint`, waits until the servers list the node `ready` again. `batch_size` \
+             [...] }`), keeping every other byte as it is (bytes that are not UTF-8 included); writes it \
+             atomically; restarts the agent with one fixed command; and, with `nomad_endpoint`, waits until the \
+             servers list the node `ready` again. `batch_size` \
              clients at a time: the first failure stops the roll, the state records which clients are done \
              (`client_status`), and the next apply continues with the rest. A first apply checks every client \
              (reachable, file readable, a servers list in it) before it changes any. Refresh reports each \
              client's list (`client_status`): a client that drifted plans an update that rolls it again. \
-             Destroy puts each client's previous list back (`previous_servers`) unless `restore_on_destroy = \
-             false`. Import with `host[:port][=CONFIG_PATH],…` (the clients; `nomad_servers` is read from the first).",
+             **The original is kept on the client.** Before this resource first rolls a client, it copies the \
+             client's file as it is to `<config_path>.circleci-original` next to it (mode 0600, written atomically, \
+             only when no such copy exists; not `*.hcl`, so an agent started with `-config DIR` ignores it). \
+             A copy already there is the original: every apply reads `previous_servers` from it, so a failed \
+             restart or ready wait, a killed provider, a tainted or replaced resource (whose create starts with \
+             no prior state) never make the new list pass for the old one; and an agent such an apply left \
+             unrestarted is restarted by the next, though its file is already right. Destroy (and a client removed from \
+             the list) puts each servers list in the file back to its own list in that copy, byte for byte, \
+             restarts the agent, then removes the copy; with `restore_on_destroy = false` the lists stay and \
+             the copy is removed. Import with `host[:port][=CONFIG_PATH],…` (the clients; `nomad_servers` is \
+             read from the first).",
         )
         .attr(Attribute::new("id", Type::String).computed().description("The first client's `host:port` at create."))
         .attr(Attribute::new("config_path", Type::String).optional().computed().description(
@@ -79,7 +89,8 @@ pub(super) fn block() -> Block {
             "How long a restarted node may take to be ready again. Default `5m`.",
         ))
         .attr(Attribute::new("restore_on_destroy", Type::Bool).optional().computed().description(
-            "Destroy (and a client removed from the list) puts back the servers list the client had before. \
+            "Destroy (and a client removed from the list) puts back the servers lists the client's file had \
+             before this resource first touched it (from the copy kept next to the file), then removes the copy. \
              Default `true`.",
         ))
         .attr(Attribute::new(STATUS, Type::map(Type::String)).computed().description(
@@ -87,7 +98,8 @@ pub(super) fn block() -> Block {
              list is [...]`, the file missing, unreachable) or why the roll did not finish it (`pending: …`).",
         ))
         .attr(Attribute::new(PREVIOUS, Type::map(Type::list(Type::String))).computed().description(
-            "Per client: the servers list its file held before this resource first rewrote it.",
+            "Per client: the (first) servers list its file held before this resource first touched it, as read \
+             from the copy kept next to the file.",
         ))
         .block(NestedBlock::new(CLIENT, Nesting::List, client_block()).items(1, 0))
 }
