@@ -37,7 +37,7 @@ Commands (JSON shapes from Replicated's replicatedctl reference; CircleCI's 2.x 
                                                    for start, the containers' checks)
   docker ps [-q] [--filter name=N] [--format '{{.Names}}']
   docker logs [--timestamps] [--since RFC3339] NAME   (stdout and stderr apart, as Docker)
-  docker inspect --format '{{.State.StartedAt}}' NAME
+  docker inspect --format '{{.State.StartedAt}}' | '{{.State.FinishedAt}}' NAME
   docker exec NAME bash -c 'source /.circlerc; ...'   (/.circlerc is the container's env)
   docker run / exec / rm of postgres:9.5.8 over ROOT/data/circle/...: see circleci_sim_run.py
 
@@ -366,7 +366,12 @@ def boot_container(name, d):
     # Like a container restarted rather than recreated, the log keeps the lines of
     # earlier starts: `docker logs` shows them unless given --since. Each record keeps
     # its stream: a JVM logs exceptions (ERROR lines here) on stderr.
+    # Docker's State: FinishedAt is when the previous run ended (the zero time for a
+    # container that never stopped), StartedAt when this one began.
     started = time.time_ns()
+    if os.path.exists(os.path.join(d, "started_at")):
+        with open(os.path.join(d, "finished_at"), "w") as f:
+            f.write(rfc3339_nano(started - 1))
     with open(os.path.join(d, "started_at"), "w") as f:
         f.write(rfc3339_nano(started))
     logf = open(os.path.join(d, "log"), "a")
@@ -493,14 +498,16 @@ def docker(args):
             else:
                 refuse("docker logs " + " ".join(rest))
     if cmd == "inspect":
-        if rest[:2] != ["--format", "{{.State.StartedAt}}"] or len(rest) != 3:
+        fields = {"{{.State.StartedAt}}": "started_at", "{{.State.FinishedAt}}": "finished_at"}
+        if len(rest) != 3 or rest[0] != "--format" or rest[1] not in fields:
             refuse("docker inspect " + " ".join(rest))
         name = rest[2]
         d = os.path.join(STATE, "containers", name)
         if name not in CONTAINERS or not running() or not os.path.isdir(d):
             print(f"Error: No such object: {name}", file=sys.stderr)
             sys.exit(1)
-        print(open(os.path.join(d, "started_at")).read())
+        f = os.path.join(d, fields[rest[1]])
+        print(open(f).read() if os.path.exists(f) else "0001-01-01T00:00:00Z")
         return
     if cmd in ("logs", "exec"):
         if not rest or rest[0].startswith("-"):

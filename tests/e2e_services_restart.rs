@@ -614,6 +614,21 @@ fn ca_certificates_share_the_jvm_opts_line_and_refuse_keys() {
     tf.ok(&["destroy", "-auto-approve", "-no-color"]);
     assert_eq!(std::fs::read_to_string(&env).unwrap(), mine);
 
+    // A block written by an earlier version (the line, no owner lines): destroyed
+    // without a refresh, the instance that asked for it still takes it away.
+    tf.write_main(&config(&[("a", true)]));
+    tf.apply();
+    let legacy: String = std::fs::read_to_string(&env)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("# wanted by"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&env, &legacy).unwrap();
+    assert_eq!(jvm_lines(), 1);
+    tf.ok(&["destroy", "-auto-approve", "-no-color", "-refresh=false"]);
+    assert_eq!(std::fs::read_to_string(&env).unwrap(), mine);
+
     // A certificate with its key, or two certificates: refused at plan, naming what was
     // found, the key never printed.
     let key = std::fs::read_to_string(w("a.key")).unwrap();
@@ -642,6 +657,18 @@ fn ca_certificates_share_the_jvm_opts_line_and_refuse_keys() {
             .join("usr/local/share/ca-certificates/x.crt")
             .exists());
     }
+    // Pasted inline (a heredoc): Terraform would print the whole expression of an
+    // attribute a diagnostic is on, so this one is on the resource.
+    let inline = format!("{}{}", std::fs::read_to_string(w("a.pem")).unwrap(), key);
+    let tf = Tf::new(&format!(
+        "{}\nresource \"circleci_services_ca_certificate\" \"x\" {{\n  name = \"x\"\n  \
+         certificate_pem = <<-EOT\n{inline}EOT\n  config_root = {:?}\n}}\n",
+        s.provider_block(""),
+        root.path().to_str().unwrap()
+    ));
+    let out = tf.fails(&["plan", "-no-color"]);
+    assert!(flat(&out).contains("PRIVATE KEY block"), "{out}");
+    assert!(!out.contains(&key_line), "the key is in the output: {out}");
 }
 
 /// The runbook's MongoDB section, pasted verbatim into the Services machine's

@@ -119,10 +119,14 @@ fn hand_written() -> impl Strategy<Value = Vec<String>> {
         "$((1))",
         "\"${B}\"",
         "é",
+        "\\\n",
+        "$[1]",
+        "$RANDOM",
+        "\"$A\\\nB\"",
     ]);
     let value = prop::collection::vec(piece, 0..5).prop_map(|p| p.concat());
     let line = (
-        prop::sample::select(vec!["A", "B", "C"]),
+        prop::sample::select(vec!["A", "B", "C", "AB"]),
         any::<bool>(),
         value,
     )

@@ -202,6 +202,34 @@ fn parse_value(
     Ok((value, vstart.len()))
 }
 
+/// Variables bash sets itself, whatever the file assigns (or refuses to assign).
+const BASH_DYNAMIC: [&str; 14] = [
+    "RANDOM",
+    "SRANDOM",
+    "SECONDS",
+    "LINENO",
+    "UID",
+    "EUID",
+    "PPID",
+    "GROUPS",
+    "FUNCNAME",
+    "EPOCHSECONDS",
+    "EPOCHREALTIME",
+    "HISTCMD",
+    "OPTIND",
+    "SHLVL",
+];
+
+/// True when the next two characters are a backslash and a newline (a line
+/// continuation, which bash removes before it reads a variable's name).
+fn continues(chars: &Chars) -> bool {
+    let mut look = chars.clone();
+    matches!(
+        (look.next(), look.next()),
+        (Some((_, '\\')), Some((_, '\n')))
+    )
+}
+
 /// What follows a `$` (already taken), as bash expands it in an assignment: `$NAME` and
 /// `${NAME}` give the value of a variable assigned earlier in the file; a `$` before
 /// anything that cannot start an expansion stands for itself; every other form is
@@ -244,15 +272,25 @@ fn expand(
                     break;
                 }
             }
+            if chars.peek().map(|&(_, c)| c) == Some('\\') && continues(chars) {
+                return refuse(&format!("${name} before a line continuation"));
+            }
             name
         }
         Some('(') => return refuse("$( )"),
+        Some('[') => return refuse("$[ ]"),
+        Some('\\') if continues(chars) => return refuse("$ before a line continuation"),
         Some(c) if c.is_ascii_digit() || "@*#?-$!".contains(c) => return refuse(&format!("${c}")),
         _ => {
             value.push('$');
             return Ok(());
         }
     };
+    if BASH_DYNAMIC.contains(&name.as_str()) || name.starts_with("BASH") {
+        return refuse(&format!(
+            "${name} (bash gives its own value for it, not the file's)"
+        ));
+    }
     match lookup(vars, &name) {
         Some(v) => {
             value.push_str(v);
@@ -525,6 +563,11 @@ export CIRCLE_SECRETS_MONGODB_REMOTE_CONTAINERS_URI=\"$MONGO_BASE_URI/remote_con
             ("A=1\nB=$'x'\n", "$'"),
             ("A=1\nB=~/x\n", "tilde"),
             ("A=1\nB=\"$B\"\n", "not assigned earlier"),
+            ("A=1\nB=$A\\\nB\n", "line continuation"),
+            ("A=1\nB=\"$\\\nA\"\n", "line continuation"),
+            ("A=1\nB=$[1+2]\n", "$[ ]"),
+            ("RANDOM=5\nB=$RANDOM\n", "bash gives its own value"),
+            ("BASHPID=5\nB=${BASHPID}\n", "bash gives its own value"),
         ] {
             let e = parse(text).unwrap_err().0;
             assert!(e.starts_with("line 2: "), "{text:?}: {e}");

@@ -167,14 +167,16 @@ impl Probe {
     }
 
     /// The `docker` arguments.
-    /// `docker inspect` for when a log probe's container started (Docker's
-    /// `StartedAt`, from the Services machine's clock); None for other probes.
-    pub fn started_at_args(&self) -> Option<Vec<String>> {
+    /// `docker inspect` for when a log probe's container last stopped (Docker's
+    /// `FinishedAt`, from the Services machine's clock): every line logged after it is
+    /// this start's. Not `StartedAt`: Docker sets that only once the process runs, and
+    /// the first lines of this start may be stamped before it. None for other probes.
+    pub fn since_args(&self) -> Option<Vec<String>> {
         match self {
             Probe::Logs(c) => Some(vec![
                 "inspect".into(),
                 "--format".into(),
-                "{{.State.StartedAt}}".into(),
+                "{{.State.FinishedAt}}".into(),
                 c.to_string(),
             ]),
             Probe::Env(..) => None,
@@ -182,7 +184,7 @@ impl Probe {
     }
 
     /// The command; a log probe reads both streams, each line with its time, from
-    /// `since` (the container's `StartedAt`) on.
+    /// `since` (the container's last `FinishedAt`) on, or all of it.
     pub fn docker_args(&self, since: Option<&str>) -> Vec<String> {
         match self {
             Probe::Logs(c) => {
@@ -375,7 +377,15 @@ pub fn evaluate(check: &Check, output: &str) -> Result<(), Vec<String>> {
             .find(|l| l.contains(key.as_str()))
             .is_some_and(|l| l.contains(n.as_str())),
         Rule::MongoMember(seeds) => {
-            let mut members: Vec<&str> = seeds.iter().map(String::as_str).collect();
+            // As the Java driver's ServerAddress prints a host: lower-case, IPv6
+            // without brackets.
+            let norm = |h: &str| {
+                h.trim()
+                    .trim_start_matches('[')
+                    .replacen("]:", ":", 1)
+                    .to_ascii_lowercase()
+            };
+            let mut members: Vec<String> = seeds.iter().map(|h| norm(h)).collect();
             for l in &lines {
                 for marker in [
                     "Adding discovered server ",
@@ -383,7 +393,7 @@ pub fn evaluate(check: &Check, output: &str) -> Result<(), Vec<String>> {
                 ] {
                     if let Some(rest) = l.split_once(marker).map(|(_, r)| r) {
                         if let Some(h) = rest.split_whitespace().next() {
-                            members.push(h);
+                            members.push(norm(h));
                         }
                     }
                 }
@@ -391,7 +401,7 @@ pub fn evaluate(check: &Check, output: &str) -> Result<(), Vec<String>> {
             lines.iter().any(|l| {
                 l.split_once("Opened connection")
                     .and_then(|(_, r)| r.rsplit_once(" to "))
-                    .is_some_and(|(_, h)| members.contains(&h.trim()))
+                    .is_some_and(|(_, h)| members.contains(&norm(h)))
             })
         }
         Rule::Lines(want) => {
@@ -463,22 +473,21 @@ pub fn merge_streams(stdout: &str, stderr: &str) -> String {
     out
 }
 
-/// `docker inspect`'s `StartedAt`, checked to be a timestamp before it goes back on a
-/// command line.
-pub fn parse_started_at(text: &str) -> Result<String, String> {
+/// `docker inspect`'s `FinishedAt`, checked to be a timestamp before it goes back on a
+/// command line; None for Docker's zero time (a container that never stopped: every
+/// line it logged is this start's).
+pub fn parse_finished_at(text: &str) -> Result<Option<String>, String> {
     let t = text.trim();
     let ok = !t.is_empty()
         && t.len() <= 40
         && t.bytes()
-            .all(|b| b.is_ascii_digit() || b"-:.TZ+".contains(&b))
-        && !t.starts_with("0001-");
-    if ok {
-        Ok(t.to_string())
-    } else {
-        Err(format!(
-            "docker inspect gave {t:?} for StartedAt, not a start time"
-        ))
+            .all(|b| b.is_ascii_digit() || b"-:.TZ+".contains(&b));
+    if !ok {
+        return Err(format!(
+            "docker inspect gave {t:?} for FinishedAt, not a time"
+        ));
     }
+    Ok((!t.starts_with("0001-")).then(|| t.to_string()))
 }
 
 #[cfg(test)]
@@ -575,6 +584,14 @@ mod tests {
         let primary =
             "INFO org.mongodb.driver.cluster Discovered replica set primary p.internal:27017\n";
         assert!(evaluate(c, &(primary.to_string() + &line("p.internal:27017"))).is_ok());
+        // The driver prints host names in lower case, IPv6 without brackets.
+        let e6 = External {
+            mongo_hosts: Some(vec!["Mongo-1.Internal:27017".into(), "[::1]:27018".into()]),
+            ..Default::default()
+        };
+        let c6 = &checks(&e6)[0];
+        assert!(evaluate(c6, &line("mongo-1.internal:27017")).is_ok());
+        assert!(evaluate(c6, &line("::1:27018")).is_ok());
         // A connection to anything else (the embedded MongoDB) is no proof.
         assert!(evaluate(c, &line("mongo:27017")).is_err());
         assert!(evaluate(c, "").is_err());
@@ -594,16 +611,19 @@ mod tests {
             ]
         );
         assert_eq!(
-            p.started_at_args().unwrap(),
-            vec!["inspect", "--format", "{{.State.StartedAt}}", "frontend"]
+            p.since_args().unwrap(),
+            vec!["inspect", "--format", "{{.State.FinishedAt}}", "frontend"]
         );
         // Interleaved by time, fraction digits compared as numbers.
         let out = "2026-12-03T10:00:00.5Z a\n2026-12-03T10:00:01Z c\n";
         let err = "2026-12-03T10:00:00.123456789Z first\n2026-12-03T10:00:00.6Z b\n  at x\n";
         assert_eq!(merge_streams(out, err), "first\na\nb\n  at x\nc\n");
-        assert!(parse_started_at("2026-12-03T10:00:00.123456789Z\n").is_ok());
-        assert!(parse_started_at("0001-01-01T00:00:00Z").is_err());
-        assert!(parse_started_at("Error: no such object").is_err());
+        assert_eq!(
+            parse_finished_at("2026-12-03T10:00:00.123456789Z\n").unwrap(),
+            Some("2026-12-03T10:00:00.123456789Z".to_string())
+        );
+        assert_eq!(parse_finished_at("0001-01-01T00:00:00Z").unwrap(), None);
+        assert!(parse_finished_at("Error: no such object").is_err());
     }
 
     /// The runbook's own check reads `docker logs … 2>&1`: an exception on stderr fails

@@ -62,6 +62,25 @@ impl ServicesCaCertificate {
 /// store, and kept in the plan and state), no second certificate, no other text. The
 /// text is never quoted back: it may be a key.
 pub fn parse_ca(pem: &str) -> Result<CertificateDer<'static>, String> {
+    pem_shape(pem)?;
+    der_of(pem)
+}
+
+/// The diagnostic for a `certificate_pem` that `parse_ca` refused. When the text holds
+/// something besides certificates (it may be a private key), the diagnostic is on the
+/// resource: on the attribute, Terraform would print its whole expression, an inline
+/// key included.
+fn invalid_pem(pem: &str, e: String) -> Diagnostic {
+    let d = Diagnostic::error("Invalid CA certificate", format!("certificate_pem: {e}"));
+    if pem_shape(pem).is_err() {
+        d
+    } else {
+        d.at(AttrPath::root("certificate_pem"))
+    }
+}
+
+/// Only PEM blocks, each closed, every one a CERTIFICATE: the text is never quoted.
+fn pem_shape(pem: &str) -> Result<(), String> {
     let mut found: Vec<String> = vec![];
     let mut open: Option<&str> = None;
     for (n, line) in pem.lines().enumerate() {
@@ -106,6 +125,11 @@ pub fn parse_ca(pem: &str) -> Result<CertificateDer<'static>, String> {
             names.join(" and a ")
         ));
     }
+    Ok(())
+}
+
+/// The one certificate in a text of CERTIFICATE blocks.
+fn der_of(pem: &str) -> Result<CertificateDer<'static>, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(|e| format!("not PEM: {e}"))?;
@@ -135,6 +159,10 @@ fn check_name(n: &str) -> Result<(), String> {
         return Err(format!("{n:?}: leave out .crt, the provider adds it"));
     }
     Ok(())
+}
+
+fn jvm_of(v: &Value) -> bool {
+    v.get("jvm_trust_name_service").as_bool() == Some(true)
 }
 
 fn name_of(v: &Value) -> &str {
@@ -228,6 +256,7 @@ impl ServicesCaCertificate {
         path: &str,
         owner: &str,
         want: bool,
+        wanted: bool,
     ) -> Result<(), Diagnostics> {
         let _turn = managed_block::lock(path).await;
         let fail = |e| ssh_diag(&format!("Could not update {path}"), e);
@@ -239,8 +268,9 @@ impl ServicesCaCertificate {
         let next = if want {
             who.insert(owner.to_string());
             managed_block::upsert(&bytes, TYPE, &jvm_block(&who)).map_err(bad)?
-        } else if !who.remove(owner) {
-            // Not ours: a block another instance (or an earlier version) made stays.
+        } else if !(who.remove(owner) || (wanted && who.is_empty() && block.is_some())) {
+            // Not ours: a block another instance made stays. A block with no owner
+            // lines (an earlier version's) goes when an instance that asked for it stops.
             return Ok(());
         } else if who.is_empty() {
             managed_block::remove(&bytes, TYPE).map_err(bad)?
@@ -255,16 +285,14 @@ impl ServicesCaCertificate {
         h.write_file(path, &next, mode).await.map_err(fail)
     }
 
-    async fn apply(&self, planned: &Value) -> Applied {
+    /// Writes the certificate and the JVM_OPTS claim; `wanted`: the prior state asked
+    /// for the JVM_OPTS line.
+    async fn apply(&self, planned: &Value, wanted: bool) -> Applied {
         let r = async {
             let h = self.data.services()?;
             let p = paths(planned);
             let pem = planned.get("certificate_pem").as_str().unwrap_or_default();
-            let cert = parse_ca(pem).map_err(|e| {
-                Diagnostics::from(
-                    Diagnostic::error("Invalid CA certificate", e).at(AttrPath::root("certificate_pem")),
-                )
-            })?;
+            let cert = parse_ca(pem).map_err(|e| Diagnostics::from(invalid_pem(pem, e)))?;
             h.check_writable(&p.cert)
                 .await
                 .map_err(|e| ssh_diag("Cannot write the certificate: nothing was changed", e))?;
@@ -280,7 +308,7 @@ impl ServicesCaCertificate {
             let rest = async {
                 self.update_ca_certificates(&h).await?;
                 let jvm = planned.get("jvm_trust_name_service").as_bool() == Some(true);
-                self.environment(&h, &p.environment, name_of(planned), jvm)
+                self.environment(&h, &p.environment, name_of(planned), jvm, wanted)
                     .await
             }
             .await;
@@ -329,11 +357,7 @@ impl Resource for ServicesCaCertificate {
         );
         if let Some(pem) = config.get("certificate_pem").as_str() {
             if let Err(e) = parse_ca(pem) {
-                diags.attr_error(
-                    AttrPath::root("certificate_pem"),
-                    "Invalid CA certificate",
-                    e,
-                );
+                diags.push(invalid_pem(pem, e));
             }
         }
         diags
@@ -382,11 +406,11 @@ impl Resource for ServicesCaCertificate {
     }
 
     async fn create(&self, planned: &Value, _config: &Value) -> Applied {
-        self.apply(planned).await
+        self.apply(planned, false).await
     }
 
-    async fn update(&self, _prior: &Value, planned: &Value, _config: &Value) -> Applied {
-        self.apply(planned).await
+    async fn update(&self, prior: &Value, planned: &Value, _config: &Value) -> Applied {
+        self.apply(planned, jvm_of(prior)).await
     }
 
     async fn read(&self, state: &Value) -> Result<Option<Value>, Diagnostics> {
@@ -436,7 +460,7 @@ impl Resource for ServicesCaCertificate {
                 .await
                 .map_err(|e| ssh_diag(&format!("Could not delete {}", p.cert), e))?;
             self.update_ca_certificates(&h).await?;
-            self.environment(&h, &p.environment, name_of(prior), false)
+            self.environment(&h, &p.environment, name_of(prior), false, jvm_of(prior))
                 .await
         }
         .await;

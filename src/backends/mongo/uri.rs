@@ -103,12 +103,10 @@ fn parse_host(h: &str) -> Result<(String, u16), String> {
         return Err("an empty host".into());
     }
     if h.contains('/') || h.ends_with(".sock") {
-        return Err(format!("{h:?}: Unix domain sockets are not supported"));
+        return Err("Unix domain sockets are not supported".into());
     }
     let (host, port) = if let Some(rest) = h.strip_prefix('[') {
-        let (ip, after) = rest
-            .split_once(']')
-            .ok_or_else(|| format!("{h:?}: unclosed ["))?;
+        let (ip, after) = rest.split_once(']').ok_or("an unclosed [")?;
         (ip.to_string(), after.strip_prefix(':'))
     } else {
         match h.rsplit_once(':') {
@@ -122,7 +120,7 @@ fn parse_host(h: &str) -> Result<(String, u16), String> {
             .parse::<u16>()
             .ok()
             .filter(|p| *p > 0)
-            .ok_or_else(|| format!("{h:?}: the port is not a number from 1 to 65535"))?,
+            .ok_or("the port is not a number from 1 to 65535")?,
     };
     Ok((decode(&host)?, port))
 }
@@ -201,9 +199,12 @@ pub fn parse(s: &str) -> Result<ConnString, String> {
             )
         }
     };
+    // Host text is never quoted in an error: a password written without its @, or
+    // with an unencoded @, reads as a host.
     let hosts = hosts
         .split(',')
-        .map(parse_host)
+        .enumerate()
+        .map(|(i, h)| parse_host(h).map_err(|e| format!("host {} of the seed list: {e}", i + 1)))
         .collect::<Result<Vec<_>, _>>()?;
     let tail = tail.strip_prefix('/').unwrap_or(tail);
     let (db, query) = tail.split_once('?').unwrap_or((tail, ""));
@@ -318,11 +319,16 @@ mod tests {
             tail in proptest::sample::select(vec!["", "/", "/db", "/?tls=true", "/?ssl=maybe", "/?x"]),
             host in proptest::sample::select(vec!["h:27017", "h:0", "", "h:x", "[::1", "a,b:99999"]),
         ) {
-            let uri = format!("mongodb://user:{pw}@{host}{tail}");
-            if let Err(e) = parse(&uri) {
-                for w in pw.as_bytes().windows(6) {
-                    let w = String::from_utf8_lossy(w);
-                    proptest::prop_assert!(!e.contains(&*w), "{uri:?} -> {e:?} holds {w:?}");
+            // With the @, and forgotten (the password then reads as a host).
+            for uri in [
+                format!("mongodb://user:{pw}@{host}{tail}"),
+                format!("mongodb://user:{pw}{tail}"),
+            ] {
+                if let Err(e) = parse(&uri) {
+                    for w in pw.as_bytes().windows(6) {
+                        let w = String::from_utf8_lossy(w);
+                        proptest::prop_assert!(!e.contains(&*w), "{uri:?} -> {e:?} holds {w:?}");
+                    }
                 }
             }
         }

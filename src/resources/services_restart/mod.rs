@@ -120,7 +120,7 @@ fn block() -> Block {
              `REDIS_PORT_6379_TCP_ADDR/PORT`), RabbitMQ (workflows-conductor's and frontend's \"Configuring … on \
              host …\"). The runbook gives no check for Nomad after the restart, so none is made. Each log check \
              reads both of `docker logs`' streams (the runbook's `2>&1`), and only what the container logged \
-             since it last started (`--since` its `StartedAt`, by the Services machine's clock), in the order \
+             since it last started (`--since` its last `FinishedAt`, by the Services machine's clock), in the order \
              logged; a log longer than 64 MiB a stream fails the check rather than being read in part.\n\n\
              Nothing stops before the preflight passes: the Services machine answers, `replicatedctl` is there, \
              the app's version is allowed, and the config files parse. Once CircleCI is stopped, the restart \

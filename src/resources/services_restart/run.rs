@@ -215,25 +215,21 @@ impl ServicesRestart {
     }
 
     /// What a check's probe shows: for a log probe, both streams of everything the
-    /// container logged since it started (by the Services machine's clock: Docker's
-    /// `StartedAt`), in order; for an env probe, its output. More output than the
-    /// bound is an error, never a check on part of it.
+    /// container logged since it last stopped (by the Services machine's clock:
+    /// Docker's `FinishedAt`), in order; for an env probe, its output. More output
+    /// than the bound is an error, never a check on part of it.
     async fn probe(&self, probe: &rs::Probe) -> Result<String, Diagnostics> {
-        let since = match probe.started_at_args() {
-            Some(args) => {
-                let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-                let out = self.command(Program::Docker, &argv).await?;
-                Some(rs::parse_started_at(&out).map_err(|e| {
-                    Diagnostics::from(Diagnostic::error("Unexpected answer from Docker", e))
-                })?)
-            }
-            None => None,
-        };
-        let args = probe.docker_args(since.as_deref());
-        if since.is_none() {
+        let Some(inspect) = probe.since_args() else {
+            let args = probe.docker_args(None);
             let argv: Vec<&str> = args.iter().map(String::as_str).collect();
             return self.command(Program::Docker, &argv).await;
-        }
+        };
+        let argv: Vec<&str> = inspect.iter().map(String::as_str).collect();
+        let out = self.command(Program::Docker, &argv).await?;
+        let since = rs::parse_finished_at(&out).map_err(|e| {
+            Diagnostics::from(Diagnostic::error("Unexpected answer from Docker", e))
+        })?;
+        let args = probe.docker_args(since.as_deref());
         let h = self.services()?;
         let cmd = RemoteCommand::new(Program::Docker, args.iter().map(String::as_str))
             .map_err(|e| Diagnostics::from(Diagnostic::error("Invalid command", e)))?
