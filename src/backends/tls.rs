@@ -50,7 +50,7 @@ impl ServerCertVerifier for NoCertCheck {
 }
 
 /// Checks the certificate chain as `inner` does, but accepts a certificate issued for
-/// another name: MongoDB's `tlsAllowInvalidHostnames`.
+/// another name: MongoDB's `tlsAllowInvalidHostnames`, libpq's `verify-ca`.
 #[derive(Debug)]
 pub struct AnyName(pub Arc<dyn ServerCertVerifier>);
 

@@ -71,11 +71,16 @@ pub fn parse_ca(pem: &str) -> Result<CertificateDer<'static>, String> {
 /// resource: on the attribute, Terraform would print its whole expression, an inline
 /// key included.
 fn invalid_pem(pem: &str, e: String) -> Diagnostic {
-    let d = Diagnostic::error("Invalid CA certificate", format!("certificate_pem: {e}"));
     if pem_shape(pem).is_err() {
-        d
+        Diagnostic::error(
+            "Invalid CA certificate",
+            format!(
+                "certificate_pem: {e} (This is about certificate_pem: Terraform would print its whole \
+                 expression, which may hold a key, so this message points at the resource.)"
+            ),
+        )
     } else {
-        d.at(AttrPath::root("certificate_pem"))
+        Diagnostic::error("Invalid CA certificate", e).at(AttrPath::root("certificate_pem"))
     }
 }
 

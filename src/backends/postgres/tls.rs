@@ -5,65 +5,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::client::danger::ServerCertVerifier;
+use rustls::pki_types::CertificateDer;
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{code_of, describe, target, PgError, SslMode};
-use crate::backends::tls::NoCertCheck;
+use crate::backends::tls::{AnyName, NoCertCheck};
 use crate::backends::tunnel::Route;
 
 /// A channel through the Services machine.
 type Tunnel = russh::ChannelStream<russh::client::Msg>;
 use tokio_postgres::tls::MakeTlsConnect;
-
-/// libpq's `verify-ca`: the chain must lead to the CA; the name is not checked.
-#[derive(Debug)]
-struct ChainOnly(Arc<rustls::client::WebPkiServerVerifier>);
-
-impl ServerCertVerifier for ChainOnly {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::NotValidForName
-                | rustls::CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(m, c, d)
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(m, c, d)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
 
 /// The TLS side of every connection, built once from sslmode and sslrootcert, and the
 /// route to the server (straight, or through the Services machine).
@@ -116,7 +70,7 @@ impl Tls {
                     PgError::TlsSettings(format!("sslrootcert {}: {e}", path.display()))
                 })?;
                 if mode == SslMode::VerifyCa {
-                    Arc::new(ChainOnly(webpki))
+                    Arc::new(AnyName(webpki))
                 } else {
                     webpki
                 }
