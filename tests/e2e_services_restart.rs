@@ -399,6 +399,35 @@ fn openssl(args: &[&str]) -> std::process::Output {
     Command::new("openssl").args(args).output().unwrap()
 }
 
+/// A self-signed P-256 CA named `cn`, its key in `dir/NAME.key`, its certificate in
+/// `dir/NAME.pem`.
+fn make_ca(dir: &Path, name: &str, cn: &str) {
+    let f = |ext: &str| {
+        dir.join(format!("{name}.{ext}"))
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    let o = openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN={cn}"),
+        "-keyout",
+        &f("key"),
+        "-out",
+        &f("pem"),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 /// The CA resource: after apply, `openssl verify` with the bundle update-ca-certificates
 /// made on the Services machine accepts a certificate that CA signed, and the runbook's
 /// JVM_OPTS line is in /etc/environment next to the operator's lines; after destroy,
@@ -414,23 +443,7 @@ fn ca_certificate_is_trusted_then_untrusted() {
     let ok = |o: std::process::Output| {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr))
     };
-    ok(openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=restart test CA",
-        "-keyout",
-        &w("ca.key"),
-        "-out",
-        &w("ca.pem"),
-    ]));
+    make_ca(work.path(), "ca", "restart test CA");
     ok(openssl(&[
         "req",
         "-newkey",
@@ -547,24 +560,7 @@ fn ca_certificates_share_the_jvm_opts_line_and_refuse_keys() {
     let work = tempfile::tempdir().unwrap();
     let w = |f: &str| work.path().join(f).to_str().unwrap().to_string();
     for n in ["a", "b", "c"] {
-        let o = openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN=ca {n}"),
-            "-keyout",
-            &w(&format!("{n}.key")),
-            "-out",
-            &w(&format!("{n}.pem")),
-        ]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        make_ca(work.path(), n, &format!("ca {n}"));
     }
     let env = root.path().join("etc/environment");
     std::fs::create_dir_all(env.parent().unwrap()).unwrap();
