@@ -88,14 +88,14 @@ fn parse_bool(k: &str, v: &str) -> Result<bool, String> {
     match v {
         "true" => Ok(true),
         "false" => Ok(false),
-        _ => Err(format!("option {k}={v:?}: expected true or false")),
+        _ => Err(format!("option {k}: expected true or false")),
     }
 }
 
 fn parse_ms(k: &str, v: &str) -> Result<Duration, String> {
     v.parse::<u64>()
         .map(Duration::from_millis)
-        .map_err(|_| format!("option {k}={v:?}: expected milliseconds"))
+        .map_err(|_| format!("option {k}: expected milliseconds"))
 }
 
 fn parse_host(h: &str) -> Result<(String, u16), String> {
@@ -133,10 +133,10 @@ fn apply_option(c: &mut ConnString, k: &str, v: String) -> Result<(), String> {
             c.mechanism = Some(match v.as_str() {
                 "SCRAM-SHA-1" => Mechanism::ScramSha1,
                 "SCRAM-SHA-256" => Mechanism::ScramSha256,
-                other => {
-                    return Err(format!(
-                        "authMechanism={other}: only SCRAM-SHA-1 and SCRAM-SHA-256 are supported"
-                    ))
+                _ => {
+                    return Err(
+                        "authMechanism: only SCRAM-SHA-1 and SCRAM-SHA-256 are supported".into(),
+                    )
                 }
             })
         }
@@ -227,9 +227,10 @@ pub fn parse(s: &str) -> Result<ConnString, String> {
         server_selection_timeout: None,
     };
     for kv in query.split('&').filter(|kv| !kv.is_empty()) {
-        let (k, v) = kv
-            .split_once('=')
-            .ok_or_else(|| format!("option {kv:?} has no value"))?;
+        let (k, v) = kv.split_once('=').ok_or(
+            "an option has no =VALUE (options are not quoted here: a password with an \
+                    unencoded ? would read as options)",
+        )?;
         apply_option(&mut c, &decode(k)?, decode(v)?)?;
     }
     if c.password.is_some() && c.username.is_none() {
