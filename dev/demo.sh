@@ -49,7 +49,7 @@ vault_address      = "$CIRCLECI_TEST_VAULT_ADDR"
 vault_ca_file      = "$CIRCLECI_TEST_VAULT_CA"
 rabbitmq_host      = "127.0.0.1"
 rabbitmq_port      = $CIRCLECI_TEST_MQ_PORT
-nomad_endpoint     = "$CIRCLECI_TEST_NOMAD_ADDR"
+nomad_endpoint     = "$CIRCLECI_TEST_CI_NOMAD_ADDR"
 nomad_ca_file      = "$CIRCLECI_TEST_TLS_CA"
 mongo_hosts        = ["127.0.0.1:$CIRCLECI_TEST_MONGO_PORT"]
 mongo_tls          = false # the MongoDB stand-in has no TLS
@@ -59,6 +59,8 @@ nomad_servers      = ["nomad-1.internal:4647", "nomad-2.internal:4647", "nomad-3
 services_ca_files  = { "dev-vault" = "$CIRCLECI_TEST_VAULT_CA", "dev-services" = "$CIRCLECI_TEST_TLS_CA" }
 # The simulator's embedded Vault: a second OpenBao on loopback.
 embedded_vault_address = "$CIRCLECI_TEST_EMBEDDED_VAULT_ADDR"
+# The simulator's embedded Nomad server (a stand-in that runs while CircleCI does).
+embedded_nomad_endpoint = "$CIRCLECI_TEST_EMBEDDED_NOMAD_ADDR"
 VARS
 # moto holds the Nomad client Auto Scaling group enterprise-setup would have made: two
 # clients on a launch configuration whose user_data names the Services machine.

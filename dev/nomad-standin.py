@@ -14,12 +14,23 @@ implements just what circleci_external_nomad uses, and refuses everything else:
                             {"Name", "Address", "Restarts", "RestartedAt"}. A node is
                             "initializing" for REGISTER_SECONDS after a restart, then
                             "ready"; its ModifyIndex grows with each restart and again
-                            when it becomes ready.
+                            when it becomes ready. A NAME.json with "Drain": true
+                            lists the node draining.
+  GET /v1/allocations    -> with --allocs-dir A: one allocation stub per A/ID.json, as
+                            the allocations list documents it (ID, EvalID, Name, NodeID,
+                            JobID, TaskGroup, DesiredStatus, ClientStatus, ...). A test
+                            writes {"ID", "Name", "JobID", "NodeID", "EndsAt"}: the
+                            allocation is "running" until EndsAt (seconds since the
+                            epoch), then "complete", as a build that finishes.
+  --app-state S          -> the EMBEDDED Nomad of the simulated Services machine: it runs
+                            only while the simulator's app (S/app.json) is started, as
+                            Replicated stops CircleCI's nomad container with the app.
+                            Otherwise every connection is closed without an answer.
   X-Nomad-Token          -> checked when --token is given: 403 "Permission denied"
   anything else          -> 404; methods other than GET -> 405
 
 Usage: nomad-standin.py --port N [--token T] [--no-leader] [--tls-cert F --tls-key F]
-                        [--nodes-dir D] [--pidfile F]
+                        [--nodes-dir D] [--allocs-dir A] [--app-state S] [--pidfile F]
 Binds 127.0.0.1 only.
 """
 
@@ -53,8 +64,7 @@ def node_stubs(nodes_dir):
             "Name": n["Name"],
             "NodeClass": "",
             "Address": n.get("Address", "127.0.0.1"),
-            "Drain": False,
-            "SchedulingEligibility": "eligible",
+            "Drain": bool(n.get("Drain", False)),
             "Status": "ready" if ready else "initializing",
             "StatusDescription": "",
             "Version": "0.5.6",
@@ -62,6 +72,40 @@ def node_stubs(nodes_dir):
             "ModifyIndex": 100 + 2 * restarts + (1 if ready else 0),
         })
     return out
+
+
+def alloc_stubs(allocs_dir):
+    out = []
+    for path in sorted(glob.glob(os.path.join(allocs_dir, "*.json"))):
+        try:
+            with open(path) as f:
+                a = json.load(f)
+        except (OSError, ValueError):
+            continue  # being written
+        running = time.time() < float(a.get("EndsAt", 0))
+        out.append({
+            "ID": a["ID"],
+            "EvalID": str(uuid.uuid5(uuid.NAMESPACE_URL, a["ID"])),
+            "Name": a.get("Name", a["ID"]),
+            "NodeID": a.get("NodeID", ""),
+            "JobID": a.get("JobID", a["ID"]),
+            "TaskGroup": "build",
+            "DesiredStatus": "run",
+            "DesiredDescription": "",
+            "ClientStatus": "running" if running else "complete",
+            "ClientDescription": "",
+            "CreateIndex": 200,
+            "ModifyIndex": 200 if running else 201,
+        })
+    return out
+
+
+def app_started(state_dir):
+    try:
+        with open(os.path.join(state_dir, "app.json")) as f:
+            return json.load(f).get("desired") == "started"
+    except (OSError, ValueError):
+        return False
 
 
 def handler(args):
@@ -87,10 +131,15 @@ def handler(args):
             return self.headers.get("X-Nomad-Token") == args.token
 
         def do_GET(self):
+            if args.app_state and not app_started(args.app_state):
+                self.close_connection = True  # the container is not running
+                return
             path = self.path.split("?", 1)[0]
             routes = {"/v1/status/leader", "/v1/status/peers", "/v1/agent/self"}
             if args.nodes_dir:
                 routes.add("/v1/nodes")
+            if args.allocs_dir:
+                routes.add("/v1/allocations")
             if path not in routes:
                 return self.send(404, "404 page not found\n", "text/plain")
             if not self.authorized():
@@ -101,6 +150,8 @@ def handler(args):
                 return self.send(200, json.dumps(LEADER))
             if path == "/v1/nodes":
                 return self.send(200, json.dumps(node_stubs(args.nodes_dir)))
+            if path == "/v1/allocations":
+                return self.send(200, json.dumps(alloc_stubs(args.allocs_dir)))
             if path == "/v1/status/peers":
                 return self.send(200, json.dumps([] if args.no_leader else [LEADER]))
             return self.send(200, json.dumps({
@@ -125,6 +176,8 @@ def main():
     p.add_argument("--tls-cert")
     p.add_argument("--tls-key")
     p.add_argument("--nodes-dir")
+    p.add_argument("--allocs-dir")
+    p.add_argument("--app-state")
     p.add_argument("--pidfile")
     args = p.parse_args()
     srv = ThreadingHTTPServer(("127.0.0.1", args.port), handler(args))

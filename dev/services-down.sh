@@ -3,7 +3,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 D=$PWD/dev/.state
-for name in sshd redis bao bao-embedded nomad mongo mongo36 moto; do
+for name in sshd redis bao bao-embedded nomad nomad-embedded nomad-external mongo mongo36 moto; do
   f=$D/$name.pid
   [ -f "$f" ] || continue
   pid=$(cat "$f")

@@ -19,6 +19,9 @@ VAULT_PORT=${CIRCLECI_DEV_VAULT_PORT:-58201}
 EMBEDDED_VAULT_PORT=${CIRCLECI_DEV_EMBEDDED_VAULT_PORT:-58203}
 MQ_PORT=${CIRCLECI_DEV_MQ_PORT:-55672}
 NOMAD_PORT=${CIRCLECI_DEV_NOMAD_PORT:-54646}
+# The simulated Services machine's embedded Nomad, and an external Nomad CircleCI uses.
+EMBEDDED_NOMAD_PORT=$((NOMAD_PORT + 2))
+CI_NOMAD_PORT=$((NOMAD_PORT + 3))
 MONGO_PORT=${CIRCLECI_DEV_MONGO_PORT:-57017}
 PYMONGO_VERSION=4.8.0
 AWS_PORT=${CIRCLECI_DEV_AWS_PORT:-55000}
@@ -88,7 +91,7 @@ SetEnv PATH=$D/sim/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/
 # circleci-dev may open none: the tests' refused tunnel.
 LogLevel DEBUG1
 AllowTcpForwarding local
-PermitOpen 127.0.0.1:$PG_PORT 127.0.0.1:$((PG_PORT + 1)) 127.0.0.1:$MONGO_PORT 127.0.0.1:$((MONGO_PORT + 1)) 127.0.0.1:$REDIS_PORT 127.0.0.1:$VAULT_PORT 127.0.0.1:$EMBEDDED_VAULT_PORT 127.0.0.1:$MQ_PORT 127.0.0.1:$NOMAD_PORT 127.0.0.1:$CLOSED_PORT
+PermitOpen 127.0.0.1:$PG_PORT 127.0.0.1:$((PG_PORT + 1)) 127.0.0.1:$MONGO_PORT 127.0.0.1:$((MONGO_PORT + 1)) 127.0.0.1:$REDIS_PORT 127.0.0.1:$VAULT_PORT 127.0.0.1:$EMBEDDED_VAULT_PORT 127.0.0.1:$MQ_PORT 127.0.0.1:$NOMAD_PORT 127.0.0.1:$EMBEDDED_NOMAD_PORT 127.0.0.1:$CI_NOMAD_PORT 127.0.0.1:$CLOSED_PORT
 Match User $SUDO_USER_NAME
   PermitOpen none
 CFG
@@ -256,6 +259,37 @@ if ! alive "$D/nomad.pid"; then
   say "nomad stand-in on https://127.0.0.1:$NOMAD_PORT (pid $(cat "$D/nomad.pid"))"
 fi
 
+# Two more, for the cutover (Nomad 0.5.6 has no ACLs, so neither wants a token):
+#   - nomad-embedded: CircleCI's own Nomad server on the simulated Services machine, at
+#     http://127.0.0.1:PORT as that machine reaches it; it answers only while the
+#     simulator's app runs (Replicated stops the nomad container with CircleCI);
+#   - nomad-external: an external Nomad as CircleCI 2.17 reaches it (TLS, no token).
+# Each lists the clients in DIR/nodes (two fixture clients each: the ASG's clients the
+# demo rolls are moto instances, which run no Nomad agent) and the builds in DIR/allocs,
+# which tests write.
+for n in embedded external; do
+  mkdir -p "$D/nomad-$n/nodes" "$D/nomad-$n/allocs"
+  for i in 1 2; do
+    f="$D/nomad-$n/nodes/$n-client-$i.json"
+    [ -f "$f" ] || printf '{"Name": "%s-client-%s", "Address": "10.0.2.%s", "Restarts": 0}\n' "$n" "$i" "$i" >"$f"
+  done
+done
+if ! alive "$D/nomad-embedded.pid"; then
+  python3 dev/nomad-standin.py --port "$EMBEDDED_NOMAD_PORT" --app-state "$D/sim/state" \
+    --nodes-dir "$D/nomad-embedded/nodes" --allocs-dir "$D/nomad-embedded/allocs" \
+    --pidfile "$D/nomad-embedded.pid" >"$D/nomad-embedded.log" 2>&1 &
+  for _ in $(seq 50); do alive "$D/nomad-embedded.pid" && break; sleep 0.1; done
+  say "embedded nomad stand-in on http://127.0.0.1:$EMBEDDED_NOMAD_PORT (pid $(cat "$D/nomad-embedded.pid"))"
+fi
+if ! alive "$D/nomad-external.pid"; then
+  python3 dev/nomad-standin.py --port "$CI_NOMAD_PORT" \
+    --tls-cert "$PGD/tls/nomad.pem" --tls-key "$PGD/tls/nomad.key" \
+    --nodes-dir "$D/nomad-external/nodes" --allocs-dir "$D/nomad-external/allocs" \
+    --pidfile "$D/nomad-external.pid" >"$D/nomad-external.log" 2>&1 &
+  for _ in $(seq 50); do alive "$D/nomad-external.pid" && break; sleep 0.1; done
+  say "external nomad stand-in (no ACLs) on https://127.0.0.1:$CI_NOMAD_PORT (pid $(cat "$D/nomad-external.pid"))"
+fi
+
 # ---------------------------------------------------------------- mongodb (stand-in)
 # No MongoDB server installs from the registries we reach: dev/mongo-standin (a small
 # Rust server from MongoDB's wire-protocol docs; see its header) stands in for it.
@@ -362,6 +396,10 @@ CIRCLECI_TEST_MQ_PASSWORD=circle-dev-password
 CIRCLECI_TEST_NOMAD_ADDR=https://127.0.0.1:$NOMAD_PORT
 CIRCLECI_TEST_NOMAD_TOKEN=$NOMAD_TOKEN
 CIRCLECI_TEST_NOMAD_STANDIN=$ROOT/dev/nomad-standin.py
+CIRCLECI_TEST_EMBEDDED_NOMAD_ADDR=http://127.0.0.1:$EMBEDDED_NOMAD_PORT
+CIRCLECI_TEST_EMBEDDED_NOMAD_DIR=$D/nomad-embedded
+CIRCLECI_TEST_CI_NOMAD_ADDR=https://127.0.0.1:$CI_NOMAD_PORT
+CIRCLECI_TEST_CI_NOMAD_DIR=$D/nomad-external
 CIRCLECI_TEST_TLS_CA=$PGD/tls/ca.pem
 CIRCLECI_TEST_TLS_CERT=$PGD/tls/nomad.pem
 CIRCLECI_TEST_TLS_KEY=$PGD/tls/nomad.key

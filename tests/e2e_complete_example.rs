@@ -65,6 +65,7 @@ nomad_clients_asg  = {group:?}
 nomad_servers      = ["nomad-1.internal:4647", "nomad-2.internal:4647"]
 services_ca_files  = {{ "dev-vault" = {vca:?}, "dev-services" = {ca:?} }}
 embedded_vault_address = {evault:?}
+embedded_nomad_endpoint = {enomad:?}
 via_services_host  = true
 "#,
             ssh = g("CIRCLECI_TEST_SSH_PORT"),
@@ -77,11 +78,12 @@ via_services_host  = true
             vault = g("CIRCLECI_TEST_VAULT_ADDR"),
             vca = g("CIRCLECI_TEST_VAULT_CA"),
             mq = g("CIRCLECI_TEST_MQ_PORT"),
-            nomad = g("CIRCLECI_TEST_NOMAD_ADDR"),
+            nomad = g("CIRCLECI_TEST_CI_NOMAD_ADDR"),
             ca = g("CIRCLECI_TEST_TLS_CA"),
             mongo = g("CIRCLECI_TEST_MONGO_PORT"),
             aws = g("CIRCLECI_TEST_AWS_ENDPOINT"),
             evault = g("CIRCLECI_TEST_EMBEDDED_VAULT_ADDR"),
+            enomad = g("CIRCLECI_TEST_EMBEDDED_NOMAD_ADDR"),
         ),
     )
     .unwrap();
@@ -123,6 +125,21 @@ via_services_host  = true
     let log_from = std::fs::metadata(&ssh_log).unwrap().len() as usize;
     let apply = run(&["apply", "-auto-approve", "-no-color", "-input=false"]);
     assert!(apply.status.success(), "the complete example did not apply");
+    // The clients moved while CircleCI was stopped: after the migration stopped it,
+    // before the restart started it.
+    let text = String::from_utf8_lossy(&apply.stdout);
+    let at = |what: &str| {
+        text.find(what)
+            .unwrap_or_else(|| panic!("{what:?} not in the apply's output:\n{text}"))
+    };
+    assert!(
+        at("circleci_data_migration.this: Creation complete")
+            < at("circleci_nomad_client_launch_config.clients: Creating...")
+    );
+    assert!(
+        at("circleci_nomad_client_launch_config.clients: Creation complete")
+            < at("circleci_services_restart.this: Creating...")
+    );
     // Every backend was reached through the Services machine (via_services_host).
     let log = std::fs::read(&ssh_log).unwrap();
     let log = String::from_utf8_lossy(&log[log_from..]);
@@ -137,7 +154,11 @@ via_services_host  = true
             "the embedded Vault",
             port_of(g("CIRCLECI_TEST_EMBEDDED_VAULT_ADDR")),
         ),
-        ("Nomad", port_of(g("CIRCLECI_TEST_NOMAD_ADDR"))),
+        ("Nomad", port_of(g("CIRCLECI_TEST_CI_NOMAD_ADDR"))),
+        (
+            "the embedded Nomad",
+            port_of(g("CIRCLECI_TEST_EMBEDDED_NOMAD_ADDR")),
+        ),
     ] {
         assert!(
             log.contains(&format!("target 127.0.0.1 port {port}")),
@@ -154,6 +175,7 @@ via_services_host  = true
         "redis",
         "slanger",
         "rabbitmq",
+        "nomad",
     ] {
         assert!(
             checks
@@ -162,7 +184,16 @@ via_services_host  = true
             "{service} not checked: {checks:?}"
         );
     }
-    assert_eq!(checks.len(), 8, "{checks:?}");
+    assert_eq!(checks.len(), 9, "{checks:?}");
+    // The capacity check compared the external Nomad's clients with those before the
+    // stop (the stand-ins' fixture clients: two each).
+    assert!(
+        checks.iter().any(|c| c.starts_with(&format!(
+            "nomad: 2 ready, eligible clients at {}; 2 before the stop",
+            g("CIRCLECI_TEST_CI_NOMAD_ADDR")
+        ))),
+        "{checks:?}"
+    );
     assert_eq!(restart["version"], "2.17.3");
     assert!(restart["downtime"].as_str().unwrap().ends_with('s'));
     assert!(sim

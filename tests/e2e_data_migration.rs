@@ -12,7 +12,7 @@ mod common;
 
 use std::path::Path;
 
-use common::sim::{Sim, SIMULATOR};
+use common::sim::{epoch_now, NomadFixture, Sim, SIMULATOR};
 use common::{flat, servers, Servers, Tf};
 use serde_json::json;
 
@@ -42,6 +42,7 @@ resource "circleci_external_mongo" "mongo" {{
 resource "circleci_data_migration" "m" {{
   config_root  = "{root}"
   stop_timeout = "30s"
+  embedded_nomad_endpoint = {enomad:?}
   {extra}
   postgres {{
     host        = circleci_postgres_databases.pg.host
@@ -75,6 +76,7 @@ output "m" {{
         root = root.to_str().unwrap(),
         vaddr = s.get("CIRCLECI_TEST_EMBEDDED_VAULT_ADDR"),
         vtoken = s.get("CIRCLECI_TEST_EMBEDDED_VAULT_TOKEN"),
+        enomad = s.get("CIRCLECI_TEST_EMBEDDED_NOMAD_ADDR"),
     )
 }
 
@@ -125,12 +127,47 @@ fn migrates_verifies_refuses_to_overwrite_and_converges() {
     let mount = format!("transit-mig-{}", std::process::id());
     let tf = Tf::new(&main_tf(&s, root.path(), &mount, ""));
 
+    // A build runs on the embedded Nomad for a few more seconds: the plan says the
+    // apply stops CircleCI and names it; the stop waits for it.
+    let mut nomad = NomadFixture::new(&s, "CIRCLECI_TEST_EMBEDDED_NOMAD_DIR");
+    let ends = epoch_now() + 6.0;
+    nomad.build("build-mig", "node-1", ends);
+    let plan = flat(&tf.ok(&["plan", "-no-color"]));
+    assert!(plan.contains("This apply stops CircleCI"), "{plan}");
+    assert!(
+        plan.contains("build-mig.build[0] (job build-mig, running"),
+        "{plan}"
+    );
+
     let ssh_log = s.get("CIRCLECI_TEST_SSH_LOG");
     let log_from = std::fs::metadata(ssh_log).unwrap().len() as usize;
     let out = tf.apply();
     assert!(
         out.contains("circleci_data_migration.m: Creation complete"),
         "{out}"
+    );
+    let stopped_at = output(&tf)["app_stopped_at"].as_str().unwrap().to_string();
+    let stopped_at = humantime::parse_rfc3339(&stopped_at)
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    // app_stopped_at is in whole seconds, taken after the stop.
+    assert!(stopped_at + 1.0 >= ends, "stopped before the build ended");
+    drop(nomad);
+    // What the Nomad servers showed before the stop waits for the restart, private.
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            root.path()
+                .join("data/circle/external-services-cutover/record.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        record["nomad_clients"].as_array().unwrap().len(),
+        2,
+        "{record}"
     );
     // The embedded Vault was reached through the Services machine.
     let embedded_port = s
@@ -474,10 +511,12 @@ fn another_circleci_version_is_refused_before_anything_stops() {
     let before = sim.replicatedctl(&["app", "status"])[0]["LastModifiedAt"].clone();
     let config = |extra: &str| {
         format!(
-            "{}\nresource \"circleci_data_migration\" \"m\" {{\n  config_root = {:?}\n{extra}  postgres {{\n    \
+            "{}\nresource \"circleci_data_migration\" \"m\" {{\n  config_root = {:?}\n  \
+             embedded_nomad_endpoint = {:?}\n{extra}  postgres {{\n    \
              host        = \"127.0.0.1\"\n    port        = {}\n    password_wo = \"x\"\n  }}\n}}\n",
             s.provider_block(""),
             root.path().to_str().unwrap(),
+            s.get("CIRCLECI_TEST_EMBEDDED_NOMAD_ADDR"),
             s.pg_port()
         )
     };

@@ -11,7 +11,7 @@ mod common;
 use std::path::Path;
 use std::process::{Child, Command};
 
-use common::sim::{Sim, SIMULATOR};
+use common::sim::{epoch_now, NomadFixture, Sim, SIMULATOR};
 use common::{flat, servers, Servers, Tf};
 use serde_json::json;
 
@@ -99,7 +99,6 @@ resource "circleci_external_rabbitmq" "mq" {{
 resource "circleci_external_nomad" "n" {{
   endpoint     = {nomad:?}
   ca_cert_file = {ca:?}
-  acl_token_wo = {ntoken:?}
   config_path  = {nomadf:?}
 }}
 resource "circleci_services_ca_certificate" "vault" {{
@@ -107,8 +106,14 @@ resource "circleci_services_ca_certificate" "vault" {{
   certificate_pem = file({vca:?})
   config_root     = {root:?}
 }}
+resource "circleci_services_ca_certificate" "nomad" {{
+  name            = "dev-services"
+  certificate_pem = file({ca:?})
+  config_root     = {root:?}
+}}
 resource "circleci_services_restart" "restart" {{
   config_root    = {root:?}
+  embedded_nomad_endpoint = {enomad:?}
   stop_timeout   = "30s"
   start_timeout  = "60s"
   verify_timeout = "20s"
@@ -120,6 +125,7 @@ resource "circleci_services_restart" "restart" {{
     rabbitmq   = circleci_external_rabbitmq.mq.file_sha256
     nomad      = circleci_external_nomad.n.file_sha256
     ca         = circleci_services_ca_certificate.vault.fingerprint_sha256
+    nomad_ca   = circleci_services_ca_certificate.nomad.fingerprint_sha256
     generation = "{generation}"
   }}
 }}
@@ -140,9 +146,9 @@ output "downtime" {{
         mq = s.mq_port(),
         mqpw = s.get("CIRCLECI_TEST_MQ_PASSWORD"),
         mqf = r("etc/circleconfig/shared/rabbitmq"),
-        nomad = s.get("CIRCLECI_TEST_NOMAD_ADDR"),
+        nomad = s.get("CIRCLECI_TEST_CI_NOMAD_ADDR"),
         ca = s.get("CIRCLECI_TEST_TLS_CA"),
-        ntoken = s.get("CIRCLECI_TEST_NOMAD_TOKEN"),
+        enomad = s.get("CIRCLECI_TEST_EMBEDDED_NOMAD_ADDR"),
         nomadf = r("etc/circleconfig/shared/nomad"),
         root = root.to_str().unwrap(),
         vca = s.get("CIRCLECI_TEST_VAULT_CA"),
@@ -169,7 +175,14 @@ fn restart_checks_every_service_and_restarts_on_change() {
         "{out}"
     );
     let checks = checks_of(&tf);
-    for service in ["postgresql", "mongodb", "vault", "redis", "rabbitmq"] {
+    for service in [
+        "postgresql",
+        "mongodb",
+        "vault",
+        "redis",
+        "rabbitmq",
+        "nomad",
+    ] {
         assert!(
             checks
                 .iter()
@@ -177,7 +190,7 @@ fn restart_checks_every_service_and_restarts_on_change() {
             "{service} not checked: {checks:?}"
         );
     }
-    assert_eq!(checks.len(), 8, "{checks:?}");
+    assert_eq!(checks.len(), 9, "{checks:?}");
     let downtime: String = serde_json::from_str(&tf.ok(&["output", "-json", "downtime"])).unwrap();
     assert!(downtime.ends_with('s') && downtime.len() > 1, "{downtime}");
     // The simulator's containers really connected: frontend logged the PostgreSQL
@@ -272,9 +285,11 @@ fn preflight_and_deadlines_refuse_clearly() {
     );
     let restart = |extra: &str| {
         format!(
-            "{}\nresource \"circleci_services_restart\" \"r\" {{\n  config_root = {:?}\n{extra}}}\n",
+            "{}\nresource \"circleci_services_restart\" \"r\" {{\n  config_root = {:?}\n  \
+             embedded_nomad_endpoint = {:?}\n{extra}}}\n",
             s.provider_block(""),
-            root.path().to_str().unwrap()
+            root.path().to_str().unwrap(),
+            s.get("CIRCLECI_TEST_EMBEDDED_NOMAD_ADDR")
         )
     };
     let before = sim.replicatedctl(&["app", "status"])[0]["LastModifiedAt"].clone();
@@ -332,8 +347,10 @@ fn preflight_and_deadlines_refuse_clearly() {
             ),
         );
     let tf = Tf::new(&format!(
-        "{sudo_block}\nresource \"circleci_services_restart\" \"r\" {{\n  config_root = {:?}\n}}\n",
-        root.path().to_str().unwrap()
+        "{sudo_block}\nresource \"circleci_services_restart\" \"r\" {{\n  config_root = {:?}\n  \
+         embedded_nomad_endpoint = {:?}\n}}\n",
+        root.path().to_str().unwrap(),
+        s.get("CIRCLECI_TEST_EMBEDDED_NOMAD_ADDR")
     ));
     let out = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
     assert!(
@@ -753,8 +770,10 @@ fn the_runbooks_own_mongo_file_imports_and_restarts() {
     let restart = |generation: &str| {
         format!(
             "resource \"circleci_services_restart\" \"r\" {{\n  config_root = {:?}\n  verify_timeout = \"20s\"\n  \
+             embedded_nomad_endpoint = {:?}\n  \
              triggers = {{ g = {generation} }}\n}}\noutput \"checks\" {{\n  value = circleci_services_restart.r.checks\n}}\n",
-            root.path().to_str().unwrap()
+            root.path().to_str().unwrap(),
+            s.get("CIRCLECI_TEST_EMBEDDED_NOMAD_ADDR")
         )
     };
     // The restart reads the hand-written file and checks MongoDB under the set's names.
@@ -826,4 +845,191 @@ fn the_runbooks_own_mongo_file_imports_and_restarts() {
 
     tf.ok(&["destroy", "-auto-approve", "-no-color"]);
     assert_eq!(std::fs::read_to_string(&file).unwrap(), runbook);
+}
+
+/// A restart alone, on the simulator's embedded Nomad, with `extra` attributes, and its
+/// checks as an output.
+fn lone_restart(s: &Servers, root: &Path, extra: &str) -> String {
+    format!(
+        "{}\nresource \"circleci_services_restart\" \"r\" {{\n  config_root = {:?}\n  \
+         embedded_nomad_endpoint = {:?}\n{extra}}}\n\
+         output \"checks\" {{\n  value = circleci_services_restart.r.checks\n}}\n",
+        s.provider_block(""),
+        root.to_str().unwrap(),
+        s.get("CIRCLECI_TEST_EMBEDDED_NOMAD_ADDR"),
+    )
+}
+
+/// The simulator on `root`, its app started.
+fn started_sim(s: &Servers, root: &Path) -> Sim {
+    let sim = Sim::new(s, json!({"root": root, "transition": 1}));
+    sim.replicatedctl(&["app", "start"]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    sim
+}
+
+/// A restart of a running CircleCI waits for the builds on its Nomad servers: the plan
+/// names them, a build that outlasts builds_timeout is named and nothing stops, and a
+/// build that ends in time is let finish before the stop.
+#[test]
+fn the_stop_waits_for_running_builds() {
+    let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let s = servers();
+    let root = common::searchable_tempdir();
+    let sim = started_sim(&s, root.path());
+    let mut nomad = NomadFixture::new(&s, "CIRCLECI_TEST_EMBEDDED_NOMAD_DIR");
+    let restart = |extra: &str| {
+        lone_restart(
+            &s,
+            root.path(),
+            &format!("  verify_timeout = \"10s\"\n{extra}"),
+        )
+    };
+
+    // A build that runs for an hour: the plan warns, naming it; the apply waits
+    // builds_timeout, names it, and leaves CircleCI running.
+    nomad.build("build-long", "node-1", epoch_now() + 3600.0);
+    let tf = Tf::new(&restart("  builds_timeout = \"3s\"\n"));
+    let plan = flat(&tf.ok(&["plan", "-no-color"]));
+    assert!(plan.contains("This apply stops CircleCI"), "{plan}");
+    assert!(
+        plan.contains("build-long.build[0] (job build-long, running"),
+        "{plan}"
+    );
+    let before = sim.replicatedctl(&["app", "status"])[0]["LastModifiedAt"].clone();
+    let out = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
+    assert!(out.contains("Builds still running"), "{out}");
+    assert!(out.contains("after waiting 3s"), "{out}");
+    assert!(out.contains("build-long.build[0] (job build-long"), "{out}");
+    assert!(
+        out.contains(s.get("CIRCLECI_TEST_EMBEDDED_NOMAD_ADDR")),
+        "{out}"
+    );
+    assert!(out.contains("builds_timeout"), "{out}");
+    assert!(out.contains("CircleCI was not stopped"), "{out}");
+    let status = sim.replicatedctl(&["app", "status"]);
+    assert_eq!(status[0]["State"], "started", "{status}");
+    assert_eq!(status[0]["LastModifiedAt"], before, "the app was touched");
+
+    // A build that ends in 4 s: the stop comes after it (the app is watched while the
+    // apply runs), and the Nomad check after the start counts the embedded clients.
+    let ends = epoch_now() + 4.0;
+    nomad.build("build-long", "node-1", ends);
+    tf.write_main(&restart("  builds_timeout = \"60s\"\n"));
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = {
+        let watching = watching.clone();
+        let bin = std::path::PathBuf::from(s.get("CIRCLECI_TEST_SIM"));
+        std::thread::spawn(move || {
+            while watching.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = Command::new(bin.join("replicatedctl"))
+                    .args(["app", "status"])
+                    .output()
+                    .unwrap();
+                let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                if st[0]["DesiredState"] == "stopped" {
+                    return Some(epoch_now());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            None
+        })
+    };
+    tf.apply();
+    watching.store(false, std::sync::atomic::Ordering::Relaxed);
+    let stopped_at = watcher.join().unwrap().expect("the app was never stopped");
+    assert!(
+        stopped_at >= ends,
+        "CircleCI was stopped {:.1}s before the build ended",
+        ends - stopped_at
+    );
+    let checks: Vec<String> = serde_json::from_str(&tf.ok(&["output", "-json", "checks"])).unwrap();
+    assert!(
+        checks.iter().any(|c| c.starts_with(&format!(
+            "nomad: 2 ready, eligible clients at {}; 2 before the stop",
+            s.get("CIRCLECI_TEST_EMBEDDED_NOMAD_ADDR")
+        ))),
+        "{checks:?}"
+    );
+    // A passed start closes the cutover record.
+    assert!(!root
+        .path()
+        .join("data/circle/external-services-cutover/record.json")
+        .exists());
+}
+
+/// After the start, the Nomad servers CircleCI now uses (its file's) must list as many
+/// clients that can take builds as there were before the stop: one draining client
+/// fails the restart, naming Nomad, with the clients as evidence.
+#[test]
+fn the_restart_fails_naming_nomad_when_fewer_clients_can_take_builds() {
+    use std::os::unix::fs::PermissionsExt;
+    let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let s = servers();
+    let root = common::searchable_tempdir();
+    let _sim = started_sim(&s, root.path());
+    // Nomad externalized by hand, the runbook's way, and its CA trusted.
+    let ci_nomad = s.get("CIRCLECI_TEST_CI_NOMAD_ADDR");
+    let nomadf = root.path().join("etc/circleconfig/shared/nomad");
+    std::fs::create_dir_all(nomadf.parent().unwrap()).unwrap();
+    std::fs::write(
+        &nomadf,
+        format!("export NOMAD_API_ENDPOINT=\"{ci_nomad}\"\n"),
+    )
+    .unwrap();
+    let bundle = root.path().join("etc/ssl/certs/ca-certificates.crt");
+    std::fs::create_dir_all(bundle.parent().unwrap()).unwrap();
+    std::fs::copy(s.get("CIRCLECI_TEST_TLS_CA"), &bundle).unwrap();
+    let restart = |generation: u32| {
+        lone_restart(
+            &s,
+            root.path(),
+            &format!("  verify_timeout = \"5s\"\n  triggers = {{ g = \"{generation}\" }}\n"),
+        )
+    };
+    let tf = Tf::new(&restart(1));
+    tf.apply();
+    let checks: Vec<String> = serde_json::from_str(&tf.ok(&["output", "-json", "checks"])).unwrap();
+    assert!(
+        checks.iter().any(|c| c.starts_with(&format!(
+            "nomad: 2 ready, eligible clients at {ci_nomad}; 2 before the stop"
+        ))),
+        "{checks:?}"
+    );
+
+    // One external client is draining once CircleCI is back: 1 < 2.
+    let mut nomad = NomadFixture::new(&s, "CIRCLECI_TEST_CI_NOMAD_DIR");
+    nomad.client("external-client-2", true);
+    tf.write_main(&restart(2));
+    let out = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
+    assert!(out.contains("CircleCI check failed: nomad"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "1 ready, eligible clients at {ci_nomad}, fewer than 2 before the stop"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("external-client-2 ("), "{out}");
+    assert!(out.contains("): ready, draining"), "{out}");
+    // The record of before stays on the Services machine, private, for the next try.
+    let record = root
+        .path()
+        .join("data/circle/external-services-cutover/record.json");
+    let mode = std::fs::metadata(&record).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    assert_eq!(
+        saved["nomad_clients"].as_array().unwrap().len(),
+        2,
+        "{saved}"
+    );
+
+    // The client is back: the failed check plans a restart, which passes against the
+    // record kept from before the first stop, and closes it.
+    drop(nomad);
+    assert_eq!(tf.plan_code(), 2);
+    tf.apply();
+    assert!(!record.exists());
+    assert_eq!(tf.plan_code(), 0);
 }

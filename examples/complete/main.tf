@@ -167,6 +167,12 @@ variable "nomad_clients_asg" {
   description = "The Nomad client Auto Scaling group enterprise-setup created."
 }
 
+variable "embedded_nomad_endpoint" {
+  type        = string
+  default     = null
+  description = "CircleCI's embedded Nomad server's HTTP API, as the Services machine reaches it. Default: http://127.0.0.1:4646. Running builds are waited for there, and its clients counted, before CircleCI stops."
+}
+
 variable "nomad_servers" {
   type        = list(string)
   description = "The external Nomad servers' RPC addresses, host:4647."
@@ -261,7 +267,8 @@ resource "circleci_postgres_databases" "circle" {
 # the embedded Vault's context-service key moves too, so that every existing context
 # secret still decrypts. The export stays on the Services machine as the backup.
 resource "circleci_data_migration" "this" {
-  config_root = var.config_root == "" ? "/" : var.config_root
+  config_root             = var.config_root == "" ? "/" : var.config_root
+  embedded_nomad_endpoint = var.embedded_nomad_endpoint
 
   postgres {
     host        = circleci_postgres_databases.circle.host
@@ -326,10 +333,23 @@ resource "circleci_services_ca_certificate" "trusted" {
   config_root     = var.config_root == "" ? "/" : var.config_root
 }
 
+# The clients move to the external servers while CircleCI is stopped: after the
+# migration stopped it (no build runs on them then), before the restart starts it.
+resource "circleci_nomad_client_launch_config" "clients" {
+  autoscaling_group_name = var.nomad_clients_asg
+  nomad_servers          = var.nomad_servers
+  rollout                = "terminate"
+  rollout_batch_size     = 1
+
+  depends_on = [circleci_external_nomad.this, circleci_data_migration.this]
+}
+
 # Then what ends every section of the runbook: restart CircleCI and check each service
-# the way the runbook does. Any config file changing restarts again.
+# the way the runbook does, and that the Nomad servers it now uses have as many clients
+# ready for builds as before the stop. Any config file changing restarts again.
 resource "circleci_services_restart" "this" {
-  config_root = var.config_root == "" ? "/" : var.config_root
+  config_root             = var.config_root == "" ? "/" : var.config_root
+  embedded_nomad_endpoint = var.embedded_nomad_endpoint
   triggers = merge(
     {
       migration       = circleci_data_migration.this.migrated_at
@@ -339,21 +359,13 @@ resource "circleci_services_restart" "this" {
       context_service = circleci_vault_transit_client.context_service.file_sha256
       rabbitmq        = circleci_external_rabbitmq.this.file_sha256
       nomad           = circleci_external_nomad.this.file_sha256
+      nomad_clients   = circleci_nomad_client_launch_config.clients.launch_configuration_name
       mongo           = circleci_external_mongo.circle.file_sha256
     },
     { for k, c in circleci_services_ca_certificate.trusted : "ca_${k}" => c.fingerprint_sha256 },
   )
 }
 
-# Last: the clients restart against the external servers once those are configured.
-resource "circleci_nomad_client_launch_config" "clients" {
-  autoscaling_group_name = var.nomad_clients_asg
-  nomad_servers          = var.nomad_servers
-  rollout                = "terminate"
-  rollout_batch_size     = 1
-
-  depends_on = [circleci_external_nomad.this]
-}
 
 output "nomad_clients" {
   value = {

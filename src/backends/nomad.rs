@@ -1,5 +1,6 @@
 //! Nomad's HTTP API: `GET /v1/status/leader` (the cluster has a leader, as CircleCI's
-//! services will reach it) and `GET /v1/nodes` (a restarted client is ready again).
+//! services will reach it), `GET /v1/nodes` (a restarted client is ready again; how
+//! many clients can take builds) and `GET /v1/allocations` (the builds running).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -46,13 +47,29 @@ pub enum NomadError {
     Tunnel { endpoint: String, detail: String },
 }
 
+/// CA certificates trusted besides the system's.
+#[derive(Clone, Copy, Debug)]
+pub enum Ca<'a> {
+    /// A PEM file where Terraform runs.
+    File(&'a Path),
+    /// PEM text, e.g. the Services machine's own bundle; `label` names it in errors.
+    Pem { label: &'a str, pem: &'a [u8] },
+}
+
+impl<'a> Ca<'a> {
+    /// A file, when there is one.
+    pub fn file(p: Option<&'a Path>) -> Option<Ca<'a>> {
+        p.map(Ca::File)
+    }
+}
+
 /// One GET of the Nomad HTTP API `path` (`/v1/...`): the status and the body. Through
-/// the Services machine when `route` says so; `ca_file` added to the system's CAs.
+/// the Services machine when `route` says so; `ca` added to the system's CAs.
 async fn get(
     route: &Route,
     endpoint: &str,
     path: &str,
-    ca_file: Option<&Path>,
+    ca: Option<Ca<'_>>,
     token: Option<&str>,
     timeout: Duration,
 ) -> Result<(u16, String), NomadError> {
@@ -77,13 +94,22 @@ async fn get(
             b = b.proxy(proxy);
         }
     }
-    if let Some(p) = ca_file {
-        let ca = |detail: String| NomadError::CaFile {
-            path: p.to_path_buf(),
-            detail,
+    if let Some(c) = ca {
+        let (path, pem) = match c {
+            Ca::File(p) => {
+                let pem = std::fs::read(p).map_err(|e| NomadError::CaFile {
+                    path: p.to_path_buf(),
+                    detail: e.to_string(),
+                })?;
+                (p.to_path_buf(), pem)
+            }
+            Ca::Pem { label, pem } => (PathBuf::from(label), pem.to_vec()),
         };
-        let pem = std::fs::read(p).map_err(|e| ca(e.to_string()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca(chain(&e)))?;
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| NomadError::CaFile {
+                path,
+                detail: chain(&e),
+            })?;
         b = b.tls_certs_merge(certs);
     }
     let client = b.build().map_err(NomadError::Client)?;
@@ -126,19 +152,11 @@ async fn get(
 pub async fn leader(
     route: &Route,
     endpoint: &str,
-    ca_file: Option<&Path>,
+    ca: Option<Ca<'_>>,
     token: Option<&str>,
     timeout: Duration,
 ) -> Result<String, NomadError> {
-    let (status, body) = get(
-        route,
-        endpoint,
-        "/v1/status/leader",
-        ca_file,
-        token,
-        timeout,
-    )
-    .await?;
+    let (status, body) = get(route, endpoint, "/v1/status/leader", ca, token, timeout).await?;
     let endpoint = endpoint.to_string();
     match status {
         200 => match serde_json::from_str::<String>(&body) {
@@ -177,17 +195,42 @@ pub struct Node {
     /// restart) gets a higher one.
     #[serde(rename = "ModifyIndex", default)]
     pub modify_index: u64,
+    /// Draining: no new allocation is placed on it.
+    #[serde(rename = "Drain", default)]
+    pub drain: bool,
+    /// `eligible` or `ineligible` (Nomad 0.8 and later; 0.5.6 does not list it).
+    #[serde(rename = "SchedulingEligibility", default)]
+    pub eligibility: String,
+}
+
+impl Node {
+    /// Ready, not draining and, where Nomad says, eligible: it can take a build.
+    pub fn schedulable(&self) -> bool {
+        self.status == "ready" && !self.drain && self.eligibility != "ineligible"
+    }
 }
 
 /// The client nodes the Nomad servers know (`GET /v1/nodes`).
 pub async fn nodes(
     route: &Route,
     endpoint: &str,
-    ca_file: Option<&Path>,
+    ca: Option<Ca<'_>>,
     token: Option<&str>,
     timeout: Duration,
 ) -> Result<Vec<Node>, NomadError> {
-    let (status, body) = get(route, endpoint, "/v1/nodes", ca_file, token, timeout).await?;
+    list(route, endpoint, "/v1/nodes", ca, token, timeout).await
+}
+
+/// One JSON list of the API.
+async fn list<T: for<'de> serde::Deserialize<'de>>(
+    route: &Route,
+    endpoint: &str,
+    path: &str,
+    ca: Option<Ca<'_>>,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<Vec<T>, NomadError> {
+    let (status, body) = get(route, endpoint, path, ca, token, timeout).await?;
     let endpoint = endpoint.to_string();
     match status {
         200 => serde_json::from_str(&body).map_err(|_| NomadError::BadAnswer {
@@ -197,7 +240,42 @@ pub async fn nodes(
         _ => Err(NomadError::Http {
             endpoint,
             status,
-            body: body.trim().to_string(),
+            body: body.trim().chars().take(500).collect(),
         }),
     }
+}
+
+/// An allocation as `GET /v1/allocations` lists it (the fields the provider reads):
+/// for CircleCI, one build (a job, or one of its parallel runs).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+pub struct Allocation {
+    #[serde(rename = "ID")]
+    pub id: String,
+    #[serde(rename = "Name", default)]
+    pub name: String,
+    #[serde(rename = "JobID", default)]
+    pub job_id: String,
+    #[serde(rename = "NodeID", default)]
+    pub node_id: String,
+    /// `pending`, `running`, `complete`, `failed` or `lost`.
+    #[serde(rename = "ClientStatus", default)]
+    pub client_status: String,
+}
+
+impl Allocation {
+    /// Placed and not finished: a build that stopping CircleCI or its client would cut off.
+    pub fn active(&self) -> bool {
+        matches!(self.client_status.as_str(), "pending" | "running")
+    }
+}
+
+/// Every allocation the Nomad servers know (`GET /v1/allocations`).
+pub async fn allocations(
+    route: &Route,
+    endpoint: &str,
+    ca: Option<Ca<'_>>,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<Vec<Allocation>, NomadError> {
+    list(route, endpoint, "/v1/allocations", ca, token, timeout).await
 }

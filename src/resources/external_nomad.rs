@@ -163,9 +163,15 @@ impl FileResource for ExternalNomad {
                 .data
                 .check_route(planned, || self.data.route())
                 .map_err(Halted::from)?;
-            leader = nb::leader(&route, endpoint, ca.as_deref(), token, self.data.timeout())
-                .await
-                .map_err(|e| leader_diag(e, path))?;
+            leader = nb::leader(
+                &route,
+                endpoint,
+                nb::Ca::file(ca.as_deref()),
+                token,
+                self.data.timeout(),
+            )
+            .await
+            .map_err(|e| leader_diag(e, path))?;
         }
         state.set("leader", Value::string(leader));
         Ok(Prepared {

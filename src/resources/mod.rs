@@ -14,6 +14,7 @@ use config_file::ConfigFile;
 pub const VERIFY_VIA: &str = "verify_via_services_host";
 
 pub mod config_file;
+pub(crate) mod cutover;
 pub mod data_migration;
 pub mod external_mongo;
 pub mod external_nomad;

@@ -63,3 +63,72 @@ impl Drop for Sim {
             .status();
     }
 }
+
+/// What the Nomad stand-ins list (dev/nomad-standin.py `--nodes-dir` / `--allocs-dir`,
+/// under `CIRCLECI_TEST_EMBEDDED_NOMAD_DIR` or `CIRCLECI_TEST_CI_NOMAD_DIR`), changed
+/// for one test: every file it writes or changes is put back on drop.
+pub struct NomadFixture {
+    dir: PathBuf,
+    saved: Vec<(PathBuf, Option<Vec<u8>>)>,
+}
+
+impl NomadFixture {
+    /// `which`: `CIRCLECI_TEST_EMBEDDED_NOMAD_DIR` or `CIRCLECI_TEST_CI_NOMAD_DIR`.
+    pub fn new(s: &Servers, which: &str) -> NomadFixture {
+        NomadFixture {
+            dir: PathBuf::from(s.get(which)),
+            saved: Vec::new(),
+        }
+    }
+
+    fn write(&mut self, rel: &str, value: Json) {
+        let path = self.dir.join(rel);
+        if !self.saved.iter().any(|(p, _)| p == &path) {
+            self.saved.push((path.clone(), std::fs::read(&path).ok()));
+        }
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, value.to_string()).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    }
+
+    /// A build (an allocation) on client `node` that runs until `ends_at` (seconds
+    /// since the epoch).
+    pub fn build(&mut self, id: &str, node: &str, ends_at: f64) {
+        self.write(
+            &format!("allocs/{id}.json"),
+            serde_json::json!({"ID": id, "Name": format!("{id}.build[0]"), "JobID": id,
+                               "NodeID": node, "EndsAt": ends_at}),
+        );
+    }
+
+    /// Client `name`, ready (registered long ago) and draining or not.
+    pub fn client(&mut self, name: &str, drain: bool) {
+        self.write(
+            &format!("nodes/{name}.json"),
+            serde_json::json!({"Name": name, "Address": "10.0.2.99", "Restarts": 0, "Drain": drain}),
+        );
+    }
+}
+
+impl Drop for NomadFixture {
+    fn drop(&mut self) {
+        for (path, before) in self.saved.drain(..) {
+            match before {
+                Some(b) => {
+                    let _ = std::fs::write(&path, b);
+                }
+                None => {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+    }
+}
+
+/// Seconds since the epoch, as the stand-ins compare `EndsAt`.
+pub fn epoch_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}

@@ -223,6 +223,8 @@ fn block() -> Block {
              `circleci_services_restart`. Default `true`. With `false`, the migration refuses while CircleCI runs.",
         ))
         .attr(super::services_restart::allowed_versions_attr("the migration"))
+        .attr(super::cutover::builds_timeout_attr())
+        .attr(super::cutover::embedded_nomad_attr())
         .attr(dur("stop_timeout", STOP_TIMEOUT, "How long CircleCI may take to stop"))
         .attr(dur("command_timeout", COMMAND_TIMEOUT, "The deadline of each export, import and check command"))
         .attr(flag(
@@ -323,6 +325,7 @@ fn validate_config(config: &Value) -> Diagnostics {
         config,
         &[
             ("stop_timeout", d(1, 24 * 3600)),
+            ("builds_timeout", d(0, 24 * 3600)),
             ("command_timeout", d(1, 48 * 3600)),
             ("export_dir", Check::MountPath),
             ("config_root", Check::RemotePath),
@@ -330,6 +333,7 @@ fn validate_config(config: &Value) -> Diagnostics {
         &mut diags,
     );
     super::services_restart::validate_versions(config, &mut diags);
+    super::cutover::validate(config, &mut diags);
     validate::run_in(
         config,
         POSTGRES,
@@ -505,8 +509,11 @@ fn nested_defaults(planned: &mut Value) {
     }
 }
 
-fn top_defaults() -> [(&'static str, Value); 9] {
+fn top_defaults() -> [(&'static str, Value); 11] {
+    let [nomad, builds] = super::cutover::defaults();
     [
+        nomad,
+        builds,
         ("stop_app", Value::Bool(true)),
         (
             "allowed_versions",
@@ -540,7 +547,7 @@ impl Resource for DataMigration {
         &self,
         req: &PlanRequest<'_>,
         planned: &mut Value,
-        _diags: &mut Diagnostics,
+        diags: &mut Diagnostics,
     ) -> Vec<AttrPath> {
         super::set_defaults(req.config, planned, top_defaults());
         nested_defaults(planned);
@@ -557,6 +564,9 @@ impl Resource for DataMigration {
                 req.prior.get(a).clone()
             };
             planned.set(a, v);
+        }
+        if migrate {
+            self.preview_stop(planned, diags).await;
         }
         vec![]
     }

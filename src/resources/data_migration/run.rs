@@ -40,11 +40,57 @@ pub(super) fn stopped_error(what: &str) -> Diagnostics {
 }
 
 impl DataMigration {
-    pub(super) async fn migrate(&self, planned: &Value, config: &Value) -> Applied {
-        Applied::from_result(self.migrate_inner(planned, config).await)
+    /// At plan, when the Services machine answers and CircleCI runs: the warning that
+    /// the apply stops it, with the builds running now. Nothing else is checked here.
+    pub(super) async fn preview_stop(&self, planned: &Value, diags: &mut Diagnostics) {
+        let known = [
+            "stop_app",
+            "config_root",
+            "embedded_nomad_endpoint",
+            "builds_timeout",
+        ]
+        .iter()
+        .all(|a| planned.get(a).is_fully_known());
+        if !known
+            || planned.get("stop_app").as_bool() == Some(false)
+            || self.data.services().is_err()
+        {
+            return;
+        }
+        let restart = ServicesRestart::new(self.data.clone());
+        let Ok(app) = restart.status().await else {
+            return;
+        };
+        if app.settled_in("stopped") {
+            return;
+        }
+        let root = planned.get("config_root").as_str().unwrap_or("/");
+        let s = crate::resources::cutover::StopSettings::of(planned, root);
+        let builds = crate::resources::cutover::Cutover::new(&self.data, &s)
+            .running_builds()
+            .await;
+        diags.push(crate::resources::cutover::stop_warning(
+            &builds,
+            &s,
+            "the data is carried over and CircleCI is left stopped for circleci_services_restart to start",
+        ));
     }
 
-    async fn migrate_inner(&self, planned: &Value, config: &Value) -> Result<Value, Diagnostics> {
+    pub(super) async fn migrate(&self, planned: &Value, config: &Value) -> Applied {
+        let mut warnings = Diagnostics::new();
+        let r = self.migrate_inner(planned, config, &mut warnings).await;
+        let mut applied = Applied::from_result(r);
+        warnings.extend(std::mem::take(&mut applied.diags));
+        applied.diags = warnings;
+        applied
+    }
+
+    async fn migrate_inner(
+        &self,
+        planned: &Value,
+        config: &Value,
+        warnings: &mut Diagnostics,
+    ) -> Result<Value, Diagnostics> {
         let s = settings(planned, config, &self.data)?;
         let started = Instant::now();
         let restart = ServicesRestart::new(self.data.clone());
@@ -103,7 +149,9 @@ impl DataMigration {
         let mut state = planned.clone();
         state.set("app_stopped_at", Value::string(""));
         if running {
-            restart.stop_app(s.stop_timeout).await?;
+            restart
+                .stop_app(s.stop_timeout, &s.cutover, warnings)
+                .await?;
             state.set("app_stopped_at", Value::string(now()));
         }
         let pg = match &s.postgres {

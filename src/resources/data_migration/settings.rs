@@ -26,6 +26,7 @@ pub(super) struct Settings {
     pub stop_app: bool,
     pub versions: Vec<String>,
     pub stop_timeout: Duration,
+    pub cutover: crate::resources::cutover::StopSettings,
     pub command_timeout: Duration,
     pub overwrite: bool,
     pub keep_export: bool,
@@ -100,6 +101,10 @@ pub(super) fn settings(
         stop_app: planned.get("stop_app").as_bool().unwrap_or(true),
         versions: super::super::services_restart::allowed_versions(planned),
         stop_timeout: super::super::duration_or(planned, "stop_timeout", STOP_TIMEOUT),
+        cutover: crate::resources::cutover::StopSettings::of(
+            planned,
+            planned.get("config_root").as_str().unwrap_or("/"),
+        ),
         command_timeout: super::super::duration_or(planned, "command_timeout", COMMAND_TIMEOUT),
         overwrite: planned.get("overwrite_existing").as_bool() == Some(true),
         keep_export: planned.get("keep_export").as_bool() != Some(false),

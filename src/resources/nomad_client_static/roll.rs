@@ -107,7 +107,7 @@ impl NomadApi {
         nb::nodes(
             &self.route,
             &self.endpoint,
-            self.ca_file.as_deref(),
+            nb::Ca::file(self.ca_file.as_deref()),
             self.token.as_ref().map(|t| t.expose()),
             timeout,
         )

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use super::cutover::{self, StopSettings};
 use super::{string_list, strings, validate};
 use crate::circleci::restart::{self as rs, check_pattern};
 use crate::plugin::{
@@ -86,12 +87,15 @@ pub(super) struct Settings {
     pub start: Duration,
     pub verify: Duration,
     pub versions: Vec<String>,
+    pub cutover: StopSettings,
 }
 
 impl Settings {
     fn of(v: &Value) -> Settings {
+        let root = v.get("config_root").as_str().unwrap_or("/").to_string();
         Settings {
-            root: v.get("config_root").as_str().unwrap_or("/").to_string(),
+            cutover: StopSettings::of(v, &root),
+            root,
             stop: super::duration_or(v, "stop_timeout", STOP_TIMEOUT),
             start: super::duration_or(v, "start_timeout", START_TIMEOUT),
             verify: super::duration_or(v, "verify_timeout", VERIFY_TIMEOUT),
@@ -123,7 +127,10 @@ fn block() -> Block {
              since it last started (`--since` its last `FinishedAt`, by the Services machine's clock), in the order \
              logged; a log longer than 64 MiB a stream fails the check rather than being read in part.\n\n\
              Nothing stops before the preflight passes: the Services machine answers, `replicatedctl` is there, \
-             the app's version is allowed, and the config files parse. Once CircleCI is stopped, the restart \
+             the app's version is allowed, the config files parse, and no build runs on the Nomad servers CircleCI \
+             uses (waited for up to `builds_timeout`). What those servers showed before the first stop is kept on \
+             the Services machine (`/data/circle/external-services-cutover/record.json`, 0600) until a start \
+             passes every check. Once CircleCI is stopped, the restart \
              runs to its end even when Terraform is interrupted (CircleCI is never left stopped by choice); the \
              checks may be cut short. A change of `triggers` restarts again; so does an app found stopped on \
              refresh. Destroy changes nothing on the machine.\n\n\
@@ -146,6 +153,8 @@ fn block() -> Block {
             "How long the checks are retried after the start (containers log their connections as they come up)",
         ))
         .attr(allowed_versions_attr("this restart"))
+        .attr(cutover::builds_timeout_attr())
+        .attr(cutover::embedded_nomad_attr())
         .attr(Attribute::new("version", Type::String).computed().description("The CircleCI version found."))
         .attr(Attribute::new("app_state", Type::String).computed().description(
             "The app's state as Replicated reports it (`started`, `stopped`, …). Anything but `started` on \
@@ -186,11 +195,13 @@ fn validate_config(config: &Value) -> Diagnostics {
             ("stop_timeout", d(1, 24 * 3600)),
             ("start_timeout", d(1, 24 * 3600)),
             ("verify_timeout", d(1, 24 * 3600)),
+            ("builds_timeout", d(0, 24 * 3600)),
             ("config_root", validate::Check::RemotePath),
         ],
         &mut diags,
     );
     validate_versions(config, &mut diags);
+    cutover::validate(config, &mut diags);
     diags
 }
 
@@ -214,6 +225,7 @@ impl Resource for ServicesRestart {
         planned: &mut Value,
         diags: &mut Diagnostics,
     ) -> Vec<AttrPath> {
+        super::set_defaults(req.config, planned, cutover::defaults());
         super::set_defaults(
             req.config,
             planned,
@@ -238,7 +250,7 @@ impl Resource for ServicesRestart {
                 planned.set(a, Value::Unknown);
             }
             // Best effort now; apply repeats it before anything stops.
-            let known = ["allowed_versions", "config_root"]
+            let known = ["allowed_versions", "config_root", "embedded_nomad_endpoint"]
                 .iter()
                 .all(|a| planned.get(a).is_fully_known());
             if known {
@@ -284,6 +296,9 @@ impl Resource for ServicesRestart {
             "allowed_versions",
             string_list(&[DEFAULT_VERSIONS.to_string()]),
         );
+        for (a, d) in cutover::defaults() {
+            v.set(a, d);
+        }
         v.set("version", Value::string(version));
         v.set("app_state", Value::string(""));
         v.set("checks", string_list(&[]));

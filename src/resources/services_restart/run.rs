@@ -7,6 +7,7 @@ use super::*;
 use crate::backends::ssh::{Program, RemoteCommand, ServicesHost};
 use crate::circleci::restart::{AppStatus, Check, External};
 use crate::plugin::stop;
+use crate::resources::cutover::{Cutover, Record, StopSettings};
 use crate::resources::{run_command, ssh_diag};
 
 /// How often the app's status is read while it moves, and the checks retried.
@@ -147,12 +148,23 @@ impl ServicesRestart {
             return;
         }
         let s = Settings::of(planned);
-        if let Err(d) = self.preflight(&s).await {
-            let about_input = d.0.iter().any(|x| x.path.is_some())
-                || d.0.iter().any(|x| x.summary.contains("does not parse"));
-            if about_input {
-                diags.extend(d);
+        match self.preflight(&s).await {
+            Err(d) => {
+                let about_input = d.0.iter().any(|x| x.path.is_some())
+                    || d.0.iter().any(|x| x.summary.contains("does not parse"));
+                if about_input {
+                    diags.extend(d);
+                }
             }
+            Ok(pre) if !pre.status.settled_in("stopped") => {
+                let builds = Cutover::new(&self.data, &s.cutover).running_builds().await;
+                diags.push(crate::resources::cutover::stop_warning(
+                    &builds,
+                    &s.cutover,
+                    "started again and checked",
+                ));
+            }
+            Ok(_) => {}
         }
     }
 
@@ -201,13 +213,20 @@ impl ServicesRestart {
     }
 
     /// Stops CircleCI, unless Replicated already reports it stopped, and waits until it
-    /// is (within `within`; an error names `stop_timeout`). For the data migration,
-    /// which leaves it stopped for `circleci_services_restart`.
-    pub(crate) async fn stop_app(&self, within: Duration) -> Result<(), Diagnostics> {
+    /// is (within `within`; an error names `stop_timeout`). First the running builds
+    /// finish and the cutover record is opened (see [`Cutover::before_stop`]). For the
+    /// data migration, which leaves it stopped for `circleci_services_restart`.
+    pub(crate) async fn stop_app(
+        &self,
+        within: Duration,
+        cutover: &StopSettings,
+        diags: &mut Diagnostics,
+    ) -> Result<(), Diagnostics> {
         let st = self.status().await?;
         if st.settled_in("stopped") {
             return Ok(());
         }
+        Cutover::new(&self.data, cutover).before_stop(diags).await?;
         log::info!("stopping CircleCI (state {})", st.state);
         self.command(Program::Replicatedctl, &["app", "stop"])
             .await?;
@@ -262,14 +281,32 @@ impl ServicesRestart {
         ))
     }
 
-    /// Runs `checks` until all pass or `within` passes (or Terraform asks to stop).
-    /// Returns the passed ones, and an error per failed one.
-    async fn verify(&self, checks: &[Check], within: Duration) -> Verified {
+    /// Runs `checks`, and the Nomad capacity check when `nomad` says where, until all
+    /// pass or `within` passes (or Terraform asks to stop). Returns the passed ones, and
+    /// an error per failed one.
+    async fn verify(
+        &self,
+        checks: &[Check],
+        nomad: Option<NomadCheck<'_>>,
+        within: Duration,
+    ) -> Verified {
         let started = Instant::now();
         loop {
             let mut passed = Vec::new();
             let mut failed_labels = Vec::new();
             let mut failed = Diagnostics::new();
+            if let Some(n) = &nomad {
+                match n.cutover.check_capacity(n.endpoint, n.before).await {
+                    Ok(label) => passed.push(format!("nomad: {label}")),
+                    Err(d) => {
+                        failed_labels.push(format!(
+                            "nomad: clients that can take builds at {}",
+                            n.endpoint
+                        ));
+                        failed.push(d);
+                    }
+                }
+            }
             for c in checks {
                 let label = format!("{}: {}", c.service, c.what);
                 let how = match c.probe {
@@ -338,6 +375,20 @@ impl ServicesRestart {
         }
         let mut state = planned.clone();
         state.set("version", Value::string(&pre.version));
+        let cut = Cutover::new(&self.data, &s.cutover);
+        let mut warnings = Diagnostics::new();
+        let before = if pre.status.settled_in("stopped") {
+            // Stopped by the migration (which opened the record) or by hand.
+            match cut.load().await {
+                Ok(r) => r,
+                Err(d) => return Applied::from_result(Err(d)),
+            }
+        } else {
+            match cut.before_stop(&mut warnings).await {
+                Ok(r) => Some(r),
+                Err(d) => return Applied::from_result(Err(d)),
+            }
+        };
         let stopping = Instant::now();
         log::info!(
             "stopping CircleCI {} (state {})",
@@ -364,20 +415,44 @@ impl ServicesRestart {
                 ..Verified::default()
             };
             finish(&mut state, &now, &none, None);
+            warnings.extend(d);
             return Applied {
                 state: Some(state),
-                diags: d,
+                diags: warnings,
             };
         }
         let checks = rs::checks(&pre.external);
-        log::info!("CircleCI started; {} checks", checks.len());
-        let v = self.verify(&checks, s.verify).await;
+        let endpoint = pre
+            .external
+            .nomad_endpoint
+            .clone()
+            .unwrap_or_else(|| s.cutover.embedded_nomad.clone());
+        log::info!("CircleCI started; {} checks and Nomad's", checks.len());
+        let nomad = NomadCheck {
+            cutover: &cut,
+            endpoint: &endpoint,
+            before: before.as_ref(),
+        };
+        let mut v = self.verify(&checks, Some(nomad), s.verify).await;
+        if !v.diags.has_errors() {
+            if let Err(d) = cut.close().await {
+                v.diags.extend(d);
+            }
+        }
         finish(&mut state, "started", &v, Some(stopping.elapsed()));
+        warnings.extend(v.diags);
         Applied {
             state: Some(state),
-            diags: v.diags,
+            diags: warnings,
         }
     }
+}
+
+/// Where the capacity check looks after the start, and what it compares with.
+struct NomadCheck<'a> {
+    cutover: &'a Cutover<'a>,
+    endpoint: &'a str,
+    before: Option<&'a Record>,
 }
 
 fn round(d: Duration) -> Duration {

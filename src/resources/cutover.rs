@@ -1,0 +1,650 @@
+//! The cutover's shared knowledge, for every resource that stops CircleCI (the data
+//! migration and the restart): the builds that must finish before the stop, what the
+//! Nomad servers CircleCI uses showed before the first stop, and the capacity check
+//! after the start.
+//!
+//! What was observed before the first stop is kept on the Services machine
+//! ([`RECORD`], 0600), not only in Terraform's state: the resource that stops CircleCI
+//! is not always the one that starts it (the migration stops, the restart starts), and
+//! a failed or tainted apply has no prior state. The record is opened by the first
+//! stop, kept by every later one until a start passes all its checks, then removed.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::backends::nomad::{self as nb, Allocation, Node, NomadError};
+use crate::backends::tunnel::Route;
+use crate::circleci::restart::files;
+use crate::plugin::{stop, AttrPath, Attribute, Diagnostic, Diagnostics, Type, Value};
+use crate::provider::ProviderData;
+use crate::resources::ssh_diag;
+
+/// Where CircleCI's own Nomad server answers on the Services machine: Replicated runs
+/// it in the `nomad` container, and CircleCI's 2.x docs run the `nomad` CLI there with
+/// its default address.
+pub(crate) const DEFAULT_EMBEDDED_NOMAD: &str = "http://127.0.0.1:4646";
+pub(crate) const BUILDS_TIMEOUT: &str = "30m";
+/// The record, under `config_root`: next to the embedded data and the export.
+pub(crate) const RECORD: &str = "data/circle/external-services-cutover/record.json";
+/// How often running builds are looked at while waiting for them.
+const BUILDS_POLL: Duration = Duration::from_secs(2);
+/// The Services machine's CA bundle (Debian's), which CircleCI's clients trust.
+const SERVICES_CA_BUNDLE: &str = "etc/ssl/certs/ca-certificates.crt";
+
+/// `embedded_nomad_endpoint`, for each resource that stops CircleCI.
+pub(crate) fn embedded_nomad_attr() -> Attribute {
+    Attribute::new("embedded_nomad_endpoint", Type::String)
+        .optional()
+        .computed()
+        .description(&format!(
+            "CircleCI's own (embedded) Nomad server's HTTP API, as the Services machine reaches it. Default \
+             `{DEFAULT_EMBEDDED_NOMAD}`. Until `/etc/circleconfig/shared/nomad` names an external Nomad, \
+             CircleCI schedules builds there: the running builds and the clients that can take them are read \
+             from it before CircleCI is stopped."
+        ))
+}
+
+/// `builds_timeout`, for each resource that stops CircleCI.
+pub(crate) fn builds_timeout_attr() -> Attribute {
+    Attribute::new("builds_timeout", Type::String)
+        .optional()
+        .computed()
+        .description(&format!(
+            "How long to wait, before CircleCI is stopped, for the builds running on the Nomad servers \
+             CircleCI uses (their pending and running allocations) to finish, e.g. `{BUILDS_TIMEOUT}` \
+             (default). Past it the apply fails naming the builds still running, and CircleCI is not stopped. \
+             `0s` stops at once and cuts running builds off (a warning names them)."
+        ))
+}
+
+/// The values those attributes default to, for `set_defaults`.
+pub(crate) fn defaults() -> [(&'static str, Value); 2] {
+    [
+        (
+            "embedded_nomad_endpoint",
+            Value::string(DEFAULT_EMBEDDED_NOMAD),
+        ),
+        ("builds_timeout", Value::string(BUILDS_TIMEOUT)),
+    ]
+}
+
+/// Plan-time checks of those attributes.
+pub(crate) fn validate(config: &Value, diags: &mut Diagnostics) {
+    if let Some(e) = config.get("embedded_nomad_endpoint").as_str() {
+        if let Err(x) = crate::circleci::nomad::check_endpoint(e) {
+            diags.attr_error(
+                AttrPath::root("embedded_nomad_endpoint"),
+                "Invalid embedded_nomad_endpoint",
+                x,
+            );
+        }
+    }
+}
+
+/// The settings a stop needs.
+#[derive(Clone, Debug)]
+pub(crate) struct StopSettings {
+    pub root: String,
+    pub embedded_nomad: String,
+    pub builds_timeout: Duration,
+}
+
+impl StopSettings {
+    pub(crate) fn of(planned: &Value, root: &str) -> StopSettings {
+        StopSettings {
+            root: root.to_string(),
+            embedded_nomad: planned
+                .get("embedded_nomad_endpoint")
+                .as_str()
+                .unwrap_or(DEFAULT_EMBEDDED_NOMAD)
+                .to_string(),
+            builds_timeout: super::duration_or(planned, "builds_timeout", BUILDS_TIMEOUT),
+        }
+    }
+}
+
+/// What was observed before the first stop of a cutover.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Record {
+    pub version: u32,
+    /// When (RFC 3339, UTC).
+    pub taken_at: String,
+    /// The Nomad servers asked, each with what came of it.
+    pub nomad_servers: Vec<String>,
+    /// The clients that could take builds, `NAME (ID)`, across those servers.
+    pub nomad_clients: Vec<String>,
+}
+
+/// One Nomad server's answer: its clients and builds, or why there is none.
+struct Seen {
+    endpoint: String,
+    answer: Result<(Vec<Node>, Vec<Allocation>), NomadError>,
+}
+
+/// A build, for messages: `NAME (job JOB, on CLIENT) at ENDPOINT`.
+fn describe_build(a: &Allocation, nodes: &[Node], endpoint: &str) -> String {
+    let client = nodes
+        .iter()
+        .find(|n| n.id == a.node_id)
+        .map_or_else(|| short(&a.node_id).to_string(), |n| n.name.clone());
+    format!(
+        "{} (job {}, {} on client {client}) at {endpoint}",
+        if a.name.is_empty() { &a.id } else { &a.name },
+        a.job_id,
+        a.client_status
+    )
+}
+
+fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
+/// A client, for the record and messages.
+fn describe_client(n: &Node) -> String {
+    format!("{} ({})", n.name, short(&n.id))
+}
+
+/// A client's state, for evidence.
+fn client_state(n: &Node) -> String {
+    let mut s = format!("{} ({}): {}", n.name, short(&n.id), n.status);
+    if n.drain {
+        s.push_str(", draining");
+    }
+    if !n.eligibility.is_empty() {
+        s.push_str(&format!(", {}", n.eligibility));
+    }
+    s
+}
+
+/// The builds running on the servers that answered.
+fn running(seen: &[Seen]) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in seen {
+        if let Ok((nodes, allocs)) = &s.answer {
+            for a in allocs.iter().filter(|a| a.active()) {
+                out.push(describe_build(a, nodes, &s.endpoint));
+            }
+        }
+    }
+    out
+}
+
+/// The schedulable clients of the server that lists the most (a client registers with
+/// one cluster). Which of the servers the running CircleCI schedules on is not known
+/// from the files once this apply has written a new one, so the larger count stands
+/// for it: never more than it had, which a check after the start could not reach.
+fn schedulable(seen: &[Seen]) -> Vec<String> {
+    let mut best: Vec<String> = Vec::new();
+    for s in seen {
+        if let Ok((nodes, _)) = &s.answer {
+            let these: Vec<String> = nodes
+                .iter()
+                .filter(|n| n.schedulable())
+                .map(describe_client)
+                .collect();
+            if these.len() > best.len() {
+                best = these;
+            }
+        }
+    }
+    best
+}
+
+/// The capacity check after a start: `now` (the nodes of the servers CircleCI now uses)
+/// must list at least as many schedulable clients as the record, and at least one.
+/// The label of the passed check, or the evidence.
+pub(crate) fn capacity(
+    endpoint: &str,
+    now: &[Node],
+    before: Option<&Record>,
+) -> Result<String, String> {
+    let want = before.map_or(1, |r| r.nomad_clients.len().max(1));
+    let ready: Vec<&Node> = now.iter().filter(|n| n.schedulable()).collect();
+    let since = match before {
+        Some(r) => format!(
+            "{} before the stop ({})",
+            r.nomad_clients.len(),
+            if r.nomad_clients.is_empty() {
+                "none".to_string()
+            } else {
+                r.nomad_clients.join(", ")
+            }
+        ),
+        None => "no record from before the stop, so at least one".to_string(),
+    };
+    if ready.len() >= want {
+        return Ok(format!(
+            "{} ready, eligible clients at {endpoint}; {since}",
+            ready.len()
+        ));
+    }
+    let mut evidence = vec![format!(
+        "{} ready, eligible clients at {endpoint}, fewer than {since}",
+        ready.len()
+    )];
+    if now.is_empty() {
+        evidence.push("(Nomad lists no client at all)".into());
+    }
+    evidence.extend(now.iter().map(client_state));
+    Err(evidence.join("\n"))
+}
+
+/// The plan's warning on a resource that will stop a running CircleCI; `then` says
+/// what follows the stop.
+pub(crate) fn stop_warning(
+    builds: &Result<Vec<String>, String>,
+    s: &StopSettings,
+    then: &str,
+) -> Diagnostic {
+    let now = match builds {
+        Err(e) => format!(
+            "The running builds could not be read now ({e}); the apply reads them again, and waits for them, \
+             before the stop."
+        ),
+        Ok(b) if b.is_empty() => "No build runs on the Nomad servers CircleCI uses now.".to_string(),
+        Ok(b) => format!(
+            "{} build(s) run now on the Nomad servers CircleCI uses:\n{}\nThe apply waits up to {} \
+             (builds_timeout) for them to finish before the stop.",
+            b.len(),
+            b.join("\n"),
+            humantime::format_duration(s.builds_timeout)
+        ),
+    };
+    Diagnostic::warning(
+        "This apply stops CircleCI",
+        format!(
+            "CircleCI is running and will be stopped (replicatedctl app stop), then {then}; no build can run \
+             until it is started again. {now}"
+        ),
+    )
+}
+
+/// The cutover's view of one Services machine.
+pub(crate) struct Cutover<'a> {
+    data: &'a ProviderData,
+    s: &'a StopSettings,
+}
+
+impl<'a> Cutover<'a> {
+    pub(crate) fn new(data: &'a ProviderData, s: &'a StopSettings) -> Self {
+        Cutover { data, s }
+    }
+
+    fn path(&self, rel: &str) -> String {
+        format!("{}/{rel}", self.s.root.trim_end_matches('/'))
+    }
+
+    /// The bytes of `rel` under the root on the Services machine, if it is there.
+    async fn read(&self, rel: &str) -> Result<Option<Vec<u8>>, Diagnostics> {
+        let h = self.data.services()?;
+        let path = self.path(rel);
+        h.read_file(&path)
+            .await
+            .map(|f| f.map(|f| f.content))
+            .map_err(|e| ssh_diag(&format!("Could not read {path}"), e))
+    }
+
+    /// The external Nomad the Services machine's file names, if any.
+    async fn file_endpoint(&self) -> Result<Option<String>, Diagnostics> {
+        let path = self.path(files::NOMAD);
+        let Some(content) = self.read(files::NOMAD).await? else {
+            return Ok(None);
+        };
+        crate::circleci::nomad::parse(&String::from_utf8_lossy(&content))
+            .map(Some)
+            .map_err(|e| {
+                Diagnostic::error(
+                    "A config file on the Services machine does not parse",
+                    format!("{path}: {e}. Nothing was stopped."),
+                )
+                .into()
+            })
+    }
+
+    /// The CAs the Services machine trusts (its Debian bundle), when it has one.
+    async fn services_ca(&self) -> Option<Vec<u8>> {
+        let h = self.data.services().ok()?;
+        h.read_file(&self.path(SERVICES_CA_BUNDLE))
+            .await
+            .ok()
+            .flatten()
+            .map(|f| f.content)
+    }
+
+    /// Asks one Nomad server, through the Services machine, as CircleCI reaches it.
+    async fn ask(&self, endpoint: &str, ca: Option<&[u8]>, with_allocs: bool) -> Seen {
+        let answer = async {
+            let route = Route::Tunnel(self.data.services().map_err(|_| NomadError::Tunnel {
+                endpoint: endpoint.to_string(),
+                detail: "no Services machine configured".into(),
+            })?);
+            let ca = ca.map(|pem| nb::Ca::Pem {
+                label: "the Services machine's /etc/ssl/certs/ca-certificates.crt",
+                pem,
+            });
+            let t = self.data.timeout();
+            let nodes = nb::nodes(&route, endpoint, ca, None, t).await?;
+            let allocs = if with_allocs {
+                nb::allocations(&route, endpoint, ca, None, t).await?
+            } else {
+                Vec::new()
+            };
+            Ok((nodes, allocs))
+        }
+        .await;
+        Seen {
+            endpoint: endpoint.to_string(),
+            answer,
+        }
+    }
+
+    /// Every Nomad server CircleCI may be scheduling on while it runs: the one its file
+    /// names (which must answer) and the embedded one (which must answer when there is
+    /// no file: it is the one in use; with a file written by this apply, the running
+    /// CircleCI may still be using it).
+    async fn look(&self) -> Result<Vec<Seen>, Diagnostics> {
+        let file = self.file_endpoint().await?;
+        let ca = self.services_ca().await;
+        let mut seen = Vec::new();
+        if let Some(e) = &file {
+            let s = self.ask(e, ca.as_deref(), true).await;
+            if let Err(err) = &s.answer {
+                return Err(Diagnostic::error(
+                    "Nomad did not answer before the stop",
+                    format!(
+                        "{err}. This Nomad is the one /{} names, which CircleCI uses from its next start. \
+                         Nothing was stopped.",
+                        files::NOMAD
+                    ),
+                )
+                .into());
+            }
+            seen.push(s);
+        }
+        if file.as_deref() != Some(self.s.embedded_nomad.as_str()) {
+            let s = self.ask(&self.s.embedded_nomad, ca.as_deref(), true).await;
+            if let (Err(err), None) = (&s.answer, &file) {
+                return Err(Diagnostic::error(
+                    "CircleCI's embedded Nomad did not answer",
+                    format!(
+                        "{err}. With no /{} on the Services machine, CircleCI schedules builds on its embedded \
+                         Nomad server; its running builds and clients are read before CircleCI stops. Is \
+                         embedded_nomad_endpoint where that server's HTTP API answers on the Services machine? \
+                         Nothing was stopped.",
+                        files::NOMAD
+                    ),
+                )
+                .at(AttrPath::root("embedded_nomad_endpoint"))
+                .into());
+            }
+            seen.push(s);
+        }
+        Ok(seen)
+    }
+
+    /// The builds running now, for the plan's warning; why they cannot be read.
+    pub(crate) async fn running_builds(&self) -> Result<Vec<String>, String> {
+        match self.look().await {
+            Ok(seen) => Ok(running(&seen)),
+            Err(d) => Err(d
+                .0
+                .iter()
+                .map(|x| format!("{}: {}", x.summary, x.detail))
+                .collect::<Vec<_>>()
+                .join("; ")),
+        }
+    }
+
+    /// Before CircleCI is stopped: waits (within `builds_timeout`) until no build runs
+    /// on the Nomad servers it may use, then records what those servers show, unless
+    /// a record from an earlier stop of this cutover is open (it describes CircleCI as
+    /// it was). Warnings (builds cut off with `0s`) go into `diags`.
+    pub(crate) async fn before_stop(&self, diags: &mut Diagnostics) -> Result<Record, Diagnostics> {
+        let started = Instant::now();
+        let within = self.s.builds_timeout;
+        let mut last = Vec::new();
+        let seen = loop {
+            let seen = self.look().await?;
+            let now = running(&seen);
+            if now.is_empty() {
+                break seen;
+            }
+            if within.is_zero() {
+                diags.push(
+                    Diagnostic::warning(
+                        "Running builds cut off",
+                        format!(
+                            "builds_timeout = \"0s\": CircleCI was stopped while these builds ran:\n{}",
+                            now.join("\n")
+                        ),
+                    )
+                    .at(AttrPath::root("builds_timeout")),
+                );
+                break seen;
+            }
+            if started.elapsed() >= within {
+                return Err(Diagnostic::error(
+                    "Builds still running",
+                    format!(
+                        "after waiting {} for the running builds to finish, {} still run{}:\n{}\nCircleCI was \
+                         not stopped and nothing was changed. Let them finish (or cancel them) and apply again, \
+                         or raise builds_timeout.",
+                        humantime::format_duration(within),
+                        now.len(),
+                        if now.len() == 1 { "s" } else { "" },
+                        now.join("\n")
+                    ),
+                )
+                .at(AttrPath::root("builds_timeout"))
+                .into());
+            }
+            if now != last {
+                log::info!(
+                    "waiting for {} running build(s) before stopping CircleCI: {}",
+                    now.len(),
+                    now.join("; ")
+                );
+                last = now;
+            }
+            if stop::or_stop(tokio::time::sleep(BUILDS_POLL))
+                .await
+                .is_none()
+            {
+                return Err(Diagnostic::error(
+                    "Stopped",
+                    "Terraform asked the provider to stop while it waited for running builds; CircleCI was not \
+                     stopped and nothing was changed.",
+                )
+                .into());
+            }
+        };
+        if let Some(open) = self.load().await? {
+            log::info!(
+                "cutover record from {} kept: {} Nomad client(s) before the first stop",
+                open.taken_at,
+                open.nomad_clients.len()
+            );
+            return Ok(open);
+        }
+        let record = Record {
+            version: 1,
+            taken_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            nomad_servers: seen
+                .iter()
+                .map(|s| match &s.answer {
+                    Ok((n, _)) => format!("{}: {} client(s)", s.endpoint, n.len()),
+                    Err(e) => format!("{}: no answer ({e})", s.endpoint),
+                })
+                .collect(),
+            nomad_clients: schedulable(&seen),
+        };
+        self.save(&record).await?;
+        Ok(record)
+    }
+
+    /// The open record, if any.
+    pub(crate) async fn load(&self) -> Result<Option<Record>, Diagnostics> {
+        let path = self.path(RECORD);
+        let Some(content) = self.read(RECORD).await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&content).map(Some).map_err(|e| {
+            Diagnostic::error(
+                "The cutover record on the Services machine does not parse",
+                format!(
+                    "{path}: {e}. It holds what CircleCI showed before the first stop; remove it only if no \
+                     cutover is under way."
+                ),
+            )
+            .into()
+        })
+    }
+
+    async fn save(&self, r: &Record) -> Result<(), Diagnostics> {
+        let h = self.data.services()?;
+        let path = self.path(RECORD);
+        let json = serde_json::to_vec_pretty(r).unwrap_or_default();
+        h.write_file(&path, &json, 0o600)
+            .await
+            .map_err(|e| ssh_diag(&format!("Could not write the cutover record {path}"), e))
+    }
+
+    /// Closes the record once a start passed every check.
+    pub(crate) async fn close(&self) -> Result<(), Diagnostics> {
+        let h = self.data.services()?;
+        let path = self.path(RECORD);
+        h.remove_file(&path)
+            .await
+            .map(|_| ())
+            .map_err(|e| ssh_diag(&format!("Could not remove the cutover record {path}"), e))
+    }
+
+    /// After a start: the capacity check against the Nomad CircleCI now uses
+    /// (`endpoint`). The passed check's label, or the failure with its evidence.
+    pub(crate) async fn check_capacity(
+        &self,
+        endpoint: &str,
+        before: Option<&Record>,
+    ) -> Result<String, Diagnostic> {
+        let ca = self.services_ca().await;
+        let seen = self.ask(endpoint, ca.as_deref(), false).await;
+        let fail = |evidence: String| {
+            Diagnostic::error(
+                "CircleCI check failed: nomad",
+                format!(
+                    "the Nomad servers CircleCI uses have fewer clients that can take builds than before the \
+                     stop. Evidence:\n{evidence}"
+                ),
+            )
+        };
+        match seen.answer {
+            Ok((nodes, _)) => capacity(endpoint, &nodes, before).map_err(fail),
+            Err(e) => Err(fail(format!("{e}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, status: &str, drain: bool, elig: &str) -> Node {
+        Node {
+            id: id.into(),
+            name: format!("client-{id}"),
+            address: String::new(),
+            status: status.into(),
+            modify_index: 1,
+            drain,
+            eligibility: elig.into(),
+        }
+    }
+
+    fn record(n: usize) -> Record {
+        Record {
+            version: 1,
+            nomad_clients: (0..n).map(|i| format!("c{i}")).collect(),
+            ..Record::default()
+        }
+    }
+
+    #[test]
+    fn capacity_counts_only_clients_that_can_take_builds() {
+        let now = vec![
+            node("a", "ready", false, ""),
+            node("b", "ready", false, "eligible"),
+            node("c", "ready", true, ""),
+            node("d", "ready", false, "ineligible"),
+            node("e", "initializing", false, ""),
+            node("f", "down", false, ""),
+        ];
+        assert!(capacity("http://n:4646", &now, Some(&record(2))).is_ok());
+        let e = capacity("http://n:4646", &now, Some(&record(3))).unwrap_err();
+        assert!(
+            e.starts_with("2 ready, eligible clients at http://n:4646, fewer than 3"),
+            "{e}"
+        );
+        assert!(e.contains("client-c (c): ready, draining"), "{e}");
+        assert!(e.contains("client-d (d): ready, ineligible"), "{e}");
+    }
+
+    #[test]
+    fn capacity_wants_at_least_one_client() {
+        assert!(capacity("e", &[], Some(&record(0))).is_err());
+        assert!(capacity("e", &[], None)
+            .unwrap_err()
+            .contains("no client at all"));
+        assert!(capacity("e", &[node("a", "ready", false, "")], None).is_ok());
+    }
+
+    #[test]
+    fn running_builds_name_job_and_client() {
+        let nodes = vec![node("0123456789", "ready", false, "")];
+        let a = |st: &str| Allocation {
+            id: "alloc-1".into(),
+            name: "build-42.build[0]".into(),
+            job_id: "build-42".into(),
+            node_id: "0123456789".into(),
+            client_status: st.into(),
+        };
+        let seen = vec![Seen {
+            endpoint: "http://e".into(),
+            answer: Ok((nodes, vec![a("running"), a("complete"), a("pending")])),
+        }];
+        let r = running(&seen);
+        assert_eq!(r.len(), 2);
+        assert_eq!(
+            r[0],
+            "build-42.build[0] (job build-42, running on client client-0123456789) at http://e"
+        );
+    }
+
+    #[test]
+    fn the_server_with_the_most_clients_stands_for_before() {
+        let seen = vec![
+            Seen {
+                endpoint: "embedded".into(),
+                answer: Ok((
+                    vec![node("a", "ready", false, ""), node("b", "ready", false, "")],
+                    vec![],
+                )),
+            },
+            Seen {
+                endpoint: "external".into(),
+                answer: Ok((
+                    vec![node("c", "ready", false, ""), node("d", "down", false, "")],
+                    vec![],
+                )),
+            },
+            Seen {
+                endpoint: "gone".into(),
+                answer: Err(NomadError::NoLeader {
+                    endpoint: "gone".into(),
+                    elections: false,
+                }),
+            },
+        ];
+        assert_eq!(schedulable(&seen), vec!["client-a (a)", "client-b (b)"]);
+    }
+}
