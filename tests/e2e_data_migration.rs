@@ -310,6 +310,10 @@ fn migrates_verifies_refuses_to_overwrite_and_converges() {
     assert!(err.contains("overwrite_existing"), "{err}");
     assert_eq!(count(&s, "vms", "tasks"), 701, "nothing was changed");
     assert_eq!(app_state(&sim), "started", "CircleCI was not stopped");
+    assert!(
+        err.contains("CircleCI was not stopped: it still runs as it did before this apply"),
+        "{err}"
+    );
 
     // Stopped, and the target differs from the embedded data: refused again.
     sim.replicatedctl(&["app", "stop"]);
@@ -317,6 +321,21 @@ fn migrates_verifies_refuses_to_overwrite_and_converges() {
     let err = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
     assert!(err.contains("differ from the embedded"), "{err}");
     assert_eq!(count(&s, "vms", "tasks"), 701);
+    // The cutover never ended (no restart here): the failed migration put back the
+    // runbook files its first apply wrote, as they were before (none), so that
+    // CircleCI, started by hand, runs on its embedded services.
+    assert!(
+        err.contains("The config files are back as they were before this apply"),
+        "{err}"
+    );
+    assert!(!root
+        .path()
+        .join("etc/circleconfig/shared/postgresql")
+        .exists());
+    assert!(!root
+        .path()
+        .join("etc/circle-installation-customizations")
+        .exists());
 
     // The same data on both sides (as after an interrupted apply): left as it is.
     s.psql("vms", "DELETE FROM tasks WHERE vm = 'new-vm'");

@@ -1033,3 +1033,90 @@ fn the_restart_fails_naming_nomad_when_fewer_clients_can_take_builds() {
     assert!(!record.exists());
     assert_eq!(tf.plan_code(), 0);
 }
+
+/// A restart whose check fails puts back the runbook files the cutover changed, byte
+/// for byte as the operator wrote them, restarts CircleCI on them and checks it is back
+/// as it was; the apply fails saying so, and the next apply (cause removed) completes.
+#[test]
+fn a_failed_restart_puts_the_operators_files_back() {
+    let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let s = servers();
+    let root = common::searchable_tempdir();
+    let sim = started_sim(&s, root.path());
+    // Redis externalized by hand the runbook's way, and CircleCI started on it.
+    let redisf = root.path().join("etc/circleconfig/shared/redis");
+    std::fs::create_dir_all(redisf.parent().unwrap()).unwrap();
+    let operators = format!(
+        "# Redis, set up by hand from the runbook\nexport REDIS_HOST=127.0.0.1\nexport REDIS_PORT={}\n",
+        s.redis_port()
+    );
+    std::fs::write(&redisf, &operators).unwrap();
+    sim.replicatedctl(&["app", "stop"]);
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    sim.replicatedctl(&["app", "start"]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let cutover = root.path().join("data/circle/external-services-cutover");
+
+    // Terraform moves it to a Redis that is not there (verify = false writes anyway):
+    // the restart's Redis check fails, and the fallback brings the operator's file back.
+    let config = |port: u16, on_failure: &str| {
+        format!(
+            "resource \"circleci_external_redis\" \"r\" {{\n  host = \"127.0.0.1\"\n  port = {port}\n  \
+             verify = false\n  config_path = {:?}\n}}\n{}",
+            redisf.to_str().unwrap(),
+            lone_restart(
+                &s,
+                root.path(),
+                &format!(
+                    "  verify_timeout = \"5s\"\n{on_failure}  triggers = {{ r = circleci_external_redis.r.file_sha256 }}\n"
+                ),
+            )
+        )
+    };
+    let gone = common::closed_port();
+    let tf = Tf::new(&config(gone, ""));
+    let out = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
+    assert!(out.contains("CircleCI check failed: redis"), "{out}");
+    assert!(out.contains(&format!("127.0.0.1:{gone}")), "{out}");
+    assert!(
+        out.contains("CircleCI is back as it was before this apply"),
+        "{out}"
+    );
+    assert!(out.contains(redisf.to_str().unwrap()), "{out}");
+    assert_eq!(std::fs::read_to_string(&redisf).unwrap(), operators);
+    // Restarted on it, and checked: this start's domain-service reconnected to the
+    // operator's Redis.
+    assert!(
+        out.contains(&format!("Reconnected to 127.0.0.1:{}", s.redis_port())),
+        "{out}"
+    );
+    assert_eq!(sim.replicatedctl(&["app", "status"])[0]["State"], "started");
+    assert!(!cutover.join("record.json").exists(), "the record was left");
+    assert!(
+        std::fs::read_dir(cutover.join("kept")).map_or(true, |mut d| d.next().is_none()),
+        "kept originals were left"
+    );
+
+    // on_failure = "stop": the same failure leaves CircleCI stopped with the files as the
+    // apply wrote them, and the original kept for a human.
+    tf.write_main(&config(gone, "  on_failure = \"stop\"\n"));
+    let out = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
+    assert!(out.contains("CircleCI was left stopped"), "{out}");
+    assert_eq!(sim.replicatedctl(&["app", "status"])[0]["State"], "stopped");
+    assert!(std::fs::read_to_string(&redisf)
+        .unwrap()
+        .contains(&gone.to_string()));
+    let kept = cutover.join("kept/etc_circleconfig_shared_redis.json");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&kept).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // The cause removed: the next apply completes the cutover, and the plan after it is
+    // empty.
+    tf.write_main(&config(s.redis_port(), ""));
+    tf.apply();
+    assert_eq!(sim.replicatedctl(&["app", "status"])[0]["State"], "started");
+    assert_eq!(tf.plan_code(), 0);
+}

@@ -11,9 +11,11 @@
 
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::backends::nomad::{self as nb, Allocation, Node, NomadError};
+use crate::backends::ssh::ServicesHost;
 use crate::backends::tunnel::Route;
 use crate::circleci::restart::files;
 use crate::plugin::{stop, AttrPath, Attribute, Diagnostic, Diagnostics, Type, Value};
@@ -25,6 +27,8 @@ use crate::resources::ssh_diag;
 /// its default address.
 pub(crate) const DEFAULT_EMBEDDED_NOMAD: &str = "http://127.0.0.1:4646";
 pub(crate) const BUILDS_TIMEOUT: &str = "30m";
+/// The cutover's directory on the Services machine, for messages.
+pub(crate) const DIR: &str = "/data/circle/external-services-cutover";
 /// The record, under `config_root`: next to the embedded data and the export.
 pub(crate) const RECORD: &str = "data/circle/external-services-cutover/record.json";
 /// How often running builds are looked at while waiting for them.
@@ -228,6 +232,73 @@ pub(crate) fn capacity(
     }
     evidence.extend(now.iter().map(client_state));
     Err(evidence.join("\n"))
+}
+
+/// The kept originals, next to the record.
+const KEPT: &str = "data/circle/external-services-cutover/kept";
+
+/// A runbook file as it was before the cutover's first write: its bytes and mode, or
+/// no file at all.
+#[derive(Serialize, Deserialize)]
+struct Original {
+    path: String,
+    existed: bool,
+    mode: u32,
+    content_base64: String,
+}
+
+/// The Services machine's root and the runbook file `path` is, when it is one of the
+/// runbook's files (under some root): only those point CircleCI anywhere.
+pub(crate) fn runbook_file(path: &str) -> Option<(String, &'static str)> {
+    files::ALL.iter().find_map(|f| {
+        let root = path.strip_suffix(f)?.strip_suffix('/')?;
+        Some((if root.is_empty() { "/" } else { root }.to_string(), *f))
+    })
+}
+
+/// Where the original of runbook file `f` is kept, under `root`.
+fn kept_path(root: &str, f: &str) -> String {
+    format!(
+        "{}/{KEPT}/{}.json",
+        root.trim_end_matches('/'),
+        f.replace('/', "_")
+    )
+}
+
+/// Before a file resource writes runbook file `path`: keeps the file as it is now
+/// (`now`: its bytes and mode, `None` when there is none), 0600 on the Services
+/// machine, unless an earlier write of this cutover kept it already (that copy is what
+/// CircleCI had before the cutover). Not a runbook file: nothing to keep.
+pub(crate) async fn keep_original(
+    h: &ServicesHost,
+    path: &str,
+    now: Option<(&[u8], u32)>,
+) -> Result<(), Diagnostics> {
+    let Some((root, f)) = runbook_file(path) else {
+        return Ok(());
+    };
+    let kept = kept_path(&root, f);
+    let fail = |e| {
+        ssh_diag(
+            &format!("Could not keep the original of {path} in {kept}"),
+            e,
+        )
+    };
+    if h.read_file(&kept).await.map_err(fail)?.is_some() {
+        return Ok(());
+    }
+    let original = Original {
+        path: path.to_string(),
+        existed: now.is_some(),
+        mode: now.map_or(0o600, |(_, m)| m & 0o7777),
+        content_base64: now.map_or_else(String::new, |(b, _)| {
+            base64::engine::general_purpose::STANDARD.encode(b)
+        }),
+    };
+    let json = serde_json::to_vec(&original).unwrap_or_default();
+    h.write_file(&kept, &json, 0o600).await.map_err(fail)?;
+    log::info!("kept the original of {path} before the cutover's first write of it");
+    Ok(())
 }
 
 /// The plan's warning on a resource that will stop a running CircleCI; `then` says
@@ -510,8 +581,78 @@ impl<'a> Cutover<'a> {
             .map_err(|e| ssh_diag(&format!("Could not write the cutover record {path}"), e))
     }
 
-    /// Closes the record once a start passed every check.
-    pub(crate) async fn close(&self) -> Result<(), Diagnostics> {
+    /// The originals this cutover kept, by file.
+    async fn originals(&self) -> Result<Vec<Original>, Diagnostics> {
+        let h = self.data.services()?;
+        let mut out = Vec::new();
+        for f in files::ALL {
+            let kept = kept_path(&self.s.root, f);
+            let Some(k) = h
+                .read_file(&kept)
+                .await
+                .map_err(|e| ssh_diag(&format!("Could not read {kept}"), e))?
+            else {
+                continue;
+            };
+            let o: Original = serde_json::from_slice(&k.content).map_err(|e| {
+                Diagnostics::from(Diagnostic::error(
+                    "A kept original on the Services machine does not parse",
+                    format!("{kept}: {e}. It holds a config file as it was before the cutover."),
+                ))
+            })?;
+            out.push(o);
+        }
+        Ok(out)
+    }
+
+    /// Puts back every runbook file this cutover changed as it was before its first
+    /// write: the same bytes and mode, or no file. The paths put back.
+    pub(crate) async fn restore(&self) -> Result<Vec<String>, Diagnostics> {
+        let h = self.data.services()?;
+        let mut done = Vec::new();
+        for o in self.originals().await? {
+            let path = o.path.clone();
+            let fail = |e| ssh_diag(&format!("Could not put back {path}"), e);
+            if o.existed {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(o.content_base64.as_bytes())
+                    .map_err(|e| {
+                        Diagnostics::from(Diagnostic::error(
+                            "A kept original on the Services machine does not parse",
+                            format!("the copy of {path}: {e}"),
+                        ))
+                    })?;
+                h.write_file(&path, &bytes, o.mode).await.map_err(fail)?;
+                log::info!("put back {path} as it was before the cutover");
+            } else {
+                h.remove_file(&path).await.map_err(fail)?;
+                log::info!("removed {path}: there was none before the cutover");
+            }
+            done.push(path);
+        }
+        Ok(done)
+    }
+
+    /// The kept originals go (they are back in place, or the cutover is over).
+    pub(crate) async fn drop_originals(&self) -> Result<(), Diagnostics> {
+        let h = self.data.services()?;
+        for f in files::ALL {
+            let kept = kept_path(&self.s.root, f);
+            h.remove_file(&kept)
+                .await
+                .map_err(|e| ssh_diag(&format!("Could not remove {kept}"), e))?;
+        }
+        Ok(())
+    }
+
+    /// Ends the cutover: the kept originals and the record go.
+    pub(crate) async fn forget(&self) -> Result<(), Diagnostics> {
+        self.drop_originals().await?;
+        self.close().await
+    }
+
+    /// Closes the record.
+    async fn close(&self) -> Result<(), Diagnostics> {
         let h = self.data.services()?;
         let path = self.path(RECORD);
         h.remove_file(&path)
@@ -587,6 +728,24 @@ mod tests {
         );
         assert!(e.contains("client-c (c): ready, draining"), "{e}");
         assert!(e.contains("client-d (d): ready, ineligible"), "{e}");
+    }
+
+    #[test]
+    fn runbook_files_are_known_under_any_root() {
+        assert_eq!(
+            runbook_file("/etc/circleconfig/shared/redis"),
+            Some(("/".to_string(), files::REDIS))
+        );
+        assert_eq!(
+            runbook_file("/tmp/x/etc/circle-installation-customizations"),
+            Some(("/tmp/x".to_string(), files::MONGO))
+        );
+        assert_eq!(runbook_file("/tmp/xetc/circleconfig/shared/redis"), None);
+        assert_eq!(runbook_file("/etc/circleconfig/shared/redis.bak"), None);
+        assert_eq!(
+            kept_path("/tmp/x/", files::NOMAD),
+            "/tmp/x/data/circle/external-services-cutover/kept/etc_circleconfig_shared_nomad.json"
+        );
     }
 
     #[test]

@@ -17,7 +17,15 @@ impl<R: FileResource> ConfigFile<R> {
         let services = self.data.services()?;
         let what = R::SPEC.what;
         let _turn = managed_block::lock(path).await;
-        let current = self.file(path).await?.map(|(b, _)| b).unwrap_or_default();
+        let found = self.file(path).await?;
+        // The file as CircleCI had it, kept before the cutover's first write of it.
+        crate::resources::cutover::keep_original(
+            &services,
+            path,
+            found.as_ref().map(|(b, m)| (b.as_slice(), *m)),
+        )
+        .await?;
+        let current = found.map(|(b, _)| b).unwrap_or_default();
         let bytes = managed_block::upsert(&current, R::SPEC.type_name, content)
             .map_err(|e| block_error(path, e))?;
         services

@@ -78,7 +78,28 @@ impl DataMigration {
 
     pub(super) async fn migrate(&self, planned: &Value, config: &Value) -> Applied {
         let mut warnings = Diagnostics::new();
-        let r = self.migrate_inner(planned, config, &mut warnings).await;
+        let r = match self.migrate_inner(planned, config, &mut warnings).await {
+            Ok(v) => Ok(v),
+            Err(mut d) => {
+                // The runbook files this cutover wrote go back, so that CircleCI, when
+                // started, runs on what it used before. It stays as it is: stopped when
+                // this migration stopped it.
+                let root = planned.get("config_root").as_str().unwrap_or("/");
+                let cutover = crate::resources::cutover::StopSettings::of(planned, root);
+                let fb = crate::resources::services_restart::Fallback {
+                    cutover: &cutover,
+                    stop: Duration::from_secs(600),
+                    start: Duration::from_secs(1200),
+                    verify: Duration::from_secs(300),
+                    ran_on_changed: false,
+                    start_stopped: false,
+                };
+                ServicesRestart::new(self.data.clone())
+                    .after_failure(&fb, &mut d)
+                    .await;
+                Err(d)
+            }
+        };
         let mut applied = Applied::from_result(r);
         warnings.extend(std::mem::take(&mut applied.diags));
         applied.diags = warnings;

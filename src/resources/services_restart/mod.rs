@@ -17,7 +17,10 @@ use crate::plugin::{
 };
 use crate::provider::ProviderData;
 
+mod fallback;
 mod run;
+
+pub(crate) use fallback::Fallback;
 
 pub(crate) const DEFAULT_VERSIONS: &str = "2.17.x";
 
@@ -69,6 +72,7 @@ pub(crate) fn validate_versions(config: &Value, diags: &mut Diagnostics) {
 const STOP_TIMEOUT: &str = "10m";
 const START_TIMEOUT: &str = "20m";
 const VERIFY_TIMEOUT: &str = "5m";
+const ON_FAILURE: &str = "restore";
 
 pub struct ServicesRestart {
     data: Arc<ProviderData>,
@@ -88,6 +92,7 @@ pub(super) struct Settings {
     pub verify: Duration,
     pub versions: Vec<String>,
     pub cutover: StopSettings,
+    pub on_failure: String,
 }
 
 impl Settings {
@@ -95,6 +100,11 @@ impl Settings {
         let root = v.get("config_root").as_str().unwrap_or("/").to_string();
         Settings {
             cutover: StopSettings::of(v, &root),
+            on_failure: v
+                .get("on_failure")
+                .as_str()
+                .unwrap_or(ON_FAILURE)
+                .to_string(),
             root,
             stop: super::duration_or(v, "stop_timeout", STOP_TIMEOUT),
             start: super::duration_or(v, "start_timeout", START_TIMEOUT),
@@ -155,6 +165,14 @@ fn block() -> Block {
         .attr(allowed_versions_attr("this restart"))
         .attr(cutover::builds_timeout_attr())
         .attr(cutover::embedded_nomad_attr())
+        .attr(Attribute::new("on_failure", Type::String).optional().computed().description(
+            "What happens when CircleCI does not start or a check fails. `restore` (default): the runbook \
+             files this cutover changed are put back byte for byte as they were before its first write (kept on \
+             the Services machine under `/data/circle/external-services-cutover/kept`, 0600), CircleCI is \
+             restarted on them and checked the same way, and the apply fails saying so. `stop`: CircleCI is \
+             stopped and the files are left as this apply wrote them, with the originals kept, for a human to \
+             look.",
+        ))
         .attr(Attribute::new("version", Type::String).computed().description("The CircleCI version found."))
         .attr(Attribute::new("app_state", Type::String).computed().description(
             "The app's state as Replicated reports it (`started`, `stopped`, …). Anything but `started` on \
@@ -197,6 +215,7 @@ fn validate_config(config: &Value) -> Diagnostics {
             ("verify_timeout", d(1, 24 * 3600)),
             ("builds_timeout", d(0, 24 * 3600)),
             ("config_root", validate::Check::RemotePath),
+            ("on_failure", validate::Check::OneOf(&["restore", "stop"])),
         ],
         &mut diags,
     );
@@ -234,6 +253,7 @@ impl Resource for ServicesRestart {
                 ("stop_timeout", Value::string(STOP_TIMEOUT)),
                 ("start_timeout", Value::string(START_TIMEOUT)),
                 ("verify_timeout", Value::string(VERIFY_TIMEOUT)),
+                ("on_failure", Value::string(ON_FAILURE)),
                 (
                     "allowed_versions",
                     string_list(&[DEFAULT_VERSIONS.to_string()]),
@@ -292,6 +312,7 @@ impl Resource for ServicesRestart {
         v.set("stop_timeout", Value::string(STOP_TIMEOUT));
         v.set("start_timeout", Value::string(START_TIMEOUT));
         v.set("verify_timeout", Value::string(VERIFY_TIMEOUT));
+        v.set("on_failure", Value::string(ON_FAILURE));
         v.set(
             "allowed_versions",
             string_list(&[DEFAULT_VERSIONS.to_string()]),

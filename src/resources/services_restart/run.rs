@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::fallback::Fallback;
 use super::*;
 use crate::backends::ssh::{Program, RemoteCommand, ServicesHost};
 use crate::circleci::restart::{AppStatus, Check, External};
@@ -28,7 +29,11 @@ impl ServicesRestart {
     }
 
     /// Runs one fixed command; a non-zero exit is an error with its output.
-    async fn command(&self, program: Program, args: &[&str]) -> Result<String, Diagnostics> {
+    pub(super) async fn command(
+        &self,
+        program: Program,
+        args: &[&str],
+    ) -> Result<String, Diagnostics> {
         let h = self.services()?;
         let (cmd, out) = run_command(&h, program, args, None, self.data.timeout()).await?;
         if out.success() {
@@ -83,7 +88,7 @@ impl ServicesRestart {
     }
 
     /// The runbook's files under `root`, as the Services machine has them.
-    async fn external(&self, root: &str) -> Result<External, Diagnostics> {
+    pub(super) async fn external(&self, root: &str) -> Result<External, Diagnostics> {
         let h = self.services()?;
         let mut texts = std::collections::HashMap::new();
         for f in rs::files::ALL {
@@ -170,7 +175,11 @@ impl ServicesRestart {
 
     /// Waits until the app has settled in `state`, within `within`. Never abandoned on
     /// a stop request: CircleCI must not be left half-way.
-    async fn wait_for(&self, state: &str, within: Duration) -> Result<AppStatus, Diagnostics> {
+    pub(super) async fn wait_for(
+        &self,
+        state: &str,
+        within: Duration,
+    ) -> Result<AppStatus, Diagnostics> {
         let started = Instant::now();
         loop {
             let st = self.status().await?;
@@ -284,7 +293,7 @@ impl ServicesRestart {
     /// Runs `checks`, and the Nomad capacity check when `nomad` says where, until all
     /// pass or `within` passes (or Terraform asks to stop). Returns the passed ones, and
     /// an error per failed one.
-    async fn verify(
+    pub(super) async fn verify(
         &self,
         checks: &[Check],
         nomad: Option<NomadCheck<'_>>,
@@ -408,6 +417,8 @@ impl ServicesRestart {
         }
         .await;
         if let Err(d) = moved {
+            warnings.extend(d);
+            self.on_failure(&s, &mut warnings).await;
             let now = self.status().await.map(|st| st.state).unwrap_or_default();
             // The checks never ran: recorded as failed, so the next plan restarts.
             let none = Verified {
@@ -415,7 +426,6 @@ impl ServicesRestart {
                 ..Verified::default()
             };
             finish(&mut state, &now, &none, None);
-            warnings.extend(d);
             return Applied {
                 state: Some(state),
                 diags: warnings,
@@ -434,12 +444,14 @@ impl ServicesRestart {
             before: before.as_ref(),
         };
         let mut v = self.verify(&checks, Some(nomad), s.verify).await;
-        if !v.diags.has_errors() {
-            if let Err(d) = cut.close().await {
-                v.diags.extend(d);
-            }
+        let mut app_state = "started".to_string();
+        if v.diags.has_errors() {
+            self.on_failure(&s, &mut v.diags).await;
+            app_state = self.status().await.map(|st| st.state).unwrap_or_default();
+        } else if let Err(d) = cut.forget().await {
+            v.diags.extend(d);
         }
-        finish(&mut state, "started", &v, Some(stopping.elapsed()));
+        finish(&mut state, &app_state, &v, Some(stopping.elapsed()));
         warnings.extend(v.diags);
         Applied {
             state: Some(state),
@@ -448,11 +460,50 @@ impl ServicesRestart {
     }
 }
 
+impl ServicesRestart {
+    /// After the start or a check failed: the fallback (`on_failure = "restore"`), or
+    /// CircleCI stopped and everything left for a human (`"stop"`).
+    async fn on_failure(&self, s: &Settings, diags: &mut Diagnostics) {
+        if s.on_failure == "stop" {
+            let stopped = async {
+                self.command(Program::Replicatedctl, &["app", "stop"])
+                    .await?;
+                self.wait_for("stopped", s.stop).await
+            }
+            .await;
+            match stopped {
+                Ok(_) => diags.push(Diagnostic::error(
+                    "CircleCI was left stopped",
+                    format!(
+                        "on_failure = \"stop\": after the failure above CircleCI was stopped, with the config \
+                         files as this apply wrote them. Their originals are kept under {dir}/kept (0600) and \
+                         what Nomad showed before the first stop in {dir}/record.json. Run terraform apply again \
+                         to start it on these files, or put the originals back and start it from the \
+                         Management Console.",
+                        dir = crate::resources::cutover::DIR
+                    ),
+                )),
+                Err(d) => diags.extend(d),
+            }
+            return;
+        }
+        let fb = Fallback {
+            cutover: &s.cutover,
+            stop: s.stop,
+            start: s.start,
+            verify: s.verify,
+            ran_on_changed: true,
+            start_stopped: true,
+        };
+        self.after_failure(&fb, diags).await;
+    }
+}
+
 /// Where the capacity check looks after the start, and what it compares with.
-struct NomadCheck<'a> {
-    cutover: &'a Cutover<'a>,
-    endpoint: &'a str,
-    before: Option<&'a Record>,
+pub(super) struct NomadCheck<'a> {
+    pub(super) cutover: &'a Cutover<'a>,
+    pub(super) endpoint: &'a str,
+    pub(super) before: Option<&'a Record>,
 }
 
 fn round(d: Duration) -> Duration {
@@ -461,10 +512,10 @@ fn round(d: Duration) -> Duration {
 
 /// The checks' outcome.
 #[derive(Default)]
-struct Verified {
-    passed: Vec<String>,
-    failed: Vec<String>,
-    diags: Diagnostics,
+pub(super) struct Verified {
+    pub(super) passed: Vec<String>,
+    pub(super) failed: Vec<String>,
+    pub(super) diags: Diagnostics,
 }
 
 /// The outcome attributes.
