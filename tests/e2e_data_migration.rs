@@ -127,6 +127,33 @@ fn migrates_verifies_refuses_to_overwrite_and_converges() {
     let mount = format!("transit-mig-{}", std::process::id());
     let tf = Tf::new(&main_tf(&s, root.path(), &mount, ""));
 
+    // A target that already holds data while CircleCI runs: the migration refuses, and
+    // the runbook files this apply wrote before it are put back as they were (none), so
+    // that nothing points CircleCI at the external services.
+    s.pymongo(
+        &s.mongo_admin_uri(),
+        "circle_ghe",
+        json!({"insert": "stray", "documents": [{"x": 1}]}),
+    )
+    .unwrap();
+    let err = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
+    assert!(err.contains("circle_ghe"), "{err}");
+    assert!(
+        err.contains("CircleCI was not stopped: it still runs as it did before this apply"),
+        "{err}"
+    );
+    assert!(!root
+        .path()
+        .join("etc/circleconfig/shared/postgresql")
+        .exists());
+    assert!(!root
+        .path()
+        .join("etc/circle-installation-customizations")
+        .exists());
+    assert_eq!(app_state(&sim), "started");
+    s.pymongo(&s.mongo_admin_uri(), "circle_ghe", json!({"drop": "stray"}))
+        .unwrap();
+
     // A build runs on the embedded Nomad for a few more seconds: the plan says the
     // apply stops CircleCI and names it; the stop waits for it.
     let mut nomad = NomadFixture::new(&s, "CIRCLECI_TEST_EMBEDDED_NOMAD_DIR");
@@ -310,10 +337,16 @@ fn migrates_verifies_refuses_to_overwrite_and_converges() {
     assert!(err.contains("overwrite_existing"), "{err}");
     assert_eq!(count(&s, "vms", "tasks"), 701, "nothing was changed");
     assert_eq!(app_state(&sim), "started", "CircleCI was not stopped");
+    // CircleCI was started by hand on the external files since the first migration:
+    // the failed one puts nothing back (that would move it back onto the embedded data).
     assert!(
-        err.contains("CircleCI was not stopped: it still runs as it did before this apply"),
+        err.contains("Nothing was put back: CircleCI was started or stopped outside this cutover"),
         "{err}"
     );
+    assert!(root
+        .path()
+        .join("etc/circleconfig/shared/postgresql")
+        .exists());
 
     // Stopped, and the target differs from the embedded data: refused again.
     sim.replicatedctl(&["app", "stop"]);
@@ -321,20 +354,9 @@ fn migrates_verifies_refuses_to_overwrite_and_converges() {
     let err = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
     assert!(err.contains("differ from the embedded"), "{err}");
     assert_eq!(count(&s, "vms", "tasks"), 701);
-    // The cutover never ended (no restart here): the failed migration put back the
-    // runbook files its first apply wrote, as they were before (none), so that
-    // CircleCI, started by hand, runs on its embedded services.
-    assert!(
-        err.contains("The config files are back as they were before this apply"),
-        "{err}"
-    );
-    assert!(!root
+    assert!(root
         .path()
         .join("etc/circleconfig/shared/postgresql")
-        .exists());
-    assert!(!root
-        .path()
-        .join("etc/circle-installation-customizations")
         .exists());
 
     // The same data on both sides (as after an interrupted apply): left as it is.

@@ -17,6 +17,10 @@ pub struct AppStatus {
     pub transitioning: bool,
     #[serde(rename = "Error", default)]
     pub error: String,
+    /// When the app last changed state (Replicated's clock): a start or a stop by
+    /// anyone changes it.
+    #[serde(rename = "LastModifiedAt", default)]
+    pub modified: String,
 }
 
 impl AppStatus {

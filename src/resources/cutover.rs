@@ -118,6 +118,10 @@ pub(crate) struct Record {
     pub nomad_servers: Vec<String>,
     /// The clients that could take builds, `NAME (ID)`, across those servers.
     pub nomad_clients: Vec<String>,
+    /// The app's `LastModifiedAt` values this cutover has seen: before its first stop,
+    /// and once stopped. Any other means someone started or stopped CircleCI since.
+    #[serde(default)]
+    pub app_modified: Vec<String>,
 }
 
 /// One Nomad server's answer: its clients and builds, or why there is none.
@@ -206,14 +210,13 @@ pub(crate) fn capacity(
     let want = before.map_or(1, |r| r.nomad_clients.len().max(1));
     let ready: Vec<&Node> = now.iter().filter(|n| n.schedulable()).collect();
     let since = match before {
+        Some(r) if r.nomad_clients.is_empty() => {
+            "none before the stop, so at least one".to_string()
+        }
         Some(r) => format!(
             "{} before the stop ({})",
             r.nomad_clients.len(),
-            if r.nomad_clients.is_empty() {
-                "none".to_string()
-            } else {
-                r.nomad_clients.join(", ")
-            }
+            r.nomad_clients.join(", ")
         ),
         None => "no record from before the stop, so at least one".to_string(),
     };
@@ -224,7 +227,8 @@ pub(crate) fn capacity(
         ));
     }
     let mut evidence = vec![format!(
-        "{} ready, eligible clients at {endpoint}, fewer than {since}",
+        "{} ready, eligible clients at {endpoint}, fewer than {since}. (The record of before is \
+         {DIR}/record.json; it is kept until a start passes every check.)",
         ready.len()
     )];
     if now.is_empty() {
@@ -245,6 +249,34 @@ struct Original {
     existed: bool,
     mode: u32,
     content_base64: String,
+    /// The app's `LastModifiedAt` when the copy was kept: a start or stop since, other
+    /// than the cutover's own, makes the copy out of date.
+    #[serde(default)]
+    app_modified: String,
+}
+
+/// Replicated's view of the app (`replicatedctl app status`).
+pub(crate) async fn app_status(
+    data: &ProviderData,
+    h: &ServicesHost,
+) -> Result<crate::circleci::restart::AppStatus, Diagnostics> {
+    let (cmd, out) = crate::resources::run_command(
+        h,
+        crate::backends::ssh::Program::Replicatedctl,
+        &["app", "status", "-o", "json"],
+        None,
+        data.timeout(),
+    )
+    .await?;
+    if !out.success() {
+        return Err(Diagnostic::error(
+            format!("`{cmd}` failed"),
+            format!("it exited with {:?}: {}", out.status, out.evidence()),
+        )
+        .into());
+    }
+    crate::circleci::restart::parse_status(&out.stdout_text())
+        .map_err(|e| Diagnostic::error("Unexpected answer from Replicated", e).into())
 }
 
 /// The Services machine's root and the runbook file `path` is, when it is one of the
@@ -270,6 +302,7 @@ fn kept_path(root: &str, f: &str) -> String {
 /// machine, unless an earlier write of this cutover kept it already (that copy is what
 /// CircleCI had before the cutover). Not a runbook file: nothing to keep.
 pub(crate) async fn keep_original(
+    data: &ProviderData,
     h: &ServicesHost,
     path: &str,
     now: Option<(&[u8], u32)>,
@@ -287,7 +320,12 @@ pub(crate) async fn keep_original(
     if h.read_file(&kept).await.map_err(fail)?.is_some() {
         return Ok(());
     }
+    let app_modified = match app_status(data, h).await {
+        Ok(st) => st.modified,
+        Err(_) => String::new(),
+    };
     let original = Original {
+        app_modified,
         path: path.to_string(),
         existed: now.is_some(),
         mode: now.map_or(0o600, |(_, m)| m & 0o7777),
@@ -299,6 +337,22 @@ pub(crate) async fn keep_original(
     h.write_file(&kept, &json, 0o600).await.map_err(fail)?;
     log::info!("kept the original of {path} before the cutover's first write of it");
     Ok(())
+}
+
+/// Whether a copy kept when the app's `LastModifiedAt` was `kept` is out of date:
+/// CircleCI was started or stopped outside the cutover since (`reference` is the value
+/// the cutover last left it with; the record lists the cutover's own values). An
+/// unknown value (Replicated did not answer) counts as current.
+fn out_of_date(reference: &str, record: Option<&Record>, kept: &str) -> bool {
+    let epochs: Vec<&str> = match record {
+        Some(r) if !r.app_modified.is_empty() => {
+            r.app_modified.iter().map(String::as_str).collect()
+        }
+        _ => vec![reference],
+    };
+    let current = reference.is_empty() || epochs.contains(&reference);
+    let known = kept.is_empty() || kept == reference || epochs.contains(&kept);
+    !(current && known)
 }
 
 /// The plan's warning on a resource that will stop a running CircleCI; `then` says
@@ -486,7 +540,7 @@ impl<'a> Cutover<'a> {
                     Diagnostic::warning(
                         "Running builds cut off",
                         format!(
-                            "builds_timeout = \"0s\": CircleCI was stopped while these builds ran:\n{}",
+                            "builds_timeout = \"0s\": CircleCI is stopped without waiting for these builds:\n{}",
                             now.join("\n")
                         ),
                     )
@@ -530,6 +584,19 @@ impl<'a> Cutover<'a> {
                 .into());
             }
         };
+        for s in &seen {
+            if let Err(e) = &s.answer {
+                diags.push(Diagnostic::warning(
+                    "CircleCI's embedded Nomad did not answer",
+                    format!(
+                        "{e}. /{} names another Nomad, which answered; if the running CircleCI still schedules on \
+                         its embedded Nomad (it reads that file only when it starts), builds running there were \
+                         not waited for and its clients are not in the record. Check embedded_nomad_endpoint.",
+                        files::NOMAD
+                    ),
+                ));
+            }
+        }
         if let Some(open) = self.load().await? {
             log::info!(
                 "cutover record from {} kept: {} Nomad client(s) before the first stop",
@@ -549,9 +616,28 @@ impl<'a> Cutover<'a> {
                 })
                 .collect(),
             nomad_clients: schedulable(&seen),
+            app_modified: match self.data.services() {
+                Ok(h) => vec![app_status(self.data, &h).await?.modified],
+                Err(d) => return Err(d),
+            },
         };
         self.save(&record).await?;
         Ok(record)
+    }
+
+    /// Once CircleCI is stopped by the cutover: the app's new `LastModifiedAt` is the
+    /// cutover's own, so that the copies kept after it stay current.
+    pub(crate) async fn note_stop(&self) -> Result<(), Diagnostics> {
+        let h = self.data.services()?;
+        let Some(mut r) = self.load().await? else {
+            return Ok(());
+        };
+        let now = app_status(self.data, &h).await?.modified;
+        if !r.app_modified.contains(&now) {
+            r.app_modified.push(now);
+            self.save(&r).await?;
+        }
+        Ok(())
     }
 
     /// The open record, if any.
@@ -606,11 +692,24 @@ impl<'a> Cutover<'a> {
     }
 
     /// Puts back every runbook file this cutover changed as it was before its first
-    /// write: the same bytes and mode, or no file. The paths put back.
-    pub(crate) async fn restore(&self) -> Result<Vec<String>, Diagnostics> {
+    /// write: the same bytes and mode, or no file. `reference` is the app's
+    /// `LastModifiedAt` as the cutover last left it: when it is not one the cutover has
+    /// seen (someone started or stopped CircleCI since), or a copy was kept before such
+    /// a change, CircleCI already runs on the files as they are, and those copies are
+    /// out of date: not put back. The paths put back, and those left.
+    pub(crate) async fn restore(
+        &self,
+        reference: &str,
+        record: Option<&Record>,
+    ) -> Result<(Vec<String>, Vec<String>), Diagnostics> {
         let h = self.data.services()?;
         let mut done = Vec::new();
+        let mut stale = Vec::new();
         for o in self.originals().await? {
+            if out_of_date(reference, record, &o.app_modified) {
+                stale.push(o.path.clone());
+                continue;
+            }
             let path = o.path.clone();
             let fail = |e| ssh_diag(&format!("Could not put back {path}"), e);
             if o.existed {
@@ -630,7 +729,7 @@ impl<'a> Cutover<'a> {
             }
             done.push(path);
         }
-        Ok(done)
+        Ok((done, stale))
     }
 
     /// The kept originals go (they are back in place, or the cutover is over).
@@ -673,10 +772,7 @@ impl<'a> Cutover<'a> {
         let fail = |evidence: String| {
             Diagnostic::error(
                 "CircleCI check failed: nomad",
-                format!(
-                    "the Nomad servers CircleCI uses have fewer clients that can take builds than before the \
-                     stop. Evidence:\n{evidence}"
-                ),
+                format!("the Nomad servers CircleCI uses after the start fall short. Evidence:\n{evidence}"),
             )
         };
         match seen.answer {
@@ -746,6 +842,25 @@ mod tests {
             kept_path("/tmp/x/", files::NOMAD),
             "/tmp/x/data/circle/external-services-cutover/kept/etc_circleconfig_shared_nomad.json"
         );
+    }
+
+    #[test]
+    fn copies_from_before_an_outside_start_are_out_of_date() {
+        let r = Record {
+            app_modified: vec!["t0".into(), "t1".into()],
+            ..Record::default()
+        };
+        // Kept while running (t0) or once the cutover stopped it (t1): current.
+        assert!(!out_of_date("t1", Some(&r), "t0"));
+        assert!(!out_of_date("t1", Some(&r), "t1"));
+        // Started by hand since (t3): nothing is current any more.
+        assert!(out_of_date("t3", Some(&r), "t0"));
+        // Kept before a change the cutover did not make.
+        assert!(out_of_date("t1", Some(&r), "t-1"));
+        // No record (never stopped): current only while nothing changed.
+        assert!(!out_of_date("t0", None, "t0"));
+        assert!(out_of_date("t2", None, "t0"));
+        assert!(!out_of_date("t2", None, ""));
     }
 
     #[test]

@@ -20,6 +20,7 @@ impl<R: FileResource> ConfigFile<R> {
         let found = self.file(path).await?;
         // The file as CircleCI had it, kept before the cutover's first write of it.
         crate::resources::cutover::keep_original(
+            &self.data,
             &services,
             path,
             found.as_ref().map(|(b, m)| (b.as_slice(), *m)),
@@ -50,6 +51,13 @@ impl<R: FileResource> ConfigFile<R> {
         let Some((bytes, mode)) = self.file(path).await? else {
             return Ok(());
         };
+        crate::resources::cutover::keep_original(
+            &self.data,
+            &services,
+            path,
+            Some((bytes.as_slice(), mode)),
+        )
+        .await?;
         let next =
             managed_block::remove(&bytes, R::SPEC.type_name).map_err(|e| block_error(path, e))?;
         if next.is_empty() {

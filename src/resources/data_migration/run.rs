@@ -93,6 +93,7 @@ impl DataMigration {
                     verify: Duration::from_secs(300),
                     ran_on_changed: false,
                     start_stopped: false,
+                    reference: None,
                 };
                 ServicesRestart::new(self.data.clone())
                     .after_failure(&fb, &mut d)

@@ -18,6 +18,23 @@ pub(crate) struct Fallback<'a> {
     pub ran_on_changed: bool,
     /// Start CircleCI when it is found stopped with the cutover's record open.
     pub start_stopped: bool,
+    /// The app's `LastModifiedAt` as the cutover last left it (before its failed
+    /// start); None: as it is now.
+    pub reference: Option<String>,
+}
+
+/// An error of the fallback's own, saying where it stopped.
+fn during(what: &str, files: &str, d: Diagnostics) -> Diagnostics {
+    let mut out = Diagnostics::from(Diagnostic::error(
+        "The fallback did not bring CircleCI back",
+        format!(
+            "{files}. Then {what} failed (below). The originals and the record stay on the Services machine \
+             under {}; Replicated's state: see the Management Console.",
+            crate::resources::cutover::DIR
+        ),
+    ));
+    out.extend(d);
+    out
 }
 
 impl ServicesRestart {
@@ -36,8 +53,29 @@ impl ServicesRestart {
         }
         let cut = Cutover::new(&self.data, fb.cutover);
         let before = cut.load().await?;
-        let restored = cut.restore().await?;
         let st = self.status().await?;
+        let reference = fb.reference.clone().unwrap_or_else(|| st.modified.clone());
+        let (restored, stale) = cut
+            .restore(&reference, before.as_ref())
+            .await
+            .map_err(|d| during("putting the files back", "No file was put back yet", d))?;
+        if !stale.is_empty() {
+            cut.forget().await?;
+            return Ok(Some((
+                "Nothing was put back: CircleCI was started or stopped outside this cutover",
+                format!(
+                    "Replicated's LastModifiedAt changed since the cutover first wrote {}, so CircleCI may already \
+                     run on these files as they are. Putting back the copies kept before could move it back onto \
+                     data it no longer uses; they were dropped instead{}.",
+                    stale.join(", "),
+                    if restored.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (put back, being current: {})", restored.join(", "))
+                    }
+                ),
+            )));
+        }
         let stopped = st.settled_in("stopped");
         let restart = !stopped && fb.ran_on_changed && !restored.is_empty();
         let start = stopped && fb.start_stopped && before.is_some();
@@ -73,15 +111,24 @@ impl ServicesRestart {
             "falling back: {files}; {} CircleCI",
             if restart { "restarting" } else { "starting" }
         );
-        if restart {
-            self.command(Program::Replicatedctl, &["app", "stop"])
+        let moved = async {
+            if restart {
+                self.command(Program::Replicatedctl, &["app", "stop"])
+                    .await?;
+                self.wait_for("stopped", fb.stop).await?;
+            }
+            self.command(Program::Replicatedctl, &["app", "start"])
                 .await?;
-            self.wait_for("stopped", fb.stop).await?;
+            self.wait_for("started", fb.start).await?;
+            self.external(&fb.cutover.root).await
         }
-        self.command(Program::Replicatedctl, &["app", "start"])
-            .await?;
-        self.wait_for("started", fb.start).await?;
-        let external = self.external(&fb.cutover.root).await?;
+        .await;
+        let what = if restart {
+            "restarting CircleCI"
+        } else {
+            "starting CircleCI"
+        };
+        let external = moved.map_err(|d| during(what, &files, d))?;
         let checks = rs::checks(&external);
         let endpoint = external
             .nomad_endpoint

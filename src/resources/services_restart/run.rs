@@ -239,7 +239,8 @@ impl ServicesRestart {
         log::info!("stopping CircleCI (state {})", st.state);
         self.command(Program::Replicatedctl, &["app", "stop"])
             .await?;
-        self.wait_for("stopped", within).await.map(|_| ())
+        self.wait_for("stopped", within).await?;
+        Cutover::new(&self.data, cutover).note_stop().await
     }
 
     /// What a check's probe shows: for a log probe, both streams of everything the
@@ -404,21 +405,36 @@ impl ServicesRestart {
             pre.version,
             pre.status.state
         );
-        let moved = async {
-            if !pre.status.settled_in("stopped") {
-                self.command(Program::Replicatedctl, &["app", "stop"])
-                    .await?;
-                self.wait_for("stopped", s.stop).await?;
+        // The app's LastModifiedAt once stopped, by this restart or before it: the
+        // fallback compares it with the cutover's own.
+        let stopped = async {
+            if pre.status.settled_in("stopped") {
+                return Ok(pre.status.modified.clone());
             }
-            log::info!("starting CircleCI");
-            self.command(Program::Replicatedctl, &["app", "start"])
+            self.command(Program::Replicatedctl, &["app", "stop"])
                 .await?;
-            self.wait_for("started", s.start).await
+            let st = self.wait_for("stopped", s.stop).await?;
+            cut.note_stop().await?;
+            Ok::<_, Diagnostics>(st.modified)
         }
         .await;
+        let reference = stopped.as_ref().ok().cloned();
+        let moved = match stopped {
+            Err(d) => Err(d),
+            Ok(_) => {
+                log::info!("starting CircleCI");
+                async {
+                    self.command(Program::Replicatedctl, &["app", "start"])
+                        .await?;
+                    self.wait_for("started", s.start).await
+                }
+                .await
+            }
+        };
         if let Err(d) = moved {
             warnings.extend(d);
-            self.on_failure(&s, &mut warnings).await;
+            self.on_failure(&s, reference.as_deref(), &mut warnings)
+                .await;
             let now = self.status().await.map(|st| st.state).unwrap_or_default();
             // The checks never ran: recorded as failed, so the next plan restarts.
             let none = Verified {
@@ -446,7 +462,8 @@ impl ServicesRestart {
         let mut v = self.verify(&checks, Some(nomad), s.verify).await;
         let mut app_state = "started".to_string();
         if v.diags.has_errors() {
-            self.on_failure(&s, &mut v.diags).await;
+            self.on_failure(&s, reference.as_deref(), &mut v.diags)
+                .await;
             app_state = self.status().await.map(|st| st.state).unwrap_or_default();
         } else if let Err(d) = cut.forget().await {
             v.diags.extend(d);
@@ -463,7 +480,11 @@ impl ServicesRestart {
 impl ServicesRestart {
     /// After the start or a check failed: the fallback (`on_failure = "restore"`), or
     /// CircleCI stopped and everything left for a human (`"stop"`).
-    async fn on_failure(&self, s: &Settings, diags: &mut Diagnostics) {
+    async fn on_failure(&self, s: &Settings, reference: Option<&str>, diags: &mut Diagnostics) {
+        if stop::requested() {
+            // Interrupted, not failed: nothing is undone; the next apply checks again.
+            return;
+        }
         if s.on_failure == "stop" {
             let stopped = async {
                 self.command(Program::Replicatedctl, &["app", "stop"])
@@ -476,7 +497,7 @@ impl ServicesRestart {
                     "CircleCI was left stopped",
                     format!(
                         "on_failure = \"stop\": after the failure above CircleCI was stopped, with the config \
-                         files as this apply wrote them. Their originals are kept under {dir}/kept (0600) and \
+                         files as this apply wrote them. The originals of those it changed are kept under {dir}/kept (0600), and \
                          what Nomad showed before the first stop in {dir}/record.json. Run terraform apply again \
                          to start it on these files, or put the originals back and start it from the \
                          Management Console.",
@@ -494,6 +515,7 @@ impl ServicesRestart {
             verify: s.verify,
             ran_on_changed: true,
             start_stopped: true,
+            reference: reference.map(str::to_string),
         };
         self.after_failure(&fb, diags).await;
     }
