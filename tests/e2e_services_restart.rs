@@ -997,11 +997,31 @@ fn the_restart_fails_naming_nomad_when_fewer_clients_can_take_builds() {
         "{checks:?}"
     );
 
-    // One external client is draining once CircleCI is back: 1 < 2.
-    let mut nomad = NomadFixture::new(&s, "CIRCLECI_TEST_CI_NOMAD_DIR");
-    nomad.client("external-client-2", true);
+    // One external client starts draining while CircleCI is stopped (the record of
+    // before says 2): once it is back, 1 < 2.
     tf.write_main(&restart(2));
+    let bin = std::path::PathBuf::from(s.get("CIRCLECI_TEST_SIM"));
+    let drainer = {
+        let s = servers();
+        std::thread::spawn(move || {
+            for _ in 0..600 {
+                let out = Command::new(bin.join("replicatedctl"))
+                    .args(["app", "status"])
+                    .output()
+                    .unwrap();
+                let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                if st[0]["DesiredState"] == "stopped" {
+                    let mut nomad = NomadFixture::new(&s, "CIRCLECI_TEST_CI_NOMAD_DIR");
+                    nomad.client("external-client-2", true);
+                    return Some(nomad);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            None
+        })
+    };
     let out = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
+    let nomad = drainer.join().unwrap().expect("CircleCI was never stopped");
     assert!(out.contains("CircleCI check failed: nomad"), "{out}");
     assert!(
         out.contains(&format!(

@@ -127,6 +127,8 @@ pub(crate) struct Record {
 /// One Nomad server's answer: its clients and builds, or why there is none.
 struct Seen {
     endpoint: String,
+    /// The server the running CircleCI schedules on.
+    in_use: bool,
     answer: Result<(Vec<Node>, Vec<Allocation>), NomadError>,
 }
 
@@ -178,25 +180,18 @@ fn running(seen: &[Seen]) -> Vec<String> {
     out
 }
 
-/// The schedulable clients of the server that lists the most (a client registers with
-/// one cluster). Which of the servers the running CircleCI schedules on is not known
-/// from the files once this apply has written a new one, so the larger count stands
-/// for it: never more than it had, which a check after the start could not reach.
+/// The schedulable clients of the server the running CircleCI uses.
 fn schedulable(seen: &[Seen]) -> Vec<String> {
-    let mut best: Vec<String> = Vec::new();
-    for s in seen {
-        if let Ok((nodes, _)) = &s.answer {
-            let these: Vec<String> = nodes
+    seen.iter()
+        .filter(|s| s.in_use)
+        .filter_map(|s| s.answer.as_ref().ok())
+        .flat_map(|(nodes, _)| {
+            nodes
                 .iter()
                 .filter(|n| n.schedulable())
                 .map(describe_client)
-                .collect();
-            if these.len() > best.len() {
-                best = these;
-            }
-        }
-    }
-    best
+        })
+        .collect()
 }
 
 /// The capacity check after a start: `now` (the nodes of the servers CircleCI now uses)
@@ -460,48 +455,90 @@ impl<'a> Cutover<'a> {
         .await;
         Seen {
             endpoint: endpoint.to_string(),
+            in_use: false,
             answer,
         }
     }
 
-    /// Every Nomad server CircleCI may be scheduling on while it runs: the one its file
-    /// names (which must answer) and the embedded one (which must answer when there is
-    /// no file: it is the one in use; with a file written by this apply, the running
-    /// CircleCI may still be using it).
+    /// The Nomad the running CircleCI uses: what the nomad file said when this cutover
+    /// first changed it (its kept copy), else what it says now; no file: the embedded
+    /// one. (CircleCI reads the file only when it starts.)
+    async fn in_use(&self, now: Option<&String>) -> Result<String, Diagnostics> {
+        let h = self.data.services()?;
+        let kept = kept_path(&self.s.root, files::NOMAD);
+        let original = h
+            .read_file(&kept)
+            .await
+            .map_err(|e| ssh_diag(&format!("Could not read {kept}"), e))?
+            .and_then(|k| serde_json::from_slice::<Original>(&k.content).ok());
+        let text = match original {
+            Some(o) if !o.existed => None,
+            Some(o) => base64::engine::general_purpose::STANDARD
+                .decode(o.content_base64.as_bytes())
+                .ok()
+                .map(|b| String::from_utf8_lossy(&b).into_owned()),
+            None => {
+                return Ok(now
+                    .cloned()
+                    .unwrap_or_else(|| self.s.embedded_nomad.clone()))
+            }
+        };
+        Ok(text
+            .and_then(|t| crate::circleci::nomad::parse(&t).ok())
+            .unwrap_or_else(|| self.s.embedded_nomad.clone()))
+    }
+
+    /// Every Nomad server CircleCI may schedule on around this stop: the one the running
+    /// CircleCI uses (which must answer), the one the nomad file names for its next
+    /// start (which must answer too), and the embedded one besides (a warning when it
+    /// does not answer: the running CircleCI does not use it).
     async fn look(&self) -> Result<Vec<Seen>, Diagnostics> {
         let file = self.file_endpoint().await?;
+        let in_use = self.in_use(file.as_ref()).await?;
         let ca = self.services_ca().await;
-        let mut seen = Vec::new();
-        if let Some(e) = &file {
-            let s = self.ask(e, ca.as_deref(), true).await;
-            if let Err(err) = &s.answer {
-                return Err(Diagnostic::error(
-                    "Nomad did not answer before the stop",
-                    format!(
-                        "{err}. This Nomad is the one /{} names, which CircleCI uses from its next start. \
-                         Nothing was stopped.",
-                        files::NOMAD
-                    ),
-                )
-                .into());
+        let mut endpoints = vec![in_use.clone()];
+        for e in [file.clone(), Some(self.s.embedded_nomad.clone())]
+            .into_iter()
+            .flatten()
+        {
+            if !endpoints.contains(&e) {
+                endpoints.push(e);
             }
-            seen.push(s);
         }
-        if file.as_deref() != Some(self.s.embedded_nomad.as_str()) {
-            let s = self.ask(&self.s.embedded_nomad, ca.as_deref(), true).await;
-            if let (Err(err), None) = (&s.answer, &file) {
-                return Err(Diagnostic::error(
-                    "CircleCI's embedded Nomad did not answer",
-                    format!(
-                        "{err}. With no /{} on the Services machine, CircleCI schedules builds on its embedded \
-                         Nomad server; its running builds and clients are read before CircleCI stops. Is \
-                         embedded_nomad_endpoint where that server's HTTP API answers on the Services machine? \
-                         Nothing was stopped.",
-                        files::NOMAD
-                    ),
-                )
-                .at(AttrPath::root("embedded_nomad_endpoint"))
-                .into());
+        let mut seen = Vec::new();
+        for e in endpoints {
+            let mut s = self.ask(&e, ca.as_deref(), true).await;
+            s.in_use = e == in_use;
+            if let Err(err) = &s.answer {
+                let embedded = e == self.s.embedded_nomad;
+                if s.in_use && embedded {
+                    return Err(Diagnostic::error(
+                        "CircleCI's embedded Nomad did not answer",
+                        format!(
+                            "{err}. The running CircleCI schedules builds on its embedded Nomad server (there \
+                             was no /{} when it started); its running builds and clients are read before \
+                             CircleCI stops. Is embedded_nomad_endpoint where that server's HTTP API answers on \
+                             the Services machine? Nothing was stopped.",
+                            files::NOMAD
+                        ),
+                    )
+                    .at(AttrPath::root("embedded_nomad_endpoint"))
+                    .into());
+                }
+                if !embedded {
+                    return Err(Diagnostic::error(
+                        "Nomad did not answer before the stop",
+                        format!(
+                            "{err}. {} Nothing was stopped.",
+                            if s.in_use {
+                                "The running CircleCI schedules builds on this Nomad."
+                            } else {
+                                "The nomad file names this Nomad, which CircleCI uses from its next start."
+                            }
+                        ),
+                    )
+                    .into());
+                }
             }
             seen.push(s);
         }
@@ -589,9 +626,8 @@ impl<'a> Cutover<'a> {
                 diags.push(Diagnostic::warning(
                     "CircleCI's embedded Nomad did not answer",
                     format!(
-                        "{e}. /{} names another Nomad, which answered; if the running CircleCI still schedules on \
-                         its embedded Nomad (it reads that file only when it starts), builds running there were \
-                         not waited for and its clients are not in the record. Check embedded_nomad_endpoint.",
+                        "{e}. The running CircleCI uses the Nomad /{} names, which answered; builds on the \
+                         embedded one, if any, were not waited for. Check embedded_nomad_endpoint.",
                         files::NOMAD
                     ),
                 ));
@@ -884,6 +920,7 @@ mod tests {
         };
         let seen = vec![Seen {
             endpoint: "http://e".into(),
+            in_use: true,
             answer: Ok((nodes, vec![a("running"), a("complete"), a("pending")])),
         }];
         let r = running(&seen);
@@ -895,10 +932,11 @@ mod tests {
     }
 
     #[test]
-    fn the_server_with_the_most_clients_stands_for_before() {
+    fn the_server_in_use_stands_for_before() {
         let seen = vec![
             Seen {
                 endpoint: "embedded".into(),
+                in_use: false,
                 answer: Ok((
                     vec![node("a", "ready", false, ""), node("b", "ready", false, "")],
                     vec![],
@@ -906,19 +944,13 @@ mod tests {
             },
             Seen {
                 endpoint: "external".into(),
+                in_use: true,
                 answer: Ok((
                     vec![node("c", "ready", false, ""), node("d", "down", false, "")],
                     vec![],
                 )),
             },
-            Seen {
-                endpoint: "gone".into(),
-                answer: Err(NomadError::NoLeader {
-                    endpoint: "gone".into(),
-                    elections: false,
-                }),
-            },
         ];
-        assert_eq!(schedulable(&seen), vec!["client-a (a)", "client-b (b)"]);
+        assert_eq!(schedulable(&seen), vec!["client-c (c)"]);
     }
 }
