@@ -343,7 +343,22 @@ resource "circleci_vault_transit_client" "v" {{
     tf.write_main(&format!("{}{}", provider(&s, true), resource(false)));
     let out = tf.apply();
     assert!(out.contains("Apply complete"), "{out}");
-    assert_eq!(walk(root.path()).len(), 1);
+    // The file, and its original (none) kept for the cutover it begins.
+    let written = walk(root.path());
+    assert_eq!(written.len(), 2, "{written:?}");
+    assert!(
+        written
+            .iter()
+            .any(|p| p.ends_with("etc/circleconfig/shared/redis")),
+        "{written:?}"
+    );
+    assert!(
+        written
+            .iter()
+            .any(|p| p
+                .ends_with("external-services-cutover/kept/etc_circleconfig_shared_redis.json")),
+        "{written:?}"
+    );
     tf.ok(&["destroy", "-auto-approve", "-no-color"]);
 }
 
