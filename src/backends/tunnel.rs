@@ -243,8 +243,15 @@ async fn accept_loop(
         };
         let (connector, creds, failures) = (connector.clone(), creds.clone(), failures.clone());
         tokio::spawn(async move {
-            if let Err((target, e)) =
-                serve(tcp, &connector, &creds.0, creds.1.expose(), deadline).await
+            if let Err((target, e)) = serve(
+                tcp,
+                &connector,
+                &creds.0,
+                creds.1.expose(),
+                deadline,
+                &failures,
+            )
+            .await
             {
                 log::debug!("tunnel proxy: {e}");
                 if let Some(t) = target {
@@ -414,6 +421,7 @@ async fn serve(
     user: &str,
     pass: &str,
     deadline: Duration,
+    failures: &Failures,
 ) -> Result<(), (Option<String>, String)> {
     use tokio::io::AsyncWriteExt;
     let io = |e: std::io::Error| (None, e.to_string());
@@ -430,8 +438,17 @@ async fn serve(
             ))
         }
     };
+    let at = host_port(&target, port);
+    let record = |why: Option<String>| {
+        let mut f = failures.lock().unwrap_or_else(|e| e.into_inner());
+        match why {
+            Some(w) => f.insert(at.clone(), w),
+            None => f.remove(&at),
+        };
+    };
     match connector(target.clone(), port).await {
         Ok(mut ch) => {
+            record(None);
             tcp.write_all(&[5, 0, 0, 1, 0, 0, 0, 0, 0, 0])
                 .await
                 .map_err(io)?;
@@ -444,8 +461,10 @@ async fn serve(
                 DialError::Unreachable { .. } => 5,
                 _ => 1,
             };
+            // Recorded before the client hears of it: it asks why at once.
+            record(Some(e.to_string()));
             let _ = tcp.write_all(&[5, code, 0, 1, 0, 0, 0, 0, 0, 0]).await;
-            Err((Some(host_port(&target, port)), e.to_string()))
+            Err((Some(at.clone()), e.to_string()))
         }
     }
 }
