@@ -185,8 +185,13 @@ fn parse_value(
                 }
                 expand(&mut chars, &mut value, key, vars)?
             }
-            // Bash expands a leading `~` (and one after `:`) in an assignment.
-            '~' if i == 0 || vstart[..i].ends_with(':') => {
+            // Bash expands a leading `~` (and one after `:`) in an assignment; a line
+            // continuation before it joins the lines first.
+            '~' if {
+                let before = vstart[..i].replace("\\\n", "");
+                before.is_empty() || before.ends_with(':')
+            } =>
+            {
                 return Err(format!(
                     "unsupported shell syntax: tilde expansion in the value of {key}"
                 ))
@@ -562,6 +567,7 @@ export CIRCLE_SECRETS_MONGODB_REMOTE_CONTAINERS_URI=\"$MONGO_BASE_URI/remote_con
             ("A=1\nB=$$\n", "$$"),
             ("A=1\nB=$'x'\n", "$'"),
             ("A=1\nB=~/x\n", "tilde"),
+            ("A=1\nB=\\\n~\n", "tilde"),
             ("A=1\nB=\"$B\"\n", "not assigned earlier"),
             ("A=1\nB=$A\\\nB\n", "line continuation"),
             ("A=1\nB=\"$\\\nA\"\n", "line continuation"),
