@@ -860,6 +860,29 @@ fn lone_restart(s: &Servers, root: &Path, extra: &str) -> String {
     )
 }
 
+/// Runs `then` on a thread once Replicated is asked to stop CircleCI (within a minute);
+/// None when it never is.
+fn on_stop<T: Send + 'static>(
+    s: &Servers,
+    then: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<Option<T>> {
+    let bin = std::path::PathBuf::from(s.get("CIRCLECI_TEST_SIM"));
+    std::thread::spawn(move || {
+        for _ in 0..600 {
+            let out = Command::new(bin.join("replicatedctl"))
+                .args(["app", "status"])
+                .output()
+                .unwrap();
+            let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            if st[0]["DesiredState"] == "stopped" {
+                return Some(then());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        None
+    })
+}
+
 /// The simulator on `root`, its app started.
 fn started_sim(s: &Servers, root: &Path) -> Sim {
     let sim = Sim::new(s, json!({"root": root, "transition": 1}));
@@ -916,27 +939,8 @@ fn the_stop_waits_for_running_builds() {
     let ends = epoch_now() + 4.0;
     nomad.build("build-long", "node-1", ends);
     tf.write_main(&restart("  builds_timeout = \"60s\"\n"));
-    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let watcher = {
-        let watching = watching.clone();
-        let bin = std::path::PathBuf::from(s.get("CIRCLECI_TEST_SIM"));
-        std::thread::spawn(move || {
-            while watching.load(std::sync::atomic::Ordering::Relaxed) {
-                let out = Command::new(bin.join("replicatedctl"))
-                    .args(["app", "status"])
-                    .output()
-                    .unwrap();
-                let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-                if st[0]["DesiredState"] == "stopped" {
-                    return Some(epoch_now());
-                }
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            None
-        })
-    };
+    let watcher = on_stop(&s, epoch_now);
     tf.apply();
-    watching.store(false, std::sync::atomic::Ordering::Relaxed);
     let stopped_at = watcher.join().unwrap().expect("the app was never stopped");
     assert!(
         stopped_at >= ends,
@@ -1000,24 +1004,12 @@ fn the_restart_fails_naming_nomad_when_fewer_clients_can_take_builds() {
     // One external client starts draining while CircleCI is stopped (the record of
     // before says 2): once it is back, 1 < 2.
     tf.write_main(&restart(2));
-    let bin = std::path::PathBuf::from(s.get("CIRCLECI_TEST_SIM"));
     let drainer = {
         let s = servers();
-        std::thread::spawn(move || {
-            for _ in 0..600 {
-                let out = Command::new(bin.join("replicatedctl"))
-                    .args(["app", "status"])
-                    .output()
-                    .unwrap();
-                let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-                if st[0]["DesiredState"] == "stopped" {
-                    let mut nomad = NomadFixture::new(&s, "CIRCLECI_TEST_CI_NOMAD_DIR");
-                    nomad.client("external-client-2", true);
-                    return Some(nomad);
-                }
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            None
+        on_stop(&servers(), move || {
+            let mut nomad = NomadFixture::new(&s, "CIRCLECI_TEST_CI_NOMAD_DIR");
+            nomad.client("external-client-2", true);
+            nomad
         })
     };
     let out = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
