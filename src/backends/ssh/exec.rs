@@ -148,7 +148,9 @@ impl CommandOutput {
         String::from_utf8_lossy(&self.stdout).into_owned()
     }
 
-    /// The last lines of stderr (else stdout), for an error message.
+    /// The last lines of stderr (else stdout), for an error message, after the first
+    /// error lines they leave out (a failed statement echoed over many lines, as
+    /// `pg_restore` does, would push its `ERROR:` out of the tail).
     pub fn evidence(&self) -> String {
         let text = if self.stderr.iter().any(|b| !b.is_ascii_whitespace()) {
             String::from_utf8_lossy(&self.stderr)
@@ -156,7 +158,21 @@ impl CommandOutput {
             String::from_utf8_lossy(&self.stdout)
         };
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        lines[lines.len().saturating_sub(5)..].join("\n")
+        let (before, tail) = lines.split_at(lines.len().saturating_sub(5));
+        let errors: Vec<&str> = before
+            .iter()
+            .filter(|l| {
+                ["ERROR", "FATAL", "PANIC", "error:", "Error:"]
+                    .iter()
+                    .any(|m| l.contains(m))
+            })
+            .take(3)
+            .copied()
+            .collect();
+        if errors.is_empty() {
+            return tail.join("\n");
+        }
+        format!("{}\n…\n{}", errors.join("\n"), tail.join("\n"))
     }
 }
 
@@ -249,6 +265,25 @@ impl ServicesHost {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn evidence_keeps_an_error_line_the_tail_leaves_out() {
+        let out = |stderr: &str| CommandOutput {
+            status: Some(1),
+            stdout: Vec::new(),
+            stderr: stderr.as_bytes().to_vec(),
+            truncated: false,
+        };
+        let restore = "pg_restore: error while PROCESSING TOC:\n\
+            pg_restore: ERROR:  cannot execute CREATE TABLE in a read-only transaction\n\
+            Command was: CREATE TABLE public.t (\n    a text,\n    b text,\n    c text,\n    d bytea\n);\n";
+        let e = out(restore).evidence();
+        assert!(e.contains("read-only transaction"), "{e}");
+        assert!(e.ends_with("    d bytea\n);"), "{e}");
+        // Short output, or no error line outside the tail: the tail alone.
+        assert_eq!(out("a\n\nb\n").evidence(), "a\nb");
+        assert_eq!(out("1\n2\n3\n4\n5\n6\n").evidence(), "2\n3\n4\n5\n6");
+    }
 
     #[test]
     fn arguments_are_quoted_and_checked() {
