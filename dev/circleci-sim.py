@@ -15,7 +15,11 @@ AMQP login with pika), Nomad (GET /v1/status/leader). TLS trusts the system's CA
 the *.crt files in ROOT/usr/local/share/ca-certificates (where the runbook says to put
 a CA). Each container logs the lines the runbook quotes on success, and on failure the
 exceptions the runbook warns about (e.g. org.postgresql.util.PSQLException) with the
-client's real error. A service with no external config runs "embedded" and says so.
+client's real error. A service with no external config uses the embedded one, and its
+lines name it the same way, by the host name Replicated's Docker network gives the
+embedded container (postgres, mongodb, vault, redis, rabbitmq, nomad: the simulator's
+choice, not checked against a real install); nothing is connected to then, as the
+embedded servers do not run here.
 
 What it cannot show: CircleCI's own code. The log lines are the runbook's, written by
 this script; the Nomad line ("Connected to Nomad ... leader ...") is the simulator's
@@ -100,7 +104,12 @@ def path(p):
 
 
 def now():
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    # As Go marshals a time.Time (RFC 3339 with nanoseconds, trailing zeros cut):
+    # Replicated is written in Go. Two changes in one second stay apart.
+    ns = time.time_ns()
+    frac = ("%09d" % (ns % 1_000_000_000)).rstrip("0")
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 1_000_000_000)) + \
+        ("." + frac if frac else "") + "Z"
 
 
 # ------------------------------------------------------------------ app state
@@ -385,31 +394,47 @@ def boot_container(name, d):
     log(f"INFO {name} starting (CircleCI Server {VERSION}, simulated)")
     circlerc = dict(env)
     if name == "frontend":
-        for key, what, check in (("POSTGRES_HOST", "PostgreSQL", check_postgres),
-                                 ("CIRCLE_SECRETS_MONGODB_MAIN_URI", "MongoDB", check_mongo),
-                                 ("NOMAD_API_ENDPOINT", "Nomad", check_nomad)):
-            check(env, log) if env.get(key) else log(f"INFO using the embedded {what}")
-        if env.get("RABBITMQ_HOST"):
-            check_rabbitmq(env, log, ["Configuring usage-queue-events queue",
-                                      "Configuring exchange picard-build-signals"])
+        if env.get("POSTGRES_HOST"):
+            check_postgres(env, log)
         else:
-            log("INFO using the embedded RabbitMQ")
+            log("INFO circle.db.config POSTGRES_HOST=postgres POSTGRES_PORT=5432 POSTGRES_USER=circle")
+        if env.get("CIRCLE_SECRETS_MONGODB_MAIN_URI"):
+            check_mongo(env, log)
+        else:
+            log("INFO org.mongodb.driver.connection Opened connection [connectionId{localValue:1}] "
+                "to mongodb:27017")
+        if env.get("NOMAD_API_ENDPOINT"):
+            check_nomad(env, log)
+        else:
+            log("INFO circle.nomad Connected to Nomad at http://nomad:4646")
+        lines = ["Configuring usage-queue-events queue", "Configuring exchange picard-build-signals"]
+        if env.get("RABBITMQ_HOST"):
+            check_rabbitmq(env, log, lines)
+        else:
+            for line in lines:
+                log(f"INFO {line} on host rabbitmq")
     elif name == "workflows-conductor":
+        lines = ["Configuring workflow-messages queue", "Configuring workflow-notifications queue"]
         if env.get("RABBITMQ_HOST"):
-            check_rabbitmq(env, log, ["Configuring workflow-messages queue",
-                                      "Configuring workflow-notifications queue"])
+            check_rabbitmq(env, log, lines)
         else:
-            log("INFO using the embedded RabbitMQ")
+            for line in lines:
+                log(f"INFO {line} on host rabbitmq")
     elif name == "context-service":
-        check_vault(env, log) if env.get("VAULT__URL") else log("INFO using the embedded Vault")
+        if env.get("VAULT__URL"):
+            check_vault(env, log)
+        else:
+            log("INFO circleci.backplane.secrets.backend.vault Successfully retrieved current auth token;")
     elif name == "domain-service":
-        check_redis(env, log) if env.get("REDIS_HOST") else log("INFO using the embedded Redis")
+        if env.get("REDIS_HOST"):
+            check_redis(env, log)
+        else:
+            log("INFO domain-service.redis Reconnected to redis:6379")
     elif name == "picard-output-processor":
         if env.get("REDIS_HOST"):
             circlerc["OUTPUT_PROCESSOR_SIGNALS_REDIS"] = f"redis://{env['REDIS_HOST']}:{env.get('REDIS_PORT', '6379')}/10"
         else:
             circlerc["OUTPUT_PROCESSOR_SIGNALS_REDIS"] = "redis://redis:6379/10"
-            log("INFO using the embedded Redis")
     elif name == "slanger":
         host, port = env.get("REDIS_HOST"), env.get("REDIS_PORT", "6379")
         circlerc["REDIS_PORT_6379_TCP_ADDR"] = host or "redis"

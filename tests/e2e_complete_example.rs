@@ -7,9 +7,10 @@
 
 mod common;
 
-use common::sim::{Sim, SIMULATOR};
-use common::{servers, Tf};
+use common::sim::{NomadFixture, Sim, SIMULATOR};
+use common::{flat, servers, Tf};
 use serde_json::{json, Value as Json};
+use terraform_provider_circleci::circleci::restart::files;
 
 #[test]
 fn the_complete_example_externalizes_and_every_check_passes() {
@@ -66,6 +67,7 @@ nomad_servers      = ["nomad-1.internal:4647", "nomad-2.internal:4647"]
 services_ca_files  = {{ "dev-vault" = {vca:?}, "dev-services" = {ca:?} }}
 embedded_vault_address = {evault:?}
 embedded_nomad_endpoint = {enomad:?}
+verify_timeout     = "15s"
 via_services_host  = true
 "#,
             ssh = g("CIRCLECI_TEST_SSH_PORT"),
@@ -123,11 +125,49 @@ via_services_host  = true
 
     let ssh_log = g("CIRCLECI_TEST_SSH_LOG");
     let log_from = std::fs::metadata(&ssh_log).unwrap().len() as usize;
+    // The runbook files as the embedded install has them, and CircleCI running.
+    let runbook_files = || -> Vec<Option<Vec<u8>>> {
+        files::ALL
+            .iter()
+            .map(|f| std::fs::read(root.path().join(f)).ok())
+            .collect()
+    };
+    let before = runbook_files();
+    sim.replicatedctl(&["app", "start"]);
+    let state = || sim.replicatedctl(&["app", "status", "-o", "json"])[0]["State"].clone();
+    for _ in 0..100 {
+        if state() == "started" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+
+    // First try: one of the external Nomad's two clients is draining, so the restart's
+    // capacity check fails (1 < the embedded Nomad's 2). The cutover is undone.
+    let mut ci_nomad = NomadFixture::new(&s, "CIRCLECI_TEST_CI_NOMAD_DIR");
+    ci_nomad.client("external-client-2", true);
     let apply = run(&["apply", "-auto-approve", "-no-color", "-input=false"]);
-    assert!(apply.status.success(), "the complete example did not apply");
+    assert!(
+        !apply.status.success(),
+        "the first apply should have failed"
+    );
+    let err = flat(&String::from_utf8_lossy(&apply.stderr));
+    assert!(err.contains("CircleCI check failed: nomad"), "{err}");
+    assert!(
+        err.contains("CircleCI is back as it was before this apply"),
+        "{err}"
+    );
+    assert!(err.contains("CircleCI was restarted on them"), "{err}");
+    // What the runbook's checks observe (the embedded hosts) is as before the stop.
+    assert!(
+        err.contains("the 8 observations of the runbook's checks are as before the cutover"),
+        "{err}"
+    );
+    assert_eq!(runbook_files(), before, "the files are not as they were");
+    assert_eq!(state(), "started");
     // The clients moved while CircleCI was stopped: after the migration stopped it,
     // before the restart started it.
-    let text = String::from_utf8_lossy(&apply.stdout);
+    let text = String::from_utf8_lossy(&apply.stdout).into_owned();
     let at = |what: &str| {
         text.find(what)
             .unwrap_or_else(|| panic!("{what:?} not in the apply's output:\n{text}"))
@@ -139,6 +179,18 @@ via_services_host  = true
     assert!(
         at("circleci_nomad_client_launch_config.clients: Creation complete")
             < at("circleci_services_restart.this: Creating...")
+    );
+
+    // The client is back. The migration no longer holds (CircleCI went back to its
+    // embedded data): the plan migrates again, over the copies the first try wrote,
+    // and the cutover completes.
+    drop(ci_nomad);
+    let apply = run(&["apply", "-auto-approve", "-no-color", "-input=false"]);
+    assert!(apply.status.success(), "the second apply failed");
+    let text = String::from_utf8_lossy(&apply.stdout).into_owned();
+    assert!(
+        text.contains("circleci_data_migration.this: Creation complete"),
+        "{text}"
     );
     // Every backend was reached through the Services machine (via_services_host).
     let log = std::fs::read(&ssh_log).unwrap();

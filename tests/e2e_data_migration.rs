@@ -496,6 +496,114 @@ fn an_interrupted_migration_converges() {
     drop(sim);
 }
 
+/// A target that refuses writes half-way, CircleCI running: the migration fails, the
+/// runbook files go back, CircleCI is started again on its embedded data and checked,
+/// and the targets the failed attempt wrote are listed on the Services machine. With
+/// the cause removed, the next apply restores over those copies (one changed since, as
+/// CircleCI kept writing to its embedded data) without overwrite_existing.
+#[test]
+fn a_failed_migration_starts_circleci_again_and_the_retry_converges() {
+    let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let s = servers();
+    s.fresh_runbook_targets();
+    let root = s.embedded_root("300");
+    let sim = Sim::new(&s, json!({"root": root.path(), "transition": 1}));
+    start_app(&sim);
+    let mount = format!("transit-half-{}", std::process::id());
+    let tf = Tf::new(&main_tf(&s, root.path(), &mount, ""));
+    // cron_service_production is among the last imported: the larger ones are in.
+    tf.ok(&[
+        "apply",
+        "-auto-approve",
+        "-target",
+        "circleci_postgres_databases.pg",
+    ]);
+    s.psql(
+        "postgres",
+        "ALTER DATABASE cron_service_production SET default_transaction_read_only = on",
+    );
+    let err = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
+    assert!(err.contains("cron_service_production"), "{err}");
+    assert!(err.contains("read-only transaction"), "{err}");
+    assert!(
+        err.contains("CircleCI is back as it was before this apply"),
+        "{err}"
+    );
+    assert!(err.contains("CircleCI was started on them"), "{err}");
+    // What the runbook's checks observe (the embedded hosts) is as before the stop.
+    assert!(
+        err.contains("the 8 observations of the runbook's checks are as before the cutover"),
+        "{err}"
+    );
+    assert_eq!(app_state(&sim), "started");
+    assert!(!root
+        .path()
+        .join("etc/circleconfig/shared/postgresql")
+        .exists());
+    assert!(!root
+        .path()
+        .join("etc/circle-installation-customizations")
+        .exists());
+    assert_eq!(count(&s, "circle", "builds"), 300);
+    let ps = std::process::Command::new(Path::new(s.get("CIRCLECI_TEST_SIM")).join("docker"))
+        .args(["ps", "--format", "{{.Names}}"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&ps.stdout).contains("circleci-data-migration"),
+        "a temporary container was left running"
+    );
+    let written = root
+        .path()
+        .join("data/circle/external-services-cutover/written.json");
+    assert_eq!(common::mode_of(&written), 0o600);
+    let w: serde_json::Value = serde_json::from_slice(&std::fs::read(&written).unwrap()).unwrap();
+    let pg = format!("postgres://127.0.0.1:{}/circle", s.pg_port());
+    assert!(w["targets"].as_array().unwrap().contains(&json!(pg)), "{w}");
+    assert!(
+        !root
+            .path()
+            .join("data/circle/external-services-cutover/record.json")
+            .exists(),
+        "the cutover's record is closed once CircleCI is back"
+    );
+
+    // CircleCI, back on its embedded data, wrote to it; here the copy differs instead.
+    s.psql("circle", "DELETE FROM builds WHERE num <= 50");
+    s.psql(
+        "postgres",
+        "ALTER DATABASE cron_service_production RESET default_transaction_read_only",
+    );
+    let out = tf.apply();
+    assert!(
+        out.contains("circleci_data_migration.m: Creation complete"),
+        "{out}"
+    );
+    assert_eq!(count(&s, "circle", "builds"), 300);
+    assert_eq!(
+        count(&s, "cron_service_production", "qrtz_blob_triggers"),
+        40
+    );
+    let skipped = output(&tf)["skipped"].as_array().unwrap().clone();
+    assert!(!skipped.contains(&json!("postgres:circle")), "{skipped:?}");
+    assert!(skipped.contains(&json!("postgres:vms")), "{skipped:?}");
+    assert_eq!(tf.plan_code(), 0);
+
+    // Started by hand since, on these files: the copies are CircleCI's data now, and
+    // a new migration refuses them again.
+    start_app(&sim);
+    tf.write_main(&main_tf(
+        &s,
+        root.path(),
+        &mount,
+        "triggers = { n = \"2\" }",
+    ));
+    let err = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
+    assert!(err.contains("Target database not empty"), "{err}");
+    tf.ok(&["destroy", "-auto-approve"]);
+    drop(sim);
+}
+
 #[test]
 fn bad_input_names_the_attribute() {
     let s = servers();

@@ -1132,3 +1132,71 @@ fn a_failed_restart_puts_the_operators_files_back() {
     assert_eq!(sim.replicatedctl(&["app", "status"])[0]["State"], "started");
     assert_eq!(tf.plan_code(), 0);
 }
+
+/// "Back as it was" is a comparison: what the runbook's checks observed before the
+/// first stop is recorded, and the fallback requires the same. Here the kept copy of
+/// the operator's Redis file is changed on the Services machine during the cutover (to
+/// the same Redis by another name): every check passes after the fallback, but domain-
+/// service now reconnects to localhost, not 127.0.0.1, and the apply says so.
+#[test]
+fn a_fallback_that_does_not_observe_what_was_before_fails() {
+    use base64::Engine as _;
+    let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let s = servers();
+    let root = common::searchable_tempdir();
+    let sim = started_sim(&s, root.path());
+    let redisf = root.path().join("etc/circleconfig/shared/redis");
+    std::fs::create_dir_all(redisf.parent().unwrap()).unwrap();
+    let port = s.redis_port();
+    std::fs::write(
+        &redisf,
+        format!("export REDIS_HOST=127.0.0.1\nexport REDIS_PORT={port}\n"),
+    )
+    .unwrap();
+    sim.replicatedctl(&["app", "stop"]);
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    sim.replicatedctl(&["app", "start"]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let gone = common::closed_port();
+    let tf = Tf::new(&format!(
+        "resource \"circleci_external_redis\" \"r\" {{\n  host = \"127.0.0.1\"\n  port = {gone}\n  \
+         verify = false\n  config_path = {:?}\n}}\n{}",
+        redisf.to_str().unwrap(),
+        lone_restart(
+            &s,
+            root.path(),
+            "  verify_timeout = \"5s\"\n  triggers = { r = circleci_external_redis.r.file_sha256 }\n",
+        )
+    ));
+    let kept = root
+        .path()
+        .join("data/circle/external-services-cutover/kept/etc_circleconfig_shared_redis.json");
+    let tamper = on_stop(&s, move || {
+        let mut k: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&kept).unwrap()).unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let text = String::from_utf8(b64.decode(k["content_base64"].as_str().unwrap()).unwrap())
+            .unwrap()
+            .replace("127.0.0.1", "localhost");
+        k["content_base64"] = json!(b64.encode(text));
+        std::fs::write(&kept, k.to_string()).unwrap();
+    });
+    let out = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
+    tamper.join().unwrap().expect("CircleCI was never stopped");
+    assert!(out.contains("CircleCI check failed: redis"), "{out}");
+    assert!(
+        out.contains("CircleCI does not run as it did before the cutover"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "redis: the host domain-service reconnected to: before the cutover 127.0.0.1:{port}, now localhost:{port}"
+        )),
+        "{out}"
+    );
+    assert!(
+        !out.contains("CircleCI is back as it was before this apply"),
+        "{out}"
+    );
+    drop(sim);
+}

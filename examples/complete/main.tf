@@ -173,6 +173,12 @@ variable "embedded_nomad_endpoint" {
   description = "CircleCI's embedded Nomad server's HTTP API, as the Services machine reaches it. Default: http://127.0.0.1:4646. Running builds are waited for there, and its clients counted, before CircleCI stops."
 }
 
+variable "verify_timeout" {
+  type        = string
+  default     = null
+  description = "How long the restart's runbook checks are retried after CircleCI starts (and again after a fallback). Default: 5m."
+}
+
 variable "nomad_servers" {
   type        = list(string)
   description = "The external Nomad servers' RPC addresses, host:4647."
@@ -350,6 +356,7 @@ resource "circleci_nomad_client_launch_config" "clients" {
 resource "circleci_services_restart" "this" {
   config_root             = var.config_root == "" ? "/" : var.config_root
   embedded_nomad_endpoint = var.embedded_nomad_endpoint
+  verify_timeout          = var.verify_timeout
   triggers = merge(
     {
       migration       = circleci_data_migration.this.migrated_at

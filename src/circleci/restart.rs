@@ -366,6 +366,150 @@ pub fn checks(e: &External) -> Vec<Check> {
     out
 }
 
+/// What one of the runbook's checks looks at, as it is whatever CircleCI runs on
+/// (embedded or external): recorded before a cutover's first stop, and required again
+/// after a fallback, so that "back as it was" is a comparison, not an assumption.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    /// The key in the record, e.g. `postgresql: frontend's last POSTGRES_HOST`.
+    pub label: &'static str,
+    pub probe: Probe,
+    pub read: fn(&str) -> String,
+}
+
+/// What no line shows.
+const NOTHING: &str = "(nothing)";
+
+fn or_nothing(v: Vec<String>) -> String {
+    if v.is_empty() {
+        NOTHING.to_string()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// The value after `key=` in the last line that has it.
+fn last_value(output: &str, key: &str) -> String {
+    let pat = format!("{key}=");
+    output
+        .lines()
+        .rev()
+        .find_map(|l| l.split_once(&pat).map(|(_, r)| r))
+        .and_then(|r| r.split_whitespace().next())
+        .map_or_else(|| NOTHING.to_string(), str::to_string)
+}
+
+/// The distinct words after `marker` in any line, sorted.
+fn after_all(output: &str, marker: &str) -> String {
+    let mut v: Vec<String> = output
+        .lines()
+        .filter_map(|l| l.split_once(marker).map(|(_, r)| r))
+        .filter_map(|r| r.split_whitespace().next())
+        .map(|w| w.trim_end_matches([';', ',']).to_string())
+        .collect();
+    v.sort();
+    v.dedup();
+    or_nothing(v)
+}
+
+/// The runbook's checks' observations, whatever the files externalize.
+pub fn observations() -> Vec<Observation> {
+    vec![
+        Observation {
+            label: "postgresql: frontend's last POSTGRES_HOST",
+            probe: Probe::Logs("frontend"),
+            read: |o| last_value(o, "POSTGRES_HOST"),
+        },
+        Observation {
+            label: "mongodb: hosts frontend opened connections to",
+            probe: Probe::Logs("frontend"),
+            read: |o| {
+                let mut v: Vec<String> = o
+                    .lines()
+                    .filter_map(|l| l.split_once("Opened connection").map(|(_, r)| r))
+                    .filter_map(|r| {
+                        r.rsplit_once(" to ")
+                            .map(|(_, h)| h.trim().to_ascii_lowercase())
+                    })
+                    .collect();
+                v.sort();
+                v.dedup();
+                or_nothing(v)
+            },
+        },
+        Observation {
+            label: "vault: context-service retrieved its auth token",
+            probe: Probe::Logs("context-service"),
+            read: |o| {
+                if o.contains("Successfully retrieved current auth token") {
+                    "yes".to_string()
+                } else {
+                    "no".to_string()
+                }
+            },
+        },
+        Observation {
+            label: "redis: the host domain-service reconnected to",
+            probe: Probe::Logs("domain-service"),
+            read: |o| after_all(o, "Reconnected to "),
+        },
+        Observation {
+            label: "redis: picard-output-processor's OUTPUT_PROCESSOR_SIGNALS_REDIS",
+            probe: Probe::Env(
+                "picard-output-processor",
+                vec!["OUTPUT_PROCESSOR_SIGNALS_REDIS"],
+            ),
+            read: |o| {
+                or_nothing(
+                    o.lines()
+                        .map(|l| l.trim().to_string())
+                        .filter(|l| !l.is_empty())
+                        .collect(),
+                )
+            },
+        },
+        Observation {
+            label: "slanger: REDIS_PORT_6379_TCP_ADDR and _PORT",
+            probe: Probe::Env(
+                "slanger",
+                vec!["REDIS_PORT_6379_TCP_ADDR", "REDIS_PORT_6379_TCP_PORT"],
+            ),
+            read: |o| {
+                or_nothing(
+                    o.lines()
+                        .map(|l| l.trim().to_string())
+                        .filter(|l| !l.is_empty())
+                        .collect(),
+                )
+            },
+        },
+        Observation {
+            label: "rabbitmq: the hosts workflows-conductor configured its queues on",
+            probe: Probe::Logs("workflows-conductor"),
+            read: |o| after_all(o, " queue on host "),
+        },
+        Observation {
+            label: "rabbitmq: the hosts frontend configured its queue and exchange on",
+            probe: Probe::Logs("frontend"),
+            read: |o| after_all(o, " on host "),
+        },
+    ]
+}
+
+/// The observations that differ: `label: before B, now N`.
+pub fn differing(
+    before: &std::collections::BTreeMap<String, String>,
+    now: &std::collections::BTreeMap<String, String>,
+) -> Vec<String> {
+    before
+        .iter()
+        .filter_map(|(k, b)| {
+            let n = now.get(k).map_or(NOTHING, String::as_str);
+            (n != b).then(|| format!("{k}: before the cutover {b}, now {n}"))
+        })
+        .collect()
+}
+
 /// Whether `output` passes `check`; the evidence lines when not.
 pub fn evaluate(check: &Check, output: &str) -> Result<(), Vec<String>> {
     let lines: Vec<&str> = output.lines().collect();
@@ -497,6 +641,47 @@ pub fn parse_finished_at(text: &str) -> Result<Option<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn observations_read_embedded_and_external_alike() {
+        let read = |label: &str, out: &str| {
+            let o = observations()
+                .into_iter()
+                .find(|o| o.label.starts_with(label))
+                .unwrap();
+            (o.read)(out)
+        };
+        let frontend = "x INFO circle.db.config POSTGRES_HOST=postgres POSTGRES_PORT=5432\n\
+            x INFO circle.db.config POSTGRES_HOST=db.internal POSTGRES_PORT=5432\n\
+            x INFO org.mongodb.driver.connection Opened connection [connectionId{localValue:2}] to Mongo-2:27017\n\
+            x INFO org.mongodb.driver.connection Opened connection [connectionId{localValue:1}] to mongo-1:27017\n\
+            x INFO Configuring exchange picard-build-signals on host rabbitmq\n";
+        assert_eq!(read("postgresql", frontend), "db.internal");
+        assert_eq!(read("mongodb", frontend), "mongo-1:27017, mongo-2:27017");
+        assert_eq!(read("rabbitmq: the hosts frontend", frontend), "rabbitmq");
+        assert_eq!(read("postgresql", ""), NOTHING);
+        assert_eq!(
+            read("vault", "Successfully retrieved current auth token;"),
+            "yes"
+        );
+        assert_eq!(
+            read(
+                "redis: the host",
+                "a Reconnected to redis:6379\nb Reconnected to redis:6379"
+            ),
+            "redis:6379"
+        );
+        assert_eq!(read("slanger", "redis\n6379\n"), "redis, 6379");
+        let b: std::collections::BTreeMap<String, String> =
+            [("postgresql: x".to_string(), "postgres".to_string())].into();
+        let n: std::collections::BTreeMap<String, String> =
+            [("postgresql: x".to_string(), "db.internal".to_string())].into();
+        assert_eq!(
+            differing(&b, &n),
+            vec!["postgresql: x: before the cutover postgres, now db.internal"]
+        );
+        assert!(differing(&b, &b).is_empty());
+    }
 
     #[test]
     fn replicated_json_is_read() {

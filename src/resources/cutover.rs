@@ -22,6 +22,9 @@ use crate::plugin::{stop, AttrPath, Attribute, Diagnostic, Diagnostics, Type, Va
 use crate::provider::ProviderData;
 use crate::resources::ssh_diag;
 
+mod written;
+pub(crate) use written::{target_mongo, target_pg};
+
 /// Where CircleCI's own Nomad server answers on the Services machine: Replicated runs
 /// it in the `nomad` container, and CircleCI's 2.x docs run the `nomad` CLI there with
 /// its default address.
@@ -122,6 +125,10 @@ pub(crate) struct Record {
     /// and once stopped. Any other means someone started or stopped CircleCI since.
     #[serde(default)]
     pub app_modified: Vec<String>,
+    /// What the runbook's checks observed on the running CircleCI before the first
+    /// stop (see `circleci::restart::observations`); a fallback must observe the same.
+    #[serde(default)]
+    pub observed: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// One Nomad server's answer: its clients and builds, or why there is none.
@@ -656,6 +663,7 @@ impl<'a> Cutover<'a> {
                 Ok(h) => vec![app_status(self.data, &h).await?.modified],
                 Err(d) => return Err(d),
             },
+            observed: None,
         };
         self.save(&record).await?;
         Ok(record)
@@ -674,6 +682,17 @@ impl<'a> Cutover<'a> {
             self.save(&r).await?;
         }
         Ok(())
+    }
+
+    /// Adds what the checks observed to the open record.
+    pub(crate) async fn note_observed(
+        &self,
+        observed: std::collections::BTreeMap<String, String>,
+    ) -> Result<Record, Diagnostics> {
+        let mut r = self.load().await?.unwrap_or_default();
+        r.observed = Some(observed);
+        self.save(&r).await?;
+        Ok(r)
     }
 
     /// The open record, if any.
@@ -780,10 +799,20 @@ impl<'a> Cutover<'a> {
         Ok(())
     }
 
-    /// Ends the cutover: the kept originals and the record go.
+    /// Ends the cutover, its start verified: the kept originals, the record and the
+    /// migration's targets go (those are CircleCI's data now).
     pub(crate) async fn forget(&self) -> Result<(), Diagnostics> {
         self.drop_originals().await?;
-        self.close().await
+        self.close().await?;
+        self.drop_written().await
+    }
+
+    /// Ends a cutover undone by a fallback: the kept originals and the record go; the
+    /// migration's targets stay listed, so that the retry restores over them.
+    pub(crate) async fn fell_back(&self) -> Result<(), Diagnostics> {
+        self.drop_originals().await?;
+        self.close().await?;
+        self.note_fell_back().await
     }
 
     /// Closes the record.

@@ -26,7 +26,17 @@ impl Sim {
             bin: PathBuf::from(s.get("CIRCLECI_TEST_SIM")),
         };
         sim.set(settings);
-        sim
+        // Each test begins with CircleCI stopped: an app a previous test left started
+        // runs containers booted on that test's files, and a later start would not boot
+        // them again.
+        sim.replicatedctl(&["app", "stop"]);
+        for _ in 0..150 {
+            if sim.replicatedctl(&["app", "status"])[0]["State"] == "stopped" {
+                return sim;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("the simulated app did not stop");
     }
 
     pub fn set(&self, settings: Json) {

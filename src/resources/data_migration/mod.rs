@@ -226,6 +226,14 @@ fn block() -> Block {
         .attr(super::cutover::builds_timeout_attr())
         .attr(super::cutover::embedded_nomad_attr())
         .attr(dur("stop_timeout", STOP_TIMEOUT, "How long CircleCI may take to stop"))
+        .attr(Attribute::new("on_failure", Type::String).optional().computed().description(
+            "What happens when the migration fails. Either way the runbook files this cutover changed are put \
+             back byte for byte as they were before its first write, and the external databases it wrote are \
+             listed on the Services machine (`/data/circle/external-services-cutover/written.json`, 0600), so that \
+             the next apply restores over them without `overwrite_existing`. `restore` (default): when the \
+             migration stopped CircleCI, it is started again on those files and checked the runbook's way and \
+             Nomad's. `stop`: CircleCI is left stopped, for a human to look.",
+        ))
         .attr(dur("command_timeout", COMMAND_TIMEOUT, "The deadline of each export, import and check command"))
         .attr(flag(
             "overwrite_existing",
@@ -329,6 +337,7 @@ fn validate_config(config: &Value) -> Diagnostics {
             ("command_timeout", d(1, 48 * 3600)),
             ("export_dir", Check::MountPath),
             ("config_root", Check::RemotePath),
+            ("on_failure", Check::OneOf(&["restore", "stop"])),
         ],
         &mut diags,
     );
@@ -509,7 +518,7 @@ fn nested_defaults(planned: &mut Value) {
     }
 }
 
-fn top_defaults() -> [(&'static str, Value); 11] {
+fn top_defaults() -> [(&'static str, Value); 12] {
     let [nomad, builds] = super::cutover::defaults();
     [
         nomad,
@@ -526,6 +535,7 @@ fn top_defaults() -> [(&'static str, Value); 11] {
         ("remove_export_on_destroy", Value::Bool(false)),
         ("export_dir", Value::string(EXPORT_DIR)),
         ("config_root", Value::string("/")),
+        ("on_failure", Value::string("restore")),
     ]
 }
 
@@ -583,7 +593,11 @@ impl Resource for DataMigration {
     }
 
     async fn read(&self, state: &Value) -> Result<Option<Value>, Diagnostics> {
-        // A migration is an event: nothing on the servers says whether it still holds.
+        // A migration is an event: it holds until a failed cutover puts CircleCI back
+        // on the embedded data, which it then keeps writing to.
+        if self.fell_back(state).await {
+            return Ok(None);
+        }
         Ok(Some(state.clone()))
     }
 

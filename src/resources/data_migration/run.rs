@@ -11,6 +11,7 @@ use super::*;
 use crate::backends::vault::Vault;
 use crate::circleci::migration::{compare, TableStat, EXPECTED_TABLES};
 use crate::plugin::stop;
+use crate::resources::cutover::Cutover;
 use crate::resources::services_restart::ServicesRestart;
 use crate::resources::ssh_diag;
 
@@ -80,10 +81,10 @@ impl DataMigration {
         let mut warnings = Diagnostics::new();
         let r = match self.migrate_inner(planned, config, &mut warnings).await {
             Ok(v) => Ok(v),
-            Err(mut d) => {
-                // The runbook files this cutover wrote go back, so that CircleCI, when
-                // started, runs on what it used before. It stays as it is: stopped when
-                // this migration stopped it.
+            Err(mut d) if !stop::requested() => {
+                // The runbook files this cutover wrote go back, so that CircleCI runs
+                // on what it used before; when this migration stopped it, it is
+                // started on them again (on_failure = "restore") and checked.
                 let root = planned.get("config_root").as_str().unwrap_or("/");
                 let cutover = crate::resources::cutover::StopSettings::of(planned, root);
                 let fb = crate::resources::services_restart::Fallback {
@@ -92,7 +93,7 @@ impl DataMigration {
                     start: Duration::from_secs(1200),
                     verify: Duration::from_secs(300),
                     ran_on_changed: false,
-                    start_stopped: false,
+                    start_stopped: planned.get("on_failure").as_str() != Some("stop"),
                     reference: None,
                 };
                 ServicesRestart::new(self.data.clone())
@@ -100,6 +101,8 @@ impl DataMigration {
                     .await;
                 Err(d)
             }
+            // Interrupted, not failed: nothing is undone; the next apply goes on.
+            Err(d) => Err(d),
         };
         let mut applied = Applied::from_result(r);
         warnings.extend(std::mem::take(&mut applied.diags));
@@ -134,13 +137,34 @@ impl DataMigration {
             .at(AttrPath::root("stop_app"))
             .into());
         }
+        // The targets an earlier, failed attempt of this cutover wrote, while CircleCI
+        // was left as that attempt left it: the migration restores over them.
+        let cut = Cutover::new(&self.data, &s.cutover);
+        let (modified, written) = cut.written_now().await?;
+        let written = written.filter(|w| w.grants(&modified));
+        let own = |targets: Vec<(String, String)>| -> Vec<String> {
+            written.as_ref().map_or_else(Vec::new, |w| {
+                w.own(&modified, &targets)
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect()
+            })
+        };
         let occupied = match &s.postgres {
-            Some(p) => self.pg_preflight(p, s.overwrite, running).await?,
-            None => Vec::new(),
+            Some(p) => {
+                let own = own(p.targets());
+                let dbs = self.pg_preflight(p, s.overwrite, running, &own).await?;
+                Occupied { dbs, own }
+            }
+            None => Occupied::default(),
         };
         let mongo_occupied = match &s.mongo {
-            Some(m) => self.mongo_preflight(m, s.overwrite, running).await?,
-            None => Vec::new(),
+            Some(m) => {
+                let own = own(m.targets());
+                let dbs = self.mongo_preflight(m, s.overwrite, running, &own).await?;
+                Occupied { dbs, own }
+            }
+            None => Occupied::default(),
         };
         let key_move = match &s.vault {
             Some((cfg, sm, key, tm)) => Some(KeyMove {
@@ -176,6 +200,20 @@ impl DataMigration {
                 .await?;
             state.set("app_stopped_at", Value::string(now()));
         }
+        // The targets this run may write: empty ones, its own, and with
+        // overwrite_existing any; others are only compared.
+        let writes = |o: &Occupied, db: &str| s.overwrite || !o.holds(db) || o.is_own(db);
+        let targets: Vec<String> = (s.postgres.iter().flat_map(|p| p.targets()))
+            .filter(|(db, _)| writes(&occupied, db))
+            .chain(
+                s.mongo
+                    .iter()
+                    .flat_map(|m| m.targets())
+                    .filter(|(db, _)| writes(&mongo_occupied, db)),
+            )
+            .map(|(_, t)| t)
+            .collect();
+        cut.note_targets(written.as_ref(), &targets).await?;
         let pg = match &s.postgres {
             Some(p) => self.migrate_postgres(&s, p, &occupied).await?,
             None => PgOutcome::default(),
@@ -217,18 +255,48 @@ impl DataMigration {
             );
         }
         record(&mut state, &s, &pg, &mongo, skipped, started.elapsed());
+        cut.note_migrated().await?;
         Ok(state)
+    }
+
+    /// On refresh: whether a fallback put CircleCI back on its embedded data after this
+    /// migration was verified (then it no longer holds, and the next apply migrates
+    /// again). A Services machine that does not answer says nothing.
+    pub(super) async fn fell_back(&self, state: &Value) -> bool {
+        if state
+            .get("migrated_at")
+            .as_str()
+            .unwrap_or_default()
+            .is_empty()
+            || self.data.services().is_err()
+        {
+            return false;
+        }
+        let root = state.get("config_root").as_str().unwrap_or("/");
+        let s = crate::resources::cutover::StopSettings::of(state, root);
+        match Cutover::new(&self.data, &s).written().await {
+            Ok(Some(w)) if w.fell_back => {
+                log::warn!(
+                    "the cutover after this migration failed and CircleCI went back to its embedded data: \
+                     the next apply migrates again"
+                );
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Before anything changes: every target database exists and is owned by the
     /// restore's role; those already holding tables (returned) are refused unless
-    /// overwrite_existing, or unless CircleCI is stopped (they are compared with the
-    /// embedded data once it can be read).
+    /// overwrite_existing, unless an earlier attempt of this cutover wrote them
+    /// (`own`), or unless CircleCI is stopped (they are compared with the embedded data
+    /// once it can be read).
     async fn pg_preflight(
         &self,
         p: &PgSettings,
         overwrite: bool,
         running: bool,
+        own: &[String],
     ) -> Result<Vec<String>, Diagnostics> {
         let admin = self.data.postgres()?;
         let diag = |summary: &str, e: crate::backends::postgres::PgError| -> Diagnostics {
@@ -276,7 +344,7 @@ impl DataMigration {
             if tables.is_empty() {
                 continue;
             }
-            if !overwrite && running {
+            if !overwrite && running && !own.contains(db) {
                 let names: Vec<String> = tables.iter().filter_map(|r| r.first().cloned()).collect();
                 let at = format!("database {db:?} at {}", admin.target());
                 return Err(not_empty_while_running(&at, &names, "tables"));
@@ -290,7 +358,7 @@ impl DataMigration {
         &self,
         s: &Settings,
         p: &PgSettings,
-        occupied: &[String],
+        occupied: &Occupied,
     ) -> Result<PgOutcome, Diagnostics> {
         let h = self.data.services()?;
         let source = Source {
@@ -332,7 +400,7 @@ impl DataMigration {
         e: &EmbeddedPostgres<'_>,
         s: &Settings,
         p: &PgSettings,
-        occupied: &[String],
+        occupied: &Occupied,
     ) -> Result<PgOutcome, Diagnostics> {
         let target = Target {
             host: &p.host,
@@ -452,7 +520,7 @@ async fn import_one(
     s: &Settings,
     p: &PgSettings,
     target: &Target<'_>,
-    occupied: &[String],
+    occupied: &Occupied,
     x: Exported,
     out: &std::sync::Mutex<PgOutcome>,
 ) -> Result<(), Diagnostics> {
@@ -469,7 +537,7 @@ async fn import_one(
         }
         add_tables(&mut out, db, &x.source, x.size);
     };
-    let clean = occupied.iter().any(|d| d == db);
+    let clean = occupied.holds(db);
     if clean {
         let before = e.target_stats(db, target).await?;
         if compare(db, &x.source, &before).is_empty() && before.len() == x.source.len() {
@@ -477,7 +545,11 @@ async fn import_one(
             record(true);
             return Ok(());
         }
-        if !s.overwrite {
+        if occupied.is_own(db) {
+            log::info!(
+                "database {db}: restoring over the copy an earlier failed attempt of this cutover left"
+            );
+        } else if !s.overwrite {
             return Err(Diagnostic::error(
                 "Target database not empty",
                 format!(
@@ -508,6 +580,25 @@ async fn import_one(
     record(false);
     crate::fault_point::point("circleci_data_migration.database_loop").await;
     Ok(())
+}
+
+/// The target databases of one server that already hold data.
+#[derive(Default)]
+pub(super) struct Occupied {
+    pub dbs: Vec<String>,
+    /// Those (or others) an earlier, failed attempt of this cutover wrote: restored
+    /// over without overwrite_existing.
+    pub own: Vec<String>,
+}
+
+impl Occupied {
+    pub fn holds(&self, db: &str) -> bool {
+        self.dbs.iter().any(|d| d == db)
+    }
+
+    pub fn is_own(&self, db: &str) -> bool {
+        self.own.iter().any(|d| d == db)
+    }
 }
 
 /// The refusal of a target (`what`, e.g. `database "x" at host:port`) that holds

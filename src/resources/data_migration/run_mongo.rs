@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::embedded_mongo::{EmbeddedMongo, MongoTarget, DUMP_DIR};
-use super::run::{not_empty_while_running, stopped_error};
+use super::run::{not_empty_while_running, stopped_error, Occupied};
 use super::settings::{at, MongoSettings};
 use super::*;
 use crate::backends::mongo::{MongoAdmin, MongoError};
@@ -39,6 +39,7 @@ impl DataMigration {
         m: &MongoSettings,
         overwrite: bool,
         running: bool,
+        own: &[String],
     ) -> Result<Vec<String>, Diagnostics> {
         let admin = self.data.mongo()?;
         let user = admin
@@ -68,7 +69,7 @@ impl DataMigration {
             if names.is_empty() {
                 continue;
             }
-            if !overwrite && running {
+            if !overwrite && running && !own.contains(db) {
                 let at = format!("MongoDB database {db:?} at {}", admin.hosts());
                 return Err(not_empty_while_running(&at, &names, "collections"));
             }
@@ -84,7 +85,7 @@ impl DataMigration {
         overwrite: bool,
         keep_export: bool,
         m: &MongoSettings,
-        occupied: &[String],
+        occupied: &Occupied,
     ) -> Result<MongoOutcome, Diagnostics> {
         let h = self.data.services()?;
         let admin = self.data.mongo()?;
@@ -129,7 +130,7 @@ async fn one_database(
     admin: &MongoAdmin,
     m: &MongoSettings,
     overwrite: bool,
-    occupied: &[String],
+    occupied: &Occupied,
     db: &str,
     out: &mut MongoOutcome,
 ) -> Result<bool, Diagnostics> {
@@ -160,7 +161,7 @@ async fn one_database(
         return Ok(false);
     }
     let documents: i64 = source.iter().map(|c| c.rows).sum();
-    let clean = occupied.iter().any(|d| d == db);
+    let clean = occupied.holds(db);
     if clean {
         let before = stats_of(admin, db).await?;
         if differences(db, &source, &before, "documents").is_empty() && before.len() == source.len()
@@ -172,7 +173,11 @@ async fn one_database(
             add(out, db, &source);
             return Ok(false);
         }
-        if !overwrite {
+        if occupied.is_own(db) {
+            log::info!(
+                "MongoDB database {db}: restoring over the copy an earlier failed attempt of this cutover left"
+            );
+        } else if !overwrite {
             return Err(Diagnostic::error(
                 "Target database not empty",
                 format!(

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::backends::vault::VaultConfig;
-use crate::resources::strings;
+use crate::resources::{cutover, strings};
 use crate::secret::Secret;
 
 /// The `postgres` block, resolved.
@@ -18,6 +18,26 @@ pub(super) struct PgSettings {
     pub user: String,
     pub password: Secret,
     pub sslmode: String,
+}
+
+impl PgSettings {
+    /// Each database and the target it goes to, as the cutover's record names it.
+    pub fn targets(&self) -> Vec<(String, String)> {
+        self.databases
+            .iter()
+            .map(|d| (d.clone(), cutover::target_pg(&self.host, self.port, d)))
+            .collect()
+    }
+}
+
+impl MongoSettings {
+    /// Each database and the target it goes to, as the cutover's record names it.
+    pub fn targets(&self) -> Vec<(String, String)> {
+        self.databases
+            .iter()
+            .map(|d| (d.clone(), cutover::target_mongo(&self.hosts, d)))
+            .collect()
+    }
 }
 
 /// Everything a migration needs, from the planned state and (for the write-only

@@ -1,6 +1,7 @@
 //! Undoing a failed cutover: the runbook files put back, CircleCI brought back on them
 //! and checked.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::run::NomadCheck;
@@ -37,7 +38,86 @@ fn during(what: &str, files: &str, d: Diagnostics) -> Diagnostics {
     out
 }
 
+/// A value that could not be read: not required to be the same afterwards.
+const NOT_READ: &str = "(not read";
+
 impl ServicesRestart {
+    /// What the runbook's checks look at, on CircleCI as it runs now.
+    pub(crate) async fn observe(&self) -> BTreeMap<String, String> {
+        let mut outputs: BTreeMap<String, String> = BTreeMap::new();
+        let mut out = BTreeMap::new();
+        for o in rs::observations() {
+            let key = format!("{:?}", o.probe);
+            if !outputs.contains_key(&key) {
+                let text = match self.probe(&o.probe).await {
+                    Ok(t) => t,
+                    Err(d) => format!(
+                        "{NOT_READ}: {})",
+                        d.0.first().map_or("", |x| x.summary.as_str())
+                    ),
+                };
+                outputs.insert(key.clone(), text);
+            }
+            let text = &outputs[&key];
+            let v = if text.starts_with(NOT_READ) {
+                text.clone()
+            } else {
+                (o.read)(text)
+            };
+            out.insert(o.label.to_string(), v);
+        }
+        out
+    }
+
+    /// Before a running CircleCI is stopped: the builds are let finish and the
+    /// cutover's record opened (see [`Cutover::before_stop`]), with what the checks
+    /// observe now, unless the record already holds that.
+    pub(crate) async fn before_stop(
+        &self,
+        cut: &Cutover<'_>,
+        diags: &mut Diagnostics,
+    ) -> Result<crate::resources::cutover::Record, Diagnostics> {
+        let r = cut.before_stop(diags).await?;
+        if r.observed.is_some() {
+            return Ok(r);
+        }
+        let seen = self.observe().await;
+        log::info!(
+            "before the stop, CircleCI's checks observe: {}",
+            seen.iter()
+                .map(|(k, v)| format!("{k} = {v}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        cut.note_observed(seen).await
+    }
+
+    /// After a fallback's start: until `within` passes, the checks must observe what
+    /// they did before the cutover. The differences when they never do.
+    async fn same_as_before(
+        &self,
+        before: &BTreeMap<String, String>,
+        within: Duration,
+    ) -> Result<usize, Vec<String>> {
+        let wanted: BTreeMap<String, String> = before
+            .iter()
+            .filter(|(_, v)| !v.starts_with(NOT_READ))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let started = std::time::Instant::now();
+        loop {
+            let now = self.observe().await;
+            let diff = rs::differing(&wanted, &now);
+            if diff.is_empty() {
+                return Ok(wanted.len());
+            }
+            if started.elapsed() >= within || crate::plugin::stop::requested() {
+                return Err(diff);
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+
     /// After a failure in the cutover: every runbook file it changed is put back as it
     /// was before its first write. CircleCI, when it was started on the changed files,
     /// is restarted on the files put back; when the cutover stopped it, it is started;
@@ -60,6 +140,7 @@ impl ServicesRestart {
             .await
             .map_err(|d| during("putting the files back", "No file was put back yet", d))?;
         if !stale.is_empty() {
+            // CircleCI may run on the external copies now: they are its data.
             cut.forget().await?;
             return Ok(Some((
                 "Nothing was put back: CircleCI was started or stopped outside this cutover",
@@ -139,8 +220,27 @@ impl ServicesRestart {
             endpoint: &endpoint,
             before: before.as_ref(),
         };
-        let v = self.verify(&checks, Some(nomad), fb.verify).await;
+        let mut v = self.verify(&checks, Some(nomad), fb.verify).await;
         let how = if restart { "restarted" } else { "started" };
+        if let (false, Some(seen)) = (
+            v.diags.has_errors(),
+            before.as_ref().and_then(|r| r.observed.as_ref()),
+        ) {
+            match self.same_as_before(seen, fb.verify).await {
+                Ok(n) => v.passed.push(format!(
+                    "the {n} observations of the runbook's checks are as before the cutover"
+                )),
+                Err(diff) => v.diags.push(Diagnostic::error(
+                    "CircleCI does not run as it did before the cutover",
+                    format!(
+                        "what the runbook's checks observe differs from the record of before the first stop \
+                         ({}/record.json):\n{}",
+                        crate::resources::cutover::DIR,
+                        diff.join("\n")
+                    ),
+                )),
+            }
+        }
         if v.diags.has_errors() {
             let mut d = Diagnostics::from(Diagnostic::error(
                 "The fallback did not bring CircleCI back",
@@ -153,7 +253,7 @@ impl ServicesRestart {
             d.extend(v.diags);
             return Err(d);
         }
-        cut.forget().await?;
+        cut.fell_back().await?;
         Ok(Some((
             "CircleCI is back as it was before this apply",
             format!(

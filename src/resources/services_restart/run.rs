@@ -235,7 +235,8 @@ impl ServicesRestart {
         if st.settled_in("stopped") {
             return Ok(());
         }
-        Cutover::new(&self.data, cutover).before_stop(diags).await?;
+        self.before_stop(&Cutover::new(&self.data, cutover), diags)
+            .await?;
         log::info!("stopping CircleCI (state {})", st.state);
         self.command(Program::Replicatedctl, &["app", "stop"])
             .await?;
@@ -247,7 +248,7 @@ impl ServicesRestart {
     /// container logged since it last stopped (by the Services machine's clock:
     /// Docker's `FinishedAt`), in order; for an env probe, its output. More output
     /// than the bound is an error, never a check on part of it.
-    async fn probe(&self, probe: &rs::Probe) -> Result<String, Diagnostics> {
+    pub(super) async fn probe(&self, probe: &rs::Probe) -> Result<String, Diagnostics> {
         let Some(inspect) = probe.since_args() else {
             let args = probe.docker_args(None);
             let argv: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -394,7 +395,7 @@ impl ServicesRestart {
                 Err(d) => return Applied::from_result(Err(d)),
             }
         } else {
-            match cut.before_stop(&mut warnings).await {
+            match self.before_stop(&cut, &mut warnings).await {
                 Ok(r) => Some(r),
                 Err(d) => return Applied::from_result(Err(d)),
             }

@@ -1,0 +1,212 @@
+//! The targets a cutover's migration wrote, kept on the Services machine until a start
+//! passes every check ([`WRITTEN`], 0600).
+//!
+//! A failed cutover falls back to the embedded data, and CircleCI keeps writing to it;
+//! the external copies the failed attempt left are then out of date but nobody's
+//! data. The next apply's migration must restore over them without
+//! `overwrite_existing`, yet still refuse any other non-empty target. Terraform's
+//! state cannot hold this: a failed create is tainted and replaced with no prior state.
+//!
+//! A target counts as the cutover's own only while CircleCI has not been started or
+//! stopped outside it since (Replicated's `LastModifiedAt` is the one the cutover last
+//! left): CircleCI reads its files only when it starts, so until then nothing but the
+//! migration can have written there through CircleCI.
+
+use serde::{Deserialize, Serialize};
+
+use super::{app_status, Cutover};
+use crate::plugin::{Diagnostic, Diagnostics};
+use crate::resources::ssh_diag;
+
+/// The record, under `config_root`, next to the cutover's.
+pub(crate) const WRITTEN: &str = "data/circle/external-services-cutover/written.json";
+
+/// What the migration wrote in a cutover not yet completed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Written {
+    pub version: u32,
+    /// The targets, as [`target_pg`] and [`target_mongo`] name them.
+    pub targets: Vec<String>,
+    /// Replicated's `LastModifiedAt` as the cutover last left CircleCI.
+    pub app_modified: String,
+    /// Set when the migration was verified.
+    #[serde(default)]
+    pub migrated: bool,
+    /// Set when a fallback put CircleCI back on what it used before, after the
+    /// migration was verified: the external copies are out of date.
+    #[serde(default)]
+    pub fell_back: bool,
+}
+
+/// A PostgreSQL target database.
+pub(crate) fn target_pg(host: &str, port: u16, db: &str) -> String {
+    format!("postgres://{host}:{port}/{db}")
+}
+
+/// A MongoDB target database.
+pub(crate) fn target_mongo(hosts: &[String], db: &str) -> String {
+    format!("mongodb://{}/{db}", hosts.join(","))
+}
+
+impl Written {
+    /// Whether its targets are still the cutover's own, now that the app's
+    /// `LastModifiedAt` is `now`.
+    pub(crate) fn grants(&self, now: &str) -> bool {
+        !now.is_empty() && self.app_modified == now && (!self.migrated || self.fell_back)
+    }
+
+    /// The databases of `names` (by their target names) that are the cutover's own,
+    /// now that the app's `LastModifiedAt` is `now`: written by a migration that
+    /// failed, or whose cutover fell back. A verified copy CircleCI has not run on yet
+    /// is not: a difference there was made by someone else.
+    pub(crate) fn own<'n>(&self, now: &str, names: &'n [(String, String)]) -> Vec<&'n str> {
+        if !self.grants(now) {
+            return Vec::new();
+        }
+        names
+            .iter()
+            .filter(|(_, target)| self.targets.contains(target))
+            .map(|(db, _)| db.as_str())
+            .collect()
+    }
+}
+
+impl Cutover<'_> {
+    /// The record, if any.
+    pub(crate) async fn written(&self) -> Result<Option<Written>, Diagnostics> {
+        let path = self.path(WRITTEN);
+        let Some(content) = self.read(WRITTEN).await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&content).map(Some).map_err(|e| {
+            Diagnostic::error(
+                "The migration's record on the Services machine does not parse",
+                format!(
+                    "{path}: {e}. It names the external databases a failed cutover wrote; removed, the next \
+                     migration refuses them as not empty."
+                ),
+            )
+            .into()
+        })
+    }
+
+    async fn save_written(&self, w: &Written) -> Result<(), Diagnostics> {
+        let h = self.data.services()?;
+        let path = self.path(WRITTEN);
+        let json = serde_json::to_vec_pretty(w).unwrap_or_default();
+        h.write_file(&path, &json, 0o600)
+            .await
+            .map_err(|e| ssh_diag(&format!("Could not write the migration's record {path}"), e))
+    }
+
+    async fn modified(&self) -> Result<String, Diagnostics> {
+        let h = self.data.services()?;
+        Ok(app_status(self.data, &h).await?.modified)
+    }
+
+    /// The app's `LastModifiedAt` now, and the record (None when it is not there).
+    pub(crate) async fn written_now(&self) -> Result<(String, Option<Written>), Diagnostics> {
+        Ok((self.modified().await?, self.written().await?))
+    }
+
+    /// Before the migration writes `targets` (CircleCI stopped): they are the
+    /// cutover's own from now on. `current`: the record as the preflight found it, when
+    /// it was current then; the targets an earlier attempt wrote stay listed.
+    pub(crate) async fn note_targets(
+        &self,
+        current: Option<&Written>,
+        targets: &[String],
+    ) -> Result<(), Diagnostics> {
+        let mut w = current.cloned().unwrap_or(Written {
+            version: 1,
+            ..Written::default()
+        });
+        for t in targets {
+            if !w.targets.contains(t) {
+                w.targets.push(t.clone());
+            }
+        }
+        w.app_modified = self.modified().await?;
+        w.migrated = false;
+        w.fell_back = false;
+        self.save_written(&w).await
+    }
+
+    /// The migration was verified.
+    pub(crate) async fn note_migrated(&self) -> Result<(), Diagnostics> {
+        let Some(mut w) = self.written().await? else {
+            return Ok(());
+        };
+        w.migrated = true;
+        w.app_modified = self.modified().await?;
+        self.save_written(&w).await
+    }
+
+    /// A fallback brought CircleCI back on what it used before: the copies written
+    /// stay the cutover's own (for the retry), and a verified migration no longer holds.
+    pub(crate) async fn note_fell_back(&self) -> Result<(), Diagnostics> {
+        let Some(mut w) = self.written().await? else {
+            return Ok(());
+        };
+        w.fell_back = w.migrated;
+        w.app_modified = self.modified().await?;
+        self.save_written(&w).await
+    }
+
+    /// The cutover completed: the targets are CircleCI's data now.
+    pub(crate) async fn drop_written(&self) -> Result<(), Diagnostics> {
+        let h = self.data.services()?;
+        let path = self.path(WRITTEN);
+        h.remove_file(&path).await.map(|_| ()).map_err(|e| {
+            ssh_diag(
+                &format!("Could not remove the migration's record {path}"),
+                e,
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names() -> Vec<(String, String)> {
+        ["circle", "vms"]
+            .iter()
+            .map(|d| (d.to_string(), target_pg("db.internal", 5432, d)))
+            .collect()
+    }
+
+    #[test]
+    fn targets_are_own_only_while_circleci_was_left_as_the_cutover_left_it() {
+        let w = Written {
+            version: 1,
+            targets: vec![target_pg("db.internal", 5432, "circle")],
+            app_modified: "2026-12-03T10:00:00Z".into(),
+            ..Written::default()
+        };
+        let n = names();
+        assert_eq!(w.own("2026-12-03T10:00:00Z", &n), vec!["circle"]);
+        // Started or stopped since by someone else: nothing is the cutover's.
+        assert!(w.own("2026-12-03T11:00:00Z", &n).is_empty());
+        // Replicated did not say: nothing is.
+        assert!(w.own("", &n).is_empty());
+        // Verified, and no fallback since: not the cutover's to overwrite.
+        let verified = Written {
+            migrated: true,
+            ..w.clone()
+        };
+        assert!(verified.own("2026-12-03T10:00:00Z", &n).is_empty());
+        let fell_back = Written {
+            fell_back: true,
+            ..verified
+        };
+        assert_eq!(fell_back.own("2026-12-03T10:00:00Z", &n), vec!["circle"]);
+        // Another server of the same database name is not the target written.
+        let other = vec![(
+            "circle".to_string(),
+            target_pg("db2.internal", 5432, "circle"),
+        )];
+        assert!(w.own("2026-12-03T10:00:00Z", &other).is_empty());
+    }
+}
