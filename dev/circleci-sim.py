@@ -25,6 +25,8 @@ What it cannot show: CircleCI's own code. The log lines are the runbook's, writt
 this script; the Nomad line ("Connected to Nomad ... leader ...") is the simulator's
 own, as the runbook has no log check for Nomad.
 
+  du -s -B1 -- PATH, df -B1 --output=avail -- PATH  -> coreutils' own, PATH under ROOT
+                                                   (setting disk_avail: df reports that)
   update-ca-certificates [--fresh]               -> ROOT/etc/ssl/certs/ca-certificates.crt
                                                    from the system's CAs and ROOT's
                                                    /usr/local/share/ca-certificates/*.crt
@@ -594,6 +596,26 @@ def update_ca_certificates(args):
     print(f"{len(set(crts) - before)} added, {len(before - set(crts))} removed; done.")
 
 
+def disk(tool, args):
+    """coreutils' du and df, in the one form each the provider runs, over a path under
+    ROOT (the machine's disks are this one's). Setting disk_avail (bytes) makes the
+    export's volume that small, as a nearly full /data would be."""
+    forms = {"du": ["-s", "-B1", "--"], "df": ["-B1", "--output=avail", "--"]}
+    if args[:-1] != forms[tool] or not args or not os.path.realpath(args[-1]).startswith(
+            os.path.realpath(path("/"))):
+        refuse(f"{tool} " + " ".join(args))
+    avail = setting("disk_avail", "")
+    if tool == "df" and avail != "" and os.path.exists(args[-1]):
+        print(f"    Avail\n{int(avail)}")
+        return
+    # The system's own, not this wrapper again (the session's PATH starts with it).
+    r = subprocess.run([tool] + args, capture_output=True, text=True, timeout=60,
+                       env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"})
+    sys.stdout.write(r.stdout)
+    sys.stderr.write(r.stderr)
+    sys.exit(r.returncode)
+
+
 def main():
     if len(sys.argv) < 2:
         refuse("no command")
@@ -604,6 +626,8 @@ def main():
         docker(args)
     elif tool == "update-ca-certificates":
         update_ca_certificates(args)
+    elif tool in ("du", "df"):
+        disk(tool, args)
     elif tool == "boot":
         boot(args[0])
     else:

@@ -347,7 +347,7 @@ if ! "$D/venv/bin/python" -c "import pika, sys; sys.exit(pika.__version__ != '$P
   "$D/venv/bin/pip" install -q --disable-pip-version-check "pika==$PIKA_VERSION" >&2
 fi
 mkdir -p "$D/sim/bin" "$D/sim/state" "$D/services-root"
-for tool in replicatedctl docker update-ca-certificates; do
+for tool in replicatedctl docker update-ca-certificates du df; do
   cat > "$D/sim/bin/$tool" <<WRAP
 #!/bin/sh
 export CIRCLECI_SIM_STATE="$D/sim/state" CIRCLECI_SIM_ROOT="$D/services-root" CIRCLECI_SIM_MONGO_STANDIN="$MONGO_BIN"

@@ -645,6 +645,48 @@ fn bad_input_names_the_attribute() {
     );
 }
 
+/// The export cannot fit on its volume: the plan says so on export_dir, with the sizes,
+/// before anything is created or stopped; with room, the plan's warning estimates the
+/// downtime from the embedded data's size and names the licence prerequisite.
+#[test]
+fn a_too_small_export_volume_is_an_error_at_plan() {
+    let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let s = servers();
+    let root = s.embedded_root("100");
+    let sim = Sim::new(
+        &s,
+        json!({"root": root.path(), "transition": 1, "disk_avail": 4096}),
+    );
+    start_app(&sim);
+    let tf = Tf::new(&main_tf(&s, root.path(), "transit", ""));
+    let err = flat(&tf.fails(&["plan", "-no-color"]));
+    assert!(err.contains("Not enough space for the export"), "{err}");
+    assert!(err.contains("0 MB free"), "{err}");
+    assert!(
+        err.contains("/data/circle/external-services-export is expected to need about"),
+        "{err}"
+    );
+    assert!(
+        err.contains("resource \"circleci_data_migration\" \"m\""),
+        "{err}"
+    );
+    assert_eq!(app_state(&sim), "started");
+
+    sim.set(json!({"root": root.path(), "transition": 1}));
+    let plan = flat(&tf.ok(&["plan", "-no-color"]));
+    assert!(plan.contains("This apply stops CircleCI"), "{plan}");
+    assert!(
+        plan.contains("Embedded data to carry: PostgreSQL "),
+        "{plan}"
+    );
+    assert!(plan.contains("Expected migration time about"), "{plan}");
+    assert!(
+        plan.contains("CircleCI's license must allow external services"),
+        "{plan}"
+    );
+    drop(sim);
+}
+
 /// A CircleCI version the runbook is not for: the migration refuses on
 /// allowed_versions, as the restart does, before it stops or reads anything.
 #[test]

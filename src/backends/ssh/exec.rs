@@ -30,6 +30,10 @@ pub enum Program {
     Systemctl,
     /// SysV init's wrapper: restarts the Nomad agent (`service NAME restart`).
     Service,
+    /// coreutils' `du -s -B1`: the embedded data directories' size, at plan.
+    Du,
+    /// coreutils' `df -B1 --output=avail`: the export volume's free space, at plan.
+    Df,
 }
 
 impl Program {
@@ -40,6 +44,8 @@ impl Program {
             Program::UpdateCaCertificates => "update-ca-certificates",
             Program::Systemctl => "systemctl",
             Program::Service => "service",
+            Program::Du => "du",
+            Program::Df => "df",
         }
     }
 }

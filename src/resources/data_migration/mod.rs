@@ -25,6 +25,7 @@ use crate::provider::ProviderData;
 mod container;
 pub mod embedded_mongo;
 pub mod embedded_postgres;
+mod estimate;
 mod run;
 mod run_mongo;
 mod settings;

@@ -41,21 +41,34 @@ pub(super) fn stopped_error(what: &str) -> Diagnostics {
 }
 
 impl DataMigration {
-    /// At plan, when the Services machine answers and CircleCI runs: the warning that
-    /// the apply stops it, with the builds running now. Nothing else is checked here.
+    /// At plan, when the Services machine answers: the export must fit on its volume
+    /// (an error on export_dir when it cannot); and when CircleCI runs, the warning
+    /// that the apply stops it, with the builds running now, the embedded data's size
+    /// and the expected downtime, and the runbook's licence prerequisite.
     pub(super) async fn preview_stop(&self, planned: &Value, diags: &mut Diagnostics) {
         let known = [
             "stop_app",
             "config_root",
+            "export_dir",
             "embedded_nomad_endpoint",
             "builds_timeout",
         ]
         .iter()
-        .all(|a| planned.get(a).is_fully_known());
-        if !known
-            || planned.get("stop_app").as_bool() == Some(false)
-            || self.data.services().is_err()
+        .all(|a| planned.get(a).is_fully_known())
+            && [POSTGRES, MONGO]
+                .iter()
+                .all(|b| planned.get(b).get("data_dir").is_fully_known());
+        if !known || self.data.services().is_err() {
+            return;
+        }
+        let sizes = self.sizes(planned).await;
+        if let Some(e) = sizes
+            .as_ref()
+            .and_then(|s| s.shortfall(planned.get("export_dir").as_str().unwrap_or(EXPORT_DIR)))
         {
+            diags.push(e);
+        }
+        if planned.get("stop_app").as_bool() == Some(false) {
             return;
         }
         let restart = ServicesRestart::new(self.data.clone());
@@ -70,11 +83,21 @@ impl DataMigration {
         let builds = crate::resources::cutover::Cutover::new(&self.data, &s)
             .running_builds()
             .await;
-        diags.push(crate::resources::cutover::stop_warning(
+        let mut w = crate::resources::cutover::stop_warning(
             &builds,
             &s,
-            "the data is carried over and CircleCI is left stopped for circleci_services_restart to start",
-        ));
+            "the data is carried over and CircleCI is left stopped for circleci_services_restart to start \
+             (in examples/complete, the Nomad client roll runs in between)",
+        );
+        if let Some(sz) = &sizes {
+            w.detail.push(' ');
+            w.detail.push_str(&sz.describe());
+        }
+        w.detail.push_str(
+            " The runbook's prerequisite, which the provider cannot check: CircleCI's license must allow \
+             external services (ask CircleCI before applying).",
+        );
+        diags.push(w);
     }
 
     pub(super) async fn migrate(&self, planned: &Value, config: &Value) -> Applied {
@@ -188,6 +211,13 @@ impl DataMigration {
             )
             .at(AttrPath::root(VAULT).attr("key"))
             .into());
+        }
+        if let Some(e) = self
+            .sizes(planned)
+            .await
+            .and_then(|sz| sz.shortfall(&s.export_dir))
+        {
+            return Err(e.into());
         }
         if stop::requested() {
             return Err(stopped_error("before anything changed"));
