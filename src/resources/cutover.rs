@@ -391,11 +391,17 @@ pub(crate) fn stop_warning(
 pub(crate) struct Cutover<'a> {
     data: &'a ProviderData,
     s: &'a StopSettings,
+    /// One change of the migration's record at a time (imports run in parallel).
+    lock: tokio::sync::Mutex<()>,
 }
 
 impl<'a> Cutover<'a> {
     pub(crate) fn new(data: &'a ProviderData, s: &'a StopSettings) -> Self {
-        Cutover { data, s }
+        Cutover {
+            data,
+            s,
+            lock: tokio::sync::Mutex::new(()),
+        }
     }
 
     fn path(&self, rel: &str) -> String {
@@ -810,9 +816,9 @@ impl<'a> Cutover<'a> {
     /// Ends a cutover undone by a fallback: the kept originals and the record go; the
     /// migration's targets stay listed, so that the retry restores over them.
     pub(crate) async fn fell_back(&self) -> Result<(), Diagnostics> {
+        self.note_fell_back().await?;
         self.drop_originals().await?;
-        self.close().await?;
-        self.note_fell_back().await
+        self.close().await
     }
 
     /// Closes the record.

@@ -109,27 +109,39 @@ impl Cutover<'_> {
         Ok((self.modified().await?, self.written().await?))
     }
 
-    /// Before the migration writes `targets` (CircleCI stopped): they are the
-    /// cutover's own from now on. `current`: the record as the preflight found it, when
-    /// it was current then; the targets an earlier attempt wrote stay listed.
-    pub(crate) async fn note_targets(
-        &self,
-        current: Option<&Written>,
-        targets: &[String],
-    ) -> Result<(), Diagnostics> {
+    /// Once CircleCI is stopped for the migration: the record as the preflight found
+    /// it (`current`, when it still counted then) is carried on, its targets still the
+    /// cutover's own; a new one is opened otherwise.
+    pub(crate) async fn open_written(&self, current: Option<&Written>) -> Result<(), Diagnostics> {
         let mut w = current.cloned().unwrap_or(Written {
             version: 1,
             ..Written::default()
         });
-        for t in targets {
-            if !w.targets.contains(t) {
-                w.targets.push(t.clone());
-            }
-        }
         w.app_modified = self.modified().await?;
         w.migrated = false;
         w.fell_back = false;
         self.save_written(&w).await
+    }
+
+    /// After the migration verified `target` (restored, or found holding exactly the
+    /// embedded data while already the cutover's own): it is the cutover's own until
+    /// the cutover completes. Listed only once verified: a failed PostgreSQL import
+    /// leaves nothing (one transaction), a failed MongoDB one is dropped again, so a
+    /// target never listed is never overwritten without `overwrite_existing`.
+    pub(crate) async fn note_target(&self, target: &str) -> Result<(), Diagnostics> {
+        let _one = self.lock.lock().await;
+        let mut w = self.written().await?.unwrap_or(Written {
+            version: 1,
+            ..Written::default()
+        });
+        if !w.targets.iter().any(|t| t == target) {
+            w.targets.push(target.to_string());
+            if w.app_modified.is_empty() {
+                w.app_modified = self.modified().await?;
+            }
+            self.save_written(&w).await?;
+        }
+        Ok(())
     }
 
     /// The migration was verified.

@@ -29,8 +29,9 @@ fn mb(n: u64) -> String {
 }
 
 impl Sizes {
-    /// The export's expected size: the data directories' (an export holds no index,
-    /// and pg_dump compresses; MongoDB's BSON is about the size of its files).
+    /// The export's expected size: the data directories'. For PostgreSQL an upper
+    /// bound (the dump holds no index, no WAL, and `-Fc` compresses); for MongoDB it
+    /// may fall short (WiredTiger compresses its files, `mongodump`'s BSON does not).
     pub fn expected_export(&self) -> Option<u64> {
         let read = |v: &Option<Result<u64, String>>| match v {
             None => Some(0),
@@ -152,6 +153,9 @@ impl DataMigration {
     /// The sizes, for the planned migration `planned` (its root, data directories and
     /// export directory); None when the Services machine is not configured.
     pub(super) async fn sizes(&self, planned: &Value) -> Option<Sizes> {
+        if planned.get(POSTGRES).is_null() && planned.get(MONGO).is_null() {
+            return None;
+        }
         let h = self.data.services().ok()?;
         let root = planned
             .get("config_root")

@@ -230,37 +230,15 @@ impl DataMigration {
                 .await?;
             state.set("app_stopped_at", Value::string(now()));
         }
-        // The targets this run may write: empty ones, its own, and with
-        // overwrite_existing any; others are only compared.
-        let writes = |o: &Occupied, db: &str| s.overwrite || !o.holds(db) || o.is_own(db);
-        let targets: Vec<String> = (s.postgres.iter().flat_map(|p| p.targets()))
-            .filter(|(db, _)| writes(&occupied, db))
-            .chain(
-                s.mongo
-                    .iter()
-                    .flat_map(|m| m.targets())
-                    .filter(|(db, _)| writes(&mongo_occupied, db)),
-            )
-            .map(|(_, t)| t)
-            .collect();
-        cut.note_targets(written.as_ref(), &targets).await?;
+        cut.open_written(written.as_ref()).await?;
         let pg = match &s.postgres {
-            Some(p) => self.migrate_postgres(&s, p, &occupied).await?,
+            Some(p) => self.migrate_postgres(&s, p, &occupied, &cut).await?,
             None => PgOutcome::default(),
         };
         let mongo = match &s.mongo {
             Some(m) => {
                 let t = Instant::now();
-                let out = self
-                    .migrate_mongo(
-                        &s.export_dir,
-                        s.command_timeout,
-                        s.overwrite,
-                        s.keep_export,
-                        m,
-                        &mongo_occupied,
-                    )
-                    .await?;
+                let out = self.migrate_mongo(&s, m, &mongo_occupied, &cut).await?;
                 super::run_mongo::log_done(t, &out);
                 out
             }
@@ -389,6 +367,7 @@ impl DataMigration {
         s: &Settings,
         p: &PgSettings,
         occupied: &Occupied,
+        cut: &Cutover<'_>,
     ) -> Result<PgOutcome, Diagnostics> {
         let h = self.data.services()?;
         let source = Source {
@@ -406,7 +385,7 @@ impl DataMigration {
         )
         .await?;
         let r = async {
-            let mut out = self.each_database(&e, s, p, occupied).await?;
+            let mut out = self.each_database(&e, s, p, occupied, cut).await?;
             let names: Vec<String> = out.files.iter().map(|f| f.name.clone()).collect();
             out.files = e.seal(&names).await?;
             if !s.keep_export {
@@ -431,6 +410,7 @@ impl DataMigration {
         s: &Settings,
         p: &PgSettings,
         occupied: &Occupied,
+        cut: &Cutover<'_>,
     ) -> Result<PgOutcome, Diagnostics> {
         let target = Target {
             host: &p.host,
@@ -471,7 +451,13 @@ impl DataMigration {
                 if stop::requested() {
                     return Err(stopped_error(&format!("before database {}", x.db)));
                 }
+                let db = x.db.clone();
                 import_one(e, s, p, &target, occupied, x, &out).await?;
+                // Verified: the cutover's own until it completes.
+                if !out_skipped(&out, &db) || occupied.is_own(&db) {
+                    cut.note_target(&crate::resources::cutover::target_pg(&p.host, p.port, &db))
+                        .await?;
+                }
             }
         };
         let imports = async {
@@ -610,6 +596,12 @@ async fn import_one(
     record(false);
     crate::fault_point::point("circleci_data_migration.database_loop").await;
     Ok(())
+}
+
+/// Whether `db` was found already holding exactly the embedded data.
+fn out_skipped(out: &std::sync::Mutex<PgOutcome>, db: &str) -> bool {
+    let out = out.lock().unwrap_or_else(|e| e.into_inner());
+    out.skipped.iter().any(|s| s == &format!("postgres:{db}"))
 }
 
 /// The target databases of one server that already hold data.

@@ -80,13 +80,13 @@ impl DataMigration {
 
     pub(super) async fn migrate_mongo(
         &self,
-        export_dir: &str,
-        deadline: Duration,
-        overwrite: bool,
-        keep_export: bool,
+        s: &super::settings::Settings,
         m: &MongoSettings,
         occupied: &Occupied,
+        cut: &crate::resources::cutover::Cutover<'_>,
     ) -> Result<MongoOutcome, Diagnostics> {
+        let (export_dir, deadline) = (s.export_dir.as_str(), s.command_timeout);
+        let (overwrite, keep_export) = (s.overwrite, s.keep_export);
         let h = self.data.services()?;
         let admin = self.data.mongo()?;
         let e = EmbeddedMongo::start(
@@ -105,7 +105,13 @@ impl DataMigration {
                 if stop::requested() {
                     return Err(stopped_error(&format!("before MongoDB database {db}")));
                 }
-                dumped |= one_database(&e, &admin, m, overwrite, occupied, db, &mut out).await?;
+                let wrote = one_database(&e, &admin, m, overwrite, occupied, db, &mut out).await?;
+                dumped |= wrote;
+                // Verified: the cutover's own until it completes.
+                if wrote || occupied.is_own(db) {
+                    cut.note_target(&crate::resources::cutover::target_mongo(&m.hosts, db))
+                        .await?;
+                }
             }
             if dumped {
                 out.files = e.seal(&[DUMP_DIR.to_string()]).await?;

@@ -178,7 +178,10 @@ impl ServicesRestart {
                     "The config files are back as they were before this apply",
                     format!(
                         "{files}. CircleCI is stopped; started (Management Console: Start), it runs on these \
-                         files, as it did before this apply."
+                         files, as it did before this apply. Started by hand, it writes to its embedded data \
+                         again and the external copies this cutover wrote stop being its own: the next apply \
+                         then refuses them unless overwrite_existing = true. Left stopped, the next apply \
+                         restores over them."
                     ),
                 )
             } else {
@@ -201,6 +204,9 @@ impl ServicesRestart {
             self.command(Program::Replicatedctl, &["app", "start"])
                 .await?;
             self.wait_for("started", fb.start).await?;
+            // It runs on its embedded data again, whatever the checks say next: a
+            // verified migration no longer holds.
+            cut.note_fell_back().await?;
             self.external(&fb.cutover.root).await
         }
         .await;
