@@ -133,14 +133,7 @@ via_services_host  = true
             .collect()
     };
     let before = runbook_files();
-    sim.replicatedctl(&["app", "start"]);
-    let state = || sim.replicatedctl(&["app", "status", "-o", "json"])[0]["State"].clone();
-    for _ in 0..100 {
-        if state() == "started" {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    sim.start();
 
     // First try: one of the external Nomad's two clients is draining, so the restart's
     // capacity check fails (1 < the embedded Nomad's 2). The cutover is undone.
@@ -164,7 +157,7 @@ via_services_host  = true
         "{err}"
     );
     assert_eq!(runbook_files(), before, "the files are not as they were");
-    assert_eq!(state(), "started");
+    assert_eq!(sim.state(), "started");
     // The clients moved while CircleCI was stopped: after the migration stopped it,
     // before the restart started it.
     let text = String::from_utf8_lossy(&apply.stdout).into_owned();

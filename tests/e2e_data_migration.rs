@@ -81,21 +81,11 @@ output "m" {{
 }
 
 fn app_state(sim: &Sim) -> String {
-    sim.replicatedctl(&["app", "status", "-o", "json"])[0]["State"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
+    sim.state()
 }
 
 fn start_app(sim: &Sim) {
-    sim.replicatedctl(&["app", "start"]);
-    for _ in 0..100 {
-        if app_state(sim) == "started" {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-    panic!("the simulated app did not start");
+    sim.start();
 }
 
 fn output(tf: &Tf) -> serde_json::Value {

@@ -703,29 +703,58 @@ impl<'a> Cutover<'a> {
 
     /// The open record, if any.
     pub(crate) async fn load(&self) -> Result<Option<Record>, Diagnostics> {
-        let path = self.path(RECORD);
-        let Some(content) = self.read(RECORD).await? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&content).map(Some).map_err(|e| {
-            Diagnostic::error(
-                "The cutover record on the Services machine does not parse",
-                format!(
-                    "{path}: {e}. It holds what CircleCI showed before the first stop; remove it only if no \
-                     cutover is under way."
-                ),
-            )
-            .into()
-        })
+        self.read_json(
+            RECORD,
+            "The cutover record on the Services machine does not parse",
+            "It holds what CircleCI showed before the first stop; remove it only if no cutover is under way.",
+        )
+        .await
     }
 
     async fn save(&self, r: &Record) -> Result<(), Diagnostics> {
+        self.write_json(RECORD, r, "the cutover record").await
+    }
+
+    /// The JSON file `rel` under the root, if it is there; `unreadable` is the error's
+    /// summary, `holds` what the file is for.
+    async fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        rel: &str,
+        unreadable: &str,
+        holds: &str,
+    ) -> Result<Option<T>, Diagnostics> {
+        let path = self.path(rel);
+        let Some(content) = self.read(rel).await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&content)
+            .map(Some)
+            .map_err(|e| Diagnostic::error(unreadable, format!("{path}: {e}. {holds}")).into())
+    }
+
+    /// Writes `value` as JSON to `rel` under the root, 0600; `what` names it.
+    async fn write_json<T: Serialize>(
+        &self,
+        rel: &str,
+        value: &T,
+        what: &str,
+    ) -> Result<(), Diagnostics> {
         let h = self.data.services()?;
-        let path = self.path(RECORD);
-        let json = serde_json::to_vec_pretty(r).unwrap_or_default();
+        let path = self.path(rel);
+        let json = serde_json::to_vec_pretty(value).unwrap_or_default();
         h.write_file(&path, &json, 0o600)
             .await
-            .map_err(|e| ssh_diag(&format!("Could not write the cutover record {path}"), e))
+            .map_err(|e| ssh_diag(&format!("Could not write {what} {path}"), e))
+    }
+
+    /// Removes `rel` under the root, if it is there; `what` names it.
+    async fn remove(&self, rel: &str, what: &str) -> Result<(), Diagnostics> {
+        let h = self.data.services()?;
+        let path = self.path(rel);
+        h.remove_file(&path)
+            .await
+            .map(|_| ())
+            .map_err(|e| ssh_diag(&format!("Could not remove {what} {path}"), e))
     }
 
     /// The originals this cutover kept, by file.
@@ -823,12 +852,7 @@ impl<'a> Cutover<'a> {
 
     /// Closes the record.
     async fn close(&self) -> Result<(), Diagnostics> {
-        let h = self.data.services()?;
-        let path = self.path(RECORD);
-        h.remove_file(&path)
-            .await
-            .map(|_| ())
-            .map_err(|e| ssh_diag(&format!("Could not remove the cutover record {path}"), e))
+        self.remove(RECORD, "the cutover record").await
     }
 
     /// After a start: the capacity check against the Nomad CircleCI now uses

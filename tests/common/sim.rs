@@ -43,6 +43,26 @@ impl Sim {
         std::fs::write(&self.settings, settings.to_string()).unwrap();
     }
 
+    /// Replicated's `State` of the app now.
+    pub fn state(&self) -> String {
+        self.replicatedctl(&["app", "status", "-o", "json"])[0]["State"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Starts the app and waits (20 s at most) until it is started.
+    pub fn start(&self) {
+        self.replicatedctl(&["app", "start"]);
+        for _ in 0..100 {
+            if self.state() == "started" {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        panic!("the simulated app did not start");
+    }
+
     pub fn replicatedctl(&self, args: &[&str]) -> Json {
         let out = Command::new(self.bin.join("replicatedctl"))
             .args(args)

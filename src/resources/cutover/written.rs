@@ -15,8 +15,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{app_status, Cutover};
-use crate::plugin::{Diagnostic, Diagnostics};
-use crate::resources::ssh_diag;
+use crate::plugin::Diagnostics;
 
 /// The record, under `config_root`, next to the cutover's.
 pub(crate) const WRITTEN: &str = "data/circle/external-services-cutover/written.json";
@@ -74,29 +73,17 @@ impl Written {
 impl Cutover<'_> {
     /// The record, if any.
     pub(crate) async fn written(&self) -> Result<Option<Written>, Diagnostics> {
-        let path = self.path(WRITTEN);
-        let Some(content) = self.read(WRITTEN).await? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&content).map(Some).map_err(|e| {
-            Diagnostic::error(
-                "The migration's record on the Services machine does not parse",
-                format!(
-                    "{path}: {e}. It names the external databases a failed cutover wrote; removed, the next \
-                     migration refuses them as not empty."
-                ),
-            )
-            .into()
-        })
+        self.read_json(
+            WRITTEN,
+            "The migration's record on the Services machine does not parse",
+            "It names the external databases a failed cutover wrote; removed, the next migration refuses them \
+             as not empty.",
+        )
+        .await
     }
 
     async fn save_written(&self, w: &Written) -> Result<(), Diagnostics> {
-        let h = self.data.services()?;
-        let path = self.path(WRITTEN);
-        let json = serde_json::to_vec_pretty(w).unwrap_or_default();
-        h.write_file(&path, &json, 0o600)
-            .await
-            .map_err(|e| ssh_diag(&format!("Could not write the migration's record {path}"), e))
+        self.write_json(WRITTEN, w, "the migration's record").await
     }
 
     async fn modified(&self) -> Result<String, Diagnostics> {
@@ -167,14 +154,7 @@ impl Cutover<'_> {
 
     /// The cutover completed: the targets are CircleCI's data now.
     pub(crate) async fn drop_written(&self) -> Result<(), Diagnostics> {
-        let h = self.data.services()?;
-        let path = self.path(WRITTEN);
-        h.remove_file(&path).await.map(|_| ()).map_err(|e| {
-            ssh_diag(
-                &format!("Could not remove the migration's record {path}"),
-                e,
-            )
-        })
+        self.remove(WRITTEN, "the migration's record").await
     }
 }
 
