@@ -3,9 +3,11 @@
 package registries this project reaches. Written from Nomad's public HTTP API docs, it
 implements just what circleci_external_nomad uses, and refuses everything else:
 
-  GET /v1/status/leader  -> "127.0.0.1:4647" (a JSON string), or 500 "No cluster leader"
-  GET /v1/status/peers   -> ["127.0.0.1:4647"], or [] without a leader
-  GET /v1/agent/self     -> a minimal agent description
+  GET /v1/status/leader  -> the first of --peers (a JSON string), or 500 "No cluster leader"
+  GET /v1/status/peers   -> --peers (default ["127.0.0.1:4647"]), or [] without a leader
+  GET /v1/agent/self     -> a minimal agent description; config.Version is --version
+                            (default 0.5.6): a string before 0.7, {"Version": ...} after,
+                            as the agent's own changed in 0.7
   GET /v1/nodes          -> with --nodes-dir D: one node stub per D/NAME.json, as the
                             nodes list of Nomad's HTTP API documents it (ID, Name,
                             Address, Status, ModifyIndex, ...). D/NAME.json is written by
@@ -22,15 +24,30 @@ implements just what circleci_external_nomad uses, and refuses everything else:
                             writes {"ID", "Name", "JobID", "NodeID", "EndsAt"}: the
                             allocation is "running" until EndsAt (seconds since the
                             epoch), then "complete", as a build that finishes.
+  GET /v1/node/ID/allocations -> the allocations on that node (an allocation file's
+                            NodeID may name the node instead of giving its ID)
+  Drains, with --nodes-dir and --allocs-dir, by the version's API:
+    before 0.8: POST /v1/node/ID/drain?enable=true|false. Enabling stops the node's
+                running allocations AT ONCE (Nomad migrates them): each is "complete"
+                from then on, with DesiredStatus "stop", and one line goes to
+                A/stopped-by-drain.log. The node lists "Drain": true until disabled.
+    0.8 on:     POST /v1/node/ID/drain {"DrainSpec": {"Deadline": NS, ...} | null,
+                "MarkEligible": bool} and POST /v1/node/ID/eligibility {"Eligibility":
+                "eligible"|"ineligible"}. A drain makes the node ineligible; its
+                allocations run on until they end or the deadline passes (then they are
+                stopped, and logged as above); once none runs the drain is complete
+                ("Drain": false) and the node stays ineligible until made eligible.
+                Before 0.8 the eligibility endpoint does not exist (404).
   --app-state S          -> the EMBEDDED Nomad of the simulated Services machine: it runs
                             only while the simulator's app (S/app.json) is started, as
                             Replicated stops CircleCI's nomad container with the app.
                             Otherwise every connection is closed without an answer.
   X-Nomad-Token          -> checked when --token is given: 403 "Permission denied"
-  anything else          -> 404; methods other than GET -> 405
+  anything else          -> 404; methods other than GET and those POSTs -> 405
 
 Usage: nomad-standin.py --port N [--token T] [--no-leader] [--tls-cert F --tls-key F]
                         [--nodes-dir D] [--allocs-dir A] [--app-state S] [--pidfile F]
+                        [--peers A:P,B:P] [--version V]
 Binds 127.0.0.1 only.
 """
 
@@ -41,25 +58,121 @@ import os
 import ssl
 import sys
 import time
+import re
+import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-LEADER = "127.0.0.1:4647"
+LEADER = "127.0.0.1:4647"  # the default --peers
 REGISTER_SECONDS = 0.6
 
 
-def node_stubs(nodes_dir):
-    out = []
+LOCK = threading.Lock()
+
+
+def version_tuple(v):
+    return tuple(int(x) for x in re.findall(r"\d+", v)[:2])
+
+
+def node_id(name):
+    return str(uuid.uuid5(uuid.NAMESPACE_DNS, name))
+
+
+def read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None  # missing, or being written
+
+
+def write_json(path, value):
+    tmp = path + ".standin.tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f)
+    os.replace(tmp, path)
+
+
+def node_files(nodes_dir):
     for path in sorted(glob.glob(os.path.join(nodes_dir, "*.json"))):
-        try:
-            with open(path) as f:
-                n = json.load(f)
-        except (OSError, ValueError):
-            continue  # being written
+        n = read_json(path)
+        if n is not None:
+            yield path, n
+
+
+def alloc_files(allocs_dir):
+    for path in sorted(glob.glob(os.path.join(allocs_dir, "*.json"))):
+        a = read_json(path)
+        if a is not None:
+            yield path, a
+
+
+def alloc_running(a, nodes):
+    """Whether allocation a runs now: until its EndsAt, unless a drain stopped it (at
+    once before 0.8; at the drain's deadline from 0.8 on)."""
+    if a.get("StoppedByDrain"):
+        return False
+    node = nodes.get(a.get("NodeID", ""))
+    deadline = node.get("DrainDeadline") if node else None
+    now = time.time()
+    return now < float(a.get("EndsAt", 0)) and (deadline is None or now < deadline)
+
+
+def nodes_by_key(nodes_dir):
+    """Each node's JSON by its ID and by its name, with its path."""
+    out = {}
+    if not nodes_dir:
+        return out
+    for path, n in node_files(nodes_dir):
+        n = dict(n, _path=path)
+        out[node_id(n["Name"])] = n
+        out[n["Name"]] = n
+    return out
+
+
+def settle(args):
+    """Applies what time did: allocations a 0.8 drain's deadline stopped are logged, and
+    a 0.8 drain with nothing left running is complete."""
+    if not (args.nodes_dir and args.allocs_dir):
+        return
+    with LOCK:
+        nodes = nodes_by_key(args.nodes_dir)
+        for path, a in alloc_files(args.allocs_dir):
+            node = nodes.get(a.get("NodeID", ""))
+            deadline = node.get("DrainDeadline") if node else None
+            if (deadline is not None and not a.get("StoppedByDrain")
+                    and deadline <= time.time() < float(a.get("EndsAt", 0))):
+                stop_by_drain(args, path, a)
+        for key, n in nodes.items():
+            if key != n["Name"] or n.get("DrainDeadline") is None:
+                continue
+            busy = any(alloc_running(a, nodes) for _, a in alloc_files(args.allocs_dir)
+                       if nodes.get(a.get("NodeID", "")) is n)
+            if not busy:
+                update_node(n["_path"], {"Drain": False, "DrainDeadline": None})
+
+
+def stop_by_drain(args, path, a):
+    a = dict(a, StoppedByDrain=True, StoppedAt=time.time())
+    write_json(path, a)
+    with open(os.path.join(args.allocs_dir, "stopped-by-drain.log"), "a") as f:
+        f.write(f"{a['ID']} on {a.get('NodeID', '')}\n")
+
+
+def update_node(path, changes):
+    n = read_json(path) or {}
+    n.update(changes)
+    write_json(path, n)
+
+
+def node_stubs(args):
+    out = []
+    spec = version_tuple(args.version) >= (0, 8)
+    for _, n in node_files(args.nodes_dir):
         ready = time.time() - n.get("RestartedAt", 0) >= REGISTER_SECONDS
         restarts = int(n.get("Restarts", 0))
-        out.append({
-            "ID": str(uuid.uuid5(uuid.NAMESPACE_DNS, n["Name"])),
+        stub = {
+            "ID": node_id(n["Name"]),
             "Datacenter": "dc1",
             "Name": n["Name"],
             "NodeClass": "",
@@ -67,31 +180,34 @@ def node_stubs(nodes_dir):
             "Drain": bool(n.get("Drain", False)),
             "Status": "ready" if ready else "initializing",
             "StatusDescription": "",
-            "Version": "0.5.6",
+            "Version": args.version,
             "CreateIndex": 10,
-            "ModifyIndex": 100 + 2 * restarts + (1 if ready else 0),
-        })
+            "ModifyIndex": 100 + 2 * restarts + (1 if ready else 0) + 10 * int(n.get("DrainChanges", 0)),
+        }
+        if spec:
+            stub["SchedulingEligibility"] = n.get("Eligibility", "eligible")
+        out.append(stub)
     return out
 
 
-def alloc_stubs(allocs_dir):
+def alloc_stubs(args, node=None):
     out = []
-    for path in sorted(glob.glob(os.path.join(allocs_dir, "*.json"))):
-        try:
-            with open(path) as f:
-                a = json.load(f)
-        except (OSError, ValueError):
-            continue  # being written
-        running = time.time() < float(a.get("EndsAt", 0))
+    nodes = nodes_by_key(args.nodes_dir)
+    for _, a in alloc_files(args.allocs_dir):
+        n = nodes.get(a.get("NodeID", ""))
+        nid = node_id(n["Name"]) if n else a.get("NodeID", "")
+        if node is not None and nid != node:
+            continue
+        running = alloc_running(a, nodes)
         out.append({
             "ID": a["ID"],
             "EvalID": str(uuid.uuid5(uuid.NAMESPACE_URL, a["ID"])),
             "Name": a.get("Name", a["ID"]),
-            "NodeID": a.get("NodeID", ""),
+            "NodeID": nid,
             "JobID": a.get("JobID", a["ID"]),
             "TaskGroup": "build",
-            "DesiredStatus": "run",
-            "DesiredDescription": "",
+            "DesiredStatus": "stop" if a.get("StoppedByDrain") else "run",
+            "DesiredDescription": "alloc is being migrated" if a.get("StoppedByDrain") else "",
             "ClientStatus": "running" if running else "complete",
             "ClientDescription": "",
             "CreateIndex": 200,
@@ -134,36 +250,99 @@ def handler(args):
             if args.app_state and not app_started(args.app_state):
                 self.close_connection = True  # the container is not running
                 return
+            settle(args)
             path = self.path.split("?", 1)[0]
             routes = {"/v1/status/leader", "/v1/status/peers", "/v1/agent/self"}
             if args.nodes_dir:
                 routes.add("/v1/nodes")
             if args.allocs_dir:
                 routes.add("/v1/allocations")
-            if path not in routes:
+            m = re.fullmatch(r"/v1/node/([0-9a-f-]{36})/allocations", path)
+            if path not in routes and not (m and args.nodes_dir and args.allocs_dir):
                 return self.send(404, "404 page not found\n", "text/plain")
             if not self.authorized():
                 return self.send(403, "Permission denied\n", "text/plain")
+            peers = args.peers.split(",")
+            if m:
+                if m.group(1) not in nodes_by_key(args.nodes_dir):
+                    return self.send(404, "node not found\n", "text/plain")
+                return self.send(200, json.dumps(alloc_stubs(args, m.group(1))))
             if path == "/v1/status/leader":
                 if args.no_leader:
                     return self.send(500, "No cluster leader\n", "text/plain")
-                return self.send(200, json.dumps(LEADER))
+                return self.send(200, json.dumps(peers[0]))
             if path == "/v1/nodes":
-                return self.send(200, json.dumps(node_stubs(args.nodes_dir)))
+                return self.send(200, json.dumps(node_stubs(args)))
             if path == "/v1/allocations":
-                return self.send(200, json.dumps(alloc_stubs(args.allocs_dir)))
+                return self.send(200, json.dumps(alloc_stubs(args)))
             if path == "/v1/status/peers":
-                return self.send(200, json.dumps([] if args.no_leader else [LEADER]))
+                return self.send(200, json.dumps([] if args.no_leader else peers))
+            version = args.version if version_tuple(args.version) < (0, 7) else {"Version": args.version}
             return self.send(200, json.dumps({
-                "config": {"Region": "global", "Datacenter": "dc1", "Version": {"Version": "0.5.6"}},
+                "config": {"Region": "global", "Datacenter": "dc1", "Version": version},
                 "member": {"Name": "standin.global", "Addr": "127.0.0.1", "Port": 4648, "Status": "alive"},
                 "stats": {},
             }))
 
+        def do_POST(self):
+            if args.app_state and not app_started(args.app_state):
+                self.close_connection = True
+                return
+            path, _, query = self.path.partition("?")
+            m = re.fullmatch(r"/v1/node/([0-9a-f-]{36})/(drain|eligibility)", path)
+            spec = version_tuple(args.version) >= (0, 8)
+            if not (m and args.nodes_dir and args.allocs_dir) or (m.group(2) == "eligibility" and not spec):
+                return self.send(404, "404 page not found\n", "text/plain")
+            if not self.authorized():
+                return self.send(403, "Permission denied\n", "text/plain")
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            with LOCK:
+                nodes = nodes_by_key(args.nodes_dir)
+                node = nodes.get(m.group(1))
+                if node is None:
+                    return self.send(404, "node not found\n", "text/plain")
+                changes = {"DrainChanges": int(node.get("DrainChanges", 0)) + 1}
+                if m.group(2) == "eligibility":
+                    try:
+                        e = json.loads(raw)["Eligibility"]
+                    except (ValueError, KeyError, TypeError):
+                        return self.send(400, "invalid eligibility request\n", "text/plain")
+                    if e not in ("eligible", "ineligible"):
+                        return self.send(400, f"invalid scheduling eligibility {e!r}\n", "text/plain")
+                    changes["Eligibility"] = e
+                elif not spec:
+                    enable = dict(p.split("=", 1) for p in query.split("&") if "=" in p).get("enable")
+                    if enable not in ("true", "false"):
+                        return self.send(400, "invalid enable value\n", "text/plain")
+                    changes["Drain"] = enable == "true"
+                    if enable == "true":
+                        for apath, a in alloc_files(args.allocs_dir):
+                            if nodes.get(a.get("NodeID", "")) is node and alloc_running(a, nodes):
+                                stop_by_drain(args, apath, a)
+                else:
+                    try:
+                        req = json.loads(raw or b"{}")
+                        ds = req.get("DrainSpec")
+                        deadline = None if ds is None else int(ds["Deadline"]) / 1e9
+                    except (ValueError, KeyError, TypeError, AttributeError):
+                        return self.send(400, "invalid drain request\n", "text/plain")
+                    if deadline is None:
+                        changes.update(Drain=False, DrainDeadline=None)
+                        if req.get("MarkEligible"):
+                            changes["Eligibility"] = "eligible"
+                    else:
+                        changes.update(Drain=True, DrainDeadline=time.time() + deadline,
+                                       Eligibility="ineligible")
+                update_node(node["_path"], changes)
+            settle(args)
+            return self.send(200, json.dumps({"EvalIDs": [], "EvalCreateIndex": 0,
+                                              "NodeModifyIndex": 300, "Index": 300}))
+
         def refuse(self):
             self.send(405, "Method not allowed\n", "text/plain")
 
-        do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = refuse
+        do_PUT = do_DELETE = do_PATCH = do_HEAD = refuse
 
     return Handler
 
@@ -179,6 +358,8 @@ def main():
     p.add_argument("--allocs-dir")
     p.add_argument("--app-state")
     p.add_argument("--pidfile")
+    p.add_argument("--peers", default=LEADER)
+    p.add_argument("--version", default="0.5.6")
     args = p.parse_args()
     srv = ThreadingHTTPServer(("127.0.0.1", args.port), handler(args))
     if args.tls_cert:

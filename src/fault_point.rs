@@ -6,6 +6,10 @@
 //! An apply reaching an armed point removes `P.armed`, creates `DIR/P.reached`, and
 //! waits until `DIR/P.go` exists, Terraform asks the provider to stop, or two minutes
 //! pass, whichever comes first. Unarmed points cost one `stat`.
+//!
+//! A point checked with [`failure`] instead *fails* the step when `DIR/P.fail` exists:
+//! the file is removed and its text becomes the step's error, as a real failure there
+//! would end it (the tests use it where no server can be made to fail on cue).
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -50,4 +54,15 @@ pub async fn point(name: &str) {
         }
     }
     log::warn!("fault point {name}: released");
+}
+
+/// Point `name`, where the fault suite can make the step fail: the injected failure's
+/// text, once, when `DIR/name.fail` exists.
+pub fn failure(name: &str) -> Option<String> {
+    let dir = dir()?;
+    let path = dir.join(format!("{name}.fail"));
+    let text = std::fs::read_to_string(&path).ok()?;
+    let _ = std::fs::remove_file(&path);
+    log::warn!("fault point {name}: failing as injected");
+    Some(format!("injected failure at {name}: {}", text.trim()))
 }

@@ -26,7 +26,7 @@ fn the_complete_example_externalizes_and_every_check_passes() {
     // The Nomad client group enterprise-setup would have made, on moto.
     let group = format!("complete-example-{}", std::process::id());
     let user_data = s.get("CIRCLECI_TEST_NOMAD_USER_DATA").to_string();
-    s.aws_fixture(&[
+    let made = s.aws_fixture(&[
         "setup",
         "--name",
         &group,
@@ -108,8 +108,11 @@ via_services_host  = true
             "complete 'circle' password $1".to_string(),
         ),
     ];
+    // Where a test makes a step fail on cue (src/fault_point.rs).
+    let faults = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {
         let mut c = tf.cmd(args);
+        c.env("CIRCLECI_PROVIDER_FAULT_DIR", faults.path());
         for (k, v) in &secrets {
             c.env(k, v);
         }
@@ -158,6 +161,20 @@ via_services_host  = true
     );
     assert_eq!(runbook_files(), before, "the files are not as they were");
     assert_eq!(sim.state(), "started");
+    // The clients followed CircleCI back to its embedded Nomad: the group is on its
+    // original launch configuration, its instances replaced from it.
+    let now = s.aws_fixture(&["group", "--name", &group]);
+    assert_eq!(
+        now["launch_configuration"], made["launch_configuration"],
+        "{now}"
+    );
+    assert!(
+        err.contains(&format!(
+            "Nomad clients moved back: Auto Scaling group {group} is back on launch configuration {}",
+            made["launch_configuration"].as_str().unwrap()
+        )),
+        "{err}"
+    );
     // The clients moved while CircleCI was stopped: after the migration stopped it,
     // before the restart started it.
     let text = String::from_utf8_lossy(&apply.stdout).into_owned();
@@ -174,10 +191,54 @@ via_services_host  = true
             < at("circleci_services_restart.this: Creating...")
     );
 
-    // The client is back. The migration no longer holds (CircleCI went back to its
-    // embedded data): the plan migrates again, over the copies the first try wrote,
-    // and the cutover completes.
+    // Second try, the client back: the migration no longer holds (CircleCI went back to
+    // its embedded data), so it runs again over the copies the first try wrote, and the
+    // clients move again; their roll fails half-way. The cutover is undone again, the
+    // clients with it.
     drop(ci_nomad);
+    std::fs::write(
+        faults
+            .path()
+            .join("circleci_nomad_client_launch_config.rollout.fail"),
+        "the roll stops after its first batch",
+    )
+    .unwrap();
+    let apply = run(&["apply", "-auto-approve", "-no-color", "-input=false"]);
+    assert!(
+        !apply.status.success(),
+        "the second apply should have failed"
+    );
+    let err = flat(&String::from_utf8_lossy(&apply.stderr));
+    assert!(err.contains("Rollout interrupted"), "{err}");
+    assert!(
+        err.contains("injected failure at circleci_nomad_client_launch_config.rollout"),
+        "{err}"
+    );
+    assert!(
+        err.contains("CircleCI is back as it was before this apply"),
+        "{err}"
+    );
+    assert!(err.contains("CircleCI was started on them"), "{err}");
+    assert!(
+        err.contains("the 8 observations of the runbook's checks are as before the cutover"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "Nomad clients moved back: Auto Scaling group {group} is back on launch configuration {}",
+            made["launch_configuration"].as_str().unwrap()
+        )),
+        "{err}"
+    );
+    assert_eq!(runbook_files(), before, "the files are not as they were");
+    assert_eq!(sim.state(), "started");
+    let now = s.aws_fixture(&["group", "--name", &group]);
+    assert_eq!(
+        now["launch_configuration"], made["launch_configuration"],
+        "{now}"
+    );
+
+    // Third try: the cutover completes.
     let apply = run(&["apply", "-auto-approve", "-no-color", "-input=false"]);
     assert!(apply.status.success(), "the second apply failed");
     let text = String::from_utf8_lossy(&apply.stdout).into_owned();

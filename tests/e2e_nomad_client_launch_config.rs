@@ -8,6 +8,7 @@ mod common;
 
 use std::process::{Child, Command};
 
+use common::sim::{Sim, SIMULATOR};
 use common::{closed_port, flat, servers, Servers, Tf};
 use serde_json::Value as Json;
 
@@ -76,11 +77,22 @@ fn unique(base: &str) -> String {
     format!("{base}-{}-{}", std::process::id(), n % 1_000_000_000)
 }
 
+/// The provider: AWS at `endpoint`, and the Services machine, which says whether CircleCI
+/// runs (it is stopped in these tests: see [`circleci_stopped`]).
 fn provider(endpoint: &str) -> String {
-    format!(
-        "terraform {{\n  required_providers {{\n    circleci = {{ source = \"circleci/circleci\" }}\n  }}\n}}\n\
-         provider \"circleci\" {{\n  aws {{\n    region   = \"us-east-1\"\n    endpoint = {endpoint:?}\n  }}\n}}\n"
+    servers().provider_block_on(
+        servers().ssh_port(),
+        "",
+        &format!("  aws {{\n    region   = \"us-east-1\"\n    endpoint = {endpoint:?}\n  }}\n"),
     )
+}
+
+/// CircleCI stopped on the simulated Services machine for one test: the clients move
+/// freely (no build runs).
+/// (The simulator is put back before the next test may take its turn.)
+fn circleci_stopped(s: &Servers) -> (Sim, std::sync::MutexGuard<'static, ()>) {
+    let turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
+    (Sim::new(s, serde_json::json!({"transition": 1})), turn)
 }
 
 fn resource(group: &str, servers: &[&str], extra: &str) -> String {
@@ -142,6 +154,7 @@ fn copies(s: &Servers, group: &str) -> Vec<String> {
 #[test]
 fn launch_configuration_group_apply_update_drift_import_destroy() {
     let s = servers();
+    let _ci = circleci_stopped(&s);
     let endpoint = s.get("CIRCLECI_TEST_AWS_ENDPOINT");
     let group = unique("nomad-lc");
     let made = setup(&s, &group, "lc", s.get("CIRCLECI_TEST_NOMAD_USER_DATA"));
@@ -310,6 +323,7 @@ fn launch_configuration_group_apply_update_drift_import_destroy() {
 #[test]
 fn launch_template_group_gets_a_new_version() {
     let s = servers();
+    let _ci = circleci_stopped(&s);
     let endpoint = s.get("CIRCLECI_TEST_AWS_ENDPOINT");
     let group = unique("nomad-lt");
     let made = setup(&s, &group, "lt", s.get("CIRCLECI_TEST_NOMAD_USER_DATA"));
@@ -363,8 +377,83 @@ fn launch_template_group_gets_a_new_version() {
 }
 
 #[test]
+fn with_circleci_running_the_group_moves_only_to_its_nomad_and_is_not_terminated() {
+    let s = servers();
+    let (sim, _turn) = circleci_stopped(&s);
+    let endpoint = s.get("CIRCLECI_TEST_AWS_ENDPOINT");
+    let group = unique("nomad-running");
+    let made = setup(&s, &group, "lc", s.get("CIRCLECI_TEST_NOMAD_USER_DATA"));
+    // CircleCI runs on its embedded Nomad (no nomad file under this root), whose one
+    // server is 127.0.0.1:4647.
+    sim.start();
+    let root = tempfile::tempdir().unwrap();
+    let extra = |more: &str| {
+        format!(
+            "  config_root = {:?}\n  embedded_nomad_endpoint = {:?}\n{more}",
+            root.path(),
+            s.get("CIRCLECI_TEST_EMBEDDED_NOMAD_ADDR")
+        )
+    };
+    let unchanged = |why: &str| {
+        let g = fixture(&s, &["group", "--name", &group]);
+        assert_eq!(
+            g["launch_configuration"], made["launch_configuration"],
+            "{why}"
+        );
+        assert_eq!(instance_ids(&g), instance_ids(&made), "{why}");
+        assert!(copies(&s, &group).is_empty(), "{why}");
+    };
+    let tf = Tf::new(&format!(
+        "{}{}",
+        provider(endpoint),
+        resource(&group, &SERVERS, &extra(""))
+    ));
+    let out = flat(&tf.fails(&["apply", "-auto-approve", "-no-color", "-input=false"]));
+    assert!(
+        out.contains("Clients would leave the Nomad CircleCI uses"),
+        "{out}"
+    );
+    assert!(out.contains("nomad-1.internal:4647, nomad-2.internal:4647, nomad-3.internal:4647 are not among them"), "{out}");
+    assert!(out.contains("on main.tf line"), "{out}");
+    unchanged("a move away from CircleCI's Nomad");
+
+    // Its own server: the group may switch, but its clients are not terminated under
+    // the builds.
+    tf.write_main(&format!(
+        "{}{}",
+        provider(endpoint),
+        resource(&group, &["127.0.0.1:4647"], &extra(""))
+    ));
+    let out = flat(&tf.fails(&["apply", "-auto-approve", "-no-color", "-input=false"]));
+    assert!(
+        out.contains("CircleCI is running: its builds would be cut off"),
+        "{out}"
+    );
+    assert!(out.contains("rollout"), "{out}");
+    unchanged("a terminating rollout");
+    tf.write_main(&format!(
+        "{}{}",
+        provider(endpoint),
+        resource(
+            &group,
+            &["127.0.0.1:4647"],
+            &extra("  rollout = \"none\"\n")
+        )
+    ));
+    tf.ok(&["apply", "-auto-approve", "-no-color", "-input=false"]);
+    let g = fixture(&s, &["group", "--name", &group]);
+    assert_ne!(g["launch_configuration"], made["launch_configuration"]);
+    assert_eq!(
+        instance_ids(&g),
+        instance_ids(&made),
+        "no instance terminated"
+    );
+}
+
+#[test]
 fn user_data_without_servers_is_refused_and_nothing_changes() {
     let s = servers();
+    let _ci = circleci_stopped(&s);
     let endpoint = s.get("CIRCLECI_TEST_AWS_ENDPOINT");
     let group = unique("nomad-noservers");
     let dir = tempfile::tempdir().unwrap();
@@ -469,6 +558,7 @@ impl Drop for Moto {
 #[test]
 fn aws_stopped_is_a_clear_error() {
     let s = servers();
+    let _ci = circleci_stopped(&s);
     let mut moto = Moto::start(&s);
     let endpoint = moto.endpoint();
     let group = unique("nomad-stopped");
@@ -505,6 +595,7 @@ fn aws_stopped_is_a_clear_error() {
 #[test]
 fn missing_credentials_are_named() {
     let s = servers();
+    let _ci = circleci_stopped(&s);
     let tf = Tf::new(&format!(
         "{}{}",
         provider(s.get("CIRCLECI_TEST_AWS_ENDPOINT")),
@@ -527,6 +618,7 @@ fn missing_credentials_are_named() {
 #[test]
 fn a_plan_made_stale_by_a_changed_group_is_refused() {
     let s = servers();
+    let _ci = circleci_stopped(&s);
     let endpoint = s.get("CIRCLECI_TEST_AWS_ENDPOINT");
     let group = unique("nomad-stale");
     setup(&s, &group, "lc", s.get("CIRCLECI_TEST_NOMAD_USER_DATA"));
@@ -594,6 +686,7 @@ fn a_plan_made_stale_by_a_changed_group_is_refused() {
 #[test]
 fn restore_on_destroy_false_leaves_the_group_on_the_copy() {
     let s = servers();
+    let _ci = circleci_stopped(&s);
     let endpoint = s.get("CIRCLECI_TEST_AWS_ENDPOINT");
     let group = unique("nomad-keep");
     let made = setup(&s, &group, "lc", s.get("CIRCLECI_TEST_NOMAD_USER_DATA"));

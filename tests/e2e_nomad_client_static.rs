@@ -12,6 +12,7 @@ mod common;
 
 use std::path::PathBuf;
 
+use common::sim::{epoch_now, Sim, SIMULATOR};
 use common::sshd::{self, Proc};
 use common::{flat, servers, NomadStandin, Servers, Tf};
 
@@ -42,10 +43,19 @@ struct Fleet {
     clients: Vec<Client>,
     nomad: NomadStandin,
     known_hosts: PathBuf,
+    /// The simulated Services machine, CircleCI stopped unless a test starts it.
+    sim: Sim,
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Fleet {
     fn new(s: &Servers, n: usize) -> Fleet {
+        Fleet::with(s, n, &[])
+    }
+
+    /// With `args` for the fleet's Nomad stand-in besides its nodes and allocations.
+    fn with(s: &Servers, n: usize, args: &[&str]) -> Fleet {
+        let turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
         let dir = common::searchable_tempdir();
         let bin = dir.path().join("bin");
         let nodes = dir.path().join("nodes");
@@ -55,7 +65,17 @@ impl Fleet {
         for tool in ["systemctl", "service"] {
             std::os::unix::fs::symlink(&agent, bin.join(tool)).unwrap();
         }
-        let nomad = NomadStandin::start(s, &["--nodes-dir", nodes.to_str().unwrap()]);
+        let allocs = dir.path().join("allocs");
+        std::fs::create_dir_all(&allocs).unwrap();
+        let mut standin = vec![
+            "--nodes-dir",
+            nodes.to_str().unwrap(),
+            "--allocs-dir",
+            allocs.to_str().unwrap(),
+        ];
+        standin.extend_from_slice(args);
+        let nomad = NomadStandin::start(s, &standin);
+        let sim = Sim::new(s, serde_json::json!({"root": dir.path(), "transition": 1}));
         let mut clients = Vec::new();
         for i in 1..=n {
             let name = format!("client-{i}");
@@ -91,6 +111,8 @@ impl Fleet {
             clients,
             nomad,
             known_hosts,
+            sim,
+            _turn: turn,
         };
         for i in 0..n {
             f.up(i);
@@ -187,17 +209,230 @@ resource "circleci_nomad_client_static" "fleet" {{
   nomad_endpoint = {endpoint:?}
   nomad_ca_file  = {ca:?}
   ready_timeout  = "20s"
+  config_root    = {root:?}
+  embedded_nomad_endpoint = {embedded:?}
 {extra}
 {clients}}}
 "#,
             endpoint = self.nomad.endpoint(),
             ca = s.get("CIRCLECI_TEST_TLS_CA"),
+            root = self.dir.path(),
+            embedded = s.get("CIRCLECI_TEST_EMBEDDED_NOMAD_ADDR"),
         )
     }
 
     fn key(&self, i: usize) -> String {
         format!("127.0.0.1:{}", self.clients[i].port)
     }
+
+    /// CircleCI started, scheduling on the fleet's Nomad (its nomad file names it), or
+    /// with `None` on its embedded one (no nomad file).
+    fn circleci_running_on(&self, s: &Servers, nomad: Option<&str>) {
+        let file = self.dir.path().join("etc/circleconfig/shared/nomad");
+        match nomad {
+            Some(e) => {
+                std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+                std::fs::write(&file, format!("export NOMAD_API_ENDPOINT={e}\n")).unwrap();
+            }
+            None => {
+                let _ = std::fs::remove_file(&file);
+            }
+        }
+        let _ = s;
+        self.sim.start();
+    }
+
+    /// A build on client `i` that runs until `ends_at`.
+    fn build(&self, i: usize, id: &str, ends_at: f64) {
+        std::fs::write(
+            self.dir.path().join(format!("allocs/{id}.json")),
+            serde_json::json!({"ID": id, "Name": format!("{id}.build[0]"), "JobID": id,
+                               "NodeID": self.clients[i].name, "EndsAt": ends_at})
+            .to_string(),
+        )
+        .unwrap();
+    }
+
+    /// What the stand-in logged of allocations a drain stopped.
+    fn stopped_by_drain(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("allocs/stopped-by-drain.log"))
+            .unwrap_or_default()
+    }
+
+    /// Client `i`'s node as the stand-in keeps it.
+    fn node(&self, i: usize) -> serde_json::Value {
+        let text =
+            std::fs::read_to_string(self.nodes.join(format!("{}.json", self.clients[i].name)))
+                .unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
+/// With CircleCI running on the fleet's Nomad (`version`), a move waits for the build on
+/// the first client, drains it, restarts it and lifts the drain; nothing is stopped by a
+/// drain. Returns the fleet for the version's own checks.
+fn roll_while_running(version: &str) -> Fleet {
+    let s = servers();
+    let f = Fleet::with(
+        &s,
+        2,
+        &[
+            "--version",
+            version,
+            "--peers",
+            "127.0.0.1:4647,127.0.0.2:4647",
+        ],
+    );
+    f.circleci_running_on(&s, Some(&f.nomad.endpoint()));
+    let ends = epoch_now() + 4.0;
+    f.build(0, "build-7", ends);
+    let main = f.main_tf(
+        &s,
+        &[0, 1],
+        r#"["127.0.0.1:4647", "127.0.0.2"]"#,
+        "  builds_timeout = \"60s\"\n",
+    );
+    let tf = Tf::new(&main);
+    let out = flat(&tf.ok(&["apply", "-auto-approve", "-no-color"]));
+    assert!(
+        f.file(0)
+            .contains(r#"servers = ["127.0.0.1:4647", "127.0.0.2"]"#),
+        "{out}"
+    );
+    assert_eq!((f.restarts(0), f.restarts(1)), (1, 1));
+    let node = f.node(0);
+    assert!(
+        node["RestartedAt"].as_f64().unwrap() >= ends,
+        "client-1 was restarted before its build ended: {node}"
+    );
+    assert_eq!(f.stopped_by_drain(), "", "a drain stopped a build");
+    assert_eq!(node["Drain"], false, "the drain was not lifted: {node}");
+    assert!(
+        node["DrainChanges"].as_i64().unwrap() >= 2,
+        "client-1 was never drained: {node}"
+    );
+    assert_eq!(tf.plan_code(), 0, "a second plan is empty");
+    f
+}
+
+#[test]
+fn with_circleci_running_a_roll_waits_for_builds_and_drains_on_0_5_6() {
+    let f = roll_while_running("0.5.6");
+    assert!(f.node(0).get("Eligibility").is_none());
+}
+
+#[test]
+fn with_circleci_running_a_roll_drains_with_a_deadline_on_0_8() {
+    let f = roll_while_running("0.8.7");
+    assert_eq!(f.node(0)["Eligibility"], "eligible", "{}", f.node(0));
+    assert_eq!(f.node(1)["Eligibility"], "eligible", "{}", f.node(1));
+}
+
+#[test]
+fn a_build_past_builds_timeout_stops_the_roll_with_the_client_unchanged() {
+    let s = servers();
+    let f = Fleet::with(&s, 1, &[]);
+    f.circleci_running_on(&s, Some(&f.nomad.endpoint()));
+    f.build(0, "build-long", epoch_now() + 3600.0);
+    let main = f.main_tf(
+        &s,
+        &[0],
+        r#"["127.0.0.1:4647"]"#,
+        "  builds_timeout = \"2s\"\n",
+    );
+    let tf = Tf::new(&main);
+    let err = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
+    assert!(
+        err.contains("1 build(s) still run on node \"client-1\" after 2s (builds_timeout): build-long.build[0]"),
+        "{err}"
+    );
+    assert_eq!(f.file(0), f.clients[0].original);
+    assert_eq!(f.restarts(0), 0);
+    assert_eq!(f.stopped_by_drain(), "");
+    assert_ne!(f.node(0)["Drain"], true, "left draining: {}", f.node(0));
+}
+
+#[test]
+fn a_roll_that_fails_inside_a_cutover_puts_every_client_back_and_starts_circleci() {
+    let s = servers();
+    let f = Fleet::new(&s, 2);
+    // A cutover under way: CircleCI stopped by it, its record open (as the migration
+    // leaves them before the clients move).
+    let record = f
+        .dir
+        .path()
+        .join("data/circle/external-services-cutover/record.json");
+    std::fs::create_dir_all(record.parent().unwrap()).unwrap();
+    let modified =
+        f.sim.replicatedctl(&["app", "status", "-o", "json"])[0]["LastModifiedAt"].clone();
+    std::fs::write(
+        &record,
+        serde_json::json!({"version": 1, "taken_at": "", "nomad_servers": [], "nomad_clients": [],
+                           "app_modified": [modified]})
+        .to_string(),
+    )
+    .unwrap();
+    // The second client's node never comes back ready: the roll stops there.
+    let main = f
+        .main_tf(&s, &[0, 1], r#"["nomad-1.internal:4647"]"#, "")
+        .replace(
+            "node_name   = \"client-2\"",
+            "node_name   = \"not-in-nomad\"",
+        )
+        .replace("ready_timeout  = \"20s\"", "ready_timeout  = \"2s\"");
+    let tf = Tf::new(&main);
+    let err = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
+    assert!(
+        err.contains("The roll over the Nomad clients stopped"),
+        "{err}"
+    );
+    assert!(
+        err.contains("CircleCI is back as it was before this apply"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "the servers lists of {} are back as they were",
+            [f.key(0), f.key(1)].join(", ")
+        )) || err.contains(&format!(
+            "the servers lists of {} are back as they were",
+            [f.key(1), f.key(0)].join(", ")
+        )),
+        "{err}"
+    );
+    assert_eq!(f.file(0), f.clients[0].original);
+    assert_eq!(f.file(1), f.clients[1].original);
+    assert!(!f.kept(0).exists() && !f.kept(1).exists());
+    assert_eq!(f.sim.state(), "started");
+    assert!(!record.exists(), "the record of the undone cutover stays");
+}
+
+#[test]
+fn with_circleci_running_clients_are_not_moved_to_servers_it_does_not_use() {
+    let s = servers();
+    let f = Fleet::new(&s, 1);
+    // CircleCI on its embedded Nomad (no nomad file); the clients asked to go elsewhere.
+    f.circleci_running_on(&s, None);
+    let tf = Tf::new(&f.main_tf(&s, &[0], r#"["nomad-1.internal:4647"]"#, ""));
+    let err = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
+    assert!(
+        err.contains("Clients would leave the Nomad CircleCI uses"),
+        "{err}"
+    );
+    assert!(
+        err.contains("nomad-1.internal:4647 is not among them"),
+        "{err}"
+    );
+    assert!(
+        err.contains("with circleci_nomad_client_static.fleet"),
+        "{err}"
+    );
+    assert_eq!(f.file(0), f.clients[0].original);
+    assert!(
+        !f.kept(0).exists(),
+        "nothing may change, not even the kept copy"
+    );
+    assert_eq!(f.restarts(0), 0);
 }
 
 /// The original file with only the servers list's bytes changed.

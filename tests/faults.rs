@@ -282,7 +282,22 @@ fn uid_gid(user: &str) -> (u32, u32) {
     (id("-u"), id("-g"))
 }
 
-fn provider_block(s: &Servers) -> String {
+/// CircleCI stopped on the simulated Services machine: the client rolls move freely.
+/// (The simulator is put back before the next test may take its turn.)
+fn circleci_stopped(s: &Servers) -> (common::sim::Sim, std::sync::MutexGuard<'static, ()>) {
+    let turn = common::sim::SIMULATOR
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    (
+        common::sim::Sim::new(s, serde_json::json!({"transition": 1})),
+        turn,
+    )
+}
+
+/// The provider, on the Services machine as the sudo user without sudo (the file
+/// resources' permissions are part of what is checked), except for the client rolls:
+/// they ask Replicated whether CircleCI runs, which takes root there.
+fn provider_block(s: &Servers, res: Res) -> String {
     let t = |d: Duration| format!("{}s", d.as_secs());
     format!(
         r#"
@@ -331,7 +346,11 @@ provider "circleci" {{
 }}
 "#,
         ssh = s.ssh_port(),
-        user = sudo_user(s),
+        user = if res == Res::LaunchConfig {
+            "root".to_string()
+        } else {
+            sudo_user(s)
+        },
         key = s.get("CIRCLECI_TEST_SSH_KEY_FILE"),
         known = s.get("CIRCLECI_TEST_SSH_KNOWN_HOSTS"),
         dl = t(DEADLINE),
@@ -386,7 +405,7 @@ impl<'a> Scenario<'a> {
             sc.group = Some((sc.tag.clone(), lc));
         }
         sc.tf
-            .write_main(&format!("{}{}", provider_block(s), sc.resource()));
+            .write_main(&format!("{}{}", provider_block(s, res), sc.resource()));
         sc
     }
 
@@ -779,6 +798,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 fn interrupted_rollout_then_destroy_restores_the_original() {
     let _one = serial();
     let s = servers();
+    let _ci = circleci_stopped(&s);
     let _thaw = Thaw;
     let root = tempfile::tempdir().unwrap();
     let sc = Scenario::new(&s, root.path(), Res::LaunchConfig, Fault::Interrupt, 900);
@@ -818,6 +838,7 @@ fn interrupted_rollout_then_destroy_restores_the_original() {
 fn every_fault_at_every_phase_converges() {
     let _one = serial();
     let s = servers();
+    let _ci = circleci_stopped(&s);
     let _thaw = Thaw;
     let root = common::searchable_tempdir();
     let only = std::env::var("CIRCLECI_FAULTS_ONLY").unwrap_or_default();

@@ -341,11 +341,15 @@ resource "circleci_services_ca_certificate" "trusted" {
 
 # The clients move to the external servers while CircleCI is stopped: after the
 # migration stopped it (no build runs on them then), before the restart starts it.
+# With CircleCI running, the provider refuses to move them to servers it does not use,
+# and to terminate them under running builds.
 resource "circleci_nomad_client_launch_config" "clients" {
-  autoscaling_group_name = var.nomad_clients_asg
-  nomad_servers          = var.nomad_servers
-  rollout                = "terminate"
-  rollout_batch_size     = 1
+  autoscaling_group_name  = var.nomad_clients_asg
+  nomad_servers           = var.nomad_servers
+  rollout                 = "terminate"
+  rollout_batch_size      = 1
+  config_root             = var.config_root == "" ? "/" : var.config_root
+  embedded_nomad_endpoint = var.embedded_nomad_endpoint
 
   depends_on = [circleci_external_nomad.this, circleci_data_migration.this]
 }

@@ -63,12 +63,26 @@ impl<'a> Ca<'a> {
     }
 }
 
-/// One GET of the Nomad HTTP API `path` (`/v1/...`): the status and the body. Through
-/// the Services machine when `route` says so; `ca` added to the system's CAs.
+/// One GET of the Nomad HTTP API `path` (`/v1/...`): the status and the body.
 async fn get(
     route: &Route,
     endpoint: &str,
     path: &str,
+    ca: Option<Ca<'_>>,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<(u16, String), NomadError> {
+    request(route, endpoint, path, None, ca, token, timeout).await
+}
+
+/// One request of the Nomad HTTP API `path` (`/v1/...`): a GET, or a POST of `body`
+/// (JSON); the status and the body. Through the Services machine when `route` says so;
+/// `ca` added to the system's CAs.
+async fn request(
+    route: &Route,
+    endpoint: &str,
+    path: &str,
+    body: Option<String>,
     ca: Option<Ca<'_>>,
     token: Option<&str>,
     timeout: Duration,
@@ -114,7 +128,13 @@ async fn get(
     }
     let client = b.build().map_err(NomadError::Client)?;
     let url = format!("{}{path}", endpoint.trim_end_matches('/'));
-    let mut req = client.get(&url);
+    let mut req = match body {
+        Some(b) => client
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .body(b),
+        None => client.get(&url),
+    };
     if let Some(t) = token {
         req = req.header("X-Nomad-Token", t);
     }
@@ -278,4 +298,207 @@ pub async fn allocations(
     timeout: Duration,
 ) -> Result<Vec<Allocation>, NomadError> {
     list(route, endpoint, "/v1/allocations", ca, token, timeout).await
+}
+
+/// The servers' RPC addresses (`GET /v1/status/peers`, `["10.0.0.1:4647", ...]`): the
+/// members of the cluster that answers.
+pub async fn peers(
+    route: &Route,
+    endpoint: &str,
+    ca: Option<Ca<'_>>,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<Vec<String>, NomadError> {
+    list(route, endpoint, "/v1/status/peers", ca, token, timeout).await
+}
+
+/// The version of the Nomad agent that answers (`GET /v1/agent/self`): its
+/// `config.Version`, a string up to 0.6, an object with a `Version` string from 0.7 on.
+pub async fn version(
+    route: &Route,
+    endpoint: &str,
+    ca: Option<Ca<'_>>,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<String, NomadError> {
+    let (status, body) = get(route, endpoint, "/v1/agent/self", ca, token, timeout).await?;
+    let endpoint = endpoint.to_string();
+    if status != 200 {
+        return Err(NomadError::Http {
+            endpoint,
+            status,
+            body: body.trim().chars().take(500).collect(),
+        });
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).map_err(|_| NomadError::BadAnswer {
+        endpoint: endpoint.clone(),
+        body: body.chars().take(200).collect(),
+    })?;
+    let version = &v["config"]["Version"];
+    version
+        .as_str()
+        .or_else(|| version["Version"].as_str())
+        .map(str::to_string)
+        .ok_or(NomadError::BadAnswer {
+            endpoint,
+            body: body.chars().take(200).collect(),
+        })
+}
+
+/// How a Nomad server drains a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DrainApi {
+    /// Before 0.8: `POST /v1/node/:id/drain?enable=true|false`. Enabling stops the
+    /// node's running allocations at once (they are migrated).
+    Toggle,
+    /// 0.8 and later: a `DrainSpec` with a deadline (batch allocations may run until
+    /// it), and scheduling eligibility apart (`POST /v1/node/:id/eligibility`).
+    Spec,
+}
+
+impl DrainApi {
+    /// The API of a server of `version` (`0.5.6`, `0.8.7`, `1.4.2+ent`, ...).
+    pub fn of(version: &str) -> Result<DrainApi, String> {
+        let mut parts = version
+            .trim_start_matches('v')
+            .split(|c: char| !c.is_ascii_digit())
+            .map(str::parse::<u64>);
+        match (parts.next(), parts.next()) {
+            (Some(Ok(0)), Some(Ok(minor))) if minor < 8 => Ok(DrainApi::Toggle),
+            (Some(Ok(_)), Some(Ok(_))) => Ok(DrainApi::Spec),
+            _ => Err(format!("{version:?} is not a Nomad version")),
+        }
+    }
+}
+
+/// A node ID as Nomad gives it (a UUID), before it goes into a path.
+fn node_path(id: &str, tail: &str) -> Result<String, String> {
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        return Err(format!("{id:?} is not a Nomad node ID"));
+    }
+    Ok(format!("/v1/node/{id}/{tail}"))
+}
+
+/// The allocations placed on one node (`GET /v1/node/:id/allocations`).
+pub async fn node_allocations(
+    route: &Route,
+    endpoint: &str,
+    node: &str,
+    ca: Option<Ca<'_>>,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<Vec<Allocation>, NomadError> {
+    let path = node_path(node, "allocations").map_err(|body| NomadError::BadAnswer {
+        endpoint: endpoint.to_string(),
+        body,
+    })?;
+    list(route, endpoint, &path, ca, token, timeout).await
+}
+
+/// What to do with a node's drain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drain {
+    /// Enable it; with [`DrainApi::Spec`], allocations get until the deadline.
+    Enable { deadline: Duration },
+    /// Disable it and make the node eligible for new allocations again.
+    Disable,
+}
+
+/// The request bodies and paths for `drain` on `api`, in order.
+pub fn drain_requests(
+    api: DrainApi,
+    node: &str,
+    drain: Drain,
+) -> Result<Vec<(String, String)>, String> {
+    Ok(match (api, drain) {
+        (DrainApi::Toggle, Drain::Enable { .. }) => {
+            vec![(node_path(node, "drain?enable=true")?, String::new())]
+        }
+        (DrainApi::Toggle, Drain::Disable) => {
+            vec![(node_path(node, "drain?enable=false")?, String::new())]
+        }
+        (DrainApi::Spec, Drain::Enable { deadline }) => vec![(
+            node_path(node, "drain")?,
+            serde_json::json!({
+                "DrainSpec": {"Deadline": u64::try_from(deadline.as_nanos()).unwrap_or(u64::MAX), "IgnoreSystemJobs": false},
+                "MarkEligible": false,
+            })
+            .to_string(),
+        )],
+        (DrainApi::Spec, Drain::Disable) => vec![
+            (
+                node_path(node, "drain")?,
+                serde_json::json!({"DrainSpec": null, "MarkEligible": true}).to_string(),
+            ),
+            (
+                node_path(node, "eligibility")?,
+                serde_json::json!({"Eligibility": "eligible"}).to_string(),
+            ),
+        ],
+    })
+}
+
+/// Enables or disables one node's drain on the servers at `endpoint`.
+#[allow(clippy::too_many_arguments)]
+pub async fn drain(
+    route: &Route,
+    endpoint: &str,
+    api: DrainApi,
+    node: &str,
+    drain: Drain,
+    ca: Option<Ca<'_>>,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<(), NomadError> {
+    let requests = drain_requests(api, node, drain).map_err(|body| NomadError::BadAnswer {
+        endpoint: endpoint.to_string(),
+        body,
+    })?;
+    for (path, body) in requests {
+        let (status, answer) =
+            request(route, endpoint, &path, Some(body), ca, token, timeout).await?;
+        if status != 200 {
+            return Err(NomadError::Http {
+                endpoint: endpoint.to_string(),
+                status,
+                body: answer.trim().chars().take(500).collect(),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_drain_api_follows_the_version() {
+        assert_eq!(DrainApi::of("0.5.6"), Ok(DrainApi::Toggle));
+        assert_eq!(DrainApi::of("0.7.1"), Ok(DrainApi::Toggle));
+        assert_eq!(DrainApi::of("0.8.0"), Ok(DrainApi::Spec));
+        assert_eq!(DrainApi::of("1.4.2+ent"), Ok(DrainApi::Spec));
+        assert!(DrainApi::of("dev").is_err());
+    }
+
+    #[test]
+    fn drain_requests_match_each_api() {
+        let id = "fb2170a8-257d-3c64-b14d-bc06cc94e34c";
+        let on = Drain::Enable {
+            deadline: Duration::from_secs(60),
+        };
+        assert_eq!(
+            drain_requests(DrainApi::Toggle, id, on).unwrap(),
+            [(format!("/v1/node/{id}/drain?enable=true"), String::new())]
+        );
+        let spec = drain_requests(DrainApi::Spec, id, on).unwrap();
+        assert_eq!(spec[0].0, format!("/v1/node/{id}/drain"));
+        let body: serde_json::Value = serde_json::from_str(&spec[0].1).unwrap();
+        assert_eq!(body["DrainSpec"]["Deadline"], 60_000_000_000u64);
+        assert_eq!(body["MarkEligible"], false);
+        let off = drain_requests(DrainApi::Spec, id, Drain::Disable).unwrap();
+        assert_eq!(off[1].0, format!("/v1/node/{id}/eligibility"));
+        assert!(off[1].1.contains("\"eligible\""));
+        assert!(drain_requests(DrainApi::Toggle, "../../v1/jobs", on).is_err());
+    }
 }

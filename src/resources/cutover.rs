@@ -98,6 +98,11 @@ pub(crate) struct StopSettings {
 }
 
 impl StopSettings {
+    /// Of a resource whose `config_root` attribute names the Services machine's root.
+    pub(crate) fn of_resource(v: &Value) -> StopSettings {
+        StopSettings::of(v, v.get("config_root").as_str().unwrap_or("/"))
+    }
+
     pub(crate) fn of(planned: &Value, root: &str) -> StopSettings {
         StopSettings {
             root: root.to_string(),
@@ -129,6 +134,29 @@ pub(crate) struct Record {
     /// stop (see `circleci::restart::observations`); a fallback must observe the same.
     #[serde(default)]
     pub observed: Option<std::collections::BTreeMap<String, String>>,
+    /// The Auto Scaling groups of Nomad clients this cutover switched (while CircleCI
+    /// was stopped), each with what it launched from before: a fallback switches them
+    /// back and replaces their instances.
+    #[serde(default)]
+    pub moved_groups: Vec<MovedGroup>,
+    /// The static Nomad client fleets this cutover rolled (while CircleCI was stopped),
+    /// each as its resource's planned settings (no secret is among them): a fallback
+    /// puts each client's servers lists back from the copy kept next to its file.
+    #[serde(default)]
+    pub moved_static: Vec<serde_json::Value>,
+}
+
+/// An Auto Scaling group of Nomad clients, and the launch configuration or template
+/// version it used before the cutover switched it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct MovedGroup {
+    pub group: String,
+    #[serde(default)]
+    pub launch_configuration: Option<String>,
+    #[serde(default)]
+    pub launch_template_id: Option<String>,
+    #[serde(default)]
+    pub launch_template_version: Option<String>,
 }
 
 /// One Nomad server's answer: its clients and builds, or why there is none.
@@ -238,6 +266,57 @@ pub(crate) fn capacity(
     }
     evidence.extend(now.iter().map(client_state));
     Err(evidence.join("\n"))
+}
+
+/// The servers of `servers` (`host` or `host:port`, as a client's servers list has them)
+/// that are not among `peers` (a cluster's RPC addresses, `IP:port`): compared as
+/// written, then by the addresses a name resolves to here (within 5 s).
+pub(crate) async fn outside_peers(servers: &[String], peers: &[String]) -> Vec<String> {
+    let peers: Vec<String> = peers.iter().map(|p| p.to_ascii_lowercase()).collect();
+    let mut out = Vec::new();
+    for s in servers {
+        let (host, port) = match s.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') || h.ends_with(']') => (
+                h.trim_matches(['[', ']']).to_string(),
+                p.parse().unwrap_or(4647),
+            ),
+            _ => (s.trim_matches(['[', ']']).to_string(), 4647u16),
+        };
+        let literal = crate::backends::tunnel::host_port(&host, port).to_ascii_lowercase();
+        if peers.contains(&literal) {
+            continue;
+        }
+        let resolved = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::net::lookup_host((host.as_str(), port)),
+        )
+        .await;
+        let found = match resolved {
+            Ok(Ok(addrs)) => {
+                let mut addrs = addrs;
+                addrs.any(|a| peers.contains(&a.to_string()))
+            }
+            _ => false,
+        };
+        if !found {
+            out.push(s.clone());
+        }
+    }
+    out
+}
+
+/// The refusal's text: `outside` are not among the `peers` of the Nomad at `in_use`.
+pub(crate) fn not_among(in_use: &str, peers: &[String], outside: &[String]) -> String {
+    format!(
+        "CircleCI runs and schedules its builds on the Nomad at {in_use} (servers {}). {} {} not among them: \
+         moved there now, the clients would leave CircleCI without the clients its builds run on until it is \
+         restarted. Move them while CircleCI is stopped, inside the cutover (depends_on the \
+         circleci_data_migration that stops it, as examples/complete does), or list that Nomad's servers. \
+         Nothing was changed.",
+        peers.join(", "),
+        outside.join(", "),
+        if outside.len() == 1 { "is" } else { "are" }
+    )
 }
 
 /// The kept originals, next to the record.
@@ -670,6 +749,8 @@ impl<'a> Cutover<'a> {
                 Err(d) => return Err(d),
             },
             observed: None,
+            moved_groups: Vec::new(),
+            moved_static: Vec::new(),
         };
         self.save(&record).await?;
         Ok(record)
@@ -850,9 +931,137 @@ impl<'a> Cutover<'a> {
         self.close().await
     }
 
+    /// After a client group was switched while the cutover has CircleCI stopped: the
+    /// group and what it used before, unless already listed (the first switch of this
+    /// cutover saw what CircleCI ran with). False when no cutover is open.
+    pub(crate) async fn note_moved_group(&self, g: MovedGroup) -> Result<bool, Diagnostics> {
+        let _one = self.lock.lock().await;
+        let Some(mut r) = self.load().await? else {
+            return Ok(false);
+        };
+        if !r.moved_groups.iter().any(|m| m.group == g.group) {
+            log::info!("cutover record: Auto Scaling group {} switched", g.group);
+            r.moved_groups.push(g);
+            self.save(&r).await?;
+        }
+        Ok(true)
+    }
+
+    /// Before a static client fleet is rolled while the cutover has CircleCI stopped:
+    /// its settings (`fleet`, keyed by its `id`), unless listed. False when no cutover
+    /// is open.
+    pub(crate) async fn note_moved_static(
+        &self,
+        fleet: serde_json::Value,
+    ) -> Result<bool, Diagnostics> {
+        let _one = self.lock.lock().await;
+        let Some(mut r) = self.load().await? else {
+            return Ok(false);
+        };
+        let key = |v: &serde_json::Value| v["client"].to_string();
+        if !r.moved_static.iter().any(|m| key(m) == key(&fleet)) {
+            r.moved_static.push(fleet);
+            self.save(&r).await?;
+        }
+        Ok(true)
+    }
+
+    /// Once a fallback moved them back: no client is the cutover's to undo.
+    pub(crate) async fn clear_moved_clients(&self) -> Result<(), Diagnostics> {
+        let _one = self.lock.lock().await;
+        if let Some(mut r) = self.load().await? {
+            if !r.moved_groups.is_empty() || !r.moved_static.is_empty() {
+                r.moved_groups.clear();
+                r.moved_static.clear();
+                self.save(&r).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether CircleCI is stopped inside an open cutover (the record is there): a
+    /// failure now must fall back.
+    pub(crate) async fn inside(&self) -> Result<bool, Diagnostics> {
+        let h = self.data.services()?;
+        let st = app_status(self.data, &h).await?;
+        Ok(st.settled_in("stopped") && self.load().await?.is_some())
+    }
+
     /// Closes the record.
     async fn close(&self) -> Result<(), Diagnostics> {
         self.remove(RECORD, "the cutover record").await
+    }
+
+    /// Whether CircleCI runs now and, when it does, the Nomad it schedules builds on (see
+    /// [`Cutover::in_use`]). A start or stop under way is an error: apply again once it
+    /// settled.
+    pub(crate) async fn running_on(&self) -> Result<Option<String>, Diagnostics> {
+        let h = self.data.services()?;
+        let st = app_status(self.data, &h).await?;
+        if st.settled_in("stopped") {
+            return Ok(None);
+        }
+        if !st.settled_in("started") {
+            return Err(Diagnostic::error(
+                "CircleCI is starting or stopping",
+                format!(
+                    "Replicated reports the app {} (desired: {}){}. Nomad clients are moved only while CircleCI \
+                     is stopped, or while it runs on the servers they move to. Nothing was changed; apply again \
+                     once it has settled.",
+                    st.state,
+                    st.desired,
+                    if st.transitioning { ", in transition" } else { "" }
+                ),
+            )
+            .into());
+        }
+        let file = self.file_endpoint().await?;
+        Ok(Some(self.in_use(file.as_ref()).await?))
+    }
+
+    /// The servers' RPC addresses of the Nomad at `endpoint`, asked through the
+    /// Services machine as CircleCI reaches it.
+    pub(crate) async fn peers(&self, endpoint: &str) -> Result<Vec<String>, NomadError> {
+        let ca = self.services_ca().await;
+        let route = Route::Tunnel(self.data.services().map_err(|_| NomadError::Tunnel {
+            endpoint: endpoint.to_string(),
+            detail: "no Services machine configured".into(),
+        })?);
+        let ca = ca.as_deref().map(|pem| nb::Ca::Pem {
+            label: "the Services machine's /etc/ssl/certs/ca-certificates.crt",
+            pem,
+        });
+        nb::peers(&route, endpoint, ca, None, self.data.timeout()).await
+    }
+
+    /// Before clients are pointed at `servers` (`at` names the attribute): nothing when
+    /// CircleCI is stopped; when it runs, the Nomad it schedules on, provided `servers`
+    /// are among that Nomad's servers; else the refusal (nothing was changed).
+    pub(crate) async fn clients_may_move(
+        &self,
+        servers: &[String],
+        at: AttrPath,
+    ) -> Result<Option<String>, Diagnostics> {
+        let Some(in_use) = self.running_on().await? else {
+            return Ok(None);
+        };
+        let refused = |detail: String| -> Diagnostics {
+            Diagnostic::error("Clients would leave the Nomad CircleCI uses", detail)
+                .at(at.clone())
+                .into()
+        };
+        let peers = self.peers(&in_use).await.map_err(|e| {
+            refused(format!(
+                "CircleCI runs and schedules its builds on the Nomad at {in_use}, whose servers could not be \
+                 read ({e}): whether {} are among them is not known. Nothing was changed.",
+                servers.join(", ")
+            ))
+        })?;
+        let outside = outside_peers(servers, &peers).await;
+        if !outside.is_empty() {
+            return Err(refused(not_among(&in_use, &peers, &outside)));
+        }
+        Ok(Some(in_use))
     }
 
     /// After a start: the capacity check against the Nomad CircleCI now uses
@@ -956,6 +1165,28 @@ mod tests {
         assert!(!out_of_date("t0", None, "t0"));
         assert!(out_of_date("t2", None, "t0"));
         assert!(!out_of_date("t2", None, ""));
+    }
+
+    #[tokio::test]
+    async fn servers_are_compared_with_the_peers_as_written_or_resolved() {
+        let peers = vec!["10.0.1.150:4647".to_string(), "127.0.0.1:4647".to_string()];
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert!(
+            outside_peers(&s(&["10.0.1.150:4647", "10.0.1.150"]), &peers)
+                .await
+                .is_empty()
+        );
+        assert!(outside_peers(&s(&["localhost:4647"]), &peers)
+            .await
+            .is_empty());
+        assert_eq!(
+            outside_peers(&s(&["10.0.1.151:4647", "127.0.0.1:4648"]), &peers).await,
+            s(&["10.0.1.151:4647", "127.0.0.1:4648"])
+        );
+        assert_eq!(
+            outside_peers(&s(&["nomad-1.invalid:4647"]), &peers).await,
+            s(&["nomad-1.invalid:4647"])
+        );
     }
 
     #[test]

@@ -228,6 +228,14 @@ impl NomadClientLaunchConfig {
         // Recorded before the switch: afterwards some APIs report old instances under
         // the new configuration's name.
         let old = live_instances(group);
+        let (terminate, _, _) = rollout_settings(planned);
+        let stopped = match self
+            .guard(planned, &servers, terminate && !old.is_empty())
+            .await
+        {
+            Ok(s) => s,
+            Err(d) => return Applied::from_result(Err(d)),
+        };
         let ours = match self.copy(c, source, &rewritten.text, &prefix).await {
             Ok(l) => l,
             Err(d) => return Applied::from_result(Err(d)),
@@ -239,6 +247,15 @@ impl NomadClientLaunchConfig {
         );
         if let Err(d) = self.switch_or_undo(c, &group.name, &ours, &what).await {
             return Applied::from_result(Err(d));
+        }
+        if stopped {
+            // Inside a cutover: its fallback switches the group back.
+            let s = crate::resources::cutover::StopSettings::of_resource(planned);
+            let cut = crate::resources::cutover::Cutover::new(&self.data, &s);
+            let before = current_launch(group).unwrap_or(source.launch.clone());
+            if let Err(d) = cut.note_moved_group(moved(&group.name, &before)).await {
+                return Applied::from_result(Err(d));
+            }
         }
         let mut state = planned.clone();
         let mut diags = Diagnostics::new();
@@ -478,6 +495,21 @@ impl NomadClientLaunchConfig {
                 .map_err(|e| aws_diag(e, NOTHING_CHANGED))?;
             if let Some(g) = &group {
                 if current_launch(g).ok().as_ref() == Some(&ours) {
+                    // No client is terminated here; the group's next clients get the
+                    // original servers. While CircleCI runs elsewhere, say so.
+                    let back = strings(prior.get("previous_servers"));
+                    if let Err(d) = self.guard(prior, &back, false).await.map(|_| ()) {
+                        diags.extend(as_warnings(
+                            d,
+                            &format!(
+                                "Auto Scaling group {name} is pointed back at its original configuration anyway: \
+                                 no client is terminated now, but the clients it launches from now on join the \
+                                 original Nomad servers ({}). Stop CircleCI before this destroy, or move the \
+                                 clients back when CircleCI goes back to its embedded Nomad.",
+                                back.join(", ")
+                            ),
+                        ));
+                    }
                     diags.extend(self.restore_original(c, name, prior, &ours).await?);
                 }
             }
@@ -514,6 +546,54 @@ impl NomadClientLaunchConfig {
                 diags: d,
             },
         }
+    }
+}
+
+/// Errors turned into warnings, each with `then` appended.
+fn as_warnings(d: Diagnostics, then: &str) -> Diagnostics {
+    let mut out = Diagnostics::new();
+    for x in d.0 {
+        out.push(Diagnostic::warning(
+            x.summary,
+            format!("{} {then}", x.detail),
+        ));
+    }
+    out
+}
+
+impl NomadClientLaunchConfig {
+    /// Before the group is pointed at `servers`: CircleCI stopped (true), or running on
+    /// a Nomad those servers belong to; `terminating` clients with CircleCI running is
+    /// refused (they are not drained).
+    async fn guard(
+        &self,
+        v: &Value,
+        servers: &[String],
+        terminating: bool,
+    ) -> Result<bool, Diagnostics> {
+        let s = crate::resources::cutover::StopSettings::of_resource(v);
+        let cutover = crate::resources::cutover::Cutover::new(&self.data, &s);
+        let Some(in_use) = cutover
+            .clients_may_move(servers, AttrPath::root("nomad_servers"))
+            .await?
+        else {
+            return Ok(true);
+        };
+        if terminating {
+            return Err(Diagnostic::error(
+                "CircleCI is running: its builds would be cut off",
+                format!(
+                    "CircleCI runs and schedules its builds on the Nomad at {in_use}. rollout = \"terminate\" \
+                     would terminate the group's clients under the builds running on them (this resource does \
+                     not drain them). Replace the clients while CircleCI is stopped, inside the cutover \
+                     (depends_on the circleci_data_migration that stops it, as examples/complete does), or set \
+                     rollout = \"none\" and replace them yourself after draining each. {NOTHING_CHANGED}."
+                ),
+            )
+            .at(AttrPath::root("rollout"))
+            .into());
+        }
+        Ok(false)
     }
 }
 

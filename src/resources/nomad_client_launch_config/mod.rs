@@ -22,6 +22,7 @@ use crate::plugin::{
     Resource, Schema, Type, Value,
 };
 use crate::provider::ProviderData;
+pub(crate) use rollout::move_back;
 use std::sync::Arc;
 
 const DEFAULT_PREFIX: &str = "circleci-nomad-clients-";
@@ -323,11 +324,17 @@ impl Resource for NomadClientLaunchConfig {
     }
 
     async fn create(&self, planned: &Value, _config: &Value) -> Applied {
-        self.create_applied(planned).await
+        let applied = self.create_applied(planned).await;
+        crate::resources::services_restart::ServicesRestart::new(self.data.clone())
+            .after_failed_step(planned, applied)
+            .await
     }
 
     async fn update(&self, prior: &Value, planned: &Value, _config: &Value) -> Applied {
-        self.update_applied(prior, planned).await
+        let applied = self.update_applied(prior, planned).await;
+        crate::resources::services_restart::ServicesRestart::new(self.data.clone())
+            .after_failed_step(planned, applied)
+            .await
     }
 
     async fn delete(&self, prior: &Value) -> Applied {
@@ -430,6 +437,11 @@ impl Resource for NomadClientLaunchConfig {
         v.set("rollout_batch_size", Value::int(1));
         v.set("rollout_timeout", Value::string("20m"));
         v.set("restore_on_destroy", Value::Bool(true));
+        v.set("config_root", Value::string("/"));
+        v.set(
+            "embedded_nomad_endpoint",
+            Value::string(crate::resources::cutover::DEFAULT_EMBEDDED_NOMAD),
+        );
         set_launches(&mut v, &current, None);
         v.set("previous_servers", string_list(&[]));
         v.set("user_data_sha256", Value::string(""));

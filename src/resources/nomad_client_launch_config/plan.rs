@@ -43,6 +43,17 @@ pub(super) fn schema_block() -> Block {
              not yet replaced and the next apply replaces them; after a create, Terraform marks the resource \
              tainted and the next apply starts over (the original is restored first).",
         ))
+        .attr(s("config_root").optional().computed().description(
+            "Prefix of the Services machine's paths (for tests and chroots). Default `/`. Before the group is \
+             switched (and on destroy, before it is switched back), the Services machine says whether CircleCI \
+             runs (`replicatedctl app status`) and on which Nomad (`/etc/circleconfig/shared/nomad` under this \
+             root as CircleCI last started with it; else its embedded Nomad). While CircleCI runs, the clients \
+             may only be pointed at servers of that Nomad (`/v1/status/peers`, asked through the Services \
+             machine), and `rollout = \"terminate\"` is refused: terminating clients would cut off the builds \
+             on them. With CircleCI stopped (inside the cutover, as in `examples/complete`) nothing runs on \
+             them. The provider needs `services_host` for this.",
+        ))
+        .attr(crate::resources::cutover::embedded_nomad_attr())
         .attr(Attribute::new("restore_on_destroy", Type::Bool).optional().computed().description(
             "On destroy, point the group back at the original configuration (if it still exists) and delete \
              the copy. A copy some group still uses is never deleted. Default `true`; `false` leaves the group \
@@ -163,7 +174,15 @@ pub(super) fn validate(config: &Value) -> Diagnostics {
         min_secs: 1,
         max_secs,
     };
-    crate::resources::validate::run(config, &[("rollout_timeout", timeout)], &mut diags);
+    crate::resources::validate::run(
+        config,
+        &[
+            ("rollout_timeout", timeout),
+            ("config_root", crate::resources::validate::Check::RemotePath),
+        ],
+        &mut diags,
+    );
+    crate::resources::cutover::validate(config, &mut diags);
     diags
 }
 
@@ -183,6 +202,11 @@ impl NomadClientLaunchConfig {
                 ("rollout_batch_size", Value::int(1)),
                 ("rollout_timeout", Value::string("20m")),
                 ("restore_on_destroy", Value::Bool(true)),
+                ("config_root", Value::string("/")),
+                (
+                    "embedded_nomad_endpoint",
+                    Value::string(crate::resources::cutover::DEFAULT_EMBEDDED_NOMAD),
+                ),
             ],
         );
         planned.set("id", planned.get("autoscaling_group_name").clone());

@@ -101,6 +101,11 @@ impl NomadClientLaunchConfig {
                 replaced.push(id.clone());
             }
             done += chunk.len();
+            if let Some(why) =
+                crate::fault_point::failure("circleci_nomad_client_launch_config.rollout")
+            {
+                return Err(fail(&replaced, done, "Rollout interrupted", why));
+            }
             let mut pause = Duration::from_millis(250);
             loop {
                 let g = match describe().await {
@@ -166,4 +171,66 @@ impl NomadClientLaunchConfig {
             }
         }
     }
+}
+
+/// What launches the instances of `g`, as the cutover's record keeps it.
+pub(super) fn moved(group: &str, before: &Launch) -> crate::resources::cutover::MovedGroup {
+    let mut m = crate::resources::cutover::MovedGroup {
+        group: group.to_string(),
+        ..Default::default()
+    };
+    match before {
+        Launch::Config(n) => m.launch_configuration = Some(n.clone()),
+        Launch::Template { id, version } => {
+            m.launch_template_id = Some(id.clone());
+            m.launch_template_version = Some(version.clone());
+        }
+    }
+    m
+}
+
+/// A fallback's undoing of a cutover's switch of group `m.group` (CircleCI stopped):
+/// the group back on what it used before, and every instance it runs replaced from
+/// that, all at once (no build runs), within `timeout`. What was done, for messages.
+pub(crate) async fn move_back(
+    data: Arc<crate::provider::ProviderData>,
+    m: &crate::resources::cutover::MovedGroup,
+    timeout: Duration,
+) -> Result<String, Diagnostics> {
+    let before = launch_from(
+        m.launch_configuration.as_deref(),
+        m.launch_template_id.as_deref(),
+        m.launch_template_version.as_deref(),
+    )
+    .ok_or_else(|| {
+        Diagnostics::from(Diagnostic::error(
+            "The cutover's record names no launch configuration",
+            format!("Auto Scaling group {} cannot be switched back", m.group),
+        ))
+    })?;
+    let lc = NomadClientLaunchConfig::new(data.clone());
+    let aws = data.aws()?;
+    let c = aws.clients().await.map_err(|e| aws_diag(e, ""))?;
+    let g = lc.group(c, &m.group).await?;
+    let now = current_launch(&g)?;
+    if now != before {
+        lc.switch(c, &m.group, &before).await.map_err(|e| {
+            aws_diag(
+                e,
+                &format!("Auto Scaling group {} stays on {}", m.group, now.describe()),
+            )
+        })?;
+    }
+    let old = live_instances(&g);
+    let replaced = lc
+        .rollout(c, &m.group, &old, old.len().max(1), timeout)
+        .await
+        .map_err(|f| f.diags)?;
+    Ok(format!(
+        "Auto Scaling group {} is back on {} ({} instance(s) replaced: {})",
+        m.group,
+        before.describe(),
+        replaced.len(),
+        replaced.join(", ")
+    ))
 }

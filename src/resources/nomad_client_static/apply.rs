@@ -5,6 +5,7 @@
 use super::roll::{self, Client, Found, Goal, NomadApi, Restart};
 use super::*;
 use crate::backends::tunnel::Route;
+use crate::resources::cutover::BUILDS_TIMEOUT;
 
 impl NomadClientStatic {
     pub(super) fn roll_plan(
@@ -36,8 +37,149 @@ impl NomadClientStatic {
                 .to_string(),
             batch: planned.get("batch_size").as_i64().unwrap_or(1).max(1) as usize,
             nomad,
+            drain: None,
             timeout: self.data.timeout(),
         })
+    }
+
+    /// Before a roll to `targets` changes anything: when CircleCI runs, the clients may
+    /// only go to servers of the Nomad it schedules on, and the builds on a client of
+    /// that Nomad are waited for and its node drained around the restart (`plan.drain`).
+    /// With CircleCI stopped (inside the cutover) nothing runs on them: no drain.
+    /// True when CircleCI is stopped.
+    pub(super) async fn guard(
+        &self,
+        v: &Value,
+        targets: &[String],
+        plan: &mut roll::Plan,
+        at: AttrPath,
+    ) -> Result<bool, Diagnostics> {
+        let s = crate::resources::cutover::StopSettings::of_resource(v);
+        let cutover = crate::resources::cutover::Cutover::new(&self.data, &s);
+        let Some(in_use) = cutover.running_on().await? else {
+            log::info!("CircleCI is stopped: the clients are rolled without draining");
+            return Ok(true);
+        };
+        let same = |a: &str, b: &str| a.trim_end_matches('/') == b.trim_end_matches('/');
+        let Some(api) = plan.nomad.clone() else {
+            return Err(Diagnostic::error(
+                "CircleCI is running: its builds must be waited for",
+                format!(
+                    "CircleCI runs and schedules its builds on the Nomad at {in_use}. To restart or move Nomad \
+                     clients while it runs, set nomad_endpoint (the Nomad servers' HTTP API) so that each client's \
+                     builds are waited for and its node drained first; or roll the clients while CircleCI is \
+                     stopped, inside the cutover (depends_on the circleci_data_migration that stops it). Nothing \
+                     was changed."
+                ),
+            )
+            .at(AttrPath::root("nomad_endpoint"))
+            .into());
+        };
+        let t = self.data.timeout();
+        let refused = |detail: String| -> Diagnostics {
+            Diagnostic::error("Clients would leave the Nomad CircleCI uses", detail)
+                .at(at.clone())
+                .into()
+        };
+        let endpoint_peers = api.peers(t).await;
+        let in_use_peers = if same(&in_use, &api.endpoint) {
+            endpoint_peers.clone()
+        } else {
+            cutover.peers(&in_use).await.map_err(|e| e.to_string())
+        };
+        let in_use_peers = in_use_peers.map_err(|e| {
+            refused(format!(
+                "CircleCI runs and schedules its builds on the Nomad at {in_use}, whose servers could not be \
+                 read ({e}): whether {} are among them is not known. Nothing was changed.",
+                targets.join(", ")
+            ))
+        })?;
+        let outside = crate::resources::cutover::outside_peers(targets, &in_use_peers).await;
+        if !outside.is_empty() {
+            return Err(refused(crate::resources::cutover::not_among(
+                &in_use,
+                &in_use_peers,
+                &outside,
+            )));
+        }
+        let sorted = |mut p: Vec<String>| {
+            p.sort();
+            p
+        };
+        let same_cluster = same(&in_use, &api.endpoint)
+            || matches!(&endpoint_peers, Ok(p) if !p.is_empty() && sorted(p.clone()) == sorted(in_use_peers.clone()));
+        if !same_cluster {
+            log::info!(
+                "CircleCI schedules on {in_use}; the clients are registered with {}, which it does not use: no \
+                 build of CircleCI's runs on them, no drain",
+                api.endpoint
+            );
+            return Ok(false);
+        }
+        let version = api.version(t).await.map_err(|e| {
+            Diagnostics::from(
+                Diagnostic::error(
+                    "Could not read the Nomad version",
+                    format!("{e}. Nothing was changed."),
+                )
+                .at(AttrPath::root("nomad_endpoint")),
+            )
+        })?;
+        let kind = crate::backends::nomad::DrainApi::of(&version).map_err(|e| {
+            Diagnostics::from(
+                Diagnostic::error("Unexpected Nomad version", e)
+                    .at(AttrPath::root("nomad_endpoint")),
+            )
+        })?;
+        log::info!("CircleCI runs on {in_use} (Nomad {version}): each client's builds are waited for and its node drained");
+        plan.drain = Some(roll::Drainer {
+            api,
+            kind,
+            builds_timeout: crate::resources::duration_or(v, "builds_timeout", BUILDS_TIMEOUT),
+        });
+        Ok(false)
+    }
+
+    /// A fallback's undoing of a cutover's roll of the fleet `v` (its planned settings,
+    /// CircleCI stopped): each client's servers lists back from the copy kept next to
+    /// its file, all clients at once, its agent restarted (not awaited: it joins the
+    /// Nomad CircleCI goes back to), the copy removed. What was done, for messages.
+    pub(crate) async fn move_back(&self, v: &Value) -> Result<String, Diagnostics> {
+        let cs = self.clients_of(v)?;
+        let mut plan = self.roll_plan(v, &Value::Null)?;
+        plan.nomad = None;
+        plan.batch = cs.len().max(1);
+        let applied = strings(v.get("nomad_servers"));
+        let items: Vec<(Client, Goal)> = cs
+            .iter()
+            .map(|c| {
+                let goal = Goal::Original {
+                    applied: applied.clone(),
+                    recorded: None,
+                };
+                (c.clone(), goal)
+            })
+            .collect();
+        let rolled = roll::roll(&items, &plan).await;
+        if let Some(stop) = rolled.stopped {
+            return Err(Diagnostic::error(
+                "Could not move the static Nomad clients back",
+                format!(
+                    "{}. Put back: {}",
+                    stop.failures.join("\n"),
+                    if rolled.done.is_empty() {
+                        "none".to_string()
+                    } else {
+                        rolled.done.join(", ")
+                    }
+                ),
+            )
+            .into());
+        }
+        Ok(format!(
+            "the servers lists of {} are back as they were",
+            rolled.done.join(", ")
+        ))
     }
 
     /// The clients of `v` as SSH targets: the provider's `services_host` settings, and
@@ -64,16 +206,36 @@ impl NomadClientStatic {
         config: &Value,
         todo: Vec<Client>,
     ) -> Applied {
-        let plan = match self.roll_plan(planned, config) {
+        let servers = strings(planned.get("nomad_servers"));
+        // Nothing changed yet: a create keeps no state, an update its prior one.
+        let unchanged = |d: Diagnostics| Applied {
+            state: (!prior.is_null()).then(|| prior.clone()),
+            diags: d,
+        };
+        let mut plan = match self.roll_plan(planned, config) {
             Ok(p) => p,
-            Err(d) => {
-                return Applied {
-                    state: None,
-                    diags: d,
+            Err(d) => return unchanged(d),
+        };
+        match self
+            .guard(
+                planned,
+                &servers,
+                &mut plan,
+                AttrPath::root("nomad_servers"),
+            )
+            .await
+        {
+            // Inside a cutover: its fallback puts these clients back.
+            Ok(true) => {
+                let s = crate::resources::cutover::StopSettings::of_resource(planned);
+                let cut = crate::resources::cutover::Cutover::new(&self.data, &s);
+                if let Err(d) = cut.note_moved_static(planned.to_json()).await {
+                    return unchanged(d);
                 }
             }
-        };
-        let servers = strings(planned.get("nomad_servers"));
+            Ok(false) => {}
+            Err(d) => return unchanged(d),
+        }
         let mut status = status_map(prior);
         let mut previous = previous_map(prior);
         let keys = keys_of(planned);
@@ -203,10 +365,24 @@ impl NomadClientStatic {
         cs: &[Client],
     ) -> Applied {
         let previous = previous_map(prior);
-        let plan = match self.roll_plan(planned, config) {
+        let mut plan = match self.roll_plan(planned, config) {
             Ok(p) => p,
             Err(d) => return Applied::kept(prior, d),
         };
+        let mut targets: Vec<String> = cs
+            .iter()
+            .filter_map(|c| previous.get(&c.key))
+            .flatten()
+            .cloned()
+            .collect();
+        targets.sort();
+        targets.dedup();
+        if let Err(d) = self
+            .guard(planned, &targets, &mut plan, AttrPath::root(CLIENT))
+            .await
+        {
+            return Applied::kept(prior, d);
+        }
         let applied = strings(prior.get("nomad_servers"));
         let items: Vec<(Client, Goal)> = cs
             .iter()

@@ -210,9 +210,18 @@ impl Resource for NomadClientStatic {
                     },
                 ),
                 ("nomad_ca_file", Check::NonEmpty),
+                ("config_root", Check::RemotePath),
+                (
+                    "builds_timeout",
+                    Check::Duration {
+                        min_secs: 0,
+                        max_secs: 7 * 86_400,
+                    },
+                ),
             ],
             &mut diags,
         );
+        crate::resources::cutover::validate(config, &mut diags);
         validate::run_in_each(
             config,
             CLIENT,
@@ -302,8 +311,10 @@ impl Resource for NomadClientStatic {
                 ("batch_size", Value::int(1)),
                 ("ready_timeout", Value::string("5m")),
                 ("restore_on_destroy", Value::Bool(true)),
+                ("config_root", Value::string("/")),
             ],
         );
+        super::set_defaults(req.config, planned, crate::resources::cutover::defaults());
         if req.is_create() {
             planned.set("id", Value::Unknown);
             planned.set(STATUS, Value::Unknown);
@@ -334,13 +345,16 @@ impl Resource for NomadClientStatic {
                 }
             }
         };
-        if let Err(d) = self.preflight(&todo, planned, config).await {
-            return Applied {
+        let applied = match self.preflight(&todo, planned, config).await {
+            Err(d) => Applied {
                 state: None,
                 diags: d,
-            };
-        }
-        self.roll_to(&Value::Null, planned, config, todo).await
+            },
+            Ok(()) => self.roll_to(&Value::Null, planned, config, todo).await,
+        };
+        crate::resources::services_restart::ServicesRestart::new(self.data.clone())
+            .after_failed_step(planned, applied)
+            .await
     }
 
     async fn update(&self, prior: &Value, planned: &Value, config: &Value) -> Applied {
@@ -392,7 +406,9 @@ impl Resource for NomadClientStatic {
         let mut rolled = self.roll_to(prior, planned, config, todo).await;
         left.extend(rolled.diags);
         rolled.diags = left;
-        rolled
+        crate::resources::services_restart::ServicesRestart::new(self.data.clone())
+            .after_failed_step(planned, rolled)
+            .await
     }
 
     async fn read(&self, state: &Value) -> Result<Option<Value>, Diagnostics> {
@@ -490,6 +506,10 @@ impl Resource for NomadClientStatic {
         v.set("batch_size", Value::int(1));
         v.set("ready_timeout", Value::string("5m"));
         v.set("restore_on_destroy", Value::Bool(true));
+        v.set("config_root", Value::string("/"));
+        for (k, d) in crate::resources::cutover::defaults() {
+            v.set(k, d);
+        }
         v.set(PREVIOUS, Value::Map(BTreeMap::new()));
         let cs = self.clients_of(&v)?;
         v.set("id", Value::string(cs[0].key.clone()));

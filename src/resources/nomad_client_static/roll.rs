@@ -114,6 +114,210 @@ impl NomadApi {
         .await
         .map_err(|e| e.to_string())
     }
+
+    /// The servers' RPC addresses (`/v1/status/peers`).
+    pub async fn peers(&self, timeout: Duration) -> Result<Vec<String>, String> {
+        nb::peers(
+            &self.route,
+            &self.endpoint,
+            nb::Ca::file(self.ca_file.as_deref()),
+            self.token.as_ref().map(|t| t.expose()),
+            timeout,
+        )
+        .await
+        .map_err(|e| e.to_string())
+    }
+
+    /// The answering server's version (`/v1/agent/self`).
+    pub async fn version(&self, timeout: Duration) -> Result<String, String> {
+        nb::version(
+            &self.route,
+            &self.endpoint,
+            nb::Ca::file(self.ca_file.as_deref()),
+            self.token.as_ref().map(|t| t.expose()),
+            timeout,
+        )
+        .await
+        .map_err(|e| e.to_string())
+    }
+
+    /// The allocations placed on node `id`.
+    async fn node_allocations(
+        &self,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<Vec<nb::Allocation>, String> {
+        nb::node_allocations(
+            &self.route,
+            &self.endpoint,
+            id,
+            nb::Ca::file(self.ca_file.as_deref()),
+            self.token.as_ref().map(|t| t.expose()),
+            timeout,
+        )
+        .await
+        .map_err(|e| e.to_string())
+    }
+
+    async fn drain(
+        &self,
+        api: nb::DrainApi,
+        id: &str,
+        d: nb::Drain,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        nb::drain(
+            &self.route,
+            &self.endpoint,
+            api,
+            id,
+            d,
+            nb::Ca::file(self.ca_file.as_deref()),
+            self.token.as_ref().map(|t| t.expose()),
+            timeout,
+        )
+        .await
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// With CircleCI running: each client's builds end, and its node is drained, before its
+/// agent restarts; the drain is lifted once the node is ready again.
+#[derive(Clone, Debug)]
+pub struct Drainer {
+    /// The Nomad servers CircleCI schedules on (the resource's `nomad_endpoint`).
+    pub api: NomadApi,
+    pub kind: nb::DrainApi,
+    /// How long a client's running builds may take to end (`builds_timeout`).
+    pub builds_timeout: Duration,
+}
+
+/// How often a client's builds are looked at while waiting for them.
+const BUILDS_POLL: Duration = Duration::from_secs(1);
+
+/// A build, for messages.
+fn build_text(a: &nb::Allocation) -> String {
+    format!(
+        "{} (job {}, {})",
+        if a.name.is_empty() { &a.id } else { &a.name },
+        a.job_id,
+        a.client_status
+    )
+}
+
+impl Drainer {
+    /// Waits until `node` runs no build, bounded: before 0.8 first (a drain stops what
+    /// runs at once), then drains; from 0.8 the drain's deadline lets them finish.
+    /// The node's ModifyIndex once drained (the restart must raise it again).
+    async fn drain(&self, c: &Client, node: &Node, timeout: Duration) -> Result<u64, String> {
+        let started = Instant::now();
+        let within = match self.kind {
+            nb::DrainApi::Toggle => self.builds_timeout,
+            // The drain stops what still runs at its deadline; allow Nomad that long.
+            nb::DrainApi::Spec => self.builds_timeout + Duration::from_secs(30),
+        };
+        if self.kind == nb::DrainApi::Spec {
+            self.api
+                .drain(
+                    self.kind,
+                    &node.id,
+                    nb::Drain::Enable {
+                        deadline: self.builds_timeout,
+                    },
+                    timeout,
+                )
+                .await
+                .map_err(|e| format!("draining {} at {}: {e}", c.node_text(), self.api.endpoint))?;
+            log::info!(
+                "{}: node {} draining (deadline {})",
+                c.ssh.target(),
+                node.name,
+                humantime::format_duration(self.builds_timeout)
+            );
+        }
+        let mut logged = Vec::new();
+        loop {
+            let running: Vec<String> = self
+                .api
+                .node_allocations(&node.id, timeout)
+                .await?
+                .iter()
+                .filter(|a| a.active())
+                .map(build_text)
+                .collect();
+            if running.is_empty() {
+                break;
+            }
+            if started.elapsed() >= within {
+                return Err(format!(
+                    "{} build(s) still run on {} after {} (builds_timeout): {}. Its agent was not restarted and \
+                     its file not changed",
+                    running.len(),
+                    c.node_text(),
+                    humantime::format_duration(self.builds_timeout),
+                    running.join(", ")
+                ));
+            }
+            if running != logged {
+                log::info!(
+                    "{}: waiting for {} build(s) on node {}: {}",
+                    c.ssh.target(),
+                    running.len(),
+                    node.name,
+                    running.join("; ")
+                );
+                logged = running;
+            }
+            if crate::plugin::stop::or_stop(tokio::time::sleep(BUILDS_POLL))
+                .await
+                .is_none()
+            {
+                return Err(format!(
+                    "stopped (Terraform was interrupted) while waiting for the builds on {}; nothing changed on it",
+                    c.node_text()
+                ));
+            }
+        }
+        if self.kind == nb::DrainApi::Toggle {
+            self.api
+                .drain(
+                    self.kind,
+                    &node.id,
+                    nb::Drain::Enable {
+                        deadline: Duration::ZERO,
+                    },
+                    timeout,
+                )
+                .await
+                .map_err(|e| format!("draining {} at {}: {e}", c.node_text(), self.api.endpoint))?;
+            log::info!(
+                "{}: node {} runs no build; drained",
+                c.ssh.target(),
+                node.name
+            );
+        }
+        let nodes = self.api.nodes(timeout).await?;
+        Ok(nodes
+            .iter()
+            .find(|n| n.id == node.id)
+            .map_or(node.modify_index, |n| n.modify_index))
+    }
+
+    /// Lifts the drain (and, from 0.8, makes the node eligible again).
+    async fn lift(&self, c: &Client, node: &Node, timeout: Duration) -> Result<(), String> {
+        self.api
+            .drain(self.kind, &node.id, nb::Drain::Disable, timeout)
+            .await
+            .map_err(|e| {
+                format!(
+                    "lifting the drain of {} at {}: {e}",
+                    c.node_text(),
+                    self.api.endpoint
+                )
+            })?;
+        log::info!("{}: node {} takes builds again", c.ssh.target(), node.name);
+        Ok(())
+    }
 }
 
 /// How the roll treats every client.
@@ -123,6 +327,8 @@ pub struct Plan {
     pub service: String,
     pub batch: usize,
     pub nomad: Option<NomadApi>,
+    /// CircleCI runs: builds are waited for and nodes drained around each restart.
+    pub drain: Option<Drainer>,
     /// The deadline of each SSH command.
     pub timeout: Duration,
 }
@@ -287,47 +493,120 @@ async fn step(
         },
     };
     let changed = bytes != f.content;
-    if changed {
-        h.write_file(path, &bytes, f.mode & 0o7777)
-            .await
-            .map_err(|e| e.to_string())?;
-        log::info!(
-            "{}: {path} rewritten ({} servers lists)",
-            c.ssh.target(),
-            lists.len()
-        );
-        crate::fault_point::point("circleci_nomad_client_static.after_write").await;
-    }
-    if changed || force {
-        if let Some(cmd) = plan.restart.command(&plan.service)? {
-            let out = h
-                .run(&cmd, None, plan.timeout)
-                .await
-                .map_err(|e| e.to_string())?;
-            if !out.success() {
-                return Err(format!(
-                    "{}, but `{cmd}` exited with {:?}: {}",
-                    if changed {
-                        "the file was rewritten"
-                    } else {
-                        "the file was already rewritten (the agent not restarted since)"
-                    },
-                    out.status,
-                    out.evidence()
-                ));
-            }
-            log::info!("{}: `{cmd}` done", c.ssh.target());
-            if let Some((api, before)) = ready {
-                wait_ready(c, api, before, plan.timeout).await?;
-            }
+    let restart = if changed || force {
+        plan.restart.command(&plan.service)?
+    } else {
+        None
+    };
+    // With CircleCI running, the node's builds end and it is drained first.
+    let mut ready = ready;
+    let mut drained = None;
+    if let (Some(d), Some(_)) = (&plan.drain, &restart) {
+        let nodes = d.api.nodes(plan.timeout).await.map_err(|e| {
+            format!(
+                "reading the nodes, to wait for the builds on {}: {e}",
+                c.node_text()
+            )
+        })?;
+        match nodes.into_iter().find(|n| c.is_node(n)) {
+            Some(n) => match d.drain(c, &n, plan.timeout).await {
+                Ok(index) => {
+                    ready = ready.map(|(a, _)| (a, Some(index)));
+                    drained = Some(n);
+                }
+                Err(e) => {
+                    let lifted = d.lift(c, &n, plan.timeout).await;
+                    return Err(match lifted {
+                        Ok(()) => e,
+                        Err(l) => format!("{e}; {l}"),
+                    });
+                }
+            },
+            None => log::info!(
+                "{}: Nomad at {} does not list {}: no build of CircleCI's runs there",
+                c.ssh.target(),
+                d.api.endpoint,
+                c.node_text()
+            ),
         }
     }
+    let done = write_and_restart(
+        c,
+        &h,
+        plan,
+        path,
+        &f,
+        &bytes,
+        changed,
+        restart,
+        ready,
+        lists.len(),
+    )
+    .await;
+    if let (Some(d), Some(n)) = (&plan.drain, &drained) {
+        let lifted = d.lift(c, n, plan.timeout).await;
+        match (&done, lifted) {
+            (_, Ok(())) => {}
+            (Ok(()), Err(l)) => return Err(format!("the agent runs the new list, but {l}")),
+            (Err(e), Err(l)) => return Err(format!("{e}; {l}")),
+        }
+    }
+    done?;
     if had_copy && matches!(goal, Goal::Original { .. }) {
         h.remove_file(&kept).await.map_err(|e| {
             format!("{path} has its original servers lists back, but removing {kept}: {e}")
         })?;
     }
     Ok(warning)
+}
+
+/// Writes `bytes` (when `changed`), runs `restart` (if any) and waits for the node.
+#[allow(clippy::too_many_arguments)]
+async fn write_and_restart(
+    c: &Client,
+    h: &ServicesHost,
+    plan: &Plan,
+    path: &str,
+    f: &crate::backends::ssh::RemoteFile,
+    bytes: &[u8],
+    changed: bool,
+    restart: Option<RemoteCommand>,
+    ready: Option<(&NomadApi, Option<u64>)>,
+    lists: usize,
+) -> Result<(), String> {
+    if changed {
+        h.write_file(path, bytes, f.mode & 0o7777)
+            .await
+            .map_err(|e| e.to_string())?;
+        log::info!(
+            "{}: {path} rewritten ({lists} servers lists)",
+            c.ssh.target()
+        );
+        crate::fault_point::point("circleci_nomad_client_static.after_write").await;
+    }
+    if let Some(cmd) = restart {
+        let out = h
+            .run(&cmd, None, plan.timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !out.success() {
+            return Err(format!(
+                "{}, but `{cmd}` exited with {:?}: {}",
+                if changed {
+                    "the file was rewritten"
+                } else {
+                    "the file was already rewritten (the agent not restarted since)"
+                },
+                out.status,
+                out.evidence()
+            ));
+        }
+        log::info!("{}: `{cmd}` done", c.ssh.target());
+        if let Some((api, before)) = ready {
+            wait_ready(c, api, before, plan.timeout).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Waits until the client's node is ready with a higher ModifyIndex than `before`.

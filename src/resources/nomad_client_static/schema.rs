@@ -93,6 +93,24 @@ pub(super) fn block() -> Block {
              before this resource first touched it (from the copy kept next to the file), then removes the copy. \
              Default `true`.",
         ))
+        .attr(Attribute::new("config_root", Type::String).optional().computed().description(
+            "Prefix of the Services machine's paths (for tests and chroots). Default `/`. Before a roll changes \
+             anything, the Services machine says whether CircleCI runs (`replicatedctl app status`) and on which \
+             Nomad (`/etc/circleconfig/shared/nomad` under this root as CircleCI last started with it; else its \
+             embedded Nomad).",
+        ))
+        .attr(crate::resources::cutover::embedded_nomad_attr())
+        .attr(Attribute::new("builds_timeout", Type::String).optional().computed().description(&format!(
+            "With CircleCI running: how long a client's running builds may take to end before its agent is \
+             restarted (default `{}`). Before Nomad 0.8 the roll waits until the node runs no build, then drains \
+             it (`POST /v1/node/:id/drain?enable=true`, which would stop what runs) and restarts the agent; from \
+             0.8 it drains with this as the `DrainSpec` deadline and waits for the builds. Past it the roll stops \
+             naming the builds, that client unchanged. The drain is lifted (and, from 0.8, the node made \
+             eligible) once the node is ready again, or when its restart fails. With CircleCI stopped (inside the \
+             cutover) no build runs: no wait, no drain. While CircleCI runs, the clients may only be moved to \
+             servers of the Nomad it uses (`/v1/status/peers`), and `nomad_endpoint` must be set.",
+            crate::resources::cutover::BUILDS_TIMEOUT
+        )))
         .attr(Attribute::new(STATUS, Type::map(Type::String)).computed().description(
             "Per client (`host:port`): `ok` when its file names `nomad_servers`; else what refresh found (`servers \
              list is [...]`, the file missing, unreachable) or why the roll did not finish it (`pending: …`).",

@@ -168,8 +168,20 @@ impl ServicesRestart {
                 restored.join(", ")
             )
         };
+        let groups = before
+            .as_ref()
+            .map(|r| (r.moved_groups.clone(), r.moved_static.clone()))
+            .unwrap_or_default();
+        let moved_any = !groups.0.is_empty() || !groups.1.is_empty();
         if !restart && !start {
-            if restored.is_empty() {
+            let mut files = files;
+            if stopped && moved_any {
+                let back = self
+                    .move_clients_back(&cut, &groups)
+                    .await
+                    .map_err(|d| during("moving the Nomad clients back", &files, d))?;
+                files = format!("{files}. {back}");
+            } else if restored.is_empty() {
                 return Ok(None);
             }
             cut.drop_originals().await?;
@@ -195,12 +207,26 @@ impl ServicesRestart {
             "falling back: {files}; {} CircleCI",
             if restart { "restarting" } else { "starting" }
         );
-        let moved = async {
-            if restart {
+        let mut files = files;
+        if restart {
+            let stopped = async {
                 self.command(Program::Replicatedctl, &["app", "stop"])
                     .await?;
-                self.wait_for("stopped", fb.stop).await?;
+                self.wait_for("stopped", fb.stop).await
             }
+            .await;
+            stopped.map_err(|d| during("stopping CircleCI", &files, d))?;
+        }
+        // The clients follow CircleCI back to the Nomad it used before, while it is
+        // stopped: no build runs on them.
+        if moved_any {
+            let back = self
+                .move_clients_back(&cut, &groups)
+                .await
+                .map_err(|d| during("moving the Nomad clients back", &files, d))?;
+            files = format!("{files}. {back}");
+        }
+        let moved = async {
             self.command(Program::Replicatedctl, &["app", "start"])
                 .await?;
             self.wait_for("started", fb.start).await?;
@@ -267,6 +293,70 @@ impl ServicesRestart {
                 v.passed.join("; ")
             ),
         )))
+    }
+
+    /// Switches each client group the cutover moved back to what it used before, and
+    /// replaces its instances; the record then lists none. What was done.
+    async fn move_clients_back(
+        &self,
+        cut: &Cutover<'_>,
+        (groups, fleets): &(
+            Vec<crate::resources::cutover::MovedGroup>,
+            Vec<serde_json::Value>,
+        ),
+    ) -> Result<String, Diagnostics> {
+        let mut done = Vec::new();
+        for f in fleets {
+            let v = Value::from_json(f.to_string().as_bytes()).map_err(|e| {
+                Diagnostics::from(Diagnostic::error(
+                    "The cutover's record does not parse",
+                    format!("a static client fleet in it: {e}"),
+                ))
+            })?;
+            done.push(
+                crate::resources::nomad_client_static::NomadClientStatic::new(self.data.clone())
+                    .move_back(&v)
+                    .await?,
+            );
+        }
+        for g in groups {
+            log::warn!("falling back: moving the Nomad clients of {} back", g.group);
+            done.push(
+                crate::resources::nomad_client_launch_config::move_back(
+                    self.data.clone(),
+                    g,
+                    Duration::from_secs(1200),
+                )
+                .await?,
+            );
+        }
+        cut.clear_moved_clients().await?;
+        Ok(format!("Nomad clients moved back: {}", done.join("; ")))
+    }
+
+    /// After a failed create or update of a resource that moves Nomad clients (its
+    /// `planned` settings name the Services machine's root): inside a cutover (CircleCI
+    /// stopped by it, its record open) the cutover is undone; interrupted, or outside
+    /// one, nothing is.
+    pub(crate) async fn after_failed_step(&self, planned: &Value, mut applied: Applied) -> Applied {
+        if !applied.diags.has_errors() || crate::plugin::stop::requested() {
+            return applied;
+        }
+        let s = StopSettings::of_resource(planned);
+        if !matches!(Cutover::new(&self.data, &s).inside().await, Ok(true)) {
+            return applied;
+        }
+        let fb = Fallback {
+            cutover: &s,
+            stop: Duration::from_secs(600),
+            start: Duration::from_secs(1200),
+            verify: Duration::from_secs(300),
+            ran_on_changed: false,
+            start_stopped: true,
+            reference: None,
+        };
+        self.after_failure(&fb, &mut applied.diags).await;
+        applied
     }
 
     /// Runs the fallback after `failure`, and says how it went, as one error list.
