@@ -35,8 +35,10 @@ implements just what circleci_external_nomad uses, and refuses everything else:
                 "MarkEligible": bool} and POST /v1/node/ID/eligibility {"Eligibility":
                 "eligible"|"ineligible"}. A drain makes the node ineligible; its
                 allocations run on until they end or the deadline passes (then they are
-                stopped, and logged as above); once none runs the drain is complete
-                ("Drain": false) and the node stays ineligible until made eligible.
+                stopped, and logged as above; a Deadline of 0 is none, below 0 is now);
+                once none runs the drain is complete ("Drain": false, a new
+                ModifyIndex) and the node stays ineligible until made eligible, which
+                is refused while it drains.
                 Before 0.8 the eligibility endpoint does not exist (404).
   --app-state S          -> the EMBEDDED Nomad of the simulated Services machine: it runs
                             only while the simulator's app (S/app.json) is started, as
@@ -132,8 +134,9 @@ def nodes_by_key(nodes_dir):
 
 def settle(args):
     """Applies what time did: allocations a 0.8 drain's deadline stopped are logged, and
-    a 0.8 drain with nothing left running is complete."""
-    if not (args.nodes_dir and args.allocs_dir):
+    a 0.8 drain with nothing left running is complete (Drain false, its own change of
+    the node's ModifyIndex; the node stays ineligible)."""
+    if not (args.nodes_dir and args.allocs_dir) or version_tuple(args.version) < (0, 8):
         return
     with LOCK:
         nodes = nodes_by_key(args.nodes_dir)
@@ -144,12 +147,13 @@ def settle(args):
                     and deadline <= time.time() < float(a.get("EndsAt", 0))):
                 stop_by_drain(args, path, a)
         for key, n in nodes.items():
-            if key != n["Name"] or n.get("DrainDeadline") is None:
+            if key != n["Name"] or not n.get("Drain"):
                 continue
             busy = any(alloc_running(a, nodes) for _, a in alloc_files(args.allocs_dir)
                        if nodes.get(a.get("NodeID", "")) is n)
             if not busy:
-                update_node(n["_path"], {"Drain": False, "DrainDeadline": None})
+                update_node(n["_path"], {"Drain": False, "DrainDeadline": None,
+                                         "DrainChanges": int(n.get("DrainChanges", 0)) + 1})
 
 
 def stop_by_drain(args, path, a):
@@ -310,6 +314,8 @@ def handler(args):
                         return self.send(400, "invalid eligibility request\n", "text/plain")
                     if e not in ("eligible", "ineligible"):
                         return self.send(400, f"invalid scheduling eligibility {e!r}\n", "text/plain")
+                    if e == "eligible" and node.get("Drain"):
+                        return self.send(500, "can not set node's scheduling eligibility to eligible while it is draining\n", "text/plain")
                     changes["Eligibility"] = e
                 elif not spec:
                     enable = dict(p.split("=", 1) for p in query.split("&") if "=" in p).get("enable")
@@ -324,7 +330,7 @@ def handler(args):
                     try:
                         req = json.loads(raw or b"{}")
                         ds = req.get("DrainSpec")
-                        deadline = None if ds is None else int(ds["Deadline"]) / 1e9
+                        deadline = None if ds is None else int(ds["Deadline"])
                     except (ValueError, KeyError, TypeError, AttributeError):
                         return self.send(400, "invalid drain request\n", "text/plain")
                     if deadline is None:
@@ -332,8 +338,9 @@ def handler(args):
                         if req.get("MarkEligible"):
                             changes["Eligibility"] = "eligible"
                     else:
-                        changes.update(Drain=True, DrainDeadline=time.time() + deadline,
-                                       Eligibility="ineligible")
+                        # As Nomad's DrainStrategy: < 0 forces (now), 0 has no deadline.
+                        at = time.time() if deadline < 0 else (None if deadline == 0 else time.time() + deadline / 1e9)
+                        changes.update(Drain=True, DrainDeadline=at, Eligibility="ineligible")
                 update_node(node["_path"], changes)
             settle(args)
             return self.send(200, json.dumps({"EvalIDs": [], "EvalCreateIndex": 0,

@@ -429,7 +429,10 @@ fn with_circleci_running_the_group_moves_only_to_its_nomad_and_is_not_terminated
         out.contains("CircleCI is running: its builds would be cut off"),
         "{out}"
     );
-    assert!(out.contains("rollout"), "{out}");
+    assert!(
+        out.contains("rollout = \"terminate\" would terminate"),
+        "{out}"
+    );
     unchanged("a terminating rollout");
     tf.write_main(&format!(
         "{}{}",

@@ -324,14 +324,19 @@ fn with_circleci_running_a_roll_waits_for_builds_and_drains_on_0_5_6() {
 #[test]
 fn with_circleci_running_a_roll_drains_with_a_deadline_on_0_8() {
     let f = roll_while_running("0.8.7");
-    assert_eq!(f.node(0)["Eligibility"], "eligible", "{}", f.node(0));
-    assert_eq!(f.node(1)["Eligibility"], "eligible", "{}", f.node(1));
+    for i in 0..2 {
+        let node = f.node(i);
+        assert_eq!(node["Eligibility"], "eligible", "{node}");
+        assert!(node["DrainChanges"].as_i64().unwrap_or(0) >= 2, "{node}");
+    }
 }
 
-#[test]
-fn a_build_past_builds_timeout_stops_the_roll_with_the_client_unchanged() {
+/// With CircleCI running on the fleet's Nomad (`version`), a build that outlasts
+/// `builds_timeout` stops the roll naming it, the client unchanged and the build never
+/// stopped by a drain.
+fn a_build_past_builds_timeout(version: &str) -> Fleet {
     let s = servers();
-    let f = Fleet::with(&s, 1, &[]);
+    let f = Fleet::with(&s, 1, &["--version", version]);
     f.circleci_running_on(&s, Some(&f.nomad.endpoint()));
     f.build(0, "build-long", epoch_now() + 3600.0);
     let main = f.main_tf(
@@ -348,8 +353,29 @@ fn a_build_past_builds_timeout_stops_the_roll_with_the_client_unchanged() {
     );
     assert_eq!(f.file(0), f.clients[0].original);
     assert_eq!(f.restarts(0), 0);
-    assert_eq!(f.stopped_by_drain(), "");
-    assert_ne!(f.node(0)["Drain"], true, "left draining: {}", f.node(0));
+    assert_eq!(f.stopped_by_drain(), "", "a drain stopped the build");
+    f
+}
+
+#[test]
+fn a_build_past_builds_timeout_stops_the_roll_before_any_drain_on_0_5_6() {
+    let f = a_build_past_builds_timeout("0.5.6");
+    // Before 0.8 a drain would have stopped the build: none was enabled.
+    assert!(
+        f.node(0).get("DrainChanges").is_none(),
+        "drained: {}",
+        f.node(0)
+    );
+}
+
+#[test]
+fn a_build_past_builds_timeout_stops_the_roll_and_lifts_the_drain_on_0_8() {
+    let f = a_build_past_builds_timeout("0.8.7");
+    let node = f.node(0);
+    // Drained (no new build), then lifted and eligible again: as before the roll.
+    assert!(node["DrainChanges"].as_i64().unwrap_or(0) >= 2, "{node}");
+    assert_eq!(node["Drain"], false, "{node}");
+    assert_eq!(node["Eligibility"], "eligible", "{node}");
 }
 
 #[test]

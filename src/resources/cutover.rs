@@ -935,7 +935,7 @@ impl<'a> Cutover<'a> {
     /// group and what it used before, unless already listed (the first switch of this
     /// cutover saw what CircleCI ran with). False when no cutover is open.
     pub(crate) async fn note_moved_group(&self, g: MovedGroup) -> Result<bool, Diagnostics> {
-        let _one = self.lock.lock().await;
+        let _one = Self::moved_lock().lock().await;
         let Some(mut r) = self.load().await? else {
             return Ok(false);
         };
@@ -947,6 +947,13 @@ impl<'a> Cutover<'a> {
         Ok(true)
     }
 
+    /// One change of the record's moved clients at a time, across every resource of the
+    /// apply (each has its own `Cutover`).
+    fn moved_lock() -> &'static tokio::sync::Mutex<()> {
+        static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        &LOCK
+    }
+
     /// Before a static client fleet is rolled while the cutover has CircleCI stopped:
     /// its settings (`fleet`, keyed by its `id`), unless listed. False when no cutover
     /// is open.
@@ -954,7 +961,7 @@ impl<'a> Cutover<'a> {
         &self,
         fleet: serde_json::Value,
     ) -> Result<bool, Diagnostics> {
-        let _one = self.lock.lock().await;
+        let _one = Self::moved_lock().lock().await;
         let Some(mut r) = self.load().await? else {
             return Ok(false);
         };
@@ -968,7 +975,7 @@ impl<'a> Cutover<'a> {
 
     /// Once a fallback moved them back: no client is the cutover's to undo.
     pub(crate) async fn clear_moved_clients(&self) -> Result<(), Diagnostics> {
-        let _one = self.lock.lock().await;
+        let _one = Self::moved_lock().lock().await;
         if let Some(mut r) = self.load().await? {
             if !r.moved_groups.is_empty() || !r.moved_static.is_empty() {
                 r.moved_groups.clear();

@@ -236,6 +236,19 @@ impl NomadClientLaunchConfig {
             Ok(s) => s,
             Err(d) => return Applied::from_result(Err(d)),
         };
+        // Inside a cutover: noted before anything changes, so that its fallback
+        // switches the group back whatever happens next.
+        let before = current_launch(group).unwrap_or(source.launch.clone());
+        let noted = if stopped {
+            let s = crate::resources::cutover::StopSettings::of_resource(planned);
+            let cut = crate::resources::cutover::Cutover::new(&self.data, &s);
+            match cut.note_moved_group(moved(&group.name, &before)).await {
+                Ok(n) => n,
+                Err(d) => return Applied::from_result(Err(d)),
+            }
+        } else {
+            false
+        };
         let ours = match self.copy(c, source, &rewritten.text, &prefix).await {
             Ok(l) => l,
             Err(d) => return Applied::from_result(Err(d)),
@@ -248,15 +261,6 @@ impl NomadClientLaunchConfig {
         if let Err(d) = self.switch_or_undo(c, &group.name, &ours, &what).await {
             return Applied::from_result(Err(d));
         }
-        if stopped {
-            // Inside a cutover: its fallback switches the group back.
-            let s = crate::resources::cutover::StopSettings::of_resource(planned);
-            let cut = crate::resources::cutover::Cutover::new(&self.data, &s);
-            let before = current_launch(group).unwrap_or(source.launch.clone());
-            if let Err(d) = cut.note_moved_group(moved(&group.name, &before)).await {
-                return Applied::from_result(Err(d));
-            }
-        }
         let mut state = planned.clone();
         let mut diags = Diagnostics::new();
         state.set("id", Value::string(&group.name));
@@ -267,7 +271,18 @@ impl NomadClientLaunchConfig {
             Value::string(file_sha256(rewritten.text.as_bytes())),
         );
         state.set("drift", Value::string(""));
-        if let Some(prev) = retire.filter(|p| **p != ours) {
+        let for_fallback = retire.filter(|p| noted && **p == before);
+        if let Some(prev) = for_fallback {
+            diags.push(Diagnostic::warning(
+                "Previous copy kept",
+                format!(
+                    "{} is what the group used when this cutover stopped CircleCI: a fallback switches the group \
+                     back to it. Delete it by hand once the cutover completed.",
+                    prev.describe()
+                ),
+            ));
+        }
+        if let Some(prev) = retire.filter(|p| **p != ours && for_fallback.is_none()) {
             match self.remove(c, prev).await {
                 Ok(None) => {}
                 Ok(Some(why)) => diags.push(Diagnostic::warning("Previous copy kept", why)),
@@ -366,6 +381,11 @@ impl NomadClientLaunchConfig {
                 let mut diags = Diagnostics::new();
                 let pending = strings(prior.get("pending_instance_ids"));
                 if planned.get("pending_instance_ids").is_unknown() {
+                    // The clients left over are terminated only where no build runs.
+                    let (terminate, _, _) = rollout_settings(planned);
+                    let servers = strings(planned.get("nomad_servers"));
+                    self.guard(planned, &servers, terminate && !pending.is_empty())
+                        .await?;
                     self.roll(c, &mut state, &pending, &mut diags).await;
                 }
                 state.set("drift", Value::string(""));

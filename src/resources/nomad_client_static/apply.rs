@@ -106,8 +106,23 @@ impl NomadClientStatic {
             p.sort();
             p
         };
+        // Whether the clients' Nomad is CircleCI's decides whether their builds are
+        // waited for: not knowing is no answer.
+        let endpoint_peers = endpoint_peers.map_err(|e| {
+            Diagnostics::from(
+                Diagnostic::error(
+                    "Could not read the Nomad servers",
+                    format!(
+                        "{e}. CircleCI runs on the Nomad at {in_use}; whether nomad_endpoint is the same Nomad \
+                         (and so whether builds run on these clients) is not known. Nothing was changed."
+                    ),
+                )
+                .at(AttrPath::root("nomad_endpoint")),
+            )
+        })?;
         let same_cluster = same(&in_use, &api.endpoint)
-            || matches!(&endpoint_peers, Ok(p) if !p.is_empty() && sorted(p.clone()) == sorted(in_use_peers.clone()));
+            || (!endpoint_peers.is_empty()
+                && sorted(endpoint_peers.clone()) == sorted(in_use_peers.clone()));
         if !same_cluster {
             log::info!(
                 "CircleCI schedules on {in_use}; the clients are registered with {}, which it does not use: no \
@@ -176,10 +191,14 @@ impl NomadClientStatic {
             )
             .into());
         }
-        Ok(format!(
+        let mut done = format!(
             "the servers lists of {} are back as they were",
             rolled.done.join(", ")
-        ))
+        );
+        for (title, w) in &rolled.warnings {
+            done.push_str(&format!(" ({title}: {w})"));
+        }
+        Ok(done)
     }
 
     /// The clients of `v` as SSH targets: the provider's `services_host` settings, and

@@ -214,7 +214,7 @@ impl Resource for NomadClientStatic {
                 (
                     "builds_timeout",
                     Check::Duration {
-                        min_secs: 0,
+                        min_secs: 1,
                         max_secs: 7 * 86_400,
                     },
                 ),

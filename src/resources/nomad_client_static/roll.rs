@@ -205,57 +205,102 @@ fn build_text(a: &nb::Allocation) -> String {
     )
 }
 
+/// How long past `builds_timeout` a 0.8 drain's own deadline lies: the roll lifts the
+/// drain at `builds_timeout`, long before Nomad would stop what still runs.
+const DEADLINE_MARGIN: Duration = Duration::from_secs(3600);
+
+/// Why a drain did not end in a client ready to restart, and whether this roll had
+/// enabled it (then it must be lifted).
+pub struct NotDrained {
+    pub why: String,
+    pub enabled: bool,
+}
+
 impl Drainer {
-    /// Waits until `node` runs no build, bounded: before 0.8 first (a drain stops what
-    /// runs at once), then drains; from 0.8 the drain's deadline lets them finish.
-    /// The node's ModifyIndex once drained (the restart must raise it again).
-    async fn drain(&self, c: &Client, node: &Node, timeout: Duration) -> Result<u64, String> {
+    /// Waits, within `builds_timeout`, until `node` runs no build, and drains it so that
+    /// no new one lands: before 0.8 after the wait (a drain stops what runs at once);
+    /// from 0.8 first, with a deadline far past `builds_timeout` (Nomad would stop what
+    /// still runs there; the roll gives up and lifts the drain at `builds_timeout`). A
+    /// node already draining or ineligible (someone else's) is waited for, not drained.
+    /// The node's ModifyIndex once drained (the restart must raise it again), and
+    /// whether this roll drained it.
+    async fn drain(
+        &self,
+        c: &Client,
+        node: &Node,
+        timeout: Duration,
+    ) -> Result<(u64, bool), NotDrained> {
+        let theirs = node.drain || node.eligibility == "ineligible";
+        let mut enabled = false;
+        let fail = |why: String, enabled: bool| NotDrained { why, enabled };
         let started = Instant::now();
-        let within = match self.kind {
-            nb::DrainApi::Toggle => self.builds_timeout,
-            // The drain stops what still runs at its deadline; allow Nomad that long.
-            nb::DrainApi::Spec => self.builds_timeout + Duration::from_secs(30),
-        };
-        if self.kind == nb::DrainApi::Spec {
+        if self.kind == nb::DrainApi::Spec && !theirs {
             self.api
                 .drain(
                     self.kind,
                     &node.id,
                     nb::Drain::Enable {
-                        deadline: self.builds_timeout,
+                        deadline: self.builds_timeout + DEADLINE_MARGIN,
                     },
                     timeout,
                 )
                 .await
-                .map_err(|e| format!("draining {} at {}: {e}", c.node_text(), self.api.endpoint))?;
-            log::info!(
-                "{}: node {} draining (deadline {})",
-                c.ssh.target(),
-                node.name,
-                humantime::format_duration(self.builds_timeout)
-            );
+                .map_err(|e| {
+                    fail(
+                        format!("draining {} at {}: {e}", c.node_text(), self.api.endpoint),
+                        true,
+                    )
+                })?;
+            enabled = true;
+            log::info!("{}: node {} draining", c.ssh.target(), node.name);
         }
         let mut logged = Vec::new();
         loop {
             let running: Vec<String> = self
                 .api
                 .node_allocations(&node.id, timeout)
-                .await?
+                .await
+                .map_err(|e| fail(e, enabled))?
                 .iter()
                 .filter(|a| a.active())
                 .map(build_text)
                 .collect();
-            if running.is_empty() {
+            // From 0.8, Nomad marks the drain complete itself (a change of the node's
+            // ModifyIndex): wait for that too, so that the index read below is the
+            // last before the restart.
+            let settling = enabled
+                && running.is_empty()
+                && self
+                    .api
+                    .nodes(timeout)
+                    .await
+                    .map_err(|e| fail(e, enabled))?
+                    .iter()
+                    .any(|n| n.id == node.id && n.drain);
+            if running.is_empty() && !settling {
                 break;
             }
-            if started.elapsed() >= within {
-                return Err(format!(
-                    "{} build(s) still run on {} after {} (builds_timeout): {}. Its agent was not restarted and \
-                     its file not changed",
-                    running.len(),
-                    c.node_text(),
-                    humantime::format_duration(self.builds_timeout),
-                    running.join(", ")
+            if started.elapsed() >= self.builds_timeout {
+                return Err(fail(
+                    if running.is_empty() {
+                        format!(
+                            "Nomad at {} did not mark the drain of {} complete within {} (builds_timeout). Its \
+                             agent was not restarted and its file not changed",
+                            self.api.endpoint,
+                            c.node_text(),
+                            humantime::format_duration(self.builds_timeout)
+                        )
+                    } else {
+                        format!(
+                            "{} build(s) still run on {} after {} (builds_timeout): {}. Its agent was not \
+                             restarted and its file not changed",
+                            running.len(),
+                            c.node_text(),
+                            humantime::format_duration(self.builds_timeout),
+                            running.join(", ")
+                        )
+                    },
+                    enabled,
                 ));
             }
             if running != logged {
@@ -272,13 +317,19 @@ impl Drainer {
                 .await
                 .is_none()
             {
-                return Err(format!(
-                    "stopped (Terraform was interrupted) while waiting for the builds on {}; nothing changed on it",
-                    c.node_text()
+                return Err(fail(
+                    format!(
+                        "stopped (Terraform was interrupted) while waiting for the builds on {}; its file and \
+                         agent were not changed",
+                        c.node_text()
+                    ),
+                    enabled,
                 ));
             }
         }
-        if self.kind == nb::DrainApi::Toggle {
+        if self.kind == nb::DrainApi::Toggle && !theirs {
+            // A build placed since the last look would be stopped now: Nomad before 0.8
+            // has no way to keep new work off a node without stopping what runs.
             self.api
                 .drain(
                     self.kind,
@@ -289,18 +340,31 @@ impl Drainer {
                     timeout,
                 )
                 .await
-                .map_err(|e| format!("draining {} at {}: {e}", c.node_text(), self.api.endpoint))?;
+                .map_err(|e| {
+                    fail(
+                        format!("draining {} at {}: {e}", c.node_text(), self.api.endpoint),
+                        true,
+                    )
+                })?;
+            enabled = true;
             log::info!(
                 "{}: node {} runs no build; drained",
                 c.ssh.target(),
                 node.name
             );
         }
-        let nodes = self.api.nodes(timeout).await?;
-        Ok(nodes
-            .iter()
-            .find(|n| n.id == node.id)
-            .map_or(node.modify_index, |n| n.modify_index))
+        let nodes = self
+            .api
+            .nodes(timeout)
+            .await
+            .map_err(|e| fail(e, enabled))?;
+        Ok((
+            nodes
+                .iter()
+                .find(|n| n.id == node.id)
+                .map_or(node.modify_index, |n| n.modify_index),
+            enabled,
+        ))
     }
 
     /// Lifts the drain (and, from 0.8, makes the node eligible again).
@@ -510,24 +574,32 @@ async fn step(
         })?;
         match nodes.into_iter().find(|n| c.is_node(n)) {
             Some(n) => match d.drain(c, &n, plan.timeout).await {
-                Ok(index) => {
+                Ok((index, enabled)) => {
                     ready = ready.map(|(a, _)| (a, Some(index)));
-                    drained = Some(n);
+                    if enabled {
+                        drained = Some(n);
+                    }
                 }
-                Err(e) => {
-                    let lifted = d.lift(c, &n, plan.timeout).await;
-                    return Err(match lifted {
-                        Ok(()) => e,
-                        Err(l) => format!("{e}; {l}"),
+                Err(NotDrained { why, enabled }) => {
+                    if !enabled {
+                        return Err(why);
+                    }
+                    return Err(match d.lift(c, &n, plan.timeout).await {
+                        Ok(()) => format!("{why}; the drain was lifted"),
+                        Err(l) => format!("{why}; {l}"),
                     });
                 }
             },
-            None => log::info!(
-                "{}: Nomad at {} does not list {}: no build of CircleCI's runs there",
-                c.ssh.target(),
-                d.api.endpoint,
-                c.node_text()
-            ),
+            // CircleCI runs on this Nomad: a client it does not list cannot be told
+            // apart from one whose builds would be cut off.
+            None => {
+                return Err(format!(
+                    "Nomad at {} does not list {}, so its builds cannot be waited for while CircleCI runs. Set \
+                     its node_name, or roll it while CircleCI is stopped",
+                    d.api.endpoint,
+                    c.node_text()
+                ))
+            }
         }
     }
     let done = write_and_restart(
