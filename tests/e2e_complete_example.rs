@@ -138,6 +138,40 @@ via_services_host  = true
     let before = runbook_files();
     sim.start();
 
+    // A failed try undone: CircleCI `how` (restarted or started) on the files as they
+    // were, observed as before the stop, and the clients back on the embedded Nomad.
+    let undone = |err: &str, how: &str| {
+        assert!(
+            err.contains("CircleCI is back as it was before this apply"),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!("CircleCI was {how} on them")),
+            "{err}"
+        );
+        // What the runbook's checks observe (the embedded hosts) is as before the stop.
+        assert!(
+            err.contains("the 8 observations of the runbook's checks are as before the cutover"),
+            "{err}"
+        );
+        assert_eq!(runbook_files(), before, "the files are not as they were");
+        assert_eq!(sim.state(), "started");
+        // The clients followed CircleCI back to its embedded Nomad: the group is on its
+        // original launch configuration, its instances replaced from it.
+        let now = s.aws_fixture(&["group", "--name", &group]);
+        assert_eq!(
+            now["launch_configuration"], made["launch_configuration"],
+            "{now}"
+        );
+        assert!(
+            err.contains(&format!(
+                "Nomad clients moved back: Auto Scaling group {group} is back on launch configuration {}",
+                made["launch_configuration"].as_str().unwrap()
+            )),
+            "{err}"
+        );
+    };
+
     // First try: one of the external Nomad's two clients is draining, so the restart's
     // capacity check fails (1 < the embedded Nomad's 2). The cutover is undone.
     let mut ci_nomad = NomadFixture::new(&s, "CIRCLECI_TEST_CI_NOMAD_DIR");
@@ -149,32 +183,7 @@ via_services_host  = true
     );
     let err = flat(&String::from_utf8_lossy(&apply.stderr));
     assert!(err.contains("CircleCI check failed: nomad"), "{err}");
-    assert!(
-        err.contains("CircleCI is back as it was before this apply"),
-        "{err}"
-    );
-    assert!(err.contains("CircleCI was restarted on them"), "{err}");
-    // What the runbook's checks observe (the embedded hosts) is as before the stop.
-    assert!(
-        err.contains("the 8 observations of the runbook's checks are as before the cutover"),
-        "{err}"
-    );
-    assert_eq!(runbook_files(), before, "the files are not as they were");
-    assert_eq!(sim.state(), "started");
-    // The clients followed CircleCI back to its embedded Nomad: the group is on its
-    // original launch configuration, its instances replaced from it.
-    let now = s.aws_fixture(&["group", "--name", &group]);
-    assert_eq!(
-        now["launch_configuration"], made["launch_configuration"],
-        "{now}"
-    );
-    assert!(
-        err.contains(&format!(
-            "Nomad clients moved back: Auto Scaling group {group} is back on launch configuration {}",
-            made["launch_configuration"].as_str().unwrap()
-        )),
-        "{err}"
-    );
+    undone(&err, "restarted");
     // The clients moved while CircleCI was stopped: after the migration stopped it,
     // before the restart started it.
     let text = String::from_utf8_lossy(&apply.stdout).into_owned();
@@ -214,29 +223,7 @@ via_services_host  = true
         err.contains("injected failure at circleci_nomad_client_launch_config.rollout"),
         "{err}"
     );
-    assert!(
-        err.contains("CircleCI is back as it was before this apply"),
-        "{err}"
-    );
-    assert!(err.contains("CircleCI was started on them"), "{err}");
-    assert!(
-        err.contains("the 8 observations of the runbook's checks are as before the cutover"),
-        "{err}"
-    );
-    assert!(
-        err.contains(&format!(
-            "Nomad clients moved back: Auto Scaling group {group} is back on launch configuration {}",
-            made["launch_configuration"].as_str().unwrap()
-        )),
-        "{err}"
-    );
-    assert_eq!(runbook_files(), before, "the files are not as they were");
-    assert_eq!(sim.state(), "started");
-    let now = s.aws_fixture(&["group", "--name", &group]);
-    assert_eq!(
-        now["launch_configuration"], made["launch_configuration"],
-        "{now}"
-    );
+    undone(&err, "started");
 
     // Third try: the cutover completes.
     let apply = run(&["apply", "-auto-approve", "-no-color", "-input=false"]);
