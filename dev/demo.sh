@@ -102,7 +102,7 @@ cd "$ROOT"
 # runbook's databases, no context-service key.
 if [ ! -f "$W/terraform.tfstate" ]; then
   EMB=$CIRCLECI_TEST_SERVICES_ROOT/data/circle
-  rm -rf "$EMB/postgres" "$EMB/mongo" "$EMB/external-services-export"
+  rm -rf "$EMB/postgres" "$EMB/mongo" "$EMB/external-services-export" "$EMB/external-services-cutover"
   EMBEDDED_VAULT_ADDR=$CIRCLECI_TEST_EMBEDDED_VAULT_ADDR EMBEDDED_VAULT_TOKEN=$CIRCLECI_TEST_EMBEDDED_VAULT_TOKEN \
     BAO=$CIRCLECI_TEST_BAO MONGO_STANDIN=$CIRCLECI_TEST_MONGO_STANDIN PYTHON=$CIRCLECI_TEST_PYTHON \
     dev/embedded-fixture.sh "$CIRCLECI_TEST_SERVICES_ROOT" 2000

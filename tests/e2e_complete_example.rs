@@ -7,6 +7,8 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
+
 use common::sim::{NomadFixture, Sim, SIMULATOR};
 use common::{flat, servers, Tf};
 use serde_json::{json, Value as Json};
@@ -331,8 +333,61 @@ via_services_host  = true
         Some(0),
         "a second plan changes something"
     );
+    // The way back: the first cutover kept what CircleCI ran with before (0600), and
+    // the destroy plan says what the destroy will do.
+    let way_back = root
+        .path()
+        .join("data/circle/external-services-cutover/before-first-cutover.json");
+    assert_eq!(
+        std::fs::metadata(&way_back).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let plan = run(&["plan", "-destroy", "-no-color", "-input=false"]);
+    assert!(plan.status.success());
+    let text = flat(&String::from_utf8_lossy(&plan.stdout));
+    assert!(
+        text.contains("This destroy stops CircleCI and takes it back to before the cutover"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("Auto Scaling group {group} back on")),
+        "{text}"
+    );
+    assert!(text.contains("stays there"), "{text}");
+    // `terraform destroy` takes CircleCI back: the files as the embedded install had
+    // them, the clients on its embedded Nomad, what its checks observe as before.
     let destroy = run(&["destroy", "-auto-approve", "-no-color", "-input=false"]);
     assert!(destroy.status.success());
+    let text = flat(&String::from_utf8_lossy(&destroy.stdout));
+    assert!(
+        text.contains("CircleCI is back as it was before its first cutover"),
+        "{text}"
+    );
+    assert!(
+        text.contains("the 8 observations of the runbook's checks are as before the cutover"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "Nomad clients moved back: Auto Scaling group {group} is back on launch configuration {}",
+            made["launch_configuration"].as_str().unwrap()
+        )),
+        "{text}"
+    );
+    assert_eq!(runbook_files(), before, "the files are not as they were");
+    assert_eq!(sim.state(), "started");
+    let now = s.aws_fixture(&["group", "--name", &group]);
+    assert_eq!(
+        now["launch_configuration"], made["launch_configuration"],
+        "{now}"
+    );
+    let cutover = root.path().join("data/circle/external-services-cutover");
+    assert!(!way_back.exists(), "the way back was left");
+    assert!(!cutover.join("record.json").exists(), "the record was left");
+    assert!(
+        std::fs::read_dir(cutover.join("kept")).map_or(true, |mut d| d.next().is_none()),
+        "kept originals were left"
+    );
     // The databases were retained (deletion_policy), with the data: destroy never
     // touches data. Dropped here, as a fresh server would have none.
     assert_eq!(s.psql("vms", "SELECT count(*) FROM tasks").trim(), "300");

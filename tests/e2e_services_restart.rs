@@ -1200,3 +1200,48 @@ fn a_fallback_that_does_not_observe_what_was_before_fails() {
     );
     drop(sim);
 }
+
+/// `on_destroy = "go_back"` needs the record a first cutover with a verified migration
+/// keeps: a restart alone keeps none, so the destroy plan is an error naming
+/// on_destroy, the destroy changes nothing, and `keep_external` destroys while CircleCI
+/// keeps running.
+#[test]
+fn going_back_without_a_record_of_before_is_refused_at_plan() {
+    let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let s = servers();
+    let root = common::searchable_tempdir();
+    let sim = started_sim(&s, root.path());
+    let restart = |on_destroy: &str| {
+        lone_restart(
+            &s,
+            root.path(),
+            &format!("  verify_timeout = \"10s\"\n  on_destroy = \"{on_destroy}\"\n"),
+        )
+    };
+    let tf = Tf::new(&restart("go_back"));
+    tf.apply();
+    let cutover = root.path().join("data/circle/external-services-cutover");
+    assert!(
+        !cutover.join("before-first-cutover.json").exists(),
+        "a restart without a migration kept a way back"
+    );
+    let out = flat(&tf.fails(&["plan", "-destroy", "-no-color"]));
+    assert!(out.contains("No way back recorded"), "{out}");
+    assert!(out.contains("on_destroy"), "{out}");
+    let modified = sim.replicatedctl(&["app", "status"])[0]["LastModifiedAt"].clone();
+    let out = flat(&tf.fails(&["destroy", "-auto-approve", "-no-color"]));
+    assert!(out.contains("No way back recorded"), "{out}");
+    let status = sim.replicatedctl(&["app", "status"]);
+    assert_eq!(status[0]["State"], "started", "{status}");
+    assert_eq!(status[0]["LastModifiedAt"], modified, "the app was touched");
+
+    tf.write_main(&restart("keep_external"));
+    let plan = flat(&tf.ok(&["plan", "-no-color"]));
+    assert!(plan.contains("1 to change"), "{plan}");
+    assert!(!plan.contains("This apply stops CircleCI"), "{plan}");
+    tf.apply();
+    tf.ok(&["destroy", "-auto-approve", "-no-color"]);
+    let status = sim.replicatedctl(&["app", "status"]);
+    assert_eq!(status[0]["State"], "started", "{status}");
+    assert_eq!(status[0]["LastModifiedAt"], modified, "the app was touched");
+}

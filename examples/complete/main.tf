@@ -357,10 +357,15 @@ resource "circleci_nomad_client_launch_config" "clients" {
 # Then what ends every section of the runbook: restart CircleCI and check each service
 # the way the runbook does, and that the Nomad servers it now uses have as many clients
 # ready for builds as before the stop. Any config file changing restarts again.
+# `terraform destroy` is the way back: CircleCI returns to how it ran before this
+# cutover (its files, its clients, checked against what its checks showed then), on its
+# embedded data as it was at the cutover. What it wrote to the external services since
+# stays there. Without on_destroy, a destroy leaves CircleCI on the external services.
 resource "circleci_services_restart" "this" {
   config_root             = var.config_root == "" ? "/" : var.config_root
   embedded_nomad_endpoint = var.embedded_nomad_endpoint
   verify_timeout          = var.verify_timeout
+  on_destroy              = "go_back"
   triggers = merge(
     {
       migration       = circleci_data_migration.this.migrated_at

@@ -327,7 +327,14 @@ impl pb::provider_server::Provider for ProviderService {
             let proposed = decode(&req.proposed_new_state, "proposed new state")?;
             let config = decode(&req.config, "configuration")?;
             if proposed.is_null() {
-                // Destroy: nothing to add.
+                // Destroy: nothing to add, maybe something to say.
+                if !prior.is_null() {
+                    self.cancellable(async {
+                        r.plan_destroy(&prior, &mut diags).await;
+                        Ok(())
+                    })
+                    .await?;
+                }
                 return Ok((Value::Null, vec![]));
             }
             check_write_only(&config, &schema.block, &client, &mut diags);

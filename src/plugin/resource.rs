@@ -111,8 +111,12 @@ pub trait Resource: Send + Sync + 'static {
         diags: &mut Diagnostics,
     ) -> Vec<AttrPath>;
 
+    /// The plan of a destroy: warnings (or errors) about what it will do to `prior`.
+    async fn plan_destroy(&self, _prior: &Value, _diags: &mut Diagnostics) {}
+
     /// Creates the object. `config` carries write-only values. A failure after something
-    /// was already changed returns a state that records it, with the error.
+    /// was already changed returns a state that records it, with the error (or none,
+    /// where a tainted object's destroy would do harm: `circleci_services_restart`).
     async fn create(&self, planned: &Value, config: &Value) -> Applied;
 
     /// Refreshes the state from the real object; `Ok(None)` when it is gone.

@@ -22,7 +22,9 @@ use crate::plugin::{stop, AttrPath, Attribute, Diagnostic, Diagnostics, Type, Va
 use crate::provider::ProviderData;
 use crate::resources::ssh_diag;
 
+mod way_back;
 mod written;
+pub(crate) use way_back::WayBack;
 pub(crate) use written::{target_mongo, target_pg};
 
 /// Where CircleCI's own Nomad server answers on the Services machine: Replicated runs
@@ -144,6 +146,9 @@ pub(crate) struct Record {
     /// puts each client's servers lists back from the copy kept next to its file.
     #[serde(default)]
     pub moved_static: Vec<serde_json::Value>,
+    /// Reopened by the way back (see `way_back`): only a destroy going back may use it.
+    #[serde(default)]
+    pub way_back: bool,
 }
 
 /// An Auto Scaling group of Nomad clients, and the launch configuration or template
@@ -160,7 +165,7 @@ pub(crate) struct MovedGroup {
 }
 
 /// One Nomad server's answer: its clients and builds, or why there is none.
-struct Seen {
+pub(crate) struct Seen {
     endpoint: String,
     /// The server the running CircleCI schedules on.
     in_use: bool,
@@ -367,6 +372,17 @@ pub(crate) fn runbook_file(path: &str) -> Option<(String, &'static str)> {
         let root = path.strip_suffix(f)?.strip_suffix('/')?;
         Some((if root.is_empty() { "/" } else { root }.to_string(), *f))
     })
+}
+
+/// Where a JSON file kept on the Services machine does not parse, without quoting it
+/// (a kept config file holds passwords).
+fn parse_error(e: &serde_json::Error) -> String {
+    format!(
+        "{:?} error at line {}, column {}",
+        e.classify(),
+        e.line(),
+        e.column()
+    )
 }
 
 /// Where the original of runbook file `f` is kept, under `root`.
@@ -655,6 +671,46 @@ impl<'a> Cutover<'a> {
     /// a record from an earlier stop of this cutover is open (it describes CircleCI as
     /// it was). Warnings (builds cut off with `0s`) go into `diags`.
     pub(crate) async fn before_stop(&self, diags: &mut Diagnostics) -> Result<Record, Diagnostics> {
+        let seen = self.let_builds_finish(diags).await?;
+        if let Some(open) = self.load_unless_going_back().await? {
+            log::info!(
+                "cutover record from {} kept: {} Nomad client(s) before the first stop",
+                open.taken_at,
+                open.nomad_clients.len()
+            );
+            return Ok(open);
+        }
+        let record = Record {
+            version: 1,
+            taken_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            nomad_servers: seen
+                .iter()
+                .map(|s| match &s.answer {
+                    Ok((n, _)) => format!("{}: {} client(s)", s.endpoint, n.len()),
+                    Err(e) => format!("{}: no answer ({e})", s.endpoint),
+                })
+                .collect(),
+            nomad_clients: schedulable(&seen),
+            app_modified: match self.data.services() {
+                Ok(h) => vec![app_status(self.data, &h).await?.modified],
+                Err(d) => return Err(d),
+            },
+            observed: None,
+            moved_groups: Vec::new(),
+            moved_static: Vec::new(),
+            way_back: false,
+        };
+        self.save(&record).await?;
+        Ok(record)
+    }
+
+    /// Waits (within `builds_timeout`) until no build runs on the Nomad servers
+    /// CircleCI may use; what they showed last. An error names the builds still
+    /// running; nothing was changed then.
+    pub(crate) async fn let_builds_finish(
+        &self,
+        diags: &mut Diagnostics,
+    ) -> Result<Vec<Seen>, Diagnostics> {
         let started = Instant::now();
         let within = self.s.builds_timeout;
         let mut last = Vec::new();
@@ -682,7 +738,7 @@ impl<'a> Cutover<'a> {
                     "Builds still running",
                     format!(
                         "after waiting {} for the running builds to finish, {} still run{}:\n{}\nCircleCI was \
-                         not stopped and nothing was changed. Let them finish (or cancel them) and apply again, \
+                         not stopped and nothing was changed. Let them finish (or cancel them) and run Terraform again, \
                          or raise builds_timeout.",
                         humantime::format_duration(within),
                         now.len(),
@@ -725,35 +781,7 @@ impl<'a> Cutover<'a> {
                 ));
             }
         }
-        if let Some(open) = self.load().await? {
-            log::info!(
-                "cutover record from {} kept: {} Nomad client(s) before the first stop",
-                open.taken_at,
-                open.nomad_clients.len()
-            );
-            return Ok(open);
-        }
-        let record = Record {
-            version: 1,
-            taken_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-            nomad_servers: seen
-                .iter()
-                .map(|s| match &s.answer {
-                    Ok((n, _)) => format!("{}: {} client(s)", s.endpoint, n.len()),
-                    Err(e) => format!("{}: no answer ({e})", s.endpoint),
-                })
-                .collect(),
-            nomad_clients: schedulable(&seen),
-            app_modified: match self.data.services() {
-                Ok(h) => vec![app_status(self.data, &h).await?.modified],
-                Err(d) => return Err(d),
-            },
-            observed: None,
-            moved_groups: Vec::new(),
-            moved_static: Vec::new(),
-        };
-        self.save(&record).await?;
-        Ok(record)
+        Ok(seen)
     }
 
     /// Once CircleCI is stopped by the cutover: the app's new `LastModifiedAt` is the
@@ -782,6 +810,25 @@ impl<'a> Cutover<'a> {
         Ok(r)
     }
 
+    /// The open record, if any, for a cutover: one the way back reopened is refused
+    /// (a destroy going back did not finish; its record describes CircleCI before the
+    /// first cutover, not as it runs now).
+    pub(crate) async fn load_unless_going_back(&self) -> Result<Option<Record>, Diagnostics> {
+        match self.load().await? {
+            Some(r) if r.way_back => Err(Diagnostic::error(
+                "CircleCI is being taken back to before its first cutover",
+                format!(
+                    "{} is the record the way back (terraform destroy with on_destroy = \"go_back\") reopened, and \
+                     that destroy did not finish. Run terraform destroy again to finish it; to abandon it instead, \
+                     remove that file and the kept originals beside it, then apply.",
+                    self.path(RECORD)
+                ),
+            )
+            .into()),
+            r => Ok(r),
+        }
+    }
+
     /// The open record, if any.
     pub(crate) async fn load(&self) -> Result<Option<Record>, Diagnostics> {
         self.read_json(
@@ -808,9 +855,9 @@ impl<'a> Cutover<'a> {
         let Some(content) = self.read(rel).await? else {
             return Ok(None);
         };
-        serde_json::from_slice(&content)
-            .map(Some)
-            .map_err(|e| Diagnostic::error(unreadable, format!("{path}: {e}. {holds}")).into())
+        serde_json::from_slice(&content).map(Some).map_err(|e| {
+            Diagnostic::error(unreadable, format!("{path}: {}. {holds}", parse_error(&e))).into()
+        })
     }
 
     /// Writes `value` as JSON to `rel` under the root, 0600; `what` names it.
@@ -854,7 +901,10 @@ impl<'a> Cutover<'a> {
             let o: Original = serde_json::from_slice(&k.content).map_err(|e| {
                 Diagnostics::from(Diagnostic::error(
                     "A kept original on the Services machine does not parse",
-                    format!("{kept}: {e}. It holds a config file as it was before the cutover."),
+                    format!(
+                        "{kept}: {}. It holds a config file as it was before the cutover.",
+                        parse_error(&e)
+                    ),
                 ))
             })?;
             out.push(o);
@@ -991,7 +1041,7 @@ impl<'a> Cutover<'a> {
     pub(crate) async fn inside(&self) -> Result<bool, Diagnostics> {
         let h = self.data.services()?;
         let st = app_status(self.data, &h).await?;
-        Ok(st.settled_in("stopped") && self.load().await?.is_some())
+        Ok(st.settled_in("stopped") && self.load_unless_going_back().await?.is_some())
     }
 
     /// Closes the record.

@@ -51,6 +51,13 @@ impl<R: FileResource> ConfigFile<R> {
         let Some((bytes, mode)) = self.file(path).await? else {
             return Ok(());
         };
+        let next =
+            managed_block::remove(&bytes, R::SPEC.type_name).map_err(|e| block_error(path, e))?;
+        if next == bytes {
+            // No block of ours (e.g. the file is back as the operator wrote it):
+            // nothing changes, nothing is kept.
+            return Ok(());
+        }
         crate::resources::cutover::keep_original(
             &self.data,
             &services,
@@ -58,12 +65,10 @@ impl<R: FileResource> ConfigFile<R> {
             Some((bytes.as_slice(), mode)),
         )
         .await?;
-        let next =
-            managed_block::remove(&bytes, R::SPEC.type_name).map_err(|e| block_error(path, e))?;
         if next.is_empty() {
             services.remove_file(path).await.map_err(fail)?;
             log::info!("deleted {path}: the {what} block was all it held");
-        } else if next != bytes {
+        } else {
             services.write_file(path, &next, mode).await.map_err(fail)?;
             log::info!("removed the {what} block from {path}; the rest of the file is kept");
         }

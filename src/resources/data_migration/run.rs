@@ -118,6 +118,7 @@ impl DataMigration {
                     ran_on_changed: false,
                     start_stopped: planned.get("on_failure").as_str() != Some("stop"),
                     reference: None,
+                    back_to: crate::resources::services_restart::THIS_APPLY,
                 };
                 ServicesRestart::new(self.data.clone())
                     .after_failure(&fb, &mut d)

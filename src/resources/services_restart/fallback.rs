@@ -22,7 +22,12 @@ pub(crate) struct Fallback<'a> {
     /// The app's `LastModifiedAt` as the cutover last left it (before its failed
     /// start); None: as it is now.
     pub reference: Option<String>,
+    /// What CircleCI goes back to, for messages: [`THIS_APPLY`], or the way back's.
+    pub back_to: &'a str,
 }
+
+/// What a fallback after a failure brings CircleCI back to.
+pub(crate) const THIS_APPLY: &str = "before this apply";
 
 /// An error of the fallback's own, saying where it stopped.
 fn during(what: &str, files: &str, d: Diagnostics) -> Diagnostics {
@@ -127,7 +132,7 @@ impl ServicesRestart {
     pub(crate) async fn fall_back(
         &self,
         fb: &Fallback<'_>,
-    ) -> Result<Option<(&'static str, String)>, Diagnostics> {
+    ) -> Result<Option<(String, String)>, Diagnostics> {
         if self.data.services().is_err() {
             return Ok(None);
         }
@@ -143,7 +148,7 @@ impl ServicesRestart {
             // CircleCI may run on the external copies now: they are its data.
             cut.forget().await?;
             return Ok(Some((
-                "Nothing was put back: CircleCI was started or stopped outside this cutover",
+                "Nothing was put back: CircleCI was started or stopped outside this cutover".to_string(),
                 format!(
                     "Replicated's LastModifiedAt changed since the cutover first wrote {}, so CircleCI may already \
                      run on these files as they are. Putting back the copies kept before could move it back onto \
@@ -187,7 +192,7 @@ impl ServicesRestart {
             cut.drop_originals().await?;
             return Ok(Some(if stopped {
                 (
-                    "The config files are back as they were before this apply",
+                    format!("The config files are back as they were {}", fb.back_to),
                     format!(
                         "{files}. CircleCI is stopped; started (Management Console: Start), it runs on these \
                          files, as it did before this apply. Started by hand, it writes to its embedded data \
@@ -198,8 +203,11 @@ impl ServicesRestart {
                 )
             } else {
                 (
-                    "CircleCI is back as it was before this apply",
-                    format!("{files}. CircleCI was not stopped: it still runs as it did before this apply."),
+                    format!("CircleCI is back as it was {}", fb.back_to),
+                    format!(
+                        "{files}. CircleCI was not stopped: it still runs as it did {}.",
+                        fb.back_to
+                    ),
                 )
             }));
         }
@@ -287,7 +295,7 @@ impl ServicesRestart {
         }
         cut.fell_back().await?;
         Ok(Some((
-            "CircleCI is back as it was before this apply",
+            format!("CircleCI is back as it was {}", fb.back_to),
             format!(
                 "{files}. CircleCI was {how} on them, and its checks passed: {}.",
                 v.passed.join("; ")
@@ -354,6 +362,7 @@ impl ServicesRestart {
             ran_on_changed: false,
             start_stopped: true,
             reference: None,
+            back_to: THIS_APPLY,
         };
         self.after_failure(&fb, &mut applied.diags).await;
         applied

@@ -18,9 +18,10 @@ use crate::plugin::{
 use crate::provider::ProviderData;
 
 mod fallback;
+mod go_back;
 mod run;
 
-pub(crate) use fallback::Fallback;
+pub(crate) use fallback::{Fallback, THIS_APPLY};
 
 pub(crate) const DEFAULT_VERSIONS: &str = "2.17.x";
 
@@ -143,7 +144,7 @@ fn block() -> Block {
              passes every check. Once CircleCI is stopped, the restart \
              runs to its end even when Terraform is interrupted (CircleCI is never left stopped by choice); the \
              checks may be cut short. A change of `triggers` restarts again; so does an app found stopped on \
-             refresh. Destroy changes nothing on the machine.\n\n\
+             refresh. Destroy changes nothing on the machine, unless `on_destroy = \"go_back\"`.\n\n\
              Commands run over the provider's SSH connection, through `sudo -n` when `sudo = true` (then \
              sudo's `secure_path` decides where `replicatedctl` and `docker` are found).",
         )
@@ -172,6 +173,18 @@ fn block() -> Block {
              restarted on them and checked the same way, and the apply fails saying so. `stop`: CircleCI is \
              stopped and the files are left as this apply wrote them, with the originals kept, for a human to \
              look.",
+        ))
+        .attr(Attribute::new("on_destroy", Type::String).optional().computed().description(
+            "What destroying this resource does to CircleCI. `keep_external` (default): nothing; CircleCI keeps \
+             running on the external services. `go_back`: the way back to how CircleCI ran before its first \
+             cutover (the first whose migration was verified, which kept what it needs on the Services machine, \
+             `/data/circle/external-services-cutover/before-first-cutover.json`, 0600): once no build runs \
+             (`builds_timeout`), CircleCI is stopped, the runbook files that cutover changed get back the bytes \
+             they had, the Nomad clients it moved go back, CircleCI is started and checked the runbook's way, \
+             against what its checks observed before that cutover, and Nomad's clients counted. Data written to \
+             the external services since stays there; CircleCI runs on its embedded data as it was at the \
+             cutover. The destroy plan says all this in a warning; without such a record, it is an error. \
+             `terraform apply -replace` of this resource destroys it too: set `keep_external` first.",
         ))
         .attr(Attribute::new("version", Type::String).computed().description("The CircleCI version found."))
         .attr(Attribute::new("app_state", Type::String).computed().description(
@@ -216,6 +229,10 @@ fn validate_config(config: &Value) -> Diagnostics {
             ("builds_timeout", d(0, 24 * 3600)),
             ("config_root", validate::Check::RemotePath),
             ("on_failure", validate::Check::OneOf(&["restore", "stop"])),
+            (
+                "on_destroy",
+                validate::Check::OneOf(&[go_back::KEEP_EXTERNAL, go_back::GO_BACK]),
+            ),
         ],
         &mut diags,
     );
@@ -254,6 +271,7 @@ impl Resource for ServicesRestart {
                 ("start_timeout", Value::string(START_TIMEOUT)),
                 ("verify_timeout", Value::string(VERIFY_TIMEOUT)),
                 ("on_failure", Value::string(ON_FAILURE)),
+                ("on_destroy", Value::string(go_back::KEEP_EXTERNAL)),
                 (
                     "allowed_versions",
                     string_list(&[DEFAULT_VERSIONS.to_string()]),
@@ -281,7 +299,14 @@ impl Resource for ServicesRestart {
     }
 
     async fn create(&self, planned: &Value, _config: &Value) -> Applied {
-        self.restart(planned).await
+        let mut applied = self.restart(planned).await;
+        if applied.diags.has_errors() {
+            // Not recorded, rather than tainted: Terraform destroys a tainted object
+            // before creating it again, and this one's destroy may be the way back.
+            // The next apply creates it, that is restarts, again.
+            applied.state = None;
+        }
+        applied
     }
 
     async fn update(&self, _prior: &Value, planned: &Value, _config: &Value) -> Applied {
@@ -300,7 +325,14 @@ impl Resource for ServicesRestart {
         Ok(Some(fresh))
     }
 
-    async fn delete(&self, _prior: &Value) -> Applied {
+    async fn plan_destroy(&self, prior: &Value, diags: &mut Diagnostics) {
+        self.preview_go_back(prior, diags).await;
+    }
+
+    async fn delete(&self, prior: &Value) -> Applied {
+        if prior.get("on_destroy").as_str() == Some(go_back::GO_BACK) {
+            return self.go_back(prior).await;
+        }
         Applied::deleted(Diagnostics::new())
     }
 
@@ -313,6 +345,7 @@ impl Resource for ServicesRestart {
         v.set("start_timeout", Value::string(START_TIMEOUT));
         v.set("verify_timeout", Value::string(VERIFY_TIMEOUT));
         v.set("on_failure", Value::string(ON_FAILURE));
+        v.set("on_destroy", Value::string(go_back::KEEP_EXTERNAL));
         v.set(
             "allowed_versions",
             string_list(&[DEFAULT_VERSIONS.to_string()]),

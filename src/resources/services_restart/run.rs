@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::fallback::Fallback;
+use super::fallback::{Fallback, THIS_APPLY};
 use super::*;
 use crate::backends::ssh::{Program, RemoteCommand, ServicesHost};
 use crate::circleci::restart::{AppStatus, Check, External};
@@ -390,7 +390,7 @@ impl ServicesRestart {
         let mut warnings = Diagnostics::new();
         let before = if pre.status.settled_in("stopped") {
             // Stopped by the migration (which opened the record) or by hand.
-            match cut.load().await {
+            match cut.load_unless_going_back().await {
                 Ok(r) => r,
                 Err(d) => return Applied::from_result(Err(d)),
             }
@@ -466,7 +466,7 @@ impl ServicesRestart {
             self.on_failure(&s, reference.as_deref(), &mut v.diags)
                 .await;
             app_state = self.status().await.map(|st| st.state).unwrap_or_default();
-        } else if let Err(d) = cut.forget().await {
+        } else if let Err(d) = cut.complete().await {
             v.diags.extend(d);
         }
         finish(&mut state, &app_state, &v, Some(stopping.elapsed()));
@@ -517,6 +517,7 @@ impl ServicesRestart {
             ran_on_changed: true,
             start_stopped: true,
             reference: reference.map(str::to_string),
+            back_to: THIS_APPLY,
         };
         self.after_failure(&fb, diags).await;
     }
