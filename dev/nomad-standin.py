@@ -26,6 +26,11 @@ implements just what circleci_external_nomad uses, and refuses everything else:
                             epoch), then "complete", as a build that finishes.
   GET /v1/node/ID/allocations -> the allocations on that node (an allocation file's
                             NodeID may name the node instead of giving its ID)
+  GET /v1/node/ID        -> that node as the node API documents it: the stub's fields
+                            and HTTPAddr, Datacenter and Attributes (kernel.name,
+                            unique.network.ip-address, and whatever NAME.json's
+                            "Attributes" adds, e.g. unique.platform.aws.instance-id as
+                            Nomad's AWS fingerprint reports it)
   Drains, with --nodes-dir and --allocs-dir, by the version's API:
     before 0.8: POST /v1/node/ID/drain?enable=true|false. Enabling stops the node's
                 running allocations AT ONCE (Nomad migrates them): each is "complete"
@@ -262,11 +267,23 @@ def handler(args):
             if args.allocs_dir:
                 routes.add("/v1/allocations")
             m = re.fullmatch(r"/v1/node/([0-9a-f-]{36})/allocations", path)
-            if path not in routes and not (m and args.nodes_dir and args.allocs_dir):
+            one = re.fullmatch(r"/v1/node/([0-9a-f-]{36})", path)
+            if path not in routes and not (m and args.nodes_dir and args.allocs_dir) \
+                    and not (one and args.nodes_dir):
                 return self.send(404, "404 page not found\n", "text/plain")
             if not self.authorized():
                 return self.send(403, "Permission denied\n", "text/plain")
             peers = args.peers.split(",")
+            if one:
+                stub = next((n for n in node_stubs(args) if n["ID"] == one.group(1)), None)
+                if stub is None:
+                    return self.send(404, "node not found\n", "text/plain")
+                n = nodes_by_key(args.nodes_dir)[one.group(1)]
+                attrs = {"kernel.name": "linux", "unique.network.ip-address": stub["Address"]}
+                attrs.update(n.get("Attributes") or {})
+                detail = {k: v for k, v in stub.items() if k != "Address"}
+                detail.update(HTTPAddr=stub["Address"] + ":4646", Attributes=attrs)
+                return self.send(200, json.dumps(detail))
             if m:
                 if m.group(1) not in nodes_by_key(args.nodes_dir):
                     return self.send(404, "node not found\n", "text/plain")

@@ -174,6 +174,24 @@ via_services_host  = true
         );
     };
 
+    // The plan says, on the migration, that the apply stops CircleCI: the steps while
+    // it is down, the builds, the estimate, the licence and the target's version.
+    let plan = run(&["plan", "-no-color", "-input=false"]);
+    assert!(plan.status.success());
+    let text = flat(&String::from_utf8_lossy(&plan.stdout));
+    for want in [
+        "Warning: This apply stops CircleCI",
+        "(1) this migration exports the embedded PostgreSQL and MongoDB",
+        "(2) the resources that depend on it run",
+        "(3) circleci_services_restart starts CircleCI",
+        "No build runs on the Nomad servers CircleCI uses now.",
+        "Expected migration time about",
+        "CircleCI's license must allow external services",
+        "(CircleCI Server 2.17 runs 9.5.8; 9.5 or later is accepted)",
+    ] {
+        assert!(text.contains(want), "{want:?} not in the plan:\n{text}");
+    }
+
     // First try: one of the external Nomad's two clients is draining, so the restart's
     // capacity check fails (1 < the embedded Nomad's 2). The cutover is undone.
     let mut ci_nomad = NomadFixture::new(&s, "CIRCLECI_TEST_CI_NOMAD_DIR");

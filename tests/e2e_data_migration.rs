@@ -16,68 +16,8 @@ use common::sim::{epoch_now, NomadFixture, Sim, SIMULATOR};
 use common::{flat, servers, Servers, Tf};
 use serde_json::json;
 
-const PW: &str = "migr-Pw-1-'\"$x";
-
 fn main_tf(s: &Servers, root: &Path, mount: &str, extra: &str) -> String {
-    format!(
-        r#"{provider}
-resource "circleci_postgres_databases" "pg" {{
-  host                   = "127.0.0.1"
-  port                   = {pg}
-  password_wo            = {pw}
-  password_wo_version    = 1
-  deletion_policy        = "drop"
-  drop_adopted_databases = true
-  config_path            = "{root}/etc/circleconfig/shared/postgresql"
-}}
-resource "circleci_external_mongo" "mongo" {{
-  hosts                = ["127.0.0.1:{mport}"]
-  username             = "circle-migr"
-  password_wo          = {pw}
-  password_wo_version  = 1
-  tls                  = false
-  drop_user_on_destroy = true
-  config_path          = "{root}/etc/circle-installation-customizations"
-}}
-resource "circleci_data_migration" "m" {{
-  config_root  = "{root}"
-  stop_timeout = "30s"
-  embedded_nomad_endpoint = {enomad:?}
-  {extra}
-  postgres {{
-    host        = circleci_postgres_databases.pg.host
-    port        = circleci_postgres_databases.pg.port
-    user        = circleci_postgres_databases.pg.user
-    password_wo = {pw}
-  }}
-  mongo {{
-    hosts       = circleci_external_mongo.mongo.hosts
-    username    = circleci_external_mongo.mongo.username
-    password_wo = {pw}
-    tls         = false
-  }}
-  vault_transit_key {{
-    # The embedded Vault as the Services machine reaches it, through it.
-    source_address    = {vaddr:?}
-    source_token_wo   = {vtoken:?}
-    target_mount      = {mount:?}
-    via_services_host = true
-  }}
-}}
-output "m" {{
-  value     = circleci_data_migration.m
-  sensitive = true
-}}
-"#,
-        provider = s.provider_block(""),
-        pg = s.pg_port(),
-        mport = s.get("CIRCLECI_TEST_MONGO_PORT"),
-        pw = common::hcl_str(PW),
-        root = root.to_str().unwrap(),
-        vaddr = s.get("CIRCLECI_TEST_EMBEDDED_VAULT_ADDR"),
-        vtoken = s.get("CIRCLECI_TEST_EMBEDDED_VAULT_TOKEN"),
-        enomad = s.get("CIRCLECI_TEST_EMBEDDED_NOMAD_ADDR"),
-    )
+    common::cutover::migration_tf(s, root, mount, extra)
 }
 
 fn app_state(sim: &Sim) -> String {

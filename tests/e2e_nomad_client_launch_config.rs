@@ -8,7 +8,7 @@ mod common;
 
 use std::process::{Child, Command};
 
-use common::sim::{Sim, SIMULATOR};
+use common::sim::{epoch_now, NomadFixture, Sim, SIMULATOR};
 use common::{closed_port, flat, servers, Servers, Tf};
 use serde_json::Value as Json;
 
@@ -377,7 +377,7 @@ fn launch_template_group_gets_a_new_version() {
 }
 
 #[test]
-fn with_circleci_running_the_group_moves_only_to_its_nomad_and_is_not_terminated() {
+fn with_circleci_running_the_group_moves_only_to_its_nomad_and_each_client_is_drained_first() {
     let s = servers();
     let (sim, _turn) = circleci_stopped(&s);
     let endpoint = s.get("CIRCLECI_TEST_AWS_ENDPOINT");
@@ -417,40 +417,99 @@ fn with_circleci_running_the_group_moves_only_to_its_nomad_and_is_not_terminated
     assert!(out.contains("on main.tf line"), "{out}");
     unchanged("a move away from CircleCI's Nomad");
 
-    // Its own server: the group may switch, but its clients are not terminated under
-    // the builds.
-    tf.write_main(&format!(
-        "{}{}",
-        provider(endpoint),
-        resource(&group, &["127.0.0.1:4647"], &extra(""))
-    ));
-    let out = flat(&tf.fails(&["apply", "-auto-approve", "-no-color", "-input=false"]));
-    assert!(
-        out.contains("CircleCI is running: its builds would be cut off"),
-        "{out}"
-    );
-    assert!(
-        out.contains("rollout = \"terminate\" would terminate"),
-        "{out}"
-    );
-    unchanged("a terminating rollout");
+    // Its own server: the group may switch, and each client is terminated only once
+    // the builds on it ended and it is drained. First, a client the Nomad cannot tell
+    // apart (the stand-in's fixture clients carry no AWS fingerprint, and only one of
+    // the two instances is a node it names): refused before anything changes.
+    let ids = instance_ids(&made);
+    assert_eq!(ids.len(), 2);
+    let mut nomad = NomadFixture::new(&s, "CIRCLECI_TEST_EMBEDDED_NOMAD_DIR");
+    let node = |i: usize| format!("{group}-client-{i}");
+    nomad.aws_client(&node(0), &ids[0]);
     tf.write_main(&format!(
         "{}{}",
         provider(endpoint),
         resource(
             &group,
             &["127.0.0.1:4647"],
-            &extra("  rollout = \"none\"\n")
+            &extra("  builds_timeout = \"3s\"\n")
         )
     ));
+    let out = flat(&tf.fails(&["apply", "-auto-approve", "-no-color", "-input=false"]));
+    assert!(
+        out.contains("CircleCI is running: the clients' builds cannot be waited for"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("whether instance(s) {} are among them", ids[1])),
+        "{out}"
+    );
+    assert!(out.contains("embedded-client-1"), "{out}");
+    assert!(
+        out.contains("rollout ="),
+        "the diagnostic points at rollout: {out}"
+    );
+    unchanged("a client that cannot be found in Nomad");
+
+    // Both instances are nodes; a build runs on the first past builds_timeout: the
+    // rollout stops naming it, that instance is not terminated, no build is stopped.
+    nomad.aws_client(&node(1), &ids[1]);
+    let drained_before = nomad.stopped_by_drain();
+    nomad.build(&format!("{group}-long"), &node(0), epoch_now() + 600.0);
+    let out = flat(&tf.fails(&["apply", "-auto-approve", "-no-color", "-input=false"]));
+    assert!(out.contains("Client not drained"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "1 build(s) still run on instance {} (node {}) after 3s (builds_timeout): {group}-long.build[0]",
+            ids[0],
+            node(0)
+        )),
+        "{out}"
+    );
+    assert!(out.contains("It was not terminated"), "{out}");
+    let g = fixture(&s, &["group", "--name", &group]);
+    assert_eq!(instance_ids(&g), ids, "no instance terminated: {out}");
+    assert_ne!(
+        nomad.node(&node(0))["Drain"],
+        Json::Bool(true),
+        "not left drained"
+    );
+    assert_eq!(nomad.stopped_by_drain(), drained_before, "no build stopped");
+
+    // The build ends a few seconds in: the rollout waits for it, drains the node
+    // (Nomad 0.5.6: only once nothing runs there), then terminates the instance.
+    let ends = epoch_now() + 4.0;
+    nomad.build(&format!("{group}-long"), &node(0), ends);
+    tf.write_main(&format!(
+        "{}{}",
+        provider(endpoint),
+        resource(&group, &["127.0.0.1:4647"], &extra(""))
+    ));
     tf.ok(&["apply", "-auto-approve", "-no-color", "-input=false"]);
+    assert!(
+        epoch_now() >= ends,
+        "the rollout did not wait for the build"
+    );
     let g = fixture(&s, &["group", "--name", &group]);
     assert_ne!(g["launch_configuration"], made["launch_configuration"]);
-    assert_eq!(
-        instance_ids(&g),
-        instance_ids(&made),
-        "no instance terminated"
+    let now = instance_ids(&g);
+    assert!(
+        ids.iter().all(|i| !now.contains(i)),
+        "both clients replaced: {now:?} (before {ids:?})"
     );
+    assert_eq!(strs(&attr(&tf, "replaced_instance_ids")).len(), 2);
+    assert_eq!(
+        nomad.node(&node(0))["Drain"],
+        Json::Bool(true),
+        "drained first"
+    );
+    assert_eq!(
+        nomad.node(&node(1))["Drain"],
+        Json::Bool(true),
+        "drained first"
+    );
+    assert_eq!(nomad.stopped_by_drain(), drained_before, "no build stopped");
+    assert_eq!(tf.plan_code(), 0);
 }
 
 #[test]

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{servers, Servers, Tf};
+use common::{flat, servers, Servers, Tf};
 use serde_json::Value as Json;
 
 /// The deadline every backend gets in this suite (connect, statement, request).
@@ -874,5 +874,365 @@ fn every_fault_at_every_phase_converges() {
                 r.hang
             );
         }
+    }
+}
+
+/// A fault in the cutover itself: CircleCI runs when the apply starts.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Cut {
+    /// The external PostgreSQL killed while the migration imports into it.
+    MigrationTargetKilled,
+    /// sshd (every session to the Services machine) killed during the migration.
+    MigrationSshdKilled,
+    /// Ctrl-C during the migration's import.
+    MigrationInterrupted,
+    /// sshd killed after the migration, before the restart starts CircleCI.
+    RestartSshdKilled,
+    /// Ctrl-C before the restart starts CircleCI.
+    RestartInterrupted,
+    /// Ctrl-C while a launch configuration's rollout waits for a client's build,
+    /// CircleCI running on the Nomad it drains.
+    DrainInterrupted,
+}
+
+impl Cut {
+    const ALL: [Cut; 6] = [
+        Cut::MigrationTargetKilled,
+        Cut::MigrationSshdKilled,
+        Cut::MigrationInterrupted,
+        Cut::RestartSshdKilled,
+        Cut::RestartInterrupted,
+        Cut::DrainInterrupted,
+    ];
+
+    fn res(self) -> &'static str {
+        match self {
+            Cut::MigrationTargetKilled | Cut::MigrationSshdKilled | Cut::MigrationInterrupted => {
+                "circleci_data_migration"
+            }
+            Cut::RestartSshdKilled | Cut::RestartInterrupted => "circleci_services_restart",
+            Cut::DrainInterrupted => "circleci_nomad_client_launch_config",
+        }
+    }
+
+    fn fault(self) -> Fault {
+        match self {
+            Cut::MigrationTargetKilled => Fault::KillDuring,
+            Cut::MigrationSshdKilled | Cut::RestartSshdKilled => Fault::SshdKilled,
+            _ => Fault::Interrupt,
+        }
+    }
+
+    fn point(self) -> String {
+        let phase = match self {
+            Cut::MigrationTargetKilled | Cut::MigrationSshdKilled | Cut::MigrationInterrupted => {
+                "database_loop"
+            }
+            Cut::RestartSshdKilled | Cut::RestartInterrupted => "before_start",
+            Cut::DrainInterrupted => "before_drain",
+        };
+        format!("{}.{phase}", self.res())
+    }
+
+    /// Whether the faulted apply itself must end with CircleCI running: a failure it
+    /// can still act on is undone (the fallback starts CircleCI as it was); a lost
+    /// Services machine or an interrupt leaves the rest to the next apply.
+    fn running_after_fault(self) -> bool {
+        matches!(self, Cut::MigrationTargetKilled | Cut::DrainInterrupted)
+    }
+}
+
+/// One cutover row.
+struct CutRow {
+    cut: Cut,
+    /// Replicated's state of the app once the faulted apply ended.
+    after_fault: String,
+    converged: bool,
+    running: bool,
+    notes: Vec<String>,
+}
+
+/// The migration and the restart after it (CircleCI's embedded data and files under
+/// `root`), as `examples/complete` orders them.
+fn cutover_tf(s: &Servers, root: &Path, mount: &str) -> String {
+    format!(
+        r#"{migration}
+resource "circleci_services_restart" "r" {{
+  config_root             = {root:?}
+  embedded_nomad_endpoint = {enomad:?}
+  stop_timeout            = "30s"
+  start_timeout           = "60s"
+  verify_timeout          = "20s"
+  depends_on              = [circleci_data_migration.m]
+  triggers = {{
+    postgres = circleci_postgres_databases.pg.file_sha256
+    mongo    = circleci_external_mongo.mongo.file_sha256
+  }}
+}}
+"#,
+        migration = common::cutover::migration_tf(s, root, mount, ""),
+        root = root.to_str().unwrap(),
+        enomad = s.get("CIRCLECI_TEST_EMBEDDED_NOMAD_ADDR"),
+    )
+}
+
+/// What a cutover must not leave: a temporary container over the embedded data, an
+/// export or a kept copy others can read, an open record.
+fn cutover_leftovers(s: &Servers, root: &Path) -> Vec<String> {
+    let mut l = Vec::new();
+    let ps = Command::new(Path::new(s.get("CIRCLECI_TEST_SIM")).join("docker"))
+        .args(["ps", "--format", "{{.Names}}"])
+        .output()
+        .unwrap();
+    if String::from_utf8_lossy(&ps.stdout).contains("circleci-data-migration") {
+        l.push("a migration container is running".into());
+    }
+    for dir in [
+        "data/circle/external-services-export",
+        "data/circle/external-services-cutover",
+    ] {
+        let d = root.join(dir);
+        if d.exists() && common::mode_of(&d) & 0o077 != 0 {
+            l.push(format!("{dir} is {:o}", common::mode_of(&d)));
+        }
+    }
+    if root
+        .join("data/circle/external-services-cutover/record.json")
+        .exists()
+    {
+        l.push("the cutover's record is still open".into());
+    }
+    l
+}
+
+/// Runs `tf`'s apply with `point` armed, injects `fault` there, and returns the
+/// apply's output.
+fn apply_with_fault(tf: &Tf, faults: &Path, point: &str, fault: Fault) -> Output {
+    std::fs::write(faults.join(format!("{point}.armed")), b"").unwrap();
+    let child = common::spawn_apply_with_faults(tf, faults);
+    common::wait_reached(faults, point, 240);
+    match fault {
+        Fault::KillDuring => Backend::Postgres.kill(),
+        Fault::SshdKilled => Backend::Sshd.kill(),
+        Fault::Interrupt => {
+            let _ = Command::new("kill")
+                .args(["-INT", "--", &format!("-{}", child.id())])
+                .status();
+        }
+        _ => unreachable!("not a cutover fault"),
+    }
+    std::fs::write(faults.join(format!("{point}.go")), b"").unwrap();
+    let out = child.wait_with_output().unwrap();
+    eprintln!(
+        "[{point}/{fault:?}] faulted apply:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The migration and the restart, a fault in one of them; then the next apply.
+fn migration_case(s: &Servers, cut: Cut, n: usize) -> CutRow {
+    s.fresh_runbook_targets();
+    let root = s.embedded_root("200");
+    let sim = common::sim::Sim::new(s, serde_json::json!({"root": root.path(), "transition": 1}));
+    sim.start();
+    let mount = format!("transit-cut-{}-{n}", std::process::id());
+    let tf = Tf::new(&cutover_tf(s, root.path(), &mount));
+    let faults = tempfile::tempdir().unwrap();
+    let out = apply_with_fault(&tf, faults.path(), &cut.point(), cut.fault());
+    let mut notes = Vec::new();
+    if out.status.success() {
+        notes.push("the faulted apply succeeded".into());
+    }
+    let after_fault = sim.state();
+    if cut.running_after_fault() && after_fault != "started" {
+        notes.push(format!("CircleCI {after_fault} after the fault"));
+    }
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    if cut == Cut::MigrationTargetKilled
+        && !flat(&text).contains("CircleCI is back as it was before this apply")
+    {
+        notes.push("the failure was not undone".into());
+    }
+    services_up();
+    let converge = tf
+        .cmd(&["apply", "-auto-approve", "-no-color", "-input=false"])
+        .output()
+        .unwrap();
+    eprintln!(
+        "[{cut:?}] converging apply:\n{}{}",
+        String::from_utf8_lossy(&converge.stdout),
+        String::from_utf8_lossy(&converge.stderr)
+    );
+    let converged = converge.status.success() && tf.plan_code() == 0;
+    let running = sim.state() == "started";
+    notes.extend(cutover_leftovers(s, root.path()));
+    let destroy = tf
+        .cmd(&["destroy", "-auto-approve", "-no-color", "-input=false"])
+        .output()
+        .unwrap();
+    if !destroy.status.success() {
+        notes.push("destroy failed".into());
+    }
+    drop(sim);
+    CutRow {
+        cut,
+        after_fault,
+        converged,
+        running,
+        notes,
+    }
+}
+
+/// A launch configuration's rollout with CircleCI running on the embedded Nomad, both
+/// clients nodes of it, a build on the first: Ctrl-C while it waits for the build.
+fn drain_case(s: &Servers, cut: Cut, n: usize) -> CutRow {
+    let root = common::searchable_tempdir();
+    let sim = common::sim::Sim::new(s, serde_json::json!({"transition": 1}));
+    sim.start();
+    let tag = format!("cutdrain{}x{n}", std::process::id() % 100_000);
+    let g = fixture(
+        s,
+        &[
+            "setup",
+            "--name",
+            &tag,
+            "--kind",
+            "lc",
+            "--user-data-file",
+            s.get("CIRCLECI_TEST_NOMAD_USER_DATA"),
+        ],
+    );
+    let ids: Vec<String> = g["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect();
+    let mut nomad = common::sim::NomadFixture::new(s, "CIRCLECI_TEST_EMBEDDED_NOMAD_DIR");
+    for (i, id) in ids.iter().enumerate() {
+        nomad.aws_client(&format!("{tag}-{i}"), id);
+    }
+    let stopped_before = nomad.stopped_by_drain();
+    nomad.build(
+        &format!("{tag}-build"),
+        &format!("{tag}-0"),
+        common::sim::epoch_now() + 8.0,
+    );
+    let tf = Tf::new(&format!(
+        "{}resource \"circleci_nomad_client_launch_config\" \"x\" {{\n  autoscaling_group_name = \"{tag}\"\n  \
+         nomad_servers = [\"127.0.0.1:4647\"]\n  name_prefix = \"{tag}-copy-\"\n  config_root = {:?}\n  \
+         embedded_nomad_endpoint = {:?}\n}}\n",
+        provider_block(s, Res::LaunchConfig),
+        root.path(),
+        s.get("CIRCLECI_TEST_EMBEDDED_NOMAD_ADDR")
+    ));
+    let faults = tempfile::tempdir().unwrap();
+    let out = apply_with_fault(&tf, faults.path(), &cut.point(), cut.fault());
+    let mut notes = Vec::new();
+    if out.status.success() {
+        notes.push("the faulted apply succeeded".into());
+    }
+    let now: Vec<String> = fixture(s, &["group", "--name", &tag])["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect();
+    if now != ids {
+        notes.push(format!(
+            "instances changed by the interrupted apply: {now:?}"
+        ));
+    }
+    if nomad.node(&format!("{tag}-0"))["Drain"] == Json::Bool(true) {
+        notes.push("the node was left drained".into());
+    }
+    let after_fault = sim.state();
+    let converge = tf
+        .cmd(&["apply", "-auto-approve", "-no-color", "-input=false"])
+        .output()
+        .unwrap();
+    eprintln!(
+        "[{cut:?}] converging apply:\n{}{}",
+        String::from_utf8_lossy(&converge.stdout),
+        String::from_utf8_lossy(&converge.stderr)
+    );
+    let converged = converge.status.success() && tf.plan_code() == 0;
+    if nomad.stopped_by_drain() != stopped_before {
+        notes.push("a drain stopped a build".into());
+    }
+    let destroy = tf
+        .cmd(&["destroy", "-auto-approve", "-no-color", "-input=false"])
+        .output()
+        .unwrap();
+    if !destroy.status.success() {
+        notes.push("destroy failed".into());
+    }
+    let running = sim.state() == "started";
+    drop(sim);
+    CutRow {
+        cut,
+        after_fault,
+        converged,
+        running,
+        notes,
+    }
+}
+
+fn cut_table(rows: &[CutRow]) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "{:<38} {:<11} {:<22} {:>9} {:>14}  notes",
+        "cutover resource", "fault", "CircleCI after fault", "converged", "CircleCI after"
+    );
+    for r in rows {
+        let _ = writeln!(
+            t,
+            "{:<38} {:<11} {:<22} {:>9} {:>14}  {}",
+            r.cut.res(),
+            format!("{:?}", r.cut.fault()),
+            r.after_fault,
+            if r.converged { "yes" } else { "NO" },
+            if r.running { "started" } else { "NOT started" },
+            r.notes.join("; ")
+        );
+    }
+    t
+}
+
+/// The cutover's own faults: each ends with CircleCI running, either at once (the
+/// failure undone) or after the next apply (the Services machine lost, or Terraform
+/// interrupted, in the middle), with nothing left behind or readable.
+#[test]
+fn every_cutover_fault_ends_with_circleci_running() {
+    let _one = serial();
+    let s = servers();
+    let _turn = common::sim::SIMULATOR
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let _thaw = Thaw;
+    let only = std::env::var("CIRCLECI_FAULTS_ONLY").unwrap_or_default();
+    let mut rows = Vec::new();
+    for (n, cut) in Cut::ALL.into_iter().enumerate() {
+        if !only.is_empty() && !format!("{cut:?}").contains(&only) {
+            continue;
+        }
+        rows.push(match cut {
+            Cut::DrainInterrupted => drain_case(&s, cut, n),
+            _ => migration_case(&s, cut, n),
+        });
+    }
+    let t = cut_table(&rows);
+    eprintln!("\nCUTOVER FAULT TABLE\n{t}");
+    let _ = std::fs::write(state_dir().join("faults-cutover.txt"), &t);
+    for r in &rows {
+        assert!(
+            r.converged && r.running && r.notes.is_empty(),
+            "{:?}: {}\n{t}",
+            r.cut,
+            r.notes.join("; ")
+        );
     }
 }

@@ -238,18 +238,18 @@ pub async fn nodes(
     token: Option<&str>,
     timeout: Duration,
 ) -> Result<Vec<Node>, NomadError> {
-    list(route, endpoint, "/v1/nodes", ca, token, timeout).await
+    json(route, endpoint, "/v1/nodes", ca, token, timeout).await
 }
 
-/// One JSON list of the API.
-async fn list<T: for<'de> serde::Deserialize<'de>>(
+/// One JSON answer of the API (a list, or one object).
+async fn json<T: for<'de> serde::Deserialize<'de>>(
     route: &Route,
     endpoint: &str,
     path: &str,
     ca: Option<Ca<'_>>,
     token: Option<&str>,
     timeout: Duration,
-) -> Result<Vec<T>, NomadError> {
+) -> Result<T, NomadError> {
     let (status, body) = get(route, endpoint, path, ca, token, timeout).await?;
     let endpoint = endpoint.to_string();
     match status {
@@ -297,7 +297,7 @@ pub async fn allocations(
     token: Option<&str>,
     timeout: Duration,
 ) -> Result<Vec<Allocation>, NomadError> {
-    list(route, endpoint, "/v1/allocations", ca, token, timeout).await
+    json(route, endpoint, "/v1/allocations", ca, token, timeout).await
 }
 
 /// The servers' RPC addresses (`GET /v1/status/peers`, `["10.0.0.1:4647", ...]`): the
@@ -309,7 +309,7 @@ pub async fn peers(
     token: Option<&str>,
     timeout: Duration,
 ) -> Result<Vec<String>, NomadError> {
-    list(route, endpoint, "/v1/status/peers", ca, token, timeout).await
+    json(route, endpoint, "/v1/status/peers", ca, token, timeout).await
 }
 
 /// The version of the Nomad agent that answers (`GET /v1/agent/self`): its
@@ -371,12 +371,63 @@ impl DrainApi {
     }
 }
 
-/// A node ID as Nomad gives it (a UUID), before it goes into a path.
+/// A node ID as Nomad gives it (a UUID), before it goes into a path; an empty `tail`
+/// is the node itself.
 fn node_path(id: &str, tail: &str) -> Result<String, String> {
     if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
         return Err(format!("{id:?} is not a Nomad node ID"));
     }
-    Ok(format!("/v1/node/{id}/{tail}"))
+    Ok(match tail {
+        "" => format!("/v1/node/{id}"),
+        _ => format!("/v1/node/{id}/{tail}"),
+    })
+}
+
+/// One node as `GET /v1/node/:id` reads it (the fields the provider reads).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+pub struct NodeDetail {
+    #[serde(rename = "ID")]
+    pub id: String,
+    #[serde(rename = "Name")]
+    pub name: String,
+    /// What the client fingerprinted: `kernel.name`, `unique.platform.aws.instance-id`, ...
+    #[serde(rename = "Attributes", default)]
+    pub attributes: std::collections::BTreeMap<String, String>,
+}
+
+/// The attributes in which a client on EC2 reports its instance ID: Nomad's AWS
+/// fingerprinter writes `unique.platform.aws.instance-id` (before 0.5, without the
+/// `unique.` prefix).
+pub const AWS_INSTANCE_ID_ATTRS: [&str; 2] = [
+    "unique.platform.aws.instance-id",
+    "platform.aws.instance-id",
+];
+
+impl NodeDetail {
+    /// The EC2 instance the client runs on, when its AWS fingerprint says.
+    pub fn aws_instance_id(&self) -> Option<&str> {
+        AWS_INSTANCE_ID_ATTRS
+            .iter()
+            .find_map(|k| self.attributes.get(*k))
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    }
+}
+
+/// One node with its attributes (`GET /v1/node/:id`).
+pub async fn node(
+    route: &Route,
+    endpoint: &str,
+    id: &str,
+    ca: Option<Ca<'_>>,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<NodeDetail, NomadError> {
+    let path = node_path(id, "").map_err(|body| NomadError::BadAnswer {
+        endpoint: endpoint.to_string(),
+        body,
+    })?;
+    json(route, endpoint, &path, ca, token, timeout).await
 }
 
 /// The allocations placed on one node (`GET /v1/node/:id/allocations`).
@@ -392,7 +443,7 @@ pub async fn node_allocations(
         endpoint: endpoint.to_string(),
         body,
     })?;
-    list(route, endpoint, &path, ca, token, timeout).await
+    json(route, endpoint, &path, ca, token, timeout).await
 }
 
 /// What to do with a node's drain.
@@ -479,6 +530,28 @@ mod tests {
         assert_eq!(DrainApi::of("0.8.0"), Ok(DrainApi::Spec));
         assert_eq!(DrainApi::of("1.4.2+ent"), Ok(DrainApi::Spec));
         assert!(DrainApi::of("dev").is_err());
+    }
+
+    #[test]
+    fn a_node_says_its_ec2_instance_in_either_spelling() {
+        // As GET /v1/node/:id answers (trimmed): 0.5's AWS fingerprint.
+        let n: NodeDetail = serde_json::from_str(
+            r#"{"ID":"fb2170a8-257d-3c64-b14d-bc06cc94e34c","Name":"ip-10-0-3-7","HTTPAddr":"10.0.3.7:4646",
+                "Attributes":{"kernel.name":"linux","unique.platform.aws.instance-id":"i-0abc"},"Drain":false}"#,
+        )
+        .unwrap();
+        assert_eq!(n.aws_instance_id(), Some("i-0abc"));
+        let old: NodeDetail = serde_json::from_str(
+            r#"{"ID":"x","Name":"n","Attributes":{"platform.aws.instance-id":"i-1\n"}}"#,
+        )
+        .unwrap();
+        assert_eq!(old.aws_instance_id(), Some("i-1"));
+        let none: NodeDetail = serde_json::from_str(r#"{"ID":"x","Name":"n"}"#).unwrap();
+        assert_eq!(none.aws_instance_id(), None);
+        assert_eq!(
+            node_path("fb2170a8-257d-3c64-b14d-bc06cc94e34c", "").unwrap(),
+            "/v1/node/fb2170a8-257d-3c64-b14d-bc06cc94e34c"
+        );
     }
 
     #[test]

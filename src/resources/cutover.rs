@@ -431,9 +431,22 @@ pub(crate) async fn keep_original(
         }),
     };
     let json = serde_json::to_vec(&original).unwrap_or_default();
-    h.write_file(&kept, &json, 0o600).await.map_err(fail)?;
+    write_private(h, &root, &kept, &json).await.map_err(fail)?;
     log::info!("kept the original of {path} before the cutover's first write of it");
     Ok(())
+}
+
+/// Writes `bytes` to `path`, a file of the cutover's under `root`, 0600, its directory
+/// made 0700 first: what the cutover keeps can hold passwords.
+pub(crate) async fn write_private(
+    h: &ServicesHost,
+    root: &str,
+    path: &str,
+    bytes: &[u8],
+) -> Result<(), crate::backends::ssh::SshError> {
+    h.private_dir(&format!("{}{DIR}", root.trim_end_matches('/')))
+        .await?;
+    h.write_file(path, bytes, 0o600).await
 }
 
 /// Whether a copy kept when the app's `LastModifiedAt` was `kept` is out of date:
@@ -531,7 +544,7 @@ impl<'a> Cutover<'a> {
     }
 
     /// The CAs the Services machine trusts (its Debian bundle), when it has one.
-    async fn services_ca(&self) -> Option<Vec<u8>> {
+    pub(crate) async fn services_ca(&self) -> Option<Vec<u8>> {
         let h = self.data.services().ok()?;
         h.read_file(&self.path(SERVICES_CA_BUNDLE))
             .await
@@ -870,7 +883,7 @@ impl<'a> Cutover<'a> {
         let h = self.data.services()?;
         let path = self.path(rel);
         let json = serde_json::to_vec_pretty(value).unwrap_or_default();
-        h.write_file(&path, &json, 0o600)
+        write_private(&h, &self.s.root, &path, &json)
             .await
             .map_err(|e| ssh_diag(&format!("Could not write {what} {path}"), e))
     }

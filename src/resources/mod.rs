@@ -24,6 +24,7 @@ pub mod file_digest;
 pub mod managed_block;
 pub mod nomad_client_launch_config;
 pub mod nomad_client_static;
+pub(crate) mod nomad_drain;
 pub mod postgres_databases;
 pub mod services_ca_certificate;
 pub mod services_restart;

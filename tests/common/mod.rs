@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod cutover;
 pub mod sim;
 pub mod sshd;
 

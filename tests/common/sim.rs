@@ -131,6 +131,27 @@ impl NomadFixture {
         );
     }
 
+    /// Client `name` on EC2 instance `instance`, as Nomad's AWS fingerprint reports it:
+    /// ready, not draining.
+    pub fn aws_client(&mut self, name: &str, instance: &str) {
+        self.write(
+            &format!("nodes/{name}.json"),
+            serde_json::json!({"Name": name, "Address": "10.0.3.7", "Restarts": 0,
+                               "Attributes": {"unique.platform.aws.instance-id": instance}}),
+        );
+    }
+
+    /// Client `name` as the stand-in keeps it (`Drain`, `DrainChanges`, ...).
+    pub fn node(&self, name: &str) -> Json {
+        serde_json::from_slice(&std::fs::read(self.dir.join(format!("nodes/{name}.json"))).unwrap())
+            .unwrap()
+    }
+
+    /// The allocations a drain stopped, one line each (empty when none).
+    pub fn stopped_by_drain(&self) -> String {
+        std::fs::read_to_string(self.dir.join("allocs/stopped-by-drain.log")).unwrap_or_default()
+    }
+
     /// Client `name`, ready (registered long ago) and draining or not.
     pub fn client(&mut self, name: &str, drain: bool) {
         self.write(

@@ -482,6 +482,55 @@ impl ServicesHost {
         Ok(())
     }
 
+    /// Makes `dir` a directory only its owner can enter (0700): created so, with its
+    /// missing parents (0755), or its mode changed when it exists.
+    pub async fn private_dir(&self, dir: &str) -> Result<(), SshError> {
+        if !dir.starts_with('/') {
+            return Err(self.io(
+                "creating directory",
+                dir,
+                None,
+                "not an absolute path".into(),
+            ));
+        }
+        let s = self.session().await?;
+        self.mkdir_p(&s, parent_of(dir)).await?;
+        let private = || FileAttributes {
+            permissions: Some(0o700),
+            ..Default::default()
+        };
+        match s.sftp.stat(dir).await {
+            Ok(a) if a.attrs.is_dir() => {
+                if a.attrs.permissions.map(|p| p & 0o7777) == Some(0o700) {
+                    return Ok(());
+                }
+            }
+            Ok(_) => {
+                return Err(self.io(
+                    "creating directory",
+                    dir,
+                    None,
+                    "a file of that name exists".into(),
+                ))
+            }
+            Err(e) if sftp_status(&e) == Some(StatusCode::NoSuchFile) => {
+                if let Err(e) = s.sftp.mkdir(dir, private()).await {
+                    if !matches!(s.sftp.stat(dir).await, Ok(a) if a.attrs.is_dir()) {
+                        return Err(self.io_err("creating directory", dir, e));
+                    }
+                }
+            }
+            Err(e) => return Err(self.io_err("checking directory", dir, e)),
+        }
+        // Also after mkdir: the server's umask may have narrowed nothing, but another
+        // writer may have made it first.
+        s.sftp
+            .setstat(dir, private())
+            .await
+            .map(|_| ())
+            .map_err(|e| self.io_err("making directory private", dir, e))
+    }
+
     /// Replaces `path` with `content` atomically: a temporary file in the same directory
     /// (created with `mode`, so a secret is never readable by others), fsync, chmod,
     /// chown to the old file's owner when replacing one, then rename over the target.

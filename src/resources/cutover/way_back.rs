@@ -186,7 +186,7 @@ impl Cutover<'_> {
                 content_base64: o.content_base64.clone(),
             };
             let json = serde_json::to_vec(&copy).unwrap_or_default();
-            h.write_file(&kept, &json, 0o600)
+            super::write_private(&h, &root, &kept, &json)
                 .await
                 .map_err(|e| ssh_diag(&format!("Could not write {kept}"), e))?;
         }

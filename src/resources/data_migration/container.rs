@@ -22,6 +22,10 @@ const SEAL: &str = "cd \"$1\" && chmod 0700 . && shift && for a in \"$@\"; do rm
      printf '%s\\t%s\\t%s\\n' \"$f\" \"$(stat -c %s \"$f\")\" \"$(sha256sum \"$f\" | cut -d ' ' -f 1)\" \
      || exit 1; done";
 
+/// Makes the export directory private before anything is written into it: Docker
+/// creates a missing mount point 0755, and the dumps are written under umask 022.
+const PRIVATE: &str = "chmod 0700 \"$1\"";
+
 /// Removes the entries named in the arguments from the export directory.
 const REMOVE: &str = "cd \"$1\" && shift && rm -rf -- \"$@\"";
 
@@ -104,11 +108,24 @@ impl<'a> Container<'a> {
         if !out.success() {
             return Err(fail(&format!("Could not start {what}"), &cmd, &out));
         }
-        Ok(Container {
+        let c = Container {
             h,
             name: name.to_string(),
             deadline,
-        })
+        };
+        let exports = mounts
+            .iter()
+            .any(|m| m.split(':').nth(1) == Some(EXPORT_MOUNT));
+        if exports {
+            if let Err(d) = c
+                .in_export(PRIVATE, &[], "Could not make the export directory private")
+                .await
+            {
+                c.stop().await;
+                return Err(d);
+            }
+        }
+        Ok(c)
     }
 
     /// Probes with `docker EXEC_ARGS` every 250 ms until it succeeds; past

@@ -86,18 +86,43 @@ impl DataMigration {
         let mut w = crate::resources::cutover::stop_warning(
             &builds,
             &s,
-            "the data is carried over and CircleCI is left stopped for circleci_services_restart to start \
-             (in examples/complete, the Nomad client roll runs in between)",
+            "CircleCI stays down while, in this order: (1) this migration exports the embedded PostgreSQL \
+             and MongoDB, imports them into the external servers and verifies them, and carries the Vault key \
+             over; (2) the resources that depend on it run: in examples/complete the Nomad client roll \
+             (circleci_nomad_client_launch_config or _static), with no build running; (3) \
+             circleci_services_restart starts CircleCI on the runbook files and runs the runbook's checks and \
+             the Nomad capacity check. Everything else this plan changes (the external servers' users, \
+             databases, transit key and token, the runbook files, which CircleCI reads only when it starts) \
+             runs before the stop, while CircleCI still runs. A failure at any step puts the files and clients \
+             back and starts CircleCI as it was",
         );
         if let Some(sz) = &sizes {
             w.detail.push(' ');
             w.detail.push_str(&sz.describe());
+        }
+        if let Some(v) = self.target_versions().await {
+            w.detail.push(' ');
+            w.detail.push_str(&v);
         }
         w.detail.push_str(
             " The runbook's prerequisite, which the provider cannot check: CircleCI's license must allow \
              external services (ask CircleCI before applying).",
         );
         diags.push(w);
+    }
+
+    /// For the plan: the external PostgreSQL's version against the one CircleCI Server
+    /// 2.17 runs (an older server is refused at apply, before the stop).
+    async fn target_versions(&self) -> Option<String> {
+        let pg = self.data.postgres().ok()?;
+        Some(match pg.server_info().await {
+            Ok(i) => format!(
+                "External PostgreSQL {}: {} (CircleCI Server 2.17 runs 9.5.8; 9.5 or later is accepted).",
+                pg.target(),
+                i.version
+            ),
+            Err(e) => format!("External PostgreSQL: {e}; the apply checks it again before the stop."),
+        })
     }
 
     pub(super) async fn migrate(&self, planned: &Value, config: &Value) -> Applied {
@@ -110,16 +135,10 @@ impl DataMigration {
                 // started on them again (on_failure = "restore") and checked.
                 let root = planned.get("config_root").as_str().unwrap_or("/");
                 let cutover = crate::resources::cutover::StopSettings::of(planned, root);
-                let fb = crate::resources::services_restart::Fallback {
-                    cutover: &cutover,
-                    stop: Duration::from_secs(600),
-                    start: Duration::from_secs(1200),
-                    verify: Duration::from_secs(300),
-                    ran_on_changed: false,
-                    start_stopped: planned.get("on_failure").as_str() != Some("stop"),
-                    reference: None,
-                    back_to: crate::resources::services_restart::THIS_APPLY,
-                };
+                let fb = crate::resources::services_restart::Fallback::after_step(
+                    &cutover,
+                    planned.get("on_failure").as_str() != Some("stop"),
+                );
                 ServicesRestart::new(self.data.clone())
                     .after_failure(&fb, &mut d)
                     .await;
@@ -311,6 +330,11 @@ impl DataMigration {
         let diag = |summary: &str, e: crate::backends::postgres::PgError| -> Diagnostics {
             Diagnostic::error(summary, e.to_string()).into()
         };
+        // 9.5 or later, as for the databases' resource.
+        admin
+            .server_info()
+            .await
+            .map_err(|e| diag("External PostgreSQL refused", e))?;
         let owners = admin
             .databases(&p.databases)
             .await

@@ -3,6 +3,8 @@
 
 use super::rollout::*;
 use super::*;
+use crate::backends::tunnel::Route;
+use crate::resources::nomad_drain::{Drainer, NomadApi};
 
 impl NomadClientLaunchConfig {
     pub(super) async fn load(
@@ -229,8 +231,8 @@ impl NomadClientLaunchConfig {
         // the new configuration's name.
         let old = live_instances(group);
         let (terminate, _, _) = rollout_settings(planned);
-        let stopped = match self
-            .guard(planned, &servers, terminate && !old.is_empty())
+        let (stopped, drain) = match self
+            .guard(planned, &servers, if terminate { &old } else { &[] })
             .await
         {
             Ok(s) => s,
@@ -293,7 +295,8 @@ impl NomadClientLaunchConfig {
             }
         }
         crate::fault_point::point("circleci_nomad_client_launch_config.after_switch").await;
-        self.roll(c, &mut state, &old, &mut diags).await;
+        self.roll(c, &mut state, &old, drain.as_ref(), &mut diags)
+            .await;
         Applied {
             state: Some(state),
             diags,
@@ -384,9 +387,11 @@ impl NomadClientLaunchConfig {
                     // The clients left over are terminated only where no build runs.
                     let (terminate, _, _) = rollout_settings(planned);
                     let servers = strings(planned.get("nomad_servers"));
-                    self.guard(planned, &servers, terminate && !pending.is_empty())
+                    let (_, drain) = self
+                        .guard(planned, &servers, if terminate { &pending } else { &[] })
                         .await?;
-                    self.roll(c, &mut state, &pending, &mut diags).await;
+                    self.roll(c, &mut state, &pending, drain.as_ref(), &mut diags)
+                        .await;
                 }
                 state.set("drift", Value::string(""));
                 return Ok(Applied {
@@ -518,7 +523,7 @@ impl NomadClientLaunchConfig {
                     // No client is terminated here; the group's next clients get the
                     // original servers. While CircleCI runs elsewhere, say so.
                     let back = strings(prior.get("previous_servers"));
-                    if let Err(d) = self.guard(prior, &back, false).await.map(|_| ()) {
+                    if let Err(d) = self.guard(prior, &back, &[]).await.map(|_| ()) {
                         diags.extend(as_warnings(
                             d,
                             &format!(
@@ -583,37 +588,94 @@ fn as_warnings(d: Diagnostics, then: &str) -> Diagnostics {
 
 impl NomadClientLaunchConfig {
     /// Before the group is pointed at `servers`: CircleCI stopped (true), or running on
-    /// a Nomad those servers belong to; `terminating` clients with CircleCI running is
-    /// refused (they are not drained).
-    async fn guard(
+    /// a Nomad those servers belong to. With CircleCI running, the clients about to be
+    /// terminated (`terminating`) are found among that Nomad's nodes, so that the
+    /// rollout waits for their builds and drains each first; when that cannot be known
+    /// the apply is refused. Nothing is changed here.
+    pub(super) async fn guard(
         &self,
         v: &Value,
         servers: &[String],
-        terminating: bool,
-    ) -> Result<bool, Diagnostics> {
+        terminating: &[String],
+    ) -> Result<(bool, Option<GroupDrain>), Diagnostics> {
         let s = crate::resources::cutover::StopSettings::of_resource(v);
         let cutover = crate::resources::cutover::Cutover::new(&self.data, &s);
         let Some(in_use) = cutover
             .clients_may_move(servers, AttrPath::root("nomad_servers"))
             .await?
         else {
-            return Ok(true);
+            return Ok((true, None));
         };
-        if terminating {
-            return Err(Diagnostic::error(
-                "CircleCI is running: its builds would be cut off",
+        if terminating.is_empty() {
+            return Ok((false, None));
+        }
+        let refused = |detail: String| -> Diagnostics {
+            Diagnostic::error(
+                "CircleCI is running: the clients' builds cannot be waited for",
                 format!(
-                    "CircleCI runs and schedules its builds on the Nomad at {in_use}. rollout = \"terminate\" \
-                     would terminate the group's clients under the builds running on them (this resource does \
-                     not drain them). Replace the clients while CircleCI is stopped, inside the cutover \
-                     (depends_on the circleci_data_migration that stops it, as examples/complete does), or set \
-                     rollout = \"none\" and replace them yourself after draining each. {NOTHING_CHANGED}."
+                    "CircleCI runs and schedules its builds on the Nomad at {in_use}. {detail} Replace the \
+                     clients while CircleCI is stopped, inside the cutover (depends_on the \
+                     circleci_data_migration that stops it, as examples/complete does), or set rollout = \
+                     \"none\". {NOTHING_CHANGED}."
                 ),
             )
             .at(AttrPath::root("rollout"))
-            .into());
+            .into()
+        };
+        let api = NomadApi {
+            endpoint: in_use.clone(),
+            ca_file: None,
+            ca_pem: cutover.services_ca().await.map(|pem| {
+                (
+                    "the Services machine's /etc/ssl/certs/ca-certificates.crt",
+                    pem,
+                )
+            }),
+            token: None,
+            ready_timeout: Duration::ZERO,
+            route: Route::Tunnel(self.data.services()?),
+            optional: false,
+        };
+        let t = self.data.timeout();
+        let version = api
+            .version(t)
+            .await
+            .map_err(|e| refused(format!("Its version could not be read ({e}).")))?;
+        let kind = crate::backends::nomad::DrainApi::of(&version).map_err(refused)?;
+        let mut seen = Vec::new();
+        for n in api
+            .nodes(t)
+            .await
+            .map_err(|e| refused(format!("Its nodes could not be read ({e}).")))?
+        {
+            if n.status == "down" {
+                continue;
+            }
+            let d = api
+                .node(&n.id, t)
+                .await
+                .map_err(|e| refused(format!("Node {} could not be read ({e}).", n.name)))?;
+            seen.push((n, d.aws_instance_id().map(str::to_string)));
         }
-        Ok(false)
+        let nodes = instance_nodes(terminating, &seen).map_err(refused)?;
+        log::info!(
+            "CircleCI runs on {in_use} (Nomad {version}): the builds on {} of the {} client(s) to replace are \
+             waited for and each node drained before its instance is terminated",
+            nodes.len(),
+            terminating.len()
+        );
+        Ok((
+            false,
+            Some(GroupDrain {
+                drainer: Drainer {
+                    api,
+                    kind,
+                    builds_timeout: s.builds_timeout,
+                    untouched: "it was not terminated",
+                },
+                nodes,
+            }),
+        ))
     }
 }
 

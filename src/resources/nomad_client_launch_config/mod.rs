@@ -439,6 +439,10 @@ impl Resource for NomadClientLaunchConfig {
         v.set("restore_on_destroy", Value::Bool(true));
         v.set("config_root", Value::string("/"));
         v.set(
+            "builds_timeout",
+            Value::string(crate::resources::cutover::BUILDS_TIMEOUT),
+        );
+        v.set(
             "embedded_nomad_endpoint",
             Value::string(crate::resources::cutover::DEFAULT_EMBEDDED_NOMAD),
         );
@@ -497,6 +501,37 @@ mod tests {
         // Someone scaled the group down meanwhile: the desired capacity caps the need.
         g.desired_capacity = 1;
         assert_eq!(replacements(&g, &old, 2), (1, 1));
+    }
+
+    #[test]
+    fn instances_are_found_by_their_nodes_fingerprint() {
+        use super::rollout::instance_nodes;
+        let node = |name: &str| crate::backends::nomad::Node {
+            id: format!("id-{name}"),
+            name: name.into(),
+            address: String::new(),
+            status: "ready".into(),
+            modify_index: 1,
+            drain: false,
+            eligibility: String::new(),
+        };
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let seen = vec![
+            (node("a"), Some("i-1".to_string())),
+            (node("b"), Some("i-9".to_string())),
+        ];
+        let m = instance_nodes(&ids(&["i-1", "i-2"]), &seen).unwrap();
+        // i-2 is no node of this Nomad: none of its builds runs there.
+        assert_eq!(m.keys().collect::<Vec<_>>(), ["i-1"]);
+        assert_eq!(m["i-1"].name, "a");
+        // A node that does not say which instance it is may be i-2: refused.
+        let mut silent = seen.clone();
+        silent.push((node("c"), None));
+        let e = instance_nodes(&ids(&["i-1", "i-2"]), &silent).unwrap_err();
+        assert!(e.contains("c (id-c)"), "{e}");
+        assert!(e.contains("whether instance(s) i-2 are among them"), "{e}");
+        // Every instance found: the silent node is some other client.
+        assert!(instance_nodes(&ids(&["i-1"]), &silent).is_ok());
     }
 
     #[test]

@@ -49,11 +49,24 @@ pub(super) fn schema_block() -> Block {
              runs (`replicatedctl app status`) and on which Nomad (`/etc/circleconfig/shared/nomad` under this \
              root as CircleCI last started with it; else its embedded Nomad). While CircleCI runs, the clients \
              may only be pointed at servers of that Nomad (`/v1/status/peers`, asked through the Services \
-             machine), and `rollout = \"terminate\"` is refused: terminating clients would cut off the builds \
-             on them. With CircleCI stopped (inside the cutover, as in `examples/complete`) nothing runs on \
-             them. The provider needs `services_host` for this.",
+             machine), and `rollout = \"terminate\"` drains each client first (see `builds_timeout`). With \
+             CircleCI stopped (inside the cutover, as in `examples/complete`) nothing runs on them: they are \
+             replaced at once. The provider needs `services_host` for this.",
         ))
         .attr(crate::resources::cutover::embedded_nomad_attr())
+        .attr(s("builds_timeout").optional().computed().description(&format!(
+            "With CircleCI running and `rollout = \"terminate\"`: how long the builds on one client may take to \
+             end before it is terminated (default `{}`). Each instance is found among the nodes of the Nomad \
+             CircleCI uses by its AWS fingerprint (`unique.platform.aws.instance-id`; the apply is refused, \
+             before anything changes, when some node lacks it and an instance matches none). Before Nomad 0.8 \
+             the rollout waits until the node runs no build, then drains it (`POST \
+             /v1/node/:id/drain?enable=true`, which would stop what runs) and terminates the instance; from 0.8 \
+             it drains first (`DrainSpec`, its deadline an hour past this) and waits for the builds. Past it the \
+             rollout stops naming the builds, the drain is lifted and that instance is left running \
+             (`pending_instance_ids`). An instance the Nomad does not list runs none of CircleCI's builds and is \
+             replaced without a wait.",
+            crate::resources::cutover::BUILDS_TIMEOUT
+        )))
         .attr(Attribute::new("restore_on_destroy", Type::Bool).optional().computed().description(
             "On destroy, point the group back at the original configuration (if it still exists) and delete \
              the copy. A copy some group still uses is never deleted. Default `true`; `false` leaves the group \
@@ -179,6 +192,13 @@ pub(super) fn validate(config: &Value) -> Diagnostics {
         &[
             ("rollout_timeout", timeout),
             ("config_root", crate::resources::validate::Check::RemotePath),
+            (
+                "builds_timeout",
+                crate::resources::validate::Check::Duration {
+                    min_secs: 1,
+                    max_secs: 7 * 86_400,
+                },
+            ),
         ],
         &mut diags,
     );
@@ -203,6 +223,10 @@ impl NomadClientLaunchConfig {
                 ("rollout_timeout", Value::string("20m")),
                 ("restore_on_destroy", Value::Bool(true)),
                 ("config_root", Value::string("/")),
+                (
+                    "builds_timeout",
+                    Value::string(crate::resources::cutover::BUILDS_TIMEOUT),
+                ),
                 (
                     "embedded_nomad_endpoint",
                     Value::string(crate::resources::cutover::DEFAULT_EMBEDDED_NOMAD),

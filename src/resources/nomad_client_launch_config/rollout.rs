@@ -1,9 +1,57 @@
 //! Replacing the running Nomad clients batch by batch after the group was switched.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::backends::nomad::Node;
 use crate::plugin::stop;
+use crate::resources::nomad_drain::{Drainer, NotDrained};
+
+/// With CircleCI running: how the rollout waits for the builds on each client of the
+/// Nomad CircleCI uses and drains it before terminating it.
+pub(super) struct GroupDrain {
+    pub(super) drainer: Drainer,
+    /// The node of each instance to replace that this Nomad lists.
+    pub(super) nodes: BTreeMap<String, Node>,
+}
+
+/// Which node each of `instances` is, from the Nomad's live nodes with the EC2 instance
+/// each says it runs on. An instance no node names is not a client of this Nomad and
+/// runs none of its builds; unless some node does not say: then it may be that one,
+/// and the refusal says so.
+pub(super) fn instance_nodes(
+    instances: &[String],
+    nodes: &[(Node, Option<String>)],
+) -> Result<BTreeMap<String, Node>, String> {
+    let mut out = BTreeMap::new();
+    for (n, id) in nodes {
+        if let Some(id) = id.as_ref().filter(|id| instances.contains(id)) {
+            out.insert(id.clone(), n.clone());
+        }
+    }
+    let unmatched: Vec<&str> = instances
+        .iter()
+        .filter(|i| !out.contains_key(*i))
+        .map(String::as_str)
+        .collect();
+    let silent: Vec<String> = nodes
+        .iter()
+        .filter(|(_, id)| id.is_none())
+        .map(|(n, _)| format!("{} ({})", n.name, n.id))
+        .collect();
+    if !unmatched.is_empty() && !silent.is_empty() {
+        return Err(format!(
+            "Its node(s) {} do not say which EC2 instance they run on (no {} attribute: Nomad's AWS \
+             fingerprint did not run there), so whether instance(s) {} are among them, with builds running, \
+             is not known.",
+            silent.join(", "),
+            crate::backends::nomad::AWS_INSTANCE_ID_ATTRS[0],
+            unmatched.join(", ")
+        ));
+    }
+    Ok(out)
+}
 
 /// Instances to replace: everything in the group that is not already going away.
 pub(super) fn live_instances(g: &Group) -> Vec<String> {
@@ -41,8 +89,10 @@ impl NomadClientLaunchConfig {
         old: &[String],
         batch: usize,
         timeout: Duration,
+        drain: Option<&GroupDrain>,
     ) -> Result<Vec<String>, RolloutFailure> {
         let deadline = Instant::now() + timeout.min(MAX_ROLLOUT);
+        let t = self.data.timeout();
         let mut replaced: Vec<String> = Vec::new();
         const LEFT: &str =
             "The group already uses the new configuration; pending_instance_ids lists the \
@@ -85,20 +135,67 @@ impl NomadClientLaunchConfig {
                 Ok(g) => live_instances(&g),
                 Err((summary, detail)) => return Err(fail(&replaced, done, summary, detail)),
             };
-            for id in chunk {
-                if !live.contains(id) {
-                    continue;
+            let ids: Vec<&String> = chunk.iter().filter(|id| live.contains(id)).collect();
+            // With CircleCI running: every build on the batch's clients ends, and each
+            // is drained, before any of them is terminated.
+            let mut drained: Vec<(&String, String, &Node)> = Vec::new();
+            if let Some(d) = drain {
+                crate::fault_point::point("circleci_nomad_client_launch_config.before_drain").await;
+                for id in &ids {
+                    let Some(node) = d.nodes.get(*id) else {
+                        log::info!(
+                            "rollout of {group}: {id} is not a client of the Nomad at {}: no build of CircleCI's \
+                             runs there",
+                            d.drainer.api.endpoint
+                        );
+                        continue;
+                    };
+                    let what = format!("instance {id} (node {})", node.name);
+                    match d.drainer.drain(&what, node, t).await {
+                        Ok((_, enabled)) => {
+                            if enabled {
+                                drained.push((id, what, node));
+                            }
+                        }
+                        Err(NotDrained { why, enabled }) => {
+                            if enabled {
+                                drained.push((id, what, node));
+                            }
+                            let lifted = lift(&d.drainer, &drained, t).await;
+                            return Err(fail(
+                                &replaced,
+                                done,
+                                if stop::requested() {
+                                    "Stopped during the rollout"
+                                } else {
+                                    "Client not drained"
+                                },
+                                format!("{why}{lifted}"),
+                            ));
+                        }
+                    }
                 }
+            }
+            for id in &ids {
                 if let Err(e) = c.autoscaling.replace_instance(id).await {
+                    let left: Vec<_> = drained
+                        .iter()
+                        .filter(|(d, _, _)| !replaced.contains(*d))
+                        .cloned()
+                        .collect();
+                    let lifted = match drain {
+                        Some(d) => lift(&d.drainer, &left, t).await,
+                        None => String::new(),
+                    };
                     return Err(fail(
                         &replaced,
                         done,
                         "Rollout interrupted",
-                        format!("terminating {id}: {e}"),
+                        format!("terminating {id}: {e}{lifted}"),
                     ));
                 }
                 log::info!("rollout of {group}: terminated {id}");
-                replaced.push(id.clone());
+                replaced.push((*id).clone());
             }
             done += chunk.len();
             if let Some(why) =
@@ -146,6 +243,7 @@ impl NomadClientLaunchConfig {
         c: &AwsClients,
         state: &mut Value,
         old: &[String],
+        drain: Option<&GroupDrain>,
         diags: &mut Diagnostics,
     ) {
         let (terminate, batch, timeout) = rollout_settings(state);
@@ -159,7 +257,7 @@ impl NomadClientLaunchConfig {
             state.set("pending_instance_ids", string_list(&[]));
             return;
         }
-        match self.rollout(c, &group, old, batch, timeout).await {
+        match self.rollout(c, &group, old, batch, timeout, drain).await {
             Ok(replaced) => {
                 state.set("replaced_instance_ids", string_list(&replaced));
                 state.set("pending_instance_ids", string_list(&[]));
@@ -171,6 +269,19 @@ impl NomadClientLaunchConfig {
             }
         }
     }
+}
+
+/// Lifts the drains `drained` (instance, label, node) this rollout enabled on clients it
+/// did not terminate; what came of it, to append to the failure.
+async fn lift(d: &Drainer, drained: &[(&String, String, &Node)], t: Duration) -> String {
+    let mut out = String::new();
+    for (_, what, node) in drained {
+        match d.lift(what, node, t).await {
+            Ok(()) => out.push_str(&format!("; the drain of {what} was lifted")),
+            Err(e) => out.push_str(&format!("; {e}: lift it by hand")),
+        }
+    }
+    out
 }
 
 /// What launches the instances of `g`, as the cutover's record keeps it.
@@ -223,7 +334,7 @@ pub(crate) async fn move_back(
     }
     let old = live_instances(&g);
     let replaced = lc
-        .rollout(c, &m.group, &old, old.len().max(1), timeout)
+        .rollout(c, &m.group, &old, old.len().max(1), timeout, None)
         .await
         .map_err(|f| f.diags)?;
     Ok(format!(

@@ -19,6 +19,7 @@ impl NomadClientStatic {
                 .get("nomad_ca_file")
                 .as_str()
                 .map(crate::provider::expand_home),
+            ca_pem: None,
             token: config
                 .get("nomad_token_wo")
                 .as_str()
@@ -151,6 +152,7 @@ impl NomadClientStatic {
             api,
             kind,
             builds_timeout: crate::resources::duration_or(v, "builds_timeout", BUILDS_TIMEOUT),
+            untouched: "its agent was not restarted and its file not changed",
         });
         Ok(false)
     }

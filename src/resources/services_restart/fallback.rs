@@ -29,6 +29,31 @@ pub(crate) struct Fallback<'a> {
 /// What a fallback after a failure brings CircleCI back to.
 pub(crate) const THIS_APPLY: &str = "before this apply";
 
+/// The deadlines of a fallback run by a resource that has no restart settings of its
+/// own (the migration, the client rolls): Replicated's stop and start, the checks.
+const STOP: Duration = Duration::from_secs(600);
+const START: Duration = Duration::from_secs(1200);
+const VERIFY: Duration = Duration::from_secs(300);
+/// How long moving a group's clients back may take.
+const MOVE_BACK: Duration = Duration::from_secs(1200);
+
+impl<'a> Fallback<'a> {
+    /// A fallback to before this apply with the default deadlines, from a step that
+    /// did not start CircleCI.
+    pub(crate) fn after_step(cutover: &'a StopSettings, start_stopped: bool) -> Self {
+        Fallback {
+            cutover,
+            stop: STOP,
+            start: START,
+            verify: VERIFY,
+            ran_on_changed: false,
+            start_stopped,
+            reference: None,
+            back_to: THIS_APPLY,
+        }
+    }
+}
+
 /// An error of the fallback's own, saying where it stopped.
 fn during(what: &str, files: &str, d: Diagnostics) -> Diagnostics {
     let mut out = Diagnostics::from(Diagnostic::error(
@@ -333,7 +358,7 @@ impl ServicesRestart {
                 crate::resources::nomad_client_launch_config::move_back(
                     self.data.clone(),
                     g,
-                    Duration::from_secs(1200),
+                    MOVE_BACK,
                 )
                 .await?,
             );
@@ -354,16 +379,7 @@ impl ServicesRestart {
         if !matches!(Cutover::new(&self.data, &s).inside().await, Ok(true)) {
             return applied;
         }
-        let fb = Fallback {
-            cutover: &s,
-            stop: Duration::from_secs(600),
-            start: Duration::from_secs(1200),
-            verify: Duration::from_secs(300),
-            ran_on_changed: false,
-            start_stopped: true,
-            reference: None,
-            back_to: THIS_APPLY,
-        };
+        let fb = Fallback::after_step(&s, true);
         self.after_failure(&fb, &mut applied.diags).await;
         applied
     }

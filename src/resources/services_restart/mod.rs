@@ -21,7 +21,7 @@ mod fallback;
 mod go_back;
 mod run;
 
-pub(crate) use fallback::{Fallback, THIS_APPLY};
+pub(crate) use fallback::Fallback;
 
 pub(crate) const DEFAULT_VERSIONS: &str = "2.17.x";
 

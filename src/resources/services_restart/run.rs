@@ -425,6 +425,7 @@ impl ServicesRestart {
             Ok(_) => {
                 log::info!("starting CircleCI");
                 async {
+                    crate::fault_point::point("circleci_services_restart.before_start").await;
                     self.command(Program::Replicatedctl, &["app", "start"])
                         .await?;
                     self.wait_for("started", s.start).await
