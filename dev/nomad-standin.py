@@ -36,6 +36,7 @@ implements just what circleci_external_nomad uses, and refuses everything else:
                 running allocations AT ONCE (Nomad migrates them): each is "complete"
                 from then on, with DesiredStatus "stop", and one line goes to
                 A/stopped-by-drain.log. The node lists "Drain": true until disabled.
+                (NAME.json keeps "DrainedAt", when the last drain was enabled, for tests.)
     0.8 on:     POST /v1/node/ID/drain {"DrainSpec": {"Deadline": NS, ...} | null,
                 "MarkEligible": bool} and POST /v1/node/ID/eligibility {"Eligibility":
                 "eligible"|"ineligible"}. A drain makes the node ineligible; its
@@ -340,6 +341,7 @@ def handler(args):
                         return self.send(400, "invalid enable value\n", "text/plain")
                     changes["Drain"] = enable == "true"
                     if enable == "true":
+                        changes["DrainedAt"] = time.time()
                         for apath, a in alloc_files(args.allocs_dir):
                             if nodes.get(a.get("NodeID", "")) is node and alloc_running(a, nodes):
                                 stop_by_drain(args, apath, a)
@@ -357,7 +359,8 @@ def handler(args):
                     else:
                         # As Nomad's DrainStrategy: < 0 forces (now), 0 has no deadline.
                         at = time.time() if deadline < 0 else (None if deadline == 0 else time.time() + deadline / 1e9)
-                        changes.update(Drain=True, DrainDeadline=at, Eligibility="ineligible")
+                        changes.update(Drain=True, DrainDeadline=at, Eligibility="ineligible",
+                                       DrainedAt=time.time())
                 update_node(node["_path"], changes)
             settle(args)
             return self.send(200, json.dumps({"EvalIDs": [], "EvalCreateIndex": 0,

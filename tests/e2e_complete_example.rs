@@ -188,6 +188,7 @@ via_services_host  = true
         "Expected migration time about",
         "CircleCI's license must allow external services",
         "(CircleCI Server 2.17 runs 9.5.8; 9.5 or later is accepted)",
+        "(CircleCI Server 2.17 runs 3.6.6; 3.6 or later is accepted)",
     ] {
         assert!(text.contains(want), "{want:?} not in the plan:\n{text}");
     }

@@ -487,6 +487,11 @@ fn a_failed_migration_starts_circleci_again_and_the_retry_converges() {
         .path()
         .join("data/circle/external-services-cutover/written.json");
     assert_eq!(common::mode_of(&written), 0o600);
+    // The export (the dumps of every database carried before the failure) and what the
+    // cutover keeps are private, though no seal ran.
+    let export = root.path().join("data/circle/external-services-export");
+    assert_eq!(common::mode_of(&export), 0o700, "the export is readable");
+    assert_eq!(common::mode_of(written.parent().unwrap()), 0o700);
     let w: serde_json::Value = serde_json::from_slice(&std::fs::read(&written).unwrap()).unwrap();
     let pg = format!("postgres://127.0.0.1:{}/circle", s.pg_port());
     assert!(w["targets"].as_array().unwrap().contains(&json!(pg)), "{w}");

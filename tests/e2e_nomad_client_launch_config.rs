@@ -432,7 +432,7 @@ fn with_circleci_running_the_group_moves_only_to_its_nomad_and_each_client_is_dr
         resource(
             &group,
             &["127.0.0.1:4647"],
-            &extra("  builds_timeout = \"3s\"\n")
+            &extra("  builds_timeout = \"3s\"\n  rollout = \"terminate\"\n")
         )
     ));
     let out = flat(&tf.fails(&["apply", "-auto-approve", "-no-color", "-input=false"]));
@@ -446,7 +446,7 @@ fn with_circleci_running_the_group_moves_only_to_its_nomad_and_each_client_is_dr
     );
     assert!(out.contains("embedded-client-1"), "{out}");
     assert!(
-        out.contains("rollout ="),
+        out.contains(": rollout = \"terminate\""),
         "the diagnostic points at rollout: {out}"
     );
     unchanged("a client that cannot be found in Nomad");
@@ -467,6 +467,10 @@ fn with_circleci_running_the_group_moves_only_to_its_nomad_and_each_client_is_dr
         "{out}"
     );
     assert!(out.contains("It was not terminated"), "{out}");
+    assert!(
+        out.contains(": builds_timeout = \"3s\""),
+        "the diagnostic points at builds_timeout: {out}"
+    );
     let g = fixture(&s, &["group", "--name", &group]);
     assert_eq!(instance_ids(&g), ids, "no instance terminated: {out}");
     assert_ne!(
@@ -486,9 +490,11 @@ fn with_circleci_running_the_group_moves_only_to_its_nomad_and_each_client_is_dr
         resource(&group, &["127.0.0.1:4647"], &extra(""))
     ));
     tf.ok(&["apply", "-auto-approve", "-no-color", "-input=false"]);
+    // Drained (and so terminated) only once the build had ended.
+    let drained_at = nomad.node(&node(0))["DrainedAt"].as_f64().unwrap();
     assert!(
-        epoch_now() >= ends,
-        "the rollout did not wait for the build"
+        drained_at >= ends,
+        "drained at {drained_at}, the build ended at {ends}"
     );
     let g = fixture(&s, &["group", "--name", &group]);
     assert_ne!(g["launch_configuration"], made["launch_configuration"]);

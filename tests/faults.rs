@@ -1149,6 +1149,9 @@ fn drain_case(s: &Servers, cut: Cut, n: usize) -> CutRow {
         notes.push("the node was left drained".into());
     }
     let after_fault = sim.state();
+    if cut.running_after_fault() && after_fault != "started" {
+        notes.push(format!("CircleCI {after_fault} after the fault"));
+    }
     let converge = tf
         .cmd(&["apply", "-auto-approve", "-no-color", "-input=false"])
         .output()

@@ -414,7 +414,8 @@ impl NodeDetail {
     }
 }
 
-/// One node with its attributes (`GET /v1/node/:id`).
+/// One node with its attributes (`GET /v1/node/:id`); None when the servers do not
+/// know it (404: garbage-collected since it was listed).
 pub async fn node(
     route: &Route,
     endpoint: &str,
@@ -422,12 +423,16 @@ pub async fn node(
     ca: Option<Ca<'_>>,
     token: Option<&str>,
     timeout: Duration,
-) -> Result<NodeDetail, NomadError> {
+) -> Result<Option<NodeDetail>, NomadError> {
     let path = node_path(id, "").map_err(|body| NomadError::BadAnswer {
         endpoint: endpoint.to_string(),
         body,
     })?;
-    json(route, endpoint, &path, ca, token, timeout).await
+    match json(route, endpoint, &path, ca, token, timeout).await {
+        Ok(d) => Ok(Some(d)),
+        Err(NomadError::Http { status: 404, .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// The allocations placed on one node (`GET /v1/node/:id/allocations`).

@@ -31,8 +31,12 @@ impl NomadApi {
         }
     }
 
-    /// One node with its attributes.
-    pub async fn node(&self, id: &str, timeout: Duration) -> Result<nb::NodeDetail, String> {
+    /// One node with its attributes; None when Nomad no longer knows it.
+    pub async fn node(
+        &self,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<Option<nb::NodeDetail>, String> {
         nb::node(
             &self.route,
             &self.endpoint,
@@ -168,6 +172,8 @@ const DEADLINE_MARGIN: Duration = Duration::from_secs(3600);
 pub struct NotDrained {
     pub why: String,
     pub enabled: bool,
+    /// What ended it was `builds_timeout`.
+    pub timed_out: bool,
 }
 
 impl Drainer {
@@ -186,7 +192,11 @@ impl Drainer {
     ) -> Result<(u64, bool), NotDrained> {
         let theirs = node.drain || node.eligibility == "ineligible";
         let mut enabled = false;
-        let fail = |why: String, enabled: bool| NotDrained { why, enabled };
+        let fail = |why: String, enabled: bool| NotDrained {
+            why,
+            enabled,
+            timed_out: false,
+        };
         let started = Instant::now();
         if self.kind == nb::DrainApi::Spec && !theirs {
             self.api
@@ -235,27 +245,30 @@ impl Drainer {
                 break;
             }
             if started.elapsed() >= self.builds_timeout {
-                return Err(fail(
-                    if running.is_empty() {
-                        format!(
+                return Err(NotDrained {
+                    timed_out: true,
+                    ..fail(
+                        if running.is_empty() {
+                            format!(
                             "Nomad at {} did not mark the drain of {} complete within {} (builds_timeout). {}",
                             self.api.endpoint,
                             what,
                             humantime::format_duration(self.builds_timeout),
                             sentence(self.untouched)
                         )
-                    } else {
-                        format!(
-                            "{} build(s) still run on {} after {} (builds_timeout): {}. {}",
-                            running.len(),
-                            what,
-                            humantime::format_duration(self.builds_timeout),
-                            running.join(", "),
-                            sentence(self.untouched)
-                        )
-                    },
-                    enabled,
-                ));
+                        } else {
+                            format!(
+                                "{} build(s) still run on {} after {} (builds_timeout): {}. {}",
+                                running.len(),
+                                what,
+                                humantime::format_duration(self.builds_timeout),
+                                running.join(", "),
+                                sentence(self.untouched)
+                            )
+                        },
+                        enabled,
+                    )
+                });
             }
             if running != logged {
                 log::info!(

@@ -60,15 +60,28 @@ pub enum MongoError {
 /// A role: (role, database).
 pub type Role = (String, String);
 
+/// The MongoDB release a wire version stands for, for messages.
+pub fn release_of(wire: i32) -> String {
+    match wire {
+        6 => "3.6".into(),
+        7 => "4.0".into(),
+        8 => "4.2".into(),
+        9 => "4.4".into(),
+        13 => "5.0".into(),
+        17 => "6.0".into(),
+        21 => "7.0".into(),
+        25 => "8.0".into(),
+        w => format!("a release of wire version {w}"),
+    }
+}
+
 /// The hosts of a connection string, without credentials, for messages.
 pub fn hosts_of(uri: &str) -> String {
     let rest = uri.split_once("://").map(|(_, r)| r).unwrap_or(uri);
-    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
-    authority
-        .rsplit_once('@')
-        .map(|(_, h)| h)
-        .unwrap_or(authority)
-        .to_string()
+    // Nothing before the last `@` of the whole string: a password with an unencoded
+    // `/` or `?` would otherwise end the "hosts" early and show its start.
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    rest.split(['/', '?']).next().unwrap_or(rest).to_string()
 }
 
 /// An authenticated connection to the primary.
@@ -349,6 +362,15 @@ impl MongoAdmin {
                 Err(command_error(what, &host, e))
             }
         }
+    }
+
+    /// The primary's highest wire version: 6 is MongoDB 3.6, 7 is 4.0, 8 is 4.2, 9 is
+    /// 4.4, 13 is 5.0, 17 is 6.0, 21 is 7.0.
+    pub async fn wire_version(&self) -> Result<i32, MongoError> {
+        self.run("admin", doc! {"ping": 1}, "pinging the server")
+            .await?;
+        let guard = self.session.lock().await;
+        Ok(guard.as_ref().map_or(0, |s| s.conn.max_wire_version()))
     }
 
     /// The user's roles, or None when there is no such user.
@@ -644,6 +666,16 @@ mod tests {
         let m = e.to_string();
         assert!(m.contains(&format!("127.0.0.1:{port}")), "{m}");
         assert!(!m.contains("secret"), "{m}");
+    }
+
+    #[test]
+    fn hosts_never_show_part_of_a_password() {
+        assert_eq!(
+            super::hosts_of("mongodb://admin:se/cret@h:27017/db"),
+            "h:27017"
+        );
+        assert_eq!(super::hosts_of("mongodb://admin:se?cret@h/db?x=@"), "");
+        assert!(!super::hosts_of("mongodb://admin:se/cr@t@h/db").contains("se"));
     }
 
     #[test]

@@ -499,7 +499,8 @@ impl ServicesHost {
             permissions: Some(0o700),
             ..Default::default()
         };
-        match s.sftp.stat(dir).await {
+        // lstat: a symbolic link there is refused, not followed.
+        match s.sftp.lstat(dir).await {
             Ok(a) if a.attrs.is_dir() => {
                 if a.attrs.permissions.map(|p| p & 0o7777) == Some(0o700) {
                     return Ok(());
@@ -510,7 +511,7 @@ impl ServicesHost {
                     "creating directory",
                     dir,
                     None,
-                    "a file of that name exists".into(),
+                    "something that is not a directory (a file or a symbolic link) is there".into(),
                 ))
             }
             Err(e) if sftp_status(&e) == Some(StatusCode::NoSuchFile) => {
@@ -522,8 +523,7 @@ impl ServicesHost {
             }
             Err(e) => return Err(self.io_err("checking directory", dir, e)),
         }
-        // Also after mkdir: the server's umask may have narrowed nothing, but another
-        // writer may have made it first.
+        // Also after mkdir: another writer may have made it first, with its own mode.
         s.sftp
             .setstat(dir, private())
             .await

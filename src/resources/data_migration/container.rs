@@ -43,6 +43,9 @@ pub struct Container<'a> {
     pub(super) h: &'a ServicesHost,
     pub name: String,
     pub deadline: Duration,
+    /// The export directory is mounted: made private once the server answers, before
+    /// anything is written into it.
+    exports: bool,
 }
 
 /// The error of a command that failed: the command (no secret is ever on one) and
@@ -108,24 +111,14 @@ impl<'a> Container<'a> {
         if !out.success() {
             return Err(fail(&format!("Could not start {what}"), &cmd, &out));
         }
-        let c = Container {
+        Ok(Container {
             h,
             name: name.to_string(),
             deadline,
-        };
-        let exports = mounts
-            .iter()
-            .any(|m| m.split(':').nth(1) == Some(EXPORT_MOUNT));
-        if exports {
-            if let Err(d) = c
-                .in_export(PRIVATE, &[], "Could not make the export directory private")
-                .await
-            {
-                c.stop().await;
-                return Err(d);
-            }
-        }
-        Ok(c)
+            exports: mounts
+                .iter()
+                .any(|m| m.split(':').nth(1) == Some(EXPORT_MOUNT)),
+        })
     }
 
     /// Probes with `docker EXEC_ARGS` every 250 ms until it succeeds; past
@@ -143,6 +136,15 @@ impl<'a> Container<'a> {
             let (_, out) = self.docker(probe, None).await?;
             if out.success() {
                 log::info!("{what} answers in container {}", self.name);
+                if self.exports {
+                    if let Err(d) = self
+                        .in_export(PRIVATE, &[], "Could not make the export directory private")
+                        .await
+                    {
+                        self.stop().await;
+                        return Err(d);
+                    }
+                }
                 return Ok(self);
             }
             if started.elapsed() >= ready_within {

@@ -111,18 +111,37 @@ impl DataMigration {
         diags.push(w);
     }
 
-    /// For the plan: the external PostgreSQL's version against the one CircleCI Server
-    /// 2.17 runs (an older server is refused at apply, before the stop).
+    /// For the plan: the external PostgreSQL's and MongoDB's versions against those
+    /// CircleCI Server 2.17 runs (older servers are refused at apply, before the stop).
     async fn target_versions(&self) -> Option<String> {
-        let pg = self.data.postgres().ok()?;
-        Some(match pg.server_info().await {
-            Ok(i) => format!(
-                "External PostgreSQL {}: {} (CircleCI Server 2.17 runs 9.5.8; 9.5 or later is accepted).",
-                pg.target(),
-                i.version
-            ),
-            Err(e) => format!("External PostgreSQL: {e}; the apply checks it again before the stop."),
-        })
+        let mut out = Vec::new();
+        if let Ok(pg) = self.data.postgres() {
+            out.push(match pg.server_info().await {
+                Ok(i) => format!(
+                    "External PostgreSQL {}: {} (CircleCI Server 2.17 runs 9.5.8; 9.5 or later is accepted).",
+                    pg.target(),
+                    i.version
+                ),
+                Err(e) => {
+                    format!("External PostgreSQL: {e}; the apply checks it again before the stop.")
+                }
+            });
+        }
+        if let Ok(m) = self.data.mongo() {
+            out.push(match m.wire_version().await {
+                Ok(w) => format!(
+                    "External MongoDB {}: {} (CircleCI Server 2.17 runs 3.6.6; 3.6 or later is accepted).",
+                    m.hosts(),
+                    crate::backends::mongo::release_of(w)
+                ),
+                // Not the error: a connection string that does not parse may show
+                // part of its password there.
+                Err(_) => "External MongoDB: its version could not be read now; the apply checks it \
+                           before the stop."
+                    .to_string(),
+            });
+        }
+        (!out.is_empty()).then(|| out.join(" "))
     }
 
     pub(super) async fn migrate(&self, planned: &Value, config: &Value) -> Applied {

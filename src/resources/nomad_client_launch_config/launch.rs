@@ -384,7 +384,11 @@ impl NomadClientLaunchConfig {
                 let mut diags = Diagnostics::new();
                 let pending = strings(prior.get("pending_instance_ids"));
                 if planned.get("pending_instance_ids").is_unknown() {
-                    // The clients left over are terminated only where no build runs.
+                    // The clients left over (still in the group) are terminated only
+                    // where no build runs.
+                    let live = live_instances(&self.group(c, name).await?);
+                    let pending: Vec<String> =
+                        pending.into_iter().filter(|i| live.contains(i)).collect();
                     let (terminate, _, _) = rollout_settings(planned);
                     let servers = strings(planned.get("nomad_servers"));
                     let (_, drain) = self
@@ -641,21 +645,20 @@ impl NomadClientLaunchConfig {
             .version(t)
             .await
             .map_err(|e| refused(format!("Its version could not be read ({e}).")))?;
-        let kind = crate::backends::nomad::DrainApi::of(&version).map_err(refused)?;
+        let kind =
+            crate::backends::nomad::DrainApi::of(&version).map_err(|e| refused(format!("{e}.")))?;
         let mut seen = Vec::new();
         for n in api
             .nodes(t)
             .await
             .map_err(|e| refused(format!("Its nodes could not be read ({e}).")))?
         {
-            if n.status == "down" {
-                continue;
+            // Down nodes too: a client that missed heartbeats is still that instance.
+            match api.node(&n.id, t).await {
+                Ok(Some(d)) => seen.push((n, d.aws_instance_id().map(str::to_string))),
+                Ok(None) => {} // gone since the list
+                Err(e) => return Err(refused(format!("Node {} could not be read ({e}).", n.name))),
             }
-            let d = api
-                .node(&n.id, t)
-                .await
-                .map_err(|e| refused(format!("Node {} could not be read ({e}).", n.name)))?;
-            seen.push((n, d.aws_instance_id().map(str::to_string)));
         }
         let nodes = instance_nodes(terminating, &seen).map_err(refused)?;
         log::info!(

@@ -523,7 +523,7 @@ mod tests {
         let m = instance_nodes(&ids(&["i-1", "i-2"]), &seen).unwrap();
         // i-2 is no node of this Nomad: none of its builds runs there.
         assert_eq!(m.keys().collect::<Vec<_>>(), ["i-1"]);
-        assert_eq!(m["i-1"].name, "a");
+        assert_eq!(m["i-1"][0].name, "a");
         // A node that does not say which instance it is may be i-2: refused.
         let mut silent = seen.clone();
         silent.push((node("c"), None));
@@ -532,6 +532,17 @@ mod tests {
         assert!(e.contains("whether instance(s) i-2 are among them"), "{e}");
         // Every instance found: the silent node is some other client.
         assert!(instance_nodes(&ids(&["i-1"]), &silent).is_ok());
+        // A client registered again under a new ID: both its nodes are drained.
+        let mut twice = seen.clone();
+        twice.push((node("a2"), Some("i-1".to_string())));
+        let m = instance_nodes(&ids(&["i-1"]), &twice).unwrap();
+        assert_eq!(m["i-1"].len(), 2);
+        // A down node without a fingerprint runs nothing: no refusal.
+        let mut down = node("d");
+        down.status = "down".into();
+        let mut with_down = seen.clone();
+        with_down.push((down, None));
+        assert!(instance_nodes(&ids(&["i-1", "i-2"]), &with_down).is_ok());
     }
 
     #[test]

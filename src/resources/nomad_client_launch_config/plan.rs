@@ -38,7 +38,8 @@ pub(super) fn schema_block() -> Block {
             "How many instances to terminate at a time. Default `1`.",
         ))
         .attr(s("rollout_timeout").optional().computed().description(
-            "Time allowed for the whole rollout, e.g. `20m` (default). When it runs out the apply fails and the \
+            "Time allowed for the whole rollout, e.g. `20m` (default); waiting for a client's builds with \
+             CircleCI running counts against `builds_timeout` instead. When it runs out the apply fails and the \
              group keeps the new configuration. After an update, `pending_instance_ids` lists the instances \
              not yet replaced and the next apply replaces them; after a create, Terraform marks the resource \
              tainted and the next apply starts over (the original is restored first).",

@@ -12,22 +12,23 @@ use crate::resources::nomad_drain::{Drainer, NotDrained};
 /// Nomad CircleCI uses and drains it before terminating it.
 pub(super) struct GroupDrain {
     pub(super) drainer: Drainer,
-    /// The node of each instance to replace that this Nomad lists.
-    pub(super) nodes: BTreeMap<String, Node>,
+    /// The nodes of each instance to replace that this Nomad lists (a client that
+    /// registered again under a new ID may be listed twice).
+    pub(super) nodes: BTreeMap<String, Vec<Node>>,
 }
 
-/// Which node each of `instances` is, from the Nomad's live nodes with the EC2 instance
-/// each says it runs on. An instance no node names is not a client of this Nomad and
-/// runs none of its builds; unless some node does not say: then it may be that one,
-/// and the refusal says so.
+/// Which nodes each of `instances` is, from the Nomad's nodes with the EC2 instance each
+/// says it runs on. An instance no node names is not a client of this Nomad and runs
+/// none of its builds; unless some node that is not down does not say: then it may be
+/// that one, and the refusal says so.
 pub(super) fn instance_nodes(
     instances: &[String],
     nodes: &[(Node, Option<String>)],
-) -> Result<BTreeMap<String, Node>, String> {
-    let mut out = BTreeMap::new();
+) -> Result<BTreeMap<String, Vec<Node>>, String> {
+    let mut out: BTreeMap<String, Vec<Node>> = BTreeMap::new();
     for (n, id) in nodes {
         if let Some(id) = id.as_ref().filter(|id| instances.contains(id)) {
-            out.insert(id.clone(), n.clone());
+            out.entry(id.clone()).or_default().push(n.clone());
         }
     }
     let unmatched: Vec<&str> = instances
@@ -37,7 +38,7 @@ pub(super) fn instance_nodes(
         .collect();
     let silent: Vec<String> = nodes
         .iter()
-        .filter(|(_, id)| id.is_none())
+        .filter(|(n, id)| id.is_none() && n.status != "down")
         .map(|(n, _)| format!("{} ({})", n.name, n.id))
         .collect();
     if !unmatched.is_empty() && !silent.is_empty() {
@@ -91,7 +92,9 @@ impl NomadClientLaunchConfig {
         timeout: Duration,
         drain: Option<&GroupDrain>,
     ) -> Result<Vec<String>, RolloutFailure> {
-        let deadline = Instant::now() + timeout.min(MAX_ROLLOUT);
+        // Waiting for builds is bounded by builds_timeout, not by this: it moves the
+        // deadline on by the time it took.
+        let mut deadline = Instant::now() + timeout.min(MAX_ROLLOUT);
         let t = self.data.timeout();
         let mut replaced: Vec<String> = Vec::new();
         const LEFT: &str =
@@ -100,7 +103,11 @@ impl NomadClientLaunchConfig {
         let fail =
             |replaced: &[String], done: usize, summary: &str, detail: String| RolloutFailure {
                 replaced: replaced.to_vec(),
-                pending: old[done..].to_vec(),
+                pending: old[done..]
+                    .iter()
+                    .filter(|i| !replaced.contains(i))
+                    .cloned()
+                    .collect(),
                 diags: Diagnostic::error(summary, format!("{detail}. {LEFT}.")).into(),
             };
         let describe = || async {
@@ -138,43 +145,84 @@ impl NomadClientLaunchConfig {
             let ids: Vec<&String> = chunk.iter().filter(|id| live.contains(id)).collect();
             // With CircleCI running: every build on the batch's clients ends, and each
             // is drained, before any of them is terminated.
-            let mut drained: Vec<(&String, String, &Node)> = Vec::new();
+            let mut drained: Vec<(&String, String, Node)> = Vec::new();
             if let Some(d) = drain {
                 crate::fault_point::point("circleci_nomad_client_launch_config.before_drain").await;
+                let waited = Instant::now();
+                // As the nodes are now: a drain someone else set since the first look is
+                // theirs, not lifted by this rollout.
+                let now = match d.drainer.api.nodes(t).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        return Err(fail(
+                            &replaced,
+                            done,
+                            "Client not drained",
+                            format!(
+                                "reading the nodes of the Nomad at {}: {e}. No instance of this batch was \
+                                 terminated",
+                                d.drainer.api.endpoint
+                            ),
+                        ))
+                    }
+                };
                 for id in &ids {
-                    let Some(node) = d.nodes.get(*id) else {
+                    let Some(nodes) = d.nodes.get(*id) else {
                         log::info!(
-                            "rollout of {group}: {id} is not a client of the Nomad at {}: no build of CircleCI's \
+                            "rollout of {group}: no node of the Nomad at {} runs on {id}: no build of CircleCI's \
                              runs there",
                             d.drainer.api.endpoint
                         );
                         continue;
                     };
-                    let what = format!("instance {id} (node {})", node.name);
-                    match d.drainer.drain(&what, node, t).await {
-                        Ok((_, enabled)) => {
-                            if enabled {
-                                drained.push((id, what, node));
-                            }
+                    for known in nodes {
+                        let Some(node) = now.iter().find(|n| n.id == known.id) else {
+                            continue; // gone from Nomad since
+                        };
+                        if node.status == "down" {
+                            log::info!(
+                                "rollout of {group}: node {} of {id} is down: no build runs there",
+                                node.name
+                            );
+                            continue;
                         }
-                        Err(NotDrained { why, enabled }) => {
-                            if enabled {
-                                drained.push((id, what, node));
+                        let what = format!("instance {id} (node {})", node.name);
+                        match d.drainer.drain(&what, node, t).await {
+                            Ok((_, enabled)) => {
+                                if enabled {
+                                    drained.push((id, what, node.clone()));
+                                }
                             }
-                            let lifted = lift(&d.drainer, &drained, t).await;
-                            return Err(fail(
-                                &replaced,
-                                done,
-                                if stop::requested() {
-                                    "Stopped during the rollout"
-                                } else {
-                                    "Client not drained"
-                                },
-                                format!("{why}{lifted}"),
-                            ));
+                            Err(NotDrained {
+                                why,
+                                enabled,
+                                timed_out,
+                            }) => {
+                                if enabled {
+                                    drained.push((id, what, node.clone()));
+                                }
+                                let lifted = lift(&d.drainer, &drained, t).await;
+                                let mut f = fail(
+                                    &replaced,
+                                    done,
+                                    if stop::requested() {
+                                        "Stopped during the rollout"
+                                    } else {
+                                        "Client not drained"
+                                    },
+                                    format!("{why}{lifted}"),
+                                );
+                                if timed_out {
+                                    for x in &mut f.diags.0 {
+                                        x.path = Some(AttrPath::root("builds_timeout"));
+                                    }
+                                }
+                                return Err(f);
+                            }
                         }
                     }
                 }
+                deadline += waited.elapsed();
             }
             for id in &ids {
                 if let Err(e) = c.autoscaling.replace_instance(id).await {
@@ -273,7 +321,7 @@ impl NomadClientLaunchConfig {
 
 /// Lifts the drains `drained` (instance, label, node) this rollout enabled on clients it
 /// did not terminate; what came of it, to append to the failure.
-async fn lift(d: &Drainer, drained: &[(&String, String, &Node)], t: Duration) -> String {
+async fn lift(d: &Drainer, drained: &[(&String, String, Node)], t: Duration) -> String {
     let mut out = String::new();
     for (_, what, node) in drained {
         match d.lift(what, node, t).await {

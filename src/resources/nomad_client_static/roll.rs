@@ -284,7 +284,7 @@ async fn step(
                         drained = Some(n);
                     }
                 }
-                Err(NotDrained { why, enabled }) => {
+                Err(NotDrained { why, enabled, .. }) => {
                     if !enabled {
                         return Err(why);
                     }
