@@ -1031,6 +1031,18 @@ fn apply_with_fault(tf: &Tf, faults: &Path, point: &str, fault: Fault) -> Output
     out
 }
 
+/// `terraform ARGS` in `tf`, its output logged under the row's name.
+fn cut_run(tf: &Tf, cut: Cut, args: &[&str]) -> Output {
+    let out = tf.cmd(args).output().unwrap();
+    eprintln!(
+        "[{cut:?}] $ terraform {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// The migration and the restart, a fault in one of them; then the next apply.
 fn migration_case(s: &Servers, cut: Cut, n: usize) -> CutRow {
     s.fresh_runbook_targets();
@@ -1056,22 +1068,19 @@ fn migration_case(s: &Servers, cut: Cut, n: usize) -> CutRow {
         notes.push("the failure was not undone".into());
     }
     services_up();
-    let converge = tf
-        .cmd(&["apply", "-auto-approve", "-no-color", "-input=false"])
-        .output()
-        .unwrap();
-    eprintln!(
-        "[{cut:?}] converging apply:\n{}{}",
-        String::from_utf8_lossy(&converge.stdout),
-        String::from_utf8_lossy(&converge.stderr)
+    let converge = cut_run(
+        &tf,
+        cut,
+        &["apply", "-auto-approve", "-no-color", "-input=false"],
     );
     let converged = converge.status.success() && tf.plan_code() == 0;
     let running = sim.state() == "started";
     notes.extend(cutover_leftovers(s, root.path()));
-    let destroy = tf
-        .cmd(&["destroy", "-auto-approve", "-no-color", "-input=false"])
-        .output()
-        .unwrap();
+    let destroy = cut_run(
+        &tf,
+        cut,
+        &["destroy", "-auto-approve", "-no-color", "-input=false"],
+    );
     if !destroy.status.success() {
         notes.push("destroy failed".into());
     }
@@ -1152,23 +1161,20 @@ fn drain_case(s: &Servers, cut: Cut, n: usize) -> CutRow {
     if cut.running_after_fault() && after_fault != "started" {
         notes.push(format!("CircleCI {after_fault} after the fault"));
     }
-    let converge = tf
-        .cmd(&["apply", "-auto-approve", "-no-color", "-input=false"])
-        .output()
-        .unwrap();
-    eprintln!(
-        "[{cut:?}] converging apply:\n{}{}",
-        String::from_utf8_lossy(&converge.stdout),
-        String::from_utf8_lossy(&converge.stderr)
+    let converge = cut_run(
+        &tf,
+        cut,
+        &["apply", "-auto-approve", "-no-color", "-input=false"],
     );
     let converged = converge.status.success() && tf.plan_code() == 0;
     if nomad.stopped_by_drain() != stopped_before {
         notes.push("a drain stopped a build".into());
     }
-    let destroy = tf
-        .cmd(&["destroy", "-auto-approve", "-no-color", "-input=false"])
-        .output()
-        .unwrap();
+    let destroy = cut_run(
+        &tf,
+        cut,
+        &["destroy", "-auto-approve", "-no-color", "-input=false"],
+    );
     if !destroy.status.success() {
         notes.push("destroy failed".into());
     }

@@ -40,6 +40,9 @@ pub(crate) const RECORD: &str = "data/circle/external-services-cutover/record.js
 const BUILDS_POLL: Duration = Duration::from_secs(2);
 /// The Services machine's CA bundle (Debian's), which CircleCI's clients trust.
 const SERVICES_CA_BUNDLE: &str = "etc/ssl/certs/ca-certificates.crt";
+/// That bundle, as errors name it.
+pub(crate) const SERVICES_CA_LABEL: &str =
+    "the Services machine's /etc/ssl/certs/ca-certificates.crt";
 
 /// `embedded_nomad_endpoint`, for each resource that stops CircleCI.
 pub(crate) fn embedded_nomad_attr() -> Attribute {
@@ -561,7 +564,7 @@ impl<'a> Cutover<'a> {
                 detail: "no Services machine configured".into(),
             })?);
             let ca = ca.map(|pem| nb::Ca::Pem {
-                label: "the Services machine's /etc/ssl/certs/ca-certificates.crt",
+                label: SERVICES_CA_LABEL,
                 pem,
             });
             let t = self.data.timeout();
@@ -1098,7 +1101,7 @@ impl<'a> Cutover<'a> {
             detail: "no Services machine configured".into(),
         })?);
         let ca = ca.as_deref().map(|pem| nb::Ca::Pem {
-            label: "the Services machine's /etc/ssl/certs/ca-certificates.crt",
+            label: SERVICES_CA_LABEL,
             pem,
         });
         nb::peers(&route, endpoint, ca, None, self.data.timeout()).await

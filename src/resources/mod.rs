@@ -77,6 +77,14 @@ pub fn duration_or(v: &Value, name: &str, default: &str) -> std::time::Duration 
         .unwrap_or(std::time::Duration::from_secs(60))
 }
 
+/// `s` with its first letter upper-case, to begin a sentence.
+pub(crate) fn capitalized(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
+}
+
 /// Lower-case hex SHA-256 of a file's bytes.
 pub fn file_sha256(content: &[u8]) -> String {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, content);

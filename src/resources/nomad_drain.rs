@@ -142,14 +142,6 @@ pub struct Drainer {
     pub untouched: &'static str,
 }
 
-/// `s` with its first letter upper-case.
-fn sentence(s: &str) -> String {
-    let mut c = s.chars();
-    c.next()
-        .map(|f| f.to_uppercase().chain(c).collect())
-        .unwrap_or_default()
-}
-
 /// How often a client's builds are looked at while waiting for them.
 const BUILDS_POLL: Duration = Duration::from_secs(1);
 
@@ -254,7 +246,7 @@ impl Drainer {
                             self.api.endpoint,
                             what,
                             humantime::format_duration(self.builds_timeout),
-                            sentence(self.untouched)
+                            crate::resources::capitalized(self.untouched)
                         )
                         } else {
                             format!(
@@ -263,7 +255,7 @@ impl Drainer {
                                 what,
                                 humantime::format_duration(self.builds_timeout),
                                 running.join(", "),
-                                sentence(self.untouched)
+                                crate::resources::capitalized(self.untouched)
                             )
                         },
                         enabled,

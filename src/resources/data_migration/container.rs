@@ -71,13 +71,6 @@ pub fn rows_of(out: &CommandOutput) -> Vec<Vec<String>> {
         .collect()
 }
 
-fn capitalized(s: &str) -> String {
-    let mut c = s.chars();
-    c.next()
-        .map(|f| f.to_uppercase().chain(c).collect())
-        .unwrap_or_default()
-}
-
 async fn docker(
     h: &ServicesHost,
     args: &[&str],
@@ -149,7 +142,7 @@ impl<'a> Container<'a> {
             }
             if started.elapsed() >= ready_within {
                 let e = Diagnostic::error(
-                    format!("{} did not start", capitalized(what)),
+                    format!("{} did not start", crate::resources::capitalized(what)),
                     format!(
                         "container {} ({image}) did not answer within {}:\n{}",
                         self.name,

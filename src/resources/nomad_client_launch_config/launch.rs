@@ -629,12 +629,10 @@ impl NomadClientLaunchConfig {
         let api = NomadApi {
             endpoint: in_use.clone(),
             ca_file: None,
-            ca_pem: cutover.services_ca().await.map(|pem| {
-                (
-                    "the Services machine's /etc/ssl/certs/ca-certificates.crt",
-                    pem,
-                )
-            }),
+            ca_pem: cutover
+                .services_ca()
+                .await
+                .map(|pem| (crate::resources::cutover::SERVICES_CA_LABEL, pem)),
             token: None,
             ready_timeout: Duration::ZERO,
             route: Route::Tunnel(self.data.services()?),
