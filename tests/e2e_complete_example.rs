@@ -189,9 +189,13 @@ via_services_host  = true
         "CircleCI's license must allow external services",
         "(CircleCI Server 2.17 runs 9.5.8; 9.5 or later is accepted)",
         "(CircleCI Server 2.17 runs 3.6.6; 3.6 or later is accepted)",
+        "versions show as server_version in their own resources' plans",
     ] {
         assert!(text.contains(want), "{want:?} not in the plan:\n{text}");
     }
+    // Redis (shared and Slanger), RabbitMQ, Nomad and Vault: each server's version,
+    // read through the Services machine before anything is written.
+    assert_eq!(text.matches("+ server_version = \"").count(), 5, "{text}");
 
     // First try: one of the external Nomad's two clients is draining, so the restart's
     // capacity check fails (1 < the embedded Nomad's 2). The cutover is undone.

@@ -48,6 +48,14 @@ fn both_lifecycles_apply_drift_import_destroy() {
         )
     );
     let tf = Tf::new(&main);
+    // The plan shows each server's version, read before anything is written.
+    let plan = common::flat(&tf.ok(&["plan", "-no-color"]));
+    assert!(plan.contains("+ server_version = \"0.5.6\""), "{plan}");
+    assert!(plan.contains("+ server_version = \"3."), "{plan}");
+    assert!(
+        !plan.contains("server_version = (known after apply)"),
+        "{plan}"
+    );
     tf.apply();
     assert_eq!(mode_of(&mq_path), 0o600);
     assert_eq!(sourced(&mq_path, "RABBITMQ_HOST"), "127.0.0.1");
@@ -68,6 +76,8 @@ fn both_lifecycles_apply_drift_import_destroy() {
         "the write-only token is in the state"
     );
     assert!(state.contains("\"leader\": \"127.0.0.1:4647\""), "{state}");
+    assert!(state.contains("\"server_version\": \"0.5.6\""), "{state}");
+    assert!(state.contains("\"server_version\": \"3."), "{state}");
     assert_eq!(tf.plan_code(), 0);
 
     // The file holds the password: the state keeps a salted, slow digest of it, never
@@ -245,6 +255,78 @@ fn nomad_no_leader_403_tls_and_down_each_have_their_message() {
             assert_eq!(String::from_utf8_lossy(&o.stdout), "404");
         }
     }
+}
+
+/// A server older than the one CircleCI Server 2.17 runs is refused at plan, on the
+/// attribute that names it, with its version and CircleCI's; the apply's own check
+/// refuses it too (a plan made before a downgrade). `verify = false` skips the check.
+#[test]
+fn a_nomad_older_than_circleci_runs_is_refused_at_plan_and_apply() {
+    let s = servers();
+    let root = tempfile::tempdir().unwrap();
+    let path = root.path().join("nomad");
+    let ca = s.get("CIRCLECI_TEST_TLS_CA");
+    let old = NomadStandin::start(&s, &["--version", "0.4.1"]);
+    let tf = Tf::new(&format!(
+        "{}{}",
+        s.provider_block(""),
+        nomad(&old.endpoint(), ca, "t", &path)
+    ));
+    for cmd in [
+        &["plan", "-no-color"][..],
+        &["apply", "-auto-approve", "-no-color"],
+    ] {
+        let out = common::flat(&tf.fails(cmd));
+        assert!(
+            out.contains("Nomad too old for CircleCI Server 2.17"),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "Nomad at {} runs 0.4.1, older than 0.5",
+                old.endpoint()
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains("CircleCI Server 2.17 runs Nomad 0.5.6"),
+            "{out}"
+        );
+        assert!(
+            out.contains("endpoint ="),
+            "the diagnostic is on endpoint: {out}"
+        );
+        assert!(!path.exists(), "a file was written");
+    }
+
+    // Past the plan (a plan file made against a newer server): the apply's check refuses.
+    let newer = NomadStandin::start(&s, &["--version", "0.5.6"]);
+    let tf = Tf::new(&format!(
+        "{}{}",
+        s.provider_block(""),
+        nomad(&newer.endpoint(), ca, "t", &path)
+    ));
+    tf.ok(&["plan", "-no-color", "-out=p.tfplan"]);
+    let port = newer.port;
+    drop(newer);
+    let _old_in_its_place = NomadStandin::start_on(&s, port, &["--version", "0.4.1"]);
+    let out = common::flat(&tf.fails(&["apply", "-auto-approve", "-no-color", "p.tfplan"]));
+    assert!(
+        out.contains("Nomad too old for CircleCI Server 2.17"),
+        "{out}"
+    );
+    assert!(!path.exists(), "a file was written");
+
+    // Without a check, nothing is read and the file is written.
+    let tf = Tf::new(&format!(
+        "{}{}",
+        s.provider_block(""),
+        nomad(&old.endpoint(), ca, "t", &path).replace("\n}\n", "\n  verify = false\n}\n")
+    ));
+    tf.apply();
+    assert!(path.exists());
+    let state = std::fs::read_to_string(tf.path().join("terraform.tfstate")).unwrap();
+    assert!(state.contains("\"server_version\": \"\""), "{state}");
 }
 
 #[test]

@@ -46,6 +46,28 @@ fn lifecycle_apply_drift_repair_import_destroy() {
     );
     let tf = Tf::new(&main);
 
+    // The plan shows the version the server itself reports (asked here over RESP).
+    let reported = {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", s.redis_port())).unwrap();
+        c.write_all(b"INFO server\r\n").unwrap();
+        let mut buf = vec![0u8; 8192];
+        let n = c.read(&mut buf).unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        text.lines()
+            .find_map(|l| l.strip_prefix("redis_version:"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let plan = common::flat(&tf.ok(&["plan", "-no-color"]));
+    assert_eq!(
+        plan.matches(&format!("+ server_version = \"{reported}\""))
+            .count(),
+        2,
+        "{plan}"
+    );
+
     // Apply writes both files, 0600, in the runbook's two forms.
     tf.apply();
     let port = s.redis_port();

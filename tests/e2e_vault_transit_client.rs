@@ -103,6 +103,13 @@ fn lifecycle_token_never_in_state_revoke_renew_import_destroy() {
 
     // The token is in neither the state nor `terraform show -json`.
     let state = std::fs::read_to_string(tf.path().join("terraform.tfstate")).unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&s.bao_ok(&["status", "-format=json"])).unwrap();
+    let version = status["version"].as_str().unwrap();
+    assert!(
+        state.contains(&format!("\"server_version\": \"{version}\"")),
+        "{state}"
+    );
     assert!(!state.contains(&token), "token in terraform.tfstate");
     let show = tf.ok(&["show", "-json", "-no-color"]);
     assert!(!show.contains(&token), "token in terraform show -json");

@@ -1,4 +1,5 @@
-//! Redis: the runbook only asks that CircleCI can reach it, so we PING it.
+//! Redis: the runbook only asks that CircleCI can reach it, so we PING it, and read
+//! its version (`INFO server`) for the compatibility table.
 
 use std::time::Duration;
 
@@ -35,13 +36,14 @@ pub enum RedisError {
 }
 
 /// Connects to `host:port` (by `route`) and sends PING; Ok when the server answers
-/// PONG.
+/// PONG, with the version `INFO server` reports (empty when the server does not
+/// answer `INFO`, which some managed services rename).
 pub async fn ping(
     route: &Route,
     host: &str,
     port: u16,
     timeout: Duration,
-) -> Result<(), RedisError> {
+) -> Result<String, RedisError> {
     let target = if host.contains(':') {
         format!("[{host}]:{port}")
     } else {
@@ -95,7 +97,16 @@ pub async fn ping(
                 answer: pong,
             });
         }
-        Ok(())
+        let info: Result<String, _> = redis::cmd("INFO").arg("server").query_async(&mut con).await;
+        Ok(match info {
+            Ok(text) => version_of_info(&text).unwrap_or_default().to_string(),
+            Err(e) => {
+                log::warn!(
+                    "Redis at {target} did not answer INFO server ({e}); its version is not known"
+                );
+                String::new()
+            }
+        })
     };
     match tokio::time::timeout(timeout, work).await {
         Ok(r) => r,
@@ -103,5 +114,22 @@ pub async fn ping(
             target,
             after: timeout,
         }),
+    }
+}
+
+/// `redis_version` of an `INFO server` answer.
+fn version_of_info(info: &str) -> Option<&str> {
+    info.lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .map(str::trim)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_version_is_read_from_info() {
+        let info = "# Server\r\nredis_version:4.0.14\r\nredis_git_sha1:00000000\r\n";
+        assert_eq!(super::version_of_info(info), Some("4.0.14"));
+        assert_eq!(super::version_of_info("# Server\r\nos:Linux\r\n"), None);
     }
 }

@@ -243,6 +243,43 @@ impl Vault {
             .map_err(|e| e.clone())
     }
 
+    /// The version the server reports (`GET /v1/sys/health`, which needs no token and
+    /// which a standby, sealed or uninitialized server answers too, with its status).
+    pub async fn version(&self) -> Result<String, VaultError> {
+        let what = "reading Vault's version (sys/health)";
+        let transport = |detail: String| VaultError::Transport {
+            what: what.to_string(),
+            address: self.cfg.address.clone(),
+            detail: self.tunnel_failure().unwrap_or(detail),
+        };
+        let url = format!(
+            "{}/v1/sys/health?standbyok=true&perfstandbyok=true",
+            self.cfg.address.trim_end_matches('/')
+        );
+        let resp = self
+            .admin()?
+            .http
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| transport(super::chain(&e)))?;
+        let status = resp.status().as_u16();
+        let body = resp.text().await.map_err(|e| transport(super::chain(&e)))?;
+        serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["version"].as_str().map(str::to_string))
+            .ok_or_else(|| VaultError::Api {
+                what: what.to_string(),
+                address: self.cfg.address.clone(),
+                status,
+                errors: vec![format!(
+                    "no version in the answer {:?}",
+                    body.chars().take(200).collect::<String>()
+                )],
+            })
+    }
+
     pub async fn mount_exists(&self, mount: &str) -> Result<bool, VaultError> {
         let c = self.admin()?;
         let mounts = vaultrs::sys::mount::list(c)

@@ -10,3 +10,4 @@ pub mod rabbitmq;
 pub mod redis;
 pub mod restart;
 pub mod vault;
+pub mod versions;

@@ -181,6 +181,7 @@ impl FileResource for ExternalMongo {
             ("password_wo", Check::PasswordPair),
             (SERVICES_CA_BUNDLE, Check::RemotePath),
         ],
+        compat: None,
     };
 
     fn block(&self) -> Block {

@@ -7,11 +7,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::config_file::{
-    cannot_import, Change, FileResource, Halted, PlannedContent, Prepared, Spec,
+    cannot_import, record_version, Change, Compat, FileResource, Found, Halted, PlannedContent,
+    Prepared, Spec,
 };
 use super::validate::Check;
 use crate::backends::nomad::{self as nb, NomadError};
 use crate::circleci::nomad as file;
+use crate::circleci::versions;
 use crate::plugin::{
     resource::changed, AttrPath, Attribute, Block, Diagnostic, Diagnostics, PlanRequest, Type,
     Value,
@@ -81,6 +83,10 @@ impl FileResource for ExternalNomad {
         secret_in_file: false,
         changes: None,
         checks: &[("endpoint", Check::Text("Invalid endpoint", file::check_endpoint))],
+        compat: Some(Compat {
+            table: versions::NOMAD,
+            attr: Some("endpoint"),
+        }),
     };
 
     fn block(&self) -> Block {
@@ -155,6 +161,7 @@ impl FileResource for ExternalNomad {
         let content = render(endpoint)?;
         let mut state = planned.clone();
         let mut leader = String::new();
+        let mut version = None;
         if planned.get("verify").as_bool().unwrap_or(true) {
             let ca = planned.get("ca_cert_file").as_str().map(PathBuf::from);
             let token = config.get("acl_token_wo").as_str();
@@ -172,13 +179,57 @@ impl FileResource for ExternalNomad {
             )
             .await
             .map_err(|e| leader_diag(e, path))?;
+            let found = Found {
+                version: nb::version(
+                    &route,
+                    endpoint,
+                    nb::Ca::file(ca.as_deref()),
+                    token,
+                    self.data.timeout(),
+                )
+                .await
+                .map_err(|e| leader_diag(e, path))?,
+                at: endpoint.to_string(),
+            };
+            if let Some(c) = &Self::SPEC.compat {
+                c.refuse(&found, path)?;
+            }
+            version = Some(found.version);
         }
         state.set("leader", Value::string(leader));
+        record_version(&mut state, planned, version.as_deref());
         Ok(Prepared {
             state,
             content: Some(content),
             pending: (),
         })
+    }
+
+    async fn server_version(
+        &self,
+        planned: &Value,
+        config: &Value,
+    ) -> Option<Result<Found, String>> {
+        let endpoint = planned.get("endpoint").as_str()?;
+        let ca = planned.get("ca_cert_file").as_str().map(PathBuf::from);
+        let route = self.data.check_route(planned, || self.data.route()).ok()?;
+        let token = config.get("acl_token_wo").as_str();
+        let version = nb::version(
+            &route,
+            endpoint,
+            nb::Ca::file(ca.as_deref()),
+            token,
+            self.data.timeout(),
+        )
+        .await;
+        Some(
+            version
+                .map(|version| Found {
+                    version,
+                    at: endpoint.to_string(),
+                })
+                .map_err(|e| e.to_string()),
+        )
     }
 
     fn refresh_from_file(&self, text: &str, fresh: &mut Value) {

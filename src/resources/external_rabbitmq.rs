@@ -7,12 +7,15 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::config_file::{
-    cannot_import, Change, FileResource, Halted, PlannedContent, Prepared, Spec,
+    cannot_import, record_version, Change, Compat, FileResource, Found, Halted, PlannedContent,
+    Prepared, Spec,
 };
 use super::validate::Check;
 use super::{password_attr, required_password};
 use crate::backends::rabbitmq::{self as mq, MqError};
+use crate::backends::tunnel::Route;
 use crate::circleci::rabbitmq as file;
+use crate::circleci::versions;
 use crate::plugin::{
     AttrPath, Attribute, Block, Diagnostic, Diagnostics, PlanRequest, Type, Value,
 };
@@ -40,6 +43,36 @@ fn inputs(v: &Value) -> Option<Inputs<'_>> {
         host: v.get("host").as_str()?,
         port: u16::try_from(v.get("port").as_i64()?).ok()?,
         user: v.get("username").as_str()?,
+    })
+}
+
+/// Where and how to reach the broker; the password only for a login.
+fn login<'a>(
+    planned: &'a Value,
+    i: &Inputs<'a>,
+    password: &'a str,
+    ca_file: Option<&'a std::path::Path>,
+    route: &'a Route,
+    timeout: std::time::Duration,
+) -> mq::Login<'a> {
+    mq::Login {
+        host: i.host,
+        port: i.port,
+        user: i.user,
+        password,
+        vhost: planned.get("vhost").as_str().unwrap_or("/"),
+        tls: planned.get("tls").as_bool().unwrap_or(false),
+        ca_file,
+        timeout,
+        route,
+    }
+}
+
+/// The broker's version, and where it runs.
+async fn found(l: &mq::Login<'_>) -> Result<Found, MqError> {
+    Ok(Found {
+        version: mq::server_version(l).await?,
+        at: crate::backends::tunnel::host_port(l.host, l.port),
     })
 }
 
@@ -87,6 +120,10 @@ impl FileResource for ExternalRabbitmq {
             ("username", Check::NonEmpty),
             ("password_wo", Check::PasswordPair),
         ],
+        compat: Some(Compat {
+            table: versions::RABBITMQ,
+            attr: Some("host"),
+        }),
     };
 
     fn block(&self) -> Block {
@@ -171,33 +208,45 @@ impl FileResource for ExternalRabbitmq {
             ))
         })?;
         let content = render(&i, pw)?;
+        let mut state = planned.clone();
+        let mut read = None;
         if planned.get("verify").as_bool().unwrap_or(true) {
             let ca = planned.get("tls_ca_file").as_str().map(PathBuf::from);
             let route = self
                 .data
                 .check_route(planned, || self.data.route())
                 .map_err(Halted::from)?;
-            let login = mq::Login {
-                host: i.host,
-                port: i.port,
-                user: i.user,
-                password: pw,
-                vhost: planned.get("vhost").as_str().unwrap_or("/"),
-                tls: planned.get("tls").as_bool().unwrap_or(false),
-                ca_file: ca.as_deref(),
-                timeout: self.data.timeout(),
-                route: &route,
-            };
+            let login = login(planned, &i, pw, ca.as_deref(), &route, self.data.timeout());
             let path = planned.get("config_path").as_str().unwrap_or_default();
             mq::login(&login)
                 .await
                 .map_err(|e| login_diag(e, config, path))?;
+            let found = found(&login)
+                .await
+                .map_err(|e| login_diag(e, config, path))?;
+            if let Some(c) = &Self::SPEC.compat {
+                c.refuse(&found, path)?;
+            }
+            read = Some(found.version);
         }
+        record_version(&mut state, planned, read.as_deref());
         Ok(Prepared {
-            state: planned.clone(),
+            state,
             content: Some(content),
             pending: (),
         })
+    }
+
+    async fn server_version(
+        &self,
+        planned: &Value,
+        _config: &Value,
+    ) -> Option<Result<Found, String>> {
+        let i = inputs(planned)?;
+        let ca = planned.get("tls_ca_file").as_str().map(PathBuf::from);
+        let route = self.data.check_route(planned, || self.data.route()).ok()?;
+        let l = login(planned, &i, "", ca.as_deref(), &route, self.data.timeout());
+        Some(found(&l).await.map_err(|e| e.to_string()))
     }
 
     fn refresh_from_file(&self, text: &str, fresh: &mut Value) {

@@ -7,11 +7,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::config_file::{
-    cannot_import, Change, FileResource, Halted, PlannedContent, Prepared, Spec,
+    cannot_import, record_version, Change, Compat, FileResource, Found, Halted, PlannedContent,
+    Prepared, Spec,
 };
 use super::validate::Check;
 use crate::backends;
 use crate::circleci::redis::{self as file, Purpose};
+use crate::circleci::versions;
 use crate::plugin::{
     AttrPath, Attribute, Block, Diagnostic, Diagnostics, PlanRequest, Type, Value,
 };
@@ -63,6 +65,10 @@ impl FileResource for ExternalRedis {
             ("port", Check::Port),
             ("purpose", Check::OneOf(&["shared", "slanger"])),
         ],
+        compat: Some(Compat {
+            table: versions::REDIS,
+            attr: Some("host"),
+        }),
     };
 
     fn block(&self) -> Block {
@@ -122,12 +128,14 @@ impl FileResource for ExternalRedis {
         })?;
         let host = planned.get("host").as_str().unwrap_or_default();
         let port = planned.get("port").as_i64().unwrap_or_default() as u16;
+        let mut state = planned.clone();
+        let mut read = None;
         if planned.get("verify").as_bool().unwrap_or(true) {
             let route = self
                 .data
                 .check_route(planned, || self.data.route())
                 .map_err(Halted::from)?;
-            backends::redis::ping(&route, host, port, self.data.timeout())
+            let version = backends::redis::ping(&route, host, port, self.data.timeout())
                 .await
                 .map_err(|e| {
                     Diagnostics::from(
@@ -141,12 +149,43 @@ impl FileResource for ExternalRedis {
                         .at(AttrPath::root("host")),
                     )
                 })?;
+            let found = Found {
+                version,
+                at: crate::backends::tunnel::host_port(host, port),
+            };
+            if let Some(c) = &Self::SPEC.compat {
+                c.refuse(
+                    &found,
+                    planned.get("config_path").as_str().unwrap_or_default(),
+                )?;
+            }
+            read = Some(found.version);
         }
+        record_version(&mut state, planned, read.as_deref());
         Ok(Prepared {
-            state: planned.clone(),
+            state,
             content: Some(content),
             pending: (),
         })
+    }
+
+    async fn server_version(
+        &self,
+        planned: &Value,
+        _config: &Value,
+    ) -> Option<Result<Found, String>> {
+        let host = planned.get("host").as_str()?;
+        let port = u16::try_from(planned.get("port").as_i64()?).ok()?;
+        let route = self.data.check_route(planned, || self.data.route()).ok()?;
+        Some(
+            backends::redis::ping(&route, host, port, self.data.timeout())
+                .await
+                .map(|version| Found {
+                    version,
+                    at: crate::backends::tunnel::host_port(host, port),
+                })
+                .map_err(|e| e.to_string()),
+        )
     }
 
     fn refresh_from_file(&self, text: &str, fresh: &mut Value) {

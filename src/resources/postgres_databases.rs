@@ -317,6 +317,7 @@ impl FileResource for PostgresDatabases {
             ("password_wo", Check::PasswordPair),
             ("deletion_policy", Check::OneOf(&["retain", "drop"])),
         ],
+        compat: None,
     };
 
     fn block(&self) -> Block {

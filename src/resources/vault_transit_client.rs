@@ -9,11 +9,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::config_file::{
-    cannot_import, Change, FileResource, Halted, PlannedContent, Prepared, Refresh, Spec,
+    cannot_import, record_version, Change, Compat, FileResource, Found, Halted, PlannedContent,
+    Prepared, Refresh, Spec,
 };
 use super::validate::{self, Check};
 use crate::backends::vault::{self as vb, NewToken, Vault, VaultError};
 use crate::circleci::vault::{self as file, Address};
+use crate::circleci::versions;
 use crate::plugin::{
     resource::changed, AttrPath, Attribute, Block, Diagnostic, Diagnostics, PlanRequest, Type,
     Value,
@@ -115,6 +117,20 @@ impl VaultTransitClient {
                 Diagnostic::error("Invalid address", e).at(AttrPath::root("address_for_services")),
             )
         })?;
+        // Before anything is created: a Vault older than CircleCI's is refused.
+        let found = Found {
+            version: vault
+                .version()
+                .await
+                .map_err(|e| vault_diag("Could not reach Vault", e))?,
+            at: vault.config().address.clone(),
+        };
+        if let Some(c) = &Self::SPEC.compat {
+            c.refuse(
+                &found,
+                planned.get("config_path").as_str().unwrap_or_default(),
+            )?;
+        }
         if !vault
             .mount_exists(&i.mount)
             .await
@@ -157,6 +173,12 @@ impl VaultTransitClient {
 
         let mut state = planned.clone();
         state.set("policy", Value::string(&hcl));
+        let verify = planned.get("verify").as_bool().unwrap_or(true);
+        record_version(
+            &mut state,
+            planned,
+            verify.then_some(found.version.as_str()),
+        );
         if !planned.get("token_accessor").is_unknown() {
             return Ok(Prepared {
                 state,
@@ -252,6 +274,10 @@ impl FileResource for VaultTransitClient {
             ("key_type", Check::OneOf(&vb::KEY_TYPES)),
             ("address_for_services", Check::Text("Invalid address", check_address)),
         ],
+        compat: Some(Compat {
+            table: versions::VAULT,
+            attr: None,
+        }),
     };
 
     fn block(&self) -> Block {
@@ -549,6 +575,24 @@ impl FileResource for VaultTransitClient {
             log::info!("deleted transit key {}/{}", i.mount, i.key);
         }
         Ok(Diagnostics::new())
+    }
+
+    async fn server_version(
+        &self,
+        _planned: &Value,
+        _config: &Value,
+    ) -> Option<Result<Found, String>> {
+        let vault = self.data.vault().ok()?;
+        Some(
+            vault
+                .version()
+                .await
+                .map(|version| Found {
+                    version,
+                    at: vault.config().address.clone(),
+                })
+                .map_err(|e| e.to_string()),
+        )
     }
 
     async fn import(&self, id: &str, text: &str) -> Result<Value, Diagnostics> {

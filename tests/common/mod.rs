@@ -539,7 +539,11 @@ pub struct NomadStandin {
 impl NomadStandin {
     /// `args` as for the script, e.g. `["--no-leader"]`; TLS with the dev certificate.
     pub fn start(s: &Servers, args: &[&str]) -> NomadStandin {
-        let port = closed_port();
+        Self::start_on(s, closed_port(), args)
+    }
+
+    /// The same on a given port (one a stopped stand-in used, say).
+    pub fn start_on(s: &Servers, port: u16, args: &[&str]) -> NomadStandin {
         let child = Command::new("python3")
             .arg(s.get("CIRCLECI_TEST_NOMAD_STANDIN"))
             .arg("--port")

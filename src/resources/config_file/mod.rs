@@ -28,6 +28,7 @@ use async_trait::async_trait;
 use super::file_digest::{self, Kind};
 use super::{managed_block, ssh_diag, validate};
 use crate::circleci::envfile;
+use crate::circleci::versions::Supported;
 use crate::plugin::{
     resource::changed, Applied, AttrPath, Attribute, Block, Diagnostic, Diagnostics, PlanRequest,
     Resource, Schema, Type, Value,
@@ -59,6 +60,57 @@ pub struct Spec {
     pub changes: Option<&'static str>,
     /// Declarative plan-time checks; `config_path` is always checked.
     pub checks: &'static [(&'static str, validate::Check)],
+    /// The server the file points CircleCI at, when its version is checked against
+    /// the compatibility table: the resource then has a computed `server_version`.
+    pub compat: Option<Compat>,
+}
+
+/// The version check of the server a file points CircleCI at: read at plan when the
+/// file will be written (and `verify` is on), so that the plan shows it and refuses a
+/// server older than CircleCI's; read again by the apply's own check before anything
+/// changes.
+pub struct Compat {
+    pub table: Supported,
+    /// The attribute a refusal is attached to (the server's address), if any.
+    pub attr: Option<&'static str>,
+}
+
+/// How long a plan waits for a server's version: a server not reachable yet (created
+/// by the same apply, say) must not hold the plan for the provider's whole timeout.
+pub const PLAN_READ: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A server's version as its check read it, and where it runs ("10.0.0.5:6379").
+pub struct Found {
+    pub version: String,
+    pub at: String,
+}
+
+/// `server_version` in the state an apply returns: what the apply's check read (empty
+/// without a check) where the plan left it unknown; the plan's value where it knew
+/// one, so that the result matches the plan (a server upgraded in between is still
+/// checked, by the caller, and shows at the next write).
+pub fn record_version(state: &mut Value, planned: &Value, read: Option<&str>) {
+    if planned.get("server_version").is_unknown() {
+        state.set("server_version", Value::string(read.unwrap_or_default()));
+    }
+}
+
+impl Compat {
+    /// The refusal of a server older than CircleCI's, naming where it runs and that
+    /// nothing was written to `path`.
+    pub fn refuse(&self, found: &Found, path: &str) -> Result<(), Diagnostics> {
+        self.table.check(&found.version, &found.at).map_err(|e| {
+            let d = Diagnostic::error(
+                format!("{} too old for CircleCI Server 2.17", self.table.server),
+                format!("{e}. Nothing was written to {path}."),
+            );
+            match self.attr {
+                Some(a) => d.at(AttrPath::root(a)),
+                None => d,
+            }
+            .into()
+        })
+    }
 }
 
 /// The file content known at plan time.
@@ -201,6 +253,17 @@ pub trait FileResource: Send + Sync + 'static {
         Ok(Diagnostics::new())
     }
 
+    /// The version of the server this file points CircleCI at (`SPEC.compat`), read
+    /// the way `verify` reaches it: `None` while an input is unknown; an error's text
+    /// never holds a secret. Called at plan only when the file will be written.
+    async fn server_version(
+        &self,
+        _planned: &Value,
+        _config: &Value,
+    ) -> Option<Result<Found, String>> {
+        None
+    }
+
     /// The state for an imported file (or block) `text`; the core sets `id`,
     /// `config_path`, `verify`, `file_sha256` and `drift`.
     async fn import(&self, id: &str, text: &str) -> Result<Value, Diagnostics>;
@@ -241,6 +304,56 @@ impl<R: FileResource> ConfigFile<R> {
         } else {
             Kind::Plain
         }
+    }
+
+    /// `server_version` at plan: read (and a server older than CircleCI's refused) when
+    /// the file will be written; otherwise the prior value stays.
+    async fn plan_version(
+        &self,
+        compat: &Compat,
+        req: &PlanRequest<'_>,
+        planned: &mut Value,
+        diags: &mut Diagnostics,
+    ) {
+        let prior = req.prior;
+        let writes = req.is_create()
+            || planned.get("file_sha256") != prior.get("file_sha256")
+            || !prior.get("drift").as_str().unwrap_or_default().is_empty()
+            || changed(prior, planned, "verify");
+        if !writes {
+            return;
+        }
+        let v = match planned.get("verify").as_bool() {
+            Some(false) => Value::string(""),
+            None => Value::Unknown,
+            Some(true) => match tokio::time::timeout(
+                PLAN_READ,
+                self.inner.server_version(planned, req.config),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Some(Err(format!(
+                    "no answer within {}",
+                    humantime::format_duration(PLAN_READ)
+                )))
+            }) {
+                Some(Ok(found)) => {
+                    if let Err(d) = compat.refuse(&found, &self.path_of(planned)) {
+                        diags.extend(d);
+                    }
+                    Value::string(found.version)
+                }
+                Some(Err(e)) => {
+                    log::info!(
+                        "{}: the server's version could not be read at plan ({e}); the apply's check reads it",
+                        R::SPEC.type_name
+                    );
+                    Value::Unknown
+                }
+                None => Value::Unknown,
+            },
+        };
+        planned.set("server_version", v);
     }
 
     /// The file as it is now: `None` without a file; else the block's bytes (when the
@@ -289,7 +402,7 @@ fn schema_of<R: FileResource>(own: Block) -> Block {
             .computed()
             .description("The config file's path (the same as `config_path`)."),
     );
-    b.attr(Attribute::new("config_path", Type::String).optional().computed().description(&format!(
+    b = b.attr(Attribute::new("config_path", Type::String).optional().computed().description(&format!(
         "Absolute path of {file} on the Services machine. Default {}. The provider writes only its \
          own block of the file (between `# BEGIN terraform-provider-circleci {}` and `# END …` lines); \
          every other line is kept as it is. One resource of a type per file: two would share \
@@ -320,7 +433,16 @@ fn schema_of<R: FileResource>(own: Block) -> Block {
          the Services machine{}. Empty when all is as configured; a non-empty value plans an in-place \
          update that repairs it.",
         s.drift_doc
-    )))
+    )));
+    if let Some(c) = &s.compat {
+        b = b.attr(Attribute::new("server_version", Type::String).computed().description(&format!(
+            "The version the {} server reports, read when the file is written (at plan, so that the \
+             plan shows it, and again by the apply's check). A server older than {}.{} is refused: \
+             CircleCI Server 2.17 runs {} {}. Empty with `verify = false`; unchanged by refresh.",
+            c.table.server, c.table.oldest.0, c.table.oldest.1, c.table.server, c.table.runs
+        )));
+    }
+    b
 }
 
 #[async_trait]
@@ -371,6 +493,9 @@ impl<R: FileResource> Resource for ConfigFile<R> {
             }
             PlannedContent::Unknown => planned.set("file_sha256", Value::Unknown),
             PlannedContent::Keep => {}
+        }
+        if let Some(compat) = &R::SPEC.compat {
+            self.plan_version(compat, req, planned, diags).await;
         }
         if req.is_create() {
             return vec![];

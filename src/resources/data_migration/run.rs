@@ -105,6 +105,10 @@ impl DataMigration {
             w.detail.push_str(&v);
         }
         w.detail.push_str(
+            " The external Redis', RabbitMQ's, Vault's and Nomad's versions show as server_version in their \
+             own resources' plans, where a server older than CircleCI's is refused.",
+        );
+        w.detail.push_str(
             " The runbook's prerequisite, which the provider cannot check: CircleCI's license must allow \
              external services (ask CircleCI before applying).",
         );
