@@ -50,7 +50,8 @@ Commands (JSON shapes from Replicated's replicatedctl reference; CircleCI's 2.x 
 Environment: CIRCLECI_SIM_STATE (state directory), CIRCLECI_SIM_ROOT (the machine's
 "/"). Settings (STATE/settings.json, else CIRCLECI_SIM_<NAME>): root (as CIRCLECI_SIM_ROOT), transition (seconds,
 default 1), version (default 2.17.3), stuck ("started" or "stopped": the app never gets
-there). Usage: circleci-sim.py replicatedctl|docker|boot ARGS...
+there), rm_refused (container names whose docker rm fails, as a daemon's does when it cannot
+remove one: the container keeps running). Usage: circleci-sim.py replicatedctl|docker|boot ARGS...
 """
 
 import fcntl
@@ -478,6 +479,14 @@ def docker(args):
         return temporary.run(STATE, refuse, rest, path)
     if cmd == "exec" and rest and temporary.exec_(STATE, refuse, rest) is not False:
         return
+    if cmd == "rm" and [a for a in rest if a != "-f"] and \
+            [a for a in rest if a != "-f"][0] in setting("rm_refused", []):
+        # As the daemon answers when it cannot remove a container (a busy mount, a
+        # removal already in progress): the container keeps running.
+        name = [a for a in rest if a != "-f"][0]
+        print(f"Error response from daemon: could not remove container {name}: device or resource busy",
+              file=sys.stderr)
+        sys.exit(1)
     if cmd == "rm" and temporary.rm(STATE, refuse, rest):
         return
     if cmd == "rm" and len([a for a in rest if a != "-f"]) == 1 \

@@ -17,7 +17,8 @@ the embedded data with the app stopped.
   docker exec [-i] N mongodump|mongorestore|mongo ARGS...
       -> dev/mongo_tools_standin.py: PyMongo stand-ins for those tools (see its header)
   docker exec [-i] N bash -c SCRIPT [ARG...]   (mongo:3.6.6)
-      -> bash as root, the image's shell (the export's seal)
+      -> bash as root, the image's shell (the export's seal; a dump under umask 077),
+         with the tool stand-ins on PATH as mongodump, mongorestore and mongo
 A mount given as HOSTDIR:/DIR:ro is mounted as is (nothing here writes to it).
   docker rm -f N        -> pg_ctl stop -m fast (PostgreSQL), or the stand-in killed (MongoDB) ("No such container", status 1, for an unknown N)
   docker ps             -> also lists these
@@ -27,6 +28,7 @@ Anything else (other images, other mounts, other options) is refused with status
 
 import json
 import os
+import shlex
 import shutil
 import tempfile
 import subprocess
@@ -161,6 +163,22 @@ def _run_mongo(state, name, mounts):
     print(f"{name}0123456789abcdef")
 
 
+def _mongo_tools_bin(state):
+    """A directory of mongodump, mongorestore and mongo: the stand-ins, by those names."""
+    d = os.path.join(_dir(state), "mongo-bin")
+    os.makedirs(d, exist_ok=True)
+    for tool in MONGO_TOOLS:
+        p = os.path.join(d, tool)
+        if not os.path.exists(p):
+            tmp = p + ".tmp"
+            with open(tmp, "w") as f:
+                script = shlex.quote(os.path.join(HERE, "mongo_tools_standin.py"))
+                f.write(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {script} {tool} "$@"\n')
+            os.chmod(tmp, 0o755)
+            os.replace(tmp, p)
+    return d
+
+
 def exec_(state, refuse, args):
     rest = [a for a in args if a != "-i"]
     if not rest:
@@ -177,7 +195,9 @@ def exec_(state, refuse, args):
         env = dict(os.environ, CIRCLECI_SIM_MONGO_PORT=str(rec["port"]))
         if tool == "bash" and targs[:1] == ["-c"] and len(targs) >= 2:
             # The image's shell, as root (the export's seal): the script as given, its
-            # arguments with the container's paths mapped to the mounts.
+            # arguments with the container's paths mapped to the mounts, and the image's
+            # tools (their stand-ins) on PATH.
+            env["PATH"] = _mongo_tools_bin(state) + ":" + env.get("PATH", "/usr/bin:/bin")
             r = subprocess.run(["bash", "-c", targs[1]] + [map_mongo(a) for a in targs[2:]], env=env)
             sys.exit(r.returncode)
         if tool not in MONGO_TOOLS:

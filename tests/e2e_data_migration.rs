@@ -16,6 +16,25 @@ use common::sim::{epoch_now, NomadFixture, Sim, SIMULATOR};
 use common::{flat, servers, Servers, Tf};
 use serde_json::json;
 
+/// Every file under `dir`, after checking each is 0600 and each directory 0700.
+fn private_tree(dir: &Path) -> Vec<String> {
+    let mut files = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        assert_eq!(common::mode_of(&d), 0o700, "{} is not private", d.display());
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                assert_eq!(common::mode_of(&p), 0o600, "{} is not private", p.display());
+                files.push(p.display().to_string());
+            }
+        }
+    }
+    files
+}
+
 fn main_tf(s: &Servers, root: &Path, mount: &str, extra: &str) -> String {
     common::cutover::migration_tf(s, root, mount, extra)
 }
@@ -363,7 +382,8 @@ fn an_interrupted_migration_converges() {
     let root = s.embedded_root("400");
     let sim = Sim::new(&s, json!({"root": root.path(), "transition": 1}));
     let mount = format!("transit-int-{}", std::process::id());
-    let tf = Tf::new(&main_tf(&s, root.path(), &mount, ""));
+    // keep_export = false: what the interrupted run exported is removed.
+    let tf = Tf::new(&main_tf(&s, root.path(), &mount, "keep_export = false"));
     let faults = tempfile::tempdir().unwrap();
     let point = "circleci_data_migration.database_loop";
     std::fs::write(faults.path().join(format!("{point}.armed")), b"").unwrap();
@@ -385,6 +405,18 @@ fn an_interrupted_migration_converges() {
     assert!(
         text.contains("asked the provider to stop before database"),
         "{text}"
+    );
+    assert!(
+        flat(&text).contains("Partial PostgreSQL export removed"),
+        "{text}"
+    );
+    let export = root.path().join("data/circle/external-services-export");
+    let left = private_tree(&export);
+    assert!(
+        !left
+            .iter()
+            .any(|f| f.ends_with(".dump") || f.ends_with(".list")),
+        "the partial export is left: {left:?}"
     );
     let ps = std::process::Command::new(Path::new(s.get("CIRCLECI_TEST_SIM")).join("docker"))
         .args(["ps", "--format", "{{.Names}}"])
@@ -492,6 +524,11 @@ fn a_failed_migration_starts_circleci_again_and_the_retry_converges() {
     let export = root.path().join("data/circle/external-services-export");
     assert_eq!(common::mode_of(&export), 0o700, "the export is readable");
     assert_eq!(common::mode_of(written.parent().unwrap()), 0o700);
+    // Every dump written before the failure was private from its first byte (umask
+    // 077 in the container), not only after a seal that never ran.
+    let kept = private_tree(&export);
+    assert!(kept.iter().any(|f| f.ends_with("circle.dump")), "{kept:?}");
+    assert!(err.contains("Partial PostgreSQL export kept"), "{err}");
     let w: serde_json::Value = serde_json::from_slice(&std::fs::read(&written).unwrap()).unwrap();
     let pg = format!("postgres://127.0.0.1:{}/circle", s.pg_port());
     assert!(w["targets"].as_array().unwrap().contains(&json!(pg)), "{w}");
@@ -551,6 +588,55 @@ fn bad_input_names_the_attribute() {
     ));
     let err = tf.fails(&["validate", "-no-color"]);
     assert!(err.contains("export_dir"), "{err}");
+    // The migration's own directory: never a system directory, nor the embedded data
+    // (its default place), a parent of it or inside it.
+    for (dir, why) in [
+        ("/tmp", "\"/tmp\" is a system directory"),
+        (
+            "/data/circle/mongo",
+            "is mongo.data_dir (/data/circle/mongo)",
+        ),
+        ("/data/circle/postgres", "contains postgres.data_dir"),
+        ("/data/circle/mongo/export", "is inside mongo.data_dir"),
+    ] {
+        tf.write_main(&main_tf(
+            &s,
+            root.path(),
+            "transit",
+            &format!("export_dir = {dir:?}"),
+        ));
+        let err = flat(&tf.fails(&["validate", "-no-color"]));
+        assert!(err.contains("Unsafe export directory"), "{err}");
+        assert!(err.contains(why), "{why:?} not in {err}");
+        assert!(
+            err.contains(&format!("export_dir = {dir:?}")),
+            "not on export_dir: {err}"
+        );
+    }
+    // The embedded Vault over plain HTTP to another machine: a warning on
+    // source_address (its root token and the key's backup would travel in clear); on
+    // the Services machine's loopback, none.
+    let base = main_tf(&s, root.path(), "transit", "");
+    let vaddr = s.get("CIRCLECI_TEST_EMBEDDED_VAULT_ADDR");
+    assert!(base.contains(&format!("{vaddr:?}")));
+    tf.write_main(&base.replace(&format!("{vaddr:?}"), "\"http://services.internal:8200\""));
+    let out = flat(&tf.ok(&["validate", "-no-color"]));
+    assert!(
+        out.contains("Warning: Embedded Vault reached in plain text"),
+        "{out}"
+    );
+    assert!(
+        out.contains("source_address = \"http://services.internal:8200\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("via_services_host = true in this block"),
+        "{out}"
+    );
+    tf.write_main(&base);
+    let out = tf.ok(&["validate", "-no-color"]);
+    assert!(!out.contains("plain text"), "{out}");
+
     let bad = main_tf(&s, root.path(), "transit", "").replacen(
         "    password_wo = ",
         "    image       = \"postgres:9.5.8; rm -rf /\"\n    sslmode     = \"verify-full\"\n    password_wo = ",
@@ -661,4 +747,81 @@ fn another_circleci_version_is_refused_before_anything_stops() {
     tf.write_main(&config("  allowed_versions = [\"2.17.\"]\n"));
     let out = flat(&tf.fails(&["validate", "-no-color"]));
     assert!(out.contains("Invalid version pattern"), "{out}");
+}
+
+/// A temporary container an earlier run left over the embedded data (a provider
+/// killed mid-migration): the next plan names it; an apply removes it before anything
+/// else; one that cannot be removed stops the apply, naming it, and CircleCI is not
+/// started while it runs (neither by the restart nor by its fallback).
+#[test]
+fn a_left_migration_container_is_named_removed_and_never_shares_the_data() {
+    let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let s = servers();
+    s.fresh_runbook_targets();
+    let root = s.embedded_root("50");
+    let sim = Sim::new(&s, json!({"root": root.path(), "transition": 1}));
+    let docker = |args: &[&str]| {
+        let out = std::process::Command::new(Path::new(s.get("CIRCLECI_TEST_SIM")).join("docker"))
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let name = "circleci-data-migration-postgres";
+    let leave_one = || {
+        docker(&[
+            "run",
+            "--name",
+            name,
+            "-d",
+            "-v",
+            "/data/circle/postgres/9.5/data:/var/lib/postgresql/data",
+            "postgres:9.5.8",
+        ]);
+        assert!(docker(&["ps", "--format", "{{.Names}}"]).contains(name));
+    };
+    leave_one();
+    let mount = format!("transit-left-{}", std::process::id());
+    let tf = Tf::new(&main_tf(&s, root.path(), &mount, ""));
+    let plan = flat(&tf.ok(&["plan", "-no-color"]));
+    assert!(
+        plan.contains("Warning: A migration container was left running"),
+        "{plan}"
+    );
+    assert!(plan.contains(&format!("{name} still run(s)")), "{plan}");
+
+    // It cannot be removed: the apply stops before anything else.
+    sim.set(json!({"root": root.path(), "transition": 1, "rm_refused": [name]}));
+    let err = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
+    assert!(err.contains("A migration container still runs"), "{err}");
+    assert!(err.contains(name), "{err}");
+    assert_eq!(app_state(&sim), "stopped");
+
+    // Nor does a restart start CircleCI next to it; its fallback neither.
+    let restart = Tf::new(&format!(
+        "{}\nresource \"circleci_services_restart\" \"r\" {{\n  config_root             = {:?}\n  \
+         embedded_nomad_endpoint = {:?}\n  start_timeout           = \"30s\"\n  verify_timeout          = \"10s\"\n  \
+         triggers = {{ t = \"1\" }}\n}}\n",
+        s.provider_block(""),
+        root.path().to_str().unwrap(),
+        s.get("CIRCLECI_TEST_EMBEDDED_NOMAD_ADDR"),
+    ));
+    let err = flat(&restart.fails(&["apply", "-auto-approve", "-no-color"]));
+    assert!(err.contains("A migration container still runs"), "{err}");
+    assert!(
+        err.contains("CircleCI is not started while it runs"),
+        "{err}"
+    );
+    assert_eq!(app_state(&sim), "stopped");
+
+    // Removable: the apply removes it first and migrates.
+    sim.set(json!({"root": root.path(), "transition": 1}));
+    let out = tf.apply();
+    assert!(
+        out.contains("circleci_data_migration.m: Creation complete"),
+        "{out}"
+    );
+    assert!(!docker(&["ps", "--format", "{{.Names}}"]).contains("circleci-data-migration"));
+    tf.ok(&["destroy", "-auto-approve"]);
+    drop(sim);
 }

@@ -193,7 +193,7 @@ variable "services_ca_files" {
 variable "embedded_vault_address" {
   type        = string
   default     = null
-  description = "The Services machine's embedded Vault, as Terraform reaches it (or the Services machine itself, with via_services_host). Default: http://SERVICES_HOST:8200 (http://127.0.0.1:8200 with via_services_host)."
+  description = "The Services machine's embedded Vault, as the Services machine itself reaches it (the migration always goes through the Services machine for it). Default: http://127.0.0.1:8200."
 }
 
 variable "via_services_host" {
@@ -297,8 +297,11 @@ resource "circleci_data_migration" "this" {
   }
 
   vault_transit_key {
-    source_address  = coalesce(var.embedded_vault_address, var.via_services_host ? "http://127.0.0.1:8200" : "http://${var.services_host}:8200")
-    source_token_wo = var.embedded_vault_token
+    # Always through the Services machine: the embedded Vault listens on plain HTTP,
+    # and its root token and the key's backup must not cross a network in clear.
+    source_address    = coalesce(var.embedded_vault_address, "http://127.0.0.1:8200")
+    via_services_host = true
+    source_token_wo   = var.embedded_vault_token
   }
 }
 

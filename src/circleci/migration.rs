@@ -161,6 +161,93 @@ pub fn differences(
     out
 }
 
+/// Directories of the system (and CircleCI's data root) that `export_dir` must never
+/// be: the migration makes its export directory 0700, owned by root, and with
+/// `keep_export = false` removes what it wrote there.
+const SYSTEM_DIRS: &[&str] = &[
+    "/bin",
+    "/boot",
+    "/data",
+    "/data/circle",
+    "/dev",
+    "/etc",
+    "/home",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/media",
+    "/mnt",
+    "/opt",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/srv",
+    "/sys",
+    "/tmp",
+    "/usr",
+    "/usr/bin",
+    "/usr/lib",
+    "/usr/local",
+    "/usr/sbin",
+    "/usr/share",
+    "/var",
+    "/var/cache",
+    "/var/lib",
+    "/var/lib/docker",
+    "/var/lib/replicated",
+    "/var/log",
+    "/var/run",
+    "/var/tmp",
+];
+
+/// Pseudo file systems: nothing may be written under them.
+const PSEUDO_FS: &[&str] = &["/dev", "/proc", "/sys"];
+
+/// The components of an absolute path, without empty and `.` ones.
+fn components(p: &str) -> Vec<&str> {
+    p.split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect()
+}
+
+/// Why `export_dir` cannot be the migration's own directory, if it cannot: the root, a
+/// system directory, a pseudo file system, or one of the embedded data directories
+/// (`data_dirs`: the attribute and its path), a parent of one or inside one.
+pub fn check_export_dir(export_dir: &str, data_dirs: &[(&str, &str)]) -> Result<(), String> {
+    let own = "the migration makes its export directory 0700 (owned by root) and, with keep_export = false, \
+               removes what it wrote there: choose a directory of its own on the data volume, such as \
+               /data/circle/external-services-export";
+    let dir = components(export_dir);
+    if dir.is_empty() {
+        return Err(format!("{export_dir:?} is the root directory; {own}"));
+    }
+    let is = |other: &str| components(other) == dir;
+    if SYSTEM_DIRS.iter().any(|d| is(d)) {
+        return Err(format!("{export_dir:?} is a system directory; {own}"));
+    }
+    if PSEUDO_FS.iter().any(|d| dir.starts_with(&components(d))) {
+        return Err(format!("{export_dir:?} is on a pseudo file system; {own}"));
+    }
+    for (attr, data) in data_dirs {
+        let data_c = components(data);
+        let why = if data_c == dir {
+            "is"
+        } else if data_c.starts_with(&dir) {
+            "contains"
+        } else if dir.starts_with(&data_c) {
+            "is inside"
+        } else {
+            continue;
+        };
+        return Err(format!(
+            "{export_dir:?} {why} {attr} ({data}), the embedded data the migration reads; {own}"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,5 +299,37 @@ mod tests {
         assert_eq!(s[1].rows, 2);
         assert!(parse_stats(&[vec!["x".to_string()]]).is_err());
         assert!(parse_stats(&[vec!["t".into(), "n".into(), "0".into()]]).is_err());
+    }
+
+    #[test]
+    fn export_dir_is_refused_where_it_would_harm() {
+        let data = [
+            ("postgres.data_dir", PG_DATA),
+            ("mongo.data_dir", MONGO_DATA),
+        ];
+        assert!(check_export_dir("/data/circle/external-services-export", &data).is_ok());
+        assert!(check_export_dir("/srv/export", &data).is_ok());
+        assert!(check_export_dir("/tmp/circleci-export", &data).is_ok());
+        let err = |d: &str| check_export_dir(d, &data).unwrap_err();
+        assert!(err("/").contains("is the root directory"));
+        assert!(err("//").contains("is the root directory"));
+        assert!(err("/tmp").contains("\"/tmp\" is a system directory"));
+        assert!(err("/tmp/").contains("is a system directory"));
+        assert!(err("/etc").contains("is a system directory"));
+        assert!(err("/usr/./local").contains("is a system directory"));
+        assert!(err("/proc/1").contains("pseudo file system"));
+        assert!(err("/data/circle").contains("is a system directory"));
+        let e = err("/data/circle/mongo");
+        assert!(
+            e.contains("\"/data/circle/mongo\" is mongo.data_dir (/data/circle/mongo)"),
+            "{e}"
+        );
+        let e = err("/data/circle/postgres");
+        assert!(e.contains("contains postgres.data_dir"), "{e}");
+        let e = err("/data/circle/mongo/export");
+        assert!(e.contains("is inside mongo.data_dir"), "{e}");
+        // A sibling whose name starts the same is not inside.
+        assert!(check_export_dir("/data/circle/mongo-export", &data).is_ok());
+        assert!(err("/data/circle/mongo").contains("keep_export = false"));
     }
 }

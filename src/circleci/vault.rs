@@ -64,6 +64,17 @@ impl Address {
         })
     }
 
+    /// Plain HTTP to a host other than the loopback of whoever connects: what is
+    /// sent (a token, a key's backup) crosses a network in clear.
+    pub fn clear_over_network(&self) -> bool {
+        let loopback = self.host.eq_ignore_ascii_case("localhost")
+            || self
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        self.scheme == "http" && !loopback
+    }
+
     /// `scheme://host:port`, IPv6 hosts in brackets.
     pub fn url(&self) -> String {
         if self.host.contains(':') {
@@ -246,5 +257,17 @@ mod tests {
                        export VAULT__URL=$VAULT__SCHEME://$VAULT__HOST:$VAULT__PORT\nexport VAULT__TOKEN=\"t\"\n\
                        export VAULT__MOUNT__TRANSIT=\"transit\"\n";
         assert_eq!(parse(runbook).unwrap().token, "t");
+    }
+
+    #[test]
+    fn clear_text_is_plain_http_off_loopback() {
+        let clear = |s: &str| Address::parse(s).unwrap().clear_over_network();
+        assert!(clear("http://services.internal:8200"));
+        assert!(clear("http://10.0.0.5:8200"));
+        assert!(!clear("http://127.0.0.1:8200"));
+        assert!(!clear("http://127.0.0.2:8200"));
+        assert!(!clear("http://[::1]:8200"));
+        assert!(!clear("http://LOCALHOST:8200"));
+        assert!(!clear("https://services.internal:8200"));
     }
 }

@@ -27,6 +27,81 @@ mod written;
 pub(crate) use way_back::WayBack;
 pub(crate) use written::{target_mongo, target_pg};
 
+/// What every temporary container of the data migration is named after
+/// (`circleci-data-migration-postgres`, `-mongo`): each runs a server over embedded
+/// data that CircleCI's own must never share.
+pub const MIGRATION_CONTAINER: &str = "circleci-data-migration-";
+
+/// The migration's temporary containers running on the Services machine now.
+pub async fn migration_containers(
+    h: &ServicesHost,
+    deadline: Duration,
+) -> Result<Vec<String>, Diagnostics> {
+    let filter = format!("name={MIGRATION_CONTAINER}");
+    let (cmd, out) = crate::resources::run_command(
+        h,
+        crate::backends::ssh::Program::Docker,
+        &["ps", "--filter", &filter, "--format", "{{.Names}}"],
+        None,
+        deadline,
+    )
+    .await?;
+    if !out.success() {
+        return Err(crate::resources::data_migration::command_failed(
+            "Could not list the migration's containers",
+            &cmd,
+            &out,
+        ));
+    }
+    Ok(out
+        .stdout_text()
+        .lines()
+        .map(str::trim)
+        .filter(|n| n.starts_with(MIGRATION_CONTAINER))
+        .map(str::to_string)
+        .collect())
+}
+
+/// Before CircleCI starts (and before a migration begins): no migration container may
+/// run over the embedded data, where CircleCI's own server would be a second one on
+/// the same data directory (PostgreSQL's interlock does not reach across containers).
+/// Each one left (by a killed provider, a dropped connection, a failed `docker rm`) is
+/// removed; one that stays is an error naming it, and CircleCI is not started.
+pub async fn remove_migration_containers(
+    h: &ServicesHost,
+    deadline: Duration,
+) -> Result<(), Diagnostics> {
+    let left = migration_containers(h, deadline).await?;
+    if left.is_empty() {
+        return Ok(());
+    }
+    for name in &left {
+        log::warn!("removing the migration's container {name}, left by an earlier run");
+        let _ = crate::resources::run_command(
+            h,
+            crate::backends::ssh::Program::Docker,
+            &["rm", "-f", name],
+            None,
+            deadline,
+        )
+        .await;
+    }
+    let still = migration_containers(h, deadline).await?;
+    if still.is_empty() {
+        return Ok(());
+    }
+    Err(Diagnostic::error(
+        "A migration container still runs",
+        format!(
+            "{} still run(s) on the Services machine over the embedded data; docker rm -f did not remove \
+             it. CircleCI is not started while it runs: its own server would share the data directory. \
+             Remove it by hand (docker rm -f NAME), then apply again.",
+            still.join(", ")
+        ),
+    )
+    .into())
+}
+
 /// Where CircleCI's own Nomad server answers on the Services machine: Replicated runs
 /// it in the `nomad` container, and CircleCI's 2.x docs run the `nomad` CLI there with
 /// its default address.

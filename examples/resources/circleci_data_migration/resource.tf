@@ -50,8 +50,11 @@ resource "circleci_data_migration" "this" {
   }
 
   vault_transit_key {
-    source_address  = "http://services.internal:8200" # the embedded Vault
-    source_token_wo = var.embedded_vault_token
+    # The embedded Vault, on the Services machine's own loopback: its root token and
+    # the key's backup never cross a network in clear.
+    source_address    = "http://127.0.0.1:8200"
+    via_services_host = true
+    source_token_wo   = var.embedded_vault_token
   }
 }
 

@@ -26,6 +26,13 @@ const SEAL: &str = "cd \"$1\" && chmod 0700 . && shift && for a in \"$@\"; do rm
 /// creates a missing mount point 0755, and the dumps are written under umask 022.
 const PRIVATE: &str = "chmod 0700 \"$1\"";
 
+/// Runs its arguments (a fixed program and its arguments, never a shell's words)
+/// under umask 077, so that what it writes into the export is private from the start.
+pub const PRIVATE_EXEC: &str = "umask 077 && exec \"$@\"";
+
+/// How long one readiness probe may take.
+const PROBE_DEADLINE: Duration = Duration::from_secs(15);
+
 /// Removes the entries named in the arguments from the export directory.
 const REMOVE: &str = "cd \"$1\" && shift && rm -rf -- \"$@\"";
 
@@ -126,7 +133,16 @@ impl<'a> Container<'a> {
     ) -> Result<Container<'a>, Diagnostics> {
         let started = std::time::Instant::now();
         loop {
-            let (_, out) = self.docker(probe, None).await?;
+            // Each probe has its own short deadline (not the command deadline of hours),
+            // and a probe that fails to run (an SSH drop) removes the container too.
+            let (_, out) =
+                match docker(self.h, probe, None, PROBE_DEADLINE.min(self.deadline)).await {
+                    Ok(r) => r,
+                    Err(d) => {
+                        self.stop().await;
+                        return Err(d);
+                    }
+                };
             if out.success() {
                 log::info!("{what} answers in container {}", self.name);
                 if self.exports {
@@ -246,6 +262,42 @@ impl<'a> Container<'a> {
         self.in_export(REMOVE, entries, "Could not remove the export")
             .await
             .map(|_| ())
+    }
+
+    /// After a failure: the partial export (`entries`) removed when it is not to be
+    /// kept, or else said to stay, private (written under umask 077 into a 0700
+    /// directory). A removal that fails is added to `d`, never hidden.
+    pub async fn after_failure(
+        &self,
+        entries: &[String],
+        keep: bool,
+        export_dir: &str,
+        what: &str,
+        d: &mut Diagnostics,
+    ) {
+        d.push(if !keep {
+            match self.remove(entries).await {
+                Ok(()) => Diagnostic::warning(
+                    format!("Partial {what} export removed"),
+                    format!("What this failed migration exported was removed from {export_dir} (keep_export = false)."),
+                ),
+                Err(e) => Diagnostic::error(
+                    format!("Partial {what} export not removed"),
+                    format!(
+                        "{e} The partial export in {export_dir} is private (directory 0700, files 0600); \
+                         remove it by hand, or let the next apply write it again."
+                    ),
+                ),
+            }
+        } else {
+            Diagnostic::warning(
+                format!("Partial {what} export kept"),
+                format!(
+                    "What this failed migration exported stays in {export_dir} on the Services machine, \
+                     private (directory 0700, files 0600); the next apply writes it again."
+                ),
+            )
+        });
     }
 
     /// Removes the container (its server stops; the data directory stays as it was).

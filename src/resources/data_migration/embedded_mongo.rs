@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use super::container::{rows_of, Container, EXPORT_MOUNT};
+use super::container::{rows_of, Container, EXPORT_MOUNT, PRIVATE_EXEC};
 use crate::backends::ssh::ServicesHost;
 use crate::circleci::migration::{self as mig, TableStat};
 use crate::plugin::{Diagnostic, Diagnostics};
@@ -90,7 +90,7 @@ fn shell_args<'s>(name: &'s str, db: &'s str) -> [&'s str; 8] {
 
 /// A running temporary container of the embedded MongoDB.
 pub struct EmbeddedMongo<'a> {
-    c: Container<'a>,
+    pub(super) c: Container<'a>,
 }
 
 impl<'a> std::ops::Deref for EmbeddedMongo<'a> {
@@ -153,8 +153,17 @@ impl<'a> EmbeddedMongo<'a> {
         self.remove(&[format!("{DUMP_DIR}/{db}")]).await?;
         let out = format!("--out={EXPORT_MOUNT}/{DUMP_DIR}");
         let dbarg = format!("--db={db}");
+        // Under umask 077: the dump is private from its first byte.
         self.exec(
-            &["mongodump", &dbarg, &out],
+            &[
+                "bash",
+                "-c",
+                PRIVATE_EXEC,
+                "private",
+                "mongodump",
+                &dbarg,
+                &out,
+            ],
             None,
             &format!("Could not export database {db}"),
         )

@@ -20,7 +20,7 @@ use crate::secret::Secret;
 /// (`$1` database, `$2` file, `$3` field separator, `$4` size query, `$5` stats query).
 /// zlib level 1: a third of the CPU of the default level (the dump is on the
 /// migration's critical path), for files about a fifth larger.
-const EXPORT: &str = "pg_dump -U postgres -Fc -Z 1 -f \"$2\" \"$1\" & p=$!; \
+const EXPORT: &str = "umask 077; pg_dump -U postgres -Fc -Z 1 -f \"$2\" \"$1\" & p=$!; \
      psql -U postgres -X -q -At -v ON_ERROR_STOP=1 -F \"$3\" -d \"$1\" -c \"$4\" && \
      psql -U postgres -X -q -At -v ON_ERROR_STOP=1 -F \"$3\" -d \"$1\" -c \"$5\"; s=$?; \
      wait $p || exit 91; exit $s";
@@ -36,7 +36,7 @@ const STATS_ON_TARGET: &str = "IFS= read -r PGPASSWORD; export PGPASSWORD PGSSLM
 /// [`STATS_ON_TARGET`]. Extensions are left out of the restore: the target's databases
 /// already have them (`circleci_postgres_databases` made them), and only a superuser
 /// may create some. Exit 90: the restore failed (nothing of it was committed).
-const IMPORT: &str = "IFS= read -r PGPASSWORD; export PGPASSWORD PGSSLMODE=\"$5\"; \
+const IMPORT: &str = "umask 077; IFS= read -r PGPASSWORD; export PGPASSWORD PGSSLMODE=\"$5\"; \
      pg_restore -l \"$8\" | grep -v -e ' EXTENSION ' > \"$8.list\" || exit 90; \
      C=; [ \"$9\" = clean ] && C='--clean --if-exists'; \
      pg_restore $C --no-owner --no-privileges --single-transaction --exit-on-error \
@@ -63,7 +63,7 @@ pub struct Source<'a> {
 
 /// A running temporary container of the embedded PostgreSQL.
 pub struct EmbeddedPostgres<'a> {
-    c: Container<'a>,
+    pub(super) c: Container<'a>,
 }
 
 impl<'a> std::ops::Deref for EmbeddedPostgres<'a> {

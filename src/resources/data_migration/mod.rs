@@ -23,6 +23,7 @@ use crate::plugin::{
 use crate::provider::ProviderData;
 
 mod container;
+pub(crate) use container::fail as command_failed;
 pub mod embedded_mongo;
 pub mod embedded_postgres;
 mod estimate;
@@ -173,7 +174,9 @@ fn vault_block() -> Block {
         )
         .attr(Attribute::new("source_address", Type::String).required().description(
             "The embedded Vault's address, as Terraform reaches it (or the Services machine, with \
-             `via_services_host`), e.g. `http://services.internal:8200`.",
+             `via_services_host`). Use `http://127.0.0.1:8200` with `via_services_host = true`: the embedded \
+             Vault listens on plain HTTP, and plain HTTP to another machine (which would carry the root token \
+             and the key's backup in clear) is a warning.",
         ))
         .attr(Attribute::new("source_token_wo", Type::String).required().sensitive().write_only().description(
             "A token of the embedded Vault that may update, back up and use the key (its root token), \
@@ -422,6 +425,8 @@ fn validate_config(config: &Value) -> Diagnostics {
             );
         }
     }
+    export_dir(config, &mut diags);
+    embedded_vault_in_clear(config, &mut diags);
     let given = |b: &str| !config.get(b).is_null();
     if !given(POSTGRES) && !given(MONGO) && !given(VAULT) {
         diags.attr_error(
@@ -431,6 +436,67 @@ fn validate_config(config: &Value) -> Diagnostics {
         );
     }
     diags
+}
+
+/// The embedded Vault reached over plain HTTP across a network: its root token and the
+/// key's plaintext backup would travel in clear. A warning (the embedded Vault of
+/// CircleCI 2.17 listens on plain HTTP), with the way that keeps both on one machine.
+fn embedded_vault_in_clear(config: &Value, diags: &mut Diagnostics) {
+    let addr = config.get(VAULT).get("source_address");
+    let Some(a) = addr
+        .as_str()
+        .and_then(|a| crate::circleci::vault::Address::parse(a).ok())
+    else {
+        return;
+    };
+    if a.clear_over_network() {
+        diags.push(
+            Diagnostic::warning(
+                "Embedded Vault reached in plain text",
+                format!(
+                    "{} is plain HTTP to another machine: the embedded Vault's root token (source_token_wo) \
+                     and the plaintext backup of the transit key would cross the network in clear. Reach it \
+                     through the Services machine instead: via_services_host = true in this block, and \
+                     source_address = \"http://127.0.0.1:8200\" (the Services machine's own loopback).",
+                    a.url()
+                ),
+            )
+            .at(AttrPath::root(VAULT).attr("source_address")),
+        );
+    }
+}
+
+/// `export_dir` is the migration's own directory: not the root, a system directory or
+/// one of the embedded data directories (configured or default), a parent or a child
+/// of one.
+fn export_dir(config: &Value, diags: &mut Diagnostics) {
+    let dir = config.get("export_dir");
+    // A path the generic check refuses (relative, "/", ending in "/") has its error.
+    let Some(dir) = dir
+        .as_str()
+        .filter(|d| d.starts_with('/') && !d.ends_with('/'))
+    else {
+        return;
+    };
+    let data = |block: &str, default: &'static str| {
+        let v = config.get(block).get("data_dir");
+        match v.as_str() {
+            Some(d) => Some(d.to_string()),
+            None if v.is_null() => Some(default.to_string()),
+            None => None,
+        }
+    };
+    let dirs = [
+        ("postgres.data_dir", data(POSTGRES, mig::PG_DATA)),
+        ("mongo.data_dir", data(MONGO, mig::MONGO_DATA)),
+    ];
+    let known: Vec<(&str, &str)> = dirs
+        .iter()
+        .filter_map(|(a, d)| d.as_deref().map(|d| (*a, d)))
+        .collect();
+    if let Err(why) = mig::check_export_dir(dir, &known) {
+        diags.attr_error(AttrPath::root("export_dir"), "Unsafe export directory", why);
+    }
 }
 
 /// The `databases` list of `block`: each name valid and listed once, at least one.
@@ -633,5 +699,16 @@ impl Resource for DataMigration {
         }
         v.set("migrated_at", Value::string(""));
         Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The restart and the next apply find the temporary containers by this prefix.
+    #[test]
+    fn containers_carry_the_prefix_the_restart_looks_for() {
+        let prefix = crate::resources::cutover::MIGRATION_CONTAINER;
+        assert!(super::CONTAINER.starts_with(prefix));
+        assert!(super::run_mongo::CONTAINER.starts_with(prefix));
     }
 }

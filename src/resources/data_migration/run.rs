@@ -58,7 +58,25 @@ impl DataMigration {
             && [POSTGRES, MONGO]
                 .iter()
                 .all(|b| planned.get(b).get("data_dir").is_fully_known());
-        if !known || self.data.services().is_err() {
+        let Ok(h) = self.data.services() else {
+            return;
+        };
+        if let Ok(left) =
+            crate::resources::cutover::migration_containers(&h, self.data.timeout()).await
+        {
+            if !left.is_empty() {
+                diags.push(Diagnostic::warning(
+                    "A migration container was left running",
+                    format!(
+                        "{} still run(s) on the Services machine over the embedded data (an earlier apply was \
+                         killed or lost its connection). This apply removes it before anything else, and \
+                         CircleCI is never started while one runs.",
+                        left.join(", ")
+                    ),
+                ));
+            }
+        }
+        if !known {
             return;
         }
         let sizes = self.sizes(planned).await;
@@ -189,6 +207,12 @@ impl DataMigration {
         restart
             .allowed_version(&s.versions, "Nothing was stopped or changed.")
             .await?;
+        // Before anything else: a container an earlier run left over the embedded data.
+        crate::resources::cutover::remove_migration_containers(
+            &*self.data.services()?,
+            self.data.timeout(),
+        )
+        .await?;
         let app = restart.status().await?;
         let running = !app.settled_in("stopped");
         if running && !s.stop_app {
@@ -443,6 +467,21 @@ impl DataMigration {
             Ok::<PgOutcome, Diagnostics>(out)
         }
         .await;
+        let r = match r {
+            Ok(out) => Ok(out),
+            Err(mut d) => {
+                // Whatever the failure left in the export: removed with keep_export =
+                // false; else kept, private (written under umask 077, directory 0700).
+                let partial: Vec<String> = p
+                    .databases
+                    .iter()
+                    .flat_map(|db| [format!("{db}.dump"), format!("{db}.dump.list")])
+                    .collect();
+                e.c.after_failure(&partial, s.keep_export, &s.export_dir, "PostgreSQL", &mut d)
+                    .await;
+                Err(d)
+            }
+        };
         e.stop().await;
         let mut out = r?;
         out.took = started.elapsed();

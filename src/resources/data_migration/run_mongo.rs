@@ -14,7 +14,7 @@ use crate::circleci::migration::{differences, TableStat, EXPECTED_MONGO_DATABASE
 use crate::plugin::stop;
 
 /// The container the embedded MongoDB runs in during the export.
-const CONTAINER: &str = "circleci-data-migration-mongo";
+pub(super) const CONTAINER: &str = "circleci-data-migration-mongo";
 
 /// What the MongoDB part found and did.
 #[derive(Default)]
@@ -123,6 +123,20 @@ impl DataMigration {
             Ok(out)
         }
         .await;
+        let r = match r {
+            Ok(out) => Ok(out),
+            Err(mut d) => {
+                e.c.after_failure(
+                    &[DUMP_DIR.to_string()],
+                    keep_export,
+                    export_dir,
+                    "MongoDB",
+                    &mut d,
+                )
+                .await;
+                Err(d)
+            }
+        };
         e.stop().await;
         r
     }

@@ -260,6 +260,11 @@ impl ServicesRestart {
             files = format!("{files}. {back}");
         }
         let moved = async {
+            crate::resources::cutover::remove_migration_containers(
+                &*self.services()?,
+                self.data.timeout(),
+            )
+            .await?;
             self.command(Program::Replicatedctl, &["app", "start"])
                 .await?;
             self.wait_for("started", fb.start).await?;

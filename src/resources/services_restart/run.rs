@@ -24,7 +24,7 @@ struct Preflight {
 }
 
 impl ServicesRestart {
-    fn services(&self) -> Result<Arc<ServicesHost>, Diagnostics> {
+    pub(super) fn services(&self) -> Result<Arc<ServicesHost>, Diagnostics> {
         self.data.services()
     }
 
@@ -426,6 +426,11 @@ impl ServicesRestart {
                 log::info!("starting CircleCI");
                 async {
                     crate::fault_point::point("circleci_services_restart.before_start").await;
+                    crate::resources::cutover::remove_migration_containers(
+                        &*self.services()?,
+                        self.data.timeout(),
+                    )
+                    .await?;
                     self.command(Program::Replicatedctl, &["app", "start"])
                         .await?;
                     self.wait_for("started", s.start).await
