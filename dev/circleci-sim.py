@@ -479,8 +479,11 @@ def docker(args):
         return temporary.run(STATE, refuse, rest, path)
     if cmd == "exec" and rest and temporary.exec_(STATE, refuse, rest) is not False:
         return
+    refused = setting("rm_refused", [])
+    if isinstance(refused, str):  # from the environment: names separated by commas
+        refused = refused.split(",")
     if cmd == "rm" and [a for a in rest if a != "-f"] and \
-            [a for a in rest if a != "-f"][0] in setting("rm_refused", []):
+            [a for a in rest if a != "-f"][0] in refused:
         # As the daemon answers when it cannot remove a container (a busy mount, a
         # removal already in progress): the container keeps running.
         name = [a for a in rest if a != "-f"][0]

@@ -67,6 +67,7 @@ def _as_postgres(argv, env=None, **kw):
 
 def run(state, refuse, args, to_host):
     name, detach, mounts, image, rest = None, False, {}, None, list(args)
+    read_only = set()
     while rest:
         a = rest.pop(0)
         if a == "--name" and rest:
@@ -80,6 +81,7 @@ def run(state, refuse, args, to_host):
             host_dir, _, inside = spec.partition(":")
             if inside.endswith(":ro"):
                 inside = inside[:-3]  # read-only: the tools here only read such mounts
+                read_only.add(inside)
             if not inside.startswith("/") or not host_dir.startswith("/") or ":" in inside:
                 refuse("docker run -v " + spec)
             mounts[inside] = to_host(host_dir)
@@ -95,7 +97,10 @@ def run(state, refuse, args, to_host):
         refuse("docker run " + " ".join(args))
     host = mounts[PG_MOUNT]
     for inside, d in mounts.items():
-        if inside != PG_MOUNT:
+        if inside in read_only:
+            # As Docker's -v: a missing source is made, as an empty directory.
+            os.makedirs(d, exist_ok=True) if not os.path.exists(d) else None
+        elif inside != PG_MOUNT:
             os.makedirs(d, exist_ok=True)
             # The tools run as the server's user here, as root in a real container: that
             # user owns the mount, so it may write dumps there and chmod it, as root could.

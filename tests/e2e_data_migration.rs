@@ -637,11 +637,37 @@ fn bad_input_names_the_attribute() {
     let out = tf.ok(&["validate", "-no-color"]);
     assert!(!out.contains("plain text"), "{out}");
 
-    let bad = main_tf(&s, root.path(), "transit", "").replacen(
-        "    password_wo = ",
-        "    image       = \"postgres:9.5.8; rm -rf /\"\n    sslmode     = \"verify-full\"\n    password_wo = ",
-        1,
+    // The restore's TLS: verify-ca and verify-full need the CA on the Services machine;
+    // anything below verify-full is a warning on sslmode (the default, require, too).
+    let pg_ca = format!("ca_file     = \"{}\"", common::cutover::PG_CA);
+    assert!(base.contains(&pg_ca));
+    tf.write_main(&base.replace(&pg_ca, ""));
+    let err = flat(&tf.fails(&["validate", "-no-color"]));
+    assert!(err.contains("CA certificate needed"), "{err}");
+    assert!(err.contains("sslmode = \"verify-full\" checks"), "{err}");
+    let restore_tls = format!("sslmode     = \"verify-full\"\n    {pg_ca}");
+    assert!(base.contains(&restore_tls));
+    tf.write_main(&base.replace(&restore_tls, ""));
+    let out = flat(&tf.ok(&["validate", "-no-color"]));
+    assert!(
+        out.contains("Warning: PostgreSQL server identity not checked by the restore"),
+        "{out}"
     );
+    assert!(out.contains("sslmode = \"require\" (the default)"), "{out}");
+    tf.write_main(&base);
+    let out = tf.ok(&["validate", "-no-color"]);
+    assert!(!out.contains("identity not checked"), "{out}");
+
+    let bad = main_tf(&s, root.path(), "transit", "")
+        .replacen(
+            "    password_wo = ",
+            "    image       = \"postgres:9.5.8; rm -rf /\"\n    password_wo = ",
+            1,
+        )
+        .replace(
+            "sslmode     = \"verify-full\"\n    ca_file",
+            "sslmode     = \"verify-none\"\n    ca_file",
+        );
     tf.write_main(&bad);
     let err = tf.fails(&["validate", "-no-color"]);
     assert!(err.contains("Invalid image"), "{err}");
@@ -747,12 +773,31 @@ fn another_circleci_version_is_refused_before_anything_stops() {
     tf.write_main(&config("  allowed_versions = [\"2.17.\"]\n"));
     let out = flat(&tf.fails(&["validate", "-no-color"]));
     assert!(out.contains("Invalid version pattern"), "{out}");
+    // A CA the restore would check the target against, missing on the Services
+    // machine: refused before the stop (Docker would mount an empty directory there).
+    sim.set(json!({"root": root.path(), "transition": 1}));
+    let with_ca = config("").replace(
+        "    password_wo = \"x\"\n",
+        "    password_wo = \"x\"\n    sslmode     = \"verify-full\"\n    ca_file     = \"/etc/ssl/missing-ca.pem\"\n",
+    );
+    tf.write_main(&with_ca);
+    let out = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
+    assert!(out.contains("CA certificate not found"), "{out}");
+    assert!(
+        out.contains("/etc/ssl/missing-ca.pem is not a PEM certificate file"),
+        "{out}"
+    );
+    assert!(
+        out.contains("ca_file = \"/etc/ssl/missing-ca.pem\""),
+        "not on ca_file: {out}"
+    );
+    assert_eq!(app_state(&sim), "started");
 }
 
 /// A temporary container an earlier run left over the embedded data (a provider
 /// killed mid-migration): the next plan names it; an apply removes it before anything
-/// else; one that cannot be removed stops the apply, naming it, and CircleCI is not
-/// started while it runs (neither by the restart nor by its fallback).
+/// else; one that cannot be removed stops the apply (the migration's, the restart's),
+/// naming it, before anything is stopped: CircleCI never runs next to it.
 #[test]
 fn a_left_migration_container_is_named_removed_and_never_shares_the_data() {
     let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
@@ -760,6 +805,7 @@ fn a_left_migration_container_is_named_removed_and_never_shares_the_data() {
     s.fresh_runbook_targets();
     let root = s.embedded_root("50");
     let sim = Sim::new(&s, json!({"root": root.path(), "transition": 1}));
+    start_app(&sim);
     let docker = |args: &[&str]| {
         let out = std::process::Command::new(Path::new(s.get("CIRCLECI_TEST_SIM")).join("docker"))
             .args(args)
@@ -795,9 +841,10 @@ fn a_left_migration_container_is_named_removed_and_never_shares_the_data() {
     let err = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
     assert!(err.contains("A migration container still runs"), "{err}");
     assert!(err.contains(name), "{err}");
-    assert_eq!(app_state(&sim), "stopped");
+    assert!(err.contains("Nothing was stopped or changed."), "{err}");
+    assert_eq!(app_state(&sim), "started");
 
-    // Nor does a restart start CircleCI next to it; its fallback neither.
+    // Nor does a restart, which checks before it stops anything.
     let restart = Tf::new(&format!(
         "{}\nresource \"circleci_services_restart\" \"r\" {{\n  config_root             = {:?}\n  \
          embedded_nomad_endpoint = {:?}\n  start_timeout           = \"30s\"\n  verify_timeout          = \"10s\"\n  \
@@ -812,7 +859,8 @@ fn a_left_migration_container_is_named_removed_and_never_shares_the_data() {
         err.contains("CircleCI is not started while it runs"),
         "{err}"
     );
-    assert_eq!(app_state(&sim), "stopped");
+    assert!(err.contains("Nothing was stopped or changed."), "{err}");
+    assert_eq!(app_state(&sim), "started", "the restart stopped CircleCI");
 
     // Removable: the apply removes it first and migrates.
     sim.set(json!({"root": root.path(), "transition": 1}));

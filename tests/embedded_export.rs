@@ -176,6 +176,7 @@ fn export_import_and_verify_every_table() {
             image: mig::PG_IMAGE,
             data_dir: mig::PG_DATA,
             container: name,
+            ca_file: None,
         };
         let e = EmbeddedPostgres::start(&h, &source, &export, t, t)
             .await

@@ -143,6 +143,14 @@ variable "mongo_tls" {
   default = true
 }
 
+# The CA that signed the external PostgreSQL's certificate, as a file on the Services
+# machine (the restore runs there); with it the restore checks the server's identity
+# (verify-full). null: TLS without that check (require), and a warning at plan.
+variable "postgres_services_ca_file" {
+  type    = string
+  default = null
+}
+
 # The CA that signed the external MongoDB's certificate, as a file on the Services
 # machine (the restore runs there); null: the CA bundle of the embedded mongo image.
 variable "mongo_services_ca_file" {
@@ -282,7 +290,8 @@ resource "circleci_data_migration" "this" {
     user        = circleci_postgres_databases.circle.user
     databases   = circleci_postgres_databases.circle.databases
     password_wo = var.circle_db_password
-    sslmode     = "require"
+    sslmode     = var.postgres_services_ca_file == null ? "require" : "verify-full"
+    ca_file     = var.postgres_services_ca_file
   }
 
   mongo {

@@ -202,8 +202,26 @@ const SYSTEM_DIRS: &[&str] = &[
     "/var/tmp",
 ];
 
-/// Pseudo file systems: nothing may be written under them.
-const PSEUDO_FS: &[&str] = &["/dev", "/proc", "/sys"];
+/// Trees of the system and of Docker and Replicated (and pseudo file systems): the
+/// export may not be anywhere inside them either.
+const SYSTEM_TREES: &[&str] = &[
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/proc",
+    "/run",
+    "/sbin",
+    "/sys",
+    "/usr",
+    "/var/lib/docker",
+    "/var/lib/replicated",
+    "/var/run",
+];
 
 /// The components of an absolute path, without empty and `.` ones.
 fn components(p: &str) -> Vec<&str> {
@@ -213,7 +231,7 @@ fn components(p: &str) -> Vec<&str> {
 }
 
 /// Why `export_dir` cannot be the migration's own directory, if it cannot: the root, a
-/// system directory, a pseudo file system, or one of the embedded data directories
+/// system directory or inside a system tree, or one of the embedded data directories
 /// (`data_dirs`: the attribute and its path), a parent of one or inside one.
 pub fn check_export_dir(export_dir: &str, data_dirs: &[(&str, &str)]) -> Result<(), String> {
     let own = "the migration makes its export directory 0700 (owned by root) and, with keep_export = false, \
@@ -227,8 +245,11 @@ pub fn check_export_dir(export_dir: &str, data_dirs: &[(&str, &str)]) -> Result<
     if SYSTEM_DIRS.iter().any(|d| is(d)) {
         return Err(format!("{export_dir:?} is a system directory; {own}"));
     }
-    if PSEUDO_FS.iter().any(|d| dir.starts_with(&components(d))) {
-        return Err(format!("{export_dir:?} is on a pseudo file system; {own}"));
+    if let Some(tree) = SYSTEM_TREES
+        .iter()
+        .find(|d| dir.starts_with(&components(d)))
+    {
+        return Err(format!("{export_dir:?} is inside {tree}; {own}"));
     }
     for (attr, data) in data_dirs {
         let data_c = components(data);
@@ -317,7 +338,11 @@ mod tests {
         assert!(err("/tmp/").contains("is a system directory"));
         assert!(err("/etc").contains("is a system directory"));
         assert!(err("/usr/./local").contains("is a system directory"));
-        assert!(err("/proc/1").contains("pseudo file system"));
+        assert!(err("/proc/1").contains("is inside /proc"));
+        assert!(err("/etc/ssl").contains("is inside /etc"));
+        assert!(err("/usr/local/bin").contains("is inside /usr"));
+        assert!(err("/var/lib/docker/volumes/x").contains("is inside /var/lib/docker"));
+        assert!(check_export_dir("/var/lib/circleci-export", &data).is_ok());
         assert!(err("/data/circle").contains("is a system directory"));
         let e = err("/data/circle/mongo");
         assert!(

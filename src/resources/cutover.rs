@@ -70,6 +70,7 @@ pub async fn migration_containers(
 pub async fn remove_migration_containers(
     h: &ServicesHost,
     deadline: Duration,
+    outcome: &str,
 ) -> Result<(), Diagnostics> {
     let left = migration_containers(h, deadline).await?;
     if left.is_empty() {
@@ -95,7 +96,7 @@ pub async fn remove_migration_containers(
         format!(
             "{} still run(s) on the Services machine over the embedded data; docker rm -f did not remove \
              it. CircleCI is not started while it runs: its own server would share the data directory. \
-             Remove it by hand (docker rm -f NAME), then apply again.",
+             {outcome} Remove it by hand (docker rm -f NAME), then apply again.",
             still.join(", ")
         ),
     )

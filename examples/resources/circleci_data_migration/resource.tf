@@ -38,7 +38,8 @@ resource "circleci_data_migration" "this" {
     port        = circleci_postgres_databases.circle.port
     user        = circleci_postgres_databases.circle.user
     password_wo = var.circle_db_password
-    sslmode     = "require"
+    sslmode     = "verify-full"
+    ca_file     = "/etc/ssl/postgres-ca.pem" # on the Services machine
   }
 
   mongo {

@@ -30,8 +30,8 @@ const PRIVATE: &str = "chmod 0700 \"$1\"";
 /// under umask 077, so that what it writes into the export is private from the start.
 pub const PRIVATE_EXEC: &str = "umask 077 && exec \"$@\"";
 
-/// How long one readiness probe may take.
-const PROBE_DEADLINE: Duration = Duration::from_secs(15);
+/// The least time one readiness probe is given, however little of `ready_within` is left.
+const MIN_PROBE: Duration = Duration::from_secs(5);
 
 /// Removes the entries named in the arguments from the export directory.
 const REMOVE: &str = "cd \"$1\" && shift && rm -rf -- \"$@\"";
@@ -133,16 +133,21 @@ impl<'a> Container<'a> {
     ) -> Result<Container<'a>, Diagnostics> {
         let started = std::time::Instant::now();
         loop {
-            // Each probe has its own short deadline (not the command deadline of hours),
-            // and a probe that fails to run (an SSH drop) removes the container too.
-            let (_, out) =
-                match docker(self.h, probe, None, PROBE_DEADLINE.min(self.deadline)).await {
-                    Ok(r) => r,
-                    Err(d) => {
-                        self.stop().await;
-                        return Err(d);
-                    }
-                };
+            // Each probe may take what is left of `ready_within` (a slow daemon right
+            // after CircleCI's stop is not a failure), never the command deadline of
+            // hours; a probe that fails to run (an SSH drop, no answer in time) removes
+            // the container too.
+            let left = ready_within
+                .saturating_sub(started.elapsed())
+                .max(MIN_PROBE)
+                .min(self.deadline);
+            let (_, out) = match docker(self.h, probe, None, left).await {
+                Ok(r) => r,
+                Err(d) => {
+                    self.stop().await;
+                    return Err(d);
+                }
+            };
             if out.success() {
                 log::info!("{what} answers in container {}", self.name);
                 if self.exports {
@@ -279,7 +284,10 @@ impl<'a> Container<'a> {
             match self.remove(entries).await {
                 Ok(()) => Diagnostic::warning(
                     format!("Partial {what} export removed"),
-                    format!("What this failed migration exported was removed from {export_dir} (keep_export = false)."),
+                    format!(
+                        "Anything this failed migration exported was removed from {export_dir} \
+                         (keep_export = false)."
+                    ),
                 ),
                 Err(e) => Diagnostic::error(
                     format!("Partial {what} export not removed"),
@@ -293,7 +301,7 @@ impl<'a> Container<'a> {
             Diagnostic::warning(
                 format!("Partial {what} export kept"),
                 format!(
-                    "What this failed migration exported stays in {export_dir} on the Services machine, \
+                    "Anything this failed migration exported stays in {export_dir} on the Services machine, \
                      private (directory 0700, files 0600); the next apply writes it again."
                 ),
             )
@@ -301,9 +309,19 @@ impl<'a> Container<'a> {
     }
 
     /// Removes the container (its server stops; the data directory stays as it was).
+    /// A `docker rm` that fails is logged; the callers then list the migration's
+    /// containers again (`cutover::remove_migration_containers`).
     pub async fn stop(self) {
-        if let Err(d) = self.docker(&["rm", "-f", &self.name], None).await {
-            log::warn!("removing container {}: {d}", self.name);
+        match self.docker(&["rm", "-f", &self.name], None).await {
+            Err(d) => log::warn!("removing container {}: {d}", self.name),
+            Ok((cmd, out)) if !out.success() => {
+                log::warn!(
+                    "removing container {}: `{cmd}` failed: {}",
+                    self.name,
+                    out.evidence()
+                )
+            }
+            Ok(_) => {}
         }
     }
 }

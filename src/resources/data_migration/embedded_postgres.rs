@@ -25,23 +25,51 @@ const EXPORT: &str = "umask 077; pg_dump -U postgres -Fc -Z 1 -f \"$2\" \"$1\" &
      psql -U postgres -X -q -At -v ON_ERROR_STOP=1 -F \"$3\" -d \"$1\" -c \"$5\"; s=$?; \
      wait $p || exit 91; exit $s";
 
+/// Where `ca_file` (the target's CA) is mounted in the container, read-only.
+macro_rules! pg_ca_mount {
+    () => {
+        "/etc/circleci-data-migration/pg-ca.pem"
+    };
+}
+pub const CA_MOUNT: &str = pg_ca_mount!();
+
+/// How the target's scripts begin: the password from stdin, the sslmode, and the CA
+/// when one is mounted.
+macro_rules! target_env {
+    () => {
+        concat!(
+            "IFS= read -r PGPASSWORD; export PGPASSWORD PGSSLMODE=\"$5\"; if [ -r ",
+            pg_ca_mount!(),
+            " ]; then export PGSSLROOTCERT=",
+            pg_ca_mount!(),
+            "; fi; "
+        )
+    };
+}
+
 /// The target's scripts run as its user: the password from stdin; `$1`..`$4` host,
 /// port, user, database, `$5` sslmode, `$6` field separator, `$7` the provider's own
-/// checksum SQL (never the user's). This one prints every table's count and checksum.
-const STATS_ON_TARGET: &str = "IFS= read -r PGPASSWORD; export PGPASSWORD PGSSLMODE=\"$5\"; \
-     exec psql -X -q -At -v ON_ERROR_STOP=1 -F \"$6\" -h \"$1\" -p \"$2\" -U \"$3\" -d \"$4\" -c \"$7\"";
+/// checksum SQL (never the user's); the CA at [`CA_MOUNT`] when one is mounted. This
+/// one prints every table's count and checksum.
+const STATS_ON_TARGET: &str = concat!(
+    target_env!(),
+    "exec psql -X -q -At -v ON_ERROR_STOP=1 -F \"$6\" -h \"$1\" -p \"$2\" -U \"$3\" -d \"$4\" -c \"$7\""
+);
 
 /// One database imported, as one command (`$8` the dump, `$9` `clean` to drop the
 /// dump's objects in the target first, for overwrite_existing), then the same as
 /// [`STATS_ON_TARGET`]. Extensions are left out of the restore: the target's databases
 /// already have them (`circleci_postgres_databases` made them), and only a superuser
 /// may create some. Exit 90: the restore failed (nothing of it was committed).
-const IMPORT: &str = "umask 077; IFS= read -r PGPASSWORD; export PGPASSWORD PGSSLMODE=\"$5\"; \
-     pg_restore -l \"$8\" | grep -v -e ' EXTENSION ' > \"$8.list\" || exit 90; \
+const IMPORT: &str = concat!(
+    "umask 077; ",
+    target_env!(),
+    "pg_restore -l \"$8\" | grep -v -e ' EXTENSION ' > \"$8.list\" || exit 90; \
      C=; [ \"$9\" = clean ] && C='--clean --if-exists'; \
      pg_restore $C --no-owner --no-privileges --single-transaction --exit-on-error \
      -L \"$8.list\" -h \"$1\" -p \"$2\" -U \"$3\" -d \"$4\" \"$8\" || exit 90; \
-     exec psql -X -q -At -v ON_ERROR_STOP=1 -F \"$6\" -h \"$1\" -p \"$2\" -U \"$3\" -d \"$4\" -c \"$7\"";
+     exec psql -X -q -At -v ON_ERROR_STOP=1 -F \"$6\" -h \"$1\" -p \"$2\" -U \"$3\" -d \"$4\" -c \"$7\""
+);
 
 /// Where the external server is, as the Services machine reaches it.
 pub struct Target<'a> {
@@ -59,6 +87,8 @@ pub struct Source<'a> {
     pub image: &'a str,
     pub data_dir: &'a str,
     pub container: &'a str,
+    /// The target's CA on the Services machine, mounted read-only at [`CA_MOUNT`].
+    pub ca_file: Option<&'a str>,
 }
 
 /// A running temporary container of the embedded PostgreSQL.
@@ -94,10 +124,13 @@ impl<'a> EmbeddedPostgres<'a> {
         ready_within: Duration,
     ) -> Result<EmbeddedPostgres<'a>, Diagnostics> {
         let name = source.container;
-        let mounts = [
+        let mut mounts = vec![
             format!("{}:{}", source.data_dir, mig::PG_MOUNT),
             format!("{export_dir}:{EXPORT_MOUNT}"),
         ];
+        if let Some(ca) = source.ca_file {
+            mounts.push(format!("{ca}:{CA_MOUNT}:ro"));
+        }
         let c = Container::run(
             h,
             name,

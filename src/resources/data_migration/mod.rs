@@ -39,9 +39,18 @@ const VAULT: &str = vault_key::BLOCK;
 const EXPORT_DIR: &str = "/data/circle/external-services-export";
 const STOP_TIMEOUT: &str = "10m";
 const COMMAND_TIMEOUT: &str = "6h";
-const SSLMODES: [&str; 4] = ["disable", "allow", "prefer", "require"];
+const SSLMODES: [&str; 6] = [
+    "disable",
+    "allow",
+    "prefer",
+    "require",
+    "verify-ca",
+    "verify-full",
+];
 /// The container the embedded PostgreSQL runs in during the export.
 const CONTAINER: &str = "circleci-data-migration-postgres";
+/// The restore's sslmode unless one is given: TLS, without a silent plain-text fallback.
+const DEFAULT_SSLMODE: &str = "require";
 
 /// What the last migration did; unknown in a plan that migrates.
 const OUTCOME: [&str; 13] = [
@@ -102,7 +111,13 @@ fn postgres_block() -> Block {
             ))
             .attr(Attribute::new("sslmode", Type::String).optional().computed().description(
                 "libpq's sslmode for the restore's connection from the Services machine: `disable`, `allow`, \
-                 `prefer` (default) or `require`.",
+                 `prefer`, `require` (default: TLS, never a silent fall back to plain text), `verify-ca` or \
+                 `verify-full` (with `ca_file`). Anything but `verify-full` is a warning: the role's password and \
+                 the whole of CircleCI's data would go to a server whose identity is not checked.",
+            ))
+            .attr(Attribute::new("ca_file", Type::String).optional().description(
+                "A CA certificate (PEM) **on the Services machine** that signed the external PostgreSQL's \
+                 certificate, mounted read-only into the container; required by `verify-ca` and `verify-full`.",
             )),
         "The password of `user`",
         "nothing: the password is only used when the migration runs",
@@ -357,6 +372,7 @@ fn validate_config(config: &Value) -> Diagnostics {
             ("port", Check::Port),
             ("user", Check::Text("Invalid role name", check_identifier)),
             ("sslmode", Check::OneOf(&SSLMODES)),
+            ("ca_file", Check::MountPath),
             ("password_wo", Check::PasswordPair),
         ],
         &mut diags,
@@ -426,6 +442,7 @@ fn validate_config(config: &Value) -> Diagnostics {
         }
     }
     export_dir(config, &mut diags);
+    restore_tls(config, &mut diags);
     embedded_vault_in_clear(config, &mut diags);
     let given = |b: &str| !config.get(b).is_null();
     if !given(POSTGRES) && !given(MONGO) && !given(VAULT) {
@@ -462,6 +479,50 @@ fn embedded_vault_in_clear(config: &Value, diags: &mut Diagnostics) {
                 ),
             )
             .at(AttrPath::root(VAULT).attr("source_address")),
+        );
+    }
+}
+
+/// The restore's TLS: `verify-ca` and `verify-full` need the CA on the Services
+/// machine; anything below `verify-full` is a warning, as for the provider's own
+/// PostgreSQL block, since the role's password and all the data are sent.
+fn restore_tls(config: &Value, diags: &mut Diagnostics) {
+    let pg = config.get(POSTGRES);
+    if pg.is_null() || pg.is_unknown() || pg.get("sslmode").is_unknown() {
+        return;
+    }
+    let mode = pg.get("sslmode").as_str().unwrap_or(DEFAULT_SSLMODE);
+    if !SSLMODES.contains(&mode) {
+        return;
+    }
+    if mode.starts_with("verify-") && pg.get("ca_file").is_null() {
+        diags.attr_error(
+            AttrPath::root(POSTGRES).attr("ca_file"),
+            "CA certificate needed",
+            format!(
+                "sslmode = {mode:?} checks the external PostgreSQL's certificate against a CA the temporary \
+                 container must have: set ca_file to that CA's PEM file on the Services machine"
+            ),
+        );
+    }
+    if mode != "verify-full" {
+        diags.push(
+            Diagnostic::warning(
+                "PostgreSQL server identity not checked by the restore",
+                format!(
+                    "sslmode = {mode:?}{}: the restore sends the role's password and the whole of CircleCI's data \
+                     without checking that the server is the one you meant ({}). Use sslmode = \"verify-full\" \
+                     with ca_file.",
+                    if pg.get("sslmode").is_null() { " (the default)" } else { "" },
+                    match mode {
+                        "disable" => "and in plain text",
+                        "allow" | "prefer" => "and in plain text if the server offers no TLS",
+                        "verify-ca" => "the certificate's host name is not checked",
+                        _ => "any certificate is accepted",
+                    }
+                ),
+            )
+            .at(AttrPath::root(POSTGRES).attr("sslmode")),
         );
     }
 }
@@ -550,7 +611,7 @@ fn nested_defaults(planned: &mut Value) {
                 ("databases", string_list(&dbs)),
                 ("port", Value::int(5432)),
                 ("user", Value::string(DEFAULT_USER)),
-                ("sslmode", Value::string("prefer")),
+                ("sslmode", Value::string(DEFAULT_SSLMODE)),
             ],
         );
         planned.set(POSTGRES, pg);

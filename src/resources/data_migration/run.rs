@@ -69,8 +69,8 @@ impl DataMigration {
                     "A migration container was left running",
                     format!(
                         "{} still run(s) on the Services machine over the embedded data (an earlier apply was \
-                         killed or lost its connection). This apply removes it before anything else, and \
-                         CircleCI is never started while one runs.",
+                         killed or lost its connection). This apply removes it before anything else, and the \
+                         provider never starts CircleCI while one runs (do not start it by hand either).",
                         left.join(", ")
                     ),
                 ));
@@ -211,6 +211,7 @@ impl DataMigration {
         crate::resources::cutover::remove_migration_containers(
             &*self.data.services()?,
             self.data.timeout(),
+            "Nothing was stopped or changed.",
         )
         .await?;
         let app = restart.status().await?;
@@ -243,7 +244,9 @@ impl DataMigration {
         let occupied = match &s.postgres {
             Some(p) => {
                 let own = own(p.targets());
-                let dbs = self.pg_preflight(p, s.overwrite, running, &own).await?;
+                let dbs = self
+                    .pg_preflight(p, s.overwrite, running, &own, &s.cutover.root)
+                    .await?;
                 Occupied { dbs, own }
             }
             None => Occupied::default(),
@@ -372,7 +375,31 @@ impl DataMigration {
         overwrite: bool,
         running: bool,
         own: &[String],
+        root: &str,
     ) -> Result<Vec<String>, Diagnostics> {
+        // The CA the restore checks the target against must be there: Docker would
+        // mount a missing one as an empty directory, and the restore fail after the stop.
+        // (Read under config_root, as every file of the cutover; mounted as given.)
+        if let Some(ca) = &p.ca_file {
+            let h = self.data.services()?;
+            let found = h
+                .read_file(&format!("{}{ca}", root.trim_end_matches('/')))
+                .await
+                .map_err(|e| crate::resources::ssh_diag(&format!("Could not read {ca}"), e))?;
+            if found.is_none_or(|f| {
+                !String::from_utf8_lossy(&f.content).contains("-----BEGIN CERTIFICATE-----")
+            }) {
+                return Err(Diagnostic::error(
+                    "CA certificate not found",
+                    format!(
+                        "{ca} is not a PEM certificate file on the Services machine (postgres.ca_file). Nothing \
+                         was stopped or changed."
+                    ),
+                )
+                .at(AttrPath::root(POSTGRES).attr("ca_file"))
+                .into());
+            }
+        }
         let admin = self.data.postgres()?;
         let diag = |summary: &str, e: crate::backends::postgres::PgError| -> Diagnostics {
             Diagnostic::error(summary, e.to_string()).into()
@@ -446,6 +473,7 @@ impl DataMigration {
             image: &p.image,
             data_dir: &p.data_dir,
             container: CONTAINER,
+            ca_file: p.ca_file.as_deref(),
         };
         let started = Instant::now();
         let e = EmbeddedPostgres::start(
@@ -483,7 +511,15 @@ impl DataMigration {
             }
         };
         e.stop().await;
-        let mut out = r?;
+        // A docker rm that failed leaves a server over the embedded data: removed
+        // again, or the migration stops here (and CircleCI is not started next to it).
+        let gone = crate::resources::cutover::remove_migration_containers(
+            &h,
+            self.data.timeout(),
+            "The migration stops here.",
+        )
+        .await;
+        let mut out = r.and_then(|out| gone.map(|()| out))?;
         out.took = started.elapsed();
         Ok(out)
     }

@@ -126,19 +126,25 @@ impl DataMigration {
         let r = match r {
             Ok(out) => Ok(out),
             Err(mut d) => {
-                e.c.after_failure(
-                    &[DUMP_DIR.to_string()],
-                    keep_export,
-                    export_dir,
-                    "MongoDB",
-                    &mut d,
-                )
-                .await;
+                // Only what this migration writes: each database's dump directory.
+                let partial: Vec<String> = m
+                    .databases
+                    .iter()
+                    .map(|db| format!("{DUMP_DIR}/{db}"))
+                    .collect();
+                e.c.after_failure(&partial, keep_export, export_dir, "MongoDB", &mut d)
+                    .await;
                 Err(d)
             }
         };
         e.stop().await;
-        r
+        let gone = crate::resources::cutover::remove_migration_containers(
+            &h,
+            self.data.timeout(),
+            "The migration stops here.",
+        )
+        .await;
+        r.and_then(|out| gone.map(|()| out))
     }
 }
 

@@ -18,6 +18,8 @@ pub(super) struct PgSettings {
     pub user: String,
     pub password: Secret,
     pub sslmode: String,
+    /// The CA of the target's certificate, on the Services machine.
+    pub ca_file: Option<String>,
 }
 
 impl PgSettings {
@@ -76,7 +78,12 @@ pub(super) fn settings(
             port: pg.get("port").as_i64().unwrap_or(5432) as u16,
             user: pg.get("user").as_str().unwrap_or(DEFAULT_USER).into(),
             password: Secret(password.to_string()),
-            sslmode: pg.get("sslmode").as_str().unwrap_or("prefer").into(),
+            sslmode: pg
+                .get("sslmode")
+                .as_str()
+                .unwrap_or(super::DEFAULT_SSLMODE)
+                .into(),
+            ca_file: pg.get("ca_file").as_str().map(str::to_string),
         })
     };
     let v = planned.get(VAULT);

@@ -263,6 +263,7 @@ impl ServicesRestart {
             crate::resources::cutover::remove_migration_containers(
                 &*self.services()?,
                 self.data.timeout(),
+                "CircleCI was not started.",
             )
             .await?;
             self.command(Program::Replicatedctl, &["app", "start"])

@@ -384,6 +384,21 @@ impl ServicesRestart {
             )
             .into()));
         }
+        // Before anything stops: a migration container over the embedded data is
+        // removed, or the restart is refused here, CircleCI left as it is.
+        let h = match self.services() {
+            Ok(h) => h,
+            Err(d) => return Applied::from_result(Err(d)),
+        };
+        if let Err(d) = crate::resources::cutover::remove_migration_containers(
+            &h,
+            self.data.timeout(),
+            "Nothing was stopped or changed.",
+        )
+        .await
+        {
+            return Applied::from_result(Err(d));
+        }
         let mut state = planned.clone();
         state.set("version", Value::string(&pre.version));
         let cut = Cutover::new(&self.data, &s.cutover);
@@ -429,6 +444,7 @@ impl ServicesRestart {
                     crate::resources::cutover::remove_migration_containers(
                         &*self.services()?,
                         self.data.timeout(),
+                        "CircleCI was not started.",
                     )
                     .await?;
                     self.command(Program::Replicatedctl, &["app", "start"])
