@@ -39,6 +39,30 @@ fn render(endpoint: &str) -> Result<String, Diagnostics> {
     })
 }
 
+impl ExternalNomad {
+    /// The version of the Nomad agent at `endpoint` (`GET /v1/agent/self`), and where.
+    async fn found(
+        &self,
+        route: &crate::backends::tunnel::Route,
+        endpoint: &str,
+        ca: Option<&std::path::Path>,
+        token: Option<&str>,
+    ) -> Result<Found, NomadError> {
+        let version = nb::version(
+            route,
+            endpoint,
+            nb::Ca::file(ca),
+            token,
+            self.data.timeout(),
+        )
+        .await?;
+        Ok(Found {
+            version,
+            at: endpoint.to_string(),
+        })
+    }
+}
+
 /// A failed leader check as a diagnostic on the attribute at fault.
 fn leader_diag(e: NomadError, path: &str) -> Diagnostics {
     let (summary, at, hint) = match &e {
@@ -179,18 +203,10 @@ impl FileResource for ExternalNomad {
             )
             .await
             .map_err(|e| leader_diag(e, path))?;
-            let found = Found {
-                version: nb::version(
-                    &route,
-                    endpoint,
-                    nb::Ca::file(ca.as_deref()),
-                    token,
-                    self.data.timeout(),
-                )
+            let found = self
+                .found(&route, endpoint, ca.as_deref(), token)
                 .await
-                .map_err(|e| leader_diag(e, path))?,
-                at: endpoint.to_string(),
-            };
+                .map_err(|e| leader_diag(e, path))?;
             if let Some(c) = &Self::SPEC.compat {
                 c.refuse(&found, path)?;
             }
@@ -214,20 +230,9 @@ impl FileResource for ExternalNomad {
         let ca = planned.get("ca_cert_file").as_str().map(PathBuf::from);
         let route = self.data.check_route(planned, || self.data.route()).ok()?;
         let token = config.get("acl_token_wo").as_str();
-        let version = nb::version(
-            &route,
-            endpoint,
-            nb::Ca::file(ca.as_deref()),
-            token,
-            self.data.timeout(),
-        )
-        .await;
         Some(
-            version
-                .map(|version| Found {
-                    version,
-                    at: endpoint.to_string(),
-                })
+            self.found(&route, endpoint, ca.as_deref(), token)
+                .await
                 .map_err(|e| e.to_string()),
         )
     }
