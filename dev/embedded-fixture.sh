@@ -83,6 +83,12 @@ g.builds.insert_many([{"build_num": i, "vcs_url": "https://github.com/acme/app-%
                        "outcome": None if i % 9 == 0 else "success"} for i in range(max(rows // 10, 10))])
 g.builds.create_index([("build_num", 1)], name="build_num_1")
 g.users.insert_many([{"_id": "user-%d" % i, "login": "dev%d" % i, "admin": i == 0} for i in range(12)])
+# A capped collection and a view, as an install may hold: the migration compares the
+# first by its count and the second by what it shows and what it is on.
+g.create_collection("action_logs", capped=True, size=1 << 20)
+g.action_logs.insert_many([{"_id": i, "action": "login", "by": "dev%d" % (i % 3)} for i in range(8)])
+g.command({"create": "recent_builds", "viewOn": "builds",
+           "pipeline": [{"$project": {"build_num": 1, "outcome": 1}}]})
 c["build_state_dev_ghe"].states.insert_many([{"_id": i, "state": "finished"} for i in range(30)])
 c["containers_dev_ghe"].containers.insert_many([{"name": "c%d" % i} for i in range(5)])
 c["remote_containers_dev_ghe"].remote.insert_one({"name": "r0"})

@@ -8,15 +8,19 @@ with status 64.
   mongodump [--host H] [--port P] --db D --out DIR
       every collection of D as DIR/D/C.bson (the documents' BSON one after another,
       byte for byte as the server sent them) and DIR/D/C.metadata.json
-      ({"options": {}, "indexes": [...]}), as mongodump lays them out
+      ({"options": {...}, "indexes": [...]}), as mongodump lays them out; a view
+      as its metadata alone (options viewOn and pipeline), as mongodump does
+      without --viewsAsCollections
   mongorestore [--host H] [--port P] [--username U --authenticationDatabase A]
                [--ssl [--sslCAFile F]] [--drop] --db D DIR
-      DIR's collections into D (indexes from the metadata); with a username and no
+      DIR's collections into D (capped ones created capped, indexes from the
+      metadata), then its views; with a username and no
       --password, the password is read from standard input up to the first newline,
       as mongo-tools do when standard input is not a terminal
   mongo --quiet --norc [--host H] [--port P] D --eval SCRIPT
       only the data migration's own SCRIPT (STATS_SCRIPT below): one line per
-      collection, `name<TAB>count<TAB>dbHash md5`
+      collection, `kind<TAB>name<TAB>count<TAB>checksum` (the dbHash md5; nothing
+      for a capped collection; a view's viewOn)
 
 --host is HOST[:PORT] or [SET/]HOST:PORT,HOST:PORT as the tools take it. The host
 defaults to the container's own server (localhost:27017 inside a real
@@ -31,8 +35,11 @@ import pymongo
 from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 
-STATS_SCRIPT = ("var h = db.runCommand({dbHash: 1}); db.getCollectionNames().forEach(function (c) "
-                "{ print(c + '\\t' + db.getCollection(c).count() + '\\t' + h.collections[c]); });")
+STATS_SCRIPT = ("var h = db.runCommand({dbHash: 1}); "
+                "db.getCollectionInfos().forEach(function (i) { "
+                "var v = i.type === 'view', k = v ? 'view' : (i.options && i.options.capped ? 'capped' : 'collection'); "
+                "print(k + '\\t' + i.name + '\\t' + db.getCollection(i.name).count() + '\\t' + "
+                "(v ? i.options.viewOn : (k === 'capped' ? '' : h.collections[i.name]))); });")
 
 
 def refuse(what):
@@ -90,7 +97,13 @@ def mongodump(args):
     db = c.get_database(opts["--db"], codec_options=CodecOptions(document_class=RawBSONDocument))
     out = os.path.join(opts["--out"], opts["--db"])
     os.makedirs(out, exist_ok=True)
-    for name in sorted(db.list_collection_names()):
+    for info in sorted(db.list_collections(), key=lambda i: i["name"]):
+        name, copts = info["name"], dict(info.get("options", {}))
+        if info.get("type") == "view":
+            with open(os.path.join(out, f"{name}.metadata.json"), "w") as f:
+                json.dump({"options": json.loads(json.dumps(copts, default=str)), "indexes": []}, f)
+            print(f"done dumping {opts['--db']}.{name} (view)", file=sys.stderr)
+            continue
         n = 0
         with open(os.path.join(out, f"{name}.bson"), "wb") as f:
             for d in db[name].find({}, batch_size=1000):
@@ -98,7 +111,7 @@ def mongodump(args):
                 n += 1
         indexes = [json.loads(json.dumps(dict(i), default=str)) for i in c[opts["--db"]][name].list_indexes()]
         with open(os.path.join(out, f"{name}.metadata.json"), "w") as f:
-            json.dump({"options": {}, "indexes": indexes}, f)
+            json.dump({"options": json.loads(json.dumps(copts, default=str)), "indexes": indexes}, f)
         print(f"done dumping {opts['--db']}.{name} ({n} documents)", file=sys.stderr)
 
 
@@ -119,12 +132,23 @@ def mongorestore(args):
     db = c.get_database(opts["--db"])
     src = pos[0]
     total = 0
+    views = []
+    for f in sorted(os.listdir(src)):
+        if f.endswith(".metadata.json") and not os.path.exists(os.path.join(src, f[:-14] + ".bson")):
+            views.append(f[:-14])
     for f in sorted(os.listdir(src)):
         if not f.endswith(".bson"):
             continue
         name = f[:-5]
         if "--drop" in opts:
             db.drop_collection(name)
+        meta = os.path.join(src, f"{name}.metadata.json")
+        copts = json.load(open(meta)).get("options", {}) if os.path.exists(meta) else {}
+        if copts.get("capped"):
+            db.create_collection(name, capped=True, size=copts["size"],
+                                 **({"max": copts["max"]} if "max" in copts else {}))
+        elif copts:
+            refuse(f"collection options {sorted(copts)}")
         with open(os.path.join(src, f), "rb") as fh:
             data = fh.read()
         docs, at = [], 0
@@ -141,6 +165,14 @@ def mongorestore(args):
                 if ix.get("name") != "_id_":
                     db[name].create_index(list(ix["key"].items()), name=ix["name"])
         print(f"restored {opts['--db']}.{name} ({len(docs)} documents)", file=sys.stderr)
+    for name in views:
+        if "--drop" in opts:
+            db.drop_collection(name)
+        vopts = json.load(open(os.path.join(src, f"{name}.metadata.json")))["options"]
+        if "viewOn" not in vopts:
+            refuse(f"metadata of {name} without documents or viewOn")
+        db.command({"create": name, "viewOn": vopts["viewOn"], "pipeline": vopts.get("pipeline", [])})
+        print(f"restored view {opts['--db']}.{name}", file=sys.stderr)
     print(f"{total} document(s) restored successfully. 0 document(s) failed to restore.", file=sys.stderr)
 
 
@@ -150,9 +182,13 @@ def mongo(args):
         refuse("mongo " + " ".join(args)[:200])
     db = client(opts)[pos[0]]
     h = db.command("dbHash")["collections"]
-    for name in sorted(db.list_collection_names()):
+    for info in db.list_collections():
+        name, copts = info["name"], info.get("options", {})
+        kind = "view" if info.get("type") == "view" else "capped" if copts.get("capped") else "collection"
         n = db.command("count", name)["n"]
-        print(f"{name}\t{n}\t{h.get(name, '')}")
+        # As the real shell prints a missing field of the dbHash reply.
+        sum_ = copts["viewOn"] if kind == "view" else "" if kind == "capped" else h.get(name, "undefined")
+        print(f"{kind}\t{name}\t{n}\t{sum_}")
 
 
 def main():

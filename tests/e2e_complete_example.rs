@@ -331,7 +331,7 @@ via_services_host  = true
     assert_eq!(s.psql("vms", "SELECT count(*) FROM tasks").trim(), "300");
     // MongoDB's four databases, every collection counted and hashed on both sides.
     let collections = migration["collections"].as_object().unwrap();
-    assert_eq!(collections.len(), 5, "{collections:?}");
+    assert_eq!(collections.len(), 7, "{collections:?}");
     assert!(collections["circle_ghe.builds"]
         .as_str()
         .unwrap()

@@ -212,7 +212,33 @@ fn migrates_verifies_refuses_to_overwrite_and_converges() {
     // MongoDB: every collection of the four databases, counted and hashed on both
     // sides; the documents are in the external MongoDB.
     let collections = m["mongo_collections"].as_object().unwrap();
-    assert_eq!(collections.len(), 5, "{collections:?}");
+    assert_eq!(collections.len(), 7, "{collections:?}");
+    // The view and the capped collection in the source do not fail the comparison:
+    // one is compared by what it shows and what it is on, the other by its count.
+    assert_eq!(
+        collections["circle_ghe.recent_builds"],
+        json!("view on builds, showing 70 documents"),
+        "{collections:?}"
+    );
+    assert_eq!(
+        collections["circle_ghe.action_logs"],
+        json!("8 documents, capped (compared by count)"),
+        "{collections:?}"
+    );
+    let views = s
+        .pymongo(
+            &s.mongo_admin_uri(),
+            "circle_ghe",
+            json!({"listCollections": 1}),
+        )
+        .unwrap()["cursor"]["firstBatch"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["type"] == "view")
+        .map(|c| (c["name"].clone(), c["options"]["viewOn"].clone()))
+        .collect::<Vec<_>>();
+    assert_eq!(views, [(json!("recent_builds"), json!("builds"))]);
     assert!(
         collections["circle_ghe.builds"]
             .as_str()
@@ -220,7 +246,10 @@ fn migrates_verifies_refuses_to_overwrite_and_converges() {
             .starts_with("70 documents, checksum "),
         "{collections:?}"
     );
-    assert_eq!(m["mongo_documents"].as_i64(), Some(70 + 12 + 30 + 5 + 1));
+    assert_eq!(
+        m["mongo_documents"].as_i64(),
+        Some(70 + 12 + 8 + 30 + 5 + 1)
+    );
     assert_eq!(documents(&s, "circle_ghe", "builds"), 70);
     assert_eq!(documents(&s, "remote_containers_dev_ghe", "remote"), 1);
     let indexes = s
@@ -245,7 +274,8 @@ fn migrates_verifies_refuses_to_overwrite_and_converges() {
         files.contains_key("/data/circle/external-services-export/mongo/circle_ghe/builds.bson"),
         "{files:?}"
     );
-    assert_eq!(files.len(), 9 + 2 * 5, "{files:?}");
+    // A view is dumped as its metadata alone.
+    assert_eq!(files.len(), 9 + 2 * 6 + 1, "{files:?}");
     for (path, sha) in files {
         let local = root.path().join(path.trim_start_matches('/'));
         let bytes = std::fs::read(&local).unwrap();
@@ -454,6 +484,72 @@ fn an_interrupted_migration_converges() {
     assert_eq!(count(&s, "vms", "tasks"), 400);
     assert_eq!(documents(&s, "circle_ghe", "builds"), 40);
     assert_eq!(tf.plan_code(), 0);
+    tf.ok(&["destroy", "-auto-approve"]);
+    drop(sim);
+}
+
+/// Someone writes to a MongoDB target database after the preflight found it empty
+/// (here while the PostgreSQL part runs): the restore into it is refused and nothing of
+/// theirs is dropped; once it is empty again, the next apply converges.
+#[test]
+fn a_mongo_target_written_to_since_the_preflight_is_never_dropped() {
+    let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let s = servers();
+    s.fresh_runbook_targets();
+    let root = s.embedded_root("200");
+    let sim = Sim::new(&s, json!({"root": root.path(), "transition": 1}));
+    let mount = format!("transit-late-{}", std::process::id());
+    let tf = Tf::new(&main_tf(&s, root.path(), &mount, "keep_export = false"));
+    let faults = tempfile::tempdir().unwrap();
+    let point = "circleci_data_migration.database_loop";
+    std::fs::write(faults.path().join(format!("{point}.armed")), b"").unwrap();
+    let child = common::spawn_apply_with_faults(&tf, faults.path());
+    // The first PostgreSQL database is in: the preflight is long past.
+    common::wait_reached(faults.path(), point, 120);
+    s.pymongo(
+        &s.mongo_admin_uri(),
+        "circle_ghe",
+        json!({"insert": "builds", "documents": [{"_id": "theirs", "note": "written during the migration"}]}),
+    )
+    .unwrap();
+    std::fs::write(faults.path().join(format!("{point}.go")), b"").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = flat(&format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ));
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("Target database written to during the migration"),
+        "{text}"
+    );
+    assert!(
+        text.contains("was empty when this apply checked it, and now holds 1 (builds)"),
+        "{text}"
+    );
+    assert_eq!(
+        documents(&s, "circle_ghe", "builds"),
+        1,
+        "their document was dropped"
+    );
+    let export = root.path().join("data/circle/external-services-export");
+    let left = private_tree(&export);
+    assert!(
+        !left.iter().any(|f| f.contains("/mongo/")),
+        "the partial MongoDB export is left: {left:?}"
+    );
+
+    // Their collection moved away: the next apply converges.
+    s.pymongo(
+        &s.mongo_admin_uri(),
+        "circle_ghe",
+        json!({"drop": "builds"}),
+    )
+    .unwrap();
+    let out = tf.apply();
+    assert!(out.contains("Creation complete"), "{out}");
+    assert_eq!(documents(&s, "circle_ghe", "builds"), 20);
     tf.ok(&["destroy", "-auto-approve"]);
     drop(sim);
 }

@@ -10,19 +10,11 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::sim::{Sim, SIMULATOR};
+use common::sim::{Removed, Sim, SIMULATOR};
 use serde_json::json;
 use terraform_provider_circleci::backends::ssh::{Program, RemoteCommand};
 
 /// Removes the temporary container (stopping its server) even when a check fails.
-struct Removed(std::path::PathBuf, &'static str);
-
-impl Drop for Removed {
-    fn drop(&mut self) {
-        let _ = Command::new(&self.0).args(["rm", "-f", self.1]).output();
-    }
-}
-
 fn docker(args: &[&str]) -> RemoteCommand {
     RemoteCommand::new(Program::Docker, args.iter().copied()).unwrap()
 }
@@ -273,5 +265,173 @@ fn export_import_and_verify_every_table() {
             pg.drop_database(&format!("mig_{n}_{db}")).await.unwrap();
         }
         pg.drop_role(&role).await.unwrap();
+    });
+}
+
+/// The proof of equality, on real servers: the same dump restored into the two
+/// PostgreSQL configurations this machine runs (SCRAM with the defaults, and md5 with
+/// per-database settings that print every value differently) gives the source's
+/// checksums on both; a value moved to another row, a sequence set back, a table only
+/// in the target and a large object each make a named difference.
+#[test]
+fn the_checksums_agree_across_configurations_and_see_every_change() {
+    let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
+    use terraform_provider_circleci::backends::postgres::{PgAdmin, PgConfig, SslMode};
+    use terraform_provider_circleci::circleci::migration::{self as mig};
+    use terraform_provider_circleci::resources::data_migration::embedded_postgres::{
+        EmbeddedPostgres, Source, Target,
+    };
+    use terraform_provider_circleci::secret::Secret;
+
+    let s = common::servers();
+    let root = s.embedded_root("300");
+    let _sim = Sim::new(&s, json!({"root": root.path(), "transition": 1}));
+    let n = std::process::id();
+    let role = format!("sum_{n}");
+    let password = Secret(format!("sum-pw-{n}"));
+    let md5_port: u16 = s.get("CIRCLECI_TEST_PG_MD5_PORT").parse().unwrap();
+    let admin = |port: u16| {
+        PgAdmin::new(PgConfig {
+            host: "127.0.0.1".into(),
+            port,
+            user: "postgres".into(),
+            password: Secret(s.get("CIRCLECI_TEST_PG_PASSWORD").into()),
+            database: "postgres".into(),
+            sslmode: SslMode::Disable,
+            sslrootcert: None,
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(60),
+            lock_timeout: Duration::from_secs(10),
+            route: Default::default(),
+        })
+    };
+    let name = "circle-postgres-sums";
+    let _rm = Removed(
+        std::path::Path::new(s.get("CIRCLECI_TEST_SIM")).join("docker"),
+        name,
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let h = s.services_host();
+        let t = Duration::from_secs(60);
+        let source = Source {
+            image: mig::PG_IMAGE,
+            data_dir: mig::PG_DATA,
+            container: name,
+            ca_file: None,
+        };
+        let e = EmbeddedPostgres::start(&h, &source, &format!("/var/lib/circleci-sums-{n}"), t, t)
+            .await
+            .unwrap();
+        let ports = [s.pg_port(), md5_port];
+        for port in ports {
+            admin(port).ensure_role(&role, password.expose()).await.unwrap();
+        }
+        let target = |port: u16| Target {
+            host: "127.0.0.1",
+            port,
+            user: &role,
+            password: &password,
+            sslmode: "prefer",
+        };
+        // domain holds floats, numeric, jsonb, arrays and booleans; circle timestamps,
+        // a bigserial and text.
+        for db in ["domain", "circle"] {
+            let x = e.export(db).await.unwrap();
+            let into = format!("sum_{n}_{db}");
+            for port in ports {
+                admin(port).create_database(&into, &role).await.unwrap();
+            }
+            // The first prints floats as 9.5 does by default (15 digits), the second
+            // prints every value its own way (floats shortest-exact, as 12 and later).
+            s.psql(
+                "postgres",
+                &format!("ALTER DATABASE {into} SET extra_float_digits = 0"),
+            );
+            s.psql_at(
+                md5_port,
+                "postgres",
+                &format!(
+                    "ALTER DATABASE {into} SET TimeZone = 'Pacific/Chatham'; \
+                     ALTER DATABASE {into} SET DateStyle = 'SQL, DMY'; \
+                     ALTER DATABASE {into} SET IntervalStyle = 'iso_8601'; \
+                     ALTER DATABASE {into} SET bytea_output = 'escape'; \
+                     ALTER DATABASE {into} SET extra_float_digits = 3"
+                ),
+            );
+            for port in ports {
+                let after = e.import(db, &into, &target(port), false).await.unwrap();
+                assert_eq!(mig::compare(db, &x.source, &after), Vec::<String>::new(), "port {port}");
+                assert_eq!(after, x.source, "port {port}");
+            }
+            let stats = || async { e.target_stats(&into, &target(s.pg_port())).await.unwrap() };
+            let diffs = |after: &[mig::TableStat]| mig::compare(db, &x.source, after);
+            let table = if db == "domain" { "projects" } else { "builds" };
+            let column = if db == "domain" { "score" } else { "status" };
+            // One column's values swapped between two rows: the counts and every
+            // column's multiset of values stay the same; the rows do not.
+            let pair = s.psql(
+                &into,
+                &format!(
+                    "SELECT a.id || ' ' || b.id FROM {table} a JOIN {table} b ON a.{column} <> b.{column} \
+                     ORDER BY a.id, b.id LIMIT 1"
+                ),
+            );
+            let (a, b) = pair.trim().split_once(' ').unwrap();
+            let swap = format!(
+                "UPDATE {table} SET {column} = CASE id WHEN {a} THEN (SELECT {column} FROM {table} WHERE id = {b}) \
+                 ELSE (SELECT {column} FROM {table} WHERE id = {a}) END WHERE id IN ({a}, {b})"
+            );
+            s.psql(&into, &swap);
+            let d = diffs(&stats().await);
+            assert_eq!(d.len(), 1, "{d:?}");
+            assert!(
+                d[0].starts_with(&format!("{db}.public.{table}: ")) && d[0].contains("content differs"),
+                "{d:?}"
+            );
+            s.psql(&into, &swap);
+            assert_eq!(diffs(&stats().await), Vec::<String>::new(), "swapped back");
+            // The sequence set behind the source's: named; ahead: no danger.
+            let seq = format!("{table}_id_seq");
+            let at = s.psql(&into, &format!("SELECT last_value FROM {seq}"));
+            s.psql(&into, &format!("SELECT setval('{seq}', 1)"));
+            let d = diffs(&stats().await);
+            assert_eq!(
+                d,
+                [format!(
+                    "{db}.public.{seq} (sequence): at {} in the source, behind at 1 in the target",
+                    at.trim()
+                )]
+            );
+            s.psql(&into, &format!("SELECT setval('{seq}', {} + 5)", at.trim()));
+            assert_eq!(diffs(&stats().await), Vec::<String>::new(), "ahead");
+            // A table only the target has, and a large object: named.
+            s.psql(
+                &into,
+                &format!(
+                    "CREATE TABLE operator_notes (n int); INSERT INTO operator_notes VALUES (1); \
+                     CREATE TABLE private_notes (n int); GRANT SELECT ON operator_notes TO {role}"
+                ),
+            );
+            s.psql(&into, "SELECT lo_from_bytea(0, 'x')");
+            let d = diffs(&stats().await);
+            assert_eq!(
+                d,
+                [
+                    format!("{db}: large objects: 0 large objects in the source, 1 in the target"),
+                    format!("{db}.public.operator_notes: only in the target (1 rows)"),
+                    format!(
+                        "{db}.public.private_notes: only in the target (not readable by the restore's user)"
+                    ),
+                ]
+            );
+            for port in ports {
+                admin(port).drop_database(&into).await.unwrap();
+            }
+        }
+        e.stop().await;
+        for port in ports {
+            admin(port).drop_role(&role).await.unwrap();
+        }
     });
 }

@@ -13,29 +13,40 @@ pub const TABLES_SQL: &str =
     "SELECT format('%I.%I', schemaname, tablename) FROM pg_catalog.pg_tables \
      WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1";
 
-/// Every user table's name, row count and content checksum, in one statement, after
-/// session settings that make a value's text form the same on both servers whatever
-/// their defaults or versions (UTC ISO timestamps, hex bytea, floats printed as 9.5
-/// prints them: `extra_float_digits = 0` means the same before and after 12).
+/// Every user table's name, row count and content checksum, each sequence's position
+/// and the number of large objects, in one statement (rows of kind, name, figure,
+/// checksum, as [`parse_stats`] reads them), after session settings that make a value's
+/// text form the same on both servers whatever their defaults or versions (UTC ISO
+/// timestamps, hex bytea, floats printed as 9.5 prints them: `extra_float_digits = 0`
+/// means the same before and after 12; `jsonb` prints its keys in its own canonical
+/// order and spacing, the same since 9.4; `json` keeps its text as written, which the
+/// dump carries byte for byte).
 ///
-/// The checksum sums, over the rows, a weighted sum of each column's 32-bit hash:
-/// `hashtext` for text and varchar, `hashint4`/`hashint8` for integers, `uuid_hash`
-/// for uuid, `hashtext` of the text form for everything else; NULL hashes as the
-/// column's position, and column k (counting only live columns, so a dropped column in
-/// the source does not shift it) weighs 2k+1, so values swapped between columns count.
-/// The sum does not depend on the rows' physical order and needs no memory for the
-/// table. These hash functions are PostgreSQL's hash_any (lookup3) and its integer
-/// form, the same from 8.4 on: hash indexes keep their values on disk across
-/// pg_upgrade, so they cannot change between versions (on machines of the same byte
-/// order). Hashing columns, not the row's text, costs a quarter of the CPU:
-/// converting whole rows to text was most of what verifying cost. `query_to_xml` runs
-/// the per-table query from within one statement (9.5 has nothing newer for that).
+/// A table's checksum is the sum, over its rows, of a hash of the whole row: each
+/// column's 32-bit hash (`hashtext` for text and varchar, `hashint4`/`hashint8` for
+/// integers, `uuid_hash` for uuid, `hashtext` of the text form for everything else;
+/// NULL hashes as the column's position), weighted by the column's position k (2k+1,
+/// counting only live columns, so a dropped column in the source does not shift it),
+/// summed as a 64-bit integer and hashed again with `hashint8`. Hashing the row binds
+/// its values together: a value moved to another row, or to another column, changes
+/// the sum. The sum does not depend on the rows' physical order and needs no memory
+/// for the table. These functions are PostgreSQL's hash_any (lookup3) and its integer
+/// form, the same from 8.4 on (hash indexes keep their values on disk across
+/// pg_upgrade, so they cannot change between versions on machines of the same byte
+/// order), and nothing here is newer than 9.5 (`hash_record` is 14+). Hashing
+/// columns, not the row's text, costs a quarter of the CPU: converting whole rows to
+/// text was most of what verifying cost. `query_to_xml` runs the per-table query from
+/// within one statement (9.5 has nothing newer for that). A table or sequence the
+/// user cannot read (one someone else made in the target) shows as -1 rows.
 pub const STATS_SQL: &str = concat!(
     "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; ",
     "SET bytea_output = 'hex'; SET extra_float_digits = 0; ",
-    "SELECT t, (xpath('/row/n/text()', x))[1]::text, (xpath('/row/c/text()', x))[1]::text FROM (",
-    "SELECT format('%I.%I', n.nspname, c.relname) AS t, query_to_xml(format(",
-    "'SELECT count(*) AS n, coalesce(sum(%s), 0) AS c FROM %I.%I', ",
+    "SELECT k, t, (xpath('/row/n/text()', x))[1]::text, coalesce((xpath('/row/c/text()', x))[1]::text, '') FROM (",
+    "SELECT CASE c.relkind WHEN 'r' THEN 'table' ELSE 'sequence' END AS k, ",
+    "format('%I.%I', n.nspname, c.relname) AS t, query_to_xml(CASE ",
+    "WHEN NOT has_table_privilege(c.oid, 'SELECT') THEN 'SELECT -1 AS n' WHEN c.relkind ",
+    "= 'S' THEN format('SELECT last_value AS n, is_called AS c FROM %I.%I', n.nspname, c.relname) ",
+    "ELSE format('SELECT count(*) AS n, coalesce(sum(hashint8(%s)), 0) AS c FROM %I.%I', ",
     "coalesce((SELECT string_agg(format('coalesce(%s, %s)::int8 * %s', CASE a.atttypid ",
     "WHEN 'text'::regtype THEN format('hashtext(%I)', a.attname) ",
     "WHEN 'varchar'::regtype THEN format('hashtext(%I)', a.attname) ",
@@ -45,26 +56,73 @@ pub const STATS_SQL: &str = concat!(
     "WHEN 'uuid'::regtype THEN format('uuid_hash(%I)', a.attname) ",
     "ELSE format('hashtext(%I::text)', a.attname) END, a.k, 2 * a.k + 1), ' + ' ORDER BY a.k) ",
     "FROM (SELECT attname, atttypid, row_number() OVER (ORDER BY attnum) AS k FROM pg_catalog.pg_attribute ",
-    "WHERE attrelid = c.oid AND attnum > 0 AND NOT attisdropped) a), '0'), n.nspname, c.relname), ",
+    "WHERE attrelid = c.oid AND attnum > 0 AND NOT attisdropped) a), '0'), n.nspname, c.relname) END, ",
     "false, true, '') AS x FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace ",
-    "WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') ",
-    "AND n.nspname !~ '^pg_(toast|temp)') q ORDER BY 1"
+    "WHERE c.relkind IN ('r', 'S') AND n.nspname NOT IN ('pg_catalog', 'information_schema') ",
+    "AND n.nspname !~ '^pg_(toast|temp)' ",
+    "UNION ALL SELECT 'large objects', '', query_to_xml(",
+    "'SELECT count(*) AS n FROM pg_catalog.pg_largeobject_metadata', false, true, '')) q ORDER BY 1, 2"
 );
 
-/// Tables (as `TableStat`s) from the rows [`stats_sql`] returns.
+/// What one line of the comparison is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A PostgreSQL table: rows and their checksum.
+    Table,
+    /// A PostgreSQL sequence: `rows` is its `last_value`, `checksum` its `is_called`.
+    Sequence,
+    /// A PostgreSQL database's large objects: `rows` is how many.
+    LargeObjects,
+    /// A MongoDB collection: documents and their dbHash md5.
+    Collection,
+    /// A capped MongoDB collection: documents only (dbHash treats them differently
+    /// across versions).
+    Capped,
+    /// A MongoDB view: the documents it shows, and the collection it is on.
+    View,
+}
+
+impl Kind {
+    fn parse(s: &str) -> Option<Kind> {
+        Some(match s {
+            "table" => Kind::Table,
+            "sequence" => Kind::Sequence,
+            "large objects" => Kind::LargeObjects,
+            "collection" => Kind::Collection,
+            "capped" => Kind::Capped,
+            "view" => Kind::View,
+            _ => return None,
+        })
+    }
+
+    /// What `rows` counts.
+    fn noun(self) -> &'static str {
+        match self {
+            Kind::Table => "rows",
+            Kind::LargeObjects => "large objects",
+            _ => "documents",
+        }
+    }
+}
+
+/// The lines [`STATS_SQL`] (kind, name, figure, checksum) or [`MONGO_STATS_SCRIPT`]
+/// return, sorted by name.
 pub fn parse_stats(rows: &[Vec<String>]) -> Result<Vec<TableStat>, String> {
     let mut out = Vec::new();
     for r in rows {
-        let [table, count, sum] = r.as_slice() else {
+        let [kind, table, count, sum] = r.as_slice() else {
             return Err(format!(
-                "unexpected row {r:?} (want table, count, checksum)"
+                "unexpected row {r:?} (want kind, name, figure, checksum)"
             ));
         };
+        let kind =
+            Kind::parse(kind).ok_or_else(|| format!("unexpected kind {kind:?} of {table}"))?;
         out.push(TableStat {
+            kind,
             table: table.clone(),
             rows: count
                 .parse()
-                .map_err(|_| format!("row count {count:?} of {table} is not a number"))?,
+                .map_err(|_| format!("figure {count:?} of {table} is not a number"))?,
             checksum: sum.clone(),
         });
     }
@@ -82,11 +140,18 @@ pub const MONGO_DATA: &str = "/data/circle/mongo";
 pub const MONGO_MOUNT: &str = "/data/db";
 
 /// What the data migration sends the container's `mongo` shell for one database: a
-/// line per collection, `name<TAB>count<TAB>dbHash md5`, the form
+/// line per collection, `kind<TAB>name<TAB>count<TAB>checksum`, the form
 /// [`parse_stats`] reads (and `MongoAdmin::collection_stats` returns for the target).
+/// An ordinary collection's checksum is its dbHash md5 (an md5 over its documents' BSON
+/// in `_id` order); a capped collection is compared by its count alone (dbHash leaves
+/// capped collections out from 4.0 on, so the two sides would never agree), a view by
+/// the count of what it shows and the collection it is on (dbHash has no value for a
+/// view: 3.6's shell would print `undefined`).
 pub const MONGO_STATS_SCRIPT: &str = "var h = db.runCommand({dbHash: 1}); \
-     db.getCollectionNames().forEach(function (c) \
-     { print(c + '\\t' + db.getCollection(c).count() + '\\t' + h.collections[c]); });";
+     db.getCollectionInfos().forEach(function (i) { \
+     var v = i.type === 'view', k = v ? 'view' : (i.options && i.options.capped ? 'capped' : 'collection'); \
+     print(k + '\\t' + i.name + '\\t' + db.getCollection(i.name).count() + '\\t' + \
+     (v ? i.options.viewOn : (k === 'capped' ? '' : h.collections[i.name]))); });";
 
 /// A MongoDB database the migration may carry: letters, digits, `_` and `-`, not
 /// starting with `-`, at most 63 bytes; never `admin`, `local` or `config` (CircleCI's
@@ -119,43 +184,94 @@ pub const EXPECTED_TABLES: [(&str, &str); 5] = [
     ("vms", "tasks"),
 ];
 
-/// One table's row count and content checksum.
+/// One table's row count and content checksum (or a sequence's position, the number
+/// of large objects, a collection's documents: see [`Kind`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableStat {
+    pub kind: Kind,
     pub table: String,
     pub rows: i64,
     pub checksum: String,
 }
 
-/// Differences between the source's and the target's tables, one line each, naming
-/// the table and both sides.
+/// Differences between the source's and the target's tables (collections, sequences,
+/// large objects), one line each, naming it and both sides: missing or different in
+/// the target, or only in the target. A sequence differs only when the target's is
+/// behind the source's (a target that handed out more numbers is no danger; one behind
+/// would hand out numbers the data already holds).
 pub fn compare(db: &str, source: &[TableStat], target: &[TableStat]) -> Vec<String> {
-    differences(db, source, target, "rows")
-}
-
-/// As [`compare`], for what counts `noun` (`rows`, `documents`).
-pub fn differences(
-    db: &str,
-    source: &[TableStat],
-    target: &[TableStat],
-    noun: &str,
-) -> Vec<String> {
     let mut out = Vec::new();
     for s in source {
-        match target.iter().find(|t| t.table == s.table) {
-            None => out.push(format!(
-                "{db}.{}: {} {noun} in the source, missing in the target",
-                s.table, s.rows
+        let noun = s.kind.noun();
+        let name = |t: &TableStat| match t.kind {
+            Kind::LargeObjects => format!("{db}: large objects"),
+            Kind::Sequence => format!("{db}.{} (sequence)", t.table),
+            Kind::View => format!("{db}.{} (view)", t.table),
+            _ => format!("{db}.{}", t.table),
+        };
+        let Some(t) = target
+            .iter()
+            .find(|t| t.table == s.table && t.kind == s.kind)
+        else {
+            out.push(match s.kind {
+                Kind::LargeObjects => {
+                    format!("{}: {} in the source, none in the target", name(s), s.rows)
+                }
+                Kind::Sequence => format!(
+                    "{}: at {} in the source, missing in the target",
+                    name(s),
+                    s.rows
+                ),
+                _ => format!(
+                    "{}: {} {noun} in the source, missing in the target",
+                    name(s),
+                    s.rows
+                ),
+            });
+            continue;
+        };
+        match s.kind {
+            Kind::Sequence => {
+                // The next value each would hand out (ascending sequences: CircleCI's).
+                let next = |q: &TableStat| q.rows + i64::from(q.checksum == "true");
+                if next(t) < next(s) {
+                    out.push(format!(
+                        "{}: at {} in the source, behind at {} in the target",
+                        name(s),
+                        s.rows,
+                        t.rows
+                    ));
+                }
+            }
+            _ if t.rows != s.rows => out.push(format!(
+                "{}: {} {noun} in the source, {} in the target",
+                name(s),
+                s.rows,
+                t.rows
             )),
-            Some(t) if t.rows != s.rows => out.push(format!(
-                "{db}.{}: {} {noun} in the source, {} in the target",
-                s.table, s.rows, t.rows
+            _ if t.checksum != s.checksum => out.push(format!(
+                "{}: {} {noun} on both sides, but their content differs (checksums {} and {})",
+                name(s),
+                s.rows,
+                s.checksum,
+                t.checksum
             )),
-            Some(t) if t.checksum != s.checksum => out.push(format!(
-                "{db}.{}: {} {noun} on both sides, but their content differs (checksums {} and {})",
-                s.table, s.rows, s.checksum, t.checksum
-            )),
-            Some(_) => {}
+            _ => {}
+        }
+    }
+    for t in target {
+        if !source
+            .iter()
+            .any(|s| s.table == t.table && s.kind == t.kind)
+            && t.kind != Kind::LargeObjects
+        {
+            let what = match t.kind {
+                _ if t.rows < 0 => "not readable by the restore's user".to_string(),
+                Kind::Sequence => "sequence".to_string(),
+                Kind::View => "view".to_string(),
+                k => format!("{} {}", t.rows, k.noun()),
+            };
+            out.push(format!("{db}.{}: only in the target ({what})", t.table));
         }
     }
     out
@@ -275,9 +391,17 @@ mod tests {
 
     fn stat(t: &str, rows: i64, md5: &str) -> TableStat {
         TableStat {
+            kind: Kind::Table,
             table: t.into(),
             rows,
             checksum: md5.into(),
+        }
+    }
+
+    fn of(kind: Kind, t: &str, rows: i64, sum: &str) -> TableStat {
+        TableStat {
+            kind,
+            ..stat(t, rows, sum)
         }
     }
 
@@ -302,24 +426,105 @@ mod tests {
         assert!(d[1].starts_with("circle.public.c: 1 rows on both sides"));
         assert!(compare("circle", &src, &src).is_empty());
         assert!(compare("circle", &src, &[])[0].contains("missing in the target"));
-        let d = differences("circle_ghe", &src, &dst, "documents");
+        let c = |t: &str, n, h: &str| of(Kind::Collection, t, n, h);
+        let d = compare("circle_ghe", &[c("b", 2, "y")], &[c("b", 1, "y")]);
         assert_eq!(
-            d[0],
-            "circle_ghe.public.b: 2 documents in the source, 1 in the target"
+            d,
+            ["circle_ghe.b: 2 documents in the source, 1 in the target"]
         );
     }
 
     #[test]
+    fn sequences_behind_extra_tables_and_large_objects_are_named() {
+        let seq = |n, called: &str| of(Kind::Sequence, "public.t_id_seq", n, called);
+        let lo = |n| of(Kind::LargeObjects, "", n, "");
+        let src = [stat("public.t", 5, "x"), seq(5, "true"), lo(2)];
+        // Behind, by one value or by is_called alone: named.
+        for behind in [seq(4, "true"), seq(5, "false"), seq(1, "false")] {
+            let d = compare("vms", &src, &[stat("public.t", 5, "x"), behind, lo(2)]);
+            assert_eq!(d.len(), 1, "{d:?}");
+            assert!(
+                d[0].starts_with("vms.public.t_id_seq (sequence): at 5 in the source, behind at"),
+                "{d:?}"
+            );
+        }
+        // Ahead (the target handed out more numbers): no danger, no difference.
+        assert!(compare(
+            "vms",
+            &src,
+            &[stat("public.t", 5, "x"), seq(9, "true"), lo(2)]
+        )
+        .is_empty());
+        let d = compare("vms", &src, &[stat("public.t", 5, "x"), lo(2)]);
+        assert_eq!(
+            d,
+            ["vms.public.t_id_seq (sequence): at 5 in the source, missing in the target"]
+        );
+        // Large objects: counted.
+        let d = compare(
+            "vms",
+            &src,
+            &[stat("public.t", 5, "x"), seq(5, "true"), lo(0)],
+        );
+        assert_eq!(
+            d,
+            ["vms: large objects: 2 large objects in the source, 0 in the target"]
+        );
+        // Tables (and sequences) only in the target are named.
+        let mut dst = src.to_vec();
+        dst.push(stat("public.extra", 3, "q"));
+        dst.push(of(Kind::Sequence, "public.extra_id_seq", 3, "true"));
+        let d = compare("vms", &src, &dst);
+        assert_eq!(
+            d,
+            [
+                "vms.public.extra: only in the target (3 rows)",
+                "vms.public.extra_id_seq: only in the target (sequence)"
+            ]
+        );
+    }
+
+    #[test]
+    fn views_and_capped_collections_compare_by_what_both_sides_can_tell() {
+        let view = |n, on: &str| of(Kind::View, "recent", n, on);
+        let capped = |n| of(Kind::Capped, "log", n, "");
+        let src = [view(4, "builds"), capped(10)];
+        assert!(compare("circle_ghe", &src, &src).is_empty());
+        let d = compare("circle_ghe", &src, &[view(4, "jobs"), capped(9)]);
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert!(
+            d[0].starts_with("circle_ghe.recent (view): 4 documents on both sides, but"),
+            "{d:?}"
+        );
+        assert_eq!(
+            d[1],
+            "circle_ghe.log: 10 documents in the source, 9 in the target"
+        );
+        // A view in the source is not a collection in the target.
+        let d = compare(
+            "circle_ghe",
+            &src,
+            &[of(Kind::Collection, "recent", 4, "builds"), capped(10)],
+        );
+        assert_eq!(d.len(), 2, "{d:?}");
+    }
+
+    #[test]
     fn parse_stats_sorts_and_rejects_odd_rows() {
+        let row = |v: [&str; 4]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let rows = vec![
-            vec!["public.b".to_string(), "2".to_string(), "7".to_string()],
-            vec!["public.a".to_string(), "0".to_string(), "0".to_string()],
+            row(["table", "public.b", "2", "7"]),
+            row(["sequence", "public.a", "0", "false"]),
+            row(["large objects", "", "0", ""]),
         ];
         let s = parse_stats(&rows).unwrap();
-        assert_eq!(s[0].table, "public.a");
-        assert_eq!(s[1].rows, 2);
+        assert_eq!(s[0].kind, Kind::LargeObjects);
+        assert_eq!(s[1].table, "public.a");
+        assert_eq!(s[1].kind, Kind::Sequence);
+        assert_eq!(s[2].rows, 2);
         assert!(parse_stats(&[vec!["x".to_string()]]).is_err());
-        assert!(parse_stats(&[vec!["t".into(), "n".into(), "0".into()]]).is_err());
+        assert!(parse_stats(&[row(["table", "t", "n", "0"])]).is_err());
+        assert!(parse_stats(&[row(["index", "t", "1", "0"])]).is_err());
     }
 
     #[test]

@@ -183,3 +183,15 @@ pub fn epoch_now() -> f64 {
         .unwrap()
         .as_secs_f64()
 }
+
+/// A simulator container (the simulator's `docker` at `.0`, the name `.1`) removed
+/// when dropped, so that a failed test leaves none for the next run to collide with.
+pub struct Removed(pub std::path::PathBuf, pub &'static str);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(&self.0)
+            .args(["rm", "-f", self.1])
+            .output();
+    }
+}

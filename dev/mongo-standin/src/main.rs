@@ -33,7 +33,8 @@
 //!
 //! Documents (src/store.rs), for the data migration: `insert`, `find` (an empty filter
 //! or top-level equality; no sort or projection), `getMore`, `killCursors`, `count`,
-//! `listCollections`, `listIndexes`, `createIndexes`, `drop`, `dropDatabase`, `dbHash`,
+//! `listCollections`, `listIndexes`, `createIndexes`, `create` (capped collections and
+//! views: see src/store.rs), `drop`, `dropDatabase`, `dbHash`,
 //! and the databases in `listDatabases`; with `--dbpath DIR` they persist there (each
 //! collection's documents one after another, as mongodump writes them), else in memory.
 //! Reading needs a role on the database (read, readWrite, dbOwner) or root /
@@ -496,7 +497,7 @@ impl Server {
         }
         let write = matches!(
             name.as_str(),
-            "insert" | "createIndexes" | "drop" | "dropDatabase"
+            "insert" | "createIndexes" | "create" | "drop" | "dropDatabase"
         );
         if let Some(r) = {
             let allowed = self.can_use(&conn.auth, &db, write);
@@ -1023,8 +1024,19 @@ async fn main() {
         eprintln!("{usage}");
         std::process::exit(2);
     };
+    let mode = match arg(&args, "--mode").as_deref() {
+        None | Some("current") => Mode::Current,
+        Some("3.6") => Mode::V36,
+        Some(other) => {
+            eprintln!("--mode {other}: expected current or 3.6\n{usage}");
+            std::process::exit(2);
+        }
+    };
     let store = match store::Store::open(arg(&args, "--dbpath").map(std::path::PathBuf::from)) {
-        Ok(s) => s,
+        Ok(mut s) => {
+            s.capped_unhashed = mode == Mode::Current;
+            s
+        }
         Err(e) => {
             eprintln!("--dbpath: {e}");
             std::process::exit(2);
@@ -1042,14 +1054,6 @@ async fn main() {
         eprintln!("--advertise and --primary need --replica-set\n{usage}");
         std::process::exit(2);
     }
-    let mode = match arg(&args, "--mode").as_deref() {
-        None | Some("current") => Mode::Current,
-        Some("3.6") => Mode::V36,
-        Some(other) => {
-            eprintln!("--mode {other}: expected current or 3.6\n{usage}");
-            std::process::exit(2);
-        }
-    };
     let mut users = BTreeMap::new();
     if let Some((user, pw)) = admin {
         let admin = make_user(

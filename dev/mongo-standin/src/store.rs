@@ -4,8 +4,14 @@
 //! whole (through a temporary file and a rename) after every write. Written from
 //! MongoDB's command documentation: insert, find (an empty filter or top-level
 //! equality), getMore, killCursors, count, listCollections, listIndexes,
-//! createIndexes, drop, dropDatabase, dbHash. Anything else a filter or command asks
-//! for is refused, never ignored.
+//! createIndexes, create (capped collections and views), drop, dropDatabase, dbHash.
+//! A collection's `create` options are kept in DIR/<db>/<collection>.options.bson. A
+//! view is counted through its pipeline when every stage keeps the number of documents
+//! (`$project`, `$addFields`, `$set`, `$sort`); other stages, and reading a view's
+//! documents, are refused. Capped collections are not trimmed to their size. dbHash
+//! leaves views out, and in the current mode (as MongoDB does from 4.0 on) lists
+//! capped collections under `capped` with the hash of nothing. Anything else a filter
+//! or command asks for is refused, never ignored.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
@@ -24,9 +30,37 @@ const BATCH_BYTES: usize = 4 * 1024 * 1024;
 struct Collection {
     docs: Vec<Document>,
     indexes: Vec<Document>,
+    /// What `create` was given (`capped`, `size`, `max`, or `viewOn`, `pipeline`).
+    options: Document,
+}
+
+impl Collection {
+    fn view_on(&self) -> Option<&str> {
+        self.options.get_str("viewOn").ok()
+    }
+
+    fn capped(&self) -> bool {
+        self.options.get_bool("capped") == Ok(true)
+    }
+}
+
+/// The view stages the stand-in can count through: those that keep every document.
+const COUNTABLE_STAGES: [&str; 4] = ["$project", "$addFields", "$set", "$sort"];
+
+fn is_view(c: &Collection, db: &str, name: &str) -> Result<(), CmdError> {
+    match c.view_on() {
+        Some(_) => Err(fail(
+            166,
+            "CommandNotSupportedOnView",
+            format!("Namespace {db}.{name} is a view, not a collection"),
+        )),
+        None => Ok(()),
+    }
 }
 
 pub struct Store {
+    /// dbHash as MongoDB 4.0 and later: capped collections listed, not hashed.
+    pub capped_unhashed: bool,
     dir: Option<PathBuf>,
     dbs: Mutex<BTreeMap<String, BTreeMap<String, Collection>>>,
     cursors: Mutex<HashMap<i64, (String, VecDeque<Document>)>>,
@@ -123,13 +157,18 @@ impl Store {
                     let Some(coll) = file.strip_suffix(".bson") else {
                         continue;
                     };
-                    if coll.ends_with(".indexes") {
+                    if coll.ends_with(".indexes") || coll.ends_with(".options") {
                         continue;
                     }
                     let mut c = Collection {
                         docs: read_docs(&p)?,
                         indexes: vec![id_index(&format!("{name}.{coll}"))],
+                        options: Document::new(),
                     };
+                    let opts = db.path().join(format!("{coll}.options.bson"));
+                    if opts.exists() {
+                        c.options = read_docs(&opts)?.pop().unwrap_or_default();
+                    }
                     let idx = db.path().join(format!("{coll}.indexes.bson"));
                     if idx.exists() {
                         c.indexes = read_docs(&idx)?;
@@ -141,6 +180,7 @@ impl Store {
             }
         }
         Ok(Store {
+            capped_unhashed: false,
             dir,
             dbs: Mutex::new(dbs),
             cursors: Mutex::new(HashMap::new()),
@@ -168,12 +208,18 @@ impl Store {
         let d = dir.join(db);
         let data = d.join(format!("{coll}.bson"));
         let idx = d.join(format!("{coll}.indexes.bson"));
+        let opts = d.join(format!("{coll}.options.bson"));
         let r = match c {
             Some(c) => std::fs::create_dir_all(&d)
                 .and_then(|_| write_docs(&data, &c.docs))
-                .and_then(|_| write_docs(&idx, &c.indexes)),
+                .and_then(|_| write_docs(&idx, &c.indexes))
+                .and_then(|_| match c.options.is_empty() {
+                    true => Ok(()),
+                    false => write_docs(&opts, std::slice::from_ref(&c.options)),
+                }),
             None => {
                 let _ = std::fs::remove_file(&idx);
+                let _ = std::fs::remove_file(&opts);
                 match std::fs::remove_file(&data) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
                     _ => Ok(()),
@@ -251,7 +297,9 @@ impl Store {
                 let entry = dbs.entry(db.to_string()).or_default().entry(c.clone()).or_insert_with(|| Collection {
                     docs: vec![],
                     indexes: vec![id_index(&format!("{db}.{c}"))],
+                    options: Document::new(),
                 });
+                is_view(entry, db, &c)?;
                 let mut n = 0;
                 for d in docs {
                     let Bson::Document(d) = d else { continue };
@@ -282,6 +330,9 @@ impl Store {
                 let dbs = self.dbs.lock().unwrap();
                 let mut out = VecDeque::new();
                 if let Some(col) = dbs.get(db).and_then(|d| d.get(&c)) {
+                    if col.view_on().is_some() {
+                        return Err(fail(2, "BadValue", format!("the stand-in does not read a view's documents ({db}.{c})")));
+                    }
                     for d in &col.docs {
                         if matches(d, &filter)? {
                             out.push_back(d.clone());
@@ -317,7 +368,24 @@ impl Store {
                 let q = body.get_document("query").cloned().unwrap_or_default();
                 let dbs = self.dbs.lock().unwrap();
                 let mut n = 0;
-                if let Some(col) = dbs.get(db).and_then(|d| d.get(&c)) {
+                let mut col = dbs.get(db).and_then(|d| d.get(&c));
+                if let Some(view) = col.filter(|v| v.view_on().is_some()) {
+                    let stages = view.options.get_array("pipeline").cloned().unwrap_or_default();
+                    for st in &stages {
+                        let op = match st {
+                            Bson::Document(d) => d.keys().next().cloned().unwrap_or_default(),
+                            _ => String::new(),
+                        };
+                        if !COUNTABLE_STAGES.contains(&op.as_str()) {
+                            return Err(fail(2, "BadValue", format!("the stand-in counts views only through {COUNTABLE_STAGES:?}, not {op}")));
+                        }
+                    }
+                    if !q.is_empty() {
+                        return Err(fail(2, "BadValue", "the stand-in counts a view only without a query"));
+                    }
+                    col = dbs.get(db).and_then(|d| d.get(view.view_on().unwrap_or_default()));
+                }
+                if let Some(col) = col {
                     for d in &col.docs {
                         if matches(d, &q)? {
                             n += 1;
@@ -331,8 +399,11 @@ impl Store {
                 let names: VecDeque<Document> = dbs
                     .get(db)
                     .map(|d| {
-                        d.keys()
-                            .map(|n| doc! {"name": n, "type": "collection", "options": {}, "info": {"readOnly": false}, "idIndex": id_index(&format!("{db}.{n}"))})
+                        d.iter()
+                            .map(|(n, c)| match c.view_on() {
+                                Some(_) => doc! {"name": n, "type": "view", "options": c.options.clone(), "info": {"readOnly": true}},
+                                None => doc! {"name": n, "type": "collection", "options": c.options.clone(), "info": {"readOnly": false}, "idIndex": id_index(&format!("{db}.{n}"))},
+                            })
                             .collect()
                     })
                     .unwrap_or_default();
@@ -343,6 +414,7 @@ impl Store {
                 let dbs = self.dbs.lock().unwrap();
                 match dbs.get(db).and_then(|d| d.get(&c)) {
                     Some(col) => {
+                        is_view(col, db, &c)?;
                         let idx = col.indexes.iter().cloned().collect();
                         drop(dbs);
                         Ok(self.cursor_reply(&format!("{db}.{c}"), idx, true, batch(body)))
@@ -356,7 +428,9 @@ impl Store {
                 let entry = dbs.entry(db.to_string()).or_default().entry(c.clone()).or_insert_with(|| Collection {
                     docs: vec![],
                     indexes: vec![id_index(&format!("{db}.{c}"))],
+                    options: Document::new(),
                 });
+                is_view(entry, db, &c)?;
                 let before = entry.indexes.len() as i32;
                 for s in specs {
                     let Bson::Document(s) = s else { continue };
@@ -372,6 +446,40 @@ impl Store {
                 drop(dbs);
                 self.persist(db, &c, Some(&snapshot))?;
                 Ok(doc! {"numIndexesBefore": before, "numIndexesAfter": after, "createdCollectionAutomatically": before == 1 && snapshot.docs.is_empty()})
+            }),
+            "create" => coll().and_then(|c| {
+                let mut options = Document::new();
+                for (k, v) in body {
+                    match k.as_str() {
+                        "create" | "lsid" | "writeConcern" | "$clusterTime" | "$readPreference" => {}
+                        k if k.starts_with('$') => {}
+                        "capped" | "size" | "max" | "viewOn" | "pipeline" => {
+                            options.insert(k, v.clone());
+                        }
+                        other => return Err(fail(2, "BadValue", format!("the stand-in's create takes no {other}"))),
+                    }
+                }
+                if options.contains_key("viewOn") && options.contains_key("capped") {
+                    return Err(fail(2, "BadValue", "a view cannot be capped"));
+                }
+                if options.get_bool("capped") == Ok(true) && !options.contains_key("size") {
+                    return Err(fail(72, "InvalidOptions", "the 'size' field is required when 'capped' is true"));
+                }
+                let mut dbs = self.dbs.lock().unwrap();
+                let colls = dbs.entry(db.to_string()).or_default();
+                if colls.contains_key(&c) {
+                    return Err(fail(48, "NamespaceExists", format!("a collection '{db}.{c}' already exists")));
+                }
+                let view = options.contains_key("viewOn");
+                let col = Collection {
+                    docs: vec![],
+                    indexes: if view { vec![] } else { vec![id_index(&format!("{db}.{c}"))] },
+                    options,
+                };
+                colls.insert(c.clone(), col.clone());
+                drop(dbs);
+                self.persist(db, &c, Some(&col))?;
+                Ok(doc! {})
             }),
             "drop" => coll().and_then(|c| {
                 let removed = self.dbs.lock().unwrap().get_mut(db).and_then(|d| d.remove(&c));
@@ -396,8 +504,19 @@ impl Store {
                 let dbs = self.dbs.lock().unwrap();
                 let mut all = md5::Md5::new();
                 let mut colls = Document::new();
+                let mut capped: Vec<String> = Vec::new();
                 if let Some(d) = dbs.get(db) {
                     for (n, c) in d {
+                        if c.view_on().is_some() {
+                            continue;
+                        }
+                        if c.capped() && self.capped_unhashed {
+                            capped.push(n.clone());
+                            let hex: String = md5::Md5::new().finalize().iter().map(|b| format!("{b:02x}")).collect();
+                            all.update(hex.as_bytes());
+                            colls.insert(n.clone(), hex);
+                            continue;
+                        }
                         let mut docs: Vec<&Document> = c.docs.iter().collect();
                         docs.sort_by(|a, b| id_key(a).partial_cmp(&id_key(b)).unwrap_or(std::cmp::Ordering::Equal));
                         let mut h = md5::Md5::new();
@@ -410,7 +529,11 @@ impl Store {
                     }
                 }
                 let md5: String = all.finalize().iter().map(|b| format!("{b:02x}")).collect();
-                Ok(doc! {"numCollections": colls.len() as i32, "host": "standin", "collections": colls, "md5": md5})
+                let mut reply = doc! {"numCollections": colls.len() as i32, "host": "standin", "collections": colls, "md5": md5};
+                if self.capped_unhashed {
+                    reply.insert("capped", capped);
+                }
+                Ok(reply)
             }
             _ => return None,
         };

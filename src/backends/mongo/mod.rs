@@ -13,6 +13,7 @@ use bson::{doc, Bson, Document};
 use tokio::sync::Mutex;
 
 use crate::backends::tunnel::Route;
+use crate::circleci::migration::{Kind, TableStat};
 use crate::secret::Secret;
 
 mod scram;
@@ -450,11 +451,30 @@ impl MongoAdmin {
     /// The collections of `db` (without `system.*`), sorted: listCollections, with
     /// getMore for long lists.
     pub async fn collection_names(&self, db: &str) -> Result<Vec<String>, MongoError> {
+        Ok(self
+            .collection_infos(db, true)
+            .await?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect())
+    }
+
+    /// listCollections of `db` (without `system.*`), sorted by name: each name with
+    /// what the server says of it (`type`, `options`), all of it unless `names_only`.
+    async fn collection_infos(
+        &self,
+        db: &str,
+        names_only: bool,
+    ) -> Result<Vec<(String, Document)>, MongoError> {
         let what = format!("listing the collections of {db}");
         let mut reply = self
-            .run(db, doc! {"listCollections": 1, "nameOnly": true}, &what)
+            .run(
+                db,
+                doc! {"listCollections": 1, "nameOnly": names_only},
+                &what,
+            )
             .await?;
-        let mut names = Vec::new();
+        let mut infos = Vec::new();
         loop {
             let cursor = reply.get_document("cursor").cloned().unwrap_or_default();
             let batch = cursor
@@ -462,8 +482,8 @@ impl MongoAdmin {
                 .or_else(|_| cursor.get_array("nextBatch"))
                 .cloned()
                 .unwrap_or_default();
-            names.extend(batch.iter().filter_map(|c| match c {
-                Bson::Document(d) => d.get_str("name").ok().map(str::to_string),
+            infos.extend(batch.into_iter().filter_map(|c| match c {
+                Bson::Document(d) => d.get_str("name").ok().map(|n| (n.to_string(), d.clone())),
                 _ => None,
             }));
             let id = cursor.get_i64("id").unwrap_or(0);
@@ -478,9 +498,9 @@ impl MongoAdmin {
                 )
                 .await?;
         }
-        names.retain(|n| !n.starts_with("system."));
-        names.sort();
-        Ok(names)
+        infos.retain(|(n, _)| !n.starts_with("system."));
+        infos.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(infos)
     }
 
     /// Drops collections `names` of `db` (those missing are no error): what undoes a
@@ -494,13 +514,11 @@ impl MongoAdmin {
         Ok(())
     }
 
-    /// Every collection of `db` with its document count and its `dbHash` md5, sorted
-    /// by name: what the data migration compares on both sides.
-    pub async fn collection_stats(
-        &self,
-        db: &str,
-    ) -> Result<Vec<crate::circleci::migration::TableStat>, MongoError> {
-        let names = self.collection_names(db).await?;
+    /// Every collection of `db` with its kind, document count and checksum, sorted by
+    /// name, as `MONGO_STATS_SCRIPT` prints them for the embedded side: an ordinary
+    /// collection's `dbHash` md5, nothing for a capped one, a view's `viewOn`.
+    pub async fn collection_stats(&self, db: &str) -> Result<Vec<TableStat>, MongoError> {
+        let infos = self.collection_infos(db, false).await?;
         let hash = self
             .run(db, doc! {"dbHash": 1}, &format!("hashing {db}"))
             .await?;
@@ -509,7 +527,16 @@ impl MongoAdmin {
             .cloned()
             .unwrap_or_default();
         let mut out = Vec::new();
-        for n in names {
+        for (n, info) in infos {
+            let options = info.get_document("options").cloned().unwrap_or_default();
+            let (kind, checksum) = if info.get_str("type") == Ok("view") {
+                (Kind::View, options.get_str("viewOn").unwrap_or_default())
+            } else if options.get_bool("capped") == Ok(true) {
+                (Kind::Capped, "")
+            } else {
+                (Kind::Collection, hashes.get_str(&n).unwrap_or_default())
+            };
+            let checksum = checksum.to_string();
             let c = self
                 .run(db, doc! {"count": &n}, &format!("counting {db}.{n}"))
                 .await?;
@@ -519,8 +546,9 @@ impl MongoAdmin {
                 Some(Bson::Double(v)) => *v as i64,
                 _ => -1,
             };
-            out.push(crate::circleci::migration::TableStat {
-                checksum: hashes.get_str(&n).unwrap_or_default().to_string(),
+            out.push(TableStat {
+                kind,
+                checksum,
                 table: n,
                 rows,
             });

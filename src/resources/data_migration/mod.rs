@@ -303,7 +303,8 @@ fn block() -> Block {
         ))
         .attr(Attribute::new("mongo_collections", Type::map(Type::String)).computed().description(
             "Every MongoDB collection carried over (`database.collection`) with its document count and `dbHash` \
-             md5, equal on both sides: `N documents, checksum C`.",
+             md5, equal on both sides: `N documents, checksum C` (a capped collection: `N documents, capped \
+             (compared by count)`; a view: `view on C, showing N documents`).",
         ))
         .attr(Attribute::new("mongo_documents", Type::Number).computed().description("MongoDB documents carried over in all."))
         .attr(Attribute::new("skipped", Type::list(Type::String)).computed().description(

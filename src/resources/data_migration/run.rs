@@ -9,7 +9,7 @@ use super::settings::{settings, PgSettings, Settings};
 use super::vault_key::{Found, KeyMove};
 use super::*;
 use crate::backends::vault::Vault;
-use crate::circleci::migration::{compare, TableStat, EXPECTED_TABLES};
+use crate::circleci::migration::{compare, Kind, TableStat, EXPECTED_TABLES};
 use crate::plugin::stop;
 use crate::resources::cutover::Cutover;
 use crate::resources::services_restart::ServicesRestart;
@@ -643,10 +643,10 @@ async fn export_one(
     }
     let x = e.export(db).await?;
     sanity_check(db, &x.source)?;
-    let rows: i64 = x.source.iter().map(|t| t.rows).sum();
+    let rows: i64 = tables(&x.source).map(|t| t.rows).sum();
     log::info!(
         "database {db}: exported, {} tables, {rows} rows, {} bytes",
-        x.source.len(),
+        tables(&x.source).count(),
         x.size
     );
     Ok(x)
@@ -679,7 +679,8 @@ async fn import_one(
     let clean = occupied.holds(db);
     if clean {
         let before = e.target_stats(db, target).await?;
-        if compare(db, &x.source, &before).is_empty() && before.len() == x.source.len() {
+        let diffs = compare(db, &x.source, &before);
+        if diffs.is_empty() {
             log::info!("database {db}: the target already holds exactly this data; left as it is");
             record(true);
             return Ok(());
@@ -689,18 +690,13 @@ async fn import_one(
                 "database {db}: restoring over the copy an earlier failed attempt of this cutover left"
             );
         } else if !s.overwrite {
-            return Err(Diagnostic::error(
-                "Target database not empty",
-                format!(
-                    "database {db:?} at {}:{} already holds {} tables that differ from the embedded data. \
-                     Nothing was written to it. Set overwrite_existing = true to restore over them.",
-                    p.host,
-                    p.port,
-                    before.len()
-                ),
-            )
-            .at(AttrPath::root("overwrite_existing"))
-            .into());
+            let what = format!("database {db:?} at {}:{}", p.host, p.port);
+            return Err(differs_from_embedded(
+                &what,
+                tables(&before).count(),
+                "tables",
+                &diffs,
+            ));
         }
     }
     log::info!("database {db}: importing into {}:{}", p.host, p.port);
@@ -713,7 +709,7 @@ async fn import_one(
         )
         .into());
     }
-    for t in &x.source {
+    for t in tables(&x.source) {
         log::info!("database {db}: table {} verified, {} rows", t.table, t.rows);
     }
     record(false);
@@ -746,6 +742,31 @@ impl Occupied {
     }
 }
 
+/// The refusal of a target (`what`, e.g. `database "x" at host:port`) holding `held`
+/// tables or collections (`kind`) that differ from the embedded data as `diffs` say
+/// (the first ten shown).
+pub(super) fn differs_from_embedded(
+    what: &str,
+    held: usize,
+    kind: &str,
+    diffs: &[String],
+) -> Diagnostics {
+    let more = match diffs.len() {
+        n if n > 10 => format!("\n(and {} more)", n - 10),
+        _ => String::new(),
+    };
+    Diagnostic::error(
+        "Target database not empty",
+        format!(
+            "{what} already holds {held} {kind} that differ from the embedded data:\n{}{more}\nNothing was \
+             written to it. Set overwrite_existing = true to restore over them.",
+            diffs.iter().take(10).map(|d| format!("- {d}")).collect::<Vec<_>>().join("\n")
+        ),
+    )
+    .at(AttrPath::root("overwrite_existing"))
+    .into()
+}
+
 /// The refusal of a target (`what`, e.g. `database "x" at host:port`) that holds
 /// `names` (tables, collections: `kind`) while CircleCI runs.
 pub(super) fn not_empty_while_running(what: &str, names: &[String], kind: &str) -> Diagnostics {
@@ -767,7 +788,7 @@ pub(super) fn not_empty_while_running(what: &str, names: &[String], kind: &str) 
 /// The tables CircleCI's export script insists on, where they belong.
 fn sanity_check(db: &str, source: &[TableStat]) -> Result<(), Diagnostics> {
     for (d, table) in EXPECTED_TABLES {
-        if d == db && !source.iter().any(|t| t.table == format!("public.{table}")) {
+        if d == db && !tables(source).any(|t| t.table == format!("public.{table}")) {
             return Err(Diagnostic::error(
                 "The embedded data lacks a table CircleCI needs",
                 format!(
@@ -781,8 +802,14 @@ fn sanity_check(db: &str, source: &[TableStat]) -> Result<(), Diagnostics> {
     Ok(())
 }
 
-fn add_tables(out: &mut PgOutcome, db: &str, tables: &[TableStat], size: u64) {
-    for t in tables {
+/// The tables among what the comparison covers (sequences and large objects are
+/// compared, not recorded).
+fn tables(stats: &[TableStat]) -> impl Iterator<Item = &TableStat> {
+    stats.iter().filter(|t| t.kind == Kind::Table)
+}
+
+fn add_tables(out: &mut PgOutcome, db: &str, stats: &[TableStat], size: u64) {
+    for t in tables(stats) {
         out.tables.insert(
             format!("{db}.{}", t.table),
             Value::string(format!("{} rows, checksum {}", t.rows, t.checksum)),

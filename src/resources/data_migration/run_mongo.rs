@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::embedded_mongo::{EmbeddedMongo, MongoTarget, DUMP_DIR};
-use super::run::{not_empty_while_running, stopped_error, Occupied};
+use super::run::{differs_from_embedded, not_empty_while_running, stopped_error, Occupied};
 use super::settings::{at, MongoSettings};
 use super::*;
 use crate::backends::mongo::{MongoAdmin, MongoError};
-use crate::circleci::migration::{differences, TableStat, EXPECTED_MONGO_DATABASE};
+use crate::circleci::migration::{compare, Kind, TableStat, EXPECTED_MONGO_DATABASE};
 use crate::plugin::stop;
 
 /// The container the embedded MongoDB runs in during the export.
@@ -186,12 +186,12 @@ async fn one_database(
         log::info!("MongoDB database {db}: empty in the embedded MongoDB, nothing to carry over");
         return Ok(false);
     }
-    let documents: i64 = source.iter().map(|c| c.rows).sum();
+    let documents: i64 = stored(&source).map(|c| c.rows).sum();
     let clean = occupied.holds(db);
     if clean {
         let before = stats_of(admin, db).await?;
-        if differences(db, &source, &before, "documents").is_empty() && before.len() == source.len()
-        {
+        let diffs = compare(db, &source, &before);
+        if diffs.is_empty() {
             log::info!(
                 "MongoDB database {db}: the target already holds exactly this data; left as it is"
             );
@@ -204,17 +204,13 @@ async fn one_database(
                 "MongoDB database {db}: restoring over the copy an earlier failed attempt of this cutover left"
             );
         } else if !overwrite {
-            return Err(Diagnostic::error(
-                "Target database not empty",
-                format!(
-                    "MongoDB database {db:?} at {} already holds {} collections that differ from the embedded \
-                     data. Nothing was written to it. Set overwrite_existing = true to restore over them.",
-                    target.describe(),
-                    before.len()
-                ),
-            )
-            .at(AttrPath::root("overwrite_existing"))
-            .into());
+            let what = format!("MongoDB database {db:?} at {}", target.describe());
+            return Err(differs_from_embedded(
+                &what,
+                before.len(),
+                "collections",
+                &diffs,
+            ));
         }
     }
     e.dump(db).await?;
@@ -226,10 +222,32 @@ async fn one_database(
         "MongoDB database {db}: importing into {}",
         target.describe()
     );
+    if !clean {
+        // The preflight found it empty, maybe hours ago (before the PostgreSQL part):
+        // a database someone has written to since is not restored into, so that a
+        // failure cannot make the clean-up below drop what they wrote.
+        let now = stats_of(admin, db).await?;
+        if !now.is_empty() {
+            let names: Vec<String> = now.iter().map(|c| c.table.clone()).collect();
+            return Err(Diagnostic::error(
+                "Target database written to during the migration",
+                format!(
+                    "MongoDB database {db:?} at {} was empty when this apply checked it, and now holds {} \
+                     ({}): something else writes to it. Nothing was restored into it and nothing of it was \
+                     dropped. Find what writes there (CircleCI must not run on the external MongoDB yet), then \
+                     apply again.",
+                    target.describe(),
+                    names.len(),
+                    names.join(", ")
+                ),
+            )
+            .into());
+        }
+    }
     let restored = async {
         e.restore(db, &target, clean).await?;
         let after = stats_of(admin, db).await?;
-        let diffs = differences(db, &source, &after, "documents");
+        let diffs = compare(db, &source, &after);
         if !diffs.is_empty() {
             return Err(Diagnostic::error(
                 format!("MongoDB database {db} differs after the import"),
@@ -245,9 +263,18 @@ async fn one_database(
             // mongorestore writes collection by collection, not in one transaction: a
             // database that was empty is emptied again, so that the next apply starts
             // over instead of finding a partial copy.
-            let names: Vec<String> = source.iter().map(|c| c.table.clone()).collect();
-            match admin.drop_collections(db, &names).await {
-                Ok(()) => log::warn!("MongoDB database {db}: the partial import was dropped"),
+            match drop_partial(admin, db, &source).await {
+                Ok(kept) if kept.is_empty() => {
+                    log::warn!("MongoDB database {db}: the partial import was dropped")
+                }
+                Ok(kept) => d.push(Diagnostic::warning(
+                    format!("Part of MongoDB database {db} was kept"),
+                    format!(
+                        "{} now hold more documents than the embedded data has: something else wrote to them \
+                         during the import, so they were not dropped. The rest of the partial import was.",
+                        kept.join(", ")
+                    ),
+                )),
                 Err(x) => d.push(Diagnostic::warning(
                     format!("The partial import of MongoDB database {db} is still there"),
                     format!(
@@ -271,6 +298,28 @@ async fn one_database(
     Ok(true)
 }
 
+/// Drops, from a target database that was empty before the restore, what the failed
+/// restore wrote: the source's collections, each as the target holds it right now,
+/// unless it holds more documents than the source has (someone else wrote there: it
+/// is kept, and named in the result).
+async fn drop_partial(
+    admin: &MongoAdmin,
+    db: &str,
+    source: &[TableStat],
+) -> Result<Vec<String>, crate::backends::mongo::MongoError> {
+    let now = admin.collection_stats(db).await?;
+    let (mut drop, mut kept) = (Vec::new(), Vec::new());
+    for t in &now {
+        match source.iter().find(|s| s.table == t.table) {
+            Some(s) if t.kind == Kind::View || t.rows <= s.rows => drop.push(t.table.clone()),
+            Some(_) => kept.push(format!("{db}.{}", t.table)),
+            None => {}
+        }
+    }
+    admin.drop_collections(db, &drop).await?;
+    Ok(kept)
+}
+
 async fn stats_of(admin: &MongoAdmin, db: &str) -> Result<Vec<TableStat>, Diagnostics> {
     admin.collection_stats(db).await.map_err(|e| {
         diag(
@@ -284,10 +333,21 @@ fn add(out: &mut MongoOutcome, db: &str, collections: &[TableStat]) {
     for c in collections {
         out.collections.insert(
             format!("{db}.{}", c.table),
-            Value::string(format!("{} documents, checksum {}", c.rows, c.checksum)),
+            Value::string(match c.kind {
+                Kind::View => format!("view on {}, showing {} documents", c.checksum, c.rows),
+                Kind::Capped => format!("{} documents, capped (compared by count)", c.rows),
+                _ => format!("{} documents, checksum {}", c.rows, c.checksum),
+            }),
         );
-        out.documents += c.rows;
+        if c.kind != Kind::View {
+            out.documents += c.rows;
+        }
     }
+}
+
+/// The collections that hold documents (a view shows another's).
+fn stored(collections: &[TableStat]) -> impl Iterator<Item = &TableStat> {
+    collections.iter().filter(|c| c.kind != Kind::View)
 }
 
 /// How long the MongoDB part took, for the log.
