@@ -86,7 +86,8 @@ g.users.insert_many([{"_id": "user-%d" % i, "login": "dev%d" % i, "admin": i == 
 # A capped collection and a view, as an install may hold: the migration compares the
 # first by its count and the second by what it shows and what it is on.
 g.create_collection("action_logs", capped=True, size=1 << 20)
-g.action_logs.insert_many([{"_id": i, "action": "login", "by": "dev%d" % (i % 3)} for i in range(8)])
+# (inserted against _id order: 3.6 hashes it in _id order, later versions in storage order)
+g.action_logs.insert_many([{"_id": i, "action": "login", "by": "dev%d" % (i % 3)} for i in reversed(range(8))])
 g.command({"create": "recent_builds", "viewOn": "builds",
            "pipeline": [{"$project": {"build_num": 1, "outcome": 1}}]})
 c["build_state_dev_ghe"].states.insert_many([{"_id": i, "state": "finished"} for i in range(30)])

@@ -39,7 +39,7 @@ STATS_SCRIPT = ("var h = db.runCommand({dbHash: 1}); "
                 "db.getCollectionInfos().forEach(function (i) { "
                 "var v = i.type === 'view', k = v ? 'view' : (i.options && i.options.capped ? 'capped' : 'collection'); "
                 "print(k + '\\t' + i.name + '\\t' + db.getCollection(i.name).count() + '\\t' + "
-                "(v ? i.options.viewOn : (k === 'capped' ? '' : h.collections[i.name]))); });")
+                "(v ? i.options.viewOn : (k === 'capped' ? '' : (h.collections[i.name] || '')))); });")
 
 
 def refuse(what):
@@ -186,8 +186,7 @@ def mongo(args):
         name, copts = info["name"], info.get("options", {})
         kind = "view" if info.get("type") == "view" else "capped" if copts.get("capped") else "collection"
         n = db.command("count", name)["n"]
-        # As the real shell prints a missing field of the dbHash reply.
-        sum_ = copts["viewOn"] if kind == "view" else "" if kind == "capped" else h.get(name, "undefined")
+        sum_ = copts["viewOn"] if kind == "view" else "" if kind == "capped" else h.get(name, "")
         print(f"{kind}\t{name}\t{n}\t{sum_}")
 
 

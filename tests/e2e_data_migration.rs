@@ -372,15 +372,28 @@ fn migrates_verifies_refuses_to_overwrite_and_converges() {
     assert!(err.contains("differ from the embedded"), "{err}");
     assert_eq!(documents(&s, "circle_ghe", "builds"), 71);
 
-    // overwrite_existing restores over a changed target.
+    // overwrite_existing restores over a changed target; a table only the target has
+    // stays, named in a warning.
     s.psql("circle", "DELETE FROM builds WHERE num <= 100");
+    s.psql("circle", "CREATE TABLE operator_notes (n int)");
     tf.write_main(&main_tf(
         &s,
         root.path(),
         &mount,
         "triggers = { n = \"3\" }\n  overwrite_existing = true",
     ));
-    tf.apply();
+    let out = flat(&tf.apply());
+    assert!(
+        out.contains("The targets hold more than the embedded data"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "circle.public.operator_notes: only in the target (not readable by the restore's user)"
+        ),
+        "{out}"
+    );
+    s.psql("circle", "DROP TABLE operator_notes");
     assert_eq!(count(&s, "circle", "builds"), 700);
     assert_eq!(documents(&s, "circle_ghe", "builds"), 70);
     assert_eq!(tf.plan_code(), 0);

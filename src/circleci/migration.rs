@@ -25,8 +25,9 @@ pub const TABLES_SQL: &str =
 /// A table's checksum is the sum, over its rows, of a hash of the whole row: each
 /// column's 32-bit hash (`hashtext` for text and varchar, `hashint4`/`hashint8` for
 /// integers, `uuid_hash` for uuid, `hashtext` of the text form for everything else;
-/// NULL hashes as the column's position), weighted by the column's position k (2k+1,
-/// counting only live columns, so a dropped column in the source does not shift it),
+/// NULL hashes as the column's position), weighted by the column's position k (2k+1) in
+/// the order of the columns' names (pg_dump may reorder an inheritance child's columns;
+/// a dropped column in the source shifts nothing),
 /// summed as a 64-bit integer and hashed again with `hashint8`. Hashing the row binds
 /// its values together: a value moved to another row, or to another column, changes
 /// the sum. The sum does not depend on the rows' physical order and needs no memory
@@ -36,17 +37,25 @@ pub const TABLES_SQL: &str =
 /// order), and nothing here is newer than 9.5 (`hash_record` is 14+). Hashing
 /// columns, not the row's text, costs a quarter of the CPU: converting whole rows to
 /// text was most of what verifying cost. `query_to_xml` runs the per-table query from
-/// within one statement (9.5 has nothing newer for that). A table or sequence the
-/// user cannot read (one someone else made in the target) shows as -1 rows.
+/// within one statement (9.5 has nothing newer for that). A table is read `ONLY`: an
+/// inheritance child counts once, as itself. A table or sequence the user cannot read
+/// (one someone else made in the target, or in a schema it may not use) shows as -1
+/// with the checksum `unreadable`.
+/// A sequence's checksum is its `is_called`, and ` descending` when it counts down.
+/// Materialized views, views and functions are not compared (pg_restore recreates
+/// them from the dump's definitions); large objects are counted, not hashed.
 pub const STATS_SQL: &str = concat!(
     "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; ",
     "SET bytea_output = 'hex'; SET extra_float_digits = 0; ",
     "SELECT k, t, (xpath('/row/n/text()', x))[1]::text, coalesce((xpath('/row/c/text()', x))[1]::text, '') FROM (",
     "SELECT CASE c.relkind WHEN 'r' THEN 'table' ELSE 'sequence' END AS k, ",
     "format('%I.%I', n.nspname, c.relname) AS t, query_to_xml(CASE ",
-    "WHEN NOT has_table_privilege(c.oid, 'SELECT') THEN 'SELECT -1 AS n' WHEN c.relkind ",
-    "= 'S' THEN format('SELECT last_value AS n, is_called AS c FROM %I.%I', n.nspname, c.relname) ",
-    "ELSE format('SELECT count(*) AS n, coalesce(sum(hashint8(%s)), 0) AS c FROM %I.%I', ",
+    "WHEN NOT (has_schema_privilege(n.oid, 'USAGE') AND has_table_privilege(c.oid, 'SELECT')) ",
+    "THEN 'SELECT -1 AS n, ''unreadable'' AS c' WHEN c.relkind ",
+    "= 'S' THEN format('SELECT last_value AS n, is_called::text || %L AS c FROM %I.%I', ",
+    "CASE WHEN (SELECT s.increment::int8 FROM information_schema.sequences s WHERE s.sequence_schema = n.nspname ",
+    "AND s.sequence_name = c.relname) < 0 THEN ' descending' ELSE '' END, n.nspname, c.relname) ",
+    "ELSE format('SELECT count(*) AS n, coalesce(sum(hashint8(%s)), 0) AS c FROM ONLY %I.%I', ",
     "coalesce((SELECT string_agg(format('coalesce(%s, %s)::int8 * %s', CASE a.atttypid ",
     "WHEN 'text'::regtype THEN format('hashtext(%I)', a.attname) ",
     "WHEN 'varchar'::regtype THEN format('hashtext(%I)', a.attname) ",
@@ -55,7 +64,7 @@ pub const STATS_SQL: &str = concat!(
     "WHEN 'int8'::regtype THEN format('hashint8(%I)', a.attname) ",
     "WHEN 'uuid'::regtype THEN format('uuid_hash(%I)', a.attname) ",
     "ELSE format('hashtext(%I::text)', a.attname) END, a.k, 2 * a.k + 1), ' + ' ORDER BY a.k) ",
-    "FROM (SELECT attname, atttypid, row_number() OVER (ORDER BY attnum) AS k FROM pg_catalog.pg_attribute ",
+    "FROM (SELECT attname, atttypid, row_number() OVER (ORDER BY attname) AS k FROM pg_catalog.pg_attribute ",
     "WHERE attrelid = c.oid AND attnum > 0 AND NOT attisdropped) a), '0'), n.nspname, c.relname) END, ",
     "false, true, '') AS x FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace ",
     "WHERE c.relkind IN ('r', 'S') AND n.nspname NOT IN ('pg_catalog', 'information_schema') ",
@@ -69,14 +78,15 @@ pub const STATS_SQL: &str = concat!(
 pub enum Kind {
     /// A PostgreSQL table: rows and their checksum.
     Table,
-    /// A PostgreSQL sequence: `rows` is its `last_value`, `checksum` its `is_called`.
+    /// A PostgreSQL sequence: `rows` is its `last_value`, `checksum` its `is_called`
+    /// (`true`/`false`), followed by ` descending` for one that counts down.
     Sequence,
     /// A PostgreSQL database's large objects: `rows` is how many.
     LargeObjects,
     /// A MongoDB collection: documents and their dbHash md5.
     Collection,
-    /// A capped MongoDB collection: documents only (dbHash treats them differently
-    /// across versions).
+    /// A capped MongoDB collection: documents only (dbHash hashes them in `_id` order on
+    /// 3.6 and in storage order on later versions).
     Capped,
     /// A MongoDB view: the documents it shows, and the collection it is on.
     View,
@@ -143,15 +153,16 @@ pub const MONGO_MOUNT: &str = "/data/db";
 /// line per collection, `kind<TAB>name<TAB>count<TAB>checksum`, the form
 /// [`parse_stats`] reads (and `MongoAdmin::collection_stats` returns for the target).
 /// An ordinary collection's checksum is its dbHash md5 (an md5 over its documents' BSON
-/// in `_id` order); a capped collection is compared by its count alone (dbHash leaves
-/// capped collections out from 4.0 on, so the two sides would never agree), a view by
-/// the count of what it shows and the collection it is on (dbHash has no value for a
-/// view: 3.6's shell would print `undefined`).
+/// in `_id` order); a capped collection is compared by its count alone (from 4.0 on
+/// dbHash hashes capped collections in their storage order, not in `_id` order as 3.6
+/// does, so the two sides need not agree), a view by the count of what it shows and
+/// the collection it is on (dbHash has no value for a view). A collection dbHash
+/// leaves out (`tmp.mr.*`) has the checksum `""` on both sides.
 pub const MONGO_STATS_SCRIPT: &str = "var h = db.runCommand({dbHash: 1}); \
      db.getCollectionInfos().forEach(function (i) { \
      var v = i.type === 'view', k = v ? 'view' : (i.options && i.options.capped ? 'capped' : 'collection'); \
      print(k + '\\t' + i.name + '\\t' + db.getCollection(i.name).count() + '\\t' + \
-     (v ? i.options.viewOn : (k === 'capped' ? '' : h.collections[i.name]))); });";
+     (v ? i.options.viewOn : (k === 'capped' ? '' : (h.collections[i.name] || '')))); });";
 
 /// A MongoDB database the migration may carry: letters, digits, `_` and `-`, not
 /// starting with `-`, at most 63 bytes; never `admin`, `local` or `config` (CircleCI's
@@ -194,20 +205,35 @@ pub struct TableStat {
     pub checksum: String,
 }
 
+impl TableStat {
+    /// Whether the user the figures were read as may not read it.
+    fn unreadable(&self) -> bool {
+        self.checksum == "unreadable"
+    }
+}
+
 /// Differences between the source's and the target's tables (collections, sequences,
-/// large objects), one line each, naming it and both sides: missing or different in
-/// the target, or only in the target. A sequence differs only when the target's is
-/// behind the source's (a target that handed out more numbers is no danger; one behind
-/// would hand out numbers the data already holds).
+/// large objects), one line each, naming it and both sides: missing, unreadable or
+/// different in the target ([`mismatches`]), or only in the target ([`extras`]).
 pub fn compare(db: &str, source: &[TableStat], target: &[TableStat]) -> Vec<String> {
+    let mut out = mismatches(db, source, target);
+    out.extend(extras(db, source, target));
+    out
+}
+
+/// What the source holds that the target lacks, cannot show or holds otherwise. A
+/// sequence differs only when the target's is behind the source's (a target that
+/// handed out more numbers is no danger; one behind would hand out numbers the data
+/// already holds).
+pub fn mismatches(db: &str, source: &[TableStat], target: &[TableStat]) -> Vec<String> {
     let mut out = Vec::new();
     for s in source {
         let noun = s.kind.noun();
-        let name = |t: &TableStat| match t.kind {
+        let name = match s.kind {
             Kind::LargeObjects => format!("{db}: large objects"),
-            Kind::Sequence => format!("{db}.{} (sequence)", t.table),
-            Kind::View => format!("{db}.{} (view)", t.table),
-            _ => format!("{db}.{}", t.table),
+            Kind::Sequence => format!("{db}.{} (sequence)", s.table),
+            Kind::View => format!("{db}.{} (view)", s.table),
+            _ => format!("{db}.{}", s.table),
         };
         let Some(t) = target
             .iter()
@@ -215,50 +241,62 @@ pub fn compare(db: &str, source: &[TableStat], target: &[TableStat]) -> Vec<Stri
         else {
             out.push(match s.kind {
                 Kind::LargeObjects => {
-                    format!("{}: {} in the source, none in the target", name(s), s.rows)
+                    format!("{name}: {} in the source, none in the target", s.rows)
                 }
-                Kind::Sequence => format!(
-                    "{}: at {} in the source, missing in the target",
-                    name(s),
-                    s.rows
-                ),
+                Kind::Sequence => {
+                    format!("{name}: at {} in the source, missing in the target", s.rows)
+                }
                 _ => format!(
-                    "{}: {} {noun} in the source, missing in the target",
-                    name(s),
+                    "{name}: {} {noun} in the source, missing in the target",
                     s.rows
                 ),
             });
             continue;
         };
+        if t.unreadable() {
+            out.push(format!(
+                "{name}: not readable by the restore's user in the target"
+            ));
+            continue;
+        }
         match s.kind {
             Kind::Sequence => {
-                // The next value each would hand out (ascending sequences: CircleCI's).
-                let next = |q: &TableStat| q.rows + i64::from(q.checksum == "true");
-                if next(t) < next(s) {
+                // The next value each would hand out, by the direction it counts.
+                let down = s.checksum.ends_with(" descending");
+                let next = |q: &TableStat| match (q.checksum.starts_with("true"), down) {
+                    (false, _) => q.rows,
+                    (true, false) => q.rows.saturating_add(1),
+                    (true, true) => q.rows.saturating_sub(1),
+                };
+                let behind = if down {
+                    next(t) > next(s)
+                } else {
+                    next(t) < next(s)
+                };
+                if behind {
                     out.push(format!(
-                        "{}: at {} in the source, behind at {} in the target",
-                        name(s),
-                        s.rows,
-                        t.rows
+                        "{name}: at {} in the source, behind at {} in the target",
+                        s.rows, t.rows
                     ));
                 }
             }
             _ if t.rows != s.rows => out.push(format!(
-                "{}: {} {noun} in the source, {} in the target",
-                name(s),
-                s.rows,
-                t.rows
+                "{name}: {} {noun} in the source, {} in the target",
+                s.rows, t.rows
             )),
             _ if t.checksum != s.checksum => out.push(format!(
-                "{}: {} {noun} on both sides, but their content differs (checksums {} and {})",
-                name(s),
-                s.rows,
-                s.checksum,
-                t.checksum
+                "{name}: {} {noun} on both sides, but their content differs (checksums {} and {})",
+                s.rows, s.checksum, t.checksum
             )),
             _ => {}
         }
     }
+    out
+}
+
+/// Tables, sequences, collections and views only the target has.
+pub fn extras(db: &str, source: &[TableStat], target: &[TableStat]) -> Vec<String> {
+    let mut out = Vec::new();
     for t in target {
         if !source
             .iter()
@@ -266,7 +304,7 @@ pub fn compare(db: &str, source: &[TableStat], target: &[TableStat]) -> Vec<Stri
             && t.kind != Kind::LargeObjects
         {
             let what = match t.kind {
-                _ if t.rows < 0 => "not readable by the restore's user".to_string(),
+                _ if t.unreadable() => "not readable by the restore's user".to_string(),
                 Kind::Sequence => "sequence".to_string(),
                 Kind::View => "view".to_string(),
                 k => format!("{} {}", t.rows, k.noun()),
@@ -448,6 +486,35 @@ mod tests {
                 "{d:?}"
             );
         }
+        // Counting down: behind means higher.
+        let down = |n, called: &str| of(Kind::Sequence, "public.d_seq", n, called);
+        let src_down = [down(-5, "true descending")];
+        assert!(compare("vms", &src_down, &[down(-9, "true descending")]).is_empty());
+        assert_eq!(
+            compare("vms", &src_down, &[down(-4, "true descending")]).len(),
+            1
+        );
+        assert_eq!(
+            compare("vms", &[seq(i64::MAX, "true")], &[seq(1, "true")]).len(),
+            1
+        );
+        // Unreadable in the target: said so, not as a count of -1.
+        let d = compare(
+            "vms",
+            &src,
+            &[
+                stat("public.t", -1, "unreadable"),
+                seq(-1, "unreadable"),
+                lo(2),
+            ],
+        );
+        assert_eq!(
+            d,
+            [
+                "vms.public.t: not readable by the restore's user in the target",
+                "vms.public.t_id_seq (sequence): not readable by the restore's user in the target"
+            ]
+        );
         // Ahead (the target handed out more numbers): no danger, no difference.
         assert!(compare(
             "vms",

@@ -1034,7 +1034,7 @@ async fn main() {
     };
     let store = match store::Store::open(arg(&args, "--dbpath").map(std::path::PathBuf::from)) {
         Ok(mut s) => {
-            s.capped_unhashed = mode == Mode::Current;
+            s.capped_in_storage_order = mode == Mode::Current;
             s
         }
         Err(e) => {

@@ -8,10 +8,11 @@
 //! A collection's `create` options are kept in DIR/<db>/<collection>.options.bson. A
 //! view is counted through its pipeline when every stage keeps the number of documents
 //! (`$project`, `$addFields`, `$set`, `$sort`); other stages, and reading a view's
-//! documents, are refused. Capped collections are not trimmed to their size. dbHash
-//! leaves views out, and in the current mode (as MongoDB does from 4.0 on) lists
-//! capped collections under `capped` with the hash of nothing. Anything else a filter
-//! or command asks for is refused, never ignored.
+//! documents, and a view on a view, are refused. Capped collections are not trimmed to
+//! their size. dbHash leaves views out and hashes a collection's documents in `_id`
+//! order, except, in the current mode (as MongoDB does from 4.0 on), a capped
+//! collection's: in their storage (insertion) order, and listed under `capped`.
+//! Anything else a filter or command asks for is refused, never ignored.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
@@ -59,8 +60,9 @@ fn is_view(c: &Collection, db: &str, name: &str) -> Result<(), CmdError> {
 }
 
 pub struct Store {
-    /// dbHash as MongoDB 4.0 and later: capped collections listed, not hashed.
-    pub capped_unhashed: bool,
+    /// dbHash as MongoDB 4.0 and later: capped collections listed under `capped` and
+    /// hashed in storage order.
+    pub capped_in_storage_order: bool,
     dir: Option<PathBuf>,
     dbs: Mutex<BTreeMap<String, BTreeMap<String, Collection>>>,
     cursors: Mutex<HashMap<i64, (String, VecDeque<Document>)>>,
@@ -180,7 +182,7 @@ impl Store {
             }
         }
         Ok(Store {
-            capped_unhashed: false,
+            capped_in_storage_order: false,
             dir,
             dbs: Mutex::new(dbs),
             cursors: Mutex::new(HashMap::new()),
@@ -384,6 +386,9 @@ impl Store {
                         return Err(fail(2, "BadValue", "the stand-in counts a view only without a query"));
                     }
                     col = dbs.get(db).and_then(|d| d.get(view.view_on().unwrap_or_default()));
+                    if col.is_some_and(|c| c.view_on().is_some()) {
+                        return Err(fail(2, "BadValue", "the stand-in does not count a view on a view"));
+                    }
                 }
                 if let Some(col) = col {
                     for d in &col.docs {
@@ -510,15 +515,14 @@ impl Store {
                         if c.view_on().is_some() {
                             continue;
                         }
-                        if c.capped() && self.capped_unhashed {
+                        let storage_order = c.capped() && self.capped_in_storage_order;
+                        if storage_order {
                             capped.push(n.clone());
-                            let hex: String = md5::Md5::new().finalize().iter().map(|b| format!("{b:02x}")).collect();
-                            all.update(hex.as_bytes());
-                            colls.insert(n.clone(), hex);
-                            continue;
                         }
                         let mut docs: Vec<&Document> = c.docs.iter().collect();
-                        docs.sort_by(|a, b| id_key(a).partial_cmp(&id_key(b)).unwrap_or(std::cmp::Ordering::Equal));
+                        if !storage_order {
+                            docs.sort_by(|a, b| id_key(a).partial_cmp(&id_key(b)).unwrap_or(std::cmp::Ordering::Equal));
+                        }
                         let mut h = md5::Md5::new();
                         for d in docs {
                             h.update(bson::to_vec(d).unwrap_or_default());
@@ -530,7 +534,7 @@ impl Store {
                 }
                 let md5: String = all.finalize().iter().map(|b| format!("{b:02x}")).collect();
                 let mut reply = doc! {"numCollections": colls.len() as i32, "host": "standin", "collections": colls, "md5": md5};
-                if self.capped_unhashed {
+                if self.capped_in_storage_order {
                     reply.insert("capped", capped);
                 }
                 Ok(reply)

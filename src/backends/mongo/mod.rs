@@ -518,14 +518,26 @@ impl MongoAdmin {
     /// name, as `MONGO_STATS_SCRIPT` prints them for the embedded side: an ordinary
     /// collection's `dbHash` md5, nothing for a capped one, a view's `viewOn`.
     pub async fn collection_stats(&self, db: &str) -> Result<Vec<TableStat>, MongoError> {
+        self.stats(db, true).await
+    }
+
+    /// As [`collection_stats`](Self::collection_stats) without the checksums: no
+    /// dbHash, which reads every document and blocks writes to the database meanwhile.
+    pub async fn collection_counts(&self, db: &str) -> Result<Vec<TableStat>, MongoError> {
+        self.stats(db, false).await
+    }
+
+    async fn stats(&self, db: &str, hash: bool) -> Result<Vec<TableStat>, MongoError> {
         let infos = self.collection_infos(db, false).await?;
-        let hash = self
-            .run(db, doc! {"dbHash": 1}, &format!("hashing {db}"))
-            .await?;
-        let hashes = hash
-            .get_document("collections")
-            .cloned()
-            .unwrap_or_default();
+        let hashes = match hash {
+            true => self
+                .run(db, doc! {"dbHash": 1}, &format!("hashing {db}"))
+                .await?
+                .get_document("collections")
+                .cloned()
+                .unwrap_or_default(),
+            false => Document::new(),
+        };
         let mut out = Vec::new();
         for (n, info) in infos {
             let options = info.get_document("options").cloned().unwrap_or_default();

@@ -9,7 +9,7 @@ use super::settings::{settings, PgSettings, Settings};
 use super::vault_key::{Found, KeyMove};
 use super::*;
 use crate::backends::vault::Vault;
-use crate::circleci::migration::{compare, Kind, TableStat, EXPECTED_TABLES};
+use crate::circleci::migration::{compare, extras, mismatches, Kind, TableStat, EXPECTED_TABLES};
 use crate::plugin::stop;
 use crate::resources::cutover::Cutover;
 use crate::resources::services_restart::ServicesRestart;
@@ -24,6 +24,8 @@ struct PgOutcome {
     files: Vec<ExportFile>,
     skipped: Vec<String>,
     took: Duration,
+    /// What only the target has after an import over it (`overwrite_existing`).
+    extras: Vec<String>,
 }
 
 fn now() -> String {
@@ -316,6 +318,17 @@ impl DataMigration {
         };
         let mut skipped = pg.skipped.clone();
         skipped.extend(mongo.skipped.iter().cloned());
+        let extras: Vec<&String> = pg.extras.iter().chain(&mongo.extras).collect();
+        if !extras.is_empty() {
+            warnings.push(Diagnostic::warning(
+                "The targets hold more than the embedded data",
+                format!(
+                    "restored over with overwrite_existing = true; the import writes only what the embedded \
+                     databases hold, so these were left as they were:\n{}",
+                    extras.iter().map(|e| format!("- {e}")).collect::<Vec<_>>().join("\n")
+                ),
+            ));
+        }
         if let (Some(k), Some(found)) = (&key_move, found) {
             if found == Found::Same && !s.overwrite {
                 log::info!(
@@ -701,7 +714,11 @@ async fn import_one(
     }
     log::info!("database {db}: importing into {}:{}", p.host, p.port);
     let after = e.import(db, db, target, clean).await?;
-    let diffs = compare(db, &x.source, &after);
+    let diffs = mismatches(db, &x.source, &after);
+    out.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extras
+        .extend(extras(db, &x.source, &after));
     if !diffs.is_empty() {
         return Err(Diagnostic::error(
             format!("Database {db} differs after the import"),
@@ -758,7 +775,7 @@ pub(super) fn differs_from_embedded(
     Diagnostic::error(
         "Target database not empty",
         format!(
-            "{what} already holds {held} {kind} that differ from the embedded data:\n{}{more}\nNothing was \
+            "{what} already holds {held} {kind}; these differ from the embedded data:\n{}{more}\nNothing was \
              written to it. Set overwrite_existing = true to restore over them.",
             diffs.iter().take(10).map(|d| format!("- {d}")).collect::<Vec<_>>().join("\n")
         ),

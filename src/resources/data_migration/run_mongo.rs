@@ -10,7 +10,9 @@ use super::run::{differs_from_embedded, not_empty_while_running, stopped_error, 
 use super::settings::{at, MongoSettings};
 use super::*;
 use crate::backends::mongo::{MongoAdmin, MongoError};
-use crate::circleci::migration::{compare, Kind, TableStat, EXPECTED_MONGO_DATABASE};
+use crate::circleci::migration::{
+    compare, extras, mismatches, Kind, TableStat, EXPECTED_MONGO_DATABASE,
+};
 use crate::plugin::stop;
 
 /// The container the embedded MongoDB runs in during the export.
@@ -23,6 +25,8 @@ pub(super) struct MongoOutcome {
     pub documents: i64,
     pub files: Vec<super::container::ExportFile>,
     pub skipped: Vec<String>,
+    /// What only the target has after a restore over it (`overwrite_existing`).
+    pub extras: Vec<String>,
 }
 
 fn diag(summary: &str, e: MongoError) -> Diagnostics {
@@ -247,7 +251,7 @@ async fn one_database(
     let restored = async {
         e.restore(db, &target, clean).await?;
         let after = stats_of(admin, db).await?;
-        let diffs = compare(db, &source, &after);
+        let diffs = mismatches(db, &source, &after);
         if !diffs.is_empty() {
             return Err(Diagnostic::error(
                 format!("MongoDB database {db} differs after the import"),
@@ -255,9 +259,10 @@ async fn one_database(
             )
             .into());
         }
-        Ok::<(), Diagnostics>(())
+        Ok::<Vec<String>, Diagnostics>(extras(db, &source, &after))
     }
     .await;
+    let restored = restored.map(|x| out.extras.extend(x));
     if let Err(mut d) = restored {
         if !clean {
             // mongorestore writes collection by collection, not in one transaction: a
@@ -270,8 +275,8 @@ async fn one_database(
                 Ok(kept) => d.push(Diagnostic::warning(
                     format!("Part of MongoDB database {db} was kept"),
                     format!(
-                        "{} now hold more documents than the embedded data has: something else wrote to them \
-                         during the import, so they were not dropped. The rest of the partial import was.",
+                        "{} now holds more documents than the embedded data has: something else wrote there \
+                         during the import, so it was not dropped. The rest of the partial import was.",
                         kept.join(", ")
                     ),
                 )),
@@ -307,7 +312,7 @@ async fn drop_partial(
     db: &str,
     source: &[TableStat],
 ) -> Result<Vec<String>, crate::backends::mongo::MongoError> {
-    let now = admin.collection_stats(db).await?;
+    let now = admin.collection_counts(db).await?;
     let (mut drop, mut kept) = (Vec::new(), Vec::new());
     for t in &now {
         match source.iter().find(|s| s.table == t.table) {
