@@ -157,6 +157,7 @@ resource "circleci_postgres_databases" "pg" {{
 }}
 resource "circleci_data_migration" "m" {{
   config_root = "{root}"
+  embedded_nomad_endpoint = "{E["CIRCLECI_TEST_EMBEDDED_NOMAD_ADDR"]}"
   postgres {{
     host     = circleci_postgres_databases.pg.host
     port     = circleci_postgres_databases.pg.port
@@ -165,6 +166,7 @@ resource "circleci_data_migration" "m" {{
 }}
 resource "circleci_services_restart" "r" {{
   config_root    = "{root}"
+  embedded_nomad_endpoint = "{E["CIRCLECI_TEST_EMBEDDED_NOMAD_ADDR"]}"
   stop_timeout   = "1m"
   start_timeout  = "2m"
   verify_timeout = "1m"
