@@ -15,6 +15,29 @@ use serde_json::json;
 use terraform_provider_circleci::backends::ssh::{Program, RemoteCommand};
 
 /// Removes the temporary container (stopping its server) even when a check fails.
+/// The test cluster on `port`, as its superuser.
+fn postgres_admin(
+    s: &common::Servers,
+    port: u16,
+) -> terraform_provider_circleci::backends::postgres::PgAdmin {
+    use terraform_provider_circleci::backends::postgres::{PgAdmin, PgConfig, SslMode};
+    PgAdmin::new(PgConfig {
+        host: "127.0.0.1".into(),
+        port,
+        user: "postgres".into(),
+        password: terraform_provider_circleci::secret::Secret(
+            s.get("CIRCLECI_TEST_PG_PASSWORD").into(),
+        ),
+        database: "postgres".into(),
+        sslmode: SslMode::Disable,
+        sslrootcert: None,
+        connect_timeout: Duration::from_secs(5),
+        statement_timeout: Duration::from_secs(60),
+        lock_timeout: Duration::from_secs(10),
+        route: Default::default(),
+    })
+}
+
 fn docker(args: &[&str]) -> RemoteCommand {
     RemoteCommand::new(Program::Docker, args.iter().copied()).unwrap()
 }
@@ -127,7 +150,6 @@ async fn dumps_the_embedded_databases() {
 #[test]
 fn export_import_and_verify_every_table() {
     let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
-    use terraform_provider_circleci::backends::postgres::{PgAdmin, PgConfig, SslMode};
     use terraform_provider_circleci::circleci::migration::{self as mig};
     use terraform_provider_circleci::resources::data_migration::embedded_postgres::{
         EmbeddedPostgres, Source, Target,
@@ -140,19 +162,7 @@ fn export_import_and_verify_every_table() {
     let n = std::process::id();
     let role = format!("mig_{n}");
     let password = Secret(format!("mig-pw-{n}-'\"$x"));
-    let pg = PgAdmin::new(PgConfig {
-        host: "127.0.0.1".into(),
-        port: s.pg_port(),
-        user: "postgres".into(),
-        password: Secret(s.get("CIRCLECI_TEST_PG_PASSWORD").into()),
-        database: "postgres".into(),
-        sslmode: SslMode::Disable,
-        sslrootcert: None,
-        connect_timeout: Duration::from_secs(5),
-        statement_timeout: Duration::from_secs(60),
-        lock_timeout: Duration::from_secs(10),
-        route: Default::default(),
-    });
+    let pg = postgres_admin(&s, s.pg_port());
     let name = "circle-postgres-migrate";
     let _rm = Removed(
         std::path::Path::new(s.get("CIRCLECI_TEST_SIM")).join("docker"),
@@ -276,7 +286,6 @@ fn export_import_and_verify_every_table() {
 #[test]
 fn the_checksums_agree_across_configurations_and_see_every_change() {
     let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
-    use terraform_provider_circleci::backends::postgres::{PgAdmin, PgConfig, SslMode};
     use terraform_provider_circleci::circleci::migration::{self as mig};
     use terraform_provider_circleci::resources::data_migration::embedded_postgres::{
         EmbeddedPostgres, Source, Target,
@@ -290,21 +299,7 @@ fn the_checksums_agree_across_configurations_and_see_every_change() {
     let role = format!("sum_{n}");
     let password = Secret(format!("sum-pw-{n}"));
     let md5_port: u16 = s.get("CIRCLECI_TEST_PG_MD5_PORT").parse().unwrap();
-    let admin = |port: u16| {
-        PgAdmin::new(PgConfig {
-            host: "127.0.0.1".into(),
-            port,
-            user: "postgres".into(),
-            password: Secret(s.get("CIRCLECI_TEST_PG_PASSWORD").into()),
-            database: "postgres".into(),
-            sslmode: SslMode::Disable,
-            sslrootcert: None,
-            connect_timeout: Duration::from_secs(5),
-            statement_timeout: Duration::from_secs(60),
-            lock_timeout: Duration::from_secs(10),
-            route: Default::default(),
-        })
-    };
+    let admin = |port: u16| postgres_admin(&s, port);
     let name = "circle-postgres-sums";
     let _rm = Removed(
         std::path::Path::new(s.get("CIRCLECI_TEST_SIM")).join("docker"),
