@@ -230,9 +230,11 @@ async fn one_database(
         // The preflight found it empty, maybe hours ago (before the PostgreSQL part):
         // a database someone has written to since is not restored into, so that a
         // failure cannot make the clean-up below drop what they wrote.
-        let now = stats_of(admin, db).await?;
-        if !now.is_empty() {
-            let names: Vec<String> = now.iter().map(|c| c.table.clone()).collect();
+        let names = admin
+            .collection_names(db)
+            .await
+            .map_err(|e| diag("Could not list the target's collections", e))?;
+        if !names.is_empty() {
             return Err(Diagnostic::error(
                 "Target database written to during the migration",
                 format!(
