@@ -19,6 +19,15 @@ the embedded data with the app stopped.
   docker exec [-i] N bash -c SCRIPT [ARG...]   (mongo:3.6.6)
       -> bash as root, the image's shell (the export's seal; a dump under umask 077),
          with the tool stand-ins on PATH as mongodump, mongorestore and mongo
+  docker run [--rm] --name N -d [-v HOSTDIR:/DIR ...] postgres:X|mongo:X sleep infinity
+      -> a restore container: nothing runs; X is the tag's release (or the "images"
+         setting's, {"IMAGE": "postgres:X"}, for a tag that names none; any other image is
+         "pull access denied")
+  docker exec [-i] N psql|pg_restore ARGS... / bash -c SCRIPT [ARG...]   (postgres:X)
+      -> dev/pg_client_standin.py: the host's clients behind release X's differences
+         (its --version; SCRAM refused before 10; 9.5 dumps refused before 9.5)
+  docker exec [-i] N mongorestore ARGS... / bash -c SCRIPT [ARG...]   (mongo:X)
+      -> the tool stand-ins as release X's tools (the legacy ones before 4.4)
 A mount given as HOSTDIR:/DIR:ro is mounted as is (nothing here writes to it).
   docker rm -f N        -> pg_ctl stop -m fast (PostgreSQL), or the stand-in killed (MongoDB) ("No such container", status 1, for an unknown N)
   docker ps             -> also lists these
@@ -87,6 +96,8 @@ def run(state, refuse, args, to_host):
             mounts[inside] = to_host(host_dir)
         elif not a.startswith("-") and image is None:
             image = a
+            if rest == ["sleep", "infinity"] and name and detach:
+                return _run_tools(state, name, image, mounts)
             if rest:
                 refuse("docker run ... " + " ".join(rest))
         else:
@@ -130,6 +141,91 @@ def run(state, refuse, args, to_host):
     json.dump({"image": image, "host": host, "mounts": mounts, "sock": sock, "started": time.time()},
               open(os.path.join(_dir(state), f"{name}.json"), "w"))
     print(f"{name}0123456789abcdef")
+
+
+def _settings(state):
+    try:
+        with open(os.path.join(state, "settings.json")) as f:
+            return json.load(f)
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def _tools_of(state, image):
+    """(family, release) of a restore image: its tag's, or, for one whose tag names no
+    release, the image the "images" setting says it is ({"IMAGE": "postgres:9.6"})."""
+    image = str(_settings(state).get("images", {}).get(image, image))
+    repo, _, tag = image.rpartition(":")
+    version = tag.split("-")[0]
+    if "/" in tag or not version[:1].isdigit():
+        return None, None
+    return repo.rsplit("/", 1)[-1], version
+
+
+def _run_tools(state, name, image, mounts):
+    family, version = _tools_of(state, image)
+    if family not in ("postgres", "mongo") or version is None:
+        print(f"docker: Error response from daemon: pull access denied for {image}, repository does not exist "
+              f"or may require 'docker login'", file=sys.stderr)
+        sys.exit(125)
+    if _record(state, name):
+        print(f'docker: Error response from daemon: Conflict. The container name "/{name}" is already in use.',
+              file=sys.stderr)
+        sys.exit(125)
+    for inside, d in mounts.items():
+        if not os.path.exists(d):
+            os.makedirs(d, exist_ok=True)
+            if family == "postgres":
+                shutil.chown(d, "postgres", "postgres")
+    json.dump({"image": image, "tools": family, "version": version, "mounts": mounts, "started": time.time()},
+              open(os.path.join(_dir(state), f"{name}.json"), "w"))
+    print(f"{name}0123456789abcdef")
+
+
+def _pg_client_bin(state):
+    """A directory of psql and pg_restore: the client stand-in, by those names."""
+    d = os.path.join(_dir(state), "pg-client-bin")
+    os.makedirs(d, exist_ok=True)
+    os.chmod(d, 0o755)
+    for tool in ("psql", "pg_restore"):
+        p = os.path.join(d, tool)
+        # The system's python3 (the standard library is all it needs): the tools run as
+        # the server's user, who may not reach a virtualenv under the checkout.
+        script = shlex.quote(os.path.join(HERE, "pg_client_standin.py"))
+        text = f'#!/bin/sh\nexec /usr/bin/python3 {script} {tool} "$@"\n'
+        if not os.path.exists(p) or open(p).read() != text:
+            tmp = p + ".tmp"
+            with open(tmp, "w") as f:
+                f.write(text)
+            os.chmod(tmp, 0o755)
+            os.replace(tmp, p)
+    return d
+
+
+def _exec_tools(state, refuse, rec, args, tool, targs):
+    def mapped(a):
+        for inside, d in sorted(rec["mounts"].items(), key=lambda m: -len(m[0])):
+            a = a.replace(inside, d)
+        return a
+    targs = [mapped(a) for a in targs]
+    if rec["tools"] == "postgres":
+        env = {"PATH": f"{_pg_client_bin(state)}:{PG_BIN}:/usr/bin:/bin", "HOME": "/tmp",
+               "CIRCLECI_SIM_TOOLS_VERSION": rec["version"], "CIRCLECI_SIM_PG_BIN": PG_BIN}
+        if tool in ("psql", "pg_restore"):
+            r = _as_postgres([os.path.join(_pg_client_bin(state), tool)] + targs, env=env)
+        elif tool == "bash" and targs[:1] == ["-c"] and len(targs) >= 2:
+            r = _as_postgres(["bash"] + targs, env=env)
+        else:
+            refuse("docker exec " + " ".join(args))
+        sys.exit(r.returncode)
+    env = dict(os.environ, CIRCLECI_SIM_TOOLS_VERSION=rec["version"])
+    if tool == "bash" and targs[:1] == ["-c"] and len(targs) >= 2:
+        env["PATH"] = _mongo_tools_bin(state) + ":" + env.get("PATH", "/usr/bin:/bin")
+        sys.exit(subprocess.run(["bash"] + targs, env=env).returncode)
+    if tool not in MONGO_TOOLS:
+        refuse("docker exec " + " ".join(args))
+    sys.exit(subprocess.run([sys.executable, os.path.join(HERE, "mongo_tools_standin.py"), tool] + targs,
+                            env=env).returncode)
 
 
 def _free_port():
@@ -192,12 +288,14 @@ def exec_(state, refuse, args):
     if rec is None:
         return False
     tool, targs = rest[1] if len(rest) > 1 else "", rest[2:]
+    if rec.get("tools"):
+        return _exec_tools(state, refuse, rec, args, tool, targs)
     if rec.get("image") == MONGO_IMAGE:
         def map_mongo(a):
             for inside, d in sorted(rec["mounts"].items(), key=lambda m: -len(m[0])):
                 a = a.replace(inside, d)
             return a
-        env = dict(os.environ, CIRCLECI_SIM_MONGO_PORT=str(rec["port"]))
+        env = dict(os.environ, CIRCLECI_SIM_MONGO_PORT=str(rec["port"]), CIRCLECI_SIM_TOOLS_VERSION="3.6.6")
         if tool == "bash" and targs[:1] == ["-c"] and len(targs) >= 2:
             # The image's shell, as root (the export's seal): the script as given, its
             # arguments with the container's paths mapped to the mounts, and the image's
@@ -232,6 +330,10 @@ def rm(state, refuse, args):
     rec = _record(state, rest[0])
     if rec is None:
         return False
+    if rec.get("tools"):
+        os.remove(os.path.join(_dir(state), f"{rest[0]}.json"))
+        print(rest[0])
+        return True
     if rec.get("image") == MONGO_IMAGE:
         try:
             os.kill(rec["pid"], 9)

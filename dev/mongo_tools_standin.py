@@ -22,7 +22,14 @@ with status 64.
       collection, `kind<TAB>name<TAB>count<TAB>checksum` (the dbHash md5; nothing
       for a capped collection; a view's viewOn)
 
---host is HOST[:PORT] or [SET/]HOST:PORT,HOST:PORT as the tools take it. The host
+  TOOL --version
+      "TOOL version: rX" for the tools of release X before 4.4 (the legacy tools),
+      "TOOL version: 100.9.4" from 4.4 (the Database Tools); X is
+      CIRCLECI_SIM_TOOLS_VERSION (the image's tag)
+
+The legacy tools (before 4.4) against a server of wire version 14 or later (MongoDB
+5.1, which removed the legacy opcodes) fail as the server answers them: "Unsupported
+OP_QUERY command". --host is HOST[:PORT] or [SET/]HOST:PORT,HOST:PORT as the tools take it. The host
 defaults to the container's own server (localhost:27017 inside a real
 container: here the stand-in's port, from CIRCLECI_SIM_MONGO_PORT).
 """
@@ -40,6 +47,15 @@ STATS_SCRIPT = ("var h = db.runCommand({dbHash: 1}); "
                 "var v = i.type === 'view', k = v ? 'view' : (i.options && i.options.capped ? 'capped' : 'collection'); "
                 "print(k + '\\t' + i.name + '\\t' + db.getCollection(i.name).count() + '\\t' + "
                 "(v ? i.options.viewOn : (k === 'capped' ? '' : (h.collections[i.name] || '')))); });")
+
+
+def release():
+    v = os.environ.get("CIRCLECI_SIM_TOOLS_VERSION", "3.6.6")
+    return tuple(int(p) for p in v.split(".")[:2] if p.isdigit()) + (0,)
+
+
+def legacy():
+    return release()[:2] < (4, 4)
 
 
 def refuse(what):
@@ -129,6 +145,11 @@ def mongorestore(args):
         refuse("mongorestore " + " ".join(a for a in args))
     password = read_password() if "--username" in opts else None
     c = client(opts, password)
+    if legacy() and c.admin.command("isMaster").get("maxWireVersion", 0) >= 14:
+        print(f"Failed: {opts['--db']}: error running create command: Unsupported OP_QUERY command: insert. "
+              "The client driver may require an upgrade. For more details see "
+              "https://dochub.mongodb.org/core/legacy-opcode-removal", file=sys.stderr)
+        sys.exit(1)
     db = c.get_database(opts["--db"])
     src = pos[0]
     total = 0
@@ -194,6 +215,11 @@ def main():
     if len(sys.argv) < 2:
         refuse("no tool")
     tool, args = sys.argv[1], sys.argv[2:]
+    if args == ["--version"]:
+        v = os.environ.get("CIRCLECI_SIM_TOOLS_VERSION", "3.6.6")
+        print(f"{tool} version: " + (f"r{v}" if legacy() else "100.9.4"))
+        print("git version: stand-in")
+        return
     {"mongodump": mongodump, "mongorestore": mongorestore, "mongo": mongo}.get(
         tool, lambda a: refuse(tool))(args)
 

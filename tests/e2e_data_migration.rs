@@ -845,6 +845,86 @@ fn a_too_small_export_volume_is_an_error_at_plan() {
 
 /// A CircleCI version the runbook is not for: the migration refuses on
 /// allowed_versions, as the restart does, before it stops or reads anything.
+/// The restore's client tools: chosen for the target's release (the state records
+/// them), and refused when they cannot log in to it or speak its protocol: at plan
+/// when the image's tag names a release, else before the stop from what the tools
+/// say they are, with nothing stopped and no container left.
+#[test]
+fn restore_tools_follow_the_target_and_are_refused_before_the_stop() {
+    let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let s = servers();
+    s.fresh_runbook_targets();
+    let root = s.embedded_root("50");
+    // An image whose tag names no release: the simulator knows what its tools are.
+    let opaque = "registry.internal/pg-client:stable";
+    let sim = Sim::new(
+        &s,
+        json!({"root": root.path(), "transition": 1, "images": {opaque: "postgres:9.6.24"}}),
+    );
+    start_app(&sim);
+    let mount = format!("transit-tools-{}", std::process::id());
+    let base = main_tf(&s, root.path(), &mount, "");
+    let with = |pg: &str, mongo: &str| {
+        let pg_at = "    user        = circleci_postgres_databases.pg.user\n";
+        let mongo_at = "    username    = circleci_external_mongo.mongo.username\n";
+        assert!(base.contains(pg_at) && base.contains(mongo_at));
+        base.replacen(pg_at, &format!("{pg_at}{pg}"), 1).replacen(
+            mongo_at,
+            &format!("{mongo_at}{mongo}"),
+            1,
+        )
+    };
+    let tf = Tf::new(&with("    restore_image = \"postgres:9.6\"\n", ""));
+    let out = flat(&tf.fails(&["plan", "-no-color"]));
+    assert!(
+        out.contains("postgres.restore_image \"postgres:9.6\" cannot restore into PostgreSQL 15"),
+        "{out}"
+    );
+    assert!(
+        out.contains("libpq 9.6 cannot authenticate with SCRAM-SHA-256"),
+        "{out}"
+    );
+    assert!(
+        out.contains("restore_image = \"postgres:9.6\""),
+        "not on the attribute: {out}"
+    );
+
+    tf.write_main(&with("", "    restore_image = \"mongo:3.6.6\"\n"));
+    let out = flat(&tf.fails(&["plan", "-no-color"]));
+    assert!(
+        out.contains("mongo.restore_image \"mongo:3.6.6\" cannot restore into MongoDB 6.0"),
+        "{out}"
+    );
+    assert!(out.contains("legacy opcodes"), "{out}");
+
+    // The tag says nothing: the plan passes, and the apply asks the tools themselves.
+    tf.write_main(&with(&format!("    restore_image = {opaque:?}\n"), ""));
+    let out = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
+    assert!(
+        out.contains(&format!(
+            "postgres.restore_image {opaque:?} cannot restore into PostgreSQL 15"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("libpq 9.6 cannot authenticate"), "{out}");
+    assert!(out.contains("Nothing was stopped or changed"), "{out}");
+    assert_eq!(app_state(&sim), "started");
+    assert_eq!(sim.migration_containers(), Vec::<String>::new());
+
+    // Left out: the target's own release, in the plan already and in the state.
+    tf.write_main(&with("", ""));
+    let plan = flat(&tf.ok(&["plan", "-no-color"]));
+    assert!(plan.contains("restore_image = \"postgres:15\""), "{plan}");
+    assert!(plan.contains("restore_image = \"mongo:6.0\""), "{plan}");
+    tf.apply();
+    let m = output(&tf);
+    assert_eq!(m["postgres"]["restore_image"], "postgres:15");
+    assert_eq!(m["mongo"]["restore_image"], "mongo:6.0");
+    assert_eq!(sim.migration_containers(), Vec::<String>::new());
+    let empty = flat(&tf.ok(&["plan", "-no-color", "-detailed-exitcode"]));
+    assert!(empty.contains("No changes"), "{empty}");
+}
+
 #[test]
 fn another_circleci_version_is_refused_before_anything_stops() {
     let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
@@ -915,13 +995,7 @@ fn a_left_migration_container_is_named_removed_and_never_shares_the_data() {
     let root = s.embedded_root("50");
     let sim = Sim::new(&s, json!({"root": root.path(), "transition": 1}));
     start_app(&sim);
-    let docker = |args: &[&str]| {
-        let out = std::process::Command::new(Path::new(s.get("CIRCLECI_TEST_SIM")).join("docker"))
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let docker = |args: &[&str]| sim.docker(args);
     let name = "circleci-data-migration-postgres";
     let leave_one = || {
         docker(&[

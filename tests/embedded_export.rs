@@ -176,6 +176,7 @@ fn export_import_and_verify_every_table() {
         let export = format!("/var/lib/circleci-export-{n}");
         let source = Source {
             image: mig::PG_IMAGE,
+            restore_image: "postgres:15",
             data_dir: mig::PG_DATA,
             container: name,
             ca_file: None,
@@ -311,6 +312,7 @@ fn the_checksums_agree_across_configurations_and_see_every_change() {
         let t = Duration::from_secs(60);
         let source = Source {
             image: mig::PG_IMAGE,
+            restore_image: "postgres:15",
             data_dir: mig::PG_DATA,
             container: name,
             ca_file: None,

@@ -9,5 +9,6 @@ pub mod postgres;
 pub mod rabbitmq;
 pub mod redis;
 pub mod restart;
+pub mod restore_tools;
 pub mod vault;
 pub mod versions;

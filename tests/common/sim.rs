@@ -71,6 +71,26 @@ impl Sim {
         serde_json::from_slice(&out.stdout).unwrap_or(Json::Null)
     }
 
+    /// What `docker ARGS` prints on standard output.
+    #[allow(dead_code)] // not every test crate that shares this module uses it
+    pub fn docker(&self, args: &[&str]) -> String {
+        let out = Command::new(self.bin.join("docker"))
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The data migration's temporary containers running now.
+    #[allow(dead_code)]
+    pub fn migration_containers(&self) -> Vec<String> {
+        self.docker(&["ps", "--format", "{{.Names}}"])
+            .lines()
+            .filter(|n| n.starts_with("circleci-data-migration-"))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Both streams of `docker logs NAME` (every start's lines), stdout first.
     pub fn docker_logs(&self, name: &str) -> String {
         let out = Command::new(self.bin.join("docker"))

@@ -88,13 +88,12 @@ async fn docker(
 }
 
 impl<'a> Container<'a> {
-    /// Starts container `name` of `image` detached with `mounts` (`host:inside[:ro]`);
-    /// a container of that name left by an interrupted run is removed first. `what`
-    /// names the server in the error.
+    /// Starts container `name` of `image` detached with `mounts` (`host:inside[:ro]`),
+    /// running `cmd` (none: the image's own server); a container of that name left by
+    /// an interrupted run is removed first. `what` names the server in the error.
     pub async fn run(
         h: &'a ServicesHost,
-        name: &str,
-        image: &str,
+        (name, image, cmd): (&str, &str, &[&str]),
         mounts: &[String],
         deadline: Duration,
         what: &str,
@@ -107,6 +106,7 @@ impl<'a> Container<'a> {
             args.push(m);
         }
         args.push(image);
+        args.extend_from_slice(cmd);
         let (cmd, out) = docker(h, &args, None, deadline).await?;
         if !out.success() {
             return Err(fail(&format!("Could not start {what}"), &cmd, &out));

@@ -2,7 +2,8 @@
 //! reaches it: a temporary `mongo:3.6.6` container over `/data/circle/mongo` (CircleCI
 //! stopped), `mongodump` per database into the export directory, and `mongorestore` from
 //! there into the external MongoDB, run on the Services machine (the side of the
-//! network CircleCI connects from). Every command is a fixed `docker` command line with
+//! network CircleCI connects from) in a second container of the target's release
+//! (`restore_image`): 3.6's tools speak opcodes MongoDB 5.1 removed. Every command is a fixed `docker` command line with
 //! quoted arguments; the target's password reaches `mongorestore` on stdin (the tools
 //! read it from there when it is not on the command line and stdin is no terminal).
 
@@ -88,9 +89,11 @@ fn shell_args<'s>(name: &'s str, db: &'s str) -> [&'s str; 8] {
     ]
 }
 
-/// A running temporary container of the embedded MongoDB.
+/// A running temporary container of the embedded MongoDB, and the restore's container
+/// next to it (the target's tools, the same export mounted).
 pub struct EmbeddedMongo<'a> {
     pub(super) c: Container<'a>,
+    tools: Container<'a>,
 }
 
 impl<'a> std::ops::Deref for EmbeddedMongo<'a> {
@@ -101,30 +104,53 @@ impl<'a> std::ops::Deref for EmbeddedMongo<'a> {
 }
 
 impl<'a> EmbeddedMongo<'a> {
-    /// Starts container `name` of `image` over `data_dir` with `export_dir` (and
-    /// `ca_file`, read-only) mounted, and waits within `ready_within` until its shell
-    /// answers.
+    /// Starts container `name` of `image` over `data_dir` with `export_dir` mounted,
+    /// and waits within `ready_within` until its shell answers; then the restore's
+    /// container of `restore_image` with the export and `ca_file` (read-only).
     pub async fn start(
         h: &'a ServicesHost,
         (name, image, data_dir): (&str, &str, &str),
-        export_dir: &str,
+        (export_dir, restore_image): (&str, &str),
         ca_file: Option<&str>,
         deadline: Duration,
         ready_within: Duration,
     ) -> Result<EmbeddedMongo<'a>, Diagnostics> {
-        let mut mounts = vec![
+        let mounts = [
             format!("{data_dir}:{}", mig::MONGO_MOUNT),
             format!("{export_dir}:{EXPORT_MOUNT}"),
         ];
-        if let Some(ca) = ca_file {
-            mounts.push(format!("{ca}:{CA_MOUNT}:ro"));
-        }
-        let c = Container::run(h, name, image, &mounts, deadline, "the embedded MongoDB").await?;
+        let c = Container::run(
+            h,
+            (name, image, &[]),
+            &mounts,
+            deadline,
+            "the embedded MongoDB",
+        )
+        .await?;
         let probe = shell_args(name, "admin");
         let c = c
             .wait_ready(&probe, ready_within, "the embedded MongoDB", image)
             .await?;
-        Ok(EmbeddedMongo { c })
+        let mut mounts = vec![format!("{export_dir}:{EXPORT_MOUNT}")];
+        if let Some(ca) = ca_file {
+            mounts.push(format!("{ca}:{CA_MOUNT}:ro"));
+        }
+        match super::tools::start(
+            h,
+            &format!("{name}-restore"),
+            restore_image,
+            &mounts,
+            deadline,
+            "mongorestore",
+        )
+        .await
+        {
+            Ok(tools) => Ok(EmbeddedMongo { c, tools }),
+            Err(d) => {
+                c.stop().await;
+                Err(d)
+            }
+        }
     }
 
     /// Every collection of the embedded `db` with its document count and dbHash md5
@@ -184,18 +210,20 @@ impl<'a> EmbeddedMongo<'a> {
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut stdin = t.password.expose().as_bytes().to_vec();
         stdin.push(b'\n');
-        self.exec(
-            &argv,
-            Some(&stdin),
-            &format!("Could not import database {db} into {}", t.describe()),
-        )
-        .await
-        .map(|_| ())
+        self.tools
+            .exec(
+                &argv,
+                Some(&stdin),
+                &format!("Could not import database {db} into {}", t.describe()),
+            )
+            .await
+            .map(|_| ())
     }
 
-    /// Removes the container (its server stops; the data directory stays as it was).
+    /// Removes both containers (the server stops; the data directory stays as it was).
     pub async fn stop(self) {
-        self.c.stop().await
+        self.c.stop().await;
+        self.tools.stop().await
     }
 }
 

@@ -2,7 +2,9 @@
 //! reaches it: a temporary `postgres:9.5.8` container over the embedded data directory
 //! (CircleCI stopped), `pg_dump` per database into an export directory that stays on the
 //! machine, and `pg_restore` from there into the external server, run on the Services
-//! machine (the side of the network CircleCI itself connects from). Every command is a
+//! machine (the side of the network CircleCI itself connects from) in a second
+//! container of the target's release (`restore_image`): 9.5's client cannot log in
+//! with SCRAM. Every command is a
 //! fixed `docker` command line with quoted arguments; the target's password reaches
 //! `pg_restore` on stdin, never on a command line.
 
@@ -47,11 +49,12 @@ macro_rules! target_env {
     };
 }
 
-/// The target's scripts run as its user: the password from stdin; `$1`..`$4` host,
-/// port, user, database, `$5` sslmode, `$6` field separator, `$7` the provider's own
-/// checksum SQL (never the user's); the CA at [`CA_MOUNT`] when one is mounted. This
-/// one prints every table's count and checksum.
-const STATS_ON_TARGET: &str = concat!(
+/// The target's scripts run as its user, in the restore's container: the password
+/// from stdin; `$1`..`$4` host, port, user, database, `$5` sslmode, `$6` field
+/// separator, `$7` the provider's own SQL (never the user's); the CA at [`CA_MOUNT`]
+/// when one is mounted. This one prints every table's count and checksum (or what
+/// `$7` selects: the tools' check before the stop runs `SELECT 1` through it).
+pub(super) const STATS_ON_TARGET: &str = concat!(
     target_env!(),
     "exec psql -X -q -At -v ON_ERROR_STOP=1 -F \"$6\" -h \"$1\" -p \"$2\" -U \"$3\" -d \"$4\" -c \"$7\""
 );
@@ -82,18 +85,21 @@ pub struct Target<'a> {
 }
 
 /// The embedded server: which image over which data directory, in a container of
-/// which name.
+/// which name; and the image of the restore's tools.
 pub struct Source<'a> {
     pub image: &'a str,
+    pub restore_image: &'a str,
     pub data_dir: &'a str,
     pub container: &'a str,
     /// The target's CA on the Services machine, mounted read-only at [`CA_MOUNT`].
     pub ca_file: Option<&'a str>,
 }
 
-/// A running temporary container of the embedded PostgreSQL.
+/// A running temporary container of the embedded PostgreSQL, and the restore's
+/// container next to it (the target's client tools, the same export mounted).
 pub struct EmbeddedPostgres<'a> {
     pub(super) c: Container<'a>,
+    tools: Container<'a>,
 }
 
 impl<'a> std::ops::Deref for EmbeddedPostgres<'a> {
@@ -124,17 +130,13 @@ impl<'a> EmbeddedPostgres<'a> {
         ready_within: Duration,
     ) -> Result<EmbeddedPostgres<'a>, Diagnostics> {
         let name = source.container;
-        let mut mounts = vec![
+        let mounts = [
             format!("{}:{}", source.data_dir, mig::PG_MOUNT),
             format!("{export_dir}:{EXPORT_MOUNT}"),
         ];
-        if let Some(ca) = source.ca_file {
-            mounts.push(format!("{ca}:{CA_MOUNT}:ro"));
-        }
         let c = Container::run(
             h,
-            name,
-            source.image,
+            (name, source.image, &[]),
             &mounts,
             deadline,
             "the embedded PostgreSQL",
@@ -149,7 +151,26 @@ impl<'a> EmbeddedPostgres<'a> {
                 source.image,
             )
             .await?;
-        Ok(EmbeddedPostgres { c })
+        let mut mounts = vec![format!("{export_dir}:{EXPORT_MOUNT}")];
+        if let Some(ca) = source.ca_file {
+            mounts.push(format!("{ca}:{CA_MOUNT}:ro"));
+        }
+        match super::tools::start(
+            h,
+            &format!("{name}-restore"),
+            source.restore_image,
+            &mounts,
+            deadline,
+            "pg_restore",
+        )
+        .await
+        {
+            Ok(tools) => Ok(EmbeddedPostgres { c, tools }),
+            Err(d) => {
+                c.stop().await;
+                Err(d)
+            }
+        }
     }
 
     /// One query in `db` through psql in the container; rows of tab-separated text.
@@ -258,7 +279,7 @@ impl<'a> EmbeddedPostgres<'a> {
         let mut args = vec![
             "exec",
             "-i",
-            &self.name,
+            &self.tools.name,
             "bash",
             "-c",
             script,
@@ -272,7 +293,7 @@ impl<'a> EmbeddedPostgres<'a> {
             mig::STATS_SQL,
         ];
         args.extend_from_slice(rest);
-        let (cmd, out) = self.docker(&args, Some(&password_line(t))).await?;
+        let (cmd, out) = self.tools.docker(&args, Some(&password_line(t))).await?;
         if !out.success() {
             return Err(fail(&failed(&out), &cmd, &out));
         }
@@ -320,14 +341,15 @@ impl<'a> EmbeddedPostgres<'a> {
 }
 
 impl EmbeddedPostgres<'_> {
-    /// Removes the container (its server stops; the data directory stays as it was).
+    /// Removes both containers (the server stops; the data directory stays as it was).
     pub async fn stop(self) {
-        self.c.stop().await
+        self.c.stop().await;
+        self.tools.stop().await
     }
 }
 
 /// The target's password and a newline: what the fixed scripts read first on stdin.
-fn password_line(t: &Target<'_>) -> Vec<u8> {
+pub(super) fn password_line(t: &Target<'_>) -> Vec<u8> {
     let mut stdin = t.password.expose().as_bytes().to_vec();
     stdin.push(b'\n');
     stdin

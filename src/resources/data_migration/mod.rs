@@ -30,6 +30,7 @@ mod estimate;
 mod run;
 mod run_mongo;
 mod settings;
+mod tools;
 pub mod vault_key;
 
 const ID: &str = "circleci-data-migration";
@@ -99,6 +100,16 @@ fn postgres_block() -> Block {
                 "The embedded data directory on the Services machine. Default `{}`.",
                 mig::PG_DATA
             )))
+            .attr(Attribute::new("restore_image", Type::String).optional().computed().description(
+                "The image whose `pg_restore` and `psql` restore the dumps into the external PostgreSQL and \
+                 compare them there, in a second temporary container with the export mounted (the embedded \
+                 image's 9.5 tools cannot log in with SCRAM-SHA-256, the default of PostgreSQL 14 and later). \
+                 Default: the official image of the target's release, e.g. `postgres:15`, read from the target \
+                 at plan (or, when it cannot be reached then, before the stop). Refused, at plan when the tag \
+                 names a release and again before the stop from `pg_restore --version`: tools older than 9.5 \
+                 (they cannot read the dumps), older than 10 against a SCRAM target, or newer than the target \
+                 (PostgreSQL promises a restore into the same or a newer release only).",
+            ))
             .attr(Attribute::new("databases", Type::list(Type::String)).optional().computed().description(
                 &format!("The databases to carry over. Default: the runbook's nine, {names}."),
             ))
@@ -144,6 +155,15 @@ fn mongo_block() -> Block {
                 "The embedded data directory on the Services machine. Default `{}`.",
                 mig::MONGO_DATA
             )))
+            .attr(Attribute::new("restore_image", Type::String).optional().computed().description(
+                "The image whose `mongorestore` restores the dumps into the external MongoDB, in a second \
+                 temporary container with the export mounted (the embedded 3.6 tools speak the legacy opcodes \
+                 MongoDB 5.1 removed). Default: the official image of the target's release (`mongo:6.0` for a \
+                 6.0 target; `mongo:8.0` for a release without an image), read at plan or before the stop. \
+                 Images `mongo:4.4` and later carry the Database Tools 100.x. Refused, at plan from the tag and \
+                 before the stop from `mongorestore --version`: tools older than 3.6, or the legacy tools \
+                 (images before 4.4) against MongoDB 5.1 or later.",
+            ))
             .attr(Attribute::new("databases", Type::list(Type::String)).optional().computed().description(
                 &format!(
                     "The databases to carry over. Default: the runbook's four, {names}. One empty in the embedded \
@@ -369,6 +389,7 @@ fn validate_config(config: &Value) -> Diagnostics {
         &[
             ("image", Check::Text("Invalid image", check_image)),
             ("data_dir", Check::MountPath),
+            ("restore_image", Check::Text("Invalid image", check_image)),
             ("host", Check::Host),
             ("port", Check::Port),
             ("user", Check::Text("Invalid role name", check_identifier)),
@@ -384,6 +405,7 @@ fn validate_config(config: &Value) -> Diagnostics {
         &[
             ("image", Check::Text("Invalid image", check_image)),
             ("data_dir", Check::MountPath),
+            ("restore_image", Check::Text("Invalid image", check_image)),
             ("username", Check::NonEmpty),
             (
                 "auth_source",
@@ -704,6 +726,8 @@ impl Resource for DataMigration {
             };
             planned.set(a, v);
         }
+        self.plan_restore_images(planned, req.config, req.prior, migrate, diags)
+            .await;
         if migrate {
             self.preview_stop(planned, diags).await;
         }
@@ -772,5 +796,6 @@ mod tests {
         let prefix = crate::resources::cutover::MIGRATION_CONTAINER;
         assert!(super::CONTAINER.starts_with(prefix));
         assert!(super::run_mongo::CONTAINER.starts_with(prefix));
+        assert!(super::tools::CONTAINER.starts_with(prefix));
     }
 }

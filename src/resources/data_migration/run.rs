@@ -202,7 +202,7 @@ impl DataMigration {
         config: &Value,
         warnings: &mut Diagnostics,
     ) -> Result<Value, Diagnostics> {
-        let s = settings(planned, config, &self.data)?;
+        let mut s = settings(planned, config, &self.data)?;
         let started = Instant::now();
         let restart = ServicesRestart::new(self.data.clone());
         // The same rule as the restart's, before anything is read or stopped.
@@ -291,10 +291,16 @@ impl DataMigration {
         {
             return Err(e.into());
         }
+        let mut state = planned.clone();
+        self.check_restore_tools(
+            (s.postgres.as_mut(), s.mongo.as_mut()),
+            s.command_timeout,
+            &mut state,
+        )
+        .await?;
         if stop::requested() {
             return Err(stopped_error("before anything changed"));
         }
-        let mut state = planned.clone();
         state.set("app_stopped_at", Value::string(""));
         if running {
             restart
@@ -484,6 +490,7 @@ impl DataMigration {
         let h = self.data.services()?;
         let source = Source {
             image: &p.image,
+            restore_image: &p.restore_image,
             data_dir: &p.data_dir,
             container: CONTAINER,
             ca_file: p.ca_file.as_deref(),

@@ -96,7 +96,7 @@ impl DataMigration {
         let e = EmbeddedMongo::start(
             &h,
             (CONTAINER, &m.image, &m.data_dir),
-            export_dir,
+            (export_dir, &m.restore_image),
             m.ca_file.as_deref(),
             deadline,
             Duration::from_secs(120),

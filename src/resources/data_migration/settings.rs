@@ -11,6 +11,8 @@ use crate::secret::Secret;
 /// The `postgres` block, resolved.
 pub(super) struct PgSettings {
     pub image: String,
+    /// The restore's tools; empty until resolved from the target (unknown at plan).
+    pub restore_image: String,
     pub data_dir: String,
     pub databases: Vec<String>,
     pub host: String,
@@ -72,6 +74,7 @@ pub(super) fn settings(
         let password = password_at(c, AttrPath::root(POSTGRES).attr("password_wo"))?;
         Some(PgSettings {
             image: pg.get("image").as_str().unwrap_or(mig::PG_IMAGE).into(),
+            restore_image: pg.get("restore_image").as_str().unwrap_or_default().into(),
             data_dir: pg.get("data_dir").as_str().unwrap_or(mig::PG_DATA).into(),
             databases: strings(pg.get("databases")),
             host: pg.get("host").as_str().unwrap_or_default().into(),
@@ -149,6 +152,8 @@ pub(super) fn settings(
 /// The `mongo` block, resolved.
 pub(super) struct MongoSettings {
     pub image: String,
+    /// The restore's tools; empty until resolved from the target (unknown at plan).
+    pub restore_image: String,
     pub data_dir: String,
     pub databases: Vec<String>,
     pub hosts: Vec<String>,
@@ -177,6 +182,7 @@ pub(super) fn mongo_settings(
     let s = |k: &str, d: &str| m.get(k).as_str().unwrap_or(d).to_string();
     Ok(Some(MongoSettings {
         image: s("image", mig::MONGO_IMAGE),
+        restore_image: s("restore_image", ""),
         data_dir: s("data_dir", mig::MONGO_DATA),
         databases: strings(m.get("databases")),
         hosts: strings(m.get("hosts")),
