@@ -63,6 +63,20 @@ fn refused(block: &str, image: &str, target: &str, why: &str, when: &str) -> Dia
     .at(AttrPath::root(block).attr(ATTR))
 }
 
+/// A failure to start the restore's container before the stop, on `block.restore_image`
+/// (an image that cannot be pulled, or without the tool).
+fn on_attr(d: Diagnostics, block: &str, when: &str) -> Diagnostics {
+    let mut out = Diagnostics::new();
+    for mut x in d.0 {
+        x.detail = format!("{} {when}", x.detail);
+        out.push(match x.path {
+            Some(_) => x,
+            None => x.at(AttrPath::root(block).attr(ATTR)),
+        });
+    }
+    out
+}
+
 /// What the plan knows of the PostgreSQL target: its release and whether it uses SCRAM;
 /// none when it does not answer now.
 async fn pg_target(data: &ProviderData) -> Option<(PgTarget, String, i32)> {
@@ -182,7 +196,9 @@ impl DataMigration {
                 .iter()
                 .map(|ca| format!("{ca}:{CA_MOUNT}:ro"))
                 .collect();
-            let c = start(&h, CONTAINER, &image, &mounts, deadline, "pg_restore").await?;
+            let c = start(&h, CONTAINER, &image, &mounts, deadline, "pg_restore")
+                .await
+                .map_err(|d| on_attr(d, POSTGRES, when))?;
             let r = async {
                 let (_, out) = c
                     .exec(
@@ -262,12 +278,10 @@ impl DataMigration {
                 m.restore_image = rt::default_mongo_image(wire);
             }
             let image = m.restore_image.clone();
-            let mounts: Vec<String> = m
-                .ca_file
-                .iter()
-                .map(|ca| format!("{ca}:{}:ro", super::embedded_mongo::CA_MOUNT))
-                .collect();
-            let c = start(&h, CONTAINER, &image, &mounts, deadline, "mongorestore").await?;
+            // Only the tools' version is checked here: nothing to mount.
+            let c = start(&h, CONTAINER, &image, &[], deadline, "mongorestore")
+                .await
+                .map_err(|d| on_attr(d, MONGO, when))?;
             let r = async {
                 let (_, out) = c
                     .exec(
