@@ -29,14 +29,19 @@ the embedded data with the app stopped.
   docker exec [-i] N mongorestore ARGS... / bash -c SCRIPT [ARG...]   (mongo:X)
       -> the tool stand-ins as release X's tools (the legacy ones before 4.4)
 A mount given as HOSTDIR:/DIR:ro is mounted as is (nothing here writes to it).
-  docker rm -f N        -> pg_ctl stop -m fast (PostgreSQL), or the stand-in killed (MongoDB) ("No such container", status 1, for an unknown N)
+  docker rm -f N        -> as Docker's, everything `docker exec` runs in N killed first (SIGKILL to each
+                           exec's process group); then pg_ctl stop -m fast (PostgreSQL), or the stand-in
+                           killed (MongoDB) ("No such container", status 1, for an unknown N)
   docker ps             -> also lists these
 
 Anything else (other images, other mounts, other options) is refused with status 64.
 """
 
+import atexit
+import glob
 import json
 import os
+import signal
 import shlex
 import shutil
 import tempfile
@@ -280,6 +285,35 @@ def _mongo_tools_bin(state):
     return d
 
 
+def _track(state, name):
+    """This exec's process group, noted for `docker rm -f` (Docker kills what runs in a
+    container it removes: a restore cut off by the provider's deadline must not commit
+    later); the note goes when the exec ends."""
+    try:
+        os.setpgrp()
+    except OSError:
+        pass  # a session leader already leads its own group
+    mark = os.path.join(_dir(state), f"{name}.exec.{os.getpgrp()}")
+    open(mark, "w").close()
+    atexit.register(lambda: os.path.exists(mark) and os.remove(mark))
+
+
+def _kill_execs(state, name):
+    for mark in glob.glob(os.path.join(_dir(state), f"{glob.escape(name)}.exec.*")):
+        pgid = int(mark.rsplit(".", 1)[1])
+        try:
+            # Only if that group still runs this container's exec (not a reused id).
+            with open(f"/proc/{pgid}/cmdline", "rb") as f:
+                if name.encode() in f.read() and pgid != os.getpgrp():
+                    os.killpg(pgid, signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+        try:
+            os.remove(mark)
+        except FileNotFoundError:
+            pass
+
+
 def exec_(state, refuse, args):
     rest = [a for a in args if a != "-i"]
     if not rest:
@@ -287,6 +321,7 @@ def exec_(state, refuse, args):
     rec = _record(state, rest[0])
     if rec is None:
         return False
+    _track(state, rest[0])
     tool, targs = rest[1] if len(rest) > 1 else "", rest[2:]
     if rec.get("tools"):
         return _exec_tools(state, refuse, rec, args, tool, targs)
@@ -330,6 +365,7 @@ def rm(state, refuse, args):
     rec = _record(state, rest[0])
     if rec is None:
         return False
+    _kill_execs(state, rest[0])
     if rec.get("tools"):
         os.remove(os.path.join(_dir(state), f"{rest[0]}.json"))
         print(rest[0])

@@ -56,6 +56,9 @@ enum Fault {
     /// `terraform apply` interrupted (SIGINT to its process group, as Ctrl-C does) in
     /// the middle of the resource's long step.
     Interrupt,
+    /// The provider's process killed (SIGKILL), as a crash or the OOM killer would:
+    /// nothing of its own clean-up runs.
+    ProviderKilled,
     /// The config file's directory not writable by the SSH user.
     Unwritable,
 }
@@ -552,7 +555,7 @@ impl<'a> Scenario<'a> {
                 std::os::unix::fs::PermissionsExt::from_mode(0o755),
             )
             .unwrap(),
-            Fault::Interrupt => {}
+            Fault::Interrupt | Fault::ProviderKilled => {}
         }
     }
 
@@ -878,67 +881,106 @@ fn every_fault_at_every_phase_converges() {
 }
 
 /// A fault in the cutover itself: CircleCI runs when the apply starts.
+/// Where in the migration a fault comes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    /// The first PostgreSQL database exported, none imported.
+    Export,
+    /// The first PostgreSQL database imported and verified.
+    Import,
+    /// The first MongoDB database restored and verified.
+    Mongo,
+    /// Both databases carried, the Vault key not yet.
+    Vault,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Cut {
-    /// The external PostgreSQL killed while the migration imports into it.
-    MigrationTargetKilled,
-    /// sshd (every session to the Services machine) killed during the migration.
-    MigrationSshdKilled,
-    /// Ctrl-C during the migration's import.
-    MigrationInterrupted,
-    /// sshd killed after the migration, before the restart starts CircleCI.
-    RestartSshdKilled,
-    /// Ctrl-C before the restart starts CircleCI.
-    RestartInterrupted,
+    /// A fault in the migration: the external PostgreSQL killed (`KillDuring`) or
+    /// frozen (`Freeze`, under a 20 s command_timeout), sshd killed, Ctrl-C, or the
+    /// provider's process killed.
+    Migration(Phase, Fault),
+    /// sshd killed or Ctrl-C after the migration, before the restart starts CircleCI.
+    Restart(Fault),
     /// Ctrl-C while a launch configuration's rollout waits for a client's build,
     /// CircleCI running on the Nomad it drains.
-    DrainInterrupted,
+    Drain,
 }
 
 impl Cut {
-    const ALL: [Cut; 6] = [
-        Cut::MigrationTargetKilled,
-        Cut::MigrationSshdKilled,
-        Cut::MigrationInterrupted,
-        Cut::RestartSshdKilled,
-        Cut::RestartInterrupted,
-        Cut::DrainInterrupted,
+    const ALL: [Cut; 14] = [
+        Cut::Migration(Phase::Import, Fault::KillDuring),
+        Cut::Migration(Phase::Import, Fault::Freeze),
+        Cut::Migration(Phase::Import, Fault::SshdKilled),
+        Cut::Migration(Phase::Import, Fault::Interrupt),
+        Cut::Migration(Phase::Import, Fault::ProviderKilled),
+        Cut::Migration(Phase::Export, Fault::Interrupt),
+        Cut::Migration(Phase::Export, Fault::ProviderKilled),
+        Cut::Migration(Phase::Mongo, Fault::Interrupt),
+        Cut::Migration(Phase::Mongo, Fault::ProviderKilled),
+        Cut::Migration(Phase::Vault, Fault::Interrupt),
+        Cut::Migration(Phase::Vault, Fault::ProviderKilled),
+        Cut::Restart(Fault::SshdKilled),
+        Cut::Restart(Fault::Interrupt),
+        Cut::Drain,
     ];
 
     fn res(self) -> &'static str {
         match self {
-            Cut::MigrationTargetKilled | Cut::MigrationSshdKilled | Cut::MigrationInterrupted => {
-                "circleci_data_migration"
-            }
-            Cut::RestartSshdKilled | Cut::RestartInterrupted => "circleci_services_restart",
-            Cut::DrainInterrupted => "circleci_nomad_client_launch_config",
+            Cut::Migration(..) => "circleci_data_migration",
+            Cut::Restart(_) => "circleci_services_restart",
+            Cut::Drain => "circleci_nomad_client_launch_config",
         }
     }
 
     fn fault(self) -> Fault {
         match self {
-            Cut::MigrationTargetKilled => Fault::KillDuring,
-            Cut::MigrationSshdKilled | Cut::RestartSshdKilled => Fault::SshdKilled,
-            _ => Fault::Interrupt,
+            Cut::Migration(_, f) | Cut::Restart(f) => f,
+            Cut::Drain => Fault::Interrupt,
         }
     }
 
     fn point(self) -> String {
         let phase = match self {
-            Cut::MigrationTargetKilled | Cut::MigrationSshdKilled | Cut::MigrationInterrupted => {
-                "database_loop"
-            }
-            Cut::RestartSshdKilled | Cut::RestartInterrupted => "before_start",
-            Cut::DrainInterrupted => "before_drain",
+            Cut::Migration(Phase::Export, _) => "after_export",
+            Cut::Migration(Phase::Import, _) => "database_loop",
+            Cut::Migration(Phase::Mongo, _) => "mongo_loop",
+            Cut::Migration(Phase::Vault, _) => "before_key",
+            Cut::Restart(_) => "before_start",
+            Cut::Drain => "before_drain",
         };
         format!("{}.{phase}", self.res())
     }
 
+    /// The resource and the phase, for the table.
+    fn label(self) -> String {
+        match self {
+            Cut::Migration(p, _) => format!("{} {p:?}", self.res()),
+            _ => self.res().to_string(),
+        }
+    }
+
     /// Whether the faulted apply itself must end with CircleCI running: a failure it
     /// can still act on is undone (the fallback starts CircleCI as it was); a lost
-    /// Services machine or an interrupt leaves the rest to the next apply.
+    /// Services machine, an interrupt or a killed provider leaves the rest to the next
+    /// apply.
     fn running_after_fault(self) -> bool {
-        matches!(self, Cut::MigrationTargetKilled | Cut::DrainInterrupted)
+        matches!(
+            self,
+            Cut::Migration(_, Fault::KillDuring | Fault::Freeze) | Cut::Drain
+        )
+    }
+
+    /// Whether the fault leaves the migration's containers running (a killed provider
+    /// removes nothing), which the next plan must report and the next apply remove.
+    fn leaves_containers(self) -> bool {
+        matches!(
+            self,
+            Cut::Migration(
+                Phase::Export | Phase::Import | Phase::Mongo,
+                Fault::ProviderKilled
+            )
+        )
     }
 }
 
@@ -953,8 +995,8 @@ struct CutRow {
 }
 
 /// The migration and the restart after it (CircleCI's embedded data and files under
-/// `root`), as `examples/complete` orders them.
-fn cutover_tf(s: &Servers, root: &Path, mount: &str) -> String {
+/// `root`), as `examples/complete` orders them; `extra` in the migration.
+fn cutover_tf(s: &Servers, root: &Path, mount: &str, extra: &str) -> String {
     format!(
         r#"{migration}
 resource "circleci_services_restart" "r" {{
@@ -970,7 +1012,7 @@ resource "circleci_services_restart" "r" {{
   }}
 }}
 "#,
-        migration = common::cutover::migration_tf(s, root, mount, ""),
+        migration = common::cutover::migration_tf(s, root, mount, extra),
         root = root.to_str().unwrap(),
         enomad = s.get("CIRCLECI_TEST_EMBEDDED_NOMAD_ADDR"),
     )
@@ -996,11 +1038,31 @@ fn cutover_leftovers(s: &Servers, root: &Path) -> Vec<String> {
             l.push(format!("{dir} is {:o}", common::mode_of(&d)));
         }
     }
+    l.extend(readable_export(root));
     if root
         .join("data/circle/external-services-cutover/record.json")
         .exists()
     {
         l.push("the cutover's record is still open".into());
+    }
+    l
+}
+
+/// What of the export (a dump, a partial one, a directory in it) others could read.
+fn readable_export(root: &Path) -> Vec<String> {
+    let mut l = Vec::new();
+    let mut todo = vec![root.join("data/circle/external-services-export")];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten() {
+            let p = e.unwrap().path();
+            let mode = common::mode_of(&p);
+            if mode & 0o077 != 0 {
+                l.push(format!("{} is {mode:o}", p.display()));
+            }
+            if p.is_dir() {
+                todo.push(p);
+            }
+        }
     }
     l
 }
@@ -1013,11 +1075,21 @@ fn apply_with_fault(tf: &Tf, faults: &Path, point: &str, fault: Fault) -> Output
     common::wait_reached(faults, point, 240);
     match fault {
         Fault::KillDuring => Backend::Postgres.kill(),
+        Fault::Freeze => Backend::Postgres.signal("-STOP"),
         Fault::SshdKilled => Backend::Sshd.kill(),
         Fault::Interrupt => {
             let _ = Command::new("kill")
                 .args(["-INT", "--", &format!("-{}", child.id())])
                 .status();
+        }
+        Fault::ProviderKilled => {
+            // The provider is in the apply's process group (Terraform starts it).
+            let group = child.id().to_string();
+            let killed = Command::new("pkill")
+                .args(["-KILL", "-g", &group, "-f", "terraform-provider-circleci"])
+                .status()
+                .unwrap();
+            assert!(killed.success(), "no provider process in group {group}");
         }
         _ => unreachable!("not a cutover fault"),
     }
@@ -1050,19 +1122,40 @@ fn migration_case(s: &Servers, cut: Cut, n: usize) -> CutRow {
     let sim = common::sim::Sim::new(s, serde_json::json!({"root": root.path(), "transition": 1}));
     sim.start();
     let mount = format!("transit-cut-{}-{n}", std::process::id());
-    let tf = Tf::new(&cutover_tf(s, root.path(), &mount));
+    let frozen = cut.fault() == Fault::Freeze;
+    let extra = if frozen {
+        "command_timeout = \"20s\""
+    } else {
+        ""
+    };
+    let tf = Tf::new(&cutover_tf(s, root.path(), &mount, extra));
     let faults = tempfile::tempdir().unwrap();
+    let began = Instant::now();
     let out = apply_with_fault(&tf, faults.path(), &cut.point(), cut.fault());
+    let took = began.elapsed();
     let mut notes = Vec::new();
     if out.status.success() {
         notes.push("the faulted apply succeeded".into());
+    }
+    if frozen {
+        // The restore's commands stop at command_timeout; the fallback starts CircleCI.
+        Backend::Postgres.signal("-CONT");
+        if took > Duration::from_secs(90) {
+            notes.push(format!("the frozen target held the apply {took:?}"));
+        }
     }
     let after_fault = sim.state();
     if cut.running_after_fault() && after_fault != "started" {
         notes.push(format!("CircleCI {after_fault} after the fault"));
     }
+    // Right after the fault, before the next apply seals the export again.
+    notes.extend(
+        readable_export(root.path())
+            .into_iter()
+            .map(|r| format!("after the fault: {r}")),
+    );
     let text = String::from_utf8_lossy(&out.stderr).to_string();
-    if cut == Cut::MigrationTargetKilled
+    if matches!(cut, Cut::Migration(_, Fault::KillDuring | Fault::Freeze))
         && !flat(&text).contains("CircleCI is back as it was before this apply")
     {
         notes.push("the failure was not undone".into());
@@ -1075,6 +1168,10 @@ fn migration_case(s: &Servers, cut: Cut, n: usize) -> CutRow {
     );
     let converged = converge.status.success() && tf.plan_code() == 0;
     let running = sim.state() == "started";
+    let said = flat(&String::from_utf8_lossy(&converge.stdout));
+    if cut.leaves_containers() && !said.contains("A migration container was left running") {
+        notes.push("the next plan did not report the container left".into());
+    }
     notes.extend(cutover_leftovers(s, root.path()));
     let destroy = cut_run(
         &tf,
@@ -1193,14 +1290,14 @@ fn cut_table(rows: &[CutRow]) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "{:<38} {:<11} {:<22} {:>9} {:>14}  notes",
+        "{:<45} {:<14} {:<22} {:>9} {:>14}  notes",
         "cutover resource", "fault", "CircleCI after fault", "converged", "CircleCI after"
     );
     for r in rows {
         let _ = writeln!(
             t,
-            "{:<38} {:<11} {:<22} {:>9} {:>14}  {}",
-            r.cut.res(),
+            "{:<45} {:<14} {:<22} {:>9} {:>14}  {}",
+            r.cut.label(),
             format!("{:?}", r.cut.fault()),
             r.after_fault,
             if r.converged { "yes" } else { "NO" },
@@ -1229,7 +1326,7 @@ fn every_cutover_fault_ends_with_circleci_running() {
             continue;
         }
         rows.push(match cut {
-            Cut::DrainInterrupted => drain_case(&s, cut, n),
+            Cut::Drain => drain_case(&s, cut, n),
             _ => migration_case(&s, cut, n),
         });
     }

@@ -336,6 +336,10 @@ impl DataMigration {
             ));
         }
         if let (Some(k), Some(found)) = (&key_move, found) {
+            crate::fault_point::point("circleci_data_migration.before_key").await;
+            if stop::requested() {
+                return Err(stopped_error("before the Vault key"));
+            }
             if found == Found::Same && !s.overwrite {
                 log::info!(
                     "the external Vault already has transit key {}: left as it is",
@@ -662,6 +666,7 @@ async fn export_one(
         .into());
     }
     let x = e.export(db).await?;
+    crate::fault_point::point("circleci_data_migration.after_export").await;
     sanity_check(db, &x.source)?;
     let rows: i64 = tables(&x.source).map(|t| t.rows).sum();
     log::info!(

@@ -301,7 +301,7 @@ async fn one_database(
         );
     }
     add(out, db, &source);
-    crate::fault_point::point("circleci_data_migration.database_loop").await;
+    crate::fault_point::point("circleci_data_migration.mongo_loop").await;
     Ok(true)
 }
 
