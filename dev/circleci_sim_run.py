@@ -302,11 +302,15 @@ def _kill_execs(state, name):
     for mark in glob.glob(os.path.join(_dir(state), f"{glob.escape(name)}.exec.*")):
         pgid = int(mark.rsplit(".", 1)[1])
         try:
-            # Only if that group still runs this container's exec (not a reused id).
+            # Only if that group still runs this container's exec (not a reused id): its
+            # leader leads the group and has `exec` and exactly this name among its words.
             with open(f"/proc/{pgid}/cmdline", "rb") as f:
-                if name.encode() in f.read() and pgid != os.getpgrp():
-                    os.killpg(pgid, signal.SIGKILL)
-        except (OSError, ValueError):
+                words = f.read().split(b"\0")
+            with open(f"/proc/{pgid}/stat") as f:
+                group = int(f.read().rsplit(")", 1)[1].split()[2])
+            if group == pgid != os.getpgrp() and b"exec" in words and name.encode() in words:
+                os.killpg(pgid, signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
             pass
         try:
             os.remove(mark)

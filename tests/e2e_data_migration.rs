@@ -843,8 +843,6 @@ fn a_too_small_export_volume_is_an_error_at_plan() {
     drop(sim);
 }
 
-/// A CircleCI version the runbook is not for: the migration refuses on
-/// allowed_versions, as the restart does, before it stops or reads anything.
 /// The restore's client tools: chosen for the target's release (the state records
 /// them), and refused when they cannot log in to it or speak its protocol: at plan
 /// when the image's tag names a release, else before the stop from what the tools
@@ -897,6 +895,18 @@ fn restore_tools_follow_the_target_and_are_refused_before_the_stop() {
     );
     assert!(out.contains("legacy opcodes"), "{out}");
 
+    // Tools newer than the target: a caution, not a refusal.
+    tf.write_main(&with("    restore_image = \"postgres:17\"\n", ""));
+    let out = flat(&tf.ok(&["plan", "-no-color"]));
+    assert!(
+        out.contains("The restore's tools are newer than the target"),
+        "{out}"
+    );
+    assert!(
+        out.contains("pg_restore 17 is newer than the target's PostgreSQL 15"),
+        "{out}"
+    );
+
     // The tag says nothing: the plan passes, and the apply asks the tools themselves.
     tf.write_main(&with(&format!("    restore_image = {opaque:?}\n"), ""));
     let out = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
@@ -925,6 +935,8 @@ fn restore_tools_follow_the_target_and_are_refused_before_the_stop() {
     assert!(empty.contains("No changes"), "{empty}");
 }
 
+/// A CircleCI version the runbook is not for: the migration refuses on
+/// allowed_versions, as the restart does, before it stops or reads anything.
 #[test]
 fn another_circleci_version_is_refused_before_anything_stops() {
     let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());

@@ -880,7 +880,6 @@ fn every_fault_at_every_phase_converges() {
     }
 }
 
-/// A fault in the cutover itself: CircleCI runs when the apply starts.
 /// Where in the migration a fault comes.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Phase {
@@ -894,6 +893,7 @@ enum Phase {
     Vault,
 }
 
+/// A fault in the cutover itself: CircleCI runs when the apply starts.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Cut {
     /// A fault in the migration: the external PostgreSQL killed (`KillDuring`) or
@@ -1123,6 +1123,18 @@ fn migration_case(s: &Servers, cut: Cut, n: usize) -> CutRow {
     sim.start();
     let mount = format!("transit-cut-{}-{n}", std::process::id());
     let frozen = cut.fault() == Fault::Freeze;
+    // Should the apply hang on the frozen target, it is thawed after 150 s: the row then
+    // fails on the time it took instead of hanging the suite.
+    let (ended, watch) = std::sync::mpsc::channel::<()>();
+    if frozen {
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                watch.recv_timeout(Duration::from_secs(150))
+            {
+                Backend::Postgres.signal("-CONT");
+            }
+        });
+    }
     let extra = if frozen {
         "command_timeout = \"20s\""
     } else {
@@ -1133,6 +1145,7 @@ fn migration_case(s: &Servers, cut: Cut, n: usize) -> CutRow {
     let began = Instant::now();
     let out = apply_with_fault(&tf, faults.path(), &cut.point(), cut.fault());
     let took = began.elapsed();
+    drop(ended);
     let mut notes = Vec::new();
     if out.status.success() {
         notes.push("the faulted apply succeeded".into());
@@ -1155,6 +1168,11 @@ fn migration_case(s: &Servers, cut: Cut, n: usize) -> CutRow {
             .map(|r| format!("after the fault: {r}")),
     );
     let text = String::from_utf8_lossy(&out.stderr).to_string();
+    if matches!(cut, Cut::Migration(_, Fault::Interrupt))
+        && !flat(&text).contains("Terraform asked the provider to stop")
+    {
+        notes.push("the migration did not stop on Ctrl-C".into());
+    }
     if matches!(cut, Cut::Migration(_, Fault::KillDuring | Fault::Freeze))
         && !flat(&text).contains("CircleCI is back as it was before this apply")
     {

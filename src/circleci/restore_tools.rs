@@ -5,8 +5,8 @@
 //!
 //! - PostgreSQL: `pg_restore` reads custom-format archives of its own and older
 //!   releases only; libpq learned SCRAM-SHA-256 in release 10 (older clients answer
-//!   "authentication method 10 not supported"); and PostgreSQL promises that a dump
-//!   loads into the same or a newer release, not an older one.
+//!   "authentication method 10 not supported"); and PostgreSQL documents restores
+//!   into the same or a newer release (tools newer than the target are a caution).
 //! - MongoDB: the tools of 3.6 to 4.2 (inside those images) speak the legacy opcodes,
 //!   which MongoDB 5.1 (wire version 14) removed; from 4.4 the images carry the
 //!   Database Tools 100.x, which talk to current servers and read 3.6 dumps.
@@ -66,11 +66,13 @@ pub fn default_mongo_image(wire: i32) -> String {
     format!("mongo:{release}")
 }
 
-/// The leading `MAJOR[.MINOR]` of an image's tag, when it has one (`postgres:9.6`,
-/// `postgres:16.4-alpine`, `mongo:7.0.14`); none for `latest`, a digest, or no tag.
-fn tag_numbers(image: &str) -> Option<(u32, Option<u32>)> {
-    let (_, tag) = image.rsplit_once(':')?;
-    if tag.contains('/') || image.contains('@') {
+/// The leading `MAJOR[.MINOR]` of the tag of an official `repo` image (`postgres:9.6`,
+/// `registry.internal:5000/postgres:16.4-alpine`, `mongo:7.0.14`); none for `latest`,
+/// a digest, no tag, or another repository (`myorg/pg-tools:2024.06` says nothing of
+/// the tools inside: the check before the stop asks them).
+fn tag_numbers(image: &str, repo: &str) -> Option<(u32, Option<u32>)> {
+    let (name, tag) = image.rsplit_once(':')?;
+    if tag.contains('/') || image.contains('@') || name.rsplit('/').next() != Some(repo) {
         return None;
     }
     let mut parts = tag.split(['.', '-', '_']);
@@ -82,17 +84,18 @@ fn tag_numbers(image: &str) -> Option<(u32, Option<u32>)> {
 /// The PostgreSQL release an image's tag names, when it names one (`postgres:9` does
 /// not: 9 was several releases).
 pub fn pg_image_release(image: &str) -> Option<PgRelease> {
-    match tag_numbers(image)? {
+    match tag_numbers(image, "postgres")? {
         (m, _) if m >= 10 => Some((m, 0)),
         (m, Some(n)) => Some((m, n)),
         _ => None,
     }
 }
 
-/// The MongoDB release an image's tag names (`mongo:7` is 7.0).
+/// The MongoDB release an image's tag names (`mongo:4` does not: it was 4.4, whose
+/// tools are not 4.0's).
 pub fn mongo_image_release(image: &str) -> Option<(u32, u32)> {
-    let (m, n) = tag_numbers(image)?;
-    Some((m, n.unwrap_or(0)))
+    let (m, n) = tag_numbers(image, "mongo")?;
+    Some((m, n?))
 }
 
 /// The release `pg_restore --version` (or `psql --version`) prints:
@@ -168,6 +171,21 @@ pub struct PgTarget {
     pub scram: bool,
 }
 
+/// A caution for tools newer than the target: pg_restore writes its own session
+/// settings and commands, and PostgreSQL documents restores into the same or a newer
+/// release; it does not promise an older one. Not a refusal: no such failure is known
+/// for a 9.5 dump.
+pub fn pg_caution(tools: PgRelease, target: PgTarget) -> Option<String> {
+    (tools > target.release).then(|| {
+        format!(
+            "pg_restore {} is newer than the target's PostgreSQL {}; PostgreSQL documents restores with \
+             the target's own release or an older one's dump, so the default is the target's release",
+            pg_name(tools),
+            pg_name(target.release)
+        )
+    })
+}
+
 /// Why tools of `tools` cannot restore 9.5 dumps into `target`; none when they can.
 pub fn pg_refusal(tools: PgRelease, target: PgTarget) -> Option<String> {
     let (t, s, g) = (pg_name(tools), pg_name(PG_SOURCE), pg_name(target.release));
@@ -180,12 +198,6 @@ pub fn pg_refusal(tools: PgRelease, target: PgTarget) -> Option<String> {
         return Some(format!(
             "libpq {t} cannot authenticate with SCRAM-SHA-256, which PostgreSQL {g} uses for the restore's \
              password (password_encryption = scram-sha-256); clients learned it in PostgreSQL 10"
-        ));
-    }
-    if tools > target.release {
-        return Some(format!(
-            "pg_restore {t} is newer than the target's PostgreSQL {g}: PostgreSQL promises that a restore \
-             loads into the same or a newer release only"
         ));
     }
     None
@@ -240,7 +252,10 @@ mod tests {
         ] {
             assert_eq!(pg_image_release(none), None, "{none}");
         }
-        assert_eq!(mongo_image_release("mongo:7"), Some((7, 0)));
+        assert_eq!(mongo_image_release("mongo:7"), None);
+        assert_eq!(mongo_image_release("mongo:7.0"), Some((7, 0)));
+        assert_eq!(pg_image_release("myorg/pg-tools:2024.06"), None);
+        assert_eq!(mongo_image_release("corp/mongo-tools:1.2"), None);
         assert_eq!(mongo_image_release("mongo:3.6.6"), Some((3, 6)));
         assert_eq!(mongo_image_tools((4, 2)), MongoTools::Legacy(4, 2));
         assert_eq!(mongo_image_tools((4, 4)), MongoTools::Tools100);
@@ -296,7 +311,9 @@ mod tests {
             }
         )
         .is_some_and(|w| w.contains("9.5")));
-        assert!(pg_refusal((17, 0), t15).is_some_and(|w| w.contains("newer")));
+        assert!(pg_refusal((17, 0), t15).is_none());
+        assert!(pg_caution((17, 0), t15).is_some_and(|w| w.contains("newer")));
+        assert!(pg_caution((15, 0), t15).is_none());
         assert!(mongo_refusal(MongoTools::Legacy(3, 6), 13, "m:1").is_none());
         assert!(mongo_refusal(MongoTools::Legacy(3, 6), 17, "m:1")
             .is_some_and(|w| w.contains("legacy opcodes") && w.contains("m:1")));

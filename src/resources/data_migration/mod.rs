@@ -106,9 +106,10 @@ fn postgres_block() -> Block {
                  image's 9.5 tools cannot log in with SCRAM-SHA-256, the default of PostgreSQL 14 and later). \
                  Default: the official image of the target's release, e.g. `postgres:15`, read from the target \
                  at plan (or, when it cannot be reached then, before the stop). Refused, at plan when the tag \
-                 names a release and again before the stop from `pg_restore --version`: tools older than 9.5 \
-                 (they cannot read the dumps), older than 10 against a SCRAM target, or newer than the target \
-                 (PostgreSQL promises a restore into the same or a newer release only).",
+                 of an official `postgres` image names a release and again before the stop from \
+                 `pg_restore --version`: tools older than 9.5 (they cannot read the dumps), or older than 10 \
+                 against a SCRAM target; tools newer than the target are a warning at plan (PostgreSQL \
+                 documents restores into the same or a newer release).",
             ))
             .attr(Attribute::new("databases", Type::list(Type::String)).optional().computed().description(
                 &format!("The databases to carry over. Default: the runbook's nine, {names}."),
@@ -158,8 +159,8 @@ fn mongo_block() -> Block {
             .attr(Attribute::new("restore_image", Type::String).optional().computed().description(
                 "The image whose `mongorestore` restores the dumps into the external MongoDB, in a second \
                  temporary container with the export mounted (the embedded 3.6 tools speak the legacy opcodes \
-                 MongoDB 5.1 removed). Default: the official image of the target's release (`mongo:6.0` for a \
-                 6.0 target; `mongo:8.0` for a release without an image), read at plan or before the stop. \
+                 MongoDB 5.1 removed). Default: the official image of the target's release line (`mongo:6.0` \
+                 for 6.x; `mongo:8.0` for 5.1 to 5.3 and anything after 8.x), read at plan or before the stop. \
                  Images `mongo:4.4` and later carry the Database Tools 100.x. Refused, at plan from the tag and \
                  before the stop from `mongorestore --version`: tools older than 3.6, or the legacy tools \
                  (images before 4.4) against MongoDB 5.1 or later.",

@@ -63,15 +63,18 @@ fn refused(block: &str, image: &str, target: &str, why: &str, when: &str) -> Dia
     .at(AttrPath::root(block).attr(ATTR))
 }
 
-/// A failure to start the restore's container before the stop, on `block.restore_image`
-/// (an image that cannot be pulled, or without the tool).
+/// A failure to start the restore's container before the stop: `docker run` refused
+/// (an image that cannot be pulled) or the tool never answered (an image without it)
+/// is on `block.restore_image`; anything else (the Services machine lost) is not.
 fn on_attr(d: Diagnostics, block: &str, when: &str) -> Diagnostics {
     let mut out = Diagnostics::new();
     for mut x in d.0 {
         x.detail = format!("{} {when}", x.detail);
+        let image = x.summary.starts_with("Could not start the restore's tools")
+            || x.summary.starts_with("The restore's tools did not start");
         out.push(match x.path {
-            Some(_) => x,
-            None => x.at(AttrPath::root(block).attr(ATTR)),
+            None if image => x.at(AttrPath::root(block).attr(ATTR)),
+            _ => x,
         });
     }
     out
@@ -157,8 +160,17 @@ impl DataMigration {
         if block == POSTGRES {
             let tools = rt::pg_image_release(image)?;
             let (t, name, _) = pg_target(&self.data).await?;
-            let why = rt::pg_refusal(tools, t)?;
-            Some(refused(block, image, &name, &why, when))
+            if let Some(why) = rt::pg_refusal(tools, t) {
+                return Some(refused(block, image, &name, &why, when));
+            }
+            let why = rt::pg_caution(tools, t)?;
+            Some(
+                Diagnostic::warning(
+                    "The restore's tools are newer than the target",
+                    format!("{block}.restore_image {image:?} for {name}: {why}."),
+                )
+                .at(AttrPath::root(block).attr(ATTR)),
+            )
         } else {
             let tools = rt::mongo_image_tools(rt::mongo_image_release(image)?);
             let (wire, name) = mongo_target(&self.data).await?;
