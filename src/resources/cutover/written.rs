@@ -110,11 +110,13 @@ impl Cutover<'_> {
         self.save_written(&w).await
     }
 
-    /// After the migration verified `target` (restored, or found holding exactly the
-    /// embedded data while already the cutover's own): it is the cutover's own until
-    /// the cutover completes. Listed only once verified: a failed PostgreSQL import
-    /// leaves nothing (one transaction), a failed MongoDB one is dropped again, so a
-    /// target never listed is never overwritten without `overwrite_existing`.
+    /// Right before the migration restores into `target` (or once it found it holding
+    /// exactly the embedded data while already the cutover's own): it is the cutover's
+    /// own until the cutover completes. Listed before the first byte, not once
+    /// verified: a restore the provider gave up on (its deadline, on a frozen target)
+    /// can still commit when the target answers again, and the retry must restore
+    /// over that rather than refuse it as someone else's data. A target never listed
+    /// is never overwritten without `overwrite_existing`.
     pub(crate) async fn note_target(&self, target: &str) -> Result<(), Diagnostics> {
         let _one = self.lock.lock().await;
         let mut w = self.written().await?.unwrap_or(Written {

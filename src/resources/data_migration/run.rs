@@ -599,9 +599,10 @@ impl DataMigration {
                     return Err(stopped_error(&format!("before database {}", x.db)));
                 }
                 let db = x.db.clone();
-                import_one(e, s, p, &target, occupied, x, &out).await?;
-                // Verified: the cutover's own until it completes.
-                if !out_skipped(&out, &db) || occupied.is_own(&db) {
+                import_one(e, s, p, &target, (occupied, cut), x, &out).await?;
+                // Found identical but an earlier attempt's: still the cutover's own.
+                // (One restored was noted before its restore began.)
+                if out_skipped(&out, &db) && occupied.is_own(&db) {
                     cut.note_target(&crate::resources::cutover::target_pg(&p.host, p.port, &db))
                         .await?;
                 }
@@ -684,7 +685,7 @@ async fn import_one(
     s: &Settings,
     p: &PgSettings,
     target: &Target<'_>,
-    occupied: &Occupied,
+    (occupied, cut): (&Occupied, &Cutover<'_>),
     x: Exported,
     out: &std::sync::Mutex<PgOutcome>,
 ) -> Result<(), Diagnostics> {
@@ -725,6 +726,11 @@ async fn import_one(
         }
     }
     log::info!("database {db}: importing into {}:{}", p.host, p.port);
+    // The cutover's own from before its first byte: a restore cut off (a deadline on a
+    // frozen target) may still commit once the target answers again, and the next
+    // apply must then restore over it, not refuse it as someone else's data.
+    cut.note_target(&crate::resources::cutover::target_pg(&p.host, p.port, db))
+        .await?;
     let after = e.import(db, db, target, clean).await?;
     let diffs = mismatches(db, &x.source, &after);
     out.lock()

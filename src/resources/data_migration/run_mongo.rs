@@ -109,10 +109,12 @@ impl DataMigration {
                 if stop::requested() {
                     return Err(stopped_error(&format!("before MongoDB database {db}")));
                 }
-                let wrote = one_database(&e, &admin, m, overwrite, occupied, db, &mut out).await?;
+                let wrote =
+                    one_database(&e, &admin, m, overwrite, (occupied, cut), db, &mut out).await?;
                 dumped |= wrote;
-                // Verified: the cutover's own until it completes.
-                if wrote || occupied.is_own(db) {
+                // Found identical but an earlier attempt's: still the cutover's own.
+                // (One restored was noted before its restore began.)
+                if !wrote && occupied.is_own(db) {
                     cut.note_target(&crate::resources::cutover::target_mongo(&m.hosts, db))
                         .await?;
                 }
@@ -160,7 +162,7 @@ async fn one_database(
     admin: &MongoAdmin,
     m: &MongoSettings,
     overwrite: bool,
-    occupied: &Occupied,
+    (occupied, cut): (&Occupied, &crate::resources::cutover::Cutover<'_>),
     db: &str,
     out: &mut MongoOutcome,
 ) -> Result<bool, Diagnostics> {
@@ -250,6 +252,10 @@ async fn one_database(
             .into());
         }
     }
+    // The cutover's own from before its first write (as for PostgreSQL): writes a
+    // frozen target still applies after the deadline are this cutover's to restore over.
+    cut.note_target(&crate::resources::cutover::target_mongo(&m.hosts, db))
+        .await?;
     let restored = async {
         e.restore(db, &target, clean).await?;
         let after = stats_of(admin, db).await?;
