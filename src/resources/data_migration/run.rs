@@ -559,13 +559,7 @@ impl DataMigration {
         occupied: &Occupied,
         cut: &Cutover<'_>,
     ) -> Result<PgOutcome, Diagnostics> {
-        let target = Target {
-            host: &p.host,
-            port: p.port,
-            user: &p.user,
-            password: &p.password,
-            sslmode: &p.sslmode,
-        };
+        let target = p.target();
         let present = e.databases().await?;
         // The largest first: its import, the longest step, starts as early as it can,
         // and the small ones fill the gaps.

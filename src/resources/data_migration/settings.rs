@@ -25,6 +25,17 @@ pub(super) struct PgSettings {
 }
 
 impl PgSettings {
+    /// The external server, as the restore's tools on the Services machine reach it.
+    pub fn target(&self) -> super::embedded_postgres::Target<'_> {
+        super::embedded_postgres::Target {
+            host: &self.host,
+            port: self.port,
+            user: &self.user,
+            password: &self.password,
+            sslmode: &self.sslmode,
+        }
+    }
+
     /// Each database and the target it goes to, as the cutover's record names it.
     pub fn targets(&self) -> Vec<(String, String)> {
         self.databases

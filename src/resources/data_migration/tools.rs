@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use super::container::Container;
-use super::embedded_postgres::{password_line, Target, CA_MOUNT, STATS_ON_TARGET};
+use super::embedded_postgres::{password_line, CA_MOUNT, STATS_ON_TARGET};
 use super::settings::{MongoSettings, PgSettings};
 use super::*;
 use crate::backends::ssh::ServicesHost;
@@ -232,13 +232,7 @@ impl DataMigration {
                 if let Some(why) = rt::pg_refusal(tools, t) {
                     return Err(refused(POSTGRES, &image, &name, &why, when).into());
                 }
-                let target = Target {
-                    host: &p.host,
-                    port: p.port,
-                    user: &p.user,
-                    password: &p.password,
-                    sslmode: &p.sslmode,
-                };
+                let target = p.target();
                 let port = p.port.to_string();
                 let db = p.databases.first().map_or("postgres", String::as_str);
                 let args = [
