@@ -197,6 +197,7 @@ def provider_migration(plugin_dir, root):
     r = json.loads(tf(d, cfg, "output", "-json", "r").stdout)
     tf(d, cfg, "destroy", "-auto-approve", "-input=false", "-no-color")
     shutil.rmtree(os.path.join(root, "data", "circle", "external-services-export"), ignore_errors=True)
+    shutil.rmtree(d, ignore_errors=True)
     return apply, m, r
 
 
@@ -227,7 +228,9 @@ def run(plugin_dir):
           f"export {m['export_bytes'] / 1e6:.0f} MB")
     print(f"(p) plain pg_dump -Fc | pg_restore, 9 databases: {plain:7.1f} s   {mb / plain:6.1f} MB/s  "
           f"{m['postgres_rows'] / plain:9.0f} rows/s  ({plain_rows} rows in the big tables)")
-    print(f"(m) circleci_data_migration (kept, verified):   {took:7.1f} s   {mb / took:6.1f} MB/s  "
+    print(f"(m) circleci_data_migration (kept, verified; parallelism {m['parallelism']}, "
+          f"compression {m['postgres']['compression']}):")
+    print(f"                                                {took:7.1f} s   {mb / took:6.1f} MB/s  "
           f"{m['postgres_rows'] / took:9.0f} rows/s  (its own figure: {m['throughput']})")
     print(f"ratio plain / provider:                         {ratio:7.2f}     (target >= 0.90)")
     print(f"cutover: CircleCI stopped {m['app_stopped_at']} -> checks passed {r['restarted_at']}: "
@@ -240,4 +243,4 @@ def run(plugin_dir):
 
 if __name__ == "__main__":
     binary = os.environ.get("BIN", os.path.join(ROOT, "target", "release", "terraform-provider-circleci"))
-    sys.exit(0 if run(os.path.dirname(binary)) else 1)
+    sys.exit(0 if run(os.path.dirname(os.path.abspath(binary))) else 1)

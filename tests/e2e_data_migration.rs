@@ -786,6 +786,24 @@ fn bad_input_names_the_attribute() {
     );
     assert!(err.contains("Invalid sslmode"), "{err}");
 
+    // How many databases at once, and the dumps' zlib level: whole numbers in range,
+    // each error on its own line.
+    let bad = main_tf(&s, root.path(), "transit", "parallelism = 0").replacen(
+        "    password_wo = ",
+        "    compression = 10\n    password_wo = ",
+        1,
+    );
+    tf.write_main(&bad);
+    let err = tf.fails(&["validate", "-no-color"]);
+    assert!(err.contains("Invalid parallelism"), "{err}");
+    assert!(err.contains("parallelism = 0"), "{err}");
+    assert!(
+        err.contains("0 is not a whole number from 1 to 16"),
+        "{err}"
+    );
+    assert!(err.contains("Invalid compression"), "{err}");
+    assert!(err.contains("compression = 10"), "{err}");
+
     let bad = main_tf(&s, root.path(), "transit", "").replace(
         "    hosts       = circleci_external_mongo.mongo.hosts",
         "    hosts       = [\"a:27017\", \"b:27017\"]\n    databases   = [\"circle_ghe\", \"admin\"]\n    data_dir    = \"/data/x:/etc\"",

@@ -198,14 +198,34 @@ fn export_import_and_verify_every_table() {
             pg.ensure_extensions(&into, &["uuid-ossp".to_string()])
                 .await
                 .unwrap();
-            let x = e.export(db).await.unwrap();
+            // circle uncompressed (the default), conductor_production at zlib level 6.
+            let level = if db == "circle" { 0 } else { 6 };
+            let x = e.export(db, level).await.unwrap();
             assert_eq!(x.file, format!("{db}.dump"));
+            let dump = root
+                .path()
+                .join(format!("var/lib/circleci-export-{n}/{db}.dump"));
+            let header = std::process::Command::new("pg_restore")
+                .arg("-l")
+                .arg(&dump)
+                .output()
+                .unwrap();
+            let header = String::from_utf8_lossy(&header.stdout).to_string();
+            assert!(
+                header.contains(&format!("Compression: {level}\n")),
+                "{header}"
+            );
             assert!(x.size > 0);
             let source = x.source;
             assert!(source.iter().any(|t| t.rows >= 120), "{source:?}");
             // The target, read back as the role from the container (the Services
             // machine's side), by the import and again on its own.
-            let imported = e.import(db, &into, &target, false).await.unwrap();
+            let (sha256, imported) = e.import(db, &into, &target, false).await.unwrap();
+            // The dump's SHA-256, read by the import while it restored.
+            assert_eq!(
+                sha256,
+                terraform_provider_circleci::resources::file_sha256(&std::fs::read(&dump).unwrap())
+            );
             let target_stats = e.target_stats(&into, &target).await.unwrap();
             assert_eq!(imported, target_stats);
             // One value changed in the target: its table's checksum differs, the count not.
@@ -334,7 +354,7 @@ fn the_checksums_agree_across_configurations_and_see_every_change() {
         // domain holds floats, numeric, jsonb, arrays and booleans; circle timestamps,
         // a bigserial and text.
         for db in ["domain", "circle"] {
-            let x = e.export(db).await.unwrap();
+            let x = e.export(db, 1).await.unwrap();
             let into = format!("sum_{n}_{db}");
             for port in ports {
                 admin(port).create_database(&into, &role).await.unwrap();
@@ -357,7 +377,7 @@ fn the_checksums_agree_across_configurations_and_see_every_change() {
                 ),
             );
             for port in ports {
-                let after = e.import(db, &into, &target(port), false).await.unwrap();
+                let (_, after) = e.import(db, &into, &target(port), false).await.unwrap();
                 assert_eq!(mig::compare(db, &x.source, &after), Vec::<String>::new(), "port {port}");
                 assert_eq!(after, x.source, "port {port}");
             }

@@ -30,6 +30,8 @@ pub enum Check {
     Text(&'static str, fn(&str) -> Result<(), String>),
     /// `password` / `password_wo` / `password_wo_version` (put it on `password_wo`).
     PasswordPair,
+    /// A whole number within `[min, max]`.
+    Int { min: i64, max: i64 },
 }
 
 /// Runs every check of `table` on `config`.
@@ -83,6 +85,27 @@ fn check_one(
             port(v, at, diags);
         }
         Check::PasswordPair => password_pair_at(config, path, diags),
+        Check::Int { min, max } => {
+            if v.is_null() || v.is_unknown() {
+                return;
+            }
+            let n = crate::plugin::value::coerce_number(v);
+            match n.and_then(|n| n.as_i64()) {
+                Some(n) if (min..=max).contains(&n) => {}
+                _ => {
+                    let shown = match n {
+                        Some(crate::plugin::value::Number::Int(i)) => i.to_string(),
+                        Some(crate::plugin::value::Number::Float(f)) => f.to_string(),
+                        None => format!("{v:?}"),
+                    };
+                    diags.attr_error(
+                        at,
+                        format!("Invalid {name}"),
+                        format!("{shown} is not a whole number from {min} to {max}"),
+                    )
+                }
+            }
+        }
         _ => {
             let Some(s) = v.as_str() else { return };
             match check {
@@ -124,7 +147,7 @@ fn check_one(
                         diags.attr_error(at, summary, detail);
                     }
                 }
-                Check::Port | Check::PasswordPair => {}
+                Check::Port | Check::PasswordPair | Check::Int { .. } => {}
             }
         }
     }

@@ -13,14 +13,15 @@ use crate::resources::run_command;
 /// Where the export directory is mounted in the temporary containers.
 pub const EXPORT_MOUNT: &str = "/export";
 
-/// Seals the export: the directory 0700; each entry named in the arguments (a file, or a
+/// Seals the export: the directory 0700; each entry named after `$2` (a file, or a
 /// directory with everything under it) 0600 for files and 0700 for directories, its
-/// restore list (`ENTRY.list`) removed; then `path<TAB>size<TAB>sha256` per file.
-const SEAL: &str = "cd \"$1\" && chmod 0700 . && shift && for a in \"$@\"; do rm -f \"$a.list\" || exit 1; done \
+/// restore list (`ENTRY.list`) removed; then `path<TAB>size<TAB>sha256` per file, the
+/// digest read only when `$2` is `hash` (else `-`: the import read it already).
+const SEAL: &str = "cd \"$1\" && chmod 0700 . && H=$2 && shift 2 && for a in \"$@\"; do rm -f \"$a.list\" || exit 1; done \
      && find \"$@\" -type d -exec chmod 0700 {} + && find \"$@\" -type f | LC_ALL=C sort | \
-     while IFS= read -r f; do chmod 0600 \"$f\" && \
-     printf '%s\\t%s\\t%s\\n' \"$f\" \"$(stat -c %s \"$f\")\" \"$(sha256sum \"$f\" | cut -d ' ' -f 1)\" \
-     || exit 1; done";
+     while IFS= read -r f; do chmod 0600 \"$f\" && s=- && \
+     { [ \"$H\" != hash ] || s=$(sha256sum \"$f\" | cut -d ' ' -f 1); } && \
+     printf '%s\\t%s\\t%s\\n' \"$f\" \"$(stat -c %s \"$f\")\" \"$s\" || exit 1; done";
 
 /// Makes the export directory private before anything is written into it: Docker
 /// creates a missing mount point 0755, and the dumps are written under umask 022.
@@ -223,8 +224,42 @@ impl<'a> Container<'a> {
     /// Makes the export directory 0700 and `entries` in it (files, or directories and
     /// all under them) 0600; every file's path, size and SHA-256.
     pub async fn seal(&self, entries: &[String]) -> Result<Vec<ExportFile>, Diagnostics> {
+        self.seal_as(entries, "hash").await
+    }
+
+    /// [`Container::seal`] of `files`, whose SHA-256 is known when not empty (the
+    /// import read it) and read here otherwise.
+    pub async fn seal_known(&self, files: &[ExportFile]) -> Result<Vec<ExportFile>, Diagnostics> {
+        let (known, unknown): (Vec<&ExportFile>, Vec<&ExportFile>) =
+            files.iter().partition(|f| !f.sha256.is_empty());
+        let names = |fs: &[&ExportFile]| fs.iter().map(|f| f.name.clone()).collect::<Vec<_>>();
+        let mut out = Vec::new();
+        if !known.is_empty() {
+            for mut f in self.seal_as(&names(&known), "sizes").await? {
+                f.sha256 = known
+                    .iter()
+                    .find(|k| k.name == f.name)
+                    .map(|k| k.sha256.clone())
+                    .unwrap_or_default();
+                out.push(f);
+            }
+        }
+        if !unknown.is_empty() {
+            out.extend(self.seal_as(&names(&unknown), "hash").await?);
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn seal_as(
+        &self,
+        entries: &[String],
+        hash: &str,
+    ) -> Result<Vec<ExportFile>, Diagnostics> {
+        let mut args = vec![hash.to_string()];
+        args.extend_from_slice(entries);
         let (cmd, out) = self
-            .in_export(SEAL, entries, "Could not seal the export")
+            .in_export(SEAL, &args, "Could not seal the export")
             .await?;
         let mut sealed = Vec::new();
         for r in rows_of(&out) {

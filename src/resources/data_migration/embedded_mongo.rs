@@ -128,29 +128,24 @@ impl<'a> EmbeddedMongo<'a> {
         )
         .await?;
         let probe = shell_args(name, "admin");
-        let c = c
-            .wait_ready(&probe, ready_within, "the embedded MongoDB", image)
-            .await?;
         let mut mounts = vec![format!("{export_dir}:{EXPORT_MOUNT}")];
         if let Some(ca) = ca_file {
             mounts.push(format!("{ca}:{CA_MOUNT}:ro"));
         }
-        match super::tools::start(
-            h,
-            &format!("{name}-restore"),
-            restore_image,
-            &mounts,
-            deadline,
-            "mongorestore",
+        let restore = format!("{name}-restore");
+        let (c, tools) = super::tools::beside(
+            c.wait_ready(&probe, ready_within, "the embedded MongoDB", image),
+            super::tools::start(
+                h,
+                &restore,
+                restore_image,
+                &mounts,
+                deadline,
+                "mongorestore",
+            ),
         )
-        .await
-        {
-            Ok(tools) => Ok(EmbeddedMongo { c, tools }),
-            Err(d) => {
-                c.stop().await;
-                Err(d)
-            }
-        }
+        .await?;
+        Ok(EmbeddedMongo { c, tools })
     }
 
     /// Every collection of the embedded `db` with its document count and dbHash md5

@@ -19,10 +19,9 @@ use crate::secret::Secret;
 
 /// One database exported, as one command: `pg_dump -Fc` into the export directory
 /// while psql reads the database's size, then every table's count and checksum
-/// (`$1` database, `$2` file, `$3` field separator, `$4` size query, `$5` stats query).
-/// zlib level 1: a third of the CPU of the default level (the dump is on the
-/// migration's critical path), for files about a fifth larger.
-const EXPORT: &str = "umask 077; pg_dump -U postgres -Fc -Z 1 -f \"$2\" \"$1\" & p=$!; \
+/// (`$1` database, `$2` file, `$3` field separator, `$4` size query, `$5` stats query,
+/// `$6` the zlib level: `postgres.compression`).
+const EXPORT: &str = "umask 077; pg_dump -U postgres -Fc -Z \"$6\" -f \"$2\" \"$1\" & p=$!; \
      psql -U postgres -X -q -At -v ON_ERROR_STOP=1 -F \"$3\" -d \"$1\" -c \"$4\" && \
      psql -U postgres -X -q -At -v ON_ERROR_STOP=1 -F \"$3\" -d \"$1\" -c \"$5\"; s=$?; \
      wait $p || exit 91; exit $s";
@@ -60,17 +59,22 @@ pub(super) const STATS_ON_TARGET: &str = concat!(
 );
 
 /// One database imported, as one command (`$8` the dump, `$9` `clean` to drop the
-/// dump's objects in the target first, for overwrite_existing), then the same as
-/// [`STATS_ON_TARGET`]. Extensions are left out of the restore: the target's databases
-/// already have them (`circleci_postgres_databases` made them), and only a superuser
-/// may create some. Exit 90: the restore failed (nothing of it was committed).
+/// dump's objects in the target first, for overwrite_existing): the dump's SHA-256
+/// (read while the restore reads it, so that no later step waits on it: one line
+/// `sha256<TAB>HEX`), then the same as [`STATS_ON_TARGET`]. Extensions are left out of
+/// the restore: the target's databases already have them (`circleci_postgres_databases`
+/// made them), and only a superuser may create some. Exit 90: the restore failed
+/// (nothing of it was committed); 92: the dump could not be read for its digest.
 const IMPORT: &str = concat!(
     "umask 077; ",
     target_env!(),
-    "pg_restore -l \"$8\" | grep -v -e ' EXTENSION ' > \"$8.list\" || exit 90; \
+    "if command -v openssl >/dev/null; then exec 3< <(openssl dgst -sha256 -r \"$8\"); \
+     else exec 3< <(sha256sum \"$8\"); fi; \
+     pg_restore -l \"$8\" | grep -v -e ' EXTENSION ' > \"$8.list\" || exit 90; \
      C=; [ \"$9\" = clean ] && C='--clean --if-exists'; \
      pg_restore $C --no-owner --no-privileges --single-transaction --exit-on-error \
      -L \"$8.list\" -h \"$1\" -p \"$2\" -U \"$3\" -d \"$4\" \"$8\" || exit 90; \
+     IFS=' ' read -r H _ <&3 && [ ${#H} = 64 ] || exit 92; printf 'sha256\\t%s\\n' \"$H\"; \
      exec psql -X -q -At -v ON_ERROR_STOP=1 -F \"$6\" -h \"$1\" -p \"$2\" -U \"$3\" -d \"$4\" -c \"$7\""
 );
 
@@ -143,34 +147,29 @@ impl<'a> EmbeddedPostgres<'a> {
         )
         .await?;
         let probe = ["exec", name, "psql", "-U", "postgres", "-Atc", "SELECT 1"];
-        let c = c
-            .wait_ready(
-                &probe,
-                ready_within,
-                "the embedded PostgreSQL",
-                source.image,
-            )
-            .await?;
         let mut mounts = vec![format!("{export_dir}:{EXPORT_MOUNT}")];
         if let Some(ca) = source.ca_file {
             mounts.push(format!("{ca}:{CA_MOUNT}:ro"));
         }
-        match super::tools::start(
-            h,
-            &format!("{name}-restore"),
-            source.restore_image,
-            &mounts,
-            deadline,
-            "pg_restore",
+        let restore = format!("{name}-restore");
+        let (c, tools) = super::tools::beside(
+            c.wait_ready(
+                &probe,
+                ready_within,
+                "the embedded PostgreSQL",
+                source.image,
+            ),
+            super::tools::start(
+                h,
+                &restore,
+                source.restore_image,
+                &mounts,
+                deadline,
+                "pg_restore",
+            ),
         )
-        .await
-        {
-            Ok(tools) => Ok(EmbeddedPostgres { c, tools }),
-            Err(d) => {
-                c.stop().await;
-                Err(d)
-            }
-        }
+        .await?;
+        Ok(EmbeddedPostgres { c, tools })
     }
 
     /// One query in `db` through psql in the container; rows of tab-separated text.
@@ -221,8 +220,10 @@ impl<'a> EmbeddedPostgres<'a> {
             .collect())
     }
 
-    /// Exports `db` to EXPORT/<db>.dump; its size, its tables and the file's name.
-    pub async fn export(&self, db: &str) -> Result<Exported, Diagnostics> {
+    /// Exports `db` to EXPORT/<db>.dump at zlib level `compression`; its size, its
+    /// tables and the file's name.
+    pub async fn export(&self, db: &str, compression: u8) -> Result<Exported, Diagnostics> {
+        let level = compression.min(9).to_string();
         let name = format!("{db}.dump");
         let file = format!("{EXPORT_MOUNT}/{name}");
         let args = [
@@ -237,6 +238,7 @@ impl<'a> EmbeddedPostgres<'a> {
             "\t",
             mig::DATABASE_SIZE_SQL,
             mig::STATS_SQL,
+            &level,
         ];
         let (cmd, out) = self.docker(&args, None).await?;
         if !out.success() {
@@ -264,9 +266,9 @@ impl<'a> EmbeddedPostgres<'a> {
     }
 
     /// Runs `script` (one of the target's scripts above) for database `db` of the
-    /// target from the container, the Services machine's side of the network, `rest`
-    /// after the common arguments; the tables' figures it printed. A failure is an
-    /// error under the summary `failed` makes of the output.
+    /// target from the restore's container, the Services machine's side of the
+    /// network, `rest` after the common arguments; the lines it printed. A failure is
+    /// an error under the summary `failed` makes of the output.
     async fn on_target(
         &self,
         script: &str,
@@ -274,7 +276,7 @@ impl<'a> EmbeddedPostgres<'a> {
         t: &Target<'_>,
         rest: &[&str],
         failed: impl Fn(&CommandOutput) -> String,
-    ) -> Result<Vec<TableStat>, Diagnostics> {
+    ) -> Result<Vec<Vec<String>>, Diagnostics> {
         let port = t.port.to_string();
         let mut args = vec![
             "exec",
@@ -297,9 +299,7 @@ impl<'a> EmbeddedPostgres<'a> {
         if !out.success() {
             return Err(fail(&failed(&out), &cmd, &out));
         }
-        mig::parse_stats(&rows_of(&out)).map_err(|e| {
-            Diagnostic::error(format!("Unexpected answer from {}:{}", t.host, t.port), e).into()
-        })
+        Ok(rows_of(&out))
     }
 
     /// Each user table's row count and content checksum in the target's `db`.
@@ -308,36 +308,54 @@ impl<'a> EmbeddedPostgres<'a> {
         db: &str,
         t: &Target<'_>,
     ) -> Result<Vec<TableStat>, Diagnostics> {
-        self.on_target(STATS_ON_TARGET, db, t, &[], |_| {
-            format!("A query in database {db} at {}:{} failed", t.host, t.port)
-        })
-        .await
+        let rows = self
+            .on_target(STATS_ON_TARGET, db, t, &[], |_| {
+                format!("A query in database {db} at {}:{} failed", t.host, t.port)
+            })
+            .await?;
+        stats_of(&rows, t)
     }
 
     /// Restores EXPORT/<db>.dump into database `into` of the target, as its user (with
-    /// `clean`, the dump's objects already there are dropped first); then every
-    /// table's count and checksum there.
+    /// `clean`, the dump's objects already there are dropped first); the dump's
+    /// SHA-256, and every table's count and checksum there.
     pub async fn import(
         &self,
         db: &str,
         into: &str,
         t: &Target<'_>,
         clean: bool,
-    ) -> Result<Vec<TableStat>, Diagnostics> {
+    ) -> Result<(String, Vec<TableStat>), Diagnostics> {
         let file = format!("{EXPORT_MOUNT}/{db}.dump");
         let mode = if clean { "clean" } else { "keep" };
-        self.on_target(IMPORT, into, t, &[&file, mode], |out| {
-            if out.status == Some(90) {
-                format!("Could not import database {db} into {}:{}", t.host, t.port)
-            } else {
-                format!(
+        let rows = self
+            .on_target(IMPORT, into, t, &[&file, mode], |out| match out.status {
+                Some(90) => format!("Could not import database {db} into {}:{}", t.host, t.port),
+                Some(92) => format!("Could not read the export of database {db} for its SHA-256"),
+                _ => format!(
                     "Could not check database {into} at {}:{} after the import",
                     t.host, t.port
-                )
+                ),
+            })
+            .await?;
+        match rows.split_first() {
+            Some((first, rest)) if first.len() == 2 && first[0] == "sha256" => {
+                Ok((first[1].clone(), stats_of(rest, t)?))
             }
-        })
-        .await
+            _ => Err(Diagnostic::error(
+                format!("Unexpected answer from {}:{}", t.host, t.port),
+                format!("the import of database {db} printed no SHA-256 of its dump first"),
+            )
+            .into()),
+        }
     }
+}
+
+/// The tables' figures among the lines a script on the target printed.
+fn stats_of(rows: &[Vec<String>], t: &Target<'_>) -> Result<Vec<TableStat>, Diagnostics> {
+    mig::parse_stats(rows).map_err(|e| {
+        Diagnostic::error(format!("Unexpected answer from {}:{}", t.host, t.port), e).into()
+    })
 }
 
 impl EmbeddedPostgres<'_> {

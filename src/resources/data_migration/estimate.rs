@@ -30,7 +30,7 @@ fn mb(n: u64) -> String {
 
 impl Sizes {
     /// The export's expected size: the data directories'. For PostgreSQL an upper
-    /// bound (the dump holds no index, no WAL, and `-Fc` compresses); for MongoDB it
+    /// bound (the dump holds no index, no dead rows, no WAL); for MongoDB it
     /// may fall short (WiredTiger compresses its files, `mongodump`'s BSON does not).
     pub fn expected_export(&self) -> Option<u64> {
         let read = |v: &Option<Result<u64, String>>| match v {

@@ -70,6 +70,10 @@ const OUTCOME: [&str; 13] = [
     "skipped",
 ];
 
+/// How many PostgreSQL databases are carried at once, unless `parallelism` says.
+const DEFAULT_PARALLELISM: usize = 3;
+const MAX_PARALLELISM: usize = 16;
+
 pub struct DataMigration {
     data: Arc<ProviderData>,
 }
@@ -130,6 +134,12 @@ fn postgres_block() -> Block {
             .attr(Attribute::new("ca_file", Type::String).optional().description(
                 "A CA certificate (PEM) **on the Services machine** that signed the external PostgreSQL's \
                  certificate, mounted read-only into the container; required by `verify-ca` and `verify-full`.",
+            ))
+            .attr(Attribute::new("compression", Type::Number).optional().computed().description(
+                "The zlib level of the dumps (`pg_dump -Z`), 0 to 9. Default `0`: uncompressed, the shortest \
+                 downtime where CPU is what limits (compressing costs more CPU than the kept export's SHA-256 \
+                 does, on the Services machine, while CircleCI is down); the export is then about the size of \
+                 the tables. 1 to 9 keep a smaller export for more CPU during the downtime.",
             )),
         "The password of `user`",
         "nothing: the password is only used when the migration runs",
@@ -275,6 +285,14 @@ fn block() -> Block {
              Nomad's. `stop`: CircleCI is left stopped, for a human to look.",
         ))
         .attr(dur("command_timeout", COMMAND_TIMEOUT, "The deadline of each export, import and check command"))
+        .attr(Attribute::new("parallelism", Type::Number).optional().computed().description(&format!(
+            "How many PostgreSQL databases are carried at once, 1 to {MAX_PARALLELISM}. Each is exported, \
+             restored in its own transaction and compared on its own, whatever the others do. The largest start \
+             first, and one of them works through the smallest at the same time (their time goes to starting \
+             programs and connections more than to the CPU). Default `{DEFAULT_PARALLELISM}`: on a 2-core \
+             machine where both servers share the CPUs, `make bench` measured no gain beyond it; a Services \
+             machine and an external server with more cores may use more."
+        )))
         .attr(flag(
             "overwrite_existing",
             "Restore into target databases that already hold tables, and over a transit key of the same name \
@@ -376,6 +394,13 @@ fn validate_config(config: &Value) -> Diagnostics {
             ("stop_timeout", d(1, 24 * 3600)),
             ("builds_timeout", d(0, 24 * 3600)),
             ("command_timeout", d(1, 48 * 3600)),
+            (
+                "parallelism",
+                Check::Int {
+                    min: 1,
+                    max: MAX_PARALLELISM as i64,
+                },
+            ),
             ("export_dir", Check::MountPath),
             ("config_root", Check::RemotePath),
             ("on_failure", Check::OneOf(&["restore", "stop"])),
@@ -396,6 +421,7 @@ fn validate_config(config: &Value) -> Diagnostics {
             ("user", Check::Text("Invalid role name", check_identifier)),
             ("sslmode", Check::OneOf(&SSLMODES)),
             ("ca_file", Check::MountPath),
+            ("compression", Check::Int { min: 0, max: 9 }),
             ("password_wo", Check::PasswordPair),
         ],
         &mut diags,
@@ -636,6 +662,7 @@ fn nested_defaults(planned: &mut Value) {
                 ("port", Value::int(5432)),
                 ("user", Value::string(DEFAULT_USER)),
                 ("sslmode", Value::string(DEFAULT_SSLMODE)),
+                ("compression", Value::int(0)),
             ],
         );
         planned.set(POSTGRES, pg);
@@ -670,7 +697,7 @@ fn nested_defaults(planned: &mut Value) {
     }
 }
 
-fn top_defaults() -> [(&'static str, Value); 12] {
+fn top_defaults() -> [(&'static str, Value); 13] {
     let [nomad, builds] = super::cutover::defaults();
     [
         nomad,
@@ -682,6 +709,7 @@ fn top_defaults() -> [(&'static str, Value); 12] {
         ),
         ("stop_timeout", Value::string(STOP_TIMEOUT)),
         ("command_timeout", Value::string(COMMAND_TIMEOUT)),
+        ("parallelism", Value::int(DEFAULT_PARALLELISM as i64)),
         ("overwrite_existing", Value::Bool(false)),
         ("keep_export", Value::Bool(true)),
         ("remove_export_on_destroy", Value::Bool(false)),

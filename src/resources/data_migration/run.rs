@@ -511,7 +511,7 @@ impl DataMigration {
         let r = async {
             let mut out = self.each_database(&e, s, p, occupied, cut).await?;
             let names: Vec<String> = out.files.iter().map(|f| f.name.clone()).collect();
-            out.files = e.seal(&names).await?;
+            out.files = e.seal_known(&out.files).await?;
             if !s.keep_export {
                 e.remove(&names).await?;
                 log::info!("export removed (keep_export = false)");
@@ -548,9 +548,12 @@ impl DataMigration {
         Ok(out)
     }
 
-    /// The databases through two overlapping stages, so that both cores work: the
-    /// exports (dump, size and source checksums, one command each) run ahead of the
-    /// imports (restore, then the target's checksums, one command each).
+    /// The databases, `s.parallelism` at a time, the largest first: each exported
+    /// (dump, size and source checksums, one command), then restored in its own
+    /// transaction and compared (one command), by the same worker, so that a large
+    /// database's restore starts as soon as its own export is done, and the small ones
+    /// fill the gaps. After a failure no worker takes another database; those under
+    /// way finish.
     async fn each_database(
         &self,
         e: &EmbeddedPostgres<'_>,
@@ -561,64 +564,76 @@ impl DataMigration {
     ) -> Result<PgOutcome, Diagnostics> {
         let target = p.target();
         let present = e.databases().await?;
-        // The largest first: its import, the longest step, starts as early as it can,
-        // and the small ones fill the gaps.
         let size_of = |db: &str| present.iter().find(|(d, _)| d == db).map_or(0, |(_, n)| *n);
         let mut order: Vec<&String> = p.databases.iter().collect();
         order.sort_by_key(|db| std::cmp::Reverse(size_of(db)));
-        let (tx, rx) = tokio::sync::mpsc::channel::<Exported>(p.databases.len().max(1));
-        let exports = async {
-            for db in order {
-                if stop::requested() {
-                    break;
-                }
-                let x = export_one(e, p, &present, db).await?;
-                if tx.send(x).await.is_err() {
-                    break; // the imports stopped
-                }
-            }
-            drop(tx);
-            Ok::<(), Diagnostics>(())
-        };
-        // Two imports at a time: a restore alternates between the client and the
-        // server, so one alone leaves a core idle once the exports are done.
-        let rx = tokio::sync::Mutex::new(rx);
+        let queue = std::sync::Mutex::new(std::collections::VecDeque::from(order));
+        let failed = std::sync::atomic::AtomicBool::new(false);
         let out = std::sync::Mutex::new(PgOutcome::default());
-        let importer = || async {
+        let (queue, failed, out_ref, present, target) = (&queue, &failed, &out, &present, &target);
+        let worker = move |smallest: bool| async move {
+            let out = out_ref;
             loop {
-                let Some(x) = rx.lock().await.recv().await else {
-                    return Ok::<(), Diagnostics>(());
-                };
-                if stop::requested() {
-                    return Err(stopped_error(&format!("before database {}", x.db)));
+                // Stopped, or another failed: this worker takes nothing more (what is
+                // left in the queue is reported once, below).
+                if failed.load(std::sync::atomic::Ordering::SeqCst) || stop::requested() {
+                    return Ok(());
                 }
-                let db = x.db.clone();
-                import_one(e, s, p, &target, (occupied, cut), x, &out).await?;
-                // Found identical but an earlier attempt's: still the cutover's own.
-                // (One restored was noted before its restore began.)
-                if out_skipped(&out, &db) && occupied.is_own(&db) {
-                    cut.note_target(&crate::resources::cutover::target_pg(&p.host, p.port, &db))
-                        .await?;
+                let next = {
+                    let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+                    if smallest {
+                        q.pop_back()
+                    } else {
+                        q.pop_front()
+                    }
+                };
+                let Some(db) = next else {
+                    return Ok(());
+                };
+                let r = async {
+                    let x = export_one(e, p, present, db).await?;
+                    import_one(e, s, p, target, (occupied, cut), x, out).await?;
+                    // Found identical but an earlier attempt's: still the cutover's own.
+                    // (One restored was noted before its restore began.)
+                    if out_skipped(out, db) && occupied.is_own(db) {
+                        cut.note_target(&crate::resources::cutover::target_pg(&p.host, p.port, db))
+                            .await?;
+                    }
+                    Ok::<(), Diagnostics>(())
+                }
+                .await;
+                if r.is_err() {
+                    failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                    return r;
                 }
             }
         };
-        let imports = async {
-            let (a, b) = tokio::join!(importer(), importer());
-            a.and(b)?;
-            Ok::<PgOutcome, Diagnostics>(std::mem::take(
-                &mut *out.lock().unwrap_or_else(|e| e.into_inner()),
-            ))
-        };
-        let (exported, imported) = tokio::join!(exports, imports);
-        let mut out = imported?;
+        let n = s.parallelism.clamp(1, p.databases.len().max(1));
+        let mut errors = Diagnostics::new();
+        for r in futures_util::future::join_all((0..n).map(|i| worker(n > 1 && i == n - 1))).await {
+            if let Err(d) = r {
+                errors.extend(d);
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let left: Vec<String> = queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        if !left.is_empty() {
+            // Only a stop leaves databases behind without an error.
+            return Err(stopped_error(&format!(
+                "before database(s) {}",
+                left.join(", ")
+            )));
+        }
+        let mut out = std::mem::take(&mut *out.lock().unwrap_or_else(|e| e.into_inner()));
         out.files.sort_by(|a, b| a.name.cmp(&b.name));
         out.skipped.sort();
-        exported?;
-        if out.files.len() < p.databases.len() {
-            // The exports stopped first; the imports had nothing left to refuse.
-            let done: Vec<&str> = out.files.iter().map(|f| f.name.as_str()).collect();
-            return Err(stopped_error(&format!("after {}", done.join(", "))));
-        }
         Ok(out)
     }
 
@@ -660,7 +675,7 @@ async fn export_one(
         .at(AttrPath::root(POSTGRES).attr("databases"))
         .into());
     }
-    let x = e.export(db).await?;
+    let x = e.export(db, p.compression).await?;
     crate::fault_point::point("circleci_data_migration.after_export").await;
     sanity_check(db, &x.source)?;
     let rows: i64 = tables(&x.source).map(|t| t.rows).sum();
@@ -684,12 +699,14 @@ async fn import_one(
     out: &std::sync::Mutex<PgOutcome>,
 ) -> Result<(), Diagnostics> {
     let db = x.db.as_str();
-    let record = |skipped: bool| {
+    // The dump's SHA-256 when the import read it (else the seal reads it).
+    let record = |sha256: Option<String>| {
         let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
+        let skipped = sha256.is_none();
         out.files.push(ExportFile {
             name: x.file.clone(),
             size: 0,
-            sha256: String::new(),
+            sha256: sha256.unwrap_or_default(),
         });
         if skipped {
             out.skipped.push(format!("postgres:{db}"));
@@ -702,7 +719,7 @@ async fn import_one(
         let diffs = compare(db, &x.source, &before);
         if diffs.is_empty() {
             log::info!("database {db}: the target already holds exactly this data; left as it is");
-            record(true);
+            record(None);
             return Ok(());
         }
         if occupied.is_own(db) {
@@ -725,7 +742,7 @@ async fn import_one(
     // apply must then restore over it, not refuse it as someone else's data.
     cut.note_target(&crate::resources::cutover::target_pg(&p.host, p.port, db))
         .await?;
-    let after = e.import(db, db, target, clean).await?;
+    let (sha256, after) = e.import(db, db, target, clean).await?;
     let diffs = mismatches(db, &x.source, &after);
     out.lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -741,7 +758,7 @@ async fn import_one(
     for t in tables(&x.source) {
         log::info!("database {db}: table {} verified, {} rows", t.table, t.rows);
     }
-    record(false);
+    record(Some(sha256));
     crate::fault_point::point("circleci_data_migration.database_loop").await;
     Ok(())
 }

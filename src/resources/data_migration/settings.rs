@@ -22,6 +22,8 @@ pub(super) struct PgSettings {
     pub sslmode: String,
     /// The CA of the target's certificate, on the Services machine.
     pub ca_file: Option<String>,
+    /// The dumps' zlib level, 0 to 9.
+    pub compression: u8,
 }
 
 impl PgSettings {
@@ -65,6 +67,8 @@ pub(super) struct Settings {
     pub command_timeout: Duration,
     pub overwrite: bool,
     pub keep_export: bool,
+    /// How many databases are carried at once.
+    pub parallelism: usize,
     pub export_dir: String,
     pub postgres: Option<PgSettings>,
     pub mongo: Option<MongoSettings>,
@@ -98,6 +102,11 @@ pub(super) fn settings(
                 .unwrap_or(super::DEFAULT_SSLMODE)
                 .into(),
             ca_file: pg.get("ca_file").as_str().map(str::to_string),
+            compression: pg
+                .get("compression")
+                .as_i64()
+                .and_then(|n| u8::try_from(n.clamp(0, 9)).ok())
+                .unwrap_or(0),
         })
     };
     let v = planned.get(VAULT);
@@ -149,6 +158,13 @@ pub(super) fn settings(
         command_timeout: super::super::duration_or(planned, "command_timeout", COMMAND_TIMEOUT),
         overwrite: planned.get("overwrite_existing").as_bool() == Some(true),
         keep_export: planned.get("keep_export").as_bool() != Some(false),
+        parallelism: planned
+            .get("parallelism")
+            .as_i64()
+            .and_then(|n| usize::try_from(n).ok())
+            .map_or(super::DEFAULT_PARALLELISM, |n| {
+                n.clamp(1, super::MAX_PARALLELISM)
+            }),
         export_dir: planned
             .get("export_dir")
             .as_str()

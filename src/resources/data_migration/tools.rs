@@ -54,6 +54,32 @@ pub(super) async fn start<'a>(
     .await
 }
 
+/// Waits for the embedded server (`embedded`: its container runs, this waits until it
+/// answers) while the restore's container starts beside it (`tools`): the two take
+/// about a second each after CircleCI's stop, and nothing of the one needs the other.
+/// When either fails, the other is removed too (each removes itself on its own
+/// failure), and every error is returned.
+pub(super) async fn beside<'a>(
+    embedded: impl std::future::Future<Output = Result<Container<'a>, Diagnostics>>,
+    tools: impl std::future::Future<Output = Result<Container<'a>, Diagnostics>>,
+) -> Result<(Container<'a>, Container<'a>), Diagnostics> {
+    match tokio::join!(embedded, tools) {
+        (Ok(c), Ok(t)) => Ok((c, t)),
+        (Ok(c), Err(d)) => {
+            c.stop().await;
+            Err(d)
+        }
+        (Err(d), Ok(t)) => {
+            t.stop().await;
+            Err(d)
+        }
+        (Err(mut d), Err(e)) => {
+            d.extend(e);
+            Err(d)
+        }
+    }
+}
+
 /// The refusal of `image` for the target, on `block.restore_image`.
 fn refused(block: &str, image: &str, target: &str, why: &str, when: &str) -> Diagnostic {
     Diagnostic::error(
