@@ -211,8 +211,11 @@ fn export_import_and_verify_every_table() {
                 .output()
                 .unwrap();
             let header = String::from_utf8_lossy(&header.stdout).to_string();
+            // pg_restore 15 prints the level; 16 and later the method.
+            let method = if level == 0 { "none" } else { "gzip" };
             assert!(
-                header.contains(&format!("Compression: {level}\n")),
+                header.contains(&format!("Compression: {level}\n"))
+                    || header.contains(&format!("Compression: {method}")),
                 "{header}"
             );
             assert!(x.size > 0);
@@ -224,7 +227,9 @@ fn export_import_and_verify_every_table() {
             // The dump's SHA-256, read by the import while it restored.
             assert_eq!(
                 sha256,
-                terraform_provider_circleci::resources::file_sha256(&std::fs::read(&dump).unwrap())
+                Some(terraform_provider_circleci::resources::file_sha256(
+                    &std::fs::read(&dump).unwrap()
+                ))
             );
             let target_stats = e.target_stats(&into, &target).await.unwrap();
             assert_eq!(imported, target_stats);

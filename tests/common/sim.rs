@@ -204,14 +204,17 @@ pub fn epoch_now() -> f64 {
         .as_secs_f64()
 }
 
-/// A simulator container (the simulator's `docker` at `.0`, the name `.1`) removed
-/// when dropped, so that a failed test leaves none for the next run to collide with.
+/// A simulator container (the simulator's `docker` at `.0`, the name `.1`) and the
+/// restore's container next to it (`NAME-restore`) removed when dropped, so that a
+/// failed test leaves none for the next run to collide with.
 pub struct Removed(pub std::path::PathBuf, pub &'static str);
 
 impl Drop for Removed {
     fn drop(&mut self) {
-        let _ = std::process::Command::new(&self.0)
-            .args(["rm", "-f", self.1])
-            .output();
+        for name in [self.1.to_string(), format!("{}-restore", self.1)] {
+            let _ = std::process::Command::new(&self.0)
+                .args(["rm", "-f", &name])
+                .output();
+        }
     }
 }

@@ -236,11 +236,14 @@ impl<'a> Container<'a> {
         let mut out = Vec::new();
         if !known.is_empty() {
             for mut f in self.seal_as(&names(&known), "sizes").await? {
-                f.sha256 = known
-                    .iter()
-                    .find(|k| k.name == f.name)
-                    .map(|k| k.sha256.clone())
-                    .unwrap_or_default();
+                let Some(k) = known.iter().find(|k| k.name == f.name) else {
+                    return Err(Diagnostic::error(
+                        "Could not seal the export",
+                        format!("{} is not one of the files the import read", f.name),
+                    )
+                    .into());
+                };
+                f.sha256 = k.sha256.clone();
                 out.push(f);
             }
         }

@@ -59,22 +59,23 @@ pub(super) const STATS_ON_TARGET: &str = concat!(
 );
 
 /// One database imported, as one command (`$8` the dump, `$9` `clean` to drop the
-/// dump's objects in the target first, for overwrite_existing): the dump's SHA-256
-/// (read while the restore reads it, so that no later step waits on it: one line
-/// `sha256<TAB>HEX`), then the same as [`STATS_ON_TARGET`]. Extensions are left out of
-/// the restore: the target's databases already have them (`circleci_postgres_databases`
-/// made them), and only a superuser may create some. Exit 90: the restore failed
-/// (nothing of it was committed); 92: the dump could not be read for its digest.
+/// dump's objects in the target first, for overwrite_existing): the dump's SHA-256,
+/// read by a second process next to the restore so that no later step waits on it
+/// (one line `sha256<TAB>HEX`, or `-` when the image has no digest tool that answered:
+/// the seal reads it then), then the same as [`STATS_ON_TARGET`]. Extensions are left
+/// out of the restore: the target's databases already have them
+/// (`circleci_postgres_databases` made them), and only a superuser may create some.
+/// Exit 90: the restore failed (nothing of it was committed; the digest is stopped).
 const IMPORT: &str = concat!(
     "umask 077; ",
     target_env!(),
     "if command -v openssl >/dev/null; then exec 3< <(openssl dgst -sha256 -r \"$8\"); \
-     else exec 3< <(sha256sum \"$8\"); fi; \
-     pg_restore -l \"$8\" | grep -v -e ' EXTENSION ' > \"$8.list\" || exit 90; \
+     else exec 3< <(sha256sum \"$8\"); fi; d=$!; \
+     pg_restore -l \"$8\" | grep -v -e ' EXTENSION ' > \"$8.list\" || { kill $d 2>/dev/null; exit 90; }; \
      C=; [ \"$9\" = clean ] && C='--clean --if-exists'; \
      pg_restore $C --no-owner --no-privileges --single-transaction --exit-on-error \
-     -L \"$8.list\" -h \"$1\" -p \"$2\" -U \"$3\" -d \"$4\" \"$8\" || exit 90; \
-     IFS=' ' read -r H _ <&3 && [ ${#H} = 64 ] || exit 92; printf 'sha256\\t%s\\n' \"$H\"; \
+     -L \"$8.list\" -h \"$1\" -p \"$2\" -U \"$3\" -d \"$4\" \"$8\" || { kill $d 2>/dev/null; exit 90; }; \
+     IFS=' ' read -r H _ <&3 && [ ${#H} = 64 ] || H=-; printf 'sha256\\t%s\\n' \"$H\"; \
      exec psql -X -q -At -v ON_ERROR_STOP=1 -F \"$6\" -h \"$1\" -p \"$2\" -U \"$3\" -d \"$4\" -c \"$7\""
 );
 
@@ -318,20 +319,20 @@ impl<'a> EmbeddedPostgres<'a> {
 
     /// Restores EXPORT/<db>.dump into database `into` of the target, as its user (with
     /// `clean`, the dump's objects already there are dropped first); the dump's
-    /// SHA-256, and every table's count and checksum there.
+    /// SHA-256 (none when the image could not read it: the seal does), and every
+    /// table's count and checksum there.
     pub async fn import(
         &self,
         db: &str,
         into: &str,
         t: &Target<'_>,
         clean: bool,
-    ) -> Result<(String, Vec<TableStat>), Diagnostics> {
+    ) -> Result<(Option<String>, Vec<TableStat>), Diagnostics> {
         let file = format!("{EXPORT_MOUNT}/{db}.dump");
         let mode = if clean { "clean" } else { "keep" };
         let rows = self
             .on_target(IMPORT, into, t, &[&file, mode], |out| match out.status {
                 Some(90) => format!("Could not import database {db} into {}:{}", t.host, t.port),
-                Some(92) => format!("Could not read the export of database {db} for its SHA-256"),
                 _ => format!(
                     "Could not check database {into} at {}:{} after the import",
                     t.host, t.port
@@ -340,7 +341,9 @@ impl<'a> EmbeddedPostgres<'a> {
             .await?;
         match rows.split_first() {
             Some((first, rest)) if first.len() == 2 && first[0] == "sha256" => {
-                Ok((first[1].clone(), stats_of(rest, t)?))
+                let sha = &first[1];
+                let hex = sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit());
+                Ok((hex.then(|| sha.to_ascii_lowercase()), stats_of(rest, t)?))
             }
             _ => Err(Diagnostic::error(
                 format!("Unexpected answer from {}:{}", t.host, t.port),

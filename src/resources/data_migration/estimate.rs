@@ -22,6 +22,10 @@ pub(super) struct Sizes {
     pub mongo: Option<Result<u64, String>>,
     /// The deepest existing directory of `export_dir` and its free bytes.
     pub avail: Result<(String, u64), String>,
+    /// `postgres.compression = 0`: a plain dump writes TOAST-compressed values and
+    /// `bytea` out in full, and may outgrow the data directory; the space check then
+    /// counts PostgreSQL's twice.
+    pub pg_uncompressed: bool,
 }
 
 fn mb(n: u64) -> String {
@@ -77,17 +81,36 @@ impl Sizes {
         out
     }
 
+    /// The space the export may need: [`Sizes::expected_export`], PostgreSQL's part
+    /// twice when its dumps are not compressed.
+    pub fn space_needed(&self) -> Option<u64> {
+        let extra = match (&self.postgres, self.pg_uncompressed) {
+            (Some(Ok(n)), true) => *n,
+            _ => 0,
+        };
+        Some(self.expected_export()? + extra)
+    }
+
     /// The error when the export cannot fit.
     pub fn shortfall(&self, export_dir: &str) -> Option<Diagnostic> {
-        let need = self.expected_export()?;
+        let need = self.space_needed()?;
         let (dir, free) = self.avail.as_ref().ok()?;
+        let (how, or) = if self.pg_uncompressed && matches!(self.postgres, Some(Ok(_))) {
+            (
+                "the embedded data directories' size, PostgreSQL's twice: an uncompressed dump writes \
+                 compressed values out in full",
+                ", or set postgres.compression to 1-9",
+            )
+        } else {
+            ("the embedded data directories' size", "")
+        };
         (need > *free).then(|| {
             Diagnostic::error(
                 "Not enough space for the export",
                 format!(
-                    "the export to {export_dir} is expected to need about {} (the embedded data directories' \
-                     size), and the volume of {dir} has {} free on the Services machine. Free space there, or \
-                     set export_dir to a directory on a larger volume. Nothing was changed.",
+                    "the export to {export_dir} is expected to need about {} ({how}), and the volume of {dir} \
+                     has {} free on the Services machine. Free space there, or set export_dir to a directory \
+                     on a larger volume{or}. Nothing was changed.",
                     mb(need),
                     mb(*free)
                 ),
@@ -184,6 +207,12 @@ impl DataMigration {
             postgres,
             mongo,
             avail: free_at(&h, &export, deadline).await,
+            pg_uncompressed: planned
+                .get(POSTGRES)
+                .get("compression")
+                .as_i64()
+                .unwrap_or(0)
+                == 0,
         })
     }
 }
@@ -198,6 +227,7 @@ mod tests {
             postgres: Some(Ok(3_000_000_000)),
             mongo: Some(Ok(1_000_000_000)),
             avail: Ok(("/data".into(), 2_000_000_000)),
+            pg_uncompressed: false,
         };
         let text = s.describe();
         assert!(
@@ -222,6 +252,21 @@ mod tests {
         };
         assert!(unknown.shortfall("/x").is_none());
         assert!(!unknown.describe().contains("Expected migration time"));
+        // Uncompressed dumps: PostgreSQL's part counts twice, and the error says how to
+        // need less.
+        let plain = Sizes {
+            postgres: Some(Ok(3_000_000_000)),
+            mongo: Some(Ok(1_000_000_000)),
+            avail: Ok(("/data".into(), 5_000_000_000)),
+            pg_uncompressed: true,
+        };
+        let e = plain.shortfall("/x").unwrap();
+        assert!(e.detail.contains("about 7000 MB"), "{}", e.detail);
+        assert!(
+            e.detail.contains("set postgres.compression to 1-9"),
+            "{}",
+            e.detail
+        );
         assert_eq!(number("Avail\n123456\n"), Some(123456));
         assert_eq!(number("4096\t/data/circle/mongo\n"), Some(4096));
     }

@@ -72,7 +72,9 @@ const OUTCOME: [&str; 13] = [
 
 /// How many PostgreSQL databases are carried at once, unless `parallelism` says.
 const DEFAULT_PARALLELISM: usize = 3;
-const MAX_PARALLELISM: usize = 16;
+/// sshd's MaxSessions is 10 by default: each database at work holds one session of
+/// the one connection, and the cutover's record and the checks need a few more.
+const MAX_PARALLELISM: usize = 8;
 
 pub struct DataMigration {
     data: Arc<ProviderData>,
@@ -286,10 +288,11 @@ fn block() -> Block {
         ))
         .attr(dur("command_timeout", COMMAND_TIMEOUT, "The deadline of each export, import and check command"))
         .attr(Attribute::new("parallelism", Type::Number).optional().computed().description(&format!(
-            "How many PostgreSQL databases are carried at once, 1 to {MAX_PARALLELISM}. Each is exported, \
-             restored in its own transaction and compared on its own, whatever the others do. The largest start \
-             first, and one of them works through the smallest at the same time (their time goes to starting \
-             programs and connections more than to the CPU). Default `{DEFAULT_PARALLELISM}`: on a 2-core \
+            "How many PostgreSQL databases are carried at once, 1 to {MAX_PARALLELISM} (each holds one SSH \
+             session to the Services machine, whose sshd allows 10 by default). Each is exported, restored in \
+             its own transaction and compared on its own. The largest start first, and one worker takes the \
+             smallest at the same time (their time goes to starting programs and connections more than to the \
+             CPU). After a failure or a stop no worker starts another restore. Default `{DEFAULT_PARALLELISM}`: on a 2-core \
              machine where both servers share the CPUs, `make bench` measured no gain beyond it; a Services \
              machine and an external server with more cores may use more."
         )))

@@ -592,6 +592,15 @@ impl DataMigration {
                 };
                 let r = async {
                     let x = export_one(e, p, present, db).await?;
+                    // Stopped, or another failed, during this export: not restored
+                    // (its dump is part of the partial export).
+                    if failed.load(std::sync::atomic::Ordering::SeqCst) || stop::requested() {
+                        queue
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push_front(db);
+                        return Ok(());
+                    }
                     import_one(e, s, p, target, (occupied, cut), x, out).await?;
                     // Found identical but an earlier attempt's: still the cutover's own.
                     // (One restored was noted before its restore began.)
@@ -700,9 +709,8 @@ async fn import_one(
 ) -> Result<(), Diagnostics> {
     let db = x.db.as_str();
     // The dump's SHA-256 when the import read it (else the seal reads it).
-    let record = |sha256: Option<String>| {
+    let record = |sha256: Option<String>, skipped: bool| {
         let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
-        let skipped = sha256.is_none();
         out.files.push(ExportFile {
             name: x.file.clone(),
             size: 0,
@@ -719,7 +727,7 @@ async fn import_one(
         let diffs = compare(db, &x.source, &before);
         if diffs.is_empty() {
             log::info!("database {db}: the target already holds exactly this data; left as it is");
-            record(None);
+            record(None, true);
             return Ok(());
         }
         if occupied.is_own(db) {
@@ -758,7 +766,7 @@ async fn import_one(
     for t in tables(&x.source) {
         log::info!("database {db}: table {} verified, {} rows", t.table, t.rows);
     }
-    record(Some(sha256));
+    record(sha256, false);
     crate::fault_point::point("circleci_data_migration.database_loop").await;
     Ok(())
 }
