@@ -570,9 +570,8 @@ impl DataMigration {
         let queue = std::sync::Mutex::new(std::collections::VecDeque::from(order));
         let failed = std::sync::atomic::AtomicBool::new(false);
         let out = std::sync::Mutex::new(PgOutcome::default());
-        let (queue, failed, out_ref, present, target) = (&queue, &failed, &out, &present, &target);
+        let (queue, failed, out, present, target) = (&queue, &failed, &out, &present, &target);
         let worker = move |smallest: bool| async move {
-            let out = out_ref;
             loop {
                 // Stopped, or another failed: this worker takes nothing more (what is
                 // left in the queue is reported once, below).
