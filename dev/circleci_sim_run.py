@@ -6,11 +6,14 @@ the embedded data with the app stopped.
       -> the REAL PostgreSQL server installed here (15, not 9.5.8: a named gap) on that
          data directory, as user postgres, listening on a Unix socket only
   docker exec [-i] N psql|pg_dump|pg_dumpall|pg_restore ARGS...
-      -> the real client binaries against it; a container path under a mount in
+      -> the real client binaries against it (pg_dump behind dev/pg95_dump_standin.py:
+         its custom-format archives rewritten as 9.5 writes them, `CREATE SCHEMA public`
+         and all, unless the "pg95_archives" setting is false); a container path under a mount in
          ARGS is mapped to the host directory (other mounts are made writable for the
          server's user, as root's would be in a container)
   docker exec [-i] N bash -c SCRIPT [ARG...]
       -> bash with PGHOST/PGPORT pointing at it and the PostgreSQL binaries on PATH
+         (pg_dump: the same 9.5 stand-in)
   docker run [--rm] --name N -d -v HOSTDIR:/data/db [-v HOSTDIR:/DIR ...] mongo:3.6.6
       -> the MongoDB STAND-IN (dev/mongo-standin) in 3.6 mode over that directory
          (--dbpath), without logins as the embedded MongoDB runs, on a free loopback port
@@ -207,6 +210,23 @@ def _pg_client_bin(state):
     return d
 
 
+def _pg95_bin(state):
+    """A directory of pg_dump: 9.5's stand-in (dev/pg95_dump_standin.py), by that name."""
+    d = os.path.join(_dir(state), "pg95-bin")
+    os.makedirs(d, exist_ok=True)
+    os.chmod(d, 0o755)
+    p = os.path.join(d, "pg_dump")
+    script = shlex.quote(os.path.join(HERE, "pg95_dump_standin.py"))
+    text = f'#!/bin/sh\nexec /usr/bin/python3 {script} "$@"\n'
+    if not os.path.exists(p) or open(p).read() != text:
+        tmp = p + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, p)
+    return d
+
+
 def _exec_tools(state, refuse, rec, args, tool, targs):
     def mapped(a):
         for inside, d in sorted(rec["mounts"].items(), key=lambda m: -len(m[0])):
@@ -347,13 +367,17 @@ def exec_(state, refuse, args):
         r = subprocess.run([sys.executable, os.path.join(HERE, "mongo_tools_standin.py"), tool]
                            + [map_mongo(a) for a in targs], env=env)
         sys.exit(r.returncode)
-    env = {"PATH": f"{PG_BIN}:/usr/bin:/bin", "PGHOST": rec["sock"], "PGPORT": "5432", "HOME": "/tmp"}
+    env = {"PATH": f"{_pg95_bin(state)}:{PG_BIN}:/usr/bin:/bin", "PGHOST": rec["sock"], "PGPORT": "5432",
+           "HOME": "/tmp", "CIRCLECI_SIM_PG_BIN": PG_BIN,
+           "CIRCLECI_SIM_PG95": "0" if _settings(state).get("pg95_archives") is False else "1"}
     def map_paths(a):
         for inside, d in sorted(rec.get("mounts", {PG_MOUNT: rec["host"]}).items(), key=lambda m: -len(m[0])):
             a = a.replace(inside, d)
         return a
     mapped = [map_paths(a) for a in targs]
-    if tool in PG_TOOLS:
+    if tool == "pg_dump":
+        r = _as_postgres([os.path.join(_pg95_bin(state), tool)] + mapped, env=env)
+    elif tool in PG_TOOLS:
         r = _as_postgres([f"{PG_BIN}/{tool}"] + mapped, env=env)
     elif tool == "bash" and targs[:1] == ["-c"] and len(targs) >= 2:
         r = _as_postgres(["bash", "-c", mapped[1]] + mapped[2:], env=env)

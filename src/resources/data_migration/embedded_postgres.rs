@@ -58,20 +58,35 @@ pub(super) const STATS_ON_TARGET: &str = concat!(
     "exec psql -X -q -At -v ON_ERROR_STOP=1 -F \"$6\" -h \"$1\" -p \"$2\" -U \"$3\" -d \"$4\" -c \"$7\""
 );
 
+/// The lines of `pg_restore -l` (`ID; TABLEOID OID DESC NAMESPACE TAG OWNER`) whose
+/// entries the restore leaves out, as one extended regular expression: extensions and
+/// their comments (the target's databases already have them: `circleci_postgres_databases`
+/// made them, and only a superuser may create some), and what initdb made, which a 9.x
+/// `pg_dump` writes and only a 9.x `pg_restore` skipped by itself: `CREATE SCHEMA public`
+/// (11 and later run it, and it fails: the schema exists) and its comment (only the
+/// schema's owner may set it). The ACLs go with `--no-privileges`.
+macro_rules! leave_out {
+    () => {
+        "^[0-9]+; [0-9]+ [0-9]+ (EXTENSION - |COMMENT - EXTENSION |SCHEMA - public |COMMENT - SCHEMA public )"
+    };
+}
+
 /// One database imported, as one command (`$8` the dump, `$9` `clean` to drop the
 /// dump's objects in the target first, for overwrite_existing): the dump's SHA-256,
 /// read by a second process next to the restore so that no later step waits on it
 /// (one line `sha256<TAB>HEX`, or `-` when the image has no digest tool that answered:
-/// the seal reads it then), then the same as [`STATS_ON_TARGET`]. Extensions are left
-/// out of the restore: the target's databases already have them
-/// (`circleci_postgres_databases` made them), and only a superuser may create some.
+/// the seal reads it then), then the same as [`STATS_ON_TARGET`]. What `leave_out!`
+/// names is left out of the restore.
 /// Exit 90: the restore failed (nothing of it was committed; the digest is stopped).
 const IMPORT: &str = concat!(
     "umask 077; ",
     target_env!(),
+    "LEAVE='",
+    leave_out!(),
+    "'; ",
     "if command -v openssl >/dev/null; then exec 3< <(openssl dgst -sha256 -r \"$8\"); \
      else exec 3< <(sha256sum \"$8\"); fi; d=$!; \
-     pg_restore -l \"$8\" | grep -v -e ' EXTENSION ' > \"$8.list\" || { kill $d 2>/dev/null; exit 90; }; \
+     pg_restore -l \"$8\" | grep -Ev -e \"$LEAVE\" > \"$8.list\" || { kill $d 2>/dev/null; exit 90; }; \
      C=; [ \"$9\" = clean ] && C='--clean --if-exists'; \
      pg_restore $C --no-owner --no-privileges --single-transaction --exit-on-error \
      -L \"$8.list\" -h \"$1\" -p \"$2\" -U \"$3\" -d \"$4\" \"$8\" || { kill $d 2>/dev/null; exit 90; }; \

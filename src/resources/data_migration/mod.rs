@@ -96,7 +96,8 @@ fn postgres_block() -> Block {
                  CircleCI's own export script does), then restored with `pg_restore --no-owner \
                  --no-privileges --single-transaction` into the database of the same name on the external \
                  server, logged in as `user` (the role `circleci_postgres_databases` made owner of them: no \
-                 superuser is needed). Extensions are left as `circleci_postgres_databases` created them.",
+                 superuser is needed). Extensions are left as `circleci_postgres_databases` created them, and \
+                 the `public` schema as the target has it (9.5's dumps create it; the target's initdb did).",
             )
             .attr(Attribute::new("image", Type::String).optional().computed().description(&format!(
                 "The embedded PostgreSQL's image. Default `{}` (CircleCI 2.17's).",
