@@ -291,9 +291,8 @@ fn block() -> Block {
         .attr(Attribute::new("parallelism", Type::Number).optional().computed().description(&format!(
             "How many PostgreSQL databases are carried at once, 1 to {MAX_PARALLELISM} (each holds one SSH \
              session to the Services machine, whose sshd allows 10 by default). Each is exported, restored in \
-             its own transaction and compared on its own. The largest start first, and one worker takes the \
-             smallest at the same time (their time goes to starting programs and connections more than to the \
-             CPU). After a failure or a stop no worker starts another restore. Default `{DEFAULT_PARALLELISM}`: on a 2-core \
+             its own transaction and compared on its own. A free worker takes the largest left, so that the \
+             longest database starts first and the small ones fill in at the end. After a failure or a stop no worker starts another restore. Default `{DEFAULT_PARALLELISM}`: on a 2-core \
              machine where both servers share the CPUs, `make bench` measured no gain beyond it; a Services \
              machine and an external server with more cores may use more."
         )))

@@ -548,12 +548,12 @@ impl DataMigration {
         Ok(out)
     }
 
-    /// The databases, `s.parallelism` at a time, the largest first: each exported
-    /// (dump, size and source checksums, one command), then restored in its own
-    /// transaction and compared (one command), by the same worker, so that a large
-    /// database's restore starts as soon as its own export is done, and the small ones
-    /// fill the gaps. After a failure no worker takes another database; those under
-    /// way finish.
+    /// The databases, `s.parallelism` at a time, a free worker taking the largest left
+    /// (the longest database sets the end; the small ones fill in after the large):
+    /// each exported (dump, size and source checksums, one command), then restored in
+    /// its own transaction and compared (one command), by the same worker, so that a
+    /// database's restore starts as soon as its own export is done. After a failure no
+    /// worker takes another database; those under way finish.
     async fn each_database(
         &self,
         e: &EmbeddedPostgres<'_>,
@@ -571,21 +571,14 @@ impl DataMigration {
         let failed = std::sync::atomic::AtomicBool::new(false);
         let out = std::sync::Mutex::new(PgOutcome::default());
         let (queue, failed, out, present, target) = (&queue, &failed, &out, &present, &target);
-        let worker = move |smallest: bool| async move {
+        let worker = move || async move {
             loop {
                 // Stopped, or another failed: this worker takes nothing more (what is
                 // left in the queue is reported once, below).
                 if failed.load(std::sync::atomic::Ordering::SeqCst) || stop::requested() {
                     return Ok(());
                 }
-                let next = {
-                    let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
-                    if smallest {
-                        q.pop_back()
-                    } else {
-                        q.pop_front()
-                    }
-                };
+                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
                 let Some(db) = next else {
                     return Ok(());
                 };
@@ -618,7 +611,7 @@ impl DataMigration {
         };
         let n = s.parallelism.clamp(1, p.databases.len().max(1));
         let mut errors = Diagnostics::new();
-        for r in futures_util::future::join_all((0..n).map(|i| worker(n > 1 && i == n - 1))).await {
+        for r in futures_util::future::join_all((0..n).map(|_| worker())).await {
             if let Err(d) = r {
                 errors.extend(d);
             }
