@@ -57,9 +57,9 @@ def nomad_group(name):
 
 
 def launch_config_resource(group):
-    return (
-        'terraform {\n  required_providers {\n    circleci = { source = "circleci/circleci" }\n  }\n}\n'
-        f'provider "circleci" {{\n  aws {{\n    region = "us-east-1"\n    endpoint = "{E["CIRCLECI_TEST_AWS_ENDPOINT"]}"\n  }}\n}}\n'
+    """The launch configuration on moto, with the Services machine (it reads whether
+    CircleCI runs: the simulator's app is stopped first, so the clients move freely)."""
+    return provider(f'  aws {{\n    region = "us-east-1"\n    endpoint = "{E["CIRCLECI_TEST_AWS_ENDPOINT"]}"\n  }}\n') + (
         f'resource "circleci_nomad_client_launch_config" "c" {{\n  autoscaling_group_name = "{group}"\n'
         '  nomad_servers = ["nomad-1.internal:4647"]\n}\n'
     )
@@ -189,6 +189,7 @@ def main():
     c50 = median_plan(c50_dir, c50_cfg)
     d_dir, d_cfg = complete_example(plugin_dir, files)
     d = median_plan(d_dir, d_cfg)
+    bench_migration.simulator_stopped()
     e_dir, e_cfg = workspace(launch_config_resource(nomad_group(f"bench-e-{os.getpid()}")), plugin_dir)
     e = median_plan(e_dir, e_cfg)
     hs = handshake_time()

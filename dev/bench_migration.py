@@ -89,11 +89,12 @@ def fixture(root, rows, mongo=False):
 
 
 def simulator(root):
-    """Points the simulator at `root`, with one-second transitions, and starts CircleCI.
-    The embedded pg_dump's archives stay as 15 writes them: the stand-in's rewrite into
-    9.5's shape copies the data, a cost a real 9.5 pg_dump does not have."""
-    with open(os.path.join(E["CIRCLECI_TEST_SIM_STATE"], "settings.json"), "w") as f:
-        json.dump({"root": root, "transition": 1, "pg95_archives": False}, f)
+    """Points the simulator at `root`, with one-second transitions, and starts CircleCI
+    (stopped first: an app an earlier run left started runs containers booted on that
+    run's files, and a start would not boot them again). The embedded pg_dump's
+    archives stay as 15 writes them: the stand-in's rewrite into 9.5's shape copies the
+    data, a cost a real 9.5 pg_dump does not have."""
+    simulator_stopped({"root": root, "transition": 1, "pg95_archives": False})
     sim(["replicatedctl", "app", "start"])
     for _ in range(100):
         st = json.loads(sim(["replicatedctl", "app", "status", "-o", "json"]))[0]
@@ -109,6 +110,19 @@ def sim(argv, stdin=None):
     if r.returncode != 0:
         sys.exit(f"{' '.join(argv[:3])}: {r.stderr}")
     return r.stdout
+
+
+def simulator_stopped(settings=None):
+    """The simulator with `settings` (else its own root and one-second transitions),
+    and CircleCI stopped."""
+    with open(os.path.join(E["CIRCLECI_TEST_SIM_STATE"], "settings.json"), "w") as f:
+        json.dump(settings or {"transition": 1}, f)
+    sim(["replicatedctl", "app", "stop"])
+    for _ in range(100):
+        if json.loads(sim(["replicatedctl", "app", "status", "-o", "json"]))[0]["State"] == "stopped":
+            return
+        time.sleep(0.2)
+    sys.exit("the simulated CircleCI did not stop")
 
 
 def simulator_reset():
