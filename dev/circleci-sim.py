@@ -51,7 +51,7 @@ Environment: CIRCLECI_SIM_STATE (state directory), CIRCLECI_SIM_ROOT (the machin
 "/"). Settings (STATE/settings.json, else CIRCLECI_SIM_<NAME>): root (as CIRCLECI_SIM_ROOT), transition (seconds,
 default 1), version (default 2.17.3), stuck ("started" or "stopped": the app never gets
 there), rm_refused (container names whose docker rm fails, as a daemon's does when it cannot
-remove one: the container keeps running), pg95_archives (default true: the embedded pg_dump's
+remove one: the container keeps running), pg95_archives (settings.json only; default true: the embedded pg_dump's
 custom-format archives rewritten as 9.5 writes them; false leaves them as 15 writes them, for
 `make bench`: the rewrite copies the data). Usage: circleci-sim.py replicatedctl|docker|boot ARGS...
 """

@@ -31,6 +31,7 @@ offset a state byte (1 not set, 2 set, 3 no data) and offSize little-endian byte
 """
 
 import os
+import signal
 import sys
 
 PG_BIN = os.environ.get("CIRCLECI_SIM_PG_BIN", "/usr/lib/postgresql/15/bin")
@@ -131,7 +132,9 @@ def entry(dump_id, catalog, tag, desc, section, defn, drop, owner, deps):
 
 
 def as_95(entries):
-    """The TOC with what 9.5 writes for initdb's objects added (once)."""
+    """The TOC with what 9.5 writes for initdb's objects added (once), and without
+    15's SEARCHPATH entry (9.5 has none: its pg_restore sets each entry's schema)."""
+    entries = [e for e in entries if e["desc"] != b"SEARCHPATH"]
     have = {(e["desc"], e["tag"]) for e in entries}
     next_id = max([e["id"] for e in entries], default=0) + 1
     front, back = [], []
@@ -160,7 +163,7 @@ def as_95(entries):
                   b"DROP EXTENSION plpgsql;\n", b"", [])
         add(front, (b"0", b"0"), b"EXTENSION plpgsql", b"COMMENT", SECTION_NONE,
             b"COMMENT ON EXTENSION plpgsql IS 'PL/pgSQL procedural language';\n", b"", b"", [ext])
-    if (b"ACL", b"public") not in have:
+    if not {(b"ACL", b"public"), (b"ACL", b"SCHEMA public")} & have:
         add(back, (b"0", b"0"), b"public", b"ACL", SECTION_NONE,
             b"REVOKE ALL ON SCHEMA public FROM PUBLIC;\nREVOKE ALL ON SCHEMA public FROM postgres;\n"
             b"GRANT ALL ON SCHEMA public TO postgres;\nGRANT ALL ON SCHEMA public TO PUBLIC;\n",
@@ -196,26 +199,43 @@ def write_head(head, entries, shift):
     return bytes(w.out)
 
 
+def copy_data(src, dst, pos, end):
+    """Bytes pos..end of `src` appended to `dst`: by the kernel where it can, else read
+    and written."""
+    try:
+        while pos < end:
+            n = os.copy_file_range(src.fileno(), dst.fileno(), end - pos, pos)
+            if n <= 0:
+                break
+            pos += n
+    except OSError:
+        pass  # no copy_file_range here (kernel, filesystem): the plain way below
+    src.seek(pos)
+    while pos < end:
+        chunk = src.read(min(1 << 20, end - pos))
+        if not chunk:
+            raise OSError(f"the archive ended at byte {pos} of {end}")
+        dst.write(chunk)
+        pos += len(chunk)
+
+
 def rewrite(path):
-    """The archive at `path` rewritten: the new header and TOC, then the data copied
-    by the kernel (copy_file_range), into a file of mode 0600 renamed over it."""
+    """The archive at `path` rewritten: the new header and TOC, then the data, into a
+    file of mode 0600 renamed over it (removed again if the rewrite is cut off)."""
     with open(path, "rb") as f:
         head, entries, data_at = read_archive_head(f)
         entries = as_95(entries)
         # The TOC's length does not depend on the offsets' values: measure, then write.
         shift = len(write_head(head, entries, 0)) - data_at
         tmp = path + ".pg95"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        if os.path.lexists(tmp):
+            os.remove(tmp)  # left by a rewrite that was killed
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write(write_head(head, entries, shift))
                 out.flush()
-                pos, end = data_at, os.fstat(f.fileno()).st_size
-                while pos < end:
-                    n = os.copy_file_range(f.fileno(), out.fileno(), end - pos, pos)
-                    if n <= 0:
-                        raise OSError(f"copy_file_range stopped at {pos} of {end} bytes")
-                    pos += n
+                copy_data(f, out, data_at, os.fstat(f.fileno()).st_size)
             os.chmod(tmp, os.stat(path).st_mode & 0o7777)
             os.replace(tmp, path)
         except BaseException:
@@ -230,8 +250,8 @@ def custom_file(args):
     i = 0
     while i < len(args):
         a = args[i]
-        if a in ("-F", "-f") and i + 1 < len(args):
-            if a == "-F":
+        if a in ("-F", "--format", "-f", "--file") and i + 1 < len(args):
+            if a in ("-F", "--format"):
                 fmt = args[i + 1]
             else:
                 out = args[i + 1]
@@ -246,7 +266,7 @@ def custom_file(args):
         elif a.startswith("-f") and len(a) > 2:
             out = a[2:]
         i += 1
-    return out if fmt in ("c", "custom") and out else None
+    return out if fmt and fmt.lower() in ("c", "custom") and out else None
 
 
 def main():
@@ -259,6 +279,10 @@ def main():
     r = subprocess.run([real] + args)
     if r.returncode != 0:
         sys.exit(r.returncode)
+    # A stop (the provider's deadline, `docker rm -f`) ends the rewrite through its
+    # clean-up: no half-written copy stays in the export.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: sys.exit(143))
     try:
         rewrite(path)
     except (OSError, ValueError) as e:

@@ -694,6 +694,77 @@ fn a_failed_migration_starts_circleci_again_and_the_retry_converges() {
 }
 
 #[test]
+fn a_database_missing_in_the_embedded_data_fails_before_any_is_carried() {
+    let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let s = servers();
+    s.fresh_runbook_targets();
+    s.psql(
+        "postgres",
+        "DROP DATABASE IF EXISTS no_such_db WITH (FORCE)",
+    );
+    let root = s.embedded_root("300");
+    let sim = Sim::new(&s, json!({"root": root.path(), "transition": 1}));
+    start_app(&sim);
+    let mount = format!("transit-miss-{}", std::process::id());
+    // The target has a tenth database, the embedded data does not: it would be the
+    // smallest (no size) and so the last carried.
+    let list: Vec<String> = common::RUNBOOK_DATABASES
+        .iter()
+        .chain(&["no_such_db"])
+        .map(|d| format!("{d:?}"))
+        .collect();
+    let text = main_tf(&s, root.path(), &mount, "");
+    let (pg_block, migration_block) = (
+        "  deletion_policy        = \"drop\"",
+        "    user        = circleci_postgres_databases.pg.user",
+    );
+    assert!(text.contains(pg_block) && text.contains(migration_block));
+    let text = text
+        .replacen(
+            pg_block,
+            &format!("  databases = [{}]\n{pg_block}", list.join(", ")),
+            1,
+        )
+        .replacen(
+            migration_block,
+            &format!("{migration_block}\n    databases = circleci_postgres_databases.pg.databases"),
+            1,
+        );
+    let tf = Tf::new(&text);
+    let err = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
+    assert!(
+        err.contains("Database missing in the embedded PostgreSQL"),
+        "{err}"
+    );
+    assert!(err.contains("has no database \"no_such_db\""), "{err}");
+    // Found before the first database was carried: nothing restored, nothing exported.
+    for db in common::RUNBOOK_DATABASES {
+        let tables = s.psql(
+            db,
+            "SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = 'public'",
+        );
+        assert_eq!(tables.trim(), "0", "{db} was restored into");
+    }
+    let export = root.path().join("data/circle/external-services-export");
+    let dumps: Vec<String> = std::fs::read_dir(&export)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| n.ends_with(".dump"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(dumps.is_empty(), "{dumps:?}");
+    assert_eq!(app_state(&sim), "started");
+    tf.ok(&["destroy", "-auto-approve"]);
+    s.psql(
+        "postgres",
+        "DROP DATABASE IF EXISTS no_such_db WITH (FORCE)",
+    );
+    drop(sim);
+}
+
+#[test]
 fn bad_input_names_the_attribute() {
     let s = servers();
     let root = common::searchable_tempdir();

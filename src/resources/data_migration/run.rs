@@ -564,13 +564,22 @@ impl DataMigration {
     ) -> Result<PgOutcome, Diagnostics> {
         let target = p.target();
         let present = e.databases().await?;
+        // Every database there before any is carried: one missing would otherwise sort
+        // last (size 0) and fail the migration only after all the others.
+        if let Some(db) = p
+            .databases
+            .iter()
+            .find(|db| !present.iter().any(|(d, _)| d == *db))
+        {
+            return Err(missing_database(p, db));
+        }
         let size_of = |db: &str| present.iter().find(|(d, _)| d == db).map_or(0, |(_, n)| *n);
         let mut order: Vec<&String> = p.databases.iter().collect();
         order.sort_by_key(|db| std::cmp::Reverse(size_of(db)));
         let queue = std::sync::Mutex::new(std::collections::VecDeque::from(order));
         let failed = std::sync::atomic::AtomicBool::new(false);
         let out = std::sync::Mutex::new(PgOutcome::default());
-        let (queue, failed, out, present, target) = (&queue, &failed, &out, &present, &target);
+        let (queue, failed, out, target) = (&queue, &failed, &out, &target);
         let worker = move || async move {
             loop {
                 // Stopped, or another failed: this worker takes nothing more (what is
@@ -583,7 +592,7 @@ impl DataMigration {
                     return Ok(());
                 };
                 let r = async {
-                    let x = export_one(e, p, present, db).await?;
+                    let x = export_one(e, p, db).await?;
                     // Stopped, or another failed, during this export: not restored
                     // (its dump is part of the partial export).
                     if failed.load(std::sync::atomic::Ordering::SeqCst) || stop::requested() {
@@ -658,24 +667,25 @@ impl DataMigration {
     }
 }
 
+fn missing_database(p: &PgSettings, db: &str) -> Diagnostics {
+    Diagnostic::error(
+        "Database missing in the embedded PostgreSQL",
+        format!(
+            "the embedded server over {} has no database {db:?}. Is this the Services machine's data \
+             directory? Nothing was imported into {db:?}.",
+            p.data_dir
+        ),
+    )
+    .at(AttrPath::root(POSTGRES).attr("databases"))
+    .into()
+}
+
+/// Exports one database (every one of them is known to be there).
 async fn export_one(
     e: &EmbeddedPostgres<'_>,
     p: &PgSettings,
-    present: &[(String, u64)],
     db: &str,
 ) -> Result<Exported, Diagnostics> {
-    if !present.iter().any(|(d, _)| d == db) {
-        return Err(Diagnostic::error(
-            "Database missing in the embedded PostgreSQL",
-            format!(
-                "the embedded server over {} has no database {db:?}. Is this the Services machine's data \
-                 directory? Nothing was imported into {db:?}.",
-                p.data_dir
-            ),
-        )
-        .at(AttrPath::root(POSTGRES).attr("databases"))
-        .into());
-    }
     let x = e.export(db, p.compression).await?;
     crate::fault_point::point("circleci_data_migration.after_export").await;
     sanity_check(db, &x.source)?;
