@@ -190,17 +190,15 @@ def _run_tools(state, name, image, mounts):
     print(f"{name}0123456789abcdef")
 
 
-def _pg_client_bin(state):
-    """A directory of psql and pg_restore: the client stand-in, by those names."""
-    d = os.path.join(_dir(state), "pg-client-bin")
+def _scripts_dir(state, name, scripts):
+    """STATE's directory `name` (searchable by all) holding one executable shell
+    script per tool name in `scripts` ({tool: text}), each rewritten only when its text
+    changed (atomically: a tool may be running from it)."""
+    d = os.path.join(_dir(state), name)
     os.makedirs(d, exist_ok=True)
     os.chmod(d, 0o755)
-    for tool in ("psql", "pg_restore"):
+    for tool, text in scripts.items():
         p = os.path.join(d, tool)
-        # The system's python3 (the standard library is all it needs): the tools run as
-        # the server's user, who may not reach a virtualenv under the checkout.
-        script = shlex.quote(os.path.join(HERE, "pg_client_standin.py"))
-        text = f'#!/bin/sh\nexec /usr/bin/python3 {script} {tool} "$@"\n'
         if not os.path.exists(p) or open(p).read() != text:
             tmp = p + ".tmp"
             with open(tmp, "w") as f:
@@ -210,21 +208,19 @@ def _pg_client_bin(state):
     return d
 
 
+def _pg_client_bin(state):
+    """A directory of psql and pg_restore: the client stand-in, by those names."""
+    # The system's python3 (the standard library is all it needs): the tools run as
+    # the server's user, who may not reach a virtualenv under the checkout.
+    script = shlex.quote(os.path.join(HERE, "pg_client_standin.py"))
+    return _scripts_dir(state, "pg-client-bin", {
+        tool: f'#!/bin/sh\nexec /usr/bin/python3 {script} {tool} "$@"\n' for tool in ("psql", "pg_restore")})
+
+
 def _pg95_bin(state):
     """A directory of pg_dump: 9.5's stand-in (dev/pg95_dump_standin.py), by that name."""
-    d = os.path.join(_dir(state), "pg95-bin")
-    os.makedirs(d, exist_ok=True)
-    os.chmod(d, 0o755)
-    p = os.path.join(d, "pg_dump")
     script = shlex.quote(os.path.join(HERE, "pg95_dump_standin.py"))
-    text = f'#!/bin/sh\nexec /usr/bin/python3 {script} "$@"\n'
-    if not os.path.exists(p) or open(p).read() != text:
-        tmp = p + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, p)
-    return d
+    return _scripts_dir(state, "pg95-bin", {"pg_dump": f'#!/bin/sh\nexec /usr/bin/python3 {script} "$@"\n'})
 
 
 def _exec_tools(state, refuse, rec, args, tool, targs):
@@ -291,18 +287,9 @@ def _run_mongo(state, name, mounts):
 
 def _mongo_tools_bin(state):
     """A directory of mongodump, mongorestore and mongo: the stand-ins, by those names."""
-    d = os.path.join(_dir(state), "mongo-bin")
-    os.makedirs(d, exist_ok=True)
-    for tool in MONGO_TOOLS:
-        p = os.path.join(d, tool)
-        if not os.path.exists(p):
-            tmp = p + ".tmp"
-            with open(tmp, "w") as f:
-                script = shlex.quote(os.path.join(HERE, "mongo_tools_standin.py"))
-                f.write(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {script} {tool} "$@"\n')
-            os.chmod(tmp, 0o755)
-            os.replace(tmp, p)
-    return d
+    script = shlex.quote(os.path.join(HERE, "mongo_tools_standin.py"))
+    return _scripts_dir(state, "mongo-bin", {
+        tool: f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {script} {tool} "$@"\n' for tool in MONGO_TOOLS})
 
 
 def _track(state, name):

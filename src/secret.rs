@@ -1,11 +1,12 @@
 //! A secret string (password, token, private key, connection string with credentials):
 //! never printed by `Debug`, and with no `Display` at all, so it cannot reach a log line
-//! or an error message by accident. `expose()` is the one way to read it.
+//! or an error message by accident. `expose()` is the one way to read it: the field is
+//! private.
 
 use std::fmt;
 
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(pub String);
+pub struct Secret(String);
 
 impl Secret {
     pub fn new(s: impl Into<String>) -> Self {
@@ -15,6 +16,18 @@ impl Secret {
     /// The secret itself, for the one place that must send it.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Secret(s)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Secret(s.to_string())
     }
 }
 

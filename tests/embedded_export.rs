@@ -25,8 +25,8 @@ fn postgres_admin(
         host: "127.0.0.1".into(),
         port,
         user: "postgres".into(),
-        password: terraform_provider_circleci::secret::Secret(
-            s.get("CIRCLECI_TEST_PG_PASSWORD").into(),
+        password: terraform_provider_circleci::secret::Secret::new(
+            s.get("CIRCLECI_TEST_PG_PASSWORD"),
         ),
         database: "postgres".into(),
         sslmode: SslMode::Disable,
@@ -161,7 +161,7 @@ fn export_import_and_verify_every_table() {
     let _sim = Sim::new(&s, json!({"root": root.path(), "transition": 1}));
     let n = std::process::id();
     let role = format!("mig_{n}");
-    let password = Secret(format!("mig-pw-{n}-'\"$x"));
+    let password = Secret::new(format!("mig-pw-{n}-'\"$x"));
     let pg = postgres_admin(&s, s.pg_port());
     let name = "circle-postgres-migrate";
     let _rm = Removed(
@@ -327,7 +327,7 @@ fn the_checksums_agree_across_configurations_and_see_every_change() {
     let _sim = Sim::new(&s, json!({"root": root.path(), "transition": 1}));
     let n = std::process::id();
     let role = format!("sum_{n}");
-    let password = Secret(format!("sum-pw-{n}"));
+    let password = Secret::new(format!("sum-pw-{n}"));
     let md5_port: u16 = s.get("CIRCLECI_TEST_PG_MD5_PORT").parse().unwrap();
     let admin = |port: u16| postgres_admin(&s, port);
     let name = "circle-postgres-sums";

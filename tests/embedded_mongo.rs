@@ -134,7 +134,7 @@ fn dump_restore_and_compare_the_embedded_mongodb() {
         // As the migration will compare them: the source through the container's shell,
         // the target through the provider's own client.
         let target = terraform_provider_circleci::backends::mongo::MongoAdmin::new(
-            terraform_provider_circleci::secret::Secret(admin.clone()),
+            terraform_provider_circleci::secret::Secret::new(admin.clone()),
             None,
             t,
         )
@@ -194,7 +194,7 @@ fn dump_restore_and_compare_the_embedded_mongodb() {
 
         // What undoes a failed restore: the collections it wrote dropped, others kept.
         let a = terraform_provider_circleci::backends::mongo::MongoAdmin::new(
-            terraform_provider_circleci::secret::Secret(admin.clone()),
+            terraform_provider_circleci::secret::Secret::new(admin.clone()),
             None,
             t,
         );

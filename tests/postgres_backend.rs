@@ -16,7 +16,7 @@ fn admin(s: &common::Servers, mode: SslMode, ca: Option<&str>) -> PgAdmin {
         host: "127.0.0.1".into(),
         port: s.pg_port(),
         user: "postgres".into(),
-        password: Secret(s.get("CIRCLECI_TEST_PG_PASSWORD").into()),
+        password: Secret::new(s.get("CIRCLECI_TEST_PG_PASSWORD")),
         database: "postgres".into(),
         sslmode: mode,
         sslrootcert: ca.map(|c| s.get(c).into()),
@@ -61,7 +61,7 @@ async fn every_sslmode_behaves_like_libpq() {
 async fn wrong_admin_password_is_a_clear_error_without_the_password() {
     let s = common::servers();
     let mut cfg = admin(&s, SslMode::Require, None).config().clone();
-    cfg.password = Secret("not-the-password-xyzzy".into());
+    cfg.password = Secret::new("not-the-password-xyzzy");
     let e = PgAdmin::new(cfg).check().await.unwrap_err();
     assert!(
         e.to_string().contains("password authentication failed"),

@@ -138,7 +138,7 @@ async fn errors_say_what_failed_where() {
         .unwrap();
     assert!(st.success());
     let h2 = ServicesHost::new(SshConfig {
-        auth: SshAuth::Key(Secret(std::fs::read_to_string(&key).unwrap())),
+        auth: SshAuth::Key(Secret::new(std::fs::read_to_string(&key).unwrap())),
         ..h.config().clone()
     });
     let e = h2.check().await.unwrap_err();

@@ -15,7 +15,7 @@ use terraform_provider_circleci::secret::Secret;
 fn vault(s: &common::Servers) -> Vault {
     Vault::new(VaultConfig {
         address: s.get("CIRCLECI_TEST_VAULT_ADDR").into(),
-        token: Secret(s.get("CIRCLECI_TEST_VAULT_TOKEN").into()),
+        token: Secret::new(s.get("CIRCLECI_TEST_VAULT_TOKEN")),
         ca_cert_file: Some(s.get("CIRCLECI_TEST_VAULT_CA").into()),
         namespace: None,
         skip_tls_verify: false,

@@ -313,7 +313,7 @@ impl SocksBridge {
         deadline: Duration,
     ) -> Result<SocksBridge, String> {
         let user = random_hex(8)?;
-        let pass = crate::secret::Secret(random_hex(16)?);
+        let pass = crate::secret::Secret::new(random_hex(16)?);
         let failures: Failures = Arc::default();
         let creds = Arc::new((user.clone(), pass.clone()));
         let accepting = tokio::spawn(accept_loop(
@@ -387,7 +387,7 @@ impl SocksBridge {
 
     /// The proxy URL for reqwest (it holds the per-process password: never log it).
     pub fn proxy_url(&self) -> crate::secret::Secret {
-        crate::secret::Secret(format!(
+        crate::secret::Secret::new(format!(
             "socks5h://{}:{}@{}",
             self.user,
             self.pass.expose(),

@@ -238,7 +238,7 @@ impl Vault {
 
     fn admin(&self) -> Result<&VaultClient, VaultError> {
         self.admin
-            .get_or_init(|| self.client_for(&self.cfg.token.0))
+            .get_or_init(|| self.client_for(self.cfg.token.expose()))
             .as_ref()
             .map_err(|e| e.clone())
     }
@@ -388,7 +388,7 @@ impl Vault {
             .await
             .map_err(|e| self.err("creating the client token", e))?;
         Ok(NewToken {
-            token: Secret(auth.client_token),
+            token: Secret::new(auth.client_token),
             accessor: auth.accessor,
             ttl: Duration::from_secs(auth.lease_duration),
         })
@@ -429,7 +429,7 @@ impl Vault {
     /// Looks a token up by its value (import: the token comes from the file).
     pub async fn lookup_token(&self, token: &Secret) -> Result<Option<TokenInfo>, VaultError> {
         let c = self.admin()?;
-        match vaultrs::token::lookup(c, &token.0).await {
+        match vaultrs::token::lookup(c, token.expose()).await {
             Ok(r) => Ok(Some(Self::info(r))),
             Err(ClientError::APIError {
                 code: 400 | 403 | 404,
@@ -489,7 +489,7 @@ impl Vault {
         let r = vaultrs::transit::key::backup(c, mount, key)
             .await
             .map_err(|e| self.err(&format!("backing up transit key {mount}/{key}"), e))?;
-        Ok(Secret(r.backup))
+        Ok(Secret::new(r.backup))
     }
 
     /// Restores `backup` into transit mount `mount`, under the name it was backed up
@@ -546,7 +546,7 @@ impl Vault {
 
     /// Encrypts and decrypts a probe with `token`, as CircleCI's context service will.
     pub async fn probe(&self, token: &Secret, mount: &str, key: &str) -> Result<(), VaultError> {
-        let c = self.client_for(&token.0)?;
+        let c = self.client_for(token.expose())?;
         let b64 = base64::engine::general_purpose::STANDARD;
         let probe = b64.encode(b"terraform-provider-circleci probe");
         let ct = vaultrs::transit::data::encrypt(&c, mount, key, &probe, None)
@@ -581,7 +581,7 @@ mod tests {
     #[test]
     fn new_token_debug_hides_the_token() {
         let t = NewToken {
-            token: Secret("s.abcdef".into()),
+            token: Secret::new("s.abcdef"),
             accessor: "acc".into(),
             ttl: Duration::ZERO,
         };

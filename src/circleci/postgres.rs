@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::envfile::{self, Style};
+use crate::secret::Secret;
 
 pub const DEFAULT_PATH: &str = "/etc/circleconfig/shared/postgresql";
 pub const DEFAULT_PORT: u16 = 5432;
@@ -103,24 +104,13 @@ pub fn render(
     )
 }
 
-/// What the file says (the password stays in the caller's hands only as long as needed).
-#[derive(Clone, PartialEq, Eq)]
+/// What the file says (Debug hides the password).
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub struct PostgresFile {
     pub host: String,
     pub port: u16,
     pub user: String,
-    pub password: String,
-}
-
-impl std::fmt::Debug for PostgresFile {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresFile")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("user", &self.user)
-            .field("password", &"<redacted>")
-            .finish()
-    }
+    pub password: Secret,
 }
 
 pub fn parse(text: &str) -> Result<PostgresFile, String> {
@@ -137,7 +127,9 @@ pub fn parse(text: &str) -> Result<PostgresFile, String> {
         host,
         port,
         user: get("POSTGRES_USER").unwrap_or_else(|| DEFAULT_USER.to_string()),
-        password: get("POSTGRES_PASSWORD").ok_or("POSTGRES_PASSWORD is not set in the file")?,
+        password: Secret::new(
+            get("POSTGRES_PASSWORD").ok_or("POSTGRES_PASSWORD is not set in the file")?,
+        ),
     })
 }
 

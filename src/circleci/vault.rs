@@ -1,6 +1,7 @@
 //! "Configuring External Vault": the context service's customizations file.
 
 use super::envfile::{self, Style};
+use crate::secret::Secret;
 
 pub const DEFAULT_PATH: &str = "/etc/circleconfig/context-service/customizations";
 pub const DEFAULT_MOUNT: &str = "transit";
@@ -103,22 +104,12 @@ pub fn render(addr: &Address, token: &str, mount: &str) -> Result<String, envfil
     )
 }
 
-/// What the file says. Debug hides the token.
-#[derive(Clone, PartialEq, Eq)]
+/// What the file says (Debug hides the token).
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub struct VaultFile {
     pub address: Address,
-    pub token: String,
+    pub token: Secret,
     pub mount: String,
-}
-
-impl std::fmt::Debug for VaultFile {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VaultFile")
-            .field("address", &self.address)
-            .field("token", &"<redacted>")
-            .field("mount", &self.mount)
-            .finish()
-    }
 }
 
 /// Reads the file back; accepts the runbook's hand-written form too (VAULT__URL built
@@ -149,7 +140,7 @@ pub fn parse(text: &str) -> Result<VaultFile, String> {
         .map_err(|_| format!("VAULT__PORT {port:?} is not a port number"))?;
     Ok(VaultFile {
         address: Address { scheme, host, port },
-        token: get("VAULT__TOKEN")?,
+        token: Secret::new(get("VAULT__TOKEN")?),
         mount: get("VAULT__MOUNT__TRANSIT")?,
     })
 }
@@ -250,13 +241,13 @@ mod tests {
         let a = Address::parse("https://vault.internal:8200").unwrap();
         let text = render(&a, "s.token\"$", "transit").unwrap();
         let f = parse(&text).unwrap();
-        assert_eq!(f.token, "s.token\"$");
+        assert_eq!(f.token.expose(), "s.token\"$");
         assert_eq!(f.address, a);
         assert!(!format!("{f:?}").contains("s.token"));
         let runbook = "export VAULT__SCHEME=\"https\"\nexport VAULT__HOST=\"v\"\nexport VAULT__PORT=\"8200\"\n\
                        export VAULT__URL=$VAULT__SCHEME://$VAULT__HOST:$VAULT__PORT\nexport VAULT__TOKEN=\"t\"\n\
                        export VAULT__MOUNT__TRANSIT=\"transit\"\n";
-        assert_eq!(parse(runbook).unwrap().token, "t");
+        assert_eq!(parse(runbook).unwrap().token.expose(), "t");
     }
 
     #[test]

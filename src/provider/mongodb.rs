@@ -87,7 +87,7 @@ pub(super) fn build(b: &Value) -> Result<MongoAdmin, Diagnostics> {
     }
     match env_or(b.get("uri"), "MONGODB_URI") {
         Some(u) => Ok(MongoAdmin::new(
-            Secret(u),
+            Secret::new(u),
             b.get("tls_ca_file").as_str().map(expand_home),
             timeout,
         )),

@@ -185,7 +185,7 @@ pub(super) fn build(b: &Value) -> Result<PgConfig, Diagnostics> {
         host,
         port,
         user: env_or(b.get("username"), "PGUSER").unwrap_or_else(|| "postgres".into()),
-        password: Secret(env_or(b.get("password"), "PGPASSWORD").unwrap_or_default()),
+        password: Secret::new(env_or(b.get("password"), "PGPASSWORD").unwrap_or_default()),
         database: env_or(b.get("database"), "PGDATABASE").unwrap_or_else(|| "postgres".into()),
         sslmode,
         sslrootcert: env_or(b.get("sslrootcert"), "PGSSLROOTCERT").map(|p| expand_home(&p)),

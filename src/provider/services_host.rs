@@ -149,7 +149,7 @@ pub(super) fn build(b: &Value) -> Result<SshConfig, Diagnostics> {
         b.get("private_key").as_str(),
         b.get("private_key_file").as_str(),
     ) {
-        (Some(k), _) => SshAuth::Key(Secret(k.to_string())),
+        (Some(k), _) => SshAuth::Key(Secret::new(k.to_string())),
         (None, Some(f)) => SshAuth::KeyFile(expand_home(f)),
         (None, None) => SshAuth::Agent,
     };

@@ -97,7 +97,7 @@ pub(super) fn build(b: &Value) -> Result<VaultConfig, Diagnostics> {
     }
     Ok(VaultConfig {
         address: address.trim_end_matches('/').to_string(),
-        token: Secret(token),
+        token: Secret::new(token),
         ca_cert_file: env_or(b.get("ca_cert_file"), "VAULT_CACERT").map(|p| expand_home(&p)),
         namespace: env_or(b.get("namespace"), "VAULT_NAMESPACE").filter(|s| !s.is_empty()),
         skip_tls_verify: b.get("skip_tls_verify").as_bool().unwrap_or(false),

@@ -599,7 +599,7 @@ impl FileResource for VaultTransitClient {
         let parsed = file::parse(text).map_err(|e| cannot_import(id, e))?;
         let vault = self.data.vault()?;
         let info = vault
-            .lookup_token(&Secret(parsed.token.clone()))
+            .lookup_token(&parsed.token)
             .await
             .map_err(|e| vault_diag("Could not look up the token from the file", e))?
             .ok_or_else(|| {

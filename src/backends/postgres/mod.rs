@@ -254,7 +254,7 @@ impl PgAdmin {
                 &c.host,
                 c.port,
                 &c.user,
-                &c.password.0,
+                c.password.expose(),
                 &db,
                 c.connect_timeout,
             )

@@ -284,9 +284,11 @@ impl ServicesHost {
         match &cfg.auth {
             SshAuth::Key(_) | SshAuth::KeyFile(_) => {
                 let key = match &cfg.auth {
-                    SshAuth::Key(k) => russh::keys::decode_secret_key(&k.0, None).map_err(|e| {
-                        SshError::Auth(format!("the private key could not be read: {e}"))
-                    })?,
+                    SshAuth::Key(k) => {
+                        russh::keys::decode_secret_key(k.expose(), None).map_err(|e| {
+                            SshError::Auth(format!("the private key could not be read: {e}"))
+                        })?
+                    }
                     SshAuth::KeyFile(p) => russh::keys::load_secret_key(p, None).map_err(|e| {
                         SshError::Auth(format!("private key file {}: {e}", p.display()))
                     })?,

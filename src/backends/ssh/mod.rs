@@ -733,7 +733,7 @@ mod tests {
 
     #[test]
     fn secret_debug_is_redacted() {
-        let a = SshAuth::Key(Secret("-----BEGIN OPENSSH PRIVATE KEY-----".into()));
+        let a = SshAuth::Key(Secret::new("-----BEGIN OPENSSH PRIVATE KEY-----"));
         assert!(!format!("{a:?}").contains("BEGIN"));
     }
 

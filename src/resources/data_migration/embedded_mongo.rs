@@ -240,7 +240,7 @@ mod tests {
 
     #[test]
     fn restore_arguments_verify_tls_and_keep_the_password_off() {
-        let p = Secret("s3cret".into());
+        let p = Secret::new("s3cret");
         let hosts = vec!["a.internal:27017".to_string(), "b.internal:27018".into()];
         let t = target(&hosts, Some("rs0"), &p);
         let a = restore_args(&t, "circle_ghe", "/export/mongo/circle_ghe", false);

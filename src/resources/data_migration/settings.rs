@@ -95,7 +95,7 @@ pub(super) fn settings(
             host: pg.get("host").as_str().unwrap_or_default().into(),
             port: pg.get("port").as_i64().unwrap_or(5432) as u16,
             user: pg.get("user").as_str().unwrap_or(DEFAULT_USER).into(),
-            password: Secret(password.to_string()),
+            password: Secret::new(password.to_string()),
             sslmode: pg
                 .get("sslmode")
                 .as_str()
@@ -125,7 +125,7 @@ pub(super) fn settings(
                 .unwrap_or_default()
                 .trim_end_matches('/')
                 .into(),
-            token: Secret(token.to_string()),
+            token: Secret::new(token.to_string()),
             ca_cert_file: v
                 .get("source_ca_cert_file")
                 .as_str()
@@ -216,7 +216,7 @@ pub(super) fn mongo_settings(
         replica_set: m.get("replica_set").as_str().map(str::to_string),
         username: s("username", MONGO_USER),
         auth_source: s("auth_source", MONGO_AUTH_SOURCE),
-        password: Secret(password.to_string()),
+        password: Secret::new(password.to_string()),
         tls: m.get("tls").as_bool() != Some(false),
         ca_file: m.get("ca_file").as_str().map(str::to_string),
     }))

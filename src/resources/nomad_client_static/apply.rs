@@ -23,7 +23,7 @@ impl NomadClientStatic {
             token: config
                 .get("nomad_token_wo")
                 .as_str()
-                .map(|t| crate::secret::Secret(t.to_string())),
+                .map(|t| crate::secret::Secret::new(t.to_string())),
             ready_timeout: crate::resources::duration_or(planned, "ready_timeout", "5m"),
             route: self.data.route().unwrap_or(Route::Direct),
             optional: config.is_null(),
