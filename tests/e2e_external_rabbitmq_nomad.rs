@@ -329,30 +329,6 @@ fn a_nomad_older_than_circleci_runs_is_refused_at_plan_and_apply() {
     assert!(state.contains("\"server_version\": \"\""), "{state}");
 }
 
-#[test]
-fn bad_input_is_refused_at_plan() {
-    let s = servers();
-    let tf = Tf::new(&format!(
-        "{}{}",
-        s.provider_block(""),
-        r#"
-resource "circleci_external_rabbitmq" "mq" {
-  host        = "bad host"
-  username    = "circle"
-  password    = "a"
-  password_wo = "b"
-}
-resource "circleci_external_nomad" "n" {
-  endpoint = "nomad.internal:4646"
-}
-"#
-    ));
-    let out = tf.fails(&["plan", "-no-color"]);
-    for needle in ["Invalid host", "Conflicting passwords", "Invalid endpoint"] {
-        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
-    }
-}
-
 /// CircleCI 2.17's RabbitMQ file has no TLS setting: `tls = true` would write a TLS port
 /// into a file CircleCI reads as plain AMQP. Refused at plan, on `tls`, nothing written.
 #[test]

@@ -392,37 +392,6 @@ fn wrong_ca_is_refused_and_nothing_is_written() {
     );
 }
 
-#[test]
-fn bad_input_is_refused_at_plan() {
-    let s = servers();
-    let long = "d".repeat(64);
-    let tf = Tf::new(&format!(
-        r#"{}
-resource "circleci_postgres_databases" "r" {{
-  host        = "127.0.0.1"
-  password    = "a"
-  password_wo = "b"
-  databases   = ["ok", "{long}", "ok"]
-  extensions  = {{ "*" = ["uuid-osspl"], "nope" = ["pgcrypto"] }}
-  deletion_policy = "maybe"
-}}
-"#,
-        s.provider_block("")
-    ));
-    let out = tf.fails(&["plan", "-no-color"]);
-    for needle in [
-        "Conflicting passwords",
-        "Invalid database name",
-        "Duplicate database",
-        "No such extension",
-        "uuid-ossp",
-        "Extensions for an unmanaged database",
-        "Invalid deletion_policy",
-    ] {
-        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
-    }
-}
-
 /// PostgreSQL 9.5 keeps passwords as MD5 verifiers and checks them with md5 auth. The
 /// md5-mode cluster (password_encryption = md5, md5 in pg_hba.conf) does the same: the
 /// role's stored verifier must be md5(password || username), and the role must log in.

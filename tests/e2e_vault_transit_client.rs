@@ -298,30 +298,3 @@ fn vault_unreachable_or_untrusted_fails_naming_the_address_and_writes_nothing() 
         .status
         .success());
 }
-
-#[test]
-fn bad_input_is_refused_at_plan() {
-    let s = servers();
-    let tf = Tf::new(&format!(
-        "{}{}",
-        s.provider_block(""),
-        r#"
-resource "circleci_vault_transit_client" "bad" {
-  key_name             = "has space"
-  key_type             = "rsa-2048"
-  token_period         = "1h"
-  token_renew_before   = "2h"
-  address_for_services = "vault.internal:8200"
-}
-"#
-    ));
-    let out = tf.fails(&["plan", "-no-color"]);
-    for needle in [
-        "Invalid name",
-        "Invalid key_type",
-        "Renewal window too long",
-        "Invalid address",
-    ] {
-        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
-    }
-}

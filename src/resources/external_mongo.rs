@@ -9,18 +9,17 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::config_file::{
-    cannot_import, Change, FileResource, Halted, PlannedContent, Prepared, Refresh, Spec,
+    cannot_import, Change, Common, FileResource, Halted, PlannedContent, Prepared, Refresh, Spec,
 };
+use super::model::Model;
 use super::validate::{self, Check};
-use super::{string_list, strings};
 use crate::backends::mongo::{self as mb, Role};
 use crate::backends::ssh::ServicesHost;
 use crate::backends::tunnel::Route;
 use crate::circleci::mongo::{self as file, UriParts};
-use crate::plugin::{
-    AttrPath, Attribute, Block, Diagnostic, Diagnostics, PlanRequest, Type, Value,
-};
+use crate::plugin::{AttrPath, Diagnostic, Diagnostics, PlanRequest, Value};
 use crate::provider::ProviderData;
+use crate::secret::Secret;
 
 pub struct ExternalMongo {
     data: Arc<ProviderData>,
@@ -40,49 +39,73 @@ struct Inputs {
     tls: bool,
     options: BTreeMap<String, String>,
     databases: Vec<String>,
+    ca_bundle: String,
     path: String,
     verify: bool,
     drop_user: bool,
 }
 
-fn inputs(v: &Value) -> Inputs {
-    Inputs {
-        hosts: strings(v.get("hosts")),
-        replica_set: v.get("replica_set").as_str().map(str::to_string),
-        username: v
-            .get("username")
-            .as_str()
-            .unwrap_or(file::DEFAULT_USER)
-            .to_string(),
-        auth_source: v
-            .get("auth_source")
-            .as_str()
-            .unwrap_or(file::DEFAULT_AUTH_SOURCE)
-            .to_string(),
-        tls: v.get("tls").as_bool().unwrap_or(true),
-        options: match v.get("options") {
-            Value::Map(m) => m
-                .iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                .collect(),
-            _ => BTreeMap::new(),
-        },
-        databases: if v.get("databases").is_null() {
-            file::DEFAULT_DATABASES
-                .iter()
-                .map(|s| s.to_string())
-                .collect()
-        } else {
-            strings(v.get("databases"))
-        },
-        path: v
-            .get("config_path")
-            .as_str()
-            .unwrap_or(file::DEFAULT_PATH)
-            .to_string(),
-        verify: v.get("verify").as_bool().unwrap_or(true),
-        drop_user: v.get("drop_user_on_destroy").as_bool().unwrap_or(false),
+crate::model! {
+    /// `circleci_external_mongo`'s own attributes.
+    pub struct Mongo {
+        hosts: Vec<String> [required, doc(
+            "`host:port` of each member, as the Services machine reaches them."
+        )],
+        replica_set: Option<String> [optional, doc(
+            "Replica set name; adds `replicaSet=NAME` to every URI."
+        )],
+        username: String [default(file::DEFAULT_USER.to_string()), check(Check::NonEmpty), replaces,
+            doc("The user CircleCI logs in as.")],
+        password: Option<Secret> [password_kept("The user's password")],
+        password_wo: Option<Secret> [password_write_only("The user's password")],
+        password_wo_version: Option<i64> [password_version("the user's password and the block")],
+        auth_source: String [default(file::DEFAULT_AUTH_SOURCE.to_string()), replaces,
+            doc("Database the user is defined in.")],
+        tls: bool [default(true), doc("Write `ssl=true` into the URIs, as the runbook does.")],
+        options: Option<BTreeMap<String, String>> [optional, doc(
+            "More URI options, e.g. `{ maxIdleTimeMS = \"600000\" }` (the runbook's advice behind proxies)."
+        )],
+        databases: Vec<String> [default(default_databases()), doc(
+            "The four databases, in this order: main and action logs, build state, containers, remote \
+             containers. The user gets `readWrite` on each."
+        )],
+        drop_user_on_destroy: bool [default(false), doc(
+            "Drop the user on destroy. `false`: destroy removes only the block."
+        )],
+        services_ca_bundle: String [default(SYSTEM_CA_BUNDLE.to_string()), check(Check::RemotePath), doc(
+            "The Services machine's CA store, the bundle `update-ca-certificates` writes. With `tls` \
+             and the check made through the Services machine (`verify_via_services_host`, or the \
+             `mongodb` block's `via_services_host`), the check trusts exactly this bundle, read over \
+             SFTP: the runbook's `openssl s_client` on the services box, since CircleCI there trusts \
+             nothing else. A CA missing from it is saved by `circleci_services_ca_certificate`."
+        )],
     }
+}
+
+fn default_databases() -> Vec<String> {
+    file::DEFAULT_DATABASES
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// The settings of a planned value or a stored state (defaults filled).
+fn inputs(v: &Value) -> Result<Inputs, Diagnostics> {
+    let m = Mongo::decode(v)?;
+    let common = Common::of(v)?;
+    Ok(Inputs {
+        hosts: m.hosts,
+        replica_set: m.replica_set,
+        username: m.username,
+        auth_source: m.auth_source,
+        tls: m.tls,
+        options: m.options.unwrap_or_default(),
+        databases: m.databases,
+        ca_bundle: m.services_ca_bundle,
+        path: common.config_path,
+        verify: common.verify,
+        drop_user: m.drop_user_on_destroy,
+    })
 }
 
 impl Inputs {
@@ -116,22 +139,17 @@ impl Inputs {
     }
 }
 
-const SERVICES_CA_BUNDLE: &str = "services_ca_bundle";
 /// Where Debian's (and Ubuntu's) `update-ca-certificates` writes the CA bundle.
 const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// The Services machine's CA bundle: where it was read (for messages) and its PEM.
 async fn services_store(
     h: &ServicesHost,
-    planned: &Value,
+    bundle: &str,
     path: &str,
 ) -> Result<(String, Vec<u8>), Diagnostics> {
-    let bundle = planned
-        .get(SERVICES_CA_BUNDLE)
-        .as_str()
-        .unwrap_or(SYSTEM_CA_BUNDLE);
     let origin = format!("the Services machine's CA store {bundle}");
-    let at = AttrPath::root(SERVICES_CA_BUNDLE);
+    let at = AttrPath::root("services_ca_bundle");
     match h.read_file(bundle).await {
         Ok(Some(f)) => Ok((origin, f.content)),
         Ok(None) => Err(Diagnostic::error(
@@ -166,9 +184,16 @@ fn mongo_diag(summary: &str, e: mb::MongoError) -> Diagnostics {
 #[async_trait]
 impl FileResource for ExternalMongo {
     type Pending = ();
+    type Own = Mongo;
 
     const SPEC: Spec = Spec {
         type_name: "circleci_external_mongo",
+        description: "Points CircleCI Server at an external MongoDB (runbook: *Setting up External \
+                      MongoDB*). Ensures the user with `readWrite` on each database (created if missing; \
+                      password and roles changed in place, never dropped and recreated), logs in as it, then \
+                      writes the five `CIRCLE_SECRETS_MONGODB_*_URI` exports as a managed block of \
+                      `/etc/circle-installation-customizations`: every line outside the block is left as it \
+                      was. Needs the provider's `mongodb` block.",
         what: "MongoDB",
         default_path: file::DEFAULT_PATH,
         default_path_doc: "`/etc/circle-installation-customizations`",
@@ -176,59 +201,8 @@ impl FileResource for ExternalMongo {
         drift_doc: ", the user missing, a role missing",
         secret_in_file: true,
         changes: Some("The MongoDB user (its password and roles)"),
-        checks: &[
-            ("username", Check::NonEmpty),
-            ("password_wo", Check::PasswordPair),
-            (SERVICES_CA_BUNDLE, Check::RemotePath),
-        ],
         compat: None,
     };
-
-    fn block(&self) -> Block {
-        super::password_attrs(Block::new()
-                .description(
-                    "Points CircleCI Server at an external MongoDB (runbook: *Setting up External MongoDB*). \
-                     Ensures the user with `readWrite` on each database (created if missing; password and roles \
-                     changed in place, never dropped and recreated), logs in as it, then writes the five \
-                     `CIRCLE_SECRETS_MONGODB_*_URI` exports as a managed block of \
-                     `/etc/circle-installation-customizations`: every line outside the block is left as it was. \
-                     Needs the provider's `mongodb` block.",
-                )
-                .attr(Attribute::new("hosts", Type::list(Type::String)).required().description(
-                    "`host:port` of each member, as the Services machine reaches them.",
-                ))
-                .attr(Attribute::new("replica_set", Type::String).optional().description(
-                    "Replica set name; adds `replicaSet=NAME` to every URI.",
-                ))
-                .attr(Attribute::new("username", Type::String).optional().computed().description(
-                    "The user CircleCI logs in as. Default `circle`. Changing it replaces the resource.",
-                )), "The user's password", "the user's password and the block")
-                .attr(Attribute::new("auth_source", Type::String).optional().computed().description(
-                    "Database the user is defined in. Default `admin`. Changing it replaces the resource.",
-                ))
-                .attr(Attribute::new("tls", Type::Bool).optional().computed().description(
-                    "Write `ssl=true` into the URIs, as the runbook does. Default `true`.",
-                ))
-                .attr(Attribute::new("options", Type::map(Type::String)).optional().description(
-                    "More URI options, e.g. `{ maxIdleTimeMS = \"600000\" }` (the runbook's advice behind proxies).",
-                ))
-                .attr(Attribute::new("databases", Type::list(Type::String)).optional().computed().description(
-                    "The four databases, in this order: main and action logs, build state, containers, remote \
-                     containers. Default `[\"circle_ghe\", \"build_state_dev_ghe\", \"containers_dev_ghe\", \
-                     \"remote_containers_dev_ghe\"]`. The user gets `readWrite` on each.",
-                ))
-                .attr(Attribute::new("drop_user_on_destroy", Type::Bool).optional().computed().description(
-                    "Drop the user on destroy. Default `false`: destroy removes only the block.",
-                ))
-                .attr(Attribute::new(SERVICES_CA_BUNDLE, Type::String).optional().computed().description(
-                    "The Services machine's CA store, the bundle `update-ca-certificates` writes. Default \
-                     `/etc/ssl/certs/ca-certificates.crt`. With `tls` and the check made through the Services \
-                     machine (`verify_via_services_host`, or the `mongodb` block's `via_services_host`), the \
-                     check trusts exactly this bundle, read over SFTP: the runbook's `openssl s_client` on the \
-                     services box, since CircleCI there trusts nothing else. A CA missing from it is saved by \
-                     `circleci_services_ca_certificate`.",
-                ))
-    }
 
     fn validate(&self, config: &Value, diags: &mut Diagnostics) {
         if let Some(hosts) = config.get("hosts").as_list() {
@@ -266,28 +240,7 @@ impl FileResource for ExternalMongo {
         }
     }
 
-    async fn plan(
-        &self,
-        req: &PlanRequest<'_>,
-        planned: &mut Value,
-        diags: &mut Diagnostics,
-    ) -> Vec<&'static str> {
-        let dbs: Vec<String> = file::DEFAULT_DATABASES
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        super::set_defaults(
-            req.config,
-            planned,
-            [
-                ("username", Value::string(file::DEFAULT_USER)),
-                ("auth_source", Value::string(file::DEFAULT_AUTH_SOURCE)),
-                ("tls", Value::Bool(true)),
-                ("databases", string_list(&dbs)),
-                ("drop_user_on_destroy", Value::Bool(false)),
-                (SERVICES_CA_BUNDLE, Value::string(SYSTEM_CA_BUNDLE)),
-            ],
-        );
+    async fn plan(&self, req: &PlanRequest<'_>, planned: &mut Value, diags: &mut Diagnostics) {
         let password_changes = req.is_create()
             || ["password", "password_wo_version"]
                 .iter()
@@ -310,7 +263,6 @@ impl FileResource for ExternalMongo {
                 }
             }
         }
-        vec!["username", "auth_source"]
     }
 
     fn planned_content(&self, planned: &Value, config: &Value) -> PlannedContent {
@@ -324,13 +276,13 @@ impl FileResource for ExternalMongo {
             "databases",
         ];
         PlannedContent::with_password(planned, config, &inputs_known, |pw| {
-            inputs(planned).block(pw)
+            inputs(planned)?.block(pw)
         })
     }
 
     async fn prepare(&self, c: Change<'_>) -> Result<Prepared<()>, Halted> {
         let (prior, planned, config) = (c.prior, c.planned, c.config);
-        let i = inputs(planned);
+        let i = inputs(planned)?;
         let pw = super::required_password(config)?;
         let admin = self.data.mongo()?;
         let block = i.block(pw)?;
@@ -359,7 +311,10 @@ impl FileResource for ExternalMongo {
                     .grant(&i.auth_source, &i.username, &grant)
                     .await
                     .map_err(|e| mongo_diag("Could not grant roles", e))?;
-                let ours_before: Vec<Role> = prior.map(|p| inputs(p).roles()).unwrap_or_default();
+                let ours_before: Vec<Role> = match prior {
+                    Some(p) => inputs(p)?.roles(),
+                    None => vec![],
+                };
                 let revoke: Vec<Role> = ours_before
                     .into_iter()
                     .filter(|r| !want.contains(r) && have.contains(r))
@@ -378,7 +333,7 @@ impl FileResource for ExternalMongo {
                 .check_route(planned, || Ok(admin.route().clone()))?;
             // Through the Services machine, TLS trusts what CircleCI there trusts.
             let store = match (&route, i.tls) {
-                (Route::Tunnel(h), true) => Some(services_store(h, planned, &i.path).await?),
+                (Route::Tunnel(h), true) => Some(services_store(h, &i.ca_bundle, &i.path).await?),
                 _ => None,
             };
             let trust = match &store {
@@ -419,7 +374,7 @@ impl FileResource for ExternalMongo {
 
     async fn refresh(&self, r: Refresh<'_>) -> Result<(), Diagnostics> {
         let (state, drift) = (r.state, r.drift);
-        let i = inputs(state);
+        let i = inputs(state)?;
         let admin = self.data.mongo()?;
         match admin
             .user(&i.auth_source, &i.username)
@@ -440,7 +395,7 @@ impl FileResource for ExternalMongo {
     }
 
     async fn delete_backend(&self, prior: &Value) -> Result<Diagnostics, Diagnostics> {
-        let i = inputs(prior);
+        let i = inputs(prior)?;
         if i.drop_user {
             let admin = self.data.mongo()?;
             admin
@@ -468,22 +423,21 @@ impl FileResource for ExternalMongo {
             .map(|n| uris[*n].1.database.clone())
             .collect();
         let mut v = Value::Null;
-        v.set("hosts", string_list(&main.hosts));
-        v.set("replica_set", rs.map(Value::string).unwrap_or(Value::Null));
-        v.set("username", Value::string(&main.username));
-        v.set("auth_source", Value::string(auth));
-        v.set("tls", Value::Bool(tls));
-        v.set(SERVICES_CA_BUNDLE, Value::string(SYSTEM_CA_BUNDLE));
-        v.set(
-            "options",
-            if q.is_empty() {
-                Value::Null
-            } else {
-                Value::Map(q.into_iter().map(|(k, x)| (k, Value::string(x))).collect())
-            },
-        );
-        v.set("databases", string_list(&dbs));
-        v.set("drop_user_on_destroy", Value::Bool(false));
+        Mongo {
+            hosts: main.hosts.clone(),
+            replica_set: rs,
+            username: main.username.clone(),
+            password: None,
+            password_wo: None,
+            password_wo_version: None,
+            auth_source: auth,
+            tls,
+            options: (!q.is_empty()).then_some(q),
+            databases: dbs,
+            drop_user_on_destroy: false,
+            services_ca_bundle: SYSTEM_CA_BUNDLE.to_string(),
+        }
+        .encode(&mut v);
         Ok(v)
     }
 }

@@ -1,7 +1,7 @@
 //! `circleci_external_nomad`: the runbook's "Setting up an External Nomad Server".
 //! Checks the cluster has a leader, then writes NOMAD_API_ENDPOINT.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -10,15 +10,14 @@ use super::config_file::{
     cannot_import, record_version, Change, Compat, FileResource, Found, Halted, PlannedContent,
     Prepared, Spec,
 };
+use super::model::{Known, Model};
 use super::validate::Check;
 use crate::backends::nomad::{self as nb, NomadError};
 use crate::circleci::nomad as file;
 use crate::circleci::versions;
-use crate::plugin::{
-    resource::changed, AttrPath, Attribute, Block, Diagnostic, Diagnostics, PlanRequest, Type,
-    Value,
-};
+use crate::plugin::{resource::changed, AttrPath, Diagnostic, Diagnostics, PlanRequest, Value};
 use crate::provider::ProviderData;
+use crate::secret::Secret;
 
 pub struct ExternalNomad {
     data: Arc<ProviderData>,
@@ -28,6 +27,33 @@ impl ExternalNomad {
     pub fn new(data: Arc<ProviderData>) -> Self {
         ExternalNomad { data }
     }
+}
+
+crate::model! {
+    /// `circleci_external_nomad`'s own attributes.
+    pub struct Nomad / NomadAtPlan {
+        endpoint: String [required, check(Check::Text("Invalid endpoint", file::check_endpoint)), doc(
+            "Nomad's HTTP API as the Services machine reaches it, e.g. `https://nomad.internal:4646`."
+        )],
+        ca_cert_file: Option<String> [optional, doc(
+            "CA certificate (PEM) that signed Nomad's certificate, for the check; default: the system's CAs."
+        )],
+        acl_token_wo: Option<Secret> [optional, write_only, doc(
+            "Nomad ACL token for the check, write-only (never stored). Not written to the file."
+        )],
+        leader: Known<String> [computed, doc(
+            "The leader Nomad reported at the last apply (empty with `verify = false`)."
+        )],
+    }
+}
+
+/// The ACL token from the configuration (write-only: never in the plan).
+fn token(config: &Value) -> Option<Secret> {
+    NomadAtPlan::decode(config)
+        .ok()?
+        .acl_token_wo
+        .known()
+        .flatten()
 }
 
 fn render(endpoint: &str) -> Result<String, Diagnostics> {
@@ -96,9 +122,15 @@ fn leader_diag(e: NomadError, path: &str) -> Diagnostics {
 #[async_trait]
 impl FileResource for ExternalNomad {
     type Pending = ();
+    type Own = Nomad;
 
     const SPEC: Spec = Spec {
         type_name: "circleci_external_nomad",
+        description: "Points CircleCI Server at an external Nomad server cluster (runbook: *Setting up an \
+                      External Nomad Server*). Checks that `GET /v1/status/leader` names a leader, then \
+                      writes `NOMAD_API_ENDPOINT` to the config file on the Services machine (mode 0600). \
+                      Pointing the Nomad clients at the servers is \
+                      `circleci_nomad_client_launch_config`'s job.",
         what: "Nomad",
         default_path: file::DEFAULT_PATH,
         default_path_doc: "`/etc/circleconfig/shared/nomad`",
@@ -106,39 +138,19 @@ impl FileResource for ExternalNomad {
         drift_doc: "",
         secret_in_file: false,
         changes: None,
-        checks: &[("endpoint", Check::Text("Invalid endpoint", file::check_endpoint))],
         compat: Some(Compat {
             table: versions::NOMAD,
             attr: Some("endpoint"),
         }),
     };
 
-    fn block(&self) -> Block {
-        Block::new()
-            .description(
-                "Points CircleCI Server at an external Nomad server cluster (runbook: *Setting up an External \
-                 Nomad Server*). Checks that `GET /v1/status/leader` names a leader, then writes \
-                 `NOMAD_API_ENDPOINT` to the config file on the Services machine (mode 0600). Pointing the \
-                 Nomad clients at the servers is `circleci_nomad_client_launch_config`'s job.",
-            )
-            .attr(Attribute::new("endpoint", Type::String).required().description(
-                "Nomad's HTTP API as the Services machine reaches it, e.g. `https://nomad.internal:4646`.",
-            ))
-            .attr(Attribute::new("ca_cert_file", Type::String).optional().description(
-                "CA certificate (PEM) that signed Nomad's certificate, for the check; default: the system's CAs.",
-            ))
-            .attr(Attribute::new("acl_token_wo", Type::String).optional().sensitive().write_only().description(
-                "Nomad ACL token for the check, write-only (never stored). Not written to the file.",
-            ))
-            .attr(Attribute::new("leader", Type::String).computed().description(
-                "The leader Nomad reported at the last apply (empty with `verify = false`).",
-            ))
-    }
-
     fn validate(&self, config: &Value, diags: &mut Diagnostics) {
+        let Ok(config) = NomadAtPlan::decode(config) else {
+            return;
+        };
         if config
-            .get("endpoint")
-            .as_str()
+            .endpoint
+            .known()
             .is_some_and(|e| e.starts_with("http://"))
         {
             diags.push(
@@ -152,12 +164,7 @@ impl FileResource for ExternalNomad {
         }
     }
 
-    async fn plan(
-        &self,
-        req: &PlanRequest<'_>,
-        planned: &mut Value,
-        _diags: &mut Diagnostics,
-    ) -> Vec<&'static str> {
+    async fn plan(&self, req: &PlanRequest<'_>, planned: &mut Value, _diags: &mut Diagnostics) {
         // Every apply re-checks the leader, so any change (or drift to repair) makes it
         // unknown.
         let prior = req.prior;
@@ -169,42 +176,47 @@ impl FileResource for ExternalNomad {
         {
             planned.set("leader", Value::Unknown);
         }
-        vec![]
     }
 
     fn planned_content(&self, planned: &Value, _config: &Value) -> PlannedContent {
-        match planned.get("endpoint").as_str().map(render) {
-            Some(Ok(c)) => PlannedContent::Known(c),
+        match Nomad::decode(planned).map(|m| render(&m.endpoint)) {
+            Ok(Ok(c)) => PlannedContent::Known(c),
             _ => PlannedContent::Unknown,
         }
     }
 
     async fn prepare(&self, c: Change<'_>) -> Result<Prepared<()>, Halted> {
         let (planned, config) = (c.planned, c.config);
-        let endpoint = planned.get("endpoint").as_str().unwrap_or_default();
-        let content = render(endpoint)?;
+        let (mut m, common) = (
+            Nomad::decode(planned).map_err(Diagnostics::from)?,
+            c.common()?,
+        );
+        let content = render(&m.endpoint)?;
         let mut state = planned.clone();
-        let mut leader = String::new();
+        m.leader = Known::Known(String::new());
         let mut version = None;
-        if planned.get("verify").as_bool().unwrap_or(true) {
-            let ca = planned.get("ca_cert_file").as_str().map(PathBuf::from);
-            let token = config.get("acl_token_wo").as_str();
-            let path = planned.get("config_path").as_str().unwrap_or_default();
+        if common.verify {
+            let ca = m.ca_cert_file.as_deref().map(Path::new);
+            let token = token(config);
+            let token = token.as_ref().map(Secret::expose);
+            let path = &common.config_path;
             let route = self
                 .data
                 .check_route(planned, || self.data.route())
                 .map_err(Halted::from)?;
-            leader = nb::leader(
-                &route,
-                endpoint,
-                nb::Ca::file(ca.as_deref()),
-                token,
-                self.data.timeout(),
-            )
-            .await
-            .map_err(|e| leader_diag(e, path))?;
+            m.leader = Known::Known(
+                nb::leader(
+                    &route,
+                    &m.endpoint,
+                    nb::Ca::file(ca),
+                    token,
+                    self.data.timeout(),
+                )
+                .await
+                .map_err(|e| leader_diag(e, path))?,
+            );
             let found = self
-                .found(&route, endpoint, ca.as_deref(), token)
+                .found(&route, &m.endpoint, ca, token)
                 .await
                 .map_err(|e| leader_diag(e, path))?;
             if let Some(c) = &Self::SPEC.compat {
@@ -212,7 +224,7 @@ impl FileResource for ExternalNomad {
             }
             version = Some(found.version);
         }
-        state.set("leader", Value::string(leader));
+        m.encode(&mut state);
         record_version(&mut state, planned, version.as_deref());
         Ok(Prepared {
             state,
@@ -226,28 +238,40 @@ impl FileResource for ExternalNomad {
         planned: &Value,
         config: &Value,
     ) -> Option<Result<Found, String>> {
-        let endpoint = planned.get("endpoint").as_str()?;
-        let ca = planned.get("ca_cert_file").as_str().map(PathBuf::from);
+        let m = NomadAtPlan::decode(planned).ok()?;
+        let endpoint = m.endpoint.known()?;
+        let ca = m.ca_cert_file.known().flatten();
         let route = self.data.check_route(planned, || self.data.route()).ok()?;
-        let token = config.get("acl_token_wo").as_str();
+        let token = token(config);
         Some(
-            self.found(&route, endpoint, ca.as_deref(), token)
-                .await
-                .map_err(|e| e.to_string()),
+            self.found(
+                &route,
+                &endpoint,
+                ca.as_deref().map(Path::new),
+                token.as_ref().map(Secret::expose),
+            )
+            .await
+            .map_err(|e| e.to_string()),
         )
     }
 
     fn refresh_from_file(&self, text: &str, fresh: &mut Value) {
-        if let Ok(e) = file::parse(text) {
-            fresh.set("endpoint", Value::string(e));
+        if let (Ok(mut m), Ok(e)) = (Nomad::decode(fresh), file::parse(text)) {
+            m.endpoint = e;
+            m.encode(fresh);
         }
     }
 
     async fn import(&self, id: &str, text: &str) -> Result<Value, Diagnostics> {
         let endpoint = file::parse(text).map_err(|e| cannot_import(id, e))?;
         let mut v = Value::Null;
-        v.set("endpoint", Value::string(endpoint));
-        v.set("leader", Value::string(""));
+        Nomad {
+            endpoint,
+            ca_cert_file: None,
+            acl_token_wo: None,
+            leader: Known::Known(String::new()),
+        }
+        .encode(&mut v);
         Ok(v)
     }
 }

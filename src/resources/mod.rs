@@ -22,6 +22,7 @@ pub mod external_rabbitmq;
 pub mod external_redis;
 pub mod file_digest;
 pub mod managed_block;
+pub mod model;
 pub mod nomad_client_launch_config;
 pub mod nomad_client_static;
 pub(crate) mod nomad_drain;

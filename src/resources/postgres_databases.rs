@@ -10,20 +10,19 @@ use async_trait::async_trait;
 use tokio::task::JoinSet;
 
 use super::config_file::{
-    cannot_import, Change, FileResource, Halted, PlannedContent, Prepared, Refresh, Spec,
+    cannot_import, Change, Common, FileResource, Halted, PlannedContent, Prepared, Refresh, Spec,
 };
+use super::model::{Known, Model};
+use super::string_list;
 use super::validate::Check;
-use super::{string_list, strings};
 use crate::backends::postgres::{self as pgb, PgAdmin, PgError};
 use crate::backends::tunnel::Route;
 use crate::circleci::postgres::{self as file, DEFAULT_DATABASES};
 use crate::fault_point;
 use crate::plugin::stop;
-use crate::plugin::{
-    resource::changed, AttrPath, Attribute, Block, Diagnostic, Diagnostics, PlanRequest, Type,
-    Value,
-};
+use crate::plugin::{resource::changed, AttrPath, Diagnostic, Diagnostics, PlanRequest, Value};
 use crate::provider::ProviderData;
+use crate::secret::Secret;
 
 pub struct PostgresDatabases {
     data: Arc<ProviderData>,
@@ -35,19 +34,51 @@ impl PostgresDatabases {
     }
 }
 
-fn ext_map(v: &Value) -> BTreeMap<String, Vec<String>> {
-    match v {
-        Value::Map(m) => m.iter().map(|(k, v)| (k.clone(), strings(v))).collect(),
-        _ => BTreeMap::new(),
-    }
-}
-
-fn ext_value(m: &BTreeMap<String, Vec<String>>) -> Value {
-    Value::Map(m.iter().map(|(k, v)| (k.clone(), string_list(v))).collect())
-}
-
 fn default_databases() -> Vec<String> {
     DEFAULT_DATABASES.iter().map(|s| s.to_string()).collect()
+}
+
+crate::model! {
+    /// `circleci_postgres_databases`' own attributes.
+    pub struct Postgres / PostgresAtPlan {
+        host: String [required, check(Check::Host), doc(
+            "PostgreSQL host as the Services machine reaches it (written to the file)."
+        )],
+        port: u16 [default(file::DEFAULT_PORT), check(Check::Port), doc("PostgreSQL port.")],
+        user: String [default(file::DEFAULT_USER.to_string()),
+            check(Check::Text("Invalid role name", role_name)), doc(
+            "The role CircleCI logs in as; created with LOGIN if missing, and owner of the databases \
+             (the runbook advises not to change it)."
+        )],
+        password: Option<Secret> [password_kept("The role's password")],
+        password_wo: Option<Secret> [password_write_only("The role's password")],
+        password_wo_version: Option<i64> [password_version("the role's password and the file")],
+        databases: Vec<String> [default(default_databases()), doc(
+            "Databases to create or adopt, owned by `user` (the runbook's nine by default)."
+        )],
+        extensions: BTreeMap<String, Vec<String>> [default(file::default_extensions()), doc(
+            "Extensions per database; the key `*` applies to every database. Extensions are \
+             created, never dropped."
+        )],
+        create_user_database: bool [default(true), doc(
+            "Also create a database named after `user` (the runbook's fix for \
+             `FATAL: database \"circle\" does not exist`)."
+        )],
+        deletion_policy: String [default("retain".to_string()),
+            check(Check::OneOf(&["retain", "drop"])), doc(
+            "`retain`: destroy removes only the config file and leaves role and databases. \
+             `drop`: destroy also drops the databases and the role, refusing while any database has \
+             live connections."
+        )],
+        drop_adopted_databases: bool [default(false), doc(
+            "With `deletion_policy = \"drop\"`, also drop the databases in `adopted` (they existed \
+             before this resource, and may hold data nobody meant to lose). `false`: adopted \
+             databases are kept, and so is the role while it owns them."
+        )],
+        adopted: Known<Vec<String>> [computed, doc(
+            "Databases that existed before this resource managed them and were taken over."
+        )],
+    }
 }
 
 /// The known settings of one instance (planned or stored state, defaults filled).
@@ -60,6 +91,7 @@ struct Inputs {
     create_user_database: bool,
     drop_on_destroy: bool,
     drop_adopted: bool,
+    adopted: Vec<String>,
     path: String,
     verify: bool,
 }
@@ -75,39 +107,23 @@ impl Inputs {
     }
 }
 
-fn inputs(v: &Value) -> Inputs {
-    Inputs {
-        host: v.get("host").as_str().unwrap_or_default().to_string(),
-        port: v
-            .get("port")
-            .as_i64()
-            .and_then(|p| u16::try_from(p).ok())
-            .unwrap_or(file::DEFAULT_PORT),
-        user: v
-            .get("user")
-            .as_str()
-            .unwrap_or(file::DEFAULT_USER)
-            .to_string(),
-        databases: if v.get("databases").is_null() {
-            default_databases()
-        } else {
-            strings(v.get("databases"))
-        },
-        extensions: if v.get("extensions").is_null() {
-            file::default_extensions()
-        } else {
-            ext_map(v.get("extensions"))
-        },
-        create_user_database: v.get("create_user_database").as_bool().unwrap_or(true),
-        drop_on_destroy: v.get("deletion_policy").as_str() == Some("drop"),
-        drop_adopted: v.get("drop_adopted_databases").as_bool().unwrap_or(false),
-        path: v
-            .get("config_path")
-            .as_str()
-            .unwrap_or(file::DEFAULT_PATH)
-            .to_string(),
-        verify: v.get("verify").as_bool().unwrap_or(true),
-    }
+/// The settings of a planned value or a stored state (defaults filled).
+fn inputs(v: &Value) -> Result<Inputs, Diagnostics> {
+    let m = Postgres::decode(v)?;
+    let common = Common::of(v)?;
+    Ok(Inputs {
+        host: m.host,
+        port: m.port,
+        user: m.user,
+        databases: m.databases,
+        extensions: m.extensions,
+        create_user_database: m.create_user_database,
+        drop_on_destroy: m.deletion_policy == "drop",
+        drop_adopted: m.drop_adopted_databases,
+        adopted: m.adopted.known().unwrap_or_default(),
+        path: common.config_path,
+        verify: common.verify,
+    })
 }
 
 fn pg_diag(summary: &str, e: PgError) -> Diagnostics {
@@ -121,8 +137,8 @@ fn pg_diag(summary: &str, e: PgError) -> Diagnostics {
     Diagnostic::error(summary, e.to_string()).into()
 }
 
-fn render(i: &Inputs, password: &str) -> Result<String, Diagnostics> {
-    file::render(&i.host, i.port, &i.user, password).map_err(|e| {
+fn render(host: &str, port: u16, user: &str, password: &str) -> Result<String, Diagnostics> {
+    file::render(host, port, user, password).map_err(|e| {
         Diagnostic::error("Could not render the PostgreSQL config file", e.to_string()).into()
     })
 }
@@ -164,8 +180,15 @@ async fn ensure_databases(
     prior: Option<&Value>,
 ) -> Result<Vec<String>, (Vec<String>, Diagnostics)> {
     let all = i.all_databases();
-    let managed_before: Vec<String> = prior.map(|p| inputs(p).all_databases()).unwrap_or_default();
-    let mut adopted: Vec<String> = prior.map(|p| strings(p.get("adopted"))).unwrap_or_default();
+    let before = match prior.map(inputs).transpose() {
+        Ok(b) => b,
+        Err(d) => return Err((vec![], d)),
+    };
+    let managed_before: Vec<String> = before
+        .as_ref()
+        .map(Inputs::all_databases)
+        .unwrap_or_default();
+    let mut adopted: Vec<String> = before.map(|b| b.adopted).unwrap_or_default();
     adopted.retain(|d| all.contains(d));
     let existing = match pg.databases(&all).await {
         Ok(e) => e,
@@ -298,9 +321,18 @@ impl PostgresDatabases {
 #[async_trait]
 impl FileResource for PostgresDatabases {
     type Pending = ();
+    type Own = Postgres;
 
     const SPEC: Spec = Spec {
         type_name: "circleci_postgres_databases",
+        description: "Sets up CircleCI's PostgreSQL (runbook: *Setting up External PostgreSQL*, *Confirming \
+                      Tables*). Creates the role (LOGIN) and the databases it owns, or adopts existing ones; \
+                      enables `uuid-ossp` in every database and `pgcrypto` in `circle`; logs in as the role to \
+                      every database; then writes `POSTGRES_HOST`, `POSTGRES_PORT`, `POSTGRES_PASSWORD` and \
+                      `POSTGRES_USER` to the config file on the Services machine (mode 0600). Needs the \
+                      provider's `postgres` block. Refresh reports a missing role, database or extension, a \
+                      changed owner and a changed or missing file in `drift`; the next apply repairs them. \
+                      Nothing is dropped unless `deletion_policy = \"drop\"`.",
         what: "PostgreSQL",
         default_path: file::DEFAULT_PATH,
         default_path_doc: "`/etc/circleconfig/shared/postgresql`",
@@ -310,63 +342,8 @@ impl FileResource for PostgresDatabases {
         drift_doc: ", a missing role, database or extension, a database with another owner",
         secret_in_file: true,
         changes: Some("The PostgreSQL role (its password), the databases and their extensions"),
-        checks: &[
-            ("host", Check::Host),
-            ("port", Check::Port),
-            ("user", Check::Text("Invalid role name", role_name)),
-            ("password_wo", Check::PasswordPair),
-            ("deletion_policy", Check::OneOf(&["retain", "drop"])),
-        ],
         compat: None,
     };
-
-    fn block(&self) -> Block {
-        let names = DEFAULT_DATABASES.map(|d| format!("`{d}`")).join(", ");
-        super::password_attrs(Block::new()
-                .description(
-                    "Sets up CircleCI's PostgreSQL (runbook: *Setting up External PostgreSQL*, *Confirming Tables*). \
-                     Creates the role (LOGIN) and the databases it owns, or adopts existing ones; enables \
-                     `uuid-ossp` in every database and `pgcrypto` in `circle`; logs in as the role to every \
-                     database; then writes `POSTGRES_HOST`, `POSTGRES_PORT`, `POSTGRES_PASSWORD` and \
-                     `POSTGRES_USER` to the config file on the Services machine (mode 0600). Needs the provider's \
-                     `postgres` block. Refresh reports a missing role, database or extension, a changed owner and \
-                     a changed or missing file in `drift`; the next apply repairs them. Nothing is dropped unless \
-                     `deletion_policy = \"drop\"`.",
-                )
-                .attr(Attribute::new("host", Type::String).required().description(
-                    "PostgreSQL host as the Services machine reaches it (written to the file).",
-                ))
-                .attr(Attribute::new("port", Type::Number).optional().computed().description("PostgreSQL port. Default `5432`."))
-                .attr(Attribute::new("user", Type::String).optional().computed().description(
-                    "The role CircleCI logs in as; created with LOGIN if missing, and owner of the databases. \
-                     Default `circle` (the runbook advises not to change it).",
-                )), "The role's password", "the role's password and the file")
-                .attr(Attribute::new("databases", Type::list(Type::String)).optional().computed().description(
-                    &format!("Databases to create or adopt, owned by `user`. Default: the runbook's nine, {names}."),
-                ))
-                .attr(Attribute::new("extensions", Type::map(Type::list(Type::String))).optional().computed().description(
-                    "Extensions per database; the key `*` applies to every database. Default \
-                     `{ \"*\" = [\"uuid-ossp\"], \"circle\" = [\"uuid-ossp\", \"pgcrypto\"] }`. Extensions are \
-                     created, never dropped.",
-                ))
-                .attr(Attribute::new("create_user_database", Type::Bool).optional().computed().description(
-                    "Also create a database named after `user` (the runbook's fix for \
-                     `FATAL: database \"circle\" does not exist`). Default `true`.",
-                ))
-                .attr(Attribute::new("deletion_policy", Type::String).optional().computed().description(
-                    "`retain` (default): destroy removes only the config file and leaves role and databases. \
-                     `drop`: destroy also drops the databases and the role, refusing while any database has \
-                     live connections.",
-                ))
-                .attr(Attribute::new("drop_adopted_databases", Type::Bool).optional().computed().description(
-                    "With `deletion_policy = \"drop\"`, also drop the databases in `adopted` (they existed \
-                     before this resource, and may hold data nobody meant to lose). Default `false`: adopted \
-                     databases are kept, and so is the role while it owns them.",
-                ))
-                .attr(Attribute::new("adopted", Type::list(Type::String)).computed().description(
-                    "Databases that existed before this resource managed them and were taken over.",
-                ))
-    }
 
     fn validate(&self, config: &Value, diags: &mut Diagnostics) {
         let mut dbs = Vec::new();
@@ -433,22 +410,7 @@ impl FileResource for PostgresDatabases {
         }
     }
 
-    async fn plan(
-        &self,
-        req: &PlanRequest<'_>,
-        planned: &mut Value,
-        _diags: &mut Diagnostics,
-    ) -> Vec<&'static str> {
-        let defaults = [
-            ("port", Value::int(file::DEFAULT_PORT as i64)),
-            ("user", Value::string(file::DEFAULT_USER)),
-            ("databases", string_list(&default_databases())),
-            ("extensions", ext_value(&file::default_extensions())),
-            ("create_user_database", Value::Bool(true)),
-            ("deletion_policy", Value::string("retain")),
-            ("drop_adopted_databases", Value::Bool(false)),
-        ];
-        super::set_defaults(req.config, planned, defaults);
+    async fn plan(&self, req: &PlanRequest<'_>, planned: &mut Value, _diags: &mut Diagnostics) {
         if req.is_create()
             || ["databases", "user", "create_user_database"]
                 .iter()
@@ -456,23 +418,30 @@ impl FileResource for PostgresDatabases {
         {
             planned.set("adopted", Value::Unknown);
         }
-        vec![]
     }
 
     fn planned_content(&self, planned: &Value, config: &Value) -> PlannedContent {
-        PlannedContent::with_password(planned, config, &["host", "port", "user"], |pw| {
-            render(&inputs(planned), pw)
-        })
+        let Ok(p) = PostgresAtPlan::decode(planned) else {
+            return PlannedContent::Unknown;
+        };
+        match (p.host.known(), p.port.known(), p.user.known()) {
+            (Some(host), Some(port), Some(user)) => {
+                PlannedContent::with_password(planned, config, &[], |pw| {
+                    render(&host, port, &user, pw)
+                })
+            }
+            _ => PlannedContent::Unknown,
+        }
     }
 
     /// Create and update: role, databases, extensions, verification, in that order;
     /// the core writes the file last so it never names a login that does not work.
     async fn prepare(&self, c: Change<'_>) -> Result<Prepared<()>, Halted> {
         let (prior, planned, config) = (c.prior, c.planned, c.config);
-        let i = inputs(planned);
+        let i = inputs(planned)?;
         let password = super::required_password(config)?;
         let pg = self.data.postgres()?;
-        let content = render(&i, password)?;
+        let content = render(&i.host, i.port, &i.user, password)?;
 
         let created = pg
             .ensure_role(&i.user, password)
@@ -528,7 +497,7 @@ impl FileResource for PostgresDatabases {
         let (state, drift) = (r.state, r.drift);
         let pg = self.data.postgres()?;
         drift.extend(
-            self.server_drift(&pg, &inputs(state))
+            self.server_drift(&pg, &inputs(state)?)
                 .await
                 .map_err(|e| pg_diag("Could not check PostgreSQL", e))?,
         );
@@ -536,12 +505,12 @@ impl FileResource for PostgresDatabases {
     }
 
     async fn delete_backend(&self, prior: &Value) -> Result<Diagnostics, Diagnostics> {
-        let i = inputs(prior);
+        let i = inputs(prior)?;
         if !i.drop_on_destroy {
             return Ok(Diagnostics::new());
         }
         let pg = self.data.postgres()?;
-        let adopted = strings(prior.get("adopted"));
+        let adopted = &i.adopted;
         let (kept, all): (Vec<String>, Vec<String>) = i
             .all_databases()
             .into_iter()
@@ -602,15 +571,21 @@ impl FileResource for PostgresDatabases {
     async fn import(&self, id: &str, text: &str) -> Result<Value, Diagnostics> {
         let parsed = file::parse(text).map_err(|e| cannot_import(id, e))?;
         let mut v = Value::Null;
-        v.set("host", Value::string(parsed.host));
-        v.set("port", Value::int(parsed.port as i64));
-        v.set("user", Value::string(parsed.user));
-        v.set("databases", string_list(&default_databases()));
-        v.set("extensions", ext_value(&file::default_extensions()));
-        v.set("create_user_database", Value::Bool(true));
-        v.set("deletion_policy", Value::string("retain"));
-        v.set("drop_adopted_databases", Value::Bool(false));
-        v.set("adopted", Value::List(vec![]));
+        Postgres {
+            host: parsed.host,
+            port: parsed.port,
+            user: parsed.user,
+            password: None,
+            password_wo: None,
+            password_wo_version: None,
+            databases: default_databases(),
+            extensions: file::default_extensions(),
+            create_user_database: true,
+            deletion_policy: "retain".into(),
+            drop_adopted_databases: false,
+            adopted: Known::Known(vec![]),
+        }
+        .encode(&mut v);
         Ok(v)
     }
 }

@@ -9,17 +9,15 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::config_file::{
-    cannot_import, record_version, Change, Compat, FileResource, Found, Halted, PlannedContent,
-    Prepared, Refresh, Spec,
+    cannot_import, record_version, Change, Common, Compat, FileResource, Found, Halted,
+    PlannedContent, Prepared, Refresh, Spec,
 };
+use super::model::{Known, Model};
 use super::validate::{self, Check};
 use crate::backends::vault::{self as vb, NewToken, Vault, VaultError};
 use crate::circleci::vault::{self as file, Address};
 use crate::circleci::versions;
-use crate::plugin::{
-    resource::changed, AttrPath, Attribute, Block, Diagnostic, Diagnostics, PlanRequest, Type,
-    Value,
-};
+use crate::plugin::{resource::changed, AttrPath, Diagnostic, Diagnostics, PlanRequest, Value};
 use crate::provider::ProviderData;
 use crate::secret::Secret;
 
@@ -36,8 +34,56 @@ impl VaultTransitClient {
     }
 }
 
-/// Attributes whose change makes a new key/policy pairing: replace the resource.
-const REPLACE: [&str; 4] = ["transit_mount", "key_name", "key_type", "policy_name"];
+crate::model! {
+    /// `circleci_vault_transit_client`'s own attributes. A change of mount, key, key type
+    /// or policy makes a new key/policy pairing: it replaces the resource.
+    pub struct VaultClient / VaultClientAtPlan {
+        transit_mount: String [default(file::DEFAULT_MOUNT.to_string()),
+            check(Check::Text("Invalid name", check_name)), replaces, doc(
+            "Path of the transit secrets engine. It must exist unless `create_mount` is set."
+        )],
+        create_mount: bool [default(false), doc(
+            "Enable the transit engine at `transit_mount` if it is missing."
+        )],
+        key_name: String [default(file::DEFAULT_KEY.to_string()),
+            check(Check::Text("Invalid name", check_name)), replaces, doc(
+            "Transit key name. An existing key is adopted."
+        )],
+        key_type: String [default(file::DEFAULT_KEY_TYPE.to_string()),
+            check(Check::OneOf(&vb::KEY_TYPES)), replaces, doc(
+            "`aes256-gcm96`, `aes128-gcm96` (Vault 1.4 or later) or `chacha20-poly1305`; used when \
+             the key is created."
+        )],
+        policy_name: String [optional, computed, check(Check::Text("Invalid name", check_name)),
+            replaces, doc(
+            "Name of the policy. Default `<key_name>_policy` (the runbook's `context-service_policy`)."
+        )],
+        token_period: String [default(file::DEFAULT_PERIOD.to_string()), doc(
+            "Period of the client token: it lives as long as it is renewed within it."
+        )],
+        token_renew_before: String [default(file::DEFAULT_RENEW_BEFORE.to_string()), doc(
+            "Refresh renews the token when less than this is left."
+        )],
+        address_for_services: String [optional, computed,
+            check(Check::Text("Invalid address", check_address)), doc(
+            "The Vault URL the Services machine uses, written to the file. Default: the provider's \
+             `vault.address`."
+        )],
+        delete_key_on_destroy: bool [default(false), doc(
+            "Delete the transit key on destroy. Losing the key makes every stored context unreadable."
+        )],
+        token_accessor: Known<String> [computed, doc(
+            "Accessor of the client token (not the token). Empty after refresh when the token was \
+             revoked or expired; the next apply then creates a new one."
+        )],
+        token_expire_time: Known<String> [computed, doc(
+            "When the client token expires unless renewed (RFC 3339)."
+        )],
+        policy: Known<String> [computed, doc(
+            "The policy's HCL, as written to Vault; refresh shows it as Vault has it."
+        )],
+    }
+}
 
 struct Inputs {
     mount: String,
@@ -50,35 +96,35 @@ struct Inputs {
     address: String,
     delete_key: bool,
     verify: bool,
+    path: String,
+    /// Unknown when the plan makes a new token.
+    accessor: Known<String>,
 }
 
-fn s(v: &Value, name: &str, default: &str) -> String {
-    v.get(name).as_str().unwrap_or(default).to_string()
-}
-
-fn inputs(v: &Value) -> Inputs {
-    let key = s(v, "key_name", file::DEFAULT_KEY);
-    Inputs {
-        mount: s(v, "transit_mount", file::DEFAULT_MOUNT),
-        create_mount: v.get("create_mount").as_bool().unwrap_or(false),
-        policy_name: v
-            .get("policy_name")
-            .as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| file::default_policy_name(&key)),
-        key,
-        key_type: s(v, "key_type", file::DEFAULT_KEY_TYPE),
-        period: s(v, "token_period", file::DEFAULT_PERIOD),
-        renew_before: humantime::parse_duration(&s(
-            v,
-            "token_renew_before",
-            file::DEFAULT_RENEW_BEFORE,
-        ))
-        .unwrap_or(std::time::Duration::from_secs(72 * 3600)),
-        address: s(v, "address_for_services", ""),
-        delete_key: v.get("delete_key_on_destroy").as_bool().unwrap_or(false),
-        verify: v.get("verify").as_bool().unwrap_or(true),
-    }
+/// The settings of a planned value or a stored state (defaults filled).
+fn inputs(v: &Value) -> Result<Inputs, Diagnostics> {
+    let m = VaultClient::decode(v)?;
+    let common = Common::of(v)?;
+    let renew_before = humantime::parse_duration(&m.token_renew_before).map_err(|e| {
+        Diagnostics::from(
+            Diagnostic::error("Invalid token_renew_before", e.to_string())
+                .at(AttrPath::root("token_renew_before")),
+        )
+    })?;
+    Ok(Inputs {
+        mount: m.transit_mount,
+        create_mount: m.create_mount,
+        key: m.key_name,
+        key_type: m.key_type,
+        policy_name: m.policy_name,
+        period: m.token_period,
+        renew_before,
+        address: m.address_for_services,
+        delete_key: m.delete_key_on_destroy,
+        verify: common.verify,
+        path: common.config_path,
+        accessor: m.token_accessor,
+    })
 }
 
 fn vault_diag(summary: &str, e: VaultError) -> Diagnostics {
@@ -110,7 +156,7 @@ impl VaultTransitClient {
     /// Mount, key and policy; then, when the plan asks for one, a new token, checked and
     /// rendered into the file (the core writes it; `finish` revokes what must go).
     async fn apply(&self, planned: &Value) -> Result<Prepared<Option<NewToken>>, Diagnostics> {
-        let i = inputs(planned);
+        let i = inputs(planned)?;
         let vault = self.data.vault()?;
         let addr = Address::parse(&i.address).map_err(|e| {
             Diagnostics::from(
@@ -126,10 +172,7 @@ impl VaultTransitClient {
             at: vault.config().address.clone(),
         };
         if let Some(c) = &Self::SPEC.compat {
-            c.refuse(
-                &found,
-                planned.get("config_path").as_str().unwrap_or_default(),
-            )?;
+            c.refuse(&found, &i.path)?;
         }
         if !vault
             .mount_exists(&i.mount)
@@ -173,13 +216,12 @@ impl VaultTransitClient {
 
         let mut state = planned.clone();
         state.set("policy", Value::string(&hcl));
-        let verify = planned.get("verify").as_bool().unwrap_or(true);
         record_version(
             &mut state,
             planned,
-            verify.then_some(found.version.as_str()),
+            i.verify.then_some(found.version.as_str()),
         );
-        if !planned.get("token_accessor").is_unknown() {
+        if i.accessor != Known::Unknown {
             return Ok(Prepared {
                 state,
                 content: None,
@@ -256,9 +298,20 @@ async fn revoke_unused(vault: &Vault, new: &NewToken) -> Diagnostics {
 #[async_trait]
 impl FileResource for VaultTransitClient {
     type Pending = Option<NewToken>;
+    type Own = VaultClient;
 
     const SPEC: Spec = Spec {
         type_name: "circleci_vault_transit_client",
+        description: "Connects CircleCI's context service to an external Vault (runbook: *Configuring \
+                      External Vault*). Creates the transit key (kept on destroy by default), a policy \
+                      allowing only `update` on `<mount>/encrypt/<key>` and `<mount>/decrypt/<key>`, and an \
+                      orphan periodic client token with that policy; checks the token can encrypt and \
+                      decrypt; and writes `VAULT__SCHEME`, `VAULT__HOST`, `VAULT__PORT`, `VAULT__URL`, \
+                      `VAULT__TOKEN` and `VAULT__MOUNT__TRANSIT` to the customizations file (mode 0600). \
+                      **The token never enters the Terraform state**: it goes from Vault straight into the \
+                      file; the state keeps its accessor. Refresh renews the token when less than \
+                      `token_renew_before` is left, and reports a revoked token, a missing key, a changed \
+                      policy and a changed or missing file.",
         what: "Vault",
         default_path: file::DEFAULT_PATH,
         default_path_doc: "`/etc/circleconfig/context-service/customizations`",
@@ -267,71 +320,11 @@ impl FileResource for VaultTransitClient {
                     also makes a new token",
         secret_in_file: true,
         changes: Some("The transit key and the policy"),
-        checks: &[
-            ("transit_mount", Check::Text("Invalid name", check_name)),
-            ("key_name", Check::Text("Invalid name", check_name)),
-            ("policy_name", Check::Text("Invalid name", check_name)),
-            ("key_type", Check::OneOf(&vb::KEY_TYPES)),
-            ("address_for_services", Check::Text("Invalid address", check_address)),
-        ],
         compat: Some(Compat {
             table: versions::VAULT,
             attr: None,
         }),
     };
-
-    fn block(&self) -> Block {
-        Block::new()
-                .description(
-                    "Connects CircleCI's context service to an external Vault (runbook: *Configuring External \
-                     Vault*). Creates the transit key (kept on destroy by default), a policy allowing only \
-                     `update` on `<mount>/encrypt/<key>` and `<mount>/decrypt/<key>`, and an orphan periodic \
-                     client token with that policy; checks the token can encrypt and decrypt; and writes \
-                     `VAULT__SCHEME`, `VAULT__HOST`, `VAULT__PORT`, `VAULT__URL`, `VAULT__TOKEN` and \
-                     `VAULT__MOUNT__TRANSIT` to the customizations file (mode 0600). **The token never enters \
-                     the Terraform state**: it goes from Vault straight into the file; the state keeps its \
-                     accessor. Refresh renews the token when less than `token_renew_before` is left, and \
-                     reports a revoked token, a missing key, a changed policy and a changed or missing file.",
-                )
-                .attr(Attribute::new("transit_mount", Type::String).optional().computed().description(
-                    "Path of the transit secrets engine. Default `transit`. It must exist unless `create_mount` is set.",
-                ))
-                .attr(Attribute::new("create_mount", Type::Bool).optional().computed().description(
-                    "Enable the transit engine at `transit_mount` if it is missing. Default `false`.",
-                ))
-                .attr(Attribute::new("key_name", Type::String).optional().computed().description(
-                    "Transit key name. Default `context-service`. An existing key is adopted.",
-                ))
-                .attr(Attribute::new("key_type", Type::String).optional().computed().description(
-                    "`aes256-gcm96` (default), `aes128-gcm96` (Vault 1.4 or later) or `chacha20-poly1305`; used when the key is created.",
-                ))
-                .attr(Attribute::new("policy_name", Type::String).optional().computed().description(
-                    "Name of the policy. Default `<key_name>_policy` (the runbook's `context-service_policy`).",
-                ))
-                .attr(Attribute::new("token_period", Type::String).optional().computed().description(
-                    "Period of the client token, e.g. `168h` (default): it lives as long as it is renewed within it.",
-                ))
-                .attr(Attribute::new("token_renew_before", Type::String).optional().computed().description(
-                    "Refresh renews the token when less than this is left, e.g. `72h` (default).",
-                ))
-                .attr(Attribute::new("address_for_services", Type::String).optional().computed().description(
-                    "The Vault URL the Services machine uses, written to the file. Default: the provider's `vault.address`.",
-                ))
-                .attr(Attribute::new("delete_key_on_destroy", Type::Bool).optional().computed().description(
-                    "Delete the transit key on destroy. Default `false`: losing the key makes every stored \
-                     context unreadable.",
-                ))
-                .attr(Attribute::new("token_accessor", Type::String).computed().description(
-                    "Accessor of the client token (not the token). Empty after refresh when the token was \
-                     revoked or expired; the next apply then creates a new one.",
-                ))
-                .attr(Attribute::new("token_expire_time", Type::String).computed().description(
-                    "When the client token expires unless renewed (RFC 3339).",
-                ))
-                .attr(Attribute::new("policy", Type::String).computed().description(
-                    "The policy's HCL, as written to Vault; refresh shows it as Vault has it.",
-                ))
-    }
 
     fn validate(&self, config: &Value, diags: &mut Diagnostics) {
         if config
@@ -377,26 +370,8 @@ impl FileResource for VaultTransitClient {
         }
     }
 
-    async fn plan(
-        &self,
-        req: &PlanRequest<'_>,
-        planned: &mut Value,
-        diags: &mut Diagnostics,
-    ) -> Vec<&'static str> {
+    async fn plan(&self, req: &PlanRequest<'_>, planned: &mut Value, diags: &mut Diagnostics) {
         let cfg = req.config;
-        let defaults = [
-            ("transit_mount", Value::string(file::DEFAULT_MOUNT)),
-            ("create_mount", Value::Bool(false)),
-            ("key_name", Value::string(file::DEFAULT_KEY)),
-            ("key_type", Value::string(file::DEFAULT_KEY_TYPE)),
-            ("token_period", Value::string(file::DEFAULT_PERIOD)),
-            (
-                "token_renew_before",
-                Value::string(file::DEFAULT_RENEW_BEFORE),
-            ),
-            ("delete_key_on_destroy", Value::Bool(false)),
-        ];
-        super::set_defaults(cfg, planned, defaults);
         if cfg.get("policy_name").is_null() {
             let p = match planned.get("key_name").as_str() {
                 Some(k) => Value::string(file::default_policy_name(k)),
@@ -438,7 +413,6 @@ impl FileResource for VaultTransitClient {
                 planned.set(a, Value::Unknown);
             }
         }
-        REPLACE.to_vec()
     }
 
     fn planned_content(&self, _planned: &Value, _config: &Value) -> PlannedContent {
@@ -503,7 +477,7 @@ impl FileResource for VaultTransitClient {
 
     async fn refresh(&self, r: Refresh<'_>) -> Result<(), Diagnostics> {
         let (state, fresh, drift) = (r.state, r.fresh, r.drift);
-        let i = inputs(state);
+        let i = inputs(state)?;
         let vault = self.data.vault()?;
         let accessor = state
             .get("token_accessor")
@@ -556,7 +530,7 @@ impl FileResource for VaultTransitClient {
     }
 
     async fn delete_backend(&self, prior: &Value) -> Result<Diagnostics, Diagnostics> {
-        let i = inputs(prior);
+        let i = inputs(prior)?;
         let vault = self.data.vault()?;
         let accessor = prior.get("token_accessor").as_str().unwrap_or_default();
         vault

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::file_digest::{self, Kind};
+use super::model::{self, Model};
 use super::{managed_block, ssh_diag, validate};
 use crate::circleci::envfile;
 use crate::circleci::versions::Supported;
@@ -40,6 +41,8 @@ mod apply;
 /// The static facts of one file-writing resource.
 pub struct Spec {
     pub type_name: &'static str,
+    /// What the resource does (Markdown), the schema's description.
+    pub description: &'static str,
     /// What the file configures, for messages: "Redis" -> "the Redis config file".
     pub what: &'static str,
     /// The runbook's path, also the example in import errors.
@@ -58,8 +61,6 @@ pub struct Spec {
     /// only checks. With `Some`, a failed write returns a state that records the
     /// change and plans the write again.
     pub changes: Option<&'static str>,
-    /// Declarative plan-time checks; `config_path` is always checked.
-    pub checks: &'static [(&'static str, validate::Check)],
     /// The server the file points CircleCI at, when its version is checked against
     /// the compatibility table: the resource then has a computed `server_version`.
     pub compat: Option<Compat>,
@@ -151,6 +152,31 @@ pub struct Change<'a> {
     pub config: &'a Value,
 }
 
+impl Change<'_> {
+    /// The attributes the core adds, as planned (their defaults set).
+    pub fn common(&self) -> Result<Common, Diagnostics> {
+        Common::of(self.planned).map_err(Diagnostics::from)
+    }
+}
+
+/// The attributes every file resource has that its own code reads.
+pub struct Common {
+    /// Where the file is.
+    pub config_path: String,
+    /// Whether the backend step checks the server before the write.
+    pub verify: bool,
+}
+
+impl Common {
+    /// The common attributes of a planned value or a state.
+    pub fn of(v: &Value) -> Result<Self, model::Undecoded> {
+        Ok(Common {
+            config_path: model::field(v, "config_path")?,
+            verify: model::field(v, "verify")?,
+        })
+    }
+}
+
 /// One refresh of the backend side: `fresh` starts as a copy of `state`; push what
 /// differs to `drift`.
 pub struct Refresh<'a> {
@@ -194,13 +220,14 @@ pub trait FileResource: Send + Sync + 'static {
     /// What the backend step hands to `finish` (e.g. a token to revoke if the write fails).
     type Pending: Send + 'static;
 
+    /// The resource's own attributes, each declared once with its default, check and
+    /// replacement (see `model`). The core adds `id`, `config_path`, `verify`,
+    /// `verify_via_services_host`, `file_sha256`, `drift` and `server_version`.
+    type Own: Model;
+
     const SPEC: Spec;
 
-    /// The resource's description and its own attributes. The core adds `id`,
-    /// `config_path`, `verify`, `file_sha256` and `drift`.
-    fn block(&self) -> Block;
-
-    /// Cross-attribute checks beyond `SPEC.checks`.
+    /// Cross-attribute checks beyond each attribute's declared check.
     fn validate(&self, _config: &Value, _diags: &mut Diagnostics) {}
 
     /// The default `config_path` for these (planned) values; `Value::Unknown` when it
@@ -209,14 +236,9 @@ pub trait FileResource: Send + Sync + 'static {
         Value::string(Self::SPEC.default_path)
     }
 
-    /// Defaults and computed values of the resource's own attributes. Returns the
-    /// attributes (besides `config_path`) whose change forces replacement.
-    async fn plan(
-        &self,
-        req: &PlanRequest<'_>,
-        planned: &mut Value,
-        diags: &mut Diagnostics,
-    ) -> Vec<&'static str>;
+    /// Computed values of the resource's own attributes, after the declared defaults
+    /// are set: defaults that depend on other values, values the apply will change.
+    async fn plan(&self, _req: &PlanRequest<'_>, _planned: &mut Value, _diags: &mut Diagnostics) {}
 
     /// The file (or block) these values render to, for `file_sha256` at plan time.
     fn planned_content(&self, planned: &Value, config: &Value) -> PlannedContent;
@@ -392,10 +414,10 @@ pub fn cannot_import(id: &str, e: impl std::fmt::Display) -> Diagnostics {
 }
 
 /// The attributes every file-writing resource has, around the resource's own.
-fn schema_of<R: FileResource>(own: Block) -> Block {
+fn schema_of<R: FileResource>() -> Block {
     let s = &R::SPEC;
     let (file, hash_of) = ("the file", "the provider's block of the file");
-    let mut b = own;
+    let mut b = model::block(R::Own::decls(), s.description);
     b.attributes.insert(
         0,
         Attribute::new("id", Type::String)
@@ -452,12 +474,12 @@ impl<R: FileResource> Resource for ConfigFile<R> {
     }
 
     fn schema(&self) -> Schema {
-        Schema::new(0, schema_of::<R>(self.inner.block()))
+        Schema::new(0, schema_of::<R>())
     }
 
     fn validate(&self, config: &Value) -> Diagnostics {
         let mut diags = Diagnostics::new();
-        validate::run(config, R::SPEC.checks, &mut diags);
+        model::validate(R::Own::decls(), config, &mut diags);
         validate::run(
             config,
             &[("config_path", validate::Check::RemotePath)],
@@ -473,8 +495,9 @@ impl<R: FileResource> Resource for ConfigFile<R> {
         planned: &mut Value,
         diags: &mut Diagnostics,
     ) -> Vec<AttrPath> {
-        let replace = self.inner.plan(req, planned, diags).await;
         let cfg = req.config;
+        model::set_defaults(R::Own::decls(), cfg, planned);
+        self.inner.plan(req, planned, diags).await;
         if cfg.get("config_path").is_null() {
             planned.set("config_path", self.inner.default_path(planned));
         }
@@ -500,11 +523,11 @@ impl<R: FileResource> Resource for ConfigFile<R> {
         if req.is_create() {
             return vec![];
         }
-        std::iter::once("config_path")
-            .chain(replace)
-            .filter(|a| changed(req.prior, planned, a))
-            .map(AttrPath::root)
-            .collect()
+        let mut replace = model::replaced(R::Own::decls(), req.prior, planned);
+        if changed(req.prior, planned, "config_path") {
+            replace.insert(0, AttrPath::root("config_path"));
+        }
+        replace
     }
 
     async fn create(&self, planned: &Value, config: &Value) -> Applied {
@@ -635,3 +658,6 @@ impl<R: FileResource> Resource for ConfigFile<R> {
         Ok(v)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,449 @@
+//! The file resources' validation and plan with no server running: what a
+//! configuration is refused for (and on which attribute), the defaults and computed
+//! values a plan fills in, and what replaces the resource.
+
+use std::sync::Arc;
+
+use super::ConfigFile;
+use crate::plugin::{AttrPath, Diagnostics, PlanRequest, Resource, Value};
+use crate::provider::ProviderData;
+use crate::resources::{
+    external_mongo::ExternalMongo, external_nomad::ExternalNomad,
+    external_rabbitmq::ExternalRabbitmq, external_redis::ExternalRedis,
+    postgres_databases::PostgresDatabases, vault_transit_client::VaultTransitClient,
+};
+
+fn data() -> Arc<ProviderData> {
+    Arc::new(ProviderData::default())
+}
+
+fn redis() -> ConfigFile<ExternalRedis> {
+    ConfigFile::new(ExternalRedis::new(data()), data())
+}
+
+/// A configuration as Terraform sends it: every attribute of the schema, null unless set.
+fn config(r: &dyn Resource, pairs: &[(&str, Value)]) -> Value {
+    let block = r.schema().block;
+    let names: Vec<&str> = block.attributes.iter().map(|a| a.name.as_str()).collect();
+    for (k, _) in pairs {
+        assert!(
+            names.contains(k),
+            "{k} is not in the schema of {}",
+            r.type_name()
+        );
+    }
+    Value::object(pairs).conform(&block)
+}
+
+/// Terraform's proposed new state on create: computed attributes the configuration
+/// leaves null are unknown; write-only ones are null.
+fn proposed(r: &dyn Resource, config: &Value) -> Value {
+    let mut v = config.clone();
+    for a in r.schema().block.attributes {
+        if a.write_only {
+            v.set(&a.name, Value::Null);
+        } else if a.computed && config.get(&a.name).is_null() {
+            v.set(&a.name, Value::Unknown);
+        }
+    }
+    v
+}
+
+/// Terraform's proposed new state on update: computed attributes the configuration
+/// leaves null keep their prior value.
+fn proposed_update(r: &dyn Resource, prior: &Value, config: &Value) -> Value {
+    let mut v = config.clone();
+    for a in r.schema().block.attributes {
+        if a.write_only {
+            v.set(&a.name, Value::Null);
+        } else if a.computed && config.get(&a.name).is_null() {
+            v.set(&a.name, prior.get(&a.name).clone());
+        }
+    }
+    v
+}
+
+/// Plans an update from `prior`; returns the planned value and the replace paths.
+async fn plan_update(r: &dyn Resource, prior: &Value, config: &Value) -> (Value, Vec<AttrPath>) {
+    let mut planned = proposed_update(r, prior, config);
+    let mut diags = Diagnostics::new();
+    let req = PlanRequest { prior, config };
+    let replace = r.plan(&req, &mut planned, &mut diags).await;
+    assert!(!diags.has_errors(), "{diags}");
+    (planned, replace)
+}
+
+/// What an apply of `planned` stores, near enough for a plan: unknowns null,
+/// `file_sha256` the salted digest of `content`.
+async fn applied(planned: &Value, content: &str) -> Value {
+    let mut state = planned.clone();
+    if let Value::Map(m) = &mut state {
+        for v in m.values_mut() {
+            if v.is_unknown() {
+                *v = Value::Null;
+            }
+        }
+    }
+    let digest = super::file_digest::digest(super::Kind::Salted, content.as_bytes(), None)
+        .await
+        .unwrap();
+    state.set("file_sha256", Value::string(digest));
+    state
+}
+
+/// Each error as `summary @ attribute`.
+fn errors(d: &Diagnostics) -> Vec<String> {
+    d.0.iter()
+        .map(|d| match &d.path {
+            Some(p) => format!("{} @ {p}", d.summary),
+            None => d.summary.clone(),
+        })
+        .collect()
+}
+
+fn assert_has(d: &Diagnostics, want: &[&str]) {
+    let got = errors(d);
+    for w in want {
+        assert!(got.iter().any(|g| g == w), "missing {w:?} in {got:#?}");
+    }
+}
+
+/// Plans a create; returns the planned value, the diagnostics and the replace paths.
+async fn plan_create(r: &dyn Resource, config: &Value) -> (Value, Diagnostics) {
+    let mut planned = proposed(r, config);
+    let mut diags = Diagnostics::new();
+    let req = PlanRequest {
+        prior: &Value::Null,
+        config,
+    };
+    let replace = r.plan(&req, &mut planned, &mut diags).await;
+    assert!(replace.is_empty(), "a create replaces nothing");
+    (planned, diags)
+}
+
+#[test]
+fn redis_bad_input_is_refused_on_each_attribute() {
+    let r = redis();
+    let c = config(
+        &r,
+        &[
+            ("host", Value::string("not a host!")),
+            ("port", Value::int(70000)),
+            ("purpose", Value::string("cache")),
+            ("config_path", Value::string("relative/path")),
+        ],
+    );
+    let d = r.validate(&c);
+    assert_has(
+        &d,
+        &[
+            "Invalid host @ host",
+            "Invalid port @ port",
+            "Invalid purpose @ purpose",
+            "Invalid path @ config_path",
+        ],
+    );
+    assert_eq!(d.0.len(), 4, "{:#?}", errors(&d));
+}
+
+#[tokio::test]
+async fn redis_plan_fills_defaults_and_the_file_digest() {
+    let r = redis();
+    let c = config(&r, &[("host", Value::string("redis.internal"))]);
+    assert!(r.validate(&c).is_empty());
+    let (planned, diags) = plan_create(&r, &c).await;
+    assert!(!diags.has_errors(), "{diags}");
+    assert_eq!(planned.get("port"), &Value::int(6379));
+    assert_eq!(planned.get("purpose"), &Value::string("shared"));
+    assert_eq!(
+        planned.get("config_path"),
+        &Value::string("/etc/circleconfig/shared/redis")
+    );
+    assert_eq!(planned.get("id"), planned.get("config_path"));
+    assert_eq!(planned.get("verify"), &Value::Bool(true));
+    let content = crate::circleci::redis::render(
+        "redis.internal",
+        6379,
+        crate::circleci::redis::Purpose::Shared,
+    )
+    .unwrap();
+    assert_eq!(
+        planned.get("file_sha256"),
+        &Value::string(crate::resources::file_sha256(content.as_bytes())),
+        "the plan knows the file's digest"
+    );
+    // No Services machine configured: the version is left to the apply's check.
+    assert_eq!(planned.get("server_version"), &Value::Unknown);
+}
+
+#[tokio::test]
+async fn redis_slanger_path_follows_purpose_and_a_change_of_purpose_replaces() {
+    let r = redis();
+    let c = config(
+        &r,
+        &[
+            ("host", Value::string("redis.internal")),
+            ("purpose", Value::string("slanger")),
+        ],
+    );
+    let (planned, _) = plan_create(&r, &c).await;
+    assert_eq!(
+        planned.get("config_path"),
+        &Value::string("/etc/circleconfig/slanger/customizations")
+    );
+
+    let prior = planned;
+    let c2 = config(
+        &r,
+        &[
+            ("host", Value::string("redis.internal")),
+            ("purpose", Value::string("shared")),
+        ],
+    );
+    let mut next = c2.clone();
+    for a in [
+        "id",
+        "verify",
+        "file_sha256",
+        "drift",
+        "server_version",
+        "port",
+    ] {
+        next.set(a, prior.get(a).clone());
+    }
+    next.set("config_path", Value::Unknown);
+    let mut diags = Diagnostics::new();
+    let req = PlanRequest {
+        prior: &prior,
+        config: &c2,
+    };
+    let replace = r.plan(&req, &mut next, &mut diags).await;
+    assert_eq!(
+        replace,
+        [AttrPath::root("config_path"), AttrPath::root("purpose")]
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_host_leaves_the_digest_unknown() {
+    let r = redis();
+    let c = config(&r, &[("host", Value::Unknown)]);
+    assert!(
+        r.validate(&c).is_empty(),
+        "unknown values are checked later"
+    );
+    let (planned, diags) = plan_create(&r, &c).await;
+    assert!(!diags.has_errors(), "{diags}");
+    assert_eq!(planned.get("file_sha256"), &Value::Unknown);
+    assert_eq!(planned.get("port"), &Value::int(6379));
+}
+
+#[tokio::test]
+async fn rabbitmq_and_nomad_bad_input_and_defaults() {
+    let mq = ConfigFile::new(ExternalRabbitmq::new(data()), data());
+    let c = config(
+        &mq,
+        &[
+            ("host", Value::string("bad host")),
+            ("username", Value::string("circle")),
+            ("password", Value::string("a")),
+            ("password_wo", Value::string("b")),
+        ],
+    );
+    assert_has(
+        &mq.validate(&c),
+        &["Invalid host @ host", "Conflicting passwords @ password_wo"],
+    );
+    let tls = config(
+        &mq,
+        &[
+            ("host", Value::string("mq.internal")),
+            ("username", Value::string("circle")),
+            ("password_wo", Value::string("pw")),
+            ("tls", Value::Bool(true)),
+        ],
+    );
+    assert_has(
+        &mq.validate(&tls),
+        &["CircleCI Server 2.17 cannot use TLS to RabbitMQ @ tls"],
+    );
+
+    let ok = config(
+        &mq,
+        &[
+            ("host", Value::string("mq.internal")),
+            ("username", Value::string("circle")),
+            ("password_wo", Value::string("pw")),
+        ],
+    );
+    assert!(mq.validate(&ok).is_empty());
+    let (planned, diags) = plan_create(&mq, &ok).await;
+    assert!(!diags.has_errors(), "{diags}");
+    assert_eq!(planned.get("port"), &Value::int(5672));
+    assert_eq!(planned.get("vhost"), &Value::string("/"));
+    assert_eq!(planned.get("tls"), &Value::Bool(false));
+    assert_eq!(planned.get("password_wo"), &Value::Null);
+    assert_eq!(
+        planned.get("file_sha256"),
+        &Value::Unknown,
+        "a file with a password gets a salted digest, its salt drawn at apply"
+    );
+    let content = crate::circleci::rabbitmq::render("mq.internal", 5672, "circle", "pw").unwrap();
+    let state = applied(&planned, &content).await;
+    let (same, replace) = plan_update(&mq, &state, &ok).await;
+    assert!(replace.is_empty());
+    assert_eq!(
+        same.get("file_sha256"),
+        state.get("file_sha256"),
+        "nothing changed: the same digest, so no restart is planned"
+    );
+    let mut moved = ok.clone();
+    moved.set("host", Value::string("mq2.internal"));
+    let (next, _) = plan_update(&mq, &state, &moved).await;
+    let d = next.get("file_sha256").as_str().unwrap_or_default();
+    assert!(
+        d.starts_with("pbkdf2-sha256$") && Some(d) != state.get("file_sha256").as_str(),
+        "a new host: a new digest with the same salt: {d}"
+    );
+
+    let nomad = ConfigFile::new(ExternalNomad::new(data()), data());
+    let c = config(
+        &nomad,
+        &[("endpoint", Value::string("nomad.internal:4646"))],
+    );
+    assert_has(&nomad.validate(&c), &["Invalid endpoint @ endpoint"]);
+    let c = config(
+        &nomad,
+        &[("endpoint", Value::string("https://nomad.internal:4646"))],
+    );
+    let (planned, _) = plan_create(&nomad, &c).await;
+    assert_eq!(planned.get("leader"), &Value::Unknown, "the apply reads it");
+    assert!(planned.get("file_sha256").as_str().is_some());
+}
+
+#[test]
+fn postgres_bad_input_is_refused_on_each_attribute() {
+    let r = ConfigFile::new(PostgresDatabases::new(data()), data());
+    let long = "d".repeat(64);
+    let c = config(
+        &r,
+        &[
+            ("host", Value::string("127.0.0.1")),
+            ("password", Value::string("a")),
+            ("password_wo", Value::string("b")),
+            (
+                "databases",
+                Value::List(vec![
+                    Value::string("ok"),
+                    Value::string(&long),
+                    Value::string("ok"),
+                ]),
+            ),
+            (
+                "extensions",
+                Value::object(&[
+                    ("*", Value::List(vec![Value::string("uuid-osspl")])),
+                    ("nope", Value::List(vec![Value::string("pgcrypto")])),
+                ]),
+            ),
+            ("deletion_policy", Value::string("maybe")),
+        ],
+    );
+    assert_has(
+        &r.validate(&c),
+        &[
+            "Conflicting passwords @ password_wo",
+            "Invalid database name @ databases[1]",
+            "Duplicate database @ databases[2]",
+            "No such extension @ extensions[\"*\"]",
+            "Extensions for an unmanaged database @ extensions[\"nope\"]",
+            "Invalid deletion_policy @ deletion_policy",
+        ],
+    );
+}
+
+#[tokio::test]
+async fn postgres_plan_fills_the_runbooks_defaults() {
+    let r = ConfigFile::new(PostgresDatabases::new(data()), data());
+    let c = config(
+        &r,
+        &[
+            ("host", Value::string("pg.internal")),
+            ("password_wo", Value::string("pw")),
+        ],
+    );
+    let (planned, diags) = plan_create(&r, &c).await;
+    assert!(!diags.has_errors(), "{diags}");
+    assert_eq!(planned.get("port"), &Value::int(5432));
+    assert_eq!(planned.get("user"), &Value::string("circle"));
+    assert_eq!(
+        planned.get("databases").as_list().map(<[Value]>::len),
+        Some(9)
+    );
+    assert_eq!(planned.get("deletion_policy"), &Value::string("retain"));
+    assert_eq!(planned.get("adopted"), &Value::Unknown);
+
+    let content = crate::circleci::postgres::render("pg.internal", 5432, "circle", "pw").unwrap();
+    let state = applied(&planned, &content).await;
+    let mut more = c.clone();
+    more.set("databases", Value::List(vec![Value::string("circle")]));
+    let (next, replace) = plan_update(&r, &state, &more).await;
+    assert!(replace.is_empty());
+    assert_eq!(next.get("adopted"), &Value::Unknown, "the apply finds out");
+    assert_eq!(
+        next.get("file_sha256"),
+        state.get("file_sha256"),
+        "the file does not change with the databases, nor does its digest"
+    );
+}
+
+#[test]
+fn vault_bad_input_is_refused_on_each_attribute() {
+    let r = ConfigFile::new(VaultTransitClient::new(data()), data());
+    let c = config(
+        &r,
+        &[
+            ("key_name", Value::string("has space")),
+            ("key_type", Value::string("rsa-2048")),
+            ("token_period", Value::string("1h")),
+            ("token_renew_before", Value::string("2h")),
+            ("address_for_services", Value::string("vault.internal:8200")),
+        ],
+    );
+    assert_has(
+        &r.validate(&c),
+        &[
+            "Invalid name @ key_name",
+            "Invalid key_type @ key_type",
+            "Renewal window too long @ token_renew_before",
+            "Invalid address @ address_for_services",
+        ],
+    );
+}
+
+#[test]
+fn mongo_bad_input_is_refused_on_each_attribute() {
+    let r = ConfigFile::new(ExternalMongo::new(data()), data());
+    let c = config(
+        &r,
+        &[
+            ("hosts", Value::List(vec![Value::string("mongo.internal")])),
+            ("username", Value::string("")),
+            ("password_wo", Value::string("pw")),
+            (
+                "databases",
+                Value::List(vec![Value::string("a/b"), Value::string("c")]),
+            ),
+            ("services_ca_bundle", Value::string("certs.pem")),
+        ],
+    );
+    assert_has(
+        &r.validate(&c),
+        &[
+            "Invalid username @ username",
+            "Four databases expected @ databases",
+            "Invalid database name @ databases[0]",
+            "Invalid path @ services_ca_bundle",
+        ],
+    );
+}

@@ -1,0 +1,800 @@
+//! One declaration per attribute, and the typed models a resource reads its values into.
+//!
+//! A resource lists its own attributes once, with [`model!`](crate::model): each line
+//! gives the name (the Rust field's), the type (the field's), whether it is required,
+//! its default, its check, whether a change replaces the resource, whether it is
+//! sensitive or write-only, and its description. From that one list come
+//! - the schema ([`block`]), with "Default `X`." and "Changing it replaces the
+//!   resource." added to the description from the declaration itself;
+//! - the plan's defaults ([`set_defaults`]) and replace paths ([`replaced`]);
+//! - plan-time validation ([`validate`]);
+//! - the struct the resource's code reads: [`Model::decode`] is the one place a value
+//!   is looked up by name, and it fails loudly ([`Undecoded::NotInSchema`]) on a name
+//!   the object does not have, where `Value::get` would quietly give `Null`.
+//!
+//! A field's Rust type says how its value converts ([`Field`]): `u16` refuses 70000,
+//! `Option<T>` is `None` for null, [`Secret`] keeps a password out of `Debug`.
+
+use std::sync::OnceLock;
+
+use super::validate::{self, Check};
+use crate::plugin::{AttrPath, Attribute, Block, Diagnostic, Diagnostics, Type, Value};
+use crate::secret::Secret;
+
+/// One attribute: its schema, and what the plan and validation do with it.
+pub struct Decl {
+    attr: Attribute,
+    default: Option<Value>,
+    check: Option<Check>,
+    replaces: bool,
+}
+
+impl Decl {
+    /// An attribute of type `ty` that is neither required nor optional yet: one of
+    /// [`Decl::required`], [`Decl::optional`], [`Decl::default`] or [`Decl::computed`]
+    /// says which.
+    pub fn new(name: &'static str, ty: Type) -> Self {
+        Decl {
+            attr: Attribute::new(name, ty),
+            default: None,
+            check: None,
+            replaces: false,
+        }
+    }
+
+    /// The attribute's name.
+    pub fn name(&self) -> &str {
+        &self.attr.name
+    }
+
+    /// The configuration must set it.
+    pub fn required(mut self) -> Self {
+        self.attr = self.attr.required();
+        self
+    }
+
+    /// The configuration may set it; null when it does not.
+    pub fn optional(mut self) -> Self {
+        self.attr = self.attr.optional();
+        self
+    }
+
+    /// The provider sets it.
+    pub fn computed(mut self) -> Self {
+        self.attr = self.attr.computed();
+        self
+    }
+
+    /// The configuration may set it; the plan sets `v` when it does not.
+    pub fn default<T: Field>(mut self, v: T) -> Self {
+        self.attr = self.attr.optional().computed();
+        self.default = Some(v.to_value());
+        self
+    }
+
+    /// Checked at plan (see [`validate::Check`]); null and unknown values pass.
+    pub fn check(mut self, c: Check) -> Self {
+        self.check = Some(c);
+        self
+    }
+
+    /// A change replaces the resource.
+    pub fn replaces(mut self) -> Self {
+        self.replaces = true;
+        self
+    }
+
+    /// Hidden in plans and output.
+    pub fn sensitive(mut self) -> Self {
+        self.attr = self.attr.sensitive();
+        self
+    }
+
+    /// Sensitive, and in the configuration only: never in the plan or state.
+    pub fn write_only(mut self) -> Self {
+        self.attr = self.attr.sensitive().write_only();
+        self
+    }
+
+    /// The description (Markdown), without the default or the replacement, which the
+    /// declaration adds itself.
+    pub fn doc(mut self, md: impl Into<String>) -> Self {
+        self.attr.description = md.into();
+        self
+    }
+
+    /// `password`: optional, sensitive, kept in the state; `whose` starts the
+    /// description ("The role's password").
+    pub fn password_kept(self, whose: &str) -> Self {
+        self.optional().sensitive().doc(format!(
+            "{whose}, kept (sensitive) in the Terraform state. Prefer `password_wo`; set exactly one."
+        ))
+    }
+
+    /// `password_wo`: the write-only twin of [`Decl::password_kept`], checked with it.
+    pub fn password_write_only(self, whose: &str) -> Self {
+        self.optional()
+            .write_only()
+            .check(Check::PasswordPair)
+            .doc(format!(
+            "{whose}, write-only: never stored in the plan or state (Terraform 1.11 or later). \
+             Change `password_wo_version` to rotate it."
+        ))
+    }
+
+    /// `password_wo_version`; `applies_to` says what a rotation changes.
+    pub fn password_version(self, applies_to: &str) -> Self {
+        self.optional().doc(format!(
+            "Any number; changing it applies the current `password_wo` ({applies_to})."
+        ))
+    }
+
+    /// The schema attribute, its description completed from the declaration.
+    pub fn attribute(&self) -> Attribute {
+        let mut a = self.attr.clone();
+        let mut extra = Vec::new();
+        if let Some(d) = &self.default {
+            extra.push(format!("Default `{}`.", shown(d)));
+        }
+        if self.replaces {
+            extra.push("Changing it replaces the resource.".to_string());
+        }
+        for e in extra {
+            if !a.description.is_empty() {
+                a.description.push(' ');
+            }
+            a.description.push_str(&e);
+        }
+        a
+    }
+}
+
+/// A default as the docs show it: a word bare, a list or map as HCL writes it.
+fn shown(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => hcl(other),
+    }
+}
+
+fn hcl(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("{s:?}"),
+        Value::Bool(b) => b.to_string(),
+        Value::List(items) => {
+            format!("[{}]", items.iter().map(hcl).collect::<Vec<_>>().join(", "))
+        }
+        Value::Map(m) => format!(
+            "{{ {} }}",
+            m.iter()
+                .map(|(k, x)| format!("{k:?} = {}", hcl(x)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        other => match other.as_i64() {
+            Some(i) => i.to_string(),
+            None => format!("{other:?}"),
+        },
+    }
+}
+
+/// The block of these attributes.
+pub fn block(decls: &[Decl], description: &str) -> Block {
+    decls
+        .iter()
+        .fold(Block::new().description(description), |b, d| {
+            b.attr(d.attribute())
+        })
+}
+
+/// Each declared check on the configuration.
+pub fn validate(decls: &[Decl], config: &Value, diags: &mut Diagnostics) {
+    for d in decls {
+        if let Some(c) = d.check {
+            validate::run(config, &[(d.name(), c)], diags);
+        }
+    }
+}
+
+/// Every attribute the configuration leaves null gets its default.
+pub fn set_defaults(decls: &[Decl], config: &Value, planned: &mut Value) {
+    for d in decls {
+        if let Some(v) = &d.default {
+            if config.get(d.name()).is_null() {
+                planned.set(d.name(), v.clone());
+            }
+        }
+    }
+}
+
+/// The attributes whose change from `prior` to `planned` replaces the resource.
+pub fn replaced(decls: &[Decl], prior: &Value, planned: &Value) -> Vec<AttrPath> {
+    decls
+        .iter()
+        .filter(|d| d.replaces && prior.get(d.name()) != planned.get(d.name()))
+        .map(|d| AttrPath::root(d.name()))
+        .collect()
+}
+
+/// Why an object did not decode into a model.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Undecoded {
+    /// The value is not an object at all (a null prior state, say).
+    NotAnObject,
+    /// The object has no such attribute: a name the schema does not have. A defect of
+    /// the provider, never of the configuration.
+    NotInSchema(&'static str),
+    /// Not known yet (at plan).
+    Unknown(&'static str),
+    /// Null where the model needs a value.
+    Null(&'static str),
+    /// A value the field's type cannot hold (a port of 70000, say).
+    Invalid { name: &'static str, why: String },
+}
+
+impl Undecoded {
+    /// True when only an unknown value stopped the decode: the plan leaves what depends
+    /// on it unknown.
+    pub fn is_unknown(&self) -> bool {
+        matches!(self, Undecoded::Unknown(_))
+    }
+}
+
+impl std::fmt::Display for Undecoded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Undecoded::NotAnObject => f.write_str("the value is not an object"),
+            Undecoded::NotInSchema(n) => write!(f, "the object has no attribute {n:?}"),
+            Undecoded::Unknown(n) => write!(f, "{n} is not known yet"),
+            Undecoded::Null(n) => write!(f, "{n} is not set"),
+            Undecoded::Invalid { name, why } => write!(f, "{name}: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for Undecoded {}
+
+impl From<Undecoded> for Diagnostics {
+    fn from(e: Undecoded) -> Self {
+        match e {
+            // The value's own words never appear: a field's `why` names the bound, not
+            // the value (see the `Field` impls), so this is safe on any attribute.
+            Undecoded::Invalid { name, ref why } => {
+                Diagnostic::error(format!("Invalid {name}"), why.clone())
+                    .at(AttrPath::root(name))
+                    .into()
+            }
+            Undecoded::Unknown(n) | Undecoded::Null(n) => Diagnostic::error(
+                format!("{n} has no value"),
+                format!("{e}; set it in the configuration"),
+            )
+            .into(),
+            Undecoded::NotAnObject | Undecoded::NotInSchema(_) => Diagnostic::error(
+                "Provider defect",
+                format!("{e}. Please report this: the provider read an attribute its schema does not declare."),
+            )
+            .into(),
+        }
+    }
+}
+
+/// A value of `T` as a configuration or a plan holds it: not set, not known yet, or
+/// known.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Known<T> {
+    Null,
+    Unknown,
+    Known(T),
+}
+
+impl<T> Known<T> {
+    /// The value, `None` while null or unknown.
+    pub fn known(self) -> Option<T> {
+        match self {
+            Known::Known(t) => Some(t),
+            Known::Null | Known::Unknown => None,
+        }
+    }
+
+    /// True when the configuration leaves it to the provider.
+    pub fn is_null(&self) -> bool {
+        matches!(self, Known::Null)
+    }
+}
+
+/// How a model field's Rust type converts from and to a Terraform value.
+pub trait Field: Sized {
+    /// The Terraform type the schema declares.
+    fn ty() -> Type;
+    /// From a known, non-null value; the error names the bound, never the value.
+    fn from_value(v: &Value) -> Result<Self, String>;
+    /// The value for a null: `Some` only for types that can hold "not set".
+    fn from_null() -> Option<Self> {
+        None
+    }
+    /// The value for an unknown: `Some` only for [`Known`], the type of a computed
+    /// attribute that a plan leaves unknown until the apply sets it.
+    fn from_unknown() -> Option<Self> {
+        None
+    }
+    /// The value to store.
+    fn to_value(&self) -> Value;
+}
+
+impl Field for String {
+    fn ty() -> Type {
+        Type::String
+    }
+    fn from_value(v: &Value) -> Result<Self, String> {
+        v.as_str()
+            .map(str::to_string)
+            .ok_or_else(|| "not a string".into())
+    }
+    fn to_value(&self) -> Value {
+        Value::string(self.clone())
+    }
+}
+
+impl Field for Secret {
+    fn ty() -> Type {
+        Type::String
+    }
+    fn from_value(v: &Value) -> Result<Self, String> {
+        v.as_str()
+            .map(Secret::from)
+            .ok_or_else(|| "not a string".into())
+    }
+    fn to_value(&self) -> Value {
+        Value::string(self.expose())
+    }
+}
+
+impl Field for bool {
+    fn ty() -> Type {
+        Type::Bool
+    }
+    fn from_value(v: &Value) -> Result<Self, String> {
+        v.as_bool().ok_or_else(|| "not a bool".into())
+    }
+    fn to_value(&self) -> Value {
+        Value::Bool(*self)
+    }
+}
+
+impl Field for i64 {
+    fn ty() -> Type {
+        Type::Number
+    }
+    fn from_value(v: &Value) -> Result<Self, String> {
+        crate::plugin::value::coerce_number(v)
+            .and_then(|n| n.as_i64())
+            .ok_or_else(|| "not a whole number".into())
+    }
+    fn to_value(&self) -> Value {
+        Value::int(*self)
+    }
+}
+
+macro_rules! unsigned_field {
+    ($($t:ty),*) => {$(
+        impl Field for $t {
+            fn ty() -> Type {
+                Type::Number
+            }
+            fn from_value(v: &Value) -> Result<Self, String> {
+                let n = i64::from_value(v)?;
+                <$t>::try_from(n).map_err(|_| {
+                    format!("must be a whole number from 0 to {}", <$t>::MAX)
+                })
+            }
+            fn to_value(&self) -> Value {
+                Value::int(i64::from(*self))
+            }
+        }
+    )*};
+}
+unsigned_field!(u16, u32);
+
+impl<T: Field> Field for Option<T> {
+    fn ty() -> Type {
+        T::ty()
+    }
+    fn from_value(v: &Value) -> Result<Self, String> {
+        T::from_value(v).map(Some)
+    }
+    fn from_null() -> Option<Self> {
+        Some(None)
+    }
+    fn from_unknown() -> Option<Self> {
+        T::from_unknown().map(Some)
+    }
+    fn to_value(&self) -> Value {
+        self.as_ref().map_or(Value::Null, Field::to_value)
+    }
+}
+
+impl<T: Field> Field for Known<T> {
+    fn ty() -> Type {
+        T::ty()
+    }
+    fn from_value(v: &Value) -> Result<Self, String> {
+        T::from_value(v).map(Known::Known)
+    }
+    fn from_null() -> Option<Self> {
+        Some(Known::Null)
+    }
+    fn from_unknown() -> Option<Self> {
+        Some(Known::Unknown)
+    }
+    fn to_value(&self) -> Value {
+        match self {
+            Known::Null => Value::Null,
+            Known::Unknown => Value::Unknown,
+            Known::Known(t) => t.to_value(),
+        }
+    }
+}
+
+impl Field for Vec<String> {
+    fn ty() -> Type {
+        Type::list(Type::String)
+    }
+    fn from_value(v: &Value) -> Result<Self, String> {
+        let items = v.as_list().ok_or("not a list")?;
+        items
+            .iter()
+            .map(|x| {
+                x.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| "not a list of strings".into())
+            })
+            .collect()
+    }
+    fn to_value(&self) -> Value {
+        Value::List(self.iter().map(Value::string).collect())
+    }
+}
+
+impl<T: Field> Field for std::collections::BTreeMap<String, T> {
+    fn ty() -> Type {
+        Type::map(T::ty())
+    }
+    fn from_value(v: &Value) -> Result<Self, String> {
+        let Value::Map(m) = v else {
+            return Err("not a map".into());
+        };
+        m.iter()
+            .map(|(k, x)| Ok((k.clone(), T::from_value(x)?)))
+            .collect()
+    }
+    fn to_value(&self) -> Value {
+        Value::Map(
+            self.iter()
+                .map(|(k, x)| (k.clone(), x.to_value()))
+                .collect(),
+        )
+    }
+}
+
+/// A string attribute that holds one of a fixed set of words: `parse` and `as_str`
+/// are the enum's own.
+#[macro_export]
+macro_rules! word_field {
+    ($t:ty) => {
+        impl $crate::resources::model::Field for $t {
+            fn ty() -> $crate::plugin::Type {
+                $crate::plugin::Type::String
+            }
+            fn from_value(v: &$crate::plugin::Value) -> Result<Self, String> {
+                v.as_str()
+                    .and_then(<$t>::parse)
+                    .ok_or_else(|| "not one of the allowed words".to_string())
+            }
+            fn to_value(&self) -> $crate::plugin::Value {
+                $crate::plugin::Value::string(self.as_str())
+            }
+        }
+    };
+}
+
+/// One attribute of an object, converted to `T`.
+pub fn field<T: Field>(obj: &Value, name: &'static str) -> Result<T, Undecoded> {
+    let Value::Map(m) = obj else {
+        return Err(Undecoded::NotAnObject);
+    };
+    match m.get(name) {
+        None => Err(Undecoded::NotInSchema(name)),
+        Some(Value::Null) => T::from_null().ok_or(Undecoded::Null(name)),
+        Some(v) if !v.is_fully_known() => T::from_unknown().ok_or(Undecoded::Unknown(name)),
+        Some(v) => T::from_value(v).map_err(|why| Undecoded::Invalid { name, why }),
+    }
+}
+
+/// As [`field`], with a null value as [`Known::Null`] and an unknown one as
+/// [`Known::Unknown`]: for a configuration or a plan.
+pub fn field_at_plan<T: Field>(obj: &Value, name: &'static str) -> Result<Known<T>, Undecoded> {
+    match field::<Option<T>>(obj, name) {
+        Ok(Some(t)) => Ok(Known::Known(t)),
+        Ok(None) => Ok(Known::Null),
+        Err(Undecoded::Unknown(_)) => Ok(Known::Unknown),
+        Err(e) => Err(e),
+    }
+}
+
+/// A resource's typed view of its own attributes; written by [`model!`](crate::model).
+pub trait Model: Sized {
+    /// The declarations, built once.
+    fn decls() -> &'static [Decl];
+    /// The model of an object whose every attribute is known.
+    fn decode(v: &Value) -> Result<Self, Undecoded>;
+    /// Sets every attribute of the model on `v`.
+    fn encode(&self, v: &mut Value);
+}
+
+/// The declarations of `M`, built once by `init` (for [`model!`](crate::model)).
+pub fn once(cell: &'static OnceLock<Vec<Decl>>, init: fn() -> Vec<Decl>) -> &'static [Decl] {
+    cell.get_or_init(init)
+}
+
+/// Declares a resource's attributes and the struct its code reads them into.
+///
+/// ```ignore
+/// model! {
+///     /// circleci_external_redis's own attributes.
+///     pub struct Redis / RedisAtPlan {
+///         host: String [required, check(Check::Host), doc("Hostname of the Redis.")],
+///         port: u16 [default(6379u16), check(Check::Port), doc("Redis port.")],
+///     }
+/// }
+/// ```
+///
+/// makes `Redis { host: String, port: u16 }` with [`Model`] implemented, and (when a
+/// second name follows `/`) `RedisAtPlan { host: Known<String>, port: Known<u16> }`
+/// with `RedisAtPlan::decode`, for plan-time values that may be unknown. Each bracket
+/// is a chain of [`Decl`] builder calls.
+#[macro_export]
+macro_rules! model {
+    (@main [$(#[$meta:meta])*] $vis:vis $name:ident {
+        $(
+            $(#[$fmeta:meta])*
+            $field:ident : $ty:ty [ $( $m:ident $( ( $($a:expr),* ) )? ),* $(,)? ]
+        ),* $(,)?
+    }) => {
+        $(#[$meta])*
+        $vis struct $name {
+            $( $(#[$fmeta])* pub $field: $ty, )*
+        }
+
+        impl $crate::resources::model::Model for $name {
+            fn decls() -> &'static [$crate::resources::model::Decl] {
+                static DECLS: std::sync::OnceLock<Vec<$crate::resources::model::Decl>> =
+                    std::sync::OnceLock::new();
+                $crate::resources::model::once(&DECLS, || vec![$(
+                    $crate::resources::model::Decl::new(
+                        stringify!($field),
+                        <$ty as $crate::resources::model::Field>::ty(),
+                    ) $( .$m( $( $($a),* )? ) )*
+                ),*])
+            }
+
+            fn decode(
+                v: &$crate::plugin::Value,
+            ) -> Result<Self, $crate::resources::model::Undecoded> {
+                Ok($name {
+                    $( $field: $crate::resources::model::field(v, stringify!($field))?, )*
+                })
+            }
+
+            fn encode(&self, v: &mut $crate::plugin::Value) {
+                $( v.set(
+                    stringify!($field),
+                    $crate::resources::model::Field::to_value(&self.$field),
+                ); )*
+            }
+        }
+    };
+    (@plan $vis:vis $plan:ident {
+        $(
+            $(#[$fmeta:meta])*
+            $field:ident : $ty:ty [ $($decl:tt)* ]
+        ),* $(,)?
+    }) => {
+        /// The same attributes as a configuration or a plan holds them: a value may be
+        /// null or not known yet.
+        #[allow(dead_code, reason = "a plan reads only what it needs")]
+        $vis struct $plan {
+            $( pub $field: $crate::resources::model::Known<$ty>, )*
+        }
+
+        impl $plan {
+            /// The view of a configuration or plan `v`: each value null, unknown or
+            /// known.
+            pub fn decode(
+                v: &$crate::plugin::Value,
+            ) -> Result<Self, $crate::resources::model::Undecoded> {
+                Ok($plan {
+                    $( $field: $crate::resources::model::field_at_plan(v, stringify!($field))?, )*
+                })
+            }
+        }
+    };
+    ($(#[$meta:meta])* $vis:vis struct $name:ident / $plan:ident { $($body:tt)* }) => {
+        $crate::model!(@main [$(#[$meta])*] $vis $name { $($body)* });
+        $crate::model!(@plan $vis $plan { $($body)* });
+    };
+    ($(#[$meta:meta])* $vis:vis struct $name:ident { $($body:tt)* }) => {
+        $crate::model!(@main [$(#[$meta])*] $vis $name { $($body)* });
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::Value;
+
+    #[derive(Debug, PartialEq)]
+    enum Colour {
+        Red,
+        Blue,
+    }
+    impl Colour {
+        fn parse(s: &str) -> Option<Self> {
+            match s {
+                "red" => Some(Colour::Red),
+                "blue" => Some(Colour::Blue),
+                _ => None,
+            }
+        }
+        fn as_str(&self) -> &'static str {
+            match self {
+                Colour::Red => "red",
+                Colour::Blue => "blue",
+            }
+        }
+    }
+    crate::word_field!(Colour);
+
+    crate::model! {
+        /// A test model.
+        struct Thing / ThingAtPlan {
+            host: String [required, check(Check::Host), doc("The host.")],
+            port: u16 [default(6379u16), check(Check::Port), doc("The port.")],
+            colour: Colour [default(Colour::Red), check(Check::OneOf(&["red", "blue"])), replaces, doc("A colour.")],
+            note: Option<String> [optional],
+            token: Option<Secret> [write_only, optional],
+            made: Known<String> [computed, doc("Set by the apply.")],
+        }
+    }
+
+    fn obj(pairs: &[(&str, Value)]) -> Value {
+        Value::object(pairs)
+    }
+
+    fn full() -> Value {
+        obj(&[
+            ("host", Value::string("db.internal")),
+            ("port", Value::int(6380)),
+            ("colour", Value::string("blue")),
+            ("note", Value::Null),
+            ("token", Value::string("hunter2")),
+            ("made", Value::string("x")),
+        ])
+    }
+
+    #[test]
+    fn one_declaration_makes_the_schema_and_its_docs() {
+        let b = block(Thing::decls(), "Things.");
+        let names: Vec<_> = b.attributes.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["host", "port", "colour", "note", "token", "made"]);
+        let port = b.attribute("port").unwrap();
+        assert!(port.optional && port.computed && !port.required);
+        assert_eq!(port.ty, Type::Number);
+        assert_eq!(port.description, "The port. Default `6379`.");
+        let colour = b.attribute("colour").unwrap();
+        assert_eq!(
+            colour.description,
+            "A colour. Default `red`. Changing it replaces the resource."
+        );
+        let token = b.attribute("token").unwrap();
+        assert!(token.sensitive && token.write_only && token.optional);
+        assert!(b.attribute("host").unwrap().required);
+    }
+
+    #[test]
+    fn decode_reads_every_field_and_encode_writes_it_back() {
+        let t = Thing::decode(&full()).unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("db.internal", 6380));
+        assert_eq!(t.colour, Colour::Blue);
+        assert_eq!(t.note, None);
+        assert_eq!(t.token.as_ref().map(Secret::expose), Some("hunter2"));
+        let mut back = Value::Null;
+        t.encode(&mut back);
+        assert_eq!(back, full());
+    }
+
+    #[test]
+    fn a_name_the_object_does_not_have_fails_loudly() {
+        let mut v = full();
+        if let Value::Map(m) = &mut v {
+            m.remove("port");
+        }
+        assert_eq!(
+            Thing::decode(&v).err(),
+            Some(Undecoded::NotInSchema("port"))
+        );
+        assert_eq!(
+            Thing::decode(&Value::Null).err(),
+            Some(Undecoded::NotAnObject)
+        );
+    }
+
+    #[test]
+    fn bounds_and_unknowns_are_told_apart() {
+        let mut v = full();
+        v.set("port", Value::int(70000));
+        let e = Thing::decode(&v).err().unwrap();
+        assert_eq!(
+            e,
+            Undecoded::Invalid {
+                name: "port",
+                why: "must be a whole number from 0 to 65535".into()
+            }
+        );
+        let d = Diagnostics::from(e);
+        assert_eq!(d.0[0].path, Some(AttrPath::root("port")));
+        v.set("port", Value::int(6380));
+        v.set("made", Value::Unknown);
+        let t = Thing::decode(&v).unwrap();
+        assert_eq!(
+            t.made,
+            Known::Unknown,
+            "a computed value the apply sets may be unknown"
+        );
+        v.set("port", Value::Unknown);
+        assert!(Thing::decode(&v).err().unwrap().is_unknown());
+        let p = ThingAtPlan::decode(&v).unwrap();
+        assert_eq!(p.port, Known::Unknown);
+        assert_eq!(p.host, Known::Known("db.internal".to_string()));
+        v.set("host", Value::Null);
+        assert_eq!(ThingAtPlan::decode(&v).unwrap().host, Known::Null);
+        assert_eq!(Thing::decode(&v).err(), Some(Undecoded::Null("host")));
+    }
+
+    #[test]
+    fn defaults_checks_and_replacement_come_from_the_declaration() {
+        let config = obj(&[
+            ("host", Value::string("bad host!")),
+            ("port", Value::Null),
+            ("colour", Value::string("green")),
+            ("note", Value::Null),
+            ("token", Value::Null),
+            ("made", Value::Null),
+        ]);
+        let mut diags = Diagnostics::new();
+        validate(Thing::decls(), &config, &mut diags);
+        let at: Vec<_> = diags.0.iter().map(|d| d.path.clone()).collect();
+        assert_eq!(
+            at,
+            [Some(AttrPath::root("host")), Some(AttrPath::root("colour"))]
+        );
+
+        let mut planned = config.clone();
+        set_defaults(Thing::decls(), &config, &mut planned);
+        assert_eq!(planned.get("port"), &Value::int(6379));
+        assert_eq!(
+            planned.get("colour"),
+            &Value::string("green"),
+            "a set value stays"
+        );
+
+        let prior = full();
+        let mut next = full();
+        next.set("port", Value::int(1));
+        assert!(replaced(Thing::decls(), &prior, &next).is_empty());
+        next.set("colour", Value::string("red"));
+        assert_eq!(
+            replaced(Thing::decls(), &prior, &next),
+            [AttrPath::root("colour")]
+        );
+    }
+}
