@@ -20,6 +20,7 @@ use crate::backends::tunnel::Route;
 use crate::circleci::restart::files;
 use crate::plugin::{stop, AttrPath, Attribute, Diagnostic, Diagnostics, Type, Value};
 use crate::provider::ProviderData;
+use crate::resources::model::Decl;
 use crate::resources::ssh_diag;
 
 mod way_back;
@@ -120,30 +121,62 @@ const SERVICES_CA_BUNDLE: &str = "etc/ssl/certs/ca-certificates.crt";
 pub(crate) const SERVICES_CA_LABEL: &str =
     "the Services machine's /etc/ssl/certs/ca-certificates.crt";
 
-/// `embedded_nomad_endpoint`, for each resource that stops CircleCI.
-pub(crate) fn embedded_nomad_attr() -> Attribute {
-    Attribute::new("embedded_nomad_endpoint", Type::String)
-        .optional()
-        .computed()
-        .description(&format!(
-            "CircleCI's own (embedded) Nomad server's HTTP API, as the Services machine reaches it. Default \
-             `{DEFAULT_EMBEDDED_NOMAD}`. Until `/etc/circleconfig/shared/nomad` names an external Nomad, \
-             CircleCI schedules builds there: the running builds and the clients that can take them are read \
-             from it before CircleCI is stopped."
-        ))
+/// The attributes every resource that stops CircleCI has, declared once: a resource's
+/// model declares `embedded_nomad_endpoint: String [stop_embedded_nomad]` and so on.
+pub(crate) trait StopAttrs {
+    /// `embedded_nomad_endpoint`.
+    fn stop_embedded_nomad(self) -> Self;
+    /// `builds_timeout`.
+    fn stop_builds_timeout(self) -> Self;
+    /// `allowed_versions`; `what` may run on them ("this restart").
+    fn stop_allowed_versions(self, what: &str) -> Self;
 }
 
-/// `builds_timeout`, for each resource that stops CircleCI.
+impl StopAttrs for Decl {
+    fn stop_embedded_nomad(self) -> Self {
+        self.default(DEFAULT_EMBEDDED_NOMAD.to_string()).doc(
+            "CircleCI's own (embedded) Nomad server's HTTP API, as the Services machine reaches it. \
+             Until `/etc/circleconfig/shared/nomad` names an external Nomad, CircleCI schedules builds \
+             there: the running builds and the clients that can take them are read from it before \
+             CircleCI is stopped.",
+        )
+    }
+
+    fn stop_builds_timeout(self) -> Self {
+        self.default(BUILDS_TIMEOUT.to_string())
+            .check(crate::resources::validate::Check::Duration {
+                min_secs: 0,
+                max_secs: 24 * 3600,
+            })
+            .doc(
+                "How long to wait, before CircleCI is stopped, for the builds running on the Nomad \
+                 servers CircleCI uses (their pending and running allocations) to finish. Past it the \
+                 apply fails naming the builds still running, and CircleCI is not stopped. `0s` stops \
+                 at once and cuts running builds off (a warning names them).",
+            )
+    }
+
+    fn stop_allowed_versions(self, what: &str) -> Self {
+        self.default(vec![super::services_restart::DEFAULT_VERSIONS.to_string()])
+            .doc(format!(
+                "CircleCI versions (Replicated's `VersionLabel`) {what} may run on; `x` matches any \
+                 part (the runbook is for 2.17). Checked before CircleCI is stopped."
+            ))
+    }
+}
+
+/// `embedded_nomad_endpoint`, for a resource whose schema is not a model yet.
+pub(crate) fn embedded_nomad_attr() -> Attribute {
+    Decl::new("embedded_nomad_endpoint", Type::String)
+        .stop_embedded_nomad()
+        .attribute()
+}
+
+/// `builds_timeout`, for a resource whose schema is not a model yet.
 pub(crate) fn builds_timeout_attr() -> Attribute {
-    Attribute::new("builds_timeout", Type::String)
-        .optional()
-        .computed()
-        .description(&format!(
-            "How long to wait, before CircleCI is stopped, for the builds running on the Nomad servers \
-             CircleCI uses (their pending and running allocations) to finish, e.g. `{BUILDS_TIMEOUT}` \
-             (default). Past it the apply fails naming the builds still running, and CircleCI is not stopped. \
-             `0s` stops at once and cuts running builds off (a warning names them)."
-        ))
+    Decl::new("builds_timeout", Type::String)
+        .stop_builds_timeout()
+        .attribute()
 }
 
 /// The values those attributes default to, for `set_defaults`.

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use super::config_file::{
     cannot_import, Change, Common, FileResource, Halted, PlannedContent, Prepared, Refresh, Spec,
 };
-use super::model::Model;
+use super::model::{Known, Model};
 use super::validate::{self, Check};
 use crate::backends::mongo::{self as mb, Role};
 use crate::backends::ssh::ServicesHost;
@@ -47,7 +47,7 @@ struct Inputs {
 
 crate::model! {
     /// `circleci_external_mongo`'s own attributes.
-    pub struct Mongo {
+    pub struct Mongo / MongoAtPlan {
         hosts: Vec<String> [required, doc(
             "`host:port` of each member, as the Services machine reaches them."
         )],
@@ -58,7 +58,7 @@ crate::model! {
             doc("The user CircleCI logs in as.")],
         password: Option<Secret> [password_kept("The user's password")],
         password_wo: Option<Secret> [password_write_only("The user's password")],
-        password_wo_version: Option<i64> [password_version("the user's password and the block")],
+        password_wo_version: Option<f64> [password_version("the user's password and the block")],
         auth_source: String [default(file::DEFAULT_AUTH_SOURCE.to_string()), replaces,
             doc("Database the user is defined in.")],
         tls: bool [default(true), doc("Write `ssl=true` into the URIs, as the runbook does.")],
@@ -105,6 +105,33 @@ fn inputs(v: &Value) -> Result<Inputs, Diagnostics> {
         path: common.config_path,
         verify: common.verify,
         drop_user: m.drop_user_on_destroy,
+    })
+}
+
+/// The settings the connection strings are made of, once each is known (at plan).
+fn uri_inputs(v: &Value) -> Option<Inputs> {
+    let p = MongoAtPlan::decode(v).ok()?;
+    let optional = |k: Known<Option<String>>| match k {
+        Known::Known(x) => Some(x),
+        Known::Null => Some(None),
+        Known::Unknown => None,
+    };
+    Some(Inputs {
+        hosts: p.hosts.known()?,
+        replica_set: optional(p.replica_set)?,
+        username: p.username.known()?,
+        auth_source: p.auth_source.known()?,
+        tls: p.tls.known()?,
+        options: match p.options {
+            Known::Known(o) => o.unwrap_or_default(),
+            Known::Null => BTreeMap::new(),
+            Known::Unknown => return None,
+        },
+        databases: p.databases.known()?,
+        ca_bundle: String::new(),
+        path: String::new(),
+        verify: false,
+        drop_user: false,
     })
 }
 
@@ -266,23 +293,20 @@ impl FileResource for ExternalMongo {
     }
 
     fn planned_content(&self, planned: &Value, config: &Value) -> PlannedContent {
-        let inputs_known = [
-            "hosts",
-            "replica_set",
-            "username",
-            "auth_source",
-            "tls",
-            "options",
-            "databases",
-        ];
-        PlannedContent::with_password(planned, config, &inputs_known, |pw| {
-            inputs(planned)?.block(pw)
-        })
+        let Some(i) = uri_inputs(planned) else {
+            return PlannedContent::Unknown;
+        };
+        PlannedContent::with_password(config, |pw| i.block(pw))
     }
 
     async fn prepare(&self, c: Change<'_>) -> Result<Prepared<()>, Halted> {
         let (prior, planned, config) = (c.prior, c.planned, c.config);
         let i = inputs(planned)?;
+        // Read before anything changes: the roles this resource granted.
+        let ours_before: Vec<Role> = match prior {
+            Some(p) => inputs(p)?.roles(),
+            None => vec![],
+        };
         let pw = super::required_password(config)?;
         let admin = self.data.mongo()?;
         let block = i.block(pw)?;
@@ -311,10 +335,6 @@ impl FileResource for ExternalMongo {
                     .grant(&i.auth_source, &i.username, &grant)
                     .await
                     .map_err(|e| mongo_diag("Could not grant roles", e))?;
-                let ours_before: Vec<Role> = match prior {
-                    Some(p) => inputs(p)?.roles(),
-                    None => vec![],
-                };
                 let revoke: Vec<Role> = ours_before
                     .into_iter()
                     .filter(|r| !want.contains(r) && have.contains(r))

@@ -179,8 +179,11 @@ impl FileResource for ExternalNomad {
     }
 
     fn planned_content(&self, planned: &Value, _config: &Value) -> PlannedContent {
-        match Nomad::decode(planned).map(|m| render(&m.endpoint)) {
-            Ok(Ok(c)) => PlannedContent::Known(c),
+        let endpoint = NomadAtPlan::decode(planned)
+            .ok()
+            .and_then(|p| p.endpoint.known());
+        match endpoint.as_deref().map(render) {
+            Some(Ok(c)) => PlannedContent::Known(c),
             _ => PlannedContent::Unknown,
         }
     }

@@ -39,7 +39,7 @@ crate::model! {
         username: String [required, check(Check::NonEmpty), doc("The user CircleCI logs in as.")],
         password: Option<Secret> [password_kept("The password")],
         password_wo: Option<Secret> [password_write_only("The password")],
-        password_wo_version: Option<i64> [password_version("the file")],
+        password_wo_version: Option<f64> [password_version("the file")],
         vhost: String [default("/".to_string()), doc(
             "Virtual host the check logs in to. Not written: CircleCI uses the default."
         )],
@@ -82,6 +82,24 @@ async fn found(l: &mq::Login<'_>) -> Result<Found, MqError> {
 fn render(m: &Rabbitmq, pw: &str) -> Result<String, Diagnostics> {
     file::render(&m.host, m.port, &m.username, pw).map_err(|e| {
         Diagnostic::error("Could not render the RabbitMQ config file", e.to_string()).into()
+    })
+}
+
+/// The model of a plan whose host, port and user are known (what the file and the
+/// version check depend on); the check's other settings at their defaults while not
+/// known, the passwords left out.
+fn at_plan(planned: &Value) -> Option<Rabbitmq> {
+    let p = RabbitmqAtPlan::decode(planned).ok()?;
+    Some(Rabbitmq {
+        host: p.host.known()?,
+        port: p.port.known()?,
+        username: p.username.known()?,
+        password: None,
+        password_wo: None,
+        password_wo_version: None,
+        vhost: p.vhost.known().unwrap_or_else(|| "/".into()),
+        tls: p.tls.known().unwrap_or(false),
+        tls_ca_file: p.tls_ca_file.known().flatten(),
     })
 }
 
@@ -150,13 +168,14 @@ impl FileResource for ExternalRabbitmq {
         }
     }
 
-    async fn plan(&self, req: &PlanRequest<'_>, planned: &mut Value, _diags: &mut Diagnostics) {
+    async fn plan(&self, req: &PlanRequest<'_>, planned: &mut Value, diags: &mut Diagnostics) {
         // The port's default follows `tls`, which `validate` holds at `false`.
-        let (Ok(config), Ok(plan)) = (
+        let (config, plan) = match (
             RabbitmqAtPlan::decode(req.config),
             RabbitmqAtPlan::decode(planned),
-        ) else {
-            return;
+        ) {
+            (Ok(c), Ok(p)) => (c, p),
+            (Err(e), _) | (_, Err(e)) => return diags.extend(e.into()),
         };
         if config.port.is_null() {
             let p = match plan.tls {
@@ -169,8 +188,8 @@ impl FileResource for ExternalRabbitmq {
     }
 
     fn planned_content(&self, planned: &Value, config: &Value) -> PlannedContent {
-        PlannedContent::with_password(planned, config, &[], |pw| {
-            Rabbitmq::decode(planned).map_or(Err(()), |m| render(&m, pw).map_err(|_| ()))
+        PlannedContent::with_password(config, |pw| {
+            at_plan(planned).map_or(Err(()), |m| render(&m, pw).map_err(|_| ()))
         })
     }
 
@@ -215,7 +234,7 @@ impl FileResource for ExternalRabbitmq {
         planned: &Value,
         _config: &Value,
     ) -> Option<Result<Found, String>> {
-        let m = Rabbitmq::decode(planned).ok()?;
+        let m = at_plan(planned)?;
         let route = self.data.check_route(planned, || self.data.route()).ok()?;
         let l = login(&m, "", &route, self.data.timeout());
         Some(found(&l).await.map_err(|e| e.to_string()))

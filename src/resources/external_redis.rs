@@ -53,6 +53,16 @@ fn render(m: &Redis) -> Result<String, Diagnostics> {
     })
 }
 
+/// The model of a plan whose every attribute the file depends on is known.
+fn at_plan(planned: &Value) -> Option<Redis> {
+    let p = RedisAtPlan::decode(planned).ok()?;
+    Some(Redis {
+        host: p.host.known()?,
+        port: p.port.known()?,
+        purpose: p.purpose.known()?,
+    })
+}
+
 #[async_trait]
 impl FileResource for ExternalRedis {
     type Pending = ();
@@ -88,8 +98,8 @@ impl FileResource for ExternalRedis {
     }
 
     fn planned_content(&self, planned: &Value, _config: &Value) -> PlannedContent {
-        match Redis::decode(planned).map(|m| render(&m)) {
-            Ok(Ok(c)) => PlannedContent::Known(c),
+        match at_plan(planned).map(|m| render(&m)) {
+            Some(Ok(c)) => PlannedContent::Known(c),
             _ => PlannedContent::Unknown,
         }
     }
@@ -144,7 +154,7 @@ impl FileResource for ExternalRedis {
         planned: &Value,
         _config: &Value,
     ) -> Option<Result<Found, String>> {
-        let m = Redis::decode(planned).ok()?;
+        let m = at_plan(planned)?;
         let route = self.data.check_route(planned, || self.data.route()).ok()?;
         Some(
             backends::redis::ping(&route, &m.host, m.port, self.data.timeout())

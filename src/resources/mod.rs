@@ -29,6 +29,8 @@ pub(crate) mod nomad_drain;
 pub mod postgres_databases;
 pub mod services_ca_certificate;
 pub mod services_restart;
+#[cfg(test)]
+pub(crate) mod test_support;
 pub mod validate;
 pub mod vault_transit_client;
 

@@ -296,6 +296,11 @@ impl<T> Known<T> {
         }
     }
 
+    /// True when the value is known (set, and not waiting for the apply).
+    pub fn is_known(&self) -> bool {
+        matches!(self, Known::Known(_))
+    }
+
     /// True when the configuration leaves it to the provider.
     pub fn is_null(&self) -> bool {
         matches!(self, Known::Null)
@@ -304,6 +309,9 @@ impl<T> Known<T> {
 
 /// How a model field's Rust type converts from and to a Terraform value.
 pub trait Field: Sized {
+    /// The type a configuration or plan view holds in its [`Known`]: `Self`, except
+    /// for [`Known<T>`] itself, which is already "maybe unknown".
+    type Plain: Field;
     /// The Terraform type the schema declares.
     fn ty() -> Type;
     /// From a known, non-null value; the error names the bound, never the value.
@@ -322,6 +330,7 @@ pub trait Field: Sized {
 }
 
 impl Field for String {
+    type Plain = Self;
     fn ty() -> Type {
         Type::String
     }
@@ -336,6 +345,7 @@ impl Field for String {
 }
 
 impl Field for Secret {
+    type Plain = Self;
     fn ty() -> Type {
         Type::String
     }
@@ -350,6 +360,7 @@ impl Field for Secret {
 }
 
 impl Field for bool {
+    type Plain = Self;
     fn ty() -> Type {
         Type::Bool
     }
@@ -362,6 +373,7 @@ impl Field for bool {
 }
 
 impl Field for i64 {
+    type Plain = Self;
     fn ty() -> Type {
         Type::Number
     }
@@ -375,9 +387,32 @@ impl Field for i64 {
     }
 }
 
+/// Any number, whole or not (`password_wo_version`: only compared, never converted).
+impl Field for f64 {
+    type Plain = Self;
+    fn ty() -> Type {
+        Type::Number
+    }
+    fn from_value(v: &Value) -> Result<Self, String> {
+        match crate::plugin::value::coerce_number(v) {
+            Some(crate::plugin::value::Number::Int(i)) => Ok(i as f64),
+            Some(crate::plugin::value::Number::Float(f)) => Ok(f),
+            None => Err("not a number".into()),
+        }
+    }
+    fn to_value(&self) -> Value {
+        if self.fract() == 0.0 && self.abs() < 9.0e15 {
+            Value::int(*self as i64)
+        } else {
+            Value::Number(crate::plugin::value::Number::Float(*self))
+        }
+    }
+}
+
 macro_rules! unsigned_field {
     ($($t:ty),*) => {$(
         impl Field for $t {
+            type Plain = Self;
             fn ty() -> Type {
                 Type::Number
             }
@@ -396,6 +431,7 @@ macro_rules! unsigned_field {
 unsigned_field!(u16, u32);
 
 impl<T: Field> Field for Option<T> {
+    type Plain = Self;
     fn ty() -> Type {
         T::ty()
     }
@@ -414,6 +450,7 @@ impl<T: Field> Field for Option<T> {
 }
 
 impl<T: Field> Field for Known<T> {
+    type Plain = T;
     fn ty() -> Type {
         T::ty()
     }
@@ -436,6 +473,7 @@ impl<T: Field> Field for Known<T> {
 }
 
 impl Field for Vec<String> {
+    type Plain = Self;
     fn ty() -> Type {
         Type::list(Type::String)
     }
@@ -456,6 +494,7 @@ impl Field for Vec<String> {
 }
 
 impl<T: Field> Field for std::collections::BTreeMap<String, T> {
+    type Plain = Self;
     fn ty() -> Type {
         Type::map(T::ty())
     }
@@ -482,6 +521,7 @@ impl<T: Field> Field for std::collections::BTreeMap<String, T> {
 macro_rules! word_field {
     ($t:ty) => {
         impl $crate::resources::model::Field for $t {
+            type Plain = Self;
             fn ty() -> $crate::plugin::Type {
                 $crate::plugin::Type::String
             }
@@ -508,6 +548,38 @@ pub fn field<T: Field>(obj: &Value, name: &'static str) -> Result<T, Undecoded> 
         Some(v) if !v.is_fully_known() => T::from_unknown().ok_or(Undecoded::Unknown(name)),
         Some(v) => T::from_value(v).map_err(|why| Undecoded::Invalid { name, why }),
     }
+}
+
+/// As [`field`], with a null value read as the attribute's declared default, if it has
+/// one: a state written before the attribute existed holds null there (Terraform's
+/// state upgrade fills it so), and reads as an apply of today would have written it.
+pub fn field_or_default<T: Field>(
+    obj: &Value,
+    name: &'static str,
+    decls: &[Decl],
+) -> Result<T, Undecoded> {
+    if let Value::Map(m) = obj {
+        if let Some(Value::Null) = m.get(name) {
+            if let Some(d) = decls
+                .iter()
+                .find(|d| d.name() == name)
+                .and_then(|d| d.default.as_ref())
+            {
+                return T::from_value(d).map_err(|why| Undecoded::Invalid { name, why });
+            }
+        }
+    }
+    field(obj, name)
+}
+
+/// Sets attribute `name` of `v` from a plan-time view, except that an unknown never
+/// replaces a value that is already not wholly known: a map with one unknown element
+/// reads as unknown, and must go back as the map it was.
+pub fn set_at_plan<T: Field>(v: &mut Value, name: &str, x: &Known<T>) {
+    if matches!(x, Known::Unknown) && !v.get(name).is_fully_known() {
+        return;
+    }
+    v.set(name, x.to_value());
 }
 
 /// As [`field`], with a null value as [`Known::Null`] and an unknown one as
@@ -581,7 +653,11 @@ macro_rules! model {
                 v: &$crate::plugin::Value,
             ) -> Result<Self, $crate::resources::model::Undecoded> {
                 Ok($name {
-                    $( $field: $crate::resources::model::field(v, stringify!($field))?, )*
+                    $( $field: $crate::resources::model::field_or_default(
+                        v,
+                        stringify!($field),
+                        <Self as $crate::resources::model::Model>::decls(),
+                    )?, )*
                 })
             }
 
@@ -603,7 +679,9 @@ macro_rules! model {
         /// null or not known yet.
         #[allow(dead_code, reason = "a plan reads only what it needs")]
         $vis struct $plan {
-            $( pub $field: $crate::resources::model::Known<$ty>, )*
+            $( pub $field: $crate::resources::model::Known<
+                <$ty as $crate::resources::model::Field>::Plain
+            >, )*
         }
 
         impl $plan {
@@ -615,6 +693,12 @@ macro_rules! model {
                 Ok($plan {
                     $( $field: $crate::resources::model::field_at_plan(v, stringify!($field))?, )*
                 })
+            }
+
+            /// Sets every attribute on `v`: a null or unknown one as such, except that
+            /// an unknown leaves a value that is not wholly known as it is.
+            pub fn encode(&self, v: &mut $crate::plugin::Value) {
+                $( $crate::resources::model::set_at_plan(v, stringify!($field), &self.$field); )*
             }
         }
     };
@@ -713,6 +797,41 @@ mod tests {
     }
 
     #[test]
+    fn a_partly_unknown_value_goes_back_as_it_was() {
+        let partial = Value::List(vec![Value::string("a"), Value::Unknown]);
+        let v = Value::object(&[("host", Value::string("h")), ("tags", partial.clone())]);
+        let p = TaggedAtPlan::decode(&v).unwrap();
+        assert_eq!(p.tags, Known::Unknown);
+        let mut back = v.clone();
+        p.encode(&mut back);
+        assert_eq!(back.get("tags"), &partial, "not collapsed to one unknown");
+        assert!(Tagged::decode(&v).err().unwrap().is_unknown());
+    }
+
+    #[test]
+    fn a_null_in_an_older_state_reads_as_the_default() {
+        let mut v = full();
+        v.set("port", Value::Null);
+        v.set("colour", Value::Null);
+        let t = Thing::decode(&v).unwrap();
+        assert_eq!((t.port, t.colour), (6379, Colour::Red));
+        v.set("host", Value::Null);
+        assert_eq!(
+            Thing::decode(&v).err(),
+            Some(Undecoded::Null("host")),
+            "no default"
+        );
+    }
+
+    crate::model! {
+        /// A model with a list.
+        struct Tagged / TaggedAtPlan {
+            host: String [required],
+            tags: Vec<String> [optional],
+        }
+    }
+
+    #[test]
     fn a_name_the_object_does_not_have_fails_loudly() {
         let mut v = full();
         if let Value::Map(m) = &mut v {
@@ -755,6 +874,12 @@ mod tests {
         let p = ThingAtPlan::decode(&v).unwrap();
         assert_eq!(p.port, Known::Unknown);
         assert_eq!(p.host, Known::Known("db.internal".to_string()));
+        let mut back = Value::Null;
+        p.encode(&mut back);
+        assert_eq!(
+            back, v,
+            "the view writes back what it read, unknowns and all"
+        );
         v.set("host", Value::Null);
         assert_eq!(ThingAtPlan::decode(&v).unwrap().host, Known::Null);
         assert_eq!(Thing::decode(&v).err(), Some(Undecoded::Null("host")));

@@ -52,7 +52,7 @@ crate::model! {
         )],
         password: Option<Secret> [password_kept("The role's password")],
         password_wo: Option<Secret> [password_write_only("The role's password")],
-        password_wo_version: Option<i64> [password_version("the role's password and the file")],
+        password_wo_version: Option<f64> [password_version("the role's password and the file")],
         databases: Vec<String> [default(default_databases()), doc(
             "Databases to create or adopt, owned by `user` (the runbook's nine by default)."
         )],
@@ -177,18 +177,11 @@ where
 async fn ensure_databases(
     pg: &PgAdmin,
     i: &Inputs,
-    prior: Option<&Value>,
+    before: Option<&Inputs>,
 ) -> Result<Vec<String>, (Vec<String>, Diagnostics)> {
     let all = i.all_databases();
-    let before = match prior.map(inputs).transpose() {
-        Ok(b) => b,
-        Err(d) => return Err((vec![], d)),
-    };
-    let managed_before: Vec<String> = before
-        .as_ref()
-        .map(Inputs::all_databases)
-        .unwrap_or_default();
-    let mut adopted: Vec<String> = before.map(|b| b.adopted).unwrap_or_default();
+    let managed_before: Vec<String> = before.map(Inputs::all_databases).unwrap_or_default();
+    let mut adopted: Vec<String> = before.map(|b| b.adopted.clone()).unwrap_or_default();
     adopted.retain(|d| all.contains(d));
     let existing = match pg.databases(&all).await {
         Ok(e) => e,
@@ -426,9 +419,7 @@ impl FileResource for PostgresDatabases {
         };
         match (p.host.known(), p.port.known(), p.user.known()) {
             (Some(host), Some(port), Some(user)) => {
-                PlannedContent::with_password(planned, config, &[], |pw| {
-                    render(&host, port, &user, pw)
-                })
+                PlannedContent::with_password(config, |pw| render(&host, port, &user, pw))
             }
             _ => PlannedContent::Unknown,
         }
@@ -439,6 +430,8 @@ impl FileResource for PostgresDatabases {
     async fn prepare(&self, c: Change<'_>) -> Result<Prepared<()>, Halted> {
         let (prior, planned, config) = (c.prior, c.planned, c.config);
         let i = inputs(planned)?;
+        // Read before anything changes: what this resource managed and adopted.
+        let before = prior.map(inputs).transpose()?;
         let password = super::required_password(config)?;
         let pg = self.data.postgres()?;
         let content = render(&i.host, i.port, &i.user, password)?;
@@ -460,7 +453,7 @@ impl FileResource for PostgresDatabases {
             diags,
         };
         let all = i.all_databases();
-        match ensure_databases(&pg, &i, prior).await {
+        match ensure_databases(&pg, &i, before.as_ref()).await {
             Ok(adopted) => state.set("adopted", string_list(&adopted)),
             Err((adopted, d)) => {
                 state.set("adopted", string_list(&adopted));

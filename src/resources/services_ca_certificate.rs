@@ -11,11 +11,12 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
 use super::config_file::block_error;
-use super::{file_sha256, managed_block, run_command, ssh_diag, validate};
+use super::model::{self, Known, Model};
+use super::validate::Check;
+use super::{file_sha256, managed_block, run_command, ssh_diag};
 use crate::backends::ssh::{Program, ServicesHost};
 use crate::plugin::{
-    Applied, AttrPath, Attribute, Block, Diagnostic, Diagnostics, PlanRequest, Resource, Schema,
-    Type, Value,
+    Applied, AttrPath, Diagnostic, Diagnostics, PlanRequest, Resource, Schema, Value,
 };
 use crate::provider::ProviderData;
 
@@ -166,14 +167,6 @@ fn check_name(n: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn jvm_of(v: &Value) -> bool {
-    v.get("jvm_trust_name_service").as_bool() == Some(true)
-}
-
-fn name_of(v: &Value) -> &str {
-    v.get("name").as_str().unwrap_or_default()
-}
-
 fn under(root: &str, rel: &str) -> String {
     format!("{}/{rel}", root.trim_end_matches('/'))
 }
@@ -183,49 +176,54 @@ struct Paths {
     environment: String,
 }
 
-fn paths(v: &Value) -> Paths {
-    let root = v.get("config_root").as_str().unwrap_or("/");
-    let name = v.get("name").as_str().unwrap_or_default();
+fn paths(name: &str, root: &str) -> Paths {
     Paths {
         cert: under(root, &format!("{CA_DIR}/{name}.crt")),
         environment: under(root, ENVIRONMENT),
     }
 }
 
-fn block() -> Block {
-    Block::new()
-        .description(
-            "Makes the Services machine trust a CA, as the runbook's Troubleshooting says: the certificate is \
-             written to `/usr/local/share/ca-certificates/<name>.crt` (mode 0644) and `update-ca-certificates` \
-             runs. With `jvm_trust_name_service = true` the runbook's `export \
-             JVM_OPTS='-Djdk.tls.trustNameService=true'` line goes into `/etc/environment`, in a managed block \
-             (the file's other lines are kept), with a comment line naming each instance that asked for it: \
-             the line stays while any instance asks for it. Destroy removes the certificate, \
-             runs `update-ca-certificates` again and removes the block. CircleCI reads both when it starts: put \
-             this resource in `circleci_services_restart`'s triggers.",
-        )
-        .attr(Attribute::new("id", Type::String).computed().description("The certificate file's path."))
-        .attr(Attribute::new("name", Type::String).required().description(
-            "File name without `.crt`, e.g. `internal-ca`. Changing it replaces the resource.",
-        ))
-        .attr(Attribute::new("certificate_pem", Type::String).required().description(
-            "The CA certificate, PEM (one `CERTIFICATE` block), checked as X.509 at plan.",
-        ))
-        .attr(Attribute::new("jvm_trust_name_service", Type::Bool).optional().computed().description(
-            "Also add the runbook's `JVM_OPTS='-Djdk.tls.trustNameService=true'` line to `/etc/environment`. \
-             Default `false`.",
-        ))
-        .attr(Attribute::new("config_root", Type::String).optional().computed().description(
-            "The directory `/usr/local/share/ca-certificates` and `/etc/environment` are under on the Services \
-             machine. Default `/`; only tests and demos change it.",
-        ))
-        .attr(Attribute::new("fingerprint_sha256", Type::String).computed().description(
-            "SHA-256 of the certificate (DER), lower-case hex.",
-        ))
-        .attr(Attribute::new("drift", Type::String).computed().description(
-            "What refresh found different: the certificate file changed or missing, or the JVM_OPTS block \
-             missing. Not empty: the next plan writes them again.",
-        ))
+const DESCRIPTION: &str = "Makes the Services machine trust a CA, as the runbook's Troubleshooting says: \
+    the certificate is written to `/usr/local/share/ca-certificates/<name>.crt` (mode 0644) and \
+    `update-ca-certificates` runs. With `jvm_trust_name_service = true` the runbook's `export \
+    JVM_OPTS='-Djdk.tls.trustNameService=true'` line goes into `/etc/environment`, in a managed block \
+    (the file's other lines are kept), with a comment line naming each instance that asked for it: \
+    the line stays while any instance asks for it. Destroy removes the certificate, runs \
+    `update-ca-certificates` again and removes the block. CircleCI reads both when it starts: put \
+    this resource in `circleci_services_restart`'s triggers.";
+
+crate::model! {
+    /// `circleci_services_ca_certificate`'s attributes.
+    struct CaCert / CaCertAtPlan {
+        id: Known<String> [computed, doc("The certificate file's path.")],
+        name: String [required, check(Check::Text("Invalid name", check_name)), replaces, doc(
+            "File name without `.crt`, e.g. `internal-ca`."
+        )],
+        certificate_pem: String [required, doc(
+            "The CA certificate, PEM (one `CERTIFICATE` block), checked as X.509 at plan."
+        )],
+        jvm_trust_name_service: bool [default(false), doc(
+            "Also add the runbook's `JVM_OPTS='-Djdk.tls.trustNameService=true'` line to \
+             `/etc/environment`."
+        )],
+        config_root: String [default("/".to_string()), check(Check::RemotePath), replaces, doc(
+            "The directory `/usr/local/share/ca-certificates` and `/etc/environment` are under on \
+             the Services machine; only tests and demos change it."
+        )],
+        fingerprint_sha256: Known<String> [computed, doc(
+            "SHA-256 of the certificate (DER), lower-case hex."
+        )],
+        drift: Known<String> [computed, doc(
+            "What refresh found different: the certificate file changed or missing, or the JVM_OPTS \
+             block missing. Not empty: the next plan writes them again."
+        )],
+    }
+}
+
+impl CaCert {
+    fn paths(&self) -> Paths {
+        paths(&self.name, &self.config_root)
+    }
 }
 
 impl ServicesCaCertificate {
@@ -295,8 +293,9 @@ impl ServicesCaCertificate {
     async fn apply(&self, planned: &Value, wanted: bool) -> Applied {
         let r = async {
             let h = self.data.services()?;
-            let p = paths(planned);
-            let pem = planned.get("certificate_pem").as_str().unwrap_or_default();
+            let mut m = CaCert::decode(planned)?;
+            let p = m.paths();
+            let pem = m.certificate_pem.as_str();
             let cert = parse_ca(pem).map_err(|e| Diagnostics::from(invalid_pem(pem, e)))?;
             h.check_writable(&p.cert)
                 .await
@@ -306,28 +305,37 @@ impl ServicesCaCertificate {
             h.write_file(&p.cert, text.as_bytes(), 0o644)
                 .await
                 .map_err(|e| ssh_diag(&format!("Could not write {}", p.cert), e))?;
-            let mut state = planned.clone();
-            state.set("id", Value::string(&p.cert));
-            state.set("fingerprint_sha256", Value::string(file_sha256(cert.as_ref())));
-            state.set("drift", Value::string(""));
+            m.id = Known::Known(p.cert.clone());
+            m.fingerprint_sha256 = Known::Known(file_sha256(cert.as_ref()));
+            m.drift = Known::Known(String::new());
             let rest = async {
                 self.update_ca_certificates(&h).await?;
-                let jvm = planned.get("jvm_trust_name_service").as_bool() == Some(true);
-                self.environment(&h, &p.environment, name_of(planned), jvm, wanted)
-                    .await
+                self.environment(
+                    &h,
+                    &p.environment,
+                    &m.name,
+                    m.jvm_trust_name_service,
+                    wanted,
+                )
+                .await
             }
             .await;
+            let mut state = planned.clone();
             Ok(match rest {
-                Ok(()) => Applied {
-                    state: Some(state),
-                    diags: Diagnostics::new(),
-                },
+                Ok(()) => {
+                    m.encode(&mut state);
+                    Applied {
+                        state: Some(state),
+                        diags: Diagnostics::new(),
+                    }
+                }
                 // The certificate is in place: recorded, with the step left to do as drift.
                 Err(d) => {
-                    state.set(
-                        "drift",
-                        Value::string("the last apply did not finish: update-ca-certificates or /etc/environment"),
+                    m.drift = Known::Known(
+                        "the last apply did not finish: update-ca-certificates or /etc/environment"
+                            .to_string(),
                     );
+                    m.encode(&mut state);
                     Applied {
                         state: Some(state),
                         diags: d,
@@ -347,22 +355,15 @@ impl Resource for ServicesCaCertificate {
     }
 
     fn schema(&self) -> Schema {
-        Schema::new(0, block())
+        Schema::new(0, model::block(CaCert::decls(), DESCRIPTION))
     }
 
     fn validate(&self, config: &Value) -> Diagnostics {
         let mut diags = Diagnostics::new();
-        validate::run(
-            config,
-            &[
-                ("name", validate::Check::Text("Invalid name", check_name)),
-                ("config_root", validate::Check::RemotePath),
-            ],
-            &mut diags,
-        );
-        if let Some(pem) = config.get("certificate_pem").as_str() {
-            if let Err(e) = parse_ca(pem) {
-                diags.push(invalid_pem(pem, e));
+        model::validate(CaCert::decls(), config, &mut diags);
+        if let Ok(Known::Known(pem)) = CaCertAtPlan::decode(config).map(|c| c.certificate_pem) {
+            if let Err(e) = parse_ca(&pem) {
+                diags.push(invalid_pem(&pem, e));
             }
         }
         diags
@@ -372,42 +373,32 @@ impl Resource for ServicesCaCertificate {
         &self,
         req: &PlanRequest<'_>,
         planned: &mut Value,
-        _diags: &mut Diagnostics,
+        diags: &mut Diagnostics,
     ) -> Vec<AttrPath> {
-        super::set_defaults(
-            req.config,
-            planned,
-            [
-                ("jvm_trust_name_service", Value::Bool(false)),
-                ("config_root", Value::string("/")),
-            ],
-        );
-        let known = ["name", "config_root"]
-            .iter()
-            .all(|a| planned.get(a).is_fully_known());
-        planned.set(
-            "id",
-            if known {
-                Value::string(paths(planned).cert)
-            } else {
-                Value::Unknown
-            },
-        );
-        let fp = planned
-            .get("certificate_pem")
-            .as_str()
-            .and_then(|p| parse_ca(p).ok())
-            .map_or(Value::Unknown, |c| Value::string(file_sha256(c.as_ref())));
-        planned.set("fingerprint_sha256", fp);
-        planned.set("drift", Value::string(""));
+        model::set_defaults(CaCert::decls(), req.config, planned);
+        let mut p = match CaCertAtPlan::decode(planned) {
+            Ok(p) => p,
+            Err(e) => {
+                diags.extend(e.into());
+                return vec![];
+            }
+        };
+        p.id = match (&p.name, &p.config_root) {
+            (Known::Known(name), Known::Known(root)) => Known::Known(paths(name, root).cert),
+            _ => Known::Unknown,
+        };
+        p.fingerprint_sha256 = match &p.certificate_pem {
+            Known::Known(pem) => {
+                parse_ca(pem).map_or(Known::Unknown, |c| Known::Known(file_sha256(c.as_ref())))
+            }
+            _ => Known::Unknown,
+        };
+        p.drift = Known::Known(String::new());
+        p.encode(planned);
         if req.is_create() {
             return vec![];
         }
-        ["name", "config_root"]
-            .iter()
-            .filter(|a| crate::plugin::resource::changed(req.prior, planned, a))
-            .map(|a| AttrPath::root(a))
-            .collect()
+        model::replaced(CaCert::decls(), req.prior, planned)
     }
 
     async fn create(&self, planned: &Value, _config: &Value) -> Applied {
@@ -415,12 +406,16 @@ impl Resource for ServicesCaCertificate {
     }
 
     async fn update(&self, prior: &Value, planned: &Value, _config: &Value) -> Applied {
-        self.apply(planned, jvm_of(prior)).await
+        match CaCert::decode(prior) {
+            Ok(before) => self.apply(planned, before.jvm_trust_name_service).await,
+            Err(e) => Applied::from_result(Err(e.into())),
+        }
     }
 
     async fn read(&self, state: &Value) -> Result<Option<Value>, Diagnostics> {
         let h = self.data.services()?;
-        let p = paths(state);
+        let mut m = CaCert::decode(state)?;
+        let p = m.paths();
         let mut drift = Vec::new();
         let file = h
             .read_file(&p.cert)
@@ -432,12 +427,12 @@ impl Resource for ServicesCaCertificate {
             .map(|c| file_sha256(c.as_ref()));
         match found {
             None => drift.push(format!("{} is missing or not a certificate", p.cert)),
-            Some(fp) if Some(fp.as_str()) != state.get("fingerprint_sha256").as_str() => {
+            Some(fp) if Known::Known(fp.clone()) != m.fingerprint_sha256 => {
                 drift.push(format!("{} holds another certificate", p.cert))
             }
             Some(_) => {}
         }
-        if state.get("jvm_trust_name_service").as_bool() == Some(true) {
+        if m.jvm_trust_name_service {
             let env = h
                 .read_file(&p.environment)
                 .await
@@ -445,7 +440,7 @@ impl Resource for ServicesCaCertificate {
             let block = env
                 .and_then(|f| managed_block::extract(&f.content, TYPE).ok().flatten())
                 .unwrap_or_default();
-            if !block.starts_with(JVM_LINE.as_bytes()) || !owners(&block).contains(name_of(state)) {
+            if !block.starts_with(JVM_LINE.as_bytes()) || !owners(&block).contains(&m.name) {
                 drift.push(format!(
                     "the JVM_OPTS block of {} is missing or changed",
                     p.environment
@@ -453,19 +448,21 @@ impl Resource for ServicesCaCertificate {
             }
         }
         let mut fresh = state.clone();
-        fresh.set("drift", Value::string(drift.join("; ")));
+        m.drift = Known::Known(drift.join("; "));
+        m.encode(&mut fresh);
         Ok(Some(fresh))
     }
 
     async fn delete(&self, prior: &Value) -> Applied {
         let r = async {
             let h = self.data.services()?;
-            let p = paths(prior);
+            let m = CaCert::decode(prior)?;
+            let p = m.paths();
             h.remove_file(&p.cert)
                 .await
                 .map_err(|e| ssh_diag(&format!("Could not delete {}", p.cert), e))?;
             self.update_ca_certificates(&h).await?;
-            self.environment(&h, &p.environment, name_of(prior), false, jvm_of(prior))
+            self.environment(&h, &p.environment, &m.name, false, m.jvm_trust_name_service)
                 .await
         }
         .await;
@@ -506,19 +503,16 @@ impl Resource for ServicesCaCertificate {
             ))
         })?;
         let mut v = Value::Null;
-        v.set("id", Value::string(id));
-        v.set("name", Value::string(name));
-        v.set("certificate_pem", Value::string(pem));
-        v.set("jvm_trust_name_service", Value::Bool(false));
-        v.set(
-            "config_root",
-            Value::string(if root.is_empty() { "/" } else { root }),
-        );
-        v.set(
-            "fingerprint_sha256",
-            Value::string(file_sha256(cert.as_ref())),
-        );
-        v.set("drift", Value::string(""));
+        CaCert {
+            id: Known::Known(id.to_string()),
+            name: name.to_string(),
+            certificate_pem: pem,
+            jvm_trust_name_service: false,
+            config_root: if root.is_empty() { "/" } else { root }.to_string(),
+            fingerprint_sha256: Known::Known(file_sha256(cert.as_ref())),
+            drift: Known::Known(String::new()),
+        }
+        .encode(&mut v);
         Ok(v)
     }
 }

@@ -125,21 +125,18 @@ pub enum PlannedContent {
 }
 
 impl PlannedContent {
-    /// What `render` makes with the configured password, once the password and every
-    /// attribute in `inputs` are known; an input that does not render is left to apply
-    /// to report.
+    /// What `render` makes with the configured password, once it is known; the caller
+    /// has checked the other inputs are. An input that does not render is left to
+    /// apply to report.
     pub fn with_password<E>(
-        planned: &Value,
         config: &Value,
-        inputs: &[&str],
         render: impl FnOnce(&str) -> Result<String, E>,
     ) -> Self {
-        let known = inputs.iter().all(|n| planned.get(n).is_fully_known());
-        match (known, super::configured_password(config)) {
-            (true, Some(pw)) => render(pw)
+        match super::configured_password(config) {
+            Some(pw) => render(pw)
                 .map(PlannedContent::Known)
                 .unwrap_or(PlannedContent::Unknown),
-            _ => PlannedContent::Unknown,
+            None => PlannedContent::Unknown,
         }
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::ConfigFile;
 use crate::plugin::{AttrPath, Diagnostics, PlanRequest, Resource, Value};
 use crate::provider::ProviderData;
+use crate::resources::test_support::{assert_has, config, errors, plan_create, plan_update};
 use crate::resources::{
     external_mongo::ExternalMongo, external_nomad::ExternalNomad,
     external_rabbitmq::ExternalRabbitmq, external_redis::ExternalRedis,
@@ -19,58 +20,6 @@ fn data() -> Arc<ProviderData> {
 
 fn redis() -> ConfigFile<ExternalRedis> {
     ConfigFile::new(ExternalRedis::new(data()), data())
-}
-
-/// A configuration as Terraform sends it: every attribute of the schema, null unless set.
-fn config(r: &dyn Resource, pairs: &[(&str, Value)]) -> Value {
-    let block = r.schema().block;
-    let names: Vec<&str> = block.attributes.iter().map(|a| a.name.as_str()).collect();
-    for (k, _) in pairs {
-        assert!(
-            names.contains(k),
-            "{k} is not in the schema of {}",
-            r.type_name()
-        );
-    }
-    Value::object(pairs).conform(&block)
-}
-
-/// Terraform's proposed new state on create: computed attributes the configuration
-/// leaves null are unknown; write-only ones are null.
-fn proposed(r: &dyn Resource, config: &Value) -> Value {
-    let mut v = config.clone();
-    for a in r.schema().block.attributes {
-        if a.write_only {
-            v.set(&a.name, Value::Null);
-        } else if a.computed && config.get(&a.name).is_null() {
-            v.set(&a.name, Value::Unknown);
-        }
-    }
-    v
-}
-
-/// Terraform's proposed new state on update: computed attributes the configuration
-/// leaves null keep their prior value.
-fn proposed_update(r: &dyn Resource, prior: &Value, config: &Value) -> Value {
-    let mut v = config.clone();
-    for a in r.schema().block.attributes {
-        if a.write_only {
-            v.set(&a.name, Value::Null);
-        } else if a.computed && config.get(&a.name).is_null() {
-            v.set(&a.name, prior.get(&a.name).clone());
-        }
-    }
-    v
-}
-
-/// Plans an update from `prior`; returns the planned value and the replace paths.
-async fn plan_update(r: &dyn Resource, prior: &Value, config: &Value) -> (Value, Vec<AttrPath>) {
-    let mut planned = proposed_update(r, prior, config);
-    let mut diags = Diagnostics::new();
-    let req = PlanRequest { prior, config };
-    let replace = r.plan(&req, &mut planned, &mut diags).await;
-    assert!(!diags.has_errors(), "{diags}");
-    (planned, replace)
 }
 
 /// What an apply of `planned` stores, near enough for a plan: unknowns null,
@@ -89,36 +38,6 @@ async fn applied(planned: &Value, content: &str) -> Value {
         .unwrap();
     state.set("file_sha256", Value::string(digest));
     state
-}
-
-/// Each error as `summary @ attribute`.
-fn errors(d: &Diagnostics) -> Vec<String> {
-    d.0.iter()
-        .map(|d| match &d.path {
-            Some(p) => format!("{} @ {p}", d.summary),
-            None => d.summary.clone(),
-        })
-        .collect()
-}
-
-fn assert_has(d: &Diagnostics, want: &[&str]) {
-    let got = errors(d);
-    for w in want {
-        assert!(got.iter().any(|g| g == w), "missing {w:?} in {got:#?}");
-    }
-}
-
-/// Plans a create; returns the planned value, the diagnostics and the replace paths.
-async fn plan_create(r: &dyn Resource, config: &Value) -> (Value, Diagnostics) {
-    let mut planned = proposed(r, config);
-    let mut diags = Diagnostics::new();
-    let req = PlanRequest {
-        prior: &Value::Null,
-        config,
-    };
-    let replace = r.plan(&req, &mut planned, &mut diags).await;
-    assert!(replace.is_empty(), "a create replaces nothing");
-    (planned, diags)
 }
 
 #[test]
@@ -445,5 +364,64 @@ fn mongo_bad_input_is_refused_on_each_attribute() {
             "Invalid database name @ databases[0]",
             "Invalid path @ services_ca_bundle",
         ],
+    );
+}
+
+/// The digest depends on what goes into the file only: an unknown CA file (made by the
+/// same apply) leaves Nomad's known, and with it every restart trigger that names it.
+#[tokio::test]
+async fn an_unknown_setting_outside_the_file_leaves_the_digest_known() {
+    let nomad = ConfigFile::new(ExternalNomad::new(data()), data());
+    let c = config(
+        &nomad,
+        &[
+            ("endpoint", Value::string("https://nomad.internal:4646")),
+            ("ca_cert_file", Value::Unknown),
+        ],
+    );
+    let (planned, _) = plan_create(&nomad, &c).await;
+    assert!(planned.get("file_sha256").as_str().is_some(), "{planned:?}");
+
+    let mongo = ConfigFile::new(ExternalMongo::new(data()), data());
+    let c = config(
+        &mongo,
+        &[
+            (
+                "hosts",
+                Value::List(vec![Value::string("mongo.internal:27017")]),
+            ),
+            ("password_wo", Value::string("pw")),
+            (
+                "password_wo_version",
+                Value::Number(crate::plugin::value::Number::Float(1.5)),
+            ),
+        ],
+    );
+    assert!(mongo.validate(&c).is_empty(), "any number is a version");
+    let (planned, diags) = plan_create(&mongo, &c).await;
+    assert!(!diags.has_errors(), "{diags}");
+    let block = {
+        let dbs: Vec<&str> = crate::circleci::mongo::DEFAULT_DATABASES.to_vec();
+        let hosts = vec!["mongo.internal:27017".to_string()];
+        let parts = crate::circleci::mongo::UriParts {
+            hosts: &hosts,
+            username: "circle",
+            password: "pw",
+            auth_source: "admin",
+            replica_set: None,
+            tls: true,
+            options: &Default::default(),
+        };
+        let dbs: Vec<String> = dbs.iter().map(|d| d.to_string()).collect();
+        crate::circleci::mongo::render_block(&parts, &dbs).unwrap()
+    };
+    let state = applied(&planned, &block).await;
+    let mut later = c.clone();
+    later.set("services_ca_bundle", Value::Unknown);
+    let (next, _) = plan_update(&mongo, &state, &later).await;
+    assert_eq!(
+        next.get("file_sha256"),
+        state.get("file_sha256"),
+        "the CA bundle's path is not in the block"
     );
 }

@@ -35,9 +35,12 @@ impl ServicesRestart {
         if self.data.services().is_err() {
             return;
         }
-        let s = Settings::of(prior);
+        let s = match Settings::of(prior) {
+            Ok(s) => s,
+            Err(d) => return diags.extend(d),
+        };
         let cut = Cutover::new(&self.data, &s.cutover);
-        let going_back = prior.get("on_destroy").as_str() == Some(GO_BACK);
+        let going_back = s.on_destroy == GO_BACK;
         let back = match cut.way_back().await {
             Ok(Some(b)) => b,
             Ok(None) if going_back => {
@@ -92,7 +95,7 @@ impl ServicesRestart {
     }
 
     async fn go_back_inner(&self, prior: &Value) -> Result<Diagnostics, Diagnostics> {
-        let s = Settings::of(prior);
+        let s = Settings::of(prior)?;
         let cut = Cutover::new(&self.data, &s.cutover);
         let Some(back) = cut.way_back().await? else {
             return Err(no_way_back(crate::resources::cutover::DIR));

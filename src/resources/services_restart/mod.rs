@@ -8,11 +8,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::cutover::{self, StopSettings};
-use super::{string_list, strings, validate};
+use std::collections::BTreeMap;
+
+use super::cutover::{self, StopAttrs, StopSettings};
+use super::model::{self, Decl, Known, Model};
+use super::validate::Check;
 use crate::circleci::restart::{self as rs, check_pattern};
 use crate::plugin::{
-    resource::changed, Applied, AttrPath, Attribute, Block, Diagnostic, Diagnostics, PlanRequest,
+    resource::changed, Applied, AttrPath, Attribute, Diagnostic, Diagnostics, PlanRequest,
     Resource, Schema, Type, Value,
 };
 use crate::provider::ProviderData;
@@ -25,20 +28,16 @@ pub(crate) use fallback::Fallback;
 
 pub(crate) const DEFAULT_VERSIONS: &str = "2.17.x";
 
-/// `allowed_versions`, for each resource that stops CircleCI (`what` may run).
+/// `allowed_versions`, for a resource whose schema is not a model yet.
 pub(crate) fn allowed_versions_attr(what: &str) -> Attribute {
-    Attribute::new("allowed_versions", Type::list(Type::String))
-        .optional()
-        .computed()
-        .description(&format!(
-            "CircleCI versions (Replicated's `VersionLabel`) {what} may run on; `x` matches any part. \
-             Default `[\"2.17.x\"]`: the runbook is for 2.17. Checked before CircleCI is stopped."
-        ))
+    Decl::new("allowed_versions", Type::list(Type::String))
+        .stop_allowed_versions(what)
+        .attribute()
 }
 
 /// The patterns of `allowed_versions`, or the default.
 pub(crate) fn allowed_versions(v: &Value) -> Vec<String> {
-    let versions = strings(v.get("allowed_versions"));
+    let versions = super::strings(v.get("allowed_versions"));
     if versions.is_empty() {
         vec![DEFAULT_VERSIONS.to_string()]
     } else {
@@ -94,37 +93,46 @@ pub(super) struct Settings {
     pub versions: Vec<String>,
     pub cutover: StopSettings,
     pub on_failure: String,
+    pub on_destroy: String,
 }
 
 impl Settings {
-    fn of(v: &Value) -> Settings {
-        let root = v.get("config_root").as_str().unwrap_or("/").to_string();
-        Settings {
-            cutover: StopSettings::of(v, &root),
-            on_failure: v
-                .get("on_failure")
-                .as_str()
-                .unwrap_or(ON_FAILURE)
-                .to_string(),
+    /// The settings of a planned value or a stored state (defaults filled).
+    /// Read through the lenient view, so that the plan's preview runs while another
+    /// value (a trigger) is still unknown: a value not known yet, or null in a state
+    /// written before it existed, counts as its default. At apply every value is known.
+    fn of(v: &Value) -> Result<Settings, Diagnostics> {
+        let m = RestartAtPlan::decode(v)?;
+        let or = |k: Known<String>, d: &str| match k {
+            Known::Known(x) => x,
+            Known::Null | Known::Unknown => d.to_string(),
+        };
+        let dur = |name: &str, k: Known<String>, d: &str| {
+            humantime::parse_duration(&or(k, d))
+                .map_err(|e| attr_error(name, &format!("Invalid {name}"), e.to_string()))
+        };
+        let root = or(m.config_root, "/");
+        Ok(Settings {
+            cutover: StopSettings {
+                root: root.clone(),
+                embedded_nomad: or(m.embedded_nomad_endpoint, cutover::DEFAULT_EMBEDDED_NOMAD),
+                builds_timeout: dur("builds_timeout", m.builds_timeout, cutover::BUILDS_TIMEOUT)?,
+            },
+            stop: dur("stop_timeout", m.stop_timeout, STOP_TIMEOUT)?,
+            start: dur("start_timeout", m.start_timeout, START_TIMEOUT)?,
+            verify: dur("verify_timeout", m.verify_timeout, VERIFY_TIMEOUT)?,
+            versions: match m.allowed_versions {
+                Known::Known(v) => v,
+                Known::Null | Known::Unknown => vec![DEFAULT_VERSIONS.to_string()],
+            },
+            on_failure: or(m.on_failure, ON_FAILURE),
+            on_destroy: or(m.on_destroy, go_back::KEEP_EXTERNAL),
             root,
-            stop: super::duration_or(v, "stop_timeout", STOP_TIMEOUT),
-            start: super::duration_or(v, "start_timeout", START_TIMEOUT),
-            verify: super::duration_or(v, "verify_timeout", VERIFY_TIMEOUT),
-            versions: allowed_versions(v),
-        }
+        })
     }
 }
 
-fn block() -> Block {
-    let dur = |name: &str, default: &str, what: &str| {
-        Attribute::new(name, Type::String)
-            .optional()
-            .computed()
-            .description(&format!("{what}, e.g. `{default}` (default)."))
-    };
-    Block::new()
-        .description(
-            "Restarts CircleCI on the Services machine the way the runbook's sections end (\"Stop Now, wait, \
+const DESCRIPTION: &str = "Restarts CircleCI on the Services machine the way the runbook's sections end (\"Stop Now, wait, \
              Start\" in the Management Console), through Replicated's `replicatedctl`, then runs the runbook's \
              checks there for every service whose external configuration is present on the machine (read from \
              the files, not from Terraform): PostgreSQL (frontend's `POSTGRES_HOST` line, no \
@@ -146,96 +154,87 @@ fn block() -> Block {
              checks may be cut short. A change of `triggers` restarts again; so does an app found stopped on \
              refresh. Destroy changes nothing on the machine, unless `on_destroy = \"go_back\"`.\n\n\
              Commands run over the provider's SSH connection, through `sudo -n` when `sudo = true` (then \
-             sudo's `secure_path` decides where `replicatedctl` and `docker` are found).",
-        )
-        .attr(Attribute::new("id", Type::String).computed().description("Always `circleci`."))
-        .attr(Attribute::new("triggers", Type::map(Type::String)).optional().description(
-            "Values whose change restarts CircleCI again, e.g. the `file_sha256` of every config file resource.",
-        ))
-        .attr(Attribute::new("config_root", Type::String).optional().computed().description(
-            "The directory the runbook's paths (`/etc/circleconfig/...`, `/etc/circle-installation-customizations`) \
-             are under on the Services machine. Default `/`; only tests and demos change it.",
-        ))
-        .attr(dur("stop_timeout", STOP_TIMEOUT, "How long CircleCI may take to stop"))
-        .attr(dur("start_timeout", START_TIMEOUT, "How long CircleCI may take to start"))
-        .attr(dur(
-            "verify_timeout",
-            VERIFY_TIMEOUT,
-            "How long the checks are retried after the start (containers log their connections as they come up)",
-        ))
-        .attr(allowed_versions_attr("this restart"))
-        .attr(cutover::builds_timeout_attr())
-        .attr(cutover::embedded_nomad_attr())
-        .attr(Attribute::new("on_failure", Type::String).optional().computed().description(
-            "What happens when CircleCI does not start or a check fails. `restore` (default): the runbook \
-             files this cutover changed are put back byte for byte as they were before its first write (kept on \
-             the Services machine under `/data/circle/external-services-cutover/kept`, 0600), CircleCI is \
-             restarted on them and checked the same way, and the apply fails saying so. `stop`: CircleCI is \
-             stopped and the files are left as this apply wrote them, with the originals kept, for a human to \
-             look.",
-        ))
-        .attr(Attribute::new("on_destroy", Type::String).optional().computed().description(
-            "What destroying this resource does to CircleCI. `keep_external` (default): nothing; CircleCI keeps \
-             running on the external services. `go_back`: the way back to how CircleCI ran before its first \
-             cutover (the first whose migration was verified, which kept what it needs on the Services machine, \
-             `/data/circle/external-services-cutover/before-first-cutover.json`, 0600): once no build runs \
-             (`builds_timeout`), CircleCI is stopped, the runbook files that cutover changed get back the bytes \
-             they had, the Nomad clients it moved go back, CircleCI is started and checked the runbook's way, \
-             against what its checks observed before that cutover, and Nomad's clients counted. Data written to \
-             the external services since stays there; CircleCI runs on its embedded data as it was at the \
-             cutover. The destroy plan says all this in a warning; without such a record, it is an error. \
-             `terraform apply -replace` of this resource destroys it too: set `keep_external` first.",
-        ))
-        .attr(Attribute::new("version", Type::String).computed().description("The CircleCI version found."))
-        .attr(Attribute::new("app_state", Type::String).computed().description(
-            "The app's state as Replicated reports it (`started`, `stopped`, …). Anything but `started` on \
-             refresh plans a restart.",
-        ))
-        .attr(Attribute::new("checks", Type::list(Type::String)).computed().description(
-            "The checks that passed at the last restart, one `service: what` each.",
-        ))
-        .attr(Attribute::new("failed_checks", Type::list(Type::String)).computed().description(
-            "The checks that failed at the last restart. Not empty: the next plan restarts again.",
-        ))
-        .attr(Attribute::new("restarted_at", Type::String).computed().description(
-            "When the last restart's checks passed (RFC 3339, UTC).",
-        ))
-        .attr(Attribute::new("downtime", Type::String).computed().description(
-            "From the stop to the checks passing at the last restart, e.g. `42.5s`.",
-        ))
-}
+             sudo's `secure_path` decides where `replicatedctl` and `docker` are found).";
 
-const OUTCOME: [&str; 6] = [
-    "version",
-    "app_state",
-    "checks",
-    "failed_checks",
-    "restarted_at",
-    "downtime",
-];
+/// A timeout of one restart step: from a second to a day.
+const TIMEOUT: Check = Check::Duration {
+    min_secs: 1,
+    max_secs: 24 * 3600,
+};
+
+crate::model! {
+    /// `circleci_services_restart`'s attributes.
+    struct RestartModel / RestartAtPlan {
+        id: Known<String> [computed, doc("Always `circleci`.")],
+        triggers: Option<BTreeMap<String, Option<String>>> [optional, doc(
+            "Values whose change restarts CircleCI again, e.g. the `file_sha256` of every config \
+             file resource."
+        )],
+        config_root: String [default("/".to_string()), check(Check::RemotePath), doc(
+            "The directory the runbook's paths (`/etc/circleconfig/...`, \
+             `/etc/circle-installation-customizations`) are under on the Services machine; only \
+             tests and demos change it."
+        )],
+        stop_timeout: String [default(STOP_TIMEOUT.to_string()), check(TIMEOUT), doc(
+            "How long CircleCI may take to stop."
+        )],
+        start_timeout: String [default(START_TIMEOUT.to_string()), check(TIMEOUT), doc(
+            "How long CircleCI may take to start."
+        )],
+        verify_timeout: String [default(VERIFY_TIMEOUT.to_string()), check(TIMEOUT), doc(
+            "How long the checks are retried after the start (containers log their connections as \
+             they come up)."
+        )],
+        allowed_versions: Vec<String> [stop_allowed_versions("this restart")],
+        builds_timeout: String [stop_builds_timeout],
+        embedded_nomad_endpoint: String [stop_embedded_nomad],
+        on_failure: String [default(ON_FAILURE.to_string()),
+            check(Check::OneOf(&["restore", "stop"])), doc(
+            "What happens when CircleCI does not start or a check fails. `restore`: the runbook \
+             files this cutover changed are put back byte for byte as they were before its first \
+             write (kept on the Services machine under `/data/circle/external-services-cutover/kept`, \
+             0600), CircleCI is restarted on them and checked the same way, and the apply fails \
+             saying so. `stop`: CircleCI is stopped and the files are left as this apply wrote them, \
+             with the originals kept, for a human to look."
+        )],
+        on_destroy: String [default(go_back::KEEP_EXTERNAL.to_string()),
+            check(Check::OneOf(&[go_back::KEEP_EXTERNAL, go_back::GO_BACK])), doc(
+            "What destroying this resource does to CircleCI. `keep_external`: nothing; CircleCI \
+             keeps running on the external services. `go_back`: the way back to how CircleCI ran \
+             before its first cutover (the first whose migration was verified, which kept what it \
+             needs on the Services machine, \
+             `/data/circle/external-services-cutover/before-first-cutover.json`, 0600): once no \
+             build runs (`builds_timeout`), CircleCI is stopped, the runbook files that cutover \
+             changed get back the bytes they had, the Nomad clients it moved go back, CircleCI is \
+             started and checked the runbook's way, against what its checks observed before that \
+             cutover, and Nomad's clients counted. Data written to the external services since \
+             stays there; CircleCI runs on its embedded data as it was at the cutover. The destroy \
+             plan says all this in a warning; without such a record, it is an error. `terraform \
+             apply -replace` of this resource destroys it too: set `keep_external` first."
+        )],
+        version: Known<String> [computed, doc("The CircleCI version found.")],
+        app_state: Known<String> [computed, doc(
+            "The app's state as Replicated reports it (`started`, `stopped`, …). Anything but \
+             `started` on refresh plans a restart."
+        )],
+        checks: Known<Vec<String>> [computed, doc(
+            "The checks that passed at the last restart, one `service: what` each."
+        )],
+        failed_checks: Known<Vec<String>> [computed, doc(
+            "The checks that failed at the last restart. Not empty: the next plan restarts again."
+        )],
+        restarted_at: Known<String> [computed, doc(
+            "When the last restart's checks passed (RFC 3339, UTC)."
+        )],
+        downtime: Known<String> [computed, doc(
+            "From the stop to the checks passing at the last restart, e.g. `42.5s`."
+        )],
+    }
+}
 
 fn validate_config(config: &Value) -> Diagnostics {
     let mut diags = Diagnostics::new();
-    let d = |min, max| validate::Check::Duration {
-        min_secs: min,
-        max_secs: max,
-    };
-    validate::run(
-        config,
-        &[
-            ("stop_timeout", d(1, 24 * 3600)),
-            ("start_timeout", d(1, 24 * 3600)),
-            ("verify_timeout", d(1, 24 * 3600)),
-            ("builds_timeout", d(0, 24 * 3600)),
-            ("config_root", validate::Check::RemotePath),
-            ("on_failure", validate::Check::OneOf(&["restore", "stop"])),
-            (
-                "on_destroy",
-                validate::Check::OneOf(&[go_back::KEEP_EXTERNAL, go_back::GO_BACK]),
-            ),
-        ],
-        &mut diags,
-    );
+    model::validate(RestartModel::decls(), config, &mut diags);
     validate_versions(config, &mut diags);
     cutover::validate(config, &mut diags);
     diags
@@ -248,7 +247,7 @@ impl Resource for ServicesRestart {
     }
 
     fn schema(&self) -> Schema {
-        Schema::new(0, block())
+        Schema::new(0, model::block(RestartModel::decls(), DESCRIPTION))
     }
 
     fn validate(&self, config: &Value) -> Diagnostics {
@@ -261,39 +260,41 @@ impl Resource for ServicesRestart {
         planned: &mut Value,
         diags: &mut Diagnostics,
     ) -> Vec<AttrPath> {
-        super::set_defaults(req.config, planned, cutover::defaults());
-        super::set_defaults(
-            req.config,
-            planned,
-            [
-                ("config_root", Value::string("/")),
-                ("stop_timeout", Value::string(STOP_TIMEOUT)),
-                ("start_timeout", Value::string(START_TIMEOUT)),
-                ("verify_timeout", Value::string(VERIFY_TIMEOUT)),
-                ("on_failure", Value::string(ON_FAILURE)),
-                ("on_destroy", Value::string(go_back::KEEP_EXTERNAL)),
-                (
-                    "allowed_versions",
-                    string_list(&[DEFAULT_VERSIONS.to_string()]),
-                ),
-            ],
-        );
-        planned.set("id", Value::string("circleci"));
-        let restart = req.is_create()
-            || changed(req.prior, planned, "triggers")
-            || req.prior.get("app_state").as_str() != Some("started")
-            || !strings(req.prior.get("failed_checks")).is_empty();
+        model::set_defaults(RestartModel::decls(), req.config, planned);
+        let mut p = match RestartAtPlan::decode(planned) {
+            Ok(p) => p,
+            Err(e) => {
+                diags.extend(e.into());
+                return vec![];
+            }
+        };
+        p.id = Known::Known("circleci".to_string());
+        // The prior state through the lenient view: an attribute a newer version added
+        // is null in it, and must not turn a plan into a restart.
+        let restart = match RestartAtPlan::decode(req.prior) {
+            Err(_) => true,
+            Ok(b) => {
+                changed(req.prior, planned, "triggers")
+                    || b.app_state != Known::Known("started".to_string())
+                    || matches!(&b.failed_checks, Known::Known(f) if !f.is_empty())
+            }
+        };
         if restart {
-            for a in OUTCOME {
-                planned.set(a, Value::Unknown);
-            }
-            // Best effort now; apply repeats it before anything stops.
-            let known = ["allowed_versions", "config_root", "embedded_nomad_endpoint"]
-                .iter()
-                .all(|a| planned.get(a).is_fully_known());
-            if known {
-                self.preview(planned, diags).await;
-            }
+            (p.version, p.app_state, p.restarted_at, p.downtime) = (
+                Known::Unknown,
+                Known::Unknown,
+                Known::Unknown,
+                Known::Unknown,
+            );
+            (p.checks, p.failed_checks) = (Known::Unknown, Known::Unknown);
+        }
+        let known = p.allowed_versions.is_known()
+            && p.config_root.is_known()
+            && p.embedded_nomad_endpoint.is_known();
+        p.encode(planned);
+        // Best effort now; apply repeats it before anything stops.
+        if restart && known {
+            self.preview(planned, diags).await;
         }
         vec![]
     }
@@ -312,16 +313,22 @@ impl Resource for ServicesRestart {
     async fn update(&self, _prior: &Value, planned: &Value, _config: &Value) -> Applied {
         // Only a plan that restarts leaves the outcome unknown; a change of a timeout
         // or of allowed_versions alone restarts nothing.
-        if !planned.get("restarted_at").is_unknown() {
-            return Applied::from_result(Ok(planned.clone()));
+        match RestartModel::decode(planned) {
+            Ok(m) if m.restarted_at != Known::Unknown => {
+                return Applied::from_result(Ok(planned.clone()))
+            }
+            Ok(_) => {}
+            Err(e) => return Applied::from_result(Err(e.into())),
         }
         self.restart(planned).await
     }
 
     async fn read(&self, state: &Value) -> Result<Option<Value>, Diagnostics> {
         let status = self.status().await?;
+        let mut m = RestartModel::decode(state)?;
+        m.app_state = Known::Known(status.state);
         let mut fresh = state.clone();
-        fresh.set("app_state", Value::string(&status.state));
+        m.encode(&mut fresh);
         Ok(Some(fresh))
     }
 
@@ -330,8 +337,10 @@ impl Resource for ServicesRestart {
     }
 
     async fn delete(&self, prior: &Value) -> Applied {
-        if prior.get("on_destroy").as_str() == Some(go_back::GO_BACK) {
-            return self.go_back(prior).await;
+        match RestartModel::decode(prior) {
+            Ok(m) if m.on_destroy == go_back::GO_BACK => return self.go_back(prior).await,
+            Ok(_) => {}
+            Err(e) => return Applied::kept(prior, e.into()),
         }
         Applied::deleted(Diagnostics::new())
     }
@@ -339,26 +348,26 @@ impl Resource for ServicesRestart {
     async fn import(&self, _id: &str) -> Result<Value, Diagnostics> {
         let version = self.version().await?;
         let mut v = Value::Null;
-        v.set("id", Value::string("circleci"));
-        v.set("config_root", Value::string("/"));
-        v.set("stop_timeout", Value::string(STOP_TIMEOUT));
-        v.set("start_timeout", Value::string(START_TIMEOUT));
-        v.set("verify_timeout", Value::string(VERIFY_TIMEOUT));
-        v.set("on_failure", Value::string(ON_FAILURE));
-        v.set("on_destroy", Value::string(go_back::KEEP_EXTERNAL));
-        v.set(
-            "allowed_versions",
-            string_list(&[DEFAULT_VERSIONS.to_string()]),
-        );
-        for (a, d) in cutover::defaults() {
-            v.set(a, d);
+        RestartModel {
+            id: Known::Known("circleci".to_string()),
+            triggers: None,
+            config_root: "/".to_string(),
+            stop_timeout: STOP_TIMEOUT.to_string(),
+            start_timeout: START_TIMEOUT.to_string(),
+            verify_timeout: VERIFY_TIMEOUT.to_string(),
+            allowed_versions: vec![DEFAULT_VERSIONS.to_string()],
+            builds_timeout: cutover::BUILDS_TIMEOUT.to_string(),
+            embedded_nomad_endpoint: cutover::DEFAULT_EMBEDDED_NOMAD.to_string(),
+            on_failure: ON_FAILURE.to_string(),
+            on_destroy: go_back::KEEP_EXTERNAL.to_string(),
+            version: Known::Known(version),
+            app_state: Known::Known(String::new()),
+            checks: Known::Known(vec![]),
+            failed_checks: Known::Known(vec![]),
+            restarted_at: Known::Known(String::new()),
+            downtime: Known::Known(String::new()),
         }
-        v.set("version", Value::string(version));
-        v.set("app_state", Value::string(""));
-        v.set("checks", string_list(&[]));
-        v.set("failed_checks", string_list(&[]));
-        v.set("restarted_at", Value::string(""));
-        v.set("downtime", Value::string(""));
+        .encode(&mut v);
         Ok(v)
     }
 }
@@ -369,3 +378,6 @@ fn attr_error(attr: &str, summary: &str, detail: String) -> Diagnostics {
         .at(AttrPath::root(attr))
         .into()
 }
+
+#[cfg(test)]
+mod tests;

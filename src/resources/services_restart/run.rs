@@ -152,7 +152,10 @@ impl ServicesRestart {
         if self.services().is_err() {
             return;
         }
-        let s = Settings::of(planned);
+        let s = match Settings::of(planned) {
+            Ok(s) => s,
+            Err(d) => return diags.extend(d),
+        };
         match self.preflight(&s).await {
             Err(d) => {
                 let about_input = d.0.iter().any(|x| x.path.is_some())
@@ -372,7 +375,10 @@ impl ServicesRestart {
     }
 
     pub(super) async fn restart(&self, planned: &Value) -> Applied {
-        let s = Settings::of(planned);
+        let s = match Settings::of(planned) {
+            Ok(s) => s,
+            Err(d) => return Applied::from_result(Err(d)),
+        };
         let pre = match self.preflight(&s).await {
             Ok(p) => p,
             Err(d) => return Applied::from_result(Err(d)),
@@ -567,8 +573,8 @@ pub(super) struct Verified {
 /// The outcome attributes.
 fn finish(state: &mut Value, app_state: &str, v: &Verified, downtime: Option<Duration>) {
     state.set("app_state", Value::string(app_state));
-    state.set("checks", string_list(&v.passed));
-    state.set("failed_checks", string_list(&v.failed));
+    state.set("checks", crate::resources::string_list(&v.passed));
+    state.set("failed_checks", crate::resources::string_list(&v.failed));
     let (at, down) = match downtime {
         Some(d) => (
             humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
