@@ -1,5 +1,10 @@
-//! One file per Terraform resource, named after it. Resources glue the protocol layer
-//! to the backends and stay thin.
+//! The Terraform resources, one module each, named after the resource without its
+//! `circleci_` prefix: a file for a small one, a directory for one with several steps.
+//! Resources glue the protocol layer to the backends and stay thin. The other modules
+//! here are what several share: `model` (each attribute declared once), `config_file`
+//! (the lifecycle of every resource that writes a config file), `cutover` (what every
+//! resource that stops CircleCI does), `validate`, `file_digest`, `managed_block` and
+//! `nomad_drain`.
 
 use std::sync::Arc;
 

@@ -18,7 +18,9 @@
 use std::sync::OnceLock;
 
 use super::validate::{self, Check};
-use crate::plugin::{AttrPath, Attribute, Block, Diagnostic, Diagnostics, Type, Value};
+use crate::plugin::{
+    AttrPath, Attribute, Block, Diagnostic, Diagnostics, NestedBlock, Nesting, Type, Value,
+};
 use crate::secret::Secret;
 
 /// One attribute: its schema, and what the plan and validation do with it.
@@ -27,6 +29,16 @@ pub struct Decl {
     default: Option<Value>,
     check: Option<Check>,
     replaces: bool,
+    /// A nested block rather than an attribute: its shape, from the field's type.
+    nested: Option<Nested>,
+    /// How many blocks: `(min, max)`, `max` 0 for no limit.
+    items: (i64, i64),
+}
+
+/// The shape of a nested block: how it nests, and its own declarations.
+pub struct Nested {
+    nesting: Nesting,
+    decls: fn() -> &'static [Decl],
 }
 
 impl Decl {
@@ -39,7 +51,21 @@ impl Decl {
             default: None,
             check: None,
             replaces: false,
+            nested: None,
+            items: (0, 0),
         }
+    }
+
+    /// A nested block when the field's type is one ([`Blocks`]); set by `model!`.
+    pub fn shaped(mut self, nested: Option<Nested>) -> Self {
+        self.nested = nested;
+        self
+    }
+
+    /// For a nested block: at least `min` blocks, at most `max` (0: no limit).
+    pub fn items(mut self, min: i64, max: i64) -> Self {
+        self.items = (min, max);
+        self
     }
 
     /// The attribute's name.
@@ -183,23 +209,58 @@ pub fn block(decls: &[Decl], description: &str) -> Block {
     decls
         .iter()
         .fold(Block::new().description(description), |b, d| {
-            b.attr(d.attribute())
+            match &d.nested {
+                None => b.attr(d.attribute()),
+                Some(n) => b.block(
+                    NestedBlock::new(d.name(), n.nesting, block((n.decls)(), &d.attr.description))
+                        .items(d.items.0, d.items.1),
+                ),
+            }
         })
 }
 
-/// Each declared check on the configuration.
+/// Each declared check on the configuration; in a nested block, on each block, the
+/// error naming `block[i].attr`.
 pub fn validate(decls: &[Decl], config: &Value, diags: &mut Diagnostics) {
     for d in decls {
-        if let Some(c) = d.check {
-            validate::run(config, &[(d.name(), c)], diags);
+        match &d.nested {
+            None => {
+                if let Some(c) = d.check {
+                    validate::run(config, &[(d.name(), c)], diags);
+                }
+            }
+            Some(n) => {
+                let table: Vec<(&str, Check)> = (n.decls)()
+                    .iter()
+                    .filter_map(|x| x.check.map(|c| (x.name(), c)))
+                    .collect();
+                match n.nesting {
+                    Nesting::List | Nesting::Set => {
+                        validate::run_in_each(config, d.name(), &table, diags)
+                    }
+                    Nesting::Single | Nesting::Group => {
+                        validate::run_in(config, d.name(), &table, diags)
+                    }
+                }
+            }
         }
     }
 }
 
-/// Every attribute the configuration leaves null gets its default.
+/// Every attribute the configuration leaves null gets its default; in a nested list,
+/// in each block.
 pub fn set_defaults(decls: &[Decl], config: &Value, planned: &mut Value) {
     for d in decls {
-        if let Some(v) = &d.default {
+        if let Some(n) = &d.nested {
+            let from = config.get(d.name()).as_list().unwrap_or_default().to_vec();
+            if let Value::Map(m) = planned {
+                if let Some(Value::List(items)) = m.get_mut(d.name()) {
+                    for (item, c) in items.iter_mut().zip(&from) {
+                        set_defaults((n.decls)(), c, item);
+                    }
+                }
+            }
+        } else if let Some(v) = &d.default {
             if config.get(d.name()).is_null() {
                 planned.set(d.name(), v.clone());
             }
@@ -327,6 +388,49 @@ pub trait Field: Sized {
     }
     /// The value to store.
     fn to_value(&self) -> Value;
+    /// The shape of a nested block, for [`Blocks`]; `None` for an attribute.
+    fn nested() -> Option<Nested> {
+        None
+    }
+}
+
+/// A list of nested blocks of model `M`: `client { … }` written once per client.
+pub struct Blocks<M>(pub Vec<M>);
+
+impl<M: Model> Field for Blocks<M> {
+    type Plain = Self;
+    fn ty() -> Type {
+        Type::list(Type::Dynamic)
+    }
+    fn from_value(v: &Value) -> Result<Self, String> {
+        let items = v.as_list().ok_or("not a list of blocks")?;
+        items
+            .iter()
+            .map(|x| M::decode(x).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()
+            .map(Blocks)
+    }
+    fn from_null() -> Option<Self> {
+        Some(Blocks(vec![]))
+    }
+    fn to_value(&self) -> Value {
+        Value::List(
+            self.0
+                .iter()
+                .map(|m| {
+                    let mut v = Value::Null;
+                    m.encode(&mut v);
+                    v
+                })
+                .collect(),
+        )
+    }
+    fn nested() -> Option<Nested> {
+        Some(Nested {
+            nesting: Nesting::List,
+            decls: M::decls,
+        })
+    }
 }
 
 impl Field for String {
@@ -645,7 +749,9 @@ macro_rules! model {
                     $crate::resources::model::Decl::new(
                         stringify!($field),
                         <$ty as $crate::resources::model::Field>::ty(),
-                    ) $( .$m( $( $($a),* )? ) )*
+                    )
+                    .shaped(<$ty as $crate::resources::model::Field>::nested())
+                    $( .$m( $( $($a),* )? ) )*
                 ),*])
             }
 
@@ -829,6 +935,93 @@ mod tests {
             host: String [required],
             tags: Vec<String> [optional],
         }
+    }
+
+    crate::model! {
+        /// One machine of a fleet.
+        struct Machine {
+            host: String [required, check(Check::Host), doc("Its address.")],
+            port: u16 [default(22u16), check(Check::Port), doc("Its SSH port.")],
+        }
+    }
+
+    crate::model! {
+        /// A fleet of machines, as nested blocks.
+        struct Fleet {
+            name: String [required],
+            machine: Blocks<Machine> [items(1, 0), doc("One machine.")],
+        }
+    }
+
+    #[test]
+    fn nested_blocks_are_declared_checked_and_defaulted_once() {
+        let b = block(Fleet::decls(), "Fleets.");
+        assert!(
+            b.attribute("machine").is_none(),
+            "a block, not an attribute"
+        );
+        let nb = &b.blocks[0];
+        assert_eq!(
+            (nb.name.as_str(), nb.nesting, nb.min_items),
+            ("machine", Nesting::List, 1)
+        );
+        assert_eq!(nb.block.description, "One machine.");
+        assert_eq!(
+            nb.block.attribute("port").unwrap().description,
+            "Its SSH port. Default `22`."
+        );
+
+        let machine = |h: &str, p: Value| Value::object(&[("host", Value::string(h)), ("port", p)]);
+        let config = Value::object(&[
+            ("name", Value::string("f")),
+            (
+                "machine",
+                Value::List(vec![
+                    machine("a.internal", Value::Null),
+                    machine("not a host", Value::int(70000)),
+                ]),
+            ),
+        ]);
+        let mut diags = Diagnostics::new();
+        validate(Fleet::decls(), &config, &mut diags);
+        let at: Vec<String> = diags
+            .0
+            .iter()
+            .filter_map(|d| d.path.as_ref().map(ToString::to_string))
+            .collect();
+        assert_eq!(at, ["machine[1].host", "machine[1].port"]);
+
+        let mut planned = config.clone();
+        set_defaults(Fleet::decls(), &config, &mut planned);
+        assert_eq!(
+            planned.get("machine").as_list().unwrap()[0].get("port"),
+            &Value::int(22)
+        );
+        planned.set(
+            "machine",
+            Value::List(vec![
+                machine("a.internal", Value::Null),
+                machine("b.internal", Value::int(2222)),
+            ]),
+        );
+        let f = Fleet::decode(&planned).unwrap();
+        let got: Vec<(String, u16)> = f
+            .machine
+            .0
+            .iter()
+            .map(|m| (m.host.clone(), m.port))
+            .collect();
+        assert_eq!(
+            got,
+            [("a.internal".into(), 22), ("b.internal".into(), 2222)]
+        );
+        assert_eq!(f.name, "f");
+        let mut back = Value::Null;
+        f.encode(&mut back);
+        assert_eq!(
+            back.get("machine").as_list().unwrap()[0].get("port"),
+            &Value::int(22)
+        );
     }
 
     #[test]

@@ -327,11 +327,11 @@ impl FileResource for VaultTransitClient {
     };
 
     fn validate(&self, config: &Value, diags: &mut Diagnostics) {
-        if config
-            .get("address_for_services")
-            .as_str()
-            .is_some_and(|a| a.starts_with("http://"))
-        {
+        let c = match VaultClientAtPlan::decode(config) {
+            Ok(c) => c,
+            Err(e) => return diags.extend(e.into()),
+        };
+        if matches!(&c.address_for_services, Known::Known(a) if a.starts_with("http://")) {
             diags.push(
                 Diagnostic::warning(
                     "Vault address without TLS",
@@ -341,26 +341,23 @@ impl FileResource for VaultTransitClient {
                 .at(AttrPath::root("address_for_services")),
             );
         }
-        let period = config.get("token_period").as_str().map(|p| {
-            (
-                p,
-                validate::duration_at_most(p, MAX_PERIOD, AttrPath::root("token_period"), diags),
-            )
-        });
-        let before = config.get("token_renew_before").as_str().map(|p| {
-            validate::duration_at_most(p, MAX_PERIOD, AttrPath::root("token_renew_before"), diags)
-        });
-        let period_d = period
-            .and_then(|(_, d)| d)
-            .or_else(|| humantime::parse_duration(file::DEFAULT_PERIOD).ok());
-        let before_d = before
-            .flatten()
-            .or_else(|| humantime::parse_duration(file::DEFAULT_RENEW_BEFORE).ok());
-        if let (Some(p), Some(b)) = (period_d, before_d) {
-            if b >= p
-                && !config.get("token_period").is_unknown()
-                && !config.get("token_renew_before").is_unknown()
-            {
+        // Each bound checked where it is set; the two compared once both are known (a
+        // null one at its default).
+        let mut within = |k: &Known<String>, name: &str, default: &str| match k {
+            Known::Known(x) => {
+                validate::duration_at_most(x, MAX_PERIOD, AttrPath::root(name), diags).map(Some)
+            }
+            Known::Null => Some(humantime::parse_duration(default).ok()),
+            Known::Unknown => None,
+        };
+        let period = within(&c.token_period, "token_period", file::DEFAULT_PERIOD);
+        let before = within(
+            &c.token_renew_before,
+            "token_renew_before",
+            file::DEFAULT_RENEW_BEFORE,
+        );
+        if let (Some(Some(p)), Some(Some(b))) = (period, before) {
+            if b >= p {
                 diags.attr_error(
                     AttrPath::root("token_renew_before"),
                     "Renewal window too long",
@@ -371,39 +368,40 @@ impl FileResource for VaultTransitClient {
     }
 
     async fn plan(&self, req: &PlanRequest<'_>, planned: &mut Value, diags: &mut Diagnostics) {
-        let cfg = req.config;
-        if cfg.get("policy_name").is_null() {
-            let p = match planned.get("key_name").as_str() {
-                Some(k) => Value::string(file::default_policy_name(k)),
-                None => Value::Unknown,
+        let (cfg, mut p) = match (
+            VaultClientAtPlan::decode(req.config),
+            VaultClientAtPlan::decode(planned),
+        ) {
+            (Ok(c), Ok(p)) => (c, p),
+            (Err(e), _) | (_, Err(e)) => return diags.extend(e.into()),
+        };
+        if cfg.policy_name.is_null() {
+            p.policy_name = match &p.key_name {
+                Known::Known(k) => Known::Known(file::default_policy_name(k)),
+                _ => Known::Unknown,
             };
-            planned.set("policy_name", p);
         }
-        if cfg.get("address_for_services").is_null() {
-            let a = match self.data.vault() {
-                Ok(v) => Value::string(&v.config().address),
+        if cfg.address_for_services.is_null() {
+            p.address_for_services = match self.data.vault() {
+                Ok(v) => Known::Known(v.config().address.clone()),
                 Err(d) => {
                     diags.extend(d);
-                    Value::Unknown
+                    Known::Unknown
                 }
             };
-            planned.set("address_for_services", a);
         }
-        let policy = match (
-            planned.get("transit_mount").as_str(),
-            planned.get("key_name").as_str(),
-        ) {
-            (Some(m), Some(k)) => Value::string(file::policy_hcl(m, k)),
-            _ => Value::Unknown,
+        p.policy = match (&p.transit_mount, &p.key_name) {
+            (Known::Known(m), Known::Known(k)) => Known::Known(file::policy_hcl(m, k)),
+            _ => Known::Unknown,
         };
-        planned.set("policy", policy);
+        p.encode(planned);
         let prior = req.prior;
+        let accessor = VaultClientAtPlan::decode(prior)
+            .ok()
+            .and_then(|b| b.token_accessor.known())
+            .unwrap_or_default();
         let new_token = req.is_create()
-            || prior
-                .get("token_accessor")
-                .as_str()
-                .unwrap_or_default()
-                .is_empty()
+            || accessor.is_empty()
             || !prior.get("drift").as_str().unwrap_or_default().is_empty()
             || ["token_period", "address_for_services", "config_path"]
                 .iter()
@@ -448,7 +446,11 @@ impl FileResource for VaultTransitClient {
             return revoke_unused(&vault, &new).await;
         }
         let mut diags = Diagnostics::new();
-        if let Some(old) = c.prior.and_then(|p| p.get("token_accessor").as_str()) {
+        let old = c
+            .prior
+            .and_then(|p| VaultClientAtPlan::decode(p).ok())
+            .and_then(|b| b.token_accessor.known());
+        if let Some(old) = old.as_deref() {
             if !old.is_empty() && old != new.accessor {
                 if let Err(e) = vault.revoke_accessor(old).await {
                     diags.push(Diagnostic::warning(
@@ -479,11 +481,7 @@ impl FileResource for VaultTransitClient {
         let (state, fresh, drift) = (r.state, r.fresh, r.drift);
         let i = inputs(state)?;
         let vault = self.data.vault()?;
-        let accessor = state
-            .get("token_accessor")
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let accessor = i.accessor.clone().known().unwrap_or_default();
         match vault
             .lookup_accessor(&accessor)
             .await
@@ -532,9 +530,9 @@ impl FileResource for VaultTransitClient {
     async fn delete_backend(&self, prior: &Value) -> Result<Diagnostics, Diagnostics> {
         let i = inputs(prior)?;
         let vault = self.data.vault()?;
-        let accessor = prior.get("token_accessor").as_str().unwrap_or_default();
+        let accessor = i.accessor.known().unwrap_or_default();
         vault
-            .revoke_accessor(accessor)
+            .revoke_accessor(&accessor)
             .await
             .map_err(|e| vault_diag("Could not revoke the client token", e))?;
         vault

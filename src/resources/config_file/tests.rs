@@ -425,3 +425,54 @@ async fn an_unknown_setting_outside_the_file_leaves_the_digest_known() {
         "the CA bundle's path is not in the block"
     );
 }
+
+#[tokio::test]
+async fn vault_plan_names_the_policy_after_the_key_and_plans_a_new_token() {
+    let r = ConfigFile::new(VaultTransitClient::new(data()), data());
+    let c = config(
+        &r,
+        &[
+            ("key_name", Value::string("ctx")),
+            (
+                "address_for_services",
+                Value::string("https://vault.internal:8200"),
+            ),
+        ],
+    );
+    assert!(r.validate(&c).is_empty(), "{:#?}", errors(&r.validate(&c)));
+    let (planned, diags) = plan_create(&r, &c).await;
+    assert!(!diags.has_errors(), "{diags}");
+    assert_eq!(planned.get("policy_name"), &Value::string("ctx_policy"));
+    assert_eq!(planned.get("transit_mount"), &Value::string("transit"));
+    let policy = planned.get("policy").as_str().unwrap_or_default();
+    assert!(policy.contains("transit/encrypt/ctx"), "{policy}");
+    assert_eq!(planned.get("token_accessor"), &Value::Unknown);
+    assert_eq!(planned.get("file_sha256"), &Value::Unknown, "a new token");
+
+    // Applied: a token exists. A plan with nothing changed makes none.
+    let mut state = planned.clone();
+    for (a, v) in [
+        ("token_accessor", Value::string("acc-1")),
+        ("token_expire_time", Value::string("")),
+        (
+            "file_sha256",
+            Value::string("pbkdf2-sha256$1$c2FsdA$ZGlnZXN0"),
+        ),
+        ("server_version", Value::string("1.0.0")),
+    ] {
+        state.set(a, v);
+    }
+    let (next, replace) = plan_update(&r, &state, &c).await;
+    assert!(replace.is_empty());
+    assert_eq!(next.get("token_accessor"), &Value::string("acc-1"));
+    assert_eq!(next.get("file_sha256"), state.get("file_sha256"));
+
+    let mut other = c.clone();
+    other.set("key_name", Value::string("ctx2"));
+    let (_, replace) = plan_update(&r, &state, &other).await;
+    assert_eq!(
+        replace,
+        [AttrPath::root("key_name"), AttrPath::root("policy_name")],
+        "a new key and its policy: a new pairing"
+    );
+}
