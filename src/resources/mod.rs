@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::backends::ssh::{
     CommandOutput, Program, RemoteCommand, ServicesHost, SshError, SshErrorKind,
 };
-use crate::plugin::{AttrPath, Attribute, Block, Diagnostic, Diagnostics, Resource, Type, Value};
+use crate::plugin::{AttrPath, Block, Diagnostic, Diagnostics, Resource, Type, Value};
 use crate::provider::ProviderData;
 use config_file::ConfigFile;
 
@@ -130,30 +130,21 @@ pub fn set_defaults<const N: usize>(
 /// `password_wo_version`; `whose` starts the descriptions ("The role's password"),
 /// `applies_to` says what a rotation changes.
 pub fn password_attrs(b: Block, whose: &str, applies_to: &str) -> Block {
+    use model::Decl;
     b.attr(
-        Attribute::new("password", Type::String)
-            .optional()
-            .sensitive()
-            .description(&format!(
-                "{whose}, kept (sensitive) in the Terraform state. Prefer `password_wo`; set exactly one."
-            )),
+        Decl::new("password", Type::String)
+            .password_kept(whose)
+            .attribute(),
     )
     .attr(
-        Attribute::new("password_wo", Type::String)
-            .optional()
-            .sensitive()
-            .write_only()
-            .description(&format!(
-                "{whose}, write-only: never stored in the plan or state (Terraform 1.11 or later). Change \
-                 `password_wo_version` to rotate it."
-            )),
+        Decl::new("password_wo", Type::String)
+            .password_write_only(whose)
+            .attribute(),
     )
     .attr(
-        Attribute::new("password_wo_version", Type::Number)
-            .optional()
-            .description(&format!(
-                "Any number; changing it applies the current `password_wo` ({applies_to})."
-            )),
+        Decl::new("password_wo_version", Type::Number)
+            .password_version(applies_to)
+            .attribute(),
     )
 }
 
