@@ -42,11 +42,11 @@ services-down:
 
 # Regenerates docs/ from the schema and examples/.
 docs:
-	UPDATE_DOCS=1 cargo test --locked --test docs
+	UPDATE_DOCS=1 cargo test --locked --test it docs::
 
 # Fails when docs/ is stale (part of `make test`).
 docs-check:
-	cargo test --locked --test docs
+	cargo test --locked --test it docs::
 
 lint:
 	cargo fmt --all -- --check

@@ -13,6 +13,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::fmt::Write as _;

@@ -3,9 +3,7 @@
 //! the restored key; the backup is refused until the key allows it, and stays out of
 //! Debug output.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
-
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -6,9 +6,7 @@
 //! stand-ins of mongodump, mongorestore and the mongo shell), the targets are the test
 //! PostgreSQL, the dev MongoDB stand-in (logins on) and the dev OpenBao.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
-
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -1,8 +1,6 @@
 //! The Services-machine layer against a real OpenSSH sshd on loopback.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
-
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -212,9 +210,17 @@ async fn sudo_writes_as_root_for_a_non_root_user() {
 /// Commands run over the same connection: the simulator's replicatedctl and docker
 /// (first on the test sshd's PATH) answer; an argument full of shell syntax reaches the
 /// program as one literal argument; a secret goes on stdin; a deadline ends a command.
+// The guard is held across awaits on purpose: it serialises whole tests, threads apart.
+#[allow(clippy::await_holding_lock)]
 #[tokio::test]
 async fn commands_run_quoted_with_stdin_and_a_deadline() {
+    // `replicatedctl app status` reads the simulator, which other tests reconfigure.
+    let _turn = common::sim::SIMULATOR
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let s = common::servers();
+    // `docker exec slanger` below needs the app's containers running.
+    common::sim::app_started(&s);
     let h = host(&s, pinned(&s));
     let t = Duration::from_secs(10);
     let status = h

@@ -4,9 +4,7 @@
 //! PyMongo, MongoDB's own Python driver (dev/mongo-client.py), not with the provider's
 //! client.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
-
-mod common;
+use crate::common;
 
 use common::{closed_port, hcl_str, servers, Servers, Tf};
 use serde_json::{json, Value};

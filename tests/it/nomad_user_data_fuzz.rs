@@ -1,14 +1,20 @@
 //! The Nomad client user_data rewriter against random, hostile input: it never panics,
 //! and what it rewrites keeps the text before the list.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
-
 use proptest::prelude::*;
 use terraform_provider_circleci::circleci::nomad_user_data::rewrite;
 
 proptest! {
     // Fixed case count; proptest prints the seed and the minimal failing input.
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    // Failures are kept next to this file (the default would look for a parallel
+    // directory of tests/it/main.rs).
+    #![proptest_config(ProptestConfig {
+        cases: 512,
+        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::Direct(
+            "tests/it/nomad_user_data_fuzz.proptest-regressions"
+        ))),
+        ..ProptestConfig::default()
+    })]
 
     /// Hostile user_data never panics the rewriter, and a rewrite keeps every byte
     /// outside the list.

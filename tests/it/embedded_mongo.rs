@@ -4,9 +4,7 @@
 //! MongoDB stand-in), the stand-ins of `mongo`, `mongodump` and `mongorestore` in it,
 //! the restore into the shared stand-in as a user whose password goes on stdin.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
-
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,9 +3,7 @@
 //! commands, a temporary `postgres:9.5.8` container on /data/circle/postgres/9.5/data
 //! (dev/embedded-fixture.sh made it), `pg_dump` inside it, the container removed.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
-
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;

@@ -1,9 +1,7 @@
 //! circleci_postgres_databases end to end: the real terraform CLI, a real PostgreSQL 15
 //! (scram-sha-256, TLS verified against the dev CA) and the real sshd.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
-
-mod common;
+use crate::common;
 
 use common::{closed_port, hcl_str, mode_of, servers, Tf};
 
@@ -23,10 +21,13 @@ fn state_text(tf: &Tf) -> String {
     st
 }
 
-/// The runbook's defaults: nine databases, role `circle`. The only test that uses those
-/// names (tests run in parallel on one server).
+/// The runbook's defaults: nine databases, role `circle`. The migration and complete
+/// example tests use those names too, under the simulator's lock: this test takes it.
 #[test]
 fn defaults_drift_rotation_import_and_retain() {
+    let _turn = common::sim::SIMULATOR
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let s = servers();
     // A clean slate, whatever earlier runs left (deletion_policy = "retain" keeps things).
     for db in NINE {

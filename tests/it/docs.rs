@@ -2,8 +2,6 @@
 //! so the project has its own small generator). `make docs` rewrites the files
 //! (UPDATE_DOCS=1); otherwise this test fails when they are stale.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
-
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 

@@ -3,8 +3,6 @@
 //! expansions of earlier variables, as the runbook's MongoDB section writes) gives the
 //! values bash gives when it sources it.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
-
 use proptest::prelude::*;
 use std::process::Command;
 use terraform_provider_circleci::circleci::envfile::{parse, render, Style};
@@ -40,7 +38,15 @@ fn tricky() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    // Failures are kept next to this file (the default would look for a parallel
+    // directory of tests/it/main.rs).
+    #![proptest_config(ProptestConfig {
+        cases: 96,
+        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::Direct(
+            "tests/it/envfile_bash.proptest-regressions"
+        ))),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn bash_reads_back_every_value(v in tricky(), slanger in any::<bool>()) {

@@ -6,9 +6,7 @@
 //! with a private Nomad stand-in (`--nodes-dir`), which lists it `initializing`, then
 //! `ready` with a higher ModifyIndex; the tests count each client's restarts.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
-
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

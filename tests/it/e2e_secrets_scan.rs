@@ -6,9 +6,7 @@
 //! it), its JSON, any command's output, or the log. The Vault client token, which the
 //! provider makes, is scanned for too.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
-
-mod common;
+use crate::common;
 
 use base64::Engine;
 use common::{servers, Tf};

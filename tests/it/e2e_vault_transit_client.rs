@@ -1,9 +1,7 @@
 //! circleci_vault_transit_client end to end: the real terraform CLI, a real Vault API
 //! (OpenBao in dev mode, TLS with its own CA) and the real sshd.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
-
-mod common;
+use crate::common;
 
 use common::{closed_port, mode_of, servers, Servers, Tf};
 

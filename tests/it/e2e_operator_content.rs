@@ -2,9 +2,7 @@
 //! the operator's own lines, bytes that are not UTF-8 among them; apply, an update and
 //! destroy leave those bytes exactly as they were. The provider writes only its block.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
-
-mod common;
+use crate::common;
 
 use common::{hcl_str, servers, Tf};
 

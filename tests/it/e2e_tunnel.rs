@@ -4,9 +4,7 @@
 //! ports (`PermitOpen`) and its sudo user none, and logs each channel open (DEBUG1),
 //! so the tests see which hop carried what and which one refused.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
-
-mod common;
+use crate::common;
 
 use common::{flat, servers, Servers, Tf};
 

@@ -1,9 +1,7 @@
 //! circleci_external_rabbitmq (real RabbitMQ) and circleci_external_nomad (the Nomad
 //! stand-in, dev/nomad-standin.py) end to end through the terraform CLI.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
-
-mod common;
+use crate::common;
 
 use common::{closed_port, hcl_str, mode_of, servers, NomadStandin, Tf};
 

@@ -105,6 +105,34 @@ impl Sim {
     }
 }
 
+/// Waits (60 s at most) until the simulator's app, in its own settings, is started: a
+/// test that holds [`SIMULATOR`] but does not reconfigure it may follow one whose `Sim`
+/// was just dropped, which leaves the app starting, not started.
+pub fn app_started(s: &Servers) {
+    let ctl = PathBuf::from(s.get("CIRCLECI_TEST_SIM")).join("replicatedctl");
+    let state = || {
+        let out = Command::new(&ctl)
+            .args(["app", "status", "-o", "json"])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<Json>(&out.stdout).unwrap_or(Json::Null)[0]["State"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    for _ in 0..300 {
+        match state().as_str() {
+            "started" => return,
+            "stopped" => {
+                Command::new(&ctl).args(["app", "start"]).status().unwrap();
+            }
+            _ => {}
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    panic!("the simulated app did not start: {}", state());
+}
+
 impl Drop for Sim {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.settings);

@@ -4,9 +4,7 @@
 //! about a secret (a literal password, the admin connection string) is never attached
 //! to it: Terraform prints the source line of the attribute a diagnostic is on.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
-
-mod common;
+use crate::common;
 
 use common::{servers, Tf};
 

@@ -16,9 +16,7 @@
 //! `circleci_services_ca_certificate`, bundled by the simulator's
 //! `update-ca-certificates`). Every process the test starts is stopped by its PID.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
-
-mod common;
+use crate::common;
 
 use std::net::ToSocketAddrs;
 use std::path::Path;

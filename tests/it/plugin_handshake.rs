@@ -3,8 +3,6 @@
 //! Terraform's own client certificate is self-signed ECDSA P-521 / SHA-512 with CA:TRUE;
 //! the tests make one of the same kind. The end-to-end tests cover Terraform itself.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
-
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;

@@ -4,9 +4,7 @@
 //! for real to the test servers. The simulator is shared: these tests take turns and
 //! leave it started, on its default root.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
-
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Child, Command};

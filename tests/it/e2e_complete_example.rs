@@ -3,9 +3,7 @@
 //! Nomad clients, the data migration from the simulator's embedded PostgreSQL and
 //! Vault, then the restart, whose runbook checks must all pass and be listed.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
-
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 

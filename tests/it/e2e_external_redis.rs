@@ -1,9 +1,7 @@
 //! circleci_external_redis end to end: the real terraform CLI, the provider binary, a
 //! real sshd as the Services machine and a real Redis.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
-
-mod common;
+use crate::common;
 
 use common::{closed_port, mode_of, servers, Tf};
 

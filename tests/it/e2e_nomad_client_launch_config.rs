@@ -2,9 +2,7 @@
 //! Auto Scaling). Groups are built, and the provider's work checked, with boto3 through
 //! dev/aws-fixture.py: a second AWS client that shares no code with the provider.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
-
-mod common;
+use crate::common;
 
 use std::process::{Child, Command};
 
