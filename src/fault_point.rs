@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The environment variable naming the directory.
-pub const ENV: &str = "CIRCLECI_PROVIDER_FAULT_DIR";
+pub(crate) const ENV: &str = "CIRCLECI_PROVIDER_FAULT_DIR";
 
 /// The longest a point holds an apply.
 const HOLD: Duration = Duration::from_secs(120);
@@ -32,7 +32,7 @@ fn dir() -> Option<&'static PathBuf> {
 }
 
 /// Point `name` (`<resource type>.<phase>`) of an apply step.
-pub async fn point(name: &str) {
+pub(crate) async fn point(name: &str) {
     let Some(dir) = dir() else { return };
     let armed = dir.join(format!("{name}.armed"));
     if std::fs::remove_file(&armed).is_err() {
@@ -58,7 +58,7 @@ pub async fn point(name: &str) {
 
 /// Point `name`, where the fault suite can make the step fail: the injected failure's
 /// text, once, when `DIR/name.fail` exists.
-pub fn failure(name: &str) -> Option<String> {
+pub(crate) fn failure(name: &str) -> Option<String> {
     let dir = dir()?;
     let path = dir.join(format!("{name}.fail"));
     let text = std::fs::read_to_string(&path).ok()?;

@@ -21,7 +21,7 @@ fn level_name(l: Level) -> &'static str {
 
 /// The level from TF_LOG_PROVIDER, else TF_LOG; warnings only when neither is set
 /// (Terraform discards plugin logs then anyway, so we spare the work).
-pub fn level_from_env() -> LevelFilter {
+pub(crate) fn level_from_env() -> LevelFilter {
     let v = std::env::var("TF_LOG_PROVIDER")
         .ok()
         .filter(|s| !s.is_empty())
@@ -39,7 +39,7 @@ pub fn level_from_env() -> LevelFilter {
 }
 
 /// One log line, hclog's shape: `@timestamp` has exactly six fractional digits.
-pub fn format_line(
+pub(crate) fn format_line(
     level: Level,
     module: &str,
     message: &str,
@@ -60,7 +60,7 @@ pub fn format_line(
 /// password verifiers: they are kept out even under TF_LOG=trace.
 const VERBOSE_TARGETS: [&str; 3] = ["terraform_provider_circleci", "russh", "rustls"];
 
-pub fn target_allowed(level: Level, target: &str) -> bool {
+pub(crate) fn target_allowed(level: Level, target: &str) -> bool {
     level <= Level::Warn || VERBOSE_TARGETS.iter().any(|p| target.starts_with(p))
 }
 
@@ -95,7 +95,7 @@ impl Log for HcLogger {
     fn flush(&self) {}
 }
 
-pub fn init() {
+pub(crate) fn init() {
     let level = level_from_env();
     if log::set_boxed_logger(Box::new(HcLogger { level })).is_ok() {
         log::set_max_level(level);

@@ -5,10 +5,13 @@
 
 use std::fmt;
 
+/// A password, token or key: `Debug` prints no part of it, it has no `Display`, and
+/// [`Secret::expose`] is the one way to read it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
 impl Secret {
+    /// Keeps `s` as a secret.
     pub fn new(s: impl Into<String>) -> Self {
         Secret(s.into())
     }

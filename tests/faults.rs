@@ -11,7 +11,14 @@
 //!
 //! The table is printed, and written to `dev/.state/faults.txt` (`make faults` shows it).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
+// Tests may panic (that is how they fail) and cast freely (their numbers are small).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 
 #[path = "it/common/mod.rs"]
 mod common;

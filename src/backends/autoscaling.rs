@@ -8,7 +8,7 @@ use super::aws::{sdk_error, AwsError};
 
 /// A group's launch template reference.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TemplateRef {
+pub(crate) struct TemplateRef {
     pub id: String,
     pub name: String,
     /// `"3"`, `"$Latest"` or `"$Default"`.
@@ -16,14 +16,14 @@ pub struct TemplateRef {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GroupInstance {
+pub(crate) struct GroupInstance {
     pub id: String,
     /// `InService`, `Pending`, `Terminating`, ...
     pub state: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Group {
+pub(crate) struct Group {
     pub name: String,
     pub launch_configuration: Option<String>,
     pub launch_template: Option<TemplateRef>,
@@ -33,7 +33,7 @@ pub struct Group {
 }
 
 impl Group {
-    pub fn instance_ids(&self) -> Vec<String> {
+    pub(crate) fn instance_ids(&self) -> Vec<String> {
         self.instances.iter().map(|i| i.id.clone()).collect()
     }
 }
@@ -74,14 +74,14 @@ fn nonempty<T: Clone>(v: &[T]) -> Option<Vec<T>> {
     (!v.is_empty()).then(|| v.to_vec())
 }
 
-pub struct Autoscaling {
+pub(crate) struct Autoscaling {
     client: Client,
     /// Where requests go, for messages: the endpoint, or "AWS Auto Scaling in REGION".
     at: String,
 }
 
 impl Autoscaling {
-    pub fn new(client: Client, at: String) -> Self {
+    pub(crate) fn new(client: Client, at: String) -> Self {
         Autoscaling { client, at }
     }
 
@@ -94,7 +94,7 @@ impl Autoscaling {
     }
 
     /// The group, or `None` when there is no group of that name.
-    pub async fn group(&self, name: &str) -> Result<Option<Group>, AwsError> {
+    pub(crate) async fn group(&self, name: &str) -> Result<Option<Group>, AwsError> {
         let out = self
             .client
             .describe_auto_scaling_groups()
@@ -110,7 +110,7 @@ impl Autoscaling {
     }
 
     /// Every group (all pages).
-    pub async fn all_groups(&self) -> Result<Vec<Group>, AwsError> {
+    pub(crate) async fn all_groups(&self) -> Result<Vec<Group>, AwsError> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -131,7 +131,7 @@ impl Autoscaling {
 
     /// Names of the groups that use this launch configuration. AWS refuses to delete one
     /// in use, but not every AWS-compatible endpoint does, so this provider asks first.
-    pub async fn groups_using_launch_configuration(
+    pub(crate) async fn groups_using_launch_configuration(
         &self,
         name: &str,
     ) -> Result<Vec<String>, AwsError> {
@@ -145,7 +145,7 @@ impl Autoscaling {
     }
 
     /// Names of the groups pinned to this exact template version.
-    pub async fn groups_using_template_version(
+    pub(crate) async fn groups_using_template_version(
         &self,
         template_id: &str,
         version: i64,
@@ -164,7 +164,7 @@ impl Autoscaling {
             .collect())
     }
 
-    pub async fn launch_configuration(
+    pub(crate) async fn launch_configuration(
         &self,
         name: &str,
     ) -> Result<Option<LaunchConfiguration>, AwsError> {
@@ -183,7 +183,7 @@ impl Autoscaling {
     }
 
     /// Creates `new_name` as a copy of `source` with every field kept but the user data.
-    pub async fn copy_launch_configuration(
+    pub(crate) async fn copy_launch_configuration(
         &self,
         source: &LaunchConfiguration,
         new_name: &str,
@@ -218,7 +218,7 @@ impl Autoscaling {
     }
 
     /// Deletes a launch configuration; one already gone is not an error.
-    pub async fn delete_launch_configuration(&self, name: &str) -> Result<(), AwsError> {
+    pub(crate) async fn delete_launch_configuration(&self, name: &str) -> Result<(), AwsError> {
         match self
             .client
             .delete_launch_configuration()
@@ -238,7 +238,11 @@ impl Autoscaling {
         }
     }
 
-    pub async fn use_launch_configuration(&self, group: &str, name: &str) -> Result<(), AwsError> {
+    pub(crate) async fn use_launch_configuration(
+        &self,
+        group: &str,
+        name: &str,
+    ) -> Result<(), AwsError> {
         self.client
             .update_auto_scaling_group()
             .auto_scaling_group_name(group)
@@ -249,7 +253,7 @@ impl Autoscaling {
         Ok(())
     }
 
-    pub async fn use_launch_template(
+    pub(crate) async fn use_launch_template(
         &self,
         group: &str,
         template_id: &str,
@@ -271,7 +275,7 @@ impl Autoscaling {
     }
 
     /// Terminates one instance and lets the group launch its replacement.
-    pub async fn replace_instance(&self, instance_id: &str) -> Result<(), AwsError> {
+    pub(crate) async fn replace_instance(&self, instance_id: &str) -> Result<(), AwsError> {
         self.client
             .terminate_instance_in_auto_scaling_group()
             .instance_id(instance_id)

@@ -13,7 +13,7 @@ use super::autoscaling::Autoscaling;
 use super::ec2::Ec2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AwsErrorKind {
+pub(crate) enum AwsErrorKind {
     /// No answer: connection refused, DNS, timeout.
     Unreachable,
     /// No credentials, or AWS refused them.
@@ -29,7 +29,7 @@ pub enum AwsErrorKind {
 /// What AWS (or the configuration chain) said, classified by the AWS error code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
-pub struct AwsError {
+pub(crate) struct AwsError {
     pub kind: AwsErrorKind,
     /// The AWS error code (`ValidationError`, `AccessDenied`, ...), when AWS answered.
     pub code: Option<String>,
@@ -37,7 +37,7 @@ pub struct AwsError {
 }
 
 impl AwsError {
-    pub fn new(kind: AwsErrorKind, code: Option<String>, message: String) -> Self {
+    pub(crate) fn new(kind: AwsErrorKind, code: Option<String>, message: String) -> Self {
         AwsError {
             kind,
             code,
@@ -46,7 +46,7 @@ impl AwsError {
     }
 
     /// Classifies an error AWS answered with by its code.
-    pub fn from_code(code: Option<String>, message: String) -> Self {
+    pub(crate) fn from_code(code: Option<String>, message: String) -> Self {
         let c = code.as_deref().unwrap_or_default();
         let kind = if c.contains("NotFound") {
             AwsErrorKind::NotFound
@@ -74,14 +74,14 @@ impl AwsError {
 
 /// What the provider's `aws` block says; unset fields fall back to the AWS chain.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct AwsSettings {
+pub(crate) struct AwsSettings {
     pub region: Option<String>,
     pub profile: Option<String>,
     pub endpoint: Option<String>,
     pub timeout: Duration,
 }
 
-pub struct AwsClients {
+pub(crate) struct AwsClients {
     pub region: String,
     pub autoscaling: Autoscaling,
     pub ec2: Ec2,
@@ -89,24 +89,20 @@ pub struct AwsClients {
 
 /// Loads the AWS configuration on first use only: Terraform configures the provider on
 /// every run, and the chain may ask the instance metadata service.
-pub struct Aws {
+pub(crate) struct Aws {
     settings: AwsSettings,
     clients: OnceCell<Result<AwsClients, AwsError>>,
 }
 
 impl Aws {
-    pub fn new(settings: AwsSettings) -> Self {
+    pub(crate) fn new(settings: AwsSettings) -> Self {
         Aws {
             settings,
             clients: OnceCell::new(),
         }
     }
 
-    pub fn settings(&self) -> &AwsSettings {
-        &self.settings
-    }
-
-    pub async fn clients(&self) -> Result<&AwsClients, AwsError> {
+    pub(crate) async fn clients(&self) -> Result<&AwsClients, AwsError> {
         self.clients
             .get_or_init(|| load(&self.settings))
             .await
@@ -177,7 +173,7 @@ fn default_ec2_endpoint(region: &str) -> String {
 }
 
 /// An SDK error as an [`AwsError`] with the whole chain in its message.
-pub fn sdk_error<E, R>(
+pub(crate) fn sdk_error<E, R>(
     op: &str,
     at: &str,
     e: aws_sdk_autoscaling::error::SdkError<E, R>,

@@ -21,7 +21,7 @@ const API_VERSION: &str = "2016-11-15";
 
 /// One launch template version, as DescribeLaunchTemplateVersions returns it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TemplateVersion {
+pub(crate) struct TemplateVersion {
     pub template_id: String,
     pub template_name: String,
     pub number: i64,
@@ -33,7 +33,7 @@ pub struct TemplateVersion {
     pub user_data: Option<String>,
 }
 
-pub struct Ec2 {
+pub(crate) struct Ec2 {
     http: reqwest::Client,
     endpoint: String,
     region: String,
@@ -41,7 +41,7 @@ pub struct Ec2 {
 }
 
 impl Ec2 {
-    pub fn new(
+    pub(crate) fn new(
         endpoint: String,
         region: String,
         credentials: Option<SharedCredentialsProvider>,
@@ -63,7 +63,7 @@ impl Ec2 {
 
     /// One version (`"3"`, `"$Latest"` or `"$Default"`) of a template; `None` when the
     /// template or the version does not exist.
-    pub async fn describe_version(
+    pub(crate) async fn describe_version(
         &self,
         template_id: &str,
         version: &str,
@@ -90,7 +90,7 @@ impl Ec2 {
 
     /// Creates a version with exactly `params` (the full data) and `user_data`; returns
     /// its number.
-    pub async fn create_version(
+    pub(crate) async fn create_version(
         &self,
         template_id: &str,
         source_version: i64,
@@ -124,7 +124,11 @@ impl Ec2 {
     }
 
     /// Deletes one version. A version that is already gone is not an error.
-    pub async fn delete_version(&self, template_id: &str, number: i64) -> Result<(), AwsError> {
+    pub(crate) async fn delete_version(
+        &self,
+        template_id: &str,
+        number: i64,
+    ) -> Result<(), AwsError> {
         let params = vec![
             ("LaunchTemplateId".to_string(), template_id.to_string()),
             ("LaunchTemplateVersion.1".to_string(), number.to_string()),
@@ -337,7 +341,7 @@ const RENAMED: &[(&str, &str, &str)] = &[
 ];
 
 /// Turns a `<launchTemplateData>` element into `LaunchTemplateData.*` parameters.
-pub fn data_to_params(data: roxmltree::Node) -> Vec<(String, String)> {
+pub(crate) fn data_to_params(data: roxmltree::Node) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut chain = vec!["launchTemplateData"];
     fields(data, "LaunchTemplateData", &mut chain, &mut out);

@@ -1,26 +1,26 @@
 //! One module per external system. Nothing in here knows about Terraform.
 
-pub mod autoscaling;
-pub mod aws;
-pub mod ec2;
-pub mod mongo;
-pub mod nomad;
-pub mod postgres;
-pub mod rabbitmq;
-pub mod redis;
-pub mod ssh;
-pub mod tls;
-pub mod tunnel;
-pub mod vault;
+pub(crate) mod autoscaling;
+pub(crate) mod aws;
+pub(crate) mod ec2;
+pub(crate) mod mongo;
+pub(crate) mod nomad;
+pub(crate) mod postgres;
+pub(crate) mod rabbitmq;
+pub(crate) mod redis;
+pub(crate) mod ssh;
+pub(crate) mod tls;
+pub(crate) mod tunnel;
+pub(crate) mod vault;
 
 /// reqwest (Vault, Nomad) runs rustls without choosing a crypto provider itself; ours
 /// is AWS-LC, as for every other TLS connection of the provider.
-pub fn install_crypto_provider() {
+pub(crate) fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
 /// An error and its sources on one line, each source once.
-pub fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut m = e.to_string();
     let mut src = e.source();
     while let Some(s) = src {
@@ -36,7 +36,7 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 /// The first error of type `T` in `e`'s source chain, looking inside `std::io::Error`s
 /// too (their `source()` skips the error they wrap). Classification by type, never by
 /// message text.
-pub fn find_in_chain<'a, T: std::error::Error + 'static>(
+pub(crate) fn find_in_chain<'a, T: std::error::Error + 'static>(
     e: &'a (dyn std::error::Error + 'static),
 ) -> Option<&'a T> {
     let mut cur: Option<&'a (dyn std::error::Error + 'static)> = Some(e);

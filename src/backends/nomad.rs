@@ -11,7 +11,7 @@ use crate::backends::tunnel::Route;
 /// Why the leader check failed; TLS failures are told apart by the rustls error in the
 /// source chain, never by message text.
 #[derive(Debug, thiserror::Error)]
-pub enum NomadError {
+pub(crate) enum NomadError {
     #[error("Nomad at {endpoint} has no cluster leader{}", if *.elections { ": the servers have not elected one (are enough of them up?)" } else { "" })]
     NoLeader { endpoint: String, elections: bool },
     #[error("Nomad at {endpoint} answered 403 Permission denied: {}", if *.with_token { "the ACL token was refused" } else { "ACLs are on and no ACL token was given" })]
@@ -49,7 +49,7 @@ pub enum NomadError {
 
 /// CA certificates trusted besides the system's.
 #[derive(Clone, Copy, Debug)]
-pub enum Ca<'a> {
+pub(crate) enum Ca<'a> {
     /// A PEM file where Terraform runs.
     File(&'a Path),
     /// PEM text, e.g. the Services machine's own bundle; `label` names it in errors.
@@ -58,7 +58,7 @@ pub enum Ca<'a> {
 
 impl<'a> Ca<'a> {
     /// A file, when there is one.
-    pub fn file(p: Option<&'a Path>) -> Option<Ca<'a>> {
+    pub(crate) fn file(p: Option<&'a Path>) -> Option<Ca<'a>> {
         p.map(Ca::File)
     }
 }
@@ -169,7 +169,7 @@ async fn request(
 }
 
 /// The leader's address as Nomad reports it (`"10.0.0.1:4647"`).
-pub async fn leader(
+pub(crate) async fn leader(
     route: &Route,
     endpoint: &str,
     ca: Option<Ca<'_>>,
@@ -201,7 +201,7 @@ pub async fn leader(
 
 /// A client node as `GET /v1/nodes` lists it (the fields the provider reads).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
-pub struct Node {
+pub(crate) struct Node {
     #[serde(rename = "ID")]
     pub id: String,
     #[serde(rename = "Name")]
@@ -225,13 +225,13 @@ pub struct Node {
 
 impl Node {
     /// Ready, not draining and, where Nomad says, eligible: it can take a build.
-    pub fn schedulable(&self) -> bool {
+    pub(crate) fn schedulable(&self) -> bool {
         self.status == "ready" && !self.drain && self.eligibility != "ineligible"
     }
 }
 
 /// The client nodes the Nomad servers know (`GET /v1/nodes`).
-pub async fn nodes(
+pub(crate) async fn nodes(
     route: &Route,
     endpoint: &str,
     ca: Option<Ca<'_>>,
@@ -268,7 +268,7 @@ async fn json<T: for<'de> serde::Deserialize<'de>>(
 /// An allocation as `GET /v1/allocations` lists it (the fields the provider reads):
 /// for CircleCI, one build (a job, or one of its parallel runs).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
-pub struct Allocation {
+pub(crate) struct Allocation {
     #[serde(rename = "ID")]
     pub id: String,
     #[serde(rename = "Name", default)]
@@ -284,13 +284,13 @@ pub struct Allocation {
 
 impl Allocation {
     /// Placed and not finished: a build that stopping CircleCI or its client would cut off.
-    pub fn active(&self) -> bool {
+    pub(crate) fn active(&self) -> bool {
         matches!(self.client_status.as_str(), "pending" | "running")
     }
 }
 
 /// Every allocation the Nomad servers know (`GET /v1/allocations`).
-pub async fn allocations(
+pub(crate) async fn allocations(
     route: &Route,
     endpoint: &str,
     ca: Option<Ca<'_>>,
@@ -302,7 +302,7 @@ pub async fn allocations(
 
 /// The servers' RPC addresses (`GET /v1/status/peers`, `["10.0.0.1:4647", ...]`): the
 /// members of the cluster that answers.
-pub async fn peers(
+pub(crate) async fn peers(
     route: &Route,
     endpoint: &str,
     ca: Option<Ca<'_>>,
@@ -314,7 +314,7 @@ pub async fn peers(
 
 /// The version of the Nomad agent that answers (`GET /v1/agent/self`): its
 /// `config.Version`, a string up to 0.6, an object with a `Version` string from 0.7 on.
-pub async fn version(
+pub(crate) async fn version(
     route: &Route,
     endpoint: &str,
     ca: Option<Ca<'_>>,
@@ -347,7 +347,7 @@ pub async fn version(
 
 /// How a Nomad server drains a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DrainApi {
+pub(crate) enum DrainApi {
     /// Before 0.8: `POST /v1/node/:id/drain?enable=true|false`. Enabling stops the
     /// node's running allocations at once (they are migrated).
     Toggle,
@@ -358,7 +358,7 @@ pub enum DrainApi {
 
 impl DrainApi {
     /// The API of a server of `version` (`0.5.6`, `0.8.7`, `1.4.2+ent`, ...).
-    pub fn of(version: &str) -> Result<DrainApi, String> {
+    pub(crate) fn of(version: &str) -> Result<DrainApi, String> {
         let mut parts = version
             .trim_start_matches('v')
             .split(|c: char| !c.is_ascii_digit())
@@ -385,7 +385,7 @@ fn node_path(id: &str, tail: &str) -> Result<String, String> {
 
 /// One node as `GET /v1/node/:id` reads it (the fields the provider reads).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
-pub struct NodeDetail {
+pub(crate) struct NodeDetail {
     #[serde(rename = "ID")]
     pub id: String,
     #[serde(rename = "Name")]
@@ -398,14 +398,14 @@ pub struct NodeDetail {
 /// The attributes in which a client on EC2 reports its instance ID: Nomad's AWS
 /// fingerprinter writes `unique.platform.aws.instance-id` (before 0.5, without the
 /// `unique.` prefix).
-pub const AWS_INSTANCE_ID_ATTRS: [&str; 2] = [
+pub(crate) const AWS_INSTANCE_ID_ATTRS: [&str; 2] = [
     "unique.platform.aws.instance-id",
     "platform.aws.instance-id",
 ];
 
 impl NodeDetail {
     /// The EC2 instance the client runs on, when its AWS fingerprint says.
-    pub fn aws_instance_id(&self) -> Option<&str> {
+    pub(crate) fn aws_instance_id(&self) -> Option<&str> {
         AWS_INSTANCE_ID_ATTRS
             .iter()
             .find_map(|k| self.attributes.get(*k))
@@ -416,7 +416,7 @@ impl NodeDetail {
 
 /// One node with its attributes (`GET /v1/node/:id`); None when the servers do not
 /// know it (404: garbage-collected since it was listed).
-pub async fn node(
+pub(crate) async fn node(
     route: &Route,
     endpoint: &str,
     id: &str,
@@ -436,7 +436,7 @@ pub async fn node(
 }
 
 /// The allocations placed on one node (`GET /v1/node/:id/allocations`).
-pub async fn node_allocations(
+pub(crate) async fn node_allocations(
     route: &Route,
     endpoint: &str,
     node: &str,
@@ -453,7 +453,7 @@ pub async fn node_allocations(
 
 /// What to do with a node's drain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Drain {
+pub(crate) enum Drain {
     /// Enable it; with [`DrainApi::Spec`], allocations get until the deadline.
     Enable { deadline: Duration },
     /// Disable it and make the node eligible for new allocations again.
@@ -461,7 +461,7 @@ pub enum Drain {
 }
 
 /// The request bodies and paths for `drain` on `api`, in order.
-pub fn drain_requests(
+pub(crate) fn drain_requests(
     api: DrainApi,
     node: &str,
     drain: Drain,
@@ -496,7 +496,7 @@ pub fn drain_requests(
 
 /// Enables or disables one node's drain on the servers at `endpoint`.
 #[allow(clippy::too_many_arguments)]
-pub async fn drain(
+pub(crate) async fn drain(
     route: &Route,
     endpoint: &str,
     api: DrainApi,

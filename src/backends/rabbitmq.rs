@@ -14,7 +14,7 @@ use crate::backends::tunnel::Route;
 
 /// Why a login failed. Classified by the AMQP reply code, never by message text.
 #[derive(Debug, thiserror::Error)]
-pub enum MqError {
+pub(crate) enum MqError {
     /// The broker refused the credentials (403 ACCESS_REFUSED) or the vhost (530
     /// NOT_ALLOWED).
     #[error("RabbitMQ at {target} refused the login: {source}")]
@@ -54,12 +54,12 @@ pub enum MqError {
 
 impl MqError {
     /// The broker answered but said no.
-    pub fn is_refused(&self) -> bool {
+    pub(crate) fn is_refused(&self) -> bool {
         matches!(self, MqError::Refused { .. })
     }
 
     /// Nothing (usable) answered.
-    pub fn is_unreachable(&self) -> bool {
+    pub(crate) fn is_unreachable(&self) -> bool {
         matches!(
             self,
             MqError::Unreachable { .. } | MqError::Timeout { .. } | MqError::Tunnel { .. }
@@ -68,7 +68,7 @@ impl MqError {
 }
 
 /// Where and as whom to log in. Debug hides the password.
-pub struct Login<'a> {
+pub(crate) struct Login<'a> {
     pub host: &'a str,
     pub port: u16,
     pub user: &'a str,
@@ -179,7 +179,7 @@ const MAX_START: usize = 64 * 1024;
 /// `version`; empty when it names none). Sends only the protocol header: no user name
 /// or password. The connection is then dropped, which RabbitMQ logs as closed during
 /// the handshake.
-pub async fn server_version(l: &Login<'_>) -> Result<String, MqError> {
+pub(crate) async fn server_version(l: &Login<'_>) -> Result<String, MqError> {
     use async_compat::CompatExt;
     use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
     trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -284,7 +284,7 @@ fn start_version(buf: &[u8]) -> Result<Option<String>, String> {
 }
 
 /// Logs in and closes; Ok when the broker accepted the credentials for the vhost.
-pub async fn login(l: &Login<'_>) -> Result<(), MqError> {
+pub(crate) async fn login(l: &Login<'_>) -> Result<(), MqError> {
     let target = l.target();
     let uri = AMQPUri {
         scheme: if l.tls {

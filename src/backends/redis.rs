@@ -7,7 +7,7 @@ use crate::backends::tunnel::Route;
 
 /// Why PING failed; every variant names `host:port`.
 #[derive(Debug, thiserror::Error)]
-pub enum RedisError {
+pub(crate) enum RedisError {
     #[error("Redis at {target}: {source}")]
     Client {
         target: String,
@@ -38,7 +38,7 @@ pub enum RedisError {
 /// Connects to `host:port` (by `route`) and sends PING; Ok when the server answers
 /// PONG, with the version `INFO server` reports (empty when the server does not
 /// answer `INFO`, which some managed services rename).
-pub async fn ping(
+pub(crate) async fn ping(
     route: &Route,
     host: &str,
     port: u16,

@@ -9,10 +9,10 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 /// Checks nothing but the handshake signature: libpq's `prefer` and `require`,
 /// MongoDB's `tlsInsecure`.
 #[derive(Debug)]
-pub struct NoCertCheck(Arc<rustls::crypto::CryptoProvider>);
+pub(crate) struct NoCertCheck(Arc<rustls::crypto::CryptoProvider>);
 
 impl NoCertCheck {
-    pub fn new(provider: Arc<rustls::crypto::CryptoProvider>) -> Self {
+    pub(crate) fn new(provider: Arc<rustls::crypto::CryptoProvider>) -> Self {
         NoCertCheck(provider)
     }
 }
@@ -52,7 +52,7 @@ impl ServerCertVerifier for NoCertCheck {
 /// Checks the certificate chain as `inner` does, but accepts a certificate issued for
 /// another name: MongoDB's `tlsAllowInvalidHostnames`, libpq's `verify-ca`.
 #[derive(Debug)]
-pub struct AnyName(pub Arc<dyn ServerCertVerifier>);
+pub(crate) struct AnyName(pub Arc<dyn ServerCertVerifier>);
 
 impl ServerCertVerifier for AnyName {
     fn verify_server_cert(

@@ -21,7 +21,8 @@ pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// A stream being opened (see [`Route::dial`]).
-pub type Dialing = Pin<Box<dyn Future<Output = Result<Box<dyn Io>, DialError>> + Send + 'static>>;
+pub(crate) type Dialing =
+    Pin<Box<dyn Future<Output = Result<Box<dyn Io>, DialError>> + Send + 'static>>;
 
 /// The route to the backends of one configuration block.
 #[derive(Clone, Default)]
@@ -76,7 +77,7 @@ pub enum DialError {
 }
 
 /// `host:port`, with brackets around an IPv6 address.
-pub fn host_port(host: &str, port: u16) -> String {
+pub(crate) fn host_port(host: &str, port: u16) -> String {
     if host.contains(':') {
         format!("[{host}]:{port}")
     } else {
@@ -85,7 +86,7 @@ pub fn host_port(host: &str, port: u16) -> String {
 }
 
 /// The host (without IPv6 brackets) and port (the scheme's default if none) of a URL.
-pub fn url_host_port(url: &str) -> Result<(String, Option<u16>), String> {
+pub(crate) fn url_host_port(url: &str) -> Result<(String, Option<u16>), String> {
     let u = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
     let host = u.host_str().unwrap_or_default().trim_matches(['[', ']']);
     Ok((host.to_string(), u.port_or_known_default()))
@@ -364,9 +365,10 @@ impl SocksBridge {
             ));
         }
         let (user, pass) = (self.user.as_bytes(), self.pass.expose().as_bytes());
-        let mut auth = vec![1, user.len() as u8];
+        let too_long = || fail("a SOCKS5 user or password over 255 bytes");
+        let mut auth = vec![1, u8::try_from(user.len()).map_err(|_| too_long())?];
         auth.extend_from_slice(user);
-        auth.push(pass.len() as u8);
+        auth.push(u8::try_from(pass.len()).map_err(|_| too_long())?);
         auth.extend_from_slice(pass);
         tcp.write_all(&auth).await?;
         tcp.read_exact(&mut reply).await?;

@@ -14,13 +14,20 @@ use vaultrs::error::ClientError;
 
 use crate::secret::Secret;
 
+/// How to reach Vault, and as whom.
 #[derive(Clone, Debug)]
 pub struct VaultConfig {
+    /// Vault's address, `https://host:port`.
     pub address: String,
+    /// The token the provider acts with.
     pub token: Secret,
+    /// The CA certificate file TLS trusts.
     pub ca_cert_file: Option<PathBuf>,
+    /// The Vault Enterprise namespace, if any.
     pub namespace: Option<String>,
+    /// Skip checking Vault's certificate (explicit opt-in only).
     pub skip_tls_verify: bool,
+    /// The longest wait for each request.
     pub timeout: Duration,
     /// Straight from where Terraform runs, or through the Services machine.
     pub route: crate::backends::tunnel::Route,
@@ -86,7 +93,7 @@ pub struct TokenInfo {
 }
 
 /// The encryption key types transit offers for encrypt/decrypt.
-pub const KEY_TYPES: [&str; 3] = ["aes256-gcm96", "aes128-gcm96", "chacha20-poly1305"];
+pub(crate) const KEY_TYPES: [&str; 3] = ["aes256-gcm96", "aes128-gcm96", "chacha20-poly1305"];
 
 fn key_type(s: &str) -> Option<KeyType> {
     match s {
@@ -97,6 +104,7 @@ fn key_type(s: &str) -> Option<KeyType> {
     }
 }
 
+/// A Vault client: transit mounts and keys, policies and tokens.
 pub struct Vault {
     cfg: VaultConfig,
     admin: OnceLock<Result<VaultClient, VaultError>>,
@@ -109,6 +117,7 @@ impl fmt::Debug for Vault {
 }
 
 impl Vault {
+    /// A client for the Vault in `cfg`; it connects on first use.
     pub fn new(cfg: VaultConfig) -> Self {
         Vault {
             cfg,
@@ -116,6 +125,7 @@ impl Vault {
         }
     }
 
+    /// The settings it was made with.
     pub fn config(&self) -> &VaultConfig {
         &self.cfg
     }
@@ -280,6 +290,7 @@ impl Vault {
             })
     }
 
+    /// Whether a secrets engine is mounted at `mount`.
     pub async fn mount_exists(&self, mount: &str) -> Result<bool, VaultError> {
         let c = self.admin()?;
         let mounts = vaultrs::sys::mount::list(c)
@@ -288,6 +299,7 @@ impl Vault {
         Ok(mounts.contains_key(&format!("{}/", mount.trim_end_matches('/'))))
     }
 
+    /// Mounts the transit secrets engine at `mount`.
     pub async fn enable_transit(&self, mount: &str) -> Result<(), VaultError> {
         let c = self.admin()?;
         vaultrs::sys::mount::enable(c, mount, "transit", None)
@@ -295,6 +307,7 @@ impl Vault {
             .map_err(|e| self.err(&format!("enabling transit at {mount:?}"), e))
     }
 
+    /// Whether transit key `key` exists in `mount`.
     pub async fn key_exists(&self, mount: &str, key: &str) -> Result<bool, VaultError> {
         let c = self.admin()?;
         match vaultrs::transit::key::read(c, mount, key).await {
@@ -310,6 +323,7 @@ impl Vault {
         }
     }
 
+    /// Creates transit key `key` of type `kind` in `mount`.
     pub async fn create_key(&self, mount: &str, key: &str, kind: &str) -> Result<(), VaultError> {
         let c = self.admin()?;
         let kt = key_type(kind).ok_or_else(|| {
@@ -340,6 +354,7 @@ impl Vault {
             .map_err(|e| self.err(&format!("deleting transit key {mount}/{key}"), e))
     }
 
+    /// The rules of policy `name`, or `None` when there is no such policy.
     pub async fn read_policy(&self, name: &str) -> Result<Option<String>, VaultError> {
         let c = self.admin()?;
         match vaultrs::sys::policy::read(c, name).await {
@@ -355,6 +370,7 @@ impl Vault {
         }
     }
 
+    /// Writes policy `name` with `rules` (HCL).
     pub async fn write_policy(&self, name: &str, rules: &str) -> Result<(), VaultError> {
         let c = self.admin()?;
         vaultrs::sys::policy::set(c, name, rules)
@@ -362,6 +378,7 @@ impl Vault {
             .map_err(|e| self.err(&format!("writing policy {name:?}"), e))
     }
 
+    /// Deletes policy `name`.
     pub async fn delete_policy(&self, name: &str) -> Result<(), VaultError> {
         let c = self.admin()?;
         vaultrs::sys::policy::delete(c, name)
@@ -439,6 +456,8 @@ impl Vault {
         }
     }
 
+    /// Renews the token behind `accessor` by `increment` (a Vault duration); returns the
+    /// token's new time to live.
     pub async fn renew_accessor(
         &self,
         accessor: &str,

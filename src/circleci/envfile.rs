@@ -26,7 +26,7 @@ impl fmt::Display for EnvFileError {
 impl std::error::Error for EnvFileError {}
 
 /// True for a valid shell variable name.
-pub fn is_var_name(k: &str) -> bool {
+pub(crate) fn is_var_name(k: &str) -> bool {
     let mut chars = k.chars();
     matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
         && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
@@ -35,7 +35,7 @@ pub fn is_var_name(k: &str) -> bool {
 /// Quotes `v` for bash inside double quotes: `\`, `"`, `$` and backtick get a backslash;
 /// everything else (newlines, spaces, UTF-8) stands as it is. `!` is left alone:
 /// history expansion does not happen in a sourced file.
-pub fn quote(v: &str) -> String {
+pub(crate) fn quote(v: &str) -> String {
     let mut out = String::with_capacity(v.len() + 2);
     out.push('"');
     for c in v.chars() {
@@ -375,7 +375,7 @@ pub fn lookup<'a>(assignments: &'a [Assignment], key: &str) -> Option<&'a str> {
 
 /// Which style a parsed file was written in: Slanger when every variable is assigned
 /// both with and without `export`.
-pub fn detect_style(assignments: &[Assignment]) -> Style {
+pub(crate) fn detect_style(assignments: &[Assignment]) -> Style {
     let all_twice = !assignments.is_empty()
         && assignments.iter().all(|a| {
             assignments
@@ -432,7 +432,7 @@ fn find_block(file: &str, id: &str) -> Result<Option<(usize, usize)>, EnvFileErr
 }
 
 /// The content between the markers of block `id`, if the block is there.
-pub fn extract_block(file: &str, id: &str) -> Result<Option<String>, EnvFileError> {
+pub(crate) fn extract_block(file: &str, id: &str) -> Result<Option<String>, EnvFileError> {
     let Some((s, e)) = find_block(file, id)? else {
         return Ok(None);
     };
@@ -449,7 +449,7 @@ pub fn extract_block(file: &str, id: &str) -> Result<Option<String>, EnvFileErro
 
 /// Replaces block `id` with `content` (which should end in a newline), or appends it.
 /// Every byte outside the block is kept.
-pub fn upsert_block(file: &str, id: &str, content: &str) -> Result<String, EnvFileError> {
+pub(crate) fn upsert_block(file: &str, id: &str, content: &str) -> Result<String, EnvFileError> {
     let (begin, end) = markers(id);
     let mut block = format!("{begin}\n{content}");
     if !block.ends_with('\n') {
@@ -465,7 +465,7 @@ pub fn upsert_block(file: &str, id: &str, content: &str) -> Result<String, EnvFi
 }
 
 /// Removes block `id`; every other byte is kept.
-pub fn remove_block(file: &str, id: &str) -> Result<String, EnvFileError> {
+pub(crate) fn remove_block(file: &str, id: &str) -> Result<String, EnvFileError> {
     Ok(match find_block(file, id)? {
         Some((s, e)) => format!("{}{}", &file[..s], &file[e..]),
         None => file.to_string(),

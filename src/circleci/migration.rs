@@ -4,12 +4,13 @@
 
 /// The embedded PostgreSQL's image and data directory on a 2.17 Services machine.
 pub const PG_IMAGE: &str = "postgres:9.5.8";
+/// The embedded PostgreSQL's data directory on the Services machine.
 pub const PG_DATA: &str = "/data/circle/postgres/9.5/data";
 /// Where the data directory is mounted in the image.
-pub const PG_MOUNT: &str = "/var/lib/postgresql/data";
+pub(crate) const PG_MOUNT: &str = "/var/lib/postgresql/data";
 
 /// The user tables of a database, schema-qualified and quoted, one per row.
-pub const TABLES_SQL: &str =
+pub(crate) const TABLES_SQL: &str =
     "SELECT format('%I.%I', schemaname, tablename) FROM pg_catalog.pg_tables \
      WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1";
 
@@ -44,7 +45,7 @@ pub const TABLES_SQL: &str =
 /// A sequence's checksum is its `is_called`, and ` descending` when it counts down.
 /// Materialized views, views and functions are not compared (pg_restore recreates
 /// them from the dump's definitions); large objects are counted, not hashed.
-pub const STATS_SQL: &str = concat!(
+pub(crate) const STATS_SQL: &str = concat!(
     "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; ",
     "SET bytea_output = 'hex'; SET extra_float_digits = 0; ",
     "SELECT k, t, (xpath('/row/n/text()', x))[1]::text, coalesce((xpath('/row/c/text()', x))[1]::text, '') FROM (",
@@ -141,13 +142,13 @@ pub fn parse_stats(rows: &[Vec<String>]) -> Result<Vec<TableStat>, String> {
 }
 
 /// The total size of a database, for throughput figures.
-pub const DATABASE_SIZE_SQL: &str = "SELECT pg_database_size(current_database())";
+pub(crate) const DATABASE_SIZE_SQL: &str = "SELECT pg_database_size(current_database())";
 
 /// The embedded MongoDB's image and data directory on a 2.17 Services machine, and the
 /// databases the runbook names.
-pub const MONGO_IMAGE: &str = "mongo:3.6.6";
-pub const MONGO_DATA: &str = "/data/circle/mongo";
-pub const MONGO_MOUNT: &str = "/data/db";
+pub(crate) const MONGO_IMAGE: &str = "mongo:3.6.6";
+pub(crate) const MONGO_DATA: &str = "/data/circle/mongo";
+pub(crate) const MONGO_MOUNT: &str = "/data/db";
 
 /// What the data migration sends the container's `mongo` shell for one database: a
 /// line per collection, `kind<TAB>name<TAB>count<TAB>checksum`, the form
@@ -167,7 +168,7 @@ pub const MONGO_STATS_SCRIPT: &str = "var h = db.runCommand({dbHash: 1}); \
 /// A MongoDB database the migration may carry: letters, digits, `_` and `-`, not
 /// starting with `-`, at most 63 bytes; never `admin`, `local` or `config` (CircleCI's
 /// script drops `admin` from the dump; the others are the server's own).
-pub fn check_mongo_database(s: &str) -> Result<(), String> {
+pub(crate) fn check_mongo_database(s: &str) -> Result<(), String> {
     if matches!(s, "admin" | "local" | "config") {
         return Err("is MongoDB's own database, never carried over".into());
     }
@@ -184,10 +185,10 @@ pub fn check_mongo_database(s: &str) -> Result<(), String> {
 }
 
 /// The MongoDB database CircleCI's export script checks a dump for.
-pub const EXPECTED_MONGO_DATABASE: &str = "circle_ghe";
+pub(crate) const EXPECTED_MONGO_DATABASE: &str = "circle_ghe";
 
 /// The tables CircleCI's export script checks a dump for, by database.
-pub const EXPECTED_TABLES: [(&str, &str); 5] = [
+pub(crate) const EXPECTED_TABLES: [(&str, &str); 5] = [
     ("circle", "circle_migrations"),
     ("conductor_production", "build_jobs"),
     ("contexts_service_production", "contexts"),
@@ -199,9 +200,13 @@ pub const EXPECTED_TABLES: [(&str, &str); 5] = [
 /// of large objects, a collection's documents: see [`Kind`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableStat {
+    /// What the row counts: a table, a sequence, large objects or a collection.
     pub kind: Kind,
+    /// The table's (or sequence's, collection's) qualified name.
     pub table: String,
+    /// Its row count (a sequence's position).
     pub rows: i64,
+    /// A digest of its content, in a stable order.
     pub checksum: String,
 }
 
@@ -225,7 +230,7 @@ pub fn compare(db: &str, source: &[TableStat], target: &[TableStat]) -> Vec<Stri
 /// sequence differs only when the target's is behind the source's (a target that
 /// handed out more numbers is no danger; one behind would hand out numbers the data
 /// already holds).
-pub fn mismatches(db: &str, source: &[TableStat], target: &[TableStat]) -> Vec<String> {
+pub(crate) fn mismatches(db: &str, source: &[TableStat], target: &[TableStat]) -> Vec<String> {
     let mut out = Vec::new();
     for s in source {
         let noun = s.kind.noun();
@@ -295,7 +300,7 @@ pub fn mismatches(db: &str, source: &[TableStat], target: &[TableStat]) -> Vec<S
 }
 
 /// Tables, sequences, collections and views only the target has.
-pub fn extras(db: &str, source: &[TableStat], target: &[TableStat]) -> Vec<String> {
+pub(crate) fn extras(db: &str, source: &[TableStat], target: &[TableStat]) -> Vec<String> {
     let mut out = Vec::new();
     for t in target {
         if !source
@@ -387,7 +392,7 @@ fn components(p: &str) -> Vec<&str> {
 /// Why `export_dir` cannot be the migration's own directory, if it cannot: the root, a
 /// system directory or inside a system tree, or one of the embedded data directories
 /// (`data_dirs`: the attribute and its path), a parent of one or inside one.
-pub fn check_export_dir(export_dir: &str, data_dirs: &[(&str, &str)]) -> Result<(), String> {
+pub(crate) fn check_export_dir(export_dir: &str, data_dirs: &[(&str, &str)]) -> Result<(), String> {
     let own = "the migration makes its export directory 0700 (owned by root) and, with keep_export = false, \
                removes what it wrote there: choose a directory of its own on the data volume, such as \
                /data/circle/external-services-export";

@@ -1,14 +1,14 @@
 //! The runbook's knowledge as pure functions: config-file formats and defaults.
 
-pub mod envfile;
-pub mod migration;
-pub mod mongo;
-pub mod nomad;
-pub mod nomad_user_data;
-pub mod postgres;
-pub mod rabbitmq;
-pub mod redis;
-pub mod restart;
-pub mod restore_tools;
-pub mod vault;
-pub mod versions;
+pub(crate) mod envfile;
+pub(crate) mod migration;
+pub(crate) mod mongo;
+pub(crate) mod nomad;
+pub(crate) mod nomad_user_data;
+pub(crate) mod postgres;
+pub(crate) mod rabbitmq;
+pub(crate) mod redis;
+pub(crate) mod restart;
+pub(crate) mod restore_tools;
+pub(crate) mod vault;
+pub(crate) mod versions;

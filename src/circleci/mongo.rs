@@ -7,11 +7,9 @@ use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_AL
 
 use super::envfile::{self, Style};
 
-pub const DEFAULT_PATH: &str = "/etc/circle-installation-customizations";
-pub const DEFAULT_USER: &str = "circle";
-pub const DEFAULT_AUTH_SOURCE: &str = "admin";
-/// The managed block's name in the file.
-pub const BLOCK: &str = "circleci_external_mongo";
+pub(crate) const DEFAULT_PATH: &str = "/etc/circle-installation-customizations";
+pub(crate) const DEFAULT_USER: &str = "circle";
+pub(crate) const DEFAULT_AUTH_SOURCE: &str = "admin";
 
 /// The databases CircleCI uses (runbook: the service user needs readWrite on them).
 pub const DEFAULT_DATABASES: [&str; 4] = [
@@ -23,7 +21,7 @@ pub const DEFAULT_DATABASES: [&str; 4] = [
 
 /// The five variables and the database each points at (by index into the databases
 /// list, which defaults to DEFAULT_DATABASES).
-pub const VARIABLES: [(&str, usize); 5] = [
+pub(crate) const VARIABLES: [(&str, usize); 5] = [
     ("CIRCLE_SECRETS_MONGODB_MAIN_URI", 0),
     ("CIRCLE_SECRETS_MONGODB_ACTION_LOGS_URI", 0),
     ("CIRCLE_SECRETS_MONGODB_BUILD_STATE_URI", 1),
@@ -41,7 +39,7 @@ const USERINFO: &AsciiSet = &NON_ALPHANUMERIC
 
 /// What goes into every URI.
 #[derive(Clone)]
-pub struct UriParts<'a> {
+pub(crate) struct UriParts<'a> {
     pub hosts: &'a [String],
     pub username: &'a str,
     pub password: &'a str,
@@ -53,7 +51,7 @@ pub struct UriParts<'a> {
 
 /// `mongodb://user:pass@h1,h2/DB?ssl=true&authSource=admin&replicaSet=rs0&k=v`, in the
 /// runbook's order.
-pub fn uri(p: &UriParts<'_>, database: &str) -> String {
+pub(crate) fn uri(p: &UriParts<'_>, database: &str) -> String {
     let mut q = vec![];
     if p.tls {
         q.push("ssl=true".to_string());
@@ -83,7 +81,7 @@ pub fn uri(p: &UriParts<'_>, database: &str) -> String {
 }
 
 /// The managed block's content: the five exports.
-pub fn render_block(
+pub(crate) fn render_block(
     p: &UriParts<'_>,
     databases: &[String],
 ) -> Result<String, envfile::EnvFileError> {
@@ -103,14 +101,14 @@ pub fn render_block(
 
 /// A URI read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParsedUri {
+pub(crate) struct ParsedUri {
     pub hosts: Vec<String>,
     pub username: String,
     pub database: String,
     pub query: BTreeMap<String, String>,
 }
 
-pub fn parse_uri(s: &str) -> Result<ParsedUri, String> {
+pub(crate) fn parse_uri(s: &str) -> Result<ParsedUri, String> {
     let rest = s.strip_prefix("mongodb://").ok_or("not a mongodb:// URI")?;
     let slash = rest.find('/').ok_or("no database in the URI")?;
     let (authority, path) = rest.split_at(slash);
@@ -133,7 +131,7 @@ pub fn parse_uri(s: &str) -> Result<ParsedUri, String> {
 }
 
 /// Reads the block's five URIs back (for import).
-pub fn parse_block(block: &str) -> Result<Vec<(String, ParsedUri)>, String> {
+pub(crate) fn parse_block(block: &str) -> Result<Vec<(String, ParsedUri)>, String> {
     let a = envfile::parse(block).map_err(|e| e.to_string())?;
     VARIABLES
         .iter()

@@ -2,13 +2,13 @@
 
 use super::envfile::{self, Style};
 
-pub const DEFAULT_PATH: &str = "/etc/circleconfig/shared/nomad";
+pub(crate) const DEFAULT_PATH: &str = "/etc/circleconfig/shared/nomad";
 
-pub fn render(endpoint: &str) -> Result<String, envfile::EnvFileError> {
+pub(crate) fn render(endpoint: &str) -> Result<String, envfile::EnvFileError> {
     envfile::render(&[("NOMAD_API_ENDPOINT", endpoint)], Style::Export)
 }
 
-pub fn parse(text: &str) -> Result<String, String> {
+pub(crate) fn parse(text: &str) -> Result<String, String> {
     let a = envfile::parse(text).map_err(|e| e.to_string())?;
     envfile::lookup(&a, "NOMAD_API_ENDPOINT")
         .map(str::to_string)
@@ -16,7 +16,7 @@ pub fn parse(text: &str) -> Result<String, String> {
 }
 
 /// `http(s)://host[:port]`, nothing else.
-pub fn check_endpoint(s: &str) -> Result<(), String> {
+pub(crate) fn check_endpoint(s: &str) -> Result<(), String> {
     let u = url::Url::parse(s).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
     if u.scheme() != "https" && u.scheme() != "http" {
         return Err(format!("{s:?} must start with https:// (or http://)"));

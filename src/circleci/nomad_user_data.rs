@@ -72,7 +72,7 @@ impl fmt::Display for NotFound {
 }
 
 /// Every servers list in the text, in order.
-pub fn find(text: &str) -> Result<Vec<ServersList>, NotFound> {
+pub(crate) fn find(text: &str) -> Result<Vec<ServersList>, NotFound> {
     let mut found = Vec::new();
     let mut blocks = Vec::new();
     for open in client_blocks(text) {
@@ -136,7 +136,7 @@ pub fn rewrite(text: &str, servers: &[String]) -> Result<Rewritten, NotFound> {
 }
 
 /// `["a:4647", "b:4647"]`
-pub fn render_list(servers: &[String]) -> String {
+pub(crate) fn render_list(servers: &[String]) -> String {
     let items: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
     format!("[{}]", items.join(", "))
 }
@@ -144,7 +144,7 @@ pub fn render_list(servers: &[String]) -> String {
 /// Checks one entry of `nomad_servers`: `host` or `host:port`, with host a DNS name, an
 /// IPv4 address or a bracketed IPv6 address. The entry lands inside a double-quoted HCL
 /// string in a bash heredoc, so quotes, `$`, backslashes and spaces are refused.
-pub fn check_server(s: &str) -> Result<(), String> {
+pub(crate) fn check_server(s: &str) -> Result<(), String> {
     if s.is_empty() {
         return Err("empty server address".into());
     }
@@ -466,7 +466,7 @@ mod tests {
 
     /// Shaped like enterprise-setup's nomad_user_data.tpl once rendered; the e2e tests'
     /// launch configurations carry the same file.
-    pub const ENTERPRISE_SETUP: &str = include_str!("../../dev/nomad-client-user-data.sh");
+    pub(super) const ENTERPRISE_SETUP: &str = include_str!("../../dev/nomad-client-user-data.sh");
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()

@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use super::envfile::{self, Style};
 use crate::secret::Secret;
 
-pub const DEFAULT_PATH: &str = "/etc/circleconfig/shared/postgresql";
-pub const DEFAULT_PORT: u16 = 5432;
+pub(crate) const DEFAULT_PATH: &str = "/etc/circleconfig/shared/postgresql";
+pub(crate) const DEFAULT_PORT: u16 = 5432;
 /// The runbook: "We advise not changing the username".
-pub const DEFAULT_USER: &str = "circle";
+pub(crate) const DEFAULT_USER: &str = "circle";
 
 /// The nine databases of "Confirming Tables".
 pub const DEFAULT_DATABASES: [&str; 9] = [
@@ -25,7 +25,7 @@ pub const DEFAULT_DATABASES: [&str; 9] = [
 
 /// Every database needs uuid-ossp (the runbook writes uuid-osspl, uuid-ossf and
 /// uuid-oss; none of those exist); `circle` also needs pgcrypto.
-pub fn default_extensions() -> BTreeMap<String, Vec<String>> {
+pub(crate) fn default_extensions() -> BTreeMap<String, Vec<String>> {
     BTreeMap::from([
         ("*".to_string(), vec!["uuid-ossp".to_string()]),
         (
@@ -36,7 +36,7 @@ pub fn default_extensions() -> BTreeMap<String, Vec<String>> {
 }
 
 /// The runbook's misspellings of uuid-ossp, refused with a pointer to the real name.
-pub fn misspelled_extension(name: &str) -> Option<&'static str> {
+pub(crate) fn misspelled_extension(name: &str) -> Option<&'static str> {
     matches!(
         name,
         "uuid-osspl" | "uuid-ossf" | "uuid-oss" | "uuid_ossp" | "uuidossp"
@@ -46,7 +46,7 @@ pub fn misspelled_extension(name: &str) -> Option<&'static str> {
 
 /// PostgreSQL identifiers: 1 to 63 bytes (NAMEDATALEN - 1), no NUL. Anything else is
 /// allowed because every identifier is quoted.
-pub fn check_identifier(name: &str) -> Result<(), String> {
+pub(crate) fn check_identifier(name: &str) -> Result<(), String> {
     if name.is_empty() {
         Err("must not be empty".into())
     } else if name.len() > 63 {
@@ -63,7 +63,7 @@ pub fn check_identifier(name: &str) -> Result<(), String> {
 
 /// The extensions each database gets: `extensions["*"]` plus its own entry, in order,
 /// without repeats.
-pub fn extensions_for(db: &str, extensions: &BTreeMap<String, Vec<String>>) -> Vec<String> {
+pub(crate) fn extensions_for(db: &str, extensions: &BTreeMap<String, Vec<String>>) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for key in ["*", db] {
         for e in extensions.get(key).into_iter().flatten() {
@@ -77,7 +77,11 @@ pub fn extensions_for(db: &str, extensions: &BTreeMap<String, Vec<String>>) -> V
 
 /// The databases to manage: the list, plus one named after the user when asked
 /// (the runbook's fix for `FATAL: database "circle" does not exist`).
-pub fn all_databases(databases: &[String], user: &str, create_user_database: bool) -> Vec<String> {
+pub(crate) fn all_databases(
+    databases: &[String],
+    user: &str,
+    create_user_database: bool,
+) -> Vec<String> {
     let mut out = databases.to_vec();
     if create_user_database && !out.iter().any(|d| d == user) {
         out.push(user.to_string());
@@ -86,7 +90,7 @@ pub fn all_databases(databases: &[String], user: &str, create_user_database: boo
 }
 
 /// The file /etc/circleconfig/shared/postgresql.
-pub fn render(
+pub(crate) fn render(
     host: &str,
     port: u16,
     user: &str,
@@ -106,14 +110,14 @@ pub fn render(
 
 /// What the file says (Debug hides the password).
 #[derive(Clone, PartialEq, Eq, Debug)]
-pub struct PostgresFile {
+pub(crate) struct PostgresFile {
     pub host: String,
     pub port: u16,
     pub user: String,
     pub password: Secret,
 }
 
-pub fn parse(text: &str) -> Result<PostgresFile, String> {
+pub(crate) fn parse(text: &str) -> Result<PostgresFile, String> {
     let a = envfile::parse(text).map_err(|e| e.to_string())?;
     let get = |k: &str| envfile::lookup(&a, k).map(str::to_string);
     let host = get("POSTGRES_HOST").ok_or("POSTGRES_HOST is not set in the file")?;

@@ -2,11 +2,11 @@
 
 use super::envfile::{self, Style};
 
-pub const DEFAULT_PATH: &str = "/etc/circleconfig/shared/rabbitmq";
-pub const DEFAULT_PORT: u16 = 5672;
-pub const DEFAULT_TLS_PORT: u16 = 5671;
+pub(crate) const DEFAULT_PATH: &str = "/etc/circleconfig/shared/rabbitmq";
+pub(crate) const DEFAULT_PORT: u16 = 5672;
+pub(crate) const DEFAULT_TLS_PORT: u16 = 5671;
 
-pub fn render(
+pub(crate) fn render(
     host: &str,
     port: u16,
     user: &str,
@@ -25,7 +25,7 @@ pub fn render(
 }
 
 /// Host, port and user from the file (the password is not needed back).
-pub fn parse(text: &str) -> Result<(String, u16, String), String> {
+pub(crate) fn parse(text: &str) -> Result<(String, u16, String), String> {
     let a = envfile::parse(text).map_err(|e| e.to_string())?;
     let get = |k: &str| {
         envfile::lookup(&a, k)

@@ -4,7 +4,7 @@ use super::envfile::{self, Style};
 
 /// Which CircleCI component the Redis serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Purpose {
+pub(crate) enum Purpose {
     /// The shared Redis: /etc/circleconfig/shared/redis.
     Shared,
     /// Slanger's own Redis: /etc/circleconfig/slanger/customizations, slanger form.
@@ -12,7 +12,7 @@ pub enum Purpose {
 }
 
 impl Purpose {
-    pub fn parse(s: &str) -> Option<Purpose> {
+    pub(crate) fn parse(s: &str) -> Option<Purpose> {
         match s {
             "shared" => Some(Purpose::Shared),
             "slanger" => Some(Purpose::Slanger),
@@ -20,14 +20,14 @@ impl Purpose {
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Purpose::Shared => "shared",
             Purpose::Slanger => "slanger",
         }
     }
 
-    pub fn default_path(self) -> &'static str {
+    pub(crate) fn default_path(self) -> &'static str {
         match self {
             Purpose::Shared => "/etc/circleconfig/shared/redis",
             Purpose::Slanger => "/etc/circleconfig/slanger/customizations",
@@ -42,10 +42,14 @@ impl Purpose {
     }
 }
 
-pub const DEFAULT_PORT: u16 = 6379;
+pub(crate) const DEFAULT_PORT: u16 = 6379;
 
 /// The file's content for a Redis at host:port.
-pub fn render(host: &str, port: u16, purpose: Purpose) -> Result<String, envfile::EnvFileError> {
+pub(crate) fn render(
+    host: &str,
+    port: u16,
+    purpose: Purpose,
+) -> Result<String, envfile::EnvFileError> {
     let port = port.to_string();
     envfile::render(
         &[("REDIS_HOST", host), ("REDIS_PORT", &port)],
@@ -55,14 +59,14 @@ pub fn render(host: &str, port: u16, purpose: Purpose) -> Result<String, envfile
 
 /// What a Redis config file says.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RedisFile {
+pub(crate) struct RedisFile {
     pub host: String,
     pub port: u16,
     pub purpose: Purpose,
 }
 
 /// Reads a Redis config file back (ours or hand-written per the runbook).
-pub fn parse(text: &str) -> Result<RedisFile, String> {
+pub(crate) fn parse(text: &str) -> Result<RedisFile, String> {
     let a = envfile::parse(text).map_err(|e| e.to_string())?;
     let host = envfile::lookup(&a, "REDIS_HOST").ok_or("REDIS_HOST is not set in the file")?;
     let port = match envfile::lookup(&a, "REDIS_PORT") {

@@ -8,7 +8,7 @@ use super::{envfile, mongo, postgres, rabbitmq, redis};
 
 /// One entry of `replicatedctl app status` (a JSON array of one object).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct AppStatus {
+pub(crate) struct AppStatus {
     #[serde(rename = "State")]
     pub state: String,
     #[serde(rename = "DesiredState")]
@@ -25,7 +25,7 @@ pub struct AppStatus {
 
 impl AppStatus {
     /// Done moving, and in `state`.
-    pub fn settled_in(&self, state: &str) -> bool {
+    pub(crate) fn settled_in(&self, state: &str) -> bool {
         !self.transitioning && self.state == state
     }
 }
@@ -46,17 +46,17 @@ fn first<T: for<'de> Deserialize<'de>>(json: &str, what: &str) -> Result<T, Stri
 }
 
 /// `replicatedctl app status -o json`.
-pub fn parse_status(json: &str) -> Result<AppStatus, String> {
+pub(crate) fn parse_status(json: &str) -> Result<AppStatus, String> {
     first(json, "replicatedctl app status")
 }
 
 /// The app's version from `replicatedctl app inspect -o json` (its `VersionLabel`).
-pub fn parse_version(json: &str) -> Result<String, String> {
+pub(crate) fn parse_version(json: &str) -> Result<String, String> {
     first::<AppInfo>(json, "replicatedctl app inspect").map(|a| a.version)
 }
 
 /// A version pattern: dot-separated parts, each a number or `x` / `*` (any).
-pub fn check_pattern(p: &str) -> Result<(), String> {
+pub(crate) fn check_pattern(p: &str) -> Result<(), String> {
     let ok = !p.is_empty()
         && p.split('.').all(|part| {
             part == "x"
@@ -74,7 +74,7 @@ pub fn check_pattern(p: &str) -> Result<(), String> {
 
 /// True when `version` (e.g. `2.17.3`, or `2.17.3-beta`) matches one of `patterns`: a
 /// pattern's parts match the version's first parts.
-pub fn version_allowed(version: &str, patterns: &[String]) -> bool {
+pub(crate) fn version_allowed(version: &str, patterns: &[String]) -> bool {
     let core = version.split(['-', '+', ' ']).next().unwrap_or_default();
     let parts: Vec<&str> = core.split('.').collect();
     patterns.iter().any(|p| {
@@ -89,19 +89,27 @@ pub fn version_allowed(version: &str, patterns: &[String]) -> bool {
 
 /// The runbook's config files, relative to the Services machine's root.
 pub mod files {
+    /// PostgreSQL's settings.
     pub const POSTGRES: &str = "etc/circleconfig/shared/postgresql";
+    /// MongoDB's settings.
     pub const MONGO: &str = "etc/circle-installation-customizations";
+    /// Vault's settings (the context service).
     pub const VAULT: &str = "etc/circleconfig/context-service/customizations";
+    /// Redis's settings.
     pub const REDIS: &str = "etc/circleconfig/shared/redis";
+    /// Slanger's Redis settings.
     pub const SLANGER: &str = "etc/circleconfig/slanger/customizations";
+    /// RabbitMQ's settings.
     pub const RABBITMQ: &str = "etc/circleconfig/shared/rabbitmq";
+    /// Nomad's settings.
     pub const NOMAD: &str = "etc/circleconfig/shared/nomad";
+    /// Every file above.
     pub const ALL: [&str; 7] = [POSTGRES, MONGO, VAULT, REDIS, SLANGER, RABBITMQ, NOMAD];
 }
 
 /// What the files on the Services machine externalize (read there, not from Terraform).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct External {
+pub(crate) struct External {
     pub postgres_host: Option<String>,
     pub mongo_hosts: Option<Vec<String>>,
     pub vault: bool,
@@ -114,7 +122,7 @@ pub struct External {
 impl External {
     /// From each file's text (`None`: no such file). A file that does not parse is an
     /// error naming it.
-    pub fn read(text_of: impl Fn(&str) -> Option<String>) -> Result<External, String> {
+    pub(crate) fn read(text_of: impl Fn(&str) -> Option<String>) -> Result<External, String> {
         let mut e = External::default();
         let bad = |f: &str, err: String| format!("/{f}: {err}");
         if let Some(t) = text_of(files::POSTGRES) {
@@ -155,7 +163,7 @@ impl External {
 
 /// What a check reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Probe {
+pub(crate) enum Probe {
     /// `docker logs NAME`.
     Logs(&'static str),
     /// `docker exec NAME bash -c 'source /.circlerc; printf "%s\n" "$A" ...'`: one line
@@ -164,7 +172,8 @@ pub enum Probe {
 }
 
 impl Probe {
-    pub fn container(&self) -> &'static str {
+    #[cfg(test)]
+    pub(crate) fn container(&self) -> &'static str {
         match self {
             Probe::Logs(c) | Probe::Env(c, _) => c,
         }
@@ -175,7 +184,7 @@ impl Probe {
     /// `FinishedAt`, from the Services machine's clock): every line logged after it is
     /// this start's. Not `StartedAt`: Docker sets that only once the process runs, and
     /// the first lines of this start may be stamped before it. None for other probes.
-    pub fn since_args(&self) -> Option<Vec<String>> {
+    pub(crate) fn since_args(&self) -> Option<Vec<String>> {
         match self {
             Probe::Logs(c) => Some(vec![
                 "inspect".into(),
@@ -189,7 +198,7 @@ impl Probe {
 
     /// The command; a log probe reads both streams, each line with its time, from
     /// `since` (the container's last `FinishedAt`) on, or all of it.
-    pub fn docker_args(&self, since: Option<&str>) -> Vec<String> {
+    pub(crate) fn docker_args(&self, since: Option<&str>) -> Vec<String> {
         match self {
             Probe::Logs(c) => {
                 let mut a = vec!["logs".to_string(), "--timestamps".into()];
@@ -215,11 +224,9 @@ impl Probe {
 
 /// What the probe's output must show.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rule {
+pub(crate) enum Rule {
     /// Some line contains it.
     Contains(String),
-    /// Some line contains all of them.
-    LineWithAll(Vec<String>),
     /// No line contains it.
     Absent(String),
     /// The last line containing the first contains the second too.
@@ -235,7 +242,7 @@ pub enum Rule {
 
 /// One of the runbook's checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Check {
+pub(crate) struct Check {
     pub service: &'static str,
     /// What it proves, for the list of checks passed and for errors.
     pub what: String,
@@ -246,7 +253,7 @@ pub struct Check {
 }
 
 /// The runbook's checks for what `e` externalizes.
-pub fn checks(e: &External) -> Vec<Check> {
+pub(crate) fn checks(e: &External) -> Vec<Check> {
     let mut out = Vec::new();
     let c = |service, what: String, probe, rules, evidence| Check {
         service,
@@ -370,7 +377,7 @@ pub fn checks(e: &External) -> Vec<Check> {
 /// (embedded or external): recorded before a cutover's first stop, and required again
 /// after a fallback, so that "back as it was" is a comparison, not an assumption.
 #[derive(Debug, Clone)]
-pub struct Observation {
+pub(crate) struct Observation {
     /// The key in the record, e.g. `postgresql: frontend's last POSTGRES_HOST`.
     pub label: &'static str,
     pub probe: Probe,
@@ -413,7 +420,7 @@ fn after_all(output: &str, marker: &str) -> String {
 }
 
 /// The runbook's checks' observations, whatever the files externalize.
-pub fn observations() -> Vec<Observation> {
+pub(crate) fn observations() -> Vec<Observation> {
     vec![
         Observation {
             label: "postgresql: frontend's last POSTGRES_HOST",
@@ -513,7 +520,7 @@ pub fn observations() -> Vec<Observation> {
 
 /// The observations that differ: `label: before B, now N`. What showed nothing before
 /// (a log rotated since the start, a line that depends on timing) asks for nothing.
-pub fn differing(
+pub(crate) fn differing(
     before: &std::collections::BTreeMap<String, String>,
     now: &std::collections::BTreeMap<String, String>,
 ) -> Vec<String> {
@@ -528,13 +535,10 @@ pub fn differing(
 }
 
 /// Whether `output` passes `check`; the evidence lines when not.
-pub fn evaluate(check: &Check, output: &str) -> Result<(), Vec<String>> {
+pub(crate) fn evaluate(check: &Check, output: &str) -> Result<(), Vec<String>> {
     let lines: Vec<&str> = output.lines().collect();
     let pass = check.rules.iter().all(|r| match r {
         Rule::Contains(n) => lines.iter().any(|l| l.contains(n.as_str())),
-        Rule::LineWithAll(all) => lines
-            .iter()
-            .any(|l| all.iter().all(|n| l.contains(n.as_str()))),
         Rule::Absent(n) => !lines.iter().any(|l| l.contains(n.as_str())),
         Rule::LastWith(key, n) => lines
             .iter()
@@ -607,7 +611,7 @@ fn stamped(line: &str) -> Option<((&str, u32), &str)> {
 /// Both streams of `docker logs --timestamps` as one text, in the order the container
 /// wrote them, timestamps removed: the runbook reads them as `docker logs … 2>&1`. A
 /// line without a timestamp keeps its place after the one before it.
-pub fn merge_streams(stdout: &str, stderr: &str) -> String {
+pub(crate) fn merge_streams(stdout: &str, stderr: &str) -> String {
     let keyed = |text: &str| -> Vec<((String, u32), String)> {
         let mut last = (String::new(), 0);
         text.lines()
@@ -641,7 +645,7 @@ pub fn merge_streams(stdout: &str, stderr: &str) -> String {
 /// `docker inspect`'s `FinishedAt`, checked to be a timestamp before it goes back on a
 /// command line; None for Docker's zero time (a container that never stopped: every
 /// line it logged is this start's).
-pub fn parse_finished_at(text: &str) -> Result<Option<String>, String> {
+pub(crate) fn parse_finished_at(text: &str) -> Result<Option<String>, String> {
     let t = text.trim();
     let ok = !t.is_empty()
         && t.len() <= 40

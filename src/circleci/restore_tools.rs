@@ -13,19 +13,19 @@
 
 /// A PostgreSQL release as its tools and servers are compatible: `(9, 5)`, `(9, 6)`,
 /// then `(10, 0)`, `(15, 0)`: the minor of 10 and later is a bug-fix release.
-pub type PgRelease = (u32, u32);
+pub(crate) type PgRelease = (u32, u32);
 
 /// The embedded PostgreSQL's release (CircleCI Server 2.17 runs 9.5.8).
-pub const PG_SOURCE: PgRelease = (9, 5);
+pub(crate) const PG_SOURCE: PgRelease = (9, 5);
 /// The embedded MongoDB's release (3.6.6).
-pub const MONGO_SOURCE: (u32, u32) = (3, 6);
+pub(crate) const MONGO_SOURCE: (u32, u32) = (3, 6);
 /// The first MongoDB wire version without the legacy opcodes (MongoDB 5.1).
-pub const WIRE_WITHOUT_LEGACY_OPCODES: i32 = 14;
+pub(crate) const WIRE_WITHOUT_LEGACY_OPCODES: i32 = 14;
 /// The first MongoDB image release whose tools are the Database Tools 100.x.
 const MONGO_TOOLS_100: (u32, u32) = (4, 4);
 
 /// `server_version_num` (e.g. 90508, 150004) as a release.
-pub fn pg_release(version_num: i32) -> PgRelease {
+pub(crate) fn pg_release(version_num: i32) -> PgRelease {
     let n = u32::try_from(version_num).unwrap_or(0);
     if n >= 100_000 {
         (n / 10_000, 0)
@@ -35,7 +35,7 @@ pub fn pg_release(version_num: i32) -> PgRelease {
 }
 
 /// A release as PostgreSQL names it: "9.5", "15".
-pub fn pg_name(r: PgRelease) -> String {
+pub(crate) fn pg_name(r: PgRelease) -> String {
     if r.0 >= 10 {
         r.0.to_string()
     } else {
@@ -45,14 +45,14 @@ pub fn pg_name(r: PgRelease) -> String {
 
 /// The restore's image for a PostgreSQL target of `version_num`: the official image
 /// of the target's own release.
-pub fn default_pg_image(version_num: i32) -> String {
+pub(crate) fn default_pg_image(version_num: i32) -> String {
     format!("postgres:{}", pg_name(pg_release(version_num)))
 }
 
 /// The restore's image for a MongoDB target of wire version `wire`: the official
 /// image of the target's release (its tools), or of 8.0 for a release without an
 /// image of its own (5.1 to 5.3, the rapid releases; anything newer than 8.0).
-pub fn default_mongo_image(wire: i32) -> String {
+pub(crate) fn default_mongo_image(wire: i32) -> String {
     let release = match wire {
         ..=6 => "3.6",
         7 => "4.0",
@@ -83,7 +83,7 @@ fn tag_numbers(image: &str, repo: &str) -> Option<(u32, Option<u32>)> {
 
 /// The PostgreSQL release an image's tag names, when it names one (`postgres:9` does
 /// not: 9 was several releases).
-pub fn pg_image_release(image: &str) -> Option<PgRelease> {
+pub(crate) fn pg_image_release(image: &str) -> Option<PgRelease> {
     match tag_numbers(image, "postgres")? {
         (m, _) if m >= 10 => Some((m, 0)),
         (m, Some(n)) => Some((m, n)),
@@ -93,14 +93,14 @@ pub fn pg_image_release(image: &str) -> Option<PgRelease> {
 
 /// The MongoDB release an image's tag names (`mongo:4` does not: it was 4.4, whose
 /// tools are not 4.0's).
-pub fn mongo_image_release(image: &str) -> Option<(u32, u32)> {
+pub(crate) fn mongo_image_release(image: &str) -> Option<(u32, u32)> {
     let (m, n) = tag_numbers(image, "mongo")?;
     Some((m, n?))
 }
 
 /// The release `pg_restore --version` (or `psql --version`) prints:
 /// "pg_restore (PostgreSQL) 9.5.8", "psql (PostgreSQL) 16.4 (Debian 16.4-1)".
-pub fn parse_pg_tools(out: &str) -> Option<PgRelease> {
+pub(crate) fn parse_pg_tools(out: &str) -> Option<PgRelease> {
     let v = out
         .split("(PostgreSQL)")
         .nth(1)?
@@ -123,7 +123,7 @@ pub fn parse_pg_tools(out: &str) -> Option<PgRelease> {
 /// ("mongorestore version: r3.6.6") or the Database Tools ("mongorestore version:
 /// 100.9.4").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MongoTools {
+pub(crate) enum MongoTools {
     /// The tools of server release (major, minor).
     Legacy(u32, u32),
     /// The Database Tools 100.x.
@@ -140,7 +140,7 @@ impl std::fmt::Display for MongoTools {
 }
 
 /// The tools inside an official `mongo:X.Y` image.
-pub fn mongo_image_tools(release: (u32, u32)) -> MongoTools {
+pub(crate) fn mongo_image_tools(release: (u32, u32)) -> MongoTools {
     if release >= MONGO_TOOLS_100 {
         MongoTools::Tools100
     } else {
@@ -148,7 +148,7 @@ pub fn mongo_image_tools(release: (u32, u32)) -> MongoTools {
     }
 }
 
-pub fn parse_mongo_tools(out: &str) -> Option<MongoTools> {
+pub(crate) fn parse_mongo_tools(out: &str) -> Option<MongoTools> {
     let line = out.lines().find(|l| l.contains("version:"))?;
     let v = line
         .split("version:")
@@ -165,7 +165,7 @@ pub fn parse_mongo_tools(out: &str) -> Option<MongoTools> {
 
 /// What the PostgreSQL target is, as far as the restore's tools care.
 #[derive(Debug, Clone, Copy)]
-pub struct PgTarget {
+pub(crate) struct PgTarget {
     pub release: PgRelease,
     /// Whether its passwords are SCRAM-SHA-256 verifiers (`password_encryption`).
     pub scram: bool,
@@ -175,7 +175,7 @@ pub struct PgTarget {
 /// settings and commands, and PostgreSQL documents restores into the same or a newer
 /// release; it does not promise an older one. Not a refusal: no such failure is known
 /// for a 9.5 dump.
-pub fn pg_caution(tools: PgRelease, target: PgTarget) -> Option<String> {
+pub(crate) fn pg_caution(tools: PgRelease, target: PgTarget) -> Option<String> {
     (tools > target.release).then(|| {
         format!(
             "pg_restore {} is newer than the target's PostgreSQL {}; PostgreSQL documents restores with \
@@ -187,7 +187,7 @@ pub fn pg_caution(tools: PgRelease, target: PgTarget) -> Option<String> {
 }
 
 /// Why tools of `tools` cannot restore 9.5 dumps into `target`; none when they can.
-pub fn pg_refusal(tools: PgRelease, target: PgTarget) -> Option<String> {
+pub(crate) fn pg_refusal(tools: PgRelease, target: PgTarget) -> Option<String> {
     let (t, s, g) = (pg_name(tools), pg_name(PG_SOURCE), pg_name(target.release));
     if tools < PG_SOURCE {
         return Some(format!(
@@ -204,7 +204,7 @@ pub fn pg_refusal(tools: PgRelease, target: PgTarget) -> Option<String> {
 }
 
 /// Why `tools` cannot restore 3.6 dumps into a MongoDB of wire version `wire`.
-pub fn mongo_refusal(tools: MongoTools, wire: i32, target: &str) -> Option<String> {
+pub(crate) fn mongo_refusal(tools: MongoTools, wire: i32, target: &str) -> Option<String> {
     match tools {
         MongoTools::Legacy(a, b) if (a, b) < MONGO_SOURCE => Some(format!(
             "{tools} cannot read the dumps of the embedded MongoDB 3.6"

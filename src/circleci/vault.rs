@@ -3,21 +3,21 @@
 use super::envfile::{self, Style};
 use crate::secret::Secret;
 
-pub const DEFAULT_PATH: &str = "/etc/circleconfig/context-service/customizations";
-pub const DEFAULT_MOUNT: &str = "transit";
-pub const DEFAULT_KEY: &str = "context-service";
-pub const DEFAULT_KEY_TYPE: &str = "aes256-gcm96";
-pub const DEFAULT_PERIOD: &str = "168h";
-pub const DEFAULT_RENEW_BEFORE: &str = "72h";
+pub(crate) const DEFAULT_PATH: &str = "/etc/circleconfig/context-service/customizations";
+pub(crate) const DEFAULT_MOUNT: &str = "transit";
+pub(crate) const DEFAULT_KEY: &str = "context-service";
+pub(crate) const DEFAULT_KEY_TYPE: &str = "aes256-gcm96";
+pub(crate) const DEFAULT_PERIOD: &str = "168h";
+pub(crate) const DEFAULT_RENEW_BEFORE: &str = "72h";
 
 /// The policy name the runbook uses for a key: `<key>_policy`.
-pub fn default_policy_name(key: &str) -> String {
+pub(crate) fn default_policy_name(key: &str) -> String {
     format!("{key}_policy")
 }
 
 /// Scheme, host and port of a Vault address, as the file spells them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Address {
+pub(crate) struct Address {
     pub scheme: String,
     pub host: String,
     pub port: u16,
@@ -35,7 +35,7 @@ fn explicit_port(s: &str) -> Option<u16> {
 impl Address {
     /// Parses `https://vault.internal:8200`. Vault's default port 8200 applies when
     /// none is given. Paths, queries and credentials are refused.
-    pub fn parse(s: &str) -> Result<Address, String> {
+    pub(crate) fn parse(s: &str) -> Result<Address, String> {
         let u = url::Url::parse(s).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
         let scheme = u.scheme().to_string();
         if scheme != "http" && scheme != "https" {
@@ -67,7 +67,7 @@ impl Address {
 
     /// Plain HTTP to a host other than the loopback of whoever connects: what is
     /// sent (a token, a key's backup) crosses a network in clear.
-    pub fn clear_over_network(&self) -> bool {
+    pub(crate) fn clear_over_network(&self) -> bool {
         let loopback = self.host.eq_ignore_ascii_case("localhost")
             || self
                 .host
@@ -77,7 +77,7 @@ impl Address {
     }
 
     /// `scheme://host:port`, IPv6 hosts in brackets.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         if self.host.contains(':') {
             format!("{}://[{}]:{}", self.scheme, self.host, self.port)
         } else {
@@ -88,7 +88,11 @@ impl Address {
 
 /// The file. VAULT__URL is written out in full rather than as the runbook's
 /// `$VAULT__SCHEME://...`; sourcing gives the same value.
-pub fn render(addr: &Address, token: &str, mount: &str) -> Result<String, envfile::EnvFileError> {
+pub(crate) fn render(
+    addr: &Address,
+    token: &str,
+    mount: &str,
+) -> Result<String, envfile::EnvFileError> {
     let port = addr.port.to_string();
     let url = addr.url();
     envfile::render(
@@ -106,7 +110,7 @@ pub fn render(addr: &Address, token: &str, mount: &str) -> Result<String, envfil
 
 /// What the file says (Debug hides the token).
 #[derive(Clone, PartialEq, Eq, Debug)]
-pub struct VaultFile {
+pub(crate) struct VaultFile {
     pub address: Address,
     pub token: Secret,
     pub mount: String,
@@ -114,7 +118,7 @@ pub struct VaultFile {
 
 /// Reads the file back; accepts the runbook's hand-written form too (VAULT__URL built
 /// from the other three variables is not needed: scheme, host and port are read).
-pub fn parse(text: &str) -> Result<VaultFile, String> {
+pub(crate) fn parse(text: &str) -> Result<VaultFile, String> {
     // The runbook writes `export VAULT__URL=$VAULT__SCHEME://...`, an expansion our
     // parser refuses on purpose; drop that one line, it adds nothing.
     let filtered: String = text
@@ -147,7 +151,7 @@ pub fn parse(text: &str) -> Result<VaultFile, String> {
 
 /// The policy CircleCI's token gets: `update` on encrypt and decrypt of one key. (The
 /// runbook's `decrypt` capability does not exist, and its `*` covers every key.)
-pub fn policy_hcl(mount: &str, key: &str) -> String {
+pub(crate) fn policy_hcl(mount: &str, key: &str) -> String {
     let m = mount.trim_matches('/');
     format!(
         "# Managed by Terraform (circleci_vault_transit_client): encrypt and decrypt with one key.\n\
@@ -157,7 +161,7 @@ pub fn policy_hcl(mount: &str, key: &str) -> String {
 }
 
 /// The key named in a policy written by [`policy_hcl`] (for import).
-pub fn key_from_policy(rules: &str, mount: &str) -> Option<String> {
+pub(crate) fn key_from_policy(rules: &str, mount: &str) -> Option<String> {
     let prefix = format!("path \"{}/encrypt/", mount.trim_matches('/'));
     let start = rules.find(&prefix)? + prefix.len();
     let end = rules[start..].find('"')? + start;
@@ -165,7 +169,7 @@ pub fn key_from_policy(rules: &str, mount: &str) -> Option<String> {
 }
 
 /// Splits the policies of a token lookup into `default` and the rest.
-pub fn non_default_policies(p: &[String]) -> Vec<String> {
+pub(crate) fn non_default_policies(p: &[String]) -> Vec<String> {
     p.iter()
         .filter(|x| *x != "default" && *x != "root")
         .cloned()

@@ -9,7 +9,7 @@
 
 /// One external server of the runbook's list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Supported {
+pub(crate) struct Supported {
     /// The server's name, for messages: "Redis".
     pub server: &'static str,
     /// The version CircleCI Server 2.17 runs, as the runbook names it.
@@ -18,25 +18,25 @@ pub struct Supported {
     pub oldest: (u64, u64),
 }
 
-pub const REDIS: Supported = Supported {
+pub(crate) const REDIS: Supported = Supported {
     server: "Redis",
     runs: "4.0.14",
     oldest: (4, 0),
 };
 
-pub const RABBITMQ: Supported = Supported {
+pub(crate) const RABBITMQ: Supported = Supported {
     server: "RabbitMQ",
     runs: "3.6",
     oldest: (3, 6),
 };
 
-pub const VAULT: Supported = Supported {
+pub(crate) const VAULT: Supported = Supported {
     server: "Vault",
     runs: "1.1.2",
     oldest: (1, 1),
 };
 
-pub const NOMAD: Supported = Supported {
+pub(crate) const NOMAD: Supported = Supported {
     server: "Nomad",
     runs: "0.5.6",
     oldest: (0, 5),
@@ -44,7 +44,7 @@ pub const NOMAD: Supported = Supported {
 
 /// The (major, minor) of a version string: "7.0.15", "v1.1.2", "3.6.16", "0.8.7-rc1",
 /// "1.4.2+ent", "2.1". `None` when it does not start with two numbers.
-pub fn major_minor(version: &str) -> Option<(u64, u64)> {
+pub(crate) fn major_minor(version: &str) -> Option<(u64, u64)> {
     let v = version.trim();
     let v = v.strip_prefix('v').unwrap_or(v);
     let mut parts = v.splitn(3, '.');
@@ -60,7 +60,7 @@ pub fn major_minor(version: &str) -> Option<(u64, u64)> {
 impl Supported {
     /// Ok when `found` may be used: its line is `oldest` or later, or it does not
     /// parse. The error says which server, where, and what CircleCI runs.
-    pub fn check(&self, found: &str, at: &str) -> Result<(), String> {
+    pub(crate) fn check(&self, found: &str, at: &str) -> Result<(), String> {
         match major_minor(found) {
             Some(line) if line < self.oldest => Err(format!(
                 "{} at {at} runs {found}, older than {}.{}, the oldest this provider accepts: \

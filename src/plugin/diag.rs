@@ -23,8 +23,10 @@ impl AttrPath {
         self
     }
 
-    pub fn index(mut self, i: i64) -> Self {
-        self.0.push(Step::Index(i));
+    pub fn index(mut self, i: usize) -> Self {
+        // No list has 2^63 elements.
+        self.0
+            .push(Step::Index(i64::try_from(i).unwrap_or(i64::MAX)));
         self
     }
 

@@ -11,7 +11,7 @@ use super::goplugin;
 type Rpc<T> = Result<Response<T>, Status>;
 
 /// go-plugin's controller: Shutdown ends the process cleanly.
-pub struct Controller {
+pub(crate) struct Controller {
     pub shutdown: tokio::sync::mpsc::Sender<()>,
 }
 
@@ -26,7 +26,7 @@ impl goplugin::grpc_controller_server::GrpcController for Controller {
 
 /// go-plugin's stdio mirror. Our stdout carries nothing after the handshake and logs
 /// go straight to stderr, so the stream stays open and empty until shutdown.
-pub struct Stdio;
+pub(crate) struct Stdio;
 
 type StdioStream = Pin<Box<dyn Stream<Item = Result<goplugin::StdioData, Status>> + Send>>;
 

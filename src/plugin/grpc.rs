@@ -20,7 +20,7 @@ use super::value::Value;
 type Rpc<T> = Result<Response<T>, Status>;
 
 /// Shared by every RPC of one provider process.
-pub struct ProviderService {
+pub(crate) struct ProviderService {
     provider: Arc<dyn Provider>,
     resources: HashMap<&'static str, Arc<dyn Resource>>,
     schemas: HashMap<&'static str, Schema>,
@@ -33,7 +33,7 @@ pub struct ProviderService {
 }
 
 impl ProviderService {
-    pub fn new(provider: Arc<dyn Provider>) -> Self {
+    pub(crate) fn new(provider: Arc<dyn Provider>) -> Self {
         let mut resources = HashMap::new();
         let mut schemas = HashMap::new();
         for r in provider.resources() {

@@ -19,6 +19,7 @@ pub struct ClientInfo {
 /// The provider: its own configuration, and the resources it offers.
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {
+    /// The provider's own schema: the `provider` block and every resource's.
     fn schema(&self) -> Schema;
 
     /// Every managed resource type, created once at start-up.
@@ -133,6 +134,6 @@ pub trait Resource: Send + Sync + 'static {
 }
 
 /// True when attribute `name` differs between two object values.
-pub fn changed(a: &Value, b: &Value, name: &str) -> bool {
+pub(crate) fn changed(a: &Value, b: &Value, name: &str) -> bool {
     a.get(name) != b.get(name)
 }

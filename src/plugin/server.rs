@@ -22,12 +22,12 @@ use super::resource::Provider;
 use super::{goplugin, tfplugin6 as pb};
 
 /// The cookie Terraform sets so a plugin knows it was started by Terraform.
-pub const MAGIC_COOKIE_KEY: &str = "TF_PLUGIN_MAGIC_COOKIE";
-pub const MAGIC_COOKIE_VALUE: &str =
+pub(crate) const MAGIC_COOKIE_KEY: &str = "TF_PLUGIN_MAGIC_COOKIE";
+pub(crate) const MAGIC_COOKIE_VALUE: &str =
     "d602bf8f470bc67ca7faa0386276bbdd4330efaf76d1a219cb4d6991ca9872b2";
 
 #[derive(Debug)]
-pub struct ServeError(pub String);
+pub(crate) struct ServeError(pub String);
 
 impl std::fmt::Display for ServeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -37,7 +37,7 @@ impl std::fmt::Display for ServeError {
 
 /// Everything the handshake needs from the environment, read once.
 #[derive(Debug, Default, Clone)]
-pub struct HandshakeEnv {
+pub(crate) struct HandshakeEnv {
     pub cookie: Option<String>,
     pub protocol_versions: Option<String>,
     pub client_cert_pem: Option<String>,
@@ -46,7 +46,7 @@ pub struct HandshakeEnv {
 }
 
 impl HandshakeEnv {
-    pub fn from_process() -> Self {
+    pub(crate) fn from_process() -> Self {
         let port = |k| std::env::var(k).ok().and_then(|v| v.parse().ok());
         HandshakeEnv {
             cookie: std::env::var(MAGIC_COOKIE_KEY).ok(),
@@ -60,7 +60,7 @@ impl HandshakeEnv {
     }
 
     /// Checks cookie and protocol version; Err carries the one line to print.
-    pub fn check(&self) -> Result<(), ServeError> {
+    pub(crate) fn check(&self) -> Result<(), ServeError> {
         if self.cookie.as_deref() != Some(MAGIC_COOKIE_VALUE) {
             return Err(ServeError(
                 "this is a Terraform plugin: it is started by terraform (see the README), not run by hand".into(),
@@ -78,7 +78,7 @@ impl HandshakeEnv {
 }
 
 /// A connection, plain or TLS, as tonic's server wants it.
-pub enum Conn {
+pub(crate) enum Conn {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
@@ -147,13 +147,13 @@ impl AsyncWrite for Conn {
 /// a self-signed P-521 CA certificate, which WebPKI path building would reject as an
 /// end-entity certificate; pinning is the right model for AutoMTLS anyway.
 #[derive(Debug)]
-pub struct PinnedClientCert {
+pub(crate) struct PinnedClientCert {
     pinned: CertificateDer<'static>,
     provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
 impl PinnedClientCert {
-    pub fn new(
+    pub(crate) fn new(
         pinned: CertificateDer<'static>,
         provider: Arc<rustls::crypto::CryptoProvider>,
     ) -> Self {
@@ -222,7 +222,9 @@ impl ClientCertVerifier for PinnedClientCert {
 
 /// A fresh self-signed server certificate for this process, valid for "localhost"
 /// (the name go-plugin checks). Returns the rustls config and the DER for the handshake.
-pub fn tls_config(client_cert_pem: &str) -> Result<(rustls::ServerConfig, Vec<u8>), ServeError> {
+pub(crate) fn tls_config(
+    client_cert_pem: &str,
+) -> Result<(rustls::ServerConfig, Vec<u8>), ServeError> {
     use rustls::pki_types::pem::PemObject;
     let client = CertificateDer::from_pem_slice(client_cert_pem.as_bytes())
         .map_err(|e| ServeError(format!("PLUGIN_CLIENT_CERT is not a PEM certificate: {e}")))?;
@@ -290,7 +292,10 @@ async fn bind(env: &HandshakeEnv) -> Result<TcpListener, ServeError> {
 }
 
 /// Serves the provider until Terraform calls Shutdown (or stdin/ signals end it).
-pub async fn serve(provider: Arc<dyn Provider>, env: HandshakeEnv) -> Result<(), ServeError> {
+pub(crate) async fn serve(
+    provider: Arc<dyn Provider>,
+    env: HandshakeEnv,
+) -> Result<(), ServeError> {
     env.check()?;
     let listener = bind(&env).await?;
     let addr = listener

@@ -12,17 +12,17 @@ tokio::task_local! {
 }
 
 /// Runs `fut` (one apply step) with `rx` as its stop signal.
-pub async fn scope<F: Future>(rx: watch::Receiver<bool>, fut: F) -> F::Output {
+pub(crate) async fn scope<F: Future>(rx: watch::Receiver<bool>, fut: F) -> F::Output {
     STOP.scope(rx, fut).await
 }
 
 /// True once Terraform has asked the provider to stop. Always false outside an apply.
-pub fn requested() -> bool {
+pub(crate) fn requested() -> bool {
     STOP.try_with(|rx| *rx.borrow()).unwrap_or(false)
 }
 
 /// Resolves when Terraform asks the provider to stop; never outside an apply.
-pub async fn signalled() {
+pub(crate) async fn signalled() {
     let Ok(mut rx) = STOP.try_with(Clone::clone) else {
         return std::future::pending().await;
     };
@@ -34,7 +34,7 @@ pub async fn signalled() {
 
 /// Runs `fut` unless a stop request comes first (then `None`; `fut` is dropped). Only
 /// for work whose abandonment changes nothing, such as a wait or a read.
-pub async fn or_stop<T>(fut: impl Future<Output = T>) -> Option<T> {
+pub(crate) async fn or_stop<T>(fut: impl Future<Output = T>) -> Option<T> {
     if requested() {
         return None;
     }

@@ -30,12 +30,21 @@ pub enum Number {
     Float(f64),
 }
 
+/// `f` as an integer, when it is one and an `f64` holds it exactly (|f| < 2^53).
+pub(crate) fn exact_int(f: f64) -> Option<i64> {
+    if f.fract() != 0.0 || f.abs() >= 9.0e15 {
+        return None;
+    }
+    #[allow(clippy::cast_possible_truncation)] // integral and within ±2^53: exact
+    let i = f as i64;
+    Some(i)
+}
+
 impl Number {
     pub fn as_i64(self) -> Option<i64> {
         match self {
             Number::Int(i) => Some(i),
-            Number::Float(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Some(f as i64),
-            Number::Float(_) => None,
+            Number::Float(f) => exact_int(f),
         }
     }
 }
@@ -82,6 +91,11 @@ impl Value {
 
     pub fn int(i: i64) -> Value {
         Value::Number(Number::Int(i))
+    }
+
+    /// A count or a size in bytes (saturating at `i64::MAX`, which none reaches).
+    pub(crate) fn count<N: TryInto<i64>>(n: N) -> Value {
+        Value::int(n.try_into().unwrap_or(i64::MAX))
     }
 
     pub fn is_null(&self) -> bool {
@@ -281,7 +295,7 @@ fn from_rmpv(v: rmpv::Value) -> Result<Value, DecodeError> {
 
 /// Large numbers arrive from Terraform as strings; the schema says when a string is a
 /// number, so callers that expect numbers use [`Value::as_i64`] on the result of this.
-pub fn coerce_number(v: &Value) -> Option<Number> {
+pub(crate) fn coerce_number(v: &Value) -> Option<Number> {
     match v {
         Value::Number(n) => Some(*n),
         Value::String(s) => number_from_str(s),

@@ -28,12 +28,12 @@ mod postgres;
 mod services_host;
 mod vault;
 
-pub const SERVICES_HOST: &str = "services_host";
-pub const POSTGRES: &str = "postgres";
-pub const VAULT: &str = "vault";
-pub const MONGODB: &str = "mongodb";
-pub const AWS: &str = "aws";
-pub const VIA: &str = "via_services_host";
+pub(crate) const SERVICES_HOST: &str = "services_host";
+pub(crate) const POSTGRES: &str = "postgres";
+pub(crate) const VAULT: &str = "vault";
+pub(crate) const MONGODB: &str = "mongodb";
+pub(crate) const AWS: &str = "aws";
+pub(crate) const VIA: &str = "via_services_host";
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -101,13 +101,12 @@ impl<T> Slot<T> {
 }
 
 /// What resources get from the configured provider.
-pub struct ProviderData {
+pub(crate) struct ProviderData {
     services: Slot<ServicesHost>,
     postgres: Slot<PgAdmin>,
     vault: Slot<Vault>,
     mongo: Slot<MongoAdmin>,
     aws: Slot<Aws>,
-    client: RwLock<ClientInfo>,
     /// The provider-wide `via_services_host`: how resources' own checks reach servers.
     via: std::sync::atomic::AtomicBool,
 }
@@ -139,7 +138,6 @@ impl Default for ProviderData {
                 "Provider not configured",
                 "the provider was not configured before this resource was used (a bug in Terraform or this provider)",
             ),
-            client: RwLock::new(ClientInfo::default()),
             via: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -147,33 +145,33 @@ impl Default for ProviderData {
 
 impl ProviderData {
     /// The Services machine, or an error saying why it is not usable.
-    pub fn services(&self) -> Result<Arc<ServicesHost>, Diagnostics> {
+    pub(crate) fn services(&self) -> Result<Arc<ServicesHost>, Diagnostics> {
         self.services.get()
     }
 
     /// The PostgreSQL admin connection settings, or why there are none.
-    pub fn postgres(&self) -> Result<Arc<PgAdmin>, Diagnostics> {
+    pub(crate) fn postgres(&self) -> Result<Arc<PgAdmin>, Diagnostics> {
         self.postgres.get()
     }
 
     /// The Vault admin client, or why there is none.
-    pub fn vault(&self) -> Result<Arc<Vault>, Diagnostics> {
+    pub(crate) fn vault(&self) -> Result<Arc<Vault>, Diagnostics> {
         self.vault.get()
     }
 
     /// The MongoDB admin client, or why there is none.
-    pub fn mongo(&self) -> Result<Arc<MongoAdmin>, Diagnostics> {
+    pub(crate) fn mongo(&self) -> Result<Arc<MongoAdmin>, Diagnostics> {
         self.mongo.get()
     }
 
     /// The AWS settings (the chain is loaded on first use), or why they are unusable.
-    pub fn aws(&self) -> Result<Arc<Aws>, Diagnostics> {
+    pub(crate) fn aws(&self) -> Result<Arc<Aws>, Diagnostics> {
         self.aws.get()
     }
 
     /// How a resource's own check reaches a server: through the Services machine when
     /// the provider's `via_services_host` says so.
-    pub fn route(&self) -> Result<Route, Diagnostics> {
+    pub(crate) fn route(&self) -> Result<Route, Diagnostics> {
         if self.via.load(std::sync::atomic::Ordering::Relaxed) {
             self.services().map(Route::Tunnel)
         } else {
@@ -183,7 +181,7 @@ impl ProviderData {
 
     /// How a resource's check (`verify`) reaches its server: as its own
     /// `verify_via_services_host` says, else `default` (how the provider reaches it).
-    pub fn check_route(
+    pub(crate) fn check_route(
         &self,
         planned: &Value,
         default: impl FnOnce() -> Result<Route, Diagnostics>,
@@ -195,15 +193,8 @@ impl ProviderData {
         }
     }
 
-    pub fn client(&self) -> ClientInfo {
-        self.client
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
     /// The SSH timeout, also used for the checks resources make.
-    pub fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         match self.services.get() {
             Ok(h) => h.config().timeout,
             Err(_) => DEFAULT_TIMEOUT,
@@ -211,6 +202,7 @@ impl ProviderData {
     }
 }
 
+/// The CircleCI provider: its schema, its configuration and its resources.
 pub struct CircleCiProvider {
     data: Arc<ProviderData>,
 }
@@ -222,6 +214,7 @@ impl Default for CircleCiProvider {
 }
 
 impl CircleCiProvider {
+    /// A provider not yet configured.
     pub fn new() -> Self {
         CircleCiProvider {
             data: Arc::new(ProviderData::default()),
@@ -364,9 +357,8 @@ impl Provider for CircleCiProvider {
         diags
     }
 
-    async fn configure(&self, config: &Value, client: &ClientInfo) -> Diagnostics {
+    async fn configure(&self, config: &Value, _: &ClientInfo) -> Diagnostics {
         let d = &self.data;
-        *d.client.write().unwrap_or_else(|e| e.into_inner()) = client.clone();
         let mut diags = Diagnostics::new();
         // A missing services_host block surfaces only when a resource needs the Services
         // machine, so a configuration with no resources yet still plans; a wrong block

@@ -31,10 +31,10 @@ pub(crate) use written::{target_mongo, target_pg};
 /// What every temporary container of the data migration is named after
 /// (`circleci-data-migration-postgres`, `-mongo`): each runs a server over embedded
 /// data that CircleCI's own must never share.
-pub const MIGRATION_CONTAINER: &str = "circleci-data-migration-";
+pub(crate) const MIGRATION_CONTAINER: &str = "circleci-data-migration-";
 
 /// The migration's temporary containers running on the Services machine now.
-pub async fn migration_containers(
+pub(crate) async fn migration_containers(
     h: &ServicesHost,
     deadline: Duration,
 ) -> Result<Vec<String>, Diagnostics> {
@@ -68,7 +68,7 @@ pub async fn migration_containers(
 /// the same data directory (PostgreSQL's interlock does not reach across containers).
 /// Each one left (by a killed provider, a dropped connection, a failed `docker rm`) is
 /// removed; one that stays is an error naming it, and CircleCI is not started.
-pub async fn remove_migration_containers(
+pub(crate) async fn remove_migration_containers(
     h: &ServicesHost,
     deadline: Duration,
     outcome: &str,

@@ -21,12 +21,12 @@ use crate::plugin::{AttrPath, Diagnostic, Diagnostics, PlanRequest, Value};
 use crate::provider::ProviderData;
 use crate::secret::Secret;
 
-pub struct ExternalMongo {
+pub(crate) struct ExternalMongo {
     data: Arc<ProviderData>,
 }
 
 impl ExternalMongo {
-    pub fn new(data: Arc<ProviderData>) -> Self {
+    pub(crate) fn new(data: Arc<ProviderData>) -> Self {
         ExternalMongo { data }
     }
 }
@@ -47,7 +47,7 @@ struct Inputs {
 
 crate::model! {
     /// `circleci_external_mongo`'s own attributes.
-    pub struct Mongo / MongoAtPlan {
+    pub(crate) struct Mongo / MongoAtPlan {
         hosts: Vec<String> [required, doc(
             "`host:port` of each member, as the Services machine reaches them."
         )],
@@ -112,7 +112,7 @@ fn inputs(v: &Value) -> Result<Inputs, Diagnostics> {
 fn uri_inputs(v: &Value) -> Option<Inputs> {
     let p = MongoAtPlan::decode(v).ok()?;
     let optional = |k: Known<Option<String>>| match k {
-        Known::Known(x) => Some(x),
+        Known::Value(x) => Some(x),
         Known::Null => Some(None),
         Known::Unknown => None,
     };
@@ -123,7 +123,7 @@ fn uri_inputs(v: &Value) -> Option<Inputs> {
         auth_source: p.auth_source.known()?,
         tls: p.tls.known()?,
         options: match p.options {
-            Known::Known(o) => o.unwrap_or_default(),
+            Known::Value(o) => o.unwrap_or_default(),
             Known::Null => BTreeMap::new(),
             Known::Unknown => return None,
         },
@@ -246,7 +246,7 @@ impl FileResource for ExternalMongo {
             for (n, x) in d.iter().enumerate() {
                 if x.is_null() {
                     diags.attr_error(
-                        AttrPath::root("databases").index(n as i64),
+                        AttrPath::root("databases").index(n),
                         "Invalid database name",
                         "a database name must not be null",
                     );
@@ -257,7 +257,7 @@ impl FileResource for ExternalMongo {
                         || x.contains(['/', '\\', '.', ' ', '"', '$', '\0'])
                     {
                         diags.attr_error(
-                            AttrPath::root("databases").index(n as i64),
+                            AttrPath::root("databases").index(n),
                             "Invalid database name",
                             format!("{x:?} is not a MongoDB database name"),
                         );

@@ -19,19 +19,19 @@ use crate::plugin::{resource::changed, AttrPath, Diagnostic, Diagnostics, PlanRe
 use crate::provider::ProviderData;
 use crate::secret::Secret;
 
-pub struct ExternalNomad {
+pub(crate) struct ExternalNomad {
     data: Arc<ProviderData>,
 }
 
 impl ExternalNomad {
-    pub fn new(data: Arc<ProviderData>) -> Self {
+    pub(crate) fn new(data: Arc<ProviderData>) -> Self {
         ExternalNomad { data }
     }
 }
 
 crate::model! {
     /// `circleci_external_nomad`'s own attributes.
-    pub struct Nomad / NomadAtPlan {
+    pub(crate) struct Nomad / NomadAtPlan {
         endpoint: String [required, check(Check::Text("Invalid endpoint", file::check_endpoint)), doc(
             "Nomad's HTTP API as the Services machine reaches it, e.g. `https://nomad.internal:4646`."
         )],
@@ -196,7 +196,7 @@ impl FileResource for ExternalNomad {
         );
         let content = render(&m.endpoint)?;
         let mut state = planned.clone();
-        m.leader = Known::Known(String::new());
+        m.leader = Known::Value(String::new());
         let mut version = None;
         if common.verify {
             let ca = m.ca_cert_file.as_deref().map(Path::new);
@@ -207,7 +207,7 @@ impl FileResource for ExternalNomad {
                 .data
                 .check_route(planned, || self.data.route())
                 .map_err(Halted::from)?;
-            m.leader = Known::Known(
+            m.leader = Known::Value(
                 nb::leader(
                     &route,
                     &m.endpoint,
@@ -272,7 +272,7 @@ impl FileResource for ExternalNomad {
             endpoint,
             ca_cert_file: None,
             acl_token_wo: None,
-            leader: Known::Known(String::new()),
+            leader: Known::Value(String::new()),
         }
         .encode(&mut v);
         Ok(v)

@@ -21,19 +21,19 @@ use crate::plugin::{AttrPath, Diagnostic, Diagnostics, PlanRequest, Value};
 use crate::provider::ProviderData;
 use crate::secret::Secret;
 
-pub struct ExternalRabbitmq {
+pub(crate) struct ExternalRabbitmq {
     data: Arc<ProviderData>,
 }
 
 impl ExternalRabbitmq {
-    pub fn new(data: Arc<ProviderData>) -> Self {
+    pub(crate) fn new(data: Arc<ProviderData>) -> Self {
         ExternalRabbitmq { data }
     }
 }
 
 crate::model! {
     /// `circleci_external_rabbitmq`'s own attributes.
-    pub struct Rabbitmq / RabbitmqAtPlan {
+    pub(crate) struct Rabbitmq / RabbitmqAtPlan {
         host: String [required, check(Check::Host), doc("RabbitMQ host, as the Services machine reaches it.")],
         port: u16 [optional, computed, check(Check::Port), doc("AMQP port. Default `5672`.")],
         username: String [required, check(Check::NonEmpty), doc("The user CircleCI logs in as.")],
@@ -150,7 +150,7 @@ impl FileResource for ExternalRabbitmq {
         let Ok(config) = RabbitmqAtPlan::decode(config) else {
             return;
         };
-        if config.tls == Known::Known(true) {
+        if config.tls == Known::Value(true) {
             diags.attr_error(
                 AttrPath::root("tls"),
                 "CircleCI Server 2.17 cannot use TLS to RabbitMQ",
@@ -159,7 +159,7 @@ impl FileResource for ExternalRabbitmq {
                  documentation gives a setting that turns TLS on: CircleCI would speak plain AMQP to the \
                  port written here. Point it at a plain AMQP listener (tls = false, port 5672 by default).",
             );
-        } else if matches!(config.tls_ca_file, Known::Known(Some(_))) {
+        } else if matches!(config.tls_ca_file, Known::Value(Some(_))) {
             diags.attr_error(
                 AttrPath::root("tls_ca_file"),
                 "tls_ca_file without tls",
@@ -179,8 +179,8 @@ impl FileResource for ExternalRabbitmq {
         };
         if config.port.is_null() {
             let p = match plan.tls {
-                Known::Known(true) => Value::int(i64::from(file::DEFAULT_TLS_PORT)),
-                Known::Known(false) => Value::int(i64::from(file::DEFAULT_PORT)),
+                Known::Value(true) => Value::int(i64::from(file::DEFAULT_TLS_PORT)),
+                Known::Value(false) => Value::int(i64::from(file::DEFAULT_PORT)),
                 Known::Unknown | Known::Null => Value::Unknown,
             };
             planned.set("port", p);

@@ -18,12 +18,12 @@ use crate::circleci::versions;
 use crate::plugin::{AttrPath, Diagnostic, Diagnostics, Value};
 use crate::provider::ProviderData;
 
-pub struct ExternalRedis {
+pub(crate) struct ExternalRedis {
     data: Arc<ProviderData>,
 }
 
 impl ExternalRedis {
-    pub fn new(data: Arc<ProviderData>) -> Self {
+    pub(crate) fn new(data: Arc<ProviderData>) -> Self {
         ExternalRedis { data }
     }
 }
@@ -32,7 +32,7 @@ crate::word_field!(Purpose);
 
 crate::model! {
     /// `circleci_external_redis`'s own attributes.
-    pub struct Redis / RedisAtPlan {
+    pub(crate) struct Redis / RedisAtPlan {
         host: String [required, check(Check::Host), doc(
             "Hostname or IP address of the Redis server, as the Services machine reaches it."
         )],
@@ -92,7 +92,7 @@ impl FileResource for ExternalRedis {
 
     fn default_path(&self, planned: &Value) -> Value {
         match RedisAtPlan::decode(planned).map(|p| p.purpose) {
-            Ok(Known::Known(p)) => Value::string(p.default_path()),
+            Ok(Known::Value(p)) => Value::string(p.default_path()),
             _ => Value::Unknown,
         }
     }

@@ -16,7 +16,7 @@ const SALT_LEN: usize = 16;
 
 /// Whether a file holds a secret.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Kind {
+pub(crate) enum Kind {
     Plain,
     Salted,
 }
@@ -75,7 +75,11 @@ fn new_salt(fill: Fill) -> Result<Vec<u8>, String> {
 
 /// The digest to store for `content`. A salted one reuses the salt of `previous` (the
 /// digest in the prior state), or draws a new one.
-pub async fn digest(kind: Kind, content: &[u8], previous: Option<&str>) -> Result<String, String> {
+pub(crate) async fn digest(
+    kind: Kind,
+    content: &[u8],
+    previous: Option<&str>,
+) -> Result<String, String> {
     if kind == Kind::Plain {
         return Ok(super::file_sha256(content));
     }
@@ -103,7 +107,7 @@ fn digest_with(
 }
 
 /// The digest a plan can show: `None` when it depends on a salt not drawn yet.
-pub async fn planned(
+pub(crate) async fn planned(
     kind: Kind,
     content: &[u8],
     previous: Option<&str>,
@@ -120,7 +124,11 @@ pub async fn planned(
 
 /// The digest of the file as it is now, comparable with `stored` (the state's): with
 /// its salt, or plain when the state holds a plain hash (written before this scheme).
-pub async fn current(kind: Kind, content: &[u8], stored: Option<&str>) -> Result<String, String> {
+pub(crate) async fn current(
+    kind: Kind,
+    content: &[u8],
+    stored: Option<&str>,
+) -> Result<String, String> {
     match (kind, stored.and_then(params)) {
         (Kind::Salted, Some((i, salt))) => {
             let content = content.to_vec();

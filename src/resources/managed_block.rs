@@ -23,23 +23,23 @@ fn to_bytes(s: &str) -> Vec<u8> {
 }
 
 /// `file` with block `id` set to `content` (appended when missing).
-pub fn upsert(file: &[u8], id: &str, content: &str) -> Result<Vec<u8>, EnvFileError> {
+pub(crate) fn upsert(file: &[u8], id: &str, content: &str) -> Result<Vec<u8>, EnvFileError> {
     envfile::upsert_block(&to_chars(file), id, &to_chars(content.as_bytes())).map(|s| to_bytes(&s))
 }
 
 /// The block's bytes, when the file has it.
-pub fn extract(file: &[u8], id: &str) -> Result<Option<Vec<u8>>, EnvFileError> {
+pub(crate) fn extract(file: &[u8], id: &str) -> Result<Option<Vec<u8>>, EnvFileError> {
     Ok(envfile::extract_block(&to_chars(file), id)?.map(|s| to_bytes(&s)))
 }
 
 /// `file` without block `id`.
-pub fn remove(file: &[u8], id: &str) -> Result<Vec<u8>, EnvFileError> {
+pub(crate) fn remove(file: &[u8], id: &str) -> Result<Vec<u8>, EnvFileError> {
     envfile::remove_block(&to_chars(file), id).map(|s| to_bytes(&s))
 }
 
 /// One lock per file path: resources writing the same file in one run take turns, so
 /// no read-modify-write loses another's block.
-pub async fn lock(path: &str) -> tokio::sync::OwnedMutexGuard<()> {
+pub(crate) async fn lock(path: &str) -> tokio::sync::OwnedMutexGuard<()> {
     static LOCKS: OnceLock<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>> = OnceLock::new();
     let m = {
         let mut all = LOCKS

@@ -16,31 +16,31 @@ use crate::provider::ProviderData;
 use config_file::ConfigFile;
 
 /// A resource's own choice of route for its check (`verify`).
-pub const VERIFY_VIA: &str = "verify_via_services_host";
+pub(crate) const VERIFY_VIA: &str = "verify_via_services_host";
 
-pub mod config_file;
+pub(crate) mod config_file;
 pub(crate) mod cutover;
-pub mod data_migration;
-pub mod external_mongo;
-pub mod external_nomad;
-pub mod external_rabbitmq;
-pub mod external_redis;
-pub mod file_digest;
-pub mod managed_block;
-pub mod model;
-pub mod nomad_client_launch_config;
-pub mod nomad_client_static;
+pub(crate) mod data_migration;
+pub(crate) mod external_mongo;
+pub(crate) mod external_nomad;
+pub(crate) mod external_rabbitmq;
+pub(crate) mod external_redis;
+pub(crate) mod file_digest;
+pub(crate) mod managed_block;
+pub(crate) mod model;
+pub(crate) mod nomad_client_launch_config;
+pub(crate) mod nomad_client_static;
 pub(crate) mod nomad_drain;
-pub mod postgres_databases;
-pub mod services_ca_certificate;
-pub mod services_restart;
+pub(crate) mod postgres_databases;
+pub(crate) mod services_ca_certificate;
+pub(crate) mod services_restart;
 #[cfg(test)]
 pub(crate) mod test_support;
-pub mod validate;
-pub mod vault_transit_client;
+pub(crate) mod validate;
+pub(crate) mod vault_transit_client;
 
 /// Every resource type this provider offers.
-pub fn all(data: Arc<ProviderData>) -> Vec<Arc<dyn Resource>> {
+pub(crate) fn all(data: Arc<ProviderData>) -> Vec<Arc<dyn Resource>> {
     let d = || data.clone();
     vec![
         Arc::new(ConfigFile::new(
@@ -77,7 +77,7 @@ pub fn all(data: Arc<ProviderData>) -> Vec<Arc<dyn Resource>> {
 
 /// The duration attribute `name` of a planned state, else `default` (a valid
 /// humantime string, as every resource's defaults are).
-pub fn duration_or(v: &Value, name: &str, default: &str) -> std::time::Duration {
+pub(crate) fn duration_or(v: &Value, name: &str, default: &str) -> std::time::Duration {
     v.get(name)
         .as_str()
         .and_then(|s| humantime::parse_duration(s).ok())
@@ -100,7 +100,7 @@ pub fn file_sha256(content: &[u8]) -> String {
 }
 
 /// The strings of a list value (non-strings skipped).
-pub fn strings(v: &Value) -> Vec<String> {
+pub(crate) fn strings(v: &Value) -> Vec<String> {
     v.as_list()
         .unwrap_or_default()
         .iter()
@@ -109,12 +109,12 @@ pub fn strings(v: &Value) -> Vec<String> {
 }
 
 /// A list value of strings.
-pub fn string_list(items: &[String]) -> Value {
+pub(crate) fn string_list(items: &[String]) -> Value {
     Value::List(items.iter().map(Value::string).collect())
 }
 
 /// Plan-time defaults: each attribute the configuration leaves null gets its default.
-pub fn set_defaults<const N: usize>(
+pub(crate) fn set_defaults<const N: usize>(
     config: &Value,
     planned: &mut Value,
     defaults: [(&str, Value); N],
@@ -129,7 +129,7 @@ pub fn set_defaults<const N: usize>(
 /// `password` (kept in the state), `password_wo` (write-only) and
 /// `password_wo_version`; `whose` starts the descriptions ("The role's password"),
 /// `applies_to` says what a rotation changes.
-pub fn password_attrs(b: Block, whose: &str, applies_to: &str) -> Block {
+pub(crate) fn password_attrs(b: Block, whose: &str, applies_to: &str) -> Block {
     use model::Decl;
     b.attr(
         Decl::new("password", Type::String)
@@ -149,7 +149,7 @@ pub fn password_attrs(b: Block, whose: &str, applies_to: &str) -> Block {
 }
 
 /// The password from the configuration: `password_wo` (write-only) or `password`.
-pub fn configured_password(config: &Value) -> Option<&str> {
+pub(crate) fn configured_password(config: &Value) -> Option<&str> {
     config
         .get("password_wo")
         .as_str()
@@ -157,7 +157,7 @@ pub fn configured_password(config: &Value) -> Option<&str> {
 }
 
 /// The configured password, or an error on `password_wo` saying to set one.
-pub fn required_password(config: &Value) -> Result<&str, Diagnostics> {
+pub(crate) fn required_password(config: &Value) -> Result<&str, Diagnostics> {
     configured_password(config).ok_or_else(|| {
         Diagnostic::error(
             "Password missing",
@@ -169,7 +169,7 @@ pub fn required_password(config: &Value) -> Result<&str, Diagnostics> {
 }
 
 /// The attribute the password came from, for diagnostics.
-pub fn password_attr(config: &Value) -> AttrPath {
+pub(crate) fn password_attr(config: &Value) -> AttrPath {
     AttrPath::root(if config.get("password_wo").is_null() {
         "password"
     } else {
@@ -181,7 +181,7 @@ pub fn password_attr(config: &Value) -> AttrPath {
 /// Runs one of the fixed commands on the Services machine within `deadline`: the
 /// command (for messages) and its output. An invalid argument or an SSH failure is an
 /// error; a non-zero exit is the caller's to judge.
-pub async fn run_command(
+pub(crate) async fn run_command(
     h: &ServicesHost,
     program: Program,
     args: &[&str],
@@ -197,7 +197,7 @@ pub async fn run_command(
     Ok((cmd, out))
 }
 
-pub fn ssh_diag(summary: &str, e: SshError) -> Diagnostics {
+pub(crate) fn ssh_diag(summary: &str, e: SshError) -> Diagnostics {
     let summary = match e.kind() {
         SshErrorKind::HostKey => "Services machine host key not trusted",
         SshErrorKind::Auth => "Could not log in to the Services machine",

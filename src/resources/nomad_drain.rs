@@ -9,7 +9,7 @@ use crate::backends::tunnel::Route;
 
 /// The Nomad servers' API, to see a restarted node ready again.
 #[derive(Clone, Debug)]
-pub struct NomadApi {
+pub(crate) struct NomadApi {
     pub endpoint: String,
     pub ca_file: Option<std::path::PathBuf>,
     /// CA certificates as PEM text instead (the Services machine's bundle), with a label.
@@ -32,7 +32,7 @@ impl NomadApi {
     }
 
     /// One node with its attributes; None when Nomad no longer knows it.
-    pub async fn node(
+    pub(crate) async fn node(
         &self,
         id: &str,
         timeout: Duration,
@@ -50,7 +50,7 @@ impl NomadApi {
     }
 
     /// The nodes the Nomad servers list.
-    pub async fn nodes(&self, timeout: Duration) -> Result<Vec<Node>, String> {
+    pub(crate) async fn nodes(&self, timeout: Duration) -> Result<Vec<Node>, String> {
         nb::nodes(
             &self.route,
             &self.endpoint,
@@ -63,7 +63,7 @@ impl NomadApi {
     }
 
     /// The servers' RPC addresses (`/v1/status/peers`).
-    pub async fn peers(&self, timeout: Duration) -> Result<Vec<String>, String> {
+    pub(crate) async fn peers(&self, timeout: Duration) -> Result<Vec<String>, String> {
         nb::peers(
             &self.route,
             &self.endpoint,
@@ -76,7 +76,7 @@ impl NomadApi {
     }
 
     /// The answering server's version (`/v1/agent/self`).
-    pub async fn version(&self, timeout: Duration) -> Result<String, String> {
+    pub(crate) async fn version(&self, timeout: Duration) -> Result<String, String> {
         nb::version(
             &self.route,
             &self.endpoint,
@@ -89,7 +89,7 @@ impl NomadApi {
     }
 
     /// The allocations placed on node `id`.
-    pub async fn node_allocations(
+    pub(crate) async fn node_allocations(
         &self,
         id: &str,
         timeout: Duration,
@@ -106,7 +106,7 @@ impl NomadApi {
         .map_err(|e| e.to_string())
     }
 
-    pub async fn drain(
+    pub(crate) async fn drain(
         &self,
         api: nb::DrainApi,
         id: &str,
@@ -131,7 +131,7 @@ impl NomadApi {
 /// With CircleCI running: each client's builds end, and its node is drained, before its
 /// agent restarts; the drain is lifted once the node is ready again.
 #[derive(Clone, Debug)]
-pub struct Drainer {
+pub(crate) struct Drainer {
     /// The Nomad servers CircleCI schedules on (the resource's `nomad_endpoint`).
     pub api: NomadApi,
     pub kind: nb::DrainApi,
@@ -161,7 +161,7 @@ const DEADLINE_MARGIN: Duration = Duration::from_secs(3600);
 
 /// Why a drain did not end in a client ready to restart, and whether this roll had
 /// enabled it (then it must be lifted).
-pub struct NotDrained {
+pub(crate) struct NotDrained {
     pub why: String,
     pub enabled: bool,
     /// What ended it was `builds_timeout`.
@@ -176,7 +176,7 @@ impl Drainer {
     /// node already draining or ineligible (someone else's) is waited for, not drained.
     /// The node's ModifyIndex once drained (the restart must raise it again), and
     /// whether this roll drained it.
-    pub async fn drain(
+    pub(crate) async fn drain(
         &self,
         what: &str,
         node: &Node,
@@ -322,7 +322,12 @@ impl Drainer {
     }
 
     /// Lifts the drain (and, from 0.8, makes the node eligible again).
-    pub async fn lift(&self, what: &str, node: &Node, timeout: Duration) -> Result<(), String> {
+    pub(crate) async fn lift(
+        &self,
+        what: &str,
+        node: &Node,
+        timeout: Duration,
+    ) -> Result<(), String> {
         self.api
             .drain(self.kind, &node.id, nb::Drain::Disable, timeout)
             .await

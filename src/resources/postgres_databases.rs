@@ -24,12 +24,12 @@ use crate::plugin::{resource::changed, AttrPath, Diagnostic, Diagnostics, PlanRe
 use crate::provider::ProviderData;
 use crate::secret::Secret;
 
-pub struct PostgresDatabases {
+pub(crate) struct PostgresDatabases {
     data: Arc<ProviderData>,
 }
 
 impl PostgresDatabases {
-    pub fn new(data: Arc<ProviderData>) -> Self {
+    pub(crate) fn new(data: Arc<ProviderData>) -> Self {
         PostgresDatabases { data }
     }
 }
@@ -40,7 +40,7 @@ fn default_databases() -> Vec<String> {
 
 crate::model! {
     /// `circleci_postgres_databases`' own attributes.
-    pub struct Postgres / PostgresAtPlan {
+    pub(crate) struct Postgres / PostgresAtPlan {
         host: String [required, check(Check::Host), doc(
             "PostgreSQL host as the Services machine reaches it (written to the file)."
         )],
@@ -343,7 +343,7 @@ impl FileResource for PostgresDatabases {
         if let Some(list) = config.get("databases").as_list() {
             for (n, d) in list.iter().enumerate() {
                 let Some(d) = d.as_str() else { continue };
-                let at = AttrPath::root("databases").index(n as i64);
+                let at = AttrPath::root("databases").index(n);
                 if let Err(e) = file::check_identifier(d) {
                     diags.attr_error(at, "Invalid database name", format!("{d:?} {e}"));
                 } else if dbs.contains(&d) {
@@ -576,7 +576,7 @@ impl FileResource for PostgresDatabases {
             create_user_database: true,
             deletion_policy: "retain".into(),
             drop_adopted_databases: false,
-            adopted: Known::Known(vec![]),
+            adopted: Known::Value(vec![]),
         }
         .encode(&mut v);
         Ok(v)

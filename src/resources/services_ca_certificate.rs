@@ -48,12 +48,12 @@ fn jvm_block(owners: &std::collections::BTreeSet<String>) -> String {
     out
 }
 
-pub struct ServicesCaCertificate {
+pub(crate) struct ServicesCaCertificate {
     data: Arc<ProviderData>,
 }
 
 impl ServicesCaCertificate {
-    pub fn new(data: Arc<ProviderData>) -> Self {
+    pub(crate) fn new(data: Arc<ProviderData>) -> Self {
         ServicesCaCertificate { data }
     }
 }
@@ -62,7 +62,7 @@ impl ServicesCaCertificate {
 /// no other PEM block (a private key would be written world-readable into the trust
 /// store, and kept in the plan and state), no second certificate, no other text. The
 /// text is never quoted back: it may be a key.
-pub fn parse_ca(pem: &str) -> Result<CertificateDer<'static>, String> {
+pub(crate) fn parse_ca(pem: &str) -> Result<CertificateDer<'static>, String> {
     pem_shape(pem)?;
     der_of(pem)
 }
@@ -305,9 +305,9 @@ impl ServicesCaCertificate {
             h.write_file(&p.cert, text.as_bytes(), 0o644)
                 .await
                 .map_err(|e| ssh_diag(&format!("Could not write {}", p.cert), e))?;
-            m.id = Known::Known(p.cert.clone());
-            m.fingerprint_sha256 = Known::Known(file_sha256(cert.as_ref()));
-            m.drift = Known::Known(String::new());
+            m.id = Known::Value(p.cert.clone());
+            m.fingerprint_sha256 = Known::Value(file_sha256(cert.as_ref()));
+            m.drift = Known::Value(String::new());
             let rest = async {
                 self.update_ca_certificates(&h).await?;
                 self.environment(
@@ -331,7 +331,7 @@ impl ServicesCaCertificate {
                 }
                 // The certificate is in place: recorded, with the step left to do as drift.
                 Err(d) => {
-                    m.drift = Known::Known(
+                    m.drift = Known::Value(
                         "the last apply did not finish: update-ca-certificates or /etc/environment"
                             .to_string(),
                     );
@@ -361,7 +361,7 @@ impl Resource for ServicesCaCertificate {
     fn validate(&self, config: &Value) -> Diagnostics {
         let mut diags = Diagnostics::new();
         model::validate(CaCert::decls(), config, &mut diags);
-        if let Ok(Known::Known(pem)) = CaCertAtPlan::decode(config).map(|c| c.certificate_pem) {
+        if let Ok(Known::Value(pem)) = CaCertAtPlan::decode(config).map(|c| c.certificate_pem) {
             if let Err(e) = parse_ca(&pem) {
                 diags.push(invalid_pem(&pem, e));
             }
@@ -384,16 +384,16 @@ impl Resource for ServicesCaCertificate {
             }
         };
         p.id = match (&p.name, &p.config_root) {
-            (Known::Known(name), Known::Known(root)) => Known::Known(paths(name, root).cert),
+            (Known::Value(name), Known::Value(root)) => Known::Value(paths(name, root).cert),
             _ => Known::Unknown,
         };
         p.fingerprint_sha256 = match &p.certificate_pem {
-            Known::Known(pem) => {
-                parse_ca(pem).map_or(Known::Unknown, |c| Known::Known(file_sha256(c.as_ref())))
+            Known::Value(pem) => {
+                parse_ca(pem).map_or(Known::Unknown, |c| Known::Value(file_sha256(c.as_ref())))
             }
             _ => Known::Unknown,
         };
-        p.drift = Known::Known(String::new());
+        p.drift = Known::Value(String::new());
         p.encode(planned);
         if req.is_create() {
             return vec![];
@@ -427,7 +427,7 @@ impl Resource for ServicesCaCertificate {
             .map(|c| file_sha256(c.as_ref()));
         match found {
             None => drift.push(format!("{} is missing or not a certificate", p.cert)),
-            Some(fp) if Known::Known(fp.clone()) != m.fingerprint_sha256 => {
+            Some(fp) if Known::Value(fp.clone()) != m.fingerprint_sha256 => {
                 drift.push(format!("{} holds another certificate", p.cert))
             }
             Some(_) => {}
@@ -448,7 +448,7 @@ impl Resource for ServicesCaCertificate {
             }
         }
         let mut fresh = state.clone();
-        m.drift = Known::Known(drift.join("; "));
+        m.drift = Known::Value(drift.join("; "));
         m.encode(&mut fresh);
         Ok(Some(fresh))
     }
@@ -504,13 +504,13 @@ impl Resource for ServicesCaCertificate {
         })?;
         let mut v = Value::Null;
         CaCert {
-            id: Known::Known(id.to_string()),
+            id: Known::Value(id.to_string()),
             name: name.to_string(),
             certificate_pem: pem,
             jvm_trust_name_service: false,
             config_root: if root.is_empty() { "/" } else { root }.to_string(),
-            fingerprint_sha256: Known::Known(file_sha256(cert.as_ref())),
-            drift: Known::Known(String::new()),
+            fingerprint_sha256: Known::Value(file_sha256(cert.as_ref())),
+            drift: Known::Value(String::new()),
         }
         .encode(&mut v);
         Ok(v)

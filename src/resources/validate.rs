@@ -9,7 +9,7 @@ use crate::plugin::{AttrPath, Diagnostics, Value};
 /// A check on one attribute's configured value. Null and unknown values pass: the
 /// value is checked again once it is known.
 #[derive(Clone, Copy)]
-pub enum Check {
+pub(crate) enum Check {
     /// A hostname or an IP address.
     Host,
     /// A TCP port, 1-65535.
@@ -35,7 +35,7 @@ pub enum Check {
 }
 
 /// Runs every check of `table` on `config`.
-pub fn run(config: &Value, table: &[(&str, Check)], diags: &mut Diagnostics) {
+pub(crate) fn run(config: &Value, table: &[(&str, Check)], diags: &mut Diagnostics) {
     for (name, check) in table {
         check_one(config, name, *check, &AttrPath::root, diags);
     }
@@ -43,7 +43,12 @@ pub fn run(config: &Value, table: &[(&str, Check)], diags: &mut Diagnostics) {
 
 /// Runs every check of `table` on the attributes of the single nested block `block`
 /// (nothing when the block is absent or unknown); errors name `block.attr`.
-pub fn run_in(config: &Value, block: &str, table: &[(&str, Check)], diags: &mut Diagnostics) {
+pub(crate) fn run_in(
+    config: &Value,
+    block: &str,
+    table: &[(&str, Check)],
+    diags: &mut Diagnostics,
+) {
     let b = config.get(block);
     if b.is_null() || b.is_unknown() {
         return;
@@ -56,7 +61,12 @@ pub fn run_in(config: &Value, block: &str, table: &[(&str, Check)], diags: &mut 
 
 /// Runs every check of `table` on each element of the list block `block`; errors name
 /// `block[i].attr`.
-pub fn run_in_each(config: &Value, block: &str, table: &[(&str, Check)], diags: &mut Diagnostics) {
+pub(crate) fn run_in_each(
+    config: &Value,
+    block: &str,
+    table: &[(&str, Check)],
+    diags: &mut Diagnostics,
+) {
     let Some(items) = config.get(block).as_list() else {
         return;
     };
@@ -64,7 +74,7 @@ pub fn run_in_each(config: &Value, block: &str, table: &[(&str, Check)], diags: 
         if b.is_null() || b.is_unknown() {
             continue;
         }
-        let at = |name: &str| AttrPath::root(block).index(i as i64).attr(name);
+        let at = |name: &str| AttrPath::root(block).index(i).attr(name);
         for (name, check) in table {
             check_one(b, name, *check, &at, diags);
         }
@@ -172,10 +182,6 @@ fn bounds(d: Duration, min_secs: u64, max_secs: u64, at: AttrPath, diags: &mut D
 
 /// Exactly one of `password` and `password_wo`, neither empty nor holding NUL, and
 /// `password_wo_version` only together with `password_wo`.
-pub fn validate_password_pair(config: &Value, diags: &mut Diagnostics) {
-    password_pair_at(config, &AttrPath::root, diags)
-}
-
 fn password_pair_at(config: &Value, path: &dyn Fn(&str) -> AttrPath, diags: &mut Diagnostics) {
     let (pw, wo) = (config.get("password"), config.get("password_wo"));
     if !pw.is_unknown() && !wo.is_unknown() {
@@ -215,7 +221,7 @@ fn password_pair_at(config: &Value, path: &dyn Fn(&str) -> AttrPath, diags: &mut
 
 /// A MongoDB seed list at `at`: at least one entry, each `host:port` (IPv6 in
 /// brackets; the port may be left out for 27017).
-pub fn host_ports(list: &[Value], at: &AttrPath, diags: &mut Diagnostics) {
+pub(crate) fn host_ports(list: &[Value], at: &AttrPath, diags: &mut Diagnostics) {
     if list.is_empty() {
         diags.attr_error(at.clone(), "No hosts", "list at least one host:port");
     }
@@ -225,7 +231,7 @@ pub fn host_ports(list: &[Value], at: &AttrPath, diags: &mut Diagnostics) {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if !is_host(host) || port.parse::<u16>().map_or(true, |p| p == 0) {
             diags.attr_error(
-                at.clone().index(n as i64),
+                at.clone().index(n),
                 "Invalid host",
                 format!("{h:?} is not host:port"),
             );
@@ -234,7 +240,7 @@ pub fn host_ports(list: &[Value], at: &AttrPath, diags: &mut Diagnostics) {
 }
 
 /// A hostname (RFC 1123 labels; `_` tolerated) or an IPv4/IPv6 address.
-pub fn is_host(h: &str) -> bool {
+pub(crate) fn is_host(h: &str) -> bool {
     if h.parse::<std::net::IpAddr>().is_ok() {
         return true;
     }
@@ -251,7 +257,7 @@ pub fn is_host(h: &str) -> bool {
     })
 }
 
-pub fn host(h: &str, path: AttrPath, diags: &mut Diagnostics) {
+pub(crate) fn host(h: &str, path: AttrPath, diags: &mut Diagnostics) {
     if !is_host(h) {
         diags.attr_error(
             path,
@@ -262,12 +268,15 @@ pub fn host(h: &str, path: AttrPath, diags: &mut Diagnostics) {
 }
 
 /// A TCP port, 1-65535. Unknown or null values pass (None).
-pub fn port(v: &Value, path: AttrPath, diags: &mut Diagnostics) -> Option<u16> {
+pub(crate) fn port(v: &Value, path: AttrPath, diags: &mut Diagnostics) -> Option<u16> {
     if v.is_null() || v.is_unknown() {
         return None;
     }
-    match crate::plugin::value::coerce_number(v).and_then(|n| n.as_i64()) {
-        Some(p) if (1..=65535).contains(&p) => Some(p as u16),
+    match crate::plugin::value::coerce_number(v)
+        .and_then(|n| n.as_i64())
+        .and_then(|p| u16::try_from(p).ok())
+    {
+        Some(p) if p >= 1 => Some(p),
         _ => {
             diags.attr_error(
                 path,
@@ -281,7 +290,7 @@ pub fn port(v: &Value, path: AttrPath, diags: &mut Diagnostics) -> Option<u16> {
 
 /// A duration such as `30s`, `5m` or `1h30m`, at most `max`: every wait has a bound,
 /// and no deadline computed from it can overflow.
-pub fn duration_at_most(
+pub(crate) fn duration_at_most(
     s: &str,
     max: Duration,
     path: AttrPath,
@@ -294,7 +303,7 @@ pub fn duration_at_most(
 }
 
 /// A duration such as `30s`, `5m` or `1h30m`.
-pub fn duration(s: &str, path: AttrPath, diags: &mut Diagnostics) -> Option<Duration> {
+pub(crate) fn duration(s: &str, path: AttrPath, diags: &mut Diagnostics) -> Option<Duration> {
     match humantime::parse_duration(s) {
         Ok(d) if d > Duration::ZERO => Some(d),
         Ok(_) => {
@@ -313,7 +322,7 @@ pub fn duration(s: &str, path: AttrPath, diags: &mut Diagnostics) -> Option<Dura
 }
 
 /// An absolute path on the Services machine, without NUL or newline, not a directory.
-pub fn remote_path(p: &str, path: AttrPath, diags: &mut Diagnostics) {
+pub(crate) fn remote_path(p: &str, path: AttrPath, diags: &mut Diagnostics) {
     let why = if !p.starts_with('/') {
         Some("must be an absolute path (start with /)")
     } else if p.ends_with('/') {

@@ -24,12 +24,12 @@ use crate::secret::Secret;
 /// The longest token period accepted: a year.
 const MAX_PERIOD: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
 
-pub struct VaultTransitClient {
+pub(crate) struct VaultTransitClient {
     data: Arc<ProviderData>,
 }
 
 impl VaultTransitClient {
-    pub fn new(data: Arc<ProviderData>) -> Self {
+    pub(crate) fn new(data: Arc<ProviderData>) -> Self {
         VaultTransitClient { data }
     }
 }
@@ -37,7 +37,7 @@ impl VaultTransitClient {
 crate::model! {
     /// `circleci_vault_transit_client`'s own attributes. A change of mount, key, key type
     /// or policy makes a new key/policy pairing: it replaces the resource.
-    pub struct VaultClient / VaultClientAtPlan {
+    pub(crate) struct VaultClient / VaultClientAtPlan {
         transit_mount: String [default(file::DEFAULT_MOUNT.to_string()),
             check(Check::Text("Invalid name", check_name)), replaces, doc(
             "Path of the transit secrets engine. It must exist unless `create_mount` is set."
@@ -331,7 +331,7 @@ impl FileResource for VaultTransitClient {
             Ok(c) => c,
             Err(e) => return diags.extend(e.into()),
         };
-        if matches!(&c.address_for_services, Known::Known(a) if a.starts_with("http://")) {
+        if matches!(&c.address_for_services, Known::Value(a) if a.starts_with("http://")) {
             diags.push(
                 Diagnostic::warning(
                     "Vault address without TLS",
@@ -344,7 +344,7 @@ impl FileResource for VaultTransitClient {
         // Each bound checked where it is set; the two compared once both are known (a
         // null one at its default).
         let mut within = |k: &Known<String>, name: &str, default: &str| match k {
-            Known::Known(x) => {
+            Known::Value(x) => {
                 validate::duration_at_most(x, MAX_PERIOD, AttrPath::root(name), diags).map(Some)
             }
             Known::Null => Some(humantime::parse_duration(default).ok()),
@@ -377,13 +377,13 @@ impl FileResource for VaultTransitClient {
         };
         if cfg.policy_name.is_null() {
             p.policy_name = match &p.key_name {
-                Known::Known(k) => Known::Known(file::default_policy_name(k)),
+                Known::Value(k) => Known::Value(file::default_policy_name(k)),
                 _ => Known::Unknown,
             };
         }
         if cfg.address_for_services.is_null() {
             p.address_for_services = match self.data.vault() {
-                Ok(v) => Known::Known(v.config().address.clone()),
+                Ok(v) => Known::Value(v.config().address.clone()),
                 Err(d) => {
                     diags.extend(d);
                     Known::Unknown
@@ -391,7 +391,7 @@ impl FileResource for VaultTransitClient {
             };
         }
         p.policy = match (&p.transit_mount, &p.key_name) {
-            (Known::Known(m), Known::Known(k)) => Known::Known(file::policy_hcl(m, k)),
+            (Known::Value(m), Known::Value(k)) => Known::Value(file::policy_hcl(m, k)),
             _ => Known::Unknown,
         };
         p.encode(planned);

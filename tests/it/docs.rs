@@ -5,9 +5,9 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use terraform_provider_circleci::plugin::schema::{Attribute, Block, Nesting, Type};
-use terraform_provider_circleci::plugin::Provider;
-use terraform_provider_circleci::provider::CircleCiProvider;
+use terraform_provider_circleci::testing::CircleCiProvider;
+use terraform_provider_circleci::testing::Provider;
+use terraform_provider_circleci::testing::{Attribute, Block, Nesting, Type};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

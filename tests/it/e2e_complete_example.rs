@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use common::sim::{NomadFixture, Sim, SIMULATOR};
 use common::{flat, servers, Tf};
 use serde_json::{json, Value as Json};
-use terraform_provider_circleci::circleci::restart::files;
+use terraform_provider_circleci::testing::restart::files;
 
 #[test]
 fn the_complete_example_externalizes_and_every_check_passes() {

@@ -279,7 +279,7 @@ fn migrates_verifies_refuses_to_overwrite_and_converges() {
         let bytes = std::fs::read(&local).unwrap();
         assert_eq!(
             sha.as_str().unwrap(),
-            terraform_provider_circleci::resources::file_sha256(&bytes)
+            terraform_provider_circleci::testing::file_sha256(&bytes)
         );
         assert_eq!(common::mode_of(&local), 0o600, "{path}");
         assert_eq!(common::mode_of(local.parent().unwrap()), 0o700, "{path}");

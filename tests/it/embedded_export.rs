@@ -10,20 +10,20 @@ use std::time::Duration;
 
 use common::sim::{Removed, Sim, SIMULATOR};
 use serde_json::json;
-use terraform_provider_circleci::backends::ssh::{Program, RemoteCommand};
+use terraform_provider_circleci::testing::ssh::{Program, RemoteCommand};
 
 /// Removes the temporary container (stopping its server) even when a check fails.
 /// The test cluster on `port`, as its superuser.
 fn postgres_admin(
     s: &common::Servers,
     port: u16,
-) -> terraform_provider_circleci::backends::postgres::PgAdmin {
-    use terraform_provider_circleci::backends::postgres::{PgAdmin, PgConfig, SslMode};
+) -> terraform_provider_circleci::testing::postgres::PgAdmin {
+    use terraform_provider_circleci::testing::postgres::{PgAdmin, PgConfig, SslMode};
     PgAdmin::new(PgConfig {
         host: "127.0.0.1".into(),
         port,
         user: "postgres".into(),
-        password: terraform_provider_circleci::secret::Secret::new(
+        password: terraform_provider_circleci::testing::Secret::new(
             s.get("CIRCLECI_TEST_PG_PASSWORD"),
         ),
         database: "postgres".into(),
@@ -148,11 +148,11 @@ async fn dumps_the_embedded_databases() {
 #[test]
 fn export_import_and_verify_every_table() {
     let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
-    use terraform_provider_circleci::circleci::migration::{self as mig};
-    use terraform_provider_circleci::resources::data_migration::embedded_postgres::{
+    use terraform_provider_circleci::testing::embedded_postgres::{
         EmbeddedPostgres, Source, Target,
     };
-    use terraform_provider_circleci::secret::Secret;
+    use terraform_provider_circleci::testing::migration::{self as mig};
+    use terraform_provider_circleci::testing::Secret;
 
     let s = common::servers();
     let root = s.embedded_root("500");
@@ -229,7 +229,7 @@ fn export_import_and_verify_every_table() {
             // The dump's SHA-256, read by the import while it restored.
             assert_eq!(
                 sha256,
-                Some(terraform_provider_circleci::resources::file_sha256(
+                Some(terraform_provider_circleci::testing::file_sha256(
                     &std::fs::read(&dump).unwrap()
                 ))
             );
@@ -290,7 +290,7 @@ fn export_import_and_verify_every_table() {
         assert_eq!(sealed[0].size, bytes.len() as u64);
         assert_eq!(
             sealed[0].sha256,
-            terraform_provider_circleci::resources::file_sha256(&bytes)
+            terraform_provider_circleci::testing::file_sha256(&bytes)
         );
         assert!(
             !kept.with_extension("dump.list").exists(),
@@ -314,11 +314,11 @@ fn export_import_and_verify_every_table() {
 #[test]
 fn the_checksums_agree_across_configurations_and_see_every_change() {
     let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
-    use terraform_provider_circleci::circleci::migration::{self as mig};
-    use terraform_provider_circleci::resources::data_migration::embedded_postgres::{
+    use terraform_provider_circleci::testing::embedded_postgres::{
         EmbeddedPostgres, Source, Target,
     };
-    use terraform_provider_circleci::secret::Secret;
+    use terraform_provider_circleci::testing::migration::{self as mig};
+    use terraform_provider_circleci::testing::Secret;
 
     let s = common::servers();
     let root = s.embedded_root("300");

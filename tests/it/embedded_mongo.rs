@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use common::sim::{Sim, SIMULATOR};
 use serde_json::json;
-use terraform_provider_circleci::backends::ssh::{Program, RemoteCommand};
+use terraform_provider_circleci::testing::ssh::{Program, RemoteCommand};
 
-use terraform_provider_circleci::circleci::migration::{self as mig, MONGO_STATS_SCRIPT as STATS};
+use terraform_provider_circleci::testing::migration::{self as mig, MONGO_STATS_SCRIPT as STATS};
 
 fn docker(args: &[&str]) -> RemoteCommand {
     RemoteCommand::new(Program::Docker, args.iter().copied()).unwrap()
@@ -131,8 +131,8 @@ fn dump_restore_and_compare_the_embedded_mongodb() {
         // The same documents on both sides: counts and dbHash per collection.
         // As the migration will compare them: the source through the container's shell,
         // the target through the provider's own client.
-        let target = terraform_provider_circleci::backends::mongo::MongoAdmin::new(
-            terraform_provider_circleci::secret::Secret::new(admin.clone()),
+        let target = terraform_provider_circleci::testing::mongo::MongoAdmin::new(
+            terraform_provider_circleci::testing::Secret::new(admin.clone()),
             None,
             t,
         )
@@ -191,8 +191,8 @@ fn dump_restore_and_compare_the_embedded_mongodb() {
         run(v(&["rm", "-f", name]), None).await;
 
         // What undoes a failed restore: the collections it wrote dropped, others kept.
-        let a = terraform_provider_circleci::backends::mongo::MongoAdmin::new(
-            terraform_provider_circleci::secret::Secret::new(admin.clone()),
+        let a = terraform_provider_circleci::testing::mongo::MongoAdmin::new(
+            terraform_provider_circleci::testing::Secret::new(admin.clone()),
             None,
             t,
         );

@@ -5,7 +5,7 @@
 
 use proptest::prelude::*;
 use std::process::Command;
-use terraform_provider_circleci::circleci::envfile::{parse, render, Style};
+use terraform_provider_circleci::testing::envfile::{parse, render, Style};
 
 fn bash_value(file: &std::path::Path, key: &str) -> Vec<u8> {
     let out = Command::new("bash")
@@ -69,7 +69,7 @@ proptest! {
         let f = dir.path().join("customizations");
         std::fs::write(&f, &text).unwrap();
         for a in &parsed {
-            let want = terraform_provider_circleci::circleci::envfile::lookup(&parsed, &a.key).unwrap();
+            let want = terraform_provider_circleci::testing::envfile::lookup(&parsed, &a.key).unwrap();
             prop_assert_eq!(bash_value_strict(&f, &a.key), want.as_bytes().to_vec(), "{:?}", text);
         }
     }

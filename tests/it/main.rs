@@ -8,7 +8,14 @@
 //! key) holds `common::sim::SIMULATOR` for its whole run; every other test works on
 //! names of its own.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
+// Tests may panic (that is how they fail) and cast freely (their numbers are small).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 
 mod common;
 

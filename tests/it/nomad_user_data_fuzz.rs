@@ -2,7 +2,7 @@
 //! and what it rewrites keeps the text before the list.
 
 use proptest::prelude::*;
-use terraform_provider_circleci::circleci::nomad_user_data::rewrite;
+use terraform_provider_circleci::testing::nomad_user_data::rewrite;
 
 proptest! {
     // Fixed case count; proptest prints the seed and the minimal failing input.

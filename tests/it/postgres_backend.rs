@@ -4,10 +4,10 @@ use crate::common;
 
 use std::time::Duration;
 
-use terraform_provider_circleci::backends::postgres::{
+use terraform_provider_circleci::testing::postgres::{
     verify_login, PgAdmin, PgConfig, SslMode, Tls,
 };
-use terraform_provider_circleci::secret::Secret;
+use terraform_provider_circleci::testing::Secret;
 
 fn admin(s: &common::Servers, mode: SslMode, ca: Option<&str>) -> PgAdmin {
     PgAdmin::new(PgConfig {

@@ -5,12 +5,12 @@ use crate::common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use terraform_provider_circleci::backends::ssh::{
+use terraform_provider_circleci::testing::envfile::{render, Style};
+use terraform_provider_circleci::testing::ssh::{
     parse_host_key, HostKeyPolicy, Program, RemoteCommand, ServicesHost, SshAuth, SshConfig,
     SshError, SshErrorKind,
 };
-use terraform_provider_circleci::circleci::envfile::{render, Style};
-use terraform_provider_circleci::secret::Secret;
+use terraform_provider_circleci::testing::Secret;
 
 fn host(s: &common::Servers, policy: HostKeyPolicy) -> ServicesHost {
     ServicesHost::new(SshConfig {

@@ -7,8 +7,8 @@ use crate::common;
 
 use std::time::Duration;
 
-use terraform_provider_circleci::backends::vault::{Vault, VaultConfig};
-use terraform_provider_circleci::secret::Secret;
+use terraform_provider_circleci::testing::vault::{Vault, VaultConfig};
+use terraform_provider_circleci::testing::Secret;
 
 fn vault(s: &common::Servers) -> Vault {
     Vault::new(VaultConfig {

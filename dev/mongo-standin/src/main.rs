@@ -52,7 +52,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use aws_lc_rs::{digest, hmac, pbkdf2, rand::SecureRandom};
 use base64::Engine;
@@ -182,7 +182,7 @@ fn hash(m: Mech, data: &[u8]) -> Vec<u8> {
 
 /// The credential mongod derives: SCRAM-SHA-1 over hex MD5 of `user:mongo:password`
 /// (16-byte salt), SCRAM-SHA-256 over the password itself (28-byte salt).
-fn make_cred(m: Mech, user: &str, password: &str) -> Cred {
+fn make_cred(m: Mech, user: &str, password: &str) -> Result<Cred, CmdError> {
     let (input, salt_len, iterations, alg, len) = match m {
         Mech::Sha1 => {
             let d = md5::Md5::digest(format!("{user}:mongo:{password}").as_bytes());
@@ -200,22 +200,26 @@ fn make_cred(m: Mech, user: &str, password: &str) -> Cred {
     let mut salt = vec![0u8; salt_len];
     aws_lc_rs::rand::SystemRandom::new()
         .fill(&mut salt)
-        .expect("random");
+        .map_err(|_| no_random())?;
     let mut salted = vec![0u8; len];
     pbkdf2::derive(
         alg,
-        std::num::NonZeroU32::new(iterations).unwrap(),
+        std::num::NonZeroU32::new(iterations).unwrap_or(std::num::NonZeroU32::MIN),
         &salt,
         input.as_bytes(),
         &mut salted,
     );
     let client_key = mac(m, &salted, b"Client Key");
-    Cred {
+    Ok(Cred {
         salt,
         iterations,
         stored_key: hash(m, &client_key),
         server_key: mac(m, &salted, b"Server Key"),
-    }
+    })
+}
+
+fn no_random() -> CmdError {
+    fail(1, "InternalError", "the system gave no random bytes")
 }
 
 /// A user's credentials for this mode: 3.6 knows SCRAM-SHA-1 only; later versions make
@@ -226,21 +230,23 @@ fn make_user(
     password: &str,
     mechanisms: Option<&[Mech]>,
     roles: Vec<(String, String)>,
-) -> User {
+) -> Result<User, CmdError> {
     let wanted: Vec<Mech> = match (mode, mechanisms) {
         (Mode::V36, _) => vec![Mech::Sha1],
         (Mode::Current, Some(m)) => m.to_vec(),
         (Mode::Current, None) => vec![Mech::Sha1, Mech::Sha256],
     };
-    User {
-        sha1: wanted
-            .contains(&Mech::Sha1)
-            .then(|| make_cred(Mech::Sha1, user, password)),
-        sha256: wanted
-            .contains(&Mech::Sha256)
-            .then(|| make_cred(Mech::Sha256, user, password)),
+    let cred = |m: Mech| {
+        wanted
+            .contains(&m)
+            .then(|| make_cred(m, user, password))
+            .transpose()
+    };
+    Ok(User {
+        sha1: cred(Mech::Sha1)?,
+        sha256: cred(Mech::Sha256)?,
         roles,
-    }
+    })
 }
 
 /// `mechanisms` of createUser/updateUser: refused by 3.6 (an unknown field), checked
@@ -370,7 +376,7 @@ struct Conn {
 impl Server {
     fn can_admin_users(&self, who: &Option<(String, String)>, db: &str) -> bool {
         let Some(key) = who else { return false };
-        let users = self.users.lock().unwrap();
+        let users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(u) = users.get(key) else {
             return false;
         };
@@ -386,7 +392,7 @@ impl Server {
             return true;
         }
         let Some(key) = who else { return false };
-        let users = self.users.lock().unwrap();
+        let users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(u) = users.get(key) else {
             return false;
         };
@@ -405,7 +411,7 @@ impl Server {
             "isWritablePrimary": true,
             "ismaster": true,
             "maxBsonObjectSize": 16_777_216,
-            "maxMessageSizeBytes": MAX_MESSAGE as i32,
+            "maxMessageSizeBytes": i32::try_from(MAX_MESSAGE).unwrap_or(i32::MAX),
             "maxWriteBatchSize": 100_000,
             "localTime": bson::DateTime::now(),
             "logicalSessionTimeoutMinutes": 30,
@@ -442,7 +448,7 @@ impl Server {
                 if let Some(u) = self
                     .users
                     .lock()
-                    .unwrap()
+                    .unwrap_or_else(PoisonError::into_inner)
                     .get(&(db.to_string(), user.to_string()))
                 {
                     d.insert("saslSupportedMechs", u.mechanisms());
@@ -548,7 +554,7 @@ impl Server {
                 let roles = self
                     .users
                     .lock()
-                    .unwrap()
+                    .unwrap_or_else(PoisonError::into_inner)
                     .get(&(adb.clone(), au.clone()))
                     .map(|u| u.roles.clone())
                     .unwrap_or_default();
@@ -564,7 +570,7 @@ impl Server {
                         Err(fail(13, "Unauthorized", "listDatabases runs on admin"))
                     }
                 })?;
-                let users = self.users.lock().unwrap();
+                let users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
                 let mut names: Vec<String> = users.keys().map(|(d, _)| d.clone()).collect();
                 names.extend(
                     users
@@ -599,7 +605,7 @@ impl Server {
                     )
                 })?;
                 let roles = parse_roles(body.get("roles"), &db)?;
-                let mut users = self.users.lock().unwrap();
+                let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
                 let key = (db.clone(), user.clone());
                 if users.contains_key(&key) {
                     return Err(fail(
@@ -610,7 +616,7 @@ impl Server {
                 }
                 users.insert(
                     key,
-                    make_user(self.mode, &user, pwd, mechanisms.as_deref(), roles),
+                    make_user(self.mode, &user, pwd, mechanisms.as_deref(), roles)?,
                 );
                 Ok(doc! {})
             }
@@ -624,7 +630,7 @@ impl Server {
                 };
                 let user = target(&name)?;
                 let key = (db.clone(), user.clone());
-                let mut users = self.users.lock().unwrap();
+                let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
                 let Some(u) = users.get_mut(&key) else {
                     return Err(fail(
                         11,
@@ -636,7 +642,7 @@ impl Server {
                     "updateUser" => {
                         if let Ok(pwd) = body.get_str("pwd") {
                             let roles = u.roles.clone();
-                            *u = make_user(self.mode, &user, pwd, mechanisms.as_deref(), roles);
+                            *u = make_user(self.mode, &user, pwd, mechanisms.as_deref(), roles)?;
                         }
                         if body.contains_key("roles") {
                             u.roles = parse_roles(body.get("roles"), &db)?;
@@ -662,7 +668,7 @@ impl Server {
                 if self
                     .users
                     .lock()
-                    .unwrap()
+                    .unwrap_or_else(PoisonError::into_inner)
                     .remove(&(db.clone(), user.clone()))
                     .is_none()
                 {
@@ -682,7 +688,7 @@ impl Server {
                         d.get_str("user").unwrap_or_default().to_string(),
                     )],
                     _ => {
-                        let users = self.users.lock().unwrap();
+                        let users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
                         users.keys().filter(|(d, _)| *d == db).cloned().collect()
                     }
                 };
@@ -690,7 +696,7 @@ impl Server {
                 if !is_self {
                     admin(self)?;
                 }
-                let users = self.users.lock().unwrap();
+                let users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
                 let found: Vec<Bson> = wanted
                     .iter()
                     .filter_map(|k| {
@@ -719,7 +725,7 @@ impl Server {
     fn sasl_start(&self, conn: &mut Conn, body: &Document, db: &str) -> Result<Document, CmdError> {
         let name = body.get_str("mechanism").unwrap_or_default();
         let mech = match (self.mode, Mech::parse(name)) {
-            (Mode::V36, Some(Mech::Sha1)) | (Mode::Current, Some(_)) => Mech::parse(name).unwrap(),
+            (Mode::V36, Some(m @ Mech::Sha1)) | (Mode::Current, Some(m)) => m,
             _ => {
                 return Err(fail(
                     2,
@@ -752,13 +758,13 @@ impl Server {
         let record = self
             .users
             .lock()
-            .unwrap()
+            .unwrap_or_else(PoisonError::into_inner)
             .get(&(db.to_string(), user.clone()))
             .and_then(|u| u.cred(mech).cloned());
         let mut rnd = [0u8; 24];
         aws_lc_rs::rand::SystemRandom::new()
             .fill(&mut rnd)
-            .expect("random");
+            .map_err(|_| no_random())?;
         let nonce = format!("{client_nonce}{}", b64().encode(rnd));
         // Unknown users get a fake salt so the answer does not reveal who exists.
         let (salt, iters) = match &record {
@@ -867,6 +873,22 @@ fn reply_doc(result: Result<Document, CmdError>) -> Document {
     }
 }
 
+/// The four little-endian bytes at the start of `b` (callers pass four).
+fn le_i32(b: &[u8]) -> i32 {
+    let mut a = [0u8; 4];
+    a.iter_mut().zip(b).for_each(|(d, s)| *d = *s);
+    i32::from_le_bytes(a)
+}
+
+fn le_u32(b: &[u8]) -> u32 {
+    u32::from_le_bytes(le_i32(b).to_le_bytes())
+}
+
+/// A length field: a negative one reads as 0, which every caller refuses.
+fn le_len(b: &[u8]) -> usize {
+    usize::try_from(le_i32(b)).unwrap_or(0)
+}
+
 fn cstring(buf: &[u8], at: &mut usize) -> Option<String> {
     let end = buf[*at..].iter().position(|b| *b == 0)? + *at;
     let s = String::from_utf8_lossy(&buf[*at..end]).into_owned();
@@ -875,7 +897,7 @@ fn cstring(buf: &[u8], at: &mut usize) -> Option<String> {
 }
 
 fn read_doc(buf: &[u8], at: &mut usize) -> Option<Document> {
-    let len = i32::from_le_bytes(buf.get(*at..*at + 4)?.try_into().ok()?) as usize;
+    let len = le_len(buf.get(*at..*at + 4)?);
     let d = Document::from_reader(buf.get(*at..*at + len)?).ok()?;
     *at += len;
     Some(d)
@@ -892,9 +914,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         if sock.read_exact(&mut header).await.is_err() {
             return Ok(());
         }
-        let len = i32::from_le_bytes(header[0..4].try_into().unwrap()) as usize;
-        let request_id = i32::from_le_bytes(header[4..8].try_into().unwrap());
-        let op = i32::from_le_bytes(header[12..16].try_into().unwrap());
+        let len = le_len(&header[0..4]);
+        let request_id = le_i32(&header[4..8]);
+        let op = le_i32(&header[12..16]);
         if !(16..=MAX_MESSAGE).contains(&len) {
             return Ok(());
         }
@@ -902,7 +924,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         sock.read_exact(&mut body).await?;
         let (reply_op, payload) = match op {
             OP_MSG => {
-                let flags = u32::from_le_bytes(body[0..4].try_into().unwrap());
+                let Some(flags) = body.get(0..4).map(le_u32) else {
+                    return Ok(());
+                };
                 let end = if flags & 1 == 1 {
                     body.len() - 4
                 } else {
@@ -917,8 +941,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     if kind == 0 {
                         cmd = read_doc(&body, &mut at);
                     } else {
-                        let size =
-                            i32::from_le_bytes(body[at..at + 4].try_into().unwrap()) as usize;
+                        let Some(size) = body.get(at..at + 4).map(le_len) else {
+                            return Ok(());
+                        };
                         let stop = at + size;
                         at += 4;
                         let id = cstring(&body, &mut at).unwrap_or_default();
@@ -941,7 +966,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 let mut out = Vec::new();
                 out.extend_from_slice(&0u32.to_le_bytes());
                 out.push(0);
-                reply.to_writer(&mut out).expect("bson");
+                reply.to_writer(&mut out).map_err(std::io::Error::other)?;
                 (OP_MSG, out)
             }
             OP_QUERY => {
@@ -969,13 +994,14 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 out.extend_from_slice(&0i64.to_le_bytes());
                 out.extend_from_slice(&0i32.to_le_bytes());
                 out.extend_from_slice(&1i32.to_le_bytes());
-                reply.to_writer(&mut out).expect("bson");
+                reply.to_writer(&mut out).map_err(std::io::Error::other)?;
                 (OP_REPLY, out)
             }
             _ => return Ok(()), // OP_COMPRESSED and legacy opcodes: not spoken here.
         };
         let mut msg = Vec::with_capacity(16 + payload.len());
-        msg.extend_from_slice(&((16 + payload.len()) as i32).to_le_bytes());
+        let total = i32::try_from(16 + payload.len()).map_err(std::io::Error::other)?;
+        msg.extend_from_slice(&total.to_le_bytes());
         msg.extend_from_slice(
             &conn_id
                 .wrapping_mul(1_000_000)
@@ -997,21 +1023,24 @@ fn arg(args: &[String], name: &str) -> Option<String> {
 }
 
 /// TLS for every connection, with this certificate chain and key (PEM files).
-fn tls_acceptor(cert: &str, key: &str) -> tokio_rustls::TlsAcceptor {
+fn tls_acceptor(cert: &str, key: &str) -> Result<tokio_rustls::TlsAcceptor, String> {
     use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .expect("--tls-cert")
-        .collect::<Result<_, _>>()
-        .expect("--tls-cert");
-    let key = PrivateKeyDer::from_pem_file(key).expect("--tls-key");
+        .and_then(|certs| certs.collect::<Result<_, _>>())
+        .map_err(|e| format!("--tls-cert {cert}: {e}"))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("--tls-key {key}: {e}"))?;
     let provider = Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
     let cfg = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .expect("--tls-cert / --tls-key");
-    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+        .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
+        .map_err(|e| format!("--tls-cert / --tls-key: {e}"))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// A startup error: said on stderr, exit status 2.
+fn die(message: &str) -> ! {
+    eprintln!("mongo-standin: {message}");
+    std::process::exit(2)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -1042,11 +1071,16 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let listener = TcpListener::bind(("127.0.0.1", port.parse::<u16>().expect("port")))
+    let port: u16 = port
+        .parse()
+        .unwrap_or_else(|_| die(&format!("--port {port}: not a port number")));
+    let listener = TcpListener::bind(("127.0.0.1", port))
         .await
-        .expect("bind");
-    let me = arg(&args, "--advertise")
-        .unwrap_or_else(|| format!("127.0.0.1:{}", listener.local_addr().unwrap().port()));
+        .unwrap_or_else(|e| die(&format!("binding 127.0.0.1:{port}: {e}")));
+    let bound = listener
+        .local_addr()
+        .unwrap_or_else(|e| die(&format!("the bound address: {e}")));
+    let me = arg(&args, "--advertise").unwrap_or_else(|| format!("127.0.0.1:{}", bound.port()));
     let primary = arg(&args, "--primary");
     if (primary.is_some() || arg(&args, "--advertise").is_some())
         && arg(&args, "--replica-set").is_none()
@@ -1062,7 +1096,8 @@ async fn main() {
             &pw,
             None,
             vec![("root".into(), "admin".into())],
-        );
+        )
+        .unwrap_or_else(|e| die(&format!("the admin user: {}", e.msg)));
         users.insert(("admin".to_string(), user), admin);
     }
     let server = Arc::new(Server {
@@ -1076,7 +1111,7 @@ async fn main() {
         noauth,
     });
     let tls = match (arg(&args, "--tls-cert"), arg(&args, "--tls-key")) {
-        (Some(c), Some(k)) => Some(tls_acceptor(&c, &k)),
+        (Some(c), Some(k)) => Some(tls_acceptor(&c, &k).unwrap_or_else(|e| die(&e))),
         (None, None) => None,
         _ => {
             eprintln!("--tls-cert and --tls-key go together\n{usage}");
@@ -1084,7 +1119,8 @@ async fn main() {
         }
     };
     if let Some(p) = arg(&args, "--pidfile") {
-        std::fs::write(p, std::process::id().to_string()).expect("pidfile");
+        std::fs::write(&p, std::process::id().to_string())
+            .unwrap_or_else(|e| die(&format!("--pidfile {p}: {e}")));
     }
     eprintln!(
         "mongo-standin (a MongoDB STAND-IN, not MongoDB) in {} mode listening on {me}",

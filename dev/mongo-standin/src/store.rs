@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 use bson::{doc, Bson, Document};
 use md5::Digest;
@@ -59,7 +59,7 @@ fn is_view(c: &Collection, db: &str, name: &str) -> Result<(), CmdError> {
     }
 }
 
-pub struct Store {
+pub(crate) struct Store {
     /// dbHash as MongoDB 4.0 and later: capped collections listed under `capped` and
     /// hashed in storage order.
     pub capped_in_storage_order: bool,
@@ -78,7 +78,8 @@ fn read_docs(p: &std::path::Path) -> std::io::Result<Vec<Document>> {
     let mut out = Vec::new();
     let mut at = 0;
     while at + 4 <= bytes.len() {
-        let len = i32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or([0; 4])) as usize;
+        let len = i32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or([0; 4]));
+        let len = usize::try_from(len).unwrap_or(0);
         let Some(slice) = bytes.get(at..at + len) else {
             break;
         };
@@ -140,7 +141,7 @@ fn id_key(d: &Document) -> (u8, f64, String, Vec<u8>) {
 
 impl Store {
     /// The store, loaded from `dir` when there is one.
-    pub fn open(dir: Option<PathBuf>) -> std::io::Result<Store> {
+    pub(crate) fn open(dir: Option<PathBuf>) -> std::io::Result<Store> {
         let mut dbs: BTreeMap<String, BTreeMap<String, Collection>> = BTreeMap::new();
         if let Some(dir) = &dir {
             std::fs::create_dir_all(dir)?;
@@ -191,14 +192,16 @@ impl Store {
     }
 
     /// Database names and their sizes (the BSON bytes of their documents).
-    pub fn databases(&self) -> Vec<(String, i64)> {
-        let dbs = self.dbs.lock().unwrap();
+    pub(crate) fn databases(&self) -> Vec<(String, i64)> {
+        let dbs = self.dbs.lock().unwrap_or_else(PoisonError::into_inner);
         dbs.iter()
             .map(|(n, colls)| {
                 let size = colls
                     .values()
                     .flat_map(|c| c.docs.iter())
-                    .map(|d| bson::to_vec(d).map(|v| v.len()).unwrap_or(0) as i64)
+                    .map(|d| {
+                        bson::to_vec(d).map_or(0, |v| i64::try_from(v.len()).unwrap_or(i64::MAX))
+                    })
                     .sum();
                 (n.clone(), size)
             })
@@ -259,7 +262,7 @@ impl Store {
             let id = self.next_cursor.fetch_add(1, Ordering::Relaxed);
             self.cursors
                 .lock()
-                .unwrap()
+                .unwrap_or_else(PoisonError::into_inner)
                 .insert(id, (ns.to_string(), docs));
             id
         };
@@ -268,7 +271,7 @@ impl Store {
     }
 
     /// The document commands; `None` for any other command.
-    pub fn command(
+    pub(crate) fn command(
         &self,
         name: &str,
         body: &Document,
@@ -289,13 +292,14 @@ impl Store {
                 })
                 .or_else(|| b.get_i32("batchSize").ok().map(i64::from))
                 .or_else(|| b.get_i64("batchSize").ok())
+                .and_then(|n| usize::try_from(n).ok())
                 .filter(|n| *n > 0)
-                .map_or(101, |n| n as usize)
+                .unwrap_or(101)
         };
         let r = match name {
             "insert" => coll().and_then(|c| {
                 let docs = body.get_array("documents").map_err(|_| fail(2, "BadValue", "insert needs documents"))?;
-                let mut dbs = self.dbs.lock().unwrap();
+                let mut dbs = self.dbs.lock().unwrap_or_else(PoisonError::into_inner);
                 let entry = dbs.entry(db.to_string()).or_default().entry(c.clone()).or_insert_with(|| Collection {
                     docs: vec![],
                     indexes: vec![id_index(&format!("{db}.{c}"))],
@@ -329,7 +333,7 @@ impl Store {
                         return Err(fail(2, "BadValue", format!("the stand-in's find takes no {unsupported}")));
                     }
                 }
-                let dbs = self.dbs.lock().unwrap();
+                let dbs = self.dbs.lock().unwrap_or_else(PoisonError::into_inner);
                 let mut out = VecDeque::new();
                 if let Some(col) = dbs.get(db).and_then(|d| d.get(&c)) {
                     if col.view_on().is_some() {
@@ -343,8 +347,8 @@ impl Store {
                 }
                 drop(dbs);
                 if let Some(limit) = body.get("limit").and_then(Bson::as_i64).or_else(|| body.get_i32("limit").ok().map(i64::from)) {
-                    if limit > 0 {
-                        out.truncate(limit as usize);
+                    if let Some(limit) = usize::try_from(limit).ok().filter(|l| *l > 0) {
+                        out.truncate(limit);
                     }
                 }
                 let b = if body.get("batchSize").is_some() { batch(body) } else { 101 };
@@ -352,7 +356,7 @@ impl Store {
             }),
             "getMore" => {
                 let id = body.get_i64("getMore").unwrap_or(0);
-                let cursor = self.cursors.lock().unwrap().remove(&id);
+                let cursor = self.cursors.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
                 match cursor {
                     Some((ns, docs)) => Ok(self.cursor_reply(&ns, docs, false, batch(body))),
                     None => Err(fail(43, "CursorNotFound", format!("cursor id {id} not found"))),
@@ -360,7 +364,7 @@ impl Store {
             }
             "killCursors" => {
                 let ids: Vec<i64> = body.get_array("cursors").map(|a| a.iter().filter_map(Bson::as_i64).collect()).unwrap_or_default();
-                let mut cursors = self.cursors.lock().unwrap();
+                let mut cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
                 for id in &ids {
                     cursors.remove(id);
                 }
@@ -368,7 +372,7 @@ impl Store {
             }
             "count" => coll().and_then(|c| {
                 let q = body.get_document("query").cloned().unwrap_or_default();
-                let dbs = self.dbs.lock().unwrap();
+                let dbs = self.dbs.lock().unwrap_or_else(PoisonError::into_inner);
                 let mut n = 0;
                 let mut col = dbs.get(db).and_then(|d| d.get(&c));
                 if let Some(view) = col.filter(|v| v.view_on().is_some()) {
@@ -400,7 +404,7 @@ impl Store {
                 Ok(doc! {"n": n})
             }),
             "listCollections" => {
-                let dbs = self.dbs.lock().unwrap();
+                let dbs = self.dbs.lock().unwrap_or_else(PoisonError::into_inner);
                 let names: VecDeque<Document> = dbs
                     .get(db)
                     .map(|d| {
@@ -416,7 +420,7 @@ impl Store {
                 Ok(self.cursor_reply(&format!("{db}.$cmd.listCollections"), names, true, batch(body)))
             }
             "listIndexes" => coll().and_then(|c| {
-                let dbs = self.dbs.lock().unwrap();
+                let dbs = self.dbs.lock().unwrap_or_else(PoisonError::into_inner);
                 match dbs.get(db).and_then(|d| d.get(&c)) {
                     Some(col) => {
                         is_view(col, db, &c)?;
@@ -429,14 +433,14 @@ impl Store {
             }),
             "createIndexes" => coll().and_then(|c| {
                 let specs = body.get_array("indexes").map_err(|_| fail(2, "BadValue", "createIndexes needs indexes"))?;
-                let mut dbs = self.dbs.lock().unwrap();
+                let mut dbs = self.dbs.lock().unwrap_or_else(PoisonError::into_inner);
                 let entry = dbs.entry(db.to_string()).or_default().entry(c.clone()).or_insert_with(|| Collection {
                     docs: vec![],
                     indexes: vec![id_index(&format!("{db}.{c}"))],
                     options: Document::new(),
                 });
                 is_view(entry, db, &c)?;
-                let before = entry.indexes.len() as i32;
+                let before = count32(entry.indexes.len());
                 for s in specs {
                     let Bson::Document(s) = s else { continue };
                     let name = s.get_str("name").unwrap_or_default().to_string();
@@ -446,7 +450,7 @@ impl Store {
                         entry.indexes.push(s);
                     }
                 }
-                let after = entry.indexes.len() as i32;
+                let after = count32(entry.indexes.len());
                 let snapshot = entry.clone();
                 drop(dbs);
                 self.persist(db, &c, Some(&snapshot))?;
@@ -470,7 +474,7 @@ impl Store {
                 if options.get_bool("capped") == Ok(true) && !options.contains_key("size") {
                     return Err(fail(72, "InvalidOptions", "the 'size' field is required when 'capped' is true"));
                 }
-                let mut dbs = self.dbs.lock().unwrap();
+                let mut dbs = self.dbs.lock().unwrap_or_else(PoisonError::into_inner);
                 let colls = dbs.entry(db.to_string()).or_default();
                 if colls.contains_key(&c) {
                     return Err(fail(48, "NamespaceExists", format!("a collection '{db}.{c}' already exists")));
@@ -487,7 +491,7 @@ impl Store {
                 Ok(doc! {})
             }),
             "drop" => coll().and_then(|c| {
-                let removed = self.dbs.lock().unwrap().get_mut(db).and_then(|d| d.remove(&c));
+                let removed = self.dbs.lock().unwrap_or_else(PoisonError::into_inner).get_mut(db).and_then(|d| d.remove(&c));
                 match removed {
                     Some(_) => {
                         self.persist(db, &c, None)?;
@@ -497,7 +501,7 @@ impl Store {
                 }
             }),
             "dropDatabase" => {
-                let removed = self.dbs.lock().unwrap().remove(db);
+                let removed = self.dbs.lock().unwrap_or_else(PoisonError::into_inner).remove(db);
                 for c in removed.map(|d| d.into_keys().collect::<Vec<_>>()).unwrap_or_default() {
                     if let Err(e) = self.persist(db, &c, None) {
                         return Some(Err(e));
@@ -506,7 +510,7 @@ impl Store {
                 Ok(doc! {"dropped": db})
             }
             "dbHash" => {
-                let dbs = self.dbs.lock().unwrap();
+                let dbs = self.dbs.lock().unwrap_or_else(PoisonError::into_inner);
                 let mut all = md5::Md5::new();
                 let mut colls = Document::new();
                 let mut capped: Vec<String> = Vec::new();
@@ -533,7 +537,7 @@ impl Store {
                     }
                 }
                 let md5: String = all.finalize().iter().map(|b| format!("{b:02x}")).collect();
-                let mut reply = doc! {"numCollections": colls.len() as i32, "host": "standin", "collections": colls, "md5": md5};
+                let mut reply = doc! {"numCollections": count32(colls.len()), "host": "standin", "collections": colls, "md5": md5};
                 if self.capped_in_storage_order {
                     reply.insert("capped", capped);
                 }
@@ -543,4 +547,9 @@ impl Store {
         };
         Some(r)
     }
+}
+
+/// A count as the int32 MongoDB replies carry (saturating; no count here comes near).
+fn count32(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
 }

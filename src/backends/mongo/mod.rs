@@ -17,11 +17,11 @@ use crate::circleci::migration::{Kind, TableStat};
 use crate::secret::Secret;
 
 mod scram;
-pub mod uri;
+pub(crate) mod uri;
 mod wire;
 
 use uri::ConnString;
-pub use wire::Trust;
+pub(crate) use wire::Trust;
 use wire::{Conn, TlsSettings, WireError, MIN_WIRE_VERSION};
 
 /// What failed, on which hosts (never the connection string: it carries a password).
@@ -59,10 +59,10 @@ pub enum MongoError {
 }
 
 /// A role: (role, database).
-pub type Role = (String, String);
+pub(crate) type Role = (String, String);
 
 /// The MongoDB release a wire version stands for, for messages.
-pub fn release_of(wire: i32) -> String {
+pub(crate) fn release_of(wire: i32) -> String {
     match wire {
         6 => "3.6".into(),
         7 => "4.0".into(),
@@ -77,7 +77,7 @@ pub fn release_of(wire: i32) -> String {
 }
 
 /// The hosts of a connection string, without credentials, for messages.
-pub fn hosts_of(uri: &str) -> String {
+pub(crate) fn hosts_of(uri: &str) -> String {
     let rest = uri.split_once("://").map(|(_, r)| r).unwrap_or(uri);
     // Nothing before the last `@` of the whole string: a password with an unencoded
     // `/` or `?` would otherwise end the "hosts" early and show its start.
@@ -293,6 +293,8 @@ fn roles_of(user: &Document) -> Vec<Role> {
 }
 
 impl MongoAdmin {
+    /// An admin client for the deployment in `uri` (a connection string holding the admin's
+    /// credentials), trusting `ca` for TLS, giving up on each step after `timeout`.
     pub fn new(uri: Secret, ca: Option<PathBuf>, timeout: Duration) -> Self {
         MongoAdmin {
             uri,
@@ -314,10 +316,12 @@ impl MongoAdmin {
         &self.route
     }
 
+    /// The CA certificate file TLS trusts, when one is set.
     pub fn ca(&self) -> Option<&PathBuf> {
         self.ca.as_ref()
     }
 
+    /// The connection string's hosts, for messages (never its credentials).
     pub fn hosts(&self) -> String {
         hosts_of(self.uri.expose())
     }
@@ -422,6 +426,7 @@ impl MongoAdmin {
         .map(|_| ())
     }
 
+    /// Grants `roles` to user `name` of database `db`.
     pub async fn grant(&self, db: &str, name: &str, roles: &[Role]) -> Result<(), MongoError> {
         if roles.is_empty() {
             return Ok(());
@@ -435,6 +440,7 @@ impl MongoAdmin {
         .map(|_| ())
     }
 
+    /// Revokes `roles` from user `name` of database `db`.
     pub async fn revoke(&self, db: &str, name: &str, roles: &[Role]) -> Result<(), MongoError> {
         if roles.is_empty() {
             return Ok(());
@@ -555,7 +561,7 @@ impl MongoAdmin {
             let rows = match c.get("n") {
                 Some(Bson::Int32(v)) => i64::from(*v),
                 Some(Bson::Int64(v)) => *v,
-                Some(Bson::Double(v)) => *v as i64,
+                Some(Bson::Double(v)) => crate::plugin::value::exact_int(*v).unwrap_or(-1),
                 _ => -1,
             };
             out.push(TableStat {
@@ -587,7 +593,7 @@ impl MongoAdmin {
 
 /// Logs in with `uri` (the file's own connection string) and checks the user holds
 /// `roles`, the way CircleCI will connect.
-pub async fn verify(
+pub(crate) async fn verify(
     uri: &str,
     (trust, route): (Trust<'_>, &Route),
     auth_db: &str,

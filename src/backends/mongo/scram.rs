@@ -19,7 +19,7 @@ const MIN_ITERATIONS: u32 = 4096;
 /// practice and costs under a second of PBKDF2 on one core. Without a bound, a
 /// server (or whoever answers in its place) could ask for 4,294,967,295 and keep a
 /// thread busy for about an hour.
-pub const MAX_ITERATIONS: u32 = 1_000_000;
+pub(super) const MAX_ITERATIONS: u32 = 1_000_000;
 
 /// The server's iteration count (`i=`), within the bounds.
 fn iterations(i: &str) -> Result<std::num::NonZeroU32, String> {
@@ -78,7 +78,7 @@ fn mac(a: &Algo, key: &[u8], data: &[u8]) -> Vec<u8> {
 }
 
 /// MongoDB's SCRAM-SHA-1 password: hex MD5 of `user:mongo:password`.
-pub fn mongo_sha1_digest(user: &str, password: &str) -> String {
+pub(super) fn mongo_sha1_digest(user: &str, password: &str) -> String {
     let d = md5::Md5::digest(format!("{user}:mongo:{password}").as_bytes());
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -89,7 +89,7 @@ fn escape_user(u: &str) -> String {
 }
 
 /// One conversation, from the client-first message to the server's signature.
-pub struct Conversation {
+pub(super) struct Conversation {
     mechanism: Mechanism,
     user: String,
     nonce: String,
@@ -98,7 +98,7 @@ pub struct Conversation {
 }
 
 impl Conversation {
-    pub fn new(mechanism: Mechanism, user: &str) -> Result<Self, String> {
+    pub(super) fn new(mechanism: Mechanism, user: &str) -> Result<Self, String> {
         let mut raw = [0u8; 24];
         aws_lc_rs::rand::SystemRandom::new()
             .fill(&mut raw)
@@ -119,14 +119,14 @@ impl Conversation {
     }
 
     /// The `saslStart` payload.
-    pub fn client_first(&self) -> Vec<u8> {
+    pub(super) fn client_first(&self) -> Vec<u8> {
         format!("n,,{}", self.client_first_bare).into_bytes()
     }
 
     /// Answers the server-first message with the proof. The key derivation (PBKDF2,
     /// as many iterations as the server asks, up to [`MAX_ITERATIONS`]) runs on a
     /// blocking thread, not on the async runtime's.
-    pub async fn client_final(
+    pub(super) async fn client_final(
         &mut self,
         server_first: &[u8],
         password: &str,
@@ -184,7 +184,7 @@ impl Conversation {
     }
 
     /// Checks the server-final message: the server proved it knows the password.
-    pub fn verify_server(&self, server_final: &[u8]) -> Result<(), String> {
+    pub(super) fn verify_server(&self, server_final: &[u8]) -> Result<(), String> {
         let text = std::str::from_utf8(server_final).unwrap_or_default();
         if let Some(e) = text.strip_prefix("e=") {
             return Err(format!("the server refused: {e}"));

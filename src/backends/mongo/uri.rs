@@ -12,13 +12,13 @@ use crate::secret::Secret;
 
 /// How to authenticate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mechanism {
+pub(crate) enum Mechanism {
     ScramSha1,
     ScramSha256,
 }
 
 impl Mechanism {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Mechanism::ScramSha1 => "SCRAM-SHA-1",
             Mechanism::ScramSha256 => "SCRAM-SHA-256",
@@ -28,7 +28,7 @@ impl Mechanism {
 
 /// A parsed connection string. `Debug` never shows the password.
 #[derive(Debug, Clone)]
-pub struct ConnString {
+pub(crate) struct ConnString {
     /// `(host, port)` of each seed; IPv6 without brackets.
     pub hosts: Vec<(String, u16)>,
     pub username: Option<String>,
@@ -50,7 +50,7 @@ pub struct ConnString {
 impl ConnString {
     /// The options in this connection string that turn certificate checks off, as
     /// written in it.
-    pub fn weakened_checks(&self) -> Vec<&'static str> {
+    pub(crate) fn weakened_checks(&self) -> Vec<&'static str> {
         let mut out = vec![];
         if self.tls_insecure {
             out.push("tlsInsecure / tlsAllowInvalidCertificates (no certificate is checked)");
@@ -62,7 +62,7 @@ impl ConnString {
     }
 
     /// `h1:27017,h2:27017`, for messages (never the credentials).
-    pub fn hosts_text(&self) -> String {
+    pub(crate) fn hosts_text(&self) -> String {
         self.hosts
             .iter()
             .map(|(h, p)| {
@@ -159,7 +159,7 @@ fn apply_option(c: &mut ConnString, k: &str, v: String) -> Result<(), String> {
 }
 
 /// Parses a `mongodb://` connection string. Errors never quote the password.
-pub fn parse(s: &str) -> Result<ConnString, String> {
+pub(crate) fn parse(s: &str) -> Result<ConnString, String> {
     if s.starts_with("mongodb+srv://") {
         return Err("mongodb+srv:// is not supported (no DNS SRV lookups); list the hosts".into());
     }

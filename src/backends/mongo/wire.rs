@@ -16,15 +16,15 @@ const OP_REPLY: i32 = 1;
 const OP_QUERY: i32 = 2004;
 const OP_MSG: i32 = 2013;
 /// MongoDB 3.6: the first version with OP_MSG, and the oldest CircleCI 2.17 runs.
-pub const MIN_WIRE_VERSION: i32 = 6;
+pub(super) const MIN_WIRE_VERSION: i32 = 6;
 const MAX_MESSAGE: usize = 48_000_000;
 
-pub use crate::backends::tunnel::Io;
+pub(super) use crate::backends::tunnel::Io;
 use crate::backends::tunnel::Route;
 
 /// What can go wrong on one connection.
 #[derive(Debug)]
-pub enum WireError {
+pub(super) enum WireError {
     /// Connecting, TLS, or reading/writing failed.
     Io(String),
     /// The server answered something that is not MongoDB's protocol.
@@ -55,7 +55,7 @@ impl std::fmt::Display for WireError {
 
 /// TLS settings for a connection.
 #[derive(Clone, Default)]
-pub struct TlsSettings {
+pub(super) struct TlsSettings {
     pub enabled: bool,
     pub ca_file: Option<std::path::PathBuf>,
     /// Exactly these PEM certificates (before `ca_file`), and where they came from.
@@ -67,7 +67,7 @@ pub struct TlsSettings {
 
 /// Whose certificates a connection trusts.
 #[derive(Clone, Copy, Debug)]
-pub enum Trust<'a> {
+pub(crate) enum Trust<'a> {
     /// The connection string's `tlsCAFile`, else this file (the provider's), else the
     /// system's CAs where Terraform runs.
     Ca(Option<&'a std::path::PathBuf>),
@@ -77,7 +77,7 @@ pub enum Trust<'a> {
 }
 
 /// A connected, handshaken server.
-pub struct Conn {
+pub(super) struct Conn {
     io: Box<dyn Io>,
     next_id: i32,
     /// The `isMaster` reply.
@@ -139,7 +139,7 @@ fn tls_config(t: &TlsSettings) -> Result<rustls::ClientConfig, String> {
 /// The TLS client configuration, built once per connection string (the CA file is
 /// read here, so a missing one is reported before any host is tried); `None` without
 /// TLS.
-pub fn client_tls(t: &TlsSettings) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
+pub(super) fn client_tls(t: &TlsSettings) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
     if t.enabled {
         tls_config(t).map(|c| Some(Arc::new(c)))
     } else {
@@ -194,7 +194,7 @@ fn reply_error(d: &Document) -> Option<WireError> {
 impl Conn {
     /// Connects to `host:port` and makes the `isMaster` handshake. `sasl_user` is
     /// `db.user`, to learn the mechanisms the server offers that user.
-    pub async fn open(
+    pub(super) async fn open(
         route: &Route,
         (host, port): (&str, u16),
         tls: Option<&Arc<rustls::ClientConfig>>,
@@ -225,18 +225,18 @@ impl Conn {
         Ok(c)
     }
 
-    pub fn max_wire_version(&self) -> i32 {
+    pub(super) fn max_wire_version(&self) -> i32 {
         self.hello.get_i32("maxWireVersion").unwrap_or(0)
     }
 
-    pub fn is_primary(&self) -> bool {
+    pub(super) fn is_primary(&self) -> bool {
         self.hello.get_bool("ismaster").unwrap_or(false)
             || self.hello.get_bool("isWritablePrimary").unwrap_or(false)
     }
 
     /// The mechanism to use: the configured one, else SCRAM-SHA-256 when the server
     /// offers it for this user, else SCRAM-SHA-1 (all 3.6 has).
-    pub fn mechanism(&self, configured: Option<Mechanism>) -> Mechanism {
+    pub(super) fn mechanism(&self, configured: Option<Mechanism>) -> Mechanism {
         if let Some(m) = configured {
             return m;
         }
@@ -259,7 +259,9 @@ impl Conn {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
         let mut h = Vec::with_capacity(16 + len);
-        h.extend_from_slice(&((16 + len) as i32).to_le_bytes());
+        let total =
+            i32::try_from(16 + len).map_err(|_| WireError::Protocol("message too large".into()))?;
+        h.extend_from_slice(&total.to_le_bytes());
         h.extend_from_slice(&id.to_le_bytes());
         h.extend_from_slice(&0i32.to_le_bytes());
         h.extend_from_slice(&op.to_le_bytes());
@@ -270,7 +272,8 @@ impl Conn {
         let io_err = |e: std::io::Error| WireError::Io(format!("reading the reply: {e}"));
         let mut header = [0u8; 16];
         self.io.read_exact(&mut header).await.map_err(io_err)?;
-        let len = i32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let len = i32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let len = usize::try_from(len).unwrap_or(0);
         let op = i32::from_le_bytes([header[12], header[13], header[14], header[15]]);
         if !(16..=MAX_MESSAGE).contains(&len) {
             return Err(WireError::Protocol(format!("a reply of {len} bytes")));
@@ -307,7 +310,11 @@ impl Conn {
     }
 
     /// Runs `cmd` on database `db` over OP_MSG; `ok: 0` is an error.
-    pub async fn command(&mut self, db: &str, mut cmd: Document) -> Result<Document, WireError> {
+    pub(super) async fn command(
+        &mut self,
+        db: &str,
+        mut cmd: Document,
+    ) -> Result<Document, WireError> {
         cmd.insert("$db", db);
         let mut body = Vec::new();
         body.extend_from_slice(&0u32.to_le_bytes());
@@ -335,7 +342,7 @@ impl Conn {
     }
 
     /// SCRAM authentication as `user` against `source`.
-    pub async fn authenticate(
+    pub(super) async fn authenticate(
         &mut self,
         source: &str,
         user: &str,
@@ -402,7 +409,7 @@ impl Conn {
 }
 
 /// Bounds one step.
-pub async fn within<T>(
+pub(super) async fn within<T>(
     after: Duration,
     f: impl std::future::Future<Output = Result<T, WireError>>,
 ) -> Result<T, WireError> {

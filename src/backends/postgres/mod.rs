@@ -19,18 +19,26 @@ use tokio_postgres::Client;
 
 use crate::secret::Secret;
 
+/// libpq's `sslmode`: whether and how the admin connection uses TLS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SslMode {
+    /// Plain TCP.
     Disable,
+    /// TLS when the server offers it, without checking its certificate.
     Prefer,
+    /// TLS, without checking the certificate.
     Require,
+    /// TLS, the certificate checked against the CA.
     VerifyCa,
+    /// TLS, the certificate checked against the CA and the host name.
     VerifyFull,
 }
 
 impl SslMode {
+    /// The modes' names, as libpq spells them.
     pub const ALL: [&'static str; 5] = ["disable", "prefer", "require", "verify-ca", "verify-full"];
 
+    /// The mode named `s`, as libpq spells it.
     pub fn parse(s: &str) -> Option<SslMode> {
         Some(match s {
             "disable" => SslMode::Disable,
@@ -46,13 +54,21 @@ impl SslMode {
 /// How to reach a PostgreSQL server as an administrator.
 #[derive(Clone, Debug)]
 pub struct PgConfig {
+    /// The server's host name or address.
     pub host: String,
+    /// The server's port.
     pub port: u16,
+    /// The admin role.
     pub user: String,
+    /// The admin role's password.
     pub password: Secret,
+    /// The database the admin session opens.
     pub database: String,
+    /// Whether and how to use TLS.
     pub sslmode: SslMode,
+    /// The CA certificate file for `verify-ca` and `verify-full`.
     pub sslrootcert: Option<PathBuf>,
+    /// The longest wait for a connection.
     pub connect_timeout: Duration,
     /// The admin session's `statement_timeout`; the provider also gives up on a
     /// statement unanswered this long (plus [`GRACE`]), e.g. on a frozen server.
@@ -65,20 +81,20 @@ pub struct PgConfig {
 
 /// How long past `statement_timeout` the provider waits for the server's own cancel
 /// before it gives up on the connection.
-pub const GRACE: Duration = Duration::from_secs(5);
+pub(crate) const GRACE: Duration = Duration::from_secs(5);
 
 /// `"name"` with inner quotes doubled: safe for any name without NUL.
-pub fn quote_ident(name: &str) -> String {
+pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// `'text'` with inner quotes doubled (standard_conforming_strings is on since 9.1).
-pub fn quote_literal(s: &str) -> String {
+pub(crate) fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
 mod error;
-pub use error::PgError;
+pub(crate) use error::PgError;
 use error::{code_of, describe, target};
 
 mod login;
@@ -102,7 +118,7 @@ pub struct PgAdmin {
 }
 
 /// The oldest server the provider supports: CircleCI Server 2.17 runs 9.5.
-pub const MIN_SERVER_VERSION: i32 = 90500;
+pub(crate) const MIN_SERVER_VERSION: i32 = 90500;
 
 /// What the admin connection learned about the server, once.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,7 +153,7 @@ impl ServerInfo {
 }
 
 /// Refuses a server older than [`MIN_SERVER_VERSION`], naming it and its version.
-pub fn check_version(version_num: i32, version: &str, target: &str) -> Result<(), PgError> {
+pub(crate) fn check_version(version_num: i32, version: &str, target: &str) -> Result<(), PgError> {
     if version_num < MIN_SERVER_VERSION {
         return Err(PgError::Unsupported {
             target: target.to_string(),
@@ -148,7 +164,7 @@ pub fn check_version(version_num: i32, version: &str, target: &str) -> Result<()
 }
 
 /// The verifier for `password` of `role`, of the given kind.
-pub fn verifier(kind: VerifierKind, role: &str, password: &str) -> String {
+pub(crate) fn verifier(kind: VerifierKind, role: &str, password: &str) -> String {
     match kind {
         VerifierKind::Md5 => postgres_protocol::password::md5(password.as_bytes(), role),
         VerifierKind::Scram => postgres_protocol::password::scram_sha_256(password.as_bytes()),
@@ -162,6 +178,7 @@ impl fmt::Debug for PgAdmin {
 }
 
 impl PgAdmin {
+    /// A client for the server in `cfg`; it connects on first use.
     pub fn new(cfg: PgConfig) -> Self {
         PgAdmin {
             cfg,
@@ -171,6 +188,7 @@ impl PgAdmin {
         }
     }
 
+    /// The settings it was made with.
     pub fn config(&self) -> &PgConfig {
         &self.cfg
     }
@@ -180,6 +198,7 @@ impl PgAdmin {
         target(&self.cfg.user, &self.cfg.host, self.cfg.port)
     }
 
+    /// The TLS settings for `sslmode` and the CA file, read once.
     pub fn tls(&self) -> Result<Tls, PgError> {
         self.tls
             .get_or_init(|| {
@@ -295,10 +314,12 @@ impl PgAdmin {
         }
     }
 
+    /// Connects and logs in, to prove the settings work.
     pub async fn check(&self) -> Result<(), PgError> {
         self.client(None).await.map(|_| ())
     }
 
+    /// Whether the role exists.
     pub async fn role_exists(&self, role: &str) -> Result<bool, PgError> {
         let c = self.client(None).await?;
         let rows = self
@@ -416,6 +437,7 @@ impl PgAdmin {
         .await
     }
 
+    /// Makes `owner` the owner of database `name`.
     pub async fn set_owner(&self, name: &str, owner: &str) -> Result<(), PgError> {
         let c = self.client(None).await?;
         let sql = format!(
@@ -445,6 +467,7 @@ impl PgAdmin {
         Ok(())
     }
 
+    /// The extensions installed in database `db`.
     pub async fn installed_extensions(&self, db: &str) -> Result<Vec<String>, PgError> {
         let c = self.client(Some(db)).await?;
         let rows = self
@@ -496,6 +519,7 @@ impl PgAdmin {
         Ok(row.get(0))
     }
 
+    /// Drops database `db`, ending its sessions first.
     pub async fn drop_database(&self, db: &str) -> Result<(), PgError> {
         self.close(db).await;
         let c = self.client(None).await?;
@@ -508,6 +532,7 @@ impl PgAdmin {
         .await
     }
 
+    /// Drops role `role`.
     pub async fn drop_role(&self, role: &str) -> Result<(), PgError> {
         let c = self.client(None).await?;
         let sql = format!("DROP ROLE IF EXISTS {}", quote_ident(role));

@@ -29,6 +29,7 @@ pub struct Tls {
 }
 
 impl Tls {
+    /// The TLS settings for `mode`, trusting the CA certificates in `rootcert`.
     pub fn new(mode: SslMode, rootcert: Option<&std::path::Path>) -> Result<Tls, PgError> {
         use rustls::pki_types::pem::PemObject;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -93,6 +94,7 @@ impl Tls {
         &self.route
     }
 
+    /// The same, reaching the server by `route`.
     pub fn with_route(mut self, route: Route) -> Self {
         self.route = route;
         self

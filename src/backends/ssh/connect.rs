@@ -10,7 +10,7 @@ use russh_sftp::client::RawSftpSession;
 use super::{HostKeyPolicy, ServicesHost, Session, SshAuth, SshError, SUDO_SFTP};
 
 /// `ALGORITHM SHA256:...`, as ssh-keygen -l shows it.
-pub fn fingerprint(k: &PublicKey) -> String {
+pub(crate) fn fingerprint(k: &PublicKey) -> String {
     format!(
         "{} {}",
         k.algorithm().as_str(),

@@ -37,6 +37,7 @@ pub enum Program {
 }
 
 impl Program {
+    /// The program's name on the Services machine.
     pub fn name(self) -> &'static str {
         match self {
             Program::Replicatedctl => "replicatedctl",
@@ -71,7 +72,7 @@ impl fmt::Display for RemoteCommand {
 }
 
 /// `s` in POSIX single quotes: the shell takes every byte literally.
-pub fn shell_quote(s: &str) -> String {
+pub(crate) fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
@@ -111,6 +112,7 @@ impl RemoteCommand {
         self
     }
 
+    /// The program this command runs.
     pub fn program(&self) -> Program {
         self.program
     }

@@ -24,9 +24,10 @@ use crate::secret::Secret;
 
 mod connect;
 mod exec;
+pub use connect::parse_host_key;
 use connect::Client;
-pub use connect::{fingerprint, parse_host_key};
-pub use exec::{shell_quote, CommandOutput, Program, RemoteCommand};
+pub(crate) use exec::CommandOutput;
+pub use exec::{Program, RemoteCommand};
 
 /// The fixed command used to run the SFTP server as root. Debian/Ubuntu and RHEL keep
 /// sftp-server in different places; no user input goes into this line.
@@ -34,34 +35,47 @@ const SUDO_SFTP: &str = "sudo -n sh -c 'for p in /usr/lib/openssh/sftp-server /u
 
 /// Largest config file we read back; the runbook's files are a few hundred bytes.
 const MAX_READ: u64 = 4 * 1024 * 1024;
-const CHUNK: usize = 32 * 1024;
+const CHUNK: usize = CHUNK_U32 as usize;
+const CHUNK_U32: u32 = 32 * 1024;
 
+/// How the provider proves who it is to the Services machine.
 #[derive(Clone, Debug)]
 pub enum SshAuth {
     /// A private key in OpenSSH or PEM format.
     Key(Secret),
+    /// A private key read from this file.
     KeyFile(PathBuf),
     /// Keys offered by the agent at SSH_AUTH_SOCK.
     Agent,
 }
 
+/// Which host keys the Services machine may present.
 #[derive(Clone, Debug)]
 pub enum HostKeyPolicy {
     /// Accept only these keys (one `known_hosts`-style key per entry).
     Pinned(Vec<PublicKey>),
+    /// The keys listed for the host in this `known_hosts` file.
     KnownHosts(PathBuf),
     /// Accept any key. Explicit opt-in only; the provider warns at plan.
     Insecure,
 }
 
+/// How to reach the Services machine over SSH.
 #[derive(Clone, Debug)]
 pub struct SshConfig {
+    /// Its host name or address.
     pub host: String,
+    /// Its SSH port.
     pub port: u16,
+    /// The login user.
     pub user: String,
+    /// How to log in.
     pub auth: SshAuth,
+    /// Which host keys to accept.
     pub host_key: HostKeyPolicy,
+    /// Run commands and file writes as root through `sudo -n` (a non-root login).
     pub sudo: bool,
+    /// The longest wait for the connection and for each operation.
     pub timeout: Duration,
 }
 
@@ -89,33 +103,47 @@ pub enum SshError {
     /// The login was refused, or the key could not be used.
     #[error("{0}")]
     Auth(String),
-    /// A file operation failed; `status` is the SFTP status code, when the server
-    /// sent one.
+    /// A command could not be run to its end.
     #[error("running `{command}` on {target}: {detail}")]
     Command {
+        /// The command line, as shown in messages (secrets go on stdin, never here).
         command: String,
+        /// `user@host:port`.
         target: String,
+        /// What went wrong.
         detail: String,
     },
+    /// A file operation failed.
     #[error("{op} {path} on {target}: {detail}")]
     Io {
+        /// The operation: read, write, rename, …
         op: String,
+        /// The file's path.
         path: String,
+        /// `user@host:port`.
         target: String,
+        /// The SFTP status code, when the server sent one.
         status: Option<StatusCode>,
+        /// What went wrong.
         detail: String,
     },
 }
 
+/// The kind of an [`SshError`], for callers that act on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SshErrorKind {
+    /// [`SshError::Connect`].
     Connect,
+    /// [`SshError::HostKey`].
     HostKey,
+    /// [`SshError::Auth`].
     Auth,
+    /// [`SshError::Io`] and [`SshError::Command`].
     Io,
 }
 
 impl SshError {
+    /// Which kind of failure this is.
     pub fn kind(&self) -> SshErrorKind {
         match self {
             SshError::Connect(_) => SshErrorKind::Connect,
@@ -197,7 +225,8 @@ fn sftp_status(e: &SftpError) -> Option<StatusCode> {
 }
 
 fn ssh_string(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    // The strings here are key types and names: far below 4 GiB.
+    out.extend_from_slice(&u32::try_from(s.len()).unwrap_or(u32::MAX).to_be_bytes());
     out.extend_from_slice(s.as_bytes());
 }
 
@@ -210,6 +239,7 @@ fn parent_of(path: &str) -> &str {
 }
 
 impl ServicesHost {
+    /// A client for the machine in `cfg`; it connects on first use and keeps the connection.
     pub fn new(cfg: SshConfig) -> Self {
         ServicesHost {
             cfg,
@@ -227,6 +257,7 @@ impl ServicesHost {
         self
     }
 
+    /// The settings it was made with.
     pub fn config(&self) -> &SshConfig {
         &self.cfg
     }
@@ -412,7 +443,7 @@ impl ServicesHost {
         let result = loop {
             match s
                 .sftp
-                .read(handle.as_str(), content.len() as u64, CHUNK as u32)
+                .read(handle.as_str(), content.len() as u64, CHUNK_U32)
                 .await
             {
                 Ok(d) if d.data.is_empty() => break Ok(()),

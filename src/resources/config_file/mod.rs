@@ -39,7 +39,7 @@ use crate::provider::ProviderData;
 mod apply;
 
 /// The static facts of one file-writing resource.
-pub struct Spec {
+pub(crate) struct Spec {
     pub type_name: &'static str,
     /// What the resource does (Markdown), the schema's description.
     pub description: &'static str,
@@ -70,7 +70,7 @@ pub struct Spec {
 /// file will be written (and `verify` is on), so that the plan shows it and refuses a
 /// server older than CircleCI's; read again by the apply's own check before anything
 /// changes.
-pub struct Compat {
+pub(crate) struct Compat {
     pub table: Supported,
     /// The attribute a refusal is attached to (the server's address), if any.
     pub attr: Option<&'static str>,
@@ -78,10 +78,10 @@ pub struct Compat {
 
 /// How long a plan waits for a server's version: a server not reachable yet (created
 /// by the same apply, say) must not hold the plan for the provider's whole timeout.
-pub const PLAN_READ: std::time::Duration = std::time::Duration::from_secs(10);
+pub(crate) const PLAN_READ: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A server's version as its check read it, and where it runs ("10.0.0.5:6379").
-pub struct Found {
+pub(crate) struct Found {
     pub version: String,
     pub at: String,
 }
@@ -90,7 +90,7 @@ pub struct Found {
 /// without a check) where the plan left it unknown; the plan's value where it knew
 /// one, so that the result matches the plan (a server upgraded in between is still
 /// checked, by the caller, and shows at the next write).
-pub fn record_version(state: &mut Value, planned: &Value, read: Option<&str>) {
+pub(crate) fn record_version(state: &mut Value, planned: &Value, read: Option<&str>) {
     if planned.get("server_version").is_unknown() {
         state.set("server_version", Value::string(read.unwrap_or_default()));
     }
@@ -99,7 +99,7 @@ pub fn record_version(state: &mut Value, planned: &Value, read: Option<&str>) {
 impl Compat {
     /// The refusal of a server older than CircleCI's, naming where it runs and that
     /// nothing was written to `path`.
-    pub fn refuse(&self, found: &Found, path: &str) -> Result<(), Diagnostics> {
+    pub(crate) fn refuse(&self, found: &Found, path: &str) -> Result<(), Diagnostics> {
         self.table.check(&found.version, &found.at).map_err(|e| {
             let d = Diagnostic::error(
                 format!("{} too old for CircleCI Server 2.17", self.table.server),
@@ -115,7 +115,7 @@ impl Compat {
 }
 
 /// The file content known at plan time.
-pub enum PlannedContent {
+pub(crate) enum PlannedContent {
     /// Every input is known: the file will be exactly this.
     Known(String),
     /// Some input is not known yet.
@@ -128,7 +128,7 @@ impl PlannedContent {
     /// What `render` makes with the configured password, once it is known; the caller
     /// has checked the other inputs are. An input that does not render is left to
     /// apply to report.
-    pub fn with_password<E>(
+    pub(crate) fn with_password<E>(
         config: &Value,
         render: impl FnOnce(&str) -> Result<String, E>,
     ) -> Self {
@@ -143,7 +143,7 @@ impl PlannedContent {
 
 /// One create or update: `prior` is `None` on create; `config` carries write-only values.
 #[derive(Clone, Copy)]
-pub struct Change<'a> {
+pub(crate) struct Change<'a> {
     pub prior: Option<&'a Value>,
     pub planned: &'a Value,
     pub config: &'a Value,
@@ -151,13 +151,13 @@ pub struct Change<'a> {
 
 impl Change<'_> {
     /// The attributes the core adds, as planned (their defaults set).
-    pub fn common(&self) -> Result<Common, Diagnostics> {
+    pub(crate) fn common(&self) -> Result<Common, Diagnostics> {
         Common::of(self.planned).map_err(Diagnostics::from)
     }
 }
 
 /// The attributes every file resource has that its own code reads.
-pub struct Common {
+pub(crate) struct Common {
     /// Where the file is.
     pub config_path: String,
     /// Whether the backend step checks the server before the write.
@@ -166,7 +166,7 @@ pub struct Common {
 
 impl Common {
     /// The common attributes of a planned value or a state.
-    pub fn of(v: &Value) -> Result<Self, model::Undecoded> {
+    pub(crate) fn of(v: &Value) -> Result<Self, model::Undecoded> {
         Ok(Common {
             config_path: model::field(v, "config_path")?,
             verify: model::field(v, "verify")?,
@@ -176,14 +176,14 @@ impl Common {
 
 /// One refresh of the backend side: `fresh` starts as a copy of `state`; push what
 /// differs to `drift`.
-pub struct Refresh<'a> {
+pub(crate) struct Refresh<'a> {
     pub state: &'a Value,
     pub fresh: &'a mut Value,
     pub drift: &'a mut Vec<String>,
 }
 
 /// What the backend step of an apply produced.
-pub struct Prepared<P> {
+pub(crate) struct Prepared<P> {
     /// The new state; the core fills in `id`, `config_path`, `file_sha256`, `drift`.
     pub state: Value,
     /// What to write; `None` leaves the file as it is.
@@ -195,7 +195,7 @@ pub struct Prepared<P> {
 /// A backend step that stopped after changing something: `state` records what now
 /// exists (unknown attributes are filled from the prior state), with the error or the
 /// stop notice in `diags`. The file is not written, and the next plan writes it.
-pub struct Halted {
+pub(crate) struct Halted {
     pub state: Option<Value>,
     pub diags: Diagnostics,
 }
@@ -209,11 +209,11 @@ impl From<Diagnostics> for Halted {
 
 /// `file_sha256` of a resource whose file an apply did not get to write: it matches no
 /// file, so refresh reports drift and the next plan writes the file.
-pub const NOT_WRITTEN: &str = "not-written";
+pub(crate) const NOT_WRITTEN: &str = "not-written";
 
 /// What a file-writing resource supplies.
 #[async_trait]
-pub trait FileResource: Send + Sync + 'static {
+pub(crate) trait FileResource: Send + Sync + 'static {
     /// What the backend step hands to `finish` (e.g. a token to revoke if the write fails).
     type Pending: Send + 'static;
 
@@ -289,13 +289,13 @@ pub trait FileResource: Send + Sync + 'static {
 }
 
 /// The Terraform resource made of a [`FileResource`].
-pub struct ConfigFile<R> {
+pub(crate) struct ConfigFile<R> {
     inner: R,
     data: Arc<ProviderData>,
 }
 
 impl<R: FileResource> ConfigFile<R> {
-    pub fn new(inner: R, data: Arc<ProviderData>) -> Self {
+    pub(crate) fn new(inner: R, data: Arc<ProviderData>) -> Self {
         ConfigFile { inner, data }
     }
 
@@ -406,7 +406,7 @@ fn digest_error(path: &str, e: String) -> Diagnostics {
 }
 
 /// An import whose file does not parse.
-pub fn cannot_import(id: &str, e: impl std::fmt::Display) -> Diagnostics {
+pub(crate) fn cannot_import(id: &str, e: impl std::fmt::Display) -> Diagnostics {
     Diagnostic::error("Cannot import this file", format!("{id}: {e}")).into()
 }
 

@@ -29,7 +29,7 @@ const PRIVATE: &str = "chmod 0700 \"$1\"";
 
 /// Runs its arguments (a fixed program and its arguments, never a shell's words)
 /// under umask 077, so that what it writes into the export is private from the start.
-pub const PRIVATE_EXEC: &str = "umask 077 && exec \"$@\"";
+pub(super) const PRIVATE_EXEC: &str = "umask 077 && exec \"$@\"";
 
 /// The least time one readiness probe is given, however little of `ready_within` is left.
 const MIN_PROBE: Duration = Duration::from_secs(5);
@@ -41,8 +41,11 @@ const REMOVE: &str = "cd \"$1\" && shift && rm -rf -- \"$@\"";
 /// directory).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportFile {
+    /// Its name under the export directory.
     pub name: String,
+    /// Its size in bytes.
     pub size: u64,
+    /// Its SHA-256, hex.
     pub sha256: String,
 }
 
@@ -58,7 +61,7 @@ pub struct Container<'a> {
 
 /// The error of a command that failed: the command (no secret is ever on one) and
 /// what it printed.
-pub fn fail(summary: &str, cmd: &RemoteCommand, out: &CommandOutput) -> Diagnostics {
+pub(crate) fn fail(summary: &str, cmd: &RemoteCommand, out: &CommandOutput) -> Diagnostics {
     Diagnostic::error(
         summary,
         format!(
@@ -72,7 +75,7 @@ pub fn fail(summary: &str, cmd: &RemoteCommand, out: &CommandOutput) -> Diagnost
 }
 
 /// Lines of tab-separated fields.
-pub fn rows_of(out: &CommandOutput) -> Vec<Vec<String>> {
+pub(super) fn rows_of(out: &CommandOutput) -> Vec<Vec<String>> {
     out.stdout_text()
         .lines()
         .map(|l| l.split('\t').map(str::to_string).collect())

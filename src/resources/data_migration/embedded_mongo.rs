@@ -17,15 +17,15 @@ use crate::secret::Secret;
 
 /// Where the dumps go under the export directory: `mongo/DB/COLLECTION.bson` and
 /// `.metadata.json`, as mongodump lays them out.
-pub const DUMP_DIR: &str = "mongo";
+pub(crate) const DUMP_DIR: &str = "mongo";
 /// Where `ca_file` is mounted in the container (read-only).
-pub const CA_MOUNT: &str = "/etc/circleci-data-migration/mongo-ca.pem";
+pub(crate) const CA_MOUNT: &str = "/etc/circleci-data-migration/mongo-ca.pem";
 /// The image's own CA bundle: the tools verify nothing without `--sslCAFile`, so it is
 /// always given, this one when no `ca_file` is.
-pub const SYSTEM_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
+pub(crate) const SYSTEM_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// The external MongoDB, as the Services machine reaches it.
-pub struct MongoTarget<'a> {
+pub(crate) struct MongoTarget<'a> {
     pub hosts: &'a [String],
     pub replica_set: Option<&'a str>,
     pub username: &'a str,
@@ -39,7 +39,7 @@ pub struct MongoTarget<'a> {
 impl MongoTarget<'_> {
     /// `--host` as the tools take it: `HOST:PORT`, or `SET/HOST:PORT,...` for a
     /// replica set.
-    pub fn host_arg(&self) -> String {
+    pub(crate) fn host_arg(&self) -> String {
         let seeds = self.hosts.join(",");
         match self.replica_set {
             Some(rs) if !rs.is_empty() => format!("{rs}/{seeds}"),
@@ -48,14 +48,14 @@ impl MongoTarget<'_> {
     }
 
     /// Where the target is, for messages.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         self.host_arg()
     }
 }
 
 /// `mongorestore`'s arguments for database `db` from `dir` (`--opt=value` throughout,
 /// so that no value can pass for an option); no password: it comes on stdin.
-pub fn restore_args(t: &MongoTarget<'_>, db: &str, dir: &str, drop: bool) -> Vec<String> {
+pub(crate) fn restore_args(t: &MongoTarget<'_>, db: &str, dir: &str, drop: bool) -> Vec<String> {
     let mut a = vec![
         "mongorestore".to_string(),
         format!("--host={}", t.host_arg()),
@@ -91,7 +91,7 @@ fn shell_args<'s>(name: &'s str, db: &'s str) -> [&'s str; 8] {
 
 /// A running temporary container of the embedded MongoDB, and the restore's container
 /// next to it (the target's tools, the same export mounted).
-pub struct EmbeddedMongo<'a> {
+pub(crate) struct EmbeddedMongo<'a> {
     pub(super) c: Container<'a>,
     tools: Container<'a>,
 }
@@ -107,7 +107,7 @@ impl<'a> EmbeddedMongo<'a> {
     /// Starts container `name` of `image` over `data_dir` with `export_dir` mounted,
     /// and waits within `ready_within` until its shell answers; then the restore's
     /// container of `restore_image` with the export and `ca_file` (read-only).
-    pub async fn start(
+    pub(crate) async fn start(
         h: &'a ServicesHost,
         (name, image, data_dir): (&str, &str, &str),
         (export_dir, restore_image): (&str, &str),
@@ -150,7 +150,7 @@ impl<'a> EmbeddedMongo<'a> {
 
     /// Every collection of the embedded `db` with its document count and dbHash md5
     /// (none when the database does not exist).
-    pub async fn stats(&self, db: &str) -> Result<Vec<TableStat>, Diagnostics> {
+    pub(crate) async fn stats(&self, db: &str) -> Result<Vec<TableStat>, Diagnostics> {
         let args = shell_args(&self.c.name, db);
         let (cmd, out) = self
             .exec(
@@ -170,7 +170,7 @@ impl<'a> EmbeddedMongo<'a> {
     }
 
     /// Dumps `db` into EXPORT/mongo/DB, after removing what an earlier run left there.
-    pub async fn dump(&self, db: &str) -> Result<(), Diagnostics> {
+    pub(crate) async fn dump(&self, db: &str) -> Result<(), Diagnostics> {
         self.remove(&[format!("{DUMP_DIR}/{db}")]).await?;
         let out = format!("--out={EXPORT_MOUNT}/{DUMP_DIR}");
         let dbarg = format!("--db={db}");
@@ -194,7 +194,7 @@ impl<'a> EmbeddedMongo<'a> {
 
     /// Restores EXPORT/mongo/DB into the target's `db` as the target's user (with
     /// `drop`, each collection there is dropped first).
-    pub async fn restore(
+    pub(crate) async fn restore(
         &self,
         db: &str,
         t: &MongoTarget<'_>,
@@ -216,7 +216,7 @@ impl<'a> EmbeddedMongo<'a> {
     }
 
     /// Removes both containers (the server stops; the data directory stays as it was).
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.c.stop().await;
         self.tools.stop().await
     }

@@ -32,6 +32,7 @@ macro_rules! pg_ca_mount {
         "/etc/circleci-data-migration/pg-ca.pem"
     };
 }
+/// Where the target's CA certificate is mounted in the restore's container.
 pub const CA_MOUNT: &str = pg_ca_mount!();
 
 /// How the target's scripts begin: the password from stdin, the sslmode, and the CA
@@ -98,9 +99,13 @@ const IMPORT: &str = concat!(
 
 /// Where the external server is, as the Services machine reaches it.
 pub struct Target<'a> {
+    /// Its host, as the Services machine reaches it.
     pub host: &'a str,
+    /// Its port.
     pub port: u16,
+    /// The role the restore logs in as.
     pub user: &'a str,
+    /// That role's password.
     pub password: &'a Secret,
     /// libpq's sslmode for the restore's connection.
     pub sslmode: &'a str,
@@ -109,9 +114,13 @@ pub struct Target<'a> {
 /// The embedded server: which image over which data directory, in a container of
 /// which name; and the image of the restore's tools.
 pub struct Source<'a> {
+    /// The embedded PostgreSQL's image.
     pub image: &'a str,
+    /// The image with the target's client tools.
     pub restore_image: &'a str,
+    /// The embedded data directory on the Services machine.
     pub data_dir: &'a str,
+    /// The temporary container's name.
     pub container: &'a str,
     /// The target's CA on the Services machine, mounted read-only at [`CA_MOUNT`].
     pub ca_file: Option<&'a str>,
@@ -133,8 +142,11 @@ impl<'a> std::ops::Deref for EmbeddedPostgres<'a> {
 
 /// One database exported: its dump in the export directory, its size and tables.
 pub struct Exported {
+    /// The database's name.
     pub db: String,
+    /// The dump's size in bytes.
     pub size: u64,
+    /// Each table's row count and checksum, read from the source.
     pub source: Vec<TableStat>,
     /// The dump's name in the export directory.
     pub file: String,

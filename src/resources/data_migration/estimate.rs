@@ -36,7 +36,7 @@ impl Sizes {
     /// The export's expected size: the data directories'. For PostgreSQL an upper
     /// bound (the dump holds no index, no dead rows, no WAL); for MongoDB it
     /// may fall short (WiredTiger compresses its files, `mongodump`'s BSON does not).
-    pub fn expected_export(&self) -> Option<u64> {
+    pub(super) fn expected_export(&self) -> Option<u64> {
         let read = |v: &Option<Result<u64, String>>| match v {
             None => Some(0),
             Some(Ok(n)) => Some(*n),
@@ -46,7 +46,7 @@ impl Sizes {
     }
 
     /// The sentences for the plan's warning.
-    pub fn describe(&self) -> String {
+    pub(super) fn describe(&self) -> String {
         let part = |what: &str, v: &Option<Result<u64, String>>| match v {
             None => None,
             Some(Ok(n)) => Some(format!("{what} {}", mb(*n))),
@@ -61,7 +61,9 @@ impl Sizes {
         .collect();
         let mut out = format!("Embedded data to carry: {}.", parts.join(", "));
         if let Some(n) = self.expected_export() {
-            let secs = (n as f64 / ASSUMED_RATE).ceil() as u64;
+            let secs = Duration::try_from_secs_f64((n as f64 / ASSUMED_RATE).ceil())
+                .unwrap_or(Duration::MAX)
+                .as_secs();
             out.push_str(&format!(
                 " Expected migration time about {} (at {:.0} MB/s, below the 52 MB/s make bench measured on 2 \
                  cores), plus CircleCI's stop and start.",
@@ -83,7 +85,7 @@ impl Sizes {
 
     /// The space the export may need: [`Sizes::expected_export`], PostgreSQL's part
     /// twice when its dumps are not compressed.
-    pub fn space_needed(&self) -> Option<u64> {
+    pub(super) fn space_needed(&self) -> Option<u64> {
         let extra = match (&self.postgres, self.pg_uncompressed) {
             (Some(Ok(n)), true) => *n,
             _ => 0,
@@ -92,7 +94,7 @@ impl Sizes {
     }
 
     /// The error when the export cannot fit.
-    pub fn shortfall(&self, export_dir: &str) -> Option<Diagnostic> {
+    pub(super) fn shortfall(&self, export_dir: &str) -> Option<Diagnostic> {
         let need = self.space_needed()?;
         let (dir, free) = self.avail.as_ref().ok()?;
         let (how, or) = if self.pg_uncompressed && matches!(self.postgres, Some(Ok(_))) {

@@ -24,14 +24,14 @@ use crate::provider::ProviderData;
 
 mod container;
 pub(crate) use container::fail as command_failed;
-pub mod embedded_mongo;
+pub(crate) mod embedded_mongo;
 pub mod embedded_postgres;
 mod estimate;
 mod run;
 mod run_mongo;
 mod settings;
 mod tools;
-pub mod vault_key;
+pub(crate) mod vault_key;
 
 const ID: &str = "circleci-data-migration";
 const POSTGRES: &str = "postgres";
@@ -76,12 +76,12 @@ const DEFAULT_PARALLELISM: usize = 3;
 /// the one connection, and the cutover's record and the checks need a few more.
 const MAX_PARALLELISM: usize = 8;
 
-pub struct DataMigration {
+pub(crate) struct DataMigration {
     data: Arc<ProviderData>,
 }
 
 impl DataMigration {
-    pub fn new(data: Arc<ProviderData>) -> Self {
+    pub(crate) fn new(data: Arc<ProviderData>) -> Self {
         DataMigration { data }
     }
 }
@@ -401,7 +401,7 @@ fn validate_config(config: &Value) -> Diagnostics {
                 "parallelism",
                 Check::Int {
                     min: 1,
-                    max: MAX_PARALLELISM as i64,
+                    max: i64::try_from(MAX_PARALLELISM).unwrap_or(i64::MAX),
                 },
             ),
             ("export_dir", Check::MountPath),
@@ -627,7 +627,7 @@ fn databases(
     let mut seen = Vec::new();
     for (i, v) in list.iter().enumerate() {
         let Some(db) = v.as_str() else { continue };
-        let at = AttrPath::root(block).attr("databases").index(i as i64);
+        let at = AttrPath::root(block).attr("databases").index(i);
         if let Err(e) = check(db) {
             diags.attr_error(at, "Invalid database name", format!("{db:?} {e}"));
         } else if seen.contains(&db) {
@@ -712,7 +712,7 @@ fn top_defaults() -> [(&'static str, Value); 13] {
         ),
         ("stop_timeout", Value::string(STOP_TIMEOUT)),
         ("command_timeout", Value::string(COMMAND_TIMEOUT)),
-        ("parallelism", Value::int(DEFAULT_PARALLELISM as i64)),
+        ("parallelism", Value::count(DEFAULT_PARALLELISM)),
         ("overwrite_existing", Value::Bool(false)),
         ("keep_export", Value::Bool(true)),
         ("remove_export_on_destroy", Value::Bool(false)),

@@ -789,11 +789,11 @@ pub(super) struct Occupied {
 }
 
 impl Occupied {
-    pub fn holds(&self, db: &str) -> bool {
+    pub(super) fn holds(&self, db: &str) -> bool {
         self.dbs.iter().any(|d| d == db)
     }
 
-    pub fn is_own(&self, db: &str) -> bool {
+    pub(super) fn is_own(&self, db: &str) -> bool {
         self.own.iter().any(|d| d == db)
     }
 }
@@ -898,10 +898,10 @@ fn record(
     state.set("mongo_collections", Value::Map(mongo.collections.clone()));
     state.set("mongo_documents", Value::int(mongo.documents));
     state.set("export_sha256", Value::Map(files));
-    state.set("export_bytes", Value::int(bytes as i64));
+    state.set("export_bytes", Value::count(bytes));
     state.set("postgres_tables", Value::Map(pg.tables.clone()));
     state.set("postgres_rows", Value::int(pg.rows));
-    state.set("postgres_bytes", Value::int(pg.bytes as i64));
+    state.set("postgres_bytes", Value::count(pg.bytes));
     state.set("skipped", string_list(&skipped));
     state.set("migrated_at", Value::string(now()));
     state.set(

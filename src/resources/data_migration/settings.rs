@@ -28,7 +28,7 @@ pub(super) struct PgSettings {
 
 impl PgSettings {
     /// The external server, as the restore's tools on the Services machine reach it.
-    pub fn target(&self) -> super::embedded_postgres::Target<'_> {
+    pub(super) fn target(&self) -> super::embedded_postgres::Target<'_> {
         super::embedded_postgres::Target {
             host: &self.host,
             port: self.port,
@@ -39,7 +39,7 @@ impl PgSettings {
     }
 
     /// Each database and the target it goes to, as the cutover's record names it.
-    pub fn targets(&self) -> Vec<(String, String)> {
+    pub(super) fn targets(&self) -> Vec<(String, String)> {
         self.databases
             .iter()
             .map(|d| (d.clone(), cutover::target_pg(&self.host, self.port, d)))
@@ -49,7 +49,7 @@ impl PgSettings {
 
 impl MongoSettings {
     /// Each database and the target it goes to, as the cutover's record names it.
-    pub fn targets(&self) -> Vec<(String, String)> {
+    pub(super) fn targets(&self) -> Vec<(String, String)> {
         self.databases
             .iter()
             .map(|d| (d.clone(), cutover::target_mongo(&self.hosts, d)))
@@ -93,7 +93,11 @@ pub(super) fn settings(
             data_dir: pg.get("data_dir").as_str().unwrap_or(mig::PG_DATA).into(),
             databases: strings(pg.get("databases")),
             host: pg.get("host").as_str().unwrap_or_default().into(),
-            port: pg.get("port").as_i64().unwrap_or(5432) as u16,
+            port: pg
+                .get("port")
+                .as_i64()
+                .and_then(|p| u16::try_from(p).ok())
+                .unwrap_or(5432),
             user: pg.get("user").as_str().unwrap_or(DEFAULT_USER).into(),
             password: Secret::new(password.to_string()),
             sslmode: pg

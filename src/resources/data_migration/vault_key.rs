@@ -10,10 +10,10 @@ use crate::backends::vault::{Vault, VaultError};
 use crate::plugin::{AttrPath, Diagnostic, Diagnostics};
 
 /// The block's name in the resource.
-pub const BLOCK: &str = "vault_transit_key";
+pub(crate) const BLOCK: &str = "vault_transit_key";
 
 /// One key's move.
-pub struct KeyMove {
+pub(crate) struct KeyMove {
     pub source: Vault,
     pub target: Arc<Vault>,
     pub source_mount: String,
@@ -23,7 +23,7 @@ pub struct KeyMove {
 
 /// What the target holds under the key's name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Found {
+pub(crate) enum Found {
     /// No such key (or no such mount).
     Absent,
     /// A key that decrypts what the source key encrypts: this key, moved before.
@@ -68,7 +68,7 @@ impl KeyMove {
     }
 
     /// Before anything changes: the source key is there; what the target holds.
-    pub async fn preflight(&self) -> Result<Found, Diagnostics> {
+    pub(crate) async fn preflight(&self) -> Result<Found, Diagnostics> {
         let exists = self
             .source
             .key_exists(&self.source_mount, &self.key)
@@ -111,7 +111,7 @@ impl KeyMove {
     /// Backs the key up from the source and restores it on the target (`force`
     /// replaces a key of that name there), enabling the target's transit mount first
     /// when it is missing.
-    pub async fn run(&self, force: bool) -> Result<(), Diagnostics> {
+    pub(crate) async fn run(&self, force: bool) -> Result<(), Diagnostics> {
         let t = &self.target;
         let mounted = t
             .mount_exists(&self.target_mount)
@@ -145,7 +145,7 @@ impl KeyMove {
     }
 
     /// A fresh ciphertext of the source key decrypts on the target to the same bytes.
-    pub async fn verify(&self) -> Result<(), Diagnostics> {
+    pub(crate) async fn verify(&self) -> Result<(), Diagnostics> {
         if self.decrypts_on_target().await? {
             return Ok(());
         }

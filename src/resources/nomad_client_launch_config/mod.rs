@@ -59,12 +59,12 @@ struct Loaded {
     user_data: String,
 }
 
-pub struct NomadClientLaunchConfig {
+pub(crate) struct NomadClientLaunchConfig {
     data: Arc<ProviderData>,
 }
 
 impl NomadClientLaunchConfig {
-    pub fn new(data: Arc<ProviderData>) -> Self {
+    pub(crate) fn new(data: Arc<ProviderData>) -> Self {
         NomadClientLaunchConfig { data }
     }
 }
@@ -290,8 +290,9 @@ fn rollout_settings(v: &Value) -> (bool, usize, Duration) {
     let batch = v
         .get("rollout_batch_size")
         .as_i64()
+        .and_then(|b| usize::try_from(b).ok())
         .filter(|b| *b > 0)
-        .unwrap_or(1) as usize;
+        .unwrap_or(1);
     let timeout = v
         .get("rollout_timeout")
         .as_str()

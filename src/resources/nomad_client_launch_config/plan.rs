@@ -130,7 +130,7 @@ pub(super) fn validate(config: &Value) -> Diagnostics {
         }
         let mut seen = std::collections::HashSet::new();
         for (i, v) in items.iter().enumerate() {
-            let at = AttrPath::root("nomad_servers").index(i as i64);
+            let at = AttrPath::root("nomad_servers").index(i);
             match v.as_str() {
                 Some(s) => {
                     if let Err(e) = ud::check_server(s) {

@@ -71,7 +71,10 @@ pub(super) fn replacements(g: &Group, old: &[String], replaced: usize) -> (usize
         .iter()
         .filter(|i| i.state == "InService" && !old.contains(&i.id))
         .count();
-    (fresh, replaced.min(g.desired_capacity.max(0) as usize))
+    (
+        fresh,
+        replaced.min(usize::try_from(g.desired_capacity).unwrap_or(0)),
+    )
 }
 
 pub(super) struct RolloutFailure {

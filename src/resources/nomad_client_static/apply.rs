@@ -36,7 +36,12 @@ impl NomadClientStatic {
                 .as_str()
                 .unwrap_or("nomad")
                 .to_string(),
-            batch: planned.get("batch_size").as_i64().unwrap_or(1).max(1) as usize,
+            batch: planned
+                .get("batch_size")
+                .as_i64()
+                .and_then(|b| usize::try_from(b).ok())
+                .unwrap_or(1)
+                .max(1),
             nomad,
             drain: None,
             timeout: self.data.timeout(),

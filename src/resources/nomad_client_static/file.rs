@@ -9,15 +9,15 @@ use crate::circleci::nomad_user_data as ud;
 /// Added to the configuration file's path: the copy of the file as it was before this
 /// resource first touched it, next to it on the client (mode 0600). Not `*.hcl`, so an
 /// agent started with `-config DIR` does not load it.
-pub const KEPT_SUFFIX: &str = ".circleci-original";
+pub(super) const KEPT_SUFFIX: &str = ".circleci-original";
 
-pub fn kept_path(config: &str) -> String {
+pub(super) fn kept_path(config: &str) -> String {
     format!("{config}{KEPT_SUFFIX}")
 }
 
 /// One servers list in a file.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct List {
+pub(super) struct List {
     /// Byte range of the list, brackets included.
     pub span: Range<usize>,
     /// Its items, as `ud::find` reads them.
@@ -28,7 +28,7 @@ pub struct List {
 /// `bytes` with each non-ASCII byte replaced by one ASCII control character (SUB) that
 /// means nothing in HCL, so that its offsets are offsets into `bytes`. HCL's syntax is
 /// ASCII; other bytes can only be inside strings and comments, whatever the encoding.
-pub fn lists(bytes: &[u8]) -> Result<Vec<List>, ud::NotFound> {
+pub(super) fn lists(bytes: &[u8]) -> Result<Vec<List>, ud::NotFound> {
     let masked: String = bytes
         .iter()
         .map(|&b| {
@@ -81,7 +81,7 @@ fn items_of(raw: &[u8]) -> Vec<String> {
 
 /// `bytes` with the `i`-th of `lists` (from [`lists`] on these bytes) replaced by
 /// `with(i)`; every other byte kept.
-pub fn splice(bytes: &[u8], lists: &[List], with: impl Fn(usize) -> Vec<u8>) -> Vec<u8> {
+pub(super) fn splice(bytes: &[u8], lists: &[List], with: impl Fn(usize) -> Vec<u8>) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut at = 0;
     for (i, l) in lists.iter().enumerate() {

@@ -39,12 +39,12 @@ const ROLLING: [&str; 5] = [
     "service_name",
 ];
 
-pub struct NomadClientStatic {
+pub(crate) struct NomadClientStatic {
     data: Arc<ProviderData>,
 }
 
 impl NomadClientStatic {
-    pub fn new(data: Arc<ProviderData>) -> Self {
+    pub(crate) fn new(data: Arc<ProviderData>) -> Self {
         NomadClientStatic { data }
     }
 }
@@ -105,7 +105,7 @@ fn clients(
             (Some(k), _) => HostKeyPolicy::Pinned(vec![ssh::parse_host_key(k).map_err(|e| {
                 Diagnostics::from(
                     Diagnostic::error("Invalid host key", e)
-                        .at(AttrPath::root(CLIENT).index(i as i64).attr("host_key")),
+                        .at(AttrPath::root(CLIENT).index(i).attr("host_key")),
                 )
             })?]),
             (None, HostKeyPolicy::Pinned(_)) => {
@@ -116,7 +116,7 @@ fn clients(
                          this client's host_key (or the provider's known_hosts_file)"
                     ),
                 )
-                .at(AttrPath::root(CLIENT).index(i as i64).attr("host_key"))
+                .at(AttrPath::root(CLIENT).index(i).attr("host_key"))
                 .into())
             }
             (None, other) => other.clone(),
@@ -257,7 +257,7 @@ impl Resource for NomadClientStatic {
                 if let Some(s) = s.as_str() {
                     if let Err(e) = ud::check_server(s) {
                         diags.attr_error(
-                            AttrPath::root("nomad_servers").index(i as i64),
+                            AttrPath::root("nomad_servers").index(i),
                             "Invalid Nomad server",
                             e,
                         );
@@ -285,7 +285,7 @@ impl Resource for NomadClientStatic {
             for (i, k) in keys.iter().enumerate() {
                 if keys[..i].contains(k) {
                     diags.attr_error(
-                        AttrPath::root(CLIENT).index(i as i64).attr("host"),
+                        AttrPath::root(CLIENT).index(i).attr("host"),
                         "Duplicate client",
                         format!("{k} is listed twice"),
                     );

@@ -9,25 +9,25 @@ use std::time::{Duration, Instant};
 use crate::backends::nomad::Node;
 use crate::backends::ssh::{Program, RemoteCommand, ServicesHost, SshConfig};
 use crate::circleci::nomad_user_data as ud;
-pub use crate::resources::nomad_drain::{Drainer, NomadApi, NotDrained};
+pub(super) use crate::resources::nomad_drain::{Drainer, NomadApi, NotDrained};
 
 use super::file;
 
 /// Warning titles.
-pub const NOT_CHECKED: &str = "Nomad nodes not checked";
-pub const KEPT_LIST: &str = "Servers list not put back";
-pub const OTHER_LISTS: &str = "Servers lists not as in the original";
+pub(super) const NOT_CHECKED: &str = "Nomad nodes not checked";
+pub(super) const KEPT_LIST: &str = "Servers list not put back";
+pub(super) const OTHER_LISTS: &str = "Servers lists not as in the original";
 
 /// How the Nomad agent is restarted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Restart {
+pub(super) enum Restart {
     Systemctl,
     Service,
     None,
 }
 
 impl Restart {
-    pub fn parse(s: &str) -> Option<Restart> {
+    pub(super) fn parse(s: &str) -> Option<Restart> {
         match s {
             "systemctl" => Some(Restart::Systemctl),
             "service" => Some(Restart::Service),
@@ -52,7 +52,7 @@ impl Restart {
 
 /// One client machine as configured.
 #[derive(Clone, Debug)]
-pub struct Client {
+pub(super) struct Client {
     /// `host:port`, the client's key in the computed maps.
     pub key: String,
     pub ssh: SshConfig,
@@ -90,7 +90,7 @@ impl Client {
 
 /// How the roll treats every client.
 #[derive(Clone, Debug)]
-pub struct Plan {
+pub(super) struct Plan {
     pub restart: Restart,
     pub service: String,
     pub batch: usize,
@@ -103,7 +103,7 @@ pub struct Plan {
 
 /// What one client's file holds now.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Found {
+pub(super) enum Found {
     /// The servers list's items (the first list, if the file has several).
     Servers(Vec<String>),
     Missing,
@@ -111,7 +111,7 @@ pub enum Found {
 }
 
 /// Reads the client's file and finds its servers list.
-pub async fn inspect(c: &Client) -> Result<Found, String> {
+pub(super) async fn inspect(c: &Client) -> Result<Found, String> {
     let h = c.host();
     let f = h
         .read_file(&c.config_path)
@@ -127,7 +127,7 @@ pub async fn inspect(c: &Client) -> Result<Found, String> {
 }
 
 /// One client's status for the computed map: `ok` when its file names `servers`.
-pub fn status_of(found: &Result<Found, String>, servers: &[String], path: &str) -> String {
+pub(super) fn status_of(found: &Result<Found, String>, servers: &[String], path: &str) -> String {
     match found {
         Ok(Found::Servers(items)) if items == servers => "ok".into(),
         Ok(Found::Servers(items)) => format!("servers list is {}", ud::render_list(items)),
@@ -138,7 +138,7 @@ pub fn status_of(found: &Result<Found, String>, servers: &[String], path: &str) 
 }
 
 /// Removes the client's kept original (`kept`), if there.
-pub async fn remove_kept(c: &Client, kept: &str) -> Result<(), String> {
+pub(super) async fn remove_kept(c: &Client, kept: &str) -> Result<(), String> {
     c.host()
         .remove_file(kept)
         .await
@@ -148,7 +148,7 @@ pub async fn remove_kept(c: &Client, kept: &str) -> Result<(), String> {
 
 /// What the roll sets one client's file to.
 #[derive(Clone, Debug)]
-pub enum Goal {
+pub(super) enum Goal {
     /// Every servers list to `servers`. Before anything changes, the file as found is
     /// kept next to it (once: a copy already there is the original). `recorded`: the
     /// previous list a state from before these copies records (the copy then gets it);
@@ -429,7 +429,7 @@ async fn wait_ready(
 }
 
 /// Where the roll stopped.
-pub struct Stopped {
+pub(super) struct Stopped {
     /// What stopped it, one line each (`client key (target): why`), for the message.
     pub failures: Vec<String>,
     /// Each client of the batch that failed, and why.
@@ -438,7 +438,7 @@ pub struct Stopped {
 
 /// The roll's result: each client's original list (once known: also for a client that
 /// failed after), the clients done, the first stop, and warnings (title, detail).
-pub struct Rolled {
+pub(super) struct Rolled {
     pub previous: BTreeMap<String, Vec<String>>,
     pub done: Vec<String>,
     pub stopped: Option<Stopped>,
@@ -447,7 +447,7 @@ pub struct Rolled {
 
 /// Takes each client to the goal paired with it, `plan.batch` clients at a time. The
 /// first batch with a failure ends the roll (its other clients finish).
-pub async fn roll(clients: &[(Client, Goal)], plan: &Plan) -> Rolled {
+pub(super) async fn roll(clients: &[(Client, Goal)], plan: &Plan) -> Rolled {
     let mut out = Rolled {
         previous: BTreeMap::new(),
         done: Vec::new(),

@@ -59,7 +59,7 @@ pub(crate) fn validate_versions(config: &Value, diags: &mut Diagnostics) {
             if let Some(p) = v.as_str() {
                 if let Err(e) = check_pattern(p) {
                     diags.attr_error(
-                        AttrPath::root("allowed_versions").index(i as i64),
+                        AttrPath::root("allowed_versions").index(i),
                         "Invalid version pattern",
                         e,
                     );
@@ -74,12 +74,12 @@ const START_TIMEOUT: &str = "20m";
 const VERIFY_TIMEOUT: &str = "5m";
 const ON_FAILURE: &str = "restore";
 
-pub struct ServicesRestart {
+pub(crate) struct ServicesRestart {
     data: Arc<ProviderData>,
 }
 
 impl ServicesRestart {
-    pub fn new(data: Arc<ProviderData>) -> Self {
+    pub(crate) fn new(data: Arc<ProviderData>) -> Self {
         ServicesRestart { data }
     }
 }
@@ -104,7 +104,7 @@ impl Settings {
     fn of(v: &Value) -> Result<Settings, Diagnostics> {
         let m = RestartAtPlan::decode(v)?;
         let or = |k: Known<String>, d: &str| match k {
-            Known::Known(x) => x,
+            Known::Value(x) => x,
             Known::Null | Known::Unknown => d.to_string(),
         };
         let dur = |name: &str, k: Known<String>, d: &str| {
@@ -122,7 +122,7 @@ impl Settings {
             start: dur("start_timeout", m.start_timeout, START_TIMEOUT)?,
             verify: dur("verify_timeout", m.verify_timeout, VERIFY_TIMEOUT)?,
             versions: match m.allowed_versions {
-                Known::Known(v) => v,
+                Known::Value(v) => v,
                 Known::Null | Known::Unknown => vec![DEFAULT_VERSIONS.to_string()],
             },
             on_failure: or(m.on_failure, ON_FAILURE),
@@ -268,15 +268,15 @@ impl Resource for ServicesRestart {
                 return vec![];
             }
         };
-        p.id = Known::Known("circleci".to_string());
+        p.id = Known::Value("circleci".to_string());
         // The prior state through the lenient view: an attribute a newer version added
         // is null in it, and must not turn a plan into a restart.
         let restart = match RestartAtPlan::decode(req.prior) {
             Err(_) => true,
             Ok(b) => {
                 changed(req.prior, planned, "triggers")
-                    || b.app_state != Known::Known("started".to_string())
-                    || matches!(&b.failed_checks, Known::Known(f) if !f.is_empty())
+                    || b.app_state != Known::Value("started".to_string())
+                    || matches!(&b.failed_checks, Known::Value(f) if !f.is_empty())
             }
         };
         if restart {
@@ -326,7 +326,7 @@ impl Resource for ServicesRestart {
     async fn read(&self, state: &Value) -> Result<Option<Value>, Diagnostics> {
         let status = self.status().await?;
         let mut m = RestartModel::decode(state)?;
-        m.app_state = Known::Known(status.state);
+        m.app_state = Known::Value(status.state);
         let mut fresh = state.clone();
         m.encode(&mut fresh);
         Ok(Some(fresh))
@@ -349,7 +349,7 @@ impl Resource for ServicesRestart {
         let version = self.version().await?;
         let mut v = Value::Null;
         RestartModel {
-            id: Known::Known("circleci".to_string()),
+            id: Known::Value("circleci".to_string()),
             triggers: None,
             config_root: "/".to_string(),
             stop_timeout: STOP_TIMEOUT.to_string(),
@@ -360,12 +360,12 @@ impl Resource for ServicesRestart {
             embedded_nomad_endpoint: cutover::DEFAULT_EMBEDDED_NOMAD.to_string(),
             on_failure: ON_FAILURE.to_string(),
             on_destroy: go_back::KEEP_EXTERNAL.to_string(),
-            version: Known::Known(version),
-            app_state: Known::Known(String::new()),
-            checks: Known::Known(vec![]),
-            failed_checks: Known::Known(vec![]),
-            restarted_at: Known::Known(String::new()),
-            downtime: Known::Known(String::new()),
+            version: Known::Value(version),
+            app_state: Known::Value(String::new()),
+            checks: Known::Value(vec![]),
+            failed_checks: Known::Value(vec![]),
+            restarted_at: Known::Value(String::new()),
+            downtime: Known::Value(String::new()),
         }
         .encode(&mut v);
         Ok(v)

@@ -559,7 +559,7 @@ pub(super) struct NomadCheck<'a> {
 }
 
 fn round(d: Duration) -> Duration {
-    Duration::from_millis(d.as_millis() as u64 / 100 * 100)
+    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX) / 100 * 100)
 }
 
 /// The checks' outcome.

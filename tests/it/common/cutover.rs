@@ -4,17 +4,17 @@ use std::path::Path;
 
 use super::Servers;
 
-pub const PW: &str = "migr-Pw-1-'\"$x";
+pub(crate) const PW: &str = "migr-Pw-1-'\"$x";
 
 /// Where the migration's tests put the external PostgreSQL's CA on the Services machine.
-pub const PG_CA: &str = "/etc/ssl/circleci-test-pg-ca.pem";
+pub(crate) const PG_CA: &str = "/etc/ssl/circleci-test-pg-ca.pem";
 
 /// The external PostgreSQL and MongoDB (their runbook files under `root`) and the
 /// migration of the embedded data into them, the Vault key into transit mount `mount`;
 /// `extra` goes into the migration's block. Output `m`: the migration. The restore
 /// checks the external PostgreSQL's certificate (`verify-full`) against the dev CA,
 /// copied onto the Services machine (under `root`) as `PG_CA`.
-pub fn migration_tf(s: &Servers, root: &Path, mount: &str, extra: &str) -> String {
+pub(crate) fn migration_tf(s: &Servers, root: &Path, mount: &str, extra: &str) -> String {
     let ca = root.join(PG_CA.trim_start_matches('/'));
     std::fs::create_dir_all(ca.parent().unwrap()).unwrap();
     std::fs::copy(s.get("CIRCLECI_TEST_PG_CA"), &ca).unwrap();

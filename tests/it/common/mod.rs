@@ -6,40 +6,40 @@
 
 #![allow(dead_code)]
 
-pub mod cutover;
-pub mod sim;
-pub mod sshd;
+pub(crate) mod cutover;
+pub(crate) mod sim;
+pub(crate) mod sshd;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The endpoints in dev/.state/env.
-pub struct Servers {
+pub(crate) struct Servers {
     vars: HashMap<String, String>,
 }
 
 impl Servers {
-    pub fn get(&self, k: &str) -> &str {
+    pub(crate) fn get(&self, k: &str) -> &str {
         self.vars
             .get(k)
             .unwrap_or_else(|| panic!("{k} is missing from dev/.state/env; run `make services-up`"))
     }
 
-    pub fn ssh_port(&self) -> u16 {
+    pub(crate) fn ssh_port(&self) -> u16 {
         self.get("CIRCLECI_TEST_SSH_PORT").parse().unwrap()
     }
 
-    pub fn redis_port(&self) -> u16 {
+    pub(crate) fn redis_port(&self) -> u16 {
         self.get("CIRCLECI_TEST_REDIS_PORT").parse().unwrap()
     }
 
-    pub fn pg_port(&self) -> u16 {
+    pub(crate) fn pg_port(&self) -> u16 {
         self.get("CIRCLECI_TEST_PG_PORT").parse().unwrap()
     }
 
     /// The provider's postgres block: admin over TLS, verify-full against the dev CA.
-    pub fn pg_block(&self) -> String {
+    pub(crate) fn pg_block(&self) -> String {
         format!(
             r#"
   postgres {{
@@ -57,12 +57,12 @@ impl Servers {
     }
 
     /// Runs SQL as the admin with psql; returns the unaligned, tuples-only output.
-    pub fn psql(&self, db: &str, sql: &str) -> String {
+    pub(crate) fn psql(&self, db: &str, sql: &str) -> String {
         self.psql_at(self.pg_port(), db, sql)
     }
 
     /// psql against the cluster on `port`.
-    pub fn psql_at(&self, port: u16, db: &str, sql: &str) -> String {
+    pub(crate) fn psql_at(&self, port: u16, db: &str, sql: &str) -> String {
         let out = Command::new("psql")
             .args([
                 "-X",
@@ -92,12 +92,12 @@ impl Servers {
     }
 
     /// True when `user` can log in to `db` with `password`.
-    pub fn can_login(&self, user: &str, password: &str, db: &str) -> bool {
+    pub(crate) fn can_login(&self, user: &str, password: &str, db: &str) -> bool {
         self.can_login_at(self.pg_port(), user, password, db)
     }
 
     /// can_login against the cluster on `port`.
-    pub fn can_login_at(&self, port: u16, user: &str, password: &str, db: &str) -> bool {
+    pub(crate) fn can_login_at(&self, port: u16, user: &str, password: &str, db: &str) -> bool {
         Command::new("psql")
             .args(["-X", "-tA", "-h", "127.0.0.1", "-c", "select 1"])
             .arg("-p")
@@ -115,7 +115,7 @@ impl Servers {
 
     /// One MongoDB command through PyMongo (dev/mongo-client.py): Ok(reply), or
     /// Err((exit code, output)) — 3 when the server said no, 4 when no login.
-    pub fn pymongo(
+    pub(crate) fn pymongo(
         &self,
         uri: &str,
         db: &str,
@@ -137,14 +137,14 @@ impl Servers {
     }
 
     /// The provider's mongodb block for the MongoDB stand-in.
-    pub fn mongo_block(&self) -> String {
+    pub(crate) fn mongo_block(&self) -> String {
         format!(
             "\n  mongodb {{\n    uri = {:?}\n  }}",
             self.mongo_admin_uri()
         )
     }
 
-    pub fn mongo_admin_uri(&self) -> String {
+    pub(crate) fn mongo_admin_uri(&self) -> String {
         format!(
             "mongodb://{}:{}@127.0.0.1:{}/?authSource=admin",
             self.get("CIRCLECI_TEST_MONGO_USER"),
@@ -154,7 +154,7 @@ impl Servers {
     }
 
     /// The provider block for these servers; `extra` goes inside services_host.
-    pub fn provider_block(&self, extra: &str) -> String {
+    pub(crate) fn provider_block(&self, extra: &str) -> String {
         self.provider_block_with(
             extra,
             &format!(
@@ -167,13 +167,13 @@ impl Servers {
     }
 
     /// As provider_block, with `pg` in place of the postgres block.
-    pub fn provider_block_with(&self, extra: &str, pg: &str) -> String {
+    pub(crate) fn provider_block_with(&self, extra: &str, pg: &str) -> String {
         self.provider_block_on(self.ssh_port(), extra, pg)
     }
 
     /// The provider with the Services machine's sshd on `port`, `extra` in its
     /// services_host block (default: the dev known_hosts file) and `blocks` after it.
-    pub fn provider_block_on(&self, port: u16, extra: &str, blocks: &str) -> String {
+    pub(crate) fn provider_block_on(&self, port: u16, extra: &str, blocks: &str) -> String {
         let extra = if extra.is_empty() {
             format!(
                 "known_hosts_file = {:?}",
@@ -209,19 +209,19 @@ provider "circleci" {{
 
 /// `content` between the provider's markers for resource type `id`: how every file
 /// the provider writes holds its settings.
-pub fn block(id: &str, content: &str) -> String {
+pub(crate) fn block(id: &str, content: &str) -> String {
     format!(
         "# BEGIN terraform-provider-circleci {id} (managed by Terraform; edit outside this block)\n\
          {content}# END terraform-provider-circleci {id}\n"
     )
 }
 
-pub fn repo_root() -> PathBuf {
+pub(crate) fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// Reads dev/.state/env and checks the servers answer; panics with instructions if not.
-pub fn servers() -> Servers {
+pub(crate) fn servers() -> Servers {
     let path = repo_root().join("dev/.state/env");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|_| {
         panic!(
@@ -252,13 +252,13 @@ pub fn servers() -> Servers {
 
 /// One Terraform working directory using the provider binary built for this test run
 /// through dev_overrides (no registry, no init).
-pub struct Tf {
+pub(crate) struct Tf {
     pub dir: tempfile::TempDir,
     cli_config: PathBuf,
 }
 
 impl Tf {
-    pub fn new(main_tf: &str) -> Tf {
+    pub(crate) fn new(main_tf: &str) -> Tf {
         let dir = tempfile::Builder::new()
             .prefix("tf-e2e-")
             .tempdir()
@@ -278,15 +278,15 @@ impl Tf {
         tf
     }
 
-    pub fn write_main(&self, main_tf: &str) {
+    pub(crate) fn write_main(&self, main_tf: &str) {
         std::fs::write(self.dir.path().join("main.tf"), main_tf).unwrap();
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 
-    pub fn cmd(&self, args: &[&str]) -> Command {
+    pub(crate) fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new("terraform");
         c.args(args)
             .current_dir(self.dir.path())
@@ -309,7 +309,7 @@ impl Tf {
         c
     }
 
-    pub fn run(&self, args: &[&str]) -> Output {
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
         let out = self
             .cmd(args)
             .output()
@@ -324,18 +324,18 @@ impl Tf {
     }
 
     /// Runs and asserts success.
-    pub fn ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
         assert!(out.status.success(), "terraform {} failed", args.join(" "));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    pub fn apply(&self) -> String {
+    pub(crate) fn apply(&self) -> String {
         self.ok(&["apply", "-auto-approve", "-no-color", "-input=false"])
     }
 
     /// Exit code of `plan -detailed-exitcode`: 0 no changes, 2 changes, 1 error.
-    pub fn plan_code(&self) -> i32 {
+    pub(crate) fn plan_code(&self) -> i32 {
         self.run(&["plan", "-detailed-exitcode", "-no-color", "-input=false"])
             .status
             .code()
@@ -343,7 +343,7 @@ impl Tf {
     }
 
     /// Runs a command expected to fail; returns its combined output.
-    pub fn fails(&self, args: &[&str]) -> String {
+    pub(crate) fn fails(&self, args: &[&str]) -> String {
         let out = self.run(args);
         assert!(
             !out.status.success(),
@@ -358,7 +358,7 @@ impl Tf {
     }
 
     /// The state as JSON (`terraform show -json`).
-    pub fn state_json(&self) -> serde_json::Value {
+    pub(crate) fn state_json(&self) -> serde_json::Value {
         let s = self.ok(&["show", "-json", "-no-color"]);
         serde_json::from_str(&s).unwrap()
     }
@@ -366,7 +366,7 @@ impl Tf {
 
 /// A temporary directory others may search (0755): the simulator's root, where the
 /// postgres user and the SSH user must reach files.
-pub fn searchable_tempdir() -> tempfile::TempDir {
+pub(crate) fn searchable_tempdir() -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
     std::fs::set_permissions(
         d.path(),
@@ -377,7 +377,7 @@ pub fn searchable_tempdir() -> tempfile::TempDir {
 }
 
 /// Runs a bash snippet and returns stdout.
-pub fn bash(script: &str) -> Vec<u8> {
+pub(crate) fn bash(script: &str) -> Vec<u8> {
     let out = Command::new("bash").arg("-c").arg(script).output().unwrap();
     assert!(
         out.status.success(),
@@ -388,13 +388,13 @@ pub fn bash(script: &str) -> Vec<u8> {
 }
 
 /// `s` with every run of whitespace one space: terraform folds long lines of output.
-pub fn flat(s: &str) -> String {
+pub(crate) fn flat(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Runs `terraform apply` in `tf` in its own process group with the provider's fault
 /// points in `dir` (arm them first), so that a test can interrupt it as Ctrl-C does.
-pub fn spawn_apply_with_faults(tf: &Tf, dir: &Path) -> std::process::Child {
+pub(crate) fn spawn_apply_with_faults(tf: &Tf, dir: &Path) -> std::process::Child {
     use std::os::unix::process::CommandExt;
     let mut c = tf.cmd(&["apply", "-auto-approve", "-no-color", "-input=false"]);
     c.env("CIRCLECI_PROVIDER_FAULT_DIR", dir)
@@ -405,7 +405,7 @@ pub fn spawn_apply_with_faults(tf: &Tf, dir: &Path) -> std::process::Child {
 }
 
 /// Waits (at most `secs`) until an apply holds at fault point `point` in `dir`.
-pub fn wait_reached(dir: &Path, point: &str, secs: u64) {
+pub(crate) fn wait_reached(dir: &Path, point: &str, secs: u64) {
     let reached = dir.join(format!("{point}.reached"));
     let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
     while !reached.exists() {
@@ -419,7 +419,7 @@ pub fn wait_reached(dir: &Path, point: &str, secs: u64) {
 
 /// Ctrl-C to the apply's process group, then `point` released: whether the apply
 /// succeeded, and its output, flattened.
-pub fn interrupt(child: std::process::Child, dir: &Path, point: &str) -> (bool, String) {
+pub(crate) fn interrupt(child: std::process::Child, dir: &Path, point: &str) -> (bool, String) {
     let _ = Command::new("kill")
         .args(["-INT", "--", &format!("-{}", child.id())])
         .status();
@@ -434,18 +434,18 @@ pub fn interrupt(child: std::process::Child, dir: &Path, point: &str) -> (bool, 
 }
 
 /// A port on 127.0.0.1 where nothing listens.
-pub fn closed_port() -> u16 {
+pub(crate) fn closed_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
 }
 
-pub fn mode_of(p: &Path) -> u32 {
+pub(crate) fn mode_of(p: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
 }
 
 /// `s` as an HCL string literal: quotes, backslashes and template sequences escaped.
-pub fn hcl_str(s: &str) -> String {
+pub(crate) fn hcl_str(s: &str) -> String {
     let mut out = String::from("\"");
     let mut chars = s.chars().peekable();
     while let Some(c) = chars.next() {
@@ -468,7 +468,7 @@ pub fn hcl_str(s: &str) -> String {
 
 impl Servers {
     /// The provider's vault block for the dev OpenBao (TLS, dev CA).
-    pub fn vault_block(&self) -> String {
+    pub(crate) fn vault_block(&self) -> String {
         format!(
             "\n  vault {{\n    address      = {:?}\n    token        = {:?}\n    ca_cert_file = {:?}\n  }}",
             self.get("CIRCLECI_TEST_VAULT_ADDR"),
@@ -478,7 +478,7 @@ impl Servers {
     }
 
     /// Runs the real `bao` CLI against the dev server with `token`.
-    pub fn bao(&self, token: &str, args: &[&str]) -> Output {
+    pub(crate) fn bao(&self, token: &str, args: &[&str]) -> Output {
         Command::new(self.get("CIRCLECI_TEST_BAO"))
             .args(args)
             .env("BAO_ADDR", self.get("CIRCLECI_TEST_VAULT_ADDR"))
@@ -490,7 +490,7 @@ impl Servers {
     }
 
     /// `bao` as root; panics on failure; returns stdout.
-    pub fn bao_ok(&self, args: &[&str]) -> String {
+    pub(crate) fn bao_ok(&self, args: &[&str]) -> String {
         let out = self.bao(self.get("CIRCLECI_TEST_VAULT_TOKEN"), args);
         assert!(
             out.status.success(),
@@ -504,7 +504,7 @@ impl Servers {
 impl Servers {
     /// dev/aws-fixture.py against moto (boto3: shares no code with the provider);
     /// its JSON answer. Panics when it fails.
-    pub fn aws_fixture(&self, args: &[&str]) -> serde_json::Value {
+    pub(crate) fn aws_fixture(&self, args: &[&str]) -> serde_json::Value {
         let out = Command::new(self.get("CIRCLECI_TEST_AWS_PYTHON"))
             .arg(self.get("CIRCLECI_TEST_AWS_FIXTURE"))
             .args(args)
@@ -525,25 +525,25 @@ impl Servers {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
-    pub fn mq_port(&self) -> u16 {
+    pub(crate) fn mq_port(&self) -> u16 {
         self.get("CIRCLECI_TEST_MQ_PORT").parse().unwrap()
     }
 }
 
 /// A private Nomad stand-in (dev/nomad-standin.py) for one test, stopped by PID on drop.
-pub struct NomadStandin {
+pub(crate) struct NomadStandin {
     child: std::process::Child,
     pub port: u16,
 }
 
 impl NomadStandin {
     /// `args` as for the script, e.g. `["--no-leader"]`; TLS with the dev certificate.
-    pub fn start(s: &Servers, args: &[&str]) -> NomadStandin {
+    pub(crate) fn start(s: &Servers, args: &[&str]) -> NomadStandin {
         Self::start_on(s, closed_port(), args)
     }
 
     /// The same on a given port (one a stopped stand-in used, say).
-    pub fn start_on(s: &Servers, port: u16, args: &[&str]) -> NomadStandin {
+    pub(crate) fn start_on(s: &Servers, port: u16, args: &[&str]) -> NomadStandin {
         let child = Command::new("python3")
             .arg(s.get("CIRCLECI_TEST_NOMAD_STANDIN"))
             .arg("--port")
@@ -568,7 +568,7 @@ impl NomadStandin {
         NomadStandin { child, port }
     }
 
-    pub fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("https://127.0.0.1:{}", self.port)
     }
 }
@@ -580,16 +580,16 @@ impl Drop for NomadStandin {
     }
 }
 
-pub use terraform_provider_circleci::circleci::mongo::DEFAULT_DATABASES as MONGO_RUNBOOK_DATABASES;
+pub(crate) use terraform_provider_circleci::testing::mongo::DEFAULT_DATABASES as MONGO_RUNBOOK_DATABASES;
 /// The runbook's nine database names (the provider's own list).
-pub use terraform_provider_circleci::circleci::postgres::DEFAULT_DATABASES as RUNBOOK_DATABASES;
+pub(crate) use terraform_provider_circleci::testing::postgres::DEFAULT_DATABASES as RUNBOOK_DATABASES;
 
 impl Servers {
     /// The targets of a data migration as a fresh external service has them: none of
     /// the runbook's databases in the test PostgreSQL (an earlier run, or one that
     /// failed, may have left them holding data), no context-service key in the dev
     /// OpenBao's transit mount.
-    pub fn fresh_runbook_targets(&self) {
+    pub(crate) fn fresh_runbook_targets(&self) {
         for db in RUNBOOK_DATABASES {
             self.psql(
                 "postgres",
@@ -619,7 +619,7 @@ impl Servers {
     /// A simulator root holding the embedded PostgreSQL (dev/embedded-fixture.sh) with
     /// `rows` rows in each big table and context secrets encrypted by the embedded
     /// OpenBao's context-service key, and the embedded MongoDB's documents.
-    pub fn embedded_root(&self, rows: &str) -> tempfile::TempDir {
+    pub(crate) fn embedded_root(&self, rows: &str) -> tempfile::TempDir {
         let root = searchable_tempdir();
         let out = Command::new(repo_root().join("dev/embedded-fixture.sh"))
             .arg(root.path())
@@ -647,7 +647,7 @@ impl Servers {
 
     /// The fixture's context secrets, read from the external `contexts_service_production`
     /// and decrypted through the dev OpenBao's `mount`: (name, plaintext) each.
-    pub fn decrypted_context_secrets(&self, mount: &str) -> Vec<(String, String)> {
+    pub(crate) fn decrypted_context_secrets(&self, mount: &str) -> Vec<(String, String)> {
         use base64::Engine;
         let rows = self.psql(
             "contexts_service_production",
@@ -673,8 +673,8 @@ impl Servers {
 
 impl Servers {
     /// The test sshd as the provider's Services machine: root, sudo, the pinned host key.
-    pub fn services_host(&self) -> terraform_provider_circleci::backends::ssh::ServicesHost {
-        use terraform_provider_circleci::backends::ssh::{
+    pub(crate) fn services_host(&self) -> terraform_provider_circleci::testing::ssh::ServicesHost {
+        use terraform_provider_circleci::testing::ssh::{
             parse_host_key, HostKeyPolicy, ServicesHost, SshAuth, SshConfig,
         };
         ServicesHost::new(SshConfig {

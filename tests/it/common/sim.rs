@@ -11,16 +11,16 @@ use super::Servers;
 
 /// Taken by each test that changes the simulator's settings (within one binary; cargo
 /// runs the binaries one after another).
-pub static SIMULATOR: Mutex<()> = Mutex::new(());
+pub(crate) static SIMULATOR: Mutex<()> = Mutex::new(());
 
 /// The simulator pointed at `root` (and fast transitions) for one test; put back on drop.
-pub struct Sim {
+pub(crate) struct Sim {
     settings: PathBuf,
     bin: PathBuf,
 }
 
 impl Sim {
-    pub fn new(s: &Servers, settings: Json) -> Sim {
+    pub(crate) fn new(s: &Servers, settings: Json) -> Sim {
         let sim = Sim {
             settings: Path::new(s.get("CIRCLECI_TEST_SIM_STATE")).join("settings.json"),
             bin: PathBuf::from(s.get("CIRCLECI_TEST_SIM")),
@@ -39,12 +39,12 @@ impl Sim {
         panic!("the simulated app did not stop");
     }
 
-    pub fn set(&self, settings: Json) {
+    pub(crate) fn set(&self, settings: Json) {
         std::fs::write(&self.settings, settings.to_string()).unwrap();
     }
 
     /// Replicated's `State` of the app now.
-    pub fn state(&self) -> String {
+    pub(crate) fn state(&self) -> String {
         self.replicatedctl(&["app", "status", "-o", "json"])[0]["State"]
             .as_str()
             .unwrap_or_default()
@@ -52,7 +52,7 @@ impl Sim {
     }
 
     /// Starts the app and waits (20 s at most) until it is started.
-    pub fn start(&self) {
+    pub(crate) fn start(&self) {
         self.replicatedctl(&["app", "start"]);
         for _ in 0..100 {
             if self.state() == "started" {
@@ -63,7 +63,7 @@ impl Sim {
         panic!("the simulated app did not start");
     }
 
-    pub fn replicatedctl(&self, args: &[&str]) -> Json {
+    pub(crate) fn replicatedctl(&self, args: &[&str]) -> Json {
         let out = Command::new(self.bin.join("replicatedctl"))
             .args(args)
             .output()
@@ -73,7 +73,7 @@ impl Sim {
 
     /// What `docker ARGS` prints on standard output.
     #[allow(dead_code)] // not every test crate that shares this module uses it
-    pub fn docker(&self, args: &[&str]) -> String {
+    pub(crate) fn docker(&self, args: &[&str]) -> String {
         let out = Command::new(self.bin.join("docker"))
             .args(args)
             .output()
@@ -83,7 +83,7 @@ impl Sim {
 
     /// The data migration's temporary containers running now.
     #[allow(dead_code)]
-    pub fn migration_containers(&self) -> Vec<String> {
+    pub(crate) fn migration_containers(&self) -> Vec<String> {
         self.docker(&["ps", "--format", "{{.Names}}"])
             .lines()
             .filter(|n| n.starts_with("circleci-data-migration-"))
@@ -92,7 +92,7 @@ impl Sim {
     }
 
     /// Both streams of `docker logs NAME` (every start's lines), stdout first.
-    pub fn docker_logs(&self, name: &str) -> String {
+    pub(crate) fn docker_logs(&self, name: &str) -> String {
         let out = Command::new(self.bin.join("docker"))
             .args(["logs", name])
             .output()
@@ -108,7 +108,7 @@ impl Sim {
 /// Waits (60 s at most) until the simulator's app, in its own settings, is started: a
 /// test that holds [`SIMULATOR`] but does not reconfigure it may follow one whose `Sim`
 /// was just dropped, which leaves the app starting, not started.
-pub fn app_started(s: &Servers) {
+pub(crate) fn app_started(s: &Servers) {
     let ctl = PathBuf::from(s.get("CIRCLECI_TEST_SIM")).join("replicatedctl");
     let state = || {
         let out = Command::new(&ctl)
@@ -145,14 +145,14 @@ impl Drop for Sim {
 /// What the Nomad stand-ins list (dev/nomad-standin.py `--nodes-dir` / `--allocs-dir`,
 /// under `CIRCLECI_TEST_EMBEDDED_NOMAD_DIR` or `CIRCLECI_TEST_CI_NOMAD_DIR`), changed
 /// for one test: every file it writes or changes is put back on drop.
-pub struct NomadFixture {
+pub(crate) struct NomadFixture {
     dir: PathBuf,
     saved: Vec<(PathBuf, Option<Vec<u8>>)>,
 }
 
 impl NomadFixture {
     /// `which`: `CIRCLECI_TEST_EMBEDDED_NOMAD_DIR` or `CIRCLECI_TEST_CI_NOMAD_DIR`.
-    pub fn new(s: &Servers, which: &str) -> NomadFixture {
+    pub(crate) fn new(s: &Servers, which: &str) -> NomadFixture {
         NomadFixture {
             dir: PathBuf::from(s.get(which)),
             saved: Vec::new(),
@@ -171,7 +171,7 @@ impl NomadFixture {
 
     /// A build (an allocation) on client `node` that runs until `ends_at` (seconds
     /// since the epoch).
-    pub fn build(&mut self, id: &str, node: &str, ends_at: f64) {
+    pub(crate) fn build(&mut self, id: &str, node: &str, ends_at: f64) {
         self.write(
             &format!("allocs/{id}.json"),
             serde_json::json!({"ID": id, "Name": format!("{id}.build[0]"), "JobID": id,
@@ -181,7 +181,7 @@ impl NomadFixture {
 
     /// Client `name` on EC2 instance `instance`, as Nomad's AWS fingerprint reports it:
     /// ready, not draining.
-    pub fn aws_client(&mut self, name: &str, instance: &str) {
+    pub(crate) fn aws_client(&mut self, name: &str, instance: &str) {
         self.write(
             &format!("nodes/{name}.json"),
             serde_json::json!({"Name": name, "Address": "10.0.3.7", "Restarts": 0,
@@ -190,18 +190,18 @@ impl NomadFixture {
     }
 
     /// Client `name` as the stand-in keeps it (`Drain`, `DrainChanges`, ...).
-    pub fn node(&self, name: &str) -> Json {
+    pub(crate) fn node(&self, name: &str) -> Json {
         serde_json::from_slice(&std::fs::read(self.dir.join(format!("nodes/{name}.json"))).unwrap())
             .unwrap()
     }
 
     /// The allocations a drain stopped, one line each (empty when none).
-    pub fn stopped_by_drain(&self) -> String {
+    pub(crate) fn stopped_by_drain(&self) -> String {
         std::fs::read_to_string(self.dir.join("allocs/stopped-by-drain.log")).unwrap_or_default()
     }
 
     /// Client `name`, ready (registered long ago) and draining or not.
-    pub fn client(&mut self, name: &str, drain: bool) {
+    pub(crate) fn client(&mut self, name: &str, drain: bool) {
         self.write(
             &format!("nodes/{name}.json"),
             serde_json::json!({"Name": name, "Address": "10.0.2.99", "Restarts": 0, "Drain": drain}),
@@ -225,7 +225,7 @@ impl Drop for NomadFixture {
 }
 
 /// Seconds since the epoch, as the stand-ins compare `EndsAt`.
-pub fn epoch_now() -> f64 {
+pub(crate) fn epoch_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -235,7 +235,7 @@ pub fn epoch_now() -> f64 {
 /// A simulator container (the simulator's `docker` at `.0`, the name `.1`) and the
 /// restore's container next to it (`NAME-restore`) removed when dropped, so that a
 /// failed test leaves none for the next run to collide with.
-pub struct Removed(pub std::path::PathBuf, pub &'static str);
+pub(crate) struct Removed(pub std::path::PathBuf, pub &'static str);
 
 impl Drop for Removed {
     fn drop(&mut self) {

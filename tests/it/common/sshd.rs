@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::Servers;
 
 /// A process a test started, stopped (and reaped) by its PID when dropped.
-pub struct Proc(pub Child);
+pub(crate) struct Proc(pub Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -20,7 +20,7 @@ impl Drop for Proc {
 }
 
 /// Waits (20 s at most) until something listens on 127.0.0.1:`port`; the panic shows `log`.
-pub fn wait_listening(port: u16, what: &str, log: &Path) {
+pub(crate) fn wait_listening(port: u16, what: &str, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
@@ -36,7 +36,7 @@ pub fn wait_listening(port: u16, what: &str, log: &Path) {
 /// each line that `edit` returns `Some` for replaced. With `hosts`, it runs in its own
 /// mount namespace (`unshare -m`) where that text is `/etc/hosts`: names only it knows.
 /// Its log (DEBUG1: each channel open) is returned too.
-pub fn start(
+pub(crate) fn start(
     dir: &Path,
     port: u16,
     edit: &dyn Fn(&str) -> Option<String>,
@@ -91,7 +91,7 @@ pub fn start(
 }
 
 /// A known_hosts file in `dir` trusting the dev host key on each of `ports`.
-pub fn known_hosts(s: &Servers, dir: &Path, ports: &[u16]) -> PathBuf {
+pub(crate) fn known_hosts(s: &Servers, dir: &Path, ports: &[u16]) -> PathBuf {
     let path = dir.join("known_hosts");
     let text: String = ports
         .iter()
