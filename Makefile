@@ -35,10 +35,10 @@ bench:
 	dev/bench.sh
 
 services-up:
-	dev/services-up.sh
+	dev/services/up.sh
 
 services-down:
-	dev/services-down.sh
+	dev/services/down.sh
 
 # Regenerates docs/ from the schema and examples/.
 docs:
@@ -54,5 +54,5 @@ lint:
 	terraform fmt -check -recursive examples
 
 clean:
-	dev/services-down.sh
+	dev/services/down.sh
 	rm -rf dev/.state

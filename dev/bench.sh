@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# `make bench`: release build, real servers, then dev/bench.py prints the figures.
+# `make bench`: release build, real servers, then dev/bench/bench.py prints the figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-dev/services-up.sh
+dev/services/up.sh
 cargo build --locked --release
-python3 dev/bench.py
+python3 dev/bench/bench.py

@@ -9,7 +9,7 @@ ROOT=$PWD
 D=$ROOT/dev/.state
 command -v terraform >/dev/null || { echo "make demo: terraform (>= 1.11) is not on PATH" >&2; exit 1; }
 
-dev/services-up.sh
+dev/services/up.sh
 # shellcheck disable=SC1091
 set -a; source "$D/env"; set +a
 make --no-print-directory install PLUGIN_DIR="$D/plugins" >&2
@@ -105,7 +105,7 @@ if [ ! -f "$W/terraform.tfstate" ]; then
   rm -rf "$EMB/postgres" "$EMB/mongo" "$EMB/external-services-export" "$EMB/external-services-cutover"
   EMBEDDED_VAULT_ADDR=$CIRCLECI_TEST_EMBEDDED_VAULT_ADDR EMBEDDED_VAULT_TOKEN=$CIRCLECI_TEST_EMBEDDED_VAULT_TOKEN \
     BAO=$CIRCLECI_TEST_BAO MONGO_STANDIN=$CIRCLECI_TEST_MONGO_STANDIN PYTHON=$CIRCLECI_TEST_PYTHON \
-    dev/embedded-fixture.sh "$CIRCLECI_TEST_SERVICES_ROOT" 2000
+    dev/fixtures/embedded_fixture.sh "$CIRCLECI_TEST_SERVICES_ROOT" 2000
   for db in circle_ghe build_state_dev_ghe containers_dev_ghe remote_containers_dev_ghe; do
     "$CIRCLECI_TEST_PYTHON" "$CIRCLECI_TEST_MONGO_CLIENT" "$TF_VAR_mongo_admin_uri" "$db" '{"dropDatabase": 1}' >/dev/null
   done
@@ -172,7 +172,7 @@ PT=$(BAO_ADDR=$CIRCLECI_TEST_VAULT_ADDR BAO_CACERT=$CIRCLECI_TEST_VAULT_CA BAO_T
   "$CIRCLECI_TEST_BAO" write -field=plaintext transit/decrypt/context-service ciphertext="$CT" | base64 -d)
 echo "  a context secret the embedded Vault encrypted (${CT:0:24}...), decrypted by the external Vault: \"$PT\""
 echo
-echo "== CircleCI restarted (the Services-machine simulator, dev/circleci-sim.py), the runbook's checks:"
+echo "== CircleCI restarted (the Services-machine simulator, dev/standins/circleci_sim.py), the runbook's checks:"
 terraform output -json restart | python3 -c '
 import json, sys
 r = json.load(sys.stdin)

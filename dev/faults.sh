@@ -5,9 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 started=0
 if [ ! -f dev/.state/sshd.pid ] || ! kill -0 "$(cat dev/.state/sshd.pid)" 2>/dev/null; then started=1; fi
-cleanup() { if [ $started = 1 ]; then dev/services-down.sh; fi; }
+cleanup() { if [ $started = 1 ]; then dev/services/down.sh; fi; }
 trap cleanup EXIT
-dev/services-up.sh
+dev/services/up.sh
 rm -f dev/.state/faults.txt dev/.state/faults-cutover.txt
 status=0
 cargo test --locked --test faults -- --nocapture >dev/.state/faults.log 2>&1 || status=$?

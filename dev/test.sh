@@ -7,9 +7,9 @@ command -v cargo >/dev/null || { echo "make test: cargo is not installed (Rust s
 command -v terraform >/dev/null || { echo "make test: terraform (>= 1.11) is not on PATH" >&2; exit 1; }
 started=0
 if [ ! -f dev/.state/sshd.pid ] || ! kill -0 "$(cat dev/.state/sshd.pid)" 2>/dev/null; then started=1; fi
-cleanup() { if [ $started = 1 ]; then dev/services-down.sh; fi; }
+cleanup() { if [ $started = 1 ]; then dev/services/down.sh; fi; }
 trap cleanup EXIT
-dev/services-up.sh
+dev/services/up.sh
 cargo test --locked --workspace --all-targets 2>&1
 # The habits CI enforces: formatting, clippy without warnings, formatted examples.
 cargo fmt --all -- --check

@@ -7,7 +7,7 @@
 //! Faults are injected at the provider's fault points (`src/fault_point.rs`): the test
 //! arms a point, the provider holds there, the test injects the fault by PID and lets
 //! it go. The servers are the shared dev servers; a killed one is started again by
-//! `dev/services-up.sh`, a frozen one is thawed, whatever happens (see `Thaw`).
+//! `dev/services/up.sh`, a frozen one is thawed, whatever happens (see `Thaw`).
 //!
 //! The table is printed, and written to `dev/.state/faults.txt` (`make faults` shows it).
 
@@ -234,12 +234,12 @@ impl Backend {
 
 /// Starts whatever is not running (idempotent), as `make test` did.
 fn services_up() {
-    let st = Command::new(common::repo_root().join("dev/services-up.sh"))
+    let st = Command::new(common::repo_root().join("dev/services/up.sh"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .unwrap();
-    assert!(st.success(), "dev/services-up.sh failed");
+    assert!(st.success(), "dev/services/up.sh failed");
 }
 
 /// Thaws every backend this suite may have frozen and restarts any it killed, also

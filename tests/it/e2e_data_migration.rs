@@ -1,5 +1,5 @@
 //! circleci_data_migration through terraform, on the Services-machine simulator: the
-//! embedded PostgreSQL is a real data directory (dev/embedded-fixture.sh) served by a
+//! embedded PostgreSQL is a real data directory (dev/fixtures/embedded_fixture.sh) served by a
 //! real server in the simulator's temporary container, the embedded Vault is a second
 //! OpenBao whose context-service key encrypted the fixture's context secrets, the
 //! embedded MongoDB is the MongoDB stand-in over the fixture's directory (with the

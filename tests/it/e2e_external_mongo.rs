@@ -1,7 +1,7 @@
 //! circleci_external_mongo end to end: the terraform CLI, the MongoDB stand-in
-//! (dev/mongo-standin) in both its modes (current MongoDB, and MongoDB 3.6 as CircleCI
+//! (dev/standins/mongo_standin) in both its modes (current MongoDB, and MongoDB 3.6 as CircleCI
 //! Server 2.17 runs it), and the real sshd. What the provider did is checked with
-//! PyMongo, MongoDB's own Python driver (dev/mongo-client.py), not with the provider's
+//! PyMongo, MongoDB's own Python driver (dev/fixtures/mongo_client.py), not with the provider's
 //! client.
 
 use crate::common;

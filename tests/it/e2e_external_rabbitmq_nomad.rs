@@ -1,5 +1,5 @@
 //! circleci_external_rabbitmq (real RabbitMQ) and circleci_external_nomad (the Nomad
-//! stand-in, dev/nomad-standin.py) end to end through the terraform CLI.
+//! stand-in, dev/standins/nomad_standin.py) end to end through the terraform CLI.
 
 use crate::common;
 

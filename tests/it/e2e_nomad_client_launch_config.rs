@@ -1,6 +1,6 @@
 //! circleci_nomad_client_launch_config end to end: terraform CLI → provider → moto (EC2 and
 //! Auto Scaling). Groups are built, and the provider's work checked, with boto3 through
-//! dev/aws-fixture.py: a second AWS client that shares no code with the provider.
+//! dev/fixtures/aws_fixture.py: a second AWS client that shares no code with the provider.
 
 use crate::common;
 
@@ -25,7 +25,7 @@ fn fixture_at(s: &Servers, endpoint: &str, args: &[&str]) -> Json {
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")
         .output()
-        .expect("dev/aws-fixture.py (run `make services-up`)");
+        .expect("dev/fixtures/aws_fixture.py (run `make services-up`)");
     assert!(
         out.status.success(),
         "aws-fixture {args:?}: {}",

@@ -2,7 +2,7 @@
 //! machines: one sshd per client on loopback (the dev sshd's configuration, its own
 //! port), each with its own `/etc/nomad/config.hcl` (enterprise-setup's, as its
 //! user_data writes it) and, first on its sessions' PATH only, the `systemctl` /
-//! `service` stand-in (dev/nomad-agent-standin.py). A "restart" re-registers the node
+//! `service` stand-in (dev/standins/nomad_agent_standin.py). A "restart" re-registers the node
 //! with a private Nomad stand-in (`--nodes-dir`), which lists it `initializing`, then
 //! `ready` with a higher ModifyIndex; the tests count each client's restarts.
 
@@ -59,7 +59,7 @@ impl Fleet {
         let nodes = dir.path().join("nodes");
         std::fs::create_dir_all(&bin).unwrap();
         std::fs::create_dir_all(&nodes).unwrap();
-        let agent = common::repo_root().join("dev/nomad-agent-standin.py");
+        let agent = common::repo_root().join("dev/standins/nomad_agent_standin.py");
         for tool in ["systemctl", "service"] {
             std::os::unix::fs::symlink(&agent, bin.join(tool)).unwrap();
         }

@@ -1,5 +1,5 @@
 //! circleci_services_restart through terraform, against the CircleCI Services-machine
-//! simulator (dev/circleci-sim.py) on the test sshd: every config file resource, then
+//! simulator (dev/standins/circleci_sim.py) on the test sshd: every config file resource, then
 //! the restart and the runbook's checks, with the simulator's containers connecting
 //! for real to the test servers. The simulator is shared: these tests take turns and
 //! leave it started, on its default root.

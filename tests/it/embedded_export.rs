@@ -1,7 +1,7 @@
 //! The embedded PostgreSQL of the Services-machine simulator, driven the way CircleCI's
 //! export script drives it and the data migration will: over the provider's SSH
 //! commands, a temporary `postgres:9.5.8` container on /data/circle/postgres/9.5/data
-//! (dev/embedded-fixture.sh made it), `pg_dump` inside it, the container removed.
+//! (dev/fixtures/embedded_fixture.sh made it), `pg_dump` inside it, the container removed.
 
 use crate::common;
 

@@ -1,6 +1,6 @@
 //! The embedded MongoDB of the Services-machine simulator, driven the way the data
 //! migration will drive it: over the provider's SSH commands, a temporary `mongo:3.6.6`
-//! container on /data/circle/mongo (dev/embedded-fixture.sh filled it through the
+//! container on /data/circle/mongo (dev/fixtures/embedded_fixture.sh filled it through the
 //! MongoDB stand-in), the stand-ins of `mongo`, `mongodump` and `mongorestore` in it,
 //! the restore into the shared stand-in as a user whose password goes on stdin.
 

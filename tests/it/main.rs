@@ -1,5 +1,5 @@
 //! The integration and end-to-end tests, one binary: each module is one area, run
-//! against the real servers that dev/services-up.sh starts (tests/it/common says how a
+//! against the real servers that dev/services/up.sh starts (tests/it/common says how a
 //! missing server fails). The fault suite, which stops and kills servers, is its own
 //! binary (tests/faults.rs) so that it never runs beside these.
 //!

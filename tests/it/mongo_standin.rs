@@ -1,4 +1,4 @@
-//! The MongoDB stand-in (dev/mongo-standin), in both modes, against PyMongo 4.8 —
+//! The MongoDB stand-in (dev/standins/mongo_standin), in both modes, against PyMongo 4.8 —
 //! MongoDB's own Python driver, the last release that still supports MongoDB 3.6 —
 //! unmodified. What PyMongo accepts, negotiates and refuses shows the stand-in speaks
 //! MongoDB's protocol, and that its 3.6 mode looks like 3.6 to a real driver.

@@ -1,5 +1,5 @@
 //! Shared by the integration and end-to-end tests: the endpoints of the real servers
-//! that dev/services-up.sh started, and a harness that drives the real terraform CLI.
+//! that dev/services/up.sh started, and a harness that drives the real terraform CLI.
 //!
 //! A test whose server is missing fails with a message saying how to start it; it never
 //! skips.
@@ -113,7 +113,7 @@ impl Servers {
             .success()
     }
 
-    /// One MongoDB command through PyMongo (dev/mongo-client.py): Ok(reply), or
+    /// One MongoDB command through PyMongo (dev/fixtures/mongo_client.py): Ok(reply), or
     /// Err((exit code, output)) — 3 when the server said no, 4 when no login.
     pub(crate) fn pymongo(
         &self,
@@ -125,7 +125,7 @@ impl Servers {
             .arg(self.get("CIRCLECI_TEST_MONGO_CLIENT"))
             .args([uri, db, &cmd.to_string()])
             .output()
-            .expect("the venv's python runs dev/mongo-client.py");
+            .expect("the venv's python runs dev/fixtures/mongo_client.py");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         match out.status.code() {
             Some(0) => Ok(serde_json::from_str(&text).unwrap()),
@@ -486,7 +486,7 @@ impl Servers {
             .env("BAO_TOKEN", token)
             .env_remove("VAULT_ADDR")
             .output()
-            .expect("the bao CLI from dev/services-up.sh")
+            .expect("the bao CLI from dev/services/up.sh")
     }
 
     /// `bao` as root; panics on failure; returns stdout.
@@ -502,7 +502,7 @@ impl Servers {
 }
 
 impl Servers {
-    /// dev/aws-fixture.py against moto (boto3: shares no code with the provider);
+    /// dev/fixtures/aws_fixture.py against moto (boto3: shares no code with the provider);
     /// its JSON answer. Panics when it fails.
     pub(crate) fn aws_fixture(&self, args: &[&str]) -> serde_json::Value {
         let out = Command::new(self.get("CIRCLECI_TEST_AWS_PYTHON"))
@@ -516,7 +516,7 @@ impl Servers {
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
             .output()
-            .expect("dev/aws-fixture.py (run `make services-up`)");
+            .expect("dev/fixtures/aws_fixture.py (run `make services-up`)");
         assert!(
             out.status.success(),
             "aws-fixture {args:?}: {}",
@@ -530,7 +530,7 @@ impl Servers {
     }
 }
 
-/// A private Nomad stand-in (dev/nomad-standin.py) for one test, stopped by PID on drop.
+/// A private Nomad stand-in (dev/standins/nomad_standin.py) for one test, stopped by PID on drop.
 pub(crate) struct NomadStandin {
     child: std::process::Child,
     pub port: u16,
@@ -616,12 +616,12 @@ impl Servers {
         }
     }
 
-    /// A simulator root holding the embedded PostgreSQL (dev/embedded-fixture.sh) with
+    /// A simulator root holding the embedded PostgreSQL (dev/fixtures/embedded_fixture.sh) with
     /// `rows` rows in each big table and context secrets encrypted by the embedded
     /// OpenBao's context-service key, and the embedded MongoDB's documents.
     pub(crate) fn embedded_root(&self, rows: &str) -> tempfile::TempDir {
         let root = searchable_tempdir();
-        let out = Command::new(repo_root().join("dev/embedded-fixture.sh"))
+        let out = Command::new(repo_root().join("dev/fixtures/embedded_fixture.sh"))
             .arg(root.path())
             .arg(rows)
             .env(

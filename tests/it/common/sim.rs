@@ -1,4 +1,4 @@
-//! The CircleCI Services-machine simulator (dev/circleci-sim.py) as tests drive it: one
+//! The CircleCI Services-machine simulator (dev/standins/circleci_sim.py) as tests drive it: one
 //! test at a time points it at its own root; it is put back on drop.
 
 use std::path::{Path, PathBuf};
@@ -142,7 +142,7 @@ impl Drop for Sim {
     }
 }
 
-/// What the Nomad stand-ins list (dev/nomad-standin.py `--nodes-dir` / `--allocs-dir`,
+/// What the Nomad stand-ins list (dev/standins/nomad_standin.py `--nodes-dir` / `--allocs-dir`,
 /// under `CIRCLECI_TEST_EMBEDDED_NOMAD_DIR` or `CIRCLECI_TEST_CI_NOMAD_DIR`), changed
 /// for one test: every file it writes or changes is put back on drop.
 pub(crate) struct NomadFixture {

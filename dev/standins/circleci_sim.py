@@ -3,7 +3,7 @@
 Services machine (Replicated, Docker, CircleCI's own containers) cannot be installed
 here. It answers the commands circleci_services_restart runs over SSH, as the
 `replicatedctl` and `docker` on the test sshd's PATH (wrappers made by
-dev/services-up.sh), and refuses everything else with exit status 64.
+dev/services/up.sh), and refuses everything else with exit status 64.
 
 What it does for real: on `replicatedctl app start`, each simulated container reads the
 config files the way CircleCI does (bash `source` of /etc/circleconfig/... and
@@ -53,7 +53,7 @@ default 1), version (default 2.17.3), stuck ("started" or "stopped": the app nev
 there), rm_refused (container names whose docker rm fails, as a daemon's does when it cannot
 remove one: the container keeps running), pg95_archives (settings.json only; default true: the embedded pg_dump's
 custom-format archives rewritten as 9.5 writes them; false leaves them as 15 writes them, for
-`make bench`: the rewrite copies the data). Usage: circleci-sim.py replicatedctl|docker|boot ARGS...
+`make bench`: the rewrite copies the data). Usage: circleci_sim.py replicatedctl|docker|boot ARGS...
 """
 
 import fcntl

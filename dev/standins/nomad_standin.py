@@ -11,7 +11,7 @@ implements just what circleci_external_nomad uses, and refuses everything else:
   GET /v1/nodes          -> with --nodes-dir D: one node stub per D/NAME.json, as the
                             nodes list of Nomad's HTTP API documents it (ID, Name,
                             Address, Status, ModifyIndex, ...). D/NAME.json is written by
-                            dev/nomad-agent-standin.py, the systemctl/service stand-in on
+                            dev/standins/nomad_agent_standin.py, the systemctl/service stand-in on
                             the test client machines, each time it "restarts" the agent:
                             {"Name", "Address", "Restarts", "RestartedAt"}. A node is
                             "initializing" for REGISTER_SECONDS after a restart, then
@@ -53,7 +53,7 @@ implements just what circleci_external_nomad uses, and refuses everything else:
   X-Nomad-Token          -> checked when --token is given: 403 "Permission denied"
   anything else          -> 404; methods other than GET and those POSTs -> 405
 
-Usage: nomad-standin.py --port N [--token T] [--no-leader] [--tls-cert F --tls-key F]
+Usage: nomad_standin.py --port N [--token T] [--no-leader] [--tls-cert F --tls-key F]
                         [--nodes-dir D] [--allocs-dir A] [--app-state S] [--pidfile F]
                         [--peers A:P,B:P] [--version V]
 Binds 127.0.0.1 only.

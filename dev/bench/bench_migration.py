@@ -2,7 +2,7 @@
 """`make bench`, the data migration: circleci_data_migration against a plain pipe.
 
 On the Services-machine simulator, over the embedded PostgreSQL fixture of
-dev/embedded-fixture.sh with BENCH_MIGRATION_ROWS rows per big table (default 1,700,000:
+dev/fixtures/embedded_fixture.sh with BENCH_MIGRATION_ROWS rows per big table (default 1,700,000:
 1.07 GB in pg_database_size; less than 1 GB fails the benchmark), in the same run:
   (m) terraform apply of circleci_postgres_databases + circleci_data_migration +
       circleci_services_restart: the provider's migration (export kept, every table
@@ -14,7 +14,7 @@ dev/embedded-fixture.sh with BENCH_MIGRATION_ROWS rows per big table (default 1,
 Both timed from the temporary container's start to its removal (the provider's
 postgres_elapsed; its whole elapsed also stops CircleCI).
 Prints MB/s and rows/s of both, the ratio (p time / m time; target >= 0.9), and the
-cutover's downtime. Imported by dev/bench.py; runnable alone with a built provider
+cutover's downtime. Imported by dev/bench/bench.py; runnable alone with a built provider
 (BIN=path/to/terraform-provider-circleci).
 """
 
@@ -81,7 +81,7 @@ def fixture(root, rows, mongo=False):
         os.chmod(d, os.stat(d).st_mode | 0o755)
         d = os.path.dirname(d)
     subprocess.run(
-        [os.path.join(ROOT, "dev", "embedded-fixture.sh"), root, str(rows)], check=True,
+        [os.path.join(ROOT, "dev", "fixtures", "embedded_fixture.sh"), root, str(rows)], check=True,
         env=dict(os.environ, EMBEDDED_VAULT_ADDR=E["CIRCLECI_TEST_EMBEDDED_VAULT_ADDR"],
                  EMBEDDED_VAULT_TOKEN=E["CIRCLECI_TEST_EMBEDDED_VAULT_TOKEN"], BAO=E["CIRCLECI_TEST_BAO"],
                  **({"MONGO_STANDIN": E["CIRCLECI_TEST_MONGO_STANDIN"], "PYTHON": E["CIRCLECI_TEST_PYTHON"]}

@@ -1,4 +1,4 @@
-"""What dev/bench.py and dev/bench_migration.py share: the servers' endpoints from
+"""What dev/bench/bench.py and dev/bench/bench_migration.py share: the servers' endpoints from
 dev/.state/env, the CLI configuration that points Terraform at a built provider, a
 terraform runner, and the provider block for the test Services machine."""
 
@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 STATE = os.path.join(ROOT, "dev", ".state")
 
 

@@ -7,7 +7,7 @@ never on the host's own.
 It does exactly what circleci_nomad_client_static asks of it, and refuses the rest:
   systemctl restart nomad   |   service nomad restart
 "Restarting" the agent re-registers its node with the Nomad stand-in
-(dev/nomad-standin.py --nodes-dir D): D/NAME.json gets one more restart and the time,
+(dev/standins/nomad_standin.py --nodes-dir D): D/NAME.json gets one more restart and the time,
 and D/NAME.restarts one more line, which the tests count. D and NAME come from the
 session's environment: NOMAD_STANDIN_NODES and NOMAD_STANDIN_NODE (the client sshd sets
 them with SetEnv). Any other command exits 1 with "not implemented by the stand-in".

@@ -8,14 +8,14 @@ In one run, median of N (default 5) each:
   (d) the complete example (examples/complete: every resource type) after apply
   (e) 1 circleci_nomad_client_launch_config after apply (refresh: 2 AWS calls to moto)
   (g) the marginal cost per resource with and without via_services_host, side by side,
-      and 40 resources in parallel on the one SSH connection (dev/bench_tunnel.py)
+      and 40 resources in parallel on the one SSH connection (dev/bench/bench_tunnel.py)
   (f) the data migration against a plain pg_dump | pg_restore pipe, and the cutover's
-      downtime (dev/bench_migration.py, once: it moves over a gigabyte)
+      downtime (dev/bench/bench_migration.py, once: it moves over a gigabyte)
 Prints the times, the provider's fixed cost per plan (b - a), its marginal cost per
 resource ((c50 - c1) / 49), the handshake time, the provider's peak RSS and the number
 of SSH logins one plan makes. Targets: fixed <= 0.05 s, marginal <= 4 ms/resource.
 
-Needs the servers of dev/services-up.sh and a release build (dev/bench.sh does both).
+Needs the servers of dev/services/up.sh and a release build (dev/bench.sh does both).
 """
 
 import os

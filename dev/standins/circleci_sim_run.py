@@ -1,4 +1,4 @@
-"""Temporary containers for the CircleCI Services-machine simulator (dev/circleci-sim.py):
+"""Temporary containers for the CircleCI Services-machine simulator (dev/standins/circleci_sim.py):
 what CircleCI's own export script (server-scripts, migrate/2.19-export.sh) starts over
 the embedded data with the app stopped.
 
@@ -6,7 +6,7 @@ the embedded data with the app stopped.
       -> the REAL PostgreSQL server installed here (15, not 9.5.8: a named gap) on that
          data directory, as user postgres, listening on a Unix socket only
   docker exec [-i] N psql|pg_dump|pg_dumpall|pg_restore ARGS...
-      -> the real client binaries against it (pg_dump behind dev/pg95_dump_standin.py:
+      -> the real client binaries against it (pg_dump behind dev/standins/pg95_dump_standin.py:
          its custom-format archives rewritten as 9.5 writes them, `CREATE SCHEMA public`
          and all, unless the "pg95_archives" setting is false); a container path under a mount in
          ARGS is mapped to the host directory (other mounts are made writable for the
@@ -15,10 +15,10 @@ the embedded data with the app stopped.
       -> bash with PGHOST/PGPORT pointing at it and the PostgreSQL binaries on PATH
          (pg_dump: the same 9.5 stand-in)
   docker run [--rm] --name N -d -v HOSTDIR:/data/db [-v HOSTDIR:/DIR ...] mongo:3.6.6
-      -> the MongoDB STAND-IN (dev/mongo-standin) in 3.6 mode over that directory
+      -> the MongoDB STAND-IN (dev/standins/mongo_standin) in 3.6 mode over that directory
          (--dbpath), without logins as the embedded MongoDB runs, on a free loopback port
   docker exec [-i] N mongodump|mongorestore|mongo ARGS...
-      -> dev/mongo_tools_standin.py: PyMongo stand-ins for those tools (see its header)
+      -> dev/standins/mongo_tools_standin.py: PyMongo stand-ins for those tools (see its header)
   docker exec [-i] N bash -c SCRIPT [ARG...]   (mongo:3.6.6)
       -> bash as root, the image's shell (the export's seal; a dump under umask 077),
          with the tool stand-ins on PATH as mongodump, mongorestore and mongo
@@ -27,7 +27,7 @@ the embedded data with the app stopped.
          setting's, {"IMAGE": "postgres:X"}, for a tag that names none; any other image is
          "pull access denied")
   docker exec [-i] N psql|pg_restore ARGS... / bash -c SCRIPT [ARG...]   (postgres:X)
-      -> dev/pg_client_standin.py: the host's clients behind release X's differences
+      -> dev/standins/pg_client_standin.py: the host's clients behind release X's differences
          (its --version; SCRAM refused before 10; 9.5 dumps refused before 9.5)
   docker exec [-i] N mongorestore ARGS... / bash -c SCRIPT [ARG...]   (mongo:X)
       -> the tool stand-ins as release X's tools (the legacy ones before 4.4)
@@ -218,7 +218,7 @@ def _pg_client_bin(state):
 
 
 def _pg95_bin(state):
-    """A directory of pg_dump: 9.5's stand-in (dev/pg95_dump_standin.py), by that name."""
+    """A directory of pg_dump: 9.5's stand-in (dev/standins/pg95_dump_standin.py), by that name."""
     script = shlex.quote(os.path.join(HERE, "pg95_dump_standin.py"))
     return _scripts_dir(state, "pg95-bin", {"pg_dump": f'#!/bin/sh\nexec /usr/bin/python3 {script} "$@"\n'})
 

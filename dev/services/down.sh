@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Stops the servers dev/services-up.sh started, by the PIDs it recorded.
+# Stops the servers dev/services/up.sh started, by the PIDs it recorded.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 D=$PWD/dev/.state
 for name in sshd redis bao bao-embedded nomad nomad-embedded nomad-external mongo mongo36 moto; do
   f=$D/$name.pid

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """STAND-INS for MongoDB's mongodump, mongorestore and mongo shell, as the CircleCI
 Services-machine simulator runs them in its temporary `mongo:3.6.6` container
-(dev/circleci_sim_run.py). Not MongoDB's tools: small PyMongo programs written from
+(dev/standins/circleci_sim_run.py). Not MongoDB's tools: small PyMongo programs written from
 their documentation, for the options the data migration uses; anything else is refused
 with status 64.
 
