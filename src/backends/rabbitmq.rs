@@ -12,19 +12,21 @@ use lapin::uri::{
 
 use crate::backends::tunnel::Route;
 
-/// Why a login failed. Classified by the AMQP reply code, never by message text.
+/// Why a login failed. Classified by the AMQP reply code, never by message text. A
+/// library error is the source, not part of the message: [`crate::backends::chain`]
+/// prints both.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum MqError {
     /// The broker refused the credentials (403 ACCESS_REFUSED) or the vhost (530
     /// NOT_ALLOWED).
-    #[error("RabbitMQ at {target} refused the login: {source}")]
+    #[error("RabbitMQ at {target} refused the login")]
     Refused {
         target: String,
         #[source]
         source: lapin::Error,
     },
     /// Nothing answered, or the connection broke before login.
-    #[error("RabbitMQ at {target} is not reachable: {source}")]
+    #[error("RabbitMQ at {target} is not reachable")]
     Unreachable {
         target: String,
         #[source]
@@ -35,7 +37,7 @@ pub(crate) enum MqError {
     Tunnel { target: String, detail: String },
     #[error("RabbitMQ at {target} did not answer within {}", humantime::format_duration(*.after))]
     Timeout { target: String, after: Duration },
-    #[error("CA certificate file {}: {source}", path.display())]
+    #[error("CA certificate file {}", path.display())]
     CaFile {
         path: PathBuf,
         #[source]
@@ -44,7 +46,7 @@ pub(crate) enum MqError {
     /// The broker's `Connection.Start` did not arrive or did not parse.
     #[error("RabbitMQ at {target} did not announce itself: {detail}")]
     Start { target: String, detail: String },
-    #[error("RabbitMQ at {target} failed: {source}")]
+    #[error("RabbitMQ at {target} failed")]
     Other {
         target: String,
         #[source]
@@ -197,7 +199,7 @@ pub(crate) async fn server_version(l: &Login<'_>) -> Result<String, MqError> {
             .await
             .map_err(|e| MqError::Tunnel {
                 target: target.clone(),
-                detail: e.to_string(),
+                detail: crate::backends::chain(&e),
             })?;
         let mut s: Box<dyn Stream> = if l.tls {
             let tls = owned_tls(l.ca_file)?;
@@ -341,6 +343,19 @@ pub(crate) async fn login(l: &Login<'_>) -> Result<(), MqError> {
 #[cfg(test)]
 mod tests {
     use super::start_version;
+
+    /// The library's error is the source: the message names the file, the chain prints
+    /// the cause once.
+    #[test]
+    fn the_cause_is_the_source_and_is_printed_once() {
+        let e = super::MqError::CaFile {
+            path: "/etc/ca.pem".into(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        };
+        assert_eq!(e.to_string(), "CA certificate file /etc/ca.pem");
+        let text = crate::backends::chain(&e);
+        assert_eq!(text, "CA certificate file /etc/ca.pem: no such file");
+    }
 
     /// A `Connection.Start` frame as RabbitMQ 3.6 sends it (server-properties with
     /// `product`, `version`, a nested `capabilities` table), built by hand from the

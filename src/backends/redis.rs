@@ -5,22 +5,23 @@ use std::time::Duration;
 
 use crate::backends::tunnel::Route;
 
-/// Why PING failed; every variant names `host:port`.
+/// Why PING failed; every variant names `host:port`. The client library's error is the
+/// source, not part of the message: [`crate::backends::chain`] prints both.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RedisError {
-    #[error("Redis at {target}: {source}")]
+    #[error("Redis at {target}")]
     Client {
         target: String,
         #[source]
         source: redis::RedisError,
     },
-    #[error("Redis at {target} is not reachable: {source}")]
+    #[error("Redis at {target} is not reachable")]
     Unreachable {
         target: String,
         #[source]
         source: redis::RedisError,
     },
-    #[error("Redis at {target} did not answer PING: {source}")]
+    #[error("Redis at {target} did not answer PING")]
     Ping {
         target: String,
         #[source]
@@ -68,7 +69,7 @@ pub(crate) async fn ping(
                 .await
                 .map_err(|e| RedisError::Tunnel {
                     target: target.clone(),
-                    detail: e.to_string(),
+                    detail: crate::backends::chain(&e),
                 })?;
             let (con, driver) = redis::aio::MultiplexedConnection::new(
                 &redis::RedisConnectionInfo::default(),
@@ -131,5 +132,25 @@ mod tests {
         let info = "# Server\r\nredis_version:4.0.14\r\nredis_git_sha1:00000000\r\n";
         assert_eq!(super::version_of_info(info), Some("4.0.14"));
         assert_eq!(super::version_of_info("# Server\r\nos:Linux\r\n"), None);
+    }
+
+    /// The client's error is the source: the message names the server and the step,
+    /// and the chain prints the cause once.
+    #[test]
+    fn the_cause_is_the_source_and_is_printed_once() {
+        let e = super::RedisError::Ping {
+            target: "r.internal:6379".into(),
+            source: redis::RedisError::from((redis::ErrorKind::IoError, "broken pipe")),
+        };
+        assert_eq!(
+            e.to_string(),
+            "Redis at r.internal:6379 did not answer PING"
+        );
+        let text = crate::backends::chain(&e);
+        assert!(
+            text.starts_with("Redis at r.internal:6379 did not answer PING: "),
+            "{text}"
+        );
+        assert_eq!(text.matches("broken pipe").count(), 1, "{text}");
     }
 }

@@ -44,14 +44,19 @@ impl fmt::Debug for Route {
 }
 
 /// Which hop failed.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum DialError {
     /// A direct TCP connection failed.
     #[error("connecting to {target}: {detail}")]
     Tcp { target: String, detail: String },
     /// The SSH connection to the Services machine itself failed.
-    #[error("the SSH connection to the Services machine failed, so {target} could not be reached through it: {source}")]
-    Ssh { target: String, source: SshError },
+    /// The SSH error is the source: [`super::chain`] prints it after this message.
+    #[error("the SSH connection to the Services machine failed, so {target} could not be reached through it")]
+    Ssh {
+        target: String,
+        #[source]
+        source: SshError,
+    },
     /// sshd said no: `AllowTcpForwarding no`, or `PermitOpen` without this target.
     #[error("the Services machine ({services}) refused the tunnel to {target}: {reason} (its sshd_config's AllowTcpForwarding or PermitOpen forbids it)")]
     Refused {
@@ -111,7 +116,7 @@ impl Route {
         drop(
             self.dial(host, port, timeout)
                 .await
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| super::chain(&e))?,
         );
         h.socks_proxy().map(Some)
     }
@@ -464,9 +469,10 @@ async fn serve(
                 _ => 1,
             };
             // Recorded before the client hears of it: it asks why at once.
-            record(Some(e.to_string()));
+            let why = super::chain(&e);
+            record(Some(why.clone()));
             let _ = tcp.write_all(&[5, code, 0, 1, 0, 0, 0, 0, 0, 0]).await;
-            Err((Some(at.clone()), e.to_string()))
+            Err((Some(at.clone()), why))
         }
     }
 }
@@ -544,6 +550,22 @@ async fn handshake(
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The SSH failure is the source of a dial error: the message says which hop, the
+    /// chain adds the cause once.
+    #[test]
+    fn the_ssh_cause_is_the_source_and_is_printed_once() {
+        let e = DialError::Ssh {
+            target: "pg.internal:5432".into(),
+            source: SshError::Connect("connecting to u@svc:22: Connection refused".into()),
+        };
+        assert!(!e.to_string().contains("Connection refused"), "{e}");
+        assert_eq!(
+            crate::backends::chain(&e),
+            "the SSH connection to the Services machine failed, so pg.internal:5432 could not be \
+             reached through it: connecting to u@svc:22: Connection refused"
+        );
+    }
 
     /// A connector that opens a plain TCP connection (instead of an SSH channel).
     fn tcp_connector() -> Connector {

@@ -34,7 +34,7 @@ pub struct VaultConfig {
 }
 
 /// What failed, at which Vault. Classified by the HTTP status Vault answered with.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum VaultError {
     /// Vault answered with an error status.
     #[error("{what} at {address}: HTTP {status}{}{}", if .errors.is_empty() { String::new() } else { format!(": {}", .errors.join("; ")) }, if *.status == 403 { " (permission denied: check the provider's vault token and its policies)" } else { "" })]
@@ -107,7 +107,9 @@ fn key_type(s: &str) -> Option<KeyType> {
 /// A Vault client: transit mounts and keys, policies and tokens.
 pub struct Vault {
     cfg: VaultConfig,
-    admin: OnceLock<Result<VaultClient, VaultError>>,
+    /// Built on first use; a failure is not kept (building again fails the same way
+    /// and costs nothing), so errors need no `Clone`.
+    admin: OnceLock<VaultClient>,
 }
 
 impl fmt::Debug for Vault {
@@ -247,10 +249,11 @@ impl Vault {
     }
 
     fn admin(&self) -> Result<&VaultClient, VaultError> {
-        self.admin
-            .get_or_init(|| self.client_for(self.cfg.token.expose()))
-            .as_ref()
-            .map_err(|e| e.clone())
+        if let Some(c) = self.admin.get() {
+            return Ok(c);
+        }
+        let c = self.client_for(self.cfg.token.expose())?;
+        Ok(self.admin.get_or_init(|| c))
     }
 
     /// The version the server reports (`GET /v1/sys/health`, which needs no token and

@@ -466,7 +466,8 @@ mod tests {
 
     /// Shaped like enterprise-setup's nomad_user_data.tpl once rendered; the e2e tests'
     /// launch configurations carry the same file.
-    pub(super) const ENTERPRISE_SETUP: &str = include_str!("../../dev/fixtures/nomad_client_user_data.sh");
+    pub(super) const ENTERPRISE_SETUP: &str =
+        include_str!("../../dev/fixtures/nomad_client_user_data.sh");
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()

@@ -116,7 +116,10 @@ fn login_diag(e: MqError, config: &Value, path: &str) -> Diagnostics {
     };
     Diagnostic::error(
         summary,
-        format!("{e}. Nothing was written to {path}. Set verify = false to write the file anyway."),
+        format!(
+            "{}. Nothing was written to {path}. Set verify = false to write the file anyway.",
+            crate::backends::chain(&e)
+        ),
     )
     .at(at)
     .into()
@@ -237,7 +240,7 @@ impl FileResource for ExternalRabbitmq {
         let m = at_plan(planned)?;
         let route = self.data.check_route(planned, || self.data.route()).ok()?;
         let l = login(&m, "", &route, self.data.timeout());
-        Some(found(&l).await.map_err(|e| e.to_string()))
+        Some(found(&l).await.map_err(|e| crate::backends::chain(&e)))
     }
 
     fn refresh_from_file(&self, text: &str, fresh: &mut Value) {

@@ -125,7 +125,8 @@ impl FileResource for ExternalRedis {
                         Diagnostic::error(
                             "Redis is not reachable",
                             format!(
-                                "{e}. Nothing was written to {}. Set verify = false to write the file anyway.",
+                                "{}. Nothing was written to {}. Set verify = false to write the file anyway.",
+                                backends::chain(&e),
                                 common.config_path
                             ),
                         )
@@ -163,7 +164,7 @@ impl FileResource for ExternalRedis {
                     version,
                     at: crate::backends::tunnel::host_port(&m.host, m.port),
                 })
-                .map_err(|e| e.to_string()),
+                .map_err(|e| backends::chain(&e)),
         )
     }
 

@@ -17,25 +17,11 @@ const SERVERS: [&str; 3] = [
 ];
 
 fn fixture_at(s: &Servers, endpoint: &str, args: &[&str]) -> Json {
-    let out = Command::new(s.get("CIRCLECI_TEST_AWS_PYTHON"))
-        .arg(s.get("CIRCLECI_TEST_AWS_FIXTURE"))
-        .args(args)
-        .env("CIRCLECI_TEST_AWS_ENDPOINT", endpoint)
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .output()
-        .expect("dev/fixtures/aws_fixture.py (run `make services-up`)");
-    assert!(
-        out.status.success(),
-        "aws-fixture {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    s.aws_fixture_at(endpoint, args)
 }
 
 fn fixture(s: &Servers, args: &[&str]) -> Json {
-    fixture_at(s, s.get("CIRCLECI_TEST_AWS_ENDPOINT"), args)
+    s.aws_fixture(args)
 }
 
 /// An Auto Scaling group with two clients on a launch configuration (`lc`) or template

@@ -26,7 +26,7 @@ use wire::{Conn, TlsSettings, WireError, MIN_WIRE_VERSION};
 
 /// What failed, on which hosts (never the connection string: it carries a password).
 /// `code` is MongoDB's error code when the server answered a command with one.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum MongoError {
     #[error("the MongoDB connection string for {hosts} is not valid: {detail}")]
     BadUri { hosts: String, detail: String },

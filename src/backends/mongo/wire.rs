@@ -157,7 +157,7 @@ async fn open_io(
     let io = route
         .dial(host, port, timeout)
         .await
-        .map_err(|e| WireError::Io(e.to_string()))?;
+        .map_err(|e| WireError::Io(crate::backends::chain(&e)))?;
     let Some(cfg) = tls else {
         return Ok(io);
     };

@@ -6,7 +6,7 @@ use tokio_postgres::error::SqlState;
 
 /// What failed, where. Never contains a password. Classified by variant and SQLSTATE,
 /// never by message text.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum PgError {
     /// The server could not be reached, refused the login, or its certificate was not
     /// trusted (`cert`).

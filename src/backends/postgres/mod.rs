@@ -112,7 +112,7 @@ struct Conn {
 /// The administrator's connections, one per database, opened on first use.
 pub struct PgAdmin {
     cfg: PgConfig,
-    tls: std::sync::OnceLock<Result<Tls, PgError>>,
+    tls: std::sync::OnceLock<Tls>,
     conns: Mutex<HashMap<String, Conn>>,
     server: tokio::sync::OnceCell<ServerInfo>,
 }
@@ -198,14 +198,15 @@ impl PgAdmin {
         target(&self.cfg.user, &self.cfg.host, self.cfg.port)
     }
 
-    /// The TLS settings for `sslmode` and the CA file, read once.
+    /// The TLS settings for `sslmode` and the CA file, read once (a failure is not
+    /// kept: reading again fails the same way, and errors need no `Clone`).
     pub fn tls(&self) -> Result<Tls, PgError> {
-        self.tls
-            .get_or_init(|| {
-                Tls::new(self.cfg.sslmode, self.cfg.sslrootcert.as_deref())
-                    .map(|t| t.with_route(self.cfg.route.clone()))
-            })
-            .clone()
+        if let Some(t) = self.tls.get() {
+            return Ok(t.clone());
+        }
+        let t = Tls::new(self.cfg.sslmode, self.cfg.sslrootcert.as_deref())?
+            .with_route(self.cfg.route.clone());
+        Ok(self.tls.get_or_init(|| t).clone())
     }
 
     fn err(&self, what: &str, e: &tokio_postgres::Error) -> PgError {

@@ -133,7 +133,7 @@ impl Tls {
                 Ok(r) => r.map_err(|e| PgError::Connect {
                     target: who.clone(),
                     database: dbname.to_string(),
-                    detail: e.to_string(),
+                    detail: crate::backends::chain(&e),
                     code: None,
                     cert: false,
                 })?,

@@ -173,7 +173,7 @@ impl ServicesHost {
                 Some(via) => {
                     let stream = via.open_tunnel_boxed(&cfg.host, cfg.port).await.map_err(
                         |e: super::super::tunnel::DialError| {
-                            russh::Error::IO(std::io::Error::other(e.to_string()))
+                            russh::Error::IO(std::io::Error::other(crate::backends::chain(&e)))
                         },
                     )?;
                     russh::client::connect_stream(ssh_cfg, stream, client).await
@@ -281,19 +281,20 @@ impl ServicesHost {
     ) -> Result<bool, SshError> {
         let cfg = &self.cfg;
         let target = cfg.target();
-        match &cfg.auth {
-            SshAuth::Key(_) | SshAuth::KeyFile(_) => {
-                let key = match &cfg.auth {
-                    SshAuth::Key(k) => {
-                        russh::keys::decode_secret_key(k.expose(), None).map_err(|e| {
-                            SshError::Auth(format!("the private key could not be read: {e}"))
-                        })?
-                    }
-                    SshAuth::KeyFile(p) => russh::keys::load_secret_key(p, None).map_err(|e| {
+        let key =
+            match &cfg.auth {
+                SshAuth::Key(k) => Some(russh::keys::decode_secret_key(k.expose(), None).map_err(
+                    |e| SshError::Auth(format!("the private key could not be read: {e}")),
+                )?),
+                SshAuth::KeyFile(p) => {
+                    Some(russh::keys::load_secret_key(p, None).map_err(|e| {
                         SshError::Auth(format!("private key file {}: {e}", p.display()))
-                    })?,
-                    SshAuth::Agent => unreachable!(),
-                };
+                    })?)
+                }
+                SshAuth::Agent => None,
+            };
+        match key {
+            Some(key) => {
                 let hash = if key.algorithm().is_rsa() {
                     rsa_hash(handle).await
                 } else {
@@ -306,7 +307,7 @@ impl ServicesHost {
                     .map_err(|e| SshError::Auth(format!("authenticating to {target}: {e}")))?;
                 Ok(r.success())
             }
-            SshAuth::Agent => {
+            None => {
                 let mut agent = russh::keys::agent::client::AgentClient::connect_env().await.map_err(|e| {
                     SshError::Auth(format!("no private key is configured and the ssh-agent (SSH_AUTH_SOCK) is not usable: {e}"))
                 })?;

@@ -92,7 +92,7 @@ impl SshConfig {
 
 /// What went wrong, where. Never contains key material. Every message names the
 /// target (`user@host:port`) and, for file operations, the path.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum SshError {
     /// The machine could not be reached, or the SSH session or SFTP could not start.
     #[error("{0}")]

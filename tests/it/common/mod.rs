@@ -505,13 +505,15 @@ impl Servers {
     /// dev/fixtures/aws_fixture.py against moto (boto3: shares no code with the provider);
     /// its JSON answer. Panics when it fails.
     pub(crate) fn aws_fixture(&self, args: &[&str]) -> serde_json::Value {
+        self.aws_fixture_at(self.get("CIRCLECI_TEST_AWS_ENDPOINT"), args)
+    }
+
+    /// The same against the moto at `endpoint` (a test's own).
+    pub(crate) fn aws_fixture_at(&self, endpoint: &str, args: &[&str]) -> serde_json::Value {
         let out = Command::new(self.get("CIRCLECI_TEST_AWS_PYTHON"))
             .arg(self.get("CIRCLECI_TEST_AWS_FIXTURE"))
             .args(args)
-            .env(
-                "CIRCLECI_TEST_AWS_ENDPOINT",
-                self.get("CIRCLECI_TEST_AWS_ENDPOINT"),
-            )
+            .env("CIRCLECI_TEST_AWS_ENDPOINT", endpoint)
             .env("AWS_REGION", "us-east-1")
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
