@@ -557,7 +557,10 @@ mod tests {
     fn the_ssh_cause_is_the_source_and_is_printed_once() {
         let e = DialError::Ssh {
             target: "pg.internal:5432".into(),
-            source: SshError::Connect("connecting to u@svc:22: Connection refused".into()),
+            source: SshError::connect_by(
+                "connecting to u@svc:22",
+                std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused"),
+            ),
         };
         assert!(!e.to_string().contains("Connection refused"), "{e}");
         assert_eq!(

@@ -191,7 +191,10 @@ async fn services_store(
         .into()),
         Err(e) => Err(Diagnostic::error(
             "Could not read the Services machine's CA store",
-            format!("{bundle}: {e}. Nothing was written to {path}."),
+            format!(
+                "{bundle}: {}. Nothing was written to {path}.",
+                crate::backends::chain(&e)
+            ),
         )
         .at(at)
         .into()),

@@ -204,7 +204,7 @@ pub(crate) fn ssh_diag(summary: &str, e: SshError) -> Diagnostics {
         SshErrorKind::Connect => "Could not reach the Services machine",
         SshErrorKind::Io => summary,
     };
-    let mut detail = e.to_string();
+    let mut detail = crate::backends::chain(&e);
     if e.is_permission_denied() {
         detail.push_str(
             ". If the SSH user is not root, set sudo = true in the provider's services_host block \
@@ -217,6 +217,20 @@ pub(crate) fn ssh_diag(summary: &str, e: SshError) -> Diagnostics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The SSH library's error is the source of an [`SshError`]; the diagnostic still
+    /// says it, once, after the step that failed.
+    #[test]
+    fn an_ssh_diagnostic_says_the_cause_once() {
+        let e = SshError::connect_by(
+            "connecting to u@svc:22",
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused"),
+        );
+        assert!(!e.to_string().contains("refused"), "{e}");
+        let d = ssh_diag("Could not read /etc/x", e);
+        assert_eq!(d.0[0].summary, "Could not reach the Services machine");
+        assert_eq!(d.0[0].detail, "connecting to u@svc:22: Connection refused");
+    }
 
     #[test]
     fn every_schema_names_each_attribute_once() {

@@ -182,7 +182,7 @@ impl ServicesHost {
         };
         let handle = match tokio::time::timeout(cfg.timeout, connect).await {
             Err(_) => {
-                return Err(SshError::Connect(format!(
+                return Err(SshError::connect(format!(
                     "connecting to {target}: no answer within {}",
                     humantime::format_duration(cfg.timeout)
                 )))
@@ -191,7 +191,7 @@ impl ServicesHost {
                 if let Some(why) = refusal.lock().unwrap_or_else(|e| e.into_inner()).take() {
                     return Err(SshError::HostKey(why));
                 }
-                return Err(SshError::Connect(format!("connecting to {target}: {e}")));
+                return Err(SshError::connect_by(format!("connecting to {target}"), e));
             }
             Ok(Ok(h)) => h,
         };
@@ -204,9 +204,9 @@ impl ServicesHost {
         let target = cfg.target();
         let authed = tokio::time::timeout(cfg.timeout, self.authenticate(handle))
             .await
-            .map_err(|_| SshError::Auth(format!("authenticating to {target}: timed out")))??;
+            .map_err(|_| SshError::auth(format!("authenticating to {target}: timed out")))??;
         if !authed {
-            return Err(SshError::Auth(format!(
+            return Err(SshError::auth(format!(
                 "{target} refused public-key authentication for user {:?} with {}",
                 cfg.user,
                 match &cfg.auth {
@@ -224,7 +224,7 @@ impl ServicesHost {
         let cfg = &self.cfg;
         let target = cfg.target();
         let late = |what: &str| {
-            SshError::Connect(format!(
+            SshError::connect(format!(
                 "{what} on {target}: no answer within {}",
                 humantime::format_duration(cfg.timeout)
             ))
@@ -232,7 +232,7 @@ impl ServicesHost {
         let channel = tokio::time::timeout(cfg.timeout, handle.channel_open_session())
             .await
             .map_err(|_| late("opening a session"))?
-            .map_err(|e| SshError::Connect(format!("opening a session on {target}: {e}")))?;
+            .map_err(|e| SshError::connect_by(format!("opening a session on {target}"), e))?;
         let use_sudo = cfg.sudo && cfg.user != "root";
         let start = async {
             if use_sudo {
@@ -244,7 +244,7 @@ impl ServicesHost {
         tokio::time::timeout(cfg.timeout, start)
             .await
             .map_err(|_| late("starting SFTP"))?
-            .map_err(|e| SshError::Connect(format!("starting SFTP on {target}: {e}")))?;
+            .map_err(|e| SshError::connect_by(format!("starting SFTP on {target}"), e))?;
         let sftp = RawSftpSession::new(channel.into_stream());
         sftp.set_timeout(cfg.timeout.as_secs().max(1));
         let version = sftp.init().await.map_err(|e| {
@@ -256,7 +256,7 @@ impl ServicesHost {
             } else {
                 String::new()
             };
-            SshError::Connect(format!("starting SFTP on {target}: {e}{hint}"))
+            SshError::connect_by(format!("starting SFTP on {target}{hint}"), e)
         })?;
         let posix_rename = version
             .extensions
@@ -281,18 +281,18 @@ impl ServicesHost {
     ) -> Result<bool, SshError> {
         let cfg = &self.cfg;
         let target = cfg.target();
-        let key =
-            match &cfg.auth {
-                SshAuth::Key(k) => Some(russh::keys::decode_secret_key(k.expose(), None).map_err(
-                    |e| SshError::Auth(format!("the private key could not be read: {e}")),
-                )?),
-                SshAuth::KeyFile(p) => {
-                    Some(russh::keys::load_secret_key(p, None).map_err(|e| {
-                        SshError::Auth(format!("private key file {}: {e}", p.display()))
-                    })?)
-                }
-                SshAuth::Agent => None,
-            };
+        let key = match &cfg.auth {
+            SshAuth::Key(k) => Some(
+                russh::keys::decode_secret_key(k.expose(), None)
+                    .map_err(|e| SshError::auth_by("the private key could not be read", e))?,
+            ),
+            SshAuth::KeyFile(p) => {
+                Some(russh::keys::load_secret_key(p, None).map_err(|e| {
+                    SshError::auth_by(format!("private key file {}", p.display()), e)
+                })?)
+            }
+            SshAuth::Agent => None,
+        };
         match key {
             Some(key) => {
                 let hash = if key.algorithm().is_rsa() {
@@ -304,17 +304,17 @@ impl ServicesHost {
                 let r = handle
                     .authenticate_publickey(cfg.user.clone(), key)
                     .await
-                    .map_err(|e| SshError::Auth(format!("authenticating to {target}: {e}")))?;
+                    .map_err(|e| SshError::auth_by(format!("authenticating to {target}"), e))?;
                 Ok(r.success())
             }
             None => {
                 let mut agent = russh::keys::agent::client::AgentClient::connect_env().await.map_err(|e| {
-                    SshError::Auth(format!("no private key is configured and the ssh-agent (SSH_AUTH_SOCK) is not usable: {e}"))
+                    SshError::auth_by("no private key is configured and the ssh-agent (SSH_AUTH_SOCK) is not usable", e)
                 })?;
                 let ids = agent
                     .request_identities()
                     .await
-                    .map_err(|e| SshError::Auth(format!("listing ssh-agent keys: {e}")))?;
+                    .map_err(|e| SshError::auth_by("listing ssh-agent keys", e))?;
                 for id in ids {
                     let key = match &id {
                         russh::keys::agent::AgentIdentity::PublicKey { key, .. } => key.clone(),
@@ -332,9 +332,10 @@ impl ServicesHost {
                         Ok(r) if r.success() => return Ok(true),
                         Ok(_) => continue,
                         Err(e) => {
-                            return Err(SshError::Auth(format!(
-                                "ssh-agent signing for {target}: {e}"
-                            )))
+                            return Err(SshError::auth_by(
+                                format!("ssh-agent signing for {target}"),
+                                e,
+                            ))
                         }
                     }
                 }

@@ -206,10 +206,11 @@ impl ServicesHost {
         } else {
             cmd.line()
         };
-        let fail = |detail: String| SshError::Command {
+        let fail = |step: &str, source: Option<russh::Error>| SshError::Command {
             command: cmd.line(),
             target: self.cfg.target(),
-            detail,
+            step: step.to_string(),
+            source: source.map(|e| Box::new(e) as super::Cause),
         };
         let s = self.session().await?;
         let work = async {
@@ -217,18 +218,18 @@ impl ServicesHost {
                 .handle
                 .channel_open_session()
                 .await
-                .map_err(|e| fail(format!("opening a session: {e}")))?;
+                .map_err(|e| fail("opening a session", Some(e)))?;
             ch.exec(true, line.as_bytes())
                 .await
-                .map_err(|e| fail(format!("starting it: {e}")))?;
+                .map_err(|e| fail("starting it", Some(e)))?;
             if let Some(input) = stdin {
                 ch.data(input)
                     .await
-                    .map_err(|e| fail(format!("sending its input: {e}")))?;
+                    .map_err(|e| fail("sending its input", Some(e)))?;
             }
             ch.eof()
                 .await
-                .map_err(|e| fail(format!("closing its input: {e}")))?;
+                .map_err(|e| fail("closing its input", Some(e)))?;
             let mut out = CommandOutput {
                 status: None,
                 stdout: Vec::new(),
@@ -244,7 +245,7 @@ impl ServicesHost {
                     }
                     ChannelMsg::ExitStatus { exit_status } => out.status = Some(exit_status),
                     ChannelMsg::Failure => {
-                        return Err(fail("the Services machine refused to run it".into()))
+                        return Err(fail("the Services machine refused to run it", None))
                     }
                     _ => {}
                 }
@@ -262,10 +263,10 @@ impl ServicesHost {
                 );
                 Ok(r)
             }
-            Err(_) => Err(fail(format!(
-                "no result within {}",
-                humantime::format_duration(deadline)
-            ))),
+            Err(_) => Err(fail(
+                &format!("no result within {}", humantime::format_duration(deadline)),
+                None,
+            )),
         }
     }
 }

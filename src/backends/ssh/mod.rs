@@ -95,23 +95,38 @@ impl SshConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum SshError {
     /// The machine could not be reached, or the SSH session or SFTP could not start.
-    #[error("{0}")]
-    Connect(String),
+    #[error("{message}")]
+    Connect {
+        /// Which step, where.
+        message: String,
+        /// The library's error, when one caused it.
+        #[source]
+        source: Option<Cause>,
+    },
     /// The host key is not the one configured.
     #[error("{0}")]
     HostKey(String),
     /// The login was refused, or the key could not be used.
-    #[error("{0}")]
-    Auth(String),
+    #[error("{message}")]
+    Auth {
+        /// Which step, where.
+        message: String,
+        /// The library's error, when one caused it.
+        #[source]
+        source: Option<Cause>,
+    },
     /// A command could not be run to its end.
-    #[error("running `{command}` on {target}: {detail}")]
+    #[error("running `{command}` on {target}: {step}")]
     Command {
         /// The command line, as shown in messages (secrets go on stdin, never here).
         command: String,
         /// `user@host:port`.
         target: String,
-        /// What went wrong.
-        detail: String,
+        /// Which step failed.
+        step: String,
+        /// The library's error, when one caused it.
+        #[source]
+        source: Option<Cause>,
     },
     /// A file operation failed.
     #[error("{op} {path} on {target}: {detail}")]
@@ -142,13 +157,54 @@ pub enum SshErrorKind {
     Io,
 }
 
+/// A library's error kept as the source of an [`SshError`].
+pub(crate) type Cause = Box<dyn std::error::Error + Send + Sync>;
+
 impl SshError {
+    /// [`SshError::Connect`] with no cause but its message.
+    pub(crate) fn connect(message: impl Into<String>) -> Self {
+        SshError::Connect {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// [`SshError::Connect`] caused by `e`.
+    pub(crate) fn connect_by(
+        message: impl Into<String>,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        SshError::Connect {
+            message: message.into(),
+            source: Some(Box::new(e)),
+        }
+    }
+
+    /// [`SshError::Auth`] with no cause but its message.
+    pub(crate) fn auth(message: impl Into<String>) -> Self {
+        SshError::Auth {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// [`SshError::Auth`] caused by `e`.
+    pub(crate) fn auth_by(
+        message: impl Into<String>,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        SshError::Auth {
+            message: message.into(),
+            source: Some(Box::new(e)),
+        }
+    }
+
     /// Which kind of failure this is.
     pub fn kind(&self) -> SshErrorKind {
         match self {
-            SshError::Connect(_) => SshErrorKind::Connect,
+            SshError::Connect { .. } => SshErrorKind::Connect,
             SshError::HostKey(_) => SshErrorKind::HostKey,
-            SshError::Auth(_) => SshErrorKind::Auth,
+            SshError::Auth { .. } => SshErrorKind::Auth,
             SshError::Io { .. } | SshError::Command { .. } => SshErrorKind::Io,
         }
     }
@@ -375,9 +431,10 @@ impl ServicesHost {
                 self.stale.store(true, Ordering::Relaxed);
                 Err(DialError::Ssh {
                     target,
-                    source: SshError::Connect(format!(
-                        "opening a channel on the SSH connection to {services}: {e}"
-                    )),
+                    source: SshError::connect_by(
+                        format!("opening a channel on the SSH connection to {services}"),
+                        e,
+                    ),
                 })
             }
         }

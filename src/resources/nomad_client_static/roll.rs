@@ -116,7 +116,7 @@ pub(super) async fn inspect(c: &Client) -> Result<Found, String> {
     let f = h
         .read_file(&c.config_path)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| crate::backends::chain(&e))?;
     let Some(f) = f else {
         return Ok(Found::Missing);
     };
@@ -143,7 +143,7 @@ pub(super) async fn remove_kept(c: &Client, kept: &str) -> Result<(), String> {
         .remove_file(kept)
         .await
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(|e| crate::backends::chain(&e))
 }
 
 /// What the roll sets one client's file to.
@@ -184,13 +184,13 @@ async fn step(
     let f = h
         .read_file(path)
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| crate::backends::chain(&e))?
         .ok_or_else(|| format!("{path} is missing"))?;
     let lists = file::lists(&f.content).map_err(|e| format!("{path}: {e}"))?;
     let copy = h
         .read_file(&kept)
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| crate::backends::chain(&e))?
         .map(|k| k.content);
     let had_copy = copy.is_some();
     let kept_lists = |o: &[u8]| {
@@ -219,7 +219,7 @@ async fn step(
                     };
                     h.write_file(&kept, &o, 0o600)
                         .await
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| crate::backends::chain(&e))?;
                     log::info!("{}: {path} kept as it was in {kept}", c.ssh.target());
                     o
                 }
@@ -330,7 +330,10 @@ async fn step(
     done?;
     if had_copy && matches!(goal, Goal::Original { .. }) {
         h.remove_file(&kept).await.map_err(|e| {
-            format!("{path} has its original servers lists back, but removing {kept}: {e}")
+            format!(
+                "{path} has its original servers lists back, but removing {kept}: {}",
+                crate::backends::chain(&e)
+            )
         })?;
     }
     Ok(warning)
@@ -353,7 +356,7 @@ async fn write_and_restart(
     if changed {
         h.write_file(path, bytes, f.mode & 0o7777)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| crate::backends::chain(&e))?;
         log::info!(
             "{}: {path} rewritten ({lists} servers lists)",
             c.ssh.target()
@@ -364,7 +367,7 @@ async fn write_and_restart(
         let out = h
             .run(&cmd, None, plan.timeout)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| crate::backends::chain(&e))?;
         if !out.success() {
             return Err(format!(
                 "{}, but `{cmd}` exited with {:?}: {}",
