@@ -44,12 +44,15 @@ pub enum VaultError {
         status: u16,
         errors: Vec<String>,
     },
-    /// No answer, or not one Vault's API gives.
-    #[error("{what} at {address}: {detail}")]
+    /// No answer, or not one Vault's API gives: `detail` says why in words (no answer
+    /// in time, the tunnel's failing hop), or the HTTP client's error is the source.
+    #[error("{what} at {address}{}", .detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default())]
     Transport {
         what: String,
         address: String,
-        detail: String,
+        detail: Option<String>,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
     /// The client settings cannot be used.
     #[error("Vault address {address:?}: {detail}")]
@@ -153,27 +156,29 @@ impl Vault {
                 VaultError::Transport {
                     what,
                     address,
-                    detail: self.tunnel_failure().unwrap_or_default(),
+                    detail: self.tunnel_failure(),
+                    source: None,
                 }
             }
-            ClientError::RestClientError { source } => VaultError::Transport {
-                what,
-                address,
-                detail: if super::find_in_chain::<reqwest::Error>(&source)
-                    .is_some_and(reqwest::Error::is_timeout)
-                {
-                    format!(
+            ClientError::RestClientError { source }
+                if super::find_in_chain::<reqwest::Error>(&source)
+                    .is_some_and(reqwest::Error::is_timeout) =>
+            {
+                VaultError::Transport {
+                    what,
+                    address,
+                    detail: Some(format!(
                         "no answer within {}",
                         humantime::format_duration(self.cfg.timeout)
-                    )
-                } else {
-                    super::chain(&source)
-                },
-            },
+                    )),
+                    source: None,
+                }
+            }
             other => VaultError::Transport {
                 what,
                 address,
-                detail: other.to_string(),
+                detail: None,
+                source: Some(Box::new(other)),
             },
         }
     }
@@ -260,10 +265,19 @@ impl Vault {
     /// which a standby, sealed or uninitialized server answers too, with its status).
     pub async fn version(&self) -> Result<String, VaultError> {
         let what = "reading Vault's version (sys/health)";
-        let transport = |detail: String| VaultError::Transport {
-            what: what.to_string(),
-            address: self.cfg.address.clone(),
-            detail: self.tunnel_failure().unwrap_or(detail),
+        let transport = |e: reqwest::Error| match self.tunnel_failure() {
+            Some(why) => VaultError::Transport {
+                what: what.to_string(),
+                address: self.cfg.address.clone(),
+                detail: Some(why),
+                source: None,
+            },
+            None => VaultError::Transport {
+                what: what.to_string(),
+                address: self.cfg.address.clone(),
+                detail: None,
+                source: Some(Box::new(e)),
+            },
         };
         let url = format!(
             "{}/v1/sys/health?standbyok=true&perfstandbyok=true",
@@ -276,9 +290,9 @@ impl Vault {
             .get(&url)
             .send()
             .await
-            .map_err(|e| transport(super::chain(&e)))?;
+            .map_err(transport)?;
         let status = resp.status().as_u16();
-        let body = resp.text().await.map_err(|e| transport(super::chain(&e)))?;
+        let body = resp.text().await.map_err(transport)?;
         serde_json::from_str::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| v["version"].as_str().map(str::to_string))
@@ -599,6 +613,33 @@ impl Vault {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A transport failure says why in words, or keeps the client's error as its
+    /// source; either way the chain says it once.
+    #[test]
+    fn a_transport_failure_says_its_cause_once() {
+        let by_source = VaultError::Transport {
+            what: "reading key k".into(),
+            address: "https://vault:8200".into(),
+            detail: None,
+            source: Some(Box::new(std::io::Error::other("connection reset"))),
+        };
+        assert_eq!(by_source.to_string(), "reading key k at https://vault:8200");
+        assert_eq!(
+            crate::backends::chain(&by_source),
+            "reading key k at https://vault:8200: connection reset"
+        );
+        let in_words = VaultError::Transport {
+            what: "reading key k".into(),
+            address: "https://vault:8200".into(),
+            detail: Some("no answer within 5s".into()),
+            source: None,
+        };
+        assert_eq!(
+            crate::backends::chain(&in_words),
+            "reading key k at https://vault:8200: no answer within 5s"
+        );
+    }
 
     #[test]
     fn new_token_debug_hides_the_token() {

@@ -128,7 +128,7 @@ fn inputs(v: &Value) -> Result<Inputs, Diagnostics> {
 }
 
 fn vault_diag(summary: &str, e: VaultError) -> Diagnostics {
-    Diagnostic::error(summary, e.to_string()).into()
+    Diagnostic::error(summary, crate::backends::chain(&e)).into()
 }
 
 /// A name Vault accepts in a path segment: no slashes, spaces or control characters
@@ -263,7 +263,10 @@ impl VaultTransitClient {
                 Diagnostics::from(
                     Diagnostic::error(
                         "The new token cannot use the key",
-                        format!("{e}. The token was revoked and nothing was written."),
+                        format!(
+                            "{}. The token was revoked and nothing was written.",
+                            crate::backends::chain(&e)
+                        ),
                     )
                     .at(AttrPath::root("verify")),
                 )
@@ -286,9 +289,11 @@ async fn revoke_unused(vault: &Vault, new: &NewToken) -> Diagnostics {
         Err(e) => Diagnostic::warning(
             "Unused client token not revoked",
             format!(
-                "a client token (accessor {}) was created but not used, and revoking it failed: {e}. \
+                "a client token (accessor {}) was created but not used, and revoking it failed: {}. \
                  Revoke it by hand: vault token revoke -accessor {}",
-                new.accessor, new.accessor
+                new.accessor,
+                crate::backends::chain(&e),
+                new.accessor
             ),
         )
         .into(),
@@ -457,8 +462,9 @@ impl FileResource for VaultTransitClient {
                         "Previous client token not revoked",
                         format!(
                             "the new token (accessor {}) is in place, but revoking the previous one (accessor \
-                             {old}) failed: {e}. Revoke it by hand: vault token revoke -accessor {old}",
-                            new.accessor
+                             {old}) failed: {}. Revoke it by hand: vault token revoke -accessor {old}",
+                            new.accessor,
+                            crate::backends::chain(&e)
                         ),
                     ));
                 }
@@ -563,7 +569,7 @@ impl FileResource for VaultTransitClient {
                     version,
                     at: vault.config().address.clone(),
                 })
-                .map_err(|e| e.to_string()),
+                .map_err(|e| crate::backends::chain(&e)),
         )
     }
 

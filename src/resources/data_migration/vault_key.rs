@@ -33,7 +33,7 @@ pub(crate) enum Found {
 }
 
 fn diag(summary: &str, e: VaultError) -> Diagnostics {
-    Diagnostic::error(summary, e.to_string()).into()
+    Diagnostic::error(summary, crate::backends::chain(&e)).into()
 }
 
 /// Fills a buffer with random bytes: the system's generator, or a test's.
