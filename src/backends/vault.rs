@@ -145,6 +145,8 @@ impl Vault {
 
     fn err(&self, what: &str, e: ClientError) -> VaultError {
         let (what, address) = (what.to_string(), self.cfg.address.clone());
+        // Read once: a dial that succeeds meanwhile clears the entry.
+        let tunnel_failure = self.tunnel_failure();
         match e {
             ClientError::APIError { code, errors } => VaultError::Api {
                 what,
@@ -152,12 +154,12 @@ impl Vault {
                 status: code,
                 errors,
             },
-            ClientError::RestClientError { .. } if self.tunnel_failure().is_some() => {
+            ClientError::RestClientError { source } if tunnel_failure.is_some() => {
                 VaultError::Transport {
                     what,
                     address,
-                    detail: self.tunnel_failure(),
-                    source: None,
+                    detail: tunnel_failure,
+                    source: Some(Box::new(source)),
                 }
             }
             ClientError::RestClientError { source }
@@ -174,6 +176,13 @@ impl Vault {
                     source: None,
                 }
             }
+            // The HTTP client's own error, without vaultrs's wrapper line.
+            ClientError::RestClientError { source } => VaultError::Transport {
+                what,
+                address,
+                detail: None,
+                source: Some(Box::new(source)),
+            },
             other => VaultError::Transport {
                 what,
                 address,

@@ -141,9 +141,16 @@ async fn errors_say_what_failed_where() {
     });
     let e = h2.check().await.unwrap_err();
     assert_eq!(e.kind(), SshErrorKind::Auth);
+    // The message and every cause below it.
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
     assert!(
-        !e.to_string().contains("PRIVATE KEY"),
-        "the key must never appear in errors: {e}"
+        !text.contains("PRIVATE KEY"),
+        "the key must never appear in errors: {text}"
     );
 
     // Nothing listening.

@@ -256,7 +256,8 @@ impl ServicesHost {
             } else {
                 String::new()
             };
-            SshError::connect_by(format!("starting SFTP on {target}{hint}"), e)
+            // The hint reads after the cause, so the cause is in the message here.
+            SshError::connect(format!("starting SFTP on {target}: {e}{hint}"))
         })?;
         let posix_rename = version
             .extensions
