@@ -48,7 +48,7 @@ struct Inputs {
 crate::model! {
     /// `circleci_external_mongo`'s own attributes.
     pub(crate) struct Mongo / MongoAtPlan {
-        hosts: Vec<String> [required, doc(
+        hosts: Vec<String> [required, check(Check::Value(validate::seed_list)), doc(
             "`host:port` of each member, as the Services machine reaches them."
         )],
         replica_set: Option<String> [optional, doc(
@@ -65,7 +65,7 @@ crate::model! {
         options: Option<BTreeMap<String, String>> [optional, doc(
             "More URI options, e.g. `{ maxIdleTimeMS = \"600000\" }` (the runbook's advice behind proxies)."
         )],
-        databases: Vec<String> [default(default_databases()), doc(
+        databases: Vec<String> [default(default_databases()), check(Check::Value(check_databases)), doc(
             "The four databases, in this order: main and action logs, build state, containers, remote \
              containers. The user gets `readWrite` on each."
         )],
@@ -79,6 +79,36 @@ crate::model! {
              SFTP: the runbook's `openssl s_client` on the services box, since CircleCI there trusts \
              nothing else. A CA missing from it is saved by `circleci_services_ca_certificate`."
         )],
+    }
+}
+
+/// The four database names (elements not known yet pass).
+fn check_databases(v: &Value, at: &AttrPath, diags: &mut Diagnostics) {
+    let Some(d) = v.as_list() else { return };
+    if d.len() != 4 {
+        diags.attr_error(
+            at.clone(),
+            "Four databases expected",
+            "list main, build state, containers and remote containers, in that order",
+        );
+    }
+    for (n, x) in d.iter().enumerate() {
+        if x.is_null() {
+            diags.attr_error(
+                at.clone().index(n),
+                "Invalid database name",
+                "a database name must not be null",
+            );
+        }
+        if let Some(x) = x.as_str() {
+            if x.is_empty() || x.len() > 63 || x.contains(['/', '\\', '.', ' ', '"', '$', '\0']) {
+                diags.attr_error(
+                    at.clone().index(n),
+                    "Invalid database name",
+                    format!("{x:?} is not a MongoDB database name"),
+                );
+            }
+        }
     }
 }
 
@@ -234,47 +264,15 @@ impl FileResource for ExternalMongo {
         compat: None,
     };
 
-    fn validate(&self, config: &Value, diags: &mut Diagnostics) {
-        if let Some(hosts) = config.get("hosts").as_list() {
-            validate::host_ports(hosts, &AttrPath::root("hosts"), diags);
-        }
-        if let Some(d) = config.get("databases").as_list() {
-            if d.len() != 4 {
-                diags.attr_error(
-                    AttrPath::root("databases"),
-                    "Four databases expected",
-                    "list main, build state, containers and remote containers, in that order",
-                );
-            }
-            for (n, x) in d.iter().enumerate() {
-                if x.is_null() {
-                    diags.attr_error(
-                        AttrPath::root("databases").index(n),
-                        "Invalid database name",
-                        "a database name must not be null",
-                    );
-                }
-                if let Some(x) = x.as_str() {
-                    if x.is_empty()
-                        || x.len() > 63
-                        || x.contains(['/', '\\', '.', ' ', '"', '$', '\0'])
-                    {
-                        diags.attr_error(
-                            AttrPath::root("databases").index(n),
-                            "Invalid database name",
-                            format!("{x:?} is not a MongoDB database name"),
-                        );
-                    }
-                }
-            }
-        }
-    }
-
     async fn plan(&self, req: &PlanRequest<'_>, planned: &mut Value, diags: &mut Diagnostics) {
         let password_changes = req.is_create()
-            || ["password", "password_wo_version"]
-                .iter()
-                .any(|a| crate::plugin::resource::changed(req.prior, planned, a));
+            || match (MongoAtPlan::decode(req.prior), MongoAtPlan::decode(planned)) {
+                (Ok(was), Ok(now)) => {
+                    was.password != now.password
+                        || was.password_wo_version != now.password_wo_version
+                }
+                _ => true,
+            };
         if password_changes {
             if let Ok(admin) = self.data.mongo() {
                 if !admin.uses_tls() {
@@ -311,6 +309,7 @@ impl FileResource for ExternalMongo {
             None => vec![],
         };
         let pw = super::required_password(config)?;
+        let pw = pw.expose();
         let admin = self.data.mongo()?;
         let block = i.block(pw)?;
         let want = i.roles();

@@ -7,15 +7,15 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::config_file::{
-    cannot_import, record_version, Change, Compat, FileResource, Found, Halted, PlannedContent,
-    Prepared, Spec,
+    cannot_import, record_version, Change, Compat, FileAttrs, FileResource, Found, Halted,
+    PlannedContent, Prepared, Spec,
 };
 use super::model::{Known, Model};
 use super::validate::Check;
 use crate::backends::nomad::{self as nb, NomadError};
 use crate::circleci::nomad as file;
 use crate::circleci::versions;
-use crate::plugin::{resource::changed, AttrPath, Diagnostic, Diagnostics, PlanRequest, Value};
+use crate::plugin::{AttrPath, Diagnostic, Diagnostics, PlanRequest, Value};
 use crate::provider::ProviderData;
 use crate::secret::Secret;
 
@@ -164,17 +164,42 @@ impl FileResource for ExternalNomad {
         }
     }
 
-    async fn plan(&self, req: &PlanRequest<'_>, planned: &mut Value, _diags: &mut Diagnostics) {
+    async fn plan(&self, req: &PlanRequest<'_>, planned: &mut Value, diags: &mut Diagnostics) {
         // Every apply re-checks the leader, so any change (or drift to repair) makes it
         // unknown.
-        let prior = req.prior;
-        let any_change = ["endpoint", "ca_cert_file", "config_path", "verify"]
-            .iter()
-            .any(|a| changed(prior, planned, a) || req.config.get(a).is_unknown());
-        let drifted = !prior.get("drift").as_str().unwrap_or_default().is_empty();
-        if req.is_create() || any_change || drifted || prior.get("file_sha256").as_str() == Some("")
+        let views = (
+            NomadAtPlan::decode(planned),
+            NomadAtPlan::decode(req.config),
+            FileAttrs::of(req.prior),
+            FileAttrs::of(planned),
+            FileAttrs::of(req.config),
+        );
+        let (Ok(mut now), Ok(config), Ok(prior_file), Ok(file), Ok(config_file)) = views else {
+            let (a, b, c, d, e) = views;
+            let err = [a.err(), b.err(), c.err(), d.err(), e.err()]
+                .into_iter()
+                .flatten()
+                .next();
+            if let Some(e) = err {
+                diags.extend(Diagnostics::from(e));
+            }
+            return;
+        };
+        let own_changed = match NomadAtPlan::decode(req.prior) {
+            Ok(was) => was.endpoint != now.endpoint || was.ca_cert_file != now.ca_cert_file,
+            Err(_) => true,
+        };
+        let any_change = own_changed
+            || prior_file.config_path != file.config_path
+            || prior_file.verify != file.verify
+            || config.endpoint.is_unknown()
+            || config.ca_cert_file.is_unknown()
+            || config_file.config_path.is_unknown()
+            || config_file.verify.is_unknown();
+        if req.is_create() || any_change || prior_file.drifted() || prior_file.digest() == Some("")
         {
-            planned.set("leader", Value::Unknown);
+            now.leader = Known::Unknown;
+            now.encode(planned);
         }
     }
 

@@ -199,6 +199,7 @@ impl FileResource for ExternalRabbitmq {
     async fn prepare(&self, c: Change<'_>) -> Result<Prepared<()>, Halted> {
         let (planned, config) = (c.planned, c.config);
         let pw = required_password(config)?;
+        let pw = pw.expose();
         let (m, common) = (
             Rabbitmq::decode(planned).map_err(Diagnostics::from)?,
             c.common()?,

@@ -148,16 +148,37 @@ pub(crate) fn password_attrs(b: Block, whose: &str, applies_to: &str) -> Block {
     )
 }
 
+/// The password attributes ([`password_attrs`]) as a configuration holds them: the
+/// one place that reads them by name.
+pub(crate) struct Passwords {
+    pub password: model::Known<crate::secret::Secret>,
+    pub password_wo: model::Known<crate::secret::Secret>,
+    pub password_wo_version: model::Known<f64>,
+}
+
+impl Passwords {
+    /// The password attributes of `config` (a resource's, or a provider block's).
+    pub(crate) fn of(config: &Value) -> Result<Self, model::Undecoded> {
+        Ok(Passwords {
+            password: model::field_at_plan(config, "password")?,
+            password_wo: model::field_at_plan(config, "password_wo")?,
+            password_wo_version: model::field_at_plan(config, "password_wo_version")?,
+        })
+    }
+
+    /// The configured password: `password_wo` (write-only) or else `password`.
+    pub(crate) fn configured(self) -> Option<crate::secret::Secret> {
+        self.password_wo.known().or(self.password.known())
+    }
+}
+
 /// The password from the configuration: `password_wo` (write-only) or `password`.
-pub(crate) fn configured_password(config: &Value) -> Option<&str> {
-    config
-        .get("password_wo")
-        .as_str()
-        .or_else(|| config.get("password").as_str())
+pub(crate) fn configured_password(config: &Value) -> Option<crate::secret::Secret> {
+    Passwords::of(config).ok()?.configured()
 }
 
 /// The configured password, or an error on `password_wo` saying to set one.
-pub(crate) fn required_password(config: &Value) -> Result<&str, Diagnostics> {
+pub(crate) fn required_password(config: &Value) -> Result<crate::secret::Secret, Diagnostics> {
     configured_password(config).ok_or_else(|| {
         Diagnostic::error(
             "Password missing",
@@ -170,11 +191,8 @@ pub(crate) fn required_password(config: &Value) -> Result<&str, Diagnostics> {
 
 /// The attribute the password came from, for diagnostics.
 pub(crate) fn password_attr(config: &Value) -> AttrPath {
-    AttrPath::root(if config.get("password_wo").is_null() {
-        "password"
-    } else {
-        "password_wo"
-    })
+    let wo_set = Passwords::of(config).is_ok_and(|p| !p.password_wo.is_null());
+    AttrPath::root(if wo_set { "password_wo" } else { "password" })
 }
 
 /// An SSH failure as a diagnostic; the message already says what failed where.

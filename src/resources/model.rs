@@ -371,6 +371,19 @@ impl<T> Known<T> {
     pub(crate) fn is_null(&self) -> bool {
         matches!(self, Known::Null)
     }
+
+    /// True while the plan leaves it for the apply to set.
+    pub(crate) fn is_unknown(&self) -> bool {
+        matches!(self, Known::Unknown)
+    }
+
+    /// The value, by reference; `None` while null or unknown.
+    pub(crate) fn value(&self) -> Option<&T> {
+        match self {
+            Known::Value(t) => Some(t),
+            Known::Null | Known::Unknown => None,
+        }
+    }
 }
 
 /// How a model field's Rust type converts from and to a Terraform value.
@@ -442,7 +455,10 @@ impl<M: Model> Field for Blocks<M> {
 
 /// One nested block of model `M`, written at most once (`postgres { … }`); an absent
 /// block is `Option::<One<M>>::None`.
-#[allow(dead_code, reason = "used as data_migration and the provider move onto models")]
+#[allow(
+    dead_code,
+    reason = "used as data_migration and the provider move onto models"
+)]
 pub(crate) struct One<M>(pub M);
 
 impl<M: Model> Field for One<M> {

@@ -20,7 +20,7 @@ use crate::backends::tunnel::Route;
 use crate::circleci::postgres::{self as file, DEFAULT_DATABASES};
 use crate::fault_point;
 use crate::plugin::stop;
-use crate::plugin::{resource::changed, AttrPath, Diagnostic, Diagnostics, PlanRequest, Value};
+use crate::plugin::{AttrPath, Diagnostic, Diagnostics, PlanRequest, Value};
 use crate::provider::ProviderData;
 use crate::secret::Secret;
 
@@ -31,6 +31,46 @@ pub(crate) struct PostgresDatabases {
 impl PostgresDatabases {
     pub(crate) fn new(data: Arc<ProviderData>) -> Self {
         PostgresDatabases { data }
+    }
+}
+
+/// Each known database name a valid identifier, none listed twice.
+fn check_databases(v: &Value, at: &AttrPath, diags: &mut Diagnostics) {
+    let mut dbs = Vec::new();
+    for (n, d) in v.as_list().unwrap_or_default().iter().enumerate() {
+        let Some(d) = d.as_str() else { continue };
+        let at = at.clone().index(n);
+        if let Err(e) = file::check_identifier(d) {
+            diags.attr_error(at, "Invalid database name", format!("{d:?} {e}"));
+        } else if dbs.contains(&d) {
+            diags.attr_error(at, "Duplicate database", format!("{d:?} is listed twice"));
+        }
+        dbs.push(d);
+    }
+}
+
+/// Each known extension name one that exists (not the runbook's misspelling) and a
+/// valid identifier; reported on the database's key.
+fn check_extensions(v: &Value, at: &AttrPath, diags: &mut Diagnostics) {
+    let Value::Map(m) = v else { return };
+    for (k, list) in m {
+        let at = at.clone().key(k);
+        for e in list
+            .as_list()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(Value::as_str)
+        {
+            if let Some(right) = file::misspelled_extension(e) {
+                diags.attr_error(
+                    at.clone(),
+                    "No such extension",
+                    format!("{e:?} does not exist; the extension CircleCI needs is {right:?} (the runbook misspells it)"),
+                );
+            } else if let Err(err) = file::check_identifier(e) {
+                diags.attr_error(at.clone(), "Invalid extension name", format!("{e:?} {err}"));
+            }
+        }
     }
 }
 
@@ -53,10 +93,11 @@ crate::model! {
         password: Option<Secret> [password_kept("The role's password")],
         password_wo: Option<Secret> [password_write_only("The role's password")],
         password_wo_version: Option<f64> [password_version("the role's password and the file")],
-        databases: Vec<String> [default(default_databases()), doc(
+        databases: Vec<String> [default(default_databases()), check(Check::Value(check_databases)), doc(
             "Databases to create or adopt, owned by `user` (the runbook's nine by default)."
         )],
-        extensions: BTreeMap<String, Vec<String>> [default(file::default_extensions()), doc(
+        extensions: BTreeMap<String, Vec<String>> [default(file::default_extensions()),
+            check(Check::Value(check_extensions)), doc(
             "Extensions per database; the key `*` applies to every database. Extensions are \
              created, never dropped."
         )],
@@ -339,19 +380,12 @@ impl FileResource for PostgresDatabases {
     };
 
     fn validate(&self, config: &Value, diags: &mut Diagnostics) {
-        let mut dbs = Vec::new();
-        if let Some(list) = config.get("databases").as_list() {
-            for (n, d) in list.iter().enumerate() {
-                let Some(d) = d.as_str() else { continue };
-                let at = AttrPath::root("databases").index(n);
-                if let Err(e) = file::check_identifier(d) {
-                    diags.attr_error(at, "Invalid database name", format!("{d:?} {e}"));
-                } else if dbs.contains(&d) {
-                    diags.attr_error(at, "Duplicate database", format!("{d:?} is listed twice"));
-                }
-                dbs.push(d);
-            }
-            if list.is_empty() && config.get("create_user_database").as_bool() == Some(false) {
+        let c = match PostgresAtPlan::decode(config) {
+            Ok(c) => c,
+            Err(e) => return diags.extend(Diagnostics::from(e)),
+        };
+        if let (Known::Value(list), Known::Value(false)) = (&c.databases, &c.create_user_database) {
+            if list.is_empty() {
                 diags.attr_error(
                     AttrPath::root("databases"),
                     "No databases",
@@ -359,57 +393,46 @@ impl FileResource for PostgresDatabases {
                 );
             }
         }
-        if let Value::Map(m) = config.get("extensions") {
-            let user = config.get("user").as_str().unwrap_or(file::DEFAULT_USER);
-            let known_dbs =
-                config.get("databases").is_fully_known() && config.get("user").is_fully_known();
-            for (k, v) in m {
-                let at = AttrPath::root("extensions").key(k);
-                let listed = if config.get("databases").is_null() {
-                    DEFAULT_DATABASES.contains(&k.as_str())
-                } else {
-                    dbs.contains(&k.as_str())
-                };
-                if known_dbs && k != "*" && !listed && k != user {
-                    diags.attr_error(
-                        at.clone(),
-                        "Extensions for an unmanaged database",
-                        format!(
-                            "{k:?} is not in databases; use a listed database or \"*\" for all"
-                        ),
-                    );
-                }
-                for e in v
-                    .as_list()
-                    .unwrap_or_default()
-                    .iter()
-                    .filter_map(Value::as_str)
-                {
-                    if let Some(right) = file::misspelled_extension(e) {
-                        diags.attr_error(
-                            at.clone(),
-                            "No such extension",
-                            format!("{e:?} does not exist; the extension CircleCI needs is {right:?} (the runbook misspells it)"),
-                        );
-                    } else if let Err(err) = file::check_identifier(e) {
-                        diags.attr_error(
-                            at.clone(),
-                            "Invalid extension name",
-                            format!("{e:?} {err}"),
-                        );
-                    }
-                }
+        let dbs: Vec<String> = match c.databases {
+            Known::Value(d) => d,
+            Known::Null => default_databases(),
+            Known::Unknown => return,
+        };
+        let user = match c.user {
+            Known::Value(u) => u,
+            Known::Null => file::DEFAULT_USER.to_string(),
+            Known::Unknown => return,
+        };
+        let Known::Value(extensions) = c.extensions else {
+            return;
+        };
+        for k in extensions.keys() {
+            if k != "*" && !dbs.contains(k) && *k != user {
+                diags.attr_error(
+                    AttrPath::root("extensions").key(k),
+                    "Extensions for an unmanaged database",
+                    format!("{k:?} is not in databases; use a listed database or \"*\" for all"),
+                );
             }
         }
     }
 
-    async fn plan(&self, req: &PlanRequest<'_>, planned: &mut Value, _diags: &mut Diagnostics) {
-        if req.is_create()
-            || ["databases", "user", "create_user_database"]
-                .iter()
-                .any(|a| changed(req.prior, planned, a))
-        {
-            planned.set("adopted", Value::Unknown);
+    async fn plan(&self, req: &PlanRequest<'_>, planned: &mut Value, diags: &mut Diagnostics) {
+        let mut now = match PostgresAtPlan::decode(planned) {
+            Ok(p) => p,
+            Err(e) => return diags.extend(Diagnostics::from(e)),
+        };
+        let adopts_again = match PostgresAtPlan::decode(req.prior) {
+            Ok(was) => {
+                was.databases != now.databases
+                    || was.user != now.user
+                    || was.create_user_database != now.create_user_database
+            }
+            Err(_) => true,
+        };
+        if req.is_create() || adopts_again {
+            now.adopted = Known::Unknown;
+            now.encode(planned);
         }
     }
 
@@ -433,6 +456,7 @@ impl FileResource for PostgresDatabases {
         // Read before anything changes: what this resource managed and adopted.
         let before = prior.map(inputs).transpose()?;
         let password = super::required_password(config)?;
+        let password = password.expose();
         let pg = self.data.postgres()?;
         let content = render(&i.host, i.port, &i.user, password)?;
 

@@ -32,6 +32,9 @@ pub(crate) enum Check {
     PasswordPair,
     /// A whole number within `[min, max]`.
     Int { min: i64, max: i64 },
+    /// The attribute's whole value (a list or map whose elements may still be unknown),
+    /// checked by a function that reports at the path it is given.
+    Value(fn(&Value, &AttrPath, &mut Diagnostics)),
 }
 
 /// Runs every check of `table` on `config`.
@@ -95,6 +98,11 @@ fn check_one(
             port(v, at, diags);
         }
         Check::PasswordPair => password_pair_at(config, path, diags),
+        Check::Value(f) => {
+            if !v.is_null() && !v.is_unknown() {
+                f(v, &at, diags);
+            }
+        }
         Check::Int { min, max } => {
             if v.is_null() || v.is_unknown() {
                 return;
@@ -157,7 +165,7 @@ fn check_one(
                         diags.attr_error(at, summary, detail);
                     }
                 }
-                Check::Port | Check::PasswordPair | Check::Int { .. } => {}
+                Check::Port | Check::PasswordPair | Check::Int { .. } | Check::Value(_) => {}
             }
         }
     }
@@ -183,7 +191,11 @@ fn bounds(d: Duration, min_secs: u64, max_secs: u64, at: AttrPath, diags: &mut D
 /// Exactly one of `password` and `password_wo`, neither empty nor holding NUL, and
 /// `password_wo_version` only together with `password_wo`.
 fn password_pair_at(config: &Value, path: &dyn Fn(&str) -> AttrPath, diags: &mut Diagnostics) {
-    let (pw, wo) = (config.get("password"), config.get("password_wo"));
+    let p = match super::Passwords::of(config) {
+        Ok(p) => p,
+        Err(e) => return diags.extend(Diagnostics::from(e)),
+    };
+    let (pw, wo) = (&p.password, &p.password_wo);
     if !pw.is_unknown() && !wo.is_unknown() {
         match (pw.is_null(), wo.is_null()) {
             (false, false) => diags.attr_error(
@@ -200,8 +212,8 @@ fn password_pair_at(config: &Value, path: &dyn Fn(&str) -> AttrPath, diags: &mut
         }
     }
     for (name, v) in [("password", pw), ("password_wo", wo)] {
-        if let Some(p) = v.as_str() {
-            if p.is_empty() || p.contains('\0') {
+        if let Some(p) = v.value() {
+            if p.expose().is_empty() || p.expose().contains('\0') {
                 diags.attr_error(
                     path(name),
                     "Invalid password",
@@ -210,12 +222,19 @@ fn password_pair_at(config: &Value, path: &dyn Fn(&str) -> AttrPath, diags: &mut
             }
         }
     }
-    if !config.get("password_wo_version").is_null() && wo.is_null() {
+    if !p.password_wo_version.is_null() && wo.is_null() {
         diags.attr_error(
             path("password_wo_version"),
             "password_wo_version without password_wo",
             "password_wo_version only rotates a password_wo",
         );
+    }
+}
+
+/// A MongoDB seed list attribute (see [`host_ports`]); an unknown list passes.
+pub(crate) fn seed_list(v: &Value, at: &AttrPath, diags: &mut Diagnostics) {
+    if let Some(list) = v.as_list() {
+        host_ports(list, at, diags);
     }
 }
 

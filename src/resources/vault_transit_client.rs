@@ -9,7 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::config_file::{
-    cannot_import, record_version, Change, Common, Compat, FileResource, Found, Halted,
+    cannot_import, record_version, Change, Common, Compat, FileAttrs, FileResource, Found, Halted,
     PlannedContent, Prepared, Refresh, Spec,
 };
 use super::model::{Known, Model};
@@ -17,7 +17,7 @@ use super::validate::{self, Check};
 use crate::backends::vault::{self as vb, NewToken, Vault, VaultError};
 use crate::circleci::vault::{self as file, Address};
 use crate::circleci::versions;
-use crate::plugin::{resource::changed, AttrPath, Diagnostic, Diagnostics, PlanRequest, Value};
+use crate::plugin::{AttrPath, Diagnostic, Diagnostics, PlanRequest, Value};
 use crate::provider::ProviderData;
 use crate::secret::Secret;
 
@@ -399,23 +399,30 @@ impl FileResource for VaultTransitClient {
             (Known::Value(m), Known::Value(k)) => Known::Value(file::policy_hcl(m, k)),
             _ => Known::Unknown,
         };
-        p.encode(planned);
-        let prior = req.prior;
-        let accessor = VaultClientAtPlan::decode(prior)
-            .ok()
-            .and_then(|b| b.token_accessor.known())
-            .unwrap_or_default();
-        let new_token = req.is_create()
-            || accessor.is_empty()
-            || !prior.get("drift").as_str().unwrap_or_default().is_empty()
-            || ["token_period", "address_for_services", "config_path"]
-                .iter()
-                .any(|a| changed(prior, planned, a));
-        if new_token {
-            for a in ["token_accessor", "token_expire_time", "file_sha256"] {
-                planned.set(a, Value::Unknown);
+        let (was, was_file, file) = match (
+            VaultClientAtPlan::decode(req.prior).ok(),
+            FileAttrs::of(req.prior),
+            FileAttrs::of(planned),
+        ) {
+            (was, Ok(a), Ok(b)) => (was, a, b),
+            (_, Err(e), _) | (_, _, Err(e)) => return diags.extend(e.into()),
+        };
+        let new_token = match &was {
+            None => true,
+            Some(was) => {
+                was.token_accessor.value().is_none_or(String::is_empty)
+                    || was.token_period != p.token_period
+                    || was.address_for_services != p.address_for_services
             }
+        } || req.is_create()
+            || was_file.drifted()
+            || was_file.config_path != file.config_path;
+        if new_token {
+            p.token_accessor = Known::Unknown;
+            p.token_expire_time = Known::Unknown;
+            FileAttrs::put_one(planned, |f| f.file_sha256 = Known::Unknown);
         }
+        p.encode(planned);
     }
 
     fn planned_content(&self, _planned: &Value, _config: &Value) -> PlannedContent {

@@ -77,9 +77,11 @@ impl<R: FileResource> ConfigFile<R> {
 
     /// The common attributes of a state this apply returns.
     fn finish_state(&self, state: &mut Value, path: &str) {
-        state.set("id", Value::string(path));
-        state.set("config_path", Value::string(path));
-        state.set("drift", Value::string(""));
+        FileAttrs::put_one(state, |f| {
+            f.id = Known::Value(path.to_string());
+            f.config_path = Known::Value(path.to_string());
+            f.drift = Known::Value(String::new());
+        });
     }
 
     /// The state of an apply that changed something on the backend side but did not
@@ -88,11 +90,10 @@ impl<R: FileResource> ConfigFile<R> {
     fn unwritten(&self, mut state: Value, c: Change<'_>, path: &str, why: &str) -> Value {
         settle(&mut state, c.prior);
         self.finish_state(&mut state, path);
-        state.set("file_sha256", Value::string(NOT_WRITTEN));
-        state.set(
-            "drift",
-            Value::string(format!("{path} was not written: {why}")),
-        );
+        FileAttrs::put_one(&mut state, |f| {
+            f.file_sha256 = Known::Value(NOT_WRITTEN.to_string());
+            f.drift = Known::Value(format!("{path} was not written: {why}"));
+        });
         state
     }
 
@@ -133,7 +134,8 @@ impl<R: FileResource> ConfigFile<R> {
         let mut state = prepared.state;
         let written = match &prepared.content {
             Some(content) => {
-                let previous = c.prior.and_then(|p| p.get("file_sha256").as_str());
+                let previous = c.prior.and_then(|p| FileAttrs::of(p).ok());
+                let previous = previous.as_ref().and_then(FileAttrs::digest);
                 self.write(&path, content, previous).await.map(Some)
             }
             None => Ok(None),
@@ -168,7 +170,9 @@ impl<R: FileResource> ConfigFile<R> {
                     diags,
                 };
             }
-            Ok(Some(hash)) => state.set("file_sha256", Value::string(hash)),
+            Ok(Some(hash)) => {
+                FileAttrs::put_one(&mut state, |f| f.file_sha256 = Known::Value(hash))
+            }
             Ok(None) => {}
         }
         diags.extend(after);

@@ -26,13 +26,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::file_digest::{self, Kind};
-use super::model::{self, Model};
+use super::model::{self, Known, Model};
 use super::{managed_block, ssh_diag, validate};
 use crate::circleci::envfile;
 use crate::circleci::versions::Supported;
 use crate::plugin::{
-    resource::changed, Applied, AttrPath, Attribute, Block, Diagnostic, Diagnostics, PlanRequest,
-    Resource, Schema, Type, Value,
+    Applied, AttrPath, Attribute, Block, Diagnostic, Diagnostics, PlanRequest, Resource, Schema,
+    Type, Value,
 };
 use crate::provider::ProviderData;
 
@@ -91,8 +91,10 @@ pub(crate) struct Found {
 /// one, so that the result matches the plan (a server upgraded in between is still
 /// checked, by the caller, and shows at the next write).
 pub(crate) fn record_version(state: &mut Value, planned: &Value, read: Option<&str>) {
-    if planned.get("server_version").is_unknown() {
-        state.set("server_version", Value::string(read.unwrap_or_default()));
+    if FileAttrs::of(planned).is_ok_and(|p| p.server_version.is_unknown()) {
+        FileAttrs::put_one(state, |f| {
+            f.server_version = Known::Value(read.unwrap_or_default().to_string());
+        });
     }
 }
 
@@ -133,7 +135,7 @@ impl PlannedContent {
         render: impl FnOnce(&str) -> Result<String, E>,
     ) -> Self {
         match super::configured_password(config) {
-            Some(pw) => render(pw)
+            Some(pw) => render(pw.expose())
                 .map(PlannedContent::Known)
                 .unwrap_or(PlannedContent::Unknown),
             None => PlannedContent::Unknown,
@@ -171,6 +173,92 @@ impl Common {
             config_path: model::field(v, "config_path")?,
             verify: model::field(v, "verify")?,
         })
+    }
+}
+
+/// The attributes the core adds to every file resource ([`schema_of`]), as a
+/// configuration, a plan or a state holds them: each may be null or not known yet.
+/// Read through [`FileAttrs::of`] and written back through [`FileAttrs::put`]: no other
+/// code names them.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct FileAttrs {
+    /// The file's path, as the resource's ID.
+    pub id: Known<String>,
+    /// Where the file is.
+    pub config_path: Known<String>,
+    /// Whether the apply checks the server before the write.
+    pub verify: Known<bool>,
+    /// The digest of the provider's block of the file.
+    pub file_sha256: Known<String>,
+    /// What refresh found different.
+    pub drift: Known<String>,
+    /// The server's version; only a resource with a version check
+    /// ([`Spec::compat`]) has it, and it stays null for the others.
+    pub server_version: Known<String>,
+}
+
+impl FileAttrs {
+    /// Every attribute null: what an object that does not exist yet (the prior state
+    /// of a create) holds.
+    const NONE: FileAttrs = FileAttrs {
+        id: Known::Null,
+        config_path: Known::Null,
+        verify: Known::Null,
+        file_sha256: Known::Null,
+        drift: Known::Null,
+        server_version: Known::Null,
+    };
+
+    /// The common attributes of `v`; a null `v` (no prior state) has all of them null.
+    pub(crate) fn of(v: &Value) -> Result<Self, model::Undecoded> {
+        if v.is_null() {
+            return Ok(Self::NONE);
+        }
+        Ok(FileAttrs {
+            id: model::field_at_plan(v, "id")?,
+            config_path: model::field_at_plan(v, "config_path")?,
+            verify: model::field_at_plan(v, "verify")?,
+            file_sha256: model::field_at_plan(v, "file_sha256")?,
+            drift: model::field_at_plan(v, "drift")?,
+            server_version: match model::field_at_plan(v, "server_version") {
+                Err(model::Undecoded::NotInSchema(_)) => Known::Null,
+                r => r?,
+            },
+        })
+    }
+
+    /// Sets every attribute on `v` (`server_version` only when it has a value).
+    pub(crate) fn put(&self, v: &mut Value) {
+        model::set_at_plan(v, "id", &self.id);
+        model::set_at_plan(v, "config_path", &self.config_path);
+        model::set_at_plan(v, "verify", &self.verify);
+        model::set_at_plan(v, "file_sha256", &self.file_sha256);
+        model::set_at_plan(v, "drift", &self.drift);
+        if !self.server_version.is_null() {
+            model::set_at_plan(v, "server_version", &self.server_version);
+        }
+    }
+
+    /// Changes `v`'s common attributes with `f`. A `v` that does not decode (a defect:
+    /// it is not this resource's object) is left as it is, and the defect is logged.
+    pub(crate) fn put_one(v: &mut Value, f: impl FnOnce(&mut FileAttrs)) {
+        match FileAttrs::of(v) {
+            Ok(mut attrs) => {
+                f(&mut attrs);
+                attrs.put(v);
+            }
+            Err(e) => log::error!("provider defect: a file resource's object: {e}"),
+        }
+    }
+
+    /// True when refresh found something different from the last apply.
+    pub(crate) fn drifted(&self) -> bool {
+        self.drift.value().is_some_and(|d| !d.is_empty())
+    }
+
+    /// The digest, when known and set.
+    pub(crate) fn digest(&self) -> Option<&str> {
+        self.file_sha256.value().map(String::as_str)
     }
 }
 
@@ -300,9 +388,9 @@ impl<R: FileResource> ConfigFile<R> {
     }
 
     fn path_of(&self, v: &Value) -> String {
-        v.get("config_path")
-            .as_str()
-            .map(str::to_string)
+        FileAttrs::of(v)
+            .ok()
+            .and_then(|f| f.config_path.known())
             .or_else(|| self.inner.default_path(v).as_str().map(str::to_string))
             .unwrap_or_else(|| R::SPEC.default_path.to_string())
     }
@@ -334,17 +422,20 @@ impl<R: FileResource> ConfigFile<R> {
         planned: &mut Value,
         diags: &mut Diagnostics,
     ) {
-        let prior = req.prior;
+        let (prior, now) = match (FileAttrs::of(req.prior), FileAttrs::of(planned)) {
+            (Ok(p), Ok(n)) => (p, n),
+            (Err(e), _) | (_, Err(e)) => return diags.extend(Diagnostics::from(e)),
+        };
         let writes = req.is_create()
-            || planned.get("file_sha256") != prior.get("file_sha256")
-            || !prior.get("drift").as_str().unwrap_or_default().is_empty()
-            || changed(prior, planned, "verify");
+            || now.file_sha256 != prior.file_sha256
+            || prior.drifted()
+            || now.verify != prior.verify;
         if !writes {
             return;
         }
-        let v = match planned.get("verify").as_bool() {
-            Some(false) => Value::string(""),
-            None => Value::Unknown,
+        let v = match now.verify.known() {
+            Some(false) => Known::Value(String::new()),
+            None => Known::Unknown,
             Some(true) => match tokio::time::timeout(
                 PLAN_READ,
                 self.inner.server_version(planned, req.config),
@@ -360,19 +451,19 @@ impl<R: FileResource> ConfigFile<R> {
                     if let Err(d) = compat.refuse(&found, &self.path_of(planned)) {
                         diags.extend(d);
                     }
-                    Value::string(found.version)
+                    Known::Value(found.version)
                 }
                 Some(Err(e)) => {
                     log::info!(
                         "{}: the server's version could not be read at plan ({e}); the apply's check reads it",
                         R::SPEC.type_name
                     );
-                    Value::Unknown
+                    Known::Unknown
                 }
-                None => Value::Unknown,
+                None => Known::Unknown,
             },
         };
-        planned.set("server_version", v);
+        FileAttrs::put_one(planned, |f| f.server_version = v);
     }
 
     /// The file as it is now: `None` without a file; else the block's bytes (when the
@@ -493,27 +584,45 @@ impl<R: FileResource> Resource for ConfigFile<R> {
         diags: &mut Diagnostics,
     ) -> Vec<AttrPath> {
         let cfg = req.config;
+        let (config, prior) = match (FileAttrs::of(cfg), FileAttrs::of(req.prior)) {
+            (Ok(c), Ok(p)) => (c, p),
+            (Err(e), _) | (_, Err(e)) => {
+                diags.extend(Diagnostics::from(e));
+                return vec![];
+            }
+        };
         model::set_defaults(R::Own::decls(), cfg, planned);
         self.inner.plan(req, planned, diags).await;
-        if cfg.get("config_path").is_null() {
-            planned.set("config_path", self.inner.default_path(planned));
+        let default_path = self.inner.default_path(planned);
+        let mut now = match FileAttrs::of(planned) {
+            Ok(now) => now,
+            Err(e) => {
+                diags.extend(Diagnostics::from(e));
+                return vec![];
+            }
+        };
+        if config.config_path.is_null() {
+            now.config_path = match default_path.as_str() {
+                Some(p) => Known::Value(p.to_string()),
+                None => Known::Unknown,
+            };
         }
-        if cfg.get("verify").is_null() {
-            planned.set("verify", Value::Bool(true));
+        if config.verify.is_null() {
+            now.verify = Known::Value(true);
         }
-        planned.set("id", planned.get("config_path").clone());
-        planned.set("drift", Value::string(""));
+        now.id = now.config_path.clone();
+        now.drift = Known::Value(String::new());
         match self.inner.planned_content(planned, cfg) {
             PlannedContent::Known(c) => {
-                let previous = req.prior.get("file_sha256").as_str();
-                match file_digest::planned(Self::kind(), c.as_bytes(), previous).await {
-                    Ok(d) => planned.set("file_sha256", d.map_or(Value::Unknown, Value::string)),
+                match file_digest::planned(Self::kind(), c.as_bytes(), prior.digest()).await {
+                    Ok(d) => now.file_sha256 = d.map_or(Known::Unknown, Known::Value),
                     Err(e) => diags.extend(digest_error(&self.path_of(planned), e)),
                 }
             }
-            PlannedContent::Unknown => planned.set("file_sha256", Value::Unknown),
+            PlannedContent::Unknown => now.file_sha256 = Known::Unknown,
             PlannedContent::Keep => {}
         }
+        now.put(planned);
         if let Some(compat) = &R::SPEC.compat {
             self.plan_version(compat, req, planned, diags).await;
         }
@@ -521,7 +630,7 @@ impl<R: FileResource> Resource for ConfigFile<R> {
             return vec![];
         }
         let mut replace = model::replaced(R::Own::decls(), req.prior, planned);
-        if changed(req.prior, planned, "config_path") {
+        if prior.config_path != now.config_path {
             replace.insert(0, AttrPath::root("config_path"));
         }
         replace
@@ -553,6 +662,8 @@ impl<R: FileResource> Resource for ConfigFile<R> {
             })
             .await?;
         let what = R::SPEC.what;
+        let before = FileAttrs::of(state).map_err(Diagnostics::from)?;
+        let mut after = FileAttrs::of(&fresh).map_err(Diagnostics::from)?;
         match (&current, block) {
             (None, _) | (Some(_), None) => {
                 drift.push(if current.is_none() {
@@ -560,9 +671,9 @@ impl<R: FileResource> Resource for ConfigFile<R> {
                 } else {
                     format!("the {what} block is missing from {path}")
                 });
-                fresh.set("file_sha256", Value::string(""));
+                after.file_sha256 = Known::Value(String::new());
             }
-            (Some(_), Some(_)) if state.get("file_sha256").as_str() == Some(NOT_WRITTEN) => {
+            (Some(_), Some(_)) if before.digest() == Some(NOT_WRITTEN) => {
                 drift.push(format!(
                     "the last apply did not write the {what} block of {path}"
                 ));
@@ -570,20 +681,21 @@ impl<R: FileResource> Resource for ConfigFile<R> {
                 // salt that is not drawn yet, and the next apply writes the block.
             }
             (Some(_), Some(bytes)) => {
-                let before = state.get("file_sha256").as_str().unwrap_or_default();
+                let before = before.digest().unwrap_or_default();
                 let hash = file_digest::current(Self::kind(), bytes, Some(before))
                     .await
                     .map_err(|e| digest_error(&path, e))?;
                 if !before.is_empty() && before != hash {
                     drift.push(format!("the {what} block of {path} was changed"));
                 }
-                fresh.set("file_sha256", Value::string(hash));
+                after.file_sha256 = Known::Value(hash);
             }
         }
         if !drift.is_empty() {
             log::info!("{}: {}", R::SPEC.type_name, drift.join("; "));
         }
-        fresh.set("drift", Value::string(drift.join("; ")));
+        after.drift = Known::Value(drift.join("; "));
+        after.put(&mut fresh);
         Ok(Some(fresh))
     }
 
@@ -647,11 +759,15 @@ impl<R: FileResource> Resource for ConfigFile<R> {
             ))
         })?;
         let mut v = self.inner.import(id, &text).await?;
-        v.set("id", Value::string(id));
-        v.set("config_path", Value::string(id));
-        v.set("verify", Value::Bool(true));
-        v.set("file_sha256", Value::string(hash));
-        v.set("drift", Value::string(""));
+        FileAttrs {
+            id: Known::Value(id.to_string()),
+            config_path: Known::Value(id.to_string()),
+            verify: Known::Value(true),
+            file_sha256: Known::Value(hash),
+            drift: Known::Value(String::new()),
+            server_version: Known::Null,
+        }
+        .put(&mut v);
         Ok(v)
     }
 }

@@ -99,7 +99,7 @@ pub(super) fn settings(
                 .and_then(|p| u16::try_from(p).ok())
                 .unwrap_or(5432),
             user: pg.get("user").as_str().unwrap_or(DEFAULT_USER).into(),
-            password: Secret::new(password.to_string()),
+            password,
             sslmode: pg
                 .get("sslmode")
                 .as_str()
@@ -220,7 +220,7 @@ pub(super) fn mongo_settings(
         replica_set: m.get("replica_set").as_str().map(str::to_string),
         username: s("username", MONGO_USER),
         auth_source: s("auth_source", MONGO_AUTH_SOURCE),
-        password: Secret::new(password.to_string()),
+        password,
         tls: m.get("tls").as_bool() != Some(false),
         ca_file: m.get("ca_file").as_str().map(str::to_string),
     }))
@@ -228,7 +228,7 @@ pub(super) fn mongo_settings(
 
 /// The block's password (`password` or `password_wo`); a missing one is an error on
 /// `path`.
-fn password_at(block: &Value, path: AttrPath) -> Result<&str, Diagnostics> {
+fn password_at(block: &Value, path: AttrPath) -> Result<crate::secret::Secret, Diagnostics> {
     super::super::required_password(block).map_err(|d| {
         let mut out = Diagnostics::new();
         for x in d.0 {

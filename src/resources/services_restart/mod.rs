@@ -15,8 +15,8 @@ use super::model::{self, Decl, Known, Model};
 use super::validate::Check;
 use crate::circleci::restart::{self as rs, check_pattern};
 use crate::plugin::{
-    resource::changed, Applied, AttrPath, Attribute, Diagnostic, Diagnostics, PlanRequest,
-    Resource, Schema, Type, Value,
+    Applied, AttrPath, Attribute, Diagnostic, Diagnostics, PlanRequest, Resource, Schema, Type,
+    Value,
 };
 use crate::provider::ProviderData;
 
@@ -274,7 +274,7 @@ impl Resource for ServicesRestart {
         let restart = match RestartAtPlan::decode(req.prior) {
             Err(_) => true,
             Ok(b) => {
-                changed(req.prior, planned, "triggers")
+                b.triggers != p.triggers
                     || b.app_state != Known::Value("started".to_string())
                     || matches!(&b.failed_checks, Known::Value(f) if !f.is_empty())
             }
