@@ -16,13 +16,13 @@ pub(crate) enum NomadError {
     NoLeader { endpoint: String, elections: bool },
     #[error("Nomad at {endpoint} answered 403 Permission denied: {}", if *.with_token { "the ACL token was refused" } else { "ACLs are on and no ACL token was given" })]
     PermissionDenied { endpoint: String, with_token: bool },
-    #[error("Nomad at {endpoint} is not reachable: {}", chain(.source))]
+    #[error("Nomad at {endpoint} is not reachable")]
     Tls {
         endpoint: String,
         #[source]
         source: reqwest::Error,
     },
-    #[error("Nomad at {endpoint} is not reachable: {}", chain(.source))]
+    #[error("Nomad at {endpoint} is not reachable")]
     Unreachable {
         endpoint: String,
         #[source]
@@ -40,7 +40,7 @@ pub(crate) enum NomadError {
     },
     #[error("Nomad at {endpoint} answered {body:?}, which is not what its API documents")]
     BadAnswer { endpoint: String, body: String },
-    #[error("HTTP client: {}", chain(.0))]
+    #[error("HTTP client")]
     Client(#[source] reqwest::Error),
     /// The way through the Services machine failed (the message names the hop).
     #[error("Nomad at {endpoint} is not reachable: {detail}")]

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
+use crate::backends::chain;
 use crate::backends::nomad::{self as nb, Allocation, Node, NomadError};
 use crate::backends::ssh::ServicesHost;
 use crate::backends::tunnel::Route;
@@ -748,10 +749,11 @@ impl<'a> Cutover<'a> {
                     return Err(Diagnostic::error(
                         "CircleCI's embedded Nomad did not answer",
                         format!(
-                            "{err}. The running CircleCI schedules builds on its embedded Nomad server (there \
+                            "{}. The running CircleCI schedules builds on its embedded Nomad server (there \
                              was no /{} when it started); its running builds and clients are read before \
                              CircleCI stops. Is embedded_nomad_endpoint where that server's HTTP API answers on \
                              the Services machine? Nothing was stopped.",
+                            chain(err),
                             files::NOMAD
                         ),
                     )
@@ -762,7 +764,8 @@ impl<'a> Cutover<'a> {
                     return Err(Diagnostic::error(
                         "Nomad did not answer before the stop",
                         format!(
-                            "{err}. {} Nothing was stopped.",
+                            "{}. {} Nothing was stopped.",
+                            chain(err),
                             if s.in_use {
                                 "The running CircleCI schedules builds on this Nomad."
                             } else {
@@ -812,7 +815,7 @@ impl<'a> Cutover<'a> {
                 .iter()
                 .map(|s| match &s.answer {
                     Ok((n, _)) => format!("{}: {} client(s)", s.endpoint, n.len()),
-                    Err(e) => format!("{}: no answer ({e})", s.endpoint),
+                    Err(e) => format!("{}: no answer ({})", s.endpoint, chain(e)),
                 })
                 .collect(),
             nomad_clients: schedulable(&seen),
@@ -899,8 +902,9 @@ impl<'a> Cutover<'a> {
                 diags.push(Diagnostic::warning(
                     "CircleCI's embedded Nomad did not answer",
                     format!(
-                        "{e}. The running CircleCI uses the Nomad /{} names, which answered; builds on the \
+                        "{}. The running CircleCI uses the Nomad /{} names, which answered; builds on the \
                          embedded one, if any, were not waited for. Check embedded_nomad_endpoint.",
+                        chain(e),
                         files::NOMAD
                     ),
                 ));
@@ -1235,7 +1239,8 @@ impl<'a> Cutover<'a> {
         let peers = self.peers(&in_use).await.map_err(|e| {
             refused(format!(
                 "CircleCI runs and schedules its builds on the Nomad at {in_use}, whose servers could not be \
-                 read ({e}): whether {} are among them is not known. Nothing was changed.",
+                 read ({}): whether {} are among them is not known. Nothing was changed.",
+                chain(&e),
                 servers.join(", ")
             ))
         })?;
@@ -1263,7 +1268,7 @@ impl<'a> Cutover<'a> {
         };
         match seen.answer {
             Ok((nodes, _)) => capacity(endpoint, &nodes, before).map_err(fail),
-            Err(e) => Err(fail(format!("{e}"))),
+            Err(e) => Err(fail(chain(&e))),
         }
     }
 }

@@ -113,7 +113,10 @@ fn leader_diag(e: NomadError, path: &str) -> Diagnostics {
     };
     Diagnostic::error(
         summary,
-        format!("{e}{hint}. Nothing was written to {path}. Set verify = false to write the file anyway."),
+        format!(
+            "{}{hint}. Nothing was written to {path}. Set verify = false to write the file anyway.",
+            crate::backends::chain(&e)
+        ),
     )
     .at(AttrPath::root(at))
     .into()
@@ -279,7 +282,7 @@ impl FileResource for ExternalNomad {
                 token.as_ref().map(Secret::expose),
             )
             .await
-            .map_err(|e| e.to_string()),
+            .map_err(|e| crate::backends::chain(&e)),
         )
     }
 

@@ -46,7 +46,7 @@ impl NomadApi {
             timeout,
         )
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| crate::backends::chain(&e))
     }
 
     /// The nodes the Nomad servers list.
@@ -59,7 +59,7 @@ impl NomadApi {
             timeout,
         )
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| crate::backends::chain(&e))
     }
 
     /// The servers' RPC addresses (`/v1/status/peers`).
@@ -72,7 +72,7 @@ impl NomadApi {
             timeout,
         )
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| crate::backends::chain(&e))
     }
 
     /// The answering server's version (`/v1/agent/self`).
@@ -85,7 +85,7 @@ impl NomadApi {
             timeout,
         )
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| crate::backends::chain(&e))
     }
 
     /// The allocations placed on node `id`.
@@ -103,7 +103,7 @@ impl NomadApi {
             timeout,
         )
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| crate::backends::chain(&e))
     }
 
     pub(crate) async fn drain(
@@ -124,7 +124,7 @@ impl NomadApi {
             timeout,
         )
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| crate::backends::chain(&e))
     }
 }
 

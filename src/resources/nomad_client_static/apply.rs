@@ -91,7 +91,10 @@ impl NomadClientStatic {
         let in_use_peers = if same(&in_use, &api.endpoint) {
             endpoint_peers.clone()
         } else {
-            cutover.peers(&in_use).await.map_err(|e| e.to_string())
+            cutover
+                .peers(&in_use)
+                .await
+                .map_err(|e| crate::backends::chain(&e))
         };
         let in_use_peers = in_use_peers.map_err(|e| {
             refused(format!(
