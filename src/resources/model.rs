@@ -33,6 +33,8 @@ pub(crate) struct Decl {
     nested: Option<Nested>,
     /// How many blocks: `(min, max)`, `max` 0 for no limit.
     items: (i64, i64),
+    /// The description states the default itself ([`Decl::default_in_doc`]).
+    default_in_doc: bool,
 }
 
 /// The shape of a nested block: how it nests, and its own declarations.
@@ -53,6 +55,7 @@ impl Decl {
             replaces: false,
             nested: None,
             items: (0, 0),
+            default_in_doc: false,
         }
     }
 
@@ -96,6 +99,14 @@ impl Decl {
     pub(crate) fn default<T: Field>(mut self, v: T) -> Self {
         self.attr = self.attr.optional().computed();
         self.default = Some(v.to_value());
+        self
+    }
+
+    /// As [`Decl::default`], for a description that states the default itself where it
+    /// reads best (mid-sentence, say): no "Default `X`." is added to it.
+    pub(crate) fn default_in_doc<T: Field>(mut self, v: T) -> Self {
+        self = self.default(v);
+        self.default_in_doc = true;
         self
     }
 
@@ -160,7 +171,7 @@ impl Decl {
     pub(crate) fn attribute(&self) -> Attribute {
         let mut a = self.attr.clone();
         let mut extra = Vec::new();
-        if let Some(d) = &self.default {
+        if let Some(d) = self.default.as_ref().filter(|_| !self.default_in_doc) {
             extra.push(format!("Default `{}`.", shown(d)));
         }
         if self.replaces {
@@ -753,6 +764,49 @@ pub(crate) fn field_at_plan<T: Field>(
     }
 }
 
+/// The list attribute or list of nested blocks `name` of a configuration or plan,
+/// element by element, each read by `each` (a block by its model's plan view,
+/// `MAtPlan::decode`; a list attribute's element by [`element_at_plan`]): one element
+/// not known yet leaves the others readable, where the list's own [`Known`] would be
+/// unknown as a whole. Fails as [`field`] does on a name the object does not have.
+pub(crate) fn each_at_plan<P>(
+    obj: &Value,
+    name: &'static str,
+    each: impl Fn(&Value) -> Result<P, Undecoded>,
+) -> Result<Known<Vec<P>>, Undecoded> {
+    let Value::Map(m) = obj else {
+        return Err(Undecoded::NotAnObject);
+    };
+    match m.get(name) {
+        None => Err(Undecoded::NotInSchema(name)),
+        Some(Value::Null) => Ok(Known::Null),
+        Some(Value::Unknown) => Ok(Known::Unknown),
+        Some(Value::List(items)) => items
+            .iter()
+            .map(each)
+            .collect::<Result<_, _>>()
+            .map(Known::Value),
+        Some(_) => Err(Undecoded::Invalid {
+            name,
+            why: "not a list".into(),
+        }),
+    }
+}
+
+/// For [`each_at_plan`] on the list attribute `name`: one element, null, unknown or a
+/// `T`.
+pub(crate) fn element_at_plan<T: Field>(
+    name: &'static str,
+) -> impl Fn(&Value) -> Result<Known<T>, Undecoded> {
+    move |x| match x {
+        Value::Null => Ok(Known::Null),
+        x if !x.is_fully_known() => Ok(Known::Unknown),
+        x => T::from_value(x)
+            .map(Known::Value)
+            .map_err(|why| Undecoded::Invalid { name, why }),
+    }
+}
+
 /// A resource's typed view of its own attributes; written by [`model!`](crate::model).
 pub(crate) trait Model: Sized {
     /// The declarations, built once.
@@ -1123,6 +1177,88 @@ mod tests {
         set_defaults(Site::decls(), &absent, &mut planned);
         assert_eq!(planned, absent, "no block, no defaults");
         assert!(Site::decode(&absent).unwrap().gateway.is_none());
+    }
+
+    #[test]
+    fn a_default_the_description_states_is_not_added_again() {
+        let d = Decl::new("root", Type::String)
+            .default_in_doc("/".to_string())
+            .doc("Prefix of the paths. Default `/`. Only tests change it.");
+        let a = d.attribute();
+        assert_eq!(
+            a.description,
+            "Prefix of the paths. Default `/`. Only tests change it."
+        );
+        assert!(a.optional && a.computed && !a.required);
+        let config = Value::object(&[("root", Value::Null)]);
+        let mut planned = config.clone();
+        set_defaults(&[d], &config, &mut planned);
+        assert_eq!(
+            planned.get("root"),
+            &Value::string("/"),
+            "still the default"
+        );
+    }
+
+    #[test]
+    fn a_list_is_read_element_by_element_at_plan() {
+        let machine = |h: Value| Value::object(&[("host", h), ("port", Value::Null)]);
+        let config = Value::object(&[
+            ("name", Value::string("f")),
+            (
+                "machine",
+                Value::List(vec![
+                    machine(Value::string("a.internal")),
+                    machine(Value::Unknown),
+                ]),
+            ),
+            (
+                "tags",
+                Value::List(vec![Value::string("a"), Value::Unknown, Value::Null]),
+            ),
+        ]);
+        // The whole list is unknown to the plan view; element by element it is not.
+        assert!(Fleet::decode(&config).err().unwrap().is_unknown());
+        let hosts: Vec<Known<String>> = each_at_plan(&config, "machine", machine_host)
+            .unwrap()
+            .known()
+            .unwrap();
+        assert_eq!(
+            hosts,
+            [Known::Value("a.internal".to_string()), Known::Unknown]
+        );
+        let tags = each_at_plan(&config, "tags", element_at_plan::<String>("tags")).unwrap();
+        assert_eq!(
+            tags,
+            Known::Value(vec![
+                Known::Value("a".to_string()),
+                Known::Unknown,
+                Known::Null
+            ])
+        );
+        let bad = Value::object(&[("tags", Value::List(vec![Value::Bool(true)]))]);
+        assert!(matches!(
+            each_at_plan(&bad, "tags", element_at_plan::<String>("tags")),
+            Err(Undecoded::Invalid { name: "tags", .. })
+        ));
+        let unknown = Value::object(&[("tags", Value::Unknown), ("none", Value::Null)]);
+        assert_eq!(
+            each_at_plan(&unknown, "tags", element_at_plan::<String>("tags")),
+            Ok(Known::Unknown)
+        );
+        assert_eq!(
+            each_at_plan(&unknown, "none", element_at_plan::<String>("none")),
+            Ok(Known::Null)
+        );
+        assert_eq!(
+            each_at_plan(&unknown, "other", element_at_plan::<String>("other")),
+            Err(Undecoded::NotInSchema("other"))
+        );
+    }
+
+    /// A machine block's host as its plan view reads it.
+    fn machine_host(b: &Value) -> Result<Known<String>, Undecoded> {
+        field_at_plan(b, "host")
     }
 
     #[test]

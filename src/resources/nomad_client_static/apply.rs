@@ -1,51 +1,141 @@
-//! The roll behind create, update and delete of `circleci_nomad_client_static`: the
-//! Nomad API settings, the first apply's check of every client, the roll recorded in
-//! the state, and the restore of the previous lists.
+//! What create, update and delete of `circleci_nomad_client_static` do: the Nomad API
+//! settings, the first apply's check of every client, the roll recorded in the state,
+//! and the restore of the previous lists.
 
 use super::roll::{self, Client, Found, Goal, NomadApi, Restart};
 use super::*;
 use crate::backends::tunnel::Route;
-use crate::resources::cutover::BUILDS_TIMEOUT;
+use crate::resources::cutover::Cutover;
 
 impl NomadClientStatic {
-    pub(super) fn roll_plan(
+    /// Create: every client checked, then the roll.
+    pub(super) async fn create_applied(&self, planned: &Value, config: &Value) -> Applied {
+        let failed = |d: Diagnostics| Applied {
+            state: None,
+            diags: d,
+        };
+        let (f, wo) = match (Fleet::decode(planned), WriteOnly::of(config)) {
+            (Ok(f), Ok(wo)) => (f, wo),
+            (Err(e), _) => return failed(e.into()),
+            (_, Err(d)) => return failed(d),
+        };
+        let todo = match self.clients_of(&f) {
+            Ok(c) => c,
+            Err(d) => return failed(d),
+        };
+        if let Err(d) = self.preflight(&todo, &f, wo.as_ref()).await {
+            return failed(d);
+        }
+        self.roll_to(None, f, wo.as_ref(), todo)
+            .await
+            .unwrap_or_else(failed)
+    }
+
+    /// Update: the clients that left the list get their own lists back (when asked),
+    /// then the clients not done, or changed, or all of them when a setting of their
+    /// files or agents changed, are rolled.
+    pub(super) async fn update_applied(
         &self,
+        prior: &Value,
         planned: &Value,
         config: &Value,
-    ) -> Result<roll::Plan, Diagnostics> {
-        let nomad = planned.get("nomad_endpoint").as_str().map(|e| NomadApi {
+    ) -> Applied {
+        let kept = |d: Diagnostics| Applied::kept(prior, d);
+        let (now, before, wo) = match (
+            Fleet::decode(planned),
+            Fleet::decode(prior),
+            WriteOnly::of(config),
+        ) {
+            (Ok(a), Ok(b), Ok(wo)) => (a, b, wo),
+            (Err(e), _, _) | (_, Err(e), _) => return kept(e.into()),
+            (_, _, Err(d)) => return kept(d),
+        };
+        let (targets, was) = match (self.clients_of(&now), self.clients_of(&before)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(d), _) | (_, Err(d)) => return kept(d),
+        };
+        // Clients that left the list get their own lists back first (when asked).
+        let keys: Vec<String> = targets.iter().map(|c| c.key.clone()).collect();
+        let gone: Vec<Client> = was.into_iter().filter(|c| !keys.contains(&c.key)).collect();
+        let mut left = if gone.is_empty() {
+            Diagnostics::new()
+        } else if !now.restore_on_destroy {
+            self.forget(&gone).await
+        } else {
+            match self.restore(&before, &now, wo.as_ref(), &gone).await {
+                Ok(w) => w,
+                Err(d) => return kept(d),
+            }
+        };
+        // What makes every client's file or agent differ from the last apply.
+        let everything = now.config_path != before.config_path
+            || now.nomad_servers != before.nomad_servers
+            || now.restart != before.restart
+            || now.service_name != before.service_name;
+        let status = before.status();
+        let todo: Vec<Client> = targets
+            .into_iter()
+            .enumerate()
+            .filter(|(i, c)| {
+                everything
+                    || status.get(&c.key).is_none_or(|s| s != OK)
+                    || now.client.0.get(*i) != before.client.0.iter().find(|o| o.key() == c.key)
+            })
+            .map(|(_, c)| c)
+            .collect();
+        let mut rolled = self
+            .roll_to(Some(&before), now, wo.as_ref(), todo)
+            .await
+            .unwrap_or_else(kept);
+        left.extend(rolled.diags);
+        rolled.diags = left;
+        rolled
+    }
+
+    /// Delete: every client's lists back from its kept original, or (with
+    /// `restore_on_destroy = false`) only the originals removed.
+    pub(super) async fn delete_applied(&self, prior: &Value) -> Applied {
+        let f = match Fleet::decode(prior) {
+            Ok(f) => f,
+            Err(e) => return Applied::kept(prior, e.into()),
+        };
+        if !f.restore_on_destroy {
+            // The lists stay; the kept originals go, where the clients can be reached.
+            let diags = match self.clients_of(&f) {
+                Ok(cs) => self.forget(&cs).await,
+                Err(_) => Diagnostics::new(),
+            };
+            return Applied { state: None, diags };
+        }
+        let cs = match self.clients_of(&f) {
+            Ok(c) => c,
+            Err(d) => return Applied::kept(prior, d),
+        };
+        match self.restore(&f, &f, None, &cs).await {
+            Ok(diags) => Applied { state: None, diags },
+            Err(d) => Applied::kept(prior, d),
+        }
+    }
+
+    /// How the roll treats every client of `f`; `wo` is `None` without a configuration.
+    pub(super) fn roll_plan(&self, f: &Fleet, wo: Option<&WriteOnly>) -> roll::Plan {
+        let nomad = f.nomad_endpoint.as_deref().map(|e| NomadApi {
             endpoint: e.trim_end_matches('/').to_string(),
-            ca_file: planned
-                .get("nomad_ca_file")
-                .as_str()
-                .map(crate::provider::expand_home),
+            ca_file: f.nomad_ca_file.as_deref().map(crate::provider::expand_home),
             ca_pem: None,
-            token: config
-                .get("nomad_token_wo")
-                .as_str()
-                .map(|t| crate::secret::Secret::new(t.to_string())),
-            ready_timeout: crate::resources::duration_or(planned, "ready_timeout", "5m"),
+            token: wo.and_then(|w| w.token.clone()),
+            ready_timeout: duration_or(&f.ready_timeout, DEFAULT_READY),
             route: self.data.route().unwrap_or(Route::Direct),
-            optional: config.is_null(),
+            optional: wo.is_none(),
         });
-        Ok(roll::Plan {
-            restart: Restart::parse(planned.get("restart").as_str().unwrap_or("systemctl"))
-                .unwrap_or(Restart::Systemctl),
-            service: planned
-                .get("service_name")
-                .as_str()
-                .unwrap_or("nomad")
-                .to_string(),
-            batch: planned
-                .get("batch_size")
-                .as_i64()
-                .and_then(|b| usize::try_from(b).ok())
-                .unwrap_or(1)
-                .max(1),
+        roll::Plan {
+            restart: Restart::parse(&f.restart).unwrap_or(Restart::Systemctl),
+            service: f.service_name.clone(),
+            batch: usize::try_from(f.batch_size).unwrap_or(1).max(1),
             nomad,
             drain: None,
             timeout: self.data.timeout(),
-        })
+        }
     }
 
     /// Before a roll to `targets` changes anything: when CircleCI runs, the clients may
@@ -55,13 +145,13 @@ impl NomadClientStatic {
     /// True when CircleCI is stopped.
     pub(super) async fn guard(
         &self,
-        v: &Value,
+        f: &Fleet,
         targets: &[String],
         plan: &mut roll::Plan,
         at: AttrPath,
     ) -> Result<bool, Diagnostics> {
-        let s = crate::resources::cutover::StopSettings::of_resource(v);
-        let cutover = crate::resources::cutover::Cutover::new(&self.data, &s);
+        let s = f.stop_settings();
+        let cutover = Cutover::new(&self.data, &s);
         let Some(in_use) = cutover.running_on().await? else {
             log::info!("CircleCI is stopped: the clients are rolled without draining");
             return Ok(true);
@@ -159,7 +249,7 @@ impl NomadClientStatic {
         plan.drain = Some(roll::Drainer {
             api,
             kind,
-            builds_timeout: crate::resources::duration_or(v, "builds_timeout", BUILDS_TIMEOUT),
+            builds_timeout: s.builds_timeout,
             untouched: "its agent was not restarted and its file not changed",
         });
         Ok(false)
@@ -170,11 +260,12 @@ impl NomadClientStatic {
     /// its file, all clients at once, its agent restarted (not awaited: it joins the
     /// Nomad CircleCI goes back to), the copy removed. What was done, for messages.
     pub(crate) async fn move_back(&self, v: &Value) -> Result<String, Diagnostics> {
-        let cs = self.clients_of(v)?;
-        let mut plan = self.roll_plan(v, &Value::Null)?;
+        let f = Fleet::of_record(v)?;
+        let cs = self.clients_of(&f)?;
+        let mut plan = self.roll_plan(&f, None);
         plan.nomad = None;
         plan.batch = cs.len().max(1);
-        let applied = strings(v.get("nomad_servers"));
+        let applied = f.nomad_servers.clone();
         let items: Vec<(Client, Goal)> = cs
             .iter()
             .map(|c| {
@@ -211,11 +302,11 @@ impl NomadClientStatic {
         Ok(done)
     }
 
-    /// The clients of `v` as SSH targets: the provider's `services_host` settings, and
+    /// The clients of `f` as SSH targets: the provider's `services_host` settings, and
     /// through the Services machine when `via_services_host` (or the provider's) says so.
-    pub(super) fn clients_of(&self, v: &Value) -> Result<Vec<Client>, Diagnostics> {
+    pub(super) fn clients_of(&self, f: &Fleet) -> Result<Vec<Client>, Diagnostics> {
         let services = self.data.services()?;
-        let via = match v.get("via_services_host").as_bool() {
+        let via = match f.via_services_host {
             Some(true) => Some(services.clone()),
             Some(false) => None,
             None => match self.data.route()? {
@@ -223,62 +314,41 @@ impl NomadClientStatic {
                 Route::Direct => None,
             },
         };
-        clients(v, services.config(), via.as_ref())
+        clients(f, services.config(), via.as_ref())
     }
 
-    /// Rolls `todo` to `servers` from `prior`'s record; the state after, and the error
-    /// naming where the roll stopped.
+    /// Rolls `todo` to `f`'s servers from `prior`'s record (none at create): the state
+    /// after, with the error naming where the roll stopped. `Err` when nothing changed.
     pub(super) async fn roll_to(
         &self,
-        prior: &Value,
-        planned: &Value,
-        config: &Value,
+        prior: Option<&Fleet>,
+        mut f: Fleet,
+        wo: Option<&WriteOnly>,
         todo: Vec<Client>,
-    ) -> Applied {
-        let servers = strings(planned.get("nomad_servers"));
-        // Nothing changed yet: a create keeps no state, an update its prior one.
-        let unchanged = |d: Diagnostics| Applied {
-            state: (!prior.is_null()).then(|| prior.clone()),
-            diags: d,
-        };
-        let mut plan = match self.roll_plan(planned, config) {
-            Ok(p) => p,
-            Err(d) => return unchanged(d),
-        };
-        match self
-            .guard(
-                planned,
-                &servers,
-                &mut plan,
-                AttrPath::root("nomad_servers"),
-            )
-            .await
-        {
-            // Inside a cutover: its fallback puts these clients back.
-            Ok(true) => {
-                let s = crate::resources::cutover::StopSettings::of_resource(planned);
-                let cut = crate::resources::cutover::Cutover::new(&self.data, &s);
-                if let Err(d) = cut.note_moved_static(planned.to_json()).await {
-                    return unchanged(d);
-                }
-            }
-            Ok(false) => {}
-            Err(d) => return unchanged(d),
+    ) -> Result<Applied, Diagnostics> {
+        let mut plan = self.roll_plan(&f, wo);
+        let at = AttrPath::root("nomad_servers");
+        // Inside a cutover: its fallback puts these clients back.
+        if self.guard(&f, &f.nomad_servers, &mut plan, at).await? {
+            let s = f.stop_settings();
+            let cut = Cutover::new(&self.data, &s);
+            cut.note_moved_static(f.to_state().to_json()).await?;
         }
-        let mut status = status_map(prior);
-        let mut previous = previous_map(prior);
-        let keys = keys_of(planned);
+        let (mut status, mut previous) = prior
+            .map(|p| (p.status(), p.previous()))
+            .unwrap_or_default();
+        let settled = status.clone();
+        let keys = f.keys();
         status.retain(|k, _| keys.contains(k));
         previous.retain(|k, _| keys.contains(k));
         for c in &todo {
             status.insert(c.key.clone(), "pending: not rolled yet".into());
         }
-        let settled = status_map(prior);
         let items: Vec<(Client, Goal)> = todo
             .iter()
             .map(|c| {
                 let goal = Goal::Servers {
-                    servers: servers.clone(),
+                    servers: f.nomad_servers.clone(),
                     recorded: previous.get(&c.key).cloned(),
                     settled: settled.get(&c.key).is_some_and(|s| s == OK),
                 };
@@ -293,12 +363,8 @@ impl NomadClientStatic {
         for k in &rolled.done {
             status.insert(k.clone(), OK.into());
         }
-        let mut state = planned.clone();
-        if state.get("id").is_unknown() {
-            state.set(
-                "id",
-                Value::string(keys.first().cloned().unwrap_or_default()),
-            );
+        if f.id == Known::Unknown {
+            f.id = Known::Value(keys.first().cloned().unwrap_or_default());
         }
         match rolled.stopped {
             None => {}
@@ -325,12 +391,12 @@ impl NomadClientStatic {
                 ));
             }
         }
-        state.set(STATUS, status_value(&status));
-        state.set(PREVIOUS, previous_value(&previous));
-        Applied {
-            state: Some(state),
+        f.client_status = Known::Value(status);
+        f.previous_servers = Known::Value(previous);
+        Ok(Applied {
+            state: Some(f.to_state()),
             diags,
-        }
+        })
     }
 
     /// Before a first apply changes anything: every client reachable, its file there
@@ -338,8 +404,8 @@ impl NomadClientStatic {
     pub(super) async fn preflight(
         &self,
         clients: &[Client],
-        planned: &Value,
-        config: &Value,
+        f: &Fleet,
+        wo: Option<&WriteOnly>,
     ) -> Result<(), Diagnostics> {
         let mut tasks = tokio::task::JoinSet::new();
         for c in clients {
@@ -354,7 +420,7 @@ impl NomadClientStatic {
         }
         let mut bad = Vec::new();
         // The nodes must be readable too: the roll waits on them.
-        if let Some(api) = self.roll_plan(planned, config)?.nomad {
+        if let Some(api) = self.roll_plan(f, wo).nomad {
             if let Err(e) = api.nodes(self.data.timeout()).await {
                 bad.push(format!("the Nomad API, to see restarted nodes ready: {e}"));
             }
@@ -383,21 +449,19 @@ impl NomadClientStatic {
 
 impl NomadClientStatic {
     /// Puts each servers list of `cs`'s files back to its own original (kept next to the
-    /// file; without that copy, the list the state records; clients with neither are
-    /// named in a warning), then removes the copies. On failure the state keeps what is
-    /// not restored.
+    /// file; without that copy, the list `before` records; clients with neither are
+    /// named in a warning), then removes the copies; with `settings`' restart and Nomad
+    /// API. The warnings; `Err` when not every client is back (the state then keeps
+    /// them all).
     pub(super) async fn restore(
         &self,
-        prior: &Value,
-        planned: &Value,
-        config: &Value,
+        before: &Fleet,
+        settings: &Fleet,
+        wo: Option<&WriteOnly>,
         cs: &[Client],
-    ) -> Applied {
-        let previous = previous_map(prior);
-        let mut plan = match self.roll_plan(planned, config) {
-            Ok(p) => p,
-            Err(d) => return Applied::kept(prior, d),
-        };
+    ) -> Result<Diagnostics, Diagnostics> {
+        let previous = before.previous();
+        let mut plan = self.roll_plan(settings, wo);
         let mut targets: Vec<String> = cs
             .iter()
             .filter_map(|c| previous.get(&c.key))
@@ -406,13 +470,9 @@ impl NomadClientStatic {
             .collect();
         targets.sort();
         targets.dedup();
-        if let Err(d) = self
-            .guard(planned, &targets, &mut plan, AttrPath::root(CLIENT))
-            .await
-        {
-            return Applied::kept(prior, d);
-        }
-        let applied = strings(prior.get("nomad_servers"));
+        self.guard(settings, &targets, &mut plan, AttrPath::root(CLIENT))
+            .await?;
+        let applied = before.nomad_servers.clone();
         let items: Vec<(Client, Goal)> = cs
             .iter()
             .map(|c| {
@@ -438,12 +498,9 @@ impl NomadClientStatic {
                     }
                 ),
             ));
-            return Applied {
-                state: Some(prior.clone()),
-                diags,
-            };
+            return Err(diags);
         }
-        Applied { state: None, diags }
+        Ok(diags)
     }
 
     /// With `restore_on_destroy = false`: the lists stay, the kept originals of `cs` are

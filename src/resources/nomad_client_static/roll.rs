@@ -36,6 +36,15 @@ impl Restart {
         }
     }
 
+    /// The word the configuration gives.
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Restart::Systemctl => "systemctl",
+            Restart::Service => "service",
+            Restart::None => "none",
+        }
+    }
+
     /// The one command, or none.
     fn command(self, service: &str) -> Result<Option<RemoteCommand>, String> {
         match self {
