@@ -24,11 +24,11 @@ use crate::provider::ProviderData;
 
 mod container;
 pub(crate) use container::fail as command_failed;
+mod apply;
+mod apply_mongo;
 pub(crate) mod embedded_mongo;
 pub mod embedded_postgres;
 mod estimate;
-mod run;
-mod run_mongo;
 mod settings;
 mod tools;
 pub(crate) mod vault_key;
@@ -827,7 +827,7 @@ mod tests {
     fn containers_carry_the_prefix_the_restart_looks_for() {
         let prefix = crate::resources::cutover::MIGRATION_CONTAINER;
         assert!(super::CONTAINER.starts_with(prefix));
-        assert!(super::run_mongo::CONTAINER.starts_with(prefix));
+        assert!(super::apply_mongo::CONTAINER.starts_with(prefix));
         assert!(super::tools::CONTAINER.starts_with(prefix));
     }
 }

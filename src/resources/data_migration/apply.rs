@@ -1,10 +1,12 @@
-//! The migration itself: preflight, stop, PostgreSQL, Vault, record.
+//! What create, update and delete do: the migration itself (preflight, stop,
+//! PostgreSQL, Vault, record; MongoDB in `apply_mongo`), and the export removed on
+//! destroy.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
 
+use super::apply_mongo::MongoOutcome;
 use super::embedded_postgres::{EmbeddedPostgres, ExportFile, Exported, Source, Target};
-use super::run_mongo::MongoOutcome;
 use super::settings::{settings, PgSettings, Settings};
 use super::vault_key::{Found, KeyMove};
 use super::*;
@@ -317,7 +319,7 @@ impl DataMigration {
             Some(m) => {
                 let t = Instant::now();
                 let out = self.migrate_mongo(&s, m, &mongo_occupied, &cut).await?;
-                super::run_mongo::log_done(t, &out);
+                super::apply_mongo::log_done(t, &out);
                 out
             }
             None => MongoOutcome::default(),

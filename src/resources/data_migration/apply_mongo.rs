@@ -1,12 +1,12 @@
-//! The MongoDB part of the migration: the preflight on the target (through the
+//! The MongoDB part of the apply: the preflight on the target (through the
 //! provider's admin client) and the databases carried over one after another through
 //! the temporary container, each compared collection by collection afterwards.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use super::apply::{differs_from_embedded, not_empty_while_running, stopped_error, Occupied};
 use super::embedded_mongo::{EmbeddedMongo, MongoTarget, DUMP_DIR};
-use super::run::{differs_from_embedded, not_empty_while_running, stopped_error, Occupied};
 use super::settings::{at, MongoSettings};
 use super::*;
 use crate::backends::mongo::{MongoAdmin, MongoError};
