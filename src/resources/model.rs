@@ -33,6 +33,8 @@ pub(crate) struct Decl {
     nested: Option<Nested>,
     /// How many blocks: `(min, max)`, `max` 0 for no limit.
     items: (i64, i64),
+    /// The description says the default itself ([`Decl::default_in_doc`]).
+    default_in_doc: bool,
 }
 
 /// The shape of a nested block: how it nests, and its own declarations.
@@ -53,6 +55,7 @@ impl Decl {
             replaces: false,
             nested: None,
             items: (0, 0),
+            default_in_doc: false,
         }
     }
 
@@ -97,6 +100,13 @@ impl Decl {
         self.attr = self.attr.optional().computed();
         self.default = Some(v.to_value());
         self
+    }
+
+    /// As [`Decl::default`], for a description that says the default in its own words
+    /// (mid-sentence, or with why): nothing is added to it.
+    pub(crate) fn default_in_doc<T: Field>(mut self, v: T) -> Self {
+        self.default_in_doc = true;
+        self.default(v)
     }
 
     /// Checked at plan (see [`validate::Check`]); null and unknown values pass.
@@ -160,7 +170,7 @@ impl Decl {
     pub(crate) fn attribute(&self) -> Attribute {
         let mut a = self.attr.clone();
         let mut extra = Vec::new();
-        if let Some(d) = &self.default {
+        if let Some(d) = self.default.as_ref().filter(|_| !self.default_in_doc) {
             extra.push(format!("Default `{}`.", shown(d)));
         }
         if self.replaces {
@@ -644,7 +654,13 @@ impl<T: Field> Field for std::collections::BTreeMap<String, T> {
             return Err("not a map".into());
         };
         m.iter()
-            .map(|(k, x)| Ok((k.clone(), T::from_value(x)?)))
+            .map(|(k, x)| {
+                let t = match x {
+                    Value::Null => T::from_null().ok_or_else(|| "an element is null".to_string()),
+                    x => T::from_value(x),
+                }?;
+                Ok((k.clone(), t))
+            })
             .collect()
     }
     fn to_value(&self) -> Value {
@@ -862,6 +878,7 @@ macro_rules! model {
 mod tests {
     use super::*;
     use crate::plugin::Value;
+    use std::collections::BTreeMap;
 
     #[derive(Debug, PartialEq)]
     enum Colour {
@@ -1107,6 +1124,48 @@ mod tests {
         set_defaults(Site::decls(), &absent, &mut planned);
         assert_eq!(planned, absent, "no block, no defaults");
         assert!(Site::decode(&absent).unwrap().gateway.is_none());
+    }
+
+    crate::model! {
+        /// A model whose description tells its default, and a map of maybe-null values.
+        struct Told {
+            port: u16 [default_in_doc(22u16), doc("Its port, `22` unless set (the default).")],
+            tags: Option<BTreeMap<String, Option<String>>> [optional],
+        }
+    }
+
+    #[test]
+    fn a_default_the_description_tells_is_not_added_again() {
+        let b = block(Told::decls(), "Told.");
+        let port = b.attribute("port").unwrap();
+        assert_eq!(port.description, "Its port, `22` unless set (the default).");
+        assert!(port.optional && port.computed);
+        let config = Value::object(&[("port", Value::Null), ("tags", Value::Null)]);
+        let mut planned = config.clone();
+        set_defaults(Told::decls(), &config, &mut planned);
+        assert_eq!(
+            planned.get("port"),
+            &Value::int(22),
+            "still the plan's default"
+        );
+    }
+
+    #[test]
+    fn a_map_element_may_be_null_when_its_type_holds_null() {
+        let tags = Value::Map(
+            [
+                ("a".to_string(), Value::string("x")),
+                ("b".to_string(), Value::Null),
+            ]
+            .into_iter()
+            .collect(),
+        );
+        let t = Told::decode(&Value::object(&[("port", Value::int(2)), ("tags", tags)])).unwrap();
+        let tags = t.tags.unwrap();
+        assert_eq!(tags.get("a"), Some(&Some("x".to_string())));
+        assert_eq!(tags.get("b"), Some(&None));
+        let strict = Value::Map([("b".to_string(), Value::Null)].into_iter().collect());
+        assert!(BTreeMap::<String, String>::from_value(&strict).is_err());
     }
 
     #[test]
