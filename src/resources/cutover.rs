@@ -172,13 +172,6 @@ pub(crate) fn embedded_nomad_attr() -> Attribute {
         .attribute()
 }
 
-/// `builds_timeout`, for a resource whose schema is not a model yet.
-pub(crate) fn builds_timeout_attr() -> Attribute {
-    Decl::new("builds_timeout", Type::String)
-        .stop_builds_timeout()
-        .attribute()
-}
-
 /// The values those attributes default to, for `set_defaults`.
 pub(crate) fn defaults() -> [(&'static str, Value); 2] {
     [
