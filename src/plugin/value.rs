@@ -93,11 +93,6 @@ impl Value {
         Value::Number(Number::Int(i))
     }
 
-    /// A count or a size in bytes (saturating at `i64::MAX`, which none reaches).
-    pub(crate) fn count<N: TryInto<i64>>(n: N) -> Value {
-        Value::int(n.try_into().unwrap_or(i64::MAX))
-    }
-
     pub fn is_null(&self) -> bool {
         matches!(self, Value::Null)
     }

@@ -173,24 +173,6 @@ pub(crate) fn embedded_nomad_attr() -> Attribute {
         .attribute()
 }
 
-/// `builds_timeout`, for a resource whose schema is not a model yet.
-pub(crate) fn builds_timeout_attr() -> Attribute {
-    Decl::new("builds_timeout", Type::String)
-        .stop_builds_timeout()
-        .attribute()
-}
-
-/// The values those attributes default to, for `set_defaults`.
-pub(crate) fn defaults() -> [(&'static str, Value); 2] {
-    [
-        (
-            "embedded_nomad_endpoint",
-            Value::string(DEFAULT_EMBEDDED_NOMAD),
-        ),
-        ("builds_timeout", Value::string(BUILDS_TIMEOUT)),
-    ]
-}
-
 /// Plan-time checks of those attributes.
 pub(crate) fn validate(config: &Value, diags: &mut Diagnostics) {
     if let Some(e) = config.get("embedded_nomad_endpoint").as_str() {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::backends::ssh::{
     CommandOutput, Program, RemoteCommand, ServicesHost, SshError, SshErrorKind,
 };
-use crate::plugin::{AttrPath, Block, Diagnostic, Diagnostics, Resource, Type, Value};
+use crate::plugin::{AttrPath, Diagnostic, Diagnostics, Resource, Value};
 use crate::provider::ProviderData;
 use config_file::ConfigFile;
 
@@ -126,29 +126,7 @@ pub(crate) fn set_defaults<const N: usize>(
     }
 }
 
-/// `password` (kept in the state), `password_wo` (write-only) and
-/// `password_wo_version`; `whose` starts the descriptions ("The role's password"),
-/// `applies_to` says what a rotation changes.
-pub(crate) fn password_attrs(b: Block, whose: &str, applies_to: &str) -> Block {
-    use model::Decl;
-    b.attr(
-        Decl::new("password", Type::String)
-            .password_kept(whose)
-            .attribute(),
-    )
-    .attr(
-        Decl::new("password_wo", Type::String)
-            .password_write_only(whose)
-            .attribute(),
-    )
-    .attr(
-        Decl::new("password_wo_version", Type::Number)
-            .password_version(applies_to)
-            .attribute(),
-    )
-}
-
-/// The password attributes ([`password_attrs`]) as a configuration holds them: the
+/// The password attributes (`password`, `password_wo`, `password_wo_version`) as a configuration holds them: the
 /// one place that reads them by name.
 pub(crate) struct Passwords {
     pub password: model::Known<crate::secret::Secret>,

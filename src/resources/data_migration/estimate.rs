@@ -174,47 +174,56 @@ async fn free_at(h: &ServicesHost, dir: &str, deadline: Duration) -> Result<(Str
     }
 }
 
+/// Where the migration reads and writes on the Services machine.
+pub(super) struct Layout<'a> {
+    /// The directory the machine's paths are under (`config_root`).
+    pub root: &'a str,
+    pub export_dir: &'a str,
+    /// The embedded PostgreSQL's data directory, when carried.
+    pub postgres: Option<&'a str>,
+    /// The embedded MongoDB's data directory, when carried.
+    pub mongo: Option<&'a str>,
+    /// `postgres.compression = 0`.
+    pub pg_uncompressed: bool,
+}
+
+impl<'a> Layout<'a> {
+    /// The layout of the migration's settings.
+    pub(super) fn of(s: &'a super::settings::Settings) -> Self {
+        Layout {
+            root: &s.cutover.root,
+            export_dir: &s.export_dir,
+            postgres: s.postgres.as_ref().map(|p| p.data_dir.as_str()),
+            mongo: s.mongo.as_ref().map(|m| m.data_dir.as_str()),
+            pg_uncompressed: s.postgres.as_ref().is_none_or(|p| p.compression == 0),
+        }
+    }
+}
+
 impl DataMigration {
-    /// The sizes, for the planned migration `planned` (its root, data directories and
-    /// export directory); None when the Services machine is not configured.
-    pub(super) async fn sizes(&self, planned: &Value) -> Option<Sizes> {
-        if planned.get(POSTGRES).is_null() && planned.get(MONGO).is_null() {
+    /// The sizes, for the migration laid out as `at`; None when nothing is carried from
+    /// a data directory or the Services machine is not configured.
+    pub(super) async fn sizes(&self, at: &Layout<'_>) -> Option<Sizes> {
+        if at.postgres.is_none() && at.mongo.is_none() {
             return None;
         }
         let h = self.data.services().ok()?;
-        let root = planned
-            .get("config_root")
-            .as_str()
-            .unwrap_or("/")
-            .trim_end_matches('/');
+        let root = at.root.trim_end_matches('/');
         let deadline = self.data.timeout();
-        let dir = |block: &str, default: &str| {
-            let b = planned.get(block);
-            (!b.is_null())
-                .then(|| format!("{root}{}", b.get("data_dir").as_str().unwrap_or(default)))
-        };
-        let postgres = match dir(POSTGRES, mig::PG_DATA) {
-            Some(d) => Some(size_of(&h, &d, deadline).await),
+        let postgres = match at.postgres {
+            Some(d) => Some(size_of(&h, &format!("{root}{d}"), deadline).await),
             None => None,
         };
-        let mongo = match dir(MONGO, mig::MONGO_DATA) {
-            Some(d) => Some(size_of(&h, &d, deadline).await),
+        let mongo = match at.mongo {
+            Some(d) => Some(size_of(&h, &format!("{root}{d}"), deadline).await),
             None => None,
         };
-        let export = format!(
-            "{root}{}",
-            planned.get("export_dir").as_str().unwrap_or(EXPORT_DIR)
-        );
+        let export = format!("{root}{}", at.export_dir);
         Some(Sizes {
             postgres,
             mongo,
             avail: free_at(&h, &export, deadline).await,
-            pg_uncompressed: planned
-                .get(POSTGRES)
-                .get("compression")
-                .as_i64()
-                .unwrap_or(0)
-                == 0,
+            pg_uncompressed: at.pg_uncompressed,
         })
     }
 }

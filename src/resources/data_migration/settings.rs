@@ -1,11 +1,11 @@
-//! The migration's settings: the planned state resolved, with the write-only
-//! passwords and token from the configuration.
+//! The migration's settings: the planned state's model resolved, with the write-only
+//! passwords and token from the configuration's.
 
 use std::time::Duration;
 
 use super::*;
 use crate::backends::vault::VaultConfig;
-use crate::resources::{cutover, strings};
+use crate::resources::cutover;
 use crate::secret::Secret;
 
 /// The `postgres` block, resolved.
@@ -80,102 +80,83 @@ pub(super) fn settings(
     config: &Value,
     data: &crate::provider::ProviderData,
 ) -> Result<Settings, Diagnostics> {
-    let timeout = data.timeout();
-    let pg = planned.get(POSTGRES);
-    let postgres = if pg.is_null() {
-        None
-    } else {
-        let c = config.get(POSTGRES);
-        let password = password_at(c, AttrPath::root(POSTGRES).attr("password_wo"))?;
-        Some(PgSettings {
-            image: pg.get("image").as_str().unwrap_or(mig::PG_IMAGE).into(),
-            restore_image: pg.get("restore_image").as_str().unwrap_or_default().into(),
-            data_dir: pg.get("data_dir").as_str().unwrap_or(mig::PG_DATA).into(),
-            databases: strings(pg.get("databases")),
-            host: pg.get("host").as_str().unwrap_or_default().into(),
-            port: pg
-                .get("port")
-                .as_i64()
-                .and_then(|p| u16::try_from(p).ok())
-                .unwrap_or(5432),
-            user: pg.get("user").as_str().unwrap_or(DEFAULT_USER).into(),
-            password,
-            sslmode: pg
-                .get("sslmode")
-                .as_str()
-                .unwrap_or(super::DEFAULT_SSLMODE)
-                .into(),
-            ca_file: pg.get("ca_file").as_str().map(str::to_string),
-            compression: pg
-                .get("compression")
-                .as_i64()
-                .and_then(|n| u8::try_from(n.clamp(0, 9)).ok())
-                .unwrap_or(0),
-        })
+    let m = Migration::decode(planned)?;
+    let parts = PartsOfState::decode(planned)?;
+    // The write-only passwords and token are in the configuration only.
+    let given = PartsAtPlan::decode(config)?;
+    let postgres = match parts.postgres {
+        Known::Value(pg) => {
+            let c = known_ref(&given.postgres);
+            let password = password_at(
+                c.map(|c| (&c.password_wo, &c.password)),
+                AttrPath::root(POSTGRES).attr("password_wo"),
+            )?;
+            Some(PgSettings {
+                image: pg.image,
+                restore_image: pg.restore_image.known().unwrap_or_default(),
+                data_dir: pg.data_dir,
+                databases: pg.databases,
+                host: pg.host,
+                port: pg.port,
+                user: pg.user,
+                password,
+                sslmode: pg.sslmode,
+                ca_file: pg.ca_file,
+                compression: u8::try_from(pg.compression.clamp(0, 9)).unwrap_or(0),
+            })
+        }
+        Known::Null | Known::Unknown => None,
     };
-    let v = planned.get(VAULT);
-    let vault = if v.is_null() {
-        None
-    } else {
-        let token = config
-            .get(VAULT)
-            .get("source_token_wo")
-            .as_str()
-            .unwrap_or_default();
-        let cfg = VaultConfig {
-            address: v
-                .get("source_address")
-                .as_str()
-                .unwrap_or_default()
-                .trim_end_matches('/')
-                .into(),
-            token: Secret::new(token.to_string()),
-            ca_cert_file: v
-                .get("source_ca_cert_file")
-                .as_str()
-                .map(crate::provider::expand_home),
-            namespace: None,
-            skip_tls_verify: false,
-            timeout,
-            route: match v.get("via_services_host").as_bool() {
-                Some(true) => crate::backends::tunnel::Route::Tunnel(data.services()?),
-                Some(false) => crate::backends::tunnel::Route::Direct,
-                None => data.route()?,
-            },
-        };
-        let s = |k: &str, d: &str| v.get(k).as_str().unwrap_or(d).to_string();
-        Some((
-            cfg,
-            s("source_mount", "transit"),
-            s("key", "context-service"),
-            s("target_mount", "transit"),
-        ))
+    let vault = match parts.vault {
+        Known::Value(v) => {
+            let token = known_ref(&given.vault)
+                .and_then(|c| c.source_token_wo.clone().known().flatten())
+                .unwrap_or_else(|| Secret::new(String::new()));
+            let cfg = VaultConfig {
+                address: v.source_address.trim_end_matches('/').into(),
+                token,
+                ca_cert_file: v
+                    .source_ca_cert_file
+                    .as_deref()
+                    .map(crate::provider::expand_home),
+                namespace: None,
+                skip_tls_verify: false,
+                timeout: data.timeout(),
+                route: match v.via_services_host {
+                    Some(true) => crate::backends::tunnel::Route::Tunnel(data.services()?),
+                    Some(false) => crate::backends::tunnel::Route::Direct,
+                    None => data.route()?,
+                },
+            };
+            Some((cfg, v.source_mount, v.key, v.target_mount))
+        }
+        Known::Null | Known::Unknown => None,
+    };
+    let mongo = match parts.mongo {
+        Known::Value(mg) => Some(mongo_settings(mg, known_ref(&given.mongo))?),
+        Known::Null | Known::Unknown => None,
+    };
+    // A negative number (the plan's check refuses it) reads as the default.
+    let parallelism = match m.parallelism {
+        n if n < 0 => DEFAULT_PARALLELISM,
+        n => n.clamp(1, MAX_PARALLELISM),
     };
     Ok(Settings {
-        stop_app: planned.get("stop_app").as_bool().unwrap_or(true),
-        versions: super::super::services_restart::allowed_versions(planned),
-        stop_timeout: super::super::duration_or(planned, "stop_timeout", STOP_TIMEOUT),
-        cutover: crate::resources::cutover::StopSettings::of(
-            planned,
-            planned.get("config_root").as_str().unwrap_or("/"),
-        ),
-        command_timeout: super::super::duration_or(planned, "command_timeout", COMMAND_TIMEOUT),
-        overwrite: planned.get("overwrite_existing").as_bool() == Some(true),
-        keep_export: planned.get("keep_export").as_bool() != Some(false),
-        parallelism: planned
-            .get("parallelism")
-            .as_i64()
-            .and_then(|n| usize::try_from(n).ok())
-            .map_or(super::DEFAULT_PARALLELISM, |n| {
-                n.clamp(1, super::MAX_PARALLELISM)
-            }),
-        export_dir: planned
-            .get("export_dir")
-            .as_str()
-            .unwrap_or(EXPORT_DIR)
-            .into(),
+        stop_app: m.stop_app,
+        versions: if m.allowed_versions.is_empty() {
+            vec![crate::resources::services_restart::DEFAULT_VERSIONS.to_string()]
+        } else {
+            m.allowed_versions.clone()
+        },
+        stop_timeout: duration(&m.stop_timeout, STOP_TIMEOUT),
+        cutover: stop_settings(&m),
+        command_timeout: duration(&m.command_timeout, COMMAND_TIMEOUT),
+        overwrite: m.overwrite_existing,
+        keep_export: m.keep_export,
+        parallelism: usize::try_from(parallelism).unwrap_or(1),
+        export_dir: m.export_dir,
         postgres,
-        mongo: mongo_settings(planned, config)?,
+        mongo,
         vault,
     })
 }
@@ -201,39 +182,45 @@ pub(super) fn at(attr: &str) -> AttrPath {
     AttrPath::root(MONGO).attr(attr)
 }
 
-pub(super) fn mongo_settings(
-    planned: &Value,
-    config: &Value,
-) -> Result<Option<MongoSettings>, Diagnostics> {
-    let m = planned.get(MONGO);
-    if m.is_null() {
-        return Ok(None);
-    }
-    let password = password_at(config.get(MONGO), at("password_wo"))?;
-    let s = |k: &str, d: &str| m.get(k).as_str().unwrap_or(d).to_string();
-    Ok(Some(MongoSettings {
-        image: s("image", mig::MONGO_IMAGE),
-        restore_image: s("restore_image", ""),
-        data_dir: s("data_dir", mig::MONGO_DATA),
-        databases: strings(m.get("databases")),
-        hosts: strings(m.get("hosts")),
-        replica_set: m.get("replica_set").as_str().map(str::to_string),
-        username: s("username", MONGO_USER),
-        auth_source: s("auth_source", MONGO_AUTH_SOURCE),
+fn mongo_settings(m: Mongo, given: Option<&MongoAtPlan>) -> Result<MongoSettings, Diagnostics> {
+    let password = password_at(
+        given.map(|c| (&c.password_wo, &c.password)),
+        at("password_wo"),
+    )?;
+    Ok(MongoSettings {
+        image: m.image,
+        restore_image: m.restore_image.known().unwrap_or_default(),
+        data_dir: m.data_dir,
+        databases: m.databases,
+        hosts: m.hosts,
+        replica_set: m.replica_set,
+        username: m.username,
+        auth_source: m.auth_source,
         password,
-        tls: m.get("tls").as_bool() != Some(false),
-        ca_file: m.get("ca_file").as_str().map(str::to_string),
-    }))
+        tls: m.tls,
+        ca_file: m.ca_file,
+    })
 }
 
-/// The block's password (`password` or `password_wo`); a missing one is an error on
-/// `path`.
-fn password_at(block: &Value, path: AttrPath) -> Result<crate::secret::Secret, Diagnostics> {
-    super::super::required_password(block).map_err(|d| {
-        let mut out = Diagnostics::new();
-        for x in d.0 {
-            out.push(x.at(path.clone()));
-        }
-        out
-    })
+/// The block's password as configured (`password_wo`, else `password`); a missing one
+/// is an error on `path`.
+/// A block's `password_wo` and `password`, as the configuration holds them.
+type Passwords<'a> = (&'a Known<Option<Secret>>, &'a Known<Option<Secret>>);
+
+fn password_at(given: Option<Passwords<'_>>, path: AttrPath) -> Result<Secret, Diagnostics> {
+    given
+        .and_then(|(wo, kept)| {
+            wo.clone()
+                .known()
+                .flatten()
+                .or_else(|| kept.clone().known().flatten())
+        })
+        .ok_or_else(|| {
+            Diagnostic::error(
+                "Password missing",
+                "set password_wo (Terraform 1.11 or later) or password",
+            )
+            .at(path)
+            .into()
+        })
 }

@@ -146,38 +146,85 @@ impl DataMigration {
         migrate: bool,
         diags: &mut Diagnostics,
     ) {
-        for block in [POSTGRES, MONGO] {
-            let mut b = planned.get(block).clone();
-            if b.is_null() || b.is_unknown() {
-                continue;
-            }
-            let configured = config.get(block).get(ATTR);
-            if !configured.is_null() {
-                if let (true, Some(image)) = (migrate, configured.as_str()) {
-                    if let Some(d) = self.refusal_at_plan(block, image).await {
-                        diags.push(d);
-                    }
-                }
-                continue;
-            }
-            let v = if !migrate {
-                prior.get(block).get(ATTR).clone()
-            } else if block == POSTGRES {
-                pg_target(&self.data)
-                    .await
-                    .map_or(Value::Unknown, |(_, _, n)| {
-                        Value::string(rt::default_pg_image(n))
-                    })
-            } else {
-                mongo_target(&self.data)
-                    .await
-                    .map_or(Value::Unknown, |(w, _)| {
-                        Value::string(rt::default_mongo_image(w))
-                    })
-            };
-            b.set(ATTR, v);
-            planned.set(block, b);
+        let (Ok(mut parts), Ok(given)) =
+            (PartsAtPlan::decode(planned), PartsAtPlan::decode(config))
+        else {
+            return;
+        };
+        // Null on create.
+        let before = PartsAtPlan::decode(prior).ok();
+        let image = |b: Known<&Known<String>>| match b {
+            Known::Value(i) => i.clone(),
+            Known::Null | Known::Unknown => Known::Null,
+        };
+        if let Known::Value(b) = &mut parts.postgres {
+            let configured = image(known_map(&given.postgres, |c| &c.restore_image));
+            let prior = before.as_ref().map_or(Known::Null, |p| {
+                image(known_map(&p.postgres, |c| &c.restore_image))
+            });
+            self.plan_image(
+                POSTGRES,
+                &mut b.restore_image,
+                configured,
+                prior,
+                migrate,
+                diags,
+            )
+            .await;
         }
+        if let Known::Value(b) = &mut parts.mongo {
+            let configured = image(known_map(&given.mongo, |c| &c.restore_image));
+            let prior = before.as_ref().map_or(Known::Null, |p| {
+                image(known_map(&p.mongo, |c| &c.restore_image))
+            });
+            self.plan_image(
+                MONGO,
+                &mut b.restore_image,
+                configured,
+                prior,
+                migrate,
+                diags,
+            )
+            .await;
+        }
+        parts.encode(planned);
+    }
+
+    /// `block.restore_image` at plan: the configured one checked (when the migration
+    /// runs) and kept; else the prior state's, or when the migration runs, the target's
+    /// release (unknown when the target does not answer now).
+    async fn plan_image(
+        &self,
+        block: &str,
+        planned: &mut Known<String>,
+        configured: Known<String>,
+        prior: Known<String>,
+        migrate: bool,
+        diags: &mut Diagnostics,
+    ) {
+        if !configured.is_null() {
+            if let (true, Known::Value(image)) = (migrate, &configured) {
+                if let Some(d) = self.refusal_at_plan(block, image).await {
+                    diags.push(d);
+                }
+            }
+            return;
+        }
+        *planned = if !migrate {
+            prior
+        } else if block == POSTGRES {
+            pg_target(&self.data)
+                .await
+                .map_or(Known::Unknown, |(_, _, n)| {
+                    Known::Value(rt::default_pg_image(n))
+                })
+        } else {
+            mongo_target(&self.data)
+                .await
+                .map_or(Known::Unknown, |(w, _)| {
+                    Known::Value(rt::default_mongo_image(w))
+                })
+        };
     }
 
     async fn refusal_at_plan(&self, block: &str, image: &str) -> Option<Diagnostic> {
@@ -208,12 +255,11 @@ impl DataMigration {
     /// Before the stop: each block's restore image resolved (the target's release when
     /// the plan could not read it) and started once with the CA mounted; the tools'
     /// own version checked against the target; for PostgreSQL, a login to the first
-    /// target database through them. The resolved images go into `state`.
+    /// target database through them. The resolved images go into the settings.
     pub(super) async fn check_restore_tools(
         &self,
         (postgres, mongo): (Option<&mut PgSettings>, Option<&mut MongoSettings>),
         deadline: Duration,
-        state: &mut Value,
     ) -> Result<(), Diagnostics> {
         let h = self.data.services()?;
         let when = "Nothing was stopped or changed.";
@@ -294,9 +340,6 @@ impl DataMigration {
             .await;
             c.stop().await;
             r?;
-            let mut b = state.get(POSTGRES).clone();
-            b.set(ATTR, Value::string(&image));
-            state.set(POSTGRES, b);
         }
         if let Some(m) = mongo {
             let Some((wire, name)) = mongo_target(&self.data).await else {
@@ -346,9 +389,6 @@ impl DataMigration {
             .await;
             c.stop().await;
             r?;
-            let mut b = state.get(MONGO).clone();
-            b.set(ATTR, Value::string(&image));
-            state.set(MONGO, b);
         }
         Ok(())
     }

@@ -11,12 +11,11 @@ use async_trait::async_trait;
 use std::collections::BTreeMap;
 
 use super::cutover::{self, StopAttrs, StopSettings};
-use super::model::{self, Decl, Known, Model};
+use super::model::{self, Known, Model};
 use super::validate::Check;
 use crate::circleci::restart::{self as rs, check_pattern};
 use crate::plugin::{
-    Applied, AttrPath, Attribute, Diagnostic, Diagnostics, PlanRequest, Resource, Schema, Type,
-    Value,
+    Applied, AttrPath, Diagnostic, Diagnostics, PlanRequest, Resource, Schema, Value,
 };
 use crate::provider::ProviderData;
 
@@ -27,23 +26,6 @@ mod run;
 pub(crate) use fallback::Fallback;
 
 pub(crate) const DEFAULT_VERSIONS: &str = "2.17.x";
-
-/// `allowed_versions`, for a resource whose schema is not a model yet.
-pub(crate) fn allowed_versions_attr(what: &str) -> Attribute {
-    Decl::new("allowed_versions", Type::list(Type::String))
-        .stop_allowed_versions(what)
-        .attribute()
-}
-
-/// The patterns of `allowed_versions`, or the default.
-pub(crate) fn allowed_versions(v: &Value) -> Vec<String> {
-    let versions = super::strings(v.get("allowed_versions"));
-    if versions.is_empty() {
-        vec![DEFAULT_VERSIONS.to_string()]
-    } else {
-        versions
-    }
-}
 
 /// `allowed_versions` at plan: at least one pattern, each valid.
 pub(crate) fn validate_versions(config: &Value, diags: &mut Diagnostics) {

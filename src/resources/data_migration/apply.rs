@@ -1,10 +1,13 @@
-//! The migration itself: preflight, stop, PostgreSQL, Vault, record.
+//! What create, update and delete do: the migration itself (preflight, stop,
+//! PostgreSQL, Vault, record; MongoDB in `apply_mongo`), and the export removed on
+//! destroy.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
 
+use super::apply_mongo::MongoOutcome;
 use super::embedded_postgres::{EmbeddedPostgres, ExportFile, Exported, Source, Target};
-use super::run_mongo::MongoOutcome;
+use super::estimate::Layout;
 use super::settings::{settings, PgSettings, Settings};
 use super::vault_key::{Found, KeyMove};
 use super::*;
@@ -18,7 +21,7 @@ use crate::resources::ssh_diag;
 /// What the PostgreSQL part found and did.
 #[derive(Default)]
 struct PgOutcome {
-    tables: BTreeMap<String, Value>,
+    tables: BTreeMap<String, String>,
     rows: i64,
     bytes: u64,
     files: Vec<ExportFile>,
@@ -48,18 +51,15 @@ impl DataMigration {
     /// that the apply stops it, with the builds running now, the embedded data's size
     /// and the expected downtime, and the runbook's licence prerequisite.
     pub(super) async fn preview_stop(&self, planned: &Value, diags: &mut Diagnostics) {
-        let known = [
-            "stop_app",
-            "config_root",
-            "export_dir",
-            "embedded_nomad_endpoint",
-            "builds_timeout",
-        ]
-        .iter()
-        .all(|a| planned.get(a).is_fully_known())
-            && [POSTGRES, MONGO]
-                .iter()
-                .all(|b| planned.get(b).get("data_dir").is_fully_known());
+        let (Ok(p), Ok(parts)) = (
+            MigrationAtPlan::decode(planned),
+            PartsAtPlan::decode(planned),
+        ) else {
+            return;
+        };
+        // A block left out has no data directory to read; one not known yet, no size.
+        let postgres = data_dir(known_map(&parts.postgres, |b| &b.data_dir));
+        let mongo = data_dir(known_map(&parts.mongo, |b| &b.data_dir));
         let Ok(h) = self.data.services() else {
             return;
         };
@@ -78,17 +78,40 @@ impl DataMigration {
                 ));
             }
         }
-        if !known {
+        // The rest needs every value it reads known.
+        let (
+            Known::Value(stop_app),
+            Known::Value(root),
+            Known::Value(export_dir),
+            Known::Value(nomad),
+            Known::Value(builds),
+            Some(postgres),
+            Some(mongo),
+        ) = (
+            &p.stop_app,
+            &p.config_root,
+            &p.export_dir,
+            &p.embedded_nomad_endpoint,
+            &p.builds_timeout,
+            postgres,
+            mongo,
+        )
+        else {
             return;
-        }
-        let sizes = self.sizes(planned).await;
-        if let Some(e) = sizes
-            .as_ref()
-            .and_then(|s| s.shortfall(planned.get("export_dir").as_str().unwrap_or(EXPORT_DIR)))
-        {
+        };
+        let layout = Layout {
+            root,
+            export_dir,
+            postgres,
+            mongo,
+            pg_uncompressed: known_ref(&parts.postgres)
+                .is_none_or(|b| b.compression.clone().known().unwrap_or(0) == 0),
+        };
+        let sizes = self.sizes(&layout).await;
+        if let Some(e) = sizes.as_ref().and_then(|s| s.shortfall(export_dir)) {
             diags.push(e);
         }
-        if planned.get("stop_app").as_bool() == Some(false) {
+        if !*stop_app {
             return;
         }
         let restart = ServicesRestart::new(self.data.clone());
@@ -98,8 +121,11 @@ impl DataMigration {
         if app.settled_in("stopped") {
             return;
         }
-        let root = planned.get("config_root").as_str().unwrap_or("/");
-        let s = crate::resources::cutover::StopSettings::of(planned, root);
+        let s = StopSettings {
+            root: root.clone(),
+            embedded_nomad: nomad.clone(),
+            builds_timeout: duration(builds, crate::resources::cutover::BUILDS_TIMEOUT),
+        };
         let builds = crate::resources::cutover::Cutover::new(&self.data, &s)
             .running_builds()
             .await;
@@ -175,16 +201,18 @@ impl DataMigration {
             Err(mut d) if !stop::requested() => {
                 // The runbook files this cutover wrote go back, so that CircleCI runs
                 // on what it used before; when this migration stopped it, it is
-                // started on them again (on_failure = "restore") and checked.
-                let root = planned.get("config_root").as_str().unwrap_or("/");
-                let cutover = crate::resources::cutover::StopSettings::of(planned, root);
-                let fb = crate::resources::services_restart::Fallback::after_step(
-                    &cutover,
-                    planned.get("on_failure").as_str() != Some("stop"),
-                );
-                ServicesRestart::new(self.data.clone())
-                    .after_failure(&fb, &mut d)
-                    .await;
+                // started on them again (on_failure = "restore") and checked. (A plan
+                // that does not decode stopped the migration before anything.)
+                if let Ok(m) = Migration::decode(planned) {
+                    let cutover = stop_settings(&m);
+                    let fb = crate::resources::services_restart::Fallback::after_step(
+                        &cutover,
+                        m.on_failure != "stop",
+                    );
+                    ServicesRestart::new(self.data.clone())
+                        .after_failure(&fb, &mut d)
+                        .await;
+                }
                 Err(d)
             }
             // Interrupted, not failed: nothing is undone; the next apply goes on.
@@ -285,28 +313,34 @@ impl DataMigration {
             .into());
         }
         if let Some(e) = self
-            .sizes(planned)
+            .sizes(&Layout::of(&s))
             .await
             .and_then(|sz| sz.shortfall(&s.export_dir))
         {
             return Err(e.into());
         }
-        let mut state = planned.clone();
-        self.check_restore_tools(
-            (s.postgres.as_mut(), s.mongo.as_mut()),
-            s.command_timeout,
-            &mut state,
-        )
-        .await?;
+        // The state: the plan, with what the migration finds and does.
+        let mut outcome = MigrationAtPlan::decode(planned)?;
+        let mut parts = PartsAtPlan::decode(planned)?;
+        self.check_restore_tools((s.postgres.as_mut(), s.mongo.as_mut()), s.command_timeout)
+            .await?;
+        // The restore images resolved (the target's release when the plan could not
+        // read it).
+        if let (Known::Value(b), Some(p)) = (&mut parts.postgres, &s.postgres) {
+            b.restore_image = Known::Value(p.restore_image.clone());
+        }
+        if let (Known::Value(b), Some(m)) = (&mut parts.mongo, &s.mongo) {
+            b.restore_image = Known::Value(m.restore_image.clone());
+        }
         if stop::requested() {
             return Err(stopped_error("before anything changed"));
         }
-        state.set("app_stopped_at", Value::string(""));
+        outcome.app_stopped_at = Known::Value(String::new());
         if running {
             restart
                 .stop_app(s.stop_timeout, &s.cutover, warnings)
                 .await?;
-            state.set("app_stopped_at", Value::string(now()));
+            outcome.app_stopped_at = Known::Value(now());
         }
         cut.open_written(written.as_ref()).await?;
         let pg = match &s.postgres {
@@ -317,7 +351,7 @@ impl DataMigration {
             Some(m) => {
                 let t = Instant::now();
                 let out = self.migrate_mongo(&s, m, &mongo_occupied, &cut).await?;
-                super::run_mongo::log_done(t, &out);
+                super::apply_mongo::log_done(t, &out);
                 out
             }
             None => MongoOutcome::default(),
@@ -355,26 +389,49 @@ impl DataMigration {
                 k.key
             );
         }
-        record(&mut state, &s, &pg, &mongo, skipped, started.elapsed());
+        record(&mut outcome, &s, &pg, &mongo, skipped, started.elapsed());
         cut.note_migrated().await?;
+        let mut state = planned.clone();
+        // The top level first: it writes a block back only as it read it.
+        outcome.encode(&mut state);
+        parts.encode(&mut state);
         Ok(state)
+    }
+
+    /// Update: nothing, unless the plan migrates again (`triggers` changed).
+    pub(super) async fn update_migration(&self, planned: &Value, config: &Value) -> Applied {
+        match MigrationAtPlan::decode(planned) {
+            Ok(p) if is_unknown(&p.migrated_at) => self.migrate(planned, config).await,
+            Ok(_) => Applied::from_result(Ok(planned.clone())),
+            Err(e) => Applied::from_result(Err(e.into())),
+        }
+    }
+
+    /// Destroy: the export removed with remove_export_on_destroy; nothing else.
+    pub(super) async fn destroy(&self, prior: &Value) -> Applied {
+        let m = match Migration::decode(prior) {
+            Ok(m) => m,
+            Err(e) => return Applied::kept(prior, e.into()),
+        };
+        if !m.remove_export_on_destroy {
+            return Applied::deleted(Diagnostics::new());
+        }
+        match self.remove_export(&m).await {
+            Ok(()) => Applied::deleted(Diagnostics::new()),
+            Err(d) => Applied::kept(prior, d),
+        }
     }
 
     /// On refresh: whether a fallback put CircleCI back on its embedded data after this
     /// migration was verified (then it no longer holds, and the next apply migrates
     /// again). A Services machine that does not answer says nothing.
-    pub(super) async fn fell_back(&self, state: &Value) -> bool {
-        if state
-            .get("migrated_at")
-            .as_str()
-            .unwrap_or_default()
-            .is_empty()
+    pub(super) async fn fell_back(&self, state: &Migration) -> bool {
+        if known_ref(&state.migrated_at).is_none_or(String::is_empty)
             || self.data.services().is_err()
         {
             return false;
         }
-        let root = state.get("config_root").as_str().unwrap_or("/");
-        let s = crate::resources::cutover::StopSettings::of(state, root);
+        let s = stop_settings(state);
         match Cutover::new(&self.data, &s).written().await {
             Ok(Some(w)) if w.fell_back => {
                 log::warn!(
@@ -648,14 +705,10 @@ impl DataMigration {
     }
 
     /// Destroy with remove_export_on_destroy: deletes the recorded export files.
-    pub(super) async fn remove_export(&self, prior: &Value) -> Result<(), Diagnostics> {
+    async fn remove_export(&self, prior: &Migration) -> Result<(), Diagnostics> {
         let h = self.data.services()?;
-        let root = prior
-            .get("config_root")
-            .as_str()
-            .unwrap_or("/")
-            .trim_end_matches('/');
-        if let Value::Map(files) = prior.get("export_sha256") {
+        let root = prior.config_root.trim_end_matches('/');
+        if let Known::Value(files) = &prior.export_sha256 {
             for path in files.keys() {
                 let full = format!("{root}{path}");
                 h.remove_file(&full).await.map_err(|e| {
@@ -664,6 +717,16 @@ impl DataMigration {
             }
         }
         Ok(())
+    }
+}
+
+/// A block's data directory for the preview: `Some(None)` when the block is left out
+/// (nothing to read), `None` while not known yet.
+fn data_dir(b: Known<&Known<String>>) -> Option<Option<&str>> {
+    match b {
+        Known::Null => Some(None),
+        Known::Value(Known::Value(d)) => Some(Some(d.as_str())),
+        Known::Value(Known::Null | Known::Unknown) | Known::Unknown => None,
     }
 }
 
@@ -868,15 +931,16 @@ fn add_tables(out: &mut PgOutcome, db: &str, stats: &[TableStat], size: u64) {
     for t in tables(stats) {
         out.tables.insert(
             format!("{db}.{}", t.table),
-            Value::string(format!("{} rows, checksum {}", t.rows, t.checksum)),
+            format!("{} rows, checksum {}", t.rows, t.checksum),
         );
         out.rows += t.rows;
     }
     out.bytes += size;
 }
 
+/// What the migration did, in the state's outcome attributes.
 fn record(
-    state: &mut Value,
+    out: &mut MigrationAtPlan,
     s: &Settings,
     pg: &PgOutcome,
     mongo: &MongoOutcome,
@@ -890,43 +954,36 @@ fn record(
         .chain(&mongo.files)
         .filter(|_| s.keep_export)
         .collect();
-    let files: BTreeMap<String, Value> = kept
+    let files: BTreeMap<String, String> = kept
         .iter()
-        .map(|f| (format!("{dir}/{}", f.name), Value::string(&f.sha256)))
+        .map(|f| (format!("{dir}/{}", f.name), f.sha256.clone()))
         .collect();
     let bytes: u64 = kept.iter().map(|f| f.size).sum();
-    state.set("mongo_collections", Value::Map(mongo.collections.clone()));
-    state.set("mongo_documents", Value::int(mongo.documents));
-    state.set("export_sha256", Value::Map(files));
-    state.set("export_bytes", Value::count(bytes));
-    state.set("postgres_tables", Value::Map(pg.tables.clone()));
-    state.set("postgres_rows", Value::int(pg.rows));
-    state.set("postgres_bytes", Value::count(pg.bytes));
-    state.set("skipped", string_list(&skipped));
-    state.set("migrated_at", Value::string(now()));
-    state.set(
-        "elapsed",
-        Value::string(format!("{:.1}s", took.as_secs_f64())),
-    );
+    // A count or a size in bytes, saturating at `i64::MAX` (which none reaches).
+    let count = |n: u64| Known::Value(i64::try_from(n).unwrap_or(i64::MAX));
+    out.mongo_collections = Known::Value(mongo.collections.clone());
+    out.mongo_documents = Known::Value(mongo.documents);
+    out.export_sha256 = Known::Value(files);
+    out.export_bytes = count(bytes);
+    out.postgres_tables = Known::Value(pg.tables.clone());
+    out.postgres_rows = Known::Value(pg.rows);
+    out.postgres_bytes = count(pg.bytes);
+    out.skipped = Known::Value(skipped);
+    out.migrated_at = Known::Value(now());
+    out.elapsed = Known::Value(format!("{:.1}s", took.as_secs_f64()));
     let secs = pg.took.as_secs_f64().max(0.001);
-    state.set(
-        "postgres_elapsed",
-        Value::string(if s.postgres.is_some() {
-            format!("{secs:.1}s")
-        } else {
-            String::new()
-        }),
-    );
-    state.set(
-        "throughput",
-        Value::string(if s.postgres.is_some() {
-            format!(
-                "{:.1} MB/s, {:.0} rows/s",
-                pg.bytes as f64 / 1e6 / secs,
-                pg.rows as f64 / secs
-            )
-        } else {
-            String::new()
-        }),
-    );
+    out.postgres_elapsed = Known::Value(if s.postgres.is_some() {
+        format!("{secs:.1}s")
+    } else {
+        String::new()
+    });
+    out.throughput = Known::Value(if s.postgres.is_some() {
+        format!(
+            "{:.1} MB/s, {:.0} rows/s",
+            pg.bytes as f64 / 1e6 / secs,
+            pg.rows as f64 / secs
+        )
+    } else {
+        String::new()
+    });
 }

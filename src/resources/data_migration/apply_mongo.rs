@@ -1,12 +1,12 @@
-//! The MongoDB part of the migration: the preflight on the target (through the
+//! The MongoDB part of the apply: the preflight on the target (through the
 //! provider's admin client) and the databases carried over one after another through
 //! the temporary container, each compared collection by collection afterwards.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use super::apply::{differs_from_embedded, not_empty_while_running, stopped_error, Occupied};
 use super::embedded_mongo::{EmbeddedMongo, MongoTarget, DUMP_DIR};
-use super::run::{differs_from_embedded, not_empty_while_running, stopped_error, Occupied};
 use super::settings::{at, MongoSettings};
 use super::*;
 use crate::backends::mongo::{MongoAdmin, MongoError};
@@ -21,7 +21,7 @@ pub(super) const CONTAINER: &str = "circleci-data-migration-mongo";
 /// What the MongoDB part found and did.
 #[derive(Default)]
 pub(super) struct MongoOutcome {
-    pub collections: BTreeMap<String, Value>,
+    pub collections: BTreeMap<String, String>,
     pub documents: i64,
     pub files: Vec<super::container::ExportFile>,
     pub skipped: Vec<String>,
@@ -346,11 +346,11 @@ fn add(out: &mut MongoOutcome, db: &str, collections: &[TableStat]) {
     for c in collections {
         out.collections.insert(
             format!("{db}.{}", c.table),
-            Value::string(match c.kind {
+            match c.kind {
                 Kind::View => format!("view on {}, showing {} documents", c.checksum, c.rows),
                 Kind::Capped => format!("{} documents, capped (compared by count)", c.rows),
                 _ => format!("{} documents, checksum {}", c.rows, c.checksum),
-            }),
+            },
         );
         if c.kind != Kind::View {
             out.documents += c.rows;
