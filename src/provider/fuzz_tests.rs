@@ -15,7 +15,9 @@ use tonic::Request;
 use crate::plugin::grpc::ProviderService;
 use crate::plugin::schema::{Block, Type};
 use crate::plugin::tfplugin6 as pb;
+use crate::plugin::value::Number;
 use crate::plugin::{Provider, Value};
+use crate::resources::model::Known;
 use pb::provider_server::Provider as _;
 
 /// Values that pass some checks, so that planning is reached too.
@@ -136,12 +138,14 @@ fn hostile_configurations_never_panic_and_errors_name_attributes() {
         .collect();
     let svc = Arc::new(ProviderService::new(provider));
     // Configured with nothing reachable: plans must still answer.
-    let sh = Value::object(&[
-        ("host", Value::string("127.0.0.1")),
-        ("port", Value::int(1)),
-        ("insecure_ignore_host_key", Value::Bool(true)),
-    ]);
-    let pc = Value::object(&[("services_host", sh)]);
+    let pc = super::test_config::config(|c| {
+        c.services_host =
+            super::test_config::block(|h: &mut super::services_host::ServicesHostBlock| {
+                h.host = super::test_config::s("127.0.0.1");
+                h.port = Known::Value(Number::Int(1));
+                h.insecure_ignore_host_key = Known::Value(true);
+            })
+    });
     rt.block_on(
         svc.configure_provider(Request::new(pb::configure_provider::Request {
             config: dv(&pc),

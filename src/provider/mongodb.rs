@@ -3,41 +3,47 @@
 use std::time::Duration;
 
 use crate::backends::mongo::{uri, MongoAdmin};
-use crate::plugin::{AttrPath, Attribute, Block, Diagnostic, Diagnostics, Type, Value};
+use crate::plugin::{AttrPath, Diagnostic, Diagnostics};
+use crate::resources::model::Known;
 use crate::secret::Secret;
 
-use super::{env_or, expand_home, MONGODB};
+use super::{deadline_doc, env_or, expand_home, Env, DEADLINE, MONGODB, VIA_DOC};
 
-pub(super) fn block() -> Block {
-    Block::new()
-        .description(
-            "The MongoDB used by `circleci_external_mongo`: a connection string for a user that may manage \
-             users (e.g. `root` or `userAdminAnyDatabase`). Nothing connects until a resource needs it.",
-        )
-        .attr(super::via_attr())
-        .attr(Attribute::new("uri", Type::String).optional().sensitive().description(
+/// The block's description.
+pub(super) const DOC: &str =
+    "The MongoDB used by `circleci_external_mongo`: a connection string for a user that may manage \
+     users (e.g. `root` or `userAdminAnyDatabase`). Nothing connects until a resource needs it.";
+
+crate::model! {
+    /// The `mongodb` block.
+    #[derive(Default)]
+    pub(crate) struct MongodbBlock {
+        via_services_host: Known<bool> [optional, doc(VIA_DOC)],
+        uri: Known<Secret> [optional, sensitive, doc(
             "Connection string, e.g. `mongodb://admin:PASSWORD@m1:27017,m2:27017/?replicaSet=rs0&tls=true`. \
-             Default: env `MONGODB_URI`.",
-        ))
-        .attr(Attribute::new("tls_ca_file", Type::String).optional().description(
-            "CA certificate (PEM) that signed the servers' certificates; turns TLS on.",
-        ))
-        .attr(super::deadline_attr(
-            "timeout",
+             Default: env `MONGODB_URI`."
+        )],
+        tls_ca_file: Known<String> [optional, doc(
+            "CA certificate (PEM) that signed the servers' certificates; turns TLS on."
+        )],
+        timeout: Known<String> [optional, check(DEADLINE), doc(deadline_doc(
             "Time allowed for each MongoDB command, and to connect and find the primary (unless the \
              connection string sets `connectTimeoutMS` / `serverSelectionTimeoutMS`)",
             "15s",
-        ))
+        ))],
+    }
 }
 
-pub(super) fn validate(b: &Value, diags: &mut Diagnostics) {
-    super::validate_deadlines(b, MONGODB, &["timeout"], diags);
+/// The connection string's checks: of the block `b` when written, else of MONGODB_URI
+/// in `env` (each attribute's own check is declared with it).
+pub(super) fn validate(b: Option<&MongodbBlock>, env: Env<'_>, diags: &mut Diagnostics) {
     // The connection string holds the admin password, so its diagnostics are attached
     // to the block: Terraform prints the line of the attribute a diagnostic is on.
-    let (uri, origin) = match b.get("uri").as_str() {
-        Some(u) => (Some(u.to_string()), "mongodb.uri"),
-        None if b.get("uri").is_unknown() => (None, ""),
-        None => (std::env::var("MONGODB_URI").ok(), "MONGODB_URI"),
+    let given = b.map_or(&Known::Null, |b| &b.uri);
+    let (uri, origin) = match given {
+        Known::Value(u) => (Some(u.expose().to_string()), "mongodb.uri"),
+        Known::Unknown => (None, ""),
+        Known::Null => (env("MONGODB_URI"), "MONGODB_URI"),
     };
     let Some(u) = uri else { return };
     let at = AttrPath::root(MONGODB);
@@ -79,16 +85,23 @@ pub(super) fn validate(b: &Value, diags: &mut Diagnostics) {
     }
 }
 
-pub(super) fn build(b: &Value) -> Result<MongoAdmin, Diagnostics> {
+/// The admin client from a wholly known block (an absent one is empty), with
+/// MONGODB_URI of `env` as the fallback.
+pub(super) fn build(b: &MongodbBlock, env: Env<'_>) -> Result<MongoAdmin, Diagnostics> {
     let mut diags = Diagnostics::new();
-    let timeout = super::deadline(b, MONGODB, "timeout", Duration::from_secs(15), &mut diags);
+    let timeout = super::deadline(
+        &b.timeout,
+        AttrPath::root(MONGODB).attr("timeout"),
+        Duration::from_secs(15),
+        &mut diags,
+    );
     if diags.has_errors() {
         return Err(diags);
     }
-    match env_or(b.get("uri"), "MONGODB_URI") {
+    match env_or::<Secret>(&b.uri, env, "MONGODB_URI") {
         Some(u) => Ok(MongoAdmin::new(
-            Secret::new(u),
-            b.get("tls_ca_file").as_str().map(expand_home),
+            u,
+            b.tls_ca_file.value().map(|f| expand_home(f)),
             timeout,
         )),
         None => Err(Diagnostic::error(
@@ -97,5 +110,59 @@ pub(super) fn build(b: &Value) -> Result<MongoAdmin, Diagnostics> {
         )
         .at(AttrPath::root(MONGODB))
         .into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_config::{block, config, env_of, s, NO_ENV};
+    use super::*;
+
+    fn paths(d: &Diagnostics) -> Vec<String> {
+        d.0.iter()
+            .filter_map(|x| x.path.as_ref().map(ToString::to_string))
+            .collect()
+    }
+
+    #[test]
+    fn connection_string_diagnostics_point_at_the_block() {
+        let d = super::super::validate(
+            &config(|c| c.mongodb = block(|b: &mut MongodbBlock| b.uri = s("mongodb+srv://h/"))),
+            NO_ENV,
+        );
+        assert_eq!(paths(&d), ["mongodb"], "never at the sensitive uri");
+        assert!(d.has_errors());
+        // MONGODB_URI alone: its weakened checks warn, its errors wait for a use.
+        let env = env_of(&[(
+            "MONGODB_URI",
+            "mongodb://h:27017/?tls=true&tlsInsecure=true",
+        )]);
+        let d = super::super::validate(&config(|_| {}), &env);
+        assert_eq!(paths(&d), ["mongodb"]);
+        assert!(!d.has_errors(), "{d}");
+        let env = env_of(&[("MONGODB_URI", "nonsense")]);
+        assert!(super::super::validate(&config(|_| {}), &env).is_empty());
+        let d = super::super::validate(
+            &config(|c| c.mongodb = block(|b: &mut MongodbBlock| b.uri = Known::Unknown)),
+            &env,
+        );
+        assert!(d.is_empty(), "{d}");
+    }
+
+    #[test]
+    fn the_uri_falls_back_to_mongodb_uri() {
+        assert!(build(&MongodbBlock::default(), NO_ENV).is_err());
+        let env = env_of(&[("MONGODB_URI", "mongodb://h:27017/")]);
+        assert!(build(&MongodbBlock::default(), &env).is_ok());
+        let d = build(
+            &MongodbBlock {
+                timeout: s("2h"),
+                ..Default::default()
+            },
+            &env,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(paths(&d), ["mongodb.timeout"]);
     }
 }

@@ -397,6 +397,14 @@ impl<T> Known<T> {
     }
 }
 
+/// Not set: a model whose every field is `Known` defaults to an empty object (a
+/// configuration block left out).
+impl<T> Default for Known<T> {
+    fn default() -> Self {
+        Known::Null
+    }
+}
+
 /// How a model field's Rust type converts from and to a Terraform value.
 pub(crate) trait Field: Sized {
     /// The type a configuration or plan view holds in its [`Known`]: `Self`, except
@@ -413,6 +421,12 @@ pub(crate) trait Field: Sized {
     /// The value for an unknown: `Some` only for [`Known`], the type of a computed
     /// attribute that a plan leaves unknown until the apply sets it.
     fn from_unknown() -> Option<Self> {
+        None
+    }
+    /// From a value that is set but not wholly known (a block with one unknown
+    /// attribute): `Some` only for a nested block ([`One`]) whose model holds the
+    /// unknowns in [`Known`] fields. `None` reads it as [`Field::from_unknown`].
+    fn from_partial(_v: &Value) -> Option<Result<Self, String>> {
         None
     }
     /// The value to store.
@@ -465,11 +479,8 @@ impl<M: Model> Field for Blocks<M> {
 }
 
 /// One nested block of model `M`, written at most once (`postgres { … }`); an absent
-/// block is `Option::<One<M>>::None`.
-#[allow(
-    dead_code,
-    reason = "used as data_migration and the provider move onto models"
-)]
+/// block is `Option::<One<M>>::None` (or `Known::Null`, in a configuration whose blocks
+/// may be unknown).
 pub(crate) struct One<M>(pub M);
 
 impl<M: Model> Field for One<M> {
@@ -479,6 +490,11 @@ impl<M: Model> Field for One<M> {
     }
     fn from_value(v: &Value) -> Result<Self, String> {
         M::decode(v).map(One).map_err(|e| e.to_string())
+    }
+    /// A block with unknown attributes, when the model can say which: its unknown
+    /// attributes are all `Known` fields. Otherwise the whole block is unknown.
+    fn from_partial(v: &Value) -> Option<Result<Self, String>> {
+        M::decode(v).ok().map(|m| Ok(One(m)))
     }
     fn to_value(&self) -> Value {
         let mut v = Value::Null;
@@ -572,6 +588,22 @@ impl Field for f64 {
     }
 }
 
+/// A number as the configuration wrote it, whole or not, of any size: for a value
+/// checked by hand whose error quotes it (a provider block's `port`, say), so that
+/// reading the block never fails on it.
+impl Field for crate::plugin::value::Number {
+    type Plain = Self;
+    fn ty() -> Type {
+        Type::Number
+    }
+    fn from_value(v: &Value) -> Result<Self, String> {
+        crate::plugin::value::coerce_number(v).ok_or_else(|| "not a number".into())
+    }
+    fn to_value(&self) -> Value {
+        Value::Number(*self)
+    }
+}
+
 macro_rules! unsigned_field {
     ($($t:ty),*) => {$(
         impl Field for $t {
@@ -607,6 +639,9 @@ impl<T: Field> Field for Option<T> {
     fn from_unknown() -> Option<Self> {
         T::from_unknown().map(Some)
     }
+    fn from_partial(v: &Value) -> Option<Result<Self, String>> {
+        T::from_partial(v).map(|r| r.map(Some))
+    }
     fn to_value(&self) -> Value {
         self.as_ref().map_or(Value::Null, Field::to_value)
     }
@@ -628,6 +663,9 @@ impl<T: Field> Field for Known<T> {
     }
     fn from_unknown() -> Option<Self> {
         Some(Known::Unknown)
+    }
+    fn from_partial(v: &Value) -> Option<Result<Self, String>> {
+        T::from_partial(v).map(|r| r.map(Known::Value))
     }
     fn to_value(&self) -> Value {
         match self {
@@ -713,7 +751,10 @@ pub(crate) fn field<T: Field>(obj: &Value, name: &'static str) -> Result<T, Unde
     match m.get(name) {
         None => Err(Undecoded::NotInSchema(name)),
         Some(Value::Null) => T::from_null().ok_or(Undecoded::Null(name)),
-        Some(v) if !v.is_fully_known() => T::from_unknown().ok_or(Undecoded::Unknown(name)),
+        Some(v) if !v.is_fully_known() => match T::from_partial(v).filter(|_| !v.is_unknown()) {
+            Some(r) => r.map_err(|why| Undecoded::Invalid { name, why }),
+            None => T::from_unknown().ok_or(Undecoded::Unknown(name)),
+        },
         Some(v) => T::from_value(v).map_err(|why| Undecoded::Invalid { name, why }),
     }
 }
@@ -1177,6 +1218,57 @@ mod tests {
         set_defaults(Site::decls(), &absent, &mut planned);
         assert_eq!(planned, absent, "no block, no defaults");
         assert!(Site::decode(&absent).unwrap().gateway.is_none());
+    }
+
+    crate::model! {
+        /// A block whose every attribute may be unset or not known yet.
+        #[derive(Default)]
+        struct Link {
+            host: Known<String> [optional, check(Check::Host)],
+            port: Known<crate::plugin::value::Number> [optional, check(Check::Port)],
+        }
+    }
+
+    crate::model! {
+        /// A configuration with an optional `link` block.
+        struct Wiring {
+            link: Known<One<Link>> [optional, doc("The link.")],
+        }
+    }
+
+    #[test]
+    fn a_block_of_known_fields_reads_its_known_attributes_while_others_are_unknown() {
+        use crate::plugin::value::Number;
+        let link = |host: Value| {
+            Value::object(&[(
+                "link",
+                Value::object(&[("host", host), ("port", Value::int(70000))]),
+            )])
+        };
+        let w = Wiring::decode(&link(Value::Unknown)).unwrap();
+        let Known::Value(One(l)) = w.link else {
+            panic!("the block is read")
+        };
+        assert!(l.host.is_unknown());
+        assert_eq!(
+            l.port.value(),
+            Some(&Number::Int(70000)),
+            "any number: the check reports it"
+        );
+        let w = Wiring::decode(&Value::object(&[("link", Value::Unknown)])).unwrap();
+        assert!(w.link.is_unknown(), "a wholly unknown block stays unknown");
+        let w = Wiring::decode(&Value::object(&[("link", Value::Null)])).unwrap();
+        assert!(w.link.is_null());
+        let empty = Link::default();
+        assert!(empty.host.is_null() && empty.port.is_null());
+        // A model that cannot hold an unknown: the whole block is unknown, as before.
+        let v = Value::object(&[(
+            "gateway",
+            Value::object(&[("host", Value::Unknown), ("port", Value::int(22))]),
+        )]);
+        assert!(field::<Known<One<Machine>>>(&v, "gateway")
+            .unwrap()
+            .is_unknown());
     }
 
     #[test]
