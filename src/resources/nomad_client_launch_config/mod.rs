@@ -10,9 +10,9 @@ use base64::Engine;
 
 use super::{file_sha256, string_list, strings};
 
-mod launch;
+mod apply;
 mod plan;
-mod rollout;
+mod roll;
 use crate::backends::autoscaling::Group;
 use crate::backends::aws::{AwsClients, AwsError, AwsErrorKind};
 use crate::backends::ec2::TemplateVersion;
@@ -22,7 +22,7 @@ use crate::plugin::{
     Resource, Schema, Type, Value,
 };
 use crate::provider::ProviderData;
-pub(crate) use rollout::move_back;
+pub(crate) use roll::move_back;
 use std::sync::Arc;
 
 const DEFAULT_PREFIX: &str = "circleci-nomad-clients-";
@@ -459,7 +459,7 @@ impl Resource for NomadClientLaunchConfig {
 
 #[cfg(test)]
 mod tests {
-    use super::rollout::replacements;
+    use super::roll::replacements;
     use super::*;
 
     #[test]
@@ -506,7 +506,7 @@ mod tests {
 
     #[test]
     fn instances_are_found_by_their_nodes_fingerprint() {
-        use super::rollout::instance_nodes;
+        use super::roll::instance_nodes;
         let node = |name: &str| crate::backends::nomad::Node {
             id: format!("id-{name}"),
             name: name.into(),

@@ -1,7 +1,7 @@
 //! Loading, copying, switching and deleting launch configurations and template
 //! versions: the apply side of the resource.
 
-use super::rollout::*;
+use super::roll::*;
 use super::*;
 use crate::backends::tunnel::Route;
 use crate::resources::nomad_drain::{Drainer, NomadApi};
