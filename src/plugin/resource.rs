@@ -132,8 +132,3 @@ pub trait Resource: Send + Sync + 'static {
     /// Builds a state from an import ID; Terraform calls `read` on it next.
     async fn import(&self, id: &str) -> Result<Value, Diagnostics>;
 }
-
-/// True when attribute `name` differs between two object values.
-pub(crate) fn changed(a: &Value, b: &Value, name: &str) -> bool {
-    a.get(name) != b.get(name)
-}

@@ -19,7 +19,7 @@ use crate::backends::nomad::{self as nb, Allocation, Node, NomadError};
 use crate::backends::ssh::ServicesHost;
 use crate::backends::tunnel::Route;
 use crate::circleci::restart::files;
-use crate::plugin::{stop, AttrPath, Attribute, Diagnostic, Diagnostics, Type, Value};
+use crate::plugin::{stop, AttrPath, Diagnostic, Diagnostics, Value};
 use crate::provider::ProviderData;
 use crate::resources::model::Decl;
 use crate::resources::ssh_diag;
@@ -164,13 +164,6 @@ impl StopAttrs for Decl {
                  part (the runbook is for 2.17). Checked before CircleCI is stopped."
             ))
     }
-}
-
-/// `embedded_nomad_endpoint`, for a resource whose schema is not a model yet.
-pub(crate) fn embedded_nomad_attr() -> Attribute {
-    Decl::new("embedded_nomad_endpoint", Type::String)
-        .stop_embedded_nomad()
-        .attribute()
 }
 
 /// Plan-time checks of those attributes.

@@ -99,31 +99,9 @@ pub fn file_sha256(content: &[u8]) -> String {
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The strings of a list value (non-strings skipped).
-pub(crate) fn strings(v: &Value) -> Vec<String> {
-    v.as_list()
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|x| x.as_str().map(str::to_string))
-        .collect()
-}
-
 /// A list value of strings.
 pub(crate) fn string_list(items: &[String]) -> Value {
     Value::List(items.iter().map(Value::string).collect())
-}
-
-/// Plan-time defaults: each attribute the configuration leaves null gets its default.
-pub(crate) fn set_defaults<const N: usize>(
-    config: &Value,
-    planned: &mut Value,
-    defaults: [(&str, Value); N],
-) {
-    for (name, default) in defaults {
-        if config.get(name).is_null() {
-            planned.set(name, default);
-        }
-    }
 }
 
 /// The password attributes (`password`, `password_wo`, `password_wo_version`) as a configuration holds them: the

@@ -292,33 +292,26 @@ impl NomadClientLaunchConfig {
     pub(super) async fn roll(
         &self,
         c: &AwsClients,
-        state: &mut Value,
+        state: &mut LaunchConfig,
         old: &[String],
         drain: Option<&GroupDrain>,
         diags: &mut Diagnostics,
     ) {
-        let (terminate, batch, timeout) = rollout_settings(state);
-        let group = state
-            .get("autoscaling_group_name")
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        if !terminate || old.is_empty() {
-            state.set("replaced_instance_ids", string_list(&[]));
-            state.set("pending_instance_ids", string_list(&[]));
-            return;
-        }
-        match self.rollout(c, &group, old, batch, timeout, drain).await {
-            Ok(replaced) => {
-                state.set("replaced_instance_ids", string_list(&replaced));
-                state.set("pending_instance_ids", string_list(&[]));
+        let (terminate, batch, timeout) = state.rollout_settings();
+        let (replaced, pending) = if !terminate || old.is_empty() {
+            (vec![], vec![])
+        } else {
+            let group = &state.autoscaling_group_name;
+            match self.rollout(c, group, old, batch, timeout, drain).await {
+                Ok(replaced) => (replaced, vec![]),
+                Err(f) => {
+                    diags.extend(f.diags);
+                    (f.replaced, f.pending)
+                }
             }
-            Err(f) => {
-                state.set("replaced_instance_ids", string_list(&f.replaced));
-                state.set("pending_instance_ids", string_list(&f.pending));
-                diags.extend(f.diags);
-            }
-        }
+        };
+        state.replaced_instance_ids = Known::Value(replaced);
+        state.pending_instance_ids = Known::Value(pending);
     }
 }
 

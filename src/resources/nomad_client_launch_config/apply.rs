@@ -1,7 +1,7 @@
-//! Loading, copying, switching and deleting launch configurations and template
-//! versions: the apply side of the resource.
+//! What create, update and delete do: loading, copying, switching and deleting launch
+//! configurations and template versions, then handing the clients to `roll.rs`.
 
-use super::rollout::*;
+use super::roll::*;
 use super::*;
 use crate::backends::tunnel::Route;
 use crate::resources::nomad_drain::{Drainer, NomadApi};
@@ -210,29 +210,25 @@ impl NomadClientLaunchConfig {
     pub(super) async fn replace_config(
         &self,
         c: &AwsClients,
-        planned: &Value,
+        planned: &LaunchConfig,
         group: &Group,
         source: &Loaded,
         original: Option<&Launch>,
         retire: Option<&Launch>,
     ) -> Applied {
-        let servers = strings(planned.get("nomad_servers"));
-        let prefix = planned
-            .get("name_prefix")
-            .as_str()
-            .unwrap_or(DEFAULT_PREFIX)
-            .to_string();
+        let servers = &planned.nomad_servers;
+        let prefix = &planned.name_prefix;
         let what = source.launch.describe();
-        let rewritten = match rewrite_as_planned(planned, source, &servers) {
+        let rewritten = match rewrite_as_planned(planned, source, servers) {
             Ok(r) => r,
             Err(d) => return Applied::from_result(Err(d)),
         };
         // Recorded before the switch: afterwards some APIs report old instances under
         // the new configuration's name.
         let old = live_instances(group);
-        let (terminate, _, _) = rollout_settings(planned);
+        let (terminate, _, _) = planned.rollout_settings();
         let (stopped, drain) = match self
-            .guard(planned, &servers, if terminate { &old } else { &[] })
+            .guard(planned, servers, if terminate { &old } else { &[] })
             .await
         {
             Ok(s) => s,
@@ -242,7 +238,7 @@ impl NomadClientLaunchConfig {
         // switches the group back whatever happens next.
         let before = current_launch(group).unwrap_or(source.launch.clone());
         let noted = if stopped {
-            let s = crate::resources::cutover::StopSettings::of_resource(planned);
+            let s = planned.stop_settings();
             let cut = crate::resources::cutover::Cutover::new(&self.data, &s);
             match cut.note_moved_group(moved(&group.name, &before)).await {
                 Ok(n) => n,
@@ -251,7 +247,7 @@ impl NomadClientLaunchConfig {
         } else {
             false
         };
-        let ours = match self.copy(c, source, &rewritten.text, &prefix).await {
+        let ours = match self.copy(c, source, &rewritten.text, prefix).await {
             Ok(l) => l,
             Err(d) => return Applied::from_result(Err(d)),
         };
@@ -265,14 +261,11 @@ impl NomadClientLaunchConfig {
         }
         let mut state = planned.clone();
         let mut diags = Diagnostics::new();
-        state.set("id", Value::string(&group.name));
+        state.id = Known::Value(group.name.clone());
         set_launches(&mut state, &ours, original);
-        state.set("previous_servers", string_list(&rewritten.previous));
-        state.set(
-            "user_data_sha256",
-            Value::string(file_sha256(rewritten.text.as_bytes())),
-        );
-        state.set("drift", Value::string(""));
+        state.previous_servers = Known::Value(rewritten.previous);
+        state.user_data_sha256 = Known::Value(file_sha256(rewritten.text.as_bytes()));
+        state.drift = Known::Value(String::new());
         let for_fallback = retire.filter(|p| noted && **p == before);
         if let Some(prev) = for_fallback {
             diags.push(Diagnostic::warning(
@@ -298,57 +291,17 @@ impl NomadClientLaunchConfig {
         self.roll(c, &mut state, &old, drain.as_ref(), &mut diags)
             .await;
         Applied {
-            state: Some(state),
+            state: Some(encoded(&state)),
             diags,
-        }
-    }
-
-    /// Best effort at plan time: the servers the group's configuration names now. Content
-    /// errors are reported; AWS being unreachable is left to apply.
-    pub(super) async fn preview(
-        &self,
-        name: &str,
-        servers: &[String],
-        diags: &mut Diagnostics,
-    ) -> Option<Vec<String>> {
-        let aws = self.data.aws().ok()?;
-        let c = aws.clients().await.ok()?;
-        let g = c.autoscaling.group(name).await.ok()??;
-        let launch = match current_launch(&g) {
-            Ok(l) => l,
-            Err(d) => {
-                diags.extend(d);
-                return None;
-            }
-        };
-        let loaded = match self.load(c, &launch).await {
-            Ok(Some(l)) => l,
-            Ok(None) => return None,
-            Err(d) => {
-                // Content errors now; AWS failures wait for apply.
-                if is_content_error(&d) {
-                    diags.extend(d);
-                }
-                return None;
-            }
-        };
-        match ud::rewrite(&loaded.user_data, servers) {
-            Ok(r) => Some(r.previous),
-            Err(e) => {
-                diags.extend(not_found_diag(&launch.describe(), &e));
-                None
-            }
         }
     }
 
     pub(super) async fn create_applied(&self, planned: &Value) -> Applied {
         let r = async {
+            let planned = LaunchConfig::decode(planned)?;
             let aws = self.data.aws()?;
             let c = aws.clients().await.map_err(|e| aws_diag(e, NOTHING_CHANGED))?;
-            let name = planned
-                .get("autoscaling_group_name")
-                .as_str()
-                .unwrap_or_default();
+            let name = planned.autoscaling_group_name.as_str();
             let group = self.group(c, name).await?;
             let launch = current_launch(&group)?;
             let Some(source) = self.load(c, &launch).await? else {
@@ -363,7 +316,7 @@ impl NomadClientLaunchConfig {
                 .into());
             };
             Ok(self
-                .replace_config(c, planned, &group, &source, Some(&launch), None)
+                .replace_config(c, &planned, &group, &source, Some(&launch), None)
                 .await)
         }
         .await;
@@ -372,41 +325,39 @@ impl NomadClientLaunchConfig {
 
     pub(super) async fn update_applied(&self, prior: &Value, planned: &Value) -> Applied {
         let r = async {
+            let (prior, planned) = (LaunchConfig::decode(prior)?, LaunchConfig::decode(planned)?);
             let aws = self.data.aws()?;
             let c = aws.clients().await.map_err(|e| aws_diag(e, NOTHING_CHANGED))?;
-            let name = planned
-                .get("autoscaling_group_name")
-                .as_str()
-                .unwrap_or_default();
-            if !planned.get("user_data_sha256").is_unknown() {
+            let name = planned.autoscaling_group_name.as_str();
+            if planned.user_data_sha256 != Known::Unknown {
                 // No new copy: settings only, and any rollout left over.
                 let mut state = planned.clone();
                 let mut diags = Diagnostics::new();
-                let pending = strings(prior.get("pending_instance_ids"));
-                if planned.get("pending_instance_ids").is_unknown() {
+                let pending = prior.pending();
+                if planned.pending_instance_ids == Known::Unknown {
                     // The clients left over (still in the group) are terminated only
                     // where no build runs.
                     let live = live_instances(&self.group(c, name).await?);
                     let pending: Vec<String> =
                         pending.into_iter().filter(|i| live.contains(i)).collect();
-                    let (terminate, _, _) = rollout_settings(planned);
-                    let servers = strings(planned.get("nomad_servers"));
+                    let (terminate, _, _) = planned.rollout_settings();
+                    let servers = &planned.nomad_servers;
                     let (_, drain) = self
-                        .guard(planned, &servers, if terminate { &pending } else { &[] })
+                        .guard(&planned, servers, if terminate { &pending } else { &[] })
                         .await?;
                     self.roll(c, &mut state, &pending, drain.as_ref(), &mut diags)
                         .await;
                 }
-                state.set("drift", Value::string(""));
+                state.drift = Known::Value(String::new());
                 return Ok(Applied {
-                    state: Some(state),
+                    state: Some(encoded(&state)),
                     diags,
                 });
             }
             let group = self.group(c, name).await?;
             let current = current_launch(&group)?;
-            let ours = ours_from(prior);
-            let prior_original = original_from(prior);
+            let ours = ours_from(&prior);
+            let prior_original = original_from(&prior);
             // The group on our copy: copy it again, the original stays what it was. On
             // anything else (someone re-pointed it): that becomes the original.
             let (source_launch, original) = if Some(&current) == ours.as_ref() {
@@ -439,7 +390,7 @@ impl NomadClientLaunchConfig {
             // Every live instance is rolled, including any an earlier interrupted rollout
             // left pending.
             Ok(self
-                .replace_config(c, planned, &group, &source, original.as_ref(), ours.as_ref())
+                .replace_config(c, &planned, &group, &source, original.as_ref(), ours.as_ref())
                 .await)
         }
         .await;
@@ -452,7 +403,7 @@ impl NomadClientLaunchConfig {
         &self,
         c: &AwsClients,
         name: &str,
-        prior: &Value,
+        prior: &LaunchConfig,
         ours: &Launch,
     ) -> Result<Diagnostics, Diagnostics> {
         let mut diags = Diagnostics::new();
@@ -499,8 +450,17 @@ impl NomadClientLaunchConfig {
         Ok(diags)
     }
 
-    pub(super) async fn delete_applied(&self, prior: &Value) -> Applied {
-        if prior.get("restore_on_destroy").as_bool() == Some(false) {
+    pub(super) async fn delete_applied(&self, prior_state: &Value) -> Applied {
+        let prior = match LaunchConfig::decode(prior_state) {
+            Ok(p) => p,
+            Err(e) => {
+                return Applied {
+                    state: Some(prior_state.clone()),
+                    diags: e.into(),
+                }
+            }
+        };
+        if !prior.restore_on_destroy {
             return Applied::default();
         }
         let r = async {
@@ -509,11 +469,8 @@ impl NomadClientLaunchConfig {
                 .clients()
                 .await
                 .map_err(|e| aws_diag(e, "Nothing was changed"))?;
-            let name = prior
-                .get("autoscaling_group_name")
-                .as_str()
-                .unwrap_or_default();
-            let Some(ours) = ours_from(prior) else {
+            let name = prior.autoscaling_group_name.as_str();
+            let Some(ours) = ours_from(&prior) else {
                 return Ok(Diagnostics::new());
             };
             let mut diags = Diagnostics::new();
@@ -526,8 +483,8 @@ impl NomadClientLaunchConfig {
                 if current_launch(g).ok().as_ref() == Some(&ours) {
                     // No client is terminated here; the group's next clients get the
                     // original servers. While CircleCI runs elsewhere, say so.
-                    let back = strings(prior.get("previous_servers"));
-                    if let Err(d) = self.guard(prior, &back, &[]).await.map(|_| ()) {
+                    let back = prior.previous_servers.clone().known().unwrap_or_default();
+                    if let Err(d) = self.guard(&prior, &back, &[]).await.map(|_| ()) {
                         diags.extend(as_warnings(
                             d,
                             &format!(
@@ -539,7 +496,7 @@ impl NomadClientLaunchConfig {
                             ),
                         ));
                     }
-                    diags.extend(self.restore_original(c, name, prior, &ours).await?);
+                    diags.extend(self.restore_original(c, name, &prior, &ours).await?);
                 }
             }
             match self.remove(c, &ours).await {
@@ -571,7 +528,7 @@ impl NomadClientLaunchConfig {
         match r {
             Ok(diags) => Applied { state: None, diags },
             Err(d) => Applied {
-                state: Some(prior.clone()),
+                state: Some(prior_state.clone()),
                 diags: d,
             },
         }
@@ -598,11 +555,11 @@ impl NomadClientLaunchConfig {
     /// the apply is refused. Nothing is changed here.
     pub(super) async fn guard(
         &self,
-        v: &Value,
+        m: &LaunchConfig,
         servers: &[String],
         terminating: &[String],
     ) -> Result<(bool, Option<GroupDrain>), Diagnostics> {
-        let s = crate::resources::cutover::StopSettings::of_resource(v);
+        let s = m.stop_settings();
         let cutover = crate::resources::cutover::Cutover::new(&self.data, &s);
         let Some(in_use) = cutover
             .clients_may_move(servers, AttrPath::root("nomad_servers"))
@@ -684,16 +641,15 @@ impl NomadClientLaunchConfig {
 /// showed previous_servers, and if the group's configuration names others now, nothing
 /// is touched.
 fn rewrite_as_planned(
-    planned: &Value,
+    planned: &LaunchConfig,
     source: &Loaded,
     servers: &[String],
 ) -> Result<ud::Rewritten, Diagnostics> {
     let what = source.launch.describe();
     let rewritten =
         ud::rewrite(&source.user_data, servers).map_err(|e| not_found_diag(&what, &e))?;
-    if let Some(planned_prev) = planned.get("previous_servers").as_list() {
-        let planned_prev = strings(&Value::List(planned_prev.to_vec()));
-        if planned_prev != rewritten.previous {
+    if let Known::Value(planned_prev) = &planned.previous_servers {
+        if *planned_prev != rewritten.previous {
             return Err(Diagnostic::error(
                 "Launch configuration changed since plan",
                 format!(
@@ -707,4 +663,11 @@ fn rewrite_as_planned(
         }
     }
     Ok(rewritten)
+}
+
+/// The state a model records.
+fn encoded(m: &LaunchConfig) -> Value {
+    let mut v = Value::Null;
+    m.encode(&mut v);
+    v
 }
