@@ -19,7 +19,7 @@ use crate::backends::nomad::{self as nb, Allocation, Node, NomadError};
 use crate::backends::ssh::ServicesHost;
 use crate::backends::tunnel::Route;
 use crate::circleci::restart::files;
-use crate::plugin::{stop, AttrPath, Diagnostic, Diagnostics, Value};
+use crate::plugin::{stop, AttrPath, Diagnostic, Diagnostics};
 use crate::provider::ProviderData;
 use crate::resources::model::Decl;
 use crate::resources::ssh_diag;
@@ -135,7 +135,12 @@ pub(crate) trait StopAttrs {
 
 impl StopAttrs for Decl {
     fn stop_embedded_nomad(self) -> Self {
-        self.default(DEFAULT_EMBEDDED_NOMAD.to_string()).doc(
+        self.default(DEFAULT_EMBEDDED_NOMAD.to_string())
+            .check(crate::resources::validate::Check::Text(
+                "Invalid embedded_nomad_endpoint",
+                crate::circleci::nomad::check_endpoint,
+            ))
+            .doc(
             "CircleCI's own (embedded) Nomad server's HTTP API, as the Services machine reaches it. \
              Until `/etc/circleconfig/shared/nomad` names an external Nomad, CircleCI schedules builds \
              there: the running builds and the clients that can take them are read from it before \
@@ -159,23 +164,13 @@ impl StopAttrs for Decl {
 
     fn stop_allowed_versions(self, what: &str) -> Self {
         self.default(vec![super::services_restart::DEFAULT_VERSIONS.to_string()])
+            .check(crate::resources::validate::Check::Value(
+                super::services_restart::check_versions,
+            ))
             .doc(format!(
                 "CircleCI versions (Replicated's `VersionLabel`) {what} may run on; `x` matches any \
                  part (the runbook is for 2.17). Checked before CircleCI is stopped."
             ))
-    }
-}
-
-/// Plan-time checks of those attributes.
-pub(crate) fn validate(config: &Value, diags: &mut Diagnostics) {
-    if let Some(e) = config.get("embedded_nomad_endpoint").as_str() {
-        if let Err(x) = crate::circleci::nomad::check_endpoint(e) {
-            diags.attr_error(
-                AttrPath::root("embedded_nomad_endpoint"),
-                "Invalid embedded_nomad_endpoint",
-                x,
-            );
-        }
     }
 }
 
@@ -185,25 +180,6 @@ pub(crate) struct StopSettings {
     pub root: String,
     pub embedded_nomad: String,
     pub builds_timeout: Duration,
-}
-
-impl StopSettings {
-    /// Of a resource whose `config_root` attribute names the Services machine's root.
-    pub(crate) fn of_resource(v: &Value) -> StopSettings {
-        StopSettings::of(v, v.get("config_root").as_str().unwrap_or("/"))
-    }
-
-    pub(crate) fn of(planned: &Value, root: &str) -> StopSettings {
-        StopSettings {
-            root: root.to_string(),
-            embedded_nomad: planned
-                .get("embedded_nomad_endpoint")
-                .as_str()
-                .unwrap_or(DEFAULT_EMBEDDED_NOMAD)
-                .to_string(),
-            builds_timeout: super::duration_or(planned, "builds_timeout", BUILDS_TIMEOUT),
-        }
-    }
 }
 
 /// What was observed before the first stop of a cutover.

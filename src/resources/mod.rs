@@ -75,16 +75,6 @@ pub(crate) fn all(data: Arc<ProviderData>) -> Vec<Arc<dyn Resource>> {
     ]
 }
 
-/// The duration attribute `name` of a planned state, else `default` (a valid
-/// humantime string, as every resource's defaults are).
-pub(crate) fn duration_or(v: &Value, name: &str, default: &str) -> std::time::Duration {
-    v.get(name)
-        .as_str()
-        .and_then(|s| humantime::parse_duration(s).ok())
-        .or_else(|| humantime::parse_duration(default).ok())
-        .unwrap_or(std::time::Duration::from_secs(60))
-}
-
 /// `s` with its first letter upper-case, to begin a sentence.
 pub(crate) fn capitalized(s: &str) -> String {
     let mut c = s.chars();

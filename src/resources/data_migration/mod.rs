@@ -500,8 +500,6 @@ fn check_address(s: &str) -> Result<(), String> {
 fn validate_config(config: &Value) -> Diagnostics {
     let mut diags = Diagnostics::new();
     model::validate(Migration::decls(), config, &mut diags);
-    super::services_restart::validate_versions(config, &mut diags);
-    super::cutover::validate(config, &mut diags);
     let parts = PartsAtPlan::lenient(config);
     if let Known::Value(pg) = &parts.postgres {
         databases(

@@ -257,7 +257,6 @@ fn check_batch_size(v: &Value, at: &AttrPath, diags: &mut Diagnostics) {
 fn validate_config(config: &Value) -> Diagnostics {
     let mut diags = Diagnostics::new();
     model::validate(LaunchConfig::decls(), config, &mut diags);
-    super::cutover::validate(config, &mut diags);
     diags
 }
 
@@ -688,14 +687,24 @@ impl Resource for NomadClientLaunchConfig {
     async fn create(&self, planned: &Value, _config: &Value) -> Applied {
         let applied = self.create_applied(planned).await;
         crate::resources::services_restart::ServicesRestart::new(self.data.clone())
-            .after_failed_step(planned, applied)
+            .after_failed_step(
+                LaunchConfig::decode(planned)
+                    .ok()
+                    .map(|m| m.stop_settings()),
+                applied,
+            )
             .await
     }
 
     async fn update(&self, prior: &Value, planned: &Value, _config: &Value) -> Applied {
         let applied = self.update_applied(prior, planned).await;
         crate::resources::services_restart::ServicesRestart::new(self.data.clone())
-            .after_failed_step(planned, applied)
+            .after_failed_step(
+                LaunchConfig::decode(planned)
+                    .ok()
+                    .map(|m| m.stop_settings()),
+                applied,
+            )
             .await
     }
 

@@ -365,7 +365,6 @@ fn warnings(w: &[(&'static str, String)]) -> Diagnostics {
 fn validate_config(config: &Value) -> Diagnostics {
     let mut diags = Diagnostics::new();
     model::validate(Fleet::decls(), config, &mut diags);
-    super::cutover::validate(config, &mut diags);
     match FleetAtPlan::decode(config) {
         Ok(p) => {
             if p.batch_size.known().is_some_and(|n| n < 1) {
@@ -510,14 +509,20 @@ impl Resource for NomadClientStatic {
     async fn create(&self, planned: &Value, config: &Value) -> Applied {
         let applied = self.create_applied(planned, config).await;
         crate::resources::services_restart::ServicesRestart::new(self.data.clone())
-            .after_failed_step(planned, applied)
+            .after_failed_step(
+                Fleet::decode(planned).ok().map(|m| m.stop_settings()),
+                applied,
+            )
             .await
     }
 
     async fn update(&self, prior: &Value, planned: &Value, config: &Value) -> Applied {
         let applied = self.update_applied(prior, planned, config).await;
         crate::resources::services_restart::ServicesRestart::new(self.data.clone())
-            .after_failed_step(planned, applied)
+            .after_failed_step(
+                Fleet::decode(planned).ok().map(|m| m.stop_settings()),
+                applied,
+            )
             .await
     }
 

@@ -377,11 +377,17 @@ impl ServicesRestart {
     /// `planned` settings name the Services machine's root): inside a cutover (CircleCI
     /// stopped by it, its record open) the cutover is undone; interrupted, or outside
     /// one, nothing is.
-    pub(crate) async fn after_failed_step(&self, planned: &Value, mut applied: Applied) -> Applied {
+    /// `stop` is `None` when the resource's plan did not decode: its step failed
+    /// before it changed anything.
+    pub(crate) async fn after_failed_step(
+        &self,
+        stop: Option<StopSettings>,
+        mut applied: Applied,
+    ) -> Applied {
         if !applied.diags.has_errors() || crate::plugin::stop::requested() {
             return applied;
         }
-        let s = StopSettings::of_resource(planned);
+        let Some(s) = stop else { return applied };
         if !matches!(Cutover::new(&self.data, &s).inside().await, Ok(true)) {
             return applied;
         }

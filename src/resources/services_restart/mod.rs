@@ -27,25 +27,21 @@ pub(crate) use fallback::Fallback;
 
 pub(crate) const DEFAULT_VERSIONS: &str = "2.17.x";
 
-/// `allowed_versions` at plan: at least one pattern, each valid.
-pub(crate) fn validate_versions(config: &Value, diags: &mut Diagnostics) {
-    if let Some(list) = config.get("allowed_versions").as_list() {
-        if list.is_empty() {
-            diags.attr_error(
-                AttrPath::root("allowed_versions"),
-                "No versions allowed",
-                "list at least one version pattern, e.g. \"2.17.x\"",
-            );
-        }
-        for (i, v) in list.iter().enumerate() {
-            if let Some(p) = v.as_str() {
-                if let Err(e) = check_pattern(p) {
-                    diags.attr_error(
-                        AttrPath::root("allowed_versions").index(i),
-                        "Invalid version pattern",
-                        e,
-                    );
-                }
+/// `allowed_versions` (the check its declaration names): at least one pattern, each
+/// valid; elements not known yet pass.
+pub(crate) fn check_versions(v: &Value, at: &AttrPath, diags: &mut Diagnostics) {
+    let Some(list) = v.as_list() else { return };
+    if list.is_empty() {
+        diags.attr_error(
+            at.clone(),
+            "No versions allowed",
+            "list at least one version pattern, e.g. \"2.17.x\"",
+        );
+    }
+    for (i, v) in list.iter().enumerate() {
+        if let Some(p) = v.as_str() {
+            if let Err(e) = check_pattern(p) {
+                diags.attr_error(at.clone().index(i), "Invalid version pattern", e);
             }
         }
     }
@@ -217,8 +213,6 @@ crate::model! {
 fn validate_config(config: &Value) -> Diagnostics {
     let mut diags = Diagnostics::new();
     model::validate(RestartModel::decls(), config, &mut diags);
-    validate_versions(config, &mut diags);
-    cutover::validate(config, &mut diags);
     diags
 }
 
