@@ -1,10 +1,20 @@
 //! The Terraform resources, one module each, named after the resource without its
 //! `circleci_` prefix: a file for a small one, a directory for one with several steps.
-//! Resources glue the protocol layer to the backends and stay thin. The other modules
-//! here are what several share: `model` (each attribute declared once), `config_file`
-//! (the lifecycle of every resource that writes a config file), `cutover` (what every
-//! resource that stops CircleCI does), `validate`, `file_digest`, `managed_block` and
-//! `nomad_drain`.
+//! Resources glue the protocol layer to the backends and stay thin.
+//!
+//! A resource directory has the same files: `mod.rs`, the resource's attributes (one
+//! `model!` declaration) and its hooks (validate, plan, read, import); `apply.rs`, what
+//! create, update and delete do; `roll.rs`, for the two that move Nomad clients, the
+//! batch-by-batch roll; `tests.rs`, its unit tests (no server needed). Any other file
+//! is one distinct step, named after it, with a `//!` header saying what it holds
+//! (`data_migration/embedded_postgres.rs`, `services_restart/replicated.rs`, …).
+//!
+//! The modules that are not resources are what several share: `model` (each attribute
+//! declared once; the only place values are read by name), `config_file` (the
+//! lifecycle of every resource that writes a config file, and `FileAttrs`, its common
+//! attributes), `cutover` (what every resource that stops CircleCI does, and the
+//! attributes it needs), `validate` (the checks a declaration names), `file_digest`,
+//! `managed_block`, `nomad_drain` and `test_support`.
 
 use std::sync::Arc;
 

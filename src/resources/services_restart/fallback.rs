@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::run::NomadCheck;
+use super::replicated::NomadCheck;
 use super::*;
 use crate::backends::ssh::Program;
 use crate::resources::cutover::{Cutover, StopSettings};

@@ -21,7 +21,7 @@ use crate::provider::ProviderData;
 
 mod fallback;
 mod go_back;
-mod run;
+mod replicated;
 
 pub(crate) use fallback::Fallback;
 
