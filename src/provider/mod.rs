@@ -481,8 +481,15 @@ fn validate(config: &Value, env: Env<'_>) -> Diagnostics {
 #[cfg(test)]
 pub(crate) mod test_config {
     use super::{Env, ProviderConfig};
-    use crate::plugin::Value;
+    use crate::plugin::{Diagnostics, Value};
     use crate::resources::model::{Known, Model, One};
+
+    /// Where each diagnostic points, as Terraform shows it (`postgres.port`).
+    pub(crate) fn paths(d: &Diagnostics) -> Vec<String> {
+        d.0.iter()
+            .filter_map(|x| x.path.as_ref().map(ToString::to_string))
+            .collect()
+    }
 
     /// The whole configuration Terraform would send: `f` fills in what is written.
     pub(crate) fn config(f: impl FnOnce(&mut ProviderConfig)) -> Value {
@@ -523,15 +530,9 @@ pub(crate) mod test_config {
 
 #[cfg(test)]
 mod tests {
-    use super::test_config::{block, config, env_of, s, NO_ENV};
+    use super::test_config::{block, config, env_of, paths, s, NO_ENV};
     use super::*;
     use crate::plugin::value::Number;
-
-    fn paths(d: &Diagnostics) -> Vec<String> {
-        d.0.iter()
-            .filter_map(|x| x.path.as_ref().map(ToString::to_string))
-            .collect()
-    }
 
     #[test]
     fn via_services_host_needs_a_services_machine() {

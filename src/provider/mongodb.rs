@@ -117,12 +117,7 @@ pub(super) fn build(b: &MongodbBlock, env: Env<'_>) -> Result<MongoAdmin, Diagno
 mod tests {
     use super::super::test_config::{block, config, env_of, s, NO_ENV};
     use super::*;
-
-    fn paths(d: &Diagnostics) -> Vec<String> {
-        d.0.iter()
-            .filter_map(|x| x.path.as_ref().map(ToString::to_string))
-            .collect()
-    }
+    use crate::provider::test_config::paths;
 
     #[test]
     fn connection_string_diagnostics_point_at_the_block() {

@@ -201,12 +201,7 @@ pub(super) fn build(b: &PostgresBlock, env: Env<'_>) -> Result<PgConfig, Diagnos
 mod tests {
     use super::super::test_config::{block, config, env_of, s, NO_ENV};
     use super::*;
-
-    fn paths(d: &Diagnostics) -> Vec<String> {
-        d.0.iter()
-            .filter_map(|x| x.path.as_ref().map(ToString::to_string))
-            .collect()
-    }
+    use crate::provider::test_config::paths;
 
     fn validated(f: impl FnOnce(&mut PostgresBlock), env: Env<'_>) -> Diagnostics {
         super::super::validate(&config(|c| c.postgres = block(f)), env)

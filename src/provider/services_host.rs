@@ -195,15 +195,10 @@ pub(super) fn build(b: &ServicesHostBlock, env: Env<'_>) -> Result<SshConfig, Di
 mod tests {
     use super::super::test_config::{block, config, env_of, s, NO_ENV};
     use super::*;
+    use crate::provider::test_config::paths;
 
     fn validated(f: impl FnOnce(&mut ServicesHostBlock)) -> Diagnostics {
         super::super::validate(&config(|c| c.services_host = block(f)), NO_ENV)
-    }
-
-    fn paths(d: &Diagnostics) -> Vec<String> {
-        d.0.iter()
-            .filter_map(|x| x.path.as_ref().map(ToString::to_string))
-            .collect()
     }
 
     #[test]

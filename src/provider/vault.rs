@@ -121,12 +121,7 @@ pub(super) fn build(b: &VaultBlock, env: Env<'_>) -> Result<VaultConfig, Diagnos
 mod tests {
     use super::super::test_config::{block, config, env_of, s, NO_ENV};
     use super::*;
-
-    fn paths(d: &Diagnostics) -> Vec<String> {
-        d.0.iter()
-            .filter_map(|x| x.path.as_ref().map(ToString::to_string))
-            .collect()
-    }
+    use crate::provider::test_config::paths;
 
     #[test]
     fn address_checks_and_warnings_name_their_attribute() {

@@ -709,7 +709,13 @@ impl<T: Field> Field for std::collections::BTreeMap<String, T> {
             return Err("not a map".into());
         };
         m.iter()
-            .map(|(k, x)| Ok((k.clone(), T::from_value(x)?)))
+            .map(|(k, x)| {
+                let t = match x {
+                    Value::Null => T::from_null().ok_or_else(|| "an element is null".to_string()),
+                    x => T::from_value(x),
+                }?;
+                Ok((k.clone(), t))
+            })
             .collect()
     }
     fn to_value(&self) -> Value {
@@ -1351,6 +1357,31 @@ mod tests {
     /// A machine block's host as its plan view reads it.
     fn machine_host(b: &Value) -> Result<Known<String>, Undecoded> {
         field_at_plan(b, "host")
+    }
+
+    crate::model! {
+        /// A model with a map of maybe-null values.
+        struct Labelled {
+            tags: Option<std::collections::BTreeMap<String, Option<String>>> [optional],
+        }
+    }
+
+    #[test]
+    fn a_map_element_may_be_null_when_its_type_holds_null() {
+        let tags = Value::Map(
+            [
+                ("a".to_string(), Value::string("x")),
+                ("b".to_string(), Value::Null),
+            ]
+            .into_iter()
+            .collect(),
+        );
+        let t = Labelled::decode(&Value::object(&[("tags", tags)])).unwrap();
+        let tags = t.tags.unwrap();
+        assert_eq!(tags.get("a"), Some(&Some("x".to_string())));
+        assert_eq!(tags.get("b"), Some(&None));
+        let strict = Value::Map([("b".to_string(), Value::Null)].into_iter().collect());
+        assert!(std::collections::BTreeMap::<String, String>::from_value(&strict).is_err());
     }
 
     #[test]

@@ -104,7 +104,9 @@ impl DataMigration {
             export_dir,
             postgres,
             mongo,
-            pg_uncompressed: known_ref(&parts.postgres)
+            pg_uncompressed: parts
+                .postgres
+                .value()
                 .is_none_or(|b| b.compression.clone().known().unwrap_or(0) == 0),
         };
         let sizes = self.sizes(&layout).await;
@@ -401,7 +403,7 @@ impl DataMigration {
     /// Update: nothing, unless the plan migrates again (`triggers` changed).
     pub(super) async fn update_migration(&self, planned: &Value, config: &Value) -> Applied {
         match MigrationAtPlan::decode(planned) {
-            Ok(p) if is_unknown(&p.migrated_at) => self.migrate(planned, config).await,
+            Ok(p) if p.migrated_at.is_unknown() => self.migrate(planned, config).await,
             Ok(_) => Applied::from_result(Ok(planned.clone())),
             Err(e) => Applied::from_result(Err(e.into())),
         }
@@ -426,9 +428,7 @@ impl DataMigration {
     /// migration was verified (then it no longer holds, and the next apply migrates
     /// again). A Services machine that does not answer says nothing.
     pub(super) async fn fell_back(&self, state: &Migration) -> bool {
-        if known_ref(&state.migrated_at).is_none_or(String::is_empty)
-            || self.data.services().is_err()
-        {
+        if state.migrated_at.value().is_none_or(String::is_empty) || self.data.services().is_err() {
             return false;
         }
         let s = stop_settings(state);

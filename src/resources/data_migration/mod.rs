@@ -650,17 +650,11 @@ fn export_dir(dir: &Known<String>, parts: &PartsAtPlan, diags: &mut Diagnostics)
     let dirs = [
         (
             "postgres.data_dir",
-            data(
-                known_ref(&parts.postgres).map(|p| &p.data_dir),
-                mig::PG_DATA,
-            ),
+            data(parts.postgres.value().map(|p| &p.data_dir), mig::PG_DATA),
         ),
         (
             "mongo.data_dir",
-            data(
-                known_ref(&parts.mongo).map(|m| &m.data_dir),
-                mig::MONGO_DATA,
-            ),
+            data(parts.mongo.value().map(|m| &m.data_dir), mig::MONGO_DATA),
         ),
     ];
     let known: Vec<(&str, &str)> = dirs
@@ -728,14 +722,6 @@ fn carry_outcome(to: &mut MigrationAtPlan, from: Option<&MigrationAtPlan>) {
     );
 }
 
-/// The value, borrowed; `None` while null or unknown.
-fn known_ref<T>(k: &Known<T>) -> Option<&T> {
-    match k {
-        Known::Value(t) => Some(t),
-        Known::Null | Known::Unknown => None,
-    }
-}
-
 /// A block's attribute `f`, or the block's own null or unknown.
 fn known_map<'a, T, U>(k: &'a Known<T>, f: impl FnOnce(&'a T) -> &'a U) -> Known<&'a U> {
     match k {
@@ -743,11 +729,6 @@ fn known_map<'a, T, U>(k: &'a Known<T>, f: impl FnOnce(&'a T) -> &'a U) -> Known
         Known::Null => Known::Null,
         Known::Unknown => Known::Unknown,
     }
-}
-
-/// True when a plan view's value waits for the apply.
-fn is_unknown<T>(k: &Known<T>) -> bool {
-    matches!(k, Known::Unknown)
 }
 
 #[async_trait]
@@ -1077,6 +1058,6 @@ mod tests {
         assert_eq!(m.export_dir, EXPORT_DIR);
         let mut q = MigrationAtPlan::decode(&v).unwrap();
         carry_outcome(&mut q, None);
-        assert!(is_unknown(&q.migrated_at) && is_unknown(&q.skipped));
+        assert!(q.migrated_at.is_unknown() && q.skipped.is_unknown());
     }
 }

@@ -86,7 +86,7 @@ pub(super) fn settings(
     let given = PartsAtPlan::decode(config)?;
     let postgres = match parts.postgres {
         Known::Value(pg) => {
-            let c = known_ref(&given.postgres);
+            let c = given.postgres.value();
             let password = password_at(
                 c.map(|c| (&c.password_wo, &c.password)),
                 AttrPath::root(POSTGRES).attr("password_wo"),
@@ -109,7 +109,9 @@ pub(super) fn settings(
     };
     let vault = match parts.vault {
         Known::Value(v) => {
-            let token = known_ref(&given.vault)
+            let token = given
+                .vault
+                .value()
                 .and_then(|c| c.source_token_wo.clone().known().flatten())
                 .unwrap_or_else(|| Secret::new(String::new()));
             let cfg = VaultConfig {
@@ -133,7 +135,7 @@ pub(super) fn settings(
         Known::Null | Known::Unknown => None,
     };
     let mongo = match parts.mongo {
-        Known::Value(mg) => Some(mongo_settings(mg, known_ref(&given.mongo))?),
+        Known::Value(mg) => Some(mongo_settings(mg, given.mongo.value())?),
         Known::Null | Known::Unknown => None,
     };
     // A negative number (the plan's check refuses it) reads as the default.
@@ -202,11 +204,11 @@ fn mongo_settings(m: Mongo, given: Option<&MongoAtPlan>) -> Result<MongoSettings
     })
 }
 
-/// The block's password as configured (`password_wo`, else `password`); a missing one
-/// is an error on `path`.
 /// A block's `password_wo` and `password`, as the configuration holds them.
 type Passwords<'a> = (&'a Known<Option<Secret>>, &'a Known<Option<Secret>>);
 
+/// The block's password as configured (`password_wo`, else `password`); a missing one
+/// is an error on `path`.
 fn password_at(given: Option<Passwords<'_>>, path: AttrPath) -> Result<Secret, Diagnostics> {
     given
         .and_then(|(wo, kept)| {
