@@ -87,8 +87,12 @@ impl Autoscaling {
 
     fn err<E, R>(&self, op: &str, e: aws_sdk_autoscaling::error::SdkError<E, R>) -> AwsError
     where
-        E: aws_sdk_autoscaling::error::ProvideErrorMetadata + std::error::Error + 'static,
-        R: std::fmt::Debug,
+        E: aws_sdk_autoscaling::error::ProvideErrorMetadata
+            + std::error::Error
+            + Send
+            + Sync
+            + 'static,
+        R: std::fmt::Debug + Send + Sync + 'static,
     {
         sdk_error(op, &self.at, e)
     }

@@ -26,14 +26,21 @@ pub(crate) enum AwsErrorKind {
     Other,
 }
 
-/// What AWS (or the configuration chain) said, classified by the AWS error code.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// A library's error kept as the source of an [`AwsError`].
+pub(crate) type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+/// What AWS (or the configuration chain) said, classified by the AWS error code. The
+/// SDK's or HTTP client's error, when one caused it, is the source: [`chain`] prints
+/// it after the message.
+#[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub(crate) struct AwsError {
     pub kind: AwsErrorKind,
     /// The AWS error code (`ValidationError`, `AccessDenied`, ...), when AWS answered.
     pub code: Option<String>,
     pub message: String,
+    #[source]
+    pub source: Option<Cause>,
 }
 
 impl AwsError {
@@ -42,6 +49,21 @@ impl AwsError {
             kind,
             code,
             message,
+            source: None,
+        }
+    }
+
+    /// An error caused by a library's error `e`, which stays its source.
+    pub(crate) fn caused(
+        kind: AwsErrorKind,
+        message: impl Into<String>,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        AwsError {
+            kind,
+            code: None,
+            message: message.into(),
+            source: Some(Box::new(e)),
         }
     }
 
@@ -91,7 +113,9 @@ pub(crate) struct AwsClients {
 /// every run, and the chain may ask the instance metadata service.
 pub(crate) struct Aws {
     settings: AwsSettings,
-    clients: OnceCell<Result<AwsClients, AwsError>>,
+    /// A failure is kept too (loading may ask the instance metadata service, slowly),
+    /// shared by every caller.
+    clients: OnceCell<Result<AwsClients, std::sync::Arc<AwsError>>>,
 }
 
 impl Aws {
@@ -104,10 +128,15 @@ impl Aws {
 
     pub(crate) async fn clients(&self) -> Result<&AwsClients, AwsError> {
         self.clients
-            .get_or_init(|| load(&self.settings))
+            .get_or_init(async || load(&self.settings).await.map_err(std::sync::Arc::new))
             .await
             .as_ref()
-            .map_err(Clone::clone)
+            .map_err(|e| AwsError {
+                kind: e.kind,
+                code: e.code.clone(),
+                message: "loading the AWS configuration".into(),
+                source: Some(Box::new(e.clone())),
+            })
     }
 }
 
@@ -179,8 +208,8 @@ pub(crate) fn sdk_error<E, R>(
     e: aws_sdk_autoscaling::error::SdkError<E, R>,
 ) -> AwsError
 where
-    E: aws_sdk_autoscaling::error::ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
+    E: aws_sdk_autoscaling::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
 {
     use aws_sdk_autoscaling::error::SdkError;
     // The chain of sources reads "dispatch failure: io error: ...: Connection refused";
@@ -198,22 +227,16 @@ where
                 ),
             )
         }
-        SdkError::TimeoutError(_) => AwsError::new(
-            AwsErrorKind::Unreachable,
-            None,
-            format!("{op} at {at}: {detail}"),
-        ),
-        _ if detail.contains("credentials") => AwsError::new(
-            AwsErrorKind::Credentials,
-            None,
-            format!("{op} at {at}: {detail}"),
-        ),
-        SdkError::DispatchFailure(_) => AwsError::new(
-            AwsErrorKind::Unreachable,
-            None,
-            format!("{op} at {at}: {detail}"),
-        ),
-        _ => AwsError::new(AwsErrorKind::Other, None, format!("{op} at {at}: {detail}")),
+        SdkError::TimeoutError(_) => {
+            AwsError::caused(AwsErrorKind::Unreachable, format!("{op} at {at}"), e)
+        }
+        _ if detail.contains("credentials") => {
+            AwsError::caused(AwsErrorKind::Credentials, format!("{op} at {at}"), e)
+        }
+        SdkError::DispatchFailure(_) => {
+            AwsError::caused(AwsErrorKind::Unreachable, format!("{op} at {at}"), e)
+        }
+        _ => AwsError::caused(AwsErrorKind::Other, format!("{op} at {at}"), e),
     }
 }
 

@@ -52,7 +52,7 @@ impl Ec2 {
             .timeout(timeout)
             .connect_timeout(timeout)
             .build()
-            .map_err(|e| AwsError::new(AwsErrorKind::Other, None, super::chain(&e)))?;
+            .map_err(|e| AwsError::caused(AwsErrorKind::Other, "the HTTP client for EC2", e))?;
         Ok(Ec2 {
             http,
             endpoint,
@@ -182,18 +182,14 @@ impl Ec2 {
             } else {
                 AwsErrorKind::Other
             };
-            AwsError::new(
-                kind,
-                None,
-                format!("EC2 {action} at {}: {}", self.endpoint, super::chain(&e)),
-            )
+            AwsError::caused(kind, format!("EC2 {action} at {}", self.endpoint), e)
         })?;
         let status = resp.status();
         let text = resp.text().await.map_err(|e| {
-            AwsError::new(
+            AwsError::caused(
                 AwsErrorKind::Unreachable,
-                None,
-                format!("EC2 {action}: reading the answer: {}", super::chain(&e)),
+                format!("EC2 {action}: reading the answer"),
+                e,
             )
         })?;
         if status.is_success() {
@@ -242,11 +238,7 @@ impl Ec2 {
             ));
         };
         let creds = provider.provide_credentials().await.map_err(|e| {
-            AwsError::new(
-                AwsErrorKind::Credentials,
-                None,
-                format!("loading AWS credentials: {}", super::chain(&e)),
-            )
+            AwsError::caused(AwsErrorKind::Credentials, "loading AWS credentials", e)
         })?;
         let identity = Identity::from(creds);
         let params = v4::SigningParams::builder()
@@ -256,7 +248,7 @@ impl Ec2 {
             .time(SystemTime::now())
             .settings(SigningSettings::default())
             .build()
-            .map_err(|e| AwsError::new(AwsErrorKind::Other, None, format!("signing: {e}")))?
+            .map_err(|e| AwsError::caused(AwsErrorKind::Other, "signing", e))?
             .into();
         let signable = SignableRequest::new(
             "POST",
@@ -264,9 +256,9 @@ impl Ec2 {
             [("content-type", content_type)].into_iter(),
             SignableBody::Bytes(body.as_bytes()),
         )
-        .map_err(|e| AwsError::new(AwsErrorKind::Other, None, format!("signing: {e}")))?;
+        .map_err(|e| AwsError::caused(AwsErrorKind::Other, "signing", e))?;
         let (instructions, _) = sign(signable, &params)
-            .map_err(|e| AwsError::new(AwsErrorKind::Other, None, format!("signing: {e}")))?
+            .map_err(|e| AwsError::caused(AwsErrorKind::Other, "signing", e))?
             .into_parts();
         Ok(instructions
             .headers()

@@ -43,8 +43,21 @@ pub(crate) enum NomadError {
     #[error("HTTP client")]
     Client(#[source] reqwest::Error),
     /// The way through the Services machine failed (the message names the hop).
-    #[error("Nomad at {endpoint} is not reachable: {detail}")]
-    Tunnel { endpoint: String, detail: String },
+    #[error("Nomad at {endpoint} is not reachable")]
+    Tunnel {
+        endpoint: String,
+        #[source]
+        source: crate::backends::tunnel::DialError,
+    },
+    /// Nomad is reached through the Services machine, and none is configured.
+    #[error("Nomad at {endpoint} is reached through the Services machine, and the provider has no services_host block")]
+    NoServices { endpoint: String },
+    #[error("Nomad endpoint {endpoint:?} is not a URL")]
+    BadEndpoint {
+        endpoint: String,
+        #[source]
+        source: url::ParseError,
+    },
 }
 
 /// CA certificates trusted besides the system's.
@@ -93,11 +106,16 @@ async fn request(
         .timeout(timeout)
         .connect_timeout(timeout);
     if route.is_tunnel() {
-        let tunnel = |detail: String| NomadError::Tunnel {
+        let tunnel = |source| NomadError::Tunnel {
             endpoint: endpoint_s.clone(),
-            detail,
+            source,
         };
-        let (host, port) = crate::backends::tunnel::url_host_port(endpoint).map_err(tunnel)?;
+        let (host, port) = crate::backends::tunnel::url_host_port(endpoint).map_err(|source| {
+            NomadError::BadEndpoint {
+                endpoint: endpoint_s.clone(),
+                source,
+            }
+        })?;
         let port = port.unwrap_or(4646);
         if let Some(p) = route
             .proxy_for(&host, port, timeout)

@@ -33,8 +33,12 @@ pub(crate) enum MqError {
         source: lapin::Error,
     },
     /// The tunnel through the Services machine failed (the message names the hop).
-    #[error("RabbitMQ at {target}: {detail}")]
-    Tunnel { target: String, detail: String },
+    #[error("RabbitMQ at {target}")]
+    Tunnel {
+        target: String,
+        #[source]
+        source: Box<crate::backends::tunnel::DialError>,
+    },
     #[error("RabbitMQ at {target} did not answer within {}", humantime::format_duration(*.after))]
     Timeout { target: String, after: Duration },
     #[error("CA certificate file {}", path.display())]
@@ -199,7 +203,7 @@ pub(crate) async fn server_version(l: &Login<'_>) -> Result<String, MqError> {
             .await
             .map_err(|e| MqError::Tunnel {
                 target: target.clone(),
-                detail: crate::backends::chain(&e),
+                source: Box::new(e),
             })?;
         let mut s: Box<dyn Stream> = if l.tls {
             let tls = owned_tls(l.ca_file)?;
@@ -315,9 +319,9 @@ pub(crate) async fn login(l: &Login<'_>) -> Result<(), MqError> {
         l.route
             .proxy_for(l.host, l.port, l.timeout)
             .await
-            .map_err(|detail| MqError::Tunnel {
+            .map_err(|e| MqError::Tunnel {
                 target: target.clone(),
-                detail,
+                source: Box::new(e),
             })?;
     }
     let connect = connect(uri, tls, l.route.clone(), l.host.to_string(), l.port);

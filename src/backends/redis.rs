@@ -32,8 +32,12 @@ pub(crate) enum RedisError {
     #[error("Redis at {target} did not answer PING within {}", humantime::format_duration(*.after))]
     Timeout { target: String, after: Duration },
     /// The way through the Services machine failed (the message names the hop).
-    #[error("Redis at {target} is not reachable: {detail}")]
-    Tunnel { target: String, detail: String },
+    #[error("Redis at {target} is not reachable")]
+    Tunnel {
+        target: String,
+        #[source]
+        source: crate::backends::tunnel::DialError,
+    },
 }
 
 /// Connects to `host:port` (by `route`) and sends PING; Ok when the server answers
@@ -64,13 +68,14 @@ pub(crate) async fn ping(
             source,
         };
         let mut con = if route.is_tunnel() {
-            let stream = route
-                .dial(host, port, timeout)
-                .await
-                .map_err(|e| RedisError::Tunnel {
-                    target: target.clone(),
-                    detail: crate::backends::chain(&e),
-                })?;
+            let stream =
+                route
+                    .dial(host, port, timeout)
+                    .await
+                    .map_err(|source| RedisError::Tunnel {
+                        target: target.clone(),
+                        source,
+                    })?;
             let (con, driver) = redis::aio::MultiplexedConnection::new(
                 &redis::RedisConnectionInfo::default(),
                 stream,

@@ -47,8 +47,16 @@ impl fmt::Debug for Route {
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
     /// A direct TCP connection failed.
-    #[error("connecting to {target}: {detail}")]
-    Tcp { target: String, detail: String },
+    #[error("connecting to {target}")]
+    Tcp {
+        target: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The local SOCKS5 end of the tunnel, for clients that only take a proxy, could
+    /// not start.
+    #[error("the local end of the tunnel through the Services machine could not start: {reason}")]
+    Proxy { reason: String },
     /// The SSH connection to the Services machine itself failed.
     /// The SSH error is the source: [`super::chain`] prints it after this message.
     #[error("the SSH connection to the Services machine failed, so {target} could not be reached through it")]
@@ -91,8 +99,8 @@ pub(crate) fn host_port(host: &str, port: u16) -> String {
 }
 
 /// The host (without IPv6 brackets) and port (the scheme's default if none) of a URL.
-pub(crate) fn url_host_port(url: &str) -> Result<(String, Option<u16>), String> {
-    let u = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
+pub(crate) fn url_host_port(url: &str) -> Result<(String, Option<u16>), url::ParseError> {
+    let u = reqwest::Url::parse(url)?;
     let host = u.host_str().unwrap_or_default().trim_matches(['[', ']']);
     Ok((host.to_string(), u.port_or_known_default()))
 }
@@ -109,16 +117,14 @@ impl Route {
         host: &str,
         port: u16,
         timeout: Duration,
-    ) -> Result<Option<crate::secret::Secret>, String> {
+    ) -> Result<Option<crate::secret::Secret>, DialError> {
         let Route::Tunnel(h) = self else {
             return Ok(None);
         };
-        drop(
-            self.dial(host, port, timeout)
-                .await
-                .map_err(|e| super::chain(&e))?,
-        );
-        h.socks_proxy().map(Some)
+        drop(self.dial(host, port, timeout).await?);
+        h.socks_proxy()
+            .map(Some)
+            .map_err(|reason| DialError::Proxy { reason })
     }
 
     /// " through the Services machine user@host:port", or nothing.
@@ -143,7 +149,7 @@ impl Route {
                         let tcp = TcpStream::connect(target.clone()).await.map_err(|e| {
                             DialError::Tcp {
                                 target: target.clone(),
-                                detail: e.to_string(),
+                                source: e,
                             }
                         })?;
                         let _ = tcp.set_nodelay(true);
@@ -190,7 +196,7 @@ impl Drop for SocksBridge {
     }
 }
 
-type Failures = Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>;
+type Failures = Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<DialError>>>>;
 
 /// Opens the stream a client's CONNECT asks for (a `direct-tcpip` channel).
 type Connector = Arc<dyn Fn(String, u16) -> Dialing + Send + Sync>;
@@ -249,7 +255,7 @@ async fn accept_loop(
         };
         let (connector, creds, failures) = (connector.clone(), creds.clone(), failures.clone());
         tokio::spawn(async move {
-            if let Err((target, e)) = serve(
+            if let Err(e) = serve(
                 tcp,
                 &connector,
                 &creds.0,
@@ -260,12 +266,6 @@ async fn accept_loop(
             .await
             {
                 log::debug!("tunnel proxy: {e}");
-                if let Some(t) = target {
-                    failures
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(t, e);
-                }
             }
         });
     }
@@ -340,7 +340,7 @@ impl SocksBridge {
     }
 
     /// Why the last tunnel to `target` failed, if it did.
-    pub fn failure(&self, target: &str) -> Option<String> {
+    pub fn failure(&self, target: &str) -> Option<Arc<DialError>> {
         self.failures
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -353,10 +353,9 @@ impl SocksBridge {
     /// (lapin). The failure, if the tunnel failed, names its hop.
     pub async fn connect(&self, host: &str, port: u16) -> std::io::Result<TcpStream> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let fail = |what: &str| {
-            let target = host_port(host, port);
-            let why = self.failure(&target).unwrap_or_else(|| what.to_string());
-            std::io::Error::other(why)
+        let fail = |what: &str| match self.failure(&host_port(host, port)) {
+            Some(why) => std::io::Error::other(why),
+            None => std::io::Error::other(what.to_string()),
         };
         let name = u8::try_from(host.len()).map_err(|_| fail("a host name over 255 bytes"))?;
         let mut tcp = TcpStream::connect(self.addr).await?;
@@ -429,24 +428,21 @@ async fn serve(
     pass: &str,
     deadline: Duration,
     failures: &Failures,
-) -> Result<(), (Option<String>, String)> {
+) -> Result<(), String> {
     use tokio::io::AsyncWriteExt;
-    let io = |e: std::io::Error| (None, e.to_string());
+    let io = |e: std::io::Error| e.to_string();
     let (target, port) = match tokio::time::timeout(deadline, handshake(&mut tcp, user, pass)).await
     {
         Ok(r) => r?,
         Err(_) => {
-            return Err((
-                None,
-                format!(
-                    "a client that did not finish the SOCKS5 handshake within {} was disconnected",
-                    humantime::format_duration(deadline)
-                ),
+            return Err(format!(
+                "a client that did not finish the SOCKS5 handshake within {} was disconnected",
+                humantime::format_duration(deadline)
             ))
         }
     };
     let at = host_port(&target, port);
-    let record = |why: Option<String>| {
+    let record = |why: Option<Arc<DialError>>| {
         let mut f = failures.lock().unwrap_or_else(|e| e.into_inner());
         match why {
             Some(w) => f.insert(at.clone(), w),
@@ -470,32 +466,25 @@ async fn serve(
             };
             // Recorded before the client hears of it: it asks why at once.
             let why = super::chain(&e);
-            record(Some(why.clone()));
+            record(Some(Arc::new(e)));
             let _ = tcp.write_all(&[5, code, 0, 1, 0, 0, 0, 0, 0, 0]).await;
-            Err((Some(at.clone()), why))
+            Err(why)
         }
     }
 }
 
 /// The client's side of the handshake, up to its CONNECT request: the target it asks
 /// for.
-async fn handshake(
-    tcp: &mut TcpStream,
-    user: &str,
-    pass: &str,
-) -> Result<(String, u16), (Option<String>, String)> {
+async fn handshake(tcp: &mut TcpStream, user: &str, pass: &str) -> Result<(String, u16), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let io = |e: std::io::Error| (None, e.to_string());
+    let io = |e: std::io::Error| e.to_string();
     let mut head = [0u8; 2];
     tcp.read_exact(&mut head).await.map_err(io)?;
     let mut methods = vec![0u8; usize::from(head[1])];
     tcp.read_exact(&mut methods).await.map_err(io)?;
     if head[0] != 5 || !methods.contains(&2) {
         let _ = tcp.write_all(&[5, 0xff]).await;
-        return Err((
-            None,
-            "a client without username/password authentication".into(),
-        ));
+        return Err("a client without username/password authentication".into());
     }
     tcp.write_all(&[5, 2]).await.map_err(io)?;
     let mut v = [0u8; 2];
@@ -511,7 +500,7 @@ async fn handshake(
         .await
         .map_err(io)?;
     if !ok {
-        return Err((None, "wrong credentials".into()));
+        return Err("wrong credentials".into());
     }
     let mut req = [0u8; 4];
     tcp.read_exact(&mut req).await.map_err(io)?;
@@ -526,22 +515,21 @@ async fn handshake(
             tcp.read_exact(&mut n).await.map_err(io)?;
             let mut name = vec![0u8; usize::from(n[0])];
             tcp.read_exact(&mut name).await.map_err(io)?;
-            String::from_utf8(name)
-                .map_err(|_| (None, "a host name that is not UTF-8".to_string()))?
+            String::from_utf8(name).map_err(|_| "a host name that is not UTF-8".to_string())?
         }
         4 => {
             let mut a = [0u8; 16];
             tcp.read_exact(&mut a).await.map_err(io)?;
             std::net::Ipv6Addr::from(a).to_string()
         }
-        _ => return Err((None, "an unknown address type".into())),
+        _ => return Err("an unknown address type".into()),
     };
     let mut port = [0u8; 2];
     tcp.read_exact(&mut port).await.map_err(io)?;
     let port = u16::from_be_bytes(port);
     if req[0] != 5 || req[1] != 1 {
         let _ = tcp.write_all(&[5, 7, 0, 1, 0, 0, 0, 0, 0, 0]).await;
-        return Err((None, "only CONNECT is served".into()));
+        return Err("only CONNECT is served".into());
     }
     Ok((target, port))
 }
@@ -578,10 +566,7 @@ mod tests {
                 TcpStream::connect(&target)
                     .await
                     .map(|s| Box::new(s) as Box<dyn Io>)
-                    .map_err(|e| DialError::Tcp {
-                        target,
-                        detail: e.to_string(),
-                    })
+                    .map_err(|e| DialError::Tcp { target, source: e })
             })
         })
     }

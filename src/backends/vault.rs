@@ -154,12 +154,14 @@ impl Vault {
                 status: code,
                 errors,
             },
-            ClientError::RestClientError { source } if tunnel_failure.is_some() => {
+            // The tunnel's failure, naming its hop, is the cause; the HTTP client only
+            // saw its proxy refuse.
+            ClientError::RestClientError { .. } if tunnel_failure.is_some() => {
                 VaultError::Transport {
                     what,
                     address,
-                    detail: tunnel_failure,
-                    source: Some(Box::new(source)),
+                    detail: None,
+                    source: tunnel_failure.map(|f| Box::new(f) as _),
                 }
             }
             ClientError::RestClientError { source }
@@ -253,7 +255,7 @@ impl Vault {
     }
 
     /// Why the tunnel to this Vault failed last, naming the hop (through the tunnel).
-    fn tunnel_failure(&self) -> Option<String> {
+    fn tunnel_failure(&self) -> Option<std::sync::Arc<crate::backends::tunnel::DialError>> {
         let crate::backends::tunnel::Route::Tunnel(h) = &self.cfg.route else {
             return None;
         };
@@ -278,8 +280,8 @@ impl Vault {
             Some(why) => VaultError::Transport {
                 what: what.to_string(),
                 address: self.cfg.address.clone(),
-                detail: Some(why),
-                source: None,
+                detail: None,
+                source: Some(Box::new(why)),
             },
             None => VaultError::Transport {
                 what: what.to_string(),

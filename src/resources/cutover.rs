@@ -620,10 +620,10 @@ impl<'a> Cutover<'a> {
     /// Asks one Nomad server, through the Services machine, as CircleCI reaches it.
     async fn ask(&self, endpoint: &str, ca: Option<&[u8]>, with_allocs: bool) -> Seen {
         let answer = async {
-            let route = Route::Tunnel(self.data.services().map_err(|_| NomadError::Tunnel {
-                endpoint: endpoint.to_string(),
-                detail: "no Services machine configured".into(),
-            })?);
+            let route =
+                Route::Tunnel(self.data.services().map_err(|_| NomadError::NoServices {
+                    endpoint: endpoint.to_string(),
+                })?);
             let ca = ca.map(|pem| nb::Ca::Pem {
                 label: SERVICES_CA_LABEL,
                 pem,
@@ -1160,9 +1160,8 @@ impl<'a> Cutover<'a> {
     /// Services machine as CircleCI reaches it.
     pub(crate) async fn peers(&self, endpoint: &str) -> Result<Vec<String>, NomadError> {
         let ca = self.services_ca().await;
-        let route = Route::Tunnel(self.data.services().map_err(|_| NomadError::Tunnel {
+        let route = Route::Tunnel(self.data.services().map_err(|_| NomadError::NoServices {
             endpoint: endpoint.to_string(),
-            detail: "no Services machine configured".into(),
         })?);
         let ca = ca.as_deref().map(|pem| nb::Ca::Pem {
             label: SERVICES_CA_LABEL,

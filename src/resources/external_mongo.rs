@@ -238,7 +238,7 @@ fn mongo_diag(summary: &str, e: mb::MongoError) -> Diagnostics {
         mb::MongoError::Auth { .. } => "MongoDB refused the admin login",
         _ => summary,
     };
-    Diagnostic::error(summary, e.to_string()).into()
+    Diagnostic::error(summary, crate::backends::chain(&e)).into()
 }
 
 #[async_trait]
@@ -377,8 +377,9 @@ impl FileResource for ExternalMongo {
                         Diagnostic::error(
                             "The CircleCI user cannot log in",
                             format!(
-                                "{e}. The user is set up, but {} was not changed.{hint} Set verify = false if \
+                                "{}. The user is set up, but {} was not changed.{hint} Set verify = false if \
                                  Terraform cannot reach the hosts the way the Services machine does.",
+                                crate::backends::chain(&e),
                                 i.path
                             ),
                         )

@@ -175,7 +175,7 @@ fn pg_diag(summary: &str, e: PgError) -> Diagnostics {
     } else {
         summary
     };
-    Diagnostic::error(summary, e.to_string()).into()
+    Diagnostic::error(summary, crate::backends::chain(&e)).into()
 }
 
 fn render(host: &str, port: u16, user: &str, password: &str) -> Result<String, Diagnostics> {
@@ -199,14 +199,14 @@ where
         match r {
             Ok(Ok(())) => {}
             Ok(Err(e)) => errors.push(e),
-            Err(e) => errors.push(PgError::TlsSettings(format!("internal error: {e}"))),
+            Err(e) => errors.push(PgError::Task(e)),
         }
     }
     match errors.len() {
         0 => Ok(()),
         1 => Err(errors.remove(0)),
         _ => {
-            errors.sort_by_key(|e| e.to_string());
+            errors.sort_by_key(|e| crate::backends::chain(e));
             Err(PgError::Many(errors))
         }
     }
@@ -293,9 +293,12 @@ async fn verify_logins(
                 Diagnostic::error(
                     "The CircleCI role cannot log in",
                     format!(
-                        "{e}\nThe role and databases are set up, but {} was not written. Set verify = false \
+                        "{}\nThe role and databases are set up, but {} was not written. Set verify = false \
                          if Terraform cannot reach {}:{} the way the Services machine does.",
-                        i.path, i.host, i.port
+                        crate::backends::chain(&e),
+                        i.path,
+                        i.host,
+                        i.port
                     ),
                 )
                 .at(AttrPath::root("verify")),
@@ -344,7 +347,7 @@ impl PostgresDatabases {
         }
         let mut ext_drift = Vec::new();
         while let Some(r) = set.join_next().await {
-            ext_drift.extend(r.map_err(|e| PgError::TlsSettings(format!("internal error: {e}")))??);
+            ext_drift.extend(r.map_err(PgError::Task)??);
         }
         ext_drift.sort();
         drift.extend(ext_drift);

@@ -36,19 +36,21 @@ pub enum MongoError {
     NoPrimary { hosts: String, tried: Vec<String> },
     #[error("MongoDB at {host} speaks wire version {wire_version}, older than MongoDB 3.6 (wire version 6): CircleCI Server 2.17 and this provider need 3.6 or later")]
     Unsupported { host: String, wire_version: i32 },
-    #[error("logging in as {user:?} to MongoDB at {hosts} with {mechanism} failed: {detail}")]
+    #[error("logging in as {user:?} to MongoDB at {hosts} with {mechanism} failed")]
     Auth {
         user: String,
         hosts: String,
         mechanism: &'static str,
-        detail: String,
+        #[source]
+        source: WireError,
     },
-    #[error("{what} on MongoDB at {hosts}: {detail}")]
+    #[error("{what} on MongoDB at {hosts}")]
     Command {
         what: String,
         hosts: String,
         code: Option<i32>,
-        detail: String,
+        #[source]
+        source: WireError,
     },
     #[error("{user:?} logged in to {hosts} but lacks {}", .missing.join(", "))]
     MissingRoles {
@@ -122,7 +124,7 @@ async fn find_primary(
         let c = match wire::within(per_host, open).await {
             Ok(c) => c,
             Err(e) => {
-                tried.push(format!("{name}: {e}"));
+                tried.push(format!("{name}: {}", crate::backends::chain(&e)));
                 continue;
             }
         };
@@ -230,7 +232,7 @@ async fn connect(
             user: user.clone(),
             hosts: host.clone(),
             mechanism: mechanism.name(),
-            detail: e.to_string(),
+            source: e,
         })?;
     }
     Ok(Session { conn, host })
@@ -245,7 +247,7 @@ fn command_error(what: &str, hosts: &str, e: WireError) -> MongoError {
         what: what.to_string(),
         hosts: hosts.to_string(),
         code,
-        detail: e.to_string(),
+        source: e,
     }
 }
 
@@ -350,11 +352,7 @@ impl MongoAdmin {
             );
         }
         let Some(s) = guard.as_mut() else {
-            return Err(command_error(
-                what,
-                &self.hosts(),
-                WireError::Io("no connection".into()),
-            ));
+            return Err(command_error(what, &self.hosts(), WireError::Closed));
         };
         let host = s.host.clone();
         match wire::within(self.timeout, s.conn.command(db, cmd)).await {
@@ -709,7 +707,7 @@ mod tests {
         .await
         .err()
         .unwrap();
-        let m = e.to_string();
+        let m = crate::backends::chain(&e);
         assert!(m.contains(&format!("127.0.0.1:{port}")), "{m}");
         assert!(!m.contains("secret"), "{m}");
     }

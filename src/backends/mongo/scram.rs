@@ -382,7 +382,7 @@ mod tests {
                 )
                 .await
                 .err()
-                .map(|e| e.to_string());
+                .map(|e| crate::backends::chain(&e));
                 (port, e)
             });
             let _ = tx.send(r);

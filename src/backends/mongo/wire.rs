@@ -22,35 +22,46 @@ const MAX_MESSAGE: usize = 48_000_000;
 pub(super) use crate::backends::tunnel::Io;
 use crate::backends::tunnel::Route;
 
-/// What can go wrong on one connection.
-#[derive(Debug)]
-pub(super) enum WireError {
-    /// Connecting, TLS, or reading/writing failed.
-    Io(String),
+/// What can go wrong on one connection. Library errors are sources, printed after the
+/// message by [`crate::backends::chain`].
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The connection (direct, or through the Services machine) could not be opened.
+    #[error(transparent)]
+    Dial(Box<crate::backends::tunnel::DialError>),
+    /// The host is not a name a TLS certificate can hold.
+    #[error("{host} is not a TLS server name")]
+    Name {
+        host: String,
+        #[source]
+        source: rustls::pki_types::InvalidDnsNameError,
+    },
+    /// The TLS handshake failed.
+    #[error("TLS")]
+    Tls(#[source] std::io::Error),
+    /// Reading or writing failed; `step` says which.
+    #[error("{step}")]
+    Io {
+        step: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// No answer within the deadline.
+    #[error("no answer within {}", humantime::format_duration(*.0))]
+    Late(Duration),
+    /// The connection was lost earlier and not opened again.
+    #[error("no connection")]
+    Closed,
     /// The server answered something that is not MongoDB's protocol.
+    #[error("{0}")]
     Protocol(String),
-    /// The server answered a command with `ok: 0`.
+    /// The server answered a command with `ok: 0`: its answer, not a cause.
+    #[error("{message}{}", .code.map(|c| format!(" (code {c}, {code_name})")).unwrap_or_default())]
     Command {
         code: Option<i32>,
         code_name: String,
         message: String,
     },
-}
-
-impl std::fmt::Display for WireError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            WireError::Io(m) | WireError::Protocol(m) => f.write_str(m),
-            WireError::Command {
-                code,
-                code_name,
-                message,
-            } => match code {
-                Some(c) => write!(f, "{message} (code {c}, {code_name})"),
-                None => f.write_str(message),
-            },
-        }
-    }
 }
 
 /// TLS settings for a connection.
@@ -157,16 +168,20 @@ async fn open_io(
     let io = route
         .dial(host, port, timeout)
         .await
-        .map_err(|e| WireError::Io(crate::backends::chain(&e)))?;
+        .map_err(|e| WireError::Dial(Box::new(e)))?;
     let Some(cfg) = tls else {
         return Ok(io);
     };
-    let name = rustls::pki_types::ServerName::try_from(host.to_string())
-        .map_err(|e| WireError::Io(format!("{host} is not a TLS server name: {e}")))?;
+    let name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|source| {
+        WireError::Name {
+            host: host.to_string(),
+            source,
+        }
+    })?;
     let s = tokio_rustls::TlsConnector::from(cfg.clone())
         .connect(name, io)
         .await
-        .map_err(|e| WireError::Io(format!("TLS: {}", crate::backends::chain(&e))))?;
+        .map_err(WireError::Tls)?;
     Ok(Box::new(s))
 }
 
@@ -269,7 +284,10 @@ impl Conn {
     }
 
     async fn read_message(&mut self) -> Result<(i32, Vec<u8>), WireError> {
-        let io_err = |e: std::io::Error| WireError::Io(format!("reading the reply: {e}"));
+        let io_err = |source| WireError::Io {
+            step: "reading the reply",
+            source,
+        };
         let mut header = [0u8; 16];
         self.io.read_exact(&mut header).await.map_err(io_err)?;
         let len = i32::from_le_bytes([header[0], header[1], header[2], header[3]]);
@@ -298,7 +316,10 @@ impl Conn {
         self.io
             .write_all(&msg)
             .await
-            .map_err(|e| WireError::Io(format!("sending the handshake: {e}")))?;
+            .map_err(|source| WireError::Io {
+                step: "sending the handshake",
+                source,
+            })?;
         let (op, body) = self.read_message().await?;
         if op != OP_REPLY || body.len() < 20 {
             return Err(WireError::Protocol(format!(
@@ -326,7 +347,10 @@ impl Conn {
         self.io
             .write_all(&msg)
             .await
-            .map_err(|e| WireError::Io(format!("sending a command: {e}")))?;
+            .map_err(|source| WireError::Io {
+                step: "sending a command",
+                source,
+            })?;
         let (op, body) = self.read_message().await?;
         if op != OP_MSG || body.len() < 5 || body[4] != 0 {
             return Err(WireError::Protocol(format!(
@@ -415,9 +439,6 @@ pub(super) async fn within<T>(
 ) -> Result<T, WireError> {
     match tokio::time::timeout(after, f).await {
         Ok(r) => r,
-        Err(_) => Err(WireError::Io(format!(
-            "no answer within {}",
-            humantime::format_duration(after)
-        ))),
+        Err(_) => Err(WireError::Late(after)),
     }
 }

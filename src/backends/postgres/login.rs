@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{code_of, describe, target, PgError, Tls};
+use super::{answer_or_cause, code_of, target, PgError, Tls};
 
 /// Logs in as `user` to `db` and runs `SELECT 1`, the way CircleCI's services will.
 pub async fn verify_login(
@@ -28,10 +28,15 @@ pub async fn verify_login(
     };
     drop(client);
     let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
-    r.map(|_| ()).map_err(|e| PgError::Statement {
-        what: format!("querying database {db:?}"),
-        target: target(user, host, port),
-        detail: describe(&e),
-        code: code_of(&e),
+    r.map(|_| ()).map_err(|e| {
+        let code = code_of(&e);
+        let (answer, source) = answer_or_cause(e);
+        PgError::Statement {
+            what: format!("querying database {db:?}"),
+            target: target(user, host, port),
+            answer,
+            code,
+            source,
+        }
     })
 }

@@ -95,7 +95,7 @@ pub(crate) fn quote_literal(s: &str) -> String {
 
 mod error;
 pub(crate) use error::PgError;
-use error::{code_of, describe, target};
+use error::{answer_or_cause, code_of, target};
 
 mod login;
 mod tls;
@@ -209,17 +209,17 @@ impl PgAdmin {
         Ok(self.tls.get_or_init(|| t).clone())
     }
 
-    fn err(&self, what: &str, e: &tokio_postgres::Error) -> PgError {
-        let code = code_of(e);
-        let mut detail = describe(e);
+    fn err(&self, what: &str, e: tokio_postgres::Error) -> PgError {
+        let code = code_of(&e);
+        let (mut answer, source) = answer_or_cause(e);
         let fmt = humantime::format_duration;
         if code == Some(SqlState::QUERY_CANCELED) {
-            detail.push_str(&format!(
+            answer.push_str(&format!(
                 " (the admin session's statement_timeout is {})",
                 fmt(self.cfg.statement_timeout)
             ));
         } else if code == Some(SqlState::LOCK_NOT_AVAILABLE) {
-            detail.push_str(&format!(
+            answer.push_str(&format!(
                 " (waited for a lock longer than the admin session's lock_timeout, {})",
                 fmt(self.cfg.lock_timeout)
             ));
@@ -227,8 +227,9 @@ impl PgAdmin {
         PgError::Statement {
             what: what.to_string(),
             target: self.target(),
-            detail,
+            answer,
             code,
+            source,
         }
     }
 
@@ -243,7 +244,7 @@ impl PgAdmin {
     ) -> Result<T, PgError> {
         let after = self.cfg.statement_timeout + GRACE;
         match tokio::time::timeout(after, f).await {
-            Ok(r) => r.map_err(|e| self.err(what, &e)),
+            Ok(r) => r.map_err(|e| self.err(what, e)),
             Err(_) => {
                 let db = db.unwrap_or(&self.cfg.database).to_string();
                 if let Some(c) = self.conns.lock().await.remove(&db) {
@@ -285,7 +286,7 @@ impl PgAdmin {
             c.lock_timeout.as_millis().max(1)
         );
         match tokio::time::timeout(c.connect_timeout, client.batch_execute(&limits)).await {
-            Ok(r) => r.map_err(|e| self.err("setting the session's timeouts", &e))?,
+            Ok(r) => r.map_err(|e| self.err("setting the session's timeouts", e))?,
             Err(_) => {
                 task.abort();
                 return Err(PgError::Timeout {

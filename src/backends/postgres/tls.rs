@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::{code_of, describe, target, PgError, SslMode};
+use super::{answer_or_cause, code_of, target, PgError, SslMode};
 use crate::backends::tls::{AnyName, NoCertCheck};
 use crate::backends::tunnel::Route;
 
@@ -35,41 +35,40 @@ impl Tls {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| PgError::TlsSettings(format!("TLS set-up: {e}")))?;
+            .map_err(|e| PgError::tls("TLS set-up", e))?;
         let verifier: Arc<dyn ServerCertVerifier> = match mode {
             SslMode::Disable | SslMode::Prefer | SslMode::Require => {
                 Arc::new(NoCertCheck::new(provider.clone()))
             }
             SslMode::VerifyCa | SslMode::VerifyFull => {
                 let path = rootcert.ok_or_else(|| {
-                    PgError::TlsSettings("sslmode verify-ca and verify-full need sslrootcert: the CA certificate (PEM) that signed the server's".into())
+                    PgError::TlsSettings {
+                        what: "sslmode verify-ca and verify-full need sslrootcert: the CA certificate (PEM) that signed the server's".into(),
+                        source: None,
+                    }
                 })?;
                 let mut roots = rustls::RootCertStore::empty();
-                let certs = CertificateDer::pem_file_iter(path).map_err(|e| {
-                    PgError::TlsSettings(format!("sslrootcert {}: {e}", path.display()))
-                })?;
+                let certs = CertificateDer::pem_file_iter(path)
+                    .map_err(|e| PgError::tls(format!("sslrootcert {}", path.display()), e))?;
                 for c in certs {
-                    let c = c.map_err(|e| {
-                        PgError::TlsSettings(format!("sslrootcert {}: {e}", path.display()))
-                    })?;
-                    roots.add(c).map_err(|e| {
-                        PgError::TlsSettings(format!("sslrootcert {}: {e}", path.display()))
-                    })?;
+                    let c =
+                        c.map_err(|e| PgError::tls(format!("sslrootcert {}", path.display()), e))?;
+                    roots
+                        .add(c)
+                        .map_err(|e| PgError::tls(format!("sslrootcert {}", path.display()), e))?;
                 }
                 if roots.is_empty() {
-                    return Err(PgError::TlsSettings(format!(
-                        "sslrootcert {} holds no certificate",
-                        path.display()
-                    )));
+                    return Err(PgError::TlsSettings {
+                        what: format!("sslrootcert {} holds no certificate", path.display()),
+                        source: None,
+                    });
                 }
                 let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
                     Arc::new(roots),
                     provider,
                 )
                 .build()
-                .map_err(|e| {
-                    PgError::TlsSettings(format!("sslrootcert {}: {e}", path.display()))
-                })?;
+                .map_err(|e| PgError::tls(format!("sslrootcert {}", path.display()), e))?;
                 if mode == SslMode::VerifyCa {
                     Arc::new(AnyName(webpki))
                 } else {
@@ -133,9 +132,10 @@ impl Tls {
                 Ok(r) => r.map_err(|e| PgError::Connect {
                     target: who.clone(),
                     database: dbname.to_string(),
-                    detail: crate::backends::chain(&e),
+                    answer: String::new(),
                     code: None,
                     cert: false,
+                    source: Some(Box::new(e)),
                 })?,
                 Err(_) => {
                     return Err(PgError::Timeout {
@@ -146,7 +146,7 @@ impl Tls {
                 }
             };
             let tls = MakeTlsConnect::<Tunnel>::make_tls_connect(&mut self.connector.clone(), host)
-                .map_err(|e| PgError::TlsSettings(format!("TLS for {host}: {e}")))?;
+                .map_err(|e| PgError::tls(format!("TLS for {host}"), e))?;
             let r = tokio::time::timeout(timeout, c.connect_raw(stream, tls)).await;
             let (client, conn) = connected(r, who, dbname, timeout)?;
             return Ok((client, spawn_connection(conn)));
@@ -170,13 +170,19 @@ fn connected<T>(
             database: dbname.to_string(),
             after: timeout,
         }),
-        Ok(Err(e)) => Err(PgError::Connect {
-            target: who,
-            database: dbname.to_string(),
-            detail: describe(&e),
-            code: code_of(&e),
-            cert: crate::backends::find_in_chain::<rustls::Error>(&e).is_some(),
-        }),
+        Ok(Err(e)) => {
+            let code = code_of(&e);
+            let cert = crate::backends::find_in_chain::<rustls::Error>(&e).is_some();
+            let (answer, source) = answer_or_cause(e);
+            Err(PgError::Connect {
+                target: who,
+                database: dbname.to_string(),
+                answer,
+                code,
+                cert,
+                source,
+            })
+        }
         Ok(Ok(x)) => Ok(x),
     }
 }

@@ -128,8 +128,9 @@ pub enum SshError {
         #[source]
         source: Option<Cause>,
     },
-    /// A file operation failed.
-    #[error("{op} {path} on {target}: {detail}")]
+    /// A file operation failed: `detail` says why in words, or the SFTP library's
+    /// error is the source.
+    #[error("{op} {path} on {target}{}", if .detail.is_empty() { String::new() } else { format!(": {}", .detail) })]
     Io {
         /// The operation: read, write, rename, …
         op: String,
@@ -139,8 +140,11 @@ pub enum SshError {
         target: String,
         /// The SFTP status code, when the server sent one.
         status: Option<StatusCode>,
-        /// What went wrong.
+        /// What went wrong, when it is known in words.
         detail: String,
+        /// The library's error, when one caused it.
+        #[source]
+        source: Option<Cause>,
     },
 }
 
@@ -353,7 +357,16 @@ impl ServicesHost {
                     humantime::format_duration(self.cfg.timeout)
                 )
             }
-            _ => e.to_string(),
+            _ => {
+                return SshError::Io {
+                    op: what.to_string(),
+                    path: path.to_string(),
+                    target: self.cfg.target(),
+                    status,
+                    detail: String::new(),
+                    source: Some(Box::new(e)),
+                }
+            }
         };
         self.io(what, path, status, detail)
     }
@@ -365,6 +378,7 @@ impl ServicesHost {
             target: self.cfg.target(),
             status,
             detail,
+            source: None,
         }
     }
 
@@ -456,7 +470,7 @@ impl ServicesHost {
     }
 
     /// Why the proxy's last tunnel to `target` (`host:port`) failed, naming the hop.
-    pub fn tunnel_failure(&self, target: &str) -> Option<String> {
+    pub fn tunnel_failure(&self, target: &str) -> Option<Arc<tunnel::DialError>> {
         match self.socks.get() {
             Some(Ok(b)) => b.failure(target),
             _ => None,

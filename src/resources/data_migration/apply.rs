@@ -174,9 +174,10 @@ impl DataMigration {
                     pg.target(),
                     i.version
                 ),
-                Err(e) => {
-                    format!("External PostgreSQL: {e}; the apply checks it again before the stop.")
-                }
+                Err(e) => format!(
+                    "External PostgreSQL: {}; the apply checks it again before the stop.",
+                    crate::backends::chain(&e)
+                ),
             });
         }
         if let Ok(m) = self.data.mongo() {
@@ -482,7 +483,7 @@ impl DataMigration {
         }
         let admin = self.data.postgres()?;
         let diag = |summary: &str, e: crate::backends::postgres::PgError| -> Diagnostics {
-            Diagnostic::error(summary, e.to_string()).into()
+            Diagnostic::error(summary, crate::backends::chain(&e)).into()
         };
         // 9.5 or later, as for the databases' resource.
         admin

@@ -30,7 +30,7 @@ pub(super) struct MongoOutcome {
 }
 
 fn diag(summary: &str, e: MongoError) -> Diagnostics {
-    Diagnostic::error(summary, e.to_string()).into()
+    Diagnostic::error(summary, crate::backends::chain(&e)).into()
 }
 
 impl DataMigration {
@@ -291,8 +291,9 @@ async fn one_database(
                 Err(x) => d.push(Diagnostic::warning(
                     format!("The partial import of MongoDB database {db} is still there"),
                     format!(
-                        "dropping what the failed import wrote failed ({x}); the next apply will find it \
-                         differing: drop it, or set overwrite_existing = true"
+                        "dropping what the failed import wrote failed ({}); the next apply will find it \
+                         differing: drop it, or set overwrite_existing = true",
+                        crate::backends::chain(&x)
                     ),
                 )),
             }

@@ -199,7 +199,7 @@ impl NomadClientLaunchConfig {
         if let Err(e2) = self.remove(c, ours).await {
             d.push(Diagnostic::warning(
                 "Could not delete the unused copy",
-                format!("{}: {e2}", ours.describe()),
+                format!("{}: {}", ours.describe(), crate::backends::chain(&e2)),
             ));
         }
         Err(d)
@@ -283,7 +283,7 @@ impl NomadClientLaunchConfig {
                 Ok(Some(why)) => diags.push(Diagnostic::warning("Previous copy kept", why)),
                 Err(e) => diags.push(Diagnostic::warning(
                     "Previous copy not deleted",
-                    format!("{}: {e}", prev.describe()),
+                    format!("{}: {}", prev.describe(), crate::backends::chain(&e)),
                 )),
             }
         }
@@ -508,8 +508,9 @@ impl NomadClientLaunchConfig {
                     "Template version not deleted",
                     format!(
                         "Auto Scaling group {name} was pointed back at the original, but {} could not be deleted \
-                         ({e}); delete it by hand",
-                        ours.describe()
+                         ({}); delete it by hand",
+                        ours.describe(),
+                        crate::backends::chain(&e)
                     ),
                 )),
                 Err(e) => {

@@ -326,7 +326,7 @@ fn aws_diag(e: AwsError, after: &str) -> Diagnostics {
         ),
         AwsErrorKind::NotFound | AwsErrorKind::Other => ("AWS request failed", ""),
     };
-    let mut detail = e.message;
+    let mut detail = crate::backends::chain(&e);
     for part in [after, hint] {
         if !part.is_empty() {
             detail.push_str(". ");

@@ -120,7 +120,7 @@ impl NomadClientLaunchConfig {
                     "Auto Scaling group disappeared during the rollout",
                     format!("group {group} no longer exists"),
                 )),
-                Err(e) => Err(("Rollout interrupted", e.to_string())),
+                Err(e) => Err(("Rollout interrupted", crate::backends::chain(&e))),
             }
         };
         let stopped = |replaced: &[String], done: usize| {
@@ -242,7 +242,7 @@ impl NomadClientLaunchConfig {
                         &replaced,
                         done,
                         "Rollout interrupted",
-                        format!("terminating {id}: {e}{lifted}"),
+                        format!("terminating {id}: {}{lifted}", crate::backends::chain(&e)),
                     ));
                 }
                 log::info!("rollout of {group}: terminated {id}");
