@@ -182,6 +182,14 @@ pub(crate) struct StopSettings {
     pub builds_timeout: Duration,
 }
 
+/// A duration attribute's value (`builds_timeout`, say); `default` when it does not
+/// parse (the plan's check refuses it), and a minute should `default` not parse either.
+pub(crate) fn duration_or(s: &str, default: &str) -> Duration {
+    humantime::parse_duration(s)
+        .or_else(|_| humantime::parse_duration(default))
+        .unwrap_or(Duration::from_secs(60))
+}
+
 /// What was observed before the first stop of a cutover.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Record {
@@ -1226,6 +1234,13 @@ impl<'a> Cutover<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_duration_that_does_not_parse_is_its_default() {
+        assert_eq!(duration_or("90s", "30m"), Duration::from_secs(90));
+        assert_eq!(duration_or("soon", "30m"), Duration::from_secs(1800));
+        assert_eq!(duration_or("", "never"), Duration::from_secs(60));
+    }
 
     fn node(id: &str, status: &str, drain: bool, elig: &str) -> Node {
         Node {

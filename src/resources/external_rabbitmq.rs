@@ -173,7 +173,7 @@ impl FileResource for ExternalRabbitmq {
 
     async fn plan(&self, req: &PlanRequest<'_>, planned: &mut Value, diags: &mut Diagnostics) {
         // The port's default follows `tls`, which `validate` holds at `false`.
-        let (config, plan) = match (
+        let (config, mut plan) = match (
             RabbitmqAtPlan::decode(req.config),
             RabbitmqAtPlan::decode(planned),
         ) {
@@ -181,12 +181,12 @@ impl FileResource for ExternalRabbitmq {
             (Err(e), _) | (_, Err(e)) => return diags.extend(e.into()),
         };
         if config.port.is_null() {
-            let p = match plan.tls {
-                Known::Value(true) => Value::int(i64::from(file::DEFAULT_TLS_PORT)),
-                Known::Value(false) => Value::int(i64::from(file::DEFAULT_PORT)),
-                Known::Unknown | Known::Null => Value::Unknown,
+            plan.port = match plan.tls {
+                Known::Value(true) => Known::Value(file::DEFAULT_TLS_PORT),
+                Known::Value(false) => Known::Value(file::DEFAULT_PORT),
+                Known::Unknown | Known::Null => Known::Unknown,
             };
-            planned.set("port", p);
+            plan.encode(planned);
         }
     }
 

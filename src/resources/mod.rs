@@ -99,11 +99,6 @@ pub fn file_sha256(content: &[u8]) -> String {
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A list value of strings.
-pub(crate) fn string_list(items: &[String]) -> Value {
-    Value::List(items.iter().map(Value::string).collect())
-}
-
 /// The password attributes (`password`, `password_wo`, `password_wo_version`) as a configuration holds them: the
 /// one place that reads them by name.
 pub(crate) struct Passwords {

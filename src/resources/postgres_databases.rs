@@ -13,7 +13,6 @@ use super::config_file::{
     cannot_import, Change, Common, FileResource, Halted, PlannedContent, Prepared, Refresh, Spec,
 };
 use super::model::{Known, Model};
-use super::string_list;
 use super::validate::Check;
 use crate::backends::postgres::{self as pgb, PgAdmin, PgError};
 use crate::backends::tunnel::Route;
@@ -456,6 +455,8 @@ impl FileResource for PostgresDatabases {
     async fn prepare(&self, c: Change<'_>) -> Result<Prepared<()>, Halted> {
         let (prior, planned, config) = (c.prior, c.planned, c.config);
         let i = inputs(planned)?;
+        // What the state records: the plan, with the databases found existing.
+        let mut out = Postgres::decode(planned).map_err(Diagnostics::from)?;
         // Read before anything changes: what this resource managed and adopted.
         let before = prior.map(inputs).transpose()?;
         let password = super::required_password(config)?;
@@ -480,12 +481,14 @@ impl FileResource for PostgresDatabases {
             diags,
         };
         let all = i.all_databases();
-        match ensure_databases(&pg, &i, before.as_ref()).await {
-            Ok(adopted) => state.set("adopted", string_list(&adopted)),
-            Err((adopted, d)) => {
-                state.set("adopted", string_list(&adopted));
-                return Err(halt(&state, d));
-            }
+        let (adopted, failed) = match ensure_databases(&pg, &i, before.as_ref()).await {
+            Ok(adopted) => (adopted, None),
+            Err((adopted, d)) => (adopted, Some(d)),
+        };
+        out.adopted = Known::Value(adopted);
+        out.encode(&mut state);
+        if let Some(d) = failed {
+            return Err(halt(&state, d));
         }
         let exts = i.extensions.clone();
         let pg2 = pg.clone();

@@ -12,7 +12,7 @@ use super::config_file::{
     cannot_import, record_version, Change, Common, Compat, FileAttrs, FileResource, Found, Halted,
     PlannedContent, Prepared, Refresh, Spec,
 };
-use super::model::{Known, Model};
+use super::model::{Known, Model, Undecoded};
 use super::validate::{self, Check};
 use crate::backends::vault::{self as vb, NewToken, Vault, VaultError};
 use crate::circleci::vault::{self as file, Address};
@@ -157,6 +157,8 @@ impl VaultTransitClient {
     /// rendered into the file (the core writes it; `finish` revokes what must go).
     async fn apply(&self, planned: &Value) -> Result<Prepared<Option<NewToken>>, Diagnostics> {
         let i = inputs(planned)?;
+        // What the state records: the plan, with the policy as written.
+        let mut out = VaultClient::decode(planned)?;
         let vault = self.data.vault()?;
         let addr = Address::parse(&i.address).map_err(|e| {
             Diagnostics::from(
@@ -215,7 +217,8 @@ impl VaultTransitClient {
             .map_err(|e| vault_diag("Could not write the policy", e))?;
 
         let mut state = planned.clone();
-        state.set("policy", Value::string(&hcl));
+        out.policy = Known::Value(hcl);
+        out.encode(&mut state);
         record_version(
             &mut state,
             planned,
@@ -279,6 +282,16 @@ impl VaultTransitClient {
             ))
         })
     }
+}
+
+/// Records the client token in `state`: its accessor, and when it expires (empty
+/// while not known).
+fn record_token(state: &mut Value, accessor: &str, expire: String) -> Result<(), Undecoded> {
+    let mut m = VaultClient::decode(state)?;
+    m.token_accessor = Known::Value(accessor.to_string());
+    m.token_expire_time = Known::Value(expire);
+    m.encode(state);
+    Ok(())
 }
 
 /// Revokes a token that was made but is not used; a failure is a warning naming the
@@ -447,8 +460,9 @@ impl FileResource for VaultTransitClient {
         };
         if written.is_ok() {
             // Recorded first: whatever fails below, the state knows the token in the file.
-            state.set("token_accessor", Value::string(&new.accessor));
-            state.set("token_expire_time", Value::string(""));
+            if let Err(e) = record_token(state, &new.accessor, String::new()) {
+                return e.into();
+            }
         }
         let vault = match self.data.vault() {
             Ok(v) => v,
@@ -484,8 +498,9 @@ impl FileResource for VaultTransitClient {
             .flatten()
             .and_then(|t| t.expire_time)
             .unwrap_or_default();
-        state.set("token_accessor", Value::string(&new.accessor));
-        state.set("token_expire_time", Value::string(expire));
+        if let Err(e) = record_token(state, &new.accessor, expire) {
+            diags.extend(e.into());
+        }
         log::info!("new client token {} written", new.accessor);
         diags
     }
@@ -493,6 +508,7 @@ impl FileResource for VaultTransitClient {
     async fn refresh(&self, r: Refresh<'_>) -> Result<(), Diagnostics> {
         let (state, fresh, drift) = (r.state, r.fresh, r.drift);
         let i = inputs(state)?;
+        let mut m = VaultClient::decode(fresh)?;
         let vault = self.data.vault()?;
         let accessor = i.accessor.clone().known().unwrap_or_default();
         match vault
@@ -502,8 +518,8 @@ impl FileResource for VaultTransitClient {
         {
             None => {
                 drift.push("the client token was revoked or has expired".to_string());
-                fresh.set("token_accessor", Value::string(""));
-                fresh.set("token_expire_time", Value::string(""));
+                m.token_accessor = Known::Value(String::new());
+                m.token_expire_time = Known::Value(String::new());
             }
             Some(mut info) => {
                 if info.ttl < i.renew_before {
@@ -519,10 +535,7 @@ impl FileResource for VaultTransitClient {
                         info = after;
                     }
                 }
-                fresh.set(
-                    "token_expire_time",
-                    Value::string(info.expire_time.unwrap_or_default()),
-                );
+                m.token_expire_time = Known::Value(info.expire_time.unwrap_or_default());
             }
         }
         if !vault
@@ -536,7 +549,8 @@ impl FileResource for VaultTransitClient {
             .read_policy(&i.policy_name)
             .await
             .map_err(|e| vault_diag("Could not read the policy", e))?;
-        fresh.set("policy", Value::string(policy.unwrap_or_default()));
+        m.policy = Known::Value(policy.unwrap_or_default());
+        m.encode(fresh);
         Ok(())
     }
 
@@ -608,25 +622,21 @@ impl FileResource for VaultTransitClient {
         let key = file::key_from_policy(&rules, &parsed.mount)
             .unwrap_or_else(|| file::DEFAULT_KEY.to_string());
         let mut v = Value::Null;
-        for (k, x) in [
-            ("transit_mount", parsed.mount.clone()),
-            ("key_name", key),
-            ("key_type", file::DEFAULT_KEY_TYPE.to_string()),
-            ("policy_name", policy_name),
-            ("token_period", file::DEFAULT_PERIOD.to_string()),
-            ("token_renew_before", file::DEFAULT_RENEW_BEFORE.to_string()),
-            ("address_for_services", parsed.address.url()),
-            ("token_accessor", info.accessor.clone()),
-            (
-                "token_expire_time",
-                info.expire_time.clone().unwrap_or_default(),
-            ),
-            ("policy", rules),
-        ] {
-            v.set(k, Value::string(x));
+        VaultClient {
+            transit_mount: parsed.mount.clone(),
+            create_mount: false,
+            key_name: key,
+            key_type: file::DEFAULT_KEY_TYPE.to_string(),
+            policy_name,
+            token_period: file::DEFAULT_PERIOD.to_string(),
+            token_renew_before: file::DEFAULT_RENEW_BEFORE.to_string(),
+            address_for_services: parsed.address.url(),
+            delete_key_on_destroy: false,
+            token_accessor: Known::Value(info.accessor.clone()),
+            token_expire_time: Known::Value(info.expire_time.clone().unwrap_or_default()),
+            policy: Known::Value(rules),
         }
-        v.set("create_mount", Value::Bool(false));
-        v.set("delete_key_on_destroy", Value::Bool(false));
+        .encode(&mut v);
         Ok(v)
     }
 }

@@ -216,6 +216,14 @@ async fn rabbitmq_and_nomad_bad_input_and_defaults() {
         state.get("file_sha256"),
         "nothing changed: the same digest, so no restart is planned"
     );
+    let mut later = ok.clone();
+    later.set("tls", Value::Unknown);
+    let (p, _) = plan_update(&mq, &state, &later).await;
+    assert_eq!(
+        p.get("port"),
+        &Value::Unknown,
+        "the default port follows tls"
+    );
     let mut moved = ok.clone();
     moved.set("host", Value::string("mq2.internal"));
     let (next, _) = plan_update(&mq, &state, &moved).await;

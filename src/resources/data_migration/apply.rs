@@ -126,7 +126,7 @@ impl DataMigration {
         let s = StopSettings {
             root: root.clone(),
             embedded_nomad: nomad.clone(),
-            builds_timeout: duration(builds, crate::resources::cutover::BUILDS_TIMEOUT),
+            builds_timeout: duration_or(builds, crate::resources::cutover::BUILDS_TIMEOUT),
         };
         let builds = crate::resources::cutover::Cutover::new(&self.data, &s)
             .running_builds()

@@ -10,11 +10,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::cutover::{StopAttrs, StopSettings};
+use super::cutover::{duration_or, StopAttrs, StopSettings};
 use super::model::{self, Known, Model, One, Undecoded};
 use super::validate::{self, Check};
 use crate::circleci::migration as mig;
@@ -84,13 +83,6 @@ fn duration_doc(what: &str, default: &str) -> String {
 /// A duration within `[min, max]` seconds.
 const fn duration_check(min_secs: u64, max_secs: u64) -> Check {
     Check::Duration { min_secs, max_secs }
-}
-
-/// `s` as a duration; `default` when it is not one (the plan's check refuses it).
-fn duration(s: &str, default: &str) -> Duration {
-    humantime::parse_duration(s)
-        .or_else(|_| humantime::parse_duration(default))
-        .unwrap_or(Duration::from_secs(60))
 }
 
 fn strings(items: &[&str]) -> Vec<String> {
@@ -466,7 +458,7 @@ fn stop_settings(m: &Migration) -> StopSettings {
     StopSettings {
         root: m.config_root.clone(),
         embedded_nomad: m.embedded_nomad_endpoint.clone(),
-        builds_timeout: duration(&m.builds_timeout, super::cutover::BUILDS_TIMEOUT),
+        builds_timeout: duration_or(&m.builds_timeout, super::cutover::BUILDS_TIMEOUT),
     }
 }
 

@@ -150,9 +150,9 @@ pub(super) fn settings(
         } else {
             m.allowed_versions.clone()
         },
-        stop_timeout: duration(&m.stop_timeout, STOP_TIMEOUT),
+        stop_timeout: duration_or(&m.stop_timeout, STOP_TIMEOUT),
         cutover: stop_settings(&m),
-        command_timeout: duration(&m.command_timeout, COMMAND_TIMEOUT),
+        command_timeout: duration_or(&m.command_timeout, COMMAND_TIMEOUT),
         overwrite: m.overwrite_existing,
         keep_export: m.keep_export,
         parallelism: usize::try_from(parallelism).unwrap_or(1),

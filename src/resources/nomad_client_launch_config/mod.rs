@@ -13,7 +13,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use base64::Engine;
 
-use super::cutover::{StopAttrs, StopSettings, BUILDS_TIMEOUT, DEFAULT_EMBEDDED_NOMAD};
+use super::cutover::{
+    duration_or, StopAttrs, StopSettings, BUILDS_TIMEOUT, DEFAULT_EMBEDDED_NOMAD,
+};
 use super::file_sha256;
 use super::model::{self, Known, Model};
 use super::validate::Check;
@@ -541,9 +543,7 @@ impl LaunchConfig {
         StopSettings {
             root: self.config_root.clone(),
             embedded_nomad: self.embedded_nomad_endpoint.clone(),
-            builds_timeout: humantime::parse_duration(&self.builds_timeout)
-                .or_else(|_| humantime::parse_duration(BUILDS_TIMEOUT))
-                .unwrap_or(Duration::from_secs(60)),
+            builds_timeout: duration_or(&self.builds_timeout, BUILDS_TIMEOUT),
         }
     }
 

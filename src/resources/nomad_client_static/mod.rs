@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::cutover::{StopAttrs, BUILDS_TIMEOUT};
+use super::cutover::{duration_or, StopAttrs, BUILDS_TIMEOUT};
 use super::model::{self, Blocks, Field, Known, Model, Undecoded};
 use super::validate::Check;
 use crate::backends::ssh::{self, HostKeyPolicy, ServicesHost, SshConfig};
@@ -243,14 +243,6 @@ impl WriteOnly {
             .flatten();
         Ok(Some(WriteOnly { token }))
     }
-}
-
-/// A duration attribute's value; its default when it does not parse.
-fn duration_or(s: &str, default: &str) -> std::time::Duration {
-    humantime::parse_duration(s)
-        .ok()
-        .or_else(|| humantime::parse_duration(default).ok())
-        .unwrap_or(std::time::Duration::from_secs(60))
 }
 
 /// True when one attribute's two values differ as Terraform compares them.

@@ -379,6 +379,11 @@ impl ServicesRestart {
             Ok(s) => s,
             Err(d) => return Applied::from_result(Err(d)),
         };
+        // What the state records: the plan, with what this restart found and did.
+        let mut out = match RestartModel::decode(planned) {
+            Ok(m) => m,
+            Err(e) => return Applied::from_result(Err(e.into())),
+        };
         let pre = match self.preflight(&s).await {
             Ok(p) => p,
             Err(d) => return Applied::from_result(Err(d)),
@@ -405,8 +410,7 @@ impl ServicesRestart {
         {
             return Applied::from_result(Err(d));
         }
-        let mut state = planned.clone();
-        state.set("version", Value::string(&pre.version));
+        out.version = Known::Value(pre.version.clone());
         let cut = Cutover::new(&self.data, &s.cutover);
         let mut warnings = Diagnostics::new();
         let before = if pre.status.settled_in("stopped") {
@@ -470,9 +474,8 @@ impl ServicesRestart {
                 failed: vec!["the restart did not finish; no check ran".into()],
                 ..Verified::default()
             };
-            finish(&mut state, &now, &none, None);
             return Applied {
-                state: Some(state),
+                state: Some(finish(out, planned, &now, &none, None)),
                 diags: warnings,
             };
         }
@@ -497,7 +500,7 @@ impl ServicesRestart {
         } else if let Err(d) = cut.complete().await {
             v.diags.extend(d);
         }
-        finish(&mut state, &app_state, &v, Some(stopping.elapsed()));
+        let state = finish(out, planned, &app_state, &v, Some(stopping.elapsed()));
         warnings.extend(v.diags);
         Applied {
             state: Some(state),
@@ -570,11 +573,18 @@ pub(super) struct Verified {
     pub(super) diags: Diagnostics,
 }
 
-/// The outcome attributes.
-fn finish(state: &mut Value, app_state: &str, v: &Verified, downtime: Option<Duration>) {
-    state.set("app_state", Value::string(app_state));
-    state.set("checks", crate::resources::string_list(&v.passed));
-    state.set("failed_checks", crate::resources::string_list(&v.failed));
+/// The state after a restart: `planned` with `m`'s attributes, the outcome ones set
+/// (`downtime` `None`: the checks never passed).
+fn finish(
+    mut m: RestartModel,
+    planned: &Value,
+    app_state: &str,
+    v: &Verified,
+    downtime: Option<Duration>,
+) -> Value {
+    m.app_state = Known::Value(app_state.to_string());
+    m.checks = Known::Value(v.passed.clone());
+    m.failed_checks = Known::Value(v.failed.clone());
     let (at, down) = match downtime {
         Some(d) => (
             humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
@@ -582,6 +592,9 @@ fn finish(state: &mut Value, app_state: &str, v: &Verified, downtime: Option<Dur
         ),
         None => (String::new(), String::new()),
     };
-    state.set("restarted_at", Value::string(at));
-    state.set("downtime", Value::string(down));
+    m.restarted_at = Known::Value(at);
+    m.downtime = Known::Value(down);
+    let mut state = planned.clone();
+    m.encode(&mut state);
+    state
 }
