@@ -5,7 +5,8 @@
 //! `hmac-sha256$KEYID$DIGEST`: HMAC-SHA256 of the provider's block of the file under a
 //! 256-bit random key that exists only on the Services machine, in
 //! `/data/circle/external-services-cutover/file-digest.key` (under the root of the
-//! runbook's paths, as the cutover's other files), mode 0600 in that 0700 directory,
+//! runbook's paths, as the cutover's other files; for a file elsewhere, in a directory
+//! `.terraform-provider-circleci` beside it), mode 0600 in that 0700 directory,
 //! owned by the account the provider works as there. KEYID is the first 4 bytes of the
 //! key's SHA-256, in hex: it names the key without revealing it, so that a digest made
 //! under a replaced key reads as changed (and is said to be) rather than as a file
@@ -37,9 +38,9 @@
 //! file: refresh, plan and a write of the same content check it with its salt (once per
 //! content and digest in a process, so a plan's refresh and the plan itself pay one
 //! derivation) and keep it. When the content changes, the keyed digest replaces it. A
-//! plan of a state holding a keyed digest derives nothing. (A plain SHA-256 of such a
-//! file, from before salted digests, still reads as unchanged at refresh but is
-//! replaced at the next plan, as it has been since salted digests came.)
+//! plan of a state holding a keyed digest derives nothing. A plain SHA-256 of such a
+//! file, from before salted digests, is kept the same way while it matches: the state
+//! already holds it, and a new value would restart CircleCI.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -67,6 +68,9 @@ const KEY_LEN: usize = 32;
 /// Where the digest key is, under the root of the Services machine's paths: in the
 /// directory (0700) where the provider keeps its other files there.
 pub(crate) const KEY_FILE: &str = "data/circle/external-services-cutover/file-digest.key";
+/// For a file outside the runbook's paths, the directory (0700) beside it that holds
+/// its key.
+const OWN_DIR: &str = ".terraform-provider-circleci";
 
 /// Whether a file holds a secret.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -152,11 +156,16 @@ pub(crate) struct ServicesKeys<'a> {
 
 impl<'a> ServicesKeys<'a> {
     /// The key for the file at `file` (`None` when not known yet): the one under the
-    /// root `file` is in, when it is one of the runbook's files, else under `/`.
+    /// root `file` is in, when it is one of the runbook's files; else the one in
+    /// [`OWN_DIR`] beside the file (a directory of its own, so that the file's own
+    /// directory keeps its mode).
     pub(crate) fn for_file(data: &'a ProviderData, file: Option<&str>) -> Self {
-        let path = file.map(|f| {
-            let root = super::cutover::runbook_file(f).map_or_else(|| "/".to_string(), |r| r.0);
-            format!("{}/{KEY_FILE}", root.trim_end_matches('/'))
+        let path = file.map(|f| match super::cutover::runbook_file(f) {
+            Some((root, _)) => format!("{}/{KEY_FILE}", root.trim_end_matches('/')),
+            None => {
+                let dir = f.rsplit_once('/').map_or("", |(d, _)| d);
+                format!("{dir}/{OWN_DIR}/file-digest.key")
+            }
         });
         ServicesKeys { data, path }
     }
@@ -385,7 +394,7 @@ pub(crate) async fn digest(
         return Ok(super::file_sha256(content));
     }
     if let Some(p) = previous {
-        if old_matches(content, p).await? {
+        if p == super::file_sha256(content) || old_matches(content, p).await? {
             return Ok(p.to_string());
         }
     }
@@ -404,7 +413,7 @@ pub(crate) async fn planned(
         return Ok(Some(super::file_sha256(content)));
     }
     if let Some(p) = previous {
-        if old_matches(content, p).await? {
+        if p == super::file_sha256(content) || old_matches(content, p).await? {
             return Ok(Some(p.to_string()));
         }
     }
@@ -676,6 +685,32 @@ pub(crate) mod tests {
         assert!(!d.contains(&crate::resources::file_sha256(FILE)), "{d}");
     }
 
+    /// A runbook file's key is with the cutover's files under its root; any other
+    /// file's is in a directory of its own beside it (whose mode the key may set,
+    /// unlike the file's own directory's), never in the host's `/data`.
+    #[test]
+    fn the_key_is_under_the_runbook_root_or_beside_the_file() {
+        let data = ProviderData::default();
+        let at = |f: &str| {
+            ServicesKeys::for_file(&data, Some(f))
+                .path()
+                .map(str::to_string)
+        };
+        assert_eq!(
+            at("/etc/circleconfig/shared/redis").as_deref(),
+            Some("/data/circle/external-services-cutover/file-digest.key")
+        );
+        assert_eq!(
+            at("/tmp/x/etc/circle-installation-customizations").as_deref(),
+            Some("/tmp/x/data/circle/external-services-cutover/file-digest.key")
+        );
+        assert_eq!(
+            at("/srv/conf/postgres.env").as_deref(),
+            Some("/srv/conf/.terraform-provider-circleci/file-digest.key")
+        );
+        assert_eq!(ServicesKeys::for_file(&data, None).path(), None);
+    }
+
     #[tokio::test]
     async fn plain_files_and_old_plain_states() {
         let keys = MemoryKeys::default();
@@ -694,13 +729,19 @@ pub(crate) mod tests {
                 .unwrap(),
             plain
         );
-        // ...and is replaced at the next write, as it has been since salted digests
-        // came: it lets a reader of the state test guesses at SHA-256 speed.
+        // ...and is kept by the plan and by a write of the same content: a new value
+        // would restart CircleCI (`triggers`), and the state already holds this one.
         let keys = MemoryKeys::with(&[3; KEY_LEN]);
         let p = planned(Kind::Secret, FILE, Some(&plain), &keys)
             .await
             .unwrap();
-        assert!(p.is_some_and(|p| p.starts_with("hmac-sha256$")));
+        assert_eq!(p.as_deref(), Some(plain.as_str()));
+        assert_eq!(
+            digest(Kind::Secret, FILE, Some(&plain), &keys)
+                .await
+                .unwrap(),
+            plain
+        );
         // Changed: no plain hash of the new content goes to the state.
         let now = current(Kind::Secret, b"x", Some(&plain), &MemoryKeys::default())
             .await

@@ -543,7 +543,8 @@ fn schema_of<R: FileResource>() -> Block {
         },
         if s.secret_in_file {
             " HMAC-SHA256 under a random 256-bit key kept only on the Services machine \
-             (`/data/circle/external-services-cutover/file-digest.key`, 0600, made by the first apply \
+             (`/data/circle/external-services-cutover/file-digest.key`, or beside a file outside the \
+             runbook's paths in `.terraform-provider-circleci/`; 0600, made by the first apply \
              that needs it; until then the plan shows the digest as known after apply). A \
              `pbkdf2-sha256$…` digest stored by an earlier version is kept while the file does not \
              change, so an upgrade triggers no restart."
