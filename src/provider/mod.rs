@@ -162,6 +162,8 @@ pub(crate) struct ProviderData {
     aws: Slot<Aws>,
     /// The provider-wide `via_services_host`: how resources' own checks reach servers.
     via: std::sync::atomic::AtomicBool,
+    /// The Services machine's file digest keys, read or made by this process.
+    digest_keys: crate::resources::file_digest::KeyCache,
 }
 
 impl Default for ProviderData {
@@ -192,6 +194,7 @@ impl Default for ProviderData {
                 "the provider was not configured before this resource was used (a bug in Terraform or this provider)",
             ),
             via: std::sync::atomic::AtomicBool::new(false),
+            digest_keys: Default::default(),
         }
     }
 }
@@ -200,6 +203,11 @@ impl ProviderData {
     /// The Services machine, or an error saying why it is not usable.
     pub(crate) fn services(&self) -> Result<Arc<ServicesHost>, Diagnostics> {
         self.services.current()
+    }
+
+    /// The file digest keys this process has read or made on the Services machine.
+    pub(crate) fn digest_keys(&self) -> &crate::resources::file_digest::KeyCache {
+        &self.digest_keys
     }
 
     /// The PostgreSQL admin connection settings, or why there are none.
@@ -373,6 +381,8 @@ impl Provider for CircleCiProvider {
             Err(e) => return e.into(),
         };
         let d = &self.data;
+        // Keys read for an earlier configuration's Services machine are not this one's.
+        d.digest_keys.clear().await;
         let env: Env<'_> = &process_env;
         let mut diags = Diagnostics::new();
         // A missing services_host block surfaces only when a resource needs the Services

@@ -27,6 +27,7 @@ mod e2e_data_migration;
 mod e2e_external_mongo;
 mod e2e_external_rabbitmq_nomad;
 mod e2e_external_redis;
+mod e2e_file_digest;
 mod e2e_nomad_client_launch_config;
 mod e2e_nomad_client_static;
 mod e2e_operator_content;

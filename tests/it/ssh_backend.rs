@@ -61,6 +61,42 @@ async fn write_read_delete_round_trip() {
     assert!(!path.exists());
 }
 
+/// A file made only when none is there: of concurrent makers one wins, the others find
+/// its bytes; the file is the mode asked for, and no temporary file is left.
+#[tokio::test]
+async fn create_new_file_never_replaces_one() {
+    let s = common::servers();
+    let h = Arc::new(host(&s, pinned(&s)));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("key");
+    let p = path.to_str().unwrap().to_string();
+
+    let makers: Vec<_> = (0u8..8)
+        .map(|i| {
+            let (h, p) = (h.clone(), p.clone());
+            tokio::spawn(async move { h.create_new_file(&p, &[i; 32], 0o600).await.unwrap() })
+        })
+        .collect();
+    let mut made = 0;
+    for m in makers {
+        made += usize::from(m.await.unwrap());
+    }
+    assert_eq!(made, 1, "exactly one maker wins");
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(
+        bytes.len() == 32 && bytes.iter().all(|b| *b == bytes[0]),
+        "{bytes:?}"
+    );
+    assert_eq!(common::mode_of(&path), 0o600);
+    assert!(!h.create_new_file(&p, b"other", 0o600).await.unwrap());
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+}
+
 #[tokio::test]
 async fn tricky_values_survive_ssh_and_bash() {
     let s = common::servers();

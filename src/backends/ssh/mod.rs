@@ -661,6 +661,53 @@ impl ServicesHost {
         r
     }
 
+    /// Creates `path` with `content` and `mode` unless it exists: `Ok(false)`, and the
+    /// file there is left as it is, when it does. The bytes go to a temporary file in
+    /// the same directory, created with `mode` (so they are never readable by others,
+    /// not even before the mode is set exactly), then linked into place by SFTP's plain
+    /// rename, which never replaces an existing file (OpenSSH links, then unlinks the
+    /// temporary name): of two writers racing to create the same file, one wins and the
+    /// other finds the winner's bytes. The directory must exist.
+    pub async fn create_new_file(
+        &self,
+        path: &str,
+        content: &[u8],
+        mode: u32,
+    ) -> Result<bool, SshError> {
+        if !path.starts_with('/') {
+            return Err(self.io("creating", path, None, "not an absolute path".into()));
+        }
+        let s = self.session().await?;
+        let exists = |a: Result<russh_sftp::protocol::Attrs, SftpError>| match a {
+            Ok(_) => Ok(true),
+            Err(e) if sftp_status(&e) == Some(StatusCode::NoSuchFile) => Ok(false),
+            Err(e) => Err(e),
+        };
+        if exists(s.sftp.lstat(path).await).map_err(|e| self.io_err("creating", path, e))? {
+            return Ok(false);
+        }
+        let tmp = self.sibling(path, "new");
+        let linked = match self.write_tmp(&s, &tmp, content, mode, None).await {
+            Ok(()) => s.sftp.rename(tmp.as_str(), path).await.map(|_| ()),
+            Err(e) => {
+                let _ = s.sftp.remove(tmp.as_str()).await;
+                return Err(e);
+            }
+        };
+        match linked {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let _ = s.sftp.remove(tmp.as_str()).await;
+                // The rename's refusal of an existing target is a generic failure in
+                // SFTP v3: look for the winner's file.
+                match exists(s.sftp.lstat(path).await) {
+                    Ok(true) => Ok(false),
+                    _ => Err(self.io_err("creating", path, e)),
+                }
+            }
+        }
+    }
+
     /// A hidden file next to `path`, unique to this process and call:
     /// `DIR/.NAME.tf-PID-N.SUFFIX`.
     fn sibling(&self, path: &str, suffix: &str) -> String {
@@ -714,6 +761,20 @@ impl ServicesHost {
         s: &Session,
         tmp: &str,
         path: &str,
+        content: &[u8],
+        mode: u32,
+        owner: Option<(u32, u32)>,
+    ) -> Result<(), SshError> {
+        self.write_tmp(s, tmp, content, mode, owner).await?;
+        self.rename(s, tmp, path).await
+    }
+
+    /// Creates `tmp` (it must not exist) with `mode`, writes `content`, sets the mode
+    /// exactly (and `owner`, when given and allowed), syncs and closes it.
+    async fn write_tmp(
+        &self,
+        s: &Session,
+        tmp: &str,
         content: &[u8],
         mode: u32,
         owner: Option<(u32, u32)>,
@@ -773,7 +834,7 @@ impl ServicesHost {
         let closed = s.sftp.close(handle).await;
         body?;
         closed.map_err(|e| self.io_err("closing", tmp, e))?;
-        self.rename(s, tmp, path).await
+        Ok(())
     }
 
     async fn rename(&self, s: &Session, from: &str, to: &str) -> Result<(), SshError> {

@@ -6,8 +6,8 @@ use crate::fault_point;
 use crate::plugin::stop;
 
 impl<R: FileResource> ConfigFile<R> {
-    /// Writes `content` (the file, or the block) and returns its digest (with the salt
-    /// of `previous`, the prior state's digest, when there is one).
+    /// Writes `content` (the file, or the block) and returns its digest (`previous`, the
+    /// prior state's digest, when it is an earlier version's digest of this content).
     async fn write(
         &self,
         path: &str,
@@ -16,6 +16,16 @@ impl<R: FileResource> ConfigFile<R> {
     ) -> Result<String, Diagnostics> {
         let services = self.data.services()?;
         let what = R::SPEC.what;
+        // The digest first: when it cannot be had (no key could be made, say), nothing
+        // is written.
+        let digest = file_digest::digest(
+            Self::kind(),
+            content.as_bytes(),
+            previous,
+            &self.keys(Some(path)),
+        )
+        .await
+        .map_err(|e| digest_error(path, e))?;
         let _turn = managed_block::lock(path).await;
         let found = self.file(path).await?;
         // The file as CircleCI had it, kept before the cutover's first write of it.
@@ -37,9 +47,7 @@ impl<R: FileResource> ConfigFile<R> {
             "wrote the {what} block of {path} ({} bytes in the file)",
             bytes.len()
         );
-        file_digest::digest(Self::kind(), content.as_bytes(), previous)
-            .await
-            .map_err(|e| digest_error(path, e))
+        Ok(digest)
     }
 
     /// Removes the block; the file too when nothing else is in it.

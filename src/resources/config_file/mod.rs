@@ -53,8 +53,8 @@ pub(crate) struct Spec {
     pub verify_doc: &'static str,
     /// What refresh checks beyond the file, for the `drift` description.
     pub drift_doc: &'static str,
-    /// The file holds a password or token: `file_sha256` is then a salted, slow digest
-    /// (see `file_digest`), never a plain hash.
+    /// The file holds a password or token: `file_sha256` is then a keyed digest under
+    /// a key only the Services machine holds (see `file_digest`), never a plain hash.
     pub secret_in_file: bool,
     /// What the backend step changes before the file is written (for messages when the
     /// write then fails: "the role's password and the databases"), or `None` when it
@@ -405,9 +405,14 @@ impl<R: FileResource> ConfigFile<R> {
             .map(|f| (f.content, f.mode)))
     }
 
+    /// The digest key for the file at `path` (`None` while not known).
+    fn keys<'a>(&'a self, path: Option<&str>) -> file_digest::ServicesKeys<'a> {
+        file_digest::ServicesKeys::for_file(&self.data, path)
+    }
+
     fn kind() -> Kind {
         if R::SPEC.secret_in_file {
-            Kind::Salted
+            Kind::Secret
         } else {
             Kind::Plain
         }
@@ -487,7 +492,7 @@ pub(crate) fn block_error(path: &str, e: envfile::EnvFileError) -> Diagnostics {
     .into()
 }
 
-/// A file's digest that could not be computed (no random salt, say).
+/// A file's digest that could not be computed (no digest key could be read or made, say).
 fn digest_error(path: &str, e: String) -> Diagnostics {
     Diagnostic::error(
         "Could not compute the file's digest",
@@ -529,13 +534,22 @@ fn schema_of<R: FileResource>() -> Block {
          `via_services_host`, or the backend block's own).",
     ))
     .attr(Attribute::new("file_sha256", Type::String).computed().description(&format!(
-        "{} of {hash_of}. Refresh reads it back: a change made out of band, or a missing file, \
+        "{} of {hash_of}.{} Refresh reads it back: a change made out of band, or a missing file, \
          shows in `drift` and the next apply writes it again (empty when the file is gone).",
         if s.secret_in_file {
-            "A salted, slow digest (`pbkdf2-sha256$ITERATIONS$SALT$DIGEST`, never a plain hash: the \
-             file holds a secret)"
+            "A keyed digest (`hmac-sha256$KEYID$DIGEST`, never a plain hash: the file holds a secret)"
         } else {
             "SHA-256"
+        },
+        if s.secret_in_file {
+            " HMAC-SHA256 under a random 256-bit key kept only on the Services machine \
+             (`/data/circle/external-services-cutover/file-digest.key`, or beside a file outside the \
+             runbook's paths in `.terraform-provider-circleci/`; 0600, made by the first apply \
+             that needs it; until then the plan shows the digest as known after apply). A \
+             `pbkdf2-sha256$…` digest stored by an earlier version is kept while the file does not \
+             change, so an upgrade triggers no restart."
+        } else {
+            ""
         }
     )))
     .attr(Attribute::new("drift", Type::String).computed().description(&format!(
@@ -614,7 +628,9 @@ impl<R: FileResource> Resource for ConfigFile<R> {
         now.drift = Known::Value(String::new());
         match self.inner.planned_content(planned, cfg) {
             PlannedContent::Known(c) => {
-                match file_digest::planned(Self::kind(), c.as_bytes(), prior.digest()).await {
+                let keys = self.keys(now.config_path.value().map(String::as_str));
+                match file_digest::planned(Self::kind(), c.as_bytes(), prior.digest(), &keys).await
+                {
                     Ok(d) => now.file_sha256 = d.map_or(Known::Unknown, Known::Value),
                     Err(e) => diags.extend(digest_error(&self.path_of(planned), e)),
                 }
@@ -677,15 +693,22 @@ impl<R: FileResource> Resource for ConfigFile<R> {
                 drift.push(format!(
                     "the last apply did not write the {what} block of {path}"
                 ));
-                // Left as it is: a digest of the file as it is now would need a
-                // salt that is not drawn yet, and the next apply writes the block.
+                // Left as it is: it matches no file, and the next apply writes the
+                // block.
             }
             (Some(_), Some(bytes)) => {
                 let before = before.digest().unwrap_or_default();
-                let hash = file_digest::current(Self::kind(), bytes, Some(before))
+                let keys = self.keys(Some(&path));
+                let hash = file_digest::current(Self::kind(), bytes, Some(before), &keys)
                     .await
                     .map_err(|e| digest_error(&path, e))?;
-                if !before.is_empty() && before != hash {
+                if file_digest::key_replaced(before, &hash) {
+                    drift.push(format!(
+                        "the file digest key {} on the Services machine was replaced or removed, \
+                         so the digest of {path} is new",
+                        keys.path().unwrap_or_default()
+                    ));
+                } else if !before.is_empty() && before != hash {
                     drift.push(format!("the {what} block of {path} was changed"));
                 }
                 after.file_sha256 = Known::Value(hash);
@@ -741,7 +764,7 @@ impl<R: FileResource> Resource for ConfigFile<R> {
         // read whole; its digest stays empty, so the next apply adds the block.
         let (text, hash) = match self.current(id).await? {
             Some((Some(b), _)) => {
-                let hash = file_digest::digest(Self::kind(), &b, None)
+                let hash = file_digest::digest(Self::kind(), &b, None, &self.keys(Some(id)))
                     .await
                     .map_err(|e| digest_error(id, e))?;
                 (String::from_utf8(b), hash)

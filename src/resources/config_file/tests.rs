@@ -14,7 +14,20 @@ use crate::resources::{
     postgres_databases::PostgresDatabases, vault_transit_client::VaultTransitClient,
 };
 
+/// The key the test Services machine holds for the runbook's default paths.
+const KEY: [u8; 32] = [9; 32];
+
+/// A provider whose Services machine holds a file digest key (as it does once a file
+/// holding a secret was written), known to this process.
 fn data() -> Arc<ProviderData> {
+    let d = ProviderData::default();
+    d.digest_keys()
+        .seed(&format!("/{}", super::file_digest::KEY_FILE), &KEY);
+    Arc::new(d)
+}
+
+/// A provider whose Services machine holds no file digest key yet (none is known).
+fn data_without_key() -> Arc<ProviderData> {
     Arc::new(ProviderData::default())
 }
 
@@ -23,7 +36,7 @@ fn redis() -> ConfigFile<ExternalRedis> {
 }
 
 /// What an apply of `planned` stores, near enough for a plan: unknowns null,
-/// `file_sha256` the salted digest of `content`.
+/// `file_sha256` the keyed digest of `content` under [`KEY`].
 async fn applied(planned: &Value, content: &str) -> Value {
     let mut state = planned.clone();
     if let Value::Map(m) = &mut state {
@@ -33,7 +46,8 @@ async fn applied(planned: &Value, content: &str) -> Value {
             }
         }
     }
-    let digest = super::file_digest::digest(super::Kind::Salted, content.as_bytes(), None)
+    let keys = super::file_digest::tests::MemoryKeys::with(&KEY);
+    let digest = super::file_digest::digest(super::Kind::Secret, content.as_bytes(), None, &keys)
         .await
         .unwrap();
     state.set("file_sha256", Value::string(digest));
@@ -202,10 +216,21 @@ async fn rabbitmq_and_nomad_bad_input_and_defaults() {
     assert_eq!(planned.get("vhost"), &Value::string("/"));
     assert_eq!(planned.get("tls"), &Value::Bool(false));
     assert_eq!(planned.get("password_wo"), &Value::Null);
+    let d = planned.get("file_sha256").as_str().unwrap_or_default();
+    assert!(
+        d.starts_with("hmac-sha256$"),
+        "a file with a password gets a keyed digest, known at plan once the key is: {d}"
+    );
+    let first = ConfigFile::new(
+        ExternalRabbitmq::new(data_without_key()),
+        data_without_key(),
+    );
+    let (planned_first, diags) = plan_create(&first, &ok).await;
+    assert!(!diags.has_errors(), "{diags}");
     assert_eq!(
-        planned.get("file_sha256"),
+        planned_first.get("file_sha256"),
         &Value::Unknown,
-        "a file with a password gets a salted digest, its salt drawn at apply"
+        "no key on the Services machine yet: the apply makes it"
     );
     let content = crate::circleci::rabbitmq::render("mq.internal", 5672, "circle", "pw").unwrap();
     let state = applied(&planned, &content).await;
@@ -229,8 +254,8 @@ async fn rabbitmq_and_nomad_bad_input_and_defaults() {
     let (next, _) = plan_update(&mq, &state, &moved).await;
     let d = next.get("file_sha256").as_str().unwrap_or_default();
     assert!(
-        d.starts_with("pbkdf2-sha256$") && Some(d) != state.get("file_sha256").as_str(),
-        "a new host: a new digest with the same salt: {d}"
+        d.starts_with("hmac-sha256$") && Some(d) != state.get("file_sha256").as_str(),
+        "a new host: a new digest under the same key: {d}"
     );
 
     let nomad = ConfigFile::new(ExternalNomad::new(data()), data());
