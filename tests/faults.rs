@@ -580,6 +580,21 @@ impl<'a> Scenario<'a> {
                 bad.push(format!("left behind: {name}"));
                 continue;
             }
+            // The provider's own directory beside a file outside the runbook's paths:
+            // the file digest key, 0600, and nothing half-made next to it.
+            if name == ".terraform-provider-circleci" {
+                for k in std::fs::read_dir(e.path()).unwrap() {
+                    let k = k.unwrap();
+                    let kn = k.file_name().to_string_lossy().into_owned();
+                    let mode = common::mode_of(&k.path());
+                    if kn != "file-digest.key" {
+                        bad.push(format!("left behind: {name}/{kn}"));
+                    } else if mode != 0o600 {
+                        bad.push(format!("{name}/{kn} is {mode:o}"));
+                    }
+                }
+                continue;
+            }
             let text = std::fs::read_to_string(e.path()).unwrap_or_default();
             let begins = text.matches("# BEGIN terraform-provider-circleci ").count();
             let ends = text.matches("# END terraform-provider-circleci ").count();

@@ -201,7 +201,7 @@ fn default_ec2_endpoint(region: &str) -> String {
     }
 }
 
-/// An SDK error as an [`AwsError`] with the whole chain in its message.
+/// An SDK error as an [`AwsError`]: AWS's code and message, the SDK's error its source.
 pub(crate) fn sdk_error<E, R>(
     op: &str,
     at: &str,

@@ -50,7 +50,7 @@ pub(crate) enum NomadError {
         source: crate::backends::tunnel::DialError,
     },
     /// Nomad is reached through the Services machine, and none is configured.
-    #[error("Nomad at {endpoint} is reached through the Services machine, and the provider has no services_host block")]
+    #[error("Nomad at {endpoint} is reached through the Services machine, and the provider's services_host settings are missing or not usable")]
     NoServices { endpoint: String },
     #[error("Nomad endpoint {endpoint:?} is not a URL")]
     BadEndpoint {

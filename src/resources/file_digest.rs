@@ -123,6 +123,13 @@ pub(crate) trait KeySource: Send + Sync {
     /// The key, or `None` when there is none yet (or none can be known yet). Never
     /// makes one.
     async fn find(&self) -> Result<Option<Arc<Key>>, String>;
+    /// [`Self::find`] for a plan: a key that cannot be read in time (the Services
+    /// machine unreachable from here, say) is not known, which leaves the planned
+    /// digest unknown, as it was before a key existed; a key that is there but unusable
+    /// is still an error.
+    async fn find_for_plan(&self) -> Result<Option<Arc<Key>>, String> {
+        self.find().await
+    }
     /// The key, made when there is none yet.
     async fn find_or_make(&self) -> Result<Arc<Key>, String>;
 }
@@ -130,7 +137,11 @@ pub(crate) trait KeySource: Send + Sync {
 /// The digest keys read or made by this provider process, by path: kept in memory for
 /// the process's life only.
 #[derive(Default)]
-pub(crate) struct KeyCache(tokio::sync::Mutex<HashMap<String, Arc<Key>>>);
+pub(crate) struct KeyCache(
+    tokio::sync::Mutex<HashMap<String, Arc<Key>>>,
+    /// Keys a plan could not read in time: the plan's other files do not wait again.
+    std::sync::Mutex<std::collections::HashSet<String>>,
+);
 
 impl KeyCache {
     /// Holds the key made of `bytes` for `path`, as if read from the Services machine.
@@ -144,6 +155,23 @@ impl KeyCache {
     /// Forgets every key (the Services machine was configured again).
     pub(crate) async fn clear(&self) {
         self.0.lock().await.clear();
+        self.1.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// Whether a plan already failed to read the key at `path`.
+    fn unreadable(&self, path: &str) -> bool {
+        self.1
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(path)
+    }
+
+    /// Records that a plan could not read the key at `path`.
+    fn set_unreadable(&self, path: &str) {
+        self.1
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(path.to_string());
     }
 }
 
@@ -200,6 +228,50 @@ impl KeySource for ServicesKeys<'_> {
         Ok(found)
     }
 
+    async fn find_for_plan(&self) -> Result<Option<Arc<Key>>, String> {
+        let Some(path) = &self.path else {
+            return Ok(None);
+        };
+        let keys = self.data.digest_keys();
+        let mut cache = keys.0.lock().await;
+        if let Some(k) = cache.get(path) {
+            return Ok(Some(k.clone()));
+        }
+        if keys.unreadable(path) {
+            return Ok(None);
+        }
+        let Ok(host) = self.data.services() else {
+            return Ok(None);
+        };
+        let limit = super::config_file::PLAN_READ;
+        match tokio::time::timeout(limit, host.read_file(path)).await {
+            Ok(Ok(None)) => Ok(None),
+            Ok(Ok(Some(f))) => {
+                let k = key_in(&host, path, &f)?;
+                cache.insert(path.clone(), k.clone());
+                Ok(Some(k))
+            }
+            Ok(Err(e)) => {
+                keys.set_unreadable(path);
+                log::warn!(
+                    "the file digest key {path} could not be read for the plan ({}); the digest \
+                     is shown as known after apply",
+                    crate::backends::chain(&e)
+                );
+                Ok(None)
+            }
+            Err(_) => {
+                keys.set_unreadable(path);
+                log::warn!(
+                    "the file digest key {path} could not be read within {} for the plan; the \
+                     digest is shown as known after apply",
+                    humantime::format_duration(limit)
+                );
+                Ok(None)
+            }
+        }
+    }
+
     async fn find_or_make(&self) -> Result<Arc<Key>, String> {
         let Some(path) = &self.path else {
             return Err("the file's path is not known yet, nor where its digest key is".into());
@@ -241,6 +313,16 @@ async fn read_key(host: &ServicesHost, path: &str) -> Result<Option<Arc<Key>>, S
     else {
         return Ok(None);
     };
+    key_in(host, path, &f).map(Some)
+}
+
+/// The key in `f`, read from `path` on `host`: refused when others may read it, or
+/// when it is not a key.
+fn key_in(
+    host: &ServicesHost,
+    path: &str,
+    f: &crate::backends::ssh::RemoteFile,
+) -> Result<Arc<Key>, String> {
     let target = host.config().target();
     if f.mode & 0o077 != 0 {
         return Err(format!(
@@ -251,14 +333,12 @@ async fn read_key(host: &ServicesHost, path: &str) -> Result<Option<Arc<Key>>, S
             f.mode
         ));
     }
-    Key::from_bytes(&f.content)
-        .map(|k| Some(Arc::new(k)))
-        .map_err(|e| {
-            format!(
+    Key::from_bytes(&f.content).map(Arc::new).map_err(|e| {
+        format!(
             "the file digest key {path} on {target} is not usable: {e}. Remove it: the next apply \
              then makes a new key and writes every file that holds a secret again"
         )
-        })
+    })
 }
 
 /// Makes the key at `path` on `host`: 32 random bytes, in a file created 0600 in a
@@ -417,7 +497,7 @@ pub(crate) async fn planned(
             return Ok(Some(p.to_string()));
         }
     }
-    Ok(keys.find().await?.map(|k| keyed(&k, content)))
+    Ok(keys.find_for_plan().await?.map(|k| keyed(&k, content)))
 }
 
 /// The digest of the file as it is now, comparable with `stored` (the state's):

@@ -167,6 +167,21 @@ fn keyed_digest_and_a_state_from_before_it() {
         plan.contains("file digest key") && plan.contains("was replaced or removed"),
         "{plan}"
     );
+    // A refresh saved while there is no key records that none is there; the plans
+    // after it still say the block cannot be checked, never "no changes" (a digest of
+    // "no key" would otherwise match itself for ever).
+    tf.ok(&[
+        "apply",
+        "-refresh-only",
+        "-auto-approve",
+        "-no-color",
+        "-input=false",
+    ]);
+    assert_eq!(stored_digest(&tf), "hmac-sha256$no-key");
+    let out = tf.run(&["plan", "-no-color", "-detailed-exitcode"]);
+    let plan = common::flat(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(out.status.code(), Some(2), "{plan}");
+    assert!(plan.contains("there is no file digest key"), "{plan}");
     tf.apply();
     assert_eq!(mode_of(&key_path), 0o600);
     assert_ne!(std::fs::read(&key_path).unwrap(), key);

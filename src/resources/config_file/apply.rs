@@ -4,6 +4,7 @@
 use super::*;
 use crate::fault_point;
 use crate::plugin::stop;
+use crate::resources::file_digest::KeySource;
 
 impl<R: FileResource> ConfigFile<R> {
     /// Writes `content` (the file, or the block) and returns its digest (`previous`, the
@@ -119,6 +120,17 @@ impl<R: FileResource> ConfigFile<R> {
                 e,
             );
             return Applied::from_result(Err(d));
+        }
+        // The digest key too, before the backend changes: without it the file could
+        // not be recorded, and a password changed on the server would not reach it.
+        if Self::kind() == Kind::Secret {
+            if let Err(e) = self.keys(Some(&path)).find_or_make().await {
+                let d = Diagnostic::error(
+                    format!("Cannot record the {what} file's digest: nothing was changed"),
+                    format!("{path}: {e}"),
+                );
+                return Applied::from_result(Err(d.into()));
+            }
         }
         if stop::requested() {
             return Applied::from_result(Err(stopped_before()));

@@ -702,7 +702,22 @@ impl<R: FileResource> Resource for ConfigFile<R> {
                 let hash = file_digest::current(Self::kind(), bytes, Some(before), &keys)
                     .await
                     .map_err(|e| digest_error(&path, e))?;
-                if file_digest::key_replaced(before, &hash) {
+                if hash == file_digest::NO_KEY && before == file_digest::NO_KEY {
+                    // Never a pass: without a key the block cannot be checked at all,
+                    // and a digest of "no key" would match itself for ever.
+                    drift.push(format!(
+                        "there is no file digest key {} on the Services machine, so the {what} \
+                         block of {path} cannot be checked; the next apply writes it",
+                        keys.path().unwrap_or_default()
+                    ));
+                } else if before == file_digest::NO_KEY && file_digest::key_replaced(before, &hash)
+                {
+                    drift.push(format!(
+                        "the file digest key {} on the Services machine was made since the last \
+                         refresh, so the digest of {path} is new",
+                        keys.path().unwrap_or_default()
+                    ));
+                } else if file_digest::key_replaced(before, &hash) {
                     drift.push(format!(
                         "the file digest key {} on the Services machine was replaced or removed, \
                          so the digest of {path} is new",
