@@ -601,47 +601,28 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn an_old_digest_of_unchanged_content_stays_identical() {
         let before = old(FILE);
-        // No key on the machine yet: the same value, at refresh and at plan, and at
-        // an apply that writes the same content again.
-        let keys = MemoryKeys::default();
-        assert_eq!(
-            current(Kind::Secret, FILE, Some(&before), &keys)
-                .await
-                .unwrap(),
-            before
-        );
-        assert_eq!(
-            planned(Kind::Secret, FILE, Some(&before), &keys)
-                .await
-                .unwrap(),
-            Some(before.clone())
-        );
-        assert_eq!(
-            digest(Kind::Secret, FILE, Some(&before), &keys)
-                .await
-                .unwrap(),
-            before
-        );
-        // With a key there: the same still.
-        let keys = MemoryKeys::with(&[7; KEY_LEN]);
-        assert_eq!(
-            current(Kind::Secret, FILE, Some(&before), &keys)
-                .await
-                .unwrap(),
-            before
-        );
-        assert_eq!(
-            planned(Kind::Secret, FILE, Some(&before), &keys)
-                .await
-                .unwrap(),
-            Some(before.clone())
-        );
-        assert_eq!(
-            digest(Kind::Secret, FILE, Some(&before), &keys)
-                .await
-                .unwrap(),
-            before
-        );
+        // No key on the machine yet, and a key there: the same value, at refresh and
+        // at plan, and at an apply that writes the same content again.
+        for keys in [MemoryKeys::default(), MemoryKeys::with(&[7; KEY_LEN])] {
+            assert_eq!(
+                current(Kind::Secret, FILE, Some(&before), &keys)
+                    .await
+                    .unwrap(),
+                before
+            );
+            assert_eq!(
+                planned(Kind::Secret, FILE, Some(&before), &keys)
+                    .await
+                    .unwrap(),
+                Some(before.clone())
+            );
+            assert_eq!(
+                digest(Kind::Secret, FILE, Some(&before), &keys)
+                    .await
+                    .unwrap(),
+                before
+            );
+        }
     }
 
     #[tokio::test]

@@ -131,13 +131,7 @@ fn keyed_digest_and_a_state_from_before_it() {
         0,
         "an unchanged file with an old digest must plan no change"
     );
-    tf.ok(&[
-        "apply",
-        "-refresh-only",
-        "-auto-approve",
-        "-no-color",
-        "-input=false",
-    ]);
+    refresh_only(&tf);
     assert_eq!(stored_digest(&tf), old, "refresh changed the old digest");
     assert_eq!(tf.plan_code(), 0);
 
@@ -145,9 +139,7 @@ fn keyed_digest_and_a_state_from_before_it() {
     // keyed digest again (the same as before: the same block under the same key).
     let text = std::fs::read_to_string(&mq_path).unwrap();
     std::fs::write(&mq_path, text.replace("127.0.0.1", "elsewhere")).unwrap();
-    let out = tf.run(&["plan", "-no-color", "-detailed-exitcode"]);
-    let plan = common::flat(&String::from_utf8_lossy(&out.stdout));
-    assert_eq!(out.status.code(), Some(2), "{plan}");
+    let plan = plan_with_changes(&tf);
     assert!(plan.contains("was changed"), "{plan}");
     tf.apply();
     assert_eq!(stored_digest(&tf), keyed);
@@ -160,9 +152,7 @@ fn keyed_digest_and_a_state_from_before_it() {
 
     // A key replaced on the Services machine reads as a change, said as such.
     std::fs::remove_file(&key_path).unwrap();
-    let out = tf.run(&["plan", "-no-color", "-detailed-exitcode"]);
-    let plan = common::flat(&String::from_utf8_lossy(&out.stdout));
-    assert_eq!(out.status.code(), Some(2), "{plan}");
+    let plan = plan_with_changes(&tf);
     assert!(
         plan.contains("file digest key") && plan.contains("was replaced or removed"),
         "{plan}"
@@ -170,17 +160,9 @@ fn keyed_digest_and_a_state_from_before_it() {
     // A refresh saved while there is no key records that none is there; the plans
     // after it still say the block cannot be checked, never "no changes" (a digest of
     // "no key" would otherwise match itself for ever).
-    tf.ok(&[
-        "apply",
-        "-refresh-only",
-        "-auto-approve",
-        "-no-color",
-        "-input=false",
-    ]);
+    refresh_only(&tf);
     assert_eq!(stored_digest(&tf), "hmac-sha256$no-key");
-    let out = tf.run(&["plan", "-no-color", "-detailed-exitcode"]);
-    let plan = common::flat(&String::from_utf8_lossy(&out.stdout));
-    assert_eq!(out.status.code(), Some(2), "{plan}");
+    let plan = plan_with_changes(&tf);
     assert!(plan.contains("there is no file digest key"), "{plan}");
     tf.apply();
     assert_eq!(mode_of(&key_path), 0o600);
@@ -193,6 +175,25 @@ fn keyed_digest_and_a_state_from_before_it() {
     assert_eq!(tf.plan_code(), 0);
 
     tf.ok(&["destroy", "-auto-approve", "-no-color", "-input=false"]);
+}
+
+/// `terraform apply -refresh-only`: the refreshed state saved, nothing else done.
+fn refresh_only(tf: &Tf) {
+    tf.ok(&[
+        "apply",
+        "-refresh-only",
+        "-auto-approve",
+        "-no-color",
+        "-input=false",
+    ]);
+}
+
+/// A plan that must show changes (exit code 2); its output, on one line.
+fn plan_with_changes(tf: &Tf) -> String {
+    let out = tf.run(&["plan", "-no-color", "-detailed-exitcode"]);
+    let plan = common::flat(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(out.status.code(), Some(2), "{plan}");
+    plan
 }
 
 /// Lower-case hex SHA-256, computed apart from the provider.
