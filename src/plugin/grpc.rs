@@ -106,6 +106,15 @@ impl ProviderService {
     }
 }
 
+/// One call's time, at debug level: where a plan's time goes, per resource type
+/// (`make bench` reads these lines; `TF_LOG_PROVIDER=debug` shows them).
+fn timed(rpc: &str, type_name: &str, started: std::time::Instant) {
+    log::debug!(
+        "{rpc} {type_name}: {:.1} ms",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+}
+
 fn stopped() -> Diagnostics {
     Diagnostic::error(
         "Operation cancelled",
@@ -276,6 +285,7 @@ impl pb::provider_server::Provider for ProviderService {
     ) -> Out<pb::read_resource::Response> {
         let req = req.into_inner();
         let private = req.private.clone();
+        let started = std::time::Instant::now();
         let result = async {
             let (r, schema) = self.resource(&req.type_name)?;
             let state = decode(&req.current_state, "current state")?;
@@ -292,6 +302,7 @@ impl pb::provider_server::Provider for ProviderService {
             })
         }
         .await;
+        timed("ReadResource", &req.type_name, started);
         Ok(Response::new(match result {
             Ok(v) => pb::read_resource::Response {
                 new_state: encode(&v),
@@ -321,6 +332,7 @@ impl pb::provider_server::Provider for ProviderService {
             ..CLIENT.lock().unwrap_or_else(|e| e.into_inner()).clone()
         };
         let mut diags = Diagnostics::new();
+        let started = std::time::Instant::now();
         let result = async {
             let (r, schema) = self.resource(&req.type_name)?;
             let prior = decode(&req.prior_state, "prior state")?;
@@ -357,6 +369,7 @@ impl pb::provider_server::Provider for ProviderService {
             Ok((planned, replace))
         }
         .await;
+        timed("PlanResourceChange", &req.type_name, started);
         let resp = match result {
             Ok((planned, replace)) => pb::plan_resource_change::Response {
                 planned_state: encode(&planned),
