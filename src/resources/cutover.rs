@@ -182,6 +182,12 @@ pub(crate) struct StopSettings {
     pub builds_timeout: Duration,
 }
 
+/// How long one part of the cutover took, at info level as `timing: PART: N s`: the
+/// operator sees where the downtime went, and `make bench` adds the parts up.
+pub(crate) fn timing(part: &str, took: Duration) {
+    log::info!("timing: {part}: {:.2} s", took.as_secs_f64());
+}
+
 /// A duration attribute's value (`builds_timeout`, say); `default` when it does not
 /// parse (the plan's check refuses it), and a minute should `default` not parse either.
 pub(crate) fn duration_or(s: &str, default: &str) -> Duration {

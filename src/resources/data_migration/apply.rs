@@ -394,6 +394,7 @@ impl DataMigration {
         }
         record(&mut outcome, &s, &pg, &mongo, skipped, started.elapsed());
         cut.note_migrated().await?;
+        crate::resources::cutover::timing("migration", started.elapsed());
         let mut state = planned.clone();
         // The top level first: it writes a block back only as it read it.
         outcome.encode(&mut state);
@@ -750,7 +751,9 @@ async fn export_one(
     p: &PgSettings,
     db: &str,
 ) -> Result<Exported, Diagnostics> {
+    let started = Instant::now();
     let x = e.export(db, p.compression).await?;
+    crate::resources::cutover::timing(&format!("export {db}"), started.elapsed());
     crate::fault_point::point("circleci_data_migration.after_export").await;
     sanity_check(db, &x.source)?;
     let rows: i64 = tables(&x.source).map(|t| t.rows).sum();
@@ -816,7 +819,20 @@ async fn import_one(
     // apply must then restore over it, not refuse it as someone else's data.
     cut.note_target(&crate::resources::cutover::target_pg(&p.host, p.port, db))
         .await?;
-    let (sha256, after) = e.import(db, db, target, clean).await?;
+    let started = Instant::now();
+    let super::embedded_postgres::Imported {
+        sha256,
+        tables: after,
+        restore,
+    } = e.import(db, db, target, clean).await?;
+    // The comparison's queries run in the same command, after the restore.
+    let took = started.elapsed();
+    if let Some(r) = restore.filter(|r| *r <= took) {
+        crate::resources::cutover::timing(&format!("import {db}"), r);
+        crate::resources::cutover::timing(&format!("verify {db}"), took - r);
+    } else {
+        crate::resources::cutover::timing(&format!("import and verify {db}"), took);
+    }
     let diffs = mismatches(db, &x.source, &after);
     out.lock()
         .unwrap_or_else(|e| e.into_inner())

@@ -78,8 +78,9 @@ macro_rules! leave_out {
 /// dump's objects in the target first, for overwrite_existing): the dump's SHA-256,
 /// read by a second process next to the restore so that no later step waits on it
 /// (one line `sha256<TAB>HEX`, or `-` when the image has no digest tool that answered:
-/// the seal reads it then), then the same as [`STATS_ON_TARGET`]. What `leave_out!`
-/// names is left out of the restore.
+/// the seal reads it then), the restore's start and end (`restore<TAB>T0<TAB>T1`, bash's
+/// `EPOCHREALTIME`: the rest of the command is the comparison), then the same as
+/// [`STATS_ON_TARGET`]. What `leave_out!` names is left out of the restore.
 /// Exit 90: the restore failed (nothing of it was committed; the digest is stopped).
 const IMPORT: &str = concat!(
     "umask 077; ",
@@ -90,10 +91,12 @@ const IMPORT: &str = concat!(
     "if command -v openssl >/dev/null; then exec 3< <(openssl dgst -sha256 -r \"$8\"); \
      else exec 3< <(sha256sum \"$8\"); fi; d=$!; \
      pg_restore -l \"$8\" | grep -Ev -e \"$LEAVE\" > \"$8.list\" || { kill $d 2>/dev/null; exit 90; }; \
-     C=; [ \"$9\" = clean ] && C='--clean --if-exists'; \
+     C=; [ \"$9\" = clean ] && C='--clean --if-exists'; t0=$EPOCHREALTIME; \
      pg_restore $C --no-owner --no-privileges --single-transaction --exit-on-error \
      -L \"$8.list\" -h \"$1\" -p \"$2\" -U \"$3\" -d \"$4\" \"$8\" || { kill $d 2>/dev/null; exit 90; }; \
+     t1=$EPOCHREALTIME; \
      IFS=' ' read -r H _ <&3 && [ ${#H} = 64 ] || H=-; printf 'sha256\\t%s\\n' \"$H\"; \
+     printf 'restore\\t%s\\t%s\\n' \"${t0:--}\" \"${t1:--}\"; \
      exec psql -X -q -At -v ON_ERROR_STOP=1 -F \"$6\" -h \"$1\" -p \"$2\" -U \"$3\" -d \"$4\" -c \"$7\""
 );
 
@@ -356,7 +359,7 @@ impl<'a> EmbeddedPostgres<'a> {
         into: &str,
         t: &Target<'_>,
         clean: bool,
-    ) -> Result<(Option<String>, Vec<TableStat>), Diagnostics> {
+    ) -> Result<Imported, Diagnostics> {
         let file = format!("{EXPORT_MOUNT}/{db}.dump");
         let mode = if clean { "clean" } else { "keep" };
         let rows = self
@@ -372,7 +375,17 @@ impl<'a> EmbeddedPostgres<'a> {
             Some((first, rest)) if first.len() == 2 && first[0] == "sha256" => {
                 let sha = &first[1];
                 let hex = sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit());
-                Ok((hex.then(|| sha.to_ascii_lowercase()), stats_of(rest, t)?))
+                let (restore, rest) = match rest.split_first() {
+                    Some((r, rest)) if r.first().is_some_and(|k| k == "restore") => {
+                        (restore_time(r), rest)
+                    }
+                    _ => (None, rest),
+                };
+                Ok(Imported {
+                    sha256: hex.then(|| sha.to_ascii_lowercase()),
+                    tables: stats_of(rest, t)?,
+                    restore,
+                })
             }
             _ => Err(Diagnostic::error(
                 format!("Unexpected answer from {}:{}", t.host, t.port),
@@ -381,6 +394,28 @@ impl<'a> EmbeddedPostgres<'a> {
             .into()),
         }
     }
+}
+
+/// What one import did: the dump's SHA-256 (none when the image could not read it:
+/// the seal does), every table's count and checksum on the target, and how long the
+/// restore itself took (the rest of the command is the comparison; none when the
+/// image's shell cannot tell).
+#[derive(Debug)]
+pub struct Imported {
+    /// The dump's SHA-256.
+    pub sha256: Option<String>,
+    /// Every table's count and checksum on the target, after the restore.
+    pub tables: Vec<TableStat>,
+    /// How long `pg_restore` took.
+    pub restore: Option<Duration>,
+}
+
+/// The restore's time from its `restore<TAB>T0<TAB>T1` line (seconds, as bash's
+/// `EPOCHREALTIME` prints them; `-` when the shell has none).
+fn restore_time(line: &[String]) -> Option<Duration> {
+    let at = |i: usize| line.get(i)?.parse::<f64>().ok();
+    let secs = at(2)? - at(1)?;
+    Duration::try_from_secs_f64(secs).ok()
 }
 
 /// The tables' figures among the lines a script on the target printed.
@@ -403,4 +438,26 @@ pub(super) fn password_line(t: &Target<'_>) -> Vec<u8> {
     let mut stdin = t.password.expose().as_bytes().to_vec();
     stdin.push(b'\n');
     stdin
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(t0: &str, t1: &str) -> Vec<String> {
+        vec!["restore".into(), t0.into(), t1.into()]
+    }
+
+    #[test]
+    fn the_restore_time_is_read_from_its_line_or_left_unknown() {
+        assert_eq!(
+            restore_time(&line("1733443200.250000", "1733443203.750000")),
+            Some(Duration::from_millis(3500))
+        );
+        // A shell without EPOCHREALTIME, a clock set back, a locale's decimal comma.
+        assert_eq!(restore_time(&line("-", "-")), None);
+        assert_eq!(restore_time(&line("20.0", "10.0")), None);
+        assert_eq!(restore_time(&line("1,5", "3,0")), None);
+        assert_eq!(restore_time(&["restore".to_string()]), None);
+    }
 }

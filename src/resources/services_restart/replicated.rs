@@ -238,12 +238,16 @@ impl ServicesRestart {
         if st.settled_in("stopped") {
             return Ok(());
         }
+        let waiting = Instant::now();
         self.before_stop(&Cutover::new(&self.data, cutover), diags)
             .await?;
+        crate::resources::cutover::timing("wait for builds", waiting.elapsed());
         log::info!("stopping CircleCI (state {})", st.state);
+        let stopping = Instant::now();
         self.command(Program::Replicatedctl, &["app", "stop"])
             .await?;
         self.wait_for("stopped", within).await?;
+        crate::resources::cutover::timing("stop", stopping.elapsed());
         Cutover::new(&self.data, cutover).note_stop().await
     }
 
@@ -457,9 +461,12 @@ impl ServicesRestart {
                         "CircleCI was not started.",
                     )
                     .await?;
+                    let starting = Instant::now();
                     self.command(Program::Replicatedctl, &["app", "start"])
                         .await?;
-                    self.wait_for("started", s.start).await
+                    let st = self.wait_for("started", s.start).await;
+                    crate::resources::cutover::timing("start", starting.elapsed());
+                    st
                 }
                 .await
             }
@@ -491,7 +498,9 @@ impl ServicesRestart {
             endpoint: &endpoint,
             before: before.as_ref(),
         };
+        let checking = Instant::now();
         let mut v = self.verify(&checks, Some(nomad), s.verify).await;
+        crate::resources::cutover::timing("checks", checking.elapsed());
         let mut app_state = "started".to_string();
         if v.diags.has_errors() {
             self.on_failure(&s, reference.as_deref(), &mut v.diags)
