@@ -12,8 +12,11 @@ In one run, median of N (default 5) each:
   (f) the data migration against a plain pg_dump | pg_restore pipe, and the cutover's
       downtime (dev/bench/bench_migration.py, once: it moves over a gigabyte)
 Prints the times, the provider's fixed cost per plan (b - a), its marginal cost per
-resource ((c50 - c1) / 49), the handshake time, the provider's peak RSS and the number
-of SSH logins one plan makes. Targets: fixed <= 0.05 s, marginal <= 4 ms/resource.
+resource ((c50 - c1) / 49, and Terraform's own per terraform_data beside it), where (d)'s
+time goes per resource type (the provider's debug lines), the handshake time, the
+provider's peak RSS (a plan of c50, the apply of the complete example) and the number of
+SSH logins one plan makes. Targets (issue 28): fixed <= 0.015 s, marginal <= 1.5 ms per
+resource, (d) <= 0.30 s, release binary <= 30 MB.
 
 Needs the servers of dev/services/up.sh and a release build (dev/bench.sh does both).
 """
@@ -132,6 +135,38 @@ def median_plan(d, cfg):
     return statistics.median(times)
 
 
+def breakdown(d, cfg):
+    """One more plan of `d`, with the provider's debug log: each call's time per
+    resource type (the provider logs it), and the SSH connection's set-up time."""
+    log = os.path.join(d, "breakdown.log")
+    if os.path.exists(log):
+        os.remove(log)
+    env = dict(os.environ, TF_CLI_CONFIG_FILE=cfg, CHECKPOINT_DISABLE="1", TF_IN_AUTOMATION="1",
+               TF_LOG_PROVIDER="debug", TF_LOG_PATH=log)
+    env.pop("TF_LOG", None)
+    subprocess.run(["terraform", "plan", "-input=false", "-no-color"], cwd=d, env=env, capture_output=True)
+    calls, ssh = {}, []
+    with open(log) as f:
+        for line in f:
+            m = re.search(r"(ReadResource|PlanResourceChange) (\w+): ([0-9.]+) ms", line)
+            if m:
+                calls.setdefault(m.group(2), {}).setdefault(m.group(1), []).append(float(m.group(3)))
+            m = re.search(r"SSH connection to \S+ ready \(transport, login, SFTP\): ([0-9.]+) ms", line)
+            if m:
+                ssh.append(float(m.group(1)))
+    return calls, ssh
+
+
+def print_breakdown(calls, ssh):
+    print("    where (d)'s time goes, per resource type (ms; the refreshes that wait for the SSH connection")
+    print("    include it; Terraform runs a type's refresh after those it depends on):")
+    print(f"    {'resource type':42} {'n':>2} {'refresh max':>12} {'plan max':>9}")
+    for t, c in sorted(calls.items(), key=lambda kv: -max(kv[1].get("ReadResource", [0]))):
+        r, p = c.get("ReadResource", [0]), c.get("PlanResourceChange", [0])
+        print(f"    {t:42} {len(r):>2} {max(r):>12.1f} {max(p):>9.1f}")
+    print(f"    SSH connection set-up (transport, login, SFTP): {', '.join(f'{x:.1f}' for x in ssh) or 'none'} ms")
+
+
 def handshake_time():
     pem = subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-521", "-sha512",
@@ -179,16 +214,25 @@ def main():
     plugin_dir = os.path.dirname(BIN)
     files = tempfile.mkdtemp(prefix="files-", dir=STATE)
     a_dir, a_cfg = workspace(data_resources(50), plugin_dir)
+    a1_dir, a1_cfg = workspace(data_resources(1), plugin_dir)
     b_dir, b_cfg = workspace(PROVIDER + data_resources(50), plugin_dir)
     c1_dir, c1_cfg = workspace(PROVIDER + redis_resources(1, files + "/c1"), plugin_dir)
     c50_dir, c50_cfg = workspace(PROVIDER + redis_resources(50, files + "/c50"), plugin_dir)
 
     a = median_plan(a_dir, a_cfg)
+    a1 = median_plan(a1_dir, a1_cfg)
     b = median_plan(b_dir, b_cfg)
     c1 = median_plan(c1_dir, c1_cfg)
     c50 = median_plan(c50_dir, c50_cfg)
-    d_dir, d_cfg = complete_example(plugin_dir, files)
+    # Applied through the RSS wrapper: the provider's peak memory during the complete
+    # example's apply (every resource type, a migration); then planned with the binary.
+    apply_rss_dir, apply_rss_log = rss_wrapper_dir()
+    d_dir, _ = complete_example(apply_rss_dir, files)
+    with open(apply_rss_log) as f:
+        apply_rss = [int(x) for x in f.read().split()]
+    d_cfg = cli_config(d_dir, plugin_dir)
     d = median_plan(d_dir, d_cfg)
+    d_calls, d_ssh = breakdown(d_dir, d_cfg)
     bench_migration.simulator_stopped()
     e_dir, e_cfg = workspace(launch_config_resource(nomad_group(f"bench-e-{os.getpid()}")), plugin_dir)
     e = median_plan(e_dir, e_cfg)
@@ -212,15 +256,21 @@ def main():
     print(f"(c1) plan, 1 circleci_external_redis (refresh):  {c1:.3f} s")
     print(f"(c50) plan, 50 circleci_external_redis:          {c50:.3f} s")
     print(f"(d) plan, examples/complete (every type):      {d:.3f} s   ({d - a:+.3f} s vs (a); target <= 0.300 s)")
+    print_breakdown(d_calls, d_ssh)
     print(f"(e) plan, 1 circleci_nomad_client_launch_config: {e:.3f} s   (refresh: AWS chain + 2 calls to moto)")
     print(f"fixed cost per plan (b - a):                     {fixed:.3f} s   (target <= 0.015 s)")
     print(f"marginal cost per resource ((c50 - c1) / 49):    {marginal * 1000:.2f} ms (target <= 1.5 ms)")
+    tf_marginal = (a - a1) / 49
+    print(f"  Terraform's own, per terraform_data ((a - a1) / 49, a1 = {a1:.3f} s): {tf_marginal * 1000:.2f} ms;"
+          f" the provider's beyond it: {(marginal - tf_marginal) * 1000:.2f} ms")
     size = os.path.getsize(BIN) / 1e6
     print(f"release binary (stripped by the profile):        {size:.1f} MB (target <= 30 MB)")
     print(f"handshake (start to handshake line, AutoMTLS):   {hs * 1000:.1f} ms")
     print(f"provider processes in one c50 plan:              {len(rss)}")
     print(f"provider peak RSS (max over those processes):    {max(rss) / 1024:.1f} MiB")
     print(f"SSH logins during one c50 plan:                  {logins}")
+    print(f"provider peak RSS, apply of examples/complete:   {max(apply_rss) / 1024:.1f} MiB "
+          f"(max over its {len(apply_rss)} processes)")
     ok = fixed <= 0.015 and marginal <= 0.0015 and d <= 0.30 and size <= 30
     print("targets met" if ok else "TARGETS MISSED")
     for w, cfg in ((c1_dir, c1_cfg), (c50_dir, c50_cfg), (d_dir, d_cfg), (e_dir, e_cfg)):
@@ -228,7 +278,7 @@ def main():
     print()
     tunnel_ok = bench_tunnel.run(plugin_dir, files)
     print("tunnel: every resource had its channel" if tunnel_ok else "TUNNEL: RESOURCES WITHOUT A CHANNEL")
-    for w in (a_dir, b_dir, c1_dir, c50_dir, d_dir, e_dir, rss_dir, files):
+    for w in (a_dir, a1_dir, b_dir, c1_dir, c50_dir, d_dir, e_dir, rss_dir, apply_rss_dir, files):
         shutil.rmtree(w, ignore_errors=True)
     bench_migration.fresh_targets()
     bench_migration.simulator_reset()
