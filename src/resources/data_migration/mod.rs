@@ -38,6 +38,7 @@ mod estimate;
 mod settings;
 mod tools;
 pub(crate) mod vault_key;
+mod workers;
 
 const ID: &str = "circleci-data-migration";
 const POSTGRES: &str = "postgres";
@@ -59,10 +60,12 @@ const CONTAINER: &str = "circleci-data-migration-postgres";
 /// The restore's sslmode unless one is given: TLS, without a silent plain-text fallback.
 const DEFAULT_SSLMODE: &str = "require";
 
-/// How many PostgreSQL databases are carried at once, unless `parallelism` says.
+/// How many databases (PostgreSQL and MongoDB together) are carried at once, unless
+/// `parallelism` says.
 const DEFAULT_PARALLELISM: i64 = 3;
 /// sshd's MaxSessions is 10 by default: each database at work holds one session of
-/// the one connection, and the cutover's record and the checks need a few more.
+/// the one connection (both parts together), and the cutover's record and the checks
+/// need a few more.
 const MAX_PARALLELISM: i64 = 8;
 
 pub(crate) struct DataMigration {
