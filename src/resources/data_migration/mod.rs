@@ -138,12 +138,17 @@ crate::model! {
             doc(duration_doc("The deadline of each export, import and check command", COMMAND_TIMEOUT))],
         parallelism: i64 [default_in_doc(DEFAULT_PARALLELISM),
             check(Check::Int { min: 1, max: MAX_PARALLELISM }), doc(format!(
-            "How many PostgreSQL databases are carried at once, 1 to {MAX_PARALLELISM} (each holds one SSH \
-             session to the Services machine, whose sshd allows 10 by default). Each is exported, restored in \
-             its own transaction and compared on its own. A free worker takes the largest left, so that the \
-             longest database starts first and the small ones fill in at the end. After a failure or a stop no worker starts another restore. Default `{DEFAULT_PARALLELISM}`: on a 2-core \
-             machine where both servers share the CPUs, `make bench` measured no gain beyond it; a Services \
-             machine and an external server with more cores may use more."
+            "How many databases are carried at once, 1 to {MAX_PARALLELISM}: the PostgreSQL and the MongoDB \
+             databases together, as both parts run at the same time (each database under way holds one SSH \
+             session to the Services machine, whose sshd allows 10 by default). Each is exported, then \
+             restored and compared on its own, all or nothing (a PostgreSQL database in one transaction; a \
+             MongoDB database that was empty loses again what a failed restore wrote). Among \
+             the PostgreSQL databases a free worker takes the largest left, so that the longest database \
+             starts first and the small ones fill in at the end; the MongoDB databases go in list order. \
+             After a failure in either part or a stop no worker takes another database nor starts another \
+             restore; those under way finish. Default `{DEFAULT_PARALLELISM}`: on a 2-core machine where \
+             both servers share the CPUs, `make bench` measured no gain beyond it for the PostgreSQL \
+             databases; a Services machine and an external server with more cores may use more."
         ))],
         overwrite_existing: bool [default_in_doc(false), doc(
             "Restore into target databases that already hold tables, and over a transit key of the same name \
