@@ -10,6 +10,7 @@ use super::embedded_postgres::{EmbeddedPostgres, ExportFile, Exported, Source, T
 use super::estimate::Layout;
 use super::settings::{settings, PgSettings, Settings};
 use super::vault_key::{Found, KeyMove};
+use super::workers::{each, Shared, Taken};
 use super::*;
 use crate::backends::vault::Vault;
 use crate::circleci::migration::{compare, extras, mismatches, Kind, TableStat, EXPECTED_TABLES};
@@ -346,19 +347,7 @@ impl DataMigration {
             outcome.app_stopped_at = Known::Value(now());
         }
         cut.open_written(written.as_ref()).await?;
-        let pg = match &s.postgres {
-            Some(p) => self.migrate_postgres(&s, p, &occupied, &cut).await?,
-            None => PgOutcome::default(),
-        };
-        let mongo = match &s.mongo {
-            Some(m) => {
-                let t = Instant::now();
-                let out = self.migrate_mongo(&s, m, &mongo_occupied, &cut).await?;
-                super::apply_mongo::log_done(t, &out);
-                out
-            }
-            None => MongoOutcome::default(),
-        };
+        let (pg, mongo) = self.carry(&s, (&occupied, &mongo_occupied), &cut).await?;
         let mut skipped = pg.skipped.clone();
         skipped.extend(mongo.skipped.iter().cloned());
         let extras: Vec<&String> = pg.extras.iter().chain(&mongo.extras).collect();
@@ -543,12 +532,105 @@ impl DataMigration {
         Ok(occupied)
     }
 
+    /// The PostgreSQL and the MongoDB part at the same time (issue 28), sharing one
+    /// bound (`parallelism` databases under way, both parts together) and one failed
+    /// flag: a database failing in either part stops both from taking another; those
+    /// under way finish. Each part cleans up after itself (its partial export, its
+    /// containers); the check that no migration container is left runs once both are
+    /// done, as it removes every one of them, the other part's too. Every error of
+    /// both parts is returned.
+    async fn carry(
+        &self,
+        s: &Settings,
+        (pg_occupied, mongo_occupied): (&Occupied, &Occupied),
+        cut: &Cutover<'_>,
+    ) -> Result<(PgOutcome, MongoOutcome), Diagnostics> {
+        // PostgreSQL's part opens the gate once it knows every database it carries is
+        // in the embedded server, so that a missing one fails before any target of
+        // either part is written.
+        let shared = match s.postgres {
+            Some(_) => Shared::gated(s.parallelism),
+            None => Shared::new(s.parallelism),
+        };
+        let started = Instant::now();
+        let pg = async {
+            let Some(p) = &s.postgres else {
+                return Ok(PgOutcome::default());
+            };
+            let r = self.migrate_postgres(s, p, pg_occupied, cut, &shared).await;
+            if r.is_err() {
+                shared.fail();
+            }
+            // Whatever became of it (a failure before the gate sets the flag above
+            // first): MongoDB's workers waiting at the gate go on, or see the failure.
+            shared.open();
+            r
+        };
+        let mongo = async {
+            let Some(m) = &s.mongo else {
+                return Ok(MongoOutcome::default());
+            };
+            let t = Instant::now();
+            let r = self.migrate_mongo(s, m, mongo_occupied, cut, &shared).await;
+            match &r {
+                Ok(out) => super::apply_mongo::log_done(t, out),
+                Err(_) => shared.fail(),
+            }
+            r
+        };
+        let (pg, mongo) = tokio::join!(pg, mongo);
+        // A docker rm that failed leaves a server over the embedded data: removed
+        // again, or the migration stops here (and CircleCI is not started next to it).
+        let gone = match self.data.services() {
+            _ if s.postgres.is_none() && s.mongo.is_none() => Ok(()),
+            Ok(h) => {
+                crate::resources::cutover::remove_migration_containers(
+                    &h,
+                    self.data.timeout(),
+                    "The migration stops here.",
+                )
+                .await
+            }
+            Err(d) => Err(d),
+        };
+        match (pg, mongo, gone) {
+            (Ok(pg), Ok(mongo), Ok(())) => {
+                if s.postgres.is_some() && s.mongo.is_some() {
+                    log::info!(
+                        "PostgreSQL ({:.1}s) and MongoDB carried over in {:.1}s, at most {} database(s) at once",
+                        pg.took.as_secs_f64(),
+                        started.elapsed().as_secs_f64(),
+                        shared.bound()
+                    );
+                }
+                Ok((pg, mongo))
+            }
+            (pg, mongo, gone) => {
+                let mut d = Diagnostics::new();
+                for e in [pg.err(), mongo.err(), gone.err()].into_iter().flatten() {
+                    d.extend(e);
+                }
+                // A part that only stopped taking databases says so in a warning; the
+                // failure that stopped it is the other part's. Never a failure
+                // without an error (Terraform would take it for a success).
+                if !d.has_errors() {
+                    d.error(
+                        "The migration did not complete",
+                        "Some databases were not carried over (see the warnings). Run terraform apply again.",
+                    );
+                }
+                Err(d)
+            }
+        }
+    }
+
     async fn migrate_postgres(
         &self,
         s: &Settings,
         p: &PgSettings,
         occupied: &Occupied,
         cut: &Cutover<'_>,
+        shared: &Shared,
     ) -> Result<PgOutcome, Diagnostics> {
         let h = self.data.services()?;
         let source = Source {
@@ -568,7 +650,7 @@ impl DataMigration {
         )
         .await?;
         let r = async {
-            let mut out = self.each_database(&e, s, p, occupied, cut).await?;
+            let mut out = self.each_database(&e, s, p, occupied, cut, shared).await?;
             let names: Vec<String> = out.files.iter().map(|f| f.name.clone()).collect();
             out.files = e.seal_known(&out.files).await?;
             if !s.keep_export {
@@ -593,26 +675,27 @@ impl DataMigration {
                 Err(d)
             }
         };
+        // Its own containers; the check for any left over waits for the MongoDB part
+        // (`carry`).
         e.stop().await;
-        // A docker rm that failed leaves a server over the embedded data: removed
-        // again, or the migration stops here (and CircleCI is not started next to it).
-        let gone = crate::resources::cutover::remove_migration_containers(
-            &h,
-            self.data.timeout(),
-            "The migration stops here.",
-        )
-        .await;
-        let mut out = r.and_then(|out| gone.map(|()| out))?;
+        let mut out = r?;
         out.took = started.elapsed();
+        log::info!(
+            "PostgreSQL: {} tables, {} rows carried over in {:.1}s",
+            out.tables.len(),
+            out.rows,
+            out.took.as_secs_f64()
+        );
         Ok(out)
     }
 
-    /// The databases, `s.parallelism` at a time, a free worker taking the largest left
-    /// (the longest database sets the end; the small ones fill in after the large):
-    /// each exported (dump, size and source checksums, one command), then restored in
-    /// its own transaction and compared (one command), by the same worker, so that a
-    /// database's restore starts as soon as its own export is done. After a failure no
-    /// worker takes another database; those under way finish.
+    /// The databases, a free worker taking the largest left (the longest database sets
+    /// the end; the small ones fill in after the large), each worker holding one of the
+    /// permits `shared` bounds both parts with: each exported (dump, size and source
+    /// checksums, one command), then restored in its own transaction and compared (one
+    /// command), by the same worker, so that a database's restore starts as soon as its
+    /// own export is done. After a failure (in either part) no worker takes another
+    /// database; those under way finish.
     async fn each_database(
         &self,
         e: &EmbeddedPostgres<'_>,
@@ -620,89 +703,50 @@ impl DataMigration {
         p: &PgSettings,
         occupied: &Occupied,
         cut: &Cutover<'_>,
+        shared: &Shared,
     ) -> Result<PgOutcome, Diagnostics> {
         let target = p.target();
         let present = e.databases().await?;
         // Every database there before any is carried: one missing would otherwise sort
-        // last (size 0) and fail the migration only after all the others.
+        // last (size 0) and fail the migration only after all the others. (MongoDB's
+        // workers wait for this too: `carry` opens the gate after it.)
         if let Some(db) = p
             .databases
             .iter()
             .find(|db| !present.iter().any(|(d, _)| d == *db))
         {
+            shared.fail();
             return Err(missing_database(p, db));
         }
+        shared.open();
         let size_of = |db: &str| present.iter().find(|(d, _)| d == db).map_or(0, |(_, n)| *n);
         let mut order: Vec<&String> = p.databases.iter().collect();
         order.sort_by_key(|db| std::cmp::Reverse(size_of(db)));
-        let queue = std::sync::Mutex::new(std::collections::VecDeque::from(order));
-        let failed = std::sync::atomic::AtomicBool::new(false);
         let out = std::sync::Mutex::new(PgOutcome::default());
-        let (queue, failed, out, target) = (&queue, &failed, &out, &target);
-        let worker = move || async move {
-            loop {
-                // Stopped, or another failed: this worker takes nothing more (what is
-                // left in the queue is reported once, below).
-                if failed.load(std::sync::atomic::Ordering::SeqCst) || stop::requested() {
-                    return Ok(());
-                }
-                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
-                let Some(db) = next else {
-                    return Ok(());
-                };
-                let r = async {
-                    let x = export_one(e, p, db).await?;
-                    // Stopped, or another failed, during this export: not restored
-                    // (its dump is part of the partial export).
-                    if failed.load(std::sync::atomic::Ordering::SeqCst) || stop::requested() {
-                        queue
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push_front(db);
-                        return Ok(());
-                    }
-                    import_one(e, s, p, target, (occupied, cut), x, out).await?;
-                    // Found identical but an earlier attempt's: still the cutover's own.
-                    // (One restored was noted before its restore began.)
-                    if out_skipped(out, db) && occupied.is_own(db) {
-                        cut.note_target(&crate::resources::cutover::target_pg(&p.host, p.port, db))
-                            .await?;
-                    }
-                    Ok::<(), Diagnostics>(())
-                }
-                .await;
-                if r.is_err() {
-                    failed.store(true, std::sync::atomic::Ordering::SeqCst);
-                    return r;
-                }
+        let (out, target) = (&out, &target);
+        let ran = each(shared, order, |db: &String| async move {
+            let x = export_one(e, p, db).await?;
+            // Stopped, or a database failed (in either part) during this export: not
+            // restored (its dump is part of the partial export).
+            if shared.halted() {
+                return Ok(Taken::PutBack);
             }
-        };
-        let n = s.parallelism.clamp(1, p.databases.len().max(1));
-        let mut errors = Diagnostics::new();
-        for r in futures_util::future::join_all((0..n).map(|_| worker())).await {
-            if let Err(d) = r {
-                errors.extend(d);
+            import_one(e, s, p, target, (occupied, cut), x, out).await?;
+            // Found identical but an earlier attempt's: still the cutover's own.
+            // (One restored was noted before its restore began.)
+            if out_skipped(out, db) && occupied.is_own(db) {
+                cut.note_target(&crate::resources::cutover::target_pg(&p.host, p.port, db))
+                    .await?;
             }
-        }
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        let left: Vec<String> = queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|d| d.to_string())
-            .collect();
-        if !left.is_empty() {
-            // Only a stop leaves databases behind without an error.
-            return Err(stopped_error(&format!(
-                "before database(s) {}",
-                left.join(", ")
-            )));
-        }
+            Ok(Taken::Done)
+        })
+        .await;
+        ran.result("database(s)", "PostgreSQL", shared)?;
         let mut out = std::mem::take(&mut *out.lock().unwrap_or_else(|e| e.into_inner()));
+        // In a fixed order, whichever worker finished first.
         out.files.sort_by(|a, b| a.name.cmp(&b.name));
         out.skipped.sort();
+        out.extras.sort();
         Ok(out)
     }
 

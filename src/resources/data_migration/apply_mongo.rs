@@ -1,19 +1,22 @@
 //! The MongoDB part of the apply: the preflight on the target (through the
-//! provider's admin client) and the databases carried over one after another through
-//! the temporary container, each compared collection by collection afterwards.
+//! provider's admin client) and the databases carried over through the temporary
+//! container, beside the PostgreSQL part and under the same bound (`workers`), each
+//! compared collection by collection afterwards.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::apply::{differs_from_embedded, not_empty_while_running, stopped_error, Occupied};
+use super::apply::{differs_from_embedded, not_empty_while_running, Occupied};
 use super::embedded_mongo::{EmbeddedMongo, MongoTarget, DUMP_DIR};
 use super::settings::{at, MongoSettings};
+use super::workers::{each, Shared, Taken};
 use super::*;
 use crate::backends::mongo::{MongoAdmin, MongoError};
 use crate::circleci::migration::{
     compare, extras, mismatches, Kind, TableStat, EXPECTED_MONGO_DATABASE,
 };
-use crate::plugin::stop;
 
 /// The container the embedded MongoDB runs in during the export.
 pub(super) const CONTAINER: &str = "circleci-data-migration-mongo";
@@ -82,12 +85,18 @@ impl DataMigration {
         Ok(occupied)
     }
 
+    /// The MongoDB databases, in list order, by as many workers as the shared bound
+    /// allows, beside the PostgreSQL part (`apply::carry`), each worker holding one of
+    /// the permits `shared` bounds both parts with: each database counted, dumped,
+    /// restored and compared by one worker. After a failure (in either part) no worker
+    /// takes another database; those under way finish.
     pub(super) async fn migrate_mongo(
         &self,
         s: &super::settings::Settings,
         m: &MongoSettings,
         occupied: &Occupied,
         cut: &crate::resources::cutover::Cutover<'_>,
+        shared: &Shared,
     ) -> Result<MongoOutcome, Diagnostics> {
         let (export_dir, deadline) = (s.export_dir.as_str(), s.command_timeout);
         let (overwrite, keep_export) = (s.overwrite, s.keep_export);
@@ -103,23 +112,35 @@ impl DataMigration {
         )
         .await?;
         let r = async {
-            let mut out = MongoOutcome::default();
-            let mut dumped = false;
-            for db in &m.databases {
-                if stop::requested() {
-                    return Err(stopped_error(&format!("before MongoDB database {db}")));
-                }
-                let wrote =
-                    one_database(&e, &admin, m, overwrite, (occupied, cut), db, &mut out).await?;
-                dumped |= wrote;
-                // Found identical but an earlier attempt's: still the cutover's own.
-                // (One restored was noted before its restore began.)
-                if !wrote && occupied.is_own(db) {
-                    cut.note_target(&crate::resources::cutover::target_mongo(&m.hosts, db))
+            let out = Mutex::new(MongoOutcome::default());
+            let dumped = AtomicBool::new(false);
+            let (e, admin, out, dumped) = (&e, &*admin, &out, &dumped);
+            let databases: Vec<&String> = m.databases.iter().collect();
+            let ran = each(shared, databases, |db: &String| async move {
+                let carried =
+                    one_database(e, admin, m, overwrite, (occupied, cut), db, (out, shared))
                         .await?;
+                match carried {
+                    Carried::Restored => dumped.store(true, Ordering::SeqCst),
+                    // Found identical but an earlier attempt's: still the cutover's
+                    // own. (One restored was noted before its restore began.)
+                    Carried::NotWritten if occupied.is_own(db) => {
+                        cut.note_target(&crate::resources::cutover::target_mongo(&m.hosts, db))
+                            .await?;
+                    }
+                    Carried::NotWritten => {}
+                    Carried::PutBack => return Ok(Taken::PutBack),
                 }
-            }
-            if dumped {
+                Ok(Taken::Done)
+            })
+            .await;
+            ran.result("MongoDB database(s)", "MongoDB", shared)?;
+            let mut out = std::mem::take(&mut *out.lock().unwrap_or_else(|e| e.into_inner()));
+            // In a fixed order, whichever worker finished first (the collections are
+            // in a sorted map already).
+            out.skipped.sort();
+            out.extras.sort();
+            if dumped.load(Ordering::SeqCst) {
                 out.files = e.seal(&[DUMP_DIR.to_string()]).await?;
                 if !keep_export {
                     e.remove(&[DUMP_DIR.to_string()]).await?;
@@ -143,20 +164,27 @@ impl DataMigration {
                 Err(d)
             }
         };
+        // Its own containers; the check for any left over waits for the PostgreSQL
+        // part (`apply::carry`).
         e.stop().await;
-        let gone = crate::resources::cutover::remove_migration_containers(
-            &h,
-            self.data.timeout(),
-            "The migration stops here.",
-        )
-        .await;
-        r.and_then(|out| gone.map(|()| out))
+        r
     }
 }
 
+/// What became of one MongoDB database a worker took.
+enum Carried {
+    /// Dumped, restored and verified.
+    Restored,
+    /// Nothing written: empty in the embedded MongoDB, or the target already holds
+    /// exactly its data.
+    NotWritten,
+    /// Dumped, but the migration halted (a stop, or a failure in either part) before
+    /// its restore: not restored, left for the next apply.
+    PutBack,
+}
+
 /// One database: counted in the container; compared with a target already holding
-/// collections (identical: skipped); dumped, restored and compared. Whether it was
-/// dumped.
+/// collections (identical: skipped); dumped, restored and compared.
 async fn one_database(
     e: &EmbeddedMongo<'_>,
     admin: &MongoAdmin,
@@ -164,8 +192,8 @@ async fn one_database(
     overwrite: bool,
     (occupied, cut): (&Occupied, &crate::resources::cutover::Cutover<'_>),
     db: &str,
-    out: &mut MongoOutcome,
-) -> Result<bool, Diagnostics> {
+    (out, shared): (&Mutex<MongoOutcome>, &Shared),
+) -> Result<Carried, Diagnostics> {
     let target = MongoTarget {
         hosts: &m.hosts,
         replica_set: m.replica_set.as_deref(),
@@ -190,7 +218,7 @@ async fn one_database(
             .into());
         }
         log::info!("MongoDB database {db}: empty in the embedded MongoDB, nothing to carry over");
-        return Ok(false);
+        return Ok(Carried::NotWritten);
     }
     let documents: i64 = stored(&source).map(|c| c.rows).sum();
     let clean = occupied.holds(db);
@@ -201,9 +229,10 @@ async fn one_database(
             log::info!(
                 "MongoDB database {db}: the target already holds exactly this data; left as it is"
             );
+            let mut out = lock(out);
             out.skipped.push(format!("mongo:{db}"));
-            add(out, db, &source);
-            return Ok(false);
+            add(&mut out, db, &source);
+            return Ok(Carried::NotWritten);
         }
         if occupied.is_own(db) {
             log::info!(
@@ -224,12 +253,19 @@ async fn one_database(
         "MongoDB database {db}: exported, {} collections, {documents} documents",
         source.len()
     );
+    crate::fault_point::point("circleci_data_migration.mongo_dumped").await;
+    // Stopped, or a database failed (in either part) during this dump: not restored
+    // (its dump is part of the partial export), as for PostgreSQL.
+    if shared.halted() {
+        return Ok(Carried::PutBack);
+    }
     log::info!(
         "MongoDB database {db}: importing into {}",
         target.describe()
     );
     if !clean {
-        // The preflight found it empty, maybe hours ago (before the PostgreSQL part):
+        // The preflight found it empty, maybe hours ago (the PostgreSQL part runs
+        // beside this one, and a database may wait for its turn behind others):
         // a database someone has written to since is not restored into, so that a
         // failure cannot make the clean-up below drop what they wrote.
         let names = admin
@@ -270,7 +306,7 @@ async fn one_database(
         Ok::<Vec<String>, Diagnostics>(extras(db, &source, &after))
     }
     .await;
-    let restored = restored.map(|x| out.extras.extend(x));
+    let restored = restored.map(|x| lock(out).extras.extend(x));
     if let Err(mut d) = restored {
         if !clean {
             // mongorestore writes collection by collection, not in one transaction: a
@@ -307,9 +343,15 @@ async fn one_database(
             c.rows
         );
     }
-    add(out, db, &source);
+    add(&mut lock(out), db, &source);
     crate::fault_point::point("circleci_data_migration.mongo_loop").await;
-    Ok(true)
+    Ok(Carried::Restored)
+}
+
+/// The outcome the workers collect into, each change made whole under one lock (so
+/// that a lock a panicking worker poisoned still holds a consistent outcome).
+fn lock(out: &Mutex<MongoOutcome>) -> std::sync::MutexGuard<'_, MongoOutcome> {
+    out.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Drops, from a target database that was empty before the restore, what the failed

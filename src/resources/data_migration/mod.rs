@@ -38,6 +38,7 @@ mod estimate;
 mod settings;
 mod tools;
 pub(crate) mod vault_key;
+mod workers;
 
 const ID: &str = "circleci-data-migration";
 const POSTGRES: &str = "postgres";
@@ -59,10 +60,12 @@ const CONTAINER: &str = "circleci-data-migration-postgres";
 /// The restore's sslmode unless one is given: TLS, without a silent plain-text fallback.
 const DEFAULT_SSLMODE: &str = "require";
 
-/// How many PostgreSQL databases are carried at once, unless `parallelism` says.
+/// How many databases (PostgreSQL and MongoDB together) are carried at once, unless
+/// `parallelism` says.
 const DEFAULT_PARALLELISM: i64 = 3;
 /// sshd's MaxSessions is 10 by default: each database at work holds one session of
-/// the one connection, and the cutover's record and the checks need a few more.
+/// the one connection (both parts together), and the cutover's record and the checks
+/// need a few more.
 const MAX_PARALLELISM: i64 = 8;
 
 pub(crate) struct DataMigration {
@@ -135,12 +138,17 @@ crate::model! {
             doc(duration_doc("The deadline of each export, import and check command", COMMAND_TIMEOUT))],
         parallelism: i64 [default_in_doc(DEFAULT_PARALLELISM),
             check(Check::Int { min: 1, max: MAX_PARALLELISM }), doc(format!(
-            "How many PostgreSQL databases are carried at once, 1 to {MAX_PARALLELISM} (each holds one SSH \
-             session to the Services machine, whose sshd allows 10 by default). Each is exported, restored in \
-             its own transaction and compared on its own. A free worker takes the largest left, so that the \
-             longest database starts first and the small ones fill in at the end. After a failure or a stop no worker starts another restore. Default `{DEFAULT_PARALLELISM}`: on a 2-core \
-             machine where both servers share the CPUs, `make bench` measured no gain beyond it; a Services \
-             machine and an external server with more cores may use more."
+            "How many databases are carried at once, 1 to {MAX_PARALLELISM}: the PostgreSQL and the MongoDB \
+             databases together, as both parts run at the same time (each database under way holds one SSH \
+             session to the Services machine, whose sshd allows 10 by default). Each is exported, then \
+             restored and compared on its own, all or nothing (a PostgreSQL database in one transaction; a \
+             MongoDB database that was empty loses again what a failed restore wrote). Among \
+             the PostgreSQL databases a free worker takes the largest left, so that the longest database \
+             starts first and the small ones fill in at the end; the MongoDB databases go in list order. \
+             After a failure in either part or a stop no worker takes another database nor starts another \
+             restore; those under way finish. Default `{DEFAULT_PARALLELISM}`: on a 2-core machine where \
+             both servers share the CPUs, `make bench` measured no gain beyond it for the PostgreSQL \
+             databases; a Services machine and an external server with more cores may use more."
         ))],
         overwrite_existing: bool [default_in_doc(false), doc(
             "Restore into target databases that already hold tables, and over a transit key of the same name \
