@@ -561,6 +561,7 @@ impl DataMigration {
             if r.is_err() {
                 shared.fail();
             }
+            crate::resources::cutover::timing("postgresql", started.elapsed());
             // Whatever became of it (a failure before the gate sets the flag above
             // first): MongoDB's workers waiting at the gate go on, or see the failure.
             shared.open();
@@ -572,6 +573,7 @@ impl DataMigration {
             };
             let t = Instant::now();
             let r = self.migrate_mongo(s, m, mongo_occupied, cut, &shared).await;
+            crate::resources::cutover::timing("mongodb", t.elapsed());
             match &r {
                 Ok(out) => super::apply_mongo::log_done(t, out),
                 Err(_) => shared.fail(),
