@@ -17,7 +17,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 
 use crate::plugin::{stop, Diagnostic, Diagnostics};
 
@@ -35,8 +35,11 @@ pub(super) enum Taken {
 pub(super) struct Shared {
     permits: Semaphore,
     bound: usize,
-    /// Whether the permits were given out yet (see [`Shared::gated`]).
-    open: AtomicBool,
+    /// Whether workers may ask for permits yet (see [`Shared::gated`]). Workers wait
+    /// here, not in the semaphore's queue: the part that opens the gate asks for its
+    /// permits at once, and its databases (the largest first) do not queue behind the
+    /// other part's workers, which were waiting before it.
+    open: watch::Sender<bool>,
     failed: AtomicBool,
 }
 
@@ -57,10 +60,9 @@ impl Shared {
     fn with_gate(bound: usize, gated: bool) -> Shared {
         let bound = bound.max(1);
         Shared {
-            // Gated: no permit until `open` gives them out.
-            permits: Semaphore::new(if gated { 0 } else { bound }),
+            permits: Semaphore::new(bound),
             bound,
-            open: AtomicBool::new(!gated),
+            open: watch::Sender::new(!gated),
             failed: AtomicBool::new(false),
         }
     }
@@ -69,9 +71,14 @@ impl Shared {
     /// the gate's check, and whatever becomes of it: a failed check sets the failed
     /// flag first, and the workers waiting then take nothing.
     pub(super) fn open(&self) {
-        if !self.open.swap(true, Ordering::SeqCst) {
-            self.permits.add_permits(self.bound);
-        }
+        self.open.send_replace(true);
+    }
+
+    /// Returns once the gate is open. No deadline of its own: the part that opens it
+    /// does so whatever becomes of its check, each command of which has its deadline.
+    async fn opened(&self) {
+        // The sender lives as long as `self`: the wait ends only by the gate opening.
+        let _ = self.open.subscribe().wait_for(|open| *open).await;
     }
 
     /// A database failed, or a part could not start or finish: no worker of either
@@ -159,6 +166,10 @@ where
             // queue's order holds), and one that finds the migration halted once it
             // has a permit takes nothing. The wait has no deadline of its own: each
             // holder's commands run under the command deadline, and it ends with them.
+            shared.opened().await;
+            if shared.halted() {
+                return Ok(());
+            }
             let Ok(_permit) = shared.permits.acquire().await else {
                 return Ok(());
             };
@@ -320,6 +331,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_gate_gives_the_first_permits_to_the_part_that_opened_it() {
+        // MongoDB's workers wait at the gate before PostgreSQL's part opens it; the
+        // largest PostgreSQL databases (first in its queue) must not wait behind them.
+        let shared = Shared::gated(2);
+        let events = Mutex::new(Vec::new());
+        let events = &events;
+        let work = |db: String| async move {
+            events.lock().unwrap().push(db);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Ok(Taken::Done)
+        };
+        let mongo = each(&shared, names("mongo", 2), work);
+        let pg = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            shared.open();
+            each(&shared, names("pg", 2), work).await
+        };
+        let (mongo, pg) = tokio::join!(mongo, pg);
+        assert!(mongo.left.is_empty() && pg.left.is_empty());
+        let events = events.lock().unwrap().clone();
+        assert_eq!(events[..2], ["pg0", "pg1"], "{events:?}");
+    }
+
+    #[tokio::test]
     async fn a_gated_bound_takes_nothing_until_opened_and_a_failed_gate_nothing_at_all() {
         let shared = Shared::gated(2);
         let taken = AtomicUsize::new(0);
@@ -339,7 +374,7 @@ mod tests {
         let (ran, ()) = tokio::join!(part, gate);
         assert!(ran.left.is_empty());
         assert_eq!(taken.load(Ordering::SeqCst), 4);
-        assert_eq!(shared.permits.available_permits(), 2, "opened twice");
+        assert_eq!(shared.permits.available_permits(), 2);
 
         let shared = Shared::gated(2);
         let gate = async {
