@@ -317,3 +317,32 @@ async fn commands_run_quoted_with_stdin_and_a_deadline() {
     assert!(matches!(e, SshError::Command { .. }), "{e}");
     assert!(e.to_string().contains("no result within 1s"), "{e}");
 }
+
+/// sshd allows ten sessions on one connection (MaxSessions), the SFTP channel one of
+/// them: more commands at once than that wait for a session instead of being refused.
+// The guard is held across awaits on purpose: it serialises whole tests, threads apart.
+#[allow(clippy::await_holding_lock)]
+#[tokio::test]
+async fn more_commands_at_once_than_sshd_has_sessions_wait_their_turn() {
+    let _turn = common::sim::SIMULATOR
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let s = common::servers();
+    common::sim::app_started(&s);
+    let h = host(&s, pinned(&s));
+    // The SFTP channel first, as in every apply. Each command outlasts the retries of
+    // a refused open (2 s): only waiting for a session lets the last five run.
+    h.check().await.unwrap();
+    let sleep = RemoteCommand::new(
+        Program::Docker,
+        ["exec", "slanger", "bash", "-c", "sleep 3; echo done"],
+    )
+    .unwrap();
+    let t = Duration::from_secs(30);
+    let runs = futures_util::future::join_all((0..14).map(|_| h.run(&sleep, None, t))).await;
+    for r in runs {
+        let out = r.unwrap();
+        assert!(out.success(), "{}", out.evidence());
+        assert_eq!(out.stdout_text().trim(), "done");
+    }
+}

@@ -5,11 +5,12 @@
 //! users of the machine can read process arguments). Each command has a deadline.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use russh::ChannelMsg;
 
-use super::{ServicesHost, SshError};
+use super::{ServicesHost, SshError, EXEC_SESSIONS};
 
 /// The most output kept of each stream by default; the rest is dropped, and
 /// [`CommandOutput::truncated`] says so.
@@ -184,6 +185,33 @@ impl CommandOutput {
     }
 }
 
+/// How long a refused session open is retried: sshd frees a session only after the
+/// loop that read its close, so an open sent right after a close (as the session
+/// bound allows) can find all ten still taken. Longer than that race by far; a
+/// MaxSessions below ten is refused for good after it.
+const OPEN_RETRIES_FOR: Duration = Duration::from_secs(2);
+
+/// A session channel, the open retried while sshd refuses it for at most
+/// [`OPEN_RETRIES_FOR`] (see there).
+async fn open_session(
+    handle: &russh::client::Handle<super::connect::Client>,
+) -> Result<russh::Channel<russh::client::Msg>, russh::Error> {
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match handle.channel_open_session().await {
+            Err(russh::Error::ChannelOpenFailure(why))
+                if started.elapsed() + pause < OPEN_RETRIES_FOR =>
+            {
+                log::debug!("sshd refused a session ({why:?}); asking again in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Appends what fits of `data` under `max`; true when some of it did not.
 fn keep(buf: &mut Vec<u8>, data: &[u8], max: usize) -> bool {
     let room = max.saturating_sub(buf.len());
@@ -213,10 +241,14 @@ impl ServicesHost {
             source: source.map(|e| Box::new(e) as super::Cause),
         };
         let s = self.session().await?;
+        let acquired = AtomicBool::new(false);
+        let acquired = &acquired;
         let work = async {
-            let mut ch = s
-                .handle
-                .channel_open_session()
+            // Within the deadline: a command waiting for a session is still this
+            // command, and its error says so below.
+            let _session = self.sessions.acquire().await;
+            acquired.store(true, Ordering::Relaxed);
+            let mut ch = open_session(&s.handle)
                 .await
                 .map_err(|e| fail("opening a session", Some(e)))?;
             ch.exec(true, line.as_bytes())
@@ -263,6 +295,14 @@ impl ServicesHost {
                 );
                 Ok(r)
             }
+            Err(_) if !acquired.load(Ordering::Relaxed) => Err(fail(
+                &format!(
+                    "no free session within {}: {EXEC_SESSIONS} commands were running on \
+                     the connection for all that time",
+                    humantime::format_duration(deadline)
+                ),
+                None,
+            )),
             Err(_) => Err(fail(
                 &format!("no result within {}", humantime::format_duration(deadline)),
                 None,

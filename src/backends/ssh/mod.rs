@@ -267,7 +267,17 @@ pub struct ServicesHost {
     /// Reached through this machine's SSH connection (a `direct-tcpip` channel) instead
     /// of a TCP connection from where Terraform runs.
     jump: Option<Arc<ServicesHost>>,
+    /// One permit per command session sshd allows at once beside the SFTP channel
+    /// ([`EXEC_SESSIONS`]): a command beyond them waits for one to end instead of being
+    /// refused.
+    sessions: tokio::sync::Semaphore,
 }
+
+/// sshd's `MaxSessions` (10 unless configured) counts every session channel of one
+/// connection: the SFTP channel is one, so nine commands may run at once. The
+/// migration's databases, the readiness probes and the tools' starts all run
+/// commands, and together they can want more (issue 28's review).
+pub(crate) const EXEC_SESSIONS: usize = 9;
 
 impl fmt::Debug for ServicesHost {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -308,6 +318,7 @@ impl ServicesHost {
             stale: AtomicBool::new(false),
             socks: std::sync::OnceLock::new(),
             jump: None,
+            sessions: tokio::sync::Semaphore::new(EXEC_SESSIONS),
         }
     }
 

@@ -64,8 +64,9 @@ const DEFAULT_SSLMODE: &str = "require";
 /// `parallelism` says.
 const DEFAULT_PARALLELISM: i64 = 3;
 /// sshd's MaxSessions is 10 by default: each database at work holds one session of
-/// the one connection (both parts together), and the cutover's record and the checks
-/// need a few more.
+/// the one connection (both parts together), and the parts' starts and the cutover's
+/// record need a few more. The SSH layer never has more than nine commands open at
+/// once (`ssh::EXEC_SESSIONS`), so these wait for a session rather than fail.
 const MAX_PARALLELISM: i64 = 8;
 
 pub(crate) struct DataMigration {
