@@ -181,7 +181,13 @@ impl ServicesHost {
         let connect = async {
             match &self.jump {
                 None => {
-                    russh::client::connect(ssh_cfg, (cfg.host.as_str(), cfg.port), client).await
+                    let tcp = tokio::net::TcpStream::connect((cfg.host.as_str(), cfg.port))
+                        .await
+                        .map_err(russh::Error::IO)?;
+                    // What russh's own `connect` does with `nodelay`, and the quick ACKs.
+                    tcp.set_nodelay(true).map_err(russh::Error::IO)?;
+                    let stream = super::quick_ack::QuickAck(tcp);
+                    russh::client::connect_stream(ssh_cfg, stream, client).await
                 }
                 Some(via) => {
                     let stream = via.open_tunnel_boxed(&cfg.host, cfg.port).await.map_err(

@@ -24,6 +24,7 @@ use crate::secret::Secret;
 
 mod connect;
 mod exec;
+mod quick_ack;
 pub use connect::parse_host_key;
 use connect::Client;
 pub(crate) use exec::CommandOutput;
