@@ -17,8 +17,10 @@ postgres_elapsed; its whole elapsed also stops CircleCI).
 provider's default, the run whose cutover is shown part by part.
 Prints MB/s and rows/s of both, the ratio (p time / m time; target >= 1.3), the speed-up
 against the parallelism, and the cutover's downtime (CircleCI stopped -> checks passed,
-the simulator's start transition apart; target <= 0.8 x the plain pipe). Imported by dev/bench/bench.py; runnable alone with a built provider
-(BIN=path/to/terraform-provider-circleci).
+the simulator's start transition apart; target <= 0.8 x the plain pipe). Then the
+second fixture, BENCH_ONE_TABLE_ROWS (default 5,000,000) rows in circle.builds alone:
+the plain pipe and (m) at the default parallelism, side by side, no target. Imported by
+dev/bench/bench.py; runnable alone with a built provider (BIN=path/to/terraform-provider-circleci).
 """
 
 import datetime
@@ -78,9 +80,10 @@ def fresh_targets(prefix=""):
                             '{"dropDatabase": 1}'], check=True, stdout=subprocess.DEVNULL)
 
 
-def fixture(root, rows, mongo=False):
+def fixture(root, rows, mongo=False, shape="spread"):
     """The embedded data under simulator root `root` (made once, then reused); with
-    `mongo`, the embedded MongoDB's documents too."""
+    `mongo`, the embedded MongoDB's documents too; `shape` "one-table" puts the rows in
+    one table only (dev/fixtures/embedded_fixture.sh)."""
     os.makedirs(root, exist_ok=True)
     # The server runs as postgres: every directory down to the data must be searchable.
     d = root
@@ -88,7 +91,7 @@ def fixture(root, rows, mongo=False):
         os.chmod(d, os.stat(d).st_mode | 0o755)
         d = os.path.dirname(d)
     subprocess.run(
-        [os.path.join(ROOT, "dev", "fixtures", "embedded_fixture.sh"), root, str(rows)], check=True,
+        [os.path.join(ROOT, "dev", "fixtures", "embedded_fixture.sh"), root, str(rows), shape], check=True,
         env=dict(os.environ, EMBEDDED_VAULT_ADDR=E["CIRCLECI_TEST_EMBEDDED_VAULT_ADDR"],
                  EMBEDDED_VAULT_TOKEN=E["CIRCLECI_TEST_EMBEDDED_VAULT_TOKEN"], BAO=E["CIRCLECI_TEST_BAO"],
                  **({"MONGO_STANDIN": E["CIRCLECI_TEST_MONGO_STANDIN"], "PYTHON": E["CIRCLECI_TEST_PYTHON"]}
@@ -261,6 +264,8 @@ def run(plugin_dir):
     fresh_targets("bench_plain_")
     # The provider's default parallelism last: its run is the one whose downtime is shown.
     sweep = [int(x) for x in os.environ.get("BENCH_PARALLELISM", "1,2").split(",") if x]
+    one_rows = int(os.environ.get("BENCH_ONE_TABLE_ROWS", "5000000"))
+    one_root = os.path.join(STATE, f"bench-embedded-one-table-{one_rows}")
     runs = {}
     try:
         plain, plain_rows = plain_pipe()
@@ -269,6 +274,12 @@ def run(plugin_dir):
                 simulator(root)
                 fresh_targets()
             runs[n] = provider_migration(plugin_dir, root, n if n else "null")
+        # The second fixture: one big table, which no per-database parallelism splits.
+        fixture(one_root, one_rows, shape="one-table")
+        simulator(one_root)
+        fresh_targets()
+        one_plain, one_plain_rows = plain_pipe()
+        one = provider_migration(plugin_dir, one_root, "null")
     finally:
         fresh_targets()
         simulator_reset()
@@ -298,9 +309,27 @@ def run(plugin_dir):
           f"{(restarted - stopped).total_seconds():.0f} s (migration {m['elapsed']} + restart {r['downtime']}; "
           f"whole apply {apply:.1f} s); {len(r['checks'])} checks passed")
     downtime_ok = print_downtime(parts, plain)
+    print_one_table(one_rows, one_plain, one_plain_rows, one)
     if not big_enough:
         print(f"the fixture is under 1 GB ({mb:.0f} MB): raise BENCH_MIGRATION_ROWS")
     return ratio >= 1.3 and big_enough and downtime_ok
+
+
+def print_one_table(rows, plain, plain_rows, run):
+    """The second fixture: its plain pipe and the provider's migration at its default
+    parallelism, side by side (no target: what it shows is what parallelism cannot do)."""
+    _, m, r, parts = run
+    took = seconds(m["postgres_elapsed"])
+    mb = m["postgres_bytes"] / 1e6
+    xs = {p.split(" ")[0]: sec for _, p, sec in parts if p.endswith(" circle")}
+    steps = ", ".join(f"{k} {v:.1f} s" for k, v in xs.items())
+    print(f"second fixture: {rows} rows in one table (circle.builds; {plain_rows} rows in the big tables), "
+          f"{mb:.0f} MB in the nine databases")
+    print(f"  (p) plain pipe {plain:7.1f} s   {mb / plain:6.1f} MB/s;   (m) provider (parallelism "
+          f"{m['parallelism']}) {took:7.1f} s   {mb / took:6.1f} MB/s;   ratio {plain / took:.2f}")
+    print(f"  the big table's database, step by step: {steps or 'no timing lines'}")
+    print("  one table is one pg_dump and one pg_restore --single-transaction: no per-database")
+    print("  parallelism can split it; its steps run one after the other")
 
 
 def print_downtime(parts, plain):
