@@ -7,7 +7,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 PLUGIN_DIR ?= $(CURDIR)/dev/.state/plugins
 INSTALL_DIR := $(PLUGIN_DIR)/registry.terraform.io/circleci/circleci/$(VERSION)/linux_amd64
 
-.PHONY: build install demo test bench faults services-up services-down docs docs-check lint clean
+.PHONY: build install release package demo test bench faults services-up services-down docs docs-check lint clean
 
 build:
 	cargo build --locked
@@ -16,6 +16,20 @@ install: build
 	mkdir -p "$(INSTALL_DIR)"
 	cp target/debug/terraform-provider-circleci "$(INSTALL_DIR)/terraform-provider-circleci_v$(VERSION)"
 	@echo "installed into $(INSTALL_DIR)"
+
+# Release artifacts in $(DIST)/ (default dist/): the linux_amd64 zip built for glibc
+# >= 2.17 (cargo-zigbuild), SHA256SUMS (signed when GPG_KEY=KEYID is given), the
+# manifest, a filesystem mirror and a network-mirror tree. Refuses a dirty tree and a
+# version without a dated CHANGELOG.md entry (SNAPSHOT=1 accepts "(unreleased)").
+DIST ?= dist
+release:
+	DIST="$(DIST)" dev/release/release.sh
+
+# The packaging step alone, for a binary already built:
+# make package BIN=target/debug/terraform-provider-circleci
+BIN ?= target/release/terraform-provider-circleci
+package:
+	python3 dev/release/package.py --binary "$(BIN)" --out "$(DIST)"
 
 # Starts the real servers, builds and installs the provider, applies examples/complete
 # and shows the files it wrote.

@@ -44,6 +44,8 @@ mod envfile_bash;
 mod mongo_standin;
 mod nomad_user_data_fuzz;
 mod plugin_handshake;
+mod plugin_unimplemented;
 mod postgres_backend;
+mod release_mirror;
 mod ssh_backend;
 mod vault_transit_backup;

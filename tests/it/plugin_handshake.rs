@@ -36,10 +36,12 @@ fn terraform_like_cert() -> (String, CertificateDer<'static>, PrivateKeyDer<'sta
     )
 }
 
-struct Plugin {
-    child: Child,
+/// The provider started as Terraform starts it; killed when dropped.
+pub(crate) struct Plugin {
+    pub(crate) child: Child,
     stdout: BufReader<std::process::ChildStdout>,
-    addr: String,
+    /// 127.0.0.1:PORT from the handshake line.
+    pub(crate) addr: String,
     server_cert: Vec<u8>,
 }
 
@@ -50,7 +52,8 @@ impl Drop for Plugin {
     }
 }
 
-fn start(client_pem: Option<&str>) -> Plugin {
+/// Starts the provider; with `client_pem` None it serves plain TCP (no AutoMTLS).
+pub(crate) fn start(client_pem: Option<&str>) -> Plugin {
     let mut cmd = Command::new(BIN);
     cmd.env("TF_PLUGIN_MAGIC_COOKIE", COOKIE)
         .env("PLUGIN_PROTOCOL_VERSIONS", "5,6")
