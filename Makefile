@@ -25,10 +25,11 @@ DIST ?= dist
 release:
 	DIST="$(DIST)" dev/release/release.sh
 
-# The packaging step alone, for a binary already built:
+# The packaging step alone, for a binary already built (no default: `make release`'s
+# own is target/x86_64-unknown-linux-gnu/release/, a plain release build's needs 2.34):
 # make package BIN=target/debug/terraform-provider-circleci
-BIN ?= target/release/terraform-provider-circleci
 package:
+	@[ -n "$(BIN)" ] || { echo "make package: say which binary: make package BIN=path/to/terraform-provider-circleci" >&2; exit 1; }
 	python3 dev/release/package.py --binary "$(BIN)" --out "$(DIST)"
 
 # Starts the real servers, builds and installs the provider, applies examples/complete

@@ -279,7 +279,7 @@ def run(plugin_dir):
         simulator(one_root)
         fresh_targets()
         one_plain, one_plain_rows = plain_pipe()
-        one = provider_migration(plugin_dir, one_root, "null")
+        one_table = provider_migration(plugin_dir, one_root, "null")
     finally:
         fresh_targets()
         simulator_reset()
@@ -309,7 +309,7 @@ def run(plugin_dir):
           f"{(restarted - stopped).total_seconds():.0f} s (migration {m['elapsed']} + restart {r['downtime']}; "
           f"whole apply {apply:.1f} s); {len(r['checks'])} checks passed")
     downtime_ok = print_downtime(parts, plain)
-    print_one_table(one_rows, one_plain, one_plain_rows, one)
+    print_one_table(one_rows, one_plain, one_plain_rows, one_table)
     if not big_enough:
         print(f"the fixture is under 1 GB ({mb:.0f} MB): raise BENCH_MIGRATION_ROWS")
     return ratio >= 1.3 and big_enough and downtime_ok

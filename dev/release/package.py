@@ -47,9 +47,10 @@ def sha256_hex(data: bytes) -> str:
 def h1_of_zip(path: Path) -> str:
     """Go dirhash Hash1 over every entry of the zip, as Terraform computes it."""
     with zipfile.ZipFile(path) as z:
-        lines = sorted(
-            f"{sha256_hex(z.read(info))}  {info.filename}\n" for info in z.infolist()
-        )
+        # Files only (Terraform skips directory entries), in the order of their names,
+        # not of the lines: the two differ as soon as there are two files.
+        files = sorted((i for i in z.infolist() if not i.is_dir()), key=lambda i: i.filename)
+        lines = [f"{sha256_hex(z.read(info))}  {info.filename}\n" for info in files]
     digest = hashlib.sha256("".join(lines).encode("utf-8")).digest()
     return "h1:" + base64.b64encode(digest).decode("ascii")
 
@@ -104,6 +105,10 @@ def main() -> int:
         sys.exit(f"package: {args.binary} is not a file (build it first)")
     if len(args.address.split("/")) != 3:
         sys.exit(f"package: --address must be HOST/NAMESPACE/TYPE, not {args.address!r}")
+    if args.address.split("/")[2] != NAME.removeprefix("terraform-provider-"):
+        # Terraform finds a package by TYPE in its file names, which are NAME's here.
+        sys.exit(f"package: --address must end in /{NAME.removeprefix('terraform-provider-')}, "
+                 f"the type this provider's files are named for, not {args.address!r}")
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)

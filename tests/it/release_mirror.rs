@@ -273,6 +273,40 @@ const MAIN_TF: &str = r#"terraform {
 }
 "#;
 
+/// How long one terraform command may take here (an init against loopback takes a
+/// second or two; a hung one fails the test instead of the suite).
+const TERRAFORM_DEADLINE: std::time::Duration = std::time::Duration::from_secs(180);
+
+/// Runs `cmd` with its output in files under `dir`; kills it (by its PID) and fails
+/// when it outlasts `deadline`.
+fn within(mut cmd: Command, deadline: std::time::Duration, dir: &Path) -> Output {
+    let (out_file, err_file) = (dir.join("terraform.stdout"), dir.join("terraform.stderr"));
+    cmd.stdout(std::fs::File::create(&out_file).unwrap())
+        .stderr(std::fs::File::create(&err_file).unwrap());
+    let mut child = cmd.spawn().expect("terraform must be on PATH");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "terraform (pid {}) did not finish within {deadline:?}:\n{}",
+                child.id(),
+                std::fs::read_to_string(&err_file).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: std::fs::read(&out_file).unwrap(),
+        stderr: std::fs::read(&err_file).unwrap(),
+    }
+}
+
 /// A fresh working directory, HOME and CLI configuration (no plugin cache).
 struct Work {
     dir: tempfile::TempDir,
@@ -280,9 +314,11 @@ struct Work {
 
 impl Work {
     fn new(provider_installation: &str) -> Work {
+        // Beside the packages (target/tmp): the tests hard-link zips from there, which
+        // a /tmp on another file system (tmpfs) would refuse.
         let dir = tempfile::Builder::new()
             .prefix("tf-release-")
-            .tempdir()
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
             .unwrap();
         std::fs::create_dir(dir.path().join("home")).unwrap();
         std::fs::create_dir(dir.path().join("config")).unwrap();
@@ -297,8 +333,8 @@ impl Work {
 
     fn terraform(&self, ca_file: Option<&Path>, args: &[&str]) -> Output {
         let proxy = "http://127.0.0.1:9";
-        let out = Command::new("terraform")
-            .args(args)
+        let mut cmd = Command::new("terraform");
+        cmd.args(args)
             .current_dir(self.config())
             .env("TF_CLI_CONFIG_FILE", self.dir.path().join("cli.tfrc"))
             .env("HOME", self.dir.path().join("home"))
@@ -317,9 +353,13 @@ impl Work {
             .env_remove("no_proxy")
             .env_remove("TF_PLUGIN_CACHE_DIR")
             .env_remove("TF_DATA_DIR")
-            .env_remove("TF_LOG")
-            .output()
-            .expect("terraform must be on PATH");
+            .env_remove("TF_LOG");
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("TF_CLI_ARGS") {
+                cmd.env_remove(k);
+            }
+        }
+        let out = within(cmd, TERRAFORM_DEADLINE, self.dir.path());
         eprintln!(
             "$ terraform {}\n{}{}",
             args.join(" "),
@@ -416,6 +456,23 @@ fn package_writes_the_zip_sums_manifest_and_both_mirror_layouts() {
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(p.net_dir().join("index.json")).unwrap()).unwrap();
     assert_eq!(index, serde_json::json!({"versions": {VERSION: {}}}));
+    // Fixed metadata: the 1980 timestamp and an executable regular file, whatever the
+    // clock or the umask (a regression here would still give equal zips a second apart).
+    let meta = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, zipfile; i = zipfile.ZipFile(sys.argv[1]).infolist(); \
+             print(len(i), i[0].date_time, oct(i[0].external_attr >> 16))",
+        ])
+        .arg(p.out.join(&p.zip_name))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&meta.stdout).trim(),
+        "1 (1980, 1, 1, 0, 0, 0) 0o100755",
+        "{}",
+        String::from_utf8_lossy(&meta.stderr)
+    );
     // Packaging the same binary again gives the same bytes (so the same zh:).
     let small = other();
     let again = package(&small.out.join("../not-the-provider"), "other-again");
@@ -447,16 +504,27 @@ fn network_mirror_install_locks_the_published_h1() {
     // module comment: a mirror's hashes are not signed).
     assert_eq!(work.lock_hashes(), vec![p.h1.clone()]);
     // The whole exchange, all of it with our server: the version list, the version's
-    // document, then the zip (go-getter asks for its headers first).
+    // document, then the zip (1.11's go-getter asks for its headers first; others may
+    // not, so a HEAD is allowed, not required).
     let base = format!("/{ADDRESS}");
+    let asked = mirror.requested();
+    let mut gets: Vec<&String> = asked.iter().filter(|r| !r.starts_with("HEAD ")).collect();
+    gets.dedup();
     assert_eq!(
-        mirror.requested(),
-        vec![
-            format!("GET {base}/index.json"),
-            format!("GET {base}/{VERSION}.json"),
-            format!("HEAD {base}/{}", p.zip_name),
-            format!("GET {base}/{}", p.zip_name),
-        ]
+        gets,
+        [
+            &format!("GET {base}/index.json"),
+            &format!("GET {base}/{VERSION}.json"),
+            &format!("GET {base}/{}", p.zip_name),
+        ],
+        "{asked:?}"
+    );
+    assert!(
+        asked
+            .iter()
+            .filter(|r| r.starts_with("HEAD "))
+            .all(|r| *r == format!("HEAD {base}/{}", p.zip_name)),
+        "{asked:?}"
     );
     // The installed provider runs: validate starts it and reads its schema.
     let out = work.terraform(Some(&mirror.ca_file), &["validate", "-no-color"]);
@@ -633,6 +701,16 @@ fn release_refuses_a_dirty_tree_and_a_version_without_a_dated_changelog_entry() 
     let (code, err) = release_check(r.path(), false);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("CHANGELOG.md has no entry for 9.9.1"), "{err}");
+
+    // An entry that is not dated is not a release, nor is a directory outside git.
+    let r = release_repo("9.9.1", "# Changelog\n\n## 9.9.1 (WIP)\n\n- x\n");
+    let (code, err) = release_check(r.path(), true);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is \"## 9.9.1 (WIP)\"; date it"), "{err}");
+    std::fs::remove_dir_all(r.path().join(".git")).unwrap();
+    let (code, err) = release_check(r.path(), false);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("refused: not a git work tree"), "{err}");
 
     // "(unreleased)": refused, except for a snapshot.
     let r = release_repo("9.9.1", "# Changelog\n\n## 9.9.1 (unreleased)\n\n- x\n");
