@@ -313,7 +313,7 @@ struct Work {
 }
 
 impl Work {
-    fn new(provider_installation: &str) -> Work {
+    fn new() -> Work {
         // Beside the packages (target/tmp): the tests hard-link zips from there, which
         // a /tmp on another file system (tmpfs) would refuse.
         let dir = tempfile::Builder::new()
@@ -323,8 +323,13 @@ impl Work {
         std::fs::create_dir(dir.path().join("home")).unwrap();
         std::fs::create_dir(dir.path().join("config")).unwrap();
         std::fs::write(dir.path().join("config/main.tf"), MAIN_TF).unwrap();
-        std::fs::write(dir.path().join("cli.tfrc"), provider_installation).unwrap();
         Work { dir }
+    }
+
+    /// The CLI configuration's `provider_installation` (written once the mirror, which
+    /// lives in this directory, knows its address).
+    fn install_from(&self, provider_installation: &str) {
+        std::fs::write(self.dir.path().join("cli.tfrc"), provider_installation).unwrap();
     }
 
     fn config(&self) -> PathBuf {
@@ -483,13 +488,9 @@ fn package_writes_the_zip_sums_manifest_and_both_mirror_layouts() {
 #[test]
 fn network_mirror_install_locks_the_published_h1() {
     let p = ours();
-    let work = Work::new("");
+    let work = Work::new();
     let mirror = Mirror::serve(p.net_mirror(), work.dir.path());
-    std::fs::write(
-        work.dir.path().join("cli.tfrc"),
-        network_mirror_config(&mirror.url()),
-    )
-    .unwrap();
+    work.install_from(&network_mirror_config(&mirror.url()));
 
     let out = work.terraform(Some(&mirror.ca_file), INIT);
     let said = text(&out);
@@ -534,13 +535,9 @@ fn network_mirror_install_locks_the_published_h1() {
 #[test]
 fn providers_lock_from_the_network_mirror_agrees_with_the_published_hashes() {
     let p = ours();
-    let work = Work::new("");
+    let work = Work::new();
     let mirror = Mirror::serve(p.net_mirror(), work.dir.path());
-    std::fs::write(
-        work.dir.path().join("cli.tfrc"),
-        network_mirror_config(&mirror.url()),
-    )
-    .unwrap();
+    work.install_from(&network_mirror_config(&mirror.url()));
     let url = format!("-net-mirror={}", mirror.url());
     let out = work.terraform(
         Some(&mirror.ca_file),
@@ -559,7 +556,7 @@ fn providers_lock_from_the_network_mirror_agrees_with_the_published_hashes() {
 #[test]
 fn network_mirror_whose_hashes_disagree_with_the_zip_is_refused() {
     let p = ours();
-    let work = Work::new("");
+    let work = Work::new();
     // Our zip, served with the hashes of another package.
     let tree = work.dir.path().join("tampered");
     let dir = tree.join(ADDRESS);
@@ -572,11 +569,7 @@ fn network_mirror_whose_hashes_disagree_with_the_zip_is_refused() {
         "url": p.zip_name, "hashes": [wrong.h1, wrong.zh]}}});
     std::fs::write(dir.join(format!("{VERSION}.json")), doc.to_string()).unwrap();
     let mirror = Mirror::serve(tree, work.dir.path());
-    std::fs::write(
-        work.dir.path().join("cli.tfrc"),
-        network_mirror_config(&mirror.url()),
-    )
-    .unwrap();
+    work.install_from(&network_mirror_config(&mirror.url()));
 
     let out = work.terraform(Some(&mirror.ca_file), INIT);
     let said = text(&out);
@@ -595,16 +588,12 @@ fn network_mirror_whose_hashes_disagree_with_the_zip_is_refused() {
 #[test]
 fn filesystem_mirror_zip_replaced_after_the_lock_was_written_is_refused() {
     let p = ours();
-    let work = Work::new("");
+    let work = Work::new();
     let mirror_dir = work.dir.path().join("fs-mirror");
     let zip = mirror_dir.join(ADDRESS).join(&p.zip_name);
     std::fs::create_dir_all(zip.parent().unwrap()).unwrap();
     std::fs::hard_link(p.fs_mirror().join(ADDRESS).join(&p.zip_name), &zip).unwrap();
-    std::fs::write(
-        work.dir.path().join("cli.tfrc"),
-        filesystem_mirror_config(&mirror_dir),
-    )
-    .unwrap();
+    work.install_from(&filesystem_mirror_config(&mirror_dir));
 
     let out = work.terraform(None, INIT);
     let said = text(&out);

@@ -5,7 +5,6 @@
 //! users of the machine can read process arguments). Each command has a deadline.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use russh::ChannelMsg;
@@ -241,13 +240,19 @@ impl ServicesHost {
             source: source.map(|e| Box::new(e) as super::Cause),
         };
         let s = self.session().await?;
-        let acquired = AtomicBool::new(false);
-        let acquired = &acquired;
+        // Within the deadline: a command waiting for a session is still this command.
+        let started = std::time::Instant::now();
+        let Ok(_session) = tokio::time::timeout(deadline, self.sessions.acquire()).await else {
+            return Err(fail(
+                &format!(
+                    "no free session within {}: {EXEC_SESSIONS} commands were running on \
+                     the connection for all that time",
+                    humantime::format_duration(deadline)
+                ),
+                None,
+            ));
+        };
         let work = async {
-            // Within the deadline: a command waiting for a session is still this
-            // command, and its error says so below.
-            let _session = self.sessions.acquire().await;
-            acquired.store(true, Ordering::Relaxed);
             let mut ch = open_session(&s.handle)
                 .await
                 .map_err(|e| fail("opening a session", Some(e)))?;
@@ -284,7 +289,7 @@ impl ServicesHost {
             }
             Ok(out)
         };
-        match tokio::time::timeout(deadline, work).await {
+        match tokio::time::timeout(deadline.saturating_sub(started.elapsed()), work).await {
             Ok(r) => {
                 let r = r?;
                 log::debug!(
@@ -295,14 +300,6 @@ impl ServicesHost {
                 );
                 Ok(r)
             }
-            Err(_) if !acquired.load(Ordering::Relaxed) => Err(fail(
-                &format!(
-                    "no free session within {}: {EXEC_SESSIONS} commands were running on \
-                     the connection for all that time",
-                    humantime::format_duration(deadline)
-                ),
-                None,
-            )),
             Err(_) => Err(fail(
                 &format!("no result within {}", humantime::format_duration(deadline)),
                 None,
