@@ -85,7 +85,13 @@ Subsystem sftp internal-sftp
 MaxStartups 100:30:200
 # The CircleCI Services-machine simulator's replicatedctl, docker and
 # update-ca-certificates come first for the SSH sessions (never for the host itself).
-SetEnv PATH=$D/sim/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# SHLVL=1: each command runs in the login shell, and bash reads ~/.bashrc when it sees
+# SSH_CLIENT and SHLVL under 2 (Debian builds it with SSH_SOURCE_BASHRC). The host's
+# ~/.bashrc is not the Services machine's: a stock Ubuntu one returns at once when not
+# interactive, while a developer's may run pyenv init (0.1 s of CPU per command, every
+# command of a migration competing with PostgreSQL for the CPU) or put its own PATH
+# first. With SHLVL=1 bash counts itself the second level and skips the file.
+SetEnv PATH=$D/sim/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin SHLVL=1
 # Tunnels (via_services_host): direct-tcpip only to the dev servers' ports, and to
 # $CLOSED_PORT where nothing listens; DEBUG1 logs each channel open ("target ... port").
 # circleci-dev may open none: the tests' refused tunnel.
@@ -108,6 +114,18 @@ if ! alive "$D/sshd.pid"; then
   for _ in $(seq 50); do alive "$D/sshd.pid" && break; sleep 0.1; done
   alive "$D/sshd.pid" || { say "sshd did not start; see $D/sshd.log"; exit 1; }
   say "sshd on 127.0.0.1:$SSH_PORT (pid $(cat "$D/sshd.pid"))"
+fi
+# A session's PATH is exactly the one SetEnv gives: no shell startup file of the host's
+# ran (see SHLVL above). The port may still be coming up right after the start.
+want_path="$D/sim/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+for _ in $(seq 20); do
+  got_path=$(ssh -F /dev/null -o BatchMode=yes -o UserKnownHostsFile="$D/known_hosts" -o ConnectTimeout=5 \
+    -i "$D/client_key" -p "$SSH_PORT" root@127.0.0.1 'printf %s "$PATH"' 2>/dev/null) && break
+  sleep 0.1
+done
+if [ "$got_path" != "$want_path" ]; then
+  say "an SSH session's PATH is '$got_path', not '$want_path': a shell startup file ran"
+  exit 1
 fi
 
 # ---------------------------------------------------------------- redis
