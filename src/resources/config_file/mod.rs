@@ -349,7 +349,9 @@ pub(crate) trait FileResource: Send + Sync + 'static {
     /// Services machine, e.g. the host it names now.
     fn refresh_from_file(&self, _text: &str, _fresh: &mut Value) {}
 
-    /// Refresh of the backend side (roles, users, tokens).
+    /// Refresh of the backend side (roles, users, tokens). It runs while the file is
+    /// read: it reads the prior state, never the file, and sets other attributes than
+    /// [`Self::refresh_from_file`] does.
     async fn refresh(&self, _r: Refresh<'_>) -> Result<(), Diagnostics> {
         Ok(())
     }
@@ -663,20 +665,32 @@ impl<R: FileResource> Resource for ConfigFile<R> {
 
     async fn read(&self, state: &Value) -> Result<Option<Value>, Diagnostics> {
         let path = self.path_of(state);
-        let current = self.current(&path).await?;
-        let block = current.as_ref().and_then(|(b, _)| b.as_ref());
         let mut fresh = state.clone();
         let mut drift = Vec::new();
-        if let Some(text) = block.and_then(|b| std::str::from_utf8(b).ok()) {
-            self.inner.refresh_from_file(text, &mut fresh);
-        }
-        self.inner
-            .refresh(Refresh {
+        // The file and the backend side at the same time, neither waiting for the other
+        // (in a plan, the SSH connection and a database's logins are tens of ms each).
+        // The backend's refresh reads the prior state, never the file, and sets other
+        // attributes than refresh_from_file does.
+        let (current, backend) = tokio::join!(
+            self.current(&path),
+            self.inner.refresh(Refresh {
                 state,
                 fresh: &mut fresh,
                 drift: &mut drift,
             })
-            .await?;
+        );
+        let current = match (current, backend) {
+            (Ok(c), Ok(())) => c,
+            (Err(mut a), Err(b)) => {
+                a.extend(b);
+                return Err(a);
+            }
+            (Err(e), Ok(())) | (Ok(_), Err(e)) => return Err(e),
+        };
+        let block = current.as_ref().and_then(|(b, _)| b.as_ref());
+        if let Some(text) = block.and_then(|b| std::str::from_utf8(b).ok()) {
+            self.inner.refresh_from_file(text, &mut fresh);
+        }
         let what = R::SPEC.what;
         let before = FileAttrs::of(state).map_err(Diagnostics::from)?;
         let mut after = FileAttrs::of(&fresh).map_err(Diagnostics::from)?;
