@@ -531,6 +531,7 @@ impl ServicesHost {
             {
                 Ok(d) if d.data.is_empty() => break Ok(()),
                 Ok(d) => {
+                    let short = d.data.len() < CHUNK;
                     content.extend_from_slice(&d.data);
                     if content.len() as u64 > MAX_READ {
                         break Err(self.io(
@@ -540,12 +541,24 @@ impl ServicesHost {
                             format!("the file grew past {MAX_READ} bytes"),
                         ));
                     }
+                    // A regular file's read comes back short only at its end (sftp-server
+                    // caps one read at 64 KiB or more, above CHUNK): past the size stat
+                    // gave, the read that would only answer EOF is saved (a round trip on
+                    // every file of every refresh).
+                    if short && attrs.size.is_some_and(|n| content.len() as u64 >= n) {
+                        break Ok(());
+                    }
                 }
                 Err(e) if sftp_status(&e) == Some(StatusCode::Eof) => break Ok(()),
                 Err(e) => break Err(self.io_err("reading", path, e)),
             }
         };
-        let _ = s.sftp.close(handle).await;
+        // Nothing waits for the close's answer: the server answers in order, and
+        // nothing that follows depends on the handle being gone.
+        let bg = Arc::clone(&s);
+        tokio::spawn(async move {
+            let _ = bg.sftp.close(handle).await;
+        });
         result?;
         Ok(Some(RemoteFile {
             content,
