@@ -26,6 +26,14 @@ const EXPORT: &str = "umask 077; pg_dump -U postgres -Fc -Z \"$6\" -f \"$2\" \"$
      psql -U postgres -X -q -At -v ON_ERROR_STOP=1 -F \"$3\" -d \"$1\" -c \"$5\"; s=$?; \
      wait $p || exit 91; exit $s";
 
+/// The readiness probe: up to 2 s of tries 50 ms apart within one `docker exec` (a
+/// server over a cleanly stopped data directory answers within a second, so the
+/// downtime does not wait for the next of the outer probes, 250 ms apart and each a
+/// round trip), then one last try whose output is the evidence when it still fails.
+const WAIT_READY: &str =
+    "for _ in $(seq 40); do psql -U postgres -Atc 'SELECT 1' >/dev/null 2>&1 && exit 0; \
+     sleep 0.05; done; exec psql -U postgres -Atc 'SELECT 1'";
+
 /// Where `ca_file` (the target's CA) is mounted in the container, read-only.
 macro_rules! pg_ca_mount {
     () => {
@@ -179,7 +187,7 @@ impl<'a> EmbeddedPostgres<'a> {
             "the embedded PostgreSQL",
         )
         .await?;
-        let probe = ["exec", name, "psql", "-U", "postgres", "-Atc", "SELECT 1"];
+        let probe = ["exec", name, "bash", "-c", WAIT_READY];
         let mut mounts = vec![format!("{export_dir}:{EXPORT_MOUNT}")];
         if let Some(ca) = source.ca_file {
             mounts.push(format!("{ca}:{CA_MOUNT}:ro"));
