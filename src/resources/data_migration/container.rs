@@ -32,7 +32,7 @@ const PRIVATE: &str = "chmod 0700 \"$1\"";
 pub(super) const PRIVATE_EXEC: &str = "umask 077 && exec \"$@\"";
 
 /// The least time one readiness probe is given, however little of `ready_within` is left.
-const MIN_PROBE: Duration = Duration::from_secs(5);
+pub(super) const MIN_PROBE: Duration = Duration::from_secs(5);
 
 /// Removes the entries named in the arguments from the export directory.
 const REMOVE: &str = "cd \"$1\" && shift && rm -rf -- \"$@\"";

@@ -26,13 +26,14 @@ const EXPORT: &str = "umask 077; pg_dump -U postgres -Fc -Z \"$6\" -f \"$2\" \"$
      psql -U postgres -X -q -At -v ON_ERROR_STOP=1 -F \"$3\" -d \"$1\" -c \"$5\"; s=$?; \
      wait $p || exit 91; exit $s";
 
-/// The readiness probe: up to 2 s of tries 50 ms apart within one `docker exec` (a
-/// server over a cleanly stopped data directory answers within a second, so the
-/// downtime does not wait for the next of the outer probes, 250 ms apart and each a
-/// round trip), then one last try whose output is the evidence when it still fails.
-const WAIT_READY: &str =
-    "for _ in $(seq 40); do psql -U postgres -Atc 'SELECT 1' >/dev/null 2>&1 && exit 0; \
-     sleep 0.05; done; exec psql -U postgres -Atc 'SELECT 1'";
+/// The readiness probe: tries 50 ms apart within one `docker exec` for one to two
+/// seconds (bash's `SECONDS` counts whole seconds; 9.5's image has no finer clock in
+/// bash), then one last try whose output is the evidence when it still fails. A server
+/// over a cleanly stopped data directory answers within a second, so the downtime does
+/// not wait for the next outer probe (250 ms apart, each a round trip). The probe ends
+/// well within `MIN_PROBE`, the least deadline a probe gets.
+const WAIT_READY: &str = "s=$SECONDS; until psql -U postgres -Atc 'SELECT 1' >/dev/null 2>&1; do \
+     [ $((SECONDS - s)) -ge 2 ] && exec psql -U postgres -Atc 'SELECT 1'; sleep 0.05; done";
 
 /// Where `ca_file` (the target's CA) is mounted in the container, read-only.
 macro_rules! pg_ca_mount {
@@ -451,6 +452,60 @@ pub(super) fn password_line(t: &Target<'_>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs [`WAIT_READY`] with a `psql` that refuses its first `fails` tries; how many
+    /// tries it made, the outcome and how long it took.
+    fn probe(fails: u32) -> (u32, std::process::Output, Duration) {
+        let dir = tempfile::tempdir().unwrap();
+        let psql = dir.path().join("psql");
+        std::fs::write(
+            &psql,
+            "#!/bin/sh\nn=$(( $(cat \"$0.n\" 2>/dev/null || echo 0) + 1 )); echo $n > \"$0.n\"\n\
+             [ $n -gt \"$FAILS\" ] && { echo 1; exit 0; }\n\
+             echo \"psql: could not connect to server (try $n)\" >&2; exit 2\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&psql, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let started = std::time::Instant::now();
+        let out = std::process::Command::new("bash")
+            .args(["-c", WAIT_READY])
+            .env("PATH", format!("{}:/usr/bin:/bin", dir.path().display()))
+            .env("FAILS", fails.to_string())
+            .output()
+            .unwrap();
+        let took = started.elapsed();
+        let tries = std::fs::read_to_string(dir.path().join("psql.n"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        (tries, out, took)
+    }
+
+    #[test]
+    fn the_readiness_probe_tries_again_within_one_exec() {
+        // Up on the fourth try: one exec, well before the loop would give up.
+        let (tries, out, took) = probe(3);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(tries, 4);
+        assert!(took < Duration::from_secs(1), "{took:?}");
+    }
+
+    #[test]
+    fn the_readiness_probe_gives_up_within_its_deadline_showing_the_last_refusal() {
+        let (tries, out, took) = probe(u32::MAX);
+        assert!(!out.status.success());
+        // Tries 50 ms apart for one to two seconds, then the last one's words.
+        assert!(tries >= 10, "{tries} tries");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            err.trim(),
+            format!("psql: could not connect to server (try {tries})")
+        );
+        assert!(took >= Duration::from_secs(1), "{took:?}");
+        assert!(took < super::super::container::MIN_PROBE, "{took:?}");
+    }
 
     fn line(t0: &str, t1: &str) -> Vec<String> {
         vec!["restore".into(), t0.into(), t1.into()]
