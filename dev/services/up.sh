@@ -118,11 +118,16 @@ fi
 # A session's PATH is exactly the one SetEnv gives: no shell startup file of the host's
 # ran (see SHLVL above). The port may still be coming up right after the start.
 want_path="$D/sim/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+ssh_ok=
 for _ in $(seq 20); do
   got_path=$(ssh -F /dev/null -o BatchMode=yes -o UserKnownHostsFile="$D/known_hosts" -o ConnectTimeout=5 \
-    -i "$D/client_key" -p "$SSH_PORT" root@127.0.0.1 'printf %s "$PATH"' 2>/dev/null) && break
+    -i "$D/client_key" -p "$SSH_PORT" root@127.0.0.1 'printf %s "$PATH"' 2>"$D/ssh-check.err") && { ssh_ok=1; break; }
   sleep 0.1
 done
+if [ -z "$ssh_ok" ]; then
+  say "could not run a command over SSH on 127.0.0.1:$SSH_PORT: $(cat "$D/ssh-check.err")"
+  exit 1
+fi
 if [ "$got_path" != "$want_path" ]; then
   say "an SSH session's PATH is '$got_path', not '$want_path': a shell startup file ran"
   exit 1

@@ -122,7 +122,7 @@ impl Fleet {
     /// in their environment.
     fn up(&mut self, i: usize) {
         let env = format!(
-            "SetEnv PATH={}:/usr/local/bin:/usr/bin:/bin NOMAD_STANDIN_NODES={} NOMAD_STANDIN_NODE={}",
+            "SetEnv PATH={}:/usr/local/bin:/usr/bin:/bin SHLVL=1 NOMAD_STANDIN_NODES={} NOMAD_STANDIN_NODE={}",
             self.bin.display(),
             self.nodes.display(),
             self.clients[i].name
