@@ -61,6 +61,8 @@ alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 cp "$D/client_key.pub" "$D/authorized_keys"
 echo "[127.0.0.1]:$SSH_PORT $(cut -d' ' -f1,2 "$D/host_key.pub")" > "$D/known_hosts"
 mkdir -p /run/sshd
+# The PATH of the test sshd's sessions (SetEnv below), checked once sshd runs.
+SESSION_PATH="$D/sim/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # A non-root login with passwordless sudo, like the `ubuntu` user of a real Services
 # machine, to test sudo = true. It logs in with the same client key.
 SUDO_USER_NAME=circleci-dev
@@ -91,7 +93,7 @@ MaxStartups 100:30:200
 # interactive, while a developer's may run pyenv init (0.1 s of CPU per command, every
 # command of a migration competing with PostgreSQL for the CPU) or put its own PATH
 # first. With SHLVL=1 bash counts itself the second level and skips the file.
-SetEnv PATH=$D/sim/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin SHLVL=1
+SetEnv PATH=$SESSION_PATH SHLVL=1
 # Tunnels (via_services_host): direct-tcpip only to the dev servers' ports, and to
 # $CLOSED_PORT where nothing listens; DEBUG1 logs each channel open ("target ... port").
 # circleci-dev may open none: the tests' refused tunnel.
@@ -117,7 +119,6 @@ if ! alive "$D/sshd.pid"; then
 fi
 # A session's PATH is exactly the one SetEnv gives: no shell startup file of the host's
 # ran (see SHLVL above). The port may still be coming up right after the start.
-want_path="$D/sim/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 ssh_ok=
 for _ in $(seq 20); do
   got_path=$(ssh -F /dev/null -o BatchMode=yes -o UserKnownHostsFile="$D/known_hosts" -o ConnectTimeout=5 \
@@ -128,8 +129,8 @@ if [ -z "$ssh_ok" ]; then
   say "could not run a command over SSH on 127.0.0.1:$SSH_PORT: $(cat "$D/ssh-check.err")"
   exit 1
 fi
-if [ "$got_path" != "$want_path" ]; then
-  say "an SSH session's PATH is '$got_path', not '$want_path': a shell startup file ran"
+if [ "$got_path" != "$SESSION_PATH" ]; then
+  say "an SSH session's PATH is '$got_path', not '$SESSION_PATH': a shell startup file ran"
   exit 1
 fi
 

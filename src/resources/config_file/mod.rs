@@ -667,10 +667,8 @@ impl<R: FileResource> Resource for ConfigFile<R> {
         let path = self.path_of(state);
         let mut fresh = state.clone();
         let mut drift = Vec::new();
-        // The file and the backend side at the same time, neither waiting for the other
-        // (in a plan, the SSH connection and a database's logins are tens of ms each).
-        // The backend's refresh reads the prior state, never the file, and sets other
-        // attributes than refresh_from_file does.
+        // The file and the backend side at the same time (in a plan, the SSH connection
+        // and a database's logins are tens of ms each): see FileResource::refresh.
         let (current, backend) = tokio::join!(
             self.current(&path),
             self.inner.refresh(Refresh {
