@@ -878,16 +878,15 @@ impl<'a> Cutover<'a> {
         Ok(seen)
     }
 
-    /// Once CircleCI is stopped by the cutover: the app's new `LastModifiedAt` is the
-    /// cutover's own, so that the copies kept after it stay current.
-    pub(crate) async fn note_stop(&self) -> Result<(), Diagnostics> {
-        let h = self.data.services()?;
+    /// Once CircleCI is stopped by the cutover: the app's new `LastModifiedAt`
+    /// (`modified`, from the status that showed it stopped) is the cutover's own, so
+    /// that the copies kept after it stay current.
+    pub(crate) async fn note_stop(&self, modified: &str) -> Result<(), Diagnostics> {
         let Some(mut r) = self.load().await? else {
             return Ok(());
         };
-        let now = app_status(self.data, &h).await?.modified;
-        if !r.app_modified.contains(&now) {
-            r.app_modified.push(now);
+        if !r.app_modified.iter().any(|m| m == modified) {
+            r.app_modified.push(modified.to_string());
             self.save(&r).await?;
         }
         Ok(())

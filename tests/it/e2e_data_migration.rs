@@ -1232,3 +1232,98 @@ fn postgres_and_mongo_databases_are_carried_at_once() {
     tf.ok(&["destroy", "-auto-approve"]);
     drop(sim);
 }
+
+/// The provider's debug log of an apply: every command it ran on the Services machine,
+/// in order, as (command line, exit status).
+fn commands_in(log: &Path) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(log).unwrap();
+    text.lines()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once(": `")?;
+            let (cmd, status) = rest.rsplit_once("` exited with ")?;
+            let status = status.split(':').next()?.to_string();
+            Some((cmd.to_string(), status))
+        })
+        .collect()
+}
+
+#[test]
+fn a_container_name_taken_after_the_preflight_is_freed_and_none_is_removed_unasked() {
+    // The downtime waits for every command: a container's `docker rm` runs only when
+    // its `docker run` was refused (the name taken), never before each run in case.
+    let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let s = servers();
+    s.fresh_runbook_targets();
+    let root = s.embedded_root("100");
+    let sim = Sim::new(&s, json!({"root": root.path(), "transition": 1}));
+    let mount = format!("transit-taken-{}", std::process::id());
+    let tf = Tf::new(&main_tf(&s, root.path(), &mount, ""));
+    let faults = tempfile::tempdir().unwrap();
+    let point = "circleci_data_migration.before_containers";
+    std::fs::write(faults.path().join(format!("{point}.armed")), b"").unwrap();
+    let log = faults.path().join("provider.log");
+    let child = {
+        use std::os::unix::process::CommandExt;
+        let mut c = tf.cmd(&["apply", "-auto-approve", "-no-color", "-input=false"]);
+        c.env("CIRCLECI_PROVIDER_FAULT_DIR", faults.path())
+            .env("TF_LOG_PROVIDER", "debug")
+            .env("TF_LOG_PATH", &log)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0);
+        c.spawn().unwrap()
+    };
+    common::wait_reached(faults.path(), point, 120);
+    // CircleCI stopped, the preflight's check for leftovers passed: a container of the
+    // migration's name appears over the embedded data (a second apply, by hand).
+    let name = "circleci-data-migration-postgres";
+    sim.docker(&[
+        "run",
+        "--name",
+        name,
+        "-d",
+        "-v",
+        "/data/circle/postgres/9.5/data:/var/lib/postgresql/data",
+        "postgres:9.5.8",
+    ]);
+    std::fs::write(faults.path().join(format!("{point}.go")), b"").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = flat(&format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ));
+    assert!(out.status.success(), "{text}");
+    assert_eq!(count(&s, "circle", "builds"), 100);
+
+    let cmds = commands_in(&log);
+    let runs: Vec<&(String, String)> = cmds
+        .iter()
+        .filter(|(c, _)| c.starts_with(&format!("docker 'run' '--name' '{name}'")))
+        .collect();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_ne!(
+        runs[0].1, "Some(0)",
+        "the first run took a taken name: {runs:?}"
+    );
+    assert_eq!(runs[1].1, "Some(0)", "{runs:?}");
+    // Every `docker rm` of a name follows a `docker run` of it: refused (the name was
+    // taken) or done (the container's own removal at the end).
+    let mut ran = std::collections::HashSet::new();
+    for (c, _) in &cmds {
+        if let Some(rest) = c.strip_prefix("docker 'run' '--name' '") {
+            ran.insert(rest.split('\'').next().unwrap().to_string());
+        }
+        if let Some(rest) = c.strip_prefix("docker 'rm' '-f' '") {
+            let n = rest.split('\'').next().unwrap();
+            assert!(ran.contains(n), "`{c}` before any run of {n}: {cmds:#?}");
+        }
+    }
+    assert!(
+        cmds.iter()
+            .any(|(c, _)| c == &format!("docker 'rm' '-f' '{name}'")),
+        "the taken name was never freed: {cmds:#?}"
+    );
+    tf.ok(&["destroy", "-auto-approve"]);
+    drop(sim);
+}

@@ -98,13 +98,18 @@ impl Cutover<'_> {
 
     /// Once CircleCI is stopped for the migration: the record as the preflight found
     /// it (`current`, when it still counted then) is carried on, its targets still the
-    /// cutover's own; a new one is opened otherwise.
-    pub(crate) async fn open_written(&self, current: Option<&Written>) -> Result<(), Diagnostics> {
+    /// cutover's own; a new one is opened otherwise. `modified`: the app's
+    /// `LastModifiedAt` once stopped.
+    pub(crate) async fn open_written(
+        &self,
+        current: Option<&Written>,
+        modified: String,
+    ) -> Result<(), Diagnostics> {
         let mut w = current.cloned().unwrap_or(Written {
             version: 1,
             ..Written::default()
         });
-        w.app_modified = self.modified().await?;
+        w.app_modified = modified;
         w.migrated = false;
         w.fell_back = false;
         self.save_written(&w).await

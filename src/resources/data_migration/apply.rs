@@ -340,13 +340,18 @@ impl DataMigration {
             return Err(stopped_error("before anything changed"));
         }
         outcome.app_stopped_at = Known::Value(String::new());
-        if running {
-            restart
+        // The app's LastModifiedAt once stopped: as the stop's last status showed it,
+        // or as the preflight found it, already stopped.
+        let stopped = if running {
+            let m = restart
                 .stop_app(s.stop_timeout, &s.cutover, warnings)
                 .await?;
             outcome.app_stopped_at = Known::Value(now());
-        }
-        cut.open_written(written.as_ref()).await?;
+            m
+        } else {
+            modified.clone()
+        };
+        cut.open_written(written.as_ref(), stopped).await?;
         let (pg, mongo) = self.carry(&s, (&occupied, &mongo_occupied), &cut).await?;
         let mut skipped = pg.skipped.clone();
         skipped.extend(mongo.skipped.iter().cloned());
@@ -643,6 +648,7 @@ impl DataMigration {
             ca_file: p.ca_file.as_deref(),
         };
         let started = Instant::now();
+        crate::fault_point::point("circleci_data_migration.before_containers").await;
         let e = EmbeddedPostgres::start(
             &h,
             &source,

@@ -93,8 +93,10 @@ async fn docker(
 
 impl<'a> Container<'a> {
     /// Starts container `name` of `image` detached with `mounts` (`host:inside[:ro]`),
-    /// running `cmd` (none: the image's own server); a container of that name left by
-    /// an interrupted run is removed first. `what` names the server in the error.
+    /// running `cmd` (none: the image's own server). When `docker run` refuses, a
+    /// container of that name (left by an interrupted run: the name is taken) is
+    /// removed and the run tried once more; that second answer is the one reported.
+    /// `what` names the server in the error.
     pub async fn run(
         h: &'a ServicesHost,
         (name, image, cmd): (&str, &str, &[&str]),
@@ -102,8 +104,6 @@ impl<'a> Container<'a> {
         deadline: Duration,
         what: &str,
     ) -> Result<Container<'a>, Diagnostics> {
-        // Best effort: "no such container" is the usual answer.
-        let _ = docker(h, &["rm", "-f", name], None, deadline).await;
         let mut args = vec!["run", "--name", name, "-d"];
         for m in mounts {
             args.push("-v");
@@ -111,7 +111,14 @@ impl<'a> Container<'a> {
         }
         args.push(image);
         args.extend_from_slice(cmd);
-        let (cmd, out) = docker(h, &args, None, deadline).await?;
+        // The usual case: no such container, so no `docker rm` before the run (the
+        // cutover's downtime waits for each command).
+        let (mut cmd, mut out) = docker(h, &args, None, deadline).await?;
+        if !out.success() {
+            // Best effort: "no such container" is an answer too.
+            let _ = docker(h, &["rm", "-f", name], None, deadline).await;
+            (cmd, out) = docker(h, &args, None, deadline).await?;
+        }
         if !out.success() {
             return Err(fail(&format!("Could not start {what}"), &cmd, &out));
         }

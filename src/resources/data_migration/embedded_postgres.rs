@@ -437,8 +437,7 @@ fn stats_of(rows: &[Vec<String>], t: &Target<'_>) -> Result<Vec<TableStat>, Diag
 impl EmbeddedPostgres<'_> {
     /// Removes both containers (the server stops; the data directory stays as it was).
     pub async fn stop(self) {
-        self.c.stop().await;
-        self.tools.stop().await
+        tokio::join!(self.c.stop(), self.tools.stop());
     }
 }
 

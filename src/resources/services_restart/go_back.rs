@@ -159,8 +159,8 @@ impl ServicesRestart {
                 &["app", "stop"],
             )
             .await?;
-            self.wait_for("stopped", s.stop).await?;
-            cut.note_stop().await?;
+            let st = self.wait_for("stopped", s.stop).await?;
+            cut.note_stop(&st.modified).await?;
         }
         let fb = Fallback {
             cutover: &s.cutover,

@@ -90,14 +90,22 @@ impl ServicesRestart {
     /// The runbook's files under `root`, as the Services machine has them.
     pub(super) async fn external(&self, root: &str) -> Result<External, Diagnostics> {
         let h = self.services()?;
-        let mut texts = std::collections::HashMap::new();
-        for f in rs::files::ALL {
+        // All seven at once on the one SFTP session (each read is a few round trips);
+        // the first failure in the files' order is the one reported.
+        let reads = rs::files::ALL.map(|f| {
             let path = format!("{}/{f}", root.trim_end_matches('/'));
-            let file = h
-                .read_file(&path)
-                .await
-                .map_err(|e| ssh_diag(&format!("Could not read {path}"), e))?;
-            if let Some(file) = file {
+            let h = &h;
+            async move {
+                let file = h
+                    .read_file(&path)
+                    .await
+                    .map_err(|e| ssh_diag(&format!("Could not read {path}"), e))?;
+                Ok::<_, Diagnostics>((f, file))
+            }
+        });
+        let mut texts = std::collections::HashMap::new();
+        for read in futures_util::future::join_all(reads).await {
+            if let (f, Some(file)) = read? {
                 texts.insert(f, String::from_utf8_lossy(&file.content).into_owned());
             }
         }
@@ -133,16 +141,18 @@ impl ServicesRestart {
     }
 
     /// Everything checked before CircleCI stops.
+    /// The three reads run side by side (the cutover's downtime waits for the apply's);
+    /// their errors keep this order of precedence: the version, the status, the files.
     async fn preflight(&self, s: &Settings) -> Result<Preflight, Diagnostics> {
-        let version = self
-            .allowed_version(&s.versions, "Nothing was restarted.")
-            .await?;
-        let status = self.status().await?;
-        let external = self.external(&s.root).await?;
+        let (version, status, external) = tokio::join!(
+            self.allowed_version(&s.versions, "Nothing was restarted."),
+            self.status(),
+            self.external(&s.root),
+        );
         Ok(Preflight {
-            version,
-            status,
-            external,
+            version: version?,
+            status: status?,
+            external: external?,
         })
     }
 
@@ -227,16 +237,17 @@ impl ServicesRestart {
     /// Stops CircleCI, unless Replicated already reports it stopped, and waits until it
     /// is (within `within`; an error names `stop_timeout`). First the running builds
     /// finish and the cutover record is opened (see [`Cutover::before_stop`]). For the
-    /// data migration, which leaves it stopped for `circleci_services_restart`.
+    /// data migration, which leaves it stopped for `circleci_services_restart`. The
+    /// app's `LastModifiedAt` once stopped.
     pub(crate) async fn stop_app(
         &self,
         within: Duration,
         cutover: &StopSettings,
         diags: &mut Diagnostics,
-    ) -> Result<(), Diagnostics> {
+    ) -> Result<String, Diagnostics> {
         let st = self.status().await?;
         if st.settled_in("stopped") {
-            return Ok(());
+            return Ok(st.modified);
         }
         let waiting = Instant::now();
         self.before_stop(&Cutover::new(&self.data, cutover), diags)
@@ -246,9 +257,12 @@ impl ServicesRestart {
         let stopping = Instant::now();
         self.command(Program::Replicatedctl, &["app", "stop"])
             .await?;
-        self.wait_for("stopped", within).await?;
+        let st = self.wait_for("stopped", within).await?;
         crate::resources::cutover::timing("stop", stopping.elapsed());
-        Cutover::new(&self.data, cutover).note_stop().await
+        Cutover::new(&self.data, cutover)
+            .note_stop(&st.modified)
+            .await?;
+        Ok(st.modified)
     }
 
     /// What a check's probe shows: for a log probe, both streams of everything the
@@ -400,19 +414,22 @@ impl ServicesRestart {
             .into()));
         }
         // Before anything stops: a migration container over the embedded data is
-        // removed, or the restart is refused here, CircleCI left as it is.
-        let h = match self.services() {
-            Ok(h) => h,
-            Err(d) => return Applied::from_result(Err(d)),
-        };
-        if let Err(d) = crate::resources::cutover::remove_migration_containers(
-            &h,
-            self.data.timeout(),
-            "Nothing was stopped or changed.",
-        )
-        .await
-        {
-            return Applied::from_result(Err(d));
+        // removed, or the restart is refused here, CircleCI left as it is. (Already
+        // stopped, nothing stops: the same check right before the start is the one.)
+        if !pre.status.settled_in("stopped") {
+            let h = match self.services() {
+                Ok(h) => h,
+                Err(d) => return Applied::from_result(Err(d)),
+            };
+            if let Err(d) = crate::resources::cutover::remove_migration_containers(
+                &h,
+                self.data.timeout(),
+                "Nothing was stopped or changed.",
+            )
+            .await
+            {
+                return Applied::from_result(Err(d));
+            }
         }
         out.version = Known::Value(pre.version.clone());
         let cut = Cutover::new(&self.data, &s.cutover);
@@ -444,7 +461,7 @@ impl ServicesRestart {
             self.command(Program::Replicatedctl, &["app", "stop"])
                 .await?;
             let st = self.wait_for("stopped", s.stop).await?;
-            cut.note_stop().await?;
+            cut.note_stop(&st.modified).await?;
             Ok::<_, Diagnostics>(st.modified)
         }
         .await;
