@@ -10,7 +10,8 @@ dev/fixtures/embedded_fixture.sh with BENCH_MIGRATION_ROWS rows per big table (d
       CircleCI stopped to the restart's checks passing
   (p) the plain pipe over the same data, in the same temporary container:
       pg_dump -Fc DB | pg_restore --no-owner --no-privileges -d DB, per database,
-      into fresh databases, nothing kept, nothing verified
+      into fresh databases, nothing kept, nothing verified; run before the provider's
+      runs and after them, the mean of the two (this machine's speed drifts)
 Both timed from the temporary container's start to its removal (the provider's
 postgres_elapsed; its whole elapsed also stops CircleCI).
 (m) runs once per parallelism in BENCH_PARALLELISM (default 1,2) and then at the
@@ -268,12 +269,18 @@ def run(plugin_dir):
     one_root = os.path.join(STATE, f"bench-embedded-one-table-{one_rows}")
     runs = {}
     try:
-        plain, plain_rows = plain_pipe()
+        plain_before, plain_rows = plain_pipe()
         for n in sweep + [None]:
             if runs:
                 simulator(root)
                 fresh_targets()
             runs[n] = provider_migration(plugin_dir, root, n if n else "null")
+        # The pipe again after the provider's runs: this machine's speed drifts by 10 %
+        # and more within minutes (a shared host), so the baseline is the mean of the two.
+        simulator(root)
+        fresh_targets()
+        plain_after, _ = plain_pipe()
+        plain = (plain_before + plain_after) / 2
         # The second fixture: one big table, which no per-database parallelism splits.
         fixture(one_root, one_rows, shape="one-table")
         simulator(one_root)
@@ -294,6 +301,7 @@ def run(plugin_dir):
           f"export {m['export_bytes'] / 1e6:.0f} MB")
     print(f"(p) plain pg_dump -Fc | pg_restore, 9 databases: {plain:7.1f} s   {mb / plain:6.1f} MB/s  "
           f"{m['postgres_rows'] / plain:9.0f} rows/s  ({plain_rows} rows in the big tables)")
+    print(f"    the mean of its run before the provider's ({plain_before:.1f} s) and after them ({plain_after:.1f} s)")
     print(f"(m) circleci_data_migration (kept, verified; parallelism {m['parallelism']}, "
           f"compression {m['postgres']['compression']}):")
     print(f"                                                {took:7.1f} s   {mb / took:6.1f} MB/s  "
