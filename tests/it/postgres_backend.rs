@@ -192,3 +192,65 @@ async fn a_lock_wait_ends_at_lock_timeout() {
     assert!(!m.contains("second-password"), "{m}");
     pg.drop_role(role).await.unwrap();
 }
+
+/// Connections to different databases open side by side: a gate in front of the
+/// server lets no connection through until two are waiting (or 10 s pass, then it
+/// lets them through and reports that they came one at a time).
+#[tokio::test]
+async fn connections_to_different_databases_open_side_by_side() {
+    use tokio::net::{TcpListener, TcpStream};
+    let s = common::servers();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gate_port = listener.local_addr().unwrap().port();
+    let server = s.pg_port();
+    let gate = tokio::spawn(async move {
+        let mut waiting = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while waiting.len() < 2 {
+            match tokio::time::timeout_at(deadline, listener.accept()).await {
+                Ok(Ok((c, _))) => waiting.push(c),
+                _ => break,
+            }
+        }
+        let together = waiting.len() >= 2;
+        let forward = move |mut c: TcpStream| {
+            tokio::spawn(async move {
+                let mut up = TcpStream::connect(("127.0.0.1", server)).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut c, &mut up).await;
+            })
+        };
+        for c in waiting {
+            forward(c);
+        }
+        // Any later connection goes straight through.
+        tokio::spawn(async move {
+            while let Ok((c, _)) = listener.accept().await {
+                forward(c);
+            }
+        });
+        together
+    });
+    let a = PgAdmin::new(PgConfig {
+        host: "127.0.0.1".into(),
+        port: gate_port,
+        user: "postgres".into(),
+        password: Secret::new(s.get("CIRCLECI_TEST_PG_PASSWORD")),
+        database: "postgres".into(),
+        sslmode: SslMode::Require,
+        sslrootcert: None,
+        connect_timeout: Duration::from_secs(30),
+        statement_timeout: Duration::from_secs(60),
+        lock_timeout: Duration::from_secs(1),
+        route: Default::default(),
+    });
+    let (x, y) = tokio::join!(
+        a.installed_extensions("postgres"),
+        a.installed_extensions("template1")
+    );
+    x.unwrap();
+    y.unwrap();
+    assert!(
+        gate.await.unwrap(),
+        "the second database's connection waited for the first's"
+    );
+}

@@ -109,11 +109,16 @@ struct Conn {
     task: JoinHandle<()>,
 }
 
+/// One database's slot: its connection once opened. Whoever opens it holds the slot,
+/// so that two callers for one database share one connection, while connections to
+/// different databases open side by side (a refresh checks every database at once).
+type Slot = Arc<Mutex<Option<Conn>>>;
+
 /// The administrator's connections, one per database, opened on first use.
 pub struct PgAdmin {
     cfg: PgConfig,
     tls: std::sync::OnceLock<Tls>,
-    conns: Mutex<HashMap<String, Conn>>,
+    conns: Mutex<HashMap<String, Slot>>,
     server: tokio::sync::OnceCell<ServerInfo>,
 }
 
@@ -246,8 +251,8 @@ impl PgAdmin {
         match tokio::time::timeout(after, f).await {
             Ok(r) => r.map_err(|e| self.err(what, e)),
             Err(_) => {
-                let db = db.unwrap_or(&self.cfg.database).to_string();
-                if let Some(c) = self.conns.lock().await.remove(&db) {
+                let db = db.unwrap_or(&self.cfg.database);
+                if let Some(c) = self.slot(db).await.lock().await.take() {
                     c.task.abort();
                 }
                 Err(PgError::Late {
@@ -262,8 +267,9 @@ impl PgAdmin {
     /// The admin connection to `db` (the configured maintenance database when None).
     async fn client(&self, db: Option<&str>) -> Result<Arc<Client>, PgError> {
         let db = db.unwrap_or(&self.cfg.database).to_string();
-        let mut conns = self.conns.lock().await;
-        if let Some(c) = conns.get(&db) {
+        let slot = self.slot(&db).await;
+        let mut slot = slot.lock().await;
+        if let Some(c) = slot.as_ref() {
             if !c.client.is_closed() {
                 return Ok(c.client.clone());
             }
@@ -297,19 +303,27 @@ impl PgAdmin {
             }
         }
         let client = Arc::new(client);
-        conns.insert(
-            db,
-            Conn {
-                client: client.clone(),
-                task,
-            },
-        );
+        *slot = Some(Conn {
+            client: client.clone(),
+            task,
+        });
         Ok(client)
+    }
+
+    /// The slot of `db`'s connection (made empty on first use). The map is locked only
+    /// for this lookup, never while a connection opens.
+    async fn slot(&self, db: &str) -> Slot {
+        self.conns
+            .lock()
+            .await
+            .entry(db.to_string())
+            .or_default()
+            .clone()
     }
 
     /// Closes our own connection to `db`, waiting until the server has seen it go.
     async fn close(&self, db: &str) {
-        let conn = self.conns.lock().await.remove(db);
+        let conn = self.slot(db).await.lock().await.take();
         if let Some(Conn { client, task }) = conn {
             drop(client);
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
