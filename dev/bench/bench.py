@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """`make bench`: what the provider costs Terraform, measured with the real CLI.
 
-In one run, median of N (default 5) each:
+In one run, median of N (default 5) each (BENCH_RUNS; a and b, a1 and a, c1 and c50 are
+planned in turn, 2 N + 1 pairs, and their differences are medians of the pairs'):
   (a) terraform plan of 50 terraform_data resources (Terraform alone, no plugin)
   (b) the same plus our provider, configured, with zero resources of its own
   (c) 1 and 50 circleci_external_redis resources after apply (distinct files, refresh on)
@@ -128,15 +129,31 @@ def complete_example(plugin_dir, files):
     return d, cfg
 
 
+def one_plan(d, cfg):
+    t = time.perf_counter()
+    r = tf(d, cfg, "plan", "-input=false", "-no-color", "-detailed-exitcode")
+    took = time.perf_counter() - t
+    if r.returncode != 0:
+        sys.exit(f"plan in {d} was not empty:\n{r.stdout}")
+    return took
+
+
 def median_plan(d, cfg):
-    times = []
-    for _ in range(RUNS):
-        t = time.perf_counter()
-        r = tf(d, cfg, "plan", "-input=false", "-no-color", "-detailed-exitcode")
-        times.append(time.perf_counter() - t)
-        if r.returncode != 0:
-            sys.exit(f"plan in {d} was not empty:\n{r.stdout}")
-    return statistics.median(times)
+    return statistics.median(one_plan(d, cfg) for _ in range(RUNS))
+
+
+def paired_plans(x, y):
+    """Plans of workspaces x and y (each a (dir, cfg)) taken in turn, 2 * RUNS + 1
+    pairs: the median of each, and the median of the pairs' differences (y - x). The
+    machine's speed drifts within minutes; a difference taken pair by pair does not
+    carry that drift, as two medians taken one after the other do."""
+    xs, ys, diffs = [], [], []
+    for _ in range(2 * RUNS + 1):
+        tx, ty = one_plan(*x), one_plan(*y)
+        xs.append(tx)
+        ys.append(ty)
+        diffs.append(ty - tx)
+    return statistics.median(xs), statistics.median(ys), statistics.median(diffs)
 
 
 def breakdown(d, cfg):
@@ -255,11 +272,9 @@ def main():
     c1_dir, c1_cfg = workspace(PROVIDER + redis_resources(1, files + "/c1"), plugin_dir)
     c50_dir, c50_cfg = workspace(PROVIDER + redis_resources(50, files + "/c50"), plugin_dir)
 
-    a = median_plan(a_dir, a_cfg)
-    a1 = median_plan(a1_dir, a1_cfg)
-    b = median_plan(b_dir, b_cfg)
-    c1 = median_plan(c1_dir, c1_cfg)
-    c50 = median_plan(c50_dir, c50_cfg)
+    a, b, fixed = paired_plans((a_dir, a_cfg), (b_dir, b_cfg))
+    a1, _, tf_span = paired_plans((a1_dir, a1_cfg), (a_dir, a_cfg))
+    c1, c50, span = paired_plans((c1_dir, c1_cfg), (c50_dir, c50_cfg))
     # Applied through the RSS wrapper: the provider's peak memory during the complete
     # example's apply (every resource type, a migration); then planned with the binary.
     apply_rss_dir, apply_rss_log = rss_wrapper_dir()
@@ -285,10 +300,10 @@ def main():
     with open(rss_log) as f:
         rss = [int(x) for x in f.read().split()]
 
-    fixed = b - a
     own_fixed = fixed - certs
-    marginal = (c50 - c1) / 49
-    print(f"runs per case (median): {RUNS}")
+    marginal = span / 49
+    print(f"runs per case (median): {RUNS}; (a) and (b), (a1) and (a), (c1) and (c50) in turn, {2 * RUNS + 1} pairs,"
+          " each difference the median of the pairs' differences")
     print(f"(a) plan, 50 terraform_data, no plugin:          {a:.3f} s")
     print(f"(b) (a) + circleci provider, 0 own resources:    {b:.3f} s")
     print(f"(c1) plan, 1 circleci_external_redis (refresh):  {c1:.3f} s")
@@ -296,12 +311,12 @@ def main():
     print(f"(d) plan, examples/complete (every type):      {d:.3f} s   ({d - a:+.3f} s vs (a); target <= 0.300 s)")
     print_breakdown(d_calls, d_ssh)
     print(f"(e) plan, 1 circleci_nomad_client_launch_config: {e:.3f} s   (refresh: AWS chain + 2 calls to moto)")
-    print(f"fixed cost per plan (b - a):                     {fixed:.3f} s")
+    print(f"fixed cost per plan (b - a, pair by pair):       {fixed:.3f} s")
     print(f"  Terraform's own AutoMTLS client certificate, made before it starts any plugin"
           f" ({cert_starts} start(s) per plan): {certs:.3f} s")
     print(f"  the provider's own (b - a - that):             {own_fixed:.3f} s   (target <= 0.015 s)")
-    print(f"marginal cost per resource ((c50 - c1) / 49):    {marginal * 1000:.2f} ms (target <= 1.5 ms)")
-    tf_marginal = (a - a1) / 49
+    print(f"marginal cost per resource ((c50 - c1) / 49):    {marginal * 1000:.2f} ms (target <= 1.5 ms; pair by pair)")
+    tf_marginal = tf_span / 49
     print(f"  Terraform's own, per terraform_data ((a - a1) / 49, a1 = {a1:.3f} s): {tf_marginal * 1000:.2f} ms;"
           f" the provider's beyond it: {(marginal - tf_marginal) * 1000:.2f} ms")
     size = os.path.getsize(BIN) / 1e6
