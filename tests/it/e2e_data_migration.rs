@@ -1167,6 +1167,23 @@ fn a_left_migration_container_is_named_removed_and_never_shares_the_data() {
     assert!(err.contains("Nothing was stopped or changed."), "{err}");
     assert_eq!(app_state(&sim), "started", "the restart stopped CircleCI");
 
+    // Nor with CircleCI already stopped (as a migration leaves it): the apply ends at
+    // that check, before any file is put back or anything started.
+    sim.replicatedctl(&["app", "stop"]);
+    for _ in 0..100 {
+        if app_state(&sim) == "stopped" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(app_state(&sim), "stopped");
+    let err = flat(&restart.fails(&["apply", "-auto-approve", "-no-color"]));
+    assert!(err.contains("A migration container still runs"), "{err}");
+    assert!(err.contains("Nothing was stopped or changed."), "{err}");
+    assert!(!err.contains("CircleCI was not started"), "{err}");
+    assert_eq!(app_state(&sim), "stopped", "the restart started CircleCI");
+    start_app(&sim);
+
     // Removable: the apply removes it first and migrates.
     sim.set(json!({"root": root.path(), "transition": 1}));
     let out = tf.apply();

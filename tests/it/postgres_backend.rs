@@ -200,6 +200,14 @@ async fn a_lock_wait_ends_at_lock_timeout() {
 async fn connections_to_different_databases_open_side_by_side() {
     use tokio::net::{TcpListener, TcpStream};
     let s = common::servers();
+    // A database of its own beside `postgres` (template1 would hold up other tests'
+    // CREATE DATABASE while connected to).
+    let db = "it_side_by_side";
+    s.psql(
+        "postgres",
+        &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+    );
+    s.psql("postgres", &format!("CREATE DATABASE {db}"));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let gate_port = listener.local_addr().unwrap().port();
     let server = s.pg_port();
@@ -245,10 +253,15 @@ async fn connections_to_different_databases_open_side_by_side() {
     });
     let (x, y) = tokio::join!(
         a.installed_extensions("postgres"),
-        a.installed_extensions("template1")
+        a.installed_extensions(db)
     );
     x.unwrap();
     y.unwrap();
+    drop(a);
+    s.psql(
+        "postgres",
+        &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+    );
     assert!(
         gate.await.unwrap(),
         "the second database's connection waited for the first's"

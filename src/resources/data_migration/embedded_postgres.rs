@@ -167,7 +167,8 @@ pub struct Exported {
 impl<'a> EmbeddedPostgres<'a> {
     /// Starts the container `name` over the embedded data at `data_dir` (image
     /// `image`) with `export_dir` mounted, and waits (within `ready_within`) until it
-    /// answers. A container of that name left by an interrupted run is removed first.
+    /// answers. A container of that name left by an interrupted run is removed when it
+    /// takes the name (see [`Container::run`]).
     pub async fn start(
         h: &'a ServicesHost,
         source: &Source<'_>,

@@ -414,22 +414,19 @@ impl ServicesRestart {
             .into()));
         }
         // Before anything stops: a migration container over the embedded data is
-        // removed, or the restart is refused here, CircleCI left as it is. (Already
-        // stopped, nothing stops: the same check right before the start is the one.)
-        if !pre.status.settled_in("stopped") {
-            let h = match self.services() {
-                Ok(h) => h,
-                Err(d) => return Applied::from_result(Err(d)),
-            };
-            if let Err(d) = crate::resources::cutover::remove_migration_containers(
-                &h,
-                self.data.timeout(),
-                "Nothing was stopped or changed.",
-            )
-            .await
-            {
-                return Applied::from_result(Err(d));
-            }
+        // removed, or the restart is refused here, CircleCI left as it is.
+        let h = match self.services() {
+            Ok(h) => h,
+            Err(d) => return Applied::from_result(Err(d)),
+        };
+        if let Err(d) = crate::resources::cutover::remove_migration_containers(
+            &h,
+            self.data.timeout(),
+            "Nothing was stopped or changed.",
+        )
+        .await
+        {
+            return Applied::from_result(Err(d));
         }
         out.version = Known::Value(pre.version.clone());
         let cut = Cutover::new(&self.data, &s.cutover);
@@ -472,12 +469,16 @@ impl ServicesRestart {
                 log::info!("starting CircleCI");
                 async {
                     crate::fault_point::point("circleci_services_restart.before_start").await;
-                    crate::resources::cutover::remove_migration_containers(
-                        &*self.services()?,
-                        self.data.timeout(),
-                        "CircleCI was not started.",
-                    )
-                    .await?;
+                    // Stopped here, the check is made again (the stop took a while);
+                    // already stopped, the one above was made just now.
+                    if !pre.status.settled_in("stopped") {
+                        crate::resources::cutover::remove_migration_containers(
+                            &*self.services()?,
+                            self.data.timeout(),
+                            "CircleCI was not started.",
+                        )
+                        .await?;
+                    }
                     let starting = Instant::now();
                     self.command(Program::Replicatedctl, &["app", "start"])
                         .await?;
