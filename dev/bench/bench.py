@@ -144,12 +144,16 @@ def median_plan(d, cfg):
 
 def paired_plans(x, y):
     """Plans of workspaces x and y (each a (dir, cfg)) taken in turn, 2 * RUNS + 1
-    pairs: the median of each, and the median of the pairs' differences (y - x). The
-    machine's speed drifts within minutes; a difference taken pair by pair does not
-    carry that drift, as two medians taken one after the other do."""
+    pairs, which of the two goes first alternating: the median of each, and the
+    median of the pairs' differences (y - x). The machine's speed drifts within
+    minutes; a difference taken pair by pair does not carry that drift, as two medians
+    taken one after the other do."""
     xs, ys, diffs = [], [], []
-    for _ in range(2 * RUNS + 1):
-        tx, ty = one_plan(*x), one_plan(*y)
+    for i in range(2 * RUNS + 1):
+        if i % 2:
+            ty, tx = one_plan(*y), one_plan(*x)
+        else:
+            tx, ty = one_plan(*x), one_plan(*y)
         xs.append(tx)
         ys.append(ty)
         diffs.append(ty - tx)
@@ -202,7 +206,10 @@ def terraform_certificates(d, cfg):
     for _ in range(RUNS):
         if os.path.exists(log):
             os.remove(log)
-        subprocess.run(["terraform", "plan", "-input=false", "-no-color"], cwd=d, env=env, capture_output=True)
+        r = subprocess.run(["terraform", "plan", "-input=false", "-no-color"], cwd=d, env=env,
+                           capture_output=True, text=True)
+        if r.returncode != 0 or not os.path.exists(log):
+            sys.exit(f"the debug-logged plan of {d} failed:\n{r.stdout}\n{r.stderr}")
         total, began, starts = 0.0, None, 0
         with open(log) as f:
             for line in f:
@@ -211,6 +218,8 @@ def terraform_certificates(d, cfg):
                     continue
                 t = datetime.datetime.fromisoformat(m.group(1).replace("Z", "+00:00")).timestamp()
                 if m.group(2).startswith("configuring"):
+                    if began is not None:
+                        sys.exit(f"two plugin starts overlap in Terraform's log of {d}: cannot pair them")
                     began = t
                 elif began is not None:
                     total, began, starts = total + t - began, None, starts + 1

@@ -11,7 +11,8 @@ dev/fixtures/embedded_fixture.sh with BENCH_MIGRATION_ROWS rows per big table (d
   (p) the plain pipe over the same data, in the same temporary container:
       pg_dump -Fc DB | pg_restore --no-owner --no-privileges -d DB, per database,
       into fresh databases, nothing kept, nothing verified; run before the provider's
-      runs and after them, the mean of the two (this machine's speed drifts)
+      runs and after them, its time interpolated between the two to the middle of the
+      default's run (this machine's speed drifts)
 Both timed from the temporary container's start to its removal (the provider's
 postgres_elapsed; its whole elapsed also stops CircleCI).
 (m) runs once per parallelism in BENCH_PARALLELISM (default 1,2) and then at the
@@ -269,18 +270,25 @@ def run(plugin_dir):
     one_root = os.path.join(STATE, f"bench-embedded-one-table-{one_rows}")
     runs = {}
     try:
+        t0 = time.monotonic()
         plain_before, plain_rows = plain_pipe()
+        at_before = t0 + plain_before / 2
         for n in sweep + [None]:
             if runs:
                 simulator(root)
                 fresh_targets()
+            t = time.monotonic()
             runs[n] = provider_migration(plugin_dir, root, n if n else "null")
+            at_default = (t + time.monotonic()) / 2
         # The pipe again after the provider's runs: this machine's speed drifts by 10 %
-        # and more within minutes (a shared host), so the baseline is the mean of the two.
+        # and more within minutes (a shared host), so the baseline is the pipe's time
+        # interpolated between its two runs to the middle of the default's run.
         simulator(root)
         fresh_targets()
+        t = time.monotonic()
         plain_after, _ = plain_pipe()
-        plain = (plain_before + plain_after) / 2
+        at_after = t + plain_after / 2
+        plain = plain_before + (plain_after - plain_before) * (at_default - at_before) / (at_after - at_before)
         # The second fixture: one big table, which no per-database parallelism splits.
         fixture(one_root, one_rows, shape="one-table")
         simulator(one_root)
@@ -301,7 +309,8 @@ def run(plugin_dir):
           f"export {m['export_bytes'] / 1e6:.0f} MB")
     print(f"(p) plain pg_dump -Fc | pg_restore, 9 databases: {plain:7.1f} s   {mb / plain:6.1f} MB/s  "
           f"{m['postgres_rows'] / plain:9.0f} rows/s  ({plain_rows} rows in the big tables)")
-    print(f"    the mean of its run before the provider's ({plain_before:.1f} s) and after them ({plain_after:.1f} s)")
+    print(f"    interpolated to the default's run between its run before the provider's ({plain_before:.1f} s) "
+          f"and after them ({plain_after:.1f} s)")
     print(f"(m) circleci_data_migration (kept, verified; parallelism {m['parallelism']}, "
           f"compression {m['postgres']['compression']}):")
     print(f"                                                {took:7.1f} s   {mb / took:6.1f} MB/s  "
