@@ -1120,15 +1120,7 @@ fn a_left_migration_container_is_named_removed_and_never_shares_the_data() {
     let docker = |args: &[&str]| sim.docker(args);
     let name = "circleci-data-migration-postgres";
     let leave_one = || {
-        docker(&[
-            "run",
-            "--name",
-            name,
-            "-d",
-            "-v",
-            "/data/circle/postgres/9.5/data:/var/lib/postgresql/data",
-            "postgres:9.5.8",
-        ]);
+        sim.run_over_embedded_data(name);
         assert!(docker(&["ps", "--format", "{{.Names}}"]).contains(name));
     };
     leave_one();
@@ -1279,30 +1271,19 @@ fn a_container_name_taken_after_the_preflight_is_freed_and_none_is_removed_unask
     let point = "circleci_data_migration.before_containers";
     std::fs::write(faults.path().join(format!("{point}.armed")), b"").unwrap();
     let log = faults.path().join("provider.log");
-    let child = {
-        use std::os::unix::process::CommandExt;
-        let mut c = tf.cmd(&["apply", "-auto-approve", "-no-color", "-input=false"]);
-        c.env("CIRCLECI_PROVIDER_FAULT_DIR", faults.path())
-            .env("TF_LOG_PROVIDER", "debug")
-            .env("TF_LOG_PATH", &log)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .process_group(0);
-        c.spawn().unwrap()
-    };
+    let child = common::spawn_apply_with_faults_env(
+        &tf,
+        faults.path(),
+        &[
+            ("TF_LOG_PROVIDER", "debug".as_ref()),
+            ("TF_LOG_PATH", log.as_os_str()),
+        ],
+    );
     common::wait_reached(faults.path(), point, 120);
     // CircleCI stopped, the preflight's check for leftovers passed: a container of the
     // migration's name appears over the embedded data (a second apply, by hand).
     let name = "circleci-data-migration-postgres";
-    sim.docker(&[
-        "run",
-        "--name",
-        name,
-        "-d",
-        "-v",
-        "/data/circle/postgres/9.5/data:/var/lib/postgresql/data",
-        "postgres:9.5.8",
-    ]);
+    sim.run_over_embedded_data(name);
     std::fs::write(faults.path().join(format!("{point}.go")), b"").unwrap();
     let out = child.wait_with_output().unwrap();
     let text = flat(&format!(

@@ -141,6 +141,7 @@ impl ServicesRestart {
     }
 
     /// Everything checked before CircleCI stops.
+    ///
     /// The three reads run side by side (the cutover's downtime waits for the apply's);
     /// their errors keep this order of precedence: the version, the status, the files.
     async fn preflight(&self, s: &Settings) -> Result<Preflight, Diagnostics> {

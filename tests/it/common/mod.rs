@@ -395,8 +395,19 @@ pub(crate) fn flat(s: &str) -> String {
 /// Runs `terraform apply` in `tf` in its own process group with the provider's fault
 /// points in `dir` (arm them first), so that a test can interrupt it as Ctrl-C does.
 pub(crate) fn spawn_apply_with_faults(tf: &Tf, dir: &Path) -> std::process::Child {
+    spawn_apply_with_faults_env(tf, dir, &[])
+}
+
+/// [`spawn_apply_with_faults`] with more environment for Terraform and the provider
+/// (its debug log, say).
+pub(crate) fn spawn_apply_with_faults_env(
+    tf: &Tf,
+    dir: &Path,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> std::process::Child {
     use std::os::unix::process::CommandExt;
     let mut c = tf.cmd(&["apply", "-auto-approve", "-no-color", "-input=false"]);
+    c.envs(env.iter().copied());
     c.env("CIRCLECI_PROVIDER_FAULT_DIR", dir)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -81,6 +81,21 @@ impl Sim {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Starts a container `name` of the embedded PostgreSQL over its data directory, as
+    /// a killed migration (or a second apply) leaves one.
+    #[allow(dead_code)] // not every test crate that shares this module uses it
+    pub(crate) fn run_over_embedded_data(&self, name: &str) {
+        self.docker(&[
+            "run",
+            "--name",
+            name,
+            "-d",
+            "-v",
+            "/data/circle/postgres/9.5/data:/var/lib/postgresql/data",
+            "postgres:9.5.8",
+        ]);
+    }
+
     /// The data migration's temporary containers running now.
     #[allow(dead_code)]
     pub(crate) fn migration_containers(&self) -> Vec<String> {
