@@ -4,7 +4,8 @@ the embedded data with the app stopped.
 
   docker run [--rm] --name N -d -v HOSTDIR:/var/lib/postgresql/data [-v HOSTDIR:/DIR ...] postgres:9.5.8
       -> the REAL PostgreSQL server installed here (15, not 9.5.8: a named gap) on that
-         data directory, as user postgres, listening on a Unix socket only
+         data directory, as user postgres, listening on a Unix socket only, without what
+         9.5 does not have and would cost CPU here: parallel query and JIT
   docker exec [-i] N psql|pg_dump|pg_dumpall|pg_restore ARGS...
       -> the real client binaries against it (pg_dump behind dev/standins/pg95_dump_standin.py:
          its custom-format archives rewritten as 9.5 writes them, `CREATE SCHEMA public`
@@ -141,8 +142,13 @@ def run(state, refuse, args, to_host):
     log = os.path.join(_dir(state), f"{name}.log")
     open(log, "a").close()
     os.chmod(log, 0o666)
+    # As 9.5 runs a query: one process, no plan compiled. Parallel query came in 9.6 and
+    # JIT in 11; left on, 15 spreads the provider's checksum scans over workers that a
+    # real 9.5 never starts (half as much CPU again, on the cores the restore shares here).
     r = _as_postgres([f"{PG_BIN}/pg_ctl", "-D", host, "-l", log, "-w", "-t", "60", "-o",
-                      f"-c listen_addresses='' -k {sock} -p 5432", "start"], capture_output=True, text=True)
+                      f"-c listen_addresses='' -k {sock} -p 5432 -c max_parallel_workers_per_gather=0 "
+                      "-c max_parallel_maintenance_workers=0 -c jit=off", "start"],
+                     capture_output=True, text=True)
     if r.returncode != 0:
         print(f"docker: the simulated {PG_IMAGE} did not start: {r.stdout}{r.stderr}", file=sys.stderr)
         sys.exit(125)

@@ -102,6 +102,30 @@ async fn dumps_the_embedded_databases() {
     ] {
         assert!(dbs.lines().any(|l| l == db), "{db} missing: {dbs}");
     }
+    // The stand-in runs queries as 9.5 does, in one process: parallel query (9.6) and
+    // JIT (11) would spread the checksums over CPUs a real 9.5 leaves to the restore.
+    let settings = h
+        .run(
+            &docker(&[
+                "exec",
+                name,
+                "psql",
+                "-U",
+                "postgres",
+                "-Atc",
+                "SELECT current_setting('max_parallel_workers_per_gather') || ' ' || current_setting('jit')",
+            ]),
+            None,
+            t,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        settings.stdout_text().trim(),
+        "0 off",
+        "{}",
+        settings.evidence()
+    );
     let dump = h
         .run(
             &docker(&[
