@@ -11,7 +11,8 @@ planned in turn, 2 N + 1 pairs, and their differences are medians of the pairs')
   (g) the marginal cost per resource with and without via_services_host, side by side,
       and 40 resources in parallel on the one SSH connection (dev/bench/bench_tunnel.py)
   (f) the data migration against a plain pg_dump | pg_restore pipe, and the cutover's
-      downtime (dev/bench/bench_migration.py, once: it moves over a gigabyte)
+      downtime (dev/bench/bench_migration.py: the provider's default three times, each
+      between two runs of the pipe, the medians taken; each run moves over a gigabyte)
 Prints the times, the provider's fixed cost per plan (b - a), its marginal cost per
 resource ((c50 - c1) / 49, and Terraform's own per terraform_data beside it), where (d)'s
 time goes per resource type (the provider's debug lines), the handshake time, the

@@ -14,10 +14,11 @@ dev/fixtures/embedded_fixture.sh with BENCH_MIGRATION_ROWS rows per big table (d
 Both timed from the temporary container's start to its removal (the provider's
 postgres_elapsed; its whole elapsed also stops CircleCI).
 (m) runs once per parallelism in BENCH_PARALLELISM (default 1), then at the provider's
-default BENCH_MIGRATION_PAIRS times (default 3), each of those between two runs of (p):
-this machine's speed drifts by 10 % and more within minutes, so each default run is
-compared with the pipe's time interpolated to its middle, and the median comparison is
-the figure (that run's cutover is shown part by part).
+default BENCH_MIGRATION_PAIRS times (default 3; an even number is raised by one), each
+of those between two runs of (p): this machine's speed drifts by 10 % and more within
+minutes, so each default run is compared with the pipe's time interpolated to the middle
+of its apply, and the medians of those ratios and downtimes are the figures (the run
+with the median ratio has its cutover shown part by part).
 Prints MB/s and rows/s of both, the ratio (p time / m time; target >= 1.3), the speed-up
 against the parallelism, and the cutover's downtime (CircleCI stopped -> checks passed,
 the simulator's start transition apart; target <= 0.8 x the plain pipe). Then the
@@ -161,12 +162,13 @@ def plain_pipe():
          *DATABASES], stdin=E["CIRCLECI_TEST_PG_PASSWORD"] + "\n")
     sim(["docker", "rm", "-f", CONTAINER])
     took = time.perf_counter() - t
+    mid = time.monotonic() - took / 2
     shutil.rmtree(export, ignore_errors=True)
     rows = sum(int(psql(f"bench_plain_{db}", f"SELECT count(*) FROM {t}"))
                for db, t in [("circle", "builds"), ("circle", "circle_migrations"),
                              ("conductor_production", "build_jobs"), ("vms", "tasks")])
     fresh_targets("bench_plain_")
-    return took, rows
+    return took, rows, mid
 
 
 def main_tf(root, parallelism):
@@ -243,6 +245,7 @@ def provider_migration(plugin_dir, root, parallelism):
     r = subprocess.run(["terraform", "apply", "-auto-approve", "-input=false", "-no-color"], cwd=d, env=env,
                        capture_output=True, text=True)
     apply = time.perf_counter() - t
+    mid = time.monotonic() - apply / 2
     if r.returncode != 0:
         sys.exit(f"terraform apply failed in {d}:\n{r.stdout}\n{r.stderr}")
     parts = timings(log)
@@ -251,7 +254,7 @@ def provider_migration(plugin_dir, root, parallelism):
     tf(d, cfg, "destroy", "-auto-approve", "-input=false", "-no-color")
     shutil.rmtree(os.path.join(root, "data", "circle", "external-services-export"), ignore_errors=True)
     shutil.rmtree(d, ignore_errors=True)
-    return apply, m, r, parts
+    return apply, m, r, parts, mid
 
 
 def seconds(s):
@@ -260,56 +263,54 @@ def seconds(s):
 
 def run(plugin_dir):
     rows = int(os.environ.get("BENCH_MIGRATION_ROWS", "1700000"))
-    root = os.path.join(STATE, f"bench-embedded-{rows}")
-    fixture(root, rows)
-    simulator(root)
-    fresh_targets()
-    fresh_targets("bench_plain_")
     # Other parallelisms first, for the speed-up; then the provider's default, in PAIRS
-    # runs, each between two runs of the pipe.
+    # runs (odd: the median is one of them), each between two runs of the pipe.
     sweep = [int(x) for x in os.environ.get("BENCH_PARALLELISM", "1").split(",") if x]
-    pairs = max(1, int(os.environ.get("BENCH_MIGRATION_PAIRS", "3")))
+    pairs = max(1, int(os.environ.get("BENCH_MIGRATION_PAIRS", "3"))) | 1
     one_rows = int(os.environ.get("BENCH_ONE_TABLE_ROWS", "5000000"))
+    root = os.path.join(STATE, f"bench-embedded-{rows}")
     one_root = os.path.join(STATE, f"bench-embedded-one-table-{one_rows}")
+    fixture(root, rows)
+    fresh_targets("bench_plain_")
     runs, defaults, pipes = {}, [], []
 
-    def timed(fn):
+    def again():
         simulator(root)
         fresh_targets()
-        t = time.monotonic()
-        r = fn()
-        return (t + time.monotonic()) / 2, r
 
     try:
         for n in sweep:
-            runs[n] = timed(lambda: provider_migration(plugin_dir, root, n))
+            again()
+            runs[n] = provider_migration(plugin_dir, root, n)
         # This machine's speed drifts by 10 % and more within minutes (a shared host):
-        # each default run is compared with the pipe's time interpolated between the
-        # pipe's run before it and after it, and the median of those comparisons is the
-        # figure.
-        pipes.append(timed(plain_pipe))
+        # each default run is compared with the pipe's time interpolated, between the
+        # pipe's run before it and after it, to the middle of its apply, and the median
+        # of those comparisons is the figure.
+        again()
+        pipes.append(plain_pipe())
         for _ in range(pairs):
-            defaults.append(timed(lambda: provider_migration(plugin_dir, root, "null")))
-            pipes.append(timed(plain_pipe))
+            again()
+            defaults.append(provider_migration(plugin_dir, root, "null"))
+            again()
+            pipes.append(plain_pipe())
         # The second fixture: one big table, which no per-database parallelism splits.
         fixture(one_root, one_rows, shape="one-table")
         simulator(one_root)
         fresh_targets()
-        one_plain, one_plain_rows = plain_pipe()
+        one_plain, one_plain_rows, _ = plain_pipe()
         one_table = provider_migration(plugin_dir, one_root, "null")
     finally:
         fresh_targets()
         simulator_reset()
 
     def pipe_at(at):
-        """The pipe's time interpolated to the moment `at` between the runs around it."""
-        (a, (pa, _)), (b, (pb, _)) = next(
-            (x, y) for x, y in zip(pipes, pipes[1:]) if x[0] <= at <= y[0])
+        """The pipe's time interpolated to the moment `at` between its runs around it."""
+        (pa, _, a), (pb, _, b) = next((x, y) for x, y in zip(pipes, pipes[1:]) if x[2] <= at <= y[2])
         return pa + (pb - pa) * (at - a) / (b - a)
 
-    plain_rows = pipes[0][1][1]
+    plain_rows = pipes[0][1]
     paired = []
-    for at, (apply, m, r, parts) in defaults:
+    for apply, m, r, parts, at in defaults:
         plain = pipe_at(at)
         paired.append((plain / seconds(m["postgres_elapsed"]), plain, apply, m, r, parts))
     ratios = sorted(x[0] for x in paired)
@@ -323,40 +324,45 @@ def run(plugin_dir):
     big_enough = m["postgres_bytes"] >= 1e9
     print(f"migration fixture: {mb:.0f} MB in the nine databases (pg_database_size), {m['postgres_rows']} rows, "
           f"export {m['export_bytes'] / 1e6:.0f} MB")
-    print(f"runs: the pipe and the provider's default in turn ({len(pipes)} and {len(defaults)}); each provider "
-          "run against the pipe interpolated to its middle; the median run shown")
-    print("  pipe:     " + "  ".join(f"{p[1][0]:5.1f}" for p in pipes) + " s")
-    print("  provider:       " + "  ".join(f"{seconds(x[3]['postgres_elapsed']):5.1f}" for x in paired)
-          + " s;  ratios " + " ".join(f"{x[0]:.2f}" for x in paired))
+    print(f"runs in turn, the pipe's ({len(pipes)}) and the provider's at its default ({len(defaults)}), "
+          "each of those against the pipe interpolated to its middle:")
+    print("  " + "  ".join(f"pipe {p[0]:.1f} s" + (f"  provider {seconds(x[3]['postgres_elapsed']):.1f} s "
+                                                  f"({x[0]:.2f} x)" if x else "")
+                          for p, x in zip(pipes, paired + [None])))
+    print("  the median run (by its ratio) is the one shown below")
     print(f"(p) plain pg_dump -Fc | pg_restore, 9 databases: {plain:7.1f} s   {mb / plain:6.1f} MB/s  "
-          f"{m['postgres_rows'] / plain:9.0f} rows/s  ({plain_rows} rows in the big tables; interpolated)")
+          f"{m['postgres_rows'] / plain:9.0f} rows/s  (interpolated; {plain_rows} rows in the big tables)")
     print(f"(m) circleci_data_migration (kept, verified; parallelism {m['parallelism']}, "
           f"compression {m['postgres']['compression']}):")
     print(f"                                                {took:7.1f} s   {mb / took:6.1f} MB/s  "
           f"{m['postgres_rows'] / took:9.0f} rows/s  (its own figure: {m['throughput']})")
-    print(f"ratio plain / provider (median of {len(ratios)}):         {ratio:7.2f}     (target >= 1.30)")
+    print(f"ratio plain / provider (median of {len(ratios)}):     {ratio:7.2f}     (target >= 1.30)")
     print("speed-up against the parallelism (the same migration, parallelism set):")
-    one = seconds(runs[1][1][1]["postgres_elapsed"]) if 1 in runs else None
-    shown = [(n, at, x[1]) for n, (at, x) in runs.items()] + [(x[3]["parallelism"], at, x[3])
-                                                              for (at, _), x in zip(defaults, paired)]
+    one = seconds(runs[1][1]["postgres_elapsed"]) if 1 in runs else None
+    shown = [(n, x[4], x[1]) for n, x in runs.items()] + [(x[3]["parallelism"], d[4], x[3])
+                                                         for d, x in zip(defaults, paired)]
     for n, at, mn in sorted(shown, key=lambda x: x[0]):
         t = seconds(mn["postgres_elapsed"])
         vs1 = f", {one / t:.2f} x parallelism 1" if one else ""
-        base = pipe_at(at) if pipes[0][0] <= at <= pipes[-1][0] else pipes[0][1][0]
-        print(f"  parallelism {n}: {t:7.1f} s  {mb / t:6.1f} MB/s  {base / t:.2f} x the plain pipe{vs1}")
+        # The sweep runs before the first pipe: against that one.
+        vs = (f"{pipe_at(at) / t:.2f} x the plain pipe" if pipes[0][2] <= at <= pipes[-1][2]
+              else f"{pipes[0][0] / t:.2f} x the first pipe")
+        print(f"  parallelism {n}: {t:7.1f} s  {mb / t:6.1f} MB/s  {vs}{vs1}")
     print(f"cutover: CircleCI stopped {m['app_stopped_at']} -> checks passed {r['restarted_at']}: "
           f"{(restarted - stopped).total_seconds():.0f} s (migration {m['elapsed']} + restart {r['downtime']}; "
           f"whole apply {apply:.1f} s); {len(r['checks'])} checks passed")
     print_downtime(parts, plain)
     downs = [downtime_of(x[5]) for x in paired]
-    rel = sorted(d / x[1] for d, x in zip(downs, paired) if d is not None)
-    downtime_ok = len(rel) == len(paired)
-    if downtime_ok:
-        down = rel[len(rel) // 2]
+    missing = [i + 1 for i, d in enumerate(downs) if d is None]
+    downtime_ok = not missing
+    if missing:
+        print(f"downtime: run(s) {missing} at the default lack the provider's stop, start or checks timing line")
+    else:
+        rel = [d / x[1] for d, x in zip(downs, paired)]
+        down = sorted(rel)[len(rel) // 2]
         downtime_ok = down <= 0.8
         print(f"downtime without the start transition, each run against its pipe: "
-              f"{' '.join(f'{d / x[1]:.2f}' for d, x in zip(downs, paired))} x; median {down:.2f} x "
-              f"(target <= 0.80)")
+              f"{' '.join(f'{x:.2f}' for x in rel)} x; median {down:.2f} x (target <= 0.80)")
     print_one_table(one_rows, one_plain, one_plain_rows, one_table)
     if not big_enough:
         print(f"the fixture is under 1 GB ({mb:.0f} MB): raise BENCH_MIGRATION_ROWS")
@@ -366,7 +372,7 @@ def run(plugin_dir):
 def print_one_table(rows, plain, plain_rows, run):
     """The second fixture: its plain pipe and the provider's migration at its default
     parallelism, side by side (no target: what it shows is what parallelism cannot do)."""
-    _, m, r, parts = run
+    _, m, r, parts, _ = run
     took = seconds(m["postgres_elapsed"])
     mb = m["postgres_bytes"] / 1e6
     xs = {p.split(" ")[0]: sec for _, p, sec in parts if p.endswith(" circle")}
@@ -386,7 +392,7 @@ def downtime_of(parts):
     ends = {}
     for end, p, _ in parts:
         ends.setdefault(p, end)
-    if "stop" not in ends or "checks" not in ends:
+    if not all(p in ends for p in ("stop", "start", "checks")):
         return None
     return ends["checks"] - ends["stop"] - TRANSITION
 
