@@ -144,7 +144,7 @@ def run(state, refuse, args, to_host):
     os.chmod(log, 0o666)
     # As 9.5 runs a query: one process, no plan compiled. Parallel query came in 9.6 and
     # JIT in 11; left on, 15 spreads the provider's checksum scans over workers that a
-    # real 9.5 never starts (half as much CPU again, on the cores the restore shares here).
+    # real 9.5 never starts (1.5 to 2.8 times the CPU here, on the cores the restore shares).
     r = _as_postgres([f"{PG_BIN}/pg_ctl", "-D", host, "-l", log, "-w", "-t", "60", "-o",
                       f"-c listen_addresses='' -k {sock} -p 5432 -c max_parallel_workers_per_gather=0 "
                       "-c max_parallel_maintenance_workers=0 -c jit=off", "start"],

@@ -113,7 +113,8 @@ async fn dumps_the_embedded_databases() {
                 "-U",
                 "postgres",
                 "-Atc",
-                "SELECT current_setting('max_parallel_workers_per_gather') || ' ' || current_setting('jit')",
+                "SELECT concat_ws(' ', current_setting('max_parallel_workers_per_gather'), \
+                 current_setting('max_parallel_maintenance_workers'), current_setting('jit'))",
             ]),
             None,
             t,
@@ -122,7 +123,7 @@ async fn dumps_the_embedded_databases() {
         .unwrap();
     assert_eq!(
         settings.stdout_text().trim(),
-        "0 off",
+        "0 0 off",
         "{}",
         settings.evidence()
     );
