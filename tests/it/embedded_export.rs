@@ -8,7 +8,7 @@ use crate::common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::sim::{Removed, Sim, SIMULATOR};
+use common::sim::{embedded_postgres_run, Removed, Sim, SIMULATOR};
 use serde_json::json;
 use terraform_provider_circleci::testing::ssh::{Program, RemoteCommand};
 
@@ -60,38 +60,17 @@ async fn dumps_the_embedded_databases() {
         name,
     );
     let run = h
-        .run(
-            &docker(&[
-                "run",
-                "--name",
-                name,
-                "-d",
-                "-v",
-                "/data/circle/postgres/9.5/data:/var/lib/postgresql/data",
-                "postgres:9.5.8",
-            ]),
-            None,
-            t,
-        )
+        .run(&docker(&embedded_postgres_run(name)), None, t)
         .await
         .unwrap();
     assert!(run.success(), "{}", run.evidence());
-    let listed = h
-        .run(
-            &docker(&[
-                "exec",
-                name,
-                "psql",
-                "-U",
-                "postgres",
-                "-Atc",
-                "SELECT datname FROM pg_database ORDER BY 1",
-            ]),
-            None,
-            t,
-        )
-        .await
-        .unwrap();
+    // One query through psql in the container, as the export script runs it.
+    let psql = |sql: &'static str| {
+        let cmd = docker(&["exec", name, "psql", "-U", "postgres", "-Atc", sql]);
+        let h = &h;
+        async move { h.run(&cmd, None, t).await.unwrap() }
+    };
+    let listed = psql("SELECT datname FROM pg_database ORDER BY 1").await;
     let dbs = listed.stdout_text();
     for db in [
         "circle",
@@ -104,23 +83,11 @@ async fn dumps_the_embedded_databases() {
     }
     // The stand-in runs queries as 9.5 does, in one process: parallel query (9.6) and
     // JIT (11) would spread the checksums over CPUs a real 9.5 leaves to the restore.
-    let settings = h
-        .run(
-            &docker(&[
-                "exec",
-                name,
-                "psql",
-                "-U",
-                "postgres",
-                "-Atc",
-                "SELECT concat_ws(' ', current_setting('max_parallel_workers_per_gather'), \
-                 current_setting('max_parallel_maintenance_workers'), current_setting('jit'))",
-            ]),
-            None,
-            t,
-        )
-        .await
-        .unwrap();
+    let settings = psql(
+        "SELECT concat_ws(' ', current_setting('max_parallel_workers_per_gather'), \
+         current_setting('max_parallel_maintenance_workers'), current_setting('jit'))",
+    )
+    .await;
     assert_eq!(
         settings.stdout_text().trim(),
         "0 0 off",

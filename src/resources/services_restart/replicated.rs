@@ -474,7 +474,7 @@ impl ServicesRestart {
                     // already stopped, the one above was made just now.
                     if !pre.status.settled_in("stopped") {
                         crate::resources::cutover::remove_migration_containers(
-                            &*self.services()?,
+                            &h,
                             self.data.timeout(),
                             "CircleCI was not started.",
                         )

@@ -19,6 +19,21 @@ pub(crate) struct Sim {
     bin: PathBuf,
 }
 
+/// `docker run` of a container `name` of the embedded PostgreSQL over its data
+/// directory, as CircleCI's export script starts one.
+#[allow(dead_code)] // not every test crate that shares this module uses it
+pub(crate) fn embedded_postgres_run(name: &str) -> [&str; 7] {
+    [
+        "run",
+        "--name",
+        name,
+        "-d",
+        "-v",
+        "/data/circle/postgres/9.5/data:/var/lib/postgresql/data",
+        "postgres:9.5.8",
+    ]
+}
+
 impl Sim {
     pub(crate) fn new(s: &Servers, settings: Json) -> Sim {
         let sim = Sim {
@@ -85,15 +100,7 @@ impl Sim {
     /// a killed migration (or a second apply) leaves one.
     #[allow(dead_code)] // not every test crate that shares this module uses it
     pub(crate) fn run_over_embedded_data(&self, name: &str) {
-        self.docker(&[
-            "run",
-            "--name",
-            name,
-            "-d",
-            "-v",
-            "/data/circle/postgres/9.5/data:/var/lib/postgresql/data",
-            "postgres:9.5.8",
-        ]);
+        self.docker(&embedded_postgres_run(name));
     }
 
     /// The data migration's temporary containers running now.
