@@ -459,3 +459,65 @@ fn the_checksums_agree_across_configurations_and_see_every_change() {
         }
     });
 }
+
+/// The stand-in for 9.5's `pg_dump` leaves the archive to the page cache, as 9.5 did
+/// (syncing came with 10's `--no-sync`): the 15 underneath is told not to sync,
+/// which would otherwise cost the export a write-out a real Services machine never
+/// waits for. And, as 9.5, it refuses `--no-sync` from its caller.
+#[test]
+fn the_9_5_pg_dump_stand_in_does_not_sync_its_archive() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = common::servers();
+    let dir = tempfile::tempdir().unwrap();
+    // A pg_dump 15 that records its arguments and writes no archive.
+    let fake = dir.path().join("pg_dump");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\nprintf '%s\\n' \"$@\" > \"$(dirname \"$0\")/args\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let standin = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/dev/standins/pg95_dump_standin.py"
+    );
+    let run = |args: &[&str], pg95: &str| {
+        let _ = std::fs::remove_file(dir.path().join("args"));
+        let out = Command::new(s.get("CIRCLECI_TEST_PYTHON"))
+            .arg(standin)
+            .args(args)
+            .env("CIRCLECI_SIM_PG_BIN", dir.path())
+            .env("CIRCLECI_SIM_PG95", pg95)
+            .output()
+            .unwrap();
+        let args = std::fs::read_to_string(dir.path().join("args")).unwrap_or_default();
+        (out, args)
+    };
+    let file = dir.path().join("x.dump");
+    let file = file.to_str().unwrap();
+    // The archive as 15 writes it (the bench), and rewritten as 9.5's (the tests).
+    for pg95 in ["0", "1"] {
+        let (out, args) = run(
+            &["-U", "postgres", "-Fc", "-Z", "0", "-f", file, "circle"],
+            pg95,
+        );
+        assert!(
+            args.lines().any(|a| a == "--no-sync"),
+            "CIRCLECI_SIM_PG95={pg95}: 15's pg_dump ran with {args:?}; {out:?}"
+        );
+    }
+    // Not an archive to a file: nothing is synced either way, the arguments pass as
+    // they are.
+    let (_, args) = run(&["-U", "postgres", "-Fc", "circle"], "0");
+    assert_eq!(args, "-U\npostgres\n-Fc\ncircle\n");
+    let (out, args) = run(
+        &["-U", "postgres", "-Fc", "--no-sync", "-f", file, "circle"],
+        "0",
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unrecognized option '--no-sync'"),
+        "{out:?}"
+    );
+    assert_eq!(args, "", "the real pg_dump ran");
+}
