@@ -714,7 +714,7 @@ impl DataMigration {
         shared: &Shared,
     ) -> Result<PgOutcome, Diagnostics> {
         let target = p.target();
-        let present = e.databases().await?;
+        let present = e.databases();
         // Every database there before any is carried: one missing would otherwise sort
         // last (size 0) and fail the migration only after all the others. (MongoDB's
         // workers wait for this too: `carry` opens the gate after it.)

@@ -142,6 +142,17 @@ impl<'a> Container<'a> {
         what: &str,
         image: &str,
     ) -> Result<Container<'a>, Diagnostics> {
+        Ok(self.wait_answer(probe, ready_within, what, image).await?.0)
+    }
+
+    /// [`Container::wait_ready`], with what the probe that succeeded printed.
+    pub async fn wait_answer(
+        self,
+        probe: &[&str],
+        ready_within: Duration,
+        what: &str,
+        image: &str,
+    ) -> Result<(Container<'a>, CommandOutput), Diagnostics> {
         let started = std::time::Instant::now();
         loop {
             // Each probe may take what is left of `ready_within` (a slow daemon right
@@ -170,7 +181,7 @@ impl<'a> Container<'a> {
                         return Err(d);
                     }
                 }
-                return Ok(self);
+                return Ok((self, out));
             }
             if started.elapsed() >= ready_within {
                 let e = Diagnostic::error(

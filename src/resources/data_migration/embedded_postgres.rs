@@ -28,12 +28,20 @@ const EXPORT: &str = "umask 077; pg_dump -U postgres -Fc -Z \"$6\" -f \"$2\" \"$
 
 /// The readiness probe: tries 50 ms apart within one `docker exec` for one to two
 /// seconds (bash's `SECONDS` counts whole seconds; 9.5's image has no finer clock in
-/// bash), then one last try whose output is the evidence when it still fails. A server
-/// over a cleanly stopped data directory answers within a second, so the downtime does
-/// not wait for the next outer probe (250 ms apart, each a round trip). The probe ends
+/// bash), then lists the databases with their sizes (`$1` field separator, `$2`
+/// [`DATABASES_SQL`]): the answer the migration needs first, in the same exec, so that
+/// no second round trip stands between the server's start and the first export. When
+/// the server still refuses, that listing's refusal is the evidence. A server over a
+/// cleanly stopped data directory answers within a second, so the downtime does not
+/// wait for the next outer probe (250 ms apart, each a round trip). The probe ends
 /// well within `MIN_PROBE`, the least deadline a probe gets.
 const WAIT_READY: &str = "s=$SECONDS; until psql -U postgres -Atc 'SELECT 1' >/dev/null 2>&1; do \
-     [ $((SECONDS - s)) -ge 2 ] && exec psql -U postgres -Atc 'SELECT 1'; sleep 0.05; done";
+     [ $((SECONDS - s)) -ge 2 ] && break; sleep 0.05; done; \
+     exec psql -U postgres -X -q -At -v ON_ERROR_STOP=1 -F \"$1\" -d postgres -c \"$2\"";
+
+/// The embedded server's databases and their sizes in bytes.
+const DATABASES_SQL: &str =
+    "SELECT datname, pg_database_size(datname) FROM pg_database WHERE NOT datistemplate ORDER BY 1";
 
 /// Where `ca_file` (the target's CA) is mounted in the container, read-only.
 macro_rules! pg_ca_mount {
@@ -143,6 +151,9 @@ pub struct Source<'a> {
 pub struct EmbeddedPostgres<'a> {
     pub(super) c: Container<'a>,
     tools: Container<'a>,
+    /// The databases the server has, with their sizes in bytes, as its readiness
+    /// probe listed them.
+    present: Vec<(String, u64)>,
 }
 
 impl<'a> std::ops::Deref for EmbeddedPostgres<'a> {
@@ -189,19 +200,35 @@ impl<'a> EmbeddedPostgres<'a> {
             "the embedded PostgreSQL",
         )
         .await?;
-        let probe = ["exec", name, "bash", "-c", WAIT_READY];
+        let probe = [
+            "exec",
+            name,
+            "bash",
+            "-c",
+            WAIT_READY,
+            "ready",
+            "\t",
+            DATABASES_SQL,
+        ];
         let mut mounts = vec![format!("{export_dir}:{EXPORT_MOUNT}")];
         if let Some(ca) = source.ca_file {
             mounts.push(format!("{ca}:{CA_MOUNT}:ro"));
         }
         let restore = format!("{name}-restore");
+        let mut present = Vec::new();
         let (c, tools) = super::tools::beside(
-            c.wait_ready(
-                &probe,
-                ready_within,
-                "the embedded PostgreSQL",
-                source.image,
-            ),
+            async {
+                let (c, listed) = c
+                    .wait_answer(
+                        &probe,
+                        ready_within,
+                        "the embedded PostgreSQL",
+                        source.image,
+                    )
+                    .await?;
+                present = databases_of(&listed);
+                Ok(c)
+            },
             super::tools::start(
                 h,
                 &restore,
@@ -212,55 +239,13 @@ impl<'a> EmbeddedPostgres<'a> {
             ),
         )
         .await?;
-        Ok(EmbeddedPostgres { c, tools })
+        Ok(EmbeddedPostgres { c, tools, present })
     }
 
-    /// One query in `db` through psql in the container; rows of tab-separated text.
-    async fn psql(&self, db: &str, sql: &str) -> Result<Vec<Vec<String>>, Diagnostics> {
-        let args = [
-            "exec",
-            &self.name,
-            "psql",
-            "-U",
-            "postgres",
-            "-X",
-            "-q",
-            "-At",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-F",
-            "\t",
-            "-d",
-            db,
-            "-c",
-            sql,
-        ];
-        let (cmd, out) = self.docker(&args, None).await?;
-        if !out.success() {
-            return Err(fail(
-                &format!("A query in the embedded database {db} failed"),
-                &cmd,
-                &out,
-            ));
-        }
-        Ok(rows_of(&out))
-    }
-
-    /// The databases the embedded server has, with their sizes in bytes.
-    pub async fn databases(&self) -> Result<Vec<(String, u64)>, Diagnostics> {
-        let rows = self
-            .psql(
-                "postgres",
-                "SELECT datname, pg_database_size(datname) FROM pg_database WHERE NOT datistemplate ORDER BY 1",
-            )
-            .await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|r| match r.as_slice() {
-                [name, size] => Some((name.clone(), size.parse().unwrap_or(0))),
-                _ => None,
-            })
-            .collect())
+    /// The databases the embedded server has, with their sizes in bytes (read when it
+    /// first answered).
+    pub fn databases(&self) -> &[(String, u64)] {
+        &self.present
     }
 
     /// Exports `db` to EXPORT/<db>.dump at zlib level `compression`; its size, its
@@ -428,6 +413,17 @@ fn restore_time(line: &[String]) -> Option<Duration> {
     Duration::try_from_secs_f64(secs).ok()
 }
 
+/// The `name<TAB>size` lines of [`DATABASES_SQL`].
+fn databases_of(out: &CommandOutput) -> Vec<(String, u64)> {
+    rows_of(out)
+        .into_iter()
+        .filter_map(|r| match r.as_slice() {
+            [name, size] => Some((name.clone(), size.parse().unwrap_or(0))),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The tables' figures among the lines a script on the target printed.
 fn stats_of(rows: &[Vec<String>], t: &Target<'_>) -> Result<Vec<TableStat>, Diagnostics> {
     mig::parse_stats(rows).map_err(|e| {
@@ -461,7 +457,7 @@ mod tests {
         std::fs::write(
             &psql,
             "#!/bin/sh\nn=$(( $(cat \"$0.n\" 2>/dev/null || echo 0) + 1 )); echo $n > \"$0.n\"\n\
-             [ $n -gt \"$FAILS\" ] && { echo 1; exit 0; }\n\
+             [ $n -gt \"$FAILS\" ] && { for a; do l=$a; done; printf '%s\\n' \"$l\"; exit 0; }\n\
              echo \"psql: could not connect to server (try $n)\" >&2; exit 2\n",
         )
         .unwrap();
@@ -469,7 +465,7 @@ mod tests {
         std::fs::set_permissions(&psql, std::fs::Permissions::from_mode(0o755)).unwrap();
         let started = std::time::Instant::now();
         let out = std::process::Command::new("bash")
-            .args(["-c", WAIT_READY])
+            .args(["-c", WAIT_READY, "ready", "\t", DATABASES_SQL])
             .env("PATH", format!("{}:/usr/bin:/bin", dir.path().display()))
             .env("FAILS", fails.to_string())
             .output()
@@ -485,10 +481,12 @@ mod tests {
 
     #[test]
     fn the_readiness_probe_tries_again_within_one_exec() {
-        // Up on the fourth try: one exec, well before the loop would give up.
+        // Up on the fourth try: one exec, well before the loop would give up, and the
+        // databases listed by a fifth psql in the same exec.
         let (tries, out, took) = probe(3);
         assert!(out.status.success(), "{out:?}");
-        assert_eq!(tries, 4);
+        assert_eq!(tries, 5);
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), DATABASES_SQL);
         assert!(took < Duration::from_secs(1), "{took:?}");
     }
 
