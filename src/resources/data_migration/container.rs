@@ -145,7 +145,10 @@ impl<'a> Container<'a> {
         Ok(self.wait_answer(probe, ready_within, what, image).await?.0)
     }
 
-    /// [`Container::wait_ready`], with what the probe that succeeded printed.
+    /// [`Container::wait_ready`], with what the probe that succeeded printed. The
+    /// export directory is made private (when it is mounted) while the server starts:
+    /// the container runs once `docker run` returns, and nothing is written into the
+    /// export before both are done.
     pub async fn wait_answer(
         self,
         probe: &[&str],
@@ -153,38 +156,53 @@ impl<'a> Container<'a> {
         what: &str,
         image: &str,
     ) -> Result<(Container<'a>, CommandOutput), Diagnostics> {
+        let private = async {
+            if !self.exports {
+                return Ok(());
+            }
+            self.in_export(PRIVATE, &[], "Could not make the export directory private")
+                .await
+                .map(|_| ())
+        };
+        match tokio::join!(private, self.probe(probe, ready_within, what, image)) {
+            (Ok(()), Ok(out)) => Ok((self, out)),
+            (private, probed) => {
+                let mut d = Diagnostics::new();
+                for e in [private.err(), probed.err()].into_iter().flatten() {
+                    d.extend(e);
+                }
+                self.stop().await;
+                Err(d)
+            }
+        }
+    }
+
+    /// Probes with `docker EXEC_ARGS` every 250 ms until it succeeds (what it
+    /// printed then), or until `ready_within` has passed.
+    async fn probe(
+        &self,
+        probe: &[&str],
+        ready_within: Duration,
+        what: &str,
+        image: &str,
+    ) -> Result<CommandOutput, Diagnostics> {
         let started = std::time::Instant::now();
         loop {
             // Each probe may take what is left of `ready_within` (a slow daemon right
             // after CircleCI's stop is not a failure), never the command deadline of
-            // hours; a probe that fails to run (an SSH drop, no answer in time) removes
-            // the container too.
+            // hours; a probe that fails to run (an SSH drop, no answer in time) fails
+            // the wait (and the container is removed).
             let left = ready_within
                 .saturating_sub(started.elapsed())
                 .max(MIN_PROBE)
                 .min(self.deadline);
-            let (_, out) = match docker(self.h, probe, None, left).await {
-                Ok(r) => r,
-                Err(d) => {
-                    self.stop().await;
-                    return Err(d);
-                }
-            };
+            let (_, out) = docker(self.h, probe, None, left).await?;
             if out.success() {
                 log::info!("{what} answers in container {}", self.name);
-                if self.exports {
-                    if let Err(d) = self
-                        .in_export(PRIVATE, &[], "Could not make the export directory private")
-                        .await
-                    {
-                        self.stop().await;
-                        return Err(d);
-                    }
-                }
-                return Ok((self, out));
+                return Ok(out);
             }
             if started.elapsed() >= ready_within {
-                let e = Diagnostic::error(
+                return Err(Diagnostic::error(
                     format!("{} did not start", crate::resources::capitalized(what)),
                     format!(
                         "container {} ({image}) did not answer within {}:\n{}",
@@ -192,9 +210,8 @@ impl<'a> Container<'a> {
                         humantime::format_duration(ready_within),
                         out.evidence()
                     ),
-                );
-                self.stop().await;
-                return Err(e.into());
+                )
+                .into());
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
