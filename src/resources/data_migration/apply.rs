@@ -588,8 +588,12 @@ impl DataMigration {
         let (pg, mongo) = tokio::join!(pg, mongo);
         // A docker rm that failed leaves a server over the embedded data: removed
         // again, or the migration stops here (and CircleCI is not started next to it).
+        // Both parts done and every `docker rm -f` of theirs answered that it removed
+        // its container: nothing is left to look for (the restart looks again before
+        // it starts CircleCI), and the downtime does not wait for a `docker ps`.
         let gone = match self.data.services() {
             _ if s.postgres.is_none() && s.mongo.is_none() => Ok(()),
+            _ if pg.is_ok() && mongo.is_ok() && !shared.any_left_running() => Ok(()),
             Ok(h) => {
                 crate::resources::cutover::remove_migration_containers(
                     &h,
@@ -685,7 +689,9 @@ impl DataMigration {
         };
         // Its own containers; the check for any left over waits for the MongoDB part
         // (`carry`).
-        e.stop().await;
+        if !e.stop().await {
+            shared.left_running();
+        }
         let mut out = r?;
         out.took = started.elapsed();
         log::info!(

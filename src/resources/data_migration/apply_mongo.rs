@@ -166,7 +166,9 @@ impl DataMigration {
         };
         // Its own containers; the check for any left over waits for the PostgreSQL
         // part (`apply::carry`).
-        e.stop().await;
+        if !e.stop().await {
+            shared.left_running();
+        }
         r
     }
 }

@@ -384,10 +384,11 @@ impl<'a> Container<'a> {
         });
     }
 
-    /// Removes the container (its server stops; the data directory stays as it was).
-    /// A `docker rm` that fails is logged; the callers then list the migration's
-    /// containers again (`cutover::remove_migration_containers`).
-    pub async fn stop(self) {
+    /// Removes the container (its server stops; the data directory stays as it was);
+    /// whether `docker rm -f` said it did. A `docker rm` that fails is logged; the
+    /// callers then list the migration's containers again
+    /// (`cutover::remove_migration_containers`).
+    pub async fn stop(self) -> bool {
         match self.docker(&["rm", "-f", &self.name], None).await {
             Err(d) => log::warn!("removing container {}: {d}", self.name),
             Ok((cmd, out)) if !out.success() => {
@@ -397,7 +398,8 @@ impl<'a> Container<'a> {
                     out.evidence()
                 )
             }
-            Ok(_) => {}
+            Ok(_) => return true,
         }
+        false
     }
 }

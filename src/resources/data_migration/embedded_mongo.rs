@@ -215,10 +215,11 @@ impl<'a> EmbeddedMongo<'a> {
             .map(|_| ())
     }
 
-    /// Removes both containers (the server stops; the data directory stays as it was).
-    pub(crate) async fn stop(self) {
-        self.c.stop().await;
-        self.tools.stop().await
+    /// Removes both containers (the server stops; the data directory stays as it was);
+    /// whether both are gone.
+    pub(crate) async fn stop(self) -> bool {
+        let (c, tools) = tokio::join!(self.c.stop(), self.tools.stop());
+        c && tools
     }
 }
 

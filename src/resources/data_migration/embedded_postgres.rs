@@ -432,9 +432,11 @@ fn stats_of(rows: &[Vec<String>], t: &Target<'_>) -> Result<Vec<TableStat>, Diag
 }
 
 impl EmbeddedPostgres<'_> {
-    /// Removes both containers (the server stops; the data directory stays as it was).
-    pub async fn stop(self) {
-        tokio::join!(self.c.stop(), self.tools.stop());
+    /// Removes both containers (the server stops; the data directory stays as it was);
+    /// whether both are gone.
+    pub async fn stop(self) -> bool {
+        let (c, tools) = tokio::join!(self.c.stop(), self.tools.stop());
+        c && tools
     }
 }
 

@@ -41,6 +41,8 @@ pub(super) struct Shared {
     /// other part's workers, which were waiting before it.
     open: watch::Sender<bool>,
     failed: AtomicBool,
+    /// See [`Shared::left_running`].
+    left_running: AtomicBool,
 }
 
 impl Shared {
@@ -64,6 +66,7 @@ impl Shared {
             bound,
             open: watch::Sender::new(!gated),
             failed: AtomicBool::new(false),
+            left_running: AtomicBool::new(false),
         }
     }
 
@@ -89,6 +92,16 @@ impl Shared {
 
     pub(super) fn failed(&self) -> bool {
         self.failed.load(Ordering::SeqCst)
+    }
+
+    /// A part's `docker rm -f` of one of its containers did not say it removed it:
+    /// the migration lists its containers again before it ends.
+    pub(super) fn left_running(&self) {
+        self.left_running.store(true, Ordering::SeqCst);
+    }
+
+    pub(super) fn any_left_running(&self) -> bool {
+        self.left_running.load(Ordering::SeqCst)
     }
 
     /// No worker takes another database, nor starts another import: one failed (in
