@@ -30,6 +30,9 @@ mod secret;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+/// The stack of each of the runtime's threads (see [`run`]).
+const WORKER_STACK: usize = 8 * 1024 * 1024;
+
 /// The plugin as Terraform starts it: checks the handshake environment, serves the
 /// provider over gRPC until Terraform stops it, and returns the process's exit status.
 /// Stdout carries the handshake only; everything else goes to stderr.
@@ -40,8 +43,15 @@ pub fn run() -> ExitCode {
         return ExitCode::from(1);
     }
     logging::init();
+    // Each request's future is polled on a worker thread, nested as deep as the
+    // cutover goes (a failed migration's fallback runs the restart's steps inside the
+    // migration's apply, down to one SSH command). A debug build needed more than the
+    // 2 MiB a thread gets by default on that path (the provider aborted with a stack
+    // overflow in the middle of a cutover), and between 2 and 4 MiB there. Reserved
+    // address space, not memory: pages are used only as deep as the stack goes.
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_stack_size(WORKER_STACK)
         .enable_all()
         .build()
     {
