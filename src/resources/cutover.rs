@@ -75,6 +75,17 @@ pub(crate) async fn remove_migration_containers(
     outcome: &str,
 ) -> Result<(), Diagnostics> {
     let left = migration_containers(h, deadline).await?;
+    remove_listed_migration_containers(h, deadline, outcome, left).await
+}
+
+/// [`remove_migration_containers`] of those `left` (as [`migration_containers`] listed
+/// them just now).
+pub(crate) async fn remove_listed_migration_containers(
+    h: &ServicesHost,
+    deadline: Duration,
+    outcome: &str,
+    left: Vec<String>,
+) -> Result<(), Diagnostics> {
     if left.is_empty() {
         return Ok(());
     }

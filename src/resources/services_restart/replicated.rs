@@ -403,7 +403,18 @@ impl ServicesRestart {
             Ok(m) => m,
             Err(e) => return Applied::from_result(Err(e.into())),
         };
-        let pre = match self.preflight(&s).await {
+        let h = match self.services() {
+            Ok(h) => h,
+            Err(d) => return Applied::from_result(Err(d)),
+        };
+        // The migration's containers listed while the preflight reads (after a
+        // migration, this is inside CircleCI's downtime); any is removed only once the
+        // preflight has passed, below.
+        let (pre, listed) = tokio::join!(
+            self.preflight(&s),
+            crate::resources::cutover::migration_containers(&h, self.data.timeout()),
+        );
+        let pre = match pre {
             Ok(p) => p,
             Err(d) => return Applied::from_result(Err(d)),
         };
@@ -416,17 +427,19 @@ impl ServicesRestart {
         }
         // Before anything stops: a migration container over the embedded data is
         // removed, or the restart is refused here, CircleCI left as it is.
-        let h = match self.services() {
-            Ok(h) => h,
-            Err(d) => return Applied::from_result(Err(d)),
+        let removed = match listed {
+            Ok(left) => {
+                crate::resources::cutover::remove_listed_migration_containers(
+                    &h,
+                    self.data.timeout(),
+                    "Nothing was stopped or changed.",
+                    left,
+                )
+                .await
+            }
+            Err(d) => Err(d),
         };
-        if let Err(d) = crate::resources::cutover::remove_migration_containers(
-            &h,
-            self.data.timeout(),
-            "Nothing was stopped or changed.",
-        )
-        .await
-        {
+        if let Err(d) = removed {
             return Applied::from_result(Err(d));
         }
         out.version = Known::Value(pre.version.clone());
