@@ -8,7 +8,7 @@ use super::*;
 use crate::backends::ssh::{Program, ServicesHost};
 
 /// The rate the estimate assumes, in bytes of embedded data directory per second: below
-/// what `make bench` measured for the whole migration on a 2-core machine (52 MB/s of
+/// what `make bench` measured for the whole migration on a 2-core machine (88 MB/s of
 /// database size, export and verification included), as a data directory also holds
 /// indexes and WAL that are not carried.
 pub(super) const ASSUMED_RATE: f64 = 40e6;
@@ -65,7 +65,7 @@ impl Sizes {
                 .unwrap_or(Duration::MAX)
                 .as_secs();
             out.push_str(&format!(
-                " Expected migration time about {} (at {:.0} MB/s, below the 52 MB/s make bench measured on 2 \
+                " Expected migration time about {} (at {:.0} MB/s, below the 88 MB/s make bench measured on 2 \
                  cores), plus CircleCI's stop and start.",
                 humantime::format_duration(Duration::from_secs(secs.max(1))),
                 ASSUMED_RATE / 1e6
