@@ -1188,50 +1188,57 @@ fn a_left_migration_container_is_named_removed_and_never_shares_the_data() {
     drop(sim);
 }
 
-/// The migration's own container, whose `docker rm -f` fails at its end (a busy
-/// daemon): the migration lists its containers again, tries once more, and stops
-/// there, naming it; CircleCI stays stopped, never started next to a server over its
-/// data. Once the container can go, the next apply removes it and converges. (The end
-/// of a migration whose every removal succeeded skips that listing: this is the path
-/// that must still take it.)
+/// A migration's own container whose `docker rm -f` fails at its end (a busy daemon):
+/// the migration lists its containers again, tries once more, and stops there, naming
+/// it; CircleCI stays stopped, never started next to a server over its data. Each
+/// part in turn (each reports its own failed removal), then, once the containers can
+/// go, the next apply removes what is left and converges. (The end of a migration
+/// whose every removal succeeded skips that listing: this is the path that must still
+/// take it.)
 #[test]
 fn a_migration_container_that_will_not_go_keeps_circleci_stopped() {
     let _turn = SIMULATOR.lock().unwrap_or_else(|e| e.into_inner());
     let s = servers();
     s.fresh_runbook_targets();
     let root = s.embedded_root("50");
-    // Each part's own server: both are named, and both stay.
-    let (name, mongo) = (
+    let (pg, mongo) = (
         "circleci-data-migration-postgres",
         "circleci-data-migration-mongo",
     );
     // Removed however the test ends (dropped after `sim`, whose settings refuse it).
     let docker = Path::new(s.get("CIRCLECI_TEST_SIM")).join("docker");
     let _left = [
-        common::sim::Removed(docker.clone(), name),
+        common::sim::Removed(docker.clone(), pg),
         common::sim::Removed(docker, mongo),
     ];
-    let sim = Sim::new(
-        &s,
-        json!({"root": root.path(), "transition": 1, "rm_refused": [name, mongo]}),
-    );
+    let sim = Sim::new(&s, json!({"root": root.path(), "transition": 1}));
     start_app(&sim);
     let mount = format!("transit-stays-{}", std::process::id());
     let tf = Tf::new(&main_tf(&s, root.path(), &mount, ""));
-    let err = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
-    assert!(err.contains("A migration container still runs"), "{err}");
-    assert!(err.contains(name) && err.contains(mongo), "{err}");
-    assert!(err.contains("The migration stops here."), "{err}");
-    assert_eq!(
-        app_state(&sim),
-        "stopped",
-        "CircleCI started next to {name}"
-    );
-    let ps = sim.docker(&["ps", "--format", "{{.Names}}"]);
-    assert!(ps.lines().any(|l| l == name), "{ps}");
-    assert!(ps.lines().any(|l| l == mongo), "{ps}");
-    // Their tools' containers went.
-    assert!(!ps.contains("-restore"), "{ps}");
+    // The second round begins with the first's container left: removed before
+    // anything else, as its rm is no longer refused.
+    for (stays, goes) in [(pg, mongo), (mongo, pg)] {
+        sim.set(json!({"root": root.path(), "transition": 1, "rm_refused": [stays]}));
+        let err = flat(&tf.fails(&["apply", "-auto-approve", "-no-color"]));
+        assert!(err.contains("A migration container still runs"), "{err}");
+        // The error's words (the plan's warning names what an earlier round left).
+        let named = |c: &str| {
+            format!("{c} still run(s) on the Services machine over the embedded data; docker rm")
+        };
+        assert!(err.contains(&named(stays)), "{err}");
+        assert!(!err.contains(&named(goes)), "{err}");
+        assert!(err.contains("The migration stops here."), "{err}");
+        assert_eq!(
+            app_state(&sim),
+            "stopped",
+            "CircleCI started next to {stays}"
+        );
+        let ps = sim.docker(&["ps", "--format", "{{.Names}}"]);
+        assert!(ps.lines().any(|l| l == stays), "{ps}");
+        assert!(!ps.lines().any(|l| l == goes), "{ps}");
+        // The tools' containers went.
+        assert!(!ps.contains("-restore"), "{ps}");
+    }
 
     sim.set(json!({"root": root.path(), "transition": 1}));
     let out = tf.apply();

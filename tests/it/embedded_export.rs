@@ -174,6 +174,14 @@ fn export_import_and_verify_every_table() {
         let e = EmbeddedPostgres::start(&h, &source, &export, t, t)
             .await
             .unwrap();
+        // The databases as the readiness probe listed them, with their sizes.
+        let listed = e.databases();
+        for db in ["circle", "conductor_production", "vms"] {
+            assert!(
+                listed.iter().any(|(d, n)| d == db && *n > 1_000_000),
+                "{db}: {listed:?}"
+            );
+        }
         let target = Target {
             host: "127.0.0.1",
             port: s.pg_port(),
@@ -495,7 +503,9 @@ fn the_9_5_pg_dump_stand_in_does_not_sync_its_archive() {
     };
     let file = dir.path().join("x.dump");
     let file = file.to_str().unwrap();
-    // The archive as 15 writes it (the bench), and rewritten as 9.5's (the tests).
+    // Both ways the stand-in runs 15: exec'd as it is (the bench's setting), and as a
+    // child whose archive is then rewritten (the tests'; that rewrite fails here, the
+    // fake wrote no archive: only the arguments it got are read).
     for pg95 in ["0", "1"] {
         let (out, args) = run(
             &["-U", "postgres", "-Fc", "-Z", "0", "-f", file, "circle"],

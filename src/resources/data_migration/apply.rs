@@ -541,9 +541,10 @@ impl DataMigration {
     /// bound (`parallelism` databases under way, both parts together) and one failed
     /// flag: a database failing in either part stops both from taking another; those
     /// under way finish. Each part cleans up after itself (its partial export, its
-    /// containers); the check that no migration container is left runs once both are
-    /// done, as it removes every one of them, the other part's too. Every error of
-    /// both parts is returned.
+    /// containers); when a part failed or a `docker rm -f` of its did not succeed, the
+    /// check that no migration container is left runs once both are done, as it
+    /// removes every one of them, the other part's too. Every error of both parts is
+    /// returned.
     async fn carry(
         &self,
         s: &Settings,
@@ -687,8 +688,8 @@ impl DataMigration {
                 Err(d)
             }
         };
-        // Its own containers; the check for any left over waits for the MongoDB part
-        // (`carry`).
+        // Its own containers; a failed removal is noted, and `carry` lists them all
+        // once the MongoDB part is done too.
         if !e.stop().await {
             shared.left_running();
         }

@@ -164,8 +164,8 @@ impl DataMigration {
                 Err(d)
             }
         };
-        // Its own containers; the check for any left over waits for the PostgreSQL
-        // part (`apply::carry`).
+        // Its own containers; a failed removal is noted, and `apply::carry` lists them
+        // all once the PostgreSQL part is done too.
         if !e.stop().await {
             shared.left_running();
         }

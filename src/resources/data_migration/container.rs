@@ -54,7 +54,7 @@ pub struct Container<'a> {
     pub(super) h: &'a ServicesHost,
     pub name: String,
     pub deadline: Duration,
-    /// The export directory is mounted: made private once the server answers, before
+    /// The export directory is mounted: made private while the server starts, before
     /// anything is written into it.
     exports: bool,
 }
@@ -164,17 +164,13 @@ impl<'a> Container<'a> {
                 .await
                 .map(|_| ())
         };
-        match tokio::join!(private, self.probe(probe, ready_within, what, image)) {
-            (Ok(()), Ok(out)) => Ok((self, out)),
-            (private, probed) => {
-                let mut d = Diagnostics::new();
-                for e in [private.err(), probed.err()].into_iter().flatten() {
-                    d.extend(e);
-                }
-                self.stop().await;
-                Err(d)
-            }
-        }
+        let d = match tokio::join!(private, self.probe(probe, ready_within, what, image)) {
+            (Ok(()), Ok(out)) => return Ok((self, out)),
+            // A container that did not start fails the chmod too: the probe says why.
+            (_, Err(d)) | (Err(d), Ok(_)) => d,
+        };
+        self.stop().await;
+        Err(d)
     }
 
     /// Probes with `docker EXEC_ARGS` every 250 ms until it succeeds (what it
@@ -386,8 +382,9 @@ impl<'a> Container<'a> {
 
     /// Removes the container (its server stops; the data directory stays as it was);
     /// whether `docker rm -f` said it did. A `docker rm` that fails is logged; the
-    /// callers then list the migration's containers again
-    /// (`cutover::remove_migration_containers`).
+    /// migration's parts then have its containers listed again at its end
+    /// (`cutover::remove_migration_containers`), and the restart lists them before it
+    /// starts CircleCI in any case.
     pub async fn stop(self) -> bool {
         match self.docker(&["rm", "-f", &self.name], None).await {
             Err(d) => log::warn!("removing container {}: {d}", self.name),

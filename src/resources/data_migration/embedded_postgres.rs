@@ -459,7 +459,7 @@ mod tests {
         std::fs::write(
             &psql,
             "#!/bin/sh\nn=$(( $(cat \"$0.n\" 2>/dev/null || echo 0) + 1 )); echo $n > \"$0.n\"\n\
-             [ $n -gt \"$FAILS\" ] && { for a; do l=$a; done; printf '%s\\n' \"$l\"; exit 0; }\n\
+             [ $n -gt \"$FAILS\" ] && { printf '%s\\n' \"$@\"; exit 0; }\n\
              echo \"psql: could not connect to server (try $n)\" >&2; exit 2\n",
         )
         .unwrap();
@@ -488,7 +488,26 @@ mod tests {
         let (tries, out, took) = probe(3);
         assert!(out.status.success(), "{out:?}");
         assert_eq!(tries, 5);
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), DATABASES_SQL);
+        let args = String::from_utf8_lossy(&out.stdout);
+        let args: Vec<&str> = args.split_terminator('\n').collect();
+        assert_eq!(
+            args,
+            [
+                "-U",
+                "postgres",
+                "-X",
+                "-q",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-F",
+                "\t",
+                "-d",
+                "postgres",
+                "-c",
+                DATABASES_SQL
+            ]
+        );
         assert!(took < Duration::from_secs(1), "{took:?}");
     }
 

@@ -484,7 +484,8 @@ impl ServicesRestart {
                 async {
                     crate::fault_point::point("circleci_services_restart.before_start").await;
                     // Stopped here, the check is made again (the stop took a while);
-                    // already stopped, the one above was made just now.
+                    // already stopped, the listing beside the preflight was made just
+                    // now.
                     if !pre.status.settled_in("stopped") {
                         crate::resources::cutover::remove_migration_containers(
                             &h,
