@@ -338,6 +338,12 @@ def exec_(state, refuse, args):
     rec = _record(state, rest[0])
     if rec is None:
         return False
+    if "-i" not in args:
+        # As Docker: without -i the exec's standard input is not attached (it reads
+        # end of file at once), whatever the caller's stdin holds.
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
     _track(state, rest[0])
     tool, targs = rest[1] if len(rest) > 1 else "", rest[2:]
     if rec.get("tools"):
