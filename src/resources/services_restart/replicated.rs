@@ -328,8 +328,21 @@ impl ServicesRestart {
             let mut passed = Vec::new();
             let mut failed_labels = Vec::new();
             let mut failed = Diagnostics::new();
-            if let Some(n) = &nomad {
-                match n.cutover.check_capacity(n.endpoint, n.before).await {
+            // Every check of a round at once (each is its own read: a Nomad request, a
+            // `docker inspect` and `docker logs`): the round takes as long as its
+            // slowest, not their sum, inside CircleCI's downtime. Reported in order.
+            let capacity = async {
+                match &nomad {
+                    Some(n) => Some(n.cutover.check_capacity(n.endpoint, n.before).await),
+                    None => None,
+                }
+            };
+            let (capacity, probed) = tokio::join!(
+                capacity,
+                futures_util::future::join_all(checks.iter().map(|c| self.probe(&c.probe)))
+            );
+            if let (Some(n), Some(r)) = (&nomad, capacity) {
+                match r {
                     Ok(label) => passed.push(format!("nomad: {label}")),
                     Err(d) => {
                         failed_labels.push(format!(
@@ -340,13 +353,13 @@ impl ServicesRestart {
                     }
                 }
             }
-            for c in checks {
+            for (c, probed) in checks.iter().zip(probed) {
                 let label = format!("{}: {}", c.service, c.what);
                 let how = match c.probe {
                     rs::Probe::Logs(n) => format!("logs {n}"),
                     rs::Probe::Env(n, _) => format!("exec {n}"),
                 };
-                match self.probe(&c.probe).await {
+                match probed {
                     Ok(out) => match rs::evaluate(c, &out) {
                         Ok(()) => passed.push(label),
                         Err(evidence) => {
