@@ -141,9 +141,6 @@ pub fn parse_stats(rows: &[Vec<String>]) -> Result<Vec<TableStat>, String> {
     Ok(out)
 }
 
-/// The total size of a database, for throughput figures.
-pub(crate) const DATABASE_SIZE_SQL: &str = "SELECT pg_database_size(current_database())";
-
 /// The embedded MongoDB's image and data directory on a 2.17 Services machine, and the
 /// databases the runbook names.
 pub(crate) const MONGO_IMAGE: &str = "mongo:3.6.6";

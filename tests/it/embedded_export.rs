@@ -189,6 +189,19 @@ fn export_import_and_verify_every_table() {
             password: &password,
             sslmode: "prefer",
         };
+        // The `docker exec`s running in each container (the simulator notes each
+        // while it runs).
+        let run = std::path::Path::new(s.get("CIRCLECI_TEST_SIM_STATE")).join("run");
+        let running = |c: &str| -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(&run)
+                .unwrap()
+                .filter_map(|f| f.ok()?.file_name().into_string().ok())
+                .filter(|f| f.starts_with(&format!("{c}.exec.")))
+                .collect();
+            v.sort();
+            v
+        };
+        let mut between = Vec::new();
         for db in ["circle", "conductor_production"] {
             let into = format!("mig_{n}_{db}");
             pg.create_database(&into, &role).await.unwrap();
@@ -278,7 +291,21 @@ fn export_import_and_verify_every_table() {
                 !again.to_string().contains("mig-pw-"),
                 "the password leaked: {again}"
             );
+            between.push((running(name), running(&format!("{name}-restore"))));
         }
+        // Issue 28: between databases one export and one import command wait for the
+        // next job, the same ones throughout (the second database's level-6 export got
+        // a command of its own, ended after its job: one of each kind is kept here),
+        // and a failed import did not end its command.
+        let (first, second) = (&between[0], &between[1]);
+        assert_eq!((first.0.len(), first.1.len()), (1, 1), "{between:?}");
+        assert_eq!(first, second, "not the same commands");
+        e.end_jobs().await;
+        assert_eq!(
+            (running(name), running(&format!("{name}-restore"))),
+            (vec![], vec![]),
+            "commands left running after end_jobs"
+        );
         // The dumps stay in the export directory on the Services machine.
         let kept = root
             .path()

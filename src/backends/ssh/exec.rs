@@ -56,7 +56,7 @@ impl Program {
 pub struct RemoteCommand {
     program: Program,
     args: Vec<String>,
-    max_output: usize,
+    pub(super) max_output: usize,
 }
 
 impl fmt::Debug for RemoteCommand {
@@ -192,7 +192,7 @@ const OPEN_RETRIES_FOR: Duration = Duration::from_secs(2);
 
 /// A session channel, the open retried while sshd refuses it for at most
 /// [`OPEN_RETRIES_FOR`] (see there).
-async fn open_session(
+pub(super) async fn open_session(
     handle: &russh::client::Handle<super::connect::Client>,
 ) -> Result<russh::Channel<russh::client::Msg>, russh::Error> {
     let started = std::time::Instant::now();
@@ -212,7 +212,7 @@ async fn open_session(
 }
 
 /// Appends what fits of `data` under `max`; true when some of it did not.
-fn keep(buf: &mut Vec<u8>, data: &[u8], max: usize) -> bool {
+pub(super) fn keep(buf: &mut Vec<u8>, data: &[u8], max: usize) -> bool {
     let room = max.saturating_sub(buf.len());
     buf.extend_from_slice(&data[..data.len().min(room)]);
     data.len() > room

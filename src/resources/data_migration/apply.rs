@@ -654,7 +654,7 @@ impl DataMigration {
         };
         let started = Instant::now();
         crate::fault_point::point("circleci_data_migration.before_containers").await;
-        let e = EmbeddedPostgres::start(
+        let mut e = EmbeddedPostgres::start(
             &h,
             &source,
             &s.export_dir,
@@ -662,10 +662,23 @@ impl DataMigration {
             Duration::from_secs(120),
         )
         .await?;
+        // Each worker's export and import commands kept between its databases.
+        e.keep_jobs(super::embedded_postgres::jobs_kept(
+            s.parallelism.min(p.databases.len()),
+        ));
         let r = async {
-            let mut out = self.each_database(&e, s, p, occupied, cut, shared).await?;
+            let each = self.each_database(&e, s, p, occupied, cut, shared).await;
+            let mut out = match each {
+                Ok(out) => out,
+                Err(d) => {
+                    e.end_jobs().await;
+                    return Err(d);
+                }
+            };
             let names: Vec<String> = out.files.iter().map(|f| f.name.clone()).collect();
-            out.files = e.seal_known(&out.files).await?;
+            // The commands end while the export is sealed.
+            let (sealed, ()) = tokio::join!(e.seal_known(&out.files), e.end_jobs());
+            out.files = sealed?;
             if !s.keep_export {
                 e.remove(&names).await?;
                 log::info!("export removed (keep_export = false)");

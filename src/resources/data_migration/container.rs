@@ -6,9 +6,11 @@
 
 use std::time::Duration;
 
-use crate::backends::ssh::{CommandOutput, Program, RemoteCommand, ServicesHost};
+use std::future::Future;
+
+use crate::backends::ssh::{new_mark, CommandOutput, Jobs, Program, RemoteCommand, ServicesHost};
 use crate::plugin::{Diagnostic, Diagnostics};
-use crate::resources::run_command;
+use crate::resources::{run_command, ssh_diag};
 
 /// Where the export directory is mounted in the temporary containers.
 pub const EXPORT_MOUNT: &str = "/export";
@@ -57,6 +59,85 @@ pub struct Container<'a> {
     /// The export directory is mounted: made private while the server starts, before
     /// anything is written into it.
     exports: bool,
+}
+
+/// Commands in a temporary container that take one job after another (issue 28): a
+/// worker's next database goes to a command already running instead of a `docker
+/// exec` of its own (a program start on the Services machine, a session on the
+/// connection). Between jobs at most `keep` wait idle, each holding a session of the
+/// connection for as long; a job that finds none idle for its key (`K`: what the
+/// command was started with, such as the target it logs in to) starts one. A command
+/// that failed to end a job is not used again.
+pub(super) struct JobPool<'a, K> {
+    idle: std::sync::Mutex<Vec<(K, Jobs<'a>)>>,
+    keep: usize,
+}
+
+impl<'a, K: PartialEq> JobPool<'a, K> {
+    pub(super) fn new(keep: usize) -> JobPool<'a, K> {
+        JobPool {
+            idle: std::sync::Mutex::new(Vec::new()),
+            keep,
+        }
+    }
+
+    pub(super) fn keep(&mut self, keep: usize) {
+        self.keep = keep;
+    }
+
+    /// Runs the job `words` (within `deadline`) on an idle command started for `key`,
+    /// else on one `start` starts; the command line and what the job printed.
+    pub(super) async fn run<F, Fut>(
+        &self,
+        key: K,
+        words: &[&str],
+        deadline: Duration,
+        start: F,
+    ) -> Result<(RemoteCommand, CommandOutput), Diagnostics>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Jobs<'a>, Diagnostics>>,
+    {
+        let idle = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            // One whose connection closed while it waited is dropped (and closed).
+            idle.retain(|(_, j)| j.open());
+            idle.iter()
+                .position(|(k, _)| *k == key)
+                .map(|i| idle.swap_remove(i).1)
+        };
+        let mut jobs = match idle {
+            Some(j) => j,
+            None => start().await?,
+        };
+        let out = jobs.job(words, deadline).await;
+        let cmd = jobs.command().clone();
+        // Kept for the next job, or ended now, as a one-shot command ends (one that
+        // failed to end its job is closed as it is dropped).
+        if jobs.open() {
+            if let Some(spare) = self.park(key, jobs) {
+                spare.close(deadline).await;
+            }
+        }
+        let out = out.map_err(|e| ssh_diag(&format!("Could not run `{cmd}`"), e))?;
+        Ok((cmd, out))
+    }
+
+    /// Keeps `jobs` idle for `key`, or hands it back when `keep` are already idle.
+    fn park(&self, key: K, jobs: Jobs<'a>) -> Option<Jobs<'a>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() >= self.keep {
+            return Some(jobs);
+        }
+        idle.push((key, jobs));
+        None
+    }
+
+    /// Ends every idle command, at once (within `deadline` each).
+    pub(super) async fn close(&self, deadline: Duration) {
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
+        futures_util::future::join_all(idle.into_iter().map(|(_, j)| j.close(deadline))).await;
+    }
 }
 
 /// The error of a command that failed: the command (no secret is ever on one) and
@@ -220,6 +301,36 @@ impl<'a> Container<'a> {
         stdin: Option<&[u8]>,
     ) -> Result<(RemoteCommand, CommandOutput), Diagnostics> {
         docker(self.h, args, stdin, self.deadline).await
+    }
+
+    /// Starts `docker exec -i NAME bash -c SCRIPT jobs ARGS... MARK`, feeding it `stdin`
+    /// first: a command that takes jobs on its standard input (see [`JobPool`]: `-i`
+    /// always, or Docker does not attach it), its frames' mark a fresh one, its last
+    /// argument.
+    pub(super) async fn start_jobs(
+        &self,
+        script: &str,
+        args: &[&str],
+        stdin: Option<&[u8]>,
+    ) -> Result<Jobs<'a>, Diagnostics> {
+        let mark = new_mark();
+        let mut all = vec![
+            "exec",
+            "-i",
+            self.name.as_str(),
+            "bash",
+            "-c",
+            script,
+            "jobs",
+        ];
+        all.extend_from_slice(args);
+        all.push(&mark);
+        let cmd = RemoteCommand::new(Program::Docker, all)
+            .map_err(|e| Diagnostics::from(Diagnostic::error("Invalid command", e)))?;
+        self.h
+            .jobs(&cmd, &mark, stdin, self.deadline)
+            .await
+            .map_err(|e| ssh_diag(&format!("Could not run `{cmd}`"), e))
     }
 
     /// `docker exec [-i] NAME ARGS` (with `-i` when there is standard input); a failure

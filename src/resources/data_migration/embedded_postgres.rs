@@ -10,21 +10,36 @@
 
 use std::time::Duration;
 
-use super::container::{fail, rows_of, Container};
+use super::container::{fail, rows_of, Container, JobPool};
 pub use super::container::{ExportFile, EXPORT_MOUNT};
 use crate::backends::ssh::{CommandOutput, ServicesHost};
 use crate::circleci::migration::{self as mig, TableStat};
 use crate::plugin::{Diagnostic, Diagnostics};
 use crate::secret::Secret;
 
-/// One database exported, as one command: `pg_dump -Fc` into the export directory
-/// while psql reads the database's size, then every table's count and checksum
-/// (`$1` database, `$2` file, `$3` field separator, `$4` size query, `$5` stats query,
-/// `$6` the zlib level: `postgres.compression`).
-const EXPORT: &str = "umask 077; pg_dump -U postgres -Fc -Z \"$6\" -f \"$2\" \"$1\" & p=$!; \
-     psql -U postgres -X -q -At -v ON_ERROR_STOP=1 -F \"$3\" -d \"$1\" -c \"$4\" && \
-     psql -U postgres -X -q -At -v ON_ERROR_STOP=1 -F \"$3\" -d \"$1\" -c \"$5\"; s=$?; \
-     wait $p || exit 91; exit $s";
+/// How a job of the loops below ends: the job runs in a subshell with its stdin at
+/// `/dev/null` (what is left on stdin is the next jobs' lines), then its status and the
+/// command's mark (`$m`) frame it on stdout, the mark alone on stderr (see
+/// `backends::ssh::jobs`).
+macro_rules! end_job {
+    () => {
+        " < /dev/null; s=$?; printf '\\n%s\\t%s\\n' \"$m\" \"$s\"; printf '\\n%s\\n' \"$m\" >&2; done"
+    };
+}
+
+/// The databases exported, one job each (issue 28: one `docker exec` per worker, not
+/// per database): a job is the line `DATABASE<TAB>FILE`; `pg_dump -Fc` writes FILE in
+/// the export directory while psql reads every table's count and checksum (`$1` the
+/// export directory, `$2` field separator, `$3` the stats query, `$4` the zlib level:
+/// `postgres.compression`, `$5` the mark). Exit 91: `pg_dump` failed.
+const EXPORT: &str = concat!(
+    "umask 077; m=$5; cd \"$1\" || exit 1; ",
+    "while IFS=$'\\t' read -r db f; do ( ",
+    "pg_dump -U postgres -Fc -Z \"$4\" -f \"$f\" \"$db\" & p=$!; \
+     psql -U postgres -X -q -At -v ON_ERROR_STOP=1 -F \"$2\" -d \"$db\" -c \"$3\"; s=$?; \
+     wait $p || exit 91; exit $s )",
+    end_job!()
+);
 
 /// The readiness probe: tries 50 ms apart within one `docker exec` for one to two
 /// seconds (bash's `SECONDS` counts whole seconds; 9.5's image has no finer clock in
@@ -91,30 +106,35 @@ macro_rules! leave_out {
     };
 }
 
-/// One database imported, as one command (`$8` the dump, `$9` `clean` to drop the
-/// dump's objects in the target first, for overwrite_existing): the dump's SHA-256,
-/// read by a second process next to the restore so that no later step waits on it
-/// (one line `sha256<TAB>HEX`, or `-` when the image has no digest tool that answered:
-/// the seal reads it then), the restore's start and end (`restore<TAB>T0<TAB>T1`, bash's
-/// `EPOCHREALTIME`: the rest of the command is the comparison), then the same as
-/// [`STATS_ON_TARGET`]. What `leave_out!` names is left out of the restore.
+/// The databases imported, one job each (see [`EXPORT`]): a job is the line
+/// `DATABASE<TAB>DUMP<TAB>clean|keep`, `clean` to drop the dump's objects in the target
+/// first (overwrite_existing). It prints the dump's SHA-256, read by a second process
+/// next to the restore so that no later step waits on it (one line `sha256<TAB>HEX`,
+/// or `-` when the image has no digest tool that answered: the seal reads it then),
+/// the restore's start and end (`restore<TAB>T0<TAB>T1`, bash's `EPOCHREALTIME`: the
+/// rest of the job is the comparison), then every table's count and checksum as
+/// [`STATS_ON_TARGET`] does. What `leave_out!` names is left out of the restore. The
+/// password is the command's first line; `$1`..`$3` host, port, user, `$4` the export
+/// directory, `$5` sslmode, `$6` field separator, `$7` the stats query, `$8` the mark.
 /// Exit 90: the restore failed (nothing of it was committed; the digest is stopped).
 const IMPORT: &str = concat!(
     "umask 077; ",
     target_env!(),
     "LEAVE='",
     leave_out!(),
-    "'; ",
-    "if command -v openssl >/dev/null; then exec 3< <(openssl dgst -sha256 -r \"$8\"); \
-     else exec 3< <(sha256sum \"$8\"); fi; d=$!; \
-     pg_restore -l \"$8\" | grep -Ev -e \"$LEAVE\" > \"$8.list\" || { kill $d 2>/dev/null; exit 90; }; \
-     C=; [ \"$9\" = clean ] && C='--clean --if-exists'; t0=$EPOCHREALTIME; \
+    "'; m=$8; cd \"$4\" || exit 1; ",
+    "while IFS=$'\\t' read -r db f clean; do ( ",
+    "if command -v openssl >/dev/null; then exec 3< <(openssl dgst -sha256 -r \"$f\"); \
+     else exec 3< <(sha256sum \"$f\"); fi; d=$!; \
+     pg_restore -l \"$f\" | grep -Ev -e \"$LEAVE\" > \"$f.list\" || { kill $d 2>/dev/null; exit 90; }; \
+     C=; [ \"$clean\" = clean ] && C='--clean --if-exists'; t0=$EPOCHREALTIME; \
      pg_restore $C --no-owner --no-privileges --single-transaction --exit-on-error \
-     -L \"$8.list\" -h \"$1\" -p \"$2\" -U \"$3\" -d \"$4\" \"$8\" || { kill $d 2>/dev/null; exit 90; }; \
+     -L \"$f.list\" -h \"$1\" -p \"$2\" -U \"$3\" -d \"$db\" \"$f\" || { kill $d 2>/dev/null; exit 90; }; \
      t1=$EPOCHREALTIME; \
      IFS=' ' read -r H _ <&3 && [ ${#H} = 64 ] || H=-; printf 'sha256\\t%s\\n' \"$H\"; \
      printf 'restore\\t%s\\t%s\\n' \"${t0:--}\" \"${t1:--}\"; \
-     exec psql -X -q -At -v ON_ERROR_STOP=1 -F \"$6\" -h \"$1\" -p \"$2\" -U \"$3\" -d \"$4\" -c \"$7\""
+     exec psql -X -q -At -v ON_ERROR_STOP=1 -F \"$6\" -h \"$1\" -p \"$2\" -U \"$3\" -d \"$db\" -c \"$7\" )",
+    end_job!()
 );
 
 /// Where the external server is, as the Services machine reaches it.
@@ -154,6 +174,24 @@ pub struct EmbeddedPostgres<'a> {
     /// The databases the server has, with their sizes in bytes, as its readiness
     /// probe listed them.
     present: Vec<(String, u64)>,
+    /// The exports' commands ([`EXPORT`]), by the zlib level they write.
+    exports: JobPool<'a, String>,
+    /// The imports' commands ([`IMPORT`]), by the target they log in to.
+    imports: JobPool<'a, TargetKey>,
+}
+
+/// What an import's command is started with: the target's host, port, user, sslmode
+/// and password.
+type TargetKey = (String, u16, String, String, Secret);
+
+/// How many commands of each kind wait idle between jobs when `workers` carry
+/// PostgreSQL databases at once: one per worker, as long as the idle ones leave the
+/// connection's sessions enough for the rest (a command of each database under way, in
+/// either part, and one more: a seal, a probe), else fewer (down to none: a command
+/// per job, as before).
+pub(super) fn jobs_kept(workers: usize) -> usize {
+    let spare = crate::backends::ssh::EXEC_SESSIONS.saturating_sub(1 + 2 * workers) / 2;
+    spare.min(workers)
 }
 
 impl<'a> std::ops::Deref for EmbeddedPostgres<'a> {
@@ -239,7 +277,13 @@ impl<'a> EmbeddedPostgres<'a> {
             ),
         )
         .await?;
-        Ok(EmbeddedPostgres { c, tools, present })
+        Ok(EmbeddedPostgres {
+            c,
+            tools,
+            present,
+            exports: JobPool::new(1),
+            imports: JobPool::new(1),
+        })
     }
 
     /// The databases the embedded server has, with their sizes in bytes (read when it
@@ -248,37 +292,45 @@ impl<'a> EmbeddedPostgres<'a> {
         &self.present
     }
 
-    /// Exports `db` to EXPORT/<db>.dump at zlib level `compression`; its size, its
-    /// tables and the file's name.
+    /// How many commands of each kind wait idle between jobs (1 unless set): see
+    /// [`jobs_kept`].
+    pub fn keep_jobs(&mut self, keep: usize) {
+        self.exports.keep(keep);
+        self.imports.keep(keep);
+    }
+
+    /// Ends the commands waiting for jobs (at once); the next job starts its own.
+    pub async fn end_jobs(&self) {
+        tokio::join!(
+            self.exports.close(self.c.deadline),
+            self.imports.close(self.tools.deadline)
+        );
+    }
+
+    /// Exports `db` to EXPORT/<db>.dump at zlib level `compression`; its size (as the
+    /// readiness probe listed it), its tables and the file's name.
     pub async fn export(&self, db: &str, compression: u8) -> Result<Exported, Diagnostics> {
+        let Some(size) = self.present.iter().find(|(d, _)| d == db).map(|(_, n)| *n) else {
+            return Err(Diagnostic::error(
+                format!("Could not export database {db}"),
+                format!("the embedded PostgreSQL has no database {db}"),
+            )
+            .into());
+        };
         let level = compression.min(9).to_string();
         let name = format!("{db}.dump");
-        let file = format!("{EXPORT_MOUNT}/{name}");
-        let args = [
-            "exec",
-            &self.name,
-            "bash",
-            "-c",
-            EXPORT,
-            "export",
-            db,
-            &file,
-            "\t",
-            mig::DATABASE_SIZE_SQL,
-            mig::STATS_SQL,
-            &level,
-        ];
-        let (cmd, out) = self.docker(&args, None).await?;
+        let (cmd, out) = self
+            .exports
+            .run(level.clone(), &[db, &name], self.c.deadline, || async {
+                let args = [EXPORT_MOUNT, "\t", mig::STATS_SQL, &level];
+                self.c.start_jobs(EXPORT, &args, None).await
+            })
+            .await?;
         if !out.success() {
             return Err(fail(&format!("Could not export database {db}"), &cmd, &out));
         }
         let rows = rows_of(&out);
-        let size = rows
-            .first()
-            .and_then(|r| r.first())
-            .and_then(|n| n.parse().ok());
-        let (Some(size), Ok(tables)) = (size, mig::parse_stats(rows.get(1..).unwrap_or_default()))
-        else {
+        let Ok(tables) = mig::parse_stats(&rows) else {
             return Err(Diagnostic::error(
                 "Unexpected answer from the embedded PostgreSQL",
                 format!("`{cmd}` printed:\n{}", out.evidence()),
@@ -355,17 +407,44 @@ impl<'a> EmbeddedPostgres<'a> {
         t: &Target<'_>,
         clean: bool,
     ) -> Result<Imported, Diagnostics> {
-        let file = format!("{EXPORT_MOUNT}/{db}.dump");
+        let file = format!("{db}.dump");
         let mode = if clean { "clean" } else { "keep" };
-        let rows = self
-            .on_target(IMPORT, into, t, &[&file, mode], |out| match out.status {
+        let key = (
+            t.host.to_string(),
+            t.port,
+            t.user.to_string(),
+            t.sslmode.to_string(),
+            t.password.clone(),
+        );
+        let (cmd, out) = self
+            .imports
+            .run(key, &[into, &file, mode], self.tools.deadline, || async {
+                let port = t.port.to_string();
+                let args = [
+                    t.host,
+                    &port,
+                    t.user,
+                    EXPORT_MOUNT,
+                    t.sslmode,
+                    "\t",
+                    mig::STATS_SQL,
+                ];
+                self.tools
+                    .start_jobs(IMPORT, &args, Some(&password_line(t)))
+                    .await
+            })
+            .await?;
+        if !out.success() {
+            let summary = match out.status {
                 Some(90) => format!("Could not import database {db} into {}:{}", t.host, t.port),
                 _ => format!(
                     "Could not check database {into} at {}:{} after the import",
                     t.host, t.port
                 ),
-            })
-            .await?;
+            };
+            return Err(fail(&summary, &cmd, &out));
+        }
+        let rows = rows_of(&out);
         match rows.split_first() {
             Some((first, rest)) if first.len() == 2 && first[0] == "sha256" => {
                 let sha = &first[1];
@@ -435,6 +514,7 @@ impl EmbeddedPostgres<'_> {
     /// Removes both containers (the server stops; the data directory stays as it was);
     /// whether both are gone.
     pub async fn stop(self) -> bool {
+        self.end_jobs().await;
         let (c, tools) = tokio::join!(self.c.stop(), self.tools.stop());
         c && tools
     }
@@ -479,6 +559,165 @@ mod tests {
             .parse()
             .unwrap();
         (tries, out, took)
+    }
+
+    /// Writes executable `name` holding `body` (a shell script) into `dir`.
+    fn tool(dir: &std::path::Path, name: &str, body: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// Runs `script` (a job loop) with the tools in `bin`, `args` and `stdin`.
+    fn jobs(bin: &std::path::Path, script: &str, args: &[&str], stdin: &str) -> (String, String) {
+        use std::io::Write;
+        let mut c = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(script)
+            .arg("jobs")
+            .args(args)
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        (
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    }
+
+    #[test]
+    fn commands_are_kept_between_jobs_only_while_sessions_are_left_for_the_rest() {
+        // One per worker at the default parallelism and below; fewer above, none
+        // from four workers on (sshd's ten sessions, one of them the SFTP channel).
+        let kept: Vec<usize> = (0..=8).map(jobs_kept).collect();
+        assert_eq!(kept, [0, 1, 2, 1, 0, 0, 0, 0, 0]);
+        for w in 0..=64 {
+            let k = jobs_kept(w);
+            // The workers' running commands (either part's), the idle ones of both
+            // kinds and one more command (a seal, a probe) within the sessions.
+            assert!(k <= w, "{w}");
+            assert!(
+                w > 4 || w + 2 * k < crate::backends::ssh::EXEC_SESSIONS,
+                "{w}"
+            );
+        }
+    }
+
+    /// Issue 28: one command exports database after database. Each job is framed on
+    /// both streams with its own status, a failed one does not end the loop, and no
+    /// job's program reads the lines of the jobs after it (`psql` here reads stdin).
+    #[test]
+    fn the_export_loop_frames_each_job_and_goes_on_after_a_failure() {
+        let bin = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        tool(
+            bin.path(),
+            "pg_dump",
+            "for a; do f=$prev; prev=$a; [ \"$f\" = -f ] && out=$a; done\n\
+             [ \"$a\" = bad ] && { echo \"pg_dump: error: $a\" >&2; exit 1; }\n\
+             echo \"dump of $a at $5\" > \"$out\"",
+        );
+        tool(
+            bin.path(),
+            "psql",
+            "cat >/dev/null; for a; do :; done; printf 'table\\tpublic.%s\\t3\\tabc\\n' \"$(echo \"$a\" | cut -c1-4)\"",
+        );
+        let m = "0123456789abcdef0123456789abcdef";
+        let export = dir.path().to_str().unwrap();
+        let (out, err) = jobs(
+            bin.path(),
+            EXPORT,
+            &[export, "\t", "SELECT stats", "6", m],
+            "circle\tcircle.dump\nbad\tbad.dump\nvms\tvms.dump\n",
+        );
+        assert_eq!(
+            out,
+            format!(
+                "table\tpublic.SELE\t3\tabc\n\n{m}\t0\n\
+                 table\tpublic.SELE\t3\tabc\n\n{m}\t91\n\
+                 table\tpublic.SELE\t3\tabc\n\n{m}\t0\n"
+            )
+        );
+        assert_eq!(err, format!("\n{m}\npg_dump: error: bad\n\n{m}\n\n{m}\n"));
+        use std::os::unix::fs::PermissionsExt;
+        for db in ["circle", "vms"] {
+            let f = dir.path().join(format!("{db}.dump"));
+            assert_eq!(
+                std::fs::read_to_string(&f).unwrap(),
+                format!("dump of {db} at 6\n")
+            );
+            assert_eq!(
+                std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+    }
+
+    /// The import's loop: the password read once, before the first job, and every
+    /// job's restore and comparison logging in with it; each job framed, a failed
+    /// restore (exit 90) followed by the next job.
+    #[test]
+    fn the_import_loop_reads_the_password_once_and_frames_each_job() {
+        let bin = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        // `-l` lists an extension (left out) and a table; a restore of "bad" fails.
+        tool(
+            bin.path(),
+            "pg_restore",
+            "case \"$1\" in -l) printf '1; 0 0 EXTENSION - plpgsql \\n2; 0 0 TABLE public t u\\n'; exit 0;; esac\n\
+             for a; do f=$prev; prev=$a; [ \"$f\" = -d ] && db=$a; [ \"$f\" = -L ] && l=$a; done\n\
+             [ \"$db\" = bad ] && { echo \"pg_restore: error: $db\" >&2; exit 1; }\n\
+             cat \"$l\" > \"$db.restored\"; echo \"$PGPASSWORD\" >> \"$db.restored\"",
+        );
+        tool(
+            bin.path(),
+            "psql",
+            "cat >/dev/null; printf 'table\\tpublic.t\\t1\\tx%s\\n' \"$PGPASSWORD\"",
+        );
+        for db in ["circle", "bad", "vms"] {
+            std::fs::write(dir.path().join(format!("{db}.dump")), db).unwrap();
+        }
+        let m = "0123456789abcdef0123456789abcdef";
+        let export = dir.path().to_str().unwrap();
+        let (out, err) = jobs(
+            bin.path(),
+            IMPORT,
+            &[
+                "db.internal",
+                "5432",
+                "circle",
+                export,
+                "require",
+                "\t",
+                "SELECT stats",
+                m,
+            ],
+            "pw1\ncircle\tcircle.dump\tkeep\nbad\tbad.dump\tkeep\nvms\tvms.dump\tclean\n",
+        );
+        let frames: Vec<&str> = out.split(&format!("\n{m}\t")).collect();
+        assert_eq!(frames.len(), 4, "{out}");
+        assert!(frames[1].starts_with("0\n"), "{out}");
+        assert!(frames[2].starts_with("90\n"), "{out}");
+        assert_eq!(frames[3], "0\n", "{out}");
+        for job in [frames[0], frames[2].trim_start_matches("90\n")] {
+            assert!(job.starts_with("sha256\t"), "{out}");
+            assert!(job.contains("\nrestore\t"), "{out}");
+            assert!(job.ends_with("table\tpublic.t\t1\txpw1\n"), "{out}");
+        }
+        assert_eq!(err.matches(&format!("\n{m}\n")).count(), 3, "{err}");
+        assert!(err.contains("pg_restore: error: bad"), "{err}");
+        for db in ["circle", "vms"] {
+            let restored =
+                std::fs::read_to_string(dir.path().join(format!("{db}.restored"))).unwrap();
+            assert_eq!(restored, "2; 0 0 TABLE public t u\npw1\n", "{db}");
+        }
     }
 
     #[test]
