@@ -86,8 +86,8 @@ pub mod testing {
     /// The Services machine over SSH.
     pub mod ssh {
         pub use crate::backends::ssh::{
-            parse_host_key, HostKeyPolicy, Program, RemoteCommand, ServicesHost, SshAuth,
-            SshConfig, SshError, SshErrorKind,
+            new_mark, parse_host_key, HostKeyPolicy, Jobs, Program, RemoteCommand, ServicesHost,
+            SshAuth, SshConfig, SshError, SshErrorKind,
         };
     }
 

@@ -338,7 +338,7 @@ def exec_(state, refuse, args):
     rec = _record(state, rest[0])
     if rec is None:
         return False
-    if "-i" not in args:
+    if "-i" not in args[:args.index(rest[0])]:
         # As Docker: without -i the exec's standard input is not attached (it reads
         # end of file at once), whatever the caller's stdin holds.
         null = os.open(os.devnull, os.O_RDONLY)

@@ -188,7 +188,8 @@ fn bounds(d: Duration, min_secs: u64, max_secs: u64, at: AttrPath, diags: &mut D
     }
 }
 
-/// Exactly one of `password` and `password_wo`, neither empty nor holding NUL, and
+/// Exactly one of `password` and `password_wo`, neither empty nor holding NUL or a line
+/// break, and
 /// `password_wo_version` only together with `password_wo`.
 fn password_pair_at(config: &Value, path: &dyn Fn(&str) -> AttrPath, diags: &mut Diagnostics) {
     let p = match super::Passwords::of(config) {
@@ -213,11 +214,12 @@ fn password_pair_at(config: &Value, path: &dyn Fn(&str) -> AttrPath, diags: &mut
     }
     for (name, v) in [("password", pw), ("password_wo", wo)] {
         if let Some(p) = v.value() {
-            if p.expose().is_empty() || p.expose().contains('\0') {
+            if p.expose().is_empty() || p.expose().contains(['\0', '\n', '\r']) {
                 diags.attr_error(
                     path(name),
                     "Invalid password",
-                    "must be non-empty and contain no NUL character",
+                    "must be non-empty and contain no NUL character or line break (the Services \
+                     machine's tools read a password as one line)",
                 );
             }
         }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use terraform_provider_circleci::testing::envfile::{render, Style};
 use terraform_provider_circleci::testing::ssh::{
-    parse_host_key, HostKeyPolicy, Program, RemoteCommand, ServicesHost, SshAuth, SshConfig,
-    SshError, SshErrorKind,
+    new_mark, parse_host_key, HostKeyPolicy, Program, RemoteCommand, ServicesHost, SshAuth,
+    SshConfig, SshError, SshErrorKind,
 };
 use terraform_provider_circleci::testing::Secret;
 
@@ -316,6 +316,116 @@ async fn commands_run_quoted_with_stdin_and_a_deadline() {
     assert!(started.elapsed() < Duration::from_secs(3));
     assert!(matches!(e, SshError::Command { .. }), "{e}");
     assert!(e.to_string().contains("no result within 1s"), "{e}");
+}
+
+/// Issue 28: one command takes job after job on its stdin, each ended by a frame on
+/// both streams. A job's output comes back whole (no last line break needed), a failed
+/// job leaves the command open, output after a stream's frame does not undo it (the
+/// frames may arrive in either order), a job that misses its deadline closes the
+/// command, and a command that ends before its job is an error with what it printed.
+// The guard is held across awaits on purpose: it serialises whole tests, threads apart.
+#[allow(clippy::await_holding_lock)]
+#[tokio::test]
+async fn jobs_go_one_line_each_to_one_command_and_end_by_their_frames() {
+    let _turn = common::sim::SIMULATOR
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let s = common::servers();
+    let h = host(&s, pinned(&s));
+    let t = Duration::from_secs(10);
+    // A temporary container of a restore image, as the migration's tools run in.
+    let name = "circle-jobs-test";
+    let _rm = common::sim::Removed(
+        std::path::Path::new(s.get("CIRCLECI_TEST_SIM")).join("docker"),
+        name,
+    );
+    let run = RemoteCommand::new(
+        Program::Docker,
+        [
+            "run",
+            "--name",
+            name,
+            "-d",
+            "postgres:15",
+            "sleep",
+            "infinity",
+        ],
+    )
+    .unwrap();
+    let started = h.run(&run, None, t).await.unwrap();
+    assert!(started.success(), "{}", started.evidence());
+    // The job `stray` ends its stderr first, then writes there again (its background
+    // process, as a digest left running would), and ends stdout half a second later.
+    let script = "m=$1; while IFS=$'\\t' read -r a b; do ( case $a in \
+         stray) (sleep 0.2; echo late >&2) & printf '\\n%s\\n' \"$m\" >&2; sleep 0.5; echo early;; \
+         fail) echo oops >&2; exit 3;; slow) sleep 5;; *) printf '%s+%s' \"$a\" \"$b\";; esac ) < /dev/null; \
+         s=$?; printf '\\n%s\\t%s\\n' \"$m\" \"$s\"; [ \"$a\" = stray ] || printf '\\n%s\\n' \"$m\" >&2; done";
+    let mark = new_mark();
+    let cmd = RemoteCommand::new(
+        Program::Docker,
+        ["exec", "-i", name, "bash", "-c", script, "jobs", &mark],
+    )
+    .unwrap();
+    let mut jobs = h.jobs(&cmd, &mark, None, t).await.unwrap();
+    let out = jobs.job(&["x", "y z"], t).await.unwrap();
+    assert_eq!(
+        (out.status, out.stdout_text()),
+        (Some(0), "x+y z".to_string())
+    );
+    let out = jobs.job(&["fail", "-"], t).await.unwrap();
+    assert_eq!(out.status, Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
+    assert!(jobs.open());
+    let out = jobs
+        .job(&["stray", "-"], Duration::from_secs(4))
+        .await
+        .unwrap();
+    assert_eq!(
+        (out.status, out.stdout_text()),
+        (Some(0), "early\n".to_string())
+    );
+    // The stray line came after the job's stderr frame, while its stdout was still
+    // read: it is nobody's, and the next job's stderr does not get it.
+    let out = jobs.job(&["a", "b"], t).await.unwrap();
+    assert_eq!(out.stdout_text(), "a+b");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    assert!(jobs.job(&["tab\there", "b"], t).await.is_err());
+    let e = jobs
+        .job(&["slow", "-"], Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("no result of the job within 1s"),
+        "{e}"
+    );
+    assert!(!jobs.open());
+    let e = jobs.job(&["x", "y"], t).await.unwrap_err();
+    assert!(e.to_string().contains("after the command had ended"), "{e}");
+
+    let mark = new_mark();
+    let cmd = RemoteCommand::new(
+        Program::Docker,
+        [
+            "exec",
+            "-i",
+            name,
+            "bash",
+            "-c",
+            "echo gone >&2; exit 4",
+            "jobs",
+            &mark,
+        ],
+    )
+    .unwrap();
+    let mut jobs = h.jobs(&cmd, &mark, None, t).await.unwrap();
+    let e = jobs.job(&["x", "y"], t).await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("it ended (status 4) before its job did")
+            && e.to_string().contains("gone"),
+        "{e}"
+    );
+    assert!(!jobs.open());
 }
 
 /// sshd allows ten sessions on one connection (MaxSessions), the SFTP channel one of

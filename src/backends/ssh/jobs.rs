@@ -21,7 +21,7 @@ use super::exec::{keep, open_session, CommandOutput, RemoteCommand};
 use super::{ServicesHost, Session, SshError};
 
 /// A command taking jobs: see the module's documentation.
-pub(crate) struct Jobs<'a> {
+pub struct Jobs<'a> {
     host: &'a ServicesHost,
     cmd: RemoteCommand,
     mark: String,
@@ -32,7 +32,7 @@ pub(crate) struct Jobs<'a> {
 }
 
 /// A fresh mark for a command's frames: 32 random hex digits.
-pub(crate) fn new_mark() -> String {
+pub fn new_mark() -> String {
     let mut b = [0u8; 16];
     // The system's random source; should it fail, the time and the process still
     // make a mark no job prints.
@@ -111,7 +111,7 @@ impl ServicesHost {
     /// Starts `cmd`, which frames each job with `mark` (see the module's
     /// documentation), feeding it `stdin` first (a secret it reads before its first
     /// job); within `deadline`. Its jobs are sent by [`Jobs::job`].
-    pub(crate) async fn jobs(
+    pub async fn jobs(
         &self,
         cmd: &RemoteCommand,
         mark: &str,
@@ -181,14 +181,14 @@ impl ServicesHost {
 
 impl Jobs<'_> {
     /// The command, as messages show it.
-    pub(crate) fn command(&self) -> &RemoteCommand {
+    pub fn command(&self) -> &RemoteCommand {
         &self.cmd
     }
 
     /// Whether the command still takes jobs: not after a job that failed to end (see
     /// the module's documentation), nor once its connection has closed (the next
     /// command reconnects).
-    pub(crate) fn open(&self) -> bool {
+    pub fn open(&self) -> bool {
         self.ch.is_some() && !self.conn.handle.is_closed()
     }
 
@@ -206,7 +206,7 @@ impl Jobs<'_> {
     /// `deadline`. A non-zero status is returned, not an error, as
     /// [`ServicesHost::run`] does. A command that ended before its job did is an error
     /// (with what it printed), and takes no other job.
-    pub(crate) async fn job(
+    pub async fn job(
         &mut self,
         words: &[&str],
         deadline: Duration,
@@ -233,11 +233,14 @@ impl Jobs<'_> {
             let mut exit = None;
             while status.is_none() || err_frame.is_none() {
                 match ch.wait().await {
-                    Some(ChannelMsg::Data { data }) => {
+                    // A frame once seen stays (the mark is random: nothing after it is
+                    // the job's); output after it would be the next job's, and there is
+                    // none before the next line.
+                    Some(ChannelMsg::Data { data }) if status.is_none() => {
                         out.push(&data);
                         status = out.ended(mark, true);
                     }
-                    Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
+                    Some(ChannelMsg::ExtendedData { data, ext: 1 }) if err_frame.is_none() => {
                         err.push(&data);
                         err_frame = err.ended(mark, false).map(|(n, _)| n);
                     }
@@ -280,25 +283,26 @@ impl Jobs<'_> {
                 truncated: t1 || t2,
             })
         };
-        match tokio::time::timeout(deadline, work).await {
-            Ok(Ok(out)) => Ok(out),
-            Ok(Err(step)) => {
-                self.ch = None;
-                Err(self.fail(&step))
-            }
-            Err(_) => {
-                self.ch = None;
-                Err(self.fail(&format!(
-                    "no result of the job within {}",
-                    humantime::format_duration(deadline)
-                )))
-            }
+        let step = match tokio::time::timeout(deadline, work).await {
+            Ok(Ok(out)) => return Ok(out),
+            Ok(Err(step)) => step,
+            Err(_) => format!(
+                "no result of the job within {}",
+                humantime::format_duration(deadline)
+            ),
+        };
+        // Not used again: its input closed and the channel with it (the session is
+        // given back only once sshd has it), what it runs cut off as a one-shot
+        // command's would be.
+        if let Some(ch) = self.ch.take() {
+            end(ch).await;
         }
+        Err(self.fail(&step))
     }
 
     /// Ends the command: its input closed, it ends once its last job has (within
     /// `deadline`; a command that does not is closed all the same).
-    pub(crate) async fn close(mut self, deadline: Duration) {
+    pub async fn close(mut self, deadline: Duration) {
         let Some(mut ch) = self.ch.take() else {
             return;
         };
@@ -314,6 +318,24 @@ impl Jobs<'_> {
         .await;
         let _ = ch.close().await;
     }
+}
+
+/// How long a channel given up on gets to close before its session is given back.
+const CLOSING: Duration = Duration::from_secs(2);
+
+/// Closes a channel given up on: its input closed (a loop waiting for a job ends) and
+/// the channel closed, waiting (at most [`CLOSING`]) for sshd to close it too.
+async fn end(mut ch: russh::Channel<russh::client::Msg>) {
+    let _ = tokio::time::timeout(CLOSING, async {
+        let _ = ch.eof().await;
+        let _ = ch.close().await;
+        while let Some(msg) = ch.wait().await {
+            if matches!(msg, ChannelMsg::Close) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 impl Drop for Jobs<'_> {

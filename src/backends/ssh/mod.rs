@@ -30,7 +30,7 @@ pub use connect::parse_host_key;
 use connect::Client;
 pub(crate) use exec::CommandOutput;
 pub use exec::{Program, RemoteCommand};
-pub(crate) use jobs::{new_mark, Jobs};
+pub use jobs::{new_mark, Jobs};
 
 /// The fixed command used to run the SFTP server as root. Debian/Ubuntu and RHEL keep
 /// sftp-server in different places; no user input goes into this line.

@@ -187,6 +187,18 @@ async fn rabbitmq_and_nomad_bad_input_and_defaults() {
         &mq.validate(&c),
         &["Invalid host @ host", "Conflicting passwords @ password_wo"],
     );
+    // A line break: the Services machine's tools read a password as one line.
+    for pw in ["two\nlines", "cr\r"] {
+        let c = config(
+            &mq,
+            &[
+                ("host", Value::string("mq.internal")),
+                ("username", Value::string("circle")),
+                ("password_wo", Value::string(pw)),
+            ],
+        );
+        assert_has(&mq.validate(&c), &["Invalid password @ password_wo"]);
+    }
     let tls = config(
         &mq,
         &[

@@ -314,6 +314,9 @@ impl ServicesRestart {
         ))
     }
 
+    /// How many of the services' checks a round runs at once.
+    const PROBES_AT_ONCE: usize = 3;
+
     /// Runs `checks`, and the Nomad capacity check when `nomad` says where, until all
     /// pass or `within` passes (or Terraform asks to stop). Returns the passed ones, and
     /// an error per failed one.
@@ -328,19 +331,26 @@ impl ServicesRestart {
             let mut passed = Vec::new();
             let mut failed_labels = Vec::new();
             let mut failed = Diagnostics::new();
-            // Every check of a round at once (each is its own read: a Nomad request, a
-            // `docker inspect` and `docker logs`): the round takes as long as its
-            // slowest, not their sum, inside CircleCI's downtime. Reported in order.
+            // The checks of a round side by side (each is its own read: a Nomad request,
+            // a `docker inspect` and `docker logs`), inside CircleCI's downtime; at most
+            // PROBES_AT_ONCE of the services' at once, each `docker logs` holding up to
+            // MAX_LOGS a stream. Reported in order.
             let capacity = async {
                 match &nomad {
                     Some(n) => Some(n.cutover.check_capacity(n.endpoint, n.before).await),
                     None => None,
                 }
             };
-            let (capacity, probed) = tokio::join!(
-                capacity,
-                futures_util::future::join_all(checks.iter().map(|c| self.probe(&c.probe)))
-            );
+            let probes = async {
+                let mut all = Vec::with_capacity(checks.len());
+                for part in checks.chunks(Self::PROBES_AT_ONCE) {
+                    let probed =
+                        futures_util::future::join_all(part.iter().map(|c| self.probe(&c.probe)));
+                    all.extend(probed.await);
+                }
+                all
+            };
+            let (capacity, probed) = tokio::join!(capacity, probes);
             if let (Some(n), Some(r)) = (&nomad, capacity) {
                 match r {
                     Ok(label) => passed.push(format!("nomad: {label}")),
