@@ -665,20 +665,14 @@ impl DataMigration {
         // Each worker's export and import commands kept between its databases.
         e.keep_jobs(super::embedded_postgres::jobs_kept(
             s.parallelism.min(p.databases.len()),
+            s.parallelism,
         ));
         let r = async {
-            let each = self.each_database(&e, s, p, occupied, cut, shared).await;
-            let mut out = match each {
-                Ok(out) => out,
-                Err(d) => {
-                    e.end_jobs().await;
-                    return Err(d);
-                }
-            };
+            let mut out = self.each_database(&e, s, p, occupied, cut, shared).await?;
             let names: Vec<String> = out.files.iter().map(|f| f.name.clone()).collect();
-            // The commands end while the export is sealed.
-            let (sealed, ()) = tokio::join!(e.seal_known(&out.files), e.end_jobs());
-            out.files = sealed?;
+            // Nothing to run when every import read its dump's digest and size (the
+            // commands waiting for jobs end with the containers, below).
+            out.files = e.seal_known(&out.files).await?;
             if !s.keep_export {
                 e.remove(&names).await?;
                 log::info!("export removed (keep_export = false)");
@@ -849,12 +843,13 @@ async fn import_one(
     out: &std::sync::Mutex<PgOutcome>,
 ) -> Result<(), Diagnostics> {
     let db = x.db.as_str();
-    // The dump's SHA-256 when the import read it (else the seal reads it).
-    let record = |sha256: Option<String>, skipped: bool| {
+    // The dump's SHA-256 and size when the import read them (else the seal reads
+    // them: 0 and empty are unknown).
+    let record = |sha256: Option<String>, size: Option<u64>, skipped: bool| {
         let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
         out.files.push(ExportFile {
             name: x.file.clone(),
-            size: 0,
+            size: size.unwrap_or(0),
             sha256: sha256.unwrap_or_default(),
         });
         if skipped {
@@ -868,7 +863,7 @@ async fn import_one(
         let diffs = compare(db, &x.source, &before);
         if diffs.is_empty() {
             log::info!("database {db}: the target already holds exactly this data; left as it is");
-            record(None, true);
+            record(None, None, true);
             return Ok(());
         }
         if occupied.is_own(db) {
@@ -894,6 +889,7 @@ async fn import_one(
     let started = Instant::now();
     let super::embedded_postgres::Imported {
         sha256,
+        size,
         tables: after,
         restore,
     } = e.import(db, db, target, clean).await?;
@@ -920,7 +916,7 @@ async fn import_one(
     for t in tables(&x.source) {
         log::info!("database {db}: table {} verified, {} rows", t.table, t.rows);
     }
-    record(sha256, false);
+    record(sha256, size, false);
     crate::fault_point::point("circleci_data_migration.database_loop").await;
     Ok(())
 }

@@ -372,13 +372,19 @@ impl<'a> Container<'a> {
         self.seal_as(entries, "hash").await
     }
 
-    /// [`Container::seal`] of `files`, whose SHA-256 is known when not empty (the
-    /// import read it) and read here otherwise.
+    /// [`Container::seal`] of `files`, whose SHA-256 is known when not empty and size
+    /// when not 0 (the import read them), read here otherwise. A file whose both are
+    /// known needs no seal: the export directory was made private before anything was
+    /// written into it, the dump was written as a new file under umask 077, and the
+    /// import removed its restore list. With every file so, no command runs.
     pub async fn seal_known(&self, files: &[ExportFile]) -> Result<Vec<ExportFile>, Diagnostics> {
+        let (done, rest): (Vec<&ExportFile>, Vec<&ExportFile>) = files
+            .iter()
+            .partition(|f| !f.sha256.is_empty() && f.size > 0);
         let (known, unknown): (Vec<&ExportFile>, Vec<&ExportFile>) =
-            files.iter().partition(|f| !f.sha256.is_empty());
+            rest.into_iter().partition(|f| !f.sha256.is_empty());
         let names = |fs: &[&ExportFile]| fs.iter().map(|f| f.name.clone()).collect::<Vec<_>>();
-        let mut out = Vec::new();
+        let mut out: Vec<ExportFile> = done.into_iter().cloned().collect();
         if !known.is_empty() {
             for mut f in self.seal_as(&names(&known), "sizes").await? {
                 let Some(k) = known.iter().find(|k| k.name == f.name) else {

@@ -29,12 +29,14 @@ macro_rules! end_job {
 
 /// The databases exported, one job each (issue 28: one `docker exec` per worker, not
 /// per database): a job is the line `DATABASE<TAB>FILE`; `pg_dump -Fc` writes FILE in
-/// the export directory while psql reads every table's count and checksum (`$1` the
+/// the export directory (a new file: one an earlier run left is removed first, so that
+/// the umask makes it private from its first byte) while psql reads every table's count
+/// and checksum (`$1` the
 /// export directory, `$2` field separator, `$3` the stats query, `$4` the zlib level:
 /// `postgres.compression`, `$5` the mark). Exit 91: `pg_dump` failed.
 const EXPORT: &str = concat!(
     "umask 077; m=$5; cd \"$1\" || exit 1; ",
-    "while IFS=$'\\t' read -r db f; do ( ",
+    "while IFS=$'\\t' read -r db f; do ( rm -f \"$f\" || exit 1; ",
     "pg_dump -U postgres -Fc -Z \"$4\" -f \"$f\" \"$db\" & p=$!; \
      psql -U postgres -X -q -At -v ON_ERROR_STOP=1 -F \"$2\" -d \"$db\" -c \"$3\"; s=$?; \
      wait $p || exit 91; exit $s )",
@@ -111,8 +113,10 @@ macro_rules! leave_out {
 /// first (overwrite_existing). It prints the dump's SHA-256, read by a second process
 /// next to the restore so that no later step waits on it (one line `sha256<TAB>HEX`,
 /// or `-` when the image has no digest tool that answered: the seal reads it then),
-/// the restore's start and end (`restore<TAB>T0<TAB>T1`, bash's `EPOCHREALTIME`: the
-/// rest of the job is the comparison), then every table's count and checksum as
+/// its size (`size<TAB>BYTES`, once its restore list is removed; `-` when either
+/// failed: the seal does both then), the restore's start and end
+/// (`restore<TAB>T0<TAB>T1`, bash's `EPOCHREALTIME`: the rest of the job is the
+/// comparison), then every table's count and checksum as
 /// [`STATS_ON_TARGET`] does. What `leave_out!` names is left out of the restore. The
 /// password is the command's first line; `$1`..`$3` host, port, user, `$4` the export
 /// directory, `$5` sslmode, `$6` field separator, `$7` the stats query, `$8` the mark.
@@ -124,14 +128,15 @@ const IMPORT: &str = concat!(
     leave_out!(),
     "'; m=$8; cd \"$4\" || exit 1; ",
     "while IFS=$'\\t' read -r db f clean; do ( ",
-    "if command -v openssl >/dev/null; then exec 3< <(openssl dgst -sha256 -r \"$f\"); \
-     else exec 3< <(sha256sum \"$f\"); fi; d=$!; \
+    "if command -v openssl >/dev/null; then exec 3< <(openssl dgst -sha256 -r \"$f\" 2>/dev/null); \
+     else exec 3< <(sha256sum \"$f\" 2>/dev/null); fi; d=$!; \
      pg_restore -l \"$f\" | grep -Ev -e \"$LEAVE\" > \"$f.list\" || { kill $d 2>/dev/null; exit 90; }; \
      C=; [ \"$clean\" = clean ] && C='--clean --if-exists'; t0=$EPOCHREALTIME; \
      pg_restore $C --no-owner --no-privileges --single-transaction --exit-on-error \
      -L \"$f.list\" -h \"$1\" -p \"$2\" -U \"$3\" -d \"$db\" \"$f\" || { kill $d 2>/dev/null; exit 90; }; \
      t1=$EPOCHREALTIME; \
      IFS=' ' read -r H _ <&3 && [ ${#H} = 64 ] || H=-; printf 'sha256\\t%s\\n' \"$H\"; \
+     rm -f \"$f.list\" && Z=$(stat -c %s \"$f\") || Z=-; printf 'size\\t%s\\n' \"$Z\"; \
      printf 'restore\\t%s\\t%s\\n' \"${t0:--}\" \"${t1:--}\"; \
      exec psql -X -q -At -v ON_ERROR_STOP=1 -F \"$6\" -h \"$1\" -p \"$2\" -U \"$3\" -d \"$db\" -c \"$7\" )",
     end_job!()
@@ -185,12 +190,12 @@ pub struct EmbeddedPostgres<'a> {
 type TargetKey = (String, u16, String, String, Secret);
 
 /// How many commands of each kind wait idle between jobs when `workers` carry
-/// PostgreSQL databases at once: one per worker, as long as the idle ones leave the
-/// connection's sessions enough for the rest (a command of each database under way, in
-/// either part, and one more: a seal, a probe), else fewer (down to none: a command
-/// per job, as before).
-pub(super) fn jobs_kept(workers: usize) -> usize {
-    let spare = crate::backends::ssh::EXEC_SESSIONS.saturating_sub(1 + 2 * workers) / 2;
+/// PostgreSQL databases and `parallelism` databases of both parts are under way at
+/// most: one per worker, as long as the idle ones of both kinds leave the connection's
+/// sessions enough for a command of each database under way and one more (a seal, a
+/// probe), else fewer (down to none: a command per job).
+pub(super) fn jobs_kept(workers: usize, parallelism: usize) -> usize {
+    let spare = crate::backends::ssh::EXEC_SESSIONS.saturating_sub(1 + parallelism) / 2;
     spare.min(workers)
 }
 
@@ -375,7 +380,7 @@ impl<'a> EmbeddedPostgres<'a> {
             mig::STATS_SQL,
         ];
         args.extend_from_slice(rest);
-        let (cmd, out) = self.tools.docker(&args, Some(&password_line(t))).await?;
+        let (cmd, out) = self.tools.docker(&args, Some(&password_line(t)?)).await?;
         if !out.success() {
             return Err(fail(&failed(&out), &cmd, &out));
         }
@@ -430,7 +435,7 @@ impl<'a> EmbeddedPostgres<'a> {
                     mig::STATS_SQL,
                 ];
                 self.tools
-                    .start_jobs(IMPORT, &args, Some(&password_line(t)))
+                    .start_jobs(IMPORT, &args, Some(&password_line(t)?))
                     .await
             })
             .await?;
@@ -449,16 +454,14 @@ impl<'a> EmbeddedPostgres<'a> {
             Some((first, rest)) if first.len() == 2 && first[0] == "sha256" => {
                 let sha = &first[1];
                 let hex = sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit());
-                let (restore, rest) = match rest.split_first() {
-                    Some((r, rest)) if r.first().is_some_and(|k| k == "restore") => {
-                        (restore_time(r), rest)
-                    }
-                    _ => (None, rest),
-                };
+                // Each line its own key, in this order; one missing is unknown.
+                let (size, rest) = keyed(rest, "size");
+                let (restore, rest) = keyed(rest, "restore");
                 Ok(Imported {
                     sha256: hex.then(|| sha.to_ascii_lowercase()),
+                    size: size.and_then(|r| r.get(1)?.parse().ok()),
                     tables: stats_of(rest, t)?,
-                    restore,
+                    restore: restore.and_then(restore_time),
                 })
             }
             _ => Err(Diagnostic::error(
@@ -478,10 +481,22 @@ impl<'a> EmbeddedPostgres<'a> {
 pub struct Imported {
     /// The dump's SHA-256.
     pub sha256: Option<String>,
+    /// The dump's size in bytes, read once its restore list was removed (none when
+    /// either failed: the seal does both).
+    pub size: Option<u64>,
     /// Every table's count and checksum on the target, after the restore.
     pub tables: Vec<TableStat>,
     /// How long `pg_restore` took.
     pub restore: Option<Duration>,
+}
+
+/// The first of `rows` when its first field is `key`, and the rows after it (all of
+/// them when it is not).
+fn keyed<'r>(rows: &'r [Vec<String>], key: &str) -> (Option<&'r [String]>, &'r [Vec<String>]) {
+    match rows.split_first() {
+        Some((r, more)) if r.first().is_some_and(|k| k == key) => (Some(r), more),
+        _ => (None, rows),
+    }
 }
 
 /// The restore's time from its `restore<TAB>T0<TAB>T1` line (seconds, as bash's
@@ -514,17 +529,39 @@ impl EmbeddedPostgres<'_> {
     /// Removes both containers (the server stops; the data directory stays as it was);
     /// whether both are gone.
     pub async fn stop(self) -> bool {
-        self.end_jobs().await;
-        let (c, tools) = tokio::join!(self.c.stop(), self.tools.stop());
+        // The commands waiting for jobs end as the containers go (`docker rm -f` would
+        // end them too): the downtime waits for neither one after the other.
+        let EmbeddedPostgres {
+            c,
+            tools,
+            exports,
+            imports,
+            ..
+        } = self;
+        let (d, t) = (c.deadline, tools.deadline);
+        let (_, _, c, tools) =
+            tokio::join!(exports.close(d), imports.close(t), c.stop(), tools.stop());
         c && tools
     }
 }
 
 /// The target's password and a newline: what the fixed scripts read first on stdin.
-pub(super) fn password_line(t: &Target<'_>) -> Vec<u8> {
+/// A password with a line break is refused (validation refuses it first): the scripts
+/// read one line, and the import's would take the rest for jobs.
+pub(super) fn password_line(t: &Target<'_>) -> Result<Vec<u8>, Diagnostics> {
+    if t.password.expose().contains(['\n', '\r']) {
+        return Err(Diagnostic::error(
+            "Invalid password",
+            format!(
+                "the password of {} at {}:{} holds a line break; the restore's tools read it as one line",
+                t.user, t.host, t.port
+            ),
+        )
+        .into());
+    }
     let mut stdin = t.password.expose().as_bytes().to_vec();
     stdin.push(b'\n');
-    stdin
+    Ok(stdin)
 }
 
 #[cfg(test)]
@@ -594,19 +631,24 @@ mod tests {
 
     #[test]
     fn commands_are_kept_between_jobs_only_while_sessions_are_left_for_the_rest() {
-        // One per worker at the default parallelism and below; fewer above, none
-        // from four workers on (sshd's ten sessions, one of them the SFTP channel).
-        let kept: Vec<usize> = (0..=8).map(jobs_kept).collect();
-        assert_eq!(kept, [0, 1, 2, 1, 0, 0, 0, 0, 0]);
-        for w in 0..=64 {
-            let k = jobs_kept(w);
-            // The workers' running commands (either part's), the idle ones of both
-            // kinds and one more command (a seal, a probe) within the sessions.
-            assert!(k <= w, "{w}");
-            assert!(
-                w > 4 || w + 2 * k < crate::backends::ssh::EXEC_SESSIONS,
-                "{w}"
-            );
+        // One per worker at the default parallelism; fewer as the parallelism grows,
+        // none from 7 on (sshd's ten sessions, one of them the SFTP channel), and
+        // never more than the PostgreSQL part's workers.
+        let kept: Vec<usize> = (1..=8).map(|p| jobs_kept(p, p)).collect();
+        assert_eq!(kept, [1, 2, 2, 2, 1, 1, 0, 0]);
+        assert_eq!(jobs_kept(1, 8), 0);
+        assert_eq!(jobs_kept(2, 4), 2);
+        for p in 1..=64 {
+            for w in 0..=p {
+                let k = jobs_kept(w, p);
+                // Both kinds' idle commands, a command of each database under way (in
+                // either part) and one more within the sessions.
+                assert!(k <= w, "{w} {p}");
+                assert!(
+                    p > 8 || 2 * k + p < crate::backends::ssh::EXEC_SESSIONS,
+                    "{w} {p}"
+                );
+            }
         }
     }
 
@@ -629,6 +671,11 @@ mod tests {
             "psql",
             "cat >/dev/null; for a; do :; done; printf 'table\\tpublic.%s\\t3\\tabc\\n' \"$(echo \"$a\" | cut -c1-4)\"",
         );
+        // A dump an earlier run left readable is not written into as it is.
+        use std::os::unix::fs::PermissionsExt;
+        let old = dir.path().join("circle.dump");
+        std::fs::write(&old, "old").unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
         let m = "0123456789abcdef0123456789abcdef";
         let export = dir.path().to_str().unwrap();
         let (out, err) = jobs(
@@ -646,7 +693,6 @@ mod tests {
             )
         );
         assert_eq!(err, format!("\n{m}\npg_dump: error: bad\n\n{m}\n\n{m}\n"));
-        use std::os::unix::fs::PermissionsExt;
         for db in ["circle", "vms"] {
             let f = dir.path().join(format!("{db}.dump"));
             assert_eq!(
@@ -706,11 +752,19 @@ mod tests {
         assert!(frames[1].starts_with("0\n"), "{out}");
         assert!(frames[2].starts_with("90\n"), "{out}");
         assert_eq!(frames[3], "0\n", "{out}");
-        for job in [frames[0], frames[2].trim_start_matches("90\n")] {
+        // Each dump's size too, and its restore list removed once restored (a failed
+        // restore leaves it, part of the partial export): nothing left for a seal.
+        for (job, size) in [(frames[0], 6), (frames[2].trim_start_matches("90\n"), 3)] {
             assert!(job.starts_with("sha256\t"), "{out}");
+            assert!(job.contains(&format!("\nsize\t{size}\n")), "{out}");
             assert!(job.contains("\nrestore\t"), "{out}");
             assert!(job.ends_with("table\tpublic.t\t1\txpw1\n"), "{out}");
         }
+        let lists: Vec<bool> = ["circle", "bad", "vms"]
+            .iter()
+            .map(|db| dir.path().join(format!("{db}.dump.list")).exists())
+            .collect();
+        assert_eq!(lists, [false, true, false]);
         assert_eq!(err.matches(&format!("\n{m}\n")).count(), 3, "{err}");
         assert!(err.contains("pg_restore: error: bad"), "{err}");
         for db in ["circle", "vms"] {

@@ -141,7 +141,10 @@ crate::model! {
             check(Check::Int { min: 1, max: MAX_PARALLELISM }), doc(format!(
             "How many databases are carried at once, 1 to {MAX_PARALLELISM}: the PostgreSQL and the MongoDB \
              databases together, as both parts run at the same time (each database under way holds one SSH \
-             session to the Services machine, whose sshd allows 10 by default). Each is exported, then \
+             session to the Services machine, whose sshd allows 10 by default; the PostgreSQL databases go \
+             as jobs to commands kept open in the containers between them instead of a `docker exec` per \
+             database each way: one of each kind per worker at 1 and 2, two at 3 and 4, one at 5 and 6, \
+             none from 7 on, to leave sshd's sessions to the rest). Each is exported, then \
              restored and compared on its own, all or nothing (a PostgreSQL database in one transaction; a \
              MongoDB database that was empty loses again what a failed restore wrote). Among \
              the PostgreSQL databases a free worker takes the largest left, so that the longest database \

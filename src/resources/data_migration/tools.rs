@@ -322,7 +322,7 @@ impl DataMigration {
                 ];
                 let mut all = vec!["exec", "-i", CONTAINER];
                 all.extend_from_slice(&args);
-                let (_, out) = c.docker(&all, Some(&password_line(&target))).await?;
+                let (_, out) = c.docker(&all, Some(&password_line(&target)?)).await?;
                 if !out.success() {
                     let why = format!(
                         "its psql could not log in as {:?} from the Services machine:\n{}",
