@@ -5,6 +5,7 @@
 //! users of the machine can read process arguments). Each command has a deadline.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use russh::ChannelMsg;
@@ -218,42 +219,65 @@ pub(super) fn keep(buf: &mut Vec<u8>, data: &[u8], max: usize) -> bool {
     data.len() > room
 }
 
+/// A command started on a session of its own: its channel, with the connection and
+/// the session it holds.
+pub(super) struct Started<'a> {
+    pub(super) conn: Arc<super::Session>,
+    pub(super) session: tokio::sync::SemaphorePermit<'a>,
+    pub(super) ch: russh::Channel<russh::client::Msg>,
+}
+
 impl ServicesHost {
-    /// Runs `cmd` (through `sudo -n` when the configuration asks for it), feeding it
-    /// `stdin`, within `deadline`. A non-zero exit is returned, not an error: the
-    /// caller knows what it means.
-    pub async fn run(
+    /// The error of `cmd` at `step`.
+    pub(super) fn command_failed(
+        &self,
+        cmd: &RemoteCommand,
+        step: &str,
+        source: Option<russh::Error>,
+    ) -> SshError {
+        SshError::Command {
+            command: cmd.line(),
+            target: self.cfg.target(),
+            step: step.to_string(),
+            source: source.map(|e| Box::new(e) as super::Cause),
+        }
+    }
+
+    /// Starts `cmd` (through `sudo -n` when the configuration asks for it) on a session
+    /// of its own and sends it `stdin`, its input left open; within `deadline`, a wait
+    /// for a free session included. Also when the deadline began.
+    pub(super) async fn start(
         &self,
         cmd: &RemoteCommand,
         stdin: Option<&[u8]>,
         deadline: Duration,
-    ) -> Result<CommandOutput, SshError> {
+    ) -> Result<(Started<'_>, std::time::Instant), SshError> {
         let line = if self.cfg.sudo && self.cfg.user != "root" {
             format!("sudo -n -- {}", cmd.line())
         } else {
             cmd.line()
         };
-        let fail = |step: &str, source: Option<russh::Error>| SshError::Command {
-            command: cmd.line(),
-            target: self.cfg.target(),
-            step: step.to_string(),
-            source: source.map(|e| Box::new(e) as super::Cause),
-        };
-        let s = self.session().await?;
+        let fail =
+            |step: &str, source: Option<russh::Error>| self.command_failed(cmd, step, source);
+        let conn = self.session().await?;
         // Within the deadline: a command waiting for a session is still this command.
         let started = std::time::Instant::now();
-        let Ok(_session) = tokio::time::timeout(deadline, self.sessions.acquire()).await else {
-            return Err(fail(
-                &format!(
-                    "no free session within {}: {EXEC_SESSIONS} commands were running on \
-                     the connection for all that time",
-                    humantime::format_duration(deadline)
-                ),
-                None,
-            ));
+        let session = match tokio::time::timeout(deadline, self.sessions.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(fail("no session: the connection is closing", None)),
+            Err(_) => {
+                return Err(fail(
+                    &format!(
+                        "no free session within {}: {EXEC_SESSIONS} commands were running on \
+                         the connection for all that time",
+                        humantime::format_duration(deadline)
+                    ),
+                    None,
+                ))
+            }
         };
-        let work = async {
-            let mut ch = open_session(&s.handle)
+        let open = async {
+            let ch = open_session(&conn.handle)
                 .await
                 .map_err(|e| fail("opening a session", Some(e)))?;
             ch.exec(true, line.as_bytes())
@@ -264,6 +288,45 @@ impl ServicesHost {
                     .await
                     .map_err(|e| fail("sending its input", Some(e)))?;
             }
+            Ok(ch)
+        };
+        match tokio::time::timeout(deadline.saturating_sub(started.elapsed()), open).await {
+            Ok(ch) => Ok((
+                Started {
+                    conn,
+                    session,
+                    ch: ch?,
+                },
+                started,
+            )),
+            Err(_) => Err(fail(
+                &format!("no result within {}", humantime::format_duration(deadline)),
+                None,
+            )),
+        }
+    }
+
+    /// Runs `cmd` (through `sudo -n` when the configuration asks for it), feeding it
+    /// `stdin`, within `deadline`. A non-zero exit is returned, not an error: the
+    /// caller knows what it means.
+    pub async fn run(
+        &self,
+        cmd: &RemoteCommand,
+        stdin: Option<&[u8]>,
+        deadline: Duration,
+    ) -> Result<CommandOutput, SshError> {
+        let fail =
+            |step: &str, source: Option<russh::Error>| self.command_failed(cmd, step, source);
+        // The connection and the session stay held until the command has ended.
+        let (
+            Started {
+                conn: _conn,
+                session: _session,
+                mut ch,
+            },
+            started,
+        ) = self.start(cmd, stdin, deadline).await?;
+        let work = async {
             ch.eof()
                 .await
                 .map_err(|e| fail("closing its input", Some(e)))?;

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use russh::ChannelMsg;
 
-use super::exec::{keep, open_session, CommandOutput, RemoteCommand};
+use super::exec::{keep, CommandOutput, RemoteCommand, Started};
 use super::{ServicesHost, Session, SshError};
 
 /// A command taking jobs: see the module's documentation.
@@ -118,63 +118,14 @@ impl ServicesHost {
         stdin: Option<&[u8]>,
         deadline: Duration,
     ) -> Result<Jobs<'_>, SshError> {
-        let fail = |step: &str, source: Option<russh::Error>| SshError::Command {
-            command: cmd.line(),
-            target: self.cfg.target(),
-            step: step.to_string(),
-            source: source.map(|e| Box::new(e) as super::Cause),
-        };
-        let line = if self.cfg.sudo && self.cfg.user != "root" {
-            format!("sudo -n -- {}", cmd.line())
-        } else {
-            cmd.line()
-        };
-        let conn = self.session().await?;
-        let started = std::time::Instant::now();
-        let Ok(permit) = tokio::time::timeout(deadline, self.sessions.acquire()).await else {
-            return Err(fail(
-                &format!(
-                    "no free session within {}",
-                    humantime::format_duration(deadline)
-                ),
-                None,
-            ));
-        };
-        let permit = permit.map_err(|_| fail("no session: the connection is closing", None))?;
-        let open = async {
-            let ch = open_session(&conn.handle)
-                .await
-                .map_err(|e| fail("opening a session", Some(e)))?;
-            ch.exec(true, line.as_bytes())
-                .await
-                .map_err(|e| fail("starting it", Some(e)))?;
-            if let Some(input) = stdin {
-                ch.data(input)
-                    .await
-                    .map_err(|e| fail("sending its input", Some(e)))?;
-            }
-            Ok(ch)
-        };
-        let ch = match tokio::time::timeout(deadline.saturating_sub(started.elapsed()), open).await
-        {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(fail(
-                    &format!(
-                        "not started within {}",
-                        humantime::format_duration(deadline)
-                    ),
-                    None,
-                ))
-            }
-        };
+        let (Started { conn, session, ch }, _) = self.start(cmd, stdin, deadline).await?;
         Ok(Jobs {
             host: self,
             cmd: cmd.clone(),
             mark: mark.to_string(),
             ch: Some(ch),
             conn,
-            _session: permit,
+            _session: session,
         })
     }
 }
@@ -193,12 +144,7 @@ impl Jobs<'_> {
     }
 
     fn fail(&self, step: &str) -> SshError {
-        SshError::Command {
-            command: self.cmd.line(),
-            target: self.host.cfg.target(),
-            step: step.to_string(),
-            source: None,
-        }
+        self.host.command_failed(&self.cmd, step, None)
     }
 
     /// Sends `words` as one job (tab-separated on one line: no word may be empty or
