@@ -31,9 +31,9 @@ macro_rules! end_job {
 /// per database): a job is the line `DATABASE<TAB>FILE`; `pg_dump -Fc` writes FILE in
 /// the export directory (a new file: one an earlier run left is removed first, so that
 /// the umask makes it private from its first byte) while psql reads every table's count
-/// and checksum (`$1` the
-/// export directory, `$2` field separator, `$3` the stats query, `$4` the zlib level:
-/// `postgres.compression`, `$5` the mark). Exit 91: `pg_dump` failed.
+/// and checksum (`$1` the export directory, `$2` field separator, `$3` the stats query,
+/// `$4` the zlib level: `postgres.compression`, `$5` the mark). Exit 91: `pg_dump`
+/// failed.
 const EXPORT: &str = concat!(
     "umask 077; m=$5; cd \"$1\" || exit 1; ",
     "while IFS=$'\\t' read -r db f; do ( rm -f \"$f\" || exit 1; ",
@@ -572,16 +572,13 @@ mod tests {
     /// tries it made, the outcome and how long it took.
     fn probe(fails: u32) -> (u32, std::process::Output, Duration) {
         let dir = tempfile::tempdir().unwrap();
-        let psql = dir.path().join("psql");
-        std::fs::write(
-            &psql,
-            "#!/bin/sh\nn=$(( $(cat \"$0.n\" 2>/dev/null || echo 0) + 1 )); echo $n > \"$0.n\"\n\
+        tool(
+            dir.path(),
+            "psql",
+            "n=$(( $(cat \"$0.n\" 2>/dev/null || echo 0) + 1 )); echo $n > \"$0.n\"\n\
              [ $n -gt \"$FAILS\" ] && { printf '%s\\n' \"$@\"; exit 0; }\n\
-             echo \"psql: could not connect to server (try $n)\" >&2; exit 2\n",
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&psql, std::fs::Permissions::from_mode(0o755)).unwrap();
+             echo \"psql: could not connect to server (try $n)\" >&2; exit 2",
+        );
         let started = std::time::Instant::now();
         let out = std::process::Command::new("bash")
             .args(["-c", WAIT_READY, "ready", "\t", DATABASES_SQL])
