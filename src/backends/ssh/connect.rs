@@ -292,6 +292,7 @@ impl ServicesHost {
             sftp,
             posix_rename,
             fsync,
+            commands: Arc::new(tokio::sync::Semaphore::new(super::EXEC_SESSIONS)),
         })
     }
 

@@ -221,10 +221,52 @@ pub(super) fn keep(buf: &mut Vec<u8>, data: &[u8], max: usize) -> bool {
 
 /// A command started on a session of its own: its channel, with the connection and
 /// the session it holds.
-pub(super) struct Started<'a> {
+pub(super) struct Started {
     pub(super) conn: Arc<super::Session>,
-    pub(super) session: tokio::sync::SemaphorePermit<'a>,
+    pub(super) session: tokio::sync::OwnedSemaphorePermit,
     pub(super) ch: russh::Channel<russh::client::Msg>,
+}
+
+/// The longest a command given up on may keep its session (see [`abandon`]).
+const ABANDONED_FOR: Duration = Duration::from_secs(600);
+
+/// Gives up on a started command (its deadline passed, or whoever waited for it went
+/// away), from a task of its own: it is asked to stop (sshd 8.1 and later pass the
+/// signal on; older ones ignore the request), its input is closed, and its output is
+/// read and dropped until it ends. Its session stays taken until then: sshd lets a
+/// session go only once its command has ended, closed channel or not, so a permit given
+/// back earlier would have the next command refused. After [`ABANDONED_FOR`] the
+/// channel is closed and the permit given back all the same.
+pub(super) fn abandon(started: Started, what: String) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let Started {
+        conn,
+        session,
+        mut ch,
+    } = started;
+    rt.spawn(async move {
+        let _ = ch.signal(russh::Sig::TERM).await;
+        let _ = ch.eof().await;
+        let ended = tokio::time::timeout(ABANDONED_FOR, async {
+            while let Some(msg) = ch.wait().await {
+                if matches!(msg, ChannelMsg::Close) {
+                    break;
+                }
+            }
+        })
+        .await;
+        if ended.is_err() {
+            log::warn!(
+                "{what}, given up on, still ran {} later: its channel is closed and its \
+                 session counted free",
+                humantime::format_duration(ABANDONED_FOR)
+            );
+        }
+        let _ = ch.close().await;
+        drop((session, conn));
+    });
 }
 
 impl ServicesHost {
@@ -251,7 +293,7 @@ impl ServicesHost {
         cmd: &RemoteCommand,
         stdin: Option<&[u8]>,
         deadline: Duration,
-    ) -> Result<(Started<'_>, std::time::Instant), SshError> {
+    ) -> Result<(Started, std::time::Instant), SshError> {
         let line = if self.cfg.sudo && self.cfg.user != "root" {
             format!("sudo -n -- {}", cmd.line())
         } else {
@@ -262,7 +304,8 @@ impl ServicesHost {
         let conn = self.session().await?;
         // Within the deadline: a command waiting for a session is still this command.
         let started = std::time::Instant::now();
-        let session = match tokio::time::timeout(deadline, self.sessions.acquire()).await {
+        let permits = conn.commands.clone();
+        let session = match tokio::time::timeout(deadline, permits.acquire_owned()).await {
             Ok(Ok(permit)) => permit,
             Ok(Err(_)) => return Err(fail("no session: the connection is closing", None)),
             Err(_) => {
@@ -276,10 +319,23 @@ impl ServicesHost {
                 ))
             }
         };
-        let open = async {
-            let ch = open_session(&conn.handle)
-                .await
-                .map_err(|e| fail("opening a session", Some(e)))?;
+        let no_result = || {
+            fail(
+                &format!("no result within {}", humantime::format_duration(deadline)),
+                None,
+            )
+        };
+        let ch = match tokio::time::timeout(
+            deadline.saturating_sub(started.elapsed()),
+            open_session(&conn.handle),
+        )
+        .await
+        {
+            Ok(Ok(ch)) => ch,
+            Ok(Err(e)) => return Err(fail("opening a session", Some(e))),
+            Err(_) => return Err(no_result()),
+        };
+        let begin = async {
             ch.exec(true, line.as_bytes())
                 .await
                 .map_err(|e| fail("starting it", Some(e)))?;
@@ -288,21 +344,20 @@ impl ServicesHost {
                     .await
                     .map_err(|e| fail("sending its input", Some(e)))?;
             }
-            Ok(ch)
+            Ok(())
         };
-        match tokio::time::timeout(deadline.saturating_sub(started.elapsed()), open).await {
-            Ok(ch) => Ok((
-                Started {
-                    conn,
-                    session,
-                    ch: ch?,
-                },
-                started,
-            )),
-            Err(_) => Err(fail(
-                &format!("no result within {}", humantime::format_duration(deadline)),
-                None,
-            )),
+        let begun = tokio::time::timeout(deadline.saturating_sub(started.elapsed()), begin).await;
+        let started_cmd = Started { conn, session, ch };
+        match begun {
+            Ok(Ok(())) => Ok((started_cmd, started)),
+            Ok(Err(e)) => {
+                abandon(started_cmd, cmd.line());
+                Err(e)
+            }
+            Err(_) => {
+                abandon(started_cmd, cmd.line());
+                Err(no_result())
+            }
         }
     }
 
@@ -320,8 +375,8 @@ impl ServicesHost {
         // The connection and the session stay held until the command has ended.
         let (
             Started {
-                conn: _conn,
-                session: _session,
+                conn,
+                session,
                 mut ch,
             },
             started,
@@ -352,9 +407,9 @@ impl ServicesHost {
             }
             Ok(out)
         };
-        match tokio::time::timeout(deadline.saturating_sub(started.elapsed()), work).await {
-            Ok(r) => {
-                let r = r?;
+        let done = tokio::time::timeout(deadline.saturating_sub(started.elapsed()), work).await;
+        match done {
+            Ok(Ok(r)) => {
                 log::debug!(
                     "{}: `{}` exited with {:?}",
                     self.cfg.target(),
@@ -363,10 +418,14 @@ impl ServicesHost {
                 );
                 Ok(r)
             }
-            Err(_) => Err(fail(
-                &format!("no result within {}", humantime::format_duration(deadline)),
-                None,
-            )),
+            Ok(Err(e)) => Err(e),
+            Err(_) => {
+                abandon(Started { conn, session, ch }, cmd.line());
+                Err(fail(
+                    &format!("no result within {}", humantime::format_duration(deadline)),
+                    None,
+                ))
+            }
         }
     }
 }

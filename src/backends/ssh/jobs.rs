@@ -9,15 +9,16 @@
 //! job early. A job's line is data (the loop splits it into words), never shell text.
 //!
 //! Each job has its own deadline. After one that did not end within it, or a command
-//! that ended before its job did, the command is closed and no other job is sent: what
-//! runs is cut off as a one-shot command's would be.
+//! that ended before its job did, no other job is sent and the command is given up on
+//! as a one-shot command past its deadline is (`exec::abandon`: asked to stop, its
+//! input closed, its session counted taken until sshd lets it go).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use russh::ChannelMsg;
 
-use super::exec::{keep, CommandOutput, RemoteCommand, Started};
+use super::exec::{abandon, keep, CommandOutput, RemoteCommand, Started};
 use super::{ServicesHost, Session, SshError};
 
 /// A command taking jobs: see the module's documentation.
@@ -27,8 +28,9 @@ pub struct Jobs<'a> {
     mark: String,
     ch: Option<russh::Channel<russh::client::Msg>>,
     conn: Arc<Session>,
-    /// One of the connection's sessions, for as long as the command runs.
-    _session: tokio::sync::SemaphorePermit<'a>,
+    /// One of the connection's sessions, for as long as the command runs (taken with
+    /// the channel when the command is given up on).
+    session: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// A fresh mark for a command's frames: 32 random hex digits.
@@ -125,7 +127,7 @@ impl ServicesHost {
             mark: mark.to_string(),
             ch: Some(ch),
             conn,
-            _session: session,
+            session: Some(session),
         })
     }
 }
@@ -237,63 +239,59 @@ impl Jobs<'_> {
                 humantime::format_duration(deadline)
             ),
         };
-        // Not used again: its input closed and the channel with it (the session is
-        // given back only once sshd has it), what it runs cut off as a one-shot
-        // command's would be.
-        if let Some(ch) = self.ch.take() {
-            end(ch).await;
-        }
+        // Not used again: given up on as a one-shot command would be.
+        self.abandon();
         Err(self.fail(&step))
     }
 
     /// Ends the command: its input closed, it ends once its last job has (within
     /// `deadline`; a command that does not is closed all the same).
     pub async fn close(mut self, deadline: Duration) {
-        let Some(mut ch) = self.ch.take() else {
+        let Some(ch) = self.ch.as_mut() else {
             return;
         };
-        let _ = tokio::time::timeout(deadline, async {
-            if ch.eof().await.is_ok() {
-                while let Some(msg) = ch.wait().await {
-                    if matches!(msg, ChannelMsg::ExitStatus { .. } | ChannelMsg::Close) {
-                        break;
+        let ended = tokio::time::timeout(deadline, async {
+            ch.eof().await.is_ok()
+                && loop {
+                    match ch.wait().await {
+                        Some(ChannelMsg::ExitStatus { .. } | ChannelMsg::Close) | None => {
+                            break true
+                        }
+                        Some(_) => {}
                     }
                 }
-            }
         })
         .await;
-        let _ = ch.close().await;
+        match (ended, self.ch.take()) {
+            (Ok(true), Some(ch)) => {
+                let _ = ch.close().await;
+            }
+            (_, ch) => {
+                self.ch = ch;
+                self.abandon();
+            }
+        }
+    }
+
+    /// Gives the command up (see `exec::abandon`): its session is counted taken until
+    /// sshd has let it go.
+    fn abandon(&mut self) {
+        if let (Some(ch), Some(session)) = (self.ch.take(), self.session.take()) {
+            let started = Started {
+                conn: self.conn.clone(),
+                session,
+                ch,
+            };
+            abandon(started, self.cmd.line());
+        }
     }
 }
 
-/// How long a channel given up on gets to close before its session is given back.
-const CLOSING: Duration = Duration::from_secs(2);
-
-/// Closes a channel given up on: its input closed (a loop waiting for a job ends) and
-/// the channel closed, waiting (at most [`CLOSING`]) for sshd to close it too.
-async fn end(mut ch: russh::Channel<russh::client::Msg>) {
-    let _ = tokio::time::timeout(CLOSING, async {
-        let _ = ch.eof().await;
-        let _ = ch.close().await;
-        while let Some(msg) = ch.wait().await {
-            if matches!(msg, ChannelMsg::Close) {
-                break;
-            }
-        }
-    })
-    .await;
-}
-
 impl Drop for Jobs<'_> {
-    /// Not closed by [`Jobs::close`] (a failure on the way, a cancelled apply): the
-    /// channel is closed from a task of its own, as the command's end would.
+    /// Not closed by [`Jobs::close`] (a failure on the way, a cancelled apply): given
+    /// up on, as a command whose job missed its deadline is.
     fn drop(&mut self) {
-        if let (Some(ch), Ok(rt)) = (self.ch.take(), tokio::runtime::Handle::try_current()) {
-            rt.spawn(async move {
-                let _ = ch.eof().await;
-                let _ = ch.close().await;
-            });
-        }
+        self.abandon();
     }
 }
 

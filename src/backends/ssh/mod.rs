@@ -254,6 +254,12 @@ struct Session {
     sftp: RawSftpSession,
     posix_rename: bool,
     fsync: bool,
+    /// One permit per command session sshd allows at once on this connection beside
+    /// the SFTP channel ([`EXEC_SESSIONS`]): a command beyond them waits for one to
+    /// end instead of being refused. Per connection, as sshd counts them: a command
+    /// given up on holds its permit until sshd has let its session go (see
+    /// `exec::abandon`), and a new connection starts with all of them.
+    commands: Arc<tokio::sync::Semaphore>,
 }
 
 /// The Services machine. Cheap to create; connects on first use.
@@ -270,10 +276,6 @@ pub struct ServicesHost {
     /// Reached through this machine's SSH connection (a `direct-tcpip` channel) instead
     /// of a TCP connection from where Terraform runs.
     jump: Option<Arc<ServicesHost>>,
-    /// One permit per command session sshd allows at once beside the SFTP channel
-    /// ([`EXEC_SESSIONS`]): a command beyond them waits for one to end instead of being
-    /// refused.
-    sessions: tokio::sync::Semaphore,
 }
 
 /// sshd's `MaxSessions` (10 unless configured) counts every session channel of one
@@ -321,7 +323,6 @@ impl ServicesHost {
             stale: AtomicBool::new(false),
             socks: std::sync::OnceLock::new(),
             jump: None,
-            sessions: tokio::sync::Semaphore::new(EXEC_SESSIONS),
         }
     }
 
