@@ -428,11 +428,11 @@ async fn jobs_go_one_line_each_to_one_command_and_end_by_their_frames() {
     assert!(!jobs.open());
 }
 
-/// A command past its deadline is given up on, but sshd counts its session until the
-/// command has ended, closed channel or not: its session stays counted taken until
-/// then, and the next command waits for one instead of being refused. (Given back at
-/// once, as before, nine such commands left the tenth refused after two seconds of
-/// retries.) The test's OpenSSH passes on the TERM a command given up on is sent.
+/// A command past its deadline is given up on: sent SIGTERM (docker may be) and its
+/// session counted taken until sshd lets it go, which sshd does only once the command
+/// has ended, closed channel or not. (Given back at once, as before, nine such commands
+/// left the tenth refused after two seconds of retries.) Commands that ignore the TERM
+/// keep their sessions to their end, and the next command waits for one.
 // The guard is held across awaits on purpose: it serialises whole tests, threads apart.
 #[allow(clippy::await_holding_lock)]
 #[tokio::test]
@@ -444,25 +444,27 @@ async fn commands_given_up_on_hold_their_sessions_until_they_end() {
     common::sim::app_started(&s);
     let h = host(&s, pinned(&s));
     h.check().await.unwrap();
-    let slow = RemoteCommand::new(
-        Program::Docker,
-        ["exec", "slanger", "bash", "-c", "sleep 6"],
-    )
-    .unwrap();
     let short = Duration::from_secs(1);
-    let runs = futures_util::future::join_all((0..9).map(|_| h.run(&slow, None, short))).await;
-    for r in runs {
-        let e = r.unwrap_err();
-        assert!(e.to_string().contains("no result within 1s"), "{e}");
-    }
     let quick = RemoteCommand::new(
         Program::Docker,
         ["exec", "slanger", "bash", "-c", "echo ok"],
     )
     .unwrap();
+    let script = "trap '' TERM; sleep 6";
+    let slow =
+        RemoteCommand::new(Program::Docker, ["exec", "slanger", "bash", "-c", script]).unwrap();
+    let runs = futures_util::future::join_all((0..9).map(|_| h.run(&slow, None, short))).await;
+    for r in runs {
+        let e = r.unwrap_err();
+        assert!(e.to_string().contains("no result within 1s"), "{e}");
+    }
+    let t = std::time::Instant::now();
     let out = h.run(&quick, None, Duration::from_secs(20)).await.unwrap();
     assert!(out.success(), "{}", out.evidence());
     assert_eq!(out.stdout_text().trim(), "ok");
+    // Started a second after the nine: it waited for them to end, at six seconds.
+    let waited = t.elapsed();
+    assert!(waited >= Duration::from_secs(3), "{waited:?}");
 }
 
 /// sshd allows ten sessions on one connection (MaxSessions), the SFTP channel one of

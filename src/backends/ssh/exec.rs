@@ -38,6 +38,15 @@ pub enum Program {
 }
 
 impl Program {
+    /// Whether a run given up on may be sent SIGTERM. Not SysV's `service NAME
+    /// restart` (the init script itself stops and starts the agent: cut off between the
+    /// two, it would leave the agent stopped) nor `update-ca-certificates` (cut off, its
+    /// links and hooks are half done); the others only read, or are clients whose
+    /// daemon carries on (Docker, Replicated, systemd).
+    fn interruptible(self) -> bool {
+        !matches!(self, Program::Service | Program::UpdateCaCertificates)
+    }
+
     /// The program's name on the Services machine.
     pub fn name(self) -> &'static str {
         match self {
@@ -231,25 +240,29 @@ pub(super) struct Started {
 const ABANDONED_FOR: Duration = Duration::from_secs(600);
 
 /// Gives up on a started command (its deadline passed, or whoever waited for it went
-/// away), from a task of its own: it is asked to stop (sshd 8.1 and later pass the
-/// signal on; older ones ignore the request), its input is closed, and its output is
-/// read and dropped until it ends. Its session stays taken until then: sshd lets a
-/// session go only once its command has ended, closed channel or not, so a permit given
-/// back earlier would have the next command refused. After [`ABANDONED_FOR`] the
-/// channel is closed and the permit given back all the same.
-pub(super) fn abandon(started: Started, what: String) {
+/// away), from a task of its own: it is asked to stop when its program may be
+/// ([`Program::interruptible`]; sshd 8.1 and later pass the signal on, older ones
+/// ignore the request), its input is closed, and its output is read and dropped until
+/// sshd closes the channel. Its session stays taken until then: sshd lets a session go
+/// only once its command has ended, closed channel or not, so a permit given back
+/// earlier would have the next command refused. After [`ABANDONED_FOR`] the channel is
+/// closed and the permit given back all the same.
+pub(super) fn abandon(started: Started, cmd: &RemoteCommand) {
     let Ok(rt) = tokio::runtime::Handle::try_current() else {
         return;
     };
+    let (what, interrupt) = (cmd.line(), cmd.program.interruptible());
     let Started {
         conn,
         session,
         mut ch,
     } = started;
     rt.spawn(async move {
-        let _ = ch.signal(russh::Sig::TERM).await;
-        let _ = ch.eof().await;
         let ended = tokio::time::timeout(ABANDONED_FOR, async {
+            if interrupt {
+                let _ = ch.signal(russh::Sig::TERM).await;
+            }
+            let _ = ch.eof().await;
             while let Some(msg) = ch.wait().await {
                 if matches!(msg, ChannelMsg::Close) {
                     break;
@@ -259,7 +272,7 @@ pub(super) fn abandon(started: Started, what: String) {
         .await;
         if ended.is_err() {
             log::warn!(
-                "{what}, given up on, still ran {} later: its channel is closed and its \
+                "`{what}`, given up on, still ran {} later: its channel is closed and its \
                  session counted free",
                 humantime::format_duration(ABANDONED_FOR)
             );
@@ -267,6 +280,37 @@ pub(super) fn abandon(started: Started, what: String) {
         let _ = ch.close().await;
         drop((session, conn));
     });
+}
+
+/// How long sshd gets to confirm the close of a session that runs no command.
+const UNUSED_CLOSING: Duration = Duration::from_secs(10);
+
+/// Closes a session that runs no command (its open came too late, or sshd refused the
+/// command), from a task of its own: sshd frees such a session as soon as it has the
+/// CLOSE, and the permit is given back once sshd's own CLOSE is here.
+pub(super) fn close_unused(started: Started) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    rt.spawn(close_unused_now(started));
+}
+
+async fn close_unused_now(started: Started) {
+    let Started {
+        conn,
+        session,
+        mut ch,
+    } = started;
+    let _ = tokio::time::timeout(UNUSED_CLOSING, async {
+        let _ = ch.close().await;
+        while let Some(msg) = ch.wait().await {
+            if matches!(msg, ChannelMsg::Close) {
+                break;
+            }
+        }
+    })
+    .await;
+    drop((session, conn));
 }
 
 impl ServicesHost {
@@ -311,8 +355,9 @@ impl ServicesHost {
             Err(_) => {
                 return Err(fail(
                     &format!(
-                        "no free session within {}: {EXEC_SESSIONS} commands were running on \
-                         the connection for all that time",
+                        "no free session within {}: {EXEC_SESSIONS} commands (some perhaps \
+                         given up on and still running) held the connection's sessions for \
+                         all that time",
                         humantime::format_duration(deadline)
                     ),
                     None,
@@ -325,20 +370,37 @@ impl ServicesHost {
                 None,
             )
         };
-        let ch = match tokio::time::timeout(
-            deadline.saturating_sub(started.elapsed()),
-            open_session(&conn.handle),
-        )
-        .await
-        {
-            Ok(Ok(ch)) => ch,
-            Ok(Err(e)) => return Err(fail("opening a session", Some(e))),
-            Err(_) => return Err(no_result()),
-        };
-        let begin = async {
-            ch.exec(true, line.as_bytes())
+        // The open runs in a task of its own: an open sshd confirms after the deadline
+        // is still a session it counts, which that task then closes.
+        let handle = conn.clone();
+        let mut opening = tokio::spawn(async move { open_session(&handle.handle).await });
+        let ch =
+            match tokio::time::timeout(deadline.saturating_sub(started.elapsed()), &mut opening)
                 .await
-                .map_err(|e| fail("starting it", Some(e)))?;
+            {
+                Ok(Ok(Ok(ch))) => ch,
+                Ok(Ok(Err(e))) => return Err(fail("opening a session", Some(e))),
+                Ok(Err(e)) => {
+                    return Err(fail(
+                        &format!("opening a session: the task ended: {e}"),
+                        None,
+                    ))
+                }
+                Err(_) => {
+                    tokio::spawn(async move {
+                        if let Ok(Ok(ch)) = opening.await {
+                            close_unused_now(Started { conn, session, ch }).await;
+                        }
+                    });
+                    return Err(no_result());
+                }
+            };
+        // Refused at once: no command runs on the session.
+        if let Err(e) = ch.exec(true, line.as_bytes()).await {
+            close_unused(Started { conn, session, ch });
+            return Err(fail("starting it", Some(e)));
+        }
+        let feed = async {
             if let Some(input) = stdin {
                 ch.data(input)
                     .await
@@ -346,16 +408,16 @@ impl ServicesHost {
             }
             Ok(())
         };
-        let begun = tokio::time::timeout(deadline.saturating_sub(started.elapsed()), begin).await;
+        let fed = tokio::time::timeout(deadline.saturating_sub(started.elapsed()), feed).await;
         let started_cmd = Started { conn, session, ch };
-        match begun {
+        match fed {
             Ok(Ok(())) => Ok((started_cmd, started)),
             Ok(Err(e)) => {
-                abandon(started_cmd, cmd.line());
+                abandon(started_cmd, cmd);
                 Err(e)
             }
             Err(_) => {
-                abandon(started_cmd, cmd.line());
+                abandon(started_cmd, cmd);
                 Err(no_result())
             }
         }
@@ -381,10 +443,11 @@ impl ServicesHost {
             },
             started,
         ) = self.start(cmd, stdin, deadline).await?;
+        // Err(None): sshd refused the command.
         let work = async {
             ch.eof()
                 .await
-                .map_err(|e| fail("closing its input", Some(e)))?;
+                .map_err(|e| Some(fail("closing its input", Some(e))))?;
             let mut out = CommandOutput {
                 status: None,
                 stdout: Vec::new(),
@@ -399,9 +462,7 @@ impl ServicesHost {
                         out.truncated |= keep(&mut out.stderr, &data, max)
                     }
                     ChannelMsg::ExitStatus { exit_status } => out.status = Some(exit_status),
-                    ChannelMsg::Failure => {
-                        return Err(fail("the Services machine refused to run it", None))
-                    }
+                    ChannelMsg::Failure => return Err(None),
                     _ => {}
                 }
             }
@@ -418,9 +479,14 @@ impl ServicesHost {
                 );
                 Ok(r)
             }
-            Ok(Err(e)) => Err(e),
+            // The connection is gone: so is the session.
+            Ok(Err(Some(e))) => Err(e),
+            Ok(Err(None)) => {
+                close_unused(Started { conn, session, ch });
+                Err(fail("the Services machine refused to run it", None))
+            }
             Err(_) => {
-                abandon(Started { conn, session, ch }, cmd.line());
+                abandon(Started { conn, session, ch }, cmd);
                 Err(fail(
                     &format!("no result within {}", humantime::format_duration(deadline)),
                     None,

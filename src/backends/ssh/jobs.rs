@@ -18,8 +18,11 @@ use std::time::Duration;
 
 use russh::ChannelMsg;
 
-use super::exec::{abandon, keep, CommandOutput, RemoteCommand, Started};
+use super::exec::{abandon, close_unused, keep, CommandOutput, RemoteCommand, Started};
 use super::{ServicesHost, Session, SshError};
+
+/// What a job's error says when sshd refused to run the command.
+const REFUSED: &str = "the Services machine refused to run it";
 
 /// A command taking jobs: see the module's documentation.
 pub struct Jobs<'a> {
@@ -213,9 +216,7 @@ impl Jobs<'_> {
                             e => format!("it ended ({status}) before its job did:\n{e}"),
                         });
                     }
-                    Some(ChannelMsg::Failure) => {
-                        return Err("the Services machine refused to run it".into())
-                    }
+                    Some(ChannelMsg::Failure) => return Err(REFUSED.into()),
                     _ => {}
                 }
             }
@@ -239,24 +240,35 @@ impl Jobs<'_> {
                 humantime::format_duration(deadline)
             ),
         };
-        // Not used again: given up on as a one-shot command would be.
-        self.abandon();
+        // Not used again: given up on as a one-shot command would be; a command sshd
+        // refused runs nothing, and its session is closed at once.
+        if step == REFUSED {
+            if let (Some(ch), Some(session)) = (self.ch.take(), self.session.take()) {
+                close_unused(Started {
+                    conn: self.conn.clone(),
+                    session,
+                    ch,
+                });
+            }
+        } else {
+            self.abandon();
+        }
         Err(self.fail(&step))
     }
 
-    /// Ends the command: its input closed, it ends once its last job has (within
-    /// `deadline`; a command that does not is closed all the same).
+    /// Ends the command: its input closed, it ends once its last job has and sshd has
+    /// closed its channel (within `deadline`; a command that does not is given up on, as
+    /// one whose job missed its deadline is).
     pub async fn close(mut self, deadline: Duration) {
         let Some(ch) = self.ch.as_mut() else {
             return;
         };
+        // Until sshd's CLOSE: only then has it let the session go.
         let ended = tokio::time::timeout(deadline, async {
             ch.eof().await.is_ok()
                 && loop {
                     match ch.wait().await {
-                        Some(ChannelMsg::ExitStatus { .. } | ChannelMsg::Close) | None => {
-                            break true
-                        }
+                        Some(ChannelMsg::Close) | None => break true,
                         Some(_) => {}
                     }
                 }
@@ -282,7 +294,7 @@ impl Jobs<'_> {
                 session,
                 ch,
             };
-            abandon(started, self.cmd.line());
+            abandon(started, &self.cmd);
         }
     }
 }

@@ -100,7 +100,7 @@ impl<'a, K: PartialEq> JobPool<'a, K> {
     {
         let idle = {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            // One whose connection closed while it waited is dropped (and closed).
+            // One whose connection closed while it waited is dropped.
             idle.retain(|(_, j)| j.open());
             idle.iter()
                 .position(|(k, _)| *k == key)
@@ -113,7 +113,7 @@ impl<'a, K: PartialEq> JobPool<'a, K> {
         let out = jobs.job(words, deadline).await;
         let cmd = jobs.command().clone();
         // Kept for the next job, or ended now, as a one-shot command ends (one that
-        // failed to end its job is closed as it is dropped).
+        // failed to end its job was given up on in `job`).
         if jobs.open() {
             if let Some(spare) = self.park(key, jobs) {
                 spare.close(deadline).await;
