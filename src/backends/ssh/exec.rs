@@ -241,8 +241,9 @@ const ABANDONED_FOR: Duration = Duration::from_secs(600);
 
 /// Gives up on a started command (its deadline passed, or whoever waited for it went
 /// away), from a task of its own: it is asked to stop when its program may be
-/// ([`Program::interruptible`]; sshd 8.1 and later pass the signal on, older ones
-/// ignore the request), its input is closed, and its output is read and dropped until
+/// ([`Program::interruptible`]; OpenSSH answers the protocol's signal request with
+/// `killpg` on the command's process group, and ignores it where it cannot, as the
+/// test sshd without privilege separation does), its input is closed, and its output is read and dropped until
 /// sshd closes the channel. Its session stays taken until then: sshd lets a session go
 /// only once its command has ended, closed channel or not, so a permit given back
 /// earlier would have the next command refused. After [`ABANDONED_FOR`] the channel is
