@@ -264,11 +264,7 @@ pub(super) fn abandon(started: Started, cmd: &RemoteCommand) {
                 let _ = ch.signal(russh::Sig::TERM).await;
             }
             let _ = ch.eof().await;
-            while let Some(msg) = ch.wait().await {
-                if matches!(msg, ChannelMsg::Close) {
-                    break;
-                }
-            }
+            until_closed(&mut ch).await;
         })
         .await;
         if ended.is_err() {
@@ -281,6 +277,16 @@ pub(super) fn abandon(started: Started, cmd: &RemoteCommand) {
         let _ = ch.close().await;
         drop((session, conn));
     });
+}
+
+/// Reads and drops what the channel still brings until sshd's CLOSE (or the end of the
+/// connection): only then has sshd let the session go.
+pub(super) async fn until_closed(ch: &mut russh::Channel<russh::client::Msg>) {
+    while let Some(msg) = ch.wait().await {
+        if matches!(msg, ChannelMsg::Close) {
+            break;
+        }
+    }
 }
 
 /// How long sshd gets to confirm the close of a session that runs no command.
@@ -304,11 +310,7 @@ async fn close_unused_now(started: Started) {
     } = started;
     let _ = tokio::time::timeout(UNUSED_CLOSING, async {
         let _ = ch.close().await;
-        while let Some(msg) = ch.wait().await {
-            if matches!(msg, ChannelMsg::Close) {
-                break;
-            }
-        }
+        until_closed(&mut ch).await;
     })
     .await;
     drop((session, conn));

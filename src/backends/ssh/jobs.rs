@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use russh::ChannelMsg;
 
-use super::exec::{abandon, close_unused, keep, CommandOutput, RemoteCommand, Started};
+use super::exec::{
+    abandon, close_unused, keep, until_closed, CommandOutput, RemoteCommand, Started,
+};
 use super::{ServicesHost, Session, SshError};
 
 /// What a job's error says when sshd refused to run the command.
@@ -243,12 +245,8 @@ impl Jobs<'_> {
         // Not used again: given up on as a one-shot command would be; a command sshd
         // refused runs nothing, and its session is closed at once.
         if step == REFUSED {
-            if let (Some(ch), Some(session)) = (self.ch.take(), self.session.take()) {
-                close_unused(Started {
-                    conn: self.conn.clone(),
-                    session,
-                    ch,
-                });
+            if let Some(started) = self.take_started() {
+                close_unused(started);
             }
         } else {
             self.abandon();
@@ -265,13 +263,11 @@ impl Jobs<'_> {
         };
         // Until sshd's CLOSE: only then has it let the session go.
         let ended = tokio::time::timeout(deadline, async {
-            ch.eof().await.is_ok()
-                && loop {
-                    match ch.wait().await {
-                        Some(ChannelMsg::Close) | None => break true,
-                        Some(_) => {}
-                    }
-                }
+            let eof = ch.eof().await.is_ok();
+            if eof {
+                until_closed(ch).await;
+            }
+            eof
         })
         .await;
         match (ended, self.ch.take()) {
@@ -288,13 +284,20 @@ impl Jobs<'_> {
     /// Gives the command up (see `exec::abandon`): its session is counted taken until
     /// sshd has let it go.
     fn abandon(&mut self) {
-        if let (Some(ch), Some(session)) = (self.ch.take(), self.session.take()) {
-            let started = Started {
+        if let Some(started) = self.take_started() {
+            abandon(started, &self.cmd);
+        }
+    }
+
+    /// The channel and its session, taken out to be given up on or closed.
+    fn take_started(&mut self) -> Option<Started> {
+        match (self.ch.take(), self.session.take()) {
+            (Some(ch), Some(session)) => Some(Started {
                 conn: self.conn.clone(),
                 session,
                 ch,
-            };
-            abandon(started, &self.cmd);
+            }),
+            _ => None,
         }
     }
 }
