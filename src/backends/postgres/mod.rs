@@ -134,7 +134,15 @@ pub struct ServerInfo {
     pub version: String,
     /// `password_encryption` (10 and later; empty before).
     pub password_encryption: String,
+    /// `integer_datetimes`: timestamps stored as 64-bit microseconds (always from 10
+    /// on; a build option before).
+    pub integer_datetimes: bool,
 }
+
+/// What [`ServerInfo`] is read from, in one statement.
+const SERVER_INFO_SQL: &str = "SELECT current_setting('server_version'), \
+     current_setting('server_version_num'), current_setting('password_encryption'), \
+     current_setting('integer_datetimes')";
 
 /// How a password is sent: always as a verifier, never in plain text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -357,41 +365,46 @@ impl PgAdmin {
         self.server
             .get_or_try_init(|| async {
                 let c = self.client(None).await?;
-                let show = |name: &'static str| {
-                    let c = c.clone();
-                    async move {
-                        let sql = format!("SHOW {name}");
-                        let rows = self
-                            .run(None, &format!("reading {name}"), c.simple_query(&sql))
-                            .await?;
-                        Ok::<_, PgError>(
-                            rows.iter()
-                                .find_map(|m| match m {
-                                    tokio_postgres::SimpleQueryMessage::Row(r) => {
-                                        r.get(0).map(str::to_string)
-                                    }
-                                    _ => None,
-                                })
-                                .unwrap_or_default(),
-                        )
-                    }
-                };
-                let version = show("server_version").await?;
-                let version_num = show("server_version_num").await?.parse().unwrap_or(0);
+                // One round trip: every setting exists from 8.2 on (password_encryption
+                // is a boolean before 10, and not used there).
+                let rows = self
+                    .run(
+                        None,
+                        "reading the server's version and settings",
+                        c.simple_query(SERVER_INFO_SQL),
+                    )
+                    .await?;
+                let row: Vec<String> = rows
+                    .iter()
+                    .find_map(|m| match m {
+                        tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                            (0..r.len())
+                                .map(|i| r.get(i).unwrap_or_default().to_string())
+                                .collect(),
+                        ),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                let field = |i: usize| row.get(i).cloned().unwrap_or_default();
+                let version = field(0);
+                let version_num = field(1).parse().unwrap_or(0);
                 check_version(version_num, &version, &self.target())?;
                 let password_encryption = if version_num >= 100000 {
-                    show("password_encryption").await?
+                    field(2)
                 } else {
                     String::new()
                 };
+                let integer_datetimes = field(3) == "on";
                 log::debug!(
-                    "PostgreSQL {version} at {} (password_encryption {password_encryption:?})",
+                    "PostgreSQL {version} at {} (password_encryption {password_encryption:?}, \
+                     integer_datetimes {integer_datetimes})",
                     self.target()
                 );
                 Ok(ServerInfo {
                     version_num,
                     version,
                     password_encryption,
+                    integer_datetimes,
                 })
             })
             .await
@@ -593,6 +606,7 @@ mod tests {
             version_num: n,
             version: n.to_string(),
             password_encryption: enc.into(),
+            integer_datetimes: true,
         };
         // 9.5: md5 only (password_encryption is a boolean there and not read).
         assert_eq!(info(90508, "").verifier_kind(), VerifierKind::Md5);

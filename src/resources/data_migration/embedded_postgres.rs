@@ -56,9 +56,11 @@ const WAIT_READY: &str = "s=$SECONDS; until psql -U postgres -Atc 'SELECT 1' >/d
      [ $((SECONDS - s)) -ge 2 ] && break; sleep 0.05; done; \
      exec psql -U postgres -X -q -At -v ON_ERROR_STOP=1 -F \"$1\" -d postgres -c \"$2\"";
 
-/// The embedded server's databases and their sizes in bytes.
+/// The embedded server's databases, their sizes in bytes, and whether it stores
+/// timestamps as integers (`integer_datetimes`, on each line).
 const DATABASES_SQL: &str =
-    "SELECT datname, pg_database_size(datname) FROM pg_database WHERE NOT datistemplate ORDER BY 1";
+    "SELECT datname, pg_database_size(datname), current_setting('integer_datetimes') \
+     FROM pg_database WHERE NOT datistemplate ORDER BY 1";
 
 /// Where `ca_file` (the target's CA) is mounted in the container, read-only.
 macro_rules! pg_ca_mount {
@@ -169,6 +171,9 @@ pub struct Source<'a> {
     pub container: &'a str,
     /// The target's CA on the Services machine, mounted read-only at [`CA_MOUNT`].
     pub ca_file: Option<&'a str>,
+    /// Whether the target stores timestamps as integers (`integer_datetimes`): with
+    /// the embedded server's, whether the checksums hash them by value.
+    pub target_integer_datetimes: bool,
 }
 
 /// A running temporary container of the embedded PostgreSQL, and the restore's
@@ -179,6 +184,9 @@ pub struct EmbeddedPostgres<'a> {
     /// The databases the server has, with their sizes in bytes, as its readiness
     /// probe listed them.
     present: Vec<(String, u64)>,
+    /// Whether both servers store timestamps as integers, so that the checksums hash
+    /// them by value ([`mig::stats_sql`]).
+    timestamps_by_value: bool,
     /// The exports' commands ([`EXPORT`]), by the zlib level they write.
     exports: JobPool<'a, String>,
     /// The imports' commands ([`IMPORT`]), by the target they log in to.
@@ -259,6 +267,7 @@ impl<'a> EmbeddedPostgres<'a> {
         }
         let restore = format!("{name}-restore");
         let mut present = Vec::new();
+        let mut integer_datetimes = false;
         let (c, tools) = super::tools::beside(
             async {
                 let (c, listed) = c
@@ -269,7 +278,7 @@ impl<'a> EmbeddedPostgres<'a> {
                         source.image,
                     )
                     .await?;
-                present = databases_of(&listed);
+                (present, integer_datetimes) = databases_of(&listed);
                 Ok(c)
             },
             super::tools::start(
@@ -286,6 +295,7 @@ impl<'a> EmbeddedPostgres<'a> {
             c,
             tools,
             present,
+            timestamps_by_value: integer_datetimes && source.target_integer_datetimes,
             exports: JobPool::new(1),
             imports: JobPool::new(1),
         })
@@ -295,6 +305,17 @@ impl<'a> EmbeddedPostgres<'a> {
     /// first answered).
     pub fn databases(&self) -> &[(String, u64)] {
         &self.present
+    }
+
+    /// Whether both servers store timestamps as integers, so that the checksums hash
+    /// them by value.
+    pub fn timestamps_by_value(&self) -> bool {
+        self.timestamps_by_value
+    }
+
+    /// The statement both sides' counts and checksums come from.
+    fn stats_sql(&self) -> &'static str {
+        mig::stats_sql(self.timestamps_by_value)
     }
 
     /// How many commands of each kind wait idle between jobs (1 unless set): see
@@ -327,7 +348,7 @@ impl<'a> EmbeddedPostgres<'a> {
         let (cmd, out) = self
             .exports
             .run(level.clone(), &[db, &name], self.c.deadline, || async {
-                let args = [EXPORT_MOUNT, "\t", mig::STATS_SQL, &level];
+                let args = [EXPORT_MOUNT, "\t", self.stats_sql(), &level];
                 self.c.start_jobs(EXPORT, &args, None).await
             })
             .await?;
@@ -377,7 +398,7 @@ impl<'a> EmbeddedPostgres<'a> {
             db,
             t.sslmode,
             "\t",
-            mig::STATS_SQL,
+            self.stats_sql(),
         ];
         args.extend_from_slice(rest);
         let (cmd, out) = self.tools.docker(&args, Some(&password_line(t)?)).await?;
@@ -432,7 +453,7 @@ impl<'a> EmbeddedPostgres<'a> {
                     EXPORT_MOUNT,
                     t.sslmode,
                     "\t",
-                    mig::STATS_SQL,
+                    self.stats_sql(),
                 ];
                 self.tools
                     .start_jobs(IMPORT, &args, Some(&password_line(t)?))
@@ -507,15 +528,22 @@ fn restore_time(line: &[String]) -> Option<Duration> {
     Duration::try_from_secs_f64(secs).ok()
 }
 
-/// The `name<TAB>size` lines of [`DATABASES_SQL`].
-fn databases_of(out: &CommandOutput) -> Vec<(String, u64)> {
-    rows_of(out)
+/// The `name<TAB>size<TAB>integer_datetimes` lines of [`DATABASES_SQL`]: the
+/// databases and their sizes, and whether every line said `on` (and there was one).
+fn databases_of(out: &CommandOutput) -> (Vec<(String, u64)>, bool) {
+    let mut integer = true;
+    let dbs: Vec<(String, u64)> = rows_of(out)
         .into_iter()
         .filter_map(|r| match r.as_slice() {
-            [name, size] => Some((name.clone(), size.parse().unwrap_or(0))),
+            [name, size, integer_datetimes] => {
+                integer &= integer_datetimes == "on";
+                Some((name.clone(), size.parse().unwrap_or(0)))
+            }
             _ => None,
         })
-        .collect()
+        .collect();
+    let integer = integer && !dbs.is_empty();
+    (dbs, integer)
 }
 
 /// The tables' figures among the lines a script on the target printed.
@@ -814,6 +842,29 @@ mod tests {
         );
         assert!(took >= Duration::from_secs(1), "{took:?}");
         assert!(took < super::super::container::MIN_PROBE, "{took:?}");
+    }
+
+    #[test]
+    fn timestamps_are_hashed_by_value_only_when_the_probe_said_integers_on_every_line() {
+        let out = |text: &str| CommandOutput {
+            status: Some(0),
+            stdout: text.as_bytes().to_vec(),
+            stderr: Vec::new(),
+            truncated: false,
+        };
+        let dbs = vec![("circle".to_string(), 7), ("postgres".to_string(), 5)];
+        assert_eq!(
+            databases_of(&out("circle\t7\ton\npostgres\t5\ton\n")),
+            (dbs.clone(), true)
+        );
+        // A 9.x built with floating-point timestamps; a line without the setting
+        // (an older probe's form); no database at all: text on both sides.
+        assert_eq!(
+            databases_of(&out("circle\t7\toff\npostgres\t5\toff\n")),
+            (dbs, false)
+        );
+        assert_eq!(databases_of(&out("circle\t7\n")), (Vec::new(), false));
+        assert_eq!(databases_of(&out("")), (Vec::new(), false));
     }
 
     fn line(t0: &str, t1: &str) -> Vec<String> {
