@@ -26,7 +26,7 @@ pub(crate) const TABLES_SQL: &str =
 /// A table's checksum is the sum, over its rows, of a hash of the whole row: each
 /// column's 32-bit hash (`hashtext` for text and varchar, `hashint4`/`hashint8` for
 /// integers, `uuid_hash` for uuid, `timestamp_hash` of the value for `timestamp` and
-/// `timestamptz` when both servers store timestamps as integers (see [`stats_sql`]),
+/// `timestamptz` when both servers store timestamps as integers (see [`stats_sql()`]),
 /// `hashtext` of the text form for everything else; NULL hashes as the column's
 /// position), weighted by the column's position k (2k+1) in
 /// the order of the columns' names (pg_dump may reorder an inheritance child's columns;
@@ -83,11 +83,11 @@ macro_rules! stats_sql {
     };
 }
 
-/// [`stats_sql`] where either server stores timestamps as floating point: their
+/// [`stats_sql()`] where either server stores timestamps as floating point: their
 /// text forms hashed, as every type without a hash of its own.
 pub(crate) const STATS_SQL: &str = stats_sql!();
 
-/// [`stats_sql`] where both servers store timestamps as 64-bit microseconds
+/// [`stats_sql()`] where both servers store timestamps as 64-bit microseconds
 /// (`integer_datetimes`): `timestamp` and `timestamptz` hashed by value.
 const STATS_SQL_INTEGER_DATETIMES: &str = stats_sql!(
     "WHEN 'timestamp'::regtype THEN format('timestamp_hash(%I)', a.attname) ",
@@ -155,7 +155,7 @@ impl Kind {
     }
 }
 
-/// The lines [`STATS_SQL`] (kind, name, figure, checksum) or [`MONGO_STATS_SCRIPT`]
+/// The lines [`stats_sql()`] (kind, name, figure, checksum) or [`MONGO_STATS_SCRIPT`]
 /// return, sorted by name.
 pub fn parse_stats(rows: &[Vec<String>]) -> Result<Vec<TableStat>, String> {
     let mut out = Vec::new();

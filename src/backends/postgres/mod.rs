@@ -134,15 +134,11 @@ pub struct ServerInfo {
     pub version: String,
     /// `password_encryption` (10 and later; empty before).
     pub password_encryption: String,
-    /// `integer_datetimes`: timestamps stored as 64-bit microseconds (always from 10
-    /// on; a build option before).
-    pub integer_datetimes: bool,
 }
 
 /// What [`ServerInfo`] is read from, in one statement.
 const SERVER_INFO_SQL: &str = "SELECT current_setting('server_version'), \
-     current_setting('server_version_num'), current_setting('password_encryption'), \
-     current_setting('integer_datetimes')";
+     current_setting('server_version_num'), current_setting('password_encryption')";
 
 /// How a password is sent: always as a verifier, never in plain text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -394,17 +390,14 @@ impl PgAdmin {
                 } else {
                     String::new()
                 };
-                let integer_datetimes = field(3) == "on";
                 log::debug!(
-                    "PostgreSQL {version} at {} (password_encryption {password_encryption:?}, \
-                     integer_datetimes {integer_datetimes})",
+                    "PostgreSQL {version} at {} (password_encryption {password_encryption:?})",
                     self.target()
                 );
                 Ok(ServerInfo {
                     version_num,
                     version,
                     password_encryption,
-                    integer_datetimes,
                 })
             })
             .await
@@ -606,7 +599,6 @@ mod tests {
             version_num: n,
             version: n.to_string(),
             password_encryption: enc.into(),
-            integer_datetimes: true,
         };
         // 9.5: md5 only (password_encryption is a boolean there and not read).
         assert_eq!(info(90508, "").verifier_kind(), VerifierKind::Md5);

@@ -645,18 +645,13 @@ impl DataMigration {
         shared: &Shared,
     ) -> Result<PgOutcome, Diagnostics> {
         let h = self.data.services()?;
-        // Read before the stop (the preflight's check of the target): no round trip.
-        let target_integer_datetimes = match self.data.postgres() {
-            Ok(admin) => admin.server_info().await.is_ok_and(|i| i.integer_datetimes),
-            Err(_) => false,
-        };
         let source = Source {
             image: &p.image,
             restore_image: &p.restore_image,
             data_dir: &p.data_dir,
             container: CONTAINER,
             ca_file: p.ca_file.as_deref(),
-            target_integer_datetimes,
+            target_integer_datetimes: p.target_integer_datetimes,
         };
         let started = Instant::now();
         crate::fault_point::point("circleci_data_migration.before_containers").await;

@@ -89,7 +89,8 @@ macro_rules! target_env {
 /// from stdin; `$1`..`$4` host, port, user, database, `$5` sslmode, `$6` field
 /// separator, `$7` the provider's own SQL (never the user's); the CA at [`CA_MOUNT`]
 /// when one is mounted. This one prints every table's count and checksum (or what
-/// `$7` selects: the tools' check before the stop runs `SELECT 1` through it).
+/// `$7` selects: the tools' check before the stop reads the target's `integer_datetimes`
+/// through it).
 pub(super) const STATS_ON_TARGET: &str = concat!(
     target_env!(),
     "exec psql -X -q -At -v ON_ERROR_STOP=1 -F \"$6\" -h \"$1\" -p \"$2\" -U \"$3\" -d \"$4\" -c \"$7\""

@@ -24,6 +24,10 @@ pub(super) struct PgSettings {
     pub ca_file: Option<String>,
     /// The dumps' zlib level, 0 to 9.
     pub compression: u8,
+    /// Whether the target stores timestamps as integers (`integer_datetimes`), as
+    /// the check before the stop read it through the restore's tools (false until
+    /// then: timestamps hashed as text).
+    pub target_integer_datetimes: bool,
 }
 
 impl PgSettings {
@@ -103,6 +107,7 @@ pub(super) fn settings(
                 sslmode: pg.sslmode,
                 ca_file: pg.ca_file,
                 compression: u8::try_from(pg.compression.clamp(0, 9)).unwrap_or(0),
+                target_integer_datetimes: false,
             })
         }
         Known::Null | Known::Unknown => None,

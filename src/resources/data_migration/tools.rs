@@ -255,7 +255,9 @@ impl DataMigration {
     /// Before the stop: each block's restore image resolved (the target's release when
     /// the plan could not read it) and started once with the CA mounted; the tools'
     /// own version checked against the target; for PostgreSQL, a login to the first
-    /// target database through them. The resolved images go into the settings.
+    /// target database through them, which reads its `integer_datetimes` (the
+    /// server the checksums will run on, as the Services machine reaches it). The
+    /// resolved images and that setting go into the settings.
     pub(super) async fn check_restore_tools(
         &self,
         (postgres, mongo): (Option<&mut PgSettings>, Option<&mut MongoSettings>),
@@ -318,7 +320,7 @@ impl DataMigration {
                     db,
                     &p.sslmode,
                     "\t",
-                    "SELECT 1",
+                    "SELECT current_setting('integer_datetimes')",
                 ];
                 let mut all = vec!["exec", "-i", CONTAINER];
                 all.extend_from_slice(&args);
@@ -331,15 +333,18 @@ impl DataMigration {
                     );
                     return Err(refused(POSTGRES, &image, &name, &why, when).into());
                 }
+                // What the login printed: the target's integer_datetimes, which
+                // decides how the checksums hash timestamps (anything else: text).
+                let integer_datetimes = out.stdout_text().trim() == "on";
                 log::info!(
-                    "restore tools {image}: pg_restore {} logs in to {name}",
+                    "restore tools {image}: pg_restore {} logs in to {name} (integer_datetimes {integer_datetimes})",
                     rt::pg_name(tools)
                 );
-                Ok::<(), Diagnostics>(())
+                Ok::<bool, Diagnostics>(integer_datetimes)
             }
             .await;
             c.stop().await;
-            r?;
+            p.target_integer_datetimes = r?;
         }
         if let Some(m) = mongo {
             let Some((wire, name)) = mongo_target(&self.data).await else {
