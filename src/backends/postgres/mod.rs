@@ -161,6 +161,20 @@ impl ServerInfo {
     }
 }
 
+/// The rows a simple query returned, every value as text (NULL as empty).
+fn text_of(msgs: &[tokio_postgres::SimpleQueryMessage]) -> Vec<Vec<String>> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or_default().to_string())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Refuses a server older than [`MIN_SERVER_VERSION`], naming it and its version.
 pub(crate) fn check_version(version_num: i32, version: &str, target: &str) -> Result<(), PgError> {
     if version_num < MIN_SERVER_VERSION {
@@ -370,17 +384,7 @@ impl PgAdmin {
                         c.simple_query(SERVER_INFO_SQL),
                     )
                     .await?;
-                let row: Vec<String> = rows
-                    .iter()
-                    .find_map(|m| match m {
-                        tokio_postgres::SimpleQueryMessage::Row(r) => Some(
-                            (0..r.len())
-                                .map(|i| r.get(i).unwrap_or_default().to_string())
-                                .collect(),
-                        ),
-                        _ => None,
-                    })
-                    .unwrap_or_default();
+                let row = text_of(&rows).into_iter().next().unwrap_or_default();
                 let field = |i: usize| row.get(i).cloned().unwrap_or_default();
                 let version = field(0);
                 let version_num = field(1).parse().unwrap_or(0);
@@ -511,17 +515,7 @@ impl PgAdmin {
     ) -> Result<Vec<Vec<String>>, PgError> {
         let c = self.client(Some(db)).await?;
         let msgs = self.run(Some(db), what, c.simple_query(sql)).await?;
-        Ok(msgs
-            .iter()
-            .filter_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => Some(
-                    (0..r.len())
-                        .map(|i| r.get(i).unwrap_or_default().to_string())
-                        .collect(),
-                ),
-                _ => None,
-            })
-            .collect())
+        Ok(text_of(&msgs))
     }
 
     /// Other sessions connected to `db` (ours is closed first).
