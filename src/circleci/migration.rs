@@ -85,7 +85,7 @@ macro_rules! stats_sql {
 
 /// [`stats_sql()`] where either server stores timestamps as floating point: their
 /// text forms hashed, as every type without a hash of its own.
-pub(crate) const STATS_SQL: &str = stats_sql!();
+const STATS_SQL: &str = stats_sql!();
 
 /// [`stats_sql()`] where both servers store timestamps as 64-bit microseconds
 /// (`integer_datetimes`): `timestamp` and `timestamptz` hashed by value.

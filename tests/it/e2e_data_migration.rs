@@ -187,10 +187,7 @@ fn migrates_verifies_refuses_to_overwrite_and_converges() {
         tables["circle.public.circle_migrations"].as_str().unwrap(),
         s.psql(
             "circle",
-            "SELECT count(*) || ' rows, checksum ' || sum(hashint8(\
-             coalesce(timestamp_hash(applied_at AT TIME ZONE 'UTC'), 1)::int8 * 3 + \
-             coalesce(timestamp_hash(checked_at), 2)::int8 * 5 + \
-             coalesce(hashtext(id), 3)::int8 * 7)) FROM circle_migrations"
+            &common::circle_migrations_by_value(" rows, checksum ")
         )
         .trim()
     );

@@ -437,14 +437,7 @@ fn the_checksums_agree_across_configurations_and_see_every_change() {
                 // relies on), computed here by hand; a microsecond moved in either
                 // column is seen.
                 // On the server whose sessions start in Pacific/Chatham.
-                let by_hand = s.psql_at(
-                    md5_port,
-                    &into,
-                    "SELECT count(*) || ' ' || sum(hashint8(\
-                     coalesce(timestamp_hash(applied_at AT TIME ZONE 'UTC'), 1)::int8 * 3 + \
-                     coalesce(timestamp_hash(checked_at), 2)::int8 * 5 + \
-                     coalesce(hashtext(id), 3)::int8 * 7)) FROM circle_migrations",
-                );
+                let by_hand = s.psql_at(md5_port, &into, &common::circle_migrations_by_value(" "));
                 let m = x
                     .source
                     .iter()

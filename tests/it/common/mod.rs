@@ -216,6 +216,18 @@ pub(crate) fn block(id: &str, content: &str) -> String {
     )
 }
 
+/// The fixture's `circle_migrations` as the migration's checksum reads it when
+/// timestamps are hashed by value, written out by hand (`timestamp_hash` of the UTC
+/// microseconds, in any session's time zone): `count<SEP>checksum`.
+pub(crate) fn circle_migrations_by_value(sep: &str) -> String {
+    format!(
+        "SELECT count(*) || '{sep}' || sum(hashint8(\
+         coalesce(timestamp_hash(applied_at AT TIME ZONE 'UTC'), 1)::int8 * 3 + \
+         coalesce(timestamp_hash(checked_at), 2)::int8 * 5 + \
+         coalesce(hashtext(id), 3)::int8 * 7)) FROM circle_migrations"
+    )
+}
+
 pub(crate) fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
